@@ -1,0 +1,61 @@
+//! Endpoint selection for a chosen backend.
+
+use crate::model::{Endpoint, ServicePort};
+
+/// Picks the next endpoint of `port` in round-robin order, skipping endpoints without an
+/// address. `None` when the port has no usable endpoint.
+pub fn round_robin(port: &ServicePort) -> Option<&Endpoint> {
+    let n = port.endpoints.len();
+    if n == 0 {
+        return None;
+    }
+    let start = port.next_index();
+    (0..n)
+        .map(|i| &port.endpoints[(start + i) % n])
+        .find(|e| e.address().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{Identity, NamespacedName, Protocol, TargetPort, Workload};
+
+    fn ep(name: &str, ip: Option<&str>) -> Endpoint {
+        Endpoint {
+            workload: Arc::new(Workload {
+                name: NamespacedName::new("default", name),
+                ips: ip.map(|i| i.parse().unwrap()).into_iter().collect(),
+                identity: Identity::new("cluster.local", "default", "default"),
+                labels: BTreeMap::new(),
+                hbone: true,
+                served: false,
+                named_ports: BTreeMap::new(),
+            }),
+            port: 8080,
+        }
+    }
+
+    #[test]
+    fn cycles_and_skips_addressless() {
+        let port = ServicePort::new(
+            None,
+            80,
+            TargetPort::Number(8080),
+            Protocol::Http,
+            vec![
+                ep("a", Some("127.128.0.1")),
+                ep("b", None),
+                ep("c", Some("127.128.0.3")),
+            ],
+        );
+        let picks: Vec<_> = (0..6)
+            .map(|_| round_robin(&port).unwrap().workload.name.name.clone())
+            .collect();
+        assert_eq!(picks, ["a", "c", "c", "a", "c", "c"]);
+        let empty = ServicePort::new(None, 80, TargetPort::Number(1), Protocol::Http, vec![]);
+        assert!(round_robin(&empty).is_none());
+    }
+}

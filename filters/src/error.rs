@@ -1,0 +1,122 @@
+//! The one place where proxy errors become HTTP responses.
+//!
+//! Every filter and the upstream client return [`ProxyError`]; the downstream session
+//! turns it into a response with [`ProxyError::to_response`]. Each error records where it
+//! came from and whether retrying the request elsewhere is safe.
+
+use http::{Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// Why the proxy could not produce an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched the request.
+    #[error("no route matched {0}")]
+    NoRoute(String),
+    /// The chosen backend has no ready endpoints.
+    #[error("no healthy upstream for {0}")]
+    NoHealthyUpstream(String),
+    /// Connecting (TCP, TLS or the HBONE CONNECT) to the endpoint failed.
+    #[error("upstream connect to {endpoint} failed: {reason}")]
+    UpstreamConnect {
+        /// The endpoint address.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The upstream connection failed or was reset after the request was sent.
+    #[error("upstream {endpoint} reset: {reason}")]
+    UpstreamReset {
+        /// The endpoint address.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream request timeout")]
+    UpstreamTimeout,
+    /// The configuration cannot serve this request (a bug or a bad snapshot).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The HTTP status sent downstream for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyUpstream(_)
+            | ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Envoy's response flag for this error, as access logs and metrics report it.
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute(_) => "NR",
+            ProxyError::NoHealthyUpstream(_) => "UH",
+            ProxyError::UpstreamConnect { .. } => "UF",
+            ProxyError::UpstreamReset { .. } => "UC",
+            ProxyError::UpstreamTimeout => "UT",
+            ProxyError::Internal(_) => "DPE",
+        }
+    }
+
+    /// Whether the request can safely be retried on another connection: true only when
+    /// the upstream never saw it.
+    pub fn is_retry_safe(&self) -> bool {
+        matches!(self, ProxyError::UpstreamConnect { .. })
+    }
+
+    /// The response sent downstream. The body is Envoy's short text for the condition.
+    pub fn to_response(&self) -> Response<Body> {
+        let text = match self {
+            ProxyError::NoRoute(_) => "route not found".to_string(),
+            ProxyError::NoHealthyUpstream(_) => "no healthy upstream".to_string(),
+            ProxyError::UpstreamConnect { reason, .. } => {
+                format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}")
+            }
+            ProxyError::UpstreamReset { reason, .. } => {
+                format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+            }
+            ProxyError::UpstreamTimeout => "upstream request timeout".to_string(),
+            ProxyError::Internal(_) => "internal error".to_string(),
+        };
+        let mut resp = Response::new(body::full(text));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        resp.extensions_mut().insert(ResponseFlag(self.response_flag()));
+        resp
+    }
+}
+
+/// Envoy-style response flag attached to locally generated responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseFlag(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_errors_to_statuses_and_flags() {
+        let e = ProxyError::NoHealthyUpstream("default/a:80".into());
+        let r = e.to_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.extensions().get::<ResponseFlag>(), Some(&ResponseFlag("UH")));
+        assert_eq!(ProxyError::NoRoute("x".into()).status(), StatusCode::NOT_FOUND);
+        assert!(ProxyError::UpstreamConnect {
+            endpoint: "a".into(),
+            reason: "refused".into()
+        }
+        .is_retry_safe());
+        assert!(!ProxyError::UpstreamTimeout.is_retry_safe());
+    }
+}

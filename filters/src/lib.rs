@@ -1,0 +1,17 @@
+//! The waypoint's request path, as tower filters over one immutable configuration snapshot.
+//!
+//! - [`model`]: the route tables (services, ports, workloads, identities) that every
+//!   configuration source (local YAML, xDS) fills and that every filter reads.
+//! - [`route`]: decides which backend a request goes to; pure logic plus a tower layer.
+//! - [`balance`]: endpoint selection for a chosen backend.
+//! - [`error`]: the one place where proxy errors become HTTP responses.
+//! - [`body`]: the boxed streaming body type shared by the filters.
+
+pub mod balance;
+pub mod body;
+pub mod error;
+pub mod model;
+pub mod route;
+
+pub use error::ProxyError;
+pub use model::{RequestContext, Snapshot};

@@ -1,0 +1,400 @@
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
+
+use super::{Identity, Protocol};
+
+/// A Kubernetes `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamespacedName {
+    /// The namespace.
+    pub namespace: String,
+    /// The object name.
+    pub name: String,
+}
+
+impl NamespacedName {
+    /// Builds a `namespace/name`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Serialize for NamespacedName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The waypoint itself: its `Gateway` and trust domain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waypoint {
+    /// The waypoint's `Gateway` (gatewayClassName `istio-waypoint`).
+    pub gateway: NamespacedName,
+    /// The SPIFFE trust domain peers must belong to.
+    pub trust_domain: String,
+}
+
+/// A pod (or other workload) the waypoint knows about.
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    /// The pod's `namespace/name`.
+    pub name: NamespacedName,
+    /// Pod IPs, IPv4 first.
+    pub ips: Vec<IpAddr>,
+    /// The workload's SPIFFE identity (from its service account).
+    pub identity: Identity,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// Whether the pod is in the ambient mesh (reached over HBONE); otherwise plain TCP.
+    pub hbone: bool,
+    /// Whether this waypoint serves traffic addressed to the pod IP itself.
+    pub served: bool,
+    /// Named container ports, for `targetPort: <name>`.
+    pub named_ports: BTreeMap<String, u16>,
+}
+
+impl Workload {
+    /// The address used to reach this workload.
+    pub fn primary_ip(&self) -> Option<IpAddr> {
+        self.ips.first().copied()
+    }
+}
+
+/// A Service `targetPort`: a number or a container port name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum TargetPort {
+    /// A port number.
+    Number(u16),
+    /// A container port name.
+    Named(String),
+}
+
+/// A workload and the port it serves a Service port on.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The backing workload.
+    pub workload: Arc<Workload>,
+    /// The resolved target port on the workload.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `podIP:targetPort`, if the workload has an IP.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.workload
+            .primary_ip()
+            .map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Endpoint", 3)?;
+        st.serialize_field("workload", &self.workload.name)?;
+        st.serialize_field("address", &self.address().map(|a| a.to_string()))?;
+        st.serialize_field("hbone", &self.workload.hbone)?;
+        st.end()
+    }
+}
+
+/// One port of a Service.
+#[derive(Debug, Serialize)]
+pub struct ServicePort {
+    /// The port name, if any.
+    pub name: Option<String>,
+    /// The Service port.
+    pub port: u16,
+    /// The Service `targetPort`.
+    pub target_port: TargetPort,
+    /// The port's protocol (appProtocol, then name prefix).
+    pub protocol: Protocol,
+    /// The ready endpoints behind this port.
+    pub endpoints: Vec<Endpoint>,
+    #[serde(skip)]
+    next: AtomicUsize,
+}
+
+impl ServicePort {
+    /// Builds a port with its endpoints.
+    pub fn new(
+        name: Option<String>,
+        port: u16,
+        target_port: TargetPort,
+        protocol: Protocol,
+        endpoints: Vec<Endpoint>,
+    ) -> Self {
+        Self {
+            name,
+            port,
+            target_port,
+            protocol,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Round-robin cursor shared by every request on this snapshot.
+    pub(crate) fn next_index(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A Kubernetes Service the waypoint serves.
+#[derive(Debug, Serialize)]
+pub struct Service {
+    /// `namespace/name`.
+    pub name: NamespacedName,
+    /// `<name>.<namespace>.svc.<domain>`.
+    pub hostname: String,
+    /// Cluster IPs.
+    pub vips: Vec<IpAddr>,
+    /// Ports, in declaration order.
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// The Service port numbered `port`.
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+/// What a CONNECT authority resolved to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A Service VIP and port.
+    Service {
+        /// The Service.
+        service: Arc<Service>,
+        /// The Service port number.
+        port: u16,
+    },
+    /// A pod IP and port (workload-addressed traffic).
+    Workload {
+        /// The pod.
+        workload: Arc<Workload>,
+        /// The port on the pod.
+        port: u16,
+    },
+}
+
+impl Target {
+    /// The protocol tunnels to this target carry.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Target::Service { service, port } => service
+                .port(*port)
+                .map(|p| p.protocol)
+                .unwrap_or(Protocol::Unknown),
+            Target::Workload { .. } => Protocol::Unknown,
+        }
+    }
+
+    /// A short label for logs: `svc ns/name:port` or `pod ns/name:port`.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Service { service, port } => format!("service {}:{port}", service.name),
+            Target::Workload { workload, port } => format!("pod {}:{port}", workload.name),
+        }
+    }
+}
+
+/// An error building a snapshot: two objects claim the same address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{address} is claimed by both {first} and {second}")]
+pub struct ConflictingAddress {
+    /// The contested `ip:port` or IP.
+    pub address: String,
+    /// The first claimant.
+    pub first: String,
+    /// The second claimant.
+    pub second: String,
+}
+
+/// One immutable, complete configuration: the route tables.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// Monotonic version, bumped on every accepted change.
+    pub version: u64,
+    /// Where this configuration came from (`file:<path>`, `xds:<server>`).
+    pub source: String,
+    /// The waypoint itself.
+    pub waypoint: Waypoint,
+    /// Services this waypoint serves, by `namespace/name`.
+    pub services: BTreeMap<String, Arc<Service>>,
+    /// Every workload known, by IP.
+    pub workloads: BTreeMap<IpAddr, Arc<Workload>>,
+    #[serde(skip)]
+    vips: HashMap<SocketAddr, (Arc<Service>, u16)>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot and its lookup indexes; fails if two Services share a `VIP:port`
+    /// or two workloads share an IP.
+    pub fn new(
+        version: u64,
+        source: String,
+        waypoint: Waypoint,
+        services: Vec<Service>,
+        workloads: Vec<Arc<Workload>>,
+    ) -> Result<Self, ConflictingAddress> {
+        let mut by_ip: BTreeMap<IpAddr, Arc<Workload>> = BTreeMap::new();
+        for w in workloads {
+            for ip in &w.ips {
+                if let Some(prev) = by_ip.insert(*ip, w.clone()) {
+                    return Err(ConflictingAddress {
+                        address: ip.to_string(),
+                        first: format!("Pod {}", prev.name),
+                        second: format!("Pod {}", w.name),
+                    });
+                }
+            }
+        }
+        let mut vips = HashMap::new();
+        let mut by_name = BTreeMap::new();
+        for svc in services {
+            let svc = Arc::new(svc);
+            for vip in &svc.vips {
+                for p in &svc.ports {
+                    let addr = SocketAddr::new(*vip, p.port);
+                    if let Some((prev, _)) = vips.insert(addr, (svc.clone(), p.port)) {
+                        return Err(ConflictingAddress {
+                            address: addr.to_string(),
+                            first: format!("Service {}", prev.name),
+                            second: format!("Service {}", svc.name),
+                        });
+                    }
+                }
+            }
+            by_name.insert(svc.name.to_string(), svc);
+        }
+        Ok(Self {
+            version,
+            source,
+            waypoint,
+            services: by_name,
+            workloads: by_ip,
+            vips,
+        })
+    }
+
+    /// An empty snapshot (nothing served yet).
+    pub fn empty(waypoint: Waypoint) -> Self {
+        Self::new(0, "empty".into(), waypoint, Vec::new(), Vec::new())
+            .expect("an empty snapshot has no conflicts")
+    }
+
+    /// Resolves a CONNECT authority: a Service `VIP:port` we serve, or a served pod's `IP:port`.
+    pub fn resolve(&self, authority: SocketAddr) -> Option<Target> {
+        if let Some((service, port)) = self.vips.get(&authority) {
+            return Some(Target::Service {
+                service: service.clone(),
+                port: *port,
+            });
+        }
+        let workload = self.workloads.get(&authority.ip())?;
+        workload.served.then(|| Target::Workload {
+            workload: workload.clone(),
+            port: authority.port(),
+        })
+    }
+
+    /// The workload with this IP, served or not.
+    pub fn workload(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.workloads.get(&ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(ns: &str, name: &str, ip: &str, served: bool) -> Arc<Workload> {
+        Arc::new(Workload {
+            name: NamespacedName::new(ns, name),
+            ips: vec![ip.parse().unwrap()],
+            identity: Identity::new("cluster.local", ns, "default"),
+            labels: BTreeMap::new(),
+            hbone: true,
+            served,
+            named_ports: BTreeMap::new(),
+        })
+    }
+
+    fn service(name: &str, vip: &str, port: u16) -> Service {
+        Service {
+            name: NamespacedName::new("default", name),
+            hostname: format!("{name}.default.svc.cluster.local"),
+            vips: vec![vip.parse().unwrap()],
+            ports: vec![ServicePort::new(
+                Some("http".into()),
+                port,
+                TargetPort::Number(8080),
+                Protocol::Http,
+                vec![],
+            )],
+        }
+    }
+
+    fn waypoint() -> Waypoint {
+        Waypoint {
+            gateway: NamespacedName::new("default", "waypoint"),
+            trust_domain: "cluster.local".into(),
+        }
+    }
+
+    #[test]
+    fn resolves_vips_and_served_pods_only() {
+        let snap = Snapshot::new(
+            1,
+            "test".into(),
+            waypoint(),
+            vec![service("a", "127.96.0.1", 80)],
+            vec![
+                workload("default", "served", "127.128.0.1", true),
+                workload("default", "other", "127.128.0.2", false),
+            ],
+        )
+        .unwrap();
+        assert!(matches!(
+            snap.resolve("127.96.0.1:80".parse().unwrap()),
+            Some(Target::Service { port: 80, .. })
+        ));
+        assert!(snap.resolve("127.96.0.1:81".parse().unwrap()).is_none());
+        assert!(matches!(
+            snap.resolve("127.128.0.1:9000".parse().unwrap()),
+            Some(Target::Workload { port: 9000, .. })
+        ));
+        assert!(snap.resolve("127.128.0.2:9000".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn rejects_duplicate_vip_port() {
+        let err = Snapshot::new(
+            1,
+            "test".into(),
+            waypoint(),
+            vec![service("a", "127.96.0.1", 80), service("b", "127.96.0.1", 80)],
+            vec![],
+        )
+        .unwrap_err();
+        assert_eq!(err.address, "127.96.0.1:80");
+        assert_eq!(err.second, "Service default/b");
+    }
+}
