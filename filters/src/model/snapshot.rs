@@ -166,6 +166,9 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     /// Ports, in declaration order.
     pub ports: Vec<ServicePort>,
+    /// Whether this waypoint serves the Service's VIPs (it uses this waypoint). Services
+    /// that are not served are still known, as route backends.
+    pub served: bool,
 }
 
 impl Service {
@@ -236,7 +239,7 @@ pub struct Snapshot {
     pub source: String,
     /// The waypoint itself.
     pub waypoint: Waypoint,
-    /// Services this waypoint serves, by `namespace/name`.
+    /// Every Service known (served or not), by `namespace/name`.
     pub services: BTreeMap<String, Arc<Service>>,
     /// Every workload known, by IP.
     pub workloads: BTreeMap<IpAddr, Arc<Workload>>,
@@ -270,7 +273,8 @@ impl Snapshot {
         let mut by_name = BTreeMap::new();
         for svc in services {
             let svc = Arc::new(svc);
-            for vip in &svc.vips {
+            let served_vips = if svc.served { &svc.vips[..] } else { &[] };
+            for vip in served_vips {
                 for p in &svc.ports {
                     let addr = SocketAddr::new(*vip, p.port);
                     if let Some((prev, _)) = vips.insert(addr, (svc.clone(), p.port)) {
@@ -349,6 +353,7 @@ mod tests {
                 Protocol::Http,
                 vec![],
             )],
+            served: true,
         }
     }
 

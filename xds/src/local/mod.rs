@@ -1,0 +1,31 @@
+//! The local configuration: a multi-document YAML file of Kubernetes objects.
+//!
+//! Reads `Namespace`, `Service`, `Pod` and the waypoint's own `Gateway` (also inside
+//! `kind: List` documents, as `kubectl get -o yaml` prints them); other kinds are skipped
+//! with a log line. [`load`] validates everything and builds a complete snapshot or fails
+//! with an error naming the object and field; [`watch`] re-loads on change.
+
+mod error;
+mod objects;
+mod parse;
+mod translate;
+mod watch;
+
+pub use error::LocalConfigError;
+pub use parse::{parse, Objects};
+pub use translate::{translate, Options};
+pub use watch::watch;
+
+use std::path::Path;
+
+use filters::Snapshot;
+
+/// Reads, validates and translates the file at `path` into a snapshot numbered `version`.
+pub fn load(path: &Path, options: &Options, version: u64) -> Result<Snapshot, LocalConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LocalConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let objects = parse(&text)?;
+    translate(&objects, options, version, format!("file:{}", path.display()))
+}

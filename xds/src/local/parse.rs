@@ -1,0 +1,123 @@
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::objects::{Gateway, Namespace, Pod, Service};
+use super::LocalConfigError;
+
+/// The objects of one configuration file, each with the label used in error messages.
+#[derive(Debug, Default)]
+pub struct Objects {
+    pub(crate) namespaces: Vec<(String, Namespace)>,
+    pub(crate) services: Vec<(String, Service)>,
+    pub(crate) pods: Vec<(String, Pod)>,
+    pub(crate) gateways: Vec<(String, Gateway)>,
+}
+
+/// Parses a multi-document YAML text of Kubernetes objects.
+pub fn parse(text: &str) -> Result<Objects, LocalConfigError> {
+    let mut objects = Objects::default();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document = i + 1;
+        let value = Value::deserialize(doc).map_err(|e| LocalConfigError::Yaml {
+            document,
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        if kind_of(&value) == Some("List") {
+            let items = value.get("items").and_then(Value::as_sequence);
+            for (j, item) in items.into_iter().flatten().enumerate() {
+                objects.add(item.clone(), &format!("document {document}, items[{j}]"))?;
+            }
+        } else {
+            objects.add(value, &format!("document {document}"))?;
+        }
+    }
+    Ok(objects)
+}
+
+fn kind_of(value: &Value) -> Option<&str> {
+    value.get("kind").and_then(Value::as_str)
+}
+
+impl Objects {
+    fn add(&mut self, value: Value, place: &str) -> Result<(), LocalConfigError> {
+        let Some(kind) = kind_of(&value).map(str::to_string) else {
+            return Err(LocalConfigError::Invalid {
+                object: format!("object ({place})"),
+                field: "kind".into(),
+                message: "missing".into(),
+            });
+        };
+        let api_version = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let meta = value.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("<unnamed>");
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str);
+        let label = match ns {
+            Some(ns) => format!("{kind} {ns}/{name} ({place})"),
+            None => format!("{kind} {name} ({place})"),
+        };
+        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        match (group, kind.as_str()) {
+            ("", "Namespace") => self.namespaces.push(typed(value, &label)?),
+            ("", "Service") => self.services.push(typed(value, &label)?),
+            ("", "Pod") => self.pods.push(typed(value, &label)?),
+            ("gateway.networking.k8s.io", "Gateway") => self.gateways.push(typed(value, &label)?),
+            _ => tracing::info!(object = %label, api_version, "skipping unsupported kind"),
+        }
+        Ok(())
+    }
+}
+
+fn typed<T: DeserializeOwned>(value: Value, label: &str) -> Result<(String, T), LocalConfigError> {
+    let parsed: T = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        LocalConfigError::Invalid {
+            object: label.to_string(),
+            field: if field == "." { "<root>".into() } else { field },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    Ok((label.to_string(), parsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_lists_and_skips_unknown_kinds() {
+        let objects = parse(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n",
+        )
+        .unwrap();
+        assert_eq!(objects.namespaces.len(), 1);
+        assert!(objects.namespaces[0].0.contains("items[0]"));
+    }
+
+    #[test]
+    fn names_object_and_field() {
+        let err = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  ports:\n  - port: http\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("Service default/web (document 1): spec.ports[0].port:"), "{err}");
+    }
+
+    #[test]
+    fn reports_yaml_errors_with_document() {
+        let err = parse("kind: Namespace\nmetadata: {name: a}\n---\nkind: [\n").unwrap_err().to_string();
+        assert!(err.starts_with("document 2: invalid YAML"), "{err}");
+    }
+}

@@ -1,0 +1,432 @@
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use filters::model::{
+    Endpoint, Identity, NamespacedName, Protocol, Service, ServicePort, Snapshot, TargetPort,
+    Waypoint, Workload,
+};
+
+use super::objects::{self, IntOrString, ObjectMeta};
+use super::{LocalConfigError, Objects};
+
+/// Label that points a Service, Pod or Namespace at a waypoint.
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// Label naming the namespace of the waypoint in [`USE_WAYPOINT`] (default: the object's).
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// Gateway label choosing which traffic the waypoint handles: service, workload, all, none.
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// Pod annotation set by the CNI for pods in the ambient mesh (reachable over HBONE).
+pub const REDIRECTION: &str = "ambient.istio.io/redirection";
+/// The waypoint GatewayClass.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+
+/// How to interpret a local configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The waypoint's own Gateway; `None` picks the only `istio-waypoint` Gateway.
+    pub gateway: Option<NamespacedName>,
+    /// SPIFFE trust domain of workload identities.
+    pub trust_domain: String,
+    /// Cluster DNS suffix for Service hostnames.
+    pub domain_suffix: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            gateway: None,
+            trust_domain: "cluster.local".into(),
+            domain_suffix: "cluster.local".into(),
+        }
+    }
+}
+
+fn invalid(object: &str, field: impl Into<String>, message: impl Into<String>) -> LocalConfigError {
+    LocalConfigError::Invalid {
+        object: object.to_string(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+/// Whether `meta` (or, when it has no label, its namespace) uses the waypoint `gw`.
+fn uses_waypoint(
+    meta: &ObjectMeta,
+    ns_labels: Option<&BTreeMap<String, String>>,
+    gw: &NamespacedName,
+) -> bool {
+    let own_ns = namespace_of(meta);
+    let check = |labels: &BTreeMap<String, String>| {
+        labels.get(USE_WAYPOINT).map(|name| {
+            let ns = labels
+                .get(USE_WAYPOINT_NAMESPACE)
+                .map(String::as_str)
+                .unwrap_or(own_ns);
+            name == &gw.name && ns == gw.namespace
+        })
+    };
+    check(&meta.labels)
+        .or_else(|| ns_labels.and_then(check))
+        .unwrap_or(false)
+}
+
+/// Builds the snapshot the objects describe.
+pub fn translate(
+    objects: &Objects,
+    options: &Options,
+    version: u64,
+    source: String,
+) -> Result<Snapshot, LocalConfigError> {
+    let (gw_label, gateway) = pick_gateway(objects, options)?;
+    let gw_name = NamespacedName::new(namespace_of(&gateway.metadata), &gateway.metadata.name);
+    let waypoint_for = gateway
+        .metadata
+        .labels
+        .get(WAYPOINT_FOR)
+        .map(String::as_str)
+        .unwrap_or("service");
+    let (for_services, for_workloads) = match waypoint_for {
+        "service" => (true, false),
+        "workload" => (false, true),
+        "all" => (true, true),
+        "none" => (false, false),
+        other => {
+            return Err(invalid(
+                &gw_label,
+                format!("metadata.labels[{WAYPOINT_FOR}]"),
+                format!("must be service, workload, all or none, got {other:?}"),
+            ))
+        }
+    };
+
+    let ns_labels: HashMap<&str, &BTreeMap<String, String>> = objects
+        .namespaces
+        .iter()
+        .map(|(_, n)| (n.metadata.name.as_str(), &n.metadata.labels))
+        .collect();
+
+    let mut workloads = Vec::new();
+    for (label, pod) in &objects.pods {
+        if let Some(w) = workload(label, pod, options, &ns_labels, &gw_name, for_workloads)? {
+            workloads.push(Arc::new(w));
+        }
+    }
+
+    let mut services = Vec::new();
+    for (label, svc) in &objects.services {
+        let ns = namespace_of(&svc.metadata);
+        let served =
+            for_services && uses_waypoint(&svc.metadata, ns_labels.get(ns).copied(), &gw_name);
+        services.push(service(label, svc, served, options, &workloads)?);
+    }
+
+    let waypoint = Waypoint {
+        gateway: gw_name,
+        trust_domain: options.trust_domain.clone(),
+    };
+    Ok(Snapshot::new(version, source, waypoint, services, workloads)?)
+}
+
+fn pick_gateway<'a>(
+    objects: &'a Objects,
+    options: &Options,
+) -> Result<(String, &'a objects::Gateway), LocalConfigError> {
+    let mut candidates = objects
+        .gateways
+        .iter()
+        .filter(|(_, g)| g.spec.gateway_class_name == WAYPOINT_CLASS);
+    if let Some(want) = &options.gateway {
+        return candidates
+            .find(|(_, g)| {
+                g.metadata.name == want.name && namespace_of(&g.metadata) == want.namespace
+            })
+            .map(|(l, g)| (l.clone(), g))
+            .ok_or_else(|| LocalConfigError::NoWaypoint(format!(" named {want}")));
+    }
+    let all: Vec<_> = candidates.by_ref().collect();
+    match all.as_slice() {
+        [] => Err(LocalConfigError::NoWaypoint(String::new())),
+        [(l, g)] => Ok((l.clone(), g)),
+        many => Err(LocalConfigError::AmbiguousWaypoint(
+            many.iter()
+                .map(|(_, g)| format!("{}/{}", namespace_of(&g.metadata), g.metadata.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
+}
+
+fn workload(
+    label: &str,
+    pod: &objects::Pod,
+    options: &Options,
+    ns_labels: &HashMap<&str, &BTreeMap<String, String>>,
+    gw: &NamespacedName,
+    for_workloads: bool,
+) -> Result<Option<Workload>, LocalConfigError> {
+    if matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return Ok(None);
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let listed = pod
+        .status
+        .pod_ips
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("status.podIPs[{i}].ip"), &p.ip));
+    let single = pod
+        .status
+        .pod_ip
+        .iter()
+        .map(|ip| ("status.podIP".to_string(), ip));
+    for (field, raw) in single.chain(listed) {
+        let ip: IpAddr = raw
+            .parse()
+            .map_err(|_| invalid(label, field, format!("not an IP address: {raw:?}")))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    if ips.is_empty() {
+        tracing::debug!(object = label, "pod has no IP yet; skipped");
+        return Ok(None);
+    }
+    ips.sort_by_key(|ip| ip.is_ipv6());
+    let ns = namespace_of(&pod.metadata);
+    let sa = pod
+        .spec
+        .service_account_name
+        .as_deref()
+        .unwrap_or("default");
+    let mut named_ports = BTreeMap::new();
+    for c in &pod.spec.containers {
+        for p in &c.ports {
+            if let Some(name) = &p.name {
+                named_ports.insert(name.clone(), p.container_port);
+            }
+        }
+    }
+    Ok(Some(Workload {
+        name: NamespacedName::new(ns, &pod.metadata.name),
+        ips,
+        identity: Identity::new(&options.trust_domain, ns, sa),
+        labels: pod.metadata.labels.clone(),
+        hbone: pod.metadata.annotations.get(REDIRECTION).map(String::as_str) == Some("enabled"),
+        served: for_workloads && uses_waypoint(&pod.metadata, ns_labels.get(ns).copied(), gw),
+        named_ports,
+    }))
+}
+
+fn service(
+    label: &str,
+    svc: &objects::Service,
+    served: bool,
+    options: &Options,
+    workloads: &[Arc<Workload>],
+) -> Result<Service, LocalConfigError> {
+    let ns = namespace_of(&svc.metadata);
+    let mut vips = Vec::new();
+    let single = svc
+        .spec
+        .cluster_ip
+        .iter()
+        .map(|ip| ("spec.clusterIP".to_string(), ip));
+    let listed = svc
+        .spec
+        .cluster_ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip));
+    for (field, raw) in single.chain(listed) {
+        if raw.is_empty() || raw == "None" {
+            continue;
+        }
+        let ip: IpAddr = raw
+            .parse()
+            .map_err(|_| invalid(label, field, format!("not an IP address: {raw:?}")))?;
+        if !vips.contains(&ip) {
+            vips.push(ip);
+        }
+    }
+    let selected: Vec<&Arc<Workload>> = match &svc.spec.selector {
+        Some(sel) if !sel.is_empty() => workloads
+            .iter()
+            .filter(|w| w.name.namespace == ns)
+            .filter(|w| sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut ports: Vec<ServicePort> = Vec::new();
+    for (i, p) in svc.spec.ports.iter().enumerate() {
+        let field = |f: &str| format!("spec.ports[{i}].{f}");
+        if p.port == 0 {
+            return Err(invalid(label, field("port"), "must be between 1 and 65535"));
+        }
+        if ports.iter().any(|q| q.port == p.port) {
+            return Err(invalid(label, field("port"), format!("duplicate port {}", p.port)));
+        }
+        if matches!(p.protocol.as_deref(), Some("UDP" | "SCTP")) {
+            tracing::info!(object = label, port = p.port, "skipping non-TCP service port");
+            continue;
+        }
+        let target = match &p.target_port {
+            None => TargetPort::Number(p.port),
+            Some(IntOrString::Int(0)) => {
+                return Err(invalid(label, field("targetPort"), "must be between 1 and 65535"))
+            }
+            Some(IntOrString::Int(n)) => TargetPort::Number(*n),
+            Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                Ok(n) if n > 0 => TargetPort::Number(n),
+                _ if !s.is_empty() => TargetPort::Named(s.clone()),
+                _ => return Err(invalid(label, field("targetPort"), "must not be empty")),
+            },
+        };
+        let endpoints = selected
+            .iter()
+            .filter_map(|w| {
+                let port = match &target {
+                    TargetPort::Number(n) => *n,
+                    TargetPort::Named(name) => *w.named_ports.get(name)?,
+                };
+                Some(Endpoint {
+                    workload: (*w).clone(),
+                    port,
+                })
+            })
+            .collect();
+        ports.push(ServicePort::new(
+            p.name.clone(),
+            p.port,
+            target,
+            Protocol::resolve(p.app_protocol.as_deref(), p.name.as_deref()),
+            endpoints,
+        ));
+    }
+    Ok(Service {
+        name: NamespacedName::new(ns, &svc.metadata.name),
+        hostname: format!("{}.{ns}.svc.{}", svc.metadata.name, options.domain_suffix),
+        vips,
+        ports,
+        served,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::parse;
+
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: default
+  labels: {istio.io/use-waypoint: waypoint}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: default}
+spec: {gatewayClassName: istio-waypoint}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  clusterIP: 127.96.0.1
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 80, targetPort: web}
+  - {name: tcp-raw, port: 9000, targetPort: 9000}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: optout
+  namespace: default
+  labels: {istio.io/use-waypoint: none}
+spec:
+  clusterIP: 127.96.0.2
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-1
+  namespace: default
+  labels: {app: echo}
+  annotations: {ambient.istio.io/redirection: enabled}
+spec:
+  serviceAccountName: echo
+  containers: [{ports: [{name: web, containerPort: 8080}]}]
+status: {podIP: 127.128.0.1, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo-2, namespace: default, labels: {app: echo}}
+spec: {containers: [{}]}
+status: {podIP: 127.128.0.2}
+"#;
+
+    fn snap(text: &str) -> Result<Snapshot, LocalConfigError> {
+        translate(&parse(text)?, &Options::default(), 1, "test".into())
+    }
+
+    #[test]
+    fn translates_services_pods_and_labels() {
+        let s = snap(MESH).unwrap();
+        let echo = &s.services["default/echo"];
+        assert!(echo.served);
+        assert!(!s.services["default/optout"].served);
+        let http = echo.port(80).unwrap();
+        assert_eq!(http.protocol, Protocol::Http);
+        // echo-2 has no container port named "web": not an endpoint of port 80.
+        assert_eq!(http.endpoints.len(), 1);
+        assert_eq!(
+            http.endpoints[0].address().unwrap().to_string(),
+            "127.128.0.1:8080"
+        );
+        assert_eq!(echo.port(9000).unwrap().endpoints.len(), 2);
+        assert_eq!(echo.port(9000).unwrap().protocol, Protocol::Tcp);
+        let pod1 = s.workload("127.128.0.1".parse().unwrap()).unwrap();
+        assert!(pod1.hbone);
+        assert_eq!(pod1.identity.to_string(), "spiffe://cluster.local/ns/default/sa/echo");
+        assert!(!s.workload("127.128.0.2".parse().unwrap()).unwrap().hbone);
+        assert!(s.resolve("127.96.0.1:80".parse().unwrap()).is_some());
+        assert!(s.resolve("127.96.0.2:80".parse().unwrap()).is_none());
+        // waypoint-for defaults to service: pod IPs are not served.
+        assert!(s.resolve("127.128.0.1:8080".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn waypoint_for_workload_serves_pods() {
+        let text = MESH.replace(
+            "metadata: {name: waypoint, namespace: default}",
+            "metadata: {name: waypoint, namespace: default, labels: {istio.io/waypoint-for: all}}",
+        );
+        let s = snap(&text).unwrap();
+        assert!(s.resolve("127.128.0.1:8080".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn errors_name_object_and_field() {
+        let bad_ip = MESH.replace("clusterIP: 127.96.0.1", "clusterIP: 999.1.1.1");
+        let err = snap(&bad_ip).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "Service default/echo (document 3): spec.clusterIP: not an IP address: \"999.1.1.1\""
+        );
+        let dup = MESH.replace("port: 9000, targetPort: 9000", "port: 80, targetPort: 9000");
+        let err = snap(&dup).unwrap_err().to_string();
+        assert!(err.contains("spec.ports[1].port: duplicate port 80"), "{err}");
+        let no_gw = MESH.replace("istio-waypoint", "istio");
+        assert!(matches!(snap(&no_gw), Err(LocalConfigError::NoWaypoint(_))));
+        let same_vip = MESH.replace("clusterIP: 127.96.0.2", "clusterIP: 127.96.0.1");
+        // optout is not served, so its VIP does not conflict.
+        assert!(snap(&same_vip).is_ok());
+    }
+}
