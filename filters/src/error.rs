@@ -92,7 +92,8 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain"),
         );
-        resp.extensions_mut().insert(ResponseFlag(self.response_flag()));
+        resp.extensions_mut()
+            .insert(ResponseFlag(self.response_flag()));
         resp
     }
 }
@@ -110,8 +111,14 @@ mod tests {
         let e = ProxyError::NoHealthyUpstream("default/a:80".into());
         let r = e.to_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(r.extensions().get::<ResponseFlag>(), Some(&ResponseFlag("UH")));
-        assert_eq!(ProxyError::NoRoute("x".into()).status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            r.extensions().get::<ResponseFlag>(),
+            Some(&ResponseFlag("UH"))
+        );
+        assert_eq!(
+            ProxyError::NoRoute("x".into()).status(),
+            StatusCode::NOT_FOUND
+        );
         assert!(ProxyError::UpstreamConnect {
             endpoint: "a".into(),
             reason: "refused".into()

@@ -59,3 +59,43 @@ mod tests {
         assert!(round_robin(&empty).is_none());
     }
 }
+
+/// An endpoint chosen for one request or tunnel.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    /// `podIP:targetPort`.
+    pub address: std::net::SocketAddr,
+    /// The workload behind it (its identity and whether it speaks HBONE).
+    pub workload: std::sync::Arc<crate::model::Workload>,
+}
+
+/// Chooses the endpoint for `backend`: round-robin over a Service port's endpoints, or the
+/// addressed pod itself.
+pub fn pick(backend: &crate::route::Backend) -> Result<Picked, crate::ProxyError> {
+    use crate::route::Backend;
+    use crate::ProxyError;
+    match backend {
+        Backend::Service { service, port } => {
+            let sp = service.port(*port).ok_or_else(|| {
+                ProxyError::Internal(format!("{} has no port {port}", service.name))
+            })?;
+            let ep =
+                round_robin(sp).ok_or_else(|| ProxyError::NoHealthyUpstream(backend.describe()))?;
+            Ok(Picked {
+                address: ep
+                    .address()
+                    .expect("round_robin returns addressed endpoints"),
+                workload: ep.workload.clone(),
+            })
+        }
+        Backend::Workload { workload, port } => {
+            let ip = workload
+                .primary_ip()
+                .ok_or_else(|| ProxyError::NoHealthyUpstream(backend.describe()))?;
+            Ok(Picked {
+                address: std::net::SocketAddr::new(ip, *port),
+                workload: workload.clone(),
+            })
+        }
+    }
+}

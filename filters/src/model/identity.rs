@@ -86,7 +86,9 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        let id: Identity = "spiffe://cluster.local/ns/default/sa/sleep".parse().unwrap();
+        let id: Identity = "spiffe://cluster.local/ns/default/sa/sleep"
+            .parse()
+            .unwrap();
         assert_eq!(id, Identity::new("cluster.local", "default", "sleep"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/sleep");
         assert_eq!(id.principal(), "cluster.local/ns/default/sa/sleep");

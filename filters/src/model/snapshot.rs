@@ -395,7 +395,10 @@ mod tests {
             1,
             "test".into(),
             waypoint(),
-            vec![service("a", "127.96.0.1", 80), service("b", "127.96.0.1", 80)],
+            vec![
+                service("a", "127.96.0.1", 80),
+                service("b", "127.96.0.1", 80),
+            ],
             vec![],
         )
         .unwrap_err();

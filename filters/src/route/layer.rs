@@ -75,17 +75,19 @@ mod tests {
             served: true,
             named_ports: BTreeMap::new(),
         });
-        let snapshot = Arc::new(Snapshot::new(
-            1,
-            "test".into(),
-            Waypoint {
-                gateway: NamespacedName::new("default", "waypoint"),
-                trust_domain: "cluster.local".into(),
-            },
-            vec![],
-            vec![wl.clone()],
-        )
-        .unwrap());
+        let snapshot = Arc::new(
+            Snapshot::new(
+                1,
+                "test".into(),
+                Waypoint {
+                    gateway: NamespacedName::new("default", "waypoint"),
+                    trust_domain: "cluster.local".into(),
+                },
+                vec![],
+                vec![wl.clone()],
+            )
+            .unwrap(),
+        );
         RequestContext {
             snapshot,
             tunnel: Arc::new(TunnelInfo {

@@ -33,6 +33,20 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The backend a tunnel's own target stands for (no routes applied).
+    pub fn of_target(target: &Target) -> Self {
+        match target {
+            Target::Service { service, port } => Backend::Service {
+                service: service.clone(),
+                port: *port,
+            },
+            Target::Workload { workload, port } => Backend::Workload {
+                workload: workload.clone(),
+                port: *port,
+            },
+        }
+    }
+
     /// `namespace/name:port` for logs and errors.
     pub fn describe(&self) -> String {
         match self {
@@ -55,15 +69,7 @@ pub fn decide<B>(
     ctx: &RequestContext,
     _req: &http::Request<B>,
 ) -> Result<RouteDecision, ProxyError> {
-    let backend = match &ctx.tunnel.target {
-        Target::Service { service, port } => Backend::Service {
-            service: service.clone(),
-            port: *port,
-        },
-        Target::Workload { workload, port } => Backend::Workload {
-            workload: workload.clone(),
-            port: *port,
-        },
-    };
-    Ok(RouteDecision { backend })
+    Ok(RouteDecision {
+        backend: Backend::of_target(&ctx.tunnel.target),
+    })
 }

@@ -27,5 +27,10 @@ pub fn load(path: &Path, options: &Options, version: u64) -> Result<Snapshot, Lo
         source,
     })?;
     let objects = parse(&text)?;
-    translate(&objects, options, version, format!("file:{}", path.display()))
+    translate(
+        &objects,
+        options,
+        version,
+        format!("file:{}", path.display()),
+    )
 }

@@ -112,12 +112,17 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("Service default/web (document 1): spec.ports[0].port:"), "{err}");
+        assert!(
+            err.starts_with("Service default/web (document 1): spec.ports[0].port:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn reports_yaml_errors_with_document() {
-        let err = parse("kind: Namespace\nmetadata: {name: a}\n---\nkind: [\n").unwrap_err().to_string();
+        let err = parse("kind: Namespace\nmetadata: {name: a}\n---\nkind: [\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("document 2: invalid YAML"), "{err}");
     }
 }

@@ -129,7 +129,9 @@ pub fn translate(
         gateway: gw_name,
         trust_domain: options.trust_domain.clone(),
     };
-    Ok(Snapshot::new(version, source, waypoint, services, workloads)?)
+    Ok(Snapshot::new(
+        version, source, waypoint, services, workloads,
+    )?)
 }
 
 fn pick_gateway<'a>(
@@ -216,7 +218,12 @@ fn workload(
         ips,
         identity: Identity::new(&options.trust_domain, ns, sa),
         labels: pod.metadata.labels.clone(),
-        hbone: pod.metadata.annotations.get(REDIRECTION).map(String::as_str) == Some("enabled"),
+        hbone: pod
+            .metadata
+            .annotations
+            .get(REDIRECTION)
+            .map(String::as_str)
+            == Some("enabled"),
         served: for_workloads && uses_waypoint(&pod.metadata, ns_labels.get(ns).copied(), gw),
         named_ports,
     }))
@@ -268,16 +275,28 @@ fn service(
             return Err(invalid(label, field("port"), "must be between 1 and 65535"));
         }
         if ports.iter().any(|q| q.port == p.port) {
-            return Err(invalid(label, field("port"), format!("duplicate port {}", p.port)));
+            return Err(invalid(
+                label,
+                field("port"),
+                format!("duplicate port {}", p.port),
+            ));
         }
         if matches!(p.protocol.as_deref(), Some("UDP" | "SCTP")) {
-            tracing::info!(object = label, port = p.port, "skipping non-TCP service port");
+            tracing::info!(
+                object = label,
+                port = p.port,
+                "skipping non-TCP service port"
+            );
             continue;
         }
         let target = match &p.target_port {
             None => TargetPort::Number(p.port),
             Some(IntOrString::Int(0)) => {
-                return Err(invalid(label, field("targetPort"), "must be between 1 and 65535"))
+                return Err(invalid(
+                    label,
+                    field("targetPort"),
+                    "must be between 1 and 65535",
+                ))
             }
             Some(IntOrString::Int(n)) => TargetPort::Number(*n),
             Some(IntOrString::String(s)) => match s.parse::<u16>() {
@@ -394,7 +413,10 @@ status: {podIP: 127.128.0.2}
         assert_eq!(echo.port(9000).unwrap().protocol, Protocol::Tcp);
         let pod1 = s.workload("127.128.0.1".parse().unwrap()).unwrap();
         assert!(pod1.hbone);
-        assert_eq!(pod1.identity.to_string(), "spiffe://cluster.local/ns/default/sa/echo");
+        assert_eq!(
+            pod1.identity.to_string(),
+            "spiffe://cluster.local/ns/default/sa/echo"
+        );
         assert!(!s.workload("127.128.0.2".parse().unwrap()).unwrap().hbone);
         assert!(s.resolve("127.96.0.1:80".parse().unwrap()).is_some());
         assert!(s.resolve("127.96.0.2:80".parse().unwrap()).is_none());
@@ -422,7 +444,10 @@ status: {podIP: 127.128.0.2}
         );
         let dup = MESH.replace("port: 9000, targetPort: 9000", "port: 80, targetPort: 9000");
         let err = snap(&dup).unwrap_err().to_string();
-        assert!(err.contains("spec.ports[1].port: duplicate port 80"), "{err}");
+        assert!(
+            err.contains("spec.ports[1].port: duplicate port 80"),
+            "{err}"
+        );
         let no_gw = MESH.replace("istio-waypoint", "istio");
         assert!(matches!(snap(&no_gw), Err(LocalConfigError::NoWaypoint(_))));
         let same_vip = MESH.replace("clusterIP: 127.96.0.2", "clusterIP: 127.96.0.1");

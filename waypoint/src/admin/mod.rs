@@ -1,0 +1,129 @@
+//! Readiness (`/healthz/ready` on 15021) and the admin API (`/ready`, `/config_dump`,
+//! `/stats`, `/quitquitquit` on 127.0.0.1:15000), served by Pingora HTTP services.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use tokio::sync::Notify;
+
+use crate::state::Proxy;
+
+/// The readiness endpoint.
+pub struct Readiness {
+    proxy: Arc<Proxy>,
+}
+
+impl Readiness {
+    /// Readiness over the shared state.
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self { proxy }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Vec<u8>>, content_type: &str) -> Response<Vec<u8>> {
+    let body = body.into();
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("valid response")
+}
+
+#[async_trait]
+impl ServeHttp for Readiness {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/healthz/ready" if self.proxy.ready() => text(StatusCode::OK, "ready\n", "text/plain"),
+            "/healthz/ready" => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "configuration not loaded\n",
+                "text/plain",
+            ),
+            _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+        }
+    }
+}
+
+/// The admin API.
+pub struct Admin {
+    proxy: Arc<Proxy>,
+    quit: Arc<Notify>,
+}
+
+impl Admin {
+    /// Admin over the shared state; `/quitquitquit` notifies `quit`.
+    pub fn new(proxy: Arc<Proxy>, quit: Arc<Notify>) -> Self {
+        Self { proxy, quit }
+    }
+
+    fn stats(&self) -> String {
+        let s = &self.proxy.stats;
+        let u = &self.proxy.upstream;
+        let snapshot = self.proxy.config.current();
+        [
+            ("config.version", snapshot.version),
+            ("config.rejected", self.proxy.config.rejected()),
+            (
+                "downstream.hbone_connections",
+                s.hbone_connections.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "downstream.tunnels",
+                s.tunnels.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "downstream.requests_in_flight",
+                s.requests_in_flight.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "downstream.requests_total",
+                s.requests_total.load(Ordering::Relaxed),
+            ),
+            ("upstream.hbone_handshakes", u.hbone.handshakes()),
+            (
+                "upstream.hbone_connections",
+                u.hbone.open_connections() as u64,
+            ),
+            ("upstream.http_connects", u.http.connects()),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\n"))
+        .collect()
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        match session.req_header().uri.path() {
+            "/ready" if self.proxy.ready() => text(StatusCode::OK, "LIVE\n", "text/plain"),
+            "/ready" => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PRE_INITIALIZING\n",
+                "text/plain",
+            ),
+            "/config_dump" => match serde_json::to_vec_pretty(&*self.proxy.config.current()) {
+                Ok(json) => text(StatusCode::OK, json, "application/json"),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    e.to_string(),
+                    "text/plain",
+                ),
+            },
+            "/stats" => text(StatusCode::OK, self.stats(), "text/plain"),
+            "/quitquitquit" if method == Method::POST => {
+                tracing::info!("shutdown requested over the admin API");
+                self.quit.notify_one();
+                text(StatusCode::OK, "OK\n", "text/plain")
+            }
+            "/quitquitquit" => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n", "text/plain"),
+            _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Subcommands: `run`, `dev-ca`, `request`, `demo`.
+
+mod demo;
+mod dev_ca;
+mod request;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+/// L7 waypoint proxy for Istio ambient mesh.
+#[derive(Debug, Parser)]
+#[command(name = "waypoint", version)]
+pub struct Cli {
+    /// Log filter (`info`, `debug`, `waypoint=debug,pingora=warn`, ...).
+    #[arg(long, global = true, default_value = "info", env = "WAYPOINT_LOG")]
+    pub log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the waypoint.
+    Run(run::RunArgs),
+    /// Write a development root CA and SPIFFE certificates.
+    DevCa(dev_ca::DevCaArgs),
+    /// Send one HTTP request through an HBONE server (a waypoint or a ztunnel).
+    Request(request::RequestArgs),
+    /// Run a self-contained demo: CA, waypoint, two fake pods, requests.
+    Demo(demo::DemoArgs),
+}
+
+/// Installs the tracing subscriber (also capturing Pingora's `log` records).
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs the chosen subcommand.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::DevCa(a) => dev_ca::run(a),
+        Command::Request(a) => runtime()?.block_on(request::run(a)),
+        Command::Demo(a) => runtime()?.block_on(demo::run(a)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,132 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use filters::model::{NamespacedName, Waypoint};
+use filters::Snapshot;
+use waypoint::server::{self, ServerOptions, Task};
+use waypoint::state::{Proxy, ProxyOptions, SnapshotStore};
+use waypoint::tls::{CertPaths, CertStore};
+use xds::Publisher;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Local configuration: a YAML file of Kubernetes objects, watched for changes.
+    #[arg(long)]
+    config: PathBuf,
+    /// The waypoint's Gateway as `namespace/name` (default: the only istio-waypoint Gateway).
+    #[arg(long)]
+    gateway: Option<String>,
+    /// PEM certificate chain (leaf first).
+    #[arg(long)]
+    cert_chain: PathBuf,
+    /// PEM private key.
+    #[arg(long)]
+    key: PathBuf,
+    /// PEM root bundle.
+    #[arg(long)]
+    root_cert: PathBuf,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// HBONE listener.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    hbone_addr: SocketAddr,
+    /// Readiness listener (`/healthz/ready`).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    ready_addr: SocketAddr,
+    /// Admin listener.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Longest wait for in-flight requests at shutdown, in seconds.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+    /// Protocol detection timeout for ports of unknown protocol, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    detect_timeout_ms: u64,
+    /// How often the configuration and certificate files are checked, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    watch_interval_ms: u64,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let gateway = args
+        .gateway
+        .as_deref()
+        .map(|g| {
+            let (ns, name) = g
+                .split_once('/')
+                .context("--gateway must be namespace/name")?;
+            Ok::<_, anyhow::Error>(NamespacedName::new(ns, name))
+        })
+        .transpose()?;
+    let local = xds::local::Options {
+        gateway,
+        trust_domain: args.trust_domain.clone(),
+        ..Default::default()
+    };
+    let certs = Arc::new(
+        CertStore::load(CertPaths {
+            cert_chain: args.cert_chain.clone(),
+            key: args.key.clone(),
+            root_cert: args.root_cert.clone(),
+        })
+        .context("loading certificates")?,
+    );
+    let ours = certs.current().identity.clone();
+    anyhow::ensure!(
+        ours.trust_domain == args.trust_domain,
+        "our certificate's identity {ours} is not in trust domain {}",
+        args.trust_domain
+    );
+    let first = xds::local::load(&args.config, &local, 1)
+        .with_context(|| format!("invalid configuration {}", args.config.display()))?;
+    let store = Arc::new(SnapshotStore::new(Snapshot::empty(Waypoint {
+        gateway: first.waypoint.gateway.clone(),
+        trust_domain: args.trust_domain.clone(),
+    })));
+    tracing::info!(identity = %ours, gateway = %first.waypoint.gateway, services = first.services.len(), "configuration loaded");
+    store.publish(first);
+
+    let proxy = Proxy::new(
+        store.clone(),
+        certs.clone(),
+        ProxyOptions {
+            trust_domain: args.trust_domain.clone(),
+            detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+            drain_timeout: Duration::from_secs(args.drain_timeout),
+        },
+    );
+    let interval = Duration::from_millis(args.watch_interval_ms);
+    let tasks: Vec<Task> = vec![
+        Box::pin(xds::local::watch(
+            args.config.clone(),
+            local,
+            store,
+            interval,
+        )),
+        Box::pin(certs.watch(interval)),
+    ];
+    let threads = args.concurrency.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    server::run(
+        proxy,
+        ServerOptions {
+            hbone_addr: args.hbone_addr,
+            ready_addr: args.ready_addr,
+            admin_addr: args.admin_addr,
+            threads,
+        },
+        tasks,
+    );
+    Ok(())
+}

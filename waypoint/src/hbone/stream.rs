@@ -1,0 +1,222 @@
+//! [`H2Stream`]: one HTTP/2 CONNECT stream as a byte stream (`AsyncRead` + `AsyncWrite`).
+//!
+//! The same type carries a tunnel on both sides of the waypoint: the downstream tunnel
+//! from ztunnel (handed to Pingora's HTTP session as its transport) and the upstream
+//! tunnel to a destination pod (handed to hyper's client connection).
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+static NEXT_ID: AtomicI32 = AtomicI32::new(1);
+
+/// Largest chunk handed to h2 in one write; h2 splits it into frames.
+const MAX_WRITE: usize = 1 << 20;
+
+/// A bidirectional byte stream over one HTTP/2 stream.
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received but not yet read (also holds bytes peeked for protocol detection).
+    buf: BytesMut,
+    eof: bool,
+    shut: bool,
+    id: UniqueIDType,
+    /// Kept alive as long as the stream (e.g. a pool's in-use counter).
+    _guard: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("id", &self.id)
+            .field("stream", &self.send.stream_id())
+            .finish()
+    }
+}
+
+impl H2Stream {
+    /// Wraps the two halves of an HTTP/2 stream.
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            buf: BytesMut::new(),
+            eof: false,
+            shut: false,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            _guard: None,
+        }
+    }
+
+    /// Attaches a value dropped together with the stream.
+    pub fn with_guard(mut self, guard: impl Any + Send + Sync) -> Self {
+        self._guard = Some(Box::new(guard));
+        self
+    }
+
+    /// Reads until at least `want` bytes are buffered (or the peer stops sending) without
+    /// consuming them; returns what is buffered.
+    pub async fn fill(&mut self, want: usize) -> io::Result<&[u8]> {
+        while self.buf.len() < want && !self.eof {
+            std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
+        }
+        Ok(&self.buf)
+    }
+
+    /// Bytes buffered so far.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Receives one more DATA frame into the buffer.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match ready!(self.recv.poll_data(cx)) {
+            Some(Ok(data)) => {
+                let _ = self.recv.flow_control().release_capacity(data.len());
+                self.buf.extend_from_slice(&data);
+                Poll::Ready(Ok(()))
+            }
+            Some(Err(e)) => {
+                if e.reason() == Some(h2::Reason::NO_ERROR) {
+                    self.eof = true;
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Ready(Err(h2_to_io(e)))
+                }
+            }
+            None => {
+                self.eof = true;
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+/// Converts an h2 error into an I/O error, keeping resets recognisable.
+pub fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"))
+    } else {
+        io::Error::new(io::ErrorKind::ConnectionReset, e)
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.buf.is_empty() && !this.eof {
+            ready!(this.poll_fill(cx))?;
+        }
+        let n = this.buf.len().min(out.remaining());
+        out.put_slice(&this.buf[..n]);
+        this.buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let want = data.len().min(MAX_WRITE);
+        this.send.reserve_capacity(want);
+        while this.send.capacity() == 0 {
+            match ready!(this.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "HBONE stream closed",
+                    )))
+                }
+            }
+        }
+        let n = this.send.capacity().min(want);
+        this.send
+            .send_data(Bytes::copy_from_slice(&data[..n]), false)
+            .map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.shut {
+            this.shut = true;
+            // The peer may already have reset the stream; the half-close is best effort.
+            let _ = this.send.send_data(Bytes::new(), true);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[async_trait]
+impl Shutdown for H2Stream {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(self).await;
+    }
+}
+
+impl UniqueID for H2Stream {
+    fn id(&self) -> UniqueIDType {
+        self.id
+    }
+}
+
+impl Ssl for H2Stream {}
+
+impl GetTimingDigest for H2Stream {
+    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for H2Stream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for H2Stream {
+    fn get_socket_digest(&self) -> Option<Arc<pingora_core::protocols::SocketDigest>> {
+        None
+    }
+}
+
+#[async_trait]
+impl Peek for H2Stream {
+    async fn try_peek(&mut self, out: &mut [u8]) -> io::Result<bool> {
+        let have = self.fill(out.len()).await?;
+        let n = have.len().min(out.len());
+        out[..n].copy_from_slice(&have[..n]);
+        Ok(true)
+    }
+}

@@ -1,0 +1,20 @@
+//! `waypoint`: an L7 waypoint proxy for Istio ambient mesh, built on Pingora.
+//!
+//! See `ARCHITECTURE.md` for the data path. Modules, in the order a request meets them:
+//! - [`hbone`]: the HBONE listener (mTLS + HTTP/2 CONNECT on 15008) and the tunnel stream;
+//! - [`proxy`]: what runs inside a tunnel: HTTP sessions through the filter chain, or TCP;
+//! - [`upstream`]: the pooled HBONE (or plain) client towards destination pods;
+//! - [`tls`]: certificates, SPIFFE identities and verifiers;
+//! - [`state`]: the current configuration snapshot and readiness;
+//! - [`admin`]: readiness, admin and config dump endpoints;
+//! - [`server`]: assembles the Pingora server and owns shutdown.
+
+pub mod admin;
+pub mod hbone;
+pub mod proxy;
+pub mod server;
+pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod tls;
+pub mod upstream;

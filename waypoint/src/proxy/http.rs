@@ -1,0 +1,398 @@
+//! HTTP inside a tunnel: Pingora owns the downstream HTTP session (HTTP/1.1 keep-alive or
+//! h2c); each request is converted to an `http::Request` with a streaming body, run
+//! through the tower filter chain, and the response is streamed back.
+//!
+//! ```text
+//!  Pingora ServerSession ──read_request──► http::Request<ChannelBody> ──► filter chain
+//!        ▲    │ read_request_body ─► channel (bounded) ─► upstream request body  │
+//!        │    └──────────────────────────────────────────────────────────────────┘
+//!        └── write_response_header / _body / _trailers ◄── http::Response<Body>
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use filters::body::{self as fbody, Body};
+use filters::model::{RequestContext, TunnelInfo};
+use filters::route::RouteLayer;
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
+};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::{Layer, ServiceExt};
+
+use super::body::{channel, BodySender};
+use super::headers::strip_hop_by_hop;
+use crate::hbone::{settings, H2Stream};
+use crate::state::{Gauge, Proxy};
+use crate::upstream::Forward;
+
+/// The per-tunnel HTTP application handed to Pingora.
+struct TunnelApp {
+    proxy: Arc<Proxy>,
+    info: Arc<TunnelInfo>,
+    options: HttpServerOptions,
+}
+
+/// Serves HTTP/1.1 (`h2c == false`) or HTTP/2 prior knowledge on one tunnel.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    info: Arc<TunnelInfo>,
+    stream: H2Stream,
+    h2c: bool,
+    shutdown: ShutdownWatch,
+) {
+    let mut options = HttpServerOptions::default();
+    options.h2c = h2c;
+    let app = Arc::new(TunnelApp {
+        proxy,
+        info,
+        options,
+    });
+    app.process_new(Box::new(stream), &shutdown).await;
+}
+
+#[async_trait]
+impl HttpServerApp for TunnelApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !session.is_http2() {
+            let mut shutdown = shutdown.clone();
+            tokio::select! {
+                read = session.read_request() => match read {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading request failed");
+                        return None;
+                    }
+                },
+                // An idle keep-alive connection closes when draining starts.
+                _ = shutdown.wait_for(|s| *s) => return None,
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let _inflight = Gauge::inc(&self.proxy.stats.requests_in_flight);
+        let reusable = self.exchange(&mut session).await;
+        self.proxy
+            .stats
+            .requests_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !reusable || session.is_http2() {
+            let _ = session.finish().await;
+            return None;
+        }
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
+            _ => None,
+        }
+    }
+
+    fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
+        let mut b = h2::server::Builder::new();
+        b.initial_window_size(settings::STREAM_WINDOW)
+            .initial_connection_window_size(settings::CONNECTION_WINDOW)
+            .max_frame_size(settings::MAX_FRAME_SIZE)
+            .max_concurrent_streams(1000);
+        Some(b)
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
+
+/// The state of the downstream request body while a request is in flight.
+struct RequestBody {
+    tx: Option<BodySender>,
+    pending: Option<Result<Frame<Bytes>, filters::body::BoxError>>,
+    done: bool,
+}
+
+impl TunnelApp {
+    /// Runs one request; returns whether the connection may carry another.
+    async fn exchange(&self, session: &mut ServerSession) -> bool {
+        let (req, mut body) = match self.request(session) {
+            Ok(r) => r,
+            Err(resp) => return write_response(session, resp, &mut RequestBody::done()).await,
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let upgrade_req = !session.is_http2() && session.is_upgrade_req();
+        let stack = RouteLayer.layer(Forward::new(self.proxy.clone()));
+        let mut call: std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<Response<Body>, filters::ProxyError>>
+                    + Send,
+            >,
+        > = Box::pin(stack.oneshot(req));
+        let result = loop {
+            tokio::select! {
+                result = &mut call => break result,
+                _ = body.pump(session), if !body.done => {}
+            }
+        };
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::info!(%method, path, error = %e, status = e.status().as_u16(), flag = e.response_flag(), "request failed");
+                e.to_response()
+            }
+        };
+        tracing::debug!(%method, path, status = resp.status().as_u16(), "response");
+        if upgrade_req && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return upgrade(session, resp).await;
+        }
+        if session.is_http2() {
+            resp.headers_mut().remove(header::CONNECTION);
+        }
+        write_response(session, resp, &mut body).await
+    }
+
+    /// Converts the session's request into an `http::Request` bound to this tunnel.
+    fn request(
+        &self,
+        session: &mut ServerSession,
+    ) -> Result<(Request<Body>, RequestBody), Response<Body>> {
+        let mut parts = session.req_header().as_owned_parts();
+        let upgrade = !session.is_http2() && session.is_upgrade_req();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        // Canonical form: origin-form URI plus a Host header, whatever the client sent.
+        if let Some(auth) = parts.uri.authority().cloned() {
+            if !parts.headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        if !parts.headers.contains_key(header::HOST) {
+            return Err(local(StatusCode::BAD_REQUEST, "missing host"));
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        parts.uri = pq
+            .parse()
+            .map_err(|_| local(StatusCode::BAD_REQUEST, "bad path"))?;
+        parts.version = if session.is_http2() {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let (body, state) = if session.is_body_empty() && !upgrade {
+            (fbody::empty(), RequestBody::done())
+        } else {
+            let (tx, rx) = channel(length);
+            (
+                rx.boxed_unsync(),
+                RequestBody {
+                    tx: Some(tx),
+                    pending: None,
+                    done: false,
+                },
+            )
+        };
+        let mut req = Request::from_parts(parts, body);
+        req.extensions_mut().insert(RequestContext {
+            snapshot: self.proxy.config.current(),
+            tunnel: self.info.clone(),
+        });
+        Ok((req, state))
+    }
+}
+
+impl RequestBody {
+    fn done() -> Self {
+        Self {
+            tx: None,
+            pending: None,
+            done: true,
+        }
+    }
+
+    /// Moves one chunk from the session towards the upstream request. Cancel-safe: a chunk
+    /// read from the session is kept until the channel has room for it.
+    async fn pump(&mut self, session: &mut ServerSession) {
+        if self.tx.is_none() {
+            self.done = true;
+            return;
+        }
+        if self.pending.is_some() {
+            let sent = match self.tx.as_ref() {
+                Some(tx) => match tx.reserve().await {
+                    Ok(permit) => {
+                        permit.send(self.pending.take().expect("checked"));
+                        true
+                    }
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if !sent {
+                // The upstream stopped reading the body (it answered already).
+                self.tx = None;
+                self.pending = None;
+                self.done = true;
+            }
+            return;
+        }
+        match session.read_request_body().await {
+            Ok(Some(data)) => self.pending = Some(Ok(Frame::data(data))),
+            Ok(None) => {
+                self.tx = None;
+                self.done = true;
+            }
+            Err(e) => {
+                self.pending = Some(Err(Box::new(std::io::Error::other(e.to_string()))));
+                self.done = false;
+                // Deliver the error, then stop.
+                if let Some(tx) = self.tx.take() {
+                    let _ = tx.send(self.pending.take().expect("just set")).await;
+                }
+                self.done = true;
+            }
+        }
+    }
+}
+
+fn local(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(fbody::full(text));
+    *r.status_mut() = status;
+    r
+}
+
+fn response_header(parts: &http::response::Parts, h2: bool) -> Option<Box<ResponseHeader>> {
+    let mut h = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1)).ok()?;
+    for (name, value) in &parts.headers {
+        h.append_header(name.clone(), value.clone()).ok()?;
+    }
+    if !h2
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        && !parts.status.is_informational()
+        && parts.status != StatusCode::NO_CONTENT
+        && parts.status != StatusCode::NOT_MODIFIED
+    {
+        h.insert_header(header::TRANSFER_ENCODING, "chunked").ok()?;
+    }
+    Some(Box::new(h))
+}
+
+/// Streams `resp` to the client while the request body keeps flowing upstream.
+async fn write_response(
+    session: &mut ServerSession,
+    resp: Response<Body>,
+    body: &mut RequestBody,
+) -> bool {
+    let (mut parts, mut resp_body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let Some(header) = response_header(&parts, session.is_http2()) else {
+        tracing::warn!("upstream response headers not representable");
+        return false;
+    };
+    if let Err(e) = session.write_response_header(header).await {
+        tracing::debug!(error = %e, "writing response header failed");
+        return false;
+    }
+    loop {
+        tokio::select! {
+            frame = resp_body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    let written = if frame.is_data() {
+                        let data = frame.into_data().expect("is data");
+                        session.write_response_body(data, false).await
+                    } else if let Ok(trailers) = frame.into_trailers() {
+                        session.write_response_trailers(trailers).await
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = written {
+                        tracing::debug!(error = %e, "client went away mid-response");
+                        return false;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "upstream response body failed");
+                    if session.is_http2() {
+                        session.shutdown_with_reason(h2::Reason::INTERNAL_ERROR);
+                    }
+                    return false;
+                }
+                None => break,
+            },
+            _ = body.pump(session), if !body.done => {}
+        }
+    }
+    if session.finish_body().await.is_err() {
+        return false;
+    }
+    // An unread request body makes an HTTP/1 connection unusable for the next request.
+    body.done && body.pending.is_none()
+}
+
+/// Completes a `101 Switching Protocols` exchange and copies bytes both ways.
+async fn upgrade(session: &mut ServerSession, mut resp: Response<Body>) -> bool {
+    let Some(on_upgrade) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        tracing::warn!("101 from upstream without an upgradable connection");
+        return false;
+    };
+    let (parts, _) = resp.into_parts();
+    let Some(header) = response_header(&parts, false) else {
+        return false;
+    };
+    if session.write_response_header(header).await.is_err() {
+        return false;
+    }
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(error = %e, "upstream upgrade failed");
+            return false;
+        }
+    };
+    let (mut up_read, mut up_write) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+    let mut buf = vec![0u8; 16 * 1024];
+    let (mut down_open, mut up_open) = (true, true);
+    while down_open || up_open {
+        tokio::select! {
+            chunk = session.read_request_body(), if down_open => match chunk {
+                Ok(Some(data)) => {
+                    if up_write.write_all(&data).await.is_err() { break; }
+                }
+                _ => {
+                    down_open = false;
+                    let _ = up_write.shutdown().await;
+                }
+            },
+            n = up_read.read(&mut buf), if up_open => match n {
+                Ok(0) | Err(_) => {
+                    up_open = false;
+                    let _ = session.finish_body().await;
+                }
+                Ok(n) => {
+                    if session.write_response_body(Bytes::copy_from_slice(&buf[..n]), false).await.is_err() { break; }
+                }
+            },
+        }
+    }
+    false
+}

@@ -1,0 +1,48 @@
+//! What runs inside a tunnel: HTTP through the filter chain, or TCP copied byte for byte.
+//!
+//! The Service port's protocol picks the handler; a port of unknown protocol is sniffed
+//! ([`detect`]).
+
+mod body;
+pub mod detect;
+mod headers;
+pub mod http;
+pub mod tcp;
+
+use std::sync::Arc;
+
+use filters::model::{Protocol, TunnelInfo};
+use pingora_core::server::ShutdownWatch;
+
+use crate::hbone::H2Stream;
+use crate::state::Proxy;
+use detect::Detected;
+
+/// Serves one accepted CONNECT tunnel until it ends.
+pub async fn serve_tunnel(
+    proxy: Arc<Proxy>,
+    info: Arc<TunnelInfo>,
+    mut stream: H2Stream,
+    shutdown: ShutdownWatch,
+) {
+    let declared = info.target.protocol();
+    let detected = match detect::detect(&mut stream, declared, proxy.options.detect_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "tunnel closed before its protocol was known");
+            return;
+        }
+    };
+    tracing::debug!(?declared, ?detected, "tunnel protocol");
+    match detected {
+        Detected::Http1 | Detected::Http2 => {
+            http::serve(proxy, info, stream, detected == Detected::Http2, shutdown).await
+        }
+        Detected::Tcp => tcp::serve(proxy, info, stream).await,
+    }
+}
+
+/// Whether a declared protocol is handled as HTTP without sniffing.
+pub fn declared_http(p: Protocol) -> bool {
+    p.is_http()
+}

@@ -1,0 +1,35 @@
+//! TCP inside a tunnel: the bytes are copied to the chosen endpoint unchanged, each
+//! direction closed separately (half-close respected).
+
+use std::sync::Arc;
+
+use filters::balance;
+use filters::model::TunnelInfo;
+use filters::route::Backend;
+
+use crate::hbone::H2Stream;
+use crate::state::Proxy;
+
+/// Copies the tunnel to an endpoint of its target until both directions end.
+pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, mut stream: H2Stream) {
+    let picked = match balance::pick(&Backend::of_target(&info.target)) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: no endpoint");
+            return;
+        }
+    };
+    let mut upstream = match proxy.upstream.connect(&picked).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: connect failed");
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
+        Ok((sent, received)) => {
+            tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel finished")
+        }
+        Err(e) => tracing::debug!(endpoint = %picked.address, error = %e, "TCP tunnel failed"),
+    }
+}

@@ -1,0 +1,137 @@
+//! Shared proxy state: the configuration snapshot, certificates, upstream pools, counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use filters::Snapshot;
+
+use crate::tls::CertStore;
+use crate::upstream::Upstream;
+
+/// Holds the current snapshot; publishing replaces it in one atomic swap.
+pub struct SnapshotStore {
+    current: ArcSwap<Snapshot>,
+    loaded: AtomicBool,
+    rejected: AtomicU64,
+}
+
+impl SnapshotStore {
+    /// A store holding `initial` (not counted as loaded configuration).
+    pub fn new(initial: Snapshot) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(initial),
+            loaded: AtomicBool::new(false),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// The snapshot in force now.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Whether a configuration source has delivered a configuration.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// How many configurations were rejected since start.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+}
+
+impl xds::Publisher for SnapshotStore {
+    fn current_version(&self) -> u64 {
+        self.current.load().version
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    fn reject(&self, source: &str, error: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(source, error, "configuration rejected");
+    }
+}
+
+/// Counters of live connections and streams, used by shutdown draining and the admin API.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Downstream HBONE connections open.
+    pub hbone_connections: AtomicUsize,
+    /// Downstream CONNECT tunnels open.
+    pub tunnels: AtomicUsize,
+    /// HTTP requests in flight.
+    pub requests_in_flight: AtomicUsize,
+    /// HTTP requests completed.
+    pub requests_total: AtomicU64,
+}
+
+/// Decrements a counter when dropped.
+pub struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    /// Increments `counter` until the guard is dropped.
+    pub fn inc(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tunables of the data path.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// The trust domain peers must belong to.
+    pub trust_domain: String,
+    /// How long to wait for a client's first bytes on a port of unknown protocol.
+    pub detect_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// Everything the data path shares.
+pub struct Proxy {
+    /// Route tables.
+    pub config: Arc<SnapshotStore>,
+    /// Our certificates and the roots.
+    pub certs: Arc<CertStore>,
+    /// Upstream connection pools.
+    pub upstream: Upstream,
+    /// Live counters.
+    pub stats: Stats,
+    /// Tunables.
+    pub options: ProxyOptions,
+}
+
+impl Proxy {
+    /// Builds the shared state.
+    pub fn new(
+        config: Arc<SnapshotStore>,
+        certs: Arc<CertStore>,
+        options: ProxyOptions,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            upstream: Upstream::new(certs.clone()),
+            config,
+            certs,
+            stats: Stats::default(),
+            options,
+        })
+    }
+
+    /// Whether configuration and certificates are loaded.
+    pub fn ready(&self) -> bool {
+        self.config.loaded()
+    }
+}

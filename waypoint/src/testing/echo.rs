@@ -1,0 +1,250 @@
+//! The echo app: answers every request with JSON describing it, like the Gateway API
+//! conformance echo server, plus a few endpoints for proxy tests.
+//!
+//! - any path: `{"path","host","method","proto","headers","namespace","pod"}`;
+//!   `?delay=500ms` waits first; `X-Echo-Set-Header: Name:value,...` adds response headers;
+//! - `/retry/...?uuid=U&succeedAfter=N&responseCode=C`: answers C until the N-th call for U;
+//! - `/echo-body`: streams the request body back; `/bytes?n=N`: streams N bytes;
+//! - `/status/C`: answers status C;
+//! - `/ws` with `Upgrade`: switches protocols and echoes bytes;
+//! - `content-type: application/grpc`: echoes the gRPC message with `grpc-status: 0` trailers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use filters::body::{self as fbody, Body};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Who the echo app says it is.
+#[derive(Debug, Clone)]
+pub struct EchoIdentity {
+    /// Pod name.
+    pub pod: String,
+    /// Namespace.
+    pub namespace: String,
+}
+
+fn query(uri: &http::Uri) -> HashMap<String, String> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Parses Go-style durations used by the conformance suite (`500ms`, `1s`, `2.5s`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "us" | "µs" => n / 1_000_000.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+fn retry_counts() -> &'static Mutex<HashMap<String, u32>> {
+    static COUNTS: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
+    COUNTS.get_or_init(Default::default)
+}
+
+/// Serves one request.
+pub async fn handle(
+    who: Arc<EchoIdentity>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let q = query(req.uri());
+    if let Some(d) = q.get("delay").and_then(|d| parse_duration(d)) {
+        tokio::time::sleep(d).await;
+    }
+    let path = req.uri().path().to_string();
+    let resp = if path == "/ws" && req.headers().contains_key(http::header::UPGRADE) {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let mut io = hyper_util::rt::TokioIo::new(up);
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(fbody::empty())
+            .expect("valid")
+    } else if req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    {
+        grpc_echo(req).await
+    } else if path == "/echo-body" {
+        let body = req
+            .into_body()
+            .map_err(|e| Box::new(e) as fbody::BoxError)
+            .boxed_unsync();
+        Response::new(body)
+    } else if path == "/bytes" {
+        let n: usize = q.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
+        Response::new(bytes_body(n))
+    } else if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        let mut r = json_response(&who, &req);
+        *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+        r
+    } else if path.starts_with("/retry/") {
+        let uuid = q.get("uuid").cloned().unwrap_or_default();
+        let after: u32 = q
+            .get("succeedAfter")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let code: u16 = q
+            .get("responseCode")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(500);
+        let count = {
+            let mut counts = retry_counts().lock().expect("counts");
+            let c = counts.entry(uuid).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let mut r = json_response(&who, &req);
+        if count < after {
+            *r.status_mut() =
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        r
+    } else {
+        json_response(&who, &req)
+    };
+    Ok(resp)
+}
+
+fn json_response(who: &EchoIdentity, req: &Request<Incoming>) -> Response<Body> {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in req.headers() {
+        headers
+            .entry(canonical(name.as_str()))
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        "host": host,
+        "method": req.method().as_str(),
+        "proto": format!("{:?}", req.version()),
+        "headers": headers,
+        "namespace": who.namespace,
+        "pod": who.pod,
+    });
+    let mut resp = Response::new(fbody::full(body.to_string()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(set) = req
+        .headers()
+        .get("x-echo-set-header")
+        .and_then(|v| v.to_str().ok())
+    {
+        for pair in set.split(',') {
+            if let Some((k, v)) = pair.split_once(':') {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(k.trim().as_bytes()),
+                    HeaderValue::from_str(v.trim()),
+                ) {
+                    resp.headers_mut().append(k, v);
+                }
+            }
+        }
+    }
+    resp
+}
+
+/// `x-forwarded-for` → `X-Forwarded-For`, as Go's net/http prints header names.
+fn canonical(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn bytes_body(n: usize) -> Body {
+    const CHUNK: usize = 64 * 1024;
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let stream = futures::stream::unfold(n, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            (left > 0).then(|| {
+                let take = left.min(CHUNK);
+                (
+                    Ok::<_, fbody::BoxError>(Frame::data(chunk.slice(..take))),
+                    left - take,
+                )
+            })
+        }
+    });
+    BodyExt::boxed_unsync(StreamBody::new(stream))
+}
+
+async fn grpc_echo(req: Request<Incoming>) -> Response<Body> {
+    let message = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers.insert("x-echo-trailer", HeaderValue::from_static("present"));
+    let frames = futures::stream::iter(vec![
+        Ok::<_, fbody::BoxError>(Frame::data(message)),
+        Ok(Frame::trailers(trailers)),
+    ]);
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(BodyExt::boxed_unsync(StreamBody::new(frames)))
+        .expect("valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_names() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(canonical("x-forwarded-for"), "X-Forwarded-For");
+    }
+}

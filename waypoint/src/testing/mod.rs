@@ -1,0 +1,46 @@
+//! Test kit: the pieces of an ambient mesh around a waypoint, on loopback.
+//!
+//! - [`client`]: an HBONE client (the source ztunnel's role) used by tests, the load tools
+//!   and `waypoint request`;
+//! - [`ztunnel`]: a fake destination ztunnel: an HBONE server on a pod IP that checks the
+//!   caller's identity and the CONNECT authority, then serves an app;
+//! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
+//! - [`mesh`]: writes local configuration files of Kubernetes objects;
+//! - [`process`]: runs the `waypoint` binary as a child process.
+
+pub mod client;
+pub mod echo;
+pub mod mesh;
+pub mod process;
+pub mod ztunnel;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// A loopback IP nobody else in this process (or, very probably, on this machine) uses,
+/// standing in for a pod IP. Probes that `ip:port` can be bound.
+pub fn free_loopback_ip(port: u16) -> IpAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let salt = std::process::id().wrapping_mul(2654435761);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(salt);
+        // 127.128.0.0/9 minus .0/.255 host parts; leaves 127.0-127 for VIPs and the rest.
+        let ip = Ipv4Addr::new(
+            127,
+            128 + ((n >> 16) % 120) as u8,
+            (n >> 8) as u8,
+            1 + (n % 250) as u8,
+        );
+        if std::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), port)).is_ok() {
+            return IpAddr::V4(ip);
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}

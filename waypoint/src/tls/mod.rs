@@ -1,0 +1,74 @@
+//! Certificates and SPIFFE identity: our own key pair and the mesh root bundle, both
+//! reloadable, plus the verifiers used on the HBONE listener and for upstream HBONE.
+
+mod ca;
+mod client;
+mod server;
+mod store;
+
+pub use ca::{DevCa, IssuedCert};
+pub use client::client_config;
+pub use server::{server_resolver, SpiffeClientVerifier};
+pub use store::{CertPaths, CertStore, Certs};
+
+use filters::model::Identity;
+use rustls::pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+
+/// Why certificates could not be loaded or a peer could not be identified.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A PEM file holds nothing usable.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file (or `<memory>`).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The certificate carries no SPIFFE URI SAN.
+    #[error("certificate has no spiffe:// URI SAN")]
+    NoSpiffeId,
+    /// The certificate does not parse as X.509.
+    #[error("certificate does not parse: {0}")]
+    BadCertificate(String),
+    /// The SPIFFE URI SAN is malformed.
+    #[error(transparent)]
+    Identity(#[from] filters::model::InvalidIdentity),
+    /// Generating certificates failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// The SPIFFE identity in a certificate's URI SAN.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| TlsError::BadCertificate(e.to_string()))?
+        .ok_or(TlsError::NoSpiffeId)?;
+    let uri = san
+        .value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+            _ => None,
+        })
+        .ok_or(TlsError::NoSpiffeId)?;
+    Ok(uri.parse()?)
+}
+
+/// The one crypto provider the waypoint uses (ring, as Pingora does).
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -1,0 +1,106 @@
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+
+use super::{identity_of, CertStore};
+
+/// Serves whatever certificate the store holds now, so rotation needs no new listener.
+#[derive(Debug)]
+struct StoreResolver(Arc<CertStore>);
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("identity", &self.current().identity.to_string())
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for StoreResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().key.clone())
+    }
+}
+
+/// The HBONE listener's certificate resolver.
+pub fn server_resolver(store: Arc<CertStore>) -> Arc<dyn ResolvesServerCert> {
+    Arc::new(StoreResolver(store))
+}
+
+/// Requires a client certificate that chains to the current roots and carries a SPIFFE
+/// identity in our trust domain. TLS 1.2 client authentication is refused, which makes
+/// mutual TLS on the listener TLS 1.3 only.
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    store: Arc<CertStore>,
+    trust_domain: String,
+}
+
+impl SpiffeClientVerifier {
+    /// A verifier accepting peers of `trust_domain`.
+    pub fn new(store: Arc<CertStore>, trust_domain: String) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            trust_domain,
+        })
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.store
+            .current()
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id = identity_of(end_entity).map_err(|e| Error::General(e.to_string()))?;
+        if id.trust_domain != self.trust_domain {
+            return Err(Error::General(format!(
+                "peer {id} is not in trust domain {}",
+                self.trust_domain
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Err(Error::General("HBONE requires TLS 1.3".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.store
+            .current()
+            .client_verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.store
+            .current()
+            .client_verifier
+            .supported_verify_schemes()
+    }
+}

@@ -1,0 +1,86 @@
+//! The innermost service of the filter chain: sends the request to the chosen endpoint.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use filters::balance;
+use filters::body::Body;
+use filters::route::{Backend, RouteDecision};
+use filters::ProxyError;
+use http::{header, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+
+use crate::state::Proxy;
+
+/// Forwards routed requests upstream.
+#[derive(Clone)]
+pub struct Forward {
+    proxy: Arc<Proxy>,
+}
+
+impl Forward {
+    /// A forwarder over the proxy's pools.
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self { proxy }
+    }
+}
+
+impl tower::Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let proxy = self.proxy.clone();
+        Box::pin(async move { forward(&proxy, req).await })
+    }
+}
+
+async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let decision = req
+        .extensions_mut()
+        .remove::<RouteDecision>()
+        .ok_or_else(|| ProxyError::Internal("request reached upstream without a route".into()))?;
+    let picked = balance::pick(&decision.backend)?;
+    let port_h2 = match &decision.backend {
+        Backend::Service { service, port } => {
+            service.port(*port).is_some_and(|p| p.protocol.prefers_h2())
+        }
+        Backend::Workload { .. } => false,
+    };
+    // Envoy's "use downstream protocol", upgraded to HTTP/2 for ports declared http2/grpc.
+    let h2 = port_h2 || req.version() == Version::HTTP_2;
+    if h2 {
+        let host = req
+            .headers_mut()
+            .remove(header::HOST)
+            .and_then(|h| h.to_str().ok().map(str::to_string))
+            .unwrap_or_else(|| picked.address.to_string());
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        *req.uri_mut() = Uri::try_from(format!("http://{host}{pq}"))
+            .map_err(|e| ProxyError::Internal(format!("bad upstream URI: {e}")))?;
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+    }
+    tracing::debug!(endpoint = %picked.address, workload = %picked.workload.name, h2, "forwarding");
+    let resp = proxy
+        .upstream
+        .http
+        .send(&proxy.upstream, &picked, h2, req)
+        .await?;
+    Ok(resp.map(|b| {
+        b.map_err(|e| Box::new(e) as filters::body::BoxError)
+            .boxed_unsync()
+    }))
+}

@@ -1,0 +1,62 @@
+//! The upstream side: connections from the waypoint to destination pods.
+//!
+//! - [`hbone`]: pooled mTLS HTTP/2 connections to `podIP:15008`, one CONNECT stream per
+//!   upstream tunnel, many tunnels per connection.
+//! - [`pool`]: HTTP client connections (hyper) over those tunnels, reused across requests.
+//! - [`forward`]: the innermost tower service of the filter chain.
+//!
+//! Connection reuse lives here, in code we control, rather than in Pingora's upstream pool
+//! (which cannot reuse virtual streams such as HBONE tunnels).
+
+mod conn;
+pub mod forward;
+pub mod hbone;
+pub mod pool;
+
+use std::sync::Arc;
+
+pub use conn::UpstreamIo;
+pub use forward::Forward;
+
+use filters::balance::Picked;
+use filters::ProxyError;
+
+use crate::tls::CertStore;
+
+/// The upstream connection pools.
+pub struct Upstream {
+    /// HBONE connections to destination ztunnels.
+    pub hbone: hbone::HbonePool,
+    /// HTTP connections over tunnels (or plain TCP).
+    pub http: pool::HttpPool,
+}
+
+impl Upstream {
+    /// Empty pools presenting the certificates in `certs`.
+    pub fn new(certs: Arc<CertStore>) -> Self {
+        Self {
+            hbone: hbone::HbonePool::new(certs),
+            http: pool::HttpPool::default(),
+        }
+    }
+
+    /// Opens a byte stream to `picked`: an HBONE tunnel if the pod is in the mesh, else TCP.
+    pub async fn connect(&self, picked: &Picked) -> Result<UpstreamIo, ProxyError> {
+        if picked.workload.hbone {
+            let stream = self
+                .hbone
+                .connect(picked.address, &picked.workload.identity)
+                .await?;
+            Ok(UpstreamIo::Hbone(stream))
+        } else {
+            let tcp = tokio::net::TcpStream::connect(picked.address)
+                .await
+                .map_err(|e| ProxyError::UpstreamConnect {
+                    endpoint: picked.address.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let _ = tcp.set_nodelay(true);
+            Ok(UpstreamIo::Plain(tcp))
+        }
+    }
+}

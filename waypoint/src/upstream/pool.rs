@@ -1,0 +1,174 @@
+//! HTTP client connections to endpoints, reused across requests and downstream tunnels.
+//!
+//! HTTP/1.1 connections are checked out for one request at a time and return to the idle
+//! list once their response is fully read; an HTTP/2 connection is shared by every request
+//! to the endpoint. Both run over [`super::UpstreamIo`] (an HBONE tunnel or TCP).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use filters::balance::Picked;
+use filters::body::Body;
+use filters::ProxyError;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::Upstream;
+
+/// How long an idle HTTP/1.1 connection stays in the pool.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most idle HTTP/1.1 connections kept per endpoint.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    address: SocketAddr,
+    hbone: bool,
+}
+
+type IdleMap = HashMap<Key, Vec<(http1::SendRequest<Body>, Instant)>>;
+
+/// The HTTP connection pool.
+#[derive(Default)]
+pub struct HttpPool {
+    idle: Arc<Mutex<IdleMap>>,
+    h2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
+    connects: AtomicU64,
+}
+
+impl HttpPool {
+    /// Upstream HTTP connections opened since start.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Sends `req` to `picked` over HTTP/2 (`h2`) or HTTP/1.1, reusing a pooled connection.
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        picked: &Picked,
+        h2: bool,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let key = Key {
+            address: picked.address,
+            hbone: picked.workload.hbone,
+        };
+        let reset = |e: hyper::Error| ProxyError::UpstreamReset {
+            endpoint: picked.address.to_string(),
+            reason: e.to_string(),
+        };
+        if h2 {
+            let mut sender = self.h2_sender(upstream, picked, &key).await?;
+            return sender.send_request(req).await.map_err(reset);
+        }
+        let mut req = req;
+        // A pooled connection the server closed meanwhile hands the request back unsent;
+        // then it goes on a fresh connection.
+        while let Some(mut sender) = self.checkout(&key) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.checkin_when_ready(key, sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(reset(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.new_h1(upstream, picked).await?;
+        let resp = sender.send_request(req).await.map_err(reset)?;
+        self.checkin_when_ready(key, sender);
+        Ok(resp)
+    }
+
+    fn checkout(&self, key: &Key) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.get_mut(key)?;
+        while let Some((sender, since)) = list.pop() {
+            if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Returns the connection to the idle list once it can take another request (its
+    /// response body has been read); a connection that closes instead is dropped.
+    fn checkin_when_ready(&self, key: Key, mut sender: http1::SendRequest<Body>) {
+        let idle = self.idle.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut idle = idle.lock().expect("pool lock");
+                let list = idle.entry(key).or_default();
+                if list.len() < MAX_IDLE_PER_ENDPOINT {
+                    list.push((sender, Instant::now()));
+                }
+            }
+        });
+    }
+
+    async fn h2_sender(
+        &self,
+        upstream: &Upstream,
+        picked: &Picked,
+        key: &Key,
+    ) -> Result<http2::SendRequest<Body>, ProxyError> {
+        if let Some(s) = self.h2.lock().expect("pool lock").get(key) {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let io = upstream.connect(picked).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(crate::hbone::settings::STREAM_WINDOW)
+            .initial_connection_window_size(crate::hbone::settings::CONNECTION_WINDOW)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect {
+                endpoint: picked.address.to_string(),
+                reason: format!("HTTP/2 handshake: {e}"),
+            })?;
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        let addr = picked.address;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        self.h2
+            .lock()
+            .expect("pool lock")
+            .insert(key.clone(), sender.clone());
+        Ok(sender)
+    }
+
+    async fn new_h1(
+        &self,
+        upstream: &Upstream,
+        picked: &Picked,
+    ) -> Result<http1::SendRequest<Body>, ProxyError> {
+        let io = upstream.connect(picked).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect {
+                endpoint: picked.address.to_string(),
+                reason: format!("HTTP/1.1 handshake: {e}"),
+            })?;
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        let addr = picked.address;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
