@@ -84,12 +84,16 @@ impl HttpServerApp for TunnelApp {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
+        // Responses may start before the request body ends (full duplex); the exchange
+        // reads or drains the rest, so the connection stays reusable.
+        session.set_close_on_response_before_downstream_finish(false);
         let _inflight = Gauge::inc(&self.proxy.stats.requests_in_flight);
         let reusable = self.exchange(&mut session).await;
         self.proxy
             .stats
             .requests_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::trace!(reusable, keepalive = ?session.get_keepalive(), "request finished");
         if !reusable || session.is_http2() {
             let _ = session.finish().await;
             return None;
@@ -345,9 +349,20 @@ async fn write_response(
     if session.finish_body().await.is_err() {
         return false;
     }
-    // An unread request body makes an HTTP/1 connection unusable for the next request.
-    body.done && body.pending.is_none()
+    if body.done && body.pending.is_none() {
+        return true;
+    }
+    // The upstream answered before the whole request body arrived. The rest has nowhere to
+    // go; read it off so the HTTP/1 connection can carry the next request.
+    body.tx = None;
+    matches!(
+        tokio::time::timeout(DRAIN_BODY_TIMEOUT, session.drain_request_body()).await,
+        Ok(Ok(()))
+    )
 }
+
+/// Longest wait for the rest of a request body the upstream did not read.
+const DRAIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Completes a `101 Switching Protocols` exchange and copies bytes both ways.
 async fn upgrade(session: &mut ServerSession, mut resp: Response<Body>) -> bool {

@@ -248,3 +248,25 @@ mod tests {
         assert_eq!(canonical("x-forwarded-for"), "X-Forwarded-For");
     }
 }
+
+/// Serves the echo app over plain TCP (a pod outside the ambient mesh) until dropped.
+pub async fn serve_plain(
+    addr: std::net::SocketAddr,
+    who: EchoIdentity,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let who = Arc::new(who);
+    Ok(tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let who = who.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| handle(who.clone(), req));
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+            });
+        }
+    }))
+}

@@ -1,0 +1,235 @@
+//! HTTP through the waypoint: request and response fidelity, h2c, gRPC trailers,
+//! WebSocket upgrades, protocol detection, large bodies, pods outside the mesh.
+
+mod common;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use waypoint::testing::mesh::Port;
+
+#[tokio::test]
+async fn request_and_response_pass_through() {
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+
+    let req = Request::get("/some/path?x=1&y=two")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("x-custom", "a")
+        .header("x-echo-set-header", "x-reply:yes")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-reply"], "yes");
+    let v = json(resp).await;
+    assert_eq!(v["path"], "/some/path?x=1&y=two");
+    assert_eq!(v["host"], "echo.default.svc.cluster.local");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["headers"]["X-Custom"][0], "a");
+    assert_eq!(v["pod"], "echo-0");
+
+    let req = Request::post("/echo-body")
+        .header("host", "echo")
+        .body(filters::body::full("hello body"))
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_bytes(resp).await, Bytes::from("hello body"));
+
+    let resp = http.send_request(get("/status/418")).await.unwrap();
+    assert_eq!(resp.status(), 418);
+}
+
+#[tokio::test]
+async fn h2c_and_grpc_trailers() {
+    let h = Harness::start(Spec {
+        ports: vec![
+            Port {
+                name: "http",
+                port: 80,
+                target: 8080,
+            },
+            Port {
+                name: "grpc",
+                port: 9090,
+                target: 9090,
+            },
+        ],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+
+    // h2c with prior knowledge on an http port.
+    let mut h2 = conn.h2c(authority(80)).await.unwrap();
+    let req = Request::get("http://echo.default.svc.cluster.local/h2?q=1")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let v = json(resp).await;
+    assert_eq!(v["path"], "/h2?q=1");
+    assert_eq!(v["host"], "echo.default.svc.cluster.local");
+    assert_eq!(v["proto"], "HTTP/2.0");
+
+    // A gRPC unary call: the response trailers must reach the client.
+    let mut grpc = conn.h2c(authority(9090)).await.unwrap();
+    let message = Bytes::from_static(b"\x00\x00\x00\x00\x05hello");
+    let req = Request::post("http://echo.default.svc.cluster.local/test.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(filters::body::full(message.clone()))
+        .unwrap();
+    let resp = grpc.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-echo-trailer"], "present");
+    assert_eq!(collected.to_bytes(), message);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let req = Request::get("/ws")
+        .header("host", "echo")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    io.write_all(b"ping over upgrade").await.unwrap();
+    let mut buf = [0u8; 17];
+    io.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping over upgrade");
+}
+
+#[tokio::test]
+async fn unknown_protocol_port_detects_http() {
+    let h = Harness::start(Spec {
+        ports: vec![Port {
+            name: "web",
+            port: 8000,
+            target: 8080,
+        }],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(8000)).await.unwrap();
+    let resp = http.send_request(get("/detected")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await["path"], "/detected");
+    let mut h2 = conn.h2c(authority(8000)).await.unwrap();
+    let req = Request::get("http://echo/detected-h2")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(json(resp).await["proto"], "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn sixty_four_mib_both_ways_with_bounded_memory() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    // Warm up so the baseline includes the connection buffers.
+    let resp = http.send_request(get("/bytes?n=1024")).await.unwrap();
+    assert_eq!(body_bytes(resp).await.len(), 1024);
+    let baseline = h.wp.rss_kib().unwrap();
+
+    // Upload 64 MiB while the echo streams it back: both directions at once.
+    let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+    let stream = futures::stream::iter(
+        (0..SIZE / chunk.len())
+            .map(move |_| Ok::<_, filters::body::BoxError>(http_body::Frame::data(chunk.clone()))),
+    );
+    let body = http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream));
+    let req = Request::post("/echo-body")
+        .header("host", "echo")
+        .header("content-length", SIZE.to_string())
+        .body(body)
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = 0usize;
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            assert!(data.iter().all(|b| *b == 7));
+            got += data.len();
+        }
+    }
+    assert_eq!(got, SIZE);
+
+    // Download 64 MiB on the same keep-alive connection.
+    http.ready()
+        .await
+        .expect("connection reusable after the upload");
+    let resp = http
+        .send_request(get(&format!("/bytes?n={SIZE}")))
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            got += data.len();
+        }
+    }
+    assert_eq!(got, SIZE);
+
+    let peak = h.wp.peak_rss_kib().unwrap();
+    let growth_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!("baseline RSS {baseline} KiB, peak {peak} KiB, growth {growth_mib} MiB");
+    assert!(
+        growth_mib < 48,
+        "waypoint memory grew by {growth_mib} MiB for 64 MiB bodies"
+    );
+}
+
+#[tokio::test]
+async fn pods_outside_the_mesh_get_plain_http() {
+    let plain_ip = waypoint::testing::free_loopback_ip(8080);
+    let _server = waypoint::testing::echo::serve_plain(
+        std::net::SocketAddr::new(plain_ip, 8080),
+        waypoint::testing::echo::EchoIdentity {
+            pod: "plain".into(),
+            namespace: NS.into(),
+        },
+    )
+    .await
+    .unwrap();
+    let plain_pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\n  namespace: {NS}\n  labels:\n    app: plain\nspec:\n  serviceAccountName: plain\nstatus:\n  phase: Running\n  podIP: {plain_ip}\n"
+    );
+    let plain_svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: plain\n  namespace: {NS}\nspec:\n  clusterIP: 127.96.0.20\n  selector:\n    app: plain\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n"
+    );
+    let h = Harness::start(Spec {
+        extra_yaml: vec![plain_pod, plain_svc],
+        apps: HashMap::new(),
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1("127.96.0.20:80".parse().unwrap()).await.unwrap();
+    let resp = http.send_request(get("/plain")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await["pod"], "plain");
+}
