@@ -38,14 +38,26 @@ impl ServerCertVerifier for AcceptAnyServer {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Ok(HandshakeSignatureValid::assertion())
     }
-    fn verify_tls13_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        waypoint::tls::provider().signature_verification_algorithms.supported_schemes()
+        waypoint::tls::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -61,7 +73,11 @@ async fn raw_tls(addr: SocketAddr, config: rustls::ClientConfig) -> bool {
         Err(_) => true,
         Ok((send, conn)) => {
             tokio::spawn(conn);
-            let req = http::Request::builder().method("CONNECT").uri(authority(80).to_string()).body(()).unwrap();
+            let req = http::Request::builder()
+                .method("CONNECT")
+                .uri(authority(80).to_string())
+                .body(())
+                .unwrap();
             match send.ready().await {
                 Err(_) => true,
                 Ok(mut s) => match s.send_request(req, false) {
@@ -76,7 +92,10 @@ async fn raw_tls(addr: SocketAddr, config: rustls::ClientConfig) -> bool {
 #[tokio::test]
 async fn rejects_unauthenticated_and_foreign_peers() {
     let h = Harness::start(Spec::default()).await;
-    assert!(!refused(&h.client()).await, "a valid mesh client must be accepted");
+    assert!(
+        !refused(&h.client()).await,
+        "a valid mesh client must be accepted"
+    );
 
     // No client certificate at all.
     let mut no_cert = rustls::ClientConfig::builder_with_provider(waypoint::tls::provider())
@@ -86,7 +105,10 @@ async fn rejects_unauthenticated_and_foreign_peers() {
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
         .with_no_client_auth();
     no_cert.alpn_protocols = vec![b"h2".to_vec()];
-    assert!(raw_tls(h.wp.hbone, no_cert).await, "a client without a certificate must be refused");
+    assert!(
+        raw_tls(h.wp.hbone, no_cert).await,
+        "a client without a certificate must be refused"
+    );
 
     // A certificate from a root the waypoint does not trust.
     let foreign = DevCa::new("foreign").unwrap();
@@ -94,18 +116,29 @@ async fn rejects_unauthenticated_and_foreign_peers() {
     let mut mixed = certs.certs().unwrap();
     // Trust the waypoint's root ourselves so only the waypoint's check can fail.
     mixed.roots = h.ca.issue(&h.client_id).unwrap().certs().unwrap().roots;
-    assert!(refused(&h.client_with(mixed)).await, "a foreign root must be refused");
+    assert!(
+        refused(&h.client_with(mixed)).await,
+        "a foreign root must be refused"
+    );
 
     // Our root, another trust domain.
-    let other_td = h.ca.issue(&Identity::new("evil.local", "default", "sleep")).unwrap();
-    assert!(refused(&h.client_with(other_td.certs().unwrap())).await, "another trust domain must be refused");
+    let other_td =
+        h.ca.issue(&Identity::new("evil.local", "default", "sleep"))
+            .unwrap();
+    assert!(
+        refused(&h.client_with(other_td.certs().unwrap())).await,
+        "another trust domain must be refused"
+    );
 
     // TLS 1.2 with a valid certificate.
     let issued = h.ca.issue(&h.client_id).unwrap();
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
+    let chain: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
+        .unwrap()
         .unwrap();
-    let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes()).unwrap().unwrap();
     let mut tls12 = rustls::ClientConfig::builder_with_provider(waypoint::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
@@ -149,12 +182,23 @@ async fn sequential_requests_reuse_one_handshake_and_one_connect() {
         assert_eq!(resp.status(), 200);
         assert_eq!(json(resp).await["path"], format!("/n/{i}"));
     }
-    assert_eq!(h.handshakes(), 1, "TLS handshakes at the destination for {N} requests");
-    assert_eq!(h.connects(), 1, "CONNECT streams at the destination for {N} requests");
+    assert_eq!(
+        h.handshakes(),
+        1,
+        "TLS handshakes at the destination for {N} requests"
+    );
+    assert_eq!(
+        h.connects(),
+        1,
+        "CONNECT streams at the destination for {N} requests"
+    );
 
     // A second downstream tunnel reuses the pooled HBONE connection and HTTP connection.
     let mut again = conn.http1(authority(80)).await.unwrap();
-    assert_eq!(again.send_request(get("/other")).await.unwrap().status(), 200);
+    assert_eq!(
+        again.send_request(get("/other")).await.unwrap().status(),
+        200
+    );
     assert_eq!(h.handshakes(), 1);
     assert_eq!(h.connects(), 1);
 
@@ -164,13 +208,20 @@ async fn sequential_requests_reuse_one_handshake_and_one_connect() {
         let conn = conn.clone();
         tasks.push(tokio::spawn(async move {
             let mut http = conn.http1(authority(80)).await.unwrap();
-            http.send_request(get(&format!("/c/{i}?delay=200ms"))).await.unwrap().status()
+            http.send_request(get(&format!("/c/{i}?delay=200ms")))
+                .await
+                .unwrap()
+                .status()
         }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    assert_eq!(h.handshakes(), 1, "concurrent tunnels share one HBONE connection");
+    assert_eq!(
+        h.handshakes(),
+        1,
+        "concurrent tunnels share one HBONE connection"
+    );
     assert!(h.connects() > 1);
 }
 
@@ -187,7 +238,11 @@ async fn workload_addressed_traffic_reaches_the_pod() {
 
 #[tokio::test]
 async fn service_without_endpoints_is_503() {
-    let h = Harness::start(Spec { pods: 0, ..Spec::default() }).await;
+    let h = Harness::start(Spec {
+        pods: 0,
+        ..Spec::default()
+    })
+    .await;
     let conn = h.client().connect().await.unwrap();
     let mut http = conn.http1(authority(80)).await.unwrap();
     let resp = http.send_request(get("/")).await.unwrap();

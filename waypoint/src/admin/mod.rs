@@ -119,7 +119,12 @@ impl ServeHttp for Admin {
             "/stats" => text(StatusCode::OK, self.stats(), "text/plain"),
             "/quitquitquit" if method == Method::POST => {
                 tracing::info!("shutdown requested over the admin API");
-                self.quit.notify_one();
+                // Answer first, then start the shutdown.
+                let quit = self.quit.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    quit.notify_one();
+                });
                 text(StatusCode::OK, "OK\n", "text/plain")
             }
             "/quitquitquit" => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n", "text/plain"),

@@ -127,7 +127,14 @@ impl HboneInbound {
                         tracing::debug!(error = %e, "HBONE connection error");
                         break;
                     }
-                    None => break,
+                    None => {
+                        // No more streams will be accepted (GOAWAY); keep driving the
+                        // connection until the streams in flight finish.
+                        if let Err(e) = std::future::poll_fn(|cx| conn.poll_closed(cx)).await {
+                            tracing::debug!(error = %e, "HBONE connection error while closing");
+                        }
+                        break;
+                    }
                 },
                 changed = shutdown.changed(), if !draining => {
                     if changed.is_err() || *shutdown.borrow() {

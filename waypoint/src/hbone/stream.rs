@@ -28,7 +28,8 @@ const MAX_WRITE: usize = 1 << 20;
 /// A bidirectional byte stream over one HTTP/2 stream.
 pub struct H2Stream {
     send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// `None` only after drop handed it to the linger task.
+    recv: Option<RecvStream>,
     /// Received but not yet read (also holds bytes peeked for protocol detection).
     buf: BytesMut,
     eof: bool,
@@ -52,7 +53,7 @@ impl H2Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
         Self {
             send,
-            recv,
+            recv: Some(recv),
             buf: BytesMut::new(),
             eof: false,
             shut: false,
@@ -83,9 +84,13 @@ impl H2Stream {
 
     /// Receives one more DATA frame into the buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match ready!(self.recv.poll_data(cx)) {
+        let Some(recv) = self.recv.as_mut() else {
+            self.eof = true;
+            return Poll::Ready(Ok(()));
+        };
+        match ready!(recv.poll_data(cx)) {
             Some(Ok(data)) => {
-                let _ = self.recv.flow_control().release_capacity(data.len());
+                let _ = recv.flow_control().release_capacity(data.len());
                 self.buf.extend_from_slice(&data);
                 Poll::Ready(Ok(()))
             }
@@ -102,6 +107,32 @@ impl H2Stream {
                 Poll::Ready(Ok(()))
             }
         }
+    }
+}
+
+/// How long a tunnel we closed waits for the peer to close its side before it is reset.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Drop for H2Stream {
+    /// Dropping the receive half of a stream the peer is still sending on resets it
+    /// (CANCEL), which can discard a response the peer has not read yet. After our
+    /// END_STREAM, linger until the peer ends its side too, then close cleanly.
+    fn drop(&mut self) {
+        if !self.shut || self.eof {
+            return;
+        }
+        let (Some(mut recv), Ok(rt)) = (self.recv.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        rt.spawn(async move {
+            let drain = async {
+                while let Some(Ok(data)) = recv.data().await {
+                    let _ = recv.flow_control().release_capacity(data.len());
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        });
     }
 }
 

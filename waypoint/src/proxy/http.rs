@@ -68,17 +68,21 @@ impl HttpServerApp for TunnelApp {
     ) -> Option<ReusedHttpStream> {
         if !session.is_http2() {
             let mut shutdown = shutdown.clone();
-            tokio::select! {
+            let draining = tokio::select! {
                 read = session.read_request() => match read {
-                    Ok(true) => {}
+                    Ok(true) => false,
                     Ok(false) => return None,
                     Err(e) => {
                         tracing::debug!(error = %e, "reading request failed");
                         return None;
                     }
                 },
-                // An idle keep-alive connection closes when draining starts.
-                _ = shutdown.wait_for(|s| *s) => return None,
+                // An idle keep-alive connection closes (cleanly) when draining starts.
+                _ = shutdown.wait_for(|s| *s) => true,
+            };
+            if draining {
+                session.shutdown().await;
+                return None;
             }
         }
         if *shutdown.borrow() {
