@@ -1,6 +1,5 @@
 //! HTTP/2 settings shared by every HBONE connection, matching ztunnel's.
 
-use std::future::Future;
 use std::time::Duration;
 
 use h2::{Ping, PingPong};
@@ -41,8 +40,8 @@ pub fn client_builder() -> h2::client::Builder {
 
 /// Pings every [`KEEPALIVE_INTERVAL`]; resolves when a ping goes unanswered for
 /// [`KEEPALIVE_TIMEOUT`] (or the connection is gone). The caller then drops the connection.
-pub fn keepalive(mut ping: PingPong) -> impl Future<Output = &'static str> + Send {
-    async move {
+pub async fn keepalive(mut ping: PingPong) -> &'static str {
+    {
         loop {
             tokio::time::sleep(KEEPALIVE_INTERVAL).await;
             if ping.send_ping(Ping::opaque()).is_err() {

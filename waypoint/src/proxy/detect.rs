@@ -73,9 +73,9 @@ pub async fn detect(
             d => Ok(d),
         };
     }
-    Ok(tokio::time::timeout(timeout, sniff)
+    tokio::time::timeout(timeout, sniff)
         .await
-        .unwrap_or(Ok(Detected::Tcp))?)
+        .unwrap_or(Ok(Detected::Tcp))
 }
 
 #[cfg(test)]

@@ -135,7 +135,10 @@ impl TunnelApp {
     async fn exchange(&self, session: &mut ServerSession) -> bool {
         let (req, mut body) = match self.request(session) {
             Ok(r) => r,
-            Err(resp) => return write_response(session, resp, &mut RequestBody::done()).await,
+            Err((status, why)) => {
+                let resp = local(status, why);
+                return write_response(session, resp, &mut RequestBody::done()).await;
+            }
         };
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -174,7 +177,7 @@ impl TunnelApp {
     fn request(
         &self,
         session: &mut ServerSession,
-    ) -> Result<(Request<Body>, RequestBody), Response<Body>> {
+    ) -> Result<(Request<Body>, RequestBody), (StatusCode, &'static str)> {
         let mut parts = session.req_header().as_owned_parts();
         let upgrade = !session.is_http2() && session.is_upgrade_req();
         strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -187,7 +190,7 @@ impl TunnelApp {
             }
         }
         if !parts.headers.contains_key(header::HOST) {
-            return Err(local(StatusCode::BAD_REQUEST, "missing host"));
+            return Err((StatusCode::BAD_REQUEST, "missing host"));
         }
         let pq = parts
             .uri
@@ -196,7 +199,7 @@ impl TunnelApp {
             .unwrap_or_else(|| "/".into());
         parts.uri = pq
             .parse()
-            .map_err(|_| local(StatusCode::BAD_REQUEST, "bad path"))?;
+            .map_err(|_| (StatusCode::BAD_REQUEST, "bad path"))?;
         parts.version = if session.is_http2() {
             Version::HTTP_2
         } else {

@@ -236,19 +236,6 @@ async fn grpc_echo(req: Request<Incoming>) -> Response<Body> {
         .expect("valid")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_and_names() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
-        assert_eq!(parse_duration("x"), None);
-        assert_eq!(canonical("x-forwarded-for"), "X-Forwarded-For");
-    }
-}
-
 /// Serves the echo app over plain TCP (a pod outside the ambient mesh) until dropped.
 pub async fn serve_plain(
     addr: std::net::SocketAddr,
@@ -269,4 +256,17 @@ pub async fn serve_plain(
             });
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_names() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(canonical("x-forwarded-for"), "X-Forwarded-For");
+    }
 }

@@ -34,3 +34,19 @@ pub fn load(path: &Path, options: &Options, version: u64) -> Result<Snapshot, Lo
         format!("file:{}", path.display()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/local-config/mesh.yaml");
+        let snap = super::load(&path, &super::Options::default(), 1).unwrap();
+        let echo = &snap.services["demo/echo"];
+        assert!(echo.served);
+        assert_eq!(
+            echo.port(80).unwrap().endpoints[0].address().unwrap().to_string(),
+            "127.128.0.11:8080"
+        );
+    }
+}
