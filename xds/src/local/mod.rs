@@ -45,7 +45,10 @@ mod tests {
         let echo = &snap.services["demo/echo"];
         assert!(echo.served);
         assert_eq!(
-            echo.port(80).unwrap().endpoints[0].address().unwrap().to_string(),
+            echo.port(80).unwrap().endpoints[0]
+                .address()
+                .unwrap()
+                .to_string(),
             "127.128.0.11:8080"
         );
     }
