@@ -249,3 +249,94 @@ async fn service_without_endpoints_is_503() {
     assert_eq!(resp.status(), 503);
     assert_eq!(body_bytes(resp).await, "no healthy upstream");
 }
+
+#[tokio::test]
+async fn destination_with_the_wrong_identity_is_refused() {
+    use std::collections::HashMap;
+    use waypoint::testing::echo::EchoIdentity;
+    use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
+    let h = Harness::start(Spec {
+        pods: 0,
+        ..Spec::default()
+    })
+    .await;
+    // A pod that claims the Service's endpoint IP but presents another identity.
+    let ip = waypoint::testing::free_loopback_ip(15008);
+    let impostor = FakeZtunnel::start(ZtunnelOptions {
+        ip,
+        certs: h
+            .ca
+            .issue(&Identity::new("cluster.local", NS, "impostor"))
+            .unwrap()
+            .certs()
+            .unwrap(),
+        allowed_caller: None,
+        who: EchoIdentity {
+            pod: "impostor".into(),
+            namespace: NS.into(),
+        },
+        apps: HashMap::new(),
+    })
+    .await
+    .unwrap();
+    let mesh = h.mesh.clone().pod(NS, "echo-x", ip, "echo", "echo", true);
+    h.write_config(&mesh.render());
+    let conn = h.client().connect().await.unwrap();
+    let mut status = 0;
+    for _ in 0..100 {
+        let mut http = conn.http1(authority(80)).await.unwrap();
+        status = http.send_request(get("/")).await.unwrap().status().as_u16();
+        if status != 503 || h.stat("config.version").await > 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status, 503,
+        "an endpoint presenting the wrong identity must not be used"
+    );
+    assert_eq!(
+        impostor
+            .counters
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_second_hbone_connection_opens_past_the_stream_limit() {
+    // The destination allows 100 concurrent streams per connection; 120 concurrent
+    // requests need 120 upstream tunnels.
+    const N: usize = 120;
+    let h = Harness::start(Spec::default()).await;
+    let client = h.client();
+    let conns = [
+        client.connect().await.unwrap(),
+        client.connect().await.unwrap(),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let conn = conns[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut http = conn.http1(authority(80)).await.unwrap();
+            http.send_request(get(&format!("/p/{i}?delay=2s")))
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(
+        h.connects(),
+        N,
+        "one upstream tunnel per concurrent request"
+    );
+    assert_eq!(
+        h.handshakes(),
+        2,
+        "the pool opens exactly one more connection past 100 streams"
+    );
+}

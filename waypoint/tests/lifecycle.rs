@@ -274,3 +274,65 @@ async fn certificate_files_are_reloaded() {
         "a broken key file must not replace working certificates"
     );
 }
+
+#[tokio::test]
+async fn request_and_dev_ca_subcommands() {
+    let h = Harness::start(Spec::default()).await;
+    // `waypoint request`, as a user debugging the waypoint by hand would run it.
+    let client_dir = h.dir().join("client");
+    h.ca.issue(&h.client_id)
+        .unwrap()
+        .write(&client_dir)
+        .unwrap();
+    let out = tokio::process::Command::new(bin())
+        .arg("request")
+        .args(["--addr", &h.wp.hbone.to_string()])
+        .args(["--authority", &authority(80).to_string()])
+        .args(["--server-identity", &h.waypoint_id.to_string()])
+        .arg("--cert-chain")
+        .arg(client_dir.join("cert-chain.pem"))
+        .arg("--key")
+        .arg(client_dir.join("key.pem"))
+        .arg("--root-cert")
+        .arg(client_dir.join("root-cert.pem"))
+        .args(["-H", "x-debug: 1", "--host", "echo.default", "/by/hand?q=1"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("HTTP/1.1 200 OK"), "{stdout}");
+    assert!(stdout.contains(r#""path":"/by/hand?q=1""#), "{stdout}");
+
+    // `waypoint dev-ca` writes loadable SPIFFE certificates and keeps its root on re-runs.
+    let ca_dir = h.dir().join("ca");
+    let run = |id: &str| {
+        std::process::Command::new(bin())
+            .args(["dev-ca", "--out"])
+            .arg(&ca_dir)
+            .args(["--identity", id])
+            .output()
+            .unwrap()
+    };
+    assert!(run("spiffe://cluster.local/ns/a/sa/one").status.success());
+    let root = std::fs::read(ca_dir.join("root-cert.pem")).unwrap();
+    assert!(run("spiffe://cluster.local/ns/b/sa/two").status.success());
+    assert_eq!(std::fs::read(ca_dir.join("root-cert.pem")).unwrap(), root);
+    let store = waypoint::tls::CertStore::load(waypoint::tls::CertPaths {
+        cert_chain: ca_dir.join("b.two/cert-chain.pem"),
+        key: ca_dir.join("b.two/key.pem"),
+        root_cert: ca_dir.join("root-cert.pem"),
+    })
+    .unwrap();
+    assert_eq!(
+        store.current().identity.to_string(),
+        "spiffe://cluster.local/ns/b/sa/two"
+    );
+    let bad = run("cluster.local/ns/a/sa/one");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("missing spiffe:// scheme"));
+}

@@ -59,6 +59,7 @@ impl Drop for StreamGuard {
 pub struct HbonePool {
     certs: Arc<CertStore>,
     conns: Mutex<HashMap<Key, Vec<Conn>>>,
+    connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     epoch: Instant,
     port: u16,
     handshakes: AtomicU64,
@@ -70,6 +71,7 @@ impl HbonePool {
         Self {
             certs,
             conns: Mutex::new(HashMap::new()),
+            connecting: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             port: HBONE_PORT,
             handshakes: AtomicU64::new(0),
@@ -106,18 +108,28 @@ impl HbonePool {
         let (mut send, shared) = match self.checkout(&key) {
             Some(c) => c,
             None => {
-                let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.open(target.ip(), identity))
-                    .await
-                    .map_err(|_| fail("HBONE connect timed out".into()))??;
-                let out = (conn.send.clone(), conn.shared.clone());
-                conn.shared.active.fetch_add(1, Ordering::AcqRel);
-                self.conns
-                    .lock()
-                    .expect("pool lock")
-                    .entry(key)
-                    .or_default()
-                    .push(conn);
-                out
+                // One connect per destination at a time: concurrent callers wait for it and
+                // share the new connection instead of each opening their own.
+                let lock = self.connecting(&key);
+                let _connecting = lock.lock().await;
+                match self.checkout(&key) {
+                    Some(c) => c,
+                    None => {
+                        let conn =
+                            tokio::time::timeout(CONNECT_TIMEOUT, self.open(target.ip(), identity))
+                                .await
+                                .map_err(|_| fail("HBONE connect timed out".into()))??;
+                        let out = (conn.send.clone(), conn.shared.clone());
+                        conn.shared.active.fetch_add(1, Ordering::AcqRel);
+                        self.conns
+                            .lock()
+                            .expect("pool lock")
+                            .entry(key)
+                            .or_default()
+                            .push(conn);
+                        out
+                    }
+                }
             }
         };
         let guard = StreamGuard {
@@ -143,6 +155,15 @@ impl HbonePool {
             return Err(fail(format!("CONNECT answered {}", resp.status())));
         }
         Ok(H2Stream::new(send_stream, resp.into_body()).with_guard(guard))
+    }
+
+    fn connecting(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
+        self.connecting
+            .lock()
+            .expect("pool lock")
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     /// Takes a stream slot on an open connection with room for one more stream.
