@@ -36,6 +36,9 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("upstream request timeout")]
     UpstreamTimeout,
+    /// The matched rule has no usable backend (none, weight 0, or an invalid backendRef).
+    #[error("no usable backend: {0}")]
+    InvalidBackend(String),
     /// The configuration cannot serve this request (a bug or a bad snapshot).
     #[error("internal error: {0}")]
     Internal(String),
@@ -50,7 +53,9 @@ impl ProxyError {
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::InvalidBackend(_) | ProxyError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -62,6 +67,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::UpstreamTimeout => "UT",
+            ProxyError::InvalidBackend(_) => "NC",
             ProxyError::Internal(_) => "DPE",
         }
     }
@@ -84,6 +90,7 @@ impl ProxyError {
                 format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
             }
             ProxyError::UpstreamTimeout => "upstream request timeout".to_string(),
+            ProxyError::InvalidBackend(_) => "no usable backend".to_string(),
             ProxyError::Internal(_) => "internal error".to_string(),
         };
         let mut resp = Response::new(body::full(text));

@@ -15,3 +15,4 @@ pub mod route;
 
 pub use error::ProxyError;
 pub use model::{RequestContext, Snapshot};
+pub mod retry;

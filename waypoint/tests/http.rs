@@ -159,7 +159,7 @@ async fn sixty_four_mib_both_ways_with_bounded_memory() {
         (0..SIZE / chunk.len())
             .map(move |_| Ok::<_, filters::body::BoxError>(http_body::Frame::data(chunk.clone()))),
     );
-    let body = http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream));
+    let body = filters::body::Body::new(http_body_util::StreamBody::new(stream));
     let req = Request::post("/echo-body")
         .header("host", "echo")
         .header("content-length", SIZE.to_string())

@@ -126,6 +126,8 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// The ready endpoints behind this port.
     pub endpoints: Vec<Endpoint>,
+    /// HTTPRoutes or GRPCRoutes attached to this port, if any.
+    pub routes: Option<crate::route::PortRoutes>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -145,6 +147,7 @@ impl ServicePort {
             target_port,
             protocol,
             endpoints,
+            routes: None,
             next: AtomicUsize::new(0),
         }
     }

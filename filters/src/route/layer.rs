@@ -1,14 +1,21 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_util::future::{self, Either, Ready};
-use http::{Request, Response};
-use tower::{Layer, Service};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tower::{Layer, Service, ServiceExt};
 
-use crate::body::Body;
+use super::apply::{location_header, modify_headers, redirect_location, rewrite};
+use super::model::{Cors, Filter, HeaderModifier, Mirror};
+use super::{decide, RouteDecision};
+use crate::body::{self, Body};
 use crate::model::RequestContext;
 use crate::ProxyError;
 
-/// Applies [`super::decide`] to every request and attaches the [`super::RouteDecision`].
+/// Routes every request ([`super::decide`]) and applies the matched rule's filters:
+/// redirects and CORS preflights are answered here; header modifiers, rewrites and mirrors
+/// change or copy the request; response header modifiers and CORS headers change the
+/// response. The [`RouteDecision`] goes to the inner services as a request extension.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteLayer;
 
@@ -25,31 +32,195 @@ pub struct RouteService<S> {
     inner: S,
 }
 
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
 impl<S> Service<Request<Body>> for RouteService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Either<Ready<Result<Response<Body>, ProxyError>>, S::Future>;
+    type Future = BoxFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let Some(ctx) = req.extensions().get::<RequestContext>() else {
-            return Either::Left(future::ready(Err(ProxyError::Internal(
-                "request without context".into(),
-            ))));
-        };
-        match super::decide(ctx, &req) {
-            Ok(decision) => {
-                tracing::debug!(backend = %decision.backend.describe(), "routed");
-                req.extensions_mut().insert(decision);
-                Either::Right(self.inner.call(req))
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The inner service was polled ready; keep that one and leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(route(inner, req))
+    }
+}
+
+async fn route<S>(mut inner: S, mut req: Request<Body>) -> Result<Response<Body>, ProxyError>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let ctx = req
+        .extensions()
+        .get::<RequestContext>()
+        .cloned()
+        .ok_or_else(|| ProxyError::Internal("request without context".into()))?;
+    let selection = decide(&ctx, &req)?;
+    let mut response_mods: Vec<HeaderModifier> = Vec::new();
+    let mut cors: Option<Cors> = None;
+    let mut mirrors = Vec::new();
+    if let Some(sel) = &selection.rule {
+        tracing::debug!(route = %sel.route.name, rule = sel.rule_index, "matched");
+        for f in sel.filters() {
+            match f {
+                Filter::Redirect(r) => {
+                    let port = ctx.tunnel.authority.port();
+                    let location = redirect_location(&req, &sel.path, r, "http", port);
+                    return Ok(redirect(r.status, &location));
+                }
+                Filter::RequestHeaders(m) => modify_headers(req.headers_mut(), m),
+                Filter::ResponseHeaders(m) => response_mods.push(m.clone()),
+                Filter::Rewrite(r) => rewrite(&mut req, &sel.path, r),
+                Filter::Mirror(m) => mirrors.push(m.clone()),
+                Filter::Cors(c) => cors = Some(c.clone()),
             }
-            Err(e) => Either::Left(future::ready(Err(e))),
+        }
+    }
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    if let (Some(c), Some(o)) = (&cors, &origin) {
+        if req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return Ok(preflight(c, o));
+        }
+    }
+    let backend = selection.backend.map_err(ProxyError::InvalidBackend)?;
+    let (timeouts, retry) = selection
+        .rule
+        .as_ref()
+        .map(|s| (s.rule().timeouts, s.rule().retry.clone()))
+        .unwrap_or_default();
+    for m in mirrors {
+        mirror(&inner, &req, &m);
+    }
+    req.extensions_mut().insert(RouteDecision {
+        backend,
+        rule: selection.rule,
+        timeouts,
+        retry,
+    });
+    let mut resp = inner.ready().await?.call(req).await?;
+    for m in &response_mods {
+        modify_headers(resp.headers_mut(), m);
+    }
+    if let (Some(c), Some(o)) = (&cors, &origin) {
+        cors_headers(c, o, resp.headers_mut());
+    }
+    Ok(resp)
+}
+
+fn redirect(status: u16, location: &str) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    if let Some((k, v)) = location_header(location) {
+        resp.headers_mut().insert(k, v);
+    }
+    resp
+}
+
+/// Sends a copy of a body-less request to the mirror backend and forgets about it.
+/// Requests with a body are not mirrored (their body streams once, to the real backend).
+fn mirror<S>(inner: &S, req: &Request<Body>, m: &Mirror)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use http_body::Body as _;
+    if !req.body().is_end_stream() || rand::random::<f64>() >= m.fraction {
+        return;
+    }
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    if let Some(ctx) = req.extensions().get::<RequestContext>() {
+        copy.extensions_mut().insert(ctx.clone());
+    }
+    copy.extensions_mut().insert(RouteDecision {
+        backend: m.backend.clone(),
+        rule: None,
+        timeouts: Default::default(),
+        retry: None,
+    });
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        if let Err(e) = inner.oneshot(copy).await {
+            tracing::debug!(error = %e, "mirror request failed");
+        }
+    });
+}
+
+fn origin_allowed(c: &Cors, origin: &str) -> bool {
+    c.allow_origins.iter().any(|pattern| {
+        pattern == "*"
+            || pattern == origin
+            || pattern.split_once('*').is_some_and(|(pre, post)| {
+                origin.starts_with(pre)
+                    && origin.ends_with(post)
+                    && origin.len() >= pre.len() + post.len()
+            })
+    })
+}
+
+fn preflight(c: &Cors, origin: &HeaderValue) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::OK;
+    cors_headers(c, origin, resp.headers_mut());
+    if origin_allowed(c, origin.to_str().unwrap_or("")) {
+        let h = resp.headers_mut();
+        if !c.allow_methods.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&c.allow_methods.join(", ")) {
+                h.insert(http::header::ACCESS_CONTROL_ALLOW_METHODS, v);
+            }
+        }
+        if !c.allow_headers.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&c.allow_headers.join(", ")) {
+                h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+            }
+        }
+        if let Some(age) = c.max_age {
+            h.insert(http::header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
+        }
+    }
+    resp
+}
+
+fn cors_headers(c: &Cors, origin: &HeaderValue, h: &mut http::HeaderMap) {
+    if !origin_allowed(c, origin.to_str().unwrap_or("")) {
+        return;
+    }
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    if c.allow_credentials {
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    if !c.expose_headers.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&c.expose_headers.join(", ")) {
+            h.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
         }
     }
 }
@@ -63,7 +234,7 @@ mod tests {
 
     use super::*;
     use crate::model::*;
-    use crate::route::{Backend, RouteDecision};
+    use crate::route::Backend;
 
     fn ctx() -> RequestContext {
         let wl = Arc::new(Workload {
@@ -132,5 +303,16 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ProxyError::Internal(_)));
+    }
+
+    #[test]
+    fn cors_origin_patterns() {
+        let c = Cors {
+            allow_origins: vec!["https://*.example.com".into(), "http://a".into()],
+            ..Cors::default()
+        };
+        assert!(origin_allowed(&c, "https://www.example.com"));
+        assert!(origin_allowed(&c, "http://a"));
+        assert!(!origin_allowed(&c, "https://example.org"));
     }
 }

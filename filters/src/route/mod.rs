@@ -1,14 +1,23 @@
-//! Routing: decides which backend a request is sent to.
+//! Routing: Gateway API HTTPRoute and GRPCRoute semantics.
 //!
-//! [`decide`] is pure: it reads the request and its [`RequestContext`] and returns a
-//! [`RouteDecision`]. [`RouteLayer`] applies the decision by attaching it to the request
-//! for the inner services (endpoint selection, the upstream client).
+//! - [`model`]: compiled routes, rules, matches, filters, backends;
+//! - [`table`]: precedence and matching ([`RouteTable::find`]), pure;
+//! - [`select`]: weighted backend choice, pure but for the random draw;
+//! - [`apply`]: the filters' request/response transformations, pure;
+//! - [`RouteLayer`]: the tower layer that applies a [`decide`] outcome.
 
+pub mod apply;
 mod layer;
+pub mod model;
+pub mod select;
+pub mod table;
 
 pub use layer::{RouteLayer, RouteService};
+pub use table::{PortRoutes, RouteTable};
 
 use std::sync::Arc;
+
+use model::{BackendTarget, Filter, PathMatch, RetryPolicy, Route, Rule, Timeouts};
 
 use crate::model::{RequestContext, Service, Target, Workload};
 use crate::ProxyError;
@@ -56,20 +65,91 @@ impl Backend {
     }
 }
 
-/// The outcome of routing one request.
+/// The rule a request matched, and the backend drawn from it.
+#[derive(Debug, Clone)]
+pub struct SelectedRule {
+    /// The route.
+    pub route: Arc<Route>,
+    /// Index of the rule in the route.
+    pub rule_index: usize,
+    /// The path condition that matched.
+    pub path: PathMatch,
+    /// Index of the drawn backend, if the rule has any with weight.
+    pub backend_index: Option<usize>,
+}
+
+impl SelectedRule {
+    /// The matched rule.
+    pub fn rule(&self) -> &Rule {
+        &self.route.rules[self.rule_index]
+    }
+
+    /// Rule-level filters, then the drawn backend's filters.
+    pub fn filters(&self) -> impl Iterator<Item = &Filter> {
+        let rule = self.rule();
+        let backend = self
+            .backend_index
+            .map(|i| &rule.backends[i].filters[..])
+            .unwrap_or(&[]);
+        rule.filters.iter().chain(backend.iter())
+    }
+}
+
+/// The outcome of routing one request, attached to it for the inner services.
 #[derive(Debug, Clone)]
 pub struct RouteDecision {
     /// The backend to forward to.
     pub backend: Backend,
+    /// The matched rule, when routes apply.
+    pub rule: Option<SelectedRule>,
+    /// Timeouts of the rule.
+    pub timeouts: Timeouts,
+    /// Retry policy of the rule.
+    pub retry: Option<RetryPolicy>,
 }
 
-/// Routes a request. With no routes attached, traffic goes to the addressed Service or pod
-/// itself, as Istio's waypoint does for a Service without HTTPRoutes.
-pub fn decide<B>(
-    ctx: &RequestContext,
-    _req: &http::Request<B>,
-) -> Result<RouteDecision, ProxyError> {
-    Ok(RouteDecision {
-        backend: Backend::of_target(&ctx.tunnel.target),
+/// What routing decided before any filter runs.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The matched rule, if the port has routes.
+    pub rule: Option<SelectedRule>,
+    /// The backend, or why there is none (500).
+    pub backend: Result<Backend, String>,
+}
+
+/// Routes a request: the highest-precedence matching rule of the routes attached to the
+/// addressed Service port (consumer routes for the client's namespace, else producer
+/// routes), then a weighted draw among its backends. With no routes attached, traffic goes
+/// to the addressed Service or pod itself.
+pub fn decide<B>(ctx: &RequestContext, req: &http::Request<B>) -> Result<Selection, ProxyError> {
+    let default = || Selection {
+        rule: None,
+        backend: Ok(Backend::of_target(&ctx.tunnel.target)),
+    };
+    let Target::Service { service, port } = &ctx.tunnel.target else {
+        return Ok(default());
+    };
+    let Some(routes) = service.port(*port).and_then(|p| p.routes.as_ref()) else {
+        return Ok(default());
+    };
+    let table = routes.for_client(&ctx.tunnel.peer.namespace);
+    let matched = table
+        .find(req)
+        .ok_or_else(|| ProxyError::NoRoute(format!("{} {}", req.method(), req.uri().path())))?;
+    let backend_index = select::weighted(&matched.rule.backends, &mut rand::thread_rng());
+    let backend = match backend_index.map(|i| &matched.rule.backends[i].target) {
+        Some(BackendTarget::Backend(b)) => Ok(b.clone()),
+        Some(BackendTarget::Invalid(why)) => Err(why.clone()),
+        None if matched.rule.backends.is_empty() => Err("rule has no backendRefs".into()),
+        None => Err("every backendRef has weight 0".into()),
+    };
+    Ok(Selection {
+        rule: Some(SelectedRule {
+            route: matched.route.clone(),
+            rule_index: matched.rule_index,
+            path: matched.path.clone(),
+            backend_index,
+        }),
+        backend,
     })
 }

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use filters::body::{self as fbody, Body};
 use filters::model::{RequestContext, TunnelInfo};
+use filters::retry::RetryLayer;
 use filters::route::RouteLayer;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Frame;
@@ -143,7 +144,7 @@ impl TunnelApp {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let upgrade_req = !session.is_http2() && session.is_upgrade_req();
-        let stack = RouteLayer.layer(Forward::new(self.proxy.clone()));
+        let stack = RouteLayer.layer(RetryLayer.layer(Forward::new(self.proxy.clone())));
         let mut call: std::pin::Pin<
             Box<
                 dyn std::future::Future<Output = Result<Response<Body>, filters::ProxyError>>
@@ -215,7 +216,7 @@ impl TunnelApp {
         } else {
             let (tx, rx) = channel(length);
             (
-                rx.boxed_unsync(),
+                Body::new(rx),
                 RequestBody {
                     tx: Some(tx),
                     pending: None,

@@ -95,11 +95,7 @@ pub async fn handle(
     {
         grpc_echo(req).await
     } else if path == "/echo-body" {
-        let body = req
-            .into_body()
-            .map_err(|e| Box::new(e) as fbody::BoxError)
-            .boxed_unsync();
-        Response::new(body)
+        Response::new(Body::new(req.into_body()))
     } else if path == "/bytes" {
         let n: usize = q.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
         Response::new(bytes_body(n))
@@ -215,7 +211,7 @@ fn bytes_body(n: usize) -> Body {
             })
         }
     });
-    BodyExt::boxed_unsync(StreamBody::new(stream))
+    Body::new(StreamBody::new(stream))
 }
 
 async fn grpc_echo(req: Request<Incoming>) -> Response<Body> {
@@ -232,7 +228,7 @@ async fn grpc_echo(req: Request<Incoming>) -> Response<Body> {
     ]);
     Response::builder()
         .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(BodyExt::boxed_unsync(StreamBody::new(frames)))
+        .body(Body::new(StreamBody::new(frames)))
         .expect("valid")
 }
 

@@ -10,7 +10,6 @@ use filters::body::Body;
 use filters::route::{Backend, RouteDecision};
 use filters::ProxyError;
 use http::{header, Request, Response, Uri, Version};
-use http_body_util::BodyExt;
 
 use crate::state::Proxy;
 
@@ -79,8 +78,5 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         .http
         .send(&proxy.upstream, &picked, h2, req)
         .await?;
-    Ok(resp.map(|b| {
-        b.map_err(|e| Box::new(e) as filters::body::BoxError)
-            .boxed_unsync()
-    }))
+    Ok(resp.map(Body::new))
 }

@@ -1,0 +1,191 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body as _;
+use tower::{Layer, Service, ServiceExt};
+
+use super::{backoff, should_retry};
+use crate::body::{self, Body};
+use crate::model::RequestContext;
+use crate::route::RouteDecision;
+use crate::ProxyError;
+
+/// Applies the [`RouteDecision`]'s timeouts and retry policy to the inner service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryLayer;
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = RetryService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryService { inner }
+    }
+}
+
+/// The service [`RetryLayer`] produces.
+#[derive(Debug, Clone)]
+pub struct RetryService<S> {
+    inner: S,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+impl<S> Service<Request<Body>> for RetryService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let decision = req.extensions().get::<RouteDecision>().cloned();
+            let timeouts = decision.as_ref().map(|d| d.timeouts).unwrap_or_default();
+            let retry = decision.as_ref().and_then(|d| d.retry.clone());
+            let attempts = async move {
+                let policy = match retry {
+                    Some(p) if p.attempts > 0 && req.body().is_end_stream() => p,
+                    _ => return attempt(inner, req, timeouts.backend_request).await,
+                };
+                let mut n = 0;
+                loop {
+                    let copy = replay(&req);
+                    let result = attempt(inner.clone(), copy, timeouts.backend_request).await;
+                    let outcome = result.as_ref().map(|r| r.status().as_u16());
+                    if n >= policy.attempts || !should_retry(&policy, &outcome) {
+                        return result;
+                    }
+                    n += 1;
+                    tracing::debug!(attempt = n + 1, outcome = ?outcome.as_ref().map_err(|e| e.to_string()), "retrying");
+                    tokio::time::sleep(backoff(&policy, n)).await;
+                }
+            };
+            match timeouts.request {
+                Some(t) => tokio::time::timeout(t, attempts)
+                    .await
+                    .unwrap_or(Err(ProxyError::UpstreamTimeout)),
+                None => attempts.await,
+            }
+        })
+    }
+}
+
+async fn attempt<S>(
+    inner: S,
+    req: Request<Body>,
+    per_try: Option<std::time::Duration>,
+) -> Result<Response<Body>, ProxyError>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+{
+    let call = inner.oneshot(req);
+    match per_try {
+        Some(t) => tokio::time::timeout(t, call)
+            .await
+            .unwrap_or(Err(ProxyError::UpstreamTimeout)),
+        None => call.await,
+    }
+}
+
+/// A copy of a body-less request, with the extensions the inner services read.
+fn replay(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    if let Some(c) = req.extensions().get::<RequestContext>() {
+        copy.extensions_mut().insert(c.clone());
+    }
+    if let Some(d) = req.extensions().get::<RouteDecision>() {
+        copy.extensions_mut().insert(d.clone());
+    }
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tower::service_fn;
+
+    use super::*;
+    use crate::route::model::{RetryPolicy, Timeouts};
+
+    fn decision(retry: Option<RetryPolicy>, timeouts: Timeouts) -> RouteDecision {
+        let svc = Arc::new(crate::model::Service {
+            name: crate::model::NamespacedName::new("ns", "svc"),
+            hostname: "svc".into(),
+            vips: vec![],
+            ports: vec![],
+            served: true,
+        });
+        RouteDecision {
+            backend: crate::route::Backend::Service {
+                service: svc,
+                port: 80,
+            },
+            rule: None,
+            timeouts,
+            retry,
+        }
+    }
+
+    fn status(code: u16) -> Response<Body> {
+        let mut r = Response::new(body::empty());
+        *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_until_success_within_attempts() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let inner = service_fn(move |_req: Request<Body>| {
+            let n = c.fetch_add(1, Ordering::Relaxed);
+            async move { Ok::<_, ProxyError>(status(if n < 2 { 503 } else { 200 })) }
+        });
+        let policy = RetryPolicy {
+            attempts: 2,
+            codes: vec![503],
+            backoff: Duration::from_millis(100),
+        };
+        let mut req = Request::new(body::empty());
+        req.extensions_mut()
+            .insert(decision(Some(policy), Timeouts::default()));
+        let resp = RetryLayer.layer(inner).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_timeout_is_504() {
+        let inner = service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, ProxyError>(status(200))
+        });
+        let mut req = Request::new(body::empty());
+        req.extensions_mut().insert(decision(
+            None,
+            Timeouts {
+                request: Some(Duration::from_millis(500)),
+                backend_request: None,
+            },
+        ));
+        let err = RetryLayer.layer(inner).oneshot(req).await.unwrap_err();
+        assert!(matches!(err, ProxyError::UpstreamTimeout));
+    }
+}

@@ -1,0 +1,68 @@
+//! Timeouts and retries of the matched rule (`timeouts.request`, `timeouts.backendRequest`,
+//! `retry`), applied around the upstream call.
+//!
+//! A retry needs the request again: requests without a body are replayed; requests with a
+//! body get one attempt (their body streams once). Connection failures and resets are
+//! retried, and so are the rule's listed response codes.
+
+mod layer;
+
+pub use layer::{RetryLayer, RetryService};
+
+use std::time::Duration;
+
+use crate::route::model::RetryPolicy;
+use crate::ProxyError;
+
+/// Whether an attempt's outcome should be retried under `policy`.
+pub fn should_retry(policy: &RetryPolicy, outcome: &Result<u16, &ProxyError>) -> bool {
+    match outcome {
+        Ok(status) => policy.codes.contains(status),
+        Err(e) => matches!(
+            e,
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamReset { .. }
+        ),
+    }
+}
+
+/// The wait before retry number `n` (1-based): the policy's backoff, doubled each retry
+/// and capped at ten times the base, as Envoy does.
+pub fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
+    let base = policy.backoff;
+    let factor = 1u32 << n.saturating_sub(1).min(16);
+    (base * factor).min(base * 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 2,
+            codes: vec![500, 503],
+            backoff: Duration::from_millis(10),
+        }
+    }
+
+    #[test]
+    fn retries_listed_codes_and_connection_errors() {
+        let p = policy();
+        assert!(should_retry(&p, &Ok(500)));
+        assert!(!should_retry(&p, &Ok(404)));
+        let connect = ProxyError::UpstreamConnect {
+            endpoint: "a".into(),
+            reason: "refused".into(),
+        };
+        assert!(should_retry(&p, &Err(&connect)));
+        assert!(!should_retry(&p, &Err(&ProxyError::UpstreamTimeout)));
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let p = policy();
+        assert_eq!(backoff(&p, 1), Duration::from_millis(10));
+        assert_eq!(backoff(&p, 2), Duration::from_millis(20));
+        assert_eq!(backoff(&p, 8), Duration::from_millis(100));
+    }
+}

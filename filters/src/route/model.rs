@@ -1,0 +1,289 @@
+//! The route table types: Gateway API HTTPRoute and GRPCRoute, compiled for matching.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+use serde::Serialize;
+
+use super::Backend;
+use crate::model::NamespacedName;
+
+/// Which API a route came from. GRPCRoutes on a port take precedence over HTTPRoutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RouteKind {
+    /// `HTTPRoute`.
+    Http,
+    /// `GRPCRoute`.
+    Grpc,
+}
+
+/// One route, attached to one or more parents.
+#[derive(Debug, Serialize)]
+pub struct Route {
+    /// `namespace/name`.
+    pub name: NamespacedName,
+    /// HTTPRoute or GRPCRoute.
+    pub kind: RouteKind,
+    /// `metadata.creationTimestamp` (RFC 3339), for precedence between routes.
+    pub created: Option<String>,
+    /// Rules in declaration order.
+    pub rules: Vec<Rule>,
+}
+
+/// One rule of a route.
+#[derive(Debug, Serialize)]
+pub struct Rule {
+    /// `name`, if set.
+    pub name: Option<String>,
+    /// Matches (an empty list means `PathPrefix /`).
+    pub matches: Vec<RouteMatch>,
+    /// Rule-level filters, in order.
+    pub filters: Vec<Filter>,
+    /// Weighted backends.
+    pub backends: Vec<WeightedBackend>,
+    /// Request and per-attempt timeouts.
+    pub timeouts: Timeouts,
+    /// Retry policy.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// `timeouts` of a rule.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timeouts {
+    /// Whole request, retries included (`timeouts.request`).
+    pub request: Option<Duration>,
+    /// Each attempt to a backend (`timeouts.backendRequest`).
+    pub backend_request: Option<Duration>,
+}
+
+/// `retry` of a rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Response codes that are retried (connection failures always are).
+    pub codes: Vec<u16>,
+    /// Wait between attempts.
+    pub backoff: Duration,
+}
+
+/// A request match: every present condition must hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteMatch {
+    /// Path condition.
+    pub path: PathMatch,
+    /// Header conditions (names case-insensitive).
+    pub headers: Vec<HeaderMatch>,
+    /// Query parameter conditions (names case-sensitive).
+    pub query: Vec<QueryMatch>,
+    /// Method condition.
+    #[serde(serialize_with = "ser_method")]
+    pub method: Option<Method>,
+}
+
+fn ser_method<S: serde::Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => s.serialize_some(m.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Default for RouteMatch {
+    fn default() -> Self {
+        Self {
+            path: PathMatch::Prefix("/".into()),
+            headers: Vec::new(),
+            query: Vec::new(),
+            method: None,
+        }
+    }
+}
+
+/// A path condition.
+#[derive(Debug, Clone, Serialize)]
+pub enum PathMatch {
+    /// The whole path equals the value.
+    Exact(String),
+    /// The path starts with the value, on segment boundaries.
+    Prefix(String),
+    /// The whole path matches the expression.
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+fn ser_regex<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
+}
+
+/// A string condition.
+#[derive(Debug, Clone, Serialize)]
+pub enum StringMatch {
+    /// Equal.
+    Exact(String),
+    /// Whole-value regular expression.
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+impl StringMatch {
+    /// Whether `value` satisfies the condition.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(v) => v == value,
+            StringMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// A header condition.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderMatch {
+    /// Header name.
+    #[serde(serialize_with = "ser_name")]
+    pub name: HeaderName,
+    /// Value condition.
+    pub value: StringMatch,
+}
+
+fn ser_name<S: serde::Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.as_str())
+}
+
+/// A query parameter condition.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryMatch {
+    /// Parameter name (case-sensitive).
+    pub name: String,
+    /// Value condition.
+    pub value: StringMatch,
+}
+
+/// A backend with its weight and backend-level filters.
+#[derive(Debug, Serialize)]
+pub struct WeightedBackend {
+    /// Where requests go, or why they cannot.
+    pub target: BackendTarget,
+    /// Relative weight; 0 never receives traffic.
+    pub weight: u32,
+    /// Filters applied only for this backend.
+    pub filters: Vec<Filter>,
+}
+
+/// A resolved backendRef.
+#[derive(Debug, Serialize)]
+pub enum BackendTarget {
+    /// A Service port.
+    Backend(#[serde(serialize_with = "ser_backend")] Backend),
+    /// A backendRef that cannot be used (unknown Service, unsupported kind); its share of
+    /// the traffic gets 500.
+    Invalid(String),
+}
+
+fn ser_backend<S: serde::Serializer>(b: &Backend, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&b.describe())
+}
+
+/// A header set/add/remove list.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeaderModifier {
+    /// Replace (or add) these headers.
+    #[serde(serialize_with = "ser_pairs")]
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append these headers.
+    #[serde(serialize_with = "ser_pairs")]
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Remove these headers.
+    #[serde(serialize_with = "ser_names")]
+    pub remove: Vec<HeaderName>,
+}
+
+fn ser_pairs<S: serde::Serializer>(
+    v: &[(HeaderName, HeaderValue)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(
+        v.iter()
+            .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes()))),
+    )
+}
+
+fn ser_names<S: serde::Serializer>(v: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|n| n.as_str()))
+}
+
+/// How a redirect or rewrite changes the path.
+#[derive(Debug, Clone, Serialize)]
+pub enum PathModifier {
+    /// Replace the whole path.
+    ReplaceFullPath(String),
+    /// Replace the part the `PathPrefix` match matched.
+    ReplacePrefixMatch(String),
+}
+
+/// `RequestRedirect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Redirect {
+    /// New scheme.
+    pub scheme: Option<String>,
+    /// New host name.
+    pub hostname: Option<String>,
+    /// New port.
+    pub port: Option<u16>,
+    /// New path.
+    pub path: Option<PathModifier>,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status: u16,
+}
+
+/// `URLRewrite`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rewrite {
+    /// New Host.
+    pub hostname: Option<String>,
+    /// New path.
+    pub path: Option<PathModifier>,
+}
+
+/// `RequestMirror`.
+#[derive(Debug, Serialize)]
+pub struct Mirror {
+    /// Where copies go.
+    #[serde(serialize_with = "ser_backend")]
+    pub backend: Backend,
+    /// Share of requests mirrored, 0.0 to 1.0.
+    pub fraction: f64,
+}
+
+/// `CORS`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Cors {
+    /// Allowed origins (`*` wildcards allowed).
+    pub allow_origins: Vec<String>,
+    /// Allowed methods.
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers.
+    pub allow_headers: Vec<String>,
+    /// Exposed response headers.
+    pub expose_headers: Vec<String>,
+    /// Whether credentials are allowed.
+    pub allow_credentials: bool,
+    /// Preflight cache lifetime in seconds.
+    pub max_age: Option<u32>,
+}
+
+/// A route filter.
+#[derive(Debug, Serialize)]
+pub enum Filter {
+    /// `RequestHeaderModifier`.
+    RequestHeaders(HeaderModifier),
+    /// `ResponseHeaderModifier`.
+    ResponseHeaders(HeaderModifier),
+    /// `RequestRedirect`.
+    Redirect(Redirect),
+    /// `URLRewrite`.
+    Rewrite(Rewrite),
+    /// `RequestMirror`.
+    Mirror(Arc<Mirror>),
+    /// `CORS`.
+    Cors(Cors),
+}

@@ -1,0 +1,401 @@
+//! Matching and precedence: every rule match of every route on a parent, sorted once at
+//! configuration time; [`RouteTable::find`] returns the first that matches a request.
+//!
+//! Precedence (Gateway API): exact path, then longest prefix (regular expressions last),
+//! then a method match, then most header matches, then most query matches, then the
+//! oldest route, then `namespace/name`, then rule order.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::Request;
+use serde::Serialize;
+
+use super::model::{PathMatch, Route, RouteKind, RouteMatch, Rule};
+
+#[derive(Debug, Clone)]
+struct Entry {
+    route: Arc<Route>,
+    rule: usize,
+    /// Index into the rule's matches; `None` for a rule without matches (`PathPrefix /`).
+    matched: Option<usize>,
+}
+
+/// The result of [`RouteTable::find`].
+#[derive(Debug, Clone)]
+pub struct Matched<'a> {
+    /// The route.
+    pub route: &'a Arc<Route>,
+    /// The rule's index in the route.
+    pub rule_index: usize,
+    /// The rule.
+    pub rule: &'a Rule,
+    /// The path condition that matched (for `ReplacePrefixMatch`).
+    pub path: &'a PathMatch,
+}
+
+static DEFAULT_PATH: std::sync::LazyLock<PathMatch> =
+    std::sync::LazyLock::new(|| PathMatch::Prefix("/".into()));
+
+/// A sorted set of rule matches for one parent (and one client namespace).
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    entries: Vec<Entry>,
+}
+
+impl Serialize for RouteTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.entries.iter().map(|e| {
+            let rule = &e.route.rules[e.rule];
+            format!(
+                "{} rule {} match {}",
+                e.route.name,
+                rule.name.clone().unwrap_or_else(|| e.rule.to_string()),
+                e.matched
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "default".into())
+            )
+        }))
+    }
+}
+
+fn path_rank(p: &PathMatch) -> (u8, usize) {
+    match p {
+        PathMatch::Exact(v) => (2, v.len()),
+        PathMatch::Prefix(v) => (1, v.len()),
+        PathMatch::Regex(r) => (0, r.as_str().len()),
+    }
+}
+
+impl RouteTable {
+    /// Sorts every match of every rule of `routes` by precedence.
+    pub fn new(routes: &[Arc<Route>]) -> Self {
+        let mut entries: Vec<Entry> = Vec::new();
+        for route in routes {
+            for (ri, rule) in route.rules.iter().enumerate() {
+                if rule.matches.is_empty() {
+                    entries.push(Entry {
+                        route: route.clone(),
+                        rule: ri,
+                        matched: None,
+                    });
+                }
+                for mi in 0..rule.matches.len() {
+                    entries.push(Entry {
+                        route: route.clone(),
+                        rule: ri,
+                        matched: Some(mi),
+                    });
+                }
+            }
+        }
+        let default = RouteMatch::default();
+        entries.sort_by_key(|e| {
+            let m = e
+                .matched
+                .map(|i| &e.route.rules[e.rule].matches[i])
+                .unwrap_or(&default);
+            let (rank, len) = path_rank(&m.path);
+            (
+                Reverse(rank),
+                Reverse(len),
+                Reverse(m.method.is_some()),
+                Reverse(m.headers.len()),
+                Reverse(m.query.len()),
+                // Routes without a timestamp sort after those with one.
+                e.route.created.is_none(),
+                e.route.created.clone(),
+                e.route.name.clone(),
+                e.rule,
+                e.matched,
+            )
+        });
+        Self { entries }
+    }
+
+    /// Whether the table has no rules.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The highest-precedence rule matching `req`.
+    pub fn find<B>(&self, req: &Request<B>) -> Option<Matched<'_>> {
+        let path = req.uri().path();
+        let query = parse_query(req.uri().query());
+        self.entries.iter().find_map(|e| {
+            let rule = &e.route.rules[e.rule];
+            let path_match = match e.matched {
+                None => &*DEFAULT_PATH,
+                Some(i) => {
+                    let m = &rule.matches[i];
+                    if !matches(m, req, path, &query) {
+                        return None;
+                    }
+                    &m.path
+                }
+            };
+            Some(Matched {
+                route: &e.route,
+                rule_index: e.rule,
+                rule,
+                path: path_match,
+            })
+        })
+    }
+}
+
+/// Routes attached to one Service port, split by who they apply to.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PortRoutes {
+    /// Routes in the Service's namespace: every client.
+    pub producer: RouteTable,
+    /// Routes in other namespaces: only clients from that namespace, instead of the
+    /// producer routes.
+    pub consumers: BTreeMap<String, RouteTable>,
+    /// Whether these are GRPCRoutes.
+    pub kind: Option<RouteKind>,
+}
+
+impl PortRoutes {
+    /// The table for a client in namespace `ns`.
+    pub fn for_client(&self, ns: &str) -> &RouteTable {
+        self.consumers.get(ns).unwrap_or(&self.producer)
+    }
+}
+
+/// Whether `path` is under `prefix`, comparing whole segments (a trailing `/` in the
+/// prefix is ignored).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let p = if prefix.len() > 1 {
+        prefix.trim_end_matches('/')
+    } else {
+        prefix
+    };
+    if p == "/" || p.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(p) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+fn matches<B>(m: &RouteMatch, req: &Request<B>, path: &str, query: &[(String, String)]) -> bool {
+    let path_ok = match &m.path {
+        PathMatch::Exact(v) => path == v,
+        PathMatch::Prefix(v) => prefix_matches(v, path),
+        PathMatch::Regex(r) => r.is_match(path),
+    };
+    if !path_ok {
+        return false;
+    }
+    if let Some(method) = &m.method {
+        if req.method() != method {
+            return false;
+        }
+    }
+    let headers_ok = m.headers.iter().all(|h| {
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(&h.name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        !values.is_empty() && h.value.matches(&values.join(","))
+    });
+    headers_ok
+        && m.query.iter().all(|q| {
+            query
+                .iter()
+                .find(|(k, _)| k == &q.name)
+                .is_some_and(|(_, v)| q.value.matches(v))
+        })
+}
+
+/// Query parameters, percent-decoded, in order.
+pub fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(kv), String::new()),
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::model::*;
+    use http::Method;
+    use regex::Regex;
+
+    fn route(name: &str, created: Option<&str>, rules: Vec<Vec<RouteMatch>>) -> Arc<Route> {
+        Arc::new(Route {
+            name: crate::model::NamespacedName::new("ns", name),
+            kind: RouteKind::Http,
+            created: created.map(str::to_string),
+            rules: rules
+                .into_iter()
+                .map(|matches| Rule {
+                    name: None,
+                    matches,
+                    filters: vec![],
+                    backends: vec![],
+                    timeouts: Timeouts::default(),
+                    retry: None,
+                })
+                .collect(),
+        })
+    }
+
+    fn path(p: PathMatch) -> RouteMatch {
+        RouteMatch {
+            path: p,
+            ..RouteMatch::default()
+        }
+    }
+
+    fn req(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    fn found(t: &RouteTable, r: &Request<()>) -> Option<(String, usize)> {
+        t.find(r).map(|m| (m.route.name.name.clone(), m.rule_index))
+    }
+
+    #[test]
+    fn prefix_is_segment_wise() {
+        assert!(prefix_matches("/foo", "/foo"));
+        assert!(prefix_matches("/foo", "/foo/bar"));
+        assert!(prefix_matches("/foo/", "/foo"));
+        assert!(!prefix_matches("/foo", "/foobar"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn precedence_exact_prefix_method_headers_query_age_name() {
+        let a = route(
+            "a",
+            Some("2024-01-02T00:00:00Z"),
+            vec![
+                vec![path(PathMatch::Prefix("/v1".into()))],
+                vec![path(PathMatch::Exact("/v1/exact".into()))],
+                vec![RouteMatch {
+                    path: PathMatch::Prefix("/v1".into()),
+                    method: Some(Method::POST),
+                    ..RouteMatch::default()
+                }],
+                vec![RouteMatch {
+                    path: PathMatch::Prefix("/v1".into()),
+                    headers: vec![HeaderMatch {
+                        name: "version".parse().unwrap(),
+                        value: StringMatch::Exact("two".into()),
+                    }],
+                    ..RouteMatch::default()
+                }],
+                vec![RouteMatch {
+                    path: PathMatch::Prefix("/v1".into()),
+                    query: vec![QueryMatch {
+                        name: "q".into(),
+                        value: StringMatch::Regex(Regex::new("^x+$").unwrap()),
+                    }],
+                    ..RouteMatch::default()
+                }],
+            ],
+        );
+        let older = route(
+            "z",
+            Some("2024-01-01T00:00:00Z"),
+            vec![vec![path(PathMatch::Prefix("/v1".into()))]],
+        );
+        let t = RouteTable::new(&[a, older]);
+        assert_eq!(
+            found(&t, &req(Method::GET, "/v1/exact", &[])),
+            Some(("a".into(), 1))
+        );
+        assert_eq!(
+            found(&t, &req(Method::POST, "/v1/x", &[("version", "two")])),
+            Some(("a".into(), 2))
+        );
+        assert_eq!(
+            found(&t, &req(Method::GET, "/v1/x", &[("Version", "two")])),
+            Some(("a".into(), 3))
+        );
+        assert_eq!(
+            found(&t, &req(Method::GET, "/v1/x?q=xx", &[])),
+            Some(("a".into(), 4))
+        );
+        assert_eq!(
+            found(&t, &req(Method::GET, "/v1/x?q=xy", &[])),
+            Some(("z".into(), 0)),
+            "oldest wins ties"
+        );
+        assert_eq!(found(&t, &req(Method::GET, "/v2", &[])), None);
+    }
+
+    #[test]
+    fn longest_prefix_and_regex_last() {
+        let r = route(
+            "r",
+            None,
+            vec![
+                vec![path(PathMatch::Regex(Regex::new("^/.*$").unwrap()))],
+                vec![path(PathMatch::Prefix("/a".into()))],
+                vec![path(PathMatch::Prefix("/a/b".into()))],
+            ],
+        );
+        let t = RouteTable::new(&[r]);
+        assert_eq!(found(&t, &req(Method::GET, "/a/b/c", &[])).unwrap().1, 2);
+        assert_eq!(found(&t, &req(Method::GET, "/a/c", &[])).unwrap().1, 1);
+        assert_eq!(found(&t, &req(Method::GET, "/zzz", &[])).unwrap().1, 0);
+    }
+
+    #[test]
+    fn same_age_falls_back_to_name_then_rule_order() {
+        let b = route("b", None, vec![vec![], vec![]]);
+        let a = route("a", None, vec![vec![]]);
+        let t = RouteTable::new(&[b, a]);
+        assert_eq!(
+            found(&t, &req(Method::GET, "/", &[])),
+            Some(("a".into(), 0))
+        );
+    }
+
+    #[test]
+    fn query_values_are_decoded_and_first_wins() {
+        assert_eq!(
+            parse_query(Some("a=1&b=x%20y&a=2")),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("a".into(), "2".into())
+            ]
+        );
+    }
+}
