@@ -11,8 +11,8 @@ mod snapshot;
 pub use identity::{Identity, InvalidIdentity};
 pub use protocol::Protocol;
 pub use snapshot::{
-    ConflictingAddress, Endpoint, NamespacedName, Service, ServicePort, Snapshot, Target,
-    TargetPort, Waypoint, Workload,
+    route_key, ConflictingAddress, Endpoint, NamespacedName, Service, ServicePort, Snapshot,
+    Target, TargetPort, Waypoint, Workload,
 };
 
 use std::net::{IpAddr, SocketAddr};

@@ -126,8 +126,6 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// The ready endpoints behind this port.
     pub endpoints: Vec<Endpoint>,
-    /// HTTPRoutes or GRPCRoutes attached to this port, if any.
-    pub routes: Option<crate::route::PortRoutes>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -147,7 +145,6 @@ impl ServicePort {
             target_port,
             protocol,
             endpoints,
-            routes: None,
             next: AtomicUsize::new(0),
         }
     }
@@ -233,6 +230,11 @@ pub struct ConflictingAddress {
     pub second: String,
 }
 
+/// The key of a Service port in [`Snapshot::routes`].
+pub fn route_key(service: &NamespacedName, port: u16) -> String {
+    format!("{service}:{port}")
+}
+
 /// One immutable, complete configuration: the route tables.
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
@@ -246,6 +248,9 @@ pub struct Snapshot {
     pub services: BTreeMap<String, Arc<Service>>,
     /// Every workload known, by IP.
     pub workloads: BTreeMap<IpAddr, Arc<Workload>>,
+    /// HTTPRoutes/GRPCRoutes by Service port (`namespace/name:port`). Kept apart from the
+    /// Services so that routes can name any Service as a backend without reference cycles.
+    pub routes: BTreeMap<String, crate::route::PortRoutes>,
     #[serde(skip)]
     vips: HashMap<SocketAddr, (Arc<Service>, u16)>,
 }
@@ -297,6 +302,7 @@ impl Snapshot {
             waypoint,
             services: by_name,
             workloads: by_ip,
+            routes: BTreeMap::new(),
             vips,
         })
     }
@@ -320,6 +326,19 @@ impl Snapshot {
             workload: workload.clone(),
             port: authority.port(),
         })
+    }
+
+    /// Attaches the route tables (configuration sources call this before publishing).
+    pub fn set_routes(&mut self, routes: BTreeMap<String, crate::route::PortRoutes>) {
+        self.routes = routes;
+    }
+
+    /// The routes attached to port `port` of `service`, if any.
+    pub fn routes(&self, service: &NamespacedName, port: u16) -> Option<&crate::route::PortRoutes> {
+        if self.routes.is_empty() {
+            return None;
+        }
+        self.routes.get(&route_key(service, port))
     }
 
     /// The workload with this IP, served or not.

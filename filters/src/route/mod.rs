@@ -129,7 +129,7 @@ pub fn decide<B>(ctx: &RequestContext, req: &http::Request<B>) -> Result<Selecti
     let Target::Service { service, port } = &ctx.tunnel.target else {
         return Ok(default());
     };
-    let Some(routes) = service.port(*port).and_then(|p| p.routes.as_ref()) else {
+    let Some(routes) = ctx.snapshot.routes(&service.name, *port) else {
         return Ok(default());
     };
     let table = routes.for_client(&ctx.tunnel.peer.namespace);

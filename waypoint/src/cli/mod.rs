@@ -1,5 +1,6 @@
-//! Subcommands: `run`, `dev-ca`, `request`, `demo`.
+//! Subcommands: `run`, `check`, `dev-ca`, `request`, `demo`.
 
+mod check;
 mod demo;
 mod dev_ca;
 mod request;
@@ -22,6 +23,8 @@ pub struct Cli {
 enum Command {
     /// Run the waypoint.
     Run(run::RunArgs),
+    /// Validate a configuration and print the status of every route.
+    Check(check::CheckArgs),
     /// Write a development root CA and SPIFFE certificates.
     DevCa(dev_ca::DevCaArgs),
     /// Send one HTTP request through an HBONE server (a waypoint or a ztunnel).
@@ -44,6 +47,7 @@ pub fn init_logging(filter: &str) {
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run::run(a),
+        Command::Check(a) => check::run(a),
         Command::DevCa(a) => dev_ca::run(a),
         Command::Request(a) => runtime()?.block_on(request::run(a)),
         Command::Demo(a) => runtime()?.block_on(demo::run(a)),

@@ -8,12 +8,13 @@
 mod error;
 mod objects;
 mod parse;
+pub mod routes;
 mod translate;
 mod watch;
 
 pub use error::LocalConfigError;
 pub use parse::{parse, Objects};
-pub use translate::{translate, Options};
+pub use translate::{translate, translate_with_status, Options};
 pub use watch::watch;
 
 use std::path::Path;

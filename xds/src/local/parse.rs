@@ -3,6 +3,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::objects::{Gateway, Namespace, Pod, Service};
+use super::routes::objects::{GrpcRoute, HttpRoute, ReferenceGrant};
 use super::LocalConfigError;
 
 /// The objects of one configuration file, each with the label used in error messages.
@@ -12,6 +13,9 @@ pub struct Objects {
     pub(crate) services: Vec<(String, Service)>,
     pub(crate) pods: Vec<(String, Pod)>,
     pub(crate) gateways: Vec<(String, Gateway)>,
+    pub(crate) http_routes: Vec<(String, HttpRoute)>,
+    pub(crate) grpc_routes: Vec<(String, GrpcRoute)>,
+    pub(crate) grants: Vec<(String, ReferenceGrant)>,
 }
 
 /// Parses a multi-document YAML text of Kubernetes objects.
@@ -73,6 +77,15 @@ impl Objects {
             ("", "Service") => self.services.push(typed(value, &label)?),
             ("", "Pod") => self.pods.push(typed(value, &label)?),
             ("gateway.networking.k8s.io", "Gateway") => self.gateways.push(typed(value, &label)?),
+            ("gateway.networking.k8s.io", "HTTPRoute") => {
+                self.http_routes.push(typed(value, &label)?)
+            }
+            ("gateway.networking.k8s.io", "GRPCRoute") => {
+                self.grpc_routes.push(typed(value, &label)?)
+            }
+            ("gateway.networking.k8s.io", "ReferenceGrant") => {
+                self.grants.push(typed(value, &label)?)
+            }
             _ => tracing::info!(object = %label, api_version, "skipping unsupported kind"),
         }
         Ok(())

@@ -75,13 +75,31 @@ fn uses_waypoint(
         .unwrap_or(false)
 }
 
-/// Builds the snapshot the objects describe.
+/// Builds the snapshot the objects describe; routes that cannot be accepted are logged.
 pub fn translate(
     objects: &Objects,
     options: &Options,
     version: u64,
     source: String,
 ) -> Result<Snapshot, LocalConfigError> {
+    let (snapshot, statuses) = translate_with_status(objects, options, version, source)?;
+    for st in &statuses {
+        for p in &st.parents {
+            if !p.accepted || !p.resolved_refs {
+                tracing::warn!(route = %st.route, parent = %p.parent, accepted = p.accepted, reason = %p.accepted_reason, refs = %p.refs_reason, message = %p.message, "route not fully usable");
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Builds the snapshot and the status of every HTTPRoute and GRPCRoute.
+pub fn translate_with_status(
+    objects: &Objects,
+    options: &Options,
+    version: u64,
+    source: String,
+) -> Result<(Snapshot, Vec<super::routes::RouteStatus>), LocalConfigError> {
     let (gw_label, gateway) = pick_gateway(objects, options)?;
     let gw_name = NamespacedName::new(namespace_of(&gateway.metadata), &gateway.metadata.name);
     let waypoint_for = gateway
@@ -126,12 +144,23 @@ pub fn translate(
     }
 
     let waypoint = Waypoint {
-        gateway: gw_name,
+        gateway: gw_name.clone(),
         trust_domain: options.trust_domain.clone(),
     };
-    Ok(Snapshot::new(
-        version, source, waypoint, services, workloads,
-    )?)
+    let mut snapshot = Snapshot::new(version, source, waypoint, services, workloads)?;
+    let by_name: HashMap<NamespacedName, Arc<Service>> = snapshot
+        .services
+        .values()
+        .map(|s| (s.name.clone(), s.clone()))
+        .collect();
+    let inputs = super::routes::RouteInputs {
+        http: &objects.http_routes,
+        grpc: &objects.grpc_routes,
+        grants: &objects.grants,
+    };
+    let (tables, statuses) = super::routes::attach(&inputs, &by_name, &gw_name);
+    snapshot.set_routes(tables);
+    Ok((snapshot, statuses))
 }
 
 fn pick_gateway<'a>(
