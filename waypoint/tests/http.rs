@@ -94,7 +94,14 @@ async fn h2c_and_grpc_trailers() {
     let trailers = collected.trailers().cloned().expect("trailers");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["x-echo-trailer"], "present");
-    assert_eq!(collected.to_bytes(), message);
+    // One length-prefixed message: the echo's description of the call it received.
+    let data = collected.to_bytes();
+    assert_eq!(data[0], 0);
+    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+    assert_eq!(data.len(), len + 5);
+    let v: serde_json::Value = serde_json::from_slice(&data[5..]).unwrap();
+    assert_eq!(v["path"], "/test.Echo/Say");
+    assert_eq!(v["headers"]["Te"][0], "trailers");
 }
 
 #[tokio::test]

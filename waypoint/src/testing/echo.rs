@@ -93,7 +93,7 @@ pub async fn handle(
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
     {
-        grpc_echo(req).await
+        grpc_echo(&who, req).await
     } else if path == "/echo-body" {
         Response::new(Body::new(req.into_body()))
     } else if path == "/bytes" {
@@ -134,7 +134,8 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn json_response(who: &EchoIdentity, req: &Request<Incoming>) -> Response<Body> {
+/// The JSON description of a request, as the conformance echo server reports it.
+fn describe(who: &EchoIdentity, req: &Request<Incoming>) -> serde_json::Value {
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in req.headers() {
         headers
@@ -149,7 +150,7 @@ fn json_response(who: &EchoIdentity, req: &Request<Incoming>) -> Response<Body> 
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    let body = serde_json::json!({
+    serde_json::json!({
         "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
         "host": host,
         "method": req.method().as_str(),
@@ -157,7 +158,11 @@ fn json_response(who: &EchoIdentity, req: &Request<Incoming>) -> Response<Body> 
         "headers": headers,
         "namespace": who.namespace,
         "pod": who.pod,
-    });
+    })
+}
+
+fn json_response(who: &EchoIdentity, req: &Request<Incoming>) -> Response<Body> {
+    let body = describe(who, req);
     let mut resp = Response::new(fbody::full(body.to_string()));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -214,16 +219,22 @@ fn bytes_body(n: usize) -> Body {
     Body::new(StreamBody::new(stream))
 }
 
-async fn grpc_echo(req: Request<Incoming>) -> Response<Body> {
-    let message = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
+/// Answers a gRPC call with one message: the same JSON description of the request the
+/// HTTP echo returns (so tests can check the backend and the metadata it received),
+/// followed by `grpc-status: 0` trailers.
+async fn grpc_echo(who: &EchoIdentity, req: Request<Incoming>) -> Response<Body> {
+    let description = describe(who, &req);
+    let _ = req.into_body().collect().await;
+    let json = description.to_string();
+    let mut frame = Vec::with_capacity(json.len() + 5);
+    frame.push(0u8);
+    frame.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    frame.extend_from_slice(json.as_bytes());
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     trailers.insert("x-echo-trailer", HeaderValue::from_static("present"));
     let frames = futures::stream::iter(vec![
-        Ok::<_, fbody::BoxError>(Frame::data(message)),
+        Ok::<_, fbody::BoxError>(Frame::data(Bytes::from(frame))),
         Ok(Frame::trailers(trailers)),
     ]);
     Response::builder()
