@@ -132,7 +132,9 @@ pub fn decide<B>(ctx: &RequestContext, req: &http::Request<B>) -> Result<Selecti
     let Some(routes) = ctx.snapshot.routes(&service.name, *port) else {
         return Ok(default());
     };
-    let table = routes.for_client(&ctx.tunnel.peer.namespace);
+    let Some(table) = routes.for_client(&ctx.tunnel.peer.namespace) else {
+        return Ok(default());
+    };
     let matched = table
         .find(req)
         .ok_or_else(|| ProxyError::NoRoute(format!("{} {}", req.method(), req.uri().path())))?;

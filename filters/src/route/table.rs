@@ -158,9 +158,12 @@ pub struct PortRoutes {
 }
 
 impl PortRoutes {
-    /// The table for a client in namespace `ns`.
-    pub fn for_client(&self, ns: &str) -> &RouteTable {
-        self.consumers.get(ns).unwrap_or(&self.producer)
+    /// The table for a client in namespace `ns`: its namespace's consumer routes, else the
+    /// producer routes; `None` when no route applies to it (the Service is used as is).
+    pub fn for_client(&self, ns: &str) -> Option<&RouteTable> {
+        self.consumers
+            .get(ns)
+            .or((!self.producer.is_empty()).then_some(&self.producer))
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::free_ports;
 
 /// A waypoint child process.
 pub struct WaypointProcess {
@@ -47,9 +47,9 @@ impl WaypointProcess {
         certs: &CertFiles,
         extra: &[&str],
     ) -> std::io::Result<Self> {
-        let hbone: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let ready: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let [h, r, a] = free_ports::<3>();
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let (hbone, ready, admin) = (addr(h), addr(r), addr(a));
         let child = Command::new(bin)
             .arg("run")
             .arg("--config")

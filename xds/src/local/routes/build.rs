@@ -2,20 +2,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use filters::model::{route_key, NamespacedName, Service};
-use filters::route::model::{
-    BackendTarget, Cors, Filter, HeaderMatch, HeaderModifier, Mirror, PathMatch, PathModifier,
-    QueryMatch, Redirect, RetryPolicy, Rewrite, Route, RouteKind, RouteMatch, Rule, StringMatch,
-    Timeouts, WeightedBackend,
-};
-use filters::route::{Backend, PortRoutes, RouteTable};
-use http::{HeaderName, HeaderValue, Method};
-use regex::Regex;
+use filters::route::model::{Route, RouteKind, Rule};
+use filters::route::{PortRoutes, RouteTable};
 
-use super::objects::{self as o, BackendRef, ParentRef, ReferenceGrant, RouteFilter};
-use super::parse_duration;
+use super::compile::{grpc_rule, http_rule, RefProblem};
+use super::objects::{self as o, ParentRef, ReferenceGrant};
 use super::status::{ParentStatus, RouteStatus};
 
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// The route objects of one configuration file, with their error labels.
 pub struct RouteInputs<'a> {
@@ -28,7 +22,7 @@ pub struct RouteInputs<'a> {
 }
 
 /// Why a route cannot be accepted at all.
-struct Unsupported(String);
+pub(crate) struct Unsupported(pub String);
 
 /// Where one accepted route attaches.
 struct Attachment {
@@ -42,10 +36,23 @@ struct Attachment {
     status_index: (usize, usize),
 }
 
-struct Ctx<'a> {
-    services: &'a HashMap<NamespacedName, Arc<Service>>,
-    grants: &'a [(String, ReferenceGrant)],
+pub(crate) struct Ctx<'a> {
+    pub services: &'a HashMap<NamespacedName, Arc<Service>>,
+    pub grants: &'a [(String, ReferenceGrant)],
+    /// The Service parentRefs of the route being compiled, as (namespace, name).
+    pub parents: Vec<(String, String)>,
 }
+
+/// One route, compiled (or rejected), before attachment.
+struct Compiled {
+    kind: RouteKind,
+    meta: o::RouteMeta,
+    parents: Vec<ParentRef>,
+    rules: Result<(Vec<Rule>, Vec<RefProblem>), Unsupported>,
+}
+
+/// The Service ports a parentRef attaches to.
+type Targets = Vec<(Arc<Service>, Vec<u16>)>;
 
 fn ns_of(meta: &o::RouteMeta) -> String {
     meta.namespace.clone().unwrap_or_else(|| "default".into())
@@ -58,22 +65,18 @@ pub fn attach(
     services: &HashMap<NamespacedName, Arc<Service>>,
     gateway: &NamespacedName,
 ) -> (BTreeMap<String, PortRoutes>, Vec<RouteStatus>) {
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         services,
         grants: inputs.grants,
+        parents: Vec::new(),
     };
     let mut statuses: Vec<RouteStatus> = Vec::new();
     let mut attachments: Vec<Attachment> = Vec::new();
 
-    let mut compiled: Vec<(
-        String,
-        RouteKind,
-        o::RouteMeta,
-        Vec<ParentRef>,
-        Result<(Vec<Rule>, Vec<(String, String)>), Unsupported>,
-    )> = Vec::new();
-    for (label, r) in inputs.http {
+    let mut compiled: Vec<Compiled> = Vec::new();
+    for (_, r) in inputs.http {
         let ns = ns_of(&r.metadata);
+        ctx.parents = service_parents(&r.spec.parent_refs, &ns);
         let rules = r
             .spec
             .rules
@@ -82,16 +85,16 @@ pub fn attach(
             .map(|(i, rule)| http_rule(&ctx, &ns, "HTTPRoute", i, rule))
             .collect::<Result<Vec<_>, _>>()
             .map(split_refs);
-        compiled.push((
-            label.clone(),
-            RouteKind::Http,
-            r.metadata.clone(),
-            r.spec.parent_refs.clone(),
+        compiled.push(Compiled {
+            kind: RouteKind::Http,
+            meta: r.metadata.clone(),
+            parents: r.spec.parent_refs.clone(),
             rules,
-        ));
+        });
     }
-    for (label, r) in inputs.grpc {
+    for (_, r) in inputs.grpc {
         let ns = ns_of(&r.metadata);
+        ctx.parents = service_parents(&r.spec.parent_refs, &ns);
         let rules = r
             .spec
             .rules
@@ -100,16 +103,21 @@ pub fn attach(
             .map(|(i, rule)| grpc_rule(&ctx, &ns, i, rule))
             .collect::<Result<Vec<_>, _>>()
             .map(split_refs);
-        compiled.push((
-            label.clone(),
-            RouteKind::Grpc,
-            r.metadata.clone(),
-            r.spec.parent_refs.clone(),
+        compiled.push(Compiled {
+            kind: RouteKind::Grpc,
+            meta: r.metadata.clone(),
+            parents: r.spec.parent_refs.clone(),
             rules,
-        ));
+        });
     }
 
-    for (_label, kind, meta, parents, rules) in compiled {
+    for Compiled {
+        kind,
+        meta,
+        parents,
+        rules,
+    } in compiled
+    {
         let ns = ns_of(&meta);
         let kind_name = if kind == RouteKind::Http {
             "HTTPRoute"
@@ -137,58 +145,58 @@ pub fn attach(
             let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
             let pkind = parent.kind.as_deref().unwrap_or("Gateway");
             let pns = parent.namespace.clone().unwrap_or_else(|| ns.clone());
-            let (targets, parent_name, via_gateway): (Vec<(Arc<Service>, Vec<u16>)>, String, bool) =
-                match (group, pkind) {
-                    ("" | "core", "Service") => {
-                        let name = NamespacedName::new(&pns, &parent.name);
-                        let label_name = match parent.port {
-                            Some(p) => format!("Service {name}:{p}"),
-                            None => format!("Service {name}"),
-                        };
-                        match services.get(&name) {
-                            Some(svc) if svc.served => {
-                                let ports: Vec<u16> = match parent.port {
-                                    Some(p) => svc
-                                        .ports
-                                        .iter()
-                                        .filter(|sp| sp.port == p)
-                                        .map(|sp| sp.port)
-                                        .collect(),
-                                    None => svc.ports.iter().map(|sp| sp.port).collect(),
-                                };
-                                if ports.is_empty() {
-                                    status.parents.push(rejected(
-                                        &label_name,
-                                        "NoMatchingParent",
-                                        format!("{name} has no port {}", parent.port.unwrap_or(0)),
-                                    ));
-                                    continue;
-                                }
-                                (vec![(svc.clone(), ports)], label_name, false)
-                            }
-                            Some(_) => continue, // another waypoint's Service
-                            None => {
+            let (targets, parent_name, via_gateway): (Targets, String, bool) = match (group, pkind)
+            {
+                ("" | "core", "Service") => {
+                    let name = NamespacedName::new(&pns, &parent.name);
+                    let label_name = match parent.port {
+                        Some(p) => format!("Service {name}:{p}"),
+                        None => format!("Service {name}"),
+                    };
+                    match services.get(&name) {
+                        Some(svc) if svc.served => {
+                            let ports: Vec<u16> = match parent.port {
+                                Some(p) => svc
+                                    .ports
+                                    .iter()
+                                    .filter(|sp| sp.port == p)
+                                    .map(|sp| sp.port)
+                                    .collect(),
+                                None => svc.ports.iter().map(|sp| sp.port).collect(),
+                            };
+                            if ports.is_empty() {
                                 status.parents.push(rejected(
                                     &label_name,
                                     "NoMatchingParent",
-                                    format!("Service {name} not found"),
+                                    format!("{name} has no port {}", parent.port.unwrap_or(0)),
                                 ));
                                 continue;
                             }
+                            (vec![(svc.clone(), ports)], label_name, false)
+                        }
+                        Some(_) => continue, // another waypoint's Service
+                        None => {
+                            status.parents.push(rejected(
+                                &label_name,
+                                "NoMatchingParent",
+                                format!("Service {name} not found"),
+                            ));
+                            continue;
                         }
                     }
-                    (GATEWAY_GROUP, "Gateway")
-                        if parent.name == gateway.name && pns == gateway.namespace =>
-                    {
-                        let all = services
-                            .values()
-                            .filter(|s| s.served)
-                            .map(|s| (s.clone(), s.ports.iter().map(|p| p.port).collect()))
-                            .collect();
-                        (all, format!("Gateway {gateway}"), true)
-                    }
-                    _ => continue,
-                };
+                }
+                (GATEWAY_GROUP, "Gateway")
+                    if parent.name == gateway.name && pns == gateway.namespace =>
+                {
+                    let all = services
+                        .values()
+                        .filter(|s| s.served)
+                        .map(|s| (s.clone(), s.ports.iter().map(|p| p.port).collect()))
+                        .collect();
+                    (all, format!("Gateway {gateway}"), true)
+                }
+                _ => continue,
+            };
             let route = match (&route, &unsupported) {
                 (Some(route), _) => route.clone(),
                 (None, why) => {
@@ -201,7 +209,7 @@ pub fn attach(
             };
             let (resolved, refs_reason, message) = match refs.first() {
                 None => (true, "ResolvedRefs".to_string(), String::new()),
-                Some((reason, msg)) => (false, reason.clone(), msg.clone()),
+                Some(p) => (false, p.reason.clone(), p.message.clone()),
             };
             let pi = status.parents.len();
             status.parents.push(ParentStatus {
@@ -282,6 +290,20 @@ pub fn attach(
     (tables, statuses)
 }
 
+fn service_parents(refs: &[ParentRef], ns: &str) -> Vec<(String, String)> {
+    refs.iter()
+        .filter(|p| {
+            matches!(p.group.as_deref(), Some("" | "core")) && p.kind.as_deref() == Some("Service")
+        })
+        .map(|p| {
+            (
+                p.namespace.clone().unwrap_or_else(|| ns.to_string()),
+                p.name.clone(),
+            )
+        })
+        .collect()
+}
+
 fn rejected(parent: &str, reason: &str, message: String) -> ParentStatus {
     ParentStatus {
         parent: parent.to_string(),
@@ -294,7 +316,7 @@ fn rejected(parent: &str, reason: &str, message: String) -> ParentStatus {
 }
 
 /// Splits compiled rules from the backendRef problems they carry.
-fn split_refs(rules: Vec<(Rule, Vec<(String, String)>)>) -> (Vec<Rule>, Vec<(String, String)>) {
+fn split_refs(rules: Vec<(Rule, Vec<RefProblem>)>) -> (Vec<Rule>, Vec<RefProblem>) {
     let mut refs = Vec::new();
     let rules = rules
         .into_iter()
@@ -304,493 +326,4 @@ fn split_refs(rules: Vec<(Rule, Vec<(String, String)>)>) -> (Vec<Rule>, Vec<(Str
         })
         .collect();
     (rules, refs)
-}
-
-fn string_match(kind: Option<&str>, value: &str, what: &str) -> Result<StringMatch, Unsupported> {
-    match kind.unwrap_or("Exact") {
-        "Exact" => Ok(StringMatch::Exact(value.to_string())),
-        "RegularExpression" => Regex::new(&format!("^(?:{value})$"))
-            .map(StringMatch::Regex)
-            .map_err(|e| Unsupported(format!("{what}: invalid regular expression {value:?}: {e}"))),
-        other => Err(Unsupported(format!(
-            "{what}: unsupported match type {other}"
-        ))),
-    }
-}
-
-fn header_name(name: &str, what: &str) -> Result<HeaderName, Unsupported> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| Unsupported(format!("{what}: invalid header name {name:?}")))
-}
-
-fn header_value(value: &str, what: &str) -> Result<HeaderValue, Unsupported> {
-    HeaderValue::from_str(value)
-        .map_err(|_| Unsupported(format!("{what}: invalid header value {value:?}")))
-}
-
-fn http_match(m: &o::HttpMatch, field: &str) -> Result<RouteMatch, Unsupported> {
-    let path = match &m.path {
-        None => PathMatch::Prefix("/".into()),
-        Some(p) => {
-            let value = p.value.clone().unwrap_or_else(|| "/".into());
-            match p.kind.as_deref().unwrap_or("PathPrefix") {
-                "Exact" | "PathPrefix" if !value.starts_with('/') => {
-                    return Err(Unsupported(format!(
-                        "{field}.path.value must start with '/', got {value:?}"
-                    )))
-                }
-                "Exact" => PathMatch::Exact(value),
-                "PathPrefix" => PathMatch::Prefix(value),
-                "RegularExpression" => {
-                    PathMatch::Regex(Regex::new(&format!("^(?:{value})$")).map_err(|e| {
-                        Unsupported(format!("{field}.path: invalid regular expression: {e}"))
-                    })?)
-                }
-                other => {
-                    return Err(Unsupported(format!(
-                        "{field}.path.type: unsupported {other}"
-                    )))
-                }
-            }
-        }
-    };
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let what = format!("{field}.headers[{i}]");
-            Ok(HeaderMatch {
-                name: header_name(&h.name, &what)?,
-                value: string_match(h.kind.as_deref(), &h.value, &what)?,
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let query = m
-        .query_params
-        .iter()
-        .enumerate()
-        .map(|(i, q)| {
-            let what = format!("{field}.queryParams[{i}]");
-            Ok(QueryMatch {
-                name: q.name.clone(),
-                value: string_match(q.kind.as_deref(), &q.value, &what)?,
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let method = m
-        .method
-        .as_deref()
-        .map(|s| {
-            Method::from_bytes(s.as_bytes())
-                .map_err(|_| Unsupported(format!("{field}.method: invalid {s:?}")))
-        })
-        .transpose()?;
-    Ok(RouteMatch {
-        path,
-        headers,
-        query,
-        method,
-    })
-}
-
-fn grpc_match(m: &o::GrpcMatch, field: &str) -> Result<RouteMatch, Unsupported> {
-    let path = match &m.method {
-        None => PathMatch::Prefix("/".into()),
-        Some(mm) => {
-            let svc = mm.service.as_deref().filter(|s| !s.is_empty());
-            let method = mm.method.as_deref().filter(|s| !s.is_empty());
-            match (mm.kind.as_deref().unwrap_or("Exact"), svc, method) {
-                (_, None, None) => {
-                    return Err(Unsupported(format!(
-                        "{field}.method: one of service or method is required"
-                    )))
-                }
-                ("Exact", Some(s), Some(m)) => PathMatch::Exact(format!("/{s}/{m}")),
-                ("Exact", Some(s), None) => PathMatch::Prefix(format!("/{s}")),
-                ("Exact", None, Some(m)) => PathMatch::Regex(
-                    Regex::new(&format!("^/[^/]+/{}$", regex::escape(m))).expect("escaped"),
-                ),
-                ("RegularExpression", s, m) => {
-                    let re = format!(
-                        "^/(?:{})/(?:{})$",
-                        s.unwrap_or("[^/]+"),
-                        m.unwrap_or("[^/]+")
-                    );
-                    PathMatch::Regex(Regex::new(&re).map_err(|e| {
-                        Unsupported(format!("{field}.method: invalid regular expression: {e}"))
-                    })?)
-                }
-                (other, _, _) => {
-                    return Err(Unsupported(format!(
-                        "{field}.method.type: unsupported {other}"
-                    )))
-                }
-            }
-        }
-    };
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let what = format!("{field}.headers[{i}]");
-            Ok(HeaderMatch {
-                name: header_name(&h.name, &what)?,
-                value: string_match(h.kind.as_deref(), &h.value, &what)?,
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(RouteMatch {
-        path,
-        headers,
-        query: Vec::new(),
-        method: None,
-    })
-}
-
-fn header_modifier(m: &o::HeaderModifierSpec, what: &str) -> Result<HeaderModifier, Unsupported> {
-    let pairs = |list: &[o::HeaderPair]| {
-        list.iter()
-            .map(|p| Ok((header_name(&p.name, what)?, header_value(&p.value, what)?)))
-            .collect::<Result<Vec<_>, Unsupported>>()
-    };
-    Ok(HeaderModifier {
-        set: pairs(&m.set)?,
-        add: pairs(&m.add)?,
-        remove: m
-            .remove
-            .iter()
-            .map(|n| header_name(n, what))
-            .collect::<Result<_, _>>()?,
-    })
-}
-
-fn path_modifier(
-    p: &o::PathModifierSpec,
-    what: &str,
-    prefix_ok: bool,
-) -> Result<PathModifier, Unsupported> {
-    match (
-        p.kind.as_str(),
-        &p.replace_full_path,
-        &p.replace_prefix_match,
-    ) {
-        ("ReplaceFullPath", Some(v), _) => Ok(PathModifier::ReplaceFullPath(v.clone())),
-        ("ReplacePrefixMatch", _, Some(v)) if prefix_ok => {
-            Ok(PathModifier::ReplacePrefixMatch(v.clone()))
-        }
-        ("ReplacePrefixMatch", _, Some(_)) => Err(Unsupported(format!(
-            "{what}: ReplacePrefixMatch needs PathPrefix matches"
-        ))),
-        (kind, _, _) => Err(Unsupported(format!(
-            "{what}: path type {kind} without its value"
-        ))),
-    }
-}
-
-/// Converts filters; `prefix_ok` tells whether every match of the rule is a PathPrefix.
-fn filters(
-    ctx: &Ctx<'_>,
-    ns: &str,
-    kind: &str,
-    list: &[RouteFilter],
-    field: &str,
-    prefix_ok: bool,
-) -> Result<Vec<Filter>, Unsupported> {
-    let mut out = Vec::new();
-    let (mut redirect, mut rewrite) = (false, false);
-    for (i, f) in list.iter().enumerate() {
-        let what = format!("{field}.filters[{i}]");
-        let missing = || Unsupported(format!("{what}: type {} without its configuration", f.kind));
-        out.push(match f.kind.as_str() {
-            "RequestHeaderModifier" => Filter::RequestHeaders(header_modifier(
-                f.request_header_modifier.as_ref().ok_or_else(missing)?,
-                &what,
-            )?),
-            "ResponseHeaderModifier" => Filter::ResponseHeaders(header_modifier(
-                f.response_header_modifier.as_ref().ok_or_else(missing)?,
-                &what,
-            )?),
-            "RequestRedirect" if kind == "HTTPRoute" => {
-                redirect = true;
-                let r = f.request_redirect.as_ref().ok_or_else(missing)?;
-                let status = r.status_code.unwrap_or(302);
-                if ![301, 302, 303, 307, 308].contains(&status) {
-                    return Err(Unsupported(format!(
-                        "{what}.requestRedirect.statusCode: unsupported {status}"
-                    )));
-                }
-                if let Some(s) = &r.scheme {
-                    if s != "http" && s != "https" {
-                        return Err(Unsupported(format!(
-                            "{what}.requestRedirect.scheme: unsupported {s}"
-                        )));
-                    }
-                }
-                Filter::Redirect(Redirect {
-                    scheme: r.scheme.clone(),
-                    hostname: r.hostname.clone(),
-                    port: r.port,
-                    path: r
-                        .path
-                        .as_ref()
-                        .map(|p| path_modifier(p, &what, prefix_ok))
-                        .transpose()?,
-                    status,
-                })
-            }
-            "URLRewrite" if kind == "HTTPRoute" => {
-                rewrite = true;
-                let r = f.url_rewrite.as_ref().ok_or_else(missing)?;
-                Filter::Rewrite(Rewrite {
-                    hostname: r.hostname.clone(),
-                    path: r
-                        .path
-                        .as_ref()
-                        .map(|p| path_modifier(p, &what, prefix_ok))
-                        .transpose()?,
-                })
-            }
-            "RequestMirror" => {
-                let m = f.request_mirror.as_ref().ok_or_else(missing)?;
-                let backend = match resolve_backend(ctx, ns, kind, &m.backend_ref) {
-                    Ok(b) => b,
-                    Err((_, msg)) => {
-                        return Err(Unsupported(format!("{what}.requestMirror: {msg}")))
-                    }
-                };
-                let fraction = match (&m.percent, &m.fraction) {
-                    (Some(p), _) => f64::from(*p) / 100.0,
-                    (None, Some(fr)) => {
-                        f64::from(fr.numerator) / f64::from(fr.denominator.unwrap_or(100).max(1))
-                    }
-                    (None, None) => 1.0,
-                };
-                Filter::Mirror(Arc::new(Mirror { backend, fraction }))
-            }
-            "CORS" if kind == "HTTPRoute" => {
-                let c = f.cors.as_ref().ok_or_else(missing)?;
-                Filter::Cors(Cors {
-                    allow_origins: c.allow_origins.clone(),
-                    allow_methods: c.allow_methods.clone(),
-                    allow_headers: c.allow_headers.clone(),
-                    expose_headers: c.expose_headers.clone(),
-                    allow_credentials: c.allow_credentials.unwrap_or(false),
-                    max_age: c.max_age,
-                })
-            }
-            other => {
-                return Err(Unsupported(format!(
-                    "{what}.type: unsupported filter {other} on {kind}"
-                )))
-            }
-        });
-    }
-    if redirect && rewrite {
-        return Err(Unsupported(format!(
-            "{field}.filters: RequestRedirect and URLRewrite cannot be combined"
-        )));
-    }
-    Ok(out)
-}
-
-fn granted(ctx: &Ctx<'_>, from_ns: &str, from_kind: &str, to_ns: &str, to_name: &str) -> bool {
-    ctx.grants.iter().any(|(_, g)| {
-        g.metadata.namespace.as_deref().unwrap_or("default") == to_ns
-            && g.spec
-                .from
-                .iter()
-                .any(|f| f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns)
-            && g.spec.to.iter().any(|t| {
-                t.group.is_empty()
-                    && t.kind == "Service"
-                    && t.name.as_deref().is_none_or(|n| n == to_name)
-            })
-    })
-}
-
-/// Resolves a backendRef, or returns `(reason, message)` for its ResolvedRefs condition.
-fn resolve_backend(
-    ctx: &Ctx<'_>,
-    ns: &str,
-    kind: &str,
-    r: &BackendRef,
-) -> Result<Backend, (String, String)> {
-    let group = r.group.as_deref().unwrap_or("");
-    let bkind = r.kind.as_deref().unwrap_or("Service");
-    if !(group.is_empty() || group == "core") || bkind != "Service" {
-        return Err((
-            "InvalidKind".into(),
-            format!("backendRef {group}/{bkind} {} is not a Service", r.name),
-        ));
-    }
-    let bns = r.namespace.clone().unwrap_or_else(|| ns.to_string());
-    if bns != ns && !granted(ctx, ns, kind, &bns, &r.name) {
-        return Err((
-            "RefNotPermitted".into(),
-            format!(
-                "no ReferenceGrant in {bns} allows {kind}s from {ns} to Service {}",
-                r.name
-            ),
-        ));
-    }
-    let name = NamespacedName::new(&bns, &r.name);
-    let Some(svc) = ctx.services.get(&name) else {
-        return Err((
-            "BackendNotFound".into(),
-            format!("Service {name} not found"),
-        ));
-    };
-    let Some(port) = r.port else {
-        return Err((
-            "UnsupportedValue".into(),
-            format!("backendRef Service {name} needs a port"),
-        ));
-    };
-    if svc.port(port).is_none() {
-        return Err((
-            "BackendNotFound".into(),
-            format!("Service {name} has no port {port}"),
-        ));
-    }
-    Ok(Backend::Service {
-        service: svc.clone(),
-        port,
-    })
-}
-
-type RuleOut = (Rule, Vec<(String, String)>);
-
-fn backends(
-    ctx: &Ctx<'_>,
-    ns: &str,
-    kind: &str,
-    refs: &[BackendRef],
-    field: &str,
-    prefix_ok: bool,
-) -> Result<(Vec<WeightedBackend>, Vec<(String, String)>), Unsupported> {
-    let mut problems = Vec::new();
-    let mut out = Vec::new();
-    for (i, r) in refs.iter().enumerate() {
-        let what = format!("{field}.backendRefs[{i}]");
-        let parsed: Vec<RouteFilter> = r
-            .filters
-            .iter()
-            .map(|v| {
-                serde_yaml::from_value(v.clone())
-                    .map_err(|e| Unsupported(format!("{what}.filters: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        let target = match resolve_backend(ctx, ns, kind, r) {
-            Ok(b) => BackendTarget::Backend(b),
-            Err((reason, msg)) => {
-                problems.push((reason, msg.clone()));
-                BackendTarget::Invalid(msg)
-            }
-        };
-        out.push(WeightedBackend {
-            target,
-            weight: r.weight.unwrap_or(1),
-            filters: filters(ctx, ns, kind, &parsed, &what, prefix_ok)?,
-        });
-    }
-    Ok((out, problems))
-}
-
-fn http_rule(
-    ctx: &Ctx<'_>,
-    ns: &str,
-    kind: &str,
-    i: usize,
-    r: &o::HttpRule,
-) -> Result<RuleOut, Unsupported> {
-    let field = format!("spec.rules[{i}]");
-    let matches = r
-        .matches
-        .iter()
-        .enumerate()
-        .map(|(j, m)| http_match(m, &format!("{field}.matches[{j}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let prefix_ok = matches
-        .iter()
-        .all(|m| matches!(m.path, PathMatch::Prefix(_)));
-    let filters = filters(ctx, ns, kind, &r.filters, &field, prefix_ok)?;
-    let (backends, problems) = backends(ctx, ns, kind, &r.backend_refs, &field, prefix_ok)?;
-    let dur = |v: &Option<String>, what: &str| {
-        v.as_deref()
-            .map(|s| {
-                parse_duration(s)
-                    .ok_or_else(|| Unsupported(format!("{field}.{what}: invalid duration {s:?}")))
-            })
-            .transpose()
-    };
-    let timeouts = match &r.timeouts {
-        None => Timeouts::default(),
-        Some(t) => {
-            let t = Timeouts {
-                request: dur(&t.request, "timeouts.request")?,
-                backend_request: dur(&t.backend_request, "timeouts.backendRequest")?,
-            };
-            // A zero duration disables the timeout.
-            let t = Timeouts {
-                request: t.request.filter(|d| !d.is_zero()),
-                backend_request: t.backend_request.filter(|d| !d.is_zero()),
-            };
-            if let (Some(req), Some(be)) = (t.request, t.backend_request) {
-                if be > req {
-                    return Err(Unsupported(format!(
-                        "{field}.timeouts: backendRequest must not exceed request"
-                    )));
-                }
-            }
-            t
-        }
-    };
-    let retry = r
-        .retry
-        .as_ref()
-        .map(|rt| {
-            Ok::<_, Unsupported>(RetryPolicy {
-                attempts: rt.attempts.unwrap_or(1),
-                codes: rt.codes.clone(),
-                backoff: dur(&rt.backoff, "retry.backoff")?
-                    .unwrap_or(std::time::Duration::from_millis(25)),
-            })
-        })
-        .transpose()?;
-    Ok((
-        Rule {
-            name: r.name.clone(),
-            matches,
-            filters,
-            backends,
-            timeouts,
-            retry,
-        },
-        problems,
-    ))
-}
-
-fn grpc_rule(ctx: &Ctx<'_>, ns: &str, i: usize, r: &o::GrpcRule) -> Result<RuleOut, Unsupported> {
-    let field = format!("spec.rules[{i}]");
-    let matches = r
-        .matches
-        .iter()
-        .enumerate()
-        .map(|(j, m)| grpc_match(m, &format!("{field}.matches[{j}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let filters = filters(ctx, ns, "GRPCRoute", &r.filters, &field, false)?;
-    let (backends, problems) = backends(ctx, ns, "GRPCRoute", &r.backend_refs, &field, false)?;
-    Ok((
-        Rule {
-            name: r.name.clone(),
-            matches,
-            filters,
-            backends,
-            timeouts: Timeouts::default(),
-            retry: None,
-        },
-        problems,
-    ))
 }

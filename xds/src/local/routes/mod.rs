@@ -2,6 +2,7 @@
 //! `waypoint check` prints (the Gateway API's `Accepted` and `ResolvedRefs` conditions).
 
 mod build;
+mod compile;
 pub(crate) mod objects;
 mod status;
 

@@ -1,0 +1,117 @@
+//! Sends one case's request as the in-mesh client would, and records what came back.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::BodyExt;
+
+use crate::cases;
+use crate::cluster::{Cluster, WAYPOINT_NS};
+
+/// What a request produced.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// HTTP status; for gRPC, 200 only when `grpc-status` is 0.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The echo app's description of the request it received, if a backend answered.
+    pub echo: Option<serde_json::Value>,
+}
+
+impl Observed {
+    /// The answering pod's name.
+    pub fn pod(&self) -> Option<&str> {
+        self.echo.as_ref()?.get("pod")?.as_str()
+    }
+}
+
+/// Sends `req` from its client pod; `kind` is `http` or `grpc`.
+pub async fn send(cluster: &Cluster, req: &cases::Request, kind: &str) -> anyhow::Result<Observed> {
+    let (app, ns) = match &req.client {
+        Some(c) => (c.app.as_str(), c.namespace.as_str()),
+        None => ("echo-v1", WAYPOINT_NS),
+    };
+    let from = cluster.pod(app, ns)?;
+    let grpc = kind == "grpc";
+    let (target, direct) = cluster.resolve(&req.host, ns, if grpc { 7070 } else { 80 })?;
+    // ztunnel sends Service traffic to the waypoint; pod-addressed traffic goes straight to
+    // the pod (the waypoint serves Services only).
+    let client = if direct {
+        let pod = cluster
+            .pods
+            .iter()
+            .find(|p| p.ip == target.ip())
+            .ok_or_else(|| anyhow::anyhow!("no pod at {target}"))?;
+        cluster.client(
+            from,
+            std::net::SocketAddr::new(pod.ip, 15008),
+            pod.identity.clone(),
+        )?
+    } else {
+        cluster.client(from, cluster.waypoint.hbone, cluster.waypoint_identity())?
+    };
+    let conn = client.connect().await?;
+    if grpc {
+        let service = req.service.as_deref().unwrap_or("proto.EchoTestService");
+        let method = req.method.as_deref().unwrap_or("Echo");
+        let mut b = Request::post(format!("http://{}/{service}/{method}", req.host))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in &req.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let body = filters::body::full(Bytes::from_static(&[0, 0, 0, 0, 0]));
+        let resp = conn.h2c(target).await?.send_request(b.body(body)?).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let collected = resp.into_body().collect().await?;
+        let grpc_status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let data = collected.to_bytes();
+        let echo = (data.len() > 5)
+            .then(|| serde_json::from_slice(&data[5..]).ok())
+            .flatten();
+        let status = if status == 200 && grpc_status.as_deref() == Some("0") {
+            200
+        } else if status == 200 {
+            500
+        } else {
+            status
+        };
+        return Ok(Observed {
+            status,
+            headers,
+            echo,
+        });
+    }
+    // `host` names where the client connects; a `Host` header in the case overrides what
+    // the request says (upstream's "wrong hostname" tests).
+    let host_override = req.headers.keys().any(|k| k.eq_ignore_ascii_case("host"));
+    let mut b = Request::builder()
+        .method(req.method.as_deref().unwrap_or("GET"))
+        .uri(req.path.as_deref().unwrap_or("/"));
+    if !host_override {
+        b = b.header("host", req.host.as_str());
+    }
+    for (k, v) in &req.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    let resp = conn
+        .http1(target)
+        .await?
+        .send_request(b.body(filters::body::empty())?)
+        .await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let data = resp.into_body().collect().await?.to_bytes();
+    let echo = serde_json::from_slice(&data).ok();
+    Ok(Observed {
+        status,
+        headers,
+        echo,
+    })
+}

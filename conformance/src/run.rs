@@ -1,0 +1,111 @@
+//! Runs a suite of case files against fresh clusters.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::cases::{self, TestFile};
+use crate::client::send;
+use crate::cluster::Cluster;
+use crate::compare::check;
+use crate::report::{Outcome, Report};
+
+/// Where a suite's inputs are.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    /// The `waypoint` binary.
+    pub waypoint: PathBuf,
+    /// The Gateway API testdata directory (holds `mesh/`, `gateway/`).
+    pub testdata: PathBuf,
+    /// The case files.
+    pub cases: PathBuf,
+    /// The base manifest, relative to `testdata`.
+    pub base: String,
+    /// Only tests whose name contains this.
+    pub filter: Option<String>,
+}
+
+/// Successes in a row that make a case pass, as upstream requires.
+const CONSECUTIVE: usize = 3;
+
+/// Runs every test of the suite; each gets its own cluster and waypoint.
+pub async fn run_suite(suite: &Suite) -> anyhow::Result<Report> {
+    let base = std::fs::read_to_string(suite.testdata.join(&suite.base))?;
+    let mut report = Report::default();
+    for test in cases::load_dir(&suite.cases)? {
+        if suite
+            .filter
+            .as_ref()
+            .is_some_and(|f| !test.name.contains(f.as_str()))
+        {
+            continue;
+        }
+        let result = run_test(&suite.waypoint, &suite.testdata, &base, &test).await;
+        report.outcomes.push(Outcome {
+            test: test.name.clone(),
+            features: test.features.clone(),
+            cases: test.cases.len() + usize::from(test.weights.is_some()),
+            result,
+        });
+    }
+    Ok(report)
+}
+
+async fn run_test(bin: &Path, testdata: &Path, base: &str, test: &TestFile) -> Result<(), String> {
+    let manifest = std::fs::read_to_string(testdata.join(&test.manifest))
+        .map_err(|e| format!("manifest {}: {e}", test.manifest))?;
+    let cluster = Cluster::start(bin, base, &manifest)
+        .await
+        .map_err(|e| format!("setup: {e:#}"))?;
+    for (i, case) in test.cases.iter().enumerate() {
+        for _ in 0..CONSECUTIVE {
+            let got = send(&cluster, &case.request, &test.kind)
+                .await
+                .map_err(|e| format!("case {}: request failed: {e:#}", i + 1))?;
+            check(&case.request, &case.expect, &got).map_err(|e| {
+                format!(
+                    "case {} ({} {}): {e}",
+                    i + 1,
+                    case.request.host,
+                    case.request.path.as_deref().unwrap_or("/")
+                )
+            })?;
+        }
+    }
+    if let Some(w) = &test.weights {
+        let req = cases::Request {
+            host: w.host.clone(),
+            path: w.path.clone(),
+            ..Default::default()
+        };
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..w.requests {
+            let got = send(&cluster, &req, &test.kind)
+                .await
+                .map_err(|e| format!("weights: {e:#}"))?;
+            if got.status != 200 {
+                return Err(format!("weights: status {}", got.status));
+            }
+            let pod = got.pod().unwrap_or("?");
+            let parts: Vec<&str> = pod.split('-').collect();
+            let backend = parts[..parts.len().saturating_sub(2)].join("-");
+            *counts.entry(backend).or_default() += 1;
+        }
+        for (backend, n) in &counts {
+            if !w.backends.contains_key(backend) {
+                return Err(format!(
+                    "weights: {n} requests reached {backend}, which should get none"
+                ));
+            }
+        }
+        for (backend, want) in &w.backends {
+            let got = *counts.get(backend).unwrap_or(&0) as f64 / w.requests as f64;
+            if (got - want).abs() > w.tolerance {
+                return Err(format!(
+                    "weights: {backend} got {got:.3} of traffic (want {want} ± {})",
+                    w.tolerance
+                ));
+            }
+        }
+    }
+    Ok(())
+}

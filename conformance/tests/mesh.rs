@@ -1,0 +1,48 @@
+//! The mesh conformance suite, end to end, as part of `cargo test`.
+
+use std::path::{Path, PathBuf};
+
+/// The `waypoint` binary of this build, built on demand when only this package is tested.
+fn waypoint_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("WAYPOINT_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("waypoint");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "waypoint", "--bin", "waypoint"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the waypoint binary failed");
+    }
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mesh_profile() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let testdata = std::env::var("WAYPOINT_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("../shared/testdata/gateway-api"));
+    let suite = conformance::Suite {
+        waypoint: waypoint_bin(),
+        testdata,
+        cases: root.join("conformance/cases/mesh"),
+        base: "mesh/manifests.yaml".into(),
+        filter: std::env::var("CONFORMANCE_RUN").ok(),
+    };
+    let report = conformance::run_suite(&suite).await.expect("suite runs");
+    println!("{report}");
+    let failures = report.failures();
+    assert!(
+        failures.is_empty(),
+        "{} conformance tests failed:\n{report}",
+        failures.len()
+    );
+}
