@@ -11,6 +11,12 @@ use crate::body::{self, Body};
 /// Why the proxy could not produce an upstream response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The request is malformed (for example a path with `%00`).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// An AuthorizationPolicy denied the request.
+    #[error("denied by {0}")]
+    Denied(String),
     /// No route matched the request.
     #[error("no route matched {0}")]
     NoRoute(String),
@@ -48,6 +54,8 @@ impl ProxyError {
     /// The HTTP status sent downstream for this error.
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::UpstreamConnect { .. }
@@ -62,6 +70,8 @@ impl ProxyError {
     /// Envoy's response flag for this error, as access logs and metrics report it.
     pub fn response_flag(&self) -> &'static str {
         match self {
+            ProxyError::BadRequest(_) => "DPE",
+            ProxyError::Denied(_) => "-",
             ProxyError::NoRoute(_) => "NR",
             ProxyError::NoHealthyUpstream(_) => "UH",
             ProxyError::UpstreamConnect { .. } => "UF",
@@ -81,6 +91,8 @@ impl ProxyError {
     /// The response sent downstream. The body is Envoy's short text for the condition.
     pub fn to_response(&self) -> Response<Body> {
         let text = match self {
+            ProxyError::BadRequest(_) => "Bad Request".to_string(),
+            ProxyError::Denied(_) => "RBAC: access denied".to_string(),
             ProxyError::NoRoute(_) => "route not found".to_string(),
             ProxyError::NoHealthyUpstream(_) => "no healthy upstream".to_string(),
             ProxyError::UpstreamConnect { reason, .. } => {

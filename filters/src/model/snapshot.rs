@@ -251,6 +251,8 @@ pub struct Snapshot {
     /// HTTPRoutes/GRPCRoutes by Service port (`namespace/name:port`). Kept apart from the
     /// Services so that routes can name any Service as a backend without reference cycles.
     pub routes: BTreeMap<String, crate::route::PortRoutes>,
+    /// AuthorizationPolicies that apply to this waypoint.
+    pub authz: crate::authz::PolicySet,
     #[serde(skip)]
     vips: HashMap<SocketAddr, (Arc<Service>, u16)>,
 }
@@ -303,6 +305,7 @@ impl Snapshot {
             services: by_name,
             workloads: by_ip,
             routes: BTreeMap::new(),
+            authz: Default::default(),
             vips,
         })
     }
@@ -331,6 +334,11 @@ impl Snapshot {
     /// Attaches the route tables (configuration sources call this before publishing).
     pub fn set_routes(&mut self, routes: BTreeMap<String, crate::route::PortRoutes>) {
         self.routes = routes;
+    }
+
+    /// Attaches the authorization policies (configuration sources call this before publishing).
+    pub fn set_authz(&mut self, authz: crate::authz::PolicySet) {
+        self.authz = authz;
     }
 
     /// The routes attached to port `port` of `service`, if any.

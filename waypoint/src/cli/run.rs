@@ -50,6 +50,13 @@ pub struct RunArgs {
     /// Protocol detection timeout for ports of unknown protocol, in milliseconds.
     #[arg(long, default_value_t = 100)]
     detect_timeout_ms: u64,
+    /// Istio root namespace (policies bound to the istio-waypoint GatewayClass live there).
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+    /// Path normalization before authorization: NONE, BASE, MERGE_SLASHES or
+    /// DECODE_AND_MERGE_SLASHES (MeshConfig pathNormalization).
+    #[arg(long, default_value = "BASE", value_parser = parse_normalization)]
+    path_normalization: filters::authz::path::Normalization,
     /// How often the configuration and certificate files are checked, in milliseconds.
     #[arg(long, default_value_t = 500)]
     watch_interval_ms: u64,
@@ -69,6 +76,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let local = xds::local::Options {
         gateway,
         trust_domain: args.trust_domain.clone(),
+        root_namespace: args.root_namespace.clone(),
+        normalization: args.path_normalization,
         ..Default::default()
     };
     let certs = Arc::new(
@@ -129,4 +138,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         tasks,
     );
     Ok(())
+}
+
+fn parse_normalization(s: &str) -> Result<filters::authz::path::Normalization, String> {
+    use filters::authz::path::Normalization;
+    match s {
+        "NONE" => Ok(Normalization::None),
+        "BASE" | "DEFAULT" => Ok(Normalization::Base),
+        "MERGE_SLASHES" => Ok(Normalization::MergeSlashes),
+        "DECODE_AND_MERGE_SLASHES" => Ok(Normalization::DecodeAndMergeSlashes),
+        other => Err(format!("unknown path normalization {other:?}")),
+    }
 }

@@ -31,7 +31,10 @@ pub fn server_builder() -> h2::server::Builder {
 /// The HTTP/2 client builder for upstream HBONE connections.
 pub fn client_builder() -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
-    b.initial_window_size(STREAM_WINDOW)
+    // Until the peer's SETTINGS arrive, assume ztunnel's limit rather than "unbounded", so the
+    // pool opens a second connection instead of queueing streams on the first.
+    b.initial_max_send_streams(MAX_CONCURRENT_STREAMS as usize)
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_send_buffer_size(MAX_FRAME_SIZE as usize);

@@ -74,6 +74,20 @@ pub struct ZtunnelOptions {
 }
 
 impl FakeZtunnel {
+    /// Starts on a fresh loopback IP from [`super::free_loopback_ip`], retrying if another
+    /// process grabs the address first. `opts` builds the options for the chosen IP.
+    pub async fn start_fresh(opts: impl Fn(IpAddr) -> ZtunnelOptions) -> std::io::Result<Self> {
+        let mut last = None;
+        for _ in 0..5 {
+            match Self::start(opts(super::free_loopback_ip(HBONE_PORT))).await {
+                Ok(z) => return Ok(z),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no free loopback IP")))
+    }
+
     /// Binds `ip:15008` and serves until dropped.
     pub async fn start(opts: ZtunnelOptions) -> std::io::Result<Self> {
         let listener = TcpListener::bind(SocketAddr::new(opts.ip, HBONE_PORT)).await?;

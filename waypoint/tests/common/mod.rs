@@ -16,7 +16,6 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use waypoint::testing::client::HboneClient;
 use waypoint::testing::echo::EchoIdentity;
-use waypoint::testing::free_loopback_ip;
 use waypoint::testing::mesh::{MeshYaml, Port};
 use waypoint::testing::process::{CertFiles, WaypointProcess};
 use waypoint::testing::ztunnel::{App, FakeZtunnel, ZtunnelOptions};
@@ -84,27 +83,24 @@ impl Harness {
             MeshYaml::new(NS, "waypoint").service(NS, "echo", vip(), "echo", &spec.ports);
         let mut pods = Vec::new();
         for i in 0..spec.pods {
-            let ip = free_loopback_ip(15008);
             let name = format!("echo-{i}");
-            pods.push(
-                FakeZtunnel::start(ZtunnelOptions {
-                    ip,
-                    certs: ca
-                        .issue(&Identity::new("cluster.local", NS, "echo"))
-                        .unwrap()
-                        .certs()
-                        .unwrap(),
-                    allowed_caller: Some(waypoint_id.clone()),
-                    who: EchoIdentity {
-                        pod: name.clone(),
-                        namespace: NS.into(),
-                    },
-                    apps: spec.apps.clone(),
-                })
-                .await
-                .unwrap(),
-            );
-            mesh = mesh.pod(NS, &name, ip, "echo", "echo", true);
+            let pod_certs = ca
+                .issue(&Identity::new("cluster.local", NS, "echo"))
+                .unwrap();
+            let z = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
+                ip,
+                certs: pod_certs.certs().unwrap(),
+                allowed_caller: Some(waypoint_id.clone()),
+                who: EchoIdentity {
+                    pod: name.clone(),
+                    namespace: NS.into(),
+                },
+                apps: spec.apps.clone(),
+            })
+            .await
+            .unwrap();
+            mesh = mesh.pod(NS, &name, z.ip, "echo", "echo", true);
+            pods.push(z);
         }
         for doc in &spec.extra_yaml {
             mesh = mesh.raw(doc);

@@ -16,6 +16,7 @@ pub struct Objects {
     pub(crate) http_routes: Vec<(String, HttpRoute)>,
     pub(crate) grpc_routes: Vec<(String, GrpcRoute)>,
     pub(crate) grants: Vec<(String, ReferenceGrant)>,
+    pub(crate) policies: Vec<(String, super::authz::AuthorizationPolicy)>,
 }
 
 /// Parses a multi-document YAML text of Kubernetes objects.

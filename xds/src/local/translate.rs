@@ -30,6 +30,10 @@ pub struct Options {
     pub trust_domain: String,
     /// Cluster DNS suffix for Service hostnames.
     pub domain_suffix: String,
+    /// Istio's root namespace (GatewayClass-bound policies live there).
+    pub root_namespace: String,
+    /// Path normalization before authorization.
+    pub normalization: filters::authz::path::Normalization,
 }
 
 impl Default for Options {
@@ -38,6 +42,8 @@ impl Default for Options {
             gateway: None,
             trust_domain: "cluster.local".into(),
             domain_suffix: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            normalization: Default::default(),
         }
     }
 }
@@ -160,6 +166,12 @@ pub fn translate_with_status(
     };
     let (tables, statuses) = super::routes::attach(&inputs, &by_name, &gw_name);
     snapshot.set_routes(tables);
+    snapshot.set_authz(super::authz::bind(
+        &objects.policies,
+        &gw_name,
+        &options.root_namespace,
+        options.normalization,
+    )?);
     Ok((snapshot, statuses))
 }
 

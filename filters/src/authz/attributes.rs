@@ -1,0 +1,73 @@
+//! The request attributes policies are evaluated against.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+
+/// What a validated JWT contributed (from RequestAuthentication).
+#[derive(Debug, Clone, Default)]
+pub struct JwtAuth {
+    /// `iss/sub`.
+    pub principal: String,
+    /// `aud` values.
+    pub audiences: Vec<String>,
+    /// `azp`.
+    pub presenter: Option<String>,
+    /// All claims.
+    pub claims: serde_json::Value,
+}
+
+/// HTTP attributes; absent for TCP.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAttributes<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Host (authority) as sent, port included if sent.
+    pub host: &'a str,
+    /// Normalized path without query.
+    pub path: &'a str,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The validated JWT, if any.
+    pub auth: Option<&'a JwtAuth>,
+}
+
+/// Everything a policy can ask about a request or connection.
+#[derive(Debug, Clone, Default)]
+pub struct Attributes<'a> {
+    /// Peer principal without `spiffe://`.
+    pub principal: Option<String>,
+    /// Peer namespace.
+    pub namespace: Option<String>,
+    /// Peer service account.
+    pub service_account: Option<String>,
+    /// Original source IP.
+    pub source_ip: Option<IpAddr>,
+    /// Remote (client) IP.
+    pub remote_ip: Option<IpAddr>,
+    /// Destination (VIP or pod) IP.
+    pub destination_ip: Option<IpAddr>,
+    /// Destination port.
+    pub destination_port: Option<u16>,
+    /// TLS SNI of the connection, if any.
+    pub sni: Option<String>,
+    /// HTTP attributes, `None` on TCP.
+    pub http: Option<HttpAttributes<'a>>,
+}
+
+impl Attributes<'_> {
+    /// The connection-level attributes of a tunnel (everything but HTTP).
+    pub fn of_tunnel(t: &crate::model::TunnelInfo) -> Attributes<'static> {
+        Attributes {
+            principal: Some(t.peer.principal()),
+            namespace: Some(t.peer.namespace.clone()),
+            service_account: Some(t.peer.service_account.clone()),
+            source_ip: t.source_ip,
+            remote_ip: t.source_ip,
+            destination_ip: Some(t.authority.ip()),
+            destination_port: Some(t.authority.port()),
+            sni: None,
+            http: None,
+        }
+    }
+}

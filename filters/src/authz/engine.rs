@@ -1,0 +1,275 @@
+//! The decision: CUSTOM, then DENY, then ALLOW (no ALLOW policy means allow); AUDIT never
+//! changes it; dry-run policies are evaluated and reported, not enforced.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::attributes::Attributes;
+use super::matcher::ValueMatch;
+use super::model::{Action, Condition, Field, Key, Operation, Policy, Rule, Source};
+
+/// The outcome of authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed; names the ALLOW policy that matched, if any.
+    Allow(Option<String>),
+    /// Denied; names the policy responsible (a DENY that matched, or "no ALLOW matched").
+    Deny(String),
+}
+
+impl Verdict {
+    /// Whether the request may proceed.
+    pub fn allowed(&self) -> bool {
+        matches!(self, Verdict::Allow(_))
+    }
+}
+
+/// A decision with its shadow (dry-run) results, for logging.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The enforced verdict.
+    pub verdict: Verdict,
+    /// What the dry-run policies would have decided.
+    pub dry_run: Option<Verdict>,
+    /// AUDIT policies that matched.
+    pub audited: Vec<String>,
+}
+
+/// Evaluates `policies` for one request or connection. `custom` decides CUSTOM policies
+/// (the external authorization call); `None` fails closed.
+pub fn evaluate(
+    policies: &[Arc<Policy>],
+    attrs: &Attributes<'_>,
+    custom: Option<&dyn Fn(&str) -> bool>,
+) -> Decision {
+    let enforced: Vec<&Arc<Policy>> = policies.iter().filter(|p| !p.dry_run).collect();
+    let shadow: Vec<&Arc<Policy>> = policies.iter().filter(|p| p.dry_run).collect();
+    let audited = policies
+        .iter()
+        .filter(|p| p.action == Action::Audit && policy_matches(p, attrs))
+        .map(|p| p.name.to_string())
+        .collect();
+    Decision {
+        verdict: decide(&enforced, attrs, custom, true),
+        dry_run: (!shadow.is_empty()).then(|| decide(&shadow, attrs, custom, false)),
+        audited,
+    }
+}
+
+fn decide(
+    policies: &[&Arc<Policy>],
+    attrs: &Attributes<'_>,
+    custom: Option<&dyn Fn(&str) -> bool>,
+    record: bool,
+) -> Verdict {
+    for p in policies
+        .iter()
+        .filter(|p| matches!(p.action, Action::Custom(_)))
+    {
+        if policy_matches(p, attrs) {
+            let Action::Custom(provider) = &p.action else {
+                unreachable!()
+            };
+            let ok = custom.map(|f| f(provider)).unwrap_or(false);
+            if !ok {
+                return Verdict::Deny(p.name.to_string());
+            }
+        }
+    }
+    for p in policies.iter().filter(|p| p.action == Action::Deny) {
+        if policy_matches(p, attrs) {
+            if record {
+                p.record_match();
+            }
+            return Verdict::Deny(p.name.to_string());
+        }
+    }
+    let allows: Vec<&&Arc<Policy>> = policies
+        .iter()
+        .filter(|p| p.action == Action::Allow)
+        .collect();
+    if allows.is_empty() {
+        return Verdict::Allow(None);
+    }
+    for p in allows {
+        if policy_matches(p, attrs) {
+            if record {
+                p.record_match();
+            }
+            return Verdict::Allow(Some(p.name.to_string()));
+        }
+    }
+    Verdict::Deny("no ALLOW policy matched".into())
+}
+
+/// Whether any rule of `p` matches.
+pub fn policy_matches(p: &Policy, attrs: &Attributes<'_>) -> bool {
+    let deny = p.action == Action::Deny;
+    p.rules.iter().any(|r| rule_matches(r, attrs, deny))
+}
+
+/// Whether `rule` matches. On TCP, a rule using HTTP-only attributes never matches in an
+/// ALLOW-like policy, and ignores those attributes in a DENY policy (Istio's rule).
+pub fn rule_matches(rule: &Rule, attrs: &Attributes<'_>, deny: bool) -> bool {
+    let tcp = attrs.http.is_none();
+    if tcp && !deny && rule_uses_http(rule) {
+        return false;
+    }
+    (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, attrs)))
+        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, attrs)))
+        && rule.when.iter().all(|c| condition_matches(c, attrs))
+}
+
+fn rule_uses_http(rule: &Rule) -> bool {
+    rule.from.iter().any(|s| !s.request_principals.is_empty())
+        || rule
+            .to
+            .iter()
+            .any(|o| !o.hosts.is_empty() || !o.methods.is_empty() || !o.paths.is_empty())
+        || rule.when.iter().any(|c| c.key.http_only())
+}
+
+/// A string field over an optional attribute; an absent attribute satisfies only `not`.
+fn str_field(f: &Field<ValueMatch>, attr: Option<&str>, ignore_case: bool) -> bool {
+    let pos = f.values.is_empty()
+        || attr.is_some_and(|a| f.values.iter().any(|v| v.matches(a, ignore_case)));
+    let neg = f.not_values.is_empty()
+        || attr.is_none_or(|a| !f.not_values.iter().any(|v| v.matches(a, ignore_case)));
+    pos && neg
+}
+
+/// Like [`str_field`] over several values (a JWT audience list, a list claim).
+fn multi_field(f: &Field<ValueMatch>, attrs: &[String]) -> bool {
+    let any = |vs: &[ValueMatch]| attrs.iter().any(|a| vs.iter().any(|v| v.matches(a, false)));
+    (f.values.is_empty() || any(&f.values)) && (f.not_values.is_empty() || !any(&f.not_values))
+}
+
+fn ip_field(f: &Field<IpNet>, ip: Option<IpAddr>) -> bool {
+    let pos = f.values.is_empty() || ip.is_some_and(|ip| f.values.iter().any(|n| n.contains(&ip)));
+    let neg = f.not_values.is_empty()
+        || ip.is_none_or(|ip| !f.not_values.iter().any(|n| n.contains(&ip)));
+    pos && neg
+}
+
+fn source_matches(s: &Source, a: &Attributes<'_>) -> bool {
+    let http = a.http.as_ref();
+    let sa = match (&a.namespace, &a.service_account) {
+        (Some(ns), Some(sa)) => Some((ns.clone(), sa.clone())),
+        _ => None,
+    };
+    let sa_pos = s.service_accounts.values.is_empty()
+        || sa
+            .as_ref()
+            .is_some_and(|x| s.service_accounts.values.contains(x));
+    let sa_neg = s.service_accounts.not_values.is_empty()
+        || sa
+            .as_ref()
+            .is_none_or(|x| !s.service_accounts.not_values.contains(x));
+    str_field(&s.principals, a.principal.as_deref(), false)
+        && (s.request_principals.is_empty()
+            || str_field(
+                &s.request_principals,
+                http.and_then(|h| h.auth).map(|j| j.principal.as_str()),
+                false,
+            ))
+        && str_field(&s.namespaces, a.namespace.as_deref(), false)
+        && sa_pos
+        && sa_neg
+        && ip_field(&s.ip_blocks, a.source_ip)
+        && ip_field(&s.remote_ip_blocks, a.remote_ip)
+}
+
+fn operation_matches(o: &Operation, a: &Attributes<'_>) -> bool {
+    let http = a.http.as_ref();
+    let port_pos = o.ports.values.is_empty()
+        || a.destination_port
+            .is_some_and(|p| o.ports.values.contains(&p));
+    let port_neg = o.ports.not_values.is_empty()
+        || a.destination_port
+            .is_none_or(|p| !o.ports.not_values.contains(&p));
+    let paths = &o.paths;
+    let path = http.map(|h| h.path);
+    let path_pos =
+        paths.values.is_empty() || path.is_some_and(|p| paths.values.iter().any(|v| v.matches(p)));
+    let path_neg = paths.not_values.is_empty()
+        || path.is_none_or(|p| !paths.not_values.iter().any(|v| v.matches(p)));
+    port_pos
+        && port_neg
+        && (o.hosts.is_empty() || str_field(&o.hosts, http.map(|h| h.host), true))
+        && (o.methods.is_empty() || str_field(&o.methods, http.map(|h| h.method), false))
+        && (paths.is_empty() || (path_pos && path_neg))
+}
+
+fn claim<'v>(claims: &'v serde_json::Value, path: &[String]) -> Option<&'v serde_json::Value> {
+    path.iter().try_fold(claims, |v, k| v.get(k))
+}
+
+fn condition_matches(c: &Condition, a: &Attributes<'_>) -> bool {
+    let http = a.http.as_ref();
+    let auth = http.and_then(|h| h.auth);
+    if a.http.is_none() && c.key.http_only() {
+        // Only reached in DENY policies (ALLOW rules with HTTP keys were dropped): ignore.
+        return true;
+    }
+    match &c.key {
+        Key::SourceIp => ip_field(&c.ip_values, a.source_ip),
+        Key::RemoteIp => ip_field(&c.ip_values, a.remote_ip),
+        Key::DestinationIp => ip_field(&c.ip_values, a.destination_ip),
+        Key::SourceNamespace => str_field(&c.values, a.namespace.as_deref(), false),
+        Key::SourcePrincipal => str_field(&c.values, a.principal.as_deref(), false),
+        Key::SourceServiceAccount => {
+            let sa = a
+                .namespace
+                .as_ref()
+                .zip(a.service_account.as_ref())
+                .map(|(n, s)| format!("{n}/{s}"));
+            str_field(&c.values, sa.as_deref(), false)
+        }
+        Key::DestinationPort => str_field(
+            &c.values,
+            a.destination_port.map(|p| p.to_string()).as_deref(),
+            false,
+        ),
+        Key::ConnectionSni => str_field(&c.values, a.sni.as_deref(), false),
+        Key::RequestHeader(name) => {
+            let joined = http.and_then(|h| {
+                let vals: Vec<&str> = h
+                    .headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                (!vals.is_empty()).then(|| vals.join(","))
+            });
+            str_field(&c.values, joined.as_deref(), false)
+        }
+        Key::AuthPrincipal => str_field(&c.values, auth.map(|j| j.principal.as_str()), false),
+        Key::AuthPresenter => {
+            str_field(&c.values, auth.and_then(|j| j.presenter.as_deref()), false)
+        }
+        Key::AuthAudiences => match auth {
+            Some(j) => multi_field(&c.values, &j.audiences),
+            None => str_field(&c.values, None, false),
+        },
+        Key::AuthClaims(path) => {
+            let values: Vec<String> = match auth.and_then(|j| claim(&j.claims, path)) {
+                Some(serde_json::Value::String(s)) => vec![s.clone()],
+                Some(serde_json::Value::Array(items)) => items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                Some(serde_json::Value::Bool(b)) => vec![b.to_string()],
+                Some(serde_json::Value::Number(n)) => vec![n.to_string()],
+                _ => Vec::new(),
+            };
+            if values.is_empty() {
+                str_field(&c.values, None, false)
+            } else {
+                multi_field(&c.values, &values)
+            }
+        }
+        Key::Unsupported(_) => str_field(&c.values, None, false),
+    }
+}
