@@ -117,8 +117,18 @@ pub fn rule_matches(rule: &Rule, attrs: &Attributes<'_>, deny: bool) -> bool {
     if tcp && !deny && rule_uses_http(rule) {
         return false;
     }
-    (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, attrs)))
-        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, attrs)))
+    // Only reached on TCP for DENY rules: their HTTP-only fields are ignored.
+    let ignore_http = tcp;
+    (rule.from.is_empty()
+        || rule
+            .from
+            .iter()
+            .any(|s| source_matches(s, attrs, ignore_http)))
+        && (rule.to.is_empty()
+            || rule
+                .to
+                .iter()
+                .any(|o| operation_matches(o, attrs, ignore_http)))
         && rule.when.iter().all(|c| condition_matches(c, attrs))
 }
 
@@ -153,7 +163,7 @@ fn ip_field(f: &Field<IpNet>, ip: Option<IpAddr>) -> bool {
     pos && neg
 }
 
-fn source_matches(s: &Source, a: &Attributes<'_>) -> bool {
+fn source_matches(s: &Source, a: &Attributes<'_>, ignore_http: bool) -> bool {
     let http = a.http.as_ref();
     let sa = match (&a.namespace, &a.service_account) {
         (Some(ns), Some(sa)) => Some((ns.clone(), sa.clone())),
@@ -169,6 +179,7 @@ fn source_matches(s: &Source, a: &Attributes<'_>) -> bool {
             .is_none_or(|x| !s.service_accounts.not_values.contains(x));
     str_field(&s.principals, a.principal.as_deref(), false)
         && (s.request_principals.is_empty()
+            || ignore_http
             || str_field(
                 &s.request_principals,
                 http.and_then(|h| h.auth).map(|j| j.principal.as_str()),
@@ -181,7 +192,7 @@ fn source_matches(s: &Source, a: &Attributes<'_>) -> bool {
         && ip_field(&s.remote_ip_blocks, a.remote_ip)
 }
 
-fn operation_matches(o: &Operation, a: &Attributes<'_>) -> bool {
+fn operation_matches(o: &Operation, a: &Attributes<'_>, ignore_http: bool) -> bool {
     let http = a.http.as_ref();
     let port_pos = o.ports.values.is_empty()
         || a.destination_port
@@ -197,9 +208,10 @@ fn operation_matches(o: &Operation, a: &Attributes<'_>) -> bool {
         || path.is_none_or(|p| !paths.not_values.iter().any(|v| v.matches(p)));
     port_pos
         && port_neg
-        && (o.hosts.is_empty() || str_field(&o.hosts, http.map(|h| h.host), true))
-        && (o.methods.is_empty() || str_field(&o.methods, http.map(|h| h.method), false))
-        && (paths.is_empty() || (path_pos && path_neg))
+        && (ignore_http
+            || ((o.hosts.is_empty() || str_field(&o.hosts, http.map(|h| h.host), true))
+                && (o.methods.is_empty() || str_field(&o.methods, http.map(|h| h.method), false))
+                && (paths.is_empty() || (path_pos && path_neg))))
 }
 
 fn claim<'v>(claims: &'v serde_json::Value, path: &[String]) -> Option<&'v serde_json::Value> {

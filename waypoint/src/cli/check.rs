@@ -56,6 +56,20 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         served.join(", "),
         snapshot.workloads.len()
     );
+    let authz = &snapshot.authz;
+    let names = |list: &[std::sync::Arc<filters::authz::model::Policy>]| {
+        list.iter()
+            .map(|p| p.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "AuthorizationPolicies on the waypoint: [{}]",
+        names(&authz.gateway)
+    );
+    for (svc, list) in &authz.services {
+        println!("AuthorizationPolicies on Service {svc}: [{}]", names(list));
+    }
     let mut all_ok = true;
     for st in &statuses {
         for line in st.lines() {

@@ -84,6 +84,9 @@ impl Objects {
             ("gateway.networking.k8s.io", "GRPCRoute") => {
                 self.grpc_routes.push(typed(value, &label)?)
             }
+            ("security.istio.io", "AuthorizationPolicy") => {
+                self.policies.push(typed(value, &label)?)
+            }
             ("gateway.networking.k8s.io", "ReferenceGrant") => {
                 self.grants.push(typed(value, &label)?)
             }
