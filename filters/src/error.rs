@@ -14,6 +14,9 @@ pub enum ProxyError {
     /// The request is malformed (for example a path with `%00`).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A JWT was present but did not verify.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// An AuthorizationPolicy denied the request.
     #[error("denied by {0}")]
     Denied(String),
@@ -56,6 +59,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::UpstreamConnect { .. }
@@ -71,7 +75,7 @@ impl ProxyError {
     pub fn response_flag(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "DPE",
-            ProxyError::Denied(_) => "-",
+            ProxyError::Denied(_) | ProxyError::Unauthenticated(_) => "-",
             ProxyError::NoRoute(_) => "NR",
             ProxyError::NoHealthyUpstream(_) => "UH",
             ProxyError::UpstreamConnect { .. } => "UF",
@@ -93,6 +97,11 @@ impl ProxyError {
         let text = match self {
             ProxyError::BadRequest(_) => "Bad Request".to_string(),
             ProxyError::Denied(_) => "RBAC: access denied".to_string(),
+            ProxyError::Unauthenticated(e) => e
+                .split(':')
+                .next()
+                .unwrap_or("Jwt verification fails")
+                .to_string(),
             ProxyError::NoRoute(_) => "route not found".to_string(),
             ProxyError::NoHealthyUpstream(_) => "no healthy upstream".to_string(),
             ProxyError::UpstreamConnect { reason, .. } => {

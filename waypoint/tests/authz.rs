@@ -130,3 +130,84 @@ async fn tcp_tunnels_are_denied_by_l4_rules() {
     // HTTP on the other port is unaffected.
     assert_eq!(status(&h, "/").await, 200);
 }
+
+#[tokio::test]
+async fn request_authentication_and_request_principals() {
+    use waypoint::testing::jwt::{now, JwtIssuer};
+    let issuer = JwtIssuer::new("https://issuer.example", "k1");
+    let stranger = JwtIssuer::new("https://issuer.example", "k1");
+    let other = JwtIssuer::new("https://other.example", "k9");
+    let jwks = serde_json::to_string(issuer.jwks()).unwrap();
+    let ra = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: {NS}\nspec:\n  targetRefs:\n  - {{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}}\n  jwtRules:\n  - issuer: https://issuer.example\n    audiences: [echo]\n    jwks: {jwks}\n    outputClaimToHeaders:\n    - {{header: x-jwt-sub, claim: sub}}\n"
+    );
+    let allow = policy("require-jwt", "{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}", "").replace(
+        "spec:\n",
+        "spec:\n  rules:\n  - to: [{operation: {paths: [\"/public\"]}}]\n  - from: [{source: {requestPrincipals: [\"https://issuer.example/alice\"]}}]\n    to: [{operation: {paths: [\"/secure\"]}}]\n",
+    );
+    let h = start(vec![ra, allow]).await;
+    let call = |path: &'static str, token: Option<String>| {
+        let client = h.client();
+        async move {
+            let conn = client.connect().await.unwrap();
+            let mut http = conn.http1(authority(80)).await.unwrap();
+            let mut b = http::Request::get(path).header("host", "echo");
+            if let Some(t) = token {
+                b = b.header("authorization", format!("Bearer {t}"));
+            }
+            let resp = http
+                .send_request(b.body(filters::body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, body_bytes(resp).await)
+        }
+    };
+    let exp = now() + 600;
+    let good = issuer.token(serde_json::json!({"sub": "alice", "aud": "echo", "exp": exp}));
+    assert_eq!(
+        call("/public", None).await.0,
+        200,
+        "no token: unauthenticated, policy allows /public"
+    );
+    assert_eq!(
+        call("/secure", None).await.0,
+        403,
+        "no token: no request principal"
+    );
+    let (status, body) = call("/secure", Some(good.clone())).await;
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["headers"]["X-Jwt-Sub"][0], "alice");
+    assert!(
+        seen["headers"].get("Authorization").is_none(),
+        "the token is not forwarded"
+    );
+    let bob = issuer.token(serde_json::json!({"sub": "bob", "aud": "echo", "exp": exp}));
+    assert_eq!(
+        call("/secure", Some(bob)).await.0,
+        403,
+        "valid token, other principal"
+    );
+    let forged = stranger.token(serde_json::json!({"sub": "alice", "aud": "echo", "exp": exp}));
+    let (status, body) = call("/public", Some(forged)).await;
+    assert_eq!(
+        status, 401,
+        "a present but invalid token is 401 even where policy allows"
+    );
+    assert_eq!(body, "Jwt verification fails");
+    let expired =
+        issuer.token(serde_json::json!({"sub": "alice", "aud": "echo", "exp": now() - 3600}));
+    assert_eq!(call("/secure", Some(expired)).await.0, 401);
+    let wrong_aud = issuer.token(serde_json::json!({"sub": "alice", "aud": "other", "exp": exp}));
+    assert_eq!(call("/secure", Some(wrong_aud)).await.0, 401);
+    let unknown = other.token(serde_json::json!({"sub": "alice", "exp": exp}));
+    let (status, body) = call("/public", Some(unknown)).await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (401, b"Jwt issuer is not configured".as_ref())
+    );
+    // The default locations include the access_token query parameter.
+    let url: &'static str = Box::leak(format!("/secure?access_token={good}").into_boxed_str());
+    assert_eq!(call(url, None).await.0, 200);
+}

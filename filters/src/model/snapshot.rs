@@ -253,6 +253,8 @@ pub struct Snapshot {
     pub routes: BTreeMap<String, crate::route::PortRoutes>,
     /// AuthorizationPolicies that apply to this waypoint.
     pub authz: crate::authz::PolicySet,
+    /// RequestAuthentication JWT rules that apply to this waypoint.
+    pub authn: crate::authn::JwtRules,
     #[serde(skip)]
     vips: HashMap<SocketAddr, (Arc<Service>, u16)>,
 }
@@ -306,6 +308,7 @@ impl Snapshot {
             workloads: by_ip,
             routes: BTreeMap::new(),
             authz: Default::default(),
+            authn: Default::default(),
             vips,
         })
     }
@@ -339,6 +342,11 @@ impl Snapshot {
     /// Attaches the authorization policies (configuration sources call this before publishing).
     pub fn set_authz(&mut self, authz: crate::authz::PolicySet) {
         self.authz = authz;
+    }
+
+    /// Attaches the RequestAuthentication rules.
+    pub fn set_authn(&mut self, authn: crate::authn::JwtRules) {
+        self.authn = authn;
     }
 
     /// The routes attached to port `port` of `service`, if any.

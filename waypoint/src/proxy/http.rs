@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use filters::authn::AuthnLayer;
 use filters::authz::AuthzLayer;
 use filters::body::{self as fbody, Body};
 use filters::model::{RequestContext, TunnelInfo};
@@ -145,8 +146,11 @@ impl TunnelApp {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let upgrade_req = !session.is_http2() && session.is_upgrade_req();
-        let stack =
-            AuthzLayer.layer(RouteLayer.layer(RetryLayer.layer(Forward::new(self.proxy.clone()))));
+        // The filter chain, outermost first: authentication, authorization, routing,
+        // retries and timeouts, then the upstream call.
+        let stack = AuthnLayer.layer(
+            AuthzLayer.layer(RouteLayer.layer(RetryLayer.layer(Forward::new(self.proxy.clone())))),
+        );
         let mut call: std::pin::Pin<
             Box<
                 dyn std::future::Future<Output = Result<Response<Body>, filters::ProxyError>>

@@ -5,11 +5,13 @@
 //! - [`ztunnel`]: a fake destination ztunnel: an HBONE server on a pod IP that checks the
 //!   caller's identity and the CONNECT authority, then serves an app;
 //! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
+//! - [`jwt`]: a JWT issuer (keys, JWKS, tokens);
 //! - [`mesh`]: writes local configuration files of Kubernetes objects;
 //! - [`process`]: runs the `waypoint` binary as a child process.
 
 pub mod client;
 pub mod echo;
+pub mod jwt;
 pub mod mesh;
 pub mod process;
 pub mod ztunnel;

@@ -5,6 +5,7 @@
 //! with a log line. [`load`] validates everything and builds a complete snapshot or fails
 //! with an error naming the object and field; [`watch`] re-loads on change.
 
+pub mod authn;
 pub mod authz;
 mod error;
 mod objects;

@@ -17,6 +17,7 @@ pub struct Objects {
     pub(crate) grpc_routes: Vec<(String, GrpcRoute)>,
     pub(crate) grants: Vec<(String, ReferenceGrant)>,
     pub(crate) policies: Vec<(String, super::authz::AuthorizationPolicy)>,
+    pub(crate) authentications: Vec<(String, super::authn::RequestAuthentication)>,
 }
 
 /// Parses a multi-document YAML text of Kubernetes objects.
@@ -83,6 +84,9 @@ impl Objects {
             }
             ("gateway.networking.k8s.io", "GRPCRoute") => {
                 self.grpc_routes.push(typed(value, &label)?)
+            }
+            ("security.istio.io", "RequestAuthentication") => {
+                self.authentications.push(typed(value, &label)?)
             }
             ("security.istio.io", "AuthorizationPolicy") => {
                 self.policies.push(typed(value, &label)?)

@@ -172,6 +172,11 @@ pub fn translate_with_status(
         &options.root_namespace,
         options.normalization,
     )?);
+    snapshot.set_authn(super::authn::bind(
+        &objects.authentications,
+        &gw_name,
+        &options.root_namespace,
+    )?);
     Ok((snapshot, statuses))
 }
 

@@ -1,0 +1,72 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::authenticate;
+use crate::body::Body;
+use crate::model::{RequestContext, Target};
+use crate::ProxyError;
+
+/// Verifies JWTs per the RequestAuthentication rules and attaches the result for the
+/// authorization layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthnLayer;
+
+impl<S> Layer<S> for AuthnLayer {
+    type Service = AuthnService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthnService { inner }
+    }
+}
+
+/// The service [`AuthnLayer`] produces.
+#[derive(Debug, Clone)]
+pub struct AuthnService<S> {
+    inner: S,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+impl<S> Service<Request<Body>> for AuthnService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let Some(ctx) = req.extensions().get::<RequestContext>().cloned() else {
+            return Box::pin(std::future::ready(Err(ProxyError::Internal(
+                "request without context".into(),
+            ))));
+        };
+        let service = match &ctx.tunnel.target {
+            Target::Service { service, .. } => Some(service.name.to_string()),
+            Target::Workload { .. } => None,
+        };
+        let rules = ctx.snapshot.authn.for_target(service.as_deref());
+        match authenticate(&rules, &mut req) {
+            Ok(Some(auth)) => {
+                tracing::debug!(principal = %auth.principal, "JWT verified");
+                req.extensions_mut().insert(auth);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::info!(error = %e, peer = %ctx.tunnel.peer, "JWT rejected");
+                return Box::pin(std::future::ready(Err(ProxyError::Unauthenticated(
+                    e.to_string(),
+                ))));
+            }
+        }
+        Box::pin(self.inner.call(req))
+    }
+}

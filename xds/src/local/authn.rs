@@ -1,0 +1,175 @@
+//! RequestAuthentication (`security.istio.io/v1`): `jwtRules` bound through `targetRefs`,
+//! as AuthorizationPolicy is. `jwks` is inline JSON; `jwksUri` is not fetched by the local
+//! configuration (a rule with only `jwksUri` is rejected with that reason).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use filters::authn::{JwtRule, JwtRules, Location};
+use filters::model::NamespacedName;
+use http::HeaderName;
+use serde::Deserialize;
+
+use super::authz::TargetRef;
+use super::objects::ObjectMeta;
+use super::LocalConfigError;
+
+#[derive(Debug, Deserialize)]
+pub struct RequestAuthentication {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Spec,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    #[serde(default)]
+    pub selector: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub target_refs: Vec<TargetRef>,
+    #[serde(default)]
+    pub jwt_rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleSpec {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub from_headers: Vec<HeaderSpec>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    #[serde(default)]
+    pub output_payload_to_header: Option<String>,
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimHeader>,
+    #[serde(default)]
+    pub forward_original_token: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HeaderSpec {
+    pub name: String,
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClaimHeader {
+    pub header: String,
+    pub claim: String,
+}
+
+fn header(name: &str, field: &str) -> Result<HeaderName, (String, String)> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| (field.to_string(), format!("invalid header name {name:?}")))
+}
+
+fn rule(r: &RuleSpec, at: &str) -> Result<JwtRule, (String, String)> {
+    let keys = match (&r.jwks, &r.jwks_uri) {
+        (Some(j), _) => serde_json::from_str(j).map_err(|e| (format!("{at}.jwks"), format!("not a JWKS: {e}")))?,
+        (None, Some(uri)) => {
+            return Err((format!("{at}.jwksUri"), format!("fetching {uri} is not supported by the local configuration; inline the keys in jwks")))
+        }
+        (None, None) => return Err((format!("{at}.jwks"), "jwks or jwksUri is required".into())),
+    };
+    let mut locations = Vec::new();
+    for (i, h) in r.from_headers.iter().enumerate() {
+        locations.push(Location::Header(
+            header(&h.name, &format!("{at}.fromHeaders[{i}].name"))?,
+            h.prefix.clone().unwrap_or_default(),
+        ));
+    }
+    locations.extend(r.from_params.iter().cloned().map(Location::Param));
+    locations.extend(r.from_cookies.iter().cloned().map(Location::Cookie));
+    Ok(JwtRule {
+        issuer: r.issuer.clone(),
+        audiences: r.audiences.clone(),
+        keys,
+        locations,
+        payload_header: r
+            .output_payload_to_header
+            .as_deref()
+            .map(|h| header(h, &format!("{at}.outputPayloadToHeader")))
+            .transpose()?,
+        claim_headers: r
+            .output_claim_to_headers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok((
+                    header(&c.header, &format!("{at}.outputClaimToHeaders[{i}].header"))?,
+                    c.claim.clone(),
+                ))
+            })
+            .collect::<Result<_, (String, String)>>()?,
+        forward_original_token: r.forward_original_token,
+    })
+}
+
+/// Binds the RequestAuthentications that apply to the waypoint `gateway`.
+pub fn bind(
+    items: &[(String, RequestAuthentication)],
+    gateway: &NamespacedName,
+    root_namespace: &str,
+) -> Result<JwtRules, LocalConfigError> {
+    let mut out = JwtRules::default();
+    let mut services: BTreeMap<String, Vec<Arc<JwtRule>>> = BTreeMap::new();
+    for (label, ra) in items {
+        let ns = ra.metadata.namespace.as_deref().unwrap_or("default");
+        let rules: Vec<Arc<JwtRule>> = ra
+            .spec
+            .jwt_rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule(r, &format!("spec.jwtRules[{i}]")).map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map_err(|(field, message)| LocalConfigError::Invalid {
+                object: label.clone(),
+                field,
+                message,
+            })?;
+        let refs: Vec<&TargetRef> = ra
+            .spec
+            .target_ref
+            .iter()
+            .chain(&ra.spec.target_refs)
+            .collect();
+        if refs.is_empty() {
+            tracing::info!(policy = %label, "RequestAuthentication without targetRefs applies to sidecars/ztunnel, not this waypoint");
+            continue;
+        }
+        for r in refs {
+            match (r.group.as_deref().unwrap_or(""), r.kind.as_str()) {
+                ("gateway.networking.k8s.io", "Gateway")
+                    if r.name == gateway.name && ns == gateway.namespace =>
+                {
+                    out.gateway.extend(rules.iter().cloned())
+                }
+                ("gateway.networking.k8s.io", "GatewayClass")
+                    if r.name == "istio-waypoint" && ns == root_namespace =>
+                {
+                    out.gateway.extend(rules.iter().cloned())
+                }
+                ("" | "core", "Service") => services
+                    .entry(format!("{ns}/{}", r.name))
+                    .or_default()
+                    .extend(rules.iter().cloned()),
+                _ => {}
+            }
+        }
+    }
+    out.services = services;
+    Ok(out)
+}
