@@ -13,8 +13,13 @@ pub struct TestFile {
     /// What it checks.
     #[serde(default)]
     pub description: String,
-    /// The manifest, relative to the Gateway API testdata directory.
-    pub manifest: String,
+    /// The manifest, relative to the Gateway API testdata directory (none for tests that
+    /// bring all their objects in `objects`).
+    #[serde(default)]
+    pub manifest: Option<String>,
+    /// Extra objects (YAML documents) applied with the manifest.
+    #[serde(default)]
+    pub objects: Option<String>,
     /// Upstream feature names.
     #[serde(default)]
     pub features: Vec<String>,

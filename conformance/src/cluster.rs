@@ -198,7 +198,11 @@ impl Cluster {
                         });
                     }
                 }
-                "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" => out.push(doc),
+                "HTTPRoute"
+                | "GRPCRoute"
+                | "ReferenceGrant"
+                | "AuthorizationPolicy"
+                | "RequestAuthentication" => out.push(doc),
                 _ => {}
             }
         }

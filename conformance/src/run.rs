@@ -51,8 +51,16 @@ pub async fn run_suite(suite: &Suite) -> anyhow::Result<Report> {
 }
 
 async fn run_test(bin: &Path, testdata: &Path, base: &str, test: &TestFile) -> Result<(), String> {
-    let manifest = std::fs::read_to_string(testdata.join(&test.manifest))
-        .map_err(|e| format!("manifest {}: {e}", test.manifest))?;
+    let mut manifest = match &test.manifest {
+        Some(m) => {
+            std::fs::read_to_string(testdata.join(m)).map_err(|e| format!("manifest {m}: {e}"))?
+        }
+        None => String::new(),
+    };
+    if let Some(objects) = &test.objects {
+        manifest.push_str("\n---\n");
+        manifest.push_str(objects);
+    }
     let cluster = Cluster::start(bin, base, &manifest)
         .await
         .map_err(|e| format!("setup: {e:#}"))?;

@@ -46,3 +46,24 @@ async fn mesh_profile() {
         failures.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let testdata = std::env::var("WAYPOINT_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("../shared/testdata/gateway-api"));
+    let suite = conformance::Suite {
+        waypoint: waypoint_bin(),
+        testdata,
+        cases: root.join("conformance/cases/authz"),
+        base: "mesh/manifests.yaml".into(),
+        filter: std::env::var("CONFORMANCE_RUN").ok(),
+    };
+    let report = conformance::run_suite(&suite).await.expect("suite runs");
+    println!("{report}");
+    assert!(
+        report.failures().is_empty(),
+        "authorization conformance failed:\n{report}"
+    );
+}

@@ -94,6 +94,11 @@ async fn deny_and_allow_policies_on_gateway_and_service() {
     let mut http = conn.http1(authority(80)).await.unwrap();
     let resp = http.send_request(get("/a/./b/../c%7e")).await.unwrap();
     assert_eq!(json(resp).await["path"], "/a/c~");
+
+    // Decisions are counted, per policy too.
+    assert!(h.stat("authz.denied").await >= 4);
+    assert!(h.stat("authz.policy.default/deny-admin.matched").await >= 3);
+    assert!(h.stat("authz.allowed").await >= 2);
 }
 
 #[tokio::test]

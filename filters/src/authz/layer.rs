@@ -93,6 +93,7 @@ fn authorize(req: &mut Request<Body>) -> Result<(), ProxyError> {
         auth,
     });
     let decision = evaluate(&policies, &attrs, None);
+    super::count(&decision.verdict);
     for p in &decision.audited {
         tracing::info!(policy = %p, path = %path, "AUDIT policy matched");
     }

@@ -24,6 +24,31 @@ use serde::Serialize;
 
 use model::Policy;
 
+/// Process-wide authorization decision counters (enforced decisions only).
+#[derive(Debug, Default)]
+pub struct DecisionCounters {
+    /// Requests and tunnels allowed where at least one policy applied.
+    pub allowed: std::sync::atomic::AtomicU64,
+    /// Requests and tunnels denied.
+    pub denied: std::sync::atomic::AtomicU64,
+}
+
+/// The decision counters, read by the admin `/stats`.
+pub static DECISIONS: DecisionCounters = DecisionCounters {
+    allowed: std::sync::atomic::AtomicU64::new(0),
+    denied: std::sync::atomic::AtomicU64::new(0),
+};
+
+/// Counts an enforced verdict.
+pub fn count(v: &Verdict) {
+    let c = if v.allowed() {
+        &DECISIONS.allowed
+    } else {
+        &DECISIONS.denied
+    };
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The policies that apply to this waypoint's traffic.
 #[derive(Debug, Default, Serialize)]
 pub struct PolicySet {
@@ -43,6 +68,18 @@ impl PolicySet {
         if let Some(list) = service.and_then(|s| self.services.get(s)) {
             out.extend(list.iter().cloned());
         }
+        out
+    }
+
+    /// Every bound policy, once.
+    pub fn all(&self) -> Vec<&Arc<Policy>> {
+        let mut out: Vec<&Arc<Policy>> = self
+            .gateway
+            .iter()
+            .chain(self.services.values().flatten())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| Arc::ptr_eq(a, b));
         out
     }
 

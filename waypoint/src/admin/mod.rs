@@ -93,6 +93,23 @@ impl Admin {
         ]
         .iter()
         .map(|(k, v)| format!("{k}: {v}\n"))
+        .chain([
+            format!(
+                "authz.allowed: {}\n",
+                filters::authz::DECISIONS.allowed.load(Ordering::Relaxed)
+            ),
+            format!(
+                "authz.denied: {}\n",
+                filters::authz::DECISIONS.denied.load(Ordering::Relaxed)
+            ),
+        ])
+        .chain(snapshot.authz.all().into_iter().map(|p| {
+            format!(
+                "authz.policy.{}.matched: {}\n",
+                p.name,
+                p.matched.load(Ordering::Relaxed)
+            )
+        }))
         .collect()
     }
 }

@@ -50,7 +50,9 @@ fn authorize(proxy: &Proxy, info: &TunnelInfo) -> Result<(), String> {
         return Ok(());
     }
     let attrs = filters::authz::Attributes::of_tunnel(info);
-    match filters::authz::evaluate(&policies, &attrs, None).verdict {
+    let verdict = filters::authz::evaluate(&policies, &attrs, None).verdict;
+    filters::authz::count(&verdict);
+    match verdict {
         filters::authz::Verdict::Allow(_) => Ok(()),
         filters::authz::Verdict::Deny(p) => Err(p),
     }
