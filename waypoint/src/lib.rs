@@ -15,6 +15,8 @@ pub mod proxy;
 pub mod server;
 pub mod state;
 #[cfg(feature = "testing")]
+pub mod loadgen;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
 pub mod upstream;

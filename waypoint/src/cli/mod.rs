@@ -1,8 +1,10 @@
-//! Subcommands: `run`, `check`, `dev-ca`, `request`, `demo`.
+//! Subcommands: `run`, `check`, `dev-ca`, `request`, `load`, `bench`, `demo`.
 
 mod check;
 mod demo;
+mod bench;
 mod dev_ca;
+mod load;
 mod request;
 mod run;
 
@@ -29,6 +31,10 @@ enum Command {
     DevCa(dev_ca::DevCaArgs),
     /// Send one HTTP request through an HBONE server (a waypoint or a ztunnel).
     Request(request::RequestArgs),
+    /// Generate HBONE load against a waypoint or ztunnel and report latency percentiles.
+    Load(load::LoadArgs),
+    /// Run the side-by-side benchmark (direct vs waypoint) and write a Markdown table.
+    Bench(bench::BenchArgs),
     /// Run a self-contained demo: CA, waypoint, two fake pods, requests.
     Demo(demo::DemoArgs),
 }
@@ -51,6 +57,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::DevCa(a) => dev_ca::run(a),
         Command::Request(a) => runtime()?.block_on(request::run(a)),
         Command::Demo(a) => runtime()?.block_on(demo::run(a)),
+        Command::Load(a) => runtime()?.block_on(load::run(a)),
+        Command::Bench(a) => runtime()?.block_on(bench::run(a)),
     }
 }
 

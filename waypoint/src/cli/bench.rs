@@ -1,0 +1,265 @@
+//! `waypoint bench`: the side-by-side benchmark. One run, same backend, scenarios
+//! interleaved over several rounds; medians reported.
+//!
+//! - direct: the client talks HBONE straight to the destination (the floor);
+//! - waypoint: HBONE in, an HTTPRoute and an AuthorizationPolicy, HBONE out.
+//!
+//! For each: the waypoint's CPU per request (utime+stime from /proc), its peak RSS, and
+//! latency percentiles at a fixed rate (default 1000 req/s over 4 tunnels) and at
+//! saturation (closed loop); plus RSS with many idle tunnels and HBONE handshakes per
+//! second. The proxy is pinned to one core and this process to another.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use filters::model::Identity;
+use serde::Serialize;
+use waypoint::loadgen::{self, LoadConfig, LoadReport};
+use waypoint::testing::client::HboneClient;
+use waypoint::testing::echo::EchoIdentity;
+use waypoint::testing::mesh::{MeshYaml, Port};
+use waypoint::testing::process::{CertFiles, WaypointProcess};
+use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
+use waypoint::tls::{CertStore, DevCa};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The waypoint binary to measure (default: this executable).
+    #[arg(long)]
+    waypoint: Option<PathBuf>,
+    /// Markdown output.
+    #[arg(long, default_value = "bench/results/latest.md")]
+    out: PathBuf,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Rounds (scenarios are interleaved within each round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Fixed rate, requests per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Idle tunnels for the memory measurement.
+    #[arg(long, default_value_t = 10_000)]
+    idle_tunnels: usize,
+    /// A few-second smoke run (CI): 1 round, short phases, 500 idle tunnels.
+    #[arg(long)]
+    quick: bool,
+    /// Core for the proxy.
+    #[arg(long, default_value_t = 0)]
+    proxy_core: usize,
+    /// Core for the load generator (this process).
+    #[arg(long, default_value_t = 1)]
+    load_core: usize,
+}
+
+fn pin_self(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// utime + stime of `pid`, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the command: state is index 0, utime 11, stime 12.
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    scenario: String,
+    size: usize,
+    mode: String,
+    report: LoadReport,
+    cpu_us_per_req: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
+    if a.quick {
+        a.duration = a.duration.min(1.5);
+        a.rounds = 1;
+        a.idle_tunnels = a.idle_tunnels.min(500);
+    }
+    pin_self(a.load_core);
+    let dir = tempfile::tempdir()?;
+    let ca = DevCa::new("bench")?;
+    let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
+    let client_id = Identity::new("cluster.local", "default", "sleep");
+    let pod_id = Identity::new("cluster.local", "default", "echo");
+    ca.issue(&waypoint_id)?.write(dir.path())?;
+    let pod_certs = ca.issue(&pod_id)?;
+    let pod = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
+        ip,
+        certs: pod_certs.certs().expect("pod certs"),
+        allowed_caller: None,
+        who: EchoIdentity { pod: "echo-0".into(), namespace: "default".into() },
+        apps: HashMap::new(),
+    })
+    .await?;
+    let vip = "127.96.0.10".parse()?;
+    let mesh = MeshYaml::new("default", "waypoint")
+        .service("default", "echo", vip, "echo", &[Port { name: "http", port: 80, target: 8080 }])
+        .pod("default", "echo-0", pod.ip, "echo", "echo", true)
+        .raw("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: echo, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /}}]\n    backendRefs: [{name: echo, port: 80}]\n")
+        .raw("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-default, namespace: default}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - from: [{source: {namespaces: [default]}}]\n    to: [{operation: {methods: [GET]}}]\n");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, mesh.render())?;
+    let exe = a.waypoint.clone().map(Ok).unwrap_or_else(std::env::current_exe)?;
+    // Pin the proxy: run it under taskset when available.
+    let wrapper = dir.path().join("pinned-waypoint.sh");
+    let taskset = Command::new("taskset").arg("--version").output().is_ok();
+    let bin = if taskset {
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec taskset -c {} {} \"$@\"\n", a.proxy_core, exe.display()))?;
+        std::process::Command::new("chmod").arg("+x").arg(&wrapper).status()?;
+        wrapper.clone()
+    } else {
+        exe.clone()
+    };
+    let mut wp = WaypointProcess::spawn(&bin, &config, &CertFiles::in_dir(dir.path()), &["--concurrency", "1", "--log-level", "error"])?;
+    wp.wait_ready(Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    let pid = wp_pid(&wp);
+
+    let client_certs = Arc::new(CertStore::fixed(ca.issue(&client_id)?.certs()?));
+    let via_waypoint = HboneClient::new(wp.hbone, client_certs.clone(), waypoint_id.clone());
+    let direct = HboneClient::new(SocketAddr::new(pod.ip, 15008), client_certs.clone(), pod_id.clone());
+    let duration = Duration::from_secs_f64(a.duration);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut peak_fixed_kib = 0;
+    for round in 0..a.rounds {
+        for size in [1024usize, 16 * 1024] {
+            for (scenario, client, authority) in [
+                ("direct", &direct, SocketAddr::new(pod.ip, 8080)),
+                ("waypoint", &via_waypoint, SocketAddr::new(vip, 80)),
+            ] {
+                for mode in ["fixed", "saturation"] {
+                    let cfg = LoadConfig {
+                        authority,
+                        host: "echo.default.svc.cluster.local".into(),
+                        path: format!("/bytes?n={size}"),
+                        tunnels: if mode == "fixed" { 4 } else { 8 },
+                        connections: 1,
+                        http2: false,
+                        rate: (mode == "fixed").then_some(a.rate),
+                        max_requests: 5_000_000,
+                        duration,
+                    };
+                    let before = cpu_seconds(pid);
+                    let report = loadgen::run(client.clone(), cfg).await?;
+                    let cpu = cpu_seconds(pid) - before;
+                    let cpu_us_per_req = (scenario == "waypoint" && report.requests > 0).then(|| cpu * 1e6 / report.requests as f64);
+                    if mode == "fixed" && scenario == "waypoint" {
+                        peak_fixed_kib = peak_fixed_kib.max(wp.peak_rss_kib().unwrap_or(0));
+                    }
+                    eprintln!("round {round} {scenario} {size}B {mode}: {report} cpu/req {cpu_us_per_req:?}us");
+                    rows.push(Row { scenario: scenario.into(), size, mode: mode.into(), report, cpu_us_per_req });
+                }
+            }
+        }
+    }
+    let peak_all_kib = wp.peak_rss_kib().unwrap_or(0);
+    let rss_before_idle = wp.rss_kib().unwrap_or(0);
+    let idle = loadgen::idle_tunnels(&via_waypoint, SocketAddr::new(vip, 80), a.idle_tunnels, 100).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = wp.rss_kib().unwrap_or(0);
+    drop(idle);
+    let hs_before = cpu_seconds(pid);
+    let mut hs_tasks = Vec::new();
+    for _ in 0..4 {
+        let c = via_waypoint.clone();
+        hs_tasks.push(tokio::spawn(async move { loadgen::handshakes(&c, duration, 1_000_000).await }));
+    }
+    let mut hs_rate = 0.0;
+    for t in hs_tasks {
+        hs_rate += t.await??;
+    }
+    let hs_cpu = cpu_seconds(pid) - hs_before;
+    wp.terminate();
+    let _ = wp.wait_exit(Duration::from_secs(10)).await;
+
+    let md = render(&a, &rows, peak_fixed_kib, peak_all_kib, rss_before_idle, rss_idle, hs_rate, hs_cpu, duration);
+    if let Some(parent) = a.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&a.out, &md)?;
+    std::fs::write(a.out.with_extension("json"), serde_json::to_string_pretty(&rows)?)?;
+    println!("{md}");
+    Ok(())
+}
+
+fn wp_pid(wp: &WaypointProcess) -> u32 {
+    // Under the taskset wrapper `exec` keeps the pid.
+    wp.pid()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render(a: &BenchArgs, rows: &[Row], peak_fixed_kib: u64, peak_all_kib: u64, rss_before_idle: u64, rss_idle: u64, hs_rate: f64, hs_cpu: f64, duration: Duration) -> String {
+    let pick = |scenario: &str, size: usize, mode: &str| -> Vec<&Row> {
+        rows.iter().filter(|r| r.scenario == scenario && r.size == size && r.mode == mode).collect()
+    };
+    let mut md = String::new();
+    md.push_str(&format!(
+        "# waypoint benchmark\n\nOne run on this machine: {} round(s), {:.1}s phases, fixed rate {} req/s over 4 HTTP/1.1 tunnels, saturation = closed loop over 8 tunnels. Proxy pinned to core {}, load generator (and the fake destination) to core {}. Medians over rounds. Absolute numbers are context on a shared, noisy machine; compare within the run.\n\n",
+        a.rounds, duration.as_secs_f64(), a.rate, a.proxy_core, a.load_core
+    ));
+    md.push_str("| scenario | response | mode | req/s | errors | p50 µs | p90 µs | p99 µs | p99.9 µs | proxy CPU µs/req |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for size in [1024usize, 16384] {
+        for mode in ["fixed", "saturation"] {
+            for scenario in ["direct", "waypoint"] {
+                let rs = pick(scenario, size, mode);
+                if rs.is_empty() {
+                    continue;
+                }
+                let m = |f: &dyn Fn(&Row) -> f64| median(rs.iter().map(|r| f(r)).collect());
+                let cpu = m(&|r| r.cpu_us_per_req.unwrap_or(f64::NAN));
+                md.push_str(&format!(
+                    "| {scenario} | {} KiB | {mode} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |\n",
+                    size / 1024,
+                    m(&|r| r.report.rps),
+                    m(&|r| r.report.errors as f64),
+                    m(&|r| r.report.p50_us as f64),
+                    m(&|r| r.report.p90_us as f64),
+                    m(&|r| r.report.p99_us as f64),
+                    m(&|r| r.report.p999_us as f64),
+                    if cpu.is_nan() { "-".to_string() } else { format!("{cpu:.1}") }
+                ));
+            }
+        }
+    }
+    let added = |size: usize| {
+        let d = median(pick("direct", size, "fixed").iter().map(|r| r.report.p99_us as f64).collect());
+        let w = median(pick("waypoint", size, "fixed").iter().map(|r| r.report.p99_us as f64).collect());
+        w - d
+    };
+    md.push_str(&format!(
+        "\n| measure | value |\n| --- | --- |\n| added p99 over direct at {} req/s, 1 KiB | {:.0} µs |\n| added p99 over direct at {} req/s, 16 KiB | {:.0} µs |\n| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n| HBONE mTLS handshakes per second (proxy on one core) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n",
+        a.rate, added(1024), a.rate, added(16384),
+        peak_fixed_kib as f64 / 1024.0, peak_all_kib as f64 / 1024.0,
+        a.idle_tunnels, rss_before_idle as f64 / 1024.0, rss_idle as f64 / 1024.0,
+        hs_rate,
+        if hs_rate > 0.0 { hs_cpu * 1e6 / (hs_rate * duration.as_secs_f64()) } else { f64::NAN },
+    ));
+    md.push_str("\nNot measured yet: the nginx peer (mTLS reverse proxy) scenario.\n");
+    md
+}
