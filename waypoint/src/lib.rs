@@ -11,11 +11,11 @@
 
 pub mod admin;
 pub mod hbone;
+#[cfg(feature = "testing")]
+pub mod loadgen;
 pub mod proxy;
 pub mod server;
 pub mod state;
-#[cfg(feature = "testing")]
-pub mod loadgen;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;

@@ -110,6 +110,10 @@ pub fn run(proxy: Arc<Proxy>, options: ServerOptions, tasks: Vec<Task>) {
         threads: options.threads.max(1),
         grace_period_seconds: Some(drain_secs),
         graceful_shutdown_timeout_seconds: Some(1),
+        // One single-threaded runtime per worker thread: a tunnel's tasks (HBONE
+        // connection, HTTP session, upstream connection) stay on one thread, and wakeups
+        // stay thread-local.
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

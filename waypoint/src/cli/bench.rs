@@ -114,7 +114,10 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         ip,
         certs: pod_certs.certs().expect("pod certs"),
         allowed_caller: None,
-        who: EchoIdentity { pod: "echo-0".into(), namespace: "default".into() },
+        who: EchoIdentity {
+            pod: "echo-0".into(),
+            namespace: "default".into(),
+        },
         apps: HashMap::new(),
     })
     .await?;
@@ -126,24 +129,49 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         .raw("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-default, namespace: default}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - from: [{source: {namespaces: [default]}}]\n    to: [{operation: {methods: [GET]}}]\n");
     let config = dir.path().join("mesh.yaml");
     std::fs::write(&config, mesh.render())?;
-    let exe = a.waypoint.clone().map(Ok).unwrap_or_else(std::env::current_exe)?;
+    let exe = a
+        .waypoint
+        .clone()
+        .map(Ok)
+        .unwrap_or_else(std::env::current_exe)?;
     // Pin the proxy: run it under taskset when available.
     let wrapper = dir.path().join("pinned-waypoint.sh");
     let taskset = Command::new("taskset").arg("--version").output().is_ok();
     let bin = if taskset {
-        std::fs::write(&wrapper, format!("#!/bin/sh\nexec taskset -c {} {} \"$@\"\n", a.proxy_core, exe.display()))?;
-        std::process::Command::new("chmod").arg("+x").arg(&wrapper).status()?;
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec taskset -c {} {} \"$@\"\n",
+                a.proxy_core,
+                exe.display()
+            ),
+        )?;
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&wrapper)
+            .status()?;
         wrapper.clone()
     } else {
         exe.clone()
     };
-    let mut wp = WaypointProcess::spawn(&bin, &config, &CertFiles::in_dir(dir.path()), &["--concurrency", "1", "--log-level", "error"])?;
-    wp.wait_ready(Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    let mut wp = WaypointProcess::spawn(
+        &bin,
+        &config,
+        &CertFiles::in_dir(dir.path()),
+        &["--concurrency", "1", "--log-level", "error"],
+    )?;
+    wp.wait_ready(Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)?;
     let pid = wp_pid(&wp);
 
     let client_certs = Arc::new(CertStore::fixed(ca.issue(&client_id)?.certs()?));
     let via_waypoint = HboneClient::new(wp.hbone, client_certs.clone(), waypoint_id.clone());
-    let direct = HboneClient::new(SocketAddr::new(pod.ip, 15008), client_certs.clone(), pod_id.clone());
+    let direct = HboneClient::new(
+        SocketAddr::new(pod.ip, 15008),
+        client_certs.clone(),
+        pod_id.clone(),
+    );
     let duration = Duration::from_secs_f64(a.duration);
     let mut rows: Vec<Row> = Vec::new();
     let mut peak_fixed_kib = 0;
@@ -168,19 +196,27 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
                     let before = cpu_seconds(pid);
                     let report = loadgen::run(client.clone(), cfg).await?;
                     let cpu = cpu_seconds(pid) - before;
-                    let cpu_us_per_req = (scenario == "waypoint" && report.requests > 0).then(|| cpu * 1e6 / report.requests as f64);
+                    let cpu_us_per_req = (scenario == "waypoint" && report.requests > 0)
+                        .then(|| cpu * 1e6 / report.requests as f64);
                     if mode == "fixed" && scenario == "waypoint" {
                         peak_fixed_kib = peak_fixed_kib.max(wp.peak_rss_kib().unwrap_or(0));
                     }
                     eprintln!("round {round} {scenario} {size}B {mode}: {report} cpu/req {cpu_us_per_req:?}us");
-                    rows.push(Row { scenario: scenario.into(), size, mode: mode.into(), report, cpu_us_per_req });
+                    rows.push(Row {
+                        scenario: scenario.into(),
+                        size,
+                        mode: mode.into(),
+                        report,
+                        cpu_us_per_req,
+                    });
                 }
             }
         }
     }
     let peak_all_kib = wp.peak_rss_kib().unwrap_or(0);
     let rss_before_idle = wp.rss_kib().unwrap_or(0);
-    let idle = loadgen::idle_tunnels(&via_waypoint, SocketAddr::new(vip, 80), a.idle_tunnels, 100).await?;
+    let idle =
+        loadgen::idle_tunnels(&via_waypoint, SocketAddr::new(vip, 80), a.idle_tunnels, 100).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = wp.rss_kib().unwrap_or(0);
     drop(idle);
@@ -188,7 +224,9 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
     let mut hs_tasks = Vec::new();
     for _ in 0..4 {
         let c = via_waypoint.clone();
-        hs_tasks.push(tokio::spawn(async move { loadgen::handshakes(&c, duration, 1_000_000).await }));
+        hs_tasks.push(tokio::spawn(async move {
+            loadgen::handshakes(&c, duration, 1_000_000).await
+        }));
     }
     let mut hs_rate = 0.0;
     for t in hs_tasks {
@@ -198,12 +236,25 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
     wp.terminate();
     let _ = wp.wait_exit(Duration::from_secs(10)).await;
 
-    let md = render(&a, &rows, peak_fixed_kib, peak_all_kib, rss_before_idle, rss_idle, hs_rate, hs_cpu, duration);
+    let md = render(
+        &a,
+        &rows,
+        peak_fixed_kib,
+        peak_all_kib,
+        rss_before_idle,
+        rss_idle,
+        hs_rate,
+        hs_cpu,
+        duration,
+    );
     if let Some(parent) = a.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&a.out, &md)?;
-    std::fs::write(a.out.with_extension("json"), serde_json::to_string_pretty(&rows)?)?;
+    std::fs::write(
+        a.out.with_extension("json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
     println!("{md}");
     Ok(())
 }
@@ -214,9 +265,21 @@ fn wp_pid(wp: &WaypointProcess) -> u32 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn render(a: &BenchArgs, rows: &[Row], peak_fixed_kib: u64, peak_all_kib: u64, rss_before_idle: u64, rss_idle: u64, hs_rate: f64, hs_cpu: f64, duration: Duration) -> String {
+fn render(
+    a: &BenchArgs,
+    rows: &[Row],
+    peak_fixed_kib: u64,
+    peak_all_kib: u64,
+    rss_before_idle: u64,
+    rss_idle: u64,
+    hs_rate: f64,
+    hs_cpu: f64,
+    duration: Duration,
+) -> String {
     let pick = |scenario: &str, size: usize, mode: &str| -> Vec<&Row> {
-        rows.iter().filter(|r| r.scenario == scenario && r.size == size && r.mode == mode).collect()
+        rows.iter()
+            .filter(|r| r.scenario == scenario && r.size == size && r.mode == mode)
+            .collect()
     };
     let mut md = String::new();
     md.push_str(&format!(
@@ -248,8 +311,18 @@ fn render(a: &BenchArgs, rows: &[Row], peak_fixed_kib: u64, peak_all_kib: u64, r
         }
     }
     let added = |size: usize| {
-        let d = median(pick("direct", size, "fixed").iter().map(|r| r.report.p99_us as f64).collect());
-        let w = median(pick("waypoint", size, "fixed").iter().map(|r| r.report.p99_us as f64).collect());
+        let d = median(
+            pick("direct", size, "fixed")
+                .iter()
+                .map(|r| r.report.p99_us as f64)
+                .collect(),
+        );
+        let w = median(
+            pick("waypoint", size, "fixed")
+                .iter()
+                .map(|r| r.report.p99_us as f64)
+                .collect(),
+        );
         w - d
     };
     md.push_str(&format!(

@@ -59,7 +59,11 @@ pub struct LoadArgs {
 }
 
 pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
-    let certs = Arc::new(CertStore::load(CertPaths { cert_chain: a.cert_chain, key: a.key, root_cert: a.root_cert })?);
+    let certs = Arc::new(CertStore::load(CertPaths {
+        cert_chain: a.cert_chain,
+        key: a.key,
+        root_cert: a.root_cert,
+    })?);
     let client = HboneClient::new(a.addr, certs, a.server_identity);
     let report = loadgen::run(
         client,

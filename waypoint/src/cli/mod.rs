@@ -1,8 +1,8 @@
 //! Subcommands: `run`, `check`, `dev-ca`, `request`, `load`, `bench`, `demo`.
 
+mod bench;
 mod check;
 mod demo;
-mod bench;
 mod dev_ca;
 mod load;
 mod request;

@@ -78,18 +78,25 @@ enum Sender {
 
 impl Sender {
     async fn open(conn: &HboneConnection, cfg: &LoadConfig) -> anyhow::Result<Self> {
-        Ok(if cfg.http2 { Sender::H2(conn.h2c(cfg.authority).await?) } else { Sender::H1(conn.http1(cfg.authority).await?) })
+        Ok(if cfg.http2 {
+            Sender::H2(conn.h2c(cfg.authority).await?)
+        } else {
+            Sender::H1(conn.http1(cfg.authority).await?)
+        })
     }
 
     async fn send(&mut self, cfg: &LoadConfig) -> anyhow::Result<bool> {
         let resp = match self {
             Sender::H1(s) => {
                 s.ready().await?;
-                let req = Request::get(cfg.path.as_str()).header("host", cfg.host.as_str()).body(filters::body::empty())?;
+                let req = Request::get(cfg.path.as_str())
+                    .header("host", cfg.host.as_str())
+                    .body(filters::body::empty())?;
                 s.send_request(req).await?
             }
             Sender::H2(s) => {
-                let req = Request::get(format!("http://{}{}", cfg.host, cfg.path)).body(filters::body::empty())?;
+                let req = Request::get(format!("http://{}{}", cfg.host, cfg.path))
+                    .body(filters::body::empty())?;
                 s.send_request(req).await?
             }
         };
@@ -109,12 +116,19 @@ pub async fn run(client: HboneClient, cfg: LoadConfig) -> anyhow::Result<LoadRep
     for i in 0..cfg.tunnels.max(1) {
         senders.push(Sender::open(&conns[i % conns.len()], &cfg).await?);
     }
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
-    let counts = Arc::new((std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let counts = Arc::new((
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ));
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + cfg.duration;
-    let per_tunnel_interval = cfg.rate.map(|r| Duration::from_secs_f64(senders.len() as f64 / r));
+    let per_tunnel_interval = cfg
+        .rate
+        .map(|r| Duration::from_secs_f64(senders.len() as f64 / r));
     let mut tasks = Vec::new();
     for (i, mut sender) in senders.into_iter().enumerate() {
         let (cfg, hist, counts, sent) = (cfg.clone(), hist.clone(), counts.clone(), sent.clone());
@@ -188,7 +202,12 @@ async fn wait_until(t: Instant) {
 }
 
 /// Opens `count` idle tunnels (and keeps them) to measure memory per tunnel.
-pub async fn idle_tunnels(client: &HboneClient, authority: SocketAddr, count: usize, per_connection: usize) -> anyhow::Result<Vec<crate::hbone::H2Stream>> {
+pub async fn idle_tunnels(
+    client: &HboneClient,
+    authority: SocketAddr,
+    count: usize,
+    per_connection: usize,
+) -> anyhow::Result<Vec<crate::hbone::H2Stream>> {
     let mut out = Vec::with_capacity(count);
     let mut conn = client.connect().await?;
     for i in 0..count {
