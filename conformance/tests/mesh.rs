@@ -24,20 +24,26 @@ fn waypoint_bin() -> PathBuf {
     bin
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn mesh_profile() {
+/// The suite over the case files in `conformance/cases/<cases>`.
+fn suite(cases: &str) -> conformance::Suite {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let testdata = std::env::var("WAYPOINT_TESTDATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("../shared/testdata/gateway-api"));
-    let suite = conformance::Suite {
+    conformance::Suite {
         waypoint: waypoint_bin(),
         testdata,
-        cases: root.join("conformance/cases/mesh"),
+        cases: root.join("conformance/cases").join(cases),
         base: "mesh/manifests.yaml".into(),
         filter: std::env::var("CONFORMANCE_RUN").ok(),
-    };
-    let report = conformance::run_suite(&suite).await.expect("suite runs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mesh_profile() {
+    let report = conformance::run_suite(&suite("mesh"))
+        .await
+        .expect("suite runs");
     println!("{report}");
     let failures = report.failures();
     assert!(
@@ -49,18 +55,9 @@ async fn mesh_profile() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn authorization() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let testdata = std::env::var("WAYPOINT_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("../shared/testdata/gateway-api"));
-    let suite = conformance::Suite {
-        waypoint: waypoint_bin(),
-        testdata,
-        cases: root.join("conformance/cases/authz"),
-        base: "mesh/manifests.yaml".into(),
-        filter: std::env::var("CONFORMANCE_RUN").ok(),
-    };
-    let report = conformance::run_suite(&suite).await.expect("suite runs");
+    let report = conformance::run_suite(&suite("authz"))
+        .await
+        .expect("suite runs");
     println!("{report}");
     assert!(
         report.failures().is_empty(),

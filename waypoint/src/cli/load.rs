@@ -7,7 +7,7 @@ use clap::Args;
 use filters::model::Identity;
 use waypoint::loadgen::{self, LoadConfig};
 use waypoint::testing::client::HboneClient;
-use waypoint::tls::{CertPaths, CertStore};
+use waypoint::tls::CertStore;
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -20,15 +20,9 @@ pub struct LoadArgs {
     /// Identity the server must present.
     #[arg(long)]
     server_identity: Identity,
-    /// Our PEM certificate chain.
-    #[arg(long)]
-    cert_chain: PathBuf,
-    /// Our PEM key.
-    #[arg(long)]
-    key: PathBuf,
-    /// PEM roots.
-    #[arg(long)]
-    root_cert: PathBuf,
+    /// Our identity's certificates.
+    #[command(flatten)]
+    certs: super::CertArgs,
     /// Host header.
     #[arg(long, default_value = "echo")]
     host: String,
@@ -59,11 +53,7 @@ pub struct LoadArgs {
 }
 
 pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
-    let certs = Arc::new(CertStore::load(CertPaths {
-        cert_chain: a.cert_chain,
-        key: a.key,
-        root_cert: a.root_cert,
-    })?);
+    let certs = Arc::new(CertStore::load(a.certs.paths())?);
     let client = HboneClient::new(a.addr, certs, a.server_identity);
     let report = loadgen::run(
         client,

@@ -62,6 +62,31 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `--cert-chain`, `--key`, `--root-cert`: PEM files of an identity and the mesh roots.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertArgs {
+    /// PEM certificate chain (leaf first).
+    #[arg(long)]
+    pub cert_chain: std::path::PathBuf,
+    /// PEM private key.
+    #[arg(long)]
+    pub key: std::path::PathBuf,
+    /// PEM root bundle.
+    #[arg(long)]
+    pub root_cert: std::path::PathBuf,
+}
+
+impl CertArgs {
+    /// The files as a [`waypoint::tls::CertPaths`].
+    pub fn paths(&self) -> waypoint::tls::CertPaths {
+        waypoint::tls::CertPaths {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone(),
+            root_cert: self.root_cert.clone(),
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,5 +1,4 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -8,7 +7,7 @@ use filters::model::Identity;
 use http::{Method, Request};
 use http_body_util::BodyExt;
 use waypoint::testing::client::HboneClient;
-use waypoint::tls::{CertPaths, CertStore};
+use waypoint::tls::CertStore;
 
 #[derive(Debug, Args)]
 pub struct RequestArgs {
@@ -21,15 +20,9 @@ pub struct RequestArgs {
     /// Identity the server must present (the waypoint's).
     #[arg(long)]
     server_identity: Identity,
-    /// Our PEM certificate chain (the identity we connect as).
-    #[arg(long)]
-    cert_chain: PathBuf,
-    /// Our PEM private key.
-    #[arg(long)]
-    key: PathBuf,
-    /// PEM root bundle.
-    #[arg(long)]
-    root_cert: PathBuf,
+    /// The identity we connect as.
+    #[command(flatten)]
+    certs: super::CertArgs,
     /// Speak HTTP/2 (h2c) inside the tunnel instead of HTTP/1.1.
     #[arg(long)]
     http2: bool,
@@ -51,11 +44,7 @@ pub struct RequestArgs {
 }
 
 pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
-    let certs = Arc::new(CertStore::load(CertPaths {
-        cert_chain: args.cert_chain,
-        key: args.key,
-        root_cert: args.root_cert,
-    })?);
+    let certs = Arc::new(CertStore::load(args.certs.paths())?);
     let client = HboneClient::new(args.addr, certs, args.server_identity);
     let conn = client.connect().await.context("HBONE connect")?;
     let host = args.host.unwrap_or_else(|| args.authority.to_string());

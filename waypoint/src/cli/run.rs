@@ -9,7 +9,7 @@ use filters::model::{NamespacedName, Waypoint};
 use filters::Snapshot;
 use waypoint::server::{self, ServerOptions, Task};
 use waypoint::state::{Proxy, ProxyOptions, SnapshotStore};
-use waypoint::tls::{CertPaths, CertStore};
+use waypoint::tls::CertStore;
 use xds::Publisher;
 
 #[derive(Debug, Args)]
@@ -20,15 +20,9 @@ pub struct RunArgs {
     /// The waypoint's Gateway as `namespace/name` (default: the only istio-waypoint Gateway).
     #[arg(long)]
     gateway: Option<String>,
-    /// PEM certificate chain (leaf first).
-    #[arg(long)]
-    cert_chain: PathBuf,
-    /// PEM private key.
-    #[arg(long)]
-    key: PathBuf,
-    /// PEM root bundle.
-    #[arg(long)]
-    root_cert: PathBuf,
+    /// Our certificates (reloaded when the files change).
+    #[command(flatten)]
+    certs: super::CertArgs,
     /// SPIFFE trust domain.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -80,14 +74,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         normalization: args.path_normalization,
         ..Default::default()
     };
-    let certs = Arc::new(
-        CertStore::load(CertPaths {
-            cert_chain: args.cert_chain.clone(),
-            key: args.key.clone(),
-            root_cert: args.root_cert.clone(),
-        })
-        .context("loading certificates")?,
-    );
+    let certs = Arc::new(CertStore::load(args.certs.paths()).context("loading certificates")?);
     let ours = certs.current().identity.clone();
     anyhow::ensure!(
         ours.trust_domain == args.trust_domain,

@@ -10,7 +10,7 @@ use filters::model::NamespacedName;
 use http::HeaderName;
 use serde::Deserialize;
 
-use super::authz::TargetRef;
+use super::authz::{binding, Binding, TargetRef};
 use super::objects::ObjectMeta;
 use super::LocalConfigError;
 
@@ -151,22 +151,13 @@ pub fn bind(
             continue;
         }
         for r in refs {
-            match (r.group.as_deref().unwrap_or(""), r.kind.as_str()) {
-                ("gateway.networking.k8s.io", "Gateway")
-                    if r.name == gateway.name && ns == gateway.namespace =>
-                {
-                    out.gateway.extend(rules.iter().cloned())
-                }
-                ("gateway.networking.k8s.io", "GatewayClass")
-                    if r.name == "istio-waypoint" && ns == root_namespace =>
-                {
-                    out.gateway.extend(rules.iter().cloned())
-                }
-                ("" | "core", "Service") => services
-                    .entry(format!("{ns}/{}", r.name))
+            match binding(r, ns, gateway, root_namespace) {
+                Binding::Waypoint => out.gateway.extend(rules.iter().cloned()),
+                Binding::Service(key) => services
+                    .entry(key)
                     .or_default()
                     .extend(rules.iter().cloned()),
-                _ => {}
+                Binding::Elsewhere => {}
             }
         }
     }

@@ -355,6 +355,40 @@ pub fn compile(p: &AuthorizationPolicy) -> Result<Policy, Invalid> {
     })
 }
 
+/// Where a policy's `targetRef` binds, seen from the waypoint `gateway`.
+pub(crate) enum Binding {
+    /// The waypoint itself (its Gateway, or the `istio-waypoint` GatewayClass from the root
+    /// namespace): every request.
+    Waypoint,
+    /// A Service (`namespace/name`).
+    Service(String),
+    /// Something else (another Gateway, an unsupported kind).
+    Elsewhere,
+}
+
+/// Classifies `r`, a `targetRef` of a policy in namespace `ns`.
+pub(crate) fn binding(
+    r: &TargetRef,
+    ns: &str,
+    gateway: &NamespacedName,
+    root_namespace: &str,
+) -> Binding {
+    match (r.group.as_deref().unwrap_or(""), r.kind.as_str()) {
+        ("gateway.networking.k8s.io", "Gateway")
+            if r.name == gateway.name && ns == gateway.namespace =>
+        {
+            Binding::Waypoint
+        }
+        ("gateway.networking.k8s.io", "GatewayClass")
+            if r.name == "istio-waypoint" && ns == root_namespace =>
+        {
+            Binding::Waypoint
+        }
+        ("" | "core", "Service") => Binding::Service(format!("{ns}/{}", r.name)),
+        _ => Binding::Elsewhere,
+    }
+}
+
 /// Binds the policies that apply to the waypoint `gateway`.
 pub fn bind(
     policies: &[(String, AuthorizationPolicy)],
@@ -393,23 +427,10 @@ pub fn bind(
             continue;
         }
         for r in refs {
-            let group = r.group.as_deref().unwrap_or("");
-            match (group, r.kind.as_str()) {
-                ("gateway.networking.k8s.io", "Gateway")
-                    if r.name == gateway.name && ns == gateway.namespace =>
-                {
-                    set.gateway.push(compiled.clone())
-                }
-                ("gateway.networking.k8s.io", "GatewayClass")
-                    if r.name == "istio-waypoint" && ns == root_namespace =>
-                {
-                    set.gateway.push(compiled.clone())
-                }
-                ("" | "core", "Service") => services
-                    .entry(format!("{ns}/{}", r.name))
-                    .or_default()
-                    .push(compiled.clone()),
-                _ => {
+            match binding(r, ns, gateway, root_namespace) {
+                Binding::Waypoint => set.gateway.push(compiled.clone()),
+                Binding::Service(key) => services.entry(key).or_default().push(compiled.clone()),
+                Binding::Elsewhere => {
                     tracing::debug!(policy = %label, target = %r.name, "targetRef is not this waypoint")
                 }
             }
