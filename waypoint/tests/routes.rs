@@ -66,7 +66,8 @@ async fn request_and_backend_timeouts_are_504() {
     let start = Instant::now();
     let resp = http.send_request(get("/slow?delay=2s")).await.unwrap();
     assert_eq!(resp.status(), 504);
-    assert!(start.elapsed() < Duration::from_millis(1500));
+    // Answered before the backend would have (it waits 2 s): the timeout cut it short.
+    assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(body_bytes(resp).await, "upstream request timeout");
     let mut http = conn.http1(authority(80)).await.unwrap();
     assert_eq!(
