@@ -5,7 +5,8 @@ use http::{HeaderMap, Request};
 use http_body_util::BodyExt;
 
 use crate::cases;
-use crate::cluster::{Cluster, WAYPOINT_NS};
+use crate::cluster::{Cluster, GATEWAY_NS, WAYPOINT_NS};
+use crate::Profile;
 
 /// What a request produced.
 #[derive(Debug, Clone)]
@@ -26,14 +27,39 @@ impl Observed {
 }
 
 /// Sends `req` from its client pod; `kind` is `http` or `grpc`.
-pub async fn send(cluster: &Cluster, req: &cases::Request, kind: &str) -> anyhow::Result<Observed> {
-    let (app, ns) = match &req.client {
-        Some(c) => (c.app.as_str(), c.namespace.as_str()),
-        None => ("echo-v1", WAYPOINT_NS),
+pub async fn send(
+    cluster: &Cluster,
+    req: &cases::Request,
+    kind: &str,
+    profile: Profile,
+) -> anyhow::Result<Observed> {
+    let gateway = profile == Profile::Gateway;
+    let (app, ns) = match (&req.client, gateway) {
+        (Some(c), _) => (c.app.as_str(), c.namespace.as_str()),
+        (None, false) => ("echo-v1", WAYPOINT_NS),
+        (None, true) => ("infra-backend-v1", GATEWAY_NS),
     };
     let from = cluster.pod(app, ns)?;
     let grpc = kind == "grpc";
-    let (target, direct) = cluster.resolve(&req.host, ns, if grpc { 7070 } else { 80 })?;
+    let port = if grpc { 7070 } else { 80 };
+    let (target, direct) = if gateway {
+        let vip = cluster
+            .frontend()
+            .ok_or_else(|| anyhow::anyhow!("no frontend Service"))?;
+        (std::net::SocketAddr::new(vip, port), false)
+    } else {
+        cluster.resolve(&req.host, ns, port)?
+    };
+    // Gateway-profile tests name the Host header; empty means the address called.
+    let host_value = if req.host.is_empty() {
+        target.to_string()
+    } else {
+        req.host.clone()
+    };
+    let req = &cases::Request {
+        host: host_value,
+        ..req.clone()
+    };
     // ztunnel sends Service traffic to the waypoint; pod-addressed traffic goes straight to
     // the pod (the waypoint serves Services only).
     let client = if direct {

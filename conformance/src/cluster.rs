@@ -21,6 +21,10 @@ use waypoint::tls::{CertStore, DevCa};
 pub const WAYPOINT_NS: &str = "gateway-conformance-mesh";
 /// The waypoint Gateway's name.
 pub const WAYPOINT: &str = "waypoint";
+/// The Gateway profile's namespace.
+pub const GATEWAY_NS: &str = "gateway-conformance-infra";
+/// The Service Gateway-profile routes are attached to.
+pub const FRONTEND: &str = "frontend";
 
 /// A fake pod.
 pub struct Pod {
@@ -102,7 +106,12 @@ fn set(map: &mut Value, path: &[&str], value: Value) {
 
 impl Cluster {
     /// Builds the cluster for `base` + `test` manifests and starts `bin` on it.
-    pub async fn start(bin: &Path, base: &str, test: &str) -> anyhow::Result<Self> {
+    pub async fn start(
+        bin: &Path,
+        base: &str,
+        test: &str,
+        profile: crate::Profile,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let ca = DevCa::new("conformance")?;
         let waypoint_id = Identity::new("cluster.local", WAYPOINT_NS, WAYPOINT);
@@ -113,6 +122,22 @@ impl Cluster {
         let mut services = Vec::new();
         let mut test_docs = docs(test)?;
         let mut all = docs(base)?;
+        if profile == crate::Profile::Gateway {
+            // The Service the Gateway-profile routes are re-attached to.
+            all.push(serde_yaml::from_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: {FRONTEND}\n  namespace: {GATEWAY_NS}\nspec:\n  ports:\n  - {{name: http, port: 80, appProtocol: http}}\n  - {{name: grpc, port: 7070, appProtocol: kubernetes.io/h2c}}\n"
+            ))?);
+            for d in test_docs
+                .iter_mut()
+                .filter(|d| matches!(kind(d), "HTTPRoute" | "GRPCRoute"))
+            {
+                set(d, &["spec", "parentRefs"], serde_yaml::from_str(&format!("[{{group: \"\", kind: Service, name: {FRONTEND}, namespace: {GATEWAY_NS}}}]"))?);
+                // Hostnames select Gateway listeners; a Service parent ignores them.
+                if let Some(spec) = d.get_mut("spec").and_then(Value::as_mapping_mut) {
+                    spec.remove("hostnames");
+                }
+            }
+        }
         all.append(&mut test_docs);
         out.push(serde_yaml::from_str(&format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {WAYPOINT}\n  namespace: {WAYPOINT_NS}\nspec:\n  gatewayClassName: istio-waypoint\n"
@@ -237,6 +262,14 @@ impl Cluster {
             services,
             waypoint,
         })
+    }
+
+    /// The `frontend` Service's VIP (Gateway profile).
+    pub fn frontend(&self) -> Option<IpAddr> {
+        self.services
+            .iter()
+            .find(|s| s.name == FRONTEND && s.namespace == GATEWAY_NS)
+            .map(|s| s.vip)
     }
 
     /// The pod that sends requests for `app` in `namespace`.

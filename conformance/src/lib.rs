@@ -15,4 +15,4 @@ pub mod report;
 pub mod run;
 
 pub use report::{Outcome, Report};
-pub use run::{run_suite, Suite};
+pub use run::{run_suite, Profile, Suite};

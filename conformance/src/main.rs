@@ -11,6 +11,7 @@ fn main() -> anyhow::Result<()> {
         cases: PathBuf::from("conformance/cases/mesh"),
         base: "mesh/manifests.yaml".into(),
         filter: None,
+        profile: conformance::Profile::Mesh,
     };
     while let Some(a) = args.next() {
         let mut value = || {
@@ -22,8 +23,16 @@ fn main() -> anyhow::Result<()> {
             "--testdata" => suite.testdata = value()?.into(),
             "--cases" => suite.cases = value()?.into(),
             "--run" => suite.filter = Some(value()?),
+            "--profile" => match value()?.as_str() {
+                "mesh" => suite.profile = conformance::Profile::Mesh,
+                "gateway" => {
+                    suite.profile = conformance::Profile::Gateway;
+                    suite.base = "gateway/base-manifests.yaml".into();
+                }
+                other => anyhow::bail!("unknown profile {other}; use mesh or gateway"),
+            },
             other => anyhow::bail!(
-                "unknown argument {other}; use --waypoint, --testdata, --cases, --run"
+                "unknown argument {other}; use --waypoint, --testdata, --cases, --run, --profile"
             ),
         }
     }

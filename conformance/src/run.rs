@@ -22,6 +22,20 @@ pub struct Suite {
     pub base: String,
     /// Only tests whose name contains this.
     pub filter: Option<String>,
+    /// Which conformance profile the cases come from.
+    pub profile: Profile,
+}
+
+/// How a profile's tests reach the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// GAMMA: routes attach to Services; clients call Services by name.
+    #[default]
+    Mesh,
+    /// Gateway-profile route tests run in the mesh: their routes are re-attached from the
+    /// Gateway to a `frontend` Service in gateway-conformance-infra, which clients call with
+    /// the test's Host header.
+    Gateway,
 }
 
 /// Successes in a row that make a case pass, as upstream requires.
@@ -39,7 +53,14 @@ pub async fn run_suite(suite: &Suite) -> anyhow::Result<Report> {
         {
             continue;
         }
-        let result = run_test(&suite.waypoint, &suite.testdata, &base, &test).await;
+        let result = run_test(
+            &suite.waypoint,
+            &suite.testdata,
+            &base,
+            &test,
+            suite.profile,
+        )
+        .await;
         report.outcomes.push(Outcome {
             test: test.name.clone(),
             features: test.features.clone(),
@@ -50,7 +71,13 @@ pub async fn run_suite(suite: &Suite) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn run_test(bin: &Path, testdata: &Path, base: &str, test: &TestFile) -> Result<(), String> {
+async fn run_test(
+    bin: &Path,
+    testdata: &Path,
+    base: &str,
+    test: &TestFile,
+    profile: Profile,
+) -> Result<(), String> {
     let mut manifest = match &test.manifest {
         Some(m) => {
             std::fs::read_to_string(testdata.join(m)).map_err(|e| format!("manifest {m}: {e}"))?
@@ -61,12 +88,12 @@ async fn run_test(bin: &Path, testdata: &Path, base: &str, test: &TestFile) -> R
         manifest.push_str("\n---\n");
         manifest.push_str(objects);
     }
-    let cluster = Cluster::start(bin, base, &manifest)
+    let cluster = Cluster::start(bin, base, &manifest, profile)
         .await
         .map_err(|e| format!("setup: {e:#}"))?;
     for (i, case) in test.cases.iter().enumerate() {
         for _ in 0..CONSECUTIVE {
-            let got = send(&cluster, &case.request, &test.kind)
+            let got = send(&cluster, &case.request, &test.kind, profile)
                 .await
                 .map_err(|e| format!("case {}: request failed: {e:#}", i + 1))?;
             check(&case.request, &case.expect, &got).map_err(|e| {
@@ -84,7 +111,7 @@ async fn run_test(bin: &Path, testdata: &Path, base: &str, test: &TestFile) -> R
         // requests); upstream retries the whole sample up to 10 times, we do up to 5.
         let mut last = Ok(());
         for _ in 0..5 {
-            last = check_weights(&cluster, test, w).await;
+            last = check_weights(&cluster, test, w, profile).await;
             if last.is_ok() {
                 break;
             }
@@ -98,6 +125,7 @@ async fn check_weights(
     cluster: &Cluster,
     test: &TestFile,
     w: &cases::Weights,
+    profile: Profile,
 ) -> Result<(), String> {
     let req = cases::Request {
         host: w.host.clone(),
@@ -106,7 +134,7 @@ async fn check_weights(
     };
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..w.requests {
-        let got = send(cluster, &req, &test.kind)
+        let got = send(cluster, &req, &test.kind, profile)
             .await
             .map_err(|e| format!("weights: {e:#}"))?;
         if got.status != 200 {

@@ -26,6 +26,11 @@ fn waypoint_bin() -> PathBuf {
 
 /// The suite over the case files in `conformance/cases/<cases>`.
 fn suite(cases: &str) -> conformance::Suite {
+    let profile = if cases == "gateway" {
+        conformance::Profile::Gateway
+    } else {
+        conformance::Profile::Mesh
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let testdata = std::env::var("WAYPOINT_TESTDATA")
         .map(PathBuf::from)
@@ -34,8 +39,14 @@ fn suite(cases: &str) -> conformance::Suite {
         waypoint: waypoint_bin(),
         testdata,
         cases: root.join("conformance/cases").join(cases),
-        base: "mesh/manifests.yaml".into(),
+        base: if profile == conformance::Profile::Gateway {
+            "gateway/base-manifests.yaml"
+        } else {
+            "mesh/manifests.yaml"
+        }
+        .into(),
         filter: std::env::var("CONFORMANCE_RUN").ok(),
+        profile,
     }
 }
 
