@@ -34,6 +34,24 @@ pub struct TestFile {
     /// Upstream subtleties.
     #[serde(default)]
     pub notes: Option<String>,
+    /// Per-response check that a request header the route sets names the answering pod.
+    #[serde(default, rename = "headerMatchesBackend")]
+    pub header_matches_backend: Option<HeaderMatchesBackend>,
+}
+
+/// `headerMatchesBackend`: `requests` requests; each time, `header` must have reached the
+/// backend once, with a value that prefixes the answering pod's name.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeaderMatchesBackend {
+    /// Host to call.
+    pub host: String,
+    /// Path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The header.
+    pub header: String,
+    /// How many requests.
+    pub requests: usize,
 }
 
 /// A request and what must come of it.
@@ -44,6 +62,9 @@ pub struct Case {
     /// The expectation.
     #[serde(default)]
     pub expect: Expect,
+    /// Why this case is not run (listed in the report).
+    #[serde(default)]
+    pub skip: Option<String>,
 }
 
 /// The pod a request is sent from.
@@ -145,6 +166,9 @@ pub struct Expect {
     /// Redirect checks.
     #[serde(default)]
     pub redirect: Option<ExpectedRedirect>,
+    /// gRPC status name (`Unimplemented`, ...) instead of an HTTP status.
+    #[serde(default, rename = "grpcCode")]
+    pub grpc_code: Option<String>,
 }
 
 /// Traffic-split expectations.

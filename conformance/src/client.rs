@@ -17,6 +17,8 @@ pub struct Observed {
     pub headers: HeaderMap,
     /// The echo app's description of the request it received, if a backend answered.
     pub echo: Option<serde_json::Value>,
+    /// `grpc-status`, for gRPC calls.
+    pub grpc_status: Option<u32>,
 }
 
 impl Observed {
@@ -56,8 +58,11 @@ pub async fn send(
     } else {
         req.host.clone()
     };
+    // `{uuid}`: a fresh id per request (upstream's retry tests count calls per id).
+    let path = req.path.as_ref().map(|p| p.replace("{uuid}", &fresh_id()));
     let req = &cases::Request {
         host: host_value,
+        path,
         ..req.clone()
     };
     // ztunnel sends Service traffic to the waypoint; pod-addressed traffic goes straight to
@@ -101,7 +106,8 @@ pub async fn send(
         let echo = (data.len() > 5)
             .then(|| serde_json::from_slice(&data[5..]).ok())
             .flatten();
-        let status = if status == 200 && grpc_status.as_deref() == Some("0") {
+        let grpc_status: Option<u32> = grpc_status.and_then(|s| s.parse().ok());
+        let status = if status == 200 && grpc_status == Some(0) {
             200
         } else if status == 200 {
             500
@@ -112,6 +118,7 @@ pub async fn send(
             status,
             headers,
             echo,
+            grpc_status,
         });
     }
     // `host` names where the client connects; a `Host` header in the case overrides what
@@ -139,5 +146,20 @@ pub async fn send(
         status,
         headers,
         echo,
+        grpc_status: None,
     })
+}
+
+fn fresh_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{t:x}-{:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -20,8 +20,21 @@ fn header_seen<'a>(echo: &'a serde_json::Value, name: &str) -> Option<Vec<&'a st
 
 /// Checks `got` against `want`; the error names the first mismatch.
 pub fn check(req: &Request, want: &Expect, got: &Observed) -> Result<(), String> {
+    if let Some(code) = &want.grpc_code {
+        let want_code = grpc_code(code).ok_or_else(|| format!("unknown gRPC code {code}"))?;
+        if got.grpc_status != Some(want_code) {
+            return Err(format!(
+                "grpc-status {:?} (want {want_code} {code})",
+                got.grpc_status
+            ));
+        }
+        return Ok(());
+    }
     let status = want.status.unwrap_or(200);
-    if got.status != status {
+    // Upstream treats a request timeout (408) and a gateway timeout (504) alike.
+    let same =
+        got.status == status || (matches!(status, 408 | 504) && matches!(got.status, 408 | 504));
+    if !same {
         return Err(format!("status {} (want {status})", got.status));
     }
     if let Some(backend) = &want.backend {
@@ -48,7 +61,16 @@ pub fn check(req: &Request, want: &Expect, got: &Observed) -> Result<(), String>
                 .get("path")
                 .and_then(|v| v.as_str())
                 .unwrap_or_default();
-            if seen != path {
+            // `{uuid}` stands for the fresh id the client put in the request.
+            let ok = match path.split_once("{uuid}") {
+                Some((pre, post)) => {
+                    seen.starts_with(pre)
+                        && seen.ends_with(post)
+                        && seen.len() > pre.len() + post.len()
+                }
+                None => seen == path,
+            };
+            if !ok {
                 return Err(format!("backend saw path {seen:?} (want {path:?})"));
             }
         }
@@ -75,8 +97,15 @@ pub fn check(req: &Request, want: &Expect, got: &Observed) -> Result<(), String>
     }
     if let Some(er) = &want.response {
         for (name, value) in &er.headers {
-            let seen = got.headers.get(name.as_str()).and_then(|v| v.to_str().ok());
-            if seen != Some(value.as_str()) {
+            // Several values of one header compare joined with `,`, as upstream does.
+            let all: Vec<&str> = got
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let seen = all.join(",");
+            if all.is_empty() || seen != *value {
                 return Err(format!("response {name}: {seen:?} (want {value:?})"));
             }
         }
@@ -125,4 +154,31 @@ pub fn check(req: &Request, want: &Expect, got: &Observed) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// gRPC status codes by their canonical names.
+fn grpc_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .map(|i| i as u32)
 }

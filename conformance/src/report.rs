@@ -13,6 +13,8 @@ pub struct Outcome {
     pub result: Result<(), String>,
     /// Cases run.
     pub cases: usize,
+    /// Cases not run, with the reason.
+    pub skipped: Vec<String>,
 }
 
 /// Every test's outcome.
@@ -35,7 +37,7 @@ impl fmt::Display for Report {
         writeln!(f, "| --- | --- | --- | --- | --- |")?;
         for o in &self.outcomes {
             let (result, reason) = match &o.result {
-                Ok(()) => ("pass", String::new()),
+                Ok(()) => ("pass", o.skipped.join("; ")),
                 Err(e) => ("FAIL", e.replace('|', "\\|")),
             };
             writeln!(

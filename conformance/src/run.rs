@@ -61,11 +61,22 @@ pub async fn run_suite(suite: &Suite) -> anyhow::Result<Report> {
             suite.profile,
         )
         .await;
+        let skipped: Vec<String> = test
+            .cases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.skip
+                    .as_ref()
+                    .map(|why| format!("case {} skipped: {why}", i + 1))
+            })
+            .collect();
         report.outcomes.push(Outcome {
             test: test.name.clone(),
             features: test.features.clone(),
             cases: test.cases.len() + usize::from(test.weights.is_some()),
             result,
+            skipped,
         });
     }
     Ok(report)
@@ -92,6 +103,9 @@ async fn run_test(
         .await
         .map_err(|e| format!("setup: {e:#}"))?;
     for (i, case) in test.cases.iter().enumerate() {
+        if case.skip.is_some() {
+            continue;
+        }
         for _ in 0..CONSECUTIVE {
             let got = send(&cluster, &case.request, &test.kind, profile)
                 .await
@@ -104,6 +118,40 @@ async fn run_test(
                     case.request.path.as_deref().unwrap_or("/")
                 )
             })?;
+        }
+    }
+    if let Some(hb) = &test.header_matches_backend {
+        let req = cases::Request {
+            host: hb.host.clone(),
+            path: hb.path.clone(),
+            ..Default::default()
+        };
+        for _ in 0..hb.requests {
+            let got = send(&cluster, &req, &test.kind, profile)
+                .await
+                .map_err(|e| format!("headerMatchesBackend: {e:#}"))?;
+            let pod = got.pod().unwrap_or_default().to_string();
+            let values = got
+                .echo
+                .as_ref()
+                .and_then(|e| {
+                    e.get("headers")?
+                        .as_object()?
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(&hb.header))
+                        .map(|(_, v)| v.clone())
+                })
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default();
+            match values.as_slice() {
+                [v] if v.as_str().is_some_and(|v| pod.starts_with(v)) => {}
+                other => {
+                    return Err(format!(
+                        "headerMatchesBackend: {} = {other:?} at pod {pod}",
+                        hb.header
+                    ))
+                }
+            }
         }
     }
     if let Some(w) = &test.weights {

@@ -75,3 +75,17 @@ async fn authorization() {
         "authorization conformance failed:\n{report}"
     );
 }
+
+/// Gateway-profile HTTPRoute/GRPCRoute tests that apply to a mesh, with their routes
+/// re-attached to a Service.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_profile_routes() {
+    let report = conformance::run_suite(&suite("gateway"))
+        .await
+        .expect("suite runs");
+    println!("{report}");
+    assert!(
+        report.failures().is_empty(),
+        "gateway-profile conformance failed:\n{report}"
+    );
+}

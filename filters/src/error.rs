@@ -126,6 +126,42 @@ impl ProxyError {
     }
 }
 
+/// The gRPC status Envoy gives a local reply with this HTTP status (its HTTP-to-gRPC
+/// mapping, as used for gRPC requests).
+pub fn grpc_status_for(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+impl ProxyError {
+    /// The response for a gRPC request: a trailers-only reply (HTTP 200, `grpc-status`,
+    /// `grpc-message`), as Envoy sends for gRPC requests it answers locally.
+    pub fn to_grpc_response(&self) -> Response<Body> {
+        let mut resp = Response::new(body::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            http::HeaderValue::from(grpc_status_for(self.status())),
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&self.to_string().replace(['\r', '\n'], " ")) {
+            h.insert("grpc-message", v);
+        }
+        resp.extensions_mut()
+            .insert(ResponseFlag(self.response_flag()));
+        resp
+    }
+}
+
 /// Envoy-style response flag attached to locally generated responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseFlag(pub &'static str);

@@ -145,6 +145,10 @@ impl TunnelApp {
         };
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let upgrade_req = !session.is_http2() && session.is_upgrade_req();
         // The filter chain, outermost first: authentication, authorization, routing,
         // retries and timeouts, then the upstream call.
@@ -167,7 +171,11 @@ impl TunnelApp {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::info!(%method, path, error = %e, status = e.status().as_u16(), flag = e.response_flag(), "request failed");
-                e.to_response()
+                if grpc {
+                    e.to_grpc_response()
+                } else {
+                    e.to_response()
+                }
             }
         };
         tracing::debug!(%method, path, status = resp.status().as_u16(), "response");

@@ -3,7 +3,7 @@
 //!
 //! - any path: `{"path","host","method","proto","headers","namespace","pod"}`;
 //!   `?delay=500ms` waits first; `X-Echo-Set-Header: Name:value,...` adds response headers;
-//! - `/retry/...?uuid=U&succeedAfter=N&responseCode=C`: answers C until the N-th call for U;
+//! - `/retry/...?uuid=U&succeedAfter=N&responseCode=C`: answers C to the first N calls for U;
 //! - `/echo-body`: streams the request body back; `/bytes?n=N`: streams N bytes;
 //! - `/status/C`: answers status C;
 //! - `/ws` with `Upgrade`: switches protocols and echoes bytes;
@@ -123,7 +123,8 @@ pub async fn handle(
             *c
         };
         let mut r = json_response(&who, &req);
-        if count < after {
+        // The first `succeedAfter` calls fail, as the conformance echo server does.
+        if count <= after {
             *r.status_mut() =
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         }
