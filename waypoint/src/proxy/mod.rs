@@ -11,7 +11,7 @@ pub mod tcp;
 
 use std::sync::Arc;
 
-use filters::model::{Protocol, TunnelInfo};
+use filters::model::TunnelInfo;
 use pingora_core::server::ShutdownWatch;
 
 use crate::hbone::H2Stream;
@@ -40,9 +40,4 @@ pub async fn serve_tunnel(
         }
         Detected::Tcp => tcp::serve(proxy, info, stream).await,
     }
-}
-
-/// Whether a declared protocol is handled as HTTP without sniffing.
-pub fn declared_http(p: Protocol) -> bool {
-    p.is_http()
 }
