@@ -126,6 +126,12 @@ pub struct ExpectedResponse {
     /// Response headers that must be absent.
     #[serde(default)]
     pub absent_headers: Vec<String>,
+    /// Response headers that must equal one of several values.
+    #[serde(default)]
+    pub valid_header_values: BTreeMap<String, Vec<String>>,
+    /// Compare header values with all spaces removed.
+    #[serde(default)]
+    pub ignore_whitespace: bool,
 }
 
 /// The expected `Location` of a redirect.
@@ -166,6 +172,12 @@ pub struct Expect {
     /// Redirect checks.
     #[serde(default)]
     pub redirect: Option<ExpectedRedirect>,
+    /// Any of these statuses passes (instead of `status`).
+    #[serde(default)]
+    pub statuses: Vec<u16>,
+    /// The response must not be the echo's description (answered by the proxy itself).
+    #[serde(default, rename = "noEcho")]
+    pub no_echo: bool,
     /// gRPC status name (`Unimplemented`, ...) instead of an HTTP status.
     #[serde(default, rename = "grpcCode")]
     pub grpc_code: Option<String>,

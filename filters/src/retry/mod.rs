@@ -25,12 +25,17 @@ pub fn should_retry(policy: &RetryPolicy, outcome: &Result<u16, &ProxyError>) ->
     }
 }
 
-/// The wait before retry number `n` (1-based): the policy's backoff, doubled each retry
-/// and capped at ten times the base, as Envoy does.
-pub fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
+/// The longest wait before retry number `n` (1-based): Envoy's fully jittered exponential
+/// backoff draws uniformly from `[0, (2^n - 1) * base]`, capped at ten times the base.
+pub fn backoff_ceiling(policy: &RetryPolicy, n: u32) -> Duration {
     let base = policy.backoff;
-    let factor = 1u32 << n.saturating_sub(1).min(16);
+    let factor = (1u32 << n.min(16)).saturating_sub(1);
     (base * factor).min(base * 10)
+}
+
+/// The wait before retry number `n`: a uniform draw below [`backoff_ceiling`].
+pub fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
+    backoff_ceiling(policy, n).mul_f64(rand::random::<f64>())
 }
 
 #[cfg(test)]
@@ -59,10 +64,13 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_caps() {
+    fn backoff_grows_jittered_and_caps() {
         let p = policy();
-        assert_eq!(backoff(&p, 1), Duration::from_millis(10));
-        assert_eq!(backoff(&p, 2), Duration::from_millis(20));
-        assert_eq!(backoff(&p, 8), Duration::from_millis(100));
+        assert_eq!(backoff_ceiling(&p, 1), Duration::from_millis(10));
+        assert_eq!(backoff_ceiling(&p, 2), Duration::from_millis(30));
+        assert_eq!(backoff_ceiling(&p, 8), Duration::from_millis(100));
+        for n in 1..6 {
+            assert!(backoff(&p, n) <= backoff_ceiling(&p, n));
+        }
     }
 }

@@ -99,7 +99,7 @@ where
                 .headers()
                 .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
         {
-            return Ok(preflight(c, o));
+            return Ok(preflight(c, o, req.headers()));
         }
     }
     let backend = selection.backend.map_err(ProxyError::InvalidBackend)?;
@@ -184,21 +184,39 @@ fn origin_allowed(c: &Cors, origin: &str) -> bool {
     })
 }
 
-fn preflight(c: &Cors, origin: &HeaderValue) -> Response<Body> {
+fn preflight(c: &Cors, origin: &HeaderValue, requested: &http::HeaderMap) -> Response<Body> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::OK;
     cors_headers(c, origin, resp.headers_mut());
     if origin_allowed(c, origin.to_str().unwrap_or("")) {
+        // `*` cannot be used with credentials: then the requested values are echoed.
+        let allow = |list: &[String], asked: http::HeaderName| -> Option<HeaderValue> {
+            if list.iter().any(|m| m == "*") {
+                if c.allow_credentials {
+                    requested.get(asked).cloned()
+                } else {
+                    Some(HeaderValue::from_static("*"))
+                }
+            } else if list.is_empty() {
+                None
+            } else {
+                HeaderValue::from_str(&list.join(", ")).ok()
+            }
+        };
+        let methods = allow(
+            &c.allow_methods,
+            http::header::ACCESS_CONTROL_REQUEST_METHOD,
+        );
+        let headers = allow(
+            &c.allow_headers,
+            http::header::ACCESS_CONTROL_REQUEST_HEADERS,
+        );
         let h = resp.headers_mut();
-        if !c.allow_methods.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&c.allow_methods.join(", ")) {
-                h.insert(http::header::ACCESS_CONTROL_ALLOW_METHODS, v);
-            }
+        if let Some(v) = methods {
+            h.insert(http::header::ACCESS_CONTROL_ALLOW_METHODS, v);
         }
-        if !c.allow_headers.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&c.allow_headers.join(", ")) {
-                h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, v);
-            }
+        if let Some(v) = headers {
+            h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, v);
         }
         if let Some(age) = c.max_age {
             h.insert(http::header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
