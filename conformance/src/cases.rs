@@ -34,6 +34,9 @@ pub struct TestFile {
     /// Upstream subtleties.
     #[serde(default)]
     pub notes: Option<String>,
+    /// Mirror checks: copies of a case's requests must reach the mirror backends.
+    #[serde(default)]
+    pub mirrors: Vec<MirrorCheck>,
     /// Per-response check that a request header the route sets names the answering pod.
     #[serde(default, rename = "headerMatchesBackend")]
     pub header_matches_backend: Option<HeaderMatchesBackend>,
@@ -223,4 +226,26 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<TestFile>> {
             serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
         })
         .collect()
+}
+
+/// Copies of `requests` requests of case `case` must reach each of `backends`: all of them,
+/// or `fraction` of them within `tolerance` (relative to the expected count).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorCheck {
+    /// 1-based case whose request is repeated.
+    pub case: usize,
+    /// The mirror backends (Deployment names).
+    pub backends: Vec<String>,
+    /// Requests to send.
+    pub requests: usize,
+    /// Expected mirrored share (percent/fraction mirrors).
+    #[serde(default)]
+    pub fraction: Option<f64>,
+    /// Allowed relative deviation from the expected count.
+    #[serde(default)]
+    pub tolerance: Option<f64>,
+    /// Samples before giving up (split checks).
+    #[serde(default)]
+    pub attempts: Option<usize>,
 }

@@ -264,6 +264,20 @@ impl Cluster {
         })
     }
 
+    /// HTTP requests answered so far by the pods of `deployment`.
+    pub fn requests_served(&self, deployment: &str) -> usize {
+        self.pods
+            .iter()
+            .filter(|p| p.deployment == deployment)
+            .map(|p| {
+                p._ztunnel
+                    .counters
+                    .requests
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    }
+
     /// The `frontend` Service's VIP (Gateway profile).
     pub fn frontend(&self) -> Option<IpAddr> {
         self.services

@@ -138,6 +138,16 @@ async fn run_test(
             ));
         }
     }
+    for m in &test.mirrors {
+        let mut last = Ok(());
+        for _ in 0..m.attempts.unwrap_or(1).max(1) {
+            last = check_mirror(&cluster, test, m, profile).await;
+            if last.is_ok() {
+                break;
+            }
+        }
+        last?;
+    }
     if let Some(hb) = &test.header_matches_backend {
         let req = cases::Request {
             host: hb.host.clone(),
@@ -225,6 +235,55 @@ async fn check_weights(
                 "weights: {backend} got {got:.3} of traffic (want {want} ± {})",
                 w.tolerance
             ));
+        }
+    }
+    Ok(())
+}
+
+async fn check_mirror(
+    cluster: &Cluster,
+    test: &TestFile,
+    m: &cases::MirrorCheck,
+    profile: Profile,
+) -> Result<(), String> {
+    let case = test
+        .cases
+        .get(m.case.wrapping_sub(1))
+        .ok_or_else(|| format!("mirrors: no case {}", m.case))?;
+    let before: Vec<usize> = m
+        .backends
+        .iter()
+        .map(|b| cluster.requests_served(b))
+        .collect();
+    for _ in 0..m.requests {
+        let got = send(cluster, &case.request, &test.kind, profile)
+            .await
+            .map_err(|e| format!("mirrors: {e:#}"))?;
+        if got.status != case.expect.status.unwrap_or(200) {
+            return Err(format!("mirrors: status {}", got.status));
+        }
+    }
+    // Copies are fire-and-forget: give the last ones a moment to land.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for (b, before) in m.backends.iter().zip(before) {
+        let copies = cluster.requests_served(b) - before;
+        match m.fraction {
+            None if copies < m.requests => {
+                return Err(format!(
+                    "mirrors: {b} received {copies} copies of {} requests",
+                    m.requests
+                ));
+            }
+            Some(f) => {
+                let want = f * m.requests as f64;
+                let tol = m.tolerance.unwrap_or(0.05) * want;
+                if (copies as f64 - want).abs() > tol {
+                    return Err(format!(
+                        "mirrors: {b} received {copies} copies (want {want:.0} ± {tol:.0})"
+                    ));
+                }
+            }
+            None => {}
         }
     }
     Ok(())

@@ -42,6 +42,8 @@ pub struct Counters {
     pub connects: AtomicUsize,
     /// CONNECTs refused (wrong caller or authority).
     pub refused: AtomicUsize,
+    /// HTTP requests the echo app answered.
+    pub requests: AtomicUsize,
 }
 
 /// A running fake ztunnel.
@@ -191,15 +193,23 @@ impl Shared {
             let stream = H2Stream::new(send, req.into_body());
             let app = self.apps.get(&port).cloned().unwrap_or(App::Echo);
             let who = self.who.clone();
-            tokio::spawn(serve_app(app, who, stream));
+            tokio::spawn(serve_app(app, who, stream, self.counters.clone()));
         }
     }
 }
 
-async fn serve_app(app: App, who: Arc<EchoIdentity>, mut stream: H2Stream) {
+async fn serve_app(
+    app: App,
+    who: Arc<EchoIdentity>,
+    mut stream: H2Stream,
+    counters: Arc<Counters>,
+) {
     match app {
         App::Echo => {
-            let svc = service_fn(move |req| echo::handle(who.clone(), req));
+            let svc = service_fn(move |req| {
+                counters.requests.fetch_add(1, Ordering::Relaxed);
+                echo::handle(who.clone(), req)
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
