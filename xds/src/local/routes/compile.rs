@@ -76,18 +76,7 @@ fn http_match(m: &o::HttpMatch, field: &str) -> Result<RouteMatch, Unsupported> 
             }
         }
     };
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let what = format!("{field}.headers[{i}]");
-            Ok(HeaderMatch {
-                name: header_name(&h.name, &what)?,
-                value: string_match(h.kind.as_deref(), &h.value, &what)?,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let headers = header_matches(&m.headers, field)?;
     let query = m
         .query_params
         .iter()
@@ -151,9 +140,20 @@ fn grpc_match(m: &o::GrpcMatch, field: &str) -> Result<RouteMatch, Unsupported> 
             }
         }
     };
-    let headers = m
-        .headers
-        .iter()
+    let headers = header_matches(&m.headers, field)?;
+    Ok(RouteMatch {
+        path,
+        headers,
+        query: Vec::new(),
+        method: None,
+    })
+}
+
+fn header_matches(
+    list: &[o::ValueMatchSpec],
+    field: &str,
+) -> Result<Vec<HeaderMatch>, Unsupported> {
+    list.iter()
         .enumerate()
         .map(|(i, h)| {
             let what = format!("{field}.headers[{i}]");
@@ -162,13 +162,7 @@ fn grpc_match(m: &o::GrpcMatch, field: &str) -> Result<RouteMatch, Unsupported> 
                 value: string_match(h.kind.as_deref(), &h.value, &what)?,
             })
         })
-        .collect::<Result<_, _>>()?;
-    Ok(RouteMatch {
-        path,
-        headers,
-        query: Vec::new(),
-        method: None,
-    })
+        .collect()
 }
 
 fn header_modifier(m: &o::HeaderModifierSpec, what: &str) -> Result<HeaderModifier, Unsupported> {
