@@ -38,10 +38,12 @@ async fn request_and_response_pass_through() {
         .header("host", "echo")
         .body(filters::body::full("hello body"))
         .unwrap();
+    http.ready().await.unwrap();
     let resp = http.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(body_bytes(resp).await, Bytes::from("hello body"));
 
+    http.ready().await.unwrap();
     let resp = http.send_request(get("/status/418")).await.unwrap();
     assert_eq!(resp.status(), 418);
 }
@@ -172,6 +174,7 @@ async fn sixty_four_mib_both_ways_with_bounded_memory() {
         .header("content-length", SIZE.to_string())
         .body(body)
         .unwrap();
+    http.ready().await.unwrap();
     let resp = http.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut got = 0usize;

@@ -99,6 +99,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let req = Request::get(format!("/hello?n={i}"))
             .header("host", "echo.demo.svc.cluster.local")
             .body(filters::body::empty())?;
+        // The previous response must be fully read before HTTP/1.1 can send the next request.
+        http.ready().await?;
         let resp = http.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
