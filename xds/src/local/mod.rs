@@ -8,6 +8,7 @@
 pub mod authn;
 pub mod authz;
 mod error;
+pub mod mesh;
 mod objects;
 mod parse;
 pub mod routes;

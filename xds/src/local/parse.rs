@@ -18,6 +18,7 @@ pub struct Objects {
     pub(crate) grants: Vec<(String, ReferenceGrant)>,
     pub(crate) policies: Vec<(String, super::authz::AuthorizationPolicy)>,
     pub(crate) authentications: Vec<(String, super::authn::RequestAuthentication)>,
+    pub(crate) config_maps: Vec<(String, super::mesh::ConfigMap)>,
 }
 
 /// Parses a multi-document YAML text of Kubernetes objects.
@@ -78,6 +79,7 @@ impl Objects {
             ("", "Namespace") => self.namespaces.push(typed(value, &label)?),
             ("", "Service") => self.services.push(typed(value, &label)?),
             ("", "Pod") => self.pods.push(typed(value, &label)?),
+            ("", "ConfigMap") => self.config_maps.push(typed(value, &label)?),
             ("gateway.networking.k8s.io", "Gateway") => self.gateways.push(typed(value, &label)?),
             ("gateway.networking.k8s.io", "HTTPRoute") => {
                 self.http_routes.push(typed(value, &label)?)
