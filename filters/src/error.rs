@@ -86,6 +86,26 @@ impl ProxyError {
         }
     }
 
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for this error.
+    pub fn details(&self) -> String {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request".into(),
+            ProxyError::Unauthenticated(_) => "jwt_authn_access_denied".into(),
+            ProxyError::Denied(policy) => format!("rbac_access_denied_matched_policy[{policy}]"),
+            ProxyError::NoRoute(_) => "route_not_found".into(),
+            ProxyError::NoHealthyUpstream(_) => "no_healthy_upstream".into(),
+            ProxyError::UpstreamConnect { .. } => {
+                "upstream_reset_before_response_started{connection_failure}".into()
+            }
+            ProxyError::UpstreamReset { .. } => {
+                "upstream_reset_before_response_started{connection_termination}".into()
+            }
+            ProxyError::UpstreamTimeout => "response_timeout".into(),
+            ProxyError::InvalidBackend(_) => "cluster_not_found".into(),
+            ProxyError::Internal(_) => "internal_error".into(),
+        }
+    }
+
     /// Whether the request can safely be retried on another connection: true only when
     /// the upstream never saw it.
     pub fn is_retry_safe(&self) -> bool {

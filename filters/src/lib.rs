@@ -7,6 +7,7 @@
 //! - [`error`]: the one place where proxy errors become HTTP responses.
 //! - [`body`]: the boxed streaming body type shared by the filters.
 
+pub mod access_log;
 pub mod authn;
 pub mod authz;
 pub mod balance;

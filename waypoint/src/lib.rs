@@ -6,7 +6,8 @@
 //! - [`upstream`]: the pooled HBONE (or plain) client towards destination pods;
 //! - [`tls`]: certificates, SPIFFE identities and verifiers;
 //! - [`state`]: the current configuration snapshot and readiness;
-//! - [`admin`]: readiness, admin and config dump endpoints;
+//! - [`telemetry`]: Istio metrics, access logs and OpenTelemetry traces;
+//! - [`admin`]: readiness, admin, config dump and Prometheus endpoints;
 //! - [`server`]: assembles the Pingora server and owns shutdown.
 
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod loadgen;
 pub mod proxy;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;

@@ -37,6 +37,8 @@ pub struct ServerOptions {
     pub ready_addr: SocketAddr,
     /// Admin listener.
     pub admin_addr: SocketAddr,
+    /// Prometheus metrics listener.
+    pub metrics_addr: SocketAddr,
     /// Worker threads for the HBONE listener.
     pub threads: usize,
 }
@@ -138,6 +140,13 @@ pub fn run(proxy: Arc<Proxy>, options: ServerOptions, tasks: Vec<Task>) {
     admin.add_tcp(&options.admin_addr.to_string());
     admin.threads = Some(1);
 
+    let mut metrics = Service::new(
+        "metrics".to_string(),
+        crate::admin::Metrics::new(proxy.clone()),
+    );
+    metrics.add_tcp(&options.metrics_addr.to_string());
+    metrics.threads = Some(1);
+
     let mut bg = background_service("watchers", Tasks(Mutex::new(tasks)));
     bg.threads = Some(1);
     let mut drain = background_service(
@@ -151,9 +160,10 @@ pub fn run(proxy: Arc<Proxy>, options: ServerOptions, tasks: Vec<Task>) {
     server.add_service(hbone);
     server.add_service(ready);
     server.add_service(admin);
+    server.add_service(metrics);
     server.add_service(bg);
     server.add_service(drain);
-    tracing::info!(hbone = %options.hbone_addr, ready = %options.ready_addr, admin = %options.admin_addr, "waypoint starting");
+    tracing::info!(hbone = %options.hbone_addr, ready = %options.ready_addr, admin = %options.admin_addr, metrics = %options.metrics_addr, "waypoint starting");
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals { quit }),
     });

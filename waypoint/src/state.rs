@@ -98,6 +98,8 @@ pub struct ProxyOptions {
     pub detect_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Cluster id reported in telemetry when a peer does not say (Istio's `CLUSTER_ID`).
+    pub cluster_id: String,
 }
 
 /// Everything the data path shares.
@@ -110,6 +112,8 @@ pub struct Proxy {
     pub upstream: Upstream,
     /// Live counters.
     pub stats: Stats,
+    /// Metrics, access logs and traces.
+    pub telemetry: crate::telemetry::Telemetry,
     /// Tunables.
     pub options: ProxyOptions,
 }
@@ -126,6 +130,7 @@ impl Proxy {
             config,
             certs,
             stats: Stats::default(),
+            telemetry: crate::telemetry::Telemetry::new(&options.cluster_id),
             options,
         })
     }

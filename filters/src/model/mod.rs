@@ -6,10 +6,13 @@
 
 mod identity;
 mod protocol;
+mod request_log;
 mod snapshot;
+pub mod telemetry;
 
 pub use identity::{Identity, InvalidIdentity};
 pub use protocol::Protocol;
+pub use request_log::{RequestLog, Upstream};
 pub use snapshot::{
     route_key, ConflictingAddress, Endpoint, NamespacedName, Service, ServicePort, Snapshot,
     Target, TargetPort, Waypoint, Workload,

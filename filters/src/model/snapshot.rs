@@ -255,6 +255,8 @@ pub struct Snapshot {
     pub authz: crate::authz::PolicySet,
     /// RequestAuthentication JWT rules that apply to this waypoint.
     pub authn: crate::authn::JwtRules,
+    /// Access log and tracing settings.
+    pub telemetry: super::telemetry::TelemetryConfig,
     #[serde(skip)]
     vips: HashMap<SocketAddr, (Arc<Service>, u16)>,
 }
@@ -309,6 +311,7 @@ impl Snapshot {
             routes: BTreeMap::new(),
             authz: Default::default(),
             authn: Default::default(),
+            telemetry: Default::default(),
             vips,
         })
     }
@@ -347,6 +350,11 @@ impl Snapshot {
     /// Attaches the RequestAuthentication rules.
     pub fn set_authn(&mut self, authn: crate::authn::JwtRules) {
         self.authn = authn;
+    }
+
+    /// Attaches the telemetry settings.
+    pub fn set_telemetry(&mut self, telemetry: super::telemetry::TelemetryConfig) {
+        self.telemetry = telemetry;
     }
 
     /// The routes attached to port `port` of `service`, if any.

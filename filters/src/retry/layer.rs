@@ -8,7 +8,6 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::{backoff, should_retry};
 use crate::body::{self, Body};
-use crate::model::RequestContext;
 use crate::route::RouteDecision;
 use crate::ProxyError;
 
@@ -105,12 +104,9 @@ fn replay(req: &Request<Body>) -> Request<Body> {
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    if let Some(c) = req.extensions().get::<RequestContext>() {
-        copy.extensions_mut().insert(c.clone());
-    }
-    if let Some(d) = req.extensions().get::<RouteDecision>() {
-        copy.extensions_mut().insert(d.clone());
-    }
+    // Every extension: the context and route decision, and what telemetry attached
+    // (each attempt records into the same request log and trace).
+    *copy.extensions_mut() = req.extensions().clone();
     copy
 }
 

@@ -77,6 +77,9 @@ where
     let mut mirrors = Vec::new();
     if let Some(sel) = &selection.rule {
         tracing::debug!(route = %sel.route.name, rule = sel.rule_index, "matched");
+        if let Some(log) = req.extensions().get::<crate::model::RequestLog>() {
+            log.set_route(&sel.route);
+        }
         for f in sel.filters() {
             match f {
                 Filter::Redirect(r) => {

@@ -1,5 +1,10 @@
-//! Readiness (`/healthz/ready` on 15021) and the admin API (`/ready`, `/config_dump`,
-//! `/stats`, `/quitquitquit` on 127.0.0.1:15000), served by Pingora HTTP services.
+//! Readiness (`/healthz/ready` on 15021), the admin API (`/ready`, `/config_dump`,
+//! `/stats`, `/stats/prometheus`, `/quitquitquit` on 127.0.0.1:15000) and the metrics
+//! listener (`/stats/prometheus` on 15020), served by Pingora HTTP services.
+
+mod prometheus;
+
+pub use prometheus::Metrics;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -134,6 +139,7 @@ impl ServeHttp for Admin {
                 ),
             },
             "/stats" => text(StatusCode::OK, self.stats(), "text/plain"),
+            "/stats/prometheus" => prometheus::response(&self.proxy),
             "/quitquitquit" if method == Method::POST => {
                 tracing::info!("shutdown requested over the admin API");
                 // Answer first, then start the shutdown.

@@ -35,6 +35,12 @@ pub struct RunArgs {
     /// Admin listener.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
+    /// Prometheus metrics listener (`/stats/prometheus`, as pilot-agent's 15020 serves it).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
+    /// Cluster id reported in telemetry (Istio's CLUSTER_ID).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
     /// Worker threads (default: one per core).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -97,6 +103,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             trust_domain: args.trust_domain.clone(),
             detect_timeout: Duration::from_millis(args.detect_timeout_ms),
             drain_timeout: Duration::from_secs(args.drain_timeout),
+            cluster_id: args.cluster_id.clone(),
         },
     );
     let interval = Duration::from_millis(args.watch_interval_ms);
@@ -120,6 +127,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             hbone_addr: args.hbone_addr,
             ready_addr: args.ready_addr,
             admin_addr: args.admin_addr,
+            metrics_addr: args.metrics_addr,
             threads,
         },
         tasks,

@@ -35,6 +35,8 @@ use super::body::{channel, BodySender};
 use super::headers::strip_hop_by_hop;
 use crate::hbone::{settings, H2Stream};
 use crate::state::{Gauge, Proxy};
+use crate::telemetry::labels::PeerLabels;
+use crate::telemetry::request::{header_bytes, Outcome, RequestTelemetry};
 use crate::upstream::Forward;
 
 /// The per-tunnel HTTP application handed to Pingora.
@@ -42,6 +44,8 @@ struct TunnelApp {
     proxy: Arc<Proxy>,
     info: Arc<TunnelInfo>,
     options: HttpServerOptions,
+    /// The source end's metric labels, computed on the tunnel's first request.
+    source: std::sync::OnceLock<Arc<PeerLabels>>,
 }
 
 /// Serves HTTP/1.1 (`h2c == false`) or HTTP/2 prior knowledge on one tunnel.
@@ -58,6 +62,7 @@ pub async fn serve(
         proxy,
         info,
         options,
+        source: Default::default(),
     });
     app.process_new(Box::new(stream), &shutdown).await;
 }
@@ -131,18 +136,46 @@ struct RequestBody {
     tx: Option<BodySender>,
     pending: Option<Result<Frame<Bytes>, filters::body::BoxError>>,
     done: bool,
+    /// Body bytes read from the client.
+    received: u64,
+}
+
+/// What was written downstream for one response.
+#[derive(Default)]
+struct Sent {
+    body: u64,
+    grpc_status: Option<u16>,
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 impl TunnelApp {
     /// Runs one request; returns whether the connection may carry another.
     async fn exchange(&self, session: &mut ServerSession) -> bool {
-        let (req, mut body) = match self.request(session) {
+        let (mut req, mut body) = match self.request(session) {
             Ok(r) => r,
             Err((status, why)) => {
                 let resp = local(status, why);
-                return write_response(session, resp, &mut RequestBody::done()).await;
+                let mut sent = Sent::default();
+                return write_response(session, resp, &mut RequestBody::done(), &mut sent).await;
             }
         };
+        let snapshot = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.snapshot.clone())
+            .expect("request() attaches the context");
+        let telemetry = RequestTelemetry::begin(
+            &self.proxy.telemetry,
+            snapshot.clone(),
+            self.info.clone(),
+            &mut req,
+        );
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let grpc = req
@@ -167,25 +200,52 @@ impl TunnelApp {
                 _ = body.pump(session), if !body.done => {}
             }
         };
-        let mut resp = match result {
-            Ok(resp) => resp,
+        let (mut resp, flags, details) = match result {
+            Ok(resp) => (resp, "-", "via_upstream".to_string()),
             Err(e) => {
                 tracing::info!(%method, path, error = %e, status = e.status().as_u16(), flag = e.response_flag(), "request failed");
-                if grpc {
+                let resp = if grpc {
                     e.to_grpc_response()
                 } else {
                     e.to_response()
-                }
+                };
+                (resp, e.response_flag(), e.details())
             }
         };
         tracing::debug!(%method, path, status = resp.status().as_u16(), "response");
-        if upgrade_req && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return upgrade(session, resp).await;
-        }
-        if session.is_http2() {
-            resp.headers_mut().remove(header::CONNECTION);
-        }
-        write_response(session, resp, &mut body).await
+        let mut outcome = Outcome {
+            code: resp.status().as_u16(),
+            flags,
+            details,
+            response_header_bytes: header_bytes(resp.headers()) + 16,
+            grpc_status: grpc_status(resp.headers()),
+            response_headers: telemetry
+                .wants_response_headers()
+                .then(|| resp.headers().clone()),
+            ..Default::default()
+        };
+        let reusable = if upgrade_req && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            upgrade(session, resp).await
+        } else {
+            if session.is_http2() {
+                resp.headers_mut().remove(header::CONNECTION);
+            }
+            let mut sent = Sent::default();
+            let reusable = write_response(session, resp, &mut body, &mut sent).await;
+            outcome.body_sent = sent.body;
+            outcome.grpc_status = sent.grpc_status.or(outcome.grpc_status);
+            reusable
+        };
+        outcome.body_received = body.received;
+        let source = self.source.get_or_init(|| {
+            Arc::new(PeerLabels::source(
+                &self.info,
+                &snapshot,
+                &self.proxy.telemetry.metrics.cluster,
+            ))
+        });
+        telemetry.finish(&self.proxy.telemetry, source, outcome);
+        reusable
     }
 
     /// Converts the session's request into an `http::Request` bound to this tunnel.
@@ -235,6 +295,7 @@ impl TunnelApp {
                     tx: Some(tx),
                     pending: None,
                     done: false,
+                    received: 0,
                 },
             )
         };
@@ -253,6 +314,7 @@ impl RequestBody {
             tx: None,
             pending: None,
             done: true,
+            received: 0,
         }
     }
 
@@ -283,7 +345,10 @@ impl RequestBody {
             return;
         }
         match session.read_request_body().await {
-            Ok(Some(data)) => self.pending = Some(Ok(Frame::data(data))),
+            Ok(Some(data)) => {
+                self.received += data.len() as u64;
+                self.pending = Some(Ok(Frame::data(data)));
+            }
             Ok(None) => {
                 self.tx = None;
                 self.done = true;
@@ -328,6 +393,7 @@ async fn write_response(
     session: &mut ServerSession,
     resp: Response<Body>,
     body: &mut RequestBody,
+    sent: &mut Sent,
 ) -> bool {
     let (mut parts, mut resp_body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
@@ -345,8 +411,10 @@ async fn write_response(
                 Some(Ok(frame)) => {
                     let written = if frame.is_data() {
                         let data = frame.into_data().expect("is data");
+                        sent.body += data.len() as u64;
                         session.write_response_body(data, false).await
                     } else if let Ok(trailers) = frame.into_trailers() {
+                        sent.grpc_status = grpc_status(&trailers).or(sent.grpc_status);
                         session.write_response_trailers(trailers).await
                     } else {
                         Ok(())

@@ -1,40 +1,83 @@
 //! TCP inside a tunnel: the bytes are copied to the chosen endpoint unchanged, each
-//! direction closed separately (half-close respected).
+//! direction closed separately (half-close respected). Istio's TCP metrics are recorded
+//! when the tunnel ends.
 
 use std::sync::Arc;
 
 use filters::balance;
-use filters::model::TunnelInfo;
+use filters::model::{Target, TunnelInfo, Workload};
 use filters::route::Backend;
 
 use crate::hbone::H2Stream;
 use crate::state::Proxy;
+use crate::telemetry::labels::PeerLabels;
+use crate::telemetry::metrics::TcpKey;
 
 /// Copies the tunnel to an endpoint of its target until both directions end.
-pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, mut stream: H2Stream) {
-    if let Err(policy) = authorize(&proxy, &info) {
+pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
+    let snapshot = proxy.config.current();
+    let metrics = &proxy.telemetry.metrics;
+    let source = Arc::new(PeerLabels::source(&info, &snapshot, &metrics.cluster));
+    let service = match &info.target {
+        Target::Service { service, .. } => Some(service.clone()),
+        Target::Workload { .. } => None,
+    };
+    let key = |workload: Option<&Arc<Workload>>, flags| TcpKey {
+        source: source.clone(),
+        destination: metrics
+            .destinations
+            .get(service.as_ref(), workload, &metrics.cluster),
+        flags,
+    };
+    // Opened is counted when the connection is set up (or fails to be), closed at the end.
+    let was_opened = std::sync::atomic::AtomicBool::new(false);
+    let (flags, workload, sent, received) = copy(&proxy, &info, stream, |w| {
+        metrics.tcp_opened(&key(w, "-"));
+        was_opened.store(true, std::sync::atomic::Ordering::Relaxed);
+    })
+    .await;
+    if !was_opened.load(std::sync::atomic::Ordering::Relaxed) {
+        metrics.tcp_opened(&key(workload.as_ref(), flags));
+    }
+    metrics.tcp_closed(&key(workload.as_ref(), flags), sent, received);
+}
+
+/// Runs the tunnel; returns the response flags, the endpoint's workload and the bytes
+/// sent to and received from the client. `opened` runs once the upstream is connected.
+async fn copy(
+    proxy: &Proxy,
+    info: &TunnelInfo,
+    mut stream: H2Stream,
+    opened: impl FnOnce(Option<&Arc<Workload>>),
+) -> (&'static str, Option<Arc<Workload>>, u64, u64) {
+    if let Err(policy) = authorize(proxy, info) {
         tracing::info!(%policy, peer = %info.peer, "TCP tunnel denied by authorization");
-        return;
+        return ("-", None, 0, 0);
     }
     let picked = match balance::pick(&Backend::of_target(&info.target)) {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: no endpoint");
-            return;
+            return (e.response_flag(), None, 0, 0);
         }
     };
     let mut upstream = match proxy.upstream.connect(&picked).await {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: connect failed");
-            return;
+            return (e.response_flag(), Some(picked.workload), 0, 0);
         }
     };
+    opened(Some(&picked.workload));
     match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
-        Ok((sent, received)) => {
-            tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel finished")
+        Ok((received, sent)) => {
+            tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel finished");
+            ("-", Some(picked.workload), sent, received)
         }
-        Err(e) => tracing::debug!(endpoint = %picked.address, error = %e, "TCP tunnel failed"),
+        Err(e) => {
+            tracing::debug!(endpoint = %picked.address, error = %e, "TCP tunnel failed");
+            ("-", Some(picked.workload), 0, 0)
+        }
     }
 }
 

@@ -16,6 +16,8 @@ pub struct WaypointProcess {
     pub ready: SocketAddr,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// Prometheus metrics listener.
+    pub metrics: SocketAddr,
 }
 
 /// Where the waypoint's certificate files are.
@@ -47,9 +49,25 @@ impl WaypointProcess {
         certs: &CertFiles,
         extra: &[&str],
     ) -> std::io::Result<Self> {
-        let [h, r, a] = free_ports::<3>();
+        Self::spawn_with_stdout(bin, config, certs, extra, None)
+    }
+
+    /// As [`WaypointProcess::spawn`], writing the process's stdout (access logs) to
+    /// `stdout` when given.
+    pub fn spawn_with_stdout(
+        bin: &Path,
+        config: &Path,
+        certs: &CertFiles,
+        extra: &[&str],
+        stdout: Option<&Path>,
+    ) -> std::io::Result<Self> {
+        let out = match stdout {
+            Some(p) => Stdio::from(std::fs::File::create(p)?),
+            None => Stdio::inherit(),
+        };
+        let [h, r, a, m] = free_ports::<4>();
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let (hbone, ready, admin) = (addr(h), addr(r), addr(a));
+        let (hbone, ready, admin, metrics) = (addr(h), addr(r), addr(a), addr(m));
         let child = Command::new(bin)
             .arg("run")
             .arg("--config")
@@ -63,14 +81,17 @@ impl WaypointProcess {
             .args(["--hbone-addr", &hbone.to_string()])
             .args(["--ready-addr", &ready.to_string()])
             .args(["--admin-addr", &admin.to_string()])
+            .args(["--metrics-addr", &metrics.to_string()])
             .args(extra)
             .stdin(Stdio::null())
+            .stdout(out)
             .spawn()?;
         Ok(Self {
             child,
             hbone,
             ready,
             admin,
+            metrics,
         })
     }
 

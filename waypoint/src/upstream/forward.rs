@@ -12,6 +12,9 @@ use filters::ProxyError;
 use http::{header, Request, Response, Uri, Version};
 
 use crate::state::Proxy;
+use crate::telemetry::trace::RequestTrace;
+use filters::model::RequestLog;
+use opentelemetry::KeyValue;
 
 /// Forwards routed requests upstream.
 #[derive(Clone)]
@@ -47,6 +50,15 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         .remove::<RouteDecision>()
         .ok_or_else(|| ProxyError::Internal("request reached upstream without a route".into()))?;
     let picked = balance::pick(&decision.backend)?;
+    let log = req.extensions_mut().remove::<RequestLog>();
+    let trace = req.extensions_mut().remove::<RequestTrace>();
+    if let Some(log) = &log {
+        let service = match &decision.backend {
+            Backend::Service { service, port } => Some((service.clone(), *port)),
+            Backend::Workload { .. } => None,
+        };
+        log.attempt(service, &picked.workload, picked.address);
+    }
     let port_h2 = match &decision.backend {
         Backend::Service { service, port } => {
             service.port(*port).is_some_and(|p| p.protocol.prefers_h2())
@@ -73,10 +85,38 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         *req.version_mut() = Version::HTTP_11;
     }
     tracing::debug!(endpoint = %picked.address, workload = %picked.workload.name, h2, "forwarding");
-    let resp = proxy
+    let span = trace.map(|t| {
+        let cluster = match &decision.backend {
+            Backend::Service { service, port } => {
+                format!("inbound-vip|{port}|http|{}", service.hostname)
+            }
+            Backend::Workload { port, .. } => {
+                format!("inbound-pod|{port}||{}", picked.address.ip())
+            }
+        };
+        let attrs = vec![
+            KeyValue::new("http.request.method", req.method().as_str().to_string()),
+            KeyValue::new("server.address", picked.address.ip().to_string()),
+            KeyValue::new("server.port", picked.address.port() as i64),
+            KeyValue::new("upstream_cluster", cluster.clone()),
+            KeyValue::new("peer.service", picked.workload.name.to_string()),
+        ];
+        t.start_client(format!("router {cluster} egress"), req.headers_mut(), attrs)
+    });
+    let started = std::time::Instant::now();
+    let result = proxy
         .upstream
         .http
         .send(&proxy.upstream, &picked, h2, req)
-        .await?;
-    Ok(resp.map(Body::new))
+        .await;
+    if let Some(log) = &log {
+        log.set_service_time(started.elapsed());
+    }
+    if let Some(span) = span {
+        span.end(match &result {
+            Ok(r) => Ok(r.status().as_u16()),
+            Err(e) => Err(e.response_flag().to_string()),
+        });
+    }
+    Ok(result?.map(Body::new))
 }

@@ -35,6 +35,8 @@ pub struct Spec {
     pub apps: HashMap<u16, App>,
     pub extra_args: Vec<&'static str>,
     pub extra_yaml: Vec<String>,
+    /// Capture the waypoint's stdout in `<dir>/stdout.log`.
+    pub capture_stdout: bool,
 }
 
 impl Default for Spec {
@@ -49,6 +51,7 @@ impl Default for Spec {
             apps: HashMap::new(),
             extra_args: vec![],
             extra_yaml: vec![],
+            capture_stdout: false,
         }
     }
 }
@@ -117,8 +120,15 @@ impl Harness {
             &log,
         ];
         args.extend(spec.extra_args.iter());
-        let mut wp =
-            WaypointProcess::spawn(&bin(), &config, &CertFiles::in_dir(dir.path()), &args).unwrap();
+        let stdout = dir.path().join("stdout.log");
+        let mut wp = WaypointProcess::spawn_with_stdout(
+            &bin(),
+            &config,
+            &CertFiles::in_dir(dir.path()),
+            &args,
+            spec.capture_stdout.then_some(stdout.as_path()),
+        )
+        .unwrap();
         wp.wait_ready(Duration::from_secs(30)).await.unwrap();
         Self {
             dir,
@@ -160,6 +170,21 @@ impl Harness {
             .sum()
     }
 
+    /// What the waypoint wrote to stdout (with `capture_stdout`).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// The Prometheus page of the metrics listener, parsed.
+    pub async fn prometheus(&self) -> Vec<Sample> {
+        let (status, body) =
+            waypoint::testing::process::http_get(self.wp.metrics, "/stats/prometheus")
+                .await
+                .unwrap();
+        assert_eq!(status, 200);
+        parse_prometheus(&body)
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -199,4 +224,87 @@ pub async fn body_bytes(resp: Response<hyper::body::Incoming>) -> Bytes {
 
 pub async fn json(resp: Response<hyper::body::Incoming>) -> serde_json::Value {
     serde_json::from_slice(&body_bytes(resp).await).unwrap()
+}
+
+/// One Prometheus sample: name, labels, value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, k: &str) -> &str {
+        self.labels.get(k).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Parses the Prometheus text format strictly enough to catch malformed output: every
+/// non-comment line must be `name{k="v",...} value` or `name value`.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (head, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let (name, labels) = match head.split_once('{') {
+            None => (head.to_string(), HashMap::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels in {line}"));
+                let mut labels = HashMap::new();
+                let mut chars = body.chars().peekable();
+                while chars.peek().is_some() {
+                    let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+                    assert_eq!(chars.next(), Some('"'), "bad label in {line}");
+                    let mut val = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('\\') => match chars.next() {
+                                Some('n') => val.push('\n'),
+                                Some(c) => val.push(c),
+                                None => panic!("bad escape in {line}"),
+                            },
+                            Some('"') => break,
+                            Some(c) => val.push(c),
+                            None => panic!("unterminated label in {line}"),
+                        }
+                    }
+                    labels.insert(key, val);
+                    if chars.peek() == Some(&',') {
+                        chars.next();
+                    }
+                }
+                (name.to_string(), labels)
+            }
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad name in {line}"
+        );
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// The sum of `name` over samples whose labels include all of `labels`.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == *v))
+        .map(|s| s.value)
+        .sum()
 }

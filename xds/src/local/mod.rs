@@ -12,6 +12,7 @@ pub mod mesh;
 mod objects;
 mod parse;
 pub mod routes;
+pub mod telemetry;
 mod translate;
 mod watch;
 

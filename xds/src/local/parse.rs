@@ -19,6 +19,7 @@ pub struct Objects {
     pub(crate) policies: Vec<(String, super::authz::AuthorizationPolicy)>,
     pub(crate) authentications: Vec<(String, super::authn::RequestAuthentication)>,
     pub(crate) config_maps: Vec<(String, super::mesh::ConfigMap)>,
+    pub(crate) telemetries: Vec<(String, super::telemetry::Telemetry)>,
 }
 
 /// Parses a multi-document YAML text of Kubernetes objects.
@@ -90,6 +91,7 @@ impl Objects {
             ("security.istio.io", "RequestAuthentication") => {
                 self.authentications.push(typed(value, &label)?)
             }
+            ("telemetry.istio.io", "Telemetry") => self.telemetries.push(typed(value, &label)?),
             ("security.istio.io", "AuthorizationPolicy") => {
                 self.policies.push(typed(value, &label)?)
             }

@@ -166,6 +166,13 @@ pub fn translate_with_status(
     };
     let (tables, statuses) = super::routes::attach(&inputs, &by_name, &gw_name);
     snapshot.set_routes(tables);
+    let mesh = super::mesh::mesh_config(&objects.config_maps, &options.root_namespace)?;
+    snapshot.set_telemetry(super::telemetry::build(
+        &objects.telemetries,
+        &mesh,
+        &gw_name,
+        &options.root_namespace,
+    )?);
     snapshot.set_authz(super::authz::bind(
         &objects.policies,
         &gw_name,

@@ -1,0 +1,81 @@
+//! Telemetry settings: access logs and tracing, as MeshConfig and `Telemetry` resources (or
+//! the HTTP connection manager's configuration over xDS) describe them.
+
+use serde::Serialize;
+
+/// Telemetry settings in force for this waypoint.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TelemetryConfig {
+    /// Access logging; `None` is off (the default).
+    pub access_log: Option<AccessLogConfig>,
+    /// Tracing; `None` is off.
+    pub tracing: Option<TracingConfig>,
+    /// `istio.mesh_id` reported in spans.
+    pub mesh_id: String,
+}
+
+/// How access log lines are written (always to stdout).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum AccessLogConfig {
+    /// Envoy's text format; `None` is Istio's default format string.
+    Text(Option<String>),
+    /// JSON; `None` is Istio's default JSON keys, else `key -> Envoy format string`.
+    Json(Option<Vec<(String, String)>>),
+}
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TracingConfig {
+    /// The MeshConfig provider name.
+    pub provider: String,
+    /// The collector: `host:port`.
+    pub endpoint: String,
+    /// gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`) or HTTP.
+    pub protocol: OtlpProtocol,
+    /// Export timeout.
+    pub timeout: std::time::Duration,
+    /// Percentage (0 to 100) of requests without a sampling decision that are traced.
+    pub sampling_percentage: f64,
+    /// Extra span attributes.
+    pub custom_tags: Vec<(String, CustomTag)>,
+    /// Longest attribute value; longer values are truncated.
+    pub max_tag_length: usize,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC.
+    Grpc {
+        /// Metadata sent with each export.
+        metadata: Vec<(String, String)>,
+    },
+    /// OTLP/HTTP (protobuf) to `path`.
+    Http {
+        /// The request path, `/v1/traces` by default.
+        path: String,
+        /// Headers sent with each export.
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// A custom span attribute's value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum CustomTag {
+    /// A fixed value.
+    Literal(String),
+    /// An environment variable of the proxy, with a default.
+    Environment {
+        /// Variable name.
+        name: String,
+        /// Used when it is unset.
+        default: Option<String>,
+    },
+    /// A request header, with a default.
+    Header {
+        /// Header name.
+        name: String,
+        /// Used when the header is absent.
+        default: Option<String>,
+    },
+}

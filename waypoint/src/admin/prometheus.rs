@@ -1,0 +1,179 @@
+//! `/stats/prometheus`: Istio's standard metrics plus the proxy's own health metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+
+use crate::state::Proxy;
+use crate::telemetry::metrics::prometheus::{family, labels, sample, CONTENT_TYPE};
+
+/// The metrics listener (`--metrics-addr`, 15020 by default).
+pub struct Metrics {
+    proxy: Arc<Proxy>,
+}
+
+impl Metrics {
+    /// Metrics over the shared state.
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self { proxy }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Metrics {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/stats/prometheus" | "/metrics" => response(&self.proxy),
+            _ => super::text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+        }
+    }
+}
+
+/// The Prometheus page.
+pub fn response(proxy: &Proxy) -> Response<Vec<u8>> {
+    super::text(StatusCode::OK, render(proxy), CONTENT_TYPE)
+}
+
+/// Renders every metric family.
+pub fn render(proxy: &Proxy) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let t = &proxy.telemetry;
+    t.metrics.render(&mut out);
+    let s = &proxy.stats;
+    let u = &proxy.upstream;
+    let snapshot = proxy.config.current();
+    let gauges = [
+        (
+            "waypoint_hbone_connections",
+            "Downstream HBONE connections open.",
+            s.hbone_connections.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "waypoint_hbone_tunnels",
+            "Downstream CONNECT tunnels open.",
+            s.tunnels.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "waypoint_requests_in_flight",
+            "HTTP requests in flight.",
+            s.requests_in_flight.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "waypoint_upstream_hbone_connections",
+            "Pooled upstream HBONE connections.",
+            u.hbone.open_connections() as u64,
+        ),
+        (
+            "waypoint_config_version",
+            "Version of the configuration in force.",
+            snapshot.version,
+        ),
+        (
+            "waypoint_metrics_series",
+            "Istio metric series held.",
+            t.metrics.series() as u64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        family(&mut out, name, "gauge", help);
+        sample(&mut out, name, "", v);
+    }
+    let (logged, log_dropped) = t.access_log.counts();
+    let counters = [
+        (
+            "waypoint_requests_total",
+            "HTTP requests completed.",
+            s.requests_total.load(Ordering::Relaxed),
+        ),
+        (
+            "waypoint_upstream_hbone_handshakes_total",
+            "Upstream HBONE TLS handshakes.",
+            u.hbone.handshakes(),
+        ),
+        (
+            "waypoint_upstream_http_connects_total",
+            "Upstream HTTP connections opened.",
+            u.http.connects(),
+        ),
+        (
+            "waypoint_config_rejected_total",
+            "Configurations rejected.",
+            proxy.config.rejected(),
+        ),
+        (
+            "waypoint_metrics_series_overflow_total",
+            "Samples not recorded: their series would exceed the cap.",
+            t.metrics.overflow(),
+        ),
+        (
+            "waypoint_access_log_lines_total",
+            "Access log lines written.",
+            logged,
+        ),
+        (
+            "waypoint_access_log_dropped_total",
+            "Access log lines dropped (stdout blocked).",
+            log_dropped,
+        ),
+        (
+            "waypoint_spans_exported_total",
+            "Spans accepted by the collector.",
+            t.tracing.stats.exported.load(Ordering::Relaxed),
+        ),
+        (
+            "waypoint_spans_dropped_total",
+            "Spans dropped (queue full, export failed or timed out).",
+            t.tracing.stats.dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "waypoint_span_export_failures_total",
+            "Span export calls that failed.",
+            t.tracing.stats.failed_exports.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, v) in counters {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, "", v);
+    }
+    family(
+        &mut out,
+        "waypoint_authz_decisions_total",
+        "counter",
+        "Authorization decisions.",
+    );
+    for (decision, v) in [
+        (
+            "allow",
+            filters::authz::DECISIONS.allowed.load(Ordering::Relaxed),
+        ),
+        (
+            "deny",
+            filters::authz::DECISIONS.denied.load(Ordering::Relaxed),
+        ),
+    ] {
+        let mut l = String::new();
+        labels(&mut l, &[("decision", decision)]);
+        sample(&mut out, "waypoint_authz_decisions_total", &l, v);
+    }
+    family(
+        &mut out,
+        "waypoint_authz_policy_matched_total",
+        "counter",
+        "Requests each authorization policy matched.",
+    );
+    for p in snapshot.authz.all() {
+        let mut l = String::new();
+        labels(&mut l, &[("policy", &p.name.to_string())]);
+        sample(
+            &mut out,
+            "waypoint_authz_policy_matched_total",
+            &l,
+            p.matched.load(Ordering::Relaxed),
+        );
+    }
+    out
+}

@@ -1,0 +1,265 @@
+//! Istio's standard metric labels for the two ends of a request.
+//!
+//! The source end comes from the CONNECT request's `baggage` header (as ztunnel sends it:
+//! `k8s.namespace.name`, `k8s.deployment.name`, `service.name`, `service.version`, ...),
+//! completed from the peer certificate and, failing that, from the source pod the snapshot
+//! knows by IP. The destination end comes from the Service and pod the request went to.
+//! Every value is bounded in length so that a peer cannot inflate memory.
+
+use std::sync::Arc;
+
+use filters::model::{Service, Snapshot, TunnelInfo, Workload};
+
+/// Longest label value kept; longer values are cut.
+const MAX_VALUE: usize = 128;
+
+/// Labels describing one end (source or destination) of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct PeerLabels {
+    /// Workload name (Deployment, StatefulSet, ... or pod).
+    pub workload: String,
+    /// Workload namespace.
+    pub namespace: String,
+    /// SPIFFE identity.
+    pub principal: String,
+    /// `app` label.
+    pub app: String,
+    /// `version` label.
+    pub version: String,
+    /// Canonical service (`service.istio.io/canonical-name`).
+    pub canonical_service: String,
+    /// Canonical revision (`service.istio.io/canonical-revision`).
+    pub canonical_revision: String,
+    /// Cluster id.
+    pub cluster: String,
+}
+
+/// The Service end of the destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ServiceLabels {
+    /// Service hostname (`name.namespace.svc.cluster.local`).
+    pub host: String,
+    /// Service name.
+    pub name: String,
+    /// Service namespace.
+    pub namespace: String,
+}
+
+const UNKNOWN: &str = "unknown";
+
+fn bounded(v: &str) -> String {
+    if v.len() <= MAX_VALUE {
+        return v.to_string();
+    }
+    let mut end = MAX_VALUE;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].to_string()
+}
+
+impl PeerLabels {
+    /// Labels of a tunnel's source workload.
+    pub fn source(info: &TunnelInfo, snapshot: &Snapshot, cluster: &str) -> Self {
+        let mut l = PeerLabels {
+            principal: bounded(&info.peer.to_string()),
+            namespace: bounded(&info.peer.namespace),
+            cluster: cluster.to_string(),
+            ..Default::default()
+        };
+        let pod = info.source_ip.and_then(|ip| snapshot.workload(ip));
+        if let Some(w) = pod {
+            l.fill_from_workload(w);
+        }
+        if let Some(baggage) = &info.baggage {
+            l.apply_baggage(baggage);
+        }
+        l.fill_unknown();
+        l
+    }
+
+    /// Labels of a destination pod.
+    pub fn destination(workload: Option<&Workload>, cluster: &str) -> Self {
+        let mut l = PeerLabels {
+            cluster: cluster.to_string(),
+            ..Default::default()
+        };
+        if let Some(w) = workload {
+            l.principal = bounded(&w.identity.to_string());
+            l.fill_from_workload(w);
+        }
+        l.fill_unknown();
+        l
+    }
+
+    fn fill_from_workload(&mut self, w: &Workload) {
+        let label = |k: &str| w.labels.get(k).map(String::as_str);
+        self.namespace = bounded(&w.name.namespace);
+        self.workload = bounded(&workload_name(w));
+        self.app = bounded(label("app").unwrap_or_default());
+        self.version = bounded(label("version").unwrap_or_default());
+        self.canonical_service = bounded(
+            label("service.istio.io/canonical-name")
+                .or(label("app.kubernetes.io/name"))
+                .or(label("app"))
+                .unwrap_or(&self.workload.clone()),
+        );
+        self.canonical_revision = bounded(
+            label("service.istio.io/canonical-revision")
+                .or(label("app.kubernetes.io/version"))
+                .or(label("version"))
+                .unwrap_or("latest"),
+        );
+    }
+
+    /// Applies ztunnel's baggage (`key=value` pairs separated by commas).
+    fn apply_baggage(&mut self, baggage: &str) {
+        for member in baggage.split(',').take(32) {
+            let Some((k, v)) = member.split_once('=') else {
+                continue;
+            };
+            // Properties after ';' are not used.
+            let v = v.split(';').next().unwrap_or_default().trim();
+            if v.is_empty() {
+                continue;
+            }
+            match k.trim() {
+                "k8s.cluster.name" => self.cluster = bounded(v),
+                "k8s.namespace.name" => self.namespace = bounded(v),
+                "k8s.deployment.name"
+                | "k8s.statefulset.name"
+                | "k8s.daemonset.name"
+                | "k8s.job.name"
+                | "k8s.cronjob.name"
+                | "k8s.replicaset.name"
+                | "k8s.pod.name" => self.workload = bounded(v),
+                "service.name" => self.canonical_service = bounded(v),
+                "service.version" => self.canonical_revision = bounded(v),
+                "app.name" => self.app = bounded(v),
+                "app.version" => self.version = bounded(v),
+                _ => {}
+            }
+        }
+    }
+
+    fn fill_unknown(&mut self) {
+        for v in [
+            &mut self.workload,
+            &mut self.namespace,
+            &mut self.principal,
+            &mut self.app,
+            &mut self.version,
+            &mut self.canonical_service,
+            &mut self.canonical_revision,
+            &mut self.cluster,
+        ] {
+            if v.is_empty() {
+                *v = UNKNOWN.into();
+            }
+        }
+    }
+}
+
+impl ServiceLabels {
+    /// Labels of the destination Service.
+    pub fn of(service: Option<&Service>) -> Self {
+        match service {
+            Some(s) => Self {
+                host: bounded(&s.hostname),
+                name: bounded(&s.name.name),
+                namespace: bounded(&s.name.namespace),
+            },
+            None => Self {
+                host: UNKNOWN.into(),
+                name: UNKNOWN.into(),
+                namespace: UNKNOWN.into(),
+            },
+        }
+    }
+}
+
+/// The workload a pod belongs to: a Deployment's pods are `<deployment>-<rs hash>-<pod
+/// hash>` and carry `pod-template-hash`; other pods are their own workload.
+fn workload_name(w: &Workload) -> String {
+    let name = &w.name.name;
+    if let Some(hash) = w.labels.get("pod-template-hash") {
+        let rs_suffix = format!("-{hash}-");
+        if let Some(i) = name.rfind(&rs_suffix) {
+            return name[..i].to_string();
+        }
+    }
+    name.clone()
+}
+
+/// The destination ends of a request: the Service and the pod, cached by identity of the
+/// snapshot objects so that steady traffic does not rebuild label strings.
+#[derive(Default)]
+pub struct DestinationCache {
+    map: std::sync::Mutex<std::collections::HashMap<(usize, usize), CachedDestination>>,
+}
+
+struct CachedDestination {
+    // Held so the addresses used as keys are not reused while cached.
+    _service: Option<Arc<Service>>,
+    _workload: Option<Arc<Workload>>,
+    labels: Arc<(ServiceLabels, PeerLabels)>,
+}
+
+/// Entries kept before the cache starts over (snapshots replace objects over time).
+const CACHE_LIMIT: usize = 4096;
+
+impl DestinationCache {
+    /// The labels for `service` and `workload`.
+    pub fn get(
+        &self,
+        service: Option<&Arc<Service>>,
+        workload: Option<&Arc<Workload>>,
+        cluster: &str,
+    ) -> Arc<(ServiceLabels, PeerLabels)> {
+        let key = (
+            service.map_or(0, |s| Arc::as_ptr(s) as usize),
+            workload.map_or(0, |w| Arc::as_ptr(w) as usize),
+        );
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = map.get(&key) {
+            return hit.labels.clone();
+        }
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+        let labels = Arc::new((
+            ServiceLabels::of(service.map(|s| &**s)),
+            PeerLabels::destination(workload.map(|w| &**w), cluster),
+        ));
+        map.insert(
+            key,
+            CachedDestination {
+                _service: service.cloned(),
+                _workload: workload.cloned(),
+                labels: labels.clone(),
+            },
+        );
+        labels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baggage_overrides_and_values_are_bounded() {
+        let mut l = PeerLabels::default();
+        let long = "x".repeat(500);
+        l.apply_baggage(&format!(
+            "k8s.cluster.name=c1, k8s.namespace.name=ns1,k8s.deployment.name=sleep,service.name=sleep-svc;p=1,service.version={long},bogus"
+        ));
+        l.fill_unknown();
+        assert_eq!(l.cluster, "c1");
+        assert_eq!(l.namespace, "ns1");
+        assert_eq!(l.workload, "sleep");
+        assert_eq!(l.canonical_service, "sleep-svc");
+        assert_eq!(l.canonical_revision.len(), MAX_VALUE);
+        assert_eq!(l.app, "unknown");
+    }
+}

@@ -1,0 +1,333 @@
+//! Istio's standard metrics, reported as `reporter="waypoint"`, and their registry.
+//!
+//! A series is keyed by label values that come from configuration (Services, pods), from
+//! the peer (baggage, identity; bounded in length) and from the response (code, flags).
+//! Paths and other request data never become labels. The number of series is capped:
+//! samples for series beyond the cap are counted in
+//! `waypoint_metrics_series_overflow_total` instead, so memory stays bounded whatever
+//! peers send.
+
+pub mod histogram;
+pub mod prometheus;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use histogram::{Histogram, BYTES, DURATION_MS};
+
+use super::labels::{DestinationCache, PeerLabels, ServiceLabels};
+
+/// Default cap on the number of series per metric family.
+pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
+
+/// The labels of one HTTP series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpKey {
+    /// The source end.
+    pub source: Arc<PeerLabels>,
+    /// The destination Service and pod.
+    pub destination: Arc<(ServiceLabels, PeerLabels)>,
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
+    /// HTTP status sent downstream.
+    pub code: u16,
+    /// gRPC status, for gRPC requests that got one.
+    pub grpc_status: Option<u16>,
+    /// Envoy response flags (`-` when none).
+    pub flags: &'static str,
+}
+
+/// The labels of one TCP series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TcpKey {
+    /// The source end.
+    pub source: Arc<PeerLabels>,
+    /// The destination Service and pod.
+    pub destination: Arc<(ServiceLabels, PeerLabels)>,
+    /// Envoy response flags (`-` when none).
+    pub flags: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct HttpSeries {
+    requests: u64,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TcpSeries {
+    opened: u64,
+    closed: u64,
+    sent: u64,
+    received: u64,
+}
+
+/// One finished HTTP request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSample {
+    /// From the first request byte to the last response byte.
+    pub duration_ms: f64,
+    /// Request headers and body.
+    pub request_bytes: u64,
+    /// Response headers and body.
+    pub response_bytes: u64,
+}
+
+/// The registry of Istio standard metrics.
+pub struct Metrics {
+    http: Mutex<HashMap<HttpKey, HttpSeries>>,
+    tcp: Mutex<HashMap<TcpKey, TcpSeries>>,
+    overflow: AtomicU64,
+    limit: usize,
+    /// Destination labels, cached.
+    pub destinations: DestinationCache,
+    /// The cluster id reported when a peer does not say.
+    pub cluster: String,
+}
+
+impl Metrics {
+    /// An empty registry holding at most `limit` series per family.
+    pub fn new(cluster: &str, limit: usize) -> Self {
+        Self {
+            http: Mutex::default(),
+            tcp: Mutex::default(),
+            overflow: AtomicU64::new(0),
+            limit,
+            destinations: DestinationCache::default(),
+            cluster: cluster.to_string(),
+        }
+    }
+
+    /// Records one finished HTTP request.
+    pub fn record_http(&self, key: HttpKey, sample: HttpSample) {
+        let mut map = self.http.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(&key) && map.len() >= self.limit {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let s = map.entry(key).or_insert_with(|| HttpSeries {
+            requests: 0,
+            duration: Histogram::new(DURATION_MS),
+            request_bytes: Histogram::new(BYTES),
+            response_bytes: Histogram::new(BYTES),
+        });
+        s.requests += 1;
+        s.duration.observe(sample.duration_ms);
+        s.request_bytes.observe(sample.request_bytes as f64);
+        s.response_bytes.observe(sample.response_bytes as f64);
+    }
+
+    /// Records a TCP connection opening.
+    pub fn tcp_opened(&self, key: &TcpKey) {
+        self.tcp_update(key, |s| s.opened += 1);
+    }
+
+    /// Records a TCP connection closing after `sent` bytes to the client and `received`
+    /// from it.
+    pub fn tcp_closed(&self, key: &TcpKey, sent: u64, received: u64) {
+        self.tcp_update(key, |s| {
+            s.closed += 1;
+            s.sent += sent;
+            s.received += received;
+        });
+    }
+
+    fn tcp_update(&self, key: &TcpKey, f: impl FnOnce(&mut TcpSeries)) {
+        let mut map = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get_mut(key) {
+            f(s);
+        } else if map.len() >= self.limit {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+        } else {
+            f(map.entry(key.clone()).or_default());
+        }
+    }
+
+    /// Samples dropped because their series would exceed the cap.
+    pub fn overflow(&self) -> u64 {
+        self.overflow.load(Ordering::Relaxed)
+    }
+
+    /// Number of HTTP and TCP series held.
+    pub fn series(&self) -> usize {
+        self.http.lock().map(|m| m.len()).unwrap_or(0)
+            + self.tcp.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Appends the Istio metric families in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use prometheus::{family, histogram, sample};
+        let http: Vec<(String, HttpSeries)> = {
+            let map = self.http.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|(k, s)| (http_labels(k), s.clone()))
+                .collect()
+        };
+        let tcp: Vec<(String, TcpSeries)> = {
+            let map = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|(k, s)| (tcp_labels(k), s.clone()))
+                .collect()
+        };
+        family(out, "istio_requests_total", "counter", "Requests handled.");
+        for (l, s) in &http {
+            sample(out, "istio_requests_total", l, s.requests);
+        }
+        for (name, help, pick) in [
+            (
+                "istio_request_duration_milliseconds",
+                "Request duration.",
+                (|s: &HttpSeries| &s.duration) as fn(&HttpSeries) -> &Histogram,
+            ),
+            (
+                "istio_request_bytes",
+                "Request size (headers and body).",
+                |s| &s.request_bytes,
+            ),
+            (
+                "istio_response_bytes",
+                "Response size (headers and body).",
+                |s| &s.response_bytes,
+            ),
+        ] {
+            family(out, name, "histogram", help);
+            for (l, s) in &http {
+                histogram(out, name, l, pick(s));
+            }
+        }
+        for (name, help, pick) in [
+            (
+                "istio_tcp_connections_opened_total",
+                "TCP connections opened.",
+                (|s: &TcpSeries| s.opened) as fn(&TcpSeries) -> u64,
+            ),
+            (
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed.",
+                |s| s.closed,
+            ),
+            (
+                "istio_tcp_sent_bytes_total",
+                "Bytes sent to clients over TCP.",
+                |s| s.sent,
+            ),
+            (
+                "istio_tcp_received_bytes_total",
+                "Bytes received from clients over TCP.",
+                |s| s.received,
+            ),
+        ] {
+            family(out, name, "counter", help);
+            for (l, s) in &tcp {
+                sample(out, name, l, pick(s));
+            }
+        }
+    }
+}
+
+fn peer_pairs<'a>(
+    source: &'a PeerLabels,
+    dest: &'a (ServiceLabels, PeerLabels),
+) -> [(&'static str, &'a str); 20] {
+    let (svc, d) = dest;
+    [
+        ("reporter", "waypoint"),
+        ("source_workload", &source.workload),
+        ("source_canonical_service", &source.canonical_service),
+        ("source_canonical_revision", &source.canonical_revision),
+        ("source_workload_namespace", &source.namespace),
+        ("source_principal", &source.principal),
+        ("source_app", &source.app),
+        ("source_version", &source.version),
+        ("source_cluster", &source.cluster),
+        ("destination_workload", &d.workload),
+        ("destination_workload_namespace", &d.namespace),
+        ("destination_principal", &d.principal),
+        ("destination_app", &d.app),
+        ("destination_version", &d.version),
+        ("destination_service", &svc.host),
+        ("destination_canonical_service", &d.canonical_service),
+        ("destination_canonical_revision", &d.canonical_revision),
+        ("destination_service_name", &svc.name),
+        ("destination_service_namespace", &svc.namespace),
+        ("destination_cluster", &d.cluster),
+    ]
+}
+
+fn http_labels(k: &HttpKey) -> String {
+    let code = k.code.to_string();
+    let grpc = k.grpc_status.map(|g| g.to_string()).unwrap_or_default();
+    let mut pairs: Vec<(&str, &str)> = peer_pairs(&k.source, &k.destination).to_vec();
+    pairs.extend([
+        ("request_protocol", k.protocol),
+        ("response_code", code.as_str()),
+        ("grpc_response_status", grpc.as_str()),
+        ("response_flags", k.flags),
+        ("connection_security_policy", "mutual_tls"),
+    ]);
+    let mut out = String::with_capacity(900);
+    prometheus::labels(&mut out, &pairs);
+    out
+}
+
+fn tcp_labels(k: &TcpKey) -> String {
+    let mut pairs: Vec<(&str, &str)> = peer_pairs(&k.source, &k.destination).to_vec();
+    pairs.extend([
+        ("request_protocol", "tcp"),
+        ("response_flags", k.flags),
+        ("connection_security_policy", "mutual_tls"),
+    ]);
+    let mut out = String::with_capacity(900);
+    prometheus::labels(&mut out, &pairs);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(code: u16, ns: &str) -> HttpKey {
+        let src = PeerLabels {
+            namespace: ns.into(),
+            ..Default::default()
+        };
+        HttpKey {
+            source: Arc::new(src),
+            destination: Arc::new(Default::default()),
+            protocol: "http",
+            code,
+            grpc_status: None,
+            flags: "-",
+        }
+    }
+
+    const S: HttpSample = HttpSample {
+        duration_ms: 3.0,
+        request_bytes: 100,
+        response_bytes: 2000,
+    };
+
+    #[test]
+    fn counts_per_series_and_caps_series() {
+        let m = Metrics::new("Kubernetes", 2);
+        m.record_http(key(200, "a"), S);
+        m.record_http(key(200, "a"), S);
+        m.record_http(key(503, "a"), S);
+        m.record_http(key(200, "b"), S);
+        assert_eq!(m.series(), 2);
+        assert_eq!(m.overflow(), 1);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("response_code=\"200\""), "{out}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains("\"200\""))
+            .unwrap();
+        assert!(line.ends_with(" 2"), "{line}");
+        assert!(out.contains("istio_request_duration_milliseconds_bucket{"));
+        assert!(out.contains("le=\"+Inf\"} 2"));
+    }
+}

@@ -1,0 +1,291 @@
+//! Telemetry for one HTTP request: begun when the request headers arrive, finished when
+//! the last response byte is written. Records the metric sample, the access log line and
+//! the SERVER span from the same facts.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use filters::access_log::HttpRecord;
+use filters::model::{RequestLog, Snapshot, Target, TunnelInfo};
+use http::{HeaderMap, Request};
+use opentelemetry::KeyValue;
+
+use super::labels::PeerLabels;
+use super::metrics::{HttpKey, HttpSample};
+use super::trace::ServerSpan;
+use super::Telemetry;
+
+/// How a request ended, as the HTTP handler saw it.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Status sent downstream.
+    pub code: u16,
+    /// Envoy response flags (`-` when none).
+    pub flags: &'static str,
+    /// `%RESPONSE_CODE_DETAILS%`.
+    pub details: String,
+    /// The response headers as sent (kept only when access logging is on).
+    pub response_headers: Option<HeaderMap>,
+    /// Size of the response headers.
+    pub response_header_bytes: u64,
+    /// Request body bytes received.
+    pub body_received: u64,
+    /// Response body bytes sent.
+    pub body_sent: u64,
+    /// gRPC status from the response headers or trailers.
+    pub grpc_status: Option<u16>,
+}
+
+/// Telemetry state of one in-flight request.
+pub struct RequestTelemetry {
+    start: SystemTime,
+    started: Instant,
+    method: String,
+    path: String,
+    protocol: &'static str,
+    grpc: bool,
+    request_header_bytes: u64,
+    request_headers: Option<HeaderMap>,
+    log: RequestLog,
+    span: Option<ServerSpan>,
+    snapshot: Arc<Snapshot>,
+    tunnel: Arc<TunnelInfo>,
+}
+
+/// Approximate wire size of a header block (name, value and separators per field).
+pub fn header_bytes(headers: &HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum()
+}
+
+impl RequestTelemetry {
+    /// Starts telemetry for `req`: attaches the request log and trace to it.
+    pub fn begin<B>(
+        telemetry: &Telemetry,
+        snapshot: Arc<Snapshot>,
+        tunnel: Arc<TunnelInfo>,
+        req: &mut Request<B>,
+    ) -> Self {
+        let start = SystemTime::now();
+        let method = req.method().as_str().to_string();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let protocol = if req.version() == http::Version::HTTP_2 {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        };
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let request_header_bytes =
+            header_bytes(req.headers()) + (method.len() + path.len() + 12) as u64;
+        let request_headers = snapshot
+            .telemetry
+            .access_log
+            .is_some()
+            .then(|| req.headers().clone());
+        let log = RequestLog::default();
+        req.extensions_mut().insert(log.clone());
+        let span = telemetry.tracing.start_server(
+            &snapshot,
+            req.headers(),
+            tunnel.traceparent.as_deref(),
+            span_name(&tunnel),
+            start,
+            server_attributes(req, &tunnel, &snapshot, &path),
+        );
+        if let Some(s) = &span {
+            req.extensions_mut().insert(s.trace.clone());
+        }
+        Self {
+            start,
+            started: Instant::now(),
+            method,
+            path,
+            protocol,
+            grpc,
+            request_header_bytes,
+            request_headers,
+            log,
+            span,
+            snapshot,
+            tunnel,
+        }
+    }
+
+    /// Whether access logging wants the response headers kept.
+    pub fn wants_response_headers(&self) -> bool {
+        self.request_headers.is_some()
+    }
+
+    /// Records the metric sample, the access log line and ends the SERVER span.
+    pub fn finish(self, telemetry: &Telemetry, source: &Arc<PeerLabels>, outcome: Outcome) {
+        let duration = self.started.elapsed();
+        let upstream = self.log.get();
+        let target_service = match &self.tunnel.target {
+            Target::Service { service, port } => Some((service.clone(), *port)),
+            Target::Workload { .. } => None,
+        };
+        let service = upstream.service.clone().or(target_service);
+        let destination = telemetry.metrics.destinations.get(
+            service.as_ref().map(|(s, _)| s),
+            upstream.workload.as_ref(),
+            &telemetry.metrics.cluster,
+        );
+        telemetry.metrics.record_http(
+            HttpKey {
+                source: source.clone(),
+                destination: destination.clone(),
+                protocol: if self.grpc { "grpc" } else { "http" },
+                code: outcome.code,
+                grpc_status: if self.grpc { outcome.grpc_status } else { None },
+                flags: outcome.flags,
+            },
+            HttpSample {
+                duration_ms: duration.as_secs_f64() * 1000.0,
+                request_bytes: self.request_header_bytes + outcome.body_received,
+                response_bytes: outcome.response_header_bytes + outcome.body_sent,
+            },
+        );
+        let cluster = service
+            .as_ref()
+            .map(|(s, port)| format!("inbound-vip|{port}|http|{}", s.hostname))
+            .or_else(|| match &self.tunnel.target {
+                Target::Workload { workload, port } => workload
+                    .primary_ip()
+                    .map(|ip| format!("inbound-pod|{port}||{ip}")),
+                Target::Service { .. } => None,
+            });
+        let route = upstream.route.as_ref().map(|r| r.name.to_string());
+        if let Some(span) = self.span {
+            let (svc, dst) = &*destination;
+            let mut attrs = vec![
+                KeyValue::new("istio.destination_workload", dst.workload.clone()),
+                KeyValue::new("istio.destination_namespace", dst.namespace.clone()),
+                KeyValue::new("istio.destination_service", svc.host.clone()),
+                KeyValue::new("istio.source_workload", source.workload.clone()),
+                KeyValue::new("istio.source_namespace", source.namespace.clone()),
+                KeyValue::new("response_flags", outcome.flags),
+                KeyValue::new("http.request.body.size", outcome.body_received as i64),
+                KeyValue::new("http.response.body.size", outcome.body_sent as i64),
+            ];
+            if let Some(r) = &route {
+                attrs.push(KeyValue::new("http.route", r.clone()));
+            }
+            if let Some(c) = &cluster {
+                attrs.push(KeyValue::new("upstream_cluster", c.clone()));
+            }
+            if let Some(a) = upstream.address {
+                attrs.push(KeyValue::new("upstream_address", a.to_string()));
+            }
+            if let Some(g) = outcome.grpc_status.filter(|_| self.grpc) {
+                attrs.push(KeyValue::new("rpc.grpc.status_code", g as i64));
+            }
+            span.end(outcome.code, attrs);
+        }
+        let Some(request_headers) = self.request_headers else {
+            return;
+        };
+        let record = HttpRecord {
+            start: self.start,
+            method: self.method,
+            path: self.path,
+            protocol: self.protocol,
+            request_headers,
+            response_headers: outcome.response_headers.unwrap_or_default(),
+            code: outcome.code,
+            flags: outcome.flags,
+            details: outcome.details,
+            bytes_received: outcome.body_received,
+            bytes_sent: outcome.body_sent,
+            duration,
+            upstream_service_time: upstream.service_time,
+            upstream_host: upstream.address.map(|a| a.to_string()),
+            upstream_cluster: cluster,
+            downstream_local_address: self.tunnel.authority.to_string(),
+            downstream_remote_address: self
+                .tunnel
+                .source_ip
+                .map(|ip| std::net::SocketAddr::new(ip, 0).to_string())
+                .unwrap_or_else(|| "-".into()),
+            route_name: route,
+        };
+        telemetry
+            .access_log
+            .log(self.snapshot.telemetry.access_log.as_ref(), &record);
+    }
+}
+
+/// Istio names a waypoint's server spans after the destination: `host:port/*`.
+fn span_name(tunnel: &TunnelInfo) -> String {
+    match &tunnel.target {
+        Target::Service { service, port } => format!("{}:{port}/*", service.hostname),
+        Target::Workload { .. } => format!("{}/*", tunnel.authority),
+    }
+}
+
+fn server_attributes<B>(
+    req: &Request<B>,
+    tunnel: &TunnelInfo,
+    snapshot: &Snapshot,
+    path: &str,
+) -> Vec<KeyValue> {
+    let header = |n: http::header::HeaderName| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (url_path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let gw = &snapshot.waypoint.gateway;
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", req.method().as_str().to_string()),
+        KeyValue::new("url.path", url_path.to_string()),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new(
+            "network.protocol.version",
+            if req.version() == http::Version::HTTP_2 {
+                "2"
+            } else {
+                "1.1"
+            },
+        ),
+        KeyValue::new("server.port", tunnel.authority.port() as i64),
+        KeyValue::new("istio.canonical_service", gw.name.clone()),
+        KeyValue::new("istio.canonical_revision", "latest"),
+        KeyValue::new("istio.namespace", gw.namespace.clone()),
+        KeyValue::new("istio.mesh_id", snapshot.telemetry.mesh_id.clone()),
+        KeyValue::new("istio.source_principal", tunnel.peer.to_string()),
+    ];
+    if let Some(q) = query {
+        attrs.push(KeyValue::new("url.query", q.to_string()));
+    }
+    if let Some(h) = header(http::header::HOST) {
+        let host = h.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(h);
+        attrs.push(KeyValue::new("server.address", host));
+    }
+    if let Some(ip) = tunnel.source_ip {
+        attrs.push(KeyValue::new("client.address", ip.to_string()));
+    }
+    if let Some(ua) = header(http::header::USER_AGENT) {
+        attrs.push(KeyValue::new("user_agent.original", ua));
+    }
+    if let Some(id) = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        attrs.push(KeyValue::new("guid:x-request-id", id.to_string()));
+    }
+    attrs
+}

@@ -1,0 +1,701 @@
+//! Telemetry end to end: Istio metrics on the metrics listener, access logs on stdout,
+//! and spans at a real OTLP receiver (gRPC and HTTP).
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use waypoint::testing::mesh::Port;
+use waypoint::testing::ztunnel::App;
+
+const BAGGAGE: &str = "k8s.cluster.name=c1,k8s.namespace.name=default,k8s.deployment.name=sleep,service.name=sleep,service.version=v1";
+
+fn mesh_config(mesh: &str) -> String {
+    let indented: String = mesh.lines().map(|l| format!("    {l}\n")).collect();
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n  namespace: istio-system\ndata:\n  mesh: |\n{indented}")
+}
+
+fn telemetry(spec: &str) -> String {
+    format!("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata:\n  name: mesh-default\n  namespace: istio-system\nspec:\n{spec}")
+}
+
+fn ports() -> Vec<Port> {
+    vec![
+        Port {
+            name: "http",
+            port: 80,
+            target: 8080,
+        },
+        Port {
+            name: "tcp-echo",
+            port: 9000,
+            target: 9000,
+        },
+    ]
+}
+
+#[tokio::test]
+async fn istio_metrics_count_requests_by_source_destination_and_code() {
+    let deny = format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-admin\n  namespace: {NS}\nspec:\n  targetRefs:\n  - {{group: \"\", kind: Service, name: echo}}\n  action: DENY\n  rules:\n  - to: [{{operation: {{paths: [\"/admin\"]}}}}]\n");
+    let h = Harness::start(Spec {
+        ports: ports(),
+        apps: HashMap::from([(9000, App::TcpEcho)]),
+        extra_yaml: vec![deny],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let tunnel = conn
+        .tunnel(authority(80), &[("baggage", BAGGAGE)])
+        .await
+        .unwrap();
+    let mut http = waypoint::testing::client::http1_over(tunnel).await.unwrap();
+    for i in 0..5 {
+        // Distinct paths must not create series.
+        let resp = http.send_request(get(&format!("/ok/{i}"))).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        body_bytes(resp).await;
+        http.ready().await.unwrap();
+    }
+    for _ in 0..3 {
+        let resp = http.send_request(get("/admin")).await.unwrap();
+        assert_eq!(resp.status(), 403);
+        body_bytes(resp).await;
+        http.ready().await.unwrap();
+    }
+    // A tunnel without baggage: source labels from the certificate and the snapshot.
+    let mut plain = conn.http1(authority(80)).await.unwrap();
+    let resp = plain.send_request(get("/status/503")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    body_bytes(resp).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let samples = loop {
+        let s = h.prometheus().await;
+        if metric(&s, "istio_requests_total", &[]) >= 9.0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "metrics did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ok = [
+        ("reporter", "waypoint"),
+        ("response_code", "200"),
+        ("source_workload", "sleep"),
+        ("source_cluster", "c1"),
+        ("source_canonical_revision", "v1"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/sleep",
+        ),
+        ("destination_service", "echo.default.svc.cluster.local"),
+        ("destination_service_name", "echo"),
+        ("destination_workload", "echo-0"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/echo",
+        ),
+        ("request_protocol", "http"),
+        ("response_flags", "-"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(
+        metric(&samples, "istio_requests_total", &ok),
+        5.0,
+        "{samples:#?}"
+    );
+    let ok_series = samples
+        .iter()
+        .filter(|s| s.name == "istio_requests_total" && s.label("response_code") == "200")
+        .count();
+    assert_eq!(ok_series, 1, "paths must not become labels");
+    assert_eq!(
+        metric(&samples, "istio_request_duration_milliseconds_count", &ok),
+        5.0
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "istio_request_duration_milliseconds_bucket",
+            &[("response_code", "200"), ("le", "+Inf")]
+        ),
+        5.0
+    );
+    assert!(metric(&samples, "istio_response_bytes_sum", &ok) > 5.0 * 100.0);
+    assert_eq!(
+        metric(
+            &samples,
+            "istio_requests_total",
+            &[("response_code", "403"), ("source_workload", "sleep")]
+        ),
+        3.0
+    );
+    // Without baggage the source pod is unknown to the snapshot: namespace and principal
+    // still come from the certificate.
+    assert_eq!(
+        metric(
+            &samples,
+            "istio_requests_total",
+            &[
+                ("response_code", "503"),
+                ("source_workload", "unknown"),
+                ("source_workload_namespace", "default"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/default/sa/sleep"
+                )
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "waypoint_authz_decisions_total",
+            &[("decision", "deny")]
+        ),
+        3.0
+    );
+    assert!(metric(&samples, "waypoint_hbone_connections", &[]) >= 1.0);
+    // The admin listener serves the same page.
+    let (status, body) = h.admin("/stats/prometheus").await;
+    assert_eq!(status, 200);
+    assert!(!parse_prometheus(&body).is_empty());
+}
+
+#[tokio::test]
+async fn tcp_metrics_count_connections_and_bytes() {
+    let h = Harness::start(Spec {
+        ports: ports(),
+        apps: HashMap::from([(9000, App::TcpEcho)]),
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    // TCP: 1000 bytes each way.
+    let mut tcp = conn.tunnel(authority(9000), &[]).await.unwrap();
+    tcp.write_all(&[7u8; 1000]).await.unwrap();
+    let mut buf = vec![0u8; 1000];
+    tcp.read_exact(&mut buf).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let samples = loop {
+        let s = h.prometheus().await;
+        if metric(&s, "istio_tcp_connections_closed_total", &[]) >= 1.0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "TCP metrics did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tcp_labels = [
+        ("request_protocol", "tcp"),
+        ("destination_workload", "echo-0"),
+    ];
+    assert_eq!(
+        metric(&samples, "istio_tcp_connections_opened_total", &tcp_labels),
+        1.0
+    );
+    assert_eq!(
+        metric(&samples, "istio_tcp_connections_closed_total", &tcp_labels),
+        1.0
+    );
+    assert_eq!(
+        metric(&samples, "istio_tcp_sent_bytes_total", &tcp_labels),
+        1000.0
+    );
+    assert_eq!(
+        metric(&samples, "istio_tcp_received_bytes_total", &tcp_labels),
+        1000.0
+    );
+}
+
+#[tokio::test]
+async fn access_log_lines_explain_each_response() {
+    let empty = "apiVersion: v1\nkind: Service\nmetadata:\n  name: empty\n  namespace: default\n  labels: {istio.io/use-waypoint: waypoint}\nspec:\n  clusterIP: 127.96.0.11\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n".to_string();
+    let h = Harness::start(Spec {
+        extra_yaml: vec![mesh_config("accessLogFile: /dev/stdout\n"), empty],
+        capture_stdout: true,
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let req = http::Request::get("/logged?x=1")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("user-agent", "telemetry-test")
+        .header("x-request-id", "req-1")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = body_bytes(resp).await;
+    let mut none = conn
+        .http1(SocketAddr::new("127.96.0.11".parse().unwrap(), 80))
+        .await
+        .unwrap();
+    let resp = none.send_request(get("/")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    body_bytes(resp).await;
+    let pod = h.pods[0].ip;
+    let lines = wait_for(|| {
+        let out = h.stdout();
+        (out.lines().count() >= 2).then_some(out)
+    })
+    .await;
+    let ok = lines
+        .lines()
+        .find(|l| l.contains("/logged"))
+        .expect("200 line");
+    assert!(ok.starts_with('['), "{ok}");
+    assert!(
+        ok.contains(&format!(
+            "\"GET /logged?x=1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 {} ",
+            body.len()
+        )),
+        "{ok}"
+    );
+    assert!(
+        ok.contains("\"telemetry-test\" \"req-1\" \"echo.default.svc.cluster.local\""),
+        "{ok}"
+    );
+    assert!(
+        ok.contains(&format!(
+            "\"{pod}:8080\" inbound-vip|80|http|echo.default.svc.cluster.local"
+        )),
+        "{ok}"
+    );
+    let failed = lines
+        .lines()
+        .find(|l| l.contains(" 503 "))
+        .expect("503 line");
+    assert!(failed.contains("503 UH no_healthy_upstream"), "{failed}");
+    assert!(
+        failed.contains("\"-\" inbound-vip|80|http|empty.default.svc.cluster.local"),
+        "{failed}"
+    );
+
+    // JSON, switched on by a configuration change.
+    let text = std::fs::read_to_string(&h.config).unwrap().replace(
+        "accessLogFile: /dev/stdout",
+        "accessLogFile: /dev/stdout\n    accessLogEncoding: JSON",
+    );
+    h.write_config(&text);
+    let json = wait_for_json(&h, &conn).await;
+    assert_eq!(json["response_code"], 200);
+    assert_eq!(json["method"], "GET");
+    assert_eq!(json["path"], "/json");
+    assert_eq!(json["upstream_host"], format!("{pod}:8080"));
+    assert_eq!(json["x_forwarded_for"], serde_json::Value::Null);
+    assert_eq!(json["response_flags"], "-");
+}
+
+async fn wait_for_json(
+    h: &Harness,
+    conn: &waypoint::testing::client::HboneConnection,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut http = conn.http1(authority(80)).await.unwrap();
+        let resp = http.send_request(get("/json")).await.unwrap();
+        body_bytes(resp).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(line) = h.stdout().lines().rfind(|l| l.starts_with('{')) {
+            return serde_json::from_str(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no JSON access log line");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An OTLP/gRPC receiver that keeps every span.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        keep(&self.spans, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn keep(spans: &Mutex<Vec<Span>>, req: ExportTraceServiceRequest) {
+    let mut all = spans.lock().unwrap();
+    for rs in req.resource_spans {
+        for ss in rs.scope_spans {
+            all.extend(ss.spans);
+        }
+    }
+}
+
+async fn grpc_receiver() -> (SocketAddr, Receiver) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r = Receiver::default();
+    let svc = TraceServiceServer::new(r.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (addr, r)
+}
+
+/// An OTLP/HTTP (protobuf) receiver on `/v1/traces`.
+async fn http_receiver() -> (SocketAddr, Receiver) {
+    use prost::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r = Receiver::default();
+    let spans = r.spans.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let spans = spans.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let spans = spans.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let ctype = req.headers().get("content-type").cloned();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let status = if path == "/v1/traces"
+                                && ctype
+                                    .as_ref()
+                                    .is_some_and(|c| c == "application/x-protobuf")
+                            {
+                                keep(&spans, ExportTraceServiceRequest::decode(body).unwrap());
+                                200
+                            } else {
+                                404
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/x-protobuf")
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, r)
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| {
+            kv.value
+                .as_ref()
+                .and_then(|v| v.value.as_ref())
+                .map(|v| match v {
+                    Value::StringValue(s) => s.clone(),
+                    Value::IntValue(i) => i.to_string(),
+                    Value::BoolValue(b) => b.to_string(),
+                    other => format!("{other:?}"),
+                })
+        })
+}
+
+fn tracing_config(provider: &str, extra_tag: bool) -> Vec<String> {
+    let tags = if extra_tag {
+        "    customTags:\n      team: {literal: {value: payments}}\n      tenant: {header: {name: x-tenant, defaultValue: none}}\n"
+    } else {
+        ""
+    };
+    vec![
+        mesh_config(provider),
+        telemetry(&format!(
+            "  tracing:\n  - providers: [{{name: otel}}]\n    randomSamplingPercentage: 100\n{tags}"
+        )),
+    ]
+}
+
+async fn wait_spans(r: &Receiver, n: usize) -> Vec<Span> {
+    wait_for(|| {
+        let s = r.spans.lock().unwrap();
+        (s.len() >= n).then(|| s.clone())
+    })
+    .await
+}
+
+const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const CONNECT_PARENT: &str = "00-11111111111111111111111111111111-2222222222222222-01";
+
+#[tokio::test]
+async fn spans_continue_the_client_trace_over_otlp_grpc() {
+    let (addr, receiver) = grpc_receiver().await;
+    let provider = format!(
+        "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: {}\n    port: {}\n",
+        addr.ip(),
+        addr.port()
+    );
+    let route = format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: echo-route\n  namespace: {NS}\nspec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: echo, port: 80}}\n  rules:\n  - matches:\n    - path: {{type: PathPrefix, value: /retry}}\n    retry:\n      attempts: 3\n      codes: [500]\n      backoff: 10ms\n    backendRefs:\n    - {{name: echo, port: 80}}\n  - backendRefs:\n    - {{name: echo, port: 80}}\n");
+    let mut yaml = tracing_config(&provider, true);
+    yaml.push(route);
+    let h = Harness::start(Spec {
+        extra_yaml: yaml,
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let tunnel = conn
+        .tunnel(authority(80), &[("traceparent", CONNECT_PARENT)])
+        .await
+        .unwrap();
+    let mut http = waypoint::testing::client::http1_over(tunnel).await.unwrap();
+    let req = http::Request::get("/traced?q=1")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("traceparent", PARENT)
+        .header("x-tenant", "acme")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed = json(resp).await;
+    http.ready().await.unwrap();
+    // No traceparent on the request: the CONNECT's is the parent.
+    let resp = http.send_request(get("/second")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body_bytes(resp).await;
+    http.ready().await.unwrap();
+    // Two failed attempts then success: three CLIENT spans under one SERVER span.
+    let resp = http
+        .send_request(get(
+            "/retry/t?uuid=trace-retry&succeedAfter=2&responseCode=500",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    body_bytes(resp).await;
+
+    let spans = wait_spans(&receiver, 8).await;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let server = spans
+        .iter()
+        .find(|s| s.kind == 2 && attr(s, "url.path").as_deref() == Some("/traced"))
+        .expect("server span");
+    assert_eq!(hex(&server.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(hex(&server.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(server.name, "echo.default.svc.cluster.local:80/*");
+    assert_eq!(attr(server, "http.request.method").as_deref(), Some("GET"));
+    assert_eq!(attr(server, "url.query").as_deref(), Some("q=1"));
+    assert_eq!(
+        attr(server, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        attr(server, "http.route").as_deref(),
+        Some("default/echo-route")
+    );
+    assert_eq!(
+        attr(server, "server.address").as_deref(),
+        Some("echo.default.svc.cluster.local")
+    );
+    assert_eq!(
+        attr(server, "istio.canonical_service").as_deref(),
+        Some("waypoint")
+    );
+    assert_eq!(attr(server, "istio.namespace").as_deref(), Some("default"));
+    assert_eq!(
+        attr(server, "istio.destination_workload").as_deref(),
+        Some("echo-0")
+    );
+    assert_eq!(attr(server, "team").as_deref(), Some("payments"));
+    assert_eq!(attr(server, "tenant").as_deref(), Some("acme"));
+    let client = spans
+        .iter()
+        .find(|s| s.kind == 3 && s.parent_span_id == server.span_id)
+        .expect("client span under the server span");
+    assert_eq!(client.trace_id, server.trace_id);
+    assert!(
+        client.name.starts_with("router inbound-vip|80|http|echo"),
+        "{}",
+        client.name
+    );
+    // The upstream saw the CLIENT span as its parent.
+    let upstream_tp = echoed["headers"]["Traceparent"]
+        .get(0)
+        .or_else(|| echoed["headers"]["traceparent"].get(0))
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no traceparent upstream: {echoed}"))
+        .to_string();
+    assert_eq!(
+        upstream_tp,
+        format!(
+            "00-0af7651916cd43dd8448eb211c80319c-{}-01",
+            hex(&client.span_id)
+        )
+    );
+
+    let second = spans
+        .iter()
+        .find(|s| s.kind == 2 && attr(s, "url.path").as_deref() == Some("/second"))
+        .expect("second server span");
+    assert_eq!(hex(&second.trace_id), "11111111111111111111111111111111");
+    assert_eq!(hex(&second.parent_span_id), "2222222222222222");
+    assert_eq!(attr(second, "tenant").as_deref(), Some("none"));
+
+    let retried = spans
+        .iter()
+        .find(|s| s.kind == 2 && attr(s, "url.path").as_deref() == Some("/retry/t"))
+        .expect("retried server span");
+    let attempts: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == 3 && s.parent_span_id == retried.span_id)
+        .collect();
+    assert_eq!(attempts.len(), 3, "one CLIENT span per attempt");
+    let codes: Vec<_> = attempts
+        .iter()
+        .filter_map(|s| attr(s, "http.response.status_code"))
+        .collect();
+    assert_eq!(codes.iter().filter(|c| *c == "500").count(), 2, "{codes:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = h.prometheus().await;
+        if metric(&samples, "waypoint_spans_exported_total", &[]) >= 8.0 {
+            assert_eq!(metric(&samples, "waypoint_spans_dropped_total", &[]), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "exports not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn spans_reach_an_otlp_http_collector() {
+    let (addr, receiver) = http_receiver().await;
+    let provider = format!(
+        "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: {}\n    port: {}\n    http:\n      path: /v1/traces\n      timeout: 2s\n",
+        addr.ip(),
+        addr.port()
+    );
+    let h = Harness::start(Spec {
+        extra_yaml: tracing_config(&provider, false),
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let req = http::Request::get("/b3")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed = json(resp).await;
+    let spans = wait_spans(&receiver, 2).await;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let server = spans.iter().find(|s| s.kind == 2).expect("server span");
+    assert_eq!(hex(&server.trace_id), "80f198ee56343ba864fe8b2a57d3eff7");
+    assert_eq!(hex(&server.parent_span_id), "e457b5a2e4d86bd1");
+    // B3 in, B3 (and W3C) out, pointing at the CLIENT span.
+    let client = spans.iter().find(|s| s.kind == 3).expect("client span");
+    let b3 = echoed["headers"]["B3"]
+        .get(0)
+        .or_else(|| echoed["headers"]["b3"].get(0))
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no b3 upstream: {echoed}"))
+        .to_string();
+    assert_eq!(
+        b3,
+        format!(
+            "80f198ee56343ba864fe8b2a57d3eff7-{}-1",
+            hex(&client.span_id)
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_dead_collector_never_slows_requests() {
+    // Accepts connections and never answers.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = blackhole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = blackhole.accept().await {
+            held.push(s);
+        }
+    });
+    let provider = format!(
+        "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: {}\n    port: {}\n    grpc:\n      timeout: 1s\n",
+        addr.ip(),
+        addr.port()
+    );
+    let h = Harness::start(Spec {
+        extra_yaml: tracing_config(&provider, false),
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let mut slowest = Duration::ZERO;
+    for i in 0..200 {
+        let started = Instant::now();
+        let resp = http.send_request(get(&format!("/n/{i}"))).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        body_bytes(resp).await;
+        http.ready().await.unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    // An export waits up to 1 s for the collector; no request waited for an export.
+    assert!(
+        slowest < Duration::from_millis(900),
+        "slowest request took {slowest:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = h.prometheus().await;
+        if metric(&s, "waypoint_spans_dropped_total", &[]) >= 1.0 {
+            assert!(metric(&s, "waypoint_span_export_failures_total", &[]) >= 1.0);
+            assert_eq!(metric(&s, "waypoint_spans_exported_total", &[]), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "dropped spans were not counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,512 @@
+//! `Telemetry` (`telemetry.istio.io/v1`) and MeshConfig into the telemetry settings.
+//!
+//! Scope, most specific first: a Telemetry whose `targetRefs` name the waypoint Gateway
+//! (or the `istio-waypoint` GatewayClass from the root namespace); one without selector or
+//! targetRefs in the waypoint's namespace; one without them in the root namespace. The
+//! most specific Telemetry that sets `tracing` (or `accessLogging`) decides it; without
+//! any, MeshConfig's `defaultProviders` and `accessLogFile` decide. Selector-based and
+//! Service-targeted Telemetry are not applied by the waypoint (logged).
+
+use std::time::Duration;
+
+use filters::model::telemetry::{
+    AccessLogConfig, CustomTag, OtlpProtocol, TelemetryConfig, TracingConfig,
+};
+use filters::model::NamespacedName;
+use serde::Deserialize;
+
+use super::authz::{binding, Binding, TargetRef};
+use super::mesh::{provider_settings, ExtensionProvider, MeshConfig};
+use super::objects::ObjectMeta;
+use super::LocalConfigError;
+
+/// A `Telemetry` object.
+#[derive(Debug, Deserialize)]
+pub struct Telemetry {
+    /// Name and namespace.
+    pub metadata: ObjectMeta,
+    /// The spec.
+    #[serde(default)]
+    pub spec: TelemetrySpec,
+}
+
+/// `Telemetry.spec`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    #[serde(default)]
+    selector: Option<serde_yaml::Value>,
+    #[serde(default)]
+    target_ref: Option<TargetRef>,
+    #[serde(default)]
+    target_refs: Vec<TargetRef>,
+    #[serde(default)]
+    tracing: Option<Vec<TracingSpec>>,
+    #[serde(default)]
+    access_logging: Option<Vec<AccessLoggingSpec>>,
+    #[serde(default)]
+    metrics: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ProviderRef {
+    name: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TracingSpec {
+    #[serde(default)]
+    providers: Vec<ProviderRef>,
+    #[serde(default)]
+    random_sampling_percentage: Option<f64>,
+    #[serde(default)]
+    disable_span_reporting: Option<bool>,
+    #[serde(default)]
+    custom_tags: std::collections::BTreeMap<String, CustomTagSpec>,
+    #[serde(default)]
+    match_: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct CustomTagSpec {
+    #[serde(default)]
+    literal: Option<Literal>,
+    #[serde(default)]
+    environment: Option<NamedDefault>,
+    #[serde(default)]
+    header: Option<NamedDefault>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct Literal {
+    value: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct NamedDefault {
+    name: String,
+    #[serde(default)]
+    default_value: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AccessLoggingSpec {
+    #[serde(default)]
+    providers: Vec<ProviderRef>,
+    #[serde(default)]
+    disabled: Option<bool>,
+    #[serde(default)]
+    filter: Option<serde_yaml::Value>,
+}
+
+/// `opentelemetry` provider settings.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct OtelProvider {
+    service: String,
+    port: u16,
+    #[serde(default)]
+    max_tag_length: Option<usize>,
+    #[serde(default)]
+    http: Option<OtelHttp>,
+    #[serde(default)]
+    grpc: Option<OtelGrpc>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct OtelHttp {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    headers: Vec<HeaderValue>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct OtelGrpc {
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    initial_metadata: Vec<HeaderValue>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct HeaderValue {
+    name: String,
+    value: String,
+}
+
+/// `envoyFileAccessLog` provider settings.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct FileAccessLog {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LogFormat {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Istio's default sampling when nothing sets it (MeshConfig `defaultConfig.tracing.sampling`).
+const DEFAULT_SAMPLING: f64 = 1.0;
+/// Istio's default `maxTagLength`.
+const DEFAULT_MAX_TAG_LENGTH: usize = 256;
+/// Export timeout when the provider sets none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn invalid(object: &str, field: impl Into<String>, message: impl Into<String>) -> LocalConfigError {
+    LocalConfigError::Invalid {
+        object: object.to_string(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Builds the telemetry settings for the waypoint `gateway`.
+pub fn build(
+    telemetries: &[(String, Telemetry)],
+    mesh: &MeshConfig,
+    gateway: &NamespacedName,
+    root_namespace: &str,
+) -> Result<TelemetryConfig, LocalConfigError> {
+    // (scope rank: 0 targeted, 1 namespace, 2 root; label; spec)
+    let mut scoped: Vec<(u8, &str, &TelemetrySpec)> = Vec::new();
+    for (label, t) in telemetries {
+        let ns = t.metadata.namespace.as_deref().unwrap_or("default");
+        let refs: Vec<&TargetRef> = t
+            .spec
+            .target_ref
+            .iter()
+            .chain(&t.spec.target_refs)
+            .collect();
+        let rank = if !refs.is_empty() {
+            let ours = refs
+                .iter()
+                .any(|r| matches!(binding(r, ns, gateway, root_namespace), Binding::Waypoint));
+            if !ours {
+                tracing::info!(telemetry = %label, "Telemetry targets something other than this waypoint; not applied");
+                continue;
+            }
+            0
+        } else if t.spec.selector.is_some() {
+            tracing::info!(telemetry = %label, "selector-based Telemetry is not applied by the waypoint");
+            continue;
+        } else if ns == gateway.namespace {
+            1
+        } else if ns == root_namespace {
+            2
+        } else {
+            continue;
+        };
+        if t.spec.metrics.is_some() {
+            tracing::info!(telemetry = %label, "Telemetry metrics overrides are not supported; Istio's standard metrics are reported");
+        }
+        scoped.push((rank, label, &t.spec));
+    }
+    scoped.sort_by_key(|(rank, label, _)| (*rank, label.to_string()));
+    let tracing_spec = scoped
+        .iter()
+        .find_map(|(_, label, s)| s.tracing.as_ref().map(|t| (*label, t)));
+    let logging_spec = scoped
+        .iter()
+        .find_map(|(_, label, s)| s.access_logging.as_ref().map(|t| (*label, t)));
+    Ok(TelemetryConfig {
+        tracing: tracing(tracing_spec, mesh)?,
+        access_log: access_log(logging_spec, mesh)?,
+        mesh_id: mesh
+            .default_config
+            .as_ref()
+            .and_then(|d| d.mesh_id.clone())
+            .or_else(|| mesh.trust_domain.clone())
+            .unwrap_or_else(|| "cluster.local".into()),
+    })
+}
+
+fn find_provider<'a>(
+    mesh: &'a MeshConfig,
+    name: &str,
+    object: &str,
+    field: &str,
+) -> Result<Option<(usize, &'a ExtensionProvider)>, LocalConfigError> {
+    // Istio's built-in provider: Envoy's file access log to stdout.
+    if name == "envoy" && !mesh.extension_providers.iter().any(|p| p.name == "envoy") {
+        return Ok(None);
+    }
+    match mesh
+        .extension_providers
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.name == name)
+    {
+        Some(p) => Ok(Some(p)),
+        None => Err(invalid(
+            object,
+            field,
+            format!("no extensionProvider named {name:?} in MeshConfig"),
+        )),
+    }
+}
+
+fn tracing(
+    spec: Option<(&str, &Vec<TracingSpec>)>,
+    mesh: &MeshConfig,
+) -> Result<Option<TracingConfig>, LocalConfigError> {
+    let (object, names, t) = match spec {
+        Some((label, list)) => {
+            let Some(t) = list.first() else {
+                return Ok(None);
+            };
+            if list.len() > 1 {
+                tracing::info!(telemetry = %label, "only the first tracing entry is applied");
+            }
+            if t.match_.is_some() {
+                tracing::info!(telemetry = %label, "tracing.match is not supported; the entry applies to all traffic");
+            }
+            if t.disable_span_reporting == Some(true) {
+                return Ok(None);
+            }
+            let names: Vec<String> = if t.providers.is_empty() {
+                mesh.default_providers.tracing.clone()
+            } else {
+                t.providers.iter().map(|p| p.name.clone()).collect()
+            };
+            (label.to_string(), names, Some(t))
+        }
+        None if mesh.enable_tracing != Some(false) => (
+            "MeshConfig".to_string(),
+            mesh.default_providers.tracing.clone(),
+            None,
+        ),
+        None => return Ok(None),
+    };
+    let Some(name) = names.first() else {
+        return Ok(None);
+    };
+    let field = "spec.tracing[0].providers";
+    let Some((index, provider)) = find_provider(mesh, name, &object, field)? else {
+        return Err(invalid(
+            &object,
+            field,
+            format!("{name:?} is not a tracing provider"),
+        ));
+    };
+    let Some(settings) = &provider.opentelemetry else {
+        return Err(invalid(
+            &object,
+            field,
+            format!(
+                "provider {name:?} is {}; only opentelemetry tracing is supported",
+                provider.kind()
+            ),
+        ));
+    };
+    let otel: OtelProvider = provider_settings(provider, index, settings)?;
+    let provider_object = format!("MeshConfig extensionProviders[{index}] ({name})");
+    let duration = |v: &Option<String>, f: &str| -> Result<Duration, LocalConfigError> {
+        match v {
+            None => Ok(DEFAULT_TIMEOUT),
+            Some(s) => super::routes::parse_duration(s)
+                .ok_or_else(|| invalid(&provider_object, f, format!("invalid duration {s:?}"))),
+        }
+    };
+    let protocol = match (&otel.http, &otel.grpc) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &provider_object,
+                "opentelemetry",
+                "set http or grpc, not both",
+            ))
+        }
+        (Some(h), None) => OtlpProtocol::Http {
+            path: h
+                .path
+                .clone()
+                .map(|p| {
+                    if p.starts_with('/') {
+                        p
+                    } else {
+                        format!("/{p}")
+                    }
+                })
+                .unwrap_or_else(|| "/v1/traces".into()),
+            headers: h
+                .headers
+                .iter()
+                .map(|kv| (kv.name.clone(), kv.value.clone()))
+                .collect(),
+        },
+        (None, g) => OtlpProtocol::Grpc {
+            metadata: g
+                .iter()
+                .flat_map(|g| &g.initial_metadata)
+                .map(|kv| (kv.name.clone(), kv.value.clone()))
+                .collect(),
+        },
+    };
+    let timeout = match (&otel.http, &otel.grpc) {
+        (Some(h), _) => duration(&h.timeout, "opentelemetry.http.timeout")?,
+        (_, Some(g)) => duration(&g.timeout, "opentelemetry.grpc.timeout")?,
+        _ => DEFAULT_TIMEOUT,
+    };
+    let mut custom_tags = Vec::new();
+    if let Some(t) = t {
+        for (k, v) in &t.custom_tags {
+            let tag = match (&v.literal, &v.environment, &v.header) {
+                (Some(l), None, None) => CustomTag::Literal(l.value.clone()),
+                (None, Some(e), None) => CustomTag::Environment {
+                    name: e.name.clone(),
+                    default: e.default_value.clone(),
+                },
+                (None, None, Some(h)) => CustomTag::Header {
+                    name: h.name.to_ascii_lowercase(),
+                    default: h.default_value.clone(),
+                },
+                _ => {
+                    return Err(invalid(
+                        &object,
+                        format!("spec.tracing[0].customTags.{k}"),
+                        "exactly one of literal, environment or header is required",
+                    ))
+                }
+            };
+            custom_tags.push((k.clone(), tag));
+        }
+    }
+    let sampling = t
+        .and_then(|t| t.random_sampling_percentage)
+        .unwrap_or(DEFAULT_SAMPLING);
+    if !(0.0..=100.0).contains(&sampling) {
+        return Err(invalid(
+            &object,
+            "spec.tracing[0].randomSamplingPercentage",
+            "must be between 0 and 100",
+        ));
+    }
+    Ok(Some(TracingConfig {
+        provider: name.clone(),
+        endpoint: format!("{}:{}", otel.service, otel.port),
+        protocol,
+        timeout,
+        sampling_percentage: sampling,
+        custom_tags,
+        max_tag_length: otel.max_tag_length.unwrap_or(DEFAULT_MAX_TAG_LENGTH),
+    }))
+}
+
+fn access_log(
+    spec: Option<(&str, &Vec<AccessLoggingSpec>)>,
+    mesh: &MeshConfig,
+) -> Result<Option<AccessLogConfig>, LocalConfigError> {
+    let config = match spec {
+        Some((label, list)) => {
+            let Some(a) = list.first() else {
+                return Ok(None);
+            };
+            if a.disabled == Some(true) {
+                return Ok(None);
+            }
+            if a.filter.is_some() {
+                return Err(invalid(
+                    label,
+                    "spec.accessLogging[0].filter",
+                    "CEL filters are not supported",
+                ));
+            }
+            let names: Vec<String> = if a.providers.is_empty() {
+                mesh.default_providers.access_logging.clone()
+            } else {
+                a.providers.iter().map(|p| p.name.clone()).collect()
+            };
+            let Some(name) = names.first() else {
+                return Ok(None);
+            };
+            let field = "spec.accessLogging[0].providers";
+            match find_provider(mesh, name, label, field)? {
+                None => mesh_format(mesh),
+                Some((index, p)) => match &p.envoy_file_access_log {
+                    Some(v) => {
+                        let f: FileAccessLog = provider_settings(p, index, v)?;
+                        if let Some(path) = f.path.as_deref().filter(|p| *p != "/dev/stdout") {
+                            return Err(invalid(label, field, format!("provider {name:?} writes to {path}; only /dev/stdout is supported")));
+                        }
+                        match f.log_format {
+                            Some(LogFormat {
+                                text: Some(t),
+                                labels: None,
+                            }) => AccessLogConfig::Text(Some(t)),
+                            Some(LogFormat {
+                                text: None,
+                                labels: Some(l),
+                            }) => AccessLogConfig::Json(Some(l.into_iter().collect())),
+                            Some(LogFormat {
+                                text: None,
+                                labels: None,
+                            })
+                            | None => AccessLogConfig::Text(None),
+                            Some(_) => {
+                                return Err(invalid(
+                                    label,
+                                    field,
+                                    "logFormat: set text or labels, not both",
+                                ))
+                            }
+                        }
+                    }
+                    None => {
+                        return Err(invalid(
+                            label,
+                            field,
+                            format!(
+                                "provider {name:?} is {}; only envoyFileAccessLog is supported",
+                                p.kind()
+                            ),
+                        ))
+                    }
+                },
+            }
+        }
+        None => match mesh.access_log_file.as_deref() {
+            None | Some("") => return Ok(None),
+            Some("/dev/stdout") => mesh_format(mesh),
+            Some(other) => {
+                return Err(invalid(
+                    "MeshConfig",
+                    "accessLogFile",
+                    format!("{other}: only /dev/stdout is supported"),
+                ))
+            }
+        },
+    };
+    filters::access_log::Compiled::new(&config)
+        .map_err(|e| invalid("access log", "format", e.to_string()))?;
+    Ok(Some(config))
+}
+
+/// MeshConfig's `accessLogEncoding` and `accessLogFormat`.
+fn mesh_format(mesh: &MeshConfig) -> AccessLogConfig {
+    let custom = mesh.access_log_format.clone().filter(|f| !f.is_empty());
+    match mesh.access_log_encoding.as_deref() {
+        Some("JSON") => AccessLogConfig::Json(custom.and_then(|f| {
+            serde_json::from_str::<std::collections::BTreeMap<String, String>>(&f)
+                .ok()
+                .map(|m| m.into_iter().collect())
+        })),
+        _ => AccessLogConfig::Text(custom),
+    }
+}
