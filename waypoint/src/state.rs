@@ -100,6 +100,8 @@ pub struct ProxyOptions {
     pub drain_timeout: Duration,
     /// Cluster id reported in telemetry when a peer does not say (Istio's `CLUSTER_ID`).
     pub cluster_id: String,
+    /// Most series kept per Istio metric family.
+    pub metrics_series_limit: usize,
 }
 
 /// Everything the data path shares.
@@ -130,7 +132,10 @@ impl Proxy {
             config,
             certs,
             stats: Stats::default(),
-            telemetry: crate::telemetry::Telemetry::new(&options.cluster_id),
+            telemetry: crate::telemetry::Telemetry::new(
+                &options.cluster_id,
+                options.metrics_series_limit,
+            ),
             options,
         })
     }

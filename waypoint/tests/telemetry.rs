@@ -227,6 +227,41 @@ async fn tcp_metrics_count_connections_and_bytes() {
 }
 
 #[tokio::test]
+async fn metric_series_stay_bounded_whatever_peers_send() {
+    let h = Harness::start(Spec {
+        extra_args: vec!["--metrics-series-limit", "4"],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    for i in 0..10 {
+        let baggage = format!("k8s.namespace.name=default,k8s.deployment.name=peer-{i}");
+        let tunnel = conn
+            .tunnel(authority(80), &[("baggage", baggage.as_str())])
+            .await
+            .unwrap();
+        let mut http = waypoint::testing::client::http1_over(tunnel).await.unwrap();
+        let resp = http.send_request(get("/")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        body_bytes(resp).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = h.prometheus().await;
+        let recorded = metric(&s, "istio_requests_total", &[]);
+        let overflow = metric(&s, "waypoint_metrics_series_overflow_total", &[]);
+        if recorded + overflow >= 10.0 {
+            assert_eq!(recorded, 4.0);
+            assert_eq!(overflow, 6.0);
+            assert_eq!(metric(&s, "waypoint_metrics_series", &[]), 4.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "samples missing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn access_log_lines_explain_each_response() {
     let empty = "apiVersion: v1\nkind: Service\nmetadata:\n  name: empty\n  namespace: default\n  labels: {istio.io/use-waypoint: waypoint}\nspec:\n  clusterIP: 127.96.0.11\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n".to_string();
     let h = Harness::start(Spec {
@@ -441,6 +476,10 @@ fn attr(span: &Span, key: &str) -> Option<String> {
 }
 
 fn tracing_config(provider: &str, extra_tag: bool) -> Vec<String> {
+    tracing_config_sampled(provider, extra_tag, 100)
+}
+
+fn tracing_config_sampled(provider: &str, extra_tag: bool, percent: u32) -> Vec<String> {
     let tags = if extra_tag {
         "    customTags:\n      team: {literal: {value: payments}}\n      tenant: {header: {name: x-tenant, defaultValue: none}}\n"
     } else {
@@ -449,7 +488,7 @@ fn tracing_config(provider: &str, extra_tag: bool) -> Vec<String> {
     vec![
         mesh_config(provider),
         telemetry(&format!(
-            "  tracing:\n  - providers: [{{name: otel}}]\n    randomSamplingPercentage: 100\n{tags}"
+            "  tracing:\n  - providers: [{{name: otel}}]\n    randomSamplingPercentage: {percent}\n{tags}"
         )),
     ]
 }
@@ -613,13 +652,20 @@ async fn spans_reach_an_otlp_http_collector() {
         addr.ip(),
         addr.port()
     );
+    // 0% sampling: requests without a decision are not traced; a sampled parent is.
     let h = Harness::start(Spec {
-        extra_yaml: tracing_config(&provider, false),
+        extra_yaml: tracing_config_sampled(&provider, false, 0),
         ..Spec::default()
     })
     .await;
     let conn = h.client().connect().await.unwrap();
     let mut http = conn.http1(authority(80)).await.unwrap();
+    for _ in 0..5 {
+        let resp = http.send_request(get("/unsampled")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        body_bytes(resp).await;
+        http.ready().await.unwrap();
+    }
     let req = http::Request::get("/b3")
         .header("host", "echo.default.svc.cluster.local")
         .header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")
@@ -628,7 +674,15 @@ async fn spans_reach_an_otlp_http_collector() {
     let resp = http.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let echoed = json(resp).await;
-    let spans = wait_spans(&receiver, 2).await;
+    wait_spans(&receiver, 2).await;
+    // Let any stray batch arrive before counting.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let spans = receiver.spans.lock().unwrap().clone();
+    assert_eq!(
+        spans.len(),
+        2,
+        "only the sampled request is traced: {spans:#?}"
+    );
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let server = spans.iter().find(|s| s.kind == 2).expect("server span");
     assert_eq!(hex(&server.trace_id), "80f198ee56343ba864fe8b2a57d3eff7");

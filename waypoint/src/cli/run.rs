@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// Cluster id reported in telemetry (Istio's CLUSTER_ID).
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     cluster_id: String,
+    /// Most series kept per Istio metric family; samples beyond are counted in
+    /// waypoint_metrics_series_overflow_total.
+    #[arg(long, default_value_t = waypoint::telemetry::metrics::DEFAULT_SERIES_LIMIT)]
+    metrics_series_limit: usize,
     /// Worker threads (default: one per core).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -104,6 +108,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             detect_timeout: Duration::from_millis(args.detect_timeout_ms),
             drain_timeout: Duration::from_secs(args.drain_timeout),
             cluster_id: args.cluster_id.clone(),
+            metrics_series_limit: args.metrics_series_limit,
         },
     );
     let interval = Duration::from_millis(args.watch_interval_ms);

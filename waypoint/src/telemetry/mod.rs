@@ -18,10 +18,11 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Sinks reporting `cluster` as the cluster id when peers do not say.
-    pub fn new(cluster: &str) -> Self {
+    /// Sinks reporting `cluster` as the cluster id when peers do not say, holding at most
+    /// `series_limit` series per metric family.
+    pub fn new(cluster: &str, series_limit: usize) -> Self {
         Self {
-            metrics: metrics::Metrics::new(cluster, metrics::DEFAULT_SERIES_LIMIT),
+            metrics: metrics::Metrics::new(cluster, series_limit),
             access_log: Default::default(),
             tracing: Default::default(),
         }

@@ -510,3 +510,117 @@ fn mesh_format(mesh: &MeshConfig) -> AccessLogConfig {
         _ => AccessLogConfig::Text(custom),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(yaml: &str) -> MeshConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn telemetry(ns: &str, name: &str, spec: &str) -> (String, Telemetry) {
+        let t: Telemetry = serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+        ))
+        .unwrap();
+        (format!("Telemetry {ns}/{name}"), t)
+    }
+
+    fn gw() -> NamespacedName {
+        NamespacedName::new("apps", "waypoint")
+    }
+
+    const OTEL: &str = "extensionProviders:\n- name: otel\n  opentelemetry: {service: otel.obs.svc.cluster.local, port: 4317}\n- name: zipkin\n  zipkin: {service: z, port: 9411}\n- name: json-log\n  envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: '%RESPONSE_CODE%'}}}\n";
+
+    #[test]
+    fn most_specific_telemetry_wins() {
+        let m = mesh(OTEL);
+        let ts = vec![
+            telemetry("istio-system", "mesh", "  tracing:\n  - providers: [{name: otel}]\n    randomSamplingPercentage: 10\n"),
+            telemetry("apps", "ns", "  tracing:\n  - providers: [{name: otel}]\n    randomSamplingPercentage: 50\n"),
+            telemetry("apps", "wp", "  targetRefs:\n  - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}\n  accessLogging:\n  - providers: [{name: json-log}]\n"),
+            telemetry("other", "x", "  tracing:\n  - providers: [{name: otel}]\n    randomSamplingPercentage: 99\n"),
+        ];
+        let c = build(&ts, &m, &gw(), "istio-system").unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!(t.sampling_percentage, 50.0);
+        assert_eq!(t.endpoint, "otel.obs.svc.cluster.local:4317");
+        assert!(matches!(t.protocol, OtlpProtocol::Grpc { .. }));
+        assert_eq!(
+            c.access_log,
+            Some(AccessLogConfig::Json(Some(vec![(
+                "code".into(),
+                "%RESPONSE_CODE%".into()
+            )])))
+        );
+    }
+
+    #[test]
+    fn defaults_come_from_mesh_config() {
+        let m = mesh(&format!("{OTEL}defaultProviders: {{tracing: [otel]}}\naccessLogFile: /dev/stdout\naccessLogEncoding: JSON\n"));
+        let c = build(&[], &m, &gw(), "istio-system").unwrap();
+        assert_eq!(c.tracing.unwrap().sampling_percentage, DEFAULT_SAMPLING);
+        assert_eq!(c.access_log, Some(AccessLogConfig::Json(None)));
+        // Built-in `envoy` provider, and access logging switched off by a Telemetry.
+        let ts = vec![telemetry(
+            "apps",
+            "off",
+            "  accessLogging:\n  - disabled: true\n",
+        )];
+        assert_eq!(
+            build(&ts, &m, &gw(), "istio-system").unwrap().access_log,
+            None
+        );
+        let ts = vec![telemetry(
+            "apps",
+            "on",
+            "  accessLogging:\n  - providers: [{name: envoy}]\n",
+        )];
+        let m = mesh(OTEL);
+        assert_eq!(
+            build(&ts, &m, &gw(), "istio-system").unwrap().access_log,
+            Some(AccessLogConfig::Text(None))
+        );
+        assert_eq!(
+            build(&[], &m, &gw(), "istio-system").unwrap().access_log,
+            None
+        );
+    }
+
+    #[test]
+    fn unsupported_providers_and_bad_values_are_named() {
+        let m = mesh(OTEL);
+        let err = |spec: &str| {
+            build(&[telemetry("apps", "t", spec)], &m, &gw(), "istio-system")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("  tracing:\n  - providers: [{name: zipkin}]\n");
+        assert!(
+            e.contains("Telemetry apps/t")
+                && e.contains("zipkin")
+                && e.contains("only opentelemetry"),
+            "{e}"
+        );
+        let e = err("  tracing:\n  - providers: [{name: nope}]\n");
+        assert!(e.contains("no extensionProvider named \"nope\""), "{e}");
+        let e =
+            err("  tracing:\n  - providers: [{name: otel}]\n    randomSamplingPercentage: 101\n");
+        assert!(e.contains("randomSamplingPercentage"), "{e}");
+        let m2 = mesh("extensionProviders:\n- name: bad\n  envoyFileAccessLog: {logFormat: {text: '%NOPE%'}}\n");
+        let e = build(
+            &[telemetry(
+                "apps",
+                "t",
+                "  accessLogging:\n  - providers: [{name: bad}]\n",
+            )],
+            &m2,
+            &gw(),
+            "istio-system",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unsupported operator %NOPE%"), "{e}");
+    }
+}
