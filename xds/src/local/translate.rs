@@ -166,12 +166,16 @@ pub fn translate_with_status(
     };
     let (tables, statuses) = super::routes::attach(&inputs, &by_name, &gw_name);
     snapshot.set_routes(tables);
-    snapshot.set_authz(super::authz::bind(
+    let mesh = super::mesh::mesh_config(&objects.config_maps, &options.root_namespace)?;
+    let mut authz = super::authz::bind(
         &objects.policies,
         &gw_name,
         &options.root_namespace,
         options.normalization,
-    )?);
+    )?;
+    authz.providers = super::ext_authz::providers(&mesh);
+    super::authz::report_custom(&authz);
+    snapshot.set_authz(authz);
     snapshot.set_authn(super::authn::bind(
         &objects.authentications,
         &gw_name,
