@@ -183,7 +183,8 @@ fn local_reply(grpc: bool, resp: Response<Body>) -> Response<Body> {
     if let Some(reason) = status.canonical_reason() {
         h.insert("grpc-message", http::HeaderValue::from_static(reason));
     }
-    out.extensions_mut().insert(crate::error::ResponseFlag("UAEX"));
+    out.extensions_mut()
+        .insert(crate::error::ResponseFlag("UAEX"));
     out
 }
 
@@ -203,7 +204,11 @@ async fn authorize(
         return Ok(Authorized::Proceed(req, Vec::new()));
     }
     let host = host_of(&req);
-    let plan = ext::custom_plan(&policies, &set.providers, &attributes(ctx, &req, &host, path));
+    let plan = ext::custom_plan(
+        &policies,
+        &set.providers,
+        &attributes(ctx, &req, &host, path),
+    );
     let grpc = is_grpc(req.headers());
     let mut response_headers = Vec::new();
     let mut req = req;
@@ -211,7 +216,7 @@ async fn authorize(
         CustomPlan::Skip => {}
         CustomPlan::DenyAll(why) => {
             super::count(&Verdict::Deny(why.clone()));
-            tracing::warn!(reason = %why, peer = %ctx.tunnel.peer, path, "CUSTOM authorization unusable: denying");
+            tracing::info!(reason = %why, peer = %ctx.tunnel.peer, path, "CUSTOM authorization unusable: denying");
             return Err(ProxyError::Denied(why));
         }
         CustomPlan::Check { provider, policies } => {
@@ -257,7 +262,10 @@ async fn authorize(
                 Ok(CheckOutcome::Deny(denied)) => {
                     super::count(&Verdict::Deny(policies.join(",")));
                     tracing::info!(provider = %provider.name, policies = ?policies, status = denied.status.as_u16(), peer = %ctx.tunnel.peer, path, "ext_authz denied");
-                    return Ok(Authorized::Reply(local_reply(grpc, denied_response(&denied))));
+                    return Ok(Authorized::Reply(local_reply(
+                        grpc,
+                        denied_response(&denied),
+                    )));
                 }
                 Err(e) if provider.fail_open => {
                     tracing::warn!(provider = %provider.name, error = %e, path, "ext_authz check failed; failOpen allows");

@@ -122,15 +122,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .map(|i| s.split_at(i))
         .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h)"))?;
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}"))?;
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("duration {s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+        _ => {
+            return Err(format!(
+                "duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"
+            ))
+        }
     };
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("duration {s:?} must be positive"));
@@ -214,7 +216,9 @@ fn http(name: &str, s: &HttpProviderSpec) -> Result<Provider, String> {
     clear_route_cache(name, s.clear_route_cache);
     let path_prefix = s.path_prefix.clone().unwrap_or_default();
     if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
-        return Err(format!("pathPrefix must begin with `/`, found: {path_prefix:?}"));
+        return Err(format!(
+            "pathPrefix must begin with `/`, found: {path_prefix:?}"
+        ));
     }
     if path_prefix.contains(['?', '#', ' ']) {
         return Err(format!("invalid pathPrefix {path_prefix:?}"));
@@ -231,8 +235,9 @@ fn http(name: &str, s: &HttpProviderSpec) -> Result<Provider, String> {
         .include_additional_headers_in_check
         .iter()
         .map(|(k, v)| {
-            let n = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("includeAdditionalHeadersInCheck: invalid header name {k:?}"))?;
+            let n = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                format!("includeAdditionalHeadersInCheck: invalid header name {k:?}")
+            })?;
             let v = HeaderValue::from_str(v).map_err(|_| {
                 format!("includeAdditionalHeadersInCheck[{k}]: invalid header value {v:?}")
             })?;

@@ -7,7 +7,7 @@ use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 
 use super::provider::BodySettings;
-use crate::body::{BoxError, Body};
+use crate::body::{Body, BoxError};
 
 /// The body is longer than `maxRequestBytes` and partial bodies are not allowed (413).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -164,10 +164,7 @@ mod tests {
             c.source.principal.as_deref(),
             Some("spiffe://cluster.local/ns/default/sa/sleep")
         );
-        assert_eq!(
-            c.destination.address.unwrap().to_string(),
-            "127.96.0.10:80"
-        );
+        assert_eq!(c.destination.address.unwrap().to_string(), "127.96.0.10:80");
         let h = c.http.unwrap();
         assert_eq!(h.method, "POST");
         assert_eq!(h.path, "/a/b?x=1");

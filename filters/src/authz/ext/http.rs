@@ -233,8 +233,7 @@ mod tests {
         assert_eq!(d.headers.len(), 3, "all but framing headers");
         let mut narrowed = settings();
         narrowed.headers_to_downstream_on_deny = vec![HeaderPattern::parse("x-other").unwrap()];
-        let CheckOutcome::Deny(d) =
-            read_reply(&narrowed, StatusCode::FORBIDDEN, &h, Bytes::new())
+        let CheckOutcome::Deny(d) = read_reply(&narrowed, StatusCode::FORBIDDEN, &h, Bytes::new())
         else {
             panic!()
         };

@@ -62,7 +62,8 @@ pub enum CheckError {
 }
 
 /// A boxed future of a check.
-pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<CheckOutcome, CheckError>> + Send + 'a>>;
+pub type CheckFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<CheckOutcome, CheckError>> + Send + 'a>>;
 
 /// Sends checks to authorization servers. The binary implements it over its upstream
 /// connection pools; tests implement it with canned answers.

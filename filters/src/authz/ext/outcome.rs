@@ -171,7 +171,11 @@ pub fn apply_to_request(allowed: &Allowed, parts: &mut http::request::Parts) {
                 .collect()
         })
         .unwrap_or_default();
-    let raw_key = |k: &str| crate::route::table::parse_query(Some(k)).first().map(|(k, _)| k.clone());
+    let raw_key = |k: &str| {
+        crate::route::table::parse_query(Some(k))
+            .first()
+            .map(|(k, _)| k.clone())
+    };
     let same = |raw: &str, key: &str| raw_key(raw).as_deref() == Some(key) || raw == key;
     pairs.retain(|(k, _)| !allowed.query_remove.iter().any(|r| same(k, r)));
     for (k, v) in &allowed.query_set {
@@ -189,7 +193,9 @@ pub fn apply_to_request(allowed: &Allowed, parts: &mut http::request::Parts) {
     };
     match Uri::try_from(pq) {
         Ok(u) => parts.uri = u,
-        Err(e) => tracing::info!(error = %e, "ext_authz query parameters make an invalid URI; ignored"),
+        Err(e) => {
+            tracing::info!(error = %e, "ext_authz query parameters make an invalid URI; ignored")
+        }
     }
 }
 

@@ -193,11 +193,17 @@ mod tests {
         let CustomPlan::DenyAll(why) = plan else {
             panic!("unknown provider")
         };
-        assert!(why.contains("default/x") && why.contains("\"nope\""), "{why}");
+        assert!(
+            why.contains("default/x") && why.contains("\"nope\""),
+            "{why}"
+        );
         let plan = custom_plan(&[custom("y", "broken", None)], &providers, &a);
         assert!(matches!(plan, CustomPlan::DenyAll(w) if w.contains("bad port")));
         let two = vec![custom("a", "grpc", None), custom("b", "other", None)];
-        assert!(matches!(custom_plan(&two, &providers, &a), CustomPlan::DenyAll(_)));
+        assert!(matches!(
+            custom_plan(&two, &providers, &a),
+            CustomPlan::DenyAll(_)
+        ));
     }
 
     #[test]
