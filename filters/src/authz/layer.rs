@@ -305,3 +305,159 @@ async fn authorize(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use http::{HeaderName, HeaderValue};
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+    use crate::authz::ext::{
+        Allowed, CheckError, CheckFuture, Denied, HeaderAction, Provider, ProviderEntry,
+        ProviderKind,
+    };
+    use crate::authz::matcher::PathPattern;
+    use crate::authz::model::{Action, Field, Operation, Policy, Rule};
+    use crate::authz::PolicySet;
+    use crate::model::test_support::context_with;
+    use crate::model::NamespacedName;
+
+    /// Answers from the `x-answer` header of the checked request: allow, deny, slow, fail.
+    struct Mock {
+        calls: AtomicUsize,
+    }
+
+    impl ExtAuthzClient for Mock {
+        fn check<'a>(
+            &'a self,
+            provider: &'a Provider,
+            _ctx: &'a RequestContext,
+            request: CheckRequest,
+        ) -> CheckFuture<'a> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async move {
+                let h = request.http.expect("HTTP check");
+                let answer = h
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == "x-answer")
+                    .map(|(_, v)| v.clone());
+                let op = |n: &'static str, v: &'static str| HeaderOp {
+                    name: HeaderName::from_static(n),
+                    value: HeaderValue::from_static(v),
+                    action: HeaderAction::Set,
+                };
+                match answer.as_deref() {
+                    Some("allow") => Ok(CheckOutcome::Allow(Allowed {
+                        request_headers: vec![op("x-user", "alice")],
+                        response_headers: vec![op("x-down", "1")],
+                        ..Default::default()
+                    })),
+                    Some("slow") => {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        unreachable!("timed out before")
+                    }
+                    Some("fail") => Err(CheckError::Failed {
+                        provider: provider.name.clone(),
+                        reason: "boom".into(),
+                    }),
+                    _ => Ok(CheckOutcome::Deny(Denied {
+                        status: StatusCode::UNAUTHORIZED,
+                        headers: vec![op("x-why", "no")],
+                        body: bytes::Bytes::from_static(b"nope"),
+                    })),
+                }
+            })
+        }
+    }
+
+    fn set(fail_open: bool) -> PolicySet {
+        let policy = Policy {
+            name: NamespacedName::new("default", "ext"),
+            action: Action::Custom("mock".into()),
+            dry_run: false,
+            rules: vec![Rule {
+                to: vec![Operation {
+                    paths: Field {
+                        values: vec![PathPattern::parse("/secure*").unwrap()],
+                        not_values: vec![],
+                    },
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            matched: AtomicU64::new(0),
+        };
+        let provider = Provider {
+            name: "mock".into(),
+            service: "mock".into(),
+            port: 1,
+            timeout: Duration::from_millis(50),
+            fail_open,
+            status_on_error: StatusCode::SERVICE_UNAVAILABLE,
+            body: None,
+            kind: ProviderKind::Grpc,
+        };
+        PolicySet {
+            gateway: vec![Arc::new(policy)],
+            providers: [("mock".to_string(), ProviderEntry::Ready(Arc::new(provider)))].into(),
+            ..Default::default()
+        }
+    }
+
+    async fn run(mock: &Arc<Mock>, fail_open: bool, path: &str, answer: &str) -> Response<Body> {
+        let inner = service_fn(|req: Request<Body>| async move {
+            let mut r = Response::new(fbody::empty());
+            if let Some(u) = req.headers().get("x-user") {
+                r.headers_mut().insert("x-saw-user", u.clone());
+            }
+            Ok::<_, ProxyError>(r)
+        });
+        let client: Arc<dyn ExtAuthzClient> = mock.clone();
+        let svc = AuthzLayer::with_ext_authz(client).layer(inner);
+        let mut req = Request::get(path)
+            .header("host", "echo")
+            .header("x-answer", answer)
+            .body(fbody::empty())
+            .unwrap();
+        req.extensions_mut().insert(context_with(set(fail_open)));
+        match svc.oneshot(req).await {
+            Ok(r) => r,
+            Err(e) => e.to_response(),
+        }
+    }
+
+    #[tokio::test]
+    async fn custom_policies_through_a_mock_client() {
+        let mock = Arc::new(Mock {
+            calls: AtomicUsize::new(0),
+        });
+        let r = run(&mock, false, "/public", "deny").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(mock.calls.load(Ordering::Relaxed), 0, "rules do not match");
+
+        let r = run(&mock, false, "/secure", "allow").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["x-saw-user"],
+            "alice",
+            "upstream headers applied"
+        );
+        assert_eq!(r.headers()["x-down"], "1", "response headers applied");
+
+        let r = run(&mock, false, "/secure", "deny").await;
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["x-why"], "no");
+
+        let r = run(&mock, false, "/secure", "slow").await;
+        assert_eq!(r.status(), 503, "timeout: statusOnError");
+        let r = run(&mock, false, "/secure", "fail").await;
+        assert_eq!(r.status(), 503, "error: statusOnError");
+        let r = run(&mock, true, "/secure", "fail").await;
+        assert_eq!(r.status(), 200, "failOpen");
+        assert_eq!(mock.calls.load(Ordering::Relaxed), 5);
+    }
+}
