@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod ext_authz;
 pub mod hbone;
+pub mod jwks;
 #[cfg(feature = "testing")]
 pub mod loadgen;
 pub mod proxy;
