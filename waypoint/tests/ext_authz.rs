@@ -410,3 +410,129 @@ async fn failures_timeouts_and_invalid_providers() {
         }
     }
 }
+
+#[tokio::test]
+async fn grpc_provider_in_the_mesh_over_hbone_and_for_tcp_tunnels() {
+    use std::collections::HashMap;
+    use waypoint::testing::echo::EchoIdentity;
+    use waypoint::testing::ztunnel::{App, FakeZtunnel, ZtunnelOptions};
+
+    let authz = GrpcAuthz::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // The authorization server is a pod in the ambient mesh: reached through its ztunnel.
+    let h = Harness::start(Spec {
+        ports: vec![
+            Port {
+                name: "http",
+                port: 80,
+                target: 8080,
+            },
+            Port {
+                name: "tcp-echo",
+                port: 9000,
+                target: 9000,
+            },
+        ],
+        apps: HashMap::from([(9000, App::TcpEcho)]),
+        ..Spec::default()
+    })
+    .await;
+    let authz_pod = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
+        ip,
+        certs: h
+            .ca
+            .issue(&filters::model::Identity::new(
+                "cluster.local",
+                "authz-system",
+                "ext-authz",
+            ))
+            .unwrap()
+            .certs()
+            .unwrap(),
+        allowed_caller: Some(h.waypoint_id.clone()),
+        who: EchoIdentity {
+            pod: "ext-authz-0".into(),
+            namespace: "authz-system".into(),
+        },
+        apps: HashMap::from([(9191, App::Forward(authz.addr))]),
+    })
+    .await
+    .unwrap();
+    let services = MeshYaml::default()
+        .service(
+            "authz-system",
+            "ext-authz",
+            "127.96.1.3".parse().unwrap(),
+            "ext-authz",
+            &[Port {
+                name: "grpc",
+                port: 9191,
+                target: 9191,
+            }],
+        )
+        .pod(
+            "authz-system",
+            "ext-authz-0",
+            authz_pod.ip,
+            "ext-authz",
+            "ext-authz",
+            true,
+        )
+        .render();
+    let config = h
+        .mesh
+        .clone()
+        .raw(&services)
+        .raw(&mesh_config("- name: grpc\n  envoyExtAuthzGrpc: {service: ext-authz.authz-system.svc.cluster.local, port: 9191, timeout: 5s}\n"))
+        .raw(&policy("ext", &svc_ref("echo"), "  action: CUSTOM\n  provider: {name: grpc}\n  rules:\n  - to: [{operation: {paths: [\"/secure*\"]}}]\n  - to: [{operation: {ports: [\"9000\"]}}]\n"))
+        .render();
+    h.write_config(&config);
+    // The configuration is watched: wait (bounded) until the policy is in force.
+    let mut in_force = false;
+    for _ in 0..100 {
+        if send(&h, VIP, empty(request("/secure/x", None)))
+            .await
+            .status
+            == 401
+        {
+            in_force = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(in_force, "the CUSTOM policy never applied");
+    let r = send(&h, VIP, empty(request("/secure/x", Some("allow")))).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        authz_pod
+            .counters
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "the check went through the authorization pod's ztunnel"
+    );
+
+    // A TCP tunnel on the port a CUSTOM rule names is checked with connection attributes
+    // only; this server denies what carries no `x-ext-authz: allow`, so the tunnel closes.
+    let before = authz.calls();
+    let conn = h.client().connect().await.unwrap();
+    let mut tunnel = conn.tunnel(authority(9000), &[]).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tunnel.write_all(b"hello").await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut buf))
+        .await
+        .expect("closed promptly");
+    assert!(
+        read.is_err() || buf.is_empty(),
+        "a denied TCP tunnel carries nothing back"
+    );
+    assert_eq!(authz.calls(), before + 1);
+    let tcp_check = authz.log.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(tcp_check.path, "", "no HTTP attributes for TCP");
+    assert_eq!(
+        tcp_check.source_principal,
+        "spiffe://cluster.local/ns/default/sa/sleep"
+    );
+}

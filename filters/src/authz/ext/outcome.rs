@@ -90,7 +90,8 @@ pub enum CheckOutcome {
     Deny(Denied),
 }
 
-/// Headers no authorization server may change: the pseudo-header equivalents and `host`.
+/// Headers no authorization server may change: `host` (the authority decides routing and
+/// was authorized as sent).
 fn protected(name: &HeaderName) -> bool {
     name == http::header::HOST
 }
