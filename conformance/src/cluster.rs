@@ -227,7 +227,8 @@ impl Cluster {
                 | "GRPCRoute"
                 | "ReferenceGrant"
                 | "AuthorizationPolicy"
-                | "RequestAuthentication" => out.push(doc),
+                | "RequestAuthentication"
+                | "ConfigMap" => out.push(doc),
                 _ => {}
             }
         }

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the data path. Modules, in the order a request meets them:
 //! - [`hbone`]: the HBONE listener (mTLS + HTTP/2 CONNECT on 15008) and the tunnel stream;
 //! - [`proxy`]: what runs inside a tunnel: HTTP sessions through the filter chain, or TCP;
+//! - [`ext_authz`]: the external authorization client (CUSTOM policies);
 //! - [`upstream`]: the pooled HBONE (or plain) client towards destination pods;
 //! - [`tls`]: certificates, SPIFFE identities and verifiers;
 //! - [`state`]: the current configuration snapshot and readiness;
@@ -11,7 +12,9 @@
 //! - [`server`]: assembles the Pingora server and owns shutdown.
 
 pub mod admin;
+pub mod ext_authz;
 pub mod hbone;
+pub mod jwks;
 #[cfg(feature = "testing")]
 pub mod loadgen;
 pub mod proxy;

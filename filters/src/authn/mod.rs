@@ -6,8 +6,10 @@
 //! for `request.auth.claims[...]`), can be copied into headers, and is removed from the
 //! request unless `forwardOriginalToken` is set.
 
+pub mod jwks;
 mod layer;
 
+pub use jwks::{JwksKeys, JwksRegistry, RemoteJwks};
 pub use layer::{AuthnLayer, AuthnService};
 
 use std::collections::BTreeMap;
@@ -15,7 +17,6 @@ use std::sync::Arc;
 
 use base64::Engine;
 use http::{HeaderName, HeaderValue, Request};
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
 use serde::Serialize;
 
@@ -43,9 +44,8 @@ pub struct JwtRule {
     pub issuer: String,
     /// `audiences` (any must match when set).
     pub audiences: Vec<String>,
-    /// The issuer's keys (`jwks`).
-    #[serde(skip)]
-    pub keys: JwkSet,
+    /// The issuer's keys (`jwks` inline, or fetched from `jwksUri`).
+    pub keys: JwksKeys,
     /// `fromHeaders`, `fromParams`, `fromCookies` (default: `Authorization: Bearer`, and
     /// the `access_token` parameter).
     pub locations: Vec<Location>,
@@ -161,8 +161,8 @@ fn verify(token: &str, rule: &JwtRule) -> Result<serde_json::Value, JwtError> {
     } else {
         validation.set_audience(&rule.audiences);
     }
-    let candidates = rule
-        .keys
+    let keys = rule.keys.current().map_err(JwtError::Invalid)?;
+    let candidates = keys
         .keys
         .iter()
         .filter(|k| header.kid.is_none() || k.common.key_id == header.kid);

@@ -4,10 +4,12 @@
 //! - [`path`]: path normalization (the normalized path is matched and sent upstream);
 //! - [`attributes`]: what a request or connection offers policies;
 //! - [`engine`]: the pure decision (CUSTOM, DENY, ALLOW; AUDIT; dry-run);
+//! - [`ext`]: CUSTOM policies: external authorization (Envoy ext_authz);
 //! - [`AuthzLayer`]: the tower layer that enforces it (403 `RBAC: access denied`).
 
 pub mod attributes;
 pub mod engine;
+pub mod ext;
 mod layer;
 pub mod matcher;
 pub mod model;
@@ -56,6 +58,8 @@ pub struct PolicySet {
     pub gateway: Vec<Arc<Policy>>,
     /// Bound to a Service (`namespace/name`): requests to it.
     pub services: BTreeMap<String, Vec<Arc<Policy>>>,
+    /// External authorization providers (MeshConfig `extensionProviders`), by name.
+    pub providers: ext::Providers,
     /// Path normalization in force.
     #[serde(skip)]
     pub normalization: path::Normalization,

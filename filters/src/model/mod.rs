@@ -48,3 +48,73 @@ pub struct RequestContext {
     /// The tunnel the request arrived on.
     pub tunnel: Arc<TunnelInfo>,
 }
+
+/// Request contexts for unit tests: a Service `default/echo` at `127.96.0.10:80` with one
+/// pod, a client `sleep` at `127.0.0.7`.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A context whose snapshot has the policies in `authz`.
+    pub fn context_with(authz: crate::authz::PolicySet) -> RequestContext {
+        let wl = Arc::new(Workload {
+            name: NamespacedName::new("default", "echo-0"),
+            ips: vec!["127.128.0.1".parse().unwrap()],
+            identity: Identity::new("cluster.local", "default", "echo"),
+            labels: BTreeMap::new(),
+            hbone: true,
+            served: false,
+            named_ports: BTreeMap::new(),
+        });
+        let svc = Service {
+            name: NamespacedName::new("default", "echo"),
+            hostname: "echo.default.svc.cluster.local".into(),
+            vips: vec!["127.96.0.10".parse().unwrap()],
+            ports: vec![ServicePort::new(
+                Some("http".into()),
+                80,
+                TargetPort::Number(8080),
+                Protocol::Http,
+                vec![Endpoint {
+                    workload: wl.clone(),
+                    port: 8080,
+                }],
+            )],
+            served: true,
+        };
+        let mut snapshot = Snapshot::new(
+            1,
+            "test".into(),
+            Waypoint {
+                gateway: NamespacedName::new("default", "waypoint"),
+                trust_domain: "cluster.local".into(),
+            },
+            vec![svc],
+            vec![wl],
+        )
+        .unwrap();
+        snapshot.set_authz(authz);
+        let authority = "127.96.0.10:80".parse().unwrap();
+        let target = snapshot.resolve(authority).expect("served VIP");
+        RequestContext {
+            snapshot: Arc::new(snapshot),
+            tunnel: Arc::new(TunnelInfo {
+                peer: Identity::new("cluster.local", "default", "sleep"),
+                peer_addr: Some("127.0.0.7:40000".parse().unwrap()),
+                source_ip: Some("127.0.0.7".parse().unwrap()),
+                authority,
+                target,
+                baggage: None,
+                traceparent: None,
+            }),
+        }
+    }
+
+    /// A context without policies.
+    pub fn context() -> RequestContext {
+        context_with(Default::default())
+    }
+}

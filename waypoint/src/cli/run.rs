@@ -61,6 +61,13 @@ pub struct RunArgs {
     /// DECODE_AND_MERGE_SLASHES (MeshConfig pathNormalization).
     #[arg(long, default_value = "BASE", value_parser = parse_normalization)]
     path_normalization: filters::authz::path::Normalization,
+    /// How often RequestAuthentication `jwksUri` keys are fetched again (Istio's
+    /// PILOT_JWT_PUB_KEY_REFRESH_INTERVAL): `20m`, `30s`, `500ms`.
+    #[arg(long, default_value = "20m", value_parser = parse_interval)]
+    jwks_refresh_interval: Duration,
+    /// Extra PEM roots trusted for https `jwksUri` (besides the system trust store).
+    #[arg(long)]
+    jwks_ca_file: Option<PathBuf>,
     /// How often the configuration and certificate files are checked, in milliseconds.
     #[arg(long, default_value_t = 500)]
     watch_interval_ms: u64,
@@ -77,11 +84,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(NamespacedName::new(ns, name))
         })
         .transpose()?;
+    let jwks = Arc::new(filters::authn::JwksRegistry::default());
+    let jwks_client = waypoint::jwks::JwksClient::new(args.jwks_ca_file.as_deref())?;
     let local = xds::local::Options {
         gateway,
         trust_domain: args.trust_domain.clone(),
         root_namespace: args.root_namespace.clone(),
         normalization: args.path_normalization,
+        jwks: jwks.clone(),
         ..Default::default()
     };
     let certs = Arc::new(CertStore::load(args.certs.paths()).context("loading certificates")?);
@@ -120,6 +130,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             interval,
         )),
         Box::pin(certs.watch(interval)),
+        Box::pin(waypoint::jwks::run(
+            jwks,
+            jwks_client,
+            args.jwks_refresh_interval,
+        )),
     ];
     let threads = args.concurrency.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -138,6 +153,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         tasks,
     );
     Ok(())
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    xds::local::ext_authz::parse_duration(s)
 }
 
 fn parse_normalization(s: &str) -> Result<filters::authz::path::Normalization, String> {

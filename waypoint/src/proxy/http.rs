@@ -186,7 +186,8 @@ impl TunnelApp {
         // The filter chain, outermost first: authentication, authorization, routing,
         // retries and timeouts, then the upstream call.
         let stack = AuthnLayer.layer(
-            AuthzLayer.layer(RouteLayer.layer(RetryLayer.layer(Forward::new(self.proxy.clone())))),
+            AuthzLayer::with_ext_authz(Arc::new(crate::ext_authz::Client::new(self.proxy.clone())))
+                .layer(RouteLayer.layer(RetryLayer.layer(Forward::new(self.proxy.clone())))),
         );
         let mut call: std::pin::Pin<
             Box<

@@ -45,12 +45,12 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
 /// Runs the tunnel; returns the response flags, the endpoint's workload and the bytes
 /// sent to and received from the client. `opened` runs once the upstream is connected.
 async fn copy(
-    proxy: &Proxy,
-    info: &TunnelInfo,
+    proxy: &Arc<Proxy>,
+    info: &Arc<TunnelInfo>,
     mut stream: H2Stream,
     opened: impl FnOnce(Option<&Arc<Workload>>),
 ) -> (&'static str, Option<Arc<Workload>>, u64, u64) {
-    if let Err(policy) = authorize(proxy, info) {
+    if let Err(policy) = authorize(proxy, info).await {
         tracing::info!(%policy, peer = %info.peer, "TCP tunnel denied by authorization");
         return ("-", None, 0, 0);
     }
@@ -82,7 +82,10 @@ async fn copy(
 }
 
 /// Applies the AuthorizationPolicies to a TCP tunnel (HTTP-only attributes cannot apply).
-fn authorize(proxy: &Proxy, info: &TunnelInfo) -> Result<(), String> {
+/// A matching CUSTOM policy with a gRPC provider is checked with the connection's
+/// attributes (Envoy's network ext_authz filter); HTTP providers do not apply to TCP.
+async fn authorize(proxy: &Arc<Proxy>, info: &Arc<TunnelInfo>) -> Result<(), String> {
+    use filters::authz::ext::{self, CheckOutcome, CheckRequest, CustomPlan};
     let snapshot = proxy.config.current();
     let service = match &info.target {
         filters::model::Target::Service { service, .. } => Some(service.name.to_string()),
@@ -93,7 +96,40 @@ fn authorize(proxy: &Proxy, info: &TunnelInfo) -> Result<(), String> {
         return Ok(());
     }
     let attrs = filters::authz::Attributes::of_tunnel(info);
-    let verdict = filters::authz::evaluate(&policies, &attrs, None).verdict;
+    match ext::custom_plan(&policies, &snapshot.authz.providers, &attrs) {
+        CustomPlan::Skip => {}
+        CustomPlan::DenyAll(why) => {
+            filters::authz::count(&filters::authz::Verdict::Deny(why.clone()));
+            return Err(why);
+        }
+        CustomPlan::Check { provider, policies } => {
+            let ctx = filters::model::RequestContext {
+                snapshot: snapshot.clone(),
+                tunnel: info.clone(),
+            };
+            let client = crate::ext_authz::Client::new(proxy.clone());
+            let check = CheckRequest::of_tunnel(&ctx);
+            match ext::check_with_timeout(&client, &provider, &ctx, check).await {
+                Ok(CheckOutcome::Allow(_)) => {}
+                Ok(CheckOutcome::Deny(_)) => {
+                    filters::authz::count(&filters::authz::Verdict::Deny(policies.join(",")));
+                    return Err(format!(
+                        "ext_authz provider {} ({})",
+                        provider.name,
+                        policies.join(",")
+                    ));
+                }
+                Err(e) if provider.fail_open => {
+                    tracing::warn!(error = %e, "ext_authz check of a TCP tunnel failed; failOpen allows");
+                }
+                Err(e) => {
+                    filters::authz::count(&filters::authz::Verdict::Deny(policies.join(",")));
+                    return Err(e.to_string());
+                }
+            }
+        }
+    }
+    let verdict = filters::authz::evaluate(&policies, &attrs, Some(&|_| true)).verdict;
     filters::authz::count(&verdict);
     match verdict {
         filters::authz::Verdict::Allow(_) => Ok(()),

@@ -5,12 +5,14 @@
 //! - [`ztunnel`]: a fake destination ztunnel: an HBONE server on a pod IP that checks the
 //!   caller's identity and the CONNECT authority, then serves an app;
 //! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
+//! - [`ext_authz`]: gRPC and HTTP external authorization servers;
 //! - [`jwt`]: a JWT issuer (keys, JWKS, tokens);
 //! - [`mesh`]: writes local configuration files of Kubernetes objects;
 //! - [`process`]: runs the `waypoint` binary as a child process.
 
 pub mod client;
 pub mod echo;
+pub mod ext_authz;
 pub mod jwt;
 pub mod mesh;
 pub mod process;

@@ -31,6 +31,9 @@ pub enum App {
     TcpEcho,
     /// Sends a banner first (a server-first protocol), then echoes.
     ServerFirst(&'static str),
+    /// Delivers the tunnel's bytes to a local TCP server (as a real ztunnel delivers to the
+    /// pod's app), both directions.
+    Forward(std::net::SocketAddr),
 }
 
 /// Counters a test reads to prove connection reuse.
@@ -220,6 +223,12 @@ async fn serve_app(
                 tcp_echo(&mut stream).await;
             }
         }
+        App::Forward(addr) => match tokio::net::TcpStream::connect(addr).await {
+            Ok(mut app) => {
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut app).await;
+            }
+            Err(e) => tracing::debug!(%addr, error = %e, "fake ztunnel: app unreachable"),
+        },
     }
 }
 

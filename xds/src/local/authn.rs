@@ -1,11 +1,12 @@
 //! RequestAuthentication (`security.istio.io/v1`): `jwtRules` bound through `targetRefs`,
-//! as AuthorizationPolicy is. `jwks` is inline JSON; `jwksUri` is not fetched by the local
-//! configuration (a rule with only `jwksUri` is rejected with that reason).
+//! as AuthorizationPolicy is. `jwks` is inline JSON (it wins when both are set, as in
+//! Istio); `jwksUri` (http or https) is registered in the [`JwksRegistry`] the binary
+//! fetches and refreshes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use filters::authn::{JwtRule, JwtRules, Location};
+use filters::authn::{JwksKeys, JwksRegistry, JwtRule, JwtRules, Location};
 use filters::model::NamespacedName;
 use http::HeaderName;
 use serde::Deserialize;
@@ -76,11 +77,28 @@ fn header(name: &str, field: &str) -> Result<HeaderName, (String, String)> {
         .map_err(|_| (field.to_string(), format!("invalid header name {name:?}")))
 }
 
-fn rule(r: &RuleSpec, at: &str) -> Result<JwtRule, (String, String)> {
+fn jwks_uri(uri: &str, at: &str) -> Result<(), (String, String)> {
+    let parsed: http::Uri = uri
+        .parse()
+        .map_err(|e| (format!("{at}.jwksUri"), format!("invalid URI {uri:?}: {e}")))?;
+    match (parsed.scheme_str(), parsed.host()) {
+        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(()),
+        _ => Err((
+            format!("{at}.jwksUri"),
+            format!("{uri:?} must be an http:// or https:// URL with a host"),
+        )),
+    }
+}
+
+fn rule(r: &RuleSpec, at: &str, registry: &JwksRegistry) -> Result<JwtRule, (String, String)> {
     let keys = match (&r.jwks, &r.jwks_uri) {
-        (Some(j), _) => serde_json::from_str(j).map_err(|e| (format!("{at}.jwks"), format!("not a JWKS: {e}")))?,
+        (Some(j), _) => JwksKeys::Inline(std::sync::Arc::new(
+            serde_json::from_str(j)
+                .map_err(|e| (format!("{at}.jwks"), format!("not a JWKS: {e}")))?,
+        )),
         (None, Some(uri)) => {
-            return Err((format!("{at}.jwksUri"), format!("fetching {uri} is not supported by the local configuration; inline the keys in jwks")))
+            jwks_uri(uri, at)?;
+            JwksKeys::Remote(registry.get(uri))
         }
         (None, None) => return Err((format!("{at}.jwks"), "jwks or jwksUri is required".into())),
     };
@@ -123,6 +141,7 @@ pub fn bind(
     items: &[(String, RequestAuthentication)],
     gateway: &NamespacedName,
     root_namespace: &str,
+    registry: &JwksRegistry,
 ) -> Result<JwtRules, LocalConfigError> {
     let mut out = JwtRules::default();
     let mut services: BTreeMap<String, Vec<Arc<JwtRule>>> = BTreeMap::new();
@@ -133,7 +152,7 @@ pub fn bind(
             .jwt_rules
             .iter()
             .enumerate()
-            .map(|(i, r)| rule(r, &format!("spec.jwtRules[{i}]")).map(Arc::new))
+            .map(|(i, r)| rule(r, &format!("spec.jwtRules[{i}]"), registry).map(Arc::new))
             .collect::<Result<_, _>>()
             .map_err(|(field, message)| LocalConfigError::Invalid {
                 object: label.clone(),
@@ -163,4 +182,44 @@ pub fn bind(
     }
     out.services = services;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(jwks_uri: &str) -> RuleSpec {
+        RuleSpec {
+            issuer: "https://issuer.example".into(),
+            jwks_uri: Some(jwks_uri.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn jwks_uri_is_registered_once_per_uri() {
+        let registry = JwksRegistry::default();
+        let a = rule(&spec("https://issuer.example/keys"), "r", &registry).unwrap();
+        let b = rule(&spec("https://issuer.example/keys"), "r", &registry).unwrap();
+        let (JwksKeys::Remote(a), JwksKeys::Remote(b)) = (&a.keys, &b.keys) else {
+            panic!("remote keys")
+        };
+        assert!(Arc::ptr_eq(a, b));
+        assert_eq!(registry.active().len(), 1);
+    }
+
+    #[test]
+    fn jwks_uri_must_be_http_or_https() {
+        let registry = JwksRegistry::default();
+        let (field, message) = rule(
+            &spec("ftp://issuer.example/keys"),
+            "spec.jwtRules[0]",
+            &registry,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(field, "spec.jwtRules[0].jwksUri");
+        assert!(message.contains("http:// or https://"), "{message}");
+        assert!(registry.active().is_empty());
+    }
 }

@@ -439,3 +439,19 @@ pub fn bind(
     set.services = services;
     Ok(set)
 }
+
+/// Logs every destination whose CUSTOM policies cannot be enforced (unknown or invalid
+/// provider, several providers): istiod's rule, which this waypoint follows, is to deny
+/// every request to such a destination.
+pub fn report_custom(set: &PolicySet) {
+    let targets = std::iter::once(("the waypoint".to_string(), set.gateway.clone())).chain(
+        set.services
+            .keys()
+            .map(|s| (format!("Service {s}"), set.for_target(Some(s)))),
+    );
+    for (target, policies) in targets {
+        if let Err(why) = filters::authz::ext::custom_provider(&policies, &set.providers) {
+            tracing::error!(target = %target, reason = %why, "CUSTOM AuthorizationPolicy cannot be enforced: every request to this destination is denied");
+        }
+    }
+}

@@ -8,6 +8,7 @@
 pub mod authn;
 pub mod authz;
 mod error;
+pub mod ext_authz;
 pub mod mesh;
 mod objects;
 mod parse;

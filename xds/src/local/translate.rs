@@ -34,6 +34,9 @@ pub struct Options {
     pub root_namespace: String,
     /// Path normalization before authorization.
     pub normalization: filters::authz::path::Normalization,
+    /// Where `jwksUri` keys are registered (the binary fetches them; a new registry by
+    /// default).
+    pub jwks: std::sync::Arc<filters::authn::JwksRegistry>,
 }
 
 impl Default for Options {
@@ -44,6 +47,7 @@ impl Default for Options {
             domain_suffix: "cluster.local".into(),
             root_namespace: "istio-system".into(),
             normalization: Default::default(),
+            jwks: Default::default(),
         }
     }
 }
@@ -173,16 +177,20 @@ pub fn translate_with_status(
         &gw_name,
         &options.root_namespace,
     )?);
-    snapshot.set_authz(super::authz::bind(
+    let mut authz = super::authz::bind(
         &objects.policies,
         &gw_name,
         &options.root_namespace,
         options.normalization,
-    )?);
+    )?;
+    authz.providers = super::ext_authz::providers(&mesh);
+    super::authz::report_custom(&authz);
+    snapshot.set_authz(authz);
     snapshot.set_authn(super::authn::bind(
         &objects.authentications,
         &gw_name,
         &options.root_namespace,
+        &options.jwks,
     )?);
     Ok((snapshot, statuses))
 }
