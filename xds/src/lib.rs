@@ -2,11 +2,15 @@
 //!
 //! - [`local`]: a file of Kubernetes objects (`kubectl get -o yaml` output), watched for
 //!   changes; the embedded default when no control plane runs.
+//! - [`ads`]: the xDS subscriber (Delta ADS and SDS against istiod and pilot-agent).
+//! - [`translate`]: Envoy resources (listeners, clusters, endpoints, RBAC) into the model.
+//! - [`envoy`]: Envoy's protobuf types and their JSON form.
 //!
 //! Every source converts its input into a complete `Snapshot` outside of any lock and hands
 //! it to a [`Publisher`], which swaps it in atomically. A rejected input never replaces the
 //! last good configuration.
 
+pub mod envoy;
 pub mod local;
 
 use filters::Snapshot;
