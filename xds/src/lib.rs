@@ -12,6 +12,7 @@
 
 pub mod envoy;
 pub mod local;
+pub mod translate;
 
 use filters::Snapshot;
 

@@ -71,25 +71,7 @@ fn path_rank(p: &PathMatch) -> (u8, usize) {
 impl RouteTable {
     /// Sorts every match of every rule of `routes` by precedence.
     pub fn new(routes: &[Arc<Route>]) -> Self {
-        let mut entries: Vec<Entry> = Vec::new();
-        for route in routes {
-            for (ri, rule) in route.rules.iter().enumerate() {
-                if rule.matches.is_empty() {
-                    entries.push(Entry {
-                        route: route.clone(),
-                        rule: ri,
-                        matched: None,
-                    });
-                }
-                for mi in 0..rule.matches.len() {
-                    entries.push(Entry {
-                        route: route.clone(),
-                        rule: ri,
-                        matched: Some(mi),
-                    });
-                }
-            }
-        }
+        let mut entries = Self::ordered(routes).entries;
         let default = RouteMatch::default();
         entries.sort_by_key(|e| {
             let m = e
@@ -111,6 +93,32 @@ impl RouteTable {
                 e.matched,
             )
         });
+        Self { entries }
+    }
+
+    /// Keeps every match of every rule of `routes` in declaration order: the first that
+    /// matches wins (Envoy's route table semantics, for configurations received over xDS,
+    /// which istiod has already ordered).
+    pub fn ordered(routes: &[Arc<Route>]) -> Self {
+        let mut entries = Vec::new();
+        for route in routes {
+            for (ri, rule) in route.rules.iter().enumerate() {
+                if rule.matches.is_empty() {
+                    entries.push(Entry {
+                        route: route.clone(),
+                        rule: ri,
+                        matched: None,
+                    });
+                }
+                for mi in 0..rule.matches.len() {
+                    entries.push(Entry {
+                        route: route.clone(),
+                        rule: ri,
+                        matched: Some(mi),
+                    });
+                }
+            }
+        }
         Self { entries }
     }
 

@@ -1,0 +1,125 @@
+//! Clusters: istiod's `inbound-vip|<port>|<protocol>|<host>` clusters name a Service port;
+//! their endpoints arrive over EDS.
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
+};
+use filters::model::Protocol;
+
+use super::error::InvalidResource;
+use super::metadata;
+
+/// What a cluster tells the waypoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterInfo {
+    /// The cluster name.
+    pub name: String,
+    /// The Service hostname.
+    pub host: String,
+    /// The Service port.
+    pub port: u16,
+    /// `namespace` and `name` of the Service.
+    pub namespace: String,
+    /// Service name.
+    pub service: String,
+    /// Declared protocol of the port.
+    pub protocol: Protocol,
+    /// The EDS resource name to subscribe to.
+    pub eds_name: String,
+}
+
+/// Parses `inbound-vip|8000|http|httpbin.default.svc.cluster.local`.
+pub fn parse_name(name: &str) -> Option<(u16, &str, &str)> {
+    let mut parts = name.split('|');
+    if parts.next()? != "inbound-vip" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    let proto = parts.next()?;
+    let host = parts.next()?;
+    if parts.next().is_some() || host.is_empty() {
+        return None;
+    }
+    Some((port, proto, host))
+}
+
+/// Validates and interprets one cluster.
+pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
+    let bad = |field: &str, reason: String| InvalidResource::new("cluster", &c.name, field, reason);
+    let Some((port, proto, host)) = parse_name(&c.name) else {
+        return Err(bad(
+            "name",
+            "not an inbound-vip|<port>|<protocol>|<host> cluster".into(),
+        ));
+    };
+    match &c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Eds as i32 => {}
+        other => {
+            return Err(bad(
+                "type",
+                format!("only EDS clusters are supported, got {other:?}"),
+            ))
+        }
+    }
+    let eds_name = c
+        .eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| c.name.clone());
+    let protocol = match proto {
+        "http" => Protocol::Http,
+        "http2" => Protocol::Http2,
+        "grpc" => Protocol::Grpc,
+        "tcp" => Protocol::Tcp,
+        "" => Protocol::Unknown,
+        other => return Err(bad("name", format!("unknown protocol {other:?}"))),
+    };
+    // The Service's name and namespace: cluster metadata istio.services[0], else the host.
+    let svc = c
+        .metadata
+        .as_ref()
+        .and_then(|m| metadata::path(m, "istio", &["services"]))
+        .and_then(|v| metadata::list(v).and_then(|l| l.first().cloned()));
+    let (service, namespace) = match svc {
+        Some(s) => (
+            metadata::string(metadata::field(&s, "name")).unwrap_or_default(),
+            metadata::string(metadata::field(&s, "namespace")).unwrap_or_default(),
+        ),
+        None => {
+            let mut labels = host.split('.');
+            (
+                labels.next().unwrap_or_default().to_string(),
+                labels.next().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    if service.is_empty() || namespace.is_empty() {
+        return Err(bad(
+            "metadata.filter_metadata.istio.services",
+            format!("cannot tell the Service of host {host}"),
+        ));
+    }
+    Ok(ClusterInfo {
+        name: c.name.clone(),
+        host: host.to_string(),
+        port,
+        namespace,
+        service,
+        protocol,
+        eds_name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_istio_cluster_names() {
+        assert_eq!(
+            super::parse_name("inbound-vip|8000|http|httpbin.default.svc.cluster.local"),
+            Some((8000, "http", "httpbin.default.svc.cluster.local"))
+        );
+        assert_eq!(super::parse_name("outbound|80||x"), None);
+        assert_eq!(super::parse_name("inbound-vip|x|http|h"), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! Endpoints (EDS `ClusterLoadAssignment`): pods behind a cluster, reached over HBONE
+//! through the internal listener `connect_originate` (the real `podIP:port` is in the
+//! `envoy.filters.listener.original_dst` metadata) or directly at a socket address.
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::core::v3::{address::Address as AddressKind, HealthStatus};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment,
+};
+
+use super::error::InvalidResource;
+use super::metadata;
+
+/// One endpoint of a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointInfo {
+    /// `podIP:targetPort`.
+    pub address: SocketAddr,
+    /// Reached over HBONE (internal address to `connect_originate`), else plain TCP.
+    pub hbone: bool,
+    /// From `istio.workload`: `name;namespace;canonical service;revision;cluster`.
+    pub workload: Option<WorkloadMeta>,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// Istio's workload metadata on an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadMeta {
+    /// Workload (Deployment) name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Canonical service.
+    pub canonical_service: String,
+    /// Canonical revision.
+    pub canonical_revision: String,
+    /// Cluster id.
+    pub cluster: String,
+}
+
+/// Validates one assignment; unhealthy and draining endpoints are left out.
+pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, InvalidResource> {
+    let name = &cla.cluster_name;
+    let mut out = Vec::new();
+    for (li, locality) in cla.endpoints.iter().enumerate() {
+        for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
+            let at = format!("endpoints[{li}].lb_endpoints[{ei}]");
+            let bad = |field: &str, reason: String| {
+                InvalidResource::new("endpoints", name, format!("{at}.{field}"), reason)
+            };
+            let status = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
+            if matches!(
+                status,
+                HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout
+            ) {
+                continue;
+            }
+            let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                return Err(bad("endpoint", "named endpoints are not supported".into()));
+            };
+            let kind = ep.address.as_ref().and_then(|a| a.address.as_ref());
+            let original_dst = lb.metadata.as_ref().and_then(|m| {
+                metadata::string(metadata::path(
+                    m,
+                    "envoy.filters.listener.original_dst",
+                    &["local"],
+                ))
+            });
+            let (address, hbone) = match kind {
+                Some(AddressKind::EnvoyInternalAddress(internal)) => {
+                    let target = original_dst
+                        .clone()
+                        .unwrap_or_else(|| internal.endpoint_id.clone());
+                    let addr: SocketAddr = target.parse().map_err(|_| {
+                        bad(
+                            "metadata.envoy.filters.listener.original_dst.local",
+                            format!("{target:?} is not ip:port"),
+                        )
+                    })?;
+                    (addr, true)
+                }
+                Some(AddressKind::SocketAddress(sa)) => {
+                    let port = match &sa.port_specifier {
+                        Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => *p,
+                        _ => return Err(bad("endpoint.address.socket_address.port_value", "a port number is required".into())),
+                    };
+                    let ip = sa.address.parse().map_err(|_| {
+                        bad(
+                            "endpoint.address.socket_address.address",
+                            format!("{:?} is not an IP", sa.address),
+                        )
+                    })?;
+                    let port = u16::try_from(port).map_err(|_| {
+                        bad(
+                            "endpoint.address.socket_address.port_value",
+                            format!("{port} out of range"),
+                        )
+                    })?;
+                    (SocketAddr::new(ip, port), false)
+                }
+                other => {
+                    return Err(bad(
+                        "endpoint.address",
+                        format!("unsupported address {other:?}"),
+                    ))
+                }
+            };
+            let workload = lb
+                .metadata
+                .as_ref()
+                .and_then(|m| metadata::string(metadata::path(m, "istio", &["workload"])))
+                .and_then(|w| parse_workload(&w));
+            let weight = lb
+                .load_balancing_weight
+                .as_ref()
+                .map(|w| w.value)
+                .unwrap_or(1);
+            out.push(EndpointInfo {
+                address,
+                hbone,
+                workload,
+                weight,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `name;namespace;canonical service;revision;cluster`.
+pub fn parse_workload(s: &str) -> Option<WorkloadMeta> {
+    let parts: Vec<&str> = s.split(';').collect();
+    if parts.len() < 2 || parts[0].is_empty() {
+        return None;
+    }
+    let get = |i: usize| parts.get(i).map(|p| p.to_string()).unwrap_or_default();
+    Some(WorkloadMeta {
+        name: get(0),
+        namespace: get(1),
+        canonical_service: get(2),
+        canonical_revision: get(3),
+        cluster: get(4),
+    })
+}

@@ -1,0 +1,276 @@
+//! Envoy resources, as istiod sends them to a waypoint, into the model.
+//!
+//! Each resource is validated on its own ([`listener::convert`], [`cluster::convert`],
+//! [`endpoint::convert`]); a resource outside the supported subset is an
+//! [`InvalidResource`] (NACKed with that reason) and never half-applied. [`build`] then
+//! combines the accepted resources into a complete [`Snapshot`].
+
+pub mod cluster;
+pub mod endpoint;
+mod error;
+pub mod listener;
+mod metadata;
+pub mod route;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use filters::model::{
+    route_key, ConflictingAddress, Endpoint, Identity, NamespacedName, Service, ServicePort,
+    Snapshot, TargetPort, Waypoint, Workload,
+};
+use filters::route::model::{BackendTarget, Filter, Route, RouteKind, Rule, WeightedBackend};
+use filters::route::{Backend, PortRoutes, RouteTable};
+
+pub use cluster::ClusterInfo;
+pub use endpoint::EndpointInfo;
+pub use error::InvalidResource;
+pub use listener::{Chain, ListenerInfo};
+
+/// The accepted resources of every type, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    /// Listeners.
+    pub listeners: BTreeMap<String, ListenerInfo>,
+    /// Clusters.
+    pub clusters: BTreeMap<String, ClusterInfo>,
+    /// Endpoints, by EDS resource name.
+    pub endpoints: BTreeMap<String, Vec<EndpointInfo>>,
+}
+
+/// What the snapshot is built for.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Snapshot version.
+    pub version: u64,
+    /// `xds:<server>`.
+    pub source: String,
+    /// The waypoint itself.
+    pub waypoint: Waypoint,
+}
+
+/// Parses a `main_internal` chain name: `inbound-vip|<port>||<host>-<http|tcp>`.
+fn vip_chain(name: &str) -> Option<(u16, &str)> {
+    let rest = name.strip_prefix("inbound-vip|")?;
+    let (port, rest) = rest.split_once('|')?;
+    let host = rest.strip_prefix('|')?;
+    let host = host
+        .strip_suffix("-http")
+        .or_else(|| host.strip_suffix("-tcp"))
+        .unwrap_or(host);
+    Some((port.parse().ok()?, host))
+}
+
+/// Combines accepted resources into a snapshot.
+pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, ConflictingAddress> {
+    let main = res.listeners.get("main_internal");
+    // Pod IPs addressed directly (direct-http / direct-tcp chains).
+    let mut served_pods: Vec<IpAddr> = Vec::new();
+    // host -> VIPs
+    let mut vips: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
+    if let Some(l) = main {
+        for m in &l.matches {
+            for net in &m.ips {
+                let ip = net.addr();
+                match vip_chain(&m.chain) {
+                    Some((_, host)) => {
+                        let v = vips.entry(host).or_default();
+                        if !v.contains(&ip) {
+                            v.push(ip);
+                        }
+                    }
+                    None if m.chain.starts_with("direct-") => served_pods.push(ip),
+                    None => {}
+                }
+            }
+        }
+    }
+    // Workloads, one per pod IP.
+    let mut workloads: BTreeMap<IpAddr, Arc<Workload>> = BTreeMap::new();
+    for eps in res.endpoints.values() {
+        for e in eps {
+            let ip = e.address.ip();
+            workloads.entry(ip).or_insert_with(|| {
+                Arc::new(workload(
+                    e,
+                    &opts.waypoint.trust_domain,
+                    served_pods.contains(&ip),
+                ))
+            });
+        }
+    }
+    // Services from clusters, grouped by host.
+    let mut by_host: BTreeMap<&str, Vec<&ClusterInfo>> = BTreeMap::new();
+    for c in res.clusters.values() {
+        by_host.entry(c.host.as_str()).or_default().push(c);
+    }
+    let mut services = Vec::new();
+    for (host, clusters) in &by_host {
+        let first = clusters[0];
+        let mut ports = Vec::new();
+        for c in clusters {
+            let eps: Vec<Endpoint> = res
+                .endpoints
+                .get(&c.eds_name)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    workloads.get(&e.address.ip()).map(|w| Endpoint {
+                        workload: w.clone(),
+                        port: e.address.port(),
+                    })
+                })
+                .collect();
+            let target = eps.first().map(|e| e.port).unwrap_or(c.port);
+            ports.push(ServicePort::new(
+                None,
+                c.port,
+                TargetPort::Number(target),
+                c.protocol,
+                eps,
+            ));
+        }
+        let v = vips.get(host).cloned().unwrap_or_default();
+        services.push(Service {
+            name: NamespacedName::new(&first.namespace, &first.service),
+            hostname: host.to_string(),
+            served: !v.is_empty(),
+            vips: v,
+            ports,
+        });
+    }
+    let mut snapshot = Snapshot::new(
+        opts.version,
+        opts.source.clone(),
+        opts.waypoint.clone(),
+        services,
+        workloads.into_values().collect(),
+    )?;
+    // Routes per served Service port.
+    let by_host: BTreeMap<String, Arc<Service>> = snapshot
+        .services
+        .values()
+        .map(|s| (s.hostname.clone(), s.clone()))
+        .collect();
+    let mut tables = BTreeMap::new();
+    if let Some(l) = main {
+        for (name, chain) in &l.chains {
+            let (Some((port, host)), Chain::Http { routes }) = (vip_chain(name), chain) else {
+                continue;
+            };
+            let Some(service) = by_host.get(host) else {
+                continue;
+            };
+            let compiled: Vec<Arc<Route>> = routes
+                .iter()
+                .map(|spec| Arc::new(route(spec, service, res, &by_host)))
+                .collect();
+            let table = PortRoutes {
+                producer: RouteTable::ordered(&compiled),
+                consumers: BTreeMap::new(),
+                kind: None,
+            };
+            tables.insert(route_key(&service.name, port), table);
+        }
+    }
+    snapshot.set_routes(tables);
+    Ok(snapshot)
+}
+
+fn workload(e: &EndpointInfo, trust_domain: &str, served: bool) -> Workload {
+    let ip = e.address.ip();
+    let (name, ns, labels) = match &e.workload {
+        Some(w) => {
+            let mut labels = BTreeMap::new();
+            labels.insert(
+                "service.istio.io/canonical-name".to_string(),
+                w.canonical_service.clone(),
+            );
+            labels.insert(
+                "service.istio.io/canonical-revision".to_string(),
+                w.canonical_revision.clone(),
+            );
+            labels.insert("app".to_string(), w.canonical_service.clone());
+            labels.insert("version".to_string(), w.canonical_revision.clone());
+            (w.name.clone(), w.namespace.clone(), labels)
+        }
+        None => (ip.to_string(), "unknown".to_string(), BTreeMap::new()),
+    };
+    Workload {
+        name: NamespacedName::new(&ns, &name),
+        ips: vec![ip],
+        // EDS does not carry the service account: the destination must present an
+        // identity of the trust domain (as Istio's connect_originate cluster checks).
+        identity: Identity::new(trust_domain, &ns, ""),
+        labels,
+        hbone: e.hbone,
+        served,
+        named_ports: BTreeMap::new(),
+    }
+}
+
+fn route(
+    spec: &route::RouteSpec,
+    service: &Arc<Service>,
+    res: &Resources,
+    by_host: &BTreeMap<String, Arc<Service>>,
+) -> Route {
+    let backends = spec
+        .clusters
+        .iter()
+        .map(|(cluster, weight)| {
+            let target = match res.clusters.get(cluster) {
+                Some(c) => match by_host.get(&c.host) {
+                    Some(s) => BackendTarget::Backend(Backend::Service {
+                        service: s.clone(),
+                        port: c.port,
+                    }),
+                    None => {
+                        BackendTarget::Invalid(format!("cluster {cluster}: no Service {}", c.host))
+                    }
+                },
+                None => BackendTarget::Invalid(format!("cluster {cluster} not found")),
+            };
+            WeightedBackend {
+                target,
+                weight: *weight,
+                filters: Vec::new(),
+            }
+        })
+        .collect();
+    let mut filters = Vec::new();
+    if !spec.request_headers.set.is_empty()
+        || !spec.request_headers.add.is_empty()
+        || !spec.request_headers.remove.is_empty()
+    {
+        filters.push(Filter::RequestHeaders(spec.request_headers.clone()));
+    }
+    if !spec.response_headers.set.is_empty()
+        || !spec.response_headers.add.is_empty()
+        || !spec.response_headers.remove.is_empty()
+    {
+        filters.push(Filter::ResponseHeaders(spec.response_headers.clone()));
+    }
+    let name = if spec.name.is_empty() {
+        "default".to_string()
+    } else {
+        spec.name.clone()
+    };
+    Route {
+        name: NamespacedName::new(&service.name.namespace, &name),
+        kind: RouteKind::Http,
+        created: None,
+        rules: vec![Rule {
+            name: None,
+            matches: vec![spec.matched.clone()],
+            filters,
+            backends,
+            timeouts: spec.timeouts,
+            retry: spec.retry.clone(),
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,414 @@
+//! Route configurations (inline in each HTTP connection manager) into the route model.
+//! Envoy evaluates routes in order; istiod has already ordered them by Gateway API
+//! precedence, so the table keeps their order ([`filters::route::RouteTable::ordered`]).
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
+    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, HeaderMatcher,
+    Route, RouteAction, RouteConfiguration, VirtualHost,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
+use filters::route::model::{
+    HeaderMatch, HeaderModifier, PathMatch, QueryMatch, RetryPolicy, RouteMatch, StringMatch,
+    Timeouts,
+};
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+type Bad = (String, String);
+
+/// One Envoy route, interpreted; backends are still cluster names.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// The route's name (istiod names them after their source).
+    pub name: String,
+    /// The request condition.
+    pub matched: RouteMatch,
+    /// `(cluster, weight)` backends.
+    pub clusters: Vec<(String, u32)>,
+    /// Request timeout (0 and unset mean none).
+    pub timeouts: Timeouts,
+    /// Retries.
+    pub retry: Option<RetryPolicy>,
+    /// Request header changes (virtual host's, then the route's).
+    pub request_headers: HeaderModifier,
+    /// Response header changes.
+    pub response_headers: HeaderModifier,
+}
+
+/// Converts every route of every virtual host, in order.
+pub fn convert(rc: &RouteConfiguration, at: &str) -> Result<Vec<RouteSpec>, Bad> {
+    let mut out = Vec::new();
+    for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
+        let vat = format!("{at}.virtual_hosts[{vi}]");
+        let host = domains(vh, &vat)?;
+        for (ri, r) in vh.routes.iter().enumerate() {
+            let rat = format!("{vat}.routes[{ri}]");
+            let mut spec = route(r, vh, &rat)?;
+            if let Some(h) = &host {
+                spec.matched.headers.push(h.clone());
+            }
+            out.push(spec);
+        }
+    }
+    Ok(out)
+}
+
+/// A host condition for a virtual host's domains (`None` when `*` is among them).
+fn domains(vh: &VirtualHost, at: &str) -> Result<Option<HeaderMatch>, Bad> {
+    if vh.domains.iter().any(|d| d == "*") {
+        return Ok(None);
+    }
+    let alts: Vec<String> = vh
+        .domains
+        .iter()
+        .map(|d| match d.strip_prefix('*') {
+            Some(rest) => format!(".+{}", regex::escape(rest)),
+            None => regex::escape(d),
+        })
+        .collect();
+    let re = Regex::new(&format!("(?i)^(?:{})(?::[0-9]+)?$", alts.join("|")))
+        .map_err(|e| (format!("{at}.domains"), e.to_string()))?;
+    Ok(Some(HeaderMatch {
+        name: http::header::HOST,
+        value: StringMatch::Regex(re),
+    }))
+}
+
+fn anchored(re: &str, at: &str) -> Result<Regex, Bad> {
+    Regex::new(&format!("^(?:{re})$")).map_err(|e| (at.to_string(), format!("invalid regex: {e}")))
+}
+
+fn string_matcher(m: &StringMatcher, at: &str) -> Result<StringMatch, Bad> {
+    let ci = if m.ignore_case { "(?i)" } else { "" };
+    let re = match &m.match_pattern {
+        Some(MatchPattern::Exact(v)) if !m.ignore_case => return Ok(StringMatch::Exact(v.clone())),
+        Some(MatchPattern::Exact(v)) => format!("{ci}{}", regex::escape(v)),
+        Some(MatchPattern::Prefix(v)) => format!("{ci}{}.*", regex::escape(v)),
+        Some(MatchPattern::Suffix(v)) => format!("{ci}.*{}", regex::escape(v)),
+        Some(MatchPattern::Contains(v)) => format!("{ci}.*{}.*", regex::escape(v)),
+        Some(MatchPattern::SafeRegex(r)) => format!("{ci}{}", r.regex),
+        other => return Err((at.into(), format!("unsupported string matcher {other:?}"))),
+    };
+    Ok(StringMatch::Regex(anchored(&re, at)?))
+}
+
+// The deprecated matcher forms are still accepted: older istiod versions send them.
+#[allow(deprecated)]
+fn header(h: &HeaderMatcher, at: &str) -> Result<HeaderMatch, Bad> {
+    if h.invert_match {
+        return Err((
+            format!("{at}.invert_match"),
+            "inverted header matches are not supported".into(),
+        ));
+    }
+    let value = match &h.header_match_specifier {
+        Some(HeaderMatchSpecifier::ExactMatch(v)) => StringMatch::Exact(v.clone()),
+        Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => {
+            StringMatch::Regex(anchored(&r.regex, at)?)
+        }
+        Some(HeaderMatchSpecifier::PrefixMatch(v)) => {
+            StringMatch::Regex(anchored(&format!("{}.*", regex::escape(v)), at)?)
+        }
+        Some(HeaderMatchSpecifier::SuffixMatch(v)) => {
+            StringMatch::Regex(anchored(&format!(".*{}", regex::escape(v)), at)?)
+        }
+        Some(HeaderMatchSpecifier::ContainsMatch(v)) => {
+            StringMatch::Regex(anchored(&format!(".*{}.*", regex::escape(v)), at)?)
+        }
+        Some(HeaderMatchSpecifier::PresentMatch(true)) => StringMatch::Regex(anchored(".*", at)?),
+        Some(HeaderMatchSpecifier::StringMatch(m)) => string_matcher(m, at)?,
+        other => return Err((at.into(), format!("unsupported header match {other:?}"))),
+    };
+    let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+        (
+            format!("{at}.name"),
+            format!("bad header name {:?}", h.name),
+        )
+    })?;
+    Ok(HeaderMatch { name, value })
+}
+
+#[allow(deprecated)]
+fn modifier(add: &[HeaderValueOption], remove: &[String], at: &str) -> Result<HeaderModifier, Bad> {
+    use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+    let mut m = HeaderModifier::default();
+    for (i, o) in add.iter().enumerate() {
+        let Some(h) = &o.header else { continue };
+        let name = HeaderName::from_bytes(h.key.as_bytes()).map_err(|_| {
+            (
+                format!("{at}[{i}].header.key"),
+                format!("bad header name {:?}", h.key),
+            )
+        })?;
+        let value = HeaderValue::from_str(&h.value).map_err(|_| {
+            (
+                format!("{at}[{i}].header.value"),
+                "bad header value".to_string(),
+            )
+        })?;
+        let append = match o.append.as_ref().map(|b| b.value) {
+            Some(a) => a,
+            None => o.append_action == HeaderAppendAction::AppendIfExistsOrAdd as i32,
+        };
+        if append {
+            m.add.push((name, value));
+        } else {
+            m.set.push((name, value));
+        }
+    }
+    for r in remove {
+        let name = HeaderName::from_bytes(r.as_bytes())
+            .map_err(|_| (at.to_string(), format!("bad header name {r:?}")))?;
+        m.remove.push(name);
+    }
+    Ok(m)
+}
+
+fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
+    let d = d?;
+    let total = Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32);
+    (!total.is_zero()).then_some(total)
+}
+
+#[allow(deprecated)]
+fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
+    let m = r
+        .r#match
+        .as_ref()
+        .ok_or_else(|| (format!("{at}.match"), "required".to_string()))?;
+    if m.case_sensitive.as_ref().is_some_and(|c| !c.value) {
+        return Err((
+            format!("{at}.match.case_sensitive"),
+            "case-insensitive paths are not supported".into(),
+        ));
+    }
+    if m.runtime_fraction.is_some()
+        || m.grpc.is_some()
+        || m.tls_context.is_some()
+        || !m.dynamic_metadata.is_empty()
+    {
+        return Err((
+            format!("{at}.match"),
+            "runtime_fraction, grpc, tls_context and dynamic_metadata matches are not supported"
+                .into(),
+        ));
+    }
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) if p == "/" || p.is_empty() => PathMatch::Prefix("/".into()),
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Regex(anchored(
+            &format!("{}.*", regex::escape(p)),
+            &format!("{at}.match.prefix"),
+        )?),
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
+        Some(PathSpecifier::SafeRegex(re)) => {
+            PathMatch::Regex(anchored(&re.regex, &format!("{at}.match.safe_regex"))?)
+        }
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => PathMatch::Prefix(p.clone()),
+        other => {
+            return Err((
+                format!("{at}.match"),
+                format!("unsupported path match {other:?}"),
+            ))
+        }
+    };
+    let mut matched = RouteMatch {
+        path,
+        ..Default::default()
+    };
+    for (i, h) in m.headers.iter().enumerate() {
+        let hat = format!("{at}.match.headers[{i}]");
+        if h.name == ":method" {
+            if let Some(HeaderMatchSpecifier::ExactMatch(v))
+            | Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(v)),
+                ignore_case: false,
+            })) = &h.header_match_specifier
+            {
+                matched.method = Some(
+                    Method::from_bytes(v.as_bytes())
+                        .map_err(|_| (hat, format!("bad method {v:?}")))?,
+                );
+                continue;
+            }
+        }
+        if h.name.starts_with(':') && h.name != ":authority" {
+            return Err((
+                hat,
+                format!("pseudo-header {} matches are not supported", h.name),
+            ));
+        }
+        let mut hm = header(h, &hat)?;
+        if h.name == ":authority" {
+            hm.name = http::header::HOST;
+        }
+        matched.headers.push(hm);
+    }
+    for (i, q) in m.query_parameters.iter().enumerate() {
+        let qat = format!("{at}.match.query_parameters[{i}]");
+        let value = match &q.query_parameter_match_specifier {
+            Some(QueryParameterMatchSpecifier::StringMatch(s)) => string_matcher(s, &qat)?,
+            Some(QueryParameterMatchSpecifier::PresentMatch(true)) => {
+                StringMatch::Regex(anchored(".*", &qat)?)
+            }
+            other => return Err((qat, format!("unsupported query match {other:?}"))),
+        };
+        matched.query.push(QueryMatch {
+            name: q.name.clone(),
+            value,
+        });
+    }
+    if !r.typed_per_filter_config.is_empty() {
+        let names: Vec<&String> = r.typed_per_filter_config.keys().collect();
+        return Err((
+            format!("{at}.typed_per_filter_config"),
+            format!("per-route filter configuration is not supported ({names:?})"),
+        ));
+    }
+    let mut request_headers = modifier(
+        &vh.request_headers_to_add,
+        &vh.request_headers_to_remove,
+        &format!("{at}.virtual_host.request_headers_to_add"),
+    )?;
+    let route_req = modifier(
+        &r.request_headers_to_add,
+        &r.request_headers_to_remove,
+        &format!("{at}.request_headers_to_add"),
+    )?;
+    request_headers.set.extend(route_req.set);
+    request_headers.add.extend(route_req.add);
+    request_headers.remove.extend(route_req.remove);
+    let mut response_headers = modifier(
+        &vh.response_headers_to_add,
+        &vh.response_headers_to_remove,
+        &format!("{at}.virtual_host.response_headers_to_add"),
+    )?;
+    let route_resp = modifier(
+        &r.response_headers_to_add,
+        &r.response_headers_to_remove,
+        &format!("{at}.response_headers_to_add"),
+    )?;
+    response_headers.set.extend(route_resp.set);
+    response_headers.add.extend(route_resp.add);
+    response_headers.remove.extend(route_resp.remove);
+    let action = match &r.action {
+        Some(Action::Route(a)) => a,
+        other => {
+            return Err((
+                format!("{at}.action"),
+                format!(
+                    "only route actions are supported, got {}",
+                    action_kind(other)
+                ),
+            ))
+        }
+    };
+    let (clusters, timeouts, retry) = route_action(action, &format!("{at}.route"))?;
+    Ok(RouteSpec {
+        name: r.name.clone(),
+        matched,
+        clusters,
+        timeouts,
+        retry,
+        request_headers,
+        response_headers,
+    })
+}
+
+fn action_kind(a: &Option<Action>) -> &'static str {
+    match a {
+        Some(Action::Redirect(_)) => "redirect",
+        Some(Action::DirectResponse(_)) => "direct_response",
+        Some(Action::FilterAction(_)) => "filter_action",
+        Some(Action::NonForwardingAction(_)) => "non_forwarding_action",
+        Some(Action::Route(_)) => "route",
+        None => "none",
+    }
+}
+
+fn route_action(
+    a: &RouteAction,
+    at: &str,
+) -> Result<(Vec<(String, u32)>, Timeouts, Option<RetryPolicy>), Bad> {
+    let clusters = match &a.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+        Some(ClusterSpecifier::WeightedClusters(w)) => w
+            .clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.weight.as_ref().map(|w| w.value).unwrap_or(0),
+                )
+            })
+            .collect(),
+        other => {
+            return Err((
+                format!("{at}.cluster_specifier"),
+                format!("unsupported {other:?}"),
+            ))
+        }
+    };
+    if !a.request_mirror_policies.is_empty() {
+        return Err((
+            format!("{at}.request_mirror_policies"),
+            "mirrors are not supported over xDS yet".into(),
+        ));
+    }
+    if !a.prefix_rewrite.is_empty()
+        || a.regex_rewrite.is_some()
+        || a.host_rewrite_specifier.is_some()
+    {
+        return Err((at.into(), "rewrites are not supported over xDS yet".into()));
+    }
+    let timeouts = Timeouts {
+        request: duration(a.timeout.as_ref()),
+        backend_request: None,
+    };
+    let retry = match &a.retry_policy {
+        None => None,
+        Some(p) => {
+            let attempts = p.num_retries.as_ref().map(|n| n.value).unwrap_or(1);
+            let mut codes: Vec<u16> = p
+                .retriable_status_codes
+                .iter()
+                .filter_map(|c| u16::try_from(*c).ok())
+                .collect();
+            for on in p.retry_on.split(',').map(str::trim) {
+                match on {
+                    "5xx" | "gateway-error" => codes.extend([500, 502, 503, 504]),
+                    "retriable-status-codes"
+                    | "connect-failure"
+                    | "reset"
+                    | "refused-stream"
+                    | "retriable-4xx"
+                    | "" => {}
+                    "unavailable" | "cancelled" | "deadline-exceeded" | "internal"
+                    | "resource-exhausted" => {}
+                    other => {
+                        return Err((
+                            format!("{at}.retry_policy.retry_on"),
+                            format!("unsupported condition {other:?}"),
+                        ))
+                    }
+                }
+            }
+            codes.sort_unstable();
+            codes.dedup();
+            let backoff = p
+                .retry_back_off
+                .as_ref()
+                .and_then(|b| duration(b.base_interval.as_ref()))
+                .unwrap_or(Duration::from_millis(25));
+            (attempts > 0).then_some(RetryPolicy {
+                attempts,
+                codes,
+                backoff,
+            })
+        }
+    };
+    Ok((clusters, timeouts, retry))
+}
