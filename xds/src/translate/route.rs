@@ -20,6 +20,9 @@ use regex::Regex;
 
 type Bad = (String, String);
 
+/// A route action's backends (`(cluster, weight)`), timeouts and retries.
+type Forwarding = (Vec<(String, u32)>, Timeouts, Option<RetryPolicy>);
+
 /// One Envoy route, interpreted; backends are still cluster names.
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
@@ -332,7 +335,7 @@ fn action_kind(a: &Option<Action>) -> &'static str {
 fn route_action(
     a: &RouteAction,
     at: &str,
-) -> Result<(Vec<(String, u32)>, Timeouts, Option<RetryPolicy>), Bad> {
+) -> Result<Forwarding, Bad> {
     let clusters = match &a.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
         Some(ClusterSpecifier::WeightedClusters(w)) => w
