@@ -10,8 +10,11 @@
 //! it to a [`Publisher`], which swaps it in atomically. A rejected input never replaces the
 //! last good configuration.
 
+pub mod ads;
 pub mod envoy;
 pub mod local;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod translate;
 
 use filters::Snapshot;

@@ -15,8 +15,19 @@ use xds::Publisher;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Local configuration: a YAML file of Kubernetes objects, watched for changes.
+    #[arg(
+        long,
+        required_unless_present = "xds_address",
+        conflicts_with = "xds_address"
+    )]
+    config: Option<PathBuf>,
+    /// xDS server (Delta ADS), instead of a local file: `unix:<path>` (pilot-agent's
+    /// socket) or `http://host:port` (istiod without TLS). Requires --gateway.
+    #[arg(long, requires = "gateway")]
+    xds_address: Option<xds::ads::XdsAddress>,
+    /// Node id sent to the xDS server (default: Istio's `waypoint~<ip>~<name>.<ns>~<ns>.svc.cluster.local`).
     #[arg(long)]
-    config: PathBuf,
+    node_id: Option<String>,
     /// The waypoint's Gateway as `namespace/name` (default: the only istio-waypoint Gateway).
     #[arg(long)]
     gateway: Option<String>,
@@ -101,14 +112,54 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "our certificate's identity {ours} is not in trust domain {}",
         args.trust_domain
     );
-    let first = xds::local::load(&args.config, &local, 1)
-        .with_context(|| format!("invalid configuration {}", args.config.display()))?;
-    let store = Arc::new(SnapshotStore::new(Snapshot::empty(Waypoint {
-        gateway: first.waypoint.gateway.clone(),
-        trust_domain: args.trust_domain.clone(),
-    })));
-    tracing::info!(identity = %ours, gateway = %first.waypoint.gateway, services = first.services.len(), "configuration loaded");
-    store.publish(first);
+    let (store, source_task) = match (&args.config, &args.xds_address) {
+        (Some(path), _) => {
+            let first = xds::local::load(path, &local, 1)
+                .with_context(|| format!("invalid configuration {}", path.display()))?;
+            let store = Arc::new(SnapshotStore::new(Snapshot::empty(Waypoint {
+                gateway: first.waypoint.gateway.clone(),
+                trust_domain: args.trust_domain.clone(),
+            })));
+            tracing::info!(identity = %ours, gateway = %first.waypoint.gateway, services = first.services.len(), "configuration loaded");
+            store.publish(first);
+            let interval = Duration::from_millis(args.watch_interval_ms);
+            let task: Task = Box::pin(xds::local::watch(
+                path.clone(),
+                local,
+                store.clone(),
+                interval,
+            ));
+            (store, task)
+        }
+        (None, Some(address)) => {
+            let gateway = local
+                .gateway
+                .clone()
+                .context("--xds-address requires --gateway")?;
+            let waypoint = Waypoint {
+                gateway: gateway.clone(),
+                trust_domain: args.trust_domain.clone(),
+            };
+            let store = Arc::new(SnapshotStore::new(Snapshot::empty(waypoint.clone())));
+            let node_id = args.node_id.clone().unwrap_or_else(|| {
+                format!(
+                    "waypoint~0.0.0.0~{}.{}~{}.svc.cluster.local",
+                    gateway.name, gateway.namespace, gateway.namespace
+                )
+            });
+            tracing::info!(identity = %ours, %gateway, server = %address, node = %node_id, "configuration from xDS");
+            let client = xds::ads::AdsClient {
+                address: address.clone(),
+                node: xds::ads::node(&node_id, &args.cluster_id, &gateway),
+                waypoint,
+                stats: Default::default(),
+            };
+            let publisher: Arc<dyn xds::Publisher> = store.clone();
+            let task: Task = Box::pin(client.run(publisher));
+            (store, task)
+        }
+        (None, None) => anyhow::bail!("one of --config or --xds-address is required"),
+    };
 
     let proxy = Proxy::new(
         store.clone(),
@@ -123,12 +174,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let interval = Duration::from_millis(args.watch_interval_ms);
     let tasks: Vec<Task> = vec![
-        Box::pin(xds::local::watch(
-            args.config.clone(),
-            local,
-            store,
-            interval,
-        )),
+        source_task,
         Box::pin(certs.watch(interval)),
         Box::pin(waypoint::jwks::run(
             jwks,

@@ -61,6 +61,20 @@ impl WaypointProcess {
         extra: &[&str],
         stdout: Option<&Path>,
     ) -> std::io::Result<Self> {
+        let config = config.to_string_lossy().into_owned();
+        let mut args = vec!["--config", config.as_str()];
+        args.extend_from_slice(extra);
+        Self::spawn_source(bin, certs, &args, stdout)
+    }
+
+    /// Starts `bin run` with `args` naming the configuration source (`--config` or
+    /// `--xds-address`), on free loopback ports.
+    pub fn spawn_source(
+        bin: &Path,
+        certs: &CertFiles,
+        args: &[&str],
+        stdout: Option<&Path>,
+    ) -> std::io::Result<Self> {
         let out = match stdout {
             Some(p) => Stdio::from(std::fs::File::create(p)?),
             None => Stdio::inherit(),
@@ -70,8 +84,6 @@ impl WaypointProcess {
         let (hbone, ready, admin, metrics) = (addr(h), addr(r), addr(a), addr(m));
         let child = Command::new(bin)
             .arg("run")
-            .arg("--config")
-            .arg(config)
             .arg("--cert-chain")
             .arg(&certs.chain)
             .arg("--key")
@@ -82,7 +94,7 @@ impl WaypointProcess {
             .args(["--ready-addr", &ready.to_string()])
             .args(["--admin-addr", &admin.to_string()])
             .args(["--metrics-addr", &metrics.to_string()])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .spawn()?;

@@ -41,7 +41,8 @@ impl ResolvesClientCert for StoreClientResolver {
     }
 }
 
-/// Verifies a server chain against `roots` and its SPIFFE identity against `expected`.
+/// Verifies a server chain against `roots` and its SPIFFE identity against `expected`
+/// (only its trust domain when `expected` has no service account).
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
@@ -70,6 +71,13 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         )
         .map_err(|e| Error::General(format!("peer certificate not trusted: {e}")))?;
         let id = identity_of(end_entity).map_err(|e| Error::General(e.to_string()))?;
+        // An expected identity without a service account (endpoints from xDS, which do not
+        // carry it) accepts any identity of the trust domain, as Istio's connect_originate
+        // cluster does.
+        let trust_domain_only = self.expected.service_account.is_empty();
+        if trust_domain_only && id.trust_domain == self.expected.trust_domain {
+            return Ok(ServerCertVerified::assertion());
+        }
         if id != self.expected {
             return Err(Error::General(format!(
                 "peer identity {id} is not the expected {}",

@@ -332,10 +332,7 @@ fn action_kind(a: &Option<Action>) -> &'static str {
     }
 }
 
-fn route_action(
-    a: &RouteAction,
-    at: &str,
-) -> Result<Forwarding, Bad> {
+fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
     let clusters = match &a.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
         Some(ClusterSpecifier::WeightedClusters(w)) => w
