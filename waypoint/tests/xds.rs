@@ -22,6 +22,9 @@ use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
 use xds::envoy::from_json;
 use xds::testing::AdsServer;
 
+/// Resources by name.
+type Named = Vec<(String, Any)>;
+
 const VIP: &str = "127.96.0.10";
 const DUMP_VIP: &str = "10.104.171.68";
 const DUMP_POD: &str = "192.168.195.248";
@@ -36,9 +39,7 @@ fn any<M: Message>(type_url: &str, m: &M) -> Any {
 /// The dump's resources with the VIP and the pod moved to loopback, and a cluster and
 /// endpoints for both Service ports (the dump has the cluster of one and the endpoints of
 /// the other).
-fn resources(
-    pod: std::net::IpAddr,
-) -> (Vec<(String, Any)>, Vec<(String, Any)>, Vec<(String, Any)>) {
+fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json");
     let text = std::fs::read_to_string(path)
@@ -91,7 +92,7 @@ struct World {
     wp: WaypointProcess,
     client: HboneClient,
     _pod: FakeZtunnel,
-    clusters: Vec<(String, Any)>,
+    clusters: Named,
 }
 
 async fn start() -> World {
