@@ -158,6 +158,7 @@ mod tests {
                 method: "GET",
                 host: "echo",
                 path,
+                query: None,
                 headers,
                 auth: None,
             }),
