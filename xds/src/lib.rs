@@ -2,12 +2,15 @@
 //!
 //! - [`local`]: a file of Kubernetes objects (`kubectl get -o yaml` output), watched for
 //!   changes; the embedded default when no control plane runs.
+//! - [`translate`]: Envoy resources (protobuf, as istiod sends them over xDS) into the
+//!   model: [`translate::rbac`] for the RBAC filters.
 //!
 //! Every source converts its input into a complete `Snapshot` outside of any lock and hands
 //! it to a [`Publisher`], which swaps it in atomically. A rejected input never replaces the
 //! last good configuration.
 
 pub mod local;
+pub mod translate;
 
 use filters::Snapshot;
 

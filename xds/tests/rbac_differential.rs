@@ -236,11 +236,25 @@ fn expand_ip(v: &str) -> Vec<IpAddr> {
         match ip {
             IpAddr::V4(a) => {
                 let n = u32::from(a);
-                IpAddr::V4(if up { n.wrapping_add(1) } else { n.wrapping_sub(1) }.into())
+                IpAddr::V4(
+                    if up {
+                        n.wrapping_add(1)
+                    } else {
+                        n.wrapping_sub(1)
+                    }
+                    .into(),
+                )
             }
             IpAddr::V6(a) => {
                 let n = u128::from(a);
-                IpAddr::V6(if up { n.wrapping_add(1) } else { n.wrapping_sub(1) }.into())
+                IpAddr::V6(
+                    if up {
+                        n.wrapping_add(1)
+                    } else {
+                        n.wrapping_sub(1)
+                    }
+                    .into(),
+                )
             }
         }
     };
@@ -322,7 +336,8 @@ impl Pools {
         let base = Req::baseline(tcp);
         p.principals.insert(base.principal.clone());
         p.principals.insert(None);
-        p.principals.insert(Some("cluster.local/ns/other/sa/other".into()));
+        p.principals
+            .insert(Some("cluster.local/ns/other/sa/other".into()));
         p.source_ips.insert(base.source_ip);
         p.remote_ips.insert(base.remote_ip);
         p.destination_ips.insert(base.destination_ip);
@@ -374,9 +389,12 @@ impl Pools {
                     }
                     for v in both(s, "serviceAccounts") {
                         let (n, sa) = v.split_once('/').unwrap_or((&ns, &v));
-                        p.principals.insert(Some(format!("cluster.local/ns/{n}/sa/{sa}")));
-                        p.principals.insert(Some(format!("cluster.local/ns/{n}/sa/{sa}x")));
-                        p.principals.insert(Some(format!("cluster.local/ns/other/sa/{sa}")));
+                        p.principals
+                            .insert(Some(format!("cluster.local/ns/{n}/sa/{sa}")));
+                        p.principals
+                            .insert(Some(format!("cluster.local/ns/{n}/sa/{sa}x")));
+                        p.principals
+                            .insert(Some(format!("cluster.local/ns/other/sa/{sa}")));
                     }
                     for v in both(s, "trustDomains") {
                         for td in expand(&v) {
@@ -424,8 +442,12 @@ impl Pools {
                     let values = both(when, "values");
                     let concrete: Vec<String> = values.iter().flat_map(|v| expand(v)).collect();
                     match key {
-                        "source.ip" => p.source_ips.extend(values.iter().flat_map(|v| expand_ip(v))),
-                        "remote.ip" => p.remote_ips.extend(values.iter().flat_map(|v| expand_ip(v))),
+                        "source.ip" => p
+                            .source_ips
+                            .extend(values.iter().flat_map(|v| expand_ip(v))),
+                        "remote.ip" => p
+                            .remote_ips
+                            .extend(values.iter().flat_map(|v| expand_ip(v))),
                         "destination.ip" => p
                             .destination_ips
                             .extend(values.iter().flat_map(|v| expand_ip(v))),
@@ -435,9 +457,9 @@ impl Pools {
                                 p.ports.extend([n, n + 1]);
                             }
                         }
-                        "source.namespace" => p.principals.extend(
-                            concrete.iter().map(|n| Some(principal_for_namespace(n))),
-                        ),
+                        "source.namespace" => p
+                            .principals
+                            .extend(concrete.iter().map(|n| Some(principal_for_namespace(n)))),
                         "source.principal" => {
                             p.principals.extend(concrete.iter().cloned().map(Some))
                         }
@@ -857,10 +879,11 @@ fn run_case(case: &Case, tcp: bool) -> Result<Outcome, String> {
         let (rbac, engine, ext_asked, shadow, audit) = req.with_attrs(|attrs| {
             let input = RbacInput::new(attrs);
             let chain = evaluate_chain(&filters, &input);
-            let ext_shadow = chain
-                .shadow
-                .iter()
-                .any(|(_, _, r)| r.policy.as_deref().is_some_and(|p| p.starts_with("istio-ext-authz")));
+            let ext_shadow = chain.shadow.iter().any(|(_, _, r)| {
+                r.policy
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("istio-ext-authz"))
+            });
             let asked = std::cell::Cell::new(false);
             let provider_allows = case.custom != Custom::BadProvider;
             let custom = |_: &str| {
@@ -963,7 +986,9 @@ fn policies_and_generated_rbac_decide_alike() {
                 continue;
             }
             let custom = if load_docs(&input).iter().any(|d| {
-                d.get("spec").and_then(|s| s.get("action")).and_then(Value::as_str)
+                d.get("spec")
+                    .and_then(|s| s.get("action"))
+                    .and_then(Value::as_str)
                     == Some("CUSTOM")
             }) {
                 if outputs.iter().any(|o| {

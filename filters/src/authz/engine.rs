@@ -188,7 +188,11 @@ fn source_matches(s: &Source, a: &Attributes<'_>, ignore_http: bool) -> bool {
                 false,
             ))
         && str_field(&s.namespaces, a.namespace.as_deref(), false)
-        && str_field(&s.trust_domains, trust_domain(a.principal.as_deref()), false)
+        && str_field(
+            &s.trust_domains,
+            trust_domain(a.principal.as_deref()),
+            false,
+        )
         && sa_pos
         && sa_neg
         && ip_field(&s.ip_blocks, a.source_ip)

@@ -93,9 +93,9 @@ impl<'a> RbacInput<'a> {
                 let (k, rest) = path.split_first()?;
                 let v = match k.as_str() {
                     "request.auth.principal" => Value::String(auth.principal.clone()),
-                    "request.auth.audiences" => Value::Array(
-                        auth.audiences.iter().cloned().map(Value::String).collect(),
-                    ),
+                    "request.auth.audiences" => {
+                        Value::Array(auth.audiences.iter().cloned().map(Value::String).collect())
+                    }
                     "request.auth.presenter" => Value::String(auth.presenter.clone()?),
                     "request.auth.claims" => auth.claims.clone(),
                     _ => return None,
@@ -139,9 +139,9 @@ pub fn header_matches(m: &HeaderMatcher, input: &RbacInput<'_>) -> bool {
     let matched = match &m.kind {
         HeaderMatch::Exact(e) => e.is_empty() || v == e,
         HeaderMatch::Regex(r) => r.is_match(v),
-        HeaderMatch::Range { start, end } => v
-            .parse::<i64>()
-            .is_ok_and(|n| n >= *start && n < *end),
+        HeaderMatch::Range { start, end } => {
+            v.parse::<i64>().is_ok_and(|n| n >= *start && n < *end)
+        }
         HeaderMatch::Present(p) => *p,
         HeaderMatch::Prefix(p) => v.starts_with(p.as_str()),
         HeaderMatch::Suffix(s) => v.ends_with(s.as_str()),

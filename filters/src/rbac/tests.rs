@@ -161,23 +161,51 @@ fn jwt_metadata() {
     };
     let jwt_f = "envoy.filters.http.jwt_authn";
     let yes = [
-        md(jwt_f, &["payload", "iss"], "{stringMatch: {exact: 'https://issuer'}}"),
-        md(jwt_f, &["payload", "aud"], "{listMatch: {oneOf: {stringMatch: {exact: a2}}}}"),
-        md(jwt_f, &["payload", "nested", "k"], "{orMatch: {valueMatchers: [{stringMatch: {exact: x}}, {stringMatch: {exact: v}}]}}"),
+        md(
+            jwt_f,
+            &["payload", "iss"],
+            "{stringMatch: {exact: 'https://issuer'}}",
+        ),
+        md(
+            jwt_f,
+            &["payload", "aud"],
+            "{listMatch: {oneOf: {stringMatch: {exact: a2}}}}",
+        ),
+        md(
+            jwt_f,
+            &["payload", "nested", "k"],
+            "{orMatch: {valueMatchers: [{stringMatch: {exact: x}}, {stringMatch: {exact: v}}]}}",
+        ),
         md(jwt_f, &["payload", "admin"], "{boolMatch: true}"),
         md(jwt_f, &["payload", "level"], "{doubleMatch: {exact: 3}}"),
         md(jwt_f, &["payload", "azp"], "{presentMatch: false}"),
         md(jwt_f, &["payload", "azp"], "{nullMatch: {}}"),
-        md("istio_authn", &["request.auth.principal"], "{stringMatch: {exact: 'https://issuer/sub'}}"),
-        md("istio_authn", &["request.auth.audiences"], "{listMatch: {oneOf: {stringMatch: {prefix: a}}}}"),
-        md("istio_authn", &["request.auth.claims", "nested", "k"], "{stringMatch: {exact: v}}"),
+        md(
+            "istio_authn",
+            &["request.auth.principal"],
+            "{stringMatch: {exact: 'https://issuer/sub'}}",
+        ),
+        md(
+            "istio_authn",
+            &["request.auth.audiences"],
+            "{listMatch: {oneOf: {stringMatch: {prefix: a}}}}",
+        ),
+        md(
+            "istio_authn",
+            &["request.auth.claims", "nested", "k"],
+            "{stringMatch: {exact: v}}",
+        ),
     ];
     for p in &yes {
         assert!(allowed(&config(&policy("{any: true}", p)), &a), "{p}");
     }
     let no = [
         md(jwt_f, &["payload", "level"], "{stringMatch: {exact: '3'}}"),
-        md(jwt_f, &["payload", "admin"], "{stringMatch: {exact: 'true'}}"),
+        md(
+            jwt_f,
+            &["payload", "admin"],
+            "{stringMatch: {exact: 'true'}}",
+        ),
         md(jwt_f, &["payload", "aud"], "{stringMatch: {exact: a1}}"),
         md("envoy.filters.a.b", &["c"], "{presentMatch: true}"),
     ];
@@ -200,9 +228,15 @@ fn tcp_has_no_http_inputs() {
     };
     let c = config(&policy("{urlPath: {path: {prefix: /}}}", "{any: true}"));
     assert!(!allowed(&c, &a));
-    let c = config(&policy("{header: {name: ':method', presentMatch: true}}", "{any: true}"));
+    let c = config(&policy(
+        "{header: {name: ':method', presentMatch: true}}",
+        "{any: true}",
+    ));
     assert!(!allowed(&c, &a));
-    let c = config(&policy("{destinationPort: 9000}", "{directRemoteIp: {addressPrefix: 1.2.3.4, prefixLen: 32}}"));
+    let c = config(&policy(
+        "{destinationPort: 9000}",
+        "{directRemoteIp: {addressPrefix: 1.2.3.4, prefixLen: 32}}",
+    ));
     assert!(allowed(&c, &a));
 }
 
@@ -235,11 +269,23 @@ fn chain_shadow_and_policy_names() {
 fn unknown_and_invalid_fields_are_errors_naming_the_field() {
     let bad = [
         ("{matcher: {}}", "unknown variant `matcher`"),
-        ("{header: {name: x, fooMatch: y}}", "unknown field `fooMatch`"),
-        ("{urlPath: {path: {safeRegex: {regex: '('}}}}", "invalid regex"),
+        (
+            "{header: {name: x, fooMatch: y}}",
+            "unknown field `fooMatch`",
+        ),
+        (
+            "{urlPath: {path: {safeRegex: {regex: '('}}}}",
+            "invalid regex",
+        ),
         ("{any: false}", "must be true"),
-        ("{destinationIp: {addressPrefix: 1.2.3.4, prefixLen: 33}}", "too long"),
-        ("{header: {name: x, exactMatch: a, prefixMatch: b}}", "more than one"),
+        (
+            "{destinationIp: {addressPrefix: 1.2.3.4, prefixLen: 33}}",
+            "too long",
+        ),
+        (
+            "{header: {name: x, exactMatch: a, prefixMatch: b}}",
+            "more than one",
+        ),
     ];
     for (p, want) in bad {
         let text = format!(
@@ -252,7 +298,10 @@ fn unknown_and_invalid_fields_are_errors_naming_the_field() {
             "{p}: {e}"
         );
     }
-    let e = RbacConfig::from_yaml("'@type': type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n").unwrap_err();
+    let e = RbacConfig::from_yaml(
+        "'@type': type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n",
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("@type"), "{e}");
     let e = RbacConfig::from_yaml(
         "'@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\nrules:\n  policies:\n    p: {permissions: [{any: true}], principals: [{any: true}], condition: {}}\n",

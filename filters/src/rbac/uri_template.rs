@@ -34,9 +34,8 @@ fn op_regex(op: Op) -> String {
 
 fn literal(s: &str, t: &str) -> Result<String, String> {
     let valid = !s.is_empty()
-        && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || "-._~%!$&'()+,;:@".contains(c)
-        });
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~%!$&'()+,;:@".contains(c));
     if !valid {
         return Err(format!("path template {t:?}: invalid literal {s:?}"));
     }
@@ -82,7 +81,9 @@ impl UriTemplate {
                     && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !name_ok {
-                    return Err(format!("path template {t:?}: invalid variable name {name:?}"));
+                    return Err(format!(
+                        "path template {t:?}: invalid variable name {name:?}"
+                    ));
                 }
                 let re = match matcher {
                     None => {
@@ -132,9 +133,7 @@ impl UriTemplate {
         }
         if let Some(i) = ops.iter().position(|o| *o == Op::Many) {
             if i + 1 < ops.len() {
-                return Err(format!(
-                    "path template {t:?}: no operator may follow '**'"
-                ));
+                return Err(format!("path template {t:?}: no operator may follow '**'"));
             }
         }
         let re = format!("^/{}{}$", parts.join("/"), suffix);
@@ -168,7 +167,10 @@ mod tests {
         assert!(t.matches("/path/template/x?q=1"));
         assert!(!t.matches("/path/template/x/y"));
         assert!(!t.matches("/path/template/"));
-        assert!(!t.matches("/path/template/a b"), "space is not a path character");
+        assert!(
+            !t.matches("/path/template/a b"),
+            "space is not a path character"
+        );
     }
 
     #[test]
