@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use filters::authz::model::Policy;
 use filters::authz::{evaluate, Attributes, HttpAttributes, JwtAuth};
-use filters::rbac::{evaluate_chain, RbacConfig, RbacFilter, RbacInput};
+use filters::rbac::{evaluate_chain, RbacFilter, RbacInput};
 use http::HeaderMap;
 use serde_yaml::Value;
 use xds::local::authz::{compile, AuthorizationPolicy};
