@@ -895,11 +895,7 @@ fn compare(
         let (rbac, engine, ext_asked, shadow, audit) = req.with_attrs(|attrs| {
             let input = RbacInput::new(attrs);
             let chain = evaluate_chain(filters, &input);
-            let ext_shadow = chain.shadow.iter().any(|(_, _, r)| {
-                r.policy
-                    .as_deref()
-                    .is_some_and(|p| p.starts_with("istio-ext-authz"))
-            });
+            let ext_shadow = chain.shadow_matched("istio-ext-authz");
             let asked = std::cell::Cell::new(false);
             let provider_allows = custom != Custom::BadProvider;
             let ask = |_: &str| {

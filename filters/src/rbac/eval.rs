@@ -290,6 +290,34 @@ impl RbacConfig {
     }
 }
 
+/// The key suffix of the shadow rules' matched policy in Envoy's RBAC dynamic metadata.
+pub const SHADOW_POLICY_ID: &str = "shadow_effective_policy_id";
+/// The key suffix of the shadow rules' result (`allowed` / `denied`).
+pub const SHADOW_ENGINE_RESULT: &str = "shadow_engine_result";
+
+impl FilterResult {
+    /// The dynamic metadata Envoy's RBAC filter records for its shadow rules (under the
+    /// filter's name): `<prefix>shadow_effective_policy_id` when a shadow policy matched and
+    /// `<prefix>shadow_engine_result` (`allowed` or `denied`). Istio's access logs and its
+    /// ext_authz filter (`filter_enabled_metadata`: `istio_ext_authz_shadow_effective_policy_id`
+    /// with prefix `istio-ext-authz`) read them.
+    pub fn shadow_metadata(&self) -> Vec<(String, String)> {
+        let Some((prefix, r)) = &self.shadow else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let Some(p) = &r.policy {
+            out.push((format!("{prefix}{SHADOW_POLICY_ID}"), p.clone()));
+        }
+        let result = if r.allowed { "allowed" } else { "denied" };
+        out.push((
+            format!("{prefix}{SHADOW_ENGINE_RESULT}"),
+            result.to_string(),
+        ));
+        out
+    }
+}
+
 /// The decision of a chain of RBAC filters (Istio emits CUSTOM, DENY, ALLOW, AUDIT).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainDecision {
@@ -302,6 +330,31 @@ pub struct ChainDecision {
     pub matched: Vec<(usize, String)>,
     /// Shadow results (stat prefix, result) of the filters evaluated.
     pub shadow: Vec<(usize, String, EngineResult)>,
+}
+
+impl ChainDecision {
+    /// The shadow metadata of every filter evaluated, in order (see
+    /// [`FilterResult::shadow_metadata`]).
+    pub fn shadow_metadata(&self) -> Vec<(String, String)> {
+        self.shadow
+            .iter()
+            .flat_map(|(_, prefix, r)| {
+                FilterResult {
+                    enforced: None,
+                    shadow: Some((prefix.clone(), r.clone())),
+                }
+                .shadow_metadata()
+            })
+            .collect()
+    }
+
+    /// Whether a shadow policy whose name starts with `prefix` matched: how Istio gates its
+    /// ext_authz filter on the CUSTOM policies' shadow rules (prefix `istio-ext-authz`).
+    pub fn shadow_matched(&self, prefix: &str) -> bool {
+        self.shadow
+            .iter()
+            .any(|(_, _, r)| r.policy.as_deref().is_some_and(|p| p.starts_with(prefix)))
+    }
 }
 
 /// Evaluates `filters` in order; the first denying filter ends the chain (as in Envoy, a

@@ -258,6 +258,21 @@ fn chain_shadow_and_policy_names() {
     assert_eq!(d.shadow.len(), 1);
     assert_eq!(d.shadow[0].1, "istio_dry_run_allow_");
     assert!(d.shadow[0].2.allowed);
+    assert_eq!(
+        d.shadow_metadata(),
+        vec![
+            (
+                "istio_dry_run_allow_shadow_effective_policy_id".to_string(),
+                "s".to_string()
+            ),
+            (
+                "istio_dry_run_allow_shadow_engine_result".to_string(),
+                "allowed".to_string()
+            ),
+        ]
+    );
+    assert!(d.shadow_matched("s"));
+    assert!(!d.shadow_matched("istio-ext-authz"));
     let a = http_attrs(&h, "/allow", None, None);
     let d = evaluate_chain([&deny.typed_config, &allow], &RbacInput::new(&a));
     assert!(d.allowed);
