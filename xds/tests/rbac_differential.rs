@@ -499,6 +499,10 @@ impl Pools {
                                     ),
                                     _ => {
                                         let mut vs = concrete;
+                                        // Bytes beyond visible ASCII (obs-text) and empty.
+                                        let non_ascii: Vec<String> =
+                                            vs.iter().map(|v| format!("\u{e9}{v}")).collect();
+                                        vs.extend(non_ascii);
                                         vs.push(String::new());
                                         header(name, vs)
                                     }
@@ -1062,7 +1066,8 @@ fn policies_and_generated_rbac_decide_alike() {
 /// condition is a principal `header` matcher with the header's name as written, a claim
 /// is `envoy.filters.http.jwt_authn` metadata under `payload` matched as a string or a list
 /// of strings). They pin the engine fixes the differential led to: pseudo-headers in
-/// `request.headers[]`, and claims that are not strings.
+/// `request.headers[]`, header values beyond visible ASCII, and claims that are not
+/// strings.
 #[test]
 fn engine_fixes_decide_like_istio_shaped_rbac() {
     let policy = r#"
@@ -1083,6 +1088,9 @@ spec:
     when:
     - key: "request.headers[:authority]"
       values: ["*.example.com"]
+  - when:
+    - key: "request.headers[X-abc]"
+      values: ["*-suffix", "exact"]
 "#;
     let claim = |v: &str| {
         format!(
@@ -1125,6 +1133,15 @@ typedConfig:
             - orIds:
                 ids:
                 - header: {{name: ':authority', stringMatch: {{suffix: .example.com}}}}
+      ns[foo]-policy[p]-rule[3]:
+        permissions: [{{andRules: {{rules: [{{any: true}}]}}}}]
+        principals:
+        - andIds:
+            ids:
+            - orIds:
+                ids:
+                - header: {{name: X-abc, stringMatch: {{suffix: -suffix}}}}
+                - header: {{name: X-abc, stringMatch: {{exact: exact}}}}
   shadowRulesStatPrefix: istio_dry_run_allow_
 "#,
         claim("{exact: 'true'}"),

@@ -221,11 +221,13 @@ fn request_header(h: &HttpAttributes<'_>, name: &str) -> Option<String> {
         }),
         _ if name.starts_with(':') => None,
         _ => {
-            let vals: Vec<&str> = h
+            // Every value counts, including ones with bytes outside visible ASCII (Envoy
+            // compares the raw bytes; `to_str` would drop such a value).
+            let vals: Vec<String> = h
                 .headers
                 .get_all(name)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .collect();
             (!vals.is_empty()).then(|| vals.join(","))
         }
