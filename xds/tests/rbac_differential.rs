@@ -872,7 +872,7 @@ fn compare(
             "trust-domain emulation needs ALLOW-only policies"
         );
     }
-    let pools = Pools::from_policies(&docs, tcp);
+    let pools = Pools::from_policies(docs, tcp);
     let has_dry_run = policies.iter().any(|p| p.dry_run);
     let mut compared = 0;
     let mut mismatches = Vec::new();
