@@ -1054,7 +1054,7 @@ fn policies_and_generated_rbac_decide_alike() {
             }
             if label.contains("custom-bad-multiple-providers-out1") {
                 println!(
-                    "NOTE {label}: an older istiod's output (one DENY filter per provider); today's pairs the input with custom-bad-out.yaml, compared too"
+                    "NOTE {label}: not referenced by Istio's current builder test, which pairs this input with custom-bad-out.yaml (compared too)"
                 );
             }
             match run_case(&case, dir_name == "tcp") {
