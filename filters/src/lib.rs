@@ -5,6 +5,7 @@
 //! - [`route`]: decides which backend a request goes to; pure logic plus a tower layer.
 //! - [`balance`]: endpoint selection for a chosen backend.
 //! - [`error`]: the one place where proxy errors become HTTP responses.
+//! - [`rbac`]: Envoy RBAC filter configs (what istiod sends) evaluated with Envoy's semantics.
 //! - [`body`]: the boxed streaming body type shared by the filters.
 
 pub mod access_log;
@@ -14,6 +15,7 @@ pub mod balance;
 pub mod body;
 pub mod error;
 pub mod model;
+pub mod rbac;
 pub mod route;
 
 pub use error::ProxyError;

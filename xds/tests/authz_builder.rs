@@ -77,6 +77,7 @@ fn decide(
         method: "GET",
         host: "httpbin.foo",
         path,
+        query: None,
         headers: &headers,
         auth: None,
     });

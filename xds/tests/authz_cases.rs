@@ -99,6 +99,7 @@ fn decide(policies: &str, r: &Req) -> Option<bool> {
             method: r.method,
             host: r.host,
             path: &path,
+            query: None,
             headers: &headers,
             auth: r.jwt.as_ref(),
         }),

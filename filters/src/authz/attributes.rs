@@ -26,6 +26,9 @@ pub struct HttpAttributes<'a> {
     pub host: &'a str,
     /// Normalized path without query.
     pub path: &'a str,
+    /// The query string (after `?`), if the request had one; Envoy RBAC's `:path` header
+    /// is `path?query`.
+    pub query: Option<&'a str>,
     /// Request headers.
     pub headers: &'a HeaderMap,
     /// The validated JWT, if any.

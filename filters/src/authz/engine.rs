@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::attributes::Attributes;
+use super::attributes::{Attributes, HttpAttributes};
 use super::matcher::ValueMatch;
 use super::model::{Action, Condition, Field, Key, Operation, Policy, Rule, Source};
 
@@ -104,14 +104,16 @@ fn decide(
     Verdict::Deny("no ALLOW policy matched".into())
 }
 
-/// Whether any rule of `p` matches.
+/// Whether any rule of `p` matches. CUSTOM rules are built like DENY ones (istiod generates
+/// them as DENY shadow rules): on TCP their HTTP-only fields are ignored, not the rule.
 pub fn policy_matches(p: &Policy, attrs: &Attributes<'_>) -> bool {
-    let deny = p.action == Action::Deny;
-    p.rules.iter().any(|r| rule_matches(r, attrs, deny))
+    let deny_like = matches!(p.action, Action::Deny | Action::Custom(_));
+    p.rules.iter().any(|r| rule_matches(r, attrs, deny_like))
 }
 
 /// Whether `rule` matches. On TCP, a rule using HTTP-only attributes never matches in an
-/// ALLOW-like policy, and ignores those attributes in a DENY policy (Istio's rule).
+/// ALLOW or AUDIT policy, and ignores those attributes in a DENY or CUSTOM policy (`deny`)
+/// (Istio's rule).
 pub fn rule_matches(rule: &Rule, attrs: &Attributes<'_>, deny: bool) -> bool {
     let tcp = attrs.http.is_none();
     if tcp && !deny && rule_uses_http(rule) {
@@ -186,10 +188,50 @@ fn source_matches(s: &Source, a: &Attributes<'_>, ignore_http: bool) -> bool {
                 false,
             ))
         && str_field(&s.namespaces, a.namespace.as_deref(), false)
+        && str_field(
+            &s.trust_domains,
+            trust_domain(a.principal.as_deref()),
+            false,
+        )
         && sa_pos
         && sa_neg
         && ip_field(&s.ip_blocks, a.source_ip)
         && ip_field(&s.remote_ip_blocks, a.remote_ip)
+}
+
+/// The trust domain of a principal (`td/ns/x/sa/y` without `spiffe://`): what precedes the
+/// first `/`; none when the principal has no `/` or starts with one.
+fn trust_domain(principal: Option<&str>) -> Option<&str> {
+    principal
+        .and_then(|p| p.split_once('/'))
+        .map(|(td, _)| td)
+        .filter(|td| !td.is_empty())
+}
+
+/// A request header as Envoy's RBAC sees it: pseudo-headers come from the request
+/// (`:method`, `:authority` the host, `:path` with its query); several values of one header
+/// are joined with `,`.
+fn request_header(h: &HttpAttributes<'_>, name: &str) -> Option<String> {
+    match name {
+        ":method" => Some(h.method.to_string()),
+        ":authority" => Some(h.host.to_string()),
+        ":path" => Some(match h.query {
+            Some(q) => format!("{}?{q}", h.path),
+            None => h.path.to_string(),
+        }),
+        _ if name.starts_with(':') => None,
+        _ => {
+            // Every value counts, including ones with bytes outside visible ASCII (Envoy
+            // compares the raw bytes; `to_str` would drop such a value).
+            let vals: Vec<String> = h
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            (!vals.is_empty()).then(|| vals.join(","))
+        }
+    }
 }
 
 fn operation_matches(o: &Operation, a: &Attributes<'_>, ignore_http: bool) -> bool {
@@ -246,16 +288,8 @@ fn condition_matches(c: &Condition, a: &Attributes<'_>) -> bool {
         ),
         Key::ConnectionSni => str_field(&c.values, a.sni.as_deref(), false),
         Key::RequestHeader(name) => {
-            let joined = http.and_then(|h| {
-                let vals: Vec<&str> = h
-                    .headers
-                    .get_all(name.as_str())
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect();
-                (!vals.is_empty()).then(|| vals.join(","))
-            });
-            str_field(&c.values, joined.as_deref(), false)
+            let value = http.and_then(|h| request_header(h, name));
+            str_field(&c.values, value.as_deref(), false)
         }
         Key::AuthPrincipal => str_field(&c.values, auth.map(|j| j.principal.as_str()), false),
         Key::AuthPresenter => {
@@ -272,8 +306,9 @@ fn condition_matches(c: &Condition, a: &Attributes<'_>) -> bool {
                     .iter()
                     .filter_map(|v| v.as_str().map(str::to_string))
                     .collect(),
-                Some(serde_json::Value::Bool(b)) => vec![b.to_string()],
-                Some(serde_json::Value::Number(n)) => vec![n.to_string()],
+                // Istio matches string and list-of-string claims only (its generated RBAC
+                // compares the JWT payload with string matchers): a boolean or number claim
+                // is as good as absent.
                 _ => Vec::new(),
             };
             if values.is_empty() {

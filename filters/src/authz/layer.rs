@@ -150,6 +150,7 @@ fn attributes<'a>(
         method: req.method().as_str(),
         host,
         path,
+        query: req.uri().query(),
         headers: req.headers(),
         auth: req.extensions().get::<JwtAuth>(),
     });

@@ -90,6 +90,9 @@ pub struct Source {
     pub request_principals: Field<ValueMatch>,
     /// `namespaces`.
     pub namespaces: Field<ValueMatch>,
+    /// `trustDomains` / `notTrustDomains`: the peer principal's trust domain (before the
+    /// first `/`).
+    pub trust_domains: Field<ValueMatch>,
     /// `serviceAccounts` (`ns/sa` or `sa` in the policy's namespace).
     pub service_accounts: Field<(String, String)>,
     /// `ipBlocks` (the original source IP).

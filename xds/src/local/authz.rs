@@ -96,6 +96,10 @@ pub struct SourceSpec {
     #[serde(default)]
     pub not_namespaces: Vec<String>,
     #[serde(default)]
+    pub trust_domains: Vec<String>,
+    #[serde(default)]
+    pub not_trust_domains: Vec<String>,
+    #[serde(default)]
     pub service_accounts: Vec<String>,
     #[serde(default)]
     pub not_service_accounts: Vec<String>,
@@ -230,6 +234,7 @@ fn rule(r: &RuleSpec, ns: &str, at: &str) -> Result<Rule, Invalid> {
                 principals: field(&s.principals, &s.not_principals),
                 request_principals: field(&s.request_principals, &s.not_request_principals),
                 namespaces: field(&s.namespaces, &s.not_namespaces),
+                trust_domains: field(&s.trust_domains, &s.not_trust_domains),
                 service_accounts: Field {
                     values: s
                         .service_accounts

@@ -3,13 +3,15 @@
 //! Each resource is validated on its own ([`listener::convert`], [`cluster::convert`],
 //! [`endpoint::convert`]); a resource outside the supported subset is an
 //! [`InvalidResource`] (NACKed with that reason) and never half-applied. [`build`] then
-//! combines the accepted resources into a complete [`Snapshot`].
+//! combines the accepted resources into a complete [`Snapshot`]. [`rbac`] converts the
+//! RBAC filters' configurations.
 
 pub mod cluster;
 pub mod endpoint;
 mod error;
 pub mod listener;
 mod metadata;
+pub mod rbac;
 pub mod route;
 
 use std::collections::BTreeMap;

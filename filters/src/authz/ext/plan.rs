@@ -4,14 +4,15 @@
 //! - every CUSTOM policy of one target must name the same provider, and that provider
 //!   must be a usable ext_authz provider; otherwise every request to the target is denied
 //!   (istiod's "deny all config" for a CUSTOM action it cannot build);
-//! - the server is asked only when a CUSTOM policy's rules match the request;
+//! - the server is asked only when a CUSTOM policy's rules match the request; on TCP a
+//!   rule's HTTP-only fields are ignored (istiod builds CUSTOM rules like DENY ones);
 //! - on TCP only a gRPC provider applies (an HTTP provider is ignored there).
 
 use std::sync::Arc;
 
 use super::provider::{Provider, ProviderEntry, ProviderKind, Providers};
 use crate::authz::attributes::Attributes;
-use crate::authz::engine::rule_matches;
+use crate::authz::engine::policy_matches;
 use crate::authz::model::{Action, Policy};
 
 /// What the CUSTOM policies ask for this request.
@@ -87,7 +88,7 @@ pub fn custom_plan(
     let matching: Vec<String> = policies
         .iter()
         .filter(|p| !p.dry_run && matches!(p.action, Action::Custom(_)))
-        .filter(|p| p.rules.iter().any(|r| rule_matches(r, attrs, false)))
+        .filter(|p| policy_matches(p, attrs))
         .map(|p| p.name.to_string())
         .collect();
     if matching.is_empty() {
@@ -158,6 +159,7 @@ mod tests {
                 method: "GET",
                 host: "echo",
                 path,
+                query: None,
                 headers,
                 auth: None,
             }),
@@ -220,6 +222,18 @@ mod tests {
         ));
         assert!(matches!(
             custom_plan(&[custom("g", "grpc", None)], &providers, &tcp),
+            CustomPlan::Check { .. }
+        ));
+    }
+
+    #[test]
+    fn tcp_ignores_http_fields_of_custom_rules() {
+        // istiod's tcp/custom-both-http-tcp-out1.yaml: a CUSTOM rule with only an HTTP field
+        // becomes `any: true` in the network RBAC shadow rules: every connection is checked.
+        let providers: Providers = [provider("grpc", ProviderKind::Grpc)].into();
+        let tcp = Attributes::default();
+        assert!(matches!(
+            custom_plan(&[custom("g", "grpc", Some("/secure"))], &providers, &tcp),
             CustomPlan::Check { .. }
         ));
     }
