@@ -53,11 +53,9 @@ fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
         let t = cfg["@type"].as_str().unwrap();
         if t.ends_with("ListenersConfigDump") {
             for l in cfg["dynamic_listeners"].as_array().unwrap() {
-                let l: Listener = from_json(
-                    "envoy.config.listener.v3.Listener",
-                    &l["active_state"]["listener"],
-                )
-                .unwrap();
+                let mut json = l["active_state"]["listener"].clone();
+                add_rbac(&mut json);
+                let l: Listener = from_json("envoy.config.listener.v3.Listener", &json).unwrap();
                 ls.push((l.name.clone(), any(LISTENER, &l)));
             }
         } else if t.ends_with("ClustersConfigDump") {
@@ -84,6 +82,44 @@ fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
     (ls, cs, es)
 }
 
+/// The RBAC filters istiod would generate for two policies on httpbin port 8000: DENY
+/// `/admin*` for everyone, and ALLOW only the `sleep` service account (matched on the
+/// filter state Istio's waypoint sets from the HBONE peer).
+fn add_rbac(listener: &mut serde_json::Value) {
+    let deny = serde_json::json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "DENY", "policies": {"ns[default]-policy[deny-admin]-rule[0]": {
+                "permissions": [{"url_path": {"path": {"prefix": "/admin"}}}],
+                "principals": [{"any": true}]
+            }}}
+        }
+    });
+    let allow = serde_json::json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"policies": {"ns[default]-policy[allow-sleep]-rule[0]": {
+                "permissions": [{"any": true}],
+                "principals": [{"filter_state": {"key": "io.istio.peer_principal", "string_match": {"exact": "spiffe://cluster.local/ns/default/sa/sleep"}}}]
+            }}}
+        }
+    });
+    for chain in listener["filter_chains"].as_array_mut().unwrap() {
+        if chain["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("inbound-vip|8000|"))
+        {
+            let filters = chain["filters"][0]["typed_config"]["http_filters"]
+                .as_array_mut()
+                .unwrap();
+            filters.insert(0, allow.clone());
+            filters.insert(0, deny.clone());
+        }
+    }
+}
+
 struct World {
     _dir: tempfile::TempDir,
     socket: std::path::PathBuf,
@@ -91,6 +127,7 @@ struct World {
     serving: tokio::task::JoinHandle<()>,
     wp: WaypointProcess,
     client: HboneClient,
+    other: HboneClient,
     _pod: FakeZtunnel,
     clusters: Named,
 }
@@ -147,9 +184,20 @@ async fn start() -> World {
                 .certs()
                 .unwrap(),
         )),
+        waypoint_id.clone(),
+    );
+    let other = HboneClient::new(
+        wp.hbone,
+        Arc::new(CertStore::fixed(
+            ca.issue(&Identity::new("cluster.local", "other", "intruder"))
+                .unwrap()
+                .certs()
+                .unwrap(),
+        )),
         waypoint_id,
     );
     World {
+        other,
         _dir: dir,
         socket,
         server,
@@ -162,12 +210,16 @@ async fn start() -> World {
 }
 
 async fn get(w: &World, port: u16) -> (u16, serde_json::Value) {
-    let conn = w.client.connect().await.unwrap();
+    get_as(&w.client, port, "/get").await
+}
+
+async fn get_as(client: &HboneClient, port: u16, path: &str) -> (u16, serde_json::Value) {
+    let conn = client.connect().await.unwrap();
     let mut http = conn
         .http1(SocketAddr::new(VIP.parse().unwrap(), port))
         .await
         .unwrap();
-    let req = http::Request::get("/get")
+    let req = http::Request::get(path)
         .header("host", "httpbin.default.svc.cluster.local")
         .body(filters::body::empty())
         .unwrap();
@@ -287,4 +339,20 @@ async fn the_xds_server_restarting_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(get(&w, 8000).await.0, 200);
+}
+
+#[tokio::test]
+async fn rbac_filters_from_istiod_are_enforced() {
+    let w = start().await;
+    assert_eq!(get_as(&w.client, 8000, "/get").await.0, 200);
+    // DENY /admin*, whoever asks.
+    assert_eq!(get_as(&w.client, 8000, "/admin/x").await.0, 403);
+    // ALLOW only sleep: another identity is denied.
+    assert_eq!(get_as(&w.other, 8000, "/get").await.0, 403);
+    // Port 8100 has no RBAC filter.
+    assert_eq!(get_as(&w.other, 8100, "/get").await.0, 200);
+    let (_, stats) = waypoint::testing::process::http_get(w.wp.admin, "/stats")
+        .await
+        .unwrap();
+    assert!(stats.contains("authz.denied: 2"), "{stats}");
 }

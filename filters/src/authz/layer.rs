@@ -196,6 +196,17 @@ async fn authorize(
     req: Request<Body>,
 ) -> Result<Authorized, ProxyError> {
     let set = &ctx.snapshot.authz;
+    if let Some(chain) = set.rbac_for(&ctx.tunnel.target) {
+        let host = host_of(&req);
+        let attrs = attributes(ctx, &req, &host, path);
+        return match super::PolicySet::enforce_rbac(chain, &attrs) {
+            Ok(()) => Ok(Authorized::Proceed(req, Vec::new())),
+            Err(policy) => {
+                tracing::info!(%policy, peer = %ctx.tunnel.peer, path, "denied by RBAC");
+                Err(ProxyError::Denied(policy))
+            }
+        };
+    }
     let service = match &ctx.tunnel.target {
         Target::Service { service, .. } => Some(service.name.to_string()),
         Target::Workload { .. } => None,

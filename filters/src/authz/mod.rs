@@ -63,9 +63,53 @@ pub struct PolicySet {
     /// Path normalization in force.
     #[serde(skip)]
     pub normalization: path::Normalization,
+    /// Envoy RBAC filter chains received over xDS, by Service port (`namespace/name:port`),
+    /// enforced instead of policies for that port.
+    #[serde(skip)]
+    pub rbac: BTreeMap<String, Arc<Vec<crate::rbac::RbacConfig>>>,
 }
 
 impl PolicySet {
+    /// The RBAC chain for a request to `service` port `port`, if the configuration came
+    /// as Envoy RBAC (xDS).
+    pub fn rbac_for(
+        &self,
+        target: &crate::model::Target,
+    ) -> Option<&Arc<Vec<crate::rbac::RbacConfig>>> {
+        if self.rbac.is_empty() {
+            return None;
+        }
+        match target {
+            crate::model::Target::Service { service, port } => self
+                .rbac
+                .get(&crate::model::route_key(&service.name, *port)),
+            crate::model::Target::Workload { .. } => None,
+        }
+    }
+
+    /// Enforces an RBAC chain: `Err(policy)` when a filter denies.
+    pub fn enforce_rbac(
+        chain: &[crate::rbac::RbacConfig],
+        attrs: &Attributes<'_>,
+    ) -> Result<(), String> {
+        let input = crate::rbac::RbacInput::new(attrs);
+        let d = crate::rbac::evaluate_chain(chain, &input);
+        for (_, p) in &d.matched {
+            tracing::debug!(policy = %p, "RBAC policy matched");
+        }
+        if d.allowed {
+            count(&Verdict::Allow(d.matched.last().map(|(_, p)| p.clone())));
+            Ok(())
+        } else {
+            let policy = d
+                .denied_by
+                .and_then(|(_, p)| p)
+                .unwrap_or_else(|| "no ALLOW policy matched".into());
+            count(&Verdict::Deny(policy.clone()));
+            Err(policy)
+        }
+    }
+
     /// The policies for traffic to `service` (`namespace/name`), or to a pod (`None`).
     pub fn for_target(&self, service: Option<&str>) -> Vec<Arc<Policy>> {
         let mut out = self.gateway.clone();

@@ -87,6 +87,10 @@ async fn copy(
 async fn authorize(proxy: &Arc<Proxy>, info: &Arc<TunnelInfo>) -> Result<(), String> {
     use filters::authz::ext::{self, CheckOutcome, CheckRequest, CustomPlan};
     let snapshot = proxy.config.current();
+    if let Some(chain) = snapshot.authz.rbac_for(&info.target) {
+        let attrs = filters::authz::Attributes::of_tunnel(info);
+        return filters::authz::PolicySet::enforce_rbac(chain, &attrs);
+    }
     let service = match &info.target {
         filters::model::Target::Service { service, .. } => Some(service.name.to_string()),
         filters::model::Target::Workload { .. } => None,

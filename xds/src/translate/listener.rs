@@ -58,11 +58,15 @@ pub enum Chain {
     Http {
         /// The routes, in order.
         routes: Vec<super::route::RouteSpec>,
+        /// RBAC filters, in order.
+        rbac: Vec<filters::rbac::RbacConfig>,
     },
     /// TCP: the cluster bytes go to.
     Tcp {
         /// The cluster.
         cluster: String,
+        /// Network RBAC filters, in order.
+        rbac: Vec<filters::rbac::RbacConfig>,
     },
 }
 
@@ -292,6 +296,7 @@ fn typed<M: Message + Default>(any: Option<&Any>, want: &str, at: &str) -> Resul
 fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
     use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as NetConfig;
     let mut result = None;
+    let mut rbac = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let fat = format!("{at}.filters[{i}]");
         let any = match &f.config_type {
@@ -300,6 +305,10 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
         };
         match f.name.as_str() {
             n if NEUTRAL_NETWORK_FILTERS.contains(&n) => {}
+            "envoy.filters.network.rbac" => {
+                let any = any.ok_or_else(|| (fat.clone(), "missing typed_config".to_string()))?;
+                rbac.push(super::rbac::from_any(any).map_err(|e| (fat.clone(), e.to_string()))?);
+            }
             "envoy.filters.network.http_connection_manager" => {
                 let hcm: HttpConnectionManager = typed(any, "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", &fat)?;
                 result = Some(http(&hcm, &fat)?);
@@ -314,7 +323,10 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                     Some(ClusterSpecifier::Cluster(c)) => c,
                     _ => return Err((fat, "only a single cluster is supported".into())),
                 };
-                result = Some(Chain::Tcp { cluster });
+                result = Some(Chain::Tcp {
+                    cluster,
+                    rbac: std::mem::take(&mut rbac),
+                });
             }
             other => return Err((fat, format!("unsupported network filter {other}"))),
         }
@@ -340,9 +352,16 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
         }
     };
     let last = hcm.http_filters.len().saturating_sub(1);
+    let mut rbac = Vec::new();
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let fat = format!("{at}.http_filters[{i}]");
         match f.name.as_str() {
+            "envoy.filters.http.rbac" => {
+                let Some(ConfigType::TypedConfig(a)) = &f.config_type else {
+                    return Err((fat, "missing typed_config".into()));
+                };
+                rbac.push(super::rbac::from_any(a).map_err(|e| (fat.clone(), e.to_string()))?);
+            }
             "envoy.filters.http.router" if i == last => {}
             "envoy.filters.http.router" => {
                 return Err((fat, "the router must be the last filter".into()))
@@ -360,5 +379,5 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
             other => return Err((fat, format!("unsupported HTTP filter {other}"))),
         }
     }
-    Ok(Chain::Http { routes })
+    Ok(Chain::Http { routes, rbac })
 }

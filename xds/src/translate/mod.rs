@@ -156,12 +156,24 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
         .map(|s| (s.hostname.clone(), s.clone()))
         .collect();
     let mut tables = BTreeMap::new();
+    let mut authz = filters::authz::PolicySet::default();
     if let Some(l) = main {
         for (name, chain) in &l.chains {
-            let (Some((port, host)), Chain::Http { routes }) = (vip_chain(name), chain) else {
+            let Some((port, host)) = vip_chain(name) else {
                 continue;
             };
             let Some(service) = by_host.get(host) else {
+                continue;
+            };
+            let rbac = match chain {
+                Chain::Http { rbac, .. } | Chain::Tcp { rbac, .. } => rbac,
+            };
+            if !rbac.is_empty() {
+                authz
+                    .rbac
+                    .insert(route_key(&service.name, port), Arc::new(rbac.clone()));
+            }
+            let Chain::Http { routes, .. } = chain else {
                 continue;
             };
             let compiled: Vec<Arc<Route>> = routes
@@ -177,6 +189,7 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
         }
     }
     snapshot.set_routes(tables);
+    snapshot.set_authz(authz);
     Ok(snapshot)
 }
 
