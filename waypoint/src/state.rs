@@ -116,6 +116,8 @@ pub struct Proxy {
     pub stats: Stats,
     /// Metrics, access logs and traces.
     pub telemetry: crate::telemetry::Telemetry,
+    /// The xDS subscriber's counters, when configuration comes over xDS.
+    pub xds: std::sync::OnceLock<Arc<xds::ads::AdsStats>>,
     /// Tunables.
     pub options: ProxyOptions,
 }
@@ -132,6 +134,7 @@ impl Proxy {
             config,
             certs,
             stats: Stats::default(),
+            xds: std::sync::OnceLock::new(),
             telemetry: crate::telemetry::Telemetry::new(
                 &options.cluster_id,
                 options.metrics_series_limit,

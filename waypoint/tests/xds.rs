@@ -7,118 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::google::protobuf::Any;
 use filters::model::Identity;
 use http_body_util::BodyExt;
-use prost::Message;
 use waypoint::testing::client::HboneClient;
 use waypoint::testing::echo::EchoIdentity;
 use waypoint::testing::process::{CertFiles, WaypointProcess};
 use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
 use waypoint::tls::{CertStore, DevCa};
 use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
-use xds::envoy::from_json;
 use xds::testing::AdsServer;
 
-/// Resources by name.
-type Named = Vec<(String, Any)>;
-
-const VIP: &str = "127.96.0.10";
-const DUMP_VIP: &str = "10.104.171.68";
-const DUMP_POD: &str = "192.168.195.248";
-
-fn any<M: Message>(type_url: &str, m: &M) -> Any {
-    Any {
-        type_url: type_url.to_string(),
-        value: m.encode_to_vec(),
-    }
-}
-
-/// The dump's resources with the VIP and the pod moved to loopback, and a cluster and
-/// endpoints for both Service ports (the dump has the cluster of one and the endpoints of
-/// the other).
-fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json");
-    let text = std::fs::read_to_string(path)
-        .unwrap()
-        .replace(&format!("{DUMP_POD}:800"), &format!("{pod}:8080"))
-        .replace(DUMP_POD, &pod.to_string())
-        .replace(DUMP_VIP, VIP);
-    let dump: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let (mut ls, mut cs, mut es) = (vec![], vec![], vec![]);
-    for cfg in dump["configs"].as_array().unwrap() {
-        let t = cfg["@type"].as_str().unwrap();
-        if t.ends_with("ListenersConfigDump") {
-            for l in cfg["dynamic_listeners"].as_array().unwrap() {
-                let mut json = l["active_state"]["listener"].clone();
-                add_rbac(&mut json);
-                let l: Listener = from_json("envoy.config.listener.v3.Listener", &json).unwrap();
-                ls.push((l.name.clone(), any(LISTENER, &l)));
-            }
-        } else if t.ends_with("ClustersConfigDump") {
-            let c = &cfg["dynamic_active_clusters"][0]["cluster"];
-            for port in ["8000", "8100"] {
-                let json: serde_json::Value =
-                    serde_json::from_str(&c.to_string().replace("|8000|", &format!("|{port}|")))
-                        .unwrap();
-                let c: Cluster = from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
-                cs.push((c.name.clone(), any(CLUSTER, &c)));
-            }
-        } else if t.ends_with("EndpointsConfigDump") {
-            let e = &cfg["dynamic_endpoint_configs"][0]["endpoint_config"];
-            for port in ["8000", "8100"] {
-                let json: serde_json::Value =
-                    serde_json::from_str(&e.to_string().replace("|8100|", &format!("|{port}|")))
-                        .unwrap();
-                let e: ClusterLoadAssignment =
-                    from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap();
-                es.push((e.cluster_name.clone(), any(ENDPOINT, &e)));
-            }
-        }
-    }
-    (ls, cs, es)
-}
-
-/// The RBAC filters istiod would generate for two policies on httpbin port 8000: DENY
-/// `/admin*` for everyone, and ALLOW only the `sleep` service account (matched on the
-/// filter state Istio's waypoint sets from the HBONE peer).
-fn add_rbac(listener: &mut serde_json::Value) {
-    let deny = serde_json::json!({
-        "name": "envoy.filters.http.rbac",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
-            "rules": {"action": "DENY", "policies": {"ns[default]-policy[deny-admin]-rule[0]": {
-                "permissions": [{"url_path": {"path": {"prefix": "/admin"}}}],
-                "principals": [{"any": true}]
-            }}}
-        }
-    });
-    let allow = serde_json::json!({
-        "name": "envoy.filters.http.rbac",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
-            "rules": {"policies": {"ns[default]-policy[allow-sleep]-rule[0]": {
-                "permissions": [{"any": true}],
-                "principals": [{"filter_state": {"key": "io.istio.peer_principal", "string_match": {"exact": "spiffe://cluster.local/ns/default/sa/sleep"}}}]
-            }}}
-        }
-    });
-    for chain in listener["filter_chains"].as_array_mut().unwrap() {
-        if chain["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("inbound-vip|8000|"))
-        {
-            let filters = chain["filters"][0]["typed_config"]["http_filters"]
-                .as_array_mut()
-                .unwrap();
-            filters.insert(0, allow.clone());
-            filters.insert(0, deny.clone());
-        }
-    }
-}
+#[path = "common/xds_fixture.rs"]
+mod xds_fixture;
+use xds_fixture::{any, resources, Named, VIP};
 
 struct World {
     _dir: tempfile::TempDir,

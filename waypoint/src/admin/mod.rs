@@ -2,6 +2,7 @@
 //! `/stats`, `/stats/prometheus`, `/quitquitquit` on 127.0.0.1:15000) and the metrics
 //! listener (`/stats/prometheus` on 15020), served by Pingora HTTP services.
 
+mod envoy;
 mod prometheus;
 
 pub use prometheus::Metrics;
@@ -108,6 +109,7 @@ impl Admin {
                 filters::authz::DECISIONS.denied.load(Ordering::Relaxed)
             ),
         ])
+        .chain(envoy::stats(&self.proxy))
         .chain(snapshot.authz.all().into_iter().map(|p| {
             format!(
                 "authz.policy.{}.matched: {}\n",
@@ -138,7 +140,23 @@ impl ServeHttp for Admin {
                     "text/plain",
                 ),
             },
-            "/stats" => text(StatusCode::OK, self.stats(), "text/plain"),
+            "/stats" => {
+                let query = session
+                    .req_header()
+                    .uri
+                    .query()
+                    .unwrap_or_default()
+                    .to_string();
+                match envoy::filter_stats(&self.stats(), &query) {
+                    Ok(body) => text(StatusCode::OK, body, "text/plain"),
+                    Err(e) => text(StatusCode::BAD_REQUEST, e, "text/plain"),
+                }
+            }
+            "/server_info" => text(
+                StatusCode::OK,
+                envoy::server_info(&self.proxy),
+                "application/json",
+            ),
             "/stats/prometheus" => prometheus::response(&self.proxy),
             "/quitquitquit" if method == Method::POST => {
                 tracing::info!("shutdown requested over the admin API");

@@ -1,9 +1,11 @@
-//! Subcommands: `run`, `check`, `dev-ca`, `request`, `load`, `bench`, `demo`.
+//! Subcommands: `run`, `check`, `dev-ca`, `request`, `load`, `bench`, `demo`; and Envoy's
+//! command line ([`envoy`]) when started by pilot-agent.
 
 mod bench;
 mod check;
 mod demo;
 mod dev_ca;
+pub mod envoy;
 mod load;
 mod request;
 mod run;

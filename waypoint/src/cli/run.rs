@@ -31,9 +31,19 @@ pub struct RunArgs {
     /// The waypoint's Gateway as `namespace/name` (default: the only istio-waypoint Gateway).
     #[arg(long)]
     gateway: Option<String>,
-    /// Our certificates (reloaded when the files change).
-    #[command(flatten)]
-    certs: super::CertArgs,
+    /// PEM certificate chain (leaf first), reloaded when it changes.
+    #[arg(long, required_unless_present = "sds_address")]
+    cert_chain: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, required_unless_present = "sds_address")]
+    key: Option<PathBuf>,
+    /// PEM root bundle.
+    #[arg(long, required_unless_present = "sds_address")]
+    root_cert: Option<PathBuf>,
+    /// Certificates over SDS (`default` and `ROOTCA`, rotated as they change) instead of
+    /// files: `unix:<path>` (pilot-agent's socket).
+    #[arg(long)]
+    sds_address: Option<xds::ads::XdsAddress>,
     /// SPIFFE trust domain.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -105,13 +115,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         jwks: jwks.clone(),
         ..Default::default()
     };
-    let certs = Arc::new(CertStore::load(args.certs.paths()).context("loading certificates")?);
+    let (certs, sds_task) = certificates(&args)?;
     let ours = certs.current().identity.clone();
     anyhow::ensure!(
         ours.trust_domain == args.trust_domain,
         "our certificate's identity {ours} is not in trust domain {}",
         args.trust_domain
     );
+    let mut xds_stats = None;
     let (store, source_task) = match (&args.config, &args.xds_address) {
         (Some(path), _) => {
             let first = xds::local::load(path, &local, 1)
@@ -154,6 +165,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 waypoint,
                 stats: Default::default(),
             };
+            xds_stats = Some(client.stats.clone());
             let publisher: Arc<dyn xds::Publisher> = store.clone();
             let task: Task = Box::pin(client.run(publisher));
             (store, task)
@@ -172,10 +184,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics_series_limit: args.metrics_series_limit,
         },
     );
+    if let Some(s) = xds_stats {
+        let _ = proxy.xds.set(s);
+    }
     let interval = Duration::from_millis(args.watch_interval_ms);
     let tasks: Vec<Task> = vec![
         source_task,
-        Box::pin(certs.watch(interval)),
+        sds_task.unwrap_or_else(|| Box::pin(certs.clone().watch(interval))),
         Box::pin(waypoint::jwks::run(
             jwks,
             jwks_client,
@@ -199,6 +214,52 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         tasks,
     );
     Ok(())
+}
+
+/// Our certificates: from files (watched), or from SDS (the first pair fetched before
+/// starting, then streamed).
+fn certificates(args: &RunArgs) -> anyhow::Result<(Arc<CertStore>, Option<Task>)> {
+    if let Some(address) = &args.sds_address {
+        let gateway = args
+            .gateway
+            .clone()
+            .unwrap_or_else(|| "default/waypoint".into());
+        let (ns, name) = gateway.split_once('/').unwrap_or(("default", "waypoint"));
+        let node_id = args
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("waypoint~0.0.0.0~{name}.{ns}~{ns}.svc.cluster.local"));
+        let client = xds::ads::sds::SdsClient {
+            address: address.clone(),
+            node: xds::ads::node(&node_id, &args.cluster_id, &NamespacedName::new(ns, name)),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let first = rt
+            .block_on(client.fetch(Duration::from_secs(30)))
+            .context("fetching certificates over SDS")?;
+        let certs = waypoint::tls::Certs::from_pem(&first.chain, &first.key, &first.roots)
+            .context("certificates from SDS")?;
+        let store = Arc::new(CertStore::fixed(certs));
+        let sink: Arc<dyn xds::ads::sds::SecretSink> = store.clone();
+        let task: Task = Box::pin(client.run(sink, Some(first)));
+        return Ok((store, Some(task)));
+    }
+    let (Some(cert_chain), Some(key), Some(root_cert)) =
+        (&args.cert_chain, &args.key, &args.root_cert)
+    else {
+        anyhow::bail!("--cert-chain, --key and --root-cert are required without --sds-address");
+    };
+    let paths = waypoint::tls::CertPaths {
+        cert_chain: cert_chain.clone(),
+        key: key.clone(),
+        root_cert: root_cert.clone(),
+    };
+    Ok((
+        Arc::new(CertStore::load(paths).context("loading certificates")?),
+        None,
+    ))
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -113,6 +113,12 @@ impl CertStore {
         }
     }
 
+    /// Replaces the key material (certificates from SDS): new connections use it,
+    /// established ones keep theirs.
+    pub fn set(&self, certs: Certs) {
+        self.current.store(Arc::new(certs));
+    }
+
     /// The current key material.
     pub fn current(&self) -> Arc<Certs> {
         self.current.load_full()
@@ -178,4 +184,19 @@ fn read(paths: &CertPaths) -> Result<Certs, TlsError> {
         },
         other => other,
     })
+}
+
+impl xds::ads::sds::SecretSink for CertStore {
+    fn install(&self, m: &xds::ads::sds::KeyMaterial) -> Result<(), String> {
+        let certs = Certs::from_pem(&m.chain, &m.key, &m.roots).map_err(|e| e.to_string())?;
+        let current = self.current();
+        if certs.identity != current.identity {
+            return Err(format!(
+                "the new certificate is for {}, not {}",
+                certs.identity, current.identity
+            ));
+        }
+        self.set(certs);
+        Ok(())
+    }
 }

@@ -1,8 +1,10 @@
 //! The xDS subscriber: Delta ADS towards istiod (normally through pilot-agent's Unix
 //! socket), producing the same snapshots the local configuration does.
 
+pub mod bootstrap;
 pub mod client;
 pub mod connect;
+pub mod sds;
 pub mod types;
 
 pub use client::{AdsClient, AdsError, AdsStats};
