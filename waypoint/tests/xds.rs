@@ -153,10 +153,45 @@ async fn routes_from_istiod_resources_reach_the_pod() {
         "{:?}",
         w.server.nodes()
     );
+    let (_, dump) =
+        waypoint::testing::process::http_get(w.wp.admin, "/config_dump?format=waypoint")
+            .await
+            .unwrap();
+    assert!(dump.contains("xds:unix:"), "{dump}");
+    // Envoy's admin format: what istioctl proxy-config reads.
     let (_, dump) = waypoint::testing::process::http_get(w.wp.admin, "/config_dump")
         .await
         .unwrap();
-    assert!(dump.contains("xds:unix:"), "{dump}");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let configs = dump["configs"].as_array().unwrap();
+    let listeners = &configs[0];
+    assert_eq!(
+        listeners["@type"],
+        "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"
+    );
+    assert!(listeners["dynamic_listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["name"] == "main_internal"
+            && l["active_state"]["listener"]["filter_chains"].is_array()));
+    assert_eq!(
+        configs[1]["dynamic_active_clusters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        configs[2]["dynamic_endpoint_configs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let secrets = configs[4]["dynamic_active_secrets"].as_array().unwrap();
+    let key = &secrets[0]["secret"]["tls_certificate"]["private_key"]["inline_bytes"];
+    assert_eq!(key, "W3JlZGFjdGVkXQ==", "the key is redacted");
 }
 
 #[tokio::test]

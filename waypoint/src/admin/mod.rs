@@ -132,6 +132,27 @@ impl ServeHttp for Admin {
                 "PRE_INITIALIZING\n",
                 "text/plain",
             ),
+            // Over xDS, Envoy's admin v3 dump of what was received (istioctl reads it);
+            // `?format=waypoint` (and the local configuration) dumps the snapshot.
+            "/config_dump"
+                if self.proxy.xds.get().is_some()
+                    && !session
+                        .req_header()
+                        .uri
+                        .query()
+                        .unwrap_or_default()
+                        .contains("format=waypoint") =>
+            {
+                let certs = self.proxy.certs.current();
+                let secrets = xds::ads::dump::secrets_dump(&certs.chain_pem, &certs.roots_pem);
+                let dump =
+                    xds::ads::dump::config_dump(self.proxy.xds.get().expect("checked"), secrets);
+                text(
+                    StatusCode::OK,
+                    serde_json::to_vec_pretty(&dump).unwrap_or_default(),
+                    "application/json",
+                )
+            }
             "/config_dump" => match serde_json::to_vec_pretty(&*self.proxy.config.current()) {
                 Ok(json) => text(StatusCode::OK, json, "application/json"),
                 Err(e) => text(

@@ -33,6 +33,10 @@ pub struct Certs {
     /// Verifies client chains against `roots`.
     pub(crate) client_verifier: Arc<dyn ClientCertVerifier>,
     pem: Vec<u8>,
+    /// Our chain, PEM (for the admin config dump).
+    pub chain_pem: String,
+    /// The roots, PEM.
+    pub roots_pem: String,
 }
 
 impl Certs {
@@ -78,6 +82,8 @@ impl Certs {
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
                 .build()
                 .map_err(|e| invalid("root certificates", e.to_string()))?;
+        let chain_pem = String::from_utf8_lossy(chain).into_owned();
+        let roots_text = String::from_utf8_lossy(roots_pem).into_owned();
         let pem = [chain, key, roots_pem].concat();
         Ok(Self {
             key: Arc::new(certified),
@@ -85,6 +91,8 @@ impl Certs {
             identity,
             client_verifier,
             pem,
+            chain_pem,
+            roots_pem: roots_text,
         })
     }
 }

@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use filters::model::Waypoint;
 use tokio::sync::mpsc;
@@ -54,7 +55,22 @@ pub struct AdsStats {
     pub eds_updates: AtomicU64,
     /// Rejected endpoint updates.
     pub eds_rejected: AtomicU64,
+    /// The accepted resources as received, for the admin `/config_dump`.
+    pub accepted: std::sync::Mutex<Accepted>,
 }
+
+/// Accepted resources by type URL, then name: `(version, resource, when)`.
+pub type Accepted = BTreeMap<
+    String,
+    BTreeMap<
+        String,
+        (
+            String,
+            envoy_types::pb::google::protobuf::Any,
+            std::time::SystemTime,
+        ),
+    >,
+>;
 
 impl AdsStats {
     fn count(&self, type_url: &str, ok: bool) {
@@ -218,7 +234,7 @@ impl AdsClient {
         };
         let mut staged = state.resources.clone();
         let mut errors: Vec<InvalidResource> = Vec::new();
-        let mut accepted: Vec<(&str, &str)> = Vec::new();
+        let mut accepted: Vec<(&str, &str, &Any)> = Vec::new();
         for r in &resp.resources {
             let Some(any) = &r.resource else {
                 errors.push(InvalidResource::new(
@@ -230,7 +246,7 @@ impl AdsClient {
                 continue;
             };
             match types::accept(type_url, &r.name, any, &mut staged) {
-                Ok(()) => accepted.push((&r.name, &r.version)),
+                Ok(()) => accepted.push((&r.name, &r.version, any)),
                 Err(e) => errors.push(e),
             }
         }
@@ -259,11 +275,20 @@ impl AdsClient {
         state.resources = staged;
         state.seen = seen;
         let versions = state.versions.entry(type_url).or_default();
-        for (name, version) in accepted {
+        let mut dump = self
+            .stats
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dump = dump.entry(type_url.to_string()).or_default();
+        let now = std::time::SystemTime::now();
+        for (name, version, any) in accepted {
             versions.insert(name.to_string(), version.to_string());
+            dump.insert(name.to_string(), (version.to_string(), any.clone(), now));
         }
         for name in &resp.removed_resources {
             versions.remove(name);
+            dump.remove(name);
         }
         let eds = (type_url == CLUSTER)
             .then(|| self.eds_update(state))

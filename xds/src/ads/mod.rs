@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod connect;
+pub mod dump;
 pub mod sds;
 pub mod types;
 
