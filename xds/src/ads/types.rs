@@ -62,6 +62,10 @@ pub fn accept(
         }
         CLUSTER => {
             let c: Cluster = decode(any, kind, name)?;
+            if cluster::is_auxiliary(&c.name) {
+                tracing::debug!(cluster = %c.name, "cluster handled natively");
+                return Ok(());
+            }
             into.clusters
                 .insert(name.to_string(), cluster::convert(&c)?);
         }

@@ -43,6 +43,25 @@ pub fn parse_name(name: &str) -> Option<(u16, &str, &str)> {
     Some((port, proto, host))
 }
 
+/// Clusters istiod sends a waypoint that the waypoint implements natively (the HBONE
+/// originator and the internal listeners' plumbing) or needs no cluster for.
+const NATIVE: &[&str] = &[
+    "connect_originate",
+    "main_internal",
+    "encap",
+    "BlackHoleCluster",
+    "PassthroughCluster",
+];
+
+/// Whether `name` is a cluster the waypoint accepts without turning it into a Service port:
+/// the [`NATIVE`] ones, and `outbound|...` clusters (extension providers such as a tracing
+/// collector or an ext_authz server, which the waypoint reaches through its own clients).
+pub fn is_auxiliary(name: &str) -> bool {
+    NATIVE.contains(&name)
+        || name.starts_with("outbound|")
+        || name.starts_with("InboundPassthroughCluster")
+}
+
 /// Validates and interprets one cluster.
 pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
     let bad = |field: &str, reason: String| InvalidResource::new("cluster", &c.name, field, reason);
