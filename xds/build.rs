@@ -13,6 +13,7 @@ const ROOTS: &[&str] = &[
     "envoy/config/cluster/v3/cluster.proto",
     "envoy/config/endpoint/v3/endpoint.proto",
     "envoy/config/route/v3/route.proto",
+    "envoy/config/trace/v3/opentelemetry.proto",
     "envoy/extensions/transport_sockets/tls/v3/tls.proto",
     "envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "envoy/extensions/transport_sockets/internal_upstream/v3/internal_upstream.proto",

@@ -60,6 +60,8 @@ pub enum Chain {
         routes: Vec<super::route::RouteSpec>,
         /// RBAC filters, in order.
         rbac: Vec<filters::rbac::RbacConfig>,
+        /// Tracing, when the connection manager has a provider.
+        tracing: Option<filters::model::telemetry::TracingConfig>,
     },
     /// TCP: the cluster bytes go to.
     Tcp {
@@ -379,5 +381,13 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
             other => return Err((fat, format!("unsupported HTTP filter {other}"))),
         }
     }
-    Ok(Chain::Http { routes, rbac })
+    let tracing = match &hcm.tracing {
+        Some(t) => super::tracing::convert(t, at)?,
+        None => None,
+    };
+    Ok(Chain::Http {
+        routes,
+        rbac,
+        tracing,
+    })
 }

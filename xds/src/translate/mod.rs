@@ -13,6 +13,7 @@ pub mod listener;
 mod metadata;
 pub mod rbac;
 pub mod route;
+pub mod tracing;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -190,6 +191,29 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
     }
     snapshot.set_routes(tables);
     snapshot.set_authz(authz);
+    // One tracing configuration per waypoint: istiod gives every chain the same.
+    let tracing = main.and_then(|l| {
+        l.chains.iter().find_map(|(_, c)| match c {
+            Chain::Http { tracing, .. } => tracing.clone(),
+            Chain::Tcp { .. } => None,
+        })
+    });
+    let mesh_id = tracing
+        .as_ref()
+        .and_then(|t| {
+            t.custom_tags.iter().find_map(|(k, v)| match v {
+                filters::model::telemetry::CustomTag::Literal(v) if k == "istio.mesh_id" => {
+                    Some(v.clone())
+                }
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| opts.waypoint.trust_domain.clone());
+    snapshot.set_telemetry(filters::model::telemetry::TelemetryConfig {
+        tracing,
+        access_log: None,
+        mesh_id,
+    });
     Ok(snapshot)
 }
 

@@ -157,3 +157,65 @@ fn unsupported_filters_are_rejected_with_their_place() {
         "{err}"
     );
 }
+
+#[test]
+fn connection_manager_tracing_becomes_the_tracing_settings() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut listener = d["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["@type"]
+                .as_str()
+                .unwrap()
+                .ends_with("ListenersConfigDump")
+        })
+        .unwrap()["dynamic_listeners"][0]["active_state"]["listener"]
+        .clone();
+    let provider = serde_json::json!({
+        "name": "envoy.tracers.opentelemetry",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "outbound|4317||otel.observability.svc.cluster.local"}, "timeout": "2s"},
+            "service_name": "waypoint.default"
+        }
+    });
+    for chain in listener["filter_chains"].as_array_mut().unwrap() {
+        let hcm = &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()["typed_config"];
+        if hcm.get("tracing").is_some() {
+            hcm["tracing"]["provider"] = provider.clone();
+        }
+    }
+    let l: Listener = from_json("envoy.config.listener.v3.Listener", &listener).unwrap();
+    let (mut r, _) = resources("waypoint-httpbin-1.21.json");
+    r.listeners
+        .insert(l.name.clone(), listener::convert(&l).unwrap());
+    let snap = build(&r, &options()).unwrap();
+    let t = snap.telemetry.tracing.as_ref().expect("tracing configured");
+    assert_eq!(t.endpoint, "otel.observability.svc.cluster.local:4317");
+    assert!(matches!(
+        t.protocol,
+        filters::model::telemetry::OtlpProtocol::Grpc { .. }
+    ));
+    assert_eq!(t.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(t.sampling_percentage, 100.0);
+    assert!(
+        t.custom_tags
+            .iter()
+            .any(|(k, _)| k == "istio.canonical_service"),
+        "{:?}",
+        t.custom_tags
+    );
+    // Metadata tags (dry-run results) are not custom tags here.
+    assert!(!t
+        .custom_tags
+        .iter()
+        .any(|(k, _)| k.starts_with("istio.authorization")));
+    // Without a provider, no tracing (the dump as istiod sent it).
+    let (r, _) = resources("waypoint-httpbin-1.21.json");
+    assert!(build(&r, &options()).unwrap().telemetry.tracing.is_none());
+}
