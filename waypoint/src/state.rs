@@ -116,6 +116,9 @@ pub struct Proxy {
     pub stats: Stats,
     /// Metrics, access logs and traces.
     pub telemetry: crate::telemetry::Telemetry,
+    /// Set by `POST /drain_listeners`: HBONE connections get GOAWAY and readiness fails,
+    /// while the process keeps serving what is in flight (Envoy's listener drain).
+    pub drain: tokio::sync::watch::Sender<bool>,
     /// The xDS subscriber's counters, when configuration comes over xDS.
     pub xds: std::sync::OnceLock<Arc<xds::ads::AdsStats>>,
     /// Tunables.
@@ -135,6 +138,7 @@ impl Proxy {
             certs,
             stats: Stats::default(),
             xds: std::sync::OnceLock::new(),
+            drain: tokio::sync::watch::channel(false).0,
             telemetry: crate::telemetry::Telemetry::new(
                 &options.cluster_id,
                 options.metrics_series_limit,
@@ -146,5 +150,10 @@ impl Proxy {
     /// Whether configuration and certificates are loaded.
     pub fn ready(&self) -> bool {
         self.config.loaded()
+    }
+
+    /// Whether `/drain_listeners` was called.
+    pub fn draining(&self) -> bool {
+        *self.drain.borrow()
     }
 }

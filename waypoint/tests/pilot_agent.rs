@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use waypoint::testing::client::HboneClient;
 use waypoint::testing::echo::EchoIdentity;
 use waypoint::testing::free_ports;
-use waypoint::testing::process::http_get;
+use waypoint::testing::process::{http_call, http_get};
 use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
 use waypoint::tls::{CertStore, DevCa};
 use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
@@ -291,4 +291,60 @@ async fn starts_from_envoys_command_line_and_the_golden_bootstrap() {
         "a connection from before the rotation keeps working"
     );
     assert_eq!(get(client.connect().await.unwrap()).await, 200);
+
+    // /logging: read and change the level at run time.
+    let (code, body) = http_call(admin, "POST", "/logging?level=debug")
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "active loggers:\n  waypoint: debug\n")
+    );
+    assert_eq!(
+        http_call(admin, "POST", "/logging?level=loud")
+            .await
+            .unwrap()
+            .0,
+        400
+    );
+    let _ = http_call(admin, "POST", "/logging?level=warning").await;
+
+    // pilot-agent's shutdown starts with /drain_listeners: readiness fails, server.state is
+    // DRAINING, HBONE connections get GOAWAY; the process keeps running.
+    let conn = client.connect().await.unwrap();
+    assert_eq!(
+        http_call(admin, "POST", "/drain_listeners?inboundonly&graceful")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let (code, _) = http_get(SocketAddr::from(([127, 0, 0, 1], ready)), "/healthz/ready")
+        .await
+        .unwrap();
+    assert_eq!(code, 503);
+    let (_, stats) = http_get(admin, "/stats?filter=%5Eserver%5C.state")
+        .await
+        .unwrap();
+    assert_eq!(stats, "server.state: 1\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = conn
+            .tunnel(SocketAddr::new(VIP.parse().unwrap(), 8000), &[])
+            .await
+            .is_err();
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no GOAWAY after /drain_listeners"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        http_get(admin, "/ready").await.unwrap().0,
+        200,
+        "still running"
+    );
 }

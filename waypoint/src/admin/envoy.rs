@@ -10,7 +10,13 @@ use crate::state::Proxy;
 /// Envoy-named stats lines (`name: value`).
 pub fn stats(proxy: &Proxy) -> Vec<String> {
     // Envoy's server.state: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING.
-    let state = if proxy.ready() { 0 } else { 2 };
+    let state = if proxy.draining() {
+        1
+    } else if proxy.ready() {
+        0
+    } else {
+        2
+    };
     let mut out = vec![
         format!("server.state: {state}"),
         format!("server.live: {}", u8::from(proxy.ready())),

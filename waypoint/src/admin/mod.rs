@@ -3,6 +3,7 @@
 //! listener (`/stats/prometheus` on 15020), served by Pingora HTTP services.
 
 mod envoy;
+pub mod logging;
 mod prometheus;
 
 pub use prometheus::Metrics;
@@ -44,6 +45,9 @@ fn text(status: StatusCode, body: impl Into<Vec<u8>>, content_type: &str) -> Res
 impl ServeHttp for Readiness {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
+            "/healthz/ready" if self.proxy.draining() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain")
+            }
             "/healthz/ready" if self.proxy.ready() => text(StatusCode::OK, "ready\n", "text/plain"),
             "/healthz/ready" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -126,6 +130,9 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         match session.req_header().uri.path() {
+            "/ready" if self.proxy.draining() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n", "text/plain")
+            }
             "/ready" if self.proxy.ready() => text(StatusCode::OK, "LIVE\n", "text/plain"),
             "/ready" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -179,6 +186,21 @@ impl ServeHttp for Admin {
                 "application/json",
             ),
             "/stats/prometheus" => prometheus::response(&self.proxy),
+            "/drain_listeners" if method == Method::POST => {
+                tracing::info!("draining listeners (admin API)");
+                self.proxy.drain.send_replace(true);
+                text(StatusCode::OK, "OK\n", "text/plain")
+            }
+            "/drain_listeners" => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n", "text/plain"),
+            "/logging" => {
+                let query = session
+                    .req_header()
+                    .uri
+                    .query()
+                    .unwrap_or_default()
+                    .to_string();
+                logging::handle(method == Method::POST, &query)
+            }
             "/quitquitquit" if method == Method::POST => {
                 tracing::info!("shutdown requested over the admin API");
                 // Answer first, then start the shutdown.

@@ -41,14 +41,29 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Installs the tracing subscriber (also capturing Pingora's `log` records).
+/// Installs the tracing subscriber (also capturing Pingora's `log` records); the admin
+/// `/logging` endpoint can change its filter later.
 pub fn init_logging(filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
+    let current = filter.to_string();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .try_init()
+        .is_ok();
+    if installed {
+        waypoint::admin::logging::install(
+            &current,
+            Box::new(move |f| {
+                let next = tracing_subscriber::EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+                handle.reload(next).map_err(|e| e.to_string())
+            }),
+        );
+    }
 }
 
 /// Runs the chosen subcommand.

@@ -108,7 +108,8 @@ impl HboneInbound {
             }
         };
         tokio::pin!(keepalive);
-        let mut draining = *shutdown.borrow();
+        let mut drain = self.proxy.drain.subscribe();
+        let mut draining = *shutdown.borrow() || *drain.borrow_and_update();
         if draining {
             conn.graceful_shutdown();
         }
@@ -140,6 +141,13 @@ impl HboneInbound {
                     if changed.is_err() || *shutdown.borrow() {
                         draining = true;
                         tracing::debug!("draining: GOAWAY sent");
+                        conn.graceful_shutdown();
+                    }
+                }
+                changed = drain.changed(), if !draining => {
+                    if changed.is_ok() && *drain.borrow() {
+                        draining = true;
+                        tracing::debug!("listeners drained: GOAWAY sent");
                         conn.graceful_shutdown();
                     }
                 }
