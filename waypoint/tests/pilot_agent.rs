@@ -343,8 +343,8 @@ async fn starts_from_envoys_command_line_and_the_golden_bootstrap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        http_get(admin, "/ready").await.unwrap().0,
-        200,
-        "still running"
+        http_get(admin, "/ready").await.unwrap(),
+        (503, "DRAINING\n".to_string()),
+        "still running, draining"
     );
 }
