@@ -292,3 +292,28 @@ async fn rbac_filters_from_istiod_are_enforced() {
         .unwrap();
     assert!(stats.contains("authz.denied: 2"), "{stats}");
 }
+
+#[tokio::test]
+async fn redirects_and_rewrites_from_istiod_routes() {
+    let w = start().await;
+    let conn = w.client.connect().await.unwrap();
+    let mut http = conn
+        .http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+        .await
+        .unwrap();
+    let req = http::Request::get("/old/page")
+        .header("host", "httpbin.default.svc.cluster.local:8100")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 301);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.ends_with("/new"), "{location}");
+    let _ = resp.into_body().collect().await;
+    let (status, body) = get_as(&w.client, 8100, "/v1/items").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["path"], "/v2/items", "{body}");
+    assert_eq!(body["host"], "rewritten.example", "{body}");
+    // The default route still serves everything else.
+    assert_eq!(get_as(&w.client, 8100, "/get").await.0, 200);
+}

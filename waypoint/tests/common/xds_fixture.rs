@@ -43,6 +43,7 @@ pub fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
             for l in cfg["dynamic_listeners"].as_array().unwrap() {
                 let mut json = l["active_state"]["listener"].clone();
                 add_rbac(&mut json);
+                add_routes(&mut json);
                 let l: Listener = from_json("envoy.config.listener.v3.Listener", &json).unwrap();
                 ls.push((l.name.clone(), any(LISTENER, &l)));
             }
@@ -104,6 +105,31 @@ fn add_rbac(listener: &mut serde_json::Value) {
                 .unwrap();
             filters.insert(0, allow.clone());
             filters.insert(0, deny.clone());
+        }
+    }
+}
+
+/// Routes istiod would generate on httpbin port 8100 for an HTTPRoute with a redirect rule
+/// and a URL-rewrite rule, ahead of the default route.
+fn add_routes(listener: &mut serde_json::Value) {
+    let cluster = "inbound-vip|8100|http|httpbin.default.svc.cluster.local";
+    let routes = serde_json::json!([
+        {"name": "default.redirect.0", "match": {"path_separated_prefix": "/old"},
+         "redirect": {"path_redirect": "/new", "response_code": "MOVED_PERMANENTLY"}},
+        {"name": "default.rewrite.0", "match": {"path_separated_prefix": "/v1"},
+         "route": {"cluster": cluster, "prefix_rewrite": "/v2", "host_rewrite_literal": "rewritten.example"}},
+    ]);
+    for chain in listener["filter_chains"].as_array_mut().unwrap() {
+        if chain["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("inbound-vip|8100|"))
+        {
+            let vh = &mut chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+                ["routes"];
+            let existing = vh.as_array().unwrap().clone();
+            let mut all = routes.as_array().unwrap().clone();
+            all.extend(existing);
+            *vh = serde_json::Value::Array(all);
         }
     }
 }

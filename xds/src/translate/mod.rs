@@ -279,6 +279,31 @@ fn route(
         })
         .collect();
     let mut filters = Vec::new();
+    for e in &spec.extra {
+        match e {
+            route::Extra::Redirect(r) => filters.push(Filter::Redirect(r.clone())),
+            route::Extra::Rewrite(r) => filters.push(Filter::Rewrite(r.clone())),
+            route::Extra::Mirror { cluster, fraction } => {
+                let backend = res.clusters.get(cluster).and_then(|c| {
+                    by_host.get(&c.host).map(|s| Backend::Service {
+                        service: s.clone(),
+                        port: c.port,
+                    })
+                });
+                match backend {
+                    Some(backend) => {
+                        filters.push(Filter::Mirror(Arc::new(filters::route::model::Mirror {
+                            backend,
+                            fraction: *fraction,
+                        })))
+                    }
+                    None => {
+                        ::tracing::warn!(%cluster, route = %spec.name, "mirror cluster unknown; not mirroring")
+                    }
+                }
+            }
+        }
+    }
     if !spec.request_headers.set.is_empty()
         || !spec.request_headers.add.is_empty()
         || !spec.request_headers.remove.is_empty()

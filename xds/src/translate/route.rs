@@ -12,8 +12,8 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use filters::route::model::{
-    HeaderMatch, HeaderModifier, PathMatch, QueryMatch, RetryPolicy, RouteMatch, StringMatch,
-    Timeouts,
+    HeaderMatch, HeaderModifier, PathMatch, PathModifier, QueryMatch, Redirect, RetryPolicy,
+    Rewrite, RouteMatch, StringMatch, Timeouts,
 };
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
@@ -40,6 +40,24 @@ pub struct RouteSpec {
     pub request_headers: HeaderModifier,
     /// Response header changes.
     pub response_headers: HeaderModifier,
+    /// Redirect, rewrite and mirror filters (mirror backends still cluster names).
+    pub extra: Vec<Extra>,
+}
+
+/// Route behaviour beyond forwarding.
+#[derive(Debug, Clone)]
+pub enum Extra {
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Rewrite the path and/or Host before forwarding.
+    Rewrite(Rewrite),
+    /// Copy requests to a cluster.
+    Mirror {
+        /// The cluster.
+        cluster: String,
+        /// Share of requests, 0 to 1.
+        fraction: f64,
+    },
 }
 
 /// Converts every route of every virtual host, in order.
@@ -297,19 +315,31 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
     response_headers.set.extend(route_resp.set);
     response_headers.add.extend(route_resp.add);
     response_headers.remove.extend(route_resp.remove);
-    let action = match &r.action {
-        Some(Action::Route(a)) => a,
+    let (clusters, timeouts, retry, extra) = match &r.action {
+        Some(Action::Route(a)) => {
+            let (clusters, timeouts, retry) = route_action(a, &format!("{at}.route"))?;
+            let extra = route_extras(a, &matched.path, &format!("{at}.route"))?;
+            (clusters, timeouts, retry, extra)
+        }
+        Some(Action::Redirect(rd)) => {
+            let redirect = redirect(rd, &matched.path, &format!("{at}.redirect"))?;
+            (
+                Vec::new(),
+                Timeouts::default(),
+                None,
+                vec![Extra::Redirect(redirect)],
+            )
+        }
         other => {
             return Err((
                 format!("{at}.action"),
                 format!(
-                    "only route actions are supported, got {}",
+                    "only route and redirect actions are supported, got {}",
                     action_kind(other)
                 ),
             ))
         }
     };
-    let (clusters, timeouts, retry) = route_action(action, &format!("{at}.route"))?;
     Ok(RouteSpec {
         name: r.name.clone(),
         matched,
@@ -318,7 +348,140 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
         retry,
         request_headers,
         response_headers,
+        extra,
     })
+}
+
+/// A prefix replacement needs a segment-prefix match to replace (Envoy's `prefix_rewrite`
+/// on `path_separated_prefix`, as istiod generates for `ReplacePrefixMatch`).
+fn prefix_rewrite(path: &PathMatch, with: &str, at: &str) -> Result<PathModifier, Bad> {
+    match path {
+        PathMatch::Prefix(_) => Ok(PathModifier::ReplacePrefixMatch(with.to_string())),
+        _ => Err((
+            at.to_string(),
+            "prefix_rewrite is supported with path_separated_prefix matches only".into(),
+        )),
+    }
+}
+
+fn redirect(
+    rd: &envoy_types::pb::envoy::config::route::v3::RedirectAction,
+    path: &PathMatch,
+    at: &str,
+) -> Result<Redirect, Bad> {
+    use envoy_types::pb::envoy::config::route::v3::redirect_action::{
+        PathRewriteSpecifier, SchemeRewriteSpecifier,
+    };
+    let scheme = match &rd.scheme_rewrite_specifier {
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let path = match &rd.path_rewrite_specifier {
+        None => None,
+        Some(PathRewriteSpecifier::PathRedirect(p)) => {
+            Some(PathModifier::ReplaceFullPath(p.clone()))
+        }
+        Some(PathRewriteSpecifier::PrefixRewrite(p)) => {
+            Some(prefix_rewrite(path, p, &format!("{at}.prefix_rewrite"))?)
+        }
+        Some(other) => {
+            return Err((
+                format!("{at}.path_rewrite_specifier"),
+                format!("unsupported {other:?}"),
+            ))
+        }
+    };
+    if rd.strip_query {
+        return Err((
+            format!("{at}.strip_query"),
+            "strip_query is not supported".into(),
+        ));
+    }
+    let status = match rd.response_code {
+        0 => 301,
+        1 => 302,
+        2 => 303,
+        3 => 307,
+        4 => 308,
+        other => {
+            return Err((
+                format!("{at}.response_code"),
+                format!("unknown code {other}"),
+            ))
+        }
+    };
+    Ok(Redirect {
+        scheme,
+        hostname: (!rd.host_redirect.is_empty()).then(|| rd.host_redirect.clone()),
+        port: u16::try_from(rd.port_redirect).ok().filter(|p| *p != 0),
+        path,
+        status,
+    })
+}
+
+fn route_extras(a: &RouteAction, path: &PathMatch, at: &str) -> Result<Vec<Extra>, Bad> {
+    use envoy_types::pb::envoy::config::route::v3::route_action::HostRewriteSpecifier;
+    let mut extra = Vec::new();
+    let hostname = match &a.host_rewrite_specifier {
+        None => None,
+        Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
+        Some(_) => {
+            return Err((
+                format!("{at}.host_rewrite_specifier"),
+                "only host_rewrite_literal is supported".into(),
+            ))
+        }
+    };
+    let new_path = if a.prefix_rewrite.is_empty() {
+        None
+    } else {
+        Some(prefix_rewrite(
+            path,
+            &a.prefix_rewrite,
+            &format!("{at}.prefix_rewrite"),
+        )?)
+    };
+    if a.regex_rewrite.is_some() {
+        return Err((
+            format!("{at}.regex_rewrite"),
+            "regex rewrites are not supported".into(),
+        ));
+    }
+    if hostname.is_some() || new_path.is_some() {
+        extra.push(Extra::Rewrite(Rewrite {
+            hostname,
+            path: new_path,
+        }));
+    }
+    for (i, m) in a.request_mirror_policies.iter().enumerate() {
+        if m.cluster.is_empty() {
+            return Err((
+                format!("{at}.request_mirror_policies[{i}]"),
+                "a cluster is required".into(),
+            ));
+        }
+        let fraction = match m
+            .runtime_fraction
+            .as_ref()
+            .and_then(|r| r.default_value.as_ref())
+        {
+            None => 1.0,
+            Some(f) => {
+                let denominator = match f.denominator {
+                    0 => 100.0,
+                    1 => 10_000.0,
+                    _ => 1_000_000.0,
+                };
+                (f64::from(f.numerator) / denominator).min(1.0)
+            }
+        };
+        extra.push(Extra::Mirror {
+            cluster: m.cluster.clone(),
+            fraction,
+        });
+    }
+    Ok(extra)
 }
 
 fn action_kind(a: &Option<Action>) -> &'static str {
@@ -352,18 +515,6 @@ fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
             ))
         }
     };
-    if !a.request_mirror_policies.is_empty() {
-        return Err((
-            format!("{at}.request_mirror_policies"),
-            "mirrors are not supported over xDS yet".into(),
-        ));
-    }
-    if !a.prefix_rewrite.is_empty()
-        || a.regex_rewrite.is_some()
-        || a.host_rewrite_specifier.is_some()
-    {
-        return Err((at.into(), "rewrites are not supported over xDS yet".into()));
-    }
     let timeouts = Timeouts {
         request: duration(a.timeout.as_ref()),
         backend_request: None,
