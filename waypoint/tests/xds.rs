@@ -19,7 +19,7 @@ use xds::testing::AdsServer;
 
 #[path = "common/xds_fixture.rs"]
 mod xds_fixture;
-use xds_fixture::{any, resources, Named, VIP};
+use xds_fixture::{any, resources_with_canary, Named, VIP};
 
 struct World {
     _dir: tempfile::TempDir,
@@ -30,6 +30,7 @@ struct World {
     client: HboneClient,
     other: HboneClient,
     _pod: FakeZtunnel,
+    _canary: FakeZtunnel,
     clusters: Named,
 }
 
@@ -53,7 +54,19 @@ async fn start() -> World {
     })
     .await
     .unwrap();
-    let (ls, cs, es) = resources(pod.ip);
+    let canary = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
+        ip,
+        certs: pod_certs.certs().unwrap(),
+        allowed_caller: Some(waypoint_id.clone()),
+        who: EchoIdentity {
+            pod: "httpbin-v2-1".into(),
+            namespace: "default".into(),
+        },
+        apps: HashMap::new(),
+    })
+    .await
+    .unwrap();
+    let (ls, cs, es) = resources_with_canary(pod.ip, Some(canary.ip));
     let server = AdsServer::default();
     server.set(LISTENER, ls);
     server.set(CLUSTER, cs.clone());
@@ -106,6 +119,7 @@ async fn start() -> World {
         wp,
         client,
         _pod: pod,
+        _canary: canary,
         clusters: cs,
     }
 }
@@ -180,14 +194,14 @@ async fn routes_from_istiod_resources_reach_the_pod() {
             .as_array()
             .unwrap()
             .len(),
-        2
+        3
     );
     assert_eq!(
         configs[2]["dynamic_endpoint_configs"]
             .as_array()
             .unwrap()
             .len(),
-        2
+        3
     );
     let secrets = configs[4]["dynamic_active_secrets"].as_array().unwrap();
     let key = &secrets[0]["secret"]["tls_certificate"]["private_key"]["inline_bytes"];
@@ -316,4 +330,34 @@ async fn redirects_and_rewrites_from_istiod_routes() {
     assert_eq!(body["host"], "rewritten.example", "{body}");
     // The default route still serves everything else.
     assert_eq!(get_as(&w.client, 8100, "/get").await.0, 200);
+}
+
+#[tokio::test]
+async fn weighted_clusters_split_traffic() {
+    let w = start().await;
+    let conn = w.client.connect().await.unwrap();
+    let mut http = conn
+        .http1(SocketAddr::new(VIP.parse().unwrap(), 8000))
+        .await
+        .unwrap();
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..400 {
+        let req = http::Request::get("/split")
+            .header("host", "httpbin.default.svc.cluster.local")
+            .body(filters::body::empty())
+            .unwrap();
+        let resp = http.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        *counts
+            .entry(body["pod"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        http.ready().await.unwrap();
+    }
+    let v1 = counts.get("httpbin-1").copied().unwrap_or(0);
+    let v2 = counts.get("httpbin-v2-1").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, 400, "{counts:?}");
+    // 3:1 expected (300/100); binomial sd is about 8.7, so 60..140 is beyond 4 sd.
+    assert!((60..=140).contains(&v2), "{counts:?}");
 }

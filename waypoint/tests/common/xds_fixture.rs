@@ -28,6 +28,16 @@ pub fn any<M: Message>(type_url: &str, m: &M) -> Any {
 /// endpoints for both Service ports (the dump has the cluster of one and the endpoints of
 /// the other).
 pub fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
+    resources_with_canary(pod, None)
+}
+
+/// As [`resources`], plus (with `canary`) a second Service `httpbin-v2` on that pod, and a
+/// `/split` route on port 8000 sending 3/4 of requests to httpbin and 1/4 to httpbin-v2, as
+/// istiod generates for weighted backendRefs.
+pub fn resources_with_canary(
+    pod: std::net::IpAddr,
+    canary: Option<std::net::IpAddr>,
+) -> (Named, Named, Named) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json");
     let text = std::fs::read_to_string(path)
@@ -44,6 +54,7 @@ pub fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
                 let mut json = l["active_state"]["listener"].clone();
                 add_rbac(&mut json);
                 add_routes(&mut json);
+                add_split(&mut json);
                 let l: Listener = from_json("envoy.config.listener.v3.Listener", &json).unwrap();
                 ls.push((l.name.clone(), any(LISTENER, &l)));
             }
@@ -56,12 +67,40 @@ pub fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
                 let c: Cluster = from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
                 cs.push((c.name.clone(), any(CLUSTER, &c)));
             }
+            if canary.is_some() {
+                let json: serde_json::Value = serde_json::from_str(
+                    &c.to_string()
+                        .replace("httpbin.default", "httpbin-v2.default")
+                        .replace("\"name\":\"httpbin\"", "\"name\":\"httpbin-v2\""),
+                )
+                .unwrap();
+                let c: Cluster = from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+                cs.push((c.name.clone(), any(CLUSTER, &c)));
+            }
         } else if t.ends_with("EndpointsConfigDump") {
             let e = &cfg["dynamic_endpoint_configs"][0]["endpoint_config"];
             for port in ["8000", "8100"] {
                 let json: serde_json::Value =
                     serde_json::from_str(&e.to_string().replace("|8100|", &format!("|{port}|")))
                         .unwrap();
+                let e: ClusterLoadAssignment =
+                    from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap();
+                es.push((e.cluster_name.clone(), any(ENDPOINT, &e)));
+            }
+            if let Some(canary) = canary {
+                let json: serde_json::Value = serde_json::from_str(
+                    &e.to_string()
+                        .replace(
+                            "|8100|http|httpbin.default",
+                            "|8000|http|httpbin-v2.default",
+                        )
+                        .replace(&pod.to_string(), &canary.to_string())
+                        .replace(
+                            "httpbin;default;httpbin;v1",
+                            "httpbin-v2;default;httpbin;v2",
+                        ),
+                )
+                .unwrap();
                 let e: ClusterLoadAssignment =
                     from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap();
                 es.push((e.cluster_name.clone(), any(ENDPOINT, &e)));
@@ -130,6 +169,30 @@ fn add_routes(listener: &mut serde_json::Value) {
             let mut all = routes.as_array().unwrap().clone();
             all.extend(existing);
             *vh = serde_json::Value::Array(all);
+        }
+    }
+}
+
+/// A weighted route on port 8000: `/split` goes 3:1 to httpbin and httpbin-v2.
+fn add_split(listener: &mut serde_json::Value) {
+    let route = serde_json::json!({
+        "name": "default.split.0",
+        "match": {"path_separated_prefix": "/split"},
+        "route": {"weighted_clusters": {"clusters": [
+            {"name": "inbound-vip|8000|http|httpbin.default.svc.cluster.local", "weight": 3},
+            {"name": "inbound-vip|8000|http|httpbin-v2.default.svc.cluster.local", "weight": 1}
+        ]}}
+    });
+    for chain in listener["filter_chains"].as_array_mut().unwrap() {
+        if chain["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("inbound-vip|8000|"))
+        {
+            let routes = chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+                ["routes"]
+                .as_array_mut()
+                .unwrap();
+            routes.insert(0, route.clone());
         }
     }
 }
