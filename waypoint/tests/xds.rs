@@ -361,3 +361,48 @@ async fn weighted_clusters_split_traffic() {
     // 3:1 expected (300/100); binomial sd is about 8.7, so 60..140 is beyond 4 sd.
     assert!((60..=140).contains(&v2), "{counts:?}");
 }
+
+#[tokio::test]
+async fn request_authentication_from_istiod_checks_tokens() {
+    let w = start().await;
+    let token = xds_fixture::issuer().token(serde_json::json!({
+        "iss": "https://issuer.example",
+        "sub": "alice",
+        "exp": waypoint::testing::jwt::now() + 600,
+    }));
+    let forged = waypoint::testing::jwt::JwtIssuer::new("https://issuer.example", "key-1").token(
+        serde_json::json!({
+            "iss": "https://issuer.example",
+            "sub": "mallory",
+            "exp": waypoint::testing::jwt::now() + 600,
+        }),
+    );
+    let send = |bearer: Option<String>| {
+        let client = w.client.clone();
+        async move {
+            let conn = client.connect().await.unwrap();
+            let mut http = conn
+                .http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+                .await
+                .unwrap();
+            let mut req =
+                http::Request::get("/get").header("host", "httpbin.default.svc.cluster.local");
+            if let Some(t) = bearer {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let resp = http
+                .send_request(req.body(filters::body::empty()).unwrap())
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    assert_eq!(send(Some(token)).await, 200, "a valid token passes");
+    assert_eq!(send(None).await, 200, "no token passes to authorization");
+    assert_eq!(
+        send(Some(forged)).await,
+        401,
+        "a token signed by another key is rejected"
+    );
+    assert_eq!(send(Some("not.a.jwt".into())).await, 401);
+}

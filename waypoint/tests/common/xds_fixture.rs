@@ -55,6 +55,7 @@ pub fn resources_with_canary(
                 add_rbac(&mut json);
                 add_routes(&mut json);
                 add_split(&mut json);
+                add_jwt(&mut json);
                 let l: Listener = from_json("envoy.config.listener.v3.Listener", &json).unwrap();
                 ls.push((l.name.clone(), any(LISTENER, &l)));
             }
@@ -193,6 +194,45 @@ fn add_split(listener: &mut serde_json::Value) {
                 .as_array_mut()
                 .unwrap();
             routes.insert(0, route.clone());
+        }
+    }
+}
+
+/// The issuer whose tokens port 8100 checks (RequestAuthentication over xDS).
+pub fn issuer() -> &'static waypoint::testing::jwt::JwtIssuer {
+    static ISSUER: std::sync::OnceLock<waypoint::testing::jwt::JwtIssuer> =
+        std::sync::OnceLock::new();
+    ISSUER.get_or_init(|| waypoint::testing::jwt::JwtIssuer::new("https://issuer.example", "key-1"))
+}
+
+/// The jwt_authn filter istiod generates for a RequestAuthentication on httpbin (port
+/// 8100 here): one provider, any-of with allow-missing.
+fn add_jwt(listener: &mut serde_json::Value) {
+    let filter = serde_json::json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"origins-0": {
+                "issuer": "https://issuer.example",
+                "local_jwks": {"inline_string": issuer().jwks()},
+                "forward": true,
+                "payload_in_metadata": "https://issuer.example"
+            }},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+                {"provider_name": "origins-0"}, {"allow_missing": {}}
+            ]}}}],
+            "bypass_cors_preflight": true
+        }
+    });
+    for chain in listener["filter_chains"].as_array_mut().unwrap() {
+        if chain["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("inbound-vip|8100|"))
+        {
+            let filters = chain["filters"][0]["typed_config"]["http_filters"]
+                .as_array_mut()
+                .unwrap();
+            filters.insert(0, filter.clone());
         }
     }
 }

@@ -62,6 +62,8 @@ pub enum Chain {
         rbac: Vec<filters::rbac::RbacConfig>,
         /// Tracing, when the connection manager has a provider.
         tracing: Option<filters::model::telemetry::TracingConfig>,
+        /// JWT rules (RequestAuthentication).
+        jwt: Vec<std::sync::Arc<filters::authn::JwtRule>>,
     },
     /// TCP: the cluster bytes go to.
     Tcp {
@@ -99,6 +101,9 @@ const NEUTRAL_HTTP_FILTERS: &[&str] = &[
     "istio.stats",
     "istio.metadata_exchange",
     "connect_authority",
+    // Istio's authn filter derives request.auth.* from jwt_authn's results, which the
+    // waypoint's JWT step computes itself.
+    "istio_authn",
 ];
 
 /// Validates and interprets one listener.
@@ -355,9 +360,18 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
     };
     let last = hcm.http_filters.len().saturating_sub(1);
     let mut rbac = Vec::new();
+    let mut jwt = Vec::new();
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let fat = format!("{at}.http_filters[{i}]");
         match f.name.as_str() {
+            "envoy.filters.http.jwt_authn" => {
+                let Some(ConfigType::TypedConfig(a)) = &f.config_type else {
+                    return Err((fat, "missing typed_config".into()));
+                };
+                let j: envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication =
+                    typed(Some(a), "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication", &fat)?;
+                jwt.extend(super::jwt::convert(&j, &fat)?);
+            }
             "envoy.filters.http.rbac" => {
                 let Some(ConfigType::TypedConfig(a)) = &f.config_type else {
                     return Err((fat, "missing typed_config".into()));
@@ -389,5 +403,6 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
         routes,
         rbac,
         tracing,
+        jwt,
     })
 }

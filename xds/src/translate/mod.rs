@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod endpoint;
 mod error;
+pub mod jwt;
 pub mod listener;
 mod metadata;
 pub mod rbac;
@@ -158,6 +159,7 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
         .collect();
     let mut tables = BTreeMap::new();
     let mut authz = filters::authz::PolicySet::default();
+    let mut authn = filters::authn::JwtRules::default();
     if let Some(l) = main {
         for (name, chain) in &l.chains {
             let Some((port, host)) = vip_chain(name) else {
@@ -169,6 +171,14 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
             let rbac = match chain {
                 Chain::Http { rbac, .. } | Chain::Tcp { rbac, .. } => rbac,
             };
+            if let Chain::Http { jwt, .. } = chain {
+                if !jwt.is_empty() {
+                    authn
+                        .services
+                        .entry(service.name.to_string())
+                        .or_insert_with(|| jwt.clone());
+                }
+            }
             if !rbac.is_empty() {
                 authz
                     .rbac
@@ -191,6 +201,7 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
     }
     snapshot.set_routes(tables);
     snapshot.set_authz(authz);
+    snapshot.set_authn(authn);
     // One tracing configuration per waypoint: istiod gives every chain the same.
     let tracing = main.and_then(|l| {
         l.chains.iter().find_map(|(_, c)| match c {
