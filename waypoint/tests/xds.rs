@@ -406,3 +406,90 @@ async fn request_authentication_from_istiod_checks_tokens() {
     );
     assert_eq!(send(Some("not.a.jwt".into())).await, 401);
 }
+
+#[tokio::test]
+async fn routes_referenced_over_rds_are_fetched_and_applied() {
+    // A separate world: port 8100's routes come over RDS.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("test").unwrap();
+    let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
+    ca.issue(&waypoint_id).unwrap().write(dir.path()).unwrap();
+    let pod_certs = ca
+        .issue(&Identity::new("cluster.local", "default", "httpbin"))
+        .unwrap();
+    let pod = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
+        ip,
+        certs: pod_certs.certs().unwrap(),
+        allowed_caller: Some(waypoint_id.clone()),
+        who: EchoIdentity {
+            pod: "httpbin-1".into(),
+            namespace: "default".into(),
+        },
+        apps: HashMap::new(),
+    })
+    .await
+    .unwrap();
+    let (ls, cs, es, rs) = xds_fixture::resources_rds(pod.ip, None);
+    assert_eq!(rs.len(), 1);
+    let server = AdsServer::default();
+    server.set(LISTENER, ls);
+    server.set(CLUSTER, cs);
+    server.set(ENDPOINT, es);
+    server.set(xds::ads::types::ROUTE, rs);
+    let socket = dir.path().join("xds.sock");
+    let _serving = server.serve_unix(&socket).unwrap();
+    let address = format!("unix:{}", socket.display());
+    let mut wp = WaypointProcess::spawn_source(
+        &std::path::PathBuf::from(env!("CARGO_BIN_EXE_waypoint")),
+        &CertFiles::in_dir(dir.path()),
+        &[
+            "--xds-address",
+            &address,
+            "--gateway",
+            "default/waypoint",
+            "--log-level",
+            "warn",
+        ],
+        None,
+    )
+    .unwrap();
+    wp.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = HboneClient::new(
+        wp.hbone,
+        Arc::new(CertStore::fixed(
+            ca.issue(&Identity::new("cluster.local", "default", "sleep"))
+                .unwrap()
+                .certs()
+                .unwrap(),
+        )),
+        waypoint_id,
+    );
+    // The rewrite route exists only in the RDS configuration.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get_as(&client, 8100, "/v1/items").await;
+        if status == 200 && body["path"] == "/v2/items" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RDS routes not applied: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server
+        .replies()
+        .iter()
+        .any(|r| r.type_url == xds::ads::types::ROUTE && r.error.is_none()));
+    let (_, dump) = waypoint::testing::process::http_get(wp.admin, "/config_dump")
+        .await
+        .unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(
+        dump["configs"][3]["dynamic_route_configs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -38,6 +38,24 @@ pub fn resources_with_canary(
     pod: std::net::IpAddr,
     canary: Option<std::net::IpAddr>,
 ) -> (Named, Named, Named) {
+    let (ls, cs, es, _) = build(pod, canary, false);
+    (ls, cs, es)
+}
+
+/// As [`resources_with_canary`], with port 8100's routes served over RDS (the listener names
+/// them) instead of inline; returns the route configurations too.
+pub fn resources_rds(
+    pod: std::net::IpAddr,
+    canary: Option<std::net::IpAddr>,
+) -> (Named, Named, Named, Named) {
+    build(pod, canary, true)
+}
+
+fn build(
+    pod: std::net::IpAddr,
+    canary: Option<std::net::IpAddr>,
+    rds: bool,
+) -> (Named, Named, Named, Named) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json");
     let text = std::fs::read_to_string(path)
@@ -46,7 +64,7 @@ pub fn resources_with_canary(
         .replace(DUMP_POD, &pod.to_string())
         .replace(DUMP_VIP, VIP);
     let dump: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let (mut ls, mut cs, mut es) = (vec![], vec![], vec![]);
+    let (mut ls, mut cs, mut es, mut rs) = (vec![], vec![], vec![], vec![]);
     for cfg in dump["configs"].as_array().unwrap() {
         let t = cfg["@type"].as_str().unwrap();
         if t.ends_with("ListenersConfigDump") {
@@ -56,6 +74,9 @@ pub fn resources_with_canary(
                 add_routes(&mut json);
                 add_split(&mut json);
                 add_jwt(&mut json);
+                if rds {
+                    rs.extend(move_routes_to_rds(&mut json));
+                }
                 let l: Listener = from_json("envoy.config.listener.v3.Listener", &json).unwrap();
                 ls.push((l.name.clone(), any(LISTENER, &l)));
             }
@@ -108,7 +129,32 @@ pub fn resources_with_canary(
             }
         }
     }
-    (ls, cs, es)
+    (ls, cs, es, rs)
+}
+
+/// Replaces port 8100's inline route configuration with an RDS reference; returns the
+/// configuration as a resource.
+fn move_routes_to_rds(listener: &mut serde_json::Value) -> Named {
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    let mut out = Vec::new();
+    for chain in listener["filter_chains"].as_array_mut().unwrap() {
+        if chain["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("inbound-vip|8100|"))
+        {
+            let hcm = chain["filters"][0]["typed_config"].as_object_mut().unwrap();
+            let rc = hcm.remove("route_config").unwrap();
+            let name = rc["name"].as_str().unwrap().to_string();
+            hcm.insert(
+                "rds".into(),
+                serde_json::json!({"route_config_name": name, "config_source": {"ads": {}}}),
+            );
+            let rc: RouteConfiguration =
+                from_json("envoy.config.route.v3.RouteConfiguration", &rc).unwrap();
+            out.push((name, any(xds::ads::types::ROUTE, &rc)));
+        }
+    }
+    out
 }
 
 /// The RBAC filters istiod would generate for two policies on httpbin port 8000: DENY

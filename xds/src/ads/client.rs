@@ -25,7 +25,7 @@ use filters::model::Waypoint;
 use tokio::sync::mpsc;
 
 use super::connect::{self, XdsAddress};
-use super::types::{self, CLUSTER, ENDPOINT, LISTENER};
+use super::types::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::translate::{self, BuildOptions, InvalidResource, Resources};
 use crate::Publisher;
 
@@ -55,6 +55,10 @@ pub struct AdsStats {
     pub eds_updates: AtomicU64,
     /// Rejected endpoint updates.
     pub eds_rejected: AtomicU64,
+    /// Accepted route updates (`http.*.rds.update_success`).
+    pub rds_updates: AtomicU64,
+    /// Rejected route updates.
+    pub rds_rejected: AtomicU64,
     /// The accepted resources as received, for the admin `/config_dump`.
     pub accepted: std::sync::Mutex<Accepted>,
 }
@@ -81,6 +85,8 @@ impl AdsStats {
             (CLUSTER, false) => &self.cds_rejected,
             (ENDPOINT, true) => &self.eds_updates,
             (ENDPOINT, false) => &self.eds_rejected,
+            (ROUTE, true) => &self.rds_updates,
+            (ROUTE, false) => &self.rds_rejected,
             _ => return,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -125,10 +131,11 @@ struct State {
     versions: HashMap<&'static str, BTreeMap<String, String>>,
     seen: BTreeSet<&'static str>,
     eds_subscribed: BTreeSet<String>,
+    rds_subscribed: BTreeSet<String>,
 }
 
 fn type_key(type_url: &str) -> Option<&'static str> {
-    [LISTENER, CLUSTER, ENDPOINT]
+    [LISTENER, CLUSTER, ENDPOINT, ROUTE]
         .into_iter()
         .find(|t| *t == type_url)
 }
@@ -164,10 +171,10 @@ impl AdsClient {
         DeltaDiscoveryRequest {
             node: first.then(|| self.node.clone()),
             type_url: type_url.to_string(),
-            resource_names_subscribe: if type_url == ENDPOINT {
-                state.eds_subscribed.iter().cloned().collect()
-            } else {
-                Vec::new()
+            resource_names_subscribe: match type_url {
+                ENDPOINT => state.eds_subscribed.iter().cloned().collect(),
+                ROUTE => state.rds_subscribed.iter().cloned().collect(),
+                _ => Vec::new(),
             },
             initial_resource_versions: state
                 .versions
@@ -196,6 +203,11 @@ impl AdsClient {
             .map_err(|_| AdsError::Closed)?;
         if !state.eds_subscribed.is_empty() {
             tx.send(self.request(state, ENDPOINT, false))
+                .await
+                .map_err(|_| AdsError::Closed)?;
+        }
+        if !state.rds_subscribed.is_empty() {
+            tx.send(self.request(state, ROUTE, false))
                 .await
                 .map_err(|_| AdsError::Closed)?;
         }
@@ -290,9 +302,11 @@ impl AdsClient {
             versions.remove(name);
             dump.remove(name);
         }
-        let eds = (type_url == CLUSTER)
-            .then(|| self.eds_update(state))
-            .flatten();
+        let eds = match type_url {
+            CLUSTER => self.eds_update(state),
+            LISTENER => self.rds_update(state),
+            _ => None,
+        };
         let reply = if errors.is_empty() {
             self.stats.count(type_url, true);
             tracing::debug!(
@@ -318,6 +332,27 @@ impl AdsClient {
             nack(type_url, &resp.nonce, message)
         };
         (reply, eds)
+    }
+
+    /// Subscribes to the route configurations the listeners name, unsubscribes from the
+    /// others.
+    fn rds_update(&self, state: &mut State) -> Option<DeltaDiscoveryRequest> {
+        let wanted = state.resources.rds_names();
+        let subscribe: Vec<String> = wanted.difference(&state.rds_subscribed).cloned().collect();
+        let unsubscribe: Vec<String> = state.rds_subscribed.difference(&wanted).cloned().collect();
+        if subscribe.is_empty() && unsubscribe.is_empty() {
+            return None;
+        }
+        for n in &unsubscribe {
+            state.resources.routes.remove(n);
+        }
+        state.rds_subscribed = wanted;
+        Some(DeltaDiscoveryRequest {
+            type_url: ROUTE.to_string(),
+            resource_names_subscribe: subscribe,
+            resource_names_unsubscribe: unsubscribe,
+            ..Default::default()
+        })
     }
 
     /// Subscribes to the endpoints of new clusters, unsubscribes from removed ones.

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::client::AdsStats;
-use super::types::{CLUSTER, ENDPOINT, LISTENER};
+use super::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 fn timestamp(t: std::time::SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
@@ -51,11 +51,15 @@ pub fn config_dump(stats: &AdsStats, secrets: Value) -> Value {
         .into_iter()
         .map(|(_, version, e, at)| json!({"version_info": version, "endpoint_config": e, "last_updated": at}))
         .collect();
+    let routes: Vec<Value> = each(ROUTE)
+        .into_iter()
+        .map(|(_, version, r, at)| json!({"version_info": version, "route_config": r, "last_updated": at}))
+        .collect();
     json!({"configs": [
         {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": listeners},
         {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": clusters},
         {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump", "dynamic_endpoint_configs": endpoints},
-        {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump"},
+        {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": routes},
         secrets,
     ]})
 }

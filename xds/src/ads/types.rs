@@ -15,6 +15,8 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// Endpoints.
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// Route configurations (RDS).
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 /// Secrets (SDS).
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
@@ -24,6 +26,7 @@ pub fn kind(type_url: &str) -> &'static str {
         LISTENER => "listener",
         CLUSTER => "cluster",
         ENDPOINT => "endpoints",
+        ROUTE => "route",
         SECRET => "secret",
         _ => "resource",
     }
@@ -74,6 +77,13 @@ pub fn accept(
             into.endpoints
                 .insert(name.to_string(), endpoint::convert(&e)?);
         }
+        ROUTE => {
+            let rc: envoy_types::pb::envoy::config::route::v3::RouteConfiguration =
+                decode(any, kind, name)?;
+            let specs = crate::translate::route::convert(&rc, "route_config")
+                .map_err(|(field, reason)| InvalidResource::new(kind, name, field, reason))?;
+            into.routes.insert(name.to_string(), specs);
+        }
         other => {
             return Err(InvalidResource::new(
                 kind,
@@ -97,6 +107,9 @@ pub fn remove(type_url: &str, name: &str, from: &mut Resources) {
         }
         ENDPOINT => {
             from.endpoints.remove(name);
+        }
+        ROUTE => {
+            from.routes.remove(name);
         }
         _ => {}
     }

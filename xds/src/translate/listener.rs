@@ -56,8 +56,10 @@ pub struct ChainMatch {
 pub enum Chain {
     /// HTTP: the route configuration (inline in the connection manager).
     Http {
-        /// The routes, in order.
+        /// The routes, in order (inline).
         routes: Vec<super::route::RouteSpec>,
+        /// The RDS route configuration name, when the routes are not inline.
+        rds: Option<String>,
         /// RBAC filters, in order.
         rbac: Vec<filters::rbac::RbacConfig>,
         /// Tracing, when the connection manager has a provider.
@@ -347,14 +349,18 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
 }
 
 fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
-    let routes = match &hcm.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            super::route::convert(rc, &format!("{at}.route_config"))?
+    let (routes, rds) = match &hcm.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => (
+            super::route::convert(rc, &format!("{at}.route_config"))?,
+            None,
+        ),
+        Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => {
+            (Vec::new(), Some(rds.route_config_name.clone()))
         }
         _ => {
             return Err((
-                format!("{at}.route_config"),
-                "only inline route configurations are supported".into(),
+                format!("{at}.route_specifier"),
+                "an inline route_config or an rds route_config_name is required".into(),
             ))
         }
     };
@@ -401,6 +407,7 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
     };
     Ok(Chain::Http {
         routes,
+        rds,
         rbac,
         tracing,
         jwt,

@@ -41,6 +41,22 @@ pub struct Resources {
     pub clusters: BTreeMap<String, ClusterInfo>,
     /// Endpoints, by EDS resource name.
     pub endpoints: BTreeMap<String, Vec<EndpointInfo>>,
+    /// Route configurations from RDS, by name.
+    pub routes: BTreeMap<String, Vec<route::RouteSpec>>,
+}
+
+impl Resources {
+    /// The RDS names the listeners refer to.
+    pub fn rds_names(&self) -> std::collections::BTreeSet<String> {
+        self.listeners
+            .values()
+            .flat_map(|l| l.chains.iter())
+            .filter_map(|(_, c)| match c {
+                Chain::Http { rds, .. } => rds.clone(),
+                Chain::Tcp { .. } => None,
+            })
+            .collect()
+    }
 }
 
 /// What the snapshot is built for.
@@ -184,8 +200,14 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
                     .rbac
                     .insert(route_key(&service.name, port), Arc::new(rbac.clone()));
             }
-            let Chain::Http { routes, .. } = chain else {
+            let Chain::Http { routes, rds, .. } = chain else {
                 continue;
+            };
+            // Routes from RDS that have not arrived yet leave the port without routes (the
+            // Service is used as is) until they do.
+            let routes = match rds {
+                Some(name) => res.routes.get(name).map(Vec::as_slice).unwrap_or(&[]),
+                None => routes.as_slice(),
             };
             let compiled: Vec<Arc<Route>> = routes
                 .iter()
