@@ -7,13 +7,15 @@
 //! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
 //! - [`jwt`]: a JWT issuer (keys, JWKS, tokens);
 //! - [`mesh`]: writes local configuration files of Kubernetes objects;
-//! - [`process`]: runs the `waypoint` binary as a child process.
+//! - [`process`]: runs the `waypoint` binary as a child process;
+//! - [`tls_echo`]: the echo app over plain mTLS (the benchmark's nginx upstream).
 
 pub mod client;
 pub mod echo;
 pub mod jwt;
 pub mod mesh;
 pub mod process;
+pub mod tls_echo;
 pub mod ztunnel;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
