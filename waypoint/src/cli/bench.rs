@@ -62,6 +62,21 @@ pub struct BenchArgs {
     /// Core for the load generator (this process).
     #[arg(long, default_value_t = 1)]
     load_core: usize,
+    /// Scenarios to run (for profiling one of them).
+    #[arg(long, value_delimiter = ',', default_value = "direct,waypoint,nginx")]
+    scenarios: Vec<String>,
+    /// Response sizes, bytes.
+    #[arg(long, value_delimiter = ',', default_value = "1024,16384")]
+    sizes: Vec<usize>,
+    /// Load modes: `fixed`, `saturation`.
+    #[arg(long, value_delimiter = ',', default_value = "fixed,saturation")]
+    modes: Vec<String>,
+    /// Skip the idle-tunnel memory measurement.
+    #[arg(long)]
+    no_idle: bool,
+    /// Skip the handshake rate measurement.
+    #[arg(long)]
+    no_handshakes: bool,
 }
 
 /// Pins the calling thread (and the threads it spawns later) to `core`.
@@ -193,7 +208,9 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     );
     // The nginx peer, when nginx is installed: HTTPS in with the waypoint's certificate,
     // HTTPS out to the echo app over TLS (a pod certificate that also names a host).
-    let peer = match nginx::find() {
+    let want_nginx = a.scenarios.iter().any(|s| s == "nginx");
+    let peer = match nginx::find().filter(|_| want_nginx) {
+        None if !want_nginx => Err("not selected (--scenarios)".to_string()),
         None => Err("nginx is not installed (apt-get install nginx-light)".to_string()),
         Some(bin) => {
             let echo_certs = ca.issue_with_dns(&pod_id, nginx::UPSTREAM_NAME)?.certs()?;
@@ -230,14 +247,20 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     let mut peak_fixed_kib = 0;
     let mut nginx_peak_kib = 0;
     for round in 0..a.rounds {
-        for size in [1024usize, 16 * 1024] {
+        for &size in &a.sizes {
             for scenario in ["direct", "waypoint", "nginx"] {
+                if !a.scenarios.iter().any(|s| s == scenario) {
+                    continue;
+                }
                 let nginx = match (scenario, &peer) {
                     ("nginx", Ok((n, _, _))) => Some(n),
                     ("nginx", Err(_)) => continue,
                     _ => None,
                 };
                 for mode in ["fixed", "saturation"] {
+                    if !a.modes.iter().any(|m| m == mode) {
+                        continue;
+                    }
                     let fixed = mode == "fixed";
                     let cfg = LoadConfig {
                         authority: if scenario == "direct" {
@@ -300,14 +323,19 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     drop(peer);
     let peak_all_kib = wp.peak_rss_kib().unwrap_or(0);
     let rss_before_idle = wp.rss_kib().unwrap_or(0);
-    let idle =
-        loadgen::idle_tunnels(&via_waypoint, SocketAddr::new(vip, 80), a.idle_tunnels, 100).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = wp.rss_kib().unwrap_or(0);
-    drop(idle);
+    let rss_idle = if a.no_idle {
+        0
+    } else {
+        let authority = SocketAddr::new(vip, 80);
+        let idle = loadgen::idle_tunnels(&via_waypoint, authority, a.idle_tunnels, 100).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = wp.rss_kib().unwrap_or(0);
+        drop(idle);
+        rss
+    };
     let hs_before = cpu_seconds(pid);
     let mut hs_tasks = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..if a.no_handshakes { 0 } else { 4 } {
         let c = via_waypoint.clone();
         hs_tasks.push(tokio::spawn(async move {
             loadgen::handshakes(&c, duration, 1_000_000).await
