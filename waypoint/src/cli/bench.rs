@@ -396,6 +396,11 @@ fn render(
             .filter(|r| r.scenario == scenario && r.size == size && r.mode == mode)
             .collect()
     };
+    let hs_cpu_us = if hs_rate > 0.0 {
+        hs_cpu * 1e6 / (hs_rate * duration.as_secs_f64())
+    } else {
+        f64::NAN
+    };
     let mut md = String::new();
     md.push_str(&format!(
         "# waypoint benchmark\n\nOne run on this machine: {} round(s), {:.1}s phases, fixed rate {} req/s over 4 HTTP/1.1 tunnels, saturation = closed loop over 8 tunnels. Proxy pinned to core {}, load generator (one thread, with the fake destination and the echo apps) to core {}. Medians over rounds. Absolute numbers are context on a shared, noisy machine; compare within the run.\n\n",
@@ -441,12 +446,13 @@ fn render(
         w - d
     };
     md.push_str(&format!(
-        "\n| measure | value |\n| --- | --- |\n| added p99 over direct at {} req/s, 1 KiB | {:.0} µs |\n| added p99 over direct at {} req/s, 16 KiB | {:.0} µs |\n| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n| HBONE mTLS handshakes per second (proxy on one core) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n",
+        "\n| measure | value |\n| --- | --- |\n| added p99 over direct at {} req/s, 1 KiB | {:.0} µs |\n| added p99 over direct at {} req/s, 16 KiB | {:.0} µs |\n| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n",
         a.rate, added(1024), a.rate, added(16384),
         peak_fixed_kib as f64 / 1024.0, peak_all_kib as f64 / 1024.0,
         a.idle_tunnels, rss_before_idle as f64 / 1024.0, rss_idle as f64 / 1024.0,
         hs_rate,
-        if hs_rate > 0.0 { hs_cpu * 1e6 / (hs_rate * duration.as_secs_f64()) } else { f64::NAN },
+        hs_cpu_us,
+        1e6 / hs_cpu_us,
     ));
     let cpu = |scenario: &str, size: usize, mode: &str| {
         median(

@@ -94,3 +94,42 @@ impl VerifiedChains {
         Ok(identity)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::tls::DevCa;
+
+    fn setup() -> (Arc<Certs>, CertificateDer<'static>, Identity) {
+        let ca = DevCa::new("test").expect("ca");
+        let id = Identity::new("cluster.local", "default", "sleep");
+        let certs = Arc::new(ca.issue(&id).expect("issue").certs().expect("certs"));
+        let leaf = certs.key.cert[0].clone();
+        (certs, leaf, id)
+    }
+
+    fn at(secs: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn remembered_chain_is_found_only_for_the_same_generation_chain_and_window() {
+        let (certs, leaf, id) = setup();
+        let cache = VerifiedChains::default();
+        assert!(cache.get(&certs, &leaf, &[], UnixTime::now()).is_none());
+        assert_eq!(cache.insert(&certs, &leaf, &[]).expect("insert"), id);
+        assert_eq!(cache.get(&certs, &leaf, &[], UnixTime::now()), Some(id));
+        // Other key material (a reload, new roots): verified again.
+        let (other, _, _) = setup();
+        assert!(cache.get(&other, &leaf, &[], UnixTime::now()).is_none());
+        // Other intermediates: verified again.
+        assert!(cache
+            .get(&certs, &leaf, std::slice::from_ref(&leaf), UnixTime::now())
+            .is_none());
+        // Outside the validity window (rcgen's default is 1975..4096).
+        assert!(cache.get(&certs, &leaf, &[], at(0)).is_none());
+        assert!(cache.get(&certs, &leaf, &[], at(200_000_000_000)).is_none());
+    }
+}
