@@ -130,7 +130,8 @@ impl RouteTable {
     /// The highest-precedence rule matching `req`.
     pub fn find<B>(&self, req: &Request<B>) -> Option<Matched<'_>> {
         let path = req.uri().path();
-        let query = parse_query(req.uri().query());
+        // Parsed on first use: most routes do not match on query parameters.
+        let query = std::cell::OnceCell::new();
         self.entries.iter().find_map(|e| {
             let rule = &e.route.rules[e.rule];
             let path_match = match e.matched {
@@ -192,7 +193,12 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-fn matches<B>(m: &RouteMatch, req: &Request<B>, path: &str, query: &[(String, String)]) -> bool {
+fn matches<B>(
+    m: &RouteMatch,
+    req: &Request<B>,
+    path: &str,
+    query: &std::cell::OnceCell<Vec<(String, String)>>,
+) -> bool {
     let path_ok = match &m.path {
         PathMatch::Exact(v) => path == v,
         PathMatch::Prefix(v) => prefix_matches(v, path),
@@ -218,6 +224,7 @@ fn matches<B>(m: &RouteMatch, req: &Request<B>, path: &str, query: &[(String, St
     headers_ok
         && m.query.iter().all(|q| {
             query
+                .get_or_init(|| parse_query(req.uri().query()))
                 .iter()
                 .find(|(k, _)| k == &q.name)
                 .is_some_and(|(_, v)| q.value.matches(v))

@@ -2,12 +2,17 @@
 //! interleaved over several rounds; medians reported.
 //!
 //! - direct: the client talks HBONE straight to the destination (the floor);
-//! - waypoint: HBONE in, an HTTPRoute and an AuthorizationPolicy, HBONE out.
+//! - waypoint: HBONE in, an HTTPRoute and an AuthorizationPolicy, HBONE out;
+//! - nginx (when installed): the peer, an mTLS-terminating reverse proxy with an mTLS
+//!   upstream to the same echo app served over TLS ([`nginx`]).
 //!
-//! For each: the waypoint's CPU per request (utime+stime from /proc), its peak RSS, and
+//! For each: the proxy's CPU per request (utime+stime from /proc), its peak RSS, and
 //! latency percentiles at a fixed rate (default 1000 req/s over 4 tunnels) and at
 //! saturation (closed loop); plus RSS with many idle tunnels and HBONE handshakes per
-//! second. The proxy is pinned to one core and this process to another.
+//! second. The proxy is pinned to one core; this process (load generator, fake
+//! destination, echo apps) runs on one thread pinned to another.
+
+mod nginx;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,8 +29,9 @@ use waypoint::testing::client::HboneClient;
 use waypoint::testing::echo::EchoIdentity;
 use waypoint::testing::mesh::{MeshYaml, Port};
 use waypoint::testing::process::{CertFiles, WaypointProcess};
+use waypoint::testing::tls_echo::TlsEcho;
 use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
-use waypoint::tls::{CertStore, DevCa};
+use waypoint::tls::{client_config, CertStore, DevCa};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -56,8 +62,24 @@ pub struct BenchArgs {
     /// Core for the load generator (this process).
     #[arg(long, default_value_t = 1)]
     load_core: usize,
+    /// Scenarios to run (for profiling one of them).
+    #[arg(long, value_delimiter = ',', default_value = "direct,waypoint,nginx")]
+    scenarios: Vec<String>,
+    /// Response sizes, bytes.
+    #[arg(long, value_delimiter = ',', default_value = "1024,16384")]
+    sizes: Vec<usize>,
+    /// Load modes: `fixed`, `saturation`.
+    #[arg(long, value_delimiter = ',', default_value = "fixed,saturation")]
+    modes: Vec<String>,
+    /// Skip the idle-tunnel memory measurement.
+    #[arg(long)]
+    no_idle: bool,
+    /// Skip the handshake rate measurement.
+    #[arg(long)]
+    no_handshakes: bool,
 }
 
+/// Pins the calling thread (and the threads it spawns later) to `core`.
 fn pin_self(core: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity only reads it.
     unsafe {
@@ -96,13 +118,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
+/// Runs the benchmark on one thread pinned to the load core: the caller's multi-threaded
+/// runtime would otherwise put load-generator threads on the proxy's core too.
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        pin_self(a.load_core);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(bench(a))
+    })
+    .await?
+}
+
+async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     if a.quick {
         a.duration = a.duration.min(1.5);
         a.rounds = 1;
         a.idle_tunnels = a.idle_tunnels.min(500);
     }
-    pin_self(a.load_core);
     let dir = tempfile::tempdir()?;
     let ca = DevCa::new("bench")?;
     let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
@@ -172,34 +206,99 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         client_certs.clone(),
         pod_id.clone(),
     );
+    // The nginx peer, when nginx is installed: HTTPS in with the waypoint's certificate,
+    // HTTPS out to the echo app over TLS (a pod certificate that also names a host).
+    let want_nginx = a.scenarios.iter().any(|s| s == "nginx");
+    let peer = match nginx::find().filter(|_| want_nginx) {
+        None if !want_nginx => Err("not selected (--scenarios)".to_string()),
+        None => Err("nginx is not installed (apt-get install nginx-light)".to_string()),
+        Some(bin) => {
+            let echo_certs = ca.issue_with_dns(&pod_id, nginx::UPSTREAM_NAME)?.certs()?;
+            let echo = TlsEcho::start(
+                &echo_certs,
+                EchoIdentity {
+                    pod: "echo-0".into(),
+                    namespace: "default".into(),
+                },
+            )
+            .await?;
+            let files = CertFiles::in_dir(dir.path());
+            let files = nginx::NginxFiles {
+                chain: &files.chain,
+                key: &files.key,
+                root: &files.root,
+            };
+            let core = taskset.then_some(a.proxy_core);
+            match nginx::Nginx::start(&bin, dir.path(), core, &files, echo.addr).await {
+                Ok(n) => Ok((n, echo, nginx::version(&bin))),
+                Err(e) => Err(format!("nginx did not start: {e}")),
+            }
+        }
+    };
+    if let Err(why) = &peer {
+        eprintln!("skipping the nginx peer scenario: {why}");
+    }
+    let mut https = (*client_config(client_certs.clone(), waypoint_id.clone())).clone();
+    https.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let https = Arc::new(https);
+
     let duration = Duration::from_secs_f64(a.duration);
     let mut rows: Vec<Row> = Vec::new();
     let mut peak_fixed_kib = 0;
+    let mut nginx_peak_kib = 0;
     for round in 0..a.rounds {
-        for size in [1024usize, 16 * 1024] {
-            for (scenario, client, authority) in [
-                ("direct", &direct, SocketAddr::new(pod.ip, 8080)),
-                ("waypoint", &via_waypoint, SocketAddr::new(vip, 80)),
-            ] {
+        for &size in &a.sizes {
+            for scenario in ["direct", "waypoint", "nginx"] {
+                if !a.scenarios.iter().any(|s| s == scenario) {
+                    continue;
+                }
+                let nginx = match (scenario, &peer) {
+                    ("nginx", Ok((n, _, _))) => Some(n),
+                    ("nginx", Err(_)) => continue,
+                    _ => None,
+                };
                 for mode in ["fixed", "saturation"] {
+                    if !a.modes.iter().any(|m| m == mode) {
+                        continue;
+                    }
+                    let fixed = mode == "fixed";
                     let cfg = LoadConfig {
-                        authority,
+                        authority: if scenario == "direct" {
+                            SocketAddr::new(pod.ip, 8080)
+                        } else {
+                            SocketAddr::new(vip, 80)
+                        },
                         host: "echo.default.svc.cluster.local".into(),
                         path: format!("/bytes?n={size}"),
-                        tunnels: if mode == "fixed" { 4 } else { 8 },
+                        tunnels: if fixed { 4 } else { 8 },
                         connections: 1,
                         http2: false,
-                        rate: (mode == "fixed").then_some(a.rate),
+                        rate: fixed.then_some(a.rate),
                         max_requests: 5_000_000,
                         duration,
                     };
-                    let before = cpu_seconds(pid);
-                    let report = loadgen::run(client.clone(), cfg).await?;
-                    let cpu = cpu_seconds(pid) - before;
-                    let cpu_us_per_req = (scenario == "waypoint" && report.requests > 0)
-                        .then(|| cpu * 1e6 / report.requests as f64);
-                    if mode == "fixed" && scenario == "waypoint" {
+                    let proxy_cpu = || match (scenario, nginx) {
+                        ("waypoint", _) => Some(cpu_seconds(pid)),
+                        (_, Some(n)) => Some(n.cpu_seconds()),
+                        _ => None,
+                    };
+                    let before = proxy_cpu();
+                    let report = match (scenario, nginx) {
+                        ("direct", _) => loadgen::run(direct.clone(), cfg).await?,
+                        (_, Some(n)) => loadgen::run_https(n.addr, https.clone(), cfg).await?,
+                        _ => loadgen::run(via_waypoint.clone(), cfg).await?,
+                    };
+                    let cpu_us_per_req = match (before, proxy_cpu()) {
+                        (Some(b), Some(a)) if report.requests > 0 => {
+                            Some((a - b) * 1e6 / report.requests as f64)
+                        }
+                        _ => None,
+                    };
+                    if fixed && scenario == "waypoint" {
                         peak_fixed_kib = peak_fixed_kib.max(wp.peak_rss_kib().unwrap_or(0));
+                    }
+                    if let (true, Some(n)) = (fixed, nginx) {
+                        nginx_peak_kib = nginx_peak_kib.max(n.peak_rss_kib());
                     }
                     eprintln!("round {round} {scenario} {size}B {mode}: {report} cpu/req {cpu_us_per_req:?}us");
                     rows.push(Row {
@@ -213,16 +312,30 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let peer_note = match &peer {
+        Ok((_, _, version)) => format!(
+            "nginx peer: {version}, `worker_processes 1` pinned to core {}; TLS 1.3 in with a client certificate required and verified against the dev CA; `proxy_pass https://` with keepalive to the same echo app served over TLS 1.3 (nginx presents its certificate and verifies the upstream's chain and name); driven by the same load generator over plain HTTPS with a client certificate (fixed: 4 connections; saturation: 8). Its CPU is master + worker, its peak RSS the sum of their VmHWM: {:.1} MB during fixed-rate phases.",
+            a.proxy_core,
+            nginx_peak_kib as f64 / 1024.0
+        ),
+        Err(why) => format!("nginx peer: skipped: {why}."),
+    };
+    drop(peer);
     let peak_all_kib = wp.peak_rss_kib().unwrap_or(0);
     let rss_before_idle = wp.rss_kib().unwrap_or(0);
-    let idle =
-        loadgen::idle_tunnels(&via_waypoint, SocketAddr::new(vip, 80), a.idle_tunnels, 100).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = wp.rss_kib().unwrap_or(0);
-    drop(idle);
+    let rss_idle = if a.no_idle {
+        0
+    } else {
+        let authority = SocketAddr::new(vip, 80);
+        let idle = loadgen::idle_tunnels(&via_waypoint, authority, a.idle_tunnels, 100).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = wp.rss_kib().unwrap_or(0);
+        drop(idle);
+        rss
+    };
     let hs_before = cpu_seconds(pid);
     let mut hs_tasks = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..if a.no_handshakes { 0 } else { 4 } {
         let c = via_waypoint.clone();
         hs_tasks.push(tokio::spawn(async move {
             loadgen::handshakes(&c, duration, 1_000_000).await
@@ -246,6 +359,7 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         hs_rate,
         hs_cpu,
         duration,
+        &peer_note,
     );
     if let Some(parent) = a.out.parent() {
         std::fs::create_dir_all(parent)?;
@@ -275,21 +389,27 @@ fn render(
     hs_rate: f64,
     hs_cpu: f64,
     duration: Duration,
+    peer_note: &str,
 ) -> String {
     let pick = |scenario: &str, size: usize, mode: &str| -> Vec<&Row> {
         rows.iter()
             .filter(|r| r.scenario == scenario && r.size == size && r.mode == mode)
             .collect()
     };
+    let hs_cpu_us = if hs_rate > 0.0 {
+        hs_cpu * 1e6 / (hs_rate * duration.as_secs_f64())
+    } else {
+        f64::NAN
+    };
     let mut md = String::new();
     md.push_str(&format!(
-        "# waypoint benchmark\n\nOne run on this machine: {} round(s), {:.1}s phases, fixed rate {} req/s over 4 HTTP/1.1 tunnels, saturation = closed loop over 8 tunnels. Proxy pinned to core {}, load generator (and the fake destination) to core {}. Medians over rounds. Absolute numbers are context on a shared, noisy machine; compare within the run.\n\n",
+        "# waypoint benchmark\n\nOne run on this machine: {} round(s), {:.1}s phases, fixed rate {} req/s over 4 HTTP/1.1 tunnels, saturation = closed loop over 8 tunnels. Proxy pinned to core {}, load generator (one thread, with the fake destination and the echo apps) to core {}. Medians over rounds. Absolute numbers are context on a shared, noisy machine; compare within the run.\n\n",
         a.rounds, duration.as_secs_f64(), a.rate, a.proxy_core, a.load_core
     ));
     md.push_str("| scenario | response | mode | req/s | errors | p50 µs | p90 µs | p99 µs | p99.9 µs | proxy CPU µs/req |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for size in [1024usize, 16384] {
         for mode in ["fixed", "saturation"] {
-            for scenario in ["direct", "waypoint"] {
+            for scenario in ["direct", "waypoint", "nginx"] {
                 let rs = pick(scenario, size, mode);
                 if rs.is_empty() {
                     continue;
@@ -326,13 +446,34 @@ fn render(
         w - d
     };
     md.push_str(&format!(
-        "\n| measure | value |\n| --- | --- |\n| added p99 over direct at {} req/s, 1 KiB | {:.0} µs |\n| added p99 over direct at {} req/s, 16 KiB | {:.0} µs |\n| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n| HBONE mTLS handshakes per second (proxy on one core) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n",
+        "\n| measure | value |\n| --- | --- |\n| added p99 over direct at {} req/s, 1 KiB | {:.0} µs |\n| added p99 over direct at {} req/s, 16 KiB | {:.0} µs |\n| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n",
         a.rate, added(1024), a.rate, added(16384),
         peak_fixed_kib as f64 / 1024.0, peak_all_kib as f64 / 1024.0,
         a.idle_tunnels, rss_before_idle as f64 / 1024.0, rss_idle as f64 / 1024.0,
         hs_rate,
-        if hs_rate > 0.0 { hs_cpu * 1e6 / (hs_rate * duration.as_secs_f64()) } else { f64::NAN },
+        hs_cpu_us,
+        1e6 / hs_cpu_us,
     ));
-    md.push_str("\nNot measured yet: the nginx peer (mTLS reverse proxy) scenario.\n");
+    let cpu = |scenario: &str, size: usize, mode: &str| {
+        median(
+            pick(scenario, size, mode)
+                .iter()
+                .map(|r| r.cpu_us_per_req.unwrap_or(f64::NAN))
+                .collect(),
+        )
+    };
+    for size in [1024usize, 16384] {
+        for mode in ["fixed", "saturation"] {
+            let (w, n) = (cpu("waypoint", size, mode), cpu("nginx", size, mode));
+            if n.is_finite() && n > 0.0 {
+                md.push_str(&format!(
+                    "| CPU per request waypoint/nginx, {} KiB, {mode} | {:.2}x |\n",
+                    size / 1024,
+                    w / n
+                ));
+            }
+        }
+    }
+    md.push_str(&format!("\n{peer_note}\n"));
     md
 }

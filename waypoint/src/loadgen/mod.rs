@@ -1,7 +1,8 @@
 //! An HBONE load generator: N tunnels (over one or more HBONE connections) speaking
 //! HTTP/1.1 or h2c, open loop at a fixed rate (latency measured from each request's
 //! intended send time, so a stall is not hidden: no coordinated omission) or closed loop
-//! for saturation. Bounded by request count and duration.
+//! for saturation. Bounded by request count and duration. [`run_https`] drives the same
+//! loop over plain HTTPS with a client certificate, for peers that do not speak HBONE.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,7 +107,7 @@ impl Sender {
     }
 }
 
-/// Runs the load and reports.
+/// Runs the load over HBONE and reports.
 pub async fn run(client: HboneClient, cfg: LoadConfig) -> anyhow::Result<LoadReport> {
     let mut conns = Vec::new();
     for _ in 0..cfg.connections.max(1) {
@@ -116,6 +117,41 @@ pub async fn run(client: HboneClient, cfg: LoadConfig) -> anyhow::Result<LoadRep
     for i in 0..cfg.tunnels.max(1) {
         senders.push(Sender::open(&conns[i % conns.len()], &cfg).await?);
     }
+    drive(senders, cfg).await
+}
+
+/// Runs the same load over plain HTTPS (HTTP/1.1 over TLS, presenting the client
+/// certificate in `tls`) to `addr`: one TLS connection per tunnel of `cfg`
+/// (`cfg.authority`, `cfg.connections` and `cfg.http2` are not used). For peers that do
+/// not speak HBONE, such as nginx.
+pub async fn run_https(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    cfg: LoadConfig,
+) -> anyhow::Result<LoadReport> {
+    let mut senders = Vec::new();
+    for _ in 0..cfg.tunnels.max(1) {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                tcp,
+            )
+            .await?;
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        senders.push(Sender::H1(send));
+    }
+    drive(senders, cfg).await
+}
+
+/// The measurement loop shared by every transport: each sender is one tunnel (or
+/// connection) carrying requests one after another.
+async fn drive(senders: Vec<Sender>, cfg: LoadConfig) -> anyhow::Result<LoadReport> {
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));

@@ -69,12 +69,12 @@ impl RequestTelemetry {
         req: &mut Request<B>,
     ) -> Self {
         let start = SystemTime::now();
-        let method = req.method().as_str().to_string();
+        let method = req.method().as_str();
         let path = req
             .uri()
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let protocol = if req.version() == http::Version::HTTP_2 {
             "HTTP/2"
         } else {
@@ -86,24 +86,30 @@ impl RequestTelemetry {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let request_header_bytes =
             header_bytes(req.headers()) + (method.len() + path.len() + 12) as u64;
-        let request_headers = snapshot
+        // Kept (with the method and path) only for the access log.
+        let logged = snapshot
             .telemetry
             .access_log
             .is_some()
-            .then(|| req.headers().clone());
-        let log = RequestLog::default();
-        req.extensions_mut().insert(log.clone());
+            .then(|| (req.headers().clone(), method.to_string(), path.to_string()));
         let span = telemetry.tracing.start_server(
             &snapshot,
             req.headers(),
             tunnel.traceparent.as_deref(),
-            span_name(&tunnel),
+            // Built only when a span is started: most requests are not traced.
+            || span_name(&tunnel),
             start,
-            server_attributes(req, &tunnel, &snapshot, &path),
+            || server_attributes(req, &tunnel, &snapshot, path),
         );
+        let log = RequestLog::default();
+        req.extensions_mut().insert(log.clone());
         if let Some(s) = &span {
             req.extensions_mut().insert(s.trace.clone());
         }
+        let (request_headers, method, path) = match logged {
+            Some((h, m, p)) => (Some(h), m, p),
+            None => (None, String::new(), String::new()),
+        };
         Self {
             start,
             started: Instant::now(),
@@ -154,6 +160,10 @@ impl RequestTelemetry {
                 response_bytes: outcome.response_header_bytes + outcome.body_sent,
             },
         );
+        if self.span.is_none() && self.request_headers.is_none() {
+            // Neither traced nor logged: nothing below is needed.
+            return;
+        }
         let cluster = service
             .as_ref()
             .map(|(s, port)| format!("inbound-vip|{port}|http|{}", s.hostname))

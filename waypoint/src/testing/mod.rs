@@ -8,7 +8,8 @@
 //! - [`ext_authz`]: gRPC and HTTP external authorization servers;
 //! - [`jwt`]: a JWT issuer (keys, JWKS, tokens);
 //! - [`mesh`]: writes local configuration files of Kubernetes objects;
-//! - [`process`]: runs the `waypoint` binary as a child process.
+//! - [`process`]: runs the `waypoint` binary as a child process;
+//! - [`tls_echo`]: the echo app over plain mTLS (the benchmark's nginx upstream).
 
 pub mod client;
 pub mod echo;
@@ -16,6 +17,7 @@ pub mod ext_authz;
 pub mod jwt;
 pub mod mesh;
 pub mod process;
+pub mod tls_echo;
 pub mod ztunnel;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

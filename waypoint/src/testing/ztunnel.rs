@@ -104,7 +104,7 @@ impl FakeZtunnel {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(std::io::Error::other)?
             .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(Fixed(opts.certs.key.clone())));
+            .with_cert_resolver(Arc::new(FixedCert(opts.certs.key.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let counters = Arc::new(Counters::default());
@@ -120,6 +120,8 @@ impl FakeZtunnel {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                // As ztunnel does: no Nagle delay on HBONE connections.
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let shared = shared.clone();
                 tokio::spawn(async move { shared.connection(acceptor, tcp).await });
@@ -133,10 +135,11 @@ impl FakeZtunnel {
     }
 }
 
+/// A server certificate resolver that always presents one certificate.
 #[derive(Debug)]
-struct Fixed(Arc<rustls::sign::CertifiedKey>);
+pub(crate) struct FixedCert(pub(crate) Arc<rustls::sign::CertifiedKey>);
 
-impl rustls::server::ResolvesServerCert for Fixed {
+impl rustls::server::ResolvesServerCert for FixedCert {
     fn resolve(
         &self,
         _: rustls::server::ClientHello<'_>,

@@ -85,11 +85,24 @@ impl DevCa {
 
     /// Issues a leaf with an arbitrary URI SAN (tests use this for malformed identities).
     pub fn issue_uri(&self, uri: &str) -> Result<IssuedCert, TlsError> {
+        self.issue_sans(vec![SanType::URI(uri.try_into()?)])
+    }
+
+    /// Issues a leaf for `identity` that also carries the DNS name `dns`, for peers that
+    /// check host names rather than SPIFFE identities (the benchmark's nginx upstream).
+    pub fn issue_with_dns(&self, identity: &Identity, dns: &str) -> Result<IssuedCert, TlsError> {
+        self.issue_sans(vec![
+            SanType::URI(identity.to_string().as_str().try_into()?),
+            SanType::DnsName(dns.try_into()?),
+        ])
+    }
+
+    fn issue_sans(&self, sans: Vec<SanType>) -> Result<IssuedCert, TlsError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "waypoint dev");
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        params.subject_alt_names = sans;
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,

@@ -5,6 +5,7 @@ mod ca;
 mod client;
 mod server;
 mod store;
+mod verified;
 
 pub use ca::{DevCa, IssuedCert};
 pub use client::client_config;
@@ -70,5 +71,10 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
 
 /// The one crypto provider the waypoint uses (ring, as Pingora does).
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    // Built once: verifiers ask for it on every handshake.
+    static PROVIDER: std::sync::OnceLock<std::sync::Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }

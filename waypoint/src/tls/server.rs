@@ -7,7 +7,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
-use super::{identity_of, CertStore};
+use super::verified::VerifiedChains;
+use super::CertStore;
 
 /// Serves whatever certificate the store holds now, so rotation needs no new listener.
 #[derive(Debug)]
@@ -39,6 +40,7 @@ pub fn server_resolver(store: Arc<CertStore>) -> Arc<dyn ResolvesServerCert> {
 pub struct SpiffeClientVerifier {
     store: Arc<CertStore>,
     trust_domain: String,
+    verified: VerifiedChains,
 }
 
 impl SpiffeClientVerifier {
@@ -47,6 +49,7 @@ impl SpiffeClientVerifier {
         Arc::new(Self {
             store,
             trust_domain,
+            verified: VerifiedChains::default(),
         })
     }
 }
@@ -62,11 +65,18 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.store
-            .current()
-            .client_verifier
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let id = identity_of(end_entity).map_err(|e| Error::General(e.to_string()))?;
+        let certs = self.store.current();
+        let id = match self.verified.get(&certs, end_entity, intermediates, now) {
+            Some(id) => id,
+            None => {
+                certs
+                    .client_verifier
+                    .verify_client_cert(end_entity, intermediates, now)?;
+                self.verified
+                    .insert(&certs, end_entity, intermediates)
+                    .map_err(|e| Error::General(e.to_string()))?
+            }
+        };
         if id.trust_domain != self.trust_domain {
             return Err(Error::General(format!(
                 "peer {id} is not in trust domain {}",

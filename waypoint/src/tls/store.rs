@@ -138,11 +138,12 @@ impl CertStore {
         let Some(paths) = &self.paths else {
             return Ok(false);
         };
-        let certs = read(paths)?;
-        if certs.pem == self.current.load().pem {
+        let files = read_files(paths)?;
+        // Unchanged files (the common case, every interval) are not parsed again.
+        if files.concat() == self.current.load().pem {
             return Ok(false);
         }
-        self.current.store(Arc::new(certs));
+        self.current.store(Arc::new(parse(paths, &files)?));
         Ok(true)
     }
 
@@ -172,16 +173,26 @@ impl CertStore {
 }
 
 fn read(paths: &CertPaths) -> Result<Certs, TlsError> {
+    parse(paths, &read_files(paths)?)
+}
+
+/// The chain, key and roots files' bytes, in that order.
+fn read_files(paths: &CertPaths) -> Result<[Vec<u8>; 3], TlsError> {
     let read = |p: &PathBuf| {
         std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.display().to_string(),
             source,
         })
     };
-    let chain = read(&paths.cert_chain)?;
-    let key = read(&paths.key)?;
-    let roots = read(&paths.root_cert)?;
-    Certs::from_pem(&chain, &key, &roots).map_err(|e| match e {
+    Ok([
+        read(&paths.cert_chain)?,
+        read(&paths.key)?,
+        read(&paths.root_cert)?,
+    ])
+}
+
+fn parse(paths: &CertPaths, [chain, key, roots]: &[Vec<u8>; 3]) -> Result<Certs, TlsError> {
+    Certs::from_pem(chain, key, roots).map_err(|e| match e {
         TlsError::Invalid { path, reason } => TlsError::Invalid {
             path: match path.as_str() {
                 "certificate chain" => paths.cert_chain.display().to_string(),

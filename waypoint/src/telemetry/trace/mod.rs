@@ -95,11 +95,12 @@ impl Tracing {
         snapshot: &Snapshot,
         headers: &http::HeaderMap,
         connect_traceparent: Option<&str>,
-        name: String,
+        name: impl FnOnce() -> String,
         start: SystemTime,
-        attributes: Vec<KeyValue>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Option<ServerSpan> {
         let active = self.active(snapshot)?;
+        let (name, attributes) = (name(), attributes());
         let (parent, format) = match propagation::extract(headers, connect_traceparent) {
             Some((cx, f)) => (Context::new().with_remote_span_context(cx), f),
             None => (Context::new(), Format::W3c),
