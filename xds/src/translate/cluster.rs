@@ -80,6 +80,78 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             ))
         }
     }
+    // Round robin is what the waypoint balances with; LEAST_REQUEST (Istio's default) is
+    // approximated by it. Other policies and features are rejected, never ignored.
+    match c.lb_policy {
+        0 => {}
+        1 => tracing::debug!(cluster = %c.name, "LEAST_REQUEST balanced round-robin"),
+        other => {
+            return Err(bad(
+                "lb_policy",
+                format!("only ROUND_ROBIN and LEAST_REQUEST are supported, got {other}"),
+            ))
+        }
+    }
+    if let Some(p) = &c.load_balancing_policy {
+        for (i, pol) in p.policies.iter().enumerate() {
+            let url = pol
+                .typed_extension_config
+                .as_ref()
+                .and_then(|t| t.typed_config.as_ref())
+                .map(|a| a.type_url.as_str())
+                .unwrap_or_default();
+            if !(url.ends_with(".round_robin.v3.RoundRobin")
+                || url.ends_with(".least_request.v3.LeastRequest"))
+            {
+                return Err(bad(
+                    &format!("load_balancing_policy.policies[{i}]"),
+                    format!("unsupported policy {url}"),
+                ));
+            }
+        }
+    }
+    if c.outlier_detection.is_some() {
+        return Err(bad(
+            "outlier_detection",
+            "outlier detection is not supported".into(),
+        ));
+    }
+    if !c.health_checks.is_empty() {
+        return Err(bad(
+            "health_checks",
+            "active health checks are not supported".into(),
+        ));
+    }
+    if let Some(cb) = &c.circuit_breakers {
+        // Istio's defaults are effectively unlimited; real limits are not enforced here.
+        let limited = cb.thresholds.iter().any(|t| {
+            [
+                &t.max_connections,
+                &t.max_pending_requests,
+                &t.max_requests,
+                &t.max_retries,
+            ]
+            .iter()
+            .any(|v| v.as_ref().is_some_and(|v| v.value < (1 << 31)))
+        });
+        if limited {
+            return Err(bad(
+                "circuit_breakers",
+                "circuit breaker limits are not supported".into(),
+            ));
+        }
+    }
+    if let Some(ts) = &c.transport_socket {
+        let url = ts.config_type.as_ref().map(|envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(a)| a.type_url.as_str()).unwrap_or_default();
+        if !url.ends_with("internal_upstream.v3.InternalUpstreamTransport")
+            && !url.ends_with("raw_buffer.v3.RawBuffer")
+        {
+            return Err(bad(
+                "transport_socket",
+                format!("unsupported transport socket {url}; HBONE towards pods is native"),
+            ));
+        }
+    }
     let eds_name = c
         .eds_cluster_config
         .as_ref()

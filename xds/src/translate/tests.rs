@@ -219,3 +219,34 @@ fn connection_manager_tracing_becomes_the_tracing_settings() {
     let (r, _) = resources("waypoint-httpbin-1.21.json");
     assert!(build(&r, &options()).unwrap().telemetry.tracing.is_none());
 }
+
+#[test]
+fn cluster_features_the_waypoint_lacks_are_rejected_not_ignored() {
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let base = cs[0].clone();
+    assert!(cluster::convert(&base).is_ok());
+    let mut c = base.clone();
+    c.lb_policy = 2; // RING_HASH
+    assert_eq!(cluster::convert(&c).unwrap_err().field, "lb_policy");
+    let mut c = base.clone();
+    c.outlier_detection = Some(Default::default());
+    assert_eq!(cluster::convert(&c).unwrap_err().field, "outlier_detection");
+    let mut c = base.clone();
+    c.circuit_breakers = Some(
+        envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
+            thresholds: vec![
+                envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds {
+                    max_connections: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                        value: 10,
+                    }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(cluster::convert(&c).unwrap_err().field, "circuit_breakers");
+    let mut c = base;
+    c.lb_policy = 1; // LEAST_REQUEST, Istio's default
+    assert!(cluster::convert(&c).is_ok());
+}
