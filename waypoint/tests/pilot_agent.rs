@@ -4,7 +4,6 @@
 //! ready as pilot-agent checks it, serves, and rotates its certificate without dropping
 //! connections.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,17 +12,16 @@ use std::time::{Duration, Instant};
 use filters::model::Identity;
 use http_body_util::BodyExt;
 use waypoint::testing::client::HboneClient;
-use waypoint::testing::echo::EchoIdentity;
 use waypoint::testing::free_ports;
 use waypoint::testing::process::{http_call, http_get};
-use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
+
 use waypoint::tls::{CertStore, DevCa};
 use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
 use xds::testing::{AdsServer, SdsServer};
 
 #[path = "common/xds_fixture.rs"]
 mod xds_fixture;
-use xds_fixture::{resources, VIP};
+use xds_fixture::{fake_pod, resources, VIP};
 
 struct Child(std::process::Child);
 
@@ -147,21 +145,7 @@ async fn starts_from_envoys_command_line_and_the_golden_bootstrap() {
     );
     let _sds_task = sds.serve_unix(&dir.path().join("sds.sock")).unwrap();
 
-    let pod_certs = ca
-        .issue(&Identity::new("cluster.local", "default", "httpbin"))
-        .unwrap();
-    let pod = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
-        ip,
-        certs: pod_certs.certs().unwrap(),
-        allowed_caller: Some(waypoint_id.clone()),
-        who: EchoIdentity {
-            pod: "httpbin-1".into(),
-            namespace: "default".into(),
-        },
-        apps: HashMap::new(),
-    })
-    .await
-    .unwrap();
+    let pod = fake_pod(&ca, &waypoint_id, "httpbin-1").await;
     let (ls, cs, es) = resources(pod.ip);
     let ads = AdsServer::default();
     ads.set(LISTENER, ls);

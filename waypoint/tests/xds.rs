@@ -10,16 +10,15 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use filters::model::Identity;
 use http_body_util::BodyExt;
 use waypoint::testing::client::HboneClient;
-use waypoint::testing::echo::EchoIdentity;
 use waypoint::testing::process::{CertFiles, WaypointProcess};
-use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
+use waypoint::testing::ztunnel::FakeZtunnel;
 use waypoint::tls::{CertStore, DevCa};
-use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
+use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use xds::testing::AdsServer;
 
 #[path = "common/xds_fixture.rs"]
 mod xds_fixture;
-use xds_fixture::{any, resources_with_canary, Named, VIP};
+use xds_fixture::{any, fake_pod, resources_with, Named, VIP};
 
 struct World {
     _dir: tempfile::TempDir,
@@ -35,42 +34,26 @@ struct World {
 }
 
 async fn start() -> World {
+    start_with(false).await
+}
+
+/// A waypoint driven by the test ADS server; with `rds`, port 8100's routes are served over
+/// RDS instead of inline.
+async fn start_with(rds: bool) -> World {
     let dir = tempfile::tempdir().unwrap();
     let ca = DevCa::new("test").unwrap();
     let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
     ca.issue(&waypoint_id).unwrap().write(dir.path()).unwrap();
-    let pod_certs = ca
-        .issue(&Identity::new("cluster.local", "default", "httpbin"))
-        .unwrap();
-    let pod = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
-        ip,
-        certs: pod_certs.certs().unwrap(),
-        allowed_caller: Some(waypoint_id.clone()),
-        who: EchoIdentity {
-            pod: "httpbin-1".into(),
-            namespace: "default".into(),
-        },
-        apps: HashMap::new(),
-    })
-    .await
-    .unwrap();
-    let canary = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
-        ip,
-        certs: pod_certs.certs().unwrap(),
-        allowed_caller: Some(waypoint_id.clone()),
-        who: EchoIdentity {
-            pod: "httpbin-v2-1".into(),
-            namespace: "default".into(),
-        },
-        apps: HashMap::new(),
-    })
-    .await
-    .unwrap();
-    let (ls, cs, es) = resources_with_canary(pod.ip, Some(canary.ip));
+    let pod = fake_pod(&ca, &waypoint_id, "httpbin-1").await;
+    let canary = fake_pod(&ca, &waypoint_id, "httpbin-v2-1").await;
+    let (ls, cs, es, rs) = resources_with(pod.ip, Some(canary.ip), rds);
     let server = AdsServer::default();
     server.set(LISTENER, ls);
     server.set(CLUSTER, cs.clone());
     server.set(ENDPOINT, es);
+    if rds {
+        server.set(ROUTE, rs);
+    }
     let socket = dir.path().join("xds.sock");
     let serving = server.serve_unix(&socket).unwrap();
     let address = format!("unix:{}", socket.display());
@@ -90,26 +73,20 @@ async fn start() -> World {
     )
     .unwrap();
     wp.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let client = HboneClient::new(
-        wp.hbone,
-        Arc::new(CertStore::fixed(
-            ca.issue(&Identity::new("cluster.local", "default", "sleep"))
-                .unwrap()
-                .certs()
-                .unwrap(),
-        )),
-        waypoint_id.clone(),
-    );
-    let other = HboneClient::new(
-        wp.hbone,
-        Arc::new(CertStore::fixed(
-            ca.issue(&Identity::new("cluster.local", "other", "intruder"))
-                .unwrap()
-                .certs()
-                .unwrap(),
-        )),
-        waypoint_id,
-    );
+    let client_as = |ns: &str, sa: &str| {
+        HboneClient::new(
+            wp.hbone,
+            Arc::new(CertStore::fixed(
+                ca.issue(&Identity::new("cluster.local", ns, sa))
+                    .unwrap()
+                    .certs()
+                    .unwrap(),
+            )),
+            waypoint_id.clone(),
+        )
+    };
+    let client = client_as("default", "sleep");
+    let other = client_as("other", "intruder");
     World {
         other,
         _dir: dir,
@@ -409,65 +386,11 @@ async fn request_authentication_from_istiod_checks_tokens() {
 
 #[tokio::test]
 async fn routes_referenced_over_rds_are_fetched_and_applied() {
-    // A separate world: port 8100's routes come over RDS.
-    let dir = tempfile::tempdir().unwrap();
-    let ca = DevCa::new("test").unwrap();
-    let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
-    ca.issue(&waypoint_id).unwrap().write(dir.path()).unwrap();
-    let pod_certs = ca
-        .issue(&Identity::new("cluster.local", "default", "httpbin"))
-        .unwrap();
-    let pod = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
-        ip,
-        certs: pod_certs.certs().unwrap(),
-        allowed_caller: Some(waypoint_id.clone()),
-        who: EchoIdentity {
-            pod: "httpbin-1".into(),
-            namespace: "default".into(),
-        },
-        apps: HashMap::new(),
-    })
-    .await
-    .unwrap();
-    let (ls, cs, es, rs) = xds_fixture::resources_rds(pod.ip, None);
-    assert_eq!(rs.len(), 1);
-    let server = AdsServer::default();
-    server.set(LISTENER, ls);
-    server.set(CLUSTER, cs);
-    server.set(ENDPOINT, es);
-    server.set(xds::ads::types::ROUTE, rs);
-    let socket = dir.path().join("xds.sock");
-    let _serving = server.serve_unix(&socket).unwrap();
-    let address = format!("unix:{}", socket.display());
-    let mut wp = WaypointProcess::spawn_source(
-        &std::path::PathBuf::from(env!("CARGO_BIN_EXE_waypoint")),
-        &CertFiles::in_dir(dir.path()),
-        &[
-            "--xds-address",
-            &address,
-            "--gateway",
-            "default/waypoint",
-            "--log-level",
-            "warn",
-        ],
-        None,
-    )
-    .unwrap();
-    wp.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let client = HboneClient::new(
-        wp.hbone,
-        Arc::new(CertStore::fixed(
-            ca.issue(&Identity::new("cluster.local", "default", "sleep"))
-                .unwrap()
-                .certs()
-                .unwrap(),
-        )),
-        waypoint_id,
-    );
+    let w = start_with(true).await;
     // The rewrite route exists only in the RDS configuration.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = get_as(&client, 8100, "/v1/items").await;
+        let (status, body) = get_as(&w.client, 8100, "/v1/items").await;
         if status == 200 && body["path"] == "/v2/items" {
             break;
         }
@@ -477,11 +400,12 @@ async fn routes_referenced_over_rds_are_fetched_and_applied() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(server
+    assert!(w
+        .server
         .replies()
         .iter()
-        .any(|r| r.type_url == xds::ads::types::ROUTE && r.error.is_none()));
-    let (_, dump) = waypoint::testing::process::http_get(wp.admin, "/config_dump")
+        .any(|r| r.type_url == ROUTE && r.error.is_none()));
+    let (_, dump) = waypoint::testing::process::http_get(w.wp.admin, "/config_dump")
         .await
         .unwrap();
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use filters::body::Body;
@@ -307,4 +307,27 @@ pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == *v))
         .map(|s| s.value)
         .sum()
+}
+
+/// The `istio` ConfigMap in `istio-system` holding MeshConfig `mesh`.
+pub fn mesh_config(mesh: &str) -> String {
+    let indented: String = mesh.lines().map(|l| format!("    {l}\n")).collect();
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n  namespace: istio-system\ndata:\n  mesh: |\n{indented}")
+}
+
+/// A mesh-wide `Telemetry` resource with `spec`.
+pub fn telemetry(spec: &str) -> String {
+    format!("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata:\n  name: mesh-default\n  namespace: istio-system\nspec:\n{spec}")
+}
+
+/// Polls `f` every 100 ms until it yields, for at most 10 s.
+pub async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

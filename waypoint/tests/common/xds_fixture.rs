@@ -28,30 +28,17 @@ pub fn any<M: Message>(type_url: &str, m: &M) -> Any {
 /// endpoints for both Service ports (the dump has the cluster of one and the endpoints of
 /// the other).
 pub fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
-    resources_with_canary(pod, None)
-}
-
-/// As [`resources`], plus (with `canary`) a second Service `httpbin-v2` on that pod, and a
-/// `/split` route on port 8000 sending 3/4 of requests to httpbin and 1/4 to httpbin-v2, as
-/// istiod generates for weighted backendRefs.
-pub fn resources_with_canary(
-    pod: std::net::IpAddr,
-    canary: Option<std::net::IpAddr>,
-) -> (Named, Named, Named) {
-    let (ls, cs, es, _) = build(pod, canary, false);
+    let (ls, cs, es, _) = resources_with(pod, None, false);
     (ls, cs, es)
 }
 
-/// As [`resources_with_canary`], with port 8100's routes served over RDS (the listener names
-/// them) instead of inline; returns the route configurations too.
-pub fn resources_rds(
-    pod: std::net::IpAddr,
-    canary: Option<std::net::IpAddr>,
-) -> (Named, Named, Named, Named) {
-    build(pod, canary, true)
-}
-
-fn build(
+/// As [`resources`], plus:
+/// - with `canary`, a second Service `httpbin-v2` on that pod, and a `/split` route on port
+///   8000 sending 3/4 of requests to httpbin and 1/4 to httpbin-v2, as istiod generates for
+///   weighted backendRefs;
+/// - with `rds`, port 8100's routes served over RDS (the listener names them) instead of
+///   inline; the route configurations are returned too.
+pub fn resources_with(
     pod: std::net::IpAddr,
     canary: Option<std::net::IpAddr>,
     rds: bool,
@@ -281,4 +268,33 @@ fn add_jwt(listener: &mut serde_json::Value) {
             filters.insert(0, filter.clone());
         }
     }
+}
+
+/// A fake pod running the echo app as `name` (identity `default/httpbin`), accepting the
+/// waypoint `caller`.
+pub async fn fake_pod(
+    ca: &waypoint::tls::DevCa,
+    caller: &filters::model::Identity,
+    name: &str,
+) -> waypoint::testing::ztunnel::FakeZtunnel {
+    use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
+    let certs = ca
+        .issue(&filters::model::Identity::new(
+            "cluster.local",
+            "default",
+            "httpbin",
+        ))
+        .unwrap();
+    FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
+        ip,
+        certs: certs.certs().unwrap(),
+        allowed_caller: Some(caller.clone()),
+        who: waypoint::testing::echo::EchoIdentity {
+            pod: name.into(),
+            namespace: "default".into(),
+        },
+        apps: std::collections::HashMap::new(),
+    })
+    .await
+    .unwrap()
 }

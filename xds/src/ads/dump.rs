@@ -28,10 +28,7 @@ pub fn config_dump(stats: &AdsStats, secrets: Value) -> Value {
             .flatten()
             .filter_map(|(name, (version, any, when))| {
                 let ty = message_type(type_url);
-                let msg = crate::envoy::pool().get_message_by_name(ty)?;
-                let dynamic =
-                    prost_reflect::DynamicMessage::decode(msg, any.value.as_slice()).ok()?;
-                let mut v = to_json_dynamic(&dynamic)?;
+                let mut v = crate::envoy::encoded_to_json(ty, &any.value).ok()?;
                 if let Some(o) = v.as_object_mut() {
                     o.insert("@type".into(), json!(format!("type.googleapis.com/{ty}")));
                 }
@@ -62,12 +59,6 @@ pub fn config_dump(stats: &AdsStats, secrets: Value) -> Value {
         {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": routes},
         secrets,
     ]})
-}
-
-fn to_json_dynamic(m: &prost_reflect::DynamicMessage) -> Option<Value> {
-    let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true);
-    m.serialize_with_options(serde_json::value::Serializer, &options)
-        .ok()
 }
 
 /// The secrets section: the certificate chain in full, the private key redacted, as

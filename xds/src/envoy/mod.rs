@@ -65,21 +65,21 @@ pub fn to_json<M: prost::Message>(
     type_name: &str,
     message: &M,
 ) -> Result<serde_json::Value, JsonError> {
-    let desc = descriptor(type_name)?;
-    let dynamic =
-        DynamicMessage::decode(desc, message.encode_to_vec().as_slice()).map_err(|e| {
-            JsonError::Invalid {
-                type_name: type_name.to_string(),
-                message: e.to_string(),
-            }
-        })?;
+    encoded_to_json(type_name, &message.encode_to_vec())
+}
+
+/// The JSON form of an encoded message of type `type_name` (an `Any`'s value).
+pub fn encoded_to_json(type_name: &str, bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
+    let invalid = |message: String| JsonError::Invalid {
+        type_name: type_name.to_string(),
+        message,
+    };
+    let dynamic = DynamicMessage::decode(descriptor(type_name)?, bytes)
+        .map_err(|e| invalid(e.to_string()))?;
     let options = SerializeOptions::new().use_proto_field_name(true);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|e| JsonError::Invalid {
-            type_name: type_name.to_string(),
-            message: e.to_string(),
-        })
+        .map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]
