@@ -159,6 +159,7 @@ async fn sixty_four_mib_both_ways_with_bounded_memory() {
     let mut http = conn.http1(authority(80)).await.unwrap();
     // Warm up so the baseline includes the connection buffers.
     let resp = http.send_request(get("/bytes?n=1024")).await.unwrap();
+    assert_eq!(resp.headers()["content-length"], "1024");
     assert_eq!(body_bytes(resp).await.len(), 1024);
     let baseline = h.wp.rss_kib().unwrap();
 
@@ -187,14 +188,15 @@ async fn sixty_four_mib_both_ways_with_bounded_memory() {
     }
     assert_eq!(got, SIZE);
 
-    // Download 64 MiB on the same keep-alive connection.
+    // Download 64 MiB, chunked (no length known ahead), on the same keep-alive connection.
     http.ready()
         .await
         .expect("connection reusable after the upload");
     let resp = http
-        .send_request(get(&format!("/bytes?n={SIZE}")))
+        .send_request(get(&format!("/bytes?n={SIZE}&chunked=1")))
         .await
         .unwrap();
+    assert!(resp.headers().get("content-length").is_none());
     let mut got = 0usize;
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {

@@ -57,7 +57,7 @@ fn every_input_compiles() {
 
 fn http_request(principal: &str, path: &'static str) -> (Attributes<'static>, http::HeaderMap) {
     let attrs = Attributes {
-        principal: Some(principal.to_string()),
+        principal: Some(principal.to_string().into()),
         namespace: Some("foo".into()),
         service_account: Some("sa".into()),
         destination_port: Some(80),

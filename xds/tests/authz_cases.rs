@@ -87,9 +87,9 @@ fn decide(policies: &str, r: &Req) -> Option<bool> {
     }
     let ip = |s: &str| s.parse::<IpAddr>().ok();
     let attrs = Attributes {
-        principal: r.principal.map(str::to_string),
-        namespace: Some(r.ns.to_string()),
-        service_account: Some(r.sa.to_string()),
+        principal: r.principal.map(Into::into),
+        namespace: Some(r.ns.into()),
+        service_account: Some(r.sa.into()),
         source_ip: ip(r.source),
         remote_ip: ip(r.source),
         destination_ip: ip(r.dst),

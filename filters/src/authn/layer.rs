@@ -50,10 +50,10 @@ where
             ))));
         };
         let service = match &ctx.tunnel.target {
-            Target::Service { service, .. } => Some(service.name.to_string()),
+            Target::Service { service, .. } => Some(&service.name),
             Target::Workload { .. } => None,
         };
-        let rules = ctx.snapshot.authn.for_target(service.as_deref());
+        let rules = ctx.snapshot.authn.for_service(service);
         match authenticate(&rules, &mut req) {
             Ok(Some(auth)) => {
                 tracing::debug!(principal = %auth.principal, "JWT verified");

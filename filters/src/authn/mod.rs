@@ -86,7 +86,15 @@ pub struct JwtRules {
 }
 
 impl JwtRules {
-    /// The rules for traffic to `service`.
+    /// The rules for traffic to `service`, or to a pod (`None`).
+    pub fn for_service(&self, service: Option<&crate::model::NamespacedName>) -> Vec<Arc<JwtRule>> {
+        match service {
+            Some(s) => crate::model::with_key(s, None, |key| self.for_target(Some(key))),
+            None => self.for_target(None),
+        }
+    }
+
+    /// The rules for traffic to `service` (`namespace/name`).
     pub fn for_target(&self, service: Option<&str>) -> Vec<Arc<JwtRule>> {
         let mut out = self.gateway.clone();
         if let Some(list) = service.and_then(|s| self.services.get(s)) {

@@ -1,5 +1,6 @@
 //! The request attributes policies are evaluated against.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -39,11 +40,11 @@ pub struct HttpAttributes<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Attributes<'a> {
     /// Peer principal without `spiffe://`.
-    pub principal: Option<String>,
+    pub principal: Option<Cow<'a, str>>,
     /// Peer namespace.
-    pub namespace: Option<String>,
+    pub namespace: Option<Cow<'a, str>>,
     /// Peer service account.
-    pub service_account: Option<String>,
+    pub service_account: Option<Cow<'a, str>>,
     /// Original source IP.
     pub source_ip: Option<IpAddr>,
     /// Remote (client) IP.
@@ -53,18 +54,18 @@ pub struct Attributes<'a> {
     /// Destination port.
     pub destination_port: Option<u16>,
     /// TLS SNI of the connection, if any.
-    pub sni: Option<String>,
+    pub sni: Option<Cow<'a, str>>,
     /// HTTP attributes, `None` on TCP.
     pub http: Option<HttpAttributes<'a>>,
 }
 
-impl Attributes<'_> {
-    /// The connection-level attributes of a tunnel (everything but HTTP).
-    pub fn of_tunnel(t: &crate::model::TunnelInfo) -> Attributes<'static> {
+impl<'a> Attributes<'a> {
+    /// The connection-level attributes of a tunnel (everything but HTTP), borrowed from it.
+    pub fn of_tunnel(t: &'a crate::model::TunnelInfo) -> Attributes<'a> {
         Attributes {
-            principal: Some(t.peer.principal()),
-            namespace: Some(t.peer.namespace.clone()),
-            service_account: Some(t.peer.service_account.clone()),
+            principal: Some(Cow::Borrowed(t.principal())),
+            namespace: Some(Cow::Borrowed(&t.peer.namespace)),
+            service_account: Some(Cow::Borrowed(&t.peer.service_account)),
             source_ip: t.source_ip,
             remote_ip: t.source_ip,
             destination_ip: Some(t.authority.ip()),

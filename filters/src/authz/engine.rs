@@ -44,41 +44,38 @@ pub fn evaluate(
     attrs: &Attributes<'_>,
     custom: Option<&dyn Fn(&str) -> bool>,
 ) -> Decision {
-    let enforced: Vec<&Arc<Policy>> = policies.iter().filter(|p| !p.dry_run).collect();
-    let shadow: Vec<&Arc<Policy>> = policies.iter().filter(|p| p.dry_run).collect();
     let audited = policies
         .iter()
         .filter(|p| p.action == Action::Audit && policy_matches(p, attrs))
         .map(|p| p.name.to_string())
         .collect();
+    let shadow = policies.iter().any(|p| p.dry_run);
     Decision {
-        verdict: decide(&enforced, attrs, custom, true),
-        dry_run: (!shadow.is_empty()).then(|| decide(&shadow, attrs, custom, false)),
+        verdict: decide(policies, false, attrs, custom, true),
+        dry_run: shadow.then(|| decide(policies, true, attrs, custom, false)),
         audited,
     }
 }
 
+/// The verdict of the policies whose `dry_run` flag is `dry_run`: CUSTOM, then DENY, then
+/// ALLOW (none present: allowed; present but none matching: denied).
 fn decide(
-    policies: &[&Arc<Policy>],
+    policies: &[Arc<Policy>],
+    dry_run: bool,
     attrs: &Attributes<'_>,
     custom: Option<&dyn Fn(&str) -> bool>,
     record: bool,
 ) -> Verdict {
-    for p in policies
-        .iter()
-        .filter(|p| matches!(p.action, Action::Custom(_)))
-    {
-        if policy_matches(p, attrs) {
-            let Action::Custom(provider) = &p.action else {
-                unreachable!()
-            };
-            let ok = custom.map(|f| f(provider)).unwrap_or(false);
-            if !ok {
-                return Verdict::Deny(p.name.to_string());
-            }
+    let selected = || policies.iter().filter(move |p| p.dry_run == dry_run);
+    for p in selected() {
+        let Action::Custom(provider) = &p.action else {
+            continue;
+        };
+        if policy_matches(p, attrs) && !custom.is_some_and(|f| f(provider)) {
+            return Verdict::Deny(p.name.to_string());
         }
     }
-    for p in policies.iter().filter(|p| p.action == Action::Deny) {
+    for p in selected().filter(|p| p.action == Action::Deny) {
         if policy_matches(p, attrs) {
             if record {
                 p.record_match();
@@ -86,14 +83,9 @@ fn decide(
             return Verdict::Deny(p.name.to_string());
         }
     }
-    let allows: Vec<&&Arc<Policy>> = policies
-        .iter()
-        .filter(|p| p.action == Action::Allow)
-        .collect();
-    if allows.is_empty() {
-        return Verdict::Allow(None);
-    }
-    for p in allows {
+    let mut any_allow = false;
+    for p in selected().filter(|p| p.action == Action::Allow) {
+        any_allow = true;
         if policy_matches(p, attrs) {
             if record {
                 p.record_match();
@@ -101,7 +93,11 @@ fn decide(
             return Verdict::Allow(Some(p.name.to_string()));
         }
     }
-    Verdict::Deny("no ALLOW policy matched".into())
+    if any_allow {
+        Verdict::Deny("no ALLOW policy matched".into())
+    } else {
+        Verdict::Allow(None)
+    }
 }
 
 /// Whether any rule of `p` matches. CUSTOM rules are built like DENY ones (istiod generates
@@ -168,17 +164,16 @@ fn ip_field(f: &Field<IpNet>, ip: Option<IpAddr>) -> bool {
 fn source_matches(s: &Source, a: &Attributes<'_>, ignore_http: bool) -> bool {
     let http = a.http.as_ref();
     let sa = match (&a.namespace, &a.service_account) {
-        (Some(ns), Some(sa)) => Some((ns.clone(), sa.clone())),
+        (Some(ns), Some(sa)) => Some((&**ns, &**sa)),
         _ => None,
     };
+    let listed = |list: &[(String, String)], (ns, sa): (&str, &str)| {
+        list.iter().any(|(n, s)| n == ns && s == sa)
+    };
     let sa_pos = s.service_accounts.values.is_empty()
-        || sa
-            .as_ref()
-            .is_some_and(|x| s.service_accounts.values.contains(x));
+        || sa.is_some_and(|x| listed(&s.service_accounts.values, x));
     let sa_neg = s.service_accounts.not_values.is_empty()
-        || sa
-            .as_ref()
-            .is_none_or(|x| !s.service_accounts.not_values.contains(x));
+        || sa.is_none_or(|x| !listed(&s.service_accounts.not_values, x));
     str_field(&s.principals, a.principal.as_deref(), false)
         && (s.request_principals.is_empty()
             || ignore_http

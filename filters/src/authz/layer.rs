@@ -10,7 +10,7 @@ use super::attributes::{Attributes, HttpAttributes, JwtAuth};
 use super::engine::{evaluate, Verdict};
 use super::ext::outcome::{apply_headers, apply_to_request, denied_response, error_response};
 use super::ext::{self, CheckOutcome, CheckRequest, CustomPlan, ExtAuthzClient, HeaderOp};
-use super::path::normalize;
+use super::path::{is_normal, normalize};
 use crate::body::{self as fbody, Body};
 use crate::model::{RequestContext, Target};
 use crate::ProxyError;
@@ -112,6 +112,9 @@ where
 
 /// Normalizes the path in place; returns it (without the query).
 fn normalize_path(ctx: &RequestContext, req: &mut Request<Body>) -> Result<String, ProxyError> {
+    if is_normal(req.uri().path(), ctx.snapshot.authz.normalization) {
+        return Ok(req.uri().path().to_string());
+    }
     let path = normalize(req.uri().path(), ctx.snapshot.authz.normalization)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     if path != req.uri().path() {
@@ -131,24 +134,22 @@ enum Authorized {
     Reply(Response<Body>),
 }
 
-fn host_of(req: &Request<Body>) -> String {
+fn host_of(req: &Request<Body>) -> &str {
     req.headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default()
-        .to_string()
 }
 
 fn attributes<'a>(
-    ctx: &RequestContext,
+    ctx: &'a RequestContext,
     req: &'a Request<Body>,
-    host: &'a str,
     path: &'a str,
 ) -> Attributes<'a> {
     let mut attrs = Attributes::of_tunnel(&ctx.tunnel);
     attrs.http = Some(HttpAttributes {
         method: req.method().as_str(),
-        host,
+        host: host_of(req),
         path,
         query: req.uri().query(),
         headers: req.headers(),
@@ -197,8 +198,7 @@ async fn authorize(
 ) -> Result<Authorized, ProxyError> {
     let set = &ctx.snapshot.authz;
     if let Some(chain) = set.rbac_for(&ctx.tunnel.target) {
-        let host = host_of(&req);
-        let attrs = attributes(ctx, &req, &host, path);
+        let attrs = attributes(ctx, &req, path);
         return match super::PolicySet::enforce_rbac(chain, &attrs) {
             Ok(()) => Ok(Authorized::Proceed(req, Vec::new())),
             Err(policy) => {
@@ -208,19 +208,14 @@ async fn authorize(
         };
     }
     let service = match &ctx.tunnel.target {
-        Target::Service { service, .. } => Some(service.name.to_string()),
+        Target::Service { service, .. } => Some(&service.name),
         Target::Workload { .. } => None,
     };
-    let policies = set.for_target(service.as_deref());
+    let policies = set.for_service(service);
     if policies.is_empty() {
         return Ok(Authorized::Proceed(req, Vec::new()));
     }
-    let host = host_of(&req);
-    let plan = ext::custom_plan(
-        &policies,
-        &set.providers,
-        &attributes(ctx, &req, &host, path),
-    );
+    let plan = ext::custom_plan(&policies, &set.providers, &attributes(ctx, &req, path));
     let grpc = is_grpc(req.headers());
     let mut response_headers = Vec::new();
     let mut req = req;
@@ -296,8 +291,7 @@ async fn authorize(
     }
     // DENY and ALLOW see the request as the authorization server left it. CUSTOM policies
     // were settled above.
-    let host = host_of(&req);
-    let attrs = attributes(ctx, &req, &host, path);
+    let attrs = attributes(ctx, &req, path);
     let decision = evaluate(&policies, &attrs, Some(&|_| true));
     super::count(&decision.verdict);
     for p in &decision.audited {

@@ -80,9 +80,9 @@ impl PolicySet {
             return None;
         }
         match target {
-            crate::model::Target::Service { service, port } => self
-                .rbac
-                .get(&crate::model::route_key(&service.name, *port)),
+            crate::model::Target::Service { service, port } => {
+                crate::model::with_key(&service.name, Some(*port), |key| self.rbac.get(key))
+            }
             crate::model::Target::Workload { .. } => None,
         }
     }
@@ -107,6 +107,14 @@ impl PolicySet {
                 .unwrap_or_else(|| "no ALLOW policy matched".into());
             count(&Verdict::Deny(policy.clone()));
             Err(policy)
+        }
+    }
+
+    /// The policies for traffic to `service`, or to a pod (`None`).
+    pub fn for_service(&self, service: Option<&crate::model::NamespacedName>) -> Vec<Arc<Policy>> {
+        match service {
+            Some(s) => crate::model::with_key(s, None, |key| self.for_target(Some(key))),
+            None => self.for_target(None),
         }
     }
 

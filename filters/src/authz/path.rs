@@ -32,6 +32,23 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+/// Whether `path` is already normalized at `level`: no escapes, backslashes or dot
+/// segments (and no repeated slashes where those merge). Most paths are, and skip the
+/// rewrite.
+pub fn is_normal(path: &str, level: Normalization) -> bool {
+    let merge = matches!(
+        level,
+        Normalization::MergeSlashes | Normalization::DecodeAndMergeSlashes
+    );
+    let bytes = path.as_bytes();
+    level == Normalization::None
+        || (bytes.first() == Some(&b'/')
+            && !bytes.iter().any(|b| matches!(b, b'%' | b'\\'))
+            && !bytes
+                .windows(2)
+                .any(|w| w == b"/." || (merge && w == b"//")))
+}
+
 /// Normalizes `path` (no query) at `level`.
 pub fn normalize(path: &str, level: Normalization) -> Result<String, InvalidPath> {
     if level == Normalization::None {
@@ -136,6 +153,34 @@ mod tests {
             normalize("/a%00b", Normalization::Base),
             Err(InvalidPath::Nul)
         );
+    }
+
+    #[test]
+    fn normal_paths_are_recognised() {
+        for level in [
+            Normalization::Base,
+            Normalization::MergeSlashes,
+            Normalization::DecodeAndMergeSlashes,
+        ] {
+            // Conservative: a path it calls normal must normalize to itself.
+            for path in [
+                "/", "/a/b", "/a/./b", "/a/../b", "/a/b/..", "/%61", "/a\\b", "/a//b", "/a.b/c.",
+                "/.hidden", "//", "a/b",
+            ] {
+                if is_normal(path, level) {
+                    assert_eq!(normalize(path, level).unwrap(), path, "{level:?}");
+                }
+            }
+            for path in ["/", "/a/b", "/api/v1/items", "/a.b/c.", "/a-b_c~d"] {
+                assert!(is_normal(path, level), "{path} at {level:?}");
+            }
+            for path in ["/a/./b", "/a/../b", "/%61", "/a\\b"] {
+                assert!(!is_normal(path, level), "{path} at {level:?}");
+            }
+        }
+        assert!(is_normal("/a//b", Normalization::Base));
+        assert!(!is_normal("/a//b", Normalization::MergeSlashes));
+        assert!(is_normal("/a/../b", Normalization::None));
     }
 
     #[test]

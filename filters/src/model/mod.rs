@@ -14,8 +14,8 @@ pub use identity::{Identity, InvalidIdentity};
 pub use protocol::Protocol;
 pub use request_log::{RequestLog, Upstream};
 pub use snapshot::{
-    route_key, ConflictingAddress, Endpoint, NamespacedName, Service, ServicePort, Snapshot,
-    Target, TargetPort, Waypoint, Workload,
+    route_key, with_key, ConflictingAddress, Endpoint, NamespacedName, Service, ServicePort,
+    Snapshot, Target, TargetPort, Waypoint, Workload,
 };
 
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +38,16 @@ pub struct TunnelInfo {
     pub baggage: Option<String>,
     /// The CONNECT request's `traceparent` header, kept for tracing.
     pub traceparent: Option<String>,
+    /// `peer`'s principal, formatted on first use (policies ask on every request); start
+    /// it empty (`Default::default()`) and read it with [`TunnelInfo::principal`].
+    pub principal_cache: std::sync::OnceLock<String>,
+}
+
+impl TunnelInfo {
+    /// The peer's principal without `spiffe://` (`<trust-domain>/ns/<ns>/sa/<sa>`).
+    pub fn principal(&self) -> &str {
+        self.principal_cache.get_or_init(|| self.peer.principal())
+    }
 }
 
 /// Per-request context the HBONE layer attaches as a request extension.
@@ -109,6 +119,7 @@ pub(crate) mod test_support {
                 target,
                 baggage: None,
                 traceparent: None,
+                principal_cache: Default::default(),
             }),
         }
     }

@@ -235,6 +235,42 @@ pub fn route_key(service: &NamespacedName, port: u16) -> String {
     format!("{service}:{port}")
 }
 
+/// Calls `f` with the key of `service` in per-Service tables: `namespace/name`, with
+/// `:port` when given ([`route_key`]). Built on the stack: requests look tables up by
+/// it, and should not allocate to do so.
+pub fn with_key<R>(service: &NamespacedName, port: Option<u16>, f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = [0u8; 400];
+    let (ns, name) = (service.namespace.as_bytes(), service.name.as_bytes());
+    let mut digits = [0u8; 6];
+    let mut d = digits.len();
+    if let Some(mut p) = port {
+        loop {
+            d -= 1;
+            digits[d] = b'0' + (p % 10) as u8;
+            p /= 10;
+            if p == 0 {
+                break;
+            }
+        }
+        d -= 1;
+        digits[d] = b':';
+    }
+    let suffix = &digits[d..];
+    let len = ns.len() + 1 + name.len() + suffix.len();
+    if len > buf.len() {
+        return f(&match port {
+            Some(p) => route_key(service, p),
+            None => service.to_string(),
+        });
+    }
+    let mut at = 0;
+    for part in [ns, b"/", name, suffix] {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    f(std::str::from_utf8(&buf[..len]).expect("built from str and ASCII"))
+}
+
 /// One immutable, complete configuration: the route tables.
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
@@ -362,7 +398,7 @@ impl Snapshot {
         if self.routes.is_empty() {
             return None;
         }
-        self.routes.get(&route_key(service, port))
+        with_key(service, Some(port), |key| self.routes.get(key))
     }
 
     /// The workload with this IP, served or not.
@@ -374,6 +410,20 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_keys_match_formatted_ones() {
+        for (ns, name) in [("default", "echo"), ("a", ""), ("n", &"x".repeat(500)[..])] {
+            let svc = NamespacedName::new(ns, name);
+            for port in [0u16, 7, 80, 9080, 65535] {
+                assert_eq!(
+                    with_key(&svc, Some(port), str::to_string),
+                    route_key(&svc, port)
+                );
+            }
+            assert_eq!(with_key(&svc, None, str::to_string), svc.to_string());
+        }
+    }
 
     fn workload(ns: &str, name: &str, ip: &str, served: bool) -> Arc<Workload> {
         Arc::new(Workload {

@@ -293,6 +293,7 @@ mod tests {
                 },
                 baggage: None,
                 traceparent: None,
+                principal_cache: Default::default(),
             }),
         }
     }

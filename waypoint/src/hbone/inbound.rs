@@ -226,6 +226,7 @@ impl HboneInbound {
             target,
             baggage: header("baggage"),
             traceparent: header("traceparent"),
+            principal_cache: Default::default(),
         });
         let send = match respond.send_response(Response::new(()), false) {
             Ok(s) => s,

@@ -14,6 +14,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers (and those named in `Connection`). `Upgrade` (with
 /// `Connection: upgrade`) survives when `upgrade` is set, and `TE: trailers` always does.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the names instead of a lookup per name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -67,5 +71,19 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
+
+        // Nothing hop-by-hop: untouched, including a lone `te: trailers`-less header set.
+        let mut h = HeaderMap::new();
+        h.insert("x-keep", "1".parse().unwrap());
+        h.insert("content-length", "3".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+
+        // `Keep-Alive` alone (no `Connection`) is still removed.
+        let mut h = HeaderMap::new();
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
     }
 }

@@ -19,7 +19,9 @@ use filters::body::{self as fbody, Body};
 use filters::model::{RequestContext, TunnelInfo};
 use filters::retry::RetryLayer;
 use filters::route::RouteLayer;
+use futures::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use pingora_core::apps::{
@@ -268,14 +270,16 @@ impl TunnelApp {
         if !parts.headers.contains_key(header::HOST) {
             return Err((StatusCode::BAD_REQUEST, "missing host"));
         }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        parts.uri = pq
-            .parse()
-            .map_err(|_| (StatusCode::BAD_REQUEST, "bad path"))?;
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            parts.uri = pq
+                .parse()
+                .map_err(|_| (StatusCode::BAD_REQUEST, "bad path"))?;
+        }
         parts.version = if session.is_http2() {
             Version::HTTP_2
         } else {
@@ -402,42 +406,64 @@ async fn write_response(
         tracing::warn!("upstream response headers not representable");
         return false;
     };
-    if let Err(e) = session.write_response_header(header).await {
-        tracing::debug!(error = %e, "writing response header failed");
-        return false;
-    }
+    // Writes are batched: the header and the frames that are ready without waiting go out
+    // back to back, so the HBONE connection sends them as one DATA frame and one TLS record.
+    // Whatever is held is written before waiting on the upstream.
+    let mut header = Some(header);
+    let mut ahead = lookahead(&mut resp_body).await;
+    let mut finished = false;
     loop {
-        tokio::select! {
-            frame = resp_body.frame() => match frame {
-                Some(Ok(frame)) => {
-                    let written = if frame.is_data() {
-                        let data = frame.into_data().expect("is data");
-                        sent.body += data.len() as u64;
-                        session.write_response_body(data, false).await
-                    } else if let Ok(trailers) = frame.into_trailers() {
-                        sent.grpc_status = grpc_status(&trailers).or(sent.grpc_status);
-                        session.write_response_trailers(trailers).await
-                    } else {
-                        Ok(())
-                    };
-                    if let Err(e) = written {
-                        tracing::debug!(error = %e, "client went away mid-response");
-                        return false;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::info!(error = %e, "upstream response body failed");
-                    if session.is_http2() {
-                        session.shutdown_with_reason(h2::Reason::INTERNAL_ERROR);
-                    }
+        let frame = match ahead.take() {
+            Some(frame) => frame,
+            None => {
+                if !write_header(session, &mut header).await {
                     return false;
                 }
-                None => break,
-            },
-            _ = body.pump(session), if !body.done => {}
+                tokio::select! {
+                    frame = resp_body.frame() => frame,
+                    _ = body.pump(session), if !body.done => continue,
+                }
+            }
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let written = if frame.is_data() {
+                    let data = frame.into_data().expect("is data");
+                    sent.body += data.len() as u64;
+                    ahead = lookahead(&mut resp_body).await;
+                    finished = matches!(ahead, Some(None));
+                    if !write_header(session, &mut header).await {
+                        return false;
+                    }
+                    session.write_response_body(data, finished).await
+                } else if let Ok(trailers) = frame.into_trailers() {
+                    sent.grpc_status = grpc_status(&trailers).or(sent.grpc_status);
+                    if !write_header(session, &mut header).await {
+                        return false;
+                    }
+                    session.write_response_trailers(trailers).await
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = written {
+                    tracing::debug!(error = %e, "client went away mid-response");
+                    return false;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "upstream response body failed");
+                if session.is_http2() {
+                    session.shutdown_with_reason(h2::Reason::INTERNAL_ERROR);
+                }
+                return false;
+            }
+            None => break,
         }
     }
-    if session.finish_body().await.is_err() {
+    if !write_header(session, &mut header).await {
+        return false;
+    }
+    if !finished && session.finish_body().await.is_err() {
         return false;
     }
     if body.done && body.pending.is_none() {
@@ -450,6 +476,39 @@ async fn write_response(
         tokio::time::timeout(DRAIN_BODY_TIMEOUT, session.drain_request_body()).await,
         Ok(Ok(()))
     )
+}
+
+/// Writes the response header if it is still held.
+async fn write_header(
+    session: &mut ServerSession,
+    header: &mut Option<Box<ResponseHeader>>,
+) -> bool {
+    let Some(h) = header.take() else {
+        return true;
+    };
+    match session.write_response_header(h).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "writing response header failed");
+            false
+        }
+    }
+}
+
+/// The body's next frame if it is ready now, or once the tasks already woken have run
+/// (one yield: the connection task that feeds the body decodes what it has buffered);
+/// `None` if it is not. The end of a body often follows its last data at once (a chunked
+/// response's last chunk): written together they make one DATA frame and one TLS record
+/// downstream instead of two.
+async fn lookahead(body: &mut Body) -> Option<Option<Result<Frame<Bytes>, fbody::BoxError>>> {
+    if body.is_end_stream() {
+        return Some(None);
+    }
+    if let Some(frame) = body.frame().now_or_never() {
+        return Some(frame);
+    }
+    tokio::task::yield_now().await;
+    body.frame().now_or_never()
 }
 
 /// Longest wait for the rest of a request body the upstream did not read.

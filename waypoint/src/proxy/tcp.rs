@@ -92,10 +92,10 @@ async fn authorize(proxy: &Arc<Proxy>, info: &Arc<TunnelInfo>) -> Result<(), Str
         return filters::authz::PolicySet::enforce_rbac(chain, &attrs);
     }
     let service = match &info.target {
-        filters::model::Target::Service { service, .. } => Some(service.name.to_string()),
+        filters::model::Target::Service { service, .. } => Some(&service.name),
         filters::model::Target::Workload { .. } => None,
     };
-    let policies = snapshot.authz.for_target(service.as_deref());
+    let policies = snapshot.authz.for_service(service);
     if policies.is_empty() {
         return Ok(());
     }

@@ -98,7 +98,7 @@ pub async fn handle(
         Response::new(Body::new(req.into_body()))
     } else if path == "/bytes" {
         let n: usize = q.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
-        Response::new(bytes_body(n))
+        Response::new(bytes_body(n, q.contains_key("chunked")))
     } else if let Some(code) = path
         .strip_prefix("/status/")
         .and_then(|c| c.parse::<u16>().ok())
@@ -202,7 +202,9 @@ fn canonical(name: &str) -> String {
         .join("-")
 }
 
-fn bytes_body(n: usize) -> Body {
+/// `n` bytes of `x`, streamed in 64 KiB chunks: with a `Content-Length` (as fortio and
+/// httpbin send a payload of known size), or chunked when `chunked` (as a streaming app).
+fn bytes_body(n: usize, chunked: bool) -> Body {
     const CHUNK: usize = 64 * 1024;
     let chunk = Bytes::from(vec![b'x'; CHUNK]);
     let stream = futures::stream::unfold(n, move |left| {
@@ -217,7 +219,49 @@ fn bytes_body(n: usize) -> Body {
             })
         }
     });
-    Body::new(StreamBody::new(stream))
+    let body = StreamBody::new(stream);
+    if chunked {
+        Body::new(body)
+    } else {
+        Body::new(Sized {
+            inner: body,
+            left: n as u64,
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body of known length: its exact size hint makes hyper send `Content-Length`.
+    struct Sized<B> {
+        #[pin]
+        inner: B,
+        left: u64,
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes>> http_body::Body for Sized<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            *this.left -= data.map_or(0, |d| d.len() as u64);
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// Answers a gRPC call with one message: the same JSON description of the request the

@@ -1,13 +1,14 @@
 //! HTTP client connections to endpoints, reused across requests and downstream tunnels.
 //!
-//! HTTP/1.1 connections are checked out for one request at a time and return to the idle
-//! list once their response is fully read; an HTTP/2 connection is shared by every request
+//! HTTP/1.1 connections are checked out for one request at a time and listed again when
+//! their response arrives, to be picked once its body has been read (without a task per
+//! request to wait for that); an HTTP/2 connection is shared by every request
 //! to the endpoint. Both run over [`super::UpstreamIo`] (an HBONE tunnel or TCP).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use filters::balance::Picked;
@@ -36,7 +37,7 @@ type IdleMap = HashMap<Key, Vec<(http1::SendRequest<Body>, Instant)>>;
 /// The HTTP connection pool.
 #[derive(Default)]
 pub struct HttpPool {
-    idle: Arc<Mutex<IdleMap>>,
+    idle: Mutex<IdleMap>,
     h2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
     connects: AtomicU64,
 }
@@ -73,7 +74,7 @@ impl HttpPool {
         while let Some(mut sender) = self.checkout(&key) {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.checkin_when_ready(key, sender);
+                    self.checkin(key, sender);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -84,34 +85,39 @@ impl HttpPool {
         }
         let mut sender = self.new_h1(upstream, picked).await?;
         let resp = sender.send_request(req).await.map_err(reset)?;
-        self.checkin_when_ready(key, sender);
+        self.checkin(key, sender);
         Ok(resp)
     }
 
+    /// An idle connection that can take a request now. Connections still reading their
+    /// previous response stay listed; closed and expired ones are dropped.
     fn checkout(&self, key: &Key) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(key)?;
-        while let Some((sender, since)) = list.pop() {
-            if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let (sender, since) = &mut list[i];
+            if sender.is_closed() || since.elapsed() >= IDLE_TIMEOUT {
+                list.swap_remove(i);
+            } else if sender.is_ready() {
+                return Some(list.swap_remove(i).0);
+            } else {
+                // Busy, so not idle: its idle time starts after this.
+                *since = Instant::now();
             }
         }
         None
     }
 
-    /// Returns the connection to the idle list once it can take another request (its
-    /// response body has been read); a connection that closes instead is dropped.
-    fn checkin_when_ready(&self, key: Key, mut sender: http1::SendRequest<Body>) {
-        let idle = self.idle.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = idle.lock().expect("pool lock");
-                let list = idle.entry(key).or_default();
-                if list.len() < MAX_IDLE_PER_ENDPOINT {
-                    list.push((sender, Instant::now()));
-                }
-            }
-        });
+    /// Lists the connection as soon as its response has arrived: it becomes ready (and
+    /// eligible for [`Self::checkout`]) once that response's body has been read.
+    fn checkin(&self, key: Key, sender: http1::SendRequest<Body>) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push((sender, Instant::now()));
+        }
     }
 
     async fn h2_sender(

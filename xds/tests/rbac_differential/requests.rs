@@ -128,19 +128,19 @@ impl Req {
             .unwrap_or_default();
         let (namespace, service_account) =
             if parts.len() == 5 && parts[1] == "ns" && parts[3] == "sa" {
-                (Some(parts[2].to_string()), Some(parts[4].to_string()))
+                (Some(parts[2].into()), Some(parts[4].into()))
             } else {
                 (None, None)
             };
         let attrs = Attributes {
-            principal: self.principal.clone(),
+            principal: self.principal.as_deref().map(Into::into),
             namespace,
             service_account,
             source_ip: Some(self.source_ip),
             remote_ip: Some(self.remote_ip),
             destination_ip: Some(self.destination_ip),
             destination_port: Some(self.port),
-            sni: self.sni.clone(),
+            sni: self.sni.as_deref().map(Into::into),
             http: (!self.tcp).then(|| HttpAttributes {
                 method: &self.method,
                 host: &self.host,
