@@ -3,11 +3,11 @@
 //! The Service port's protocol picks the handler; a port of unknown protocol is sniffed
 //! ([`detect`]).
 
-mod body;
 pub mod detect;
 mod headers;
 pub mod http;
 pub mod tcp;
+mod tracked;
 
 use std::sync::Arc;
 

@@ -52,6 +52,15 @@ pub struct RequestTelemetry {
     tunnel: Arc<TunnelInfo>,
 }
 
+/// The `grpc-status` in `headers` (a gRPC response's trailers, or its headers when it
+/// failed at once).
+pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Approximate wire size of a header block (name, value and separators per field).
 pub fn header_bytes(headers: &HeaderMap) -> u64 {
     headers
