@@ -199,7 +199,7 @@ impl TunnelApp {
         &self,
         req: Request<Incoming>,
         upgrade: bool,
-    ) -> Result<(Request<Body>, Option<Received>), (StatusCode, &'static str)> {
+    ) -> Result<(Request<Body>, Option<Received>), Refused> {
         let (mut parts, incoming) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         if let Some(auth) = parts.uri.authority().cloned() {
@@ -236,6 +236,9 @@ impl TunnelApp {
         Ok((req, received))
     }
 }
+
+/// A request refused before the chain: the status and the reason sent back.
+type Refused = (StatusCode, &'static str);
 
 /// Whether an HTTP/1.1 request asks to switch protocols (`Connection: upgrade`).
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
