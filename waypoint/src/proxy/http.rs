@@ -18,12 +18,12 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use filters::authn::AuthnLayer;
-use filters::authz::AuthzLayer;
+use filters::authn::{AuthnLayer, AuthnService};
+use filters::authz::{AuthzLayer, AuthzService};
 use filters::body::{self as fbody, Body};
 use filters::model::{RequestContext, TunnelInfo};
-use filters::retry::RetryLayer;
-use filters::route::RouteLayer;
+use filters::retry::{RetryLayer, RetryService};
+use filters::route::{RouteLayer, RouteService};
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -40,10 +40,23 @@ use crate::telemetry::labels::PeerLabels;
 use crate::telemetry::request::{header_bytes, Outcome, RequestTelemetry};
 use crate::upstream::Forward;
 
+/// The filter chain, outermost first: authentication, authorization, routing, retries and
+/// timeouts, then the upstream call.
+type Chain = AuthnService<AuthzService<RouteService<RetryService<Forward>>>>;
+
+fn chain(proxy: &Arc<Proxy>) -> Chain {
+    AuthnLayer.layer(
+        AuthzLayer::with_ext_authz(Arc::new(crate::ext_authz::Client::new(proxy.clone())))
+            .layer(RouteLayer.layer(RetryLayer.layer(Forward::new(proxy.clone())))),
+    )
+}
+
 /// One tunnel's HTTP state, shared by its requests.
 pub(super) struct TunnelApp {
     pub(super) proxy: Arc<Proxy>,
     info: Arc<TunnelInfo>,
+    /// Built once per tunnel; each request runs on a clone.
+    chain: Chain,
     /// The source end's metric labels, computed on the tunnel's first request.
     source: OnceLock<Arc<PeerLabels>>,
 }
@@ -59,6 +72,7 @@ pub async fn serve(
     shutdown: ShutdownWatch,
 ) {
     let app = Arc::new(TunnelApp {
+        chain: chain(&proxy),
         proxy,
         info,
         source: OnceLock::new(),
@@ -141,14 +155,9 @@ impl TunnelApp {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let downstream_upgrade = upgrade_req.then(|| hyper::upgrade::on(&mut req));
-        let path = req.uri().path().to_string();
-        // The filter chain, outermost first: authentication, authorization, routing,
-        // retries and timeouts, then the upstream call.
-        let stack = AuthnLayer.layer(
-            AuthzLayer::with_ext_authz(Arc::new(crate::ext_authz::Client::new(self.proxy.clone())))
-                .layer(RouteLayer.layer(RetryLayer.layer(Forward::new(self.proxy.clone())))),
-        );
-        let (mut resp, flags, details) = match stack.oneshot(req).await {
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let (mut resp, flags, details) = match self.chain.clone().oneshot(req).await {
             Ok(resp) => (resp, "-", "via_upstream".to_string()),
             Err(e) => {
                 tracing::info!(%method, path, error = %e, status = e.status().as_u16(), flag = e.response_flag(), "request failed");
