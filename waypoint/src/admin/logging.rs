@@ -24,8 +24,8 @@ pub fn install(current: &str, apply: Apply) {
     });
 }
 
-/// Envoy's level names as a filter.
-fn filter_for(level: &str) -> Option<&'static str> {
+/// Envoy's level names as a tracing filter; `None` for a name Envoy does not have.
+pub fn filter_for(level: &str) -> Option<&'static str> {
     Some(match level {
         "trace" => "trace",
         "debug" => "debug",

@@ -129,6 +129,12 @@ impl Admin {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
+        let query = session
+            .req_header()
+            .uri
+            .query()
+            .unwrap_or_default()
+            .to_string();
         match session.req_header().uri.path() {
             "/ready" if self.proxy.draining() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n", "text/plain")
@@ -142,13 +148,7 @@ impl ServeHttp for Admin {
             // Over xDS, Envoy's admin v3 dump of what was received (istioctl reads it);
             // `?format=waypoint` (and the local configuration) dumps the snapshot.
             "/config_dump"
-                if self.proxy.xds.get().is_some()
-                    && !session
-                        .req_header()
-                        .uri
-                        .query()
-                        .unwrap_or_default()
-                        .contains("format=waypoint") =>
+                if self.proxy.xds.get().is_some() && !query.contains("format=waypoint") =>
             {
                 let certs = self.proxy.certs.current();
                 let secrets = xds::ads::dump::secrets_dump(&certs.chain_pem, &certs.roots_pem);
@@ -168,18 +168,10 @@ impl ServeHttp for Admin {
                     "text/plain",
                 ),
             },
-            "/stats" => {
-                let query = session
-                    .req_header()
-                    .uri
-                    .query()
-                    .unwrap_or_default()
-                    .to_string();
-                match envoy::filter_stats(&self.stats(), &query) {
-                    Ok(body) => text(StatusCode::OK, body, "text/plain"),
-                    Err(e) => text(StatusCode::BAD_REQUEST, e, "text/plain"),
-                }
-            }
+            "/stats" => match envoy::filter_stats(&self.stats(), &query) {
+                Ok(body) => text(StatusCode::OK, body, "text/plain"),
+                Err(e) => text(StatusCode::BAD_REQUEST, e, "text/plain"),
+            },
             "/server_info" => text(
                 StatusCode::OK,
                 envoy::server_info(&self.proxy),
@@ -192,15 +184,7 @@ impl ServeHttp for Admin {
                 text(StatusCode::OK, "OK\n", "text/plain")
             }
             "/drain_listeners" => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n", "text/plain"),
-            "/logging" => {
-                let query = session
-                    .req_header()
-                    .uri
-                    .query()
-                    .unwrap_or_default()
-                    .to_string();
-                logging::handle(method == Method::POST, &query)
-            }
+            "/logging" => logging::handle(method == Method::POST, &query),
             "/quitquitquit" if method == Method::POST => {
                 tracing::info!("shutdown requested over the admin API");
                 // Answer first, then start the shutdown.

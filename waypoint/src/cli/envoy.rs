@@ -124,17 +124,11 @@ pub fn parse_flags(argv: &[String]) -> anyhow::Result<EnvoyFlags> {
     Ok(f)
 }
 
-/// Envoy's log level names as a tracing filter.
+/// Envoy's log level names as a tracing filter (unknown or absent: `info`).
 fn log_filter(level: Option<&str>) -> &'static str {
-    match level.unwrap_or("info") {
-        "trace" => "trace",
-        "debug" => "debug",
-        "info" => "info",
-        "warning" | "warn" => "warn",
-        "error" | "critical" => "error",
-        "off" => "off",
-        _ => "info",
-    }
+    level
+        .and_then(waypoint::admin::logging::filter_for)
+        .unwrap_or("info")
 }
 
 /// Runs the waypoint from Envoy's command line.

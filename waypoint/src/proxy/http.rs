@@ -106,18 +106,13 @@ pub async fn serve(
 /// Drives a pinned hyper server connection; shutdown makes it graceful.
 macro_rules! until_shutdown {
     ($conn:ident, $shutdown:ident) => {{
+        // `wait_for` is ready at once when shutdown has already started.
         let mut shutdown = $shutdown;
-        let stopping = *shutdown.borrow();
-        if stopping {
-            $conn.as_mut().graceful_shutdown();
-            $conn.await
-        } else {
-            tokio::select! {
-                r = &mut $conn => r,
-                () = async { drop(shutdown.wait_for(|s| *s).await) } => {
-                    $conn.as_mut().graceful_shutdown();
-                    $conn.await
-                }
+        tokio::select! {
+            r = &mut $conn => r,
+            () = async { drop(shutdown.wait_for(|s| *s).await) } => {
+                $conn.as_mut().graceful_shutdown();
+                $conn.await
             }
         }
     }};
@@ -150,10 +145,7 @@ impl TunnelApp {
             &mut req,
         );
         let method = req.method().clone();
-        let grpc = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let grpc = telemetry.is_grpc();
         let downstream_upgrade = upgrade_req.then(|| hyper::upgrade::on(&mut req));
         let uri = req.uri().clone();
         let path = uri.path();

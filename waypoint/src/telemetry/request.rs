@@ -135,6 +135,11 @@ impl RequestTelemetry {
         }
     }
 
+    /// Whether the request is gRPC (`content-type: application/grpc*`).
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
     /// Whether access logging wants the response headers kept.
     pub fn wants_response_headers(&self) -> bool {
         self.request_headers.is_some()
