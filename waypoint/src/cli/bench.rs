@@ -9,10 +9,13 @@
 //! For each: the proxy's CPU per request (utime+stime from /proc), its peak RSS, and
 //! latency percentiles at a fixed rate (default 1000 req/s over 4 tunnels) and at
 //! saturation (closed loop); plus RSS with many idle tunnels and HBONE handshakes per
-//! second. The proxy is pinned to one core; this process (load generator, fake
-//! destination, echo apps) runs on one thread pinned to another.
+//! second. With `--baseline <binary>` a second build runs as the scenario `baseline` in
+//! the same rounds, for an A/B of two builds measured in one run. The proxy is pinned to
+//! one core; this process (load generator, fake destination, echo apps) runs on one thread
+//! pinned to another.
 
 mod nginx;
+mod tls_floor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +41,10 @@ pub struct BenchArgs {
     /// The waypoint binary to measure (default: this executable).
     #[arg(long)]
     waypoint: Option<PathBuf>,
+    /// A second waypoint binary, measured as the scenario `baseline` in the same run and
+    /// the same rounds (an A/B of two builds: compare `waypoint/baseline`).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Markdown output.
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
@@ -169,38 +176,54 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         .map(Ok)
         .unwrap_or_else(std::env::current_exe)?;
     // Pin the proxy: run it under taskset when available.
-    let wrapper = dir.path().join("pinned-waypoint.sh");
     let taskset = Command::new("taskset").arg("--version").output().is_ok();
-    let bin = if taskset {
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec taskset -c {} {} \"$@\"\n",
-                a.proxy_core,
-                exe.display()
-            ),
-        )?;
-        std::process::Command::new("chmod")
-            .arg("+x")
-            .arg(&wrapper)
-            .status()?;
-        wrapper.clone()
-    } else {
-        exe.clone()
+    let core = a.proxy_core;
+    let start = |exe: &std::path::Path, name: &str| -> anyhow::Result<WaypointProcess> {
+        let bin = if taskset {
+            let wrapper = dir.path().join(format!("pinned-{name}.sh"));
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nexec taskset -c {core} {} \"$@\"\n",
+                    exe.display()
+                ),
+            )?;
+            Command::new("chmod").arg("+x").arg(&wrapper).status()?;
+            wrapper
+        } else {
+            exe.to_path_buf()
+        };
+        Ok(WaypointProcess::spawn(
+            &bin,
+            &config,
+            &CertFiles::in_dir(dir.path()),
+            &["--concurrency", "1", "--log-level", "error"],
+        )?)
     };
-    let mut wp = WaypointProcess::spawn(
-        &bin,
-        &config,
-        &CertFiles::in_dir(dir.path()),
-        &["--concurrency", "1", "--log-level", "error"],
-    )?;
+    let mut wp = start(&exe, "waypoint")?;
     wp.wait_ready(Duration::from_secs(30))
         .await
         .map_err(anyhow::Error::msg)?;
+    let baseline = match a.baseline.clone() {
+        Some(exe) => {
+            let mut b = start(&exe, "baseline")?;
+            b.wait_ready(Duration::from_secs(30))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if !a.scenarios.iter().any(|s| s == "baseline") {
+                a.scenarios.push("baseline".into());
+            }
+            Some(b)
+        }
+        None => None,
+    };
     let pid = wp_pid(&wp);
 
     let client_certs = Arc::new(CertStore::fixed(ca.issue(&client_id)?.certs()?));
     let via_waypoint = HboneClient::new(wp.hbone, client_certs.clone(), waypoint_id.clone());
+    let via_baseline = baseline
+        .as_ref()
+        .map(|b| HboneClient::new(b.hbone, client_certs.clone(), waypoint_id.clone()));
     let direct = HboneClient::new(
         SocketAddr::new(pod.ip, 15008),
         client_certs.clone(),
@@ -248,7 +271,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     let mut nginx_peak_kib = 0;
     for round in 0..a.rounds {
         for &size in &a.sizes {
-            for scenario in ["direct", "waypoint", "nginx"] {
+            for scenario in SCENARIOS {
                 if !a.scenarios.iter().any(|s| s == scenario) {
                     continue;
                 }
@@ -279,6 +302,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                     };
                     let proxy_cpu = || match (scenario, nginx) {
                         ("waypoint", _) => Some(cpu_seconds(pid)),
+                        ("baseline", _) => baseline.as_ref().map(|b| cpu_seconds(b.pid())),
                         (_, Some(n)) => Some(n.cpu_seconds()),
                         _ => None,
                     };
@@ -286,6 +310,10 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                     let report = match (scenario, nginx) {
                         ("direct", _) => loadgen::run(direct.clone(), cfg).await?,
                         (_, Some(n)) => loadgen::run_https(n.addr, https.clone(), cfg).await?,
+                        ("baseline", _) => match &via_baseline {
+                            Some(c) => loadgen::run(c.clone(), cfg).await?,
+                            None => continue,
+                        },
                         _ => loadgen::run(via_waypoint.clone(), cfg).await?,
                     };
                     let cpu_us_per_req = match (before, proxy_cpu()) {
@@ -346,7 +374,28 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         hs_rate += t.await??;
     }
     let hs_cpu = cpu_seconds(pid) - hs_before;
+    let floor = if a.no_handshakes {
+        None
+    } else {
+        let server = Arc::new(CertStore::fixed(ca.issue(&waypoint_id)?.certs()?));
+        let n = if a.quick { 20 } else { 500 };
+        Some(tls_floor::server_handshake_cpu(
+            server,
+            client_certs.clone(),
+            &waypoint_id,
+            n,
+        )?)
+    };
+    let hs = Handshakes {
+        rate: hs_rate,
+        cpu: hs_cpu,
+        floor,
+    };
     wp.terminate();
+    if let Some(mut b) = baseline {
+        b.terminate();
+        let _ = b.wait_exit(Duration::from_secs(10)).await;
+    }
     let _ = wp.wait_exit(Duration::from_secs(10)).await;
 
     let md = render(
@@ -356,8 +405,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         peak_all_kib,
         rss_before_idle,
         rss_idle,
-        hs_rate,
-        hs_cpu,
+        &hs,
         duration,
         &peer_note,
     );
@@ -373,6 +421,19 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Scenarios in the order each round runs them.
+const SCENARIOS: [&str; 4] = ["direct", "waypoint", "baseline", "nginx"];
+
+/// The handshake measurements: over sockets through the waypoint, and the in-memory floor.
+struct Handshakes {
+    /// Handshakes per second achieved.
+    rate: f64,
+    /// Waypoint CPU seconds over the handshake phase.
+    cpu: f64,
+    /// Server CPU per handshake in memory ([`tls_floor`]).
+    floor: Option<Duration>,
+}
+
 fn wp_pid(wp: &WaypointProcess) -> u32 {
     // Under the taskset wrapper `exec` keeps the pid.
     wp.pid()
@@ -386,8 +447,7 @@ fn render(
     peak_all_kib: u64,
     rss_before_idle: u64,
     rss_idle: u64,
-    hs_rate: f64,
-    hs_cpu: f64,
+    hs: &Handshakes,
     duration: Duration,
     peer_note: &str,
 ) -> String {
@@ -396,11 +456,12 @@ fn render(
             .filter(|r| r.scenario == scenario && r.size == size && r.mode == mode)
             .collect()
     };
-    let hs_cpu_us = if hs_rate > 0.0 {
-        hs_cpu * 1e6 / (hs_rate * duration.as_secs_f64())
+    let hs_cpu_us = if hs.rate > 0.0 {
+        hs.cpu * 1e6 / (hs.rate * duration.as_secs_f64())
     } else {
         f64::NAN
     };
+    let floor_us = hs.floor.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
     let mut md = String::new();
     md.push_str(&format!(
         "# waypoint benchmark\n\nOne run on this machine: {} round(s), {:.1}s phases, fixed rate {} req/s over 4 HTTP/1.1 tunnels, saturation = closed loop over 8 tunnels. Proxy pinned to core {}, load generator (one thread, with the fake destination and the echo apps) to core {}. Medians over rounds. Absolute numbers are context on a shared, noisy machine; compare within the run.\n\n",
@@ -409,7 +470,7 @@ fn render(
     md.push_str("| scenario | response | mode | req/s | errors | p50 µs | p90 µs | p99 µs | p99.9 µs | proxy CPU µs/req |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for size in [1024usize, 16384] {
         for mode in ["fixed", "saturation"] {
-            for scenario in ["direct", "waypoint", "nginx"] {
+            for scenario in SCENARIOS {
                 let rs = pick(scenario, size, mode);
                 if rs.is_empty() {
                     continue;
@@ -446,13 +507,15 @@ fn render(
         w - d
     };
     md.push_str(&format!(
-        "\n| measure | value |\n| --- | --- |\n| added p99 over direct at {} req/s, 1 KiB | {:.0} µs |\n| added p99 over direct at {} req/s, 16 KiB | {:.0} µs |\n| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n",
+        "\n| measure | value |\n| --- | --- |\n| added p99 over direct at {} req/s, 1 KiB | {:.0} µs |\n| added p99 over direct at {} req/s, 16 KiB | {:.0} µs |\n| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n| floor: the listener's TLS server handshake alone, in memory (rustls + ring, thread CPU) | {:.0} µs, at most {:.0} per core-second |\n",
         a.rate, added(1024), a.rate, added(16384),
         peak_fixed_kib as f64 / 1024.0, peak_all_kib as f64 / 1024.0,
         a.idle_tunnels, rss_before_idle as f64 / 1024.0, rss_idle as f64 / 1024.0,
-        hs_rate,
+        hs.rate,
         hs_cpu_us,
         1e6 / hs_cpu_us,
+        floor_us,
+        1e6 / floor_us,
     ));
     let cpu = |scenario: &str, size: usize, mode: &str| {
         median(
@@ -462,15 +525,17 @@ fn render(
                 .collect(),
         )
     };
-    for size in [1024usize, 16384] {
-        for mode in ["fixed", "saturation"] {
-            let (w, n) = (cpu("waypoint", size, mode), cpu("nginx", size, mode));
-            if n.is_finite() && n > 0.0 {
-                md.push_str(&format!(
-                    "| CPU per request waypoint/nginx, {} KiB, {mode} | {:.2}x |\n",
-                    size / 1024,
-                    w / n
-                ));
+    for other in ["nginx", "baseline"] {
+        for size in [1024usize, 16384] {
+            for mode in ["fixed", "saturation"] {
+                let (w, n) = (cpu("waypoint", size, mode), cpu(other, size, mode));
+                if n.is_finite() && n > 0.0 {
+                    md.push_str(&format!(
+                        "| CPU per request waypoint/{other}, {} KiB, {mode} | {:.2}x |\n",
+                        size / 1024,
+                        w / n
+                    ));
+                }
             }
         }
     }

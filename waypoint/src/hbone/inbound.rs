@@ -12,24 +12,26 @@ use http::{Method, Request, Response, StatusCode};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use rustls::pki_types::CertificateDer;
 use tracing::Instrument;
 
 use super::forwarded::forwarded_for;
 use super::{settings, H2Stream};
 use crate::proxy;
 use crate::state::{Gauge, Proxy};
-use crate::tls::identity_of;
+use crate::tls::SpiffeClientVerifier;
 
 /// The HBONE inbound application.
 pub struct HboneInbound {
     proxy: Arc<Proxy>,
+    /// The listener's client verifier, which already knows each accepted peer's identity.
+    verifier: Arc<SpiffeClientVerifier>,
 }
 
 impl HboneInbound {
-    /// An inbound handler over the shared proxy state.
-    pub fn new(proxy: Arc<Proxy>) -> Self {
-        Self { proxy }
+    /// An inbound handler over the shared proxy state, for a listener whose client
+    /// certificates `verifier` checks.
+    pub fn new(proxy: Arc<Proxy>, verifier: Arc<SpiffeClientVerifier>) -> Self {
+        Self { proxy, verifier }
     }
 }
 
@@ -46,14 +48,14 @@ enum PeerError {
     Identity(#[from] crate::tls::TlsError),
 }
 
-fn peer_of(stream: &Stream) -> Result<Identity, PeerError> {
+fn peer_of(stream: &Stream, verifier: &SpiffeClientVerifier) -> Result<Identity, PeerError> {
     let tls = stream.get_ssl().ok_or(PeerError::NoTls)?;
     match tls.version() {
         Some("TLSv1.3" | "TLSv1_3") => {}
         other => return Err(PeerError::Version(other.unwrap_or("unknown").to_string())),
     }
     let der = tls.peer_certificate_der().ok_or(PeerError::NoCertificate)?;
-    Ok(identity_of(&CertificateDer::from(der))?)
+    Ok(verifier.peer_identity(der)?)
 }
 
 #[async_trait]
@@ -66,7 +68,7 @@ impl ServerApp for HboneInbound {
         let peer_addr = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let peer = match peer_of(&stream) {
+        let peer = match peer_of(&stream, &self.verifier) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(peer_addr = ?peer_addr, error = %e, "HBONE connection refused");

@@ -17,6 +17,12 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Read buffer under the listener's TLS: one full TLS record (16 KiB of plaintext plus
+/// header and AEAD overhead). Pingora's default is 64 KiB, zeroed for every connection:
+/// the memset showed up in the handshake profile, and one record is all rustls consumes
+/// at a time anyway.
+pub const LISTENER_READ_BUFFER: usize = 16 * 1024 + 512;
+
 /// The HTTP/2 server builder for the HBONE listener.
 pub fn server_builder() -> h2::server::Builder {
     let mut b = h2::server::Builder::new();

@@ -7,8 +7,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
+use filters::model::Identity;
+
 use super::verified::VerifiedChains;
-use super::CertStore;
+use super::{identity_of, CertStore, TlsError};
 
 /// Serves whatever certificate the store holds now, so rotation needs no new listener.
 #[derive(Debug)]
@@ -51,6 +53,16 @@ impl SpiffeClientVerifier {
             trust_domain,
             verified: VerifiedChains::default(),
         })
+    }
+
+    /// The SPIFFE identity of a client certificate this verifier accepted, taken from its
+    /// verified-chain cache (so a handshake parses the certificate once, not twice), or
+    /// parsed when the cache no longer holds it.
+    pub fn peer_identity(&self, end_entity: &[u8]) -> Result<Identity, TlsError> {
+        match self.verified.identity(end_entity) {
+            Some(id) => Ok(id),
+            None => identity_of(&CertificateDer::from(end_entity)),
+        }
     }
 }
 

@@ -61,6 +61,13 @@ impl VerifiedChains {
         (same && e.not_before <= now && now <= e.not_after).then(|| e.identity.clone())
     }
 
+    /// The identity of a remembered end-entity certificate (the identity depends on the
+    /// certificate's bytes alone, whatever the chain was verified against).
+    pub fn identity(&self, end_entity: &[u8]) -> Option<Identity> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(end_entity).map(|e| e.identity.clone())
+    }
+
     /// Remembers a chain that `certs` verified; returns its identity.
     pub fn insert(
         &self,
@@ -120,7 +127,11 @@ mod tests {
         let cache = VerifiedChains::default();
         assert!(cache.get(&certs, &leaf, &[], UnixTime::now()).is_none());
         assert_eq!(cache.insert(&certs, &leaf, &[]).expect("insert"), id);
-        assert_eq!(cache.get(&certs, &leaf, &[], UnixTime::now()), Some(id));
+        assert_eq!(
+            cache.get(&certs, &leaf, &[], UnixTime::now()),
+            Some(id.clone())
+        );
+        assert_eq!(cache.identity(leaf.as_ref()), Some(id));
         // Other key material (a reload, new roots): verified again.
         let (other, _, _) = setup();
         assert!(cache.get(&other, &leaf, &[], UnixTime::now()).is_none());
