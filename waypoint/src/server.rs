@@ -141,7 +141,7 @@ pub fn run(proxy: Arc<Proxy>, options: ServerOptions, tasks: Vec<Task>) {
         ListenerConfig::tcp(options.hbone_addr.to_string())
             .tls(tls)
             .l4_buffer(L4BufferSettings {
-                read: Some(crate::hbone::settings::LISTENER_READ_BUFFER),
+                read: Some(crate::hbone::settings::TLS_READ_BUFFER),
                 write: None,
             }),
     );

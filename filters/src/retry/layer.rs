@@ -49,9 +49,11 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let decision = req.extensions().get::<RouteDecision>().cloned();
-            let timeouts = decision.as_ref().map(|d| d.timeouts).unwrap_or_default();
-            let retry = decision.as_ref().and_then(|d| d.retry.clone());
+            let (timeouts, retry) = req
+                .extensions()
+                .get::<RouteDecision>()
+                .map(|d| (d.timeouts, d.retry.clone()))
+                .unwrap_or_default();
             let attempts = async move {
                 let policy = match retry {
                     Some(p) if p.attempts > 0 && req.body().is_end_stream() => p,

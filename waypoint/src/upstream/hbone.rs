@@ -190,6 +190,7 @@ impl HbonePool {
             .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let connector = TlsConnector::from(client_config(self.certs.clone(), identity.clone()));
+        let tcp = tokio::io::BufReader::with_capacity(settings::TLS_READ_BUFFER, tcp);
         let tls = connector
             .connect(ServerName::IpAddress(ip.into()), tcp)
             .await
