@@ -222,6 +222,25 @@ async fn readiness_admin_and_quitquitquit() {
     assert_eq!(h.wp.wait_exit(Duration::from_secs(9)).await, Some(0));
 }
 
+/// Pingora's "fast timeout" starts a clock thread that wakes every 10 ms for the life of the
+/// process. The waypoint puts Pingora's timeouts on tokio's timer, so even after connections
+/// (whose TLS handshakes run under Pingora's timeout) there is no such thread.
+#[tokio::test]
+async fn no_clock_thread_after_connections() {
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let resp = http.send_request(get("/clock")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", h.wp.pid())).unwrap() {
+        let comm = std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap_or_default();
+        threads.push(comm.trim().to_string());
+    }
+    assert!(threads.iter().any(|t| t == "hbone"), "{threads:?}");
+    assert!(!threads.iter().any(|t| t == "Timer thread"), "{threads:?}");
+}
+
 #[tokio::test]
 async fn certificate_files_are_reloaded() {
     let h = Harness::start(Spec::default()).await;

@@ -126,3 +126,22 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::DevCa;
+
+    #[test]
+    fn peer_identity_is_parsed_when_not_cached() {
+        let ca = DevCa::new("test").expect("ca");
+        let id = Identity::new("cluster.local", "default", "sleep");
+        let certs = ca.issue(&id).expect("issue").certs().expect("certs");
+        let leaf = certs.key.cert[0].clone();
+        let verifier =
+            SpiffeClientVerifier::new(Arc::new(CertStore::fixed(certs)), "cluster.local".into());
+        assert_eq!(verifier.peer_identity(leaf.as_ref()).expect("parsed"), id);
+        let err = verifier.peer_identity(b"not a certificate").unwrap_err();
+        assert!(err.to_string().contains("does not parse"), "{err}");
+    }
+}
