@@ -87,11 +87,13 @@ impl ProxyError {
     }
 
     /// Envoy's `%RESPONSE_CODE_DETAILS%` for this error.
-    pub fn details(&self) -> String {
+    pub fn details(&self) -> std::borrow::Cow<'static, str> {
         match self {
             ProxyError::BadRequest(_) => "bad_request".into(),
             ProxyError::Unauthenticated(_) => "jwt_authn_access_denied".into(),
-            ProxyError::Denied(policy) => format!("rbac_access_denied_matched_policy[{policy}]"),
+            ProxyError::Denied(policy) => {
+                format!("rbac_access_denied_matched_policy[{policy}]").into()
+            }
             ProxyError::NoRoute(_) => "route_not_found".into(),
             ProxyError::NoHealthyUpstream(_) => "no_healthy_upstream".into(),
             ProxyError::UpstreamConnect { .. } => {

@@ -42,27 +42,24 @@ impl ValueMatch {
         }
     }
 
-    /// Whether `value` matches; `ignore_case` for hosts.
+    /// Whether `value` matches; `ignore_case` (ASCII) for hosts. Allocation-free: it runs
+    /// for every rule value of every request.
     pub fn matches(&self, value: &str, ignore_case: bool) -> bool {
-        let (value, pat) = if ignore_case {
-            (value.to_ascii_lowercase(), self.lower())
-        } else {
-            (value.to_string(), self.clone())
+        let eq = |a: &[u8], b: &[u8]| {
+            if ignore_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
         };
-        match pat {
-            ValueMatch::Exact(v) => value == v,
-            ValueMatch::Prefix(p) => value.starts_with(&p),
-            ValueMatch::Suffix(s) => value.ends_with(&s),
-            ValueMatch::Presence => !value.is_empty(),
-        }
-    }
-
-    fn lower(&self) -> Self {
+        let v = value.as_bytes();
         match self {
-            ValueMatch::Exact(v) => ValueMatch::Exact(v.to_ascii_lowercase()),
-            ValueMatch::Prefix(v) => ValueMatch::Prefix(v.to_ascii_lowercase()),
-            ValueMatch::Suffix(v) => ValueMatch::Suffix(v.to_ascii_lowercase()),
-            ValueMatch::Presence => ValueMatch::Presence,
+            ValueMatch::Exact(p) => eq(v, p.as_bytes()),
+            ValueMatch::Prefix(p) => v.len() >= p.len() && eq(&v[..p.len()], p.as_bytes()),
+            ValueMatch::Suffix(s) => {
+                v.len() >= s.len() && eq(&v[v.len() - s.len()..], s.as_bytes())
+            }
+            ValueMatch::Presence => !v.is_empty(),
         }
     }
 }
@@ -135,6 +132,15 @@ mod tests {
         assert!(ValueMatch::parse("*").matches("x", false));
         assert!(!ValueMatch::parse("*").matches("", false));
         assert!(ValueMatch::parse("Example.COM").matches("example.com", true));
+        assert!(!ValueMatch::parse("Example.COM").matches("example.com", false));
+        assert!(ValueMatch::parse("*.Example.com").matches("api.EXAMPLE.com", true));
+        assert!(ValueMatch::parse("API.*").matches("api.example.com", true));
+        assert!(!ValueMatch::parse("api.*").matches("API.example.com", false));
+        assert!(!ValueMatch::parse("abcd*").matches("abc", true));
+        assert!(!ValueMatch::parse("*abcd").matches("bcd", true));
+        // Multi-byte values compare as bytes, never split a character.
+        assert!(ValueMatch::parse("*é").matches("café", false));
+        assert!(!ValueMatch::parse("é*").matches("e", false));
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl TunnelApp {
         let uri = req.uri().clone();
         let path = uri.path();
         let (mut resp, flags, details) = match self.chain.clone().oneshot(req).await {
-            Ok(resp) => (resp, "-", "via_upstream".to_string()),
+            Ok(resp) => (resp, "-", "via_upstream".into()),
             Err(e) => {
                 tracing::info!(%method, path, error = %e, status = e.status().as_u16(), flag = e.response_flag(), "request failed");
                 let resp = if grpc {

@@ -23,7 +23,7 @@ pub struct Outcome {
     /// Envoy response flags (`-` when none).
     pub flags: &'static str,
     /// `%RESPONSE_CODE_DETAILS%`.
-    pub details: String,
+    pub details: std::borrow::Cow<'static, str>,
     /// The response headers as sent (kept only when access logging is on).
     pub response_headers: Option<HeaderMap>,
     /// Size of the response headers.
@@ -226,7 +226,7 @@ impl RequestTelemetry {
             response_headers: outcome.response_headers.unwrap_or_default(),
             code: outcome.code,
             flags: outcome.flags,
-            details: outcome.details,
+            details: outcome.details.into_owned(),
             bytes_received: outcome.body_received,
             bytes_sent: outcome.body_sent,
             duration,
