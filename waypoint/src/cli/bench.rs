@@ -15,6 +15,7 @@
 //! pinned to another.
 
 mod nginx;
+mod report;
 mod tls_floor;
 
 use std::collections::HashMap;
@@ -26,8 +27,8 @@ use std::time::Duration;
 
 use clap::Args;
 use filters::model::Identity;
-use serde::Serialize;
-use waypoint::loadgen::{self, LoadConfig, LoadReport};
+use report::{render, Handshakes, Row};
+use waypoint::loadgen::{self, LoadConfig};
 use waypoint::testing::client::HboneClient;
 use waypoint::testing::echo::EchoIdentity;
 use waypoint::testing::mesh::{MeshYaml, Port};
@@ -106,23 +107,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz.max(1.0)
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct Row {
-    scenario: String,
-    size: usize,
-    mode: String,
-    report: LoadReport,
-    cpu_us_per_req: Option<f64>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
 }
 
 /// Runs the benchmark on one thread pinned to the load core: the caller's multi-threaded
@@ -424,121 +408,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
 /// Scenarios in the order each round runs them.
 const SCENARIOS: [&str; 4] = ["direct", "waypoint", "baseline", "nginx"];
 
-/// The handshake measurements: over sockets through the waypoint, and the in-memory floor.
-struct Handshakes {
-    /// Handshakes per second achieved.
-    rate: f64,
-    /// Waypoint CPU seconds over the handshake phase.
-    cpu: f64,
-    /// Server CPU per handshake in memory ([`tls_floor`]).
-    floor: Option<Duration>,
-}
-
 fn wp_pid(wp: &WaypointProcess) -> u32 {
     // Under the taskset wrapper `exec` keeps the pid.
     wp.pid()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn render(
-    a: &BenchArgs,
-    rows: &[Row],
-    peak_fixed_kib: u64,
-    peak_all_kib: u64,
-    rss_before_idle: u64,
-    rss_idle: u64,
-    hs: &Handshakes,
-    duration: Duration,
-    peer_note: &str,
-) -> String {
-    let pick = |scenario: &str, size: usize, mode: &str| -> Vec<&Row> {
-        rows.iter()
-            .filter(|r| r.scenario == scenario && r.size == size && r.mode == mode)
-            .collect()
-    };
-    let hs_cpu_us = if hs.rate > 0.0 {
-        hs.cpu * 1e6 / (hs.rate * duration.as_secs_f64())
-    } else {
-        f64::NAN
-    };
-    let floor_us = hs.floor.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
-    let mut md = String::new();
-    md.push_str(&format!(
-        "# waypoint benchmark\n\nOne run on this machine: {} round(s), {:.1}s phases, fixed rate {} req/s over 4 HTTP/1.1 tunnels, saturation = closed loop over 8 tunnels. Proxy pinned to core {}, load generator (one thread, with the fake destination and the echo apps) to core {}. Medians over rounds. Absolute numbers are context on a shared, noisy machine; compare within the run.\n\n",
-        a.rounds, duration.as_secs_f64(), a.rate, a.proxy_core, a.load_core
-    ));
-    md.push_str("| scenario | response | mode | req/s | errors | p50 µs | p90 µs | p99 µs | p99.9 µs | proxy CPU µs/req |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    for size in [1024usize, 16384] {
-        for mode in ["fixed", "saturation"] {
-            for scenario in SCENARIOS {
-                let rs = pick(scenario, size, mode);
-                if rs.is_empty() {
-                    continue;
-                }
-                let m = |f: &dyn Fn(&Row) -> f64| median(rs.iter().map(|r| f(r)).collect());
-                let cpu = m(&|r| r.cpu_us_per_req.unwrap_or(f64::NAN));
-                md.push_str(&format!(
-                    "| {scenario} | {} KiB | {mode} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |\n",
-                    size / 1024,
-                    m(&|r| r.report.rps),
-                    m(&|r| r.report.errors as f64),
-                    m(&|r| r.report.p50_us as f64),
-                    m(&|r| r.report.p90_us as f64),
-                    m(&|r| r.report.p99_us as f64),
-                    m(&|r| r.report.p999_us as f64),
-                    if cpu.is_nan() { "-".to_string() } else { format!("{cpu:.1}") }
-                ));
-            }
-        }
-    }
-    let added = |size: usize| {
-        let d = median(
-            pick("direct", size, "fixed")
-                .iter()
-                .map(|r| r.report.p99_us as f64)
-                .collect(),
-        );
-        let w = median(
-            pick("waypoint", size, "fixed")
-                .iter()
-                .map(|r| r.report.p99_us as f64)
-                .collect(),
-        );
-        w - d
-    };
-    md.push_str(&format!(
-        "\n| measure | value |\n| --- | --- |\n| added p99 over direct at {} req/s, 1 KiB | {:.0} µs |\n| added p99 over direct at {} req/s, 16 KiB | {:.0} µs |\n| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n| floor: the listener's TLS server handshake alone, in memory (rustls + ring, thread CPU) | {:.0} µs, at most {:.0} per core-second |\n",
-        a.rate, added(1024), a.rate, added(16384),
-        peak_fixed_kib as f64 / 1024.0, peak_all_kib as f64 / 1024.0,
-        a.idle_tunnels, rss_before_idle as f64 / 1024.0, rss_idle as f64 / 1024.0,
-        hs.rate,
-        hs_cpu_us,
-        1e6 / hs_cpu_us,
-        floor_us,
-        1e6 / floor_us,
-    ));
-    let cpu = |scenario: &str, size: usize, mode: &str| {
-        median(
-            pick(scenario, size, mode)
-                .iter()
-                .map(|r| r.cpu_us_per_req.unwrap_or(f64::NAN))
-                .collect(),
-        )
-    };
-    for other in ["nginx", "baseline"] {
-        for size in [1024usize, 16384] {
-            for mode in ["fixed", "saturation"] {
-                let (w, n) = (cpu("waypoint", size, mode), cpu(other, size, mode));
-                if n.is_finite() && n > 0.0 {
-                    md.push_str(&format!(
-                        "| CPU per request waypoint/{other}, {} KiB, {mode} | {:.2}x |\n",
-                        size / 1024,
-                        w / n
-                    ));
-                }
-            }
-        }
-    }
-    md.push_str(&format!("\n{peer_note}\n"));
-    md
 }
