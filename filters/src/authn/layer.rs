@@ -7,7 +7,7 @@ use tower::{Layer, Service};
 
 use super::authenticate;
 use crate::body::Body;
-use crate::model::{RequestContext, Target};
+use crate::model::RequestContext;
 use crate::ProxyError;
 
 /// Verifies JWTs per the RequestAuthentication rules and attaches the result for the
@@ -49,11 +49,10 @@ where
                 "request without context".into(),
             ))));
         };
-        let service = match &ctx.tunnel.target {
-            Target::Service { service, .. } => Some(&service.name),
-            Target::Workload { .. } => None,
-        };
-        let rules = ctx.snapshot.authn.for_service(service);
+        let rules = ctx
+            .snapshot
+            .authn
+            .for_service(ctx.tunnel.target.service_name());
         match authenticate(&rules, &mut req) {
             Ok(Some(auth)) => {
                 tracing::debug!(principal = %auth.principal, "JWT verified");

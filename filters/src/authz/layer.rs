@@ -12,7 +12,7 @@ use super::ext::outcome::{apply_headers, apply_to_request, denied_response, erro
 use super::ext::{self, CheckOutcome, CheckRequest, CustomPlan, ExtAuthzClient, HeaderOp};
 use super::path::{is_normal, normalize};
 use crate::body::{self as fbody, Body};
-use crate::model::{RequestContext, Target};
+use crate::model::RequestContext;
 use crate::ProxyError;
 
 /// Normalizes the request path, then enforces the AuthorizationPolicies bound to the
@@ -207,11 +207,7 @@ async fn authorize(
             }
         };
     }
-    let service = match &ctx.tunnel.target {
-        Target::Service { service, .. } => Some(&service.name),
-        Target::Workload { .. } => None,
-    };
-    let policies = set.for_service(service);
+    let policies = set.for_service(ctx.tunnel.target.service_name());
     if policies.is_empty() {
         return Ok(Authorized::Proceed(req, Vec::new()));
     }

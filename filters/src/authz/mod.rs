@@ -112,10 +112,7 @@ impl PolicySet {
 
     /// The policies for traffic to `service`, or to a pod (`None`).
     pub fn for_service(&self, service: Option<&crate::model::NamespacedName>) -> Vec<Arc<Policy>> {
-        match service {
-            Some(s) => crate::model::with_key(s, None, |key| self.for_target(Some(key))),
-            None => self.for_target(None),
-        }
+        crate::model::with_service_key(service, |key| self.for_target(key))
     }
 
     /// The policies for traffic to `service` (`namespace/name`), or to a pod (`None`).

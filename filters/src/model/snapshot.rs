@@ -209,6 +209,14 @@ impl Target {
         }
     }
 
+    /// The addressed Service's name; `None` for a pod.
+    pub fn service_name(&self) -> Option<&NamespacedName> {
+        match self {
+            Target::Service { service, .. } => Some(&service.name),
+            Target::Workload { .. } => None,
+        }
+    }
+
     /// A short label for logs: `svc ns/name:port` or `pod ns/name:port`.
     pub fn describe(&self) -> String {
         match self {
@@ -269,6 +277,18 @@ pub fn with_key<R>(service: &NamespacedName, port: Option<u16>, f: impl FnOnce(&
         at += part.len();
     }
     f(std::str::from_utf8(&buf[..len]).expect("built from str and ASCII"))
+}
+
+/// Calls `f` with the per-Service table key of `service` ([`with_key`], no port), or with
+/// `None` for a pod.
+pub fn with_service_key<R>(
+    service: Option<&NamespacedName>,
+    f: impl FnOnce(Option<&str>) -> R,
+) -> R {
+    match service {
+        Some(s) => with_key(s, None, |key| f(Some(key))),
+        None => f(None),
+    }
 }
 
 /// One immutable, complete configuration: the route tables.

@@ -52,8 +52,8 @@ fn chain(proxy: &Arc<Proxy>) -> Chain {
 }
 
 /// One tunnel's HTTP state, shared by its requests.
-pub(super) struct TunnelApp {
-    pub(super) proxy: Arc<Proxy>,
+struct TunnelApp {
+    proxy: Arc<Proxy>,
     info: Arc<TunnelInfo>,
     /// Built once per tunnel; each request runs on a clone.
     chain: Chain,
@@ -122,7 +122,7 @@ use until_shutdown;
 impl TunnelApp {
     /// Runs one request through the filter chain; the response's body reports to
     /// telemetry when it ends.
-    async fn exchange(self: Arc<Self>, req: Request<Incoming>) -> Response<TrackedBody> {
+    async fn exchange(&self, req: Request<Incoming>) -> Response<TrackedBody> {
         let h2 = req.version() == Version::HTTP_2;
         let upgrade_req = !h2 && is_upgrade(req.headers());
         let (mut req, received) = match self.request(req, upgrade_req) {
@@ -191,7 +191,14 @@ impl TunnelApp {
                 ))
             })
             .clone();
-        TrackedBody::wrap(resp, self.clone(), telemetry, source, outcome, received)
+        TrackedBody::wrap(
+            resp,
+            self.proxy.clone(),
+            telemetry,
+            source,
+            outcome,
+            received,
+        )
     }
 
     /// Converts hyper's request into the chain's form: origin-form URI plus a Host header,

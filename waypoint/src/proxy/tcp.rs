@@ -91,11 +91,7 @@ async fn authorize(proxy: &Arc<Proxy>, info: &Arc<TunnelInfo>) -> Result<(), Str
         let attrs = filters::authz::Attributes::of_tunnel(info);
         return filters::authz::PolicySet::enforce_rbac(chain, &attrs);
     }
-    let service = match &info.target {
-        filters::model::Target::Service { service, .. } => Some(&service.name),
-        filters::model::Target::Workload { .. } => None,
-    };
-    let policies = snapshot.authz.for_service(service);
+    let policies = snapshot.authz.for_service(info.target.service_name());
     if policies.is_empty() {
         return Ok(());
     }

@@ -13,7 +13,7 @@ use http::Response;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::http::TunnelApp;
+use crate::state::Proxy;
 use crate::telemetry::labels::PeerLabels;
 use crate::telemetry::request::{grpc_status, Outcome, RequestTelemetry};
 
@@ -52,9 +52,8 @@ impl http_body::Body for Counting {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            let n = data.map_or(0, |d| d.len() as u64);
-            self.count.0.fetch_add(n, Ordering::Relaxed);
+        if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+            self.count.0.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }
@@ -76,7 +75,7 @@ pub struct TrackedBody {
 
 /// What is recorded when the response ends.
 struct Finish {
-    app: Arc<TunnelApp>,
+    proxy: Arc<Proxy>,
     telemetry: RequestTelemetry,
     source: Arc<PeerLabels>,
     outcome: Outcome,
@@ -96,7 +95,7 @@ impl TrackedBody {
     /// request done.
     pub(super) fn wrap(
         resp: Response<Body>,
-        app: Arc<TunnelApp>,
+        proxy: Arc<Proxy>,
         telemetry: RequestTelemetry,
         source: Arc<PeerLabels>,
         outcome: Outcome,
@@ -105,7 +104,7 @@ impl TrackedBody {
         resp.map(|inner| TrackedBody {
             inner,
             finish: Some(Finish {
-                app,
+                proxy,
                 telemetry,
                 source,
                 outcome,
@@ -119,11 +118,10 @@ impl TrackedBody {
             return;
         };
         f.outcome.body_received = f.received.as_ref().map_or(0, Received::get);
-        let stats = &f.app.proxy.stats;
+        let stats = &f.proxy.stats;
         stats.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
         stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        f.telemetry
-            .finish(&f.app.proxy.telemetry, &f.source, f.outcome);
+        f.telemetry.finish(&f.proxy.telemetry, &f.source, f.outcome);
     }
 }
 

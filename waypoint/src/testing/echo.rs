@@ -249,8 +249,8 @@ impl<B: http_body::Body<Data = Bytes>> http_body::Body for Sized<B> {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            *this.left -= data.map_or(0, |d| d.len() as u64);
+        if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+            *this.left -= data.len() as u64;
         }
         std::task::Poll::Ready(frame)
     }

@@ -51,8 +51,22 @@ pub enum TlsError {
 
 /// The SPIFFE identity in a certificate's URI SAN.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
+    identity_in(&parse(cert)?)
+}
+
+/// Parses a DER certificate.
+fn parse<'a>(
+    cert: &'a CertificateDer<'_>,
+) -> Result<x509_parser::certificate::X509Certificate<'a>, TlsError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    Ok(parsed)
+}
+
+/// The SPIFFE identity in a parsed certificate's URI SAN.
+fn identity_in(
+    parsed: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<Identity, TlsError> {
     let san = parsed
         .subject_alternative_name()
         .map_err(|e| TlsError::BadCertificate(e.to_string()))?

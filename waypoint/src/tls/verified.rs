@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use filters::model::Identity;
 use rustls::pki_types::{CertificateDer, UnixTime};
 
-use super::{identity_of, Certs, TlsError};
+use super::{identity_in, parse, Certs, TlsError};
 
 /// Most chains remembered; the cache is emptied when full (peers are a node's ztunnels,
 /// a handful per waypoint).
@@ -75,14 +75,17 @@ impl VerifiedChains {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
     ) -> Result<Identity, TlsError> {
-        let identity = identity_of(end_entity)?;
+        let leaf = parse(end_entity)?;
+        let identity = identity_in(&leaf)?;
         let (mut not_before, mut not_after) = (0u64, u64::MAX);
-        for der in std::iter::once(end_entity).chain(intermediates) {
-            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-                .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let mut narrow = |cert: &x509_parser::certificate::X509Certificate<'_>| {
             let validity = cert.validity();
             not_before = not_before.max(validity.not_before.timestamp().max(0) as u64);
             not_after = not_after.min(validity.not_after.timestamp().max(0) as u64);
+        };
+        narrow(&leaf);
+        for der in intermediates {
+            narrow(&parse(der)?);
         }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= LIMIT {
