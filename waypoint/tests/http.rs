@@ -245,3 +245,35 @@ async fn pods_outside_the_mesh_get_plain_http() {
     assert_eq!(resp.status(), 200);
     assert_eq!(json(resp).await["pod"], "plain");
 }
+
+/// A client that goes away while its request is still upstream leaves no request counted
+/// in flight: the request is counted done whether or not a response was ever sent.
+#[tokio::test]
+async fn abandoned_request_is_not_left_in_flight() {
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let total_before = h.stat("downstream.requests_total").await;
+    let pending =
+        tokio::spawn(async move { http.send_request(get("/slow/abandoned?delay=3s")).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while h.stat("downstream.requests_in_flight").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The client gives up: its request, its tunnel and its HBONE connection go away.
+    pending.abort();
+    drop(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while h.stat("downstream.requests_in_flight").await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned request stayed in flight"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.stat("downstream.requests_total").await, total_before + 1);
+}

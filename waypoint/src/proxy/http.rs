@@ -15,7 +15,6 @@
 //! `http` types, with no conversion.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use filters::authn::{AuthnLayer, AuthnService};
@@ -33,7 +32,7 @@ use pingora_core::server::ShutdownWatch;
 use tower::{Layer, ServiceExt};
 
 use super::headers::strip_hop_by_hop;
-use super::tracked::{Received, TrackedBody};
+use super::tracked::{InFlight, Received, TrackedBody};
 use crate::hbone::{settings, H2Stream};
 use crate::state::Proxy;
 use crate::telemetry::labels::PeerLabels;
@@ -129,10 +128,7 @@ impl TunnelApp {
             Ok(r) => r,
             Err((status, why)) => return TrackedBody::untracked(local(status, why)),
         };
-        self.proxy
-            .stats
-            .requests_in_flight
-            .fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::start(&self.proxy);
         let snapshot = req
             .extensions()
             .get::<RequestContext>()
@@ -191,14 +187,7 @@ impl TunnelApp {
                 ))
             })
             .clone();
-        TrackedBody::wrap(
-            resp,
-            self.proxy.clone(),
-            telemetry,
-            source,
-            outcome,
-            received,
-        )
+        TrackedBody::wrap(resp, in_flight, telemetry, source, outcome, received)
     }
 
     /// Converts hyper's request into the chain's form: origin-form URI plus a Host header,

@@ -67,6 +67,30 @@ impl http_body::Body for Counting {
     }
 }
 
+/// A request counted in flight from the moment it enters the chain until this is dropped,
+/// then counted done. Dropped with the response body, or with the request when the client
+/// goes away before a response exists (hyper then drops the exchange).
+pub struct InFlight(Arc<Proxy>);
+
+impl InFlight {
+    /// Counts a request in flight.
+    pub fn start(proxy: &Arc<Proxy>) -> Self {
+        proxy
+            .stats
+            .requests_in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        Self(proxy.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let stats = &self.0.stats;
+        stats.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+        stats.requests_total.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A response body that records the request when it ends.
 pub struct TrackedBody {
     inner: Body,
@@ -75,7 +99,7 @@ pub struct TrackedBody {
 
 /// What is recorded when the response ends.
 struct Finish {
-    proxy: Arc<Proxy>,
+    request: InFlight,
     telemetry: RequestTelemetry,
     source: Arc<PeerLabels>,
     outcome: Outcome,
@@ -91,11 +115,11 @@ impl TrackedBody {
         })
     }
 
-    /// `resp`, whose end (or drop) finishes `telemetry` with `outcome` and counts the
-    /// request done.
+    /// `resp`, whose end (or drop) finishes `telemetry` with `outcome` and counts
+    /// `request` done.
     pub(super) fn wrap(
         resp: Response<Body>,
-        proxy: Arc<Proxy>,
+        request: InFlight,
         telemetry: RequestTelemetry,
         source: Arc<PeerLabels>,
         outcome: Outcome,
@@ -104,7 +128,7 @@ impl TrackedBody {
         resp.map(|inner| TrackedBody {
             inner,
             finish: Some(Finish {
-                proxy,
+                request,
                 telemetry,
                 source,
                 outcome,
@@ -118,10 +142,9 @@ impl TrackedBody {
             return;
         };
         f.outcome.body_received = f.received.as_ref().map_or(0, Received::get);
-        let stats = &f.proxy.stats;
-        stats.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
-        stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        f.telemetry.finish(&f.proxy.telemetry, &f.source, f.outcome);
+        f.telemetry
+            .finish(&f.request.0.telemetry, &f.source, f.outcome);
+        // `f.request` drops here: the request is counted done.
     }
 }
 
