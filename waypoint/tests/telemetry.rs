@@ -339,3 +339,53 @@ async fn wait_for_json(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn request_abandoned_by_its_client_is_recorded_as_downstream_disconnect() {
+    let h = Harness::start(Spec {
+        extra_yaml: vec![mesh_config("accessLogFile: /dev/stdout\n")],
+        capture_stdout: true,
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let pending =
+        tokio::spawn(async move { http.send_request(get("/slow/abandoned?delay=3s")).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.stat("downstream.requests_in_flight").await == 0 {
+        assert!(Instant::now() < deadline, "the request never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client gives up before the upstream answers.
+    pending.abort();
+    drop(conn);
+    let line = wait_for(|| {
+        h.stdout()
+            .lines()
+            .find(|l| l.contains("/slow/abandoned"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(
+        line.contains(
+            "\"GET /slow/abandoned?delay=3s HTTP/1.1\" 0 DC downstream_remote_disconnect"
+        ),
+        "{line}"
+    );
+    let samples = h.prometheus().await;
+    assert_eq!(
+        metric(
+            &samples,
+            "istio_requests_total",
+            &[
+                ("response_code", "0"),
+                ("response_flags", "DC"),
+                ("destination_service_name", "echo"),
+            ]
+        ),
+        1.0,
+        "{samples:#?}"
+    );
+    assert_eq!(h.stat("downstream.requests_in_flight").await, 0);
+}

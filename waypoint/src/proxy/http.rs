@@ -32,7 +32,7 @@ use pingora_core::server::ShutdownWatch;
 use tower::{Layer, ServiceExt};
 
 use super::headers::strip_hop_by_hop;
-use super::tracked::{InFlight, Received, TrackedBody};
+use super::tracked::{InFlight, Pending, Received, TrackedBody};
 use crate::hbone::{settings, H2Stream};
 use crate::state::Proxy;
 use crate::telemetry::labels::PeerLabels;
@@ -140,8 +140,20 @@ impl TunnelApp {
             self.info.clone(),
             &mut req,
         );
+        let source = self
+            .source
+            .get_or_init(|| {
+                Arc::new(PeerLabels::source(
+                    &self.info,
+                    &snapshot,
+                    &self.proxy.telemetry.metrics.cluster,
+                ))
+            })
+            .clone();
+        // From here on the request is recorded even if the client goes away.
+        let pending = Pending::new(in_flight, telemetry, source, received);
         let method = req.method().clone();
-        let grpc = telemetry.is_grpc();
+        let grpc = pending.telemetry().is_grpc();
         let downstream_upgrade = upgrade_req.then(|| hyper::upgrade::on(&mut req));
         let uri = req.uri().clone();
         let path = uri.path();
@@ -172,22 +184,13 @@ impl TunnelApp {
             details,
             response_header_bytes: header_bytes(resp.headers()) + 16,
             grpc_status: crate::telemetry::request::grpc_status(resp.headers()),
-            response_headers: telemetry
+            response_headers: pending
+                .telemetry()
                 .wants_response_headers()
                 .then(|| resp.headers().clone()),
             ..Default::default()
         };
-        let source = self
-            .source
-            .get_or_init(|| {
-                Arc::new(PeerLabels::source(
-                    &self.info,
-                    &snapshot,
-                    &self.proxy.telemetry.metrics.cluster,
-                ))
-            })
-            .clone();
-        TrackedBody::wrap(resp, in_flight, telemetry, source, outcome, received)
+        pending.respond(resp, outcome)
     }
 
     /// Converts hyper's request into the chain's form: origin-form URI plus a Host header,

@@ -91,19 +91,91 @@ impl Drop for InFlight {
     }
 }
 
+/// A request's telemetry between the chain's start and the response: finished exactly
+/// once, by the response body when it ends, or on drop when the client went away before a
+/// response existed (hyper drops the exchange). Envoy records such a request with code 0,
+/// flag `DC` and details `downstream_remote_disconnect`, and so does this.
+pub(super) struct Pending(Option<Finish>);
+
+impl Pending {
+    /// Telemetry for a request counted in flight by `request`.
+    pub(super) fn new(
+        request: InFlight,
+        telemetry: RequestTelemetry,
+        source: Arc<PeerLabels>,
+        received: Option<Received>,
+    ) -> Self {
+        Self(Some(Finish {
+            request,
+            telemetry,
+            source,
+            outcome: Outcome::default(),
+            received,
+        }))
+    }
+
+    /// The request's telemetry state.
+    pub(super) fn telemetry(&self) -> &RequestTelemetry {
+        &self.finish().telemetry
+    }
+
+    fn finish(&self) -> &Finish {
+        self.0.as_ref().expect("taken only by respond or drop")
+    }
+
+    /// `resp`, whose end (or drop) finishes the telemetry with `outcome` and counts the
+    /// request done.
+    pub(super) fn respond(
+        mut self,
+        resp: Response<Body>,
+        outcome: Outcome,
+    ) -> Response<TrackedBody> {
+        let mut finish = self.0.take();
+        if let Some(f) = finish.as_mut() {
+            f.outcome = outcome;
+        }
+        resp.map(|inner| TrackedBody { inner, finish })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.0.take() {
+            tracing::debug!("client went away before the response");
+            f.outcome = Outcome {
+                code: 0,
+                flags: "DC",
+                details: "downstream_remote_disconnect".into(),
+                ..Outcome::default()
+            };
+            f.complete();
+        }
+    }
+}
+
 /// A response body that records the request when it ends.
 pub struct TrackedBody {
     inner: Body,
     finish: Option<Finish>,
 }
 
-/// What is recorded when the response ends.
+/// What is recorded when the request ends.
 struct Finish {
     request: InFlight,
     telemetry: RequestTelemetry,
     source: Arc<PeerLabels>,
     outcome: Outcome,
     received: Option<Received>,
+}
+
+impl Finish {
+    /// Records the metric sample, access log line and span; counts the request done.
+    fn complete(mut self) {
+        self.outcome.body_received = self.received.as_ref().map_or(0, Received::get);
+        self.telemetry
+            .finish(&self.request.0.telemetry, &self.source, self.outcome);
+        // `self.request` drops here: the request is counted done.
+    }
 }
 
 impl TrackedBody {
@@ -115,36 +187,10 @@ impl TrackedBody {
         })
     }
 
-    /// `resp`, whose end (or drop) finishes `telemetry` with `outcome` and counts
-    /// `request` done.
-    pub(super) fn wrap(
-        resp: Response<Body>,
-        request: InFlight,
-        telemetry: RequestTelemetry,
-        source: Arc<PeerLabels>,
-        outcome: Outcome,
-        received: Option<Received>,
-    ) -> Response<TrackedBody> {
-        resp.map(|inner| TrackedBody {
-            inner,
-            finish: Some(Finish {
-                request,
-                telemetry,
-                source,
-                outcome,
-                received,
-            }),
-        })
-    }
-
     fn finish(&mut self) {
-        let Some(mut f) = self.finish.take() else {
-            return;
-        };
-        f.outcome.body_received = f.received.as_ref().map_or(0, Received::get);
-        f.telemetry
-            .finish(&f.request.0.telemetry, &f.source, f.outcome);
-        // `f.request` drops here: the request is counted done.
+        if let Some(f) = self.finish.take() {
+            f.complete();
+        }
     }
 }
 
