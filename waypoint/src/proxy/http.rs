@@ -35,7 +35,7 @@ use super::headers::strip_hop_by_hop;
 use super::tracked::{InFlight, Pending, Received, TrackedBody};
 use crate::hbone::{settings, H2Stream};
 use crate::state::Proxy;
-use crate::telemetry::labels::PeerLabels;
+use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::request::{header_bytes, Outcome, RequestTelemetry};
 use crate::upstream::Forward;
 
@@ -57,7 +57,7 @@ struct TunnelApp {
     /// Built once per tunnel; each request runs on a clone.
     chain: Chain,
     /// The source end's metric labels, computed on the tunnel's first request.
-    source: OnceLock<Arc<PeerLabels>>,
+    source: OnceLock<SourceLabels>,
 }
 
 /// Serves HTTP/1.1 (`h2c == false`) or HTTP/2 prior knowledge on one tunnel until the
@@ -143,7 +143,7 @@ impl TunnelApp {
         let source = self
             .source
             .get_or_init(|| {
-                Arc::new(PeerLabels::source(
+                SourceLabels::new(PeerLabels::source(
                     &self.info,
                     &snapshot,
                     &self.proxy.telemetry.metrics.cluster,

@@ -10,14 +10,14 @@ use filters::route::Backend;
 
 use crate::hbone::H2Stream;
 use crate::state::Proxy;
-use crate::telemetry::labels::PeerLabels;
+use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::metrics::TcpKey;
 
 /// Copies the tunnel to an endpoint of its target until both directions end.
 pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
     let snapshot = proxy.config.current();
     let metrics = &proxy.telemetry.metrics;
-    let source = Arc::new(PeerLabels::source(&info, &snapshot, &metrics.cluster));
+    let source = SourceLabels::new(PeerLabels::source(&info, &snapshot, &metrics.cluster));
     let service = match &info.target {
         Target::Service { service, .. } => Some(service.clone()),
         Target::Workload { .. } => None,

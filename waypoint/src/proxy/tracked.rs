@@ -14,7 +14,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::state::Proxy;
-use crate::telemetry::labels::PeerLabels;
+use crate::telemetry::labels::SourceLabels;
 use crate::telemetry::request::{grpc_status, Outcome, RequestTelemetry};
 
 /// Request body bytes read from the client so far.
@@ -102,7 +102,7 @@ impl Pending {
     pub(super) fn new(
         request: InFlight,
         telemetry: RequestTelemetry,
-        source: Arc<PeerLabels>,
+        source: SourceLabels,
         received: Option<Received>,
     ) -> Self {
         Self(Some(Finish {
@@ -163,7 +163,7 @@ pub struct TrackedBody {
 struct Finish {
     request: InFlight,
     telemetry: RequestTelemetry,
-    source: Arc<PeerLabels>,
+    source: SourceLabels,
     outcome: Outcome,
     received: Option<Received>,
 }

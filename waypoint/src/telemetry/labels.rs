@@ -6,6 +6,8 @@
 //! knows by IP. The destination end comes from the Service and pod the request went to.
 //! Every value is bounded in length so that a peer cannot inflate memory.
 
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
 use std::sync::Arc;
 
 use filters::model::{Service, Snapshot, TunnelInfo, Workload};
@@ -43,6 +45,64 @@ pub struct ServiceLabels {
     pub name: String,
     /// Service namespace.
     pub namespace: String,
+}
+
+/// Labels shared by every sample of a tunnel or destination, hashed once when built: a
+/// metric key hashes one `u64` per end instead of every label string, and compares by
+/// pointer before comparing by value.
+#[derive(Debug)]
+pub struct Shared<T> {
+    labels: Arc<T>,
+    hash: u64,
+}
+
+/// The source end's labels.
+pub type SourceLabels = Shared<PeerLabels>;
+/// The destination Service's and pod's labels.
+pub type DestinationLabels = Shared<(ServiceLabels, PeerLabels)>;
+
+impl<T: Hash> Shared<T> {
+    /// Shares `labels`, hashing them once.
+    pub fn new(labels: T) -> Self {
+        // Fixed keys: the hash only ever feeds this process's maps.
+        let mut h = std::hash::DefaultHasher::new();
+        labels.hash(&mut h);
+        Self {
+            labels: Arc::new(labels),
+            hash: h.finish(),
+        }
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self {
+            labels: self.labels.clone(),
+            hash: self.hash,
+        }
+    }
+}
+
+impl<T> Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.labels
+    }
+}
+
+impl<T: PartialEq> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.labels, &other.labels)
+            || (self.hash == other.hash && *self.labels == *other.labels)
+    }
+}
+
+impl<T: Eq> Eq for Shared<T> {}
+
+impl<T> Hash for Shared<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 const UNKNOWN: &str = "unknown";
@@ -202,7 +262,7 @@ struct CachedDestination {
     // Held so the addresses used as keys are not reused while cached.
     _service: Option<Arc<Service>>,
     _workload: Option<Arc<Workload>>,
-    labels: Arc<(ServiceLabels, PeerLabels)>,
+    labels: DestinationLabels,
 }
 
 /// Entries kept before the cache starts over (snapshots replace objects over time).
@@ -215,7 +275,7 @@ impl DestinationCache {
         service: Option<&Arc<Service>>,
         workload: Option<&Arc<Workload>>,
         cluster: &str,
-    ) -> Arc<(ServiceLabels, PeerLabels)> {
+    ) -> DestinationLabels {
         let key = (
             service.map_or(0, |s| Arc::as_ptr(s) as usize),
             workload.map_or(0, |w| Arc::as_ptr(w) as usize),
@@ -227,7 +287,7 @@ impl DestinationCache {
         if map.len() >= CACHE_LIMIT {
             map.clear();
         }
-        let labels = Arc::new((
+        let labels = Shared::new((
             ServiceLabels::of(service.map(|s| &**s)),
             PeerLabels::destination(workload.map(|w| &**w), cluster),
         ));
@@ -261,5 +321,22 @@ mod tests {
         assert_eq!(l.canonical_service, "sleep-svc");
         assert_eq!(l.canonical_revision.len(), MAX_VALUE);
         assert_eq!(l.app, "unknown");
+    }
+
+    #[test]
+    fn shared_labels_are_equal_by_value_and_hash_alike() {
+        use std::hash::BuildHasher;
+        let a = PeerLabels {
+            workload: "sleep".into(),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        let (x, y) = (Shared::new(a), Shared::new(b.clone()));
+        assert_eq!(x, y, "equal labels in distinct allocations");
+        let s = std::hash::RandomState::new();
+        assert_eq!(s.hash_one(&x), s.hash_one(&y));
+        assert_eq!(x, x.clone());
+        b.namespace = "other".into();
+        assert_ne!(x, Shared::new(b));
     }
 }

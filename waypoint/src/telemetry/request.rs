@@ -10,7 +10,7 @@ use filters::model::{RequestLog, Snapshot, Target, TunnelInfo};
 use http::{HeaderMap, Request};
 use opentelemetry::KeyValue;
 
-use super::labels::PeerLabels;
+use super::labels::SourceLabels;
 use super::metrics::{HttpKey, HttpSample};
 use super::trace::ServerSpan;
 use super::Telemetry;
@@ -146,7 +146,7 @@ impl RequestTelemetry {
     }
 
     /// Records the metric sample, the access log line and ends the SERVER span.
-    pub fn finish(self, telemetry: &Telemetry, source: &Arc<PeerLabels>, outcome: Outcome) {
+    pub fn finish(self, telemetry: &Telemetry, source: &SourceLabels, outcome: Outcome) {
         let duration = self.started.elapsed();
         let upstream = self.log.get();
         let target_service = match &self.tunnel.target {

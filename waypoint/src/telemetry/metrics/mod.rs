@@ -12,11 +12,11 @@ pub mod prometheus;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use histogram::{Histogram, BYTES, DURATION_MS};
 
-use super::labels::{DestinationCache, PeerLabels, ServiceLabels};
+use super::labels::{DestinationCache, DestinationLabels, PeerLabels, ServiceLabels, SourceLabels};
 
 /// The series maps' hasher: every request hashes its whole label set once, and SipHash
 /// over a dozen label strings showed in the per-request profile. Keys are bounded label
@@ -30,9 +30,9 @@ pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HttpKey {
     /// The source end.
-    pub source: Arc<PeerLabels>,
+    pub source: SourceLabels,
     /// The destination Service and pod.
-    pub destination: Arc<(ServiceLabels, PeerLabels)>,
+    pub destination: DestinationLabels,
     /// `http` or `grpc`.
     pub protocol: &'static str,
     /// HTTP status sent downstream.
@@ -47,9 +47,9 @@ pub struct HttpKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TcpKey {
     /// The source end.
-    pub source: Arc<PeerLabels>,
+    pub source: SourceLabels,
     /// The destination Service and pod.
-    pub destination: Arc<(ServiceLabels, PeerLabels)>,
+    pub destination: DestinationLabels,
     /// Envoy response flags (`-` when none).
     pub flags: &'static str,
 }
@@ -312,8 +312,8 @@ mod tests {
             ..Default::default()
         };
         HttpKey {
-            source: Arc::new(src),
-            destination: Arc::new(Default::default()),
+            source: SourceLabels::new(src),
+            destination: DestinationLabels::new(Default::default()),
             protocol: "http",
             code,
             grpc_status: None,
