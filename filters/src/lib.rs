@@ -9,6 +9,7 @@
 //! - [`body`]: the boxed streaming body type shared by the filters.
 
 pub mod access_log;
+mod ascii;
 pub mod authn;
 pub mod authz;
 pub mod balance;

@@ -4,6 +4,8 @@
 use regex::Regex;
 use serde::{Serialize, Serializer};
 
+use crate::ascii;
+
 /// A string value in a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValueMatch {
@@ -45,21 +47,11 @@ impl ValueMatch {
     /// Whether `value` matches; `ignore_case` (ASCII) for hosts. Allocation-free: it runs
     /// for every rule value of every request.
     pub fn matches(&self, value: &str, ignore_case: bool) -> bool {
-        let eq = |a: &[u8], b: &[u8]| {
-            if ignore_case {
-                a.eq_ignore_ascii_case(b)
-            } else {
-                a == b
-            }
-        };
-        let v = value.as_bytes();
         match self {
-            ValueMatch::Exact(p) => eq(v, p.as_bytes()),
-            ValueMatch::Prefix(p) => v.len() >= p.len() && eq(&v[..p.len()], p.as_bytes()),
-            ValueMatch::Suffix(s) => {
-                v.len() >= s.len() && eq(&v[v.len() - s.len()..], s.as_bytes())
-            }
-            ValueMatch::Presence => !v.is_empty(),
+            ValueMatch::Exact(p) => ascii::eq(value, p, ignore_case),
+            ValueMatch::Prefix(p) => ascii::starts_with(value, p, ignore_case),
+            ValueMatch::Suffix(s) => ascii::ends_with(value, s, ignore_case),
+            ValueMatch::Presence => !value.is_empty(),
         }
     }
 }

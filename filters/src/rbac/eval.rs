@@ -18,13 +18,14 @@
 //! Anything else (another metadata namespace, another filter state key) is absent, as it is
 //! in Envoy when no filter wrote it. On TCP there are no headers, path or metadata.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use serde_json::Value;
 
 use super::model::{
-    Action, Cidr, DoubleMatcher, HeaderMatch, HeaderMatcher, MetadataMatcher, Permission, Policy,
-    Principal, Rbac, RbacConfig, ValueMatcher,
+    Action, Cidr, DoubleMatcher, HeaderMatch, HeaderMatcher, MetadataMatcher, PathSegment,
+    Permission, Policy, Principal, Rbac, RbacConfig, ValueMatcher,
 };
 use crate::authz::Attributes;
 
@@ -35,22 +36,29 @@ pub const JWT_AUTHN_FILTER: &str = "envoy.filters.http.jwt_authn";
 /// The dynamic metadata namespace of Istio's authentication filter.
 pub const ISTIO_AUTHN_FILTER: &str = "istio_authn";
 
-/// One request (or connection) as RBAC sees it.
+/// One request (or connection) as RBAC sees it. Matching borrows from the request
+/// wherever it can: only the `spiffe://` principal, a `:path` with a query, a header sent
+/// several times and `istio_authn` values are built.
 #[derive(Debug)]
 pub struct RbacInput<'a> {
     attrs: &'a Attributes<'a>,
     spiffe: Option<String>,
-    path_with_query: Option<String>,
+    path_with_query: Option<Cow<'a, str>>,
 }
 
 impl<'a> RbacInput<'a> {
     /// Wraps `attrs` (computing the derived inputs once).
     pub fn new(attrs: &'a Attributes<'a>) -> Self {
         Self {
-            spiffe: attrs.principal.as_ref().map(|p| format!("spiffe://{p}")),
+            spiffe: attrs.principal.as_ref().map(|p| {
+                let mut id = String::with_capacity("spiffe://".len() + p.len());
+                id.push_str("spiffe://");
+                id.push_str(p);
+                id
+            }),
             path_with_query: attrs.http.as_ref().map(|h| match h.query {
-                Some(q) => format!("{}?{q}", h.path),
-                None => h.path.to_string(),
+                Some(q) => Cow::Owned(format!("{}?{q}", h.path)),
+                None => Cow::Borrowed(h.path),
             }),
             attrs,
         }
@@ -58,21 +66,29 @@ impl<'a> RbacInput<'a> {
 
     /// The header as Envoy sees it: pseudo-headers from the request line, others joined
     /// with `,`; `None` when absent (always on TCP).
-    fn header(&self, name: &str) -> Option<String> {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         let h = self.attrs.http.as_ref()?;
         match name {
-            ":authority" => Some(h.host.to_string()),
-            ":method" => Some(h.method.to_string()),
-            ":path" => self.path_with_query.clone(),
+            ":authority" => Some(Cow::Borrowed(h.host)),
+            ":method" => Some(Cow::Borrowed(h.method)),
+            ":path" => self.path_with_query.as_deref().map(Cow::Borrowed),
             _ if name.starts_with(':') => None,
             _ => {
-                let vals: Vec<String> = h
-                    .headers
-                    .get_all(name)
-                    .iter()
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect();
-                (!vals.is_empty()).then(|| vals.join(","))
+                let text = |v: &'a http::HeaderValue| String::from_utf8_lossy(v.as_bytes());
+                let all = h.headers.get_all(name);
+                let mut values = all.iter();
+                let first = values.next()?;
+                if values.next().is_none() {
+                    return Some(text(first));
+                }
+                let mut joined = String::with_capacity(all.iter().map(|v| v.len() + 1).sum());
+                for (i, v) in all.iter().enumerate() {
+                    if i > 0 {
+                        joined.push(',');
+                    }
+                    joined.push_str(&text(v));
+                }
+                Some(Cow::Owned(joined))
             }
         }
     }
@@ -81,33 +97,43 @@ impl<'a> RbacInput<'a> {
         self.attrs.http.as_ref().map(|h| h.path)
     }
 
-    /// Dynamic metadata at `filter`/`path`, if present.
-    fn metadata(&self, filter: &str, path: &[String]) -> Option<Value> {
-        let auth = self.attrs.http.as_ref()?.auth?;
-        let (root, rest): (Value, &[String]) = match filter {
+    /// Whether `matches` holds for the dynamic metadata at `filter`/`path` (`None`: absent
+    /// or null). The JWT's claims are walked in place, not copied.
+    fn metadata_is(
+        &self,
+        filter: &str,
+        path: &[PathSegment],
+        matches: impl FnOnce(Option<&Value>) -> bool,
+    ) -> bool {
+        let Some(auth) = self.attrs.http.as_ref().and_then(|h| h.auth) else {
+            return matches(None);
+        };
+        let (root, rest): (Cow<'_, Value>, &[PathSegment]) = match filter {
             JWT_AUTHN_FILTER => match path.split_first() {
-                Some((k, rest)) if k == "payload" => (auth.claims.clone(), rest),
-                _ => return None,
+                Some((k, rest)) if k.key == "payload" => (Cow::Borrowed(&auth.claims), rest),
+                _ => return matches(None),
             },
             ISTIO_AUTHN_FILTER => {
-                let (k, rest) = path.split_first()?;
-                let v = match k.as_str() {
+                let Some((k, rest)) = path.split_first() else {
+                    return matches(None);
+                };
+                let v = match k.key.as_str() {
                     "request.auth.principal" => Value::String(auth.principal.clone()),
                     "request.auth.audiences" => {
                         Value::Array(auth.audiences.iter().cloned().map(Value::String).collect())
                     }
-                    "request.auth.presenter" => Value::String(auth.presenter.clone()?),
-                    "request.auth.claims" => auth.claims.clone(),
-                    _ => return None,
+                    "request.auth.presenter" => match &auth.presenter {
+                        Some(p) => Value::String(p.clone()),
+                        None => return matches(None),
+                    },
+                    "request.auth.claims" => return walk(&auth.claims, rest, matches),
+                    _ => return matches(None),
                 };
-                (v, rest)
+                (Cow::Owned(v), rest)
             }
-            _ => return None,
+            _ => return matches(None),
         };
-        rest.iter()
-            .try_fold(&root, |v, k| v.get(k))
-            .filter(|v| !v.is_null())
-            .cloned()
+        walk(&root, rest, matches)
     }
 
     fn filter_state(&self, key: &str) -> Option<&str> {
@@ -116,6 +142,16 @@ impl<'a> RbacInput<'a> {
             _ => None,
         }
     }
+}
+
+/// Follows `path` from `root` and applies `matches` to what is there (`None`: absent or
+/// null).
+fn walk(root: &Value, path: &[PathSegment], matches: impl FnOnce(Option<&Value>) -> bool) -> bool {
+    let found = path
+        .iter()
+        .try_fold(root, |v, k| v.get(&k.key))
+        .filter(|v| !v.is_null());
+    matches(found)
 }
 
 fn cidr(c: &Cidr, ip: Option<IpAddr>) -> bool {
@@ -127,7 +163,7 @@ fn cidr(c: &Cidr, ip: Option<IpAddr>) -> bool {
 pub fn header_matches(m: &HeaderMatcher, input: &RbacInput<'_>) -> bool {
     let value = match input.header(&m.name) {
         Some(v) => v,
-        None if m.treat_missing_as_empty => String::new(),
+        None if m.treat_missing_as_empty => Cow::Borrowed(""),
         None => {
             return match m.kind {
                 HeaderMatch::Present(present) => present == m.invert,
@@ -135,7 +171,7 @@ pub fn header_matches(m: &HeaderMatcher, input: &RbacInput<'_>) -> bool {
             }
         }
     };
-    let v = value.as_str();
+    let v: &str = &value;
     let matched = match &m.kind {
         HeaderMatch::Exact(e) => e.is_empty() || v == e,
         HeaderMatch::Regex(r) => r.is_match(v),
@@ -174,9 +210,7 @@ pub fn value_matches(m: &ValueMatcher, v: Option<&Value>) -> bool {
 }
 
 fn metadata_matches(m: &MetadataMatcher, input: &RbacInput<'_>) -> bool {
-    let path: Vec<String> = m.path.iter().map(|s| s.key.clone()).collect();
-    let v = input.metadata(&m.filter, &path);
-    value_matches(&m.value, v.as_ref()) != m.invert
+    input.metadata_is(&m.filter, &m.path, |v| value_matches(&m.value, v)) != m.invert
 }
 
 /// Whether `p` matches.

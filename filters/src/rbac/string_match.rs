@@ -6,6 +6,8 @@ use std::fmt;
 use regex::Regex;
 use serde::{Deserialize, Deserializer};
 
+use crate::ascii;
+
 /// A regex from `safe_regex` (`{google_re2: {}, regex: "..."}`), compiled once and always
 /// matched against the whole value (Envoy's `safe_regex` is a full match).
 #[derive(Clone)]
@@ -94,20 +96,15 @@ impl StringMatcher {
         Self::new(StringMatch::Exact(v.to_string()), false)
     }
 
-    /// Whether `value` matches.
+    /// Whether `value` matches. Allocation-free: it runs for every matcher of every
+    /// request.
     pub fn matches(&self, value: &str) -> bool {
-        let fold = |s: &str| {
-            if self.ignore_case {
-                s.to_ascii_lowercase()
-            } else {
-                s.to_string()
-            }
-        };
+        let ic = self.ignore_case;
         match &self.kind {
-            StringMatch::Exact(e) => fold(value) == fold(e),
-            StringMatch::Prefix(p) => fold(value).starts_with(&fold(p)),
-            StringMatch::Suffix(s) => fold(value).ends_with(&fold(s)),
-            StringMatch::Contains(c) => fold(value).contains(&fold(c)),
+            StringMatch::Exact(e) => ascii::eq(value, e, ic),
+            StringMatch::Prefix(p) => ascii::starts_with(value, p, ic),
+            StringMatch::Suffix(s) => ascii::ends_with(value, s, ic),
+            StringMatch::Contains(c) => ascii::contains(value, c, ic),
             StringMatch::Regex(r) => r.is_match(value),
         }
     }
