@@ -87,17 +87,16 @@ pub struct JwtRules {
 
 impl JwtRules {
     /// The rules for traffic to `service`, or to a pod (`None`).
-    pub fn for_service(&self, service: Option<&crate::model::NamespacedName>) -> Vec<Arc<JwtRule>> {
+    pub fn for_service(
+        &self,
+        service: Option<&crate::model::NamespacedName>,
+    ) -> std::borrow::Cow<'_, [Arc<JwtRule>]> {
         crate::model::with_service_key(service, |key| self.for_target(key))
     }
 
     /// The rules for traffic to `service` (`namespace/name`).
-    pub fn for_target(&self, service: Option<&str>) -> Vec<Arc<JwtRule>> {
-        let mut out = self.gateway.clone();
-        if let Some(list) = service.and_then(|s| self.services.get(s)) {
-            out.extend(list.iter().cloned());
-        }
-        out
+    pub fn for_target(&self, service: Option<&str>) -> std::borrow::Cow<'_, [Arc<JwtRule>]> {
+        crate::model::bound(&self.gateway, service.and_then(|s| self.services.get(s)))
     }
 }
 

@@ -111,17 +111,16 @@ impl PolicySet {
     }
 
     /// The policies for traffic to `service`, or to a pod (`None`).
-    pub fn for_service(&self, service: Option<&crate::model::NamespacedName>) -> Vec<Arc<Policy>> {
+    pub fn for_service(
+        &self,
+        service: Option<&crate::model::NamespacedName>,
+    ) -> std::borrow::Cow<'_, [Arc<Policy>]> {
         crate::model::with_service_key(service, |key| self.for_target(key))
     }
 
     /// The policies for traffic to `service` (`namespace/name`), or to a pod (`None`).
-    pub fn for_target(&self, service: Option<&str>) -> Vec<Arc<Policy>> {
-        let mut out = self.gateway.clone();
-        if let Some(list) = service.and_then(|s| self.services.get(s)) {
-            out.extend(list.iter().cloned());
-        }
-        out
+    pub fn for_target(&self, service: Option<&str>) -> std::borrow::Cow<'_, [Arc<Policy>]> {
+        crate::model::bound(&self.gateway, service.and_then(|s| self.services.get(s)))
     }
 
     /// Every bound policy, once.

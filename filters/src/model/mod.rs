@@ -14,8 +14,8 @@ pub use identity::{Identity, InvalidIdentity};
 pub use protocol::Protocol;
 pub use request_log::{RequestLog, Upstream};
 pub use snapshot::{
-    route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName, Service,
-    ServicePort, Snapshot, Target, TargetPort, Waypoint, Workload,
+    bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,
+    Service, ServicePort, Snapshot, Target, TargetPort, Waypoint, Workload,
 };
 
 use std::net::{IpAddr, SocketAddr};

@@ -291,6 +291,20 @@ pub fn with_service_key<R>(
     }
 }
 
+/// What is bound to a destination: `gateway`'s entries, then `service`'s. Borrowed when
+/// either is empty (the common case), so a request copies nothing.
+pub fn bound<'a, T: Clone>(
+    gateway: &'a [T],
+    service: Option<&'a Vec<T>>,
+) -> std::borrow::Cow<'a, [T]> {
+    use std::borrow::Cow;
+    match service {
+        Some(list) if gateway.is_empty() => Cow::Borrowed(list),
+        Some(list) if !list.is_empty() => Cow::Owned([gateway, list].concat()),
+        _ => Cow::Borrowed(gateway),
+    }
+}
+
 /// One immutable, complete configuration: the route tables.
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
@@ -430,6 +444,16 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bound_lists_gateway_then_service_and_copies_only_when_both_have_some() {
+        use std::borrow::Cow;
+        let (gw, svc, none) = (vec![1, 2], vec![3], Vec::new());
+        assert!(matches!(bound(&gw, None), Cow::Borrowed([1, 2])));
+        assert!(matches!(bound(&gw, Some(&none)), Cow::Borrowed([1, 2])));
+        assert!(matches!(bound(&[], Some(&svc)), Cow::Borrowed([3])));
+        assert!(matches!(bound(&gw, Some(&svc)), Cow::Owned(v) if v == [1, 2, 3]));
+    }
 
     #[test]
     fn stack_keys_match_formatted_ones() {

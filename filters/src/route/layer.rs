@@ -84,12 +84,12 @@ where
             match f {
                 Filter::Redirect(r) => {
                     let port = ctx.tunnel.authority.port();
-                    let location = redirect_location(&req, &sel.path, r, "http", port);
+                    let location = redirect_location(&req, sel.path(), r, "http", port);
                     return Ok(redirect(r.status, &location));
                 }
                 Filter::RequestHeaders(m) => modify_headers(req.headers_mut(), m),
                 Filter::ResponseHeaders(m) => response_mods.push(m.clone()),
-                Filter::Rewrite(r) => rewrite(&mut req, &sel.path, r),
+                Filter::Rewrite(r) => rewrite(&mut req, sel.path(), r),
                 Filter::Mirror(m) => mirrors.push(m.clone()),
                 Filter::Cors(c) => cors = Some(c.clone()),
             }

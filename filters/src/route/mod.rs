@@ -72,8 +72,8 @@ pub struct SelectedRule {
     pub route: Arc<Route>,
     /// Index of the rule in the route.
     pub rule_index: usize,
-    /// The path condition that matched.
-    pub path: PathMatch,
+    /// The index of the match that matched in the rule (`None`: the rule has none).
+    pub match_index: Option<usize>,
     /// Index of the drawn backend, if the rule has any with weight.
     pub backend_index: Option<usize>,
 }
@@ -82,6 +82,12 @@ impl SelectedRule {
     /// The matched rule.
     pub fn rule(&self) -> &Rule {
         &self.route.rules[self.rule_index]
+    }
+
+    /// The path condition that matched (for `ReplacePrefixMatch` and redirects).
+    pub fn path(&self) -> &PathMatch {
+        self.match_index
+            .map_or(&*table::DEFAULT_PATH, |i| &self.rule().matches[i].path)
     }
 
     /// Rule-level filters, then the drawn backend's filters.
@@ -149,7 +155,7 @@ pub fn decide<B>(ctx: &RequestContext, req: &http::Request<B>) -> Result<Selecti
         rule: Some(SelectedRule {
             route: matched.route.clone(),
             rule_index: matched.rule_index,
-            path: matched.path.clone(),
+            match_index: matched.match_index,
             backend_index,
         }),
         backend,

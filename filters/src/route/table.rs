@@ -33,9 +33,12 @@ pub struct Matched<'a> {
     pub rule: &'a Rule,
     /// The path condition that matched (for `ReplacePrefixMatch`).
     pub path: &'a PathMatch,
+    /// The index of the match that matched in the rule; `None` for a rule without matches.
+    pub match_index: Option<usize>,
 }
 
-static DEFAULT_PATH: std::sync::LazyLock<PathMatch> =
+/// The path condition of a rule without matches (every request).
+pub(crate) static DEFAULT_PATH: std::sync::LazyLock<PathMatch> =
     std::sync::LazyLock::new(|| PathMatch::Prefix("/".into()));
 
 /// A sorted set of rule matches for one parent (and one client namespace).
@@ -149,6 +152,7 @@ impl RouteTable {
                 rule_index: e.rule,
                 rule,
                 path: path_match,
+                match_index: e.matched,
             })
         })
     }

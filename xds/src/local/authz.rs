@@ -449,7 +449,11 @@ pub fn bind(
 /// provider, several providers): istiod's rule, which this waypoint follows, is to deny
 /// every request to such a destination.
 pub fn report_custom(set: &PolicySet) {
-    let targets = std::iter::once(("the waypoint".to_string(), set.gateway.clone())).chain(
+    let targets = std::iter::once((
+        "the waypoint".to_string(),
+        std::borrow::Cow::Borrowed(&set.gateway[..]),
+    ))
+    .chain(
         set.services
             .keys()
             .map(|s| (format!("Service {s}"), set.for_target(Some(s)))),
