@@ -223,66 +223,15 @@ async fn authorize(
             return Err(ProxyError::Denied(why));
         }
         CustomPlan::Check { provider, policies } => {
-            let (mut parts, body) = req.into_parts();
-            let mut check = CheckRequest::of_request(ctx, &parts);
-            let mut body = body;
-            if let Some(settings) = provider.body {
-                let length = check.http.as_ref().map(|h| h.size).filter(|s| *s >= 0);
-                match ext::body::buffer(body, settings, length.map(|l| l as u64)).await {
-                    Ok(b) => {
-                        if let Some(h) = check.http.as_mut() {
-                            h.body = Some(b.bytes);
-                            h.partial_body = b.partial;
-                        }
-                        body = b.body;
-                    }
-                    Err(e) if e.is::<ext::body::TooLarge>() => {
-                        tracing::info!(provider = %provider.name, error = %e, "request body too large for the ext_authz check");
-                        let mut r = Response::new(fbody::full("Payload Too Large"));
-                        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                        return Ok(Authorized::Reply(local_reply(grpc, r)));
-                    }
-                    Err(e) => {
-                        return Err(ProxyError::BadRequest(format!(
-                            "reading the request body for the ext_authz check: {e}"
-                        )))
-                    }
+            // Rare, and its future is large: boxed, it is not part of every request's.
+            let checked = check_custom(ctx, client, &provider, &policies, path, grpc, req);
+            match Box::pin(checked).await? {
+                Authorized::Proceed(r, headers) => {
+                    req = r;
+                    response_headers = headers;
                 }
+                reply => return Ok(reply),
             }
-            let outcome = match client {
-                Some(c) => ext::check_with_timeout(c, &provider, ctx, check).await,
-                None => Err(ext::CheckError::Unreachable {
-                    provider: provider.name.clone(),
-                    reason: "no ext_authz client in this proxy".into(),
-                }),
-            };
-            match outcome {
-                Ok(CheckOutcome::Allow(allowed)) => {
-                    tracing::debug!(provider = %provider.name, policies = ?policies, path, "ext_authz allowed");
-                    apply_to_request(&allowed, &mut parts);
-                    response_headers = allowed.response_headers;
-                }
-                Ok(CheckOutcome::Deny(denied)) => {
-                    super::count(&Verdict::Deny(policies.join(",")));
-                    tracing::info!(provider = %provider.name, policies = ?policies, status = denied.status.as_u16(), peer = %ctx.tunnel.peer, path, "ext_authz denied");
-                    return Ok(Authorized::Reply(local_reply(
-                        grpc,
-                        denied_response(&denied),
-                    )));
-                }
-                Err(e) if provider.fail_open => {
-                    tracing::warn!(provider = %provider.name, error = %e, path, "ext_authz check failed; failOpen allows");
-                }
-                Err(e) => {
-                    super::count(&Verdict::Deny(policies.join(",")));
-                    tracing::warn!(provider = %provider.name, error = %e, status = provider.status_on_error.as_u16(), path, "ext_authz check failed; denying");
-                    return Ok(Authorized::Reply(local_reply(
-                        grpc,
-                        error_response(provider.status_on_error),
-                    )));
-                }
-            }
-            req = Request::from_parts(parts, body);
         }
     }
     // DENY and ALLOW see the request as the authorization server left it. CUSTOM policies
@@ -306,6 +255,84 @@ async fn authorize(
             Err(ProxyError::Denied(policy))
         }
     }
+}
+
+/// Asks the CUSTOM policies' `provider` about `req` (with its body, when the provider
+/// wants it); `Proceed` carries the request as the server left it and the headers to add
+/// to the response.
+async fn check_custom(
+    ctx: &RequestContext,
+    client: Option<&dyn ExtAuthzClient>,
+    provider: &ext::Provider,
+    policies: &[String],
+    path: &str,
+    grpc: bool,
+    req: Request<Body>,
+) -> Result<Authorized, ProxyError> {
+    let mut response_headers = Vec::new();
+    let (mut parts, body) = req.into_parts();
+    let mut check = CheckRequest::of_request(ctx, &parts);
+    let mut body = body;
+    if let Some(settings) = provider.body {
+        let length = check.http.as_ref().map(|h| h.size).filter(|s| *s >= 0);
+        match ext::body::buffer(body, settings, length.map(|l| l as u64)).await {
+            Ok(b) => {
+                if let Some(h) = check.http.as_mut() {
+                    h.body = Some(b.bytes);
+                    h.partial_body = b.partial;
+                }
+                body = b.body;
+            }
+            Err(e) if e.is::<ext::body::TooLarge>() => {
+                tracing::info!(provider = %provider.name, error = %e, "request body too large for the ext_authz check");
+                let mut r = Response::new(fbody::full("Payload Too Large"));
+                *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                return Ok(Authorized::Reply(local_reply(grpc, r)));
+            }
+            Err(e) => {
+                return Err(ProxyError::BadRequest(format!(
+                    "reading the request body for the ext_authz check: {e}"
+                )))
+            }
+        }
+    }
+    let outcome = match client {
+        Some(c) => ext::check_with_timeout(c, provider, ctx, check).await,
+        None => Err(ext::CheckError::Unreachable {
+            provider: provider.name.clone(),
+            reason: "no ext_authz client in this proxy".into(),
+        }),
+    };
+    match outcome {
+        Ok(CheckOutcome::Allow(allowed)) => {
+            tracing::debug!(provider = %provider.name, policies = ?policies, path, "ext_authz allowed");
+            apply_to_request(&allowed, &mut parts);
+            response_headers = allowed.response_headers;
+        }
+        Ok(CheckOutcome::Deny(denied)) => {
+            super::count(&Verdict::Deny(policies.join(",")));
+            tracing::info!(provider = %provider.name, policies = ?policies, status = denied.status.as_u16(), peer = %ctx.tunnel.peer, path, "ext_authz denied");
+            return Ok(Authorized::Reply(local_reply(
+                grpc,
+                denied_response(&denied),
+            )));
+        }
+        Err(e) if provider.fail_open => {
+            tracing::warn!(provider = %provider.name, error = %e, path, "ext_authz check failed; failOpen allows");
+        }
+        Err(e) => {
+            super::count(&Verdict::Deny(policies.join(",")));
+            tracing::warn!(provider = %provider.name, error = %e, status = provider.status_on_error.as_u16(), path, "ext_authz check failed; denying");
+            return Ok(Authorized::Reply(local_reply(
+                grpc,
+                error_response(provider.status_on_error),
+            )));
+        }
+    }
+    Ok(Authorized::Proceed(
+        Request::from_parts(parts, body),
+        response_headers,
+    ))
 }
 
 #[cfg(test)]

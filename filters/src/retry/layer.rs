@@ -2,6 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::Body as _;
 use tower::{Layer, Service, ServiceExt};
@@ -40,24 +41,29 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture;
+    type Future = Either<S::Future, BoxFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (timeouts, retry) = req
+            .extensions()
+            .get::<RouteDecision>()
+            .map(|d| (d.timeouts, d.retry.clone()))
+            .unwrap_or_default();
+        // Only a body-less request can be replayed.
+        let retry = retry.filter(|p| p.attempts > 0 && req.body().is_end_stream());
+        if retry.is_none() && timeouts.request.is_none() && timeouts.backend_request.is_none() {
+            // Nothing to apply: the inner future as it is, neither wrapped nor boxed again.
+            return Either::Left(self.inner.call(req));
+        }
         let inner = self.inner.clone();
-        Box::pin(async move {
-            let (timeouts, retry) = req
-                .extensions()
-                .get::<RouteDecision>()
-                .map(|d| (d.timeouts, d.retry.clone()))
-                .unwrap_or_default();
+        Either::Right(Box::pin(async move {
             let attempts = async move {
-                let policy = match retry {
-                    Some(p) if p.attempts > 0 && req.body().is_end_stream() => p,
-                    _ => return attempt(inner, req, timeouts.backend_request).await,
+                let Some(policy) = retry else {
+                    return attempt(inner, req, timeouts.backend_request).await;
                 };
                 let mut n = 0;
                 loop {
@@ -78,7 +84,7 @@ where
                     .unwrap_or(Err(ProxyError::UpstreamTimeout)),
                 None => attempts.await,
             }
-        })
+        }))
     }
 }
 

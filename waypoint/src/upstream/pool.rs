@@ -65,7 +65,12 @@ impl HttpPool {
             reason: e.to_string(),
         };
         if h2 {
-            let mut sender = self.h2_sender(upstream, picked, &key).await?;
+            let mut sender = match self.h2_pooled(&key) {
+                Some(s) => s,
+                // Connecting is rare and its future large: boxed, it is not part of every
+                // request's future (which is moved and allocated per request).
+                None => Box::pin(self.h2_connect(upstream, picked, &key)).await?,
+            };
             return sender.send_request(req).await.map_err(reset);
         }
         let mut req = req;
@@ -83,7 +88,7 @@ impl HttpPool {
                 },
             }
         }
-        let mut sender = self.new_h1(upstream, picked).await?;
+        let mut sender = Box::pin(self.new_h1(upstream, picked)).await?;
         let resp = sender.send_request(req).await.map_err(reset)?;
         self.checkin(key, sender);
         Ok(resp)
@@ -120,17 +125,18 @@ impl HttpPool {
         }
     }
 
-    async fn h2_sender(
+    /// The open HTTP/2 connection to `key`, if there is one.
+    fn h2_pooled(&self, key: &Key) -> Option<http2::SendRequest<Body>> {
+        let pool = self.h2.lock().expect("pool lock");
+        pool.get(key).filter(|s| !s.is_closed()).cloned()
+    }
+
+    async fn h2_connect(
         &self,
         upstream: &Upstream,
         picked: &Picked,
         key: &Key,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
-        if let Some(s) = self.h2.lock().expect("pool lock").get(key) {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
-        }
         let io = upstream.connect(picked).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(crate::hbone::settings::STREAM_WINDOW)
