@@ -31,9 +31,8 @@ pub struct Matched<'a> {
     pub rule_index: usize,
     /// The rule.
     pub rule: &'a Rule,
-    /// The path condition that matched (for `ReplacePrefixMatch`).
-    pub path: &'a PathMatch,
-    /// The index of the match that matched in the rule; `None` for a rule without matches.
+    /// The index of the match that matched in the rule; `None` for a rule without matches
+    /// (the path condition is then [`DEFAULT_PATH`]).
     pub match_index: Option<usize>,
 }
 
@@ -137,21 +136,15 @@ impl RouteTable {
         let query = std::cell::OnceCell::new();
         self.entries.iter().find_map(|e| {
             let rule = &e.route.rules[e.rule];
-            let path_match = match e.matched {
-                None => &*DEFAULT_PATH,
-                Some(i) => {
-                    let m = &rule.matches[i];
-                    if !matches(m, req, path, &query) {
-                        return None;
-                    }
-                    &m.path
+            if let Some(i) = e.matched {
+                if !matches(&rule.matches[i], req, path, &query) {
+                    return None;
                 }
-            };
+            }
             Some(Matched {
                 route: &e.route,
                 rule_index: e.rule,
                 rule,
-                path: path_match,
                 match_index: e.matched,
             })
         })

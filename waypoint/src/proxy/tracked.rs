@@ -116,11 +116,11 @@ impl Pending {
 
     /// The request's telemetry state.
     pub(super) fn telemetry(&self) -> &RequestTelemetry {
-        &self.finish().telemetry
-    }
-
-    fn finish(&self) -> &Finish {
-        self.0.as_ref().expect("taken only by respond or drop")
+        &self
+            .0
+            .as_ref()
+            .expect("taken only by respond or drop")
+            .telemetry
     }
 
     /// `resp`, whose end (or drop) finishes the telemetry with `outcome` and counts the

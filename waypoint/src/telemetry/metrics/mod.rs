@@ -18,8 +18,8 @@ use histogram::{Histogram, BYTES, DURATION_MS};
 
 use super::labels::{DestinationCache, DestinationLabels, PeerLabels, ServiceLabels, SourceLabels};
 
-/// The series maps' hasher: every request hashes its whole label set once, and SipHash
-/// over a dozen label strings showed in the per-request profile. Keys are bounded label
+/// The series maps' hasher: every request hashes its key once (the label sets' own hashes
+/// are computed when they are built, see [`super::labels::Shared`]). Keys are bounded label
 /// values (and the number of series is capped), so HashDoS resistance is not needed.
 type Fast = foldhash::fast::RandomState;
 
