@@ -1,7 +1,9 @@
 //! `waypoint bench`: the side-by-side benchmark. One run, same backend, scenarios
 //! interleaved over several rounds; medians reported.
 //!
-//! - direct: the client talks HBONE straight to the destination (the floor);
+//! - direct: the client talks HBONE straight to the destination (the latency floor);
+//! - relay: as direct, through a byte relay on the proxy's core ([`relay`]): the CPU floor
+//!   of any proxy in the path, before TLS and HTTP;
 //! - waypoint: HBONE in, an HTTPRoute and an AuthorizationPolicy, HBONE out;
 //! - nginx (when installed): the peer, an mTLS-terminating reverse proxy with an mTLS
 //!   upstream to the same echo app served over TLS ([`nginx`]).
@@ -15,8 +17,11 @@
 //! pinned to another.
 
 mod nginx;
+mod relay;
 mod report;
 mod tls_floor;
+
+pub use relay::{serve as serve_relay, RelayArgs};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,7 +76,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     load_core: usize,
     /// Scenarios to run (for profiling one of them).
-    #[arg(long, value_delimiter = ',', default_value = "direct,waypoint,nginx")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,relay,waypoint,nginx"
+    )]
     scenarios: Vec<String>,
     /// Response sizes, bytes.
     #[arg(long, value_delimiter = ',', default_value = "1024,16384")]
@@ -213,6 +222,18 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         client_certs.clone(),
         pod_id.clone(),
     );
+    // The byte relay runs this executable (a baseline build need not have the command).
+    let relay = if a.scenarios.iter().any(|s| s == "relay") {
+        let r = relay::Relay::start(
+            &std::env::current_exe()?,
+            taskset.then_some(a.proxy_core),
+            SocketAddr::new(pod.ip, 15008),
+        )?;
+        let client = HboneClient::new(r.addr, client_certs.clone(), pod_id.clone());
+        Some((r, client))
+    } else {
+        None
+    };
     // The nginx peer, when nginx is installed: HTTPS in with the waypoint's certificate,
     // HTTPS out to the echo app over TLS (a pod certificate that also names a host).
     let want_nginx = a.scenarios.iter().any(|s| s == "nginx");
@@ -270,7 +291,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                     }
                     let fixed = mode == "fixed";
                     let cfg = LoadConfig {
-                        authority: if scenario == "direct" {
+                        authority: if scenario == "direct" || scenario == "relay" {
                             SocketAddr::new(pod.ip, 8080)
                         } else {
                             SocketAddr::new(vip, 80)
@@ -287,12 +308,17 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                     let proxy_cpu = || match (scenario, nginx) {
                         ("waypoint", _) => Some(cpu_seconds(pid)),
                         ("baseline", _) => baseline.as_ref().map(|b| cpu_seconds(b.pid())),
+                        ("relay", _) => relay.as_ref().map(|(r, _)| r.cpu_seconds()),
                         (_, Some(n)) => Some(n.cpu_seconds()),
                         _ => None,
                     };
                     let before = proxy_cpu();
                     let report = match (scenario, nginx) {
                         ("direct", _) => loadgen::run(direct.clone(), cfg).await?,
+                        ("relay", _) => match &relay {
+                            Some((_, c)) => loadgen::run(c.clone(), cfg).await?,
+                            None => continue,
+                        },
                         (_, Some(n)) => loadgen::run_https(n.addr, https.clone(), cfg).await?,
                         ("baseline", _) => match &via_baseline {
                             Some(c) => loadgen::run(c.clone(), cfg).await?,
@@ -333,6 +359,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         Err(why) => format!("nginx peer: skipped: {why}."),
     };
     drop(peer);
+    drop(relay);
     let peak_all_kib = wp.peak_rss_kib().unwrap_or(0);
     let rss_before_idle = wp.rss_kib().unwrap_or(0);
     let rss_idle = if a.no_idle {
@@ -406,7 +433,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Scenarios in the order each round runs them.
-const SCENARIOS: [&str; 4] = ["direct", "waypoint", "baseline", "nginx"];
+const SCENARIOS: [&str; 5] = ["direct", "relay", "waypoint", "baseline", "nginx"];
 
 fn wp_pid(wp: &WaypointProcess) -> u32 {
     // Under the taskset wrapper `exec` keeps the pid.

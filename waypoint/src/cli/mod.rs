@@ -39,6 +39,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run a self-contained demo: CA, waypoint, two fake pods, requests.
     Demo(demo::DemoArgs),
+    /// The benchmark's byte relay (its `relay` scenario starts it).
+    #[command(hide = true)]
+    BenchRelay(bench::RelayArgs),
 }
 
 /// Installs the tracing subscriber (also capturing Pingora's `log` records); the admin
@@ -76,6 +79,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => runtime()?.block_on(demo::run(a)),
         Command::Load(a) => runtime()?.block_on(load::run(a)),
         Command::Bench(a) => runtime()?.block_on(bench::run(a)),
+        Command::BenchRelay(a) => bench::serve_relay(a),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The benchmark's Markdown report: per-scenario medians over rounds, the memory and
-//! handshake measures, and the CPU ratios (waypoint/nginx and, in an A/B run,
+//! handshake measures, the relay floor, and the CPU ratios (waypoint/nginx and, in an A/B run,
 //! waypoint/baseline).
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use super::{BenchArgs, SCENARIOS};
 /// One measured phase: a scenario, response size and load mode in one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// `direct`, `waypoint`, `baseline` or `nginx`.
+    /// `direct`, `relay`, `waypoint`, `baseline` or `nginx`.
     pub scenario: String,
     /// Response size, bytes.
     pub size: usize,
@@ -129,6 +129,20 @@ pub fn render(
                 .collect(),
         )
     };
+    // The relay floor: what is left for TLS, HTTP/2 and HTTP once the kernel and the
+    // runtime have taken their share of each request.
+    for size in [1024usize, 16384] {
+        for mode in ["fixed", "saturation"] {
+            let (w, r) = (cpu("waypoint", size, mode), cpu("relay", size, mode));
+            if r.is_finite() {
+                md.push_str(&format!(
+                    "| floor: a byte relay on the proxy core (no TLS, no HTTP), {} KiB, {mode} | {r:.1} µs per request; the waypoint {:.1} µs above it |\n",
+                    size / 1024,
+                    w - r
+                ));
+            }
+        }
+    }
     for other in ["nginx", "baseline"] {
         for size in [1024usize, 16384] {
             for mode in ["fixed", "saturation"] {
