@@ -19,9 +19,7 @@ use waypoint::tls::{CertStore, DevCa};
 use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
 use xds::testing::{AdsServer, SdsServer};
 
-#[path = "common/xds_fixture.rs"]
-mod xds_fixture;
-use xds_fixture::{fake_pod, resources, VIP};
+use waypoint::testing::istio_dump::{fake_pod, resources, VIP};
 
 struct Child(std::process::Child);
 

@@ -16,9 +16,7 @@ use waypoint::tls::{CertStore, DevCa};
 use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use xds::testing::AdsServer;
 
-#[path = "common/xds_fixture.rs"]
-mod xds_fixture;
-use xds_fixture::{any, fake_pod, resources_with, Named, VIP};
+use waypoint::testing::istio_dump::{self as xds_fixture, any, fake_pod, httpbin_dump, Named, VIP};
 
 struct World {
     _dir: tempfile::TempDir,
@@ -46,7 +44,8 @@ async fn start_with(rds: bool) -> World {
     ca.issue(&waypoint_id).unwrap().write(dir.path()).unwrap();
     let pod = fake_pod(&ca, &waypoint_id, "httpbin-1").await;
     let canary = fake_pod(&ca, &waypoint_id, "httpbin-v2-1").await;
-    let (ls, cs, es, rs) = resources_with(pod.ip, Some(canary.ip), rds);
+    let (ls, cs, es, rs) =
+        xds_fixture::resources_with(&httpbin_dump(), pod.ip, Some(canary.ip), rds);
     let server = AdsServer::default();
     server.set(LISTENER, ls);
     server.set(CLUSTER, cs.clone());

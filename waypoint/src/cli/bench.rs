@@ -5,6 +5,7 @@
 //! - relay: as direct, through a byte relay on the proxy's core ([`relay`]): the CPU floor
 //!   of any proxy in the path, before TLS and HTTP;
 //! - waypoint: HBONE in, an HTTPRoute and an AuthorizationPolicy, HBONE out;
+//! - istiod: the same proxy configured over xDS with istiod's resources ([`istiod`]);
 //! - nginx (when installed): the peer, an mTLS-terminating reverse proxy with an mTLS
 //!   upstream to the same echo app served over TLS ([`nginx`]).
 //!
@@ -16,6 +17,7 @@
 //! one core; this process (load generator, fake destination, echo apps) runs on one thread
 //! pinned to another.
 
+mod istiod;
 mod nginx;
 mod relay;
 mod report;
@@ -79,9 +81,13 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,relay,waypoint,nginx"
+        default_value = "direct,relay,waypoint,istiod,nginx"
     )]
     scenarios: Vec<String>,
+    /// Istio's httpbin waypoint config dump, served over xDS in the `istiod` scenario
+    /// (default: the shared test data beside this checkout).
+    #[arg(long)]
+    xds_dump: Option<PathBuf>,
     /// Response sizes, bytes.
     #[arg(long, value_delimiter = ',', default_value = "1024,16384")]
     sizes: Vec<usize>,
@@ -171,35 +177,39 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     // Pin the proxy: run it under taskset when available.
     let taskset = Command::new("taskset").arg("--version").output().is_ok();
     let core = a.proxy_core;
-    let start = |exe: &std::path::Path, name: &str| -> anyhow::Result<WaypointProcess> {
-        let bin = if taskset {
-            let wrapper = dir.path().join(format!("pinned-{name}.sh"));
-            std::fs::write(
-                &wrapper,
-                format!(
-                    "#!/bin/sh\nexec taskset -c {core} {} \"$@\"\n",
-                    exe.display()
-                ),
-            )?;
-            Command::new("chmod").arg("+x").arg(&wrapper).status()?;
-            wrapper
-        } else {
-            exe.to_path_buf()
+    let start =
+        |exe: &std::path::Path, name: &str, source: &[String]| -> anyhow::Result<WaypointProcess> {
+            let bin = if taskset {
+                let wrapper = dir.path().join(format!("pinned-{name}.sh"));
+                std::fs::write(
+                    &wrapper,
+                    format!(
+                        "#!/bin/sh\nexec taskset -c {core} {} \"$@\"\n",
+                        exe.display()
+                    ),
+                )?;
+                Command::new("chmod").arg("+x").arg(&wrapper).status()?;
+                wrapper
+            } else {
+                exe.to_path_buf()
+            };
+            let mut args: Vec<&str> = source.iter().map(String::as_str).collect();
+            args.extend(["--concurrency", "1", "--log-level", "error"]);
+            Ok(WaypointProcess::spawn_source(
+                &bin,
+                &CertFiles::in_dir(dir.path()),
+                &args,
+                None,
+            )?)
         };
-        Ok(WaypointProcess::spawn(
-            &bin,
-            &config,
-            &CertFiles::in_dir(dir.path()),
-            &["--concurrency", "1", "--log-level", "error"],
-        )?)
-    };
-    let mut wp = start(&exe, "waypoint")?;
+    let local = ["--config".to_string(), config.display().to_string()];
+    let mut wp = start(&exe, "waypoint", &local)?;
     wp.wait_ready(Duration::from_secs(30))
         .await
         .map_err(anyhow::Error::msg)?;
     let baseline = match a.baseline.clone() {
         Some(exe) => {
-            let mut b = start(&exe, "baseline")?;
+            let mut b = start(&exe, "baseline", &local)?;
             b.wait_ready(Duration::from_secs(30))
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -211,9 +221,34 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         None => None,
     };
     let pid = wp_pid(&wp);
+    // The same build configured over xDS with istiod's resources.
+    let istiod = if a.scenarios.iter().any(|s| s == "istiod") {
+        let dump = a
+            .xds_dump
+            .clone()
+            .unwrap_or_else(waypoint::testing::istio_dump::httpbin_dump);
+        match istiod::Istiod::start(&ca, &waypoint_id, &dump, dir.path()).await {
+            Ok(x) => {
+                let mut p = start(&exe, "istiod", &x.source_args())?;
+                p.wait_ready(Duration::from_secs(30))
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                Some((x, p))
+            }
+            Err(e) => {
+                eprintln!("skipping the istiod scenario: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let client_certs = Arc::new(CertStore::fixed(ca.issue(&client_id)?.certs()?));
     let via_waypoint = HboneClient::new(wp.hbone, client_certs.clone(), waypoint_id.clone());
+    let via_istiod = istiod
+        .as_ref()
+        .map(|(_, p)| HboneClient::new(p.hbone, client_certs.clone(), waypoint_id.clone()));
     let via_baseline = baseline
         .as_ref()
         .map(|b| HboneClient::new(b.hbone, client_certs.clone(), waypoint_id.clone()));
@@ -291,12 +326,16 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                     }
                     let fixed = mode == "fixed";
                     let cfg = LoadConfig {
-                        authority: if scenario == "direct" || scenario == "relay" {
-                            SocketAddr::new(pod.ip, 8080)
-                        } else {
-                            SocketAddr::new(vip, 80)
+                        authority: match scenario {
+                            "direct" | "relay" => SocketAddr::new(pod.ip, 8080),
+                            "istiod" => istiod::Istiod::authority(),
+                            _ => SocketAddr::new(vip, 80),
                         },
-                        host: "echo.default.svc.cluster.local".into(),
+                        host: if scenario == "istiod" {
+                            "httpbin.default.svc.cluster.local".into()
+                        } else {
+                            "echo.default.svc.cluster.local".into()
+                        },
                         path: format!("/bytes?n={size}"),
                         tunnels: if fixed { 4 } else { 8 },
                         connections: 1,
@@ -309,6 +348,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                         ("waypoint", _) => Some(cpu_seconds(pid)),
                         ("baseline", _) => baseline.as_ref().map(|b| cpu_seconds(b.pid())),
                         ("relay", _) => relay.as_ref().map(|(r, _)| r.cpu_seconds()),
+                        ("istiod", _) => istiod.as_ref().map(|(_, p)| cpu_seconds(p.pid())),
                         (_, Some(n)) => Some(n.cpu_seconds()),
                         _ => None,
                     };
@@ -317,6 +357,10 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                         ("direct", _) => loadgen::run(direct.clone(), cfg).await?,
                         ("relay", _) => match &relay {
                             Some((_, c)) => loadgen::run(c.clone(), cfg).await?,
+                            None => continue,
+                        },
+                        ("istiod", _) => match &via_istiod {
+                            Some(c) => loadgen::run(c.clone(), cfg).await?,
                             None => continue,
                         },
                         (_, Some(n)) => loadgen::run_https(n.addr, https.clone(), cfg).await?,
@@ -403,6 +447,10 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         floor,
     };
     wp.terminate();
+    if let Some((_, mut p)) = istiod {
+        p.terminate();
+        let _ = p.wait_exit(Duration::from_secs(10)).await;
+    }
     if let Some(mut b) = baseline {
         b.terminate();
         let _ = b.wait_exit(Duration::from_secs(10)).await;
@@ -433,7 +481,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Scenarios in the order each round runs them.
-const SCENARIOS: [&str; 5] = ["direct", "relay", "waypoint", "baseline", "nginx"];
+const SCENARIOS: [&str; 6] = ["direct", "relay", "waypoint", "istiod", "baseline", "nginx"];
 
 fn wp_pid(wp: &WaypointProcess) -> u32 {
     // Under the taskset wrapper `exec` keeps the pid.

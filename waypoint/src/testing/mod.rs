@@ -6,6 +6,7 @@
 //!   caller's identity and the CONNECT authority, then serves an app;
 //! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
 //! - [`ext_authz`]: gRPC and HTTP external authorization servers;
+//! - [`istio_dump`]: istiod's resources for an httpbin waypoint, served over xDS;
 //! - [`jwt`]: a JWT issuer (keys, JWKS, tokens);
 //! - [`mesh`]: writes local configuration files of Kubernetes objects;
 //! - [`process`]: runs the `waypoint` binary as a child process;
@@ -14,6 +15,7 @@
 pub mod client;
 pub mod echo;
 pub mod ext_authz;
+pub mod istio_dump;
 pub mod jwt;
 pub mod mesh;
 pub mod process;

@@ -1,6 +1,6 @@
 //! The benchmark's Markdown report: per-scenario medians over rounds, the memory and
-//! handshake measures, the relay floor, and the CPU ratios (waypoint/nginx and, in an A/B run,
-//! waypoint/baseline).
+//! handshake measures, the relay floor, and the CPU ratios (waypoint/nginx, istiod/nginx,
+//! istiod/waypoint and, in an A/B run, waypoint/baseline).
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use super::{BenchArgs, SCENARIOS};
 /// One measured phase: a scenario, response size and load mode in one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// `direct`, `relay`, `waypoint`, `baseline` or `nginx`.
+    /// `direct`, `relay`, `waypoint`, `istiod`, `baseline` or `nginx`.
     pub scenario: String,
     /// Response size, bytes.
     pub size: usize,
@@ -143,13 +143,18 @@ pub fn render(
             }
         }
     }
-    for other in ["nginx", "baseline"] {
+    for (one, other) in [
+        ("waypoint", "nginx"),
+        ("istiod", "nginx"),
+        ("istiod", "waypoint"),
+        ("waypoint", "baseline"),
+    ] {
         for size in [1024usize, 16384] {
             for mode in ["fixed", "saturation"] {
-                let (w, n) = (cpu("waypoint", size, mode), cpu(other, size, mode));
-                if n.is_finite() && n > 0.0 {
+                let (w, n) = (cpu(one, size, mode), cpu(other, size, mode));
+                if w.is_finite() && n.is_finite() && n > 0.0 {
                     md.push_str(&format!(
-                        "| CPU per request waypoint/{other}, {} KiB, {mode} | {:.2}x |\n",
+                        "| CPU per request {one}/{other}, {} KiB, {mode} | {:.2}x |\n",
                         size / 1024,
                         w / n
                     ));

@@ -1,6 +1,7 @@
-//! Resources from Istio's httpbin waypoint config dump, moved onto loopback, for the tests
-//! that drive a waypoint over xDS.
-#![allow(dead_code)]
+//! Resources from Istio's httpbin waypoint config dump (`waypoint-httpbin-1.21.json` in the
+//! shared test data), moved onto loopback, with RBAC, routes, a split and a JWT filter added
+//! as istiod generates them: what the tests that drive a waypoint over xDS serve, and the
+//! benchmark's `istiod` scenario.
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -13,10 +14,12 @@ use xds::envoy::from_json;
 /// Resources by name.
 pub type Named = Vec<(String, Any)>;
 
+/// The httpbin Service's VIP after the move.
 pub const VIP: &str = "127.96.0.10";
 const DUMP_VIP: &str = "10.104.171.68";
 const DUMP_POD: &str = "192.168.195.248";
 
+/// `m` as an `Any` of `type_url`.
 pub fn any<M: Message>(type_url: &str, m: &M) -> Any {
     Any {
         type_url: type_url.to_string(),
@@ -28,25 +31,33 @@ pub fn any<M: Message>(type_url: &str, m: &M) -> Any {
 /// endpoints for both Service ports (the dump has the cluster of one and the endpoints of
 /// the other).
 pub fn resources(pod: std::net::IpAddr) -> (Named, Named, Named) {
-    let (ls, cs, es, _) = resources_with(pod, None, false);
+    let (ls, cs, es, _) = resources_with(&httpbin_dump(), pod, None, false);
     (ls, cs, es)
 }
 
-/// As [`resources`], plus:
+/// The dump in the shared test data beside this checkout.
+pub fn httpbin_dump() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json")
+}
+
+/// As [`resources`], from the dump at `dump`, plus:
 /// - with `canary`, a second Service `httpbin-v2` on that pod, and a `/split` route on port
 ///   8000 sending 3/4 of requests to httpbin and 1/4 to httpbin-v2, as istiod generates for
 ///   weighted backendRefs;
 /// - with `rds`, port 8100's routes served over RDS (the listener names them) instead of
 ///   inline; the route configurations are returned too.
+///
+/// # Panics
+/// When the dump cannot be read or is not the httpbin dump (test set-up).
 pub fn resources_with(
+    dump: &std::path::Path,
     pod: std::net::IpAddr,
     canary: Option<std::net::IpAddr>,
     rds: bool,
 ) -> (Named, Named, Named, Named) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json");
-    let text = std::fs::read_to_string(path)
-        .unwrap()
+    let text = std::fs::read_to_string(dump)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dump.display()))
         .replace(&format!("{DUMP_POD}:800"), &format!("{pod}:8080"))
         .replace(DUMP_POD, &pod.to_string())
         .replace(DUMP_VIP, VIP);
@@ -232,10 +243,9 @@ fn add_split(listener: &mut serde_json::Value) {
 }
 
 /// The issuer whose tokens port 8100 checks (RequestAuthentication over xDS).
-pub fn issuer() -> &'static waypoint::testing::jwt::JwtIssuer {
-    static ISSUER: std::sync::OnceLock<waypoint::testing::jwt::JwtIssuer> =
-        std::sync::OnceLock::new();
-    ISSUER.get_or_init(|| waypoint::testing::jwt::JwtIssuer::new("https://issuer.example", "key-1"))
+pub fn issuer() -> &'static super::jwt::JwtIssuer {
+    static ISSUER: std::sync::OnceLock<super::jwt::JwtIssuer> = std::sync::OnceLock::new();
+    ISSUER.get_or_init(|| super::jwt::JwtIssuer::new("https://issuer.example", "key-1"))
 }
 
 /// The jwt_authn filter istiod generates for a RequestAuthentication on httpbin (port
@@ -272,12 +282,15 @@ fn add_jwt(listener: &mut serde_json::Value) {
 
 /// A fake pod running the echo app as `name` (identity `default/httpbin`), accepting the
 /// waypoint `caller`.
+///
+/// # Panics
+/// When the pod cannot start (test set-up).
 pub async fn fake_pod(
-    ca: &waypoint::tls::DevCa,
+    ca: &crate::tls::DevCa,
     caller: &filters::model::Identity,
     name: &str,
-) -> waypoint::testing::ztunnel::FakeZtunnel {
-    use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
+) -> super::ztunnel::FakeZtunnel {
+    use super::ztunnel::{FakeZtunnel, ZtunnelOptions};
     let certs = ca
         .issue(&filters::model::Identity::new(
             "cluster.local",
@@ -289,7 +302,7 @@ pub async fn fake_pod(
         ip,
         certs: certs.certs().unwrap(),
         allowed_caller: Some(caller.clone()),
-        who: waypoint::testing::echo::EchoIdentity {
+        who: super::echo::EchoIdentity {
             pod: name.into(),
             namespace: "default".into(),
         },
