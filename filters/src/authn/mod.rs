@@ -129,11 +129,8 @@ fn find_token<B>(req: &Request<B>, locations: &[Location]) -> Option<(String, Fo
                 }
             }
             Location::Param(p) => {
-                if let Some((_, v)) = crate::route::table::parse_query(req.uri().query())
-                    .into_iter()
-                    .find(|(k, _)| k == p)
-                {
-                    return Some((v, Found::Elsewhere));
+                if let Some(v) = crate::route::table::query_param(req.uri().query(), p) {
+                    return Some((v.into_owned(), Found::Elsewhere));
                 }
             }
             Location::Cookie(c) => {

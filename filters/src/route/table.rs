@@ -5,6 +5,7 @@
 //! then a method match, then most header matches, then most query matches, then the
 //! oldest route, then `namespace/name`, then rule order.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -230,25 +231,40 @@ fn matches<B>(
 
 /// Query parameters, percent-decoded, in order.
 pub fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    pairs(query)
+        .map(|(k, v)| (decode(k).into_owned(), decode(v).into_owned()))
+        .collect()
+}
+
+/// The first value of query parameter `name` (matched after percent-decoding), decoded;
+/// borrowed from the query unless it has escapes. Allocates nothing when the parameter is
+/// absent: the JWT filter looks for `access_token` on every request.
+pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    pairs(query).find_map(|(k, v)| (decode(k) == name).then(|| decode(v)))
+}
+
+/// `key=value` pairs of a query, undecoded (a pair without `=` has an empty value).
+fn pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
     query
         .unwrap_or("")
         .split('&')
         .filter(|kv| !kv.is_empty())
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(kv), String::new()),
-        })
-        .collect()
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
 }
 
-fn decode(s: &str) -> String {
+/// Percent-decodes `s` (invalid escapes stay as they are; invalid UTF-8 becomes U+FFFD).
+fn decode(s: &str) -> Cow<'_, str> {
     let bytes = s.as_bytes();
+    if !bytes.contains(&b'%') {
+        return Cow::Borrowed(s);
+    }
+    let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
                 i += 3;
                 continue;
             }
@@ -256,7 +272,7 @@ fn decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -400,6 +416,17 @@ mod tests {
             found(&t, &req(Method::GET, "/", &[])),
             Some(("a".into(), 0))
         );
+    }
+
+    #[test]
+    fn one_query_parameter_is_found_decoded_and_borrowed_when_plain() {
+        let q = Some("n=1024&access%5Ftoken=a%2Eb&x&access_token=second&bad=%zz%4");
+        assert_eq!(query_param(q, "access_token").as_deref(), Some("a.b"));
+        assert!(matches!(query_param(q, "n"), Some(Cow::Borrowed("1024"))));
+        assert_eq!(query_param(q, "x").as_deref(), Some(""));
+        assert_eq!(query_param(q, "bad").as_deref(), Some("%zz%4"));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(query_param(None, "n"), None);
     }
 
     #[test]
