@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # Instructions per proxied request, counted by valgrind's callgrind: repeatable on a noisy
-# machine, unlike times. Runs a benchmark scenario (default waypoint; 1 KiB, fixed rate) twice
+# machine, unlike times. Runs a benchmark scenario (default waypoint, 1 KiB; fixed rate) twice
 # under callgrind, for SHORT and LONG seconds at RATE req/s, and divides the difference in
 # instructions by the difference in requests, so startup and idle work cancel out.
 # Prints the total and the functions that grew most (exclusive, per request).
 #
-#   bench/callgrind.sh [RATE] [SHORT] [LONG] [SCENARIO]
-#                                 (defaults: 100 10 30 waypoint; needs valgrind)
+#   bench/callgrind.sh [RATE] [SHORT] [LONG] [SCENARIO] [SIZE]
+#                                 (defaults: 100 10 30 waypoint 1024; needs valgrind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-100}
 short=${2:-10}
 long=${3:-30}
 scenario=${4:-waypoint}
+size=${5:-1024}
 out=$(mktemp -d)
-cargo build --release -q -p waypoint
+# WAYPOINT_BIN counts a given build (for example a baseline) instead of building this one.
+bin=${WAYPOINT_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release -q -p waypoint
+  bin=$PWD/target/release/waypoint
+fi
 # Only the measured scenario's process runs under callgrind (the bench always starts the
 # local-file waypoint too; the istiod one is the process given --xds-address).
 cat > "$out/vg.sh" <<EOF
@@ -24,14 +30,14 @@ case "\$*" in
   *) this=waypoint ;;
 esac
 if [ "\$this" = "$scenario" ]; then
-  exec valgrind --tool=callgrind --callgrind-out-file=$out/cg.\$CG_TAG.out $PWD/target/release/waypoint "\$@"
+  exec valgrind --tool=callgrind --callgrind-out-file=$out/cg.\$CG_TAG.out $bin "\$@"
 fi
-exec $PWD/target/release/waypoint "\$@"
+exec $bin "\$@"
 EOF
 chmod +x "$out/vg.sh"
 for d in "$short" "$long"; do
   CG_TAG=$d target/release/waypoint bench --waypoint "$out/vg.sh" --out "$out/b$d.md" \
-    --sizes 1024 --rounds 1 --duration "$d" --rate "$rate" --scenarios "$scenario" \
+    --sizes "$size" --rounds 1 --duration "$d" --rate "$rate" --scenarios "$scenario" \
     --modes fixed --no-idle --no-handshakes --log-level warn > "$out/log$d" 2>&1 &
 done
 wait

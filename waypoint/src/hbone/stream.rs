@@ -84,27 +84,30 @@ impl H2Stream {
 
     /// Receives one more DATA frame into the buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(data) = ready!(self.poll_data(cx))? {
+            self.buf.extend_from_slice(&data);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The next DATA frame's payload (its flow-control capacity released), or `None` at
+    /// the end of the stream (then `eof` is set).
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         let Some(recv) = self.recv.as_mut() else {
             self.eof = true;
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(None));
         };
         match ready!(recv.poll_data(cx)) {
             Some(Ok(data)) => {
                 let _ = recv.flow_control().release_capacity(data.len());
-                self.buf.extend_from_slice(&data);
-                Poll::Ready(Ok(()))
+                Poll::Ready(Ok(Some(data)))
             }
-            Some(Err(e)) => {
-                if e.reason() == Some(h2::Reason::NO_ERROR) {
-                    self.eof = true;
-                    Poll::Ready(Ok(()))
-                } else {
-                    Poll::Ready(Err(h2_to_io(e)))
-                }
+            Some(Err(e)) if e.reason() != Some(h2::Reason::NO_ERROR) => {
+                Poll::Ready(Err(h2_to_io(e)))
             }
-            None => {
+            Some(Err(_)) | None => {
                 self.eof = true;
-                Poll::Ready(Ok(()))
+                Poll::Ready(Ok(None))
             }
         }
     }
@@ -153,8 +156,23 @@ impl AsyncRead for H2Stream {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.buf.is_empty() && !this.eof {
-            ready!(this.poll_fill(cx))?;
+        if this.buf.is_empty() {
+            // Straight from the frame into the reader: only what does not fit is buffered
+            // (one copy of every tunnelled byte instead of two). A frame with no payload
+            // (h2 passes on END_STREAM's) is skipped: the next poll finds the end.
+            while !this.eof {
+                let Some(data) = ready!(this.poll_data(cx))? else {
+                    break;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                let n = data.len().min(out.remaining());
+                out.put_slice(&data[..n]);
+                this.buf.extend_from_slice(&data[n..]);
+                break;
+            }
+            return Poll::Ready(Ok(()));
         }
         let n = this.buf.len().min(out.remaining());
         out.put_slice(&this.buf[..n]);
@@ -274,5 +292,61 @@ impl Peek for H2Stream {
         let n = have.len().min(out.len());
         out[..n].copy_from_slice(&have[..n]);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A client stream to an h2 server over memory: what the client sends, the server's
+    /// [`H2Stream`] reads.
+    async fn pair() -> (SendStream<Bytes>, H2Stream) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(b).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            H2Stream::new(send, req.into_body())
+        });
+        let (client, conn) = h2::client::handshake(a).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::builder()
+            .method("CONNECT")
+            .uri("127.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (_resp, send) = client.send_request(req, false).unwrap();
+        (send, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn frames_are_read_in_order_to_the_end_of_the_stream() {
+        let (mut send, mut stream) = pair().await;
+        send.send_data(Bytes::from_static(b"hello"), false).unwrap();
+        send.send_data(Bytes::from_static(b" world"), false)
+            .unwrap();
+        send.send_data(Bytes::new(), true).unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_read_is_kept_for_the_next_reads() {
+        let (mut send, mut stream) = pair().await;
+        send.send_data(Bytes::from_static(b"0123456789"), true)
+            .unwrap();
+        let mut small = [0u8; 4];
+        let n = stream.read(&mut small).await.unwrap();
+        assert_eq!(&small[..n], b"0123");
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"456789");
     }
 }
