@@ -110,17 +110,40 @@ pub fn render(
         );
         w - d
     };
+    md.push_str("\n| measure | value |\n| --- | --- |\n");
+    for size in [1024usize, 16384] {
+        let v = added(size);
+        if v.is_finite() {
+            md.push_str(&format!(
+                "| added p99 over direct at {} req/s, {} KiB | {v:.0} µs |\n",
+                a.rate,
+                size / 1024
+            ));
+        }
+    }
     md.push_str(&format!(
-        "\n| measure | value |\n| --- | --- |\n| added p99 over direct at {} req/s, 1 KiB | {:.0} µs |\n| added p99 over direct at {} req/s, 16 KiB | {:.0} µs |\n| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n| floor: the listener's TLS server handshake alone, in memory (rustls + ring, thread CPU) | {:.0} µs, at most {:.0} per core-second |\n",
-        a.rate, added(1024), a.rate, added(16384),
-        peak_fixed_kib as f64 / 1024.0, peak_all_kib as f64 / 1024.0,
-        a.idle_tunnels, rss_before_idle as f64 / 1024.0, rss_idle as f64 / 1024.0,
-        hs.rate,
-        hs_cpu_us,
-        1e6 / hs_cpu_us,
-        floor_us,
-        1e6 / floor_us,
+        "| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n",
+        peak_fixed_kib as f64 / 1024.0,
+        peak_all_kib as f64 / 1024.0,
     ));
+    if !a.no_idle {
+        md.push_str(&format!(
+            "| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n",
+            a.idle_tunnels,
+            rss_before_idle as f64 / 1024.0,
+            rss_idle as f64 / 1024.0
+        ));
+    }
+    if !a.no_handshakes {
+        md.push_str(&format!(
+            "| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n| floor: the listener's TLS server handshake alone, in memory (rustls + ring, thread CPU) | {:.0} µs, at most {:.0} per core-second |\n",
+            hs.rate,
+            hs_cpu_us,
+            1e6 / hs_cpu_us,
+            floor_us,
+            1e6 / floor_us,
+        ));
+    }
     let cpu = |scenario: &str, size: usize, mode: &str| {
         median(
             pick(scenario, size, mode)
