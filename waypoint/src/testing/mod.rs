@@ -47,8 +47,21 @@ pub fn free_loopback_ip(port: u16) -> IpAddr {
 
 /// `N` distinct free TCP ports on 127.0.0.1 (all held open while choosing, so they differ).
 pub fn free_ports<const N: usize>() -> [u16; N] {
+    free_ports_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// `N` distinct free TCP ports on `ip` (all held open while choosing, so they differ).
+///
+/// A port is free only until someone else takes it. On 127.0.0.1 that someone can be any
+/// client socket's ephemeral port or a listener of a test running in parallel; on an IP of
+/// [`free_loopback_ip`], nobody else in this process binds, and clients connect from
+/// 127.0.0.1.
+pub fn free_ports_on<const N: usize>(ip: IpAddr) -> [u16; N] {
     let listeners: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .map(|_| {
+            std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+                .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"))
+        })
         .collect();
     std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
 }

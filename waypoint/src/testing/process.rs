@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_ports;
+use super::{free_loopback_ip, free_ports_on};
 
 /// A waypoint child process.
 pub struct WaypointProcess {
@@ -79,8 +79,11 @@ impl WaypointProcess {
             Some(p) => Stdio::from(std::fs::File::create(p)?),
             None => Stdio::inherit(),
         };
-        let [h, r, a, m] = free_ports::<4>();
-        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        // Its own loopback IP: ports chosen on 127.0.0.1 could be taken by another test's
+        // process or a client's ephemeral port before the waypoint binds them.
+        let ip = free_loopback_ip(0);
+        let [h, r, a, m] = free_ports_on::<4>(ip);
+        let addr = |port: u16| SocketAddr::new(ip, port);
         let (hbone, ready, admin, metrics) = (addr(h), addr(r), addr(a), addr(m));
         let child = Command::new(bin)
             .arg("run")
