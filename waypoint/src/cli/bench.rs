@@ -112,6 +112,19 @@ fn pin_self(core: usize) {
     }
 }
 
+/// A command running `bin`, under `taskset -c core` when a core is given (the proxy-side
+/// processes the benchmark starts itself: nginx and the relay).
+fn pinned(bin: &std::path::Path, core: Option<usize>) -> Command {
+    match core {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c.to_string()).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
 /// utime + stime of `pid`, seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -332,7 +345,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                             _ => SocketAddr::new(vip, 80),
                         },
                         host: if scenario == "istiod" {
-                            "httpbin.default.svc.cluster.local".into()
+                            istiod::HOST.into()
                         } else {
                             "echo.default.svc.cluster.local".into()
                         },

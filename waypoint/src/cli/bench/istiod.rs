@@ -17,6 +17,9 @@ use xds::testing::AdsServer;
 /// The Service port whose chain carries the RBAC filters.
 const PORT: u16 = 8000;
 
+/// The Host the requests carry: the dump's Service.
+pub const HOST: &str = "httpbin.default.svc.cluster.local";
+
 /// The ADS server and the destination pod of the scenario.
 pub struct Istiod {
     _pod: FakeZtunnel,

@@ -68,15 +68,7 @@ impl Nginx {
         let conf = dir.join("nginx.conf");
         std::fs::create_dir_all(dir.join("nginx-tmp"))?;
         std::fs::write(&conf, config(dir, addr, upstream, files))?;
-        let mut cmd = match core {
-            Some(c) => {
-                let mut cmd = Command::new("taskset");
-                cmd.arg("-c").arg(c.to_string()).arg(bin);
-                cmd
-            }
-            None => Command::new(bin),
-        };
-        let child = cmd
+        let child = super::pinned(bin, core)
             .arg("-p")
             .arg(dir)
             .arg("-e")

@@ -12,7 +12,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use clap::Args;
 use tokio::net::{TcpListener, TcpStream};
@@ -63,15 +63,7 @@ pub struct Relay {
 impl Relay {
     /// Starts `exe bench-relay --to to`, pinned to `core` with `taskset` when given.
     pub fn start(exe: &Path, core: Option<usize>, to: SocketAddr) -> anyhow::Result<Self> {
-        let mut cmd = match core {
-            Some(c) => {
-                let mut cmd = Command::new("taskset");
-                cmd.arg("-c").arg(c.to_string()).arg(exe);
-                cmd
-            }
-            None => Command::new(exe),
-        };
-        let mut child = cmd
+        let mut child = super::pinned(exe, core)
             .args(["--log-level", "error", "bench-relay", "--to"])
             .arg(to.to_string())
             .stdin(Stdio::null())

@@ -158,10 +158,14 @@ pub fn render(
         for mode in ["fixed", "saturation"] {
             let (w, r) = (cpu("waypoint", size, mode), cpu("relay", size, mode));
             if r.is_finite() {
+                let above = if w.is_finite() {
+                    format!("; the waypoint {:.1} µs above it", w - r)
+                } else {
+                    String::new()
+                };
                 md.push_str(&format!(
-                    "| floor: a byte relay on the proxy core (no TLS, no HTTP), {} KiB, {mode} | {r:.1} µs per request; the waypoint {:.1} µs above it |\n",
+                    "| floor: a byte relay on the proxy core (no TLS, no HTTP), {} KiB, {mode} | {r:.1} µs per request{above} |\n",
                     size / 1024,
-                    w - r
                 ));
             }
         }
