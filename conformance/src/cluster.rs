@@ -10,12 +10,12 @@ use anyhow::{anyhow, bail, Context};
 use filters::model::Identity;
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
-use waypoint::testing::client::HboneClient;
-use waypoint::testing::echo::EchoIdentity;
-use waypoint::testing::free_loopback_ip;
-use waypoint::testing::process::{CertFiles, WaypointProcess};
-use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
-use waypoint::tls::{CertStore, DevCa};
+use testkit::client::HboneClient;
+use testkit::echo::EchoIdentity;
+use testkit::free_loopback_ip;
+use testkit::process::{CertFiles, WaypointProcess};
+use testkit::ztunnel::{FakeZtunnel, ZtunnelOptions};
+use hbone::tls::{CertStore, DevCa};
 
 /// The namespace the waypoint lives in.
 pub const WAYPOINT_NS: &str = "gateway-conformance-mesh";

@@ -25,9 +25,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::admin::{Admin, Readiness};
-use crate::hbone::inbound::HboneInbound;
+use crate::inbound::HboneInbound;
 use crate::state::Proxy;
-use crate::tls::{server_resolver, SpiffeClientVerifier};
+use hbone::tls::{server_resolver, SpiffeClientVerifier};
 
 /// Listener addresses and runtime sizing.
 #[derive(Debug, Clone)]
@@ -141,7 +141,7 @@ pub fn run(proxy: Arc<Proxy>, options: ServerOptions, tasks: Vec<Task>) {
         ListenerConfig::tcp(options.hbone_addr.to_string())
             .tls(tls)
             .l4_buffer(L4BufferSettings {
-                read: Some(crate::hbone::settings::TLS_READ_BUFFER),
+                read: Some(hbone::settings::TLS_READ_BUFFER),
                 write: None,
             }),
     );

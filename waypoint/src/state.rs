@@ -7,7 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use filters::Snapshot;
 
-use crate::tls::CertStore;
+use hbone::tls::CertStore;
 use crate::upstream::Upstream;
 
 /// Holds the current snapshot; publishing replaces it in one atomic swap.

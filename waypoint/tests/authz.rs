@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::testing::mesh::Port;
-use waypoint::testing::ztunnel::App;
+use testkit::mesh::Port;
+use testkit::ztunnel::App;
 
 fn policy(name: &str, target: &str, body: &str) -> String {
     format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: {NS}\n{body}spec:\n  targetRefs:\n  - {target}\n")
@@ -138,7 +138,7 @@ async fn tcp_tunnels_are_denied_by_l4_rules() {
 
 #[tokio::test]
 async fn request_authentication_and_request_principals() {
-    use waypoint::testing::jwt::{now, JwtIssuer};
+    use testkit::jwt::{now, JwtIssuer};
     let issuer = JwtIssuer::new("https://issuer.example", "k1");
     let stranger = JwtIssuer::new("https://issuer.example", "k1");
     let other = JwtIssuer::new("https://other.example", "k9");

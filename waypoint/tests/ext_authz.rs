@@ -7,9 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::*;
-use waypoint::testing::ext_authz::{GrpcAuthz, HttpAuthz};
-use waypoint::testing::free_loopback_ip;
-use waypoint::testing::mesh::{MeshYaml, Port};
+use testkit::ext_authz::{GrpcAuthz, HttpAuthz};
+use testkit::free_loopback_ip;
+use testkit::mesh::{MeshYaml, Port};
 
 const GW: &str = "{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}";
 
@@ -294,7 +294,7 @@ async fn http_provider_allows_and_denies_with_listed_headers() {
 async fn failures_timeouts_and_invalid_providers() {
     let ip = free_loopback_ip(9000);
     let authz = GrpcAuthz::start(SocketAddr::new(ip, 9000)).await.unwrap();
-    let [closed_port] = waypoint::testing::free_ports::<1>();
+    let [closed_port] = testkit::free_ports::<1>();
     let mut yaml = plain_service(
         "authz-system",
         "ext-authz-grpc",
@@ -414,8 +414,8 @@ async fn failures_timeouts_and_invalid_providers() {
 #[tokio::test]
 async fn grpc_provider_in_the_mesh_over_hbone_and_for_tcp_tunnels() {
     use std::collections::HashMap;
-    use waypoint::testing::echo::EchoIdentity;
-    use waypoint::testing::ztunnel::{App, FakeZtunnel, ZtunnelOptions};
+    use testkit::echo::EchoIdentity;
+    use testkit::ztunnel::{App, FakeZtunnel, ZtunnelOptions};
 
     let authz = GrpcAuthz::start("127.0.0.1:0".parse().unwrap())
         .await

@@ -12,8 +12,8 @@ use http::StatusCode;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use waypoint::testing::client::{ClientError, HboneClient};
-use waypoint::tls::DevCa;
+use testkit::client::{ClientError, HboneClient};
+use hbone::tls::DevCa;
 
 /// Whether the waypoint refused this client: the TLS handshake, the HTTP/2 handshake or
 /// the first CONNECT fails.
@@ -55,7 +55,7 @@ impl ServerCertVerifier for AcceptAnyServer {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        waypoint::tls::provider()
+        hbone::tls::provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
@@ -98,7 +98,7 @@ async fn rejects_unauthenticated_and_foreign_peers() {
     );
 
     // No client certificate at all.
-    let mut no_cert = rustls::ClientConfig::builder_with_provider(waypoint::tls::provider())
+    let mut no_cert = rustls::ClientConfig::builder_with_provider(hbone::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
@@ -139,7 +139,7 @@ async fn rejects_unauthenticated_and_foreign_peers() {
     let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
         .unwrap()
         .unwrap();
-    let mut tls12 = rustls::ClientConfig::builder_with_provider(waypoint::tls::provider())
+    let mut tls12 = rustls::ClientConfig::builder_with_provider(hbone::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
         .dangerous()
@@ -253,15 +253,15 @@ async fn service_without_endpoints_is_503() {
 #[tokio::test]
 async fn destination_with_the_wrong_identity_is_refused() {
     use std::collections::HashMap;
-    use waypoint::testing::echo::EchoIdentity;
-    use waypoint::testing::ztunnel::{FakeZtunnel, ZtunnelOptions};
+    use testkit::echo::EchoIdentity;
+    use testkit::ztunnel::{FakeZtunnel, ZtunnelOptions};
     let h = Harness::start(Spec {
         pods: 0,
         ..Spec::default()
     })
     .await;
     // A pod that claims the Service's endpoint IP but presents another identity.
-    let ip = waypoint::testing::free_loopback_ip(15008);
+    let ip = testkit::free_loopback_ip(15008);
     let impostor = FakeZtunnel::start(ZtunnelOptions {
         ip,
         certs: h

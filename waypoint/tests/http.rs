@@ -10,7 +10,7 @@ use common::*;
 use http::Request;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::testing::mesh::Port;
+use testkit::mesh::Port;
 
 #[tokio::test]
 async fn request_and_response_pass_through() {
@@ -217,10 +217,10 @@ async fn sixty_four_mib_both_ways_with_bounded_memory() {
 
 #[tokio::test]
 async fn pods_outside_the_mesh_get_plain_http() {
-    let plain_ip = waypoint::testing::free_loopback_ip(8080);
-    let _server = waypoint::testing::echo::serve_plain(
+    let plain_ip = testkit::free_loopback_ip(8080);
+    let _server = testkit::echo::serve_plain(
         std::net::SocketAddr::new(plain_ip, 8080),
-        waypoint::testing::echo::EchoIdentity {
+        testkit::echo::EchoIdentity {
             pod: "plain".into(),
             namespace: NS.into(),
         },

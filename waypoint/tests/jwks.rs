@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use waypoint::testing::jwt::{now, JwtIssuer};
+use testkit::jwt::{now, JwtIssuer};
 
 const ISS: &str = "https://issuer.example";
 
@@ -185,7 +185,7 @@ async fn fetched_keys_verify_tokens_and_rotate_on_refresh() {
 
 #[tokio::test]
 async fn unreachable_jwks_rejects_tokens_but_not_anonymous_requests() {
-    let [closed] = waypoint::testing::free_ports::<1>();
+    let [closed] = testkit::free_ports::<1>();
     let issuer = JwtIssuer::new(ISS, "k1");
     let h = Harness::start(Spec {
         extra_yaml: vec![request_authentication(&format!(

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::Request;
-use waypoint::testing::mesh::Port;
-use waypoint::tls::{Certs, DevCa};
+use testkit::mesh::Port;
+use hbone::tls::{Certs, DevCa};
 
 async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -164,7 +164,7 @@ async fn invalid_configuration_at_start_names_object_and_field() {
     .write(dir.path())
     .unwrap();
     let config = dir.path().join("mesh.yaml");
-    let text = waypoint::testing::mesh::MeshYaml::new(NS, "waypoint")
+    let text = testkit::mesh::MeshYaml::new(NS, "waypoint")
         .raw("apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: default\nspec:\n  clusterIP: 127.96.0.10\n  ports:\n  - port: 80\n    targetPort: 0\n")
         .render();
     std::fs::write(&config, text).unwrap();
@@ -199,7 +199,7 @@ async fn invalid_configuration_at_start_names_object_and_field() {
 #[tokio::test]
 async fn readiness_admin_and_quitquitquit() {
     let mut h = Harness::start(Spec::default()).await;
-    let (status, _) = waypoint::testing::process::http_get(h.wp.ready, "/healthz/ready")
+    let (status, _) = testkit::process::http_get(h.wp.ready, "/healthz/ready")
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -215,7 +215,7 @@ async fn readiness_admin_and_quitquitquit() {
         echo["ports"][0]["endpoints"][0]["workload"],
         "default/echo-0"
     );
-    let (status, _) = waypoint::testing::process::http_call(h.wp.admin, "POST", "/quitquitquit")
+    let (status, _) = testkit::process::http_call(h.wp.admin, "POST", "/quitquitquit")
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -255,7 +255,7 @@ async fn certificate_files_are_reloaded() {
         )
         .unwrap()
     };
-    let refused = |c: waypoint::testing::client::HboneClient| async move {
+    let refused = |c: testkit::client::HboneClient| async move {
         match c.connect().await {
             Err(_) => true,
             Ok(conn) => conn.tunnel(authority(80), &[]).await.is_err(),
@@ -295,38 +295,8 @@ async fn certificate_files_are_reloaded() {
 }
 
 #[tokio::test]
-async fn request_and_dev_ca_subcommands() {
+async fn dev_ca_subcommand() {
     let h = Harness::start(Spec::default()).await;
-    // `waypoint request`, as a user debugging the waypoint by hand would run it.
-    let client_dir = h.dir().join("client");
-    h.ca.issue(&h.client_id)
-        .unwrap()
-        .write(&client_dir)
-        .unwrap();
-    let out = tokio::process::Command::new(bin())
-        .arg("request")
-        .args(["--addr", &h.wp.hbone.to_string()])
-        .args(["--authority", &authority(80).to_string()])
-        .args(["--server-identity", &h.waypoint_id.to_string()])
-        .arg("--cert-chain")
-        .arg(client_dir.join("cert-chain.pem"))
-        .arg("--key")
-        .arg(client_dir.join("key.pem"))
-        .arg("--root-cert")
-        .arg(client_dir.join("root-cert.pem"))
-        .args(["-H", "x-debug: 1", "--host", "echo.default", "/by/hand?q=1"])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.starts_with("HTTP/1.1 200 OK"), "{stdout}");
-    assert!(stdout.contains(r#""path":"/by/hand?q=1""#), "{stdout}");
-
     // `waypoint dev-ca` writes loadable SPIFFE certificates and keeps its root on re-runs.
     let ca_dir = h.dir().join("ca");
     let run = |id: &str| {
@@ -341,7 +311,7 @@ async fn request_and_dev_ca_subcommands() {
     let root = std::fs::read(ca_dir.join("root-cert.pem")).unwrap();
     assert!(run("spiffe://cluster.local/ns/b/sa/two").status.success());
     assert_eq!(std::fs::read(ca_dir.join("root-cert.pem")).unwrap(), root);
-    let store = waypoint::tls::CertStore::load(waypoint::tls::CertPaths {
+    let store = hbone::tls::CertStore::load(hbone::tls::CertPaths {
         cert_chain: ca_dir.join("b.two/cert-chain.pem"),
         key: ca_dir.join("b.two/key.pem"),
         root_cert: ca_dir.join("root-cert.pem"),

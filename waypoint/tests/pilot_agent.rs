@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use filters::model::Identity;
 use http_body_util::BodyExt;
-use waypoint::testing::client::HboneClient;
-use waypoint::testing::free_ports;
-use waypoint::testing::process::{http_call, http_get};
+use testkit::client::HboneClient;
+use testkit::free_ports;
+use testkit::process::{http_call, http_get};
 
-use waypoint::tls::{CertStore, DevCa};
+use hbone::tls::{CertStore, DevCa};
 use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
-use xds::testing::{AdsServer, SdsServer};
+use testkit::{AdsServer, SdsServer};
 
-use waypoint::testing::istio_dump::{fake_pod, resources, VIP};
+use testkit::istio_dump::{fake_pod, resources, VIP};
 
 struct Child(std::process::Child);
 
@@ -60,7 +60,7 @@ fn bootstrap(dir: &std::path::Path, admin: u16, prom: u16, ready: u16) -> std::p
 /// A TLS client that records the certificate the server presented.
 fn peer_cert_of(
     addr: SocketAddr,
-    client: &waypoint::tls::Certs,
+    client: &hbone::tls::Certs,
 ) -> impl std::future::Future<Output = Vec<u8>> {
     #[derive(Debug)]
     struct Record(Arc<Mutex<Vec<u8>>>, Arc<rustls::crypto::CryptoProvider>);
@@ -230,7 +230,7 @@ async fn starts_from_envoys_command_line_and_the_golden_bootstrap() {
         waypoint_id.clone(),
     );
     let old = client.connect().await.unwrap();
-    let get = |conn: waypoint::testing::client::HboneConnection| async move {
+    let get = |conn: testkit::client::HboneConnection| async move {
         let mut http = conn
             .http1(SocketAddr::new(VIP.parse().unwrap(), 8000))
             .await

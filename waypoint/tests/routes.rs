@@ -89,9 +89,9 @@ async fn request_and_backend_timeouts_are_504() {
 
 #[tokio::test]
 async fn mirrors_copy_requests_to_another_backend() {
-    use waypoint::testing::mesh::Port;
+    use testkit::mesh::Port;
     let mirror_svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: mirror\n  namespace: default\nspec:\n  clusterIP: 127.96.0.30\n  selector:\n    app: mirror\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n".to_string();
-    let mirror_ip = waypoint::testing::free_loopback_ip(15008);
+    let mirror_ip = testkit::free_loopback_ip(15008);
     let h = Harness::start(Spec {
         ports: vec![Port { name: "http", port: 80, target: 8080 }],
         extra_yaml: vec![
@@ -102,8 +102,8 @@ async fn mirrors_copy_requests_to_another_backend() {
         ..Spec::default()
     })
     .await;
-    let mirror = waypoint::testing::ztunnel::FakeZtunnel::start(
-        waypoint::testing::ztunnel::ZtunnelOptions {
+    let mirror = testkit::ztunnel::FakeZtunnel::start(
+        testkit::ztunnel::ZtunnelOptions {
             ip: mirror_ip,
             certs: h
                 .ca
@@ -112,7 +112,7 @@ async fn mirrors_copy_requests_to_another_backend() {
                 .certs()
                 .unwrap(),
             allowed_caller: Some(h.waypoint_id.clone()),
-            who: waypoint::testing::echo::EchoIdentity {
+            who: testkit::echo::EchoIdentity {
                 pod: "mirror-0".into(),
                 namespace: NS.into(),
             },
@@ -212,8 +212,8 @@ async fn unusable_backends_no_route_and_zero_weight() {
 #[tokio::test]
 async fn check_reports_route_conditions() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = waypoint::testing::mesh::MeshYaml::new(NS, "waypoint")
-        .service(NS, "echo", vip(), "echo", &[waypoint::testing::mesh::Port { name: "http", port: 80, target: 8080 }])
+    let mesh = testkit::mesh::MeshYaml::new(NS, "waypoint")
+        .service(NS, "echo", vip(), "echo", &[testkit::mesh::Port { name: "http", port: 80, target: 8080 }])
         .raw(&route("  - backendRefs:\n    - {name: echo, port: 80}\n"))
         .raw("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: broken\n  namespace: default\nspec:\n  parentRefs:\n  - {group: \"\", kind: Service, name: echo}\n  rules:\n  - matches:\n    - path: {type: RegularExpression, value: \"([\"}\n    backendRefs:\n    - {name: echo, port: 80}\n")
         .raw("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: dangling\n  namespace: default\nspec:\n  parentRefs:\n  - {group: \"\", kind: Service, name: echo, port: 81}\n  - {group: \"\", kind: Service, name: echo}\n  rules:\n  - backendRefs:\n    - {name: nope, port: 80}\n    - {name: other, namespace: elsewhere, port: 80}\n");

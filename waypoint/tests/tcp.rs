@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::testing::mesh::Port;
-use waypoint::testing::ztunnel::App;
+use testkit::mesh::Port;
+use testkit::ztunnel::App;
 
 fn spec() -> Spec {
     Spec {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::testing::mesh::Port;
-use waypoint::testing::ztunnel::App;
+use testkit::mesh::Port;
+use testkit::ztunnel::App;
 
 const BAGGAGE: &str = "k8s.cluster.name=c1,k8s.namespace.name=default,k8s.deployment.name=sleep,service.name=sleep,service.version=v1";
 
@@ -44,7 +44,7 @@ async fn istio_metrics_count_requests_by_source_destination_and_code() {
         .tunnel(authority(80), &[("baggage", BAGGAGE)])
         .await
         .unwrap();
-    let mut http = waypoint::testing::client::http1_over(tunnel).await.unwrap();
+    let mut http = testkit::client::http1_over(tunnel).await.unwrap();
     for i in 0..5 {
         // Distinct paths must not create series.
         let resp = http.send_request(get(&format!("/ok/{i}"))).await.unwrap();
@@ -221,7 +221,7 @@ async fn metric_series_stay_bounded_whatever_peers_send() {
             .tunnel(authority(80), &[("baggage", baggage.as_str())])
             .await
             .unwrap();
-        let mut http = waypoint::testing::client::http1_over(tunnel).await.unwrap();
+        let mut http = testkit::client::http1_over(tunnel).await.unwrap();
         let resp = http.send_request(get("/")).await.unwrap();
         assert_eq!(resp.status(), 200);
         body_bytes(resp).await;
@@ -324,7 +324,7 @@ async fn access_log_lines_explain_each_response() {
 
 async fn wait_for_json(
     h: &Harness,
-    conn: &waypoint::testing::client::HboneConnection,
+    conn: &testkit::client::HboneConnection,
 ) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -173,7 +173,7 @@ async fn spans_continue_the_client_trace_over_otlp_grpc() {
         .tunnel(authority(80), &[("traceparent", CONNECT_PARENT)])
         .await
         .unwrap();
-    let mut http = waypoint::testing::client::http1_over(tunnel).await.unwrap();
+    let mut http = testkit::client::http1_over(tunnel).await.unwrap();
     let req = http::Request::get("/traced?q=1")
         .header("host", "echo.default.svc.cluster.local")
         .header("traceparent", PARENT)

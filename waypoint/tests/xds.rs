@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use filters::model::Identity;
 use http_body_util::BodyExt;
-use waypoint::testing::client::HboneClient;
-use waypoint::testing::process::{CertFiles, WaypointProcess};
-use waypoint::testing::ztunnel::FakeZtunnel;
-use waypoint::tls::{CertStore, DevCa};
+use testkit::client::HboneClient;
+use testkit::process::{CertFiles, WaypointProcess};
+use testkit::ztunnel::FakeZtunnel;
+use hbone::tls::{CertStore, DevCa};
 use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use xds::testing::AdsServer;
+use testkit::AdsServer;
 
-use waypoint::testing::istio_dump::{self as xds_fixture, any, fake_pod, httpbin_dump, Named, VIP};
+use testkit::istio_dump::{self as xds_fixture, any, fake_pod, httpbin_dump, Named, VIP};
 
 struct World {
     _dir: tempfile::TempDir,
@@ -144,12 +144,12 @@ async fn routes_from_istiod_resources_reach_the_pod() {
         w.server.nodes()
     );
     let (_, dump) =
-        waypoint::testing::process::http_get(w.wp.admin, "/config_dump?format=waypoint")
+        testkit::process::http_get(w.wp.admin, "/config_dump?format=waypoint")
             .await
             .unwrap();
     assert!(dump.contains("xds:unix:"), "{dump}");
     // Envoy's admin format: what istioctl proxy-config reads.
-    let (_, dump) = waypoint::testing::process::http_get(w.wp.admin, "/config_dump")
+    let (_, dump) = testkit::process::http_get(w.wp.admin, "/config_dump")
         .await
         .unwrap();
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
@@ -277,7 +277,7 @@ async fn rbac_filters_from_istiod_are_enforced() {
     assert_eq!(get_as(&w.other, 8000, "/get").await.0, 403);
     // Port 8100 has no RBAC filter.
     assert_eq!(get_as(&w.other, 8100, "/get").await.0, 200);
-    let (_, stats) = waypoint::testing::process::http_get(w.wp.admin, "/stats")
+    let (_, stats) = testkit::process::http_get(w.wp.admin, "/stats")
         .await
         .unwrap();
     assert!(stats.contains("authz.denied: 2"), "{stats}");
@@ -344,13 +344,13 @@ async fn request_authentication_from_istiod_checks_tokens() {
     let token = xds_fixture::issuer().token(serde_json::json!({
         "iss": "https://issuer.example",
         "sub": "alice",
-        "exp": waypoint::testing::jwt::now() + 600,
+        "exp": testkit::jwt::now() + 600,
     }));
-    let forged = waypoint::testing::jwt::JwtIssuer::new("https://issuer.example", "key-1").token(
+    let forged = testkit::jwt::JwtIssuer::new("https://issuer.example", "key-1").token(
         serde_json::json!({
             "iss": "https://issuer.example",
             "sub": "mallory",
-            "exp": waypoint::testing::jwt::now() + 600,
+            "exp": testkit::jwt::now() + 600,
         }),
     );
     let send = |bearer: Option<String>| {
@@ -404,7 +404,7 @@ async fn routes_referenced_over_rds_are_fetched_and_applied() {
         .replies()
         .iter()
         .any(|r| r.type_url == ROUTE && r.error.is_none()));
-    let (_, dump) = waypoint::testing::process::http_get(w.wp.admin, "/config_dump")
+    let (_, dump) = testkit::process::http_get(w.wp.admin, "/config_dump")
         .await
         .unwrap();
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();

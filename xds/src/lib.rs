@@ -13,8 +13,6 @@
 pub mod ads;
 pub mod envoy;
 pub mod local;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod translate;
 
 use filters::Snapshot;

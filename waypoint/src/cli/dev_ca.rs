@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use filters::model::Identity;
-use waypoint::tls::DevCa;
+use hbone::tls::DevCa;
 
 #[derive(Debug, Args)]
 pub struct DevCaArgs {

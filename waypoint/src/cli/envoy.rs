@@ -127,7 +127,7 @@ pub fn parse_flags(argv: &[String]) -> anyhow::Result<EnvoyFlags> {
 /// Envoy's log level names as a tracing filter (unknown or absent: `info`).
 fn log_filter(level: Option<&str>) -> &'static str {
     level
-        .and_then(waypoint::admin::logging::filter_for)
+        .and_then(crate::admin::logging::filter_for)
         .unwrap_or("info")
 }
 

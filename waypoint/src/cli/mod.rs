@@ -1,13 +1,11 @@
-//! Subcommands: `run`, `check`, `dev-ca`, `request`, `load`, `bench`, `demo`; and Envoy's
-//! command line ([`envoy`]) when started by pilot-agent.
+//! The `waypoint` command line: `run`, `check`, `dev-ca`; and Envoy's command line
+//! ([`envoy`]) when started by pilot-agent. The binary (`main.rs`) calls [`main`]; the
+//! development tools (`waypoint-bench`) call it too, to run this same proxy in a child
+//! process of their own.
 
-mod bench;
 mod check;
-mod demo;
 mod dev_ca;
 pub mod envoy;
-mod load;
-mod request;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -31,17 +29,17 @@ enum Command {
     Check(check::CheckArgs),
     /// Write a development root CA and SPIFFE certificates.
     DevCa(dev_ca::DevCaArgs),
-    /// Send one HTTP request through an HBONE server (a waypoint or a ztunnel).
-    Request(request::RequestArgs),
-    /// Generate HBONE load against a waypoint or ztunnel and report latency percentiles.
-    Load(load::LoadArgs),
-    /// Run the side-by-side benchmark (direct vs waypoint) and write a Markdown table.
-    Bench(bench::BenchArgs),
-    /// Run a self-contained demo: CA, waypoint, two fake pods, requests.
-    Demo(demo::DemoArgs),
-    /// The benchmark's byte relay (its `relay` scenario starts it).
-    #[command(hide = true)]
-    BenchRelay(bench::RelayArgs),
+}
+
+/// The whole command line, from `argv` (program name first): Envoy's when pilot-agent
+/// starts the binary as `envoy`, else the subcommands.
+pub fn main(argv: Vec<String>) -> anyhow::Result<()> {
+    if envoy::is_envoy_invocation(&argv) {
+        return envoy::run(argv);
+    }
+    let args = Cli::parse_from(argv);
+    init_logging(&args.log_level);
+    dispatch(args)
 }
 
 /// Installs the tracing subscriber (also capturing Pingora's `log` records); the admin
@@ -59,7 +57,7 @@ pub fn init_logging(filter: &str) {
         .try_init()
         .is_ok();
     if installed {
-        waypoint::admin::logging::install(
+        crate::admin::logging::install(
             &current,
             Box::new(move |f| {
                 let next = tracing_subscriber::EnvFilter::try_new(f).map_err(|e| e.to_string())?;
@@ -75,11 +73,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => run::run(a),
         Command::Check(a) => check::run(a),
         Command::DevCa(a) => dev_ca::run(a),
-        Command::Request(a) => runtime()?.block_on(request::run(a)),
-        Command::Demo(a) => runtime()?.block_on(demo::run(a)),
-        Command::Load(a) => runtime()?.block_on(load::run(a)),
-        Command::Bench(a) => runtime()?.block_on(bench::run(a)),
-        Command::BenchRelay(a) => bench::serve_relay(a),
     }
 }
 
@@ -98,18 +91,12 @@ pub struct CertArgs {
 }
 
 impl CertArgs {
-    /// The files as a [`waypoint::tls::CertPaths`].
-    pub fn paths(&self) -> waypoint::tls::CertPaths {
-        waypoint::tls::CertPaths {
+    /// The files as a [`hbone::tls::CertPaths`].
+    pub fn paths(&self) -> hbone::tls::CertPaths {
+        hbone::tls::CertPaths {
             cert_chain: self.cert_chain.clone(),
             key: self.key.clone(),
             root_cert: self.root_cert.clone(),
         }
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
 }

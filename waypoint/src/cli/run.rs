@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use filters::model::{NamespacedName, Waypoint};
 use filters::Snapshot;
-use waypoint::server::{self, ServerOptions, Task};
-use waypoint::state::{Proxy, ProxyOptions, SnapshotStore};
-use waypoint::tls::CertStore;
+use crate::server::{self, ServerOptions, Task};
+use crate::state::{Proxy, ProxyOptions, SnapshotStore};
+use hbone::tls::CertStore;
 use xds::Publisher;
 
 #[derive(Debug, Args)]
@@ -64,7 +64,7 @@ pub struct RunArgs {
     cluster_id: String,
     /// Most series kept per Istio metric family; samples beyond are counted in
     /// waypoint_metrics_series_overflow_total.
-    #[arg(long, default_value_t = waypoint::telemetry::metrics::DEFAULT_SERIES_LIMIT)]
+    #[arg(long, default_value_t = crate::telemetry::metrics::DEFAULT_SERIES_LIMIT)]
     metrics_series_limit: usize,
     /// Worker threads (default: one per core).
     #[arg(long)]
@@ -106,7 +106,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .transpose()?;
     let jwks = Arc::new(filters::authn::JwksRegistry::default());
-    let jwks_client = waypoint::jwks::JwksClient::new(args.jwks_ca_file.as_deref())?;
+    let jwks_client = crate::jwks::JwksClient::new(args.jwks_ca_file.as_deref())?;
     let local = xds::local::Options {
         gateway,
         trust_domain: args.trust_domain.clone(),
@@ -191,7 +191,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let tasks: Vec<Task> = vec![
         source_task,
         sds_task.unwrap_or_else(|| Box::pin(certs.clone().watch(interval))),
-        Box::pin(waypoint::jwks::run(
+        Box::pin(crate::jwks::run(
             jwks,
             jwks_client,
             args.jwks_refresh_interval,
@@ -239,10 +239,16 @@ fn certificates(args: &RunArgs) -> anyhow::Result<(Arc<CertStore>, Option<Task>)
         let first = rt
             .block_on(client.fetch(Duration::from_secs(30)))
             .context("fetching certificates over SDS")?;
-        let certs = waypoint::tls::Certs::from_pem(&first.chain, &first.key, &first.roots)
+        let certs = hbone::tls::Certs::from_pem(&first.chain, &first.key, &first.roots)
             .context("certificates from SDS")?;
         let store = Arc::new(CertStore::fixed(certs));
-        let sink: Arc<dyn xds::ads::sds::SecretSink> = store.clone();
+        let rotated = store.clone();
+        let sink: Arc<dyn xds::ads::sds::SecretSink> =
+            Arc::new(move |m: &xds::ads::sds::KeyMaterial| {
+                rotated
+                    .rotate(&m.chain, &m.key, &m.roots)
+                    .map_err(|e| e.to_string())
+            });
         let task: Task = Box::pin(client.run(sink, Some(first)));
         return Ok((store, Some(task)));
     }
@@ -251,7 +257,7 @@ fn certificates(args: &RunArgs) -> anyhow::Result<(Arc<CertStore>, Option<Task>)
     else {
         anyhow::bail!("--cert-chain, --key and --root-cert are required without --sds-address");
     };
-    let paths = waypoint::tls::CertPaths {
+    let paths = hbone::tls::CertPaths {
         cert_chain: cert_chain.clone(),
         key: key.clone(),
         root_cert: root_cert.clone(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use filters::model::Protocol;
 
-use crate::hbone::H2Stream;
+use hbone::H2Stream;
 
 /// The HTTP/2 connection preface.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -33,7 +33,7 @@ use tower::{Layer, ServiceExt};
 
 use super::headers::strip_hop_by_hop;
 use super::tracked::{InFlight, Pending, Received, TrackedBody};
-use crate::hbone::{settings, H2Stream};
+use hbone::{settings, H2Stream};
 use crate::state::Proxy;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::request::{header_bytes, Outcome, RequestTelemetry};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use filters::model::TunnelInfo;
 use pingora_core::server::ShutdownWatch;
 
-use crate::hbone::H2Stream;
+use hbone::H2Stream;
 use crate::state::Proxy;
 use detect::Detected;
 

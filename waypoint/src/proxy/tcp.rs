@@ -8,7 +8,7 @@ use filters::balance;
 use filters::model::{Target, TunnelInfo, Workload};
 use filters::route::Backend;
 
-use crate::hbone::H2Stream;
+use hbone::H2Stream;
 use crate::state::Proxy;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::metrics::TcpKey;

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::hbone::H2Stream;
+use hbone::H2Stream;
 
 /// A byte stream to a destination: an HBONE tunnel or plain TCP.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! The upstream side: connections from the waypoint to destination pods.
 //!
-//! - [`hbone`]: pooled mTLS HTTP/2 connections to `podIP:15008`, one CONNECT stream per
+//! - [`hbone_pool`]: pooled mTLS HTTP/2 connections to `podIP:15008`, one CONNECT stream per
 //!   upstream tunnel, many tunnels per connection.
 //! - [`pool`]: HTTP client connections (hyper) over those tunnels, reused across requests.
 //! - [`forward`]: the innermost tower service of the filter chain.
@@ -10,7 +10,7 @@
 
 mod conn;
 pub mod forward;
-pub mod hbone;
+pub mod hbone_pool;
 pub mod pool;
 
 use std::sync::Arc;
@@ -21,12 +21,12 @@ pub use forward::Forward;
 use filters::balance::Picked;
 use filters::ProxyError;
 
-use crate::tls::CertStore;
+use hbone::tls::CertStore;
 
 /// The upstream connection pools.
 pub struct Upstream {
     /// HBONE connections to destination ztunnels.
-    pub hbone: hbone::HbonePool,
+    pub hbone: hbone_pool::HbonePool,
     /// HTTP connections over tunnels (or plain TCP).
     pub http: pool::HttpPool,
 }
@@ -35,7 +35,7 @@ impl Upstream {
     /// Empty pools presenting the certificates in `certs`.
     pub fn new(certs: Arc<CertStore>) -> Self {
         Self {
-            hbone: hbone::HbonePool::new(certs),
+            hbone: hbone_pool::HbonePool::new(certs),
             http: pool::HttpPool::default(),
         }
     }

@@ -139,8 +139,8 @@ impl HttpPool {
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let io = upstream.connect(picked).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(crate::hbone::settings::STREAM_WINDOW)
-            .initial_connection_window_size(crate::hbone::settings::CONNECTION_WINDOW)
+            .initial_stream_window_size(hbone::settings::STREAM_WINDOW)
+            .initial_connection_window_size(hbone::settings::CONNECTION_WINDOW)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ProxyError::UpstreamConnect {

@@ -14,12 +14,12 @@ use filters::body::Body;
 use filters::model::Identity;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use waypoint::testing::client::HboneClient;
-use waypoint::testing::echo::EchoIdentity;
-use waypoint::testing::mesh::{MeshYaml, Port};
-use waypoint::testing::process::{CertFiles, WaypointProcess};
-use waypoint::testing::ztunnel::{App, FakeZtunnel, ZtunnelOptions};
-use waypoint::tls::{CertStore, DevCa};
+use testkit::client::HboneClient;
+use testkit::echo::EchoIdentity;
+use testkit::mesh::{MeshYaml, Port};
+use testkit::process::{CertFiles, WaypointProcess};
+use testkit::ztunnel::{App, FakeZtunnel, ZtunnelOptions};
+use hbone::tls::{CertStore, DevCa};
 
 pub const NS: &str = "default";
 pub const VIP: &str = "127.96.0.10";
@@ -148,7 +148,7 @@ impl Harness {
         self.client_with(certs)
     }
 
-    pub fn client_with(&self, certs: waypoint::tls::Certs) -> HboneClient {
+    pub fn client_with(&self, certs: hbone::tls::Certs) -> HboneClient {
         HboneClient::new(
             self.wp.hbone,
             Arc::new(CertStore::fixed(certs)),
@@ -178,7 +178,7 @@ impl Harness {
     /// The Prometheus page of the metrics listener, parsed.
     pub async fn prometheus(&self) -> Vec<Sample> {
         let (status, body) =
-            waypoint::testing::process::http_get(self.wp.metrics, "/stats/prometheus")
+            testkit::process::http_get(self.wp.metrics, "/stats/prometheus")
                 .await
                 .unwrap();
         assert_eq!(status, 200);
@@ -197,7 +197,7 @@ impl Harness {
     }
 
     pub async fn admin(&self, path: &str) -> (u16, String) {
-        waypoint::testing::process::http_get(self.wp.admin, path)
+        testkit::process::http_get(self.wp.admin, path)
             .await
             .unwrap()
     }

@@ -38,6 +38,15 @@ pub trait SecretSink: Send + Sync {
     fn install(&self, material: &KeyMaterial) -> Result<(), String>;
 }
 
+impl<F> SecretSink for F
+where
+    F: Fn(&KeyMaterial) -> Result<(), String> + Send + Sync,
+{
+    fn install(&self, material: &KeyMaterial) -> Result<(), String> {
+        self(material)
+    }
+}
+
 /// Why SDS failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SdsError {

@@ -1,0 +1,194 @@
+//! The benchmark's Markdown report: per-scenario medians over rounds, the memory and
+//! handshake measures, the relay floor, and the CPU ratios (waypoint/nginx, istiod/nginx,
+//! istiod/waypoint and, in an A/B run, waypoint/baseline).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use testkit::loadgen::LoadReport;
+
+use super::{BenchArgs, SCENARIOS};
+
+/// One measured phase: a scenario, response size and load mode in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// `direct`, `relay`, `waypoint`, `istiod`, `baseline` or `nginx`.
+    pub scenario: String,
+    /// Response size, bytes.
+    pub size: usize,
+    /// `fixed` or `saturation`.
+    pub mode: String,
+    /// What the load generator saw.
+    pub report: LoadReport,
+    /// The proxy's CPU per request (none for `direct`).
+    pub cpu_us_per_req: Option<f64>,
+}
+
+/// The median (the upper one for an even count); NaN when empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// The handshake measurements: over sockets through the waypoint, and the in-memory floor.
+pub struct Handshakes {
+    /// Handshakes per second achieved.
+    pub rate: f64,
+    /// Waypoint CPU seconds over the handshake phase.
+    pub cpu: f64,
+    /// Server CPU per handshake in memory ([`super::tls_floor`]).
+    pub floor: Option<Duration>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn render(
+    a: &BenchArgs,
+    rows: &[Row],
+    peak_fixed_kib: u64,
+    peak_all_kib: u64,
+    rss_before_idle: u64,
+    rss_idle: u64,
+    hs: &Handshakes,
+    duration: Duration,
+    peer_note: &str,
+) -> String {
+    let pick = |scenario: &str, size: usize, mode: &str| -> Vec<&Row> {
+        rows.iter()
+            .filter(|r| r.scenario == scenario && r.size == size && r.mode == mode)
+            .collect()
+    };
+    let hs_cpu_us = if hs.rate > 0.0 {
+        hs.cpu * 1e6 / (hs.rate * duration.as_secs_f64())
+    } else {
+        f64::NAN
+    };
+    let floor_us = hs.floor.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
+    let mut md = String::new();
+    md.push_str(&format!(
+        "# waypoint benchmark\n\nOne run on this machine: {} round(s), {:.1}s phases, fixed rate {} req/s over 4 HTTP/1.1 tunnels, saturation = closed loop over 8 tunnels. Proxy pinned to core {}, load generator (one thread, with the fake destination and the echo apps) to core {}. Medians over rounds. Absolute numbers are context on a shared, noisy machine; compare within the run.\n\n",
+        a.rounds, duration.as_secs_f64(), a.rate, a.proxy_core, a.load_core
+    ));
+    md.push_str("| scenario | response | mode | req/s | errors | p50 µs | p90 µs | p99 µs | p99.9 µs | proxy CPU µs/req |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for size in [1024usize, 16384] {
+        for mode in ["fixed", "saturation"] {
+            for scenario in SCENARIOS {
+                let rs = pick(scenario, size, mode);
+                if rs.is_empty() {
+                    continue;
+                }
+                let m = |f: &dyn Fn(&Row) -> f64| median(rs.iter().map(|r| f(r)).collect());
+                let cpu = m(&|r| r.cpu_us_per_req.unwrap_or(f64::NAN));
+                md.push_str(&format!(
+                    "| {scenario} | {} KiB | {mode} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |\n",
+                    size / 1024,
+                    m(&|r| r.report.rps),
+                    m(&|r| r.report.errors as f64),
+                    m(&|r| r.report.p50_us as f64),
+                    m(&|r| r.report.p90_us as f64),
+                    m(&|r| r.report.p99_us as f64),
+                    m(&|r| r.report.p999_us as f64),
+                    if cpu.is_nan() { "-".to_string() } else { format!("{cpu:.1}") }
+                ));
+            }
+        }
+    }
+    let added = |size: usize| {
+        let d = median(
+            pick("direct", size, "fixed")
+                .iter()
+                .map(|r| r.report.p99_us as f64)
+                .collect(),
+        );
+        let w = median(
+            pick("waypoint", size, "fixed")
+                .iter()
+                .map(|r| r.report.p99_us as f64)
+                .collect(),
+        );
+        w - d
+    };
+    md.push_str("\n| measure | value |\n| --- | --- |\n");
+    for size in [1024usize, 16384] {
+        let v = added(size);
+        if v.is_finite() {
+            md.push_str(&format!(
+                "| added p99 over direct at {} req/s, {} KiB | {v:.0} µs |\n",
+                a.rate,
+                size / 1024
+            ));
+        }
+    }
+    md.push_str(&format!(
+        "| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n",
+        peak_fixed_kib as f64 / 1024.0,
+        peak_all_kib as f64 / 1024.0,
+    ));
+    if !a.no_idle {
+        md.push_str(&format!(
+            "| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n",
+            a.idle_tunnels,
+            rss_before_idle as f64 / 1024.0,
+            rss_idle as f64 / 1024.0
+        ));
+    }
+    if !a.no_handshakes {
+        md.push_str(&format!(
+            "| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n| floor: the listener's TLS server handshake alone, in memory (rustls + ring, thread CPU) | {:.0} µs, at most {:.0} per core-second |\n",
+            hs.rate,
+            hs_cpu_us,
+            1e6 / hs_cpu_us,
+            floor_us,
+            1e6 / floor_us,
+        ));
+    }
+    let cpu = |scenario: &str, size: usize, mode: &str| {
+        median(
+            pick(scenario, size, mode)
+                .iter()
+                .map(|r| r.cpu_us_per_req.unwrap_or(f64::NAN))
+                .collect(),
+        )
+    };
+    // The relay floor: what is left for TLS, HTTP/2 and HTTP once the kernel and the
+    // runtime have taken their share of each request.
+    for size in [1024usize, 16384] {
+        for mode in ["fixed", "saturation"] {
+            let (w, r) = (cpu("waypoint", size, mode), cpu("relay", size, mode));
+            if r.is_finite() {
+                let above = if w.is_finite() {
+                    format!("; the waypoint {:.1} µs above it", w - r)
+                } else {
+                    String::new()
+                };
+                md.push_str(&format!(
+                    "| floor: a byte relay on the proxy core (no TLS, no HTTP), {} KiB, {mode} | {r:.1} µs per request{above} |\n",
+                    size / 1024,
+                ));
+            }
+        }
+    }
+    for (one, other) in [
+        ("waypoint", "nginx"),
+        ("istiod", "nginx"),
+        ("istiod", "waypoint"),
+        ("waypoint", "baseline"),
+    ] {
+        for size in [1024usize, 16384] {
+            for mode in ["fixed", "saturation"] {
+                let (w, n) = (cpu(one, size, mode), cpu(other, size, mode));
+                if w.is_finite() && n.is_finite() && n > 0.0 {
+                    md.push_str(&format!(
+                        "| CPU per request {one}/{other}, {} KiB, {mode} | {:.2}x |\n",
+                        size / 1024,
+                        w / n
+                    ));
+                }
+            }
+        }
+    }
+    md.push_str(&format!("\n{peer_note}\n"));
+    md
+}

@@ -1,0 +1,87 @@
+//! The development tools end to end, over real sockets: `waypoint-bench request` against
+//! a destination ztunnel, and the quickstart demo (which runs the proxy as a child of this
+//! executable).
+
+use std::collections::HashMap;
+
+use filters::model::Identity;
+use hbone::tls::DevCa;
+use testkit::echo::EchoIdentity;
+use testkit::ztunnel::{FakeZtunnel, ZtunnelOptions};
+
+const TOOL: &str = env!("CARGO_BIN_EXE_waypoint-bench");
+
+#[tokio::test]
+async fn request_sends_one_request_through_an_hbone_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("tools").unwrap();
+    let pod_id = Identity::new("cluster.local", "default", "echo");
+    let client_id = Identity::new("cluster.local", "default", "sleep");
+    let pod_certs = ca.issue(&pod_id).unwrap();
+    let pod = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
+        ip,
+        certs: pod_certs.certs().unwrap(),
+        allowed_caller: Some(client_id.clone()),
+        who: EchoIdentity {
+            pod: "echo-0".into(),
+            namespace: "default".into(),
+        },
+        apps: HashMap::new(),
+    })
+    .await
+    .unwrap();
+    ca.issue(&client_id).unwrap().write(dir.path()).unwrap();
+    let request = |identity: &Identity| {
+        tokio::process::Command::new(TOOL)
+            .arg("request")
+            .args(["--addr", &format!("{}:15008", pod.ip)])
+            .args(["--authority", &format!("{}:8080", pod.ip)])
+            .args(["--server-identity", &identity.to_string()])
+            .arg("--cert-chain")
+            .arg(dir.path().join("cert-chain.pem"))
+            .arg("--key")
+            .arg(dir.path().join("key.pem"))
+            .arg("--root-cert")
+            .arg(dir.path().join("root-cert.pem"))
+            .args(["-H", "x-debug: 1", "--host", "echo.default", "/by/hand?q=1"])
+            .output()
+    };
+    let out = request(&pod_id).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("HTTP/1.1 200 OK"), "{stdout}");
+    assert!(stdout.contains(r#""path":"/by/hand?q=1""#), "{stdout}");
+    assert!(stdout.contains(r#""pod":"echo-0""#), "{stdout}");
+
+    // A server that is not who we expect is refused, with a reason.
+    let stranger = Identity::new("cluster.local", "default", "someone-else");
+    let out = request(&stranger).await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HBONE connect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn demo_runs_a_waypoint_and_round_robins_across_two_pods() {
+    let out = std::process::Command::new(TOOL)
+        .args(["--log-level", "warn", "demo", "--requests", "4"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3. waypoint ready"), "{stdout}");
+    for pod in ["echo-0", "echo-1"] {
+        assert!(stdout.contains(pod), "no answer from {pod}:\n{stdout}");
+    }
+}

@@ -1,0 +1,248 @@
+//! The HBONE listener's connection handler: a Pingora [`ServerApp`] that receives
+//! TLS-terminated connections, checks the peer, runs HTTP/2 and accepts CONNECT tunnels.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use filters::model::{Identity, TunnelInfo};
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use tracing::Instrument;
+
+use super::forwarded::forwarded_for;
+use hbone::{settings, H2Stream};
+use crate::proxy;
+use crate::state::{Gauge, Proxy};
+use hbone::tls::SpiffeClientVerifier;
+
+/// The HBONE inbound application.
+pub struct HboneInbound {
+    proxy: Arc<Proxy>,
+    /// The listener's client verifier, which already knows each accepted peer's identity.
+    verifier: Arc<SpiffeClientVerifier>,
+}
+
+impl HboneInbound {
+    /// An inbound handler over the shared proxy state, for a listener whose client
+    /// certificates `verifier` checks.
+    pub fn new(proxy: Arc<Proxy>, verifier: Arc<SpiffeClientVerifier>) -> Self {
+        Self { proxy, verifier }
+    }
+}
+
+/// Why a downstream connection was refused before HTTP/2.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("not a TLS connection")]
+    NoTls,
+    #[error("TLS version {0} is not allowed, HBONE requires TLSv1.3")]
+    Version(String),
+    #[error("no client certificate")]
+    NoCertificate,
+    #[error("client certificate: {0}")]
+    Identity(#[from] hbone::tls::TlsError),
+}
+
+fn peer_of(stream: &Stream, verifier: &SpiffeClientVerifier) -> Result<Identity, PeerError> {
+    let tls = stream.get_ssl().ok_or(PeerError::NoTls)?;
+    match tls.version() {
+        Some("TLSv1.3" | "TLSv1_3") => {}
+        other => return Err(PeerError::Version(other.unwrap_or("unknown").to_string())),
+    }
+    let der = tls.peer_certificate_der().ok_or(PeerError::NoCertificate)?;
+    Ok(verifier.peer_identity(der)?)
+}
+
+#[async_trait]
+impl ServerApp for HboneInbound {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let peer_addr = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let peer = match peer_of(&stream, &self.verifier) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(peer_addr = ?peer_addr, error = %e, "HBONE connection refused");
+                return None;
+            }
+        };
+        let span = tracing::info_span!("hbone", peer = %peer, peer_addr = ?peer_addr);
+        self.serve(stream, peer, peer_addr, shutdown.clone())
+            .instrument(span)
+            .await;
+        None
+    }
+}
+
+impl HboneInbound {
+    async fn serve(
+        self: &Arc<Self>,
+        stream: Stream,
+        peer: Identity,
+        peer_addr: Option<SocketAddr>,
+        mut shutdown: ShutdownWatch,
+    ) {
+        let _conn = Gauge::inc(&self.proxy.stats.hbone_connections);
+        let mut conn = match settings::server_builder()
+            .handshake::<_, Bytes>(stream)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+        };
+        let keepalive = conn.ping_pong().map(settings::keepalive);
+        let keepalive = async move {
+            match keepalive {
+                Some(k) => k.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(keepalive);
+        let mut drain = self.proxy.drain.subscribe();
+        let mut draining = *shutdown.borrow() || *drain.borrow_and_update();
+        if draining {
+            conn.graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                accepted = conn.accept() => match accepted {
+                    Some(Ok((req, respond))) => {
+                        let this = self.clone();
+                        let peer = peer.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            this.tunnel(req, respond, peer, peer_addr, shutdown).await;
+                        }.in_current_span());
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "HBONE connection error");
+                        break;
+                    }
+                    None => {
+                        // No more streams will be accepted (GOAWAY); keep driving the
+                        // connection until the streams in flight finish.
+                        if let Err(e) = std::future::poll_fn(|cx| conn.poll_closed(cx)).await {
+                            tracing::debug!(error = %e, "HBONE connection error while closing");
+                        }
+                        break;
+                    }
+                },
+                changed = shutdown.changed(), if !draining => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        draining = true;
+                        tracing::debug!("draining: GOAWAY sent");
+                        conn.graceful_shutdown();
+                    }
+                }
+                changed = drain.changed(), if !draining => {
+                    if changed.is_ok() && *drain.borrow() {
+                        draining = true;
+                        tracing::debug!("listeners drained: GOAWAY sent");
+                        conn.graceful_shutdown();
+                    }
+                }
+                why = &mut keepalive => {
+                    tracing::info!(reason = why, "closing HBONE connection");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn tunnel(
+        self: Arc<Self>,
+        req: Request<h2::RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        peer: Identity,
+        peer_addr: Option<SocketAddr>,
+        shutdown: ShutdownWatch,
+    ) {
+        let authority = req.uri().authority().map(|a| a.as_str().to_string());
+        let refuse = |respond: &mut SendResponse<Bytes>, status: StatusCode, why: &str| {
+            tracing::warn!(authority = ?authority, status = status.as_u16(), reason = why, "CONNECT refused");
+            let resp = Response::builder()
+                .status(status)
+                .body(())
+                .expect("valid response");
+            let _ = respond.send_response(resp, true);
+        };
+        if req.method() != Method::CONNECT {
+            return refuse(
+                &mut respond,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only CONNECT is accepted",
+            );
+        }
+        if req.extensions().get::<h2::ext::Protocol>().is_some() {
+            return refuse(
+                &mut respond,
+                StatusCode::BAD_REQUEST,
+                "extended CONNECT is not accepted",
+            );
+        }
+        let Some(addr) = authority
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        else {
+            return refuse(
+                &mut respond,
+                StatusCode::BAD_REQUEST,
+                "authority is not ip:port",
+            );
+        };
+        let snapshot = self.proxy.config.current();
+        let Some(target) = snapshot.resolve(addr) else {
+            return refuse(
+                &mut respond,
+                StatusCode::NOT_FOUND,
+                "no Service VIP or served workload at this address",
+            );
+        };
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let source_ip = header("forwarded")
+            .as_deref()
+            .and_then(forwarded_for)
+            .or(peer_addr.map(|a| a.ip()));
+        let info = Arc::new(TunnelInfo {
+            peer,
+            peer_addr,
+            source_ip,
+            authority: addr,
+            target,
+            baggage: header("baggage"),
+            traceparent: header("traceparent"),
+            principal_cache: Default::default(),
+        });
+        let send = match respond.send_response(Response::new(()), false) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT response failed");
+                return;
+            }
+        };
+        let _tunnel = Gauge::inc(&self.proxy.stats.tunnels);
+        let stream = H2Stream::new(send, req.into_body());
+        let span =
+            tracing::info_span!("tunnel", authority = %addr, target = %info.target.describe());
+        proxy::serve_tunnel(self.proxy.clone(), info, stream, shutdown)
+            .instrument(span)
+            .await;
+    }
+}

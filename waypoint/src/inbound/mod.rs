@@ -1,0 +1,14 @@
+//! The HBONE listener (port 15008): Pingora owns the TCP listener and the TLS handshake;
+//! [`connection`] runs HTTP/2 on each connection and accepts CONNECT streams, whose
+//! tunnels go to [`crate::proxy`].
+//!
+//! - [`connection`]: one HBONE connection: peer identity, HTTP/2 with ztunnel's settings,
+//!   CONNECT authority resolution, GOAWAY on shutdown, keepalive pings;
+//! - [`forwarded`]: the CONNECT headers carried into policy and telemetry.
+//!
+//! The tunnel stream, HTTP/2 settings and SPIFFE verifiers are the [`hbone`] crate's.
+
+pub mod connection;
+pub mod forwarded;
+
+pub use connection::HboneInbound;
