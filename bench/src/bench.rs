@@ -34,15 +34,15 @@ use std::time::Duration;
 
 use clap::Args;
 use filters::model::Identity;
+use hbone::tls::{client_config, CertStore, DevCa};
 use report::{render, Handshakes, Row};
-use testkit::loadgen::{self, LoadConfig};
 use testkit::client::HboneClient;
 use testkit::echo::EchoIdentity;
+use testkit::loadgen::{self, LoadConfig};
 use testkit::mesh::{MeshYaml, Port};
 use testkit::process::{CertFiles, WaypointProcess};
 use testkit::tls_echo::TlsEcho;
 use testkit::ztunnel::{FakeZtunnel, ZtunnelOptions};
-use hbone::tls::{client_config, CertStore, DevCa};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {

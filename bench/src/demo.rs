@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use filters::model::Identity;
+use hbone::tls::{CertStore, DevCa};
 use http::Request;
 use http_body_util::BodyExt;
 use testkit::client::HboneClient;
@@ -15,7 +16,6 @@ use testkit::free_loopback_ip;
 use testkit::mesh::{MeshYaml, Port};
 use testkit::process::{CertFiles, WaypointProcess};
 use testkit::ztunnel::{FakeZtunnel, ZtunnelOptions};
-use hbone::tls::{CertStore, DevCa};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

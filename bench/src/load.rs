@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 use filters::model::Identity;
-use testkit::loadgen::{self, LoadConfig};
-use testkit::client::HboneClient;
 use hbone::tls::CertStore;
+use testkit::client::HboneClient;
+use testkit::loadgen::{self, LoadConfig};
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {

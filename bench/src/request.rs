@@ -4,10 +4,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use filters::model::Identity;
+use hbone::tls::CertStore;
 use http::{Method, Request};
 use http_body_util::BodyExt;
 use testkit::client::HboneClient;
-use hbone::tls::CertStore;
 
 #[derive(Debug, Args)]
 pub struct RequestArgs {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use filters::model::Identity;
+use hbone::tls::{CertStore, DevCa};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 use testkit::client::HboneClient;
@@ -15,7 +16,6 @@ use testkit::echo::EchoIdentity;
 use testkit::free_loopback_ip;
 use testkit::process::{CertFiles, WaypointProcess};
 use testkit::ztunnel::{FakeZtunnel, ZtunnelOptions};
-use hbone::tls::{CertStore, DevCa};
 
 /// The namespace the waypoint lives in.
 pub const WAYPOINT_NS: &str = "gateway-conformance-mesh";

@@ -7,6 +7,8 @@
 //! - [`error`]: the one place where proxy errors become HTTP responses.
 //! - [`rbac`]: Envoy RBAC filter configs (what istiod sends) evaluated with Envoy's semantics.
 //! - [`body`]: the boxed streaming body type shared by the filters.
+//! - [`source`]: what the configuration sources share (options, the [`Publisher`]).
+//! - [`duration`]: durations as configuration writes them.
 
 pub mod access_log;
 mod ascii;
@@ -14,11 +16,14 @@ pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod duration;
 pub mod error;
 pub mod model;
 pub mod rbac;
 pub mod route;
+pub mod source;
 
 pub use error::ProxyError;
 pub use model::{RequestContext, Snapshot};
+pub use source::{Publisher, SourceOptions};
 pub mod retry;

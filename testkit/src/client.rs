@@ -13,8 +13,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use hbone::{settings, H2Stream};
 use hbone::tls::{client_config, CertStore};
+use hbone::{settings, H2Stream};
 
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]

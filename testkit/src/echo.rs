@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use filters::body::{self as fbody, Body};
@@ -40,20 +39,6 @@ fn query(uri: &http::Uri) -> HashMap<String, String> {
         .collect()
 }
 
-/// Parses Go-style durations used by the conformance suite (`500ms`, `1s`, `2.5s`).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "us" | "µs" => n / 1_000_000.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
-}
-
 fn retry_counts() -> &'static Mutex<HashMap<String, u32>> {
     static COUNTS: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
     COUNTS.get_or_init(Default::default)
@@ -65,7 +50,10 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let q = query(req.uri());
-    if let Some(d) = q.get("delay").and_then(|d| parse_duration(d)) {
+    if let Some(d) = q
+        .get("delay")
+        .and_then(|d| filters::duration::parse(d).ok())
+    {
         tokio::time::sleep(d).await;
     }
     let path = req.uri().path().to_string();
@@ -315,10 +303,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_names() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
-        assert_eq!(parse_duration("x"), None);
+    fn header_names() {
         assert_eq!(canonical("x-forwarded-for"), "X-Forwarded-For");
     }
 }

@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::echo::{self, EchoIdentity};
-use hbone::{settings, H2Stream, HBONE_PORT};
 use hbone::tls::{identity_of, provider, Certs};
+use hbone::{settings, H2Stream, HBONE_PORT};
 
 /// What a port of the fake pod serves.
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use filters::Snapshot;
 
-use hbone::tls::CertStore;
 use crate::upstream::Upstream;
+use hbone::tls::CertStore;
 
 /// Holds the current snapshot; publishing replaces it in one atomic swap.
 pub struct SnapshotStore {
@@ -43,7 +43,7 @@ impl SnapshotStore {
     }
 }
 
-impl xds::Publisher for SnapshotStore {
+impl filters::Publisher for SnapshotStore {
     fn current_version(&self) -> u64 {
         self.current.load().version
     }

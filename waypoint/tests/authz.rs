@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use testkit::mesh::Port;
 use testkit::ztunnel::App;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn policy(name: &str, target: &str, body: &str) -> String {
     format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: {NS}\n{body}spec:\n  targetRefs:\n  - {target}\n")

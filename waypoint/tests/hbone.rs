@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use common::*;
 use filters::model::Identity;
+use hbone::tls::DevCa;
 use http::StatusCode;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use testkit::client::{ClientError, HboneClient};
-use hbone::tls::DevCa;
 
 /// Whether the waypoint refused this client: the TLS handshake, the HTTP/2 handshake or
 /// the first CONNECT fails.

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use hbone::tls::{Certs, DevCa};
 use http::Request;
 use testkit::mesh::Port;
-use hbone::tls::{Certs, DevCa};
 
 async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -16,8 +16,8 @@ use testkit::free_ports;
 use testkit::process::{http_call, http_get};
 
 use hbone::tls::{CertStore, DevCa};
-use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
 use testkit::{AdsServer, SdsServer};
+use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
 
 use testkit::istio_dump::{fake_pod, resources, VIP};
 

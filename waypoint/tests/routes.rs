@@ -102,23 +102,21 @@ async fn mirrors_copy_requests_to_another_backend() {
         ..Spec::default()
     })
     .await;
-    let mirror = testkit::ztunnel::FakeZtunnel::start(
-        testkit::ztunnel::ZtunnelOptions {
-            ip: mirror_ip,
-            certs: h
-                .ca
-                .issue(&filters::model::Identity::new("cluster.local", NS, "echo"))
-                .unwrap()
-                .certs()
-                .unwrap(),
-            allowed_caller: Some(h.waypoint_id.clone()),
-            who: testkit::echo::EchoIdentity {
-                pod: "mirror-0".into(),
-                namespace: NS.into(),
-            },
-            apps: Default::default(),
+    let mirror = testkit::ztunnel::FakeZtunnel::start(testkit::ztunnel::ZtunnelOptions {
+        ip: mirror_ip,
+        certs: h
+            .ca
+            .issue(&filters::model::Identity::new("cluster.local", NS, "echo"))
+            .unwrap()
+            .certs()
+            .unwrap(),
+        allowed_caller: Some(h.waypoint_id.clone()),
+        who: testkit::echo::EchoIdentity {
+            pod: "mirror-0".into(),
+            namespace: NS.into(),
         },
-    )
+        apps: Default::default(),
+    })
     .await
     .unwrap();
     let conn = h.client().connect().await.unwrap();

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use testkit::mesh::Port;
 use testkit::ztunnel::App;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn spec() -> Spec {
     Spec {

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use testkit::mesh::Port;
 use testkit::ztunnel::App;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BAGGAGE: &str = "k8s.cluster.name=c1,k8s.namespace.name=default,k8s.deployment.name=sleep,service.name=sleep,service.version=v1";
 
@@ -322,10 +322,7 @@ async fn access_log_lines_explain_each_response() {
     assert_eq!(json["response_flags"], "-");
 }
 
-async fn wait_for_json(
-    h: &Harness,
-    conn: &testkit::client::HboneConnection,
-) -> serde_json::Value {
+async fn wait_for_json(h: &Harness, conn: &testkit::client::HboneConnection) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut http = conn.http1(authority(80)).await.unwrap();

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use filters::model::Identity;
+use hbone::tls::{CertStore, DevCa};
 use http_body_util::BodyExt;
 use testkit::client::HboneClient;
 use testkit::process::{CertFiles, WaypointProcess};
 use testkit::ztunnel::FakeZtunnel;
-use hbone::tls::{CertStore, DevCa};
-use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use testkit::AdsServer;
+use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 use testkit::istio_dump::{self as xds_fixture, any, fake_pod, httpbin_dump, Named, VIP};
 
@@ -143,10 +143,9 @@ async fn routes_from_istiod_resources_reach_the_pod() {
         "{:?}",
         w.server.nodes()
     );
-    let (_, dump) =
-        testkit::process::http_get(w.wp.admin, "/config_dump?format=waypoint")
-            .await
-            .unwrap();
+    let (_, dump) = testkit::process::http_get(w.wp.admin, "/config_dump?format=waypoint")
+        .await
+        .unwrap();
     assert!(dump.contains("xds:unix:"), "{dump}");
     // Envoy's admin format: what istioctl proxy-config reads.
     let (_, dump) = testkit::process::http_get(w.wp.admin, "/config_dump")
@@ -346,13 +345,12 @@ async fn request_authentication_from_istiod_checks_tokens() {
         "sub": "alice",
         "exp": testkit::jwt::now() + 600,
     }));
-    let forged = testkit::jwt::JwtIssuer::new("https://issuer.example", "key-1").token(
-        serde_json::json!({
+    let forged =
+        testkit::jwt::JwtIssuer::new("https://issuer.example", "key-1").token(serde_json::json!({
             "iss": "https://issuer.example",
             "sub": "mallory",
             "exp": testkit::jwt::now() + 600,
-        }),
-    );
+        }));
     let send = |bearer: Option<String>| {
         let client = w.client.clone();
         async move {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use filters::authz::{evaluate, Attributes, HttpAttributes};
-use xds::local::authz::{compile, AuthorizationPolicy};
+use kube_config::authz::{compile, AuthorizationPolicy};
 
 fn testdata() -> PathBuf {
     std::env::var("WAYPOINT_ISTIO_TESTDATA")

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use filters::authz::path::{normalize, Normalization};
 use filters::authz::{evaluate, Attributes, HttpAttributes, JwtAuth};
 use http::HeaderMap;
-use xds::local::authz::{compile, AuthorizationPolicy};
+use kube_config::authz::{compile, AuthorizationPolicy};
 
 #[derive(Clone)]
 struct Req {

@@ -1,6 +1,6 @@
 //! The differential between our AuthorizationPolicy engine and Envoy RBAC: for every input of
 //! Istio's authz builder testdata (`../shared/testdata/istio/authz-builder/{http,tcp}/`)
-//! with generated RBAC outputs, the policies compiled by `xds::local::authz::compile` and
+//! with generated RBAC outputs, the policies compiled by `kube_config::authz::compile` and
 //! decided by `filters::authz::evaluate` must allow and deny exactly the requests that the
 //! generated RBAC filters (loaded with `filters::rbac`, evaluated in order) allow and deny.
 //!
@@ -19,8 +19,8 @@ use std::sync::Arc;
 use filters::authz::evaluate;
 use filters::authz::model::Policy;
 use filters::rbac::{evaluate_chain, RbacConfig, RbacFilter, RbacInput};
+use kube_config::authz::{compile, AuthorizationPolicy};
 use serde_yaml::Value;
-use xds::local::authz::{compile, AuthorizationPolicy};
 
 fn testdata() -> PathBuf {
     std::env::var("WAYPOINT_ISTIO_TESTDATA")

@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use filters::model::Identity;
+use hbone::tls::DevCa;
 use testkit::istio_dump::{fake_pod, resources_with, VIP};
 use testkit::ztunnel::FakeZtunnel;
-use hbone::tls::DevCa;
-use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
 use testkit::AdsServer;
+use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
 
 /// The Service port whose chain carries the RBAC filters.
 const PORT: u16 = 8000;

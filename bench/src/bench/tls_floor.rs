@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use filters::model::Identity;
+use hbone::tls::{client_config, provider, server_resolver, CertStore, SpiffeClientVerifier};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, ServerConfig, ServerConnection};
-use hbone::tls::{client_config, provider, server_resolver, CertStore, SpiffeClientVerifier};
 
 /// CPU the thread has used so far.
 fn thread_cpu() -> Duration {

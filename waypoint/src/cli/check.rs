@@ -24,16 +24,16 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         Some(None) => anyhow::bail!("--gateway must be namespace/name"),
         None => None,
     };
-    let options = xds::local::Options {
+    let options = filters::SourceOptions {
         gateway,
         trust_domain: args.trust_domain,
         ..Default::default()
     };
     let result = std::fs::read_to_string(&args.config)
         .map_err(|e| format!("cannot read {}: {e}", args.config.display()))
-        .and_then(|text| xds::local::parse(&text).map_err(|e| e.to_string()))
+        .and_then(|text| kube_config::parse(&text).map_err(|e| e.to_string()))
         .and_then(|objects| {
-            xds::local::translate_with_status(&objects, &options, 1, "check".into())
+            kube_config::translate_with_status(&objects, &options, 1, "check".into())
                 .map_err(|e| e.to_string())
         });
     let (snapshot, statuses) = match result {

@@ -3,14 +3,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::server::{self, ServerOptions, Task};
+use crate::state::{Proxy, ProxyOptions, SnapshotStore};
 use anyhow::Context;
 use clap::Args;
 use filters::model::{NamespacedName, Waypoint};
+use filters::Publisher;
 use filters::Snapshot;
-use crate::server::{self, ServerOptions, Task};
-use crate::state::{Proxy, ProxyOptions, SnapshotStore};
 use hbone::tls::CertStore;
-use xds::Publisher;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -107,7 +107,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .transpose()?;
     let jwks = Arc::new(filters::authn::JwksRegistry::default());
     let jwks_client = crate::jwks::JwksClient::new(args.jwks_ca_file.as_deref())?;
-    let local = xds::local::Options {
+    let options = filters::SourceOptions {
         gateway,
         trust_domain: args.trust_domain.clone(),
         root_namespace: args.root_namespace.clone(),
@@ -125,7 +125,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut xds_stats = None;
     let (store, source_task) = match (&args.config, &args.xds_address) {
         (Some(path), _) => {
-            let first = xds::local::load(path, &local, 1)
+            let first = kube_config::load(path, &options, 1)
                 .with_context(|| format!("invalid configuration {}", path.display()))?;
             let store = Arc::new(SnapshotStore::new(Snapshot::empty(Waypoint {
                 gateway: first.waypoint.gateway.clone(),
@@ -134,24 +134,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!(identity = %ours, gateway = %first.waypoint.gateway, services = first.services.len(), "configuration loaded");
             store.publish(first);
             let interval = Duration::from_millis(args.watch_interval_ms);
-            let task: Task = Box::pin(xds::local::watch(
+            let task: Task = Box::pin(kube_config::watch(
                 path.clone(),
-                local,
+                options,
                 store.clone(),
                 interval,
             ));
             (store, task)
         }
         (None, Some(address)) => {
-            let gateway = local
+            let gateway = options
                 .gateway
                 .clone()
                 .context("--xds-address requires --gateway")?;
-            let waypoint = Waypoint {
-                gateway: gateway.clone(),
-                trust_domain: args.trust_domain.clone(),
-            };
-            let store = Arc::new(SnapshotStore::new(Snapshot::empty(waypoint.clone())));
+            let store = Arc::new(SnapshotStore::new(Snapshot::empty(
+                options.waypoint(gateway.clone()),
+            )));
             let node_id = args.node_id.clone().unwrap_or_else(|| {
                 format!(
                     "waypoint~0.0.0.0~{}.{}~{}.svc.cluster.local",
@@ -159,14 +157,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 )
             });
             tracing::info!(identity = %ours, %gateway, server = %address, node = %node_id, "configuration from xDS");
-            let client = xds::ads::AdsClient {
-                address: address.clone(),
-                node: xds::ads::node(&node_id, &args.cluster_id, &gateway),
-                waypoint,
-                stats: Default::default(),
-            };
+            let client = xds::ads::AdsClient::new(
+                address.clone(),
+                xds::ads::node(&node_id, &args.cluster_id, &gateway),
+                &options,
+            )?;
             xds_stats = Some(client.stats.clone());
-            let publisher: Arc<dyn xds::Publisher> = store.clone();
+            let publisher: Arc<dyn Publisher> = store.clone();
             let task: Task = Box::pin(client.run(publisher));
             (store, task)
         }
@@ -269,7 +266,11 @@ fn certificates(args: &RunArgs) -> anyhow::Result<(Arc<CertStore>, Option<Task>)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
-    xds::local::ext_authz::parse_duration(s)
+    match filters::duration::parse(s) {
+        Ok(d) if d.is_zero() => Err(format!("{s:?} must be positive")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_normalization(s: &str) -> Result<filters::authz::path::Normalization, String> {

@@ -15,10 +15,10 @@ use pingora_core::server::ShutdownWatch;
 use tracing::Instrument;
 
 use super::forwarded::forwarded_for;
-use hbone::{settings, H2Stream};
 use crate::proxy;
 use crate::state::{Gauge, Proxy};
 use hbone::tls::SpiffeClientVerifier;
+use hbone::{settings, H2Stream};
 
 /// The HBONE inbound application.
 pub struct HboneInbound {

@@ -33,11 +33,11 @@ use tower::{Layer, ServiceExt};
 
 use super::headers::strip_hop_by_hop;
 use super::tracked::{InFlight, Pending, Received, TrackedBody};
-use hbone::{settings, H2Stream};
 use crate::state::Proxy;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::request::{header_bytes, Outcome, RequestTelemetry};
 use crate::upstream::Forward;
+use hbone::{settings, H2Stream};
 
 /// The filter chain, outermost first: authentication, authorization, routing, retries and
 /// timeouts, then the upstream call.

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use filters::model::TunnelInfo;
 use pingora_core::server::ShutdownWatch;
 
-use hbone::H2Stream;
 use crate::state::Proxy;
 use detect::Detected;
+use hbone::H2Stream;
 
 /// Serves one accepted CONNECT tunnel until it ends.
 pub async fn serve_tunnel(

@@ -8,10 +8,10 @@ use filters::balance;
 use filters::model::{Target, TunnelInfo, Workload};
 use filters::route::Backend;
 
-use hbone::H2Stream;
 use crate::state::Proxy;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::metrics::TcpKey;
+use hbone::H2Stream;
 
 /// Copies the tunnel to an endpoint of its target until both directions end.
 pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {

@@ -18,8 +18,8 @@ use http::{Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use hbone::{settings, H2Stream, HBONE_PORT};
 use hbone::tls::{client_config, CertStore};
+use hbone::{settings, H2Stream, HBONE_PORT};
 
 /// How long an HBONE connection without streams stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

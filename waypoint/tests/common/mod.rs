@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use filters::body::Body;
 use filters::model::Identity;
+use hbone::tls::{CertStore, DevCa};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use testkit::client::HboneClient;
@@ -19,7 +20,6 @@ use testkit::echo::EchoIdentity;
 use testkit::mesh::{MeshYaml, Port};
 use testkit::process::{CertFiles, WaypointProcess};
 use testkit::ztunnel::{App, FakeZtunnel, ZtunnelOptions};
-use hbone::tls::{CertStore, DevCa};
 
 pub const NS: &str = "default";
 pub const VIP: &str = "127.96.0.10";
@@ -177,10 +177,9 @@ impl Harness {
 
     /// The Prometheus page of the metrics listener, parsed.
     pub async fn prometheus(&self) -> Vec<Sample> {
-        let (status, body) =
-            testkit::process::http_get(self.wp.metrics, "/stats/prometheus")
-                .await
-                .unwrap();
+        let (status, body) = testkit::process::http_get(self.wp.metrics, "/stats/prometheus")
+            .await
+            .unwrap();
         assert_eq!(status, 200);
         parse_prometheus(&body)
     }

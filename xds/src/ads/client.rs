@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use super::connect::{self, XdsAddress};
 use super::types::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::translate::{self, BuildOptions, InvalidResource, Resources};
-use crate::Publisher;
+use filters::{Publisher, SourceOptions};
 
 /// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -118,11 +118,16 @@ pub struct AdsClient {
     pub address: XdsAddress,
     /// Who we are (from the bootstrap).
     pub node: Node,
-    /// The waypoint the snapshots describe.
-    pub waypoint: Waypoint,
+    /// The waypoint the snapshots describe (from [`SourceOptions`]).
+    waypoint: Waypoint,
     /// Counters.
     pub stats: Arc<AdsStats>,
 }
+
+/// xDS needs to know which Gateway it configures (`--gateway`).
+#[derive(Debug, thiserror::Error)]
+#[error("configuration over xDS needs the waypoint's Gateway (--gateway namespace/name)")]
+pub struct NoGateway;
 
 /// What survives reconnects: the accepted resources and their versions.
 #[derive(Default)]
@@ -141,6 +146,22 @@ fn type_key(type_url: &str) -> Option<&'static str> {
 }
 
 impl AdsClient {
+    /// A subscriber for the waypoint `options.gateway` names, built with the same options
+    /// as the local source.
+    pub fn new(
+        address: XdsAddress,
+        node: Node,
+        options: &SourceOptions,
+    ) -> Result<Self, NoGateway> {
+        let gateway = options.gateway.clone().ok_or(NoGateway)?;
+        Ok(Self {
+            address,
+            node,
+            waypoint: options.waypoint(gateway),
+            stats: Arc::default(),
+        })
+    }
+
     /// Runs until the process ends: connects, streams, reconnects with backoff.
     pub async fn run(self, publisher: Arc<dyn Publisher>) {
         let mut state = State::default();

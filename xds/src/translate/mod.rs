@@ -19,6 +19,7 @@ pub mod tracing;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use filters::model::{
     route_key, ConflictingAddress, Endpoint, Identity, NamespacedName, Service, ServicePort,
@@ -57,6 +58,13 @@ impl Resources {
             })
             .collect()
     }
+}
+
+/// A protobuf `Duration` as Envoy reads a timeout: `None` when absent or zero.
+fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
+    let d = d?;
+    let total = Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32);
+    (!total.is_zero()).then_some(total)
 }
 
 /// What the snapshot is built for.

@@ -189,12 +189,6 @@ fn modifier(add: &[HeaderValueOption], remove: &[String], at: &str) -> Result<He
     Ok(m)
 }
 
-fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
-    let d = d?;
-    let total = Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32);
-    (!total.is_zero()).then_some(total)
-}
-
 #[allow(deprecated)]
 fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
     let m = r
@@ -516,7 +510,7 @@ fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
         }
     };
     let timeouts = Timeouts {
-        request: duration(a.timeout.as_ref()),
+        request: super::duration(a.timeout.as_ref()),
         backend_request: None,
     };
     let retry = match &a.retry_policy {
@@ -552,7 +546,7 @@ fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
             let backoff = p
                 .retry_back_off
                 .as_ref()
-                .and_then(|b| duration(b.base_interval.as_ref()))
+                .and_then(|b| super::duration(b.base_interval.as_ref()))
                 .unwrap_or(Duration::from_millis(25));
             (attempts > 0).then_some(RetryPolicy {
                 attempts,

@@ -25,11 +25,8 @@ fn collector(cluster: &str) -> Option<String> {
     (!host.is_empty()).then(|| format!("{host}:{port}"))
 }
 
-fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Duration {
-    d.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-        .filter(|d| !d.is_zero())
-        .unwrap_or(Duration::from_secs(5))
-}
+/// Envoy's export timeout when the provider sets none.
+const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The tracing settings, or `None` when the connection manager has no provider.
 pub fn convert(t: &Tracing, at: &str) -> Result<Option<TracingConfig>, Bad> {
@@ -79,7 +76,7 @@ pub fn convert(t: &Tracing, at: &str) -> Result<Option<TracingConfig>, Bad> {
             (
                 endpoint,
                 OtlpProtocol::Grpc { metadata },
-                duration(g.timeout.as_ref()),
+                super::duration(g.timeout.as_ref()).unwrap_or(DEFAULT_EXPORT_TIMEOUT),
             )
         }
         (None, Some(h)) => {
@@ -123,7 +120,7 @@ pub fn convert(t: &Tracing, at: &str) -> Result<Option<TracingConfig>, Bad> {
             (
                 endpoint,
                 OtlpProtocol::Http { path, headers },
-                duration(uri.timeout.as_ref()),
+                super::duration(uri.timeout.as_ref()).unwrap_or(DEFAULT_EXPORT_TIMEOUT),
             )
         }
         _ => {

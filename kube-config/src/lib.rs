@@ -19,15 +19,19 @@ mod watch;
 
 pub use error::LocalConfigError;
 pub use parse::{parse, Objects};
-pub use translate::{translate, translate_with_status, Options};
+pub use translate::{translate, translate_with_status};
 pub use watch::watch;
 
 use std::path::Path;
 
-use filters::Snapshot;
+use filters::{Snapshot, SourceOptions};
 
 /// Reads, validates and translates the file at `path` into a snapshot numbered `version`.
-pub fn load(path: &Path, options: &Options, version: u64) -> Result<Snapshot, LocalConfigError> {
+pub fn load(
+    path: &Path,
+    options: &SourceOptions,
+    version: u64,
+) -> Result<Snapshot, LocalConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| LocalConfigError::Read {
         path: path.display().to_string(),
         source,
@@ -47,7 +51,7 @@ mod tests {
     fn the_shipped_example_is_valid() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples/local-config/mesh.yaml");
-        let snap = super::load(&path, &super::Options::default(), 1).unwrap();
+        let snap = super::load(&path, &filters::SourceOptions::default(), 1).unwrap();
         let echo = &snap.services["demo/echo"];
         assert!(echo.served);
         assert_eq!(

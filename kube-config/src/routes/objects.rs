@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::local::objects::ObjectMeta;
+use crate::objects::ObjectMeta;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]

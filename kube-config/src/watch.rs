@@ -2,8 +2,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{load, Options};
-use crate::Publisher;
+use super::load;
+use filters::Publisher;
+use filters::SourceOptions;
 
 /// Polls `path` every `interval` and publishes each valid change. An invalid change is
 /// logged and reported to the publisher; the last good configuration stays in place.
@@ -12,7 +13,7 @@ use crate::Publisher;
 /// mounted ConfigMaps. Runs until the task is dropped.
 pub async fn watch(
     path: PathBuf,
-    options: Options,
+    options: SourceOptions,
     publisher: Arc<dyn Publisher>,
     interval: Duration,
 ) {

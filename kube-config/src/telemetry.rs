@@ -321,8 +321,9 @@ fn tracing(
     let duration = |v: &Option<String>, f: &str| -> Result<Duration, LocalConfigError> {
         match v {
             None => Ok(DEFAULT_TIMEOUT),
-            Some(s) => super::routes::parse_duration(s)
-                .ok_or_else(|| invalid(&provider_object, f, format!("invalid duration {s:?}"))),
+            Some(s) => {
+                filters::duration::parse(s).map_err(|e| invalid(&provider_object, f, e.to_string()))
+            }
         }
     };
     let protocol = match (&otel.http, &otel.grpc) {

@@ -6,6 +6,7 @@ use filters::model::{
     Endpoint, Identity, NamespacedName, Protocol, Service, ServicePort, Snapshot, TargetPort,
     Waypoint, Workload,
 };
+use filters::SourceOptions;
 
 use super::objects::{self, IntOrString, ObjectMeta};
 use super::{LocalConfigError, Objects};
@@ -20,37 +21,6 @@ pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
 pub const REDIRECTION: &str = "ambient.istio.io/redirection";
 /// The waypoint GatewayClass.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
-
-/// How to interpret a local configuration.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The waypoint's own Gateway; `None` picks the only `istio-waypoint` Gateway.
-    pub gateway: Option<NamespacedName>,
-    /// SPIFFE trust domain of workload identities.
-    pub trust_domain: String,
-    /// Cluster DNS suffix for Service hostnames.
-    pub domain_suffix: String,
-    /// Istio's root namespace (GatewayClass-bound policies live there).
-    pub root_namespace: String,
-    /// Path normalization before authorization.
-    pub normalization: filters::authz::path::Normalization,
-    /// Where `jwksUri` keys are registered (the binary fetches them; a new registry by
-    /// default).
-    pub jwks: std::sync::Arc<filters::authn::JwksRegistry>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            gateway: None,
-            trust_domain: "cluster.local".into(),
-            domain_suffix: "cluster.local".into(),
-            root_namespace: "istio-system".into(),
-            normalization: Default::default(),
-            jwks: Default::default(),
-        }
-    }
-}
 
 fn invalid(object: &str, field: impl Into<String>, message: impl Into<String>) -> LocalConfigError {
     LocalConfigError::Invalid {
@@ -88,7 +58,7 @@ fn uses_waypoint(
 /// Builds the snapshot the objects describe; routes that cannot be accepted are logged.
 pub fn translate(
     objects: &Objects,
-    options: &Options,
+    options: &SourceOptions,
     version: u64,
     source: String,
 ) -> Result<Snapshot, LocalConfigError> {
@@ -106,7 +76,7 @@ pub fn translate(
 /// Builds the snapshot and the status of every HTTPRoute and GRPCRoute.
 pub fn translate_with_status(
     objects: &Objects,
-    options: &Options,
+    options: &SourceOptions,
     version: u64,
     source: String,
 ) -> Result<(Snapshot, Vec<super::routes::RouteStatus>), LocalConfigError> {
@@ -197,7 +167,7 @@ pub fn translate_with_status(
 
 fn pick_gateway<'a>(
     objects: &'a Objects,
-    options: &Options,
+    options: &SourceOptions,
 ) -> Result<(String, &'a objects::Gateway), LocalConfigError> {
     let mut candidates = objects
         .gateways
@@ -227,7 +197,7 @@ fn pick_gateway<'a>(
 fn workload(
     label: &str,
     pod: &objects::Pod,
-    options: &Options,
+    options: &SourceOptions,
     ns_labels: &HashMap<&str, &BTreeMap<String, String>>,
     gw: &NamespacedName,
     for_workloads: bool,
@@ -294,7 +264,7 @@ fn service(
     label: &str,
     svc: &objects::Service,
     served: bool,
-    options: &Options,
+    options: &SourceOptions,
     workloads: &[Arc<Workload>],
 ) -> Result<Service, LocalConfigError> {
     let ns = namespace_of(&svc.metadata);
@@ -399,7 +369,7 @@ fn service(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::parse;
+    use crate::parse;
 
     const MESH: &str = r#"
 apiVersion: v1
@@ -453,7 +423,7 @@ status: {podIP: 127.128.0.2}
 "#;
 
     fn snap(text: &str) -> Result<Snapshot, LocalConfigError> {
-        translate(&parse(text)?, &Options::default(), 1, "test".into())
+        translate(&parse(text)?, &SourceOptions::default(), 1, "test".into())
     }
 
     #[test]

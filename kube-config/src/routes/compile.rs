@@ -1,8 +1,9 @@
 //! Compiles Gateway API rules, matches, filters and backendRefs into the route model.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use filters::model::NamespacedName;
+use filters::model::{NamespacedName, Service};
 use filters::route::model::{
     BackendTarget, Cors, Filter, HeaderMatch, HeaderModifier, Mirror, PathMatch, PathModifier,
     QueryMatch, Redirect, RetryPolicy, Rewrite, RouteMatch, Rule, StringMatch, Timeouts,
@@ -12,9 +13,21 @@ use filters::route::Backend;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
-use super::build::{Ctx, Unsupported, GATEWAY_GROUP};
-use super::objects::{self as o, BackendRef, RouteFilter};
-use super::parse_duration;
+use super::objects::{self as o, BackendRef, ReferenceGrant, RouteFilter};
+
+/// The Gateway API's group.
+pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Why a route cannot be accepted at all.
+pub(crate) struct Unsupported(pub String);
+
+/// What compiling one route's rules needs to know.
+pub(crate) struct Ctx<'a> {
+    pub services: &'a HashMap<NamespacedName, Arc<Service>>,
+    pub grants: &'a [(String, ReferenceGrant)],
+    /// The Service parentRefs of the route being compiled, as (namespace, name).
+    pub parents: Vec<(String, String)>,
+}
 
 /// A backendRef that did not resolve: the ResolvedRefs reason and a message.
 #[derive(Debug, Clone)]
@@ -442,8 +455,8 @@ pub(crate) fn http_rule(
     let dur = |v: &Option<String>, what: &str| {
         v.as_deref()
             .map(|s| {
-                parse_duration(s)
-                    .ok_or_else(|| Unsupported(format!("{field}.{what}: invalid duration {s:?}")))
+                filters::duration::parse_gateway_api(s)
+                    .map_err(|e| Unsupported(format!("{field}.{what}: {e}")))
             })
             .transpose()
     };

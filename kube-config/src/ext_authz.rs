@@ -115,31 +115,6 @@ pub struct HttpProviderSpec {
     pub headers_to_downstream_on_deny: Vec<String>,
 }
 
-/// Parses a protobuf-style duration: `1.5s`, `500ms`, `2m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map(|i| s.split_at(i))
-        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h)"))?;
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("duration {s:?} must be positive"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 fn port(p: &PortValue) -> Result<u16, String> {
     let n = match p {
         PortValue::Number(n) => *n,
@@ -194,7 +169,11 @@ fn clear_route_cache(name: &str, value: Option<bool>) {
 fn timeout(t: &Option<String>) -> Result<Duration, String> {
     match t {
         None => Ok(DEFAULT_TIMEOUT),
-        Some(t) => parse_duration(t).map_err(|e| format!("timeout: {e}")),
+        Some(t) => match filters::duration::parse(t) {
+            Ok(d) if d.is_zero() => Err(format!("timeout: {t:?} must be positive")),
+            Ok(d) => Ok(d),
+            Err(e) => Err(format!("timeout: {e}")),
+        },
     }
 }
 
@@ -361,11 +340,12 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("0s").is_err());
+    fn timeouts() {
+        let t = |s: &str| timeout(&Some(s.to_string()));
+        assert_eq!(t("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(t("200ms").unwrap(), Duration::from_millis(200));
+        assert_eq!(timeout(&None).unwrap(), DEFAULT_TIMEOUT);
+        assert!(t("10").is_err());
+        assert_eq!(t("0s").unwrap_err(), "timeout: \"0s\" must be positive");
     }
 }
