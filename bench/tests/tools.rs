@@ -81,7 +81,11 @@ fn demo_runs_a_waypoint_and_round_robins_across_two_pods() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("3. waypoint ready"), "{stdout}");
-    for pod in ["echo-0", "echo-1"] {
-        assert!(stdout.contains(pod), "no answer from {pod}:\n{stdout}");
+    for pod in ["echo-1", "echo-2"] {
+        assert!(
+            stdout.contains(&format!("from pod \"{pod}\"")),
+            "no answer from {pod}:\n{stdout}"
+        );
     }
+    assert!(stdout.contains("waypoint exited with Some(0)"), "{stdout}");
 }
