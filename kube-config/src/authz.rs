@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use filters::authz::matcher::{PathPattern, ValueMatch};
 use filters::authz::model::{Action, Condition, Field, Key, Operation, Policy, Rule, Source};
-use filters::authz::PolicySet;
+use filters::authz::Policies;
 use filters::model::NamespacedName;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -399,12 +399,8 @@ pub fn bind(
     policies: &[(String, AuthorizationPolicy)],
     gateway: &NamespacedName,
     root_namespace: &str,
-    normalization: filters::authz::path::Normalization,
-) -> Result<PolicySet, LocalConfigError> {
-    let mut set = PolicySet {
-        normalization,
-        ..PolicySet::default()
-    };
+) -> Result<Policies, LocalConfigError> {
+    let mut set = Policies::default();
     let mut services: BTreeMap<String, Vec<Arc<Policy>>> = BTreeMap::new();
     for (label, p) in policies {
         let ns = p.metadata.namespace.as_deref().unwrap_or("default");
@@ -448,7 +444,7 @@ pub fn bind(
 /// Logs every destination whose CUSTOM policies cannot be enforced (unknown or invalid
 /// provider, several providers): istiod's rule, which this waypoint follows, is to deny
 /// every request to such a destination.
-pub fn report_custom(set: &PolicySet) {
+pub fn report_custom(set: &Policies) {
     let targets = std::iter::once((
         "the waypoint".to_string(),
         std::borrow::Cow::Borrowed(&set.gateway[..]),

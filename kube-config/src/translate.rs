@@ -147,15 +147,13 @@ pub fn translate_with_status(
         &gw_name,
         &options.root_namespace,
     )?);
-    let mut authz = super::authz::bind(
-        &objects.policies,
-        &gw_name,
-        &options.root_namespace,
+    let mut policies = super::authz::bind(&objects.policies, &gw_name, &options.root_namespace)?;
+    policies.providers = super::ext_authz::providers(&mesh);
+    super::authz::report_custom(&policies);
+    snapshot.set_authz(filters::authz::PolicySet::policies(
+        policies,
         options.normalization,
-    )?;
-    authz.providers = super::ext_authz::providers(&mesh);
-    super::authz::report_custom(&authz);
-    snapshot.set_authz(authz);
+    ));
     snapshot.set_authn(super::authn::bind(
         &objects.authentications,
         &gw_name,

@@ -7,9 +7,9 @@ use http::{Request, Response, StatusCode, Uri};
 use tower::{Layer, Service};
 
 use super::attributes::{Attributes, HttpAttributes, JwtAuth};
-use super::engine::{evaluate, Verdict};
+use super::decide::{self, CustomOutcome, Denied, Subject};
 use super::ext::outcome::{apply_headers, apply_to_request, denied_response, error_response};
-use super::ext::{self, CheckOutcome, CheckRequest, CustomPlan, ExtAuthzClient, HeaderOp};
+use super::ext::{self, CheckError, CheckOutcome, CheckRequest, ExtAuthzClient, HeaderOp};
 use super::path::{is_normal, normalize};
 use crate::body::{self as fbody, Body};
 use crate::model::RequestContext;
@@ -96,12 +96,12 @@ where
                 .cloned()
                 .ok_or_else(|| ProxyError::Internal("request without context".into()))?;
             let path = normalize_path(&ctx, &mut req)?;
-            let response_headers = match authorize(&ctx, ext.as_deref(), &path, req).await? {
-                Authorized::Proceed(r, headers) => {
+            let response_headers = match authorize(&ctx, ext.as_deref(), &path, req).await {
+                Ok((r, headers)) => {
                     req = r;
                     headers
                 }
-                Authorized::Reply(resp) => return Ok(resp),
+                Err(reply) => return reply,
             };
             let mut resp = inner.call(req).await?;
             apply_headers(resp.headers_mut(), &response_headers);
@@ -125,13 +125,6 @@ fn normalize_path(ctx: &RequestContext, req: &mut Request<Body>) -> Result<Strin
         *req.uri_mut() = Uri::try_from(pq).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     }
     Ok(path)
-}
-
-enum Authorized {
-    /// Go upstream; add these headers to the response (from an allowing check).
-    Proceed(Request<Body>, Vec<HeaderOp>),
-    /// Answer the client with this (an ext_authz denial or failure).
-    Reply(Response<Body>),
 }
 
 fn host_of(req: &Request<Body>) -> &str {
@@ -190,149 +183,116 @@ fn local_reply(grpc: bool, resp: Response<Body>) -> Response<Body> {
     out
 }
 
+/// An HTTP request being authorized: its attributes come from the request (as the
+/// ext_authz server leaves it); a CUSTOM check sends it (with its body, when the provider
+/// wants it) through the ext_authz client.
+struct HttpSubject<'a> {
+    ctx: &'a RequestContext,
+    client: Option<&'a dyn ExtAuthzClient>,
+    path: &'a str,
+    grpc: bool,
+    req: Request<Body>,
+    /// Headers an allowing ext_authz answer adds to the response.
+    response_headers: Vec<HeaderOp>,
+}
+
+impl Subject for HttpSubject<'_> {
+    /// A local reply (an ext_authz denial, failure or an oversized body), or an error.
+    type Reply = Result<Response<Body>, ProxyError>;
+
+    fn attributes(&self) -> Attributes<'_> {
+        attributes(self.ctx, &self.req, self.path)
+    }
+
+    async fn check_custom(
+        &mut self,
+        provider: &ext::Provider,
+        _policies: &[String],
+    ) -> Result<CustomOutcome<Self::Reply>, CheckError> {
+        let req = std::mem::replace(&mut self.req, Request::new(fbody::empty()));
+        let (mut parts, body) = req.into_parts();
+        let mut check = CheckRequest::of_request(self.ctx, &parts);
+        let body = match provider.body {
+            None => body,
+            Some(settings) => {
+                let length = check.http.as_ref().map(|h| h.size).filter(|s| *s >= 0);
+                match ext::body::buffer(body, settings, length.map(|l| l as u64)).await {
+                    Ok(b) => {
+                        if let Some(h) = check.http.as_mut() {
+                            h.body = Some(b.bytes);
+                            h.partial_body = b.partial;
+                        }
+                        b.body
+                    }
+                    Err(e) if e.is::<ext::body::TooLarge>() => {
+                        tracing::info!(provider = %provider.name, error = %e, "request body too large for the ext_authz check");
+                        let mut r = Response::new(fbody::full("Payload Too Large"));
+                        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                        return Ok(CustomOutcome::Denied(Ok(local_reply(self.grpc, r))));
+                    }
+                    Err(e) => {
+                        return Ok(CustomOutcome::Denied(Err(ProxyError::BadRequest(format!(
+                            "reading the request body for the ext_authz check: {e}"
+                        )))))
+                    }
+                }
+            }
+        };
+        let outcome = match self.client {
+            Some(c) => ext::check_with_timeout(c, provider, self.ctx, check).await,
+            None => Err(CheckError::Unreachable {
+                provider: provider.name.clone(),
+                reason: "no ext_authz client in this proxy".into(),
+            }),
+        };
+        let outcome = match outcome {
+            Ok(CheckOutcome::Allow(allowed)) => {
+                apply_to_request(&allowed, &mut parts);
+                self.response_headers = allowed.response_headers;
+                Ok(CustomOutcome::Allowed)
+            }
+            Ok(CheckOutcome::Deny(denied)) => Ok(CustomOutcome::Denied(Ok(local_reply(
+                self.grpc,
+                denied_response(&denied),
+            )))),
+            Err(e) => Err(e),
+        };
+        self.req = Request::from_parts(parts, body);
+        outcome
+    }
+
+    fn check_failed(&self, provider: &ext::Provider, _error: CheckError) -> Self::Reply {
+        Ok(local_reply(
+            self.grpc,
+            error_response(provider.status_on_error),
+        ))
+    }
+}
+
+/// Authorizes the request: `Ok` with the request (as the ext_authz server left it) and
+/// the headers to add to the response, or the answer to give instead.
 async fn authorize(
     ctx: &RequestContext,
     client: Option<&dyn ExtAuthzClient>,
     path: &str,
     req: Request<Body>,
-) -> Result<Authorized, ProxyError> {
-    let set = &ctx.snapshot.authz;
-    if let Some(chain) = set.rbac_for(&ctx.tunnel.target) {
-        let attrs = attributes(ctx, &req, path);
-        return match super::PolicySet::enforce_rbac(chain, &attrs) {
-            Ok(()) => Ok(Authorized::Proceed(req, Vec::new())),
-            Err(policy) => {
-                tracing::info!(%policy, peer = %ctx.tunnel.peer, path, "denied by RBAC");
-                Err(ProxyError::Denied(policy))
-            }
-        };
-    }
-    let policies = set.for_service(ctx.tunnel.target.service_name());
-    if policies.is_empty() {
-        return Ok(Authorized::Proceed(req, Vec::new()));
-    }
-    let plan = ext::custom_plan(&policies, &set.providers, &attributes(ctx, &req, path));
-    let grpc = is_grpc(req.headers());
-    let mut response_headers = Vec::new();
-    let mut req = req;
-    match plan {
-        CustomPlan::Skip => {}
-        CustomPlan::DenyAll(why) => {
-            super::count(&Verdict::Deny(why.clone()));
-            tracing::info!(reason = %why, peer = %ctx.tunnel.peer, path, "CUSTOM authorization unusable: denying");
-            return Err(ProxyError::Denied(why));
-        }
-        CustomPlan::Check { provider, policies } => {
-            // Rare, and its future is large: boxed, it is not part of every request's.
-            let checked = check_custom(ctx, client, &provider, &policies, path, grpc, req);
-            match Box::pin(checked).await? {
-                Authorized::Proceed(r, headers) => {
-                    req = r;
-                    response_headers = headers;
-                }
-                reply => return Ok(reply),
-            }
-        }
-    }
-    // DENY and ALLOW see the request as the authorization server left it. CUSTOM policies
-    // were settled above.
-    let attrs = attributes(ctx, &req, path);
-    let decision = evaluate(&policies, &attrs, Some(&|_| true));
-    super::count(&decision.verdict);
-    for p in &decision.audited {
-        tracing::info!(policy = %p, path = %path, "AUDIT policy matched");
-    }
-    if let Some(shadow) = &decision.dry_run {
-        tracing::info!(dry_run = ?shadow, enforced = ?decision.verdict, path = %path, "dry-run authorization result");
-    }
-    match decision.verdict {
-        Verdict::Allow(policy) => {
-            tracing::debug!(policy = ?policy, path = %path, "authorization allowed");
-            Ok(Authorized::Proceed(req, response_headers))
-        }
-        Verdict::Deny(policy) => {
-            tracing::info!(policy = %policy, peer = %ctx.tunnel.peer, path = %path, "authorization denied");
-            Err(ProxyError::Denied(policy))
-        }
-    }
-}
-
-/// Asks the CUSTOM policies' `provider` about `req` (with its body, when the provider
-/// wants it); `Proceed` carries the request as the server left it and the headers to add
-/// to the response.
-async fn check_custom(
-    ctx: &RequestContext,
-    client: Option<&dyn ExtAuthzClient>,
-    provider: &ext::Provider,
-    policies: &[String],
-    path: &str,
-    grpc: bool,
-    req: Request<Body>,
-) -> Result<Authorized, ProxyError> {
-    let mut response_headers = Vec::new();
-    let (mut parts, body) = req.into_parts();
-    let mut check = CheckRequest::of_request(ctx, &parts);
-    let mut body = body;
-    if let Some(settings) = provider.body {
-        let length = check.http.as_ref().map(|h| h.size).filter(|s| *s >= 0);
-        match ext::body::buffer(body, settings, length.map(|l| l as u64)).await {
-            Ok(b) => {
-                if let Some(h) = check.http.as_mut() {
-                    h.body = Some(b.bytes);
-                    h.partial_body = b.partial;
-                }
-                body = b.body;
-            }
-            Err(e) if e.is::<ext::body::TooLarge>() => {
-                tracing::info!(provider = %provider.name, error = %e, "request body too large for the ext_authz check");
-                let mut r = Response::new(fbody::full("Payload Too Large"));
-                *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                return Ok(Authorized::Reply(local_reply(grpc, r)));
-            }
-            Err(e) => {
-                return Err(ProxyError::BadRequest(format!(
-                    "reading the request body for the ext_authz check: {e}"
-                )))
-            }
-        }
-    }
-    let outcome = match client {
-        Some(c) => ext::check_with_timeout(c, provider, ctx, check).await,
-        None => Err(ext::CheckError::Unreachable {
-            provider: provider.name.clone(),
-            reason: "no ext_authz client in this proxy".into(),
-        }),
+) -> Result<(Request<Body>, Vec<HeaderOp>), Result<Response<Body>, ProxyError>> {
+    let mut subject = HttpSubject {
+        ctx,
+        client,
+        path,
+        grpc: is_grpc(req.headers()),
+        req,
+        response_headers: Vec::new(),
     };
-    match outcome {
-        Ok(CheckOutcome::Allow(allowed)) => {
-            tracing::debug!(provider = %provider.name, policies = ?policies, path, "ext_authz allowed");
-            apply_to_request(&allowed, &mut parts);
-            response_headers = allowed.response_headers;
+    match decide::authorize(&ctx.snapshot.authz, &ctx.tunnel.target, &mut subject).await {
+        Ok(()) => Ok((subject.req, subject.response_headers)),
+        Err(Denied::Policy(policy)) => {
+            tracing::info!(%policy, peer = %ctx.tunnel.peer, path, "authorization denied");
+            Err(Err(ProxyError::Denied(policy)))
         }
-        Ok(CheckOutcome::Deny(denied)) => {
-            super::count(&Verdict::Deny(policies.join(",")));
-            tracing::info!(provider = %provider.name, policies = ?policies, status = denied.status.as_u16(), peer = %ctx.tunnel.peer, path, "ext_authz denied");
-            return Ok(Authorized::Reply(local_reply(
-                grpc,
-                denied_response(&denied),
-            )));
-        }
-        Err(e) if provider.fail_open => {
-            tracing::warn!(provider = %provider.name, error = %e, path, "ext_authz check failed; failOpen allows");
-        }
-        Err(e) => {
-            super::count(&Verdict::Deny(policies.join(",")));
-            tracing::warn!(provider = %provider.name, error = %e, status = provider.status_on_error.as_u16(), path, "ext_authz check failed; denying");
-            return Ok(Authorized::Reply(local_reply(
-                grpc,
-                error_response(provider.status_on_error),
-            )));
-        }
+        Err(Denied::Custom(reply)) => Err(reply),
     }
-    Ok(Authorized::Proceed(
-        Request::from_parts(parts, body),
-        response_headers,
-    ))
 }
 
 #[cfg(test)]
@@ -345,12 +305,12 @@ mod tests {
 
     use super::*;
     use crate::authz::ext::{
-        Allowed, CheckError, CheckFuture, Denied, HeaderAction, Provider, ProviderEntry,
+        Allowed, CheckFuture, Denied as ExtDenied, HeaderAction, Provider, ProviderEntry,
         ProviderKind,
     };
     use crate::authz::matcher::PathPattern;
     use crate::authz::model::{Action, Field, Operation, Policy, Rule};
-    use crate::authz::PolicySet;
+    use crate::authz::{Policies, PolicySet};
     use crate::model::test_support::context_with;
     use crate::model::NamespacedName;
 
@@ -393,7 +353,7 @@ mod tests {
                         provider: provider.name.clone(),
                         reason: "boom".into(),
                     }),
-                    _ => Ok(CheckOutcome::Deny(Denied {
+                    _ => Ok(CheckOutcome::Deny(ExtDenied {
                         status: StatusCode::UNAUTHORIZED,
                         headers: vec![op("x-why", "no")],
                         body: bytes::Bytes::from_static(b"nope"),
@@ -430,11 +390,14 @@ mod tests {
             body: None,
             kind: ProviderKind::Grpc,
         };
-        PolicySet {
-            gateway: vec![Arc::new(policy)],
-            providers: [("mock".to_string(), ProviderEntry::Ready(Arc::new(provider)))].into(),
-            ..Default::default()
-        }
+        PolicySet::policies(
+            Policies {
+                gateway: vec![Arc::new(policy)],
+                providers: [("mock".to_string(), ProviderEntry::Ready(Arc::new(provider)))].into(),
+                ..Default::default()
+            },
+            Default::default(),
+        )
     }
 
     async fn run(mock: &Arc<Mock>, fail_open: bool, path: &str, answer: &str) -> Response<Body> {

@@ -3,11 +3,14 @@
 //! - [`model`]: compiled policies; [`matcher`]: Istio's value forms and path templates;
 //! - [`path`]: path normalization (the normalized path is matched and sent upstream);
 //! - [`attributes`]: what a request or connection offers policies;
-//! - [`engine`]: the pure decision (CUSTOM, DENY, ALLOW; AUDIT; dry-run);
+//! - [`engine`]: the pure decision over Istio policies (CUSTOM, DENY, ALLOW; AUDIT; dry-run);
+//! - [`decide`]: the one decision HTTP requests and TCP tunnels go through: the
+//!   snapshot's [`Engine`] (RBAC chains or policies), the CUSTOM check, DENY/ALLOW;
 //! - [`ext`]: CUSTOM policies: external authorization (Envoy ext_authz);
 //! - [`AuthzLayer`]: the tower layer that enforces it (403 `RBAC: access denied`).
 
 pub mod attributes;
+pub mod decide;
 pub mod engine;
 pub mod ext;
 mod layer;
@@ -16,6 +19,7 @@ pub mod model;
 pub mod path;
 
 pub use attributes::{Attributes, HttpAttributes, JwtAuth};
+pub use decide::{authorize, CustomOutcome, Denied, Subject};
 pub use engine::{evaluate, Decision, Verdict};
 pub use layer::{AuthzLayer, AuthzService};
 
@@ -51,65 +55,46 @@ pub fn count(v: &Verdict) {
     c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The policies that apply to this waypoint's traffic.
+/// How a snapshot authorizes traffic: the engine its source chose, and path
+/// normalization.
 #[derive(Debug, Default, Serialize)]
 pub struct PolicySet {
+    /// The engine.
+    #[serde(flatten)]
+    pub engine: Engine,
+    /// Path normalization in force.
+    #[serde(skip)]
+    pub normalization: path::Normalization,
+}
+
+/// The authorization engine of a snapshot, chosen by its source.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// Istio AuthorizationPolicies (the local configuration): CUSTOM, DENY, ALLOW.
+    Policies(Policies),
+    /// Envoy RBAC filter chains, as istiod sends them over xDS.
+    Rbac(RbacChains),
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::Policies(Policies::default())
+    }
+}
+
+/// Istio AuthorizationPolicies bound to this waypoint.
+#[derive(Debug, Default, Serialize)]
+pub struct Policies {
     /// Bound to the waypoint Gateway or its GatewayClass: every request.
     pub gateway: Vec<Arc<Policy>>,
     /// Bound to a Service (`namespace/name`): requests to it.
     pub services: BTreeMap<String, Vec<Arc<Policy>>>,
     /// External authorization providers (MeshConfig `extensionProviders`), by name.
     pub providers: ext::Providers,
-    /// Path normalization in force.
-    #[serde(skip)]
-    pub normalization: path::Normalization,
-    /// Envoy RBAC filter chains received over xDS, by Service port (`namespace/name:port`),
-    /// enforced instead of policies for that port.
-    #[serde(skip)]
-    pub rbac: BTreeMap<String, Arc<Vec<crate::rbac::RbacConfig>>>,
 }
 
-impl PolicySet {
-    /// The RBAC chain for a request to `service` port `port`, if the configuration came
-    /// as Envoy RBAC (xDS).
-    pub fn rbac_for(
-        &self,
-        target: &crate::model::Target,
-    ) -> Option<&Arc<Vec<crate::rbac::RbacConfig>>> {
-        if self.rbac.is_empty() {
-            return None;
-        }
-        match target {
-            crate::model::Target::Service { service, port } => {
-                crate::model::with_key(&service.name, Some(*port), |key| self.rbac.get(key))
-            }
-            crate::model::Target::Workload { .. } => None,
-        }
-    }
-
-    /// Enforces an RBAC chain: `Err(policy)` when a filter denies.
-    pub fn enforce_rbac(
-        chain: &[crate::rbac::RbacConfig],
-        attrs: &Attributes<'_>,
-    ) -> Result<(), String> {
-        let input = crate::rbac::RbacInput::new(attrs);
-        let d = crate::rbac::evaluate_chain(chain, &input);
-        for (_, p) in &d.matched {
-            tracing::debug!(policy = %p, "RBAC policy matched");
-        }
-        if d.allowed {
-            count(&Verdict::Allow(d.matched.last().map(|(_, p)| p.clone())));
-            Ok(())
-        } else {
-            let policy = d
-                .denied_by
-                .and_then(|(_, p)| p)
-                .unwrap_or_else(|| "no ALLOW policy matched".into());
-            count(&Verdict::Deny(policy.clone()));
-            Err(policy)
-        }
-    }
-
+impl Policies {
     /// The policies for traffic to `service`, or to a pod (`None`).
     pub fn for_service(
         &self,
@@ -122,21 +107,78 @@ impl PolicySet {
     pub fn for_target(&self, service: Option<&str>) -> std::borrow::Cow<'_, [Arc<Policy>]> {
         crate::model::bound(&self.gateway, service.and_then(|s| self.services.get(s)))
     }
+}
 
-    /// Every bound policy, once.
+/// Envoy RBAC filter chains by Service port (`namespace/name:port`).
+#[derive(Debug, Default)]
+pub struct RbacChains(pub BTreeMap<String, Arc<Vec<crate::rbac::RbacConfig>>>);
+
+impl RbacChains {
+    /// The chain for traffic to `target` (a Service port), if it has one.
+    pub fn for_target(&self, target: &crate::model::Target) -> Option<&[crate::rbac::RbacConfig]> {
+        match target {
+            crate::model::Target::Service { service, port } if !self.0.is_empty() => {
+                crate::model::with_key(&service.name, Some(*port), |key| self.0.get(key))
+                    .map(|c| c.as_slice())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for RbacChains {
+    /// The config dump lists which ports have chains and how many filters each has (the
+    /// filters themselves are in the xDS resources' own dump).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v.len())))
+    }
+}
+
+impl PolicySet {
+    /// Istio policies.
+    pub fn policies(policies: Policies, normalization: path::Normalization) -> Self {
+        Self {
+            engine: Engine::Policies(policies),
+            normalization,
+        }
+    }
+
+    /// Envoy RBAC chains (paths are normalized as by default).
+    pub fn rbac(chains: RbacChains) -> Self {
+        Self {
+            engine: Engine::Rbac(chains),
+            normalization: path::Normalization::default(),
+        }
+    }
+
+    /// The Istio policies, when that is the engine.
+    pub fn istio(&self) -> Option<&Policies> {
+        match &self.engine {
+            Engine::Policies(p) => Some(p),
+            Engine::Rbac(_) => None,
+        }
+    }
+
+    /// Every bound Istio policy, once (none under RBAC).
     pub fn all(&self) -> Vec<&Arc<Policy>> {
-        let mut out: Vec<&Arc<Policy>> = self
+        let Some(p) = self.istio() else {
+            return Vec::new();
+        };
+        let mut out: Vec<&Arc<Policy>> = p
             .gateway
             .iter()
-            .chain(self.services.values().flatten())
+            .chain(p.services.values().flatten())
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out.dedup_by(|a, b| Arc::ptr_eq(a, b));
         out
     }
 
-    /// Whether no policy applies to anything.
+    /// Whether nothing is authorized at all.
     pub fn is_empty(&self) -> bool {
-        self.gateway.is_empty() && self.services.is_empty()
+        match &self.engine {
+            Engine::Policies(p) => p.gateway.is_empty() && p.services.is_empty(),
+            Engine::Rbac(c) => c.0.is_empty(),
+        }
     }
 }

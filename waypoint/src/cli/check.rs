@@ -63,12 +63,14 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!(
-        "AuthorizationPolicies on the waypoint: [{}]",
-        names(&authz.gateway)
-    );
-    for (svc, list) in &authz.services {
-        println!("AuthorizationPolicies on Service {svc}: [{}]", names(list));
+    if let Some(policies) = authz.istio() {
+        println!(
+            "AuthorizationPolicies on the waypoint: [{}]",
+            names(&policies.gateway)
+        );
+        for (svc, list) in &policies.services {
+            println!("AuthorizationPolicies on Service {svc}: [{}]", names(list));
+        }
     }
     let mut all_ok = true;
     for st in &statuses {

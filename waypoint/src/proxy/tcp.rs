@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
+use filters::authz::ext::{self, CheckError, CheckOutcome, CheckRequest, Provider};
+use filters::authz::{self, Attributes, CustomOutcome, Denied, Subject};
 use filters::balance;
-use filters::model::{Target, TunnelInfo, Workload};
+use filters::model::{RequestContext, Target, TunnelInfo, Workload};
 use filters::route::Backend;
 
 use crate::state::Proxy;
@@ -81,58 +83,56 @@ async fn copy(
     }
 }
 
-/// Applies the AuthorizationPolicies to a TCP tunnel (HTTP-only attributes cannot apply).
-/// A matching CUSTOM policy with a gRPC provider is checked with the connection's
-/// attributes (Envoy's network ext_authz filter); HTTP providers do not apply to TCP.
+/// A TCP tunnel being authorized: only connection attributes apply (HTTP-only fields
+/// cannot). A matching CUSTOM policy with a gRPC provider is checked with the
+/// connection's attributes (Envoy's network ext_authz filter); HTTP providers do not apply
+/// to TCP.
+struct TunnelSubject {
+    ctx: RequestContext,
+    client: crate::ext_authz::Client,
+}
+
+impl Subject for TunnelSubject {
+    /// Why the tunnel is closed.
+    type Reply = String;
+
+    fn attributes(&self) -> Attributes<'_> {
+        Attributes::of_tunnel(&self.ctx.tunnel)
+    }
+
+    async fn check_custom(
+        &mut self,
+        provider: &Provider,
+        policies: &[String],
+    ) -> Result<CustomOutcome<String>, CheckError> {
+        let check = CheckRequest::of_tunnel(&self.ctx);
+        match ext::check_with_timeout(&self.client, provider, &self.ctx, check).await? {
+            CheckOutcome::Allow(_) => Ok(CustomOutcome::Allowed),
+            CheckOutcome::Deny(_) => Ok(CustomOutcome::Denied(format!(
+                "ext_authz provider {} ({})",
+                provider.name,
+                policies.join(",")
+            ))),
+        }
+    }
+
+    fn check_failed(&self, _provider: &Provider, error: CheckError) -> String {
+        error.to_string()
+    }
+}
+
+/// Authorizes a TCP tunnel: `Err` with the policy or reason that closed it.
 async fn authorize(proxy: &Arc<Proxy>, info: &Arc<TunnelInfo>) -> Result<(), String> {
-    use filters::authz::ext::{self, CheckOutcome, CheckRequest, CustomPlan};
     let snapshot = proxy.config.current();
-    if let Some(chain) = snapshot.authz.rbac_for(&info.target) {
-        let attrs = filters::authz::Attributes::of_tunnel(info);
-        return filters::authz::PolicySet::enforce_rbac(chain, &attrs);
-    }
-    let policies = snapshot.authz.for_service(info.target.service_name());
-    if policies.is_empty() {
-        return Ok(());
-    }
-    let attrs = filters::authz::Attributes::of_tunnel(info);
-    match ext::custom_plan(&policies, &snapshot.authz.providers, &attrs) {
-        CustomPlan::Skip => {}
-        CustomPlan::DenyAll(why) => {
-            filters::authz::count(&filters::authz::Verdict::Deny(why.clone()));
-            return Err(why);
-        }
-        CustomPlan::Check { provider, policies } => {
-            let ctx = filters::model::RequestContext {
-                snapshot: snapshot.clone(),
-                tunnel: info.clone(),
-            };
-            let client = crate::ext_authz::Client::new(proxy.clone());
-            let check = CheckRequest::of_tunnel(&ctx);
-            match ext::check_with_timeout(&client, &provider, &ctx, check).await {
-                Ok(CheckOutcome::Allow(_)) => {}
-                Ok(CheckOutcome::Deny(_)) => {
-                    filters::authz::count(&filters::authz::Verdict::Deny(policies.join(",")));
-                    return Err(format!(
-                        "ext_authz provider {} ({})",
-                        provider.name,
-                        policies.join(",")
-                    ));
-                }
-                Err(e) if provider.fail_open => {
-                    tracing::warn!(error = %e, "ext_authz check of a TCP tunnel failed; failOpen allows");
-                }
-                Err(e) => {
-                    filters::authz::count(&filters::authz::Verdict::Deny(policies.join(",")));
-                    return Err(e.to_string());
-                }
-            }
-        }
-    }
-    let verdict = filters::authz::evaluate(&policies, &attrs, Some(&|_| true)).verdict;
-    filters::authz::count(&verdict);
-    match verdict {
-        filters::authz::Verdict::Allow(_) => Ok(()),
-        filters::authz::Verdict::Deny(p) => Err(p),
+    let mut subject = TunnelSubject {
+        ctx: RequestContext {
+            snapshot: snapshot.clone(),
+            tunnel: info.clone(),
+        },
+        client: crate::ext_authz::Client::new(proxy.clone()),
+    };
+    match authz::authorize(&snapshot.authz, &info.target, &mut subject).await {
+        Ok(()) => Ok(()),
+        Err(Denied::Policy(why) | Denied::Custom(why)) => Err(why),
     }
 }

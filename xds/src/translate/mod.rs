@@ -182,7 +182,7 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
         .map(|s| (s.hostname.clone(), s.clone()))
         .collect();
     let mut tables = BTreeMap::new();
-    let mut authz = filters::authz::PolicySet::default();
+    let mut chains = filters::authz::RbacChains::default();
     let mut authn = filters::authn::JwtRules::default();
     if let Some(l) = main {
         for (name, chain) in &l.chains {
@@ -204,8 +204,8 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
                 }
             }
             if !rbac.is_empty() {
-                authz
-                    .rbac
+                chains
+                    .0
                     .insert(route_key(&service.name, port), Arc::new(rbac.clone()));
             }
             let Chain::Http { routes, rds, .. } = chain else {
@@ -230,7 +230,7 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
         }
     }
     snapshot.set_routes(tables);
-    snapshot.set_authz(authz);
+    snapshot.set_authz(filters::authz::PolicySet::rbac(chains));
     snapshot.set_authn(authn);
     // One tracing configuration per waypoint: istiod gives every chain the same.
     let tracing = main.and_then(|l| {

@@ -1,0 +1,146 @@
+//! The one authorization decision. An HTTP request ([`super::AuthzLayer`]) and a TCP
+//! tunnel (the proxy's TCP handler) both go through [`authorize`]: the snapshot's
+//! [`Engine`] (Envoy RBAC chains from xDS, or Istio AuthorizationPolicies), then for
+//! policies the CUSTOM plan and its external check, then DENY and ALLOW, with the decision
+//! counters. What differs between the two is a [`Subject`]: the attributes it offers and
+//! how it asks an ext_authz provider.
+
+use std::future::Future;
+
+use super::engine::{evaluate, Verdict};
+use super::ext::{custom_plan, CheckError, CustomPlan, Provider};
+use super::{count, Attributes, Engine, PolicySet};
+use crate::model::Target;
+
+/// Why traffic was refused.
+#[derive(Debug)]
+pub enum Denied<R> {
+    /// A DENY policy matched, no ALLOW policy did, or an RBAC filter denied: the policy
+    /// (or reason) for logs; the client gets 403 `RBAC: access denied`.
+    Policy(String),
+    /// The CUSTOM provider denied or failed: its answer, as the subject builds it.
+    Custom(R),
+}
+
+/// What a CUSTOM provider answered.
+#[derive(Debug)]
+pub enum CustomOutcome<R> {
+    /// Go on with DENY and ALLOW (the subject applied what the server asked for).
+    Allowed,
+    /// Refused: the answer to give.
+    Denied(R),
+}
+
+/// What is being authorized: an HTTP request or a TCP tunnel.
+pub trait Subject: Send {
+    /// How a CUSTOM refusal is delivered (an HTTP response, or a reason for a tunnel).
+    type Reply: Send;
+    /// The attributes policies match, as the subject is now (after a CUSTOM check, with
+    /// the headers the server set).
+    fn attributes(&self) -> Attributes<'_>;
+    /// Asks `provider` (for the matching CUSTOM `policies`) and applies an allowing answer.
+    fn check_custom(
+        &mut self,
+        provider: &Provider,
+        policies: &[String],
+    ) -> impl Future<Output = Result<CustomOutcome<Self::Reply>, CheckError>> + Send;
+    /// The answer when the check failed and the provider does not fail open.
+    fn check_failed(&self, provider: &Provider, error: CheckError) -> Self::Reply;
+}
+
+/// Authorizes `subject`, addressed to `target`, under `set`.
+pub async fn authorize<S: Subject>(
+    set: &PolicySet,
+    target: &Target,
+    subject: &mut S,
+) -> Result<(), Denied<S::Reply>> {
+    let bound = match &set.engine {
+        Engine::Rbac(chains) => {
+            return match chains.for_target(target) {
+                Some(chain) => {
+                    chains::enforce(chain, &subject.attributes()).map_err(Denied::Policy)
+                }
+                None => Ok(()),
+            };
+        }
+        Engine::Policies(p) => p,
+    };
+    let policies = bound.for_service(target.service_name());
+    if policies.is_empty() {
+        return Ok(());
+    }
+    let plan = custom_plan(&policies, &bound.providers, &subject.attributes());
+    match plan {
+        CustomPlan::Skip => {}
+        CustomPlan::DenyAll(why) => {
+            count(&Verdict::Deny(why.clone()));
+            tracing::info!(reason = %why, "CUSTOM authorization unusable: denying");
+            return Err(Denied::Policy(why));
+        }
+        CustomPlan::Check { provider, policies } => {
+            // Rare, and its future is large: boxed, it is not part of every request's.
+            let checked = Box::pin(subject.check_custom(&provider, &policies)).await;
+            match checked {
+                Ok(CustomOutcome::Allowed) => {
+                    tracing::debug!(provider = %provider.name, ?policies, "ext_authz allowed");
+                }
+                Ok(CustomOutcome::Denied(reply)) => {
+                    count(&Verdict::Deny(policies.join(",")));
+                    tracing::info!(provider = %provider.name, ?policies, "ext_authz denied");
+                    return Err(Denied::Custom(reply));
+                }
+                Err(e) if provider.fail_open => {
+                    tracing::warn!(provider = %provider.name, error = %e, "ext_authz check failed; failOpen allows");
+                }
+                Err(e) => {
+                    count(&Verdict::Deny(policies.join(",")));
+                    tracing::warn!(provider = %provider.name, error = %e, status = provider.status_on_error.as_u16(), "ext_authz check failed; denying");
+                    return Err(Denied::Custom(subject.check_failed(&provider, e)));
+                }
+            }
+        }
+    }
+    // DENY and ALLOW see the subject as the authorization server left it; CUSTOM policies
+    // were settled above.
+    let decision = evaluate(&policies, &subject.attributes(), Some(&|_| true));
+    count(&decision.verdict);
+    for p in &decision.audited {
+        tracing::info!(policy = %p, "AUDIT policy matched");
+    }
+    if let Some(shadow) = &decision.dry_run {
+        tracing::info!(dry_run = ?shadow, enforced = ?decision.verdict, "dry-run authorization result");
+    }
+    match decision.verdict {
+        Verdict::Allow(policy) => {
+            tracing::debug!(policy = ?policy, "authorization allowed");
+            Ok(())
+        }
+        Verdict::Deny(policy) => Err(Denied::Policy(policy)),
+    }
+}
+
+/// Envoy RBAC chains (the xDS engine).
+pub mod chains {
+    use super::super::engine::Verdict;
+    use super::super::{count, Attributes};
+    use crate::rbac::{evaluate_chain, RbacConfig, RbacInput};
+
+    /// Enforces an RBAC chain: `Err(policy)` when a filter denies.
+    pub fn enforce(chain: &[RbacConfig], attrs: &Attributes<'_>) -> Result<(), String> {
+        let d = evaluate_chain(chain, &RbacInput::new(attrs));
+        for (_, p) in &d.matched {
+            tracing::debug!(policy = %p, "RBAC policy matched");
+        }
+        if d.allowed {
+            count(&Verdict::Allow(d.matched.last().map(|(_, p)| p.clone())));
+            Ok(())
+        } else {
+            let policy = d
+                .denied_by
+                .and_then(|(_, p)| p)
+                .unwrap_or_else(|| "no ALLOW policy matched".into());
+            count(&Verdict::Deny(policy.clone()));
+            Err(policy)
+        }
+    }
+}
