@@ -17,6 +17,7 @@ size=${5:-1024}
 out=$(mktemp -d)
 # WAYPOINT_BIN counts a given build (for example a baseline) instead of building this one.
 bin=${WAYPOINT_BIN:-}
+cargo build --release -q -p waypoint-bench
 if [ -z "$bin" ]; then
   cargo build --release -q -p waypoint
   bin=$PWD/target/release/waypoint
@@ -36,7 +37,7 @@ exec $bin "\$@"
 EOF
 chmod +x "$out/vg.sh"
 for d in "$short" "$long"; do
-  CG_TAG=$d target/release/waypoint bench --waypoint "$out/vg.sh" --out "$out/b$d.md" \
+  CG_TAG=$d target/release/waypoint-bench bench --waypoint "$out/vg.sh" --out "$out/b$d.md" \
     --sizes "$size" --rounds 1 --duration "$d" --rate "$rate" --scenarios "$scenario" \
     --modes fixed --no-idle --no-handshakes --log-level warn > "$out/log$d" 2>&1 &
 done
