@@ -2,7 +2,8 @@
 //! Istio's authz builder testdata (`../shared/testdata/istio/authz-builder/{http,tcp}/`)
 //! with generated RBAC outputs, the policies compiled by `kube_config::authz::compile` and
 //! decided by `filters::authz::evaluate` must allow and deny exactly the requests that the
-//! generated RBAC filters (loaded with `filters::rbac`, evaluated in order) allow and deny.
+//! generated RBAC filters (loaded through `xds::translate::rbac`'s protobuf converter,
+//! evaluated in order with `filters::rbac`) allow and deny.
 //!
 //! Requests are generated from the values each policy mentions (every principal, namespace,
 //! path, method, host, port, header, IP and claim value, wildcards expanded to matching and
@@ -18,9 +19,11 @@ use std::sync::Arc;
 
 use filters::authz::evaluate;
 use filters::authz::model::Policy;
-use filters::rbac::{evaluate_chain, RbacConfig, RbacFilter, RbacInput};
+use filters::rbac::model::{HTTP_RBAC_TYPE, NETWORK_RBAC_TYPE};
+use filters::rbac::{evaluate_chain, RbacConfig, RbacInput};
 use kube_config::authz::{compile, AuthorizationPolicy};
 use serde_yaml::Value;
+use xds::translate::rbac::from_proto_json;
 
 fn testdata() -> PathBuf {
     std::env::var("WAYPOINT_ISTIO_TESTDATA")
@@ -163,12 +166,10 @@ fn run_case(case: &Case, tcp: bool) -> Result<Outcome, String> {
     let mut filters = Vec::new();
     for o in &case.outputs {
         let text = std::fs::read_to_string(o).unwrap();
-        if !RbacFilter::is_rbac_document(&text) {
-            // The ext_authz filter of a CUSTOM output: the provider call, not RBAC.
-            continue;
+        // `None`: the ext_authz filter of a CUSTOM output, the provider call, not RBAC.
+        if let Some(f) = rbac_document(&text).map_err(|e| format!("{}: {e}", o.display()))? {
+            filters.push(f);
         }
-        let f = RbacFilter::from_yaml(&text).map_err(|e| format!("{}: {e}", o.display()))?;
-        filters.push(f.typed_config);
     }
     Ok(compare(
         &docs,
@@ -177,6 +178,28 @@ fn run_case(case: &Case, tcp: bool) -> Result<Outcome, String> {
         case.custom,
         trust_domain_bundle(&case.input),
     ))
+}
+
+/// The RBAC config of a `{name, typedConfig}` filter document (loaded as istiod's are,
+/// through the protobuf converter), or `None` when the filter is not RBAC (by `@type`).
+fn rbac_document(text: &str) -> Result<Option<RbacConfig>, String> {
+    let doc: serde_json::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let Some(fields) = doc.as_object() else {
+        return Err("not a {name, typedConfig} document".into());
+    };
+    if let Some(k) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "name" | "typedConfig"))
+    {
+        return Err(format!("unknown field {k:?} of a filter"));
+    }
+    let typed = &doc["typedConfig"];
+    match typed.get("@type").and_then(serde_json::Value::as_str) {
+        Some(HTTP_RBAC_TYPE | NETWORK_RBAC_TYPE) => {
+            from_proto_json(typed).map(Some).map_err(|e| e.to_string())
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Decides every request of the corpus generated from `docs` with the engine and with
@@ -501,8 +524,10 @@ typedConfig:
         claim("{safeRegex: {regex: '.+'}}"),
     );
     let docs: Vec<Value> = vec![serde_yaml::from_str(policy).unwrap()];
-    let filter = RbacFilter::from_yaml(&rbac).unwrap_or_else(|e| panic!("{e}"));
-    let o = compare(&docs, &[filter.typed_config], false, Custom::None, None);
+    let filter = rbac_document(&rbac)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("an RBAC filter");
+    let o = compare(&docs, &[filter], false, Custom::None, None);
     println!(
         "synthetic pseudo-headers, header bytes and claims: {} requests compared ({} allowed), {} mismatches",
         o.compared,

@@ -15,7 +15,7 @@ pub use protocol::Protocol;
 pub use request_log::{RequestLog, Upstream};
 pub use snapshot::{
     bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,
-    Service, ServicePort, Snapshot, Target, TargetPort, Waypoint, Workload,
+    Service, ServicePort, Snapshot, SnapshotParts, Target, TargetPort, Waypoint, Workload,
 };
 
 use std::net::{IpAddr, SocketAddr};
@@ -95,18 +95,18 @@ pub(crate) mod test_support {
             )],
             served: true,
         };
-        let mut snapshot = Snapshot::new(
+        let mut parts = SnapshotParts::empty(
             1,
             "test".into(),
             Waypoint {
                 gateway: NamespacedName::new("default", "waypoint"),
                 trust_domain: "cluster.local".into(),
             },
-            vec![svc],
-            vec![wl],
-        )
-        .unwrap();
-        snapshot.set_authz(authz);
+        );
+        parts.services = vec![Arc::new(svc)];
+        parts.workloads = vec![wl];
+        parts.authz = authz;
+        let snapshot = Snapshot::new(parts).unwrap();
         let authority = "127.96.0.10:80".parse().unwrap();
         let target = snapshot.resolve(authority).expect("served VIP");
         RequestContext {

@@ -331,16 +331,62 @@ pub struct Snapshot {
     vips: HashMap<SocketAddr, (Arc<Service>, u16)>,
 }
 
+/// Everything a snapshot holds, as a configuration source assembles it: both sources
+/// fill every part and hand it to [`Snapshot::new`] once.
+#[derive(Debug)]
+pub struct SnapshotParts {
+    /// Monotonic version (above the current snapshot's).
+    pub version: u64,
+    /// Where this configuration came from (`file:<path>`, `xds:<server>`).
+    pub source: String,
+    /// The waypoint itself.
+    pub waypoint: Waypoint,
+    /// Every Service known (served or not).
+    pub services: Vec<Arc<Service>>,
+    /// Every workload known.
+    pub workloads: Vec<Arc<Workload>>,
+    /// Route tables by Service port (`namespace/name:port`).
+    pub routes: BTreeMap<String, crate::route::PortRoutes>,
+    /// How traffic is authorized.
+    pub authz: crate::authz::PolicySet,
+    /// RequestAuthentication JWT rules.
+    pub authn: crate::authn::JwtRules,
+    /// Access log and tracing settings.
+    pub telemetry: super::telemetry::TelemetryConfig,
+}
+
+impl SnapshotParts {
+    /// Parts with nothing in them yet but the version, source and waypoint.
+    pub fn empty(version: u64, source: String, waypoint: Waypoint) -> Self {
+        Self {
+            version,
+            source,
+            waypoint,
+            services: Vec::new(),
+            workloads: Vec::new(),
+            routes: BTreeMap::new(),
+            authz: Default::default(),
+            authn: Default::default(),
+            telemetry: Default::default(),
+        }
+    }
+}
+
 impl Snapshot {
-    /// Builds a snapshot and its lookup indexes; fails if two Services share a `VIP:port`
-    /// or two workloads share an IP.
-    pub fn new(
-        version: u64,
-        source: String,
-        waypoint: Waypoint,
-        services: Vec<Service>,
-        workloads: Vec<Arc<Workload>>,
-    ) -> Result<Self, ConflictingAddress> {
+    /// Builds a snapshot from all its parts, with its lookup indexes; fails if two Services
+    /// share a `VIP:port` or two workloads share an IP.
+    pub fn new(parts: SnapshotParts) -> Result<Self, ConflictingAddress> {
+        let SnapshotParts {
+            version,
+            source,
+            waypoint,
+            services,
+            workloads,
+            routes,
+            authz,
+            authn,
+            telemetry,
+        } = parts;
         let mut by_ip: BTreeMap<IpAddr, Arc<Workload>> = BTreeMap::new();
         for w in workloads {
             for ip in &w.ips {
@@ -356,7 +402,6 @@ impl Snapshot {
         let mut vips = HashMap::new();
         let mut by_name = BTreeMap::new();
         for svc in services {
-            let svc = Arc::new(svc);
             let served_vips = if svc.served { &svc.vips[..] } else { &[] };
             for vip in served_vips {
                 for p in &svc.ports {
@@ -378,17 +423,17 @@ impl Snapshot {
             waypoint,
             services: by_name,
             workloads: by_ip,
-            routes: BTreeMap::new(),
-            authz: Default::default(),
-            authn: Default::default(),
-            telemetry: Default::default(),
+            routes,
+            authz,
+            authn,
+            telemetry,
             vips,
         })
     }
 
     /// An empty snapshot (nothing served yet).
     pub fn empty(waypoint: Waypoint) -> Self {
-        Self::new(0, "empty".into(), waypoint, Vec::new(), Vec::new())
+        Self::new(SnapshotParts::empty(0, "empty".into(), waypoint))
             .expect("an empty snapshot has no conflicts")
     }
 
@@ -405,26 +450,6 @@ impl Snapshot {
             workload: workload.clone(),
             port: authority.port(),
         })
-    }
-
-    /// Attaches the route tables (configuration sources call this before publishing).
-    pub fn set_routes(&mut self, routes: BTreeMap<String, crate::route::PortRoutes>) {
-        self.routes = routes;
-    }
-
-    /// Attaches the authorization policies (configuration sources call this before publishing).
-    pub fn set_authz(&mut self, authz: crate::authz::PolicySet) {
-        self.authz = authz;
-    }
-
-    /// Attaches the RequestAuthentication rules.
-    pub fn set_authn(&mut self, authn: crate::authn::JwtRules) {
-        self.authn = authn;
-    }
-
-    /// Attaches the telemetry settings.
-    pub fn set_telemetry(&mut self, telemetry: super::telemetry::TelemetryConfig) {
-        self.telemetry = telemetry;
     }
 
     /// The routes attached to port `port` of `service`, if any.
@@ -504,12 +529,19 @@ mod tests {
         }
     }
 
+    fn snapshot(
+        services: Vec<Service>,
+        workloads: Vec<Arc<Workload>>,
+    ) -> Result<Snapshot, ConflictingAddress> {
+        let mut parts = SnapshotParts::empty(1, "test".into(), waypoint());
+        parts.services = services.into_iter().map(Arc::new).collect();
+        parts.workloads = workloads;
+        Snapshot::new(parts)
+    }
+
     #[test]
     fn resolves_vips_and_served_pods_only() {
-        let snap = Snapshot::new(
-            1,
-            "test".into(),
-            waypoint(),
+        let snap = snapshot(
             vec![service("a", "127.96.0.1", 80)],
             vec![
                 workload("default", "served", "127.128.0.1", true),
@@ -531,10 +563,7 @@ mod tests {
 
     #[test]
     fn rejects_duplicate_vip_port() {
-        let err = Snapshot::new(
-            1,
-            "test".into(),
-            waypoint(),
+        let err = snapshot(
             vec![
                 service("a", "127.96.0.1", 80),
                 service("b", "127.96.0.1", 80),

@@ -2,15 +2,14 @@
 //! HTTP (`envoy.extensions.filters.http.rbac.v3.RBAC`) or network
 //! (`envoy.extensions.filters.network.rbac.v3.RBAC`) filter config.
 //!
-//! Every type deserializes from the proto-JSON shape (camelCase field names, oneofs as one
-//! present field) through a self-describing JSON value: load YAML with
-//! [`super::RbacConfig::from_yaml`] (serde_yaml alone reads enums only from YAML tags). Unknown fields and matcher kinds are errors naming the field; nothing
-//! is silently ignored. The same types are built from protobuf by `xds::translate::rbac`.
+//! The model is built only from protobuf, by `xds::translate::rbac`, which rejects what it
+//! cannot evaluate and validates what the types below assume (one match kind per matcher,
+//! compiled regexes and templates, well-formed CIDRs); test fixtures in proto-JSON/YAML go
+//! through the same converter (`xds::translate::rbac::from_proto_json`).
 
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
 
 use super::string_match::{SafeRegex, StringMatcher};
 use super::uri_template::UriTemplate;
@@ -22,61 +21,39 @@ pub const NETWORK_RBAC_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 
 /// Which filter a config is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterKind {
     /// `envoy.filters.http.rbac`: per request.
-    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC")]
     Http,
     /// `envoy.filters.network.rbac`: per connection.
-    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC")]
     Network,
 }
 
-/// A named RBAC filter as listeners list it: `{name, typedConfig}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RbacFilter {
-    /// Filter name (`envoy.filters.http.rbac`, `envoy.filters.network.rbac`).
-    pub name: String,
-    /// The filter config.
-    pub typed_config: RbacConfig,
-}
-
 /// The RBAC filter config (HTTP or network).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct RbacConfig {
     /// HTTP or network, from `@type`.
-    #[serde(rename = "@type")]
     pub kind: FilterKind,
     /// Enforced rules; absent means the filter enforces nothing.
-    #[serde(default)]
     pub rules: Option<Rbac>,
     /// Shadow rules: evaluated and reported, never enforced.
-    #[serde(default)]
     pub shadow_rules: Option<Rbac>,
     /// Prefix of the shadow result's metadata keys and stats
     /// (`<prefix>shadow_effective_policy_id`, `<prefix>shadow_engine_result`).
-    #[serde(default)]
     pub shadow_rules_stat_prefix: String,
     /// Prefix of the enforced rules' stats (HTTP).
-    #[serde(default)]
     pub rules_stat_prefix: String,
     /// Stat prefix (network; required there by Envoy).
-    #[serde(default)]
     pub stat_prefix: String,
     /// Per-policy stats (HTTP).
-    #[serde(default)]
     pub track_per_rule_stats: bool,
     /// Network: `ONE_TIME_ON_FIRST_BYTE` (default) or `CONTINUOUS`; the waypoint decides
     /// once per connection either way.
-    #[serde(default)]
     pub enforcement_type: Option<EnforcementType>,
 }
 
 /// Network RBAC enforcement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnforcementType {
     /// Decide on the first byte.
     OneTimeOnFirstByte,
@@ -85,8 +62,7 @@ pub enum EnforcementType {
 }
 
 /// What a matching policy does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Action {
     /// Allowed only if a policy matches.
     #[default]
@@ -98,26 +74,20 @@ pub enum Action {
 }
 
 /// `envoy.config.rbac.v3.RBAC`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct Rbac {
     /// The action of a match.
-    #[serde(default)]
     pub action: Action,
     /// Policies by name; evaluated in name order (the first match is the effective policy).
-    #[serde(default)]
     pub policies: BTreeMap<String, Policy>,
 }
 
 /// A policy: matches when any permission and any principal match.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     /// What is asked for (OR).
-    #[serde(default)]
     pub permissions: Vec<Permission>,
     /// Who asks (OR).
-    #[serde(default)]
     pub principals: Vec<Principal>,
 }
 
@@ -125,37 +95,22 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnyTrue;
 
-impl<'de> Deserialize<'de> for AnyTrue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if bool::deserialize(d)? {
-            Ok(AnyTrue)
-        } else {
-            Err(serde::de::Error::custom("any: must be true"))
-        }
-    }
-}
-
 /// `Permission.Set`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct PermissionSet {
     /// The members.
-    #[serde(default)]
     pub rules: Vec<Permission>,
 }
 
 /// `Principal.Set`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct PrincipalSet {
     /// The members.
-    #[serde(default)]
     pub ids: Vec<Principal>,
 }
 
 /// `envoy.config.rbac.v3.Permission`: what the request or connection is for.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub enum Permission {
     /// All must match.
     AndRules(PermissionSet),
@@ -184,8 +139,7 @@ pub enum Permission {
 }
 
 /// `envoy.config.rbac.v3.Principal`: who is asking.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub enum Principal {
     /// All must match.
     AndIds(PrincipalSet),
@@ -214,25 +168,21 @@ pub enum Principal {
 }
 
 /// `Principal.Authenticated`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct Authenticated {
     /// Matched against the peer's SPIFFE id; absent matches any authenticated peer.
-    #[serde(default)]
     pub principal_name: Option<StringMatcher>,
 }
 
 /// `envoy.type.matcher.v3.PathMatcher`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct PathMatcher {
     /// Matched against the path without query and fragment.
     pub path: StringMatcher,
 }
 
 /// `envoy.type.matcher.v3.FilterStateMatcher` (string form).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct FilterStateMatcher {
     /// The filter state key (`io.istio.peer_principal`).
     pub key: String,
@@ -243,14 +193,6 @@ pub struct FilterStateMatcher {
 /// `envoy.config.core.v3.CidrRange`, as a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr(pub IpNet);
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawCidr {
-    address_prefix: String,
-    #[serde(default)]
-    prefix_len: Option<u32>,
-}
 
 impl Cidr {
     /// `address_prefix`/`prefix_len`; the address is truncated to the prefix as Envoy does.
@@ -265,22 +207,12 @@ impl Cidr {
     }
 }
 
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let r = RawCidr::deserialize(d)?;
-        Cidr::new(&r.address_prefix, r.prefix_len.unwrap_or(0)).map_err(serde::de::Error::custom)
-    }
-}
-
 /// `envoy.type.v3.Int32Range` over ports: `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
     /// Inclusive.
-    #[serde(default)]
     pub start: i64,
     /// Exclusive.
-    #[serde(default)]
     pub end: i64,
 }
 
@@ -293,43 +225,9 @@ pub struct UriTemplateConfig {
     pub template: UriTemplate,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawUriTemplateConfig {
-    #[serde(default)]
-    name: String,
-    typed_config: RawUriTemplateMatch,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawUriTemplateMatch {
-    #[serde(rename = "@type")]
-    type_url: String,
-    path_template: String,
-}
-
 /// The type URL of `UriTemplateMatchConfig`.
 pub const URI_TEMPLATE_TYPE: &str =
     "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig";
-
-impl<'de> Deserialize<'de> for UriTemplateConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let r = RawUriTemplateConfig::deserialize(d)?;
-        if r.typed_config.type_url != URI_TEMPLATE_TYPE {
-            return Err(serde::de::Error::custom(format!(
-                "typedConfig: unsupported @type {:?} (expected {URI_TEMPLATE_TYPE})",
-                r.typed_config.type_url
-            )));
-        }
-        let template =
-            UriTemplate::new(&r.typed_config.path_template).map_err(serde::de::Error::custom)?;
-        Ok(UriTemplateConfig {
-            name: r.name,
-            template,
-        })
-    }
-}
 
 /// How a [`HeaderMatcher`] compares the header's value.
 #[derive(Debug, Clone)]
@@ -371,104 +269,6 @@ pub struct HeaderMatcher {
     pub treat_missing_as_empty: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Int64 {
-    Num(i64),
-    Str(String),
-}
-
-impl Int64 {
-    fn get(self) -> Result<i64, String> {
-        match self {
-            Int64::Num(n) => Ok(n),
-            Int64::Str(s) => s.parse().map_err(|_| format!("not an int64: {s:?}")),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRange {
-    #[serde(default)]
-    start: Option<Int64>,
-    #[serde(default)]
-    end: Option<Int64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawHeaderMatcher {
-    name: String,
-    #[serde(default)]
-    exact_match: Option<String>,
-    #[serde(default)]
-    safe_regex_match: Option<SafeRegex>,
-    #[serde(default)]
-    range_match: Option<RawRange>,
-    #[serde(default)]
-    present_match: Option<bool>,
-    #[serde(default)]
-    prefix_match: Option<String>,
-    #[serde(default)]
-    suffix_match: Option<String>,
-    #[serde(default)]
-    contains_match: Option<String>,
-    #[serde(default)]
-    string_match: Option<StringMatcher>,
-    #[serde(default)]
-    invert_match: bool,
-    #[serde(default)]
-    treat_missing_header_as_empty: bool,
-}
-
-impl TryFrom<RawHeaderMatcher> for HeaderMatcher {
-    type Error = String;
-
-    fn try_from(r: RawHeaderMatcher) -> Result<Self, String> {
-        let mut kinds = Vec::new();
-        if let Some(v) = r.exact_match {
-            kinds.push(HeaderMatch::Exact(v));
-        }
-        if let Some(v) = r.safe_regex_match {
-            kinds.push(HeaderMatch::Regex(v));
-        }
-        if let Some(v) = r.range_match {
-            kinds.push(HeaderMatch::Range {
-                start: v.start.map(Int64::get).transpose()?.unwrap_or(0),
-                end: v.end.map(Int64::get).transpose()?.unwrap_or(0),
-            });
-        }
-        if let Some(v) = r.present_match {
-            kinds.push(HeaderMatch::Present(v));
-        }
-        if let Some(v) = r.prefix_match {
-            kinds.push(HeaderMatch::Prefix(v));
-        }
-        if let Some(v) = r.suffix_match {
-            kinds.push(HeaderMatch::Suffix(v));
-        }
-        if let Some(v) = r.contains_match {
-            kinds.push(HeaderMatch::Contains(v));
-        }
-        if let Some(v) = r.string_match {
-            kinds.push(HeaderMatch::String(v));
-        }
-        if kinds.len() > 1 {
-            return Err(format!(
-                "header {:?}: more than one match kind given",
-                r.name
-            ));
-        }
-        HeaderMatcher::new(
-            &r.name,
-            kinds.pop().unwrap_or(HeaderMatch::Present(true)),
-            r.invert_match,
-            r.treat_missing_header_as_empty,
-        )
-    }
-}
-
 impl HeaderMatcher {
     /// A matcher on header `name` (any case; must be non-empty).
     pub fn new(
@@ -489,15 +289,8 @@ impl HeaderMatcher {
     }
 }
 
-impl<'de> Deserialize<'de> for HeaderMatcher {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        HeaderMatcher::try_from(RawHeaderMatcher::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
 /// `envoy.type.matcher.v3.MetadataMatcher`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct MetadataMatcher {
     /// The filter namespace (`envoy.filters.http.jwt_authn`, `istio_authn`).
     pub filter: String,
@@ -506,21 +299,18 @@ pub struct MetadataMatcher {
     /// The value comparison.
     pub value: ValueMatcher,
     /// Invert the result.
-    #[serde(default)]
     pub invert: bool,
 }
 
 /// One key of a metadata path.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct PathSegment {
     /// The struct key.
     pub key: String,
 }
 
 /// `envoy.type.matcher.v3.ValueMatcher`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub enum ValueMatcher {
     /// Matches a null (or absent) value.
     NullMatch(NullMatch),
@@ -539,29 +329,25 @@ pub enum ValueMatcher {
 }
 
 /// `ValueMatcher.NullMatch` (empty).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct NullMatch {}
 
 /// `envoy.type.matcher.v3.ListMatcher`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct ListMatcher {
     /// An element must match this.
     pub one_of: Box<ValueMatcher>,
 }
 
 /// `envoy.type.matcher.v3.OrMatcher`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct OrMatcher {
     /// One must match.
     pub value_matchers: Vec<ValueMatcher>,
 }
 
 /// `envoy.type.matcher.v3.DoubleMatcher`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DoubleMatcher {
     /// `[start, end)`.
     Range(DoubleRange),
@@ -570,13 +356,10 @@ pub enum DoubleMatcher {
 }
 
 /// `envoy.type.v3.DoubleRange`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DoubleRange {
     /// Inclusive.
-    #[serde(default)]
     pub start: f64,
     /// Exclusive.
-    #[serde(default)]
     pub end: f64,
 }

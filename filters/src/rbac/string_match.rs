@@ -4,7 +4,6 @@
 use std::fmt;
 
 use regex::Regex;
-use serde::{Deserialize, Deserializer};
 
 use crate::ascii;
 
@@ -41,23 +40,6 @@ impl SafeRegex {
 impl fmt::Debug for SafeRegex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SafeRegex({:?})", self.source)
-    }
-}
-
-/// `envoy.type.matcher.v3.RegexMatcher` in proto-JSON.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawRegex {
-    #[serde(default)]
-    google_re2: Option<serde::de::IgnoredAny>,
-    regex: String,
-}
-
-impl<'de> Deserialize<'de> for SafeRegex {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = RawRegex::deserialize(d)?;
-        let _ = raw.google_re2;
-        SafeRegex::new(&raw.regex).map_err(serde::de::Error::custom)
     }
 }
 
@@ -110,67 +92,6 @@ impl StringMatcher {
     }
 }
 
-/// `StringMatcher` in proto-JSON: one of the match fields plus `ignoreCase`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawStringMatcher {
-    #[serde(default)]
-    exact: Option<String>,
-    #[serde(default)]
-    prefix: Option<String>,
-    #[serde(default)]
-    suffix: Option<String>,
-    #[serde(default)]
-    contains: Option<String>,
-    #[serde(default)]
-    safe_regex: Option<SafeRegex>,
-    #[serde(default)]
-    ignore_case: bool,
-}
-
-impl TryFrom<RawStringMatcher> for StringMatcher {
-    type Error = String;
-
-    fn try_from(r: RawStringMatcher) -> Result<Self, String> {
-        let non_empty = |what: &str, v: String| {
-            if v.is_empty() {
-                Err(format!("{what}: must not be empty"))
-            } else {
-                Ok(v)
-            }
-        };
-        let mut kinds = Vec::new();
-        if let Some(v) = r.exact {
-            kinds.push(StringMatch::Exact(v));
-        }
-        if let Some(v) = r.prefix {
-            kinds.push(StringMatch::Prefix(non_empty("prefix", v)?));
-        }
-        if let Some(v) = r.suffix {
-            kinds.push(StringMatch::Suffix(non_empty("suffix", v)?));
-        }
-        if let Some(v) = r.contains {
-            kinds.push(StringMatch::Contains(non_empty("contains", v)?));
-        }
-        if let Some(v) = r.safe_regex {
-            kinds.push(StringMatch::Regex(v));
-        }
-        if kinds.len() != 1 {
-            return Err(format!(
-                "a string matcher needs exactly one of exact, prefix, suffix, contains, safeRegex (found {})",
-                kinds.len()
-            ));
-        }
-        Ok(StringMatcher::new(kinds.remove(0), r.ignore_case))
-    }
-}
-
-impl<'de> Deserialize<'de> for StringMatcher {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        StringMatcher::try_from(RawStringMatcher::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,14 +114,14 @@ mod tests {
     }
 
     #[test]
-    fn proto_json() {
-        let m: StringMatcher = serde_yaml::from_str("{prefix: x, ignoreCase: true}").unwrap();
+    fn ignore_case_and_full_regex() {
+        let m = StringMatcher::new(StringMatch::Prefix("x".into()), true);
         assert!(m.matches("XY"));
-        let e = serde_yaml::from_str::<StringMatcher>("{prefix: x, exact: y}").unwrap_err();
-        assert!(e.to_string().contains("exactly one"), "{e}");
-        let e = serde_yaml::from_str::<StringMatcher>("{custom: {}}").unwrap_err();
-        assert!(e.to_string().contains("unknown field `custom`"), "{e}");
-        let m: StringMatcher = serde_yaml::from_str("{safeRegex: {regex: '.+'}}").unwrap();
+        let m = StringMatcher::new(StringMatch::Regex(SafeRegex::new(".+").unwrap()), false);
         assert!(!m.matches(""));
+        assert!(m.matches("a"));
+        let m = StringMatcher::new(StringMatch::Regex(SafeRegex::new("a").unwrap()), true);
+        assert!(!m.matches("A"), "ignore_case does not apply to regexes");
+        assert!(!StringMatcher::exact("a").ignore_case);
     }
 }

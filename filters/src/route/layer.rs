@@ -267,19 +267,16 @@ mod tests {
             served: true,
             named_ports: BTreeMap::new(),
         });
-        let snapshot = Arc::new(
-            Snapshot::new(
-                1,
-                "test".into(),
-                Waypoint {
-                    gateway: NamespacedName::new("default", "waypoint"),
-                    trust_domain: "cluster.local".into(),
-                },
-                vec![],
-                vec![wl.clone()],
-            )
-            .unwrap(),
+        let mut parts = SnapshotParts::empty(
+            1,
+            "test".into(),
+            Waypoint {
+                gateway: NamespacedName::new("default", "waypoint"),
+                trust_domain: "cluster.local".into(),
+            },
         );
+        parts.workloads = vec![wl.clone()];
+        let snapshot = Arc::new(Snapshot::new(parts).unwrap());
         RequestContext {
             snapshot,
             tunnel: Arc::new(TunnelInfo {

@@ -5,6 +5,10 @@
 //! Everything the model cannot evaluate (CEL conditions, matcher trees, custom matchers and
 //! principals, sourced metadata, address matchers, a delayed deny) is an [`InvalidRbac`]
 //! naming the policy and the field, so the resource can be NACKed; nothing is dropped.
+//!
+//! Test fixtures and tools write these configs in proto-JSON/YAML: [`from_proto_json`] and
+//! [`from_proto_yaml`] decode them into the same protobuf messages and convert them here,
+//! so there is one loader, the one production uses.
 
 #![allow(deprecated)] // Envoy's deprecated oneof members (metadata, exact_match...) are still sent.
 
@@ -154,6 +158,38 @@ pub fn from_any(any: &Any) -> R<RbacConfig> {
         }
         other => Err(top("typed_config.type_url").err(format!("not an RBAC config: {other:?}"))),
     }
+}
+
+/// A filter config in its proto-JSON form (a `typed_config` with its `@type`), as test
+/// fixtures and tools write it: decoded into the protobuf message (unknown fields are
+/// errors), then converted exactly as a config from xDS is.
+pub fn from_proto_json(value: &serde_json::Value) -> R<RbacConfig> {
+    let decode_err = |e: crate::envoy::JsonError| top("typed_config").err(e.to_string());
+    match value.get("@type").and_then(serde_json::Value::as_str) {
+        Some(model::HTTP_RBAC_TYPE) => http_filter(
+            &crate::envoy::from_json::<PbHttpRbac>(
+                "envoy.extensions.filters.http.rbac.v3.RBAC",
+                value,
+            )
+            .map_err(decode_err)?,
+        ),
+        Some(model::NETWORK_RBAC_TYPE) => network_filter(
+            &crate::envoy::from_json::<PbNetworkRbac>(
+                "envoy.extensions.filters.network.rbac.v3.RBAC",
+                value,
+            )
+            .map_err(decode_err)?,
+        ),
+        Some(other) => Err(top("typed_config.@type").err(format!("not an RBAC config: {other:?}"))),
+        None => Err(top("typed_config.@type").err("missing")),
+    }
+}
+
+/// [`from_proto_json`] for a YAML (or JSON) document.
+pub fn from_proto_yaml(text: &str) -> R<RbacConfig> {
+    let value: serde_json::Value =
+        serde_yaml::from_str(text).map_err(|e| top("typed_config").err(e.to_string()))?;
+    from_proto_json(&value)
 }
 
 /// `envoy.config.rbac.v3.RBAC`; `field` is where it sits (`rules`, `shadow_rules`).

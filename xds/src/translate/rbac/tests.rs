@@ -1,4 +1,5 @@
-//! Hand-built protos evaluate like the same configs loaded from proto-JSON YAML.
+//! Hand-built protos evaluate like the same configs loaded from proto-JSON YAML
+//! ([`from_proto_yaml`]), and unsupported fields name the policy and the field.
 
 use std::collections::HashMap;
 
@@ -22,7 +23,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use filters::authz::{Attributes, HttpAttributes, JwtAuth};
-use filters::rbac::{evaluate_chain, RbacConfig, RbacInput};
+use filters::rbac::{evaluate_chain, RbacInput};
 use http::HeaderMap;
 use prost::Message;
 
@@ -251,8 +252,8 @@ fn protos_evaluate_like_the_same_yaml() {
     let (deny, allow) = protos();
     let from_pb = [http_filter(&deny).unwrap(), http_filter(&allow).unwrap()];
     let from_yaml = [
-        RbacConfig::from_yaml(DENY_YAML).unwrap(),
-        RbacConfig::from_yaml(ALLOW_YAML).unwrap(),
+        from_proto_yaml(DENY_YAML).unwrap(),
+        from_proto_yaml(ALLOW_YAML).unwrap(),
     ];
     let sleep = "cluster.local/ns/foo/sa/sleep";
     let cases = [

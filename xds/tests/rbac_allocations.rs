@@ -1,7 +1,8 @@
 //! RBAC evaluation runs for every request on the istiod path, so its matchers must borrow
 //! from the request instead of copying it. Counts the heap allocations of one evaluation
 //! of Istio-shaped policies (a DENY and an ALLOW filter, as istiod emits them) with a
-//! counting allocator; the count is deterministic.
+//! counting allocator; the count is deterministic. The configs are loaded through the
+//! protobuf converter istiod's configs go through (`xds::translate::rbac`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -9,6 +10,7 @@ use std::cell::Cell;
 use filters::authz::{Attributes, HttpAttributes, JwtAuth};
 use filters::rbac::{evaluate_chain, RbacConfig, RbacInput};
 use http::HeaderMap;
+use xds::translate::rbac::from_proto_yaml;
 
 struct Counting;
 
@@ -36,10 +38,10 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (T, usize) {
 }
 
 fn config(action: &str, name: &str, permissions: &str, principals: &str) -> RbacConfig {
-    RbacConfig::from_yaml(&format!(
+    from_proto_yaml(&format!(
         "'@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\nrules:\n  action: {action}\n  policies:\n    {name}:\n      permissions: [{permissions}]\n      principals: [{principals}]\n"
     ))
-    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A GET from `foo/sleep` to `/API/items` with `headers` and a validated JWT.

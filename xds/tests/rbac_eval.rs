@@ -1,11 +1,12 @@
-//! Loading and evaluation of hand-written RBAC configs.
+//! Evaluation of hand-written RBAC configs, loaded from proto-JSON/YAML through the
+//! protobuf converter istiod's configs go through (`xds::translate::rbac`).
 
 use std::net::IpAddr;
 
+use filters::authz::{Attributes, HttpAttributes, JwtAuth};
+use filters::rbac::{evaluate_chain, RbacConfig, RbacInput};
 use http::HeaderMap;
-
-use super::*;
-use crate::authz::{Attributes, HttpAttributes, JwtAuth};
+use xds::translate::rbac::{from_proto_json, from_proto_yaml, InvalidRbac};
 
 fn http_attrs<'a>(
     headers: &'a HeaderMap,
@@ -33,11 +34,25 @@ fn http_attrs<'a>(
     }
 }
 
+const HTTP_TYPE: &str = "'@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+
+fn try_config(rules: &str) -> Result<RbacConfig, InvalidRbac> {
+    from_proto_yaml(&format!("{HTTP_TYPE}\nrules:\n{rules}"))
+}
+
 fn config(rules: &str) -> RbacConfig {
-    let text = format!(
-        "'@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\nrules:\n{rules}"
+    try_config(rules).unwrap_or_else(|e| panic!("{e}\n{rules}"))
+}
+
+/// The `typedConfig` of a `{name, typedConfig}` filter document, which must be RBAC's.
+fn filter_document(text: &str) -> RbacConfig {
+    let doc: serde_json::Value = serde_yaml::from_str(text).unwrap();
+    let typed = &doc["typedConfig"];
+    assert_eq!(
+        typed["@type"].as_str(),
+        Some("type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC")
     );
-    RbacConfig::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    from_proto_json(typed).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 fn allowed(c: &RbacConfig, attrs: &Attributes<'_>) -> bool {
@@ -241,18 +256,32 @@ fn tcp_has_no_http_inputs() {
 }
 
 #[test]
-fn chain_shadow_and_policy_names() {
-    let deny = RbacFilter::from_yaml(
-        "name: envoy.filters.http.rbac\ntypedConfig:\n  '@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\n  rules:\n    action: DENY\n    policies:\n      b-deny: {permissions: [{urlPath: {path: {exact: /deny}}}], principals: [{any: true}]}\n  shadowRules:\n    policies:\n      s: {permissions: [{any: true}], principals: [{any: true}]}\n  shadowRulesStatPrefix: istio_dry_run_allow_\n",
+fn network_filter_config() {
+    let c = from_proto_yaml(
+        "'@type': type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC\nstatPrefix: tcp.\nrules:\n  policies:\n    p: {permissions: [{destinationPort: 9000}], principals: [{any: true}]}\n",
     )
     .unwrap();
+    assert_eq!(c.kind, filters::rbac::FilterKind::Network);
+    assert_eq!(c.stat_prefix, "tcp.");
+    let a = Attributes {
+        destination_port: Some(9000),
+        ..Default::default()
+    };
+    assert!(allowed(&c, &a));
+}
+
+#[test]
+fn chain_shadow_and_policy_names() {
+    let deny = filter_document(
+        "name: envoy.filters.http.rbac\ntypedConfig:\n  '@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\n  rules:\n    action: DENY\n    policies:\n      b-deny: {permissions: [{urlPath: {path: {exact: /deny}}}], principals: [{any: true}]}\n  shadowRules:\n    policies:\n      s: {permissions: [{any: true}], principals: [{any: true}]}\n  shadowRulesStatPrefix: istio_dry_run_allow_\n",
+    );
     let allow = config(&format!(
         "{}    a-allow: {{permissions: [{{any: true}}], principals: [{{any: true}}]}}\n",
         policy("{urlPath: {path: {exact: /allow}}}", "{any: true}")
     ));
     let h = HeaderMap::new();
     let a = http_attrs(&h, "/deny", None, None);
-    let d = evaluate_chain([&deny.typed_config, &allow], &RbacInput::new(&a));
+    let d = evaluate_chain([&deny, &allow], &RbacInput::new(&a));
     assert!(!d.allowed);
     assert_eq!(d.denied_by, Some((0, Some("b-deny".into()))));
     assert_eq!(d.shadow.len(), 1);
@@ -274,53 +303,95 @@ fn chain_shadow_and_policy_names() {
     assert!(d.shadow_matched("s"));
     assert!(!d.shadow_matched("istio-ext-authz"));
     let a = http_attrs(&h, "/allow", None, None);
-    let d = evaluate_chain([&deny.typed_config, &allow], &RbacInput::new(&a));
+    let d = evaluate_chain([&deny, &allow], &RbacInput::new(&a));
     assert!(d.allowed);
     // Policies are evaluated in name order: "a-allow" before "p".
     assert_eq!(d.matched, vec![(1, "a-allow".to_string())]);
 }
 
+/// Inputs the converter rejects name the policy and the field (proto names).
 #[test]
-fn unknown_and_invalid_fields_are_errors_naming_the_field() {
+fn invalid_matchers_are_errors_naming_the_policy_and_field() {
     let bad = [
-        ("{matcher: {}}", "unknown variant `matcher`"),
-        (
-            "{header: {name: x, fooMatch: y}}",
-            "unknown field `fooMatch`",
-        ),
+        ("{matcher: {name: m}}", "matcher", "not supported"),
         (
             "{urlPath: {path: {safeRegex: {regex: '('}}}}",
+            "url_path.path.safe_regex.regex",
             "invalid regex",
         ),
-        ("{any: false}", "must be true"),
+        ("{any: false}", "any", "must be true"),
         (
             "{destinationIp: {addressPrefix: 1.2.3.4, prefixLen: 33}}",
+            "destination_ip",
             "too long",
         ),
         (
+            "{urlPath: {path: {prefix: ''}}}",
+            "url_path.path.prefix",
+            "must not be empty",
+        ),
+        (
+            "{requestedServerName: {custom: {name: c}}}",
+            "requested_server_name.custom",
+            "not supported",
+        ),
+        ("{header: {name: ''}}", "header.name", "must not be empty"),
+        (
+            "{uriTemplate: {name: u, typedConfig: {'@type': type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig, pathTemplate: x}}}",
+            "uri_template.typed_config.path_template",
+            "must start with '/'",
+        ),
+    ];
+    for (p, field, want) in bad {
+        let e = try_config(&format!(
+            "  policies:\n    ns[foo]-policy[x]-rule[0]:\n      permissions:\n      - andRules: {{rules: [{{any: true}}, {p}]}}\n      principals: [{{any: true}}]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.policy, "ns[foo]-policy[x]-rule[0]", "{p}: {e}");
+        assert_eq!(
+            e.field,
+            format!("permissions[0].and_rules.rules[1].{field}"),
+            "{p}: {e}"
+        );
+        assert!(e.to_string().contains(want), "{p}: {e}");
+    }
+    let e = try_config(
+        "  policies:\n    p: {permissions: [{any: true}], principals: [{any: true}], condition: {}}\n",
+    )
+    .unwrap_err();
+    assert_eq!((e.policy.as_str(), e.field.as_str()), ("p", "condition"));
+}
+
+/// Inputs that are not the protobuf message: decoding rejects them, naming what is wrong.
+#[test]
+fn malformed_documents_are_decode_errors() {
+    let bad = [
+        // An unknown field.
+        (
+            "{header: {name: x, fooMatch: y}}",
+            "unrecognized field name 'fooMatch'",
+        ),
+        // Two members of one oneof.
+        (
             "{header: {name: x, exactMatch: a, prefixMatch: b}}",
-            "more than one",
+            "multiple fields provided for oneof 'header_match_specifier'",
+        ),
+        (
+            "{urlPath: {path: {prefix: x, exact: y}}}",
+            "multiple fields provided for oneof 'match_pattern'",
         ),
     ];
     for (p, want) in bad {
-        let text = format!(
-            "'@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\nrules:\n  policies:\n    ns[foo]-policy[x]-rule[0]:\n      permissions:\n      - andRules: {{rules: [{{any: true}}, {p}]}}\n      principals: [{{any: true}}]\n"
-        );
-        let e = RbacConfig::from_yaml(&text).unwrap_err().to_string();
-        assert!(e.contains(want), "{p}: {e}");
-        assert!(
-            e.contains("rules.policies.ns[foo]-policy[x]-rule[0].permissions[0]"),
-            "{p}: {e}"
-        );
+        let e = try_config(&policy(p, "{any: true}")).unwrap_err();
+        assert_eq!(e.field, "typed_config", "{p}: {e}");
+        assert!(e.to_string().contains(want), "{p}: {e}");
     }
-    let e = RbacConfig::from_yaml(
+    let e = from_proto_yaml(
         "'@type': type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n",
     )
     .unwrap_err();
-    assert!(e.to_string().contains("@type"), "{e}");
-    let e = RbacConfig::from_yaml(
-        "'@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\nrules:\n  policies:\n    p: {permissions: [{any: true}], principals: [{any: true}], condition: {}}\n",
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("condition"), "{e}");
+    assert_eq!(e.field, "typed_config.@type", "{e}");
+    assert!(e.to_string().contains("ExtAuthz"), "{e}");
+    let e = from_proto_yaml("rules: {}\n").unwrap_err();
+    assert_eq!(e.field, "typed_config.@type", "{e}");
 }
