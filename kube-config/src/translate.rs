@@ -3,8 +3,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use filters::model::{
-    Endpoint, Identity, NamespacedName, Protocol, Service, ServicePort, Snapshot, TargetPort,
-    Waypoint, Workload,
+    Endpoint, Identity, NamespacedName, Protocol, Service, ServicePort, Snapshot, SnapshotParts,
+    TargetPort, Workload,
 };
 use filters::SourceOptions;
 
@@ -120,17 +120,11 @@ pub fn translate_with_status(
         let ns = namespace_of(&svc.metadata);
         let served =
             for_services && uses_waypoint(&svc.metadata, ns_labels.get(ns).copied(), &gw_name);
-        services.push(service(label, svc, served, options, &workloads)?);
+        services.push(Arc::new(service(label, svc, served, options, &workloads)?));
     }
 
-    let waypoint = Waypoint {
-        gateway: gw_name.clone(),
-        trust_domain: options.trust_domain.clone(),
-    };
-    let mut snapshot = Snapshot::new(version, source, waypoint, services, workloads)?;
-    let by_name: HashMap<NamespacedName, Arc<Service>> = snapshot
-        .services
-        .values()
+    let by_name: HashMap<NamespacedName, Arc<Service>> = services
+        .iter()
         .map(|s| (s.name.clone(), s.clone()))
         .collect();
     let inputs = super::routes::RouteInputs {
@@ -138,28 +132,34 @@ pub fn translate_with_status(
         grpc: &objects.grpc_routes,
         grants: &objects.grants,
     };
-    let (tables, statuses) = super::routes::attach(&inputs, &by_name, &gw_name);
-    snapshot.set_routes(tables);
+    let (routes, statuses) = super::routes::attach(&inputs, &by_name, &gw_name);
     let mesh = super::mesh::mesh_config(&objects.config_maps, &options.root_namespace)?;
-    snapshot.set_telemetry(super::telemetry::build(
+    let telemetry = super::telemetry::build(
         &objects.telemetries,
         &mesh,
         &gw_name,
         &options.root_namespace,
-    )?);
+    )?;
     let mut policies = super::authz::bind(&objects.policies, &gw_name, &options.root_namespace)?;
     policies.providers = super::ext_authz::providers(&mesh);
     super::authz::report_custom(&policies);
-    snapshot.set_authz(filters::authz::PolicySet::policies(
-        policies,
-        options.normalization,
-    ));
-    snapshot.set_authn(super::authn::bind(
+    let authn = super::authn::bind(
         &objects.authentications,
         &gw_name,
         &options.root_namespace,
         &options.jwks,
-    )?);
+    )?;
+    let snapshot = Snapshot::new(SnapshotParts {
+        version,
+        source,
+        waypoint: options.waypoint(gw_name.clone()),
+        services,
+        workloads,
+        routes,
+        authz: filters::authz::PolicySet::policies(policies, options.normalization),
+        authn,
+        telemetry,
+    })?;
     Ok((snapshot, statuses))
 }
 
@@ -266,6 +266,32 @@ fn service(
     workloads: &[Arc<Workload>],
 ) -> Result<Service, LocalConfigError> {
     let ns = namespace_of(&svc.metadata);
+    let selected: Vec<&Arc<Workload>> = match &svc.spec.selector {
+        Some(sel) if !sel.is_empty() => workloads
+            .iter()
+            .filter(|w| w.name.namespace == ns)
+            .filter(|w| sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut ports: Vec<ServicePort> = Vec::new();
+    for (i, p) in svc.spec.ports.iter().enumerate() {
+        if let Some(port) = service_port(label, i, p, &ports, &selected)? {
+            ports.push(port);
+        }
+    }
+    Ok(Service {
+        name: NamespacedName::new(ns, &svc.metadata.name),
+        hostname: format!("{}.{ns}.svc.{}", svc.metadata.name, options.domain_suffix),
+        vips: cluster_ips(label, svc)?,
+        ports,
+        served,
+    })
+}
+
+/// The Service's cluster IPs (`spec.clusterIP` and `spec.clusterIPs`, once each; headless
+/// Services have none).
+fn cluster_ips(label: &str, svc: &objects::Service) -> Result<Vec<IpAddr>, LocalConfigError> {
     let mut vips = Vec::new();
     let single = svc
         .spec
@@ -289,79 +315,73 @@ fn service(
             vips.push(ip);
         }
     }
-    let selected: Vec<&Arc<Workload>> = match &svc.spec.selector {
-        Some(sel) if !sel.is_empty() => workloads
-            .iter()
-            .filter(|w| w.name.namespace == ns)
-            .filter(|w| sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-            .collect(),
-        _ => Vec::new(),
-    };
-    let mut ports: Vec<ServicePort> = Vec::new();
-    for (i, p) in svc.spec.ports.iter().enumerate() {
-        let field = |f: &str| format!("spec.ports[{i}].{f}");
-        if p.port == 0 {
-            return Err(invalid(label, field("port"), "must be between 1 and 65535"));
-        }
-        if ports.iter().any(|q| q.port == p.port) {
-            return Err(invalid(
-                label,
-                field("port"),
-                format!("duplicate port {}", p.port),
-            ));
-        }
-        if matches!(p.protocol.as_deref(), Some("UDP" | "SCTP")) {
-            tracing::info!(
-                object = label,
-                port = p.port,
-                "skipping non-TCP service port"
-            );
-            continue;
-        }
-        let target = match &p.target_port {
-            None => TargetPort::Number(p.port),
-            Some(IntOrString::Int(0)) => {
-                return Err(invalid(
-                    label,
-                    field("targetPort"),
-                    "must be between 1 and 65535",
-                ))
-            }
-            Some(IntOrString::Int(n)) => TargetPort::Number(*n),
-            Some(IntOrString::String(s)) => match s.parse::<u16>() {
-                Ok(n) if n > 0 => TargetPort::Number(n),
-                _ if !s.is_empty() => TargetPort::Named(s.clone()),
-                _ => return Err(invalid(label, field("targetPort"), "must not be empty")),
-            },
-        };
-        let endpoints = selected
-            .iter()
-            .filter_map(|w| {
-                let port = match &target {
-                    TargetPort::Number(n) => *n,
-                    TargetPort::Named(name) => *w.named_ports.get(name)?,
-                };
-                Some(Endpoint {
-                    workload: (*w).clone(),
-                    port,
-                })
-            })
-            .collect();
-        ports.push(ServicePort::new(
-            p.name.clone(),
-            p.port,
-            target,
-            Protocol::resolve(p.app_protocol.as_deref(), p.name.as_deref()),
-            endpoints,
+    Ok(vips)
+}
+
+/// Port `i` of a Service with its endpoints among the `selected` pods; `None` for UDP and
+/// SCTP ports (the waypoint carries TCP only). `earlier` are the ports already read.
+fn service_port(
+    label: &str,
+    i: usize,
+    p: &objects::ServicePort,
+    earlier: &[ServicePort],
+    selected: &[&Arc<Workload>],
+) -> Result<Option<ServicePort>, LocalConfigError> {
+    let field = |f: &str| format!("spec.ports[{i}].{f}");
+    if p.port == 0 {
+        return Err(invalid(label, field("port"), "must be between 1 and 65535"));
+    }
+    if earlier.iter().any(|q| q.port == p.port) {
+        return Err(invalid(
+            label,
+            field("port"),
+            format!("duplicate port {}", p.port),
         ));
     }
-    Ok(Service {
-        name: NamespacedName::new(ns, &svc.metadata.name),
-        hostname: format!("{}.{ns}.svc.{}", svc.metadata.name, options.domain_suffix),
-        vips,
-        ports,
-        served,
-    })
+    if matches!(p.protocol.as_deref(), Some("UDP" | "SCTP")) {
+        tracing::info!(
+            object = label,
+            port = p.port,
+            "skipping non-TCP service port"
+        );
+        return Ok(None);
+    }
+    let target = match &p.target_port {
+        None => TargetPort::Number(p.port),
+        Some(IntOrString::Int(0)) => {
+            return Err(invalid(
+                label,
+                field("targetPort"),
+                "must be between 1 and 65535",
+            ))
+        }
+        Some(IntOrString::Int(n)) => TargetPort::Number(*n),
+        Some(IntOrString::String(s)) => match s.parse::<u16>() {
+            Ok(n) if n > 0 => TargetPort::Number(n),
+            _ if !s.is_empty() => TargetPort::Named(s.clone()),
+            _ => return Err(invalid(label, field("targetPort"), "must not be empty")),
+        },
+    };
+    let endpoints = selected
+        .iter()
+        .filter_map(|w| {
+            let port = match &target {
+                TargetPort::Number(n) => *n,
+                TargetPort::Named(name) => *w.named_ports.get(name)?,
+            };
+            Some(Endpoint {
+                workload: (*w).clone(),
+                port,
+            })
+        })
+        .collect();
+    Ok(Some(ServicePort::new(
+        p.name.clone(),
+        p.port,
+        target,
+        Protocol::resolve(p.app_protocol.as_deref(), p.name.as_deref()),
+        endpoints,
+    )))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use filters::model::{
     route_key, ConflictingAddress, Endpoint, Identity, NamespacedName, Service, ServicePort,
-    Snapshot, TargetPort, Waypoint, Workload,
+    Snapshot, SnapshotParts, TargetPort, Waypoint, Workload,
 };
 use filters::route::model::{BackendTarget, Filter, Route, RouteKind, Rule, WeightedBackend};
 use filters::route::{Backend, PortRoutes, RouteTable};
@@ -90,12 +90,39 @@ fn vip_chain(name: &str) -> Option<(u16, &str)> {
     Some((port.parse().ok()?, host))
 }
 
-/// Combines accepted resources into a snapshot.
+/// Combines accepted resources into a snapshot: the addresses `main_internal` serves,
+/// workloads from endpoints, Services from clusters, then per served port its routes, RBAC
+/// chain and JWT rules, and the tracing settings.
 pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, ConflictingAddress> {
     let main = res.listeners.get("main_internal");
-    // Pod IPs addressed directly (direct-http / direct-tcp chains).
+    let (vips, served_pods) = served_addresses(main);
+    let workloads = workloads(res, &opts.waypoint.trust_domain, &served_pods);
+    let services = services(res, &vips, &workloads);
+    let by_host: BTreeMap<String, Arc<Service>> = services
+        .iter()
+        .map(|s| (s.hostname.clone(), s.clone()))
+        .collect();
+    let chains = main
+        .map(|l| port_chains(l, res, &by_host))
+        .unwrap_or_default();
+    let telemetry = telemetry(main, &opts.waypoint);
+    Snapshot::new(SnapshotParts {
+        version: opts.version,
+        source: opts.source.clone(),
+        waypoint: opts.waypoint.clone(),
+        services,
+        workloads: workloads.into_values().collect(),
+        routes: chains.routes,
+        authz: filters::authz::PolicySet::rbac(chains.rbac),
+        authn: chains.authn,
+        telemetry,
+    })
+}
+
+/// The addresses `main_internal`'s chain matcher serves: Service VIPs by host, and the pod
+/// IPs addressed directly (`direct-http` / `direct-tcp` chains).
+fn served_addresses(main: Option<&ListenerInfo>) -> (BTreeMap<&str, Vec<IpAddr>>, Vec<IpAddr>) {
     let mut served_pods: Vec<IpAddr> = Vec::new();
-    // host -> VIPs
     let mut vips: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
     if let Some(l) = main {
         for m in &l.matches {
@@ -114,21 +141,33 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
             }
         }
     }
-    // Workloads, one per pod IP.
+    (vips, served_pods)
+}
+
+/// Workloads, one per pod IP of the endpoints.
+fn workloads(
+    res: &Resources,
+    trust_domain: &str,
+    served_pods: &[IpAddr],
+) -> BTreeMap<IpAddr, Arc<Workload>> {
     let mut workloads: BTreeMap<IpAddr, Arc<Workload>> = BTreeMap::new();
     for eps in res.endpoints.values() {
         for e in eps {
             let ip = e.address.ip();
-            workloads.entry(ip).or_insert_with(|| {
-                Arc::new(workload(
-                    e,
-                    &opts.waypoint.trust_domain,
-                    served_pods.contains(&ip),
-                ))
-            });
+            workloads
+                .entry(ip)
+                .or_insert_with(|| Arc::new(workload(e, trust_domain, served_pods.contains(&ip))));
         }
     }
-    // Services from clusters, grouped by host.
+    workloads
+}
+
+/// Services from the clusters, grouped by host; served when `main_internal` serves a VIP.
+fn services(
+    res: &Resources,
+    vips: &BTreeMap<&str, Vec<IpAddr>>,
+    workloads: &BTreeMap<IpAddr, Arc<Workload>>,
+) -> Vec<Arc<Service>> {
     let mut by_host: BTreeMap<&str, Vec<&ClusterInfo>> = BTreeMap::new();
     for c in res.clusters.values() {
         by_host.entry(c.host.as_str()).or_default().push(c);
@@ -160,78 +199,84 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
             ));
         }
         let v = vips.get(host).cloned().unwrap_or_default();
-        services.push(Service {
+        services.push(Arc::new(Service {
             name: NamespacedName::new(&first.namespace, &first.service),
             hostname: host.to_string(),
             served: !v.is_empty(),
             vips: v,
             ports,
-        });
+        }));
     }
-    let mut snapshot = Snapshot::new(
-        opts.version,
-        opts.source.clone(),
-        opts.waypoint.clone(),
-        services,
-        workloads.into_values().collect(),
-    )?;
-    // Routes per served Service port.
-    let by_host: BTreeMap<String, Arc<Service>> = snapshot
-        .services
-        .values()
-        .map(|s| (s.hostname.clone(), s.clone()))
-        .collect();
-    let mut tables = BTreeMap::new();
-    let mut chains = filters::authz::RbacChains::default();
-    let mut authn = filters::authn::JwtRules::default();
-    if let Some(l) = main {
-        for (name, chain) in &l.chains {
-            let Some((port, host)) = vip_chain(name) else {
-                continue;
-            };
-            let Some(service) = by_host.get(host) else {
-                continue;
-            };
-            let rbac = match chain {
-                Chain::Http { rbac, .. } | Chain::Tcp { rbac, .. } => rbac,
-            };
-            if let Chain::Http { jwt, .. } = chain {
-                if !jwt.is_empty() {
-                    authn
-                        .services
-                        .entry(service.name.to_string())
-                        .or_insert_with(|| jwt.clone());
-                }
+    services
+}
+
+/// What the `main_internal` chains give each served Service port.
+#[derive(Default)]
+struct PortChains {
+    routes: BTreeMap<String, PortRoutes>,
+    rbac: filters::authz::RbacChains,
+    authn: filters::authn::JwtRules,
+}
+
+/// Routes (inline or from RDS), the RBAC chain and JWT rules of every served Service port.
+fn port_chains(
+    l: &ListenerInfo,
+    res: &Resources,
+    by_host: &BTreeMap<String, Arc<Service>>,
+) -> PortChains {
+    let mut out = PortChains::default();
+    for (name, chain) in &l.chains {
+        let Some((port, host)) = vip_chain(name) else {
+            continue;
+        };
+        let Some(service) = by_host.get(host) else {
+            continue;
+        };
+        let rbac = match chain {
+            Chain::Http { rbac, .. } | Chain::Tcp { rbac, .. } => rbac,
+        };
+        if let Chain::Http { jwt, .. } = chain {
+            if !jwt.is_empty() {
+                out.authn
+                    .services
+                    .entry(service.name.to_string())
+                    .or_insert_with(|| jwt.clone());
             }
-            if !rbac.is_empty() {
-                chains
-                    .0
-                    .insert(route_key(&service.name, port), Arc::new(rbac.clone()));
-            }
-            let Chain::Http { routes, rds, .. } = chain else {
-                continue;
-            };
-            // Routes from RDS that have not arrived yet leave the port without routes (the
-            // Service is used as is) until they do.
-            let routes = match rds {
-                Some(name) => res.routes.get(name).map(Vec::as_slice).unwrap_or(&[]),
-                None => routes.as_slice(),
-            };
-            let compiled: Vec<Arc<Route>> = routes
-                .iter()
-                .map(|spec| Arc::new(route(spec, service, res, &by_host)))
-                .collect();
-            let table = PortRoutes {
-                producer: RouteTable::ordered(&compiled),
-                consumers: BTreeMap::new(),
-                kind: None,
-            };
-            tables.insert(route_key(&service.name, port), table);
         }
+        if !rbac.is_empty() {
+            out.rbac
+                .0
+                .insert(route_key(&service.name, port), Arc::new(rbac.clone()));
+        }
+        let Chain::Http { routes, rds, .. } = chain else {
+            continue;
+        };
+        // Routes from RDS that have not arrived yet leave the port without routes (the
+        // Service is used as is) until they do.
+        let routes = match rds {
+            Some(name) => res.routes.get(name).map(Vec::as_slice).unwrap_or(&[]),
+            None => routes.as_slice(),
+        };
+        let compiled: Vec<Arc<Route>> = routes
+            .iter()
+            .map(|spec| Arc::new(route(spec, service, res, by_host)))
+            .collect();
+        let table = PortRoutes {
+            producer: RouteTable::ordered(&compiled),
+            consumers: BTreeMap::new(),
+            kind: None,
+        };
+        out.routes.insert(route_key(&service.name, port), table);
     }
-    snapshot.set_routes(tables);
-    snapshot.set_authz(filters::authz::PolicySet::rbac(chains));
-    snapshot.set_authn(authn);
+    out
+}
+
+/// The tracing settings (one per waypoint: istiod gives every chain the same) and the
+/// mesh id.
+fn telemetry(
+    main: Option<&ListenerInfo>,
+    waypoint: &Waypoint,
+) -> filters::model::telemetry::TelemetryConfig {
     // One tracing configuration per waypoint: istiod gives every chain the same.
     let tracing = main.and_then(|l| {
         l.chains.iter().find_map(|(_, c)| match c {
@@ -249,13 +294,12 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
                 _ => None,
             })
         })
-        .unwrap_or_else(|| opts.waypoint.trust_domain.clone());
-    snapshot.set_telemetry(filters::model::telemetry::TelemetryConfig {
+        .unwrap_or_else(|| waypoint.trust_domain.clone());
+    filters::model::telemetry::TelemetryConfig {
         tracing,
         access_log: None,
         mesh_id,
-    });
-    Ok(snapshot)
+    }
 }
 
 fn workload(e: &EndpointInfo, trust_domain: &str, served: bool) -> Workload {
