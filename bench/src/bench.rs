@@ -26,8 +26,8 @@ mod tls_floor;
 pub use relay::{serve as serve_relay, RelayArgs};
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,7 @@ use hbone::tls::{client_config, CertStore, DevCa};
 use report::{render, Handshakes, Row};
 use testkit::client::HboneClient;
 use testkit::echo::EchoIdentity;
-use testkit::loadgen::{self, LoadConfig};
+use testkit::loadgen::{self, LoadConfig, LoadReport};
 use testkit::mesh::{MeshYaml, Port};
 use testkit::process::{CertFiles, WaypointProcess};
 use testkit::tls_echo::TlsEcho;
@@ -158,11 +158,67 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         a.idle_tunnels = a.idle_tunnels.min(500);
     }
     let dir = tempfile::tempdir()?;
+    let fx = set_up_mesh(dir.path()).await?;
+    let mut proxies = start_proxies(&mut a, &fx, dir.path()).await?;
+    let clients = build_clients(&a, &fx, &proxies, dir.path()).await?;
+
+    let duration = Duration::from_secs_f64(a.duration);
+    let rounds = measure_rounds(&a, &fx, &proxies, &clients, duration).await?;
+    let peer_note = peer_note(&clients.peer, a.proxy_core, rounds.nginx_peak_kib);
+    drop(clients.peer);
+    drop(clients.relay);
+    let wp = &proxies.wp;
+    let peak_all_kib = wp.peak_rss_kib().unwrap_or(0);
+    let rss_before_idle = wp.rss_kib().unwrap_or(0);
+    let rss_idle = idle_rss(&a, wp, &clients.via_waypoint, fx.vip).await?;
+    let hs = measure_handshakes(
+        &a,
+        &fx,
+        wp_pid(wp),
+        &clients.via_waypoint,
+        &clients.certs,
+        duration,
+    )
+    .await?;
+    stop_proxies(&mut proxies).await;
+
+    let md = render(
+        &a,
+        &rounds.rows,
+        rounds.peak_fixed_kib,
+        peak_all_kib,
+        rss_before_idle,
+        rss_idle,
+        &hs,
+        duration,
+        &peer_note,
+    );
+    write_report(&a.out, &md, &rounds.rows)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// The dev CA, the identities, the fake destination pod and the mesh configuration file.
+struct Fixture {
+    ca: DevCa,
+    waypoint_id: Identity,
+    client_id: Identity,
+    pod_id: Identity,
+    /// The destination pod behind its fake ztunnel (HBONE on 15008, the echo app on 8080).
+    pod: FakeZtunnel,
+    /// The echo Service's VIP.
+    vip: IpAddr,
+    /// The local configuration file: the Service, the pod, an HTTPRoute and a policy.
+    config: PathBuf,
+}
+
+/// Issues the certificates, starts the fake destination pod and writes the mesh config.
+async fn set_up_mesh(dir: &Path) -> anyhow::Result<Fixture> {
     let ca = DevCa::new("bench")?;
     let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
     let client_id = Identity::new("cluster.local", "default", "sleep");
     let pod_id = Identity::new("cluster.local", "default", "echo");
-    ca.issue(&waypoint_id)?.write(dir.path())?;
+    ca.issue(&waypoint_id)?.write(dir)?;
     let pod_certs = ca.issue(&pod_id)?;
     let pod = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
         ip,
@@ -181,49 +237,45 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         .pod("default", "echo-0", pod.ip, "echo", "echo", true)
         .raw("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: echo, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /}}]\n    backendRefs: [{name: echo, port: 80}]\n")
         .raw("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-default, namespace: default}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - from: [{source: {namespaces: [default]}}]\n    to: [{operation: {methods: [GET]}}]\n");
-    let config = dir.path().join("mesh.yaml");
+    let config = dir.join("mesh.yaml");
     std::fs::write(&config, mesh.render())?;
-    let exe = crate::launcher::waypoint(a.waypoint.as_deref(), dir.path())?;
+    Ok(Fixture {
+        ca,
+        waypoint_id,
+        client_id,
+        pod_id,
+        pod,
+        vip,
+        config,
+    })
+}
+
+/// The proxies under test (fields in the order they are dropped).
+struct Proxies {
+    /// The fake istiod serving that proxy, kept until the end.
+    _istiod_xds: Option<istiod::Istiod>,
+    /// The waypoint configured over xDS with istiod's resources.
+    istiod: Option<WaypointProcess>,
+    /// The `--baseline` build.
+    baseline: Option<WaypointProcess>,
+    /// The waypoint measured.
+    wp: WaypointProcess,
+    /// The proxy core, when taskset is available to pin to it.
+    pin: Option<usize>,
+}
+
+/// Starts the waypoint, the `--baseline` build (adding its scenario) and the istiod scenario.
+async fn start_proxies(a: &mut BenchArgs, fx: &Fixture, dir: &Path) -> anyhow::Result<Proxies> {
+    let exe = crate::launcher::waypoint(a.waypoint.as_deref(), dir)?;
     eprintln!("measuring the waypoint at {}", exe.display());
     // Pin the proxy: run it under taskset when available.
     let taskset = Command::new("taskset").arg("--version").output().is_ok();
-    let core = a.proxy_core;
-    let start =
-        |exe: &std::path::Path, name: &str, source: &[String]| -> anyhow::Result<WaypointProcess> {
-            let bin = if taskset {
-                let wrapper = dir.path().join(format!("pinned-{name}.sh"));
-                std::fs::write(
-                    &wrapper,
-                    format!(
-                        "#!/bin/sh\nexec taskset -c {core} {} \"$@\"\n",
-                        exe.display()
-                    ),
-                )?;
-                Command::new("chmod").arg("+x").arg(&wrapper).status()?;
-                wrapper
-            } else {
-                exe.to_path_buf()
-            };
-            let mut args: Vec<&str> = source.iter().map(String::as_str).collect();
-            args.extend(["--concurrency", "1", "--log-level", "error"]);
-            Ok(WaypointProcess::spawn_source(
-                &bin,
-                &CertFiles::in_dir(dir.path()),
-                &args,
-                None,
-            )?)
-        };
-    let local = ["--config".to_string(), config.display().to_string()];
-    let mut wp = start(&exe, "waypoint", &local)?;
-    wp.wait_ready(Duration::from_secs(30))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let pin = taskset.then_some(a.proxy_core);
+    let local = ["--config".to_string(), fx.config.display().to_string()];
+    let wp = start_waypoint(&exe, "waypoint", &local, dir, pin).await?;
     let baseline = match a.baseline.clone() {
         Some(exe) => {
-            let mut b = start(&exe, "baseline", &local)?;
-            b.wait_ready(Duration::from_secs(30))
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let b = start_waypoint(&exe, "baseline", &local, dir, pin).await?;
             if !a.scenarios.iter().any(|s| s == "baseline") {
                 a.scenarios.push("baseline".into());
             }
@@ -231,63 +283,163 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let pid = wp_pid(&wp);
-    // The same build configured over xDS with istiod's resources.
-    let istiod = if a.scenarios.iter().any(|s| s == "istiod") {
-        let dump = a
-            .xds_dump
-            .clone()
-            .unwrap_or_else(testkit::istio_dump::httpbin_dump);
-        match istiod::Istiod::start(&ca, &waypoint_id, &dump, dir.path()).await {
-            Ok(x) => {
-                let mut p = start(&exe, "istiod", &x.source_args())?;
-                p.wait_ready(Duration::from_secs(30))
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                Some((x, p))
-            }
-            Err(e) => {
-                eprintln!("skipping the istiod scenario: {e}");
-                None
-            }
-        }
+    let (_istiod_xds, istiod) = if a.scenarios.iter().any(|s| s == "istiod") {
+        start_istiod(a, fx, &exe, dir, pin).await?.unzip()
     } else {
-        None
+        (None, None)
     };
+    Ok(Proxies {
+        _istiod_xds,
+        istiod,
+        baseline,
+        wp,
+        pin,
+    })
+}
 
-    let client_certs = Arc::new(CertStore::fixed(ca.issue(&client_id)?.certs()?));
-    let via_waypoint = HboneClient::new(wp.hbone, client_certs.clone(), waypoint_id.clone());
-    let via_istiod = istiod
+/// Spawns the waypoint `exe` (under taskset when `pin` is set) and waits until it is ready.
+async fn start_waypoint(
+    exe: &Path,
+    name: &str,
+    source: &[String],
+    dir: &Path,
+    pin: Option<usize>,
+) -> anyhow::Result<WaypointProcess> {
+    let bin = match pin {
+        Some(core) => {
+            let wrapper = dir.join(format!("pinned-{name}.sh"));
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nexec taskset -c {core} {} \"$@\"\n",
+                    exe.display()
+                ),
+            )?;
+            Command::new("chmod").arg("+x").arg(&wrapper).status()?;
+            wrapper
+        }
+        None => exe.to_path_buf(),
+    };
+    let mut args: Vec<&str> = source.iter().map(String::as_str).collect();
+    args.extend(["--concurrency", "1", "--log-level", "error"]);
+    let mut p = WaypointProcess::spawn_source(&bin, &CertFiles::in_dir(dir), &args, None)?;
+    p.wait_ready(Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(p)
+}
+
+/// Starts the fake istiod and the waypoint it configures (`None` when istiod cannot start).
+async fn start_istiod(
+    a: &BenchArgs,
+    fx: &Fixture,
+    exe: &Path,
+    dir: &Path,
+    pin: Option<usize>,
+) -> anyhow::Result<Option<(istiod::Istiod, WaypointProcess)>> {
+    let dump = a
+        .xds_dump
+        .clone()
+        .unwrap_or_else(testkit::istio_dump::httpbin_dump);
+    match istiod::Istiod::start(&fx.ca, &fx.waypoint_id, &dump, dir).await {
+        Ok(x) => {
+            let p = start_waypoint(exe, "istiod", &x.source_args(), dir, pin).await?;
+            Ok(Some((x, p)))
+        }
+        Err(e) => {
+            eprintln!("skipping the istiod scenario: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The nginx peer: the server, the TLS echo app upstream of it, and nginx's version.
+type Peer = (nginx::Nginx, TlsEcho, String);
+
+/// The load generator's clients, one per scenario, with the relay and nginx peer they use.
+struct Clients {
+    certs: Arc<CertStore>,
+    via_waypoint: HboneClient,
+    via_istiod: Option<HboneClient>,
+    via_baseline: Option<HboneClient>,
+    direct: HboneClient,
+    relay: Option<(relay::Relay, HboneClient)>,
+    /// The nginx peer, or why it does not run.
+    peer: Result<Peer, String>,
+    /// TLS to the nginx peer (HTTP/1.1).
+    https: Arc<rustls::ClientConfig>,
+}
+
+/// Builds each scenario's client, starting the relay and the nginx peer when selected.
+async fn build_clients(
+    a: &BenchArgs,
+    fx: &Fixture,
+    proxies: &Proxies,
+    dir: &Path,
+) -> anyhow::Result<Clients> {
+    let certs = Arc::new(CertStore::fixed(fx.ca.issue(&fx.client_id)?.certs()?));
+    let via_waypoint = HboneClient::new(proxies.wp.hbone, certs.clone(), fx.waypoint_id.clone());
+    let via_istiod = proxies
+        .istiod
         .as_ref()
-        .map(|(_, p)| HboneClient::new(p.hbone, client_certs.clone(), waypoint_id.clone()));
-    let via_baseline = baseline
+        .map(|p| HboneClient::new(p.hbone, certs.clone(), fx.waypoint_id.clone()));
+    let via_baseline = proxies
+        .baseline
         .as_ref()
-        .map(|b| HboneClient::new(b.hbone, client_certs.clone(), waypoint_id.clone()));
+        .map(|b| HboneClient::new(b.hbone, certs.clone(), fx.waypoint_id.clone()));
     let direct = HboneClient::new(
-        SocketAddr::new(pod.ip, 15008),
-        client_certs.clone(),
-        pod_id.clone(),
+        SocketAddr::new(fx.pod.ip, 15008),
+        certs.clone(),
+        fx.pod_id.clone(),
     );
     // The byte relay runs this executable (a baseline build need not have the command).
     let relay = if a.scenarios.iter().any(|s| s == "relay") {
         let r = relay::Relay::start(
             &std::env::current_exe()?,
-            taskset.then_some(a.proxy_core),
-            SocketAddr::new(pod.ip, 15008),
+            proxies.pin,
+            SocketAddr::new(fx.pod.ip, 15008),
         )?;
-        let client = HboneClient::new(r.addr, client_certs.clone(), pod_id.clone());
+        let client = HboneClient::new(r.addr, certs.clone(), fx.pod_id.clone());
         Some((r, client))
     } else {
         None
     };
-    // The nginx peer, when nginx is installed: HTTPS in with the waypoint's certificate,
-    // HTTPS out to the echo app over TLS (a pod certificate that also names a host).
+    let peer = start_peer(a, fx, proxies.pin, dir).await?;
+    if let Err(why) = &peer {
+        eprintln!("skipping the nginx peer scenario: {why}");
+    }
+    let mut https = (*client_config(certs.clone(), fx.waypoint_id.clone())).clone();
+    https.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Clients {
+        certs,
+        via_waypoint,
+        via_istiod,
+        via_baseline,
+        direct,
+        relay,
+        peer,
+        https: Arc::new(https),
+    })
+}
+
+/// Starts the nginx peer when selected and installed, else says why it does not run.
+async fn start_peer(
+    a: &BenchArgs,
+    fx: &Fixture,
+    pin: Option<usize>,
+    dir: &Path,
+) -> anyhow::Result<Result<Peer, String>> {
+    // HTTPS in with the waypoint's certificate, HTTPS out to the echo app over TLS (a pod
+    // certificate that also names a host).
     let want_nginx = a.scenarios.iter().any(|s| s == "nginx");
-    let peer = match nginx::find().filter(|_| want_nginx) {
+    Ok(match nginx::find().filter(|_| want_nginx) {
         None if !want_nginx => Err("not selected (--scenarios)".to_string()),
         None => Err("nginx is not installed (apt-get install nginx-light)".to_string()),
         Some(bin) => {
-            let echo_certs = ca.issue_with_dns(&pod_id, nginx::UPSTREAM_NAME)?.certs()?;
+            let echo_certs = fx
+                .ca
+                .issue_with_dns(&fx.pod_id, nginx::UPSTREAM_NAME)?
+                .certs()?;
             let echo = TlsEcho::start(
                 &echo_certs,
                 EchoIdentity {
@@ -296,37 +448,46 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            let files = CertFiles::in_dir(dir.path());
+            let files = CertFiles::in_dir(dir);
             let files = nginx::NginxFiles {
                 chain: &files.chain,
                 key: &files.key,
                 root: &files.root,
             };
-            let core = taskset.then_some(a.proxy_core);
-            match nginx::Nginx::start(&bin, dir.path(), core, &files, echo.addr).await {
+            match nginx::Nginx::start(&bin, dir, pin, &files, echo.addr).await {
                 Ok(n) => Ok((n, echo, nginx::version(&bin))),
                 Err(e) => Err(format!("nginx did not start: {e}")),
             }
         }
-    };
-    if let Err(why) = &peer {
-        eprintln!("skipping the nginx peer scenario: {why}");
-    }
-    let mut https = (*client_config(client_certs.clone(), waypoint_id.clone())).clone();
-    https.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let https = Arc::new(https);
+    })
+}
 
-    let duration = Duration::from_secs_f64(a.duration);
-    let mut rows: Vec<Row> = Vec::new();
-    let mut peak_fixed_kib = 0;
-    let mut nginx_peak_kib = 0;
+/// What the measured rounds produce: a row per phase, and peak RSS in fixed-rate phases.
+#[derive(Default)]
+struct Rounds {
+    rows: Vec<Row>,
+    /// The waypoint's peak RSS after its fixed-rate phases.
+    peak_fixed_kib: u64,
+    /// nginx's peak RSS after its fixed-rate phases.
+    nginx_peak_kib: u64,
+}
+
+/// Runs the rounds: every selected size, scenario and mode, interleaved within each round.
+async fn measure_rounds(
+    a: &BenchArgs,
+    fx: &Fixture,
+    proxies: &Proxies,
+    clients: &Clients,
+    duration: Duration,
+) -> anyhow::Result<Rounds> {
+    let mut out = Rounds::default();
     for round in 0..a.rounds {
         for &size in &a.sizes {
             for scenario in SCENARIOS {
                 if !a.scenarios.iter().any(|s| s == scenario) {
                     continue;
                 }
-                let nginx = match (scenario, &peer) {
+                let nginx = match (scenario, &clients.peer) {
                     ("nginx", Ok((n, _, _))) => Some(n),
                     ("nginx", Err(_)) => continue,
                     _ => None,
@@ -336,65 +497,28 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
                         continue;
                     }
                     let fixed = mode == "fixed";
-                    let cfg = LoadConfig {
-                        authority: match scenario {
-                            "direct" | "relay" => SocketAddr::new(pod.ip, 8080),
-                            "istiod" => istiod::Istiod::authority(),
-                            _ => SocketAddr::new(vip, 80),
-                        },
-                        host: if scenario == "istiod" {
-                            istiod::HOST.into()
-                        } else {
-                            "echo.default.svc.cluster.local".into()
-                        },
-                        path: format!("/bytes?n={size}"),
-                        tunnels: if fixed { 4 } else { 8 },
-                        connections: 1,
-                        http2: false,
-                        rate: fixed.then_some(a.rate),
-                        max_requests: 5_000_000,
-                        duration,
+                    let cfg = load_config(a, fx, scenario, size, fixed, duration);
+                    let before = proxy_cpu(scenario, nginx, proxies, clients);
+                    let Some(report) = run_load(scenario, nginx, clients, cfg).await? else {
+                        continue;
                     };
-                    let proxy_cpu = || match (scenario, nginx) {
-                        ("waypoint", _) => Some(cpu_seconds(pid)),
-                        ("baseline", _) => baseline.as_ref().map(|b| cpu_seconds(b.pid())),
-                        ("relay", _) => relay.as_ref().map(|(r, _)| r.cpu_seconds()),
-                        ("istiod", _) => istiod.as_ref().map(|(_, p)| cpu_seconds(p.pid())),
-                        (_, Some(n)) => Some(n.cpu_seconds()),
-                        _ => None,
-                    };
-                    let before = proxy_cpu();
-                    let report = match (scenario, nginx) {
-                        ("direct", _) => loadgen::run(direct.clone(), cfg).await?,
-                        ("relay", _) => match &relay {
-                            Some((_, c)) => loadgen::run(c.clone(), cfg).await?,
-                            None => continue,
-                        },
-                        ("istiod", _) => match &via_istiod {
-                            Some(c) => loadgen::run(c.clone(), cfg).await?,
-                            None => continue,
-                        },
-                        (_, Some(n)) => loadgen::run_https(n.addr, https.clone(), cfg).await?,
-                        ("baseline", _) => match &via_baseline {
-                            Some(c) => loadgen::run(c.clone(), cfg).await?,
-                            None => continue,
-                        },
-                        _ => loadgen::run(via_waypoint.clone(), cfg).await?,
-                    };
-                    let cpu_us_per_req = match (before, proxy_cpu()) {
-                        (Some(b), Some(a)) if report.requests > 0 => {
-                            Some((a - b) * 1e6 / report.requests as f64)
-                        }
-                        _ => None,
-                    };
+                    let cpu_us_per_req =
+                        match (before, proxy_cpu(scenario, nginx, proxies, clients)) {
+                            (Some(b), Some(a)) if report.requests > 0 => {
+                                Some((a - b) * 1e6 / report.requests as f64)
+                            }
+                            _ => None,
+                        };
                     if fixed && scenario == "waypoint" {
-                        peak_fixed_kib = peak_fixed_kib.max(wp.peak_rss_kib().unwrap_or(0));
+                        out.peak_fixed_kib = out
+                            .peak_fixed_kib
+                            .max(proxies.wp.peak_rss_kib().unwrap_or(0));
                     }
                     if let (true, Some(n)) = (fixed, nginx) {
-                        nginx_peak_kib = nginx_peak_kib.max(n.peak_rss_kib());
+                        out.nginx_peak_kib = out.nginx_peak_kib.max(n.peak_rss_kib());
                     }
                     eprintln!("round {round} {scenario} {size}B {mode}: {report} cpu/req {cpu_us_per_req:?}us");
-                    rows.push(Row {
+                    out.rows.push(Row {
                         scenario: scenario.into(),
                         size,
                         mode: mode.into(),
@@ -405,28 +529,121 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let peer_note = match &peer {
+    Ok(out)
+}
+
+/// The load of one phase: the scenario's authority and host, fixed rate or closed loop.
+fn load_config(
+    a: &BenchArgs,
+    fx: &Fixture,
+    scenario: &str,
+    size: usize,
+    fixed: bool,
+    duration: Duration,
+) -> LoadConfig {
+    LoadConfig {
+        authority: match scenario {
+            "direct" | "relay" => SocketAddr::new(fx.pod.ip, 8080),
+            "istiod" => istiod::Istiod::authority(),
+            _ => SocketAddr::new(fx.vip, 80),
+        },
+        host: if scenario == "istiod" {
+            istiod::HOST.into()
+        } else {
+            "echo.default.svc.cluster.local".into()
+        },
+        path: format!("/bytes?n={size}"),
+        tunnels: if fixed { 4 } else { 8 },
+        connections: 1,
+        http2: false,
+        rate: fixed.then_some(a.rate),
+        max_requests: 5_000_000,
+        duration,
+    }
+}
+
+/// CPU seconds used so far by the proxy of `scenario` (`None` without one).
+fn proxy_cpu(
+    scenario: &str,
+    nginx: Option<&nginx::Nginx>,
+    proxies: &Proxies,
+    clients: &Clients,
+) -> Option<f64> {
+    match (scenario, nginx) {
+        ("waypoint", _) => Some(cpu_seconds(wp_pid(&proxies.wp))),
+        ("baseline", _) => proxies.baseline.as_ref().map(|b| cpu_seconds(b.pid())),
+        ("relay", _) => clients.relay.as_ref().map(|(r, _)| r.cpu_seconds()),
+        ("istiod", _) => proxies.istiod.as_ref().map(|p| cpu_seconds(p.pid())),
+        (_, Some(n)) => Some(n.cpu_seconds()),
+        _ => None,
+    }
+}
+
+/// Drives one phase's load through the client of `scenario` (`None` when it has none).
+async fn run_load(
+    scenario: &str,
+    nginx: Option<&nginx::Nginx>,
+    clients: &Clients,
+    cfg: LoadConfig,
+) -> anyhow::Result<Option<LoadReport>> {
+    Ok(Some(match (scenario, nginx) {
+        ("direct", _) => loadgen::run(clients.direct.clone(), cfg).await?,
+        ("relay", _) => match &clients.relay {
+            Some((_, c)) => loadgen::run(c.clone(), cfg).await?,
+            None => return Ok(None),
+        },
+        ("istiod", _) => match &clients.via_istiod {
+            Some(c) => loadgen::run(c.clone(), cfg).await?,
+            None => return Ok(None),
+        },
+        (_, Some(n)) => loadgen::run_https(n.addr, clients.https.clone(), cfg).await?,
+        ("baseline", _) => match &clients.via_baseline {
+            Some(c) => loadgen::run(c.clone(), cfg).await?,
+            None => return Ok(None),
+        },
+        _ => loadgen::run(clients.via_waypoint.clone(), cfg).await?,
+    }))
+}
+
+/// The report's note on the nginx peer: how it ran and its peak RSS, or why it was skipped.
+fn peer_note(peer: &Result<Peer, String>, proxy_core: usize, nginx_peak_kib: u64) -> String {
+    match peer {
         Ok((_, _, version)) => format!(
             "nginx peer: {version}, `worker_processes 1` pinned to core {}; TLS 1.3 in with a client certificate required and verified against the dev CA; `proxy_pass https://` with keepalive to the same echo app served over TLS 1.3 (nginx presents its certificate and verifies the upstream's chain and name); driven by the same load generator over plain HTTPS with a client certificate (fixed: 4 connections; saturation: 8). Its CPU is master + worker, its peak RSS the sum of their VmHWM: {:.1} MB during fixed-rate phases.",
-            a.proxy_core,
+            proxy_core,
             nginx_peak_kib as f64 / 1024.0
         ),
         Err(why) => format!("nginx peer: skipped: {why}."),
-    };
-    drop(peer);
-    drop(relay);
-    let peak_all_kib = wp.peak_rss_kib().unwrap_or(0);
-    let rss_before_idle = wp.rss_kib().unwrap_or(0);
-    let rss_idle = if a.no_idle {
-        0
-    } else {
-        let authority = SocketAddr::new(vip, 80);
-        let idle = loadgen::idle_tunnels(&via_waypoint, authority, a.idle_tunnels, 100).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss = wp.rss_kib().unwrap_or(0);
-        drop(idle);
-        rss
-    };
+    }
+}
+
+/// The waypoint's RSS with `--idle-tunnels` idle tunnels open through it (0 with `--no-idle`).
+async fn idle_rss(
+    a: &BenchArgs,
+    wp: &WaypointProcess,
+    via_waypoint: &HboneClient,
+    vip: IpAddr,
+) -> anyhow::Result<u64> {
+    if a.no_idle {
+        return Ok(0);
+    }
+    let authority = SocketAddr::new(vip, 80);
+    let idle = loadgen::idle_tunnels(via_waypoint, authority, a.idle_tunnels, 100).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = wp.rss_kib().unwrap_or(0);
+    drop(idle);
+    Ok(rss)
+}
+
+/// HBONE handshakes per second through the waypoint, their CPU, and the TLS floor.
+async fn measure_handshakes(
+    a: &BenchArgs,
+    fx: &Fixture,
+    pid: u32,
+    via_waypoint: &HboneClient,
+    client_certs: &Arc<CertStore>,
+    duration: Duration,
+) -> anyhow::Result<Handshakes> {
     let hs_before = cpu_seconds(pid);
     let mut hs_tasks = Vec::new();
     for _ in 0..if a.no_handshakes { 0 } else { 4 } {
@@ -443,51 +660,46 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     let floor = if a.no_handshakes {
         None
     } else {
-        let server = Arc::new(CertStore::fixed(ca.issue(&waypoint_id)?.certs()?));
+        let server = Arc::new(CertStore::fixed(fx.ca.issue(&fx.waypoint_id)?.certs()?));
         let n = if a.quick { 20 } else { 500 };
         Some(tls_floor::server_handshake_cpu(
             server,
             client_certs.clone(),
-            &waypoint_id,
+            &fx.waypoint_id,
             n,
         )?)
     };
-    let hs = Handshakes {
+    Ok(Handshakes {
         rate: hs_rate,
         cpu: hs_cpu,
         floor,
-    };
-    wp.terminate();
-    if let Some((_, mut p)) = istiod {
-        p.terminate();
-        let _ = p.wait_exit(Duration::from_secs(10)).await;
+    })
+}
+
+/// Terminates the proxies, waiting up to 10 s for each to exit.
+async fn stop_proxies(p: &mut Proxies) {
+    p.wp.terminate();
+    if let Some(mut istiod) = p.istiod.take() {
+        istiod.terminate();
+        let _ = istiod.wait_exit(Duration::from_secs(10)).await;
     }
-    if let Some(mut b) = baseline {
+    if let Some(mut b) = p.baseline.take() {
         b.terminate();
         let _ = b.wait_exit(Duration::from_secs(10)).await;
     }
-    let _ = wp.wait_exit(Duration::from_secs(10)).await;
+    let _ = p.wp.wait_exit(Duration::from_secs(10)).await;
+}
 
-    let md = render(
-        &a,
-        &rows,
-        peak_fixed_kib,
-        peak_all_kib,
-        rss_before_idle,
-        rss_idle,
-        &hs,
-        duration,
-        &peer_note,
-    );
-    if let Some(parent) = a.out.parent() {
+/// Writes the Markdown report to `out` and the rows as JSON beside it.
+fn write_report(out: &Path, md: &str, rows: &[Row]) -> anyhow::Result<()> {
+    if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&a.out, &md)?;
+    std::fs::write(out, md)?;
     std::fs::write(
-        a.out.with_extension("json"),
-        serde_json::to_string_pretty(&rows)?,
+        out.with_extension("json"),
+        serde_json::to_string_pretty(rows)?,
     )?;
-    println!("{md}");
     Ok(())
 }
 

@@ -267,11 +267,49 @@ fn tracing(
     spec: Option<(&str, &Vec<TracingSpec>)>,
     mesh: &MeshConfig,
 ) -> Result<Option<TracingConfig>, LocalConfigError> {
-    let (object, names, t) = match spec {
+    let Some((object, names, t)) = tracing_entry(spec, mesh) else {
+        return Ok(None);
+    };
+    let Some(name) = names.first() else {
+        return Ok(None);
+    };
+    let (index, otel) = otel_provider(mesh, name, &object)?;
+    let provider_object = format!("MeshConfig extensionProviders[{index}] ({name})");
+    let protocol = otlp_protocol(&otel, &provider_object)?;
+    let timeout = export_timeout(&otel, &provider_object)?;
+    let custom_tags = match t {
+        Some(t) => custom_tags(t, &object)?,
+        None => Vec::new(),
+    };
+    let sampling = t
+        .and_then(|t| t.random_sampling_percentage)
+        .unwrap_or(DEFAULT_SAMPLING);
+    if !(0.0..=100.0).contains(&sampling) {
+        return Err(invalid(
+            &object,
+            "spec.tracing[0].randomSamplingPercentage",
+            "must be between 0 and 100",
+        ));
+    }
+    Ok(Some(TracingConfig {
+        provider: name.clone(),
+        endpoint: format!("{}:{}", otel.service, otel.port),
+        protocol,
+        timeout,
+        sampling_percentage: sampling,
+        custom_tags,
+        max_tag_length: otel.max_tag_length.unwrap_or(DEFAULT_MAX_TAG_LENGTH),
+    }))
+}
+
+/// The tracing entry that applies: object label, provider names, entry (`None`: tracing off).
+fn tracing_entry<'a>(
+    spec: Option<(&str, &'a Vec<TracingSpec>)>,
+    mesh: &MeshConfig,
+) -> Option<(String, Vec<String>, Option<&'a TracingSpec>)> {
+    match spec {
         Some((label, list)) => {
-            let Some(t) = list.first() else {
-                return Ok(None);
-            };
+            let t = list.first()?;
             if list.len() > 1 {
                 tracing::info!(telemetry = %label, "only the first tracing entry is applied");
             }
@@ -279,36 +317,41 @@ fn tracing(
                 tracing::info!(telemetry = %label, "tracing.match is not supported; the entry applies to all traffic");
             }
             if t.disable_span_reporting == Some(true) {
-                return Ok(None);
+                return None;
             }
             let names: Vec<String> = if t.providers.is_empty() {
                 mesh.default_providers.tracing.clone()
             } else {
                 t.providers.iter().map(|p| p.name.clone()).collect()
             };
-            (label.to_string(), names, Some(t))
+            Some((label.to_string(), names, Some(t)))
         }
-        None if mesh.enable_tracing != Some(false) => (
+        None if mesh.enable_tracing != Some(false) => Some((
             "MeshConfig".to_string(),
             mesh.default_providers.tracing.clone(),
             None,
-        ),
-        None => return Ok(None),
-    };
-    let Some(name) = names.first() else {
-        return Ok(None);
-    };
+        )),
+        None => None,
+    }
+}
+
+/// The `opentelemetry` settings of the MeshConfig provider `name`, with its index.
+fn otel_provider(
+    mesh: &MeshConfig,
+    name: &str,
+    object: &str,
+) -> Result<(usize, OtelProvider), LocalConfigError> {
     let field = "spec.tracing[0].providers";
-    let Some((index, provider)) = find_provider(mesh, name, &object, field)? else {
+    let Some((index, provider)) = find_provider(mesh, name, object, field)? else {
         return Err(invalid(
-            &object,
+            object,
             field,
             format!("{name:?} is not a tracing provider"),
         ));
     };
     let Some(settings) = &provider.opentelemetry else {
         return Err(invalid(
-            &object,
+            object,
             field,
             format!(
                 "provider {name:?} is {}; only opentelemetry tracing is supported",
@@ -316,20 +359,18 @@ fn tracing(
             ),
         ));
     };
-    let otel: OtelProvider = provider_settings(provider, index, settings)?;
-    let provider_object = format!("MeshConfig extensionProviders[{index}] ({name})");
-    let duration = |v: &Option<String>, f: &str| -> Result<Duration, LocalConfigError> {
-        match v {
-            None => Ok(DEFAULT_TIMEOUT),
-            Some(s) => {
-                filters::duration::parse(s).map_err(|e| invalid(&provider_object, f, e.to_string()))
-            }
-        }
-    };
-    let protocol = match (&otel.http, &otel.grpc) {
+    Ok((index, provider_settings(provider, index, settings)?))
+}
+
+/// The OTLP transport (HTTP with its path and headers, or gRPC with its metadata).
+fn otlp_protocol(
+    otel: &OtelProvider,
+    provider_object: &str,
+) -> Result<OtlpProtocol, LocalConfigError> {
+    Ok(match (&otel.http, &otel.grpc) {
         (Some(_), Some(_)) => {
             return Err(invalid(
-                &provider_object,
+                provider_object,
                 "opentelemetry",
                 "set http or grpc, not both",
             ))
@@ -359,55 +400,57 @@ fn tracing(
                 .map(|kv| (kv.name.clone(), kv.value.clone()))
                 .collect(),
         },
-    };
-    let timeout = match (&otel.http, &otel.grpc) {
-        (Some(h), _) => duration(&h.timeout, "opentelemetry.http.timeout")?,
-        (_, Some(g)) => duration(&g.timeout, "opentelemetry.grpc.timeout")?,
-        _ => DEFAULT_TIMEOUT,
-    };
-    let mut custom_tags = Vec::new();
-    if let Some(t) = t {
-        for (k, v) in &t.custom_tags {
-            let tag = match (&v.literal, &v.environment, &v.header) {
-                (Some(l), None, None) => CustomTag::Literal(l.value.clone()),
-                (None, Some(e), None) => CustomTag::Environment {
-                    name: e.name.clone(),
-                    default: e.default_value.clone(),
-                },
-                (None, None, Some(h)) => CustomTag::Header {
-                    name: h.name.to_ascii_lowercase(),
-                    default: h.default_value.clone(),
-                },
-                _ => {
-                    return Err(invalid(
-                        &object,
-                        format!("spec.tracing[0].customTags.{k}"),
-                        "exactly one of literal, environment or header is required",
-                    ))
-                }
-            };
-            custom_tags.push((k.clone(), tag));
+    })
+}
+
+/// The export timeout of the HTTP or gRPC settings ([`DEFAULT_TIMEOUT`] when unset).
+fn export_timeout(
+    otel: &OtelProvider,
+    provider_object: &str,
+) -> Result<Duration, LocalConfigError> {
+    let duration = |v: &Option<String>, f: &str| -> Result<Duration, LocalConfigError> {
+        match v {
+            None => Ok(DEFAULT_TIMEOUT),
+            Some(s) => {
+                filters::duration::parse(s).map_err(|e| invalid(provider_object, f, e.to_string()))
+            }
         }
+    };
+    match (&otel.http, &otel.grpc) {
+        (Some(h), _) => duration(&h.timeout, "opentelemetry.http.timeout"),
+        (_, Some(g)) => duration(&g.timeout, "opentelemetry.grpc.timeout"),
+        _ => Ok(DEFAULT_TIMEOUT),
     }
-    let sampling = t
-        .and_then(|t| t.random_sampling_percentage)
-        .unwrap_or(DEFAULT_SAMPLING);
-    if !(0.0..=100.0).contains(&sampling) {
-        return Err(invalid(
-            &object,
-            "spec.tracing[0].randomSamplingPercentage",
-            "must be between 0 and 100",
-        ));
+}
+
+/// The entry's `customTags`, each exactly one of literal, environment or header.
+fn custom_tags(
+    t: &TracingSpec,
+    object: &str,
+) -> Result<Vec<(String, CustomTag)>, LocalConfigError> {
+    let mut custom_tags = Vec::new();
+    for (k, v) in &t.custom_tags {
+        let tag = match (&v.literal, &v.environment, &v.header) {
+            (Some(l), None, None) => CustomTag::Literal(l.value.clone()),
+            (None, Some(e), None) => CustomTag::Environment {
+                name: e.name.clone(),
+                default: e.default_value.clone(),
+            },
+            (None, None, Some(h)) => CustomTag::Header {
+                name: h.name.to_ascii_lowercase(),
+                default: h.default_value.clone(),
+            },
+            _ => {
+                return Err(invalid(
+                    object,
+                    format!("spec.tracing[0].customTags.{k}"),
+                    "exactly one of literal, environment or header is required",
+                ))
+            }
+        };
+        custom_tags.push((k.clone(), tag));
     }
-    Ok(Some(TracingConfig {
-        provider: name.clone(),
-        endpoint: format!("{}:{}", otel.service, otel.port),
-        protocol,
-        timeout,
-        sampling_percentage: sampling,
-        custom_tags,
-        max_tag_length: otel.max_tag_length.unwrap_or(DEFAULT_MAX_TAG_LENGTH),
-    }))
+    Ok(custom_tags)
 }
 
 fn access_log(

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the waypoint.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Validate a configuration and print the status of every route.
     Check(check::CheckArgs),
     /// Write a development root CA and SPIFFE certificates.
@@ -70,7 +70,7 @@ pub fn init_logging(filter: &str) {
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Check(a) => check::run(a),
         Command::DevCa(a) => dev_ca::run(a),
     }

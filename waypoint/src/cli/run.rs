@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use crate::server::{self, ServerOptions, Task};
 use crate::state::{Proxy, ProxyOptions, SnapshotStore};
 use anyhow::Context;
 use clap::Args;
-use filters::model::{NamespacedName, Waypoint};
+use filters::model::{Identity, NamespacedName, Waypoint};
 use filters::Publisher;
 use filters::Snapshot;
 use hbone::tls::CertStore;
@@ -95,16 +95,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let gateway = args
-        .gateway
-        .as_deref()
-        .map(|g| {
-            let (ns, name) = g
-                .split_once('/')
-                .context("--gateway must be namespace/name")?;
-            Ok::<_, anyhow::Error>(NamespacedName::new(ns, name))
-        })
-        .transpose()?;
+    let gateway = parse_gateway(&args)?;
     let jwks = Arc::new(filters::authn::JwksRegistry::default());
     let jwks_client = crate::jwks::JwksClient::new(args.jwks_ca_file.as_deref())?;
     let options = filters::SourceOptions {
@@ -122,53 +113,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "our certificate's identity {ours} is not in trust domain {}",
         args.trust_domain
     );
-    let mut xds_stats = None;
-    let (store, source_task) = match (&args.config, &args.xds_address) {
-        (Some(path), _) => {
-            let first = kube_config::load(path, &options, 1)
-                .with_context(|| format!("invalid configuration {}", path.display()))?;
-            let store = Arc::new(SnapshotStore::new(Snapshot::empty(Waypoint {
-                gateway: first.waypoint.gateway.clone(),
-                trust_domain: args.trust_domain.clone(),
-            })));
-            tracing::info!(identity = %ours, gateway = %first.waypoint.gateway, services = first.services.len(), "configuration loaded");
-            store.publish(first);
-            let interval = Duration::from_millis(args.watch_interval_ms);
-            let task: Task = Box::pin(kube_config::watch(
-                path.clone(),
-                options,
-                store.clone(),
-                interval,
-            ));
-            (store, task)
-        }
-        (None, Some(address)) => {
-            let gateway = options
-                .gateway
-                .clone()
-                .context("--xds-address requires --gateway")?;
-            let store = Arc::new(SnapshotStore::new(Snapshot::empty(
-                options.waypoint(gateway.clone()),
-            )));
-            let node_id = args.node_id.clone().unwrap_or_else(|| {
-                format!(
-                    "waypoint~0.0.0.0~{}.{}~{}.svc.cluster.local",
-                    gateway.name, gateway.namespace, gateway.namespace
-                )
-            });
-            tracing::info!(identity = %ours, %gateway, server = %address, node = %node_id, "configuration from xDS");
-            let client = xds::ads::AdsClient::new(
-                address.clone(),
-                xds::ads::node(&node_id, &args.cluster_id, &gateway),
-                &options,
-            )?;
-            xds_stats = Some(client.stats.clone());
-            let publisher: Arc<dyn Publisher> = store.clone();
-            let task: Task = Box::pin(client.run(publisher));
-            (store, task)
-        }
-        (None, None) => anyhow::bail!("one of --config or --xds-address is required"),
-    };
+    let (store, source_task, xds_stats) = config_source(&args, options, &ours)?;
 
     let proxy = Proxy::new(
         store.clone(),
@@ -194,6 +139,101 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             args.jwks_refresh_interval,
         )),
     ];
+    start_server(&args, proxy, tasks);
+    Ok(())
+}
+
+/// `--gateway` as a `namespace/name`, when given.
+fn parse_gateway(args: &RunArgs) -> anyhow::Result<Option<NamespacedName>> {
+    args.gateway
+        .as_deref()
+        .map(|g| {
+            let (ns, name) = g
+                .split_once('/')
+                .context("--gateway must be namespace/name")?;
+            Ok::<_, anyhow::Error>(NamespacedName::new(ns, name))
+        })
+        .transpose()
+}
+
+/// The configuration source (local file or xDS): its store, its task and the xDS stats.
+fn config_source(
+    args: &RunArgs,
+    options: filters::SourceOptions,
+    ours: &Identity,
+) -> anyhow::Result<(Arc<SnapshotStore>, Task, Option<Arc<xds::ads::AdsStats>>)> {
+    match (&args.config, &args.xds_address) {
+        (Some(path), _) => {
+            let (store, task) = local_source(args, path, options, ours)?;
+            Ok((store, task, None))
+        }
+        (None, Some(address)) => {
+            let (store, task, stats) = xds_source(args, address, options, ours)?;
+            Ok((store, task, Some(stats)))
+        }
+        (None, None) => anyhow::bail!("one of --config or --xds-address is required"),
+    }
+}
+
+/// Loads the local configuration file and returns its store and the task watching it.
+fn local_source(
+    args: &RunArgs,
+    path: &Path,
+    options: filters::SourceOptions,
+    ours: &Identity,
+) -> anyhow::Result<(Arc<SnapshotStore>, Task)> {
+    let first = kube_config::load(path, &options, 1)
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    let store = Arc::new(SnapshotStore::new(Snapshot::empty(Waypoint {
+        gateway: first.waypoint.gateway.clone(),
+        trust_domain: args.trust_domain.clone(),
+    })));
+    tracing::info!(identity = %ours, gateway = %first.waypoint.gateway, services = first.services.len(), "configuration loaded");
+    store.publish(first);
+    let interval = Duration::from_millis(args.watch_interval_ms);
+    let task: Task = Box::pin(kube_config::watch(
+        path.to_path_buf(),
+        options,
+        store.clone(),
+        interval,
+    ));
+    Ok((store, task))
+}
+
+/// Creates the xDS client and returns the store it publishes to, its task and its stats.
+fn xds_source(
+    args: &RunArgs,
+    address: &xds::ads::XdsAddress,
+    options: filters::SourceOptions,
+    ours: &Identity,
+) -> anyhow::Result<(Arc<SnapshotStore>, Task, Arc<xds::ads::AdsStats>)> {
+    let gateway = options
+        .gateway
+        .clone()
+        .context("--xds-address requires --gateway")?;
+    let store = Arc::new(SnapshotStore::new(Snapshot::empty(
+        options.waypoint(gateway.clone()),
+    )));
+    let node_id = args.node_id.clone().unwrap_or_else(|| {
+        format!(
+            "waypoint~0.0.0.0~{}.{}~{}.svc.cluster.local",
+            gateway.name, gateway.namespace, gateway.namespace
+        )
+    });
+    tracing::info!(identity = %ours, %gateway, server = %address, node = %node_id, "configuration from xDS");
+    let client = xds::ads::AdsClient::new(
+        address.clone(),
+        xds::ads::node(&node_id, &args.cluster_id, &gateway),
+        &options,
+    )?;
+    let stats = client.stats.clone();
+    let publisher: Arc<dyn Publisher> = store.clone();
+    let task: Task = Box::pin(client.run(publisher));
+    Ok((store, task, stats))
+}
+
+/// Serves until shutdown on `--concurrency` worker threads, running `tasks` alongside.
+fn start_server(args: &RunArgs, proxy: Arc<Proxy>, tasks: Vec<Task>) {
     let threads = args.concurrency.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -210,7 +250,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         tasks,
     );
-    Ok(())
 }
 
 /// Our certificates: from files (watched), or from SDS (the first pair fetched before

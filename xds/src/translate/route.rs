@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
     route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, HeaderMatcher,
-    Route, RouteAction, RouteConfiguration, VirtualHost,
+    QueryParameterMatcher, Route, RouteAction, RouteConfiguration, VirtualHost,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use filters::route::model::{
@@ -189,8 +189,54 @@ fn modifier(add: &[HeaderValueOption], remove: &[String], at: &str) -> Result<He
     Ok(m)
 }
 
-#[allow(deprecated)]
 fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
+    let matched = route_match(r, at)?;
+    if !r.typed_per_filter_config.is_empty() {
+        let names: Vec<&String> = r.typed_per_filter_config.keys().collect();
+        return Err((
+            format!("{at}.typed_per_filter_config"),
+            format!("per-route filter configuration is not supported ({names:?})"),
+        ));
+    }
+    let request_headers = merged(
+        modifier(
+            &vh.request_headers_to_add,
+            &vh.request_headers_to_remove,
+            &format!("{at}.virtual_host.request_headers_to_add"),
+        )?,
+        modifier(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            &format!("{at}.request_headers_to_add"),
+        )?,
+    );
+    let response_headers = merged(
+        modifier(
+            &vh.response_headers_to_add,
+            &vh.response_headers_to_remove,
+            &format!("{at}.virtual_host.response_headers_to_add"),
+        )?,
+        modifier(
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+            &format!("{at}.response_headers_to_add"),
+        )?,
+    );
+    let ((clusters, timeouts, retry), extra) = action(r, &matched.path, at)?;
+    Ok(RouteSpec {
+        name: r.name.clone(),
+        matched,
+        clusters,
+        timeouts,
+        retry,
+        request_headers,
+        response_headers,
+        extra,
+    })
+}
+
+/// The route's request condition: path, method, headers and query parameters.
+fn route_match(r: &Route, at: &str) -> Result<RouteMatch, Bad> {
     let m = r
         .r#match
         .as_ref()
@@ -212,7 +258,20 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
                 .into(),
         ));
     }
-    let path = match &m.path_specifier {
+    let path = path_match(m.path_specifier.as_ref(), at)?;
+    let (method, headers) = header_matches(&m.headers, at)?;
+    let query = query_matches(&m.query_parameters, at)?;
+    Ok(RouteMatch {
+        path,
+        method,
+        headers,
+        query,
+    })
+}
+
+/// The path condition of a route's match.
+fn path_match(p: Option<&PathSpecifier>, at: &str) -> Result<PathMatch, Bad> {
+    Ok(match p {
         Some(PathSpecifier::Prefix(p)) if p == "/" || p.is_empty() => PathMatch::Prefix("/".into()),
         Some(PathSpecifier::Prefix(p)) => PathMatch::Regex(anchored(
             &format!("{}.*", regex::escape(p)),
@@ -229,12 +288,18 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
                 format!("unsupported path match {other:?}"),
             ))
         }
-    };
-    let mut matched = RouteMatch {
-        path,
-        ..Default::default()
-    };
-    for (i, h) in m.headers.iter().enumerate() {
+    })
+}
+
+/// The method (an exact `:method` match) and the other header conditions of a route's match.
+#[allow(deprecated)]
+fn header_matches(
+    headers: &[HeaderMatcher],
+    at: &str,
+) -> Result<(Option<Method>, Vec<HeaderMatch>), Bad> {
+    let mut method = None;
+    let mut matches = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
         let hat = format!("{at}.match.headers[{i}]");
         if h.name == ":method" {
             if let Some(HeaderMatchSpecifier::ExactMatch(v))
@@ -243,7 +308,7 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
                 ignore_case: false,
             })) = &h.header_match_specifier
             {
-                matched.method = Some(
+                method = Some(
                     Method::from_bytes(v.as_bytes())
                         .map_err(|_| (hat, format!("bad method {v:?}")))?,
                 );
@@ -260,9 +325,15 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
         if h.name == ":authority" {
             hm.name = http::header::HOST;
         }
-        matched.headers.push(hm);
+        matches.push(hm);
     }
-    for (i, q) in m.query_parameters.iter().enumerate() {
+    Ok((method, matches))
+}
+
+/// The query parameter conditions of a route's match.
+fn query_matches(params: &[QueryParameterMatcher], at: &str) -> Result<Vec<QueryMatch>, Bad> {
+    let mut query = Vec::new();
+    for (i, q) in params.iter().enumerate() {
         let qat = format!("{at}.match.query_parameters[{i}]");
         let value = match &q.query_parameter_match_specifier {
             Some(QueryParameterMatchSpecifier::StringMatch(s)) => string_matcher(s, &qat)?,
@@ -271,79 +342,45 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
             }
             other => return Err((qat, format!("unsupported query match {other:?}"))),
         };
-        matched.query.push(QueryMatch {
+        query.push(QueryMatch {
             name: q.name.clone(),
             value,
         });
     }
-    if !r.typed_per_filter_config.is_empty() {
-        let names: Vec<&String> = r.typed_per_filter_config.keys().collect();
-        return Err((
-            format!("{at}.typed_per_filter_config"),
-            format!("per-route filter configuration is not supported ({names:?})"),
-        ));
-    }
-    let mut request_headers = modifier(
-        &vh.request_headers_to_add,
-        &vh.request_headers_to_remove,
-        &format!("{at}.virtual_host.request_headers_to_add"),
-    )?;
-    let route_req = modifier(
-        &r.request_headers_to_add,
-        &r.request_headers_to_remove,
-        &format!("{at}.request_headers_to_add"),
-    )?;
-    request_headers.set.extend(route_req.set);
-    request_headers.add.extend(route_req.add);
-    request_headers.remove.extend(route_req.remove);
-    let mut response_headers = modifier(
-        &vh.response_headers_to_add,
-        &vh.response_headers_to_remove,
-        &format!("{at}.virtual_host.response_headers_to_add"),
-    )?;
-    let route_resp = modifier(
-        &r.response_headers_to_add,
-        &r.response_headers_to_remove,
-        &format!("{at}.response_headers_to_add"),
-    )?;
-    response_headers.set.extend(route_resp.set);
-    response_headers.add.extend(route_resp.add);
-    response_headers.remove.extend(route_resp.remove);
-    let (clusters, timeouts, retry, extra) = match &r.action {
+    Ok(query)
+}
+
+/// The virtual host's header changes followed by the route's.
+fn merged(mut vh: HeaderModifier, route: HeaderModifier) -> HeaderModifier {
+    vh.set.extend(route.set);
+    vh.add.extend(route.add);
+    vh.remove.extend(route.remove);
+    vh
+}
+
+/// The route's forwarding and extras from its action (route or redirect).
+fn action(r: &Route, path: &PathMatch, at: &str) -> Result<(Forwarding, Vec<Extra>), Bad> {
+    match &r.action {
         Some(Action::Route(a)) => {
-            let (clusters, timeouts, retry) = route_action(a, &format!("{at}.route"))?;
-            let extra = route_extras(a, &matched.path, &format!("{at}.route"))?;
-            (clusters, timeouts, retry, extra)
+            let forwarding = route_action(a, &format!("{at}.route"))?;
+            let extra = route_extras(a, path, &format!("{at}.route"))?;
+            Ok((forwarding, extra))
         }
         Some(Action::Redirect(rd)) => {
-            let redirect = redirect(rd, &matched.path, &format!("{at}.redirect"))?;
-            (
-                Vec::new(),
-                Timeouts::default(),
-                None,
+            let redirect = redirect(rd, path, &format!("{at}.redirect"))?;
+            Ok((
+                (Vec::new(), Timeouts::default(), None),
                 vec![Extra::Redirect(redirect)],
-            )
-        }
-        other => {
-            return Err((
-                format!("{at}.action"),
-                format!(
-                    "only route and redirect actions are supported, got {}",
-                    action_kind(other)
-                ),
             ))
         }
-    };
-    Ok(RouteSpec {
-        name: r.name.clone(),
-        matched,
-        clusters,
-        timeouts,
-        retry,
-        request_headers,
-        response_headers,
-        extra,
-    })
+        other => Err((
+            format!("{at}.action"),
+            format!(
+                "only route and redirect actions are supported, got {}",
+                action_kind(other)
+            ),
+        )),
+    }
 }
 
 /// A prefix replacement needs a segment-prefix match to replace (Envoy's `prefix_rewrite`
