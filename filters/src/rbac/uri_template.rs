@@ -51,6 +51,62 @@ fn operator(s: &str) -> Option<(Op, &str)> {
     }
 }
 
+/// One `{name}` or `{name=ops/and/literals}` variable (the part after `{`): its regex
+/// (a capture group), the operators it holds, and the text after its `}`.
+fn variable<'a>(rest: &'a str, t: &str, ops: &mut Vec<Op>) -> Result<(String, &'a str), String> {
+    let close = rest
+        .find('}')
+        .ok_or_else(|| format!("path template {t:?}: unmatched '{{'"))?;
+    let body = &rest[1..close];
+    let (name, matcher) = match body.split_once('=') {
+        Some((n, m)) => (n, Some(m)),
+        None => (body, None),
+    };
+    let name_ok = name.len() <= 16
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !name_ok {
+        return Err(format!(
+            "path template {t:?}: invalid variable name {name:?}"
+        ));
+    }
+    let re = match matcher {
+        None => {
+            ops.push(Op::One);
+            op_regex(Op::One)
+        }
+        Some("") => return Err(format!("path template {t:?}: empty variable match")),
+        Some(m) => {
+            let mut pieces = Vec::new();
+            for piece in m.split('/') {
+                match operator(piece) {
+                    Some((op, "")) => {
+                        ops.push(op);
+                        pieces.push(op_regex(op));
+                    }
+                    _ => pieces.push(literal(piece, t)?),
+                }
+            }
+            pieces.join("/")
+        }
+    };
+    Ok((format!("({re})"), &rest[close + 1..]))
+}
+
+/// One segment at the start of `rest` (an operator, a variable or a literal): its regex
+/// and the text after it.
+fn segment<'a>(rest: &'a str, t: &str, ops: &mut Vec<Op>) -> Result<(String, &'a str), String> {
+    if let Some((op, after)) = operator(rest) {
+        ops.push(op);
+        Ok((op_regex(op), after))
+    } else if rest.starts_with('{') {
+        variable(rest, t, ops)
+    } else {
+        let end = rest.find('/').unwrap_or(rest.len());
+        Ok((literal(&rest[..end], t)?, &rest[end..]))
+    }
+}
+
 impl UriTemplate {
     /// Compiles `template`; an invalid one is an error naming it.
     pub fn new(template: &str) -> Result<Self, String> {
@@ -65,52 +121,8 @@ impl UriTemplate {
         let mut suffix = String::new();
         let mut ops: Vec<Op> = Vec::new();
         while !rest.is_empty() {
-            let (segment, after) = if let Some((op, after)) = operator(rest) {
-                ops.push(op);
-                (op_regex(op), after)
-            } else if rest.starts_with('{') {
-                let close = rest
-                    .find('}')
-                    .ok_or_else(|| format!("path template {t:?}: unmatched '{{'"))?;
-                let body = &rest[1..close];
-                let (name, matcher) = match body.split_once('=') {
-                    Some((n, m)) => (n, Some(m)),
-                    None => (body, None),
-                };
-                let name_ok = name.len() <= 16
-                    && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if !name_ok {
-                    return Err(format!(
-                        "path template {t:?}: invalid variable name {name:?}"
-                    ));
-                }
-                let re = match matcher {
-                    None => {
-                        ops.push(Op::One);
-                        op_regex(Op::One)
-                    }
-                    Some("") => return Err(format!("path template {t:?}: empty variable match")),
-                    Some(m) => {
-                        let mut pieces = Vec::new();
-                        for piece in m.split('/') {
-                            match operator(piece) {
-                                Some((op, "")) => {
-                                    ops.push(op);
-                                    pieces.push(op_regex(op));
-                                }
-                                _ => pieces.push(literal(piece, t)?),
-                            }
-                        }
-                        pieces.join("/")
-                    }
-                };
-                (format!("({re})"), &rest[close + 1..])
-            } else {
-                let end = rest.find('/').unwrap_or(rest.len());
-                (literal(&rest[..end], t)?, &rest[end..])
-            };
-            parts.push(segment);
+            let (re, after) = segment(rest, t, &mut ops)?;
+            parts.push(re);
             rest = after;
             if rest.is_empty() {
                 break;
