@@ -1,6 +1,8 @@
 //! `waypoint-bench demo`: everything on loopback, in one command.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,17 +26,20 @@ pub struct DemoArgs {
     requests: usize,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+/// Issues the waypoint's certificates into `dir` and names the two identities.
+fn issue_identities(dir: &Path) -> anyhow::Result<(DevCa, Identity, Identity)> {
     let ca = DevCa::new("demo")?;
     let waypoint_id = Identity::new("cluster.local", "demo", "waypoint");
     let client_id = Identity::new("cluster.local", "demo", "sleep");
     let wp_certs = ca.issue(&waypoint_id)?;
-    wp_certs.write(dir.path())?;
+    wp_certs.write(dir)?;
     println!("1. dev CA issued {waypoint_id} and {client_id}");
+    Ok((ca, waypoint_id, client_id))
+}
 
-    let vip = "127.96.0.10".parse()?;
-    let mut mesh = MeshYaml::new("demo", "waypoint").service(
+/// The mesh with the `echo` service at `vip`, port 80 to 8080, and no pods yet.
+fn echo_service_mesh(vip: IpAddr) -> MeshYaml {
+    MeshYaml::new("demo", "waypoint").service(
         "demo",
         "echo",
         vip,
@@ -44,7 +49,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             port: 80,
             target: 8080,
         }],
-    );
+    )
+}
+
+/// Starts two fake echo pods that accept only the waypoint, and adds them to `mesh`.
+async fn start_pods(
+    ca: &DevCa,
+    waypoint_id: &Identity,
+    mut mesh: MeshYaml,
+) -> anyhow::Result<(Vec<FakeZtunnel>, MeshYaml)> {
     let mut pods = Vec::new();
     for i in 1..=2 {
         let ip = free_loopback_ip(15008);
@@ -66,14 +79,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         mesh = mesh.pod("demo", &name, ip, "echo", "echo", true);
         println!("2. fake pod {name} at {ip}:15008 (HBONE) serving the echo app on 8080");
     }
-    let config = dir.path().join("mesh.yaml");
+    Ok((pods, mesh))
+}
+
+/// Writes `mesh` to `dir`, runs the waypoint as a child process and waits until it is ready.
+async fn start_waypoint(dir: &Path, mesh: &MeshYaml) -> anyhow::Result<WaypointProcess> {
+    let config = dir.join("mesh.yaml");
     std::fs::write(&config, mesh.render())?;
 
-    let exe = crate::launcher::this_executable(dir.path())?;
+    let exe = crate::launcher::this_executable(dir)?;
     let mut wp = WaypointProcess::spawn(
         &exe,
         &config,
-        &CertFiles::in_dir(dir.path()),
+        &CertFiles::in_dir(dir),
         &["--log-level", "warn"],
     )?;
     wp.wait_ready(Duration::from_secs(20))
@@ -83,6 +101,46 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "3. waypoint ready: HBONE on {}, admin on {}",
         wp.hbone, wp.admin
     );
+    Ok(wp)
+}
+
+/// Prints how many TLS handshakes and CONNECTs the destination pods saw in total.
+fn print_destination_counts(pods: &[FakeZtunnel], requests: usize) {
+    let handshakes: usize = pods
+        .iter()
+        .map(|p| {
+            p.counters
+                .handshakes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    let connects: usize = pods
+        .iter()
+        .map(|p| {
+            p.counters
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    println!("5. destination ztunnels saw {handshakes} TLS handshakes and {connects} CONNECTs for {requests} requests");
+}
+
+/// Sends SIGTERM to the waypoint and prints how it exited.
+async fn shut_down(wp: &mut WaypointProcess) {
+    wp.terminate();
+    let code = wp.wait_exit(Duration::from_secs(10)).await;
+    println!("6. SIGTERM: waypoint exited with {code:?}");
+}
+
+/// The quickstart: dev CA, two fake pods, the waypoint, requests through it, a summary
+/// and a graceful shutdown.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ca, waypoint_id, client_id) = issue_identities(dir.path())?;
+
+    let vip = "127.96.0.10".parse()?;
+    let (pods, mesh) = start_pods(&ca, &waypoint_id, echo_service_mesh(vip)).await?;
+    let mut wp = start_waypoint(dir.path(), &mesh).await?;
 
     let client_store = Arc::new(CertStore::fixed(ca.issue(&client_id)?.certs()?));
     let client = HboneClient::new(wp.hbone, client_store, waypoint_id.clone());
@@ -110,25 +168,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             v["pod"], v["path"]
         );
     }
-    let handshakes: usize = pods
-        .iter()
-        .map(|p| {
-            p.counters
-                .handshakes
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    let connects: usize = pods
-        .iter()
-        .map(|p| {
-            p.counters
-                .connects
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    println!("5. destination ztunnels saw {handshakes} TLS handshakes and {connects} CONNECTs for {} requests", args.requests);
-    wp.terminate();
-    let code = wp.wait_exit(Duration::from_secs(10)).await;
-    println!("6. SIGTERM: waypoint exited with {code:?}");
+    print_destination_counts(&pods, args.requests);
+    shut_down(&mut wp).await;
     Ok(())
 }

@@ -43,39 +43,48 @@ pub struct Handshakes {
     pub floor: Option<Duration>,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn render(
-    a: &BenchArgs,
-    rows: &[Row],
-    peak_fixed_kib: u64,
-    peak_all_kib: u64,
-    rss_before_idle: u64,
-    rss_idle: u64,
-    hs: &Handshakes,
-    duration: Duration,
-    peer_note: &str,
-) -> String {
-    let pick = |scenario: &str, size: usize, mode: &str| -> Vec<&Row> {
-        rows.iter()
-            .filter(|r| r.scenario == scenario && r.size == size && r.mode == mode)
-            .collect()
-    };
-    let hs_cpu_us = if hs.rate > 0.0 {
-        hs.cpu * 1e6 / (hs.rate * duration.as_secs_f64())
-    } else {
-        f64::NAN
-    };
-    let floor_us = hs.floor.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
-    let mut md = String::new();
+/// The rows of one scenario, response size and load mode, one per round.
+fn pick<'a>(rows: &'a [Row], scenario: &str, size: usize, mode: &str) -> Vec<&'a Row> {
+    rows.iter()
+        .filter(|r| r.scenario == scenario && r.size == size && r.mode == mode)
+        .collect()
+}
+
+/// The median over rounds of the proxy's CPU per request; NaN when unmeasured.
+fn median_cpu(rows: &[Row], scenario: &str, size: usize, mode: &str) -> f64 {
+    median(
+        pick(rows, scenario, size, mode)
+            .iter()
+            .map(|r| r.cpu_us_per_req.unwrap_or(f64::NAN))
+            .collect(),
+    )
+}
+
+/// The median over rounds of the fixed-rate p99 latency, µs.
+fn median_fixed_p99(rows: &[Row], scenario: &str, size: usize) -> f64 {
+    median(
+        pick(rows, scenario, size, "fixed")
+            .iter()
+            .map(|r| r.report.p99_us as f64)
+            .collect(),
+    )
+}
+
+/// The opening paragraph: how the run was set up.
+fn push_intro(md: &mut String, a: &BenchArgs, duration: Duration) {
     md.push_str(&format!(
         "# waypoint benchmark\n\nOne run on this machine: {} round(s), {:.1}s phases, fixed rate {} req/s over 4 HTTP/1.1 tunnels, saturation = closed loop over 8 tunnels. Proxy pinned to core {}, load generator (one thread, with the fake destination and the echo apps) to core {}. Medians over rounds. Absolute numbers are context on a shared, noisy machine; compare within the run.\n\n",
         a.rounds, duration.as_secs_f64(), a.rate, a.proxy_core, a.load_core
     ));
+}
+
+/// The latency table: one line of medians per scenario, response size and load mode.
+fn push_latency_table(md: &mut String, rows: &[Row]) {
     md.push_str("| scenario | response | mode | req/s | errors | p50 µs | p90 µs | p99 µs | p99.9 µs | proxy CPU µs/req |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for size in [1024usize, 16384] {
         for mode in ["fixed", "saturation"] {
             for scenario in SCENARIOS {
-                let rs = pick(scenario, size, mode);
+                let rs = pick(rows, scenario, size, mode);
                 if rs.is_empty() {
                     continue;
                 }
@@ -95,24 +104,13 @@ pub fn render(
             }
         }
     }
-    let added = |size: usize| {
-        let d = median(
-            pick("direct", size, "fixed")
-                .iter()
-                .map(|r| r.report.p99_us as f64)
-                .collect(),
-        );
-        let w = median(
-            pick("waypoint", size, "fixed")
-                .iter()
-                .map(|r| r.report.p99_us as f64)
-                .collect(),
-        );
-        w - d
-    };
+}
+
+/// The measures table's header and the waypoint's added p99 over direct, per size.
+fn push_added_latency(md: &mut String, a: &BenchArgs, rows: &[Row]) {
     md.push_str("\n| measure | value |\n| --- | --- |\n");
     for size in [1024usize, 16384] {
-        let v = added(size);
+        let v = median_fixed_p99(rows, "waypoint", size) - median_fixed_p99(rows, "direct", size);
         if v.is_finite() {
             md.push_str(&format!(
                 "| added p99 over direct at {} req/s, {} KiB | {v:.0} µs |\n",
@@ -121,6 +119,17 @@ pub fn render(
             ));
         }
     }
+}
+
+/// The memory measures: peak RSS, and RSS with idle tunnels unless skipped.
+fn push_memory(
+    md: &mut String,
+    a: &BenchArgs,
+    peak_fixed_kib: u64,
+    peak_all_kib: u64,
+    rss_before_idle: u64,
+    rss_idle: u64,
+) {
     md.push_str(&format!(
         "| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n",
         peak_fixed_kib as f64 / 1024.0,
@@ -134,29 +143,33 @@ pub fn render(
             rss_idle as f64 / 1024.0
         ));
     }
-    if !a.no_handshakes {
-        md.push_str(&format!(
-            "| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n| floor: the listener's TLS server handshake alone, in memory (rustls + ring, thread CPU) | {:.0} µs, at most {:.0} per core-second |\n",
-            hs.rate,
-            hs_cpu_us,
-            1e6 / hs_cpu_us,
-            floor_us,
-            1e6 / floor_us,
-        ));
-    }
-    let cpu = |scenario: &str, size: usize, mode: &str| {
-        median(
-            pick(scenario, size, mode)
-                .iter()
-                .map(|r| r.cpu_us_per_req.unwrap_or(f64::NAN))
-                .collect(),
-        )
+}
+
+/// The handshake measures: rate, proxy CPU per handshake and the in-memory floor.
+fn push_handshakes(md: &mut String, hs: &Handshakes, duration: Duration) {
+    let hs_cpu_us = if hs.rate > 0.0 {
+        hs.cpu * 1e6 / (hs.rate * duration.as_secs_f64())
+    } else {
+        f64::NAN
     };
-    // The relay floor: what is left for TLS, HTTP/2 and HTTP once the kernel and the
-    // runtime have taken their share of each request.
+    let floor_us = hs.floor.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
+    md.push_str(&format!(
+        "| HBONE mTLS handshakes per second achieved (4 sequential clients on the load core, full handshakes) | {:.0} |\n| proxy CPU per handshake | {:.0} µs |\n| HBONE mTLS handshakes per proxy core-second (1 s / proxy CPU per handshake) | {:.0} |\n| floor: the listener's TLS server handshake alone, in memory (rustls + ring, thread CPU) | {:.0} µs, at most {:.0} per core-second |\n",
+        hs.rate,
+        hs_cpu_us,
+        1e6 / hs_cpu_us,
+        floor_us,
+        1e6 / floor_us,
+    ));
+}
+
+/// The relay floor: what is left for TLS, HTTP/2 and HTTP once the kernel and the
+/// runtime have taken their share of each request.
+fn push_relay_floor(md: &mut String, rows: &[Row]) {
     for size in [1024usize, 16384] {
         for mode in ["fixed", "saturation"] {
-            let (w, r) = (cpu("waypoint", size, mode), cpu("relay", size, mode));
+            let w = median_cpu(rows, "waypoint", size, mode);
+            let r = median_cpu(rows, "relay", size, mode);
             if r.is_finite() {
                 let above = if w.is_finite() {
                     format!("; the waypoint {:.1} µs above it", w - r)
@@ -170,6 +183,10 @@ pub fn render(
             }
         }
     }
+}
+
+/// The CPU-per-request ratios between proxies, where both sides were measured.
+fn push_cpu_ratios(md: &mut String, rows: &[Row]) {
     for (one, other) in [
         ("waypoint", "nginx"),
         ("istiod", "nginx"),
@@ -178,7 +195,8 @@ pub fn render(
     ] {
         for size in [1024usize, 16384] {
             for mode in ["fixed", "saturation"] {
-                let (w, n) = (cpu(one, size, mode), cpu(other, size, mode));
+                let w = median_cpu(rows, one, size, mode);
+                let n = median_cpu(rows, other, size, mode);
                 if w.is_finite() && n.is_finite() && n > 0.0 {
                     md.push_str(&format!(
                         "| CPU per request {one}/{other}, {} KiB, {mode} | {:.2}x |\n",
@@ -189,6 +207,38 @@ pub fn render(
             }
         }
     }
+}
+
+/// The whole Markdown report: setup, latency table, measures, floors, ratios, peer note.
+#[allow(clippy::too_many_arguments)]
+pub fn render(
+    a: &BenchArgs,
+    rows: &[Row],
+    peak_fixed_kib: u64,
+    peak_all_kib: u64,
+    rss_before_idle: u64,
+    rss_idle: u64,
+    hs: &Handshakes,
+    duration: Duration,
+    peer_note: &str,
+) -> String {
+    let mut md = String::new();
+    push_intro(&mut md, a, duration);
+    push_latency_table(&mut md, rows);
+    push_added_latency(&mut md, a, rows);
+    push_memory(
+        &mut md,
+        a,
+        peak_fixed_kib,
+        peak_all_kib,
+        rss_before_idle,
+        rss_idle,
+    );
+    if !a.no_handshakes {
+        push_handshakes(&mut md, hs, duration);
+    }
+    push_relay_floor(&mut md, rows);
+    push_cpu_ratios(&mut md, rows);
     md.push_str(&format!("\n{peer_note}\n"));
     md
 }
