@@ -104,6 +104,164 @@ fn set(map: &mut Value, path: &[&str], value: Value) {
     }
 }
 
+/// Parses `base` + `test` manifests, re-attaching routes to `frontend` for the Gateway profile.
+fn manifests(base: &str, test: &str, profile: crate::Profile) -> anyhow::Result<Vec<Value>> {
+    let mut test_docs = docs(test)?;
+    let mut all = docs(base)?;
+    if profile == crate::Profile::Gateway {
+        // The Service the Gateway-profile routes are re-attached to.
+        all.push(serde_yaml::from_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {FRONTEND}\n  namespace: {GATEWAY_NS}\nspec:\n  ports:\n  - {{name: http, port: 80, appProtocol: http}}\n  - {{name: grpc, port: 7070, appProtocol: kubernetes.io/h2c}}\n"
+        ))?);
+        reattach_to_frontend(&mut test_docs)?;
+    }
+    all.append(&mut test_docs);
+    Ok(all)
+}
+
+/// Points every HTTPRoute/GRPCRoute in `docs` at the `frontend` Service instead of a Gateway.
+fn reattach_to_frontend(docs: &mut [Value]) -> anyhow::Result<()> {
+    for d in docs
+        .iter_mut()
+        .filter(|d| matches!(kind(d), "HTTPRoute" | "GRPCRoute"))
+    {
+        set(
+            d,
+            &["spec", "parentRefs"],
+            serde_yaml::from_str(&format!(
+                "[{{group: \"\", kind: Service, name: {FRONTEND}, namespace: {GATEWAY_NS}}}]"
+            ))?,
+        );
+        // Hostnames select Gateway listeners; a Service parent ignores them.
+        if let Some(spec) = d.get_mut("spec").and_then(Value::as_mapping_mut) {
+            spec.remove("hostnames");
+        }
+    }
+    Ok(())
+}
+
+/// Labels a Namespace so its traffic goes through the waypoint.
+fn label_for_waypoint(doc: &mut Value) {
+    set(
+        doc,
+        &["metadata", "labels", "istio.io/use-waypoint"],
+        WAYPOINT.into(),
+    );
+    set(
+        doc,
+        &["metadata", "labels", "istio.io/use-waypoint-namespace"],
+        WAYPOINT_NS.into(),
+    );
+}
+
+/// Gives a Service the next free loopback VIP and records it in `services`.
+fn assign_vip(doc: &mut Value, services: &mut Vec<Service>) -> anyhow::Result<()> {
+    let m = meta(doc)?;
+    let n = services.len() as u8;
+    let vip = IpAddr::V4(Ipv4Addr::new(127, 96, n / 250, 1 + n % 250));
+    set(doc, &["spec", "clusterIP"], vip.to_string().into());
+    services.push(Service {
+        name: m.name,
+        namespace: m.namespace.unwrap_or_else(|| "default".into()),
+        vip,
+    });
+    Ok(())
+}
+
+/// Starts a fake pod (with its ztunnel) per replica of a Deployment, emitting a Pod manifest each.
+async fn start_replicas(
+    doc: &Value,
+    ca: &DevCa,
+    out: &mut Vec<Value>,
+    pods: &mut Vec<Pod>,
+) -> anyhow::Result<()> {
+    let m = meta(doc)?;
+    let ns = m.namespace.unwrap_or_else(|| "default".into());
+    let replicas = doc
+        .get("spec")
+        .and_then(|s| s.get("replicas"))
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let template = doc
+        .get("spec")
+        .and_then(|s| s.get("template"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let labels = template
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let sa = template
+        .get("spec")
+        .and_then(|s| s.get("serviceAccountName"))
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    for i in 0..replicas {
+        let name = format!("{}-7d4f8b9c6-{i:05}", m.name);
+        let ip = free_loopback_ip(15008);
+        let identity = Identity::new("cluster.local", &ns, &sa);
+        let ztunnel = FakeZtunnel::start(ZtunnelOptions {
+            ip,
+            certs: ca.issue(&identity)?.certs()?,
+            allowed_caller: None,
+            who: EchoIdentity {
+                pod: name.clone(),
+                namespace: ns.clone(),
+            },
+            apps: HashMap::new(),
+        })
+        .await?;
+        let mut pod: Value = serde_yaml::from_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n    ambient.istio.io/redirection: enabled\nspec:\n  serviceAccountName: {sa}\nstatus:\n  phase: Running\n  podIP: {ip}\n"
+        ))?;
+        set(&mut pod, &["metadata", "labels"], labels.clone());
+        out.push(pod);
+        pods.push(Pod {
+            name,
+            namespace: ns.clone(),
+            deployment: m.name.clone(),
+            ip,
+            identity,
+            _ztunnel: ztunnel,
+        });
+    }
+    Ok(())
+}
+
+/// Writes `manifests` into `dir` and starts the waypoint binary on them, waiting until ready.
+async fn spawn_waypoint(
+    bin: &Path,
+    dir: &Path,
+    manifests: &[Value],
+) -> anyhow::Result<WaypointProcess> {
+    let text = manifests
+        .iter()
+        .map(serde_yaml::to_string)
+        .collect::<Result<Vec<_>, _>>()?
+        .join("---\n");
+    let config = dir.join("mesh.yaml");
+    std::fs::write(&config, text)?;
+    let log = std::env::var("WAYPOINT_TEST_LOG").unwrap_or_else(|_| "error".into());
+    let mut waypoint = WaypointProcess::spawn(
+        bin,
+        &config,
+        &CertFiles::in_dir(dir),
+        &[
+            "--gateway",
+            &format!("{WAYPOINT_NS}/{WAYPOINT}"),
+            "--log-level",
+            &log,
+        ],
+    )?;
+    waypoint
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow!(e))?;
+    Ok(waypoint)
+}
+
 impl Cluster {
     /// Builds the cluster for `base` + `test` manifests and starts `bin` on it.
     pub async fn start(
@@ -120,109 +278,21 @@ impl Cluster {
         let mut out: Vec<Value> = Vec::new();
         let mut pods = Vec::new();
         let mut services = Vec::new();
-        let mut test_docs = docs(test)?;
-        let mut all = docs(base)?;
-        if profile == crate::Profile::Gateway {
-            // The Service the Gateway-profile routes are re-attached to.
-            all.push(serde_yaml::from_str(&format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: {FRONTEND}\n  namespace: {GATEWAY_NS}\nspec:\n  ports:\n  - {{name: http, port: 80, appProtocol: http}}\n  - {{name: grpc, port: 7070, appProtocol: kubernetes.io/h2c}}\n"
-            ))?);
-            for d in test_docs
-                .iter_mut()
-                .filter(|d| matches!(kind(d), "HTTPRoute" | "GRPCRoute"))
-            {
-                set(d, &["spec", "parentRefs"], serde_yaml::from_str(&format!("[{{group: \"\", kind: Service, name: {FRONTEND}, namespace: {GATEWAY_NS}}}]"))?);
-                // Hostnames select Gateway listeners; a Service parent ignores them.
-                if let Some(spec) = d.get_mut("spec").and_then(Value::as_mapping_mut) {
-                    spec.remove("hostnames");
-                }
-            }
-        }
-        all.append(&mut test_docs);
+        let all = manifests(base, test, profile)?;
         out.push(serde_yaml::from_str(&format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {WAYPOINT}\n  namespace: {WAYPOINT_NS}\nspec:\n  gatewayClassName: istio-waypoint\n"
         ))?);
         for mut doc in all {
             match kind(&doc) {
                 "Namespace" => {
-                    set(
-                        &mut doc,
-                        &["metadata", "labels", "istio.io/use-waypoint"],
-                        WAYPOINT.into(),
-                    );
-                    set(
-                        &mut doc,
-                        &["metadata", "labels", "istio.io/use-waypoint-namespace"],
-                        WAYPOINT_NS.into(),
-                    );
+                    label_for_waypoint(&mut doc);
                     out.push(doc);
                 }
                 "Service" => {
-                    let m = meta(&doc)?;
-                    let n = services.len() as u8;
-                    let vip = IpAddr::V4(Ipv4Addr::new(127, 96, n / 250, 1 + n % 250));
-                    set(&mut doc, &["spec", "clusterIP"], vip.to_string().into());
-                    services.push(Service {
-                        name: m.name,
-                        namespace: m.namespace.unwrap_or_else(|| "default".into()),
-                        vip,
-                    });
+                    assign_vip(&mut doc, &mut services)?;
                     out.push(doc);
                 }
-                "Deployment" => {
-                    let m = meta(&doc)?;
-                    let ns = m.namespace.unwrap_or_else(|| "default".into());
-                    let replicas = doc
-                        .get("spec")
-                        .and_then(|s| s.get("replicas"))
-                        .and_then(Value::as_u64)
-                        .unwrap_or(1);
-                    let template = doc
-                        .get("spec")
-                        .and_then(|s| s.get("template"))
-                        .cloned()
-                        .unwrap_or(Value::Null);
-                    let labels = template
-                        .get("metadata")
-                        .and_then(|m| m.get("labels"))
-                        .cloned()
-                        .unwrap_or(Value::Null);
-                    let sa = template
-                        .get("spec")
-                        .and_then(|s| s.get("serviceAccountName"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("default")
-                        .to_string();
-                    for i in 0..replicas {
-                        let name = format!("{}-7d4f8b9c6-{i:05}", m.name);
-                        let ip = free_loopback_ip(15008);
-                        let identity = Identity::new("cluster.local", &ns, &sa);
-                        let ztunnel = FakeZtunnel::start(ZtunnelOptions {
-                            ip,
-                            certs: ca.issue(&identity)?.certs()?,
-                            allowed_caller: None,
-                            who: EchoIdentity {
-                                pod: name.clone(),
-                                namespace: ns.clone(),
-                            },
-                            apps: HashMap::new(),
-                        })
-                        .await?;
-                        let mut pod: Value = serde_yaml::from_str(&format!(
-                            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n    ambient.istio.io/redirection: enabled\nspec:\n  serviceAccountName: {sa}\nstatus:\n  phase: Running\n  podIP: {ip}\n"
-                        ))?;
-                        set(&mut pod, &["metadata", "labels"], labels.clone());
-                        out.push(pod);
-                        pods.push(Pod {
-                            name,
-                            namespace: ns.clone(),
-                            deployment: m.name.clone(),
-                            ip,
-                            identity,
-                            _ztunnel: ztunnel,
-                        });
-                    }
-                }
+                "Deployment" => start_replicas(&doc, &ca, &mut out, &mut pods).await?,
                 "HTTPRoute"
                 | "GRPCRoute"
                 | "ReferenceGrant"
@@ -232,29 +302,7 @@ impl Cluster {
                 _ => {}
             }
         }
-        let text = out
-            .iter()
-            .map(serde_yaml::to_string)
-            .collect::<Result<Vec<_>, _>>()?
-            .join("---\n");
-        let config = dir.path().join("mesh.yaml");
-        std::fs::write(&config, text)?;
-        let log = std::env::var("WAYPOINT_TEST_LOG").unwrap_or_else(|_| "error".into());
-        let mut waypoint = WaypointProcess::spawn(
-            bin,
-            &config,
-            &CertFiles::in_dir(dir.path()),
-            &[
-                "--gateway",
-                &format!("{WAYPOINT_NS}/{WAYPOINT}"),
-                "--log-level",
-                &log,
-            ],
-        )?;
-        waypoint
-            .wait_ready(Duration::from_secs(30))
-            .await
-            .map_err(|e| anyhow!(e))?;
+        let waypoint = spawn_waypoint(bin, dir.path(), &out).await?;
         Ok(Self {
             _dir: dir,
             ca,

@@ -91,16 +91,7 @@ async fn run_test(
     test: &TestFile,
     profile: Profile,
 ) -> Result<(), String> {
-    let mut manifest = match &test.manifest {
-        Some(m) => {
-            std::fs::read_to_string(testdata.join(m)).map_err(|e| format!("manifest {m}: {e}"))?
-        }
-        None => String::new(),
-    };
-    if let Some(objects) = &test.objects {
-        manifest.push_str("\n---\n");
-        manifest.push_str(objects);
-    }
+    let manifest = test_manifest(testdata, test)?;
     let cluster = Cluster::start(bin, base, &manifest, profile)
         .await
         .map_err(|e| format!("setup: {e:#}"))?;
@@ -108,35 +99,7 @@ async fn run_test(
         if case.skip.is_some() {
             continue;
         }
-        // Upstream's rule: the expectation must hold for CONSECUTIVE requests in a row,
-        // within a bounded number of tries.
-        let (mut streak, mut last) = (0, String::new());
-        for _ in 0..MAX_TRIES {
-            let outcome = match send(&cluster, &case.request, &test.kind, profile).await {
-                Ok(got) => check(&case.request, &case.expect, &got),
-                Err(e) => Err(format!("request failed: {e:#}")),
-            };
-            match outcome {
-                Ok(()) => {
-                    streak += 1;
-                    if streak == CONSECUTIVE {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    streak = 0;
-                    last = e;
-                }
-            }
-        }
-        if streak < CONSECUTIVE {
-            return Err(format!(
-                "case {} ({} {}): {last}",
-                i + 1,
-                case.request.host,
-                case.request.path.as_deref().unwrap_or("/")
-            ));
-        }
+        run_case(&cluster, test, i, case, profile).await?;
     }
     for m in &test.mirrors {
         let mut last = Ok(());
@@ -149,38 +112,7 @@ async fn run_test(
         last?;
     }
     if let Some(hb) = &test.header_matches_backend {
-        let req = cases::Request {
-            host: hb.host.clone(),
-            path: hb.path.clone(),
-            ..Default::default()
-        };
-        for _ in 0..hb.requests {
-            let got = send(&cluster, &req, &test.kind, profile)
-                .await
-                .map_err(|e| format!("headerMatchesBackend: {e:#}"))?;
-            let pod = got.pod().unwrap_or_default().to_string();
-            let values = got
-                .echo
-                .as_ref()
-                .and_then(|e| {
-                    e.get("headers")?
-                        .as_object()?
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(&hb.header))
-                        .map(|(_, v)| v.clone())
-                })
-                .and_then(|v| v.as_array().cloned())
-                .unwrap_or_default();
-            match values.as_slice() {
-                [v] if v.as_str().is_some_and(|v| pod.starts_with(v)) => {}
-                other => {
-                    return Err(format!(
-                        "headerMatchesBackend: {} = {other:?} at pod {pod}",
-                        hb.header
-                    ))
-                }
-            }
-        }
+        check_header_matches_backend(&cluster, test, hb, profile).await?;
     }
     if let Some(w) = &test.weights {
         // A sampled split can miss the tolerance by chance (about 1 in 60 for 70/30 over 500
@@ -193,6 +125,103 @@ async fn run_test(
             }
         }
         last?;
+    }
+    Ok(())
+}
+
+/// The test's manifest file (if any) followed by its inline objects.
+fn test_manifest(testdata: &Path, test: &TestFile) -> Result<String, String> {
+    let mut manifest = match &test.manifest {
+        Some(m) => {
+            std::fs::read_to_string(testdata.join(m)).map_err(|e| format!("manifest {m}: {e}"))?
+        }
+        None => String::new(),
+    };
+    if let Some(objects) = &test.objects {
+        manifest.push_str("\n---\n");
+        manifest.push_str(objects);
+    }
+    Ok(manifest)
+}
+
+/// Sends case `i` until its expectation holds CONSECUTIVE times in a row, or tries run out.
+async fn run_case(
+    cluster: &Cluster,
+    test: &TestFile,
+    i: usize,
+    case: &cases::Case,
+    profile: Profile,
+) -> Result<(), String> {
+    // Upstream's rule: the expectation must hold for CONSECUTIVE requests in a row,
+    // within a bounded number of tries.
+    let (mut streak, mut last) = (0, String::new());
+    for _ in 0..MAX_TRIES {
+        let outcome = match send(cluster, &case.request, &test.kind, profile).await {
+            Ok(got) => check(&case.request, &case.expect, &got),
+            Err(e) => Err(format!("request failed: {e:#}")),
+        };
+        match outcome {
+            Ok(()) => {
+                streak += 1;
+                if streak == CONSECUTIVE {
+                    break;
+                }
+            }
+            Err(e) => {
+                streak = 0;
+                last = e;
+            }
+        }
+    }
+    if streak < CONSECUTIVE {
+        return Err(format!(
+            "case {} ({} {}): {last}",
+            i + 1,
+            case.request.host,
+            case.request.path.as_deref().unwrap_or("/")
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that every answer's echoed `hb.header` names the pod that answered.
+async fn check_header_matches_backend(
+    cluster: &Cluster,
+    test: &TestFile,
+    hb: &cases::HeaderMatchesBackend,
+    profile: Profile,
+) -> Result<(), String> {
+    let req = cases::Request {
+        host: hb.host.clone(),
+        path: hb.path.clone(),
+        ..Default::default()
+    };
+    for _ in 0..hb.requests {
+        let got = send(cluster, &req, &test.kind, profile)
+            .await
+            .map_err(|e| format!("headerMatchesBackend: {e:#}"))?;
+        let pod = got.pod().unwrap_or_default().to_string();
+        let values = got
+            .echo
+            .as_ref()
+            .and_then(|e| {
+                e.get("headers")?
+                    .as_object()?
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(&hb.header))
+                    .map(|(_, v)| v.clone())
+            })
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        match values.as_slice() {
+            [v] if v.as_str().is_some_and(|v| pod.starts_with(v)) => {}
+            other => {
+                return Err(format!(
+                    "headerMatchesBackend: {} = {other:?} at pod {pod}",
+                    hb.header
+                ))
+            }
+        }
     }
     Ok(())
 }

@@ -140,27 +140,10 @@ impl AggregatedDiscoveryService for AdsServer {
                 let push: Vec<String> = tokio::select! {
                     req = incoming.message() => {
                         let Ok(Some(req)) = req else { return };
-                        if let Some(node) = &req.node {
-                            shared.nodes.lock().unwrap().push(node.id.clone());
+                        if record_request(&shared, &req) {
+                            continue;
                         }
-                        if !req.response_nonce.is_empty() {
-                            shared.replies.lock().unwrap().push(Reply {
-                                type_url: req.type_url.clone(),
-                                nonce: req.response_nonce.clone(),
-                                error: req.error_detail.as_ref().map(|s| s.message.clone()),
-                            });
-                            if req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty() {
-                                continue;
-                            }
-                        }
-                        let names = subs.entry(req.type_url.clone()).or_default();
-                        names.extend(req.resource_names_subscribe.iter().cloned());
-                        names.retain(|n| !req.resource_names_unsubscribe.contains(n));
-                        // Versions the client already has are not resent.
-                        let known = sent.entry(req.type_url.clone()).or_default();
-                        for (k, v) in &req.initial_resource_versions {
-                            known.insert(k.clone(), v.clone());
-                        }
+                        subscribe(&mut subs, &mut sent, &req);
                         vec![req.type_url.clone()]
                     }
                     c = changed.changed() => {
@@ -174,47 +157,9 @@ impl AggregatedDiscoveryService for AdsServer {
                 };
                 for type_url in push {
                     let names = subs.get(&type_url).cloned().unwrap_or_default();
-                    let all = shared
-                        .resources
-                        .lock()
-                        .unwrap()
-                        .get(&type_url)
-                        .cloned()
-                        .unwrap_or_default();
                     let known = sent.entry(type_url.clone()).or_default();
-                    let mut resources = Vec::new();
-                    for (name, (version, any)) in &all {
-                        if !names.is_empty() && !names.contains(name) {
-                            continue;
-                        }
-                        if known.get(name) == Some(version) {
-                            continue;
-                        }
-                        known.insert(name.clone(), version.clone());
-                        resources.push(Resource {
-                            name: name.clone(),
-                            version: version.clone(),
-                            resource: Some(any.clone()),
-                            ..Default::default()
-                        });
-                    }
-                    let removed: Vec<String> = known
-                        .keys()
-                        .filter(|n| !all.contains_key(*n))
-                        .cloned()
-                        .collect();
-                    for n in &removed {
-                        known.remove(n);
-                    }
                     nonce += 1;
-                    let resp = DeltaDiscoveryResponse {
-                        type_url: type_url.clone(),
-                        resources,
-                        removed_resources: removed,
-                        nonce: nonce.to_string(),
-                        system_version_info: nonce.to_string(),
-                        ..Default::default()
-                    };
+                    let resp = delta_response(&shared, &type_url, &names, known, nonce);
                     if tx.send(Ok(resp)).await.is_err() {
                         return;
                     }
@@ -224,5 +169,89 @@ impl AggregatedDiscoveryService for AdsServer {
         Ok(tonic::Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// Records the client's node id and ACK/NACK; true when the request is only an ACK/NACK.
+fn record_request(shared: &Shared, req: &DeltaDiscoveryRequest) -> bool {
+    if let Some(node) = &req.node {
+        shared.nodes.lock().unwrap().push(node.id.clone());
+    }
+    if !req.response_nonce.is_empty() {
+        shared.replies.lock().unwrap().push(Reply {
+            type_url: req.type_url.clone(),
+            nonce: req.response_nonce.clone(),
+            error: req.error_detail.as_ref().map(|s| s.message.clone()),
+        });
+        if req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Applies a request's (un)subscriptions and the versions it says the client already has.
+fn subscribe(
+    subs: &mut BTreeMap<String, Vec<String>>,
+    sent: &mut HashMap<String, BTreeMap<String, String>>,
+    req: &DeltaDiscoveryRequest,
+) {
+    let names = subs.entry(req.type_url.clone()).or_default();
+    names.extend(req.resource_names_subscribe.iter().cloned());
+    names.retain(|n| !req.resource_names_unsubscribe.contains(n));
+    // Versions the client already has are not resent.
+    let known = sent.entry(req.type_url.clone()).or_default();
+    for (k, v) in &req.initial_resource_versions {
+        known.insert(k.clone(), v.clone());
+    }
+}
+
+/// The resources of `type_url` in `names` (empty = all) that differ from `known`, and the
+/// names gone since; updates `known` to what the response carries.
+fn delta_response(
+    shared: &Shared,
+    type_url: &str,
+    names: &[String],
+    known: &mut BTreeMap<String, String>,
+    nonce: u64,
+) -> DeltaDiscoveryResponse {
+    let all = shared
+        .resources
+        .lock()
+        .unwrap()
+        .get(type_url)
+        .cloned()
+        .unwrap_or_default();
+    let mut resources = Vec::new();
+    for (name, (version, any)) in &all {
+        if !names.is_empty() && !names.contains(name) {
+            continue;
+        }
+        if known.get(name) == Some(version) {
+            continue;
+        }
+        known.insert(name.clone(), version.clone());
+        resources.push(Resource {
+            name: name.clone(),
+            version: version.clone(),
+            resource: Some(any.clone()),
+            ..Default::default()
+        });
+    }
+    let removed: Vec<String> = known
+        .keys()
+        .filter(|n| !all.contains_key(*n))
+        .cloned()
+        .collect();
+    for n in &removed {
+        known.remove(n);
+    }
+    DeltaDiscoveryResponse {
+        type_url: type_url.to_string(),
+        resources,
+        removed_resources: removed,
+        nonce: nonce.to_string(),
+        system_version_info: nonce.to_string(),
+        ..Default::default()
     }
 }

@@ -244,71 +244,18 @@ fn filters(
             "RequestRedirect" if kind == "HTTPRoute" => {
                 redirect = true;
                 let r = f.request_redirect.as_ref().ok_or_else(missing)?;
-                let status = r.status_code.unwrap_or(302);
-                if ![301, 302, 303, 307, 308].contains(&status) {
-                    return Err(Unsupported(format!(
-                        "{what}.requestRedirect.statusCode: unsupported {status}"
-                    )));
-                }
-                if let Some(s) = &r.scheme {
-                    if s != "http" && s != "https" {
-                        return Err(Unsupported(format!(
-                            "{what}.requestRedirect.scheme: unsupported {s}"
-                        )));
-                    }
-                }
-                Filter::Redirect(Redirect {
-                    scheme: r.scheme.clone(),
-                    hostname: r.hostname.clone(),
-                    port: r.port,
-                    path: r
-                        .path
-                        .as_ref()
-                        .map(|p| path_modifier(p, &what, prefix_ok))
-                        .transpose()?,
-                    status,
-                })
+                redirect_filter(r, &what, prefix_ok)?
             }
             "URLRewrite" if kind == "HTTPRoute" => {
                 rewrite = true;
                 let r = f.url_rewrite.as_ref().ok_or_else(missing)?;
-                Filter::Rewrite(Rewrite {
-                    hostname: r.hostname.clone(),
-                    path: r
-                        .path
-                        .as_ref()
-                        .map(|p| path_modifier(p, &what, prefix_ok))
-                        .transpose()?,
-                })
+                rewrite_filter(r, &what, prefix_ok)?
             }
             "RequestMirror" => {
                 let m = f.request_mirror.as_ref().ok_or_else(missing)?;
-                let backend = match resolve_backend(ctx, ns, kind, &m.backend_ref) {
-                    Ok(b) => b,
-                    Err((_, msg)) => {
-                        return Err(Unsupported(format!("{what}.requestMirror: {msg}")))
-                    }
-                };
-                let fraction = match (&m.percent, &m.fraction) {
-                    (Some(p), _) => f64::from(*p) / 100.0,
-                    (None, Some(fr)) => {
-                        f64::from(fr.numerator) / f64::from(fr.denominator.unwrap_or(100).max(1))
-                    }
-                    (None, None) => 1.0,
-                };
-                Filter::Mirror(Arc::new(Mirror { backend, fraction }))
+                mirror_filter(ctx, ns, kind, m, &what)?
             }
-            "CORS" if kind == "HTTPRoute" => {
-                let c = f.cors.as_ref().ok_or_else(missing)?;
-                Filter::Cors(Cors {
-                    allow_origins: c.allow_origins.clone(),
-                    allow_methods: c.allow_methods.clone(),
-                    allow_headers: c.allow_headers.clone(),
-                    expose_headers: c.expose_headers.clone(),
-                    allow_credentials: c.allow_credentials.unwrap_or(false),
-                    max_age: c.max_age,
-                })
-            }
+            "CORS" if kind == "HTTPRoute" => cors_filter(f.cors.as_ref().ok_or_else(missing)?),
             other => {
                 return Err(Unsupported(format!(
                     "{what}.type: unsupported filter {other} on {kind}"
@@ -322,6 +269,84 @@ fn filters(
         )));
     }
     Ok(out)
+}
+
+/// A `RequestRedirect` filter; rejects unsupported status codes and schemes.
+fn redirect_filter(
+    r: &o::RedirectSpec,
+    what: &str,
+    prefix_ok: bool,
+) -> Result<Filter, Unsupported> {
+    let status = r.status_code.unwrap_or(302);
+    if ![301, 302, 303, 307, 308].contains(&status) {
+        return Err(Unsupported(format!(
+            "{what}.requestRedirect.statusCode: unsupported {status}"
+        )));
+    }
+    if let Some(s) = &r.scheme {
+        if s != "http" && s != "https" {
+            return Err(Unsupported(format!(
+                "{what}.requestRedirect.scheme: unsupported {s}"
+            )));
+        }
+    }
+    Ok(Filter::Redirect(Redirect {
+        scheme: r.scheme.clone(),
+        hostname: r.hostname.clone(),
+        port: r.port,
+        path: r
+            .path
+            .as_ref()
+            .map(|p| path_modifier(p, what, prefix_ok))
+            .transpose()?,
+        status,
+    }))
+}
+
+/// A `URLRewrite` filter.
+fn rewrite_filter(r: &o::RewriteSpec, what: &str, prefix_ok: bool) -> Result<Filter, Unsupported> {
+    Ok(Filter::Rewrite(Rewrite {
+        hostname: r.hostname.clone(),
+        path: r
+            .path
+            .as_ref()
+            .map(|p| path_modifier(p, what, prefix_ok))
+            .transpose()?,
+    }))
+}
+
+/// A `RequestMirror` filter: its resolved backend and the fraction of requests copied.
+fn mirror_filter(
+    ctx: &Ctx<'_>,
+    ns: &str,
+    kind: &str,
+    m: &o::MirrorSpec,
+    what: &str,
+) -> Result<Filter, Unsupported> {
+    let backend = match resolve_backend(ctx, ns, kind, &m.backend_ref) {
+        Ok(b) => b,
+        Err((_, msg)) => return Err(Unsupported(format!("{what}.requestMirror: {msg}"))),
+    };
+    let fraction = match (&m.percent, &m.fraction) {
+        (Some(p), _) => f64::from(*p) / 100.0,
+        (None, Some(fr)) => {
+            f64::from(fr.numerator) / f64::from(fr.denominator.unwrap_or(100).max(1))
+        }
+        (None, None) => 1.0,
+    };
+    Ok(Filter::Mirror(Arc::new(Mirror { backend, fraction })))
+}
+
+/// A `CORS` filter.
+fn cors_filter(c: &o::CorsSpec) -> Filter {
+    Filter::Cors(Cors {
+        allow_origins: c.allow_origins.clone(),
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        max_age: c.max_age,
+    })
 }
 
 fn granted(ctx: &Ctx<'_>, from_ns: &str, from_kind: &str, to_ns: &str, to_name: &str) -> bool {

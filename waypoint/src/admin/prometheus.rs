@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use filters::Snapshot;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
@@ -41,11 +42,20 @@ pub fn response(proxy: &Proxy) -> Response<Vec<u8>> {
 /// Renders every metric family.
 pub fn render(proxy: &Proxy) -> String {
     let mut out = String::with_capacity(16 * 1024);
+    proxy.telemetry.metrics.render(&mut out);
+    let snapshot = proxy.config.current();
+    render_gauges(&mut out, proxy, &snapshot);
+    render_counters(&mut out, proxy);
+    render_authz_decisions(&mut out);
+    render_authz_policies(&mut out, &snapshot);
+    out
+}
+
+/// The proxy's health gauges (connections, tunnels, in-flight requests, config version).
+fn render_gauges(out: &mut String, proxy: &Proxy, snapshot: &Snapshot) {
     let t = &proxy.telemetry;
-    t.metrics.render(&mut out);
     let s = &proxy.stats;
     let u = &proxy.upstream;
-    let snapshot = proxy.config.current();
     let gauges = [
         (
             "waypoint_hbone_connections",
@@ -79,9 +89,16 @@ pub fn render(proxy: &Proxy) -> String {
         ),
     ];
     for (name, help, v) in gauges {
-        family(&mut out, name, "gauge", help);
-        sample(&mut out, name, "", v);
+        family(out, name, "gauge", help);
+        sample(out, name, "", v);
     }
+}
+
+/// The proxy's health counters (requests, upstream connects, config, logs, spans).
+fn render_counters(out: &mut String, proxy: &Proxy) {
+    let t = &proxy.telemetry;
+    let s = &proxy.stats;
+    let u = &proxy.upstream;
     let (logged, log_dropped) = t.access_log.counts();
     let counters = [
         (
@@ -136,11 +153,15 @@ pub fn render(proxy: &Proxy) -> String {
         ),
     ];
     for (name, help, v) in counters {
-        family(&mut out, name, "counter", help);
-        sample(&mut out, name, "", v);
+        family(out, name, "counter", help);
+        sample(out, name, "", v);
     }
+}
+
+/// `waypoint_authz_decisions_total`, by decision.
+fn render_authz_decisions(out: &mut String) {
     family(
-        &mut out,
+        out,
         "waypoint_authz_decisions_total",
         "counter",
         "Authorization decisions.",
@@ -157,10 +178,14 @@ pub fn render(proxy: &Proxy) -> String {
     ] {
         let mut l = String::new();
         labels(&mut l, &[("decision", decision)]);
-        sample(&mut out, "waypoint_authz_decisions_total", &l, v);
+        sample(out, "waypoint_authz_decisions_total", &l, v);
     }
+}
+
+/// `waypoint_authz_policy_matched_total`, per policy in `snapshot`.
+fn render_authz_policies(out: &mut String, snapshot: &Snapshot) {
     family(
-        &mut out,
+        out,
         "waypoint_authz_policy_matched_total",
         "counter",
         "Requests each authorization policy matched.",
@@ -169,11 +194,10 @@ pub fn render(proxy: &Proxy) -> String {
         let mut l = String::new();
         labels(&mut l, &[("policy", &p.name.to_string())]);
         sample(
-            &mut out,
+            out,
             "waypoint_authz_policy_matched_total",
             &l,
             p.matched.load(Ordering::Relaxed),
         );
     }
-    out
 }

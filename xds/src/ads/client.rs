@@ -145,6 +145,50 @@ fn type_key(type_url: &str) -> Option<&'static str> {
         .find(|t| *t == type_url)
 }
 
+/// A response applied to a copy of the accepted resources.
+struct Staged<'a> {
+    /// The copy, with the valid resources replaced and the removed ones gone.
+    resources: Resources,
+    /// The invalid resources.
+    errors: Vec<InvalidResource>,
+    /// The valid resources as `(name, version, resource)`.
+    accepted: Vec<(&'a str, &'a str, &'a Any)>,
+}
+
+/// Applies `resp` to a copy of `resources`, validating every resource on its own.
+fn stage<'a>(
+    resources: &Resources,
+    type_url: &'static str,
+    resp: &'a DeltaDiscoveryResponse,
+) -> Staged<'a> {
+    let mut staged = resources.clone();
+    let mut errors: Vec<InvalidResource> = Vec::new();
+    let mut accepted: Vec<(&str, &str, &Any)> = Vec::new();
+    for r in &resp.resources {
+        let Some(any) = &r.resource else {
+            errors.push(InvalidResource::new(
+                types::kind(type_url),
+                &r.name,
+                "<resource>",
+                "missing",
+            ));
+            continue;
+        };
+        match types::accept(type_url, &r.name, any, &mut staged) {
+            Ok(()) => accepted.push((&r.name, &r.version, any)),
+            Err(e) => errors.push(e),
+        }
+    }
+    for name in &resp.removed_resources {
+        types::remove(type_url, name, &mut staged);
+    }
+    Staged {
+        resources: staged,
+        errors,
+        accepted,
+    }
+}
+
 impl AdsClient {
     /// A subscriber for the waypoint `options.gateway` names, built with the same options
     /// as the local source.
@@ -265,48 +309,58 @@ impl AdsClient {
             );
             return (reply, None);
         };
-        let mut staged = state.resources.clone();
-        let mut errors: Vec<InvalidResource> = Vec::new();
-        let mut accepted: Vec<(&str, &str, &Any)> = Vec::new();
-        for r in &resp.resources {
-            let Some(any) = &r.resource else {
-                errors.push(InvalidResource::new(
-                    types::kind(type_url),
-                    &r.name,
-                    "<resource>",
-                    "missing",
-                ));
-                continue;
-            };
-            match types::accept(type_url, &r.name, any, &mut staged) {
-                Ok(()) => accepted.push((&r.name, &r.version, any)),
-                Err(e) => errors.push(e),
-            }
-        }
-        for name in &resp.removed_resources {
-            types::remove(type_url, name, &mut staged);
-        }
+        let staged = stage(&state.resources, type_url, resp);
         let mut seen = state.seen.clone();
         seen.insert(type_url);
         let ready = seen.contains(LISTENER) && seen.contains(CLUSTER);
         if ready {
-            let options = BuildOptions {
-                version: publisher.current_version() + 1,
-                source: format!("xds:{}", self.address),
-                waypoint: self.waypoint.clone(),
-            };
-            match translate::build(&staged, &options) {
-                Ok(snapshot) => publisher.publish(snapshot),
-                Err(e) => {
-                    let reason = format!("the update cannot be applied: {e}");
-                    publisher.reject(&options.source, &reason);
-                    self.stats.count(type_url, false);
-                    return (nack(type_url, &resp.nonce, reason), None);
-                }
+            if let Err(reason) = self.publish(&staged.resources, publisher) {
+                self.stats.count(type_url, false);
+                return (nack(type_url, &resp.nonce, reason), None);
             }
         }
-        state.resources = staged;
+        state.resources = staged.resources;
         state.seen = seen;
+        self.record_versions(state, type_url, staged.accepted, &resp.removed_resources);
+        let eds = match type_url {
+            CLUSTER => self.eds_update(state),
+            LISTENER => self.rds_update(state),
+            _ => None,
+        };
+        let reply = self.reply(type_url, resp, &staged.errors, publisher);
+        (reply, eds)
+    }
+
+    /// Builds a snapshot from `staged` and publishes it; on failure rejects it and returns
+    /// the NACK reason.
+    fn publish(&self, staged: &Resources, publisher: &dyn Publisher) -> Result<(), String> {
+        let options = BuildOptions {
+            version: publisher.current_version() + 1,
+            source: format!("xds:{}", self.address),
+            waypoint: self.waypoint.clone(),
+        };
+        match translate::build(staged, &options) {
+            Ok(snapshot) => {
+                publisher.publish(snapshot);
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("the update cannot be applied: {e}");
+                publisher.reject(&options.source, &reason);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Records the versions of the accepted and removed resources, and the accepted ones
+    /// for `/config_dump`.
+    fn record_versions(
+        &self,
+        state: &mut State,
+        type_url: &'static str,
+        accepted: Vec<(&str, &str, &Any)>,
+        removed: &[String],
+    ) {
         let versions = state.versions.entry(type_url).or_default();
         let mut dump = self
             .stats
@@ -319,16 +373,21 @@ impl AdsClient {
             versions.insert(name.to_string(), version.to_string());
             dump.insert(name.to_string(), (version.to_string(), any.clone(), now));
         }
-        for name in &resp.removed_resources {
+        for name in removed {
             versions.remove(name);
             dump.remove(name);
         }
-        let eds = match type_url {
-            CLUSTER => self.eds_update(state),
-            LISTENER => self.rds_update(state),
-            _ => None,
-        };
-        let reply = if errors.is_empty() {
+    }
+
+    /// The ACK, or the NACK naming every rejected resource (also reported to `publisher`).
+    fn reply(
+        &self,
+        type_url: &'static str,
+        resp: &DeltaDiscoveryResponse,
+        errors: &[InvalidResource],
+        publisher: &dyn Publisher,
+    ) -> DeltaDiscoveryRequest {
+        if errors.is_empty() {
             self.stats.count(type_url, true);
             tracing::debug!(
                 type_url,
@@ -351,8 +410,7 @@ impl AdsClient {
             tracing::warn!(type_url, rejected = errors.len(), error = %message, "xDS resources rejected");
             publisher.reject(&format!("xds:{}", self.address), &message);
             nack(type_url, &resp.nonce, message)
-        };
-        (reply, eds)
+        }
     }
 
     /// Subscribes to the route configurations the listeners name, unsubscribes from the

@@ -64,29 +64,70 @@ pub fn is_auxiliary(name: &str) -> bool {
 
 /// Validates and interprets one cluster.
 pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
-    let bad = |field: &str, reason: String| InvalidResource::new("cluster", &c.name, field, reason);
+    let bad = |field: &str, reason: String| invalid(c, field, reason);
     let Some((port, proto, host)) = parse_name(&c.name) else {
         return Err(bad(
             "name",
             "not an inbound-vip|<port>|<protocol>|<host> cluster".into(),
         ));
     };
+    check_discovery_type(c)?;
+    check_load_balancing(c)?;
+    check_resilience(c)?;
+    check_transport_socket(c)?;
+    let eds_name = c
+        .eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| c.name.clone());
+    let protocol = match proto {
+        "http" => Protocol::Http,
+        "http2" => Protocol::Http2,
+        "grpc" => Protocol::Grpc,
+        "tcp" => Protocol::Tcp,
+        "" => Protocol::Unknown,
+        other => return Err(bad("name", format!("unknown protocol {other:?}"))),
+    };
+    let (service, namespace) = service_of(c, host)?;
+    Ok(ClusterInfo {
+        name: c.name.clone(),
+        host: host.to_string(),
+        port,
+        namespace,
+        service,
+        protocol,
+        eds_name,
+    })
+}
+
+/// The error for `field` of cluster `c`.
+fn invalid(c: &Cluster, field: &str, reason: String) -> InvalidResource {
+    InvalidResource::new("cluster", &c.name, field, reason)
+}
+
+/// Rejects clusters whose endpoints do not come over EDS.
+fn check_discovery_type(c: &Cluster) -> Result<(), InvalidResource> {
     match &c.cluster_discovery_type {
-        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Eds as i32 => {}
-        other => {
-            return Err(bad(
-                "type",
-                format!("only EDS clusters are supported, got {other:?}"),
-            ))
-        }
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Eds as i32 => Ok(()),
+        other => Err(invalid(
+            c,
+            "type",
+            format!("only EDS clusters are supported, got {other:?}"),
+        )),
     }
+}
+
+/// Rejects load-balancing policies other than round robin and least request.
+fn check_load_balancing(c: &Cluster) -> Result<(), InvalidResource> {
     // Round robin is what the waypoint balances with; LEAST_REQUEST (Istio's default) is
     // approximated by it. Other policies and features are rejected, never ignored.
     match c.lb_policy {
         0 => {}
         1 => tracing::debug!(cluster = %c.name, "LEAST_REQUEST balanced round-robin"),
         other => {
-            return Err(bad(
+            return Err(invalid(
+                c,
                 "lb_policy",
                 format!("only ROUND_ROBIN and LEAST_REQUEST are supported, got {other}"),
             ))
@@ -103,21 +144,29 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             if !(url.ends_with(".round_robin.v3.RoundRobin")
                 || url.ends_with(".least_request.v3.LeastRequest"))
             {
-                return Err(bad(
+                return Err(invalid(
+                    c,
                     &format!("load_balancing_policy.policies[{i}]"),
                     format!("unsupported policy {url}"),
                 ));
             }
         }
     }
+    Ok(())
+}
+
+/// Rejects outlier detection, active health checks and real circuit-breaker limits.
+fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
     if c.outlier_detection.is_some() {
-        return Err(bad(
+        return Err(invalid(
+            c,
             "outlier_detection",
             "outlier detection is not supported".into(),
         ));
     }
     if !c.health_checks.is_empty() {
-        return Err(bad(
+        return Err(invalid(
+            c,
             "health_checks",
             "active health checks are not supported".into(),
         ));
@@ -135,38 +184,35 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             .any(|v| v.as_ref().is_some_and(|v| v.value < (1 << 31)))
         });
         if limited {
-            return Err(bad(
+            return Err(invalid(
+                c,
                 "circuit_breakers",
                 "circuit breaker limits are not supported".into(),
             ));
         }
     }
+    Ok(())
+}
+
+/// Rejects transport sockets other than internal-upstream and raw buffer.
+fn check_transport_socket(c: &Cluster) -> Result<(), InvalidResource> {
     if let Some(ts) = &c.transport_socket {
         let url = ts.config_type.as_ref().map(|envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(a)| a.type_url.as_str()).unwrap_or_default();
         if !url.ends_with("internal_upstream.v3.InternalUpstreamTransport")
             && !url.ends_with("raw_buffer.v3.RawBuffer")
         {
-            return Err(bad(
+            return Err(invalid(
+                c,
                 "transport_socket",
                 format!("unsupported transport socket {url}; HBONE towards pods is native"),
             ));
         }
     }
-    let eds_name = c
-        .eds_cluster_config
-        .as_ref()
-        .map(|e| e.service_name.clone())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| c.name.clone());
-    let protocol = match proto {
-        "http" => Protocol::Http,
-        "http2" => Protocol::Http2,
-        "grpc" => Protocol::Grpc,
-        "tcp" => Protocol::Tcp,
-        "" => Protocol::Unknown,
-        other => return Err(bad("name", format!("unknown protocol {other:?}"))),
-    };
-    // The Service's name and namespace: cluster metadata istio.services[0], else the host.
+    Ok(())
+}
+
+/// The Service's name and namespace: cluster metadata istio.services[0], else the host.
+fn service_of(c: &Cluster, host: &str) -> Result<(String, String), InvalidResource> {
     let svc = c
         .metadata
         .as_ref()
@@ -186,20 +232,13 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         }
     };
     if service.is_empty() || namespace.is_empty() {
-        return Err(bad(
+        return Err(invalid(
+            c,
             "metadata.filter_metadata.istio.services",
             format!("cannot tell the Service of host {host}"),
         ));
     }
-    Ok(ClusterInfo {
-        name: c.name.clone(),
-        host: host.to_string(),
-        port,
-        namespace,
-        service,
-        protocol,
-        eds_name,
-    })
+    Ok((service, namespace))
 }
 
 #[cfg(test)]

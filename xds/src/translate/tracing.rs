@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
-use envoy_types::pb::envoy::config::trace::v3::{tracing::http::ConfigType, OpenTelemetryConfig};
+use envoy_types::pb::envoy::config::core::v3::{GrpcService, HttpService};
+use envoy_types::pb::envoy::config::trace::v3::tracing::{http::ConfigType, Http};
+use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use envoy_types::pb::envoy::r#type::tracing::v3::custom_tag;
 use filters::model::telemetry::{CustomTag, OtlpProtocol, TracingConfig};
@@ -34,95 +36,10 @@ pub fn convert(t: &Tracing, at: &str) -> Result<Option<TracingConfig>, Bad> {
         return Ok(None);
     };
     let at = format!("{at}.tracing.provider");
-    let Some(ConfigType::TypedConfig(any)) = &provider.config_type else {
-        return Err((at, "missing typed_config".into()));
-    };
-    if !any
-        .type_url
-        .ends_with("envoy.config.trace.v3.OpenTelemetryConfig")
-    {
-        return Err((
-            at,
-            format!(
-                "only OpenTelemetry tracing is supported, got {}",
-                any.type_url
-            ),
-        ));
-    }
-    let otel = OpenTelemetryConfig::decode(any.value.as_slice())
-        .map_err(|e| (at.clone(), format!("cannot decode: {e}")))?;
+    let otel = decode_otel(provider, &at)?;
     let (endpoint, protocol, timeout) = match (&otel.grpc_service, &otel.http_service) {
-        (Some(g), None) => {
-            let Some(TargetSpecifier::EnvoyGrpc(e)) = &g.target_specifier else {
-                return Err((
-                    format!("{at}.grpc_service"),
-                    "only envoy_grpc targets are supported".into(),
-                ));
-            };
-            let endpoint = collector(&e.cluster_name).ok_or_else(|| {
-                (
-                    format!("{at}.grpc_service.envoy_grpc.cluster_name"),
-                    format!(
-                        "{:?} is not an outbound|<port>||<host> cluster",
-                        e.cluster_name
-                    ),
-                )
-            })?;
-            let metadata = g
-                .initial_metadata
-                .iter()
-                .map(|h| (h.key.clone(), h.value.clone()))
-                .collect();
-            (
-                endpoint,
-                OtlpProtocol::Grpc { metadata },
-                super::duration(g.timeout.as_ref()).unwrap_or(DEFAULT_EXPORT_TIMEOUT),
-            )
-        }
-        (None, Some(h)) => {
-            let uri = h.http_uri.as_ref().ok_or_else(|| {
-                (
-                    format!("{at}.http_service"),
-                    "http_uri is required".to_string(),
-                )
-            })?;
-            let cluster = match &uri.http_upstream_type {
-                Some(
-                    envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
-                        c,
-                    ),
-                ) => c.clone(),
-                _ => {
-                    return Err((
-                        format!("{at}.http_service.http_uri"),
-                        "a cluster is required".into(),
-                    ))
-                }
-            };
-            let endpoint = collector(&cluster).ok_or_else(|| {
-                (
-                    format!("{at}.http_service.http_uri.cluster"),
-                    format!("{cluster:?} is not an outbound|<port>||<host> cluster"),
-                )
-            })?;
-            let path = uri
-                .uri
-                .parse::<http::Uri>()
-                .ok()
-                .map(|u| u.path().to_string())
-                .filter(|p| p != "/")
-                .unwrap_or_else(|| "/v1/traces".into());
-            let headers = h
-                .request_headers_to_add
-                .iter()
-                .filter_map(|o| o.header.as_ref().map(|h| (h.key.clone(), h.value.clone())))
-                .collect();
-            (
-                endpoint,
-                OtlpProtocol::Http { path, headers },
-                super::duration(uri.timeout.as_ref()).unwrap_or(DEFAULT_EXPORT_TIMEOUT),
-            )
-        }
+        (Some(g), None) => grpc_exporter(g, &at)?,
+        (None, Some(h)) => http_exporter(h, &at)?,
         _ => {
             return Err((
                 at,
@@ -130,6 +47,117 @@ pub fn convert(t: &Tracing, at: &str) -> Result<Option<TracingConfig>, Bad> {
             ))
         }
     };
+    Ok(Some(TracingConfig {
+        provider: provider.name.clone(),
+        endpoint,
+        protocol,
+        timeout,
+        sampling_percentage: t.random_sampling.as_ref().map(|p| p.value).unwrap_or(100.0),
+        custom_tags: custom_tags(t),
+        max_tag_length: t
+            .max_path_tag_length
+            .as_ref()
+            .map(|v| v.value as usize)
+            .unwrap_or(256),
+    }))
+}
+
+/// The provider's `OpenTelemetryConfig`; other providers are rejected.
+fn decode_otel(provider: &Http, at: &str) -> Result<OpenTelemetryConfig, Bad> {
+    let Some(ConfigType::TypedConfig(any)) = &provider.config_type else {
+        return Err((at.to_string(), "missing typed_config".into()));
+    };
+    if !any
+        .type_url
+        .ends_with("envoy.config.trace.v3.OpenTelemetryConfig")
+    {
+        return Err((
+            at.to_string(),
+            format!(
+                "only OpenTelemetry tracing is supported, got {}",
+                any.type_url
+            ),
+        ));
+    }
+    OpenTelemetryConfig::decode(any.value.as_slice())
+        .map_err(|e| (at.to_string(), format!("cannot decode: {e}")))
+}
+
+/// Endpoint, OTLP/gRPC protocol and timeout of an `envoy_grpc` exporter.
+fn grpc_exporter(g: &GrpcService, at: &str) -> Result<(String, OtlpProtocol, Duration), Bad> {
+    let Some(TargetSpecifier::EnvoyGrpc(e)) = &g.target_specifier else {
+        return Err((
+            format!("{at}.grpc_service"),
+            "only envoy_grpc targets are supported".into(),
+        ));
+    };
+    let endpoint = collector(&e.cluster_name).ok_or_else(|| {
+        (
+            format!("{at}.grpc_service.envoy_grpc.cluster_name"),
+            format!(
+                "{:?} is not an outbound|<port>||<host> cluster",
+                e.cluster_name
+            ),
+        )
+    })?;
+    let metadata = g
+        .initial_metadata
+        .iter()
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    Ok((
+        endpoint,
+        OtlpProtocol::Grpc { metadata },
+        super::duration(g.timeout.as_ref()).unwrap_or(DEFAULT_EXPORT_TIMEOUT),
+    ))
+}
+
+/// Endpoint, OTLP/HTTP protocol (path, headers) and timeout of an HTTP exporter.
+fn http_exporter(h: &HttpService, at: &str) -> Result<(String, OtlpProtocol, Duration), Bad> {
+    let uri = h.http_uri.as_ref().ok_or_else(|| {
+        (
+            format!("{at}.http_service"),
+            "http_uri is required".to_string(),
+        )
+    })?;
+    let cluster = match &uri.http_upstream_type {
+        Some(envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(c)) => {
+            c.clone()
+        }
+        _ => {
+            return Err((
+                format!("{at}.http_service.http_uri"),
+                "a cluster is required".into(),
+            ))
+        }
+    };
+    let endpoint = collector(&cluster).ok_or_else(|| {
+        (
+            format!("{at}.http_service.http_uri.cluster"),
+            format!("{cluster:?} is not an outbound|<port>||<host> cluster"),
+        )
+    })?;
+    let path = uri
+        .uri
+        .parse::<http::Uri>()
+        .ok()
+        .map(|u| u.path().to_string())
+        .filter(|p| p != "/")
+        .unwrap_or_else(|| "/v1/traces".into());
+    let headers = h
+        .request_headers_to_add
+        .iter()
+        .filter_map(|o| o.header.as_ref().map(|h| (h.key.clone(), h.value.clone())))
+        .collect();
+    Ok((
+        endpoint,
+        OtlpProtocol::Http { path, headers },
+        super::duration(uri.timeout.as_ref()).unwrap_or(DEFAULT_EXPORT_TIMEOUT),
+    ))
+}
+
+/// The literal, environment and request-header custom tags; metadata tags are skipped.
+fn custom_tags(t: &Tracing) -> Vec<(String, CustomTag)> {
     let mut custom_tags = Vec::new();
     for tag in &t.custom_tags {
         let value = match &tag.r#type {
@@ -148,19 +176,7 @@ pub fn convert(t: &Tracing, at: &str) -> Result<Option<TracingConfig>, Bad> {
         };
         custom_tags.push((tag.tag.clone(), value));
     }
-    Ok(Some(TracingConfig {
-        provider: provider.name.clone(),
-        endpoint,
-        protocol,
-        timeout,
-        sampling_percentage: t.random_sampling.as_ref().map(|p| p.value).unwrap_or(100.0),
-        custom_tags,
-        max_tag_length: t
-            .max_path_tag_length
-            .as_ref()
-            .map(|v| v.value as usize)
-            .unwrap_or(256),
-    }))
+    custom_tags
 }
 
 #[cfg(test)]
