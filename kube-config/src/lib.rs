@@ -52,7 +52,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples/local-config/mesh.yaml");
         let snap = super::load(&path, &filters::SourceOptions::default(), 1).unwrap();
-        let echo = &snap.services["demo/echo"];
+        let echo = &snap.services()["demo/echo"];
         assert!(echo.served);
         assert_eq!(
             echo.port(80).unwrap().endpoints[0]

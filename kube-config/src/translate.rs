@@ -447,9 +447,9 @@ status: {podIP: 127.128.0.2}
     #[test]
     fn translates_services_pods_and_labels() {
         let s = snap(MESH).unwrap();
-        let echo = &s.services["default/echo"];
+        let echo = &s.services()["default/echo"];
         assert!(echo.served);
-        assert!(!s.services["default/optout"].served);
+        assert!(!s.services()["default/optout"].served);
         let http = echo.port(80).unwrap();
         assert_eq!(http.protocol, Protocol::Http);
         // echo-2 has no container port named "web": not an endpoint of port 80.

@@ -39,7 +39,7 @@ pub async fn watch(
         let version = publisher.current_version() + 1;
         match load(&path, &options, version) {
             Ok(snapshot) => {
-                tracing::info!(path = %path.display(), version, services = snapshot.services.len(), workloads = snapshot.workloads.len(), "configuration change applied");
+                tracing::info!(path = %path.display(), version, services = snapshot.services().len(), workloads = snapshot.workloads().len(), "configuration change applied");
                 publisher.publish(snapshot);
             }
             Err(e) => {

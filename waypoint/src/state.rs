@@ -45,7 +45,7 @@ impl SnapshotStore {
 
 impl filters::Publisher for SnapshotStore {
     fn current_version(&self) -> u64 {
-        self.current.load().version
+        self.current.load().version()
     }
 
     fn publish(&self, snapshot: Snapshot) {

@@ -51,7 +51,7 @@ where
         };
         let rules = ctx
             .snapshot
-            .authn
+            .authn()
             .for_service(ctx.tunnel.target.service_name());
         match authenticate(&rules, &mut req) {
             Ok(Some(auth)) => {

@@ -112,10 +112,10 @@ where
 
 /// Normalizes the path in place; returns it (without the query).
 fn normalize_path(ctx: &RequestContext, req: &mut Request<Body>) -> Result<String, ProxyError> {
-    if is_normal(req.uri().path(), ctx.snapshot.authz.normalization) {
+    if is_normal(req.uri().path(), ctx.snapshot.authz().normalization) {
         return Ok(req.uri().path().to_string());
     }
-    let path = normalize(req.uri().path(), ctx.snapshot.authz.normalization)
+    let path = normalize(req.uri().path(), ctx.snapshot.authz().normalization)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     if path != req.uri().path() {
         let pq = match req.uri().query() {
@@ -285,7 +285,7 @@ async fn authorize(
         req,
         response_headers: Vec::new(),
     };
-    match decide::authorize(&ctx.snapshot.authz, &ctx.tunnel.target, &mut subject).await {
+    match decide::authorize(ctx.snapshot.authz(), &ctx.tunnel.target, &mut subject).await {
         Ok(()) => Ok((subject.req, subject.response_headers)),
         Err(Denied::Policy(policy)) => {
             tracing::info!(%policy, peer = %ctx.tunnel.peer, path, "authorization denied");

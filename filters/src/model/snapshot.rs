@@ -309,24 +309,24 @@ pub fn bound<'a, T: Clone>(
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     /// Monotonic version, bumped on every accepted change.
-    pub version: u64,
+    version: u64,
     /// Where this configuration came from (`file:<path>`, `xds:<server>`).
-    pub source: String,
+    source: String,
     /// The waypoint itself.
-    pub waypoint: Waypoint,
+    waypoint: Waypoint,
     /// Every Service known (served or not), by `namespace/name`.
-    pub services: BTreeMap<String, Arc<Service>>,
+    services: BTreeMap<String, Arc<Service>>,
     /// Every workload known, by IP.
-    pub workloads: BTreeMap<IpAddr, Arc<Workload>>,
+    workloads: BTreeMap<IpAddr, Arc<Workload>>,
     /// HTTPRoutes/GRPCRoutes by Service port (`namespace/name:port`). Kept apart from the
     /// Services so that routes can name any Service as a backend without reference cycles.
-    pub routes: BTreeMap<String, crate::route::PortRoutes>,
+    routes: BTreeMap<String, crate::route::PortRoutes>,
     /// AuthorizationPolicies that apply to this waypoint.
-    pub authz: crate::authz::PolicySet,
+    authz: crate::authz::PolicySet,
     /// RequestAuthentication JWT rules that apply to this waypoint.
-    pub authn: crate::authn::JwtRules,
+    authn: crate::authn::JwtRules,
     /// Access log and tracing settings.
-    pub telemetry: super::telemetry::TelemetryConfig,
+    telemetry: super::telemetry::TelemetryConfig,
     #[serde(skip)]
     vips: HashMap<SocketAddr, (Arc<Service>, u16)>,
 }
@@ -429,6 +429,51 @@ impl Snapshot {
             telemetry,
             vips,
         })
+    }
+
+    /// Monotonic version, bumped on every accepted change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Where this configuration came from (`file:<path>`, `xds:<server>`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The waypoint itself.
+    pub fn waypoint(&self) -> &Waypoint {
+        &self.waypoint
+    }
+
+    /// Every Service known (served or not), by `namespace/name`.
+    pub fn services(&self) -> &BTreeMap<String, Arc<Service>> {
+        &self.services
+    }
+
+    /// Every workload known, by IP.
+    pub fn workloads(&self) -> &BTreeMap<IpAddr, Arc<Workload>> {
+        &self.workloads
+    }
+
+    /// Every route table, by Service port (`namespace/name:port`).
+    pub fn route_tables(&self) -> &BTreeMap<String, crate::route::PortRoutes> {
+        &self.routes
+    }
+
+    /// How traffic is authorized.
+    pub fn authz(&self) -> &crate::authz::PolicySet {
+        &self.authz
+    }
+
+    /// RequestAuthentication JWT rules.
+    pub fn authn(&self) -> &crate::authn::JwtRules {
+        &self.authn
+    }
+
+    /// Access log and tracing settings.
+    pub fn telemetry(&self) -> &super::telemetry::TelemetryConfig {
+        &self.telemetry
     }
 
     /// An empty snapshot (nothing served yet).

@@ -118,7 +118,7 @@ pub fn server_info(proxy: &Proxy) -> String {
             "drain_time": format!("{}s", proxy.options.drain_timeout.as_secs()),
         },
         "node": {
-            "id": proxy.config.current().waypoint.gateway.to_string(),
+            "id": proxy.config.current().waypoint().gateway.to_string(),
         },
     })
     .to_string()

@@ -76,7 +76,7 @@ impl Admin {
         let u = &self.proxy.upstream;
         let snapshot = self.proxy.config.current();
         [
-            ("config.version", snapshot.version),
+            ("config.version", snapshot.version()),
             ("config.rejected", self.proxy.config.rejected()),
             (
                 "downstream.hbone_connections",
@@ -114,7 +114,7 @@ impl Admin {
             ),
         ])
         .chain(envoy::stats(&self.proxy))
-        .chain(snapshot.authz.all().into_iter().map(|p| {
+        .chain(snapshot.authz().all().into_iter().map(|p| {
             format!(
                 "authz.policy.{}.matched: {}\n",
                 p.name,

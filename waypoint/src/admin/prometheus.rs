@@ -80,7 +80,7 @@ fn render_gauges(out: &mut String, proxy: &Proxy, snapshot: &Snapshot) {
         (
             "waypoint_config_version",
             "Version of the configuration in force.",
-            snapshot.version,
+            snapshot.version(),
         ),
         (
             "waypoint_metrics_series",
@@ -190,7 +190,7 @@ fn render_authz_policies(out: &mut String, snapshot: &Snapshot) {
         "counter",
         "Requests each authorization policy matched.",
     );
-    for p in snapshot.authz.all() {
+    for p in snapshot.authz().all() {
         let mut l = String::new();
         labels(&mut l, &[("policy", &p.name.to_string())]);
         sample(

@@ -44,19 +44,19 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         }
     };
     let served: Vec<&str> = snapshot
-        .services
+        .services()
         .values()
         .filter(|s| s.served)
         .map(|s| s.hostname.as_str())
         .collect();
     println!(
         "waypoint {}: {} services served ({}), {} workloads known",
-        snapshot.waypoint.gateway,
+        snapshot.waypoint().gateway,
         served.len(),
         served.join(", "),
-        snapshot.workloads.len()
+        snapshot.workloads().len()
     );
-    let authz = &snapshot.authz;
+    let authz = &snapshot.authz();
     let names = |list: &[std::sync::Arc<filters::authz::model::Policy>]| {
         list.iter()
             .map(|p| p.name.to_string())

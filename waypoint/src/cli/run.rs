@@ -185,10 +185,10 @@ fn local_source(
     let first = kube_config::load(path, &options, 1)
         .with_context(|| format!("invalid configuration {}", path.display()))?;
     let store = Arc::new(SnapshotStore::new(Snapshot::empty(Waypoint {
-        gateway: first.waypoint.gateway.clone(),
+        gateway: first.waypoint().gateway.clone(),
         trust_domain: args.trust_domain.clone(),
     })));
-    tracing::info!(identity = %ours, gateway = %first.waypoint.gateway, services = first.services.len(), "configuration loaded");
+    tracing::info!(identity = %ours, gateway = %first.waypoint().gateway, services = first.services().len(), "configuration loaded");
     store.publish(first);
     let interval = Duration::from_millis(args.watch_interval_ms);
     let task: Task = Box::pin(kube_config::watch(

@@ -62,7 +62,7 @@ pub async fn resolve(snapshot: &Snapshot, provider: &Provider) -> Result<Endpoin
             authority,
         });
     }
-    let service = snapshot.services.values().find(|s| {
+    let service = snapshot.services().values().find(|s| {
         s.hostname == host
             || s.hostname
                 .strip_prefix(host)

@@ -131,7 +131,7 @@ async fn authorize(proxy: &Arc<Proxy>, info: &Arc<TunnelInfo>) -> Result<(), Str
         },
         client: crate::ext_authz::Client::new(proxy.clone()),
     };
-    match authz::authorize(&snapshot.authz, &info.target, &mut subject).await {
+    match authz::authorize(snapshot.authz(), &info.target, &mut subject).await {
         Ok(()) => Ok(()),
         Err(Denied::Policy(why) | Denied::Custom(why)) => Err(why),
     }

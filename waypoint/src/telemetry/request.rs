@@ -97,7 +97,7 @@ impl RequestTelemetry {
             header_bytes(req.headers()) + (method.len() + path.len() + 12) as u64;
         // Kept (with the method and path) only for the access log.
         let logged = snapshot
-            .telemetry
+            .telemetry()
             .access_log
             .is_some()
             .then(|| (req.headers().clone(), method.to_string(), path.to_string()));
@@ -243,7 +243,7 @@ impl RequestTelemetry {
         };
         telemetry
             .access_log
-            .log(self.snapshot.telemetry.access_log.as_ref(), &record);
+            .log(self.snapshot.telemetry().access_log.as_ref(), &record);
     }
 }
 
@@ -271,7 +271,7 @@ fn server_attributes<B>(
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
     };
-    let gw = &snapshot.waypoint.gateway;
+    let gw = &snapshot.waypoint().gateway;
     let mut attrs = vec![
         KeyValue::new("http.request.method", req.method().as_str().to_string()),
         KeyValue::new("url.path", url_path.to_string()),
@@ -288,7 +288,7 @@ fn server_attributes<B>(
         KeyValue::new("istio.canonical_service", gw.name.clone()),
         KeyValue::new("istio.canonical_revision", "latest"),
         KeyValue::new("istio.namespace", gw.namespace.clone()),
-        KeyValue::new("istio.mesh_id", snapshot.telemetry.mesh_id.clone()),
+        KeyValue::new("istio.mesh_id", snapshot.telemetry().mesh_id.clone()),
         KeyValue::new("istio.source_principal", tunnel.peer.to_string()),
     ];
     if let Some(q) = query {

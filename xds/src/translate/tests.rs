@@ -95,7 +95,7 @@ fn httpbin_waypoint_dump_translates() {
     let (r, errors) = resources("waypoint-httpbin-1.21.json");
     assert!(errors.is_empty(), "{errors:#?}");
     let snap = build(&r, &options()).unwrap();
-    let httpbin = &snap.services["default/httpbin"];
+    let httpbin = &snap.services()["default/httpbin"];
     assert_eq!(httpbin.hostname, "httpbin.default.svc.cluster.local");
     assert_eq!(
         httpbin.vips,
@@ -136,11 +136,11 @@ fn bookinfo_waypoint_dump_translates_or_names_what_it_lacks() {
         println!("rejected: {e}");
     }
     let snap = build(&r, &options()).unwrap();
-    println!("services: {:?}", snap.services.keys().collect::<Vec<_>>());
+    println!("services: {:?}", snap.services().keys().collect::<Vec<_>>());
     assert!(
-        snap.services.contains_key("default/ratings"),
+        snap.services().contains_key("default/ratings"),
         "{:?}",
-        snap.services.keys()
+        snap.services().keys()
     );
 }
 
@@ -195,7 +195,11 @@ fn connection_manager_tracing_becomes_the_tracing_settings() {
     r.listeners
         .insert(l.name.clone(), listener::convert(&l).unwrap());
     let snap = build(&r, &options()).unwrap();
-    let t = snap.telemetry.tracing.as_ref().expect("tracing configured");
+    let t = snap
+        .telemetry()
+        .tracing
+        .as_ref()
+        .expect("tracing configured");
     assert_eq!(t.endpoint, "otel.observability.svc.cluster.local:4317");
     assert!(matches!(
         t.protocol,
@@ -217,7 +221,7 @@ fn connection_manager_tracing_becomes_the_tracing_settings() {
         .any(|(k, _)| k.starts_with("istio.authorization")));
     // Without a provider, no tracing (the dump as istiod sent it).
     let (r, _) = resources("waypoint-httpbin-1.21.json");
-    assert!(build(&r, &options()).unwrap().telemetry.tracing.is_none());
+    assert!(build(&r, &options()).unwrap().telemetry().tracing.is_none());
 }
 
 #[test]

@@ -64,11 +64,11 @@ impl Tracing {
     fn active(&self, snapshot: &Snapshot) -> Option<Arc<Active>> {
         let mut slot = self.active.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((version, active)) = &*slot {
-            if *version == snapshot.version {
+            if *version == snapshot.version() {
                 return active.clone();
             }
         }
-        let wanted = snapshot.telemetry.tracing.as_ref();
+        let wanted = snapshot.telemetry().tracing.as_ref();
         let current = slot.as_ref().and_then(|(_, a)| a.clone());
         let next = match (wanted, current) {
             (None, _) => None,
@@ -84,7 +84,7 @@ impl Tracing {
                 }
             },
         };
-        *slot = Some((snapshot.version, next.clone()));
+        *slot = Some((snapshot.version(), next.clone()));
         next
     }
 
@@ -201,12 +201,12 @@ fn build(
     stats: Arc<ExportStats>,
 ) -> Result<Active, String> {
     let processor = export::start(config, stats)?;
-    let gw = &snapshot.waypoint.gateway;
+    let gw = &snapshot.waypoint().gateway;
     let resource = opentelemetry_sdk::Resource::builder_empty()
         .with_service_name(format!("{}.{}", gw.name, gw.namespace))
         .with_attributes([
             KeyValue::new("k8s.namespace.name", gw.namespace.clone()),
-            KeyValue::new("istio.mesh_id", snapshot.telemetry.mesh_id.clone()),
+            KeyValue::new("istio.mesh_id", snapshot.telemetry().mesh_id.clone()),
         ])
         .build();
     let ratio = (config.sampling_percentage / 100.0).clamp(0.0, 1.0);
