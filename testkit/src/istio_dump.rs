@@ -311,3 +311,74 @@ pub async fn fake_pod(
     .await
     .unwrap()
 }
+
+/// `port`'s inline routes in the `main_internal` listener among `listeners`, with `routes`
+/// (Envoy `Route`s in proto-JSON) put first, as istiod orders a new HTTPRoute's rules.
+///
+/// # Panics
+/// When there is no such listener or chain (test set-up).
+pub fn prepend_routes(listeners: &mut Named, port: u16, routes: &[serde_json::Value]) {
+    edit_listener(listeners, |json| {
+        let prefix = format!("inbound-vip|{port}|");
+        for chain in json["filter_chains"].as_array_mut().unwrap() {
+            if chain["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                let vh = &mut chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+                    [0]["routes"];
+                let mut all = routes.to_vec();
+                all.extend(vh.as_array().unwrap().iter().cloned());
+                *vh = serde_json::Value::Array(all);
+            }
+        }
+    });
+}
+
+/// Applies `edit` to the proto-JSON form of the `main_internal` listener among `listeners`.
+///
+/// # Panics
+/// When the listener is missing or the edit leaves it invalid (test set-up).
+pub fn edit_listener(listeners: &mut Named, edit: impl Fn(&mut serde_json::Value)) {
+    let (_, any_l) = listeners
+        .iter_mut()
+        .find(|(n, _)| n == "main_internal")
+        .expect("main_internal");
+    let l = Listener::decode(any_l.value.as_slice()).unwrap();
+    let mut json = xds::envoy::to_json("envoy.config.listener.v3.Listener", &l).unwrap();
+    edit(&mut json);
+    let l: Listener = from_json("envoy.config.listener.v3.Listener", &json).unwrap();
+    *any_l = any(LISTENER, &l);
+}
+
+/// A DestinationRule subset cluster of httpbin port `port` as istiod names it
+/// (`inbound-vip|<port>|http/<subset>|<host>`), and its endpoints: those `endpoints` holds
+/// for the cluster `endpoints_of`, as EDS sends a subset's endpoints already filtered by
+/// its labels.
+///
+/// # Panics
+/// When `clusters` has no httpbin cluster for `port`, or `endpoints` none for
+/// `endpoints_of` (test set-up).
+pub fn subset(
+    clusters: &Named,
+    endpoints: &Named,
+    port: u16,
+    subset: &str,
+    endpoints_of: &str,
+) -> ((String, Any), (String, Any)) {
+    let base = format!("inbound-vip|{port}|http|httpbin.default.svc.cluster.local");
+    let name = format!("inbound-vip|{port}|http/{subset}|httpbin.default.svc.cluster.local");
+    let (_, c) = clusters.iter().find(|(n, _)| *n == base).expect("cluster");
+    let mut c = Cluster::decode(c.value.as_slice()).unwrap();
+    c.name = name.clone();
+    if let Some(eds) = c.eds_cluster_config.as_mut() {
+        eds.service_name = name.clone();
+    }
+    let (_, e) = endpoints
+        .iter()
+        .find(|(n, _)| n == endpoints_of)
+        .expect("endpoints");
+    let mut e = ClusterLoadAssignment::decode(e.value.as_slice()).unwrap();
+    e.cluster_name = name.clone();
+    ((name.clone(), any(CLUSTER, &c)), (name, any(ENDPOINT, &e)))
+}

@@ -52,6 +52,7 @@ fn new_path(path: &str, matched: &PathMatch, m: &PathModifier) -> String {
         }
         // Only valid with a PathPrefix match; configuration validation rejects the rest.
         (PathModifier::ReplacePrefixMatch(_), _) => path.to_string(),
+        (PathModifier::Regex(r), _) => r.apply(path),
     }
 }
 

@@ -6,7 +6,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
 use super::apply::{location_header, modify_headers, redirect_location, rewrite};
-use super::model::{Cors, Filter, HeaderModifier, Mirror};
+use super::model::{Cors, DirectResponse, Filter, HeaderModifier, Mirror};
 use super::{decide, RouteDecision};
 use crate::body::{self, Body};
 use crate::model::RequestContext;
@@ -75,6 +75,7 @@ where
     let mut response_mods: Vec<HeaderModifier> = Vec::new();
     let mut cors: Option<Cors> = None;
     let mut mirrors = Vec::new();
+    let mut direct = None;
     if let Some(sel) = &selection.rule {
         tracing::debug!(route = %sel.route.name, rule = sel.rule_index, "matched");
         if let Some(log) = req.extensions().get::<crate::model::RequestLog>() {
@@ -92,6 +93,7 @@ where
                 Filter::Rewrite(r) => rewrite(&mut req, sel.path(), r),
                 Filter::Mirror(m) => mirrors.push(m.clone()),
                 Filter::Cors(c) => cors = Some(c.clone()),
+                Filter::DirectResponse(d) => direct = Some(d),
             }
         }
     }
@@ -104,6 +106,16 @@ where
         {
             return Ok(preflight(c, o, req.headers()));
         }
+    }
+    if let Some(d) = direct {
+        let mut resp = direct_response(d);
+        for m in &response_mods {
+            modify_headers(resp.headers_mut(), m);
+        }
+        if let (Some(c), Some(o)) = (&cors, &origin) {
+            cors_headers(c, o, resp.headers_mut());
+        }
+        return Ok(resp);
     }
     let backend = selection.backend.map_err(ProxyError::InvalidBackend)?;
     let (timeouts, retry) = selection
@@ -173,6 +185,21 @@ where
             tracing::debug!(error = %e, "mirror request failed");
         }
     });
+}
+
+/// The route's own answer (Envoy's `direct_response`): its status, and its body as
+/// `text/plain`.
+fn direct_response(d: &DirectResponse) -> Response<Body> {
+    let mut resp = Response::new(body::full(d.body.clone()));
+    *resp.status_mut() =
+        StatusCode::from_u16(d.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !d.body.is_empty() {
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
+    resp
 }
 
 fn origin_allowed(c: &Cors, origin: &str) -> bool {

@@ -218,6 +218,79 @@ pub enum PathModifier {
     ReplaceFullPath(String),
     /// Replace the part the `PathPrefix` match matched.
     ReplacePrefixMatch(String),
+    /// Envoy's `regex_rewrite`, as istiod writes `ReplaceFullPath` and
+    /// `ReplacePrefixMatch: /`: every match in the path is replaced.
+    Regex(RegexRewrite),
+}
+
+/// Envoy's `regex_rewrite`: every non-overlapping match of `pattern` in the path (without
+/// the query) is replaced by the substitution, where `\N` stands for capture group N.
+#[derive(Debug, Clone)]
+pub struct RegexRewrite {
+    pattern: Regex,
+    /// The substitution as configured (`\N` back-references).
+    substitution: String,
+    /// The substitution in the regex crate's syntax (`${N}`, `$$`).
+    expansion: String,
+}
+
+impl RegexRewrite {
+    /// Compiles `pattern` (RE2 syntax, as Envoy's) with `substitution`.
+    pub fn new(pattern: &str, substitution: &str) -> Result<Self, regex::Error> {
+        let mut expansion = String::with_capacity(substitution.len());
+        let mut chars = substitution.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                    let d = chars.next().unwrap_or('0');
+                    expansion.push_str(&format!("${{{d}}}"));
+                }
+                '\\' if chars.peek() == Some(&'\\') => {
+                    chars.next();
+                    expansion.push('\\');
+                }
+                '$' => expansion.push_str("$$"),
+                c => expansion.push(c),
+            }
+        }
+        Ok(Self {
+            pattern: Regex::new(pattern)?,
+            substitution: substitution.to_string(),
+            expansion,
+        })
+    }
+
+    /// `path` rewritten.
+    pub fn apply(&self, path: &str) -> String {
+        self.pattern
+            .replace_all(path, self.expansion.as_str())
+            .into_owned()
+    }
+}
+
+impl Serialize for RegexRewrite {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("RegexRewrite", 2)?;
+        st.serialize_field("pattern", self.pattern.as_str())?;
+        st.serialize_field("substitution", &self.substitution)?;
+        st.end()
+    }
+}
+
+/// A response the route gives itself instead of forwarding (Envoy's `direct_response`;
+/// istiod's answer for an HTTPRoute rule whose backends all have weight 0).
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body (`text/plain` when not empty).
+    #[serde(serialize_with = "ser_bytes")]
+    pub body: bytes::Bytes,
+}
+
+fn ser_bytes<S: serde::Serializer>(b: &bytes::Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(b))
 }
 
 /// `RequestRedirect`.
@@ -286,4 +359,6 @@ pub enum Filter {
     Mirror(Arc<Mirror>),
     /// `CORS`.
     Cors(Cors),
+    /// Answer without forwarding.
+    DirectResponse(DirectResponse),
 }

@@ -26,6 +26,9 @@ pub struct ClusterInfo {
     pub protocol: Protocol,
     /// The EDS resource name to subscribe to.
     pub eds_name: String,
+    /// The DestinationRule subset (`inbound-vip|<port>|http/<subset>|<host>`): the
+    /// Service's port restricted to the endpoints EDS sends for this cluster.
+    pub subset: Option<String>,
 }
 
 /// Parses `inbound-vip|8000|http|httpbin.default.svc.cluster.local`.
@@ -81,6 +84,11 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         .map(|e| e.service_name.clone())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| c.name.clone());
+    let (proto, subset) = match proto.split_once('/') {
+        None => (proto, None),
+        Some((p, s)) if !s.is_empty() && (p == "http" || p == "tcp") => (p, Some(s.to_string())),
+        Some(_) => return Err(bad("name", format!("{proto:?} is not <http|tcp>/<subset>"))),
+    };
     let protocol = match proto {
         "http" => Protocol::Http,
         "http2" => Protocol::Http2,
@@ -98,6 +106,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         service,
         protocol,
         eds_name,
+        subset,
     })
 }
 

@@ -102,9 +102,12 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
         .iter()
         .map(|s| (s.hostname.clone(), s.clone()))
         .collect();
-    let chains = main
-        .map(|l| port_chains(l, res, &by_host))
-        .unwrap_or_default();
+    let backends = Backends {
+        res,
+        subsets: subset_backends(res, &by_host, &workloads),
+        by_host,
+    };
+    let chains = main.map(|l| port_chains(l, &backends)).unwrap_or_default();
     let telemetry = telemetry(main, &opts.waypoint);
     Snapshot::new(SnapshotParts {
         version: opts.version,
@@ -169,35 +172,16 @@ fn services(
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
 ) -> Vec<Arc<Service>> {
     let mut by_host: BTreeMap<&str, Vec<&ClusterInfo>> = BTreeMap::new();
-    for c in res.clusters.values() {
+    for c in res.clusters.values().filter(|c| c.subset.is_none()) {
         by_host.entry(c.host.as_str()).or_default().push(c);
     }
     let mut services = Vec::new();
     for (host, clusters) in &by_host {
         let first = clusters[0];
-        let mut ports = Vec::new();
-        for c in clusters {
-            let eps: Vec<Endpoint> = res
-                .endpoints
-                .get(&c.eds_name)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| {
-                    workloads.get(&e.address.ip()).map(|w| Endpoint {
-                        workload: w.clone(),
-                        port: e.address.port(),
-                    })
-                })
-                .collect();
-            let target = eps.first().map(|e| e.port).unwrap_or(c.port);
-            ports.push(ServicePort::new(
-                None,
-                c.port,
-                TargetPort::Number(target),
-                c.protocol,
-                eps,
-            ));
-        }
+        let ports = clusters
+            .iter()
+            .map(|c| service_port(c, res, workloads))
+            .collect();
         let v = vips.get(host).cloned().unwrap_or_default();
         services.push(Arc::new(Service {
             name: NamespacedName::new(&first.namespace, &first.service),
@@ -210,6 +194,57 @@ fn services(
     services
 }
 
+/// The Service port a cluster stands for, with the endpoints EDS sent for it.
+fn service_port(
+    c: &ClusterInfo,
+    res: &Resources,
+    workloads: &BTreeMap<IpAddr, Arc<Workload>>,
+) -> ServicePort {
+    let eps: Vec<Endpoint> = res
+        .endpoints
+        .get(&c.eds_name)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            workloads.get(&e.address.ip()).map(|w| Endpoint {
+                workload: w.clone(),
+                port: e.address.port(),
+            })
+        })
+        .collect();
+    let target = eps.first().map(|e| e.port).unwrap_or(c.port);
+    ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
+}
+
+/// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to
+/// the subset's endpoints (as EDS sends them, already filtered by the subset's labels). Not
+/// addressable by VIP; routes name them.
+fn subset_backends(
+    res: &Resources,
+    by_host: &BTreeMap<String, Arc<Service>>,
+    workloads: &BTreeMap<IpAddr, Arc<Workload>>,
+) -> BTreeMap<String, Backend> {
+    let mut out = BTreeMap::new();
+    for c in res.clusters.values().filter(|c| c.subset.is_some()) {
+        let Some(parent) = by_host.get(&c.host) else {
+            continue;
+        };
+        let subset = Service {
+            name: parent.name.clone(),
+            hostname: parent.hostname.clone(),
+            served: false,
+            vips: Vec::new(),
+            ports: vec![service_port(c, res, workloads)],
+        };
+        let backend = Backend::Service {
+            service: Arc::new(subset),
+            port: c.port,
+        };
+        out.insert(c.name.clone(), backend);
+    }
+    out
+}
+
 /// What the `main_internal` chains give each served Service port.
 #[derive(Default)]
 struct PortChains {
@@ -219,11 +254,8 @@ struct PortChains {
 }
 
 /// Routes (inline or from RDS), the RBAC chain and JWT rules of every served Service port.
-fn port_chains(
-    l: &ListenerInfo,
-    res: &Resources,
-    by_host: &BTreeMap<String, Arc<Service>>,
-) -> PortChains {
+fn port_chains(l: &ListenerInfo, backends: &Backends<'_>) -> PortChains {
+    let (res, by_host) = (backends.res, &backends.by_host);
     let mut out = PortChains::default();
     for (name, chain) in &l.chains {
         let Some((port, host)) = vip_chain(name) else {
@@ -259,7 +291,7 @@ fn port_chains(
         };
         let compiled: Vec<Arc<Route>> = routes
             .iter()
-            .map(|spec| Arc::new(route(spec, service, res, by_host)))
+            .map(|spec| Arc::new(route(spec, service, backends)))
             .collect();
         let table = PortRoutes {
             producer: RouteTable::ordered(&compiled),
@@ -334,33 +366,45 @@ fn workload(e: &EndpointInfo, trust_domain: &str, served: bool) -> Workload {
     }
 }
 
-fn route(
-    spec: &route::RouteSpec,
-    service: &Arc<Service>,
-    res: &Resources,
-    by_host: &BTreeMap<String, Arc<Service>>,
-) -> Route {
+/// What route clusters resolve to: a Service port, or a DestinationRule subset of one.
+struct Backends<'a> {
+    res: &'a Resources,
+    by_host: BTreeMap<String, Arc<Service>>,
+    subsets: BTreeMap<String, Backend>,
+}
+
+impl Backends<'_> {
+    /// The backend `cluster` stands for, or why there is none.
+    fn cluster(&self, cluster: &str) -> Result<Backend, String> {
+        if let Some(b) = self.subsets.get(cluster) {
+            return Ok(b.clone());
+        }
+        let c = self
+            .res
+            .clusters
+            .get(cluster)
+            .ok_or_else(|| format!("cluster {cluster} not found"))?;
+        match self.by_host.get(&c.host) {
+            Some(s) => Ok(Backend::Service {
+                service: s.clone(),
+                port: c.port,
+            }),
+            None => Err(format!("cluster {cluster}: no Service {}", c.host)),
+        }
+    }
+}
+
+fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>) -> Route {
     let backends = spec
         .clusters
         .iter()
-        .map(|(cluster, weight)| {
-            let target = match res.clusters.get(cluster) {
-                Some(c) => match by_host.get(&c.host) {
-                    Some(s) => BackendTarget::Backend(Backend::Service {
-                        service: s.clone(),
-                        port: c.port,
-                    }),
-                    None => {
-                        BackendTarget::Invalid(format!("cluster {cluster}: no Service {}", c.host))
-                    }
-                },
-                None => BackendTarget::Invalid(format!("cluster {cluster} not found")),
-            };
-            WeightedBackend {
-                target,
-                weight: *weight,
-                filters: Vec::new(),
-            }
+        .map(|(cluster, weight)| WeightedBackend {
+            target: match resolve.cluster(cluster) {
+                Ok(b) => BackendTarget::Backend(b),
+                Err(why) => BackendTarget::Invalid(why),
+            },
+            weight: *weight,
+            filters: Vec::new(),
         })
         .collect();
     let mut filters = Vec::new();
@@ -368,25 +412,18 @@ fn route(
         match e {
             route::Extra::Redirect(r) => filters.push(Filter::Redirect(r.clone())),
             route::Extra::Rewrite(r) => filters.push(Filter::Rewrite(r.clone())),
-            route::Extra::Mirror { cluster, fraction } => {
-                let backend = res.clusters.get(cluster).and_then(|c| {
-                    by_host.get(&c.host).map(|s| Backend::Service {
-                        service: s.clone(),
-                        port: c.port,
-                    })
-                });
-                match backend {
-                    Some(backend) => {
-                        filters.push(Filter::Mirror(Arc::new(filters::route::model::Mirror {
-                            backend,
-                            fraction: *fraction,
-                        })))
-                    }
-                    None => {
-                        ::tracing::warn!(%cluster, route = %spec.name, "mirror cluster unknown; not mirroring")
-                    }
+            route::Extra::DirectResponse(d) => filters.push(Filter::DirectResponse(d.clone())),
+            route::Extra::Mirror { cluster, fraction } => match resolve.cluster(cluster).ok() {
+                Some(backend) => {
+                    filters.push(Filter::Mirror(Arc::new(filters::route::model::Mirror {
+                        backend,
+                        fraction: *fraction,
+                    })))
                 }
-            }
+                None => {
+                    ::tracing::warn!(%cluster, route = %spec.name, "mirror cluster unknown; not mirroring")
+                }
+            },
         }
     }
     if !spec.request_headers.set.is_empty()

@@ -12,8 +12,8 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use filters::route::model::{
-    HeaderMatch, HeaderModifier, PathMatch, PathModifier, QueryMatch, Redirect, RetryPolicy,
-    Rewrite, RouteMatch, StringMatch, Timeouts,
+    DirectResponse, HeaderMatch, HeaderModifier, PathMatch, PathModifier, QueryMatch, Redirect,
+    RegexRewrite, RetryPolicy, Rewrite, RouteMatch, StringMatch, Timeouts,
 };
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
@@ -51,6 +51,8 @@ pub enum Extra {
     Redirect(Redirect),
     /// Rewrite the path and/or Host before forwarding.
     Rewrite(Rewrite),
+    /// Answer without forwarding.
+    DirectResponse(DirectResponse),
     /// Copy requests to a cluster.
     Mirror {
         /// The cluster.
@@ -62,6 +64,9 @@ pub enum Extra {
 
 /// Converts every route of every virtual host, in order.
 pub fn convert(rc: &RouteConfiguration, at: &str) -> Result<Vec<RouteSpec>, Bad> {
+    let body_limit = rc
+        .max_direct_response_body_size_bytes
+        .map_or(DIRECT_RESPONSE_BODY_LIMIT, |v| v.value as usize);
     let mut out = Vec::new();
     for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
         let vat = format!("{at}.virtual_hosts[{vi}]");
@@ -69,6 +74,19 @@ pub fn convert(rc: &RouteConfiguration, at: &str) -> Result<Vec<RouteSpec>, Bad>
         for (ri, r) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{ri}]");
             let mut spec = route(r, vh, &rat)?;
+            for e in &spec.extra {
+                if let Extra::DirectResponse(d) = e {
+                    if d.body.len() > body_limit {
+                        return Err((
+                            format!("{rat}.direct_response.body"),
+                            format!(
+                                "{} bytes, above max_direct_response_body_size_bytes ({body_limit})",
+                                d.body.len()
+                            ),
+                        ));
+                    }
+                }
+            }
             if let Some(h) = &host {
                 spec.matched.headers.push(h.clone());
             }
@@ -373,10 +391,17 @@ fn action(r: &Route, path: &PathMatch, at: &str) -> Result<(Forwarding, Vec<Extr
                 vec![Extra::Redirect(redirect)],
             ))
         }
+        Some(Action::DirectResponse(d)) => {
+            let direct = direct_response(d, &format!("{at}.direct_response"))?;
+            Ok((
+                (Vec::new(), Timeouts::default(), None),
+                vec![Extra::DirectResponse(direct)],
+            ))
+        }
         other => Err((
             format!("{at}.action"),
             format!(
-                "only route and redirect actions are supported, got {}",
+                "only route, redirect and direct_response actions are supported, got {}",
                 action_kind(other)
             ),
         )),
@@ -473,12 +498,16 @@ fn route_extras(a: &RouteAction, path: &PathMatch, at: &str) -> Result<Vec<Extra
             &format!("{at}.prefix_rewrite"),
         )?)
     };
-    if a.regex_rewrite.is_some() {
-        return Err((
-            format!("{at}.regex_rewrite"),
-            "regex rewrites are not supported".into(),
-        ));
-    }
+    let new_path = match (&a.regex_rewrite, new_path) {
+        (None, p) => p,
+        (Some(r), None) => Some(regex_rewrite(r, &format!("{at}.regex_rewrite"))?),
+        (Some(_), Some(_)) => {
+            return Err((
+                format!("{at}.regex_rewrite"),
+                "only one of prefix_rewrite and regex_rewrite may be set".into(),
+            ))
+        }
+    };
     if hostname.is_some() || new_path.is_some() {
         extra.push(Extra::Rewrite(Rewrite {
             hostname,
@@ -513,6 +542,59 @@ fn route_extras(a: &RouteAction, path: &PathMatch, at: &str) -> Result<Vec<Extra
         });
     }
     Ok(extra)
+}
+
+/// Envoy's `regex_rewrite` (istiod's `ReplaceFullPath`: `/.*` → the path; `ReplacePrefixMatch:
+/// /`: `^<prefix>(/?)(.*)` → `/\2`).
+fn regex_rewrite(
+    r: &envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute,
+    at: &str,
+) -> Result<PathModifier, Bad> {
+    let pattern = r.pattern.as_ref().map(|p| p.regex.as_str()).unwrap_or("");
+    if pattern.is_empty() {
+        return Err((format!("{at}.pattern"), "a regex is required".into()));
+    }
+    RegexRewrite::new(pattern, &r.substitution)
+        .map(PathModifier::Regex)
+        .map_err(|e| (format!("{at}.pattern.regex"), e.to_string()))
+}
+
+/// Envoy's default limit on a `direct_response` body.
+const DIRECT_RESPONSE_BODY_LIMIT: usize = 4096;
+
+/// A `direct_response`: status 200 to 599, an inline body.
+fn direct_response(
+    d: &envoy_types::pb::envoy::config::route::v3::DirectResponseAction,
+    at: &str,
+) -> Result<DirectResponse, Bad> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    if !(200..600).contains(&d.status) {
+        return Err((
+            format!("{at}.status"),
+            format!("{} is not an HTTP status from 200 to 599", d.status),
+        ));
+    }
+    if d.body_format.is_some() {
+        return Err((
+            format!("{at}.body_format"),
+            "body format strings are not supported".into(),
+        ));
+    }
+    let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+        None => bytes::Bytes::new(),
+        Some(Specifier::InlineString(s)) => bytes::Bytes::from(s.clone()),
+        Some(Specifier::InlineBytes(b)) => bytes::Bytes::from(b.clone()),
+        Some(_) => {
+            return Err((
+                format!("{at}.body"),
+                "only inline bodies are supported (not files or environment variables)".into(),
+            ))
+        }
+    };
+    Ok(DirectResponse {
+        status: d.status as u16,
+        body,
+    })
 }
 
 fn action_kind(a: &Option<Action>) -> &'static str {

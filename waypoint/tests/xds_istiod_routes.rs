@@ -1,0 +1,245 @@
+//! Route and cluster shapes istiod generates for ordinary Gateway API and Istio objects,
+//! served over Delta ADS to a real waypoint process and checked over HBONE. Each shape
+//! follows istiod's source (pilot/pkg/config/kube/gateway/conversion.go and
+//! pilot/pkg/networking/core/route/route.go for routes, cluster_waypoint.go for subsets).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use filters::model::Identity;
+use hbone::tls::{CertStore, DevCa};
+use http_body_util::BodyExt;
+use serde_json::json;
+use testkit::client::HboneClient;
+use testkit::istio_dump::{self as fixture, fake_pod, httpbin_dump, Named, VIP};
+use testkit::process::{CertFiles, WaypointProcess};
+use testkit::ztunnel::FakeZtunnel;
+use testkit::AdsServer;
+use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
+
+const HOST: &str = "httpbin.default.svc.cluster.local";
+const CLUSTER_8100: &str = "inbound-vip|8100|http|httpbin.default.svc.cluster.local";
+
+struct World {
+    _dir: tempfile::TempDir,
+    _serving: tokio::task::JoinHandle<()>,
+    server: AdsServer,
+    _wp: WaypointProcess,
+    client: HboneClient,
+    _pods: (FakeZtunnel, FakeZtunnel),
+    listeners: Named,
+}
+
+/// The httpbin waypoint of the shared config dump, with `edit` applied to its resources
+/// (listeners, clusters, endpoints) before they are served.
+async fn start(edit: impl FnOnce(&mut Named, &mut Named, &mut Named)) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("test").unwrap();
+    let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
+    ca.issue(&waypoint_id).unwrap().write(dir.path()).unwrap();
+    let pod = fake_pod(&ca, &waypoint_id, "httpbin-1").await;
+    let canary = fake_pod(&ca, &waypoint_id, "httpbin-v2-1").await;
+    let (mut ls, mut cs, mut es, _) =
+        fixture::resources_with(&httpbin_dump(), pod.ip, Some(canary.ip), false);
+    edit(&mut ls, &mut cs, &mut es);
+    let server = AdsServer::default();
+    server.set(LISTENER, ls.clone());
+    server.set(CLUSTER, cs);
+    server.set(ENDPOINT, es);
+    let socket = dir.path().join("xds.sock");
+    let serving = server.serve_unix(&socket).unwrap();
+    let address = format!("unix:{}", socket.display());
+    let mut wp = WaypointProcess::spawn_source(
+        &std::path::PathBuf::from(env!("CARGO_BIN_EXE_waypoint")),
+        &CertFiles::in_dir(dir.path()),
+        &[
+            "--xds-address",
+            &address,
+            "--gateway",
+            "default/waypoint",
+            "--log-level",
+            "warn",
+        ],
+        None,
+    )
+    .unwrap();
+    wp.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = HboneClient::new(
+        wp.hbone,
+        Arc::new(CertStore::fixed(
+            ca.issue(&Identity::new("cluster.local", "default", "sleep"))
+                .unwrap()
+                .certs()
+                .unwrap(),
+        )),
+        waypoint_id,
+    );
+    World {
+        _dir: dir,
+        _serving: serving,
+        server,
+        _wp: wp,
+        client,
+        _pods: (pod, canary),
+        listeners: ls,
+    }
+}
+
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    body: bytes::Bytes,
+}
+
+impl Answer {
+    /// The echo app's report of the request it saw; panics when the pod was not reached.
+    fn echo(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "not an echo answer ({}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+async fn get(w: &World, port: u16, path: &str) -> Answer {
+    let conn = w.client.connect().await.unwrap();
+    let mut http = conn
+        .http1(SocketAddr::new(VIP.parse().unwrap(), port))
+        .await
+        .unwrap();
+    let req = http::Request::get(path)
+        .header("host", HOST)
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn httproute_rewrites_become_regex_rewrites_and_apply() {
+    let w = start(|ls, _, _| {
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[
+                // URLRewrite ReplaceFullPath /replaced (conversion.go createRewriteFilter,
+                // route.go applyHTTPRouteDestination).
+                json!({"name": "default.full.0", "match": {"path_separated_prefix": "/full", "case_sensitive": true},
+                       "route": {"cluster": CLUSTER_8100,
+                                 "regex_rewrite": {"pattern": {"regex": "/.*"}, "substitution": "/replaced"}}}),
+                // URLRewrite ReplacePrefixMatch "/" on PathPrefix /strip.
+                json!({"name": "default.strip.0", "match": {"path_separated_prefix": "/strip", "case_sensitive": true},
+                       "route": {"cluster": CLUSTER_8100,
+                                 "regex_rewrite": {"pattern": {"regex": "^/strip(/?)(.*)"}, "substitution": "/\\2"}}}),
+            ],
+        );
+    })
+    .await;
+    let full = get(&w, 8100, "/full/deep/path?keep=1").await;
+    assert_eq!(full.status, 200);
+    assert_eq!(full.echo()["path"], "/replaced?keep=1");
+    let strip = get(&w, 8100, "/strip/a/b?x=1").await;
+    assert_eq!(strip.echo()["path"], "/a/b?x=1");
+    assert_eq!(get(&w, 8100, "/strip").await.echo()["path"], "/");
+    // Routes after them still serve as before.
+    assert_eq!(get(&w, 8100, "/get").await.echo()["path"], "/get");
+}
+
+#[tokio::test]
+async fn direct_responses_answer_without_reaching_the_pod() {
+    let w = start(|ls, _, _| {
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[
+                // An HTTPRoute rule whose backendRefs all have weight 0 (conversion.go
+                // convertHTTPRoute: DirectResponse{Status: 500}, no body).
+                json!({"name": "default.zero.0", "match": {"path_separated_prefix": "/zero"},
+                       "direct_response": {"status": 500}}),
+                // A VirtualService directResponse with a body (route.go ApplyDirectResponse).
+                json!({"name": "vs.teapot", "match": {"prefix": "/teapot"},
+                       "direct_response": {"status": 418, "body": {"inline_string": "short and stout"}},
+                       "response_headers_to_add": [{"header": {"key": "x-route", "value": "teapot"}}]}),
+            ],
+        );
+    })
+    .await;
+    let zero = get(&w, 8100, "/zero").await;
+    assert_eq!(zero.status, 500);
+    assert!(zero.body.is_empty(), "{:?}", zero.body);
+    let tea = get(&w, 8100, "/teapot").await;
+    assert_eq!(tea.status, 418);
+    assert_eq!(&tea.body[..], b"short and stout");
+    assert_eq!(tea.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+}
+
+#[tokio::test]
+async fn destination_rule_subset_clusters_are_accepted_and_routable() {
+    let w = start(|ls, cs, es| {
+        // A DestinationRule with subset v2 on httpbin: istiod adds the subset cluster
+        // whether or not a route names it; here a VirtualService-style route does.
+        let canary_eps = "inbound-vip|8000|http|httpbin-v2.default.svc.cluster.local";
+        let (c, e) = fixture::subset(cs, es, 8000, "v2", canary_eps);
+        cs.push(c);
+        es.push(e);
+        fixture::prepend_routes(
+            ls,
+            8000,
+            &[json!({"name": "vs.subset", "match": {"prefix": "/subset"},
+                     "route": {"cluster": "inbound-vip|8000|http/v2|httpbin.default.svc.cluster.local"}})],
+        );
+    })
+    .await;
+    for _ in 0..8 {
+        let a = get(&w, 8000, "/subset").await;
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            a.echo()["pod"],
+            "httpbin-v2-1",
+            "only the subset's endpoints"
+        );
+    }
+    // The Service itself still balances over its own endpoints.
+    assert_eq!(get(&w, 8000, "/get").await.echo()["pod"], "httpbin-1");
+}
+
+#[tokio::test]
+async fn an_oversized_direct_response_is_nacked_and_the_last_good_listener_serves() {
+    let w = start(|_, _, _| {}).await;
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+    let mut ls = w.listeners.clone();
+    fixture::prepend_routes(
+        &mut ls,
+        8100,
+        &[json!({"name": "vs.big", "match": {"prefix": "/"},
+                 "direct_response": {"status": 200, "body": {"inline_string": "x".repeat(5000)}}})],
+    );
+    w.server.set(LISTENER, ls);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        if let Some(e) = w.server.replies().into_iter().find_map(|r| r.error) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no NACK");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(error.contains("direct_response.body"), "{error}");
+    assert!(error.contains("5000 bytes"), "{error}");
+    // Envoy's semantics: the listener update is rejected whole; the last good one serves.
+    assert_eq!(get(&w, 8100, "/get").await.echo()["path"], "/get");
+}
