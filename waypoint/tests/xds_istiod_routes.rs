@@ -89,7 +89,14 @@ async fn start(edit: impl FnOnce(&mut Named, &mut Named, &mut Named)) -> World {
 struct Answer {
     status: u16,
     content_type: Option<String>,
+    headers: http::HeaderMap,
     body: bytes::Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
 }
 
 impl Answer {
@@ -106,25 +113,36 @@ impl Answer {
 }
 
 async fn get(w: &World, port: u16, path: &str) -> Answer {
+    send(w, port, "GET", path, &[]).await
+}
+
+async fn send(w: &World, port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let conn = w.client.connect().await.unwrap();
     let mut http = conn
         .http1(SocketAddr::new(VIP.parse().unwrap(), port))
         .await
         .unwrap();
-    let req = http::Request::get(path)
-        .header("host", HOST)
-        .body(filters::body::empty())
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", HOST);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = http
+        .send_request(req.body(filters::body::empty()).unwrap())
+        .await
         .unwrap();
-    let resp = http.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
-    let content_type = resp
-        .headers()
+    let headers = resp.headers().clone();
+    let content_type = headers
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_string());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Answer {
         status,
         content_type,
+        headers,
         body,
     }
 }
@@ -242,4 +260,156 @@ async fn an_oversized_direct_response_is_nacked_and_the_last_good_listener_serve
     assert!(error.contains("5000 bytes"), "{error}");
     // Envoy's semantics: the listener update is rejected whole; the last good one serves.
     assert_eq!(get(&w, 8100, "/get").await.echo()["path"], "/get");
+}
+
+/// The CORS policy istiod writes for an HTTPRoute `CORS` filter (conversion.go
+/// createCorsFilter, route.go TranslateCORSPolicy): exact and regex origins, methods and
+/// headers comma-joined, max age in seconds, 100% enabled, preflights never forwarded.
+fn cors_route() -> serde_json::Value {
+    json!({"name": "default.cors.0", "match": {"path_separated_prefix": "/cors"},
+           "route": {"cluster": CLUSTER_8100},
+           "typed_per_filter_config": {"envoy.filters.http.cors": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+               "allow_origin_string_match": [{"exact": "https://a.example"},
+                                             {"safe_regex": {"regex": "^https://[a-z]+\\.b\\.example$"}}],
+               "allow_methods": "GET,POST",
+               "allow_headers": "x-custom",
+               "expose_headers": "x-exposed",
+               "max_age": "600",
+               "allow_credentials": true,
+               "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+               "forward_not_matching_preflights": false}}})
+}
+
+#[tokio::test]
+async fn per_route_cors_from_istiod_answers_preflights_and_decorates_responses() {
+    let w = start(|ls, _, _| fixture::prepend_routes(ls, 8100, &[cors_route()])).await;
+    let pre = send(
+        &w,
+        8100,
+        "OPTIONS",
+        "/cors",
+        &[
+            ("origin", "https://a.example"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, 200);
+    assert!(pre.body.is_empty(), "answered by the waypoint, not the pod");
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    assert!(pre
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert_eq!(pre.header("access-control-allow-headers"), Some("x-custom"));
+    assert_eq!(pre.header("access-control-max-age"), Some("600"));
+    assert_eq!(pre.header("access-control-allow-credentials"), Some("true"));
+
+    let simple = send(
+        &w,
+        8100,
+        "GET",
+        "/cors",
+        &[("origin", "https://z.b.example")],
+    )
+    .await;
+    assert_eq!(simple.echo()["path"], "/cors");
+    assert_eq!(
+        simple.header("access-control-allow-origin"),
+        Some("https://z.b.example")
+    );
+    assert_eq!(
+        simple.header("access-control-expose-headers"),
+        Some("x-exposed")
+    );
+
+    let stranger = send(
+        &w,
+        8100,
+        "GET",
+        "/cors",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(stranger.status, 200);
+    assert_eq!(stranger.header("access-control-allow-origin"), None);
+}
+
+#[tokio::test]
+async fn per_route_faults_from_istiod_abort_and_delay() {
+    // VirtualService `fault` (route.go TranslateFault): percentages over MILLION.
+    let fault = |name: &str, prefix: &str, fault: serde_json::Value| {
+        json!({"name": name, "match": {"prefix": prefix}, "route": {"cluster": CLUSTER_8100},
+               "typed_per_filter_config": {"envoy.filters.http.fault": fault}})
+    };
+    let all = json!({"numerator": 1_000_000, "denominator": "MILLION"});
+    let w = start(|ls, _, _| {
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[
+                fault("vs.abort", "/abort", json!({
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                    "abort": {"http_status": 503, "percentage": all}})),
+                fault("vs.grpc", "/grpc", json!({
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                    "abort": {"grpc_status": 14, "percentage": all}})),
+                fault("vs.never", "/never", json!({
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                    "abort": {"http_status": 503, "percentage": {"numerator": 0, "denominator": "MILLION"}}})),
+                fault("vs.delay", "/delay", json!({
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                    "delay": {"fixed_delay": "0.3s", "percentage": all}})),
+            ],
+        )
+    })
+    .await;
+    let aborted = get(&w, 8100, "/abort").await;
+    assert_eq!(aborted.status, 503);
+    assert_eq!(&aborted.body[..], b"fault filter abort");
+    let grpc = send(
+        &w,
+        8100,
+        "POST",
+        "/grpc",
+        &[("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(grpc.status, 200);
+    assert_eq!(grpc.header("grpc-status"), Some("14"));
+    assert_eq!(get(&w, 8100, "/never").await.echo()["path"], "/never");
+    let started = Instant::now();
+    assert_eq!(get(&w, 8100, "/delay").await.echo()["path"], "/delay");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not delayed"
+    );
+}
+
+#[tokio::test]
+async fn per_route_configuration_of_other_filters_is_nacked_naming_it() {
+    let w = start(|_, _, _| {}).await;
+    let mut ls = w.listeners.clone();
+    let mut route = cors_route();
+    route["typed_per_filter_config"]["envoy.filters.http.lua"] = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"});
+    fixture::prepend_routes(&mut ls, 8100, &[route]);
+    w.server.set(LISTENER, ls);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        if let Some(e) = w.server.replies().into_iter().find_map(|r| r.error) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no NACK");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains("typed_per_filter_config[envoy.filters.http.lua]"),
+        "{error}"
+    );
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
 }

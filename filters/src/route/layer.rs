@@ -6,9 +6,12 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
 use super::apply::{location_header, modify_headers, redirect_location, rewrite};
-use super::model::{Cors, DirectResponse, Filter, HeaderModifier, Mirror};
+use super::model::{
+    AbortStatus, Cors, DirectResponse, Fault, FaultAbort, Filter, HeaderModifier, Mirror,
+};
 use super::{decide, RouteDecision};
 use crate::body::{self, Body};
+use crate::error::ResponseFlag;
 use crate::model::RequestContext;
 use crate::ProxyError;
 
@@ -76,6 +79,7 @@ where
     let mut cors: Option<Cors> = None;
     let mut mirrors = Vec::new();
     let mut direct = None;
+    let mut delayed = false;
     if let Some(sel) = &selection.rule {
         tracing::debug!(route = %sel.route.name, rule = sel.rule_index, "matched");
         if let Some(log) = req.extensions().get::<crate::model::RequestLog>() {
@@ -94,6 +98,11 @@ where
                 Filter::Mirror(m) => mirrors.push(m.clone()),
                 Filter::Cors(c) => cors = Some(c.clone()),
                 Filter::DirectResponse(d) => direct = Some(d),
+                Filter::Fault(f) => match inject(f, is_grpc(&req)).await {
+                    Injected::Abort(resp) => return Ok(resp),
+                    Injected::Delayed => delayed = true,
+                    Injected::Nothing => {}
+                },
             }
         }
     }
@@ -103,6 +112,7 @@ where
             && req
                 .headers()
                 .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            && (!c.forward_not_matching_preflights || origin_allowed(c, o.to_str().unwrap_or("")))
         {
             return Ok(preflight(c, o, req.headers()));
         }
@@ -133,6 +143,9 @@ where
         retry,
     });
     let mut resp = inner.ready().await?.call(req).await?;
+    if delayed && resp.extensions().get::<ResponseFlag>().is_none() {
+        resp.extensions_mut().insert(ResponseFlag("DI"));
+    }
     for m in &response_mods {
         modify_headers(resp.headers_mut(), m);
     }
@@ -187,6 +200,84 @@ where
     });
 }
 
+/// Whether the request is gRPC (by its content type).
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// What a fault filter did to a request.
+enum Injected {
+    /// Nothing (neither drawn).
+    Nothing,
+    /// It waited.
+    Delayed,
+    /// It answers instead of the upstream.
+    Abort(Response<Body>),
+}
+
+/// Applies a route's fault: the delay, then the abort, each drawn on its share of
+/// requests, as Envoy's fault filter does.
+async fn inject(f: &Fault, grpc: bool) -> Injected {
+    let drawn = |fraction: f64| fraction >= 1.0 || rand::random::<f64>() < fraction;
+    let mut out = Injected::Nothing;
+    if let Some(d) = f.delay.as_ref().filter(|d| drawn(d.fraction)) {
+        tokio::time::sleep(d.duration).await;
+        out = Injected::Delayed;
+    }
+    if let Some(a) = f.abort.as_ref().filter(|a| drawn(a.fraction)) {
+        return Injected::Abort(fault_abort(a, grpc));
+    }
+    out
+}
+
+/// A fault abort's answer: the HTTP status with its body, or a trailers-only gRPC answer
+/// with the gRPC status (a gRPC abort, or an HTTP abort to a gRPC client as Envoy maps it).
+fn fault_abort(a: &FaultAbort, grpc: bool) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    if let (AbortStatus::Http(status), false) = (a.status, grpc) {
+        *resp.status_mut() =
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        *resp.body_mut() = body::full(a.body.clone());
+    }
+    let h = resp.headers_mut();
+    match (a.status, grpc) {
+        (AbortStatus::Grpc(code), _) => {
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(code));
+            if let Ok(v) = HeaderValue::from_str(&a.body) {
+                h.insert("grpc-message", v);
+            }
+        }
+        (AbortStatus::Http(status), true) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert(
+                "grpc-status",
+                HeaderValue::from(crate::error::grpc_status_for(status)),
+            );
+            if let Ok(v) = HeaderValue::from_str(&a.body) {
+                h.insert("grpc-message", v);
+            }
+        }
+        (AbortStatus::Http(_), false) => {
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain"),
+            );
+        }
+    }
+    resp.extensions_mut().insert(ResponseFlag("FI"));
+    resp
+}
+
 /// The route's own answer (Envoy's `direct_response`): its status, and its body as
 /// `text/plain`.
 fn direct_response(d: &DirectResponse) -> Response<Body> {
@@ -203,15 +294,7 @@ fn direct_response(d: &DirectResponse) -> Response<Body> {
 }
 
 fn origin_allowed(c: &Cors, origin: &str) -> bool {
-    c.allow_origins.iter().any(|pattern| {
-        pattern == "*"
-            || pattern == origin
-            || pattern.split_once('*').is_some_and(|(pre, post)| {
-                origin.starts_with(pre)
-                    && origin.ends_with(post)
-                    && origin.len() >= pre.len() + post.len()
-            })
-    })
+    c.allow_origins.iter().any(|o| o.matches(origin))
 }
 
 fn preflight(c: &Cors, origin: &HeaderValue, requested: &http::HeaderMap) -> Response<Body> {
@@ -282,6 +365,7 @@ mod tests {
 
     use super::*;
     use crate::model::*;
+    use crate::route::model::OriginMatch;
     use crate::route::Backend;
 
     fn ctx() -> RequestContext {
@@ -354,7 +438,10 @@ mod tests {
     #[test]
     fn cors_origin_patterns() {
         let c = Cors {
-            allow_origins: vec!["https://*.example.com".into(), "http://a".into()],
+            allow_origins: vec![
+                OriginMatch::Pattern("https://*.example.com".into()),
+                OriginMatch::Pattern("http://a".into()),
+            ],
             ..Cors::default()
         };
         assert!(origin_allowed(&c, "https://www.example.com"));

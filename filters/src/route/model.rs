@@ -330,8 +330,8 @@ pub struct Mirror {
 /// `CORS`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Cors {
-    /// Allowed origins (`*` wildcards allowed).
-    pub allow_origins: Vec<String>,
+    /// Allowed origins.
+    pub allow_origins: Vec<OriginMatch>,
     /// Allowed methods.
     pub allow_methods: Vec<String>,
     /// Allowed request headers.
@@ -342,10 +342,89 @@ pub struct Cors {
     pub allow_credentials: bool,
     /// Preflight cache lifetime in seconds.
     pub max_age: Option<u32>,
+    /// Whether a preflight from an origin not allowed goes upstream (Envoy's
+    /// `forward_not_matching_preflights`, default true there); the Gateway API's `CORS`
+    /// filter answers every preflight itself (false).
+    pub forward_not_matching_preflights: bool,
+}
+
+/// An allowed CORS origin.
+#[derive(Debug, Clone)]
+pub enum OriginMatch {
+    /// The Gateway API's form: an origin with `*` wildcards (`*` alone: any origin).
+    Pattern(String),
+    /// Envoy's `allow_origin_string_match` (exact, prefix, suffix, contains, regex).
+    Matcher(crate::rbac::string_match::StringMatcher),
+}
+
+impl OriginMatch {
+    /// Whether `origin` is allowed.
+    pub fn matches(&self, origin: &str) -> bool {
+        match self {
+            OriginMatch::Pattern(pattern) => {
+                pattern == "*"
+                    || pattern == origin
+                    || pattern.split_once('*').is_some_and(|(pre, post)| {
+                        origin.starts_with(pre)
+                            && origin.ends_with(post)
+                            && origin.len() >= pre.len() + post.len()
+                    })
+            }
+            OriginMatch::Matcher(m) => m.matches(origin),
+        }
+    }
+}
+
+impl Serialize for OriginMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OriginMatch::Pattern(p) => s.serialize_str(p),
+            OriginMatch::Matcher(m) => s.serialize_str(&format!("{m:?}")),
+        }
+    }
+}
+
+/// Fault injection on a route (Envoy's per-route `envoy.filters.http.fault`, from a
+/// VirtualService `fault`): a delay, then an abort, each on a share of requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    /// Delay before forwarding.
+    pub delay: Option<FaultDelay>,
+    /// Answer instead of forwarding.
+    pub abort: Option<FaultAbort>,
+}
+
+/// A fault delay.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultDelay {
+    /// How long.
+    pub duration: Duration,
+    /// Share of requests delayed, 0 to 1.
+    pub fraction: f64,
+}
+
+/// A fault abort.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultAbort {
+    /// The answer.
+    pub status: AbortStatus,
+    /// Share of requests aborted, 0 to 1.
+    pub fraction: f64,
+    /// Body (Envoy's default: `fault filter abort`).
+    pub body: String,
+}
+
+/// How a fault abort answers.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum AbortStatus {
+    /// This HTTP status.
+    Http(u16),
+    /// HTTP 200 with this `grpc-status` (a trailers-only gRPC answer).
+    Grpc(u32),
 }
 
 /// A route filter.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub enum Filter {
     /// `RequestHeaderModifier`.
     RequestHeaders(HeaderModifier),
@@ -361,4 +440,6 @@ pub enum Filter {
     Cors(Cors),
     /// Answer without forwarding.
     DirectResponse(DirectResponse),
+    /// Fault injection.
+    Fault(Fault),
 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use filters::model::{NamespacedName, Service};
 use filters::route::model::{
-    BackendTarget, Cors, Filter, HeaderMatch, HeaderModifier, Mirror, PathMatch, PathModifier,
-    QueryMatch, Redirect, RetryPolicy, Rewrite, RouteMatch, Rule, StringMatch, Timeouts,
-    WeightedBackend,
+    BackendTarget, Cors, Filter, HeaderMatch, HeaderModifier, Mirror, OriginMatch, PathMatch,
+    PathModifier, QueryMatch, Redirect, RetryPolicy, Rewrite, RouteMatch, Rule, StringMatch,
+    Timeouts, WeightedBackend,
 };
 use filters::route::Backend;
 use http::{HeaderName, HeaderValue, Method};
@@ -340,7 +340,13 @@ fn mirror_filter(
 /// A `CORS` filter.
 fn cors_filter(c: &o::CorsSpec) -> Filter {
     Filter::Cors(Cors {
-        allow_origins: c.allow_origins.clone(),
+        allow_origins: c
+            .allow_origins
+            .iter()
+            .cloned()
+            .map(OriginMatch::Pattern)
+            .collect(),
+        forward_not_matching_preflights: false,
         allow_methods: c.allow_methods.clone(),
         allow_headers: c.allow_headers.clone(),
         expose_headers: c.expose_headers.clone(),

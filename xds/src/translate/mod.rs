@@ -11,7 +11,9 @@ pub mod endpoint;
 mod error;
 pub mod jwt;
 pub mod listener;
+mod matcher;
 mod metadata;
+pub mod per_filter;
 pub mod rbac;
 pub mod route;
 pub mod tracing;
@@ -413,6 +415,7 @@ fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>
             route::Extra::Redirect(r) => filters.push(Filter::Redirect(r.clone())),
             route::Extra::Rewrite(r) => filters.push(Filter::Rewrite(r.clone())),
             route::Extra::DirectResponse(d) => filters.push(Filter::DirectResponse(d.clone())),
+            route::Extra::Filter(f) => filters.push(f.clone()),
             route::Extra::Mirror { cluster, fraction } => match resolve.cluster(cluster).ok() {
                 Some(backend) => {
                     filters.push(Filter::Mirror(Arc::new(filters::route::model::Mirror {

@@ -29,7 +29,7 @@ use filters::rbac::model::{
     NullMatch, OrMatcher, PathMatcher, PathSegment, Permission, PermissionSet, Policy, PortRange,
     Principal, PrincipalSet, Rbac, RbacConfig, UriTemplateConfig, ValueMatcher,
 };
-use filters::rbac::string_match::{SafeRegex, StringMatch, StringMatcher};
+use filters::rbac::string_match::{SafeRegex, StringMatcher};
 use filters::rbac::uri_template::UriTemplate;
 use prost::Message;
 use thiserror::Error;
@@ -379,28 +379,10 @@ fn regex(pb: &pbm::RegexMatcher, at: &At<'_>) -> R<SafeRegex> {
 }
 
 fn string(pb: &pbm::StringMatcher, at: &At<'_>) -> R<StringMatcher> {
-    use pbm::string_matcher::MatchPattern;
-    let non_empty = |v: &str, name: &str| -> R<String> {
-        if v.is_empty() {
-            Err(at.join(name).err("must not be empty"))
-        } else {
-            Ok(v.to_string())
-        }
-    };
-    let kind = match pb.match_pattern.as_ref() {
-        None => return Err(at.err("no match pattern set")),
-        Some(MatchPattern::Exact(v)) => StringMatch::Exact(v.clone()),
-        Some(MatchPattern::Prefix(v)) => StringMatch::Prefix(non_empty(v, "prefix")?),
-        Some(MatchPattern::Suffix(v)) => StringMatch::Suffix(non_empty(v, "suffix")?),
-        Some(MatchPattern::Contains(v)) => StringMatch::Contains(non_empty(v, "contains")?),
-        Some(MatchPattern::SafeRegex(r)) => StringMatch::Regex(regex(r, &at.join("safe_regex"))?),
-        Some(MatchPattern::Custom(_)) => {
-            return Err(at
-                .join("custom")
-                .err("custom string matchers are not supported"))
-        }
-    };
-    Ok(StringMatcher::new(kind, pb.ignore_case))
+    super::matcher::string_matcher(pb).map_err(|(sub, why)| match sub.strip_prefix('.') {
+        Some(field) => at.join(field).err(why),
+        None => at.err(why),
+    })
 }
 
 fn path(pb: &pbm::PathMatcher, at: &At<'_>) -> R<PathMatcher> {

@@ -18,7 +18,8 @@ use filters::route::model::{
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
-type Bad = (String, String);
+/// A field path and what is wrong there.
+pub type Bad = (String, String);
 
 /// A route action's backends (`(cluster, weight)`), timeouts and retries.
 type Forwarding = (Vec<(String, u32)>, Timeouts, Option<RetryPolicy>);
@@ -53,6 +54,8 @@ pub enum Extra {
     Rewrite(Rewrite),
     /// Answer without forwarding.
     DirectResponse(DirectResponse),
+    /// A route filter as it is (per-route CORS and fault).
+    Filter(filters::route::model::Filter),
     /// Copy requests to a cluster.
     Mirror {
         /// The cluster.
@@ -209,13 +212,10 @@ fn modifier(add: &[HeaderValueOption], remove: &[String], at: &str) -> Result<He
 
 fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
     let matched = route_match(r, at)?;
-    if !r.typed_per_filter_config.is_empty() {
-        let names: Vec<&String> = r.typed_per_filter_config.keys().collect();
-        return Err((
-            format!("{at}.typed_per_filter_config"),
-            format!("per-route filter configuration is not supported ({names:?})"),
-        ));
-    }
+    let per_filter = super::per_filter::convert(
+        &r.typed_per_filter_config,
+        &format!("{at}.typed_per_filter_config"),
+    )?;
     let request_headers = merged(
         modifier(
             &vh.request_headers_to_add,
@@ -240,7 +240,8 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
             &format!("{at}.response_headers_to_add"),
         )?,
     );
-    let ((clusters, timeouts, retry), extra) = action(r, &matched.path, at)?;
+    let ((clusters, timeouts, retry), mut extra) = action(r, &matched.path, at)?;
+    extra.extend(per_filter.into_iter().map(Extra::Filter));
     Ok(RouteSpec {
         name: r.name.clone(),
         matched,
@@ -527,14 +528,7 @@ fn route_extras(a: &RouteAction, path: &PathMatch, at: &str) -> Result<Vec<Extra
             .and_then(|r| r.default_value.as_ref())
         {
             None => 1.0,
-            Some(f) => {
-                let denominator = match f.denominator {
-                    0 => 100.0,
-                    1 => 10_000.0,
-                    _ => 1_000_000.0,
-                };
-                (f64::from(f.numerator) / denominator).min(1.0)
-            }
+            Some(f) => super::per_filter::fraction(f),
         };
         extra.push(Extra::Mirror {
             cluster: m.cluster.clone(),
