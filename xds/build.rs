@@ -35,6 +35,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/matching/common_inputs/network/v3/network_inputs.proto",
     "envoy/extensions/path/match/uri_template/v3/uri_template_match.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
+    "envoy/extensions/access_loggers/stream/v3/stream.proto",
     "envoy/extensions/request_id/uuid/v3/uuid.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/load_balancing_policies/round_robin/v3/round_robin.proto",
@@ -43,6 +44,7 @@ const ROOTS: &[&str] = &[
     "xds/type/matcher/v3/matcher.proto",
     "udpa/type/v1/typed_struct.proto",
     "xds/type/v3/typed_struct.proto",
+    "stats/plugin_config.proto",
 ];
 
 fn main() {

@@ -188,6 +188,11 @@ impl ProxyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseFlag(pub &'static str);
 
+/// Envoy-style response code details of a response the proxy answered itself without an
+/// error (`direct_response`, `fault_filter_abort`); upstream answers are `via_upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseDetails(pub &'static str);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -275,6 +275,8 @@ fn fault_abort(a: &FaultAbort, grpc: bool) -> Response<Body> {
         }
     }
     resp.extensions_mut().insert(ResponseFlag("FI"));
+    resp.extensions_mut()
+        .insert(crate::error::ResponseDetails("fault_filter_abort"));
     resp
 }
 
@@ -290,6 +292,8 @@ fn direct_response(d: &DirectResponse) -> Response<Body> {
             HeaderValue::from_static("text/plain"),
         );
     }
+    resp.extensions_mut()
+        .insert(crate::error::ResponseDetails("direct_response"));
     resp
 }
 

@@ -37,6 +37,7 @@ use crate::state::Proxy;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::request::{header_bytes, Outcome, RequestTelemetry};
 use crate::upstream::Forward;
+use filters::error::{ResponseDetails, ResponseFlag};
 use hbone::{settings, H2Stream};
 
 /// The filter chain, outermost first: authentication, authorization, routing, retries and
@@ -158,7 +159,15 @@ impl TunnelApp {
         let uri = req.uri().clone();
         let path = uri.path();
         let (mut resp, flags, details) = match self.chain.clone().oneshot(req).await {
-            Ok(resp) => (resp, "-", "via_upstream".into()),
+            Ok(resp) => {
+                // Answers the filters gave themselves carry their flag and details.
+                let flag = resp.extensions().get::<ResponseFlag>().map_or("-", |f| f.0);
+                let details = resp
+                    .extensions()
+                    .get::<ResponseDetails>()
+                    .map_or("via_upstream", |d| d.0);
+                (resp, flag, details.into())
+            }
             Err(e) => {
                 tracing::info!(%method, path, error = %e, status = e.status().as_u16(), flag = e.response_flag(), "request failed");
                 let resp = if grpc {

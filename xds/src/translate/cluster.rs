@@ -5,6 +5,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
 };
 use filters::model::Protocol;
+use prost::Message;
 
 use super::error::InvalidResource;
 use super::metadata;
@@ -205,19 +206,53 @@ fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
 
 /// Rejects transport sockets other than internal-upstream and raw buffer.
 fn check_transport_socket(c: &Cluster) -> Result<(), InvalidResource> {
-    if let Some(ts) = &c.transport_socket {
-        let url = ts.config_type.as_ref().map(|envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(a)| a.type_url.as_str()).unwrap_or_default();
-        if !url.ends_with("internal_upstream.v3.InternalUpstreamTransport")
-            && !url.ends_with("raw_buffer.v3.RawBuffer")
-        {
-            return Err(invalid(
-                c,
-                "transport_socket",
-                format!("unsupported transport socket {url}; HBONE towards pods is native"),
-            ));
-        }
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
+    let Some(ts) = &c.transport_socket else {
+        return Ok(());
+    };
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Ok(());
+    };
+    if any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
+        return Ok(());
     }
-    Ok(())
+    if !any
+        .type_url
+        .ends_with("internal_upstream.v3.InternalUpstreamTransport")
+    {
+        return Err(invalid(
+            c,
+            "transport_socket",
+            format!(
+                "unsupported transport socket {}; HBONE towards pods is native",
+                any.type_url
+            ),
+        ));
+    }
+    // What travels inside the HBONE tunnel: plaintext, or (DestinationRule `tls`, `proxyProtocol`)
+    // TLS or PROXY protocol the waypoint would have to originate. Accepting those and sending
+    // plaintext would be a silent downgrade.
+    let internal = InternalUpstreamTransport::decode(any.value.as_slice())
+        .map_err(|e| invalid(c, "transport_socket.typed_config", e.to_string()))?;
+    let inner = internal
+        .transport_socket
+        .as_ref()
+        .and_then(|t| match &t.config_type {
+            Some(ConfigType::TypedConfig(a)) => Some(a.type_url.as_str()),
+            _ => None,
+        });
+    match inner {
+        None => Ok(()),
+        Some(url) if url.ends_with("raw_buffer.v3.RawBuffer") => Ok(()),
+        Some(url) => Err(invalid(
+            c,
+            "transport_socket.typed_config.transport_socket",
+            format!(
+                "{url} inside the HBONE tunnel (DestinationRule tls or proxyProtocol) is not supported; refusing rather than sending plaintext"
+            ),
+        )),
+    }
 }
 
 /// The Service's name and namespace: cluster metadata istio.services[0], else the host.

@@ -63,9 +63,11 @@ pub enum Chain {
         /// RBAC filters, in order.
         rbac: Vec<filters::rbac::RbacConfig>,
         /// Tracing, when the connection manager has a provider.
-        tracing: Option<filters::model::telemetry::TracingConfig>,
+        tracing: Option<Box<filters::model::telemetry::TracingConfig>>,
         /// JWT rules (RequestAuthentication).
         jwt: Vec<std::sync::Arc<filters::authn::JwtRule>>,
+        /// The access log, when the connection manager has one.
+        access_log: Option<Box<filters::model::telemetry::AccessLogConfig>>,
     },
     /// TCP: the cluster bytes go to.
     Tcp {
@@ -89,18 +91,13 @@ pub struct ListenerInfo {
 
 /// Network filters that carry no behaviour the waypoint lacks (it sets the same state
 /// natively, or emits its own telemetry).
-const NEUTRAL_NETWORK_FILTERS: &[&str] = &[
-    "connect_authority",
-    "istio.metadata_exchange",
-    "istio.stats",
-];
+const NEUTRAL_NETWORK_FILTERS: &[&str] = &["connect_authority", "istio.metadata_exchange"];
 /// HTTP filters accepted as long as their configuration needs nothing of us.
 const NEUTRAL_HTTP_FILTERS: &[&str] = &[
     "envoy.filters.http.grpc_stats",
     "envoy.filters.http.cors",
     "waypoint_upstream_peer_metadata",
     "waypoint_downstream_peer_metadata",
-    "istio.stats",
     "istio.metadata_exchange",
     "connect_authority",
     // Istio's authn filter derives request.auth.* from jwt_authn's results, which the
@@ -314,6 +311,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
         };
         match f.name.as_str() {
             n if NEUTRAL_NETWORK_FILTERS.contains(&n) => {}
+            "istio.stats" => super::stats::check(any, &fat)?,
             "envoy.filters.network.rbac" => {
                 let any = any.ok_or_else(|| (fat.clone(), "missing typed_config".to_string()))?;
                 rbac.push(super::rbac::from_any(any).map_err(|e| (fat.clone(), e.to_string()))?);
@@ -397,15 +395,24 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
                     }
                 }
             }
+            "istio.stats" => {
+                let any = match &f.config_type {
+                    Some(ConfigType::TypedConfig(a)) => Some(a),
+                    _ => None,
+                };
+                super::stats::check(any, &fat)?
+            }
             n if NEUTRAL_HTTP_FILTERS.contains(&n) => {}
             other => return Err((fat, format!("unsupported HTTP filter {other}"))),
         }
     }
     let tracing = match &hcm.tracing {
-        Some(t) => super::tracing::convert(t, at)?,
+        Some(t) => super::tracing::convert(t, at)?.map(Box::new),
         None => None,
     };
+    let access_log = super::access_log::convert(&hcm.access_log, at)?.map(Box::new);
     Ok(Chain::Http {
+        access_log,
         routes,
         rds,
         rbac,

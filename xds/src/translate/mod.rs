@@ -6,6 +6,7 @@
 //! combines the accepted resources into a complete [`Snapshot`]. [`rbac`] converts the
 //! RBAC filters' configurations.
 
+pub mod access_log;
 pub mod cluster;
 pub mod endpoint;
 mod error;
@@ -16,6 +17,7 @@ mod metadata;
 pub mod per_filter;
 pub mod rbac;
 pub mod route;
+mod stats;
 pub mod tracing;
 
 use std::collections::BTreeMap;
@@ -314,7 +316,7 @@ fn telemetry(
     // One tracing configuration per waypoint: istiod gives every chain the same.
     let tracing = main.and_then(|l| {
         l.chains.iter().find_map(|(_, c)| match c {
-            Chain::Http { tracing, .. } => tracing.clone(),
+            Chain::Http { tracing, .. } => tracing.as_deref().cloned(),
             Chain::Tcp { .. } => None,
         })
     });
@@ -329,9 +331,17 @@ fn telemetry(
             })
         })
         .unwrap_or_else(|| waypoint.trust_domain.clone());
+    // Likewise one access log: istiod gives every HTTP chain the same connection manager
+    // access_log (MeshConfig or Telemetry), and the waypoint has one stdout.
+    let access_log = main.and_then(|l| {
+        l.chains.iter().find_map(|(_, c)| match c {
+            Chain::Http { access_log, .. } => access_log.as_deref().cloned(),
+            Chain::Tcp { .. } => None,
+        })
+    });
     filters::model::telemetry::TelemetryConfig {
         tracing,
-        access_log: None,
+        access_log,
         mesh_id,
     }
 }

@@ -254,3 +254,106 @@ fn cluster_features_the_waypoint_lacks_are_rejected_not_ignored() {
     c.lb_policy = 1; // LEAST_REQUEST, Istio's default
     assert!(cluster::convert(&c).is_ok());
 }
+
+#[test]
+fn tls_inside_the_tunnel_is_rejected_not_downgraded_to_plaintext() {
+    // DestinationRule `tls: SIMPLE` on a waypoint-served host: istiod wraps an
+    // UpstreamTlsContext in the internal_upstream transport socket (buildWaypointTLSContext).
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let mut json = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
+    json["transport_socket"] = serde_json::json!({
+        "name": "internal_upstream",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+            "transport_socket": {"name": "tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "httpbin.example"}}
+        }
+    });
+    let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+        from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+    let e = cluster::convert(&c).unwrap_err();
+    assert_eq!(e.field, "transport_socket.typed_config.transport_socket");
+    assert!(e.reason.contains("UpstreamTlsContext"), "{}", e.reason);
+    // Plaintext inside the tunnel (istiod's default) is accepted.
+    json["transport_socket"]["typed_config"]["transport_socket"] = serde_json::json!({
+        "name": "envoy.transport_sockets.raw_buffer",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}
+    });
+    let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+        from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+    assert!(cluster::convert(&c).is_ok());
+}
+
+#[test]
+fn connection_manager_access_log_becomes_the_access_log_settings() {
+    use filters::model::telemetry::AccessLogConfig;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let base = d["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["@type"]
+                .as_str()
+                .unwrap()
+                .ends_with("ListenersConfigDump")
+        })
+        .unwrap()["dynamic_listeners"][0]["active_state"]["listener"]
+        .clone();
+    let with = |log: serde_json::Value| {
+        let mut listener = base.clone();
+        for chain in listener["filter_chains"].as_array_mut().unwrap() {
+            let hcm =
+                &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()["typed_config"];
+            if hcm.get("http_filters").is_some() {
+                hcm["access_log"] = serde_json::json!([log.clone()]);
+            }
+        }
+        let l: Listener = from_json("envoy.config.listener.v3.Listener", &listener).unwrap();
+        listener::convert(&l)
+    };
+    let file = |fmt: serde_json::Value| {
+        serde_json::json!({"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": "/dev/stdout", "log_format": fmt}})
+    };
+    let (mut r, _) = resources("waypoint-httpbin-1.21.json");
+    let text = with(file(
+        serde_json::json!({"text_format_source": {"inline_string": "%RESPONSE_CODE%\n"}}),
+    ));
+    r.listeners.insert("main_internal".into(), text.unwrap());
+    let snap = build(&r, &options()).unwrap();
+    assert_eq!(
+        snap.telemetry().access_log,
+        Some(AccessLogConfig::Text(Some("%RESPONSE_CODE%\n".into())))
+    );
+    let json = with(file(
+        serde_json::json!({"json_format": {"code": "%RESPONSE_CODE%", "method": "%REQ(:METHOD)%"}}),
+    ));
+    r.listeners.insert("main_internal".into(), json.unwrap());
+    let snap = build(&r, &options()).unwrap();
+    assert_eq!(
+        snap.telemetry().access_log,
+        Some(AccessLogConfig::Json(Some(vec![
+            ("code".into(), "%RESPONSE_CODE%".into()),
+            ("method".into(), "%REQ(:METHOD)%".into()),
+        ])))
+    );
+    // Elsewhere than stdout, or a filter, is refused by name.
+    let mut elsewhere = file(serde_json::json!({"text_format": "%RESPONSE_CODE%"}));
+    elsewhere["typed_config"]["path"] = "/var/log/access.log".into();
+    assert!(with(elsewhere)
+        .unwrap_err()
+        .field
+        .ends_with("access_log[0].typed_config.path"));
+    let mut filtered = file(serde_json::json!({"text_format": "%RESPONSE_CODE%"}));
+    filtered["filter"] = serde_json::json!({"response_flag_filter": {"flags": ["NR"]}});
+    assert!(with(filtered)
+        .unwrap_err()
+        .field
+        .ends_with("access_log[0].filter"));
+}

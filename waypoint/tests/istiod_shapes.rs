@@ -1,7 +1,8 @@
-//! Route and cluster shapes istiod generates for ordinary Gateway API and Istio objects,
-//! served over Delta ADS to a real waypoint process and checked over HBONE. Each shape
-//! follows istiod's source (pilot/pkg/config/kube/gateway/conversion.go and
-//! pilot/pkg/networking/core/route/route.go for routes, cluster_waypoint.go for subsets).
+//! Route, cluster and connection-manager shapes istiod generates for ordinary Gateway API,
+//! Istio and Telemetry objects, served over Delta ADS to a real waypoint process and checked
+//! over HBONE. Each shape follows istiod's source (pilot/pkg/config/kube/gateway/
+//! conversion.go and pilot/pkg/networking/core/route/route.go for routes,
+//! cluster_waypoint.go for subsets, model/telemetry.go and accesslog.go for telemetry).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ const CLUSTER_8100: &str = "inbound-vip|8100|http|httpbin.default.svc.cluster.lo
 
 struct World {
     _dir: tempfile::TempDir,
+    /// The waypoint's stdout (access log lines).
+    stdout: std::path::PathBuf,
     _serving: tokio::task::JoinHandle<()>,
     server: AdsServer,
     _wp: WaypointProcess,
@@ -50,6 +53,7 @@ async fn start(edit: impl FnOnce(&mut Named, &mut Named, &mut Named)) -> World {
     let socket = dir.path().join("xds.sock");
     let serving = server.serve_unix(&socket).unwrap();
     let address = format!("unix:{}", socket.display());
+    let stdout = dir.path().join("stdout.log");
     let mut wp = WaypointProcess::spawn_source(
         &std::path::PathBuf::from(env!("CARGO_BIN_EXE_waypoint")),
         &CertFiles::in_dir(dir.path()),
@@ -61,7 +65,7 @@ async fn start(edit: impl FnOnce(&mut Named, &mut Named, &mut Named)) -> World {
             "--log-level",
             "warn",
         ],
-        None,
+        Some(&stdout),
     )
     .unwrap();
     wp.wait_ready(Duration::from_secs(30)).await.unwrap();
@@ -76,6 +80,7 @@ async fn start(edit: impl FnOnce(&mut Named, &mut Named, &mut Named)) -> World {
         waypoint_id,
     );
     World {
+        stdout,
         _dir: dir,
         _serving: serving,
         server,
@@ -411,5 +416,82 @@ async fn per_route_configuration_of_other_filters_is_nacked_naming_it() {
         error.contains("typed_per_filter_config[envoy.filters.http.lua]"),
         "{error}"
     );
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_connection_managers_access_log_is_written_in_its_format() {
+    // MeshConfig accessLogFile /dev/stdout with accessLogFormat: istiod gives every HTTP
+    // chain's connection manager one file access log (accesslog.go).
+    let w = start(|ls, _, _| {
+        fixture::edit_listener(ls, |json| {
+            for chain in json["filter_chains"].as_array_mut().unwrap() {
+                let filters = chain["filters"].as_array_mut().unwrap();
+                let hcm = &mut filters.last_mut().unwrap()["typed_config"];
+                if hcm.get("http_filters").is_some() {
+                    hcm["access_log"] = json!([{"name": "envoy.access_loggers.file", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": "/dev/stdout",
+                        "log_format": {"text_format_source": {"inline_string":
+                            "ACCESS %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"}}}}]);
+                }
+            }
+        });
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[json!({"name": "vs.abort", "match": {"prefix": "/abort"}, "route": {"cluster": CLUSTER_8100},
+                     "typed_per_filter_config": {"envoy.filters.http.fault": {
+                         "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                         "abort": {"http_status": 418, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}}})],
+        );
+    })
+    .await;
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+    assert_eq!(get(&w, 8100, "/abort").await.status, 418);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&w.stdout).unwrap_or_default();
+        if log.contains("ACCESS GET /get 200 - via_upstream\n")
+            && log.contains("ACCESS GET /abort 418 FI fault_filter_abort\n")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "access log lines missing:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn metric_overrides_are_nacked_rather_than_ignored() {
+    // A Telemetry `metrics.overrides` with a removed tag (model/telemetry.go
+    // generateStatsConfig): the waypoint cannot apply it yet, so it says so.
+    let w = start(|_, _, _| {}).await;
+    let mut ls = w.listeners.clone();
+    fixture::edit_listener(&mut ls, |json| {
+        for chain in json["filter_chains"].as_array_mut().unwrap() {
+            let hcm = &mut chain["filters"][0]["typed_config"];
+            if let Some(list) = hcm.get_mut("http_filters").and_then(|f| f.as_array_mut()) {
+                for f in list.iter_mut().filter(|f| f["name"] == "istio.stats") {
+                    f["typed_config"]["value"]["metrics"] =
+                        json!([{"name": "requests_total", "tags_to_remove": ["request_protocol"]}]);
+                }
+            }
+        }
+    });
+    w.server.set(LISTENER, ls);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        if let Some(e) = w.server.replies().into_iter().find_map(|r| r.error) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no NACK");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(error.contains("typed_config.metrics"), "{error}");
+    assert!(error.contains("metric overrides"), "{error}");
     assert_eq!(get(&w, 8100, "/get").await.status, 200);
 }
