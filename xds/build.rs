@@ -36,6 +36,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/path/match/uri_template/v3/uri_template_match.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/request_id/uuid/v3/uuid.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/load_balancing_policies/round_robin/v3/round_robin.proto",

@@ -4,7 +4,7 @@
 //! conversion.go and pilot/pkg/networking/core/route/route.go for routes,
 //! cluster_waypoint.go for subsets, model/telemetry.go and accesslog.go for telemetry).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +13,10 @@ use hbone::tls::{CertStore, DevCa};
 use http_body_util::BodyExt;
 use serde_json::json;
 use testkit::client::HboneClient;
+use testkit::echo::EchoIdentity;
 use testkit::istio_dump::{self as fixture, fake_pod, httpbin_dump, Named, VIP};
 use testkit::process::{CertFiles, WaypointProcess};
-use testkit::ztunnel::FakeZtunnel;
+use testkit::ztunnel::{App, FakeZtunnel, ZtunnelOptions};
 use testkit::AdsServer;
 use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
 
@@ -30,22 +31,52 @@ struct World {
     server: AdsServer,
     _wp: WaypointProcess,
     client: HboneClient,
-    _pods: (FakeZtunnel, FakeZtunnel),
+    _pods: (FakeZtunnel, FakeZtunnel, Option<FakeZtunnel>),
     listeners: Named,
 }
 
 /// The httpbin waypoint of the shared config dump, with `edit` applied to its resources
 /// (listeners, clusters, endpoints) before they are served.
 async fn start(edit: impl FnOnce(&mut Named, &mut Named, &mut Named)) -> World {
+    start_with_pod(None, |ls, cs, es, _| edit(ls, cs, es)).await
+}
+
+/// As [`start`], with a third pod serving `app` on 8080, whose IP `edit` gets.
+async fn start_with_pod(
+    app: Option<App>,
+    edit: impl FnOnce(&mut Named, &mut Named, &mut Named, Option<IpAddr>),
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let ca = DevCa::new("test").unwrap();
     let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
     ca.issue(&waypoint_id).unwrap().write(dir.path()).unwrap();
     let pod = fake_pod(&ca, &waypoint_id, "httpbin-1").await;
     let canary = fake_pod(&ca, &waypoint_id, "httpbin-v2-1").await;
+    let extra = match app {
+        None => None,
+        Some(app) => {
+            let certs = ca
+                .issue(&Identity::new("cluster.local", "default", "httpbin"))
+                .unwrap();
+            Some(
+                FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
+                    ip,
+                    certs: certs.certs().unwrap(),
+                    allowed_caller: Some(waypoint_id.clone()),
+                    who: EchoIdentity {
+                        pod: "httpbin-extra".into(),
+                        namespace: "default".into(),
+                    },
+                    apps: [(8080, app.clone())].into(),
+                })
+                .await
+                .unwrap(),
+            )
+        }
+    };
     let (mut ls, mut cs, mut es, _) =
         fixture::resources_with(&httpbin_dump(), pod.ip, Some(canary.ip), false);
-    edit(&mut ls, &mut cs, &mut es);
+    edit(&mut ls, &mut cs, &mut es, extra.as_ref().map(|p| p.ip));
     let server = AdsServer::default();
     server.set(LISTENER, ls.clone());
     server.set(CLUSTER, cs);
@@ -86,7 +117,7 @@ async fn start(edit: impl FnOnce(&mut Named, &mut Named, &mut Named)) -> World {
         server,
         _wp: wp,
         client,
-        _pods: (pod, canary),
+        _pods: (pod, canary, extra),
         listeners: ls,
     }
 }
@@ -494,4 +525,116 @@ async fn metric_overrides_are_nacked_rather_than_ignored() {
     assert!(error.contains("typed_config.metrics"), "{error}");
     assert!(error.contains("metric overrides"), "{error}");
     assert_eq!(get(&w, 8100, "/get").await.status, 200);
+}
+
+/// A pod app that reads the whole request body, counts the request, and answers 503: the
+/// upstream that fails after it consumed the body.
+async fn failing_app(hits: Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                // One request per connection: headers, then Content-Length bytes.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = s
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_post_is_retried_with_its_body_to_another_pod() {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = App::Forward(failing_app(hits.clone()).await);
+    let w = start_with_pod(Some(app), |ls, _, es, bad| {
+        // Port 8100 gets a second endpoint, the failing pod.
+        let bad = bad.unwrap();
+        let (_, e) = es
+            .iter_mut()
+            .find(|(n, _)| n == CLUSTER_8100)
+            .expect("endpoints");
+        let cla = <envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(e.value.as_slice()).unwrap();
+        let mut json =
+            xds::envoy::to_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &cla).unwrap();
+        let first = json["endpoints"][0]["lb_endpoints"][0].to_string();
+        let pod_ip = first
+            .split(['"', ':'])
+            .find(|p| p.starts_with("127.") && p.parse::<IpAddr>().is_ok())
+            .unwrap()
+            .to_string();
+        let second: serde_json::Value =
+            serde_json::from_str(&first.replace(&pod_ip, &bad.to_string())).unwrap();
+        json["endpoints"][0]["lb_endpoints"]
+            .as_array_mut()
+            .unwrap()
+            .push(second);
+        let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+            xds::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json)
+                .unwrap();
+        *e = fixture::any(ENDPOINT, &cla);
+        // istiod's retry policy (route/retry/retry.go) with 503 retriable, on /echo-body.
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[json!({"name": "default.post.0", "match": {"prefix": "/echo-body"},
+                     "route": {"cluster": CLUSTER_8100, "retry_policy": {
+                         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                         "num_retries": 2,
+                         "retriable_status_codes": [503],
+                         "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+                         "host_selection_retry_max_attempts": 5}}})],
+        );
+    })
+    .await;
+    let payload = "the same body, every attempt ".repeat(200);
+    for _ in 0..4 {
+        let conn = w.client.connect().await.unwrap();
+        let mut http = conn
+            .http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+            .await
+            .unwrap();
+        let req = http::Request::post("/echo-body")
+            .header("host", HOST)
+            .header("content-length", payload.len())
+            .body(filters::body::full(payload.clone()))
+            .unwrap();
+        let resp = http.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, payload.as_bytes(), "the body arrived intact");
+    }
+    assert!(
+        hits.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the failing pod was tried (and the request retried elsewhere)"
+    );
 }

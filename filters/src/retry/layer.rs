@@ -7,6 +7,7 @@ use http::{Request, Response};
 use http_body::Body as _;
 use tower::{Layer, Service, ServiceExt};
 
+use super::replay::{self, Replayable};
 use super::{backoff, should_retry};
 use crate::body::{self, Body};
 use crate::route::RouteDecision;
@@ -53,8 +54,7 @@ where
             .get::<RouteDecision>()
             .map(|d| (d.timeouts, d.retry.clone()))
             .unwrap_or_default();
-        // Only a body-less request can be replayed.
-        let retry = retry.filter(|p| p.attempts > 0 && req.body().is_end_stream());
+        let retry = retry.filter(|p| p.attempts > 0);
         if retry.is_none() && timeouts.request.is_none() && timeouts.backend_request.is_none() {
             // Nothing to apply: the inner future as it is, neither wrapped nor boxed again.
             return Either::Left(self.inner.call(req));
@@ -65,12 +65,29 @@ where
                 let Some(policy) = retry else {
                     return attempt(inner, req, timeouts.backend_request).await;
                 };
+                // A body streams through a source that remembers it for the next attempt.
+                let (req, body) = {
+                    let (parts, body) = req.into_parts();
+                    let body = (!body.is_end_stream())
+                        .then(|| Replayable::new(body, replay::DEFAULT_LIMIT));
+                    (Request::from_parts(parts, body::empty()), body)
+                };
                 let mut n = 0;
                 loop {
-                    let copy = replay(&req);
+                    let mut copy = replay(&req);
+                    if let Some(b) = &body {
+                        *copy.body_mut() = b.attempt();
+                    }
                     let result = attempt(inner.clone(), copy, timeouts.backend_request).await;
                     let outcome = result.as_ref().map(|r| r.status().as_u16());
                     if n >= policy.attempts || !should_retry(&policy, &outcome) {
+                        return result;
+                    }
+                    if body.as_ref().is_some_and(|b| !b.replayable()) {
+                        tracing::debug!(
+                            limit = replay::DEFAULT_LIMIT,
+                            "not retrying: the request body is larger than the buffer limit"
+                        );
                         return result;
                     }
                     n += 1;
@@ -105,7 +122,7 @@ where
     }
 }
 
-/// A copy of a body-less request, with the extensions the inner services read.
+/// A copy of a request (without its body), with the extensions the inner services read.
 fn replay(req: &Request<Body>) -> Request<Body> {
     let mut copy = Request::new(body::empty());
     *copy.method_mut() = req.method().clone();

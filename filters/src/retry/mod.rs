@@ -1,11 +1,14 @@
 //! Timeouts and retries of the matched rule (`timeouts.request`, `timeouts.backendRequest`,
 //! `retry`), applied around the upstream call.
 //!
-//! A retry needs the request again: requests without a body are replayed; requests with a
-//! body get one attempt (their body streams once). Connection failures and resets are
-//! retried, and so are the rule's listed response codes.
+//! A retry needs the request again: requests without a body are copied; a body streams
+//! through a [`replay::Replayable`] source that remembers up to 1 MiB of it (Envoy's
+//! default buffer limit), so a retry sends the same body; past the limit, no retry.
+//! Connection failures and resets are retried, and so are the rule's listed response
+//! codes.
 
 mod layer;
+pub mod replay;
 
 pub use layer::{RetryLayer, RetryService};
 

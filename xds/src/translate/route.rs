@@ -656,6 +656,22 @@ fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
             }
             codes.sort_unstable();
             codes.dedup();
+            // istiod's default policy asks for another host on each retry: the balancer's
+            // round robin moves to the next endpoint for every attempt.
+            for (i, pred) in p.retry_host_predicate.iter().enumerate() {
+                if pred.name != "envoy.retry_host_predicates.previous_hosts" {
+                    return Err((
+                        format!("{at}.retry_policy.retry_host_predicate[{i}]"),
+                        format!("unsupported retry host predicate {:?}", pred.name),
+                    ));
+                }
+            }
+            if p.retry_priority.is_some() {
+                return Err((
+                    format!("{at}.retry_policy.retry_priority"),
+                    "retry priorities are not supported".into(),
+                ));
+            }
             let backoff = p
                 .retry_back_off
                 .as_ref()
