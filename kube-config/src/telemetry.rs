@@ -7,10 +7,11 @@
 //! any, MeshConfig's `defaultProviders` and `accessLogFile` decide. Selector-based and
 //! Service-targeted Telemetry are not applied by the waypoint (logged).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use filters::model::telemetry::{
-    AccessLogConfig, CustomTag, OtlpProtocol, TelemetryConfig, TracingConfig,
+    AccessLogConfig, CustomTag, MetricOverride, OtlpProtocol, TelemetryConfig, TracingConfig,
 };
 use filters::model::NamespacedName;
 use serde::Deserialize;
@@ -45,7 +46,53 @@ pub struct TelemetrySpec {
     #[serde(default)]
     access_logging: Option<Vec<AccessLoggingSpec>>,
     #[serde(default)]
-    metrics: Option<serde_yaml::Value>,
+    metrics: Option<Vec<MetricsSpec>>,
+}
+
+/// `Telemetry.spec.metrics[]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MetricsSpec {
+    #[serde(default)]
+    providers: Vec<ProviderRef>,
+    #[serde(default)]
+    overrides: Vec<MetricsOverride>,
+    #[serde(default)]
+    reporting_interval: Option<String>,
+}
+
+/// `Telemetry.spec.metrics[].overrides[]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MetricsOverride {
+    #[serde(default, rename = "match")]
+    selector: Option<MetricSelector>,
+    #[serde(default)]
+    disabled: Option<bool>,
+    #[serde(default)]
+    tag_overrides: BTreeMap<String, TagOverride>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MetricSelector {
+    #[serde(default)]
+    metric: Option<String>,
+    #[serde(default)]
+    custom_metric: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TagOverride {
+    #[serde(default)]
+    operation: Option<String>,
+    /// Accepted for the shape; `REMOVE` ignores it and `UPSERT` is refused.
+    #[serde(default)]
+    #[allow(dead_code)]
+    value: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -214,9 +261,6 @@ pub fn build(
         } else {
             continue;
         };
-        if t.spec.metrics.is_some() {
-            tracing::info!(telemetry = %label, "Telemetry metrics overrides are not supported; Istio's standard metrics are reported");
-        }
         scoped.push((rank, label, &t.spec));
     }
     scoped.sort_by_key(|(rank, label, _)| (*rank, label.to_string()));
@@ -226,6 +270,9 @@ pub fn build(
     let logging_spec = scoped
         .iter()
         .find_map(|(_, label, s)| s.access_logging.as_ref().map(|t| (*label, t)));
+    let metrics_spec = scoped
+        .iter()
+        .find_map(|(_, label, s)| s.metrics.as_ref().map(|m| (*label, m)));
     Ok(TelemetryConfig {
         tracing: tracing(tracing_spec, mesh)?,
         access_log: access_log(logging_spec, mesh)?,
@@ -235,7 +282,97 @@ pub fn build(
             .and_then(|d| d.mesh_id.clone())
             .or_else(|| mesh.trust_domain.clone())
             .unwrap_or_else(|| "cluster.local".into()),
+        metric_overrides: metric_overrides(metrics_spec)?,
     })
+}
+
+/// Istio's Prometheus name (without `istio_`) of a Telemetry API metric; `None` for
+/// `ALL_METRICS`.
+fn metric_name(metric: &str) -> Option<Option<&'static str>> {
+    Some(Some(match metric {
+        "ALL_METRICS" => return Some(None),
+        "REQUEST_COUNT" => "requests_total",
+        "REQUEST_DURATION" => "request_duration_milliseconds",
+        "REQUEST_SIZE" => "request_bytes",
+        "RESPONSE_SIZE" => "response_bytes",
+        "TCP_OPENED_CONNECTIONS" => "tcp_connections_opened_total",
+        "TCP_CLOSED_CONNECTIONS" => "tcp_connections_closed_total",
+        "TCP_SENT_BYTES" => "tcp_sent_bytes_total",
+        "TCP_RECEIVED_BYTES" => "tcp_received_bytes_total",
+        "GRPC_REQUEST_MESSAGES" => "request_messages_total",
+        "GRPC_RESPONSE_MESSAGES" => "response_messages_total",
+        _ => return None,
+    }))
+}
+
+/// `metrics.overrides` for the Prometheus provider, as istiod turns them into the stats
+/// filter's overrides: a disabled metric is dropped, `REMOVE` tag overrides remove labels.
+/// Tag values (CEL expressions) and custom metrics are refused by field; overrides for the
+/// `CLIENT` side only do not apply to a waypoint, which reports as the server.
+fn metric_overrides(
+    spec: Option<(&str, &Vec<MetricsSpec>)>,
+) -> Result<Vec<MetricOverride>, LocalConfigError> {
+    let Some((label, specs)) = spec else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (i, m) in specs.iter().enumerate() {
+        let prometheus =
+            m.providers.is_empty() || m.providers.iter().any(|p| p.name == "prometheus");
+        if !prometheus {
+            continue;
+        }
+        if m.reporting_interval.is_some() {
+            return Err(invalid(
+                label,
+                format!("spec.metrics[{i}].reportingInterval"),
+                "not supported: TCP byte counters are reported when the connection closes",
+            ));
+        }
+        for (j, o) in m.overrides.iter().enumerate() {
+            let at = |f: &str| format!("spec.metrics[{i}].overrides[{j}]{f}");
+            let selector = o.selector.as_ref();
+            if selector.and_then(|s| s.custom_metric.as_ref()).is_some() {
+                return Err(invalid(
+                    label,
+                    at(".match.customMetric"),
+                    "custom metrics are not supported",
+                ));
+            }
+            if selector.and_then(|s| s.mode.as_deref()) == Some("CLIENT") {
+                continue;
+            }
+            let metric = selector
+                .and_then(|s| s.metric.as_deref())
+                .unwrap_or("ALL_METRICS");
+            let metric = metric_name(metric).ok_or_else(|| {
+                invalid(
+                    label,
+                    at(".match.metric"),
+                    format!("unknown metric {metric:?}"),
+                )
+            })?;
+            let mut tags_to_remove = Vec::new();
+            for (tag, t) in &o.tag_overrides {
+                match t.operation.as_deref().unwrap_or("UPSERT") {
+                    "REMOVE" => tags_to_remove.push(tag.clone()),
+                    _ => {
+                        return Err(invalid(
+                            label,
+                            at(&format!(".tagOverrides.{tag}")),
+                            "tag values (CEL expressions) are not supported; REMOVE is",
+                        ))
+                    }
+                }
+            }
+            out.push(MetricOverride {
+                metric: metric.map(str::to_string),
+                tags_to_remove,
+                drop: o.disabled.unwrap_or(false),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn find_provider<'a>(
@@ -576,6 +713,45 @@ mod tests {
     }
 
     const OTEL: &str = "extensionProviders:\n- name: otel\n  opentelemetry: {service: otel.obs.svc.cluster.local, port: 4317}\n- name: zipkin\n  zipkin: {service: z, port: 9411}\n- name: json-log\n  envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: '%RESPONSE_CODE%'}}}\n";
+
+    #[test]
+    fn metric_overrides_become_removed_tags_and_dropped_metrics() {
+        let m = mesh(OTEL);
+        let ts = vec![telemetry(
+            "apps",
+            "metrics",
+            "  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - match: {metric: REQUEST_COUNT}\n      tagOverrides: {request_protocol: {operation: REMOVE}}\n    - match: {metric: REQUEST_SIZE, mode: SERVER}\n      disabled: true\n    - match: {metric: RESPONSE_SIZE, mode: CLIENT}\n      disabled: true\n",
+        )];
+        let c = build(&ts, &m, &gw(), "istio-system").unwrap();
+        assert_eq!(
+            c.metric_overrides,
+            vec![
+                MetricOverride {
+                    metric: Some("requests_total".into()),
+                    tags_to_remove: vec!["request_protocol".into()],
+                    drop: false,
+                },
+                MetricOverride {
+                    metric: Some("request_bytes".into()),
+                    tags_to_remove: vec![],
+                    drop: true,
+                },
+            ],
+            "the CLIENT-side override does not apply to a waypoint"
+        );
+        let upsert = vec![telemetry(
+            "apps",
+            "metrics",
+            "  metrics:\n  - overrides:\n    - tagOverrides: {custom: {value: request.host}}\n",
+        )];
+        let e = build(&upsert, &m, &gw(), "istio-system")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.metrics[0].overrides[0].tagOverrides.custom"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn most_specific_telemetry_wins() {

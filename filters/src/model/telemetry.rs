@@ -12,6 +12,31 @@ pub struct TelemetryConfig {
     pub tracing: Option<TracingConfig>,
     /// `istio.mesh_id` reported in spans.
     pub mesh_id: String,
+    /// Changes to Istio's standard metrics (Telemetry `metrics.overrides`), in order.
+    pub metric_overrides: Vec<MetricOverride>,
+}
+
+/// A change to Istio's standard metrics: labels removed from, or the dropping of, one
+/// metric or all of them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct MetricOverride {
+    /// The metric, as Istio names it without its `istio_` prefix (`requests_total`,
+    /// `request_duration_milliseconds`, `tcp_sent_bytes_total`...); `None` for every one.
+    pub metric: Option<String>,
+    /// Labels removed (series that differ only in them are added together).
+    pub tags_to_remove: Vec<String>,
+    /// Not reported at all.
+    pub drop: bool,
+}
+
+impl MetricOverride {
+    /// Whether this override applies to the metric family `family` (`istio_requests_total`).
+    pub fn applies_to(&self, family: &str) -> bool {
+        match &self.metric {
+            None => true,
+            Some(m) => family.strip_prefix("istio_") == Some(m.as_str()),
+        }
+    }
 }
 
 /// How access log lines are written (always to stdout).

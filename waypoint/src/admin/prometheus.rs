@@ -42,8 +42,11 @@ pub fn response(proxy: &Proxy) -> Response<Vec<u8>> {
 /// Renders every metric family.
 pub fn render(proxy: &Proxy) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    proxy.telemetry.metrics.render(&mut out);
     let snapshot = proxy.config.current();
+    proxy
+        .telemetry
+        .metrics
+        .render(&mut out, &snapshot.telemetry().metric_overrides);
     render_gauges(&mut out, proxy, &snapshot);
     render_counters(&mut out, proxy);
     render_authz_decisions(&mut out);

@@ -66,6 +66,8 @@ pub enum Chain {
         tracing: Option<Box<filters::model::telemetry::TracingConfig>>,
         /// JWT rules (RequestAuthentication).
         jwt: Vec<std::sync::Arc<filters::authn::JwtRule>>,
+        /// Metric overrides of the `istio.stats` filter.
+        metrics: Vec<filters::model::telemetry::MetricOverride>,
         /// The access log, when the connection manager has one.
         access_log: Option<Box<filters::model::telemetry::AccessLogConfig>>,
     },
@@ -75,6 +77,8 @@ pub enum Chain {
         cluster: String,
         /// Network RBAC filters, in order.
         rbac: Vec<filters::rbac::RbacConfig>,
+        /// Metric overrides of the `istio.stats` filter.
+        metrics: Vec<filters::model::telemetry::MetricOverride>,
     },
 }
 
@@ -303,6 +307,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
     use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as NetConfig;
     let mut result = None;
     let mut rbac = Vec::new();
+    let mut tcp_metrics = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let fat = format!("{at}.filters[{i}]");
         let any = match &f.config_type {
@@ -311,7 +316,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
         };
         match f.name.as_str() {
             n if NEUTRAL_NETWORK_FILTERS.contains(&n) => {}
-            "istio.stats" => super::stats::check(any, &fat)?,
+            "istio.stats" => tcp_metrics = super::stats::convert(any, &fat)?,
             "envoy.filters.network.rbac" => {
                 let any = any.ok_or_else(|| (fat.clone(), "missing typed_config".to_string()))?;
                 rbac.push(super::rbac::from_any(any).map_err(|e| (fat.clone(), e.to_string()))?);
@@ -333,6 +338,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                 result = Some(Chain::Tcp {
                     cluster,
                     rbac: std::mem::take(&mut rbac),
+                    metrics: std::mem::take(&mut tcp_metrics),
                 });
             }
             other => return Err((fat, format!("unsupported network filter {other}"))),
@@ -365,6 +371,7 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
     let last = hcm.http_filters.len().saturating_sub(1);
     let mut rbac = Vec::new();
     let mut jwt = Vec::new();
+    let mut metrics = Vec::new();
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let fat = format!("{at}.http_filters[{i}]");
         match f.name.as_str() {
@@ -400,7 +407,7 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
                     Some(ConfigType::TypedConfig(a)) => Some(a),
                     _ => None,
                 };
-                super::stats::check(any, &fat)?
+                metrics = super::stats::convert(any, &fat)?;
             }
             n if NEUTRAL_HTTP_FILTERS.contains(&n) => {}
             other => return Err((fat, format!("unsupported HTTP filter {other}"))),
@@ -412,6 +419,7 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
     };
     let access_log = super::access_log::convert(&hcm.access_log, at)?.map(Box::new);
     Ok(Chain::Http {
+        metrics,
         access_log,
         routes,
         rds,

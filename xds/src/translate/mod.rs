@@ -339,10 +339,21 @@ fn telemetry(
             Chain::Tcp { .. } => None,
         })
     });
+    // And one set of metric overrides (Telemetry `metrics`), the same on every chain.
+    let metric_overrides = main
+        .and_then(|l| {
+            l.chains.iter().find_map(|(_, c)| match c {
+                Chain::Http { metrics, .. } | Chain::Tcp { metrics, .. } => {
+                    (!metrics.is_empty()).then(|| metrics.clone())
+                }
+            })
+        })
+        .unwrap_or_default();
     filters::model::telemetry::TelemetryConfig {
         tracing,
         access_log,
         mesh_id,
+        metric_overrides,
     }
 }
 

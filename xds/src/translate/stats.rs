@@ -1,21 +1,22 @@
 //! `istio.stats`, Istio's standard metrics filter. The waypoint records the same metrics
-//! itself (`istio_requests_total` and the rest, reporter `waypoint`), so the filter's
-//! configuration is accepted when it asks for nothing beyond them. Telemetry API metric
-//! overrides (`metrics`: dimensions, tags to remove, drop) and custom metric definitions are
-//! refused by name until the waypoint implements them: ACKing them would silently ignore
-//! them.
+//! itself (`istio_requests_total` and the rest, reporter `waypoint`) and applies the
+//! Telemetry API metric overrides istiod puts in the filter's configuration (istiod's
+//! `generateStatsConfig`): tags to remove and dropped metrics. Dimensions (CEL
+//! expressions), override matches and custom metric definitions are refused by name:
+//! ACKing them would silently ignore them.
 
 use envoy_types::pb::google::protobuf::Any;
+use filters::model::telemetry::MetricOverride;
 
 use super::route::Bad;
 
 /// The stats plugin's configuration type.
 const PLUGIN_CONFIG: &str = "stats.PluginConfig";
 
-/// Checks the `istio.stats` filter configuration at `at`.
-pub fn check(any: Option<&Any>, at: &str) -> Result<(), Bad> {
+/// The metric overrides of the `istio.stats` filter configuration at `at`.
+pub fn convert(any: Option<&Any>, at: &str) -> Result<Vec<MetricOverride>, Bad> {
     let Some(any) = any else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let bad = |field: &str, why: String| Err((format!("{at}.typed_config{field}"), why));
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
@@ -40,16 +41,47 @@ pub fn check(any: Option<&Any>, at: &str) -> Result<(), Bad> {
         }
         other => return bad("", format!("expected {PLUGIN_CONFIG}, got {other}")),
     };
-    for (key, what) in [
-        (
-            "metrics",
-            "metric overrides (Telemetry metrics.overrides: dimensions, tags to remove, drop)",
-        ),
-        ("definitions", "custom metric definitions"),
-    ] {
-        if config[key].as_array().is_some_and(|a| !a.is_empty()) {
-            return bad(&format!(".{key}"), format!("{what} are not supported"));
-        }
+    if config["definitions"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        return bad(
+            ".definitions",
+            "custom metric definitions are not supported".into(),
+        );
     }
-    Ok(())
+    let mut out = Vec::new();
+    for (i, m) in config["metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = |f: &str| format!(".metrics[{i}].{f}");
+        if m["dimensions"].as_object().is_some_and(|d| !d.is_empty()) {
+            return bad(
+                &field("dimensions"),
+                "added or changed metric labels (CEL expressions) are not supported".into(),
+            );
+        }
+        if m["match"].as_str().is_some_and(|v| !v.is_empty()) {
+            return bad(
+                &field("match"),
+                "conditional overrides are not supported".into(),
+            );
+        }
+        let name = m["name"].as_str().unwrap_or_default();
+        out.push(MetricOverride {
+            metric: (!name.is_empty()).then(|| name.to_string()),
+            tags_to_remove: m["tagsToRemove"]
+                .as_array()
+                .or_else(|| m["tags_to_remove"].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect(),
+            drop: m["drop"].as_bool().unwrap_or(false),
+        });
+    }
+    Ok(out)
 }

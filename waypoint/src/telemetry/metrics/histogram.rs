@@ -38,6 +38,15 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// Adds `other`'s observations (same buckets) to this one.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (c, o) in self.counts.iter_mut().zip(&other.counts) {
+            *c += o;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     /// `(upper bound, cumulative count)` for each bucket, `+Inf` last.
     pub fn cumulative(&self) -> impl Iterator<Item = (Option<f64>, u64)> + '_ {
         let mut acc = 0;

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use filters::model::telemetry::MetricOverride;
 use histogram::{Histogram, BYTES, DURATION_MS};
 
 use super::labels::{DestinationCache, DestinationLabels, PeerLabels, ServiceLabels, SourceLabels};
@@ -63,6 +64,13 @@ struct HttpSeries {
 }
 
 impl HttpSeries {
+    fn merge(&mut self, other: &HttpSeries) {
+        self.requests += other.requests;
+        self.duration.merge(&other.duration);
+        self.request_bytes.merge(&other.request_bytes);
+        self.response_bytes.merge(&other.response_bytes);
+    }
+
     fn observe(&mut self, sample: &HttpSample) {
         self.requests += 1;
         self.duration.observe(sample.duration_ms);
@@ -77,6 +85,15 @@ struct TcpSeries {
     closed: u64,
     sent: u64,
     received: u64,
+}
+
+impl TcpSeries {
+    fn merge(&mut self, other: &TcpSeries) {
+        self.opened += other.opened;
+        self.closed += other.closed;
+        self.sent += other.sent;
+        self.received += other.received;
+    }
 }
 
 /// One finished HTTP request.
@@ -174,24 +191,26 @@ impl Metrics {
             + self.tcp.lock().map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Appends the Istio metric families in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    /// Appends the Istio metric families in Prometheus text format, with `overrides`
+    /// applied: dropped families are left out, removed labels are left out and the series
+    /// that then coincide are added together.
+    pub fn render(&self, out: &mut String, overrides: &[MetricOverride]) {
         use prometheus::{family, histogram, sample};
-        let http: Vec<(String, HttpSeries)> = {
+        let http: Vec<(HttpKey, HttpSeries)> = {
             let map = self.http.lock().unwrap_or_else(|e| e.into_inner());
-            map.iter()
-                .map(|(k, s)| (http_labels(k), s.clone()))
-                .collect()
+            map.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
         };
-        let tcp: Vec<(String, TcpSeries)> = {
+        let tcp: Vec<(TcpKey, TcpSeries)> = {
             let map = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
-            map.iter()
-                .map(|(k, s)| (tcp_labels(k), s.clone()))
-                .collect()
+            map.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
         };
-        family(out, "istio_requests_total", "counter", "Requests handled.");
-        for (l, s) in &http {
-            sample(out, "istio_requests_total", l, s.requests);
+        let view = |name: &str| FamilyView::new(name, overrides);
+        let v = view("istio_requests_total");
+        if !v.dropped {
+            family(out, "istio_requests_total", "counter", "Requests handled.");
+            for (l, s) in v.group(&http, http_labels, HttpSeries::merge) {
+                sample(out, "istio_requests_total", &l, s.requests);
+            }
         }
         for (name, help, pick) in [
             (
@@ -210,9 +229,13 @@ impl Metrics {
                 |s| &s.response_bytes,
             ),
         ] {
+            let v = view(name);
+            if v.dropped {
+                continue;
+            }
             family(out, name, "histogram", help);
-            for (l, s) in &http {
-                histogram(out, name, l, pick(s));
+            for (l, s) in v.group(&http, http_labels, HttpSeries::merge) {
+                histogram(out, name, &l, pick(&s));
             }
         }
         for (name, help, pick) in [
@@ -237,11 +260,56 @@ impl Metrics {
                 |s| s.received,
             ),
         ] {
+            let v = view(name);
+            if v.dropped {
+                continue;
+            }
             family(out, name, "counter", help);
-            for (l, s) in &tcp {
-                sample(out, name, l, pick(s));
+            for (l, s) in v.group(&tcp, tcp_labels, TcpSeries::merge) {
+                sample(out, name, &l, pick(&s));
             }
         }
+    }
+}
+
+/// One metric family under the overrides: whether it is dropped, which labels it loses.
+struct FamilyView<'a> {
+    dropped: bool,
+    removed: Vec<&'a str>,
+}
+
+impl<'a> FamilyView<'a> {
+    fn new(family: &str, overrides: &'a [MetricOverride]) -> Self {
+        let applying = overrides.iter().filter(|o| o.applies_to(family));
+        let mut view = Self {
+            dropped: false,
+            removed: Vec::new(),
+        };
+        for o in applying {
+            view.dropped |= o.drop;
+            view.removed
+                .extend(o.tags_to_remove.iter().map(String::as_str));
+        }
+        view
+    }
+
+    /// The series by their label text, those with equal labels (after removal) merged.
+    fn group<K, S: Clone>(
+        &self,
+        series: &[(K, S)],
+        labels: impl Fn(&K, &[&str]) -> String,
+        merge: impl Fn(&mut S, &S),
+    ) -> std::collections::BTreeMap<String, S> {
+        let mut out: std::collections::BTreeMap<String, S> = Default::default();
+        for (k, s) in series {
+            match out.entry(labels(k, &self.removed)) {
+                std::collections::btree_map::Entry::Occupied(mut e) => merge(e.get_mut(), s),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(s.clone());
+                }
+            }
+        }
+        out
     }
 }
 
@@ -274,7 +342,7 @@ fn peer_pairs<'a>(
     ]
 }
 
-fn http_labels(k: &HttpKey) -> String {
+fn http_labels(k: &HttpKey, removed: &[&str]) -> String {
     let code = k.code.to_string();
     let grpc = k.grpc_status.map(|g| g.to_string()).unwrap_or_default();
     let mut pairs: Vec<(&str, &str)> = peer_pairs(&k.source, &k.destination).to_vec();
@@ -285,18 +353,20 @@ fn http_labels(k: &HttpKey) -> String {
         ("response_flags", k.flags),
         ("connection_security_policy", "mutual_tls"),
     ]);
+    pairs.retain(|(name, _)| !removed.contains(name));
     let mut out = String::with_capacity(900);
     prometheus::labels(&mut out, &pairs);
     out
 }
 
-fn tcp_labels(k: &TcpKey) -> String {
+fn tcp_labels(k: &TcpKey, removed: &[&str]) -> String {
     let mut pairs: Vec<(&str, &str)> = peer_pairs(&k.source, &k.destination).to_vec();
     pairs.extend([
         ("request_protocol", "tcp"),
         ("response_flags", k.flags),
         ("connection_security_policy", "mutual_tls"),
     ]);
+    pairs.retain(|(name, _)| !removed.contains(name));
     let mut out = String::with_capacity(900);
     prometheus::labels(&mut out, &pairs);
     out
@@ -337,7 +407,7 @@ mod tests {
         assert_eq!(m.series(), 2);
         assert_eq!(m.overflow(), 1);
         let mut out = String::new();
-        m.render(&mut out);
+        m.render(&mut out, &[]);
         assert!(out.contains("response_code=\"200\""), "{out}");
         let line = out
             .lines()
