@@ -633,30 +633,7 @@ async fn a_post_is_retried_with_its_body_to_another_pod() {
     let app = App::Forward(failing_app(hits.clone()).await);
     let w = start_with_pod(Some(app), |ls, _, es, bad| {
         // Port 8100 gets a second endpoint, the failing pod.
-        let bad = bad.unwrap();
-        let (_, e) = es
-            .iter_mut()
-            .find(|(n, _)| n == CLUSTER_8100)
-            .expect("endpoints");
-        let cla = <envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(e.value.as_slice()).unwrap();
-        let mut json =
-            xds::envoy::to_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &cla).unwrap();
-        let first = json["endpoints"][0]["lb_endpoints"][0].to_string();
-        let pod_ip = first
-            .split(['"', ':'])
-            .find(|p| p.starts_with("127.") && p.parse::<IpAddr>().is_ok())
-            .unwrap()
-            .to_string();
-        let second: serde_json::Value =
-            serde_json::from_str(&first.replace(&pod_ip, &bad.to_string())).unwrap();
-        json["endpoints"][0]["lb_endpoints"]
-            .as_array_mut()
-            .unwrap()
-            .push(second);
-        let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
-            xds::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json)
-                .unwrap();
-        *e = fixture::any(ENDPOINT, &cla);
+        add_endpoint(es, CLUSTER_8100, bad.unwrap());
         // istiod's retry policy (route/retry/retry.go) with 503 retriable, on /echo-body.
         fixture::prepend_routes(
             ls,
@@ -693,4 +670,90 @@ async fn a_post_is_retried_with_its_body_to_another_pod() {
         hits.load(std::sync::atomic::Ordering::Relaxed) >= 1,
         "the failing pod was tried (and the request retried elsewhere)"
     );
+}
+
+/// Adds the pod at `ip` (port 8080) to the endpoints of `cluster`, in the shape of its
+/// first endpoint.
+fn add_endpoint(es: &mut Named, cluster: &str, ip: IpAddr) {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let (_, e) = es
+        .iter_mut()
+        .find(|(n, _)| n == cluster)
+        .expect("endpoints");
+    let cla = <ClusterLoadAssignment as prost::Message>::decode(e.value.as_slice()).unwrap();
+    let mut json =
+        xds::envoy::to_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &cla).unwrap();
+    let first = json["endpoints"][0]["lb_endpoints"][0].to_string();
+    let pod_ip = first
+        .split(['"', ':'])
+        .find(|p| p.starts_with("127.") && p.parse::<IpAddr>().is_ok())
+        .unwrap()
+        .to_string();
+    let second: serde_json::Value =
+        serde_json::from_str(&first.replace(&pod_ip, &ip.to_string())).unwrap();
+    json["endpoints"][0]["lb_endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(second);
+    let cla: ClusterLoadAssignment =
+        xds::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap();
+    *e = fixture::any(ENDPOINT, &cla);
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_each_user_on_one_pod() {
+    // DestinationRule consistentHash (cluster_traffic_policy.go applyLoadBalancer):
+    // RING_HASH on the cluster, hash_policy on the route (header, and a cookie with a TTL).
+    let w = start_with_pod(Some(App::Echo), |ls, cs, es, extra| {
+        add_endpoint(es, CLUSTER_8100, extra.unwrap());
+        let (_, c) = cs.iter_mut().find(|(n, _)| n == CLUSTER_8100).unwrap();
+        let mut cluster =
+            <envoy_types::pb::envoy::config::cluster::v3::Cluster as prost::Message>::decode(
+                c.value.as_slice(),
+            )
+            .unwrap();
+        cluster.lb_policy = 2; // RING_HASH
+        *c = fixture::any(CLUSTER, &cluster);
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[
+                json!({"name": "dr.header", "match": {"prefix": "/user"}, "route": {"cluster": CLUSTER_8100,
+                       "hash_policy": [{"header": {"header_name": "x-user"}}]}}),
+                json!({"name": "dr.cookie", "match": {"prefix": "/cookie"}, "route": {"cluster": CLUSTER_8100,
+                       "hash_policy": [{"cookie": {"name": "sticky", "ttl": "60s", "path": "/"}}]}}),
+            ],
+        );
+    })
+    .await;
+    let mut pods = std::collections::HashSet::new();
+    for u in 0..20 {
+        let user = format!("user-{u}");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let a = send(&w, 8100, "GET", "/user", &[("x-user", &user)]).await;
+            seen.insert(a.echo()["pod"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "{user} went to {seen:?}");
+        pods.extend(seen);
+    }
+    assert_eq!(pods.len(), 2, "users spread over both pods: {pods:?}");
+
+    // Without the cookie, one is generated and set; with it, the pod stays the same.
+    let first = get(&w, 8100, "/cookie").await;
+    let set = first
+        .header("set-cookie")
+        .expect("a generated cookie")
+        .to_string();
+    assert!(
+        set.starts_with("sticky=") && set.contains("Max-Age=60"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let pod = first.echo()["pod"].as_str().unwrap().to_string();
+    for _ in 0..6 {
+        let a = send(&w, 8100, "GET", "/cookie", &[("cookie", &cookie)]).await;
+        assert_eq!(a.echo()["pod"], pod.as_str());
+        assert_eq!(a.header("set-cookie"), None);
+    }
 }

@@ -1,4 +1,7 @@
-//! Endpoint selection for a chosen backend.
+//! Endpoint selection for a chosen backend: round robin, or consistent hashing ([`ring`])
+//! when the port is configured for it and the request has a hash.
+
+pub mod ring;
 
 use crate::model::{Endpoint, ServicePort};
 
@@ -69,9 +72,13 @@ pub struct Picked {
     pub workload: std::sync::Arc<crate::model::Workload>,
 }
 
-/// Chooses the endpoint for `backend`: round-robin over a Service port's endpoints, or the
-/// addressed pod itself.
-pub fn pick(backend: &crate::route::Backend) -> Result<Picked, crate::ProxyError> {
+/// Chooses the endpoint for `backend`: by `hash` when the Service port balances by
+/// consistent hashing and the request has one, else round-robin over the port's endpoints;
+/// or the addressed pod itself.
+pub fn pick(
+    backend: &crate::route::Backend,
+    hash: Option<u64>,
+) -> Result<Picked, crate::ProxyError> {
     use crate::route::Backend;
     use crate::ProxyError;
     match backend {
@@ -79,8 +86,13 @@ pub fn pick(backend: &crate::route::Backend) -> Result<Picked, crate::ProxyError
             let sp = service.port(*port).ok_or_else(|| {
                 ProxyError::Internal(format!("{} has no port {port}", service.name))
             })?;
-            let ep =
-                round_robin(sp).ok_or_else(|| ProxyError::NoHealthyUpstream(backend.describe()))?;
+            let hashed = match (sp.hash_ring(), hash) {
+                (Some(ring), Some(h)) => ring.get(h).map(|i| &sp.endpoints[i]),
+                _ => None,
+            };
+            let ep = hashed
+                .or_else(|| round_robin(sp))
+                .ok_or_else(|| ProxyError::NoHealthyUpstream(backend.describe()))?;
             Ok(Picked {
                 address: ep
                     .address()

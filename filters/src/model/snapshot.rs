@@ -126,6 +126,9 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// The ready endpoints behind this port.
     pub endpoints: Vec<Endpoint>,
+    /// How an endpoint is chosen (round robin unless configured).
+    #[serde(skip)]
+    hash_ring: Option<crate::balance::ring::Ring>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -145,8 +148,22 @@ impl ServicePort {
             target_port,
             protocol,
             endpoints,
+            hash_ring: None,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// This port balanced by consistent hashing (Envoy's `RING_HASH`/`MAGLEV`) over a ring
+    /// of about `ring_size` points: requests with a hash (the route's `hash_policy`) stick
+    /// to an endpoint; requests without one are balanced round-robin.
+    pub fn with_hash_ring(mut self, ring_size: usize) -> Self {
+        self.hash_ring = Some(crate::balance::ring::Ring::new(&self.endpoints, ring_size));
+        self
+    }
+
+    /// The consistent-hash ring, when this port balances by hash.
+    pub fn hash_ring(&self) -> Option<&crate::balance::ring::Ring> {
+        self.hash_ring.as_ref()
     }
 
     /// Round-robin cursor shared by every request on this snapshot.

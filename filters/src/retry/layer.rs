@@ -155,6 +155,7 @@ mod tests {
             served: true,
         });
         RouteDecision {
+            hash: None,
             backend: crate::route::Backend::Service {
                 service: svc,
                 port: 80,

@@ -136,13 +136,22 @@ where
     for m in mirrors {
         mirror(&inner, &req, &m);
     }
+    let (hash, set_cookie) = selection
+        .rule
+        .as_ref()
+        .map(|s| super::request_hash(&s.rule().hash_policy, &req, ctx.tunnel.source_ip))
+        .unwrap_or_default();
     req.extensions_mut().insert(RouteDecision {
+        hash,
         backend,
         rule: selection.rule,
         timeouts,
         retry,
     });
     let mut resp = inner.ready().await?.call(req).await?;
+    if let Some(c) = set_cookie {
+        resp.headers_mut().append(http::header::SET_COOKIE, c);
+    }
     if delayed && resp.extensions().get::<ResponseFlag>().is_none() {
         resp.extensions_mut().insert(ResponseFlag("DI"));
     }
@@ -187,6 +196,7 @@ where
         copy.extensions_mut().insert(ctx.clone());
     }
     copy.extensions_mut().insert(RouteDecision {
+        hash: None,
         backend: m.backend.clone(),
         rule: None,
         timeouts: Default::default(),

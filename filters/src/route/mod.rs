@@ -112,6 +112,8 @@ pub struct RouteDecision {
     pub timeouts: Timeouts,
     /// Retry policy of the rule.
     pub retry: Option<RetryPolicy>,
+    /// The request's hash for consistent-hash balancing (the route's `hash_policy`).
+    pub hash: Option<u64>,
 }
 
 /// What routing decided before any filter runs.
@@ -160,4 +162,67 @@ pub fn decide<B>(ctx: &RequestContext, req: &http::Request<B>) -> Result<Selecti
         }),
         backend,
     })
+}
+
+/// The request's hash under `policies` (Envoy's route `hash_policy`): each input present is
+/// hashed and folded in (the hash so far rotated left by one, then xor-ed); a present
+/// terminal input ends it. `None` when no input is present (the endpoint is then chosen
+/// round-robin). The second value is a `Set-Cookie` for the response when a cookie input
+/// with a TTL was missing and has been generated.
+pub fn request_hash<B>(
+    policies: &[model::HashPolicy],
+    req: &http::Request<B>,
+    source_ip: Option<std::net::IpAddr>,
+) -> (Option<u64>, Option<http::HeaderValue>) {
+    use crate::balance::ring::hash_of;
+    use model::HashSource;
+    let mut hash: Option<u64> = None;
+    let mut set_cookie = None;
+    for p in policies {
+        let value = match &p.source {
+            HashSource::Header(name) => req.headers().get(name).map(|v| hash_of(v.as_bytes())),
+            HashSource::Cookie { name, ttl, path } => match cookie(req.headers(), name) {
+                Some(v) => Some(hash_of(v)),
+                None => match (ttl, source_ip) {
+                    (Some(ttl), Some(ip)) => {
+                        let value = format!("{:016x}", hash_of(ip.to_string()));
+                        let mut c = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs());
+                        if let Some(path) = path {
+                            c.push_str(&format!("; Path={path}"));
+                        }
+                        c.push_str("; HttpOnly");
+                        set_cookie = http::HeaderValue::from_str(&c).ok();
+                        Some(hash_of(value.as_str()))
+                    }
+                    _ => None,
+                },
+            },
+            HashSource::SourceIp => source_ip.map(|ip| hash_of(ip.to_string())),
+            HashSource::QueryParameter(name) => req.uri().query().and_then(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| hash_of(v))
+            }),
+        };
+        if let Some(v) = value {
+            hash = Some(hash.map_or(v, |h| h.rotate_left(1) ^ v));
+            if p.terminal {
+                break;
+            }
+        }
+    }
+    (hash, set_cookie)
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
 }

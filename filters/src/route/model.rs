@@ -47,6 +47,39 @@ pub struct Rule {
     pub timeouts: Timeouts,
     /// Retry policy.
     pub retry: Option<RetryPolicy>,
+    /// How the request's hash is computed for consistent-hash balancing (Envoy's route
+    /// `hash_policy`, from a DestinationRule `consistentHash`).
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// One input to a request's hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct HashPolicy {
+    /// Where the hashed value comes from.
+    pub source: HashSource,
+    /// When this input is present, the inputs after it are not used.
+    pub terminal: bool,
+}
+
+/// What a [`HashPolicy`] hashes.
+#[derive(Debug, Clone, Serialize)]
+pub enum HashSource {
+    /// A request header's value.
+    Header(#[serde(serialize_with = "ser_name")] HeaderName),
+    /// A cookie's value; with a `ttl`, a request without the cookie gets one generated
+    /// (from the client's address) and set on the response, as Envoy does.
+    Cookie {
+        /// The cookie.
+        name: String,
+        /// Lifetime of a generated cookie.
+        ttl: Option<Duration>,
+        /// Path of a generated cookie.
+        path: Option<String>,
+    },
+    /// The client's IP address.
+    SourceIp,
+    /// A query parameter's value.
+    QueryParameter(String),
 }
 
 /// `timeouts` of a rule.

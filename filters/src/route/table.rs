@@ -296,6 +296,7 @@ mod tests {
                     backends: vec![],
                     timeouts: Timeouts::default(),
                     retry: None,
+                    hash_policy: vec![],
                 })
                 .collect(),
         })

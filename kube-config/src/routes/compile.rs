@@ -533,6 +533,7 @@ pub(crate) fn http_rule(
             backends,
             timeouts,
             retry,
+            hash_policy: Vec::new(),
         },
         problems,
     ))
@@ -561,6 +562,7 @@ pub(crate) fn grpc_rule(
             backends,
             timeouts: Timeouts::default(),
             retry: None,
+            hash_policy: Vec::new(),
         },
         problems,
     ))

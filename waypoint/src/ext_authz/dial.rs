@@ -76,10 +76,13 @@ pub async fn resolve(snapshot: &Snapshot, provider: &Provider) -> Result<Endpoin
             ))
         })?;
         let h2 = port.protocol.prefers_h2();
-        let picked = balance::pick(&Backend::Service {
-            service: service.clone(),
-            port: provider.port,
-        })
+        let picked = balance::pick(
+            &Backend::Service {
+                service: service.clone(),
+                port: provider.port,
+            },
+            None,
+        )
         .map_err(|e| unreachable(e.to_string()))?;
         return Ok(Endpoint {
             picked,

@@ -56,7 +56,7 @@ async fn copy(
         tracing::info!(%policy, peer = %info.peer, "TCP tunnel denied by authorization");
         return ("-", None, 0, 0);
     }
-    let picked = match balance::pick(&Backend::of_target(&info.target)) {
+    let picked = match balance::pick(&Backend::of_target(&info.target), None) {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: no endpoint");

@@ -49,7 +49,7 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         .extensions_mut()
         .remove::<RouteDecision>()
         .ok_or_else(|| ProxyError::Internal("request reached upstream without a route".into()))?;
-    let picked = balance::pick(&decision.backend)?;
+    let picked = balance::pick(&decision.backend, decision.hash)?;
     let log = req.extensions_mut().remove::<RequestLog>();
     let trace = req.extensions_mut().remove::<RequestTrace>();
     if let Some(log) = &log {

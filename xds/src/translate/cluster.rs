@@ -27,6 +27,8 @@ pub struct ClusterInfo {
     pub protocol: Protocol,
     /// The EDS resource name to subscribe to.
     pub eds_name: String,
+    /// Consistent-hash ring size when the cluster balances by hash (`RING_HASH`, `MAGLEV`).
+    pub hash_ring: Option<usize>,
     /// The DestinationRule subset (`inbound-vip|<port>|http/<subset>|<host>`): the
     /// Service's port restricted to the endpoints EDS sends for this cluster.
     pub subset: Option<String>,
@@ -108,6 +110,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         protocol,
         eds_name,
         subset,
+        hash_ring: hash_ring(c),
     })
 }
 
@@ -135,13 +138,15 @@ fn check_load_balancing(c: &Cluster) -> Result<(), InvalidResource> {
     match c.lb_policy {
         0 => {}
         1 => tracing::debug!(cluster = %c.name, "LEAST_REQUEST balanced round-robin"),
-        other => {
-            return Err(invalid(
-                c,
-                "lb_policy",
-                format!("only ROUND_ROBIN and LEAST_REQUEST are supported, got {other}"),
-            ))
-        }
+        // RING_HASH, MAGLEV: consistent hashing (`hash_ring`).
+        2 | 5 => {}
+        other => return Err(invalid(
+            c,
+            "lb_policy",
+            format!(
+                "only ROUND_ROBIN, LEAST_REQUEST, RING_HASH and MAGLEV are supported, got {other}"
+            ),
+        )),
     }
     if let Some(p) = &c.load_balancing_policy {
         for (i, pol) in p.policies.iter().enumerate() {
@@ -205,6 +210,24 @@ fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
 }
 
 /// Rejects transport sockets other than internal-upstream and raw buffer.
+/// The ring size of a consistent-hash cluster (`RING_HASH` with its `minimum_ring_size`,
+/// or `MAGLEV`), `None` for the others.
+fn hash_ring(c: &Cluster) -> Option<usize> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
+    match c.lb_policy {
+        2 => Some(match &c.lb_config {
+            Some(LbConfig::RingHashLbConfig(r)) => r
+                .minimum_ring_size
+                .map_or(filters::balance::ring::DEFAULT_RING_SIZE, |v| {
+                    v.value as usize
+                }),
+            _ => filters::balance::ring::DEFAULT_RING_SIZE,
+        }),
+        5 => Some(filters::balance::ring::DEFAULT_RING_SIZE),
+        _ => None,
+    }
+}
+
 fn check_transport_socket(c: &Cluster) -> Result<(), InvalidResource> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;

@@ -217,7 +217,11 @@ fn service_port(
         })
         .collect();
     let target = eps.first().map(|e| e.port).unwrap_or(c.port);
-    ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
+    let port = ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps);
+    match c.hash_ring {
+        Some(size) => port.with_hash_ring(size),
+        None => port,
+    }
 }
 
 /// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to
@@ -478,6 +482,7 @@ fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>
             backends,
             timeouts: spec.timeouts,
             retry: spec.retry.clone(),
+            hash_policy: spec.hash_policy.clone(),
         }],
     }
 }
