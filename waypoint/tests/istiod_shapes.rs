@@ -757,3 +757,54 @@ async fn consistent_hashing_keeps_each_user_on_one_pod() {
         assert_eq!(a.header("set-cookie"), None);
     }
 }
+
+#[tokio::test]
+async fn least_request_sends_new_requests_away_from_a_busy_pod() {
+    // Istio's default load balancer (cluster.go defaultLBAlgorithm): LEAST_REQUEST.
+    let w = start_with_pod(Some(App::Echo), |_, cs, es, extra| {
+        add_endpoint(es, CLUSTER_8100, extra.unwrap());
+        let (_, c) = cs.iter_mut().find(|(n, _)| n == CLUSTER_8100).unwrap();
+        let mut cluster =
+            <envoy_types::pb::envoy::config::cluster::v3::Cluster as prost::Message>::decode(
+                c.value.as_slice(),
+            )
+            .unwrap();
+        cluster.lb_policy = 1; // LEAST_REQUEST
+        *c = fixture::any(CLUSTER, &cluster);
+    })
+    .await;
+    // One slow request holds one pod busy.
+    let slow = {
+        let client = w.client.clone();
+        tokio::spawn(async move {
+            let conn = client.connect().await.unwrap();
+            let mut http = conn
+                .http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+                .await
+                .unwrap();
+            let req = http::Request::get("/slow?delay=1500ms")
+                .header("host", HOST)
+                .body(filters::body::empty())
+                .unwrap();
+            let resp = http.send_request(req).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["pod"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fast = std::collections::HashSet::new();
+    for _ in 0..10 {
+        fast.insert(
+            get(&w, 8100, "/get").await.echo()["pod"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let busy = slow.await.unwrap();
+    assert_eq!(fast.len(), 1, "every new request went to one pod: {fast:?}");
+    assert!(!fast.contains(&busy), "not to the busy pod {busy}");
+}

@@ -1,21 +1,89 @@
-//! Endpoint selection for a chosen backend: round robin, or consistent hashing ([`ring`])
-//! when the port is configured for it and the request has a hash.
+//! Endpoint selection for a chosen backend, as the cluster's load-balancing policy says:
+//! round robin, random, least request (the less loaded of two random endpoints, Envoy's
+//! default choice count; Istio's default policy), or consistent hashing ([`ring`]) for
+//! requests that have a hash.
 
 pub mod ring;
 
-use crate::model::{Endpoint, ServicePort};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::model::{Endpoint, Service, ServicePort};
+
+/// A load-balancing policy, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// The endpoint with fewer requests in flight, of two drawn at random.
+    LeastRequest,
+    /// Consistent hashing over a ring of about this many points.
+    Hash(usize),
+}
+
+/// A port's balancing state, built with its endpoints.
+#[derive(Debug, Default)]
+pub enum Balancing {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// The less loaded of two random endpoints.
+    LeastRequest,
+    /// Consistent hashing; requests without a hash go round-robin.
+    Hash(ring::Ring),
+}
+
+impl Balancing {
+    /// The state for `policy` over `endpoints`.
+    pub fn new(policy: Policy, endpoints: &[Endpoint]) -> Self {
+        match policy {
+            Policy::RoundRobin => Balancing::RoundRobin,
+            Policy::Random => Balancing::Random,
+            Policy::LeastRequest => Balancing::LeastRequest,
+            Policy::Hash(size) => Balancing::Hash(ring::Ring::new(endpoints, size)),
+        }
+    }
+}
+
+/// Indexes of the endpoints that have an address.
+fn addressed(port: &ServicePort) -> impl Iterator<Item = usize> + '_ {
+    (0..port.endpoints.len()).filter(|i| port.endpoints[*i].address().is_some())
+}
+
+/// A random addressed endpoint.
+fn random(port: &ServicePort) -> Option<usize> {
+    use rand::seq::IteratorRandom;
+    addressed(port).choose(&mut rand::thread_rng())
+}
+
+/// The endpoint with fewer requests in flight, of two distinct random ones.
+fn least_request(port: &ServicePort) -> Option<usize> {
+    use rand::seq::IteratorRandom;
+    let two = addressed(port).choose_multiple(&mut rand::thread_rng(), 2);
+    two.into_iter()
+        .min_by_key(|i| port.active(*i).load(Ordering::Relaxed))
+}
 
 /// Picks the next endpoint of `port` in round-robin order, skipping endpoints without an
 /// address. `None` when the port has no usable endpoint.
 pub fn round_robin(port: &ServicePort) -> Option<&Endpoint> {
+    round_robin_index(port).map(|i| &port.endpoints[i])
+}
+
+fn round_robin_index(port: &ServicePort) -> Option<usize> {
     let n = port.endpoints.len();
     if n == 0 {
         return None;
     }
     let start = port.next_index();
     (0..n)
-        .map(|i| &port.endpoints[(start + i) % n])
-        .find(|e| e.address().is_some())
+        .map(|i| (start + i) % n)
+        .find(|i| port.endpoints[*i].address().is_some())
 }
 
 #[cfg(test)]
@@ -24,7 +92,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::model::{Identity, NamespacedName, Protocol, TargetPort, Workload};
+    use crate::model::{Identity, NamespacedName, Protocol, Service, TargetPort, Workload};
 
     fn ep(name: &str, ip: Option<&str>) -> Endpoint {
         Endpoint {
@@ -61,6 +129,72 @@ mod tests {
         let empty = ServicePort::new(None, 80, TargetPort::Number(1), Protocol::Http, vec![]);
         assert!(round_robin(&empty).is_none());
     }
+
+    fn service(policy: Policy) -> Arc<Service> {
+        let port = ServicePort::new(
+            None,
+            80,
+            TargetPort::Number(8080),
+            Protocol::Http,
+            vec![ep("a", Some("127.128.0.1")), ep("b", Some("127.128.0.2"))],
+        )
+        .with_balancing(policy);
+        Arc::new(Service {
+            name: NamespacedName::new("default", "svc"),
+            hostname: "svc.default.svc.cluster.local".into(),
+            vips: vec![],
+            ports: vec![port],
+            served: true,
+        })
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint_until_it_is_free() {
+        let svc = service(Policy::LeastRequest);
+        let backend = crate::route::Backend::Service {
+            service: svc.clone(),
+            port: 80,
+        };
+        let busy = pick(&backend, None).unwrap();
+        let busy_name = busy.workload.name.name.clone();
+        // With one request in flight on it, the other endpoint wins every draw of two.
+        for _ in 0..20 {
+            let p = pick(&backend, None).unwrap();
+            assert_ne!(p.workload.name.name, busy_name);
+        }
+        assert_eq!(
+            svc.ports[0].active(0).load(Ordering::Relaxed)
+                + svc.ports[0].active(1).load(Ordering::Relaxed),
+            1
+        );
+        drop(busy);
+        assert_eq!(
+            svc.ports[0].active(0).load(Ordering::Relaxed)
+                + svc.ports[0].active(1).load(Ordering::Relaxed),
+            0
+        );
+    }
+
+    #[test]
+    fn random_and_hash_pick_addressed_endpoints() {
+        let backend = crate::route::Backend::Service {
+            service: service(Policy::Random),
+            port: 80,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            seen.insert(pick(&backend, None).unwrap().workload.name.name.clone());
+        }
+        assert_eq!(seen.len(), 2);
+        let hashed = crate::route::Backend::Service {
+            service: service(Policy::Hash(64)),
+            port: 80,
+        };
+        let first = pick(&hashed, Some(42)).unwrap().workload.name.name.clone();
+        for _ in 0..8 {
+            assert_eq!(pick(&hashed, Some(42)).unwrap().workload.name.name, first);
+        }
+    }
 }
 
 /// An endpoint chosen for one request or tunnel.
@@ -70,6 +204,37 @@ pub struct Picked {
     pub address: std::net::SocketAddr,
     /// The workload behind it (its identity and whether it speaks HBONE).
     pub workload: std::sync::Arc<crate::model::Workload>,
+    /// Counts the request as in flight to the endpoint until dropped (least request).
+    pub in_flight: Option<InFlight>,
+}
+
+/// A request counted in flight to an endpoint; the count drops with it.
+#[derive(Debug)]
+pub struct InFlight {
+    service: Arc<Service>,
+    port: u16,
+    endpoint: usize,
+}
+
+impl Clone for InFlight {
+    fn clone(&self) -> Self {
+        if let Some(p) = self.service.port(self.port) {
+            p.active(self.endpoint).fetch_add(1, Ordering::Relaxed);
+        }
+        Self {
+            service: self.service.clone(),
+            port: self.port,
+            endpoint: self.endpoint,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(p) = self.service.port(self.port) {
+            p.active(self.endpoint).fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Chooses the endpoint for `backend`: by `hash` when the Service port balances by
@@ -86,18 +251,26 @@ pub fn pick(
             let sp = service.port(*port).ok_or_else(|| {
                 ProxyError::Internal(format!("{} has no port {port}", service.name))
             })?;
-            let hashed = match (sp.hash_ring(), hash) {
-                (Some(ring), Some(h)) => ring.get(h).map(|i| &sp.endpoints[i]),
-                _ => None,
+            let index = match (sp.balancing(), hash) {
+                (Balancing::Hash(ring), Some(h)) => ring.get(h),
+                (Balancing::Random, _) => random(sp),
+                (Balancing::LeastRequest, _) => least_request(sp),
+                _ => round_robin_index(sp),
             };
-            let ep = hashed
-                .or_else(|| round_robin(sp))
-                .ok_or_else(|| ProxyError::NoHealthyUpstream(backend.describe()))?;
+            let i = index.ok_or_else(|| ProxyError::NoHealthyUpstream(backend.describe()))?;
+            let ep = &sp.endpoints[i];
+            let active = matches!(sp.balancing(), Balancing::LeastRequest).then(|| {
+                sp.active(i).fetch_add(1, Ordering::Relaxed);
+                InFlight {
+                    service: service.clone(),
+                    port: *port,
+                    endpoint: i,
+                }
+            });
             Ok(Picked {
-                address: ep
-                    .address()
-                    .expect("round_robin returns addressed endpoints"),
+                address: ep.address().expect("balancers return addressed endpoints"),
                 workload: ep.workload.clone(),
+                in_flight: active,
             })
         }
         Backend::Workload { workload, port } => {
@@ -107,6 +280,7 @@ pub fn pick(
             Ok(Picked {
                 address: std::net::SocketAddr::new(ip, *port),
                 workload: workload.clone(),
+                in_flight: None,
             })
         }
     }

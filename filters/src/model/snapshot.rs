@@ -126,9 +126,12 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// The ready endpoints behind this port.
     pub endpoints: Vec<Endpoint>,
-    /// How an endpoint is chosen (round robin unless configured).
+    /// How an endpoint is chosen.
     #[serde(skip)]
-    hash_ring: Option<crate::balance::ring::Ring>,
+    balancing: crate::balance::Balancing,
+    /// Requests in flight per endpoint (least-request balancing).
+    #[serde(skip)]
+    active: Box<[AtomicUsize]>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -147,23 +150,27 @@ impl ServicePort {
             port,
             target_port,
             protocol,
+            active: (0..endpoints.len()).map(|_| AtomicUsize::new(0)).collect(),
             endpoints,
-            hash_ring: None,
+            balancing: crate::balance::Balancing::RoundRobin,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// This port balanced by consistent hashing (Envoy's `RING_HASH`/`MAGLEV`) over a ring
-    /// of about `ring_size` points: requests with a hash (the route's `hash_policy`) stick
-    /// to an endpoint; requests without one are balanced round-robin.
-    pub fn with_hash_ring(mut self, ring_size: usize) -> Self {
-        self.hash_ring = Some(crate::balance::ring::Ring::new(&self.endpoints, ring_size));
+    /// This port balanced by `policy` (round robin unless configured).
+    pub fn with_balancing(mut self, policy: crate::balance::Policy) -> Self {
+        self.balancing = crate::balance::Balancing::new(policy, &self.endpoints);
         self
     }
 
-    /// The consistent-hash ring, when this port balances by hash.
-    pub fn hash_ring(&self) -> Option<&crate::balance::ring::Ring> {
-        self.hash_ring.as_ref()
+    /// How an endpoint of this port is chosen.
+    pub fn balancing(&self) -> &crate::balance::Balancing {
+        &self.balancing
+    }
+
+    /// Requests in flight to endpoint `i` (counted by least-request balancing).
+    pub fn active(&self, i: usize) -> &AtomicUsize {
+        &self.active[i]
     }
 
     /// Round-robin cursor shared by every request on this snapshot.

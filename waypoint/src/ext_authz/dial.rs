@@ -44,6 +44,7 @@ fn direct(address: SocketAddr, host: &str) -> Picked {
             served: false,
             named_ports: BTreeMap::new(),
         }),
+        in_flight: None,
     }
 }
 

@@ -118,5 +118,10 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
             Err(e) => Err(e.response_flag().to_string()),
         });
     }
-    Ok(result?.map(Body::new))
+    let in_flight = picked.in_flight;
+    Ok(result?.map(|b| match in_flight {
+        // Least request: the endpoint counts this request until its response ends.
+        Some(guard) => Body::new(filters::body::Guarded::new(b, guard)),
+        None => Body::new(b),
+    }))
 }

@@ -27,8 +27,8 @@ pub struct ClusterInfo {
     pub protocol: Protocol,
     /// The EDS resource name to subscribe to.
     pub eds_name: String,
-    /// Consistent-hash ring size when the cluster balances by hash (`RING_HASH`, `MAGLEV`).
-    pub hash_ring: Option<usize>,
+    /// The load-balancing policy.
+    pub balancing: filters::balance::Policy,
     /// The DestinationRule subset (`inbound-vip|<port>|http/<subset>|<host>`): the
     /// Service's port restricted to the endpoints EDS sends for this cluster.
     pub subset: Option<String>,
@@ -110,7 +110,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         protocol,
         eds_name,
         subset,
-        hash_ring: hash_ring(c),
+        balancing: balancing(c),
     })
 }
 
@@ -137,16 +137,17 @@ fn check_load_balancing(c: &Cluster) -> Result<(), InvalidResource> {
     // approximated by it. Other policies and features are rejected, never ignored.
     match c.lb_policy {
         0 => {}
-        1 => tracing::debug!(cluster = %c.name, "LEAST_REQUEST balanced round-robin"),
-        // RING_HASH, MAGLEV: consistent hashing (`hash_ring`).
-        2 | 5 => {}
-        other => return Err(invalid(
-            c,
-            "lb_policy",
-            format!(
+        // LEAST_REQUEST, RING_HASH, RANDOM, MAGLEV (`balancing`).
+        1 | 2 | 3 | 5 => {}
+        other => {
+            return Err(invalid(
+                c,
+                "lb_policy",
+                format!(
                 "only ROUND_ROBIN, LEAST_REQUEST, RING_HASH and MAGLEV are supported, got {other}"
             ),
-        )),
+            ))
+        }
     }
     if let Some(p) = &c.load_balancing_policy {
         for (i, pol) in p.policies.iter().enumerate() {
@@ -209,25 +210,26 @@ fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
     Ok(())
 }
 
-/// Rejects transport sockets other than internal-upstream and raw buffer.
-/// The ring size of a consistent-hash cluster (`RING_HASH` with its `minimum_ring_size`,
-/// or `MAGLEV`), `None` for the others.
-fn hash_ring(c: &Cluster) -> Option<usize> {
+/// The cluster's load-balancing policy (`RING_HASH` with its `minimum_ring_size`).
+fn balancing(c: &Cluster) -> filters::balance::Policy {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
+    use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
     match c.lb_policy {
-        2 => Some(match &c.lb_config {
+        1 => Policy::LeastRequest,
+        2 => Policy::Hash(match &c.lb_config {
             Some(LbConfig::RingHashLbConfig(r)) => r
                 .minimum_ring_size
-                .map_or(filters::balance::ring::DEFAULT_RING_SIZE, |v| {
-                    v.value as usize
-                }),
-            _ => filters::balance::ring::DEFAULT_RING_SIZE,
+                .map_or(DEFAULT_RING_SIZE, |v| v.value as usize),
+            _ => DEFAULT_RING_SIZE,
         }),
-        5 => Some(filters::balance::ring::DEFAULT_RING_SIZE),
-        _ => None,
+        3 => Policy::Random,
+        5 => Policy::Hash(DEFAULT_RING_SIZE),
+        _ => Policy::RoundRobin,
     }
 }
 
+/// Rejects transport sockets other than internal-upstream and raw buffer, and anything but
+/// plaintext inside the tunnel.
 fn check_transport_socket(c: &Cluster) -> Result<(), InvalidResource> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;

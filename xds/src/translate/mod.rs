@@ -217,11 +217,8 @@ fn service_port(
         })
         .collect();
     let target = eps.first().map(|e| e.port).unwrap_or(c.port);
-    let port = ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps);
-    match c.hash_ring {
-        Some(size) => port.with_hash_ring(size),
-        None => port,
-    }
+    ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
+        .with_balancing(c.balancing)
 }
 
 /// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to

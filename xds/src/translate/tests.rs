@@ -230,7 +230,7 @@ fn cluster_features_the_waypoint_lacks_are_rejected_not_ignored() {
     let base = cs[0].clone();
     assert!(cluster::convert(&base).is_ok());
     let mut c = base.clone();
-    c.lb_policy = 3; // RANDOM
+    c.lb_policy = 4; // CLUSTER_PROVIDED
     assert_eq!(cluster::convert(&c).unwrap_err().field, "lb_policy");
     let mut c = base.clone();
     c.outlier_detection = Some(Default::default());
