@@ -149,6 +149,7 @@ fn check_load_balancing(c: &Cluster) -> Result<(), InvalidResource> {
             ))
         }
     }
+    check_lb_configs(c)?;
     if let Some(p) = &c.load_balancing_policy {
         for (i, pol) in p.policies.iter().enumerate() {
             let url = pol
@@ -204,6 +205,57 @@ fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
                 c,
                 "circuit_breakers",
                 "circuit breaker limits are not supported".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The policy-specific and common load-balancing settings the waypoint does not implement
+/// are refused by field (least request other than two choices, slow start, locality
+/// weighting, panic thresholds, consistent-hashing options).
+fn check_lb_configs(c: &Cluster) -> Result<(), InvalidResource> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
+    if let Some(LbConfig::LeastRequestLbConfig(l)) = &c.lb_config {
+        if l.choice_count.is_some_and(|n| n.value != 2) {
+            return Err(invalid(
+                c,
+                "least_request_lb_config.choice_count",
+                "only 2 is supported".into(),
+            ));
+        }
+        if l.active_request_bias.is_some() || l.slow_start_config.is_some() {
+            return Err(invalid(
+                c,
+                "least_request_lb_config",
+                "active_request_bias and slow_start_config are not supported".into(),
+            ));
+        }
+    }
+    if let Some(common) = &c.common_lb_config {
+        let unsupported = [
+            (
+                "healthy_panic_threshold",
+                common.healthy_panic_threshold.is_some(),
+            ),
+            (
+                "locality_config_specifier",
+                common.locality_config_specifier.is_some(),
+            ),
+            (
+                "consistent_hashing_lb_config",
+                common.consistent_hashing_lb_config.is_some(),
+            ),
+            (
+                "override_host_status",
+                common.override_host_status.is_some(),
+            ),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                c,
+                &format!("common_lb_config.{field}"),
+                "not supported".into(),
             ));
         }
     }
