@@ -7,6 +7,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod destination_rule;
 mod error;
 pub mod ext_authz;
 pub mod mesh;

@@ -20,6 +20,7 @@ pub struct Objects {
     pub(crate) authentications: Vec<(String, super::authn::RequestAuthentication)>,
     pub(crate) config_maps: Vec<(String, super::mesh::ConfigMap)>,
     pub(crate) telemetries: Vec<(String, super::telemetry::Telemetry)>,
+    pub(crate) destination_rules: Vec<(String, super::destination_rule::DestinationRule)>,
 }
 
 /// Parses a multi-document YAML text of Kubernetes objects.
@@ -94,6 +95,9 @@ impl Objects {
             ("telemetry.istio.io", "Telemetry") => self.telemetries.push(typed(value, &label)?),
             ("security.istio.io", "AuthorizationPolicy") => {
                 self.policies.push(typed(value, &label)?)
+            }
+            ("networking.istio.io", "DestinationRule") => {
+                self.destination_rules.push(typed(value, &label)?)
             }
             ("gateway.networking.k8s.io", "ReferenceGrant") => {
                 self.grants.push(typed(value, &label)?)

@@ -120,7 +120,9 @@ pub fn translate_with_status(
         let ns = namespace_of(&svc.metadata);
         let served =
             for_services && uses_waypoint(&svc.metadata, ns_labels.get(ns).copied(), &gw_name);
-        services.push(Arc::new(service(label, svc, served, options, &workloads)?));
+        let mut built = service(label, svc, served, options, &workloads)?;
+        apply_destination_rule(&mut built, &objects.destination_rules, options)?;
+        services.push(Arc::new(built));
     }
 
     let by_name: HashMap<NamespacedName, Arc<Service>> = services
@@ -287,6 +289,34 @@ fn service(
         ports,
         served,
     })
+}
+
+/// Applies the DestinationRule for `svc`'s host (one in the Service's own namespace first,
+/// as Istio prefers) to its ports' balancing.
+fn apply_destination_rule(
+    svc: &mut Service,
+    rules: &[(String, super::destination_rule::DestinationRule)],
+    options: &SourceOptions,
+) -> Result<(), LocalConfigError> {
+    let matching = |own_ns: bool| {
+        rules.iter().find(|(_, r)| {
+            r.is_for(&svc.hostname, &options.domain_suffix)
+                && (r.metadata.namespace.as_deref().unwrap_or("default") == svc.name.namespace)
+                    == own_ns
+        })
+    };
+    let Some((label, rule)) = matching(true).or_else(|| matching(false)) else {
+        return Ok(());
+    };
+    let ports = std::mem::take(&mut svc.ports);
+    for p in ports {
+        let policy = rule.port_policy(p.port, label)?;
+        svc.ports.push(
+            p.with_balancing(policy.balancing)
+                .with_hash_policy(policy.hash),
+        );
+    }
+    Ok(())
 }
 
 /// The Service's cluster IPs (`spec.clusterIP` and `spec.clusterIPs`, once each; headless

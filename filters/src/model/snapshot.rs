@@ -129,6 +129,10 @@ pub struct ServicePort {
     /// How an endpoint is chosen.
     #[serde(skip)]
     balancing: crate::balance::Balancing,
+    /// The request's hash inputs for consistent hashing when no route gives them (a
+    /// DestinationRule `consistentHash` from the local configuration).
+    #[serde(skip)]
+    hash_policy: Vec<crate::route::model::HashPolicy>,
     /// Requests in flight per endpoint (least-request balancing).
     #[serde(skip)]
     active: Box<[AtomicUsize]>,
@@ -153,6 +157,7 @@ impl ServicePort {
             active: (0..endpoints.len()).map(|_| AtomicUsize::new(0)).collect(),
             endpoints,
             balancing: crate::balance::Balancing::RoundRobin,
+            hash_policy: Vec::new(),
             next: AtomicUsize::new(0),
         }
     }
@@ -161,6 +166,17 @@ impl ServicePort {
     pub fn with_balancing(mut self, policy: crate::balance::Policy) -> Self {
         self.balancing = crate::balance::Balancing::new(policy, &self.endpoints);
         self
+    }
+
+    /// This port's own hash inputs (used when the matched route has none).
+    pub fn with_hash_policy(mut self, policy: Vec<crate::route::model::HashPolicy>) -> Self {
+        self.hash_policy = policy;
+        self
+    }
+
+    /// The port's own hash inputs.
+    pub fn hash_policy(&self) -> &[crate::route::model::HashPolicy] {
+        &self.hash_policy
     }
 
     /// How an endpoint of this port is chosen.

@@ -136,11 +136,17 @@ where
     for m in mirrors {
         mirror(&inner, &req, &m);
     }
-    let (hash, set_cookie) = selection
-        .rule
-        .as_ref()
-        .map(|s| super::request_hash(&s.rule().hash_policy, &req, ctx.tunnel.source_ip))
-        .unwrap_or_default();
+    // The route's hash inputs (xDS), else the backend port's own (a local DestinationRule).
+    let route_hash = selection.rule.as_ref().map(|s| &s.rule().hash_policy[..]);
+    let port_hash = match &backend {
+        super::Backend::Service { service, port } => service.port(*port).map(|p| p.hash_policy()),
+        super::Backend::Workload { .. } => None,
+    };
+    let policies = route_hash
+        .filter(|h| !h.is_empty())
+        .or(port_hash)
+        .unwrap_or(&[]);
+    let (hash, set_cookie) = super::request_hash(policies, &req, ctx.tunnel.source_ip);
     req.extensions_mut().insert(RouteDecision {
         hash,
         backend,

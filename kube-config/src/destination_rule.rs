@@ -1,0 +1,327 @@
+//! DestinationRule (`networking.istio.io/v1`): the traffic policy of a Service's traffic
+//! through the waypoint, as istiod applies it to the waypoint's clusters and routes. The
+//! load balancer (`simple`, `consistentHash`), at the rule level and per port, is applied.
+//! Subsets are accepted: only a route that names a subset uses one, and HTTPRoute cannot.
+//! Every other traffic-policy field the waypoint does not implement yet (connection pool,
+//! outlier detection, TLS, PROXY protocol, locality settings) is an error naming it, never
+//! silently ignored.
+
+use std::time::Duration;
+
+use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
+use filters::route::model::{HashPolicy, HashSource};
+use http::HeaderName;
+use serde::Deserialize;
+
+use super::objects::ObjectMeta;
+use super::LocalConfigError;
+
+/// A DestinationRule object.
+#[derive(Debug, Deserialize)]
+pub struct DestinationRule {
+    pub(crate) metadata: ObjectMeta,
+    #[serde(default)]
+    pub(crate) spec: Spec,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct Spec {
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    traffic_policy: Option<TrafficPolicy>,
+    /// Accepted: only a route that names a subset uses one, and HTTPRoute cannot.
+    #[serde(default)]
+    #[allow(dead_code)]
+    subsets: Vec<serde_yaml::Value>,
+    /// Accepted, not applied: the waypoint applies the rule for the Service it serves.
+    #[serde(default)]
+    #[allow(dead_code)]
+    export_to: Vec<String>,
+    #[serde(default)]
+    workload_selector: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TrafficPolicy {
+    #[serde(default)]
+    load_balancer: Option<LoadBalancer>,
+    #[serde(default)]
+    port_level_settings: Vec<PortTrafficPolicy>,
+    #[serde(default)]
+    connection_pool: Option<serde_yaml::Value>,
+    #[serde(default)]
+    outlier_detection: Option<serde_yaml::Value>,
+    #[serde(default)]
+    tls: Option<serde_yaml::Value>,
+    #[serde(default)]
+    proxy_protocol: Option<serde_yaml::Value>,
+    #[serde(default)]
+    tunnel: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PortTrafficPolicy {
+    #[serde(default)]
+    port: Option<PortSelector>,
+    #[serde(default)]
+    load_balancer: Option<LoadBalancer>,
+    #[serde(default)]
+    connection_pool: Option<serde_yaml::Value>,
+    #[serde(default)]
+    outlier_detection: Option<serde_yaml::Value>,
+    #[serde(default)]
+    tls: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PortSelector {
+    number: u16,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LoadBalancer {
+    #[serde(default)]
+    simple: Option<String>,
+    #[serde(default)]
+    consistent_hash: Option<ConsistentHash>,
+    #[serde(default)]
+    locality_lb_setting: Option<serde_yaml::Value>,
+    #[serde(default)]
+    warmup_duration_secs: Option<serde_yaml::Value>,
+    #[serde(default)]
+    warmup: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConsistentHash {
+    #[serde(default)]
+    http_header_name: Option<String>,
+    #[serde(default)]
+    http_cookie: Option<HttpCookie>,
+    #[serde(default)]
+    use_source_ip: Option<bool>,
+    #[serde(default)]
+    http_query_parameter_name: Option<String>,
+    #[serde(default)]
+    ring_hash: Option<RingHash>,
+    /// Maglev is served by the same consistent-hash ring (`filters::balance::ring`).
+    #[serde(default)]
+    #[allow(dead_code)]
+    maglev: Option<serde_yaml::Value>,
+    #[serde(default)]
+    minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HttpCookie {
+    name: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RingHash {
+    #[serde(default)]
+    minimum_ring_size: Option<u64>,
+}
+
+/// How a Service port's endpoints are chosen under a DestinationRule.
+#[derive(Debug, Clone, Default)]
+pub struct PortPolicy {
+    /// The balancer.
+    pub balancing: Policy,
+    /// The request's hash inputs (consistent hashing).
+    pub hash: Vec<HashPolicy>,
+}
+
+impl DestinationRule {
+    /// Whether this rule is for the Service `hostname` (`host` short, resolved in the
+    /// rule's namespace, or `name.namespace`, or the FQDN).
+    pub fn is_for(&self, hostname: &str, suffix: &str) -> bool {
+        let host = self.spec.host.as_str();
+        let own_ns = self.metadata.namespace.as_deref().unwrap_or("default");
+        let fqdn = if host.contains('.') {
+            if host.ends_with(suffix) {
+                host.to_string()
+            } else {
+                format!("{host}.svc.{suffix}")
+            }
+        } else {
+            format!("{host}.{own_ns}.svc.{suffix}")
+        };
+        fqdn == hostname
+    }
+
+    /// The policy for Service port `port`: the port-level load balancer when one is set for
+    /// it, else the rule's. `label` names the object in errors.
+    pub fn port_policy(&self, port: u16, label: &str) -> Result<PortPolicy, LocalConfigError> {
+        if self.spec.workload_selector.is_some() {
+            return Err(invalid(
+                label,
+                "spec.workloadSelector",
+                "not supported: a waypoint applies rules by host",
+            ));
+        }
+        let Some(tp) = &self.spec.traffic_policy else {
+            return Ok(PortPolicy::default());
+        };
+        unsupported(
+            label,
+            "spec.trafficPolicy",
+            &[
+                ("connectionPool", tp.connection_pool.is_some()),
+                ("outlierDetection", tp.outlier_detection.is_some()),
+                ("tls", tp.tls.is_some()),
+                ("proxyProtocol", tp.proxy_protocol.is_some()),
+                ("tunnel", tp.tunnel.is_some()),
+            ],
+        )?;
+        for (i, p) in tp.port_level_settings.iter().enumerate() {
+            unsupported(
+                label,
+                &format!("spec.trafficPolicy.portLevelSettings[{i}]"),
+                &[
+                    ("connectionPool", p.connection_pool.is_some()),
+                    ("outlierDetection", p.outlier_detection.is_some()),
+                    ("tls", p.tls.is_some()),
+                ],
+            )?;
+        }
+        let port_level = tp
+            .port_level_settings
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.port.as_ref().is_some_and(|s| s.number == port))
+            .and_then(|(i, p)| {
+                p.load_balancer.as_ref().map(|lb| {
+                    (
+                        lb,
+                        format!("spec.trafficPolicy.portLevelSettings[{i}].loadBalancer"),
+                    )
+                })
+            });
+        let chosen = port_level.or_else(|| {
+            tp.load_balancer
+                .as_ref()
+                .map(|lb| (lb, "spec.trafficPolicy.loadBalancer".to_string()))
+        });
+        match chosen {
+            None => Ok(PortPolicy::default()),
+            Some((lb, at)) => load_balancer(lb, label, &at),
+        }
+    }
+}
+
+fn unsupported(label: &str, at: &str, fields: &[(&str, bool)]) -> Result<(), LocalConfigError> {
+    match fields.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(invalid(
+            label,
+            format!("{at}.{field}"),
+            "not supported by the waypoint yet",
+        )),
+        None => Ok(()),
+    }
+}
+
+fn invalid(label: &str, field: impl Into<String>, message: impl Into<String>) -> LocalConfigError {
+    LocalConfigError::Invalid {
+        object: label.to_string(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy, LocalConfigError> {
+    unsupported(
+        label,
+        at,
+        &[
+            ("localityLbSetting", lb.locality_lb_setting.is_some()),
+            ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
+            ("warmup", lb.warmup.is_some()),
+        ],
+    )?;
+    if let Some(ch) = &lb.consistent_hash {
+        return consistent_hash(ch, label, &format!("{at}.consistentHash"));
+    }
+    let balancing = match lb.simple.as_deref() {
+        None | Some("UNSPECIFIED") | Some("LEAST_REQUEST") | Some("LEAST_CONN") => {
+            Policy::LeastRequest
+        }
+        Some("ROUND_ROBIN") => Policy::RoundRobin,
+        Some("RANDOM") => Policy::Random,
+        Some(other) => {
+            return Err(invalid(
+                label,
+                format!("{at}.simple"),
+                format!("{other:?} is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)"),
+            ))
+        }
+    };
+    Ok(PortPolicy {
+        balancing,
+        hash: Vec::new(),
+    })
+}
+
+fn consistent_hash(
+    ch: &ConsistentHash,
+    label: &str,
+    at: &str,
+) -> Result<PortPolicy, LocalConfigError> {
+    let source =
+        match (
+            &ch.http_header_name,
+            &ch.http_cookie,
+            ch.use_source_ip,
+            &ch.http_query_parameter_name,
+        ) {
+            (Some(h), None, None, None) => {
+                HashSource::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    invalid(label, format!("{at}.httpHeaderName"), "not a header name")
+                })?)
+            }
+            (None, Some(c), None, None) => HashSource::Cookie {
+                name: c.name.clone(),
+                ttl: match &c.ttl {
+                    None => None,
+                    Some(t) => Some(filters::duration::parse(t).map_err(|e| {
+                        invalid(label, format!("{at}.httpCookie.ttl"), e.to_string())
+                    })?)
+                    .filter(|d: &Duration| !d.is_zero()),
+                },
+                path: c.path.clone(),
+            },
+            (None, None, Some(true), None) => HashSource::SourceIp,
+            (None, None, None, Some(q)) => HashSource::QueryParameter(q.clone()),
+            _ => return Err(invalid(
+                label,
+                at,
+                "exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+            )),
+        };
+    let size = ch
+        .ring_hash
+        .as_ref()
+        .and_then(|r| r.minimum_ring_size)
+        .or(ch.minimum_ring_size)
+        .map_or(DEFAULT_RING_SIZE, |n| n as usize);
+    Ok(PortPolicy {
+        balancing: Policy::Hash(size),
+        hash: vec![HashPolicy {
+            source,
+            terminal: false,
+        }],
+    })
+}

@@ -1,0 +1,78 @@
+//! DestinationRule from the local configuration: the same load balancing istiod gives a
+//! waypoint over xDS (`tests/istiod_shapes.rs`), from the same object, over real sockets.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use http::Request;
+
+fn destination_rule(traffic_policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: echo\n  namespace: {NS}\nspec:\n  host: echo\n  trafficPolicy:\n{traffic_policy}"
+    )
+}
+
+async fn pod_of(h: &Harness, user: &str) -> String {
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let req = Request::get("/get")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("x-user", user)
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    json(resp).await["pod"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn consistent_hash_on_a_header_keeps_each_user_on_one_pod() {
+    let h = Harness::start(Spec {
+        pods: 2,
+        extra_yaml: vec![destination_rule(
+            "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n",
+        )],
+        ..Spec::default()
+    })
+    .await;
+    let mut pods = HashSet::new();
+    for u in 0..20 {
+        let user = format!("user-{u}");
+        let first = pod_of(&h, &user).await;
+        for _ in 0..3 {
+            assert_eq!(pod_of(&h, &user).await, first, "{user} moved");
+        }
+        pods.insert(first);
+    }
+    assert_eq!(pods.len(), 2, "users spread over both pods: {pods:?}");
+}
+
+#[tokio::test]
+async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
+    let h = Harness::start(Spec::default()).await;
+    let dir = h.dir().to_path_buf();
+    let config = std::fs::read_to_string(dir.join("mesh.yaml")).unwrap();
+    let path = dir.join("with-dr.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{config}\n---\n{}",
+            destination_rule("    connectionPool:\n      http: {http2MaxRequests: 10}\n")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("DestinationRule default/echo")
+            && stdout.contains("spec.trafficPolicy.connectionPool"),
+        "{stdout}"
+    );
+}
