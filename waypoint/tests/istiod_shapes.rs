@@ -122,6 +122,18 @@ async fn start_with_pod(
     }
 }
 
+/// The first NACK the xDS server received (within ten seconds).
+async fn nack(w: &World) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(e) = w.server.replies().into_iter().find_map(|r| r.error) {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no NACK");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 struct Answer {
     status: u16,
     content_type: Option<String>,
@@ -284,14 +296,7 @@ async fn an_oversized_direct_response_is_nacked_and_the_last_good_listener_serve
                  "direct_response": {"status": 200, "body": {"inline_string": "x".repeat(5000)}}})],
     );
     w.server.set(LISTENER, ls);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let error = loop {
-        if let Some(e) = w.server.replies().into_iter().find_map(|r| r.error) {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no NACK");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let error = nack(&w).await;
     assert!(error.contains("direct_response.body"), "{error}");
     assert!(error.contains("5000 bytes"), "{error}");
     // Envoy's semantics: the listener update is rejected whole; the last good one serves.
@@ -435,14 +440,7 @@ async fn per_route_configuration_of_other_filters_is_nacked_naming_it() {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"});
     fixture::prepend_routes(&mut ls, 8100, &[route]);
     w.server.set(LISTENER, ls);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let error = loop {
-        if let Some(e) = w.server.replies().into_iter().find_map(|r| r.error) {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no NACK");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let error = nack(&w).await;
     assert!(
         error.contains("typed_per_filter_config[envoy.filters.http.lua]"),
         "{error}"
@@ -568,14 +566,7 @@ async fn metric_dimensions_are_nacked_rather_than_ignored() {
         json!([{"name": "requests_total", "dimensions": {"custom": "request.host"}}]),
     );
     w.server.set(LISTENER, ls);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let error = loop {
-        if let Some(e) = w.server.replies().into_iter().find_map(|r| r.error) {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no NACK");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let error = nack(&w).await;
     assert!(
         error.contains("typed_config.metrics[0].dimensions"),
         "{error}"

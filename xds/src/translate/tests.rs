@@ -158,13 +158,13 @@ fn unsupported_filters_are_rejected_with_their_place() {
     );
 }
 
-#[test]
-fn connection_manager_tracing_becomes_the_tracing_settings() {
+/// The `main_internal` listener of the httpbin dump, as proto-JSON.
+fn httpbin_main_internal() -> serde_json::Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json");
     let d: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut listener = d["configs"]
+    d["configs"]
         .as_array()
         .unwrap()
         .iter()
@@ -175,7 +175,12 @@ fn connection_manager_tracing_becomes_the_tracing_settings() {
                 .ends_with("ListenersConfigDump")
         })
         .unwrap()["dynamic_listeners"][0]["active_state"]["listener"]
-        .clone();
+        .clone()
+}
+
+#[test]
+fn connection_manager_tracing_becomes_the_tracing_settings() {
+    let mut listener = httpbin_main_internal();
     let provider = serde_json::json!({
         "name": "envoy.tracers.opentelemetry",
         "typed_config": {
@@ -288,22 +293,7 @@ fn tls_inside_the_tunnel_is_rejected_not_downgraded_to_plaintext() {
 #[test]
 fn connection_manager_access_log_becomes_the_access_log_settings() {
     use filters::model::telemetry::AccessLogConfig;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/istio/config-dumps/waypoint-httpbin-1.21.json");
-    let d: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let base = d["configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| {
-            c["@type"]
-                .as_str()
-                .unwrap()
-                .ends_with("ListenersConfigDump")
-        })
-        .unwrap()["dynamic_listeners"][0]["active_state"]["listener"]
-        .clone();
+    let base = httpbin_main_internal();
     let with = |log: serde_json::Value| {
         let mut listener = base.clone();
         for chain in listener["filter_chains"].as_array_mut().unwrap() {
