@@ -799,3 +799,45 @@ async fn least_request_sends_new_requests_away_from_a_busy_pod() {
     assert_eq!(fast.len(), 1, "every new request went to one pod: {fast:?}");
     assert!(!fast.contains(&busy), "not to the busy pod {busy}");
 }
+
+#[tokio::test]
+async fn the_connection_managers_path_normalization_applies_before_authorization() {
+    // MeshConfig pathNormalization MERGE_SLASHES: istiod sets normalize_path and
+    // merge_slashes on every HTTP connection manager. Port 8000 denies /admin (RBAC).
+    let w = start(|ls, _, _| {
+        fixture::edit_listener(ls, |json| {
+            for chain in json["filter_chains"].as_array_mut().unwrap() {
+                let hcm = &mut chain["filters"][0]["typed_config"];
+                if hcm.get("http_filters").is_some() {
+                    hcm["merge_slashes"] = json!(true);
+                }
+            }
+        })
+    })
+    .await;
+    let conn = w.client.connect().await.unwrap();
+    let mut http = conn
+        .http1(SocketAddr::new(VIP.parse().unwrap(), 8000))
+        .await
+        .unwrap();
+    let req = http::Request::get("//admin/x")
+        .header("host", HOST)
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        403,
+        "//admin is /admin once slashes are merged"
+    );
+    let _ = resp.into_body().collect().await;
+    http.ready().await.unwrap();
+    let req = http::Request::get("/a//b")
+        .header("host", HOST)
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["path"], "/a/b", "the normalized path goes upstream");
+}

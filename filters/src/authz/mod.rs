@@ -143,11 +143,11 @@ impl PolicySet {
         }
     }
 
-    /// Envoy RBAC chains (paths are normalized as by default).
-    pub fn rbac(chains: RbacChains) -> Self {
+    /// Envoy RBAC chains, with the connection manager's path normalization.
+    pub fn rbac(chains: RbacChains, normalization: path::Normalization) -> Self {
         Self {
             engine: Engine::Rbac(chains),
-            normalization: path::Normalization::default(),
+            normalization,
         }
     }
 

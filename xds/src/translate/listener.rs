@@ -68,6 +68,8 @@ pub enum Chain {
         jwt: Vec<std::sync::Arc<filters::authn::JwtRule>>,
         /// Metric overrides of the `istio.stats` filter.
         metrics: Vec<filters::model::telemetry::MetricOverride>,
+        /// Path normalization before authorization (MeshConfig `pathNormalization`).
+        normalization: filters::authz::path::Normalization,
         /// The access log, when the connection manager has one.
         access_log: Option<Box<filters::model::telemetry::AccessLogConfig>>,
     },
@@ -352,6 +354,32 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
     })
 }
 
+/// The path normalization the connection manager asks for, as istiod writes MeshConfig
+/// `pathNormalization` (NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES); other
+/// combinations are refused by field.
+fn path_normalization(
+    hcm: &HttpConnectionManager,
+    at: &str,
+) -> Result<filters::authz::path::Normalization, Bad> {
+    use filters::authz::path::Normalization;
+    let normalize = hcm.normalize_path.is_some_and(|v| v.value);
+    // 0 implementation default and 1 KEEP_UNCHANGED keep %2F/%5C; 4 UNESCAPE_AND_FORWARD.
+    let escaped = hcm.path_with_escaped_slashes_action;
+    match (normalize, hcm.merge_slashes, escaped) {
+        (false, false, 0 | 1) => Ok(Normalization::None),
+        (true, false, 0 | 1) => Ok(Normalization::Base),
+        (true, true, 0 | 1) => Ok(Normalization::MergeSlashes),
+        (true, true, 4) => Ok(Normalization::DecodeAndMergeSlashes),
+        _ => Err((
+            format!("{at}.normalize_path"),
+            format!(
+                "normalize_path {normalize}, merge_slashes {}, path_with_escaped_slashes_action {escaped}: not one of Istio's path normalizations",
+                hcm.merge_slashes
+            ),
+        )),
+    }
+}
+
 fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
     let (routes, rds) = match &hcm.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => (
@@ -418,7 +446,9 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
         None => None,
     };
     let access_log = super::access_log::convert(&hcm.access_log, at)?.map(Box::new);
+    let normalization = path_normalization(hcm, at)?;
     Ok(Chain::Http {
+        normalization,
         metrics,
         access_log,
         routes,

@@ -120,7 +120,7 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
         services,
         workloads: workloads.into_values().collect(),
         routes: chains.routes,
-        authz: filters::authz::PolicySet::rbac(chains.rbac),
+        authz: filters::authz::PolicySet::rbac(chains.rbac, normalization(main)),
         authn: chains.authn,
         telemetry,
     })
@@ -248,6 +248,18 @@ fn subset_backends(
         out.insert(c.name.clone(), backend);
     }
     out
+}
+
+/// The path normalization of the HTTP chains (istiod gives every chain the same, from
+/// MeshConfig `pathNormalization`); Istio's default (BASE) without one.
+fn normalization(main: Option<&ListenerInfo>) -> filters::authz::path::Normalization {
+    main.and_then(|l| {
+        l.chains.iter().find_map(|(_, c)| match c {
+            Chain::Http { normalization, .. } => Some(*normalization),
+            Chain::Tcp { .. } => None,
+        })
+    })
+    .unwrap_or_default()
 }
 
 /// What the `main_internal` chains give each served Service port.

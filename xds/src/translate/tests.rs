@@ -347,3 +347,37 @@ fn connection_manager_access_log_becomes_the_access_log_settings() {
         .field
         .ends_with("access_log[0].filter"));
 }
+
+#[test]
+fn path_normalization_comes_from_the_connection_manager() {
+    use filters::authz::path::Normalization;
+    let with = |merge: bool, escaped: &str| {
+        let mut listener = httpbin_main_internal();
+        for chain in listener["filter_chains"].as_array_mut().unwrap() {
+            let hcm =
+                &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()["typed_config"];
+            if hcm.get("http_filters").is_some() {
+                hcm["merge_slashes"] = merge.into();
+                hcm["path_with_escaped_slashes_action"] = escaped.into();
+            }
+        }
+        let l: Listener = from_json("envoy.config.listener.v3.Listener", &listener).unwrap();
+        listener::convert(&l)
+    };
+    let (mut r, _) = resources("waypoint-httpbin-1.21.json");
+    for (merge, escaped, want) in [
+        (false, "KEEP_UNCHANGED", Normalization::Base),
+        (true, "KEEP_UNCHANGED", Normalization::MergeSlashes),
+        (
+            true,
+            "UNESCAPE_AND_FORWARD",
+            Normalization::DecodeAndMergeSlashes,
+        ),
+    ] {
+        r.listeners
+            .insert("main_internal".into(), with(merge, escaped).unwrap());
+        assert_eq!(build(&r, &options()).unwrap().authz().normalization, want);
+    }
+    let e = with(true, "REJECT_REQUEST").unwrap_err();
+    assert!(e.field.ends_with("normalize_path"), "{e:?}");
+}
