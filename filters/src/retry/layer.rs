@@ -81,6 +81,9 @@ where
                     let result = attempt(inner.clone(), copy, timeouts.backend_request).await;
                     let outcome = result.as_ref().map(|r| r.status().as_u16());
                     if n >= policy.attempts || !should_retry(&policy, &outcome) {
+                        if let Some(b) = &body {
+                            b.finish();
+                        }
                         return result;
                     }
                     if body.as_ref().is_some_and(|b| !b.replayable()) {

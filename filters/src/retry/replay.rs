@@ -64,6 +64,14 @@ impl Replayable {
         })
     }
 
+    /// No more attempts will be made: what was recorded is released and the rest of the
+    /// body streams without being remembered (a long stream keeps no buffer).
+    pub fn finish(&self) {
+        let mut s = self.lock();
+        s.overflowed = true;
+        s.recorded = Vec::new();
+    }
+
     /// Whether a new attempt would send the same body (nothing was lost past the limit).
     pub fn replayable(&self) -> bool {
         !self.lock().overflowed
@@ -176,6 +184,23 @@ mod tests {
         let all = r.attempt().collect().await.unwrap().to_bytes();
         assert_eq!(all, "abcdefgh", "the first attempt still gets everything");
         assert!(!r.replayable());
+    }
+
+    #[tokio::test]
+    async fn a_finished_source_streams_without_remembering() {
+        let r = Replayable::new(chunked(&["ab", "cd"]), DEFAULT_LIMIT);
+        let mut first = r.attempt();
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().data_ref().unwrap(),
+            "ab"
+        );
+        r.finish();
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().data_ref().unwrap(),
+            "cd"
+        );
+        assert!(!r.replayable());
+        assert!(r.lock().recorded.is_empty());
     }
 
     #[tokio::test]
