@@ -277,3 +277,39 @@ async fn abandoned_request_is_not_left_in_flight() {
     }
     assert_eq!(h.stat("downstream.requests_total").await, total_before + 1);
 }
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_spliced() {
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    // h2c: the upgrade is removed and the request served as a plain HTTP/1.1 request.
+    let req = Request::get("/h2c")
+        .header("host", "echo")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v = json(resp).await;
+    assert_eq!(v["path"], "/h2c");
+    assert!(v["headers"].get("Upgrade").is_none(), "{v}");
+    assert!(v["headers"].get("Http2-Settings").is_none(), "{v}");
+    http.ready().await.unwrap();
+    // Any other protocol: 403, and the connection stays an HTTP connection.
+    let req = Request::get("/ws")
+        .header("host", "echo")
+        .header("connection", "upgrade")
+        .header("upgrade", "made-up-protocol")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let _ = body_bytes(resp).await;
+    http.ready().await.unwrap();
+    let resp = http.send_request(get("/after")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await["path"], "/after");
+}

@@ -124,7 +124,16 @@ impl TunnelApp {
     /// telemetry when it ends.
     async fn exchange(&self, req: Request<Incoming>) -> Response<TrackedBody> {
         let h2 = req.version() == Version::HTTP_2;
-        let upgrade_req = !h2 && is_upgrade(req.headers());
+        let upgrade_req = match (h2, upgrade_of(req.headers())) {
+            (true, _) | (false, Upgrade::None) => false,
+            (false, Upgrade::WebSocket) => true,
+            // Forwarded as a plain request: the hop-by-hop Upgrade header is dropped.
+            (false, Upgrade::Strip) => false,
+            (false, Upgrade::Refuse) => {
+                tracing::info!(upgrade = ?req.headers().get(header::UPGRADE), "upgrade refused: only websocket is allowed");
+                return TrackedBody::untracked(local(StatusCode::FORBIDDEN, ""));
+            }
+        };
         let (mut req, received) = match self.request(req, upgrade_req) {
             Ok(r) => r,
             Err((status, why)) => return TrackedBody::untracked(local(status, why)),
@@ -248,6 +257,39 @@ impl TunnelApp {
 
 /// A request refused before the chain: the status and the reason sent back.
 type Refused = (StatusCode, &'static str);
+
+/// What an HTTP/1.1 upgrade request becomes, as Envoy configured by istiod treats it
+/// (`upgrade_configs`: `websocket` only).
+#[derive(Debug, PartialEq, Eq)]
+enum Upgrade {
+    /// Not an upgrade request.
+    None,
+    /// A WebSocket upgrade: forwarded, and spliced after `101`.
+    WebSocket,
+    /// `h2c`: the upgrade is removed and the request served as it is, as Envoy does.
+    Strip,
+    /// Any other protocol: 403, nothing forwarded.
+    Refuse,
+}
+
+fn upgrade_of(headers: &http::HeaderMap) -> Upgrade {
+    if !is_upgrade(headers) {
+        return Upgrade::None;
+    }
+    let tokens: Vec<String> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    match tokens.as_slice() {
+        [t] if t == "websocket" => Upgrade::WebSocket,
+        [t] if t == "h2c" => Upgrade::Strip,
+        _ => Upgrade::Refuse,
+    }
+}
 
 /// Whether an HTTP/1.1 request asks to switch protocols (`Connection: upgrade`).
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
