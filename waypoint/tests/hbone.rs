@@ -154,6 +154,44 @@ async fn rejects_unauthenticated_and_foreign_peers() {
 }
 
 #[tokio::test]
+async fn a_certificate_with_two_uri_sans_is_refused() {
+    // An X.509-SVID has exactly one URI SAN; a second one (which the first-found rule used
+    // to ignore) makes the certificate no SVID at all.
+    let h = Harness::start(Spec::default()).await;
+    let client_config = |issued: hbone::tls::IssuedCert| {
+        let chain: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(hbone::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        c
+    };
+    let two =
+        h.ca.issue_uris(&[
+            &h.client_id.to_string(),
+            "spiffe://cluster.local/ns/default/sa/admin",
+        ])
+        .unwrap();
+    assert!(
+        raw_tls(h.wp.hbone, client_config(two)).await,
+        "two URI SANs must be refused"
+    );
+    // The same client with one URI SAN, over the same raw path, is served.
+    let one = h.ca.issue(&h.client_id).unwrap();
+    assert!(!raw_tls(h.wp.hbone, client_config(one)).await);
+}
+
+#[tokio::test]
 async fn unknown_authorities_get_non_200() {
     let h = Harness::start(Spec::default()).await;
     let conn = h.client().connect().await.unwrap();

@@ -313,3 +313,21 @@ async fn only_websocket_upgrades_are_spliced() {
     assert_eq!(resp.status(), 200);
     assert_eq!(json(resp).await["path"], "/after");
 }
+
+#[tokio::test]
+async fn duplicate_host_headers_are_refused_before_anything_is_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    // Raw HTTP/1.1 inside the tunnel: a client library would not send two Host headers.
+    let mut tunnel = conn.tunnel(authority(80), &[]).await.unwrap();
+    tunnel
+        .write_all(b"GET /smuggled HTTP/1.1\r\nHost: echo\r\nHost: admin.internal\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tunnel.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(h.connects(), 0, "nothing reached a pod");
+}

@@ -97,6 +97,15 @@ impl DevCa {
         ])
     }
 
+    /// Issues a leaf with several URI SANs (not an X.509-SVID; tests check it is refused).
+    pub fn issue_uris(&self, uris: &[&str]) -> Result<IssuedCert, TlsError> {
+        let sans = uris
+            .iter()
+            .map(|u| Ok(SanType::URI((*u).try_into()?)))
+            .collect::<Result<Vec<_>, TlsError>>()?;
+        self.issue_sans(sans)
+    }
+
     fn issue_sans(&self, sans: Vec<SanType>) -> Result<IssuedCert, TlsError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();

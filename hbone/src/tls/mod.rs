@@ -38,6 +38,9 @@ pub enum TlsError {
     /// The certificate carries no SPIFFE URI SAN.
     #[error("certificate has no spiffe:// URI SAN")]
     NoSpiffeId,
+    /// The certificate carries several URI SANs; an X.509-SVID has exactly one.
+    #[error("certificate has {0} URI SANs; an X.509-SVID has exactly one")]
+    SeveralUriSans(usize),
     /// The certificate does not parse as X.509.
     #[error("certificate does not parse: {0}")]
     BadCertificate(String),
@@ -71,15 +74,21 @@ fn identity_in(
         .subject_alternative_name()
         .map_err(|e| TlsError::BadCertificate(e.to_string()))?
         .ok_or(TlsError::NoSpiffeId)?;
-    let uri = san
+    let uris: Vec<&str> = san
         .value
         .general_names
         .iter()
-        .find_map(|n| match n {
-            GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
             _ => None,
         })
-        .ok_or(TlsError::NoSpiffeId)?;
+        .collect();
+    // The X.509-SVID specification: exactly one URI SAN, the SPIFFE ID.
+    let uri = match uris.as_slice() {
+        [one] if one.starts_with("spiffe://") => *one,
+        [] | [_] => return Err(TlsError::NoSpiffeId),
+        several => return Err(TlsError::SeveralUriSans(several.len())),
+    };
     Ok(uri.parse()?)
 }
 

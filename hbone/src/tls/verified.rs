@@ -125,6 +125,26 @@ mod tests {
     }
 
     #[test]
+    fn two_uri_sans_are_not_an_svid() {
+        let ca = DevCa::new("test").expect("ca");
+        let two = ca
+            .issue_uris(&[
+                "spiffe://cluster.local/ns/default/sa/sleep",
+                "spiffe://cluster.local/ns/default/sa/admin",
+            ])
+            .expect("issue");
+        match two.certs() {
+            Err(TlsError::SeveralUriSans(2)) => {}
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a two-SAN certificate was accepted"),
+        }
+        let one = ca
+            .issue_uri("spiffe://cluster.local/ns/default/sa/sleep")
+            .expect("issue");
+        assert!(one.certs().is_ok());
+    }
+
+    #[test]
     fn remembered_chain_is_found_only_for_the_same_generation_chain_and_window() {
         let (certs, leaf, id) = setup();
         let cache = VerifiedChains::default();

@@ -220,11 +220,23 @@ impl TunnelApp {
     ) -> Result<(Request<Body>, Option<Received>), Refused> {
         let (mut parts, incoming) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
+        // RFC 9112 3.2: several Host headers are a bad request (authorization would read one,
+        // the backend another).
+        if parts.headers.get_all(header::HOST).iter().count() > 1 {
+            return Err((StatusCode::BAD_REQUEST, "duplicate host header"));
+        }
         if let Some(auth) = parts.uri.authority().cloned() {
-            if !parts.headers.contains_key(header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-                    parts.headers.insert(header::HOST, v);
+            match parts.headers.get(header::HOST) {
+                None => {
+                    if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                        parts.headers.insert(header::HOST, v);
+                    }
                 }
+                // An absolute-form URI or :authority naming another host than Host.
+                Some(h) if !same_host(h.as_bytes(), auth.host().as_bytes()) => {
+                    return Err((StatusCode::BAD_REQUEST, "host and authority differ"));
+                }
+                Some(_) => {}
             }
         }
         if !parts.headers.contains_key(header::HOST) {
@@ -257,6 +269,17 @@ impl TunnelApp {
 
 /// A request refused before the chain: the status and the reason sent back.
 type Refused = (StatusCode, &'static str);
+
+/// Whether a Host header value names `host` (ports aside; ASCII case-insensitive).
+fn same_host(header: &[u8], host: &[u8]) -> bool {
+    let name = match header.iter().rposition(|b| *b == b':') {
+        Some(i) if !header.ends_with(b"]") && header[i + 1..].iter().all(u8::is_ascii_digit) => {
+            &header[..i]
+        }
+        _ => header,
+    };
+    name.eq_ignore_ascii_case(host)
+}
 
 /// What an HTTP/1.1 upgrade request becomes, as Envoy configured by istiod treats it
 /// (`upgrade_configs`: `websocket` only).
