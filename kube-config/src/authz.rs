@@ -29,7 +29,7 @@ pub struct AuthorizationPolicy {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
     #[serde(default)]
     pub selector: Option<serde_yaml::Value>,
@@ -46,19 +46,25 @@ pub struct PolicySpec {
 }
 
 #[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct TargetRef {
     #[serde(default)]
     pub group: Option<String>,
     pub kind: String,
     pub name: String,
+    /// Istio's `PolicyTargetReference.namespace`: the policy's own namespace when set.
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Provider {
     pub name: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     #[serde(default)]
     pub from: Vec<FromSpec>,
@@ -69,19 +75,21 @@ pub struct RuleSpec {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct FromSpec {
     #[serde(default)]
     pub source: SourceSpec,
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct ToSpec {
     #[serde(default)]
     pub operation: OperationSpec,
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSpec {
     #[serde(default)]
     pub principals: Vec<String>,
@@ -114,7 +122,7 @@ pub struct SourceSpec {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OperationSpec {
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -135,7 +143,7 @@ pub struct OperationSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConditionSpec {
     pub key: String,
     #[serde(default)]
@@ -378,6 +386,10 @@ pub(crate) fn binding(
     gateway: &NamespacedName,
     root_namespace: &str,
 ) -> Binding {
+    // Istio allows only the policy's own namespace here; another one binds nothing.
+    if r.namespace.as_deref().is_some_and(|n| n != ns) {
+        return Binding::Elsewhere;
+    }
     match (r.group.as_deref().unwrap_or(""), r.kind.as_str()) {
         ("gateway.networking.k8s.io", "Gateway")
             if r.name == gateway.name && ns == gateway.namespace =>
@@ -458,5 +470,16 @@ pub fn report_custom(set: &Policies) {
         if let Err(why) = filters::authz::ext::custom_provider(&policies, &set.providers) {
             tracing::error!(target = %target, reason = %why, "CUSTOM AuthorizationPolicy cannot be enforced: every request to this destination is denied");
         }
+    }
+}
+
+#[cfg(test)]
+mod strict_tests {
+    #[test]
+    fn a_misspelled_field_rejects_the_policy_with_its_path() {
+        let text = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: default}\nspec:\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principalz: [cluster.local/ns/a/sa/b]\n";
+        let e = crate::parse(text).unwrap_err().to_string();
+        assert!(e.contains("spec.rules[0].from[0].source"), "{e}");
+        assert!(e.contains("principalz"), "{e}");
     }
 }

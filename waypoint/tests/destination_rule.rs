@@ -76,3 +76,27 @@ async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_misspelled_authorization_field_is_refused_not_ignored() {
+    // `principalz` would have made an ALLOW rule with no condition: everyone allowed.
+    let h = Harness::start(Spec::default()).await;
+    let dir = h.dir().to_path_buf();
+    let config = std::fs::read_to_string(dir.join("mesh.yaml")).unwrap();
+    let path = dir.join("with-typo.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{config}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-a, namespace: {NS}}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: echo}}]\n  rules:\n  - from:\n    - source:\n        principalz: [cluster.local/ns/a/sa/b]\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("principalz"), "{stdout}");
+}
