@@ -33,11 +33,25 @@ pub fn load(
     options: &SourceOptions,
     version: u64,
 ) -> Result<Snapshot, LocalConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LocalConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|source| LocalConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    let objects = parse(&text)?;
+    load_bytes(path, &bytes, options, version)
+}
+
+/// Validates and translates `bytes`, the content of `path`, into a snapshot.
+pub fn load_bytes(
+    path: &Path,
+    bytes: &[u8],
+    options: &SourceOptions,
+    version: u64,
+) -> Result<Snapshot, LocalConfigError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| LocalConfigError::Yaml {
+        document: 0,
+        message: format!("not UTF-8: {e}"),
+    })?;
+    let objects = parse(text)?;
     translate(
         &objects,
         options,

@@ -23,8 +23,62 @@ pub struct Objects {
     pub(crate) destination_rules: Vec<(String, super::destination_rule::DestinationRule)>,
 }
 
+/// The largest configuration file read (a cluster's worth of objects is far smaller).
+pub const MAX_TEXT: usize = 64 * 1024 * 1024;
+/// The deepest nesting of flow collections (`[`, `{`) accepted. Kubernetes objects nest a
+/// few levels; the YAML parser's cost grows quadratically with depth.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Rejects, in one linear pass, texts the YAML parser would take too long over: too large,
+/// or flow collections nested too deep.
+fn check_bounds(text: &str) -> Result<(), LocalConfigError> {
+    let too = |message: String| LocalConfigError::Yaml {
+        document: 0,
+        message,
+    };
+    if text.len() > MAX_TEXT {
+        return Err(too(format!(
+            "{} bytes, more than the {MAX_TEXT}-byte limit",
+            text.len()
+        )));
+    }
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut prev = b'\n';
+    for &b in text.as_bytes() {
+        if b == b'\n' {
+            line += 1;
+            comment = false;
+        } else if comment {
+        } else if let Some(q) = quote {
+            if b == q {
+                quote = None;
+            }
+        } else {
+            match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' if prev.is_ascii_whitespace() => comment = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Err(too(format!(
+                            "line {line}: collections nested more than {MAX_FLOW_DEPTH} deep"
+                        )));
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = b;
+    }
+    Ok(())
+}
+
 /// Parses a multi-document YAML text of Kubernetes objects.
 pub fn parse(text: &str) -> Result<Objects, LocalConfigError> {
+    check_bounds(text)?;
     let mut objects = Objects::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
@@ -123,6 +177,22 @@ fn typed<T: DeserializeOwned>(value: Value, label: &str) -> Result<(String, T), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_nesting_is_refused_quickly() {
+        let text = format!("a: {}\n", "[".repeat(200_000));
+        let started = std::time::Instant::now();
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("nested more than 64 deep"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // Brackets in strings and comments do not count.
+        let fine = format!(
+            "# {}\napiVersion: v1\nkind: Namespace\nmetadata: {{name: '{}'}}\n",
+            "[".repeat(100),
+            "[".repeat(100)
+        );
+        assert!(parse(&fine).is_ok());
+    }
 
     #[test]
     fn reads_lists_and_skips_unknown_kinds() {

@@ -2,15 +2,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::load;
+use super::load_bytes;
 use filters::Publisher;
 use filters::SourceOptions;
 
 /// Polls `path` every `interval` and publishes each valid change. An invalid change is
 /// logged and reported to the publisher; the last good configuration stays in place.
 ///
-/// Polling (rather than inotify) also follows the symlink swaps Kubernetes uses for
-/// mounted ConfigMaps. Runs until the task is dropped.
+/// A change is applied only once the file has read the same for [`settle_time`], so a file
+/// being written in place in several chunks is not applied half-written (an atomic rename,
+/// as Kubernetes swaps a mounted ConfigMap, needs no such wait but costs only it). Parsing
+/// runs off the async runtime. Polling (rather than inotify) also follows the symlink swaps
+/// Kubernetes uses for mounted ConfigMaps. Runs until the task is dropped.
 pub async fn watch(
     path: PathBuf,
     options: SourceOptions,
@@ -18,6 +21,8 @@ pub async fn watch(
     interval: Duration,
 ) {
     let mut last = std::fs::read(&path).ok();
+    let mut pending: Option<(Vec<u8>, tokio::time::Instant)> = None;
+    let settle = settle_time(interval);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -33,11 +38,33 @@ pub async fn watch(
             }
         };
         if last.as_deref() == Some(&current[..]) {
+            pending = None;
             continue;
         }
-        last = Some(current);
+        match &pending {
+            Some((bytes, since)) if *bytes == current => {
+                if since.elapsed() < settle {
+                    continue;
+                }
+            }
+            // Changed since the last poll: wait until it stops changing.
+            _ => {
+                pending = Some((current, tokio::time::Instant::now()));
+                continue;
+            }
+        }
+        pending = None;
+        last = Some(current.clone());
         let version = publisher.current_version() + 1;
-        match load(&path, &options, version) {
+        let loaded = {
+            let (path, options) = (path.clone(), options.clone());
+            tokio::task::spawn_blocking(move || load_bytes(&path, &current, &options, version))
+                .await
+        };
+        let Ok(loaded) = loaded else {
+            continue;
+        };
+        match loaded {
             Ok(snapshot) => {
                 tracing::info!(path = %path.display(), version, services = snapshot.services().len(), workloads = snapshot.workloads().len(), "configuration change applied");
                 publisher.publish(snapshot);
@@ -49,4 +76,10 @@ pub async fn watch(
             }
         }
     }
+}
+
+/// How long a changed file must read the same before it is applied: one poll, and at least
+/// half a second.
+pub fn settle_time(interval: Duration) -> Duration {
+    interval.max(Duration::from_millis(500))
 }

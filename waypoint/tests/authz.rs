@@ -216,3 +216,45 @@ async fn request_authentication_and_request_principals() {
     let url: &'static str = Box::leak(format!("/secure?access_token={good}").into_boxed_str());
     assert_eq!(call(url, None).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_file_written_in_chunks_is_never_applied_half_written() {
+    let deny_admin = policy("deny-admin", "{group: \"\", kind: Service, name: echo}", "").replace(
+        "spec:\n",
+        "spec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
+    );
+    let h = start(vec![deny_admin]).await;
+    assert_eq!(status(&h, "/admin").await, 403);
+    // The same file written in place in two chunks, the DENY policy last, with a pause
+    // between them longer than one poll (100 ms), shorter than the settle time (500 ms).
+    let full = std::fs::read_to_string(&h.config).unwrap();
+    let cut = full.find("kind: AuthorizationPolicy").unwrap();
+    let prefix = full[..full[..cut].rfind("---").unwrap()].to_string();
+    let writer = {
+        let path = h.config.clone();
+        let full = full.clone();
+        tokio::spawn(async move {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path).unwrap();
+            f.write_all(prefix.as_bytes()).unwrap();
+            f.flush().unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            f.write_all(&full.as_bytes()[prefix.len()..]).unwrap();
+            f.flush().unwrap();
+        })
+    };
+    // Requests to the denied path during and after the write: never allowed.
+    let started = std::time::Instant::now();
+    let mut tries = 0;
+    while started.elapsed() < Duration::from_millis(1200) && tries < 2000 {
+        assert_eq!(
+            status(&h, "/admin").await,
+            403,
+            "a half-written file was applied"
+        );
+        tries += 1;
+    }
+    writer.await.unwrap();
+    assert_eq!(status(&h, "/admin").await, 403);
+    assert_eq!(status(&h, "/ok").await, 200);
+}
