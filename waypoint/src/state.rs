@@ -96,6 +96,8 @@ pub struct ProxyOptions {
     pub trust_domain: String,
     /// How long to wait for a client's first bytes on a port of unknown protocol.
     pub detect_timeout: Duration,
+    /// Longest wait for a request's headers (HTTP/1.1 inside a tunnel).
+    pub header_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// Cluster id reported in telemetry when a peer does not say (Istio's `CLUSTER_ID`).

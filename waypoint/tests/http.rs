@@ -331,3 +331,41 @@ async fn duplicate_host_headers_are_refused_before_anything_is_forwarded() {
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     assert_eq!(h.connects(), 0, "nothing reached a pod");
 }
+
+#[tokio::test]
+async fn headers_sent_too_slowly_are_cut_off() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Spec {
+        extra_args: vec!["--request-header-timeout", "500ms"],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut tunnel = conn.tunnel(authority(80), &[]).await.unwrap();
+    // One byte every 200 ms: the headers would take seconds to arrive.
+    let slow = async {
+        for b in b"GET /slowloris HTTP/1.1\r\nHost: echo\r\n" {
+            if tunnel.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(1500), slow).await;
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(3), tunnel.read(&mut buf)).await;
+    match read {
+        Ok(Ok(n)) => {
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
+        }
+        Ok(Err(_)) => {}
+        Err(_) => panic!("the slow tunnel is still open"),
+    }
+    assert_eq!(h.connects(), 0, "nothing reached a pod");
+    // Normal requests are unaffected.
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    assert_eq!(http.send_request(get("/fine")).await.unwrap().status(), 200);
+}

@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// DECODE_AND_MERGE_SLASHES (MeshConfig pathNormalization).
     #[arg(long, default_value = "BASE", value_parser = parse_normalization)]
     path_normalization: filters::authz::path::Normalization,
+    /// Longest wait for a request's headers inside a tunnel (HTTP/1.1): a client sending them
+    /// slower is cut off. `30s`, `500ms`.
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    request_header_timeout: Duration,
     /// How often RequestAuthentication `jwksUri` keys are fetched again (Istio's
     /// PILOT_JWT_PUB_KEY_REFRESH_INTERVAL): `20m`, `30s`, `500ms`.
     #[arg(long, default_value = "20m", value_parser = parse_interval)]
@@ -121,6 +125,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ProxyOptions {
             trust_domain: args.trust_domain.clone(),
             detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+            header_timeout: args.request_header_timeout,
             drain_timeout: Duration::from_secs(args.drain_timeout),
             cluster_id: args.cluster_id.clone(),
             metrics_series_limit: args.metrics_series_limit,

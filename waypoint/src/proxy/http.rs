@@ -71,6 +71,7 @@ pub async fn serve(
     h2c: bool,
     shutdown: ShutdownWatch,
 ) {
+    let header_timeout = proxy.options.header_timeout;
     let app = Arc::new(TunnelApp {
         chain: chain(&proxy),
         proxy,
@@ -92,7 +93,10 @@ pub async fn serve(
         tokio::pin!(conn);
         until_shutdown!(conn, shutdown)
     } else {
+        // A client that sends its headers too slowly is cut off (slowloris).
         let conn = http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
