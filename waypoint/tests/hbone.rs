@@ -132,6 +132,18 @@ async fn rejects_unauthenticated_and_foreign_peers() {
 
     // TLS 1.2 with a valid certificate.
     let issued = h.ca.issue(&h.client_id).unwrap();
+    let tls12 = raw_client(issued, &rustls::version::TLS12);
+    assert!(raw_tls(h.wp.hbone, tls12).await, "TLS 1.2 must be refused");
+
+    // The waypoint still serves good clients afterwards.
+    assert!(!refused(&h.client()).await);
+}
+
+/// A rustls client presenting `issued` over TLS `version`, trusting any server, ALPN h2.
+fn raw_client(
+    issued: hbone::tls::IssuedCert,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::ClientConfig {
     let chain: Vec<CertificateDer<'static>> =
         rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -139,18 +151,15 @@ async fn rejects_unauthenticated_and_foreign_peers() {
     let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
         .unwrap()
         .unwrap();
-    let mut tls12 = rustls::ClientConfig::builder_with_provider(hbone::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS12])
+    let mut c = rustls::ClientConfig::builder_with_provider(hbone::tls::provider())
+        .with_protocol_versions(&[version])
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
         .with_client_auth_cert(chain, key)
         .unwrap();
-    tls12.alpn_protocols = vec![b"h2".to_vec()];
-    assert!(raw_tls(h.wp.hbone, tls12).await, "TLS 1.2 must be refused");
-
-    // The waypoint still serves good clients afterwards.
-    assert!(!refused(&h.client()).await);
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    c
 }
 
 #[tokio::test]
@@ -158,24 +167,7 @@ async fn a_certificate_with_two_uri_sans_is_refused() {
     // An X.509-SVID has exactly one URI SAN; a second one (which the first-found rule used
     // to ignore) makes the certificate no SVID at all.
     let h = Harness::start(Spec::default()).await;
-    let client_config = |issued: hbone::tls::IssuedCert| {
-        let chain: Vec<CertificateDer<'static>> =
-            rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
-            .unwrap()
-            .unwrap();
-        let mut c = rustls::ClientConfig::builder_with_provider(hbone::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-        c.alpn_protocols = vec![b"h2".to_vec()];
-        c
-    };
+    let client_config = |issued| raw_client(issued, &rustls::version::TLS13);
     let two =
         h.ca.issue_uris(&[
             &h.client_id.to_string(),

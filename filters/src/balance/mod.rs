@@ -94,7 +94,7 @@ mod tests {
     use super::*;
     use crate::model::{Identity, NamespacedName, Protocol, Service, TargetPort, Workload};
 
-    fn ep(name: &str, ip: Option<&str>) -> Endpoint {
+    pub(super) fn ep(name: &str, ip: Option<&str>) -> Endpoint {
         Endpoint {
             workload: Arc::new(Workload {
                 name: NamespacedName::new("default", name),

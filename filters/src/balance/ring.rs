@@ -63,25 +63,10 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
-
     use super::*;
-    use crate::model::{Identity, NamespacedName, Workload};
 
     fn ep(i: u8) -> Endpoint {
-        Endpoint {
-            workload: Arc::new(Workload {
-                name: NamespacedName::new("default", &format!("pod-{i}")),
-                ips: vec![format!("127.128.0.{i}").parse().unwrap()],
-                identity: Identity::new("cluster.local", "default", "default"),
-                labels: BTreeMap::new(),
-                hbone: true,
-                served: false,
-                named_ports: BTreeMap::new(),
-            }),
-            port: 8080,
-        }
+        super::super::tests::ep(&format!("pod-{i}"), Some(&format!("127.128.0.{i}")))
     }
 
     #[test]
