@@ -26,6 +26,9 @@ pub enum ProxyError {
     /// The chosen backend has no ready endpoints.
     #[error("no healthy upstream for {0}")]
     NoHealthyUpstream(String),
+    /// The backend's circuit breaker is open: too many requests in flight (Envoy's `UO`).
+    #[error("upstream overflow: {0}")]
+    Overflow(String),
     /// Connecting (TCP, TLS or the HBONE CONNECT) to the endpoint failed.
     #[error("upstream connect to {endpoint} failed: {reason}")]
     UpstreamConnect {
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoHealthyUpstream(_)
+            | ProxyError::Overflow(_)
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -78,6 +82,7 @@ impl ProxyError {
             ProxyError::Denied(_) | ProxyError::Unauthenticated(_) => "-",
             ProxyError::NoRoute(_) => "NR",
             ProxyError::NoHealthyUpstream(_) => "UH",
+            ProxyError::Overflow(_) => "UO",
             ProxyError::UpstreamConnect { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::UpstreamTimeout => "UT",
@@ -96,6 +101,7 @@ impl ProxyError {
             }
             ProxyError::NoRoute(_) => "route_not_found".into(),
             ProxyError::NoHealthyUpstream(_) => "no_healthy_upstream".into(),
+            ProxyError::Overflow(_) => "overflow".into(),
             ProxyError::UpstreamConnect { .. } => {
                 "upstream_reset_before_response_started{connection_failure}".into()
             }
@@ -126,6 +132,10 @@ impl ProxyError {
                 .to_string(),
             ProxyError::NoRoute(_) => "route not found".to_string(),
             ProxyError::NoHealthyUpstream(_) => "no healthy upstream".to_string(),
+            ProxyError::Overflow(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+                    .to_string()
+            }
             ProxyError::UpstreamConnect { reason, .. } => {
                 format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}")
             }

@@ -841,3 +841,51 @@ async fn the_connection_managers_path_normalization_applies_before_authorization
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo["path"], "/a/b", "the normalized path goes upstream");
 }
+
+#[tokio::test]
+async fn a_circuit_breaker_answers_503_uo_past_its_limit() {
+    // DestinationRule connectionPool http.http2MaxRequests: 1 (cluster_traffic_policy.go
+    // applyConnectionPool): circuit_breakers max_requests 1 on the cluster.
+    let w = start(|_, cs, _| {
+        let (_, c) = cs.iter_mut().find(|(n, _)| n == CLUSTER_8100).unwrap();
+        let mut json = xds::envoy::to_json(
+            "envoy.config.cluster.v3.Cluster",
+            &<envoy_types::pb::envoy::config::cluster::v3::Cluster as prost::Message>::decode(
+                c.value.as_slice(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        json["circuit_breakers"] = json!({"thresholds": [{
+            "max_connections": 4294967295u32, "max_pending_requests": 4294967295u32,
+            "max_requests": 1, "max_retries": 4294967295u32, "track_remaining": true}]});
+        let cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            xds::envoy::from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+        *c = fixture::any(CLUSTER, &cluster);
+    })
+    .await;
+    let slow = {
+        let client = w.client.clone();
+        tokio::spawn(async move {
+            let conn = client.connect().await.unwrap();
+            let mut http = conn
+                .http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+                .await
+                .unwrap();
+            let req = http::Request::get("/slow?delay=1s")
+                .header("host", HOST)
+                .body(filters::body::empty())
+                .unwrap();
+            let resp = http.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            status
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let over = get(&w, 8100, "/get").await;
+    assert_eq!(over.status, 503, "the second request in flight overflows");
+    assert_eq!(slow.await.unwrap(), 200);
+    // With the first one done, requests go through again.
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+}

@@ -208,32 +208,52 @@ pub struct Picked {
     pub in_flight: Option<InFlight>,
 }
 
-/// A request counted in flight to an endpoint; the count drops with it.
+/// A request counted in flight, to an endpoint (least request) and to its port (the
+/// circuit breaker); the counts drop with it.
 #[derive(Debug)]
 pub struct InFlight {
     service: Arc<Service>,
     port: u16,
-    endpoint: usize,
+    endpoint: Option<usize>,
+    counted: bool,
+}
+
+impl InFlight {
+    fn add(&self, delta: isize) {
+        let Some(p) = self.service.port(self.port) else {
+            return;
+        };
+        let apply = |c: &std::sync::atomic::AtomicUsize| {
+            if delta > 0 {
+                c.fetch_add(1, Ordering::Relaxed);
+            } else {
+                c.fetch_sub(1, Ordering::Relaxed);
+            }
+        };
+        if let Some(i) = self.endpoint {
+            apply(p.active(i));
+        }
+        if self.counted {
+            apply(p.requests());
+        }
+    }
 }
 
 impl Clone for InFlight {
     fn clone(&self) -> Self {
-        if let Some(p) = self.service.port(self.port) {
-            p.active(self.endpoint).fetch_add(1, Ordering::Relaxed);
-        }
+        self.add(1);
         Self {
             service: self.service.clone(),
             port: self.port,
             endpoint: self.endpoint,
+            counted: self.counted,
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(p) = self.service.port(self.port) {
-            p.active(self.endpoint).fetch_sub(1, Ordering::Relaxed);
-        }
+        self.add(-1);
     }
 }
 
@@ -259,13 +279,26 @@ pub fn pick(
             };
             let i = index.ok_or_else(|| ProxyError::NoHealthyUpstream(backend.describe()))?;
             let ep = &sp.endpoints[i];
-            let active = matches!(sp.balancing(), Balancing::LeastRequest).then(|| {
-                sp.active(i).fetch_add(1, Ordering::Relaxed);
-                InFlight {
-                    service: service.clone(),
-                    port: *port,
-                    endpoint: i,
+            // The circuit breaker: a request beyond the port's limit is not sent.
+            let counted = match sp.max_requests() {
+                None => false,
+                Some(max) => {
+                    if sp.requests().fetch_add(1, Ordering::Relaxed) >= max {
+                        sp.requests().fetch_sub(1, Ordering::Relaxed);
+                        return Err(ProxyError::Overflow(backend.describe()));
+                    }
+                    true
                 }
+            };
+            let least = matches!(sp.balancing(), Balancing::LeastRequest);
+            if least {
+                sp.active(i).fetch_add(1, Ordering::Relaxed);
+            }
+            let active = (least || counted).then(|| InFlight {
+                service: service.clone(),
+                port: *port,
+                endpoint: least.then_some(i),
+                counted,
             });
             Ok(Picked {
                 address: ep.address().expect("balancers return addressed endpoints"),

@@ -133,6 +133,13 @@ pub struct ServicePort {
     /// DestinationRule `consistentHash` from the local configuration).
     #[serde(skip)]
     hash_policy: Vec<crate::route::model::HashPolicy>,
+    /// Most requests in flight to this port (the cluster's circuit breaker); beyond it,
+    /// 503 `UO`.
+    #[serde(skip)]
+    max_requests: Option<usize>,
+    /// Requests in flight to this port, counted when it has a limit.
+    #[serde(skip)]
+    requests: AtomicUsize,
     /// Requests in flight per endpoint (least-request balancing).
     #[serde(skip)]
     active: Box<[AtomicUsize]>,
@@ -158,6 +165,8 @@ impl ServicePort {
             endpoints,
             balancing: crate::balance::Balancing::RoundRobin,
             hash_policy: Vec::new(),
+            max_requests: None,
+            requests: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
         }
     }
@@ -166,6 +175,22 @@ impl ServicePort {
     pub fn with_balancing(mut self, policy: crate::balance::Policy) -> Self {
         self.balancing = crate::balance::Balancing::new(policy, &self.endpoints);
         self
+    }
+
+    /// This port with a circuit breaker: at most `max` requests in flight.
+    pub fn with_max_requests(mut self, max: Option<usize>) -> Self {
+        self.max_requests = max;
+        self
+    }
+
+    /// The circuit breaker's limit, if any.
+    pub fn max_requests(&self) -> Option<usize> {
+        self.max_requests
+    }
+
+    /// Requests in flight to this port (counted when it has a limit).
+    pub fn requests(&self) -> &AtomicUsize {
+        &self.requests
     }
 
     /// This port's own hash inputs (used when the matched route has none).

@@ -120,7 +120,7 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
     }
     let in_flight = picked.in_flight;
     Ok(result?.map(|b| match in_flight {
-        // Least request: the endpoint counts this request until its response ends.
+        // Least request and the circuit breaker count this request until its response ends.
         Some(guard) => Body::new(filters::body::Guarded::new(b, guard)),
         None => Body::new(b),
     }))

@@ -29,6 +29,9 @@ pub struct ClusterInfo {
     pub eds_name: String,
     /// The load-balancing policy.
     pub balancing: filters::balance::Policy,
+    /// Most requests in flight (the circuit breaker's `max_requests`, and for HTTP/1.1
+    /// also `max_connections` + `max_pending_requests`); `None` for unlimited.
+    pub max_requests: Option<usize>,
     /// The DestinationRule subset (`inbound-vip|<port>|http/<subset>|<host>`): the
     /// Service's port restricted to the endpoints EDS sends for this cluster.
     pub subset: Option<String>,
@@ -111,6 +114,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         eds_name,
         subset,
         balancing: balancing(c),
+        max_requests: max_requests(c, protocol),
     })
 }
 
@@ -189,23 +193,41 @@ fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
         ));
     }
     if let Some(cb) = &c.circuit_breakers {
-        // Istio's defaults are effectively unlimited; real limits are not enforced here.
-        let limited = cb.thresholds.iter().any(|t| {
-            [
-                &t.max_connections,
-                &t.max_pending_requests,
-                &t.max_requests,
-                &t.max_retries,
-            ]
-            .iter()
-            .any(|v| v.as_ref().is_some_and(|v| v.value < (1 << 31)))
-        });
-        if limited {
-            return Err(invalid(
-                c,
-                "circuit_breakers",
-                "circuit breaker limits are not supported".into(),
-            ));
+        for (i, t) in cb.thresholds.iter().enumerate() {
+            let at = |f: &str| format!("circuit_breakers.thresholds[{i}].{f}");
+            let limited = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>| {
+                v.as_ref().is_some_and(|v| v.value < UNLIMITED)
+            };
+            if t.priority != 0
+                && [
+                    &t.max_connections,
+                    &t.max_pending_requests,
+                    &t.max_requests,
+                    &t.max_retries,
+                ]
+                .into_iter()
+                .any(limited)
+            {
+                return Err(invalid(
+                    c,
+                    &at("priority"),
+                    "limits for HIGH priority routes are not supported".into(),
+                ));
+            }
+            if limited(&t.max_retries) {
+                return Err(invalid(
+                    c,
+                    &at("max_retries"),
+                    "a limit on concurrent retries is not supported".into(),
+                ));
+            }
+            if t.retry_budget.is_some() {
+                return Err(invalid(
+                    c,
+                    &at("retry_budget"),
+                    "retry budgets are not supported".into(),
+                ));
+            }
         }
     }
     Ok(())
@@ -260,6 +282,36 @@ fn check_lb_configs(c: &Cluster) -> Result<(), InvalidResource> {
         }
     }
     Ok(())
+}
+
+/// Istio's "no limit" is the largest u32; anything from 2^31 up counts as unlimited.
+const UNLIMITED: u32 = 1 << 31;
+
+/// The circuit breaker's limit on requests in flight (default priority): `max_requests`,
+/// and for HTTP/1.1 (one request per connection) also `max_connections` plus
+/// `max_pending_requests`, as Envoy's HTTP/1.1 pool queues what it cannot send.
+fn max_requests(c: &Cluster, protocol: Protocol) -> Option<usize> {
+    let t = c
+        .circuit_breakers
+        .as_ref()?
+        .thresholds
+        .iter()
+        .find(|t| t.priority == 0)?;
+    let value = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>| {
+        v.as_ref().map(|v| v.value).filter(|v| *v < UNLIMITED)
+    };
+    let requests = value(&t.max_requests);
+    let h1 = match (value(&t.max_connections), value(&t.max_pending_requests)) {
+        (None, _) | (_, None) => None,
+        (Some(c), Some(p)) => Some(c.saturating_add(p)),
+    };
+    let h2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
+    let limit = match (requests, h1) {
+        (r, _) if h2 => r,
+        (Some(r), Some(h)) => Some(r.min(h)),
+        (r, h) => r.or(h),
+    };
+    limit.map(|l| l as usize)
 }
 
 /// The cluster's load-balancing policy (`RING_HASH` with its `minimum_ring_size`).

@@ -219,6 +219,7 @@ fn service_port(
     let target = eps.first().map(|e| e.port).unwrap_or(c.port);
     ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
         .with_balancing(c.balancing)
+        .with_max_requests(c.max_requests)
 }
 
 /// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to

@@ -245,16 +245,17 @@ fn cluster_features_the_waypoint_lacks_are_rejected_not_ignored() {
         envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
             thresholds: vec![
                 envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds {
-                    max_connections: Some(envoy_types::pb::google::protobuf::UInt32Value {
-                        value: 10,
-                    }),
+                    max_retries: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 3 }),
                     ..Default::default()
                 },
             ],
             ..Default::default()
         },
     );
-    assert_eq!(cluster::convert(&c).unwrap_err().field, "circuit_breakers");
+    assert_eq!(
+        cluster::convert(&c).unwrap_err().field,
+        "circuit_breakers.thresholds[0].max_retries"
+    );
     let mut c = base;
     c.lb_policy = 1; // LEAST_REQUEST, Istio's default
     assert!(cluster::convert(&c).is_ok());
