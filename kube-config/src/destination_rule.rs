@@ -1,10 +1,11 @@
 //! DestinationRule (`networking.istio.io/v1`): the traffic policy of a Service's traffic
 //! through the waypoint, as istiod applies it to the waypoint's clusters and routes. The
 //! load balancer (`simple`, `consistentHash`), at the rule level and per port, is applied.
-//! Subsets are accepted: only a route that names a subset uses one, and HTTPRoute cannot.
-//! Every other traffic-policy field the waypoint does not implement yet (connection pool,
-//! outlier detection, TLS, PROXY protocol, locality settings) is an error naming it, never
-//! silently ignored.
+//! The connection pool's request limits become the port's circuit breaker. Subsets are
+//! accepted: only a route that names a subset uses one, and HTTPRoute cannot. Every other
+//! traffic-policy field the waypoint does not implement yet (outlier detection, TLS, PROXY
+//! protocol, locality settings, the pool's timeouts) is an error naming it, never silently
+//! ignored.
 
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ struct TrafficPolicy {
     #[serde(default)]
     port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(default)]
-    connection_pool: Option<serde_yaml::Value>,
+    connection_pool: Option<ConnectionPool>,
     #[serde(default)]
     outlier_detection: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -70,11 +71,132 @@ struct PortTrafficPolicy {
     #[serde(default)]
     load_balancer: Option<LoadBalancer>,
     #[serde(default)]
-    connection_pool: Option<serde_yaml::Value>,
+    connection_pool: Option<ConnectionPool>,
     #[serde(default)]
     outlier_detection: Option<serde_yaml::Value>,
     #[serde(default)]
     tls: Option<serde_yaml::Value>,
+}
+
+/// `connectionPool`: the limits that become the port's circuit breaker.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConnectionPool {
+    #[serde(default)]
+    tcp: Option<TcpPool>,
+    #[serde(default)]
+    http: Option<HttpPool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TcpPool {
+    #[serde(default)]
+    max_connections: Option<u32>,
+    #[serde(default)]
+    connect_timeout: Option<serde_yaml::Value>,
+    #[serde(default)]
+    tcp_keepalive: Option<serde_yaml::Value>,
+    #[serde(default)]
+    max_connection_duration: Option<serde_yaml::Value>,
+    #[serde(default)]
+    idle_timeout: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpPool {
+    #[serde(default)]
+    http1_max_pending_requests: Option<u32>,
+    #[serde(default)]
+    http2_max_requests: Option<u32>,
+    #[serde(default)]
+    max_requests_per_connection: Option<serde_yaml::Value>,
+    #[serde(default)]
+    max_retries: Option<serde_yaml::Value>,
+    #[serde(default)]
+    idle_timeout: Option<serde_yaml::Value>,
+    #[serde(default)]
+    h2_upgrade_policy: Option<serde_yaml::Value>,
+    #[serde(default)]
+    use_client_protocol: Option<serde_yaml::Value>,
+    #[serde(default)]
+    max_concurrent_streams: Option<serde_yaml::Value>,
+}
+
+impl ConnectionPool {
+    /// The limit on requests in flight, as istiod writes these fields into the cluster's
+    /// circuit breaker and the waypoint reads it back (`http2MaxRequests`; for HTTP/1.1
+    /// also `maxConnections` + `http1MaxPendingRequests`). Fields with no such effect here
+    /// are refused by name.
+    fn max_requests(
+        &self,
+        h2: bool,
+        label: &str,
+        at: &str,
+    ) -> Result<Option<usize>, LocalConfigError> {
+        let tcp = self.tcp.as_ref();
+        let http = self.http.as_ref();
+        unsupported(
+            label,
+            &format!("{at}.tcp"),
+            &[
+                (
+                    "connectTimeout",
+                    tcp.is_some_and(|t| t.connect_timeout.is_some()),
+                ),
+                (
+                    "tcpKeepalive",
+                    tcp.is_some_and(|t| t.tcp_keepalive.is_some()),
+                ),
+                (
+                    "maxConnectionDuration",
+                    tcp.is_some_and(|t| t.max_connection_duration.is_some()),
+                ),
+                ("idleTimeout", tcp.is_some_and(|t| t.idle_timeout.is_some())),
+            ],
+        )?;
+        unsupported(
+            label,
+            &format!("{at}.http"),
+            &[
+                (
+                    "maxRequestsPerConnection",
+                    http.is_some_and(|h| h.max_requests_per_connection.is_some()),
+                ),
+                ("maxRetries", http.is_some_and(|h| h.max_retries.is_some())),
+                (
+                    "idleTimeout",
+                    http.is_some_and(|h| h.idle_timeout.is_some()),
+                ),
+                (
+                    "h2UpgradePolicy",
+                    http.is_some_and(|h| h.h2_upgrade_policy.is_some()),
+                ),
+                (
+                    "useClientProtocol",
+                    http.is_some_and(|h| h.use_client_protocol.is_some()),
+                ),
+                (
+                    "maxConcurrentStreams",
+                    http.is_some_and(|h| h.max_concurrent_streams.is_some()),
+                ),
+            ],
+        )?;
+        let requests = http.and_then(|h| h.http2_max_requests);
+        let connections = tcp.and_then(|t| t.max_connections);
+        let pending = http.and_then(|h| h.http1_max_pending_requests);
+        let h1 = match (connections, pending) {
+            (Some(c), Some(p)) => Some(c.saturating_add(p)),
+            _ => None,
+        };
+        let limit = match (requests, h1) {
+            (r, _) if h2 => r,
+            (Some(r), Some(h)) => Some(r.min(h)),
+            (r, h) => r.or(h),
+        };
+        Ok(limit.map(|l| l as usize))
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -143,6 +265,8 @@ pub struct PortPolicy {
     pub balancing: Policy,
     /// The request's hash inputs (consistent hashing).
     pub hash: Vec<HashPolicy>,
+    /// Most requests in flight (the connection pool's limits).
+    pub max_requests: Option<usize>,
 }
 
 impl DestinationRule {
@@ -163,9 +287,15 @@ impl DestinationRule {
         fqdn == hostname
     }
 
-    /// The policy for Service port `port`: the port-level load balancer when one is set for
-    /// it, else the rule's. `label` names the object in errors.
-    pub fn port_policy(&self, port: u16, label: &str) -> Result<PortPolicy, LocalConfigError> {
+    /// The policy for Service port `port` (HTTP/2 when `h2`): the port-level load balancer
+    /// and connection pool when set for it, else the rule's. `label` names the object in
+    /// errors.
+    pub fn port_policy(
+        &self,
+        port: u16,
+        h2: bool,
+        label: &str,
+    ) -> Result<PortPolicy, LocalConfigError> {
         if self.spec.workload_selector.is_some() {
             return Err(invalid(
                 label,
@@ -180,7 +310,6 @@ impl DestinationRule {
             label,
             "spec.trafficPolicy",
             &[
-                ("connectionPool", tp.connection_pool.is_some()),
                 ("outlierDetection", tp.outlier_detection.is_some()),
                 ("tls", tp.tls.is_some()),
                 ("proxyProtocol", tp.proxy_protocol.is_some()),
@@ -192,7 +321,6 @@ impl DestinationRule {
                 label,
                 &format!("spec.trafficPolicy.portLevelSettings[{i}]"),
                 &[
-                    ("connectionPool", p.connection_pool.is_some()),
                     ("outlierDetection", p.outlier_detection.is_some()),
                     ("tls", p.tls.is_some()),
                 ],
@@ -216,10 +344,32 @@ impl DestinationRule {
                 .as_ref()
                 .map(|lb| (lb, "spec.trafficPolicy.loadBalancer".to_string()))
         });
-        match chosen {
-            None => Ok(PortPolicy::default()),
-            Some((lb, at)) => load_balancer(lb, label, &at),
+        let mut policy = match chosen {
+            None => PortPolicy::default(),
+            Some((lb, at)) => load_balancer(lb, label, &at)?,
+        };
+        let pool = tp
+            .port_level_settings
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.port.as_ref().is_some_and(|s| s.number == port))
+            .and_then(|(i, p)| {
+                p.connection_pool.as_ref().map(|c| {
+                    (
+                        c,
+                        format!("spec.trafficPolicy.portLevelSettings[{i}].connectionPool"),
+                    )
+                })
+            })
+            .or_else(|| {
+                tp.connection_pool
+                    .as_ref()
+                    .map(|c| (c, "spec.trafficPolicy.connectionPool".to_string()))
+            });
+        if let Some((pool, at)) = pool {
+            policy.max_requests = pool.max_requests(h2, label, &at)?;
         }
+        Ok(policy)
     }
 }
 
@@ -272,6 +422,7 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
     Ok(PortPolicy {
         balancing,
         hash: Vec::new(),
+        max_requests: None,
     })
 }
 
@@ -323,5 +474,6 @@ fn consistent_hash(
             source,
             terminal: false,
         }],
+        max_requests: None,
     })
 }

@@ -310,10 +310,12 @@ fn apply_destination_rule(
     };
     let ports = std::mem::take(&mut svc.ports);
     for p in ports {
-        let policy = rule.port_policy(p.port, label)?;
+        let h2 = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc);
+        let policy = rule.port_policy(p.port, h2, label)?;
         svc.ports.push(
             p.with_balancing(policy.balancing)
-                .with_hash_policy(policy.hash),
+                .with_hash_policy(policy.hash)
+                .with_max_requests(policy.max_requests),
         );
     }
     Ok(())

@@ -59,7 +59,7 @@ async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
         &path,
         format!(
             "{config}\n---\n{}",
-            destination_rule("    connectionPool:\n      http: {http2MaxRequests: 10}\n")
+            destination_rule("    outlierDetection:\n      consecutive5xxErrors: 3\n")
         ),
     )
     .unwrap();
@@ -72,7 +72,7 @@ async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(
         stdout.contains("DestinationRule default/echo")
-            && stdout.contains("spec.trafficPolicy.connectionPool"),
+            && stdout.contains("spec.trafficPolicy.outlierDetection"),
         "{stdout}"
     );
 }
@@ -99,4 +99,34 @@ async fn a_misspelled_authorization_field_is_refused_not_ignored() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("principalz"), "{stdout}");
+}
+
+#[tokio::test]
+async fn connection_pool_limits_answer_503_past_them() {
+    let h = Harness::start(Spec {
+        extra_yaml: vec![destination_rule(
+            "    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 0, http2MaxRequests: 100}\n",
+        )],
+        ..Spec::default()
+    })
+    .await;
+    let slow = {
+        let client = h.client();
+        tokio::spawn(async move {
+            let conn = client.connect().await.unwrap();
+            let mut http = conn.http1(authority(80)).await.unwrap();
+            let resp = http.send_request(get("/slow?delay=1s")).await.unwrap();
+            resp.status().as_u16()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let over = http.send_request(get("/get")).await.unwrap();
+    assert_eq!(
+        over.status(),
+        503,
+        "one connection, no pending: the second overflows"
+    );
+    assert_eq!(slow.await.unwrap(), 200);
 }
