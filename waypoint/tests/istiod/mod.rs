@@ -1,0 +1,263 @@
+//! Shared setup for the tests that serve istiod's shapes over Delta ADS: the httpbin
+//! waypoint of the shared config dump, edited per test, a real waypoint process, and an
+//! HBONE client. Each test cites, in a comment, the istiod source its shape comes from
+//! (pilot/pkg/config/kube/gateway/conversion.go, pilot/pkg/networking/core/route/route.go,
+//! cluster_waypoint.go, cluster_traffic_policy.go, model/telemetry.go, accesslog.go).
+#![allow(dead_code)]
+
+pub use std::net::{IpAddr, SocketAddr};
+pub use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use filters::model::Identity;
+use hbone::tls::{CertStore, DevCa};
+pub use http_body_util::BodyExt;
+use testkit::client::HboneClient;
+use testkit::echo::EchoIdentity;
+pub use testkit::istio_dump::{self as fixture, fake_pod, httpbin_dump, Named, VIP};
+use testkit::process::{CertFiles, WaypointProcess};
+pub use testkit::ztunnel::{App, FakeZtunnel, ZtunnelOptions};
+use testkit::AdsServer;
+pub use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
+
+pub const HOST: &str = "httpbin.default.svc.cluster.local";
+pub const CLUSTER_8100: &str = "inbound-vip|8100|http|httpbin.default.svc.cluster.local";
+
+pub struct World {
+    pub _dir: tempfile::TempDir,
+    /// The waypoint's stdout (access log lines).
+    pub stdout: std::path::PathBuf,
+    pub _serving: tokio::task::JoinHandle<()>,
+    pub server: AdsServer,
+    pub _wp: WaypointProcess,
+    pub client: HboneClient,
+    pub _pods: (FakeZtunnel, FakeZtunnel, Option<FakeZtunnel>),
+    pub listeners: Named,
+}
+
+/// The httpbin waypoint of the shared config dump, with `edit` applied to its resources
+/// (listeners, clusters, endpoints) before they are served.
+pub async fn start(edit: impl FnOnce(&mut Named, &mut Named, &mut Named)) -> World {
+    start_with_pod(None, |ls, cs, es, _| edit(ls, cs, es)).await
+}
+
+/// As [`start`], with a third pod serving `app` on 8080, whose IP `edit` gets.
+pub async fn start_with_pod(
+    app: Option<App>,
+    edit: impl FnOnce(&mut Named, &mut Named, &mut Named, Option<IpAddr>),
+) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("test").unwrap();
+    let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
+    ca.issue(&waypoint_id).unwrap().write(dir.path()).unwrap();
+    let pod = fake_pod(&ca, &waypoint_id, "httpbin-1").await;
+    let canary = fake_pod(&ca, &waypoint_id, "httpbin-v2-1").await;
+    let extra = match app {
+        None => None,
+        Some(app) => {
+            let certs = ca
+                .issue(&Identity::new("cluster.local", "default", "httpbin"))
+                .unwrap();
+            Some(
+                FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
+                    ip,
+                    certs: certs.certs().unwrap(),
+                    allowed_caller: Some(waypoint_id.clone()),
+                    who: EchoIdentity {
+                        pod: "httpbin-extra".into(),
+                        namespace: "default".into(),
+                    },
+                    apps: [(8080, app.clone())].into(),
+                })
+                .await
+                .unwrap(),
+            )
+        }
+    };
+    let (mut ls, mut cs, mut es, _) =
+        fixture::resources_with(&httpbin_dump(), pod.ip, Some(canary.ip), false);
+    edit(&mut ls, &mut cs, &mut es, extra.as_ref().map(|p| p.ip));
+    let server = AdsServer::default();
+    server.set(LISTENER, ls.clone());
+    server.set(CLUSTER, cs);
+    server.set(ENDPOINT, es);
+    let socket = dir.path().join("xds.sock");
+    let serving = server.serve_unix(&socket).unwrap();
+    let address = format!("unix:{}", socket.display());
+    let stdout = dir.path().join("stdout.log");
+    let mut wp = WaypointProcess::spawn_source(
+        &std::path::PathBuf::from(env!("CARGO_BIN_EXE_waypoint")),
+        &CertFiles::in_dir(dir.path()),
+        &[
+            "--xds-address",
+            &address,
+            "--gateway",
+            "default/waypoint",
+            "--log-level",
+            "warn",
+        ],
+        Some(&stdout),
+    )
+    .unwrap();
+    wp.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = HboneClient::new(
+        wp.hbone,
+        Arc::new(CertStore::fixed(
+            ca.issue(&Identity::new("cluster.local", "default", "sleep"))
+                .unwrap()
+                .certs()
+                .unwrap(),
+        )),
+        waypoint_id,
+    );
+    World {
+        stdout,
+        _dir: dir,
+        _serving: serving,
+        server,
+        _wp: wp,
+        client,
+        _pods: (pod, canary, extra),
+        listeners: ls,
+    }
+}
+
+/// The first NACK the xDS server received (within ten seconds).
+pub async fn nack(w: &World) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(e) = w.server.replies().into_iter().find_map(|r| r.error) {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no NACK");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// The echo app's report of the request it saw; panics when the pod was not reached.
+    pub fn echo(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "not an echo answer ({}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+pub async fn get(w: &World, port: u16, path: &str) -> Answer {
+    send(w, port, "GET", path, &[]).await
+}
+
+pub async fn send(
+    w: &World,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let conn = w.client.connect().await.unwrap();
+    let mut http = conn
+        .http1(SocketAddr::new(VIP.parse().unwrap(), port))
+        .await
+        .unwrap();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", HOST);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = http
+        .send_request(req.body(filters::body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let content_type = headers
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        content_type,
+        headers,
+        body,
+    }
+}
+
+/// Adds the pod at `ip` (port 8080) to the endpoints of `cluster`, in the shape of its
+/// first endpoint.
+pub fn add_endpoint(es: &mut Named, cluster: &str, ip: IpAddr) {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let (_, e) = es
+        .iter_mut()
+        .find(|(n, _)| n == cluster)
+        .expect("endpoints");
+    let cla = <ClusterLoadAssignment as prost::Message>::decode(e.value.as_slice()).unwrap();
+    let mut json =
+        xds::envoy::to_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &cla).unwrap();
+    let first = json["endpoints"][0]["lb_endpoints"][0].to_string();
+    let pod_ip = first
+        .split(['"', ':'])
+        .find(|p| p.starts_with("127.") && p.parse::<IpAddr>().is_ok())
+        .unwrap()
+        .to_string();
+    let second: serde_json::Value =
+        serde_json::from_str(&first.replace(&pod_ip, &ip.to_string())).unwrap();
+    json["endpoints"][0]["lb_endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(second);
+    let cla: ClusterLoadAssignment =
+        xds::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap();
+    *e = fixture::any(ENDPOINT, &cla);
+}
+
+/// `cluster` among `cs`, edited in its proto-JSON form (as a DestinationRule changes it).
+pub fn edit_cluster(cs: &mut Named, cluster: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    let (_, c) = cs.iter_mut().find(|(n, _)| n == cluster).expect("cluster");
+    let decoded = <Cluster as prost::Message>::decode(c.value.as_slice()).unwrap();
+    let mut json = xds::envoy::to_json("envoy.config.cluster.v3.Cluster", &decoded).unwrap();
+    edit(&mut json);
+    let cluster: Cluster = xds::envoy::from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+    *c = fixture::any(CLUSTER, &cluster);
+}
+
+/// Sends `path` to port 8100 in the background (a slow request holding a pod busy);
+/// resolves to its status and the echo app's report (`null` when the pod did not answer).
+pub fn in_background(
+    w: &World,
+    path: &'static str,
+) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+    let client = w.client.clone();
+    tokio::spawn(async move {
+        let conn = client.connect().await.unwrap();
+        let mut http = conn
+            .http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+            .await
+            .unwrap();
+        let req = http::Request::get(path)
+            .header("host", HOST)
+            .body(filters::body::empty())
+            .unwrap();
+        let resp = http.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    })
+}
