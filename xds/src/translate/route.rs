@@ -18,6 +18,12 @@ use filters::route::model::{
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
+mod direct;
+mod hash;
+
+use direct::{direct_response, DIRECT_RESPONSE_BODY_LIMIT};
+use hash::hash_policy;
+
 /// A field path and what is wrong there.
 pub type Bad = (String, String);
 
@@ -259,62 +265,6 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
         extra,
         hash_policy,
     })
-}
-
-/// A route's `hash_policy` (istiod's, from a DestinationRule `consistentHash`: header,
-/// cookie, source IP or query parameter).
-fn hash_policy(
-    policies: &[envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy],
-    at: &str,
-) -> Result<Vec<filters::route::model::HashPolicy>, Bad> {
-    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
-    use filters::route::model::{HashPolicy, HashSource};
-    let mut out = Vec::with_capacity(policies.len());
-    for (i, p) in policies.iter().enumerate() {
-        let pat = format!("{at}[{i}]");
-        let source = match &p.policy_specifier {
-            Some(PolicySpecifier::Header(h)) => {
-                if h.regex_rewrite.is_some() {
-                    return Err((
-                        format!("{pat}.header.regex_rewrite"),
-                        "not supported".into(),
-                    ));
-                }
-                HashSource::Header(HeaderName::from_bytes(h.header_name.as_bytes()).map_err(
-                    |_| {
-                        (
-                            format!("{pat}.header.header_name"),
-                            format!("bad header name {:?}", h.header_name),
-                        )
-                    },
-                )?)
-            }
-            Some(PolicySpecifier::Cookie(c)) => {
-                if !c.attributes.is_empty() {
-                    return Err((format!("{pat}.cookie.attributes"), "not supported".into()));
-                }
-                HashSource::Cookie {
-                    name: c.name.clone(),
-                    ttl: super::duration(c.ttl.as_ref()),
-                    path: (!c.path.is_empty()).then(|| c.path.clone()),
-                }
-            }
-            Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashSource::SourceIp,
-            Some(PolicySpecifier::QueryParameter(q)) => HashSource::QueryParameter(q.name.clone()),
-            _ => {
-                return Err((
-                    pat,
-                    "only header, cookie, source IP and query parameter hashing are supported"
-                        .into(),
-                ))
-            }
-        };
-        out.push(HashPolicy {
-            source,
-            terminal: p.terminal,
-        });
-    }
-    Ok(out)
 }
 
 /// The route's request condition: path, method, headers and query parameters.
@@ -614,44 +564,6 @@ fn regex_rewrite(
     RegexRewrite::new(pattern, &r.substitution)
         .map(PathModifier::Regex)
         .map_err(|e| (format!("{at}.pattern.regex"), e.to_string()))
-}
-
-/// Envoy's default limit on a `direct_response` body.
-const DIRECT_RESPONSE_BODY_LIMIT: usize = 4096;
-
-/// A `direct_response`: status 200 to 599, an inline body.
-fn direct_response(
-    d: &envoy_types::pb::envoy::config::route::v3::DirectResponseAction,
-    at: &str,
-) -> Result<DirectResponse, Bad> {
-    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
-    if !(200..600).contains(&d.status) {
-        return Err((
-            format!("{at}.status"),
-            format!("{} is not an HTTP status from 200 to 599", d.status),
-        ));
-    }
-    if d.body_format.is_some() {
-        return Err((
-            format!("{at}.body_format"),
-            "body format strings are not supported".into(),
-        ));
-    }
-    let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
-        None => bytes::Bytes::new(),
-        Some(Specifier::InlineString(s)) => bytes::Bytes::from(s.clone()),
-        Some(Specifier::InlineBytes(b)) => bytes::Bytes::from(b.clone()),
-        Some(_) => {
-            return Err((
-                format!("{at}.body"),
-                "only inline bodies are supported (not files or environment variables)".into(),
-            ))
-        }
-    };
-    Ok(DirectResponse {
-        status: d.status as u16,
-        body,
-    })
 }
 
 fn action_kind(a: &Option<Action>) -> &'static str {

@@ -1,0 +1,61 @@
+//! A route's `hash_policy`: the inputs of a request's hash for consistent-hash balancing.
+
+use http::HeaderName;
+
+use super::Bad;
+
+/// A route's `hash_policy` (istiod's, from a DestinationRule `consistentHash`: header,
+/// cookie, source IP or query parameter).
+pub(super) fn hash_policy(
+    policies: &[envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy],
+    at: &str,
+) -> Result<Vec<filters::route::model::HashPolicy>, Bad> {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    use filters::route::model::{HashPolicy, HashSource};
+    let mut out = Vec::with_capacity(policies.len());
+    for (i, p) in policies.iter().enumerate() {
+        let pat = format!("{at}[{i}]");
+        let source = match &p.policy_specifier {
+            Some(PolicySpecifier::Header(h)) => {
+                if h.regex_rewrite.is_some() {
+                    return Err((
+                        format!("{pat}.header.regex_rewrite"),
+                        "not supported".into(),
+                    ));
+                }
+                HashSource::Header(HeaderName::from_bytes(h.header_name.as_bytes()).map_err(
+                    |_| {
+                        (
+                            format!("{pat}.header.header_name"),
+                            format!("bad header name {:?}", h.header_name),
+                        )
+                    },
+                )?)
+            }
+            Some(PolicySpecifier::Cookie(c)) => {
+                if !c.attributes.is_empty() {
+                    return Err((format!("{pat}.cookie.attributes"), "not supported".into()));
+                }
+                HashSource::Cookie {
+                    name: c.name.clone(),
+                    ttl: crate::translate::duration(c.ttl.as_ref()),
+                    path: (!c.path.is_empty()).then(|| c.path.clone()),
+                }
+            }
+            Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashSource::SourceIp,
+            Some(PolicySpecifier::QueryParameter(q)) => HashSource::QueryParameter(q.name.clone()),
+            _ => {
+                return Err((
+                    pat,
+                    "only header, cookie, source IP and query parameter hashing are supported"
+                        .into(),
+                ))
+            }
+        };
+        out.push(HashPolicy {
+            source,
+            terminal: p.terminal,
+        });
+    }
+    Ok(out)
+}
