@@ -7,12 +7,9 @@
 //! any, MeshConfig's `defaultProviders` and `accessLogFile` decide. Selector-based and
 //! Service-targeted Telemetry are not applied by the waypoint (logged).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use filters::model::telemetry::{
-    AccessLogConfig, CustomTag, MetricOverride, OtlpProtocol, TelemetryConfig, TracingConfig,
-};
+use filters::model::telemetry::{CustomTag, OtlpProtocol, TelemetryConfig, TracingConfig};
 use filters::model::NamespacedName;
 use serde::Deserialize;
 
@@ -20,6 +17,12 @@ use super::authz::{binding, Binding, TargetRef};
 use super::mesh::{provider_settings, ExtensionProvider, MeshConfig};
 use super::objects::ObjectMeta;
 use super::LocalConfigError;
+
+mod access_log;
+mod metrics;
+
+use access_log::access_log;
+use metrics::{metric_overrides, MetricsSpec};
 
 /// A `Telemetry` object.
 #[derive(Debug, Deserialize)]
@@ -47,52 +50,6 @@ pub struct TelemetrySpec {
     access_logging: Option<Vec<AccessLoggingSpec>>,
     #[serde(default)]
     metrics: Option<Vec<MetricsSpec>>,
-}
-
-/// `Telemetry.spec.metrics[]`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct MetricsSpec {
-    #[serde(default)]
-    providers: Vec<ProviderRef>,
-    #[serde(default)]
-    overrides: Vec<MetricsOverride>,
-    #[serde(default)]
-    reporting_interval: Option<String>,
-}
-
-/// `Telemetry.spec.metrics[].overrides[]`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct MetricsOverride {
-    #[serde(default, rename = "match")]
-    selector: Option<MetricSelector>,
-    #[serde(default)]
-    disabled: Option<bool>,
-    #[serde(default)]
-    tag_overrides: BTreeMap<String, TagOverride>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct MetricSelector {
-    #[serde(default)]
-    metric: Option<String>,
-    #[serde(default)]
-    custom_metric: Option<String>,
-    #[serde(default)]
-    mode: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TagOverride {
-    #[serde(default)]
-    operation: Option<String>,
-    /// Accepted for the shape; `REMOVE` ignores it and `UPSERT` is refused.
-    #[serde(default)]
-    #[allow(dead_code)]
-    value: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -284,95 +241,6 @@ pub fn build(
             .unwrap_or_else(|| "cluster.local".into()),
         metric_overrides: metric_overrides(metrics_spec)?,
     })
-}
-
-/// Istio's Prometheus name (without `istio_`) of a Telemetry API metric; `None` for
-/// `ALL_METRICS`.
-fn metric_name(metric: &str) -> Option<Option<&'static str>> {
-    Some(Some(match metric {
-        "ALL_METRICS" => return Some(None),
-        "REQUEST_COUNT" => "requests_total",
-        "REQUEST_DURATION" => "request_duration_milliseconds",
-        "REQUEST_SIZE" => "request_bytes",
-        "RESPONSE_SIZE" => "response_bytes",
-        "TCP_OPENED_CONNECTIONS" => "tcp_connections_opened_total",
-        "TCP_CLOSED_CONNECTIONS" => "tcp_connections_closed_total",
-        "TCP_SENT_BYTES" => "tcp_sent_bytes_total",
-        "TCP_RECEIVED_BYTES" => "tcp_received_bytes_total",
-        "GRPC_REQUEST_MESSAGES" => "request_messages_total",
-        "GRPC_RESPONSE_MESSAGES" => "response_messages_total",
-        _ => return None,
-    }))
-}
-
-/// `metrics.overrides` for the Prometheus provider, as istiod turns them into the stats
-/// filter's overrides: a disabled metric is dropped, `REMOVE` tag overrides remove labels.
-/// Tag values (CEL expressions) and custom metrics are refused by field; overrides for the
-/// `CLIENT` side only do not apply to a waypoint, which reports as the server.
-fn metric_overrides(
-    spec: Option<(&str, &Vec<MetricsSpec>)>,
-) -> Result<Vec<MetricOverride>, LocalConfigError> {
-    let Some((label, specs)) = spec else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for (i, m) in specs.iter().enumerate() {
-        let prometheus =
-            m.providers.is_empty() || m.providers.iter().any(|p| p.name == "prometheus");
-        if !prometheus {
-            continue;
-        }
-        if m.reporting_interval.is_some() {
-            return Err(invalid(
-                label,
-                format!("spec.metrics[{i}].reportingInterval"),
-                "not supported: TCP byte counters are reported when the connection closes",
-            ));
-        }
-        for (j, o) in m.overrides.iter().enumerate() {
-            let at = |f: &str| format!("spec.metrics[{i}].overrides[{j}]{f}");
-            let selector = o.selector.as_ref();
-            if selector.and_then(|s| s.custom_metric.as_ref()).is_some() {
-                return Err(invalid(
-                    label,
-                    at(".match.customMetric"),
-                    "custom metrics are not supported",
-                ));
-            }
-            if selector.and_then(|s| s.mode.as_deref()) == Some("CLIENT") {
-                continue;
-            }
-            let metric = selector
-                .and_then(|s| s.metric.as_deref())
-                .unwrap_or("ALL_METRICS");
-            let metric = metric_name(metric).ok_or_else(|| {
-                invalid(
-                    label,
-                    at(".match.metric"),
-                    format!("unknown metric {metric:?}"),
-                )
-            })?;
-            let mut tags_to_remove = Vec::new();
-            for (tag, t) in &o.tag_overrides {
-                match t.operation.as_deref().unwrap_or("UPSERT") {
-                    "REMOVE" => tags_to_remove.push(tag.clone()),
-                    _ => {
-                        return Err(invalid(
-                            label,
-                            at(&format!(".tagOverrides.{tag}")),
-                            "tag values (CEL expressions) are not supported; REMOVE is",
-                        ))
-                    }
-                }
-            }
-            out.push(MetricOverride {
-                metric: metric.map(str::to_string),
-                tags_to_remove,
-                drop: o.disabled.unwrap_or(false),
-            });
-        }
-    }
-    Ok(out)
 }
 
 fn find_provider<'a>(
@@ -590,111 +458,10 @@ fn custom_tags(
     Ok(custom_tags)
 }
 
-fn access_log(
-    spec: Option<(&str, &Vec<AccessLoggingSpec>)>,
-    mesh: &MeshConfig,
-) -> Result<Option<AccessLogConfig>, LocalConfigError> {
-    let config = match spec {
-        Some((label, list)) => {
-            let Some(a) = list.first() else {
-                return Ok(None);
-            };
-            if a.disabled == Some(true) {
-                return Ok(None);
-            }
-            if a.filter.is_some() {
-                return Err(invalid(
-                    label,
-                    "spec.accessLogging[0].filter",
-                    "CEL filters are not supported",
-                ));
-            }
-            let names: Vec<String> = if a.providers.is_empty() {
-                mesh.default_providers.access_logging.clone()
-            } else {
-                a.providers.iter().map(|p| p.name.clone()).collect()
-            };
-            let Some(name) = names.first() else {
-                return Ok(None);
-            };
-            let field = "spec.accessLogging[0].providers";
-            match find_provider(mesh, name, label, field)? {
-                None => mesh_format(mesh),
-                Some((index, p)) => match &p.envoy_file_access_log {
-                    Some(v) => {
-                        let f: FileAccessLog = provider_settings(p, index, v)?;
-                        if let Some(path) = f.path.as_deref().filter(|p| *p != "/dev/stdout") {
-                            return Err(invalid(label, field, format!("provider {name:?} writes to {path}; only /dev/stdout is supported")));
-                        }
-                        match f.log_format {
-                            Some(LogFormat {
-                                text: Some(t),
-                                labels: None,
-                            }) => AccessLogConfig::Text(Some(t)),
-                            Some(LogFormat {
-                                text: None,
-                                labels: Some(l),
-                            }) => AccessLogConfig::Json(Some(l.into_iter().collect())),
-                            Some(LogFormat {
-                                text: None,
-                                labels: None,
-                            })
-                            | None => AccessLogConfig::Text(None),
-                            Some(_) => {
-                                return Err(invalid(
-                                    label,
-                                    field,
-                                    "logFormat: set text or labels, not both",
-                                ))
-                            }
-                        }
-                    }
-                    None => {
-                        return Err(invalid(
-                            label,
-                            field,
-                            format!(
-                                "provider {name:?} is {}; only envoyFileAccessLog is supported",
-                                p.kind()
-                            ),
-                        ))
-                    }
-                },
-            }
-        }
-        None => match mesh.access_log_file.as_deref() {
-            None | Some("") => return Ok(None),
-            Some("/dev/stdout") => mesh_format(mesh),
-            Some(other) => {
-                return Err(invalid(
-                    "MeshConfig",
-                    "accessLogFile",
-                    format!("{other}: only /dev/stdout is supported"),
-                ))
-            }
-        },
-    };
-    filters::access_log::Compiled::new(&config)
-        .map_err(|e| invalid("access log", "format", e.to_string()))?;
-    Ok(Some(config))
-}
-
-/// MeshConfig's `accessLogEncoding` and `accessLogFormat`.
-fn mesh_format(mesh: &MeshConfig) -> AccessLogConfig {
-    let custom = mesh.access_log_format.clone().filter(|f| !f.is_empty());
-    match mesh.access_log_encoding.as_deref() {
-        Some("JSON") => AccessLogConfig::Json(custom.and_then(|f| {
-            serde_json::from_str::<std::collections::BTreeMap<String, String>>(&f)
-                .ok()
-                .map(|m| m.into_iter().collect())
-        })),
-        _ => AccessLogConfig::Text(custom),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use filters::model::telemetry::{AccessLogConfig, MetricOverride};
 
     fn mesh(yaml: &str) -> MeshConfig {
         serde_yaml::from_str(yaml).unwrap()
