@@ -19,6 +19,7 @@
 
 mod istiod;
 mod nginx;
+mod proxies;
 mod relay;
 mod report;
 mod tls_floor;
@@ -35,6 +36,7 @@ use std::time::Duration;
 use clap::Args;
 use filters::model::Identity;
 use hbone::tls::{client_config, CertStore, DevCa};
+use proxies::{start_proxies, stop_proxies, Proxies};
 use report::{render, Handshakes, Row};
 use testkit::client::HboneClient;
 use testkit::echo::EchoIdentity;
@@ -248,109 +250,6 @@ async fn set_up_mesh(dir: &Path) -> anyhow::Result<Fixture> {
         vip,
         config,
     })
-}
-
-/// The proxies under test (fields in the order they are dropped).
-struct Proxies {
-    /// The fake istiod serving that proxy, kept until the end.
-    _istiod_xds: Option<istiod::Istiod>,
-    /// The waypoint configured over xDS with istiod's resources.
-    istiod: Option<WaypointProcess>,
-    /// The `--baseline` build.
-    baseline: Option<WaypointProcess>,
-    /// The waypoint measured.
-    wp: WaypointProcess,
-    /// The proxy core, when taskset is available to pin to it.
-    pin: Option<usize>,
-}
-
-/// Starts the waypoint, the `--baseline` build (adding its scenario) and the istiod scenario.
-async fn start_proxies(a: &mut BenchArgs, fx: &Fixture, dir: &Path) -> anyhow::Result<Proxies> {
-    let exe = crate::launcher::waypoint(a.waypoint.as_deref(), dir)?;
-    eprintln!("measuring the waypoint at {}", exe.display());
-    // Pin the proxy: run it under taskset when available.
-    let taskset = Command::new("taskset").arg("--version").output().is_ok();
-    let pin = taskset.then_some(a.proxy_core);
-    let local = ["--config".to_string(), fx.config.display().to_string()];
-    let wp = start_waypoint(&exe, "waypoint", &local, dir, pin).await?;
-    let baseline = match a.baseline.clone() {
-        Some(exe) => {
-            let b = start_waypoint(&exe, "baseline", &local, dir, pin).await?;
-            if !a.scenarios.iter().any(|s| s == "baseline") {
-                a.scenarios.push("baseline".into());
-            }
-            Some(b)
-        }
-        None => None,
-    };
-    let (_istiod_xds, istiod) = if a.scenarios.iter().any(|s| s == "istiod") {
-        start_istiod(a, fx, &exe, dir, pin).await?.unzip()
-    } else {
-        (None, None)
-    };
-    Ok(Proxies {
-        _istiod_xds,
-        istiod,
-        baseline,
-        wp,
-        pin,
-    })
-}
-
-/// Spawns the waypoint `exe` (under taskset when `pin` is set) and waits until it is ready.
-async fn start_waypoint(
-    exe: &Path,
-    name: &str,
-    source: &[String],
-    dir: &Path,
-    pin: Option<usize>,
-) -> anyhow::Result<WaypointProcess> {
-    let bin = match pin {
-        Some(core) => {
-            let wrapper = dir.join(format!("pinned-{name}.sh"));
-            std::fs::write(
-                &wrapper,
-                format!(
-                    "#!/bin/sh\nexec taskset -c {core} {} \"$@\"\n",
-                    exe.display()
-                ),
-            )?;
-            Command::new("chmod").arg("+x").arg(&wrapper).status()?;
-            wrapper
-        }
-        None => exe.to_path_buf(),
-    };
-    let mut args: Vec<&str> = source.iter().map(String::as_str).collect();
-    args.extend(["--concurrency", "1", "--log-level", "error"]);
-    let mut p = WaypointProcess::spawn_source(&bin, &CertFiles::in_dir(dir), &args, None)?;
-    p.wait_ready(Duration::from_secs(30))
-        .await
-        .map_err(anyhow::Error::msg)?;
-    Ok(p)
-}
-
-/// Starts the fake istiod and the waypoint it configures (`None` when istiod cannot start).
-async fn start_istiod(
-    a: &BenchArgs,
-    fx: &Fixture,
-    exe: &Path,
-    dir: &Path,
-    pin: Option<usize>,
-) -> anyhow::Result<Option<(istiod::Istiod, WaypointProcess)>> {
-    let dump = a
-        .xds_dump
-        .clone()
-        .unwrap_or_else(testkit::istio_dump::httpbin_dump);
-    match istiod::Istiod::start(&fx.ca, &fx.waypoint_id, &dump, dir).await {
-        Ok(x) => {
-            let p = start_waypoint(exe, "istiod", &x.source_args(), dir, pin).await?;
-            Ok(Some((x, p)))
-        }
-        Err(e) => {
-            eprintln!("skipping the istiod scenario: {e}");
-            Ok(None)
-        }
-    }
 }
 
 /// The nginx peer: the server, the TLS echo app upstream of it, and nginx's version.
@@ -674,20 +573,6 @@ async fn measure_handshakes(
         cpu: hs_cpu,
         floor,
     })
-}
-
-/// Terminates the proxies, waiting up to 10 s for each to exit.
-async fn stop_proxies(p: &mut Proxies) {
-    p.wp.terminate();
-    if let Some(mut istiod) = p.istiod.take() {
-        istiod.terminate();
-        let _ = istiod.wait_exit(Duration::from_secs(10)).await;
-    }
-    if let Some(mut b) = p.baseline.take() {
-        b.terminate();
-        let _ = b.wait_exit(Duration::from_secs(10)).await;
-    }
-    let _ = p.wp.wait_exit(Duration::from_secs(10)).await;
 }
 
 /// Writes the Markdown report to `out` and the rows as JSON beside it.
