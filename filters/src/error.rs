@@ -176,21 +176,34 @@ impl ProxyError {
     /// `grpc-message`), as Envoy sends for gRPC requests it answers locally.
     pub fn to_grpc_response(&self) -> Response<Body> {
         let mut resp = Response::new(body::empty());
-        let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        h.insert(
-            "grpc-status",
-            http::HeaderValue::from(grpc_status_for(self.status())),
-        );
-        if let Ok(v) = http::HeaderValue::from_str(&self.to_string().replace(['\r', '\n'], " ")) {
-            h.insert("grpc-message", v);
-        }
+        let message = self.to_string().replace(['\r', '\n'], " ");
+        set_grpc_status(resp.headers_mut(), grpc_status_for(self.status()), &message);
         resp.extensions_mut()
             .insert(ResponseFlag(self.response_flag()));
         resp
+    }
+}
+
+/// Whether a request (by its headers) is gRPC: its content type is `application/grpc*`.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Makes `headers` a trailers-only gRPC answer: `application/grpc`, `grpc-status: code`
+/// and, when it is a non-empty valid header value, `grpc-message`.
+pub fn set_grpc_status(headers: &mut http::HeaderMap, code: u32, message: &str) {
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", http::HeaderValue::from(code));
+    if let Some(v) = http::HeaderValue::from_str(message)
+        .ok()
+        .filter(|_| !message.is_empty())
+    {
+        headers.insert("grpc-message", v);
     }
 }
 

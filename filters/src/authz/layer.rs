@@ -151,12 +151,6 @@ fn attributes<'a>(
     attrs
 }
 
-fn is_grpc(req_headers: &http::HeaderMap) -> bool {
-    req_headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 /// A local reply from the ext_authz step; gRPC clients get it as a gRPC status, as
 /// Envoy's local replies are.
 fn local_reply(grpc: bool, resp: Response<Body>) -> Response<Body> {
@@ -166,18 +160,11 @@ fn local_reply(grpc: bool, resp: Response<Body>) -> Response<Body> {
     let status = resp.status();
     let mut out = Response::new(fbody::empty());
     *out.headers_mut() = resp.headers().clone();
-    let h = out.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
+    crate::error::set_grpc_status(
+        out.headers_mut(),
+        crate::error::grpc_status_for(status),
+        status.canonical_reason().unwrap_or_default(),
     );
-    h.insert(
-        "grpc-status",
-        http::HeaderValue::from(crate::error::grpc_status_for(status)),
-    );
-    if let Some(reason) = status.canonical_reason() {
-        h.insert("grpc-message", http::HeaderValue::from_static(reason));
-    }
     out.extensions_mut()
         .insert(crate::error::ResponseFlag("UAEX"));
     out
@@ -281,7 +268,7 @@ async fn authorize(
         ctx,
         client,
         path,
-        grpc: is_grpc(req.headers()),
+        grpc: crate::error::is_grpc(req.headers()),
         req,
         response_headers: Vec::new(),
     };

@@ -61,12 +61,22 @@ fn random(port: &ServicePort) -> Option<usize> {
     addressed(port).choose(&mut rand::thread_rng())
 }
 
-/// The endpoint with fewer requests in flight, of two distinct random ones.
+/// The endpoint with fewer requests in flight, of two distinct random ones. It runs per
+/// request (Istio's default policy), so the common case, every endpoint addressed, draws
+/// two indexes without collecting anything.
 fn least_request(port: &ServicePort) -> Option<usize> {
-    use rand::seq::IteratorRandom;
-    let two = addressed(port).choose_multiple(&mut rand::thread_rng(), 2);
-    two.into_iter()
-        .min_by_key(|i| port.active(*i).load(Ordering::Relaxed))
+    use rand::Rng;
+    let load = |i: usize| port.active(i).load(Ordering::Relaxed);
+    let n = port.endpoints.len();
+    if n < 2 || port.endpoints.iter().any(|e| e.address().is_none()) {
+        use rand::seq::IteratorRandom;
+        let two = addressed(port).choose_multiple(&mut rand::thread_rng(), 2);
+        return two.into_iter().min_by_key(|i| load(*i));
+    }
+    let mut rng = rand::thread_rng();
+    let a = rng.gen_range(0..n);
+    let b = (a + rng.gen_range(1..n)) % n;
+    Some(if load(b) < load(a) { b } else { a })
 }
 
 /// Picks the next endpoint of `port` in round-robin order, skipping endpoints without an

@@ -98,7 +98,7 @@ where
                 Filter::Mirror(m) => mirrors.push(m.clone()),
                 Filter::Cors(c) => cors = Some(c.clone()),
                 Filter::DirectResponse(d) => direct = Some(d),
-                Filter::Fault(f) => match inject(f, is_grpc(&req)).await {
+                Filter::Fault(f) => match inject(f, crate::error::is_grpc(req.headers())).await {
                     Injected::Abort(resp) => return Ok(resp),
                     Injected::Delayed => delayed = true,
                     Injected::Nothing => {}
@@ -216,13 +216,6 @@ where
     });
 }
 
-/// Whether the request is gRPC (by its content type).
-fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 /// What a fault filter did to a request.
 enum Injected {
     /// Nothing (neither drawn).
@@ -251,40 +244,20 @@ async fn inject(f: &Fault, grpc: bool) -> Injected {
 /// A fault abort's answer: the HTTP status with its body, or a trailers-only gRPC answer
 /// with the gRPC status (a gRPC abort, or an HTTP abort to a gRPC client as Envoy maps it).
 fn fault_abort(a: &FaultAbort, grpc: bool) -> Response<Body> {
+    let http_status = |s: u16| StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let mut resp = Response::new(body::empty());
-    if let (AbortStatus::Http(status), false) = (a.status, grpc) {
-        *resp.status_mut() =
-            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        *resp.body_mut() = body::full(a.body.clone());
-    }
-    let h = resp.headers_mut();
     match (a.status, grpc) {
         (AbortStatus::Grpc(code), _) => {
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            h.insert("grpc-status", HeaderValue::from(code));
-            if let Ok(v) = HeaderValue::from_str(&a.body) {
-                h.insert("grpc-message", v);
-            }
+            crate::error::set_grpc_status(resp.headers_mut(), code, &a.body)
         }
         (AbortStatus::Http(status), true) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            h.insert(
-                "grpc-status",
-                HeaderValue::from(crate::error::grpc_status_for(status)),
-            );
-            if let Ok(v) = HeaderValue::from_str(&a.body) {
-                h.insert("grpc-message", v);
-            }
+            let code = crate::error::grpc_status_for(http_status(status));
+            crate::error::set_grpc_status(resp.headers_mut(), code, &a.body)
         }
-        (AbortStatus::Http(_), false) => {
-            h.insert(
+        (AbortStatus::Http(status), false) => {
+            *resp.status_mut() = http_status(status);
+            *resp.body_mut() = body::full(a.body.clone());
+            resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain"),
             );

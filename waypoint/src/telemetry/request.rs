@@ -89,10 +89,7 @@ impl RequestTelemetry {
         } else {
             "HTTP/1.1"
         };
-        let grpc = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let grpc = filters::error::is_grpc(req.headers());
         let request_header_bytes =
             header_bytes(req.headers()) + (method.len() + path.len() + 12) as u64;
         // Kept (with the method and path) only for the access log.
