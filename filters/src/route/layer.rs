@@ -106,25 +106,19 @@ where
             }
         }
     }
-    let origin = req.headers().get(http::header::ORIGIN).cloned();
-    if let (Some(c), Some(o)) = (&cors, &origin) {
-        if req.method() == Method::OPTIONS
-            && req
-                .headers()
-                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
-            && (!c.forward_not_matching_preflights || origin_allowed(c, o.to_str().unwrap_or("")))
-        {
+    let changes = ResponseChanges {
+        mods: response_mods,
+        origin: req.headers().get(http::header::ORIGIN).cloned(),
+        cors,
+    };
+    if let (Some(c), Some(o)) = (&changes.cors, &changes.origin) {
+        if answers_preflight(c, o, &req) {
             return Ok(preflight(c, o, req.headers()));
         }
     }
     if let Some(d) = direct {
         let mut resp = direct_response(d);
-        for m in &response_mods {
-            modify_headers(resp.headers_mut(), m);
-        }
-        if let (Some(c), Some(o)) = (&cors, &origin) {
-            cors_headers(c, o, resp.headers_mut());
-        }
+        changes.apply(&mut resp);
         return Ok(resp);
     }
     let backend = selection.backend.map_err(ProxyError::InvalidBackend)?;
@@ -136,16 +130,7 @@ where
     for m in mirrors {
         mirror(&inner, &req, &m);
     }
-    // The route's hash inputs (xDS), else the backend port's own (a local DestinationRule).
-    let route_hash = selection.rule.as_ref().map(|s| &s.rule().hash_policy[..]);
-    let port_hash = match &backend {
-        super::Backend::Service { service, port } => service.port(*port).map(|p| p.hash_policy()),
-        super::Backend::Workload { .. } => None,
-    };
-    let policies = route_hash
-        .filter(|h| !h.is_empty())
-        .or(port_hash)
-        .unwrap_or(&[]);
+    let policies = hash_inputs(selection.rule.as_ref(), &backend);
     let (hash, set_cookie) = super::request_hash(policies, &req, ctx.tunnel.source_ip);
     req.extensions_mut().insert(RouteDecision {
         hash,
@@ -161,13 +146,51 @@ where
     if delayed && resp.extensions().get::<ResponseFlag>().is_none() {
         resp.extensions_mut().insert(ResponseFlag("DI"));
     }
-    for m in &response_mods {
-        modify_headers(resp.headers_mut(), m);
-    }
-    if let (Some(c), Some(o)) = (&cors, &origin) {
-        cors_headers(c, o, resp.headers_mut());
-    }
+    changes.apply(&mut resp);
     Ok(resp)
+}
+
+/// What the matched rule does to the response, whoever answers: header modifiers, and CORS
+/// headers for an allowed origin.
+struct ResponseChanges {
+    mods: Vec<HeaderModifier>,
+    cors: Option<Cors>,
+    origin: Option<HeaderValue>,
+}
+
+impl ResponseChanges {
+    fn apply(&self, resp: &mut Response<Body>) {
+        for m in &self.mods {
+            modify_headers(resp.headers_mut(), m);
+        }
+        if let (Some(c), Some(o)) = (&self.cors, &self.origin) {
+            cors_headers(c, o, resp.headers_mut());
+        }
+    }
+}
+
+/// Whether the CORS filter answers `req` itself: a preflight, from an allowed origin or
+/// with `forward_not_matching_preflights` off.
+fn answers_preflight(c: &Cors, origin: &HeaderValue, req: &Request<Body>) -> bool {
+    req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && (!c.forward_not_matching_preflights || origin_allowed(c, origin.to_str().unwrap_or("")))
+}
+
+/// The request's hash inputs: the matched route's (xDS), else the backend port's own (a
+/// local DestinationRule).
+fn hash_inputs<'a>(
+    rule: Option<&'a super::SelectedRule>,
+    backend: &'a super::Backend,
+) -> &'a [super::model::HashPolicy] {
+    let route = rule.map(|s| &s.rule().hash_policy[..]);
+    let port = match backend {
+        super::Backend::Service { service, port } => service.port(*port).map(|p| p.hash_policy()),
+        super::Backend::Workload { .. } => None,
+    };
+    route.filter(|h| !h.is_empty()).or(port).unwrap_or(&[])
 }
 
 fn redirect(status: u16, location: &str) -> Response<Body> {

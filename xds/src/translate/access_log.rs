@@ -21,7 +21,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use filters::model::telemetry::AccessLogConfig;
 use prost::Message;
 
-use super::route::Bad;
+use super::Bad;
 
 const FILE: &str = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT: &str =

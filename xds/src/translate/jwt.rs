@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
 use filters::authn::{JwksKeys, JwtRule, Location};
 use http::HeaderName;
 
-type Bad = (String, String);
+use super::Bad;
 
 fn header(name: &str, at: &str) -> Result<HeaderName, Bad> {
     HeaderName::from_bytes(name.as_bytes())

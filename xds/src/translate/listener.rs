@@ -160,7 +160,7 @@ pub fn convert(l: &Listener) -> Result<ListenerInfo, InvalidResource> {
     Ok(info)
 }
 
-type Bad = (String, String);
+use super::Bad;
 
 fn input_name(tree_input: Option<&envoy_types::pb::xds::core::v3::TypedExtensionConfig>) -> String {
     tree_input

@@ -64,6 +64,9 @@ impl Resources {
     }
 }
 
+/// Why a part of a resource is refused: the field path and what is wrong there.
+pub type Bad = (String, String);
+
 /// A protobuf `Duration` as Envoy reads a timeout: `None` when absent or zero.
 fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
     let d = d?;

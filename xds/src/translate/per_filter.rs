@@ -19,7 +19,7 @@ use filters::route::model::{
 };
 use prost::Message;
 
-use super::route::Bad;
+use super::Bad;
 
 const CORS: &str = "envoy.filters.http.cors";
 const FAULT: &str = "envoy.filters.http.fault";

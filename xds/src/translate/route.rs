@@ -24,8 +24,7 @@ mod hash;
 use direct::{direct_response, DIRECT_RESPONSE_BODY_LIMIT};
 use hash::hash_policy;
 
-/// A field path and what is wrong there.
-pub type Bad = (String, String);
+pub use super::Bad;
 
 /// A route action's backends (`(cluster, weight)`), timeouts and retries.
 type Forwarding = (Vec<(String, u32)>, Timeouts, Option<RetryPolicy>);

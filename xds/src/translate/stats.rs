@@ -8,7 +8,7 @@
 use envoy_types::pb::google::protobuf::Any;
 use filters::model::telemetry::MetricOverride;
 
-use super::route::Bad;
+use super::Bad;
 
 /// The stats plugin's configuration type.
 const PLUGIN_CONFIG: &str = "stats.PluginConfig";

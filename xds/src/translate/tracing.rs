@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::r#type::tracing::v3::custom_tag;
 use filters::model::telemetry::{CustomTag, OtlpProtocol, TracingConfig};
 use prost::Message;
 
-type Bad = (String, String);
+use super::Bad;
 
 /// `outbound|4317||otel.observability.svc.cluster.local` into `host:port`.
 fn collector(cluster: &str) -> Option<String> {
