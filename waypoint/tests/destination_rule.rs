@@ -14,6 +14,23 @@ fn destination_rule(traffic_policy: &str) -> String {
     )
 }
 
+/// `waypoint check` on the harness's configuration plus `extra`: its exit code and stdout.
+async fn check_with(extra: &str) -> (Option<i32>, String) {
+    let h = Harness::start(Spec::default()).await;
+    let config = std::fs::read_to_string(&h.config).unwrap();
+    let path = h.dir().join("with-extra.yaml");
+    std::fs::write(&path, format!("{config}\n---\n{extra}")).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 async fn pod_of(h: &Harness, user: &str) -> String {
     let conn = h.client().connect().await.unwrap();
     let mut http = conn.http1(authority(80)).await.unwrap();
@@ -51,25 +68,11 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_pod() {
 
 #[tokio::test]
 async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
-    let h = Harness::start(Spec::default()).await;
-    let dir = h.dir().to_path_buf();
-    let config = std::fs::read_to_string(dir.join("mesh.yaml")).unwrap();
-    let path = dir.join("with-dr.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "{config}\n---\n{}",
-            destination_rule("    outlierDetection:\n      consecutive5xxErrors: 3\n")
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    let (code, stdout) = check_with(&destination_rule(
+        "    outlierDetection:\n      consecutive5xxErrors: 3\n",
+    ))
+    .await;
+    assert_eq!(code, Some(2), "{stdout}");
     assert!(
         stdout.contains("DestinationRule default/echo")
             && stdout.contains("spec.trafficPolicy.outlierDetection"),
@@ -80,24 +83,11 @@ async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
 #[tokio::test]
 async fn a_misspelled_authorization_field_is_refused_not_ignored() {
     // `principalz` would have made an ALLOW rule with no condition: everyone allowed.
-    let h = Harness::start(Spec::default()).await;
-    let dir = h.dir().to_path_buf();
-    let config = std::fs::read_to_string(dir.join("mesh.yaml")).unwrap();
-    let path = dir.join("with-typo.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "{config}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-a, namespace: {NS}}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: echo}}]\n  rules:\n  - from:\n    - source:\n        principalz: [cluster.local/ns/a/sa/b]\n"
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    let (code, stdout) = check_with(&format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-a, namespace: {NS}}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: echo}}]\n  rules:\n  - from:\n    - source:\n        principalz: [cluster.local/ns/a/sa/b]\n"
+    ))
+    .await;
+    assert_eq!(code, Some(2), "{stdout}");
     assert!(stdout.contains("principalz"), "{stdout}");
 }
 
