@@ -1,14 +1,15 @@
 //! DestinationRule (`networking.istio.io/v1`): the traffic policy of a Service's traffic
 //! through the waypoint, as istiod applies it to the waypoint's clusters and routes. The
 //! load balancer (`simple`, `consistentHash`), at the rule level and per port, is applied.
-//! The connection pool's request limits become the port's circuit breaker. Subsets are
-//! accepted: only a route that names a subset uses one, and HTTPRoute cannot. Every other
-//! traffic-policy field the waypoint does not implement yet (outlier detection, TLS, PROXY
-//! protocol, locality settings, the pool's timeouts) is an error naming it, never silently
-//! ignored.
+//! The connection pool's request limits become the port's circuit breaker, and
+//! `outlierDetection` ejects failing endpoints. Subsets are accepted: only a route that
+//! names a subset uses one, and HTTPRoute cannot. Every other traffic-policy field the
+//! waypoint does not implement yet (TLS, PROXY protocol, locality settings, the pool's
+//! timeouts) is an error naming it, never silently ignored.
 
 use std::time::Duration;
 
+use filters::balance::outlier::OutlierPolicy;
 use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
 use filters::route::model::{HashPolicy, HashSource};
 use http::HeaderName;
@@ -54,7 +55,7 @@ struct TrafficPolicy {
     #[serde(default)]
     connection_pool: Option<ConnectionPool>,
     #[serde(default)]
-    outlier_detection: Option<serde_yaml::Value>,
+    outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     tls: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -73,9 +74,66 @@ struct PortTrafficPolicy {
     #[serde(default)]
     connection_pool: Option<ConnectionPool>,
     #[serde(default)]
-    outlier_detection: Option<serde_yaml::Value>,
+    outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     tls: Option<serde_yaml::Value>,
+}
+
+/// `outlierDetection`, as istiod turns it into the cluster's (`applyOutlierDetection`):
+/// unset thresholds keep Envoy's defaults (5 consecutive 5xx), a threshold of 0 turns its
+/// detector off, and `minHealthPercent` is the panic threshold (0 unless set).
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OutlierDetection {
+    #[serde(default, rename = "consecutive5xxErrors")]
+    consecutive_5xx_errors: Option<u32>,
+    #[serde(default)]
+    consecutive_gateway_errors: Option<u32>,
+    #[serde(default)]
+    split_external_local_origin_errors: bool,
+    #[serde(default)]
+    consecutive_local_origin_failures: Option<u32>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    base_ejection_time: Option<String>,
+    #[serde(default)]
+    max_ejection_percent: Option<u32>,
+    #[serde(default)]
+    min_health_percent: Option<i32>,
+}
+
+impl OutlierDetection {
+    fn policy(&self, label: &str, at: &str) -> Result<OutlierPolicy, LocalConfigError> {
+        let defaults = OutlierPolicy::default();
+        let duration = |v: &Option<String>, field: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(t) => filters::duration::parse(t)
+                .map_err(|e| invalid(label, format!("{at}.{field}"), e.to_string())),
+        };
+        let on = |n: Option<u32>| n.filter(|n| *n > 0);
+        Ok(OutlierPolicy {
+            consecutive_5xx: match self.consecutive_5xx_errors {
+                None => defaults.consecutive_5xx,
+                n => on(n),
+            },
+            consecutive_gateway_failure: on(self.consecutive_gateway_errors),
+            consecutive_local_origin_failure: on(self.consecutive_local_origin_failures)
+                .filter(|_| self.split_external_local_origin_errors),
+            split_local_origin: self.split_external_local_origin_errors,
+            interval: duration(&self.interval, "interval", defaults.interval)?,
+            base_ejection_time: duration(
+                &self.base_ejection_time,
+                "baseEjectionTime",
+                defaults.base_ejection_time,
+            )?,
+            max_ejection_time: defaults.max_ejection_time,
+            max_ejection_percent: self
+                .max_ejection_percent
+                .map_or(defaults.max_ejection_percent, |p| p.min(100)),
+            panic_threshold: self.min_health_percent.unwrap_or(0).clamp(0, 100) as f64,
+        })
+    }
 }
 
 /// `connectionPool`: the limits that become the port's circuit breaker.
@@ -267,6 +325,8 @@ pub struct PortPolicy {
     pub hash: Vec<HashPolicy>,
     /// Most requests in flight (the connection pool's limits).
     pub max_requests: Option<usize>,
+    /// Outlier detection.
+    pub outlier: Option<OutlierPolicy>,
 }
 
 impl DestinationRule {
@@ -310,7 +370,6 @@ impl DestinationRule {
             label,
             "spec.trafficPolicy",
             &[
-                ("outlierDetection", tp.outlier_detection.is_some()),
                 ("tls", tp.tls.is_some()),
                 ("proxyProtocol", tp.proxy_protocol.is_some()),
                 ("tunnel", tp.tunnel.is_some()),
@@ -320,10 +379,7 @@ impl DestinationRule {
             unsupported(
                 label,
                 &format!("spec.trafficPolicy.portLevelSettings[{i}]"),
-                &[
-                    ("outlierDetection", p.outlier_detection.is_some()),
-                    ("tls", p.tls.is_some()),
-                ],
+                &[("tls", p.tls.is_some())],
             )?;
         }
         let port_level = tp
@@ -368,6 +424,27 @@ impl DestinationRule {
             });
         if let Some((pool, at)) = pool {
             policy.max_requests = pool.max_requests(h2, label, &at)?;
+        }
+        let outlier = tp
+            .port_level_settings
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.port.as_ref().is_some_and(|s| s.number == port))
+            .and_then(|(i, p)| {
+                p.outlier_detection.as_ref().map(|o| {
+                    (
+                        o,
+                        format!("spec.trafficPolicy.portLevelSettings[{i}].outlierDetection"),
+                    )
+                })
+            })
+            .or_else(|| {
+                tp.outlier_detection
+                    .as_ref()
+                    .map(|o| (o, "spec.trafficPolicy.outlierDetection".to_string()))
+            });
+        if let Some((o, at)) = outlier {
+            policy.outlier = Some(o.policy(label, &at)?);
         }
         Ok(policy)
     }
@@ -423,6 +500,7 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
         balancing,
         hash: Vec::new(),
         max_requests: None,
+        outlier: None,
     })
 }
 
@@ -475,5 +553,6 @@ fn consistent_hash(
             terminal: false,
         }],
         max_requests: None,
+        outlier: None,
     })
 }

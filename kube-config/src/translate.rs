@@ -315,7 +315,8 @@ fn apply_destination_rule(
         svc.ports.push(
             p.with_balancing(policy.balancing)
                 .with_hash_policy(policy.hash)
-                .with_max_requests(policy.max_requests),
+                .with_max_requests(policy.max_requests)
+                .with_outlier(policy.outlier),
         );
     }
     Ok(())

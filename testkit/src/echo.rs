@@ -5,7 +5,7 @@
 //!   `?delay=500ms` waits first; `X-Echo-Set-Header: Name:value,...` adds response headers;
 //! - `/retry/...?uuid=U&succeedAfter=N&responseCode=C`: answers C to the first N calls for U;
 //! - `/echo-body`: streams the request body back; `/bytes?n=N`: streams N bytes;
-//! - `/status/C`: answers status C;
+//! - `/status/C`: answers status C (with `?pod=P`, only pod P does; the others answer 200);
 //! - `/ws` with `Upgrade`: switches protocols and echoes bytes;
 //! - `content-type: application/grpc`: echoes the gRPC message with `grpc-status: 0` trailers.
 
@@ -92,7 +92,9 @@ pub async fn handle(
         .and_then(|c| c.parse::<u16>().ok())
     {
         let mut r = json_response(&who, &req);
-        *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+        if q.get("pod").is_none_or(|p| *p == who.pod) {
+            *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+        }
         r
     } else if path.starts_with("/retry/") {
         let uuid = q.get("uuid").cloned().unwrap_or_default();

@@ -49,6 +49,7 @@ impl filters::Publisher for SnapshotStore {
     }
 
     fn publish(&self, snapshot: Snapshot) {
+        snapshot.inherit_state(&self.current.load());
         self.current.store(Arc::new(snapshot));
         self.loaded.store(true, Ordering::Release);
     }

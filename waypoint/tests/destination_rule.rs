@@ -68,14 +68,12 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_pod() {
 
 #[tokio::test]
 async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
-    let (code, stdout) = check_with(&destination_rule(
-        "    outlierDetection:\n      consecutive5xxErrors: 3\n",
-    ))
-    .await;
+    let (code, stdout) =
+        check_with(&destination_rule("    proxyProtocol:\n      version: V1\n")).await;
     assert_eq!(code, Some(2), "{stdout}");
     assert!(
         stdout.contains("DestinationRule default/echo")
-            && stdout.contains("spec.trafficPolicy.outlierDetection"),
+            && stdout.contains("spec.trafficPolicy.proxyProtocol"),
         "{stdout}"
     );
 }
@@ -119,4 +117,41 @@ async fn connection_pool_limits_answer_503_past_them() {
         "one connection, no pending: the second overflows"
     );
     assert_eq!(slow.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_the_failing_pod() {
+    let h = Harness::start(Spec {
+        pods: 2,
+        extra_yaml: vec![destination_rule(
+            "    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection:\n      consecutive5xxErrors: 2\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n",
+        )],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..12 {
+        let resp = http
+            .send_request(get("/status/500?pod=echo-1"))
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        answers.push((
+            status,
+            json(resp).await["pod"].as_str().unwrap().to_string(),
+        ));
+    }
+    let failing: Vec<_> = answers.iter().filter(|(_, p)| p == "echo-1").collect();
+    assert_eq!(
+        failing.len(),
+        2,
+        "echo-1 ejected after two 5xx: {answers:?}"
+    );
+    assert!(failing.iter().all(|(s, _)| *s == 500));
+    assert!(
+        answers[4..].iter().all(|(s, p)| *s == 200 && p == "echo-0"),
+        "{answers:?}"
+    );
 }

@@ -138,3 +138,82 @@ async fn a_circuit_breaker_answers_503_uo_past_its_limit() {
     // With the first one done, requests go through again.
     assert_eq!(get(&w, 8100, "/get").await.status, 200);
 }
+
+/// A plain HTTP/1.1 server that answers every request with 503 and counts them: a pod
+/// whose app is failing.
+async fn failing_app() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let reply =
+                            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 3\r\n\r\nbad";
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_a_failing_pod_and_lets_it_back() {
+    // DestinationRule outlierDetection {consecutiveGatewayErrors: 2, interval: 1s,
+    // baseEjectionTime: 2s, maxEjectionPercent: 100} as cluster_traffic_policy.go
+    // applyOutlierDetection writes it: success rate off, the detector enforced at 100, and
+    // the panic threshold 0 (minHealthPercent).
+    let (app, hits) = failing_app().await;
+    let w = start_with_pod(Some(App::Forward(app)), |_, cs, es, extra| {
+        add_endpoint(es, CLUSTER_8100, extra.unwrap());
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            c["lb_policy"] = json!("ROUND_ROBIN");
+            c["outlier_detection"] = json!({
+                "enforcing_success_rate": 0,
+                "consecutive_gateway_failure": 2,
+                "enforcing_consecutive_gateway_failure": 100,
+                "interval": "1s",
+                "base_ejection_time": "2s",
+                "max_ejection_percent": 100,
+            });
+            c["common_lb_config"] = json!({"healthy_panic_threshold": {}});
+        });
+    })
+    .await;
+    let count = || hits.load(std::sync::atomic::Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get(&w, 8100, "/get").await.status);
+    }
+    // Round robin alternates: the failing pod answers twice, is ejected, and the other
+    // pod answers everything after.
+    assert_eq!(count(), 2, "statuses {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 2);
+    assert!(statuses[4..].iter().all(|s| *s == 200), "{statuses:?}");
+    // Once the ejection time is up, the pod is tried again.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    for _ in 0..4 {
+        get(&w, 8100, "/get").await;
+    }
+    assert!(
+        count() > 2,
+        "the pod is back in rotation after its ejection"
+    );
+}

@@ -3,6 +3,7 @@
 //! default choice count; Istio's default policy), or consistent hashing ([`ring`]) for
 //! requests that have a hash.
 
+pub mod outlier;
 pub mod ring;
 
 use std::sync::atomic::Ordering;
@@ -50,42 +51,67 @@ impl Balancing {
     }
 }
 
-/// Indexes of the endpoints that have an address.
-fn addressed(port: &ServicePort) -> impl Iterator<Item = usize> + '_ {
-    (0..port.endpoints.len()).filter(|i| port.endpoints[*i].address().is_some())
+/// Endpoints outlier detection has ejected, at one reading of the clock; `None` when the
+/// port has no outlier detection, or is in panic (too few endpoints left).
+#[derive(Clone, Copy)]
+struct Ejected<'a>(Option<(&'a outlier::Tracker, u64)>);
+
+impl<'a> Ejected<'a> {
+    fn of(port: &'a ServicePort) -> Self {
+        Ejected(port.outlier().and_then(|t| {
+            let now = outlier::now_ms();
+            (!t.in_panic(now)).then_some((t, now))
+        }))
+    }
+
+    fn contains(self, i: usize) -> bool {
+        self.0.is_some_and(|(t, now)| t.is_ejected(i, now))
+    }
 }
 
-/// A random addressed endpoint.
-fn random(port: &ServicePort) -> Option<usize> {
+/// Whether endpoint `i` can take a request: it has an address and is not ejected.
+fn usable(port: &ServicePort, ejected: Ejected, i: usize) -> bool {
+    port.endpoints[i].address().is_some() && !ejected.contains(i)
+}
+
+/// Indexes of the endpoints that can take a request.
+fn candidates<'a>(port: &'a ServicePort, ejected: Ejected<'a>) -> impl Iterator<Item = usize> + 'a {
+    (0..port.endpoints.len()).filter(move |i| usable(port, ejected, *i))
+}
+
+/// A random usable endpoint.
+fn random(port: &ServicePort, ejected: Ejected) -> Option<usize> {
     use rand::seq::IteratorRandom;
-    addressed(port).choose(&mut rand::thread_rng())
+    candidates(port, ejected).choose(&mut rand::thread_rng())
 }
 
 /// The endpoint with fewer requests in flight, of two distinct random ones. It runs per
-/// request (Istio's default policy), so the common case, every endpoint addressed, draws
-/// two indexes without collecting anything.
-fn least_request(port: &ServicePort) -> Option<usize> {
+/// request (Istio's default policy), so the common case, both draws usable, draws two
+/// indexes without collecting anything.
+fn least_request(port: &ServicePort, ejected: Ejected) -> Option<usize> {
     use rand::Rng;
     let load = |i: usize| port.active(i).load(Ordering::Relaxed);
     let n = port.endpoints.len();
-    if n < 2 || port.endpoints.iter().any(|e| e.address().is_none()) {
-        use rand::seq::IteratorRandom;
-        let two = addressed(port).choose_multiple(&mut rand::thread_rng(), 2);
-        return two.into_iter().min_by_key(|i| load(*i));
+    if n >= 2 {
+        let mut rng = rand::thread_rng();
+        let a = rng.gen_range(0..n);
+        let b = (a + rng.gen_range(1..n)) % n;
+        if usable(port, ejected, a) && usable(port, ejected, b) {
+            return Some(if load(b) < load(a) { b } else { a });
+        }
     }
-    let mut rng = rand::thread_rng();
-    let a = rng.gen_range(0..n);
-    let b = (a + rng.gen_range(1..n)) % n;
-    Some(if load(b) < load(a) { b } else { a })
+    use rand::seq::IteratorRandom;
+    let two = candidates(port, ejected).choose_multiple(&mut rand::thread_rng(), 2);
+    two.into_iter().min_by_key(|i| load(*i))
 }
 
 /// Picks the next endpoint of `port` in round-robin order, skipping endpoints without an
 /// address. `None` when the port has no usable endpoint.
 pub fn round_robin(port: &ServicePort) -> Option<&Endpoint> {
-    round_robin_index(port).map(|i| &port.endpoints[i])
+    round_robin_index(port, Ejected(None)).map(|i| &port.endpoints[i])
 }
 
-fn round_robin_index(port: &ServicePort) -> Option<usize> {
+fn round_robin_index(port: &ServicePort, ejected: Ejected) -> Option<usize> {
     let n = port.endpoints.len();
     if n == 0 {
         return None;
@@ -93,7 +119,7 @@ fn round_robin_index(port: &ServicePort) -> Option<usize> {
     let start = port.next_index();
     (0..n)
         .map(|i| (start + i) % n)
-        .find(|i| port.endpoints[*i].address().is_some())
+        .find(|i| usable(port, ejected, *i))
 }
 
 #[cfg(test)]
@@ -216,6 +242,43 @@ pub struct Picked {
     pub workload: std::sync::Arc<crate::model::Workload>,
     /// Counts the request as in flight to the endpoint until dropped (least request).
     pub in_flight: Option<InFlight>,
+    /// Where to report how the attempt ended, when the port has outlier detection.
+    pub outlier: Option<OutlierReport>,
+}
+
+impl Picked {
+    /// Tells outlier detection how the attempt to this endpoint ended.
+    pub fn report(&self, outcome: outlier::Outcome) {
+        if let Some(r) = &self.outlier {
+            r.report(outcome);
+        }
+    }
+}
+
+/// The endpoint an attempt went to, for outlier detection.
+#[derive(Debug, Clone)]
+pub struct OutlierReport {
+    service: Arc<Service>,
+    port: u16,
+    endpoint: usize,
+    address: std::net::SocketAddr,
+}
+
+impl OutlierReport {
+    /// Records `outcome` for the endpoint.
+    pub fn report(&self, outcome: outlier::Outcome) {
+        let tracker = self.service.port(self.port).and_then(|p| p.outlier());
+        if let Some(t) = tracker {
+            if t.record(self.endpoint, outcome, outlier::now_ms()) {
+                tracing::warn!(
+                    service = %self.service.name,
+                    port = self.port,
+                    endpoint = %self.address,
+                    "outlier detection ejected an endpoint"
+                );
+            }
+        }
+    }
 }
 
 /// A request counted in flight, to an endpoint (least request) and to its port (the
@@ -281,11 +344,12 @@ pub fn pick(
             let sp = service.port(*port).ok_or_else(|| {
                 ProxyError::Internal(format!("{} has no port {port}", service.name))
             })?;
+            let ejected = Ejected::of(sp);
             let index = match (sp.balancing(), hash) {
-                (Balancing::Hash(ring), Some(h)) => ring.get(h),
-                (Balancing::Random, _) => random(sp),
-                (Balancing::LeastRequest, _) => least_request(sp),
-                _ => round_robin_index(sp),
+                (Balancing::Hash(ring), Some(h)) => ring.get_where(h, |i| !ejected.contains(i)),
+                (Balancing::Random, _) => random(sp, ejected),
+                (Balancing::LeastRequest, _) => least_request(sp, ejected),
+                _ => round_robin_index(sp, ejected),
             };
             let i = index.ok_or_else(|| ProxyError::NoHealthyUpstream(backend.describe()))?;
             let ep = &sp.endpoints[i];
@@ -314,6 +378,12 @@ pub fn pick(
                 address: ep.address().expect("balancers return addressed endpoints"),
                 workload: ep.workload.clone(),
                 in_flight: active,
+                outlier: sp.outlier().map(|_| OutlierReport {
+                    service: service.clone(),
+                    port: *port,
+                    endpoint: i,
+                    address: ep.address().expect("balancers return addressed endpoints"),
+                }),
             })
         }
         Backend::Workload { workload, port } => {
@@ -324,6 +394,7 @@ pub fn pick(
                 address: std::net::SocketAddr::new(ip, *port),
                 workload: workload.clone(),
                 in_flight: None,
+                outlier: None,
             })
         }
     }

@@ -59,6 +59,17 @@ impl Ring {
         let i = self.points.partition_point(|(h, _)| *h < hash);
         Some(self.points[i % self.points.len()].1)
     }
+
+    /// The endpoint for `hash` among those `ok` accepts: the first accepted endpoint at or
+    /// after the hash's point, going round the ring (an ejected endpoint's keys move to the
+    /// next endpoint on the ring, and come back when it does).
+    pub fn get_where(&self, hash: u64, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.points.len();
+        let start = self.points.partition_point(|(h, _)| *h < hash);
+        (0..n)
+            .map(|k| self.points[(start + k) % n].1)
+            .find(|i| ok(*i))
+    }
 }
 
 #[cfg(test)]

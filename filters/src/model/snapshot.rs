@@ -143,6 +143,9 @@ pub struct ServicePort {
     /// Requests in flight per endpoint (least-request balancing).
     #[serde(skip)]
     active: Box<[AtomicUsize]>,
+    /// Outlier detection over the endpoints, when the port has it.
+    #[serde(skip)]
+    outlier: Option<crate::balance::outlier::Tracker>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -168,6 +171,30 @@ impl ServicePort {
             max_requests: None,
             requests: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
+            outlier: None,
+        }
+    }
+
+    /// This port with outlier detection (`None`: without).
+    pub fn with_outlier(mut self, policy: Option<crate::balance::outlier::OutlierPolicy>) -> Self {
+        self.outlier =
+            policy.map(|p| crate::balance::outlier::Tracker::new(p, self.endpoints.len()));
+        self
+    }
+
+    /// Outlier detection over this port's endpoints, if configured.
+    pub fn outlier(&self) -> Option<&crate::balance::outlier::Tracker> {
+        self.outlier.as_ref()
+    }
+
+    /// Takes over outlier-detection state from the same port of the snapshot this one
+    /// replaces, endpoint by endpoint (matched by address).
+    pub fn inherit_outlier(&self, previous: &ServicePort) {
+        if let (Some(now), Some(before)) = (&self.outlier, &previous.outlier) {
+            let addresses: Vec<_> = self.endpoints.iter().map(Endpoint::address).collect();
+            let before_addresses: Vec<_> =
+                previous.endpoints.iter().map(Endpoint::address).collect();
+            now.inherit(&addresses, before, &before_addresses);
         }
     }
 
@@ -514,6 +541,22 @@ impl Snapshot {
     /// Every Service known (served or not), by `namespace/name`.
     pub fn services(&self) -> &BTreeMap<String, Arc<Service>> {
         &self.services
+    }
+
+    /// Carries endpoint health (outlier detection) over from the snapshot this one
+    /// replaces: the same Service, port and endpoint address keep their counters and
+    /// ejections. Called once, before this snapshot is installed.
+    pub fn inherit_state(&self, previous: &Snapshot) {
+        for (name, svc) in &self.services {
+            let Some(before) = previous.services.get(name) else {
+                continue;
+            };
+            for port in svc.ports.iter().filter(|p| p.outlier().is_some()) {
+                if let Some(old) = before.port(port.port) {
+                    port.inherit_outlier(old);
+                }
+            }
+        }
     }
 
     /// Every workload known, by IP.

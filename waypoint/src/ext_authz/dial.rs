@@ -45,6 +45,7 @@ fn direct(address: SocketAddr, host: &str) -> Picked {
             named_ports: BTreeMap::new(),
         }),
         in_flight: None,
+        outlier: None,
     }
 }
 

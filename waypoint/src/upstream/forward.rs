@@ -112,6 +112,7 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
     if let Some(log) = &log {
         log.set_service_time(started.elapsed());
     }
+    report_outcome(&picked, &result);
     if let Some(span) = span {
         span.end(match &result {
             Ok(r) => Ok(r.status().as_u16()),
@@ -124,4 +125,24 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         Some(guard) => Body::new(filters::body::Guarded::new(b, guard)),
         None => Body::new(b),
     }))
+}
+
+/// Tells outlier detection how the attempt ended: the status the endpoint answered with,
+/// or a local-origin failure (connect failure, reset, timeout). Errors that never reached
+/// the endpoint are not its fault and are not reported.
+fn report_outcome(
+    picked: &balance::Picked,
+    result: &Result<Response<hyper::body::Incoming>, ProxyError>,
+) {
+    use balance::outlier::Outcome;
+    let outcome = match result {
+        Ok(r) => Outcome::Status(r.status().as_u16()),
+        Err(
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamTimeout,
+        ) => Outcome::LocalFailure,
+        Err(_) => return,
+    };
+    picked.report(outcome);
 }

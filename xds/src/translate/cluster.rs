@@ -32,6 +32,8 @@ pub struct ClusterInfo {
     /// Most requests in flight (the circuit breaker's `max_requests`, and for HTTP/1.1
     /// also `max_connections` + `max_pending_requests`); `None` for unlimited.
     pub max_requests: Option<usize>,
+    /// Outlier detection (DestinationRule `outlierDetection`), if the cluster has it.
+    pub outlier: Option<filters::balance::outlier::OutlierPolicy>,
     /// The DestinationRule subset (`inbound-vip|<port>|http/<subset>|<host>`): the
     /// Service's port restricted to the endpoints EDS sends for this cluster.
     pub subset: Option<String>,
@@ -115,11 +117,12 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         subset,
         balancing: balancing(c),
         max_requests: max_requests(c, protocol),
+        outlier: super::outlier::convert(c)?,
     })
 }
 
 /// The error for `field` of cluster `c`.
-fn invalid(c: &Cluster, field: &str, reason: String) -> InvalidResource {
+pub(super) fn invalid(c: &Cluster, field: &str, reason: String) -> InvalidResource {
     InvalidResource::new("cluster", &c.name, field, reason)
 }
 
@@ -176,15 +179,8 @@ fn check_load_balancing(c: &Cluster) -> Result<(), InvalidResource> {
     Ok(())
 }
 
-/// Rejects outlier detection, active health checks and real circuit-breaker limits.
+/// Rejects active health checks and the circuit-breaker limits not implemented.
 fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
-    if c.outlier_detection.is_some() {
-        return Err(invalid(
-            c,
-            "outlier_detection",
-            "outlier detection is not supported".into(),
-        ));
-    }
     if !c.health_checks.is_empty() {
         return Err(invalid(
             c,
@@ -235,7 +231,8 @@ fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
 
 /// The policy-specific and common load-balancing settings the waypoint does not implement
 /// are refused by field (least request other than two choices, slow start, locality
-/// weighting, panic thresholds, consistent-hashing options).
+/// weighting, consistent-hashing options). The panic threshold goes with outlier
+/// detection.
 fn check_lb_configs(c: &Cluster) -> Result<(), InvalidResource> {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
     if let Some(LbConfig::LeastRequestLbConfig(l)) = &c.lb_config {
@@ -256,10 +253,6 @@ fn check_lb_configs(c: &Cluster) -> Result<(), InvalidResource> {
     }
     if let Some(common) = &c.common_lb_config {
         let unsupported = [
-            (
-                "healthy_panic_threshold",
-                common.healthy_panic_threshold.is_some(),
-            ),
             (
                 "locality_config_specifier",
                 common.locality_config_specifier.is_some(),

@@ -14,6 +14,7 @@ pub mod jwt;
 pub mod listener;
 mod matcher;
 mod metadata;
+mod outlier;
 pub mod per_filter;
 pub mod rbac;
 pub mod route;
@@ -223,6 +224,7 @@ fn service_port(
     ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
         .with_balancing(c.balancing)
         .with_max_requests(c.max_requests)
+        .with_outlier(c.outlier.clone())
 }
 
 /// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to

@@ -239,7 +239,10 @@ fn cluster_features_the_waypoint_lacks_are_rejected_not_ignored() {
     assert_eq!(cluster::convert(&c).unwrap_err().field, "lb_policy");
     let mut c = base.clone();
     c.outlier_detection = Some(Default::default());
-    assert_eq!(cluster::convert(&c).unwrap_err().field, "outlier_detection");
+    assert_eq!(
+        cluster::convert(&c).unwrap_err().field,
+        "outlier_detection.enforcing_success_rate"
+    );
     let mut c = base.clone();
     c.circuit_breakers = Some(
         envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
