@@ -2,15 +2,17 @@
 //! through the waypoint, as istiod applies it to the waypoint's clusters and routes. The
 //! load balancer (`simple`, `consistentHash`), at the rule level and per port, is applied.
 //! The connection pool's request limits become the port's circuit breaker, and
-//! `outlierDetection` ejects failing endpoints. Subsets are accepted: only a route that
-//! names a subset uses one, and HTTPRoute cannot. Every other traffic-policy field the
-//! waypoint does not implement yet (TLS, PROXY protocol, locality settings, the pool's
-//! timeouts) is an error naming it, never silently ignored.
+//! `outlierDetection` ejects failing endpoints, and `tls` originates TLS inside the tunnel.
+//! Subsets are accepted: only a route that names a subset uses one, and HTTPRoute cannot.
+//! Every other traffic-policy field the waypoint does not implement yet (PROXY protocol,
+//! locality settings, the pool's timeouts, `credentialName`) is an error naming it, never
+//! silently ignored.
 
 use std::time::Duration;
 
 use filters::balance::outlier::OutlierPolicy;
 use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
+use filters::model::{ClientCertificate, TlsRoots, UpstreamTls};
 use filters::route::model::{HashPolicy, HashSource};
 use http::HeaderName;
 use serde::Deserialize;
@@ -57,7 +59,7 @@ struct TrafficPolicy {
     #[serde(default)]
     outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
-    tls: Option<serde_yaml::Value>,
+    tls: Option<ClientTls>,
     #[serde(default)]
     proxy_protocol: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -76,7 +78,92 @@ struct PortTrafficPolicy {
     #[serde(default)]
     outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
-    tls: Option<serde_yaml::Value>,
+    tls: Option<ClientTls>,
+}
+
+/// `tls` (ClientTLSSettings), as istiod applies it to a waypoint's cluster
+/// (`buildWaypointTLSContext`): `SIMPLE` and `MUTUAL` originate TLS inside the tunnel;
+/// `DISABLE` and `ISTIO_MUTUAL` (which istiod ignores for waypoints) originate none.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClientTls {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    client_certificate: Option<String>,
+    #[serde(default)]
+    private_key: Option<String>,
+    #[serde(default)]
+    ca_certificates: Option<String>,
+    #[serde(default)]
+    credential_name: Option<String>,
+    #[serde(default)]
+    subject_alt_names: Vec<String>,
+    #[serde(default)]
+    sni: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: Option<bool>,
+    #[serde(default)]
+    ca_crl: Option<String>,
+}
+
+impl ClientTls {
+    fn settings(
+        &self,
+        h2: bool,
+        label: &str,
+        at: &str,
+    ) -> Result<Option<UpstreamTls>, LocalConfigError> {
+        let mutual = match self.mode.as_deref().unwrap_or("DISABLE") {
+            "DISABLE" | "ISTIO_MUTUAL" => return Ok(None),
+            "SIMPLE" => false,
+            "MUTUAL" => true,
+            other => {
+                return Err(invalid(
+                    label,
+                    format!("{at}.mode"),
+                    format!("{other:?} is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"),
+                ))
+            }
+        };
+        unsupported(
+            label,
+            at,
+            &[
+                ("credentialName", self.credential_name.is_some()),
+                ("caCrl", self.ca_crl.is_some()),
+            ],
+        )?;
+        let client_certificate = match (mutual, &self.client_certificate, &self.private_key) {
+            (false, _, _) => None,
+            (true, Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => Some(ClientCertificate {
+                certificate: c.into(),
+                private_key: k.into(),
+            }),
+            (true, _, _) => {
+                return Err(invalid(
+                    label,
+                    format!("{at}.clientCertificate"),
+                    "MUTUAL needs clientCertificate and privateKey",
+                ))
+            }
+        };
+        let insecure = self.insecure_skip_verify == Some(true);
+        let sni = self.sni.clone().filter(|s| !s.is_empty());
+        Ok(Some(UpstreamTls {
+            auto_sni: sni.is_none(),
+            auto_san_validation: sni.is_none() && self.subject_alt_names.is_empty() && !insecure,
+            sni,
+            subject_alt_names: self.subject_alt_names.clone(),
+            roots: match (&self.ca_certificates, insecure) {
+                (_, true) => TlsRoots::Insecure,
+                (Some(ca), false) if !ca.is_empty() => TlsRoots::File(ca.into()),
+                _ => TlsRoots::System,
+            },
+            client_certificate,
+            alpn: if h2 { vec!["h2".into()] } else { Vec::new() },
+        }))
+    }
 }
 
 /// `outlierDetection`, as istiod turns it into the cluster's (`applyOutlierDetection`):
@@ -327,6 +414,8 @@ pub struct PortPolicy {
     pub max_requests: Option<usize>,
     /// Outlier detection.
     pub outlier: Option<OutlierPolicy>,
+    /// TLS originated to the endpoints.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl DestinationRule {
@@ -370,18 +459,10 @@ impl DestinationRule {
             label,
             "spec.trafficPolicy",
             &[
-                ("tls", tp.tls.is_some()),
                 ("proxyProtocol", tp.proxy_protocol.is_some()),
                 ("tunnel", tp.tunnel.is_some()),
             ],
         )?;
-        for (i, p) in tp.port_level_settings.iter().enumerate() {
-            unsupported(
-                label,
-                &format!("spec.trafficPolicy.portLevelSettings[{i}]"),
-                &[("tls", p.tls.is_some())],
-            )?;
-        }
         let port_level = tp
             .port_level_settings
             .iter()
@@ -446,6 +527,24 @@ impl DestinationRule {
         if let Some((o, at)) = outlier {
             policy.outlier = Some(o.policy(label, &at)?);
         }
+        let tls = tp
+            .port_level_settings
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.port.as_ref().is_some_and(|s| s.number == port))
+            .and_then(|(i, p)| {
+                p.tls
+                    .as_ref()
+                    .map(|t| (t, format!("spec.trafficPolicy.portLevelSettings[{i}].tls")))
+            })
+            .or_else(|| {
+                tp.tls
+                    .as_ref()
+                    .map(|t| (t, "spec.trafficPolicy.tls".to_string()))
+            });
+        if let Some((t, at)) = tls {
+            policy.tls = t.settings(h2, label, &at)?;
+        }
         Ok(policy)
     }
 }
@@ -501,6 +600,7 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
         hash: Vec::new(),
         max_requests: None,
         outlier: None,
+        tls: None,
     })
 }
 
@@ -554,5 +654,6 @@ fn consistent_hash(
         }],
         max_requests: None,
         outlier: None,
+        tls: None,
     })
 }

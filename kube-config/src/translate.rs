@@ -316,7 +316,8 @@ fn apply_destination_rule(
             p.with_balancing(policy.balancing)
                 .with_hash_policy(policy.hash)
                 .with_max_requests(policy.max_requests)
-                .with_outlier(policy.outlier),
+                .with_outlier(policy.outlier)
+                .with_tls(policy.tls),
         );
     }
     Ok(())

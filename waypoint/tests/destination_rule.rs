@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
+use filters::model::Identity;
 use http::Request;
+use testkit::ztunnel::App;
 
 fn destination_rule(traffic_policy: &str) -> String {
     format!(
@@ -154,4 +156,53 @@ async fn outlier_detection_ejects_the_failing_pod() {
         answers[4..].iter().all(|(s, p)| *s == 200 && p == "echo-0"),
         "{answers:?}"
     );
+}
+
+#[tokio::test]
+async fn tls_mutual_is_originated_to_a_tls_only_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = hbone::tls::DevCa::new("app-ca").unwrap();
+    let app = testkit::tls_echo::TlsEcho::start(
+        &ca.issue(&Identity::new("cluster.local", "default", "httpbin"))
+            .unwrap()
+            .certs()
+            .unwrap(),
+        testkit::echo::EchoIdentity {
+            pod: "tls-app".into(),
+            namespace: NS.into(),
+        },
+    )
+    .await
+    .unwrap();
+    ca.issue(&Identity::new("cluster.local", NS, "waypoint"))
+        .unwrap()
+        .write(dir.path())
+        .unwrap();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let tls = |san: &str| {
+        destination_rule(&format!(
+            "    tls:\n      mode: MUTUAL\n      clientCertificate: {}\n      privateKey: {}\n      caCertificates: {}\n      subjectAltNames: [\"{san}\"]\n",
+            p("cert-chain.pem"),
+            p("key.pem"),
+            p("root-cert.pem")
+        ))
+    };
+    for (san, expected) in [
+        ("spiffe://cluster.local/ns/default/sa/httpbin", 200),
+        ("spiffe://cluster.local/ns/default/sa/other", 503),
+    ] {
+        let h = Harness::start(Spec {
+            apps: [(8080, App::Forward(app.addr))].into(),
+            extra_yaml: vec![tls(san)],
+            ..Spec::default()
+        })
+        .await;
+        let conn = h.client().connect().await.unwrap();
+        let mut http = conn.http1(authority(80)).await.unwrap();
+        let resp = http.send_request(get("/get")).await.unwrap();
+        assert_eq!(resp.status(), expected, "SAN {san}");
+        if expected == 200 {
+            assert_eq!(json(resp).await["pod"], "tls-app");
+        }
+    }
 }

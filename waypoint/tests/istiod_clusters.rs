@@ -217,3 +217,105 @@ async fn outlier_detection_ejects_a_failing_pod_and_lets_it_back() {
         "the pod is back in rotation after its ejection"
     );
 }
+
+/// A pod whose app speaks only TLS (mutual: it requires a client certificate of `ca`),
+/// with a certificate for `spiffe://cluster.local/ns/default/sa/httpbin`, and the files the
+/// waypoint originates TLS with: the CA, and a client certificate and key.
+async fn tls_app(dir: &std::path::Path) -> (testkit::tls_echo::TlsEcho, String, String) {
+    let ca = hbone::tls::DevCa::new("app-ca").unwrap();
+    let server = ca
+        .issue(&filters::model::Identity::new(
+            "cluster.local",
+            "default",
+            "httpbin",
+        ))
+        .unwrap();
+    let app = testkit::tls_echo::TlsEcho::start(
+        &server.certs().unwrap(),
+        testkit::echo::EchoIdentity {
+            pod: "httpbin-tls".into(),
+            namespace: "default".into(),
+        },
+    )
+    .await
+    .unwrap();
+    ca.issue(&filters::model::Identity::new(
+        "cluster.local",
+        "default",
+        "waypoint",
+    ))
+    .unwrap()
+    .write(dir)
+    .unwrap();
+    let cert = format!(
+        "file-cert:{}~{}",
+        dir.join("cert-chain.pem").display(),
+        dir.join("key.pem").display()
+    );
+    let root = format!("file-root:{}", dir.join("root-cert.pem").display());
+    (app, cert, root)
+}
+
+/// DestinationRule `tls: {mode: MUTUAL, clientCertificate, privateKey, caCertificates,
+/// subjectAltNames: [san], sni}` as cluster_waypoint.go buildWaypointTLSContext and
+/// cluster_tls.go constructUpstreamTLS write it: an `UpstreamTlsContext` inside the
+/// `internal_upstream` socket, with the files pilot-agent would serve as SDS secrets.
+fn mutual_tls(cert: &str, root: &str, san: &str) -> serde_json::Value {
+    let sds = json!({"api_config_source": {"api_type": "GRPC", "grpc_services": [
+        {"envoy_grpc": {"cluster_name": "sds-grpc"}}], "set_node_on_first_message_only": true,
+        "transport_api_version": "V3"}, "resource_api_version": "V3"});
+    json!({
+        "name": "internal_upstream",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+            "passthrough_metadata": [{"kind": {"host": {}}, "name": "envoy.filters.listener.original_dst"}],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": [{"name": cert, "sds_config": sds}],
+                        "combined_validation_context": {
+                            "default_validation_context": {"match_subject_alt_names": [{"exact": san}]},
+                            "validation_context_sds_secret_config": {"name": root, "sds_config": sds},
+                        },
+                    },
+                    "sni": HOST,
+                },
+            },
+        },
+    })
+}
+
+/// The world with port 8100's only endpoint a TLS-only pod, and `transport_socket` on its
+/// cluster.
+async fn tls_world(san: &str) -> (World, tempfile::TempDir, testkit::tls_echo::TlsEcho) {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, cert, root) = tls_app(dir.path()).await;
+    let socket = mutual_tls(&cert, &root, san);
+    let w = start_with_pod(Some(App::Forward(app.addr)), |_, cs, es, extra| {
+        set_only_endpoint(es, CLUSTER_8100, extra.unwrap());
+        edit_cluster(cs, CLUSTER_8100, |c| c["transport_socket"] = socket);
+    })
+    .await;
+    (w, dir, app)
+}
+
+#[tokio::test]
+async fn destination_rule_tls_is_originated_inside_the_tunnel() {
+    let (w, _dir, _app) = tls_world("spiffe://cluster.local/ns/default/sa/httpbin").await;
+    let a = get(&w, 8100, "/get").await;
+    assert_eq!(a.status, 200, "the TLS-only app answered");
+    assert_eq!(a.echo()["pod"], "httpbin-tls");
+    assert_eq!(a.echo()["proto"], "HTTP/1.1");
+}
+
+#[tokio::test]
+async fn a_server_certificate_without_the_required_san_is_refused() {
+    let (w, _dir, _app) = tls_world("spiffe://cluster.local/ns/default/sa/other").await;
+    let a = get(&w, 8100, "/get").await;
+    assert_eq!(
+        a.status, 503,
+        "no request over an unverified TLS connection"
+    );
+}

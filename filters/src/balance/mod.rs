@@ -244,6 +244,8 @@ pub struct Picked {
     pub in_flight: Option<InFlight>,
     /// Where to report how the attempt ended, when the port has outlier detection.
     pub outlier: Option<OutlierReport>,
+    /// TLS to originate to the endpoint inside the tunnel, if the port has it.
+    pub tls: Option<Arc<crate::model::UpstreamTls>>,
 }
 
 impl Picked {
@@ -384,6 +386,7 @@ pub fn pick(
                     endpoint: i,
                     address: ep.address().expect("balancers return addressed endpoints"),
                 }),
+                tls: sp.tls.clone(),
             })
         }
         Backend::Workload { workload, port } => {
@@ -395,6 +398,7 @@ pub fn pick(
                 workload: workload.clone(),
                 in_flight: None,
                 outlier: None,
+                tls: None,
             })
         }
     }

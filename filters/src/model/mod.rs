@@ -9,6 +9,7 @@ mod protocol;
 mod request_log;
 mod snapshot;
 pub mod telemetry;
+mod upstream_tls;
 
 pub use identity::{Identity, InvalidIdentity};
 pub use protocol::Protocol;
@@ -17,6 +18,7 @@ pub use snapshot::{
     bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,
     Service, ServicePort, Snapshot, SnapshotParts, Target, TargetPort, Waypoint, Workload,
 };
+pub use upstream_tls::{ClientCertificate, TlsRoots, UpstreamTls};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -146,6 +146,9 @@ pub struct ServicePort {
     /// Outlier detection over the endpoints, when the port has it.
     #[serde(skip)]
     outlier: Option<crate::balance::outlier::Tracker>,
+    /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Arc<super::UpstreamTls>>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -172,7 +175,14 @@ impl ServicePort {
             requests: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             outlier: None,
+            tls: None,
         }
+    }
+
+    /// This port with TLS originated to its endpoints.
+    pub fn with_tls(mut self, tls: Option<super::UpstreamTls>) -> Self {
+        self.tls = tls.map(Arc::new);
+        self
     }
 
     /// This port with outlier detection (`None`: without).

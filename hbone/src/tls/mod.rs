@@ -3,12 +3,14 @@
 
 mod ca;
 mod client;
+mod origination;
 mod server;
 mod store;
 mod verified;
 
 pub use ca::{DevCa, IssuedCert};
 pub use client::client_config;
+pub use origination::{origination_config, subject_alt_names};
 pub use server::{server_resolver, SpiffeClientVerifier};
 pub use store::{CertPaths, CertStore, Certs};
 

@@ -46,6 +46,7 @@ fn direct(address: SocketAddr, host: &str) -> Picked {
         }),
         in_flight: None,
         outlier: None,
+        tls: None,
     }
 }
 

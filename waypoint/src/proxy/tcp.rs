@@ -63,7 +63,9 @@ async fn copy(
             return (e.response_flag(), None, 0, 0);
         }
     };
-    let mut upstream = match proxy.upstream.connect(&picked).await {
+    // TCP has no Host: only an explicit SNI is sent.
+    let sni = picked.tls.as_ref().and_then(|t| t.sni.clone());
+    let mut upstream = match proxy.upstream.connect(&picked, sni.as_deref()).await {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: connect failed");

@@ -14,6 +14,8 @@ pub enum UpstreamIo {
     Hbone(H2Stream),
     /// A direct TCP connection (pods outside the ambient mesh).
     Plain(TcpStream),
+    /// TLS the waypoint originates inside one of the above (DestinationRule `tls`).
+    Tls(Box<tokio_rustls::client::TlsStream<UpstreamIo>>),
 }
 
 impl AsyncRead for UpstreamIo {
@@ -25,6 +27,7 @@ impl AsyncRead for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Hbone(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -38,6 +41,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Hbone(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -45,6 +49,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Hbone(s) => Pin::new(s).poll_flush(cx),
             UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -52,6 +57,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Hbone(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -12,6 +12,7 @@ mod conn;
 pub mod forward;
 pub mod hbone_pool;
 pub mod pool;
+mod tls;
 
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ pub struct Upstream {
     pub hbone: hbone_pool::HbonePool,
     /// HTTP connections over tunnels (or plain TCP).
     pub http: pool::HttpPool,
+    /// Client configurations for TLS originated inside tunnels.
+    tls: tls::TlsConfigs,
 }
 
 impl Upstream {
@@ -37,11 +40,26 @@ impl Upstream {
         Self {
             hbone: hbone_pool::HbonePool::new(certs),
             http: pool::HttpPool::default(),
+            tls: tls::TlsConfigs::default(),
+        }
+    }
+
+    /// Opens a byte stream to `picked` ([`Self::connect_raw`]), with TLS inside it when
+    /// the port originates TLS (DestinationRule `tls`), sending `sni`.
+    pub async fn connect(
+        &self,
+        picked: &Picked,
+        sni: Option<&str>,
+    ) -> Result<UpstreamIo, ProxyError> {
+        let io = self.connect_raw(picked).await?;
+        match &picked.tls {
+            None => Ok(io),
+            Some(settings) => self.tls.handshake(settings, sni, picked.address, io).await,
         }
     }
 
     /// Opens a byte stream to `picked`: an HBONE tunnel if the pod is in the mesh, else TCP.
-    pub async fn connect(&self, picked: &Picked) -> Result<UpstreamIo, ProxyError> {
+    async fn connect_raw(&self, picked: &Picked) -> Result<UpstreamIo, ProxyError> {
         if picked.workload.hbone {
             let stream = self
                 .hbone

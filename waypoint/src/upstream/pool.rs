@@ -30,6 +30,14 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 64;
 struct Key {
     address: SocketAddr,
     hbone: bool,
+    /// TLS originated inside (DestinationRule `tls`), and the SNI it was opened with.
+    tls: Option<(std::sync::Arc<filters::model::UpstreamTls>, Option<String>)>,
+}
+
+impl Key {
+    fn sni(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|(_, sni)| sni.as_deref())
+    }
 }
 
 type IdleMap = HashMap<Key, Vec<(http1::SendRequest<Body>, Instant)>>;
@@ -56,9 +64,18 @@ impl HttpPool {
         h2: bool,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let tls = picked.tls.as_ref().map(|t| {
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()));
+            (t.clone(), t.sni_for(host))
+        });
         let key = Key {
             address: picked.address,
             hbone: picked.workload.hbone,
+            tls,
         };
         let reset = |e: hyper::Error| ProxyError::UpstreamReset {
             endpoint: picked.address.to_string(),
@@ -88,7 +105,7 @@ impl HttpPool {
                 },
             }
         }
-        let mut sender = Box::pin(self.new_h1(upstream, picked)).await?;
+        let mut sender = Box::pin(self.new_h1(upstream, picked, &key)).await?;
         let resp = sender.send_request(req).await.map_err(reset)?;
         self.checkin(key, sender);
         Ok(resp)
@@ -137,7 +154,7 @@ impl HttpPool {
         picked: &Picked,
         key: &Key,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
-        let io = upstream.connect(picked).await?;
+        let io = upstream.connect(picked, key.sni()).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(hbone::settings::STREAM_WINDOW)
             .initial_connection_window_size(hbone::settings::CONNECTION_WINDOW)
@@ -165,8 +182,9 @@ impl HttpPool {
         &self,
         upstream: &Upstream,
         picked: &Picked,
+        key: &Key,
     ) -> Result<http1::SendRequest<Body>, ProxyError> {
-        let io = upstream.connect(picked).await?;
+        let io = upstream.connect(picked, key.sni()).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await

@@ -227,6 +227,21 @@ pub fn add_endpoint(es: &mut Named, cluster: &str, ip: IpAddr) {
     *e = fixture::any(ENDPOINT, &cla);
 }
 
+/// Makes the pod at `ip` (port 8080) the only endpoint of `cluster`.
+pub fn set_only_endpoint(es: &mut Named, cluster: &str, ip: IpAddr) {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    add_endpoint(es, cluster, ip);
+    let (_, e) = es
+        .iter_mut()
+        .find(|(n, _)| n == cluster)
+        .expect("endpoints");
+    let mut cla = <ClusterLoadAssignment as prost::Message>::decode(e.value.as_slice()).unwrap();
+    let lbs = &mut cla.endpoints[0].lb_endpoints;
+    let last = lbs.len() - 1;
+    lbs.drain(..last);
+    *e = fixture::any(ENDPOINT, &cla);
+}
+
 /// `cluster` among `cs`, edited in its proto-JSON form (as a DestinationRule changes it).
 pub fn edit_cluster(cs: &mut Named, cluster: &str, edit: impl FnOnce(&mut serde_json::Value)) {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;

@@ -34,6 +34,8 @@ pub struct ClusterInfo {
     pub max_requests: Option<usize>,
     /// Outlier detection (DestinationRule `outlierDetection`), if the cluster has it.
     pub outlier: Option<filters::balance::outlier::OutlierPolicy>,
+    /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
+    pub tls: Option<filters::model::UpstreamTls>,
     /// The DestinationRule subset (`inbound-vip|<port>|http/<subset>|<host>`): the
     /// Service's port restricted to the endpoints EDS sends for this cluster.
     pub subset: Option<String>,
@@ -85,7 +87,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
     check_discovery_type(c)?;
     check_load_balancing(c)?;
     check_resilience(c)?;
-    check_transport_socket(c)?;
+    let tls = check_transport_socket(c)?;
     let eds_name = c
         .eds_cluster_config
         .as_ref()
@@ -118,6 +120,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         balancing: balancing(c),
         max_requests: max_requests(c, protocol),
         outlier: super::outlier::convert(c)?,
+        tls,
     })
 }
 
@@ -325,19 +328,23 @@ fn balancing(c: &Cluster) -> filters::balance::Policy {
     }
 }
 
-/// Rejects transport sockets other than internal-upstream and raw buffer, and anything but
-/// plaintext inside the tunnel.
-fn check_transport_socket(c: &Cluster) -> Result<(), InvalidResource> {
+/// The transport socket: internal upstream (HBONE, native) or raw buffer, with plaintext
+/// or TLS inside the tunnel ([`super::upstream_tls`]); PROXY protocol is refused rather
+/// than sending the stream without its header.
+fn check_transport_socket(
+    c: &Cluster,
+) -> Result<Option<filters::model::UpstreamTls>, InvalidResource> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
     let Some(ts) = &c.transport_socket else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Ok(());
+        return Ok(None);
     };
     if any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
-        return Ok(());
+        return Ok(None);
     }
     if !any
         .type_url
@@ -352,26 +359,34 @@ fn check_transport_socket(c: &Cluster) -> Result<(), InvalidResource> {
             ),
         ));
     }
-    // What travels inside the HBONE tunnel: plaintext, or (DestinationRule `tls`, `proxyProtocol`)
-    // TLS or PROXY protocol the waypoint would have to originate. Accepting those and sending
-    // plaintext would be a silent downgrade.
     let internal = InternalUpstreamTransport::decode(any.value.as_slice())
         .map_err(|e| invalid(c, "transport_socket.typed_config", e.to_string()))?;
     let inner = internal
         .transport_socket
         .as_ref()
         .and_then(|t| match &t.config_type {
-            Some(ConfigType::TypedConfig(a)) => Some(a.type_url.as_str()),
+            Some(ConfigType::TypedConfig(a)) => Some(a),
             _ => None,
         });
+    let at = "transport_socket.typed_config.transport_socket";
     match inner {
-        None => Ok(()),
-        Some(url) if url.ends_with("raw_buffer.v3.RawBuffer") => Ok(()),
-        Some(url) => Err(invalid(
+        None => Ok(None),
+        Some(a) if a.type_url.ends_with("raw_buffer.v3.RawBuffer") => Ok(None),
+        Some(a) if a.type_url.ends_with("tls.v3.UpstreamTlsContext") => {
+            let ctx = UpstreamTlsContext::decode(a.value.as_slice())
+                .map_err(|e| invalid(c, at, e.to_string()))?;
+            let auto = super::upstream_tls::auto_settings(c)
+                .map_err(|(field, reason)| invalid(c, &field, reason))?;
+            super::upstream_tls::convert(&ctx, auto)
+                .map(Some)
+                .map_err(|(field, reason)| invalid(c, &format!("{at}.typed_config.{field}"), reason))
+        }
+        Some(a) => Err(invalid(
             c,
-            "transport_socket.typed_config.transport_socket",
+            at,
             format!(
-                "{url} inside the HBONE tunnel (DestinationRule tls or proxyProtocol) is not supported; refusing rather than sending plaintext"
+                "{} inside the HBONE tunnel (DestinationRule proxyProtocol) is not supported; refusing rather than sending the stream without it",
+                a.type_url
             ),
         )),
     }

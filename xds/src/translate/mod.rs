@@ -20,6 +20,7 @@ pub mod rbac;
 pub mod route;
 mod stats;
 pub mod tracing;
+mod upstream_tls;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -225,6 +226,7 @@ fn service_port(
         .with_balancing(c.balancing)
         .with_max_requests(c.max_requests)
         .with_outlier(c.outlier.clone())
+        .with_tls(c.tls.clone())
 }
 
 /// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to

@@ -265,33 +265,85 @@ fn cluster_features_the_waypoint_lacks_are_rejected_not_ignored() {
 }
 
 #[test]
-fn tls_inside_the_tunnel_is_rejected_not_downgraded_to_plaintext() {
+fn what_travels_inside_the_tunnel_is_tls_plaintext_or_refused() {
     // DestinationRule `tls: SIMPLE` on a waypoint-served host: istiod wraps an
     // UpstreamTlsContext in the internal_upstream transport socket (buildWaypointTLSContext).
     let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
     let mut json = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
-    json["transport_socket"] = serde_json::json!({
-        "name": "internal_upstream",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
-            "transport_socket": {"name": "tls", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": "httpbin.example"}}
-        }
-    });
-    let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
-        from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
-    let e = cluster::convert(&c).unwrap_err();
-    assert_eq!(e.field, "transport_socket.typed_config.transport_socket");
-    assert!(e.reason.contains("UpstreamTlsContext"), "{}", e.reason);
-    // Plaintext inside the tunnel (istiod's default) is accepted.
-    json["transport_socket"]["typed_config"]["transport_socket"] = serde_json::json!({
+    let convert = |json: &serde_json::Value| {
+        let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            from_json("envoy.config.cluster.v3.Cluster", json).unwrap();
+        cluster::convert(&c)
+    };
+    let inner = |socket: serde_json::Value| {
+        serde_json::json!({
+            "name": "internal_upstream",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+                "transport_socket": socket
+            }
+        })
+    };
+    json["transport_socket"] = inner(serde_json::json!({"name": "tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": "httpbin.example",
+        "common_tls_context": {"combined_validation_context": {
+            "default_validation_context": {},
+            "validation_context_sds_secret_config": {"name": "file-root:system"}}}}}));
+    let tls = convert(&json).unwrap().tls.unwrap();
+    assert_eq!(tls.sni.as_deref(), Some("httpbin.example"));
+    assert_eq!(tls.roots, filters::model::TlsRoots::System);
+    // A credentialName secret is refused by name, never sent as plaintext.
+    json["transport_socket"]["typed_config"]["transport_socket"]["typed_config"]
+        ["common_tls_context"]["tls_certificate_sds_secret_configs"] =
+        serde_json::json!([{"name": "kubernetes://my-secret"}]);
+    let e = convert(&json).unwrap_err();
+    assert!(
+        e.field
+            .ends_with("tls_certificate_sds_secret_configs[0].name"),
+        "{}",
+        e.field
+    );
+    assert!(e.reason.contains("kubernetes://my-secret"), "{}", e.reason);
+    // DestinationRule proxyProtocol: refused. (The descriptor pool has no PROXY protocol
+    // message, so the inner socket is built in protobuf directly.)
+    json["transport_socket"] = inner(serde_json::json!({
         "name": "envoy.transport_sockets.raw_buffer",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}
-    });
-    let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+    }));
+    let mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
         from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
-    assert!(cluster::convert(&c).is_ok());
+    {
+        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+        use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
+        use prost::Message;
+        let Some(ConfigType::TypedConfig(outer)) =
+            &mut c.transport_socket.as_mut().unwrap().config_type
+        else {
+            panic!("typed config");
+        };
+        let mut internal = InternalUpstreamTransport::decode(outer.value.as_slice()).unwrap();
+        let Some(ConfigType::TypedConfig(any)) =
+            &mut internal.transport_socket.as_mut().unwrap().config_type
+        else {
+            panic!("inner typed config");
+        };
+        any.type_url = "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport".into();
+        outer.value = internal.encode_to_vec();
+    }
+    let e = cluster::convert(&c).unwrap_err();
+    assert_eq!(e.field, "transport_socket.typed_config.transport_socket");
+    assert!(
+        e.reason.contains("ProxyProtocolUpstreamTransport"),
+        "{}",
+        e.reason
+    );
+    // Plaintext inside the tunnel (istiod's default) is accepted.
+    json["transport_socket"] = inner(serde_json::json!({
+        "name": "envoy.transport_sockets.raw_buffer",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}
+    }));
+    assert!(convert(&json).unwrap().tls.is_none());
 }
 
 #[test]

@@ -1,0 +1,93 @@
+//! TLS the waypoint originates towards a Service's endpoints, inside the HBONE tunnel
+//! (DestinationRule `trafficPolicy.tls` with mode `SIMPLE` or `MUTUAL`; istiod puts it in
+//! the `internal_upstream` transport socket of the waypoint's `inbound-vip` cluster).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// The certificate authorities a server's chain is verified against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub enum TlsRoots {
+    /// No verification (`insecureSkipVerify`, or Envoy's empty validation context).
+    Insecure,
+    /// The operating system's roots (istiod's `file-root:system`, a rule without
+    /// `caCertificates`).
+    System,
+    /// A PEM bundle on disk (`caCertificates`), read when a connection needs it.
+    File(PathBuf),
+    /// A PEM bundle given inline.
+    Pem(String),
+}
+
+/// A client certificate and its key, as PEM files (`MUTUAL`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ClientCertificate {
+    /// The certificate chain.
+    pub certificate: PathBuf,
+    /// The private key.
+    pub private_key: PathBuf,
+}
+
+/// How the waypoint speaks TLS to a Service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct UpstreamTls {
+    /// The SNI to send; with `None` and `auto_sni`, the request's host.
+    pub sni: Option<String>,
+    /// Send the request's host (without port) as SNI when `sni` is unset.
+    pub auto_sni: bool,
+    /// The server certificate must carry one of these SANs (exact: DNS, URI or IP).
+    pub subject_alt_names: Vec<String>,
+    /// Without listed SANs: the server certificate must have a DNS SAN matching the SNI.
+    pub auto_san_validation: bool,
+    /// Who the server chain must be signed by.
+    pub roots: TlsRoots,
+    /// The certificate the waypoint presents (`MUTUAL`).
+    pub client_certificate: Option<ClientCertificate>,
+    /// ALPN protocols offered (`h2` for HTTP/2 ports, as istiod sets).
+    pub alpn: Vec<String>,
+}
+
+impl UpstreamTls {
+    /// The SNI for a request to `host` (its `Host`/`:authority`, port stripped).
+    pub fn sni_for(&self, host: Option<&str>) -> Option<String> {
+        if let Some(s) = &self.sni {
+            return Some(s.clone());
+        }
+        if !self.auto_sni {
+            return None;
+        }
+        let host = host?;
+        // `name:port`; an IPv6 literal keeps its colons (and SNI never carries an IP).
+        let name = match host.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        (!name.is_empty()).then(|| name.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_is_explicit_or_the_host_without_port() {
+        let mut t = UpstreamTls {
+            sni: None,
+            auto_sni: true,
+            subject_alt_names: vec![],
+            auto_san_validation: true,
+            roots: TlsRoots::System,
+            client_certificate: None,
+            alpn: vec![],
+        };
+        assert_eq!(t.sni_for(Some("a.b:8080")).as_deref(), Some("a.b"));
+        assert_eq!(t.sni_for(Some("a.b")).as_deref(), Some("a.b"));
+        assert_eq!(t.sni_for(None), None);
+        t.auto_sni = false;
+        assert_eq!(t.sni_for(Some("a.b")), None);
+        t.sni = Some("x.y".into());
+        assert_eq!(t.sni_for(Some("a.b")).as_deref(), Some("x.y"));
+    }
+}

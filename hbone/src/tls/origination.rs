@@ -1,0 +1,241 @@
+//! TLS the waypoint originates to an application inside a tunnel (DestinationRule `tls`):
+//! not SPIFFE, but ordinary server certificates, verified as Envoy's upstream TLS context
+//! says: the chain against the configured roots (or not at all), then the SANs against the
+//! listed ones, or against the SNI (`auto_san_validation`). Envoy does not check the SNI
+//! against the certificate otherwise, and neither does this.
+
+use std::sync::Arc;
+
+use filters::model::{TlsRoots, UpstreamTls};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use x509_parser::extensions::GeneralName;
+
+use super::{parse, provider, TlsError};
+
+/// A client configuration for `tls`, reading its files now. The SNI is set per connection.
+pub fn origination_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match &tls.roots {
+        TlsRoots::Insecure => None,
+        TlsRoots::System => Some(system_roots()),
+        TlsRoots::File(path) => Some(roots_from(&read(path)?, &path.display().to_string())?),
+        TlsRoots::Pem(pem) => Some(roots_from(pem.as_bytes(), "<inline>")?),
+    };
+    let verifier = Arc::new(AppServerVerifier {
+        roots,
+        subject_alt_names: tls.subject_alt_names.clone(),
+        auto_san: tls.auto_san_validation,
+    });
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("<tls>", e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match &tls.client_certificate {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let what = c.certificate.display().to_string();
+            let chain: Vec<CertificateDer<'static>> =
+                rustls_pemfile::certs(&mut &read(&c.certificate)?[..])
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| invalid(&what, e.to_string()))?;
+            if chain.is_empty() {
+                return Err(invalid(&what, "no CERTIFICATE block".into()));
+            }
+            let key_path = c.private_key.display().to_string();
+            let key: PrivateKeyDer<'static> =
+                rustls_pemfile::private_key(&mut &read(&c.private_key)?[..])
+                    .map_err(|e| invalid(&key_path, e.to_string()))?
+                    .ok_or_else(|| invalid(&key_path, "no PRIVATE KEY block".into()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| invalid(&key_path, e.to_string()))?
+        }
+    };
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+fn invalid(path: &str, reason: String) -> TlsError {
+    TlsError::Invalid {
+        path: path.to_string(),
+        reason,
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn roots_from(pem: &[u8], what: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        let cert = cert.map_err(|e| invalid(what, e.to_string()))?;
+        store.add(cert).map_err(|e| invalid(what, e.to_string()))?;
+    }
+    if store.is_empty() {
+        return Err(invalid(what, "no CERTIFICATE block".into()));
+    }
+    Ok(Arc::new(store))
+}
+
+/// The operating system's roots, loaded once.
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut store = RootCertStore::empty();
+            match rustls_native_certs::load_native_certs() {
+                Ok(certs) => {
+                    store.add_parsable_certificates(certs);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot load the system trust store"),
+            }
+            Arc::new(store)
+        })
+        .clone()
+}
+
+/// The SANs of a certificate as text: DNS names, URIs and IP addresses.
+pub fn subject_alt_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
+    let parsed = parse(cert)?;
+    let Some(san) = parsed
+        .subject_alternative_name()
+        .map_err(|e| TlsError::BadCertificate(e.to_string()))?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::URI(u) => Some(u.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+/// Whether DNS SAN `san` covers `name` (exactly, or as a `*.` wildcard of one label).
+fn dns_matches(san: &str, name: &str) -> bool {
+    if san.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    match (san.strip_prefix("*."), name.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => {
+            !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
+        }
+        _ => false,
+    }
+}
+
+#[derive(Debug)]
+struct AppServerVerifier {
+    roots: Option<Arc<RootCertStore>>,
+    subject_alt_names: Vec<String>,
+    auto_san: bool,
+}
+
+impl ServerCertVerifier for AppServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| Error::General(format!("bad server certificate: {e}")))?;
+        cert.verify_for_usage(
+            provider().signature_verification_algorithms.all,
+            &roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| Error::General(format!("server certificate not trusted: {e}")))?;
+        let sans = subject_alt_names(end_entity).map_err(|e| Error::General(e.to_string()))?;
+        if !self.subject_alt_names.is_empty() {
+            if sans.iter().any(|s| self.subject_alt_names.contains(s)) {
+                return Ok(ServerCertVerified::assertion());
+            }
+            return Err(Error::General(format!(
+                "server certificate SANs {sans:?} match none of {:?}",
+                self.subject_alt_names
+            )));
+        }
+        if self.auto_san {
+            let name = match server_name {
+                ServerName::DnsName(d) => d.as_ref().to_string(),
+                other => other.to_str().into_owned(),
+            };
+            if !sans.iter().any(|s| dns_matches(s, &name)) {
+                return Err(Error::General(format!(
+                    "server certificate SANs {sans:?} do not cover {name}"
+                )));
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wildcards_cover_one_label() {
+        assert!(super::dns_matches("*.example.com", "a.example.com"));
+        assert!(!super::dns_matches("*.example.com", "a.b.example.com"));
+        assert!(!super::dns_matches("*.example.com", "example.com"));
+        assert!(super::dns_matches("A.example.com", "a.example.com"));
+    }
+}

@@ -1,0 +1,298 @@
+//! TLS inside the `internal_upstream` transport socket of a waypoint's `inbound-vip`
+//! cluster (istiod's `buildWaypointTLSContext`, `cluster_waypoint.go`; the context from
+//! `constructUpstreamTLS`, `cluster_tls.go`): DestinationRule `tls` SIMPLE or MUTUAL.
+//!
+//! istiod names the files pilot-agent serves over SDS: `file-root:<ca.pem>` (or
+//! `file-root:system` without `caCertificates`) and `file-cert:<cert.pem>~<key.pem>`. The
+//! waypoint runs in the same pod and reads those files itself. An empty validation context
+//! (no CA, or `insecureSkipVerify`) verifies nothing, as in Envoy. Secrets by
+//! `credentialName`, CRLs, pinning and TLS parameters are refused by field.
+
+use std::path::PathBuf;
+
+use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext,
+    SdsSecretConfig, UpstreamTlsContext,
+};
+use filters::model::{ClientCertificate, TlsRoots, UpstreamTls};
+
+use super::Bad;
+
+/// The cluster-level SNI and SAN settings (`HttpProtocolOptions.upstream_http_protocol_options`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AutoSettings {
+    /// `auto_sni`: the request's host as SNI.
+    pub auto_sni: bool,
+    /// `auto_san_validation`: the certificate must cover that SNI.
+    pub auto_san_validation: bool,
+}
+
+/// Converts an `UpstreamTlsContext`.
+pub fn convert(ctx: &UpstreamTlsContext, auto: AutoSettings) -> Result<UpstreamTls, Bad> {
+    let bad = |field: &str, reason: &str| (field.to_string(), reason.to_string());
+    if ctx.allow_renegotiation {
+        return Err(bad(
+            "allow_renegotiation",
+            "TLS renegotiation is not supported",
+        ));
+    }
+    let common = ctx.common_tls_context.clone().unwrap_or_default();
+    check_common(&common)?;
+    let client_certificate = client_certificate(&common)?;
+    let (roots, subject_alt_names) = validation(&common)?;
+    Ok(UpstreamTls {
+        sni: (!ctx.sni.is_empty()).then(|| ctx.sni.clone()),
+        auto_sni: auto.auto_sni || ctx.auto_host_sni,
+        auto_san_validation: roots != TlsRoots::Insecure
+            && (auto.auto_san_validation || ctx.auto_sni_san_validation),
+        subject_alt_names,
+        roots,
+        client_certificate,
+        alpn: common.alpn_protocols.clone(),
+    })
+}
+
+fn check_common(c: &CommonTlsContext) -> Result<(), Bad> {
+    let set = [
+        (
+            "tls_params",
+            c.tls_params
+                .as_ref()
+                .is_some_and(|p| *p != Default::default()),
+        ),
+        (
+            "tls_certificate_provider_instance",
+            c.tls_certificate_provider_instance.is_some(),
+        ),
+        (
+            "custom_tls_certificate_selector",
+            c.custom_tls_certificate_selector.is_some(),
+        ),
+        ("custom_handshaker", c.custom_handshaker.is_some()),
+        ("key_log", c.key_log.is_some()),
+    ];
+    match set.iter().find(|(_, on)| *on) {
+        Some((field, _)) => Err((
+            format!("common_tls_context.{field}"),
+            "not supported for TLS origination".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The client certificate: inline file names, or istiod's `file-cert:<cert>~<key>` secret.
+fn client_certificate(c: &CommonTlsContext) -> Result<Option<ClientCertificate>, Bad> {
+    let at = "common_tls_context";
+    match (
+        &c.tls_certificates[..],
+        &c.tls_certificate_sds_secret_configs[..],
+    ) {
+        ([], []) => Ok(None),
+        ([one], []) => {
+            let file = |d: &Option<DataSource>, field: &str| match d
+                .as_ref()
+                .and_then(|d| d.specifier.as_ref())
+            {
+                Some(Specifier::Filename(f)) => Ok(PathBuf::from(f)),
+                _ => Err((
+                    format!("{at}.tls_certificates[0].{field}"),
+                    "only a filename is supported".to_string(),
+                )),
+            };
+            Ok(Some(ClientCertificate {
+                certificate: file(&one.certificate_chain, "certificate_chain")?,
+                private_key: file(&one.private_key, "private_key")?,
+            }))
+        }
+        ([], [one]) => {
+            let Some((cert, key)) = one
+                .name
+                .strip_prefix("file-cert:")
+                .and_then(|p| p.split_once('~'))
+            else {
+                return Err(secret_error(
+                    one,
+                    &format!("{at}.tls_certificate_sds_secret_configs[0]"),
+                ));
+            };
+            Ok(Some(ClientCertificate {
+                certificate: cert.into(),
+                private_key: key.into(),
+            }))
+        }
+        _ => Err((
+            at.to_string(),
+            "exactly one client certificate is supported".into(),
+        )),
+    }
+}
+
+fn secret_error(s: &SdsSecretConfig, at: &str) -> Bad {
+    (
+        format!("{at}.name"),
+        format!(
+            "SDS secret {:?} is not supported: only the files istiod names `file-cert:`/`file-root:` (DestinationRule caCertificates, clientCertificate, privateKey), not credentialName",
+            s.name
+        ),
+    )
+}
+
+/// The roots and SANs to verify the server with.
+fn validation(c: &CommonTlsContext) -> Result<(TlsRoots, Vec<String>), Bad> {
+    let at = "common_tls_context";
+    match &c.validation_context_type {
+        None => Ok((TlsRoots::Insecure, Vec::new())),
+        Some(ValidationContextType::ValidationContext(v)) => {
+            let sans = check_validation(v, &format!("{at}.validation_context"))?;
+            let roots = match &v.trusted_ca {
+                None => TlsRoots::Insecure,
+                Some(d) => data_roots(d, &format!("{at}.validation_context.trusted_ca"))?,
+            };
+            Ok((roots, sans))
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => Ok((
+            file_root(s, &format!("{at}.validation_context_sds_secret_config"))?,
+            Vec::new(),
+        )),
+        Some(ValidationContextType::CombinedValidationContext(cv)) => {
+            let base = format!("{at}.combined_validation_context");
+            let default = cv.default_validation_context.clone().unwrap_or_default();
+            let sans = check_validation(&default, &format!("{base}.default_validation_context"))?;
+            let roots = match (
+                &cv.validation_context_sds_secret_config,
+                &default.trusted_ca,
+            ) {
+                (Some(s), None) => {
+                    file_root(s, &format!("{base}.validation_context_sds_secret_config"))?
+                }
+                (None, Some(d)) => {
+                    data_roots(d, &format!("{base}.default_validation_context.trusted_ca"))?
+                }
+                (None, None) => TlsRoots::Insecure,
+                (Some(_), Some(_)) => {
+                    return Err((base, "both an SDS root secret and trusted_ca".into()))
+                }
+            };
+            Ok((roots, sans))
+        }
+        Some(other) => Err((
+            format!("{at}.validation_context_type"),
+            format!("{other:?} is not supported"),
+        )),
+    }
+}
+
+fn file_root(s: &SdsSecretConfig, at: &str) -> Result<TlsRoots, Bad> {
+    match s.name.strip_prefix("file-root:") {
+        Some("system") => Ok(TlsRoots::System),
+        Some(path) if !path.is_empty() => Ok(TlsRoots::File(path.into())),
+        _ => Err(secret_error(s, at)),
+    }
+}
+
+fn data_roots(d: &DataSource, at: &str) -> Result<TlsRoots, Bad> {
+    match &d.specifier {
+        Some(Specifier::Filename(f)) => Ok(TlsRoots::File(f.into())),
+        Some(Specifier::InlineString(s)) => Ok(TlsRoots::Pem(s.clone())),
+        Some(Specifier::InlineBytes(b)) => {
+            Ok(TlsRoots::Pem(String::from_utf8_lossy(b).into_owned()))
+        }
+        _ => Err((
+            at.to_string(),
+            "only a filename or inline PEM is supported".into(),
+        )),
+    }
+}
+
+/// The exact SANs to require (istiod writes the deprecated untyped list; the typed one is
+/// read too, any SAN type); every other verification option is refused.
+#[allow(deprecated)]
+fn check_validation(v: &CertificateValidationContext, at: &str) -> Result<Vec<String>, Bad> {
+    let unsupported = [
+        (
+            "verify_certificate_spki",
+            !v.verify_certificate_spki.is_empty(),
+        ),
+        (
+            "verify_certificate_hash",
+            !v.verify_certificate_hash.is_empty(),
+        ),
+        ("crl", v.crl.is_some()),
+        ("allow_expired_certificate", v.allow_expired_certificate),
+        ("trust_chain_verification", v.trust_chain_verification != 0),
+        (
+            "custom_validator_config",
+            v.custom_validator_config.is_some(),
+        ),
+        (
+            "ca_certificate_provider_instance",
+            v.ca_certificate_provider_instance.is_some(),
+        ),
+        ("system_root_certs", v.system_root_certs.is_some()),
+        ("watched_directory", v.watched_directory.is_some()),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, on)| *on) {
+        return Err((
+            format!("{at}.{field}"),
+            "not supported for TLS origination".into(),
+        ));
+    }
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        string_matcher::MatchPattern, StringMatcher,
+    };
+    let exact = |m: Option<&StringMatcher>, field: String| match m {
+        Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(e)),
+            ignore_case: false,
+        }) => Ok(e.clone()),
+        _ => Err((
+            field,
+            "only exact, case-sensitive SANs are supported (istiod writes exact)".to_string(),
+        )),
+    };
+    let untyped = v
+        .match_subject_alt_names
+        .iter()
+        .enumerate()
+        .map(|(i, m)| exact(Some(m), format!("{at}.match_subject_alt_names[{i}]")));
+    let typed = v
+        .match_typed_subject_alt_names
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            exact(
+                m.matcher.as_ref(),
+                format!("{at}.match_typed_subject_alt_names[{i}].matcher"),
+            )
+        });
+    untyped.chain(typed).collect()
+}
+
+/// The SNI and SAN settings of the cluster's `HttpProtocolOptions`, if it has them.
+pub fn auto_settings(
+    c: &envoy_types::pb::envoy::config::cluster::v3::Cluster,
+) -> Result<AutoSettings, Bad> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use prost::Message;
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let Some(any) = c.typed_extension_protocol_options.get(KEY) else {
+        return Ok(AutoSettings::default());
+    };
+    let at = format!("typed_extension_protocol_options[{KEY}]");
+    let options = HttpProtocolOptions::decode(any.value.as_slice())
+        .map_err(|e| (at.clone(), e.to_string()))?;
+    let Some(u) = options.upstream_http_protocol_options else {
+        return Ok(AutoSettings::default());
+    };
+    if !u.override_auto_sni_header.is_empty() {
+        return Err((
+            format!("{at}.upstream_http_protocol_options.override_auto_sni_header"),
+            "not supported".into(),
+        ));
+    }
+    Ok(AutoSettings {
+        auto_sni: u.auto_sni,
+        auto_san_validation: u.auto_san_validation,
+    })
+}
