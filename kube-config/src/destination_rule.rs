@@ -13,6 +13,7 @@ use std::time::Duration;
 use filters::balance::outlier::OutlierPolicy;
 use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
 use filters::model::{ClientCertificate, TlsRoots, UpstreamTls};
+use filters::retry::limit::RetryLimit;
 use filters::route::model::{HashPolicy, HashSource};
 use http::HeaderName;
 use serde::Deserialize;
@@ -64,6 +65,21 @@ struct TrafficPolicy {
     proxy_protocol: Option<serde_yaml::Value>,
     #[serde(default)]
     tunnel: Option<serde_yaml::Value>,
+    #[serde(default)]
+    retry_budget: Option<RetryBudget>,
+}
+
+/// `retryBudget`: retries in flight as a share of requests in flight (istiod's
+/// `applyRetryBudget`: 20% and at least 3 unless set).
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RetryBudget {
+    #[serde(default)]
+    percent: Option<f64>,
+    #[serde(default)]
+    min_retry_concurrency: Option<u32>,
+    #[serde(default)]
+    budget_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -258,7 +274,7 @@ struct HttpPool {
     #[serde(default)]
     max_requests_per_connection: Option<serde_yaml::Value>,
     #[serde(default)]
-    max_retries: Option<serde_yaml::Value>,
+    max_retries: Option<u32>,
     #[serde(default)]
     idle_timeout: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -309,7 +325,6 @@ impl ConnectionPool {
                     "maxRequestsPerConnection",
                     http.is_some_and(|h| h.max_requests_per_connection.is_some()),
                 ),
-                ("maxRetries", http.is_some_and(|h| h.max_retries.is_some())),
                 (
                     "idleTimeout",
                     http.is_some_and(|h| h.idle_timeout.is_some()),
@@ -416,6 +431,8 @@ pub struct PortPolicy {
     pub outlier: Option<OutlierPolicy>,
     /// TLS originated to the endpoints.
     pub tls: Option<UpstreamTls>,
+    /// The limit on retries in flight (`maxRetries`, `retryBudget`).
+    pub retry_limit: Option<RetryLimit>,
 }
 
 impl DestinationRule {
@@ -503,8 +520,29 @@ impl DestinationRule {
                     .as_ref()
                     .map(|c| (c, "spec.trafficPolicy.connectionPool".to_string()))
             });
+        if let Some((pool, _)) = &pool {
+            policy.retry_limit = pool
+                .http
+                .as_ref()
+                .and_then(|h| h.max_retries)
+                .filter(|n| *n > 0)
+                .map(|n| RetryLimit::Max(n as usize));
+        }
         if let Some((pool, at)) = pool {
             policy.max_requests = pool.max_requests(h2, label, &at)?;
+        }
+        if let Some(b) = &tp.retry_budget {
+            if b.budget_interval.is_some() {
+                return Err(invalid(
+                    label,
+                    "spec.trafficPolicy.retryBudget.budgetInterval",
+                    "not supported: the budget counts the requests in flight",
+                ));
+            }
+            policy.retry_limit = Some(RetryLimit::Budget {
+                percent: b.percent.unwrap_or(20.0).clamp(0.0, 100.0),
+                min_concurrency: b.min_retry_concurrency.filter(|n| *n > 0).unwrap_or(3) as usize,
+            });
         }
         let outlier = tp
             .port_level_settings
@@ -601,6 +639,7 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
         max_requests: None,
         outlier: None,
         tls: None,
+        retry_limit: None,
     })
 }
 
@@ -655,5 +694,6 @@ fn consistent_hash(
         max_requests: None,
         outlier: None,
         tls: None,
+        retry_limit: None,
     })
 }

@@ -317,7 +317,8 @@ fn apply_destination_rule(
                 .with_hash_policy(policy.hash)
                 .with_max_requests(policy.max_requests)
                 .with_outlier(policy.outlier)
-                .with_tls(policy.tls),
+                .with_tls(policy.tls)
+                .with_retry_limit(policy.retry_limit),
         );
     }
     Ok(())

@@ -206,3 +206,42 @@ async fn tls_mutual_is_originated_to_a_tls_only_app() {
         }
     }
 }
+
+#[tokio::test]
+async fn max_retries_caps_the_retries_in_flight() {
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: retry\n  namespace: {NS}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: echo, port: 80}}]\n  rules:\n  - retry: {{attempts: 2, codes: [503]}}\n    backendRefs: [{{name: echo, port: 80}}]\n"
+    );
+    let h = Harness::start(Spec {
+        extra_yaml: vec![
+            route,
+            destination_rule("    connectionPool:\n      http: {maxRetries: 1}\n"),
+        ],
+        ..Spec::default()
+    })
+    .await;
+    let send = |path: &'static str| {
+        let client = h.client();
+        tokio::spawn(async move {
+            let conn = client.connect().await.unwrap();
+            let mut http = conn.http1(authority(80)).await.unwrap();
+            http.send_request(get(path))
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    // Each path answers 503 once (after 600 ms), then 200: a request needs one retry.
+    let a = send("/retry/a?uuid=a&succeedAfter=1&responseCode=503&delay=600ms");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let b = send("/retry/b?uuid=b&succeedAfter=1&responseCode=503&delay=600ms");
+    assert_eq!(a.await.unwrap(), 200, "A was retried");
+    assert_eq!(
+        b.await.unwrap(),
+        503,
+        "B's retry overflowed: its answer stands"
+    );
+    let c = send("/retry/c?uuid=c&succeedAfter=1&responseCode=503");
+    assert_eq!(c.await.unwrap(), 200);
+}

@@ -319,3 +319,45 @@ async fn a_server_certificate_without_the_required_san_is_refused() {
         "no request over an unverified TLS connection"
     );
 }
+
+#[tokio::test]
+async fn max_retries_caps_the_retries_in_flight() {
+    // DestinationRule connectionPool.http.maxRetries: 1 (cluster_traffic_policy.go
+    // applyConnectionPool: circuit_breakers max_retries), and a route that retries 503
+    // (route/retry/retry.go's shape).
+    let w = start(|ls, cs, _| {
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            c["circuit_breakers"] = json!({"thresholds": [{
+                "max_connections": 4294967295u32, "max_pending_requests": 4294967295u32,
+                "max_requests": 4294967295u32, "max_retries": 1, "track_remaining": true}]});
+        });
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[json!({"name": "default.retry.0", "match": {"prefix": "/retry/"},
+                     "route": {"cluster": CLUSTER_8100, "retry_policy": {
+                         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                         "num_retries": 2,
+                         "retriable_status_codes": [503]}}})],
+        );
+    })
+    .await;
+    // Each path answers 503 once (after 600 ms), then 200: a request needs one retry.
+    let a = in_background(
+        &w,
+        "/retry/a?uuid=a&succeedAfter=1&responseCode=503&delay=600ms",
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // B's first answer comes while A's retry is in flight: its retry would be the second.
+    let b = get(
+        &w,
+        8100,
+        "/retry/b?uuid=b&succeedAfter=1&responseCode=503&delay=600ms",
+    )
+    .await;
+    assert_eq!(a.await.unwrap().0, 200, "A was retried");
+    assert_eq!(b.status, 503, "B's retry overflowed: its answer stands");
+    // With no retry in flight, a retry is allowed again.
+    let c = get(&w, 8100, "/retry/c?uuid=c&succeedAfter=1&responseCode=503").await;
+    assert_eq!(c.status, 200);
+}

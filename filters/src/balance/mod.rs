@@ -356,16 +356,14 @@ pub fn pick(
             let i = index.ok_or_else(|| ProxyError::NoHealthyUpstream(backend.describe()))?;
             let ep = &sp.endpoints[i];
             // The circuit breaker: a request beyond the port's limit is not sent.
-            let counted = match sp.max_requests() {
-                None => false,
-                Some(max) => {
-                    if sp.requests().fetch_add(1, Ordering::Relaxed) >= max {
-                        sp.requests().fetch_sub(1, Ordering::Relaxed);
-                        return Err(ProxyError::Overflow(backend.describe()));
-                    }
-                    true
+            let counted = sp.counts_requests();
+            if counted {
+                let before = sp.requests().fetch_add(1, Ordering::Relaxed);
+                if sp.max_requests().is_some_and(|max| before >= max) {
+                    sp.requests().fetch_sub(1, Ordering::Relaxed);
+                    return Err(ProxyError::Overflow(backend.describe()));
                 }
-            };
+            }
             let least = matches!(sp.balancing(), Balancing::LeastRequest);
             if least {
                 sp.active(i).fetch_add(1, Ordering::Relaxed);

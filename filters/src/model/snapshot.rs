@@ -146,6 +146,12 @@ pub struct ServicePort {
     /// Outlier detection over the endpoints, when the port has it.
     #[serde(skip)]
     outlier: Option<crate::balance::outlier::Tracker>,
+    /// The limit on retries in flight (circuit breaker `max_retries` or `retry_budget`).
+    #[serde(skip)]
+    retry_limit: Option<crate::retry::limit::RetryLimit>,
+    /// Retries in flight to this port, counted when it has a limit.
+    #[serde(skip)]
+    retries: AtomicUsize,
     /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Arc<super::UpstreamTls>>,
@@ -176,7 +182,35 @@ impl ServicePort {
             next: AtomicUsize::new(0),
             outlier: None,
             tls: None,
+            retry_limit: None,
+            retries: AtomicUsize::new(0),
         }
+    }
+
+    /// This port with a limit on retries in flight.
+    pub fn with_retry_limit(mut self, limit: Option<crate::retry::limit::RetryLimit>) -> Self {
+        self.retry_limit = limit;
+        self
+    }
+
+    /// The limit on retries in flight, if any.
+    pub fn retry_limit(&self) -> Option<crate::retry::limit::RetryLimit> {
+        self.retry_limit
+    }
+
+    /// Retries in flight (counted when the port has a retry limit).
+    pub fn retries(&self) -> &AtomicUsize {
+        &self.retries
+    }
+
+    /// Whether requests in flight are counted (a circuit breaker or a retry budget needs
+    /// them).
+    pub fn counts_requests(&self) -> bool {
+        self.max_requests.is_some()
+            || matches!(
+                self.retry_limit,
+                Some(crate::retry::limit::RetryLimit::Budget { .. })
+            )
     }
 
     /// This port with TLS originated to its endpoints.

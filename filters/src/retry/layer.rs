@@ -8,7 +8,7 @@ use http_body::Body as _;
 use tower::{Layer, Service, ServiceExt};
 
 use super::replay::{self, Replayable};
-use super::{backoff, should_retry};
+use super::{backoff, limit, should_retry};
 use crate::body::{self, Body};
 use crate::route::RouteDecision;
 use crate::ProxyError;
@@ -60,6 +60,10 @@ where
             return Either::Left(self.inner.call(req));
         }
         let inner = self.inner.clone();
+        let backend = req
+            .extensions()
+            .get::<RouteDecision>()
+            .map(|d| d.backend.clone());
         Either::Right(Box::pin(async move {
             let attempts = async move {
                 let Some(policy) = retry else {
@@ -73,12 +77,15 @@ where
                     (Request::from_parts(parts, body::empty()), body)
                 };
                 let mut n = 0;
+                // Counts the retry in flight (until the next attempt ends).
+                let mut retrying = None;
                 loop {
                     let mut copy = replay(&req);
                     if let Some(b) = &body {
                         *copy.body_mut() = b.attempt();
                     }
                     let result = attempt(inner.clone(), copy, timeouts.backend_request).await;
+                    drop(retrying.take());
                     let outcome = result.as_ref().map(|r| r.status().as_u16());
                     if n >= policy.attempts || !should_retry(&policy, &outcome) {
                         if let Some(b) = &body {
@@ -93,9 +100,21 @@ where
                         );
                         return result;
                     }
+                    // The port's retry limit (circuit breaker): past it, the answer stands.
+                    let guard = match backend.as_ref().map(limit::start) {
+                        None | Some(Ok(None)) => None,
+                        Some(Ok(guard)) => guard,
+                        Some(Err(())) => {
+                            tracing::debug!(
+                                "not retrying: the port's retry limit is reached (retry overflow)"
+                            );
+                            return result;
+                        }
+                    };
                     n += 1;
                     tracing::debug!(attempt = n + 1, outcome = ?outcome.as_ref().map_err(|e| e.to_string()), "retrying");
                     tokio::time::sleep(backoff(&policy, n)).await;
+                    retrying = guard;
                 }
             };
             match timeouts.request {

@@ -8,6 +8,7 @@
 //! codes.
 
 mod layer;
+pub mod limit;
 pub mod replay;
 
 pub use layer::{RetryLayer, RetryService};

@@ -32,6 +32,8 @@ pub struct ClusterInfo {
     /// Most requests in flight (the circuit breaker's `max_requests`, and for HTTP/1.1
     /// also `max_connections` + `max_pending_requests`); `None` for unlimited.
     pub max_requests: Option<usize>,
+    /// The limit on retries in flight (`max_retries` or `retry_budget`), if any.
+    pub retry_limit: Option<filters::retry::limit::RetryLimit>,
     /// Outlier detection (DestinationRule `outlierDetection`), if the cluster has it.
     pub outlier: Option<filters::balance::outlier::OutlierPolicy>,
     /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
@@ -119,6 +121,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         subset,
         balancing: balancing(c),
         max_requests: max_requests(c, protocol),
+        retry_limit: retry_limit(c),
         outlier: super::outlier::convert(c)?,
         tls,
     })
@@ -213,18 +216,16 @@ fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
                     "limits for HIGH priority routes are not supported".into(),
                 ));
             }
-            if limited(&t.max_retries) {
+            if t.retry_budget
+                .as_ref()
+                .and_then(|b| b.budget_interval.as_ref())
+                .is_some_and(|d| d.seconds != 0 || d.nanos != 0)
+            {
                 return Err(invalid(
                     c,
-                    &at("max_retries"),
-                    "a limit on concurrent retries is not supported".into(),
-                ));
-            }
-            if t.retry_budget.is_some() {
-                return Err(invalid(
-                    c,
-                    &at("retry_budget"),
-                    "retry budgets are not supported".into(),
+                    &at("retry_budget.budget_interval"),
+                    "a retry budget over an interval is not supported (only active requests)"
+                        .into(),
                 ));
             }
         }
@@ -308,6 +309,29 @@ fn max_requests(c: &Cluster, protocol: Protocol) -> Option<usize> {
         (r, h) => r.or(h),
     };
     limit.map(|l| l as usize)
+}
+
+/// The limit on retries in flight (default priority): the retry budget when set (Envoy
+/// then ignores `max_retries`), else `max_retries` below Istio's "unlimited".
+fn retry_limit(c: &Cluster) -> Option<filters::retry::limit::RetryLimit> {
+    use filters::retry::limit::RetryLimit;
+    let t = c
+        .circuit_breakers
+        .as_ref()?
+        .thresholds
+        .iter()
+        .find(|t| t.priority == 0)?;
+    if let Some(b) = &t.retry_budget {
+        return Some(RetryLimit::Budget {
+            percent: b.budget_percent.as_ref().map_or(20.0, |p| p.value),
+            min_concurrency: b.min_retry_concurrency.as_ref().map_or(3, |v| v.value) as usize,
+        });
+    }
+    t.max_retries
+        .as_ref()
+        .map(|v| v.value)
+        .filter(|v| *v < UNLIMITED)
+        .map(|v| RetryLimit::Max(v as usize))
 }
 
 /// The cluster's load-balancing policy (`RING_HASH` with its `minimum_ring_size`).

@@ -227,6 +227,7 @@ fn service_port(
         .with_max_requests(c.max_requests)
         .with_outlier(c.outlier.clone())
         .with_tls(c.tls.clone())
+        .with_retry_limit(c.retry_limit)
 }
 
 /// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to

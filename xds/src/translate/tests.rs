@@ -256,8 +256,22 @@ fn cluster_features_the_waypoint_lacks_are_rejected_not_ignored() {
         },
     );
     assert_eq!(
+        cluster::convert(&c).unwrap().retry_limit,
+        Some(filters::retry::limit::RetryLimit::Max(3))
+    );
+    let thresholds = &mut c.circuit_breakers.as_mut().unwrap().thresholds[0];
+    thresholds.retry_budget = Some(
+        envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget {
+            budget_interval: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
         cluster::convert(&c).unwrap_err().field,
-        "circuit_breakers.thresholds[0].max_retries"
+        "circuit_breakers.thresholds[0].retry_budget.budget_interval"
     );
     let mut c = base;
     c.lb_policy = 1; // LEAST_REQUEST, Istio's default
