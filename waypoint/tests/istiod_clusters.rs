@@ -361,3 +361,61 @@ async fn max_retries_caps_the_retries_in_flight() {
     let c = get(&w, 8100, "/retry/c?uuid=c&succeedAfter=1&responseCode=503").await;
     assert_eq!(c.status, 200);
 }
+
+/// Moves the last endpoint of `cluster` into a locality of its own with priority 0, and
+/// the others to priority 1 (istiod's shape for `trafficDistribution: PreferClose` or
+/// locality failover: the near locality first).
+fn near_locality_first(es: &mut Named, cluster: &str) {
+    use envoy_types::pb::envoy::config::core::v3::Locality;
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, LocalityLbEndpoints,
+    };
+    let (_, e) = es
+        .iter_mut()
+        .find(|(n, _)| n == cluster)
+        .expect("endpoints");
+    let mut cla = <ClusterLoadAssignment as prost::Message>::decode(e.value.as_slice()).unwrap();
+    let near = cla.endpoints[0].lb_endpoints.pop().unwrap();
+    cla.endpoints[0].priority = 1;
+    cla.endpoints.push(LocalityLbEndpoints {
+        locality: Some(Locality {
+            region: "r1".into(),
+            zone: "z1".into(),
+            ..Default::default()
+        }),
+        lb_endpoints: vec![near],
+        priority: 0,
+        ..Default::default()
+    });
+    *e = fixture::any(ENDPOINT, &cla);
+}
+
+#[tokio::test]
+async fn the_nearest_priority_takes_traffic_until_its_endpoints_are_ejected() {
+    let (app, hits) = failing_app().await;
+    let w = start_with_pod(Some(App::Forward(app)), |_, cs, es, extra| {
+        add_endpoint(es, CLUSTER_8100, extra.unwrap());
+        near_locality_first(es, CLUSTER_8100);
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            c["lb_policy"] = json!("ROUND_ROBIN");
+            c["outlier_detection"] = json!({
+                "enforcing_success_rate": 0,
+                "consecutive_gateway_failure": 3,
+                "enforcing_consecutive_gateway_failure": 100,
+                "base_ejection_time": "30s",
+                "max_ejection_percent": 100,
+            });
+            c["common_lb_config"] = json!({"healthy_panic_threshold": {}});
+        });
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(get(&w, 8100, "/get").await.status);
+    }
+    // Priority 0 (the failing pod) takes every request until it is ejected; then the
+    // farther priority does. Round robin over one flat list would have alternated.
+    assert_eq!(statuses[..3], [503, 503, 503], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+}

@@ -51,21 +51,41 @@ impl Balancing {
     }
 }
 
-/// Endpoints outlier detection has ejected, at one reading of the clock; `None` when the
-/// port has no outlier detection, or is in panic (too few endpoints left).
+/// The endpoints a pick must leave out: those outlier detection has ejected (at one
+/// reading of the clock; none when the port is in panic), and those of a priority above
+/// the lowest one that still has an endpoint to take the request (locality failover).
 #[derive(Clone, Copy)]
-struct Ejected<'a>(Option<(&'a outlier::Tracker, u64)>);
+struct Ejected<'a> {
+    ejected: Option<(&'a outlier::Tracker, u64)>,
+    level: Option<(&'a [u32], u32)>,
+}
 
 impl<'a> Ejected<'a> {
     fn of(port: &'a ServicePort) -> Self {
-        Ejected(port.outlier().and_then(|t| {
+        let ejected = port.outlier().and_then(|t| {
             let now = outlier::now_ms();
             (!t.in_panic(now)).then_some((t, now))
-        }))
+        });
+        let mut this = Ejected {
+            ejected,
+            level: None,
+        };
+        if let Some(priorities) = port.priorities() {
+            let lowest = (0..port.endpoints.len())
+                .filter(|i| port.endpoints[*i].address().is_some() && !this.is_ejected(*i))
+                .map(|i| priorities[i])
+                .min();
+            this.level = lowest.map(|l| (priorities, l));
+        }
+        this
+    }
+
+    fn is_ejected(self, i: usize) -> bool {
+        self.ejected.is_some_and(|(t, now)| t.is_ejected(i, now))
     }
 
     fn contains(self, i: usize) -> bool {
-        self.0.is_some_and(|(t, now)| t.is_ejected(i, now))
+        self.is_ejected(i) || self.level.is_some_and(|(p, level)| p[i] != level)
     }
 }
 
@@ -108,7 +128,11 @@ fn least_request(port: &ServicePort, ejected: Ejected) -> Option<usize> {
 /// Picks the next endpoint of `port` in round-robin order, skipping endpoints without an
 /// address. `None` when the port has no usable endpoint.
 pub fn round_robin(port: &ServicePort) -> Option<&Endpoint> {
-    round_robin_index(port, Ejected(None)).map(|i| &port.endpoints[i])
+    let none = Ejected {
+        ejected: None,
+        level: None,
+    };
+    round_robin_index(port, none).map(|i| &port.endpoints[i])
 }
 
 fn round_robin_index(port: &ServicePort, ejected: Ejected) -> Option<usize> {

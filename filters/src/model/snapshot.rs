@@ -146,6 +146,9 @@ pub struct ServicePort {
     /// Outlier detection over the endpoints, when the port has it.
     #[serde(skip)]
     outlier: Option<crate::balance::outlier::Tracker>,
+    /// Each endpoint's priority (its locality's), when they are not all the same.
+    #[serde(skip)]
+    priorities: Option<Box<[u32]>>,
     /// The limit on retries in flight (circuit breaker `max_retries` or `retry_budget`).
     #[serde(skip)]
     retry_limit: Option<crate::retry::limit::RetryLimit>,
@@ -184,7 +187,22 @@ impl ServicePort {
             tls: None,
             retry_limit: None,
             retries: AtomicUsize::new(0),
+            priorities: None,
         }
+    }
+
+    /// This port with its endpoints' priorities (in endpoint order). Requests go to the
+    /// lowest priority with an endpoint that can take them.
+    pub fn with_priorities(mut self, priorities: Vec<u32>) -> Self {
+        let mixed = priorities.windows(2).any(|w| w[0] != w[1]);
+        self.priorities = (mixed && priorities.len() == self.endpoints.len())
+            .then(|| priorities.into_boxed_slice());
+        self
+    }
+
+    /// Each endpoint's priority, when they differ.
+    pub fn priorities(&self) -> Option<&[u32]> {
+        self.priorities.as_deref()
     }
 
     /// This port with a limit on retries in flight.

@@ -1,6 +1,8 @@
 //! Endpoints (EDS `ClusterLoadAssignment`): pods behind a cluster, reached over HBONE
 //! through the internal listener `connect_originate` (the real `podIP:port` is in the
-//! `envoy.filters.listener.original_dst` metadata) or directly at a socket address.
+//! `envoy.filters.listener.original_dst` metadata) or directly at a socket address. Each
+//! keeps its locality's priority: requests go to the lowest priority that has an endpoint
+//! to take them.
 
 use std::net::SocketAddr;
 
@@ -23,6 +25,9 @@ pub struct EndpointInfo {
     pub workload: Option<WorkloadMeta>,
     /// Relative weight.
     pub weight: u32,
+    /// The locality's priority (0 first; istiod's locality failover and
+    /// `trafficDistribution: PreferClose` put farther localities at higher numbers).
+    pub priority: u32,
 }
 
 /// Istio's workload metadata on an endpoint.
@@ -122,6 +127,7 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, Invalid
                 hbone,
                 workload,
                 weight,
+                priority: locality.priority,
             });
         }
     }

@@ -209,20 +209,24 @@ fn service_port(
     res: &Resources,
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
 ) -> ServicePort {
-    let eps: Vec<Endpoint> = res
+    let (eps, priorities): (Vec<Endpoint>, Vec<u32>) = res
         .endpoints
         .get(&c.eds_name)
         .into_iter()
         .flatten()
         .filter_map(|e| {
-            workloads.get(&e.address.ip()).map(|w| Endpoint {
-                workload: w.clone(),
-                port: e.address.port(),
+            workloads.get(&e.address.ip()).map(|w| {
+                let ep = Endpoint {
+                    workload: w.clone(),
+                    port: e.address.port(),
+                };
+                (ep, e.priority)
             })
         })
-        .collect();
+        .unzip();
     let target = eps.first().map(|e| e.port).unwrap_or(c.port);
     ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
+        .with_priorities(priorities)
         .with_balancing(c.balancing)
         .with_max_requests(c.max_requests)
         .with_outlier(c.outlier.clone())
