@@ -68,7 +68,8 @@ async fn h2c_and_grpc_trailers() {
     .await;
     let conn = h.client().connect().await.unwrap();
 
-    // h2c with prior knowledge on an http port.
+    // h2c with prior knowledge on an http port: answered in HTTP/2, sent to the app in
+    // HTTP/1.1 (istiod's `http` ports).
     let mut h2 = conn.h2c(authority(80)).await.unwrap();
     let req = Request::get("http://echo.default.svc.cluster.local/h2?q=1")
         .body(filters::body::empty())
@@ -79,7 +80,7 @@ async fn h2c_and_grpc_trailers() {
     let v = json(resp).await;
     assert_eq!(v["path"], "/h2?q=1");
     assert_eq!(v["host"], "echo.default.svc.cluster.local");
-    assert_eq!(v["proto"], "HTTP/2.0");
+    assert_eq!(v["proto"], "HTTP/1.1");
 
     // A gRPC unary call: the response trailers must reach the client.
     let mut grpc = conn.h2c(authority(9090)).await.unwrap();
@@ -368,4 +369,54 @@ async fn headers_sent_too_slowly_are_cut_off() {
     let conn = h.client().connect().await.unwrap();
     let mut http = conn.http1(authority(80)).await.unwrap();
     assert_eq!(http.send_request(get("/fine")).await.unwrap().status(), 200);
+}
+
+/// An app that speaks only HTTP/1.1 and answers with the version it was spoken to in.
+async fn http1_only_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = format!("{:?}", req.version());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(filters::body::full(
+                            body,
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_http2_client_reaches_an_http_port_over_http1() {
+    // The port is named `http`: istiod's clusters send HTTP/1.1 to it, whatever the client
+    // speaks; an app that only speaks HTTP/1.1 must not see an HTTP/2 preface.
+    let app = http1_only_app().await;
+    let h = Harness::start(Spec {
+        apps: [(8080, testkit::ztunnel::App::Forward(app))].into(),
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut h2 = conn.h2c(authority(80)).await.unwrap();
+    let req = Request::get("http://echo.default.svc.cluster.local/")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.version(),
+        http::Version::HTTP_2,
+        "the client still speaks HTTP/2"
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"HTTP/1.1", "the app was spoken to in HTTP/1.1");
 }

@@ -12,7 +12,7 @@ pub mod telemetry;
 mod upstream_tls;
 
 pub use identity::{Identity, InvalidIdentity};
-pub use protocol::Protocol;
+pub use protocol::{Protocol, UpstreamProtocol};
 pub use request_log::{RequestLog, Upstream};
 pub use snapshot::{
     bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,

@@ -4,7 +4,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
-    /// HTTP/1.1 (and HTTP/2 when the client speaks it).
+    /// HTTP (upstream HTTP/1.1, whatever the client speaks, as Istio's `http` ports).
     Http,
     /// HTTP/2 (h2c); gRPC included.
     Http2,
@@ -47,6 +47,40 @@ impl Protocol {
     /// Whether the upstream should be spoken to in HTTP/2 regardless of the client.
     pub fn prefers_h2(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+/// The HTTP version requests are sent upstream in (Envoy's cluster
+/// `HttpProtocolOptions`; istiod's `setUpstreamProtocol`: HTTP/2 for `http2`/`grpc` ports,
+/// HTTP/1.1 for `http` ports, the client's for ports of unknown protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// Always HTTP/1.1.
+    Http1,
+    /// Always HTTP/2.
+    Http2,
+    /// The client's.
+    Downstream,
+}
+
+impl UpstreamProtocol {
+    /// istiod's choice for a port of `protocol` with no further settings.
+    pub fn for_port(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Http2 | Protocol::Grpc => UpstreamProtocol::Http2,
+            Protocol::Http => UpstreamProtocol::Http1,
+            Protocol::Tcp | Protocol::Unknown => UpstreamProtocol::Downstream,
+        }
+    }
+
+    /// Whether a request the client sent as HTTP/2 (`client_h2`) goes upstream as HTTP/2.
+    pub fn h2(self, client_h2: bool) -> bool {
+        match self {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Downstream => client_h2,
+        }
     }
 }
 

@@ -146,6 +146,8 @@ pub struct ServicePort {
     /// Outlier detection over the endpoints, when the port has it.
     #[serde(skip)]
     outlier: Option<crate::balance::outlier::Tracker>,
+    /// The HTTP version requests go upstream in.
+    pub upstream_protocol: super::UpstreamProtocol,
     /// Each endpoint's priority (its locality's), when they are not all the same.
     #[serde(skip)]
     priorities: Option<Box<[u32]>>,
@@ -188,7 +190,14 @@ impl ServicePort {
             retry_limit: None,
             retries: AtomicUsize::new(0),
             priorities: None,
+            upstream_protocol: super::UpstreamProtocol::for_port(protocol),
         }
+    }
+
+    /// This port sending requests upstream in `protocol`'s HTTP version.
+    pub fn with_upstream_protocol(mut self, protocol: super::UpstreamProtocol) -> Self {
+        self.upstream_protocol = protocol;
+        self
     }
 
     /// This port with its endpoints' priorities (in endpoint order). Requests go to the

@@ -59,14 +59,15 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         };
         log.attempt(service, &picked.workload, picked.address);
     }
-    let port_h2 = match &decision.backend {
-        Backend::Service { service, port } => {
-            service.port(*port).is_some_and(|p| p.protocol.prefers_h2())
-        }
-        Backend::Workload { .. } => false,
+    // The port's upstream protocol (istiod's: HTTP/1.1 for `http`, HTTP/2 for `http2` and
+    // `grpc`, the client's otherwise); a pod addressed directly gets the client's.
+    let client_h2 = req.version() == Version::HTTP_2;
+    let h2 = match &decision.backend {
+        Backend::Service { service, port } => service
+            .port(*port)
+            .map_or(client_h2, |p| p.upstream_protocol.h2(client_h2)),
+        Backend::Workload { .. } => client_h2,
     };
-    // Envoy's "use downstream protocol", upgraded to HTTP/2 for ports declared http2/grpc.
-    let h2 = port_h2 || req.version() == Version::HTTP_2;
     if h2 {
         let host = req
             .headers_mut()

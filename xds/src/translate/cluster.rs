@@ -32,6 +32,8 @@ pub struct ClusterInfo {
     /// Most requests in flight (the circuit breaker's `max_requests`, and for HTTP/1.1
     /// also `max_connections` + `max_pending_requests`); `None` for unlimited.
     pub max_requests: Option<usize>,
+    /// The HTTP version requests go upstream in.
+    pub upstream_protocol: filters::model::UpstreamProtocol,
     /// The limit on retries in flight (`max_retries` or `retry_budget`), if any.
     pub retry_limit: Option<filters::retry::limit::RetryLimit>,
     /// Outlier detection (DestinationRule `outlierDetection`), if the cluster has it.
@@ -89,7 +91,9 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
     check_discovery_type(c)?;
     check_load_balancing(c)?;
     check_resilience(c)?;
-    let tls = check_transport_socket(c)?;
+    let options = super::protocol_options::convert(c)
+        .map_err(|(field, reason)| invalid(c, &field, reason))?;
+    let tls = check_transport_socket(c, options.auto)?;
     let eds_name = c
         .eds_cluster_config
         .as_ref()
@@ -123,6 +127,11 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         max_requests: max_requests(c, protocol),
         retry_limit: retry_limit(c),
         outlier: super::outlier::convert(c)?,
+        // Without options istiod means HTTP/1.1 for `http` ports, and always writes them
+        // for the others; the port's protocol decides then.
+        upstream_protocol: options
+            .upstream
+            .unwrap_or(filters::model::UpstreamProtocol::for_port(protocol)),
         tls,
     })
 }
@@ -357,6 +366,7 @@ fn balancing(c: &Cluster) -> filters::balance::Policy {
 /// than sending the stream without its header.
 fn check_transport_socket(
     c: &Cluster,
+    auto: super::upstream_tls::AutoSettings,
 ) -> Result<Option<filters::model::UpstreamTls>, InvalidResource> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
@@ -399,8 +409,6 @@ fn check_transport_socket(
         Some(a) if a.type_url.ends_with("tls.v3.UpstreamTlsContext") => {
             let ctx = UpstreamTlsContext::decode(a.value.as_slice())
                 .map_err(|e| invalid(c, at, e.to_string()))?;
-            let auto = super::upstream_tls::auto_settings(c)
-                .map_err(|(field, reason)| invalid(c, &field, reason))?;
             super::upstream_tls::convert(&ctx, auto)
                 .map(Some)
                 .map_err(|(field, reason)| invalid(c, &format!("{at}.typed_config.{field}"), reason))

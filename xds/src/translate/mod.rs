@@ -16,6 +16,7 @@ mod matcher;
 mod metadata;
 mod outlier;
 pub mod per_filter;
+mod protocol_options;
 pub mod rbac;
 pub mod route;
 mod stats;
@@ -232,6 +233,7 @@ fn service_port(
         .with_outlier(c.outlier.clone())
         .with_tls(c.tls.clone())
         .with_retry_limit(c.retry_limit)
+        .with_upstream_protocol(c.upstream_protocol)
 }
 
 /// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to

@@ -451,3 +451,59 @@ fn path_normalization_comes_from_the_connection_manager() {
     let e = with(true, "REJECT_REQUEST").unwrap_err();
     assert!(e.field.ends_with("normalize_path"), "{e:?}");
 }
+
+#[test]
+fn http_protocol_options_choose_the_upstream_version_or_are_refused_by_field() {
+    use filters::model::UpstreamProtocol;
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let base = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
+    let with = |options: serde_json::Value| {
+        let mut json = base.clone();
+        let mut o = options;
+        o["@type"] =
+            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into();
+        json["typed_extension_protocol_options"] =
+            serde_json::json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": o});
+        let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+        cluster::convert(&c)
+    };
+    // An `http` port without options: HTTP/1.1 (Envoy's default; istiod writes none).
+    let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+        from_json("envoy.config.cluster.v3.Cluster", &base).unwrap();
+    assert_eq!(
+        cluster::convert(&c).unwrap().upstream_protocol,
+        UpstreamProtocol::Http1
+    );
+    // setH2Options, setUseDownstreamProtocol.
+    let h2 = with(serde_json::json!({"explicit_http_config": {"http2_protocol_options": {}}}));
+    assert_eq!(h2.unwrap().upstream_protocol, UpstreamProtocol::Http2);
+    let downstream = with(serde_json::json!({"use_downstream_protocol_config": {
+        "http_protocol_options": {}, "http2_protocol_options": {}}}));
+    assert_eq!(
+        downstream.unwrap().upstream_protocol,
+        UpstreamProtocol::Downstream
+    );
+    // DestinationRule connectionPool.http.idleTimeout: not implemented, so refused.
+    let e = with(
+        serde_json::json!({"common_http_protocol_options": {"idle_timeout": "30s"},
+        "explicit_http_config": {"http_protocol_options": {}}}),
+    )
+    .unwrap_err();
+    assert!(
+        e.field.ends_with("common_http_protocol_options"),
+        "{}",
+        e.field
+    );
+    let e = with(
+        serde_json::json!({"explicit_http_config": {"http2_protocol_options": {
+        "max_concurrent_streams": 10}}}),
+    )
+    .unwrap_err();
+    assert!(
+        e.field
+            .ends_with("explicit_http_config.http2_protocol_options"),
+        "{}",
+        e.field
+    );
+}

@@ -268,31 +268,3 @@ fn check_validation(v: &CertificateValidationContext, at: &str) -> Result<Vec<St
         });
     untyped.chain(typed).collect()
 }
-
-/// The SNI and SAN settings of the cluster's `HttpProtocolOptions`, if it has them.
-pub fn auto_settings(
-    c: &envoy_types::pb::envoy::config::cluster::v3::Cluster,
-) -> Result<AutoSettings, Bad> {
-    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
-    use prost::Message;
-    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-    let Some(any) = c.typed_extension_protocol_options.get(KEY) else {
-        return Ok(AutoSettings::default());
-    };
-    let at = format!("typed_extension_protocol_options[{KEY}]");
-    let options = HttpProtocolOptions::decode(any.value.as_slice())
-        .map_err(|e| (at.clone(), e.to_string()))?;
-    let Some(u) = options.upstream_http_protocol_options else {
-        return Ok(AutoSettings::default());
-    };
-    if !u.override_auto_sni_header.is_empty() {
-        return Err((
-            format!("{at}.upstream_http_protocol_options.override_auto_sni_header"),
-            "not supported".into(),
-        ));
-    }
-    Ok(AutoSettings {
-        auto_sni: u.auto_sni,
-        auto_san_validation: u.auto_san_validation,
-    })
-}

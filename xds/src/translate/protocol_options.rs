@@ -1,0 +1,150 @@
+//! A cluster's `typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]`,
+//! as istiod writes it (`setUpstreamProtocol`, `setH2Options`, `setUseDownstreamProtocol`
+//! and `applyConnectionPool` in `cluster_builder.go` / `cluster_traffic_policy.go`): the
+//! HTTP version towards the endpoints (explicit HTTP/1.1, explicit HTTP/2, or the client's),
+//! and the SNI/SAN settings of TLS origination. Connection-pool settings the waypoint does
+//! not implement (idle timeout, requests or lifetime per connection, HTTP/2 stream limits and
+//! keepalive, header case preservation, upstream filters) are refused by field.
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options::{
+        explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+    },
+    HttpProtocolOptions,
+};
+use filters::model::UpstreamProtocol;
+use prost::Message;
+
+use super::upstream_tls::AutoSettings;
+use super::Bad;
+
+/// The key istiod writes the options under.
+pub const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// What the options say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProtocolOptions {
+    /// The HTTP version upstream; `None` when the cluster does not say.
+    pub upstream: Option<UpstreamProtocol>,
+    /// SNI and SAN settings for TLS origination.
+    pub auto: AutoSettings,
+}
+
+/// Reads the cluster's HTTP protocol options.
+pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
+    if let Some((other, _)) = c
+        .typed_extension_protocol_options
+        .iter()
+        .find(|(k, _)| *k != KEY)
+    {
+        return Err((
+            format!("typed_extension_protocol_options[{other}]"),
+            "only HttpProtocolOptions is supported".into(),
+        ));
+    }
+    let Some(any) = c.typed_extension_protocol_options.get(KEY) else {
+        return Ok(ProtocolOptions::default());
+    };
+    let at = format!("typed_extension_protocol_options[{KEY}]");
+    let bad = |field: &str, reason: &str| (format!("{at}.{field}"), reason.to_string());
+    let o = HttpProtocolOptions::decode(any.value.as_slice())
+        .map_err(|e| (at.clone(), e.to_string()))?;
+    if let Some(common) = &o.common_http_protocol_options {
+        if *common != Default::default() {
+            return Err(bad(
+                "common_http_protocol_options",
+                "connection-pool settings (DestinationRule connectionPool idleTimeout, maxRequestsPerConnection, maxConnectionDuration) are not supported yet",
+            ));
+        }
+    }
+    let unsupported = [
+        ("http_filters", !o.http_filters.is_empty()),
+        (
+            "header_validation_config",
+            o.header_validation_config.is_some(),
+        ),
+        ("outlier_detection", o.outlier_detection.is_some()),
+        (
+            "request_mirror_policies",
+            !o.request_mirror_policies.is_empty(),
+        ),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, on)| *on) {
+        return Err(bad(field, "not supported"));
+    }
+    let mut auto = AutoSettings::default();
+    if let Some(u) = &o.upstream_http_protocol_options {
+        if !u.override_auto_sni_header.is_empty() {
+            return Err(bad(
+                "upstream_http_protocol_options.override_auto_sni_header",
+                "not supported",
+            ));
+        }
+        auto = AutoSettings {
+            auto_sni: u.auto_sni,
+            auto_san_validation: u.auto_san_validation,
+        };
+    }
+    let defaults = |set: bool, field: &str| {
+        if set {
+            Err(bad(
+                field,
+                "only default settings are supported (header case preservation, HTTP/2 stream limits and keepalive are not)",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let upstream = match &o.upstream_protocol_options {
+        None => None,
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config,
+        })) => match protocol_config {
+            None => Some(UpstreamProtocol::Http1),
+            Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
+                defaults(
+                    *h1 != Default::default(),
+                    "explicit_http_config.http_protocol_options",
+                )?;
+                Some(UpstreamProtocol::Http1)
+            }
+            Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                defaults(
+                    *h2 != Default::default(),
+                    "explicit_http_config.http2_protocol_options",
+                )?;
+                Some(UpstreamProtocol::Http2)
+            }
+            Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                return Err(bad(
+                    "explicit_http_config.http3_protocol_options",
+                    "HTTP/3 upstream is not supported",
+                ))
+            }
+        },
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => {
+            let field = "use_downstream_protocol_config";
+            defaults(
+                d.http_protocol_options
+                    .as_ref()
+                    .is_some_and(|h| *h != Default::default())
+                    || d.http2_protocol_options
+                        .as_ref()
+                        .is_some_and(|h| *h != Default::default()),
+                field,
+            )?;
+            if d.http3_protocol_options.is_some() {
+                return Err(bad(field, "HTTP/3 upstream is not supported"));
+            }
+            Some(UpstreamProtocol::Downstream)
+        }
+        Some(UpstreamProtocolOptions::AutoConfig(_)) => {
+            return Err(bad(
+                "auto_config",
+                "ALPN-negotiated upstream protocol is not supported",
+            ))
+        }
+    };
+    Ok(ProtocolOptions { upstream, auto })
+}
