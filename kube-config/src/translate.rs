@@ -161,6 +161,8 @@ pub fn translate_with_status(
         authz: filters::authz::PolicySet::policies(policies, options.normalization),
         authn,
         telemetry,
+        // Envoy's defaults, as istiod configures the waypoint without ProxyConfig headers.
+        request_headers: Default::default(),
     })?;
     Ok((snapshot, statuses))
 }

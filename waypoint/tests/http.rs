@@ -420,3 +420,31 @@ async fn an_http2_client_reaches_an_http_port_over_http1() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"HTTP/1.1", "the app was spoken to in HTTP/1.1");
 }
+
+#[tokio::test]
+async fn request_id_and_forwarded_proto_are_added_and_client_cert_headers_removed() {
+    // As Envoy's connection manager does with istiod's waypoint settings:
+    // generate_request_id (kept when present), x-forwarded-proto for the plaintext internal
+    // listener, forward_client_cert_details SANITIZE.
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let req = Request::get("/get")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("x-forwarded-client-cert", "By=spiffe://evil;URI=spiffe://forged")
+        .body(filters::body::empty())
+        .unwrap();
+    let seen = json(http.send_request(req).await.unwrap()).await;
+    let headers = &seen["headers"];
+    let id = headers["X-Request-Id"][0].as_str().unwrap_or_default();
+    assert_eq!(id.len(), 36, "a UUID: {headers}");
+    assert_eq!(headers["X-Forwarded-Proto"][0], "http", "{headers}");
+    assert!(headers.get("X-Forwarded-Client-Cert").is_none(), "{headers}");
+    let req = Request::get("/get")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("x-request-id", "keep-me")
+        .body(filters::body::empty())
+        .unwrap();
+    let seen = json(http.send_request(req).await.unwrap()).await;
+    assert_eq!(seen["headers"]["X-Request-Id"][0], "keep-me");
+}

@@ -6,6 +6,7 @@
 
 mod identity;
 mod protocol;
+mod request_headers;
 mod request_log;
 mod snapshot;
 pub mod telemetry;
@@ -13,6 +14,7 @@ mod upstream_tls;
 
 pub use identity::{Identity, InvalidIdentity};
 pub use protocol::{Protocol, UpstreamProtocol};
+pub use request_headers::{request_id, RequestHeaders};
 pub use request_log::{RequestLog, Upstream};
 pub use snapshot::{
     bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,

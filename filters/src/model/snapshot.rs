@@ -490,6 +490,8 @@ pub struct Snapshot {
     authn: crate::authn::JwtRules,
     /// Access log and tracing settings.
     telemetry: super::telemetry::TelemetryConfig,
+    /// What happens to request headers before routing.
+    request_headers: super::RequestHeaders,
     #[serde(skip)]
     vips: HashMap<SocketAddr, (Arc<Service>, u16)>,
 }
@@ -516,6 +518,8 @@ pub struct SnapshotParts {
     pub authn: crate::authn::JwtRules,
     /// Access log and tracing settings.
     pub telemetry: super::telemetry::TelemetryConfig,
+    /// What happens to request headers before routing.
+    pub request_headers: super::RequestHeaders,
 }
 
 impl SnapshotParts {
@@ -531,6 +535,7 @@ impl SnapshotParts {
             authz: Default::default(),
             authn: Default::default(),
             telemetry: Default::default(),
+            request_headers: Default::default(),
         }
     }
 }
@@ -549,6 +554,7 @@ impl Snapshot {
             authz,
             authn,
             telemetry,
+            request_headers,
         } = parts;
         let mut by_ip: BTreeMap<IpAddr, Arc<Workload>> = BTreeMap::new();
         for w in workloads {
@@ -590,6 +596,7 @@ impl Snapshot {
             authz,
             authn,
             telemetry,
+            request_headers,
             vips,
         })
     }
@@ -653,6 +660,11 @@ impl Snapshot {
     /// Access log and tracing settings.
     pub fn telemetry(&self) -> &super::telemetry::TelemetryConfig {
         &self.telemetry
+    }
+
+    /// What happens to request headers before routing.
+    pub fn request_headers(&self) -> super::RequestHeaders {
+        self.request_headers
     }
 
     /// An empty snapshot (nothing served yet).

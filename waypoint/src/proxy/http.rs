@@ -262,9 +262,11 @@ impl TunnelApp {
             let (body, received) = super::tracked::count_request(incoming);
             (body, Some(received))
         };
+        let snapshot = self.proxy.config.current();
+        snapshot.request_headers().apply(&mut parts.headers);
         let mut req = Request::from_parts(parts, body);
         req.extensions_mut().insert(RequestContext {
-            snapshot: self.proxy.config.current(),
+            snapshot,
             tunnel: self.info.clone(),
         });
         Ok((req, received))

@@ -70,6 +70,8 @@ pub enum Chain {
         metrics: Vec<filters::model::telemetry::MetricOverride>,
         /// Path normalization before authorization (MeshConfig `pathNormalization`).
         normalization: filters::authz::path::Normalization,
+        /// Request-id generation and client certificate forwarding.
+        request_headers: filters::model::RequestHeaders,
         /// The access log, when the connection manager has one.
         access_log: Option<Box<filters::model::telemetry::AccessLogConfig>>,
     },
@@ -447,8 +449,10 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
     };
     let access_log = super::access_log::convert(&hcm.access_log, at)?.map(Box::new);
     let normalization = path_normalization(hcm, at)?;
+    let request_headers = super::connection_manager::request_headers(hcm, at)?;
     Ok(Chain::Http {
         normalization,
+        request_headers,
         metrics,
         access_log,
         routes,

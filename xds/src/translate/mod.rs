@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod cluster;
+mod connection_manager;
 pub mod endpoint;
 mod error;
 pub mod jwt;
@@ -129,6 +130,7 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
         authz: filters::authz::PolicySet::rbac(chains.rbac, normalization(main)),
         authn: chains.authn,
         telemetry,
+        request_headers: request_headers(main),
     })
 }
 
@@ -271,6 +273,20 @@ fn normalization(main: Option<&ListenerInfo>) -> filters::authz::path::Normaliza
     main.and_then(|l| {
         l.chains.iter().find_map(|(_, c)| match c {
             Chain::Http { normalization, .. } => Some(*normalization),
+            Chain::Tcp { .. } => None,
+        })
+    })
+    .unwrap_or_default()
+}
+
+/// The request-header settings of the HTTP chains (istiod gives every chain the same);
+/// Envoy's defaults without one.
+fn request_headers(main: Option<&ListenerInfo>) -> filters::model::RequestHeaders {
+    main.and_then(|l| {
+        l.chains.iter().find_map(|(_, c)| match c {
+            Chain::Http {
+                request_headers, ..
+            } => Some(*request_headers),
             Chain::Tcp { .. } => None,
         })
     })

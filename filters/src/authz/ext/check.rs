@@ -96,7 +96,7 @@ impl CheckRequest {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.clone())
         };
-        let id = header("x-request-id").unwrap_or_else(request_id);
+        let id = header("x-request-id").unwrap_or_else(crate::model::request_id);
         let host = header("host")
             .or_else(|| parts.uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
@@ -126,21 +126,6 @@ impl CheckRequest {
         });
         out
     }
-}
-
-/// A random UUID-shaped request id (version 4 layout), as Envoy generates.
-fn request_id() -> String {
-    let b: [u8; 16] = rand::random();
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-4{}-{:x}{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[13..16],
-        8 | (b[8] & 3),
-        &hex[17..20],
-        &hex[20..32]
-    )
 }
 
 #[cfg(test)]
