@@ -64,6 +64,8 @@ impl filters::Publisher for SnapshotStore {
 pub struct Stats {
     /// Downstream HBONE connections open.
     pub hbone_connections: AtomicUsize,
+    /// Downstream HBONE connections accepted since start.
+    pub hbone_accepted: AtomicU64,
     /// Downstream CONNECT tunnels open.
     pub tunnels: AtomicUsize,
     /// HTTP requests in flight.
@@ -100,6 +102,8 @@ pub struct ProxyOptions {
     pub header_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// The HBONE listener's address (its Envoy stat name is `listener.<address>.*`).
+    pub hbone_addr: std::net::SocketAddr,
     /// Cluster id reported in telemetry when a peer does not say (Istio's `CLUSTER_ID`).
     pub cluster_id: String,
     /// Most series kept per Istio metric family.

@@ -2,6 +2,8 @@
 //! canonical JSON form (as in config dumps), converted through a descriptor pool compiled
 //! from the same protos at build time.
 
+pub mod merge;
+
 use std::sync::OnceLock;
 
 use prost::Message as _;
