@@ -40,12 +40,17 @@ fn sleep_client(rig: &Rig) -> (HboneClient, hbone::tls::Certs) {
     (client, sleep.certs().unwrap())
 }
 
-/// `GET path` on a new HTTP/1.1 tunnel of `conn` (with ztunnel's CONNECT headers); the
-/// status and the whole body.
-async fn get(
-    conn: &testkit::client::HboneConnection,
-    path: &str,
-) -> Result<(u16, Vec<u8>), String> {
+/// An HTTP/1.1 exchange on a tunnel: status, headers, the whole body, and the client
+/// connection, still open (an app keeps its keep-alive connection).
+type Exchange = (
+    u16,
+    http::HeaderMap,
+    Vec<u8>,
+    hyper::client::conn::http1::SendRequest<filters::body::Body>,
+);
+
+/// `GET path` on a new HTTP/1.1 tunnel of `conn`, opened with ztunnel's CONNECT headers.
+async fn exchange(conn: &testkit::client::HboneConnection, path: &str) -> Result<Exchange, String> {
     let source = SourceWorkload::deployment("127.0.0.1:40000".parse().unwrap(), "default", "sleep");
     let tunnel = conn
         .tunnel_from(httpbin(), &source)
@@ -58,12 +63,21 @@ async fn get(
         .unwrap();
     let resp = http.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let body = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?;
-    Ok((status, body.to_bytes().to_vec()))
+    Ok((status, headers, body.to_bytes().to_vec(), http))
+}
+
+/// As [`exchange`], closing the connection: status and body.
+async fn get(
+    conn: &testkit::client::HboneConnection,
+    path: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    exchange(conn, path).await.map(|(s, _, b, _)| (s, b))
 }
 
 /// A TLS client that records the certificate the server presented.
@@ -331,7 +345,7 @@ async fn drain_listeners_alone_finishes_in_flight_requests_before_sigkill() {
             "/bytes?n=200000&delay=1500ms".to_string()
         };
         inflight.push(tokio::spawn(async move {
-            (path.clone(), get(&conn, &path).await)
+            (path.clone(), exchange(&conn, &path).await)
         }));
     }
     eventually(Duration::from_secs(5), "8 requests in flight", || async {
@@ -369,25 +383,31 @@ async fn drain_listeners_alone_finishes_in_flight_requests_before_sigkill() {
         }
     }
 
-    // Every in-flight request gets its whole response, within pilot-agent's 5 s.
-    let mut done = 0;
+    // Every in-flight request gets its whole response, within pilot-agent's 5 s, and the
+    // waypoint closes the keep-alive connection inside the tunnel after it.
+    let mut kept_open = Vec::new();
     for task in inflight {
         let left = Duration::from_secs(5).saturating_sub(drained_at.elapsed());
         let (path, r) = tokio::time::timeout(left, task)
             .await
             .expect("response within 5 s of the drain")
             .unwrap();
-        let (code, body) = r.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let (code, headers, body, client) = r.unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(code, 200, "{path}");
+        assert_eq!(
+            headers.get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "{path}"
+        );
         if path.starts_with("/bytes") {
             assert_eq!(body.len(), 200_000, "{path}: the whole body");
         } else {
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["path"], path.as_str(), "{path}");
         }
-        done += 1;
+        kept_open.push(client);
     }
-    assert_eq!(done, 8);
+    assert_eq!(kept_open.len(), 8);
     // The HBONE connections close once their tunnels end (pilot-agent's
     // EXIT_ON_ZERO_ACTIVE_CONNECTIONS would now stop waiting).
     let left = Duration::from_secs(5).saturating_sub(drained_at.elapsed());
@@ -395,6 +415,10 @@ async fn drain_listeners_alone_finishes_in_flight_requests_before_sigkill() {
         (active_connections(&rig).await.ok() == Some(0)).then_some(())
     })
     .await;
+    assert!(
+        kept_open.iter().all(|c| c.is_closed()),
+        "tunnels closed by the waypoint"
+    );
     // Still running (Envoy does not exit on a drain) until pilot-agent's SIGKILL.
     assert!(rig.child.0.try_wait().unwrap().is_none());
     rig.child.0.kill().unwrap();
