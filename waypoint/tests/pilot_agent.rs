@@ -51,7 +51,10 @@ type Exchange = (
 
 /// `GET path` on a new HTTP/1.1 tunnel of `conn`, opened with ztunnel's CONNECT headers.
 async fn exchange(conn: &testkit::client::HboneConnection, path: &str) -> Result<Exchange, String> {
-    let source = SourceWorkload::deployment("127.0.0.1:40000".parse().unwrap(), "default", "sleep");
+    let mut source =
+        SourceWorkload::deployment("127.0.0.1:40000".parse().unwrap(), "default", "sleep");
+    source.canonical_revision = "v7".into();
+    source.cluster_id = "cluster-east".into();
     let tunnel = conn
         .tunnel_from(httpbin(), &source)
         .await
@@ -236,6 +239,19 @@ async fn sends_the_bootstrap_node_answers_pilot_agent_and_serves_the_static_list
         (active_connections(&rig).await.ok() == Some(2)).then_some(())
     })
     .await;
+    // The telemetry read the source from ztunnel's baggage on the CONNECT.
+    let (_, metrics) = http_get(rig.prom, "/stats/prometheus").await.unwrap();
+    let requests = metrics
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    for label in [
+        "source_workload=\"sleep\"",
+        "source_canonical_revision=\"v7\"",
+        "source_cluster=\"cluster-east\"",
+    ] {
+        assert!(requests.contains(label), "{label}: {requests}");
+    }
     let (_, lines) = http_get(rig.admin, "/stats?usedonly&filter=downstream_cx_active$")
         .await
         .unwrap();
