@@ -119,8 +119,9 @@ pub fn parse_with_override(
     if !node_json["id"].is_string() {
         return Err(bad("node.id", "missing"));
     }
-    let node: Node = crate::envoy::from_json("envoy.config.core.v3.Node", node_json)
-        .map_err(|e| bad("node", e.to_string()))?;
+    let node: Node =
+        crate::envoy::from_json_allowing_unknown("envoy.config.core.v3.Node", node_json)
+            .map_err(|e| bad("node", e.to_string()))?;
     let metadata = node_json["metadata"]
         .as_object()
         .cloned()
@@ -213,5 +214,8 @@ mod tests {
         let md = &b.node.metadata.unwrap().fields;
         assert_eq!(md.len(), 11);
         assert!(super::parse_with_override(&text, Some("admin: [1]")).is_err());
+        // A node field this build does not know is skipped (--allow-unknown-static-fields).
+        let b = super::parse_with_override(&text, Some("node: {future_field: 1}")).unwrap();
+        assert_eq!(b.node.id, "sidecar~1.2.3.4~foo~bar");
     }
 }
