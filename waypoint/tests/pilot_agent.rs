@@ -49,8 +49,18 @@ type Exchange = (
     hyper::client::conn::http1::SendRequest<filters::body::Body>,
 );
 
-/// `GET path` on a new HTTP/1.1 tunnel of `conn`, opened with ztunnel's CONNECT headers.
+/// `GET path` on a new HTTP/1.1 tunnel of `conn`, opened with ztunnel's CONNECT headers;
+/// at most 10 s.
 async fn exchange(conn: &testkit::client::HboneConnection, path: &str) -> Result<Exchange, String> {
+    tokio::time::timeout(Duration::from_secs(10), exchange_unbounded(conn, path))
+        .await
+        .map_err(|_| format!("{path}: no answer within 10 s"))?
+}
+
+async fn exchange_unbounded(
+    conn: &testkit::client::HboneConnection,
+    path: &str,
+) -> Result<Exchange, String> {
     let mut source =
         SourceWorkload::deployment("127.0.0.1:40000".parse().unwrap(), "default", "sleep");
     source.canonical_revision = "v7".into();
