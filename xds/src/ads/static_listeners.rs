@@ -4,8 +4,9 @@
 //! port). What is read: the listener address; one filter chain with an HTTP connection
 //! manager and an inline `route_config`; virtual hosts (`domains`); routes matching a
 //! `prefix` or an exact `path` and sending to a `cluster`; each such cluster's one STATIC
-//! socket address and `connect_timeout`. Anything else in these listeners is refused, by
-//! field, rather than served differently from Envoy. The compressor HTTP filters of the
+//! socket address and `connect_timeout`. Anything else in these listeners, or in the
+//! clusters their routes name, is refused, by field, rather than served differently from
+//! Envoy (an HTTP/2 cluster, a listener filter, a header matcher, a rewrite, ...). The compressor HTTP filters of the
 //! Prometheus listener are accepted and not applied (responses go uncompressed, which every
 //! client accepts).
 
@@ -193,6 +194,17 @@ pub fn parse(static_resources: &Json) -> Result<Vec<StaticListener>, InvalidBoot
 }
 
 fn listener(l: &Json, field: &str, clusters: &[Json]) -> Result<StaticListener, InvalidBootstrap> {
+    only(
+        l,
+        &[
+            "name",
+            "address",
+            "filter_chains",
+            "ignore_global_conn_limit",
+            "bypass_overload_manager",
+        ],
+        field,
+    )?;
     let address = socket(get(l, "address"), &format!("{field}.address"))?
         .ok_or_else(|| bad(&format!("{field}.address"), "not a socket address"))?;
     let name = get(l, "name").as_str().unwrap_or_default().to_string();
@@ -336,6 +348,18 @@ fn cluster(clusters: &[Json], name: &str) -> Result<StaticCluster, InvalidBootst
         .iter()
         .find(|c| get(c, "name") == name)
         .ok_or_else(|| bad(&field, "no such cluster"))?;
+    only(
+        c,
+        &[
+            "name",
+            "alt_stat_name",
+            "type",
+            "connect_timeout",
+            "lb_policy",
+            "load_assignment",
+        ],
+        &field,
+    )?;
     if get(c, "type").as_str().is_some_and(|t| t != "STATIC") {
         return Err(bad(
             &format!("{field}.type"),
@@ -397,7 +421,8 @@ mod tests {
                 "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                     "route_config": {"virtual_hosts": [{"domains": ["*"], "routes": [route]}]}}}]}]}],
-                "clusters": [{"name": "c", "load_assignment": {"endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 2}}}}]}]}}]})
+                "clusters": [{"name": "c", "load_assignment": {"endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 2}}}}]}]}},
+                    {"name": "h2", "typed_extension_protocol_options": {}, "load_assignment": {"endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 2}}}}]}]}}]})
         };
         let ok = parse(&base(
             serde_json::json!({"match": {"path": "/x"}, "route": {"cluster": "c"}}),
@@ -409,6 +434,7 @@ mod tests {
             serde_json::json!({"match": {"prefix": "/"}, "route": {"cluster": "c", "prefix_rewrite": "/y"}}),
             serde_json::json!({"match": {"prefix": "/"}, "direct_response": {"status": 200}}),
             serde_json::json!({"match": {"prefix": "/"}, "route": {"cluster": "missing"}}),
+            serde_json::json!({"match": {"prefix": "/"}, "route": {"cluster": "h2"}}),
         ] {
             let err = parse(&base(bad.clone())).unwrap_err();
             assert!(
