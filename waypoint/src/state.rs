@@ -127,6 +127,8 @@ pub struct Proxy {
     pub drain: tokio::sync::watch::Sender<bool>,
     /// The xDS subscriber's counters, when configuration comes over xDS.
     pub xds: std::sync::OnceLock<Arc<xds::ads::AdsStats>>,
+    /// The bootstrap's node, when started from Envoy's command line (`/server_info`).
+    pub node: std::sync::OnceLock<xds::ads::Node>,
     /// Tunables.
     pub options: ProxyOptions,
 }
@@ -144,6 +146,7 @@ impl Proxy {
             certs,
             stats: Stats::default(),
             xds: std::sync::OnceLock::new(),
+            node: std::sync::OnceLock::new(),
             drain: tokio::sync::watch::channel(false).0,
             telemetry: crate::telemetry::Telemetry::new(
                 &options.cluster_id,

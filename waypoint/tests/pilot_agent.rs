@@ -209,6 +209,12 @@ async fn sends_the_bootstrap_node_answers_pilot_agent_and_serves_the_static_list
         assert_eq!(n, &expected, "SDS node");
     }
 
+    // /server_info prints the same node.
+    let (_, info) = http_get(rig.admin, "/server_info").await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["node"]["id"], "sidecar~1.2.3.4~foo~bar");
+    assert_eq!(info["node"]["metadata"]["ISTIO_VERSION"], "binary-1.0");
+
     // (c) 15021 answers what pilot-agent's status server answers, through the agent cluster.
     let (code, body) = http_get(rig.ready, "/healthz/ready").await.unwrap();
     assert_eq!((code, body.as_str()), (200, "agent 200 /healthz/ready"));

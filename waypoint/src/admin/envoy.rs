@@ -161,9 +161,14 @@ pub fn server_info(proxy: &Proxy) -> String {
             "concurrency": 0,
             "drain_time": format!("{}s", proxy.options.drain_timeout.as_secs()),
         },
-        "node": {
-            "id": proxy.config.current().waypoint().gateway.to_string(),
-        },
+        // The bootstrap's node as Envoy prints it, else the Gateway's name.
+        "node": proxy
+            .node
+            .get()
+            .and_then(|n| xds::envoy::to_json("envoy.config.core.v3.Node", n).ok())
+            .unwrap_or_else(|| serde_json::json!({
+                "id": proxy.config.current().waypoint().gateway.to_string(),
+            })),
     })
     .to_string()
 }

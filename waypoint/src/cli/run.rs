@@ -154,6 +154,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(s) = xds_stats {
         let _ = proxy.xds.set(s);
     }
+    if let Some(b) = &args.bootstrap {
+        let _ = proxy.node.set(b.node.clone());
+    }
     let interval = Duration::from_millis(args.watch_interval_ms);
     let tasks: Vec<Task> = vec![
         source_task,
