@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -35,7 +36,7 @@ struct Shared {
     /// By type URL.
     resources: Mutex<HashMap<String, Named>>,
     replies: Mutex<Vec<Reply>>,
-    nodes: Mutex<Vec<String>>,
+    nodes: Mutex<Vec<Node>>,
 }
 
 /// The server; cloning shares its state.
@@ -84,6 +85,11 @@ impl AdsServer {
 
     /// Node ids of the clients that connected.
     pub fn nodes(&self) -> Vec<String> {
+        self.node_messages().into_iter().map(|n| n.id).collect()
+    }
+
+    /// The nodes clients sent, as received (one per stream: the first request's).
+    pub fn node_messages(&self) -> Vec<Node> {
         self.shared.nodes.lock().unwrap().clone()
     }
 
@@ -175,7 +181,7 @@ impl AggregatedDiscoveryService for AdsServer {
 /// Records the client's node id and ACK/NACK; true when the request is only an ACK/NACK.
 fn record_request(shared: &Shared, req: &DeltaDiscoveryRequest) -> bool {
     if let Some(node) = &req.node {
-        shared.nodes.lock().unwrap().push(node.id.clone());
+        shared.nodes.lock().unwrap().push(node.clone());
     }
     if !req.response_nonce.is_empty() {
         shared.replies.lock().unwrap().push(Reply {

@@ -95,6 +95,17 @@ impl HboneConnection {
         Ok(H2Stream::new(stream, resp.into_body()))
     }
 
+    /// Opens `CONNECT authority` with the headers a source ztunnel sends for `source`.
+    pub async fn tunnel_from(
+        &self,
+        authority: SocketAddr,
+        source: &crate::source::SourceWorkload,
+    ) -> Result<H2Stream, ClientError> {
+        let headers = source.connect_headers();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.tunnel(authority, &headers).await
+    }
+
     /// A tunnel speaking HTTP/1.1.
     pub async fn http1(
         &self,

@@ -3,7 +3,8 @@
 //! shipped binary links.
 //!
 //! - [`client`]: an HBONE client (the source ztunnel's role) used by tests, the load tools
-//!   and `waypoint-bench request`;
+//!   and `waypoint-bench request`; [`source`]: the headers a source ztunnel puts on the
+//!   CONNECT (`baggage`, `forwarded`, `traceparent`);
 //! - [`ztunnel`]: a fake destination ztunnel: an HBONE server on a pod IP that checks the
 //!   caller's identity and the CONNECT authority, then serves an app;
 //! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
@@ -27,6 +28,7 @@ pub mod loadgen;
 pub mod mesh;
 pub mod process;
 pub mod sds_server;
+pub mod source;
 pub mod tls_echo;
 pub mod ztunnel;
 

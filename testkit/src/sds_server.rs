@@ -5,7 +5,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource, Node};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     secret, CertificateValidationContext, Secret, TlsCertificate,
 };
@@ -27,6 +27,7 @@ use xds::ads::types::SECRET;
 pub struct SdsServer {
     material: watch::Sender<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     nacks: Arc<Mutex<Vec<String>>>,
+    nodes: Arc<Mutex<Vec<Node>>>,
 }
 
 fn inline(b: &[u8]) -> Option<DataSource> {
@@ -42,7 +43,13 @@ impl SdsServer {
         Self {
             material: watch::channel((chain.to_vec(), key.to_vec(), roots.to_vec())).0,
             nacks: Arc::default(),
+            nodes: Arc::default(),
         }
+    }
+
+    /// The nodes clients sent, as received.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.nodes.lock().unwrap().clone()
     }
 
     /// Pushes new key material to every client.
@@ -119,6 +126,7 @@ impl SecretDiscoveryService for SdsServer {
         let (tx, rx) = mpsc::channel(8);
         let mut material = self.material.subscribe();
         let nacks = self.nacks.clone();
+        let nodes = self.nodes.clone();
         tokio::spawn(async move {
             let mut version = 0u64;
             let mut sent_first = false;
@@ -126,6 +134,9 @@ impl SecretDiscoveryService for SdsServer {
                 tokio::select! {
                     req = incoming.message() => {
                         let Ok(Some(req)) = req else { return };
+                        if let Some(n) = req.node {
+                            nodes.lock().unwrap().push(n);
+                        }
                         if let Some(e) = req.error_detail {
                             nacks.lock().unwrap().push(e.message);
                         }

@@ -1,5 +1,7 @@
 //! A fake destination ztunnel: an HBONE server on `podIP:15008` that checks the caller's
 //! identity and that the CONNECT authority is its own IP, then serves an app per port.
+//! The source side (what ztunnel sends to a waypoint on the CONNECT: `baggage`,
+//! `forwarded`, `traceparent`) is [`super::source`], used by [`super::client`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -21,10 +21,11 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
+use pingora_core::services::ServiceWithDependents;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::admin::{Admin, Readiness};
+use crate::admin::{Admin, Readiness, StaticRoutes};
 use crate::inbound::HboneInbound;
 use crate::state::Proxy;
 use hbone::tls::{server_resolver, SpiffeClientVerifier};
@@ -34,12 +35,14 @@ use hbone::tls::{server_resolver, SpiffeClientVerifier};
 pub struct ServerOptions {
     /// HBONE listener.
     pub hbone_addr: SocketAddr,
-    /// Readiness listener.
-    pub ready_addr: SocketAddr,
+    /// Readiness listener (none under pilot-agent: the bootstrap's static listener).
+    pub ready_addr: Option<SocketAddr>,
     /// Admin listener.
     pub admin_addr: SocketAddr,
-    /// Prometheus metrics listener.
-    pub metrics_addr: SocketAddr,
+    /// Prometheus metrics listener (none under pilot-agent: the bootstrap's 15090).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The bootstrap's static HTTP listeners (routes to static clusters).
+    pub static_listeners: Vec<xds::ads::static_listeners::StaticListener>,
     /// Worker threads for the HBONE listener.
     pub threads: usize,
 }
@@ -146,21 +149,34 @@ pub fn run(proxy: Arc<Proxy>, options: ServerOptions, tasks: Vec<Task>) {
             }),
     );
 
-    let mut ready = Service::new("readiness".to_string(), Readiness::new(proxy.clone()));
-    ready.add_tcp(&options.ready_addr.to_string());
-    ready.threads = Some(1);
+    let mut http_services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
+    if let Some(addr) = options.ready_addr {
+        let mut ready = Service::new("readiness".to_string(), Readiness::new(proxy.clone()));
+        ready.add_tcp(&addr.to_string());
+        ready.threads = Some(1);
+        http_services.push(Box::new(ready));
+    }
+    for l in &options.static_listeners {
+        let mut s = Service::new(l.name.clone(), StaticRoutes::new(l.clone()));
+        s.add_tcp(&l.address.to_string());
+        s.threads = Some(1);
+        http_services.push(Box::new(s));
+    }
 
     let quit = Arc::new(Notify::new());
     let mut admin = Service::new("admin".to_string(), Admin::new(proxy.clone(), quit.clone()));
     admin.add_tcp(&options.admin_addr.to_string());
     admin.threads = Some(1);
 
-    let mut metrics = Service::new(
-        "metrics".to_string(),
-        crate::admin::Metrics::new(proxy.clone()),
-    );
-    metrics.add_tcp(&options.metrics_addr.to_string());
-    metrics.threads = Some(1);
+    let metrics = options.metrics_addr.map(|addr| {
+        let mut metrics = Service::new(
+            "metrics".to_string(),
+            crate::admin::Metrics::new(proxy.clone()),
+        );
+        metrics.add_tcp(&addr.to_string());
+        metrics.threads = Some(1);
+        metrics
+    });
 
     let mut bg = background_service("watchers", Tasks(Mutex::new(tasks)));
     bg.threads = Some(1);
@@ -173,12 +189,21 @@ pub fn run(proxy: Arc<Proxy>, options: ServerOptions, tasks: Vec<Task>) {
     drain.threads = Some(1);
 
     server.add_service(hbone);
-    server.add_service(ready);
+    server.add_services(http_services);
     server.add_service(admin);
-    server.add_service(metrics);
+    if let Some(metrics) = metrics {
+        server.add_service(metrics);
+    }
     server.add_service(bg);
     server.add_service(drain);
-    tracing::info!(hbone = %options.hbone_addr, ready = %options.ready_addr, admin = %options.admin_addr, metrics = %options.metrics_addr, "waypoint starting");
+    tracing::info!(
+        hbone = %options.hbone_addr,
+        ready = ?options.ready_addr,
+        admin = %options.admin_addr,
+        metrics = ?options.metrics_addr,
+        static_listeners = ?options.static_listeners.iter().map(|l| l.address).collect::<Vec<_>>(),
+        "waypoint starting"
+    );
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals { quit }),
     });

@@ -65,6 +65,8 @@ impl filters::Publisher for SnapshotStore {
 pub struct Stats {
     /// Downstream HBONE connections open.
     pub hbone_connections: AtomicUsize,
+    /// Downstream HBONE connections accepted since start.
+    pub hbone_accepted: AtomicU64,
     /// Downstream CONNECT tunnels open.
     pub tunnels: AtomicUsize,
     /// HTTP requests in flight.
@@ -101,6 +103,8 @@ pub struct ProxyOptions {
     pub header_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// The HBONE listener's address (its Envoy stat name is `listener.<address>.*`).
+    pub hbone_addr: std::net::SocketAddr,
     /// Cluster id reported in telemetry when a peer does not say (Istio's `CLUSTER_ID`).
     pub cluster_id: String,
     /// Most series kept per Istio metric family.
@@ -124,6 +128,8 @@ pub struct Proxy {
     pub drain: tokio::sync::watch::Sender<bool>,
     /// The xDS subscriber's counters, when configuration comes over xDS.
     pub xds: std::sync::OnceLock<Arc<xds::ads::AdsStats>>,
+    /// The bootstrap's node, when started from Envoy's command line (`/server_info`).
+    pub node: std::sync::OnceLock<xds::ads::Node>,
     /// Tunables.
     pub options: ProxyOptions,
 }
@@ -141,6 +147,7 @@ impl Proxy {
             certs,
             stats: Stats::default(),
             xds: std::sync::OnceLock::new(),
+            node: std::sync::OnceLock::new(),
             drain: tokio::sync::watch::channel(false).0,
             telemetry: crate::telemetry::Telemetry::new(
                 &options.cluster_id,

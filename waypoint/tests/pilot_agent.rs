@@ -1,60 +1,96 @@
-//! Started the way pilot-agent starts Envoy: Envoy's command line and Istio's golden
-//! ambient bootstrap, with the xDS and SDS sockets pointed at in-process servers. The
-//! waypoint gets its configuration over Delta ADS and its certificates over SDS, reaches
-//! ready as pilot-agent checks it, serves, and rotates its certificate without dropping
-//! connections.
+//! Started the way pilot-agent starts Envoy: installed as `/usr/local/bin/envoy`, Envoy's
+//! command line as pilot-agent writes it (with a `--config-yaml` override), Istio's golden
+//! ambient bootstrap with the xDS and SDS sockets pointed at in-process servers and the
+//! `agent` cluster at a stand-in for pilot-agent's status server. The waypoint sends the
+//! bootstrap's node unchanged, answers pilot-agent's readiness and connection queries as
+//! pilot-agent parses them, serves the bootstrap's static listeners, rotates its
+//! certificate without dropping connections, and drains from `/drain_listeners` alone.
+
+mod envoy_mode;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use envoy_mode::{active_connections, eventually, node_of, Rig};
 use filters::model::Identity;
+use hbone::tls::CertStore;
 use http_body_util::BodyExt;
-use testkit::client::HboneClient;
-use testkit::free_ports;
+use testkit::client::{http1_over, HboneClient};
+use testkit::istio_dump::VIP;
 use testkit::process::{http_call, http_get};
+use testkit::source::SourceWorkload;
 
-use hbone::tls::{CertStore, DevCa};
-use testkit::{AdsServer, SdsServer};
-use xds::ads::types::{CLUSTER, ENDPOINT, LISTENER};
-
-use testkit::istio_dump::{fake_pod, resources, VIP};
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn httpbin() -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), 8000)
 }
 
-/// The golden bootstrap with its ports and socket paths moved into the test's reach.
-fn bootstrap(dir: &std::path::Path, admin: u16, prom: u16, ready: u16) -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/istio/config-dumps/bootstrap-ambient-golden.json");
-    let text = std::fs::read_to_string(path)
-        .unwrap()
-        .replace("/tmp/XDS", &dir.join("XDS").display().to_string())
-        .replace(
-            "./var/run/secrets/workload-spiffe-uds/test.sock",
-            &dir.join("sds.sock").display().to_string(),
-        );
-    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    json["admin"]["address"]["socket_address"]["port_value"] = admin.into();
-    for l in json["static_resources"]["listeners"]
-        .as_array_mut()
-        .unwrap()
-    {
-        let sa = &mut l["address"]["socket_address"];
-        let port = sa["port_value"].as_u64().unwrap();
-        sa["address"] = "127.0.0.1".into();
-        sa["port_value"] = if port == 15090 { prom } else { ready }.into();
-    }
-    let out = dir.join("envoy-rev.json");
-    std::fs::write(&out, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
-    out
+/// An HBONE client as the source ztunnel of `default/sleep`.
+fn sleep_client(rig: &Rig) -> (HboneClient, hbone::tls::Certs) {
+    let sleep = rig
+        .ca
+        .issue(&Identity::new("cluster.local", "default", "sleep"))
+        .unwrap();
+    let client = HboneClient::new(
+        rig.hbone,
+        Arc::new(CertStore::fixed(sleep.certs().unwrap())),
+        rig.waypoint_id.clone(),
+    );
+    (client, sleep.certs().unwrap())
+}
+
+/// An HTTP/1.1 exchange on a tunnel: status, headers, the whole body, and the client
+/// connection, still open (an app keeps its keep-alive connection).
+type Exchange = (
+    u16,
+    http::HeaderMap,
+    Vec<u8>,
+    hyper::client::conn::http1::SendRequest<filters::body::Body>,
+);
+
+/// `GET path` on a new HTTP/1.1 tunnel of `conn`, opened with ztunnel's CONNECT headers;
+/// at most 10 s.
+async fn exchange(conn: &testkit::client::HboneConnection, path: &str) -> Result<Exchange, String> {
+    tokio::time::timeout(Duration::from_secs(10), exchange_unbounded(conn, path))
+        .await
+        .map_err(|_| format!("{path}: no answer within 10 s"))?
+}
+
+async fn exchange_unbounded(
+    conn: &testkit::client::HboneConnection,
+    path: &str,
+) -> Result<Exchange, String> {
+    let mut source =
+        SourceWorkload::deployment("127.0.0.1:40000".parse().unwrap(), "default", "sleep");
+    source.canonical_revision = "v7".into();
+    source.cluster_id = "cluster-east".into();
+    let tunnel = conn
+        .tunnel_from(httpbin(), &source)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut http = http1_over(tunnel).await.map_err(|e| e.to_string())?;
+    let req = http::Request::get(path)
+        .header("host", "httpbin.default.svc.cluster.local")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((status, headers, body.to_bytes().to_vec(), http))
+}
+
+/// As [`exchange`], closing the connection: status and body.
+async fn get(
+    conn: &testkit::client::HboneConnection,
+    path: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    exchange(conn, path).await.map(|(s, _, b, _)| (s, b))
 }
 
 /// A TLS client that records the certificate the server presented.
@@ -130,133 +166,155 @@ fn peer_cert_of(
 }
 
 #[tokio::test]
-async fn starts_from_envoys_command_line_and_the_golden_bootstrap() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = DevCa::new("test").unwrap();
-    // The golden bootstrap's node is `sidecar~1.2.3.4~foo~bar`: the waypoint runs as foo.bar.
-    let waypoint_id = Identity::new("cluster.local", "bar", "waypoint");
-    let first = ca.issue(&waypoint_id).unwrap();
-    let sds = SdsServer::new(
-        first.chain_pem.as_bytes(),
-        first.key_pem.as_bytes(),
-        first.root_pem.as_bytes(),
+async fn sends_the_bootstrap_node_answers_pilot_agent_and_serves_the_static_listeners() {
+    let rig = Rig::start().await;
+    // (b) pilot-agent's two readiness checks, parsed as pilot-agent parses them.
+    let (updates, state) = rig.wait_ready().await;
+    assert!(
+        updates.cds_success >= 1 && updates.lds_success >= 1,
+        "{updates:?}"
     );
-    let _sds_task = sds.serve_unix(&dir.path().join("sds.sock")).unwrap();
-
-    let pod = fake_pod(&ca, &waypoint_id, "httpbin-1").await;
-    let (ls, cs, es) = resources(pod.ip);
-    let ads = AdsServer::default();
-    ads.set(LISTENER, ls);
-    ads.set(CLUSTER, cs);
-    ads.set(ENDPOINT, es);
-    let _ads_task = ads.serve_unix(&dir.path().join("XDS")).unwrap();
-
-    let [admin, prom, ready, hbone] = free_ports::<4>();
-    let config = bootstrap(dir.path(), admin, prom, ready);
-    let log = std::env::var("WAYPOINT_TEST_LOG").unwrap_or_else(|_| "warning".into());
-    let _child = Child(
-        Command::new(env!("CARGO_BIN_EXE_waypoint"))
-            .args(["-c", &config.display().to_string()])
-            .args(["--drain-time-s", "5", "--parent-shutdown-time-s", "10"])
-            .args([
-                "--local-address-ip-version",
-                "v4",
-                "--file-flush-interval-msec",
-                "1000",
-            ])
-            .args(["--disable-hot-restart", "--allow-unknown-static-fields"])
-            .args([
-                "-l",
-                &log,
-                "--component-log-level",
-                "misc:error",
-                "--concurrency",
-                "1",
-            ])
-            .env("WAYPOINT_HBONE_ADDR", format!("127.0.0.1:{hbone}"))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
-    // pilot-agent's readiness: Envoy's server state and workers, and LDS/CDS applied.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = http_get(admin, "/stats?usedonly&filter=%5E%28server%5C.state%7Clistener_manager%5C.workers_started%7Ccluster_manager%5C.cds%5C.update_success%7Clistener_manager%5C.lds%5C.update_success%29").await;
-        if let Ok((200, body)) = &r {
-            if body.contains("server.state: 0\n")
-                && body.contains("listener_manager.workers_started: 1\n")
-                && !body.contains("update_success: 0")
-                && body.contains("cds.update_success")
-            {
-                assert!(!body.contains("config.version"), "filtered: {body}");
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "not ready: {r:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(
-        http_get(admin, "/ready").await.unwrap(),
-        (200, "LIVE\n".to_string())
+        (updates.cds_rejected, updates.lds_rejected),
+        (0, 0),
+        "{updates:?}"
     );
-    let (code, _) = http_get(SocketAddr::from(([127, 0, 0, 1], ready)), "/healthz/ready")
+    assert_eq!((state.state, state.workers_started), (0, true));
+    // With usedonly, counters never incremented are left out, as Envoy does.
+    let (_, body) = http_get(rig.admin, envoy_mode::UPDATES_QUERY)
         .await
         .unwrap();
-    assert_eq!(code, 200);
-    let (code, metrics) = http_get(
-        SocketAddr::from(([127, 0, 0, 1], prom)),
-        "/stats/prometheus",
-    )
-    .await
-    .unwrap();
+    assert!(!body.contains("update_rejected"), "{body}");
+    assert!(
+        body.lines().all(
+            |l| l.starts_with("cluster_manager.cds.") || l.starts_with("listener_manager.lds.")
+        ),
+        "{body}"
+    );
+
+    // (a) The node is the bootstrap's, with the override merged, field for field.
+    let mut node_json = rig.bootstrap["node"].clone();
+    node_json["metadata"]["WAYPOINT_TEST_OVERRIDE"] =
+        rig.config_yaml["node"]["metadata"]["WAYPOINT_TEST_OVERRIDE"].clone();
+    let expected = node_of(&node_json);
+    assert_eq!(expected.metadata.as_ref().unwrap().fields.len(), 11);
+    let sent = rig.ads.node_messages();
+    assert!(!sent.is_empty());
+    for n in &sent {
+        assert_eq!(n, &expected, "ADS node");
+    }
+    let sds = rig.sds.nodes();
+    assert!(!sds.is_empty());
+    for n in &sds {
+        assert_eq!(n, &expected, "SDS node");
+    }
+
+    // /server_info prints the same node.
+    let (_, info) = http_get(rig.admin, "/server_info").await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["node"]["id"], "sidecar~1.2.3.4~foo~bar");
+    assert_eq!(info["node"]["metadata"]["ISTIO_VERSION"], "binary-1.0");
+
+    // (c) 15021 answers what pilot-agent's status server answers, through the agent cluster.
+    let (code, body) = http_get(rig.ready, "/healthz/ready").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "agent 200 /healthz/ready"));
+    rig.agent.status.store(503, Ordering::Relaxed);
+    let (code, body) = http_get(rig.ready, "/healthz/ready").await.unwrap();
+    assert_eq!((code, body.as_str()), (503, "agent 503 /healthz/ready"));
+    assert_eq!(
+        http_get(rig.ready, "/stats/prometheus").await.unwrap().0,
+        404,
+        "no route"
+    );
+    // The --config-yaml listener: an exact path to the same cluster.
+    rig.agent.status.store(200, Ordering::Relaxed);
+    let (code, body) = http_get(rig.extra, "/healthz/ready").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "agent 200 /healthz/ready"));
+    assert_eq!(
+        http_get(rig.extra, "/healthz/ready/x").await.unwrap().0,
+        404
+    );
+    let hits = rig.agent.hits.load(Ordering::Relaxed);
+    assert_eq!(
+        hits, 3,
+        "every routed request reached the agent, the others did not"
+    );
+    // 15090 serves admin's /stats/prometheus through prometheus_stats.
+    let (code, metrics) = http_get(rig.prom, "/stats/prometheus").await.unwrap();
     assert_eq!(code, 200);
     assert!(metrics.contains("waypoint_config_version"), "{metrics}");
-    assert!(
-        ads.nodes().iter().any(|n| n == "sidecar~1.2.3.4~foo~bar"),
-        "{:?}",
-        ads.nodes()
-    );
 
-    // Serves over HBONE with the certificate from SDS.
-    let hbone = SocketAddr::from(([127, 0, 0, 1], hbone));
-    let sleep = ca
-        .issue(&Identity::new("cluster.local", "default", "sleep"))
+    // (e) downstream_cx_active counts open HBONE connections, under Envoy's stat name.
+    let (client, _) = sleep_client(&rig);
+    assert_eq!(active_connections(&rig).await.unwrap(), 0);
+    let one = client.connect().await.unwrap();
+    let two = client.connect().await.unwrap();
+    assert_eq!(get(&one, "/get").await.unwrap().0, 200);
+    assert_eq!(get(&two, "/get").await.unwrap().0, 200);
+    eventually(Duration::from_secs(5), "2 active", || async {
+        (active_connections(&rig).await.ok() == Some(2)).then_some(())
+    })
+    .await;
+    // The telemetry read the source from ztunnel's baggage on the CONNECT.
+    let (_, metrics) = http_get(rig.prom, "/stats/prometheus").await.unwrap();
+    let requests = metrics
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    for label in [
+        "source_workload=\"sleep\"",
+        "source_canonical_revision=\"v7\"",
+        "source_cluster=\"cluster-east\"",
+    ] {
+        assert!(requests.contains(label), "{label}: {requests}");
+    }
+    let (_, lines) = http_get(rig.admin, "/stats?usedonly&filter=downstream_cx_active$")
+        .await
         .unwrap();
-    let client_certs = sleep.certs().unwrap();
-    let client = HboneClient::new(
-        hbone,
-        Arc::new(CertStore::fixed(sleep.certs().unwrap())),
-        waypoint_id.clone(),
+    let name = format!(
+        "listener.127.0.0.1_{}.downstream_cx_active: 2\n",
+        rig.hbone.port()
     );
+    assert_eq!(lines, name);
+    drop(one);
+    drop(two);
+    eventually(Duration::from_secs(5), "0 active", || async {
+        (active_connections(&rig).await.ok() == Some(0)).then_some(())
+    })
+    .await;
+
+    // The agent unreachable: 503, as Envoy answers a connection failure.
+    drop(rig.agent);
+    eventually(Duration::from_secs(5), "503 without the agent", || async {
+        let (code, body) = http_get(rig.ready, "/healthz/ready").await.ok()?;
+        (code == 503 && body.starts_with("upstream connect error")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rotates_certificates_over_sds_and_changes_log_levels() {
+    let rig = Rig::start().await;
+    rig.wait_ready().await;
+    assert_eq!(
+        http_get(rig.admin, "/ready").await.unwrap(),
+        (200, "LIVE\n".to_string())
+    );
+    let (client, client_certs) = sleep_client(&rig);
     let old = client.connect().await.unwrap();
-    let get = |conn: testkit::client::HboneConnection| async move {
-        let mut http = conn
-            .http1(SocketAddr::new(VIP.parse().unwrap(), 8000))
-            .await
-            .unwrap();
-        let req = http::Request::get("/get")
-            .header("host", "httpbin.default.svc.cluster.local")
-            .body(filters::body::empty())
-            .unwrap();
-        let resp = http.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let _ = resp.into_body().collect().await;
-        status
-    };
-    assert_eq!(get(old.clone()).await, 200);
-    let before = peer_cert_of(hbone, &client_certs).await;
+    assert_eq!(get(&old, "/get").await.unwrap().0, 200);
+    let before = peer_cert_of(rig.hbone, &client_certs).await;
 
     // Rotation over SDS: new connections get the new certificate, the old one still works.
-    let second = ca.issue(&waypoint_id).unwrap();
-    sds.rotate(
+    let second = rig.ca.issue(&rig.waypoint_id).unwrap();
+    rig.sds.rotate(
         second.chain_pem.as_bytes(),
         second.key_pem.as_bytes(),
         second.root_pem.as_bytes(),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let now = peer_cert_of(hbone, &client_certs).await;
+        let now = peer_cert_of(rig.hbone, &client_certs).await;
         if now != before {
             break;
         }
@@ -266,16 +324,22 @@ async fn starts_from_envoys_command_line_and_the_golden_bootstrap() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(sds.nacks().is_empty(), "{:?}", sds.nacks());
+    assert!(rig.sds.nacks().is_empty(), "{:?}", rig.sds.nacks());
     assert_eq!(
-        get(old).await,
+        get(&old, "/get").await.unwrap().0,
         200,
         "a connection from before the rotation keeps working"
     );
-    assert_eq!(get(client.connect().await.unwrap()).await, 200);
+    assert_eq!(
+        get(&client.connect().await.unwrap(), "/get")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
 
     // /logging: read and change the level at run time.
-    let (code, body) = http_call(admin, "POST", "/logging?level=debug")
+    let (code, body) = http_call(rig.admin, "POST", "/logging?level=debug")
         .await
         .unwrap();
     assert_eq!(
@@ -283,50 +347,114 @@ async fn starts_from_envoys_command_line_and_the_golden_bootstrap() {
         (200, "active loggers:\n  waypoint: debug\n")
     );
     assert_eq!(
-        http_call(admin, "POST", "/logging?level=loud")
+        http_call(rig.admin, "POST", "/logging?level=loud")
             .await
             .unwrap()
             .0,
         400
     );
-    let _ = http_call(admin, "POST", "/logging?level=warning").await;
+    let _ = http_call(rig.admin, "POST", "/logging?level=warning").await;
+}
 
-    // pilot-agent's shutdown starts with /drain_listeners: readiness fails, server.state is
-    // DRAINING, HBONE connections get GOAWAY; the process keeps running.
-    let conn = client.connect().await.unwrap();
-    assert_eq!(
-        http_call(admin, "POST", "/drain_listeners?inboundonly&graceful")
-            .await
-            .unwrap()
-            .0,
-        200
-    );
-    let (code, _) = http_get(SocketAddr::from(([127, 0, 0, 1], ready)), "/healthz/ready")
-        .await
-        .unwrap();
-    assert_eq!(code, 503);
-    let (_, stats) = http_get(admin, "/stats?filter=%5Eserver%5C.state")
-        .await
-        .unwrap();
-    assert_eq!(stats, "server.state: 1\n");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let refused = conn
-            .tunnel(SocketAddr::new(VIP.parse().unwrap(), 8000), &[])
-            .await
-            .is_err();
-        if refused {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no GOAWAY after /drain_listeners"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// pilot-agent's shutdown: `POST /drain_listeners?graceful`, then SIGKILL 5 s later.
+#[tokio::test]
+async fn drain_listeners_alone_finishes_in_flight_requests_before_sigkill() {
+    let mut rig = Rig::start().await;
+    rig.wait_ready().await;
+    let (client, _) = sleep_client(&rig);
+    // Slow responses in flight on two HBONE connections, four tunnels each: JSON echoes
+    // delayed 2 s, and 200,000 bytes delayed 1.5 s.
+    let conns = [
+        client.connect().await.unwrap(),
+        client.connect().await.unwrap(),
+    ];
+    let mut inflight = Vec::new();
+    for i in 0..8 {
+        let conn = conns[i % 2].clone();
+        let path = if i % 2 == 0 {
+            format!("/get?delay=2s&i={i}")
+        } else {
+            "/bytes?n=200000&delay=1500ms".to_string()
+        };
+        inflight.push(tokio::spawn(async move {
+            (path.clone(), exchange(&conn, &path).await)
+        }));
     }
+    eventually(Duration::from_secs(5), "8 requests in flight", || async {
+        let (_, b) = http_get(rig.admin, "/stats?filter=requests_in_flight")
+            .await
+            .ok()?;
+        (b == "downstream.requests_in_flight: 8\n").then_some(())
+    })
+    .await;
+    assert_eq!(active_connections(&rig).await.unwrap(), 2);
+
+    let drained_at = Instant::now();
+    let (code, _) = http_call(rig.admin, "POST", "/drain_listeners?graceful")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    // Readiness fails at once; Envoy's server.state is DRAINING.
     assert_eq!(
-        http_get(admin, "/ready").await.unwrap(),
-        (503, "DRAINING\n".to_string()),
-        "still running, draining"
+        http_get(rig.admin, "/ready").await.unwrap(),
+        (503, "DRAINING\n".to_string())
     );
+    let s = envoy_mode::server_state(rig.admin).await.unwrap();
+    assert_eq!(s.state, 1);
+    // New tunnels on a connection that got GOAWAY are refused.
+    eventually(
+        Duration::from_secs(2),
+        "GOAWAY on the open connections",
+        || async { conns[0].tunnel(httpbin(), &[]).await.is_err().then_some(()) },
+    )
+    .await;
+    // A new connection is told to go away too: refused, or served until it closes.
+    if let Ok(late) = client.connect().await {
+        if let Ok((code, _)) = get(&late, "/get").await {
+            assert_eq!(code, 200);
+        }
+    }
+
+    // Every in-flight request gets its whole response, within pilot-agent's 5 s, and the
+    // waypoint closes the keep-alive connection inside the tunnel after it.
+    let mut kept_open = Vec::new();
+    for task in inflight {
+        let left = Duration::from_secs(5).saturating_sub(drained_at.elapsed());
+        let (path, r) = tokio::time::timeout(left, task)
+            .await
+            .expect("response within 5 s of the drain")
+            .unwrap();
+        let (code, headers, body, client) = r.unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(code, 200, "{path}");
+        assert_eq!(
+            headers.get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "{path}"
+        );
+        if path.starts_with("/bytes") {
+            assert_eq!(body.len(), 200_000, "{path}: the whole body");
+        } else {
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["path"], path.as_str(), "{path}");
+        }
+        kept_open.push(client);
+    }
+    assert_eq!(kept_open.len(), 8);
+    // The HBONE connections close once their tunnels end (pilot-agent's
+    // EXIT_ON_ZERO_ACTIVE_CONNECTIONS would now stop waiting).
+    let left = Duration::from_secs(5).saturating_sub(drained_at.elapsed());
+    eventually(left, "no active connection after the drain", || async {
+        (active_connections(&rig).await.ok() == Some(0)).then_some(())
+    })
+    .await;
+    assert!(
+        kept_open.iter().all(|c| c.is_closed()),
+        "tunnels closed by the waypoint"
+    );
+    // Still running (Envoy does not exit on a drain) until pilot-agent's SIGKILL.
+    assert!(rig.child.0.try_wait().unwrap().is_none());
+    rig.child.0.kill().unwrap();
+    let status = rig.child.0.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
 }

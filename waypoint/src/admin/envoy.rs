@@ -7,8 +7,47 @@ use std::sync::atomic::Ordering;
 
 use crate::state::Proxy;
 
-/// Envoy-named stats lines (`name: value`).
-pub fn stats(proxy: &Proxy) -> Vec<String> {
+/// One stat: its name, its value, and whether it was ever set (what Envoy's `usedonly`
+/// keeps: a counter once incremented, a gauge once set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stat {
+    /// The name (`server.state`).
+    pub name: String,
+    /// The value.
+    pub value: u64,
+    /// Whether it was ever set.
+    pub used: bool,
+}
+
+impl Stat {
+    /// A gauge that is always set.
+    pub fn gauge(name: impl Into<String>, value: u64) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            used: true,
+        }
+    }
+
+    /// A counter: used once incremented.
+    pub fn counter(name: impl Into<String>, value: u64) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            used: value > 0,
+        }
+    }
+}
+
+/// Envoy's stat name of a listener bound to `addr` (`0.0.0.0_15008`, `[__]_15008`).
+pub fn listener_stat_name(addr: std::net::SocketAddr) -> String {
+    addr.to_string().replace(':', "_")
+}
+
+/// Envoy-named stats: the ones pilot-agent's readiness probe asks for (`server.state`,
+/// `listener_manager.workers_started`, the LDS/CDS update counters) and the HBONE
+/// listener's `downstream_cx_active` (pilot-agent's `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`).
+pub fn stats(proxy: &Proxy) -> Vec<Stat> {
     // Envoy's server.state: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING.
     let state = if proxy.draining() {
         1
@@ -17,49 +56,51 @@ pub fn stats(proxy: &Proxy) -> Vec<String> {
     } else {
         2
     };
+    let ready = u64::from(proxy.ready());
+    let accepted = proxy.stats.hbone_accepted.load(Ordering::Relaxed);
+    let active = proxy.stats.hbone_connections.load(Ordering::Relaxed) as u64;
+    let listener = listener_stat_name(proxy.options.hbone_addr);
     let mut out = vec![
-        format!("server.state: {state}"),
-        format!("server.live: {}", u8::from(proxy.ready())),
-        format!(
-            "listener_manager.workers_started: {}",
-            u8::from(proxy.ready())
-        ),
-        format!(
-            "server.total_connections: {}",
-            proxy.stats.hbone_connections.load(Ordering::Relaxed)
-        ),
+        Stat::gauge("server.state", state),
+        Stat::gauge("server.live", ready),
+        // Envoy sets it when the workers start, once the initial configuration is in.
+        Stat {
+            name: "listener_manager.workers_started".into(),
+            value: ready,
+            used: ready == 1,
+        },
+        Stat::gauge("server.total_connections", active),
+        Stat {
+            name: format!("listener.{listener}.downstream_cx_active"),
+            value: active,
+            used: accepted > 0,
+        },
+        Stat::counter(format!("listener.{listener}.downstream_cx_total"), accepted),
     ];
     if let Some(x) = proxy.xds.get() {
         let v = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         out.extend([
-            format!("listener_manager.lds.update_success: {}", v(&x.lds_updates)),
-            format!(
-                "listener_manager.lds.update_rejected: {}",
-                v(&x.lds_rejected)
-            ),
-            format!("cluster_manager.cds.update_success: {}", v(&x.cds_updates)),
-            format!(
-                "cluster_manager.cds.update_rejected: {}",
-                v(&x.cds_rejected)
-            ),
-            format!("cluster_manager.eds.update_success: {}", v(&x.eds_updates)),
-            format!(
-                "cluster_manager.eds.update_rejected: {}",
-                v(&x.eds_rejected)
-            ),
-            format!(
-                "control_plane.connected_state: {}",
-                u8::from(x.connected.load(Ordering::Relaxed))
+            Stat::counter("listener_manager.lds.update_success", v(&x.lds_updates)),
+            Stat::counter("listener_manager.lds.update_rejected", v(&x.lds_rejected)),
+            Stat::counter("cluster_manager.cds.update_success", v(&x.cds_updates)),
+            Stat::counter("cluster_manager.cds.update_rejected", v(&x.cds_rejected)),
+            Stat::counter("cluster_manager.eds.update_success", v(&x.eds_updates)),
+            Stat::counter("cluster_manager.eds.update_rejected", v(&x.eds_rejected)),
+            Stat::gauge(
+                "control_plane.connected_state",
+                u64::from(x.connected.load(Ordering::Relaxed)),
             ),
         ]);
     }
-    out.into_iter().map(|l| l + "\n").collect()
+    out
 }
 
-/// Applies Envoy's `/stats` query: `filter=<regex>` keeps matching names; `usedonly` is
-/// accepted (every stat listed is in use).
-pub fn filter_stats(all: &str, query: &str) -> Result<String, String> {
+/// Applies Envoy's `/stats` query to `all`: `filter=<regex>` keeps the names the RE2-style
+/// regex finds a match in (a search, not anchored), `usedonly` keeps stats ever set; the
+/// lines are `name: value`, sorted by name.
+pub fn filter_stats(all: &[Stat], query: &str) -> Result<String, String> {
     let mut filter = None;
+    let mut used_only = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
@@ -69,18 +110,21 @@ pub fn filter_stats(all: &str, query: &str) -> Result<String, String> {
                     regex::Regex::new(&v).map_err(|e| format!("invalid filter regex: {e}\n"))?,
                 );
             }
-            "usedonly" | "format" | "type" => {}
+            "usedonly" => used_only = true,
+            "format" | "type" => {}
             other => return Err(format!("unsupported /stats parameter {other:?}\n")),
         }
     }
-    Ok(match filter {
-        None => all.to_string(),
-        Some(re) => all
-            .lines()
-            .filter(|l| l.split(':').next().is_some_and(|name| re.is_match(name)))
-            .map(|l| format!("{l}\n"))
-            .collect(),
-    })
+    let mut kept: Vec<&Stat> = all
+        .iter()
+        .filter(|s| !used_only || s.used)
+        .filter(|s| filter.as_ref().is_none_or(|re| re.is_match(&s.name)))
+        .collect();
+    kept.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(kept
+        .into_iter()
+        .map(|s| format!("{}: {}\n", s.name, s.value))
+        .collect())
 }
 
 fn percent_decode(s: &str) -> String {
@@ -117,24 +161,58 @@ pub fn server_info(proxy: &Proxy) -> String {
             "concurrency": 0,
             "drain_time": format!("{}s", proxy.options.drain_timeout.as_secs()),
         },
-        "node": {
-            "id": proxy.config.current().waypoint().gateway.to_string(),
-        },
+        // The bootstrap's node as Envoy prints it, else the Gateway's name.
+        "node": proxy
+            .node
+            .get()
+            .and_then(|n| xds::envoy::to_json("envoy.config.core.v3.Node", n).ok())
+            .unwrap_or_else(|| serde_json::json!({
+                "id": proxy.config.current().waypoint().gateway.to_string(),
+            })),
     })
     .to_string()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{filter_stats, Stat};
+
     #[test]
     fn filters_like_pilot_agent_asks() {
-        let all = "server.state: 0\nlistener_manager.workers_started: 1\ncluster_manager.cds.update_success: 3\nconfig.version: 7\n";
-        let q = "usedonly&filter=%5E%28server%5C.state%7Clistener_manager%5C.workers_started%29";
+        let all = [
+            Stat::gauge("server.state", 0),
+            Stat::gauge("listener_manager.workers_started", 1),
+            Stat::counter("cluster_manager.cds.update_success", 3),
+            Stat::counter("cluster_manager.cds.update_rejected", 0),
+            Stat::gauge("config.version", 7),
+            Stat::gauge("listener.0.0.0.0_15008.downstream_cx_active", 2),
+        ];
+        // pilot-agent sends the regex unencoded; percent-encoded works too.
+        for q in [
+            "usedonly&filter=^(server\\.state|listener_manager\\.workers_started)",
+            "usedonly&filter=%5E%28server%5C.state%7Clistener_manager%5C.workers_started%29",
+        ] {
+            assert_eq!(
+                filter_stats(&all, q).unwrap(),
+                "listener_manager.workers_started: 1\nserver.state: 0\n"
+            );
+        }
+        let updates = "filter=^(cluster_manager\\.cds|listener_manager\\.lds)\\.(update_success|update_rejected)$";
         assert_eq!(
-            super::filter_stats(all, q).unwrap(),
-            "server.state: 0\nlistener_manager.workers_started: 1\n"
+            filter_stats(&all, updates).unwrap(),
+            "cluster_manager.cds.update_rejected: 0\ncluster_manager.cds.update_success: 3\n"
         );
-        assert_eq!(super::filter_stats(all, "").unwrap(), all);
-        assert!(super::filter_stats(all, "filter=(").is_err());
+        assert_eq!(
+            filter_stats(&all, &format!("usedonly&{updates}")).unwrap(),
+            "cluster_manager.cds.update_success: 3\n",
+            "a counter never incremented is not used"
+        );
+        // A search, not a full match.
+        assert_eq!(
+            filter_stats(&all, "usedonly&filter=downstream_cx_active$").unwrap(),
+            "listener.0.0.0.0_15008.downstream_cx_active: 2\n"
+        );
+        assert_eq!(filter_stats(&all, "").unwrap().lines().count(), all.len());
+        assert!(filter_stats(&all, "filter=(").is_err());
     }
 }

@@ -1,12 +1,16 @@
 //! Readiness (`/healthz/ready` on 15021), the admin API (`/ready`, `/config_dump`,
-//! `/stats`, `/stats/prometheus`, `/quitquitquit` on 127.0.0.1:15000) and the metrics
-//! listener (`/stats/prometheus` on 15020), served by Pingora HTTP services.
+//! `/stats`, `/stats/prometheus`, `/drain_listeners`, `/quitquitquit` on 127.0.0.1:15000),
+//! the metrics listener (`/stats/prometheus` on 15020) and, under pilot-agent, the
+//! bootstrap's static listeners instead of the first and the last, served by Pingora HTTP
+//! services.
 
 mod envoy;
 pub mod logging;
 mod prometheus;
+mod static_listener;
 
 pub use prometheus::Metrics;
+pub use static_listener::StaticRoutes;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -71,25 +75,17 @@ impl Admin {
         Self { proxy, quit }
     }
 
-    fn stats(&self) -> String {
+    fn stats(&self) -> Vec<envoy::Stat> {
         let s = &self.proxy.stats;
         let u = &self.proxy.upstream;
         let snapshot = self.proxy.config.current();
-        [
+        let load = |c: &std::sync::atomic::AtomicUsize| c.load(Ordering::Relaxed) as u64;
+        let mut out: Vec<envoy::Stat> = [
             ("config.version", snapshot.version()),
             ("config.rejected", self.proxy.config.rejected()),
-            (
-                "downstream.hbone_connections",
-                s.hbone_connections.load(Ordering::Relaxed) as u64,
-            ),
-            (
-                "downstream.tunnels",
-                s.tunnels.load(Ordering::Relaxed) as u64,
-            ),
-            (
-                "downstream.requests_in_flight",
-                s.requests_in_flight.load(Ordering::Relaxed) as u64,
-            ),
+            ("downstream.hbone_connections", load(&s.hbone_connections)),
+            ("downstream.tunnels", load(&s.tunnels)),
+            ("downstream.requests_in_flight", load(&s.requests_in_flight)),
             (
                 "downstream.requests_total",
                 s.requests_total.load(Ordering::Relaxed),
@@ -100,28 +96,26 @@ impl Admin {
                 u.hbone.open_connections() as u64,
             ),
             ("upstream.http_connects", u.http.connects()),
+            (
+                "authz.allowed",
+                filters::authz::DECISIONS.allowed.load(Ordering::Relaxed),
+            ),
+            (
+                "authz.denied",
+                filters::authz::DECISIONS.denied.load(Ordering::Relaxed),
+            ),
         ]
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\n"))
-        .chain([
-            format!(
-                "authz.allowed: {}\n",
-                filters::authz::DECISIONS.allowed.load(Ordering::Relaxed)
-            ),
-            format!(
-                "authz.denied: {}\n",
-                filters::authz::DECISIONS.denied.load(Ordering::Relaxed)
-            ),
-        ])
-        .chain(envoy::stats(&self.proxy))
-        .chain(snapshot.authz().all().into_iter().map(|p| {
-            format!(
-                "authz.policy.{}.matched: {}\n",
-                p.name,
-                p.matched.load(Ordering::Relaxed)
+        .into_iter()
+        .map(|(k, v)| envoy::Stat::gauge(k, v))
+        .collect();
+        out.extend(envoy::stats(&self.proxy));
+        out.extend(snapshot.authz().all().into_iter().map(|p| {
+            envoy::Stat::gauge(
+                format!("authz.policy.{}.matched", p.name),
+                p.matched.load(Ordering::Relaxed),
             )
-        }))
-        .collect()
+        }));
+        out
     }
 }
 

@@ -1,7 +1,11 @@
 //! Envoy's command line, as pilot-agent starts the proxy: `envoy -c <bootstrap>
-//! --drain-time-s 45 --local-address-ip-version v4 -l warning --component-log-level
-//! misc:error --concurrency 2 ...`. The bootstrap gives the node, the admin address, the
-//! xDS and SDS sockets and the Prometheus and readiness ports; the waypoint then runs as
+//! --drain-time-s 45 --drain-strategy immediate --local-address-ip-version v4
+//! --file-flush-interval-msec 1000 --disable-hot-restart --allow-unknown-static-fields
+//! [--file-flush-min-size-kb N] [-l warning] [--component-log-level misc:error]
+//! [--config-yaml <override>] [--concurrency 2] ...`. The bootstrap (with the
+//! `--config-yaml` override merged over it) gives the node (sent to istiod and the SDS
+//! server unchanged), the admin address, the xDS and SDS sockets and the static listeners
+//! (readiness through the `agent` cluster, Prometheus); the waypoint then runs as
 //! `run --xds-address ... --sds-address ...` would. Flags it has no use for are accepted
 //! and ignored (logged), as pilot-agent passes several.
 
@@ -9,6 +13,17 @@ use anyhow::Context;
 use clap::Parser;
 
 use super::run::RunArgs;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use xds::ads::static_listeners::StaticListener;
+
+/// What the bootstrap decides beyond `run`'s flags.
+#[derive(Debug, Clone)]
+pub struct FromBootstrap {
+    /// The bootstrap's node, sent to the xDS and SDS servers as it is.
+    pub node: Node,
+    /// The static HTTP listeners, served instead of `--ready-addr` and `--metrics-addr`.
+    pub listeners: Vec<StaticListener>,
+}
 
 /// `run`'s arguments, parsed on their own.
 #[derive(Debug, Parser)]
@@ -35,6 +50,10 @@ const WITH_VALUE: &[&str] = &[
     "--service-zone",
     "--drain-strategy",
     "--file-flush-interval-msec",
+    "--file-flush-min-size-kb",
+    "--stats-tag",
+    "--disable-extensions",
+    "--base-id-path",
     "--restart-epoch",
     "--base-id",
     "--log-format",
@@ -50,6 +69,8 @@ const WITH_VALUE: &[&str] = &[
 pub struct EnvoyFlags {
     /// `-c`.
     pub config_path: Option<String>,
+    /// `--config-yaml`: a bootstrap override merged over the `-c` file.
+    pub config_yaml: Option<String>,
     /// `--drain-time-s`.
     pub drain_time_s: Option<u64>,
     /// `--parent-shutdown-time-s`.
@@ -108,6 +129,7 @@ pub fn parse_flags(argv: &[String]) -> anyhow::Result<EnvoyFlags> {
         };
         match name.as_str() {
             "-c" | "--config-path" => f.config_path = value,
+            "--config-yaml" => f.config_yaml = value,
             "--drain-time-s" => f.drain_time_s = Some(num(&value)?),
             "--parent-shutdown-time-s" => f.parent_shutdown_time_s = Some(num(&value)?),
             "--local-address-ip-version" => f.ip_version = value,
@@ -144,7 +166,7 @@ pub fn run(argv: Vec<String>) -> anyhow::Result<()> {
         .context("-c <bootstrap> is required")?;
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading bootstrap {path}"))?;
-    let b = xds::ads::bootstrap::parse(&text)?;
+    let b = xds::ads::bootstrap::parse_with_override(&text, flags.config_yaml.as_deref())?;
     let xds_address = b
         .xds
         .clone()
@@ -175,18 +197,6 @@ pub fn run(argv: Vec<String>) -> anyhow::Result<()> {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "127.0.0.1:15000".into()),
     );
-    push(
-        "--ready-addr",
-        b.readiness
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| format!("{any}:15021")),
-    );
-    push(
-        "--metrics-addr",
-        b.prometheus
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| format!("{any}:15090")),
-    );
     // The HBONE listener is connect_terminate's (always 15008 in Istio); an override for
     // running beside a real ztunnel or in tests.
     push(
@@ -205,8 +215,20 @@ pub fn run(argv: Vec<String>) -> anyhow::Result<()> {
     if let Some(d) = flags.drain_time_s {
         push("--drain-timeout", d.max(1).to_string());
     }
-    tracing::info!(bootstrap = %path, %gateway, node = %b.node.id, "starting from Envoy's command line");
-    let parsed = RunOnly::try_parse_from(&args).context("translating Envoy's flags")?;
+    tracing::info!(
+        bootstrap = %path,
+        %gateway,
+        node = %b.node.id,
+        node_cluster = %b.node.cluster,
+        override = flags.config_yaml.is_some(),
+        listeners = ?b.listeners.iter().map(|l| l.address).collect::<Vec<_>>(),
+        "starting from Envoy's command line"
+    );
+    let mut parsed = RunOnly::try_parse_from(&args).context("translating Envoy's flags")?;
+    parsed.run.bootstrap = Some(FromBootstrap {
+        node: b.node,
+        listeners: b.listeners,
+    });
     super::run::run(parsed.run)
 }
 
@@ -220,7 +242,7 @@ mod tests {
 
     #[test]
     fn reads_pilot_agents_flags_and_tolerates_the_rest() {
-        let a = argv("/usr/local/bin/envoy -c etc/istio/proxy/envoy-rev.json --drain-time-s 45 --drain-strategy immediate --local-address-ip-version v4 --file-flush-interval-msec 1000 --disable-hot-restart --allow-unknown-static-fields -l warning --component-log-level misc:error --concurrency 2 --parent-shutdown-time-s=60");
+        let a = argv("/usr/local/bin/envoy -c etc/istio/proxy/envoy-rev.json --drain-time-s 45 --drain-strategy immediate --local-address-ip-version v4 --file-flush-interval-msec 1000 --file-flush-min-size-kb 64 --disable-hot-restart --allow-unknown-static-fields -l warning --component-log-level misc:error --skip-deprecated-logs --enable-core-dump --config-yaml {} --concurrency 2 --parent-shutdown-time-s=60");
         assert!(is_envoy_invocation(&a));
         let f = parse_flags(&a).unwrap();
         assert_eq!(
@@ -233,6 +255,10 @@ mod tests {
         assert_eq!(f.log_level.as_deref(), Some("warning"));
         assert_eq!(f.component_log_level.as_deref(), Some("misc:error"));
         assert!(f.ignored.contains(&"--disable-hot-restart".to_string()));
+        assert!(f
+            .ignored
+            .contains(&"--file-flush-min-size-kb=64".to_string()));
+        assert_eq!(f.config_yaml.as_deref(), Some("{}"));
         assert!(f
             .ignored
             .contains(&"--drain-strategy=immediate".to_string()));

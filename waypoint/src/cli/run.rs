@@ -96,6 +96,25 @@ pub struct RunArgs {
     /// How often the configuration and certificate files are checked, in milliseconds.
     #[arg(long, default_value_t = 500)]
     watch_interval_ms: u64,
+    /// Started from Envoy's command line: the bootstrap's node and static listeners.
+    #[arg(skip)]
+    pub(super) bootstrap: Option<super::envoy::FromBootstrap>,
+}
+
+impl RunArgs {
+    /// The node sent to the xDS and SDS servers: the bootstrap's, unchanged, else ours.
+    fn node(&self, gateway: &NamespacedName) -> xds::ads::Node {
+        if let Some(b) = &self.bootstrap {
+            return b.node.clone();
+        }
+        let id = self.node_id.clone().unwrap_or_else(|| {
+            format!(
+                "waypoint~0.0.0.0~{}.{}~{}.svc.cluster.local",
+                gateway.name, gateway.namespace, gateway.namespace
+            )
+        });
+        xds::ads::node(&id, &self.cluster_id, gateway)
+    }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -127,12 +146,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             detect_timeout: Duration::from_millis(args.detect_timeout_ms),
             header_timeout: args.request_header_timeout,
             drain_timeout: Duration::from_secs(args.drain_timeout),
+            hbone_addr: args.hbone_addr,
             cluster_id: args.cluster_id.clone(),
             metrics_series_limit: args.metrics_series_limit,
         },
     );
     if let Some(s) = xds_stats {
         let _ = proxy.xds.set(s);
+    }
+    if let Some(b) = &args.bootstrap {
+        let _ = proxy.node.set(b.node.clone());
     }
     let interval = Duration::from_millis(args.watch_interval_ms);
     let tasks: Vec<Task> = vec![
@@ -219,18 +242,9 @@ fn xds_source(
     let store = Arc::new(SnapshotStore::new(Snapshot::empty(
         options.waypoint(gateway.clone()),
     )));
-    let node_id = args.node_id.clone().unwrap_or_else(|| {
-        format!(
-            "waypoint~0.0.0.0~{}.{}~{}.svc.cluster.local",
-            gateway.name, gateway.namespace, gateway.namespace
-        )
-    });
-    tracing::info!(identity = %ours, %gateway, server = %address, node = %node_id, "configuration from xDS");
-    let client = xds::ads::AdsClient::new(
-        address.clone(),
-        xds::ads::node(&node_id, &args.cluster_id, &gateway),
-        &options,
-    )?;
+    let node = args.node(&gateway);
+    tracing::info!(identity = %ours, %gateway, server = %address, node = %node.id, from_bootstrap = args.bootstrap.is_some(), "configuration from xDS");
+    let client = xds::ads::AdsClient::new(address.clone(), node, &options)?;
     let stats = client.stats.clone();
     let publisher: Arc<dyn Publisher> = store.clone();
     let task: Task = Box::pin(client.run(publisher));
@@ -244,13 +258,20 @@ fn start_server(args: &RunArgs, proxy: Arc<Proxy>, tasks: Vec<Task>) {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    // From a bootstrap, its static listeners serve readiness and Prometheus as Envoy would
+    // (15020 is pilot-agent's own port); else the waypoint's own listeners do.
+    let (ready_addr, metrics_addr, static_listeners) = match &args.bootstrap {
+        Some(b) => (None, None, b.listeners.clone()),
+        None => (Some(args.ready_addr), Some(args.metrics_addr), Vec::new()),
+    };
     server::run(
         proxy,
         ServerOptions {
             hbone_addr: args.hbone_addr,
-            ready_addr: args.ready_addr,
+            ready_addr,
             admin_addr: args.admin_addr,
-            metrics_addr: args.metrics_addr,
+            metrics_addr,
+            static_listeners,
             threads,
         },
         tasks,
@@ -266,13 +287,9 @@ fn certificates(args: &RunArgs) -> anyhow::Result<(Arc<CertStore>, Option<Task>)
             .clone()
             .unwrap_or_else(|| "default/waypoint".into());
         let (ns, name) = gateway.split_once('/').unwrap_or(("default", "waypoint"));
-        let node_id = args
-            .node_id
-            .clone()
-            .unwrap_or_else(|| format!("waypoint~0.0.0.0~{name}.{ns}~{ns}.svc.cluster.local"));
         let client = xds::ads::sds::SdsClient {
             address: address.clone(),
-            node: xds::ads::node(&node_id, &args.cluster_id, &NamespacedName::new(ns, name)),
+            node: args.node(&NamespacedName::new(ns, name)),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

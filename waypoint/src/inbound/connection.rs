@@ -92,6 +92,10 @@ impl HboneInbound {
         mut shutdown: ShutdownWatch,
     ) {
         let _conn = Gauge::inc(&self.proxy.stats.hbone_connections);
+        self.proxy
+            .stats
+            .hbone_accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut conn = match settings::server_builder()
             .handshake::<_, Bytes>(stream)
             .await

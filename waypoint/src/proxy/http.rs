@@ -62,8 +62,9 @@ struct TunnelApp {
 }
 
 /// Serves HTTP/1.1 (`h2c == false`) or HTTP/2 prior knowledge on one tunnel until the
-/// client closes it; when shutdown starts, idle connections close and in-flight requests
-/// finish (HTTP/1.1 without keep-alive, HTTP/2 with GOAWAY).
+/// client closes it; when shutdown starts or the listeners are drained
+/// (`/drain_listeners`), idle connections close and in-flight requests finish (HTTP/1.1
+/// without keep-alive, HTTP/2 with GOAWAY), so the tunnel and then its HBONE connection end.
 pub async fn serve(
     proxy: Arc<Proxy>,
     info: Arc<TunnelInfo>,
@@ -72,6 +73,7 @@ pub async fn serve(
     shutdown: ShutdownWatch,
 ) {
     let header_timeout = proxy.options.header_timeout;
+    let drain = proxy.drain.subscribe();
     let app = Arc::new(TunnelApp {
         chain: chain(&proxy),
         proxy,
@@ -91,7 +93,7 @@ pub async fn serve(
             .max_concurrent_streams(1000)
             .serve_connection(io, service);
         tokio::pin!(conn);
-        until_shutdown!(conn, shutdown)
+        until_shutdown!(conn, shutdown, drain)
     } else {
         // A client that sends its headers too slowly is cut off (slowloris).
         let conn = http1::Builder::new()
@@ -100,21 +102,32 @@ pub async fn serve(
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
-        until_shutdown!(conn, shutdown)
+        until_shutdown!(conn, shutdown, drain)
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection in tunnel ended with an error");
     }
 }
 
-/// Drives a pinned hyper server connection; shutdown makes it graceful.
+/// Drives a pinned hyper server connection; shutdown or a listener drain makes it graceful.
 macro_rules! until_shutdown {
-    ($conn:ident, $shutdown:ident) => {{
-        // `wait_for` is ready at once when shutdown has already started.
+    ($conn:ident, $shutdown:ident, $drain:ident) => {{
+        // `wait_for` is ready at once when shutdown or the drain has already started.
         let mut shutdown = $shutdown;
+        let mut drain = $drain;
+        let drained = async move {
+            if drain.wait_for(|d| *d).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             r = &mut $conn => r,
-            () = async { drop(shutdown.wait_for(|s| *s).await) } => {
+            () = async {
+                tokio::select! {
+                    r = shutdown.wait_for(|s| *s) => drop(r),
+                    () = drained => {}
+                }
+            } => {
                 $conn.as_mut().graceful_shutdown();
                 $conn.await
             }

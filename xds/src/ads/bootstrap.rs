@@ -1,22 +1,24 @@
-//! The Envoy bootstrap pilot-agent writes (`-c etc/istio/proxy/envoy-rev.json`): the node
-//! (id, cluster, metadata), the admin address, the `xds-grpc` and `sds-grpc` clusters (Unix
-//! sockets to pilot-agent) and the static listeners for Prometheus (15090) and readiness
-//! (15021). Only these parts are read; the rest configures Envoy features the waypoint
-//! implements natively or does not need.
+//! The Envoy bootstrap pilot-agent writes (`-c etc/istio/proxy/envoy-rev.json`), with the
+//! `--config-yaml` override merged over it as Envoy merges it (protobuf merge semantics,
+//! [`crate::envoy::merge`]): the node (sent to istiod and the SDS server as it is), the
+//! admin address, the `xds-grpc` and `sds-grpc` clusters (Unix sockets to pilot-agent) and
+//! the static HTTP listeners ([`super::static_listeners`]: readiness on 15021 through the
+//! `agent` cluster, Prometheus on 15090). Only these parts are read; the rest configures
+//! Envoy features the waypoint implements natively or does not need.
 
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use filters::model::NamespacedName;
 use serde_json::Value as Json;
 
 use super::connect::XdsAddress;
+use super::static_listeners::{self, StaticListener};
 
 /// What the waypoint takes from a bootstrap.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
-    /// `node`.
+    /// `node`, decoded as Envoy decodes it: every field and metadata value as written.
     pub node: Node,
     /// `node.metadata` as JSON (for reading labels and names).
     pub metadata: serde_json::Map<String, Json>,
@@ -26,10 +28,8 @@ pub struct Bootstrap {
     pub xds: Option<XdsAddress>,
     /// The `sds-grpc` cluster's endpoint.
     pub sds: Option<XdsAddress>,
-    /// The static Prometheus listener (Istio's `0.0.0.0:15090`).
-    pub prometheus: Option<SocketAddr>,
-    /// The static readiness listener (Istio's `0.0.0.0:15021`).
-    pub readiness: Option<SocketAddr>,
+    /// The static HTTP listeners (Istio's `0.0.0.0_15090` and `0.0.0.0_15021`).
+    pub listeners: Vec<StaticListener>,
 }
 
 /// A bootstrap the waypoint cannot use.
@@ -42,31 +42,15 @@ pub struct InvalidBootstrap {
     pub reason: String,
 }
 
-fn bad(field: &str, reason: impl Into<String>) -> InvalidBootstrap {
+pub(super) fn bad(field: &str, reason: impl Into<String>) -> InvalidBootstrap {
     InvalidBootstrap {
         field: field.into(),
         reason: reason.into(),
     }
 }
 
-/// JSON into `google.protobuf.Value`.
-pub fn to_value(v: &Json) -> Value {
-    let kind = match v {
-        Json::Null => Kind::NullValue(0),
-        Json::Bool(b) => Kind::BoolValue(*b),
-        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Json::String(s) => Kind::StringValue(s.clone()),
-        Json::Array(a) => Kind::ListValue(ListValue {
-            values: a.iter().map(to_value).collect(),
-        }),
-        Json::Object(o) => Kind::StructValue(Struct {
-            fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
-        }),
-    };
-    Value { kind: Some(kind) }
-}
-
-fn socket(addr: &Json, field: &str) -> Result<Option<SocketAddr>, InvalidBootstrap> {
+/// `socket_address` of an Envoy `Address`, if that is what it is.
+pub(super) fn socket(addr: &Json, field: &str) -> Result<Option<SocketAddr>, InvalidBootstrap> {
     let Some(sa) = addr
         .get("socket_address")
         .or_else(|| addr.get("socketAddress"))
@@ -106,30 +90,42 @@ fn cluster_address(clusters: &[Json], name: &str) -> Result<Option<XdsAddress>, 
     }
 }
 
+/// JSON or YAML text as JSON.
+fn document(text: &str, field: &str) -> Result<Json, InvalidBootstrap> {
+    match serde_json::from_str(text) {
+        Ok(j) => Ok(j),
+        Err(_) => serde_yaml::from_str(text)
+            .map_err(|e| bad(field, format!("neither JSON nor YAML: {e}"))),
+    }
+}
+
 /// Parses a bootstrap (JSON, or YAML).
 pub fn parse(text: &str) -> Result<Bootstrap, InvalidBootstrap> {
-    let json: Json = match serde_json::from_str(text) {
-        Ok(j) => j,
-        Err(_) => serde_yaml::from_str(text)
-            .map_err(|e| bad("<document>", format!("neither JSON nor YAML: {e}")))?,
-    };
-    let node = &json["node"];
-    let id = node["id"]
-        .as_str()
-        .ok_or_else(|| bad("node.id", "missing"))?
-        .to_string();
-    let metadata = node["metadata"].as_object().cloned().unwrap_or_default();
-    let node = Node {
-        id,
-        cluster: node["cluster"].as_str().unwrap_or_default().to_string(),
-        metadata: Some(Struct {
-            fields: metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), to_value(v)))
-                .collect(),
-        }),
-        ..Default::default()
-    };
+    parse_with_override(text, None)
+}
+
+/// Parses a bootstrap (JSON, or YAML) with Envoy's `--config-yaml` merged over it.
+pub fn parse_with_override(
+    text: &str,
+    config_yaml: Option<&str>,
+) -> Result<Bootstrap, InvalidBootstrap> {
+    let mut json = document(text, "<document>")?;
+    if let Some(overlay) = config_yaml {
+        let overlay = document(overlay, "--config-yaml")?;
+        crate::envoy::merge::merge("envoy.config.bootstrap.v3.Bootstrap", &mut json, &overlay)
+            .map_err(|e| bad("--config-yaml", e.to_string()))?;
+    }
+    let node_json = &json["node"];
+    if !node_json["id"].is_string() {
+        return Err(bad("node.id", "missing"));
+    }
+    let node: Node =
+        crate::envoy::from_json_allowing_unknown("envoy.config.core.v3.Node", node_json)
+            .map_err(|e| bad("node", e.to_string()))?;
+    let metadata = node_json["metadata"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     let admin = socket(&json["admin"]["address"], "admin.address")?;
     let clusters = json["static_resources"]["clusters"]
         .as_array()
@@ -137,34 +133,14 @@ pub fn parse(text: &str) -> Result<Bootstrap, InvalidBootstrap> {
         .unwrap_or_default();
     let xds = cluster_address(&clusters, "xds-grpc")?;
     let sds = cluster_address(&clusters, "sds-grpc")?;
-    let mut prometheus = None;
-    let mut readiness = None;
-    for (i, l) in json["static_resources"]["listeners"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let addr = socket(
-            &l["address"],
-            &format!("static_resources.listeners[{i}].address"),
-        )?;
-        match addr.map(|a| a.port()) {
-            Some(15090) => prometheus = addr,
-            Some(15021) => readiness = addr,
-            _ if l["name"].as_str().is_some_and(|n| n.ends_with("_15090")) => prometheus = addr,
-            _ if l["name"].as_str().is_some_and(|n| n.ends_with("_15021")) => readiness = addr,
-            _ => {}
-        }
-    }
+    let listeners = static_listeners::parse(&json["static_resources"])?;
     Ok(Bootstrap {
         node,
         metadata,
         admin,
         xds,
         sds,
-        prometheus,
-        readiness,
+        listeners,
     })
 }
 
@@ -209,8 +185,37 @@ mod tests {
             b.sds.unwrap().to_string(),
             "unix:./var/run/secrets/workload-spiffe-uds/test.sock"
         );
-        assert_eq!(b.prometheus.unwrap().port(), 15090);
-        assert_eq!(b.readiness.unwrap().port(), 15021);
+        assert_eq!(b.listeners.len(), 2);
         assert!(b.metadata.contains_key("PROXY_CONFIG"));
+        // The node as written: cluster, locality (present, empty), nested metadata.
+        assert_eq!(b.node.cluster, "istio-proxy");
+        assert!(b.node.locality.is_some());
+        let md = &b.node.metadata.as_ref().unwrap().fields;
+        assert_eq!(md.len(), 10);
+        let kind = |k: &str| md[k].kind.clone().unwrap();
+        use envoy_types::pb::google::protobuf::value::Kind;
+        assert_eq!(
+            kind("ISTIO_VERSION"),
+            Kind::StringValue("binary-1.0".into())
+        );
+        assert_eq!(kind("ENVOY_PROMETHEUS_PORT"), Kind::NumberValue(15090.0));
+        assert!(matches!(kind("PILOT_SAN"), Kind::ListValue(l) if l.values.len() == 1));
+        assert!(matches!(kind("PROXY_CONFIG"), Kind::StructValue(s) if s.fields.len() == 8));
+    }
+
+    #[test]
+    fn merges_config_yaml_over_the_file() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/testdata/istio/config-dumps/bootstrap-ambient-golden.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let over = "node:\n  metadata:\n    EXTRA: yes\nadmin:\n  address:\n    socket_address: {port_value: 15999}\n";
+        let b = super::parse_with_override(&text, Some(over)).unwrap();
+        assert_eq!(b.admin.unwrap().port(), 15999);
+        let md = &b.node.metadata.unwrap().fields;
+        assert_eq!(md.len(), 11);
+        assert!(super::parse_with_override(&text, Some("admin: [1]")).is_err());
+        // A node field this build does not know is skipped (--allow-unknown-static-fields).
+        let b = super::parse_with_override(&text, Some("node: {future_field: 1}")).unwrap();
+        assert_eq!(b.node.id, "sidecar~1.2.3.4~foo~bar");
     }
 }

@@ -6,17 +6,20 @@ pub mod client;
 pub mod connect;
 pub mod dump;
 pub mod sds;
+pub mod static_listeners;
 pub mod types;
 
 pub use client::{AdsClient, AdsError, AdsStats};
 pub use connect::XdsAddress;
+pub use envoy_types::pb::envoy::config::core::v3::Node;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use filters::model::NamespacedName;
 
-/// The node a waypoint presents to istiod: id, cluster and the metadata istiod reads to
-/// recognise a waypoint (`NAMESPACE`, `CLUSTER_ID`, `ISTIO_VERSION`, the Gateway name).
+/// The node a waypoint started without a bootstrap (`run --xds-address`) presents to
+/// istiod: id, cluster and the metadata istiod reads to recognise a waypoint (`NAMESPACE`,
+/// `CLUSTER_ID`, `ISTIO_VERSION`, the Gateway name). Under pilot-agent the bootstrap's node
+/// is sent instead, unchanged ([`bootstrap::Bootstrap::node`]).
 pub fn node(id: &str, cluster_id: &str, gateway: &NamespacedName) -> Node {
     let s = |v: &str| Value {
         kind: Some(Kind::StringValue(v.to_string())),

@@ -2,6 +2,8 @@
 //! canonical JSON form (as in config dumps), converted through a descriptor pool compiled
 //! from the same protos at build time.
 
+pub mod merge;
+
 use std::sync::OnceLock;
 
 use prost::Message as _;
@@ -46,6 +48,23 @@ pub fn from_json<M: prost::Message + Default>(
     type_name: &str,
     json: &serde_json::Value,
 ) -> Result<M, JsonError> {
+    decode_json(type_name, json, true)
+}
+
+/// As [`from_json`], skipping fields the descriptors do not know, as Envoy reads a static
+/// bootstrap under `--allow-unknown-static-fields` (pilot-agent always passes it).
+pub fn from_json_allowing_unknown<M: prost::Message + Default>(
+    type_name: &str,
+    json: &serde_json::Value,
+) -> Result<M, JsonError> {
+    decode_json(type_name, json, false)
+}
+
+fn decode_json<M: prost::Message + Default>(
+    type_name: &str,
+    json: &serde_json::Value,
+    deny_unknown: bool,
+) -> Result<M, JsonError> {
     let desc = descriptor(type_name)?;
     let mut json = json.clone();
     if let Some(obj) = json.as_object_mut() {
@@ -55,7 +74,9 @@ pub fn from_json<M: prost::Message + Default>(
         type_name: type_name.to_string(),
         message,
     };
-    let dynamic = DynamicMessage::deserialize(desc, json).map_err(|e| invalid(e.to_string()))?;
+    let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(deny_unknown);
+    let dynamic = DynamicMessage::deserialize_with_options(desc, json, &options)
+        .map_err(|e| invalid(e.to_string()))?;
     M::decode(dynamic.encode_to_vec().as_slice()).map_err(|e| invalid(e.to_string()))
 }
 
