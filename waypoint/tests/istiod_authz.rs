@@ -375,6 +375,71 @@ async fn unsupported_fields_are_nacked_by_name_and_the_last_good_listener_serves
     assert_eq!(get(&w, 8000, "/secure/x").await.status, 200);
 }
 
+/// Endpoints for `cluster`: the pod at `pod` (port 8080) in the shape of httpbin's own
+/// endpoints, a pod in the mesh reached over HBONE through `connect_originate`.
+fn mesh_endpoints(
+    es: &Named,
+    cluster: &str,
+    pod: IpAddr,
+) -> envoy_types::pb::google::protobuf::Any {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
+    let (_, e) = es.iter().find(|(n, _)| n == CLUSTER_8100).unwrap();
+    let mut e = ClusterLoadAssignment::decode(e.value.as_slice()).unwrap();
+    e.cluster_name = cluster.into();
+    let mut json =
+        xds::envoy::to_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &e).unwrap();
+    let first = json["endpoints"][0]["lb_endpoints"][0].to_string();
+    let httpbin_ip = first
+        .split(['"', ':'])
+        .find(|p| p.starts_with("127.") && p.parse::<IpAddr>().is_ok())
+        .unwrap()
+        .to_string();
+    json["endpoints"][0]["lb_endpoints"] =
+        json!([
+            serde_json::from_str::<Value>(&first.replace(&httpbin_ip, &pod.to_string())).unwrap()
+        ]);
+    let e: ClusterLoadAssignment =
+        xds::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap();
+    fixture::any(ENDPOINT, &e)
+}
+
+#[tokio::test]
+async fn a_provider_in_the_mesh_is_reached_over_hbone() {
+    let authz = GrpcAuthz::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // The authorization server is a pod in the ambient mesh: EDS gives the cluster an
+    // HBONE endpoint, and the check goes through that pod's ztunnel.
+    let w = start_with_pod(Some(App::Forward(authz.addr)), |ls, cs, es, extra| {
+        prepend_http_filters(
+            ls,
+            8000,
+            vec![
+                custom_rbac("grpc", false),
+                grpc_ext_authz("grpc", 9000, json!({})),
+            ],
+        );
+        provider_cluster(cs, es, 9000, None, true);
+        let e = mesh_endpoints(es, &outbound(9000), extra.unwrap());
+        es.push((outbound(9000), e));
+    })
+    .await;
+    let denied = until(&w, 8000, "/secure/x", &[], 401).await;
+    assert_eq!(denied.status, 401, "{:?}", denied.body);
+    let allowed = send(&w, 8000, "GET", "/secure/x", &[("x-ext-authz", "allow")]).await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(authz.calls(), 2);
+    let pod = w._pods.2.as_ref().unwrap();
+    assert!(
+        pod.counters
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "the checks went through the provider pod's ztunnel"
+    );
+}
+
 const TCP_CHAIN: &str = "inbound-vip|9000||httpbin.default.svc.cluster.local-tcp";
 const TCP_CLUSTER: &str = "inbound-vip|9000|tcp|httpbin.default.svc.cluster.local";
 
@@ -390,26 +455,8 @@ fn tcp_port(ls: &mut Named, cs: &mut Named, es: &mut Named, pod: IpAddr, network
         eds.service_name = TCP_CLUSTER.into();
     }
     cs.push((TCP_CLUSTER.into(), fixture::any(CLUSTER, &c)));
-    // The extra pod, in the shape of httpbin's own endpoints (HBONE through connect_originate).
-    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-    let (_, e) = es.iter().find(|(n, _)| n == CLUSTER_8100).unwrap();
-    let mut e = ClusterLoadAssignment::decode(e.value.as_slice()).unwrap();
-    e.cluster_name = TCP_CLUSTER.into();
-    let mut json =
-        xds::envoy::to_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &e).unwrap();
-    let first = json["endpoints"][0]["lb_endpoints"][0].to_string();
-    let httpbin_ip = first
-        .split(['"', ':'])
-        .find(|p| p.starts_with("127.") && p.parse::<IpAddr>().is_ok())
-        .unwrap()
-        .to_string();
-    json["endpoints"][0]["lb_endpoints"] =
-        json!([
-            serde_json::from_str::<Value>(&first.replace(&httpbin_ip, &pod.to_string())).unwrap()
-        ]);
-    let e: ClusterLoadAssignment =
-        xds::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap();
-    es.push((TCP_CLUSTER.into(), fixture::any(ENDPOINT, &e)));
+    let e = mesh_endpoints(es, TCP_CLUSTER, pod);
+    es.push((TCP_CLUSTER.into(), e));
     let mut filters = network;
     filters.push(
         json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {
