@@ -481,4 +481,46 @@ mod tests {
         assert_eq!(super::parse_name("outbound|80||x"), None);
         assert_eq!(super::parse_name("inbound-vip|x|http|h"), None);
     }
+
+    fn cluster(json: serde_json::Value) -> super::Cluster {
+        crate::envoy::from_json("envoy.config.cluster.v3.Cluster", &json).unwrap()
+    }
+
+    #[test]
+    fn outbound_eds_clusters_stand_for_their_service_port() {
+        let name = "outbound|9000||ext-authz.foo.svc.cluster.local";
+        let c = cluster(serde_json::json!({
+            "name": name, "type": "EDS",
+            "eds_cluster_config": {"eds_config": {"ads": {}}, "service_name": name},
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}}
+        }));
+        let info = super::outbound(&c).unwrap();
+        assert_eq!(
+            (info.host.as_str(), info.port),
+            ("ext-authz.foo.svc.cluster.local", 9000)
+        );
+        assert_eq!(
+            (info.namespace.as_str(), info.service.as_str()),
+            ("foo", "ext-authz")
+        );
+        assert_eq!(info.protocol, super::Protocol::Http2);
+        assert_eq!(info.eds_name, name);
+        let subset =
+            cluster(serde_json::json!({"name": "outbound|9000|v1|x.foo.svc", "type": "EDS"}));
+        assert!(
+            super::outbound(&subset).is_none(),
+            "subsets are not providers"
+        );
+        let dns =
+            cluster(serde_json::json!({"name": "outbound|443||example.com", "type": "STRICT_DNS"}));
+        assert!(super::outbound(&dns).is_none(), "only EDS");
+        let plain = cluster(serde_json::json!({"name": "outbound|80||h.foo.svc", "type": "EDS"}));
+        assert_eq!(
+            super::outbound(&plain).unwrap().protocol,
+            super::Protocol::Unknown
+        );
+    }
 }
