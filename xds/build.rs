@@ -28,6 +28,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/http/grpc_stats/v3/config.proto",
     "envoy/extensions/filters/http/jwt_authn/v3/config.proto",
     "envoy/extensions/filters/http/ext_authz/v3/ext_authz.proto",
+    "envoy/extensions/filters/network/ext_authz/v3/ext_authz.proto",
     "envoy/extensions/filters/http/set_filter_state/v3/set_filter_state.proto",
     "envoy/extensions/filters/network/set_filter_state/v3/set_filter_state.proto",
     "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",

@@ -188,6 +188,7 @@ fn grpc(name: &str, s: &GrpcProviderSpec) -> Result<Provider, String> {
         status_on_error: status_on_error(&s.status_on_error)?,
         body: body(&s.include_request_body_in_check),
         kind: ProviderKind::Grpc,
+        cluster: None,
     })
 }
 
@@ -248,6 +249,7 @@ fn http(name: &str, s: &HttpProviderSpec) -> Result<Provider, String> {
                 &s.headers_to_downstream_on_deny,
             )?,
         }),
+        cluster: None,
     })
 }
 

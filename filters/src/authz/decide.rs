@@ -1,8 +1,9 @@
 //! The one authorization decision. An HTTP request ([`super::AuthzLayer`]) and a TCP
 //! tunnel (the proxy's TCP handler) both go through [`authorize`]: the snapshot's
-//! [`Engine`] (Envoy RBAC chains from xDS, or Istio AuthorizationPolicies), then for
-//! policies the CUSTOM plan and its external check, then DENY and ALLOW, with the decision
-//! counters. What differs between the two is a [`Subject`]: the attributes it offers and
+//! [`Engine`] (Envoy RBAC and ext_authz filter chains from xDS, [`super::chain`], or Istio
+//! AuthorizationPolicies), then for policies the CUSTOM plan and its external check, then
+//! DENY and ALLOW, with the decision counters. Both engines ask an ext_authz provider
+//! through the same [`custom_check`]. What differs between the two is a [`Subject`]: the attributes it offers and
 //! how it asks an ext_authz provider.
 
 use std::future::Future;
@@ -57,9 +58,7 @@ pub async fn authorize<S: Subject>(
     let bound = match &set.engine {
         Engine::Rbac(chains) => {
             return match chains.for_target(target) {
-                Some(chain) => {
-                    chains::enforce(chain, &subject.attributes()).map_err(Denied::Policy)
-                }
+                Some(chain) => super::chain::enforce(chain, subject).await,
                 None => Ok(()),
             };
         }
@@ -78,26 +77,7 @@ pub async fn authorize<S: Subject>(
             return Err(Denied::Policy(why));
         }
         CustomPlan::Check { provider, policies } => {
-            // Rare, and its future is large: boxed, it is not part of every request's.
-            let checked = Box::pin(subject.check_custom(&provider, &policies)).await;
-            match checked {
-                Ok(CustomOutcome::Allowed) => {
-                    tracing::debug!(provider = %provider.name, ?policies, "ext_authz allowed");
-                }
-                Ok(CustomOutcome::Denied(reply)) => {
-                    count(&Verdict::Deny(policies.join(",")));
-                    tracing::info!(provider = %provider.name, ?policies, "ext_authz denied");
-                    return Err(Denied::Custom(reply));
-                }
-                Err(e) if provider.fail_open => {
-                    tracing::warn!(provider = %provider.name, error = %e, "ext_authz check failed; failOpen allows");
-                }
-                Err(e) => {
-                    count(&Verdict::Deny(policies.join(",")));
-                    tracing::warn!(provider = %provider.name, error = %e, status = provider.status_on_error.as_u16(), "ext_authz check failed; denying");
-                    return Err(Denied::Custom(subject.check_failed(&provider, e)));
-                }
-            }
+            custom_check(subject, &provider, &policies).await?;
         }
     }
     // DENY and ALLOW see the subject as the authorization server left it; CUSTOM policies
@@ -119,28 +99,34 @@ pub async fn authorize<S: Subject>(
     }
 }
 
-/// Envoy RBAC chains (the xDS engine).
-pub mod chains {
-    use super::super::engine::Verdict;
-    use super::super::{count, Attributes};
-    use crate::rbac::{evaluate_chain, RbacConfig, RbacInput};
-
-    /// Enforces an RBAC chain: `Err(policy)` when a filter denies.
-    pub fn enforce(chain: &[RbacConfig], attrs: &Attributes<'_>) -> Result<(), String> {
-        let d = evaluate_chain(chain, &RbacInput::new(attrs));
-        for (_, p) in &d.matched {
-            tracing::debug!(policy = %p, "RBAC policy matched");
-        }
-        if d.allowed {
-            count(&Verdict::Allow(d.matched.last().map(|(_, p)| p.clone())));
+/// Asks `provider` about `subject` for the matching CUSTOM `policies` (or the CUSTOM
+/// shadow policy that enabled an xDS ext_authz filter): `Ok` when it allows, or fails and
+/// fails open; otherwise the refusal (the server's answer, or `statusOnError`).
+pub(super) async fn custom_check<S: Subject>(
+    subject: &mut S,
+    provider: &Provider,
+    policies: &[String],
+) -> Result<(), Denied<S::Reply>> {
+    // Rare, and its future is large: boxed, it is not part of every request's.
+    let checked = Box::pin(subject.check_custom(provider, policies)).await;
+    match checked {
+        Ok(CustomOutcome::Allowed) => {
+            tracing::debug!(provider = %provider.name, ?policies, "ext_authz allowed");
             Ok(())
-        } else {
-            let policy = d
-                .denied_by
-                .and_then(|(_, p)| p)
-                .unwrap_or_else(|| "no ALLOW policy matched".into());
-            count(&Verdict::Deny(policy.clone()));
-            Err(policy)
+        }
+        Ok(CustomOutcome::Denied(reply)) => {
+            count(&Verdict::Deny(policies.join(",")));
+            tracing::info!(provider = %provider.name, ?policies, "ext_authz denied");
+            Err(Denied::Custom(reply))
+        }
+        Err(e) if provider.fail_open => {
+            tracing::warn!(provider = %provider.name, error = %e, "ext_authz check failed; failOpen allows");
+            Ok(())
+        }
+        Err(e) => {
+            count(&Verdict::Deny(policies.join(",")));
+            tracing::warn!(provider = %provider.name, error = %e, status = provider.status_on_error.as_u16(), "ext_authz check failed; denying");
+            Err(Denied::Custom(subject.check_failed(provider, e)))
         }
     }
 }

@@ -376,6 +376,7 @@ mod tests {
             status_on_error: StatusCode::SERVICE_UNAVAILABLE,
             body: None,
             kind: ProviderKind::Grpc,
+            cluster: None,
         };
         PolicySet::policies(
             Policies {

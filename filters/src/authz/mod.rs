@@ -7,9 +7,11 @@
 //! - [`decide`]: the one decision HTTP requests and TCP tunnels go through: the
 //!   snapshot's [`Engine`] (RBAC chains or policies), the CUSTOM check, DENY/ALLOW;
 //! - [`ext`]: CUSTOM policies: external authorization (Envoy ext_authz);
+//! - [`chain`]: the xDS engine's per-port chains of Envoy RBAC and ext_authz filters;
 //! - [`AuthzLayer`]: the tower layer that enforces it (403 `RBAC: access denied`).
 
 pub mod attributes;
+pub mod chain;
 pub mod decide;
 pub mod engine;
 pub mod ext;
@@ -19,6 +21,7 @@ pub mod model;
 pub mod path;
 
 pub use attributes::{Attributes, HttpAttributes, JwtAuth};
+pub use chain::{AuthzFilter, ExtAuthzFilter};
 pub use decide::{authorize, CustomOutcome, Denied, Subject};
 pub use engine::{evaluate, Decision, Verdict};
 pub use layer::{AuthzLayer, AuthzService};
@@ -73,7 +76,7 @@ pub struct PolicySet {
 pub enum Engine {
     /// Istio AuthorizationPolicies (the local configuration): CUSTOM, DENY, ALLOW.
     Policies(Policies),
-    /// Envoy RBAC filter chains, as istiod sends them over xDS.
+    /// Envoy RBAC and ext_authz filter chains, as istiod sends them over xDS.
     Rbac(RbacChains),
 }
 
@@ -109,13 +112,13 @@ impl Policies {
     }
 }
 
-/// Envoy RBAC filter chains by Service port (`namespace/name:port`).
+/// Envoy RBAC and ext_authz filter chains by Service port (`namespace/name:port`).
 #[derive(Debug, Default)]
-pub struct RbacChains(pub BTreeMap<String, Arc<Vec<crate::rbac::RbacConfig>>>);
+pub struct RbacChains(pub BTreeMap<String, Arc<Vec<AuthzFilter>>>);
 
 impl RbacChains {
     /// The chain for traffic to `target` (a Service port), if it has one.
-    pub fn for_target(&self, target: &crate::model::Target) -> Option<&[crate::rbac::RbacConfig]> {
+    pub fn for_target(&self, target: &crate::model::Target) -> Option<&[AuthzFilter]> {
         match target {
             crate::model::Target::Service { service, port } if !self.0.is_empty() => {
                 crate::model::with_key(&service.name, Some(*port), |key| self.0.get(key))

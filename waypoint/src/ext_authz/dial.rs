@@ -7,6 +7,10 @@
 //! - An IP literal: that address, plaintext TCP.
 //! - Any other name: resolved with the system resolver, plaintext TCP (istiod would need a
 //!   ServiceEntry for it; the local configuration has none).
+//!
+//! A provider from xDS (an ext_authz filter naming an `outbound|<port>||<host>` cluster)
+//! is only ever the snapshot's Service `<host>` (built from that cluster and its EDS
+//! endpoints): no IP literal, no DNS, as Envoy reaches nothing but the cluster's endpoints.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +18,7 @@ use std::sync::Arc;
 
 use filters::authz::ext::{CheckError, Provider};
 use filters::balance::{self, Picked};
-use filters::model::{Identity, NamespacedName, Snapshot, Workload};
+use filters::model::{Identity, NamespacedName, Service, Snapshot, Workload};
 use filters::route::Backend;
 
 /// A resolved provider endpoint.
@@ -58,6 +62,18 @@ pub async fn resolve(snapshot: &Snapshot, provider: &Provider) -> Result<Endpoin
     };
     let host = host_of(&provider.service);
     let authority = format!("{host}:{}", provider.port);
+    if let Some(cluster) = &provider.cluster {
+        let service = snapshot
+            .services()
+            .values()
+            .find(|s| s.hostname == host)
+            .ok_or_else(|| {
+                unreachable(format!(
+                    "cluster {cluster}: no Service {host} (the cluster has not arrived)"
+                ))
+            })?;
+        return service_endpoint(service, provider, unreachable);
+    }
     if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
         return Ok(Endpoint {
             picked: direct(SocketAddr::new(ip, provider.port), host),
@@ -72,26 +88,7 @@ pub async fn resolve(snapshot: &Snapshot, provider: &Provider) -> Result<Endpoin
                 .is_some_and(|rest| rest.starts_with('.') && host.contains('.'))
     });
     if let Some(service) = service {
-        let port = service.port(provider.port).ok_or_else(|| {
-            unreachable(format!(
-                "Service {} has no port {}",
-                service.name, provider.port
-            ))
-        })?;
-        let h2 = port.protocol.prefers_h2();
-        let picked = balance::pick(
-            &Backend::Service {
-                service: service.clone(),
-                port: provider.port,
-            },
-            None,
-        )
-        .map_err(|e| unreachable(e.to_string()))?;
-        return Ok(Endpoint {
-            picked,
-            h2,
-            authority: format!("{}:{}", service.hostname, provider.port),
-        });
+        return service_endpoint(service, provider, unreachable);
     }
     let mut addrs = tokio::net::lookup_host((host, provider.port))
         .await
@@ -107,5 +104,33 @@ pub async fn resolve(snapshot: &Snapshot, provider: &Provider) -> Result<Endpoin
         picked: direct(address, host),
         h2: false,
         authority,
+    })
+}
+
+/// An endpoint of `service`'s port `provider.port`, as the balancer picks it.
+fn service_endpoint(
+    service: &Arc<Service>,
+    provider: &Provider,
+    unreachable: impl Fn(String) -> CheckError,
+) -> Result<Endpoint, CheckError> {
+    let port = service.port(provider.port).ok_or_else(|| {
+        unreachable(format!(
+            "Service {} has no port {}",
+            service.name, provider.port
+        ))
+    })?;
+    let h2 = port.protocol.prefers_h2();
+    let picked = balance::pick(
+        &Backend::Service {
+            service: service.clone(),
+            port: provider.port,
+        },
+        None,
+    )
+    .map_err(|e| unreachable(e.to_string()))?;
+    Ok(Endpoint {
+        picked,
+        h2,
+        authority: format!("{}:{}", service.hostname, provider.port),
     })
 }

@@ -434,12 +434,14 @@ impl AdsClient {
         })
     }
 
-    /// Subscribes to the endpoints of new clusters, unsubscribes from removed ones.
+    /// Subscribes to the endpoints of new clusters (and of the outbound clusters of
+    /// extension providers), unsubscribes from removed ones.
     fn eds_update(&self, state: &mut State) -> Option<DeltaDiscoveryRequest> {
         let wanted: BTreeSet<String> = state
             .resources
             .clusters
             .values()
+            .chain(state.resources.outbound.values())
             .map(|c| c.eds_name.clone())
             .collect();
         let subscribe: Vec<String> = wanted.difference(&state.eds_subscribed).cloned().collect();

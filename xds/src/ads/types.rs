@@ -67,6 +67,10 @@ pub fn accept(
             let c: Cluster = decode(any, kind, name)?;
             if cluster::is_auxiliary(&c.name) {
                 tracing::debug!(cluster = %c.name, "cluster handled natively");
+                into.outbound.remove(name);
+                if let Some(info) = cluster::outbound(&c) {
+                    into.outbound.insert(name.to_string(), info);
+                }
                 return Ok(());
             }
             into.clusters
@@ -104,6 +108,7 @@ pub fn remove(type_url: &str, name: &str, from: &mut Resources) {
         }
         CLUSTER => {
             from.clusters.remove(name);
+            from.outbound.remove(name);
         }
         ENDPOINT => {
             from.endpoints.remove(name);

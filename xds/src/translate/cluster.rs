@@ -79,6 +79,62 @@ pub fn is_auxiliary(name: &str) -> bool {
         || name.starts_with("InboundPassthroughCluster")
 }
 
+/// An `outbound|<port>||<host>` EDS cluster (an extension provider's server, such as an
+/// ext_authz server) as the Service port it stands for, so that its endpoints arrive over
+/// EDS and the waypoint's own clients reach them; `None` for other outbound clusters
+/// (subsets, non-EDS), which stay unused. Its other fields are not read: nothing is routed
+/// to it (extension clients choose the endpoint and the protocol themselves); HTTP/2 comes
+/// from its `HttpProtocolOptions`.
+pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
+    let mut parts = c.name.split('|');
+    let (kind, port, subset, host) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if kind != "outbound" || !subset.is_empty() || host.is_empty() || parts.next().is_some() {
+        return None;
+    }
+    let port: u16 = port.parse().ok()?;
+    check_discovery_type(c).ok()?;
+    let (service, namespace) = service_of(c, host).ok()?;
+    Some(ClusterInfo {
+        name: c.name.clone(),
+        host: host.to_string(),
+        port,
+        namespace,
+        service,
+        protocol: if explicit_h2(c) {
+            Protocol::Http2
+        } else {
+            Protocol::Unknown
+        },
+        eds_name: c
+            .eds_cluster_config
+            .as_ref()
+            .map(|e| e.service_name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| c.name.clone()),
+        balancing: balancing(c),
+        max_requests: None,
+        subset: None,
+    })
+}
+
+/// Whether the cluster's `HttpProtocolOptions` ask for HTTP/2 (istiod's grpc/http2 ports).
+fn explicit_h2(c: &Cluster) -> bool {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions},
+        HttpProtocolOptions,
+    };
+    c.typed_extension_protocol_options
+        .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        .and_then(|any| HttpProtocolOptions::decode(any.value.as_slice()).ok())
+        .is_some_and(|o| {
+            matches!(
+                o.upstream_protocol_options,
+                Some(UpstreamProtocolOptions::ExplicitHttpConfig(e))
+                    if matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)))
+            )
+        })
+}
+
 /// Validates and interprets one cluster.
 pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
     let bad = |field: &str, reason: String| invalid(c, field, reason);
@@ -464,5 +520,47 @@ mod tests {
         );
         assert_eq!(super::parse_name("outbound|80||x"), None);
         assert_eq!(super::parse_name("inbound-vip|x|http|h"), None);
+    }
+
+    fn cluster(json: serde_json::Value) -> super::Cluster {
+        crate::envoy::from_json("envoy.config.cluster.v3.Cluster", &json).unwrap()
+    }
+
+    #[test]
+    fn outbound_eds_clusters_stand_for_their_service_port() {
+        let name = "outbound|9000||ext-authz.foo.svc.cluster.local";
+        let c = cluster(serde_json::json!({
+            "name": name, "type": "EDS",
+            "eds_cluster_config": {"eds_config": {"ads": {}}, "service_name": name},
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}}
+        }));
+        let info = super::outbound(&c).unwrap();
+        assert_eq!(
+            (info.host.as_str(), info.port),
+            ("ext-authz.foo.svc.cluster.local", 9000)
+        );
+        assert_eq!(
+            (info.namespace.as_str(), info.service.as_str()),
+            ("foo", "ext-authz")
+        );
+        assert_eq!(info.protocol, super::Protocol::Http2);
+        assert_eq!(info.eds_name, name);
+        let subset =
+            cluster(serde_json::json!({"name": "outbound|9000|v1|x.foo.svc", "type": "EDS"}));
+        assert!(
+            super::outbound(&subset).is_none(),
+            "subsets are not providers"
+        );
+        let dns =
+            cluster(serde_json::json!({"name": "outbound|443||example.com", "type": "STRICT_DNS"}));
+        assert!(super::outbound(&dns).is_none(), "only EDS");
+        let plain = cluster(serde_json::json!({"name": "outbound|80||h.foo.svc", "type": "EDS"}));
+        assert_eq!(
+            super::outbound(&plain).unwrap().protocol,
+            super::Protocol::Unknown
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! 15008, which the waypoint implements natively), `connect_originate` (HBONE towards
 //! pods, also native) and `main_internal`, whose filter chain matcher picks a chain by
 //! destination IP and port. Each chain is an HTTP connection manager (with its route
-//! configuration inline) or a TCP proxy.
+//! configuration inline) or a TCP proxy, behind its authorization filters (RBAC, and the
+//! RBAC shadow + ext_authz pairs of CUSTOM policies, `super::ext_authz`).
 
 use std::net::IpAddr;
 
@@ -20,6 +21,8 @@ use envoy_types::pb::xds::r#type::matcher::v3::matcher::{
 use envoy_types::pb::xds::r#type::matcher::v3::Matcher;
 use ipnet::IpNet;
 use prost::Message;
+
+use filters::authz::AuthzFilter;
 
 use super::error::InvalidResource;
 
@@ -60,8 +63,8 @@ pub enum Chain {
         routes: Vec<super::route::RouteSpec>,
         /// The RDS route configuration name, when the routes are not inline.
         rds: Option<String>,
-        /// RBAC filters, in order.
-        rbac: Vec<filters::rbac::RbacConfig>,
+        /// Authorization filters (RBAC, and ext_authz for CUSTOM policies), in order.
+        authz: Vec<filters::authz::AuthzFilter>,
         /// Tracing, when the connection manager has a provider.
         tracing: Option<Box<filters::model::telemetry::TracingConfig>>,
         /// JWT rules (RequestAuthentication).
@@ -79,8 +82,9 @@ pub enum Chain {
     Tcp {
         /// The cluster.
         cluster: String,
-        /// Network RBAC filters, in order.
-        rbac: Vec<filters::rbac::RbacConfig>,
+        /// Network authorization filters (RBAC, and ext_authz for CUSTOM policies), in
+        /// order.
+        authz: Vec<filters::authz::AuthzFilter>,
         /// Metric overrides of the `istio.stats` filter.
         metrics: Vec<filters::model::telemetry::MetricOverride>,
     },
@@ -310,7 +314,7 @@ fn typed<M: Message + Default>(any: Option<&Any>, want: &str, at: &str) -> Resul
 fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
     use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as NetConfig;
     let mut result = None;
-    let mut rbac = Vec::new();
+    let mut authz = Vec::new();
     let mut tcp_metrics = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let fat = format!("{at}.filters[{i}]");
@@ -323,10 +327,25 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
             "istio.stats" => tcp_metrics = super::stats::convert(any, &fat)?,
             "envoy.filters.network.rbac" => {
                 let any = any.ok_or_else(|| (fat.clone(), "missing typed_config".to_string()))?;
-                rbac.push(super::rbac::from_any(any).map_err(|e| (fat.clone(), e.to_string()))?);
+                let config =
+                    super::rbac::from_any(any).map_err(|e| (fat.clone(), e.to_string()))?;
+                authz.push(AuthzFilter::Rbac(config));
+            }
+            "envoy.filters.network.ext_authz" => {
+                let any = any.ok_or_else(|| (fat.clone(), "missing typed_config".to_string()))?;
+                let filter = super::ext_authz::network_from_any(any)
+                    .map_err(|e| (format!("{fat}.typed_config.{}", e.field), e.reason))?;
+                authz.push(AuthzFilter::ExtAuthz(filter));
             }
             "envoy.filters.network.http_connection_manager" => {
                 let hcm: HttpConnectionManager = typed(any, "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", &fat)?;
+                if !authz.is_empty() {
+                    // istiod puts HTTP chains' authorization in the connection manager.
+                    return Err((
+                        fat,
+                        "network RBAC or ext_authz filters before an http_connection_manager are not supported".into(),
+                    ));
+                }
                 result = Some(http(&hcm, &fat)?);
             }
             "envoy.filters.network.tcp_proxy" => {
@@ -341,7 +360,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                 };
                 result = Some(Chain::Tcp {
                     cluster,
-                    rbac: std::mem::take(&mut rbac),
+                    authz: std::mem::take(&mut authz),
                     metrics: std::mem::take(&mut tcp_metrics),
                 });
             }
@@ -399,7 +418,7 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
         }
     };
     let last = hcm.http_filters.len().saturating_sub(1);
-    let mut rbac = Vec::new();
+    let mut authz = Vec::new();
     let mut jwt = Vec::new();
     let mut metrics = Vec::new();
     for (i, f) in hcm.http_filters.iter().enumerate() {
@@ -417,7 +436,16 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
                 let Some(ConfigType::TypedConfig(a)) = &f.config_type else {
                     return Err((fat, "missing typed_config".into()));
                 };
-                rbac.push(super::rbac::from_any(a).map_err(|e| (fat.clone(), e.to_string()))?);
+                let config = super::rbac::from_any(a).map_err(|e| (fat.clone(), e.to_string()))?;
+                authz.push(AuthzFilter::Rbac(config));
+            }
+            "envoy.filters.http.ext_authz" => {
+                let Some(ConfigType::TypedConfig(a)) = &f.config_type else {
+                    return Err((fat, "missing typed_config".into()));
+                };
+                let filter = super::ext_authz::http_from_any(a)
+                    .map_err(|e| (format!("{fat}.typed_config.{}", e.field), e.reason))?;
+                authz.push(AuthzFilter::ExtAuthz(filter));
             }
             "envoy.filters.http.router" if i == last => {}
             "envoy.filters.http.router" => {
@@ -457,7 +485,7 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
         access_log,
         routes,
         rds,
-        rbac,
+        authz,
         tracing,
         jwt,
     })

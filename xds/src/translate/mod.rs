@@ -11,6 +11,7 @@ pub mod cluster;
 mod connection_manager;
 pub mod endpoint;
 mod error;
+pub mod ext_authz;
 pub mod jwt;
 pub mod listener;
 mod matcher;
@@ -48,6 +49,9 @@ pub struct Resources {
     pub listeners: BTreeMap<String, ListenerInfo>,
     /// Clusters.
     pub clusters: BTreeMap<String, ClusterInfo>,
+    /// `outbound|<port>||<host>` EDS clusters (extension providers' servers), by name: not
+    /// routable; their Services let the ext_authz client reach the server.
+    pub outbound: BTreeMap<String, ClusterInfo>,
     /// Endpoints, by EDS resource name.
     pub endpoints: BTreeMap<String, Vec<EndpointInfo>>,
     /// Route configurations from RDS, by name.
@@ -177,7 +181,8 @@ fn workloads(
     workloads
 }
 
-/// Services from the clusters, grouped by host; served when `main_internal` serves a VIP.
+/// Services from the clusters (and the outbound clusters of extension providers), grouped
+/// by host; served when `main_internal` serves a VIP.
 fn services(
     res: &Resources,
     vips: &BTreeMap<&str, Vec<IpAddr>>,
@@ -186,6 +191,14 @@ fn services(
     let mut by_host: BTreeMap<&str, Vec<&ClusterInfo>> = BTreeMap::new();
     for c in res.clusters.values().filter(|c| c.subset.is_none()) {
         by_host.entry(c.host.as_str()).or_default().push(c);
+    }
+    // An extension provider's server: its cluster's port, unless an inbound-vip cluster of
+    // the same Service port (this waypoint serves it) stands for it already.
+    for c in res.outbound.values() {
+        let ports = by_host.entry(c.host.as_str()).or_default();
+        if !ports.iter().any(|p| p.port == c.port) {
+            ports.push(c);
+        }
     }
     let mut services = Vec::new();
     for (host, clusters) in &by_host {
@@ -312,8 +325,8 @@ fn port_chains(l: &ListenerInfo, backends: &Backends<'_>) -> PortChains {
         let Some(service) = by_host.get(host) else {
             continue;
         };
-        let rbac = match chain {
-            Chain::Http { rbac, .. } | Chain::Tcp { rbac, .. } => rbac,
+        let authz = match chain {
+            Chain::Http { authz, .. } | Chain::Tcp { authz, .. } => authz,
         };
         if let Chain::Http { jwt, .. } = chain {
             if !jwt.is_empty() {
@@ -323,10 +336,10 @@ fn port_chains(l: &ListenerInfo, backends: &Backends<'_>) -> PortChains {
                     .or_insert_with(|| jwt.clone());
             }
         }
-        if !rbac.is_empty() {
+        if !authz.is_empty() {
             out.rbac
                 .0
-                .insert(route_key(&service.name, port), Arc::new(rbac.clone()));
+                .insert(route_key(&service.name, port), Arc::new(authz.clone()));
         }
         let Chain::Http { routes, rds, .. } = chain else {
             continue;

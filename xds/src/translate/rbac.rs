@@ -430,6 +430,12 @@ fn header(pb: &PbHeaderMatcher, at: &At<'_>) -> R<HeaderMatcher> {
     .map_err(|e| at.join("name").err(e))
 }
 
+/// A `MetadataMatcher` outside a policy (ext_authz's `filter_enabled_metadata`); `field`
+/// is where it sits.
+pub fn metadata_matcher(pb: &pbm::MetadataMatcher, field: &str) -> R<MetadataMatcher> {
+    metadata(pb, &top(field))
+}
+
 fn metadata(pb: &pbm::MetadataMatcher, at: &At<'_>) -> R<MetadataMatcher> {
     let path = pb
         .path

@@ -149,6 +149,7 @@ mod tests {
                 status_on_error: StatusCode::FORBIDDEN,
                 body: None,
                 kind,
+                cluster: None,
             })),
         )
     }

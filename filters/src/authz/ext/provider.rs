@@ -116,6 +116,11 @@ pub struct Provider {
     pub body: Option<BodySettings>,
     /// The protocol and its settings.
     pub kind: ProviderKind,
+    /// Over xDS, the `outbound|<port>||<host>` cluster istiod named for the server: the
+    /// provider is then only the snapshot's Service `service` (built from that cluster and
+    /// its EDS endpoints), never an IP literal or a DNS lookup. `None` for MeshConfig
+    /// providers (the local configuration).
+    pub cluster: Option<String>,
 }
 
 fn ser_status<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
