@@ -431,7 +431,10 @@ async fn request_id_and_forwarded_proto_are_added_and_client_cert_headers_remove
     let mut http = conn.http1(authority(80)).await.unwrap();
     let req = Request::get("/get")
         .header("host", "echo.default.svc.cluster.local")
-        .header("x-forwarded-client-cert", "By=spiffe://evil;URI=spiffe://forged")
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://evil;URI=spiffe://forged",
+        )
         .body(filters::body::empty())
         .unwrap();
     let seen = json(http.send_request(req).await.unwrap()).await;
@@ -439,7 +442,10 @@ async fn request_id_and_forwarded_proto_are_added_and_client_cert_headers_remove
     let id = headers["X-Request-Id"][0].as_str().unwrap_or_default();
     assert_eq!(id.len(), 36, "a UUID: {headers}");
     assert_eq!(headers["X-Forwarded-Proto"][0], "http", "{headers}");
-    assert!(headers.get("X-Forwarded-Client-Cert").is_none(), "{headers}");
+    assert!(
+        headers.get("X-Forwarded-Client-Cert").is_none(),
+        "{headers}"
+    );
     let req = Request::get("/get")
         .header("host", "echo.default.svc.cluster.local")
         .header("x-request-id", "keep-me")

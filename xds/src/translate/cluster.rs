@@ -94,17 +94,22 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
     let port: u16 = port.parse().ok()?;
     check_discovery_type(c).ok()?;
     let (service, namespace) = service_of(c, host).ok()?;
+    let upstream = super::protocol_options::convert(c)
+        .ok()
+        .and_then(|o| o.upstream);
+    let h2 = upstream == Some(filters::model::UpstreamProtocol::Http2);
+    let protocol = if h2 {
+        Protocol::Http2
+    } else {
+        Protocol::Unknown
+    };
     Some(ClusterInfo {
         name: c.name.clone(),
         host: host.to_string(),
         port,
         namespace,
         service,
-        protocol: if explicit_h2(c) {
-            Protocol::Http2
-        } else {
-            Protocol::Unknown
-        },
+        protocol,
         eds_name: c
             .eds_cluster_config
             .as_ref()
@@ -113,26 +118,12 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
             .unwrap_or_else(|| c.name.clone()),
         balancing: balancing(c),
         max_requests: None,
+        retry_limit: None,
+        outlier: None,
+        tls: None,
+        upstream_protocol: filters::model::UpstreamProtocol::for_port(protocol),
         subset: None,
     })
-}
-
-/// Whether the cluster's `HttpProtocolOptions` ask for HTTP/2 (istiod's grpc/http2 ports).
-fn explicit_h2(c: &Cluster) -> bool {
-    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-        http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions},
-        HttpProtocolOptions,
-    };
-    c.typed_extension_protocol_options
-        .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
-        .and_then(|any| HttpProtocolOptions::decode(any.value.as_slice()).ok())
-        .is_some_and(|o| {
-            matches!(
-                o.upstream_protocol_options,
-                Some(UpstreamProtocolOptions::ExplicitHttpConfig(e))
-                    if matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)))
-            )
-        })
 }
 
 /// Validates and interprets one cluster.
