@@ -7,6 +7,8 @@
 #
 #   bench/callgrind.sh [RATE] [SHORT] [LONG] [SCENARIO] [SIZE]
 #                                 (defaults: 100 10 30 waypoint 1024; needs valgrind)
+# BENCH_ARGS adds benchmark flags, e.g. BENCH_ARGS=--istiod-destination-rule for the istiod
+# scenario with a DestinationRule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-100}
@@ -39,7 +41,7 @@ chmod +x "$out/vg.sh"
 for d in "$short" "$long"; do
   CG_TAG=$d target/release/waypoint-bench bench --waypoint "$out/vg.sh" --out "$out/b$d.md" \
     --sizes "$size" --rounds 1 --duration "$d" --rate "$rate" --scenarios "$scenario" \
-    --modes fixed --no-idle --no-handshakes --log-level warn > "$out/log$d" 2>&1 &
+    --modes fixed --no-idle --no-handshakes --log-level warn ${BENCH_ARGS:-} > "$out/log$d" 2>&1 &
 done
 wait
 total() { callgrind_annotate --auto=no "$1" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }

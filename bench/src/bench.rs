@@ -91,6 +91,11 @@ pub struct BenchArgs {
     /// (default: the shared test data beside this checkout).
     #[arg(long)]
     xds_dump: Option<PathBuf>,
+    /// In the `istiod` scenario, give the measured Service's cluster what istiod writes for
+    /// a DestinationRule with least request, outlier detection and connection-pool limits
+    /// (issue 16's cost check: compare instructions per request with and without).
+    #[arg(long)]
+    istiod_destination_rule: bool,
     /// Response sizes, bytes.
     #[arg(long, value_delimiter = ',', default_value = "1024,16384")]
     sizes: Vec<usize>,

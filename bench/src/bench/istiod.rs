@@ -36,6 +36,7 @@ impl Istiod {
         waypoint: &Identity,
         dump: &Path,
         dir: &Path,
+        destination_rule: bool,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             dump.is_file(),
@@ -43,7 +44,10 @@ impl Istiod {
             dump.display()
         );
         let pod = fake_pod(ca, waypoint, "httpbin-1").await;
-        let (listeners, clusters, endpoints, _) = resources_with(dump, pod.ip, None, false);
+        let (listeners, mut clusters, endpoints, _) = resources_with(dump, pod.ip, None, false);
+        if destination_rule {
+            with_destination_rule(&mut clusters)?;
+        }
         let server = AdsServer::default();
         server.set(LISTENER, listeners);
         server.set(CLUSTER, clusters);
@@ -72,6 +76,61 @@ impl Istiod {
     pub fn authority() -> SocketAddr {
         SocketAddr::new(VIP.parse().expect("the dump's VIP"), PORT)
     }
+}
+
+/// The measured port's cluster as istiod writes it for a DestinationRule with
+/// `loadBalancer: {simple: LEAST_REQUEST}`, `outlierDetection: {consecutive5xxErrors: 5,
+/// interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 100}` and
+/// `connectionPool: {http: {http2MaxRequests: 1000, maxRetries: 3}}`
+/// (cluster_traffic_policy.go: applyConnectionPool, applyOutlierDetection).
+fn with_destination_rule(clusters: &mut testkit::istio_dump::Named) -> anyhow::Result<()> {
+    use envoy_types::pb::envoy::config::cluster::v3::{
+        circuit_breakers::Thresholds, cluster::CommonLbConfig, CircuitBreakers, Cluster,
+        OutlierDetection,
+    };
+    use envoy_types::pb::envoy::r#type::v3::Percent;
+    use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+    use prost::Message;
+    let name = format!("inbound-vip|{PORT}|http|{HOST}");
+    let (_, any) = clusters
+        .iter_mut()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(|| anyhow::anyhow!("the dump has no cluster {name}"))?;
+    let mut c = Cluster::decode(any.value.as_slice())?;
+    let u = |v: u32| Some(UInt32Value { value: v });
+    let secs = |s: i64| {
+        Some(Duration {
+            seconds: s,
+            nanos: 0,
+        })
+    };
+    c.lb_policy = 1; // LEAST_REQUEST
+    c.outlier_detection = Some(OutlierDetection {
+        enforcing_success_rate: u(0),
+        consecutive_5xx: u(5),
+        enforcing_consecutive_5xx: u(100),
+        interval: secs(10),
+        base_ejection_time: secs(30),
+        max_ejection_percent: u(100),
+        ..Default::default()
+    });
+    c.common_lb_config = Some(CommonLbConfig {
+        healthy_panic_threshold: Some(Percent { value: 0.0 }),
+        ..Default::default()
+    });
+    c.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: u(u32::MAX),
+            max_pending_requests: u(u32::MAX),
+            max_requests: u(1000),
+            max_retries: u(3),
+            track_remaining: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    *any = testkit::istio_dump::any(xds::ads::types::CLUSTER, &c);
+    Ok(())
 }
 
 impl Drop for Istiod {

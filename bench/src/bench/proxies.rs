@@ -104,7 +104,8 @@ async fn start_istiod(
         .xds_dump
         .clone()
         .unwrap_or_else(testkit::istio_dump::httpbin_dump);
-    match istiod::Istiod::start(&fx.ca, &fx.waypoint_id, &dump, dir).await {
+    let rule = a.istiod_destination_rule;
+    match istiod::Istiod::start(&fx.ca, &fx.waypoint_id, &dump, dir, rule).await {
         Ok(x) => {
             let p = start_waypoint(exe, "istiod", &x.source_args(), dir, pin).await?;
             Ok(Some((x, p)))
