@@ -45,6 +45,8 @@ pub struct ServerOptions {
     pub static_listeners: Vec<xds::ads::static_listeners::StaticListener>,
     /// Worker threads for the HBONE listener.
     pub threads: usize,
+    /// Connection cap and TLS handshake timeout of the HBONE listener.
+    pub admission: crate::inbound::admission::AdmissionLimits,
 }
 
 /// A task run for the life of the server (configuration and certificate watchers).
@@ -136,10 +138,15 @@ pub fn run(proxy: Arc<Proxy>, options: ServerOptions, tasks: Vec<Task>) {
         SpiffeClientVerifier::new(proxy.certs.clone(), proxy.options.trust_domain.clone());
     tls.set_client_cert_verifier(verifier.clone());
     tls.set_alpn(ALPN::H2);
+    let admission = Arc::new(crate::inbound::admission::Admission::new(
+        proxy.clone(),
+        options.admission,
+    ));
     let mut hbone = Service::new(
         "hbone".to_string(),
-        HboneInbound::new(proxy.clone(), verifier),
+        HboneInbound::new(proxy.clone(), verifier, admission.clone()),
     );
+    hbone.endpoints().set_pre_tls_callback(admission);
     hbone.add_listener(
         ListenerConfig::tcp(options.hbone_addr.to_string())
             .tls(tls)

@@ -67,6 +67,8 @@ pub struct Stats {
     pub hbone_connections: AtomicUsize,
     /// Downstream HBONE connections accepted since start.
     pub hbone_accepted: AtomicU64,
+    /// HBONE connections closed at once because the listener was at its connection cap.
+    pub connections_shed: AtomicU64,
     /// Downstream CONNECT tunnels open.
     pub tunnels: AtomicUsize,
     /// HTTP requests in flight.

@@ -76,6 +76,10 @@ pub fn stats(proxy: &Proxy) -> Vec<Stat> {
             used: accepted > 0,
         },
         Stat::counter(format!("listener.{listener}.downstream_cx_total"), accepted),
+        Stat::counter(
+            format!("listener.{listener}.downstream_cx_overflow"),
+            proxy.stats.connections_shed.load(Ordering::Relaxed),
+        ),
     ];
     if let Some(x) = proxy.xds.get() {
         let v = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);

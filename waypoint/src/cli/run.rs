@@ -86,6 +86,18 @@ pub struct RunArgs {
     /// slower is cut off. `30s`, `500ms`.
     #[arg(long, default_value = "30s", value_parser = parse_interval)]
     request_header_timeout: Duration,
+    /// Longest a TLS handshake on the HBONE listener may take (Pingora's own bound is 60 s;
+    /// Envoy as istiod configures the waypoint has none).
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    tls_handshake_timeout: Duration,
+    /// Most downstream HBONE connections (handshaking or established); more are closed at
+    /// once. Default: 80% of the process's open-file limit.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most HBONE connections in a TLS handshake at once; more are closed at once (a flood
+    /// of half-open connections then costs bounded memory).
+    #[arg(long, default_value_t = 1024)]
+    max_handshakes: usize,
     /// How often RequestAuthentication `jwksUri` keys are fetched again (Istio's
     /// PILOT_JWT_PUB_KEY_REFRESH_INTERVAL): `20m`, `30s`, `500ms`.
     #[arg(long, default_value = "20m", value_parser = parse_interval)]
@@ -273,9 +285,27 @@ fn start_server(args: &RunArgs, proxy: Arc<Proxy>, tasks: Vec<Task>) {
             metrics_addr,
             static_listeners,
             threads,
+            admission: crate::inbound::admission::AdmissionLimits {
+                max_connections: args.max_connections.unwrap_or_else(default_max_connections),
+                max_handshakes: args.max_handshakes.max(1),
+                handshake_timeout: args.tls_handshake_timeout,
+            },
         },
         tasks,
     );
+}
+
+/// 80% of the soft open-file limit: each connection is a descriptor, and the rest are left
+/// for upstream connections, files and the admin listeners.
+fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let soft = if ok { limit.rlim_cur as usize } else { 1024 };
+    (soft.min(1 << 24) / 5 * 4).max(64)
 }
 
 /// Our certificates: from files (watched), or from SDS (the first pair fetched before

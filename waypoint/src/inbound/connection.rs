@@ -25,13 +25,23 @@ pub struct HboneInbound {
     proxy: Arc<Proxy>,
     /// The listener's client verifier, which already knows each accepted peer's identity.
     verifier: Arc<SpiffeClientVerifier>,
+    /// The listener's admission check (connection cap, handshake timeout).
+    admission: Arc<super::admission::Admission>,
 }
 
 impl HboneInbound {
     /// An inbound handler over the shared proxy state, for a listener whose client
     /// certificates `verifier` checks.
-    pub fn new(proxy: Arc<Proxy>, verifier: Arc<SpiffeClientVerifier>) -> Self {
-        Self { proxy, verifier }
+    pub fn new(
+        proxy: Arc<Proxy>,
+        verifier: Arc<SpiffeClientVerifier>,
+        admission: Arc<super::admission::Admission>,
+    ) -> Self {
+        Self {
+            proxy,
+            verifier,
+            admission,
+        }
     }
 }
 
@@ -68,6 +78,7 @@ impl ServerApp for HboneInbound {
         let peer_addr = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        self.admission.established(stream.id(), peer_addr);
         let peer = match peer_of(&stream, &self.verifier) {
             Ok(p) => p,
             Err(e) => {
