@@ -23,7 +23,7 @@ pub struct RequestAuthentication {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Spec {
     #[serde(default)]
     pub selector: Option<serde_yaml::Value>,
@@ -36,7 +36,7 @@ pub struct Spec {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleSpec {
     pub issuer: String,
     #[serde(default)]
@@ -57,9 +57,13 @@ pub struct RuleSpec {
     pub output_claim_to_headers: Vec<ClaimHeader>,
     #[serde(default)]
     pub forward_original_token: bool,
+    /// The JWKS fetch timeout: refused by name (the fetch has its own bound).
+    #[serde(default)]
+    pub timeout: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeaderSpec {
     pub name: String,
     #[serde(default)]
@@ -67,6 +71,7 @@ pub struct HeaderSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClaimHeader {
     pub header: String,
     pub claim: String,
@@ -91,6 +96,12 @@ fn jwks_uri(uri: &str, at: &str) -> Result<(), (String, String)> {
 }
 
 fn rule(r: &RuleSpec, at: &str, registry: &JwksRegistry) -> Result<JwtRule, (String, String)> {
+    if r.timeout.is_some() {
+        return Err((
+            format!("{at}.timeout"),
+            "not supported: jwksUri fetches have their own bound".into(),
+        ));
+    }
     let keys = match (&r.jwks, &r.jwks_uri) {
         (Some(j), _) => JwksKeys::Inline(std::sync::Arc::new(
             serde_json::from_str(j)

@@ -21,10 +21,15 @@ pub struct HttpRoute {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteSpec {
     #[serde(default)]
     pub parent_refs: Vec<ParentRef>,
+    /// Accepted; a route attached to a Service (GAMMA) is for that Service's traffic
+    /// whatever the hostnames say, as in Istio.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub hostnames: Vec<String>,
     #[serde(default)]
     pub rules: Vec<HttpRule>,
 }
@@ -36,16 +41,20 @@ pub struct GrpcRoute {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteSpec {
     #[serde(default)]
     pub parent_refs: Vec<ParentRef>,
+    /// Accepted, as for HTTPRoute.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub hostnames: Vec<String>,
     #[serde(default)]
     pub rules: Vec<GrpcRule>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParentRef {
     #[serde(default)]
     pub group: Option<String>,
@@ -61,7 +70,7 @@ pub struct ParentRef {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRule {
     #[serde(default)]
     pub name: Option<String>,
@@ -78,7 +87,7 @@ pub struct HttpRule {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRule {
     #[serde(default)]
     pub name: Option<String>,
@@ -91,7 +100,7 @@ pub struct GrpcRule {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMatch {
     #[serde(default)]
     pub path: Option<PathMatchSpec>,
@@ -104,6 +113,7 @@ pub struct HttpMatch {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct GrpcMatch {
     #[serde(default)]
     pub method: Option<GrpcMethodMatch>,
@@ -112,6 +122,7 @@ pub struct GrpcMatch {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct GrpcMethodMatch {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
@@ -122,6 +133,7 @@ pub struct GrpcMethodMatch {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PathMatchSpec {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
@@ -130,6 +142,7 @@ pub struct PathMatchSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ValueMatchSpec {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
@@ -138,7 +151,7 @@ pub struct ValueMatchSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteFilter {
     #[serde(rename = "type")]
     pub kind: String,
@@ -157,6 +170,7 @@ pub struct RouteFilter {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct HeaderModifierSpec {
     #[serde(default)]
     pub set: Vec<HeaderPair>,
@@ -167,13 +181,14 @@ pub struct HeaderModifierSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeaderPair {
     pub name: String,
     pub value: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedirectSpec {
     #[serde(default)]
     pub scheme: Option<String>,
@@ -188,6 +203,7 @@ pub struct RedirectSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RewriteSpec {
     #[serde(default)]
     pub hostname: Option<String>,
@@ -196,7 +212,7 @@ pub struct RewriteSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PathModifierSpec {
     #[serde(rename = "type")]
     pub kind: String,
@@ -207,7 +223,7 @@ pub struct PathModifierSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MirrorSpec {
     pub backend_ref: BackendRef,
     #[serde(default)]
@@ -217,6 +233,7 @@ pub struct MirrorSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Fraction {
     pub numerator: u32,
     #[serde(default)]
@@ -224,7 +241,7 @@ pub struct Fraction {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CorsSpec {
     #[serde(default)]
     pub allow_origins: Vec<String>,
@@ -241,6 +258,7 @@ pub struct CorsSpec {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BackendRef {
     #[serde(default)]
     pub group: Option<String>,
@@ -258,7 +276,7 @@ pub struct BackendRef {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpTimeouts {
     #[serde(default)]
     pub request: Option<String>,
@@ -267,6 +285,7 @@ pub struct HttpTimeouts {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpRetry {
     #[serde(default)]
     pub codes: Vec<u16>,
@@ -283,6 +302,7 @@ pub struct ReferenceGrant {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReferenceGrantSpec {
     #[serde(default)]
     pub from: Vec<GrantFrom>,
@@ -291,6 +311,7 @@ pub struct ReferenceGrantSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GrantFrom {
     pub group: String,
     pub kind: String,
@@ -298,6 +319,7 @@ pub struct GrantFrom {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GrantTo {
     pub group: String,
     pub kind: String,

@@ -23,6 +23,13 @@ pub(super) fn access_log(
                     "CEL filters are not supported",
                 ));
             }
+            if a.match_.is_some() {
+                return Err(invalid(
+                    label,
+                    "spec.accessLogging[0].match",
+                    "matching by traffic mode is not supported",
+                ));
+            }
             let names: Vec<String> = if a.providers.is_empty() {
                 mesh.default_providers.access_logging.clone()
             } else {

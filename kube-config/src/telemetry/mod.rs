@@ -36,7 +36,7 @@ pub struct Telemetry {
 
 /// `Telemetry.spec`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TelemetrySpec {
     #[serde(default)]
     selector: Option<serde_yaml::Value>,
@@ -53,13 +53,13 @@ pub struct TelemetrySpec {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ProviderRef {
     name: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TracingSpec {
     #[serde(default)]
     providers: Vec<ProviderRef>,
@@ -69,12 +69,12 @@ struct TracingSpec {
     disable_span_reporting: Option<bool>,
     #[serde(default)]
     custom_tags: std::collections::BTreeMap<String, CustomTagSpec>,
-    #[serde(default)]
+    #[serde(default, rename = "match")]
     match_: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CustomTagSpec {
     #[serde(default)]
     literal: Option<Literal>,
@@ -85,12 +85,13 @@ struct CustomTagSpec {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct Literal {
     value: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NamedDefault {
     name: String,
     #[serde(default)]
@@ -98,7 +99,7 @@ struct NamedDefault {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AccessLoggingSpec {
     #[serde(default)]
     providers: Vec<ProviderRef>,
@@ -106,6 +107,8 @@ struct AccessLoggingSpec {
     disabled: Option<bool>,
     #[serde(default)]
     filter: Option<serde_yaml::Value>,
+    #[serde(default, rename = "match")]
+    match_: Option<serde_yaml::Value>,
 }
 
 /// `opentelemetry` provider settings.
