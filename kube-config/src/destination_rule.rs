@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use filters::balance::outlier::OutlierPolicy;
 use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
-use filters::model::{ClientCertificate, TlsRoots, UpstreamTls};
+use filters::model::{ClientCertificate, ConnectionLimits, TlsRoots, UpstreamTls};
 use filters::retry::limit::RetryLimit;
 use filters::route::model::{HashPolicy, HashSource};
 use http::HeaderName;
@@ -259,9 +259,9 @@ struct TcpPool {
     #[serde(default)]
     tcp_keepalive: Option<serde_yaml::Value>,
     #[serde(default)]
-    max_connection_duration: Option<serde_yaml::Value>,
+    max_connection_duration: Option<String>,
     #[serde(default)]
-    idle_timeout: Option<serde_yaml::Value>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -272,11 +272,11 @@ struct HttpPool {
     #[serde(default)]
     http2_max_requests: Option<u32>,
     #[serde(default)]
-    max_requests_per_connection: Option<serde_yaml::Value>,
+    max_requests_per_connection: Option<u32>,
     #[serde(default)]
     max_retries: Option<u32>,
     #[serde(default)]
-    idle_timeout: Option<serde_yaml::Value>,
+    idle_timeout: Option<String>,
     #[serde(default)]
     h2_upgrade_policy: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -286,6 +286,40 @@ struct HttpPool {
 }
 
 impl ConnectionPool {
+    /// Idle timeout (`http.idleTimeout`, else `tcp.idleTimeout`), requests per connection
+    /// and connection lifetime, as istiod's `applyConnectionPool` writes them.
+    fn connection_limits(
+        &self,
+        label: &str,
+        at: &str,
+    ) -> Result<ConnectionLimits, LocalConfigError> {
+        let duration =
+            |v: Option<&String>, field: &str| -> Result<Option<Duration>, LocalConfigError> {
+                v.map(|t| {
+                    filters::duration::parse(t)
+                        .map_err(|e| invalid(label, format!("{at}.{field}"), e.to_string()))
+                })
+                .transpose()
+                .map(|d| d.filter(|d| !d.is_zero()))
+            };
+        let http = self.http.as_ref();
+        let tcp = self.tcp.as_ref();
+        let idle = match http.and_then(|h| h.idle_timeout.as_ref()) {
+            Some(t) => duration(Some(t), "http.idleTimeout")?,
+            None => duration(tcp.and_then(|t| t.idle_timeout.as_ref()), "tcp.idleTimeout")?,
+        };
+        Ok(ConnectionLimits {
+            idle_timeout: idle,
+            max_requests: http
+                .and_then(|h| h.max_requests_per_connection)
+                .filter(|n| *n > 0),
+            max_duration: duration(
+                tcp.and_then(|t| t.max_connection_duration.as_ref()),
+                "tcp.maxConnectionDuration",
+            )?,
+        })
+    }
+
     /// The limit on requests in flight, as istiod writes these fields into the cluster's
     /// circuit breaker and the waypoint reads it back (`http2MaxRequests`; for HTTP/1.1
     /// also `maxConnections` + `http1MaxPendingRequests`). Fields with no such effect here
@@ -310,25 +344,12 @@ impl ConnectionPool {
                     "tcpKeepalive",
                     tcp.is_some_and(|t| t.tcp_keepalive.is_some()),
                 ),
-                (
-                    "maxConnectionDuration",
-                    tcp.is_some_and(|t| t.max_connection_duration.is_some()),
-                ),
-                ("idleTimeout", tcp.is_some_and(|t| t.idle_timeout.is_some())),
             ],
         )?;
         unsupported(
             label,
             &format!("{at}.http"),
             &[
-                (
-                    "maxRequestsPerConnection",
-                    http.is_some_and(|h| h.max_requests_per_connection.is_some()),
-                ),
-                (
-                    "idleTimeout",
-                    http.is_some_and(|h| h.idle_timeout.is_some()),
-                ),
                 (
                     "h2UpgradePolicy",
                     http.is_some_and(|h| h.h2_upgrade_policy.is_some()),
@@ -433,6 +454,8 @@ pub struct PortPolicy {
     pub tls: Option<UpstreamTls>,
     /// The limit on retries in flight (`maxRetries`, `retryBudget`).
     pub retry_limit: Option<RetryLimit>,
+    /// Idle timeout, requests and lifetime per upstream connection.
+    pub connection_limits: Option<ConnectionLimits>,
 }
 
 impl DestinationRule {
@@ -530,6 +553,7 @@ impl DestinationRule {
         }
         if let Some((pool, at)) = pool {
             policy.max_requests = pool.max_requests(h2, label, &at)?;
+            policy.connection_limits = Some(pool.connection_limits(label, &at)?);
         }
         if let Some(b) = &tp.retry_budget {
             if b.budget_interval.is_some() {
@@ -640,6 +664,7 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
         outlier: None,
         tls: None,
         retry_limit: None,
+        connection_limits: None,
     })
 }
 
@@ -695,5 +720,6 @@ fn consistent_hash(
         outlier: None,
         tls: None,
         retry_limit: None,
+        connection_limits: None,
     })
 }

@@ -320,7 +320,8 @@ fn apply_destination_rule(
                 .with_max_requests(policy.max_requests)
                 .with_outlier(policy.outlier)
                 .with_tls(policy.tls)
-                .with_retry_limit(policy.retry_limit),
+                .with_retry_limit(policy.retry_limit)
+                .with_connection_limits(policy.connection_limits),
         );
     }
     Ok(())

@@ -245,3 +245,34 @@ async fn max_retries_caps_the_retries_in_flight() {
     let c = send("/retry/c?uuid=c&succeedAfter=1&responseCode=503");
     assert_eq!(c.await.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn connection_pool_limits_bound_each_upstream_connection() {
+    for (pool, expected) in [("", 1), ("      http: {maxRequestsPerConnection: 2}\n", 2)] {
+        let rule = if pool.is_empty() {
+            vec![]
+        } else {
+            vec![destination_rule(&format!("    connectionPool:\n{pool}"))]
+        };
+        let h = Harness::start(Spec {
+            extra_yaml: rule,
+            ..Spec::default()
+        })
+        .await;
+        let conn = h.client().connect().await.unwrap();
+        let mut http = conn.http1(authority(80)).await.unwrap();
+        for _ in 0..4 {
+            let resp = http.send_request(get("/get")).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            json(resp).await;
+        }
+        let connects = h.pods[0]
+            .counters
+            .connects
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            connects, expected,
+            "upstream tunnels for 4 requests ({pool:?})"
+        );
+    }
+}

@@ -419,3 +419,35 @@ async fn the_nearest_priority_takes_traffic_until_its_endpoints_are_ejected() {
     assert!(statuses[3..].iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn max_requests_per_connection_one_turns_keep_alive_off() {
+    // DestinationRule connectionPool.http.maxRequestsPerConnection: 1 (applyConnectionPool:
+    // common_http_protocol_options.max_requests_per_connection).
+    let w = start(|_, cs, _| {
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            c["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "common_http_protocol_options": {"max_requests_per_connection": 1},
+                    "explicit_http_config": {"http_protocol_options": {}}}});
+        })
+    })
+    .await;
+    let connects = || {
+        w._pods
+            .0
+            .counters
+            .connects
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let before = connects();
+    for _ in 0..3 {
+        assert_eq!(get(&w, 8100, "/get").await.status, 200);
+    }
+    assert_eq!(
+        connects() - before,
+        3,
+        "one upstream connection per request"
+    );
+}

@@ -270,6 +270,8 @@ pub struct Picked {
     pub outlier: Option<OutlierReport>,
     /// TLS to originate to the endpoint inside the tunnel, if the port has it.
     pub tls: Option<Arc<crate::model::UpstreamTls>>,
+    /// Limits on the upstream HTTP connections to the endpoint.
+    pub connection_limits: Option<crate::model::ConnectionLimits>,
 }
 
 impl Picked {
@@ -409,6 +411,7 @@ pub fn pick(
                     address: ep.address().expect("balancers return addressed endpoints"),
                 }),
                 tls: sp.tls.clone(),
+                connection_limits: sp.connection_limits,
             })
         }
         Backend::Workload { workload, port } => {
@@ -421,6 +424,7 @@ pub fn pick(
                 in_flight: None,
                 outlier: None,
                 tls: None,
+                connection_limits: None,
             })
         }
     }

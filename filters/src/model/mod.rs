@@ -20,7 +20,7 @@ pub use snapshot::{
     bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,
     Service, ServicePort, Snapshot, SnapshotParts, Target, TargetPort, Waypoint, Workload,
 };
-pub use upstream_tls::{ClientCertificate, TlsRoots, UpstreamTls};
+pub use upstream_tls::{ClientCertificate, ConnectionLimits, TlsRoots, UpstreamTls};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -160,6 +160,9 @@ pub struct ServicePort {
     /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Arc<super::UpstreamTls>>,
+    /// Limits on upstream HTTP connections (DestinationRule `connectionPool`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_limits: Option<super::ConnectionLimits>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -187,6 +190,7 @@ impl ServicePort {
             next: AtomicUsize::new(0),
             outlier: None,
             tls: None,
+            connection_limits: None,
             retry_limit: None,
             retries: AtomicUsize::new(0),
             priorities: None,
@@ -238,6 +242,12 @@ impl ServicePort {
                 self.retry_limit,
                 Some(crate::retry::limit::RetryLimit::Budget { .. })
             )
+    }
+
+    /// This port with limits on its upstream HTTP connections.
+    pub fn with_connection_limits(mut self, limits: Option<super::ConnectionLimits>) -> Self {
+        self.connection_limits = limits.filter(super::ConnectionLimits::is_set);
+        self
     }
 
     /// This port with TLS originated to its endpoints.

@@ -51,6 +51,7 @@ fn direct(address: SocketAddr, host: &str) -> Picked {
         in_flight: None,
         outlier: None,
         tls: None,
+        connection_limits: None,
     }
 }
 

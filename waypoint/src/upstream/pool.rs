@@ -4,6 +4,11 @@
 //! their response arrives, to be picked once its body has been read (without a task per
 //! request to wait for that); an HTTP/2 connection is shared by every request
 //! to the endpoint. Both run over [`super::UpstreamIo`] (an HBONE tunnel or TCP).
+//!
+//! A port's [`ConnectionLimits`] (DestinationRule `connectionPool`) bound each connection:
+//! idle time (checked when a connection is taken), requests served (the last one's
+//! connection is not pooled again; with 1, keep-alive is off) and age (no new requests
+//! after it).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use filters::balance::Picked;
 use filters::body::Body;
+use filters::model::ConnectionLimits;
 use filters::ProxyError;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -32,21 +38,54 @@ struct Key {
     hbone: bool,
     /// TLS originated inside (DestinationRule `tls`), and the SNI it was opened with.
     tls: Option<(std::sync::Arc<filters::model::UpstreamTls>, Option<String>)>,
+    /// The port's connection limits.
+    limits: Option<ConnectionLimits>,
 }
 
 impl Key {
     fn sni(&self) -> Option<&str> {
         self.tls.as_ref().and_then(|(_, sni)| sni.as_deref())
     }
+
+    fn idle_timeout(&self) -> Duration {
+        self.limits
+            .and_then(|l| l.idle_timeout)
+            .unwrap_or(IDLE_TIMEOUT)
+    }
+
+    /// Whether a connection opened at `opened` that has served `served` requests may take
+    /// another.
+    fn usable(&self, opened: Instant, served: u32) -> bool {
+        let Some(l) = self.limits else { return true };
+        l.max_requests.is_none_or(|m| served < m)
+            && l.max_duration.is_none_or(|d| opened.elapsed() < d)
+    }
 }
 
-type IdleMap = HashMap<Key, Vec<(http1::SendRequest<Body>, Instant)>>;
+/// A pooled HTTP/1.1 connection.
+struct H1 {
+    sender: http1::SendRequest<Body>,
+    /// When it was last listed idle (or last seen busy).
+    since: Instant,
+    opened: Instant,
+    served: u32,
+}
+
+/// The shared HTTP/2 connection to an endpoint.
+struct H2 {
+    sender: http2::SendRequest<Body>,
+    opened: Instant,
+    last_used: Instant,
+    served: u32,
+}
+
+type IdleMap = HashMap<Key, Vec<H1>>;
 
 /// The HTTP connection pool.
 #[derive(Default)]
 pub struct HttpPool {
     idle: Mutex<IdleMap>,
-    h2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
+    h2: Mutex<HashMap<Key, H2>>,
     connects: AtomicU64,
 }
 
@@ -76,6 +115,7 @@ impl HttpPool {
             address: picked.address,
             hbone: picked.workload.hbone,
             tls,
+            limits: picked.connection_limits,
         };
         let reset = |e: hyper::Error| ProxyError::UpstreamReset {
             endpoint: picked.address.to_string(),
@@ -93,10 +133,11 @@ impl HttpPool {
         let mut req = req;
         // A pooled connection the server closed meanwhile hands the request back unsent;
         // then it goes on a fresh connection.
-        while let Some(mut sender) = self.checkout(&key) {
-            match sender.try_send_request(req).await {
+        while let Some(mut conn) = self.checkout(&key) {
+            match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.checkin(key, sender);
+                    conn.served += 1;
+                    self.checkin(key, conn);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -105,47 +146,76 @@ impl HttpPool {
                 },
             }
         }
-        let mut sender = Box::pin(self.new_h1(upstream, picked, &key)).await?;
-        let resp = sender.send_request(req).await.map_err(reset)?;
-        self.checkin(key, sender);
+        let sender = Box::pin(self.new_h1(upstream, picked, &key)).await?;
+        let now = Instant::now();
+        let mut conn = H1 {
+            sender,
+            since: now,
+            opened: now,
+            served: 1,
+        };
+        let resp = conn.sender.send_request(req).await.map_err(reset)?;
+        self.checkin(key, conn);
         Ok(resp)
     }
 
     /// An idle connection that can take a request now. Connections still reading their
-    /// previous response stay listed; closed and expired ones are dropped.
-    fn checkout(&self, key: &Key) -> Option<http1::SendRequest<Body>> {
+    /// previous response stay listed; closed, expired and used-up ones are dropped.
+    fn checkout(&self, key: &Key) -> Option<H1> {
+        let idle_timeout = key.idle_timeout();
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(key)?;
         let mut i = list.len();
         while i > 0 {
             i -= 1;
-            let (sender, since) = &mut list[i];
-            if sender.is_closed() || since.elapsed() >= IDLE_TIMEOUT {
+            let c = &mut list[i];
+            if c.sender.is_closed()
+                || c.since.elapsed() >= idle_timeout
+                || !key.usable(c.opened, c.served)
+            {
                 list.swap_remove(i);
-            } else if sender.is_ready() {
-                return Some(list.swap_remove(i).0);
+            } else if c.sender.is_ready() {
+                return Some(list.swap_remove(i));
             } else {
                 // Busy, so not idle: its idle time starts after this.
-                *since = Instant::now();
+                c.since = Instant::now();
             }
         }
         None
     }
 
     /// Lists the connection as soon as its response has arrived: it becomes ready (and
-    /// eligible for [`Self::checkout`]) once that response's body has been read.
-    fn checkin(&self, key: Key, sender: http1::SendRequest<Body>) {
+    /// eligible for [`Self::checkout`]) once that response's body has been read. A
+    /// connection that has served its last request is not listed: once its response ends,
+    /// it closes.
+    fn checkin(&self, key: Key, mut conn: H1) {
+        if !key.usable(conn.opened, conn.served) {
+            return;
+        }
+        conn.since = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push((sender, Instant::now()));
+            list.push(conn);
         }
     }
 
-    /// The open HTTP/2 connection to `key`, if there is one.
+    /// The open HTTP/2 connection to `key`, if there is one that may take a request (a
+    /// used-up, expired or idle-timed-out one is dropped from the pool: its streams finish,
+    /// then it closes).
     fn h2_pooled(&self, key: &Key) -> Option<http2::SendRequest<Body>> {
-        let pool = self.h2.lock().expect("pool lock");
-        pool.get(key).filter(|s| !s.is_closed()).cloned()
+        let mut pool = self.h2.lock().expect("pool lock");
+        let c = pool.get_mut(key)?;
+        let fresh = !c.sender.is_closed()
+            && c.last_used.elapsed() < key.idle_timeout()
+            && key.usable(c.opened, c.served);
+        if !fresh {
+            pool.remove(key);
+            return None;
+        }
+        c.served += 1;
+        c.last_used = Instant::now();
+        Some(c.sender.clone())
     }
 
     async fn h2_connect(
@@ -171,10 +241,16 @@ impl HttpPool {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        self.h2
-            .lock()
-            .expect("pool lock")
-            .insert(key.clone(), sender.clone());
+        let now = Instant::now();
+        self.h2.lock().expect("pool lock").insert(
+            key.clone(),
+            H2 {
+                sender: sender.clone(),
+                opened: now,
+                last_used: now,
+                served: 1,
+            },
+        );
         Ok(sender)
     }
 

@@ -34,6 +34,8 @@ pub struct ClusterInfo {
     pub max_requests: Option<usize>,
     /// The HTTP version requests go upstream in.
     pub upstream_protocol: filters::model::UpstreamProtocol,
+    /// Idle timeout, requests and lifetime per upstream connection.
+    pub connection_limits: filters::model::ConnectionLimits,
     /// The limit on retries in flight (`max_retries` or `retry_budget`), if any.
     pub retry_limit: Option<filters::retry::limit::RetryLimit>,
     /// Outlier detection (DestinationRule `outlierDetection`), if the cluster has it.
@@ -122,6 +124,7 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         outlier: None,
         tls: None,
         upstream_protocol: filters::model::UpstreamProtocol::for_port(protocol),
+        connection_limits: Default::default(),
         subset: None,
     })
 }
@@ -179,6 +182,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         upstream_protocol: options
             .upstream
             .unwrap_or(filters::model::UpstreamProtocol::for_port(protocol)),
+        connection_limits: options.limits,
         tls,
     })
 }

@@ -249,6 +249,7 @@ fn service_port(
         .with_tls(c.tls.clone())
         .with_retry_limit(c.retry_limit)
         .with_upstream_protocol(c.upstream_protocol)
+        .with_connection_limits(Some(c.connection_limits))
 }
 
 /// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to

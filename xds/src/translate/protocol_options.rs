@@ -2,9 +2,10 @@
 //! as istiod writes it (`setUpstreamProtocol`, `setH2Options`, `setUseDownstreamProtocol`
 //! and `applyConnectionPool` in `cluster_builder.go` / `cluster_traffic_policy.go`): the
 //! HTTP version towards the endpoints (explicit HTTP/1.1, explicit HTTP/2, or the client's),
-//! and the SNI/SAN settings of TLS origination. Connection-pool settings the waypoint does
-//! not implement (idle timeout, requests or lifetime per connection, HTTP/2 stream limits and
-//! keepalive, header case preservation, upstream filters) are refused by field.
+//! the SNI/SAN settings of TLS origination, and the connection-pool limits (idle timeout,
+//! requests and lifetime per connection). Settings the waypoint does not implement (HTTP/2
+//! stream limits and keepalive, header case preservation, header limits, upstream filters)
+//! are refused by field.
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
@@ -29,6 +30,8 @@ pub struct ProtocolOptions {
     pub upstream: Option<UpstreamProtocol>,
     /// SNI and SAN settings for TLS origination.
     pub auto: AutoSettings,
+    /// Idle timeout, requests and lifetime per upstream connection.
+    pub limits: filters::model::ConnectionLimits,
 }
 
 /// Reads the cluster's HTTP protocol options.
@@ -50,13 +53,36 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
     let bad = |field: &str, reason: &str| (format!("{at}.{field}"), reason.to_string());
     let o = HttpProtocolOptions::decode(any.value.as_slice())
         .map_err(|e| (at.clone(), e.to_string()))?;
+    let mut limits = filters::model::ConnectionLimits::default();
     if let Some(common) = &o.common_http_protocol_options {
-        if *common != Default::default() {
+        // DestinationRule connectionPool idleTimeout, maxRequestsPerConnection and
+        // maxConnectionDuration take effect; the rest is refused by field.
+        let rest = envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+            idle_timeout: None,
+            max_connection_duration: None,
+            max_requests_per_connection: None,
+            ..*common
+        };
+        if rest != Default::default() {
             return Err(bad(
                 "common_http_protocol_options",
-                "connection-pool settings (DestinationRule connectionPool idleTimeout, maxRequestsPerConnection, maxConnectionDuration) are not supported yet",
+                "only idle_timeout, max_requests_per_connection and max_connection_duration are supported",
             ));
         }
+        let duration = |d: &Option<envoy_types::pb::google::protobuf::Duration>| {
+            d.as_ref()
+                .map(|d| std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+                .filter(|d| !d.is_zero())
+        };
+        limits = filters::model::ConnectionLimits {
+            idle_timeout: duration(&common.idle_timeout),
+            max_requests: common
+                .max_requests_per_connection
+                .as_ref()
+                .map(|v| v.value)
+                .filter(|v| *v > 0),
+            max_duration: duration(&common.max_connection_duration),
+        };
     }
     let unsupported = [
         ("http_filters", !o.http_filters.is_empty()),
@@ -146,5 +172,9 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
             ))
         }
     };
-    Ok(ProtocolOptions { upstream, auto })
+    Ok(ProtocolOptions {
+        upstream,
+        auto,
+        limits,
+    })
 }

@@ -484,9 +484,26 @@ fn http_protocol_options_choose_the_upstream_version_or_are_refused_by_field() {
         downstream.unwrap().upstream_protocol,
         UpstreamProtocol::Downstream
     );
-    // DestinationRule connectionPool.http.idleTimeout: not implemented, so refused.
+    // DestinationRule connectionPool idleTimeout / maxRequestsPerConnection /
+    // maxConnectionDuration take effect; other connection settings are refused.
+    let limits = with(
+        serde_json::json!({"common_http_protocol_options": {"idle_timeout": "30s",
+        "max_requests_per_connection": 1, "max_connection_duration": "60s"},
+        "explicit_http_config": {"http_protocol_options": {}}}),
+    )
+    .unwrap()
+    .connection_limits;
+    assert_eq!(
+        limits.idle_timeout,
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(limits.max_requests, Some(1));
+    assert_eq!(
+        limits.max_duration,
+        Some(std::time::Duration::from_secs(60))
+    );
     let e = with(
-        serde_json::json!({"common_http_protocol_options": {"idle_timeout": "30s"},
+        serde_json::json!({"common_http_protocol_options": {"max_headers_count": 10},
         "explicit_http_config": {"http_protocol_options": {}}}),
     )
     .unwrap_err();
