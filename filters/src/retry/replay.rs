@@ -5,9 +5,14 @@
 //! source that remembers the frames it has handed out (up to the limit): a retry replays
 //! them, then continues with the rest of the original stream. Nothing waits for the whole
 //! body before the first attempt, so streaming requests (gRPC client streams) still flow.
+//!
+//! What all requests remember together is bounded too ([`Budget`], 256 MiB by default,
+//! `--retry-buffer-limit`): past it a request is not remembered, so it is not retried; it
+//! is never queued or refused for it.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -18,6 +23,61 @@ use crate::body::{Body, BoxError};
 
 /// Envoy's default per-request buffer limit (the listener's connection buffer limit).
 pub const DEFAULT_LIMIT: usize = 1024 * 1024;
+
+/// Bytes remembered for retries by every request together, and the most allowed.
+#[derive(Debug)]
+pub struct Budget {
+    limit: AtomicUsize,
+    used: AtomicUsize,
+    /// Requests that could not be remembered because the budget was spent.
+    pub overflows: AtomicUsize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: AtomicUsize::new(limit),
+            used: AtomicUsize::new(0),
+            overflows: AtomicUsize::new(0),
+        }
+    }
+
+    /// The process's budget (256 MiB unless [`Budget::set_limit`] changed it).
+    pub fn global() -> Arc<Budget> {
+        static GLOBAL: OnceLock<Arc<Budget>> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| Arc::new(Budget::new(DEFAULT_GLOBAL_LIMIT)))
+            .clone()
+    }
+
+    /// Changes the limit (the command line's `--retry-buffer-limit`).
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Bytes remembered now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self, n: usize) -> bool {
+        let before = self.used.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.limit.load(Ordering::Relaxed) {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// What all requests may remember together by default.
+pub const DEFAULT_GLOBAL_LIMIT: usize = 256 * 1024 * 1024;
 
 /// The original body and what it has delivered.
 struct Shared {
@@ -30,6 +90,22 @@ struct Shared {
     /// The source ended (its trailers, if any, are kept).
     ended: bool,
     trailers: Option<HeaderMap>,
+    budget: Arc<Budget>,
+}
+
+impl Shared {
+    /// Forgets what was recorded and gives its bytes back to the budget.
+    fn forget(&mut self) {
+        self.overflowed = true;
+        self.recorded = Vec::new();
+        self.budget.release(std::mem::take(&mut self.recorded_len));
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.budget.release(self.recorded_len);
+    }
 }
 
 /// The shared source of a request body's attempts.
@@ -40,8 +116,13 @@ pub struct Replayable {
 }
 
 impl Replayable {
-    /// Wraps `body`, remembering up to `limit` bytes of it.
+    /// Wraps `body`, remembering up to `limit` bytes of it, within the process's budget.
     pub fn new(body: Body, limit: usize) -> Self {
+        Self::with_budget(body, limit, Budget::global())
+    }
+
+    /// Wraps `body`, remembering up to `limit` bytes of it, within `budget`.
+    pub fn with_budget(body: Body, limit: usize, budget: Arc<Budget>) -> Self {
         Self {
             shared: Arc::new(Mutex::new(Shared {
                 source: body,
@@ -50,6 +131,7 @@ impl Replayable {
                 overflowed: false,
                 ended: false,
                 trailers: None,
+                budget,
             })),
             limit,
         }
@@ -67,9 +149,7 @@ impl Replayable {
     /// No more attempts will be made: what was recorded is released and the rest of the
     /// body streams without being remembered (a long stream keeps no buffer).
     pub fn finish(&self) {
-        let mut s = self.lock();
-        s.overflowed = true;
-        s.recorded = Vec::new();
+        self.lock().forget();
     }
 
     /// Whether a new attempt would send the same body (nothing was lost past the limit).
@@ -120,9 +200,8 @@ impl http_body::Body for Attempt {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     if !s.overflowed {
-                        if s.recorded_len + data.len() > limit {
-                            s.overflowed = true;
-                            s.recorded = Vec::new();
+                        if s.recorded_len + data.len() > limit || !s.budget.reserve(data.len()) {
+                            s.forget();
                         } else {
                             s.recorded_len += data.len();
                             s.recorded.push(data.clone());
@@ -154,6 +233,29 @@ mod tests {
     use http_body_util::{BodyExt, StreamBody};
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_shared_budget_bounds_what_all_requests_remember() {
+        let budget = Arc::new(Budget::new(6));
+        let a = Replayable::with_budget(chunked(&["abcd"]), DEFAULT_LIMIT, budget.clone());
+        let b = Replayable::with_budget(chunked(&["efgh"]), DEFAULT_LIMIT, budget.clone());
+        a.attempt().collect().await.unwrap();
+        assert!(a.replayable());
+        assert_eq!(budget.used(), 4);
+        // The second does not fit: it is sent, not remembered, so not replayable.
+        let sent = b.attempt().collect().await.unwrap().to_bytes();
+        assert_eq!(&sent[..], b"efgh");
+        assert!(!b.replayable());
+        assert_eq!(budget.overflows.load(Ordering::Relaxed), 1);
+        // Finished or dropped, the bytes go back.
+        a.finish();
+        assert_eq!(budget.used(), 0);
+        let c = Replayable::with_budget(chunked(&["xy"]), DEFAULT_LIMIT, budget.clone());
+        c.attempt().collect().await.unwrap();
+        assert_eq!(budget.used(), 2);
+        drop(c);
+        assert_eq!(budget.used(), 0);
+    }
 
     fn chunked(parts: &[&'static str]) -> Body {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts

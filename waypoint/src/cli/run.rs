@@ -94,6 +94,10 @@ pub struct RunArgs {
     /// once. Default: 80% of the process's open-file limit.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Most bytes of request bodies kept for retries by all requests together (MiB); past
+    /// it a request is not kept, so it is not retried.
+    #[arg(long, default_value_t = 256)]
+    retry_buffer_limit_mib: usize,
     /// Most HBONE connections in a TLS handshake at once; more are closed at once (a flood
     /// of half-open connections then costs bounded memory).
     #[arg(long, default_value_t = 1024)]
@@ -150,6 +154,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let (store, source_task, xds_stats) = config_source(&args, options, &ours)?;
 
+    filters::retry::replay::Budget::global()
+        .set_limit(args.retry_buffer_limit_mib.saturating_mul(1024 * 1024));
     let proxy = Proxy::new(
         store.clone(),
         certs.clone(),
