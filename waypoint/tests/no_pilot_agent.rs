@@ -67,6 +67,11 @@ impl Rig {
     /// A waypoint started as istiod's template would start it, with `token` in its token
     /// file (none: no file).
     fn spawn(&self, token: Option<&str>) -> WaypointProcess {
+        self.spawn_expecting(token, ISTIOD_SAN)
+    }
+
+    /// As [`Rig::spawn`], requiring istiod's certificate to name `san`.
+    fn spawn_expecting(&self, token: Option<&str>, san: &str) -> WaypointProcess {
         let token_file = self.path("istio-token");
         if let Some(t) = token {
             std::fs::write(&token_file, format!("{t}\n")).unwrap();
@@ -77,7 +82,7 @@ impl Rig {
             "--istiod",
             istiod.as_str(),
             "--istiod-san",
-            ISTIOD_SAN,
+            san,
             "--token-file",
             token_file.to_str().unwrap(),
             "--root-cert",
@@ -339,6 +344,27 @@ async fn a_refused_or_missing_token_keeps_the_waypoint_unready_and_says_why() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(!matches!(
+        http_get(wp.ready, "/healthz/ready").await,
+        Ok((200, _))
+    ));
+    assert_eq!(rig.istiod.ca.requests().len(), refused);
+    drop(wp);
+
+    // istiod presenting a certificate for another name: unreachable, and the log says why.
+    std::fs::write(&missing, TOKEN).unwrap();
+    let wp = rig.spawn_expecting(Some(TOKEN), "istiod.elsewhere.svc");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !rig.log().contains("is unreachable") {
+        assert!(Instant::now() < deadline, "no TLS error\n{}", rig.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = rig.log();
+    assert!(log.contains("(expecting istiod.elsewhere.svc)"), "{log}");
+    assert!(
+        log.contains("certificate not valid for name \"istiod.elsewhere.svc\""),
+        "{log}"
+    );
     assert!(!matches!(
         http_get(wp.ready, "/healthz/ready").await,
         Ok((200, _))

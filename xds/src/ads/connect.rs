@@ -41,8 +41,12 @@ impl From<tonic::transport::Error> for ConnectError {
         let mut message = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
+            // Wrappers often repeat their cause's text; say each thing once.
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
             source = cause.source();
         }
         ConnectError(message)

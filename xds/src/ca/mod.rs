@@ -11,7 +11,6 @@ pub mod rotate;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use envoy_types::pb::google::protobuf::Struct;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
 use crate::ads::connect::{self, ConnectError, XdsAddress};
@@ -110,7 +109,7 @@ impl CaClient {
         let mut request = tonic::Request::new(IstioCertificateRequest {
             csr: csr.pem.clone(),
             validity_duration: self.validity.as_secs() as i64,
-            metadata: Some(Struct::default()),
+            metadata: None,
         });
         let refused = |status: tonic::Status| CaError::Refused {
             address: address.clone(),
@@ -210,3 +209,6 @@ fn pem_join(blocks: &[String]) -> Vec<u8> {
     }
     out.into_bytes()
 }
+
+#[cfg(test)]
+mod tests;
