@@ -42,7 +42,8 @@ pub struct IstiodArgs {
     /// ISTIO_META_CLUSTER_ID and ISTIO_META_* as istiod's waypoint template sets them.
     #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["config", "xds_address", "sds_address", "cert_chain", "key"])]
     pub istiod: Option<String>,
-    /// istiod's CA, when not the xDS address (with --istiod).
+    /// istiod's CA, when not the xDS address (with --istiod); else `CA_ADDR`, the variable
+    /// istiod's waypoint template sets for pilot-agent.
     #[arg(long, env = "CA_ADDRESS", value_name = "HOST:PORT")]
     pub ca_address: Option<String>,
     /// The DNS name istiod's certificate must carry (default: the address's host).
@@ -179,7 +180,12 @@ impl IstiodArgs {
             }))
         };
         let xds = target(istiod)?;
-        let ca = match &self.ca_address {
+        let ca_address = self
+            .ca_address
+            .clone()
+            .or_else(|| std::env::var("CA_ADDR").ok())
+            .filter(|a| !a.is_empty());
+        let ca = match &ca_address {
             Some(a) => target(a)?,
             None => xds.clone(),
         };
