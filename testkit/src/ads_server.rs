@@ -37,6 +37,8 @@ struct Shared {
     resources: Mutex<HashMap<String, Named>>,
     replies: Mutex<Vec<Reply>>,
     nodes: Mutex<Vec<Node>>,
+    /// Per stream: the `authorization` header, when present.
+    authorizations: Mutex<Vec<Option<String>>>,
 }
 
 /// The server; cloning shares its state.
@@ -93,6 +95,16 @@ impl AdsServer {
         self.shared.nodes.lock().unwrap().clone()
     }
 
+    /// Per stream opened: its `authorization` header, when it had one.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared.authorizations.lock().unwrap().clone()
+    }
+
+    /// The tonic service, to serve beside others (the CA, over TLS).
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
     /// Serves on a Unix socket at `path` until the returned handle is aborted.
     pub fn serve_unix(&self, path: &Path) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let _ = std::fs::remove_file(path);
@@ -132,6 +144,16 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<DeltaStream>, tonic::Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        self.shared
+            .authorizations
+            .lock()
+            .unwrap()
+            .push(authorization);
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let shared = self.shared.clone();

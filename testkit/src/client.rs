@@ -56,13 +56,19 @@ impl HboneClient {
         let tls = TlsConnector::from(self.config.clone())
             .connect(ServerName::IpAddress(self.addr.ip().into()), tcp)
             .await?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
         let (send, conn) = settings::client_builder()
             .handshake::<_, Bytes>(tls)
             .await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(HboneConnection { send })
+        Ok(HboneConnection { send, peer })
     }
 }
 
@@ -70,9 +76,15 @@ impl HboneClient {
 #[derive(Clone)]
 pub struct HboneConnection {
     send: h2::client::SendRequest<Bytes>,
+    peer: Option<Vec<u8>>,
 }
 
 impl HboneConnection {
+    /// The leaf certificate the server presented (DER).
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.peer.as_deref()
+    }
+
     /// Opens `CONNECT authority` with extra headers (`forwarded`, `baggage`, ...).
     pub async fn tunnel(
         &self,

@@ -19,10 +19,12 @@
 //! - [`loadgen`]: the HBONE load generator (open and closed loop, latency histograms).
 
 pub mod ads_server;
+pub mod ca_server;
 pub mod client;
 pub mod echo;
 pub mod ext_authz;
 pub mod istio_dump;
+pub mod istiod;
 pub mod jwt;
 pub mod loadgen;
 pub mod mesh;

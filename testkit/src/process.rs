@@ -110,6 +110,41 @@ impl WaypointProcess {
         })
     }
 
+    /// Starts `bin run` with `args` alone (no certificate files, as `--istiod` runs) on
+    /// free loopback ports, with `envs` added to its environment, its stdout and stderr
+    /// (the log) written to `log`.
+    pub fn spawn_logged(
+        bin: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log: &Path,
+    ) -> std::io::Result<Self> {
+        let file = std::fs::File::create(log)?;
+        let ip = free_loopback_ip(0);
+        let [h, r, a, m] = free_ports_on::<4>(ip);
+        let addr = |port: u16| SocketAddr::new(ip, port);
+        let (hbone, ready, admin, metrics) = (addr(h), addr(r), addr(a), addr(m));
+        let child = Command::new(bin)
+            .arg("run")
+            .args(["--hbone-addr", &hbone.to_string()])
+            .args(["--ready-addr", &ready.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--metrics-addr", &metrics.to_string()])
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .spawn()?;
+        Ok(Self {
+            child,
+            hbone,
+            ready,
+            admin,
+            metrics,
+        })
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

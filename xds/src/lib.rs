@@ -11,5 +11,6 @@
 //! Kubernetes objects, is the `kube-config` crate.
 
 pub mod ads;
+pub mod ca;
 pub mod envoy;
 pub mod translate;

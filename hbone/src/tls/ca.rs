@@ -106,6 +106,52 @@ impl DevCa {
         self.issue_sans(sans)
     }
 
+    /// Issues a server certificate for the DNS name `dns` only (a control plane's serving
+    /// certificate, such as istiod's `istiod.istio-system.svc`).
+    pub fn issue_dns(&self, dns: &str) -> Result<IssuedCert, TlsError> {
+        self.issue_sans(vec![SanType::DnsName(dns.try_into()?)])
+    }
+
+    /// Signs a PEM certificate signing request as a CA does: the subject's key and SANs
+    /// from the request, valid from one second ago for `lifetime`. Returns the leaf (PEM)
+    /// and the request's SANs, for the caller to check before handing the leaf out.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<SignedCsr, TlsError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let start = since_epoch.saturating_sub(std::time::Duration::from_secs(1));
+        csr.params.not_before = epoch + start;
+        csr.params.not_after = epoch + since_epoch + lifetime;
+        csr.params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        csr.params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let uris = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::URI(u) => u.as_str().to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        let cert = csr.signed_by(&self.cert, &self.key)?;
+        Ok(SignedCsr {
+            leaf_pem: cert.pem(),
+            sans: uris,
+        })
+    }
+
     fn issue_sans(&self, sans: Vec<SanType>) -> Result<IssuedCert, TlsError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -128,6 +174,14 @@ impl DevCa {
             root_pem: self.root_pem(),
         })
     }
+}
+
+/// A certificate signed from a request by [`DevCa::sign_csr`].
+pub struct SignedCsr {
+    /// The leaf, PEM.
+    pub leaf_pem: String,
+    /// The request's subject alternative names (URIs as text; others in debug form).
+    pub sans: Vec<String>,
 }
 
 impl IssuedCert {

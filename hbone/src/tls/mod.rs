@@ -8,7 +8,7 @@ mod server;
 mod store;
 mod verified;
 
-pub use ca::{DevCa, IssuedCert};
+pub use ca::{DevCa, IssuedCert, SignedCsr};
 pub use client::client_config;
 pub use origination::{origination_config, subject_alt_names};
 pub use server::{server_resolver, SpiffeClientVerifier};

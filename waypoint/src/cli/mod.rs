@@ -6,6 +6,7 @@
 mod check;
 mod dev_ca;
 pub mod envoy;
+mod istiod;
 mod run;
 
 use clap::{Parser, Subcommand};

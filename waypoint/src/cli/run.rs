@@ -17,7 +17,7 @@ pub struct RunArgs {
     /// Local configuration: a YAML file of Kubernetes objects, watched for changes.
     #[arg(
         long,
-        required_unless_present = "xds_address",
+        required_unless_present_any = ["xds_address", "istiod"],
         conflicts_with = "xds_address"
     )]
     config: Option<PathBuf>,
@@ -32,20 +32,21 @@ pub struct RunArgs {
     #[arg(long)]
     gateway: Option<String>,
     /// PEM certificate chain (leaf first), reloaded when it changes.
-    #[arg(long, required_unless_present = "sds_address")]
+    #[arg(long, required_unless_present_any = ["sds_address", "istiod"])]
     cert_chain: Option<PathBuf>,
     /// PEM private key.
-    #[arg(long, required_unless_present = "sds_address")]
+    #[arg(long, required_unless_present_any = ["sds_address", "istiod"])]
     key: Option<PathBuf>,
-    /// PEM root bundle.
-    #[arg(long, required_unless_present = "sds_address")]
+    /// PEM root bundle. With --istiod: the roots istiod's serving certificate chains to
+    /// (default /var/run/secrets/istio/root-cert.pem, the istio-ca-root-cert ConfigMap).
+    #[arg(long, required_unless_present_any = ["sds_address", "istiod"])]
     root_cert: Option<PathBuf>,
     /// Certificates over SDS (`default` and `ROOTCA`, rotated as they change) instead of
     /// files: `unix:<path>` (pilot-agent's socket).
     #[arg(long)]
     sds_address: Option<xds::ads::XdsAddress>,
     /// SPIFFE trust domain.
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
     /// HBONE listener.
     #[arg(long, default_value = "0.0.0.0:15008")]
@@ -112,9 +113,15 @@ pub struct RunArgs {
     /// How often the configuration and certificate files are checked, in milliseconds.
     #[arg(long, default_value_t = 500)]
     watch_interval_ms: u64,
+    /// Without pilot-agent: istiod's address and the pod's facts.
+    #[command(flatten)]
+    istiod: super::istiod::IstiodArgs,
     /// Started from Envoy's command line: the bootstrap's node and static listeners.
     #[arg(skip)]
     pub(super) bootstrap: Option<super::envoy::FromBootstrap>,
+    /// `--istiod`, resolved.
+    #[arg(skip)]
+    resolved: Option<super::istiod::Istiod>,
 }
 
 impl RunArgs {
@@ -122,6 +129,9 @@ impl RunArgs {
     fn node(&self, gateway: &NamespacedName) -> xds::ads::Node {
         if let Some(b) = &self.bootstrap {
             return b.node.clone();
+        }
+        if let Some(i) = &self.resolved {
+            return i.facts.node(gateway);
         }
         let id = self.node_id.clone().unwrap_or_else(|| {
             format!(
@@ -133,7 +143,19 @@ impl RunArgs {
     }
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    if args.istiod.istiod.is_some() {
+        args.cluster_id = super::istiod::cluster_id(&args.cluster_id);
+        args.resolved = args.istiod.resolve(
+            args.root_cert.as_deref(),
+            &args.trust_domain,
+            &args.cluster_id,
+            args.gateway.as_deref(),
+        )?;
+        if let Some(i) = &args.resolved {
+            args.gateway = Some(i.gateway.to_string());
+        }
+    }
     let gateway = parse_gateway(&args)?;
     let jwks = Arc::new(filters::authn::JwksRegistry::default());
     let jwks_client = crate::jwks::JwksClient::new(args.jwks_ca_file.as_deref())?;
@@ -217,7 +239,15 @@ fn config_source(
             let (store, task, stats) = xds_source(args, address, options, ours)?;
             Ok((store, task, Some(stats)))
         }
-        (None, None) => anyhow::bail!("one of --config or --xds-address is required"),
+        (None, None) => {
+            let istiod = args
+                .resolved
+                .as_ref()
+                .context("one of --config, --xds-address or --istiod is required")?;
+            let address = xds::ads::XdsAddress::Tls(istiod.xds.clone());
+            let (store, task, stats) = xds_source(args, &address, options, ours)?;
+            Ok((store, task, Some(stats)))
+        }
     }
 }
 
@@ -317,6 +347,10 @@ fn default_max_connections() -> usize {
 /// Our certificates: from files (watched), or from SDS (the first pair fetched before
 /// starting, then streamed).
 fn certificates(args: &RunArgs) -> anyhow::Result<(Arc<CertStore>, Option<Task>)> {
+    if let Some(istiod) = &args.resolved {
+        let (store, task) = istiod.certificates()?;
+        return Ok((store, Some(task)));
+    }
     if let Some(address) = &args.sds_address {
         let gateway = args
             .gateway
@@ -362,7 +396,7 @@ fn certificates(args: &RunArgs) -> anyhow::Result<(Arc<CertStore>, Option<Task>)
     ))
 }
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_interval(s: &str) -> Result<Duration, String> {
     match filters::duration::parse(s) {
         Ok(d) if d.is_zero() => Err(format!("{s:?} must be positive")),
         Ok(d) => Ok(d),

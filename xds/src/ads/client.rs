@@ -101,8 +101,8 @@ pub enum AdsError {
     Connect {
         /// The server.
         address: String,
-        /// The transport error.
-        source: tonic::transport::Error,
+        /// The transport error, with its causes.
+        source: super::connect::ConnectError,
     },
     /// The stream failed.
     #[error("xDS stream: {0}")]
@@ -258,7 +258,8 @@ impl AdsClient {
                     address: self.address.to_string(),
                     source,
                 })?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let mut client =
+            AggregatedDiscoveryServiceClient::with_interceptor(channel, self.address.credentials());
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
         tx.send(self.request(state, CLUSTER, true))
             .await

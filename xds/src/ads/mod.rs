@@ -5,8 +5,10 @@ pub mod bootstrap;
 pub mod client;
 pub mod connect;
 pub mod dump;
+pub mod node;
 pub mod sds;
 pub mod static_listeners;
+pub mod tls;
 pub mod types;
 
 pub use client::{AdsClient, AdsError, AdsStats};

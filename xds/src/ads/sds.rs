@@ -55,8 +55,8 @@ pub enum SdsError {
     Connect {
         /// The server.
         address: String,
-        /// The transport error.
-        source: tonic::transport::Error,
+        /// The transport error, with its causes.
+        source: super::connect::ConnectError,
     },
     /// The stream failed.
     #[error("SDS stream: {0}")]
@@ -142,7 +142,8 @@ impl SdsClient {
                     address: self.address.to_string(),
                     source,
                 })?;
-        let mut client = SecretDiscoveryServiceClient::new(channel);
+        let mut client =
+            SecretDiscoveryServiceClient::with_interceptor(channel, self.address.credentials());
         let (tx, rx) = mpsc::channel(8);
         tx.send(DiscoveryRequest {
             node: Some(self.node.clone()),
