@@ -137,6 +137,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.trust_domain
     );
     let (store, source_task, xds_stats) = config_source(&args, options, &ours)?;
+    // The node id istiod sees (from a local file, the one the waypoint would present).
+    let node_id = args.node(&store.current().waypoint().gateway).id;
 
     let proxy = Proxy::new(
         store.clone(),
@@ -148,6 +150,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             drain_timeout: Duration::from_secs(args.drain_timeout),
             hbone_addr: args.hbone_addr,
             cluster_id: args.cluster_id.clone(),
+            node_id,
             metrics_series_limit: args.metrics_series_limit,
         },
     );
