@@ -124,6 +124,24 @@ async fn spans_continue_the_client_trace_over_otlp_grpc() {
     );
     assert_eq!(attr(server, "team").as_deref(), Some("payments"));
     assert_eq!(attr(server, "tenant").as_deref(), Some("acme"));
+    // What Envoy and istiod stamp on every SERVER span, and the resource's service name.
+    assert_eq!(
+        attr(server, "node_id").as_deref(),
+        Some("waypoint~0.0.0.0~waypoint.default~default.svc.cluster.local")
+    );
+    assert_eq!(
+        attr(server, "istio.cluster_id").as_deref(),
+        Some("Kubernetes")
+    );
+    let resource = receiver
+        .spans()
+        .into_iter()
+        .find(|r| r.span.span_id == server.span_id)
+        .expect("the server span with its resource");
+    assert_eq!(
+        resource.resource_attr("service.name").as_deref(),
+        Some("waypoint.default")
+    );
     let client = spans
         .iter()
         .find(|s| s.kind == 3 && s.parent_span_id == server.span_id)
