@@ -12,6 +12,7 @@
 //! - [`istio_dump`]: istiod's resources for an httpbin waypoint, served over xDS;
 //! - [`jwt`]: a JWT issuer (keys, JWKS, tokens);
 //! - [`mesh`]: writes local configuration files of Kubernetes objects;
+//! - [`otlp`]: OTLP trace collectors (gRPC and HTTP/protobuf) keeping what they receive;
 //! - [`process`]: runs the `waypoint` binary as a child process;
 //! - [`tls_echo`]: the echo app over plain mTLS (the benchmark's nginx upstream);
 //! - [`ads_server`], [`sds_server`]: in-process xDS and SDS servers (istiod's and
@@ -28,6 +29,7 @@ pub mod istiod;
 pub mod jwt;
 pub mod loadgen;
 pub mod mesh;
+pub mod otlp;
 pub mod process;
 pub mod sds_server;
 pub mod source;

@@ -109,6 +109,9 @@ pub struct ProxyOptions {
     pub hbone_addr: std::net::SocketAddr,
     /// Cluster id reported in telemetry when a peer does not say (Istio's `CLUSTER_ID`).
     pub cluster_id: String,
+    /// The node id presented to istiod (or, from a local file, the one the waypoint would
+    /// present): spans carry it as `node_id`.
+    pub node_id: String,
     /// Most series kept per Istio metric family.
     pub metrics_series_limit: usize,
 }
@@ -143,7 +146,7 @@ impl Proxy {
         certs: Arc<CertStore>,
         options: ProxyOptions,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             upstream: Upstream::new(certs.clone()),
             config,
             certs,
@@ -153,7 +156,9 @@ impl Proxy {
             drain: tokio::sync::watch::channel(false).0,
             telemetry: crate::telemetry::Telemetry::new(
                 &options.cluster_id,
+                &options.node_id,
                 options.metrics_series_limit,
+                me.clone(),
             ),
             options,
         })

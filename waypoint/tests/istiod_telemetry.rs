@@ -133,3 +133,116 @@ async fn metric_dimensions_are_nacked_rather_than_ignored() {
     );
     assert_eq!(get(&w, 8100, "/get").await.status, 200);
 }
+
+const COLLECTOR_HOST: &str = "otel-collector.observability.svc.cluster.local";
+
+/// The connection manager's OpenTelemetry provider as istiod writes it for a MeshConfig
+/// `opentelemetry` provider (tracing.go `otelConfig`: the collector's `outbound|port||host`
+/// cluster, `service_name` the proxy's service cluster), its EDS cluster (istiod sends it
+/// among the waypoint's extra services) and endpoints: the collector pod, in the mesh.
+fn with_collector(ls: &mut Named, cs: &mut Named, es: &mut Named, pod: IpAddr, http: bool) {
+    let port = if http { 4318 } else { 4317 };
+    let cluster = format!("outbound|{port}||{COLLECTOR_HOST}");
+    let mut otel = json!({
+        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        "service_name": "waypoint.default"
+    });
+    if http {
+        otel["http_service"] = json!({"http_uri": {
+            "uri": format!("{COLLECTOR_HOST}/v1/traces"), "cluster": cluster, "timeout": "2s"}});
+    } else {
+        otel["grpc_service"] = json!({"envoy_grpc": {"cluster_name": cluster}, "timeout": "2s"});
+    }
+    let provider = json!({"name": "envoy.tracers.opentelemetry", "typed_config": otel});
+    fixture::edit_listener(ls, |json| {
+        for chain in json["filter_chains"].as_array_mut().unwrap() {
+            let hcm =
+                &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()["typed_config"];
+            if hcm.get("tracing").is_some() {
+                hcm["tracing"]["provider"] = provider.clone();
+            }
+        }
+    });
+    let mut c = json!({
+        "name": cluster, "type": "EDS",
+        "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"},
+                               "service_name": cluster},
+        "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
+        "metadata": {"filter_metadata": {"istio": {"services": [
+            {"host": COLLECTOR_HOST, "name": "otel-collector", "namespace": "observability"}]}}}
+    });
+    if !http {
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}});
+    }
+    let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+        xds::envoy::from_json("envoy.config.cluster.v3.Cluster", &c).unwrap();
+    cs.push((cluster.clone(), fixture::any(CLUSTER, &c)));
+    let e = mesh_endpoints(es, &cluster, pod);
+    es.push((cluster, e));
+}
+
+/// Traces requests to a collector that is only a Service and its mesh pod over xDS, and
+/// checks what Envoy and istiod put on the SERVER span.
+async fn spans_reach_the_collector_cluster(http: bool) {
+    let collector = if http {
+        testkit::otlp::Collector::http().await.unwrap()
+    } else {
+        testkit::otlp::Collector::grpc().await.unwrap()
+    };
+    let w = start_with_pod(Some(App::Forward(collector.addr)), |ls, cs, es, pod| {
+        with_collector(ls, cs, es, pod.unwrap(), http)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let server = loop {
+        assert_eq!(get(&w, 8000, "/traced").await.status, 200);
+        if let Some(s) = collector
+            .spans()
+            .into_iter()
+            .find(|r| r.span.kind == 2 && r.attr("url.path").as_deref() == Some("/traced"))
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no span reached the collector cluster ({} exports)",
+            collector.exports()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        server.attr("node_id").as_deref(),
+        Some("waypoint~0.0.0.0~waypoint.default~default.svc.cluster.local")
+    );
+    // istiod's literal custom tag, as the dump's connection manager carries it.
+    assert_eq!(server.attr("istio.cluster_id").as_deref(), Some("snorlax"));
+    assert_eq!(
+        server.attr("istio.canonical_service").as_deref(),
+        Some("httpbin-istio-waypoint")
+    );
+    assert_eq!(
+        server.resource_attr("service.name").as_deref(),
+        Some("waypoint.default")
+    );
+    let pod = w._pods.2.as_ref().unwrap();
+    assert!(
+        pod.counters
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "the export went through the collector pod's ztunnel"
+    );
+}
+
+#[tokio::test]
+async fn spans_reach_an_outbound_collector_cluster_over_otlp_grpc() {
+    spans_reach_the_collector_cluster(false).await;
+}
+
+#[tokio::test]
+async fn spans_reach_an_outbound_collector_cluster_over_otlp_http() {
+    spans_reach_the_collector_cluster(true).await;
+}

@@ -386,3 +386,72 @@ async fn request_abandoned_by_its_client_is_recorded_as_downstream_disconnect() 
     );
     assert_eq!(h.stat("downstream.requests_in_flight").await, 0);
 }
+
+/// What ztunnel puts on the CONNECT (`forwarded: for="ip:port"`, baggage naming the
+/// source's canonical service and revision) shows in the access log's downstream address,
+/// with its port, and in `source_app` / `source_version`, as Envoy's waypoint reports them.
+#[tokio::test]
+async fn the_source_port_and_app_come_from_what_ztunnel_forwards() {
+    let h = Harness::start(Spec {
+        extra_yaml: vec![mesh_config(
+            "accessLogFile: /dev/stdout\naccessLogFormat: \"REMOTE %DOWNSTREAM_REMOTE_ADDRESS% %REQ(:PATH)%\\n\"\n",
+        )],
+        capture_stdout: true,
+        ..Spec::default()
+    })
+    .await;
+    let mut source = testkit::source::SourceWorkload::deployment(
+        "127.0.0.1:40123".parse().unwrap(),
+        NS,
+        "sleep",
+    );
+    source.canonical_revision = "v7".into();
+    let conn = h.client().connect().await.unwrap();
+    let tunnel = conn.tunnel_from(authority(80), &source).await.unwrap();
+    let mut http = testkit::client::http1_over(tunnel).await.unwrap();
+    let resp = http.send_request(get("/forwarded")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body_bytes(resp).await;
+    // Without `forwarded`, the HBONE peer's address, port included.
+    let mut plain = conn.http1(authority(80)).await.unwrap();
+    let resp = plain.send_request(get("/direct")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body_bytes(resp).await;
+    let log = wait_for(|| {
+        let log = h.stdout();
+        (log.contains("/forwarded\n") && log.contains("/direct\n")).then_some(log)
+    })
+    .await;
+    assert!(
+        log.contains("REMOTE 127.0.0.1:40123 /forwarded\n"),
+        "the forwarded source port: {log}"
+    );
+    let direct = log
+        .lines()
+        .find(|l| l.ends_with(" /direct"))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("no address for /direct: {log}"));
+    assert_ne!(direct.port(), 0, "the HBONE peer's port: {log}");
+    let samples = h.prometheus().await;
+    let forwarded = [("source_workload", "sleep"), ("response_code", "200")];
+    assert!(
+        metric(&samples, "istio_requests_total", &forwarded) >= 1.0,
+        "no sample for the source"
+    );
+    let labelled = [
+        ("source_workload", "sleep"),
+        ("source_app", "sleep"),
+        ("source_version", "v7"),
+        ("destination_app", "echo"),
+    ];
+    assert_eq!(
+        metric(&samples, "istio_requests_total", &labelled),
+        1.0,
+        "{:?}",
+        samples
+            .iter()
+            .filter(|s| s.name == "istio_requests_total")
+            .collect::<Vec<_>>()
+    );
+}

@@ -3,124 +3,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use http_body_util::BodyExt;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-
-/// An OTLP/gRPC receiver that keeps every span.
-#[derive(Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        keep(&self.spans, request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-fn keep(spans: &Mutex<Vec<Span>>, req: ExportTraceServiceRequest) {
-    let mut all = spans.lock().unwrap();
-    for rs in req.resource_spans {
-        for ss in rs.scope_spans {
-            all.extend(ss.spans);
-        }
-    }
-}
-
-async fn grpc_receiver() -> (SocketAddr, Receiver) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let r = Receiver::default();
-    let svc = TraceServiceServer::new(r.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    (addr, r)
-}
-
-/// An OTLP/HTTP (protobuf) receiver on `/v1/traces`.
-async fn http_receiver() -> (SocketAddr, Receiver) {
-    use prost::Message;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let r = Receiver::default();
-    let spans = r.spans.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let spans = spans.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let spans = spans.clone();
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let ctype = req.headers().get("content-type").cloned();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let status = if path == "/v1/traces"
-                                && ctype
-                                    .as_ref()
-                                    .is_some_and(|c| c == "application/x-protobuf")
-                            {
-                                keep(&spans, ExportTraceServiceRequest::decode(body).unwrap());
-                                200
-                            } else {
-                                404
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/x-protobuf")
-                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, r)
-}
+use testkit::otlp::Collector;
 
 fn attr(span: &Span, key: &str) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| {
-            kv.value
-                .as_ref()
-                .and_then(|v| v.value.as_ref())
-                .map(|v| match v {
-                    Value::StringValue(s) => s.clone(),
-                    Value::IntValue(i) => i.to_string(),
-                    Value::BoolValue(b) => b.to_string(),
-                    other => format!("{other:?}"),
-                })
-        })
+    testkit::otlp::attr(&span.attributes, key)
 }
 
 fn tracing_config(provider: &str, extra_tag: bool) -> Vec<String> {
@@ -141,10 +31,10 @@ fn tracing_config_sampled(provider: &str, extra_tag: bool, percent: u32) -> Vec<
     ]
 }
 
-async fn wait_spans(r: &Receiver, n: usize) -> Vec<Span> {
+async fn wait_spans(c: &Collector, n: usize) -> Vec<Span> {
     wait_for(|| {
-        let s = r.spans.lock().unwrap();
-        (s.len() >= n).then(|| s.clone())
+        let s = c.spans();
+        (s.len() >= n).then(|| s.into_iter().map(|r| r.span).collect())
     })
     .await
 }
@@ -154,7 +44,8 @@ const CONNECT_PARENT: &str = "00-11111111111111111111111111111111-22222222222222
 
 #[tokio::test]
 async fn spans_continue_the_client_trace_over_otlp_grpc() {
-    let (addr, receiver) = grpc_receiver().await;
+    let receiver = Collector::grpc().await.unwrap();
+    let addr = receiver.addr;
     let provider = format!(
         "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: {}\n    port: {}\n",
         addr.ip(),
@@ -233,6 +124,24 @@ async fn spans_continue_the_client_trace_over_otlp_grpc() {
     );
     assert_eq!(attr(server, "team").as_deref(), Some("payments"));
     assert_eq!(attr(server, "tenant").as_deref(), Some("acme"));
+    // What Envoy and istiod stamp on every SERVER span, and the resource's service name.
+    assert_eq!(
+        attr(server, "node_id").as_deref(),
+        Some("waypoint~0.0.0.0~waypoint.default~default.svc.cluster.local")
+    );
+    assert_eq!(
+        attr(server, "istio.cluster_id").as_deref(),
+        Some("Kubernetes")
+    );
+    let resource = receiver
+        .spans()
+        .into_iter()
+        .find(|r| r.span.span_id == server.span_id)
+        .expect("the server span with its resource");
+    assert_eq!(
+        resource.resource_attr("service.name").as_deref(),
+        Some("waypoint.default")
+    );
     let client = spans
         .iter()
         .find(|s| s.kind == 3 && s.parent_span_id == server.span_id)
@@ -294,7 +203,8 @@ async fn spans_continue_the_client_trace_over_otlp_grpc() {
 
 #[tokio::test]
 async fn spans_reach_an_otlp_http_collector() {
-    let (addr, receiver) = http_receiver().await;
+    let receiver = Collector::http().await.unwrap();
+    let addr = receiver.addr;
     let provider = format!(
         "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: {}\n    port: {}\n    http:\n      path: /v1/traces\n      timeout: 2s\n",
         addr.ip(),
@@ -325,7 +235,7 @@ async fn spans_reach_an_otlp_http_collector() {
     wait_spans(&receiver, 2).await;
     // Let any stray batch arrive before counting.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let spans = receiver.spans.lock().unwrap().clone();
+    let spans: Vec<Span> = receiver.spans().into_iter().map(|r| r.span).collect();
     assert_eq!(
         spans.len(),
         2,

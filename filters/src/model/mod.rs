@@ -34,6 +34,9 @@ pub struct TunnelInfo {
     pub peer_addr: Option<SocketAddr>,
     /// The original source IP: the CONNECT `forwarded: for=` value, else the peer address.
     pub source_ip: Option<IpAddr>,
+    /// The original source port, with `source_ip`: the port of `forwarded: for="ip:port"`
+    /// (as ztunnel writes it), else the peer address's; `None` when `for=` has no port.
+    pub source_port: Option<u16>,
     /// The CONNECT authority (`VIP:port` or `podIP:port`).
     pub authority: SocketAddr,
     /// What the authority resolved to.
@@ -51,6 +54,13 @@ impl TunnelInfo {
     /// The peer's principal without `spiffe://` (`<trust-domain>/ns/<ns>/sa/<sa>`).
     pub fn principal(&self) -> &str {
         self.principal_cache.get_or_init(|| self.peer.principal())
+    }
+
+    /// The original source address (Envoy's downstream remote address); port 0 when the
+    /// source's port is not known.
+    pub fn source_addr(&self) -> Option<SocketAddr> {
+        self.source_ip
+            .map(|ip| SocketAddr::new(ip, self.source_port.unwrap_or(0)))
     }
 }
 
@@ -119,6 +129,7 @@ pub(crate) mod test_support {
                 peer: Identity::new("cluster.local", "default", "sleep"),
                 peer_addr: Some("127.0.0.7:40000".parse().unwrap()),
                 source_ip: Some("127.0.0.7".parse().unwrap()),
+                source_port: None,
                 authority,
                 target,
                 baggage: None,

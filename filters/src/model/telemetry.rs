@@ -53,8 +53,17 @@ pub enum AccessLogConfig {
 pub struct TracingConfig {
     /// The MeshConfig provider name.
     pub provider: String,
-    /// The collector: `host:port`.
-    pub endpoint: String,
+    /// The collector's Service hostname (optionally `ns/hostname`), IP literal or DNS name,
+    /// reached as `upstream::dial` says: its endpoints when the snapshot has the Service.
+    pub service: String,
+    /// The collector's port.
+    pub port: u16,
+    /// Over xDS, the `outbound|<port>||<host>` cluster istiod named for the collector: only
+    /// the snapshot's Service `service` is reached then (no DNS). `None` from MeshConfig.
+    pub cluster: Option<String>,
+    /// The resource's `service.name` (Envoy's `OpenTelemetryConfig.service_name`); `None`
+    /// is the proxy's service cluster, `<gateway>.<namespace>`, which istiod writes there.
+    pub service_name: Option<String>,
     /// gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`) or HTTP.
     pub protocol: OtlpProtocol,
     /// Export timeout.
@@ -65,6 +74,13 @@ pub struct TracingConfig {
     pub custom_tags: Vec<(String, CustomTag)>,
     /// Longest attribute value; longer values are truncated.
     pub max_tag_length: usize,
+}
+
+impl TracingConfig {
+    /// The collector as `host:port`, for logs.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.service, self.port)
+    }
 }
 
 /// The OTLP transport.

@@ -410,6 +410,7 @@ mod tests {
                 peer: Identity::new("cluster.local", "default", "sleep"),
                 peer_addr: None,
                 source_ip: None,
+                source_port: None,
                 authority: "127.128.0.1:8080".parse().unwrap(),
                 target: Target::Workload {
                     workload: wl,

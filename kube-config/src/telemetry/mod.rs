@@ -301,7 +301,10 @@ fn tracing(
     }
     Ok(Some(TracingConfig {
         provider: name.clone(),
-        endpoint: format!("{}:{}", otel.service, otel.port),
+        service: otel.service.clone(),
+        port: otel.port,
+        cluster: None,
+        service_name: None,
         protocol,
         timeout,
         sampling_percentage: sampling,
@@ -535,7 +538,7 @@ mod tests {
         let c = build(&ts, &m, &gw(), "istio-system").unwrap();
         let t = c.tracing.unwrap();
         assert_eq!(t.sampling_percentage, 50.0);
-        assert_eq!(t.endpoint, "otel.obs.svc.cluster.local:4317");
+        assert_eq!(t.endpoint(), "otel.obs.svc.cluster.local:4317");
         assert!(matches!(t.protocol, OtlpProtocol::Grpc { .. }));
         assert_eq!(
             c.access_log,

@@ -175,6 +175,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         args.trust_domain
     );
     let (store, source_task, xds_stats) = config_source(&args, options, &ours)?;
+    // The node id istiod sees (from a local file, the one the waypoint would present).
+    let node_id = args.node(&store.current().waypoint().gateway).id;
 
     filters::retry::replay::Budget::global()
         .set_limit(args.retry_buffer_limit_mib.saturating_mul(1024 * 1024));
@@ -188,6 +190,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             drain_timeout: Duration::from_secs(args.drain_timeout),
             hbone_addr: args.hbone_addr,
             cluster_id: args.cluster_id.clone(),
+            node_id,
             metrics_series_limit: args.metrics_series_limit,
         },
     );

@@ -2,11 +2,8 @@
 //! mapping between the protobuf messages and `filters::authz::ext`'s types.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -21,13 +18,11 @@ use envoy_types::pb::google::protobuf::Timestamp;
 use filters::authz::ext::{
     Allowed, CheckError, CheckOutcome, CheckRequest, Denied, HeaderAction, HeaderOp, Provider,
 };
-use filters::balance::Picked;
 use filters::model::RequestContext;
-use filters::ProxyError;
-use http::{HeaderName, HeaderValue, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, StatusCode};
 
-use super::dial;
 use crate::state::Proxy;
+use crate::upstream::grpc::PoolChannel;
 
 fn socket(addr: Option<SocketAddr>) -> Option<Address> {
     addr.map(|a| Address {
@@ -178,47 +173,6 @@ pub fn from_proto(resp: CheckResponse) -> CheckOutcome {
     CheckOutcome::Deny(denied)
 }
 
-/// A tonic transport over the upstream pools: every call is an HTTP/2 request to one
-/// resolved endpoint.
-#[derive(Clone)]
-struct PoolChannel {
-    proxy: Arc<Proxy>,
-    picked: Picked,
-    authority: String,
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for PoolChannel {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = ProxyError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send + 'static>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into());
-            parts.uri = Uri::try_from(format!("http://{}{pq}", this.authority))
-                .map_err(|e| ProxyError::Internal(format!("bad ext_authz URI: {e}")))?;
-            parts.version = Version::HTTP_2;
-            let req = http::Request::from_parts(parts, filters::body::Body::new(body));
-            this.proxy
-                .upstream
-                .http
-                .send(&this.proxy.upstream, &this.picked, true, req)
-                .await
-        })
-    }
-}
-
 /// Sends one gRPC check.
 pub async fn check(
     proxy: &Arc<Proxy>,
@@ -226,28 +180,16 @@ pub async fn check(
     ctx: &RequestContext,
     request: CheckRequest,
 ) -> Result<CheckOutcome, CheckError> {
-    let endpoint = dial::resolve(&ctx.snapshot, provider).await?;
+    let endpoint = super::resolve(&ctx.snapshot, provider).await?;
     let local = format!("spiffe://{}", proxy.certs.current().identity.principal());
     let pack = provider.body.is_some_and(|b| b.pack_as_bytes);
-    let mut client = AuthorizationClient::new(PoolChannel {
-        proxy: proxy.clone(),
-        picked: endpoint.picked.clone(),
-        authority: endpoint.authority.clone(),
-    });
+    let mut client = AuthorizationClient::new(PoolChannel::new(proxy.clone(), endpoint));
     let mut req = tonic::Request::new(to_proto(&request, Some(local), pack));
     req.set_timeout(provider.timeout);
     match client.check(req).await {
         Ok(resp) => Ok(from_proto(resp.into_inner())),
         Err(status) => {
-            let connect = std::error::Error::source(&status)
-                .and_then(|s| s.downcast_ref::<ProxyError>())
-                .map(|e| {
-                    matches!(
-                        e,
-                        ProxyError::UpstreamConnect { .. } | ProxyError::NoHealthyUpstream(_)
-                    )
-                })
-                .unwrap_or(false);
+            let connect = crate::upstream::grpc::unreachable(&status);
             let reason = format!("gRPC status {:?}: {}", status.code(), status.message());
             Err(if connect {
                 CheckError::Unreachable {

@@ -9,7 +9,6 @@ use filters::model::RequestContext;
 use http::{header, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 
-use super::dial;
 use crate::state::Proxy;
 
 /// Largest reply body read from an HTTP authorization server.
@@ -27,7 +26,7 @@ pub async fn check(
         provider: provider.name.clone(),
         reason,
     };
-    let endpoint = dial::resolve(&ctx.snapshot, provider).await?;
+    let endpoint = super::resolve(&ctx.snapshot, provider).await?;
     let req = check_request(settings, &request).map_err(|e| failed(e.to_string()))?;
     let mut req = req.map(filters::body::full);
     if endpoint.h2 {

@@ -1,16 +1,15 @@
 //! The external authorization client: sends the checks of CUSTOM AuthorizationPolicies to
 //! their providers with Envoy's ext_authz protocol, over the upstream connection pools.
 //!
-//! - [`dial`]: where a provider's `service` is reached (a Service's endpoints through the
-//!   pools, over HBONE or plain TCP as each pod needs; an IP literal or another DNS name
-//!   directly, in plaintext);
+//! - where a provider's `service` is reached is [`crate::upstream::dial`] (a Service's
+//!   endpoints through the pools, over HBONE or plain TCP as each pod needs; an IP literal
+//!   or another DNS name directly, in plaintext);
 //! - [`grpc`]: `envoy.service.auth.v3.Authorization/Check` (tonic, `envoy-types`);
 //! - [`http`]: the HTTP flavour.
 //!
 //! The decision logic (what is sent, how answers apply) is in
 //! `filters::authz::ext`; this module only moves bytes.
 
-pub mod dial;
 pub mod grpc;
 pub mod http;
 
@@ -19,10 +18,11 @@ use std::sync::Arc;
 use filters::authz::ext::{
     CheckError, CheckFuture, CheckRequest, ExtAuthzClient, Provider, ProviderKind,
 };
-use filters::model::RequestContext;
+use filters::model::{RequestContext, Snapshot};
 use filters::ProxyError;
 
 use crate::state::Proxy;
+use crate::upstream::dial::{self, Destination, Endpoint};
 
 /// The client the filter chain's authorization layer uses.
 pub struct Client {
@@ -71,4 +71,22 @@ pub(crate) fn pool_error(provider: &Provider, e: ProxyError) -> CheckError {
             reason: other.to_string(),
         },
     }
+}
+
+/// Where `provider`'s server is reached in `snapshot`.
+pub(crate) async fn resolve(
+    snapshot: &Snapshot,
+    provider: &Provider,
+) -> Result<Endpoint, CheckError> {
+    let to = Destination {
+        host: &provider.service,
+        port: provider.port,
+        cluster: provider.cluster.as_deref(),
+    };
+    dial::resolve(snapshot, to)
+        .await
+        .map_err(|e| CheckError::Unreachable {
+            provider: provider.name.clone(),
+            reason: e.to_string(),
+        })
 }

@@ -231,14 +231,17 @@ impl HboneInbound {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let source_ip = header("forwarded")
-            .as_deref()
-            .and_then(forwarded_for)
-            .or(peer_addr.map(|a| a.ip()));
+        // The original source as ztunnel forwards it, else the HBONE peer.
+        let (source_ip, source_port) = match header("forwarded").as_deref().and_then(forwarded_for)
+        {
+            Some((ip, port)) => (Some(ip), port),
+            None => (peer_addr.map(|a| a.ip()), peer_addr.map(|a| a.port())),
+        };
         let info = Arc::new(TunnelInfo {
             peer,
             peer_addr,
             source_ip,
+            source_port,
             authority: addr,
             target,
             baggage: header("baggage"),

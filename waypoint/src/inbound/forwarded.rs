@@ -3,8 +3,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// The first `for=` address in a `Forwarded` header value, if it is an IP.
-pub fn forwarded_for(value: &str) -> Option<IpAddr> {
+/// The first `for=` address in a `Forwarded` header value, if it is an IP, with its port
+/// when it has one (ztunnel writes `for="ip:port"`).
+pub fn forwarded_for(value: &str) -> Option<(IpAddr, Option<u16>)> {
     value
         .split([',', ';'])
         .filter_map(|pair| {
@@ -14,9 +15,14 @@ pub fn forwarded_for(value: &str) -> Option<IpAddr> {
         .find_map(|v| {
             let v = v.trim_matches('"');
             if let Ok(sa) = v.parse::<SocketAddr>() {
-                return Some(sa.ip());
+                return Some((sa.ip(), Some(sa.port())));
             }
-            v.trim_start_matches('[').trim_end_matches(']').parse().ok()
+            let ip = v
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()?;
+            Some((ip, None))
         })
 }
 
@@ -28,15 +34,15 @@ mod tests {
     fn parses_for_values() {
         assert_eq!(
             forwarded_for("for=127.0.0.9"),
-            Some("127.0.0.9".parse().unwrap())
+            Some(("127.0.0.9".parse().unwrap(), None))
         );
         assert_eq!(
             forwarded_for("proto=https;for=\"[2001:db8::1]:4711\""),
-            Some("2001:db8::1".parse().unwrap())
+            Some(("2001:db8::1".parse().unwrap(), Some(4711)))
         );
         assert_eq!(
             forwarded_for("for=\"127.0.0.2:80\", for=127.0.0.3"),
-            Some("127.0.0.2".parse().unwrap())
+            Some(("127.0.0.2".parse().unwrap(), Some(80)))
         );
         assert_eq!(forwarded_for("for=unknown"), None);
         assert_eq!(forwarded_for("by=127.0.0.1"), None);

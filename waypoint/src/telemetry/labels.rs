@@ -5,6 +5,13 @@
 //! completed from the peer certificate and, failing that, from the source pod the snapshot
 //! knows by IP. The destination end comes from the Service and pod the request went to.
 //! Every value is bounded in length so that a peer cannot inflate memory.
+//!
+//! `app` and `version` are what Envoy's waypoint reports: the peer's `app.name` and
+//! `app.version` baggage when sent (ztunnel sends neither), else its canonical service and
+//! revision, as Istio's workload discovery gives a peer (`service.istio.io/canonical-name`,
+//! else `app.kubernetes.io/name`, else `app`; `-revision`, `app.kubernetes.io/version`,
+//! `version`, else `latest`), from the pod's labels or from ztunnel's `service.name` and
+//! `service.version` baggage.
 
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
@@ -134,6 +141,7 @@ impl PeerLabels {
         if let Some(baggage) = &info.baggage {
             l.apply_baggage(baggage);
         }
+        l.app_from_canonical();
         l.fill_unknown();
         l
     }
@@ -148,6 +156,7 @@ impl PeerLabels {
             l.principal = bounded(&w.identity.to_string());
             l.fill_from_workload(w);
         }
+        l.app_from_canonical();
         l.fill_unknown();
         l
     }
@@ -156,8 +165,6 @@ impl PeerLabels {
         let label = |k: &str| w.labels.get(k).map(String::as_str);
         self.namespace = bounded(&w.name.namespace);
         self.workload = bounded(&workload_name(w));
-        self.app = bounded(label("app").unwrap_or_default());
-        self.version = bounded(label("version").unwrap_or_default());
         self.canonical_service = bounded(
             label("service.istio.io/canonical-name")
                 .or(label("app.kubernetes.io/name"))
@@ -199,6 +206,16 @@ impl PeerLabels {
                 "app.version" => self.version = bounded(v),
                 _ => {}
             }
+        }
+    }
+
+    /// `app` and `version`, unless baggage named them: the canonical service and revision.
+    fn app_from_canonical(&mut self) {
+        if self.app.is_empty() {
+            self.app = self.canonical_service.clone();
+        }
+        if self.version.is_empty() {
+            self.version = self.canonical_revision.clone();
         }
     }
 
@@ -314,13 +331,52 @@ mod tests {
         l.apply_baggage(&format!(
             "k8s.cluster.name=c1, k8s.namespace.name=ns1,k8s.deployment.name=sleep,service.name=sleep-svc;p=1,service.version={long},bogus"
         ));
+        l.app_from_canonical();
         l.fill_unknown();
         assert_eq!(l.cluster, "c1");
         assert_eq!(l.namespace, "ns1");
         assert_eq!(l.workload, "sleep");
         assert_eq!(l.canonical_service, "sleep-svc");
         assert_eq!(l.canonical_revision.len(), MAX_VALUE);
-        assert_eq!(l.app, "unknown");
+        // No app.name / app.version: the canonical service and revision.
+        assert_eq!(l.app, "sleep-svc");
+        assert_eq!(l.version.len(), MAX_VALUE);
+        let mut named = PeerLabels::default();
+        named.apply_baggage("service.name=s,service.version=v2,app.name=a,app.version=v1");
+        named.app_from_canonical();
+        assert_eq!((named.app.as_str(), named.version.as_str()), ("a", "v1"));
+    }
+
+    #[test]
+    fn app_and_version_from_the_pod_labels_as_workload_discovery_gives_them() {
+        use filters::model::{Identity, NamespacedName};
+        let pod = |labels: &[(&str, &str)]| Workload {
+            name: NamespacedName::new("ns", "reviews-v2-abc-xyz"),
+            ips: vec![],
+            identity: Identity::new("cluster.local", "ns", "reviews"),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            hbone: true,
+            served: false,
+            named_ports: Default::default(),
+        };
+        let l = PeerLabels::destination(Some(&pod(&[("app", "reviews"), ("version", "v2")])), "c");
+        assert_eq!((l.app.as_str(), l.version.as_str()), ("reviews", "v2"));
+        let l = PeerLabels::destination(
+            Some(&pod(&[
+                ("app.kubernetes.io/name", "reviews-k8s"),
+                ("service.istio.io/canonical-revision", "r3"),
+            ])),
+            "c",
+        );
+        assert_eq!((l.app.as_str(), l.version.as_str()), ("reviews-k8s", "r3"));
+        let l = PeerLabels::destination(Some(&pod(&[])), "c");
+        assert_eq!(
+            (l.app.as_str(), l.version.as_str()),
+            ("reviews-v2-abc-xyz", "latest")
+        );
     }
 
     #[test]

@@ -19,12 +19,22 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Sinks reporting `cluster` as the cluster id when peers do not say, holding at most
-    /// `series_limit` series per metric family.
-    pub fn new(cluster: &str, series_limit: usize) -> Self {
+    /// `series_limit` series per metric family; spans carry `node_id` and are exported
+    /// through `proxy`'s pools.
+    pub fn new(
+        cluster: &str,
+        node_id: &str,
+        series_limit: usize,
+        proxy: std::sync::Weak<crate::state::Proxy>,
+    ) -> Self {
+        let facts = trace::ProxyFacts {
+            node_id: node_id.to_string(),
+            cluster_id: cluster.to_string(),
+        };
         Self {
             metrics: metrics::Metrics::new(cluster, series_limit),
             access_log: Default::default(),
-            tracing: Default::default(),
+            tracing: trace::Tracing::new(proxy, facts),
         }
     }
 }

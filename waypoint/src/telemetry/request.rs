@@ -233,8 +233,8 @@ impl RequestTelemetry {
             downstream_local_address: self.tunnel.authority.to_string(),
             downstream_remote_address: self
                 .tunnel
-                .source_ip
-                .map(|ip| std::net::SocketAddr::new(ip, 0).to_string())
+                .source_addr()
+                .map(|a| a.to_string())
                 .unwrap_or_else(|| "-".into()),
             route_name: route,
         };

@@ -4,12 +4,16 @@
 //!   upstream tunnel, many tunnels per connection.
 //! - [`pool`]: HTTP client connections (hyper) over those tunnels, reused across requests.
 //! - [`forward`]: the innermost tower service of the filter chain.
+//! - [`dial`]: a Service reached by `host:port` through the snapshot (the waypoint's own
+//!   clients: ext_authz, span export), and [`grpc`], a tonic channel over the pools.
 //!
 //! Connection reuse lives here, in code we control, rather than in Pingora's upstream pool
 //! (which cannot reuse virtual streams such as HBONE tunnels).
 
 mod conn;
+pub mod dial;
 pub mod forward;
+pub mod grpc;
 pub mod hbone_pool;
 pub mod pool;
 mod tls;

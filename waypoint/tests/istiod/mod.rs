@@ -276,3 +276,33 @@ pub fn in_background(
         (status, serde_json::from_slice(&body).unwrap_or_default())
     })
 }
+
+/// Endpoints for `cluster`: the pod at `pod` (port 8080) in the shape of httpbin's own
+/// endpoints, a pod in the mesh reached over HBONE through `connect_originate`.
+pub fn mesh_endpoints(
+    es: &Named,
+    cluster: &str,
+    pod: IpAddr,
+) -> envoy_types::pb::google::protobuf::Any {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
+    let (_, e) = es.iter().find(|(n, _)| n == CLUSTER_8100).unwrap();
+    let mut e = ClusterLoadAssignment::decode(e.value.as_slice()).unwrap();
+    e.cluster_name = cluster.into();
+    let mut json =
+        xds::envoy::to_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &e).unwrap();
+    let first = json["endpoints"][0]["lb_endpoints"][0].to_string();
+    let httpbin_ip = first
+        .split(['"', ':'])
+        .find(|p| p.starts_with("127.") && p.parse::<IpAddr>().is_ok())
+        .unwrap()
+        .to_string();
+    json["endpoints"][0]["lb_endpoints"] =
+        serde_json::json!([serde_json::from_str::<serde_json::Value>(
+            &first.replace(&httpbin_ip, &pod.to_string())
+        )
+        .unwrap()]);
+    let e: ClusterLoadAssignment =
+        xds::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap();
+    fixture::any(ENDPOINT, &e)
+}

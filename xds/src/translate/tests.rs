@@ -205,7 +205,12 @@ fn connection_manager_tracing_becomes_the_tracing_settings() {
         .tracing
         .as_ref()
         .expect("tracing configured");
-    assert_eq!(t.endpoint, "otel.observability.svc.cluster.local:4317");
+    assert_eq!(t.endpoint(), "otel.observability.svc.cluster.local:4317");
+    assert_eq!(
+        t.cluster.as_deref(),
+        Some("outbound|4317||otel.observability.svc.cluster.local")
+    );
+    assert_eq!(t.service_name.as_deref(), Some("waypoint.default"));
     assert!(matches!(
         t.protocol,
         filters::model::telemetry::OtlpProtocol::Grpc { .. }

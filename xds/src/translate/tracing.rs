@@ -15,8 +15,16 @@ use prost::Message;
 
 use super::Bad;
 
-/// `outbound|4317||otel.observability.svc.cluster.local` into `host:port`.
-fn collector(cluster: &str) -> Option<String> {
+/// The collector a cluster stands for: the Service host and port of
+/// `outbound|4317||otel.observability.svc.cluster.local`, and the cluster's name.
+#[derive(Debug, PartialEq)]
+struct Collector {
+    host: String,
+    port: u16,
+    cluster: String,
+}
+
+fn collector(cluster: &str) -> Option<Collector> {
     let mut parts = cluster.split('|');
     if parts.next()? != "outbound" {
         return None;
@@ -24,7 +32,11 @@ fn collector(cluster: &str) -> Option<String> {
     let port: u16 = parts.next()?.parse().ok()?;
     let _subset = parts.next()?;
     let host = parts.next()?;
-    (!host.is_empty()).then(|| format!("{host}:{port}"))
+    (!host.is_empty()).then(|| Collector {
+        host: host.to_string(),
+        port,
+        cluster: cluster.to_string(),
+    })
 }
 
 /// Envoy's export timeout when the provider sets none.
@@ -37,7 +49,7 @@ pub fn convert(t: &Tracing, at: &str) -> Result<Option<TracingConfig>, Bad> {
     };
     let at = format!("{at}.tracing.provider");
     let otel = decode_otel(provider, &at)?;
-    let (endpoint, protocol, timeout) = match (&otel.grpc_service, &otel.http_service) {
+    let (collector, protocol, timeout) = match (&otel.grpc_service, &otel.http_service) {
         (Some(g), None) => grpc_exporter(g, &at)?,
         (None, Some(h)) => http_exporter(h, &at)?,
         _ => {
@@ -49,7 +61,12 @@ pub fn convert(t: &Tracing, at: &str) -> Result<Option<TracingConfig>, Bad> {
     };
     Ok(Some(TracingConfig {
         provider: provider.name.clone(),
-        endpoint,
+        service: collector.host,
+        port: collector.port,
+        cluster: Some(collector.cluster),
+        // Envoy's OpenTelemetry tracer writes `service_name` as the resource's
+        // `service.name`; istiod fills it with the proxy's service cluster.
+        service_name: (!otel.service_name.is_empty()).then(|| otel.service_name.clone()),
         protocol,
         timeout,
         sampling_percentage: t.random_sampling.as_ref().map(|p| p.value).unwrap_or(100.0),
@@ -84,7 +101,7 @@ fn decode_otel(provider: &Http, at: &str) -> Result<OpenTelemetryConfig, Bad> {
 }
 
 /// Endpoint, OTLP/gRPC protocol and timeout of an `envoy_grpc` exporter.
-fn grpc_exporter(g: &GrpcService, at: &str) -> Result<(String, OtlpProtocol, Duration), Bad> {
+fn grpc_exporter(g: &GrpcService, at: &str) -> Result<(Collector, OtlpProtocol, Duration), Bad> {
     let Some(TargetSpecifier::EnvoyGrpc(e)) = &g.target_specifier else {
         return Err((
             format!("{at}.grpc_service"),
@@ -113,7 +130,7 @@ fn grpc_exporter(g: &GrpcService, at: &str) -> Result<(String, OtlpProtocol, Dur
 }
 
 /// Endpoint, OTLP/HTTP protocol (path, headers) and timeout of an HTTP exporter.
-fn http_exporter(h: &HttpService, at: &str) -> Result<(String, OtlpProtocol, Duration), Bad> {
+fn http_exporter(h: &HttpService, at: &str) -> Result<(Collector, OtlpProtocol, Duration), Bad> {
     let uri = h.http_uri.as_ref().ok_or_else(|| {
         (
             format!("{at}.http_service"),
@@ -184,8 +201,12 @@ mod tests {
     #[test]
     fn collector_from_cluster_name() {
         assert_eq!(
-            super::collector("outbound|4317||otel.obs.svc.cluster.local").as_deref(),
-            Some("otel.obs.svc.cluster.local:4317")
+            super::collector("outbound|4317||otel.obs.svc.cluster.local"),
+            Some(super::Collector {
+                host: "otel.obs.svc.cluster.local".into(),
+                port: 4317,
+                cluster: "outbound|4317||otel.obs.svc.cluster.local".into(),
+            })
         );
         assert_eq!(super::collector("inbound-vip|80|http|a"), None);
     }

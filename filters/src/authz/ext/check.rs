@@ -58,14 +58,9 @@ impl CheckRequest {
     /// The connection attributes of the tunnel in `ctx`.
     pub fn of_tunnel(ctx: &RequestContext) -> Self {
         let t = &ctx.tunnel;
-        let source_port = t
-            .peer_addr
-            .filter(|a| Some(a.ip()) == t.source_ip)
-            .map(|a| a.port())
-            .unwrap_or(0);
         CheckRequest {
             source: Peer {
-                address: t.source_ip.map(|ip| SocketAddr::new(ip, source_port)),
+                address: t.source_addr(),
                 principal: Some(format!("spiffe://{}", t.peer.principal())),
             },
             destination: Peer {

@@ -7,7 +7,7 @@
 pub mod export;
 pub mod propagation;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 use filters::model::telemetry::TracingConfig;
@@ -34,13 +34,24 @@ impl Drop for Active {
     }
 }
 
+/// What the proxy stamps on every SERVER span about itself, as Envoy and istiod do.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyFacts {
+    /// `node_id`: the node id the proxy presents to istiod (Envoy's tag).
+    pub node_id: String,
+    /// `istio.cluster_id`: the proxy's cluster (one of istiod's literal custom tags).
+    pub cluster_id: String,
+}
+
 /// The tracing state of the proxy.
-#[derive(Default)]
 pub struct Tracing {
     // (snapshot version, settings, tracer) of the last lookup.
     active: Mutex<Option<(u64, Option<Arc<Active>>)>>,
     /// Export counters (across tracer rebuilds).
     pub stats: Arc<ExportStats>,
+    /// The proxy whose snapshot and pools the exporter uses.
+    proxy: Weak<crate::state::Proxy>,
+    facts: ProxyFacts,
 }
 
 /// The trace a request belongs to, attached as a request extension so that the
@@ -60,6 +71,16 @@ pub struct ServerSpan {
 }
 
 impl Tracing {
+    /// Tracing for the proxy `proxy` (its pools reach the collector), stamping `facts`.
+    pub fn new(proxy: Weak<crate::state::Proxy>, facts: ProxyFacts) -> Self {
+        Self {
+            active: Mutex::new(None),
+            stats: Arc::default(),
+            proxy,
+            facts,
+        }
+    }
+
     /// The tracer for the snapshot's settings, building it when they changed.
     fn active(&self, snapshot: &Snapshot) -> Option<Arc<Active>> {
         let mut slot = self.active.lock().unwrap_or_else(|e| e.into_inner());
@@ -73,9 +94,9 @@ impl Tracing {
         let next = match (wanted, current) {
             (None, _) => None,
             (Some(w), Some(cur)) if &cur.config == w => Some(cur),
-            (Some(w), _) => match build(w, snapshot, self.stats.clone()) {
+            (Some(w), _) => match build(w, snapshot, self.proxy.clone(), self.stats.clone()) {
                 Ok(a) => {
-                    tracing::info!(provider = %w.provider, endpoint = %w.endpoint, sampling = w.sampling_percentage, "tracing configured");
+                    tracing::info!(provider = %w.provider, endpoint = %w.endpoint(), sampling = w.sampling_percentage, "tracing configured");
                     Some(Arc::new(a))
                 }
                 Err(e) => {
@@ -106,9 +127,19 @@ impl Tracing {
             None => (Context::new(), Format::W3c),
         };
         let mut attributes = attributes;
+        attributes.push(KeyValue::new("node_id", self.facts.node_id.clone()));
+        attributes.push(KeyValue::new(
+            "istio.cluster_id",
+            self.facts.cluster_id.clone(),
+        ));
+        // Custom tags (istiod's literal ones among them) replace attributes of the same name.
         for (k, tag) in &active.config.custom_tags {
             if let Some(v) = custom_tag(tag, headers) {
-                attributes.push(KeyValue::new(k.clone(), v));
+                let kv = KeyValue::new(k.clone(), v);
+                match attributes.iter_mut().find(|a| a.key.as_str() == k) {
+                    Some(a) => *a = kv,
+                    None => attributes.push(kv),
+                }
             }
         }
         let max = active.config.max_tag_length;
@@ -198,17 +229,24 @@ impl ClientSpan {
 fn build(
     config: &TracingConfig,
     snapshot: &Snapshot,
+    proxy: Weak<crate::state::Proxy>,
     stats: Arc<ExportStats>,
 ) -> Result<Active, String> {
-    let processor = export::start(config, stats)?;
     let gw = &snapshot.waypoint().gateway;
+    // Envoy's OpenTelemetry tracer: `service.name` is the tracer's `service_name`, which
+    // istiod fills with the proxy's service cluster, `<gateway>.<namespace>`.
+    let service_name = config
+        .service_name
+        .clone()
+        .unwrap_or_else(|| format!("{}.{}", gw.name, gw.namespace));
     let resource = opentelemetry_sdk::Resource::builder_empty()
-        .with_service_name(format!("{}.{}", gw.name, gw.namespace))
+        .with_service_name(service_name)
         .with_attributes([
             KeyValue::new("k8s.namespace.name", gw.namespace.clone()),
             KeyValue::new("istio.mesh_id", snapshot.telemetry().mesh_id.clone()),
         ])
         .build();
+    let processor = export::start(config, &resource, proxy, stats)?;
     let ratio = (config.sampling_percentage / 100.0).clamp(0.0, 1.0);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
