@@ -454,3 +454,57 @@ async fn request_id_and_forwarded_proto_are_added_and_client_cert_headers_remove
     let seen = json(http.send_request(req).await.unwrap()).await;
     assert_eq!(seen["headers"]["X-Request-Id"][0], "keep-me");
 }
+
+#[tokio::test]
+async fn the_upstream_http_version_follows_the_port_protocol() {
+    // istiod's setUpstreamProtocol: `http` ports go upstream in HTTP/1.1, `http2` (and
+    // `grpc`) in HTTP/2, ports of unknown protocol in the client's version.
+    let h = Harness::start(Spec {
+        ports: vec![
+            Port {
+                name: "http",
+                port: 80,
+                target: 8080,
+            },
+            Port {
+                name: "http2-api",
+                port: 81,
+                target: 8080,
+            },
+            Port {
+                name: "web",
+                port: 82,
+                target: 8080,
+            },
+        ],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let cases = [
+        (80, false, "HTTP/1.1"),
+        (80, true, "HTTP/1.1"),
+        (81, false, "HTTP/2.0"),
+        (81, true, "HTTP/2.0"),
+        (82, false, "HTTP/1.1"),
+        (82, true, "HTTP/2.0"),
+    ];
+    for (port, client_h2, upstream) in cases {
+        let resp = if client_h2 {
+            let mut h2 = conn.h2c(authority(port)).await.unwrap();
+            let req = Request::get("http://echo.default.svc.cluster.local/proto")
+                .body(filters::body::empty())
+                .unwrap();
+            h2.send_request(req).await.unwrap()
+        } else {
+            let mut h1 = conn.http1(authority(port)).await.unwrap();
+            h1.send_request(get("/proto")).await.unwrap()
+        };
+        assert_eq!(resp.status(), 200, "port {port}");
+        let seen = json(resp).await;
+        assert_eq!(
+            seen["proto"], upstream,
+            "port {port}, client HTTP/2 {client_h2}"
+        );
+    }
+}
