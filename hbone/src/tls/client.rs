@@ -58,18 +58,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| Error::General(format!("bad peer certificate: {e}")))?;
-        cert.verify_for_usage(
-            provider().signature_verification_algorithms.all,
-            &self.roots.roots,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| Error::General(format!("peer certificate not trusted: {e}")))?;
+        super::verify_server_chain(end_entity, intermediates, &self.roots, now)?;
         let id = identity_of(end_entity).map_err(|e| Error::General(e.to_string()))?;
         // An expected identity without a service account (endpoints from xDS, which do not
         // carry it) accepts any identity of the trust domain, as Istio's connect_originate
@@ -93,7 +82,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::General("HBONE requires TLS 1.3".into()))
+        super::no_tls12()
     }
 
     fn verify_tls13_signature(
@@ -102,17 +91,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        super::tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        super::verify_schemes()
     }
 }

@@ -94,6 +94,55 @@ fn identity_in(
     Ok(uri.parse()?)
 }
 
+/// Verifies a server chain against `roots` (server-auth usage, no name check: callers
+/// check identities or SANs themselves).
+fn verify_server_chain(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &rustls::RootCertStore,
+    now: rustls::pki_types::UnixTime,
+) -> Result<(), rustls::Error> {
+    let cert = webpki::EndEntityCert::try_from(end_entity)
+        .map_err(|e| rustls::Error::General(format!("bad server certificate: {e}")))?;
+    cert.verify_for_usage(
+        provider().signature_verification_algorithms.all,
+        &roots.roots,
+        intermediates,
+        now,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| rustls::Error::General(format!("server certificate not trusted: {e}")))
+}
+
+/// A TLS 1.3 handshake signature, checked with the provider's algorithms.
+fn tls13_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider().signature_verification_algorithms,
+    )
+}
+
+/// The signature schemes the provider verifies.
+fn verify_schemes() -> Vec<rustls::SignatureScheme> {
+    provider()
+        .signature_verification_algorithms
+        .supported_schemes()
+}
+
+/// HBONE is TLS 1.3 only: a TLS 1.2 signature is refused.
+fn no_tls12() -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("HBONE requires TLS 1.3".into()))
+}
+
 /// The one crypto provider the waypoint uses (ring, as Pingora does).
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     // Built once: verifiers ask for it on every handshake.

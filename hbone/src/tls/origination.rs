@@ -158,18 +158,7 @@ impl ServerCertVerifier for AppServerVerifier {
         let Some(roots) = &self.roots else {
             return Ok(ServerCertVerified::assertion());
         };
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| Error::General(format!("bad server certificate: {e}")))?;
-        cert.verify_for_usage(
-            provider().signature_verification_algorithms.all,
-            &roots.roots,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| Error::General(format!("server certificate not trusted: {e}")))?;
+        super::verify_server_chain(end_entity, intermediates, roots, now)?;
         let sans = subject_alt_names(end_entity).map_err(|e| Error::General(e.to_string()))?;
         if !self.subject_alt_names.is_empty() {
             if sans.iter().any(|s| self.subject_alt_names.contains(s)) {
@@ -214,18 +203,11 @@ impl ServerCertVerifier for AppServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        super::tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        super::verify_schemes()
     }
 }
 

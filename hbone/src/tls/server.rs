@@ -104,7 +104,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::General("HBONE requires TLS 1.3".into()))
+        super::no_tls12()
     }
 
     fn verify_tls13_signature(
