@@ -72,34 +72,28 @@ fn unsupported(set: bool, field: &str, reason: &str) -> R<()> {
     }
 }
 
-/// The HTTP filter's `typed_config`.
-pub fn http_from_any(any: &Any) -> R<ExtAuthzFilter> {
-    if any.type_url != HTTP_TYPE {
+/// Decodes `any` as the message `type_url` names (`what` for the error).
+fn decode<M: Message + Default>(any: &Any, type_url: &str, what: &str) -> R<M> {
+    if any.type_url != type_url {
         return bad(
             "typed_config",
-            format!("expected {HTTP_TYPE}, got {:?}", any.type_url),
+            format!("expected {type_url}, got {:?}", any.type_url),
         );
     }
-    let pb = PbHttpExtAuthz::decode(any.value.as_slice()).map_err(|e| InvalidExtAuthz {
+    M::decode(any.value.as_slice()).map_err(|e| InvalidExtAuthz {
         field: "typed_config".into(),
-        reason: format!("not a valid HTTP ext_authz config: {e}"),
-    })?;
-    http_filter(&pb)
+        reason: format!("not a valid {what} ext_authz config: {e}"),
+    })
+}
+
+/// The HTTP filter's `typed_config`.
+pub fn http_from_any(any: &Any) -> R<ExtAuthzFilter> {
+    http_filter(&decode::<PbHttpExtAuthz>(any, HTTP_TYPE, "HTTP")?)
 }
 
 /// The network filter's `typed_config`.
 pub fn network_from_any(any: &Any) -> R<ExtAuthzFilter> {
-    if any.type_url != NETWORK_TYPE {
-        return bad(
-            "typed_config",
-            format!("expected {NETWORK_TYPE}, got {:?}", any.type_url),
-        );
-    }
-    let pb = PbNetworkExtAuthz::decode(any.value.as_slice()).map_err(|e| InvalidExtAuthz {
-        field: "typed_config".into(),
-        reason: format!("not a valid network ext_authz config: {e}"),
-    })?;
-    network_filter(&pb)
+    network_filter(&decode::<PbNetworkExtAuthz>(any, NETWORK_TYPE, "network")?)
 }
 
 /// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz`.
