@@ -337,3 +337,57 @@ async fn an_unknown_proxy_protocol_version_is_refused() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn proxy_protocol_v1_starts_a_tcp_tunnels_upstream_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let front = testkit::proxy_front::ProxyFront::start(testkit::proxy_front::Behind::Echo(
+        testkit::echo::EchoIdentity {
+            pod: "proxy-app".into(),
+            namespace: NS.into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let h = Harness::start(Spec {
+        ports: vec![testkit::mesh::Port {
+            name: "tcp-app",
+            port: 9000,
+            target: 9000,
+        }],
+        apps: [(9000, App::Forward(front.addr))].into(),
+        extra_yaml: vec![destination_rule("    proxyProtocol:\n      version: V1\n")],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let source =
+        testkit::source::SourceWorkload::deployment("10.9.8.7:41003".parse().unwrap(), NS, "sleep");
+    let mut tunnel = conn.tunnel_from(authority(9000), &source).await.unwrap();
+    // The tunnel's bytes (an HTTP request, which the app behind the header serves) follow
+    // the header unchanged.
+    tunnel
+        .write_all(b"GET /get HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tunnel.read_to_end(&mut got),
+    )
+    .await
+    .expect("the app answered and closed")
+    .unwrap();
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let received = front.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].version, 1);
+    assert_eq!(
+        received[0].addresses,
+        Some(("10.9.8.7:41003".parse().unwrap(), authority(9000)))
+    );
+}
