@@ -2,9 +2,10 @@
 //! through the waypoint, as istiod applies it to the waypoint's clusters and routes. The
 //! load balancer (`simple`, `consistentHash`), at the rule level and per port, is applied.
 //! The connection pool's request limits become the port's circuit breaker, and
-//! `outlierDetection` ejects failing endpoints, and `tls` originates TLS inside the tunnel.
+//! `outlierDetection` ejects failing endpoints, `tls` originates TLS inside the tunnel, and
+//! `proxyProtocol` sends a PROXY protocol header first on each upstream connection.
 //! Subsets are accepted: only a route that names a subset uses one, and HTTPRoute cannot.
-//! Every other traffic-policy field the waypoint does not implement yet (PROXY protocol,
+//! Every other traffic-policy field the waypoint does not implement yet (`tunnel`,
 //! locality settings, the pool's timeouts, `credentialName`) is an error naming it, never
 //! silently ignored.
 
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use filters::balance::outlier::OutlierPolicy;
 use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
-use filters::model::{ClientCertificate, ConnectionLimits, TlsRoots, UpstreamTls};
+use filters::model::{
+    ClientCertificate, ConnectionLimits, ProxyProtocolVersion, TlsRoots, UpstreamTls,
+};
 use filters::retry::limit::RetryLimit;
 use filters::route::model::{HashPolicy, HashSource};
 use http::HeaderName;
@@ -62,11 +65,34 @@ struct TrafficPolicy {
     #[serde(default)]
     tls: Option<ClientTls>,
     #[serde(default)]
-    proxy_protocol: Option<serde_yaml::Value>,
+    proxy_protocol: Option<ProxyProtocol>,
     #[serde(default)]
     tunnel: Option<serde_yaml::Value>,
     #[serde(default)]
     retry_budget: Option<RetryBudget>,
+}
+
+/// `proxyProtocol`: the PROXY protocol header sent first on each upstream connection
+/// (`version` V1, the default, or V2).
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProxyProtocol {
+    #[serde(default)]
+    version: Option<String>,
+}
+
+impl ProxyProtocol {
+    fn version(&self, label: &str) -> Result<ProxyProtocolVersion, LocalConfigError> {
+        match self.version.as_deref() {
+            None | Some("V1") => Ok(ProxyProtocolVersion::V1),
+            Some("V2") => Ok(ProxyProtocolVersion::V2),
+            Some(other) => Err(invalid(
+                label,
+                "spec.trafficPolicy.proxyProtocol.version",
+                format!("{other:?} is not a PROXY protocol version (V1, V2)"),
+            )),
+        }
+    }
 }
 
 /// `retryBudget`: retries in flight as a share of requests in flight (istiod's
@@ -456,6 +482,8 @@ pub struct PortPolicy {
     pub retry_limit: Option<RetryLimit>,
     /// Idle timeout, requests and lifetime per upstream connection.
     pub connection_limits: Option<ConnectionLimits>,
+    /// The PROXY protocol header sent first on each upstream connection.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 impl DestinationRule {
@@ -498,10 +526,7 @@ impl DestinationRule {
         unsupported(
             label,
             "spec.trafficPolicy",
-            &[
-                ("proxyProtocol", tp.proxy_protocol.is_some()),
-                ("tunnel", tp.tunnel.is_some()),
-            ],
+            &[("tunnel", tp.tunnel.is_some())],
         )?;
         let port_level = tp
             .port_level_settings
@@ -607,6 +632,9 @@ impl DestinationRule {
         if let Some((t, at)) = tls {
             policy.tls = t.settings(h2, label, &at)?;
         }
+        if let Some(p) = &tp.proxy_protocol {
+            policy.proxy_protocol = Some(p.version(label)?);
+        }
         Ok(policy)
     }
 }
@@ -665,6 +693,7 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
         tls: None,
         retry_limit: None,
         connection_limits: None,
+        proxy_protocol: None,
     })
 }
 
@@ -721,5 +750,6 @@ fn consistent_hash(
         tls: None,
         retry_limit: None,
         connection_limits: None,
+        proxy_protocol: None,
     })
 }

@@ -320,6 +320,7 @@ fn apply_destination_rule(
                 .with_max_requests(policy.max_requests)
                 .with_outlier(policy.outlier)
                 .with_tls(policy.tls)
+                .with_proxy_protocol(policy.proxy_protocol)
                 .with_retry_limit(policy.retry_limit)
                 .with_connection_limits(policy.connection_limits),
         );

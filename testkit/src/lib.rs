@@ -31,6 +31,7 @@ pub mod loadgen;
 pub mod mesh;
 pub mod otlp;
 pub mod process;
+pub mod proxy_front;
 pub mod sds_server;
 pub mod source;
 pub mod tls_echo;

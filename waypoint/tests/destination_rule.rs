@@ -71,11 +71,14 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_pod() {
 #[tokio::test]
 async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
     let (code, stdout) =
-        check_with(&destination_rule("    proxyProtocol:\n      version: V1\n")).await;
+        check_with(&destination_rule(
+        "    tunnel:\n      protocol: CONNECT\n      targetHost: proxy.example\n      targetPort: 8080\n",
+    ))
+    .await;
     assert_eq!(code, Some(2), "{stdout}");
     assert!(
         stdout.contains("DestinationRule default/echo")
-            && stdout.contains("spec.trafficPolicy.proxyProtocol"),
+            && stdout.contains("spec.trafficPolicy.tunnel"),
         "{stdout}"
     );
 }
@@ -275,4 +278,116 @@ async fn connection_pool_limits_bound_each_upstream_connection() {
             "upstream tunnels for 4 requests ({pool:?})"
         );
     }
+}
+
+#[tokio::test]
+async fn proxy_protocol_v2_sends_the_client_and_the_vip_first() {
+    // `proxyProtocol: {version: V2}`: each upstream connection starts with the binary
+    // PROXY header (the client from `forwarded`, the VIP:port it connected to), and two
+    // clients never share a connection.
+    let front = testkit::proxy_front::ProxyFront::start(testkit::proxy_front::Behind::Echo(
+        testkit::echo::EchoIdentity {
+            pod: "proxy-app".into(),
+            namespace: NS.into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let h = Harness::start(Spec {
+        apps: [(8080, App::Forward(front.addr))].into(),
+        extra_yaml: vec![destination_rule("    proxyProtocol:\n      version: V2\n")],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    for source in ["10.9.8.7:41001", "10.9.8.7:41002"] {
+        let source =
+            testkit::source::SourceWorkload::deployment(source.parse().unwrap(), NS, "sleep");
+        let tunnel = conn.tunnel_from(authority(80), &source).await.unwrap();
+        let mut http = testkit::client::http1_over(tunnel).await.unwrap();
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            http.send_request(get("/get")),
+        )
+        .await
+        .expect("answered in time")
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(json(resp).await["pod"], "proxy-app");
+    }
+    let received = front.received();
+    assert!(received.iter().all(|r| r.version == 2), "{received:?}");
+    let addresses: Vec<_> = received.iter().map(|r| r.addresses.unwrap()).collect();
+    assert_eq!(
+        addresses,
+        [
+            ("10.9.8.7:41001".parse().unwrap(), authority(80)),
+            ("10.9.8.7:41002".parse().unwrap(), authority(80)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_proxy_protocol_version_is_refused() {
+    let (code, stdout) =
+        check_with(&destination_rule("    proxyProtocol:\n      version: V3\n")).await;
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(
+        stdout.contains("spec.trafficPolicy.proxyProtocol.version"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_starts_a_tcp_tunnels_upstream_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let front = testkit::proxy_front::ProxyFront::start(testkit::proxy_front::Behind::Echo(
+        testkit::echo::EchoIdentity {
+            pod: "proxy-app".into(),
+            namespace: NS.into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let h = Harness::start(Spec {
+        ports: vec![testkit::mesh::Port {
+            name: "tcp-app",
+            port: 9000,
+            target: 9000,
+        }],
+        apps: [(9000, App::Forward(front.addr))].into(),
+        extra_yaml: vec![destination_rule("    proxyProtocol:\n      version: V1\n")],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let source =
+        testkit::source::SourceWorkload::deployment("10.9.8.7:41003".parse().unwrap(), NS, "sleep");
+    let mut tunnel = conn.tunnel_from(authority(9000), &source).await.unwrap();
+    // The tunnel's bytes (an HTTP request, which the app behind the header serves) follow
+    // the header unchanged.
+    tunnel
+        .write_all(b"GET /get HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tunnel.read_to_end(&mut got),
+    )
+    .await
+    .expect("the app answered and closed")
+    .unwrap();
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let received = front.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].version, 1);
+    assert_eq!(
+        received[0].addresses,
+        Some(("10.9.8.7:41003".parse().unwrap(), authority(9000)))
+    );
 }

@@ -451,3 +451,152 @@ async fn max_requests_per_connection_one_turns_keep_alive_off() {
         "one upstream connection per request"
     );
 }
+
+/// DestinationRule `proxyProtocol: {version}` as istiod writes it
+/// (pilot/pkg/networking/core/cluster_waypoint.go, buildWaypointInboundVIPCluster: the
+/// socket inside `internal_upstream`, raw buffer or TLS, wrapped in a
+/// `ProxyProtocolUpstreamTransport` named `envoy.transport_sockets.upstream_proxy_protocol`
+/// with `config.version`).
+fn proxy_protocol(version: &str, inner: serde_json::Value) -> serde_json::Value {
+    json!({
+        "name": "internal_upstream",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+            "passthrough_metadata": [{"kind": {"host": {}}, "name": "envoy.filters.listener.original_dst"}],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.upstream_proxy_protocol",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
+                    "config": {"version": version},
+                    "transport_socket": inner,
+                },
+            },
+        },
+    })
+}
+
+fn raw_buffer() -> serde_json::Value {
+    json!({"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}})
+}
+
+/// The world with port 8100's only endpoint a pod whose app reads a PROXY header first
+/// (then serves the echo app), and the cluster sending `version`.
+async fn proxy_world(version: &str) -> (World, testkit::proxy_front::ProxyFront) {
+    use testkit::proxy_front::{Behind, ProxyFront};
+    let front = ProxyFront::start(Behind::Echo(testkit::echo::EchoIdentity {
+        pod: "httpbin-proxy".into(),
+        namespace: "default".into(),
+    }))
+    .await
+    .unwrap();
+    let socket = proxy_protocol(version, raw_buffer());
+    let w = start_with_pod(Some(App::Forward(front.addr)), |_, cs, es, extra| {
+        set_only_endpoint(es, CLUSTER_8100, extra.unwrap());
+        edit_cluster(cs, CLUSTER_8100, |c| c["transport_socket"] = socket);
+    })
+    .await;
+    (w, front)
+}
+
+/// GET `/get` on the VIP's port 8100 through a tunnel whose CONNECT says the client is
+/// `source` (`forwarded: for="ip:port"`, as ztunnel writes it).
+async fn get_from(w: &World, source: &str) -> Answer {
+    let source =
+        testkit::source::SourceWorkload::deployment(source.parse().unwrap(), "default", "sleep");
+    let conn = w.client.connect().await.unwrap();
+    let tunnel = conn
+        .tunnel_from(SocketAddr::new(VIP.parse().unwrap(), 8100), &source)
+        .await
+        .unwrap();
+    let mut http = testkit::client::http1_over(tunnel).await.unwrap();
+    let req = http::Request::get("/get")
+        .header("host", HOST)
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), http.send_request(req))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        content_type: None,
+        headers,
+        body,
+    }
+}
+
+async fn proxy_protocol_carries_the_client_and_the_vip(version: &str, number: u8) {
+    let (w, front) = proxy_world(version).await;
+    let a = get_from(&w, "10.20.30.40:40001").await;
+    assert_eq!(a.status, 200, "the app behind the PROXY header answered");
+    assert_eq!(a.echo()["pod"], "httpbin-proxy");
+    let received = front.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].version, number);
+    assert_eq!(
+        received[0].addresses,
+        Some((
+            "10.20.30.40:40001".parse().unwrap(),
+            SocketAddr::new(VIP.parse().unwrap(), 8100)
+        )),
+        "source: the client of `forwarded`; destination: the VIP:port it connected to"
+    );
+}
+
+#[tokio::test]
+async fn destination_rule_proxy_protocol_v1_sends_the_text_header() {
+    proxy_protocol_carries_the_client_and_the_vip("V1", 1).await;
+}
+
+#[tokio::test]
+async fn destination_rule_proxy_protocol_v2_sends_the_binary_header() {
+    proxy_protocol_carries_the_client_and_the_vip("V2", 2).await;
+}
+
+#[tokio::test]
+async fn clients_with_different_sources_do_not_share_a_proxy_protocol_connection() {
+    let (w, front) = proxy_world("V2").await;
+    for source in ["10.20.30.40:40001", "10.20.30.40:40002"] {
+        assert_eq!(get_from(&w, source).await.status, 200);
+    }
+    let ports: Vec<u16> = front
+        .received()
+        .iter()
+        .map(|r| r.addresses.unwrap().0.port())
+        .collect();
+    assert_eq!(ports, [40001, 40002], "one connection per source");
+}
+
+#[tokio::test]
+async fn proxy_protocol_goes_before_tls_origination() {
+    // Both `proxyProtocol` and `tls` on the rule: istiod wraps the UpstreamTlsContext in
+    // the PROXY socket, so the header is sent first, then the TLS handshake.
+    use testkit::proxy_front::{Behind, ProxyFront};
+    let dir = tempfile::tempdir().unwrap();
+    let (app, cert, root) = tls_app(dir.path()).await;
+    let tls = mutual_tls(&cert, &root, "spiffe://cluster.local/ns/default/sa/httpbin");
+    let inner = tls["typed_config"]["transport_socket"].clone();
+    let socket = proxy_protocol("V1", inner);
+    let front = ProxyFront::start(Behind::Forward(app.addr)).await.unwrap();
+    let w = start_with_pod(Some(App::Forward(front.addr)), |_, cs, es, extra| {
+        set_only_endpoint(es, CLUSTER_8100, extra.unwrap());
+        edit_cluster(cs, CLUSTER_8100, |c| c["transport_socket"] = socket);
+    })
+    .await;
+    let a = get_from(&w, "10.20.30.40:40003").await;
+    assert_eq!(
+        a.status, 200,
+        "TLS after the header reached the TLS-only app"
+    );
+    assert_eq!(a.echo()["pod"], "httpbin-tls");
+    let received = front.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(
+        received[0].addresses.unwrap().0,
+        "10.20.30.40:40003".parse().unwrap()
+    );
+}

@@ -272,6 +272,8 @@ pub struct Picked {
     pub tls: Option<Arc<crate::model::UpstreamTls>>,
     /// Limits on the upstream HTTP connections to the endpoint.
     pub connection_limits: Option<crate::model::ConnectionLimits>,
+    /// The PROXY protocol header to send first on each connection, if the port has one.
+    pub proxy_protocol: Option<crate::model::ProxyProtocolVersion>,
 }
 
 impl Picked {
@@ -412,6 +414,7 @@ pub fn pick(
                 }),
                 tls: sp.tls.clone(),
                 connection_limits: sp.connection_limits,
+                proxy_protocol: sp.proxy_protocol,
             })
         }
         Backend::Workload { workload, port } => {
@@ -425,6 +428,7 @@ pub fn pick(
                 outlier: None,
                 tls: None,
                 connection_limits: None,
+                proxy_protocol: None,
             })
         }
     }

@@ -6,6 +6,7 @@
 
 mod identity;
 mod protocol;
+mod proxy_protocol;
 mod request_headers;
 mod request_log;
 mod snapshot;
@@ -14,6 +15,7 @@ mod upstream_tls;
 
 pub use identity::{Identity, InvalidIdentity};
 pub use protocol::{Protocol, UpstreamProtocol};
+pub use proxy_protocol::{ProxyHeader, ProxyProtocolVersion};
 pub use request_headers::{request_id, RequestHeaders};
 pub use request_log::{RequestLog, Upstream};
 pub use snapshot::{

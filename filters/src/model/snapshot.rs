@@ -163,6 +163,10 @@ pub struct ServicePort {
     /// Limits on upstream HTTP connections (DestinationRule `connectionPool`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_limits: Option<super::ConnectionLimits>,
+    /// The PROXY protocol header sent first on each upstream connection
+    /// (DestinationRule `proxyProtocol`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<super::ProxyProtocolVersion>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -191,6 +195,7 @@ impl ServicePort {
             outlier: None,
             tls: None,
             connection_limits: None,
+            proxy_protocol: None,
             retry_limit: None,
             retries: AtomicUsize::new(0),
             priorities: None,
@@ -247,6 +252,12 @@ impl ServicePort {
     /// This port with limits on its upstream HTTP connections.
     pub fn with_connection_limits(mut self, limits: Option<super::ConnectionLimits>) -> Self {
         self.connection_limits = limits.filter(super::ConnectionLimits::is_set);
+        self
+    }
+
+    /// This port sending a PROXY protocol header first on each upstream connection.
+    pub fn with_proxy_protocol(mut self, version: Option<super::ProxyProtocolVersion>) -> Self {
+        self.proxy_protocol = version;
         self
     }
 

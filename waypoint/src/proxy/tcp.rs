@@ -7,7 +7,7 @@ use std::sync::Arc;
 use filters::authz::ext::{self, CheckError, CheckOutcome, CheckRequest, Provider};
 use filters::authz::{self, Attributes, CustomOutcome, Denied, Subject};
 use filters::balance;
-use filters::model::{RequestContext, Target, TunnelInfo, Workload};
+use filters::model::{ProxyHeader, RequestContext, Target, TunnelInfo, Workload};
 use filters::route::Backend;
 
 use crate::state::Proxy;
@@ -65,7 +65,13 @@ async fn copy(
     };
     // TCP has no Host: only an explicit SNI is sent.
     let sni = picked.tls.as_ref().and_then(|t| t.sni.clone());
-    let mut upstream = match proxy.upstream.connect(&picked, sni.as_deref()).await {
+    let header = picked
+        .proxy_protocol
+        .map(|v| ProxyHeader::new(v, info.source_addr(), info.authority));
+    let connect = proxy
+        .upstream
+        .connect(&picked, sni.as_deref(), header.as_ref());
+    let mut upstream = match connect.await {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: connect failed");

@@ -100,6 +100,7 @@ fn direct(address: SocketAddr, host: &str) -> Picked {
         outlier: None,
         tls: None,
         connection_limits: None,
+        proxy_protocol: None,
     }
 }
 

@@ -24,6 +24,7 @@ pub use conn::UpstreamIo;
 pub use forward::Forward;
 
 use filters::balance::Picked;
+use filters::model::ProxyHeader;
 use filters::ProxyError;
 
 use hbone::tls::CertStore;
@@ -48,14 +49,28 @@ impl Upstream {
         }
     }
 
-    /// Opens a byte stream to `picked` ([`Self::connect_raw`]), with TLS inside it when
-    /// the port originates TLS (DestinationRule `tls`), sending `sni`.
+    /// Opens a byte stream to `picked` ([`Self::connect_raw`]), sends `proxy` (the PROXY
+    /// protocol header, DestinationRule `proxyProtocol`) first, then runs TLS inside it
+    /// when the port originates TLS (DestinationRule `tls`), sending `sni`: the header
+    /// precedes the handshake, as istiod nests the sockets.
     pub async fn connect(
         &self,
         picked: &Picked,
         sni: Option<&str>,
+        proxy: Option<&ProxyHeader>,
     ) -> Result<UpstreamIo, ProxyError> {
-        let io = self.connect_raw(picked).await?;
+        let mut io = self.connect_raw(picked).await?;
+        if let Some(header) = proxy {
+            use tokio::io::AsyncWriteExt;
+            let sent = match io.write_all(&header.encode()).await {
+                Ok(()) => io.flush().await,
+                Err(e) => Err(e),
+            };
+            sent.map_err(|e| ProxyError::UpstreamConnect {
+                endpoint: picked.address.to_string(),
+                reason: format!("sending the PROXY protocol header: {e}"),
+            })?;
+        }
         match &picked.tls {
             None => Ok(io),
             Some(settings) => self.tls.handshake(settings, sni, picked.address, io).await,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use filters::balance::Picked;
 use filters::body::Body;
-use filters::model::ConnectionLimits;
+use filters::model::{ConnectionLimits, ProxyHeader, RequestContext};
 use filters::ProxyError;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -40,6 +40,9 @@ struct Key {
     tls: Option<(std::sync::Arc<filters::model::UpstreamTls>, Option<String>)>,
     /// The port's connection limits.
     limits: Option<ConnectionLimits>,
+    /// The PROXY protocol header the connection was opened with: a connection carries one
+    /// client's addresses, so it serves that client only.
+    proxy: Option<ProxyHeader>,
 }
 
 impl Key {
@@ -116,6 +119,9 @@ impl HttpPool {
             hbone: picked.workload.hbone,
             tls,
             limits: picked.connection_limits,
+            proxy: picked
+                .proxy_protocol
+                .map(|version| proxy_header(version, &req)),
         };
         let reset = |e: hyper::Error| ProxyError::UpstreamReset {
             endpoint: picked.address.to_string(),
@@ -224,7 +230,9 @@ impl HttpPool {
         picked: &Picked,
         key: &Key,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
-        let io = upstream.connect(picked, key.sni()).await?;
+        let io = upstream
+            .connect(picked, key.sni(), key.proxy.as_ref())
+            .await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(hbone::settings::STREAM_WINDOW)
             .initial_connection_window_size(hbone::settings::CONNECTION_WINDOW)
@@ -260,7 +268,9 @@ impl HttpPool {
         picked: &Picked,
         key: &Key,
     ) -> Result<http1::SendRequest<Body>, ProxyError> {
-        let io = upstream.connect(picked, key.sni()).await?;
+        let io = upstream
+            .connect(picked, key.sni(), key.proxy.as_ref())
+            .await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -276,5 +286,18 @@ impl HttpPool {
             }
         });
         Ok(sender)
+    }
+}
+
+/// The PROXY protocol header for a connection carrying `req`: the tunnel's original source
+/// and the address it connected to (the CONNECT authority). A request without a tunnel (the
+/// waypoint's own clients) has no source to tell.
+fn proxy_header(version: filters::model::ProxyProtocolVersion, req: &Request<Body>) -> ProxyHeader {
+    match req.extensions().get::<RequestContext>() {
+        Some(ctx) => ProxyHeader::new(version, ctx.tunnel.source_addr(), ctx.tunnel.authority),
+        None => ProxyHeader {
+            version,
+            addresses: None,
+        },
     }
 }

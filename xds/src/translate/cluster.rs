@@ -42,6 +42,9 @@ pub struct ClusterInfo {
     pub outlier: Option<filters::balance::outlier::OutlierPolicy>,
     /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
     pub tls: Option<filters::model::UpstreamTls>,
+    /// The PROXY protocol header sent first on each connection (DestinationRule
+    /// `proxyProtocol`).
+    pub proxy_protocol: Option<filters::model::ProxyProtocolVersion>,
     /// The DestinationRule subset (`inbound-vip|<port>|http/<subset>|<host>`): the
     /// Service's port restricted to the endpoints EDS sends for this cluster.
     pub subset: Option<String>,
@@ -123,6 +126,7 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         retry_limit: None,
         outlier: None,
         tls: None,
+        proxy_protocol: None,
         upstream_protocol: filters::model::UpstreamProtocol::for_port(protocol),
         connection_limits: Default::default(),
         subset: None,
@@ -143,7 +147,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
     check_resilience(c)?;
     let options = super::protocol_options::convert(c)
         .map_err(|(field, reason)| invalid(c, &field, reason))?;
-    let tls = check_transport_socket(c, options.auto)?;
+    let (tls, proxy_protocol) = check_transport_socket(c, options.auto)?;
     let eds_name = c
         .eds_cluster_config
         .as_ref()
@@ -184,6 +188,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             .unwrap_or(filters::model::UpstreamProtocol::for_port(protocol)),
         connection_limits: options.limits,
         tls,
+        proxy_protocol,
     })
 }
 
@@ -412,24 +417,30 @@ fn balancing(c: &Cluster) -> filters::balance::Policy {
     }
 }
 
+/// What a cluster's transport socket asks for inside the tunnel: TLS, PROXY protocol.
+type InsideTunnel = (
+    Option<filters::model::UpstreamTls>,
+    Option<filters::model::ProxyProtocolVersion>,
+);
+
 /// The transport socket: internal upstream (HBONE, native) or raw buffer, with plaintext
-/// or TLS inside the tunnel ([`super::upstream_tls`]); PROXY protocol is refused rather
-/// than sending the stream without its header.
+/// or TLS inside the tunnel ([`super::upstream_tls`]), optionally under a PROXY protocol
+/// socket ([`super::proxy_protocol`]: the header goes first, then TLS).
 fn check_transport_socket(
     c: &Cluster,
     auto: super::upstream_tls::AutoSettings,
-) -> Result<Option<filters::model::UpstreamTls>, InvalidResource> {
+) -> Result<InsideTunnel, InvalidResource> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
     let Some(ts) = &c.transport_socket else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Ok(None);
+        return Ok((None, None));
     };
     if any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
-        return Ok(None);
+        return Ok((None, None));
     }
     if !any
         .type_url
@@ -446,33 +457,51 @@ fn check_transport_socket(
     }
     let internal = InternalUpstreamTransport::decode(any.value.as_slice())
         .map_err(|e| invalid(c, "transport_socket.typed_config", e.to_string()))?;
-    let inner = internal
-        .transport_socket
-        .as_ref()
-        .and_then(|t| match &t.config_type {
-            Some(ConfigType::TypedConfig(a)) => Some(a),
+    let typed = |t: Option<&envoy_types::pb::envoy::config::core::v3::TransportSocket>| {
+        t.and_then(|t| match &t.config_type {
+            Some(ConfigType::TypedConfig(a)) => Some(a.clone()),
             _ => None,
-        });
-    let at = "transport_socket.typed_config.transport_socket";
-    match inner {
-        None => Ok(None),
-        Some(a) if a.type_url.ends_with("raw_buffer.v3.RawBuffer") => Ok(None),
+        })
+    };
+    let mut at = "transport_socket.typed_config.transport_socket".to_string();
+    let mut inner = typed(internal.transport_socket.as_ref());
+    let mut proxy = None;
+    if let Some(a) = &inner {
+        if a.type_url
+            .ends_with("proxy_protocol.v3.ProxyProtocolUpstreamTransport")
+        {
+            let (version, wrapped) =
+                super::proxy_protocol::convert(&a.value).map_err(|(field, reason)| {
+                    invalid(c, &format!("{at}.typed_config.{field}"), reason)
+                })?;
+            proxy = Some(version);
+            inner = typed(wrapped.as_ref());
+            at = format!("{at}.typed_config.transport_socket");
+        }
+    }
+    let tls = match inner {
+        None => None,
+        Some(a) if a.type_url.ends_with("raw_buffer.v3.RawBuffer") => None,
         Some(a) if a.type_url.ends_with("tls.v3.UpstreamTlsContext") => {
             let ctx = UpstreamTlsContext::decode(a.value.as_slice())
-                .map_err(|e| invalid(c, at, e.to_string()))?;
-            super::upstream_tls::convert(&ctx, auto)
-                .map(Some)
-                .map_err(|(field, reason)| invalid(c, &format!("{at}.typed_config.{field}"), reason))
+                .map_err(|e| invalid(c, &at, e.to_string()))?;
+            let tls = super::upstream_tls::convert(&ctx, auto).map_err(|(field, reason)| {
+                invalid(c, &format!("{at}.typed_config.{field}"), reason)
+            })?;
+            Some(tls)
         }
-        Some(a) => Err(invalid(
-            c,
-            at,
-            format!(
-                "{} inside the HBONE tunnel (DestinationRule proxyProtocol) is not supported; refusing rather than sending the stream without it",
-                a.type_url
-            ),
-        )),
-    }
+        Some(a) => {
+            return Err(invalid(
+                c,
+                &at,
+                format!(
+                    "{} inside the HBONE tunnel is not supported; refusing rather than sending the stream without it",
+                    a.type_url
+                ),
+            ))
+        }
+    };
+    Ok((tls, proxy))
 }
 
 /// The Service's name and namespace: cluster metadata istio.services[0], else the host.

@@ -19,6 +19,7 @@ mod metadata;
 mod outlier;
 pub mod per_filter;
 mod protocol_options;
+mod proxy_protocol;
 pub mod rbac;
 pub mod route;
 mod stats;
@@ -247,6 +248,7 @@ fn service_port(
         .with_max_requests(c.max_requests)
         .with_outlier(c.outlier.clone())
         .with_tls(c.tls.clone())
+        .with_proxy_protocol(c.proxy_protocol)
         .with_retry_limit(c.retry_limit)
         .with_upstream_protocol(c.upstream_protocol)
         .with_connection_limits(Some(c.connection_limits))

@@ -324,39 +324,77 @@ fn what_travels_inside_the_tunnel_is_tls_plaintext_or_refused() {
         e.field
     );
     assert!(e.reason.contains("kubernetes://my-secret"), "{}", e.reason);
-    // DestinationRule proxyProtocol: refused. (The descriptor pool has no PROXY protocol
-    // message, so the inner socket is built in protobuf directly.)
-    json["transport_socket"] = inner(serde_json::json!({
-        "name": "envoy.transport_sockets.raw_buffer",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}
-    }));
-    let mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
-        from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
-    {
-        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    // DestinationRule proxyProtocol: istiod wraps the inner socket (raw buffer or TLS) in a
+    // ProxyProtocolUpstreamTransport (cluster_waypoint.go). The descriptor pool has no
+    // PROXY protocol message, so the socket is built in protobuf directly.
+    let with_proxy = |json: &serde_json::Value, version: i32, tlvs: bool| {
+        use envoy_types::pb::envoy::config::core::v3::{
+            transport_socket::ConfigType, ProxyProtocolConfig, ProxyProtocolPassThroughTlVs,
+            TransportSocket,
+        };
         use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
+        use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
         use prost::Message;
+        let mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            from_json("envoy.config.cluster.v3.Cluster", json).unwrap();
         let Some(ConfigType::TypedConfig(outer)) =
             &mut c.transport_socket.as_mut().unwrap().config_type
         else {
             panic!("typed config");
         };
         let mut internal = InternalUpstreamTransport::decode(outer.value.as_slice()).unwrap();
-        let Some(ConfigType::TypedConfig(any)) =
-            &mut internal.transport_socket.as_mut().unwrap().config_type
-        else {
-            panic!("inner typed config");
+        let proxy = ProxyProtocolUpstreamTransport {
+            config: Some(ProxyProtocolConfig {
+                version,
+                pass_through_tlvs: tlvs.then(ProxyProtocolPassThroughTlVs::default),
+                ..Default::default()
+            }),
+            transport_socket: internal.transport_socket.take(),
+            ..Default::default()
         };
-        any.type_url = "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport".into();
+        internal.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.upstream_proxy_protocol".into(),
+            config_type: Some(ConfigType::TypedConfig(envoy_types::pb::google::protobuf::Any {
+                type_url: "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport".into(),
+                value: proxy.encode_to_vec(),
+            })),
+        });
         outer.value = internal.encode_to_vec();
-    }
-    let e = cluster::convert(&c).unwrap_err();
-    assert_eq!(e.field, "transport_socket.typed_config.transport_socket");
-    assert!(
-        e.reason.contains("ProxyProtocolUpstreamTransport"),
-        "{}",
-        e.reason
+        cluster::convert(&c)
+    };
+    let raw = inner(serde_json::json!({
+        "name": "envoy.transport_sockets.raw_buffer",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}
+    }));
+    let tls_json = inner(serde_json::json!({"name": "tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": "httpbin.example",
+        "common_tls_context": {"combined_validation_context": {
+            "default_validation_context": {},
+            "validation_context_sds_secret_config": {"name": "file-root:system"}}}}}));
+    json["transport_socket"] = raw;
+    let info = with_proxy(&json, 0, false).unwrap();
+    assert_eq!(
+        info.proxy_protocol,
+        Some(filters::model::ProxyProtocolVersion::V1)
     );
+    assert!(info.tls.is_none());
+    let info = with_proxy(&json, 1, false).unwrap();
+    assert_eq!(
+        info.proxy_protocol,
+        Some(filters::model::ProxyProtocolVersion::V2)
+    );
+    // TLVs are never sent: refused by name.
+    let e = with_proxy(&json, 1, true).unwrap_err();
+    assert!(e.field.ends_with("config.pass_through_tlvs"), "{}", e.field);
+    // PROXY around TLS: both.
+    json["transport_socket"] = tls_json;
+    let info = with_proxy(&json, 1, false).unwrap();
+    assert_eq!(
+        info.proxy_protocol,
+        Some(filters::model::ProxyProtocolVersion::V2)
+    );
+    assert_eq!(info.tls.unwrap().sni.as_deref(), Some("httpbin.example"));
     // Plaintext inside the tunnel (istiod's default) is accepted.
     json["transport_socket"] = inner(serde_json::json!({
         "name": "envoy.transport_sockets.raw_buffer",
