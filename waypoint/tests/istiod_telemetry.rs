@@ -198,7 +198,9 @@ async fn spans_reach_the_collector_cluster(http: bool) {
     .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let server = loop {
-        assert_eq!(get(&w, 8000, "/traced").await.status, 200);
+        // Under load the first requests may come before every cluster's endpoints: the
+        // span of any answered request will do.
+        let status = get(&w, 8000, "/traced").await.status;
         if let Some(s) = collector
             .spans()
             .into_iter()
@@ -208,7 +210,7 @@ async fn spans_reach_the_collector_cluster(http: bool) {
         }
         assert!(
             Instant::now() < deadline,
-            "no span reached the collector cluster ({} exports)",
+            "no span reached the collector cluster ({} exports, last status {status})",
             collector.exports()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
