@@ -528,55 +528,31 @@ impl DestinationRule {
             "spec.trafficPolicy",
             &[("tunnel", tp.tunnel.is_some())],
         )?;
-        let port_level = tp
-            .port_level_settings
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.port.as_ref().is_some_and(|s| s.number == port))
-            .and_then(|(i, p)| {
-                p.load_balancer.as_ref().map(|lb| {
-                    (
-                        lb,
-                        format!("spec.trafficPolicy.portLevelSettings[{i}].loadBalancer"),
-                    )
-                })
-            });
-        let chosen = port_level.or_else(|| {
-            tp.load_balancer
-                .as_ref()
-                .map(|lb| (lb, "spec.trafficPolicy.loadBalancer".to_string()))
-        });
+        let chosen = setting(
+            tp,
+            port,
+            "loadBalancer",
+            |p| p.load_balancer.as_ref(),
+            |t| t.load_balancer.as_ref(),
+        );
         let mut policy = match chosen {
             None => PortPolicy::default(),
             Some((lb, at)) => load_balancer(lb, label, &at)?,
         };
-        let pool = tp
-            .port_level_settings
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.port.as_ref().is_some_and(|s| s.number == port))
-            .and_then(|(i, p)| {
-                p.connection_pool.as_ref().map(|c| {
-                    (
-                        c,
-                        format!("spec.trafficPolicy.portLevelSettings[{i}].connectionPool"),
-                    )
-                })
-            })
-            .or_else(|| {
-                tp.connection_pool
-                    .as_ref()
-                    .map(|c| (c, "spec.trafficPolicy.connectionPool".to_string()))
-            });
-        if let Some((pool, _)) = &pool {
+        let pool = setting(
+            tp,
+            port,
+            "connectionPool",
+            |p| p.connection_pool.as_ref(),
+            |t| t.connection_pool.as_ref(),
+        );
+        if let Some((pool, at)) = pool {
             policy.retry_limit = pool
                 .http
                 .as_ref()
                 .and_then(|h| h.max_retries)
                 .filter(|n| *n > 0)
                 .map(|n| RetryLimit::Max(n as usize));
-        }
-        if let Some((pool, at)) = pool {
             policy.max_requests = pool.max_requests(h2, label, &at)?;
             policy.connection_limits = Some(pool.connection_limits(label, &at)?);
         }
@@ -593,43 +569,17 @@ impl DestinationRule {
                 min_concurrency: b.min_retry_concurrency.filter(|n| *n > 0).unwrap_or(3) as usize,
             });
         }
-        let outlier = tp
-            .port_level_settings
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.port.as_ref().is_some_and(|s| s.number == port))
-            .and_then(|(i, p)| {
-                p.outlier_detection.as_ref().map(|o| {
-                    (
-                        o,
-                        format!("spec.trafficPolicy.portLevelSettings[{i}].outlierDetection"),
-                    )
-                })
-            })
-            .or_else(|| {
-                tp.outlier_detection
-                    .as_ref()
-                    .map(|o| (o, "spec.trafficPolicy.outlierDetection".to_string()))
-            });
+        let outlier = setting(
+            tp,
+            port,
+            "outlierDetection",
+            |p| p.outlier_detection.as_ref(),
+            |t| t.outlier_detection.as_ref(),
+        );
         if let Some((o, at)) = outlier {
             policy.outlier = Some(o.policy(label, &at)?);
         }
-        let tls = tp
-            .port_level_settings
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.port.as_ref().is_some_and(|s| s.number == port))
-            .and_then(|(i, p)| {
-                p.tls
-                    .as_ref()
-                    .map(|t| (t, format!("spec.trafficPolicy.portLevelSettings[{i}].tls")))
-            })
-            .or_else(|| {
-                tp.tls
-                    .as_ref()
-                    .map(|t| (t, "spec.trafficPolicy.tls".to_string()))
-            });
-        if let Some((t, at)) = tls {
+        if let Some((t, at)) = setting(tp, port, "tls", |p| p.tls.as_ref(), |t| t.tls.as_ref()) {
             policy.tls = t.settings(h2, label, &at)?;
         }
         if let Some(p) = &tp.proxy_protocol {
@@ -637,6 +587,31 @@ impl DestinationRule {
         }
         Ok(policy)
     }
+}
+
+/// A traffic-policy setting for Service port `port`, with its field path: the port-level
+/// one when `portLevelSettings` has it for the port, else the rule's.
+fn setting<'a, T>(
+    tp: &'a TrafficPolicy,
+    port: u16,
+    field: &str,
+    port_level: impl Fn(&'a PortTrafficPolicy) -> Option<&'a T>,
+    rule_level: impl Fn(&'a TrafficPolicy) -> Option<&'a T>,
+) -> Option<(&'a T, String)> {
+    let at_port = tp
+        .port_level_settings
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.port.as_ref().is_some_and(|s| s.number == port))
+        .and_then(|(i, p)| {
+            port_level(p).map(|v| {
+                (
+                    v,
+                    format!("spec.trafficPolicy.portLevelSettings[{i}].{field}"),
+                )
+            })
+        });
+    at_port.or_else(|| rule_level(tp).map(|v| (v, format!("spec.trafficPolicy.{field}"))))
 }
 
 fn unsupported(label: &str, at: &str, fields: &[(&str, bool)]) -> Result<(), LocalConfigError> {
