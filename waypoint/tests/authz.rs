@@ -258,3 +258,40 @@ async fn a_file_written_in_chunks_is_never_applied_half_written() {
     assert_eq!(status(&h, "/admin").await, 403);
     assert_eq!(status(&h, "/ok").await, 200);
 }
+
+#[tokio::test]
+async fn deeply_nested_yaml_is_refused_quickly_at_start_and_at_run_time() {
+    // At start-up: the process exits with an error within 2 s.
+    let h = start(vec![]).await;
+    let nested = h.dir().join("nested.yaml");
+    std::fs::write(&nested, "[".repeat(200_000)).unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&nested)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // At run time: the nested file is refused and the last good configuration keeps
+    // serving; the next valid change is applied.
+    assert_eq!(status(&h, "/admin").await, 200);
+    let good = std::fs::read_to_string(&h.config).unwrap();
+    h.write_config(&"[".repeat(200_000));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while h.stat("config.rejected").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the nested file was never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&h, "/admin").await, 200, "the last good configuration serves");
+    let deny_admin = policy("deny-admin", "{group: \"\", kind: Service, name: echo}", "").replace(
+        "spec:\n",
+        "spec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
+    );
+    h.write_config(&format!("{good}\n---\n{deny_admin}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status(&h, "/admin").await != 403 {
+        assert!(std::time::Instant::now() < deadline, "the valid change was not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
