@@ -272,7 +272,11 @@ async fn deeply_nested_yaml_is_refused_quickly_at_start_and_at_run_time() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     // At run time: the nested file is refused and the last good configuration keeps
     // serving; the next valid change is applied.
     assert_eq!(status(&h, "/admin").await, 200);
@@ -280,10 +284,17 @@ async fn deeply_nested_yaml_is_refused_quickly_at_start_and_at_run_time() {
     h.write_config(&"[".repeat(200_000));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while h.stat("config.rejected").await == 0 {
-        assert!(std::time::Instant::now() < deadline, "the nested file was never refused");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nested file was never refused"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(status(&h, "/admin").await, 200, "the last good configuration serves");
+    assert_eq!(
+        status(&h, "/admin").await,
+        200,
+        "the last good configuration serves"
+    );
     let deny_admin = policy("deny-admin", "{group: \"\", kind: Service, name: echo}", "").replace(
         "spec:\n",
         "spec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
@@ -291,7 +302,10 @@ async fn deeply_nested_yaml_is_refused_quickly_at_start_and_at_run_time() {
     h.write_config(&format!("{good}\n---\n{deny_admin}"));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while status(&h, "/admin").await != 403 {
-        assert!(std::time::Instant::now() < deadline, "the valid change was not applied");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the valid change was not applied"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

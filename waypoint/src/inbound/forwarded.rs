@@ -30,6 +30,61 @@ pub fn forwarded_for(value: &str) -> Option<(IpAddr, Option<u16>)> {
 mod tests {
     use super::*;
 
+    /// A deterministic xorshift generator for the property tests.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn hostile_values_never_panic_and_what_ztunnel_writes_round_trips() {
+        const PIECES: &[&str] = &[
+            "for=",
+            "FOR=",
+            "\"",
+            "[",
+            "]",
+            "127.0.0.1",
+            ":",
+            "8080",
+            "99999",
+            ";",
+            ",",
+            " ",
+            "=",
+            "proto=http",
+            "2001:db8::1",
+            "unknown",
+            "_hidden",
+            "by=",
+            "host=a",
+            "\u{0}",
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let n = rng.next() % 10;
+            let v: String = (0..n)
+                .map(|_| PIECES[(rng.next() % PIECES.len() as u64) as usize])
+                .collect();
+            let _ = forwarded_for(&v);
+            // What ztunnel sends: `for="ip:port"`, IPv6 in brackets.
+            let ip: IpAddr = if rng.next().is_multiple_of(2) {
+                std::net::Ipv4Addr::from(rng.next() as u32).into()
+            } else {
+                std::net::Ipv6Addr::from(((rng.next() as u128) << 64) | rng.next() as u128).into()
+            };
+            let port = rng.next() as u16;
+            let header = format!("for=\"{}\"", SocketAddr::new(ip, port));
+            assert_eq!(forwarded_for(&header), Some((ip, Some(port))), "{header}");
+        }
+    }
+
     #[test]
     fn parses_for_values() {
         assert_eq!(

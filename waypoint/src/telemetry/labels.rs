@@ -348,6 +348,51 @@ mod tests {
     }
 
     #[test]
+    fn hostile_baggage_never_panics_and_every_value_stays_bounded() {
+        const PIECES: &[&str] = &[
+            "k8s.cluster.name=",
+            "k8s.namespace.name=",
+            "service.name=",
+            "app.version=",
+            "k8s.pod.name=",
+            "=",
+            ",",
+            ";",
+            ";p=1",
+            " ",
+            "é",
+            "\u{0}",
+            "%2C",
+            "x",
+            "ü",
+        ];
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let n = next() % 40;
+            let mut v = String::new();
+            for _ in 0..n {
+                let piece = PIECES[(next() % PIECES.len() as u64) as usize];
+                // Long values too, cut at any character.
+                let times = if next().is_multiple_of(50) { 200 } else { 1 };
+                v.push_str(&piece.repeat(times));
+            }
+            let mut l = PeerLabels::default();
+            l.apply_baggage(&v);
+            l.app_from_canonical();
+            l.fill_unknown();
+            for value in [&l.cluster, &l.namespace, &l.workload, &l.app, &l.version] {
+                assert!(value.len() <= MAX_VALUE, "{value:?} from {v:?}");
+            }
+        }
+    }
+
+    #[test]
     fn app_and_version_from_the_pod_labels_as_workload_discovery_gives_them() {
         use filters::model::{Identity, NamespacedName};
         let pod = |labels: &[(&str, &str)]| Workload {
