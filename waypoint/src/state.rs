@@ -15,6 +15,7 @@ pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
     loaded: AtomicBool,
     rejected: AtomicU64,
+    history: crate::admin::history::ConfigHistory,
 }
 
 impl SnapshotStore {
@@ -24,7 +25,13 @@ impl SnapshotStore {
             current: ArcSwap::from_pointee(initial),
             loaded: AtomicBool::new(false),
             rejected: AtomicU64::new(0),
+            history: Default::default(),
         }
+    }
+
+    /// The last configurations offered, accepted or rejected, with what changed.
+    pub fn history(&self) -> &crate::admin::history::ConfigHistory {
+        &self.history
     }
 
     /// The snapshot in force now.
@@ -49,13 +56,16 @@ impl filters::Publisher for SnapshotStore {
     }
 
     fn publish(&self, snapshot: Snapshot) {
-        snapshot.inherit_state(&self.current.load());
+        let before = self.current.load_full();
+        snapshot.inherit_state(&before);
+        self.history.accepted(&before, &snapshot);
         self.current.store(Arc::new(snapshot));
         self.loaded.store(true, Ordering::Release);
     }
 
     fn reject(&self, source: &str, error: &str) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.history.rejected(source, error);
         tracing::warn!(source, error, "configuration rejected");
     }
 }

@@ -309,3 +309,53 @@ async fn deeply_nested_yaml_is_refused_quickly_at_start_and_at_run_time() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn config_history_lists_versions_what_changed_and_why_one_was_refused() {
+    let h = start(vec![]).await;
+    let good = std::fs::read_to_string(&h.config).unwrap();
+    let deny_admin = policy("deny-admin", "{group: \"\", kind: Service, name: echo}", "").replace(
+        "spec:\n",
+        "spec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
+    );
+    h.write_config(&format!("{good}\n---\n{deny_admin}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status(&h, "/admin").await != 403 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.write_config("apiVersion: v1\nkind: Service\nmetadata: {name: broken\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let entries = loop {
+        let (code, body) = h.admin("/config_history").await;
+        assert_eq!(code, 200);
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        if entries.iter().any(|e| e["accepted"] == false) {
+            break entries;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rejected entry: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let accepted: Vec<&serde_json::Value> =
+        entries.iter().filter(|e| e["accepted"] == true).collect();
+    assert!(accepted.len() >= 2, "{entries:?}");
+    // The policy change: authorization changed, nothing else.
+    let change = accepted.last().unwrap();
+    let changes = change["changes"].as_object().unwrap();
+    assert!(changes.contains_key("authz"), "{change}");
+    assert!(!changes.contains_key("services"), "{change}");
+    let refused = entries.iter().find(|e| e["accepted"] == false).unwrap();
+    assert!(
+        refused["source"].as_str().unwrap().starts_with("file:"),
+        "{refused}"
+    );
+    assert!(!refused["reason"].as_str().unwrap().is_empty(), "{refused}");
+    // The refused file changed nothing: the policy still applies.
+    assert_eq!(status(&h, "/admin").await, 403);
+}

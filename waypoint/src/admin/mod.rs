@@ -5,6 +5,7 @@
 //! services.
 
 mod envoy;
+pub mod history;
 pub mod logging;
 mod prometheus;
 mod static_listener;
@@ -153,6 +154,16 @@ impl ServeHttp for Admin {
                     serde_json::to_vec_pretty(&dump).unwrap_or_default(),
                     "application/json",
                 )
+            }
+            "/config_history" => {
+                match serde_json::to_vec_pretty(&self.proxy.config.history().entries()) {
+                    Ok(json) => text(StatusCode::OK, json, "application/json"),
+                    Err(e) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        e.to_string(),
+                        "text/plain",
+                    ),
+                }
             }
             "/config_dump" => match serde_json::to_vec_pretty(&*self.proxy.config.current()) {
                 Ok(json) => text(StatusCode::OK, json, "application/json"),
