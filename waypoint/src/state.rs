@@ -79,6 +79,8 @@ pub struct Stats {
     pub hbone_accepted: AtomicU64,
     /// HBONE connections closed at once because the listener was at its connection cap.
     pub connections_shed: AtomicU64,
+    /// HBONE connections sent GOAWAY because they reached their maximum age.
+    pub connections_aged_out: AtomicU64,
     /// Downstream CONNECT tunnels open.
     pub tunnels: AtomicUsize,
     /// HTTP requests in flight.
@@ -124,6 +126,9 @@ pub struct ProxyOptions {
     pub node_id: String,
     /// Most series kept per Istio metric family.
     pub metrics_series_limit: usize,
+    /// HBONE connections older than this (plus up to 10% jitter) get a graceful GOAWAY, so
+    /// that ztunnel reconnects through the Service and spreads over new replicas.
+    pub max_connection_age: Option<Duration>,
 }
 
 /// Everything the data path shares.

@@ -194,3 +194,38 @@ async fn a_flood_of_connection_attempts_does_not_disturb_established_traffic() {
     );
     eprintln!("{attempts} attempts, {served} requests served during them, peak RSS {peak_mib} MiB");
 }
+
+#[tokio::test]
+async fn connections_past_their_maximum_age_get_goaway_and_tunnels_in_flight_finish() {
+    let h = Harness::start(Spec {
+        extra_args: vec!["--max-connection-age", "1s"],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    get_ok(&h, &mut http).await;
+    // A request that outlives the connection's age.
+    let slow = {
+        let req = get("/slow?delay=1500ms");
+        let mut http = conn.http1(authority(80)).await.unwrap();
+        tokio::spawn(async move { http.send_request(req).await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // After the GOAWAY the connection takes no new tunnels...
+    assert!(
+        conn.http1(authority(80)).await.is_err(),
+        "a new tunnel on an aged connection"
+    );
+    // ...while the one in flight finishes.
+    assert_eq!(slow.await.unwrap(), 200);
+    // A new connection serves.
+    let fresh = h.client().connect().await.unwrap();
+    let mut http = fresh.http1(authority(80)).await.unwrap();
+    get_ok(&h, &mut http).await;
+    let stats = reqwest_stats(&h).await;
+    assert!(
+        stats.contains("downstream_cx_max_duration_reached: 1"),
+        "{stats}"
+    );
+}

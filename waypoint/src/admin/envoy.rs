@@ -80,6 +80,10 @@ pub fn stats(proxy: &Proxy) -> Vec<Stat> {
             format!("listener.{listener}.downstream_cx_overflow"),
             proxy.stats.connections_shed.load(Ordering::Relaxed),
         ),
+        Stat::counter(
+            format!("listener.{listener}.downstream_cx_max_duration_reached"),
+            proxy.stats.connections_aged_out.load(Ordering::Relaxed),
+        ),
     ];
     if let Some(x) = proxy.xds.get() {
         let v = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);

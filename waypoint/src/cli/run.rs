@@ -95,6 +95,11 @@ pub struct RunArgs {
     /// once. Default: 80% of the process's open-file limit.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// HBONE connections older than this (plus up to 10% jitter) get a graceful GOAWAY
+    /// (tunnels in flight finish), so ztunnel reconnects through the Service and spreads its
+    /// connections over new replicas after a scale-out: `30m`, `1h`. Off by default.
+    #[arg(long, value_parser = parse_interval)]
+    max_connection_age: Option<Duration>,
     /// Most bytes of request bodies kept for retries by all requests together (MiB); past
     /// it a request is not kept, so it is not retried.
     #[arg(long, default_value_t = 256)]
@@ -192,6 +197,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             cluster_id: args.cluster_id.clone(),
             node_id,
             metrics_series_limit: args.metrics_series_limit,
+            max_connection_age: args.max_connection_age,
         },
     );
     if let Some(s) = xds_stats {

@@ -125,6 +125,19 @@ impl HboneInbound {
             }
         };
         tokio::pin!(keepalive);
+        // The connection's maximum age, with up to 10% jitter so that connections opened
+        // together do not all leave together.
+        let max_age = self.proxy.options.max_connection_age;
+        let aged = async move {
+            match max_age {
+                Some(age) => {
+                    let jitter = age.mul_f64(rand::random::<f64>() * 0.1);
+                    tokio::time::sleep(age + jitter).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(aged);
         let mut drain = self.proxy.drain.subscribe();
         let mut draining = *shutdown.borrow() || *drain.borrow_and_update();
         if draining {
@@ -167,6 +180,15 @@ impl HboneInbound {
                         tracing::debug!("listeners drained: GOAWAY sent");
                         conn.graceful_shutdown();
                     }
+                }
+                () = &mut aged, if !draining => {
+                    draining = true;
+                    self.proxy
+                        .stats
+                        .connections_aged_out
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(max_age = ?max_age, "HBONE connection reached its maximum age: GOAWAY sent");
+                    conn.graceful_shutdown();
                 }
                 why = &mut keepalive => {
                     tracing::info!(reason = why, "closing HBONE connection");
