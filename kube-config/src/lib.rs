@@ -1,6 +1,6 @@
 //! The local configuration: a multi-document YAML file of Kubernetes objects.
 //!
-//! Reads `Namespace`, `Service`, `Pod` and the waypoint's own `Gateway` (also inside
+//! Reads `Namespace`, `Service`, `Pod`, `ServiceEntry` and the waypoint's own `Gateway` (also inside
 //! `kind: List` documents, as `kubectl get -o yaml` prints them); other kinds are skipped
 //! with a log line. [`load`] validates everything and builds a complete snapshot or fails
 //! with an error naming the object and field; [`watch`] re-loads on change.
@@ -14,6 +14,7 @@ pub mod mesh;
 mod objects;
 mod parse;
 pub mod routes;
+pub mod service_entry;
 pub mod telemetry;
 mod translate;
 mod watch;
