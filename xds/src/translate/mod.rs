@@ -12,6 +12,7 @@ mod connection_manager;
 pub mod endpoint;
 mod error;
 pub mod ext_authz;
+pub mod inline_cluster;
 pub mod jwt;
 pub mod listener;
 mod matcher;
@@ -170,7 +171,11 @@ fn workloads(
     served_pods: &[IpAddr],
 ) -> BTreeMap<IpAddr, Arc<Workload>> {
     let mut workloads: BTreeMap<IpAddr, Arc<Workload>> = BTreeMap::new();
-    for eps in res.endpoints.values() {
+    let inline = res
+        .clusters
+        .values()
+        .filter_map(|c| c.inline_endpoints.as_ref());
+    for eps in res.endpoints.values().chain(inline) {
         for e in eps {
             let ip = e.address.ip();
             workloads
@@ -225,9 +230,11 @@ fn service_port(
     res: &Resources,
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
 ) -> ServicePort {
-    let (eps, priorities): (Vec<Endpoint>, Vec<u32>) = res
-        .endpoints
-        .get(&c.eds_name)
+    let assigned = match &c.inline_endpoints {
+        Some(inline) => Some(inline),
+        None => res.endpoints.get(&c.eds_name),
+    };
+    let (eps, priorities): (Vec<Endpoint>, Vec<u32>) = assigned
         .into_iter()
         .flatten()
         .filter_map(|e| {
