@@ -148,3 +148,66 @@ async fn a_service_entry_with_an_unimplemented_field_is_refused_by_name() {
         "{stdout}"
     );
 }
+
+/// DestinationRule `tls` for the ServiceEntry host originates TLS on the plain TCP
+/// connection to the external endpoint (the same origination as inside HBONE tunnels).
+#[tokio::test]
+async fn destination_rule_tls_is_originated_to_the_external_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = hbone::tls::DevCa::new("external-ca").unwrap();
+    let app = testkit::tls_echo::TlsEcho::start(
+        &ca.issue(&filters::model::Identity::new(
+            "cluster.local",
+            "internet",
+            "api",
+        ))
+        .unwrap()
+        .certs()
+        .unwrap(),
+        EchoIdentity {
+            pod: "tls-external".into(),
+            namespace: "internet".into(),
+        },
+    )
+    .await
+    .unwrap();
+    ca.issue(&filters::model::Identity::new(
+        "cluster.local",
+        NS,
+        "waypoint",
+    ))
+    .unwrap()
+    .write(dir.path())
+    .unwrap();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let entry = service_entry("STATIC", &[app.addr.ip()]).replace(
+        "targetPort: 8080",
+        &format!("targetPort: {}", app.addr.port()),
+    );
+    for (san, expected) in [
+        ("spiffe://cluster.local/ns/internet/sa/api", 200),
+        ("spiffe://cluster.local/ns/internet/sa/other", 503),
+    ] {
+        let rule = format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: {NS}}}\nspec:\n  host: api.example.test\n  trafficPolicy:\n    tls:\n      mode: MUTUAL\n      clientCertificate: {}\n      privateKey: {}\n      caCertificates: {}\n      subjectAltNames: [\"{san}\"]\n",
+            p("cert-chain.pem"),
+            p("key.pem"),
+            p("root-cert.pem")
+        );
+        let h = Harness::start(Spec {
+            extra_yaml: vec![entry.clone(), rule],
+            ..Spec::default()
+        })
+        .await;
+        let conn = h.client().connect().await.unwrap();
+        let mut http = conn
+            .http1(format!("{SE_VIP}:80").parse().unwrap())
+            .await
+            .unwrap();
+        let resp = http.send_request(get("/get")).await.unwrap();
+        assert_eq!(resp.status(), expected, "SAN {san}");
+        if expected == 200 {
+            assert_eq!(json(resp).await["pod"], "tls-external");
+        }
+    }
+}
