@@ -78,4 +78,20 @@ mod tests {
             "127.128.0.11:8080"
         );
     }
+
+    #[test]
+    fn the_shipped_egress_example_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/local-config/egress.yaml");
+        let snap = super::load(&path, &filters::SourceOptions::default(), 1).unwrap();
+        let entry = &snap.services()["istio-egress/httpbin.org"];
+        assert!(entry.served);
+        let port = entry.port(80).unwrap();
+        assert_eq!(
+            port.endpoints[0].address().unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        assert!(!port.endpoints[0].workload.hbone);
+        assert!(snap.resolve("240.240.0.1:80".parse().unwrap()).is_some());
+    }
 }

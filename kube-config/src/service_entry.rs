@@ -108,6 +108,19 @@ struct WorkloadEntry {
     service_account: Option<serde_yaml::Value>,
 }
 
+/// The key (`namespace/host`) of the Service each ServiceEntry (`namespace/name`) becomes,
+/// for policies whose `targetRefs` name the ServiceEntry.
+pub(crate) fn service_keys(entries: &[(String, ServiceEntry)]) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .filter_map(|(_, e)| {
+            let ns = e.namespace();
+            let host = e.spec.hosts.first()?;
+            Some((format!("{ns}/{}", e.metadata.name), format!("{ns}/{host}")))
+        })
+        .collect()
+}
+
 fn invalid(object: &str, field: impl Into<String>, message: impl Into<String>) -> LocalConfigError {
     LocalConfigError::Invalid {
         object: object.to_string(),

@@ -150,7 +150,13 @@ pub fn translate_with_status(
         &gw_name,
         &options.root_namespace,
     )?;
-    let mut policies = super::authz::bind(&objects.policies, &gw_name, &options.root_namespace)?;
+    let entries = super::service_entry::service_keys(&objects.service_entries);
+    let mut policies = super::authz::bind(
+        &objects.policies,
+        &gw_name,
+        &options.root_namespace,
+        &entries,
+    )?;
     policies.providers = super::ext_authz::providers(&mesh);
     super::authz::report_custom(&policies);
     let authn = super::authn::bind(
@@ -158,6 +164,7 @@ pub fn translate_with_status(
         &gw_name,
         &options.root_namespace,
         &options.jwks,
+        &entries,
     )?;
     let snapshot = Snapshot::new(SnapshotParts {
         version,

@@ -211,3 +211,27 @@ async fn destination_rule_tls_is_originated_to_the_external_endpoint() {
         }
     }
 }
+
+/// An AuthorizationPolicy whose `targetRefs` name the ServiceEntry applies to its traffic.
+#[tokio::test]
+async fn an_authorization_policy_on_the_service_entry_denies_a_path() {
+    let (ip, _server) = external("external").await;
+    let policy = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin, namespace: {NS}}}\nspec:\n  targetRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: api}}]\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: [/admin*]\n"
+    );
+    let h = Harness::start(Spec {
+        extra_yaml: vec![service_entry("STATIC", &[ip]), policy],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn
+        .http1(format!("{SE_VIP}:80").parse().unwrap())
+        .await
+        .unwrap();
+    let denied = http.send_request(get("/admin/users")).await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let allowed = http.send_request(get("/get")).await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(json(allowed).await["pod"], "external");
+}
