@@ -6,11 +6,12 @@
 //! `addresses` and whose endpoints are its `endpoints`: workloads that are not mesh pods
 //! (`hbone: false`), reached over plain TCP at the endpoint's address.
 //!
-//! Implemented now: `resolution` STATIC, and DNS / DNS_ROUND_ROBIN whose endpoints are IP
-//! addresses (what Envoy's STRICT_DNS / LOGICAL_DNS do with an IP literal: all endpoints,
-//! or the first one). Refused by field, never ignored: hostname endpoints and DNS
-//! resolution without endpoints (resolving names is not implemented yet), `resolution`
-//! NONE (original destination) and DYNAMIC_DNS (wildcard forward proxy), wildcard hosts,
+//! Implemented now: `resolution` STATIC, and DNS / DNS_ROUND_ROBIN (Envoy's STRICT_DNS /
+//! LOGICAL_DNS: every address, or the first one) with IP endpoints, or with one host-name
+//! endpoint, or with none (the host itself): a name becomes the port's
+//! [`DnsTarget`], resolved at run time outside the snapshot ([`filters::dns`]). Refused by
+//! field, never ignored: a host name among several endpoints, `resolution` NONE
+//! (original destination) and DYNAMIC_DNS (wildcard forward proxy), wildcard hosts,
 //! more than one host, CIDR addresses, `workloadSelector`, and the endpoint fields
 //! `network`, `locality`, `weight` and `serviceAccount`.
 
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use filters::dns::DnsTarget;
 use filters::model::{
     Endpoint, Identity, NamespacedName, Protocol, Service, ServicePort, TargetPort, Workload,
 };
@@ -211,14 +213,14 @@ impl ServiceEntry {
             }
             Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {}
         }
-        if spec.endpoints.is_empty() {
-            let why = if resolution == Resolution::Static {
-                "STATIC resolution needs endpoints"
-            } else {
-                "DNS resolution of the host itself is not implemented yet: list IP endpoints"
-            };
-            return Err(invalid(label, "spec.endpoints", why));
+        if spec.endpoints.is_empty() && resolution == Resolution::Static {
+            return Err(invalid(
+                label,
+                "spec.endpoints",
+                "STATIC resolution needs endpoints",
+            ));
         }
+        let dns_name = self.dns_name(label, resolution, host)?;
         let mut vips = Vec::new();
         for (i, raw) in spec.addresses.iter().enumerate() {
             let ip: IpAddr = raw.parse().map_err(|_| {
@@ -232,7 +234,10 @@ impl ServiceEntry {
                 vips.push(ip);
             }
         }
-        let workloads = self.endpoint_workloads(label, resolution, trust_domain)?;
+        let workloads = match dns_name {
+            Some(_) => Vec::new(),
+            None => self.endpoint_workloads(label, resolution, trust_domain)?,
+        };
         let mut ports: Vec<ServicePort> = Vec::new();
         for (i, p) in spec.ports.iter().enumerate() {
             let field = |f: &str| format!("spec.ports[{i}].{f}");
@@ -261,13 +266,33 @@ impl ServiceEntry {
                     port,
                 });
             }
-            ports.push(ServicePort::new(
-                p.name.clone(),
-                number,
-                TargetPort::Number(target),
-                Protocol::resolve(p.protocol.as_deref(), p.name.as_deref()),
-                endpoints,
-            ));
+            let dns = dns_name.map(|(name, entry)| {
+                let own = entry.and_then(|e| p.name.as_ref().and_then(|n| e.ports.get(n)));
+                let port = match own {
+                    Some(n) => port_number(label, "spec.endpoints[0].ports".into(), *n),
+                    None => Ok(target),
+                };
+                port.map(|port| {
+                    let labels = entry.map(|e| e.labels.clone()).unwrap_or_default();
+                    let workload = self.workload(name, Vec::new(), labels, trust_domain);
+                    Arc::new(DnsTarget::new(
+                        name,
+                        port,
+                        resolution == Resolution::DnsRoundRobin,
+                        workload,
+                    ))
+                })
+            });
+            ports.push(
+                ServicePort::new(
+                    p.name.clone(),
+                    number,
+                    TargetPort::Number(target),
+                    Protocol::resolve(p.protocol.as_deref(), p.name.as_deref()),
+                    endpoints,
+                )
+                .with_dns(dns.transpose()?),
+            );
         }
         Ok(Service {
             name: NamespacedName::new(ns, host),
@@ -278,6 +303,81 @@ impl ServiceEntry {
         })
     }
 
+    /// The name to resolve for `resolution` DNS / DNS_ROUND_ROBIN: the host when there are
+    /// no endpoints, else the one endpoint's address when it is a name (with that
+    /// endpoint); `None` for IP endpoints, which need no resolving.
+    fn dns_name<'a>(
+        &'a self,
+        label: &str,
+        resolution: Resolution,
+        host: &'a str,
+    ) -> Result<Option<(&'a str, Option<&'a WorkloadEntry>)>, LocalConfigError> {
+        if !matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            return Ok(None);
+        }
+        let eps = &self.spec.endpoints;
+        let named =
+            |e: &WorkloadEntry| !e.address.is_empty() && e.address.parse::<IpAddr>().is_err();
+        match eps.as_slice() {
+            [] => Ok(Some((host, None))),
+            [e] if named(e) => {
+                self.check_endpoint_fields(label, 0, e)?;
+                Ok(Some((e.address.as_str(), Some(e))))
+            }
+            _ => match eps.iter().position(named) {
+                Some(j) => Err(invalid(
+                    label,
+                    format!("spec.endpoints[{j}].address"),
+                    "a host name among several endpoints is not implemented yet: one endpoint per name",
+                )),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// A workload outside the mesh named `name` in the entry's namespace.
+    fn workload(
+        &self,
+        name: &str,
+        ips: Vec<IpAddr>,
+        labels: BTreeMap<String, String>,
+        trust_domain: &str,
+    ) -> Workload {
+        let ns = self.namespace();
+        Workload {
+            name: NamespacedName::new(ns, name),
+            ips,
+            identity: Identity::new(trust_domain, ns, "default"),
+            labels,
+            hbone: false,
+            served: false,
+            named_ports: BTreeMap::new(),
+        }
+    }
+
+    fn check_endpoint_fields(
+        &self,
+        label: &str,
+        j: usize,
+        e: &WorkloadEntry,
+    ) -> Result<(), LocalConfigError> {
+        for (name, set) in [
+            ("network", e.network.is_some()),
+            ("locality", e.locality.is_some()),
+            ("weight", e.weight.is_some()),
+            ("serviceAccount", e.service_account.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
+                    label,
+                    format!("spec.endpoints[{j}].{name}"),
+                    "not implemented yet",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// One workload per endpoint (`None` past the first for DNS_ROUND_ROBIN, which uses a
     /// single address as Envoy's LOGICAL_DNS does).
     fn endpoint_workloads(
@@ -286,30 +386,17 @@ impl ServiceEntry {
         resolution: Resolution,
         trust_domain: &str,
     ) -> Result<Vec<Option<Arc<Workload>>>, LocalConfigError> {
-        let ns = self.namespace();
         let mut out = Vec::new();
         for (j, e) in self.spec.endpoints.iter().enumerate() {
             let field = |f: &str| format!("spec.endpoints[{j}].{f}");
-            for (name, set) in [
-                ("network", e.network.is_some()),
-                ("locality", e.locality.is_some()),
-                ("weight", e.weight.is_some()),
-                ("serviceAccount", e.service_account.is_some()),
-            ] {
-                if set {
-                    return Err(invalid(label, field(name), "not implemented yet"));
-                }
-            }
+            self.check_endpoint_fields(label, j, e)?;
             let ip: IpAddr = e.address.parse().map_err(|_| {
                 let why = if e.address.is_empty() {
                     "required".to_string()
                 } else if resolution == Resolution::Static {
                     format!("{:?}: STATIC endpoints must be IP addresses", e.address)
                 } else {
-                    format!(
-                        "{:?}: resolving hostnames is not implemented yet; use an IP address",
-                        e.address
-                    )
+                    format!("{:?}: not an IP address", e.address)
                 };
                 invalid(label, field("address"), why)
             })?;
@@ -317,15 +404,13 @@ impl ServiceEntry {
                 out.push(None);
                 continue;
             }
-            out.push(Some(Arc::new(Workload {
-                name: NamespacedName::new(ns, &format!("{}-{j}", self.metadata.name)),
-                ips: vec![ip],
-                identity: Identity::new(trust_domain, ns, "default"),
-                labels: e.labels.clone(),
-                hbone: false,
-                served: false,
-                named_ports: BTreeMap::new(),
-            })));
+            let name = format!("{}-{j}", self.metadata.name);
+            out.push(Some(Arc::new(self.workload(
+                &name,
+                vec![ip],
+                e.labels.clone(),
+                trust_domain,
+            ))));
         }
         Ok(out)
     }
@@ -478,12 +563,42 @@ spec: {gatewayClassName: istio-waypoint}
                 "{to}: {err}"
             );
         }
-        let dns_host = STATIC
+        let two_names = STATIC
             .replace("STATIC", "DNS")
-            .replace("address: 127.0.0.7", "address: api.example.test");
-        assert!(refused(&dns_host).contains("resolving hostnames is not implemented yet"));
-        let no_endpoints = &STATIC[..STATIC.find("  endpoints:").unwrap()].replace("STATIC", "DNS");
-        assert!(refused(no_endpoints).contains("spec.endpoints: DNS resolution of the host"));
+            .replace("address: 127.0.0.8", "address: b.example.test");
+        assert!(refused(&two_names).starts_with(
+            "ServiceEntry egress/api (document 3): spec.endpoints[1].address: a host name among several"
+        ));
+    }
+
+    #[test]
+    fn dns_names_become_targets_resolved_outside_the_snapshot() {
+        let named = STATIC
+            .replace("STATIC", "DNS_ROUND_ROBIN")
+            .replace("  - address: 127.0.0.7\n", "")
+            .replace("address: 127.0.0.8", "address: backend.example.test");
+        let s = snap(&entry(&named)).unwrap();
+        let port = s.services()["egress/api.example.test"].port(80).unwrap();
+        assert!(port.endpoints.is_empty());
+        let dns = port.dns().unwrap();
+        assert_eq!(
+            (dns.hostname.as_str(), dns.port, dns.logical),
+            ("backend.example.test", 8081, true)
+        );
+        assert_eq!(dns.workload.labels["app"], "api");
+        assert!(!dns.workload.hbone);
+        // No endpoints: the host itself, at the target port.
+        let host = &STATIC[..STATIC.find("  endpoints:").unwrap()].replace("STATIC", "DNS");
+        let s = snap(&entry(host)).unwrap();
+        let dns = s.services()["egress/api.example.test"]
+            .port(80)
+            .unwrap()
+            .dns()
+            .unwrap();
+        assert_eq!(
+            (dns.hostname.as_str(), dns.port, dns.logical),
+            ("api.example.test", 8080, false)
+        );
     }
 
     #[test]
