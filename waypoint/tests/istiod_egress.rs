@@ -79,19 +79,64 @@ async fn logical_dns_clusters_use_the_first_address() {
     }
 }
 
+/// istiod's STRICT_DNS cluster for a ServiceEntry without endpoints: one endpoint, the
+/// host name itself (`NewCDSEndpointBuilder` over the entry's host), resolved by the
+/// waypoint through the test DNS server.
 #[tokio::test]
-async fn dns_clusters_with_host_names_are_nacked_by_field() {
-    let w = start(|_, cs, _| {
+async fn a_strict_dns_cluster_naming_a_host_is_resolved_and_followed() {
+    let dns = testkit::dns_server::DnsServer::start().await.unwrap();
+    let (a, _sa) = external("a").await;
+    let (b, _sb) = external("b").await;
+    let (IpAddr::V4(a), IpAddr::V4(b)) = (a, b) else {
+        panic!("IPv4 loopback expected")
+    };
+    dns.set("api.example.test", &[a], 1);
+    let server = dns.addr.to_string();
+    let w = start_with_args(None, &["--dns-server", &server], |_, cs, _, _| {
         edit_cluster(cs, CLUSTER_8100, |c| {
             dns_cluster(c, "STRICT_DNS", &["api.example.test".into()])
+        })
+    })
+    .await;
+    let until = |want: &'static str| {
+        let w = &w;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+            loop {
+                let answer = get(w, 8100, "/get").await;
+                if answer.status == 200 && answer.echo()["pod"] == want {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{want} never answered"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until("a").await;
+    dns.set("api.example.test", &[b], 1);
+    until("b").await;
+}
+
+#[tokio::test]
+async fn host_names_among_several_endpoints_are_nacked_by_field() {
+    let w = start(|_, cs, _| {
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            dns_cluster(
+                c,
+                "STRICT_DNS",
+                &["127.0.0.1".into(), "api.example.test".into()],
+            )
         })
     })
     .await;
     let e = nack(&w).await;
     assert!(
         e.contains(CLUSTER_8100)
-            && e.contains("load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address")
-            && e.contains("not implemented yet"),
+            && e.contains("load_assignment.endpoints[0].lb_endpoints[1].endpoint.address.socket_address.address")
+            && e.contains("only as the one endpoint"),
         "{e}"
     );
 }

@@ -46,8 +46,10 @@ pub struct ClusterInfo {
     /// Service's port restricted to the endpoints EDS sends for this cluster.
     pub subset: Option<String>,
     /// The endpoints of a cluster that is not EDS (STATIC, STRICT_DNS, LOGICAL_DNS), from
-    /// its `load_assignment`; `None` for EDS clusters.
+    /// its `load_assignment` (empty for a host name); `None` for EDS clusters.
     pub inline_endpoints: Option<Vec<super::endpoint::EndpointInfo>>,
+    /// The host name of a STRICT_DNS / LOGICAL_DNS cluster, resolved at run time.
+    pub dns: Option<super::inline_cluster::DnsName>,
 }
 
 /// Parses `inbound-vip|8000|http|httpbin.default.svc.cluster.local`.
@@ -130,6 +132,7 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         connection_limits: Default::default(),
         subset: None,
         inline_endpoints: None,
+        dns: None,
     })
 }
 
@@ -142,7 +145,11 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             "not an inbound-vip|<port>|<protocol>|<host> cluster".into(),
         ));
     };
-    let inline_endpoints = super::inline_cluster::endpoints(c)?;
+    let (inline_endpoints, dns) = match super::inline_cluster::endpoints(c)? {
+        None => (None, None),
+        Some(super::inline_cluster::Inline::Endpoints(eps)) => (Some(eps), None),
+        Some(super::inline_cluster::Inline::Dns(name)) => (Some(Vec::new()), Some(name)),
+    };
     check_load_balancing(c)?;
     check_resilience(c)?;
     let options = super::protocol_options::convert(c)
@@ -189,6 +196,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         connection_limits: options.limits,
         tls,
         inline_endpoints,
+        dns,
     })
 }
 

@@ -6,26 +6,51 @@
 //!
 //! Implemented: endpoints whose socket addresses are IP addresses (Envoy resolves an IP
 //! literal to itself), reached over plain TCP; STRICT_DNS and STATIC use every endpoint,
-//! LOGICAL_DNS the first one. The resolver settings istiod writes (`dns_lookup_family`,
-//! `dns_refresh_rate`, `respect_dns_ttl`, `dns_jitter`, the c-ares
-//! `typed_dns_resolver_config`) only matter for host names, which are refused by field:
-//! resolving them is not implemented yet. ORIGINAL_DST (`resolution: NONE`) and custom
-//! cluster types (the dynamic forward proxy of `DYNAMIC_DNS`) are refused.
+//! LOGICAL_DNS the first one. A STRICT_DNS / LOGICAL_DNS cluster whose one endpoint is a
+//! host name (istiod's shape for a ServiceEntry resolving its host) is resolved at run
+//! time by the waypoint's resolver (`--dns-server` or `/etc/resolv.conf`; TTLs honoured,
+//! [`filters::dns`]); host names among several endpoints are refused by field. The
+//! resolver settings istiod writes (`dns_lookup_family`, `dns_refresh_rate`,
+//! `respect_dns_ttl`, `dns_jitter`, the c-ares `typed_dns_resolver_config`) are accepted
+//! and not read: the waypoint always honours TTLs (at least 1 s apart) and asks for A and
+//! AAAA records. ORIGINAL_DST (`resolution: NONE`) and custom cluster types (the dynamic
+//! forward proxy of `DYNAMIC_DNS`) are refused.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 
 use super::cluster::invalid;
 use super::endpoint::{self, EndpointInfo};
 use super::error::InvalidResource;
 
-/// The endpoints of `c` when they come inline: `None` for EDS clusters, the endpoints of
-/// its `load_assignment` for STATIC, STRICT_DNS and LOGICAL_DNS; an error naming the field
-/// for every other type and for host names.
-pub fn endpoints(c: &Cluster) -> Result<Option<Vec<EndpointInfo>>, InvalidResource> {
+/// What a cluster's inline `load_assignment` gives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inline {
+    /// IP endpoints.
+    Endpoints(Vec<EndpointInfo>),
+    /// One host name, resolved at run time ([`filters::dns`]).
+    Dns(DnsName),
+}
+
+/// The host name of a STRICT_DNS / LOGICAL_DNS cluster's one endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsName {
+    /// The name (no trailing dot).
+    pub hostname: String,
+    /// The port connected to.
+    pub port: u16,
+    /// LOGICAL_DNS: the first address only.
+    pub logical: bool,
+}
+
+/// The endpoints of `c` when they come inline: `None` for EDS clusters, the endpoints (or
+/// the one host name) of its `load_assignment` for STATIC, STRICT_DNS and LOGICAL_DNS; an
+/// error naming the field for every other type.
+pub fn endpoints(c: &Cluster) -> Result<Option<Inline>, InvalidResource> {
     let t = match &c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t).ok(),
         Some(ClusterDiscoveryType::ClusterType(custom)) => {
@@ -60,6 +85,7 @@ pub fn endpoints(c: &Cluster) -> Result<Option<Vec<EndpointInfo>>, InvalidResour
             "required for a cluster that is not EDS".into(),
         ));
     };
+    let mut names = Vec::new();
     for (li, locality) in cla.endpoints.iter().enumerate() {
         for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
             let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
@@ -69,16 +95,36 @@ pub fn endpoints(c: &Cluster) -> Result<Option<Vec<EndpointInfo>>, InvalidResour
                 ep.address.as_ref().and_then(|a| a.address.as_ref())
             {
                 if sa.address.parse::<std::net::IpAddr>().is_err() {
-                    return Err(invalid(
-                        c,
-                        &format!("load_assignment.endpoints[{li}].lb_endpoints[{ei}].endpoint.address.socket_address.address"),
-                        format!(
-                            "{:?}: resolving host names (DNS) is not implemented yet",
-                            sa.address
-                        ),
-                    ));
+                    let field = format!("load_assignment.endpoints[{li}].lb_endpoints[{ei}].endpoint.address.socket_address");
+                    names.push((field, sa));
                 }
             }
+        }
+    }
+    let total: usize = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
+    match names.as_slice() {
+        [] => {}
+        [(field, sa)] if total == 1 && t != Some(DiscoveryType::Static) => {
+            let port = match &sa.port_specifier {
+                Some(PortSpecifier::PortValue(p)) => u16::try_from(*p).ok().filter(|p| *p > 0),
+                _ => None,
+            }
+            .ok_or_else(|| invalid(c, &format!("{field}.port_value"), "a port between 1 and 65535 is required".into()))?;
+            return Ok(Some(Inline::Dns(DnsName {
+                hostname: sa.address.trim_end_matches('.').to_string(),
+                port,
+                logical,
+            })));
+        }
+        [(field, sa), ..] => {
+            return Err(invalid(
+                c,
+                &format!("{field}.address"),
+                format!(
+                    "{:?}: a host name is implemented only as the one endpoint of a STRICT_DNS or LOGICAL_DNS cluster",
+                    sa.address
+                ),
+            ))
         }
     }
     let mut eps = endpoint::convert(cla)
@@ -94,7 +140,7 @@ pub fn endpoints(c: &Cluster) -> Result<Option<Vec<EndpointInfo>>, InvalidResour
         // LOGICAL_DNS connects to one address: the first.
         eps.truncate(1);
     }
-    Ok(Some(eps))
+    Ok(Some(Inline::Endpoints(eps)))
 }
 
 #[cfg(test)]
@@ -132,15 +178,19 @@ mod tests {
     #[test]
     fn strict_dns_uses_every_address_and_logical_dns_the_first() {
         let c = cluster(strict_dns(&["127.0.0.7", "127.0.0.8"], "STRICT_DNS"));
-        let eps = endpoints(&c).unwrap().unwrap();
+        let Some(Inline::Endpoints(eps)) = endpoints(&c).unwrap() else {
+            panic!("endpoints")
+        };
         assert_eq!(eps.len(), 2);
         assert!(eps.iter().all(|e| !e.hbone));
         let c = cluster(strict_dns(&["127.0.0.7", "127.0.0.8"], "LOGICAL_DNS"));
-        let eps = endpoints(&c).unwrap().unwrap();
+        let Some(Inline::Endpoints(eps)) = endpoints(&c).unwrap() else {
+            panic!("endpoints")
+        };
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].address.to_string(), "127.0.0.7:8080");
         let c = cluster(strict_dns(&["127.0.0.9"], "STATIC"));
-        assert_eq!(endpoints(&c).unwrap().unwrap().len(), 1);
+        assert!(matches!(endpoints(&c).unwrap(), Some(Inline::Endpoints(e)) if e.len() == 1));
         let mut eds = strict_dns(&[], "EDS");
         eds.as_object_mut().unwrap().remove("load_assignment");
         assert_eq!(endpoints(&cluster(eds)).unwrap(), None);
@@ -148,13 +198,22 @@ mod tests {
 
     #[test]
     fn what_is_not_implemented_is_refused_by_field() {
-        let c = cluster(strict_dns(&["api.example.test"], "STRICT_DNS"));
+        let c = cluster(strict_dns(&["api.example.test."], "LOGICAL_DNS"));
+        let want = DnsName {
+            hostname: "api.example.test".into(),
+            port: 8080,
+            logical: true,
+        };
+        assert_eq!(endpoints(&c).unwrap(), Some(Inline::Dns(want)));
+        let c = cluster(strict_dns(&["127.0.0.7", "api.example.test"], "STRICT_DNS"));
         let e = endpoints(&c).unwrap_err();
         assert_eq!(
             e.field,
-            "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"
+            "load_assignment.endpoints[0].lb_endpoints[1].endpoint.address.socket_address.address"
         );
-        assert!(e.reason.contains("not implemented yet"), "{e}");
+        assert!(e.reason.contains("only as the one endpoint"), "{e}");
+        let c = cluster(strict_dns(&["api.example.test"], "STATIC"));
+        assert!(endpoints(&c).is_err(), "STATIC needs IP addresses");
         let c = cluster(strict_dns(&["127.0.0.7"], "ORIGINAL_DST"));
         assert_eq!(endpoints(&c).unwrap_err().field, "type");
         let mut none = strict_dns(&[], "STRICT_DNS");

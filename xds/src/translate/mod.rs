@@ -113,14 +113,15 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
     let main = res.listeners.get("main_internal");
     let (vips, served_pods) = served_addresses(main);
     let workloads = workloads(res, &opts.waypoint.trust_domain, &served_pods);
-    let services = services(res, &vips, &workloads);
+    let td = opts.waypoint.trust_domain.as_str();
+    let services = services(res, &vips, &workloads, td);
     let by_host: BTreeMap<String, Arc<Service>> = services
         .iter()
         .map(|s| (s.hostname.clone(), s.clone()))
         .collect();
     let backends = Backends {
         res,
-        subsets: subset_backends(res, &by_host, &workloads),
+        subsets: subset_backends(res, &by_host, &workloads, td),
         by_host,
     };
     let chains = main.map(|l| port_chains(l, &backends)).unwrap_or_default();
@@ -192,6 +193,7 @@ fn services(
     res: &Resources,
     vips: &BTreeMap<&str, Vec<IpAddr>>,
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
+    trust_domain: &str,
 ) -> Vec<Arc<Service>> {
     let mut by_host: BTreeMap<&str, Vec<&ClusterInfo>> = BTreeMap::new();
     for c in res.clusters.values().filter(|c| c.subset.is_none()) {
@@ -210,7 +212,7 @@ fn services(
         let first = clusters[0];
         let ports = clusters
             .iter()
-            .map(|c| service_port(c, res, workloads))
+            .map(|c| service_port(c, res, workloads, trust_domain))
             .collect();
         let v = vips.get(host).cloned().unwrap_or_default();
         services.push(Arc::new(Service {
@@ -229,6 +231,7 @@ fn service_port(
     c: &ClusterInfo,
     res: &Resources,
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
+    trust_domain: &str,
 ) -> ServicePort {
     let assigned = match &c.inline_endpoints {
         Some(inline) => Some(inline),
@@ -248,7 +251,26 @@ fn service_port(
         })
         .unzip();
     let target = eps.first().map(|e| e.port).unwrap_or(c.port);
+    let dns = c.dns.as_ref().map(|d| {
+        let workload = Workload {
+            name: NamespacedName::new(&c.namespace, &d.hostname),
+            ips: Vec::new(),
+            identity: filters::model::Identity::new(trust_domain, &c.namespace, ""),
+            labels: Default::default(),
+            hbone: false,
+            served: false,
+            named_ports: Default::default(),
+        };
+        Arc::new(filters::dns::DnsTarget::new(
+            &d.hostname,
+            d.port,
+            d.logical,
+            workload,
+        ))
+    });
+    let target = dns.as_ref().map(|d| d.port).unwrap_or(target);
     ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
+        .with_dns(dns)
         .with_priorities(priorities)
         .with_balancing(c.balancing)
         .with_max_requests(c.max_requests)
@@ -266,6 +288,7 @@ fn subset_backends(
     res: &Resources,
     by_host: &BTreeMap<String, Arc<Service>>,
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
+    trust_domain: &str,
 ) -> BTreeMap<String, Backend> {
     let mut out = BTreeMap::new();
     for c in res.clusters.values().filter(|c| c.subset.is_some()) {
@@ -277,7 +300,7 @@ fn subset_backends(
             hostname: parent.hostname.clone(),
             served: false,
             vips: Vec::new(),
-            ports: vec![service_port(c, res, workloads)],
+            ports: vec![service_port(c, res, workloads, trust_domain)],
         };
         let backend = Backend::Service {
             service: Arc::new(subset),
