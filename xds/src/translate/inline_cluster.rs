@@ -13,8 +13,8 @@
 //! resolver settings istiod writes (`dns_lookup_family`, `dns_refresh_rate`,
 //! `respect_dns_ttl`, `dns_jitter`, the c-ares `typed_dns_resolver_config`) are accepted
 //! and not read: the waypoint always honours TTLs (at least 1 s apart) and asks for A
-//! records, then AAAA when there are none. ORIGINAL_DST (`resolution: NONE`) and custom cluster types (the dynamic
-//! forward proxy of `DYNAMIC_DNS`) are refused.
+//! records, then AAAA when there are none. ORIGINAL_DST (`resolution: NONE`) and custom
+//! cluster types (the dynamic forward proxy of `DYNAMIC_DNS`) are refused.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
