@@ -147,12 +147,14 @@ fn rule(r: &RuleSpec, at: &str, registry: &JwksRegistry) -> Result<JwtRule, (Str
     })
 }
 
-/// Binds the RequestAuthentications that apply to the waypoint `gateway`.
+/// Binds the RequestAuthentications that apply to the waypoint `gateway`; `entries` maps
+/// each ServiceEntry (`namespace/name`) to the key of the Service it became.
 pub fn bind(
     items: &[(String, RequestAuthentication)],
     gateway: &NamespacedName,
     root_namespace: &str,
     registry: &JwksRegistry,
+    entries: &BTreeMap<String, String>,
 ) -> Result<JwtRules, LocalConfigError> {
     let mut out = JwtRules::default();
     let mut services: BTreeMap<String, Vec<Arc<JwtRule>>> = BTreeMap::new();
@@ -187,6 +189,14 @@ pub fn bind(
                     .entry(key)
                     .or_default()
                     .extend(rules.iter().cloned()),
+                Binding::ServiceEntry(entry) => {
+                    if let Some(key) = entries.get(&entry) {
+                        services
+                            .entry(key.clone())
+                            .or_default()
+                            .extend(rules.iter().cloned());
+                    }
+                }
                 Binding::Elsewhere => {}
             }
         }

@@ -375,6 +375,8 @@ pub(crate) enum Binding {
     Waypoint,
     /// A Service (`namespace/name`).
     Service(String),
+    /// A ServiceEntry (`namespace/name` of the object; its Service is named by its host).
+    ServiceEntry(String),
     /// Something else (another Gateway, an unsupported kind).
     Elsewhere,
 }
@@ -402,15 +404,20 @@ pub(crate) fn binding(
             Binding::Waypoint
         }
         ("" | "core", "Service") => Binding::Service(format!("{ns}/{}", r.name)),
+        ("networking.istio.io", "ServiceEntry") => {
+            Binding::ServiceEntry(format!("{ns}/{}", r.name))
+        }
         _ => Binding::Elsewhere,
     }
 }
 
-/// Binds the policies that apply to the waypoint `gateway`.
+/// Binds the policies that apply to the waypoint `gateway`. `entries` maps each
+/// ServiceEntry (`namespace/name`) to the key of the Service it became.
 pub fn bind(
     policies: &[(String, AuthorizationPolicy)],
     gateway: &NamespacedName,
     root_namespace: &str,
+    entries: &BTreeMap<String, String>,
 ) -> Result<Policies, LocalConfigError> {
     let mut set = Policies::default();
     let mut services: BTreeMap<String, Vec<Arc<Policy>>> = BTreeMap::new();
@@ -443,6 +450,15 @@ pub fn bind(
             match binding(r, ns, gateway, root_namespace) {
                 Binding::Waypoint => set.gateway.push(compiled.clone()),
                 Binding::Service(key) => services.entry(key).or_default().push(compiled.clone()),
+                Binding::ServiceEntry(entry) => match entries.get(&entry) {
+                    Some(key) => services
+                        .entry(key.clone())
+                        .or_default()
+                        .push(compiled.clone()),
+                    None => {
+                        tracing::debug!(policy = %label, target = %r.name, "no such ServiceEntry")
+                    }
+                },
                 Binding::Elsewhere => {
                     tracing::debug!(policy = %label, target = %r.name, "targetRef is not this waypoint")
                 }

@@ -491,6 +491,10 @@ impl DestinationRule {
     /// rule's namespace, or `name.namespace`, or the FQDN).
     pub fn is_for(&self, hostname: &str, suffix: &str) -> bool {
         let host = self.spec.host.as_str();
+        if host == hostname {
+            // A ServiceEntry host, named as it is.
+            return true;
+        }
         let own_ns = self.metadata.namespace.as_deref().unwrap_or("default");
         let fqdn = if host.contains('.') {
             if host.ends_with(suffix) {

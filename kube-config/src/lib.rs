@@ -1,6 +1,6 @@
 //! The local configuration: a multi-document YAML file of Kubernetes objects.
 //!
-//! Reads `Namespace`, `Service`, `Pod` and the waypoint's own `Gateway` (also inside
+//! Reads `Namespace`, `Service`, `Pod`, `ServiceEntry` and the waypoint's own `Gateway` (also inside
 //! `kind: List` documents, as `kubectl get -o yaml` prints them); other kinds are skipped
 //! with a log line. [`load`] validates everything and builds a complete snapshot or fails
 //! with an error naming the object and field; [`watch`] re-loads on change.
@@ -14,6 +14,7 @@ pub mod mesh;
 mod objects;
 mod parse;
 pub mod routes;
+pub mod service_entry;
 pub mod telemetry;
 mod translate;
 mod watch;
@@ -76,5 +77,21 @@ mod tests {
                 .to_string(),
             "127.128.0.11:8080"
         );
+    }
+
+    #[test]
+    fn the_shipped_egress_example_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/local-config/egress.yaml");
+        let snap = super::load(&path, &filters::SourceOptions::default(), 1).unwrap();
+        let entry = &snap.services()["istio-egress/httpbin.org"];
+        assert!(entry.served);
+        let port = entry.port(80).unwrap();
+        assert_eq!(
+            port.endpoints[0].address().unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        assert!(!port.endpoints[0].workload.hbone);
+        assert!(snap.resolve("240.240.0.1:80".parse().unwrap()).is_some());
     }
 }

@@ -21,6 +21,7 @@ pub struct Objects {
     pub(crate) config_maps: Vec<(String, super::mesh::ConfigMap)>,
     pub(crate) telemetries: Vec<(String, super::telemetry::Telemetry)>,
     pub(crate) destination_rules: Vec<(String, super::destination_rule::DestinationRule)>,
+    pub(crate) service_entries: Vec<(String, super::service_entry::ServiceEntry)>,
 }
 
 /// The largest configuration file read (a cluster's worth of objects is far smaller).
@@ -152,6 +153,9 @@ impl Objects {
             }
             ("networking.istio.io", "DestinationRule") => {
                 self.destination_rules.push(typed(value, &label)?)
+            }
+            ("networking.istio.io", "ServiceEntry") => {
+                self.service_entries.push(typed(value, &label)?)
             }
             ("gateway.networking.k8s.io", "ReferenceGrant") => {
                 self.grants.push(typed(value, &label)?)

@@ -124,6 +124,14 @@ pub fn translate_with_status(
         apply_destination_rule(&mut built, &objects.destination_rules, options)?;
         services.push(Arc::new(built));
     }
+    for (label, entry) in &objects.service_entries {
+        let ns = entry.metadata.namespace.as_deref().unwrap_or("default");
+        let served =
+            for_services && uses_waypoint(&entry.metadata, ns_labels.get(ns).copied(), &gw_name);
+        let mut built = entry.service(label, served, &options.trust_domain)?;
+        apply_destination_rule(&mut built, &objects.destination_rules, options)?;
+        services.push(Arc::new(built));
+    }
 
     let by_name: HashMap<NamespacedName, Arc<Service>> = services
         .iter()
@@ -142,7 +150,13 @@ pub fn translate_with_status(
         &gw_name,
         &options.root_namespace,
     )?;
-    let mut policies = super::authz::bind(&objects.policies, &gw_name, &options.root_namespace)?;
+    let entries = super::service_entry::service_keys(&objects.service_entries);
+    let mut policies = super::authz::bind(
+        &objects.policies,
+        &gw_name,
+        &options.root_namespace,
+        &entries,
+    )?;
     policies.providers = super::ext_authz::providers(&mesh);
     super::authz::report_custom(&policies);
     let authn = super::authn::bind(
@@ -150,6 +164,7 @@ pub fn translate_with_status(
         &gw_name,
         &options.root_namespace,
         &options.jwks,
+        &entries,
     )?;
     let snapshot = Snapshot::new(SnapshotParts {
         version,

@@ -22,6 +22,7 @@
 pub mod ads_server;
 pub mod ca_server;
 pub mod client;
+pub mod dns_server;
 pub mod echo;
 pub mod ext_authz;
 pub mod istio_dump;

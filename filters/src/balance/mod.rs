@@ -360,6 +360,49 @@ impl Drop for InFlight {
     }
 }
 
+/// The endpoint of a port whose upstream is a host name: an address it resolved to
+/// ([`crate::dns`]), or 503 `UH` while it has none. Balancing policies, least request and
+/// outlier detection do not apply to it; the port's circuit breaker does.
+fn pick_resolved(
+    backend: &crate::route::Backend,
+    service: &Arc<crate::model::Service>,
+    port: u16,
+    sp: &crate::model::ServicePort,
+    dns: &crate::dns::DnsTarget,
+) -> Result<Picked, crate::ProxyError> {
+    let Some(address) = dns.pick() else {
+        tracing::warn!(
+            host = %dns.hostname,
+            service = %service.name,
+            "no healthy upstream: {} has no resolved address",
+            dns.hostname
+        );
+        return Err(crate::ProxyError::NoHealthyUpstream(backend.describe()));
+    };
+    let counted = sp.counts_requests();
+    if counted {
+        let before = sp.requests().fetch_add(1, Ordering::Relaxed);
+        if sp.max_requests().is_some_and(|max| before >= max) {
+            sp.requests().fetch_sub(1, Ordering::Relaxed);
+            return Err(crate::ProxyError::Overflow(backend.describe()));
+        }
+    }
+    Ok(Picked {
+        address,
+        workload: dns.workload.clone(),
+        in_flight: counted.then(|| InFlight {
+            service: service.clone(),
+            port,
+            endpoint: None,
+            counted,
+        }),
+        outlier: None,
+        tls: sp.tls.clone(),
+        connection_limits: sp.connection_limits,
+        proxy_protocol: sp.proxy_protocol,
+    })
+}
+
 /// Chooses the endpoint for `backend`: by `hash` when the Service port balances by
 /// consistent hashing and the request has one, else round-robin over the port's endpoints;
 /// or the addressed pod itself.
@@ -374,6 +417,9 @@ pub fn pick(
             let sp = service.port(*port).ok_or_else(|| {
                 ProxyError::Internal(format!("{} has no port {port}", service.name))
             })?;
+            if let Some(dns) = sp.dns() {
+                return pick_resolved(backend, service, *port, sp, dns);
+            }
             let ejected = Ejected::of(sp);
             let index = match (sp.balancing(), hash) {
                 (Balancing::Hash(ring), Some(h)) => ring.get_where(h, |i| !ejected.contains(i)),

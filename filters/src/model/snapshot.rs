@@ -169,6 +169,10 @@ pub struct ServicePort {
     pub proxy_protocol: Option<super::ProxyProtocolVersion>,
     #[serde(skip)]
     next: AtomicUsize,
+    /// The upstream named by a host name, resolved outside the snapshot (a DNS
+    /// ServiceEntry); when set, `endpoints` is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns: Option<Arc<crate::dns::DnsTarget>>,
 }
 
 impl ServicePort {
@@ -200,7 +204,19 @@ impl ServicePort {
             retries: AtomicUsize::new(0),
             priorities: None,
             upstream_protocol: super::UpstreamProtocol::for_port(protocol),
+            dns: None,
         }
+    }
+
+    /// Sets the upstream named by a host name ([`crate::dns`]).
+    pub fn with_dns(mut self, target: Option<Arc<crate::dns::DnsTarget>>) -> Self {
+        self.dns = target;
+        self
+    }
+
+    /// The upstream named by a host name, if the port has one.
+    pub fn dns(&self) -> Option<&Arc<crate::dns::DnsTarget>> {
+        self.dns.as_ref()
     }
 
     /// This port sending requests upstream in `protocol`'s HTTP version.

@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// HBONE listener.
     #[arg(long, default_value = "0.0.0.0:15008")]
     hbone_addr: SocketAddr,
+    /// DNS server (`ip:port`, UDP and TCP) resolving the host names of DNS upstreams
+    /// (ServiceEntry `resolution: DNS`); default: the system's (`/etc/resolv.conf`).
+    #[arg(long)]
+    dns_server: Option<SocketAddr>,
     /// Readiness listener (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     ready_addr: SocketAddr,
@@ -207,7 +211,9 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let _ = proxy.node.set(b.node.clone());
     }
     let interval = Duration::from_millis(args.watch_interval_ms);
+    let resolver = crate::upstream::dns::resolver(args.dns_server)?;
     let tasks: Vec<Task> = vec![
+        Box::pin(crate::upstream::dns::run(store.clone(), resolver)),
         source_task,
         sds_task.unwrap_or_else(|| Box::pin(certs.clone().watch(interval))),
         Box::pin(crate::jwks::run(

@@ -4,6 +4,7 @@
 //!   upstream tunnel, many tunnels per connection.
 //! - [`pool`]: HTTP client connections (hyper) over those tunnels, reused across requests.
 //! - [`forward`]: the innermost tower service of the filter chain.
+//! - [`dns`]: the resolver keeping the addresses of DNS upstreams (ServiceEntries) fresh.
 //! - [`dial`]: a Service reached by `host:port` through the snapshot (the waypoint's own
 //!   clients: ext_authz, span export), and [`grpc`], a tonic channel over the pools.
 //!
@@ -12,6 +13,7 @@
 
 mod conn;
 pub mod dial;
+pub mod dns;
 pub mod forward;
 pub mod grpc;
 pub mod hbone_pool;

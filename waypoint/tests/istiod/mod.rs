@@ -46,6 +46,15 @@ pub async fn start_with_pod(
     app: Option<App>,
     edit: impl FnOnce(&mut Named, &mut Named, &mut Named, Option<IpAddr>),
 ) -> World {
+    start_with_args(app, &[], edit).await
+}
+
+/// As [`start_with_pod`], with `args` added to the waypoint's command line.
+pub async fn start_with_args(
+    app: Option<App>,
+    args: &[&str],
+    edit: impl FnOnce(&mut Named, &mut Named, &mut Named, Option<IpAddr>),
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let ca = DevCa::new("test").unwrap();
     let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
@@ -85,17 +94,19 @@ pub async fn start_with_pod(
     let serving = server.serve_unix(&socket).unwrap();
     let address = format!("unix:{}", socket.display());
     let stdout = dir.path().join("stdout.log");
+    let mut command_line = vec![
+        "--xds-address",
+        &address,
+        "--gateway",
+        "default/waypoint",
+        "--log-level",
+        "warn",
+    ];
+    command_line.extend_from_slice(args);
     let mut wp = WaypointProcess::spawn_source(
         &std::path::PathBuf::from(env!("CARGO_BIN_EXE_waypoint")),
         &CertFiles::in_dir(dir.path()),
-        &[
-            "--xds-address",
-            &address,
-            "--gateway",
-            "default/waypoint",
-            "--log-level",
-            "warn",
-        ],
+        &command_line,
         Some(&stdout),
     )
     .unwrap();

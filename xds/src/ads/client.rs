@@ -443,6 +443,7 @@ impl AdsClient {
             .clusters
             .values()
             .chain(state.resources.outbound.values())
+            .filter(|c| c.inline_endpoints.is_none())
             .map(|c| c.eds_name.clone())
             .collect();
         let subscribe: Vec<String> = wanted.difference(&state.eds_subscribed).cloned().collect();

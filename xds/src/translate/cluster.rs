@@ -1,5 +1,5 @@
 //! Clusters: istiod's `inbound-vip|<port>|<protocol>|<host>` clusters name a Service port;
-//! their endpoints arrive over EDS.
+//! their endpoints arrive over EDS, or inline for ServiceEntries ([`super::inline_cluster`]).
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
@@ -48,6 +48,11 @@ pub struct ClusterInfo {
     /// The DestinationRule subset (`inbound-vip|<port>|http/<subset>|<host>`): the
     /// Service's port restricted to the endpoints EDS sends for this cluster.
     pub subset: Option<String>,
+    /// The endpoints of a cluster that is not EDS (STATIC, STRICT_DNS, LOGICAL_DNS), from
+    /// its `load_assignment` (empty for a host name); `None` for EDS clusters.
+    pub inline_endpoints: Option<Vec<super::endpoint::EndpointInfo>>,
+    /// The host name of a STRICT_DNS / LOGICAL_DNS cluster, resolved at run time.
+    pub dns: Option<super::inline_cluster::DnsName>,
 }
 
 /// Parses `inbound-vip|8000|http|httpbin.default.svc.cluster.local`.
@@ -130,6 +135,8 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         upstream_protocol: filters::model::UpstreamProtocol::for_port(protocol),
         connection_limits: Default::default(),
         subset: None,
+        inline_endpoints: None,
+        dns: None,
     })
 }
 
@@ -142,7 +149,11 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             "not an inbound-vip|<port>|<protocol>|<host> cluster".into(),
         ));
     };
-    check_discovery_type(c)?;
+    let (inline_endpoints, dns) = match super::inline_cluster::endpoints(c)? {
+        None => (None, None),
+        Some(super::inline_cluster::Inline::Endpoints(eps)) => (Some(eps), None),
+        Some(super::inline_cluster::Inline::Dns(name)) => (Some(Vec::new()), Some(name)),
+    };
     check_load_balancing(c)?;
     check_resilience(c)?;
     let options = super::protocol_options::convert(c)
@@ -189,6 +200,8 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         connection_limits: options.limits,
         tls,
         proxy_protocol,
+        inline_endpoints,
+        dns,
     })
 }
 
@@ -197,7 +210,8 @@ pub(super) fn invalid(c: &Cluster, field: &str, reason: String) -> InvalidResour
     InvalidResource::new("cluster", &c.name, field, reason)
 }
 
-/// Rejects clusters whose endpoints do not come over EDS.
+/// Rejects clusters whose endpoints do not come over EDS (for the outbound clusters of
+/// extension providers).
 fn check_discovery_type(c: &Cluster) -> Result<(), InvalidResource> {
     match &c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Eds as i32 => Ok(()),

@@ -12,6 +12,7 @@ mod connection_manager;
 pub mod endpoint;
 mod error;
 pub mod ext_authz;
+pub mod inline_cluster;
 pub mod jwt;
 pub mod listener;
 mod matcher;
@@ -113,14 +114,15 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
     let main = res.listeners.get("main_internal");
     let (vips, served_pods) = served_addresses(main);
     let workloads = workloads(res, &opts.waypoint.trust_domain, &served_pods);
-    let services = services(res, &vips, &workloads);
+    let td = opts.waypoint.trust_domain.as_str();
+    let services = services(res, &vips, &workloads, td);
     let by_host: BTreeMap<String, Arc<Service>> = services
         .iter()
         .map(|s| (s.hostname.clone(), s.clone()))
         .collect();
     let backends = Backends {
         res,
-        subsets: subset_backends(res, &by_host, &workloads),
+        subsets: subset_backends(res, &by_host, &workloads, td),
         by_host,
     };
     let chains = main.map(|l| port_chains(l, &backends)).unwrap_or_default();
@@ -171,7 +173,11 @@ fn workloads(
     served_pods: &[IpAddr],
 ) -> BTreeMap<IpAddr, Arc<Workload>> {
     let mut workloads: BTreeMap<IpAddr, Arc<Workload>> = BTreeMap::new();
-    for eps in res.endpoints.values() {
+    let inline = res
+        .clusters
+        .values()
+        .filter_map(|c| c.inline_endpoints.as_ref());
+    for eps in res.endpoints.values().chain(inline) {
         for e in eps {
             let ip = e.address.ip();
             workloads
@@ -188,6 +194,7 @@ fn services(
     res: &Resources,
     vips: &BTreeMap<&str, Vec<IpAddr>>,
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
+    trust_domain: &str,
 ) -> Vec<Arc<Service>> {
     let mut by_host: BTreeMap<&str, Vec<&ClusterInfo>> = BTreeMap::new();
     for c in res.clusters.values().filter(|c| c.subset.is_none()) {
@@ -206,7 +213,7 @@ fn services(
         let first = clusters[0];
         let ports = clusters
             .iter()
-            .map(|c| service_port(c, res, workloads))
+            .map(|c| service_port(c, res, workloads, trust_domain))
             .collect();
         let v = vips.get(host).cloned().unwrap_or_default();
         services.push(Arc::new(Service {
@@ -225,10 +232,13 @@ fn service_port(
     c: &ClusterInfo,
     res: &Resources,
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
+    trust_domain: &str,
 ) -> ServicePort {
-    let (eps, priorities): (Vec<Endpoint>, Vec<u32>) = res
-        .endpoints
-        .get(&c.eds_name)
+    let assigned = match &c.inline_endpoints {
+        Some(inline) => Some(inline),
+        None => res.endpoints.get(&c.eds_name),
+    };
+    let (eps, priorities): (Vec<Endpoint>, Vec<u32>) = assigned
         .into_iter()
         .flatten()
         .filter_map(|e| {
@@ -242,7 +252,26 @@ fn service_port(
         })
         .unzip();
     let target = eps.first().map(|e| e.port).unwrap_or(c.port);
+    let dns = c.dns.as_ref().map(|d| {
+        let workload = Workload {
+            name: NamespacedName::new(&c.namespace, &d.hostname),
+            ips: Vec::new(),
+            identity: filters::model::Identity::new(trust_domain, &c.namespace, ""),
+            labels: Default::default(),
+            hbone: false,
+            served: false,
+            named_ports: Default::default(),
+        };
+        Arc::new(filters::dns::DnsTarget::new(
+            &d.hostname,
+            d.port,
+            d.logical,
+            workload,
+        ))
+    });
+    let target = dns.as_ref().map(|d| d.port).unwrap_or(target);
     ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
+        .with_dns(dns)
         .with_priorities(priorities)
         .with_balancing(c.balancing)
         .with_max_requests(c.max_requests)
@@ -261,6 +290,7 @@ fn subset_backends(
     res: &Resources,
     by_host: &BTreeMap<String, Arc<Service>>,
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
+    trust_domain: &str,
 ) -> BTreeMap<String, Backend> {
     let mut out = BTreeMap::new();
     for c in res.clusters.values().filter(|c| c.subset.is_some()) {
@@ -272,7 +302,7 @@ fn subset_backends(
             hostname: parent.hostname.clone(),
             served: false,
             vips: Vec::new(),
-            ports: vec![service_port(c, res, workloads)],
+            ports: vec![service_port(c, res, workloads, trust_domain)],
         };
         let backend = Backend::Service {
             service: Arc::new(subset),

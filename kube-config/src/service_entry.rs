@@ -1,0 +1,614 @@
+//! ServiceEntry (`networking.istio.io/v1`): a Service outside the cluster (or outside
+//! Kubernetes Services), enrolled in the waypoint with `istio.io/use-waypoint` as a
+//! Service is, so the waypoint acts as an egress gateway for it.
+//!
+//! A ServiceEntry becomes a [`Service`] whose hostname is its host, whose VIPs are its
+//! `addresses` and whose endpoints are its `endpoints`: workloads that are not mesh pods
+//! (`hbone: false`), reached over plain TCP at the endpoint's address.
+//!
+//! Implemented now: `resolution` STATIC, and DNS / DNS_ROUND_ROBIN (Envoy's STRICT_DNS /
+//! LOGICAL_DNS: every address, or the first one) with IP endpoints, or with one host-name
+//! endpoint, or with none (the host itself): a name becomes the port's
+//! [`DnsTarget`], resolved at run time outside the snapshot ([`filters::dns`]). Refused by
+//! field, never ignored: a host name among several endpoints, `resolution` NONE
+//! (original destination) and DYNAMIC_DNS (wildcard forward proxy), wildcard hosts,
+//! more than one host, CIDR addresses, `workloadSelector`, and the endpoint fields
+//! `network`, `locality`, `weight` and `serviceAccount`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use filters::dns::DnsTarget;
+use filters::model::{
+    Endpoint, Identity, NamespacedName, Protocol, Service, ServicePort, TargetPort, Workload,
+};
+use serde::Deserialize;
+
+use super::objects::ObjectMeta;
+use super::LocalConfigError;
+
+/// A ServiceEntry object.
+#[derive(Debug, Deserialize)]
+pub struct ServiceEntry {
+    pub(crate) metadata: ObjectMeta,
+    pub(crate) spec: Spec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct Spec {
+    hosts: Vec<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    ports: Vec<Port>,
+    /// Accepted: both locations reach the endpoints the same way (plain TCP).
+    #[serde(default)]
+    #[allow(dead_code)]
+    location: Option<Location>,
+    #[serde(default)]
+    resolution: Option<Resolution>,
+    #[serde(default)]
+    endpoints: Vec<WorkloadEntry>,
+    #[serde(default)]
+    workload_selector: Option<serde_yaml::Value>,
+    /// Accepted, not applied: the waypoint serves the entries enrolled in it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    export_to: Vec<String>,
+    #[serde(default)]
+    subject_alt_names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Port {
+    number: u32,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    target_port: Option<u32>,
+}
+
+/// `location`: validated; both reach the endpoints the same way for now.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Location {
+    MeshExternal,
+    MeshInternal,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Resolution {
+    None,
+    Static,
+    Dns,
+    DnsRoundRobin,
+    DynamicDns,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WorkloadEntry {
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    ports: BTreeMap<String, u32>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    network: Option<serde_yaml::Value>,
+    #[serde(default)]
+    locality: Option<serde_yaml::Value>,
+    #[serde(default)]
+    weight: Option<serde_yaml::Value>,
+    #[serde(default)]
+    service_account: Option<serde_yaml::Value>,
+}
+
+/// The key (`namespace/host`) of the Service each ServiceEntry (`namespace/name`) becomes,
+/// for policies whose `targetRefs` name the ServiceEntry.
+pub(crate) fn service_keys(entries: &[(String, ServiceEntry)]) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .filter_map(|(_, e)| {
+            let ns = e.namespace();
+            let host = e.spec.hosts.first()?;
+            Some((format!("{ns}/{}", e.metadata.name), format!("{ns}/{host}")))
+        })
+        .collect()
+}
+
+fn invalid(object: &str, field: impl Into<String>, message: impl Into<String>) -> LocalConfigError {
+    LocalConfigError::Invalid {
+        object: object.to_string(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn port_number(label: &str, field: String, n: u32) -> Result<u16, LocalConfigError> {
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(invalid(
+            label,
+            field,
+            format!("{n} is not between 1 and 65535"),
+        )),
+    }
+}
+
+impl ServiceEntry {
+    fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The Service this entry describes; `served` when it uses this waypoint. `label`
+    /// names the object in errors; endpoints get identities in `trust_domain`.
+    pub(crate) fn service(
+        &self,
+        label: &str,
+        served: bool,
+        trust_domain: &str,
+    ) -> Result<Service, LocalConfigError> {
+        let spec = &self.spec;
+        let ns = self.namespace();
+        if spec.workload_selector.is_some() {
+            return Err(invalid(
+                label,
+                "spec.workloadSelector",
+                "selecting mesh workloads is not implemented yet",
+            ));
+        }
+        if !spec.subject_alt_names.is_empty() {
+            return Err(invalid(
+                label,
+                "spec.subjectAltNames",
+                "not implemented yet (mutual TLS to the endpoints)",
+            ));
+        }
+        let host = match spec.hosts.as_slice() {
+            [] => {
+                return Err(invalid(
+                    label,
+                    "spec.hosts",
+                    "at least one host is required",
+                ))
+            }
+            [h] => h,
+            _ => {
+                return Err(invalid(
+                    label,
+                    "spec.hosts",
+                    "more than one host is not implemented yet: one ServiceEntry per host",
+                ))
+            }
+        };
+        if host.is_empty() || host.contains('*') {
+            return Err(invalid(
+                label,
+                "spec.hosts[0]",
+                format!("{host:?}: wildcard hosts need DYNAMIC_DNS, not implemented yet"),
+            ));
+        }
+        let resolution = spec.resolution.unwrap_or(Resolution::None);
+        match resolution {
+            Resolution::None => {
+                return Err(invalid(
+                    label,
+                    "spec.resolution",
+                    "NONE (original destination) is not implemented yet; use STATIC or DNS with IP endpoints",
+                ))
+            }
+            Resolution::DynamicDns => {
+                return Err(invalid(
+                    label,
+                    "spec.resolution",
+                    "DYNAMIC_DNS (forward proxy for wildcard hosts) is not implemented yet",
+                ))
+            }
+            Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {}
+        }
+        if spec.endpoints.is_empty() && resolution == Resolution::Static {
+            return Err(invalid(
+                label,
+                "spec.endpoints",
+                "STATIC resolution needs endpoints",
+            ));
+        }
+        let dns_name = self.dns_name(label, resolution, host)?;
+        let mut vips = Vec::new();
+        for (i, raw) in spec.addresses.iter().enumerate() {
+            let ip: IpAddr = raw.parse().map_err(|_| {
+                invalid(
+                    label,
+                    format!("spec.addresses[{i}]"),
+                    format!("{raw:?}: only IP addresses are implemented (no CIDR ranges)"),
+                )
+            })?;
+            if !vips.contains(&ip) {
+                vips.push(ip);
+            }
+        }
+        let workloads = match dns_name {
+            Some(_) => Vec::new(),
+            None => self.endpoint_workloads(label, resolution, trust_domain)?,
+        };
+        let mut ports: Vec<ServicePort> = Vec::new();
+        for (i, p) in spec.ports.iter().enumerate() {
+            let field = |f: &str| format!("spec.ports[{i}].{f}");
+            let number = port_number(label, field("number"), p.number)?;
+            if ports.iter().any(|q| q.port == number) {
+                return Err(invalid(
+                    label,
+                    field("number"),
+                    format!("duplicate port {number}"),
+                ));
+            }
+            let target = match p.target_port {
+                Some(t) => port_number(label, field("targetPort"), t)?,
+                None => number,
+            };
+            let mut endpoints = Vec::new();
+            for (j, (e, w)) in spec.endpoints.iter().zip(&workloads).enumerate() {
+                let Some(w) = w else { continue };
+                let own = p.name.as_ref().and_then(|n| e.ports.get(n));
+                let port = match own {
+                    Some(n) => port_number(label, format!("spec.endpoints[{j}].ports"), *n)?,
+                    None => target,
+                };
+                endpoints.push(Endpoint {
+                    workload: w.clone(),
+                    port,
+                });
+            }
+            let dns = dns_name.map(|(name, entry)| {
+                let own = entry.and_then(|e| p.name.as_ref().and_then(|n| e.ports.get(n)));
+                let port = match own {
+                    Some(n) => port_number(label, "spec.endpoints[0].ports".into(), *n),
+                    None => Ok(target),
+                };
+                port.map(|port| {
+                    let labels = entry.map(|e| e.labels.clone()).unwrap_or_default();
+                    let workload = self.workload(name, Vec::new(), labels, trust_domain);
+                    Arc::new(DnsTarget::new(
+                        name,
+                        port,
+                        resolution == Resolution::DnsRoundRobin,
+                        workload,
+                    ))
+                })
+            });
+            ports.push(
+                ServicePort::new(
+                    p.name.clone(),
+                    number,
+                    TargetPort::Number(target),
+                    Protocol::resolve(p.protocol.as_deref(), p.name.as_deref()),
+                    endpoints,
+                )
+                .with_dns(dns.transpose()?),
+            );
+        }
+        Ok(Service {
+            name: NamespacedName::new(ns, host),
+            hostname: host.clone(),
+            vips,
+            ports,
+            served,
+        })
+    }
+
+    /// The name to resolve for `resolution` DNS / DNS_ROUND_ROBIN: the host when there are
+    /// no endpoints, else the one endpoint's address when it is a name (with that
+    /// endpoint); `None` for IP endpoints, which need no resolving.
+    fn dns_name<'a>(
+        &'a self,
+        label: &str,
+        resolution: Resolution,
+        host: &'a str,
+    ) -> Result<Option<(&'a str, Option<&'a WorkloadEntry>)>, LocalConfigError> {
+        if !matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            return Ok(None);
+        }
+        let eps = &self.spec.endpoints;
+        let named =
+            |e: &WorkloadEntry| !e.address.is_empty() && e.address.parse::<IpAddr>().is_err();
+        match eps.as_slice() {
+            [] => Ok(Some((host, None))),
+            [e] if named(e) => {
+                self.check_endpoint_fields(label, 0, e)?;
+                Ok(Some((e.address.as_str(), Some(e))))
+            }
+            _ => match eps.iter().position(named) {
+                Some(j) => Err(invalid(
+                    label,
+                    format!("spec.endpoints[{j}].address"),
+                    "a host name among several endpoints is not implemented yet: one endpoint per name",
+                )),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// A workload outside the mesh named `name` in the entry's namespace.
+    fn workload(
+        &self,
+        name: &str,
+        ips: Vec<IpAddr>,
+        labels: BTreeMap<String, String>,
+        trust_domain: &str,
+    ) -> Workload {
+        let ns = self.namespace();
+        Workload {
+            name: NamespacedName::new(ns, name),
+            ips,
+            identity: Identity::new(trust_domain, ns, "default"),
+            labels,
+            hbone: false,
+            served: false,
+            named_ports: BTreeMap::new(),
+        }
+    }
+
+    fn check_endpoint_fields(
+        &self,
+        label: &str,
+        j: usize,
+        e: &WorkloadEntry,
+    ) -> Result<(), LocalConfigError> {
+        for (name, set) in [
+            ("network", e.network.is_some()),
+            ("locality", e.locality.is_some()),
+            ("weight", e.weight.is_some()),
+            ("serviceAccount", e.service_account.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
+                    label,
+                    format!("spec.endpoints[{j}].{name}"),
+                    "not implemented yet",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One workload per endpoint (`None` past the first for DNS_ROUND_ROBIN, which uses a
+    /// single address as Envoy's LOGICAL_DNS does).
+    fn endpoint_workloads(
+        &self,
+        label: &str,
+        resolution: Resolution,
+        trust_domain: &str,
+    ) -> Result<Vec<Option<Arc<Workload>>>, LocalConfigError> {
+        let mut out = Vec::new();
+        for (j, e) in self.spec.endpoints.iter().enumerate() {
+            let field = |f: &str| format!("spec.endpoints[{j}].{f}");
+            self.check_endpoint_fields(label, j, e)?;
+            let ip: IpAddr = e.address.parse().map_err(|_| {
+                let why = if e.address.is_empty() {
+                    "required".to_string()
+                } else if resolution == Resolution::Static {
+                    format!("{:?}: STATIC endpoints must be IP addresses", e.address)
+                } else {
+                    format!("{:?}: not an IP address", e.address)
+                };
+                invalid(label, field("address"), why)
+            })?;
+            if resolution == Resolution::DnsRoundRobin && j > 0 {
+                out.push(None);
+                continue;
+            }
+            let name = format!("{}-{j}", self.metadata.name);
+            out.push(Some(Arc::new(self.workload(
+                &name,
+                vec![ip],
+                e.labels.clone(),
+                trust_domain,
+            ))));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use filters::SourceOptions;
+
+    use crate::{parse, translate, LocalConfigError};
+
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: egress}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: egress}
+spec: {gatewayClassName: istio-waypoint}
+"#;
+
+    fn entry(spec: &str) -> String {
+        format!(
+            "{MESH}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: api\n  namespace: egress\n  labels: {{istio.io/use-waypoint: waypoint}}\nspec:\n{spec}"
+        )
+    }
+
+    fn snap(text: &str) -> Result<filters::Snapshot, LocalConfigError> {
+        translate(&parse(text)?, &SourceOptions::default(), 1, "test".into())
+    }
+
+    const STATIC: &str = "  hosts: [api.example.test]\n  addresses: [240.0.0.1]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  exportTo: ['.']\n  ports:\n  - {number: 80, name: http, protocol: HTTP, targetPort: 8080}\n  - {number: 9000, name: tcp, protocol: TCP}\n  endpoints:\n  - address: 127.0.0.7\n  - address: 127.0.0.8\n    ports: {http: 8081}\n    labels: {app: api}\n";
+
+    #[test]
+    fn static_entry_is_a_served_service_with_plain_tcp_endpoints() {
+        let s = snap(&entry(STATIC)).unwrap();
+        let svc = &s.services()["egress/api.example.test"];
+        assert!(svc.served);
+        assert_eq!(svc.hostname, "api.example.test");
+        assert_eq!(
+            svc.vips,
+            vec!["240.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let http = svc.port(80).unwrap();
+        assert_eq!(http.protocol, filters::model::Protocol::Http);
+        let addrs: Vec<String> = http
+            .endpoints
+            .iter()
+            .map(|e| e.address().unwrap().to_string())
+            .collect();
+        assert_eq!(addrs, ["127.0.0.7:8080", "127.0.0.8:8081"]);
+        assert!(http.endpoints.iter().all(|e| !e.workload.hbone));
+        assert_eq!(http.endpoints[1].workload.labels["app"], "api");
+        let tcp = svc.port(9000).unwrap();
+        assert_eq!(tcp.protocol, filters::model::Protocol::Tcp);
+        assert_eq!(
+            tcp.endpoints[0].address().unwrap().to_string(),
+            "127.0.0.7:9000"
+        );
+        assert!(s.resolve("240.0.0.1:80".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn without_the_label_it_is_known_but_not_served() {
+        let text = entry(STATIC).replace("  labels: {istio.io/use-waypoint: waypoint}\n", "");
+        let s = snap(&text).unwrap();
+        assert!(!s.services()["egress/api.example.test"].served);
+        assert!(s.resolve("240.0.0.1:80".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn dns_round_robin_uses_the_first_endpoint_and_dns_all() {
+        let rr = STATIC.replace("STATIC", "DNS_ROUND_ROBIN");
+        let s = snap(&entry(&rr)).unwrap();
+        assert_eq!(
+            s.services()["egress/api.example.test"]
+                .port(80)
+                .unwrap()
+                .endpoints
+                .len(),
+            1
+        );
+        let dns = STATIC.replace("STATIC", "DNS");
+        let s = snap(&entry(&dns)).unwrap();
+        assert_eq!(
+            s.services()["egress/api.example.test"]
+                .port(80)
+                .unwrap()
+                .endpoints
+                .len(),
+            2
+        );
+    }
+
+    fn refused(spec: &str) -> String {
+        snap(&entry(spec)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn fields_not_implemented_or_invalid_are_refused_by_name() {
+        let object = "ServiceEntry egress/api (document 3)";
+        for (from, to, field) in [
+            ("resolution: STATIC", "resolution: NONE", "spec.resolution"),
+            (
+                "resolution: STATIC",
+                "resolution: DYNAMIC_DNS",
+                "spec.resolution",
+            ),
+            (
+                "resolution: STATIC",
+                "resolution: SOMETIMES",
+                "spec.resolution",
+            ),
+            (
+                "exportTo: ['.']",
+                "workloadSelector: {labels: {a: b}}",
+                "spec.workloadSelector",
+            ),
+            ("exportTo: ['.']", "exportTo: ['.']\n  hostz: [a]", "spec"),
+            ("[api.example.test]", "['*.example.test']", "spec.hosts[0]"),
+            ("[api.example.test]", "[a.test, b.test]", "spec.hosts"),
+            ("[240.0.0.1]", "[240.0.0.0/24]", "spec.addresses[0]"),
+            ("number: 9000", "number: 70000", "spec.ports[1].number"),
+            (
+                "targetPort: 8080",
+                "targetPort: 0",
+                "spec.ports[0].targetPort",
+            ),
+            (
+                "address: 127.0.0.7",
+                "address: api.example.test",
+                "spec.endpoints[0].address",
+            ),
+            (
+                "labels: {app: api}",
+                "weight: 3",
+                "spec.endpoints[1].weight",
+            ),
+            (
+                "labels: {app: api}",
+                "labelz: {app: api}",
+                "spec.endpoints[1]",
+            ),
+        ] {
+            assert!(STATIC.contains(from), "{from}");
+            let err = refused(&STATIC.replace(from, to));
+            assert!(
+                err.starts_with(&format!("{object}: {field}")),
+                "{to}: {err}"
+            );
+        }
+        let two_names = STATIC
+            .replace("STATIC", "DNS")
+            .replace("address: 127.0.0.8", "address: b.example.test");
+        assert!(refused(&two_names).starts_with(
+            "ServiceEntry egress/api (document 3): spec.endpoints[1].address: a host name among several"
+        ));
+    }
+
+    #[test]
+    fn dns_names_become_targets_resolved_outside_the_snapshot() {
+        let named = STATIC
+            .replace("STATIC", "DNS_ROUND_ROBIN")
+            .replace("  - address: 127.0.0.7\n", "")
+            .replace("address: 127.0.0.8", "address: backend.example.test");
+        let s = snap(&entry(&named)).unwrap();
+        let port = s.services()["egress/api.example.test"].port(80).unwrap();
+        assert!(port.endpoints.is_empty());
+        let dns = port.dns().unwrap();
+        assert_eq!(
+            (dns.hostname.as_str(), dns.port, dns.logical),
+            ("backend.example.test", 8081, true)
+        );
+        assert_eq!(dns.workload.labels["app"], "api");
+        assert!(!dns.workload.hbone);
+        // No endpoints: the host itself, at the target port.
+        let host = &STATIC[..STATIC.find("  endpoints:").unwrap()].replace("STATIC", "DNS");
+        let s = snap(&entry(host)).unwrap();
+        let dns = s.services()["egress/api.example.test"]
+            .port(80)
+            .unwrap()
+            .dns()
+            .unwrap();
+        assert_eq!(
+            (dns.hostname.as_str(), dns.port, dns.logical),
+            ("api.example.test", 8080, false)
+        );
+    }
+
+    #[test]
+    fn a_destination_rule_for_the_host_applies() {
+        let text = format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: egress}}\nspec:\n  host: api.example.test\n  trafficPolicy:\n    connectionPool:\n      http: {{http2MaxRequests: 7}}\n",
+            entry(STATIC)
+        );
+        let s = snap(&text).unwrap();
+        let port = s.services()["egress/api.example.test"].port(80).unwrap();
+        assert_eq!(port.max_requests(), Some(7));
+    }
+}
