@@ -206,7 +206,13 @@ async fn a_broken_resource_is_nacked_and_the_old_configuration_keeps_serving() {
     };
     let error = nack.error.unwrap();
     assert_eq!(nack.type_url, CLUSTER);
-    assert!(error.contains("cluster inbound-vip|9999|http|broken.default.svc.cluster.local: type: only EDS clusters are supported"), "{error}");
+    // A STATIC cluster without endpoints: refused, naming the resource and the field.
+    assert!(
+        error.contains(
+            "cluster inbound-vip|9999|http|broken.default.svc.cluster.local: load_assignment: required for a cluster that is not EDS"
+        ),
+        "{error}"
+    );
     // The valid clusters of that update were applied; the old configuration serves.
     assert_eq!(get(&w, 8000).await.0, 200);
     assert_eq!(get(&w, 8100).await.0, 200);
