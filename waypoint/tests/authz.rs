@@ -35,6 +35,23 @@ async fn start(policies: Vec<String>) -> Harness {
     .await
 }
 
+/// A DENY policy on `/admin*` of the echo Service.
+fn deny_admin() -> String {
+    policy("deny-admin", "{group: \"\", kind: Service, name: echo}", "").replace(
+        "spec:\n",
+        "spec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
+    )
+}
+
+/// Waits (at most 5 s) until `path` answers `want`.
+async fn until_status(h: &Harness, path: &str, want: u16, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status(h, path).await != want {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn status(h: &Harness, path: &str) -> u16 {
     let conn = h.client().connect().await.unwrap();
     let mut http = conn.http1(authority(80)).await.unwrap();
@@ -219,10 +236,7 @@ async fn request_authentication_and_request_principals() {
 
 #[tokio::test]
 async fn a_file_written_in_chunks_is_never_applied_half_written() {
-    let deny_admin = policy("deny-admin", "{group: \"\", kind: Service, name: echo}", "").replace(
-        "spec:\n",
-        "spec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
-    );
+    let deny_admin = deny_admin();
     let h = start(vec![deny_admin]).await;
     assert_eq!(status(&h, "/admin").await, 403);
     // The same file written in place in two chunks, the DENY policy last, with a pause
@@ -295,38 +309,18 @@ async fn deeply_nested_yaml_is_refused_quickly_at_start_and_at_run_time() {
         200,
         "the last good configuration serves"
     );
-    let deny_admin = policy("deny-admin", "{group: \"\", kind: Service, name: echo}", "").replace(
-        "spec:\n",
-        "spec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
-    );
+    let deny_admin = deny_admin();
     h.write_config(&format!("{good}\n---\n{deny_admin}"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while status(&h, "/admin").await != 403 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the valid change was not applied"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_status(&h, "/admin", 403, "the valid change was not applied").await;
 }
 
 #[tokio::test]
 async fn config_history_lists_versions_what_changed_and_why_one_was_refused() {
     let h = start(vec![]).await;
     let good = std::fs::read_to_string(&h.config).unwrap();
-    let deny_admin = policy("deny-admin", "{group: \"\", kind: Service, name: echo}", "").replace(
-        "spec:\n",
-        "spec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
-    );
+    let deny_admin = deny_admin();
     h.write_config(&format!("{good}\n---\n{deny_admin}"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while status(&h, "/admin").await != 403 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the policy was not applied"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_status(&h, "/admin", 403, "the policy was not applied").await;
     h.write_config("apiVersion: v1\nkind: Service\nmetadata: {name: broken\n");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let entries = loop {

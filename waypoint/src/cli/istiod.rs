@@ -243,17 +243,8 @@ impl Istiod {
             .enable_all()
             .build()?;
         let first = rt.block_on(client.first());
-        let m = &first.material;
-        let certs = hbone::tls::Certs::from_pem(&m.chain, &m.key, &m.roots)
+        let (store, sink) = super::run::rotating_store(&first.material)
             .context("the certificate from istiod's CA")?;
-        let store = Arc::new(CertStore::fixed(certs));
-        let rotated = store.clone();
-        let sink: Arc<dyn xds::ads::sds::SecretSink> =
-            Arc::new(move |m: &xds::ads::sds::KeyMaterial| {
-                rotated
-                    .rotate(&m.chain, &m.key, &m.roots)
-                    .map_err(|e| e.to_string())
-            });
         Ok((store, Box::pin(client.run(sink, first))))
     }
 }

@@ -346,6 +346,23 @@ fn start_server(args: &RunArgs, proxy: Arc<Proxy>, tasks: Vec<Task>) {
     );
 }
 
+/// A certificate store holding `first`, and the sink that rotates it when new key
+/// material arrives (from SDS or istiod's CA).
+pub(crate) fn rotating_store(
+    first: &xds::ads::sds::KeyMaterial,
+) -> Result<(Arc<CertStore>, Arc<dyn xds::ads::sds::SecretSink>), hbone::tls::TlsError> {
+    let certs = hbone::tls::Certs::from_pem(&first.chain, &first.key, &first.roots)?;
+    let store = Arc::new(CertStore::fixed(certs));
+    let rotated = store.clone();
+    let sink: Arc<dyn xds::ads::sds::SecretSink> =
+        Arc::new(move |m: &xds::ads::sds::KeyMaterial| {
+            rotated
+                .rotate(&m.chain, &m.key, &m.roots)
+                .map_err(|e| e.to_string())
+        });
+    Ok((store, sink))
+}
+
 /// 80% of the soft open-file limit: each connection is a descriptor, and the rest are left
 /// for upstream connections, files and the admin listeners.
 fn default_max_connections() -> usize {
@@ -382,16 +399,7 @@ fn certificates(args: &RunArgs) -> anyhow::Result<(Arc<CertStore>, Option<Task>)
         let first = rt
             .block_on(client.fetch(Duration::from_secs(30)))
             .context("fetching certificates over SDS")?;
-        let certs = hbone::tls::Certs::from_pem(&first.chain, &first.key, &first.roots)
-            .context("certificates from SDS")?;
-        let store = Arc::new(CertStore::fixed(certs));
-        let rotated = store.clone();
-        let sink: Arc<dyn xds::ads::sds::SecretSink> =
-            Arc::new(move |m: &xds::ads::sds::KeyMaterial| {
-                rotated
-                    .rotate(&m.chain, &m.key, &m.roots)
-                    .map_err(|e| e.to_string())
-            });
+        let (store, sink) = rotating_store(&first).context("certificates from SDS")?;
         let task: Task = Box::pin(client.run(sink, Some(first)));
         return Ok((store, Some(task)));
     }
