@@ -9,6 +9,7 @@ mod protocol;
 mod proxy_protocol;
 mod request_headers;
 mod request_log;
+mod service_port;
 mod snapshot;
 pub mod telemetry;
 mod upstream_tls;

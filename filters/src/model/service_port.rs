@@ -1,0 +1,254 @@
+//! One port of a Service: its endpoints and everything that decides how a request to it
+//! is sent (balancing, circuit breaker, outlier detection, locality priorities, retry
+//! limit, TLS origination, PROXY protocol, connection limits, HTTP version), with the
+//! counters those keep for the life of a snapshot.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::snapshot::{Endpoint, TargetPort};
+use super::Protocol;
+
+/// One port of a Service.
+#[derive(Debug, Serialize)]
+pub struct ServicePort {
+    /// The port name, if any.
+    pub name: Option<String>,
+    /// The Service port.
+    pub port: u16,
+    /// The Service `targetPort`.
+    pub target_port: TargetPort,
+    /// The port's protocol (appProtocol, then name prefix).
+    pub protocol: Protocol,
+    /// The ready endpoints behind this port.
+    pub endpoints: Vec<Endpoint>,
+    /// How an endpoint is chosen.
+    #[serde(skip)]
+    balancing: crate::balance::Balancing,
+    /// The request's hash inputs for consistent hashing when no route gives them (a
+    /// DestinationRule `consistentHash` from the local configuration).
+    #[serde(skip)]
+    hash_policy: Vec<crate::route::model::HashPolicy>,
+    /// Most requests in flight to this port (the cluster's circuit breaker); beyond it,
+    /// 503 `UO`.
+    #[serde(skip)]
+    max_requests: Option<usize>,
+    /// Requests in flight to this port, counted when it has a limit.
+    #[serde(skip)]
+    requests: AtomicUsize,
+    /// Requests in flight per endpoint (least-request balancing).
+    #[serde(skip)]
+    active: Box<[AtomicUsize]>,
+    /// Outlier detection over the endpoints, when the port has it.
+    #[serde(skip)]
+    outlier: Option<crate::balance::outlier::Tracker>,
+    /// The HTTP version requests go upstream in.
+    pub upstream_protocol: super::UpstreamProtocol,
+    /// Each endpoint's priority (its locality's), when they are not all the same.
+    #[serde(skip)]
+    priorities: Option<Box<[u32]>>,
+    /// The limit on retries in flight (circuit breaker `max_retries` or `retry_budget`).
+    #[serde(skip)]
+    retry_limit: Option<crate::retry::limit::RetryLimit>,
+    /// Retries in flight to this port, counted when it has a limit.
+    #[serde(skip)]
+    retries: AtomicUsize,
+    /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Arc<super::UpstreamTls>>,
+    /// Limits on upstream HTTP connections (DestinationRule `connectionPool`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_limits: Option<super::ConnectionLimits>,
+    /// The PROXY protocol header sent first on each upstream connection
+    /// (DestinationRule `proxyProtocol`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<super::ProxyProtocolVersion>,
+    #[serde(skip)]
+    next: AtomicUsize,
+    /// The upstream named by a host name, resolved outside the snapshot (a DNS
+    /// ServiceEntry); when set, `endpoints` is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns: Option<Arc<crate::dns::DnsTarget>>,
+}
+
+impl ServicePort {
+    /// Builds a port with its endpoints.
+    pub fn new(
+        name: Option<String>,
+        port: u16,
+        target_port: TargetPort,
+        protocol: Protocol,
+        endpoints: Vec<Endpoint>,
+    ) -> Self {
+        Self {
+            name,
+            port,
+            target_port,
+            protocol,
+            active: (0..endpoints.len()).map(|_| AtomicUsize::new(0)).collect(),
+            endpoints,
+            balancing: crate::balance::Balancing::RoundRobin,
+            hash_policy: Vec::new(),
+            max_requests: None,
+            requests: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            outlier: None,
+            tls: None,
+            connection_limits: None,
+            proxy_protocol: None,
+            retry_limit: None,
+            retries: AtomicUsize::new(0),
+            priorities: None,
+            upstream_protocol: super::UpstreamProtocol::for_port(protocol),
+            dns: None,
+        }
+    }
+
+    /// Sets the upstream named by a host name ([`crate::dns`]).
+    pub fn with_dns(mut self, target: Option<Arc<crate::dns::DnsTarget>>) -> Self {
+        self.dns = target;
+        self
+    }
+
+    /// The upstream named by a host name, if the port has one.
+    pub fn dns(&self) -> Option<&Arc<crate::dns::DnsTarget>> {
+        self.dns.as_ref()
+    }
+
+    /// This port sending requests upstream in `protocol`'s HTTP version.
+    pub fn with_upstream_protocol(mut self, protocol: super::UpstreamProtocol) -> Self {
+        self.upstream_protocol = protocol;
+        self
+    }
+
+    /// This port with its endpoints' priorities (in endpoint order). Requests go to the
+    /// lowest priority with an endpoint that can take them.
+    pub fn with_priorities(mut self, priorities: Vec<u32>) -> Self {
+        let mixed = priorities.windows(2).any(|w| w[0] != w[1]);
+        self.priorities = (mixed && priorities.len() == self.endpoints.len())
+            .then(|| priorities.into_boxed_slice());
+        self
+    }
+
+    /// Each endpoint's priority, when they differ.
+    pub fn priorities(&self) -> Option<&[u32]> {
+        self.priorities.as_deref()
+    }
+
+    /// This port with a limit on retries in flight.
+    pub fn with_retry_limit(mut self, limit: Option<crate::retry::limit::RetryLimit>) -> Self {
+        self.retry_limit = limit;
+        self
+    }
+
+    /// The limit on retries in flight, if any.
+    pub fn retry_limit(&self) -> Option<crate::retry::limit::RetryLimit> {
+        self.retry_limit
+    }
+
+    /// Retries in flight (counted when the port has a retry limit).
+    pub fn retries(&self) -> &AtomicUsize {
+        &self.retries
+    }
+
+    /// Whether requests in flight are counted (a circuit breaker or a retry budget needs
+    /// them).
+    pub fn counts_requests(&self) -> bool {
+        self.max_requests.is_some()
+            || matches!(
+                self.retry_limit,
+                Some(crate::retry::limit::RetryLimit::Budget { .. })
+            )
+    }
+
+    /// This port with limits on its upstream HTTP connections.
+    pub fn with_connection_limits(mut self, limits: Option<super::ConnectionLimits>) -> Self {
+        self.connection_limits = limits.filter(super::ConnectionLimits::is_set);
+        self
+    }
+
+    /// This port sending a PROXY protocol header first on each upstream connection.
+    pub fn with_proxy_protocol(mut self, version: Option<super::ProxyProtocolVersion>) -> Self {
+        self.proxy_protocol = version;
+        self
+    }
+
+    /// This port with TLS originated to its endpoints.
+    pub fn with_tls(mut self, tls: Option<super::UpstreamTls>) -> Self {
+        self.tls = tls.map(Arc::new);
+        self
+    }
+
+    /// This port with outlier detection (`None`: without).
+    pub fn with_outlier(mut self, policy: Option<crate::balance::outlier::OutlierPolicy>) -> Self {
+        self.outlier =
+            policy.map(|p| crate::balance::outlier::Tracker::new(p, self.endpoints.len()));
+        self
+    }
+
+    /// Outlier detection over this port's endpoints, if configured.
+    pub fn outlier(&self) -> Option<&crate::balance::outlier::Tracker> {
+        self.outlier.as_ref()
+    }
+
+    /// Takes over outlier-detection state from the same port of the snapshot this one
+    /// replaces, endpoint by endpoint (matched by address).
+    pub fn inherit_outlier(&self, previous: &ServicePort) {
+        if let (Some(now), Some(before)) = (&self.outlier, &previous.outlier) {
+            let addresses: Vec<_> = self.endpoints.iter().map(Endpoint::address).collect();
+            let before_addresses: Vec<_> =
+                previous.endpoints.iter().map(Endpoint::address).collect();
+            now.inherit(&addresses, before, &before_addresses);
+        }
+    }
+
+    /// This port balanced by `policy` (round robin unless configured).
+    pub fn with_balancing(mut self, policy: crate::balance::Policy) -> Self {
+        self.balancing = crate::balance::Balancing::new(policy, &self.endpoints);
+        self
+    }
+
+    /// This port with a circuit breaker: at most `max` requests in flight.
+    pub fn with_max_requests(mut self, max: Option<usize>) -> Self {
+        self.max_requests = max;
+        self
+    }
+
+    /// The circuit breaker's limit, if any.
+    pub fn max_requests(&self) -> Option<usize> {
+        self.max_requests
+    }
+
+    /// Requests in flight to this port (counted when it has a limit).
+    pub fn requests(&self) -> &AtomicUsize {
+        &self.requests
+    }
+
+    /// This port's own hash inputs (used when the matched route has none).
+    pub fn with_hash_policy(mut self, policy: Vec<crate::route::model::HashPolicy>) -> Self {
+        self.hash_policy = policy;
+        self
+    }
+
+    /// The port's own hash inputs.
+    pub fn hash_policy(&self) -> &[crate::route::model::HashPolicy] {
+        &self.hash_policy
+    }
+
+    /// How an endpoint of this port is chosen.
+    pub fn balancing(&self) -> &crate::balance::Balancing {
+        &self.balancing
+    }
+
+    /// Requests in flight to endpoint `i` (counted by least-request balancing).
+    pub fn active(&self, i: usize) -> &AtomicUsize {
+        &self.active[i]
+    }
+
+    /// Round-robin cursor shared by every request on this snapshot.
+    pub(crate) fn next_index(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,151 @@
+//! DestinationRule `connectionPool`: the circuit breaker's request limits, the retry cap
+//! and the limits on each upstream connection.
+
+use std::time::Duration;
+
+use filters::model::ConnectionLimits;
+use serde::Deserialize;
+
+use super::{invalid, unsupported};
+use crate::LocalConfigError;
+
+/// `connectionPool`: the limits that become the port's circuit breaker.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConnectionPool {
+    #[serde(default)]
+    pub(super) tcp: Option<TcpPool>,
+    #[serde(default)]
+    pub(super) http: Option<HttpPool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct TcpPool {
+    #[serde(default)]
+    pub(super) max_connections: Option<u32>,
+    #[serde(default)]
+    pub(super) connect_timeout: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub(super) tcp_keepalive: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub(super) max_connection_duration: Option<String>,
+    #[serde(default)]
+    pub(super) idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct HttpPool {
+    #[serde(default)]
+    pub(super) http1_max_pending_requests: Option<u32>,
+    #[serde(default)]
+    pub(super) http2_max_requests: Option<u32>,
+    #[serde(default)]
+    pub(super) max_requests_per_connection: Option<u32>,
+    #[serde(default)]
+    pub(super) max_retries: Option<u32>,
+    #[serde(default)]
+    pub(super) idle_timeout: Option<String>,
+    #[serde(default)]
+    pub(super) h2_upgrade_policy: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub(super) use_client_protocol: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub(super) max_concurrent_streams: Option<serde_yaml::Value>,
+}
+
+impl ConnectionPool {
+    /// Idle timeout (`http.idleTimeout`, else `tcp.idleTimeout`), requests per connection
+    /// and connection lifetime, as istiod's `applyConnectionPool` writes them.
+    pub(super) fn connection_limits(
+        &self,
+        label: &str,
+        at: &str,
+    ) -> Result<ConnectionLimits, LocalConfigError> {
+        let duration =
+            |v: Option<&String>, field: &str| -> Result<Option<Duration>, LocalConfigError> {
+                v.map(|t| {
+                    filters::duration::parse(t)
+                        .map_err(|e| invalid(label, format!("{at}.{field}"), e.to_string()))
+                })
+                .transpose()
+                .map(|d| d.filter(|d| !d.is_zero()))
+            };
+        let http = self.http.as_ref();
+        let tcp = self.tcp.as_ref();
+        let idle = match http.and_then(|h| h.idle_timeout.as_ref()) {
+            Some(t) => duration(Some(t), "http.idleTimeout")?,
+            None => duration(tcp.and_then(|t| t.idle_timeout.as_ref()), "tcp.idleTimeout")?,
+        };
+        Ok(ConnectionLimits {
+            idle_timeout: idle,
+            max_requests: http
+                .and_then(|h| h.max_requests_per_connection)
+                .filter(|n| *n > 0),
+            max_duration: duration(
+                tcp.and_then(|t| t.max_connection_duration.as_ref()),
+                "tcp.maxConnectionDuration",
+            )?,
+        })
+    }
+
+    /// The limit on requests in flight, as istiod writes these fields into the cluster's
+    /// circuit breaker and the waypoint reads it back (`http2MaxRequests`; for HTTP/1.1
+    /// also `maxConnections` + `http1MaxPendingRequests`). Fields with no such effect here
+    /// are refused by name.
+    pub(super) fn max_requests(
+        &self,
+        h2: bool,
+        label: &str,
+        at: &str,
+    ) -> Result<Option<usize>, LocalConfigError> {
+        let tcp = self.tcp.as_ref();
+        let http = self.http.as_ref();
+        unsupported(
+            label,
+            &format!("{at}.tcp"),
+            &[
+                (
+                    "connectTimeout",
+                    tcp.is_some_and(|t| t.connect_timeout.is_some()),
+                ),
+                (
+                    "tcpKeepalive",
+                    tcp.is_some_and(|t| t.tcp_keepalive.is_some()),
+                ),
+            ],
+        )?;
+        unsupported(
+            label,
+            &format!("{at}.http"),
+            &[
+                (
+                    "h2UpgradePolicy",
+                    http.is_some_and(|h| h.h2_upgrade_policy.is_some()),
+                ),
+                (
+                    "useClientProtocol",
+                    http.is_some_and(|h| h.use_client_protocol.is_some()),
+                ),
+                (
+                    "maxConcurrentStreams",
+                    http.is_some_and(|h| h.max_concurrent_streams.is_some()),
+                ),
+            ],
+        )?;
+        let requests = http.and_then(|h| h.http2_max_requests);
+        let connections = tcp.and_then(|t| t.max_connections);
+        let pending = http.and_then(|h| h.http1_max_pending_requests);
+        let h1 = match (connections, pending) {
+            (Some(c), Some(p)) => Some(c.saturating_add(p)),
+            _ => None,
+        };
+        let limit = match (requests, h1) {
+            (r, _) if h2 => r,
+            (Some(r), Some(h)) => Some(r.min(h)),
+            (r, h) => r.or(h),
+        };
+        Ok(limit.map(|l| l as usize))
+    }
+}
