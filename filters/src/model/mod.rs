@@ -4,6 +4,7 @@
 //! `Snapshot` outside of any lock and publish it in one atomic swap. A request reads the
 //! snapshot once when it starts and finishes on it, whatever changes meanwhile.
 
+mod connection_limits;
 mod identity;
 mod protocol;
 mod proxy_protocol;
@@ -14,6 +15,7 @@ mod snapshot;
 pub mod telemetry;
 mod upstream_tls;
 
+pub use connection_limits::ConnectionLimits;
 pub use identity::{Identity, InvalidIdentity};
 pub use protocol::{Protocol, UpstreamProtocol};
 pub use proxy_protocol::{ProxyHeader, ProxyProtocolVersion};
@@ -23,7 +25,7 @@ pub use snapshot::{
     bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,
     Service, ServicePort, Snapshot, SnapshotParts, Target, TargetPort, Waypoint, Workload,
 };
-pub use upstream_tls::{ClientCertificate, ConnectionLimits, TlsRoots, UpstreamTls};
+pub use upstream_tls::{ClientCertificate, TlsRoots, UpstreamTls};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

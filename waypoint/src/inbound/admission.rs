@@ -81,14 +81,18 @@ impl Admission {
     }
 }
 
+/// Runs `f` on the socket behind descriptor `fd`, borrowed for that call only.
+fn with_socket<R>(fd: RawFd, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> R {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the descriptor is only used for one getpeername or shutdown call right away;
+    // if it was closed meanwhile, that call fails (EBADF) and nothing else happens.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    f(socket2::SockRef::from(&borrowed))
+}
+
 /// The peer address of descriptor `fd` right now, if it is an IP socket.
 fn peer_of(fd: RawFd) -> Option<SocketAddr> {
-    use std::os::fd::BorrowedFd;
-    // SAFETY: the descriptor is only borrowed for one getpeername call; if it was closed,
-    // the call fails (EBADF) and nothing else happens.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let sock = socket2::SockRef::from(&borrowed);
-    sock.peer_addr().ok()?.as_socket()
+    with_socket(fd, |s| s.peer_addr().ok()?.as_socket())
 }
 
 #[async_trait]
@@ -133,11 +137,11 @@ impl PreTlsProcess for Admission {
             let stale = pending.lock().expect("admission lock").remove(&(fd, peer));
             if stale.is_some() && peer_of(fd) == Some(peer) {
                 tracing::info!(peer_addr = %peer, ?timeout, "TLS handshake timed out; closing");
-                use std::os::fd::BorrowedFd;
-                // SAFETY: as in `peer_of`; the descriptor was just checked to be this
-                // connection's, and shutdown neither closes nor frees it.
-                let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-                let _ = socket2::SockRef::from(&borrowed).shutdown(std::net::Shutdown::Both);
+                // The descriptor was just checked to be this connection's; shutdown neither
+                // closes nor frees it.
+                with_socket(fd, |s| {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                });
             }
         });
         Ok(())

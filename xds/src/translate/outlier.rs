@@ -82,12 +82,9 @@ pub fn convert(c: &Cluster) -> Result<Option<OutlierPolicy>, InvalidResource> {
     }))
 }
 
+/// A set, non-zero duration (`None` falls back to Envoy's default).
 fn duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
-    let d = d.as_ref()?;
-    Some(Duration::new(
-        d.seconds.max(0) as u64,
-        d.nanos.max(0) as u32,
-    ))
+    super::duration(d.as_ref())
 }
 
 /// Refuses the detectors and options the waypoint does not implement, by field.
@@ -148,7 +145,7 @@ fn check_unsupported(c: &Cluster, o: &OutlierDetection) -> Result<(), InvalidRes
             ));
         }
     }
-    if duration(&o.max_ejection_time_jitter).is_some_and(|d| !d.is_zero()) {
+    if duration(&o.max_ejection_time_jitter).is_some() {
         return Err(invalid(
             c,
             &at("max_ejection_time_jitter"),

@@ -69,11 +69,8 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
                 "only idle_timeout, max_requests_per_connection and max_connection_duration are supported",
             ));
         }
-        let duration = |d: &Option<envoy_types::pb::google::protobuf::Duration>| {
-            d.as_ref()
-                .map(|d| std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-                .filter(|d| !d.is_zero())
-        };
+        let duration =
+            |d: &Option<envoy_types::pb::google::protobuf::Duration>| super::duration(d.as_ref());
         limits = filters::model::ConnectionLimits {
             idle_timeout: duration(&common.idle_timeout),
             max_requests: common
