@@ -71,10 +71,15 @@ impl<'a> Ejected<'a> {
             level: None,
         };
         if let Some(priorities) = port.priorities() {
-            let lowest = (0..port.endpoints.len())
-                .filter(|i| port.endpoints[*i].address().is_some() && !this.is_ejected(*i))
-                .map(|i| priorities[i])
-                .min();
+            // Without ejections the level is the configuration's; only outlier detection
+            // moves it, so only then is it looked for per pick.
+            let lowest = match this.ejected {
+                None => port.lowest_priority(),
+                Some(_) => (0..port.endpoints.len())
+                    .filter(|i| port.endpoints[*i].address().is_some() && !this.is_ejected(*i))
+                    .map(|i| priorities[i])
+                    .min(),
+            };
             this.level = lowest.map(|l| (priorities, l));
         }
         this

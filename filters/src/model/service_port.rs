@@ -46,6 +46,9 @@ pub struct ServicePort {
     outlier: Option<crate::balance::outlier::Tracker>,
     /// The HTTP version requests go upstream in.
     pub upstream_protocol: super::UpstreamProtocol,
+    /// The lowest priority of an addressed endpoint, with `priorities`.
+    #[serde(skip)]
+    lowest_priority: Option<u32>,
     /// Each endpoint's priority (its locality's), when they are not all the same.
     #[serde(skip)]
     priorities: Option<Box<[u32]>>,
@@ -101,6 +104,7 @@ impl ServicePort {
             retry_limit: None,
             retries: AtomicUsize::new(0),
             priorities: None,
+            lowest_priority: None,
             upstream_protocol: super::UpstreamProtocol::for_port(protocol),
             dns: None,
         }
@@ -127,14 +131,25 @@ impl ServicePort {
     /// lowest priority with an endpoint that can take them.
     pub fn with_priorities(mut self, priorities: Vec<u32>) -> Self {
         let mixed = priorities.windows(2).any(|w| w[0] != w[1]);
-        self.priorities = (mixed && priorities.len() == self.endpoints.len())
-            .then(|| priorities.into_boxed_slice());
+        if mixed && priorities.len() == self.endpoints.len() {
+            self.lowest_priority = (0..self.endpoints.len())
+                .filter(|i| self.endpoints[*i].address().is_some())
+                .map(|i| priorities[i])
+                .min();
+            self.priorities = Some(priorities.into_boxed_slice());
+        }
         self
     }
 
     /// Each endpoint's priority, when they differ.
     pub fn priorities(&self) -> Option<&[u32]> {
         self.priorities.as_deref()
+    }
+
+    /// The lowest priority among the addressed endpoints (computed with the
+    /// configuration; ejections can move traffic past it).
+    pub fn lowest_priority(&self) -> Option<u32> {
+        self.lowest_priority
     }
 
     /// This port with a limit on retries in flight.
