@@ -371,6 +371,117 @@ async fn headers_sent_too_slowly_are_cut_off() {
     assert_eq!(http.send_request(get("/fine")).await.unwrap().status(), 200);
 }
 
+/// Reads the tunnel until the waypoint ends it; false if it is still open after `within`.
+async fn ends_within(
+    tunnel: &mut (impl AsyncReadExt + Unpin),
+    within: std::time::Duration,
+) -> bool {
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match tunnel.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.is_ok()
+}
+
+#[tokio::test]
+async fn an_h2c_request_whose_headers_arrive_too_slowly_is_cut_off() {
+    use std::time::Duration;
+    let h = Harness::start(Spec {
+        extra_args: vec!["--request-header-timeout", "500ms"],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut tunnel = conn.tunnel(authority(80), &[]).await.unwrap();
+    // The preface, empty SETTINGS, then a HEADERS frame without END_HEADERS (:method GET,
+    // :scheme http, :path / from HPACK's static table): the block must go on in
+    // CONTINUATION frames, which come a byte every 200 ms.
+    tunnel
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    tunnel
+        .write_all(b"\0\0\x03\x01\x01\0\0\0\x01\x82\x86\x84")
+        .await
+        .unwrap();
+    let dribble = async {
+        for b in b"\0\0\x10\x09\x04\0\0\0\x01\x41\x0eecho.default.svc" {
+            if tunnel.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(1500), dribble).await;
+    assert!(
+        ends_within(&mut tunnel, Duration::from_secs(3)).await,
+        "the slow HTTP/2 tunnel is still open"
+    );
+    assert_eq!(h.connects(), 0, "nothing reached a pod");
+}
+
+#[tokio::test]
+async fn a_tunnel_to_an_http_port_that_never_sends_a_request_is_closed() {
+    use std::time::Duration;
+    let h = Harness::start(Spec {
+        extra_args: vec!["--request-header-timeout", "500ms"],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    // Silent, and the h2c preface a byte at a time: both wait on protocol detection.
+    let mut silent = conn.tunnel(authority(80), &[]).await.unwrap();
+    let mut preface = conn.tunnel(authority(80), &[]).await.unwrap();
+    let dribble = async {
+        for b in b"PRI * HTTP/2.0\r\n" {
+            if preface.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(1500), dribble).await;
+    assert!(
+        ends_within(&mut preface, Duration::from_secs(3)).await,
+        "preface tunnel open"
+    );
+    assert!(
+        ends_within(&mut silent, Duration::from_secs(1)).await,
+        "silent tunnel open"
+    );
+}
+
+#[tokio::test]
+async fn an_h2c_request_slower_than_the_header_timeout_still_completes() {
+    use std::time::Duration;
+    let h = Harness::start(Spec {
+        extra_args: vec!["--request-header-timeout", "500ms"],
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut h2 = conn.h2c(authority(80)).await.unwrap();
+    // In flight for three times the timeout: the connection is busy, not idle.
+    let resp = h2.send_request(get("/slow?delay=1500ms")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body_bytes(resp).await;
+    // Idle for less than the timeout, then another request on the same connection.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = h2.send_request(get("/again")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Idle past the timeout: the waypoint closes the connection with GOAWAY.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        h2.send_request(get("/late")).await.is_err(),
+        "idle h2c connection still open"
+    );
+}
+
 /// An app that speaks only HTTP/1.1 and answers with the version it was spoken to in.
 async fn http1_only_app() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

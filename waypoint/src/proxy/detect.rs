@@ -45,10 +45,14 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
 }
 
 /// Decides how to handle the tunnel, reading (not consuming) its first bytes as needed.
+/// An undeclared port waits `timeout` for decisive bytes, then treats the tunnel as TCP; a
+/// declared HTTP port waits at most `header_timeout` for the client's first bytes, then the
+/// tunnel is refused (`TimedOut`), as a request's headers would be.
 pub async fn detect(
     stream: &mut H2Stream,
     declared: Protocol,
     timeout: Duration,
+    header_timeout: Duration,
 ) -> io::Result<Detected> {
     if declared == Protocol::Tcp {
         return Ok(Detected::Tcp);
@@ -68,7 +72,15 @@ pub async fn detect(
     };
     if declared.is_http() {
         // Clients of declared HTTP ports always speak first.
-        return match sniff.await? {
+        let sniffed = tokio::time::timeout(header_timeout, sniff)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP request line or preface in time",
+                )
+            })?;
+        return match sniffed? {
             Detected::Tcp => Ok(Detected::Http1),
             d => Ok(d),
         };

@@ -32,6 +32,7 @@ use pingora_core::server::ShutdownWatch;
 use tower::{Layer, ServiceExt};
 
 use super::headers::strip_hop_by_hop;
+use super::idle::Activity;
 use super::tracked::{InFlight, Pending, Received, TrackedBody};
 use crate::state::Proxy;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
@@ -59,6 +60,8 @@ struct TunnelApp {
     chain: Chain,
     /// The source end's metric labels, computed on the tunnel's first request.
     source: OnceLock<SourceLabels>,
+    /// Requests in flight on an HTTP/2 connection, for its idle bound.
+    activity: Option<Arc<Activity>>,
 }
 
 /// Serves HTTP/1.1 (`h2c == false`) or HTTP/2 prior knowledge on one tunnel until the
@@ -74,11 +77,13 @@ pub async fn serve(
 ) {
     let header_timeout = proxy.options.header_timeout;
     let drain = proxy.drain.subscribe();
+    let activity = h2c.then(Activity::new);
     let app = Arc::new(TunnelApp {
         chain: chain(&proxy),
         proxy,
         info,
         source: OnceLock::new(),
+        activity: activity.clone(),
     });
     let service = hyper::service::service_fn(move |req| {
         let app = app.clone();
@@ -93,7 +98,17 @@ pub async fn serve(
             .max_concurrent_streams(1000)
             .serve_connection(io, service);
         tokio::pin!(conn);
-        until_shutdown!(conn, shutdown, drain)
+        // hyper's HTTP/2 server has no header timeout: a connection with no request in
+        // flight for as long is shut down (GOAWAY), which also ends a HEADERS block sent too
+        // slowly.
+        let idle = activity.expect("set for h2c");
+        until_shutdown!(
+            conn,
+            shutdown,
+            drain,
+            idle.idle_for(header_timeout),
+            header_timeout
+        )
     } else {
         // A client that sends its headers too slowly is cut off (slowloris).
         let conn = http1::Builder::new()
@@ -102,16 +117,19 @@ pub async fn serve(
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
-        until_shutdown!(conn, shutdown, drain)
+        let idle = std::future::pending::<()>();
+        until_shutdown!(conn, shutdown, drain, idle, header_timeout)
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection in tunnel ended with an error");
     }
 }
 
-/// Drives a pinned hyper server connection; shutdown or a listener drain makes it graceful.
+/// Drives a pinned hyper server connection; shutdown or a listener drain makes it graceful,
+/// and so does `$idle` resolving, after which the connection gets `$bound` to close (the
+/// client may never answer GOAWAY's ping).
 macro_rules! until_shutdown {
-    ($conn:ident, $shutdown:ident, $drain:ident) => {{
+    ($conn:ident, $shutdown:ident, $drain:ident, $idle:expr, $bound:expr) => {{
         // `wait_for` is ready at once when shutdown or the drain has already started.
         let mut shutdown = $shutdown;
         let mut drain = $drain;
@@ -130,6 +148,11 @@ macro_rules! until_shutdown {
             } => {
                 $conn.as_mut().graceful_shutdown();
                 $conn.await
+            }
+            () = $idle => {
+                tracing::debug!(timeout = ?$bound, "HTTP/2 connection in tunnel idle or too slow to send a request; closing");
+                $conn.as_mut().graceful_shutdown();
+                tokio::time::timeout($bound, $conn).await.unwrap_or(Ok(()))
             }
         }
     }};
@@ -155,7 +178,7 @@ impl TunnelApp {
             Ok(r) => r,
             Err((status, why)) => return TrackedBody::untracked(local(status, why)),
         };
-        let in_flight = InFlight::start(&self.proxy);
+        let in_flight = InFlight::start(&self.proxy, self.activity.as_ref());
         let snapshot = req
             .extensions()
             .get::<RequestContext>()

@@ -6,6 +6,7 @@
 pub mod detect;
 mod headers;
 pub mod http;
+mod idle;
 pub mod tcp;
 mod tracked;
 
@@ -26,10 +27,17 @@ pub async fn serve_tunnel(
     shutdown: ShutdownWatch,
 ) {
     let declared = info.target.protocol();
-    let detected = match detect::detect(&mut stream, declared, proxy.options.detect_timeout).await {
+    let options = &proxy.options;
+    let detect = detect::detect(
+        &mut stream,
+        declared,
+        options.detect_timeout,
+        options.header_timeout,
+    );
+    let detected = match detect.await {
         Ok(d) => d,
         Err(e) => {
-            tracing::debug!(error = %e, "tunnel closed before its protocol was known");
+            tracing::debug!(error = %e, "tunnel ended before its protocol was known");
             return;
         }
     };
