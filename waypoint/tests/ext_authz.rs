@@ -210,6 +210,48 @@ async fn grpc_provider_allows_denies_and_rewrites() {
 }
 
 #[tokio::test]
+async fn bodies_buffered_for_checks_are_bounded_by_the_global_limit() {
+    let ip = free_loopback_ip(9000);
+    let authz = GrpcAuthz::start(SocketAddr::new(ip, 9000)).await.unwrap();
+    let mut yaml = plain_service(
+        "authz-system",
+        "ext-authz-grpc",
+        "127.96.1.1",
+        "grpc",
+        9000,
+        ip,
+    );
+    // Each request may send up to 4 MiB to the check; all together may hold 1 MiB.
+    yaml.push(mesh_config("- name: grpc\n  envoyExtAuthzGrpc:\n    service: ext-authz-grpc.authz-system.svc.cluster.local\n    port: 9000\n    includeRequestBodyInCheck: {maxRequestBytes: 4194304}\n"));
+    yaml.push(policy("ext", &svc_ref("echo"), "  action: CUSTOM\n  provider: {name: grpc}\n  rules:\n  - to: [{operation: {paths: [\"/echo-body\"]}}]\n"));
+    let h = Harness::start(Spec {
+        extra_yaml: yaml,
+        extra_args: vec!["--body-buffer-limit-mib", "1"],
+        ..Spec::default()
+    })
+    .await;
+    let post = |body: Vec<u8>| {
+        http::Request::post("/echo-body")
+            .header("host", "echo.default.svc.cluster.local")
+            .header("x-ext-authz", "allow")
+            .header("content-length", body.len().to_string())
+            .body(filters::body::full(body))
+            .unwrap()
+    };
+    let r = send(&h, VIP, post(vec![b'x'; 2 * 1024 * 1024])).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.body, "buffered request bodies over the limit");
+    assert_eq!(authz.calls(), 0, "not checked, not queued");
+    assert_eq!(h.connects(), 0, "nothing reached a pod");
+    // Within the limit the body is checked and forwarded, and the budget was given back.
+    for _ in 0..3 {
+        let r = send(&h, VIP, post(vec![b'y'; 600 * 1024])).await;
+        assert_eq!((r.status, r.body.len()), (200, 600 * 1024));
+    }
+    assert_eq!(authz.calls(), 3);
+}
+
+#[tokio::test]
 async fn http_provider_allows_and_denies_with_listed_headers() {
     let ip = free_loopback_ip(8000);
     let authz = HttpAuthz::start(SocketAddr::new(ip, 8000)).await.unwrap();

@@ -165,8 +165,20 @@ fn local_reply(grpc: bool, resp: Response<Body>) -> Response<Body> {
         crate::error::grpc_status_for(status),
         status.canonical_reason().unwrap_or_default(),
     );
+    // The flag and details of the answer given (ext_authz's own unless it set them).
+    let flag = resp
+        .extensions()
+        .get::<crate::error::ResponseFlag>()
+        .copied();
     out.extensions_mut()
-        .insert(crate::error::ResponseFlag("UAEX"));
+        .insert(flag.unwrap_or(crate::error::ResponseFlag("UAEX")));
+    if let Some(d) = resp
+        .extensions()
+        .get::<crate::error::ResponseDetails>()
+        .copied()
+    {
+        out.extensions_mut().insert(d);
+    }
     out
 }
 
@@ -199,22 +211,35 @@ impl Subject for HttpSubject<'_> {
         let req = std::mem::replace(&mut self.req, Request::new(fbody::empty()));
         let (mut parts, body) = req.into_parts();
         let mut check = CheckRequest::of_request(self.ctx, &parts);
-        let body = match provider.body {
-            None => body,
+        // The buffered body's share of the global budget is held until the check is done.
+        let (body, _held) = match provider.body {
+            None => (body, None),
             Some(settings) => {
                 let length = check.http.as_ref().map(|h| h.size).filter(|s| *s >= 0);
-                match ext::body::buffer(body, settings, length.map(|l| l as u64)).await {
+                let budget = crate::budget::Budget::global();
+                match ext::body::buffer(body, settings, length.map(|l| l as u64), &budget).await {
                     Ok(b) => {
                         if let Some(h) = check.http.as_mut() {
                             h.body = Some(b.bytes);
                             h.partial_body = b.partial;
                         }
-                        b.body
+                        (b.body, Some(b.held))
                     }
                     Err(e) if e.is::<ext::body::TooLarge>() => {
                         tracing::info!(provider = %provider.name, error = %e, "request body too large for the ext_authz check");
                         let mut r = Response::new(fbody::full("Payload Too Large"));
                         *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                        return Ok(CustomOutcome::Denied(Ok(local_reply(self.grpc, r))));
+                    }
+                    Err(e) if e.is::<ext::body::OverBudget>() => {
+                        tracing::warn!(provider = %provider.name, error = %e, "request body not buffered for the ext_authz check");
+                        let mut r =
+                            Response::new(fbody::full("buffered request bodies over the limit"));
+                        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        r.extensions_mut().insert(crate::error::ResponseFlag("OM"));
+                        r.extensions_mut().insert(crate::error::ResponseDetails(
+                            "ext_authz_body_over_global_limit",
+                        ));
                         return Ok(CustomOutcome::Denied(Ok(local_reply(self.grpc, r))));
                     }
                     Err(e) => {

@@ -6,13 +6,12 @@
 //! them, then continues with the rest of the original stream. Nothing waits for the whole
 //! body before the first attempt, so streaming requests (gRPC client streams) still flow.
 //!
-//! What all requests remember together is bounded too ([`Budget`], 256 MiB by default,
-//! `--retry-buffer-limit`): past it a request is not remembered, so it is not retried; it
+//! What all requests remember together is bounded too ([`Budget`], shared with the bodies
+//! buffered for ext_authz checks): past it a request is not remembered, so it is not retried; it
 //! is never queued or refused for it.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -20,64 +19,10 @@ use http::HeaderMap;
 use http_body::Frame;
 
 use crate::body::{Body, BoxError};
+pub use crate::budget::Budget;
 
 /// Envoy's default per-request buffer limit (the listener's connection buffer limit).
 pub const DEFAULT_LIMIT: usize = 1024 * 1024;
-
-/// Bytes remembered for retries by every request together, and the most allowed.
-#[derive(Debug)]
-pub struct Budget {
-    limit: AtomicUsize,
-    used: AtomicUsize,
-    /// Requests that could not be remembered because the budget was spent.
-    pub overflows: AtomicUsize,
-}
-
-impl Budget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Self {
-        Self {
-            limit: AtomicUsize::new(limit),
-            used: AtomicUsize::new(0),
-            overflows: AtomicUsize::new(0),
-        }
-    }
-
-    /// The process's budget (256 MiB unless [`Budget::set_limit`] changed it).
-    pub fn global() -> Arc<Budget> {
-        static GLOBAL: OnceLock<Arc<Budget>> = OnceLock::new();
-        GLOBAL
-            .get_or_init(|| Arc::new(Budget::new(DEFAULT_GLOBAL_LIMIT)))
-            .clone()
-    }
-
-    /// Changes the limit (the command line's `--retry-buffer-limit`).
-    pub fn set_limit(&self, limit: usize) {
-        self.limit.store(limit, Ordering::Relaxed);
-    }
-
-    /// Bytes remembered now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    fn reserve(&self, n: usize) -> bool {
-        let before = self.used.fetch_add(n, Ordering::Relaxed);
-        if before + n > self.limit.load(Ordering::Relaxed) {
-            self.used.fetch_sub(n, Ordering::Relaxed);
-            self.overflows.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    fn release(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::Relaxed);
-    }
-}
-
-/// What all requests may remember together by default.
-pub const DEFAULT_GLOBAL_LIMIT: usize = 256 * 1024 * 1024;
 
 /// The original body and what it has delivered.
 struct Shared {
@@ -246,7 +191,10 @@ mod tests {
         let sent = b.attempt().collect().await.unwrap().to_bytes();
         assert_eq!(&sent[..], b"efgh");
         assert!(!b.replayable());
-        assert_eq!(budget.overflows.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            budget.overflows.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         // Finished or dropped, the bytes go back.
         a.finish();
         assert_eq!(budget.used(), 0);

@@ -104,10 +104,11 @@ pub struct RunArgs {
     /// connections over new replicas after a scale-out: `30m`, `1h`. Off by default.
     #[arg(long, value_parser = parse_interval)]
     max_connection_age: Option<Duration>,
-    /// Most bytes of request bodies kept for retries by all requests together (MiB); past
-    /// it a request is not kept, so it is not retried.
-    #[arg(long, default_value_t = 256)]
-    retry_buffer_limit_mib: usize,
+    /// Most bytes of request bodies held in memory by all requests together (MiB): bodies
+    /// kept for retries (past the limit a request is not kept, so not retried) and bodies
+    /// buffered for ext_authz checks (past it the request is answered 503 `OM`).
+    #[arg(long, default_value_t = 256, alias = "retry-buffer-limit-mib")]
+    body_buffer_limit_mib: usize,
     /// Most HBONE connections in a TLS handshake at once; more are closed at once (a flood
     /// of half-open connections then costs bounded memory).
     #[arg(long, default_value_t = 1024)]
@@ -187,8 +188,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     // The node id istiod sees (from a local file, the one the waypoint would present).
     let node_id = args.node(&store.current().waypoint().gateway).id;
 
-    filters::retry::replay::Budget::global()
-        .set_limit(args.retry_buffer_limit_mib.saturating_mul(1024 * 1024));
+    filters::budget::Budget::global()
+        .set_limit(args.body_buffer_limit_mib.saturating_mul(1024 * 1024));
     let proxy = Proxy::new(
         store.clone(),
         certs.clone(),
