@@ -17,6 +17,7 @@ pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod budget;
+pub mod connect;
 pub mod dns;
 pub mod duration;
 pub mod error;

@@ -14,9 +14,9 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use tracing::Instrument;
 
-use super::forwarded::forwarded_for;
 use crate::proxy;
 use crate::state::{Gauge, Proxy};
+use filters::connect::forwarded_for;
 use hbone::tls::SpiffeClientVerifier;
 use hbone::{settings, H2Stream};
 

@@ -6,12 +6,12 @@
 //!   timeout;
 //! - [`connection`]: one HBONE connection: peer identity, HTTP/2 with ztunnel's settings,
 //!   CONNECT authority resolution, GOAWAY on shutdown, keepalive pings;
-//! - [`forwarded`]: the CONNECT headers carried into policy and telemetry.
+//! - the CONNECT headers carried into policy and telemetry are parsed by
+//!   [`filters::connect`].
 //!
 //! The tunnel stream, HTTP/2 settings and SPIFFE verifiers are the [`hbone`] crate's.
 
 pub mod admission;
 pub mod connection;
-pub mod forwarded;
 
 pub use connection::HboneInbound;

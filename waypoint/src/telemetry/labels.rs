@@ -181,16 +181,8 @@ impl PeerLabels {
 
     /// Applies ztunnel's baggage (`key=value` pairs separated by commas).
     fn apply_baggage(&mut self, baggage: &str) {
-        for member in baggage.split(',').take(32) {
-            let Some((k, v)) = member.split_once('=') else {
-                continue;
-            };
-            // Properties after ';' are not used.
-            let v = v.split(';').next().unwrap_or_default().trim();
-            if v.is_empty() {
-                continue;
-            }
-            match k.trim() {
+        for (k, v) in filters::connect::baggage(baggage) {
+            match k {
                 "k8s.cluster.name" => self.cluster = bounded(v),
                 "k8s.namespace.name" => self.namespace = bounded(v),
                 "k8s.deployment.name"

@@ -1,7 +1,25 @@
-//! Parsing of the CONNECT request's `Forwarded` header (RFC 7239), which ztunnel sets to
-//! the original source address.
+//! The HBONE CONNECT request's headers as ztunnel writes them, parsed without trusting
+//! them: `forwarded` (RFC 7239), which carries the original source address, and `baggage`
+//! (W3C), which carries the source workload's labels.
 
 use std::net::{IpAddr, SocketAddr};
+
+/// Most baggage members read; the rest are ignored.
+pub const MAX_BAGGAGE_MEMBERS: usize = 32;
+
+/// The `key=value` members of a `baggage` header value, keys and values trimmed, member
+/// properties (after `;`) dropped, members without a value skipped; at most
+/// [`MAX_BAGGAGE_MEMBERS`] members are looked at.
+pub fn baggage(value: &str) -> impl Iterator<Item = (&str, &str)> {
+    value
+        .split(',')
+        .take(MAX_BAGGAGE_MEMBERS)
+        .filter_map(|member| {
+            let (k, v) = member.split_once('=')?;
+            let v = v.split(';').next().unwrap_or_default().trim();
+            (!v.is_empty()).then_some((k.trim(), v))
+        })
+}
 
 /// The first `for=` address in a `Forwarded` header value, if it is an IP, with its port
 /// when it has one (ztunnel writes `for="ip:port"`).
@@ -101,5 +119,18 @@ mod tests {
         );
         assert_eq!(forwarded_for("for=unknown"), None);
         assert_eq!(forwarded_for("by=127.0.0.1"), None);
+    }
+
+    #[test]
+    fn baggage_members_drop_properties_and_empty_values() {
+        let members: Vec<_> =
+            baggage(" k8s.namespace.name = ns ,app.name=;p=1, service.name=svc;prop ,junk")
+                .collect();
+        assert_eq!(
+            members,
+            [("k8s.namespace.name", "ns"), ("service.name", "svc")]
+        );
+        let many = "k=v,".repeat(100);
+        assert_eq!(baggage(&many).count(), MAX_BAGGAGE_MEMBERS);
     }
 }
