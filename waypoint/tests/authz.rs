@@ -309,6 +309,39 @@ async fn deeply_nested_yaml_is_refused_quickly_at_start_and_at_run_time() {
         200,
         "the last good configuration serves"
     );
+    // A certificate rotation while nested files keep arriving (each refused) is served.
+    let served = || async {
+        let conn = h.client().connect().await.unwrap();
+        conn.peer_certificate().unwrap().to_vec()
+    };
+    let before = served().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (config, stop) = (h.config.clone(), stop.clone());
+        tokio::spawn(async move {
+            for i in 0..100 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::fs::write(&config, "[".repeat(200_000 + i)).unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let rotated = h.ca.issue(&h.waypoint_id).unwrap();
+    std::fs::write(h.dir().join("cert-chain.pem"), &rotated.chain_pem).unwrap();
+    std::fs::write(h.dir().join("key.pem"), &rotated.key_pem).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while served().await == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated certificate was not served while nested files were refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(status(&h, "/admin").await, 200, "still the last good one");
     let deny_admin = deny_admin();
     h.write_config(&format!("{good}\n---\n{deny_admin}"));
     until_status(&h, "/admin", 403, "the valid change was not applied").await;
