@@ -331,6 +331,7 @@ fn apply_destination_rule(
         let policy = rule.port_policy(p.port, h2, label)?;
         svc.ports.push(
             p.with_balancing(policy.balancing)
+                .with_slow_start(policy.slow_start)
                 .with_hash_policy(policy.hash)
                 .with_max_requests(policy.max_requests)
                 .with_outlier(policy.outlier)

@@ -391,3 +391,80 @@ async fn proxy_protocol_v1_starts_a_tcp_tunnels_upstream_connection() {
         Some(("10.9.8.7:41003".parse().unwrap(), authority(9000)))
     );
 }
+
+/// Pods answering `n` requests, in order.
+async fn pods_answering(h: &Harness, n: usize) -> Vec<String> {
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let mut pods = Vec::with_capacity(n);
+    for _ in 0..n {
+        http.ready().await.unwrap();
+        let resp = http.send_request(get("/get")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        pods.push(json(resp).await["pod"].as_str().unwrap().to_string());
+    }
+    pods
+}
+
+/// Polls `f` every 100 ms until it is true, for at most 10 s.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "{what}: not in time");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn warmup_ramps_a_joining_pod_up_over_its_window() {
+    let h = Harness::start(Spec {
+        pods: 2,
+        extra_yaml: vec![destination_rule(
+            "    loadBalancer:\n      simple: ROUND_ROBIN\n      warmup:\n        duration: 3s\n        minimumPercent: 10\n",
+        )],
+        ..Spec::default()
+    })
+    .await;
+    // echo-1 leaves, and comes back once echo-0's own window is over.
+    let full = std::fs::read_to_string(&h.config).unwrap();
+    let without: Vec<&str> = full
+        .split("---\n")
+        .filter(|d| !d.contains("kind: Pod\nmetadata:\n  name: echo-1\n"))
+        .collect();
+    h.write_config(&without.join("---\n"));
+    eventually("echo-1 to leave", || async {
+        pods_answering(&h, 6).await.iter().all(|p| p == "echo-0")
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    h.write_config(&full);
+    eventually("echo-1 to join", || async {
+        pods_answering(&h, 10).await.iter().any(|p| p == "echo-1")
+    })
+    .await;
+    // Just joined: about 10% at first, growing; round robin alone would give it half.
+    let early = pods_answering(&h, 40).await;
+    let joined = early.iter().filter(|p| *p == "echo-1").count();
+    assert!(joined <= 14, "echo-1 took {joined} of 40 while warming up");
+    // Past the window: an even share.
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    let late = pods_answering(&h, 60).await;
+    let joined = late.iter().filter(|p| *p == "echo-1").count();
+    assert!(
+        (20..=40).contains(&joined),
+        "echo-1 took {joined} of 60 after warming up"
+    );
+}
+
+#[tokio::test]
+async fn warmup_with_a_hash_or_random_balancer_is_refused() {
+    let (code, stdout) = check_with(&destination_rule(
+        "    loadBalancer:\n      simple: RANDOM\n      warmupDurationSecs: 10s\n",
+    ))
+    .await;
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(
+        stdout.contains("trafficPolicy.loadBalancer.warmup") && stdout.contains("RANDOM"),
+        "{stdout}"
+    );
+}

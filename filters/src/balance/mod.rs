@@ -5,6 +5,7 @@
 
 pub mod outlier;
 pub mod ring;
+pub mod slow_start;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -100,7 +101,10 @@ fn usable(port: &ServicePort, ejected: Ejected, i: usize) -> bool {
 }
 
 /// Indexes of the endpoints that can take a request.
-fn candidates<'a>(port: &'a ServicePort, ejected: Ejected<'a>) -> impl Iterator<Item = usize> + 'a {
+fn candidates<'a>(
+    port: &'a ServicePort,
+    ejected: Ejected<'a>,
+) -> impl Iterator<Item = usize> + Clone + 'a {
     (0..port.endpoints.len()).filter(move |i| usable(port, ejected, *i))
 }
 
@@ -426,8 +430,21 @@ pub fn pick(
                 return pick_resolved(backend, service, *port, sp, dns);
             }
             let ejected = Ejected::of(sp);
+            let ramping = sp.slow_start().and_then(|s| {
+                let now = outlier::now_ms();
+                s.ramping(now).then_some((s, now))
+            });
             let index = match (sp.balancing(), hash) {
                 (Balancing::Hash(ring), Some(h)) => ring.get_where(h, |i| !ejected.contains(i)),
+                (b, _) if ramping.is_some() => {
+                    let (s, now) = ramping.expect("matched");
+                    let least = matches!(b, Balancing::LeastRequest);
+                    let cost = |i: usize| match least {
+                        true => (sp.active(i).load(Ordering::Relaxed) + 1) as f64,
+                        false => 1.0,
+                    };
+                    s.pick(candidates(sp, ejected), cost, now)
+                }
                 (Balancing::Random, _) => random(sp, ejected),
                 (Balancing::LeastRequest, _) => least_request(sp, ejected),
                 _ => round_robin_index(sp, ejected),

@@ -44,6 +44,9 @@ pub struct ServicePort {
     /// Outlier detection over the endpoints, when the port has it.
     #[serde(skip)]
     outlier: Option<crate::balance::outlier::Tracker>,
+    /// Slow start of new endpoints, when the port has it.
+    #[serde(skip)]
+    slow_start: Option<crate::balance::slow_start::State>,
     /// The HTTP version requests go upstream in.
     pub upstream_protocol: super::UpstreamProtocol,
     /// The lowest priority of an addressed endpoint, with `priorities`.
@@ -98,6 +101,7 @@ impl ServicePort {
             requests: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             outlier: None,
+            slow_start: None,
             tls: None,
             connection_limits: None,
             proxy_protocol: None,
@@ -212,6 +216,32 @@ impl ServicePort {
     /// replaces, endpoint by endpoint (matched by address).
     pub fn inherit_outlier(&self, previous: &ServicePort) {
         if let (Some(now), Some(before)) = (&self.outlier, &previous.outlier) {
+            let addresses: Vec<_> = self.endpoints.iter().map(Endpoint::address).collect();
+            let before_addresses: Vec<_> =
+                previous.endpoints.iter().map(Endpoint::address).collect();
+            now.inherit(&addresses, before, &before_addresses);
+        }
+    }
+
+    /// This port with slow start for endpoints that join it (`None`: off).
+    pub fn with_slow_start(
+        mut self,
+        config: Option<crate::balance::slow_start::SlowStart>,
+    ) -> Self {
+        self.slow_start =
+            config.map(|c| crate::balance::slow_start::State::new(c, self.endpoints.len()));
+        self
+    }
+
+    /// Slow start, if the port has it.
+    pub fn slow_start(&self) -> Option<&crate::balance::slow_start::State> {
+        self.slow_start.as_ref()
+    }
+
+    /// Keeps the join time of the endpoints `previous` had (by address), so that a push does
+    /// not put every endpoint back into slow start.
+    pub fn inherit_slow_start(&self, previous: &ServicePort) {
+        if let (Some(now), Some(before)) = (&self.slow_start, &previous.slow_start) {
             let addresses: Vec<_> = self.endpoints.iter().map(Endpoint::address).collect();
             let before_addresses: Vec<_> =
                 previous.endpoints.iter().map(Endpoint::address).collect();

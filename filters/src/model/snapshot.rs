@@ -424,9 +424,13 @@ impl Snapshot {
             let Some(before) = previous.services.get(name) else {
                 continue;
             };
-            for port in svc.ports.iter().filter(|p| p.outlier().is_some()) {
+            for port in &svc.ports {
+                if port.outlier().is_none() && port.slow_start().is_none() {
+                    continue;
+                }
                 if let Some(old) = before.port(port.port) {
                     port.inherit_outlier(old);
+                    port.inherit_slow_start(old);
                 }
             }
         }

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use filters::balance::outlier::OutlierPolicy;
+use filters::balance::slow_start::SlowStart;
 use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
 use filters::model::{ConnectionLimits, ProxyProtocolVersion, UpstreamTls};
 use filters::retry::limit::RetryLimit;
@@ -145,9 +146,20 @@ struct LoadBalancer {
     #[serde(default)]
     locality_lb_setting: Option<serde_yaml::Value>,
     #[serde(default)]
-    warmup_duration_secs: Option<serde_yaml::Value>,
+    warmup_duration_secs: Option<String>,
     #[serde(default)]
-    warmup: Option<serde_yaml::Value>,
+    warmup: Option<Warmup>,
+}
+
+/// `loadBalancer.warmup`: slow start of new endpoints.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Warmup {
+    duration: String,
+    #[serde(default)]
+    minimum_percent: Option<f64>,
+    #[serde(default)]
+    aggression: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -207,6 +219,8 @@ pub struct PortPolicy {
     pub connection_limits: Option<ConnectionLimits>,
     /// The PROXY protocol header sent first on each upstream connection.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// Slow start of new endpoints (`warmup`, `warmupDurationSecs`).
+    pub slow_start: Option<SlowStart>,
 }
 
 impl DestinationRule {
@@ -364,13 +378,17 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
     unsupported(
         label,
         at,
-        &[
-            ("localityLbSetting", lb.locality_lb_setting.is_some()),
-            ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
-            ("warmup", lb.warmup.is_some()),
-        ],
+        &[("localityLbSetting", lb.locality_lb_setting.is_some())],
     )?;
+    let slow_start = warmup(lb, label, at)?;
     if let Some(ch) = &lb.consistent_hash {
+        if slow_start.is_some() {
+            return Err(invalid(
+                label,
+                format!("{at}.warmup"),
+                "slow start applies to ROUND_ROBIN and LEAST_REQUEST, not consistentHash",
+            ));
+        }
         return consistent_hash(ch, label, &format!("{at}.consistentHash"));
     }
     let balancing = match lb.simple.as_deref() {
@@ -378,6 +396,13 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
             Policy::LeastRequest
         }
         Some("ROUND_ROBIN") => Policy::RoundRobin,
+        Some("RANDOM") if slow_start.is_some() => {
+            return Err(invalid(
+                label,
+                format!("{at}.warmup"),
+                "slow start applies to ROUND_ROBIN and LEAST_REQUEST, not RANDOM",
+            ))
+        }
         Some("RANDOM") => Policy::Random,
         Some(other) => {
             return Err(invalid(
@@ -396,7 +421,60 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
         retry_limit: None,
         connection_limits: None,
         proxy_protocol: None,
+        slow_start,
     })
+}
+
+/// `warmup` (or the older `warmupDurationSecs`) as slow start, with istiod's defaults:
+/// 10% least weight, aggression 1.
+fn warmup(lb: &LoadBalancer, label: &str, at: &str) -> Result<Option<SlowStart>, LocalConfigError> {
+    let (duration, min, aggression, field) = match (&lb.warmup, &lb.warmup_duration_secs) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                label,
+                format!("{at}.warmup"),
+                "set warmup or warmupDurationSecs, not both",
+            ))
+        }
+        (Some(w), None) => (
+            &w.duration,
+            w.minimum_percent,
+            w.aggression,
+            "warmup.duration",
+        ),
+        (None, Some(d)) => (d, None, None, "warmupDurationSecs"),
+        (None, None) => return Ok(None),
+    };
+    let window = filters::duration::parse(duration)
+        .map_err(|e| invalid(label, format!("{at}.{field}"), e.to_string()))?;
+    if window.is_zero() {
+        return Err(invalid(
+            label,
+            format!("{at}.{field}"),
+            "must be more than 0",
+        ));
+    }
+    let min = min.unwrap_or(10.0);
+    if !(0.0..=100.0).contains(&min) {
+        return Err(invalid(
+            label,
+            format!("{at}.warmup.minimumPercent"),
+            "must be between 0 and 100",
+        ));
+    }
+    let aggression = aggression.unwrap_or(1.0);
+    if !(aggression > 0.0 && aggression.is_finite()) {
+        return Err(invalid(
+            label,
+            format!("{at}.warmup.aggression"),
+            "must be greater than 0",
+        ));
+    }
+    Ok(Some(SlowStart {
+        window,
+        aggression,
+        min_weight: min / 100.0,
+    }))
 }
 
 fn consistent_hash(
@@ -453,5 +531,6 @@ fn consistent_hash(
         retry_limit: None,
         connection_limits: None,
         proxy_protocol: None,
+        slow_start: None,
     })
 }

@@ -40,6 +40,8 @@ pub struct ClusterInfo {
     pub retry_limit: Option<filters::retry::limit::RetryLimit>,
     /// Outlier detection (DestinationRule `outlierDetection`), if the cluster has it.
     pub outlier: Option<filters::balance::outlier::OutlierPolicy>,
+    /// Slow start of new endpoints (DestinationRule `warmup`), if the cluster has it.
+    pub slow_start: Option<filters::balance::slow_start::SlowStart>,
     /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
     pub tls: Option<filters::model::UpstreamTls>,
     /// The PROXY protocol header sent first on each connection (DestinationRule
@@ -130,6 +132,7 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         max_requests: None,
         retry_limit: None,
         outlier: None,
+        slow_start: None,
         tls: None,
         proxy_protocol: None,
         upstream_protocol: filters::model::UpstreamProtocol::for_port(protocol),
@@ -192,6 +195,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         max_requests: max_requests(c, protocol),
         retry_limit: retry_limit(c),
         outlier: super::outlier::convert(c)?,
+        slow_start: super::slow_start::convert(c)?,
         // Without options istiod means HTTP/1.1 for `http` ports, and always writes them
         // for the others; the port's protocol decides then.
         upstream_protocol: options
@@ -313,8 +317,8 @@ fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
 }
 
 /// The policy-specific and common load-balancing settings the waypoint does not implement
-/// are refused by field (least request other than two choices, slow start, locality
-/// weighting, consistent-hashing options). The panic threshold goes with outlier
+/// are refused by field (least request other than two choices, an active-request bias,
+/// locality weighting, consistent-hashing options). The panic threshold goes with outlier
 /// detection.
 fn check_lb_configs(c: &Cluster) -> Result<(), InvalidResource> {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
@@ -326,11 +330,12 @@ fn check_lb_configs(c: &Cluster) -> Result<(), InvalidResource> {
                 "only 2 is supported".into(),
             ));
         }
-        if l.active_request_bias.is_some() || l.slow_start_config.is_some() {
+        // Slow start is read by `slow_start::convert`.
+        if l.active_request_bias.is_some() {
             return Err(invalid(
                 c,
-                "least_request_lb_config",
-                "active_request_bias and slow_start_config are not supported".into(),
+                "least_request_lb_config.active_request_bias",
+                "not supported (the bias is 1, Envoy's default)".into(),
             ));
         }
     }

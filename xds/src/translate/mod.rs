@@ -23,6 +23,7 @@ mod protocol_options;
 mod proxy_protocol;
 pub mod rbac;
 pub mod route;
+mod slow_start;
 mod stats;
 pub mod tracing;
 mod upstream_tls;
@@ -274,6 +275,7 @@ fn service_port(
         .with_dns(dns)
         .with_priorities(priorities)
         .with_balancing(c.balancing)
+        .with_slow_start(c.slow_start)
         .with_max_requests(c.max_requests)
         .with_outlier(c.outlier.clone())
         .with_tls(c.tls.clone())
