@@ -600,3 +600,54 @@ async fn proxy_protocol_goes_before_tls_origination() {
         "10.20.30.40:40003".parse().unwrap()
     );
 }
+
+#[tokio::test]
+async fn warmup_ramps_a_joining_pod_up_over_its_window() {
+    // DestinationRule `loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 3s}}`:
+    // istiod writes `round_robin_lb_config.slow_start_config` with aggression 1 (runtime
+    // key "(") and min_weight_percent 10 (cluster_traffic_policy.go, setWarmup).
+    let mut saved = None;
+    let w = start_with_pod(Some(App::Echo), |_, cs, es, extra| {
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            c["lb_policy"] = json!("ROUND_ROBIN");
+            c["round_robin_lb_config"] = json!({"slow_start_config": {
+                "slow_start_window": "3s",
+                "aggression": {"default_value": 1.0, "runtime_key": "("},
+                "min_weight_percent": {"value": 10.0}}});
+        });
+        saved = Some((es.clone(), extra.unwrap()));
+    })
+    .await;
+    let (mut es, extra) = saved.unwrap();
+    let pods = |n: usize| {
+        let w = &w;
+        async move {
+            let mut joined = 0;
+            for _ in 0..n {
+                let a = get(w, 8100, "/get").await;
+                assert_eq!(a.status, 200);
+                joined += usize::from(a.echo()["pod"] == "httpbin-extra");
+            }
+            joined
+        }
+    };
+    // httpbin-1's own window passes; then EDS adds the extra pod.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    add_endpoint(&mut es, CLUSTER_8100, extra);
+    w.server.set(ENDPOINT, es);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pods(5).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the pod never joined");
+    }
+    let early = pods(40).await;
+    assert!(
+        early <= 14,
+        "the joining pod took {early} of 40 while warming up"
+    );
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let late = pods(60).await;
+    assert!(
+        (20..=40).contains(&late),
+        "the joining pod took {late} of 60 after"
+    );
+}
