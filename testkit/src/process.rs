@@ -84,7 +84,18 @@ impl WaypointProcess {
         let ip = free_loopback_ip(0);
         let [h, r, a, m] = free_ports_on::<4>(ip);
         let addr = |port: u16| SocketAddr::new(ip, port);
-        let (hbone, ready, admin, metrics) = (addr(h), addr(r), addr(a), addr(m));
+        let (hbone, ready, admin, mut metrics) = (addr(h), addr(r), addr(a), addr(m));
+        // A metrics address in `args` (chosen ahead, for peers to know it) wins.
+        let given = args
+            .windows(2)
+            .find(|w| w[0] == "--metrics-addr")
+            .and_then(|w| w[1].parse().ok());
+        if let Some(m) = given {
+            metrics = m;
+        }
+        let metrics_arg = given
+            .is_none()
+            .then(|| ["--metrics-addr".to_string(), metrics.to_string()]);
         let child = Command::new(bin)
             .arg("run")
             .arg("--cert-chain")
@@ -96,7 +107,7 @@ impl WaypointProcess {
             .args(["--hbone-addr", &hbone.to_string()])
             .args(["--ready-addr", &ready.to_string()])
             .args(["--admin-addr", &admin.to_string()])
-            .args(["--metrics-addr", &metrics.to_string()])
+            .args(metrics_arg.iter().flatten())
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)

@@ -141,6 +141,8 @@ pub struct Proxy {
     pub upstream: Upstream,
     /// Live counters.
     pub stats: Stats,
+    /// The downstream HBONE connections open, for load-aware rebalancing.
+    pub connections: Arc<crate::inbound::rebalance::Connections>,
     /// Metrics, access logs and traces.
     pub telemetry: crate::telemetry::Telemetry,
     /// Set by `POST /drain_listeners`: HBONE connections get GOAWAY and readiness fails,
@@ -166,6 +168,7 @@ impl Proxy {
             config,
             certs,
             stats: Stats::default(),
+            connections: Default::default(),
             xds: std::sync::OnceLock::new(),
             node: std::sync::OnceLock::new(),
             drain: tokio::sync::watch::channel(false).0,

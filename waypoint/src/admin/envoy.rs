@@ -135,7 +135,7 @@ pub fn filter_stats(all: &[Stat], query: &str) -> Result<String, String> {
         .collect())
 }
 
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

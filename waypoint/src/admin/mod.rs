@@ -182,7 +182,7 @@ impl ServeHttp for Admin {
                 envoy::server_info(&self.proxy),
                 "application/json",
             ),
-            "/stats/prometheus" => prometheus::response(&self.proxy),
+            "/stats/prometheus" => prometheus::response(&self.proxy, &query),
             "/drain_listeners" if method == Method::POST => {
                 tracing::info!("draining listeners (admin API)");
                 self.proxy.drain.send_replace(true);

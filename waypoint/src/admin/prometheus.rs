@@ -27,16 +27,48 @@ impl Metrics {
 #[async_trait]
 impl ServeHttp for Metrics {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        match session.req_header().uri.path() {
-            "/stats/prometheus" | "/metrics" => response(&self.proxy),
+        let uri = &session.req_header().uri;
+        match uri.path() {
+            "/stats/prometheus" | "/metrics" => response(&self.proxy, uri.query().unwrap_or("")),
             _ => super::text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
         }
     }
 }
 
-/// The Prometheus page.
-pub fn response(proxy: &Proxy) -> Response<Vec<u8>> {
-    super::text(StatusCode::OK, render(proxy), CONTENT_TYPE)
+/// The Prometheus page; with `filter=<regex>` in `query` (as Envoy's admin takes it), only
+/// the metrics whose names match.
+pub fn response(proxy: &Proxy, query: &str) -> Response<Vec<u8>> {
+    let filter = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("filter="))
+        .map(|f| regex::Regex::new(&super::envoy::percent_decode(f)));
+    match filter {
+        None => super::text(StatusCode::OK, render(proxy), CONTENT_TYPE),
+        Some(Ok(re)) => super::text(StatusCode::OK, filtered(&render(proxy), &re), CONTENT_TYPE),
+        Some(Err(e)) => super::text(
+            StatusCode::BAD_REQUEST,
+            format!("invalid filter regex: {e}\n"),
+            "text/plain",
+        ),
+    }
+}
+
+/// The lines of `page` (samples and their `# HELP`/`# TYPE`) of metrics whose names match.
+fn filtered(page: &str, re: &regex::Regex) -> String {
+    let name = |line: &str| -> String {
+        match line.strip_prefix("# ") {
+            Some(comment) => comment.split(' ').nth(1).unwrap_or_default().to_string(),
+            None => line
+                .split(['{', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        }
+    };
+    page.lines()
+        .filter(|l| re.is_match(&name(l)))
+        .flat_map(|l| [l, "\n"])
+        .collect()
 }
 
 /// Renders every metric family.
@@ -95,6 +127,20 @@ fn render_gauges(out: &mut String, proxy: &Proxy, snapshot: &Snapshot) {
         family(out, name, "gauge", help);
         sample(out, name, "", v);
     }
+    // Peers rebalancing by load recognize this replica by its id.
+    let info = crate::inbound::rebalance::INSTANCE_INFO;
+    family(
+        out,
+        info,
+        "gauge",
+        "This process's instance id (load rebalancing).",
+    );
+    let mut l = String::new();
+    labels(
+        &mut l,
+        &[("instance", crate::inbound::rebalance::instance_id())],
+    );
+    sample(out, info, &l, 1);
 }
 
 /// The proxy's health counters (requests, upstream connects, config, logs, spans).
@@ -118,6 +164,11 @@ fn render_counters(out: &mut String, proxy: &Proxy) {
             "waypoint_upstream_http_connects_total",
             "Upstream HTTP connections opened.",
             u.http.connects(),
+        ),
+        (
+            "waypoint_hbone_connections_rebalanced_total",
+            "Downstream HBONE connections sent GOAWAY to rebalance load.",
+            proxy.connections.shed.load(Ordering::Relaxed),
         ),
         (
             "waypoint_config_rejected_total",

@@ -104,6 +104,18 @@ pub struct RunArgs {
     /// connections over new replicas after a scale-out: `30m`, `1h`. Off by default.
     #[arg(long, value_parser = parse_interval)]
     max_connection_age: Option<Duration>,
+    /// Rebalance HBONE connections by load across the replicas: the replicas' metrics
+    /// listeners, `host:port` each, comma-separated (addresses, or a headless Service name
+    /// resolving to every replica, this one included). Off when empty.
+    #[arg(long, value_delimiter = ',')]
+    rebalance_peers: Vec<String>,
+    /// How often loads are compared with the peers (`--rebalance-peers`).
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    rebalance_interval: Duration,
+    /// How far above the replicas' mean load (a fraction) this one may be before it sends
+    /// GOAWAY to connections carrying half its excess.
+    #[arg(long, default_value_t = 0.1)]
+    rebalance_tolerance: f64,
     /// Most bytes of request bodies held in memory by all requests together (MiB): bodies
     /// kept for retries (past the limit a request is not kept, so not retried) and bodies
     /// buffered for ext_authz checks (past it the request is answered 503 `OM`).
@@ -213,7 +225,20 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
     let interval = Duration::from_millis(args.watch_interval_ms);
     let resolver = crate::upstream::dns::resolver(args.dns_server)?;
-    let tasks: Vec<Task> = vec![
+    let mut tasks: Vec<Task> = Vec::new();
+    if !args.rebalance_peers.is_empty() {
+        let options = crate::inbound::rebalance::RebalanceOptions {
+            peers: args.rebalance_peers.clone(),
+            interval: args.rebalance_interval,
+            tolerance: args.rebalance_tolerance.max(0.0),
+        };
+        tasks.push(Box::pin(crate::inbound::rebalance::run(
+            proxy.clone(),
+            options,
+            resolver.clone(),
+        )));
+    }
+    tasks.extend::<[Task; 4]>([
         Box::pin(crate::upstream::dns::run(store.clone(), resolver)),
         source_task,
         sds_task.unwrap_or_else(|| Box::pin(certs.clone().watch(interval))),
@@ -222,7 +247,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             jwks_client,
             args.jwks_refresh_interval,
         )),
-    ];
+    ]);
     start_server(&args, proxy, tasks);
     Ok(())
 }

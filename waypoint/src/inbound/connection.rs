@@ -103,6 +103,7 @@ impl HboneInbound {
         mut shutdown: ShutdownWatch,
     ) {
         let _conn = Gauge::inc(&self.proxy.stats.hbone_connections);
+        let registered = self.proxy.connections.register();
         self.proxy
             .stats
             .hbone_accepted
@@ -150,8 +151,10 @@ impl HboneInbound {
                         let this = self.clone();
                         let peer = peer.clone();
                         let shutdown = shutdown.clone();
+                        let open = OnConnection::open(&registered.tunnels);
                         tokio::spawn(async move {
                             this.tunnel(req, respond, peer, peer_addr, shutdown).await;
+                            drop(open);
                         }.in_current_span());
                     }
                     Some(Err(e)) => {
@@ -188,6 +191,11 @@ impl HboneInbound {
                         .connections_aged_out
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(max_age = ?max_age, "HBONE connection reached its maximum age: GOAWAY sent");
+                    conn.graceful_shutdown();
+                }
+                () = registered.leave.notified(), if !draining => {
+                    draining = true;
+                    tracing::info!("HBONE connection asked to leave to rebalance load: GOAWAY sent");
                     conn.graceful_shutdown();
                 }
                 why = &mut keepalive => {
@@ -284,5 +292,21 @@ impl HboneInbound {
         proxy::serve_tunnel(self.proxy.clone(), info, stream, shutdown)
             .instrument(span)
             .await;
+    }
+}
+
+/// A tunnel counted on its HBONE connection while it is open (rebalancing reads it).
+struct OnConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OnConnection {
+    fn open(tunnels: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        tunnels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(tunnels.clone())
+    }
+}
+
+impl Drop for OnConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -13,5 +13,6 @@
 
 pub mod admission;
 pub mod connection;
+pub mod rebalance;
 
 pub use connection::HboneInbound;
