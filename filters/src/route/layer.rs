@@ -9,7 +9,8 @@ use super::apply::{location_header, modify_headers, redirect_location, rewrite};
 use super::model::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, Filter, HeaderModifier, Mirror,
 };
-use super::{decide, RouteDecision};
+use super::{decide_traced, RouteDecision};
+use crate::explain::{describe, Trace};
 use crate::body::{self, Body};
 use crate::error::ResponseFlag;
 use crate::model::RequestContext;
@@ -74,7 +75,9 @@ where
         .get::<RequestContext>()
         .cloned()
         .ok_or_else(|| ProxyError::Internal("request without context".into()))?;
-    let selection = decide(&ctx, &req)?;
+    let sink = crate::explain::sink_of(&req);
+    let trace = Trace::new(sink.as_ref());
+    let selection = decide_traced(&ctx, &req, trace)?;
     let mut response_mods: Vec<HeaderModifier> = Vec::new();
     let mut cors: Option<Cors> = None;
     let mut mirrors = Vec::new();
@@ -86,15 +89,31 @@ where
             log.set_route(&sel.route);
         }
         for f in sel.filters() {
+            if trace.on() && !matches!(f, Filter::Redirect(_) | Filter::Rewrite(_)) {
+                trace.step(|| describe::filter(f, None));
+            }
             match f {
                 Filter::Redirect(r) => {
                     let port = ctx.tunnel.authority.port();
                     let location = redirect_location(&req, sel.path(), r, "http", port);
+                    trace.step(|| {
+                        describe::filter(f, Some(format!("{} Location: {location}", r.status)))
+                    });
                     return Ok(redirect(r.status, &location));
                 }
                 Filter::RequestHeaders(m) => modify_headers(req.headers_mut(), m),
                 Filter::ResponseHeaders(m) => response_mods.push(m.clone()),
-                Filter::Rewrite(r) => rewrite(&mut req, sel.path(), r),
+                Filter::Rewrite(r) => {
+                    rewrite(&mut req, sel.path(), r);
+                    trace.step(|| {
+                        let host = req
+                            .headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or_default();
+                        describe::filter(f, Some(format!("sent as {host} {}", req.uri())))
+                    });
+                }
                 Filter::Mirror(m) => mirrors.push(m.clone()),
                 Filter::Cors(c) => cors = Some(c.clone()),
                 Filter::DirectResponse(d) => direct = Some(d),
