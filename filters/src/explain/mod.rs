@@ -19,10 +19,10 @@ pub use run::{explain, Answer, Explanation, Input, Query, QueryError, Verdict};
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which part of the proxy a step comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// The CONNECT authority: the Service port or pod it selects.
@@ -57,7 +57,7 @@ impl Stage {
 }
 
 /// One thing the proxy considered, and what came of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// Where in the proxy.
     pub stage: Stage,
@@ -66,7 +66,7 @@ pub struct Step {
     /// What came of it (`matched`, `not matched`, `selected`, `skipped`, ...).
     pub outcome: String,
     /// Why: the rule and field, the value compared, the reason.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 

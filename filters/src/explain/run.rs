@@ -151,7 +151,7 @@ fn service_vip(snapshot: &Snapshot, host: &str, client_ns: &str) -> Option<IpAdd
 }
 
 /// What the request comes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Forwarded to a backend, or answered by its route (redirect, direct response).
@@ -182,7 +182,7 @@ impl Verdict {
 }
 
 /// The final answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Answer {
     /// What the request comes to.
     pub verdict: Verdict,
@@ -200,7 +200,7 @@ pub struct Answer {
 }
 
 /// A request and everything the waypoint decided about it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Explanation {
     /// The configuration version explained against, and its source.
     pub config: String,

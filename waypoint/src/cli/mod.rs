@@ -1,4 +1,4 @@
-//! The `waypoint` command line: `run`, `check`, `dev-ca`; and Envoy's command line
+//! The `waypoint` command line: `run`, `check`, `explain`, `dev-ca`; and Envoy's command line
 //! ([`envoy`]) when started by pilot-agent. The binary (`main.rs`) calls [`main`]; the
 //! development tools (`waypoint-bench`) call it too, to run this same proxy in a child
 //! process of their own.
@@ -6,6 +6,7 @@
 mod check;
 mod dev_ca;
 pub mod envoy;
+mod explain;
 mod istiod;
 mod run;
 
@@ -28,6 +29,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Validate a configuration and print the status of every route.
     Check(check::CheckArgs),
+    /// Explain why a request gets its answer: authority, JWT, policies, route, backends.
+    Explain(Box<explain::ExplainArgs>),
     /// Write a development root CA and SPIFFE certificates.
     DevCa(dev_ca::DevCaArgs),
 }
@@ -73,6 +76,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run::run(*a),
         Command::Check(a) => check::run(a),
+        Command::Explain(a) => explain::run(*a),
         Command::DevCa(a) => dev_ca::run(a),
     }
 }
