@@ -314,6 +314,16 @@ pub fn filter(f: &crate::route::model::Filter, effect: Option<String>) -> Step {
     let (kind, config) = match v {
         serde_json::Value::Object(m) if m.len() == 1 => {
             let (k, c) = m.into_iter().next().expect("one entry");
+            // The Gateway API's names for the filters.
+            let k = match k.as_str() {
+                "Redirect" => "RequestRedirect".to_string(),
+                "RequestHeaders" => "RequestHeaderModifier".to_string(),
+                "ResponseHeaders" => "ResponseHeaderModifier".to_string(),
+                "Rewrite" => "URLRewrite".to_string(),
+                "Mirror" => "RequestMirror".to_string(),
+                "Cors" => "CORS".to_string(),
+                _ => k,
+            };
             (k, c.to_string())
         }
         other => ("Filter".to_string(), other.to_string()),

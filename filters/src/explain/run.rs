@@ -338,10 +338,11 @@ async fn run(snapshot: &Arc<Snapshot>, input: Input, sink: &Sink) -> Answer {
                     ..answer(Verdict::Allowed, None, "via_upstream", flag)
                 },
                 None => {
+                    // As the HTTP handler reports it (proxy/http.rs).
                     let details = resp
                         .extensions()
                         .get::<ResponseDetails>()
-                        .map_or("direct_response", |d| d.0);
+                        .map_or("via_upstream", |d| d.0);
                     answer(Verdict::Allowed, Some(resp.status().as_u16()), details, flag)
                 }
             }

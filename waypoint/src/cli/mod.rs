@@ -42,13 +42,26 @@ pub fn main(argv: Vec<String>) -> anyhow::Result<()> {
         return envoy::run(argv);
     }
     let args = Cli::parse_from(argv);
-    init_logging(&args.log_level);
+    if matches!(args.command, Command::Explain(_)) {
+        // The explanation is the output: logs go to stderr.
+        init_logging_to(&args.log_level, std::io::stderr);
+    } else {
+        init_logging(&args.log_level);
+    }
     dispatch(args)
 }
 
 /// Installs the tracing subscriber (also capturing Pingora's `log` records); the admin
 /// `/logging` endpoint can change its filter later.
 pub fn init_logging(filter: &str) {
+    init_logging_to(filter, std::io::stdout);
+}
+
+/// [`init_logging`], writing to `writer`.
+fn init_logging_to<W>(filter: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -57,7 +70,11 @@ pub fn init_logging(filter: &str) {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let installed = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(writer),
+        )
         .try_init()
         .is_ok();
     if installed {
