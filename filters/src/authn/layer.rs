@@ -62,7 +62,9 @@ where
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::info!(error = %e, peer = %ctx.tunnel.peer, "JWT rejected");
+                if sink.is_none() {
+                    tracing::info!(error = %e, peer = %ctx.tunnel.peer, "JWT rejected");
+                }
                 return Box::pin(std::future::ready(Err(ProxyError::Unauthenticated(
                     e.to_string(),
                 ))));

@@ -100,7 +100,9 @@ pub async fn authorize_traced<S: Subject>(
             trace.step(|| {
                 Step::new(Stage::Authorization, "CUSTOM policies", "deny all").detail(why.clone())
             });
-            tracing::info!(reason = %why, "CUSTOM authorization unusable: denying");
+            if !trace.on() {
+                tracing::info!(reason = %why, "CUSTOM authorization unusable: denying");
+            }
             return Err(Denied::Policy(why));
         }
         CustomPlan::Check { provider, policies } => {
@@ -126,11 +128,14 @@ pub async fn authorize_traced<S: Subject>(
     if !trace.on() {
         count(&decision.verdict);
     }
-    for p in &decision.audited {
-        tracing::info!(policy = %p, "AUDIT policy matched");
-    }
-    if let Some(shadow) = &decision.dry_run {
-        tracing::info!(dry_run = ?shadow, enforced = ?decision.verdict, "dry-run authorization result");
+    // An explanation reports these as steps; the log is for real traffic.
+    if !trace.on() {
+        for p in &decision.audited {
+            tracing::info!(policy = %p, "AUDIT policy matched");
+        }
+        if let Some(shadow) = &decision.dry_run {
+            tracing::info!(dry_run = ?shadow, enforced = ?decision.verdict, "dry-run authorization result");
+        }
     }
     match decision.verdict {
         Verdict::Allow(policy) => {

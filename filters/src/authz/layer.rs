@@ -291,7 +291,9 @@ async fn authorize(
     {
         Ok(()) => Ok((subject.req, subject.response_headers)),
         Err(Denied::Policy(policy)) => {
-            tracing::info!(%policy, peer = %ctx.tunnel.peer, path, "authorization denied");
+            if !trace.on() {
+                tracing::info!(%policy, peer = %ctx.tunnel.peer, path, "authorization denied");
+            }
             Err(Err(ProxyError::Denied(policy)))
         }
         Err(Denied::Custom(reply)) => Err(reply),

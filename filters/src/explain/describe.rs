@@ -11,9 +11,48 @@ use crate::authz::model::{Action, Key, Policy, Rule};
 use crate::route::model::{Route, RouteMatch};
 use crate::route::table::RouteMiss;
 
-/// Compact JSON of a configuration fragment.
+/// Compact JSON of a configuration fragment ([`tidy`]).
 fn json(v: &impl Serialize) -> String {
-    serde_json::to_string(v).unwrap_or_else(|e| format!("<{e}>"))
+    match serde_json::to_value(v) {
+        Ok(v) => tidy(v).to_string(),
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+/// A configuration fragment as a reader wants it: empty lists and unset fields left out,
+/// a policy field's `values`/`not_values` pair shown as `[...]`, `{"not": [...]}` or both.
+fn tidy(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+            if keys == ["not_values", "values"] {
+                let values = m["values"].clone();
+                let not = m["not_values"].clone();
+                let empty = |v: &Value| v.as_array().is_some_and(|a| a.is_empty());
+                return match (empty(&values), empty(&not)) {
+                    (false, true) => values,
+                    (true, false) => serde_json::json!({ "not": not }),
+                    _ => serde_json::json!({ "in": values, "not": not }),
+                };
+            }
+            Value::Object(
+                m.into_iter()
+                    .filter(|(_, v)| {
+                        !(v.is_null()
+                            || v.as_array().is_some_and(|a| a.is_empty())
+                            || v.as_object().is_some_and(|o| {
+                                o.len() == 2
+                                    && o.values().all(|l| l.as_array().is_some_and(|a| a.is_empty()))
+                            }))
+                    })
+                    .map(|(k, v)| (k, tidy(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(tidy).collect()),
+        other => other,
+    }
 }
 
 fn action(p: &Policy) -> String {
@@ -69,7 +108,7 @@ fn set_fields(rule: &Rule) -> String {
                         .all(|l| l.as_array().is_some_and(|a| a.is_empty()))
                 });
                 if !empty {
-                    out.push(format!("{prefix}.{k} {}", f));
+                    out.push(format!("{prefix}.{k} {}", tidy(f)));
                 }
             }
         }
@@ -107,6 +146,7 @@ fn miss(rule: &Rule, m: Miss, attrs: &Attributes<'_>) -> String {
             let config = serde_json::to_value(&rule.from[m.index])
                 .ok()
                 .and_then(|v| v.get(m.field).cloned())
+                .map(tidy)
                 .unwrap_or_default();
             let n = rule.from.len();
             format!(
@@ -125,6 +165,7 @@ fn miss(rule: &Rule, m: Miss, attrs: &Attributes<'_>) -> String {
             let config = serde_json::to_value(&rule.to[m.index])
                 .ok()
                 .and_then(|v| v.get(m.field).cloned())
+                .map(tidy)
                 .unwrap_or_default();
             let n = rule.to.len();
             format!(
@@ -324,9 +365,9 @@ pub fn filter(f: &crate::route::model::Filter, effect: Option<String>) -> Step {
                 "Cors" => "CORS".to_string(),
                 _ => k,
             };
-            (k, c.to_string())
+            (k, tidy(c).to_string())
         }
-        other => ("Filter".to_string(), other.to_string()),
+        other => ("Filter".to_string(), tidy(other).to_string()),
     };
     let step = Step::new(Stage::Filter, kind, "applied");
     match effect {

@@ -43,8 +43,13 @@ pub fn main(argv: Vec<String>) -> anyhow::Result<()> {
     }
     let args = Cli::parse_from(argv);
     if matches!(args.command, Command::Explain(_)) {
-        // The explanation is the output: logs go to stderr.
-        init_logging_to(&args.log_level, std::io::stderr);
+        // The explanation is the output: logs go to stderr, warnings only unless asked.
+        let level = if args.log_level == "info" {
+            "warn"
+        } else {
+            &args.log_level
+        };
+        init_logging_to(level, std::io::stderr);
     } else {
         init_logging(&args.log_level);
     }
