@@ -138,3 +138,6 @@ impl<'a> Trace<'a> {
 pub fn sink_of<B>(req: &http::Request<B>) -> Option<Sink> {
     req.extensions().get::<Sink>().cloned()
 }
+
+#[cfg(test)]
+mod tests;
