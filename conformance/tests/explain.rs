@@ -157,7 +157,12 @@ impl Case {
         self
     }
 
-    fn answer(mut self, verdict: Verdict, status: Option<u16>, route: Option<&'static str>) -> Self {
+    fn answer(
+        mut self,
+        verdict: Verdict,
+        status: Option<u16>,
+        route: Option<&'static str>,
+    ) -> Self {
         self.verdict = verdict;
         self.status = status;
         self.route = route;
@@ -182,10 +187,16 @@ fn cases(issuer: &JwtIssuer) -> Vec<Case> {
         Case::new("JWT from an unknown issuer", "echo-v2", "/")
             .header("authorization", &format!("Bearer {stranger}"))
             .answer(Verdict::Denied, Some(401), None)
-            .step(Stage::Authentication, &["rejected", "Jwt issuer is not configured"]),
+            .step(
+                Stage::Authentication,
+                &["rejected", "Jwt issuer is not configured"],
+            ),
         Case::new("JWT verified, ALLOW on requestPrincipals", "echo-v2", "/")
             .header("authorization", &format!("Bearer {good}"))
-            .step(Stage::Authentication, &["verified", "https://issuer.example/alice"])
+            .step(
+                Stage::Authentication,
+                &["verified", "https://issuer.example/alice"],
+            )
             .step(
                 Stage::Authorization,
                 &["require-jwt (ALLOW)", "matched", "request_principals"],
@@ -213,58 +224,101 @@ fn cases(issuer: &JwtIssuer) -> Vec<Case> {
             .answer(Verdict::Allowed, None, route)
             .step(
                 Stage::Authorization,
-                &["deny-admin (DENY)", "not matched", "to[0].paths", "\"/v2/page\""],
+                &[
+                    "deny-admin (DENY)",
+                    "not matched",
+                    "to[0].paths",
+                    "\"/v2/page\"",
+                ],
             )
-            .step(
-                Stage::Authorization,
-                &["allow-own-namespace (ALLOW)", "matched", "from[0].namespaces"],
-            )
-            // Precedence: the Exact /v2/exact match ranks above PathPrefix /v2.
-            .step(Stage::Route, &["rule 1 match 0", "not matched", "Exact", "/v2/page"])
-            .step(Stage::Route, &["rule 0 match 0", "selected"])
-            .step(Stage::Backend, &["echo-v2:80"]),
-        Case::new("ALLOW does not match another namespace", "echo.gateway-conformance-mesh", "/v2")
-            .from("echo-v1", CONSUMER_NS)
-            .answer(Verdict::Denied, Some(403), None)
             .step(
                 Stage::Authorization,
                 &[
                     "allow-own-namespace (ALLOW)",
-                    "not matched",
+                    "matched",
                     "from[0].namespaces",
-                    CONSUMER_NS,
                 ],
-            ),
+            )
+            // Precedence: the Exact /v2/exact match ranks above PathPrefix /v2.
+            .step(
+                Stage::Route,
+                &["rule 1 match 0", "not matched", "Exact", "/v2/page"],
+            )
+            .step(Stage::Route, &["rule 0 match 0", "selected"])
+            .step(Stage::Backend, &["echo-v2:80"]),
+        Case::new(
+            "ALLOW does not match another namespace",
+            "echo.gateway-conformance-mesh",
+            "/v2",
+        )
+        .from("echo-v1", CONSUMER_NS)
+        .answer(Verdict::Denied, Some(403), None)
+        .step(
+            Stage::Authorization,
+            &[
+                "allow-own-namespace (ALLOW)",
+                "not matched",
+                "from[0].namespaces",
+                CONSUMER_NS,
+            ],
+        ),
         Case::new("CUSTOM matches: the provider decides", "echo-v1", "/ext/x")
             .answer(Verdict::ProviderDecides, None, None)
             .step(
                 Stage::Authorization,
-                &["ext-check (CUSTOM, provider authz-grpc)", "matched", "to[0].paths"],
+                &[
+                    "ext-check (CUSTOM, provider authz-grpc)",
+                    "matched",
+                    "to[0].paths",
+                ],
             )
-            .step(Stage::Authorization, &["ext_authz provider authz-grpc", "asked"]),
+            .step(
+                Stage::Authorization,
+                &["ext_authz provider authz-grpc", "asked"],
+            ),
         Case::new("CUSTOM does not match", "echo-v1", "/public")
             .step(
                 Stage::Authorization,
-                &["ext-check (CUSTOM, provider authz-grpc)", "not matched", "to[0].paths"],
+                &[
+                    "ext-check (CUSTOM, provider authz-grpc)",
+                    "not matched",
+                    "to[0].paths",
+                ],
             )
             .step(Stage::Route, &["no routes"]),
-        Case::new("route precedence: Exact over PathPrefix", "echo", "/v2/exact")
-            .answer(Verdict::Allowed, None, route)
-            .step(Stage::Route, &["rule 1 match 0", "selected"])
-            .step(Stage::Backend, &["echo-v1:80"]),
+        Case::new(
+            "route precedence: Exact over PathPrefix",
+            "echo",
+            "/v2/exact",
+        )
+        .answer(Verdict::Allowed, None, route)
+        .step(Stage::Route, &["rule 1 match 0", "selected"])
+        .step(Stage::Backend, &["echo-v1:80"]),
         Case::new("header match", "echo", "/anything")
             .header("x-version", "v2")
             .answer(Verdict::Allowed, None, route)
             .step(Stage::Route, &["rule 4 match 0", "selected"]),
         Case::new("header match missing: no route", "echo", "/anything")
             .answer(Verdict::NotRouted, Some(404), None)
-            .step(Stage::Route, &["rule 4 match 0", "not matched", "header x-version", "(absent)"])
+            .step(
+                Stage::Route,
+                &[
+                    "rule 4 match 0",
+                    "not matched",
+                    "header x-version",
+                    "(absent)",
+                ],
+            )
             .step(Stage::Route, &["none matched"]),
         Case::new("weighted backends", "echo", "/split")
             .answer(Verdict::Allowed, None, route)
             .step(
                 Stage::Backend,
-                &["backendRefs", "echo-v1:80 weight 30 (30%)", "echo-v2:80 weight 70 (70%)"],
+                &[
+                    "backendRefs",
+                    "echo-v1:80 weight 30 (30%)",
+                    "echo-v2:80 weight 70 (70%)",
+                ],
             ),
         Case::new("redirect", "echo", "/old/page")
             .answer(Verdict::Allowed, Some(301), route)
@@ -277,7 +331,9 @@ fn cases(issuer: &JwtIssuer) -> Vec<Case> {
 /// JSON output and the exit status.
 fn explain(source: &[&str], from: &str, case: &Case) -> (Explanation, i32) {
     let mut cmd = Command::new(waypoint_bin());
-    cmd.arg("explain").args(source).args(["--from", from, "--output", "json"]);
+    cmd.arg("explain")
+        .args(source)
+        .args(["--from", from, "--output", "json"]);
     for (k, v) in &case.headers {
         cmd.args(["--header", &format!("{k}={v}")]);
     }
@@ -297,10 +353,28 @@ fn explain(source: &[&str], from: &str, case: &Case) -> (Explanation, i32) {
 fn check(case: &Case, e: &Explanation, code: i32, how: &str) {
     let all = serde_json::to_string_pretty(e).unwrap();
     let a = &e.answer;
-    assert_eq!(a.verdict, case.verdict, "{} ({how}): verdict\n{all}", case.name);
-    assert_eq!(code, case.verdict.exit_code(), "{} ({how}): exit status", case.name);
-    assert_eq!(a.status, case.status, "{} ({how}): status\n{all}", case.name);
-    assert_eq!(a.route.as_deref(), case.route, "{} ({how}): route\n{all}", case.name);
+    assert_eq!(
+        a.verdict, case.verdict,
+        "{} ({how}): verdict\n{all}",
+        case.name
+    );
+    assert_eq!(
+        code,
+        case.verdict.exit_code(),
+        "{} ({how}): exit status",
+        case.name
+    );
+    assert_eq!(
+        a.status, case.status,
+        "{} ({how}): status\n{all}",
+        case.name
+    );
+    assert_eq!(
+        a.route.as_deref(),
+        case.route,
+        "{} ({how}): route\n{all}",
+        case.name
+    );
     for (stage, texts) in &case.steps {
         let found = e.steps.iter().any(|s| {
             let text = format!(
@@ -380,8 +454,8 @@ async fn explains_each_step_offline_and_live_as_the_waypoint_decides() {
             }),
             service: None,
         };
-        let sent = conformance::client::send(&cluster, &req, "http", conformance::Profile::Mesh)
-            .await;
+        let sent =
+            conformance::client::send(&cluster, &req, "http", conformance::Profile::Mesh).await;
         let (status, pod_name) = match sent {
             Ok(o) => (o.status, o.pod().map(str::to_string)),
             Err(e) => match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
@@ -392,7 +466,11 @@ async fn explains_each_step_offline_and_live_as_the_waypoint_decides() {
         match (offline.answer.status, &offline.answer.backend) {
             (Some(s), _) => assert_eq!(status, s, "{}: the waypoint answered", case.name),
             (None, Some(backend)) => {
-                assert_eq!(status, 200, "{}: forwarded, the echo backend answers", case.name);
+                assert_eq!(
+                    status, 200,
+                    "{}: forwarded, the echo backend answers",
+                    case.name
+                );
                 // `ns/echo-v2:80` is answered by an `echo-v2-...` pod; a weighted draw by
                 // any backend of the rule.
                 let pod_name = pod_name.unwrap_or_default();
@@ -416,7 +494,11 @@ async fn explains_each_step_offline_and_live_as_the_waypoint_decides() {
                         .iter()
                         .any(|p| pod_name.starts_with(p) && backends[0].contains(&p[..7]))
                 };
-                assert!(ok, "{}: answered by {pod_name}, explained {backend} {backends:?}", case.name);
+                assert!(
+                    ok,
+                    "{}: answered by {pod_name}, explained {backend} {backends:?}",
+                    case.name
+                );
             }
             (None, None) => panic!("{}: no status and no backend", case.name),
         }

@@ -49,9 +49,20 @@ async fn explains_istiod_rbac_filters_as_the_waypoint_enforces_them() {
     let (e, code) = explain(&w, SLEEP, &url("/admin/x"));
     let all = serde_json::to_string_pretty(&e).unwrap();
     assert!(e.config.contains("xds"), "{all}");
-    assert_eq!((e.answer.verdict, e.answer.status, code), (Verdict::Denied, Some(403), 1), "{all}");
+    assert_eq!(
+        (e.answer.verdict, e.answer.status, code),
+        (Verdict::Denied, Some(403), 1),
+        "{all}"
+    );
     assert!(
-        has(&e, Stage::Authorization, &["RBAC DENY policy ns[default]-policy[deny-admin]-rule[0]", "matched"]),
+        has(
+            &e,
+            Stage::Authorization,
+            &[
+                "RBAC DENY policy ns[default]-policy[deny-admin]-rule[0]",
+                "matched"
+            ]
+        ),
         "{all}"
     );
     assert_eq!(
@@ -62,28 +73,58 @@ async fn explains_istiod_rbac_filters_as_the_waypoint_enforces_them() {
 
     let (e, code) = explain(&w, SLEEP, &url("/get"));
     let all = serde_json::to_string_pretty(&e).unwrap();
-    assert_eq!((e.answer.verdict, e.answer.status, code), (Verdict::Allowed, None, 0), "{all}");
-    assert!(
-        has(&e, Stage::Authorization, &["deny-admin", "not matched", "no permission matched"]),
+    assert_eq!(
+        (e.answer.verdict, e.answer.status, code),
+        (Verdict::Allowed, None, 0),
         "{all}"
     );
     assert!(
-        has(&e, Stage::Authorization, &["RBAC ALLOW policy ns[default]-policy[allow-sleep]-rule[0]", "matched"]),
+        has(
+            &e,
+            Stage::Authorization,
+            &["deny-admin", "not matched", "no permission matched"]
+        ),
+        "{all}"
+    );
+    assert!(
+        has(
+            &e,
+            Stage::Authorization,
+            &[
+                "RBAC ALLOW policy ns[default]-policy[allow-sleep]-rule[0]",
+                "matched"
+            ]
+        ),
         "{all}"
     );
     assert_eq!(get(&w, 8000, "/get").await.status, 200);
 
     // Another service account: the ALLOW filter's permission matches, its principal does not.
-    let (e, code) = explain(&w, "spiffe://cluster.local/ns/default/sa/other", &url("/get"));
+    let (e, code) = explain(
+        &w,
+        "spiffe://cluster.local/ns/default/sa/other",
+        &url("/get"),
+    );
     let all = serde_json::to_string_pretty(&e).unwrap();
-    assert_eq!((e.answer.verdict, e.answer.status, code), (Verdict::Denied, Some(403), 1), "{all}");
+    assert_eq!(
+        (e.answer.verdict, e.answer.status, code),
+        (Verdict::Denied, Some(403), 1),
+        "{all}"
+    );
     assert!(
-        has(&e, Stage::Authorization, &["allow-sleep", "not matched", "no principal did"]),
+        has(
+            &e,
+            Stage::Authorization,
+            &["allow-sleep", "not matched", "no principal did"]
+        ),
         "{all}"
     );
 
     // Nothing at this port: the CONNECT would be refused.
     let (e, code) = explain(&w, SLEEP, &format!("http://{VIP}:9999/"));
-    assert_eq!((e.answer.verdict, e.answer.status, code), (Verdict::NotRouted, Some(404), 2));
+    assert_eq!(
+        (e.answer.verdict, e.answer.status, code),
+        (Verdict::NotRouted, Some(404), 2)
+    );
     assert!(has(&e, Stage::Authority, &["no match"]));
 }

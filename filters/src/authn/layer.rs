@@ -6,8 +6,8 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::authenticate_traced;
-use crate::explain::Trace;
 use crate::body::Body;
+use crate::explain::Trace;
 use crate::model::RequestContext;
 use crate::ProxyError;
 

@@ -149,7 +149,9 @@ pub async fn authorize_traced<S: Subject>(
             Ok(())
         }
         Verdict::Deny(policy) => {
-            trace.step(|| Step::new(Stage::Authorization, "decision", "denied").detail(policy.clone()));
+            trace.step(|| {
+                Step::new(Stage::Authorization, "decision", "denied").detail(policy.clone())
+            });
             Err(Denied::Policy(policy))
         }
     }

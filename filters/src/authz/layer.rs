@@ -106,7 +106,10 @@ where
                         "path",
                         "normalized",
                     )
-                    .detail(format!("{:?} is matched and sent as {path:?}", before.unwrap_or_default()))
+                    .detail(format!(
+                        "{:?} is matched and sent as {path:?}",
+                        before.unwrap_or_default()
+                    ))
                 });
             }
             let response_headers = match authorize(&ctx, ext.as_deref(), &path, req, trace).await {
@@ -286,8 +289,13 @@ async fn authorize(
         req,
         response_headers: Vec::new(),
     };
-    match decide::authorize_traced(ctx.snapshot.authz(), &ctx.tunnel.target, &mut subject, trace)
-        .await
+    match decide::authorize_traced(
+        ctx.snapshot.authz(),
+        &ctx.tunnel.target,
+        &mut subject,
+        trace,
+    )
+    .await
     {
         Ok(()) => Ok((subject.req, subject.response_headers)),
         Err(Denied::Policy(policy)) => {

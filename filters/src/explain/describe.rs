@@ -43,7 +43,8 @@ fn tidy(v: serde_json::Value) -> serde_json::Value {
                             || v.as_array().is_some_and(|a| a.is_empty())
                             || v.as_object().is_some_and(|o| {
                                 o.len() == 2
-                                    && o.values().all(|l| l.as_array().is_some_and(|a| a.is_empty()))
+                                    && o.values()
+                                        .all(|l| l.as_array().is_some_and(|a| a.is_empty()))
                             }))
                     })
                     .map(|(k, v)| (k, tidy(v)))
@@ -183,7 +184,9 @@ fn miss(rule: &Rule, m: Miss, attrs: &Attributes<'_>) -> String {
         Part::When => {
             let c = &rule.when[m.index];
             let value = match &c.key {
-                Key::RequestHeader(name) => attrs.http.as_ref().and_then(|h| request_header(h, name)),
+                Key::RequestHeader(name) => {
+                    attrs.http.as_ref().and_then(|h| request_header(h, name))
+                }
                 Key::SourcePrincipal => attrs.principal.as_deref().map(str::to_string),
                 Key::SourceNamespace => attrs.namespace.as_deref().map(str::to_string),
                 Key::SourceIp => attrs.source_ip.map(|ip| ip.to_string()),
@@ -251,12 +254,7 @@ fn operation_attribute(field: &str, a: &Attributes<'_>) -> Option<String> {
 
 /// An Envoy RBAC filter policy (xDS) considered: matched, or whether its permissions or
 /// its principals did not.
-pub fn rbac_policy(
-    filter: &str,
-    name: &str,
-    permissions: bool,
-    principals: bool,
-) -> Step {
+pub fn rbac_policy(filter: &str, name: &str, permissions: bool, principals: bool) -> Step {
     let subject = format!("RBAC {filter} policy {name}");
     match (permissions, principals) {
         (true, true) => Step::new(Stage::Authorization, subject, "matched"),

@@ -95,7 +95,10 @@ impl Query {
             .host()
             .ok_or_else(|| invalid("url", "an absolute URL (http://host/path) is needed"))?;
         if uri.scheme_str().is_some_and(|s| s != "http") {
-            return Err(invalid("url", "only http:// (the waypoint sees plaintext HTTP)"));
+            return Err(invalid(
+                "url",
+                "only http:// (the waypoint sees plaintext HTTP)",
+            ));
         }
         let port = uri.port_u16().unwrap_or(80);
         let authority = match &self.authority {
@@ -225,7 +228,9 @@ impl ExtAuthzClient for ProviderDecides {
         _request: CheckRequest,
     ) -> CheckFuture<'a> {
         self.0.store(true, Ordering::Relaxed);
-        Box::pin(std::future::ready(Ok(CheckOutcome::Allow(Default::default()))))
+        Box::pin(std::future::ready(Ok(CheckOutcome::Allow(
+            Default::default(),
+        ))))
     }
 }
 
@@ -274,8 +279,9 @@ async fn run(snapshot: &Arc<Snapshot>, input: Input, sink: &Sink) -> Answer {
     let protocol = target.protocol();
     sink.push(
         Step::new(Stage::Authority, input.authority.to_string(), "selected").detail(format!(
-            "{} (port protocol {protocol:?}){}",
+            "{} (port protocol {}){}",
             target.describe(),
+            format!("{protocol:?}").to_ascii_lowercase(),
             match &target {
                 Target::Service { service, .. } => format!(", hostname {}", service.hostname),
                 Target::Workload { .. } => String::new(),
@@ -323,9 +329,8 @@ async fn run(snapshot: &Arc<Snapshot>, input: Input, sink: &Sink) -> Answer {
     let upstream = RecordingUpstream(sink.clone());
     // The proxy's chain (proxy/http.rs), with the recording upstream in place of the
     // retry layer and the forwarder.
-    let chain = AuthnLayer.layer(
-        AuthzLayer::with_ext_authz(provider.clone()).layer(RouteLayer.layer(upstream)),
-    );
+    let chain = AuthnLayer
+        .layer(AuthzLayer::with_ext_authz(provider.clone()).layer(RouteLayer.layer(upstream)));
     let result = chain.oneshot(req).await;
     let route = log.get().route.map(|r| r.name.to_string());
     let asked = provider.0.load(Ordering::Relaxed);
@@ -343,7 +348,12 @@ async fn run(snapshot: &Arc<Snapshot>, input: Input, sink: &Sink) -> Answer {
                         .extensions()
                         .get::<ResponseDetails>()
                         .map_or("via_upstream", |d| d.0);
-                    answer(Verdict::Allowed, Some(resp.status().as_u16()), details, flag)
+                    answer(
+                        Verdict::Allowed,
+                        Some(resp.status().as_u16()),
+                        details,
+                        flag,
+                    )
                 }
             }
         }
@@ -392,11 +402,11 @@ impl tower::Service<Request<Body>> for RecordingUpstream {
         };
         let backend = d.backend.describe();
         let endpoints = match &d.backend {
-            crate::route::Backend::Service { service, port } => service
-                .port(*port)
-                .map_or("no such port".to_string(), |p| {
+            crate::route::Backend::Service { service, port } => {
+                service.port(*port).map_or("no such port".to_string(), |p| {
                     format!("{} endpoints", p.endpoints.len())
-                }),
+                })
+            }
             crate::route::Backend::Workload { workload, port } => workload
                 .primary_ip()
                 .map_or("no IP".into(), |ip| format!("pod at {ip}:{port}")),

@@ -155,11 +155,19 @@ fn policies_are_recorded_only_while_explaining() {
     assert_eq!(steps.len(), 2, "{steps:?}");
     assert_eq!(steps[0].outcome, "not matched");
     assert!(
-        steps[0].detail.as_deref().unwrap().contains("to[0].paths [\"/admin*\"] did not match \"/public\""),
+        steps[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("to[0].paths [\"/admin*\"] did not match \"/public\""),
         "{steps:?}"
     );
     assert!(
-        steps[1].detail.as_deref().unwrap().contains("to[0].methods [\"GET\"] did not match \"POST\""),
+        steps[1]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("to[0].methods [\"GET\"] did not match \"POST\""),
         "{steps:?}"
     );
     // Explained decisions are not counted against the policies.
@@ -178,7 +186,10 @@ fn deciding_without_explaining_allocates_nothing() {
             rule_miss(&p[0].rules[0], &a, true),
         )
     });
-    assert_eq!((matched.0, matched.1, matched.2.is_some()), (false, true, true));
+    assert_eq!(
+        (matched.0, matched.1, matched.2.is_some()),
+        (false, true, true)
+    );
     assert_eq!(n, 0, "policy matching allocated");
 
     let route = |name: &str, path: PathMatch| {

@@ -308,7 +308,12 @@ impl Rbac {
         self.evaluate_traced(input, "", Trace::OFF)
     }
 
-    fn evaluate_traced(&self, input: &RbacInput<'_>, filter: &str, trace: Trace<'_>) -> EngineResult {
+    fn evaluate_traced(
+        &self,
+        input: &RbacInput<'_>,
+        filter: &str,
+        trace: Trace<'_>,
+    ) -> EngineResult {
         let policy = self
             .matching_policy_traced(input, filter, trace)
             .map(str::to_string);

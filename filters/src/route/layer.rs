@@ -10,9 +10,9 @@ use super::model::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, Filter, HeaderModifier, Mirror,
 };
 use super::{decide_traced, RouteDecision};
-use crate::explain::{describe, Trace};
 use crate::body::{self, Body};
 use crate::error::ResponseFlag;
+use crate::explain::{describe, Trace};
 use crate::model::RequestContext;
 use crate::ProxyError;
 

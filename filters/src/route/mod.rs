@@ -179,8 +179,11 @@ pub fn decide_traced<B>(
     });
     let matched = table.find_traced(req, trace).ok_or_else(|| {
         trace.step(|| {
-            Step::new(Stage::Route, "route", "none matched")
-                .detail(format!("{} {}: 404", req.method(), req.uri().path()))
+            Step::new(Stage::Route, "route", "none matched").detail(format!(
+                "{} {}: 404",
+                req.method(),
+                req.uri().path()
+            ))
         });
         ProxyError::NoRoute(format!("{} {}", req.method(), req.uri().path()))
     })?;
@@ -192,7 +195,12 @@ pub fn decide_traced<B>(
         None => Err("every backendRef has weight 0".into()),
     };
     trace.step(|| {
-        let total: u64 = matched.rule.backends.iter().map(|b| u64::from(b.weight)).sum();
+        let total: u64 = matched
+            .rule
+            .backends
+            .iter()
+            .map(|b| u64::from(b.weight))
+            .sum();
         let set: Vec<String> = matched
             .rule
             .backends

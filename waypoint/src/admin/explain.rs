@@ -26,9 +26,7 @@ pub async fn handle(proxy: &Proxy, session: &mut ServerSession) -> Response<Vec<
                 }
             }
             Ok(None) => break,
-            Err(e) => {
-                return super::text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain")
-            }
+            Err(e) => return super::text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
         }
     }
     let query: filters::explain::Query = match serde_json::from_slice(&body) {

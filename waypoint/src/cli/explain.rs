@@ -73,10 +73,12 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
             std::process::exit(EXIT_INVALID);
         }
     };
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
-        Output::Text => print!("{}", render(&explanation)),
-    }
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&explanation)? + "\n",
+        Output::Text => render(&explanation),
+    };
+    // A closed pipe (`| head`) is not an error of the explanation: the status still is.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     std::process::exit(explanation.answer.verdict.exit_code());
 }
 
@@ -147,8 +149,12 @@ fn remote(admin: &str, query: &Query) -> Result<Explanation, String> {
     let body = serde_json::to_vec(query).map_err(|e| e.to_string())?;
     let mut stream = TcpStream::connect(admin).map_err(|e| format!("{admin}: {e}"))?;
     let timeout = Some(Duration::from_secs(10));
-    stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(timeout)
+        .map_err(|e| e.to_string())?;
     let head = format!(
         "POST /explain HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
