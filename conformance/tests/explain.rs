@@ -111,6 +111,11 @@ spec:
       requestRedirect: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}, statusCode: 301}}
   - matches: [{{path: {{type: PathPrefix, value: /}}, headers: [{{name: x-version, value: v2}}]}}]
     backendRefs: [{{name: echo-v2, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /rewrite}}}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /rewritten}}}}
+    backendRefs: [{{name: echo-v1, port: 80}}]
 "#
     )
 }
@@ -320,6 +325,17 @@ fn cases(issuer: &JwtIssuer) -> Vec<Case> {
                     "echo-v2:80 weight 70 (70%)",
                 ],
             ),
+        Case::new("path normalized, then DENY matches", "echo", "/v2/../admin")
+            .answer(Verdict::Denied, Some(403), None)
+            .step(Stage::Authorization, &["path", "normalized", "\"/admin\""])
+            .step(Stage::Authorization, &["deny-admin (DENY)", "matched"]),
+        Case::new("rewrite", "echo", "/rewrite/x?q=1")
+            .answer(Verdict::Allowed, None, route)
+            .step(Stage::Route, &["rule 5 match 0", "selected"])
+            .step(
+                Stage::Filter,
+                &["URLRewrite", "sent as echo /rewritten/x?q=1"],
+            ),
         Case::new("redirect", "echo", "/old/page")
             .answer(Verdict::Allowed, Some(301), route)
             .step(Stage::Route, &["rule 3 match 0", "selected"])
@@ -456,13 +472,29 @@ async fn explains_each_step_offline_and_live_as_the_waypoint_decides() {
         };
         let sent =
             conformance::client::send(&cluster, &req, "http", conformance::Profile::Mesh).await;
-        let (status, pod_name) = match sent {
-            Ok(o) => (o.status, o.pod().map(str::to_string)),
+        let (status, pod_name, echo) = match sent {
+            Ok(o) => (o.status, o.pod().map(str::to_string), o.echo),
             Err(e) => match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
-                Some(ClientError::Refused(s)) => (s.as_u16(), None),
+                Some(ClientError::Refused(s)) => (s.as_u16(), None, None),
                 _ => panic!("{}: request failed: {e:#}", case.name),
             },
         };
+        // A rewrite: the backend sees the request as the explanation says it is sent.
+        if let Some(sent_as) = offline
+            .steps
+            .iter()
+            .filter(|s| s.stage == Stage::Filter)
+            .find_map(|s| s.detail.as_deref()?.split("sent as ").nth(1))
+        {
+            let path = echo.as_ref().and_then(|e| e.get("path")?.as_str());
+            let explained = sent_as.split(';').next().unwrap_or_default();
+            assert_eq!(
+                path.map(|p| format!("{} {p}", case.host)).as_deref(),
+                Some(explained),
+                "{}: the backend saw another request than explained",
+                case.name
+            );
+        }
         match (offline.answer.status, &offline.answer.backend) {
             (Some(s), _) => assert_eq!(status, s, "{}: the waypoint answered", case.name),
             (None, Some(backend)) => {
