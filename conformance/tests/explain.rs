@@ -47,6 +47,13 @@ data:
     - name: authz-grpc
       envoyExtAuthzGrpc: {{service: 127.0.0.1, port: 1, timeout: 2s, statusOnError: "503"}}
 ---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty, namespace: {WAYPOINT_NS}}}
+spec:
+  selector: {{app: nobody}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {{name: jwt, namespace: {WAYPOINT_NS}}}
@@ -335,6 +342,12 @@ fn cases(issuer: &JwtIssuer) -> Vec<Case> {
             .step(
                 Stage::Filter,
                 &["URLRewrite", "sent as echo /rewritten/x?q=1"],
+            ),
+        Case::new("no endpoint", "empty", "/")
+            .answer(Verdict::NotRouted, Some(503), None)
+            .step(
+                Stage::Backend,
+                &["empty:80", "no endpoint", "no healthy upstream"],
             ),
         Case::new("redirect", "echo", "/old/page")
             .answer(Verdict::Allowed, Some(301), route)

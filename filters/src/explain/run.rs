@@ -161,7 +161,8 @@ pub enum Verdict {
     Allowed,
     /// Refused by authentication (401) or authorization (403).
     Denied,
-    /// No Service or route for it (404), or no usable backend (500), or malformed (400).
+    /// No Service or route for it (404), no usable backend (500), no healthy endpoint
+    /// (503), or malformed (400).
     NotRouted,
     /// A CUSTOM policy matched: the ext_authz provider decides at run time. The steps
     /// after it are what happens if it allows.
@@ -401,27 +402,45 @@ impl tower::Service<Request<Body>> for RecordingUpstream {
             )));
         };
         let backend = d.backend.describe();
-        let endpoints = match &d.backend {
-            crate::route::Backend::Service { service, port } => {
-                service.port(*port).map_or("no such port".to_string(), |p| {
-                    format!("{} endpoints", p.endpoints.len())
-                })
+        // The forwarder's own choice (balance::pick): the endpoint, or 503 when none is
+        // healthy or the port's circuit breaker is open. The pick is dropped at once.
+        match crate::balance::pick(&d.backend, d.hash) {
+            Ok(picked) => self.0.push(
+                Step::new(Stage::Backend, backend.clone(), "forward").detail(format!(
+                    "endpoint {} at {} over {}{} ({})",
+                    picked.workload.name,
+                    picked.address,
+                    if picked.workload.hbone {
+                        "HBONE"
+                    } else {
+                        "plain TCP"
+                    },
+                    if picked.tls.is_some() { ", TLS" } else { "" },
+                    match &d.backend {
+                        crate::route::Backend::Service { service, port } =>
+                            service.port(*port).map_or(String::new(), |p| {
+                                format!(
+                                    "{} endpoints, {}",
+                                    p.endpoints.len(),
+                                    if d.hash.is_some() {
+                                        "consistent hash"
+                                    } else {
+                                        "the port's load balancing"
+                                    }
+                                )
+                            }),
+                        crate::route::Backend::Workload { .. } => "the addressed pod".into(),
+                    }
+                )),
+            ),
+            Err(e) => {
+                self.0.push(
+                    Step::new(Stage::Backend, backend, "no endpoint")
+                        .detail(format!("{e}: {}", e.status())),
+                );
+                return std::future::ready(Err(e));
             }
-            crate::route::Backend::Workload { workload, port } => workload
-                .primary_ip()
-                .map_or("no IP".into(), |ip| format!("pod at {ip}:{port}")),
-        };
-        self.0.push(
-            Step::new(Stage::Backend, backend.clone(), "forward").detail(format!(
-                "{endpoints}; {} ({} balancing)",
-                req.method(),
-                if d.hash.is_some() {
-                    "consistent-hash"
-                } else {
-                    "per-port"
-                }
-            )),
-        );
+        }
         let retry = match d.retry.as_ref().filter(|r| r.attempts > 0) {
             Some(r) => format!(
                 "up to {} retries on {} and connection failures, {:?} backoff",
