@@ -117,11 +117,13 @@ where
                 Filter::Mirror(m) => mirrors.push(m.clone()),
                 Filter::Cors(c) => cors = Some(c.clone()),
                 Filter::DirectResponse(d) => direct = Some(d),
-                Filter::Fault(f) => match inject(f, crate::error::is_grpc(req.headers())).await {
-                    Injected::Abort(resp) => return Ok(resp),
-                    Injected::Delayed => delayed = true,
-                    Injected::Nothing => {}
-                },
+                Filter::Fault(f) => {
+                    match inject(f, crate::error::is_grpc(req.headers()), trace).await {
+                        Injected::Abort(resp) => return Ok(resp),
+                        Injected::Delayed => delayed = true,
+                        Injected::Nothing => {}
+                    }
+                }
             }
         }
     }
@@ -146,8 +148,9 @@ where
         .as_ref()
         .map(|s| (s.rule().timeouts, s.rule().retry.clone()))
         .unwrap_or_default();
-    for m in mirrors {
-        mirror(&inner, &req, &m);
+    // An explained request is not mirrored (its Mirror filter step says where copies go).
+    for m in mirrors.iter().filter(|_| !trace.on()) {
+        mirror(&inner, &req, m);
     }
     let policies = hash_inputs(selection.rule.as_ref(), &backend);
     let (hash, set_cookie) = super::request_hash(policies, &req, ctx.tunnel.source_ip);
@@ -270,14 +273,26 @@ enum Injected {
 
 /// Applies a route's fault: the delay, then the abort, each drawn on its share of
 /// requests, as Envoy's fault filter does.
-async fn inject(f: &Fault, grpc: bool) -> Injected {
+/// An explained request (`trace` on) is not delayed: the delay drawn is recorded instead.
+async fn inject(f: &Fault, grpc: bool, trace: Trace<'_>) -> Injected {
     let drawn = |fraction: f64| fraction >= 1.0 || rand::random::<f64>() < fraction;
     let mut out = Injected::Nothing;
     if let Some(d) = f.delay.as_ref().filter(|d| drawn(d.fraction)) {
-        tokio::time::sleep(d.duration).await;
+        if trace.on() {
+            trace.step(|| {
+                crate::explain::Step::new(crate::explain::Stage::Filter, "fault delay", "drawn")
+                    .detail(format!("the request waits {:?} first", d.duration))
+            });
+        } else {
+            tokio::time::sleep(d.duration).await;
+        }
         out = Injected::Delayed;
     }
     if let Some(a) = f.abort.as_ref().filter(|a| drawn(a.fraction)) {
+        trace.step(|| {
+            crate::explain::Step::new(crate::explain::Stage::Filter, "fault abort", "drawn")
+                .detail(format!("{:?}", a.status))
+        });
         return Injected::Abort(fault_abort(a, grpc));
     }
     out
