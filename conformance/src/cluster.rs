@@ -359,6 +359,11 @@ impl Cluster {
         ))
     }
 
+    /// The configuration file the waypoint runs on (`mesh.yaml`).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("mesh.yaml")
+    }
+
     /// The waypoint's identity.
     pub fn waypoint_identity(&self) -> Identity {
         self.waypoint_id.clone()

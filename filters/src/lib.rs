@@ -9,6 +9,7 @@
 //! - [`body`]: the boxed streaming body type shared by the filters.
 //! - [`source`]: what the configuration sources share (options, the [`Publisher`]).
 //! - [`duration`]: durations as configuration writes them.
+//! - [`explain`]: why a request gets its answer, recorded by the decision code itself.
 
 pub mod access_log;
 mod ascii;
@@ -21,6 +22,7 @@ pub mod connect;
 pub mod dns;
 pub mod duration;
 pub mod error;
+pub mod explain;
 pub mod model;
 pub mod rbac;
 pub mod route;

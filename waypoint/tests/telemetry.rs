@@ -455,3 +455,45 @@ async fn the_source_port_and_app_come_from_what_ztunnel_forwards() {
             .collect::<Vec<_>>()
     );
 }
+
+/// The access log names the matched route (`%ROUTE_NAME%`, last in the istio text format)
+/// and, for a denial, the policy (`rbac_access_denied_matched_policy[...]`), as `waypoint
+/// explain` reports them.
+#[tokio::test]
+async fn access_log_names_the_matched_route_and_the_denying_policy() {
+    let route = format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: echo-route\n  namespace: {NS}\nspec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: echo, port: 80}}\n  rules:\n  - backendRefs:\n    - {{name: echo, port: 80}}\n");
+    let deny = format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-admin\n  namespace: {NS}\nspec:\n  targetRefs:\n  - {{group: \"\", kind: Service, name: echo}}\n  action: DENY\n  rules:\n  - to: [{{operation: {{paths: [\"/admin\"]}}}}]\n");
+    let h = Harness::start(Spec {
+        extra_yaml: vec![mesh_config("accessLogFile: /dev/stdout\n"), route, deny],
+        capture_stdout: true,
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    for (path, status) in [("/routed", 200), ("/admin", 403)] {
+        let resp = http.send_request(get(path)).await.unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+        body_bytes(resp).await;
+    }
+    let lines = wait_for(|| {
+        let out = h.stdout();
+        (out.lines().filter(|l| l.starts_with('[')).count() >= 2).then_some(out)
+    })
+    .await;
+    let routed = lines
+        .lines()
+        .find(|l| l.contains("/routed"))
+        .expect("200 line");
+    assert!(routed.ends_with(&format!(" {NS}/echo-route")), "{routed}");
+    let denied = lines
+        .lines()
+        .find(|l| l.contains("/admin"))
+        .expect("403 line");
+    assert!(
+        denied.contains(&format!(
+            " 403 - rbac_access_denied_matched_policy[{NS}/deny-admin] "
+        )),
+        "{denied}"
+    );
+}

@@ -5,8 +5,9 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::authenticate;
+use super::authenticate_traced;
 use crate::body::Body;
+use crate::explain::Trace;
 use crate::model::RequestContext;
 use crate::ProxyError;
 
@@ -53,14 +54,17 @@ where
             .snapshot
             .authn()
             .for_service(ctx.tunnel.target.service_name());
-        match authenticate(&rules, &mut req) {
+        let sink = crate::explain::sink_of(&req);
+        match authenticate_traced(&rules, &mut req, Trace::new(sink.as_ref())) {
             Ok(Some(auth)) => {
                 tracing::debug!(principal = %auth.principal, "JWT verified");
                 req.extensions_mut().insert(auth);
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::info!(error = %e, peer = %ctx.tunnel.peer, "JWT rejected");
+                if sink.is_none() {
+                    tracing::info!(error = %e, peer = %ctx.tunnel.peer, "JWT rejected");
+                }
                 return Box::pin(std::future::ready(Err(ProxyError::Unauthenticated(
                     e.to_string(),
                 ))));

@@ -21,6 +21,7 @@ use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
 use serde::Serialize;
 
 use crate::authz::JwtAuth;
+use crate::explain::{Stage, Step, Trace};
 
 /// Where a token may be found.
 #[derive(Debug, Clone, Serialize)]
@@ -195,9 +196,54 @@ pub fn authenticate<B>(
     rules: &[Arc<JwtRule>],
     req: &mut Request<B>,
 ) -> Result<Option<JwtAuth>, JwtError> {
+    authenticate_traced(rules, req, Trace::OFF)
+}
+
+/// [`authenticate`], recording which rule verified the token (and its claims) or why it
+/// was refused into `trace`.
+pub fn authenticate_traced<B>(
+    rules: &[Arc<JwtRule>],
+    req: &mut Request<B>,
+    trace: Trace<'_>,
+) -> Result<Option<JwtAuth>, JwtError> {
+    let step = |outcome: &str, detail: String| {
+        trace.step(|| Step::new(Stage::Authentication, "JWT", outcome).detail(detail))
+    };
     if rules.is_empty() {
+        step(
+            "skipped",
+            "no RequestAuthentication applies to the waypoint or this Service".into(),
+        );
         return Ok(None);
     }
+    let result = authenticate_with(rules, req);
+    match &result {
+        Ok(None) => step(
+            "no token",
+            format!(
+                "no token in the locations of {} jwtRules (issuers {:?}): the request goes on unauthenticated",
+                rules.len(),
+                rules.iter().map(|r| r.issuer.as_str()).collect::<Vec<_>>()
+            ),
+        ),
+        Ok(Some(auth)) => step(
+            "verified",
+            format!(
+                "jwtRule issuer {:?}; requestPrincipal {:?}; claims {}",
+                auth.claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default(),
+                auth.principal,
+                auth.claims
+            ),
+        ),
+        Err(e) => step("rejected", format!("{e}: 401")),
+    }
+    result
+}
+
+fn authenticate_with<B>(
+    rules: &[Arc<JwtRule>],
+    req: &mut Request<B>,
+) -> Result<Option<JwtAuth>, JwtError> {
     let mut found = None;
     for rule in rules {
         let locations = if rule.locations.is_empty() {

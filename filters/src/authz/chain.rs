@@ -20,6 +20,7 @@ use super::count;
 use super::decide::{custom_check, Denied, Subject};
 use super::engine::Verdict;
 use super::ext::Provider;
+use crate::explain::{Stage, Step, Trace};
 use crate::rbac::eval::value_matches;
 use crate::rbac::model::{FilterKind, MetadataMatcher, RbacConfig};
 use crate::rbac::RbacInput;
@@ -110,6 +111,7 @@ impl ExtAuthzFilter {
 pub async fn enforce<S: Subject>(
     chain: &[AuthzFilter],
     subject: &mut S,
+    trace: Trace<'_>,
 ) -> Result<(), Denied<S::Reply>> {
     let mut metadata = Metadata::default();
     let mut last_matched: Option<String> = None;
@@ -118,7 +120,7 @@ pub async fn enforce<S: Subject>(
             AuthzFilter::Rbac(config) => {
                 let result = {
                     let attrs = subject.attributes();
-                    config.evaluate(&RbacInput::new(&attrs))
+                    config.evaluate_traced(&RbacInput::new(&attrs), trace)
                 };
                 metadata.record(config.kind, result.shadow_metadata());
                 let Some(enforced) = result.enforced else {
@@ -132,23 +134,49 @@ pub async fn enforce<S: Subject>(
                     let policy = enforced
                         .policy
                         .unwrap_or_else(|| "no ALLOW policy matched".into());
-                    count(&Verdict::Deny(policy.clone()));
+                    if !trace.on() {
+                        count(&Verdict::Deny(policy.clone()));
+                    }
+                    trace.step(|| {
+                        Step::new(Stage::Authorization, "decision", "denied").detail(policy.clone())
+                    });
                     return Err(Denied::Policy(policy));
                 }
             }
             AuthzFilter::ExtAuthz(ext) => {
+                let subject_name = || format!("ext_authz provider {}", ext.provider.name);
                 let Some(mut policies) = ext.enabled(&metadata) else {
                     tracing::trace!(provider = %ext.provider.name, "ext_authz not enabled for this request");
+                    trace.step(|| {
+                        Step::new(Stage::Authorization, subject_name(), "not asked")
+                            .detail("no CUSTOM policy matched (filter_enabled_metadata)")
+                    });
                     continue;
                 };
                 if policies.is_empty() {
                     policies.push(ext.provider.name.clone());
                 }
-                custom_check(subject, &ext.provider, &policies).await?;
+                trace.step(|| {
+                    Step::new(Stage::Authorization, subject_name(), "asked").detail(format!(
+                        "{}: {}:{} decides",
+                        policies.join(", "),
+                        ext.provider.service,
+                        ext.provider.port
+                    ))
+                });
+                custom_check(subject, &ext.provider, &policies, trace).await?;
             }
         }
     }
-    count(&Verdict::Allow(last_matched));
+    trace.step(|| {
+        Step::new(Stage::Authorization, "decision", "allowed").detail(match &last_matched {
+            Some(p) => format!("RBAC policy {p} matched, and no filter denied"),
+            None => "no filter denied".into(),
+        })
+    });
+    if !trace.on() {
+        count(&Verdict::Allow(last_matched));
+    }
     Ok(())
 }
 

@@ -8,9 +8,10 @@
 
 use std::future::Future;
 
-use super::engine::{evaluate, Verdict};
+use super::engine::{evaluate_traced, Verdict};
 use super::ext::{custom_plan, CheckError, CustomPlan, Provider};
 use super::{count, Attributes, Engine, PolicySet};
+use crate::explain::{Stage, Step, Trace};
 use crate::model::Target;
 
 /// Why traffic was refused.
@@ -55,47 +56,104 @@ pub async fn authorize<S: Subject>(
     target: &Target,
     subject: &mut S,
 ) -> Result<(), Denied<S::Reply>> {
+    authorize_traced(set, target, subject, Trace::OFF).await
+}
+
+/// [`authorize`], recording every policy (or RBAC filter) considered into `trace`. An
+/// explained decision is not counted.
+pub async fn authorize_traced<S: Subject>(
+    set: &PolicySet,
+    target: &Target,
+    subject: &mut S,
+    trace: Trace<'_>,
+) -> Result<(), Denied<S::Reply>> {
     let bound = match &set.engine {
         Engine::Rbac(chains) => {
             return match chains.for_target(target) {
-                Some(chain) => super::chain::enforce(chain, subject).await,
-                None => Ok(()),
+                Some(chain) => super::chain::enforce(chain, subject, trace).await,
+                None => {
+                    trace.step(|| {
+                        Step::new(Stage::Authorization, target.describe(), "allowed")
+                            .detail("no RBAC or ext_authz filter applies to this port")
+                    });
+                    Ok(())
+                }
             };
         }
         Engine::Policies(p) => p,
     };
     let policies = bound.for_service(target.service_name());
     if policies.is_empty() {
+        trace.step(|| {
+            Step::new(Stage::Authorization, target.describe(), "allowed")
+                .detail("no AuthorizationPolicy applies to the waypoint or this Service")
+        });
         return Ok(());
     }
     let plan = custom_plan(&policies, &bound.providers, &subject.attributes());
     match plan {
         CustomPlan::Skip => {}
         CustomPlan::DenyAll(why) => {
-            count(&Verdict::Deny(why.clone()));
-            tracing::info!(reason = %why, "CUSTOM authorization unusable: denying");
+            if !trace.on() {
+                count(&Verdict::Deny(why.clone()));
+            }
+            trace.step(|| {
+                Step::new(Stage::Authorization, "CUSTOM policies", "deny all").detail(why.clone())
+            });
+            if !trace.on() {
+                tracing::info!(reason = %why, "CUSTOM authorization unusable: denying");
+            }
             return Err(Denied::Policy(why));
         }
         CustomPlan::Check { provider, policies } => {
-            custom_check(subject, &provider, &policies).await?;
+            trace.step(|| {
+                Step::new(
+                    Stage::Authorization,
+                    format!("ext_authz provider {}", provider.name),
+                    "asked",
+                )
+                .detail(format!(
+                    "CUSTOM {} matched: {}:{} decides",
+                    policies.join(", "),
+                    provider.service,
+                    provider.port
+                ))
+            });
+            custom_check(subject, &provider, &policies, trace).await?;
         }
     }
     // DENY and ALLOW see the subject as the authorization server left it; CUSTOM policies
     // were settled above.
-    let decision = evaluate(&policies, &subject.attributes(), Some(&|_| true));
-    count(&decision.verdict);
-    for p in &decision.audited {
-        tracing::info!(policy = %p, "AUDIT policy matched");
+    let decision = evaluate_traced(&policies, &subject.attributes(), Some(&|_| true), trace);
+    if !trace.on() {
+        count(&decision.verdict);
     }
-    if let Some(shadow) = &decision.dry_run {
-        tracing::info!(dry_run = ?shadow, enforced = ?decision.verdict, "dry-run authorization result");
+    // An explanation reports these as steps; the log is for real traffic.
+    if !trace.on() {
+        for p in &decision.audited {
+            tracing::info!(policy = %p, "AUDIT policy matched");
+        }
+        if let Some(shadow) = &decision.dry_run {
+            tracing::info!(dry_run = ?shadow, enforced = ?decision.verdict, "dry-run authorization result");
+        }
     }
     match decision.verdict {
         Verdict::Allow(policy) => {
             tracing::debug!(policy = ?policy, "authorization allowed");
+            trace.step(|| {
+                Step::new(Stage::Authorization, "decision", "allowed").detail(match &policy {
+                    Some(p) => format!("ALLOW policy {p} matched, no DENY policy did"),
+                    None => "no DENY policy matched, and there is no ALLOW policy".into(),
+                })
+            });
             Ok(())
         }
-        Verdict::Deny(policy) => Err(Denied::Policy(policy)),
+        Verdict::Deny(policy) => {
+            trace.step(|| {
+                Step::new(Stage::Authorization, "decision", "denied").detail(policy.clone())
+            });
+            Err(Denied::Policy(policy))
+        }
     }
 }
 
@@ -106,6 +164,7 @@ pub(super) async fn custom_check<S: Subject>(
     subject: &mut S,
     provider: &Provider,
     policies: &[String],
+    trace: Trace<'_>,
 ) -> Result<(), Denied<S::Reply>> {
     // Rare, and its future is large: boxed, it is not part of every request's.
     let checked = Box::pin(subject.check_custom(provider, policies)).await;
@@ -115,7 +174,9 @@ pub(super) async fn custom_check<S: Subject>(
             Ok(())
         }
         Ok(CustomOutcome::Denied(reply)) => {
-            count(&Verdict::Deny(policies.join(",")));
+            if !trace.on() {
+                count(&Verdict::Deny(policies.join(",")));
+            }
             tracing::info!(provider = %provider.name, ?policies, "ext_authz denied");
             Err(Denied::Custom(reply))
         }
@@ -124,7 +185,9 @@ pub(super) async fn custom_check<S: Subject>(
             Ok(())
         }
         Err(e) => {
-            count(&Verdict::Deny(policies.join(",")));
+            if !trace.on() {
+                count(&Verdict::Deny(policies.join(",")));
+            }
             tracing::warn!(provider = %provider.name, error = %e, status = provider.status_on_error.as_u16(), "ext_authz check failed; denying");
             Err(Denied::Custom(subject.check_failed(provider, e)))
         }

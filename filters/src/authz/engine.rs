@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use super::attributes::{Attributes, HttpAttributes};
 use super::matcher::ValueMatch;
 use super::model::{Action, Condition, Field, Key, Operation, Policy, Rule, Source};
+use crate::explain::Trace;
 
 /// The outcome of authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,17 +45,35 @@ pub fn evaluate(
     attrs: &Attributes<'_>,
     custom: Option<&dyn Fn(&str) -> bool>,
 ) -> Decision {
+    evaluate_traced(policies, attrs, custom, Trace::OFF)
+}
+
+/// [`evaluate`], recording every policy considered (with the rule and field that matched
+/// or did not) into `trace`. An explained request does not count policy matches.
+pub fn evaluate_traced(
+    policies: &[Arc<Policy>],
+    attrs: &Attributes<'_>,
+    custom: Option<&dyn Fn(&str) -> bool>,
+    trace: Trace<'_>,
+) -> Decision {
     let audited = policies
         .iter()
-        .filter(|p| p.action == Action::Audit && policy_matches(p, attrs))
+        .filter(|p| p.action == Action::Audit && considered(p, attrs, trace))
         .map(|p| p.name.to_string())
         .collect();
     let shadow = policies.iter().any(|p| p.dry_run);
     Decision {
-        verdict: decide(policies, false, attrs, custom, true),
-        dry_run: shadow.then(|| decide(policies, true, attrs, custom, false)),
+        verdict: decide(policies, false, attrs, custom, !trace.on(), trace),
+        dry_run: shadow.then(|| decide(policies, true, attrs, custom, false, trace)),
         audited,
     }
+}
+
+/// Whether `p` matches, recorded into `trace`.
+fn considered(p: &Policy, attrs: &Attributes<'_>, trace: Trace<'_>) -> bool {
+    let matched = policy_matches(p, attrs);
+    trace.step(|| crate::explain::describe::policy(p, attrs, matched));
+    matched
 }
 
 /// The verdict of the policies whose `dry_run` flag is `dry_run`: CUSTOM, then DENY, then
@@ -65,18 +84,19 @@ fn decide(
     attrs: &Attributes<'_>,
     custom: Option<&dyn Fn(&str) -> bool>,
     record: bool,
+    trace: Trace<'_>,
 ) -> Verdict {
     let selected = || policies.iter().filter(move |p| p.dry_run == dry_run);
     for p in selected() {
         let Action::Custom(provider) = &p.action else {
             continue;
         };
-        if policy_matches(p, attrs) && !custom.is_some_and(|f| f(provider)) {
+        if considered(p, attrs, trace) && !custom.is_some_and(|f| f(provider)) {
             return Verdict::Deny(p.name.to_string());
         }
     }
     for p in selected().filter(|p| p.action == Action::Deny) {
-        if policy_matches(p, attrs) {
+        if considered(p, attrs, trace) {
             if record {
                 p.record_match();
             }
@@ -86,7 +106,7 @@ fn decide(
     let mut any_allow = false;
     for p in selected().filter(|p| p.action == Action::Allow) {
         any_allow = true;
-        if policy_matches(p, attrs) {
+        if considered(p, attrs, trace) {
             if record {
                 p.record_match();
             }
@@ -103,31 +123,108 @@ fn decide(
 /// Whether any rule of `p` matches. CUSTOM rules are built like DENY ones (istiod generates
 /// them as DENY shadow rules): on TCP their HTTP-only fields are ignored, not the rule.
 pub fn policy_matches(p: &Policy, attrs: &Attributes<'_>) -> bool {
-    let deny_like = matches!(p.action, Action::Deny | Action::Custom(_));
-    p.rules.iter().any(|r| rule_matches(r, attrs, deny_like))
+    p.rules.iter().any(|r| rule_matches(r, attrs, deny_like(p)))
+}
+
+/// Whether `p` is evaluated like a DENY policy (DENY and CUSTOM).
+pub fn deny_like(p: &Policy) -> bool {
+    matches!(p.action, Action::Deny | Action::Custom(_))
 }
 
 /// Whether `rule` matches. On TCP, a rule using HTTP-only attributes never matches in an
 /// ALLOW or AUDIT policy, and ignores those attributes in a DENY or CUSTOM policy (`deny`)
 /// (Istio's rule).
 pub fn rule_matches(rule: &Rule, attrs: &Attributes<'_>, deny: bool) -> bool {
+    rule_miss(rule, attrs, deny).is_none()
+}
+
+/// The part of a rule that did not match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The whole rule: it uses HTTP-only attributes and the traffic is TCP.
+    HttpOnTcp,
+    /// `from[index]` (the first source, when none matched).
+    From,
+    /// `to[index]` (the first operation, when none matched).
+    To,
+    /// `when[index]`.
+    When,
+}
+
+/// Why a rule did not match: the part, its index and the field (named as the policy
+/// model serializes it). Built without allocating, so deciding is not slowed by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Miss {
+    /// The part.
+    pub part: Part,
+    /// The index within `from`, `to` or `when`.
+    pub index: usize,
+    /// The field (`principals`, `paths`, ...); `key` for a `when` condition.
+    pub field: &'static str,
+}
+
+/// Why `rule` does not match (`None`: it matches); see [`rule_matches`].
+pub fn rule_miss(rule: &Rule, attrs: &Attributes<'_>, deny: bool) -> Option<Miss> {
     let tcp = attrs.http.is_none();
     if tcp && !deny && rule_uses_http(rule) {
-        return false;
+        return Some(Miss {
+            part: Part::HttpOnTcp,
+            index: 0,
+            field: "",
+        });
     }
     // Only reached on TCP for DENY rules: their HTTP-only fields are ignored.
     let ignore_http = tcp;
-    (rule.from.is_empty()
-        || rule
-            .from
-            .iter()
-            .any(|s| source_matches(s, attrs, ignore_http)))
-        && (rule.to.is_empty()
-            || rule
-                .to
-                .iter()
-                .any(|o| operation_matches(o, attrs, ignore_http)))
-        && rule.when.iter().all(|c| condition_matches(c, attrs))
+    if !rule.from.is_empty() {
+        let mut first = None;
+        for s in &rule.from {
+            match source_miss(s, attrs, ignore_http) {
+                None => {
+                    first = None;
+                    break;
+                }
+                Some(f) => {
+                    first.get_or_insert(f);
+                }
+            }
+        }
+        if let Some(field) = first {
+            return Some(Miss {
+                part: Part::From,
+                index: 0,
+                field,
+            });
+        }
+    }
+    if !rule.to.is_empty() {
+        let mut first = None;
+        for o in &rule.to {
+            match operation_miss(o, attrs, ignore_http) {
+                None => {
+                    first = None;
+                    break;
+                }
+                Some(f) => {
+                    first.get_or_insert(f);
+                }
+            }
+        }
+        if let Some(field) = first {
+            return Some(Miss {
+                part: Part::To,
+                index: 0,
+                field,
+            });
+        }
+    }
+    rule.when
+        .iter()
+        .position(|c| !condition_matches(c, attrs))
+        .map(|index| Miss {
+            part: Part::When,
+            index,
+            field: "key",
+        })
 }
 
 fn rule_uses_http(rule: &Rule) -> bool {
@@ -161,7 +258,8 @@ fn ip_field(f: &Field<IpNet>, ip: Option<IpAddr>) -> bool {
     pos && neg
 }
 
-fn source_matches(s: &Source, a: &Attributes<'_>, ignore_http: bool) -> bool {
+/// The first field of `s` that does not match (`None`: the source matches).
+fn source_miss(s: &Source, a: &Attributes<'_>, ignore_http: bool) -> Option<&'static str> {
     let http = a.http.as_ref();
     let sa = match (&a.namespace, &a.service_account) {
         (Some(ns), Some(sa)) => Some((&**ns, &**sa)),
@@ -170,33 +268,48 @@ fn source_matches(s: &Source, a: &Attributes<'_>, ignore_http: bool) -> bool {
     let listed = |list: &[(String, String)], (ns, sa): (&str, &str)| {
         list.iter().any(|(n, s)| n == ns && s == sa)
     };
+    if !str_field(&s.principals, a.principal.as_deref(), false) {
+        return Some("principals");
+    }
+    if !(s.request_principals.is_empty()
+        || ignore_http
+        || str_field(
+            &s.request_principals,
+            http.and_then(|h| h.auth).map(|j| j.principal.as_str()),
+            false,
+        ))
+    {
+        return Some("request_principals");
+    }
+    if !str_field(&s.namespaces, a.namespace.as_deref(), false) {
+        return Some("namespaces");
+    }
+    if !str_field(
+        &s.trust_domains,
+        trust_domain(a.principal.as_deref()),
+        false,
+    ) {
+        return Some("trust_domains");
+    }
     let sa_pos = s.service_accounts.values.is_empty()
         || sa.is_some_and(|x| listed(&s.service_accounts.values, x));
     let sa_neg = s.service_accounts.not_values.is_empty()
         || sa.is_none_or(|x| !listed(&s.service_accounts.not_values, x));
-    str_field(&s.principals, a.principal.as_deref(), false)
-        && (s.request_principals.is_empty()
-            || ignore_http
-            || str_field(
-                &s.request_principals,
-                http.and_then(|h| h.auth).map(|j| j.principal.as_str()),
-                false,
-            ))
-        && str_field(&s.namespaces, a.namespace.as_deref(), false)
-        && str_field(
-            &s.trust_domains,
-            trust_domain(a.principal.as_deref()),
-            false,
-        )
-        && sa_pos
-        && sa_neg
-        && ip_field(&s.ip_blocks, a.source_ip)
-        && ip_field(&s.remote_ip_blocks, a.remote_ip)
+    if !(sa_pos && sa_neg) {
+        return Some("service_accounts");
+    }
+    if !ip_field(&s.ip_blocks, a.source_ip) {
+        return Some("ip_blocks");
+    }
+    if !ip_field(&s.remote_ip_blocks, a.remote_ip) {
+        return Some("remote_ip_blocks");
+    }
+    None
 }
 
 /// The trust domain of a principal (`td/ns/x/sa/y` without `spiffe://`): what precedes the
 /// first `/`; none when the principal has no `/` or starts with one.
-fn trust_domain(principal: Option<&str>) -> Option<&str> {
+pub(crate) fn trust_domain(principal: Option<&str>) -> Option<&str> {
     principal
         .and_then(|p| p.split_once('/'))
         .map(|(td, _)| td)
@@ -206,7 +319,7 @@ fn trust_domain(principal: Option<&str>) -> Option<&str> {
 /// A request header as Envoy's RBAC sees it: pseudo-headers come from the request
 /// (`:method`, `:authority` the host, `:path` with its query); several values of one header
 /// are joined with `,`.
-fn request_header(h: &HttpAttributes<'_>, name: &str) -> Option<String> {
+pub(crate) fn request_header(h: &HttpAttributes<'_>, name: &str) -> Option<String> {
     match name {
         ":method" => Some(h.method.to_string()),
         ":authority" => Some(h.host.to_string()),
@@ -229,7 +342,8 @@ fn request_header(h: &HttpAttributes<'_>, name: &str) -> Option<String> {
     }
 }
 
-fn operation_matches(o: &Operation, a: &Attributes<'_>, ignore_http: bool) -> bool {
+/// The first field of `o` that does not match (`None`: the operation matches).
+fn operation_miss(o: &Operation, a: &Attributes<'_>, ignore_http: bool) -> Option<&'static str> {
     let http = a.http.as_ref();
     let port_pos = o.ports.values.is_empty()
         || a.destination_port
@@ -243,19 +357,29 @@ fn operation_matches(o: &Operation, a: &Attributes<'_>, ignore_http: bool) -> bo
         paths.values.is_empty() || path.is_some_and(|p| paths.values.iter().any(|v| v.matches(p)));
     let path_neg = paths.not_values.is_empty()
         || path.is_none_or(|p| !paths.not_values.iter().any(|v| v.matches(p)));
-    port_pos
-        && port_neg
-        && (ignore_http
-            || ((o.hosts.is_empty() || str_field(&o.hosts, http.map(|h| h.host), true))
-                && (o.methods.is_empty() || str_field(&o.methods, http.map(|h| h.method), false))
-                && (paths.is_empty() || (path_pos && path_neg))))
+    if !(port_pos && port_neg) {
+        return Some("ports");
+    }
+    if ignore_http {
+        return None;
+    }
+    if !(o.hosts.is_empty() || str_field(&o.hosts, http.map(|h| h.host), true)) {
+        return Some("hosts");
+    }
+    if !(o.methods.is_empty() || str_field(&o.methods, http.map(|h| h.method), false)) {
+        return Some("methods");
+    }
+    if !(paths.is_empty() || (path_pos && path_neg)) {
+        return Some("paths");
+    }
+    None
 }
 
 fn claim<'v>(claims: &'v serde_json::Value, path: &[String]) -> Option<&'v serde_json::Value> {
     path.iter().try_fold(claims, |v, k| v.get(k))
 }
 
-fn condition_matches(c: &Condition, a: &Attributes<'_>) -> bool {
+pub(crate) fn condition_matches(c: &Condition, a: &Attributes<'_>) -> bool {
     let http = a.http.as_ref();
     let auth = http.and_then(|h| h.auth);
     if a.http.is_none() && c.key.http_only() {

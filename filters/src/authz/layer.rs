@@ -95,8 +95,24 @@ where
                 .get::<RequestContext>()
                 .cloned()
                 .ok_or_else(|| ProxyError::Internal("request without context".into()))?;
+            let sink = crate::explain::sink_of(&req);
+            let trace = crate::explain::Trace::new(sink.as_ref());
+            let before = trace.on().then(|| req.uri().path().to_string());
             let path = normalize_path(&ctx, &mut req)?;
-            let response_headers = match authorize(&ctx, ext.as_deref(), &path, req).await {
+            if before.as_deref().is_some_and(|b| b != path) {
+                trace.step(|| {
+                    crate::explain::Step::new(
+                        crate::explain::Stage::Authorization,
+                        "path",
+                        "normalized",
+                    )
+                    .detail(format!(
+                        "{:?} is matched and sent as {path:?}",
+                        before.unwrap_or_default()
+                    ))
+                });
+            }
+            let response_headers = match authorize(&ctx, ext.as_deref(), &path, req, trace).await {
                 Ok((r, headers)) => {
                     req = r;
                     headers
@@ -288,6 +304,7 @@ async fn authorize(
     client: Option<&dyn ExtAuthzClient>,
     path: &str,
     req: Request<Body>,
+    trace: crate::explain::Trace<'_>,
 ) -> Result<(Request<Body>, Vec<HeaderOp>), Result<Response<Body>, ProxyError>> {
     let mut subject = HttpSubject {
         ctx,
@@ -297,10 +314,19 @@ async fn authorize(
         req,
         response_headers: Vec::new(),
     };
-    match decide::authorize(ctx.snapshot.authz(), &ctx.tunnel.target, &mut subject).await {
+    match decide::authorize_traced(
+        ctx.snapshot.authz(),
+        &ctx.tunnel.target,
+        &mut subject,
+        trace,
+    )
+    .await
+    {
         Ok(()) => Ok((subject.req, subject.response_headers)),
         Err(Denied::Policy(policy)) => {
-            tracing::info!(%policy, peer = %ctx.tunnel.peer, path, "authorization denied");
+            if !trace.on() {
+                tracing::info!(%policy, peer = %ctx.tunnel.peer, path, "authorization denied");
+            }
             Err(Err(ProxyError::Denied(policy)))
         }
         Err(Denied::Custom(reply)) => Err(reply),

@@ -18,6 +18,7 @@
 //! Anything else (another metadata namespace, another filter state key) is absent, as it is
 //! in Envoy when no filter wrote it. On TCP there are no headers, path or metadata.
 
+use crate::explain::Trace;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
@@ -276,16 +277,46 @@ pub struct EngineResult {
 impl Rbac {
     /// The first policy (in name order) that matches.
     pub fn matching_policy(&self, input: &RbacInput<'_>) -> Option<&str> {
+        self.matching_policy_traced(input, "", Trace::OFF)
+    }
+
+    /// [`Rbac::matching_policy`], recording each policy considered (of `filter`) into
+    /// `trace`.
+    pub fn matching_policy_traced(
+        &self,
+        input: &RbacInput<'_>,
+        filter: &str,
+        trace: Trace<'_>,
+    ) -> Option<&str> {
         self.policies
             .iter()
-            .find(|(_, p)| policy_matches(p, input))
+            .find(|(name, p)| {
+                let matched = policy_matches(p, input);
+                trace.step(|| {
+                    let permissions = p.permissions.iter().any(|x| permission_matches(x, input));
+                    let principals = p.principals.iter().any(|x| principal_matches(x, input));
+                    crate::explain::describe::rbac_policy(filter, name, permissions, principals)
+                });
+                matched
+            })
             .map(|(n, _)| n.as_str())
     }
 
     /// Evaluates the rule set: ALLOW lets through only on a match, DENY only without one,
     /// LOG always.
     pub fn evaluate(&self, input: &RbacInput<'_>) -> EngineResult {
-        let policy = self.matching_policy(input).map(str::to_string);
+        self.evaluate_traced(input, "", Trace::OFF)
+    }
+
+    fn evaluate_traced(
+        &self,
+        input: &RbacInput<'_>,
+        filter: &str,
+        trace: Trace<'_>,
+    ) -> EngineResult {
+        let policy = self
+            .matching_policy_traced(input, filter, trace)
+            .map(str::to_string);
         let allowed = match self.action {
             Action::Allow => policy.is_some(),
             Action::Deny => policy.is_none(),
@@ -314,8 +345,23 @@ impl FilterResult {
 impl RbacConfig {
     /// Evaluates the enforced and the shadow rules.
     pub fn evaluate(&self, input: &RbacInput<'_>) -> FilterResult {
+        self.evaluate_traced(input, Trace::OFF)
+    }
+
+    /// [`RbacConfig::evaluate`], recording the enforced rules' policies into `trace`.
+    pub fn evaluate_traced(&self, input: &RbacInput<'_>, trace: Trace<'_>) -> FilterResult {
+        let filter = || {
+            let action = self.rules.as_ref().map(|r| r.action);
+            format!("{:?}", action.unwrap_or_default()).to_uppercase()
+        };
         FilterResult {
-            enforced: self.rules.as_ref().map(|r| r.evaluate(input)),
+            enforced: self.rules.as_ref().map(|r| {
+                if trace.on() {
+                    r.evaluate_traced(input, &filter(), trace)
+                } else {
+                    r.evaluate(input)
+                }
+            }),
             shadow: self
                 .shadow_rules
                 .as_ref()

@@ -9,9 +9,10 @@ use super::apply::{location_header, modify_headers, redirect_location, rewrite};
 use super::model::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, Filter, HeaderModifier, Mirror,
 };
-use super::{decide, RouteDecision};
+use super::{decide_traced, RouteDecision};
 use crate::body::{self, Body};
 use crate::error::ResponseFlag;
+use crate::explain::{describe, Trace};
 use crate::model::RequestContext;
 use crate::ProxyError;
 
@@ -74,7 +75,9 @@ where
         .get::<RequestContext>()
         .cloned()
         .ok_or_else(|| ProxyError::Internal("request without context".into()))?;
-    let selection = decide(&ctx, &req)?;
+    let sink = crate::explain::sink_of(&req);
+    let trace = Trace::new(sink.as_ref());
+    let selection = decide_traced(&ctx, &req, trace)?;
     let mut response_mods: Vec<HeaderModifier> = Vec::new();
     let mut cors: Option<Cors> = None;
     let mut mirrors = Vec::new();
@@ -86,23 +89,41 @@ where
             log.set_route(&sel.route);
         }
         for f in sel.filters() {
+            if trace.on() && !matches!(f, Filter::Redirect(_) | Filter::Rewrite(_)) {
+                trace.step(|| describe::filter(f, None));
+            }
             match f {
                 Filter::Redirect(r) => {
                     let port = ctx.tunnel.authority.port();
                     let location = redirect_location(&req, sel.path(), r, "http", port);
+                    trace.step(|| {
+                        describe::filter(f, Some(format!("{} Location: {location}", r.status)))
+                    });
                     return Ok(redirect(r.status, &location));
                 }
                 Filter::RequestHeaders(m) => modify_headers(req.headers_mut(), m),
                 Filter::ResponseHeaders(m) => response_mods.push(m.clone()),
-                Filter::Rewrite(r) => rewrite(&mut req, sel.path(), r),
+                Filter::Rewrite(r) => {
+                    rewrite(&mut req, sel.path(), r);
+                    trace.step(|| {
+                        let host = req
+                            .headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or_default();
+                        describe::filter(f, Some(format!("sent as {host} {}", req.uri())))
+                    });
+                }
                 Filter::Mirror(m) => mirrors.push(m.clone()),
                 Filter::Cors(c) => cors = Some(c.clone()),
                 Filter::DirectResponse(d) => direct = Some(d),
-                Filter::Fault(f) => match inject(f, crate::error::is_grpc(req.headers())).await {
-                    Injected::Abort(resp) => return Ok(resp),
-                    Injected::Delayed => delayed = true,
-                    Injected::Nothing => {}
-                },
+                Filter::Fault(f) => {
+                    match inject(f, crate::error::is_grpc(req.headers()), trace).await {
+                        Injected::Abort(resp) => return Ok(resp),
+                        Injected::Delayed => delayed = true,
+                        Injected::Nothing => {}
+                    }
+                }
             }
         }
     }
@@ -127,8 +148,9 @@ where
         .as_ref()
         .map(|s| (s.rule().timeouts, s.rule().retry.clone()))
         .unwrap_or_default();
-    for m in mirrors {
-        mirror(&inner, &req, &m);
+    // An explained request is not mirrored (its Mirror filter step says where copies go).
+    for m in mirrors.iter().filter(|_| !trace.on()) {
+        mirror(&inner, &req, m);
     }
     let policies = hash_inputs(selection.rule.as_ref(), &backend);
     let (hash, set_cookie) = super::request_hash(policies, &req, ctx.tunnel.source_ip);
@@ -251,14 +273,26 @@ enum Injected {
 
 /// Applies a route's fault: the delay, then the abort, each drawn on its share of
 /// requests, as Envoy's fault filter does.
-async fn inject(f: &Fault, grpc: bool) -> Injected {
+/// An explained request (`trace` on) is not delayed: the delay drawn is recorded instead.
+async fn inject(f: &Fault, grpc: bool, trace: Trace<'_>) -> Injected {
     let drawn = |fraction: f64| fraction >= 1.0 || rand::random::<f64>() < fraction;
     let mut out = Injected::Nothing;
     if let Some(d) = f.delay.as_ref().filter(|d| drawn(d.fraction)) {
-        tokio::time::sleep(d.duration).await;
+        if trace.on() {
+            trace.step(|| {
+                crate::explain::Step::new(crate::explain::Stage::Filter, "fault delay", "drawn")
+                    .detail(format!("the request waits {:?} first", d.duration))
+            });
+        } else {
+            tokio::time::sleep(d.duration).await;
+        }
         out = Injected::Delayed;
     }
     if let Some(a) = f.abort.as_ref().filter(|a| drawn(a.fraction)) {
+        trace.step(|| {
+            crate::explain::Step::new(crate::explain::Stage::Filter, "fault abort", "drawn")
+                .detail(format!("{:?}", a.status))
+        });
         return Injected::Abort(fault_abort(a, grpc));
     }
     out

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use model::{BackendTarget, Filter, PathMatch, RetryPolicy, Route, Rule, Timeouts};
 
+use crate::explain::{Stage, Step, Trace};
 use crate::model::{RequestContext, Service, Target, Workload};
 use crate::ProxyError;
 
@@ -130,22 +131,62 @@ pub struct Selection {
 /// routes), then a weighted draw among its backends. With no routes attached, traffic goes
 /// to the addressed Service or pod itself.
 pub fn decide<B>(ctx: &RequestContext, req: &http::Request<B>) -> Result<Selection, ProxyError> {
-    let default = || Selection {
-        rule: None,
-        backend: Ok(Backend::of_target(&ctx.tunnel.target)),
+    decide_traced(ctx, req, Trace::OFF)
+}
+
+/// [`decide`], recording into `trace` the table used, the matches skipped and the one
+/// chosen, and the backend set with its weights.
+pub fn decide_traced<B>(
+    ctx: &RequestContext,
+    req: &http::Request<B>,
+    trace: Trace<'_>,
+) -> Result<Selection, ProxyError> {
+    let default = |why: &str| {
+        trace.step(|| {
+            Step::new(Stage::Route, ctx.tunnel.target.describe(), "no routes").detail(format!(
+                "{why}: the request goes to the addressed {} itself",
+                if ctx.tunnel.target.service_name().is_some() {
+                    "Service"
+                } else {
+                    "pod"
+                }
+            ))
+        });
+        Selection {
+            rule: None,
+            backend: Ok(Backend::of_target(&ctx.tunnel.target)),
+        }
     };
     let Target::Service { service, port } = &ctx.tunnel.target else {
-        return Ok(default());
+        return Ok(default("addressed to a pod"));
     };
     let Some(routes) = ctx.snapshot.routes(&service.name, *port) else {
-        return Ok(default());
+        return Ok(default("no route is attached to this Service port"));
     };
     let Some(table) = routes.for_client(&ctx.tunnel.peer.namespace) else {
-        return Ok(default());
+        return Ok(default("no route applies to a client in this namespace"));
     };
-    let matched = table
-        .find(req)
-        .ok_or_else(|| ProxyError::NoRoute(format!("{} {}", req.method(), req.uri().path())))?;
+    trace.step(|| {
+        let consumer = routes.consumers.contains_key(&ctx.tunnel.peer.namespace);
+        Step::new(Stage::Route, ctx.tunnel.target.describe(), "routes apply").detail(if consumer {
+            format!(
+                "consumer routes of the client's namespace {} (instead of the Service's own)",
+                ctx.tunnel.peer.namespace
+            )
+        } else {
+            "the Service's own (producer) routes, by precedence".into()
+        })
+    });
+    let matched = table.find_traced(req, trace).ok_or_else(|| {
+        trace.step(|| {
+            Step::new(Stage::Route, "route", "none matched").detail(format!(
+                "{} {}: 404",
+                req.method(),
+                req.uri().path()
+            ))
+        });
+        ProxyError::NoRoute(format!("{} {}", req.method(), req.uri().path()))
+    })?;
     let backend_index = select::weighted(&matched.rule.backends, &mut rand::thread_rng());
     let backend = match backend_index.map(|i| &matched.rule.backends[i].target) {
         Some(BackendTarget::Backend(b)) => Ok(b.clone()),
@@ -153,6 +194,40 @@ pub fn decide<B>(ctx: &RequestContext, req: &http::Request<B>) -> Result<Selecti
         None if matched.rule.backends.is_empty() => Err("rule has no backendRefs".into()),
         None => Err("every backendRef has weight 0".into()),
     };
+    trace.step(|| {
+        let total: u64 = matched
+            .rule
+            .backends
+            .iter()
+            .map(|b| u64::from(b.weight))
+            .sum();
+        let set: Vec<String> = matched
+            .rule
+            .backends
+            .iter()
+            .map(|b| {
+                let name = match &b.target {
+                    BackendTarget::Backend(b) => b.describe(),
+                    BackendTarget::Invalid(why) => format!("invalid ({why})"),
+                };
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    f64::from(b.weight) * 100.0 / total as f64
+                };
+                format!("{name} weight {} ({share:.0}%)", b.weight)
+            })
+            .collect();
+        let outcome = match &backend {
+            Ok(b) => format!("drew {}", b.describe()),
+            Err(why) => format!("unusable: {why}"),
+        };
+        Step::new(Stage::Backend, "backendRefs", outcome).detail(if set.is_empty() {
+            "none".to_string()
+        } else {
+            set.join(", ")
+        })
+    });
     Ok(Selection {
         rule: Some(SelectedRule {
             route: matched.route.clone(),

@@ -14,6 +14,7 @@ use http::Request;
 use serde::Serialize;
 
 use super::model::{PathMatch, Route, RouteKind, RouteMatch, Rule};
+use crate::explain::Trace;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -132,16 +133,26 @@ impl RouteTable {
 
     /// The highest-precedence rule matching `req`.
     pub fn find<B>(&self, req: &Request<B>) -> Option<Matched<'_>> {
+        self.find_traced(req, Trace::OFF)
+    }
+
+    /// [`RouteTable::find`], recording into `trace` each higher-precedence match that did
+    /// not match (and why), then the one that did.
+    pub fn find_traced<B>(&self, req: &Request<B>, trace: Trace<'_>) -> Option<Matched<'_>> {
         let path = req.uri().path();
         // Parsed on first use: most routes do not match on query parameters.
         let query = std::cell::OnceCell::new();
         self.entries.iter().find_map(|e| {
             let rule = &e.route.rules[e.rule];
             if let Some(i) = e.matched {
-                if !matches(&rule.matches[i], req, path, &query) {
+                if let Some(why) = miss(&rule.matches[i], req, path, &query) {
+                    trace.step(|| {
+                        crate::explain::describe::route_miss(&e.route, e.rule, i, why, req)
+                    });
                     return None;
                 }
             }
+            trace.step(|| crate::explain::describe::route_match(&e.route, e.rule, e.matched));
             Some(Matched {
                 route: &e.route,
                 rule_index: e.rule,
@@ -150,6 +161,19 @@ impl RouteTable {
             })
         })
     }
+}
+
+/// The condition of a route match that a request did not meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMiss {
+    /// The path condition.
+    Path,
+    /// The method.
+    Method,
+    /// `headers[index]`.
+    Header(usize),
+    /// `queryParams[index]`.
+    Query(usize),
 }
 
 /// Routes attached to one Service port, split by who they apply to.
@@ -191,42 +215,48 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-fn matches<B>(
+/// The first condition of `m` that `req` does not meet (`None`: it matches).
+fn miss<B>(
     m: &RouteMatch,
     req: &Request<B>,
     path: &str,
     query: &std::cell::OnceCell<Vec<(String, String)>>,
-) -> bool {
+) -> Option<RouteMiss> {
     let path_ok = match &m.path {
         PathMatch::Exact(v) => path == v,
         PathMatch::Prefix(v) => prefix_matches(v, path),
         PathMatch::Regex(r) => r.is_match(path),
     };
     if !path_ok {
-        return false;
+        return Some(RouteMiss::Path);
     }
     if let Some(method) = &m.method {
         if req.method() != method {
-            return false;
+            return Some(RouteMiss::Method);
         }
     }
-    let headers_ok = m.headers.iter().all(|h| {
+    let header = m.headers.iter().position(|h| {
         let values: Vec<&str> = req
             .headers()
             .get_all(&h.name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        !values.is_empty() && h.value.matches(&values.join(","))
+        values.is_empty() || !h.value.matches(&values.join(","))
     });
-    headers_ok
-        && m.query.iter().all(|q| {
-            query
+    if let Some(i) = header {
+        return Some(RouteMiss::Header(i));
+    }
+    m.query
+        .iter()
+        .position(|q| {
+            !query
                 .get_or_init(|| parse_query(req.uri().query()))
                 .iter()
                 .find(|(k, _)| k == &q.name)
                 .is_some_and(|(_, v)| q.value.matches(v))
         })
+        .map(RouteMiss::Query)
 }
 
 /// Query parameters, percent-decoded, in order.

@@ -1,10 +1,12 @@
 //! Readiness (`/healthz/ready` on 15021), the admin API (`/ready`, `/config_dump`,
-//! `/stats`, `/stats/prometheus`, `/drain_listeners`, `/quitquitquit` on 127.0.0.1:15000),
+//! `/stats`, `/stats/prometheus`, `/explain`, `/drain_listeners`, `/quitquitquit` on
+//! 127.0.0.1:15000),
 //! the metrics listener (`/stats/prometheus` on 15020) and, under pilot-agent, the
 //! bootstrap's static listeners instead of the first and the last, served by Pingora HTTP
 //! services.
 
 mod envoy;
+mod explain;
 pub mod history;
 pub mod logging;
 mod prometheus;
@@ -183,6 +185,12 @@ impl ServeHttp for Admin {
                 "application/json",
             ),
             "/stats/prometheus" => prometheus::response(&self.proxy, &query),
+            "/explain" if method == Method::POST => explain::handle(&self.proxy, session).await,
+            "/explain" => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST with a JSON query\n",
+                "text/plain",
+            ),
             "/drain_listeners" if method == Method::POST => {
                 tracing::info!("draining listeners (admin API)");
                 self.proxy.drain.send_replace(true);

@@ -1,4 +1,4 @@
-//! The `waypoint` command line: `run`, `check`, `dev-ca`; and Envoy's command line
+//! The `waypoint` command line: `run`, `check`, `explain`, `dev-ca`; and Envoy's command line
 //! ([`envoy`]) when started by pilot-agent. The binary (`main.rs`) calls [`main`]; the
 //! development tools (`waypoint-bench`) call it too, to run this same proxy in a child
 //! process of their own.
@@ -6,6 +6,7 @@
 mod check;
 mod dev_ca;
 pub mod envoy;
+mod explain;
 mod istiod;
 mod run;
 
@@ -28,6 +29,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Validate a configuration and print the status of every route.
     Check(check::CheckArgs),
+    /// Explain why a request gets its answer: authority, JWT, policies, route, backends.
+    Explain(Box<explain::ExplainArgs>),
     /// Write a development root CA and SPIFFE certificates.
     DevCa(dev_ca::DevCaArgs),
 }
@@ -39,13 +42,31 @@ pub fn main(argv: Vec<String>) -> anyhow::Result<()> {
         return envoy::run(argv);
     }
     let args = Cli::parse_from(argv);
-    init_logging(&args.log_level);
+    if matches!(args.command, Command::Explain(_)) {
+        // The explanation is the output: logs go to stderr, warnings only unless asked.
+        let level = if args.log_level == "info" {
+            "warn"
+        } else {
+            &args.log_level
+        };
+        init_logging_to(level, std::io::stderr);
+    } else {
+        init_logging(&args.log_level);
+    }
     dispatch(args)
 }
 
 /// Installs the tracing subscriber (also capturing Pingora's `log` records); the admin
 /// `/logging` endpoint can change its filter later.
 pub fn init_logging(filter: &str) {
+    init_logging_to(filter, std::io::stdout);
+}
+
+/// [`init_logging`], writing to `writer`.
+fn init_logging_to<W>(filter: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -54,7 +75,11 @@ pub fn init_logging(filter: &str) {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let installed = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(writer),
+        )
         .try_init()
         .is_ok();
     if installed {
@@ -73,6 +98,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run::run(*a),
         Command::Check(a) => check::run(a),
+        Command::Explain(a) => explain::run(*a),
         Command::DevCa(a) => dev_ca::run(a),
     }
 }

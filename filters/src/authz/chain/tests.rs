@@ -160,7 +160,7 @@ fn allow_if_authorized() -> AuthzFilter {
 }
 
 async fn run(chain: &[AuthzFilter], subject: &mut Mock) -> Result<(), Denied<u16>> {
-    enforce(chain, subject).await
+    enforce(chain, subject, crate::explain::Trace::OFF).await
 }
 
 #[tokio::test]
