@@ -82,6 +82,10 @@ async fn deny_and_allow_policies_on_gateway_and_service() {
     assert_eq!(status(&h, "/%61dmin").await, 403);
     assert_eq!(status(&h, "/public/../admin/x").await, 403);
     assert_eq!(status(&h, "/bad%00path").await, 400);
+    // Encoded twice: one decoding gives `/%61dmin`, which an app decoding once reads as
+    // `/admin`; refused rather than matched as another path.
+    assert_eq!(status(&h, "/%%36%31dmin").await, 400);
+    assert_eq!(status(&h, "/%%30%30").await, 400);
     let conn = h.client().connect().await.unwrap();
     let mut http = conn.http1(authority(80)).await.unwrap();
     let resp = http.send_request(get("/admin")).await.unwrap();

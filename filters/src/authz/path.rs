@@ -22,6 +22,11 @@ pub enum InvalidPath {
     /// The path contains an encoded NUL.
     #[error("path contains %00")]
     Nul,
+    /// Decoding made a new escape that a second decoding would turn into a character
+    /// policies never saw (`/%%36%31dmin` becomes `/%61dmin`, which an application that
+    /// decodes once reads as `/admin`).
+    #[error("path is percent-encoded twice")]
+    DoubleEncoded,
 }
 
 fn unreserved(b: u8) -> bool {
@@ -56,6 +61,8 @@ pub fn normalize(path: &str, level: Normalization) -> Result<String, InvalidPath
     }
     let bytes = path.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    // Where the escapes the path had, and keeps, start in `out`.
+    let mut kept: Vec<usize> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -70,6 +77,7 @@ pub fn normalize(path: &str, level: Normalization) -> Result<String, InvalidPath
                     out.push(if c == b'\\' { b'/' } else { c });
                 } else {
                     // Keep the escape, hex upper-cased (RFC 3986 §6.2.2.1).
+                    kept.push(out.len());
                     out.push(b'%');
                     out.push(bytes[i + 1].to_ascii_uppercase());
                     out.push(bytes[i + 2].to_ascii_uppercase());
@@ -80,6 +88,16 @@ pub fn normalize(path: &str, level: Normalization) -> Result<String, InvalidPath
         }
         out.push(if b == b'\\' { b'/' } else { b });
         i += 1;
+    }
+    // An escape in the output that is not one the path had was made by decoding (`%%36%31`
+    // becomes `%61`): refuse it, as authorization would otherwise match another path than
+    // an application that decodes once reads. Envoy forwards such paths; this is stricter
+    // on purpose.
+    let created = out.windows(3).enumerate().any(|(at, w)| {
+        w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some() && !kept.contains(&at)
+    });
+    if created {
+        return Err(InvalidPath::DoubleEncoded);
     }
     let decoded = String::from_utf8_lossy(&out).into_owned();
     let mut normalized = remove_dot_segments(&decoded);
@@ -135,6 +153,36 @@ fn remove_dot_segments(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_made_by_decoding_are_refused() {
+        for (path, level) in [
+            ("/%%36%31dmin", Normalization::Base),
+            ("/%%30%30", Normalization::Base),
+            ("/a%%32%46b", Normalization::DecodeAndMergeSlashes),
+        ] {
+            assert_eq!(
+                normalize(path, level),
+                Err(InvalidPath::DoubleEncoded),
+                "{path}"
+            );
+        }
+        // Any escape made by decoding, even of a character that stays encoded.
+        assert_eq!(
+            normalize("/a%%32%46b", Normalization::Base),
+            Err(InvalidPath::DoubleEncoded)
+        );
+        assert_eq!(
+            normalize("/x%%41a", Normalization::Base),
+            Err(InvalidPath::DoubleEncoded)
+        );
+        // Escapes the path had are kept, and a literal `%25` is not an escape.
+        assert_eq!(
+            normalize("/100%2561", Normalization::Base).unwrap(),
+            "/100%2561"
+        );
+        assert_eq!(normalize("/a%3fb", Normalization::Base).unwrap(), "/a%3Fb");
+    }
 
     #[test]
     fn base_normalization() {
