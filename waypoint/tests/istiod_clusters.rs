@@ -651,3 +651,56 @@ async fn warmup_ramps_a_joining_pod_up_over_its_window() {
         "the joining pod took {late} of 60 after"
     );
 }
+
+#[tokio::test]
+async fn locality_weights_split_traffic_between_localities() {
+    // DestinationRule `localityLbSetting.distribute: [{from: r1/*, to: {r1/z1/*: 80,
+    // r2/z2/*: 20}}]`: istiod sets `common_lb_config.locality_weighted_lb_config` on the
+    // cluster (loadbalancer.go, LocalityLBSettings.ApplyToCluster) and each locality's
+    // `load_balancing_weight` in EDS (applyLocalityWeights).
+    use envoy_types::pb::envoy::config::core::v3::Locality;
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, LocalityLbEndpoints,
+    };
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    let w = start_with_pod(Some(App::Echo), |_, cs, es, extra| {
+        add_endpoint(es, CLUSTER_8100, extra.unwrap());
+        let (_, e) = es.iter_mut().find(|(n, _)| n == CLUSTER_8100).unwrap();
+        let mut cla =
+            <ClusterLoadAssignment as prost::Message>::decode(e.value.as_slice()).unwrap();
+        let far = cla.endpoints[0].lb_endpoints.pop().unwrap();
+        cla.endpoints[0].locality = Some(Locality {
+            region: "r1".into(),
+            zone: "z1".into(),
+            ..Default::default()
+        });
+        cla.endpoints[0].load_balancing_weight = Some(UInt32Value { value: 80 });
+        cla.endpoints.push(LocalityLbEndpoints {
+            locality: Some(Locality {
+                region: "r2".into(),
+                zone: "z2".into(),
+                ..Default::default()
+            }),
+            lb_endpoints: vec![far],
+            load_balancing_weight: Some(UInt32Value { value: 20 }),
+            ..Default::default()
+        });
+        *e = fixture::any(ENDPOINT, &cla);
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            c["lb_policy"] = json!("ROUND_ROBIN");
+            c["common_lb_config"] = json!({"locality_weighted_lb_config": {}});
+        });
+    })
+    .await;
+    let mut near = 0;
+    for _ in 0..100 {
+        let a = get(&w, 8100, "/get").await;
+        assert_eq!(a.status, 200);
+        near += usize::from(a.echo()["pod"] == "httpbin-1");
+    }
+    // 80 expected; round robin over both pods would give 50.
+    assert!(
+        (65..=93).contains(&near),
+        "the 80-weight locality took {near} of 100"
+    );
+}

@@ -3,6 +3,7 @@
 //! default choice count; Istio's default policy), or consistent hashing ([`ring`]) for
 //! requests that have a hash.
 
+pub mod locality;
 pub mod outlier;
 pub mod ring;
 pub mod slow_start;
@@ -59,6 +60,8 @@ impl Balancing {
 struct Ejected<'a> {
     ejected: Option<(&'a outlier::Tracker, u64)>,
     level: Option<(&'a [u32], u32)>,
+    /// The locality drawn by weight, when the port balances localities by weight.
+    locality: Option<(&'a [u32], u32)>,
 }
 
 impl<'a> Ejected<'a> {
@@ -70,6 +73,7 @@ impl<'a> Ejected<'a> {
         let mut this = Ejected {
             ejected,
             level: None,
+            locality: None,
         };
         if let Some(priorities) = port.priorities() {
             // Without ejections the level is the configuration's; only outlier detection
@@ -86,12 +90,25 @@ impl<'a> Ejected<'a> {
         this
     }
 
+    /// Leaves out, as well, the endpoints outside a locality drawn by weight among those
+    /// that can take the request (all of them when none can).
+    fn in_weighted_locality(mut self, port: &'a ServicePort) -> Self {
+        if let Some(l) = port.localities() {
+            let usable = |i: usize| port.endpoints[i].address().is_some() && !self.contains(i);
+            let chosen = l.choose(usable).unwrap_or(u32::MAX);
+            self.locality = Some((l.of(), chosen));
+        }
+        self
+    }
+
     fn is_ejected(self, i: usize) -> bool {
         self.ejected.is_some_and(|(t, now)| t.is_ejected(i, now))
     }
 
     fn contains(self, i: usize) -> bool {
-        self.is_ejected(i) || self.level.is_some_and(|(p, level)| p[i] != level)
+        self.is_ejected(i)
+            || self.level.is_some_and(|(p, level)| p[i] != level)
+            || self.locality.is_some_and(|(of, l)| of[i] != l)
     }
 }
 
@@ -140,6 +157,7 @@ pub fn round_robin(port: &ServicePort) -> Option<&Endpoint> {
     let none = Ejected {
         ejected: None,
         level: None,
+        locality: None,
     };
     round_robin_index(port, none).map(|i| &port.endpoints[i])
 }
@@ -434,6 +452,12 @@ pub fn pick(
                 let now = outlier::now_ms();
                 s.ramping(now).then_some((s, now))
             });
+            let hashed = matches!((sp.balancing(), hash), (Balancing::Hash(_), Some(_)));
+            let ejected = if hashed {
+                ejected
+            } else {
+                ejected.in_weighted_locality(sp)
+            };
             let index = match (sp.balancing(), hash) {
                 (Balancing::Hash(ring), Some(h)) => ring.get_where(h, |i| !ejected.contains(i)),
                 (b, _) if ramping.is_some() => {

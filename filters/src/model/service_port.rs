@@ -55,6 +55,10 @@ pub struct ServicePort {
     /// Each endpoint's priority (its locality's), when they are not all the same.
     #[serde(skip)]
     priorities: Option<Box<[u32]>>,
+    /// Each endpoint's locality and each locality's weight, when localities are chosen by
+    /// weight before endpoints.
+    #[serde(skip)]
+    localities: Option<crate::balance::locality::Localities>,
     /// The limit on retries in flight (circuit breaker `max_retries` or `retry_budget`).
     #[serde(skip)]
     retry_limit: Option<crate::retry::limit::RetryLimit>,
@@ -108,6 +112,7 @@ impl ServicePort {
             retry_limit: None,
             retries: AtomicUsize::new(0),
             priorities: None,
+            localities: None,
             lowest_priority: None,
             upstream_protocol: super::UpstreamProtocol::for_port(protocol),
             dns: None,
@@ -143,6 +148,20 @@ impl ServicePort {
             self.priorities = Some(priorities.into_boxed_slice());
         }
         self
+    }
+
+    /// This port choosing a locality by weight before an endpoint: `(locality of each
+    /// endpoint, weight of each locality)`. `None`: endpoints are chosen directly.
+    pub fn with_locality_weights(mut self, weights: Option<(Vec<u32>, Vec<u32>)>) -> Self {
+        self.localities = weights
+            .filter(|(of, _)| of.len() == self.endpoints.len())
+            .map(|(of, w)| crate::balance::locality::Localities::new(of, w));
+        self
+    }
+
+    /// The localities, when chosen by weight.
+    pub fn localities(&self) -> Option<&crate::balance::locality::Localities> {
+        self.localities.as_ref()
     }
 
     /// Each endpoint's priority, when they differ.

@@ -42,6 +42,9 @@ pub struct ClusterInfo {
     pub outlier: Option<filters::balance::outlier::OutlierPolicy>,
     /// Slow start of new endpoints (DestinationRule `warmup`), if the cluster has it.
     pub slow_start: Option<filters::balance::slow_start::SlowStart>,
+    /// Localities are chosen by their weights (`common_lb_config.locality_weighted_lb_config`,
+    /// which istiod sets for `localityLbSetting` `distribute` or explicit failover).
+    pub locality_weighted: bool,
     /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
     pub tls: Option<filters::model::UpstreamTls>,
     /// The PROXY protocol header sent first on each connection (DestinationRule
@@ -133,6 +136,7 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         retry_limit: None,
         outlier: None,
         slow_start: None,
+        locality_weighted: false,
         tls: None,
         proxy_protocol: None,
         upstream_protocol: filters::model::UpstreamProtocol::for_port(protocol),
@@ -196,6 +200,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         retry_limit: retry_limit(c),
         outlier: super::outlier::convert(c)?,
         slow_start: super::slow_start::convert(c)?,
+        locality_weighted: locality_weighted(c),
         // Without options istiod means HTTP/1.1 for `http` ports, and always writes them
         // for the others; the port's protocol decides then.
         upstream_protocol: options
@@ -340,10 +345,14 @@ fn check_lb_configs(c: &Cluster) -> Result<(), InvalidResource> {
         }
     }
     if let Some(common) = &c.common_lb_config {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
         let unsupported = [
             (
-                "locality_config_specifier",
-                common.locality_config_specifier.is_some(),
+                "locality_config_specifier.zone_aware_lb_config",
+                matches!(
+                    common.locality_config_specifier,
+                    Some(LocalityConfigSpecifier::ZoneAwareLbConfig(_))
+                ),
             ),
             (
                 "consistent_hashing_lb_config",
@@ -363,6 +372,17 @@ fn check_lb_configs(c: &Cluster) -> Result<(), InvalidResource> {
         }
     }
     Ok(())
+}
+
+/// Whether localities are balanced by their weights.
+fn locality_weighted(c: &Cluster) -> bool {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
+    matches!(
+        c.common_lb_config
+            .as_ref()
+            .and_then(|l| l.locality_config_specifier.as_ref()),
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+    )
 }
 
 /// Istio's "no limit" is the largest u32; anything from 2^31 up counts as unlimited.

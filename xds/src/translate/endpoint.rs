@@ -28,6 +28,11 @@ pub struct EndpointInfo {
     /// The locality's priority (0 first; istiod's locality failover and
     /// `trafficDistribution: PreferClose` put farther localities at higher numbers).
     pub priority: u32,
+    /// Which of the assignment's localities it is in (its index).
+    pub locality: u32,
+    /// That locality's weight (`load_balancing_weight`; 0 when unset), which matters when
+    /// the cluster balances across localities by weight.
+    pub locality_weight: u32,
 }
 
 /// Istio's workload metadata on an endpoint.
@@ -128,6 +133,11 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, Invalid
                 workload,
                 weight,
                 priority: locality.priority,
+                locality: li as u32,
+                locality_weight: locality
+                    .load_balancing_weight
+                    .as_ref()
+                    .map_or(0, |w| w.value),
             });
         }
     }

@@ -239,6 +239,8 @@ fn service_port(
         Some(inline) => Some(inline),
         None => res.endpoints.get(&c.eds_name),
     };
+    let mut localities = Vec::new();
+    let mut locality_weights: Vec<u32> = Vec::new();
     let (eps, priorities): (Vec<Endpoint>, Vec<u32>) = assigned
         .into_iter()
         .flatten()
@@ -248,6 +250,12 @@ fn service_port(
                     workload: w.clone(),
                     port: e.address.port(),
                 };
+                let l = e.locality as usize;
+                if locality_weights.len() <= l {
+                    locality_weights.resize(l + 1, 0);
+                }
+                locality_weights[l] = e.locality_weight;
+                localities.push(e.locality);
                 (ep, e.priority)
             })
         })
@@ -274,6 +282,10 @@ fn service_port(
     ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
         .with_dns(dns)
         .with_priorities(priorities)
+        .with_locality_weights(
+            c.locality_weighted
+                .then_some((localities, locality_weights)),
+        )
         .with_balancing(c.balancing)
         .with_slow_start(c.slow_start)
         .with_max_requests(c.max_requests)
