@@ -19,6 +19,7 @@ pub mod body;
 pub mod dns;
 pub mod duration;
 pub mod error;
+pub mod forward_proxy;
 pub mod model;
 pub mod rbac;
 pub mod route;

@@ -9,9 +9,11 @@
 //! Implemented now: `resolution` STATIC, and DNS / DNS_ROUND_ROBIN (Envoy's STRICT_DNS /
 //! LOGICAL_DNS: every address, or the first one) with IP endpoints, or with one host-name
 //! endpoint, or with none (the host itself): a name becomes the port's
-//! [`DnsTarget`], resolved at run time outside the snapshot ([`filters::dns`]). Refused by
-//! field, never ignored: a host name among several endpoints, `resolution` NONE
-//! (original destination) and DYNAMIC_DNS (wildcard forward proxy), wildcard hosts,
+//! [`DnsTarget`], resolved at run time outside the snapshot ([`filters::dns`]); and
+//! DYNAMIC_DNS with a wildcard host (`*.example.com`): every port forwards to the host each
+//! request names ([`filters::forward_proxy`]), the VIPs being the ones istiod allocated
+//! (`status.addresses`). Refused by field, never ignored: a host name among several
+//! endpoints, `resolution` NONE (original destination), TLS ports with DYNAMIC_DNS,
 //! more than one host, CIDR addresses, `workloadSelector`, and the endpoint fields
 //! `network`, `locality`, `weight` and `serviceAccount`.
 
@@ -33,6 +35,26 @@ use super::LocalConfigError;
 pub struct ServiceEntry {
     pub(crate) metadata: ObjectMeta,
     pub(crate) spec: Spec,
+    /// What istiod wrote: the addresses it allocated (read for DYNAMIC_DNS entries, whose
+    /// `spec.addresses` must be empty).
+    #[serde(default)]
+    status: Option<Status>,
+}
+
+/// The part of the status the waypoint reads.
+#[derive(Debug, Deserialize)]
+struct Status {
+    #[serde(default)]
+    addresses: Vec<StatusAddress>,
+}
+
+/// An address istiod allocated to a host of the entry.
+#[derive(Debug, Deserialize)]
+struct StatusAddress {
+    value: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    host: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,14 +210,17 @@ impl ServiceEntry {
                 ))
             }
         };
+        let resolution = spec.resolution.unwrap_or(Resolution::None);
+        if resolution == Resolution::DynamicDns {
+            return self.forward_proxy(label, host, served, trust_domain);
+        }
         if host.is_empty() || host.contains('*') {
             return Err(invalid(
                 label,
                 "spec.hosts[0]",
-                format!("{host:?}: wildcard hosts need DYNAMIC_DNS, not implemented yet"),
+                format!("{host:?}: a wildcard host needs resolution DYNAMIC_DNS"),
             ));
         }
-        let resolution = spec.resolution.unwrap_or(Resolution::None);
         match resolution {
             Resolution::None => {
                 return Err(invalid(
@@ -204,14 +229,10 @@ impl ServiceEntry {
                     "NONE (original destination) is not implemented yet; use STATIC or DNS with IP endpoints",
                 ))
             }
-            Resolution::DynamicDns => {
-                return Err(invalid(
-                    label,
-                    "spec.resolution",
-                    "DYNAMIC_DNS (forward proxy for wildcard hosts) is not implemented yet",
-                ))
-            }
-            Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {}
+            Resolution::Static
+            | Resolution::Dns
+            | Resolution::DnsRoundRobin
+            | Resolution::DynamicDns => {}
         }
         if spec.endpoints.is_empty() && resolution == Resolution::Static {
             return Err(invalid(
@@ -297,6 +318,118 @@ impl ServiceEntry {
         Ok(Service {
             name: NamespacedName::new(ns, host),
             hostname: host.clone(),
+            vips,
+            ports,
+            served,
+        })
+    }
+
+    /// A DYNAMIC_DNS entry (istio's validation rules): a wildcard host, no `addresses`
+    /// (its VIPs are the ones istiod allocated, in `status.addresses`), no `endpoints`,
+    /// HTTP ports; each port forwards to the host each request names
+    /// ([`filters::forward_proxy`]).
+    fn forward_proxy(
+        &self,
+        label: &str,
+        host: &str,
+        served: bool,
+        trust_domain: &str,
+    ) -> Result<Service, LocalConfigError> {
+        let spec = &self.spec;
+        if !host.starts_with("*.") || host.len() < 3 || host[1..].contains('*') {
+            return Err(invalid(
+                label,
+                "spec.hosts[0]",
+                format!("{host:?}: DYNAMIC_DNS needs a wildcard host such as *.example.com"),
+            ));
+        }
+        if !spec.addresses.is_empty() {
+            return Err(invalid(
+                label,
+                "spec.addresses",
+                "must be empty with DYNAMIC_DNS (the addresses are allocated into status.addresses)",
+            ));
+        }
+        if !spec.endpoints.is_empty() {
+            return Err(invalid(
+                label,
+                "spec.endpoints",
+                "must be empty with DYNAMIC_DNS (the request's host is resolved)",
+            ));
+        }
+        if spec.location == Some(Location::MeshInternal) && served {
+            return Err(invalid(
+                label,
+                "spec.location",
+                "MESH_INTERNAL with DYNAMIC_DNS is not supported through a waypoint",
+            ));
+        }
+        let mut vips = Vec::new();
+        for (i, a) in self
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter())
+            .enumerate()
+        {
+            let ip: IpAddr = a.value.parse().map_err(|_| {
+                invalid(
+                    label,
+                    format!("status.addresses[{i}].value"),
+                    format!("{:?} is not an IP address", a.value),
+                )
+            })?;
+            if !vips.contains(&ip) {
+                vips.push(ip);
+            }
+        }
+        let workload = Arc::new(self.workload(host, Vec::new(), BTreeMap::new(), trust_domain));
+        let mut ports: Vec<ServicePort> = Vec::new();
+        for (i, p) in spec.ports.iter().enumerate() {
+            let field = |f: &str| format!("spec.ports[{i}].{f}");
+            let number = port_number(label, field("number"), p.number)?;
+            if ports.iter().any(|q| q.port == number) {
+                return Err(invalid(
+                    label,
+                    field("number"),
+                    format!("duplicate port {number}"),
+                ));
+            }
+            let protocol = Protocol::resolve(p.protocol.as_deref(), p.name.as_deref());
+            if !matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc) {
+                return Err(invalid(
+                    label,
+                    field("protocol"),
+                    format!(
+                        "{:?}: DYNAMIC_DNS forwards HTTP by its Host (TLS by SNI is not implemented yet)",
+                        p.protocol.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            let target = match p.target_port {
+                Some(t) => port_number(label, field("targetPort"), t)?,
+                None => number,
+            };
+            let proxy = filters::forward_proxy::ForwardProxy {
+                cache: host.to_string(),
+                wildcard: host.to_string(),
+                max_hosts: filters::forward_proxy::DEFAULT_MAX_HOSTS,
+                host_ttl: filters::forward_proxy::DEFAULT_HOST_TTL,
+                workload: workload.clone(),
+            };
+            ports.push(
+                ServicePort::new(
+                    p.name.clone(),
+                    number,
+                    TargetPort::Number(target),
+                    protocol,
+                    Vec::new(),
+                )
+                .with_forward_proxy(Some(Arc::new(proxy))),
+            );
+        }
+        Ok(Service {
+            name: NamespacedName::new(self.namespace(), host),
+            hostname: host.to_string(),
             vips,
             ports,
             served,
@@ -518,7 +651,7 @@ spec: {gatewayClassName: istio-waypoint}
             (
                 "resolution: STATIC",
                 "resolution: DYNAMIC_DNS",
-                "spec.resolution",
+                "spec.hosts[0]",
             ),
             (
                 "resolution: STATIC",
@@ -598,6 +731,64 @@ spec: {gatewayClassName: istio-waypoint}
         assert_eq!(
             (dns.hostname.as_str(), dns.port, dns.logical),
             ("api.example.test", 8080, false)
+        );
+    }
+
+    const WILDCARD: &str = "  hosts: ['*.example.test']\n  location: MESH_EXTERNAL\n  resolution: DYNAMIC_DNS\n  ports:\n  - {number: 80, name: http, protocol: HTTP}\n";
+    const ALLOCATED: &str =
+        "status:\n  addresses:\n  - {value: 240.240.0.9, host: '*.example.test'}\n";
+
+    #[test]
+    fn dynamic_dns_is_a_forward_proxy_on_the_allocated_address() {
+        let s = snap(&format!("{}{ALLOCATED}", entry(WILDCARD))).unwrap();
+        let svc = &s.services()["egress/*.example.test"];
+        assert_eq!(
+            svc.vips,
+            vec!["240.240.0.9".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let fp = svc.port(80).unwrap().forward_proxy().unwrap();
+        assert_eq!(fp.wildcard, "*.example.test");
+        assert_eq!(fp.max_hosts, filters::forward_proxy::DEFAULT_MAX_HOSTS);
+        assert!(s.resolve("240.240.0.9:80".parse().unwrap()).is_some());
+        let object = "ServiceEntry egress/api (document 3)";
+        for (from, to, field) in [
+            ("['*.example.test']", "[a.example.test]", "spec.hosts[0]"),
+            ("['*.example.test']", "['*']", "spec.hosts[0]"),
+            (
+                "location: MESH_EXTERNAL",
+                "addresses: [240.0.0.1]",
+                "spec.addresses",
+            ),
+            (
+                "location: MESH_EXTERNAL",
+                "location: MESH_INTERNAL",
+                "spec.location",
+            ),
+            (
+                "location: MESH_EXTERNAL",
+                "endpoints: [{address: 127.0.0.1}]",
+                "spec.endpoints",
+            ),
+            ("protocol: HTTP", "protocol: TLS", "spec.ports[0].protocol"),
+            ("protocol: HTTP", "protocol: TCP", "spec.ports[0].protocol"),
+        ] {
+            assert!(WILDCARD.contains(from), "{from}");
+            let err = refused(&WILDCARD.replace(from, to));
+            assert!(
+                err.starts_with(&format!("{object}: {field}")),
+                "{to}: {err}"
+            );
+        }
+        let bad = snap(&format!(
+            "{}{}",
+            entry(WILDCARD),
+            ALLOCATED.replace("240.240.0.9", "nope")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.starts_with(&format!("{object}: status.addresses[0].value")),
+            "{bad}"
         );
     }
 

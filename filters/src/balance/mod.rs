@@ -371,8 +371,6 @@ impl Drop for InFlight {
 fn pick_resolved(
     backend: &crate::route::Backend,
     service: &Arc<crate::model::Service>,
-    port: u16,
-    sp: &crate::model::ServicePort,
     dns: &crate::dns::DnsTarget,
 ) -> Result<Picked, crate::ProxyError> {
     let Some(address) = dns.pick() else {
@@ -384,6 +382,27 @@ fn pick_resolved(
         );
         return Err(crate::ProxyError::NoHealthyUpstream(backend.describe()));
     };
+    pick_address(backend, address, dns.workload.clone())
+}
+
+/// The pick of a port whose upstream is not a list of endpoints, once its address is
+/// known (a resolved name, or the host a request named): the port's circuit breaker
+/// applies; balancing, least request and outlier detection do not.
+pub fn pick_address(
+    backend: &crate::route::Backend,
+    address: std::net::SocketAddr,
+    workload: Arc<crate::model::Workload>,
+) -> Result<Picked, crate::ProxyError> {
+    let crate::route::Backend::Service { service, port } = backend else {
+        return Err(crate::ProxyError::Internal(format!(
+            "{} is not a Service port",
+            backend.describe()
+        )));
+    };
+    let (service, port) = (service, *port);
+    let sp = service.port(port).ok_or_else(|| {
+        crate::ProxyError::Internal(format!("{} has no port {port}", service.name))
+    })?;
     let counted = sp.counts_requests();
     if counted {
         let before = sp.requests().fetch_add(1, Ordering::Relaxed);
@@ -394,7 +413,7 @@ fn pick_resolved(
     }
     Ok(Picked {
         address,
-        workload: dns.workload.clone(),
+        workload,
         in_flight: counted.then(|| InFlight {
             service: service.clone(),
             port,
@@ -422,8 +441,17 @@ pub fn pick(
             let sp = service.port(*port).ok_or_else(|| {
                 ProxyError::Internal(format!("{} has no port {port}", service.name))
             })?;
-            if let Some(dns) = sp.dns() {
-                return pick_resolved(backend, service, *port, sp, dns);
+            if let Some(unlisted) = sp.unlisted() {
+                return match unlisted {
+                    crate::model::Unlisted::Dns(dns) => pick_resolved(backend, service, dns),
+                    // Needs the request's host: the binary resolves it ([`pick_address`]).
+                    crate::model::Unlisted::ForwardProxy(_) => {
+                        Err(ProxyError::NoHealthyUpstream(format!(
+                            "{} (a forward proxy port needs an HTTP request's host)",
+                            backend.describe()
+                        )))
+                    }
+                };
             }
             let ejected = Ejected::of(sp);
             let index = match (sp.balancing(), hash) {

@@ -70,10 +70,22 @@ pub struct ServicePort {
     pub proxy_protocol: Option<super::ProxyProtocolVersion>,
     #[serde(skip)]
     next: AtomicUsize,
-    /// The upstream named by a host name, resolved outside the snapshot (a DNS
-    /// ServiceEntry); when set, `endpoints` is empty.
+    /// The upstream when it is not a list of endpoints (a host name resolved outside the
+    /// snapshot, or the host each request names); when set, `endpoints` is empty.
     #[serde(skip_serializing_if = "Option::is_none")]
-    dns: Option<Arc<crate::dns::DnsTarget>>,
+    unlisted: Option<Unlisted>,
+}
+
+/// A port's upstream that is not a list of endpoints: one check on the pick path tells
+/// the mesh's ports (always `None`) from these.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unlisted {
+    /// A host name resolved outside the snapshot (a DNS ServiceEntry, [`crate::dns`]).
+    Dns(Arc<crate::dns::DnsTarget>),
+    /// The host each request names (a DYNAMIC_DNS ServiceEntry,
+    /// [`crate::forward_proxy`]).
+    ForwardProxy(Arc<crate::forward_proxy::ForwardProxy>),
 }
 
 impl ServicePort {
@@ -106,19 +118,49 @@ impl ServicePort {
             priorities: None,
             lowest_priority: None,
             upstream_protocol: super::UpstreamProtocol::for_port(protocol),
-            dns: None,
+            unlisted: None,
         }
     }
 
     /// Sets the upstream named by a host name ([`crate::dns`]).
     pub fn with_dns(mut self, target: Option<Arc<crate::dns::DnsTarget>>) -> Self {
-        self.dns = target;
+        if let Some(t) = target {
+            self.unlisted = Some(Unlisted::Dns(t));
+        }
+        self
+    }
+
+    /// This port forwarding to the host each request names
+    /// ([`crate::forward_proxy`]).
+    pub fn with_forward_proxy(
+        mut self,
+        proxy: Option<Arc<crate::forward_proxy::ForwardProxy>>,
+    ) -> Self {
+        if let Some(p) = proxy {
+            self.unlisted = Some(Unlisted::ForwardProxy(p));
+        }
         self
     }
 
     /// The upstream named by a host name, if the port has one.
     pub fn dns(&self) -> Option<&Arc<crate::dns::DnsTarget>> {
-        self.dns.as_ref()
+        match &self.unlisted {
+            Some(Unlisted::Dns(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The forward proxy, if the port is one.
+    pub fn forward_proxy(&self) -> Option<&Arc<crate::forward_proxy::ForwardProxy>> {
+        match &self.unlisted {
+            Some(Unlisted::ForwardProxy(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The upstream when it is not a list of endpoints.
+    pub fn unlisted(&self) -> Option<&Unlisted> {
+        self.unlisted.as_ref()
     }
 
     /// This port sending requests upstream in `protocol`'s HTTP version.

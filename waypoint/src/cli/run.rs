@@ -212,6 +212,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
     let interval = Duration::from_millis(args.watch_interval_ms);
     let resolver = crate::upstream::dns::resolver(args.dns_server)?;
+    crate::upstream::forward_proxy::hosts().set_resolver(resolver.clone());
     let tasks: Vec<Task> = vec![
         Box::pin(crate::upstream::dns::run(store.clone(), resolver)),
         source_task,
