@@ -50,6 +50,37 @@ const ROOTS: &[&str] = &[
     "stats/plugin_config.proto",
 ];
 
+/// Files whose relative type name `common.dynamic_forward_proxy.v3.DnsCacheConfig` would
+/// resolve, under protobuf's scoping rules, into a sibling `common` package their own
+/// imports define (`envoy.extensions.filters.common`, `envoy.extensions.clusters.common`);
+/// [`Qualifying`] reads them with that name fully qualified, as the API means it.
+const QUALIFIED: &[&str] = &[
+    "envoy/extensions/filters/http/dynamic_forward_proxy/v3/dynamic_forward_proxy.proto",
+    "envoy/extensions/clusters/dynamic_forward_proxy/v3/cluster.proto",
+];
+
+/// Opens files from the include directories, qualifying the DNS cache type in
+/// [`QUALIFIED`].
+struct Qualifying {
+    api: PathBuf,
+    chain: protox::file::ChainFileResolver,
+}
+
+impl protox::file::FileResolver for Qualifying {
+    fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
+        if !QUALIFIED.contains(&name) {
+            return self.chain.open_file(name);
+        }
+        let text = std::fs::read_to_string(self.api.join(name))
+            .map_err(|e| protox::Error::new(format!("{name}: {e}")))?
+            .replace(
+                " common.dynamic_forward_proxy.v3.DnsCacheConfig ",
+                " .envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig ",
+            );
+        protox::file::File::from_source(name, &text)
+    }
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=WAYPOINT_ENVOY_PROTO_DIR");
@@ -67,7 +98,20 @@ fn main() {
         proto.join("opentelemetry-proto"),
         proto.join("client_model"),
     ];
-    let fds = protox::compile(ROOTS, includes)
+    let mut chain = protox::file::ChainFileResolver::new();
+    for include in &includes {
+        chain.add(protox::file::IncludeFileResolver::new(include.clone()));
+    }
+    chain.add(protox::file::GoogleFileResolver::new());
+    let resolver = Qualifying {
+        api: proto.join("data-plane-api"),
+        chain,
+    };
+    let fds = protox::Compiler::with_file_resolver(resolver)
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(ROOTS.iter().chain(QUALIFIED))
+        .map(|c| c.file_descriptor_set())
         .unwrap_or_else(|e| panic!("compiling Envoy protos in {}: {e:?}", proto.display()));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(out.join("envoy.bin"), prost::Message::encode_to_vec(&fds))

@@ -25,8 +25,9 @@ pub struct ForwardProxy {
     /// The DNS cache this port resolves through (istiod's `<host>_dfp_dns_cache`, or the
     /// ServiceEntry host locally); ports naming the same cache share it.
     pub cache: String,
-    /// The wildcard host the request's host must fall under (`*.example.test`).
-    pub wildcard: String,
+    /// The wildcard host the request's host must fall under (`*.example.test`); `None`
+    /// over xDS, where the virtual host's domains restrict the hosts as Envoy's do.
+    pub wildcard: Option<String>,
     /// The most hosts the cache holds (`max_hosts`); a new host beyond it is refused
     /// (503 `UO`, Envoy's "DNS cache overflow").
     pub max_hosts: usize,
@@ -42,13 +43,16 @@ impl ForwardProxy {
     /// Whether `host` (no port, any case) falls under the wildcard: `*.example.test` takes
     /// `a.example.test` and `a.b.example.test`, not `example.test`.
     pub fn covers(&self, host: &str) -> bool {
-        match self.wildcard.strip_prefix('*') {
+        let Some(wildcard) = &self.wildcard else {
+            return true;
+        };
+        match wildcard.strip_prefix('*') {
             Some(suffix) => {
                 host.len() > suffix.len()
                     && host.as_bytes()[host.len() - suffix.len()..]
                         .eq_ignore_ascii_case(suffix.as_bytes())
             }
-            None => host.eq_ignore_ascii_case(&self.wildcard),
+            None => host.eq_ignore_ascii_case(wildcard),
         }
     }
 
@@ -84,7 +88,7 @@ mod tests {
     fn proxy(wildcard: &str) -> ForwardProxy {
         ForwardProxy {
             cache: wildcard.into(),
-            wildcard: wildcard.into(),
+            wildcard: Some(wildcard.into()),
             max_hosts: DEFAULT_MAX_HOSTS,
             host_ttl: DEFAULT_HOST_TTL,
             workload: Arc::new(Workload {

@@ -411,7 +411,7 @@ impl ServiceEntry {
             };
             let proxy = filters::forward_proxy::ForwardProxy {
                 cache: host.to_string(),
-                wildcard: host.to_string(),
+                wildcard: Some(host.to_string()),
                 max_hosts: filters::forward_proxy::DEFAULT_MAX_HOSTS,
                 host_ttl: filters::forward_proxy::DEFAULT_HOST_TTL,
                 workload: workload.clone(),
@@ -747,7 +747,7 @@ spec: {gatewayClassName: istio-waypoint}
             vec!["240.240.0.9".parse::<std::net::IpAddr>().unwrap()]
         );
         let fp = svc.port(80).unwrap().forward_proxy().unwrap();
-        assert_eq!(fp.wildcard, "*.example.test");
+        assert_eq!(fp.wildcard.as_deref(), Some("*.example.test"));
         assert_eq!(fp.max_hosts, filters::forward_proxy::DEFAULT_MAX_HOSTS);
         assert!(s.resolve("240.240.0.9:80".parse().unwrap()).is_some());
         let object = "ServiceEntry egress/api (document 3)";

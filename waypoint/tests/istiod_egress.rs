@@ -140,3 +140,176 @@ async fn host_names_among_several_endpoints_are_nacked_by_field() {
         "{e}"
     );
 }
+
+/// istiod's DNS cache for a wildcard host (`model.BuildDNSCacheName`).
+const DFP_CACHE: &str = "*.example.test_dfp_dns_cache";
+
+/// `buildDFPCluster` (pilot/pkg/networking/core/cluster_builder.go, from
+/// `buildWaypointInboundVIPCluster` in cluster_waypoint.go for `resolution: DYNAMIC_DNS`):
+/// the `envoy.clusters.dynamic_forward_proxy` custom type over a DNS cache, balanced by the
+/// cluster itself; `cache` is merged into the cache configuration.
+fn dfp_cluster(c: &mut serde_json::Value, cache: &serde_json::Value) {
+    let o = c.as_object_mut().unwrap();
+    o.remove("eds_cluster_config");
+    o.remove("type");
+    let mut dns_cache = json!({"name": DFP_CACHE, "dns_lookup_family": "V4_ONLY"});
+    for (k, v) in cache.as_object().unwrap() {
+        dns_cache[k] = v.clone();
+    }
+    o.insert("lb_policy".into(), json!("CLUSTER_PROVIDED"));
+    o.insert(
+        "cluster_type".into(),
+        json!({"name": "envoy.clusters.dynamic_forward_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+            "dns_cache_config": dns_cache}}),
+    );
+}
+
+/// The chain of a DYNAMIC_DNS Service: the `envoy.filters.http.dynamic_forward_proxy`
+/// filter before the router (`BuildWaypointInboundDFPFilter`, pilot/pkg/xds/filters/
+/// filters.go, added in listener_builder.go), and virtual host domains restricted to the
+/// wildcard host (`buildRouteVHostDomains`, listener_waypoint.go).
+fn dfp_chain(ls: &mut Named, cache: &serde_json::Value) {
+    let mut dns_cache = json!({"name": DFP_CACHE, "dns_lookup_family": "V4_ONLY"});
+    for (k, v) in cache.as_object().unwrap() {
+        dns_cache[k] = v.clone();
+    }
+    fixture::edit_listener(ls, |l| {
+        for chain in l["filter_chains"].as_array_mut().unwrap() {
+            if !chain["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("inbound-vip|8100|"))
+            {
+                continue;
+            }
+            let hcm = &mut chain["filters"][0]["typed_config"];
+            for vh in hcm["route_config"]["virtual_hosts"].as_array_mut().unwrap() {
+                vh["domains"] = json!(["*.example.test"]);
+            }
+            let list = hcm["http_filters"].as_array_mut().unwrap();
+            let router = list.len() - 1;
+            list.insert(router, json!({"name": "envoy.filters.http.dynamic_forward_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+                "dns_cache_config": dns_cache.clone()}}));
+        }
+    });
+}
+
+/// `GET /` to port 8100 with `Host: host`: the status and, on 200, the answering server.
+async fn get_host(w: &World, host: &str) -> (u16, Option<String>) {
+    let conn = w.client.connect().await.unwrap();
+    let mut http = conn
+        .http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+        .await
+        .unwrap();
+    let req = http::Request::get("/")
+        .header("host", host)
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let pod = (status == 200).then(|| {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["pod"].as_str().unwrap().to_string()
+    });
+    (status, pod)
+}
+
+async fn start_dfp(dns: &testkit::dns_server::DnsServer, cache: serde_json::Value) -> World {
+    let server = dns.addr.to_string();
+    start_with_args(None, &["--dns-server", &server], |ls, cs, _, _| {
+        edit_cluster(cs, CLUSTER_8100, |c| dfp_cluster(c, &cache));
+        dfp_chain(ls, &cache);
+    })
+    .await
+}
+
+/// `TestWaypointAsEgressGatewayForWildcardEntries` (tests/integration/ambient/
+/// waypoint_test.go) over istiod's shapes: two hosts under the wildcard, each reached by
+/// its Host; a Host outside it matches no virtual host (404); an unresolvable one 503.
+#[tokio::test]
+async fn the_dynamic_forward_proxy_reaches_each_host_the_request_names() {
+    let dns = testkit::dns_server::DnsServer::start().await.unwrap();
+    let (a, _sa) = external("a").await;
+    let (b, _sb) = external("b").await;
+    let (IpAddr::V4(a), IpAddr::V4(b)) = (a, b) else {
+        panic!("IPv4 loopback expected")
+    };
+    dns.set("a.example.test", &[a], 30);
+    dns.set("b.example.test", &[b], 30);
+    let w = start_dfp(&dns, json!({})).await;
+    for _ in 0..3 {
+        assert_eq!(
+            get_host(&w, "a.example.test:8080").await,
+            (200, Some("a".into()))
+        );
+        assert_eq!(
+            get_host(&w, "b.example.test:8080").await,
+            (200, Some("b".into()))
+        );
+    }
+    assert_eq!(dns.queries_for("b.example.test"), 1, "cached for the TTL");
+    assert_eq!(get_host(&w, "a.example.org:8080").await, (404, None));
+    assert_eq!(get_host(&w, "nowhere.example.test:8080").await, (503, None));
+    // The other port's EDS cluster still reaches the mesh pod.
+    assert_eq!(get(&w, 8000, "/get").await.echo()["pod"], "httpbin-1");
+}
+
+/// `max_hosts` (Envoy's DNS cache bound; istiod leaves the default, 1024) takes effect: a
+/// new host beyond it is refused with 503, Envoy's "DNS cache overflow".
+#[tokio::test]
+async fn the_dns_cache_is_bounded_by_max_hosts() {
+    let dns = testkit::dns_server::DnsServer::start().await.unwrap();
+    let (a, _sa) = external("a").await;
+    let IpAddr::V4(a) = a else {
+        panic!("IPv4 loopback expected")
+    };
+    dns.set("a.example.test", &[a], 30);
+    dns.set("b.example.test", &[a], 30);
+    let w = start_dfp(&dns, json!({"max_hosts": 1})).await;
+    assert_eq!(
+        get_host(&w, "a.example.test:8080").await,
+        (200, Some("a".into()))
+    );
+    let conn = w.client.connect().await.unwrap();
+    let mut http = conn
+        .http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+        .await
+        .unwrap();
+    let req = http::Request::get("/")
+        .header("host", "b.example.test:8080")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"DNS cache overflow");
+    assert_eq!(
+        dns.queries_for("b.example.test"),
+        0,
+        "refused before any lookup"
+    );
+    // The cached host still answers.
+    assert_eq!(
+        get_host(&w, "a.example.test:8080").await,
+        (200, Some("a".into()))
+    );
+}
+
+#[tokio::test]
+async fn dns_cache_fields_not_implemented_are_nacked_by_field() {
+    let w = start(|ls, cs, _| {
+        let cache =
+            json!({"preresolve_hostnames": [{"address": "a.example.test", "port_value": 80}]});
+        edit_cluster(cs, CLUSTER_8100, |c| dfp_cluster(c, &cache));
+        dfp_chain(ls, &json!({}));
+    })
+    .await;
+    let e = nack(&w).await;
+    assert!(
+        e.contains(CLUSTER_8100)
+            && e.contains("cluster_type.typed_config.dns_cache_config.preresolve_hostnames"),
+        "{e}"
+    );
+}

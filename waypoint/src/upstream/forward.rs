@@ -147,12 +147,12 @@ async fn pick_forwarded(
     let Some((host, upstream_port)) = fp.target(authority, tls) else {
         tracing::info!(
             authority,
-            wildcard = %fp.wildcard,
+            wildcard = ?fp.wildcard,
             "forward proxy: the request's host is not under the wildcard (404 NR)"
         );
         return Err(ProxyError::NoRoute(format!(
             "host {authority:?} is not under {}",
-            fp.wildcard
+            fp.wildcard.as_deref().unwrap_or("the forward proxy")
         )));
     };
     let (address, workload) = crate::upstream::forward_proxy::hosts()

@@ -53,6 +53,8 @@ pub struct ClusterInfo {
     pub inline_endpoints: Option<Vec<super::endpoint::EndpointInfo>>,
     /// The host name of a STRICT_DNS / LOGICAL_DNS cluster, resolved at run time.
     pub dns: Option<super::inline_cluster::DnsName>,
+    /// The DNS cache of a dynamic forward proxy cluster (the host comes from each request).
+    pub forward_proxy: Option<super::forward_proxy::DnsCache>,
 }
 
 /// Parses `inbound-vip|8000|http|httpbin.default.svc.cluster.local`.
@@ -137,6 +139,7 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         subset: None,
         inline_endpoints: None,
         dns: None,
+        forward_proxy: None,
     })
 }
 
@@ -149,12 +152,27 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             "not an inbound-vip|<port>|<protocol>|<host> cluster".into(),
         ));
     };
-    let (inline_endpoints, dns) = match super::inline_cluster::endpoints(c)? {
-        None => (None, None),
-        Some(super::inline_cluster::Inline::Endpoints(eps)) => (Some(eps), None),
-        Some(super::inline_cluster::Inline::Dns(name)) => (Some(Vec::new()), Some(name)),
+    use super::inline_cluster::Inline;
+    let (inline_endpoints, dns, forward_proxy) = match super::inline_cluster::endpoints(c)? {
+        None => (None, None, None),
+        Some(Inline::Endpoints(eps)) => (Some(eps), None, None),
+        Some(Inline::Dns(name)) => (Some(Vec::new()), Some(name), None),
+        Some(Inline::ForwardProxy(cache)) => (Some(Vec::new()), None, Some(cache)),
     };
-    check_load_balancing(c)?;
+    if (forward_proxy.is_some() || dns.is_some()) && c.outlier_detection.is_some() {
+        return Err(bad(
+            "outlier_detection",
+            "ejecting the addresses a host name resolves to is not implemented".into(),
+        ));
+    }
+    if forward_proxy.is_some() {
+        // CLUSTER_PROVIDED (checked with the cluster type); nothing else may be set.
+        let mut rest = c.clone();
+        rest.lb_policy = 0;
+        check_load_balancing(&rest)?;
+    } else {
+        check_load_balancing(c)?;
+    }
     check_resilience(c)?;
     let options = super::protocol_options::convert(c)
         .map_err(|(field, reason)| invalid(c, &field, reason))?;
@@ -202,6 +220,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         proxy_protocol,
         inline_endpoints,
         dns,
+        forward_proxy,
     })
 }
 

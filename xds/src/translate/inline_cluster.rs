@@ -13,8 +13,9 @@
 //! resolver settings istiod writes (`dns_lookup_family`, `dns_refresh_rate`,
 //! `respect_dns_ttl`, `dns_jitter`, the c-ares `typed_dns_resolver_config`) are accepted
 //! and not read: the waypoint always honours TTLs (at least 1 s apart) and asks for A
-//! records, then AAAA when there are none. ORIGINAL_DST (`resolution: NONE`) and custom
-//! cluster types (the dynamic forward proxy of `DYNAMIC_DNS`) are refused.
+//! records, then AAAA when there are none. The dynamic forward proxy's custom cluster type
+//! (`DYNAMIC_DNS`) is [`super::forward_proxy`]'s; ORIGINAL_DST (`resolution: NONE`) and
+//! other custom cluster types are refused.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
@@ -34,6 +35,8 @@ pub enum Inline {
     Endpoints(Vec<EndpointInfo>),
     /// One host name, resolved at run time ([`filters::dns`]).
     Dns(DnsName),
+    /// No endpoints: the host each request names ([`super::forward_proxy`]).
+    ForwardProxy(super::forward_proxy::DnsCache),
 }
 
 /// The host name of a STRICT_DNS / LOGICAL_DNS cluster's one endpoint.
@@ -53,14 +56,18 @@ pub struct DnsName {
 pub fn endpoints(c: &Cluster) -> Result<Option<Inline>, InvalidResource> {
     let t = match &c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t).ok(),
+        Some(ClusterDiscoveryType::ClusterType(custom))
+            if custom.name == super::forward_proxy::CLUSTER_TYPE =>
+        {
+            return super::forward_proxy::cluster(c, custom)
+                .map(|cache| Some(Inline::ForwardProxy(cache)))
+                .map_err(|(field, reason)| invalid(c, &field, reason));
+        }
         Some(ClusterDiscoveryType::ClusterType(custom)) => {
             return Err(invalid(
                 c,
-                "cluster_type",
-                format!(
-                    "custom cluster type {:?} (the dynamic forward proxy of a DYNAMIC_DNS ServiceEntry) is not implemented yet",
-                    custom.name
-                ),
+                "cluster_type.name",
+                format!("custom cluster type {:?} is not implemented", custom.name),
             ))
         }
         None => Some(DiscoveryType::Static),

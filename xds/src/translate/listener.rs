@@ -460,6 +460,13 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
                     }
                 }
             }
+            super::forward_proxy::HTTP_FILTER => {
+                let Some(ConfigType::TypedConfig(a)) = &f.config_type else {
+                    return Err((fat, "missing typed_config".into()));
+                };
+                // The cluster's DNS cache does the work; the filter is validated.
+                super::forward_proxy::http_filter(a, &fat)?;
+            }
             "istio.stats" => {
                 let any = match &f.config_type {
                     Some(ConfigType::TypedConfig(a)) => Some(a),

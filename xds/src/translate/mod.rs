@@ -12,6 +12,7 @@ mod connection_manager;
 pub mod endpoint;
 mod error;
 pub mod ext_authz;
+pub mod forward_proxy;
 pub mod inline_cluster;
 pub mod jwt;
 pub mod listener;
@@ -270,8 +271,26 @@ fn service_port(
         ))
     });
     let target = dns.as_ref().map(|d| d.port).unwrap_or(target);
+    let forward_proxy = c.forward_proxy.as_ref().map(|cache| {
+        Arc::new(filters::forward_proxy::ForwardProxy {
+            cache: cache.name.clone(),
+            wildcard: None,
+            max_hosts: cache.max_hosts,
+            host_ttl: cache.host_ttl,
+            workload: Arc::new(Workload {
+                name: NamespacedName::new(&c.namespace, &c.host),
+                ips: Vec::new(),
+                identity: filters::model::Identity::new(trust_domain, &c.namespace, ""),
+                labels: Default::default(),
+                hbone: false,
+                served: false,
+                named_ports: Default::default(),
+            }),
+        })
+    });
     ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
         .with_dns(dns)
+        .with_forward_proxy(forward_proxy)
         .with_priorities(priorities)
         .with_balancing(c.balancing)
         .with_max_requests(c.max_requests)
