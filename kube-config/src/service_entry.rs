@@ -214,21 +214,18 @@ impl ServiceEntry {
         if resolution == Resolution::DynamicDns {
             return self.forward_proxy(label, host, served, trust_domain);
         }
+        if resolution == Resolution::None {
+            return self.original_dst(label, host, served, trust_domain);
+        }
         if host.is_empty() || host.contains('*') {
             return Err(invalid(
                 label,
                 "spec.hosts[0]",
-                format!("{host:?}: a wildcard host needs resolution DYNAMIC_DNS"),
+                format!("{host:?}: a wildcard host needs resolution DYNAMIC_DNS or NONE"),
             ));
         }
         match resolution {
-            Resolution::None => {
-                return Err(invalid(
-                    label,
-                    "spec.resolution",
-                    "NONE (original destination) is not implemented yet; use STATIC or DNS with IP endpoints",
-                ))
-            }
+            Resolution::None => unreachable!("handled above"),
             Resolution::Static
             | Resolution::Dns
             | Resolution::DnsRoundRobin
@@ -425,6 +422,85 @@ impl ServiceEntry {
                     Vec::new(),
                 )
                 .with_forward_proxy(Some(Arc::new(proxy))),
+            );
+        }
+        Ok(Service {
+            name: NamespacedName::new(self.namespace(), host),
+            hostname: host.to_string(),
+            vips,
+            ports,
+            served,
+        })
+    }
+
+    /// A `resolution: NONE` entry: every port sends to the tunnel's original destination
+    /// (the address the client connected to, one of `addresses`), at the port's
+    /// `targetPort` when it has one (istiod's `upstream_port_override`); `endpoints` must
+    /// be empty (istio's validation).
+    fn original_dst(
+        &self,
+        label: &str,
+        host: &str,
+        served: bool,
+        trust_domain: &str,
+    ) -> Result<Service, LocalConfigError> {
+        let spec = &self.spec;
+        if host.is_empty() || host == "*" || host[1..].contains('*') {
+            return Err(invalid(
+                label,
+                "spec.hosts[0]",
+                format!("{host:?} is not a host"),
+            ));
+        }
+        if !spec.endpoints.is_empty() {
+            return Err(invalid(
+                label,
+                "spec.endpoints",
+                "must be empty with resolution NONE (the destination is the address connected to)",
+            ));
+        }
+        let mut vips = Vec::new();
+        for (i, raw) in spec.addresses.iter().enumerate() {
+            let ip: IpAddr = raw.parse().map_err(|_| {
+                invalid(
+                    label,
+                    format!("spec.addresses[{i}]"),
+                    format!("{raw:?}: only IP addresses are implemented (no CIDR ranges)"),
+                )
+            })?;
+            if !vips.contains(&ip) {
+                vips.push(ip);
+            }
+        }
+        let workload = Arc::new(self.workload(host, Vec::new(), BTreeMap::new(), trust_domain));
+        let mut ports: Vec<ServicePort> = Vec::new();
+        for (i, p) in spec.ports.iter().enumerate() {
+            let field = |f: &str| format!("spec.ports[{i}].{f}");
+            let number = port_number(label, field("number"), p.number)?;
+            if ports.iter().any(|q| q.port == number) {
+                return Err(invalid(
+                    label,
+                    field("number"),
+                    format!("duplicate port {number}"),
+                ));
+            }
+            let port_override = p
+                .target_port
+                .map(|t| port_number(label, field("targetPort"), t))
+                .transpose()?;
+            let original = filters::model::OriginalDst {
+                port_override,
+                workload: workload.clone(),
+            };
+            ports.push(
+                ServicePort::new(
+                    p.name.clone(),
+                    number,
+                    TargetPort::Number(port_override.unwrap_or(number)),
+                    Protocol::resolve(p.protocol.as_deref(), p.name.as_deref()),
+                    Vec::new(),
+                )
+                .with_original_dst(Some(Arc::new(original))),
             );
         }
         Ok(Service {
@@ -647,7 +723,7 @@ spec: {gatewayClassName: istio-waypoint}
     fn fields_not_implemented_or_invalid_are_refused_by_name() {
         let object = "ServiceEntry egress/api (document 3)";
         for (from, to, field) in [
-            ("resolution: STATIC", "resolution: NONE", "spec.resolution"),
+            ("resolution: STATIC", "resolution: NONE", "spec.endpoints"),
             (
                 "resolution: STATIC",
                 "resolution: DYNAMIC_DNS",
@@ -790,6 +866,40 @@ spec: {gatewayClassName: istio-waypoint}
             bad.starts_with(&format!("{object}: status.addresses[0].value")),
             "{bad}"
         );
+    }
+
+    #[test]
+    fn resolution_none_sends_to_the_original_destination_at_the_target_port() {
+        let none = &STATIC[..STATIC.find("  endpoints:").unwrap()].replace("STATIC", "NONE");
+        let s = snap(&entry(none)).unwrap();
+        let svc = &s.services()["egress/api.example.test"];
+        let http = svc.port(80).unwrap();
+        assert!(http.endpoints.is_empty());
+        assert_eq!(http.original_dst().unwrap().port_override, Some(8080));
+        assert_eq!(
+            svc.port(9000)
+                .unwrap()
+                .original_dst()
+                .unwrap()
+                .port_override,
+            None
+        );
+        // Wildcard hosts are fine with NONE (the address decides).
+        let wild = none.replace("[api.example.test]", "['*.example.test']");
+        assert!(snap(&entry(&wild)).is_ok());
+    }
+
+    #[test]
+    fn headless_services_send_to_the_original_destination() {
+        let text = format!(
+            "{MESH}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: db\n  namespace: egress\n  labels: {{istio.io/use-waypoint: waypoint}}\nspec:\n  clusterIP: None\n  selector: {{app: db}}\n  ports:\n  - {{name: tcp, port: 5432}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: db-0\n  namespace: egress\n  labels: {{app: db}}\nspec:\n  containers: [{{name: db}}]\nstatus:\n  podIP: 127.0.9.1\n  conditions: [{{type: Ready, status: 'True'}}]\n"
+        );
+        let s = snap(&text).unwrap();
+        let svc = &s.services()["egress/db"];
+        assert!(svc.vips.is_empty());
+        let port = svc.port(5432).unwrap();
+        assert!(port.endpoints.is_empty());
+        assert_eq!(port.original_dst().unwrap().port_override, None);
     }
 
     #[test]

@@ -299,6 +299,9 @@ fn service(
             ports.push(port);
         }
     }
+    if svc.spec.cluster_ip.as_deref() == Some("None") {
+        ports = headless(ns, &svc.metadata.name, ports, options);
+    }
     Ok(Service {
         name: NamespacedName::new(ns, &svc.metadata.name),
         hostname: format!("{}.{ns}.svc.{}", svc.metadata.name, options.domain_suffix),
@@ -306,6 +309,38 @@ fn service(
         ports,
         served,
     })
+}
+
+/// The ports of a headless Service (`clusterIP: None`) as istiod's ORIGINAL_DST cluster
+/// makes them: no endpoints to pick from, the upstream being the tunnel's original
+/// destination (for the pod-addressed traffic clients of a headless Service send, the pod
+/// itself, over HBONE when it is in the mesh).
+fn headless(
+    ns: &str,
+    name: &str,
+    ports: Vec<ServicePort>,
+    options: &SourceOptions,
+) -> Vec<ServicePort> {
+    let workload = Arc::new(Workload {
+        name: NamespacedName::new(ns, name),
+        ips: Vec::new(),
+        identity: Identity::new(&options.trust_domain, ns, "default"),
+        labels: BTreeMap::new(),
+        hbone: false,
+        served: false,
+        named_ports: BTreeMap::new(),
+    });
+    ports
+        .into_iter()
+        .map(|p| {
+            let original = filters::model::OriginalDst {
+                port_override: None,
+                workload: workload.clone(),
+            };
+            ServicePort::new(p.name, p.port, p.target_port, p.protocol, Vec::new())
+                .with_original_dst(Some(Arc::new(original)))
+        })
+        .collect()
 }
 
 /// Applies the DestinationRule for `svc`'s host (one in the Service's own namespace first,

@@ -313,3 +313,62 @@ async fn dns_cache_fields_not_implemented_are_nacked_by_field() {
         "{e}"
     );
 }
+
+/// istiod's ORIGINAL_DST cluster for a ServiceEntry with `resolution: NONE`
+/// (`convertResolution`, pilot/pkg/networking/core/cluster.go; `buildCluster` in
+/// cluster_builder.go sets `original_dst_lb_config.upstream_port_override` from the port's
+/// `targetPort`; `buildWaypointInboundVIPCluster`, cluster_waypoint.go, sets
+/// CLUSTER_PROVIDED), with `lb` merged into its `original_dst_lb_config`.
+fn original_dst_cluster(c: &mut serde_json::Value, lb: serde_json::Value) {
+    let o = c.as_object_mut().unwrap();
+    o.remove("eds_cluster_config");
+    o.insert("type".into(), json!("ORIGINAL_DST"));
+    o.insert("lb_policy".into(), json!("CLUSTER_PROVIDED"));
+    let mut config = json!({"upstream_port_override": 8080});
+    for (k, v) in lb.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    o.insert("original_dst_lb_config".into(), config);
+}
+
+/// The tunnel to the VIP on port 8100 goes to the VIP itself (the address the client
+/// connected to: for `resolution: NONE` the entry's addresses are the real destinations),
+/// at the overriding port 8080, over plain TCP.
+#[tokio::test]
+async fn original_dst_clusters_send_to_the_tunnels_destination() {
+    let vip: IpAddr = VIP.parse().unwrap();
+    let _at_vip = testkit::echo::serve_plain(
+        SocketAddr::new(vip, 8080),
+        testkit::echo::EchoIdentity {
+            pod: "original-destination".into(),
+            namespace: "internet".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let w =
+        start(|_, cs, _| edit_cluster(cs, CLUSTER_8100, |c| original_dst_cluster(c, json!({}))))
+            .await;
+    for _ in 0..3 {
+        let answer = get(&w, 8100, "/get").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.echo()["pod"], "original-destination");
+    }
+    // The other port's EDS cluster still reaches the mesh pod.
+    assert_eq!(get(&w, 8000, "/get").await.echo()["pod"], "httpbin-1");
+}
+
+#[tokio::test]
+async fn original_dst_from_a_request_header_is_nacked_by_field() {
+    let w = start(|_, cs, _| {
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            original_dst_cluster(c, json!({"use_http_header": true}))
+        })
+    })
+    .await;
+    let e = nack(&w).await;
+    assert!(
+        e.contains(CLUSTER_8100) && e.contains("original_dst_lb_config.use_http_header"),
+        "{e}"
+    );
+}

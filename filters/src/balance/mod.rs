@@ -260,6 +260,60 @@ mod tests {
             assert_eq!(pick(&hashed, Some(42)).unwrap().workload.name.name, first);
         }
     }
+
+    #[test]
+    fn original_destination_is_the_authority_over_hbone_for_mesh_pods_only() {
+        let ctx = crate::model::test_support::context();
+        let outside = Arc::new(crate::model::Workload {
+            hbone: false,
+            ..(*ep("outside", None).workload).clone()
+        });
+        let original = crate::model::OriginalDst {
+            port_override: Some(9443),
+            workload: outside,
+        };
+        let port = ServicePort::new(None, 443, TargetPort::Number(443), Protocol::Tcp, vec![])
+            .with_original_dst(Some(Arc::new(original)));
+        let backend = crate::route::Backend::Service {
+            service: Arc::new(Service {
+                name: NamespacedName::new("default", "headless"),
+                hostname: "headless.default.svc.cluster.local".into(),
+                vips: vec![],
+                ports: vec![port],
+                served: true,
+            }),
+            port: 443,
+        };
+        let crate::route::Backend::Service { service, .. } = &backend else {
+            unreachable!()
+        };
+        let o = service.port(443).unwrap().original_dst().unwrap();
+        // The test snapshot's mesh pod: HBONE to it, at the overriding port.
+        let p = pick_original(
+            &backend,
+            o,
+            "127.128.0.1:443".parse().unwrap(),
+            &ctx.snapshot,
+        )
+        .unwrap();
+        assert_eq!(p.address, "127.128.0.1:9443".parse().unwrap());
+        assert!(p.workload.hbone);
+        // Any other address: plain TCP.
+        let p = pick_original(
+            &backend,
+            o,
+            "127.200.0.9:443".parse().unwrap(),
+            &ctx.snapshot,
+        )
+        .unwrap();
+        assert_eq!(p.address, "127.200.0.9:9443".parse().unwrap());
+        assert!(!p.workload.hbone);
+        // Without the tunnel's destination there is nothing to pick.
+        assert!(matches!(
+            pick(&backend, None),
+            Err(crate::ProxyError::NoHealthyUpstream(_))
+        ));
+    }
 }
 
 /// An endpoint chosen for one request or tunnel.
@@ -427,6 +481,24 @@ pub fn pick_address(
     })
 }
 
+/// The endpoint of an original-destination port ([`crate::model::OriginalDst`]): the
+/// tunnel's `authority` (its port replaced by the override, if any), reached over HBONE
+/// when `snapshot` knows it as a mesh workload, else over plain TCP.
+pub fn pick_original(
+    backend: &crate::route::Backend,
+    original: &crate::model::OriginalDst,
+    authority: std::net::SocketAddr,
+    snapshot: &crate::model::Snapshot,
+) -> Result<Picked, crate::ProxyError> {
+    let port = original.port_override.unwrap_or(authority.port());
+    let address = std::net::SocketAddr::new(authority.ip(), port);
+    let workload = match snapshot.workload(authority.ip()) {
+        Some(w) if w.hbone => w.clone(),
+        _ => original.workload.clone(),
+    };
+    pick_address(backend, address, workload)
+}
+
 /// Chooses the endpoint for `backend`: by `hash` when the Service port balances by
 /// consistent hashing and the request has one, else round-robin over the port's endpoints;
 /// or the addressed pod itself.
@@ -448,6 +520,13 @@ pub fn pick(
                     crate::model::Unlisted::ForwardProxy(_) => {
                         Err(ProxyError::NoHealthyUpstream(format!(
                             "{} (a forward proxy port needs an HTTP request's host)",
+                            backend.describe()
+                        )))
+                    }
+                    // Needs the tunnel's authority ([`pick_original`]).
+                    crate::model::Unlisted::OriginalDst(_) => {
+                        Err(ProxyError::NoHealthyUpstream(format!(
+                            "{} (an original-destination port needs the tunnel's destination)",
                             backend.describe()
                         )))
                     }

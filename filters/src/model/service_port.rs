@@ -86,6 +86,24 @@ pub enum Unlisted {
     /// The host each request names (a DYNAMIC_DNS ServiceEntry,
     /// [`crate::forward_proxy`]).
     ForwardProxy(Arc<crate::forward_proxy::ForwardProxy>),
+    /// The tunnel's original destination (a ServiceEntry with `resolution: NONE`, a
+    /// headless Service; istiod's ORIGINAL_DST cluster).
+    OriginalDst(Arc<OriginalDst>),
+}
+
+/// A port whose upstream is the address the client connected to: inside an HBONE tunnel,
+/// the CONNECT authority (the Service VIP of a `resolution: NONE` ServiceEntry, whose
+/// addresses are the real destinations; a pod IP for a headless Service). A destination
+/// that is a mesh workload of the snapshot is reached over HBONE, any other over plain
+/// TCP.
+#[derive(Debug, Serialize)]
+pub struct OriginalDst {
+    /// The port connected to instead of the original one (istiod's
+    /// `upstream_port_override`, a ServiceEntry port's `targetPort`).
+    pub port_override: Option<u16>,
+    /// The workload a destination outside the mesh stands for.
+    #[serde(skip)]
+    pub workload: Arc<super::Workload>,
 }
 
 impl ServicePort {
@@ -140,6 +158,22 @@ impl ServicePort {
             self.unlisted = Some(Unlisted::ForwardProxy(p));
         }
         self
+    }
+
+    /// This port sending to the tunnel's original destination ([`OriginalDst`]).
+    pub fn with_original_dst(mut self, original: Option<Arc<OriginalDst>>) -> Self {
+        if let Some(o) = original {
+            self.unlisted = Some(Unlisted::OriginalDst(o));
+        }
+        self
+    }
+
+    /// The original-destination settings, if the port sends there.
+    pub fn original_dst(&self) -> Option<&Arc<OriginalDst>> {
+        match &self.unlisted {
+            Some(Unlisted::OriginalDst(o)) => Some(o),
+            _ => None,
+        }
     }
 
     /// The upstream named by a host name, if the port has one.

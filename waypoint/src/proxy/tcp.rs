@@ -56,7 +56,18 @@ async fn copy(
         tracing::info!(%policy, peer = %info.peer, "TCP tunnel denied by authorization");
         return ("-", None, 0, 0);
     }
-    let picked = match balance::pick(&Backend::of_target(&info.target), None) {
+    let backend = Backend::of_target(&info.target);
+    let original = match &info.target {
+        filters::model::Target::Service { service, port } => {
+            service.port(*port).and_then(|p| p.original_dst())
+        }
+        filters::model::Target::Workload { .. } => None,
+    };
+    let picked = match original {
+        Some(o) => balance::pick_original(&backend, o, info.authority, &proxy.config.current()),
+        None => balance::pick(&backend, None),
+    };
+    let picked = match picked {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: no endpoint");

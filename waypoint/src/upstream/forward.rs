@@ -13,7 +13,7 @@ use http::{header, Request, Response, Uri, Version};
 
 use crate::state::Proxy;
 use crate::telemetry::trace::RequestTrace;
-use filters::model::RequestLog;
+use filters::model::{RequestContext, RequestLog, Unlisted};
 use opentelemetry::KeyValue;
 
 /// Forwards routed requests upstream.
@@ -54,12 +54,23 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         Backend::Service { service, port } => service.port(*port),
         Backend::Workload { .. } => None,
     };
-    let picked = match port.and_then(|p| p.forward_proxy()) {
-        Some(fp) => {
+    let picked = match port.and_then(|p| p.unlisted()) {
+        Some(Unlisted::ForwardProxy(fp)) => {
             let authority = authority_of(&req).to_string();
             pick_forwarded(&decision.backend, fp, port, &authority).await?
         }
-        None => balance::pick(&decision.backend, decision.hash)?,
+        Some(Unlisted::OriginalDst(original)) => {
+            let ctx = req.extensions().get::<RequestContext>().ok_or_else(|| {
+                ProxyError::Internal("request without its tunnel's context".into())
+            })?;
+            balance::pick_original(
+                &decision.backend,
+                original,
+                ctx.tunnel.authority,
+                &ctx.snapshot,
+            )?
+        }
+        _ => balance::pick(&decision.backend, decision.hash)?,
     };
     let log = req.extensions_mut().remove::<RequestLog>();
     let trace = req.extensions_mut().remove::<RequestTrace>();

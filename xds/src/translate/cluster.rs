@@ -55,6 +55,8 @@ pub struct ClusterInfo {
     pub dns: Option<super::inline_cluster::DnsName>,
     /// The DNS cache of a dynamic forward proxy cluster (the host comes from each request).
     pub forward_proxy: Option<super::forward_proxy::DnsCache>,
+    /// An ORIGINAL_DST cluster: the tunnel's original destination, with this port override.
+    pub original_dst: Option<Option<u16>>,
 }
 
 /// Parses `inbound-vip|8000|http|httpbin.default.svc.cluster.local`.
@@ -140,6 +142,7 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         inline_endpoints: None,
         dns: None,
         forward_proxy: None,
+        original_dst: None,
     })
 }
 
@@ -153,22 +156,37 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         ));
     };
     use super::inline_cluster::Inline;
-    let (inline_endpoints, dns, forward_proxy) = match super::inline_cluster::endpoints(c)? {
-        None => (None, None, None),
-        Some(Inline::Endpoints(eps)) => (Some(eps), None, None),
-        Some(Inline::Dns(name)) => (Some(Vec::new()), Some(name), None),
-        Some(Inline::ForwardProxy(cache)) => (Some(Vec::new()), None, Some(cache)),
-    };
-    if (forward_proxy.is_some() || dns.is_some()) && c.outlier_detection.is_some() {
+    let (mut inline_endpoints, mut dns, mut forward_proxy, mut original_dst) =
+        (None, None, None, None);
+    match super::inline_cluster::endpoints(c)? {
+        None => {}
+        Some(Inline::Endpoints(eps)) => inline_endpoints = Some(eps),
+        Some(Inline::Dns(name)) => {
+            inline_endpoints = Some(Vec::new());
+            dns = Some(name);
+        }
+        Some(Inline::ForwardProxy(cache)) => {
+            inline_endpoints = Some(Vec::new());
+            forward_proxy = Some(cache);
+        }
+        Some(Inline::OriginalDst(port)) => {
+            inline_endpoints = Some(Vec::new());
+            original_dst = Some(port);
+        }
+    }
+    let unlisted = forward_proxy.is_some() || original_dst.is_some();
+    if (unlisted || dns.is_some()) && c.outlier_detection.is_some() {
         return Err(bad(
             "outlier_detection",
-            "ejecting the addresses a host name resolves to is not implemented".into(),
+            "ejecting addresses that are not listed endpoints is not implemented".into(),
         ));
     }
-    if forward_proxy.is_some() {
-        // CLUSTER_PROVIDED (checked with the cluster type); nothing else may be set.
+    if unlisted {
+        // CLUSTER_PROVIDED and its lb_config (checked with the cluster type); nothing
+        // else may be set.
         let mut rest = c.clone();
         rest.lb_policy = 0;
+        rest.lb_config = None;
         check_load_balancing(&rest)?;
     } else {
         check_load_balancing(c)?;
@@ -221,6 +239,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         inline_endpoints,
         dns,
         forward_proxy,
+        original_dst,
     })
 }
 
