@@ -132,15 +132,15 @@ struct WorkloadEntry {
     service_account: Option<serde_yaml::Value>,
 }
 
-/// The key (`namespace/host`) of the Service each ServiceEntry (`namespace/name`) becomes,
-/// for policies whose `targetRefs` name the ServiceEntry.
-pub(crate) fn service_keys(entries: &[(String, ServiceEntry)]) -> BTreeMap<String, String> {
+/// The keys (`namespace/host`) of the Services each ServiceEntry (`namespace/name`)
+/// becomes (one per host), for policies whose `targetRefs` name the ServiceEntry.
+pub(crate) fn service_keys(entries: &[(String, ServiceEntry)]) -> BTreeMap<String, Vec<String>> {
     entries
         .iter()
-        .filter_map(|(_, e)| {
+        .map(|(_, e)| {
             let ns = e.namespace();
-            let host = e.spec.hosts.first()?;
-            Some((format!("{ns}/{}", e.metadata.name), format!("{ns}/{host}")))
+            let keys = e.spec.hosts.iter().map(|h| format!("{ns}/{h}")).collect();
+            (format!("{ns}/{}", e.metadata.name), keys)
         })
         .collect()
 }
@@ -169,16 +169,16 @@ impl ServiceEntry {
         self.metadata.namespace.as_deref().unwrap_or("default")
     }
 
-    /// The Service this entry describes; `served` when it uses this waypoint. `label`
-    /// names the object in errors; endpoints get identities in `trust_domain`.
-    pub(crate) fn service(
+    /// The Services this entry describes, one per host (as istiod makes them: same ports,
+    /// endpoints and resolution); `served` when it uses this waypoint. `label` names the
+    /// object in errors; endpoints get identities in `trust_domain`.
+    pub(crate) fn services(
         &self,
         label: &str,
         served: bool,
         trust_domain: &str,
-    ) -> Result<Service, LocalConfigError> {
+    ) -> Result<Vec<Service>, LocalConfigError> {
         let spec = &self.spec;
-        let ns = self.namespace();
         if spec.workload_selector.is_some() {
             return Err(invalid(
                 label,
@@ -193,34 +193,94 @@ impl ServiceEntry {
                 "not implemented yet (mutual TLS to the endpoints)",
             ));
         }
-        let host = match spec.hosts.as_slice() {
-            [] => {
+        if spec.hosts.is_empty() {
+            return Err(invalid(
+                label,
+                "spec.hosts",
+                "at least one host is required",
+            ));
+        }
+        for (i, host) in spec.hosts.iter().enumerate() {
+            if spec.hosts[..i].contains(host) {
                 return Err(invalid(
                     label,
-                    "spec.hosts",
-                    "at least one host is required",
-                ))
+                    format!("spec.hosts[{i}]"),
+                    format!("duplicate host {host:?}"),
+                ));
             }
-            [h] => h,
-            _ => {
-                return Err(invalid(
+        }
+        if spec.hosts.len() > 1 && !spec.addresses.is_empty() {
+            // Every host's Service would claim the same VIPs.
+            return Err(invalid(
+                label,
+                "spec.addresses",
+                "shared by several hosts is not implemented: one ServiceEntry per host, or addresses allocated per host (status.addresses with host)",
+            ));
+        }
+        let mut out: Vec<Service> = Vec::new();
+        for (i, host) in spec.hosts.iter().enumerate() {
+            out.push(self.service(label, i, host, served, trust_domain)?);
+        }
+        Ok(out)
+    }
+
+    /// The addresses of `host`: `spec.addresses`, and those istiod allocated to it
+    /// (`status.addresses` naming it, or naming no host).
+    fn vips(&self, label: &str, host: &str) -> Result<Vec<IpAddr>, LocalConfigError> {
+        let mut vips = Vec::new();
+        for (i, raw) in self.spec.addresses.iter().enumerate() {
+            let ip: IpAddr = raw.parse().map_err(|_| {
+                invalid(
                     label,
-                    "spec.hosts",
-                    "more than one host is not implemented yet: one ServiceEntry per host",
-                ))
+                    format!("spec.addresses[{i}]"),
+                    format!("{raw:?}: only IP addresses are implemented (no CIDR ranges)"),
+                )
+            })?;
+            if !vips.contains(&ip) {
+                vips.push(ip);
             }
-        };
+        }
+        let allocated = self.status.iter().flat_map(|s| s.addresses.iter());
+        for (i, a) in allocated.enumerate() {
+            if a.host.as_deref().is_some_and(|h| h != host) {
+                continue;
+            }
+            let ip: IpAddr = a.value.parse().map_err(|_| {
+                invalid(
+                    label,
+                    format!("status.addresses[{i}].value"),
+                    format!("{:?} is not an IP address", a.value),
+                )
+            })?;
+            if !vips.contains(&ip) {
+                vips.push(ip);
+            }
+        }
+        Ok(vips)
+    }
+
+    /// The Service for host `index` of the entry, `host`.
+    fn service(
+        &self,
+        label: &str,
+        index: usize,
+        host: &str,
+        served: bool,
+        trust_domain: &str,
+    ) -> Result<Service, LocalConfigError> {
+        let spec = &self.spec;
+        let ns = self.namespace();
         let resolution = spec.resolution.unwrap_or(Resolution::None);
         if resolution == Resolution::DynamicDns {
-            return self.forward_proxy(label, host, served, trust_domain);
+            return self.forward_proxy(label, index, host, served, trust_domain);
         }
         if resolution == Resolution::None {
-            return self.original_dst(label, host, served, trust_domain);
+            return self.original_dst(label, index, host, served, trust_domain);
         }
         if host.is_empty() || host.contains('*') {
             return Err(invalid(
                 label,
-                "spec.hosts[0]",
+                format!("spec.hosts[{index}]"),
                 format!("{host:?}: a wildcard host needs resolution DYNAMIC_DNS or NONE"),
             ));
         }
@@ -239,19 +299,7 @@ impl ServiceEntry {
             ));
         }
         let dns_name = self.dns_name(label, resolution, host)?;
-        let mut vips = Vec::new();
-        for (i, raw) in spec.addresses.iter().enumerate() {
-            let ip: IpAddr = raw.parse().map_err(|_| {
-                invalid(
-                    label,
-                    format!("spec.addresses[{i}]"),
-                    format!("{raw:?}: only IP addresses are implemented (no CIDR ranges)"),
-                )
-            })?;
-            if !vips.contains(&ip) {
-                vips.push(ip);
-            }
-        }
+        let vips = self.vips(label, host)?;
         let workloads = match dns_name {
             Some(_) => Vec::new(),
             None => self.endpoint_workloads(label, resolution, trust_domain)?,
@@ -314,7 +362,7 @@ impl ServiceEntry {
         }
         Ok(Service {
             name: NamespacedName::new(ns, host),
-            hostname: host.clone(),
+            hostname: host.to_string(),
             vips,
             ports,
             served,
@@ -328,6 +376,7 @@ impl ServiceEntry {
     fn forward_proxy(
         &self,
         label: &str,
+        index: usize,
         host: &str,
         served: bool,
         trust_domain: &str,
@@ -336,7 +385,7 @@ impl ServiceEntry {
         if !host.starts_with("*.") || host.len() < 3 || host[1..].contains('*') {
             return Err(invalid(
                 label,
-                "spec.hosts[0]",
+                format!("spec.hosts[{index}]"),
                 format!("{host:?}: DYNAMIC_DNS needs a wildcard host such as *.example.com"),
             ));
         }
@@ -361,24 +410,7 @@ impl ServiceEntry {
                 "MESH_INTERNAL with DYNAMIC_DNS is not supported through a waypoint",
             ));
         }
-        let mut vips = Vec::new();
-        for (i, a) in self
-            .status
-            .iter()
-            .flat_map(|s| s.addresses.iter())
-            .enumerate()
-        {
-            let ip: IpAddr = a.value.parse().map_err(|_| {
-                invalid(
-                    label,
-                    format!("status.addresses[{i}].value"),
-                    format!("{:?} is not an IP address", a.value),
-                )
-            })?;
-            if !vips.contains(&ip) {
-                vips.push(ip);
-            }
-        }
+        let vips = self.vips(label, host)?;
         let workload = Arc::new(self.workload(host, Vec::new(), BTreeMap::new(), trust_domain));
         let mut ports: Vec<ServicePort> = Vec::new();
         for (i, p) in spec.ports.iter().enumerate() {
@@ -440,6 +472,7 @@ impl ServiceEntry {
     fn original_dst(
         &self,
         label: &str,
+        index: usize,
         host: &str,
         served: bool,
         trust_domain: &str,
@@ -448,7 +481,7 @@ impl ServiceEntry {
         if host.is_empty() || host == "*" || host[1..].contains('*') {
             return Err(invalid(
                 label,
-                "spec.hosts[0]",
+                format!("spec.hosts[{index}]"),
                 format!("{host:?} is not a host"),
             ));
         }
@@ -459,19 +492,7 @@ impl ServiceEntry {
                 "must be empty with resolution NONE (the destination is the address connected to)",
             ));
         }
-        let mut vips = Vec::new();
-        for (i, raw) in spec.addresses.iter().enumerate() {
-            let ip: IpAddr = raw.parse().map_err(|_| {
-                invalid(
-                    label,
-                    format!("spec.addresses[{i}]"),
-                    format!("{raw:?}: only IP addresses are implemented (no CIDR ranges)"),
-                )
-            })?;
-            if !vips.contains(&ip) {
-                vips.push(ip);
-            }
-        }
+        let vips = self.vips(label, host)?;
         let workload = Arc::new(self.workload(host, Vec::new(), BTreeMap::new(), trust_domain));
         let mut ports: Vec<ServicePort> = Vec::new();
         for (i, p) in spec.ports.iter().enumerate() {
@@ -741,7 +762,8 @@ spec: {gatewayClassName: istio-waypoint}
             ),
             ("exportTo: ['.']", "exportTo: ['.']\n  hostz: [a]", "spec"),
             ("[api.example.test]", "['*.example.test']", "spec.hosts[0]"),
-            ("[api.example.test]", "[a.test, b.test]", "spec.hosts"),
+            ("[api.example.test]", "[a.test, b.test]", "spec.addresses"),
+            ("[api.example.test]", "[a.test, a.test]", "spec.hosts[1]"),
             ("[240.0.0.1]", "[240.0.0.0/24]", "spec.addresses[0]"),
             ("number: 9000", "number: 70000", "spec.ports[1].number"),
             (
@@ -887,6 +909,26 @@ spec: {gatewayClassName: istio-waypoint}
         // Wildcard hosts are fine with NONE (the address decides).
         let wild = none.replace("[api.example.test]", "['*.example.test']");
         assert!(snap(&entry(&wild)).is_ok());
+    }
+
+    #[test]
+    fn each_host_is_a_service_with_the_addresses_allocated_to_it() {
+        let two = "  hosts: [a.example.test, b.example.test]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports:\n  - {number: 80, name: http, protocol: HTTP}\n";
+        let status = "status:\n  addresses:\n  - {value: 240.240.0.1, host: a.example.test}\n  - {value: 240.240.0.2, host: b.example.test}\n";
+        let s = snap(&format!("{}{status}", entry(two))).unwrap();
+        for (host, vip) in [
+            ("a.example.test", "240.240.0.1"),
+            ("b.example.test", "240.240.0.2"),
+        ] {
+            let svc = &s.services()[&format!("egress/{host}")];
+            assert_eq!(svc.vips, vec![vip.parse::<std::net::IpAddr>().unwrap()]);
+            assert_eq!(svc.port(80).unwrap().dns().unwrap().hostname, host);
+            let target = s.resolve(format!("{vip}:80").parse().unwrap()).unwrap();
+            let filters::model::Target::Service { service, .. } = target else {
+                panic!("a Service")
+            };
+            assert_eq!(service.hostname, host);
+        }
     }
 
     #[test]

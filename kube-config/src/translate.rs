@@ -128,9 +128,10 @@ pub fn translate_with_status(
         let ns = entry.metadata.namespace.as_deref().unwrap_or("default");
         let served =
             for_services && uses_waypoint(&entry.metadata, ns_labels.get(ns).copied(), &gw_name);
-        let mut built = entry.service(label, served, &options.trust_domain)?;
-        apply_destination_rule(&mut built, &objects.destination_rules, options)?;
-        services.push(Arc::new(built));
+        for mut built in entry.services(label, served, &options.trust_domain)? {
+            apply_destination_rule(&mut built, &objects.destination_rules, options)?;
+            services.push(Arc::new(built));
+        }
     }
 
     let by_name: HashMap<NamespacedName, Arc<Service>> = services
