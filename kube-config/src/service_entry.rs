@@ -2,20 +2,22 @@
 //! Kubernetes Services), enrolled in the waypoint with `istio.io/use-waypoint` as a
 //! Service is, so the waypoint acts as an egress gateway for it.
 //!
-//! A ServiceEntry becomes a [`Service`] whose hostname is its host, whose VIPs are its
-//! `addresses` and whose endpoints are its `endpoints`: workloads that are not mesh pods
-//! (`hbone: false`), reached over plain TCP at the endpoint's address.
+//! A ServiceEntry becomes one [`Service`] per host (as istiod makes them), whose VIPs are
+//! its `addresses` and those istiod allocated to the host (`status.addresses`), and whose
+//! endpoints are its `endpoints` (workloads that are not mesh pods, `hbone: false`,
+//! reached over plain TCP) or the Pods its `workloadSelector` chooses (mesh pods over
+//! HBONE).
 //!
-//! Implemented now: `resolution` STATIC, and DNS / DNS_ROUND_ROBIN (Envoy's STRICT_DNS /
-//! LOGICAL_DNS: every address, or the first one) with IP endpoints, or with one host-name
-//! endpoint, or with none (the host itself): a name becomes the port's
-//! [`DnsTarget`], resolved at run time outside the snapshot ([`filters::dns`]); and
-//! DYNAMIC_DNS with a wildcard host (`*.example.com`): every port forwards to the host each
-//! request names ([`filters::forward_proxy`]), the VIPs being the ones istiod allocated
-//! (`status.addresses`). Refused by field, never ignored: a host name among several
-//! endpoints, `resolution` NONE (original destination), TLS ports with DYNAMIC_DNS,
-//! more than one host, CIDR addresses, `workloadSelector`, and the endpoint fields
-//! `network`, `locality`, `weight` and `serviceAccount`.
+//! Resolutions: STATIC; DNS / DNS_ROUND_ROBIN (Envoy's STRICT_DNS / LOGICAL_DNS: every
+//! address, or the first one) with IP endpoints, one host-name endpoint, or none (the host
+//! itself), a name becoming the port's [`DnsTarget`] resolved at run time outside the
+//! snapshot ([`filters::dns`]); DYNAMIC_DNS with a wildcard host (`*.example.com`): every
+//! port forwards to the host each request names ([`filters::forward_proxy`]); NONE: every
+//! port sends to the tunnel's original destination ([`filters::model::OriginalDst`]).
+//! Refused by field, never ignored: a host name among several endpoints, TLS ports with
+//! DYNAMIC_DNS, `spec.addresses` shared by several hosts, CIDR addresses,
+//! `subjectAltNames`, and the endpoint fields `network`, `locality`, `weight` and
+//! `serviceAccount`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -74,13 +76,20 @@ pub(crate) struct Spec {
     #[serde(default)]
     endpoints: Vec<WorkloadEntry>,
     #[serde(default)]
-    workload_selector: Option<serde_yaml::Value>,
+    workload_selector: Option<WorkloadSelector>,
     /// Accepted, not applied: the waypoint serves the entries enrolled in it.
     #[serde(default)]
     #[allow(dead_code)]
     export_to: Vec<String>,
     #[serde(default)]
     subject_alt_names: Vec<String>,
+}
+
+/// `workloadSelector`: the Pods (in the entry's namespace) whose labels include these.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadSelector {
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,15 +186,9 @@ impl ServiceEntry {
         label: &str,
         served: bool,
         trust_domain: &str,
+        workloads: &[Arc<Workload>],
     ) -> Result<Vec<Service>, LocalConfigError> {
         let spec = &self.spec;
-        if spec.workload_selector.is_some() {
-            return Err(invalid(
-                label,
-                "spec.workloadSelector",
-                "selecting mesh workloads is not implemented yet",
-            ));
-        }
         if !spec.subject_alt_names.is_empty() {
             return Err(invalid(
                 label,
@@ -219,9 +222,49 @@ impl ServiceEntry {
         }
         let mut out: Vec<Service> = Vec::new();
         for (i, host) in spec.hosts.iter().enumerate() {
-            out.push(self.service(label, i, host, served, trust_domain)?);
+            out.push(self.service(label, i, host, served, trust_domain, workloads)?);
         }
         Ok(out)
+    }
+
+    /// The Pods `workloadSelector` chooses among `workloads` (same namespace, labels
+    /// included), `None` without a selector. A selector goes with `resolution: STATIC` and
+    /// no `endpoints` (istio's validation).
+    fn selected<'w>(
+        &self,
+        label: &str,
+        workloads: &'w [Arc<Workload>],
+    ) -> Result<Option<Vec<&'w Arc<Workload>>>, LocalConfigError> {
+        let Some(selector) = &self.spec.workload_selector else {
+            return Ok(None);
+        };
+        if self.spec.resolution != Some(Resolution::Static) {
+            return Err(invalid(
+                label,
+                "spec.resolution",
+                "a workloadSelector needs resolution STATIC",
+            ));
+        }
+        if !self.spec.endpoints.is_empty() {
+            return Err(invalid(
+                label,
+                "spec.endpoints",
+                "only one of endpoints and workloadSelector can be set",
+            ));
+        }
+        let ns = self.namespace();
+        Ok(Some(
+            workloads
+                .iter()
+                .filter(|w| w.name.namespace == ns)
+                .filter(|w| {
+                    selector
+                        .labels
+                        .iter()
+                        .all(|(k, v)| w.labels.get(k) == Some(v))
+                })
+                .collect(),
+        ))
     }
 
     /// The addresses of `host`: `spec.addresses`, and those istiod allocated to it
@@ -259,7 +302,8 @@ impl ServiceEntry {
         Ok(vips)
     }
 
-    /// The Service for host `index` of the entry, `host`.
+    /// The Service for host `index` of the entry, `host`; `workloads` are the Pods a
+    /// `workloadSelector` chooses from.
     fn service(
         &self,
         label: &str,
@@ -267,9 +311,11 @@ impl ServiceEntry {
         host: &str,
         served: bool,
         trust_domain: &str,
+        workloads: &[Arc<Workload>],
     ) -> Result<Service, LocalConfigError> {
         let spec = &self.spec;
         let ns = self.namespace();
+        let selected = self.selected(label, workloads)?;
         let resolution = spec.resolution.unwrap_or(Resolution::None);
         if resolution == Resolution::DynamicDns {
             return self.forward_proxy(label, index, host, served, trust_domain);
@@ -291,7 +337,7 @@ impl ServiceEntry {
             | Resolution::DnsRoundRobin
             | Resolution::DynamicDns => {}
         }
-        if spec.endpoints.is_empty() && resolution == Resolution::Static {
+        if spec.endpoints.is_empty() && resolution == Resolution::Static && selected.is_none() {
             return Err(invalid(
                 label,
                 "spec.endpoints",
@@ -330,6 +376,13 @@ impl ServiceEntry {
                 endpoints.push(Endpoint {
                     workload: w.clone(),
                     port,
+                });
+            }
+            // The Pods the selector chose (mesh workloads: HBONE), at the target port.
+            for w in selected.iter().flatten() {
+                endpoints.push(Endpoint {
+                    workload: Arc::clone(w),
+                    port: target,
                 });
             }
             let dns = dns_name.map(|(name, entry)| {
@@ -758,6 +811,11 @@ spec: {gatewayClassName: istio-waypoint}
             (
                 "exportTo: ['.']",
                 "workloadSelector: {labels: {a: b}}",
+                "spec.endpoints",
+            ),
+            (
+                "exportTo: ['.']",
+                "workloadSelector: {labelz: {a: b}}",
                 "spec.workloadSelector",
             ),
             ("exportTo: ['.']", "exportTo: ['.']\n  hostz: [a]", "spec"),

@@ -128,7 +128,7 @@ pub fn translate_with_status(
         let ns = entry.metadata.namespace.as_deref().unwrap_or("default");
         let served =
             for_services && uses_waypoint(&entry.metadata, ns_labels.get(ns).copied(), &gw_name);
-        for mut built in entry.services(label, served, &options.trust_domain)? {
+        for mut built in entry.services(label, served, &options.trust_domain, &workloads)? {
             apply_destination_rule(&mut built, &objects.destination_rules, options)?;
             services.push(Arc::new(built));
         }
