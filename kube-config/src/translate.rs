@@ -365,6 +365,17 @@ fn apply_destination_rule(
     for p in ports {
         let h2 = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc);
         let policy = rule.port_policy(p.port, h2, label)?;
+        if p.unlisted().is_some() && (policy.outlier.is_some() || !policy.hash.is_empty()) {
+            // The addresses are not a list of endpoints to eject from or hash over.
+            return Err(invalid(
+                label,
+                "spec.trafficPolicy",
+                format!(
+                    "outlierDetection and consistentHash are not implemented for {} (its upstream is resolved per request or per name, not a list of endpoints)",
+                    svc.hostname
+                ),
+            ));
+        }
         svc.ports.push(
             p.with_balancing(policy.balancing)
                 .with_hash_policy(policy.hash)

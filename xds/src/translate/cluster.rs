@@ -181,6 +181,13 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             "ejecting addresses that are not listed endpoints is not implemented".into(),
         ));
     }
+    if dns.is_some() && matches!(c.lb_policy, 2 | 5) {
+        return Err(bad(
+            "lb_policy",
+            "consistent hashing over the addresses a host name resolves to is not implemented"
+                .into(),
+        ));
+    }
     if unlisted {
         // CLUSTER_PROVIDED and its lb_config (checked with the cluster type); nothing
         // else may be set.
