@@ -14,8 +14,8 @@
 //! snapshot ([`filters::dns`]); DYNAMIC_DNS with a wildcard host (`*.example.com`): every
 //! port forwards to the host each request names ([`filters::forward_proxy`]); NONE: every
 //! port sends to the tunnel's original destination ([`filters::model::OriginalDst`]).
-//! Refused by field, never ignored: a host name among several endpoints, TLS ports with
-//! DYNAMIC_DNS, `spec.addresses` shared by several hosts, CIDR addresses,
+//! Refused by field, never ignored: a host name among several endpoints, DYNAMIC_DNS ports
+//! other than HTTP and TLS, `spec.addresses` shared by several hosts, CIDR addresses,
 //! `subjectAltNames`, and the endpoint fields `network`, `locality`, `weight` and
 //! `serviceAccount`.
 
@@ -424,8 +424,8 @@ impl ServiceEntry {
 
     /// A DYNAMIC_DNS entry (istio's validation rules): a wildcard host, no `addresses`
     /// (its VIPs are the ones istiod allocated, in `status.addresses`), no `endpoints`,
-    /// HTTP ports; each port forwards to the host each request names
-    /// ([`filters::forward_proxy`]).
+    /// HTTP and TLS ports; each port forwards to the host each request names (its `Host`,
+    /// or a TLS port's ClientHello SNI) ([`filters::forward_proxy`]).
     fn forward_proxy(
         &self,
         label: &str,
@@ -477,12 +477,17 @@ impl ServiceEntry {
                 ));
             }
             let protocol = Protocol::resolve(p.protocol.as_deref(), p.name.as_deref());
-            if !matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc) {
+            // TLS is passed through to the host its ClientHello names (SNI).
+            let tls = p
+                .protocol
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case("TLS"));
+            if !tls && !matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc) {
                 return Err(invalid(
                     label,
                     field("protocol"),
                     format!(
-                        "{:?}: DYNAMIC_DNS forwards HTTP by its Host (TLS by SNI is not implemented yet)",
+                        "{:?}: DYNAMIC_DNS forwards HTTP (by its Host) and TLS (by its SNI) only",
                         p.protocol.as_deref().unwrap_or("")
                     ),
                 ));
@@ -925,7 +930,6 @@ spec: {gatewayClassName: istio-waypoint}
                 "endpoints: [{address: 127.0.0.1}]",
                 "spec.endpoints",
             ),
-            ("protocol: HTTP", "protocol: TLS", "spec.ports[0].protocol"),
             ("protocol: HTTP", "protocol: TCP", "spec.ports[0].protocol"),
         ] {
             assert!(WILDCARD.contains(from), "{from}");

@@ -134,3 +134,75 @@ async fn a_wildcard_entry_sends_the_requests_host_as_sni() {
     );
     assert_eq!(server.server_names(), [Some("a.example.test".to_string())]);
 }
+
+/// A client's TLS (not verifying the server) to `name`, inside a tunnel to `SE_VIP:port`:
+/// `GET /` and the answering server.
+async fn tls_get(h: &Harness, port: u16, name: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let conn = h.client().connect().await.unwrap();
+    let tunnel = conn
+        .tunnel(format!("{SE_VIP}:{port}").parse().unwrap(), &[])
+        .await
+        .unwrap();
+    let config = hbone::tls::origination_config(&filters::model::UpstreamTls {
+        sni: None,
+        auto_sni: false,
+        subject_alt_names: vec![],
+        auto_san_validation: false,
+        roots: filters::model::TlsRoots::Insecure,
+        client_certificate: None,
+        alpn: vec!["http/1.1".into()],
+    })
+    .unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name, tunnel)
+        .await?;
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut answer))
+        .await
+        .expect("answered in time")
+        .ok();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body = body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '\r' || c == '\n');
+    let start = body.find('{').unwrap_or(0);
+    let end = body.rfind('}').map_or(body.len(), |i| i + 1);
+    let v: serde_json::Value = serde_json::from_str(&body[start..end])
+        .map_err(|e| std::io::Error::other(format!("{e}: {answer}")))?;
+    Ok(v["pod"].as_str().unwrap_or_default().to_string())
+}
+
+/// TLS passthrough by SNI on a wildcard entry's TLS port (istiod's
+/// `sni_dynamic_forward_proxy` before the TCP proxy, `buildSNIDFPFilter`,
+/// pilot/pkg/networking/core/networkfilter.go; Istio's "basic TLS" case of
+/// `TestWaypointAsEgressGatewayForWildcardEntries`): the ClientHello's server name picks
+/// the host, TLS is not terminated (the server sees the client's SNI and handshake), and
+/// a name outside the wildcard gets the tunnel closed.
+#[tokio::test]
+async fn a_tls_port_is_passed_through_to_the_host_its_sni_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tls_server(dir.path()).await;
+    let IpAddr::V4(ip) = server.addr.ip() else {
+        panic!("IPv4 loopback expected")
+    };
+    let dns = testkit::dns_server::DnsServer::start().await.unwrap();
+    dns.set("a.example.test", &[ip], 30);
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: wildcard\n  namespace: {NS}\n  labels: {{istio.io/use-waypoint: waypoint}}\nspec:\n  hosts: ['*.example.test']\n  location: MESH_EXTERNAL\n  resolution: DYNAMIC_DNS\n  ports:\n  - {{number: 443, name: tls, protocol: TLS, targetPort: {}}}\nstatus:\n  addresses: [{{value: {SE_VIP}}}]\n",
+        server.addr.port()
+    );
+    let dns_addr: &'static str = Box::leak(dns.addr.to_string().into_boxed_str());
+    let h = Harness::start(Spec {
+        extra_yaml: vec![entry],
+        extra_args: vec!["--dns-server", dns_addr],
+        ..Spec::default()
+    })
+    .await;
+    assert_eq!(tls_get(&h, 443, "a.example.test").await.unwrap(), "tls-external");
+    assert_eq!(server.server_names(), [Some("a.example.test".to_string())]);
+    // Outside the wildcard: no upstream, the tunnel is closed during the handshake.
+    assert!(tls_get(&h, 443, "a.example.org").await.is_err());
+    assert_eq!(server.server_names().len(), 1);
+}

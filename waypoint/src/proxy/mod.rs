@@ -6,6 +6,7 @@
 pub mod detect;
 mod headers;
 pub mod http;
+mod sni;
 pub mod tcp;
 mod tracked;
 
