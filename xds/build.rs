@@ -34,6 +34,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/network/set_filter_state/v3/set_filter_state.proto",
     "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
     "envoy/extensions/filters/listener/http_inspector/v3/http_inspector.proto",
+    "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/matching/common_inputs/network/v3/network_inputs.proto",
     "envoy/extensions/path/match/uri_template/v3/uri_template_match.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
@@ -57,6 +58,7 @@ const ROOTS: &[&str] = &[
 const QUALIFIED: &[&str] = &[
     "envoy/extensions/filters/http/dynamic_forward_proxy/v3/dynamic_forward_proxy.proto",
     "envoy/extensions/clusters/dynamic_forward_proxy/v3/cluster.proto",
+    "envoy/extensions/filters/network/sni_dynamic_forward_proxy/v3/sni_dynamic_forward_proxy.proto",
 ];
 
 /// Opens files from the include directories, qualifying the DNS cache type in

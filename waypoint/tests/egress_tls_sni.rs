@@ -158,8 +158,10 @@ async fn tls_get(h: &Harness, port: u16, name: &str) -> std::io::Result<String> 
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(server_name, tunnel)
         .await?;
-    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n").as_bytes())
-        .await?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut answer))
         .await
@@ -200,7 +202,10 @@ async fn a_tls_port_is_passed_through_to_the_host_its_sni_names() {
         ..Spec::default()
     })
     .await;
-    assert_eq!(tls_get(&h, 443, "a.example.test").await.unwrap(), "tls-external");
+    assert_eq!(
+        tls_get(&h, 443, "a.example.test").await.unwrap(),
+        "tls-external"
+    );
     assert_eq!(server.server_names(), [Some("a.example.test".to_string())]);
     // Outside the wildcard: no upstream, the tunnel is closed during the handshake.
     assert!(tls_get(&h, 443, "a.example.org").await.is_err());

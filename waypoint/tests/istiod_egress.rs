@@ -372,3 +372,138 @@ async fn original_dst_from_a_request_header_is_nacked_by_field() {
         "{e}"
     );
 }
+
+const TLS_CLUSTER: &str = "inbound-vip|9443|tcp|httpbin.default.svc.cluster.local";
+const TLS_CHAIN: &str = "inbound-vip|9443||httpbin.default.svc.cluster.local-tcp";
+
+/// A TLS port 9443 on a DYNAMIC_DNS Service as istiod builds it: a dynamic forward proxy
+/// cluster (`buildDFPCluster`, cluster_builder.go: one cluster for HTTP and TLS), a TCP
+/// chain whose `sni_dynamic_forward_proxy` filter (`buildSNIDFPFilter`,
+/// pilot/pkg/networking/core/networkfilter.go, with `port_value` the Service port) comes
+/// before the tcp_proxy (`buildWaypointNetworkFilters`, listener_waypoint.go), and the TLS
+/// inspector among the listener filters (`buildWaypointInternal`).
+fn tls_dfp_port(ls: &mut Named, cs: &mut Named, port_value: u16) {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
+    let (_, c) = cs.iter().find(|(n, _)| n == CLUSTER_8100).unwrap();
+    let mut c = Cluster::decode(c.value.as_slice()).unwrap();
+    c.name = TLS_CLUSTER.into();
+    cs.push((TLS_CLUSTER.into(), fixture::any(CLUSTER, &c)));
+    edit_cluster(cs, TLS_CLUSTER, |c| dfp_cluster(c, &json!({})));
+    let filters = json!([
+        {"name": "envoy.filters.network.sni_dynamic_forward_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig",
+            "dns_cache_config": {"name": DFP_CACHE, "dns_lookup_family": "V4_ONLY"},
+            "port_value": port_value}},
+        {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": TLS_CLUSTER, "cluster": TLS_CLUSTER}}
+    ]);
+    fixture::edit_listener(ls, |l| {
+        l["listener_filters"].as_array_mut().unwrap().push(json!({
+            "name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}));
+        l["filter_chains"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": TLS_CHAIN, "filters": filters.clone()}));
+        let map = &mut l["filter_chain_matcher"]["matcher_tree"]["custom_match"]["typed_config"]
+            ["range_matchers"][0]["on_match"]["matcher"]["matcher_tree"]["exact_match_map"]["map"];
+        map["9443"] = json!({"action": {"name": TLS_CHAIN, "typed_config": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue", "value": TLS_CHAIN}}});
+    });
+}
+
+/// A TLS handshake naming `name` inside a tunnel to the VIP's port 9443, then `GET /`:
+/// the answering server's name.
+async fn tls_through(w: &World, name: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let conn = w.client.connect().await.unwrap();
+    let tunnel = conn
+        .tunnel(SocketAddr::new(VIP.parse().unwrap(), 9443), &[])
+        .await
+        .map_err(std::io::Error::other)?;
+    let config = hbone::tls::origination_config(&filters::model::UpstreamTls {
+        sni: None,
+        auto_sni: false,
+        subject_alt_names: vec![],
+        auto_san_validation: false,
+        roots: filters::model::TlsRoots::Insecure,
+        client_certificate: None,
+        alpn: vec!["http/1.1".into()],
+    })
+    .unwrap();
+    let sni = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(sni, tunnel)
+        .await?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_string(&mut answer),
+    )
+    .await;
+    let (start, end) = (answer.find('{'), answer.rfind('}'));
+    let (Some(start), Some(end)) = (start, end) else {
+        return Err(std::io::Error::other(format!("no echo answer: {answer}")));
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&answer[start..=end]).map_err(std::io::Error::other)?;
+    Ok(v["pod"].as_str().unwrap_or_default().to_string())
+}
+
+/// TLS passthrough by SNI over istiod's shapes (Istio's "basic TLS" case of
+/// `TestWaypointAsEgressGatewayForWildcardEntries`): the ClientHello's server name picks
+/// the host, resolved through the DNS cache, at `port_value`; TLS is not terminated.
+#[tokio::test]
+async fn a_tls_port_forwards_by_sni_through_the_dynamic_forward_proxy() {
+    let ca = hbone::tls::DevCa::new("external-ca").unwrap();
+    let certs = ca
+        .issue(&filters::model::Identity::new(
+            "cluster.local",
+            "internet",
+            "api",
+        ))
+        .unwrap()
+        .certs()
+        .unwrap();
+    let ip = testkit::free_loopback_ip(9443);
+    let server = testkit::tls_echo::TlsEcho::start_simple(
+        SocketAddr::new(ip, 9443),
+        &certs,
+        testkit::echo::EchoIdentity {
+            pod: "tls-external".into(),
+            namespace: "internet".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let IpAddr::V4(v4) = ip else {
+        panic!("IPv4 loopback expected")
+    };
+    let dns = testkit::dns_server::DnsServer::start().await.unwrap();
+    dns.set("a.example.test", &[v4], 30);
+    let dns_addr = dns.addr.to_string();
+    let w = start_with_args(None, &["--dns-server", &dns_addr], |ls, cs, _, _| {
+        tls_dfp_port(ls, cs, 9443)
+    })
+    .await;
+    assert_eq!(
+        tls_through(&w, "a.example.test").await.unwrap(),
+        "tls-external"
+    );
+    assert_eq!(server.server_names(), [Some("a.example.test".to_string())]);
+    // A name that does not resolve: no upstream, the handshake fails.
+    assert!(tls_through(&w, "nowhere.example.test").await.is_err());
+}
+
+#[tokio::test]
+async fn an_sni_port_value_other_than_the_clusters_is_nacked() {
+    let w = start(|ls, cs, _| tls_dfp_port(ls, cs, 443)).await;
+    let e = nack(&w).await;
+    assert!(e.contains("port_value") && e.contains(TLS_CLUSTER), "{e}");
+}

@@ -37,9 +37,7 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(
         .map_err(|_| SniError::Timeout(timeout))?
 }
 
-async fn read<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<(Vec<u8>, Option<String>), SniError> {
+async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Vec<u8>, Option<String>), SniError> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut seen = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];

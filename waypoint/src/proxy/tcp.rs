@@ -144,7 +144,10 @@ async fn by_sni(
         })?;
     let Some(name) = name.filter(|n| fp.covers(n)) else {
         tracing::info!(wildcard = ?fp.wildcard, "forward proxy: the ClientHello names no host under the wildcard");
-        return Err(ProxyError::NoRoute(format!("SNI not under {}", fp.wildcard.as_deref().unwrap_or("the forward proxy"))));
+        return Err(ProxyError::NoRoute(format!(
+            "SNI not under {}",
+            fp.wildcard.as_deref().unwrap_or("the forward proxy")
+        )));
     };
     let (address, workload) = crate::upstream::forward_proxy::hosts()
         .address(fp, &name, port)

@@ -33,6 +33,8 @@ use super::Bad;
 pub const CLUSTER_TYPE: &str = "envoy.clusters.dynamic_forward_proxy";
 /// The HTTP filter's name.
 pub const HTTP_FILTER: &str = "envoy.filters.http.dynamic_forward_proxy";
+/// The network filter's name (TLS ports: the host from the ClientHello's SNI).
+pub const SNI_FILTER: &str = "envoy.filters.network.sni_dynamic_forward_proxy";
 
 /// A DNS cache's settings that take effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,5 +191,54 @@ pub fn http_filter(any: &Any, at: &str) -> Result<DnsCache, Bad> {
             "not implemented (istiod uses a DNS cache)".into(),
         )),
         None => Err((format!("{at}.dns_cache_config"), "required".into())),
+    }
+}
+
+/// Validates the SNI network filter (`buildSNIDFPFilter`,
+/// pilot/pkg/networking/core/networkfilter.go, before the TCP proxy of a DYNAMIC_DNS
+/// entry's TLS port): its DNS cache and the upstream `port_value`, which the waypoint
+/// takes from the cluster's port, so the two must agree ([`check_sni_port`]).
+pub fn sni_filter(any: &Any, at: &str) -> Result<(DnsCache, u16), Bad> {
+    use envoy_types::pb::envoy::extensions::filters::network::sni_dynamic_forward_proxy::v3::{
+        filter_config::PortSpecifier, FilterConfig as SniConfig,
+    };
+    let at = format!("{at}.typed_config");
+    let cfg: SniConfig = decode(
+        any,
+        "envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig",
+        &at,
+    )?;
+    if cfg.save_upstream_address {
+        return Err((
+            format!("{at}.save_upstream_address"),
+            "not implemented".into(),
+        ));
+    }
+    let cache = match &cfg.dns_cache_config {
+        Some(d) => dns_cache(d, &format!("{at}.dns_cache_config"))?,
+        None => return Err((format!("{at}.dns_cache_config"), "required".into())),
+    };
+    let port = match cfg.port_specifier {
+        Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok().filter(|p| *p > 0),
+        None => None,
+    }
+    .ok_or_else(|| {
+        (
+            format!("{at}.port_value"),
+            "a port between 1 and 65535 is required".to_string(),
+        )
+    })?;
+    Ok((cache, port))
+}
+
+/// The SNI filter's `port_value` must be the port of the TCP proxy's `cluster`
+/// (`inbound-vip|<port>|tcp|<host>`), which the waypoint connects to.
+pub fn check_sni_port(port: u16, cluster: &str, at: &str) -> Result<(), Bad> {
+    match super::cluster::parse_name(cluster) {
+        Some((p, _, _)) if p == port => Ok(()),
+        _ => Err((
+            format!("{at}.typed_config.port_value"),
+            format!("{port} is not the port of the TCP proxy's cluster {cluster}"),
+        )),
     }
 }
