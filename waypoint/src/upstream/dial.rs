@@ -140,9 +140,9 @@ pub async fn resolve(snapshot: &Snapshot, to: Destination<'_>) -> Result<Endpoin
     }
     let mut host = host;
     if let Some(service) = service(snapshot, host) {
-        if !service
+        if service
             .port(to.port)
-            .is_some_and(|p| p.original_dst().is_some())
+            .is_none_or(|p| p.original_dst().is_none())
         {
             return service_endpoint(service, to.port);
         }
