@@ -282,8 +282,33 @@ mod tests {
         assert!(e.reason.contains("only as the one endpoint"), "{e}");
         let c = cluster(strict_dns(&["api.example.test"], "STATIC"));
         assert!(endpoints(&c).is_err(), "STATIC needs IP addresses");
+        // ORIGINAL_DST: CLUSTER_PROVIDED, no endpoints, the port override honoured.
         let c = cluster(strict_dns(&["127.0.0.7"], "ORIGINAL_DST"));
-        assert_eq!(endpoints(&c).unwrap_err().field, "type");
+        assert_eq!(endpoints(&c).unwrap_err().field, "lb_policy");
+        let mut od = strict_dns(&[], "ORIGINAL_DST");
+        let o = od.as_object_mut().unwrap();
+        o.insert("lb_policy".into(), serde_json::json!("CLUSTER_PROVIDED"));
+        assert_eq!(
+            endpoints(&cluster(od.clone())).unwrap_err().field,
+            "load_assignment"
+        );
+        let o = od.as_object_mut().unwrap();
+        o.remove("load_assignment");
+        assert_eq!(
+            endpoints(&cluster(od.clone())).unwrap(),
+            Some(Inline::OriginalDst(None))
+        );
+        od["original_dst_lb_config"] = serde_json::json!({"upstream_port_override": 8443});
+        assert_eq!(
+            endpoints(&cluster(od.clone())).unwrap(),
+            Some(Inline::OriginalDst(Some(8443)))
+        );
+        od["original_dst_lb_config"] =
+            serde_json::json!({"metadata_key": {"key": "k", "path": [{"key": "p"}]}});
+        assert_eq!(
+            endpoints(&cluster(od)).unwrap_err().field,
+            "original_dst_lb_config.metadata_key"
+        );
         let mut none = strict_dns(&[], "STRICT_DNS");
         none.as_object_mut().unwrap().remove("load_assignment");
         assert_eq!(
