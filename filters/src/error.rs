@@ -29,7 +29,8 @@ pub enum ProxyError {
     /// The dynamic forward proxy could not resolve the request's host (Envoy's `DF`).
     #[error("DNS resolution of {0} failed")]
     DnsResolutionFailed(String),
-    /// The dynamic forward proxy's DNS cache is full (Envoy answers 503 `UO`).
+    /// The dynamic forward proxy's DNS cache is full (Envoy answers 503 with no response
+    /// flag).
     #[error("DNS cache overflow: {0}")]
     DnsCacheOverflow(String),
     /// The backend's circuit breaker is open: too many requests in flight (Envoy's `UO`).
@@ -90,7 +91,9 @@ impl ProxyError {
             ProxyError::Denied(_) | ProxyError::Unauthenticated(_) => "-",
             ProxyError::NoRoute(_) => "NR",
             ProxyError::NoHealthyUpstream(_) => "UH",
-            ProxyError::Overflow(_) | ProxyError::DnsCacheOverflow(_) => "UO",
+            ProxyError::Overflow(_) => "UO",
+            // Envoy's forward proxy answers without setting a flag.
+            ProxyError::DnsCacheOverflow(_) => "-",
             ProxyError::DnsResolutionFailed(_) => "DF",
             ProxyError::UpstreamConnect { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UC",

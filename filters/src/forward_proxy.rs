@@ -29,7 +29,7 @@ pub struct ForwardProxy {
     /// over xDS, where the virtual host's domains restrict the hosts as Envoy's do.
     pub wildcard: Option<String>,
     /// The most hosts the cache holds (`max_hosts`); a new host beyond it is refused
-    /// (503 `UO`, Envoy's "DNS cache overflow").
+    /// (503 "DNS cache overflow", no response flag, as Envoy).
     pub max_hosts: usize,
     /// How long an unused host stays cached (`host_ttl`).
     pub host_ttl: Duration,

@@ -3,8 +3,8 @@
 //! [`LOOKUP_TIMEOUT`]), cached for its answer's TTL (at least [`MIN_REFRESH`]) and resolved
 //! again on the first use after that; a failed lookup keeps the last addresses, as
 //! Envoy's DNS cache does. Each cache holds at most its `max_hosts` names: hosts unused
-//! for `host_ttl` make room, and a new host beyond the bound is refused (503 `UO`, "DNS
-//! cache overflow"). A name that does not resolve gives 503 `DF`.
+//! for `host_ttl` make room, and a new host beyond the bound is refused (503 "DNS cache
+//! overflow", no response flag). A name that does not resolve gives 503 `DF`.
 //!
 //! The lock is taken only by requests to forward-proxy ports; the mesh's ports never
 //! reach this module.
@@ -167,7 +167,7 @@ fn overflow(proxy: &ForwardProxy, host: &str) -> ProxyError {
         host,
         cache = %proxy.cache,
         max_hosts = proxy.max_hosts,
-        "dynamic forward proxy: DNS cache overflow (503 UO)"
+        "dynamic forward proxy: DNS cache overflow (503)"
     );
     ProxyError::DnsCacheOverflow(format!(
         "{host} (cache {} holds {} hosts)",
