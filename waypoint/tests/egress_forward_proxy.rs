@@ -132,3 +132,36 @@ async fn one_wildcard_entry_reaches_two_hosts_by_their_host_header() {
     until_logged(&h, "DNS resolution failed (503 DF)").await;
     until_counted(&h, &[("response_code", "503"), ("response_flags", "DF")]).await;
 }
+
+/// The forward proxy's cache keeps an answer for its TTL, and follows a changed answer
+/// once it runs out.
+#[tokio::test]
+async fn a_changed_answer_is_followed_within_its_ttl() {
+    let dns = DnsServer::start().await.unwrap();
+    let (a, _sa) = external("a").await;
+    let (b, _sb) = external("b").await;
+    dns.set("c.example.test", &[a], 1);
+    let server: &'static str = Box::leak(dns.addr.to_string().into_boxed_str());
+    let h = Harness::start(Spec {
+        extra_yaml: vec![service_entry()],
+        extra_args: vec!["--dns-server", server],
+        ..Spec::default()
+    })
+    .await;
+    assert_eq!(
+        send(&h, "c.example.test:8080").await,
+        (200, Some("a".into()))
+    );
+    dns.set("c.example.test", &[b], 1);
+    let started = Instant::now();
+    loop {
+        if send(&h, "c.example.test:8080").await.1.as_deref() == Some("b") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the new answer was not followed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
