@@ -72,3 +72,27 @@ async fn each_tunnel_goes_to_the_address_it_was_opened_to() {
         (200, Some("outside".into()))
     );
 }
+
+/// An original destination that is a mesh pod is reached over HBONE (through its ztunnel,
+/// which accepts only the waypoint), not over plain TCP: here a `resolution: NONE` entry
+/// whose address is the pod's own IP.
+#[tokio::test]
+async fn an_original_destination_in_the_mesh_is_reached_over_hbone() {
+    let h = Harness::start(Spec::default()).await;
+    let pod = h.pods[0].ip;
+    let config = std::fs::read_to_string(&h.config).unwrap();
+    let entry = service_entry(pod);
+    std::fs::write(&h.config, format!("{config}\n---\n{entry}")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Port 80 of the pod's IP: the entry's; its ztunnel serves the app on 8080 only.
+        if send(&h, SocketAddr::new(pod, 80)).await == (200, Some("echo-0".into())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached over HBONE"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
