@@ -34,6 +34,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/network/set_filter_state/v3/set_filter_state.proto",
     "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
     "envoy/extensions/filters/listener/http_inspector/v3/http_inspector.proto",
+    "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/matching/common_inputs/network/v3/network_inputs.proto",
     "envoy/extensions/path/match/uri_template/v3/uri_template_match.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
@@ -49,6 +50,38 @@ const ROOTS: &[&str] = &[
     "xds/type/v3/typed_struct.proto",
     "stats/plugin_config.proto",
 ];
+
+/// Files whose relative type name `common.dynamic_forward_proxy.v3.DnsCacheConfig` would
+/// resolve, under protobuf's scoping rules, into a sibling `common` package their own
+/// imports define (`envoy.extensions.filters.common`, `envoy.extensions.clusters.common`);
+/// [`Qualifying`] reads them with that name fully qualified, as the API means it.
+const QUALIFIED: &[&str] = &[
+    "envoy/extensions/filters/http/dynamic_forward_proxy/v3/dynamic_forward_proxy.proto",
+    "envoy/extensions/clusters/dynamic_forward_proxy/v3/cluster.proto",
+    "envoy/extensions/filters/network/sni_dynamic_forward_proxy/v3/sni_dynamic_forward_proxy.proto",
+];
+
+/// Opens files from the include directories, qualifying the DNS cache type in
+/// [`QUALIFIED`].
+struct Qualifying {
+    api: PathBuf,
+    chain: protox::file::ChainFileResolver,
+}
+
+impl protox::file::FileResolver for Qualifying {
+    fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
+        if !QUALIFIED.contains(&name) {
+            return self.chain.open_file(name);
+        }
+        let text = std::fs::read_to_string(self.api.join(name))
+            .map_err(|e| protox::Error::new(format!("{name}: {e}")))?
+            .replace(
+                " common.dynamic_forward_proxy.v3.DnsCacheConfig ",
+                " .envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig ",
+            );
+        protox::file::File::from_source(name, &text)
+    }
+}
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -67,7 +100,20 @@ fn main() {
         proto.join("opentelemetry-proto"),
         proto.join("client_model"),
     ];
-    let fds = protox::compile(ROOTS, includes)
+    let mut chain = protox::file::ChainFileResolver::new();
+    for include in &includes {
+        chain.add(protox::file::IncludeFileResolver::new(include.clone()));
+    }
+    chain.add(protox::file::GoogleFileResolver::new());
+    let resolver = Qualifying {
+        api: proto.join("data-plane-api"),
+        chain,
+    };
+    let fds = protox::Compiler::with_file_resolver(resolver)
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(ROOTS.iter().chain(QUALIFIED))
+        .map(|c| c.file_descriptor_set())
         .unwrap_or_else(|e| panic!("compiling Envoy protos in {}: {e:?}", proto.display()));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(out.join("envoy.bin"), prost::Message::encode_to_vec(&fds))

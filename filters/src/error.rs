@@ -26,6 +26,13 @@ pub enum ProxyError {
     /// The chosen backend has no ready endpoints.
     #[error("no healthy upstream for {0}")]
     NoHealthyUpstream(String),
+    /// The dynamic forward proxy could not resolve the request's host (Envoy's `DF`).
+    #[error("DNS resolution of {0} failed")]
+    DnsResolutionFailed(String),
+    /// The dynamic forward proxy's DNS cache is full (Envoy answers 503 with no response
+    /// flag).
+    #[error("DNS cache overflow: {0}")]
+    DnsCacheOverflow(String),
     /// The backend's circuit breaker is open: too many requests in flight (Envoy's `UO`).
     #[error("upstream overflow: {0}")]
     Overflow(String),
@@ -65,6 +72,8 @@ impl ProxyError {
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoHealthyUpstream(_)
+            | ProxyError::DnsResolutionFailed(_)
+            | ProxyError::DnsCacheOverflow(_)
             | ProxyError::Overflow(_)
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +92,9 @@ impl ProxyError {
             ProxyError::NoRoute(_) => "NR",
             ProxyError::NoHealthyUpstream(_) => "UH",
             ProxyError::Overflow(_) => "UO",
+            // Envoy's forward proxy answers without setting a flag.
+            ProxyError::DnsCacheOverflow(_) => "-",
+            ProxyError::DnsResolutionFailed(_) => "DF",
             ProxyError::UpstreamConnect { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::UpstreamTimeout => "UT",
@@ -102,6 +114,8 @@ impl ProxyError {
             ProxyError::NoRoute(_) => "route_not_found".into(),
             ProxyError::NoHealthyUpstream(_) => "no_healthy_upstream".into(),
             ProxyError::Overflow(_) => "overflow".into(),
+            ProxyError::DnsResolutionFailed(_) => "dns_resolution_failure".into(),
+            ProxyError::DnsCacheOverflow(_) => "dns_cache_overflow".into(),
             ProxyError::UpstreamConnect { .. } => {
                 "upstream_reset_before_response_started{connection_failure}".into()
             }
@@ -132,6 +146,8 @@ impl ProxyError {
                 .to_string(),
             ProxyError::NoRoute(_) => "route not found".to_string(),
             ProxyError::NoHealthyUpstream(_) => "no healthy upstream".to_string(),
+            ProxyError::DnsResolutionFailed(_) => "DNS resolution failure".to_string(),
+            ProxyError::DnsCacheOverflow(_) => "DNS cache overflow".to_string(),
             ProxyError::Overflow(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow"
                     .to_string()

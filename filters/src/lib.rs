@@ -23,6 +23,7 @@ pub mod dns;
 pub mod duration;
 pub mod error;
 pub mod explain;
+pub mod forward_proxy;
 pub mod model;
 pub mod rbac;
 pub mod route;

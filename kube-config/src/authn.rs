@@ -154,7 +154,7 @@ pub fn bind(
     gateway: &NamespacedName,
     root_namespace: &str,
     registry: &JwksRegistry,
-    entries: &BTreeMap<String, String>,
+    entries: &BTreeMap<String, Vec<String>>,
 ) -> Result<JwtRules, LocalConfigError> {
     let mut out = JwtRules::default();
     let mut services: BTreeMap<String, Vec<Arc<JwtRule>>> = BTreeMap::new();
@@ -190,7 +190,7 @@ pub fn bind(
                     .or_default()
                     .extend(rules.iter().cloned()),
                 Binding::ServiceEntry(entry) => {
-                    if let Some(key) = entries.get(&entry) {
+                    for key in entries.get(&entry).into_iter().flatten() {
                         services
                             .entry(key.clone())
                             .or_default()

@@ -417,7 +417,7 @@ pub fn bind(
     policies: &[(String, AuthorizationPolicy)],
     gateway: &NamespacedName,
     root_namespace: &str,
-    entries: &BTreeMap<String, String>,
+    entries: &BTreeMap<String, Vec<String>>,
 ) -> Result<Policies, LocalConfigError> {
     let mut set = Policies::default();
     let mut services: BTreeMap<String, Vec<Arc<Policy>>> = BTreeMap::new();
@@ -451,10 +451,14 @@ pub fn bind(
                 Binding::Waypoint => set.gateway.push(compiled.clone()),
                 Binding::Service(key) => services.entry(key).or_default().push(compiled.clone()),
                 Binding::ServiceEntry(entry) => match entries.get(&entry) {
-                    Some(key) => services
-                        .entry(key.clone())
-                        .or_default()
-                        .push(compiled.clone()),
+                    Some(keys) => {
+                        for key in keys {
+                            services
+                                .entry(key.clone())
+                                .or_default()
+                                .push(compiled.clone());
+                        }
+                    }
                     None => {
                         tracing::debug!(policy = %label, target = %r.name, "no such ServiceEntry")
                     }

@@ -128,9 +128,10 @@ pub fn translate_with_status(
         let ns = entry.metadata.namespace.as_deref().unwrap_or("default");
         let served =
             for_services && uses_waypoint(&entry.metadata, ns_labels.get(ns).copied(), &gw_name);
-        let mut built = entry.service(label, served, &options.trust_domain)?;
-        apply_destination_rule(&mut built, &objects.destination_rules, options)?;
-        services.push(Arc::new(built));
+        for mut built in entry.services(label, served, &options.trust_domain, &workloads)? {
+            apply_destination_rule(&mut built, &objects.destination_rules, options)?;
+            services.push(Arc::new(built));
+        }
     }
 
     let by_name: HashMap<NamespacedName, Arc<Service>> = services
@@ -299,6 +300,9 @@ fn service(
             ports.push(port);
         }
     }
+    if svc.spec.cluster_ip.as_deref() == Some("None") {
+        ports = headless(ns, &svc.metadata.name, ports, options);
+    }
     Ok(Service {
         name: NamespacedName::new(ns, &svc.metadata.name),
         hostname: format!("{}.{ns}.svc.{}", svc.metadata.name, options.domain_suffix),
@@ -306,6 +310,38 @@ fn service(
         ports,
         served,
     })
+}
+
+/// The ports of a headless Service (`clusterIP: None`) as istiod's ORIGINAL_DST cluster
+/// makes them: no endpoints to pick from, the upstream being the tunnel's original
+/// destination (for the pod-addressed traffic clients of a headless Service send, the pod
+/// itself, over HBONE when it is in the mesh).
+fn headless(
+    ns: &str,
+    name: &str,
+    ports: Vec<ServicePort>,
+    options: &SourceOptions,
+) -> Vec<ServicePort> {
+    let workload = Arc::new(Workload {
+        name: NamespacedName::new(ns, name),
+        ips: Vec::new(),
+        identity: Identity::new(&options.trust_domain, ns, "default"),
+        labels: BTreeMap::new(),
+        hbone: false,
+        served: false,
+        named_ports: BTreeMap::new(),
+    });
+    ports
+        .into_iter()
+        .map(|p| {
+            let original = filters::model::OriginalDst {
+                port_override: None,
+                workload: workload.clone(),
+            };
+            ServicePort::new(p.name, p.port, p.target_port, p.protocol, Vec::new())
+                .with_original_dst(Some(Arc::new(original)))
+        })
+        .collect()
 }
 
 /// Applies the DestinationRule for `svc`'s host (one in the Service's own namespace first,
@@ -329,6 +365,17 @@ fn apply_destination_rule(
     for p in ports {
         let h2 = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc);
         let policy = rule.port_policy(p.port, h2, label)?;
+        if p.unlisted().is_some() && (policy.outlier.is_some() || !policy.hash.is_empty()) {
+            // The addresses are not a list of endpoints to eject from or hash over.
+            return Err(invalid(
+                label,
+                "spec.trafficPolicy",
+                format!(
+                    "outlierDetection and consistentHash are not implemented for {} (its upstream is resolved per request or per name, not a list of endpoints)",
+                    svc.hostname
+                ),
+            ));
+        }
         svc.ports.push(
             p.with_balancing(policy.balancing)
                 .with_slow_start(policy.slow_start)

@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 type Answers = Arc<Mutex<HashMap<String, (Vec<Ipv4Addr>, u32)>>>;
+type Asked = Arc<Mutex<HashMap<String, usize>>>;
 
 /// A running test DNS server; stops when dropped.
 pub struct DnsServer {
@@ -20,6 +21,7 @@ pub struct DnsServer {
     pub addr: SocketAddr,
     answers: Answers,
     queries: Arc<Mutex<usize>>,
+    asked: Asked,
     task: JoinHandle<()>,
 }
 
@@ -36,7 +38,8 @@ impl DnsServer {
         let addr = socket.local_addr()?;
         let answers: Answers = Arc::default();
         let queries = Arc::new(Mutex::new(0));
-        let (a, q) = (answers.clone(), queries.clone());
+        let asked: Asked = Arc::default();
+        let (a, q, k) = (answers.clone(), queries.clone(), asked.clone());
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -44,7 +47,7 @@ impl DnsServer {
                     continue;
                 };
                 *q.lock().unwrap() += 1;
-                if let Some(reply) = answer(&buf[..n], &a) {
+                if let Some(reply) = answer(&buf[..n], &a, &k) {
                     let _ = socket.send_to(&reply, peer).await;
                 }
             }
@@ -53,6 +56,7 @@ impl DnsServer {
             addr,
             answers,
             queries,
+            asked,
             task,
         })
     }
@@ -73,10 +77,16 @@ impl DnsServer {
     pub fn queries(&self) -> usize {
         *self.queries.lock().unwrap()
     }
+
+    /// How many A queries asked for `name`.
+    pub fn queries_for(&self, name: &str) -> usize {
+        let key = name.trim_end_matches('.').to_ascii_lowercase();
+        self.asked.lock().unwrap().get(&key).copied().unwrap_or(0)
+    }
 }
 
 /// The reply to one query message; `None` for what is not a query.
-fn answer(packet: &[u8], answers: &Answers) -> Option<Vec<u8>> {
+fn answer(packet: &[u8], answers: &Answers, asked: &Asked) -> Option<Vec<u8>> {
     let query = Message::from_vec(packet).ok()?;
     if query.metadata.message_type != MessageType::Query {
         return None;
@@ -90,6 +100,9 @@ fn answer(packet: &[u8], answers: &Answers) -> Option<Vec<u8>> {
         reply.add_query(q.clone());
         let name = q.name().to_ascii();
         let key = name.trim_end_matches('.').to_ascii_lowercase();
+        if q.query_type() == RecordType::A {
+            *asked.lock().unwrap().entry(key.clone()).or_default() += 1;
+        }
         let Some((ips, ttl)) = answers.lock().unwrap().get(&key).cloned() else {
             continue;
         };

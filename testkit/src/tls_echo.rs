@@ -20,6 +20,7 @@ use hbone::tls::{provider, Certs};
 pub struct TlsEcho {
     /// Where it listens.
     pub addr: SocketAddr,
+    server_names: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     task: JoinHandle<()>,
 }
 
@@ -30,32 +31,65 @@ impl Drop for TlsEcho {
 }
 
 impl TlsEcho {
-    /// Binds `127.0.0.1:0` and serves the echo app with `certs` until dropped.
+    /// Binds `127.0.0.1:0` and serves the echo app with `certs` until dropped; clients
+    /// must present a certificate signed by `certs`' roots.
     pub async fn start(certs: &Certs, who: EchoIdentity) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let verifier = WebPkiClientVerifier::builder_with_provider(certs.roots.clone(), provider())
             .build()
             .map_err(std::io::Error::other)?;
-        let mut config = ServerConfig::builder_with_provider(provider())
+        let config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(std::io::Error::other)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(super::ztunnel::FixedCert(certs.key.clone())));
+        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0)), config, who).await
+    }
+
+    /// As [`Self::start`] at `addr`, without asking clients for a certificate (a server
+    /// on the internet, for DestinationRule `tls` mode SIMPLE).
+    pub async fn start_simple(
+        addr: SocketAddr,
+        certs: &Certs,
+        who: EchoIdentity,
+    ) -> std::io::Result<Self> {
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(std::io::Error::other)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(super::ztunnel::FixedCert(certs.key.clone())));
+        Self::serve(addr, config, who).await
+    }
+
+    /// The SNI each accepted connection sent (`None`: none), in order.
+    pub fn server_names(&self) -> Vec<Option<String>> {
+        self.server_names.lock().unwrap().clone()
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        mut config: ServerConfig,
+        who: EchoIdentity,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let who = Arc::new(who);
+        let server_names: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
+        let names = server_names.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, who) = (acceptor.clone(), who.clone());
+                let (acceptor, who, names) = (acceptor.clone(), who.clone(), names.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let sni = tls.get_ref().1.server_name().map(str::to_string);
+                    names.lock().unwrap().push(sni);
                     let svc = service_fn(move |req| echo::handle(who.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
@@ -63,6 +97,10 @@ impl TlsEcho {
                 });
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self {
+            addr,
+            server_names,
+            task,
+        })
     }
 }

@@ -158,3 +158,50 @@ async fn an_unresolvable_host_answers_503_uh_with_a_log_line() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A ServiceEntry with two hosts is two Services (as istiod makes them), each at the
+/// address istiod allocated to it (`status.addresses` with `host`), each resolving its own
+/// name.
+#[tokio::test]
+async fn each_host_of_an_entry_is_reached_at_its_own_address() {
+    let dns = DnsServer::start().await.unwrap();
+    let (a, _sa) = external("a").await;
+    let (b, _sb) = external("b").await;
+    dns.set(HOST, &[a], 30);
+    dns.set("other.example.test", &[b], 30);
+    let other_vip = "127.97.0.5";
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: api\n  namespace: {NS}\n  labels: {{istio.io/use-waypoint: waypoint}}\nspec:\n  hosts: [{HOST}, other.example.test]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports:\n  - {{number: 80, name: http, protocol: HTTP, targetPort: 8080}}\nstatus:\n  addresses:\n  - {{value: {SE_VIP}, host: {HOST}}}\n  - {{value: {other_vip}, host: other.example.test}}\n"
+    );
+    let server: &'static str = Box::leak(dns.addr.to_string().into_boxed_str());
+    let h = Harness::start(Spec {
+        extra_yaml: vec![entry],
+        extra_args: vec!["--dns-server", server],
+        ..Spec::default()
+    })
+    .await;
+    until_answered_by(&h, "a", Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let conn = h.client().connect().await.unwrap();
+        let mut http = conn
+            .http1(format!("{other_vip}:80").parse().unwrap())
+            .await
+            .unwrap();
+        let req = http::Request::get("/")
+            .header("host", "other.example.test")
+            .body(filters::body::empty())
+            .unwrap();
+        let resp = http.send_request(req).await.unwrap();
+        if resp.status() == 200 {
+            assert_eq!(json(resp).await["pod"], "b");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "other.example.test never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(send(&h).await.1.as_deref(), Some("a"));
+}

@@ -282,6 +282,60 @@ mod tests {
             assert_eq!(pick(&hashed, Some(42)).unwrap().workload.name.name, first);
         }
     }
+
+    #[test]
+    fn original_destination_is_the_authority_over_hbone_for_mesh_pods_only() {
+        let ctx = crate::model::test_support::context();
+        let outside = Arc::new(crate::model::Workload {
+            hbone: false,
+            ..(*ep("outside", None).workload).clone()
+        });
+        let original = crate::model::OriginalDst {
+            port_override: Some(9443),
+            workload: outside,
+        };
+        let port = ServicePort::new(None, 443, TargetPort::Number(443), Protocol::Tcp, vec![])
+            .with_original_dst(Some(Arc::new(original)));
+        let backend = crate::route::Backend::Service {
+            service: Arc::new(Service {
+                name: NamespacedName::new("default", "headless"),
+                hostname: "headless.default.svc.cluster.local".into(),
+                vips: vec![],
+                ports: vec![port],
+                served: true,
+            }),
+            port: 443,
+        };
+        let crate::route::Backend::Service { service, .. } = &backend else {
+            unreachable!()
+        };
+        let o = service.port(443).unwrap().original_dst().unwrap();
+        // The test snapshot's mesh pod: HBONE to it, at the overriding port.
+        let p = pick_original(
+            &backend,
+            o,
+            "127.128.0.1:443".parse().unwrap(),
+            &ctx.snapshot,
+        )
+        .unwrap();
+        assert_eq!(p.address, "127.128.0.1:9443".parse().unwrap());
+        assert!(p.workload.hbone);
+        // Any other address: plain TCP.
+        let p = pick_original(
+            &backend,
+            o,
+            "127.200.0.9:443".parse().unwrap(),
+            &ctx.snapshot,
+        )
+        .unwrap();
+        assert_eq!(p.address, "127.200.0.9:9443".parse().unwrap());
+        assert!(!p.workload.hbone);
+        // Without the tunnel's destination there is nothing to pick.
+        assert!(matches!(
+            pick(&backend, None),
+            Err(crate::ProxyError::NoHealthyUpstream(_))
+        ));
+    }
 }
 
 /// An endpoint chosen for one request or tunnel.
@@ -393,8 +447,6 @@ impl Drop for InFlight {
 fn pick_resolved(
     backend: &crate::route::Backend,
     service: &Arc<crate::model::Service>,
-    port: u16,
-    sp: &crate::model::ServicePort,
     dns: &crate::dns::DnsTarget,
 ) -> Result<Picked, crate::ProxyError> {
     let Some(address) = dns.pick() else {
@@ -406,6 +458,27 @@ fn pick_resolved(
         );
         return Err(crate::ProxyError::NoHealthyUpstream(backend.describe()));
     };
+    pick_address(backend, address, dns.workload.clone())
+}
+
+/// The pick of a port whose upstream is not a list of endpoints, once its address is
+/// known (a resolved name, or the host a request named): the port's circuit breaker
+/// applies; balancing, least request and outlier detection do not.
+pub fn pick_address(
+    backend: &crate::route::Backend,
+    address: std::net::SocketAddr,
+    workload: Arc<crate::model::Workload>,
+) -> Result<Picked, crate::ProxyError> {
+    let crate::route::Backend::Service { service, port } = backend else {
+        return Err(crate::ProxyError::Internal(format!(
+            "{} is not a Service port",
+            backend.describe()
+        )));
+    };
+    let (service, port) = (service, *port);
+    let sp = service.port(port).ok_or_else(|| {
+        crate::ProxyError::Internal(format!("{} has no port {port}", service.name))
+    })?;
     let counted = sp.counts_requests();
     if counted {
         let before = sp.requests().fetch_add(1, Ordering::Relaxed);
@@ -416,7 +489,7 @@ fn pick_resolved(
     }
     Ok(Picked {
         address,
-        workload: dns.workload.clone(),
+        workload,
         in_flight: counted.then(|| InFlight {
             service: service.clone(),
             port,
@@ -428,6 +501,24 @@ fn pick_resolved(
         connection_limits: sp.connection_limits,
         proxy_protocol: sp.proxy_protocol,
     })
+}
+
+/// The endpoint of an original-destination port ([`crate::model::OriginalDst`]): the
+/// tunnel's `authority` (its port replaced by the override, if any), reached over HBONE
+/// when `snapshot` knows it as a mesh workload, else over plain TCP.
+pub fn pick_original(
+    backend: &crate::route::Backend,
+    original: &crate::model::OriginalDst,
+    authority: std::net::SocketAddr,
+    snapshot: &crate::model::Snapshot,
+) -> Result<Picked, crate::ProxyError> {
+    let port = original.port_override.unwrap_or(authority.port());
+    let address = std::net::SocketAddr::new(authority.ip(), port);
+    let workload = match snapshot.workload(authority.ip()) {
+        Some(w) if w.hbone => w.clone(),
+        _ => original.workload.clone(),
+    };
+    pick_address(backend, address, workload)
 }
 
 /// Chooses the endpoint for `backend`: by `hash` when the Service port balances by
@@ -444,8 +535,24 @@ pub fn pick(
             let sp = service.port(*port).ok_or_else(|| {
                 ProxyError::Internal(format!("{} has no port {port}", service.name))
             })?;
-            if let Some(dns) = sp.dns() {
-                return pick_resolved(backend, service, *port, sp, dns);
+            if let Some(unlisted) = sp.unlisted() {
+                return match unlisted {
+                    crate::model::Unlisted::Dns(dns) => pick_resolved(backend, service, dns),
+                    // Needs the request's host: the binary resolves it ([`pick_address`]).
+                    crate::model::Unlisted::ForwardProxy(_) => {
+                        Err(ProxyError::NoHealthyUpstream(format!(
+                            "{} (a forward proxy port needs an HTTP request's host)",
+                            backend.describe()
+                        )))
+                    }
+                    // Needs the tunnel's authority ([`pick_original`]).
+                    crate::model::Unlisted::OriginalDst(_) => {
+                        Err(ProxyError::NoHealthyUpstream(format!(
+                            "{} (an original-destination port needs the tunnel's destination)",
+                            backend.describe()
+                        )))
+                    }
+                };
             }
             let ejected = Ejected::of(sp);
             let ramping = sp.slow_start().and_then(|s| {

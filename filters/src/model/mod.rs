@@ -23,7 +23,8 @@ pub use request_headers::{request_id, RequestHeaders};
 pub use request_log::{RequestLog, Upstream};
 pub use snapshot::{
     bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,
-    Service, ServicePort, Snapshot, SnapshotParts, Target, TargetPort, Waypoint, Workload,
+    OriginalDst, Service, ServicePort, Snapshot, SnapshotParts, Target, TargetPort, Unlisted,
+    Waypoint, Workload,
 };
 pub use upstream_tls::{ClientCertificate, TlsRoots, UpstreamTls};
 

@@ -77,10 +77,40 @@ pub struct ServicePort {
     pub proxy_protocol: Option<super::ProxyProtocolVersion>,
     #[serde(skip)]
     next: AtomicUsize,
-    /// The upstream named by a host name, resolved outside the snapshot (a DNS
-    /// ServiceEntry); when set, `endpoints` is empty.
+    /// The upstream when it is not a list of endpoints (a host name resolved outside the
+    /// snapshot, or the host each request names); when set, `endpoints` is empty.
     #[serde(skip_serializing_if = "Option::is_none")]
-    dns: Option<Arc<crate::dns::DnsTarget>>,
+    unlisted: Option<Unlisted>,
+}
+
+/// A port's upstream that is not a list of endpoints: one check on the pick path tells
+/// the mesh's ports (always `None`) from these.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unlisted {
+    /// A host name resolved outside the snapshot (a DNS ServiceEntry, [`crate::dns`]).
+    Dns(Arc<crate::dns::DnsTarget>),
+    /// The host each request names (a DYNAMIC_DNS ServiceEntry,
+    /// [`crate::forward_proxy`]).
+    ForwardProxy(Arc<crate::forward_proxy::ForwardProxy>),
+    /// The tunnel's original destination (a ServiceEntry with `resolution: NONE`, a
+    /// headless Service; istiod's ORIGINAL_DST cluster).
+    OriginalDst(Arc<OriginalDst>),
+}
+
+/// A port whose upstream is the address the client connected to: inside an HBONE tunnel,
+/// the CONNECT authority (the Service VIP of a `resolution: NONE` ServiceEntry, whose
+/// addresses are the real destinations; a pod IP for a headless Service). A destination
+/// that is a mesh workload of the snapshot is reached over HBONE, any other over plain
+/// TCP.
+#[derive(Debug, Serialize)]
+pub struct OriginalDst {
+    /// The port connected to instead of the original one (istiod's
+    /// `upstream_port_override`, a ServiceEntry port's `targetPort`).
+    pub port_override: Option<u16>,
+    /// The workload a destination outside the mesh stands for.
+    #[serde(skip)]
+    pub workload: Arc<super::Workload>,
 }
 
 impl ServicePort {
@@ -115,19 +145,65 @@ impl ServicePort {
             localities: None,
             lowest_priority: None,
             upstream_protocol: super::UpstreamProtocol::for_port(protocol),
-            dns: None,
+            unlisted: None,
         }
     }
 
     /// Sets the upstream named by a host name ([`crate::dns`]).
     pub fn with_dns(mut self, target: Option<Arc<crate::dns::DnsTarget>>) -> Self {
-        self.dns = target;
+        if let Some(t) = target {
+            self.unlisted = Some(Unlisted::Dns(t));
+        }
         self
+    }
+
+    /// This port forwarding to the host each request names
+    /// ([`crate::forward_proxy`]).
+    pub fn with_forward_proxy(
+        mut self,
+        proxy: Option<Arc<crate::forward_proxy::ForwardProxy>>,
+    ) -> Self {
+        if let Some(p) = proxy {
+            self.unlisted = Some(Unlisted::ForwardProxy(p));
+        }
+        self
+    }
+
+    /// This port sending to the tunnel's original destination ([`OriginalDst`]).
+    pub fn with_original_dst(mut self, original: Option<Arc<OriginalDst>>) -> Self {
+        if let Some(o) = original {
+            self.unlisted = Some(Unlisted::OriginalDst(o));
+        }
+        self
+    }
+
+    /// The original-destination settings, if the port sends there.
+    pub fn original_dst(&self) -> Option<&Arc<OriginalDst>> {
+        match &self.unlisted {
+            Some(Unlisted::OriginalDst(o)) => Some(o),
+            _ => None,
+        }
     }
 
     /// The upstream named by a host name, if the port has one.
     pub fn dns(&self) -> Option<&Arc<crate::dns::DnsTarget>> {
-        self.dns.as_ref()
+        match &self.unlisted {
+            Some(Unlisted::Dns(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The forward proxy, if the port is one.
+    pub fn forward_proxy(&self) -> Option<&Arc<crate::forward_proxy::ForwardProxy>> {
+        match &self.unlisted {
+            Some(Unlisted::ForwardProxy(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The upstream when it is not a list of endpoints.
+    pub fn unlisted(&self) -> Option<&Unlisted> {
+        self.unlisted.as_ref()
     }
 
     /// This port sending requests upstream in `protocol`'s HTTP version.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
-pub use super::service_port::ServicePort;
+pub use super::service_port::{OriginalDst, ServicePort, Unlisted};
 use super::{Identity, Protocol};
 
 /// A Kubernetes `namespace/name`.

@@ -225,6 +225,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
     let interval = Duration::from_millis(args.watch_interval_ms);
     let resolver = crate::upstream::dns::resolver(args.dns_server)?;
+    crate::upstream::forward_proxy::hosts().set_resolver(resolver.clone());
     let mut tasks: Vec<Task> = Vec::new();
     if !args.rebalance_peers.is_empty() {
         let options = crate::inbound::rebalance::RebalanceOptions {

@@ -7,6 +7,7 @@ pub mod detect;
 mod headers;
 pub mod http;
 mod idle;
+mod sni;
 pub mod tcp;
 mod tracked;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use filters::authz::ext::{self, CheckError, CheckOutcome, CheckRequest, Provider};
 use filters::authz::{self, Attributes, CustomOutcome, Denied, Subject};
 use filters::balance;
-use filters::model::{ProxyHeader, RequestContext, Target, TunnelInfo, Workload};
+use filters::model::{ProxyHeader, RequestContext, Target, TunnelInfo, Unlisted, Workload};
 use filters::route::Backend;
 
 use crate::state::Proxy;
@@ -56,7 +56,33 @@ async fn copy(
         tracing::info!(%policy, peer = %info.peer, "TCP tunnel denied by authorization");
         return ("-", None, 0, 0);
     }
-    let picked = match balance::pick(&Backend::of_target(&info.target), None) {
+    let backend = Backend::of_target(&info.target);
+    let port = match &info.target {
+        Target::Service { service, port } => service.port(*port),
+        Target::Workload { .. } => None,
+    };
+    // Bytes read from the client before connecting (a TLS ClientHello), sent on first.
+    let mut first = Vec::new();
+    let picked = match port.and_then(|p| p.unlisted()) {
+        Some(Unlisted::OriginalDst(o)) => {
+            balance::pick_original(&backend, o, info.authority, &proxy.config.current())
+        }
+        Some(Unlisted::ForwardProxy(fp)) => {
+            let upstream_port = port.map_or(info.authority.port(), |p| match p.target_port {
+                filters::model::TargetPort::Number(n) => n,
+                filters::model::TargetPort::Named(_) => p.port,
+            });
+            match by_sni(&backend, fp, upstream_port, &mut stream).await {
+                Ok((bytes, picked)) => {
+                    first = bytes;
+                    Ok(picked)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        _ => balance::pick(&backend, None),
+    };
+    let picked = match picked {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: no endpoint");
@@ -79,8 +105,16 @@ async fn copy(
         }
     };
     opened(Some(&picked.workload));
+    if !first.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        if let Err(e) = upstream.write_all(&first).await {
+            tracing::debug!(endpoint = %picked.address, error = %e, "TCP tunnel failed");
+            return ("-", Some(picked.workload), 0, 0);
+        }
+    }
     match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
         Ok((received, sent)) => {
+            let received = received + first.len() as u64;
             tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel finished");
             ("-", Some(picked.workload), sent, received)
         }
@@ -89,6 +123,37 @@ async fn copy(
             ("-", Some(picked.workload), 0, 0)
         }
     }
+}
+
+/// TLS passthrough through the dynamic forward proxy (istiod's `sni_dynamic_forward_proxy`
+/// network filter on a DYNAMIC_DNS entry's TLS port): the ClientHello's SNI names the
+/// host, which must fall under the wildcard, resolved through the port's DNS cache and
+/// reached at `port`; TLS is not terminated. Returns the bytes read and the endpoint.
+async fn by_sni(
+    backend: &Backend,
+    fp: &filters::forward_proxy::ForwardProxy,
+    port: u16,
+    stream: &mut H2Stream,
+) -> Result<(Vec<u8>, balance::Picked), filters::ProxyError> {
+    use filters::ProxyError;
+    let (bytes, name) = super::sni::read_client_hello(stream, super::sni::TIMEOUT)
+        .await
+        .map_err(|e| {
+            tracing::info!(error = %e, "forward proxy: no server name to forward to");
+            ProxyError::NoRoute(e.to_string())
+        })?;
+    let Some(name) = name.filter(|n| fp.covers(n)) else {
+        tracing::info!(wildcard = ?fp.wildcard, "forward proxy: the ClientHello names no host under the wildcard");
+        return Err(ProxyError::NoRoute(format!(
+            "SNI not under {}",
+            fp.wildcard.as_deref().unwrap_or("the forward proxy")
+        )));
+    };
+    let (address, workload) = crate::upstream::forward_proxy::hosts()
+        .address(fp, &name, port)
+        .await?;
+    let picked = balance::pick_address(backend, address, workload)?;
+    Ok((bytes, picked))
 }
 
 /// A TCP tunnel being authorized: only connection attributes apply (HTTP-only fields

@@ -7,8 +7,8 @@
 //!   `port`, as the port's balancer picks them, through the upstream pools (HBONE for pods
 //!   in the mesh, TCP otherwise).
 //! - An IP literal: that address, plaintext TCP.
-//! - Any other name: resolved with the system resolver, plaintext TCP (istiod would need a
-//!   ServiceEntry for it; the local configuration has none).
+//! - Any other name, or the name of a Service whose port sends to the original
+//!   destination (headless): resolved with the system resolver, plaintext TCP.
 //!
 //! A destination from xDS (an `outbound|<port>||<host>` cluster) is only ever the snapshot's
 //! Service `<host>` (built from that cluster and its EDS endpoints): no IP literal, no DNS,
@@ -138,8 +138,17 @@ pub async fn resolve(snapshot: &Snapshot, to: Destination<'_>) -> Result<Endpoin
             authority,
         });
     }
+    let mut host = host;
     if let Some(service) = service(snapshot, host) {
-        return service_endpoint(service, to.port);
+        if service
+            .port(to.port)
+            .is_none_or(|p| p.original_dst().is_none())
+        {
+            return service_endpoint(service, to.port);
+        }
+        // A headless Service (or a `resolution: NONE` entry) has no endpoints to pick
+        // from: its name resolves to its pods' addresses, as a client's lookup would.
+        host = service.hostname.as_str();
     }
     let mut addrs = tokio::net::lookup_host((host, to.port))
         .await

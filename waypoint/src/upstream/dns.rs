@@ -21,7 +21,7 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// How often the snapshot is looked at for new names.
 const TICK: Duration = Duration::from_millis(200);
 /// The longest wait for one lookup.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the resolver could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -68,15 +68,17 @@ pub fn resolver(server: Option<SocketAddr>) -> Result<TokioResolver, DnsError> {
     builder.build().map_err(|e| DnsError::Build(e.to_string()))
 }
 
-/// The host names the snapshot's DNS upstreams name.
-fn wanted(store: &SnapshotStore) -> BTreeSet<String> {
-    store
-        .current()
-        .services()
-        .values()
-        .flat_map(|s| s.ports.iter())
+/// The host names the snapshot's DNS upstreams name, and the forward proxies' caches.
+fn wanted(store: &SnapshotStore) -> (BTreeSet<String>, BTreeSet<String>) {
+    let snapshot = store.current();
+    let ports = || snapshot.services().values().flat_map(|s| s.ports.iter());
+    let names = ports()
         .filter_map(|p| p.dns().map(|d| d.hostname.clone()))
-        .collect()
+        .collect();
+    let caches = ports()
+        .filter_map(|p| p.forward_proxy().map(|f| f.cache.clone()))
+        .collect();
+    (names, caches)
 }
 
 /// Keeps [`filters::dns::resolved`] up to date for the names `store`'s snapshot names.
@@ -85,7 +87,8 @@ pub async fn run(store: Arc<SnapshotStore>, resolver: TokioResolver) {
     let mut due: HashMap<String, Instant> = HashMap::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     loop {
-        let names = wanted(&store);
+        let (names, caches) = wanted(&store);
+        super::forward_proxy::hosts().retain(&caches);
         due.retain(|h, _| names.contains(h));
         filters::dns::resolved().retain(&names);
         let now = Instant::now();

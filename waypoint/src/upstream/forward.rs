@@ -13,7 +13,7 @@ use http::{header, Request, Response, Uri, Version};
 
 use crate::state::Proxy;
 use crate::telemetry::trace::RequestTrace;
-use filters::model::RequestLog;
+use filters::model::{RequestContext, RequestLog, Unlisted};
 use opentelemetry::KeyValue;
 
 /// Forwards routed requests upstream.
@@ -49,7 +49,29 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         .extensions_mut()
         .remove::<RouteDecision>()
         .ok_or_else(|| ProxyError::Internal("request reached upstream without a route".into()))?;
-    let picked = balance::pick(&decision.backend, decision.hash)?;
+    // The Service port, looked up once for the forward proxy and the upstream protocol.
+    let port = match &decision.backend {
+        Backend::Service { service, port } => service.port(*port),
+        Backend::Workload { .. } => None,
+    };
+    let picked = match port.and_then(|p| p.unlisted()) {
+        Some(Unlisted::ForwardProxy(fp)) => {
+            let authority = authority_of(&req).to_string();
+            pick_forwarded(&decision.backend, fp, port, &authority).await?
+        }
+        Some(Unlisted::OriginalDst(original)) => {
+            let ctx = req.extensions().get::<RequestContext>().ok_or_else(|| {
+                ProxyError::Internal("request without its tunnel's context".into())
+            })?;
+            balance::pick_original(
+                &decision.backend,
+                original,
+                ctx.tunnel.authority,
+                &ctx.snapshot,
+            )?
+        }
+        _ => balance::pick(&decision.backend, decision.hash)?,
+    };
     let log = req.extensions_mut().remove::<RequestLog>();
     let trace = req.extensions_mut().remove::<RequestTrace>();
     if let Some(log) = &log {
@@ -62,12 +84,7 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
     // The port's upstream protocol (istiod's: HTTP/1.1 for `http`, HTTP/2 for `http2` and
     // `grpc`, the client's otherwise); a pod addressed directly gets the client's.
     let client_h2 = req.version() == Version::HTTP_2;
-    let h2 = match &decision.backend {
-        Backend::Service { service, port } => service
-            .port(*port)
-            .map_or(client_h2, |p| p.upstream_protocol.h2(client_h2)),
-        Backend::Workload { .. } => client_h2,
-    };
+    let h2 = port.map_or(client_h2, |p| p.upstream_protocol.h2(client_h2));
     if h2 {
         let host = req
             .headers_mut()
@@ -126,6 +143,46 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         Some(guard) => Body::new(filters::body::Guarded::new(b, guard)),
         None => Body::new(b),
     }))
+}
+
+/// The endpoint of a forward-proxy port: the host the request names (its `:authority`,
+/// else `Host`), which must fall under the port's wildcard (else 404 `NR`, as the virtual
+/// host's domains make Envoy answer), resolved through the port's DNS cache.
+async fn pick_forwarded(
+    backend: &Backend,
+    fp: &filters::forward_proxy::ForwardProxy,
+    port: Option<&filters::model::ServicePort>,
+    authority: &str,
+) -> Result<balance::Picked, ProxyError> {
+    let tls = port.is_some_and(|p| p.tls.is_some());
+    let Some((host, upstream_port)) = fp.target(authority, tls) else {
+        tracing::info!(
+            authority,
+            wildcard = ?fp.wildcard,
+            "forward proxy: the request's host is not under the wildcard (404 NR)"
+        );
+        return Err(ProxyError::NoRoute(format!(
+            "host {authority:?} is not under {}",
+            fp.wildcard.as_deref().unwrap_or("the forward proxy")
+        )));
+    };
+    let (address, workload) = crate::upstream::forward_proxy::hosts()
+        .address(fp, host, upstream_port)
+        .await?;
+    balance::pick_address(backend, address, workload)
+}
+
+/// The request's `:authority`, else its `Host`.
+fn authority_of(req: &Request<Body>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default()
 }
 
 /// Tells outlier detection how the attempt ended: the status the endpoint answered with,

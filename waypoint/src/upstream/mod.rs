@@ -15,6 +15,7 @@ mod conn;
 pub mod dial;
 pub mod dns;
 pub mod forward;
+pub mod forward_proxy;
 pub mod grpc;
 pub mod hbone_pool;
 pub mod pool;

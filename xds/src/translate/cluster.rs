@@ -58,6 +58,10 @@ pub struct ClusterInfo {
     pub inline_endpoints: Option<Vec<super::endpoint::EndpointInfo>>,
     /// The host name of a STRICT_DNS / LOGICAL_DNS cluster, resolved at run time.
     pub dns: Option<super::inline_cluster::DnsName>,
+    /// The DNS cache of a dynamic forward proxy cluster (the host comes from each request).
+    pub forward_proxy: Option<super::forward_proxy::DnsCache>,
+    /// An ORIGINAL_DST cluster: the tunnel's original destination, with this port override.
+    pub original_dst: Option<Option<u16>>,
 }
 
 /// Parses `inbound-vip|8000|http|httpbin.default.svc.cluster.local`.
@@ -144,6 +148,8 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         subset: None,
         inline_endpoints: None,
         dns: None,
+        forward_proxy: None,
+        original_dst: None,
     })
 }
 
@@ -156,12 +162,49 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             "not an inbound-vip|<port>|<protocol>|<host> cluster".into(),
         ));
     };
-    let (inline_endpoints, dns) = match super::inline_cluster::endpoints(c)? {
-        None => (None, None),
-        Some(super::inline_cluster::Inline::Endpoints(eps)) => (Some(eps), None),
-        Some(super::inline_cluster::Inline::Dns(name)) => (Some(Vec::new()), Some(name)),
-    };
-    check_load_balancing(c)?;
+    use super::inline_cluster::Inline;
+    let (mut inline_endpoints, mut dns, mut forward_proxy, mut original_dst) =
+        (None, None, None, None);
+    match super::inline_cluster::endpoints(c)? {
+        None => {}
+        Some(Inline::Endpoints(eps)) => inline_endpoints = Some(eps),
+        Some(Inline::Dns(name)) => {
+            inline_endpoints = Some(Vec::new());
+            dns = Some(name);
+        }
+        Some(Inline::ForwardProxy(cache)) => {
+            inline_endpoints = Some(Vec::new());
+            forward_proxy = Some(cache);
+        }
+        Some(Inline::OriginalDst(port)) => {
+            inline_endpoints = Some(Vec::new());
+            original_dst = Some(port);
+        }
+    }
+    let unlisted = forward_proxy.is_some() || original_dst.is_some();
+    if (unlisted || dns.is_some()) && c.outlier_detection.is_some() {
+        return Err(bad(
+            "outlier_detection",
+            "ejecting addresses that are not listed endpoints is not implemented".into(),
+        ));
+    }
+    if dns.is_some() && matches!(c.lb_policy, 2 | 5) {
+        return Err(bad(
+            "lb_policy",
+            "consistent hashing over the addresses a host name resolves to is not implemented"
+                .into(),
+        ));
+    }
+    if unlisted {
+        // CLUSTER_PROVIDED and its lb_config (checked with the cluster type); nothing
+        // else may be set.
+        let mut rest = c.clone();
+        rest.lb_policy = 0;
+        rest.lb_config = None;
+        check_load_balancing(&rest)?;
+    } else {
+        check_load_balancing(c)?;
+    }
     check_resilience(c)?;
     let options = super::protocol_options::convert(c)
         .map_err(|(field, reason)| invalid(c, &field, reason))?;
@@ -211,6 +254,8 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         proxy_protocol,
         inline_endpoints,
         dns,
+        forward_proxy,
+        original_dst,
     })
 }
 

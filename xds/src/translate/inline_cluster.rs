@@ -13,8 +13,10 @@
 //! resolver settings istiod writes (`dns_lookup_family`, `dns_refresh_rate`,
 //! `respect_dns_ttl`, `dns_jitter`, the c-ares `typed_dns_resolver_config`) are accepted
 //! and not read: the waypoint always honours TTLs (at least 1 s apart) and asks for A
-//! records, then AAAA when there are none. ORIGINAL_DST (`resolution: NONE`) and custom
-//! cluster types (the dynamic forward proxy of `DYNAMIC_DNS`) are refused.
+//! records, then AAAA when there are none. The dynamic forward proxy's custom cluster type
+//! (`DYNAMIC_DNS`) is [`super::forward_proxy`]'s; ORIGINAL_DST (`resolution: NONE`,
+//! headless Services) sends to the tunnel's original destination; other custom cluster
+//! types are refused.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
@@ -34,6 +36,74 @@ pub enum Inline {
     Endpoints(Vec<EndpointInfo>),
     /// One host name, resolved at run time ([`filters::dns`]).
     Dns(DnsName),
+    /// No endpoints: the host each request names ([`super::forward_proxy`]).
+    ForwardProxy(super::forward_proxy::DnsCache),
+    /// No endpoints: the tunnel's original destination, at this port if set (ORIGINAL_DST).
+    OriginalDst(Option<u16>),
+}
+
+/// istiod's ORIGINAL_DST cluster (`convertResolution` for `resolution: NONE` and headless
+/// Services, `buildCluster` in cluster_builder.go; `buildWaypointInboundVIPCluster` sets
+/// `lb_policy` CLUSTER_PROVIDED): `original_dst_lb_config.upstream_port_override` (a
+/// ServiceEntry port's `targetPort`) takes effect, `cleanup_interval` needs nothing (the
+/// waypoint keeps no per-destination hosts); `use_http_header`, `http_header_name` and
+/// `metadata_key` are refused, as is any `load_assignment`.
+fn original_dst(c: &Cluster) -> Result<Inline, InvalidResource> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
+    if c.lb_policy != 6 {
+        return Err(invalid(
+            c,
+            "lb_policy",
+            "an ORIGINAL_DST cluster balances itself (CLUSTER_PROVIDED)".into(),
+        ));
+    }
+    if c.load_assignment.is_some() {
+        return Err(invalid(
+            c,
+            "load_assignment",
+            "an ORIGINAL_DST cluster has no endpoints".into(),
+        ));
+    }
+    let port = match &c.lb_config {
+        None => None,
+        Some(LbConfig::OriginalDstLbConfig(o)) => {
+            let at = "original_dst_lb_config";
+            if o.use_http_header || !o.http_header_name.is_empty() {
+                return Err(invalid(
+                    c,
+                    &format!("{at}.use_http_header"),
+                    "destinations named by a request header are not implemented".into(),
+                ));
+            }
+            if o.metadata_key.is_some() {
+                return Err(invalid(
+                    c,
+                    &format!("{at}.metadata_key"),
+                    "destinations named by metadata are not implemented".into(),
+                ));
+            }
+            match &o.upstream_port_override {
+                None => None,
+                Some(p) => Some(u16::try_from(p.value).ok().filter(|p| *p > 0).ok_or_else(
+                    || {
+                        invalid(
+                            c,
+                            &format!("{at}.upstream_port_override"),
+                            format!("{} is not between 1 and 65535", p.value),
+                        )
+                    },
+                )?),
+            }
+        }
+        Some(_) => {
+            return Err(invalid(
+                c,
+                "lb_config",
+                "only original_dst_lb_config fits an ORIGINAL_DST cluster".into(),
+            ))
+        }
+    };
+    Ok(Inline::OriginalDst(port))
 }
 
 /// The host name of a STRICT_DNS / LOGICAL_DNS cluster's one endpoint.
@@ -53,14 +123,18 @@ pub struct DnsName {
 pub fn endpoints(c: &Cluster) -> Result<Option<Inline>, InvalidResource> {
     let t = match &c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t).ok(),
+        Some(ClusterDiscoveryType::ClusterType(custom))
+            if custom.name == super::forward_proxy::CLUSTER_TYPE =>
+        {
+            return super::forward_proxy::cluster(c, custom)
+                .map(|cache| Some(Inline::ForwardProxy(cache)))
+                .map_err(|(field, reason)| invalid(c, &field, reason));
+        }
         Some(ClusterDiscoveryType::ClusterType(custom)) => {
             return Err(invalid(
                 c,
-                "cluster_type",
-                format!(
-                    "custom cluster type {:?} (the dynamic forward proxy of a DYNAMIC_DNS ServiceEntry) is not implemented yet",
-                    custom.name
-                ),
+                "cluster_type.name",
+                format!("custom cluster type {:?} is not implemented", custom.name),
             ))
         }
         None => Some(DiscoveryType::Static),
@@ -69,13 +143,7 @@ pub fn endpoints(c: &Cluster) -> Result<Option<Inline>, InvalidResource> {
         Some(DiscoveryType::Eds) => return Ok(None),
         Some(DiscoveryType::Static | DiscoveryType::StrictDns) => false,
         Some(DiscoveryType::LogicalDns) => true,
-        Some(DiscoveryType::OriginalDst) => {
-            return Err(invalid(
-                c,
-                "type",
-                "ORIGINAL_DST (a ServiceEntry with resolution NONE) is not implemented yet".into(),
-            ))
-        }
+        Some(DiscoveryType::OriginalDst) => return original_dst(c).map(Some),
         None => return Err(invalid(c, "type", "unknown discovery type".into())),
     };
     let Some(cla) = &c.load_assignment else {
@@ -214,8 +282,33 @@ mod tests {
         assert!(e.reason.contains("only as the one endpoint"), "{e}");
         let c = cluster(strict_dns(&["api.example.test"], "STATIC"));
         assert!(endpoints(&c).is_err(), "STATIC needs IP addresses");
+        // ORIGINAL_DST: CLUSTER_PROVIDED, no endpoints, the port override honoured.
         let c = cluster(strict_dns(&["127.0.0.7"], "ORIGINAL_DST"));
-        assert_eq!(endpoints(&c).unwrap_err().field, "type");
+        assert_eq!(endpoints(&c).unwrap_err().field, "lb_policy");
+        let mut od = strict_dns(&[], "ORIGINAL_DST");
+        let o = od.as_object_mut().unwrap();
+        o.insert("lb_policy".into(), serde_json::json!("CLUSTER_PROVIDED"));
+        assert_eq!(
+            endpoints(&cluster(od.clone())).unwrap_err().field,
+            "load_assignment"
+        );
+        let o = od.as_object_mut().unwrap();
+        o.remove("load_assignment");
+        assert_eq!(
+            endpoints(&cluster(od.clone())).unwrap(),
+            Some(Inline::OriginalDst(None))
+        );
+        od["original_dst_lb_config"] = serde_json::json!({"upstream_port_override": 8443});
+        assert_eq!(
+            endpoints(&cluster(od.clone())).unwrap(),
+            Some(Inline::OriginalDst(Some(8443)))
+        );
+        od["original_dst_lb_config"] =
+            serde_json::json!({"metadata_key": {"key": "k", "path": [{"key": "p"}]}});
+        assert_eq!(
+            endpoints(&cluster(od)).unwrap_err().field,
+            "original_dst_lb_config.metadata_key"
+        );
         let mut none = strict_dns(&[], "STRICT_DNS");
         none.as_object_mut().unwrap().remove("load_assignment");
         assert_eq!(

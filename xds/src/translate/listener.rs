@@ -316,6 +316,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
     let mut result = None;
     let mut authz = Vec::new();
     let mut tcp_metrics = Vec::new();
+    let mut sni_port: Option<(u16, String)> = None;
     for (i, f) in filters.iter().enumerate() {
         let fat = format!("{at}.filters[{i}]");
         let any = match &f.config_type {
@@ -325,6 +326,12 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
         match f.name.as_str() {
             n if NEUTRAL_NETWORK_FILTERS.contains(&n) => {}
             "istio.stats" => tcp_metrics = super::stats::convert(any, &fat)?,
+            super::forward_proxy::SNI_FILTER => {
+                let any = any.ok_or_else(|| (fat.clone(), "missing typed_config".to_string()))?;
+                // The forward-proxy port reads the ClientHello's SNI itself.
+                let (_, port) = super::forward_proxy::sni_filter(any, &fat)?;
+                sni_port = Some((port, fat));
+            }
             "envoy.filters.network.rbac" => {
                 let any = any.ok_or_else(|| (fat.clone(), "missing typed_config".to_string()))?;
                 let config =
@@ -358,6 +365,9 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                     Some(ClusterSpecifier::Cluster(c)) => c,
                     _ => return Err((fat, "only a single cluster is supported".into())),
                 };
+                if let Some((port, sni_at)) = sni_port.take() {
+                    super::forward_proxy::check_sni_port(port, &cluster, &sni_at)?;
+                }
                 result = Some(Chain::Tcp {
                     cluster,
                     authz: std::mem::take(&mut authz),
@@ -459,6 +469,13 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
                         return Err((fat, "fault injection is not supported".into()));
                     }
                 }
+            }
+            super::forward_proxy::HTTP_FILTER => {
+                let Some(ConfigType::TypedConfig(a)) = &f.config_type else {
+                    return Err((fat, "missing typed_config".into()));
+                };
+                // The cluster's DNS cache does the work; the filter is validated.
+                super::forward_proxy::http_filter(a, &fat)?;
             }
             "istio.stats" => {
                 let any = match &f.config_type {

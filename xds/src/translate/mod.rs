@@ -12,6 +12,7 @@ mod connection_manager;
 pub mod endpoint;
 mod error;
 pub mod ext_authz;
+pub mod forward_proxy;
 pub mod inline_cluster;
 pub mod jwt;
 pub mod listener;
@@ -279,8 +280,25 @@ fn service_port(
         ))
     });
     let target = dns.as_ref().map(|d| d.port).unwrap_or(target);
+    let forward_proxy = c.forward_proxy.as_ref().map(|cache| {
+        Arc::new(filters::forward_proxy::ForwardProxy {
+            cache: cache.name.clone(),
+            wildcard: None,
+            max_hosts: cache.max_hosts,
+            host_ttl: cache.host_ttl,
+            workload: outside(c, trust_domain),
+        })
+    });
+    let original_dst = c.original_dst.map(|port_override| {
+        Arc::new(filters::model::OriginalDst {
+            port_override,
+            workload: outside(c, trust_domain),
+        })
+    });
     ServicePort::new(None, c.port, TargetPort::Number(target), c.protocol, eps)
         .with_dns(dns)
+        .with_forward_proxy(forward_proxy)
+        .with_original_dst(original_dst)
         .with_priorities(priorities)
         .with_locality_weights(
             c.locality_weighted
@@ -295,6 +313,19 @@ fn service_port(
         .with_retry_limit(c.retry_limit)
         .with_upstream_protocol(c.upstream_protocol)
         .with_connection_limits(Some(c.connection_limits))
+}
+
+/// The workload an address outside the mesh stands for, for the cluster `c`'s Service.
+fn outside(c: &ClusterInfo, trust_domain: &str) -> Arc<Workload> {
+    Arc::new(Workload {
+        name: NamespacedName::new(&c.namespace, &c.host),
+        ips: Vec::new(),
+        identity: filters::model::Identity::new(trust_domain, &c.namespace, ""),
+        labels: Default::default(),
+        hbone: false,
+        served: false,
+        named_ports: Default::default(),
+    })
 }
 
 /// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to

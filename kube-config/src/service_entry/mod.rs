@@ -2,18 +2,22 @@
 //! Kubernetes Services), enrolled in the waypoint with `istio.io/use-waypoint` as a
 //! Service is, so the waypoint acts as an egress gateway for it.
 //!
-//! A ServiceEntry becomes a [`Service`] whose hostname is its host, whose VIPs are its
-//! `addresses` and whose endpoints are its `endpoints`: workloads that are not mesh pods
-//! (`hbone: false`), reached over plain TCP at the endpoint's address.
+//! A ServiceEntry becomes one [`Service`] per host (as istiod makes them), whose VIPs are
+//! its `addresses` and those istiod allocated to the host (`status.addresses`), and whose
+//! endpoints are its `endpoints` (workloads that are not mesh pods, `hbone: false`,
+//! reached over plain TCP) or the Pods its `workloadSelector` chooses (mesh pods over
+//! HBONE).
 //!
-//! Implemented now: `resolution` STATIC, and DNS / DNS_ROUND_ROBIN (Envoy's STRICT_DNS /
-//! LOGICAL_DNS: every address, or the first one) with IP endpoints, or with one host-name
-//! endpoint, or with none (the host itself): a name becomes the port's
-//! [`DnsTarget`], resolved at run time outside the snapshot ([`filters::dns`]). Refused by
-//! field, never ignored: a host name among several endpoints, `resolution` NONE
-//! (original destination) and DYNAMIC_DNS (wildcard forward proxy), wildcard hosts,
-//! more than one host, CIDR addresses, `workloadSelector`, and the endpoint fields
-//! `network`, `locality`, `weight` and `serviceAccount`.
+//! Resolutions: STATIC; DNS / DNS_ROUND_ROBIN (Envoy's STRICT_DNS / LOGICAL_DNS: every
+//! address, or the first one) with IP endpoints, one host-name endpoint, or none (the host
+//! itself), a name becoming the port's [`DnsTarget`] resolved at run time outside the
+//! snapshot ([`filters::dns`]); DYNAMIC_DNS with a wildcard host (`*.example.com`): every
+//! port forwards to the host each request names ([`filters::forward_proxy`]); NONE: every
+//! port sends to the tunnel's original destination ([`filters::model::OriginalDst`]).
+//! Refused by field, never ignored: a host name among several endpoints, DYNAMIC_DNS ports
+//! other than HTTP and TLS, `spec.addresses` shared by several hosts, CIDR addresses,
+//! `subjectAltNames`, and the endpoint fields `network`, `locality`, `weight` and
+//! `serviceAccount`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,6 +29,9 @@ use filters::model::{
 };
 use serde::Deserialize;
 
+mod forward_proxy;
+mod original_dst;
+
 use super::objects::ObjectMeta;
 use super::LocalConfigError;
 
@@ -33,6 +40,26 @@ use super::LocalConfigError;
 pub struct ServiceEntry {
     pub(crate) metadata: ObjectMeta,
     pub(crate) spec: Spec,
+    /// What istiod wrote: the addresses it allocated (read for DYNAMIC_DNS entries, whose
+    /// `spec.addresses` must be empty).
+    #[serde(default)]
+    status: Option<Status>,
+}
+
+/// The part of the status the waypoint reads.
+#[derive(Debug, Deserialize)]
+struct Status {
+    #[serde(default)]
+    addresses: Vec<StatusAddress>,
+}
+
+/// An address istiod allocated to a host of the entry.
+#[derive(Debug, Deserialize)]
+struct StatusAddress {
+    value: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    host: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,13 +79,20 @@ pub(crate) struct Spec {
     #[serde(default)]
     endpoints: Vec<WorkloadEntry>,
     #[serde(default)]
-    workload_selector: Option<serde_yaml::Value>,
+    workload_selector: Option<WorkloadSelector>,
     /// Accepted, not applied: the waypoint serves the entries enrolled in it.
     #[serde(default)]
     #[allow(dead_code)]
     export_to: Vec<String>,
     #[serde(default)]
     subject_alt_names: Vec<String>,
+}
+
+/// `workloadSelector`: the Pods (in the entry's namespace) whose labels include these.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadSelector {
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,15 +144,15 @@ struct WorkloadEntry {
     service_account: Option<serde_yaml::Value>,
 }
 
-/// The key (`namespace/host`) of the Service each ServiceEntry (`namespace/name`) becomes,
-/// for policies whose `targetRefs` name the ServiceEntry.
-pub(crate) fn service_keys(entries: &[(String, ServiceEntry)]) -> BTreeMap<String, String> {
+/// The keys (`namespace/host`) of the Services each ServiceEntry (`namespace/name`)
+/// becomes (one per host), for policies whose `targetRefs` name the ServiceEntry.
+pub(crate) fn service_keys(entries: &[(String, ServiceEntry)]) -> BTreeMap<String, Vec<String>> {
     entries
         .iter()
-        .filter_map(|(_, e)| {
+        .map(|(_, e)| {
             let ns = e.namespace();
-            let host = e.spec.hosts.first()?;
-            Some((format!("{ns}/{}", e.metadata.name), format!("{ns}/{host}")))
+            let keys = e.spec.hosts.iter().map(|h| format!("{ns}/{h}")).collect();
+            (format!("{ns}/{}", e.metadata.name), keys)
         })
         .collect()
 }
@@ -147,23 +181,17 @@ impl ServiceEntry {
         self.metadata.namespace.as_deref().unwrap_or("default")
     }
 
-    /// The Service this entry describes; `served` when it uses this waypoint. `label`
-    /// names the object in errors; endpoints get identities in `trust_domain`.
-    pub(crate) fn service(
+    /// The Services this entry describes, one per host (as istiod makes them: same ports,
+    /// endpoints and resolution); `served` when it uses this waypoint. `label` names the
+    /// object in errors; endpoints get identities in `trust_domain`.
+    pub(crate) fn services(
         &self,
         label: &str,
         served: bool,
         trust_domain: &str,
-    ) -> Result<Service, LocalConfigError> {
+        workloads: &[Arc<Workload>],
+    ) -> Result<Vec<Service>, LocalConfigError> {
         let spec = &self.spec;
-        let ns = self.namespace();
-        if spec.workload_selector.is_some() {
-            return Err(invalid(
-                label,
-                "spec.workloadSelector",
-                "selecting mesh workloads is not implemented yet",
-            ));
-        }
         if !spec.subject_alt_names.is_empty() {
             return Err(invalid(
                 label,
@@ -171,58 +199,82 @@ impl ServiceEntry {
                 "not implemented yet (mutual TLS to the endpoints)",
             ));
         }
-        let host = match spec.hosts.as_slice() {
-            [] => {
-                return Err(invalid(
-                    label,
-                    "spec.hosts",
-                    "at least one host is required",
-                ))
-            }
-            [h] => h,
-            _ => {
-                return Err(invalid(
-                    label,
-                    "spec.hosts",
-                    "more than one host is not implemented yet: one ServiceEntry per host",
-                ))
-            }
-        };
-        if host.is_empty() || host.contains('*') {
+        if spec.hosts.is_empty() {
             return Err(invalid(
                 label,
-                "spec.hosts[0]",
-                format!("{host:?}: wildcard hosts need DYNAMIC_DNS, not implemented yet"),
+                "spec.hosts",
+                "at least one host is required",
             ));
         }
-        let resolution = spec.resolution.unwrap_or(Resolution::None);
-        match resolution {
-            Resolution::None => {
+        for (i, host) in spec.hosts.iter().enumerate() {
+            if spec.hosts[..i].contains(host) {
                 return Err(invalid(
                     label,
-                    "spec.resolution",
-                    "NONE (original destination) is not implemented yet; use STATIC or DNS with IP endpoints",
-                ))
+                    format!("spec.hosts[{i}]"),
+                    format!("duplicate host {host:?}"),
+                ));
             }
-            Resolution::DynamicDns => {
-                return Err(invalid(
-                    label,
-                    "spec.resolution",
-                    "DYNAMIC_DNS (forward proxy for wildcard hosts) is not implemented yet",
-                ))
-            }
-            Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {}
         }
-        if spec.endpoints.is_empty() && resolution == Resolution::Static {
+        if spec.hosts.len() > 1 && !spec.addresses.is_empty() {
+            // Every host's Service would claim the same VIPs.
+            return Err(invalid(
+                label,
+                "spec.addresses",
+                "shared by several hosts is not implemented: one ServiceEntry per host, or addresses allocated per host (status.addresses with host)",
+            ));
+        }
+        let mut out: Vec<Service> = Vec::new();
+        for (i, host) in spec.hosts.iter().enumerate() {
+            out.push(self.service(label, i, host, served, trust_domain, workloads)?);
+        }
+        Ok(out)
+    }
+
+    /// The Pods `workloadSelector` chooses among `workloads` (same namespace, labels
+    /// included), `None` without a selector. A selector goes with `resolution: STATIC` and
+    /// no `endpoints` (istio's validation).
+    fn selected<'w>(
+        &self,
+        label: &str,
+        workloads: &'w [Arc<Workload>],
+    ) -> Result<Option<Vec<&'w Arc<Workload>>>, LocalConfigError> {
+        let Some(selector) = &self.spec.workload_selector else {
+            return Ok(None);
+        };
+        if self.spec.resolution != Some(Resolution::Static) {
+            return Err(invalid(
+                label,
+                "spec.resolution",
+                "a workloadSelector needs resolution STATIC",
+            ));
+        }
+        if !self.spec.endpoints.is_empty() {
             return Err(invalid(
                 label,
                 "spec.endpoints",
-                "STATIC resolution needs endpoints",
+                "only one of endpoints and workloadSelector can be set",
             ));
         }
-        let dns_name = self.dns_name(label, resolution, host)?;
+        let ns = self.namespace();
+        Ok(Some(
+            workloads
+                .iter()
+                .filter(|w| w.name.namespace == ns)
+                .filter(|w| {
+                    selector
+                        .labels
+                        .iter()
+                        .all(|(k, v)| w.labels.get(k) == Some(v))
+                })
+                .collect(),
+        ))
+    }
+
+    /// The addresses of `host`: `spec.addresses`, and those istiod allocated to it
+    /// (`status.addresses` naming it, or naming no host).
+    fn vips(&self, label: &str, host: &str) -> Result<Vec<IpAddr>, LocalConfigError> {
         let mut vips = Vec::new();
-        for (i, raw) in spec.addresses.iter().enumerate() {
+        for (i, raw) in self.spec.addresses.iter().enumerate() {
             let ip: IpAddr = raw.parse().map_err(|_| {
                 invalid(
                     label,
@@ -234,6 +286,69 @@ impl ServiceEntry {
                 vips.push(ip);
             }
         }
+        let allocated = self.status.iter().flat_map(|s| s.addresses.iter());
+        for (i, a) in allocated.enumerate() {
+            if a.host.as_deref().is_some_and(|h| h != host) {
+                continue;
+            }
+            let ip: IpAddr = a.value.parse().map_err(|_| {
+                invalid(
+                    label,
+                    format!("status.addresses[{i}].value"),
+                    format!("{:?} is not an IP address", a.value),
+                )
+            })?;
+            if !vips.contains(&ip) {
+                vips.push(ip);
+            }
+        }
+        Ok(vips)
+    }
+
+    /// The Service for host `index` of the entry, `host`; `workloads` are the Pods a
+    /// `workloadSelector` chooses from.
+    fn service(
+        &self,
+        label: &str,
+        index: usize,
+        host: &str,
+        served: bool,
+        trust_domain: &str,
+        workloads: &[Arc<Workload>],
+    ) -> Result<Service, LocalConfigError> {
+        let spec = &self.spec;
+        let ns = self.namespace();
+        let selected = self.selected(label, workloads)?;
+        let resolution = spec.resolution.unwrap_or(Resolution::None);
+        if resolution == Resolution::DynamicDns {
+            return self.forward_proxy(label, index, host, served, trust_domain);
+        }
+        if resolution == Resolution::None {
+            return self.original_dst(label, index, host, served, trust_domain);
+        }
+        if host.is_empty() || host.contains('*') {
+            return Err(invalid(
+                label,
+                format!("spec.hosts[{index}]"),
+                format!("{host:?}: a wildcard host needs resolution DYNAMIC_DNS or NONE"),
+            ));
+        }
+        match resolution {
+            Resolution::None => unreachable!("handled above"),
+            Resolution::Static
+            | Resolution::Dns
+            | Resolution::DnsRoundRobin
+            | Resolution::DynamicDns => {}
+        }
+        if spec.endpoints.is_empty() && resolution == Resolution::Static && selected.is_none() {
+            return Err(invalid(
+                label,
+                "spec.endpoints",
+                "STATIC resolution needs endpoints",
+            ));
+        }
+        let dns_name = self.dns_name(label, resolution, host)?;
+        let vips = self.vips(label, host)?;
         let workloads = match dns_name {
             Some(_) => Vec::new(),
             None => self.endpoint_workloads(label, resolution, trust_domain)?,
@@ -266,6 +381,13 @@ impl ServiceEntry {
                     port,
                 });
             }
+            // The Pods the selector chose (mesh workloads: HBONE), at the target port.
+            for w in selected.iter().flatten() {
+                endpoints.push(Endpoint {
+                    workload: Arc::clone(w),
+                    port: target,
+                });
+            }
             let dns = dns_name.map(|(name, entry)| {
                 let own = entry.and_then(|e| p.name.as_ref().and_then(|n| e.ports.get(n)));
                 let port = match own {
@@ -296,7 +418,7 @@ impl ServiceEntry {
         }
         Ok(Service {
             name: NamespacedName::new(ns, host),
-            hostname: host.clone(),
+            hostname: host.to_string(),
             vips,
             ports,
             served,
@@ -417,198 +539,4 @@ impl ServiceEntry {
 }
 
 #[cfg(test)]
-mod tests {
-    use filters::SourceOptions;
-
-    use crate::{parse, translate, LocalConfigError};
-
-    const MESH: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: egress}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: egress}
-spec: {gatewayClassName: istio-waypoint}
-"#;
-
-    fn entry(spec: &str) -> String {
-        format!(
-            "{MESH}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: api\n  namespace: egress\n  labels: {{istio.io/use-waypoint: waypoint}}\nspec:\n{spec}"
-        )
-    }
-
-    fn snap(text: &str) -> Result<filters::Snapshot, LocalConfigError> {
-        translate(&parse(text)?, &SourceOptions::default(), 1, "test".into())
-    }
-
-    const STATIC: &str = "  hosts: [api.example.test]\n  addresses: [240.0.0.1]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  exportTo: ['.']\n  ports:\n  - {number: 80, name: http, protocol: HTTP, targetPort: 8080}\n  - {number: 9000, name: tcp, protocol: TCP}\n  endpoints:\n  - address: 127.0.0.7\n  - address: 127.0.0.8\n    ports: {http: 8081}\n    labels: {app: api}\n";
-
-    #[test]
-    fn static_entry_is_a_served_service_with_plain_tcp_endpoints() {
-        let s = snap(&entry(STATIC)).unwrap();
-        let svc = &s.services()["egress/api.example.test"];
-        assert!(svc.served);
-        assert_eq!(svc.hostname, "api.example.test");
-        assert_eq!(
-            svc.vips,
-            vec!["240.0.0.1".parse::<std::net::IpAddr>().unwrap()]
-        );
-        let http = svc.port(80).unwrap();
-        assert_eq!(http.protocol, filters::model::Protocol::Http);
-        let addrs: Vec<String> = http
-            .endpoints
-            .iter()
-            .map(|e| e.address().unwrap().to_string())
-            .collect();
-        assert_eq!(addrs, ["127.0.0.7:8080", "127.0.0.8:8081"]);
-        assert!(http.endpoints.iter().all(|e| !e.workload.hbone));
-        assert_eq!(http.endpoints[1].workload.labels["app"], "api");
-        let tcp = svc.port(9000).unwrap();
-        assert_eq!(tcp.protocol, filters::model::Protocol::Tcp);
-        assert_eq!(
-            tcp.endpoints[0].address().unwrap().to_string(),
-            "127.0.0.7:9000"
-        );
-        assert!(s.resolve("240.0.0.1:80".parse().unwrap()).is_some());
-    }
-
-    #[test]
-    fn without_the_label_it_is_known_but_not_served() {
-        let text = entry(STATIC).replace("  labels: {istio.io/use-waypoint: waypoint}\n", "");
-        let s = snap(&text).unwrap();
-        assert!(!s.services()["egress/api.example.test"].served);
-        assert!(s.resolve("240.0.0.1:80".parse().unwrap()).is_none());
-    }
-
-    #[test]
-    fn dns_round_robin_uses_the_first_endpoint_and_dns_all() {
-        let rr = STATIC.replace("STATIC", "DNS_ROUND_ROBIN");
-        let s = snap(&entry(&rr)).unwrap();
-        assert_eq!(
-            s.services()["egress/api.example.test"]
-                .port(80)
-                .unwrap()
-                .endpoints
-                .len(),
-            1
-        );
-        let dns = STATIC.replace("STATIC", "DNS");
-        let s = snap(&entry(&dns)).unwrap();
-        assert_eq!(
-            s.services()["egress/api.example.test"]
-                .port(80)
-                .unwrap()
-                .endpoints
-                .len(),
-            2
-        );
-    }
-
-    fn refused(spec: &str) -> String {
-        snap(&entry(spec)).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn fields_not_implemented_or_invalid_are_refused_by_name() {
-        let object = "ServiceEntry egress/api (document 3)";
-        for (from, to, field) in [
-            ("resolution: STATIC", "resolution: NONE", "spec.resolution"),
-            (
-                "resolution: STATIC",
-                "resolution: DYNAMIC_DNS",
-                "spec.resolution",
-            ),
-            (
-                "resolution: STATIC",
-                "resolution: SOMETIMES",
-                "spec.resolution",
-            ),
-            (
-                "exportTo: ['.']",
-                "workloadSelector: {labels: {a: b}}",
-                "spec.workloadSelector",
-            ),
-            ("exportTo: ['.']", "exportTo: ['.']\n  hostz: [a]", "spec"),
-            ("[api.example.test]", "['*.example.test']", "spec.hosts[0]"),
-            ("[api.example.test]", "[a.test, b.test]", "spec.hosts"),
-            ("[240.0.0.1]", "[240.0.0.0/24]", "spec.addresses[0]"),
-            ("number: 9000", "number: 70000", "spec.ports[1].number"),
-            (
-                "targetPort: 8080",
-                "targetPort: 0",
-                "spec.ports[0].targetPort",
-            ),
-            (
-                "address: 127.0.0.7",
-                "address: api.example.test",
-                "spec.endpoints[0].address",
-            ),
-            (
-                "labels: {app: api}",
-                "weight: 3",
-                "spec.endpoints[1].weight",
-            ),
-            (
-                "labels: {app: api}",
-                "labelz: {app: api}",
-                "spec.endpoints[1]",
-            ),
-        ] {
-            assert!(STATIC.contains(from), "{from}");
-            let err = refused(&STATIC.replace(from, to));
-            assert!(
-                err.starts_with(&format!("{object}: {field}")),
-                "{to}: {err}"
-            );
-        }
-        let two_names = STATIC
-            .replace("STATIC", "DNS")
-            .replace("address: 127.0.0.8", "address: b.example.test");
-        assert!(refused(&two_names).starts_with(
-            "ServiceEntry egress/api (document 3): spec.endpoints[1].address: a host name among several"
-        ));
-    }
-
-    #[test]
-    fn dns_names_become_targets_resolved_outside_the_snapshot() {
-        let named = STATIC
-            .replace("STATIC", "DNS_ROUND_ROBIN")
-            .replace("  - address: 127.0.0.7\n", "")
-            .replace("address: 127.0.0.8", "address: backend.example.test");
-        let s = snap(&entry(&named)).unwrap();
-        let port = s.services()["egress/api.example.test"].port(80).unwrap();
-        assert!(port.endpoints.is_empty());
-        let dns = port.dns().unwrap();
-        assert_eq!(
-            (dns.hostname.as_str(), dns.port, dns.logical),
-            ("backend.example.test", 8081, true)
-        );
-        assert_eq!(dns.workload.labels["app"], "api");
-        assert!(!dns.workload.hbone);
-        // No endpoints: the host itself, at the target port.
-        let host = &STATIC[..STATIC.find("  endpoints:").unwrap()].replace("STATIC", "DNS");
-        let s = snap(&entry(host)).unwrap();
-        let dns = s.services()["egress/api.example.test"]
-            .port(80)
-            .unwrap()
-            .dns()
-            .unwrap();
-        assert_eq!(
-            (dns.hostname.as_str(), dns.port, dns.logical),
-            ("api.example.test", 8080, false)
-        );
-    }
-
-    #[test]
-    fn a_destination_rule_for_the_host_applies() {
-        let text = format!(
-            "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: egress}}\nspec:\n  host: api.example.test\n  trafficPolicy:\n    connectionPool:\n      http: {{http2MaxRequests: 7}}\n",
-            entry(STATIC)
-        );
-        let s = snap(&text).unwrap();
-        let port = s.services()["egress/api.example.test"].port(80).unwrap();
-        assert_eq!(port.max_requests(), Some(7));
-    }
-}
+mod tests;
