@@ -16,6 +16,7 @@ pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod cel;
 pub mod dns;
 pub mod duration;
 pub mod error;
