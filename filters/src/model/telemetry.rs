@@ -3,11 +3,14 @@
 
 use serde::Serialize;
 
+use crate::cel::Expression;
+
 /// Telemetry settings in force for this waypoint.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct TelemetryConfig {
-    /// Access logging; `None` is off (the default).
-    pub access_log: Option<AccessLogConfig>,
+    /// Access logs, each written for every request its filter lets through; empty is off
+    /// (the default).
+    pub access_logs: Vec<AccessLog>,
     /// Tracing; `None` is off.
     pub tracing: Option<TracingConfig>,
     /// `istio.mesh_id` reported in spans.
@@ -16,8 +19,18 @@ pub struct TelemetryConfig {
     pub metric_overrides: Vec<MetricOverride>,
 }
 
-/// A change to Istio's standard metrics: labels removed from, or the dropping of, one
-/// metric or all of them.
+impl TelemetryConfig {
+    /// Whether any metric override adds or rewrites labels from request attributes.
+    pub fn has_dimensions(&self) -> bool {
+        self.metric_overrides
+            .iter()
+            .any(|o| !o.dimensions.is_empty())
+    }
+}
+
+/// A change to Istio's standard metrics: labels removed from, added to or rewritten in,
+/// or the dropping of, one metric or all of them (the `istio.stats` filter's
+/// `MetricConfig`).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct MetricOverride {
     /// The metric, as Istio names it without its `istio_` prefix (`requests_total`,
@@ -25,6 +38,13 @@ pub struct MetricOverride {
     pub metric: Option<String>,
     /// Labels removed (series that differ only in them are added together).
     pub tags_to_remove: Vec<String>,
+    /// Labels whose value is a CEL expression over the request's attributes, in name
+    /// order: a standard label's value is replaced, another label is added. A value that
+    /// cannot be computed for a request (a missing header) is `unknown`, as in Istio.
+    pub dimensions: Vec<(String, Expression)>,
+    /// When set, the dimensions apply only to requests for which it is true; for the
+    /// others a rewritten standard label keeps its value and an added one is empty.
+    pub when: Option<Expression>,
     /// Not reported at all.
     pub drop: bool,
 }
@@ -39,7 +59,125 @@ impl MetricOverride {
     }
 }
 
-/// How access log lines are written (always to stdout).
+/// One access log: where lines go, and which requests are logged.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessLog {
+    /// Where and how.
+    pub sink: AccessLogSink,
+    /// Only requests it lets through are logged; `None` logs every request.
+    pub filter: Option<LogFilter>,
+}
+
+impl AccessLog {
+    /// Every request, as lines in `format` on the proxy's stdout.
+    pub fn stdout(format: AccessLogConfig) -> Self {
+        Self {
+            sink: AccessLogSink::File {
+                path: STDOUT.into(),
+                format,
+            },
+            filter: None,
+        }
+    }
+}
+
+/// The path that means the proxy's standard output.
+pub const STDOUT: &str = "/dev/stdout";
+
+/// Where access log entries go.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum AccessLogSink {
+    /// Lines appended to a file (`/dev/stdout` is the proxy's standard output).
+    File {
+        /// The file.
+        path: String,
+        /// The line format.
+        format: AccessLogConfig,
+    },
+    /// OTLP log records exported over gRPC (Envoy's `envoy.access_loggers.open_telemetry`).
+    OpenTelemetry(OtelLogConfig),
+}
+
+/// An OpenTelemetry access log: each request becomes an OTLP `LogRecord`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OtelLogConfig {
+    /// The log name (`log_name` of the common configuration).
+    pub log_name: String,
+    /// The collector's Service hostname (optionally `ns/hostname`), or IP literal.
+    pub service: String,
+    /// The collector's port.
+    pub port: u16,
+    /// Over xDS, the `outbound|<port>||<host>` cluster istiod named for the collector.
+    pub cluster: Option<String>,
+    /// The `:authority` of export calls; the service host when empty.
+    pub authority: String,
+    /// The record body: an Envoy format string; `None` leaves the body empty.
+    pub body: Option<String>,
+    /// Record attributes: name and Envoy format string, in order.
+    pub attributes: Vec<(String, String)>,
+    /// Resource attributes added to the built-in ones.
+    pub resource_attributes: Vec<(String, String)>,
+    /// gRPC metadata sent with each export.
+    pub metadata: Vec<(String, String)>,
+    /// Whether the resource carries Envoy's built-in `log_name`, `zone_name`,
+    /// `cluster_name` and `node_name` labels.
+    pub builtin_labels: bool,
+    /// Export timeout.
+    pub timeout: std::time::Duration,
+}
+
+impl OtelLogConfig {
+    /// The collector as `host:port`, for logs.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.service, self.port)
+    }
+}
+
+/// Which requests an access log keeps (Envoy's `AccessLogFilter`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum LogFilter {
+    /// The response status compared with a value.
+    Status(Comparison, u32),
+    /// The request's duration in milliseconds compared with a value.
+    Duration(Comparison, u64),
+    /// Requests that are not health checks (the waypoint answers none itself: all).
+    NotHealthCheck,
+    /// Requests with any of these response flags; any flag at all when empty.
+    ResponseFlags(Vec<String>),
+    /// All of these.
+    And(Vec<LogFilter>),
+    /// Any of these.
+    Or(Vec<LogFilter>),
+    /// A CEL predicate (`envoy.access_loggers.extension_filters.cel`).
+    Cel(Expression),
+}
+
+/// A comparison operator of a status or duration filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Comparison {
+    /// Equal.
+    Eq,
+    /// Greater or equal.
+    Ge,
+    /// Less or equal.
+    Le,
+    /// Not equal.
+    Ne,
+}
+
+impl Comparison {
+    /// Whether `value` compares so with `against`.
+    pub fn holds(self, value: u64, against: u64) -> bool {
+        match self {
+            Comparison::Eq => value == against,
+            Comparison::Ge => value >= against,
+            Comparison::Le => value <= against,
+            Comparison::Ne => value != against,
+        }
+    }
+}
+
+/// An access log line format.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum AccessLogConfig {
     /// Envoy's text format; `None` is Istio's default format string.

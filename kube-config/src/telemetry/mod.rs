@@ -21,7 +21,7 @@ use super::LocalConfigError;
 mod access_log;
 mod metrics;
 
-use access_log::access_log;
+use access_log::access_logs;
 use metrics::{metric_overrides, MetricsSpec};
 
 /// A `Telemetry` object.
@@ -106,9 +106,45 @@ struct AccessLoggingSpec {
     #[serde(default)]
     disabled: Option<bool>,
     #[serde(default)]
-    filter: Option<serde_yaml::Value>,
+    filter: Option<AccessLogFilterSpec>,
     #[serde(default, rename = "match")]
-    match_: Option<serde_yaml::Value>,
+    match_: Option<LogSelector>,
+}
+
+/// `accessLogging[].filter`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AccessLogFilterSpec {
+    expression: String,
+}
+
+/// `accessLogging[].match`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LogSelector {
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// `envoyOtelAls` provider settings.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OtelAls {
+    service: String,
+    port: u16,
+    #[serde(default)]
+    log_name: Option<String>,
+    #[serde(default)]
+    log_format: Option<OtelLogFormat>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OtelLogFormat {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `opentelemetry` provider settings.
@@ -153,16 +189,18 @@ struct HeaderValue {
 
 /// `envoyFileAccessLog` provider settings.
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FileAccessLog {
     #[serde(default)]
     path: Option<String>,
     #[serde(default)]
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    omit_empty_values: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct LogFormat {
     #[serde(default)]
     text: Option<String>,
@@ -235,7 +273,7 @@ pub fn build(
         .find_map(|(_, label, s)| s.metrics.as_ref().map(|m| (*label, m)));
     Ok(TelemetryConfig {
         tracing: tracing(tracing_spec, mesh)?,
-        access_log: access_log(logging_spec, mesh)?,
+        access_logs: access_logs(logging_spec, mesh)?,
         mesh_id: mesh
             .default_config
             .as_ref()

@@ -11,8 +11,9 @@ use filters::model::{ProxyHeader, RequestContext, Target, TunnelInfo, Workload};
 use filters::route::Backend;
 
 use crate::state::Proxy;
+use crate::telemetry::attributes::Facts;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
-use crate::telemetry::metrics::TcpKey;
+use crate::telemetry::metrics::{dimensions, TcpKey};
 use hbone::H2Stream;
 
 /// Copies the tunnel to an endpoint of its target until both directions end.
@@ -24,12 +25,35 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
         Target::Service { service, .. } => Some(service.clone()),
         Target::Workload { .. } => None,
     };
-    let key = |workload: Option<&Arc<Workload>>, flags| TcpKey {
-        source: source.clone(),
-        destination: metrics
+    let overrides = &snapshot.telemetry().metric_overrides;
+    let key = |workload: Option<&Arc<Workload>>, flags| {
+        let destination = metrics
             .destinations
-            .get(service.as_ref(), workload, &metrics.cluster),
-        flags,
+            .get(service.as_ref(), workload, &metrics.cluster);
+        // Dimensions read the connection (a TCP tunnel has no request attributes).
+        let dimensions = if snapshot.telemetry().has_dimensions() {
+            let facts = Facts {
+                record: None,
+                tunnel: &info,
+                source: &source,
+                destination: &destination,
+                source_pod: info
+                    .source_ip
+                    .and_then(|ip| snapshot.workload(ip))
+                    .map(|w| &**w),
+                destination_pod: workload.map(|w| &**w),
+                upstream: None,
+            };
+            dimensions::evaluate(overrides, &facts)
+        } else {
+            None
+        };
+        TcpKey {
+            source: source.clone(),
+            destination,
+            flags,
+            dimensions,
+        }
     };
     // Opened is counted when the connection is set up (or fails to be), closed at the end.
     let was_opened = std::sync::atomic::AtomicBool::new(false);

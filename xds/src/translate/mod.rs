@@ -421,14 +421,18 @@ fn telemetry(
             })
         })
         .unwrap_or_else(|| waypoint.trust_domain.clone());
-    // Likewise one access log: istiod gives every HTTP chain the same connection manager
-    // access_log (MeshConfig or Telemetry), and the waypoint has one stdout.
-    let access_log = main.and_then(|l| {
-        l.chains.iter().find_map(|(_, c)| match c {
-            Chain::Http { access_log, .. } => access_log.as_deref().cloned(),
-            Chain::Tcp { .. } => None,
+    // Likewise one set of access logs: istiod gives every HTTP chain the same connection
+    // manager access_log (MeshConfig or Telemetry).
+    let access_logs = main
+        .and_then(|l| {
+            l.chains.iter().find_map(|(_, c)| match c {
+                Chain::Http { access_logs, .. } if !access_logs.is_empty() => {
+                    Some(access_logs.clone())
+                }
+                _ => None,
+            })
         })
-    });
+        .unwrap_or_default();
     // And one set of metric overrides (Telemetry `metrics`), the same on every chain.
     let metric_overrides = main
         .and_then(|l| {
@@ -441,7 +445,7 @@ fn telemetry(
         .unwrap_or_default();
     filters::model::telemetry::TelemetryConfig {
         tracing,
-        access_log,
+        access_logs,
         mesh_id,
         metric_overrides,
     }

@@ -2,11 +2,13 @@
 //!
 //! A series is keyed by label values that come from configuration (Services, pods), from
 //! the peer (baggage, identity; bounded in length) and from the response (code, flags).
-//! Paths and other request data never become labels. The number of series is capped:
+//! Paths and other request data become labels only when a Telemetry metric override adds
+//! them as dimensions ([`dimensions`]). The number of series is capped:
 //! samples for series beyond the cap are counted in
 //! `waypoint_metrics_series_overflow_total` instead, so memory stays bounded whatever
 //! peers send.
 
+pub mod dimensions;
 pub mod histogram;
 pub mod prometheus;
 
@@ -14,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use dimensions::Dimensions;
 use filters::model::telemetry::MetricOverride;
 use histogram::{Histogram, BYTES, DURATION_MS};
 
@@ -42,6 +45,8 @@ pub struct HttpKey {
     pub grpc_status: Option<u16>,
     /// Envoy response flags (`-` when none).
     pub flags: &'static str,
+    /// Dimensions added by metric overrides.
+    pub dimensions: Dimensions,
 }
 
 /// The labels of one TCP series.
@@ -53,6 +58,8 @@ pub struct TcpKey {
     pub destination: DestinationLabels,
     /// Envoy response flags (`-` when none).
     pub flags: &'static str,
+    /// Dimensions added by metric overrides.
+    pub dimensions: Dimensions,
 }
 
 #[derive(Debug, Clone)]
@@ -272,10 +279,13 @@ impl Metrics {
     }
 }
 
-/// One metric family under the overrides: whether it is dropped, which labels it loses.
+/// One metric family under the overrides: whether it is dropped, which labels it loses,
+/// which dimensions it has (by label; a later override's expression replaces an earlier
+/// one's).
 struct FamilyView<'a> {
     dropped: bool,
     removed: Vec<&'a str>,
+    dimensions: Vec<(&'a str, &'a filters::cel::Expression)>,
 }
 
 impl<'a> FamilyView<'a> {
@@ -284,25 +294,57 @@ impl<'a> FamilyView<'a> {
         let mut view = Self {
             dropped: false,
             removed: Vec::new(),
+            dimensions: Vec::new(),
         };
         for o in applying {
             view.dropped |= o.drop;
             view.removed
                 .extend(o.tags_to_remove.iter().map(String::as_str));
+            for (name, expr) in &o.dimensions {
+                match view.dimensions.iter_mut().find(|(n, _)| *n == name) {
+                    Some(slot) => slot.1 = expr,
+                    None => view.dimensions.push((name, expr)),
+                }
+            }
         }
         view
+    }
+
+    /// `pairs` with the family's dimensions applied (a standard label's value replaced,
+    /// others added; empty when the override's `match` was false) and removed labels
+    /// left out, as label text.
+    fn render_labels<'b>(
+        &'b self,
+        mut pairs: Vec<(&'b str, &'b str)>,
+        dims: &'b Dimensions,
+    ) -> String {
+        for (name, expr) in &self.dimensions {
+            let value = dimensions::lookup(dims, name, expr).flatten();
+            match pairs.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => {
+                    if let Some(v) = value {
+                        slot.1 = v;
+                    }
+                }
+                None => pairs.push((name, value.unwrap_or(""))),
+            }
+        }
+        pairs.retain(|(name, _)| !self.removed.contains(name));
+        let mut out = String::with_capacity(900);
+        prometheus::labels(&mut out, &pairs);
+        out
     }
 
     /// The series by their label text, those with equal labels (after removal) merged.
     fn group<K, S: Clone>(
         &self,
         series: &[(K, S)],
-        labels: impl Fn(&K, &[&str]) -> String,
+        labels: impl Fn(&K, &FamilyView) -> String,
         merge: impl Fn(&mut S, &S),
     ) -> std::collections::BTreeMap<String, S> {
         let mut out: std::collections::BTreeMap<String, S> = Default::default();
         for (k, s) in series {
-            match out.entry(labels(k, &self.removed)) {
+            match out.entry(labels(k, self)) {
                 std::collections::btree_map::Entry::Occupied(mut e) => merge(e.get_mut(), s),
                 std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert(s.clone());
@@ -342,7 +384,7 @@ fn peer_pairs<'a>(
     ]
 }
 
-fn http_labels(k: &HttpKey, removed: &[&str]) -> String {
+fn http_labels(k: &HttpKey, view: &FamilyView) -> String {
     let code = k.code.to_string();
     let grpc = k.grpc_status.map(|g| g.to_string()).unwrap_or_default();
     let mut pairs: Vec<(&str, &str)> = peer_pairs(&k.source, &k.destination).to_vec();
@@ -353,23 +395,17 @@ fn http_labels(k: &HttpKey, removed: &[&str]) -> String {
         ("response_flags", k.flags),
         ("connection_security_policy", "mutual_tls"),
     ]);
-    pairs.retain(|(name, _)| !removed.contains(name));
-    let mut out = String::with_capacity(900);
-    prometheus::labels(&mut out, &pairs);
-    out
+    view.render_labels(pairs, &k.dimensions)
 }
 
-fn tcp_labels(k: &TcpKey, removed: &[&str]) -> String {
+fn tcp_labels(k: &TcpKey, view: &FamilyView) -> String {
     let mut pairs: Vec<(&str, &str)> = peer_pairs(&k.source, &k.destination).to_vec();
     pairs.extend([
         ("request_protocol", "tcp"),
         ("response_flags", k.flags),
         ("connection_security_policy", "mutual_tls"),
     ]);
-    pairs.retain(|(name, _)| !removed.contains(name));
-    let mut out = String::with_capacity(900);
-    prometheus::labels(&mut out, &pairs);
-    out
+    view.render_labels(pairs, &k.dimensions)
 }
 
 #[cfg(test)]
@@ -388,6 +424,7 @@ mod tests {
             code,
             grpc_status: None,
             flags: "-",
+            dimensions: None,
         }
     }
 
