@@ -73,8 +73,11 @@ fn main() {
     let fds = protox::compile(ROOTS, includes)
         .unwrap_or_else(|e| panic!("compiling Envoy protos in {}: {e:?}", proto.display()));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    std::fs::write(out.join("envoy.bin"), prost::Message::encode_to_vec(&fds))
-        .expect("write descriptor set");
+    // A new file, not the old one rewritten in place: a target directory seeded with hard
+    // links would otherwise change every linked copy.
+    let path = out.join("envoy.bin");
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, prost::Message::encode_to_vec(&fds)).expect("write descriptor set");
 }
 
 /// The `proto/` directory of the `envoy-types` version in Cargo.lock, in the cargo

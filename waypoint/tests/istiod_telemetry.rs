@@ -1,5 +1,6 @@
-//! Telemetry shapes istiod generates (the connection manager's access log, `istio.stats`
-//! metric overrides), served over Delta ADS to a real waypoint process.
+//! Telemetry shapes istiod generates (the connection manager's access logs and their
+//! filters, `istio.stats` metric overrides and dimensions), served over Delta ADS to a
+//! real waypoint process.
 
 mod istiod;
 
@@ -116,19 +117,139 @@ async fn metric_overrides_remove_labels_and_drop_metrics() {
     );
 }
 
+/// Every HTTP chain's connection manager gets `logs` as its `access_log`.
+fn with_access_logs(ls: &mut Named, logs: serde_json::Value) {
+    fixture::edit_listener(ls, |json| {
+        for chain in json["filter_chains"].as_array_mut().unwrap() {
+            let filters = chain["filters"].as_array_mut().unwrap();
+            let hcm = &mut filters.last_mut().unwrap()["typed_config"];
+            if hcm.get("http_filters").is_some() {
+                hcm["access_log"] = logs.clone();
+            }
+        }
+    });
+}
+
+/// A route on 8100 that answers 503 from the fault filter.
+fn with_abort_route(ls: &mut Named) {
+    fixture::prepend_routes(
+        ls,
+        8100,
+        &[
+            json!({"name": "vs.abort", "match": {"prefix": "/abort"}, "route": {"cluster": CLUSTER_8100},
+                 "typed_per_filter_config": {"envoy.filters.http.fault": {
+                     "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                     "abort": {"http_status": 503, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}}}),
+        ],
+    );
+}
+
+/// The CEL filter istiod puts on a Telemetry provider's log
+/// (accesslog.go `buildAccessLogFilterFromTelemetry`, `accessLogging.filter.expression`).
+fn cel_filter(expression: &str) -> serde_json::Value {
+    json!({"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+        "expression": expression}}})
+}
+
 #[tokio::test]
-async fn metric_dimensions_are_nacked_rather_than_ignored() {
-    // A Telemetry tag override with a value (a CEL expression): not implemented, so said.
+async fn a_cel_filter_logs_only_5xx_to_a_file() {
+    // A Telemetry `accessLogging` with `filter.expression` naming an envoyFileAccessLog
+    // provider with a path (telemetry_logging.go `fileAccessLogFromTelemetry`).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let p = path.to_str().unwrap().to_string();
+    let w = start(|ls, _, _| {
+        with_access_logs(
+            ls,
+            json!([{"name": "envoy.access_loggers.file",
+                "filter": cel_filter("response.code >= 500"),
+                "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": p,
+                "log_format": {"text_format_source": {"inline_string": "FILE %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%\n"}}}}]),
+        );
+        with_abort_route(ls);
+    })
+    .await;
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+    assert_eq!(get(&w, 8100, "/abort").await.status, 503);
+    assert_eq!(get(&w, 8100, "/get?again").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.contains("FILE GET /abort 503\n") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no 5xx line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The 200s were answered before the 503 and the file is written in order.
+    assert_eq!(log, "FILE GET /abort 503\n");
+    let stdout = std::fs::read_to_string(&w.stdout).unwrap_or_default();
+    assert!(!stdout.contains("FILE "), "{stdout}");
+}
+
+#[tokio::test]
+async fn metric_dimensions_from_a_request_header_become_labels() {
+    // A Telemetry tagOverrides `user: {value: "request.headers['x-user']"}` on
+    // REQUEST_COUNT (telemetry.go `generateStatsConfig`: `dimensions`).
+    let w = start(|ls, _, _| {
+        with_metric_overrides(
+            ls,
+            json!([{"name": "requests_total", "dimensions": {
+                "user": "request.headers['x-user']",
+                "request_protocol": "request.url_path.startsWith('/get') ? 'getter' : 'other'"}}]),
+        )
+    })
+    .await;
+    assert_eq!(
+        send(&w, 8100, "GET", "/get", &[("x-user", "alice")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = prometheus(&w).await;
+        if text.contains("user=\"alice\"") && text.contains("user=\"unknown\"") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no dimension:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    for line in &requests {
+        // A standard label rewritten by an expression.
+        assert!(line.contains("request_protocol=\"getter\""), "{line}");
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+    // Other metrics do not get the dimension.
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("istio_request_duration_milliseconds_count{"))
+            .all(|l| !l.contains("user=") && l.contains("request_protocol=\"http\"")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn expressions_outside_the_cel_subset_are_nacked_by_name() {
     let w = start(|_, _, _| {}).await;
     let mut ls = w.listeners.clone();
     with_metric_overrides(
         &mut ls,
-        json!([{"name": "requests_total", "dimensions": {"custom": "request.host"}}]),
+        json!([{"name": "requests_total", "dimensions": {"t": "string(request.time)"}}]),
     );
     w.server.set(LISTENER, ls);
     let error = nack(&w).await;
     assert!(
-        error.contains("typed_config.metrics[0].dimensions"),
+        error.contains("typed_config.metrics[0].dimensions.t") && error.contains("request.time"),
         "{error}"
     );
     assert_eq!(get(&w, 8100, "/get").await.status, 200);
@@ -247,4 +368,74 @@ async fn spans_reach_an_outbound_collector_cluster_over_otlp_grpc() {
 #[tokio::test]
 async fn spans_reach_an_outbound_collector_cluster_over_otlp_http() {
     spans_reach_the_collector_cluster(true).await;
+}
+
+/// The OpenTelemetry access log istiod writes for an `envoyOtelAls` provider
+/// (telemetry_logging.go `buildOpenTelemetryAccessLogConfig`): the collector's cluster in
+/// the deprecated `common_config`, the wasm filter state objects, builtin labels off, the
+/// text format as the body and the provider's labels as attributes.
+fn otel_access_log(resource: serde_json::Value) -> serde_json::Value {
+    json!({"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "common_config": {
+            "log_name": "otel_envoy_accesslog",
+            "grpc_service": {"envoy_grpc": {"cluster_name": format!("outbound|4317||{COLLECTOR_HOST}"), "authority": COLLECTOR_HOST}},
+            "transport_api_version": "V3",
+            "filter_state_objects_to_log": ["upstream_peer", "downstream_peer", "wasm.upstream_peer",
+                "wasm.upstream_peer_id", "wasm.downstream_peer", "wasm.downstream_peer_id"]},
+        "disable_builtin_labels": true,
+        "body": {"string_value": "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%"},
+        "attributes": {"values": [
+            {"key": "code", "value": {"string_value": "%RESPONSE_CODE%"}},
+            {"key": "flags", "value": {"string_value": "%RESPONSE_FLAGS%"}}]},
+        "resource_attributes": resource}})
+}
+
+#[tokio::test]
+async fn access_logs_reach_an_opentelemetry_collector_cluster() {
+    let collector = testkit::otlp::Collector::grpc().await.unwrap();
+    let w = start_with_pod(Some(App::Forward(collector.addr)), |ls, cs, es, pod| {
+        with_collector(ls, cs, es, pod.unwrap(), false);
+        with_access_logs(
+            ls,
+            json!([otel_access_log(json!({"values": [
+                {"key": "k8s.cluster.name", "value": {"string_value": "snorlax"}}]}))]),
+        );
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let record = loop {
+        let status = get(&w, 8000, "/logged").await.status;
+        if let Some(r) = collector
+            .logs()
+            .into_iter()
+            .find(|r| r.body().is_some_and(|b| b.starts_with("GET /logged ")))
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log record reached the collector ({} exports, last status {status})",
+            collector.exports()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let code = record.attr("code").unwrap();
+    assert_eq!(record.body().unwrap(), format!("GET /logged {code}"));
+    assert_eq!(record.attr("flags").as_deref(), Some("-"));
+    assert!(record.record.time_unix_nano > 0);
+    // Builtin labels are off, as istiod asks; the configured resource attribute is there.
+    assert_eq!(
+        testkit::otlp::attr(&record.resource, "k8s.cluster.name").as_deref(),
+        Some("snorlax")
+    );
+    assert_eq!(testkit::otlp::attr(&record.resource, "log_name"), None);
+    let pod = w._pods.2.as_ref().unwrap();
+    assert!(
+        pod.counters
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "the export went through the collector pod's ztunnel"
+    );
 }

@@ -173,7 +173,11 @@ impl RequestTelemetry {
                     })
             })
             .flatten();
-        let route = upstream.route.as_ref().map(|r| r.name.to_string());
+        let route = upstream
+            .route
+            .as_ref()
+            .filter(|_| wanted)
+            .map(|r| r.name.to_string());
         // The record access logs and metric dimensions read (kept only when they are on).
         let record = self.request_headers.map(|request_headers| HttpRecord {
             start: self.start,
