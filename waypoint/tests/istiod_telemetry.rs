@@ -439,3 +439,43 @@ async fn access_logs_reach_an_opentelemetry_collector_cluster() {
         "the export went through the collector pod's ztunnel"
     );
 }
+
+#[tokio::test]
+async fn tcp_chains_write_their_access_log() {
+    // istiod gives a TCP chain's tcp_proxy the same access log as HTTP chains
+    // (accesslog.go `setTCPAccessLog`, via `setAccessLogAndBuildTCPFilter`).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tcp.log");
+    let p = path.to_str().unwrap().to_string();
+    let w = start_with_pod(Some(App::TcpEcho), |ls, cs, es, extra| {
+        tcp_port(ls, cs, es, extra.unwrap(), vec![]);
+        fixture::edit_listener(ls, |json| {
+            for chain in json["filter_chains"].as_array_mut().unwrap() {
+                if chain["name"] == TCP_CHAIN {
+                    let tcp = &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()
+                        ["typed_config"];
+                    tcp["access_log"] = json!([{"name": "envoy.access_loggers.file", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": p,
+                        "log_format": {"text_format_source": {"inline_string":
+                            "TCP %REQ(:METHOD)% %PROTOCOL% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER%\n"}}}}]);
+                }
+            }
+        });
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let back = tcp_round_trip(&w).await;
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if back == b"hello" && !log.is_empty() {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no TCP line ({back:?}):\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        log.lines().next().unwrap(),
+        format!("TCP - - 0 5 5 {TCP_CLUSTER}")
+    );
+}

@@ -11,6 +11,9 @@ pub struct TelemetryConfig {
     /// Access logs, each written for every request its filter lets through; empty is off
     /// (the default).
     pub access_logs: Vec<AccessLog>,
+    /// Access logs of TCP tunnels (the TCP proxy's `access_log`; from a Telemetry, the
+    /// same as HTTP's, as istiod gives both).
+    pub tcp_access_logs: Vec<AccessLog>,
     /// Tracing; `None` is off.
     pub tracing: Option<TracingConfig>,
     /// `istio.mesh_id` reported in spans.

@@ -271,9 +271,12 @@ pub fn build(
     let metrics_spec = scoped
         .iter()
         .find_map(|(_, label, s)| s.metrics.as_ref().map(|m| (*label, m)));
+    // istiod gives TCP chains the same logs as HTTP ones (accesslog.go `setTCPAccessLog`).
+    let logs = access_logs(logging_spec, mesh)?;
     Ok(TelemetryConfig {
         tracing: tracing(tracing_spec, mesh)?,
-        access_logs: access_logs(logging_spec, mesh)?,
+        access_logs: logs.clone(),
+        tcp_access_logs: logs,
         mesh_id: mesh
             .default_config
             .as_ref()

@@ -87,6 +87,8 @@ pub enum Chain {
         authz: Vec<filters::authz::AuthzFilter>,
         /// Metric overrides of the `istio.stats` filter.
         metrics: Vec<filters::model::telemetry::MetricOverride>,
+        /// The TCP proxy's access logs.
+        access_logs: Vec<filters::model::telemetry::AccessLog>,
     },
 }
 
@@ -358,10 +360,12 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                     Some(ClusterSpecifier::Cluster(c)) => c,
                     _ => return Err((fat, "only a single cluster is supported".into())),
                 };
+                let access_logs = super::access_log::convert(&tcp.access_log, &fat)?;
                 result = Some(Chain::Tcp {
                     cluster,
                     authz: std::mem::take(&mut authz),
                     metrics: std::mem::take(&mut tcp_metrics),
+                    access_logs,
                 });
             }
             other => return Err((fat, format!("unsupported network filter {other}"))),

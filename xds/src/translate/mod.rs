@@ -433,6 +433,16 @@ fn telemetry(
             })
         })
         .unwrap_or_default();
+    let tcp_access_logs = main
+        .and_then(|l| {
+            l.chains.iter().find_map(|(_, c)| match c {
+                Chain::Tcp { access_logs, .. } if !access_logs.is_empty() => {
+                    Some(access_logs.clone())
+                }
+                _ => None,
+            })
+        })
+        .unwrap_or_default();
     // And one set of metric overrides (Telemetry `metrics`), the same on every chain.
     let metric_overrides = main
         .and_then(|l| {
@@ -446,6 +456,7 @@ fn telemetry(
     filters::model::telemetry::TelemetryConfig {
         tracing,
         access_logs,
+        tcp_access_logs,
         mesh_id,
         metric_overrides,
     }
