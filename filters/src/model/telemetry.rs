@@ -14,6 +14,9 @@ pub struct TelemetryConfig {
     /// Access logs of TCP tunnels (the TCP proxy's `access_log`; from a Telemetry, the
     /// same as HTTP's, as istiod gives both).
     pub tcp_access_logs: Vec<AccessLog>,
+    /// Service ports whose chain has access logs other than the two above (a Telemetry
+    /// targeting the Service), sorted by namespace, name and port.
+    pub service_access_logs: Vec<ServiceAccessLogs>,
     /// Tracing; `None` is off.
     pub tracing: Option<TracingConfig>,
     /// `istio.mesh_id` reported in spans.
@@ -22,7 +25,45 @@ pub struct TelemetryConfig {
     pub metric_overrides: Vec<MetricOverride>,
 }
 
+/// The access logs of one Service port's chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceAccessLogs {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The port.
+    pub port: u16,
+    /// Its access logs (HTTP or TCP, as the port's chain is).
+    pub logs: Vec<AccessLog>,
+}
+
 impl TelemetryConfig {
+    /// The access logs of requests (or, with `tcp`, TCP tunnels) to `target`: its Service
+    /// port's own, else the waypoint's.
+    pub fn access_logs_for(&self, target: &crate::model::Target, tcp: bool) -> &[AccessLog] {
+        if let crate::model::Target::Service { service, port } = target {
+            if !self.service_access_logs.is_empty() {
+                let key = (
+                    service.name.namespace.as_str(),
+                    service.name.name.as_str(),
+                    *port,
+                );
+                if let Ok(i) = self
+                    .service_access_logs
+                    .binary_search_by(|e| (e.namespace.as_str(), e.name.as_str(), e.port).cmp(&key))
+                {
+                    return &self.service_access_logs[i].logs;
+                }
+            }
+        }
+        if tcp {
+            &self.tcp_access_logs
+        } else {
+            &self.access_logs
+        }
+    }
+
     /// Whether any metric override adds or rewrites labels from request attributes.
     pub fn has_dimensions(&self) -> bool {
         self.metric_overrides

@@ -277,6 +277,7 @@ pub fn build(
         tracing: tracing(tracing_spec, mesh)?,
         access_logs: logs.clone(),
         tcp_access_logs: logs,
+        service_access_logs: Vec::new(),
         mesh_id: mesh
             .default_config
             .as_ref()

@@ -70,7 +70,7 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
     }
     let closed = key(workload, flags);
     metrics.tcp_closed(&closed, ended.sent, ended.received);
-    let logs = &snapshot.telemetry().tcp_access_logs;
+    let logs = snapshot.telemetry().access_logs_for(&info.target, true);
     if !logs.is_empty() {
         let record = tcp_record(&info, &ended, start, started.elapsed());
         let facts = Facts {

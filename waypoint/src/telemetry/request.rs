@@ -95,8 +95,9 @@ impl RequestTelemetry {
             header_bytes(req.headers()) + (method.len() + path.len() + 12) as u64;
         // Kept (with the method and path) only for access logs and metric dimensions.
         let config = snapshot.telemetry();
-        let logged = (!config.access_logs.is_empty() || config.has_dimensions())
-            .then(|| (req.headers().clone(), method.to_string(), path.to_string()));
+        let logged = (!config.access_logs_for(&tunnel.target, false).is_empty()
+            || config.has_dimensions())
+        .then(|| (req.headers().clone(), method.to_string(), path.to_string()));
         let span = telemetry.tracing.start_server(
             &snapshot,
             req.headers(),
@@ -267,9 +268,10 @@ impl RequestTelemetry {
             span.end(outcome.code, attrs);
         }
         if let Some(record) = &record {
+            let logs = config.access_logs_for(&self.tunnel.target, false);
             telemetry
                 .access_log
-                .log(&self.snapshot, &config.access_logs, record, &facts);
+                .log(&self.snapshot, logs, record, &facts);
         }
     }
 }

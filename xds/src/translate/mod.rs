@@ -126,7 +126,10 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
         by_host,
     };
     let chains = main.map(|l| port_chains(l, &backends)).unwrap_or_default();
-    let telemetry = telemetry(main, &opts.waypoint);
+    let mut telemetry = telemetry(main, &opts.waypoint);
+    if let Some(l) = main {
+        telemetry.service_access_logs = service_access_logs(l, &backends.by_host, &telemetry);
+    }
     Snapshot::new(SnapshotParts {
         version: opts.version,
         source: opts.source.clone(),
@@ -397,6 +400,40 @@ fn port_chains(l: &ListenerInfo, backends: &Backends<'_>) -> PortChains {
     out
 }
 
+/// The Service ports whose chain's access logs differ from the waypoint's (istiod's
+/// `AccessLogging(push, proxy, class, svc)` applies a Telemetry targeting the Service to its
+/// chains only).
+fn service_access_logs(
+    l: &ListenerInfo,
+    by_host: &BTreeMap<String, Arc<Service>>,
+    telemetry: &filters::model::telemetry::TelemetryConfig,
+) -> Vec<filters::model::telemetry::ServiceAccessLogs> {
+    let mut out = Vec::new();
+    for (name, chain) in &l.chains {
+        let Some((port, host)) = vip_chain(name) else {
+            continue;
+        };
+        let Some(service) = by_host.get(host) else {
+            continue;
+        };
+        let (logs, default) = match chain {
+            Chain::Http { access_logs, .. } => (access_logs, &telemetry.access_logs),
+            Chain::Tcp { access_logs, .. } => (access_logs, &telemetry.tcp_access_logs),
+        };
+        if logs != default {
+            out.push(filters::model::telemetry::ServiceAccessLogs {
+                namespace: service.name.namespace.clone(),
+                name: service.name.name.clone(),
+                port,
+                logs: logs.clone(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.name, a.port).cmp(&(&b.namespace, &b.name, b.port)));
+    out.dedup_by(|a, b| (&a.namespace, &a.name, a.port) == (&b.namespace, &b.name, b.port));
+    out
+}
+
 /// The tracing settings (one per waypoint: istiod gives every chain the same) and the
 /// mesh id.
 fn telemetry(
@@ -457,6 +494,7 @@ fn telemetry(
         tracing,
         access_logs,
         tcp_access_logs,
+        service_access_logs: Vec::new(),
         mesh_id,
         metric_overrides,
     }

@@ -42,10 +42,12 @@ pub struct AccessLog {
     node_id: String,
     // Writers by path; kept across configurations (a file stays open).
     writers: Mutex<HashMap<String, Arc<LineWriter>>>,
-    // The compiled logs of one snapshot version.
-    active: Mutex<Option<(u64, Arc<[Sink]>)>>,
-    // OpenTelemetry loggers in use, by settings (and service cluster).
-    loggers: Mutex<Vec<(OtelLogConfig, String, Arc<OtlpLogger>)>>,
+    // The compiled logs of one snapshot version, by the address of the configured list (a
+    // snapshot has the waypoint's lists and those of Service ports with their own).
+    active: Mutex<Option<(u64, HashMap<usize, Arc<[Sink]>>)>>,
+    // OpenTelemetry loggers in use, by settings (and service cluster): reused while a sink
+    // holds them, so a configuration push does not restart an unchanged exporter.
+    loggers: Mutex<Vec<(OtelLogConfig, String, Weak<OtlpLogger>)>>,
     /// OpenTelemetry export counters.
     pub otlp: Arc<OtlpStats>,
 }
@@ -109,26 +111,24 @@ impl AccessLog {
 
     fn sinks(&self, snapshot: &Snapshot, logs: &[LogConfig]) -> Arc<[Sink]> {
         let mut slot = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((version, sinks)) = &*slot {
-            if *version == snapshot.version() {
-                return sinks.clone();
-            }
+        // The previous version's sinks stay alive until the new ones are built, so that
+        // unchanged OpenTelemetry loggers are reused.
+        let stale = match &*slot {
+            Some((version, _)) if *version == snapshot.version() => None,
+            _ => slot.take(),
+        };
+        let (_, compiled) = slot.get_or_insert_with(|| (snapshot.version(), HashMap::new()));
+        let key = logs.as_ptr() as usize;
+        if let Some(sinks) = compiled.get(&key) {
+            return sinks.clone();
         }
         let gw = &snapshot.waypoint().gateway;
         let service_cluster = format!("{}.{}", gw.name, gw.namespace);
         let mut loggers = self.loggers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut kept = Vec::new();
         let mut sinks = Vec::with_capacity(logs.len());
         for log in logs {
-            match self.compile(log, &service_cluster, &loggers) {
-                Ok(sink) => {
-                    if let Sink::Otel { logger, .. } = &sink {
-                        if let AccessLogSink::OpenTelemetry(c) = &log.sink {
-                            kept.push((c.clone(), service_cluster.clone(), logger.clone()));
-                        }
-                    }
-                    sinks.push(sink);
-                }
+            match self.compile(log, &service_cluster, &mut loggers) {
+                Ok(sink) => sinks.push(sink),
                 Err(e) => {
                     // Configuration sources validate logs before publishing; this is a
                     // last line of defence.
@@ -136,10 +136,11 @@ impl AccessLog {
                 }
             }
         }
-        // Loggers no longer configured end when their last sink goes.
-        *loggers = kept;
         let sinks: Arc<[Sink]> = sinks.into();
-        *slot = Some((snapshot.version(), sinks.clone()));
+        compiled.insert(key, sinks.clone());
+        drop(stale);
+        // Loggers no longer configured end when their last sink goes.
+        loggers.retain(|(_, _, l)| l.strong_count() > 0);
         sinks
     }
 
@@ -147,7 +148,7 @@ impl AccessLog {
         &self,
         log: &LogConfig,
         service_cluster: &str,
-        loggers: &[(OtelLogConfig, String, Arc<OtlpLogger>)],
+        loggers: &mut Vec<(OtelLogConfig, String, Weak<OtlpLogger>)>,
     ) -> Result<Sink, String> {
         let filter = log.filter.clone();
         match &log.sink {
@@ -182,8 +183,8 @@ impl AccessLog {
                     .collect::<Result<_, String>>()?;
                 let existing = loggers
                     .iter()
-                    .find(|(cfg, sc, _)| cfg == c && sc == service_cluster)
-                    .map(|(_, _, l)| l.clone());
+                    .filter(|(cfg, sc, _)| cfg == c && sc == service_cluster)
+                    .find_map(|(_, _, l)| l.upgrade());
                 let logger = match existing {
                     Some(l) => l,
                     None => {
@@ -194,7 +195,9 @@ impl AccessLog {
                             self.otlp.clone(),
                         )?;
                         tracing::info!(log = %c.log_name, collector = %c.endpoint(), "OpenTelemetry access log configured");
-                        Arc::new(l)
+                        let l = Arc::new(l);
+                        loggers.push((c.clone(), service_cluster.to_string(), Arc::downgrade(&l)));
+                        l
                     }
                 };
                 Ok(Sink::Otel {
