@@ -36,6 +36,9 @@ enum Sink {
     },
 }
 
+/// The compiled sinks of one snapshot version, by the address of the configured list.
+type BySlice = HashMap<usize, Arc<[Sink]>>;
+
 /// Writes access log entries for the configuration in force.
 pub struct AccessLog {
     proxy: Weak<crate::state::Proxy>,
@@ -44,7 +47,7 @@ pub struct AccessLog {
     writers: Mutex<HashMap<String, Arc<LineWriter>>>,
     // The compiled logs of one snapshot version, by the address of the configured list (a
     // snapshot has the waypoint's lists and those of Service ports with their own).
-    active: Mutex<Option<(u64, HashMap<usize, Arc<[Sink]>>)>>,
+    active: Mutex<Option<(u64, BySlice)>>,
     // OpenTelemetry loggers in use, by settings (and service cluster): reused while a sink
     // holds them, so a configuration push does not restart an unchanged exporter.
     loggers: Mutex<Vec<(OtelLogConfig, String, Weak<OtlpLogger>)>>,
