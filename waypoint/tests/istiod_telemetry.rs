@@ -58,8 +58,19 @@ async fn the_connection_managers_access_log_is_written_in_its_format() {
 /// `istio.stats` with `metrics` overrides, as istiod writes a Telemetry
 /// `metrics.overrides` (model/telemetry.go generateStatsConfig), on every chain.
 fn with_metric_overrides(ls: &mut Named, metrics: serde_json::Value) {
+    with_chain_metric_overrides(ls, "", metrics)
+}
+
+/// As [`with_metric_overrides`], on the chains whose name contains `chain` only (a
+/// Telemetry targeting a Service: istiod's `HTTPFilters(proxy, class, svc)`).
+fn with_chain_metric_overrides(ls: &mut Named, chain: &str, metrics: serde_json::Value) {
     fixture::edit_listener(ls, |json| {
-        for chain in json["filter_chains"].as_array_mut().unwrap() {
+        for chain in json["filter_chains"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .filter(|c| c["name"].as_str().unwrap().contains(chain))
+        {
             let hcm = &mut chain["filters"][0]["typed_config"];
             if let Some(list) = hcm.get_mut("http_filters").and_then(|f| f.as_array_mut()) {
                 for f in list.iter_mut().filter(|f| f["name"] == "istio.stats") {
@@ -528,4 +539,62 @@ async fn a_service_ports_own_access_log_applies_to_its_chain_only() {
     };
     assert_eq!(log.lines().count(), 1, "{log}");
     assert!(log.starts_with("SVC /on-8100 "), "{log}");
+}
+
+#[tokio::test]
+async fn a_service_ports_own_metric_overrides_apply_to_its_requests_only() {
+    let w = start(|ls, _, _| {
+        with_chain_metric_overrides(
+            ls,
+            "|8100|",
+            json!([{"name": "requests_total", "tags_to_remove": ["response_flags"],
+                    "dimensions": {"user": "request.headers['x-user']"}},
+                   {"name": "request_bytes", "drop": true}]),
+        )
+    })
+    .await;
+    let user = [("x-user", "bob")];
+    assert_eq!(send(&w, 8100, "GET", "/get", &user).await.status, 200);
+    assert_eq!(send(&w, 8000, "GET", "/get", &user).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = prometheus(&w).await;
+        let n = text
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .count();
+        if n >= 2 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "requests not counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    // One series per port: 8100's under its own overrides, 8000's under none.
+    let with_user: Vec<&&str> = requests
+        .iter()
+        .filter(|l| l.contains("user=\"bob\""))
+        .collect();
+    let without: Vec<&&str> = requests.iter().filter(|l| !l.contains("user=")).collect();
+    assert_eq!(with_user.len(), 1, "{requests:?}");
+    assert_eq!(without.len(), 1, "{requests:?}");
+    assert!(
+        !with_user[0].contains("response_flags="),
+        "{}",
+        with_user[0]
+    );
+    assert!(
+        without[0].contains("response_flags=\"-\""),
+        "{}",
+        without[0]
+    );
+    // request_bytes is dropped for 8100's requests only.
+    let bytes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_request_bytes_count{"))
+        .collect();
+    assert_eq!(bytes.len(), 1, "{bytes:?}");
 }

@@ -23,6 +23,9 @@ pub struct TelemetryConfig {
     pub mesh_id: String,
     /// Changes to Istio's standard metrics (Telemetry `metrics.overrides`), in order.
     pub metric_overrides: Vec<MetricOverride>,
+    /// Service ports whose chain's `istio.stats` overrides differ from `metric_overrides`
+    /// (a Telemetry targeting the Service), sorted by namespace, name and port.
+    pub service_metric_overrides: Vec<ServiceMetricOverrides>,
 }
 
 /// The access logs of one Service port's chain.
@@ -38,24 +41,85 @@ pub struct ServiceAccessLogs {
     pub logs: Vec<AccessLog>,
 }
 
+/// The metric overrides of one Service port's chain: shared, so that the series of its
+/// requests carry them (compared by identity).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceMetricOverrides {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The port.
+    pub port: u16,
+    /// Its overrides.
+    pub overrides: OverrideSet,
+}
+
+/// A shared list of metric overrides: equal by content, hashed and compared by identity
+/// where it keys metric series.
+#[derive(Debug, Clone, Default)]
+pub struct OverrideSet(pub std::sync::Arc<Vec<MetricOverride>>);
+
+impl PartialEq for OverrideSet {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+impl Serialize for OverrideSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Finds the entry of `target`'s Service port in a list sorted by namespace, name, port.
+fn for_port<'a, T>(
+    list: &'a [T],
+    key: impl Fn(&T) -> (&str, &str, u16),
+    target: &crate::model::Target,
+) -> Option<&'a T> {
+    let crate::model::Target::Service { service, port } = target else {
+        return None;
+    };
+    if list.is_empty() {
+        return None;
+    }
+    let want = (
+        service.name.namespace.as_str(),
+        service.name.name.as_str(),
+        *port,
+    );
+    list.binary_search_by(|e| key(e).cmp(&want))
+        .ok()
+        .map(|i| &list[i])
+}
+
 impl TelemetryConfig {
+    /// The metric overrides of requests to `target`: its Service port's own (`Some`), else
+    /// the waypoint's.
+    pub fn metric_overrides_for(
+        &self,
+        target: &crate::model::Target,
+    ) -> (&[MetricOverride], Option<&OverrideSet>) {
+        match for_port(
+            &self.service_metric_overrides,
+            |e| (e.namespace.as_str(), e.name.as_str(), e.port),
+            target,
+        ) {
+            Some(e) => (&e.overrides.0, Some(&e.overrides)),
+            None => (&self.metric_overrides, None),
+        }
+    }
+
     /// The access logs of requests (or, with `tcp`, TCP tunnels) to `target`: its Service
     /// port's own, else the waypoint's.
     pub fn access_logs_for(&self, target: &crate::model::Target, tcp: bool) -> &[AccessLog] {
-        if let crate::model::Target::Service { service, port } = target {
-            if !self.service_access_logs.is_empty() {
-                let key = (
-                    service.name.namespace.as_str(),
-                    service.name.name.as_str(),
-                    *port,
-                );
-                if let Ok(i) = self
-                    .service_access_logs
-                    .binary_search_by(|e| (e.namespace.as_str(), e.name.as_str(), e.port).cmp(&key))
-                {
-                    return &self.service_access_logs[i].logs;
-                }
-            }
+        if let Some(e) = for_port(
+            &self.service_access_logs,
+            |e| (e.namespace.as_str(), e.name.as_str(), e.port),
+            target,
+        ) {
+            return &e.logs;
         }
         if tcp {
             &self.tcp_access_logs
@@ -64,11 +128,15 @@ impl TelemetryConfig {
         }
     }
 
-    /// Whether any metric override adds or rewrites labels from request attributes.
+    /// Whether any metric override (the waypoint's or a Service port's) adds or rewrites
+    /// labels from request attributes.
     pub fn has_dimensions(&self) -> bool {
-        self.metric_overrides
-            .iter()
-            .any(|o| !o.dimensions.is_empty())
+        let any = |list: &[MetricOverride]| list.iter().any(|o| !o.dimensions.is_empty());
+        any(&self.metric_overrides)
+            || self
+                .service_metric_overrides
+                .iter()
+                .any(|e| any(&e.overrides.0))
     }
 }
 

@@ -285,6 +285,7 @@ pub fn build(
             .or_else(|| mesh.trust_domain.clone())
             .unwrap_or_else(|| "cluster.local".into()),
         metric_overrides: metric_overrides(metrics_spec)?,
+        service_metric_overrides: Vec::new(),
     })
 }
 

@@ -13,7 +13,7 @@ use filters::route::Backend;
 use crate::state::Proxy;
 use crate::telemetry::attributes::Facts;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
-use crate::telemetry::metrics::{dimensions, TcpKey};
+use crate::telemetry::metrics::{dimensions, OwnOverrides, TcpKey};
 use hbone::H2Stream;
 
 /// Copies the tunnel to an endpoint of its target until both directions end.
@@ -25,7 +25,7 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
         Target::Service { service, .. } => Some(service.clone()),
         Target::Workload { .. } => None,
     };
-    let overrides = &snapshot.telemetry().metric_overrides;
+    let (overrides, own) = snapshot.telemetry().metric_overrides_for(&info.target);
     let key = |workload: Option<&Arc<Workload>>, flags| {
         let destination = metrics
             .destinations
@@ -53,6 +53,7 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
             destination,
             flags,
             dimensions,
+            overrides: own.cloned().map(OwnOverrides),
         }
     };
     // Opened is counted when the connection is set up (or fails to be), closed at the end.

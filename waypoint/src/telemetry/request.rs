@@ -12,7 +12,7 @@ use opentelemetry::KeyValue;
 
 use super::attributes::Facts;
 use super::labels::SourceLabels;
-use super::metrics::{dimensions, HttpKey, HttpSample};
+use super::metrics::{dimensions, HttpKey, HttpSample, OwnOverrides};
 use super::trace::ServerSpan;
 use super::Telemetry;
 
@@ -220,8 +220,9 @@ impl RequestTelemetry {
             destination_pod: upstream.workload.as_deref(),
             upstream: upstream.address,
         };
+        let (overrides, own) = config.metric_overrides_for(&self.tunnel.target);
         let dimensions = if config.has_dimensions() {
-            dimensions::evaluate(&config.metric_overrides, &facts)
+            dimensions::evaluate(overrides, &facts)
         } else {
             None
         };
@@ -234,6 +235,7 @@ impl RequestTelemetry {
                 grpc_status,
                 flags: outcome.flags,
                 dimensions,
+                overrides: own.cloned().map(OwnOverrides),
             },
             HttpSample {
                 duration_ms: duration.as_secs_f64() * 1000.0,

@@ -129,6 +129,8 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
     let mut telemetry = telemetry(main, &opts.waypoint);
     if let Some(l) = main {
         telemetry.service_access_logs = service_access_logs(l, &backends.by_host, &telemetry);
+        telemetry.service_metric_overrides =
+            service_metric_overrides(l, &backends.by_host, &telemetry);
     }
     Snapshot::new(SnapshotParts {
         version: opts.version,
@@ -434,6 +436,45 @@ fn service_access_logs(
     out
 }
 
+/// The Service ports whose chain's `istio.stats` overrides differ from the waypoint's
+/// (istiod's `HTTPFilters`/`TCPFilters(proxy, class, svc)` apply a Telemetry targeting
+/// the Service to its chains only).
+fn service_metric_overrides(
+    l: &ListenerInfo,
+    by_host: &BTreeMap<String, Arc<Service>>,
+    telemetry: &filters::model::telemetry::TelemetryConfig,
+) -> Vec<filters::model::telemetry::ServiceMetricOverrides> {
+    let mut out: Vec<filters::model::telemetry::ServiceMetricOverrides> = Vec::new();
+    for (name, chain) in &l.chains {
+        let Some((port, host)) = vip_chain(name) else {
+            continue;
+        };
+        let Some(service) = by_host.get(host) else {
+            continue;
+        };
+        let (Chain::Http { metrics, .. } | Chain::Tcp { metrics, .. }) = chain;
+        if *metrics != telemetry.metric_overrides {
+            // Chains with equal overrides share one set (and so their series merge).
+            let shared = out
+                .iter()
+                .find(|e| *e.overrides.0 == *metrics)
+                .map(|e| e.overrides.clone())
+                .unwrap_or_else(|| {
+                    filters::model::telemetry::OverrideSet(Arc::new(metrics.clone()))
+                });
+            out.push(filters::model::telemetry::ServiceMetricOverrides {
+                namespace: service.name.namespace.clone(),
+                name: service.name.name.clone(),
+                port,
+                overrides: shared,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.name, a.port).cmp(&(&b.namespace, &b.name, b.port)));
+    out.dedup_by(|a, b| (&a.namespace, &a.name, a.port) == (&b.namespace, &b.name, b.port));
+    out
+}
+
 /// The tracing settings (one per waypoint: istiod gives every chain the same) and the
 /// mesh id.
 fn telemetry(
@@ -497,6 +538,7 @@ fn telemetry(
         service_access_logs: Vec::new(),
         mesh_id,
         metric_overrides,
+        service_metric_overrides: Vec::new(),
     }
 }
 

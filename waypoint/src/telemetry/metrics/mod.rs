@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use dimensions::Dimensions;
-use filters::model::telemetry::MetricOverride;
+use filters::model::telemetry::{MetricOverride, OverrideSet};
 use histogram::{Histogram, BYTES, DURATION_MS};
 
 use super::labels::{DestinationCache, DestinationLabels, PeerLabels, ServiceLabels, SourceLabels};
@@ -29,6 +29,25 @@ type Fast = foldhash::fast::RandomState;
 
 /// Default cap on the number of series per metric family.
 pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
+
+/// The metric overrides a series was recorded under, when its Service port has its own
+/// (a Telemetry targeting the Service); keys compare them by identity.
+#[derive(Debug, Clone)]
+pub struct OwnOverrides(pub OverrideSet);
+
+impl PartialEq for OwnOverrides {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0 .0, &other.0 .0)
+    }
+}
+
+impl Eq for OwnOverrides {}
+
+impl std::hash::Hash for OwnOverrides {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (std::sync::Arc::as_ptr(&self.0 .0) as usize).hash(state)
+    }
+}
 
 /// The labels of one HTTP series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,6 +66,8 @@ pub struct HttpKey {
     pub flags: &'static str,
     /// Dimensions added by metric overrides.
     pub dimensions: Dimensions,
+    /// The Service port's own overrides; `None` for the waypoint's.
+    pub overrides: Option<OwnOverrides>,
 }
 
 /// The labels of one TCP series.
@@ -60,6 +81,8 @@ pub struct TcpKey {
     pub flags: &'static str,
     /// Dimensions added by metric overrides.
     pub dimensions: Dimensions,
+    /// The Service port's own overrides; `None` for the waypoint's.
+    pub overrides: Option<OwnOverrides>,
 }
 
 #[derive(Debug, Clone)]
@@ -211,11 +234,10 @@ impl Metrics {
             let map = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
             map.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
         };
-        let view = |name: &str| FamilyView::new(name, overrides);
-        let v = view("istio_requests_total");
-        if !v.dropped {
+        let v = Views::new("istio_requests_total", overrides);
+        if v.any_kept(&http, |k| &k.overrides) {
             family(out, "istio_requests_total", "counter", "Requests handled.");
-            for (l, s) in v.group(&http, http_labels, HttpSeries::merge) {
+            for (l, s) in v.group(&http, |k| &k.overrides, http_labels, HttpSeries::merge) {
                 sample(out, "istio_requests_total", &l, s.requests);
             }
         }
@@ -236,12 +258,12 @@ impl Metrics {
                 |s| &s.response_bytes,
             ),
         ] {
-            let v = view(name);
-            if v.dropped {
+            let v = Views::new(name, overrides);
+            if !v.any_kept(&http, |k| &k.overrides) {
                 continue;
             }
             family(out, name, "histogram", help);
-            for (l, s) in v.group(&http, http_labels, HttpSeries::merge) {
+            for (l, s) in v.group(&http, |k| &k.overrides, http_labels, HttpSeries::merge) {
                 histogram(out, name, &l, pick(&s));
             }
         }
@@ -267,15 +289,82 @@ impl Metrics {
                 |s| s.received,
             ),
         ] {
-            let v = view(name);
-            if v.dropped {
+            let v = Views::new(name, overrides);
+            if !v.any_kept(&tcp, |k| &k.overrides) {
                 continue;
             }
             family(out, name, "counter", help);
-            for (l, s) in v.group(&tcp, tcp_labels, TcpSeries::merge) {
+            for (l, s) in v.group(&tcp, |k| &k.overrides, tcp_labels, TcpSeries::merge) {
                 sample(out, name, &l, pick(&s));
             }
         }
+    }
+}
+
+/// One metric family's views: the waypoint's overrides and each Service port's own.
+struct Views<'a> {
+    family: &'a str,
+    default: FamilyView<'a>,
+    own: std::cell::RefCell<HashMap<usize, std::rc::Rc<FamilyView<'static>>>>,
+}
+
+impl<'a> Views<'a> {
+    fn new(family: &'a str, overrides: &'a [MetricOverride]) -> Self {
+        Self {
+            family,
+            default: FamilyView::new(family, overrides),
+            own: Default::default(),
+        }
+    }
+
+    /// Runs `f` with the view of series recorded under `own`.
+    fn with<T>(&self, own: &Option<OwnOverrides>, f: impl FnOnce(&FamilyView) -> T) -> T {
+        match own {
+            None => f(&self.default),
+            Some(o) => {
+                let key = std::sync::Arc::as_ptr(&o.0 .0) as usize;
+                let view = self
+                    .own
+                    .borrow_mut()
+                    .entry(key)
+                    .or_insert_with(|| std::rc::Rc::new(FamilyView::owned(self.family, &o.0)))
+                    .clone();
+                f(&view)
+            }
+        }
+    }
+
+    /// Whether the family is reported: not dropped by the waypoint's overrides (it is then
+    /// listed even without series), or some series' own overrides keep it.
+    fn any_kept<K, S>(&self, series: &[(K, S)], own: impl Fn(&K) -> &Option<OwnOverrides>) -> bool {
+        !self.default.dropped
+            || series
+                .iter()
+                .any(|(k, _)| own(k).is_some() && self.with(own(k), |v| !v.dropped))
+    }
+
+    /// The series by their label text, under their overrides: dropped ones left out, those
+    /// with equal labels merged.
+    fn group<K, S: Clone>(
+        &self,
+        series: &[(K, S)],
+        own: impl Fn(&K) -> &Option<OwnOverrides>,
+        labels: impl Fn(&K, &FamilyView) -> String,
+        merge: impl Fn(&mut S, &S),
+    ) -> std::collections::BTreeMap<String, S> {
+        let mut out: std::collections::BTreeMap<String, S> = Default::default();
+        for (k, s) in series {
+            let Some(text) = self.with(own(k), |v| (!v.dropped).then(|| labels(k, v))) else {
+                continue;
+            };
+            match out.entry(text) {
+                std::collections::btree_map::Entry::Occupied(mut e) => merge(e.get_mut(), s),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(s.clone());
+                }
+            }
+        }
+        out
     }
 }
 
@@ -284,8 +373,8 @@ impl Metrics {
 /// one's).
 struct FamilyView<'a> {
     dropped: bool,
-    removed: Vec<&'a str>,
-    dimensions: Vec<(&'a str, &'a filters::cel::Expression)>,
+    removed: Vec<std::borrow::Cow<'a, str>>,
+    dimensions: Vec<(std::borrow::Cow<'a, str>, filters::cel::Expression)>,
 }
 
 impl<'a> FamilyView<'a> {
@@ -298,16 +387,39 @@ impl<'a> FamilyView<'a> {
         };
         for o in applying {
             view.dropped |= o.drop;
-            view.removed
-                .extend(o.tags_to_remove.iter().map(String::as_str));
+            view.removed.extend(
+                o.tags_to_remove
+                    .iter()
+                    .map(|t| std::borrow::Cow::Borrowed(t.as_str())),
+            );
             for (name, expr) in &o.dimensions {
-                match view.dimensions.iter_mut().find(|(n, _)| *n == name) {
-                    Some(slot) => slot.1 = expr,
-                    None => view.dimensions.push((name, expr)),
+                match view.dimensions.iter_mut().find(|(n, _)| n == name) {
+                    Some(slot) => slot.1 = expr.clone(),
+                    None => view
+                        .dimensions
+                        .push((std::borrow::Cow::Borrowed(name.as_str()), expr.clone())),
                 }
             }
         }
         view
+    }
+
+    /// The view of a Service port's own overrides (owning its strings).
+    fn owned(family: &str, overrides: &OverrideSet) -> FamilyView<'static> {
+        let v = FamilyView::new(family, &overrides.0);
+        FamilyView {
+            dropped: v.dropped,
+            removed: v
+                .removed
+                .into_iter()
+                .map(|r| std::borrow::Cow::Owned(r.into_owned()))
+                .collect(),
+            dimensions: v
+                .dimensions
+                .into_iter()
+                .map(|(n, e)| (std::borrow::Cow::Owned(n.into_owned()), e))
+                .collect(),
+        }
     }
 
     /// `pairs` with the family's dimensions applied (a standard label's value replaced,
@@ -319,8 +431,9 @@ impl<'a> FamilyView<'a> {
         dims: &'b Dimensions,
     ) -> String {
         for (name, expr) in &self.dimensions {
+            let name: &str = name;
             let value = dimensions::lookup(dims, name, expr).flatten();
-            match pairs.iter_mut().find(|(n, _)| n == name) {
+            match pairs.iter_mut().find(|(n, _)| *n == name) {
                 Some(slot) => {
                     if let Some(v) = value {
                         slot.1 = v;
@@ -329,28 +442,9 @@ impl<'a> FamilyView<'a> {
                 None => pairs.push((name, value.unwrap_or(""))),
             }
         }
-        pairs.retain(|(name, _)| !self.removed.contains(name));
+        pairs.retain(|(name, _)| !self.removed.iter().any(|r| r == name));
         let mut out = String::with_capacity(900);
         prometheus::labels(&mut out, &pairs);
-        out
-    }
-
-    /// The series by their label text, those with equal labels (after removal) merged.
-    fn group<K, S: Clone>(
-        &self,
-        series: &[(K, S)],
-        labels: impl Fn(&K, &FamilyView) -> String,
-        merge: impl Fn(&mut S, &S),
-    ) -> std::collections::BTreeMap<String, S> {
-        let mut out: std::collections::BTreeMap<String, S> = Default::default();
-        for (k, s) in series {
-            match out.entry(labels(k, self)) {
-                std::collections::btree_map::Entry::Occupied(mut e) => merge(e.get_mut(), s),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(s.clone());
-                }
-            }
-        }
         out
     }
 }
@@ -425,6 +519,7 @@ mod tests {
             grpc_status: None,
             flags: "-",
             dimensions: None,
+            overrides: None,
         }
     }
 
