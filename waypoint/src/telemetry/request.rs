@@ -207,9 +207,10 @@ impl RequestTelemetry {
                 .unwrap_or_else(|| "-".into()),
             route_name: route.clone(),
         });
-        let source_pod = self
-            .tunnel
-            .source_ip
+        // Looked up only when something reads it (access logs, dimensions).
+        let source_pod = record
+            .as_ref()
+            .and(self.tunnel.source_ip)
             .and_then(|ip| self.snapshot.workload(ip));
         let facts = Facts {
             record: record.as_ref(),
