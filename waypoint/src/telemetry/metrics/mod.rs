@@ -549,4 +549,77 @@ mod tests {
         assert!(out.contains("istio_request_duration_milliseconds_bucket{"));
         assert!(out.contains("le=\"+Inf\"} 2"));
     }
+
+    /// Facts with only a response code.
+    struct Code(i64);
+    impl filters::cel::Activation for Code {
+        fn attribute(&self, a: filters::cel::Attribute) -> Option<filters::cel::Value<'_>> {
+            (a == filters::cel::Attribute::ResponseCode).then_some(filters::cel::Value::Int(self.0))
+        }
+        fn entry(&self, _: filters::cel::MapAttribute, _: &str) -> Option<&str> {
+            None
+        }
+    }
+
+    #[test]
+    fn dimensions_follow_their_override_and_match() {
+        use filters::cel::Expression;
+        let overrides = vec![
+            MetricOverride {
+                metric: Some("requests_total".into()),
+                dimensions: vec![
+                    (
+                        "class".into(),
+                        Expression::value("response.code >= 500 ? 'error' : 'ok'").unwrap(),
+                    ),
+                    (
+                        "response_flags".into(),
+                        Expression::value("string(response.code)").unwrap(),
+                    ),
+                    ("missing".into(), Expression::value("request.path").unwrap()),
+                ],
+                ..Default::default()
+            },
+            MetricOverride {
+                metric: Some("requests_total".into()),
+                dimensions: vec![("only_5xx".into(), Expression::value("'yes'").unwrap())],
+                when: Some(Expression::predicate("response.code >= 500").unwrap()),
+                ..Default::default()
+            },
+        ];
+        let m = Metrics::new("Kubernetes", 100);
+        for code in [200, 503] {
+            let mut k = key(code as u16, "a");
+            k.dimensions = dimensions::evaluate(&overrides, &Code(code));
+            m.record_http(k, S);
+        }
+        let mut out = String::new();
+        m.render(&mut out, &overrides);
+        let line = |code: &str| {
+            out.lines()
+                .find(|l| {
+                    l.starts_with("istio_requests_total{")
+                        && l.contains(&format!("response_code=\"{code}\""))
+                })
+                .unwrap()
+                .to_string()
+        };
+        let ok = line("200");
+        assert!(ok.contains("class=\"ok\""), "{ok}");
+        // A standard label rewritten; a value that cannot be computed is `unknown`.
+        assert!(ok.contains("response_flags=\"200\""), "{ok}");
+        assert!(ok.contains("missing=\"unknown\""), "{ok}");
+        // The gated dimension is empty where its match is false.
+        assert!(ok.contains("only_5xx=\"\""), "{ok}");
+        let err = line("503");
+        assert!(
+            err.contains("class=\"error\"") && err.contains("only_5xx=\"yes\""),
+            "{err}"
+        );
+        // Other families do not get them.
+        assert!(out
+            .lines()
+            .filter(|l| l.starts_with("istio_request_bytes_count{"))
+            .all(|l| !l.contains("class=") && l.contains("response_flags=\"-\"")));
+    }
 }
