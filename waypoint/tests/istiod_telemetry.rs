@@ -526,9 +526,14 @@ async fn a_service_ports_own_access_log_applies_to_its_chain_only() {
         });
     })
     .await;
-    assert_eq!(get(&w, 8000, "/on-8000").await.status, 200);
-    assert_eq!(get(&w, 8100, "/on-8100").await.status, 200);
+    // Both ports answer (under load a first request may fail upstream; it is then retried).
     let deadline = Instant::now() + Duration::from_secs(10);
+    for (port, path) in [(8000, "/on-8000"), (8100, "/on-8100")] {
+        while get(&w, port, path).await.status != 200 {
+            assert!(Instant::now() < deadline, "{port} does not answer");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let log = loop {
         let log = std::fs::read_to_string(&path).unwrap_or_default();
         if log.contains("/on-8100") {
@@ -537,8 +542,8 @@ async fn a_service_ports_own_access_log_applies_to_its_chain_only() {
         assert!(Instant::now() < deadline, "no line for 8100:\n{log}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(log.lines().count(), 1, "{log}");
-    assert!(log.starts_with("SVC /on-8100 "), "{log}");
+    // Only port 8100's requests are logged.
+    assert!(log.lines().all(|l| l.starts_with("SVC /on-8100 ")), "{log}");
 }
 
 #[tokio::test]
