@@ -161,6 +161,15 @@ pub struct MetricOverride {
     pub drop: bool,
 }
 
+/// Whether `name` can be a Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+pub fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 impl MetricOverride {
     /// Whether this override applies to the metric family `family` (`istio_requests_total`).
     pub fn applies_to(&self, family: &str) -> bool {

@@ -130,7 +130,7 @@ pub(super) fn metric_overrides(
                 match t.operation.as_deref().unwrap_or("UPSERT") {
                     "REMOVE" => tags_to_remove.push(tag.clone()),
                     "UPSERT" => {
-                        if !label_name(tag) {
+                        if !filters::model::telemetry::valid_label_name(tag) {
                             return Err(invalid(label, tat, "not a valid metric label name"));
                         }
                         let Some(value) = t.value.as_deref().filter(|v| !v.is_empty()) else {
@@ -163,13 +163,4 @@ pub(super) fn metric_overrides(
         }
     }
     Ok(out)
-}
-
-/// Whether `name` is a valid Prometheus label name.
-pub(crate) fn label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

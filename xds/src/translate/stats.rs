@@ -67,6 +67,12 @@ pub fn convert(any: Option<&Any>, at: &str) -> Result<Vec<MetricOverride>, Bad> 
             let mut names: Vec<&String> = d.keys().collect();
             names.sort();
             for tag in names {
+                if !filters::model::telemetry::valid_label_name(tag) {
+                    return bad(
+                        &field(&format!("dimensions.{tag}")),
+                        "not a valid metric label name".into(),
+                    );
+                }
                 let Some(expr) = d[tag].as_str() else {
                     return bad(&field(&format!("dimensions.{tag}")), "not a string".into());
                 };
@@ -114,4 +120,66 @@ pub fn convert(any: Option<&Any>, at: &str) -> Result<Vec<MetricOverride>, Bad> 
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_reflect::DynamicMessage;
+
+    /// A `stats.PluginConfig` as istiod's `generateStatsConfig` writes it.
+    fn plugin(metrics: serde_json::Value) -> Any {
+        let desc = crate::envoy::pool()
+            .get_message_by_name(PLUGIN_CONFIG)
+            .unwrap();
+        let json = serde_json::json!({"metrics": metrics});
+        let msg = DynamicMessage::deserialize(desc, json).unwrap();
+        Any {
+            type_url: format!("type.googleapis.com/{PLUGIN_CONFIG}"),
+            value: prost::Message::encode_to_vec(&msg),
+        }
+    }
+
+    #[test]
+    fn dimensions_and_match_are_compiled_or_refused_by_name() {
+        let any = plugin(serde_json::json!([
+            {"name": "requests_total", "dimensions": {"user": "request.headers['x-user']", "a": "'x'"},
+             "match": "response.code >= 500"}
+        ]));
+        let out = convert(Some(&any), "f").unwrap();
+        let dims: Vec<(&str, &str)> = out[0]
+            .dimensions
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.source()))
+            .collect();
+        assert_eq!(
+            dims,
+            vec![("a", "'x'"), ("user", "request.headers['x-user']")]
+        );
+        assert_eq!(
+            out[0].when.as_ref().unwrap().source(),
+            "response.code >= 500"
+        );
+        for (metrics, field) in [
+            (
+                serde_json::json!([{"dimensions": {"bad-name": "'x'"}}]),
+                "metrics[0].dimensions.bad-name",
+            ),
+            (
+                serde_json::json!([{"dimensions": {"t": "request.time"}}]),
+                "metrics[0].dimensions.t",
+            ),
+            (
+                serde_json::json!([{"match": "response.code"}]),
+                "metrics[0].match",
+            ),
+            (
+                serde_json::json!([{"match": "true", "drop": true}]),
+                "metrics[0].match",
+            ),
+        ] {
+            let (at, why) = convert(Some(&plugin(metrics)), "f").unwrap_err();
+            assert!(at.ends_with(field), "{at}: {why}");
+        }
+    }
 }
