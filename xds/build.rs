@@ -39,6 +39,9 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/path/match/uri_template/v3/uri_template_match.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/extensions/access_loggers/open_telemetry/v3/logs_service.proto",
+    "envoy/extensions/access_loggers/grpc/v3/als.proto",
+    "envoy/extensions/access_loggers/filters/cel/v3/cel.proto",
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/request_id/uuid/v3/uuid.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
@@ -116,8 +119,11 @@ fn main() {
         .map(|c| c.file_descriptor_set())
         .unwrap_or_else(|e| panic!("compiling Envoy protos in {}: {e:?}", proto.display()));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    std::fs::write(out.join("envoy.bin"), prost::Message::encode_to_vec(&fds))
-        .expect("write descriptor set");
+    // A new file, not the old one rewritten in place: a target directory seeded with hard
+    // links would otherwise change every linked copy.
+    let path = out.join("envoy.bin");
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, prost::Message::encode_to_vec(&fds)).expect("write descriptor set");
 }
 
 /// The `proto/` directory of the `envoy-types` version in Cargo.lock, in the cargo

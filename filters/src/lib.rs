@@ -18,6 +18,7 @@ pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod budget;
+pub mod cel;
 pub mod connect;
 pub mod dns;
 pub mod duration;

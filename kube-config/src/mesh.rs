@@ -97,6 +97,9 @@ pub struct ExtensionProvider {
     /// Envoy file access log.
     #[serde(default)]
     pub envoy_file_access_log: Option<serde_yaml::Value>,
+    /// Envoy OpenTelemetry access log (OTLP logs over gRPC).
+    #[serde(default)]
+    pub envoy_otel_als: Option<serde_yaml::Value>,
     /// Any other provider kind (zipkin, skywalking, prometheus, ...), kept so that a
     /// reference to it can be reported as unsupported rather than unknown.
     #[serde(flatten)]
@@ -114,6 +117,8 @@ impl ExtensionProvider {
             "opentelemetry"
         } else if self.envoy_file_access_log.is_some() {
             "envoyFileAccessLog"
+        } else if self.envoy_otel_als.is_some() {
+            "envoyOtelAls"
         } else {
             self.other
                 .keys()

@@ -1,12 +1,19 @@
-//! OTLP trace collectors on loopback: OTLP/gRPC
-//! (`opentelemetry.proto.collector.trace.v1.TraceService/Export`) and OTLP/HTTP (protobuf
-//! `POST /v1/traces`), keeping every span with the resource it came with.
+//! OTLP collectors on loopback: OTLP/gRPC
+//! (`opentelemetry.proto.collector.trace.v1.TraceService/Export` and
+//! `opentelemetry.proto.collector.logs.v1.LogsService/Export`) and OTLP/HTTP (protobuf
+//! `POST /v1/traces`), keeping every span and log record with the resource it came with.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -15,6 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
@@ -39,6 +47,30 @@ impl Received {
     }
 }
 
+/// One received log record, with its resource's attributes.
+#[derive(Debug, Clone)]
+pub struct ReceivedLog {
+    /// The record.
+    pub record: LogRecord,
+    /// Its resource's attributes.
+    pub resource: Vec<KeyValue>,
+}
+
+impl ReceivedLog {
+    /// The record's body, as a string.
+    pub fn body(&self) -> Option<String> {
+        match self.record.body.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+
+    /// The record attribute `key`, as a string.
+    pub fn attr(&self, key: &str) -> Option<String> {
+        attr(&self.record.attributes, key)
+    }
+}
+
 /// Attribute `key` of `list` as a string (integers and booleans formatted).
 pub fn attr(list: &[KeyValue], key: &str) -> Option<String> {
     let value = list.iter().find(|kv| kv.key == key)?.value.as_ref()?;
@@ -56,6 +88,7 @@ pub struct Collector {
     /// Where it listens.
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    logs: Arc<Mutex<Vec<ReceivedLog>>>,
     exports: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -63,6 +96,11 @@ impl Collector {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Every log record received so far (OTLP/gRPC collectors).
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.logs.lock().unwrap().clone()
     }
 
     /// Export calls received so far.
@@ -89,6 +127,7 @@ impl Collector {
         Self {
             addr,
             received: Arc::default(),
+            logs: Arc::default(),
             exports: Arc::default(),
         }
     }
@@ -98,9 +137,11 @@ impl Collector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let c = Self::new(listener.local_addr()?);
         let svc = TraceServiceServer::new(c.clone());
+        let logs = LogsServiceServer::new(c.clone());
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
+                .add_service(logs)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await;
         });
@@ -167,5 +208,27 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.exports
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut all = self.logs.lock().unwrap();
+        for rl in request.into_inner().resource_logs {
+            let resource = rl.resource.map(|r| r.attributes).unwrap_or_default();
+            for sl in rl.scope_logs {
+                all.extend(sl.log_records.into_iter().map(|record| ReceivedLog {
+                    record,
+                    resource: resource.clone(),
+                }));
+            }
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }

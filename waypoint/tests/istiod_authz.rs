@@ -411,41 +411,6 @@ async fn a_provider_in_the_mesh_is_reached_over_hbone() {
     );
 }
 
-const TCP_CHAIN: &str = "inbound-vip|9000||httpbin.default.svc.cluster.local-tcp";
-const TCP_CLUSTER: &str = "inbound-vip|9000|tcp|httpbin.default.svc.cluster.local";
-
-/// httpbin gets a TCP port 9000 (on the extra pod's 8080): its cluster, endpoints and
-/// `main_internal` chain, with `network` filters before the tcp_proxy.
-fn tcp_port(ls: &mut Named, cs: &mut Named, es: &mut Named, pod: IpAddr, network: Vec<Value>) {
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    use prost::Message;
-    let (_, c) = cs.iter().find(|(n, _)| n == CLUSTER_8100).unwrap();
-    let mut c = Cluster::decode(c.value.as_slice()).unwrap();
-    c.name = TCP_CLUSTER.into();
-    if let Some(eds) = c.eds_cluster_config.as_mut() {
-        eds.service_name = TCP_CLUSTER.into();
-    }
-    cs.push((TCP_CLUSTER.into(), fixture::any(CLUSTER, &c)));
-    let e = mesh_endpoints(es, TCP_CLUSTER, pod);
-    es.push((TCP_CLUSTER.into(), e));
-    let mut filters = network;
-    filters.push(
-        json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        "stat_prefix": TCP_CLUSTER, "cluster": TCP_CLUSTER}}),
-    );
-    fixture::edit_listener(ls, |json| {
-        json["filter_chains"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"name": TCP_CHAIN, "filters": filters.clone()}));
-        let map = &mut json["filter_chain_matcher"]["matcher_tree"]["custom_match"]["typed_config"]
-            ["range_matchers"][0]["on_match"]["matcher"]["matcher_tree"]["exact_match_map"]["map"];
-        map["9000"] = json!({"action": {"name": TCP_CHAIN, "typed_config": {
-            "@type": "type.googleapis.com/google.protobuf.StringValue", "value": TCP_CHAIN}}});
-    });
-}
-
 /// `generateGRPCConfig`'s network filter.
 fn network_ext_authz(provider: &str, port: u16) -> Value {
     json!({"name": "envoy.filters.network.ext_authz", "typed_config": {
@@ -456,24 +421,6 @@ fn network_ext_authz(provider: &str, port: u16) -> Value {
         "transport_api_version": "V3",
         "filter_enabled_metadata": enabled_metadata(provider, true)
     }})
-}
-
-/// Writes `hello` into a tunnel to httpbin's TCP port; what comes back before it closes.
-async fn tcp_round_trip(w: &World) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let conn = w.client.connect().await.unwrap();
-    let Ok(mut tunnel) = conn
-        .tunnel(SocketAddr::new(VIP.parse().unwrap(), 9000), &[])
-        .await
-    else {
-        return Vec::new();
-    };
-    let _ = tunnel.write_all(b"hello").await;
-    let _ = tunnel.shutdown().await;
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the tunnel ended in time");
-    buf
 }
 
 #[tokio::test]

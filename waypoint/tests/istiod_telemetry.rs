@@ -1,5 +1,6 @@
-//! Telemetry shapes istiod generates (the connection manager's access log, `istio.stats`
-//! metric overrides), served over Delta ADS to a real waypoint process.
+//! Telemetry shapes istiod generates (the connection manager's access logs and their
+//! filters, `istio.stats` metric overrides and dimensions), served over Delta ADS to a
+//! real waypoint process.
 
 mod istiod;
 
@@ -57,8 +58,19 @@ async fn the_connection_managers_access_log_is_written_in_its_format() {
 /// `istio.stats` with `metrics` overrides, as istiod writes a Telemetry
 /// `metrics.overrides` (model/telemetry.go generateStatsConfig), on every chain.
 fn with_metric_overrides(ls: &mut Named, metrics: serde_json::Value) {
+    with_chain_metric_overrides(ls, "", metrics)
+}
+
+/// As [`with_metric_overrides`], on the chains whose name contains `chain` only (a
+/// Telemetry targeting a Service: istiod's `HTTPFilters(proxy, class, svc)`).
+fn with_chain_metric_overrides(ls: &mut Named, chain: &str, metrics: serde_json::Value) {
     fixture::edit_listener(ls, |json| {
-        for chain in json["filter_chains"].as_array_mut().unwrap() {
+        for chain in json["filter_chains"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .filter(|c| c["name"].as_str().unwrap().contains(chain))
+        {
             let hcm = &mut chain["filters"][0]["typed_config"];
             if let Some(list) = hcm.get_mut("http_filters").and_then(|f| f.as_array_mut()) {
                 for f in list.iter_mut().filter(|f| f["name"] == "istio.stats") {
@@ -116,19 +128,148 @@ async fn metric_overrides_remove_labels_and_drop_metrics() {
     );
 }
 
+/// Every HTTP chain's connection manager gets `logs` as its `access_log`.
+fn with_access_logs(ls: &mut Named, logs: serde_json::Value) {
+    fixture::edit_listener(ls, |json| {
+        for chain in json["filter_chains"].as_array_mut().unwrap() {
+            let filters = chain["filters"].as_array_mut().unwrap();
+            let hcm = &mut filters.last_mut().unwrap()["typed_config"];
+            if hcm.get("http_filters").is_some() {
+                hcm["access_log"] = logs.clone();
+            }
+        }
+    });
+}
+
+/// A route on 8100 that answers 503 from the fault filter.
+fn with_abort_route(ls: &mut Named) {
+    fixture::prepend_routes(
+        ls,
+        8100,
+        &[
+            json!({"name": "vs.abort", "match": {"prefix": "/abort"}, "route": {"cluster": CLUSTER_8100},
+                 "typed_per_filter_config": {"envoy.filters.http.fault": {
+                     "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                     "abort": {"http_status": 503, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}}}),
+        ],
+    );
+}
+
+/// The CEL filter istiod puts on a Telemetry provider's log
+/// (accesslog.go `buildAccessLogFilterFromTelemetry`, `accessLogging.filter.expression`).
+fn cel_filter(expression: &str) -> serde_json::Value {
+    json!({"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+        "expression": expression}}})
+}
+
 #[tokio::test]
-async fn metric_dimensions_are_nacked_rather_than_ignored() {
-    // A Telemetry tag override with a value (a CEL expression): not implemented, so said.
+async fn a_cel_filter_logs_only_5xx_to_a_file() {
+    // A Telemetry `accessLogging` with `filter.expression` naming an envoyFileAccessLog
+    // provider with a path (telemetry_logging.go `fileAccessLogFromTelemetry`).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let p = path.to_str().unwrap().to_string();
+    let w = start(|ls, _, _| {
+        with_access_logs(
+            ls,
+            json!([{"name": "envoy.access_loggers.file",
+                "filter": cel_filter("response.code >= 500"),
+                "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": p,
+                "log_format": {"text_format_source": {"inline_string": "FILE %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%\n"}}}}]),
+        );
+        with_abort_route(ls);
+    })
+    .await;
+    // Every response of 500 or more is logged, and nothing else (under load a request may
+    // fail upstream: it is then logged too).
+    let mut expected = String::new();
+    for path in ["/get", "/abort", "/get?again"] {
+        let status = get(&w, 8100, path).await.status;
+        if path == "/abort" {
+            assert_eq!(status, 503);
+        }
+        if status >= 500 {
+            expected.push_str(&format!("FILE GET {path} {status}\n"));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.len() >= expected.len() {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "5xx lines missing:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Lines are written in the order the responses ended.
+    assert_eq!(log, expected);
+    let stdout = std::fs::read_to_string(&w.stdout).unwrap_or_default();
+    assert!(!stdout.contains("FILE "), "{stdout}");
+}
+
+#[tokio::test]
+async fn metric_dimensions_from_a_request_header_become_labels() {
+    // A Telemetry tagOverrides `user: {value: "request.headers['x-user']"}` on
+    // REQUEST_COUNT (telemetry.go `generateStatsConfig`: `dimensions`).
+    let w = start(|ls, _, _| {
+        with_metric_overrides(
+            ls,
+            json!([{"name": "requests_total", "dimensions": {
+                "user": "request.headers['x-user']",
+                "request_protocol": "request.url_path.startsWith('/get') ? 'getter' : 'other'"}}]),
+        )
+    })
+    .await;
+    assert_eq!(
+        send(&w, 8100, "GET", "/get", &[("x-user", "alice")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = prometheus(&w).await;
+        if text.contains("user=\"alice\"") && text.contains("user=\"unknown\"") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no dimension:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    for line in &requests {
+        // A standard label rewritten by an expression.
+        assert!(line.contains("request_protocol=\"getter\""), "{line}");
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+    // Other metrics do not get the dimension.
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("istio_request_duration_milliseconds_count{"))
+            .all(|l| !l.contains("user=") && l.contains("request_protocol=\"http\"")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn expressions_outside_the_cel_subset_are_nacked_by_name() {
     let w = start(|_, _, _| {}).await;
     let mut ls = w.listeners.clone();
     with_metric_overrides(
         &mut ls,
-        json!([{"name": "requests_total", "dimensions": {"custom": "request.host"}}]),
+        json!([{"name": "requests_total", "dimensions": {"t": "string(request.time)"}}]),
     );
     w.server.set(LISTENER, ls);
     let error = nack(&w).await;
     assert!(
-        error.contains("typed_config.metrics[0].dimensions"),
+        error.contains("typed_config.metrics[0].dimensions.t") && error.contains("request.time"),
         "{error}"
     );
     assert_eq!(get(&w, 8100, "/get").await.status, 200);
@@ -247,4 +388,218 @@ async fn spans_reach_an_outbound_collector_cluster_over_otlp_grpc() {
 #[tokio::test]
 async fn spans_reach_an_outbound_collector_cluster_over_otlp_http() {
     spans_reach_the_collector_cluster(true).await;
+}
+
+/// The OpenTelemetry access log istiod writes for an `envoyOtelAls` provider
+/// (telemetry_logging.go `buildOpenTelemetryAccessLogConfig`): the collector's cluster in
+/// the deprecated `common_config`, the wasm filter state objects, builtin labels off, the
+/// text format as the body and the provider's labels as attributes.
+fn otel_access_log(resource: serde_json::Value) -> serde_json::Value {
+    json!({"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "common_config": {
+            "log_name": "otel_envoy_accesslog",
+            "grpc_service": {"envoy_grpc": {"cluster_name": format!("outbound|4317||{COLLECTOR_HOST}"), "authority": COLLECTOR_HOST}},
+            "transport_api_version": "V3",
+            "filter_state_objects_to_log": ["upstream_peer", "downstream_peer", "wasm.upstream_peer",
+                "wasm.upstream_peer_id", "wasm.downstream_peer", "wasm.downstream_peer_id"]},
+        "disable_builtin_labels": true,
+        "body": {"string_value": "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%"},
+        "attributes": {"values": [
+            {"key": "code", "value": {"string_value": "%RESPONSE_CODE%"}},
+            {"key": "flags", "value": {"string_value": "%RESPONSE_FLAGS%"}}]},
+        "resource_attributes": resource}})
+}
+
+#[tokio::test]
+async fn access_logs_reach_an_opentelemetry_collector_cluster() {
+    let collector = testkit::otlp::Collector::grpc().await.unwrap();
+    let w = start_with_pod(Some(App::Forward(collector.addr)), |ls, cs, es, pod| {
+        with_collector(ls, cs, es, pod.unwrap(), false);
+        with_access_logs(
+            ls,
+            json!([otel_access_log(json!({"values": [
+                {"key": "k8s.cluster.name", "value": {"string_value": "snorlax"}}]}))]),
+        );
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let record = loop {
+        let status = get(&w, 8000, "/logged").await.status;
+        if let Some(r) = collector
+            .logs()
+            .into_iter()
+            .find(|r| r.body().is_some_and(|b| b.starts_with("GET /logged ")))
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log record reached the collector ({} exports, last status {status})",
+            collector.exports()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let code = record.attr("code").unwrap();
+    assert_eq!(record.body().unwrap(), format!("GET /logged {code}"));
+    assert_eq!(record.attr("flags").as_deref(), Some("-"));
+    assert!(record.record.time_unix_nano > 0);
+    // Builtin labels are off, as istiod asks; the configured resource attribute is there.
+    assert_eq!(
+        testkit::otlp::attr(&record.resource, "k8s.cluster.name").as_deref(),
+        Some("snorlax")
+    );
+    assert_eq!(testkit::otlp::attr(&record.resource, "log_name"), None);
+    let pod = w._pods.2.as_ref().unwrap();
+    assert!(
+        pod.counters
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "the export went through the collector pod's ztunnel"
+    );
+}
+
+#[tokio::test]
+async fn tcp_chains_write_their_access_log() {
+    // istiod gives a TCP chain's tcp_proxy the same access log as HTTP chains
+    // (accesslog.go `setTCPAccessLog`, via `setAccessLogAndBuildTCPFilter`).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tcp.log");
+    let p = path.to_str().unwrap().to_string();
+    let w = start_with_pod(Some(App::TcpEcho), |ls, cs, es, extra| {
+        tcp_port(ls, cs, es, extra.unwrap(), vec![]);
+        fixture::edit_listener(ls, |json| {
+            for chain in json["filter_chains"].as_array_mut().unwrap() {
+                if chain["name"] == TCP_CHAIN {
+                    let tcp = &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()
+                        ["typed_config"];
+                    tcp["access_log"] = json!([{"name": "envoy.access_loggers.file", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": p,
+                        "log_format": {"text_format_source": {"inline_string":
+                            "TCP %REQ(:METHOD)% %PROTOCOL% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER%\n"}}}}]);
+                }
+            }
+        });
+    })
+    .await;
+    // Under load a first tunnel may come before the pod's endpoints (and is logged with
+    // what it carried); one that echoes is logged with its five bytes each way.
+    let want = format!("TCP - - 0 5 5 {TCP_CLUSTER}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let back = tcp_round_trip(&w).await;
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if back == b"hello" && log.lines().any(|l| l == want) {
+            assert!(log.lines().all(|l| l.starts_with("TCP - - 0 ")), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no TCP line ({back:?}):\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_service_ports_own_access_log_applies_to_its_chain_only() {
+    // A Telemetry targeting one Service gives only its chains the log (telemetry.go
+    // `AccessLogging(push, proxy, class, svc)`): here port 8100's chain has a file log and
+    // port 8000's has none.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("svc.log");
+    let p = path.to_str().unwrap().to_string();
+    let w = start(|ls, _, _| {
+        fixture::edit_listener(ls, |json| {
+            for chain in json["filter_chains"].as_array_mut().unwrap() {
+                if !chain["name"].as_str().unwrap().contains("|8100|") {
+                    continue;
+                }
+                let hcm = &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()
+                    ["typed_config"];
+                if hcm.get("http_filters").is_some() {
+                    hcm["access_log"] = json!([{"name": "envoy.access_loggers.file", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": p,
+                        "log_format": {"text_format_source": {"inline_string": "SVC %REQ(:PATH)% %DOWNSTREAM_LOCAL_ADDRESS%\n"}}}}]);
+                }
+            }
+        });
+    })
+    .await;
+    // Both ports answer (under load a first request may fail upstream; it is then retried).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (port, path) in [(8000, "/on-8000"), (8100, "/on-8100")] {
+        while get(&w, port, path).await.status != 200 {
+            assert!(Instant::now() < deadline, "{port} does not answer");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let log = loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.contains("/on-8100") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no line for 8100:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Only port 8100's requests are logged.
+    assert!(log.lines().all(|l| l.starts_with("SVC /on-8100 ")), "{log}");
+}
+
+#[tokio::test]
+async fn a_service_ports_own_metric_overrides_apply_to_its_requests_only() {
+    let w = start(|ls, _, _| {
+        with_chain_metric_overrides(
+            ls,
+            "|8100|",
+            json!([{"name": "requests_total", "tags_to_remove": ["response_flags"],
+                    "dimensions": {"user": "request.headers['x-user']"}},
+                   {"name": "request_bytes", "drop": true}]),
+        )
+    })
+    .await;
+    let user = [("x-user", "bob")];
+    assert_eq!(send(&w, 8100, "GET", "/get", &user).await.status, 200);
+    assert_eq!(send(&w, 8000, "GET", "/get", &user).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = prometheus(&w).await;
+        let n = text
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .count();
+        if n >= 2 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "requests not counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    // One series per port: 8100's under its own overrides, 8000's under none.
+    let with_user: Vec<&&str> = requests
+        .iter()
+        .filter(|l| l.contains("user=\"bob\""))
+        .collect();
+    let without: Vec<&&str> = requests.iter().filter(|l| !l.contains("user=")).collect();
+    assert_eq!(with_user.len(), 1, "{requests:?}");
+    assert_eq!(without.len(), 1, "{requests:?}");
+    assert!(
+        !with_user[0].contains("response_flags="),
+        "{}",
+        with_user[0]
+    );
+    assert!(
+        without[0].contains("response_flags=\"-\""),
+        "{}",
+        without[0]
+    );
+    // request_bytes is dropped for 8100's requests only.
+    let bytes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_request_bytes_count{"))
+        .collect();
+    assert_eq!(bytes.len(), 1, "{bytes:?}");
 }

@@ -497,3 +497,80 @@ async fn access_log_names_the_matched_route_and_the_denying_policy() {
         "{denied}"
     );
 }
+
+#[tokio::test]
+async fn local_telemetry_adds_dimensions_and_filters_a_file_log() {
+    // Telemetry metrics.overrides tagOverrides with a value expression, and accessLogging
+    // with a filter expression naming an envoyFileAccessLog provider with a path.
+    let empty = "apiVersion: v1\nkind: Service\nmetadata:\n  name: empty\n  namespace: default\n  labels: {istio.io/use-waypoint: waypoint}\nspec:\n  clusterIP: 127.96.0.11\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n".to_string();
+    let h = Harness::start(Spec::default()).await;
+    let path = h.dir.path().join("access.log");
+    let provider = format!(
+        "extensionProviders:\n- name: errors\n  envoyFileAccessLog:\n    path: {}\n    logFormat: {{text: 'ERR %RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%'}}\n",
+        path.display()
+    );
+    let config = h
+        .mesh
+        .clone()
+        .raw(&empty)
+        .raw(&mesh_config(&provider))
+        .raw(&telemetry(
+            "  accessLogging:\n  - providers: [{name: errors}]\n    filter:\n      expression: response.code >= 500\n  metrics:\n  - overrides:\n    - match: {metric: REQUEST_COUNT}\n      tagOverrides:\n        user: {value: \"request.headers['x-user']\"}\n        destination_port: {value: string(destination.port)}\n",
+        ))
+        .render();
+    h.write_config(&config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let samples = loop {
+        let conn = h.client().connect().await.unwrap();
+        let mut http = conn.http1(authority(80)).await.unwrap();
+        let req = http::Request::get("/ok")
+            .header("host", "echo.default.svc.cluster.local")
+            .header("x-user", "alice")
+            .body(filters::body::empty())
+            .unwrap();
+        let resp = http.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        body_bytes(resp).await;
+        // Refused until the new configuration (with the Service) is loaded.
+        if let Ok(mut none) = conn
+            .http1(SocketAddr::new("127.96.0.11".parse().unwrap(), 80))
+            .await
+        {
+            let resp = none.send_request(get("/nothing")).await.unwrap();
+            body_bytes(resp).await;
+        }
+        let s = h.prometheus().await;
+        if metric(&s, "istio_requests_total", &[("user", "alice")]) >= 1.0
+            && std::fs::read_to_string(&path).is_ok_and(|l| l.contains("ERR 503"))
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no dimension or no error line");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        metric(
+            &samples,
+            "istio_requests_total",
+            &[
+                ("user", "alice"),
+                ("destination_port", "80"),
+                ("response_code", "200")
+            ]
+        ) >= 1.0,
+        "{samples:#?}"
+    );
+    assert!(
+        metric(
+            &samples,
+            "istio_requests_total",
+            &[("user", "unknown"), ("response_code", "503")]
+        ) >= 1.0,
+        "{samples:#?}"
+    );
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        log.lines().all(|l| l == "ERR 503 UH /nothing"),
+        "only 5xx lines:\n{log}"
+    );
+}

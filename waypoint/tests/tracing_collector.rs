@@ -23,16 +23,14 @@ const COLLECTOR_HOST: &str = "otel-collector.observability.svc.cluster.local";
 /// The node id a waypoint `default/waypoint` presents to istiod.
 const NODE_ID: &str = "waypoint~0.0.0.0~waypoint.default~default.svc.cluster.local";
 
-/// Starts a waypoint tracing every request to the Service `otel-collector` (port `port`,
-/// named `port_name`), whose only pod is in the mesh and forwards to `collector`; sends
-/// requests until a SERVER span arrives (bounded) and returns it with the collector pod.
-async fn traced_through_the_mesh(
+/// A collector Service `otel-collector` (port `port`, named `port_name`) whose only pod is
+/// in the mesh and forwards to `collector`: the pod and the Service's YAML.
+async fn collector_service(
+    h: &Harness,
     collector: &Collector,
     port_name: &'static str,
     port: u16,
-    http: bool,
-) -> (Received, FakeZtunnel) {
-    let h = Harness::start(Spec::default()).await;
+) -> (FakeZtunnel, String) {
     let issued =
         h.ca.issue(&filters::model::Identity::new(
             "cluster.local",
@@ -73,6 +71,20 @@ async fn traced_through_the_mesh(
             true,
         )
         .render();
+    (pod, services)
+}
+
+/// Starts a waypoint tracing every request to the Service `otel-collector` (port `port`,
+/// named `port_name`), whose only pod is in the mesh and forwards to `collector`; sends
+/// requests until a SERVER span arrives (bounded) and returns it with the collector pod.
+async fn traced_through_the_mesh(
+    collector: &Collector,
+    port_name: &'static str,
+    port: u16,
+    http: bool,
+) -> (Received, FakeZtunnel) {
+    let h = Harness::start(Spec::default()).await;
+    let (pod, services) = collector_service(&h, collector, port_name, port).await;
     let transport = if http {
         "    http:\n      path: /v1/traces\n      timeout: 2s\n"
     } else {
@@ -142,6 +154,63 @@ async fn spans_reach_a_mesh_collector_service_over_otlp_http() {
     let collector = Collector::http().await.unwrap();
     let (server, pod) = traced_through_the_mesh(&collector, "http-otlp", 4318, true).await;
     assert_envoy_tags(&server);
+    assert!(
+        pod.counters.connects.load(Ordering::Relaxed) >= 1,
+        "the export went through the collector pod's ztunnel"
+    );
+}
+
+#[tokio::test]
+async fn access_logs_reach_a_mesh_collector_service_from_a_local_telemetry() {
+    // MeshConfig `envoyOtelAls` provider and a Telemetry `accessLogging` naming it, with a
+    // filter expression: records for the logged path only reach the collector Service.
+    let collector = Collector::grpc().await.unwrap();
+    let h = Harness::start(Spec::default()).await;
+    let (pod, services) = collector_service(&h, &collector, "grpc-otlp", 4317).await;
+    let provider = format!(
+        "extensionProviders:\n- name: otel-logs\n  envoyOtelAls:\n    service: {COLLECTOR_HOST}\n    port: 4317\n    logName: waypoint-logs\n    logFormat:\n      text: '%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE%'\n      labels: {{code: '%RESPONSE_CODE%', route: '%UPSTREAM_CLUSTER%'}}\n"
+    );
+    let config = h
+        .mesh
+        .clone()
+        .raw(&services)
+        .raw(&mesh_config(&provider))
+        .raw(&telemetry(
+            "  accessLogging:\n  - providers: [{name: otel-logs}]\n    filter:\n      expression: request.url_path.startsWith('/logged')\n",
+        ))
+        .render();
+    h.write_config(&config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let record = loop {
+        let conn = h.client().connect().await.unwrap();
+        for path in ["/skipped", "/logged"] {
+            let mut http = conn.http1(authority(80)).await.unwrap();
+            let resp = http.send_request(get(path)).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            body_bytes(resp).await;
+        }
+        if let Some(r) = collector.logs().into_iter().next() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log record reached the collector Service ({} exports)",
+            collector.exports()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(record.body().as_deref(), Some("GET /logged 200"));
+    assert_eq!(record.attr("code").as_deref(), Some("200"));
+    assert_eq!(
+        record.attr("route").as_deref(),
+        Some("inbound-vip|80|http|echo.default.svc.cluster.local")
+    );
+    // Let any batch in flight arrive: the filtered path never does.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(collector
+        .logs()
+        .iter()
+        .all(|r| r.body().is_some_and(|b| b.starts_with("GET /logged "))));
     assert!(
         pod.counters.connects.load(Ordering::Relaxed) >= 1,
         "the export went through the collector pod's ztunnel"

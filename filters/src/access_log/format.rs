@@ -223,8 +223,9 @@ fn value(op: &Op, r: &HttpRecord) -> Option<String> {
         Op::Req(names, len) => names
             .iter()
             .find_map(|n| match n.as_str() {
-                ":method" => Some(r.method.clone()),
-                ":path" => Some(r.path.clone()),
+                // Empty for a TCP connection, which has no request.
+                ":method" => (!r.method.is_empty()).then(|| r.method.clone()),
+                ":path" => (!r.path.is_empty()).then(|| r.path.clone()),
                 ":authority" => header(&r.request_headers, "host"),
                 n => header(&r.request_headers, n),
             })
@@ -236,8 +237,8 @@ fn value(op: &Op, r: &HttpRecord) -> Option<String> {
                 header(&r.response_headers, name).map(|v| truncate(v, *len))
             }
         }
-        Op::Protocol => Some(r.protocol.into()),
-        Op::Method => Some(r.method.clone()),
+        Op::Protocol => (!r.protocol.is_empty()).then(|| r.protocol.into()),
+        Op::Method => (!r.method.is_empty()).then(|| r.method.clone()),
         Op::ResponseCode => Some(r.code.to_string()),
         Op::ResponseFlags => Some(r.flags.into()),
         Op::ResponseCodeDetails => (!r.details.is_empty()).then(|| r.details.clone()),
@@ -272,6 +273,9 @@ mod tests {
             code: 503,
             flags: "UF",
             details: "upstream_reset_before_response_started{connection_failure}".into(),
+            grpc_status: None,
+            request_total: 0,
+            response_total: 0,
             bytes_received: 0,
             bytes_sent: 91,
             duration: Duration::from_millis(12),

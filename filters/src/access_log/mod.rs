@@ -1,9 +1,11 @@
 //! Access log lines: Envoy format strings (text, or JSON keys to format strings) rendered
 //! from the facts of one finished request. Pure; the proxy owns the writer.
 
+pub mod filter;
 pub mod format;
 pub mod record;
 
+pub use filter::keeps;
 pub use format::{Format, InvalidFormat, ISTIO_JSON, ISTIO_TEXT};
 pub use record::HttpRecord;
 

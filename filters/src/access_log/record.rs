@@ -25,8 +25,14 @@ pub struct HttpRecord {
     pub flags: &'static str,
     /// Why the response is what it is (Envoy's `%RESPONSE_CODE_DETAILS%`).
     pub details: String,
+    /// gRPC status of a gRPC request that got one.
+    pub grpc_status: Option<u16>,
     /// Request body bytes received.
     pub bytes_received: u64,
+    /// Request headers and body.
+    pub request_total: u64,
+    /// Response headers and body.
+    pub response_total: u64,
     /// Response body bytes sent.
     pub bytes_sent: u64,
     /// Until the last response byte.

@@ -1,103 +1,201 @@
-//! Telemetry `accessLogging` and MeshConfig `accessLogFile` into the access log settings.
+//! Telemetry `accessLogging` and MeshConfig `accessLogFile` into the access logs, as
+//! istiod builds them (`pilot/pkg/model/telemetry_logging.go`, `telemetryAccessLog`;
+//! `pilot/pkg/model/telemetry.go`, `mergeLogs`; `pilot/pkg/networking/core/accesslog.go`,
+//! `buildAccessLogFilterFromTelemetry`): one log per provider (the built-in `envoy`
+//! provider with MeshConfig's format, `envoyFileAccessLog` to its path, `envoyOtelAls` as
+//! OTLP logs), each behind the entry's CEL `filter`.
 
-use filters::model::telemetry::AccessLogConfig;
+use filters::cel::Expression;
+use filters::model::telemetry::{
+    AccessLog, AccessLogConfig, AccessLogSink, LogFilter, OtelLogConfig, STDOUT,
+};
 
 use super::*;
 
-pub(super) fn access_log(
+/// istiod's default OpenTelemetry log name.
+const OTEL_LOG_NAME: &str = "otel_envoy_accesslog";
+
+pub(super) fn access_logs(
     spec: Option<(&str, &Vec<AccessLoggingSpec>)>,
     mesh: &MeshConfig,
-) -> Result<Option<AccessLogConfig>, LocalConfigError> {
-    let config = match spec {
+) -> Result<Vec<AccessLog>, LocalConfigError> {
+    let logs = match spec {
         Some((label, list)) => {
-            let Some(a) = list.first() else {
-                return Ok(None);
-            };
-            if a.disabled == Some(true) {
-                return Ok(None);
-            }
-            if a.filter.is_some() {
-                return Err(invalid(
-                    label,
-                    "spec.accessLogging[0].filter",
-                    "CEL filters are not supported",
-                ));
-            }
-            if a.match_.is_some() {
-                return Err(invalid(
-                    label,
-                    "spec.accessLogging[0].match",
-                    "matching by traffic mode is not supported",
-                ));
-            }
-            let names: Vec<String> = if a.providers.is_empty() {
-                mesh.default_providers.access_logging.clone()
-            } else {
-                a.providers.iter().map(|p| p.name.clone()).collect()
-            };
-            let Some(name) = names.first() else {
-                return Ok(None);
-            };
-            let field = "spec.accessLogging[0].providers";
-            match find_provider(mesh, name, label, field)? {
-                None => mesh_format(mesh),
-                Some((index, p)) => match &p.envoy_file_access_log {
-                    Some(v) => {
-                        let f: FileAccessLog = provider_settings(p, index, v)?;
-                        if let Some(path) = f.path.as_deref().filter(|p| *p != "/dev/stdout") {
-                            return Err(invalid(label, field, format!("provider {name:?} writes to {path}; only /dev/stdout is supported")));
-                        }
-                        match f.log_format {
-                            Some(LogFormat {
-                                text: Some(t),
-                                labels: None,
-                            }) => AccessLogConfig::Text(Some(t)),
-                            Some(LogFormat {
-                                text: None,
-                                labels: Some(l),
-                            }) => AccessLogConfig::Json(Some(l.into_iter().collect())),
-                            Some(LogFormat {
-                                text: None,
-                                labels: None,
-                            })
-                            | None => AccessLogConfig::Text(None),
-                            Some(_) => {
-                                return Err(invalid(
-                                    label,
-                                    field,
-                                    "logFormat: set text or labels, not both",
-                                ))
-                            }
-                        }
-                    }
-                    None => {
+            // Provider name -> filter, in the order providers first appear; a later entry
+            // replaces an earlier one's filter, `disabled` removes the provider.
+            let mut chosen: Vec<(String, Option<LogFilter>)> = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                let at = |f: &str| format!("spec.accessLogging[{i}]{f}");
+                match a.match_.as_ref().and_then(|m| m.mode.as_deref()) {
+                    None | Some("CLIENT_AND_SERVER") | Some("SERVER") => {}
+                    // A waypoint reports as the server: client-only logging is not for it.
+                    Some("CLIENT") => continue,
+                    Some(other) => {
                         return Err(invalid(
                             label,
-                            field,
-                            format!(
-                                "provider {name:?} is {}; only envoyFileAccessLog is supported",
-                                p.kind()
-                            ),
+                            at(".match.mode"),
+                            format!("unknown mode {other:?}"),
                         ))
                     }
-                },
+                }
+                let filter = match &a.filter {
+                    None => None,
+                    Some(f) => Some(LogFilter::Cel(
+                        Expression::predicate(&f.expression)
+                            .map_err(|e| invalid(label, at(".filter.expression"), e.to_string()))?,
+                    )),
+                };
+                let names: Vec<String> = if a.providers.is_empty() {
+                    mesh.default_providers.access_logging.clone()
+                } else {
+                    a.providers.iter().map(|p| p.name.clone()).collect()
+                };
+                for name in names {
+                    chosen.retain(|(n, _)| *n != name);
+                    if a.disabled != Some(true) {
+                        chosen.push((name, filter.clone()));
+                    }
+                }
             }
+            let mut logs = Vec::with_capacity(chosen.len());
+            for (name, filter) in chosen {
+                let sink = provider_sink(mesh, &name, label)?;
+                logs.push(AccessLog { sink, filter });
+            }
+            logs
         }
         None => match mesh.access_log_file.as_deref() {
-            None | Some("") => return Ok(None),
-            Some("/dev/stdout") => mesh_format(mesh),
-            Some(other) => {
-                return Err(invalid(
-                    "MeshConfig",
-                    "accessLogFile",
-                    format!("{other}: only /dev/stdout is supported"),
-                ))
-            }
+            None | Some("") => Vec::new(),
+            Some(path) => vec![AccessLog {
+                sink: AccessLogSink::File {
+                    path: path.to_string(),
+                    format: mesh_format(mesh),
+                },
+                filter: None,
+            }],
         },
     };
-    filters::access_log::Compiled::new(&config)
-        .map_err(|e| invalid("access log", "format", e.to_string()))?;
-    Ok(Some(config))
+    for log in &logs {
+        check_formats(&log.sink)?;
+    }
+    Ok(logs)
+}
+
+/// Formats are checked here so that a bad operator refuses the configuration.
+fn check_formats(sink: &AccessLogSink) -> Result<(), LocalConfigError> {
+    let bad =
+        |e: filters::access_log::InvalidFormat| invalid("access log", "format", e.to_string());
+    match sink {
+        AccessLogSink::File { format, .. } => {
+            filters::access_log::Compiled::new(format).map_err(bad)?;
+        }
+        AccessLogSink::OpenTelemetry(o) => {
+            for f in o.body.iter().chain(o.attributes.iter().map(|(_, v)| v)) {
+                filters::access_log::Format::parse(f).map_err(bad)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The sink of the MeshConfig provider `name`.
+fn provider_sink(
+    mesh: &MeshConfig,
+    name: &str,
+    label: &str,
+) -> Result<AccessLogSink, LocalConfigError> {
+    let field = "spec.accessLogging.providers";
+    let Some((index, p)) = find_provider(mesh, name, label, field)? else {
+        // The built-in `envoy` provider: stdout in MeshConfig's format.
+        return Ok(AccessLogSink::File {
+            path: STDOUT.into(),
+            format: mesh_format(mesh),
+        });
+    };
+    if let Some(v) = &p.envoy_file_access_log {
+        let f: FileAccessLog = provider_settings(p, index, v)?;
+        if f.omit_empty_values == Some(true) {
+            return Err(invalid(
+                &format!("MeshConfig extensionProviders[{index}] ({name})"),
+                "envoyFileAccessLog.omitEmptyValues",
+                "not supported",
+            ));
+        }
+        let format = match f.log_format {
+            Some(LogFormat {
+                text: Some(t),
+                labels: None,
+            }) => AccessLogConfig::Text(Some(t)),
+            Some(LogFormat {
+                text: None,
+                labels: Some(l),
+            }) if !l.is_empty() => AccessLogConfig::Json(Some(l.into_iter().collect())),
+            // Empty labels are Istio's default JSON keys.
+            Some(LogFormat {
+                text: None,
+                labels: Some(_),
+            }) => AccessLogConfig::Json(None),
+            // The built-in provider without a format falls back to MeshConfig's.
+            None if name == "envoy" => mesh_format(mesh),
+            Some(LogFormat {
+                text: None,
+                labels: None,
+            })
+            | None => AccessLogConfig::Text(None),
+            Some(_) => {
+                return Err(invalid(
+                    label,
+                    field,
+                    "logFormat: set text or labels, not both",
+                ))
+            }
+        };
+        let path = f
+            .path
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| STDOUT.into());
+        return Ok(AccessLogSink::File { path, format });
+    }
+    if let Some(v) = &p.envoy_otel_als {
+        let o: OtelAls = provider_settings(p, index, v)?;
+        let format = o.log_format.unwrap_or_default();
+        let host = o
+            .service
+            .split_once('/')
+            .map(|(_, h)| h)
+            .unwrap_or(&o.service)
+            .to_string();
+        return Ok(AccessLogSink::OpenTelemetry(OtelLogConfig {
+            log_name: o
+                .log_name
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| OTEL_LOG_NAME.into()),
+            authority: host,
+            service: o.service,
+            port: o.port,
+            cluster: None,
+            body: Some(
+                format
+                    .text
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| filters::access_log::ISTIO_TEXT.into()),
+            ),
+            attributes: format.labels.unwrap_or_default().into_iter().collect(),
+            resource_attributes: Vec::new(),
+            // istiod sets `disable_builtin_labels`.
+            builtin_labels: false,
+            metadata: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }));
+    }
+    Err(invalid(
+        label,
+        field,
+        format!(
+            "provider {name:?} is {}; envoyFileAccessLog and envoyOtelAls are supported",
+            p.kind()
+        ),
+    ))
 }
 
 /// MeshConfig's `accessLogEncoding` and `accessLogFormat`.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use filters::cel::Expression;
 use filters::model::telemetry::MetricOverride;
 use serde::Deserialize;
 
@@ -48,9 +49,8 @@ struct MetricSelector {
 struct TagOverride {
     #[serde(default)]
     operation: Option<String>,
-    /// Accepted for the shape; `REMOVE` ignores it and `UPSERT` is refused.
+    /// The CEL expression of an `UPSERT` (the label's value).
     #[serde(default)]
-    #[allow(dead_code)]
     value: Option<String>,
 }
 
@@ -74,9 +74,12 @@ fn metric_name(metric: &str) -> Option<Option<&'static str>> {
 }
 
 /// `metrics.overrides` for the Prometheus provider, as istiod turns them into the stats
-/// filter's overrides: a disabled metric is dropped, `REMOVE` tag overrides remove labels.
-/// Tag values (CEL expressions) and custom metrics are refused by field; overrides for the
-/// `CLIENT` side only do not apply to a waypoint, which reports as the server.
+/// filter's overrides (`pilot/pkg/model/telemetry.go`, `mergeMetrics`,
+/// `generateStatsConfig`): a disabled metric is dropped, `REMOVE` tag overrides remove
+/// labels, `UPSERT` ones set a label to a CEL expression's value (compiled here; one
+/// outside the supported subset refuses the object naming the tag). Custom metrics are
+/// refused by field; overrides for the `CLIENT` side only do not apply to a waypoint, which
+/// reports as the server.
 pub(super) fn metric_overrides(
     spec: Option<(&str, &Vec<MetricsSpec>)>,
 ) -> Result<Vec<MetricOverride>, LocalConfigError> {
@@ -121,14 +124,31 @@ pub(super) fn metric_overrides(
                 )
             })?;
             let mut tags_to_remove = Vec::new();
+            let mut dimensions = Vec::new();
             for (tag, t) in &o.tag_overrides {
+                let tat = at(&format!(".tagOverrides.{tag}"));
                 match t.operation.as_deref().unwrap_or("UPSERT") {
                     "REMOVE" => tags_to_remove.push(tag.clone()),
-                    _ => {
+                    "UPSERT" => {
+                        if !filters::model::telemetry::valid_label_name(tag) {
+                            return Err(invalid(label, tat, "not a valid metric label name"));
+                        }
+                        let Some(value) = t.value.as_deref().filter(|v| !v.is_empty()) else {
+                            return Err(invalid(
+                                label,
+                                format!("{tat}.value"),
+                                "UPSERT needs a value expression",
+                            ));
+                        };
+                        let expr = Expression::value(value)
+                            .map_err(|e| invalid(label, format!("{tat}.value"), e.to_string()))?;
+                        dimensions.push((tag.clone(), expr));
+                    }
+                    other => {
                         return Err(invalid(
                             label,
-                            at(&format!(".tagOverrides.{tag}")),
-                            "tag values (CEL expressions) are not supported; REMOVE is",
+                            format!("{tat}.operation"),
+                            format!("unknown operation {other:?}"),
                         ))
                     }
                 }
@@ -136,6 +156,8 @@ pub(super) fn metric_overrides(
             out.push(MetricOverride {
                 metric: metric.map(str::to_string),
                 tags_to_remove,
+                dimensions,
+                when: None,
                 drop: o.disabled.unwrap_or(false),
             });
         }

@@ -21,7 +21,7 @@ use super::LocalConfigError;
 mod access_log;
 mod metrics;
 
-use access_log::access_log;
+use access_log::access_logs;
 use metrics::{metric_overrides, MetricsSpec};
 
 /// A `Telemetry` object.
@@ -106,9 +106,45 @@ struct AccessLoggingSpec {
     #[serde(default)]
     disabled: Option<bool>,
     #[serde(default)]
-    filter: Option<serde_yaml::Value>,
+    filter: Option<AccessLogFilterSpec>,
     #[serde(default, rename = "match")]
-    match_: Option<serde_yaml::Value>,
+    match_: Option<LogSelector>,
+}
+
+/// `accessLogging[].filter`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AccessLogFilterSpec {
+    expression: String,
+}
+
+/// `accessLogging[].match`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LogSelector {
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// `envoyOtelAls` provider settings.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OtelAls {
+    service: String,
+    port: u16,
+    #[serde(default)]
+    log_name: Option<String>,
+    #[serde(default)]
+    log_format: Option<OtelLogFormat>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OtelLogFormat {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `opentelemetry` provider settings.
@@ -153,16 +189,18 @@ struct HeaderValue {
 
 /// `envoyFileAccessLog` provider settings.
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FileAccessLog {
     #[serde(default)]
     path: Option<String>,
     #[serde(default)]
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    omit_empty_values: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct LogFormat {
     #[serde(default)]
     text: Option<String>,
@@ -233,9 +271,13 @@ pub fn build(
     let metrics_spec = scoped
         .iter()
         .find_map(|(_, label, s)| s.metrics.as_ref().map(|m| (*label, m)));
+    // istiod gives TCP chains the same logs as HTTP ones (accesslog.go `setTCPAccessLog`).
+    let logs = access_logs(logging_spec, mesh)?;
     Ok(TelemetryConfig {
         tracing: tracing(tracing_spec, mesh)?,
-        access_log: access_log(logging_spec, mesh)?,
+        access_logs: logs.clone(),
+        tcp_access_logs: logs,
+        service_access_logs: Vec::new(),
         mesh_id: mesh
             .default_config
             .as_ref()
@@ -243,6 +285,7 @@ pub fn build(
             .or_else(|| mesh.trust_domain.clone())
             .unwrap_or_else(|| "cluster.local".into()),
         metric_overrides: metric_overrides(metrics_spec)?,
+        service_metric_overrides: Vec::new(),
     })
 }
 
@@ -467,7 +510,9 @@ fn custom_tags(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use filters::model::telemetry::{AccessLogConfig, MetricOverride};
+    use filters::model::telemetry::{
+        AccessLog, AccessLogConfig, AccessLogSink, LogFilter, MetricOverride,
+    };
 
     fn mesh(yaml: &str) -> MeshConfig {
         serde_yaml::from_str(yaml).unwrap()
@@ -502,28 +547,107 @@ mod tests {
                 MetricOverride {
                     metric: Some("requests_total".into()),
                     tags_to_remove: vec!["request_protocol".into()],
-                    drop: false,
+                    ..Default::default()
                 },
                 MetricOverride {
                     metric: Some("request_bytes".into()),
-                    tags_to_remove: vec![],
                     drop: true,
+                    ..Default::default()
                 },
             ],
             "the CLIENT-side override does not apply to a waypoint"
         );
+        // UPSERT values are CEL expressions, compiled; one outside the subset is refused
+        // naming the tag.
         let upsert = vec![telemetry(
             "apps",
             "metrics",
-            "  metrics:\n  - overrides:\n    - tagOverrides: {custom: {value: request.host}}\n",
+            "  metrics:\n  - overrides:\n    - tagOverrides: {custom: {value: \"request.headers['x-user']\"}, destination_port: {value: string(destination.port)}}\n",
         )];
-        let e = build(&upsert, &m, &gw(), "istio-system")
+        let c = build(&upsert, &m, &gw(), "istio-system").unwrap();
+        let dims: Vec<(&str, &str)> = c.metric_overrides[0]
+            .dimensions
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.source()))
+            .collect();
+        assert_eq!(
+            dims,
+            vec![
+                ("custom", "request.headers['x-user']"),
+                ("destination_port", "string(destination.port)")
+            ]
+        );
+        let bad = vec![telemetry(
+            "apps",
+            "metrics",
+            "  metrics:\n  - overrides:\n    - tagOverrides: {custom: {value: request.time}}\n",
+        )];
+        let e = build(&bad, &m, &gw(), "istio-system")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("spec.metrics[0].overrides[0].tagOverrides.custom"),
+            e.contains("spec.metrics[0].overrides[0].tagOverrides.custom.value")
+                && e.contains("request.time"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn access_logging_filters_and_providers() {
+        let m = mesh("extensionProviders:\n- name: otel-logs\n  envoyOtelAls: {service: obs/otel.obs.svc.cluster.local, port: 4317, logFormat: {labels: {code: '%RESPONSE_CODE%'}}}\n- name: file\n  envoyFileAccessLog: {path: /var/log/waypoint.log}\n");
+        let ts = vec![telemetry(
+            "apps",
+            "logs",
+            "  accessLogging:\n  - providers: [{name: otel-logs}, {name: file}]\n    filter: {expression: 'response.code >= 500'}\n",
+        )];
+        let c = build(&ts, &m, &gw(), "istio-system").unwrap();
+        assert_eq!(c.access_logs.len(), 2);
+        let AccessLogSink::OpenTelemetry(o) = &c.access_logs[0].sink else {
+            panic!("{:?}", c.access_logs[0]);
+        };
+        assert_eq!(o.endpoint(), "obs/otel.obs.svc.cluster.local:4317");
+        assert_eq!(o.authority, "otel.obs.svc.cluster.local");
+        assert_eq!(o.log_name, "otel_envoy_accesslog");
+        assert_eq!(
+            o.attributes,
+            vec![("code".into(), "%RESPONSE_CODE%".into())]
+        );
+        assert!(!o.builtin_labels);
+        assert!(
+            matches!(&c.access_logs[1].sink, AccessLogSink::File { path, .. } if path == "/var/log/waypoint.log")
+        );
+        for log in &c.access_logs {
+            assert!(
+                matches!(&log.filter, Some(LogFilter::Cel(e)) if e.source() == "response.code >= 500")
+            );
+        }
+        // Strict fields and expressions.
+        let err = |spec: &str| {
+            build(&[telemetry("apps", "t", spec)], &m, &gw(), "istio-system")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("  accessLogging:\n  - filter: {expression: 'response.code >= '}\n");
+        assert!(e.contains("spec.accessLogging[0].filter.expression"), "{e}");
+        let typo: Result<TelemetrySpec, _> =
+            serde_yaml::from_str("accessLogging:\n- filter: {expression: 'true', typo: 1}\n");
+        assert!(typo.unwrap_err().to_string().contains("typo"));
+        let m2 = mesh(
+            "extensionProviders:\n- name: o\n  envoyOtelAls: {service: a, port: 1, logname: x}\n",
+        );
+        let e = build(
+            &[telemetry(
+                "apps",
+                "t",
+                "  accessLogging:\n  - providers: [{name: o}]\n",
+            )],
+            &m2,
+            &gw(),
+            "istio-system",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("logname"), "{e}");
     }
 
     #[test]
@@ -541,11 +665,11 @@ mod tests {
         assert_eq!(t.endpoint(), "otel.obs.svc.cluster.local:4317");
         assert!(matches!(t.protocol, OtlpProtocol::Grpc { .. }));
         assert_eq!(
-            c.access_log,
-            Some(AccessLogConfig::Json(Some(vec![(
+            c.access_logs,
+            vec![AccessLog::stdout(AccessLogConfig::Json(Some(vec![(
                 "code".into(),
                 "%RESPONSE_CODE%".into()
-            )])))
+            )])))]
         );
     }
 
@@ -554,7 +678,10 @@ mod tests {
         let m = mesh(&format!("{OTEL}defaultProviders: {{tracing: [otel]}}\naccessLogFile: /dev/stdout\naccessLogEncoding: JSON\n"));
         let c = build(&[], &m, &gw(), "istio-system").unwrap();
         assert_eq!(c.tracing.unwrap().sampling_percentage, DEFAULT_SAMPLING);
-        assert_eq!(c.access_log, Some(AccessLogConfig::Json(None)));
+        assert_eq!(
+            c.access_logs,
+            vec![AccessLog::stdout(AccessLogConfig::Json(None))]
+        );
         // Built-in `envoy` provider, and access logging switched off by a Telemetry.
         let ts = vec![telemetry(
             "apps",
@@ -562,8 +689,8 @@ mod tests {
             "  accessLogging:\n  - disabled: true\n",
         )];
         assert_eq!(
-            build(&ts, &m, &gw(), "istio-system").unwrap().access_log,
-            None
+            build(&ts, &m, &gw(), "istio-system").unwrap().access_logs,
+            vec![]
         );
         let ts = vec![telemetry(
             "apps",
@@ -572,12 +699,12 @@ mod tests {
         )];
         let m = mesh(OTEL);
         assert_eq!(
-            build(&ts, &m, &gw(), "istio-system").unwrap().access_log,
-            Some(AccessLogConfig::Text(None))
+            build(&ts, &m, &gw(), "istio-system").unwrap().access_logs,
+            vec![AccessLog::stdout(AccessLogConfig::Text(None))]
         );
         assert_eq!(
-            build(&[], &m, &gw(), "istio-system").unwrap().access_log,
-            None
+            build(&[], &m, &gw(), "istio-system").unwrap().access_logs,
+            vec![]
         );
     }
 

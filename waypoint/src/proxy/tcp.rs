@@ -11,8 +11,9 @@ use filters::model::{ProxyHeader, RequestContext, Target, TunnelInfo, Unlisted, 
 use filters::route::Backend;
 
 use crate::state::Proxy;
+use crate::telemetry::attributes::Facts;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
-use crate::telemetry::metrics::TcpKey;
+use crate::telemetry::metrics::{dimensions, OwnOverrides, TcpKey};
 use hbone::H2Stream;
 
 /// Copies the tunnel to an endpoint of its target until both directions end.
@@ -24,37 +25,149 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
         Target::Service { service, .. } => Some(service.clone()),
         Target::Workload { .. } => None,
     };
-    let key = |workload: Option<&Arc<Workload>>, flags| TcpKey {
-        source: source.clone(),
-        destination: metrics
+    let (overrides, own) = snapshot.telemetry().metric_overrides_for(&info.target);
+    let key = |workload: Option<&Arc<Workload>>, flags| {
+        let destination = metrics
             .destinations
-            .get(service.as_ref(), workload, &metrics.cluster),
-        flags,
+            .get(service.as_ref(), workload, &metrics.cluster);
+        // Dimensions read the connection (a TCP tunnel has no request attributes).
+        let dimensions = if snapshot.telemetry().has_dimensions() {
+            let facts = Facts {
+                record: None,
+                tunnel: &info,
+                source: &source,
+                destination: &destination,
+                source_pod: info
+                    .source_ip
+                    .and_then(|ip| snapshot.workload(ip))
+                    .map(|w| &**w),
+                destination_pod: workload.map(|w| &**w),
+                upstream: None,
+            };
+            dimensions::evaluate(overrides, &facts)
+        } else {
+            None
+        };
+        TcpKey {
+            source: source.clone(),
+            destination,
+            flags,
+            dimensions,
+            overrides: own.cloned().map(OwnOverrides),
+        }
     };
     // Opened is counted when the connection is set up (or fails to be), closed at the end.
     let was_opened = std::sync::atomic::AtomicBool::new(false);
-    let (flags, workload, sent, received) = copy(&proxy, &info, stream, |w| {
+    let start = std::time::SystemTime::now();
+    let started = std::time::Instant::now();
+    let ended = copy(&proxy, &info, stream, |w| {
         metrics.tcp_opened(&key(w, "-"));
         was_opened.store(true, std::sync::atomic::Ordering::Relaxed);
     })
     .await;
+    let (flags, workload) = (ended.flags, ended.workload.as_ref());
     if !was_opened.load(std::sync::atomic::Ordering::Relaxed) {
-        metrics.tcp_opened(&key(workload.as_ref(), flags));
+        metrics.tcp_opened(&key(workload, flags));
     }
-    metrics.tcp_closed(&key(workload.as_ref(), flags), sent, received);
+    let closed = key(workload, flags);
+    metrics.tcp_closed(&closed, ended.sent, ended.received);
+    let logs = snapshot.telemetry().access_logs_for(&info.target, true);
+    if !logs.is_empty() {
+        let record = tcp_record(&info, &ended, start, started.elapsed());
+        let facts = Facts {
+            record: None,
+            tunnel: &info,
+            source: &source,
+            destination: &closed.destination,
+            source_pod: info
+                .source_ip
+                .and_then(|ip| snapshot.workload(ip))
+                .map(|w| &**w),
+            destination_pod: workload.map(|w| &**w),
+            upstream: ended.address,
+        };
+        proxy
+            .telemetry
+            .access_log
+            .log(&snapshot, logs, &record, &facts);
+    }
 }
 
-/// Runs the tunnel; returns the response flags, the endpoint's workload and the bytes
-/// sent to and received from the client. `opened` runs once the upstream is connected.
+/// How a tunnel ended.
+struct Ended {
+    /// Envoy response flags (`-` when none).
+    flags: &'static str,
+    /// The endpoint's workload, once one was picked.
+    workload: Option<Arc<Workload>>,
+    /// The endpoint's address.
+    address: Option<std::net::SocketAddr>,
+    /// Bytes sent to the client.
+    sent: u64,
+    /// Bytes received from the client.
+    received: u64,
+}
+
+/// The access log record of a TCP tunnel, as Envoy's TCP proxy logs one: no request or
+/// response code (`%RESPONSE_CODE%` is 0, `%REQ(...)%` and `%PROTOCOL%` are `-`).
+fn tcp_record(
+    info: &TunnelInfo,
+    ended: &Ended,
+    start: std::time::SystemTime,
+    duration: std::time::Duration,
+) -> filters::access_log::HttpRecord {
+    let cluster = match &info.target {
+        Target::Service { service, port } => {
+            Some(format!("inbound-vip|{port}|tcp|{}", service.hostname))
+        }
+        Target::Workload { workload, port } => workload
+            .primary_ip()
+            .map(|ip| format!("inbound-pod|{port}||{ip}")),
+    };
+    filters::access_log::HttpRecord {
+        start,
+        method: String::new(),
+        path: String::new(),
+        protocol: "",
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+        code: 0,
+        flags: ended.flags,
+        details: String::new(),
+        grpc_status: None,
+        bytes_received: ended.received,
+        bytes_sent: ended.sent,
+        request_total: ended.received,
+        response_total: ended.sent,
+        duration,
+        upstream_service_time: None,
+        upstream_host: ended.address.map(|a| a.to_string()),
+        upstream_cluster: cluster,
+        downstream_local_address: info.authority.to_string(),
+        downstream_remote_address: info
+            .source_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
+        route_name: None,
+    }
+}
+
+/// Runs the tunnel; returns how it ended. `opened` runs once the upstream is connected.
 async fn copy(
     proxy: &Arc<Proxy>,
     info: &Arc<TunnelInfo>,
     mut stream: H2Stream,
     opened: impl FnOnce(Option<&Arc<Workload>>),
-) -> (&'static str, Option<Arc<Workload>>, u64, u64) {
+) -> Ended {
+    let ended = |flags, picked: Option<&balance::Picked>, sent, received| Ended {
+        flags,
+        workload: picked.map(|p| p.workload.clone()),
+        address: picked.map(|p| p.address),
+        sent,
+        received,
+    };
     if let Err(policy) = authorize(proxy, info).await {
         tracing::info!(%policy, peer = %info.peer, "TCP tunnel denied by authorization");
-        return ("-", None, 0, 0);
+        return ended("-", None, 0, 0);
     }
     let backend = Backend::of_target(&info.target);
     let port = match &info.target {
@@ -86,7 +199,7 @@ async fn copy(
         Ok(p) => p,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: no endpoint");
-            return (e.response_flag(), None, 0, 0);
+            return ended(e.response_flag(), None, 0, 0);
         }
     };
     // TCP has no Host: only an explicit SNI is sent.
@@ -101,7 +214,7 @@ async fn copy(
         Ok(u) => u,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: connect failed");
-            return (e.response_flag(), Some(picked.workload), 0, 0);
+            return ended(e.response_flag(), Some(&picked), 0, 0);
         }
     };
     opened(Some(&picked.workload));
@@ -109,18 +222,18 @@ async fn copy(
         use tokio::io::AsyncWriteExt;
         if let Err(e) = upstream.write_all(&first).await {
             tracing::debug!(endpoint = %picked.address, error = %e, "TCP tunnel failed");
-            return ("-", Some(picked.workload), 0, 0);
+            return ended("-", Some(&picked), 0, 0);
         }
     }
     match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
         Ok((received, sent)) => {
             let received = received + first.len() as u64;
             tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel finished");
-            ("-", Some(picked.workload), sent, received)
+            ended("-", Some(&picked), sent, received)
         }
         Err(e) => {
             tracing::debug!(endpoint = %picked.address, error = %e, "TCP tunnel failed");
-            ("-", Some(picked.workload), 0, 0)
+            ended("-", Some(&picked), 0, 0)
         }
     }
 }

@@ -2,6 +2,7 @@
 //! OpenTelemetry traces ([`trace`]); [`request`] drives all three for one HTTP request.
 
 pub mod access_log;
+pub mod attributes;
 pub mod labels;
 pub mod metrics;
 pub mod request;
@@ -33,7 +34,7 @@ impl Telemetry {
         };
         Self {
             metrics: metrics::Metrics::new(cluster, series_limit),
-            access_log: Default::default(),
+            access_log: access_log::AccessLog::new(proxy.clone(), node_id),
             tracing: trace::Tracing::new(proxy, facts),
         }
     }

@@ -10,8 +10,9 @@ use filters::model::{RequestLog, Snapshot, Target, TunnelInfo};
 use http::{HeaderMap, Request};
 use opentelemetry::KeyValue;
 
+use super::attributes::Facts;
 use super::labels::SourceLabels;
-use super::metrics::{HttpKey, HttpSample};
+use super::metrics::{dimensions, HttpKey, HttpSample, OwnOverrides};
 use super::trace::ServerSpan;
 use super::Telemetry;
 
@@ -92,12 +93,11 @@ impl RequestTelemetry {
         let grpc = filters::error::is_grpc(req.headers());
         let request_header_bytes =
             header_bytes(req.headers()) + (method.len() + path.len() + 12) as u64;
-        // Kept (with the method and path) only for the access log.
-        let logged = snapshot
-            .telemetry()
-            .access_log
-            .is_some()
-            .then(|| (req.headers().clone(), method.to_string(), path.to_string()));
+        // Kept (with the method and path) only for access logs and metric dimensions.
+        let config = snapshot.telemetry();
+        let logged = (!config.access_logs_for(&tunnel.target, false).is_empty()
+            || config.has_dimensions())
+        .then(|| (req.headers().clone(), method.to_string(), path.to_string()));
         let span = telemetry.tracing.start_server(
             &snapshot,
             req.headers(),
@@ -137,12 +137,12 @@ impl RequestTelemetry {
         self.grpc
     }
 
-    /// Whether access logging wants the response headers kept.
+    /// Whether access logging (or a metric dimension) wants the response headers kept.
     pub fn wants_response_headers(&self) -> bool {
         self.request_headers.is_some()
     }
 
-    /// Records the metric sample, the access log line and ends the SERVER span.
+    /// Records the metric sample, the access log entries and ends the SERVER span.
     pub fn finish(self, telemetry: &Telemetry, source: &SourceLabels, outcome: Outcome) {
         let duration = self.started.elapsed();
         let upstream = self.log.get();
@@ -156,35 +156,94 @@ impl RequestTelemetry {
             upstream.workload.as_ref(),
             &telemetry.metrics.cluster,
         );
+        let config = self.snapshot.telemetry();
+        let request_bytes = self.request_header_bytes + outcome.body_received;
+        let response_bytes = outcome.response_header_bytes + outcome.body_sent;
+        let grpc_status = if self.grpc { outcome.grpc_status } else { None };
+        let wanted = self.span.is_some() || self.request_headers.is_some();
+        let cluster = wanted
+            .then(|| {
+                service
+                    .as_ref()
+                    .map(|(s, port)| format!("inbound-vip|{port}|http|{}", s.hostname))
+                    .or_else(|| match &self.tunnel.target {
+                        Target::Workload { workload, port } => workload
+                            .primary_ip()
+                            .map(|ip| format!("inbound-pod|{port}||{ip}")),
+                        Target::Service { .. } => None,
+                    })
+            })
+            .flatten();
+        let route = upstream
+            .route
+            .as_ref()
+            .filter(|_| wanted)
+            .map(|r| r.name.to_string());
+        // The record access logs and metric dimensions read (kept only when they are on).
+        let record = self.request_headers.map(|request_headers| HttpRecord {
+            start: self.start,
+            method: self.method,
+            path: self.path,
+            protocol: self.protocol,
+            request_headers,
+            response_headers: outcome.response_headers.unwrap_or_default(),
+            code: outcome.code,
+            flags: outcome.flags,
+            details: outcome.details.into_owned(),
+            grpc_status,
+            bytes_received: outcome.body_received,
+            bytes_sent: outcome.body_sent,
+            request_total: request_bytes,
+            response_total: response_bytes,
+            duration,
+            upstream_service_time: upstream.service_time,
+            upstream_host: upstream.address.map(|a| a.to_string()),
+            upstream_cluster: cluster.clone(),
+            downstream_local_address: self.tunnel.authority.to_string(),
+            downstream_remote_address: self
+                .tunnel
+                .source_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
+            route_name: route.clone(),
+        });
+        // Looked up only when something reads it (access logs, dimensions).
+        let source_pod = record
+            .as_ref()
+            .and(self.tunnel.source_ip)
+            .and_then(|ip| self.snapshot.workload(ip));
+        let facts = Facts {
+            record: record.as_ref(),
+            tunnel: &self.tunnel,
+            source,
+            destination: &destination,
+            source_pod: source_pod.map(|w| &**w),
+            destination_pod: upstream.workload.as_deref(),
+            upstream: upstream.address,
+        };
+        let (overrides, own) = config.metric_overrides_for(&self.tunnel.target);
+        let dimensions = if config.has_dimensions() {
+            dimensions::evaluate(overrides, &facts)
+        } else {
+            None
+        };
         telemetry.metrics.record_http(
             HttpKey {
                 source: source.clone(),
                 destination: destination.clone(),
                 protocol: if self.grpc { "grpc" } else { "http" },
                 code: outcome.code,
-                grpc_status: if self.grpc { outcome.grpc_status } else { None },
+                grpc_status,
                 flags: outcome.flags,
+                dimensions,
+                overrides: own.cloned().map(OwnOverrides),
             },
             HttpSample {
                 duration_ms: duration.as_secs_f64() * 1000.0,
-                request_bytes: self.request_header_bytes + outcome.body_received,
-                response_bytes: outcome.response_header_bytes + outcome.body_sent,
+                request_bytes,
+                response_bytes,
             },
         );
-        if self.span.is_none() && self.request_headers.is_none() {
-            // Neither traced nor logged: nothing below is needed.
-            return;
-        }
-        let cluster = service
-            .as_ref()
-            .map(|(s, port)| format!("inbound-vip|{port}|http|{}", s.hostname))
-            .or_else(|| match &self.tunnel.target {
-                Target::Workload { workload, port } => workload
-                    .primary_ip()
-                    .map(|ip| format!("inbound-pod|{port}||{ip}")),
-                Target::Service { .. } => None,
-            });
-        let route = upstream.route.as_ref().map(|r| r.name.to_string());
         if let Some(span) = self.span {
             let (svc, dst) = &*destination;
             let mut attrs = vec![
@@ -206,41 +265,17 @@ impl RequestTelemetry {
             if let Some(a) = upstream.address {
                 attrs.push(KeyValue::new("upstream_address", a.to_string()));
             }
-            if let Some(g) = outcome.grpc_status.filter(|_| self.grpc) {
+            if let Some(g) = grpc_status {
                 attrs.push(KeyValue::new("rpc.grpc.status_code", g as i64));
             }
             span.end(outcome.code, attrs);
         }
-        let Some(request_headers) = self.request_headers else {
-            return;
-        };
-        let record = HttpRecord {
-            start: self.start,
-            method: self.method,
-            path: self.path,
-            protocol: self.protocol,
-            request_headers,
-            response_headers: outcome.response_headers.unwrap_or_default(),
-            code: outcome.code,
-            flags: outcome.flags,
-            details: outcome.details.into_owned(),
-            bytes_received: outcome.body_received,
-            bytes_sent: outcome.body_sent,
-            duration,
-            upstream_service_time: upstream.service_time,
-            upstream_host: upstream.address.map(|a| a.to_string()),
-            upstream_cluster: cluster,
-            downstream_local_address: self.tunnel.authority.to_string(),
-            downstream_remote_address: self
-                .tunnel
-                .source_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "-".into()),
-            route_name: route,
-        };
-        telemetry
-            .access_log
-            .log(self.snapshot.telemetry().access_log.as_ref(), &record);
+        if let Some(record) = &record {
+            let logs = config.access_logs_for(&self.tunnel.target, false);
+            telemetry
+                .access_log
+                .log(&self.snapshot, logs, record, &facts);
+        }
     }
 }
 

@@ -317,3 +317,62 @@ pub fn mesh_endpoints(
         xds::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap();
     fixture::any(ENDPOINT, &e)
 }
+
+pub const TCP_CHAIN: &str = "inbound-vip|9000||httpbin.default.svc.cluster.local-tcp";
+pub const TCP_CLUSTER: &str = "inbound-vip|9000|tcp|httpbin.default.svc.cluster.local";
+
+/// httpbin gets a TCP port 9000 (on the extra pod's 8080): its cluster, endpoints and
+/// `main_internal` chain, with `network` filters before the tcp_proxy.
+pub fn tcp_port(
+    ls: &mut Named,
+    cs: &mut Named,
+    es: &mut Named,
+    pod: IpAddr,
+    network: Vec<serde_json::Value>,
+) {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
+    let (_, c) = cs.iter().find(|(n, _)| n == CLUSTER_8100).unwrap();
+    let mut c = Cluster::decode(c.value.as_slice()).unwrap();
+    c.name = TCP_CLUSTER.into();
+    if let Some(eds) = c.eds_cluster_config.as_mut() {
+        eds.service_name = TCP_CLUSTER.into();
+    }
+    cs.push((TCP_CLUSTER.into(), fixture::any(CLUSTER, &c)));
+    let e = mesh_endpoints(es, TCP_CLUSTER, pod);
+    es.push((TCP_CLUSTER.into(), e));
+    let mut filters = network;
+    filters.push(
+        serde_json::json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": TCP_CLUSTER, "cluster": TCP_CLUSTER}}),
+    );
+    fixture::edit_listener(ls, |json| {
+        json["filter_chains"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": TCP_CHAIN, "filters": filters.clone()}));
+        let map = &mut json["filter_chain_matcher"]["matcher_tree"]["custom_match"]["typed_config"]
+            ["range_matchers"][0]["on_match"]["matcher"]["matcher_tree"]["exact_match_map"]["map"];
+        map["9000"] = serde_json::json!({"action": {"name": TCP_CHAIN, "typed_config": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue", "value": TCP_CHAIN}}});
+    });
+}
+
+/// Writes `hello` into a tunnel to httpbin's TCP port; what comes back before it closes.
+pub async fn tcp_round_trip(w: &World) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let conn = w.client.connect().await.unwrap();
+    let Ok(mut tunnel) = conn
+        .tunnel(SocketAddr::new(VIP.parse().unwrap(), 9000), &[])
+        .await
+    else {
+        return Vec::new();
+    };
+    let _ = tunnel.write_all(b"hello").await;
+    let _ = tunnel.shutdown().await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the tunnel ended in time");
+    buf
+}

@@ -75,8 +75,8 @@ pub enum Chain {
         normalization: filters::authz::path::Normalization,
         /// Request-id generation and client certificate forwarding.
         request_headers: filters::model::RequestHeaders,
-        /// The access log, when the connection manager has one.
-        access_log: Option<Box<filters::model::telemetry::AccessLogConfig>>,
+        /// The access logs of the connection manager.
+        access_logs: Vec<filters::model::telemetry::AccessLog>,
     },
     /// TCP: the cluster bytes go to.
     Tcp {
@@ -87,6 +87,8 @@ pub enum Chain {
         authz: Vec<filters::authz::AuthzFilter>,
         /// Metric overrides of the `istio.stats` filter.
         metrics: Vec<filters::model::telemetry::MetricOverride>,
+        /// The TCP proxy's access logs.
+        access_logs: Vec<filters::model::telemetry::AccessLog>,
     },
 }
 
@@ -368,10 +370,12 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                 if let Some((port, sni_at)) = sni_port.take() {
                     super::forward_proxy::check_sni_port(port, &cluster, &sni_at)?;
                 }
+                let access_logs = super::access_log::convert(&tcp.access_log, &fat)?;
                 result = Some(Chain::Tcp {
                     cluster,
                     authz: std::mem::take(&mut authz),
                     metrics: std::mem::take(&mut tcp_metrics),
+                    access_logs,
                 });
             }
             other => return Err((fat, format!("unsupported network filter {other}"))),
@@ -492,14 +496,14 @@ fn http(hcm: &HttpConnectionManager, at: &str) -> Result<Chain, Bad> {
         Some(t) => super::tracing::convert(t, at)?.map(Box::new),
         None => None,
     };
-    let access_log = super::access_log::convert(&hcm.access_log, at)?.map(Box::new);
+    let access_logs = super::access_log::convert(&hcm.access_log, at)?;
     let normalization = path_normalization(hcm, at)?;
     let request_headers = super::connection_manager::request_headers(hcm, at)?;
     Ok(Chain::Http {
         normalization,
         request_headers,
         metrics,
-        access_log,
+        access_logs,
         routes,
         rds,
         authz,

@@ -405,7 +405,9 @@ fn what_travels_inside_the_tunnel_is_tls_plaintext_or_refused() {
 
 #[test]
 fn connection_manager_access_log_becomes_the_access_log_settings() {
-    use filters::model::telemetry::AccessLogConfig;
+    use filters::model::telemetry::{
+        AccessLog, AccessLogConfig, AccessLogSink, Comparison, LogFilter,
+    };
     let base = httpbin_main_internal();
     let with = |log: serde_json::Value| {
         let mut listener = base.clone();
@@ -431,8 +433,10 @@ fn connection_manager_access_log_becomes_the_access_log_settings() {
     r.listeners.insert("main_internal".into(), text.unwrap());
     let snap = build(&r, &options()).unwrap();
     assert_eq!(
-        snap.telemetry().access_log,
-        Some(AccessLogConfig::Text(Some("%RESPONSE_CODE%\n".into())))
+        snap.telemetry().access_logs,
+        vec![AccessLog::stdout(AccessLogConfig::Text(Some(
+            "%RESPONSE_CODE%\n".into()
+        )))]
     );
     let json = with(file(
         serde_json::json!({"json_format": {"code": "%RESPONSE_CODE%", "method": "%REQ(:METHOD)%"}}),
@@ -440,25 +444,50 @@ fn connection_manager_access_log_becomes_the_access_log_settings() {
     r.listeners.insert("main_internal".into(), json.unwrap());
     let snap = build(&r, &options()).unwrap();
     assert_eq!(
-        snap.telemetry().access_log,
-        Some(AccessLogConfig::Json(Some(vec![
+        snap.telemetry().access_logs,
+        vec![AccessLog::stdout(AccessLogConfig::Json(Some(vec![
             ("code".into(), "%RESPONSE_CODE%".into()),
             ("method".into(), "%REQ(:METHOD)%".into()),
-        ])))
+        ])))]
     );
-    // Elsewhere than stdout, or a filter, is refused by name.
+    // Another file, and the filters istiod writes (pilot/pkg/networking/core/accesslog.go:
+    // a status filter and the Telemetry CEL filter under `and`).
     let mut elsewhere = file(serde_json::json!({"text_format": "%RESPONSE_CODE%"}));
     elsewhere["typed_config"]["path"] = "/var/log/access.log".into();
-    assert!(with(elsewhere)
-        .unwrap_err()
-        .field
-        .ends_with("access_log[0].typed_config.path"));
+    elsewhere["filter"] = serde_json::json!({"and_filter": {"filters": [
+        {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": "istio.io/unset"}}}},
+        {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": "response.code >= 500"}}}
+    ]}});
+    r.listeners
+        .insert("main_internal".into(), with(elsewhere).unwrap());
+    let snap = build(&r, &options()).unwrap();
+    let log = &snap.telemetry().access_logs[0];
+    assert!(matches!(&log.sink, AccessLogSink::File { path, .. } if path == "/var/log/access.log"));
+    let Some(LogFilter::And(parts)) = &log.filter else {
+        panic!("{:?}", log.filter)
+    };
+    assert_eq!(parts[0], LogFilter::Status(Comparison::Ge, 400));
+    assert!(matches!(&parts[1], LogFilter::Cel(e) if e.source() == "response.code >= 500"));
+    // Filters and expressions outside what is supported are refused by name.
     let mut filtered = file(serde_json::json!({"text_format": "%RESPONSE_CODE%"}));
-    filtered["filter"] = serde_json::json!({"response_flag_filter": {"flags": ["NR"]}});
+    filtered["filter"] = serde_json::json!({"runtime_filter": {"runtime_key": "k"}});
     assert!(with(filtered)
         .unwrap_err()
         .field
-        .ends_with("access_log[0].filter"));
+        .ends_with("access_log[0].filter.runtime_filter"));
+    let mut bad_cel = file(serde_json::json!({"text_format": "%RESPONSE_CODE%"}));
+    bad_cel["filter"] = serde_json::json!({"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": "filter_state['x'] == 'y'"}}});
+    let e = with(bad_cel).unwrap_err();
+    assert!(
+        e.field
+            .ends_with("access_log[0].filter.extension_filter.typed_config.expression"),
+        "{e}"
+    );
+    assert!(e.reason.contains("filter_state"), "{e}");
 }
 
 #[test]

@@ -18,13 +18,13 @@ use super::Bad;
 /// The collector a cluster stands for: the Service host and port of
 /// `outbound|4317||otel.observability.svc.cluster.local`, and the cluster's name.
 #[derive(Debug, PartialEq)]
-struct Collector {
-    host: String,
-    port: u16,
-    cluster: String,
+pub(super) struct Collector {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) cluster: String,
 }
 
-fn collector(cluster: &str) -> Option<Collector> {
+pub(super) fn collector(cluster: &str) -> Option<Collector> {
     let mut parts = cluster.split('|');
     if parts.next()? != "outbound" {
         return None;
@@ -101,7 +101,10 @@ fn decode_otel(provider: &Http, at: &str) -> Result<OpenTelemetryConfig, Bad> {
 }
 
 /// Endpoint, OTLP/gRPC protocol and timeout of an `envoy_grpc` exporter.
-fn grpc_exporter(g: &GrpcService, at: &str) -> Result<(Collector, OtlpProtocol, Duration), Bad> {
+pub(super) fn grpc_exporter(
+    g: &GrpcService,
+    at: &str,
+) -> Result<(Collector, OtlpProtocol, Duration), Bad> {
     let Some(TargetSpecifier::EnvoyGrpc(e)) = &g.target_specifier else {
         return Err((
             format!("{at}.grpc_service"),

@@ -2,11 +2,13 @@
 //!
 //! A series is keyed by label values that come from configuration (Services, pods), from
 //! the peer (baggage, identity; bounded in length) and from the response (code, flags).
-//! Paths and other request data never become labels. The number of series is capped:
+//! Paths and other request data become labels only when a Telemetry metric override adds
+//! them as dimensions ([`dimensions`]). The number of series is capped:
 //! samples for series beyond the cap are counted in
 //! `waypoint_metrics_series_overflow_total` instead, so memory stays bounded whatever
 //! peers send.
 
+pub mod dimensions;
 pub mod histogram;
 pub mod prometheus;
 
@@ -14,7 +16,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use filters::model::telemetry::MetricOverride;
+use dimensions::Dimensions;
+use filters::model::telemetry::{MetricOverride, OverrideSet};
 use histogram::{Histogram, BYTES, DURATION_MS};
 
 use super::labels::{DestinationCache, DestinationLabels, PeerLabels, ServiceLabels, SourceLabels};
@@ -26,6 +29,25 @@ type Fast = foldhash::fast::RandomState;
 
 /// Default cap on the number of series per metric family.
 pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
+
+/// The metric overrides a series was recorded under, when its Service port has its own
+/// (a Telemetry targeting the Service); keys compare them by identity.
+#[derive(Debug, Clone)]
+pub struct OwnOverrides(pub OverrideSet);
+
+impl PartialEq for OwnOverrides {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0 .0, &other.0 .0)
+    }
+}
+
+impl Eq for OwnOverrides {}
+
+impl std::hash::Hash for OwnOverrides {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (std::sync::Arc::as_ptr(&self.0 .0) as usize).hash(state)
+    }
+}
 
 /// The labels of one HTTP series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -42,6 +64,10 @@ pub struct HttpKey {
     pub grpc_status: Option<u16>,
     /// Envoy response flags (`-` when none).
     pub flags: &'static str,
+    /// Dimensions added by metric overrides.
+    pub dimensions: Dimensions,
+    /// The Service port's own overrides; `None` for the waypoint's.
+    pub overrides: Option<OwnOverrides>,
 }
 
 /// The labels of one TCP series.
@@ -53,6 +79,10 @@ pub struct TcpKey {
     pub destination: DestinationLabels,
     /// Envoy response flags (`-` when none).
     pub flags: &'static str,
+    /// Dimensions added by metric overrides.
+    pub dimensions: Dimensions,
+    /// The Service port's own overrides; `None` for the waypoint's.
+    pub overrides: Option<OwnOverrides>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,11 +234,10 @@ impl Metrics {
             let map = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
             map.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
         };
-        let view = |name: &str| FamilyView::new(name, overrides);
-        let v = view("istio_requests_total");
-        if !v.dropped {
+        let v = Views::new("istio_requests_total", overrides);
+        if v.any_kept(&http, |k| &k.overrides) {
             family(out, "istio_requests_total", "counter", "Requests handled.");
-            for (l, s) in v.group(&http, http_labels, HttpSeries::merge) {
+            for (l, s) in v.group(&http, |k| &k.overrides, http_labels, HttpSeries::merge) {
                 sample(out, "istio_requests_total", &l, s.requests);
             }
         }
@@ -229,12 +258,12 @@ impl Metrics {
                 |s| &s.response_bytes,
             ),
         ] {
-            let v = view(name);
-            if v.dropped {
+            let v = Views::new(name, overrides);
+            if !v.any_kept(&http, |k| &k.overrides) {
                 continue;
             }
             family(out, name, "histogram", help);
-            for (l, s) in v.group(&http, http_labels, HttpSeries::merge) {
+            for (l, s) in v.group(&http, |k| &k.overrides, http_labels, HttpSeries::merge) {
                 histogram(out, name, &l, pick(&s));
             }
         }
@@ -260,22 +289,92 @@ impl Metrics {
                 |s| s.received,
             ),
         ] {
-            let v = view(name);
-            if v.dropped {
+            let v = Views::new(name, overrides);
+            if !v.any_kept(&tcp, |k| &k.overrides) {
                 continue;
             }
             family(out, name, "counter", help);
-            for (l, s) in v.group(&tcp, tcp_labels, TcpSeries::merge) {
+            for (l, s) in v.group(&tcp, |k| &k.overrides, tcp_labels, TcpSeries::merge) {
                 sample(out, name, &l, pick(&s));
             }
         }
     }
 }
 
-/// One metric family under the overrides: whether it is dropped, which labels it loses.
+/// One metric family's views: the waypoint's overrides and each Service port's own.
+struct Views<'a> {
+    family: &'a str,
+    default: FamilyView<'a>,
+    own: std::cell::RefCell<HashMap<usize, std::rc::Rc<FamilyView<'static>>>>,
+}
+
+impl<'a> Views<'a> {
+    fn new(family: &'a str, overrides: &'a [MetricOverride]) -> Self {
+        Self {
+            family,
+            default: FamilyView::new(family, overrides),
+            own: Default::default(),
+        }
+    }
+
+    /// Runs `f` with the view of series recorded under `own`.
+    fn with<T>(&self, own: &Option<OwnOverrides>, f: impl FnOnce(&FamilyView) -> T) -> T {
+        match own {
+            None => f(&self.default),
+            Some(o) => {
+                let key = std::sync::Arc::as_ptr(&o.0 .0) as usize;
+                let view = self
+                    .own
+                    .borrow_mut()
+                    .entry(key)
+                    .or_insert_with(|| std::rc::Rc::new(FamilyView::owned(self.family, &o.0)))
+                    .clone();
+                f(&view)
+            }
+        }
+    }
+
+    /// Whether the family is reported: not dropped by the waypoint's overrides (it is then
+    /// listed even without series), or some series' own overrides keep it.
+    fn any_kept<K, S>(&self, series: &[(K, S)], own: impl Fn(&K) -> &Option<OwnOverrides>) -> bool {
+        !self.default.dropped
+            || series
+                .iter()
+                .any(|(k, _)| own(k).is_some() && self.with(own(k), |v| !v.dropped))
+    }
+
+    /// The series by their label text, under their overrides: dropped ones left out, those
+    /// with equal labels merged.
+    fn group<K, S: Clone>(
+        &self,
+        series: &[(K, S)],
+        own: impl Fn(&K) -> &Option<OwnOverrides>,
+        labels: impl Fn(&K, &FamilyView) -> String,
+        merge: impl Fn(&mut S, &S),
+    ) -> std::collections::BTreeMap<String, S> {
+        let mut out: std::collections::BTreeMap<String, S> = Default::default();
+        for (k, s) in series {
+            let Some(text) = self.with(own(k), |v| (!v.dropped).then(|| labels(k, v))) else {
+                continue;
+            };
+            match out.entry(text) {
+                std::collections::btree_map::Entry::Occupied(mut e) => merge(e.get_mut(), s),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(s.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One metric family under the overrides: whether it is dropped, which labels it loses,
+/// which dimensions it has (by label; a later override's expression replaces an earlier
+/// one's).
 struct FamilyView<'a> {
     dropped: bool,
-    removed: Vec<&'a str>,
+    removed: Vec<std::borrow::Cow<'a, str>>,
+    dimensions: Vec<(std::borrow::Cow<'a, str>, filters::cel::Expression)>,
 }
 
 impl<'a> FamilyView<'a> {
@@ -284,31 +383,68 @@ impl<'a> FamilyView<'a> {
         let mut view = Self {
             dropped: false,
             removed: Vec::new(),
+            dimensions: Vec::new(),
         };
         for o in applying {
             view.dropped |= o.drop;
-            view.removed
-                .extend(o.tags_to_remove.iter().map(String::as_str));
+            view.removed.extend(
+                o.tags_to_remove
+                    .iter()
+                    .map(|t| std::borrow::Cow::Borrowed(t.as_str())),
+            );
+            for (name, expr) in &o.dimensions {
+                match view.dimensions.iter_mut().find(|(n, _)| n == name) {
+                    Some(slot) => slot.1 = expr.clone(),
+                    None => view
+                        .dimensions
+                        .push((std::borrow::Cow::Borrowed(name.as_str()), expr.clone())),
+                }
+            }
         }
         view
     }
 
-    /// The series by their label text, those with equal labels (after removal) merged.
-    fn group<K, S: Clone>(
-        &self,
-        series: &[(K, S)],
-        labels: impl Fn(&K, &[&str]) -> String,
-        merge: impl Fn(&mut S, &S),
-    ) -> std::collections::BTreeMap<String, S> {
-        let mut out: std::collections::BTreeMap<String, S> = Default::default();
-        for (k, s) in series {
-            match out.entry(labels(k, &self.removed)) {
-                std::collections::btree_map::Entry::Occupied(mut e) => merge(e.get_mut(), s),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(s.clone());
+    /// The view of a Service port's own overrides (owning its strings).
+    fn owned(family: &str, overrides: &OverrideSet) -> FamilyView<'static> {
+        let v = FamilyView::new(family, &overrides.0);
+        FamilyView {
+            dropped: v.dropped,
+            removed: v
+                .removed
+                .into_iter()
+                .map(|r| std::borrow::Cow::Owned(r.into_owned()))
+                .collect(),
+            dimensions: v
+                .dimensions
+                .into_iter()
+                .map(|(n, e)| (std::borrow::Cow::Owned(n.into_owned()), e))
+                .collect(),
+        }
+    }
+
+    /// `pairs` with the family's dimensions applied (a standard label's value replaced,
+    /// others added; empty when the override's `match` was false) and removed labels
+    /// left out, as label text.
+    fn render_labels<'b>(
+        &'b self,
+        mut pairs: Vec<(&'b str, &'b str)>,
+        dims: &'b Dimensions,
+    ) -> String {
+        for (name, expr) in &self.dimensions {
+            let name: &str = name;
+            let value = dimensions::lookup(dims, name, expr).flatten();
+            match pairs.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => {
+                    if let Some(v) = value {
+                        slot.1 = v;
+                    }
                 }
+                None => pairs.push((name, value.unwrap_or(""))),
             }
         }
+        pairs.retain(|(name, _)| !self.removed.iter().any(|r| r == name));
+        let mut out = String::with_capacity(900);
+        prometheus::labels(&mut out, &pairs);
         out
     }
 }
@@ -342,7 +478,7 @@ fn peer_pairs<'a>(
     ]
 }
 
-fn http_labels(k: &HttpKey, removed: &[&str]) -> String {
+fn http_labels(k: &HttpKey, view: &FamilyView) -> String {
     let code = k.code.to_string();
     let grpc = k.grpc_status.map(|g| g.to_string()).unwrap_or_default();
     let mut pairs: Vec<(&str, &str)> = peer_pairs(&k.source, &k.destination).to_vec();
@@ -353,23 +489,17 @@ fn http_labels(k: &HttpKey, removed: &[&str]) -> String {
         ("response_flags", k.flags),
         ("connection_security_policy", "mutual_tls"),
     ]);
-    pairs.retain(|(name, _)| !removed.contains(name));
-    let mut out = String::with_capacity(900);
-    prometheus::labels(&mut out, &pairs);
-    out
+    view.render_labels(pairs, &k.dimensions)
 }
 
-fn tcp_labels(k: &TcpKey, removed: &[&str]) -> String {
+fn tcp_labels(k: &TcpKey, view: &FamilyView) -> String {
     let mut pairs: Vec<(&str, &str)> = peer_pairs(&k.source, &k.destination).to_vec();
     pairs.extend([
         ("request_protocol", "tcp"),
         ("response_flags", k.flags),
         ("connection_security_policy", "mutual_tls"),
     ]);
-    pairs.retain(|(name, _)| !removed.contains(name));
-    let mut out = String::with_capacity(900);
-    prometheus::labels(&mut out, &pairs);
-    out
+    view.render_labels(pairs, &k.dimensions)
 }
 
 #[cfg(test)]
@@ -388,6 +518,8 @@ mod tests {
             code,
             grpc_status: None,
             flags: "-",
+            dimensions: None,
+            overrides: None,
         }
     }
 
@@ -416,5 +548,78 @@ mod tests {
         assert!(line.ends_with(" 2"), "{line}");
         assert!(out.contains("istio_request_duration_milliseconds_bucket{"));
         assert!(out.contains("le=\"+Inf\"} 2"));
+    }
+
+    /// Facts with only a response code.
+    struct Code(i64);
+    impl filters::cel::Activation for Code {
+        fn attribute(&self, a: filters::cel::Attribute) -> Option<filters::cel::Value<'_>> {
+            (a == filters::cel::Attribute::ResponseCode).then_some(filters::cel::Value::Int(self.0))
+        }
+        fn entry(&self, _: filters::cel::MapAttribute, _: &str) -> Option<&str> {
+            None
+        }
+    }
+
+    #[test]
+    fn dimensions_follow_their_override_and_match() {
+        use filters::cel::Expression;
+        let overrides = vec![
+            MetricOverride {
+                metric: Some("requests_total".into()),
+                dimensions: vec![
+                    (
+                        "class".into(),
+                        Expression::value("response.code >= 500 ? 'error' : 'ok'").unwrap(),
+                    ),
+                    (
+                        "response_flags".into(),
+                        Expression::value("string(response.code)").unwrap(),
+                    ),
+                    ("missing".into(), Expression::value("request.path").unwrap()),
+                ],
+                ..Default::default()
+            },
+            MetricOverride {
+                metric: Some("requests_total".into()),
+                dimensions: vec![("only_5xx".into(), Expression::value("'yes'").unwrap())],
+                when: Some(Expression::predicate("response.code >= 500").unwrap()),
+                ..Default::default()
+            },
+        ];
+        let m = Metrics::new("Kubernetes", 100);
+        for code in [200, 503] {
+            let mut k = key(code as u16, "a");
+            k.dimensions = dimensions::evaluate(&overrides, &Code(code));
+            m.record_http(k, S);
+        }
+        let mut out = String::new();
+        m.render(&mut out, &overrides);
+        let line = |code: &str| {
+            out.lines()
+                .find(|l| {
+                    l.starts_with("istio_requests_total{")
+                        && l.contains(&format!("response_code=\"{code}\""))
+                })
+                .unwrap()
+                .to_string()
+        };
+        let ok = line("200");
+        assert!(ok.contains("class=\"ok\""), "{ok}");
+        // A standard label rewritten; a value that cannot be computed is `unknown`.
+        assert!(ok.contains("response_flags=\"200\""), "{ok}");
+        assert!(ok.contains("missing=\"unknown\""), "{ok}");
+        // The gated dimension is empty where its match is false.
+        assert!(ok.contains("only_5xx=\"\""), "{ok}");
+        let err = line("503");
+        assert!(
+            err.contains("class=\"error\"") && err.contains("only_5xx=\"yes\""),
+            "{err}"
+        );
+        // Other families do not get them.
+        assert!(out
+            .lines()
+            .filter(|l| l.starts_with("istio_request_bytes_count{"))
+            .all(|l| !l.contains("class=") && l.contains("response_flags=\"-\"")));
     }
 }
