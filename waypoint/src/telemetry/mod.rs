@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod attributes;
+pub mod batch;
 pub mod labels;
 pub mod metrics;
 pub mod request;

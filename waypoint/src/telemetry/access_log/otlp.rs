@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use filters::model::telemetry::OtelLogConfig;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
@@ -25,10 +25,6 @@ use crate::upstream::grpc::PoolChannel;
 
 /// Records queued before new ones are dropped.
 const QUEUE: usize = 2048;
-/// Records per export call.
-const BATCH: usize = 512;
-/// Longest a record waits for its batch to fill.
-const LINGER: Duration = Duration::from_millis(500);
 
 /// Export counters (across loggers).
 #[derive(Debug, Default)]
@@ -115,34 +111,19 @@ struct Exporter {
     proxy: Weak<Proxy>,
 }
 
-async fn run(exporter: Exporter, mut rx: mpsc::Receiver<LogRecord>, stats: Arc<OtlpStats>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                Ok(None) | Err(_) => break,
-            }
+async fn run(exporter: Exporter, rx: mpsc::Receiver<LogRecord>, stats: Arc<OtlpStats>) {
+    let exporter = &exporter;
+    let export = |records| async move { exporter.export(records).await.map_err(|e| e.to_string()) };
+    crate::telemetry::batch::run(rx, exporter.config.timeout, export, |n, outcome| match outcome {
+        Ok(()) => {
+            stats.exported.fetch_add(n, Ordering::Relaxed);
         }
-        let n = batch.len() as u64;
-        let records = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-        let timeout = exporter.config.timeout;
-        let outcome = match tokio::time::timeout(timeout, exporter.export(records)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("timed out after {timeout:?}")),
-        };
-        match outcome {
-            Ok(()) => {
-                stats.exported.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                stats.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::debug!(error = %e, records = n, collector = %exporter.config.endpoint(), log = %exporter.config.log_name, "access log export failed");
-            }
+        Err(e) => {
+            stats.dropped.fetch_add(n, Ordering::Relaxed);
+            tracing::debug!(error = %e, records = n, collector = %exporter.config.endpoint(), log = %exporter.config.log_name, "access log export failed");
         }
-    }
+    })
+    .await
 }
 
 impl Exporter {

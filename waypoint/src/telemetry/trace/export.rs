@@ -32,10 +32,6 @@ use crate::upstream::grpc::PoolChannel;
 
 /// Spans queued before new ones are dropped.
 pub const QUEUE: usize = 2048;
-/// Spans per export call.
-const BATCH: usize = 512;
-/// Longest a span waits for its batch to fill.
-const LINGER: Duration = Duration::from_millis(500);
 /// Largest collector reply read (OTLP/HTTP).
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 
@@ -158,35 +154,20 @@ pub fn start(
     Ok(QueueProcessor { tx, stats })
 }
 
-async fn run(exporter: Exporter, mut rx: mpsc::Receiver<SpanData>, stats: Arc<ExportStats>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) | Err(_) => break,
-            }
+async fn run(exporter: Exporter, rx: mpsc::Receiver<SpanData>, stats: Arc<ExportStats>) {
+    let exporter = &exporter;
+    let export = |spans| async move { exporter.export(spans).await.map_err(|e| e.to_string()) };
+    crate::telemetry::batch::run(rx, exporter.config.timeout, export, |n, outcome| match outcome {
+        Ok(()) => {
+            stats.exported.fetch_add(n, Ordering::Relaxed);
         }
-        let n = batch.len() as u64;
-        let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-        let timeout = exporter.config.timeout;
-        let outcome = match tokio::time::timeout(timeout, exporter.export(spans)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("timed out after {timeout:?}")),
-        };
-        match outcome {
-            Ok(()) => {
-                stats.exported.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                stats.dropped.fetch_add(n, Ordering::Relaxed);
-                stats.failed_exports.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, spans = n, collector = %exporter.config.endpoint(), "span export failed");
-            }
+        Err(e) => {
+            stats.dropped.fetch_add(n, Ordering::Relaxed);
+            stats.failed_exports.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, spans = n, collector = %exporter.config.endpoint(), "span export failed");
         }
-    }
+    })
+    .await
 }
 
 impl Exporter {
