@@ -176,6 +176,21 @@ fn port_number(label: &str, field: String, n: u32) -> Result<u16, LocalConfigErr
     }
 }
 
+/// `spec.ports[i].number`, refused when out of range or already among `ports`.
+fn new_port_number(
+    label: &str,
+    i: usize,
+    n: u32,
+    ports: &[ServicePort],
+) -> Result<u16, LocalConfigError> {
+    let field = format!("spec.ports[{i}].number");
+    let number = port_number(label, field.clone(), n)?;
+    if ports.iter().any(|q| q.port == number) {
+        return Err(invalid(label, field, format!("duplicate port {number}")));
+    }
+    Ok(number)
+}
+
 impl ServiceEntry {
     fn namespace(&self) -> &str {
         self.metadata.namespace.as_deref().unwrap_or("default")
@@ -356,14 +371,7 @@ impl ServiceEntry {
         let mut ports: Vec<ServicePort> = Vec::new();
         for (i, p) in spec.ports.iter().enumerate() {
             let field = |f: &str| format!("spec.ports[{i}].{f}");
-            let number = port_number(label, field("number"), p.number)?;
-            if ports.iter().any(|q| q.port == number) {
-                return Err(invalid(
-                    label,
-                    field("number"),
-                    format!("duplicate port {number}"),
-                ));
-            }
+            let number = new_port_number(label, i, p.number, &ports)?;
             let target = match p.target_port {
                 Some(t) => port_number(label, field("targetPort"), t)?,
                 None => number,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use filters::model::{NamespacedName, Protocol, Service, ServicePort, TargetPort};
 
-use super::{invalid, port_number, ServiceEntry};
+use super::{invalid, new_port_number, port_number, ServiceEntry};
 use crate::LocalConfigError;
 
 impl ServiceEntry {
@@ -42,14 +42,7 @@ impl ServiceEntry {
         let mut ports: Vec<ServicePort> = Vec::new();
         for (i, p) in spec.ports.iter().enumerate() {
             let field = |f: &str| format!("spec.ports[{i}].{f}");
-            let number = port_number(label, field("number"), p.number)?;
-            if ports.iter().any(|q| q.port == number) {
-                return Err(invalid(
-                    label,
-                    field("number"),
-                    format!("duplicate port {number}"),
-                ));
-            }
+            let number = new_port_number(label, i, p.number, &ports)?;
             let port_override = p
                 .target_port
                 .map(|t| port_number(label, field("targetPort"), t))
