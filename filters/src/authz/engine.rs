@@ -175,47 +175,21 @@ pub fn rule_miss(rule: &Rule, attrs: &Attributes<'_>, deny: bool) -> Option<Miss
     }
     // Only reached on TCP for DENY rules: their HTTP-only fields are ignored.
     let ignore_http = tcp;
-    if !rule.from.is_empty() {
-        let mut first = None;
-        for s in &rule.from {
-            match source_miss(s, attrs, ignore_http) {
-                None => {
-                    first = None;
-                    break;
-                }
-                Some(f) => {
-                    first.get_or_insert(f);
-                }
-            }
-        }
-        if let Some(field) = first {
-            return Some(Miss {
-                part: Part::From,
-                index: 0,
-                field,
-            });
-        }
+    let from = all_miss(&rule.from, |s| source_miss(s, attrs, ignore_http));
+    if let Some(field) = from {
+        return Some(Miss {
+            part: Part::From,
+            index: 0,
+            field,
+        });
     }
-    if !rule.to.is_empty() {
-        let mut first = None;
-        for o in &rule.to {
-            match operation_miss(o, attrs, ignore_http) {
-                None => {
-                    first = None;
-                    break;
-                }
-                Some(f) => {
-                    first.get_or_insert(f);
-                }
-            }
-        }
-        if let Some(field) = first {
-            return Some(Miss {
-                part: Part::To,
-                index: 0,
-                field,
-            });
-        }
+    let to = all_miss(&rule.to, |o| operation_miss(o, attrs, ignore_http));
+    if let Some(field) = to {
+        return Some(Miss {
+            part: Part::To,
+            index: 0,
+            field,
+        });
     }
     rule.when
         .iter()
@@ -438,4 +412,19 @@ pub(crate) fn condition_matches(c: &Condition, a: &Attributes<'_>) -> bool {
         }
         Key::Unsupported(_) => str_field(&c.values, None, false),
     }
+}
+
+/// When none of `items` matches (an empty list matches), the field the first one missed
+/// on; `None` as soon as one matches.
+fn all_miss<T>(items: &[T], miss: impl Fn(&T) -> Option<&'static str>) -> Option<&'static str> {
+    let mut first = None;
+    for item in items {
+        match miss(item) {
+            None => return None,
+            Some(f) => {
+                first.get_or_insert(f);
+            }
+        }
+    }
+    first
 }
