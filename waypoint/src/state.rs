@@ -154,6 +154,8 @@ pub struct Proxy {
     pub node: std::sync::OnceLock<xds::ads::Node>,
     /// Tunables.
     pub options: ProxyOptions,
+    /// The HBONE listener was seen accepting connections.
+    hbone_up: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -169,6 +171,7 @@ impl Proxy {
             certs,
             stats: Stats::default(),
             connections: Default::default(),
+            hbone_up: Default::default(),
             xds: std::sync::OnceLock::new(),
             node: std::sync::OnceLock::new(),
             drain: tokio::sync::watch::channel(false).0,
@@ -184,7 +187,24 @@ impl Proxy {
 
     /// Whether configuration and certificates are loaded.
     pub fn ready(&self) -> bool {
-        self.config.loaded()
+        self.config.loaded() && self.hbone_listening()
+    }
+
+    /// Whether the HBONE listener accepts connections. Pingora binds each service's
+    /// listener as that service starts, so readiness, served by another service, could
+    /// otherwise answer before 15008 listens and send traffic to a refused port. Read from
+    /// the kernel's socket table (not by connecting, which would count as a handshake)
+    /// until it is seen once; where that table is missing, assumed.
+    fn hbone_listening(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.hbone_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let up = crate::inbound::listening::is_listening(self.options.hbone_addr).unwrap_or(true);
+        if up {
+            self.hbone_up.store(true, Ordering::Relaxed);
+        }
+        up
     }
 
     /// Whether `/drain_listeners` was called.

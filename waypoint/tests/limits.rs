@@ -28,6 +28,8 @@ async fn get_ok(
     http: &mut hyper::client::conn::http1::SendRequest<filters::body::Body>,
 ) {
     let _ = h;
+    // The previous response's end may not have reached the connection yet.
+    http.ready().await.unwrap();
     let resp = http.send_request(get("/get")).await.unwrap();
     assert_eq!(resp.status(), 200);
     json(resp).await;

@@ -58,7 +58,7 @@ impl ServeHttp for Readiness {
             "/healthz/ready" if self.proxy.ready() => text(StatusCode::OK, "ready\n", "text/plain"),
             "/healthz/ready" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "configuration not loaded\n",
+                "not ready: configuration not loaded, or the HBONE listener not accepting yet\n",
                 "text/plain",
             ),
             _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),

@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod connection;
+pub mod listening;
 pub mod rebalance;
 
 pub use connection::HboneInbound;
