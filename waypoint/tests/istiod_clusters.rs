@@ -704,3 +704,34 @@ async fn locality_weights_split_traffic_between_localities() {
         "the 80-weight locality took {near} of 100"
     );
 }
+
+#[tokio::test]
+async fn endpoint_weights_split_traffic_between_pods() {
+    // EDS `lb_endpoints[].load_balancing_weight` (istiod's endpoint builder writes each
+    // endpoint's weight: a WorkloadEntry's `weight`, or 1): 3 to 1 here.
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    let w = start_with_pod(Some(App::Echo), |_, cs, es, extra| {
+        add_endpoint(es, CLUSTER_8100, extra.unwrap());
+        let (_, e) = es.iter_mut().find(|(n, _)| n == CLUSTER_8100).unwrap();
+        let mut cla =
+            <ClusterLoadAssignment as prost::Message>::decode(e.value.as_slice()).unwrap();
+        let lbs = &mut cla.endpoints[0].lb_endpoints;
+        lbs[0].load_balancing_weight = Some(UInt32Value { value: 3 });
+        lbs[1].load_balancing_weight = Some(UInt32Value { value: 1 });
+        *e = fixture::any(ENDPOINT, &cla);
+        edit_cluster(cs, CLUSTER_8100, |c| c["lb_policy"] = json!("ROUND_ROBIN"));
+    })
+    .await;
+    let mut heavy = 0;
+    for _ in 0..100 {
+        let a = get(&w, 8100, "/get").await;
+        assert_eq!(a.status, 200);
+        heavy += usize::from(a.echo()["pod"] == "httpbin-1");
+    }
+    // 75 expected; weights ignored would give 50.
+    assert!(
+        (60..=90).contains(&heavy),
+        "the weight-3 pod took {heavy} of 100"
+    );
+}

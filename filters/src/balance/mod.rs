@@ -7,6 +7,7 @@ pub mod locality;
 pub mod outlier;
 pub mod ring;
 pub mod slow_start;
+pub mod weighted;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -567,14 +568,21 @@ pub fn pick(
             };
             let index = match (sp.balancing(), hash) {
                 (Balancing::Hash(ring), Some(h)) => ring.get_where(h, |i| !ejected.contains(i)),
-                (b, _) if ramping.is_some() => {
-                    let (s, now) = ramping.expect("matched");
+                (b, _) if ramping.is_some() || sp.endpoint_weights().is_some() => {
+                    // Endpoints that do not weigh the same: a draw by weight (times the
+                    // slow-start factor), divided by requests in flight plus one under
+                    // least request.
                     let least = matches!(b, Balancing::LeastRequest);
-                    let cost = |i: usize| match least {
-                        true => (sp.active(i).load(Ordering::Relaxed) + 1) as f64,
-                        false => 1.0,
+                    let share = |i: usize| {
+                        let weight = sp.endpoint_weights().map_or(1.0, |w| f64::from(w[i]));
+                        let ramp = ramping.map_or(1.0, |(s, now)| s.weight(i, now));
+                        let cost = match least {
+                            true => (sp.active(i).load(Ordering::Relaxed) + 1) as f64,
+                            false => 1.0,
+                        };
+                        weight * ramp / cost
                     };
-                    s.pick(candidates(sp, ejected), cost, now)
+                    weighted::draw(candidates(sp, ejected), share)
                 }
                 (Balancing::Random, _) => random(sp, ejected),
                 (Balancing::LeastRequest, _) => least_request(sp, ejected),

@@ -5,9 +5,9 @@
 //!
 //! An endpoint's weight during its window is `max(min_weight, (age / window) ^ (1 /
 //! aggression))`, and 1 after it, as Envoy defines it. While any usable endpoint is in its
-//! window, an endpoint is drawn with probability proportional to its weight, divided by its
-//! requests in flight plus one under least request (Envoy's weighted least request with
-//! its default active-request bias of 1). Endpoints that all joined together (the first
+//! window, picks are weighted draws ([`super::weighted`]): by weight, divided by requests in
+//! flight plus one under least request (Envoy's weighted least request with its default
+//! active-request bias of 1). Endpoints that all joined together (the first
 //! configuration) have equal weights, so nothing changes for them. An endpoint's join time
 //! is kept across configuration pushes by address ([`State::inherit`]).
 
@@ -92,33 +92,6 @@ impl State {
         let joined = self.joined[i].load(Ordering::Relaxed);
         self.config.weight(now.saturating_sub(joined))
     }
-
-    /// Draws one of `candidates` with probability proportional to its weight divided by
-    /// `cost(i)` (requests in flight plus one under least request; 1 otherwise).
-    pub fn pick(
-        &self,
-        candidates: impl Iterator<Item = usize> + Clone,
-        cost: impl Fn(usize) -> f64,
-        now: u64,
-    ) -> Option<usize> {
-        use rand::Rng;
-        let share = |i: usize| self.weight(i, now) / cost(i);
-        let total: f64 = candidates.clone().map(share).sum();
-        if total <= 0.0 {
-            return candidates.clone().next();
-        }
-        let mut x = rand::thread_rng().gen_range(0.0..total);
-        let mut last = None;
-        for i in candidates {
-            let s = share(i);
-            if x < s {
-                return Some(i);
-            }
-            x -= s;
-            last = Some(i);
-        }
-        last
-    }
 }
 
 #[cfg(test)]
@@ -162,7 +135,7 @@ mod tests {
         assert!(new.ramping(now));
         let mut b = 0;
         for _ in 0..10_000 {
-            if new.pick([0, 1].into_iter(), |_| 1.0, now) == Some(1) {
+            if crate::balance::weighted::draw(0..2, |i| new.weight(i, now)) == Some(1) {
                 b += 1;
             }
         }
@@ -170,23 +143,10 @@ mod tests {
         assert!((700..1100).contains(&b), "{b}");
         let later = now + 5_000;
         let b = (0..10_000)
-            .filter(|_| new.pick([0, 1].into_iter(), |_| 1.0, later) == Some(1))
+            .filter(|_| crate::balance::weighted::draw(0..2, |i| new.weight(i, later)) == Some(1))
             .count();
         // 0.5 / 1.5, about 33%.
         assert!((3000..3700).contains(&b), "{b}");
         assert!(!new.ramping(now + 10_000));
-    }
-
-    #[test]
-    fn under_least_request_a_busy_endpoint_weighs_less() {
-        let s = State::new(config(10, 1.0, 0.1), 2);
-        let now = now_ms();
-        // Equal weights; endpoint 0 has 3 requests in flight: 1/4 against 1/1.
-        let zero = (0..10_000)
-            .filter(|_| {
-                s.pick([0, 1].into_iter(), |i| if i == 0 { 4.0 } else { 1.0 }, now) == Some(0)
-            })
-            .count();
-        assert!((1700..2300).contains(&zero), "{zero}");
     }
 }

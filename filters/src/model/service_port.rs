@@ -47,6 +47,9 @@ pub struct ServicePort {
     /// Slow start of new endpoints, when the port has it.
     #[serde(skip)]
     slow_start: Option<crate::balance::slow_start::State>,
+    /// Each endpoint's weight, when they are not all the same.
+    #[serde(skip)]
+    endpoint_weights: Option<Box<[u32]>>,
     /// The HTTP version requests go upstream in.
     pub upstream_protocol: super::UpstreamProtocol,
     /// The lowest priority of an addressed endpoint, with `priorities`.
@@ -136,6 +139,7 @@ impl ServicePort {
             next: AtomicUsize::new(0),
             outlier: None,
             slow_start: None,
+            endpoint_weights: None,
             tls: None,
             connection_limits: None,
             proxy_protocol: None,
@@ -326,6 +330,21 @@ impl ServicePort {
         self.slow_start =
             config.map(|c| crate::balance::slow_start::State::new(c, self.endpoints.len()));
         self
+    }
+
+    /// This port with its endpoints' weights (in endpoint order; EDS
+    /// `load_balancing_weight`); kept only when they differ.
+    pub fn with_endpoint_weights(mut self, weights: Vec<u32>) -> Self {
+        let differ = weights.windows(2).any(|w| w[0] != w[1]);
+        if differ && weights.len() == self.endpoints.len() {
+            self.endpoint_weights = Some(weights.into_boxed_slice());
+        }
+        self
+    }
+
+    /// Each endpoint's weight, when they differ.
+    pub fn endpoint_weights(&self) -> Option<&[u32]> {
+        self.endpoint_weights.as_deref()
     }
 
     /// Slow start, if the port has it.

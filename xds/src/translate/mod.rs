@@ -247,6 +247,7 @@ fn service_port(
     };
     let mut localities = Vec::new();
     let mut locality_weights: Vec<u32> = Vec::new();
+    let mut weights: Vec<u32> = Vec::new();
     let (eps, priorities): (Vec<Endpoint>, Vec<u32>) = assigned
         .into_iter()
         .flatten()
@@ -262,6 +263,7 @@ fn service_port(
                 }
                 locality_weights[l] = e.locality_weight;
                 localities.push(e.locality);
+                weights.push(e.weight);
                 (ep, e.priority)
             })
         })
@@ -305,6 +307,7 @@ fn service_port(
         .with_forward_proxy(forward_proxy)
         .with_original_dst(original_dst)
         .with_priorities(priorities)
+        .with_endpoint_weights(weights)
         .with_locality_weights(
             c.locality_weighted
                 .then_some((localities, locality_weights)),
