@@ -104,6 +104,21 @@ async fn start_waypoint(dir: &Path, mesh: &MeshYaml) -> anyhow::Result<WaypointP
     Ok(wp)
 }
 
+/// The waypoint's allocations so far (`waypoint_allocations_total`: this executable runs
+/// it, with the counting allocator).
+async fn allocations(wp: &WaypointProcess) -> anyhow::Result<u64> {
+    let path = "/stats/prometheus?filter=^waypoint_allocations_total$";
+    let (_, page) = testkit::process::http_get(wp.metrics, path).await?;
+    page.lines()
+        .find_map(|l| {
+            l.strip_prefix("waypoint_allocations_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .context("no waypoint_allocations_total in the metrics")
+}
+
 /// Prints how many TLS handshakes and CONNECTs the destination pods saw in total.
 fn print_destination_counts(pods: &[FakeZtunnel], requests: usize) {
     let handshakes: usize = pods
@@ -153,7 +168,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "4. {client_id} opened CONNECT {vip}:80 through the waypoint; sending {} requests",
         args.requests
     );
+    let mut counted = None;
     for i in 0..args.requests {
+        if i == 1 {
+            // After the first request (connections open, caches warm): the count, and the
+            // allocations one reading of it costs, to subtract.
+            let a = allocations(&wp).await?;
+            let b = allocations(&wp).await?;
+            counted = Some((b, b.saturating_sub(a)));
+        }
         let req = Request::get(format!("/hello?n={i}"))
             .header("host", "echo.demo.svc.cluster.local")
             .body(filters::body::empty())?;
@@ -166,6 +189,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!(
             "   GET /hello?n={i} -> {status} from pod {} (path {})",
             v["pod"], v["path"]
+        );
+    }
+    if let Some((before, reading)) = counted {
+        let after = allocations(&wp).await?;
+        let measured = args.requests - 1;
+        let per_request = after.saturating_sub(before + reading) as f64 / measured as f64;
+        println!(
+            "   allocations in the waypoint: {per_request:.1} per request (over the last {measured})"
         );
     }
     print_destination_counts(&pods, args.requests);

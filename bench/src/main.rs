@@ -14,10 +14,13 @@ mod load;
 mod request;
 
 use clap::{Parser, Subcommand};
-use waypoint::alloc::{Allocator, ALLOCATOR};
+use waypoint::alloc::Counting;
 
+/// mimalloc, as the shipped binary, with a count of allocations: the demo reports them
+/// per request. Benchmarks measure the `waypoint` binary beside this one, which does not
+/// count (see [`launcher`]).
 #[global_allocator]
-static GLOBAL: Allocator = ALLOCATOR;
+static GLOBAL: Counting = Counting;
 
 /// Development tools for the waypoint: demo, request, load, bench.
 #[derive(Debug, Parser)]
@@ -47,6 +50,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     waypoint::alloc::tune();
+    Counting::enable();
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(launcher::SELF_EXEC) {
         // `waypoint-bench waypoint <args>`: this process is the proxy.

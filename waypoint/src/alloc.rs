@@ -23,3 +23,53 @@ pub fn tune() {
     // decision. Called at start-up, before other threads exist.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
+
+/// The allocator with a count of allocations (`alloc`, `alloc_zeroed` and `realloc` calls),
+/// for the tools that measure allocations per request (`waypoint-bench`, which runs this
+/// proxy in its own process); the shipped binary does not use it. The count shows on
+/// `/stats/prometheus` as `waypoint_allocations_total` once [`Counting::enable`] ran.
+pub struct Counting;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Counting {
+    /// Marks the count as kept (the process's allocator is a `Counting`).
+    pub fn enable() {
+        COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Allocations so far, when the process counts them.
+pub fn allocations() -> Option<u64> {
+    use std::sync::atomic::Ordering;
+    COUNTING
+        .load(Ordering::Relaxed)
+        .then(|| ALLOCATIONS.load(Ordering::Relaxed))
+}
+
+// SAFETY: every call is passed to mimalloc unchanged; the count is a relaxed atomic.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { ALLOCATOR.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { ALLOCATOR.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { ALLOCATOR.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract is passed on.
+        unsafe { ALLOCATOR.dealloc(ptr, layout) }
+    }
+}

@@ -210,6 +210,16 @@ fn render_counters(out: &mut String, proxy: &Proxy) {
         family(out, name, "counter", help);
         sample(out, name, "", v);
     }
+    if let Some(n) = crate::alloc::allocations() {
+        let name = "waypoint_allocations_total";
+        family(
+            out,
+            name,
+            "counter",
+            "Heap allocations (counted by the measuring tools' allocator).",
+        );
+        sample(out, name, "", n);
+    }
 }
 
 /// `waypoint_authz_decisions_total`, by decision.
