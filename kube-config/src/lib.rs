@@ -1,12 +1,13 @@
 //! The local configuration: a multi-document YAML file of Kubernetes objects.
 //!
-//! Reads `Namespace`, `Service`, `Pod`, `ServiceEntry` and the waypoint's own `Gateway` (also inside
+//! Reads `Namespace`, `Service`, `Pod`, `ServiceEntry`, `BackendTLSPolicy` and the waypoint's own `Gateway` (also inside
 //! `kind: List` documents, as `kubectl get -o yaml` prints them); other kinds are skipped
 //! with a log line. [`load`] validates everything and builds a complete snapshot or fails
 //! with an error naming the object and field; [`watch`] re-loads on change.
 
 pub mod authn;
 pub mod authz;
+mod backend_tls;
 pub mod destination_rule;
 mod error;
 pub mod ext_authz;
