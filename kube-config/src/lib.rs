@@ -94,5 +94,17 @@ mod tests {
         );
         assert!(!port.endpoints[0].workload.hbone);
         assert!(snap.resolve("240.240.0.1:80".parse().unwrap()).is_some());
+        // The BackendTLSPolicy originates TLS to api.example.org with the ConfigMap's CA.
+        let tls = snap.services()["istio-egress/api.example.org"]
+            .port(80)
+            .unwrap()
+            .tls
+            .clone()
+            .unwrap();
+        assert_eq!(tls.sni.as_deref(), Some("api.example.org"));
+        assert!(tls.auto_san_validation);
+        assert!(
+            matches!(&tls.roots, filters::model::TlsRoots::Pem(p) if p.contains("BEGIN CERTIFICATE"))
+        );
     }
 }
