@@ -393,6 +393,9 @@ fn check_certificates(pem: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The hosts a target stands for, and the port its `sectionName` names.
+type Target = (Vec<String>, Option<u16>);
+
 impl TargetRef {
     /// The hosts and (with `sectionName`) the port number this target stands for; `None`
     /// when the target or its section does not exist (logged; the policy has no effect).
@@ -402,7 +405,7 @@ impl TargetRef {
         at: &str,
         ns: &str,
         targets: &Targets<'_>,
-    ) -> Result<Option<(Vec<String>, Option<u16>)>, LocalConfigError> {
+    ) -> Result<Option<Target>, LocalConfigError> {
         let section = self.section_name.as_deref().filter(|s| !s.is_empty());
         let missing = |what: String| {
             tracing::warn!(policy = %label, target = %at, "not applied: {what}");
