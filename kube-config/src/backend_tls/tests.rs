@@ -120,6 +120,14 @@ fn subject_alt_names_replace_the_hostname_check_and_system_roots_apply() {
         t.subject_alt_names,
         ["san.example.test", "spiffe://td/ns/a/sa/b"]
     );
+    // The same policy as v1alpha3 (Istio 1.2x) reads the same.
+    let alpha = text.replace(
+        "gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy",
+        "gateway.networking.k8s.io/v1alpha3\nkind: BackendTLSPolicy",
+    );
+    assert_ne!(alpha, text);
+    let a = tls(&snap(&alpha).unwrap(), "egress/api.example.test", 80).unwrap();
+    assert_eq!(a, t);
     assert!(!t.auto_san_validation);
     assert_eq!(t.roots, TlsRoots::System);
 }
