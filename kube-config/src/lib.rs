@@ -1,12 +1,13 @@
 //! The local configuration: a multi-document YAML file of Kubernetes objects.
 //!
-//! Reads `Namespace`, `Service`, `Pod`, `ServiceEntry` and the waypoint's own `Gateway` (also inside
+//! Reads `Namespace`, `Service`, `Pod`, `ServiceEntry`, `BackendTLSPolicy` and the waypoint's own `Gateway` (also inside
 //! `kind: List` documents, as `kubectl get -o yaml` prints them); other kinds are skipped
 //! with a log line. [`load`] validates everything and builds a complete snapshot or fails
 //! with an error naming the object and field; [`watch`] re-loads on change.
 
 pub mod authn;
 pub mod authz;
+mod backend_tls;
 pub mod destination_rule;
 mod error;
 pub mod ext_authz;
@@ -93,5 +94,17 @@ mod tests {
         );
         assert!(!port.endpoints[0].workload.hbone);
         assert!(snap.resolve("240.240.0.1:80".parse().unwrap()).is_some());
+        // The BackendTLSPolicy originates TLS to api.example.org with the ConfigMap's CA.
+        let tls = snap.services()["istio-egress/api.example.org"]
+            .port(80)
+            .unwrap()
+            .tls
+            .clone()
+            .unwrap();
+        assert_eq!(tls.sni.as_deref(), Some("api.example.org"));
+        assert!(tls.auto_san_validation);
+        assert!(
+            matches!(&tls.roots, filters::model::TlsRoots::Pem(p) if p.contains("BEGIN CERTIFICATE"))
+        );
     }
 }

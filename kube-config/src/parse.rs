@@ -22,6 +22,7 @@ pub struct Objects {
     pub(crate) telemetries: Vec<(String, super::telemetry::Telemetry)>,
     pub(crate) destination_rules: Vec<(String, super::destination_rule::DestinationRule)>,
     pub(crate) service_entries: Vec<(String, super::service_entry::ServiceEntry)>,
+    pub(crate) backend_tls_policies: Vec<(String, super::backend_tls::BackendTlsPolicy)>,
 }
 
 /// The largest configuration file read (a cluster's worth of objects is far smaller).
@@ -156,6 +157,9 @@ impl Objects {
             }
             ("networking.istio.io", "ServiceEntry") => {
                 self.service_entries.push(typed(value, &label)?)
+            }
+            ("gateway.networking.k8s.io", "BackendTLSPolicy") => {
+                self.backend_tls_policies.push(typed(value, &label)?)
             }
             ("gateway.networking.k8s.io", "ReferenceGrant") => {
                 self.grants.push(typed(value, &label)?)

@@ -8,6 +8,7 @@ use filters::model::{
 };
 use filters::SourceOptions;
 
+use super::destination_rule::TlsLevel;
 use super::objects::{self, IntOrString, ObjectMeta};
 use super::{LocalConfigError, Objects};
 
@@ -115,13 +116,27 @@ pub fn translate_with_status(
         }
     }
 
+    let backend_tls = super::backend_tls::bind(
+        &objects.backend_tls_policies,
+        &super::backend_tls::Targets {
+            services: &objects.services,
+            entries: &objects.service_entries,
+            config_maps: &objects.config_maps,
+            domain_suffix: &options.domain_suffix,
+        },
+    )?;
     let mut services = Vec::new();
     for (label, svc) in &objects.services {
         let ns = namespace_of(&svc.metadata);
         let served =
             for_services && uses_waypoint(&svc.metadata, ns_labels.get(ns).copied(), &gw_name);
         let mut built = service(label, svc, served, options, &workloads)?;
-        apply_destination_rule(&mut built, &objects.destination_rules, options)?;
+        apply_destination_rule(
+            &mut built,
+            &objects.destination_rules,
+            &backend_tls,
+            options,
+        )?;
         services.push(Arc::new(built));
     }
     for (label, entry) in &objects.service_entries {
@@ -129,7 +144,12 @@ pub fn translate_with_status(
         let served =
             for_services && uses_waypoint(&entry.metadata, ns_labels.get(ns).copied(), &gw_name);
         for mut built in entry.services(label, served, &options.trust_domain, &workloads)? {
-            apply_destination_rule(&mut built, &objects.destination_rules, options)?;
+            apply_destination_rule(
+                &mut built,
+                &objects.destination_rules,
+                &backend_tls,
+                options,
+            )?;
             services.push(Arc::new(built));
         }
     }
@@ -345,10 +365,12 @@ fn headless(
 }
 
 /// Applies the DestinationRule for `svc`'s host (one in the Service's own namespace first,
-/// as Istio prefers) to its ports' balancing.
+/// as Istio prefers) to its ports' balancing, and the BackendTLSPolicies' TLS where the
+/// rule leaves `tls` unset (istiod's merge, [`super::backend_tls`]).
 fn apply_destination_rule(
     svc: &mut Service,
     rules: &[(String, super::destination_rule::DestinationRule)],
+    backend_tls: &super::backend_tls::BackendTls,
     options: &SourceOptions,
 ) -> Result<(), LocalConfigError> {
     let matching = |own_ns: bool| {
@@ -358,12 +380,22 @@ fn apply_destination_rule(
                     == own_ns
         })
     };
-    let Some((label, rule)) = matching(true).or_else(|| matching(false)) else {
+    let rule = matching(true).or_else(|| matching(false));
+    let host_tls = backend_tls.get(&svc.hostname);
+    if rule.is_none() && host_tls.is_none() {
         return Ok(());
-    };
+    }
     let ports = std::mem::take(&mut svc.ports);
     for p in ports {
         let h2 = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc);
+        let Some((label, rule)) = rule else {
+            let tls = host_tls.and_then(|b| b.choose(p.port, h2, TlsLevel::Unset, None));
+            svc.ports.push(match tls {
+                Some(tls) => p.with_tls(Some(tls)),
+                None => p,
+            });
+            continue;
+        };
         let policy = rule.port_policy(p.port, h2, label)?;
         if p.unlisted().is_some() && (policy.outlier.is_some() || !policy.hash.is_empty()) {
             // The addresses are not a list of endpoints to eject from or hash over.
@@ -376,13 +408,17 @@ fn apply_destination_rule(
                 ),
             ));
         }
+        let tls = match host_tls {
+            Some(b) => b.choose(p.port, h2, rule.tls_level(p.port), policy.tls),
+            None => policy.tls,
+        };
         svc.ports.push(
             p.with_balancing(policy.balancing)
                 .with_slow_start(policy.slow_start)
                 .with_hash_policy(policy.hash)
                 .with_max_requests(policy.max_requests)
                 .with_outlier(policy.outlier)
-                .with_tls(policy.tls)
+                .with_tls(tls)
                 .with_proxy_protocol(policy.proxy_protocol)
                 .with_retry_limit(policy.retry_limit)
                 .with_connection_limits(policy.connection_limits),

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use rustls::server::Acceptor;
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use super::echo::{self, EchoIdentity};
 use hbone::tls::{provider, Certs};
@@ -60,7 +61,8 @@ impl TlsEcho {
         Self::serve(addr, config, who).await
     }
 
-    /// The SNI each accepted connection sent (`None`: none), in order.
+    /// The SNI each connection's ClientHello sent (`None`: none), in order, whether or not
+    /// the handshake then succeeded.
     pub fn server_names(&self) -> Vec<Option<String>> {
         self.server_names.lock().unwrap().clone()
     }
@@ -73,7 +75,7 @@ impl TlsEcho {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let config = Arc::new(config);
         let who = Arc::new(who);
         let server_names: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
         let names = server_names.clone();
@@ -83,13 +85,19 @@ impl TlsEcho {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, who, names) = (acceptor.clone(), who.clone(), names.clone());
+                let (config, who, names) = (config.clone(), who.clone(), names.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
+                    // The SNI is recorded from the ClientHello, before the handshake can
+                    // fail (a client refusing the certificate still shows what it sent).
+                    let lazy = LazyConfigAcceptor::new(Acceptor::default(), tcp);
+                    let Ok(start) = lazy.await else {
                         return;
                     };
-                    let sni = tls.get_ref().1.server_name().map(str::to_string);
+                    let sni = start.client_hello().server_name().map(str::to_string);
                     names.lock().unwrap().push(sni);
+                    let Ok(tls) = start.into_stream(config).await else {
+                        return;
+                    };
                     let svc = service_fn(move |req| echo::handle(who.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)

@@ -223,7 +223,31 @@ pub struct PortPolicy {
     pub slow_start: Option<SlowStart>,
 }
 
+/// Where a DestinationRule sets `tls` for a port (a BackendTLSPolicy fills what it leaves
+/// unset, [`crate::backend_tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsLevel {
+    /// Neither for the port nor for the whole rule.
+    Unset,
+    /// At the top of `trafficPolicy`.
+    Rule,
+    /// In the port's `portLevelSettings` entry.
+    Port,
+}
+
 impl DestinationRule {
+    /// Where this rule sets `tls` for Service port `port`.
+    pub fn tls_level(&self, port: u16) -> TlsLevel {
+        let Some(tp) = &self.spec.traffic_policy else {
+            return TlsLevel::Unset;
+        };
+        match setting(tp, port, "tls", |p| p.tls.as_ref(), |t| t.tls.as_ref()) {
+            None => TlsLevel::Unset,
+            Some((_, at)) if at.contains("portLevelSettings") => TlsLevel::Port,
+            Some(_) => TlsLevel::Rule,
+        }
+    }
+
     /// Whether this rule is for the Service `hostname` (`host` short, resolved in the
     /// rule's namespace, or `name.namespace`, or the FQDN).
     pub fn is_for(&self, hostname: &str, suffix: &str) -> bool {

@@ -192,8 +192,22 @@ fn new_port_number(
 }
 
 impl ServiceEntry {
-    fn namespace(&self) -> &str {
+    pub(crate) fn namespace(&self) -> &str {
         self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The entry's hosts (each one Service).
+    pub(crate) fn hosts(&self) -> &[String] {
+        &self.spec.hosts
+    }
+
+    /// The number of the port named `name`, if the entry has one.
+    pub(crate) fn port_named(&self, name: &str) -> Option<u16> {
+        self.spec
+            .ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .and_then(|p| u16::try_from(p.number).ok())
     }
 
     /// The Services this entry describes, one per host (as istiod makes them: same ports,

@@ -25,7 +25,7 @@ use filters::model::Waypoint;
 use tokio::sync::mpsc;
 
 use super::connect::{self, XdsAddress};
-use super::types::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use super::types::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use crate::translate::{self, BuildOptions, InvalidResource, Resources};
 use filters::{Publisher, SourceOptions};
 
@@ -137,10 +137,11 @@ struct State {
     seen: BTreeSet<&'static str>,
     eds_subscribed: BTreeSet<String>,
     rds_subscribed: BTreeSet<String>,
+    sds_subscribed: BTreeSet<String>,
 }
 
 fn type_key(type_url: &str) -> Option<&'static str> {
-    [LISTENER, CLUSTER, ENDPOINT, ROUTE]
+    [LISTENER, CLUSTER, ENDPOINT, ROUTE, SECRET]
         .into_iter()
         .find(|t| *t == type_url)
 }
@@ -239,6 +240,7 @@ impl AdsClient {
             resource_names_subscribe: match type_url {
                 ENDPOINT => state.eds_subscribed.iter().cloned().collect(),
                 ROUTE => state.rds_subscribed.iter().cloned().collect(),
+                SECRET => state.sds_subscribed.iter().cloned().collect(),
                 _ => Vec::new(),
             },
             initial_resource_versions: state
@@ -277,6 +279,11 @@ impl AdsClient {
                 .await
                 .map_err(|_| AdsError::Closed)?;
         }
+        if !state.sds_subscribed.is_empty() {
+            tx.send(self.request(state, SECRET, false))
+                .await
+                .map_err(|_| AdsError::Closed)?;
+        }
         let mut stream = client
             .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await?
@@ -285,30 +292,30 @@ impl AdsClient {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(server = %self.address, node = %self.node.id, "xDS stream open");
         while let Some(resp) = stream.message().await? {
-            let (ack, eds) = self.handle(state, &resp, publisher);
+            let (ack, subscriptions) = self.handle(state, &resp, publisher);
             tx.send(ack).await.map_err(|_| AdsError::Closed)?;
-            if let Some(eds) = eds {
-                tx.send(eds).await.map_err(|_| AdsError::Closed)?;
+            for s in subscriptions {
+                tx.send(s).await.map_err(|_| AdsError::Closed)?;
             }
         }
         Ok(())
     }
 
-    /// Applies one response; returns the ACK/NACK and, when the clusters changed, the
-    /// endpoint subscription update.
+    /// Applies one response; returns the ACK/NACK and, when the clusters or listeners
+    /// changed, the updates of the endpoint, secret or route subscriptions.
     fn handle(
         &self,
         state: &mut State,
         resp: &DeltaDiscoveryResponse,
         publisher: &dyn Publisher,
-    ) -> (DeltaDiscoveryRequest, Option<DeltaDiscoveryRequest>) {
+    ) -> (DeltaDiscoveryRequest, Vec<DeltaDiscoveryRequest>) {
         let Some(type_url) = type_key(&resp.type_url) else {
             let reply = nack(
                 &resp.type_url,
                 &resp.nonce,
                 format!("type {} was not subscribed", resp.type_url),
             );
-            return (reply, None);
+            return (reply, Vec::new());
         };
         let staged = stage(&state.resources, type_url, resp);
         let mut seen = state.seen.clone();
@@ -317,19 +324,22 @@ impl AdsClient {
         if ready {
             if let Err(reason) = self.publish(&staged.resources, publisher) {
                 self.stats.count(type_url, false);
-                return (nack(type_url, &resp.nonce, reason), None);
+                return (nack(type_url, &resp.nonce, reason), Vec::new());
             }
         }
         state.resources = staged.resources;
         state.seen = seen;
         self.record_versions(state, type_url, staged.accepted, &resp.removed_resources);
-        let eds = match type_url {
-            CLUSTER => self.eds_update(state),
-            LISTENER => self.rds_update(state),
-            _ => None,
+        let subscriptions = match type_url {
+            CLUSTER => [self.eds_update(state), self.sds_update(state)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            LISTENER => self.rds_update(state).into_iter().collect(),
+            _ => Vec::new(),
         };
         let reply = self.reply(type_url, resp, &staged.errors, publisher);
-        (reply, eds)
+        (reply, subscriptions)
     }
 
     /// Builds a snapshot from `staged` and publishes it; on failure rejects it and returns
@@ -429,6 +439,27 @@ impl AdsClient {
         state.rds_subscribed = wanted;
         Some(DeltaDiscoveryRequest {
             type_url: ROUTE.to_string(),
+            resource_names_subscribe: subscribe,
+            resource_names_unsubscribe: unsubscribe,
+            ..Default::default()
+        })
+    }
+
+    /// Subscribes to the CA secrets the clusters' TLS names (BackendTLSPolicy ConfigMaps,
+    /// `configmap://…-cacert`), unsubscribes from the others.
+    fn sds_update(&self, state: &mut State) -> Option<DeltaDiscoveryRequest> {
+        let wanted = state.resources.secret_names();
+        let subscribe: Vec<String> = wanted.difference(&state.sds_subscribed).cloned().collect();
+        let unsubscribe: Vec<String> = state.sds_subscribed.difference(&wanted).cloned().collect();
+        if subscribe.is_empty() && unsubscribe.is_empty() {
+            return None;
+        }
+        for n in &unsubscribe {
+            state.resources.secrets.remove(n);
+        }
+        state.sds_subscribed = wanted;
+        Some(DeltaDiscoveryRequest {
+            type_url: SECRET.to_string(),
             resource_names_subscribe: subscribe,
             resource_names_unsubscribe: unsubscribe,
             ..Default::default()

@@ -60,6 +60,8 @@ pub struct Resources {
     pub endpoints: BTreeMap<String, Vec<EndpointInfo>>,
     /// Route configurations from RDS, by name.
     pub routes: BTreeMap<String, Vec<route::RouteSpec>>,
+    /// CA bundles (PEM) istiod serves over ADS, by secret name (`configmap://…-cacert`).
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl Resources {
@@ -72,6 +74,14 @@ impl Resources {
                 Chain::Http { rds, .. } => rds.clone(),
                 Chain::Tcp { .. } => None,
             })
+            .collect()
+    }
+
+    /// The ADS secrets the clusters' TLS verifies with.
+    pub fn secret_names(&self) -> std::collections::BTreeSet<String> {
+        self.clusters
+            .values()
+            .filter_map(|c| c.tls_root_secret.clone())
             .collect()
     }
 }
@@ -316,11 +326,27 @@ fn service_port(
         .with_slow_start(c.slow_start)
         .with_max_requests(c.max_requests)
         .with_outlier(c.outlier.clone())
-        .with_tls(c.tls.clone())
+        .with_tls(cluster_tls(c, res))
         .with_proxy_protocol(c.proxy_protocol)
         .with_retry_limit(c.retry_limit)
         .with_upstream_protocol(c.upstream_protocol)
         .with_connection_limits(Some(c.connection_limits))
+}
+
+/// The cluster's TLS, with the CA bundle of its ADS secret when it has one (roots that
+/// verify nothing while the secret has not arrived: the handshake fails, as Envoy's does
+/// while the secret is missing).
+fn cluster_tls(c: &ClusterInfo, res: &Resources) -> Option<filters::model::UpstreamTls> {
+    let mut tls = c.tls.clone()?;
+    if let Some(name) = &c.tls_root_secret {
+        match res.secrets.get(name) {
+            Some(pem) => tls.roots = filters::model::TlsRoots::Pem(pem.clone()),
+            None => {
+                ::tracing::warn!(cluster = %c.name, secret = %name, "the CA secret has not arrived; TLS handshakes fail until it does")
+            }
+        }
+    }
+    Some(tls)
 }
 
 /// The workload an address outside the mesh stands for, for the cluster `c`'s Service.

@@ -404,6 +404,64 @@ fn what_travels_inside_the_tunnel_is_tls_plaintext_or_refused() {
 }
 
 #[test]
+fn istiods_tls_params_are_accepted_and_a_configmap_ca_is_an_ads_secret() {
+    // constructUpstreamTLS (cluster_tls.go) always writes tls_params TLS 1.2..1.3; a
+    // BackendTLSPolicy's CA is the ADS secret configmap://<ns>/<name>-cacert
+    // (ApplyCustomSDSToClientCommonTLSContext, pilot/pkg/security/model/authentication.go).
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let mut json = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
+    let convert = |json: &serde_json::Value| {
+        let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            from_json("envoy.config.cluster.v3.Cluster", json).unwrap();
+        cluster::convert(&c)
+    };
+    let socket = |min: &str, root: &str| {
+        serde_json::json!({
+            "name": "internal_upstream",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+                "transport_socket": {"name": "tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "origin.example.test",
+                    "common_tls_context": {
+                        "tls_params": {"tls_minimum_protocol_version": min, "tls_maximum_protocol_version": "TLSv1_3"},
+                        "combined_validation_context": {
+                            "default_validation_context": {},
+                            "validation_context_sds_secret_config": {"name": root,
+                                "sds_config": {"ads": {}, "resource_api_version": "V3"}}}}}}
+            }
+        })
+    };
+    json["transport_socket"] = socket("TLSv1_2", "configmap://default/ca-cacert");
+    let info = convert(&json).unwrap();
+    assert_eq!(
+        info.tls_root_secret.as_deref(),
+        Some("configmap://default/ca-cacert")
+    );
+    // Until the secret arrives the roots verify nothing.
+    assert_eq!(
+        info.tls.unwrap().roots,
+        filters::model::TlsRoots::Pem(String::new())
+    );
+    // istiod's reference it could not resolve: never verified, never subscribed.
+    json["transport_socket"] = socket("TLSv1_2", "invalid://");
+    let info = convert(&json).unwrap();
+    assert!(info.tls_root_secret.is_none());
+    assert_eq!(
+        info.tls.unwrap().roots,
+        filters::model::TlsRoots::Pem(String::new())
+    );
+    // A narrower version range is refused by field.
+    json["transport_socket"] = socket("TLSv1_3", "configmap://default/ca-cacert");
+    let e = convert(&json).unwrap_err();
+    assert!(
+        e.field.ends_with("tls_params.tls_minimum_protocol_version"),
+        "{}",
+        e.field
+    );
+}
+
+#[test]
 fn connection_manager_access_log_becomes_the_access_log_settings() {
     use filters::model::telemetry::{
         AccessLog, AccessLogConfig, AccessLogSink, Comparison, LogFilter,

@@ -5,15 +5,26 @@
 //! istiod names the files pilot-agent serves over SDS: `file-root:<ca.pem>` (or
 //! `file-root:system` without `caCertificates`) and `file-cert:<cert.pem>~<key.pem>`. The
 //! waypoint runs in the same pod and reads those files itself. An empty validation context
-//! (no CA, or `insecureSkipVerify`) verifies nothing, as in Envoy. Secrets by
-//! `credentialName`, CRLs, pinning and TLS parameters are refused by field.
+//! (no CA, or `insecureSkipVerify`) verifies nothing, as in Envoy.
+//!
+//! A BackendTLSPolicy becomes a DestinationRule `tls` with `credentialName:
+//! configmap://<ns>/<name>` (`BackendTLSPolicyCollection`,
+//! pilot/pkg/config/kube/gateway/backend_policies.go), and its validation context the
+//! secret `configmap://<ns>/<name>-cacert` fetched over ADS
+//! (`ApplyCustomSDSToClientCommonTLSContext`, pilot/pkg/security/model/authentication.go).
+//! The waypoint subscribes to those secrets on its ADS stream and verifies with the CA
+//! bundle istiod sends (`toEnvoyCaSecret`, pilot/pkg/xds/sds.go); until it arrives, and
+//! for istiod's `invalid://` (an unresolvable reference), every handshake fails. Other
+//! secrets by `credentialName`, CRLs, pinning and TLS parameters are refused by field.
 
 use std::path::PathBuf;
 
-use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+use envoy_types::pb::envoy::config::core::v3::{
+    config_source::ConfigSourceSpecifier, data_source::Specifier, DataSource,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext,
-    SdsSecretConfig, UpstreamTlsContext,
+    SdsSecretConfig, TlsParameters, UpstreamTlsContext,
 };
 use filters::model::{ClientCertificate, TlsRoots, UpstreamTls};
 
@@ -28,8 +39,17 @@ pub struct AutoSettings {
     pub auto_san_validation: bool,
 }
 
-/// Converts an `UpstreamTlsContext`.
-pub fn convert(ctx: &UpstreamTlsContext, auto: AutoSettings) -> Result<UpstreamTls, Bad> {
+/// istiod's prefix for a CA bundle from a ConfigMap, served over ADS.
+pub const CONFIG_MAP_SECRET: &str = "configmap://";
+/// istiod's name for a reference it could not resolve (traffic must fail).
+const INVALID_SECRET: &str = "invalid://";
+
+/// Converts an `UpstreamTlsContext`; with it, the name of the ADS secret whose CA bundle
+/// replaces the (empty, never verifying) roots once it arrives.
+pub fn convert(
+    ctx: &UpstreamTlsContext,
+    auto: AutoSettings,
+) -> Result<(UpstreamTls, Option<String>), Bad> {
     let bad = |field: &str, reason: &str| (field.to_string(), reason.to_string());
     if ctx.allow_renegotiation {
         return Err(bad(
@@ -40,8 +60,8 @@ pub fn convert(ctx: &UpstreamTlsContext, auto: AutoSettings) -> Result<UpstreamT
     let common = ctx.common_tls_context.clone().unwrap_or_default();
     check_common(&common)?;
     let client_certificate = client_certificate(&common)?;
-    let (roots, subject_alt_names) = validation(&common)?;
-    Ok(UpstreamTls {
+    let (roots, subject_alt_names, root_secret) = validation(&common)?;
+    let tls = UpstreamTls {
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.clone()),
         auto_sni: auto.auto_sni || ctx.auto_host_sni,
         auto_san_validation: roots != TlsRoots::Insecure
@@ -50,17 +70,15 @@ pub fn convert(ctx: &UpstreamTlsContext, auto: AutoSettings) -> Result<UpstreamT
         roots,
         client_certificate,
         alpn: common.alpn_protocols.clone(),
-    })
+    };
+    Ok((tls, root_secret))
 }
 
 fn check_common(c: &CommonTlsContext) -> Result<(), Bad> {
+    if let Some(p) = &c.tls_params {
+        check_params(p)?;
+    }
     let set = [
-        (
-            "tls_params",
-            c.tls_params
-                .as_ref()
-                .is_some_and(|p| *p != Default::default()),
-        ),
         (
             "tls_certificate_provider_instance",
             c.tls_certificate_provider_instance.is_some(),
@@ -79,6 +97,41 @@ fn check_common(c: &CommonTlsContext) -> Result<(), Bad> {
         )),
         None => Ok(()),
     }
+}
+
+/// `tls_params`: the versions istiod always writes (`defaultUpstreamCommonTLSContext`,
+/// cluster_tls.go: TLS 1.2 to 1.3) are the waypoint's own; narrower versions, cipher
+/// suites, curves and signature algorithms are refused by field.
+fn check_params(p: &TlsParameters) -> Result<(), Bad> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
+    let at = "common_tls_context.tls_params";
+    let min = p.tls_minimum_protocol_version;
+    let max = p.tls_maximum_protocol_version;
+    if ![TlsProtocol::TlsAuto as i32, TlsProtocol::TlSv12 as i32].contains(&min) {
+        return Err((
+            format!("{at}.tls_minimum_protocol_version"),
+            "only TLS_AUTO or TLSv1_2 (the waypoint speaks TLS 1.2 and 1.3)".into(),
+        ));
+    }
+    if ![TlsProtocol::TlsAuto as i32, TlsProtocol::TlSv13 as i32].contains(&max) {
+        return Err((
+            format!("{at}.tls_maximum_protocol_version"),
+            "only TLS_AUTO or TLSv1_3 (the waypoint speaks TLS 1.2 and 1.3)".into(),
+        ));
+    }
+    let rest = TlsParameters {
+        tls_minimum_protocol_version: 0,
+        tls_maximum_protocol_version: 0,
+        ..p.clone()
+    };
+    if rest != TlsParameters::default() {
+        return Err((
+            at.to_string(),
+            "cipher suites, curves and signature algorithms are not supported for TLS origination"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The client certificate: inline file names, or istiod's `file-cert:<cert>~<key>` secret.
@@ -132,55 +185,79 @@ fn secret_error(s: &SdsSecretConfig, at: &str) -> Bad {
     (
         format!("{at}.name"),
         format!(
-            "SDS secret {:?} is not supported: only the files istiod names `file-cert:`/`file-root:` (DestinationRule caCertificates, clientCertificate, privateKey), not credentialName",
+            "SDS secret {:?} is not supported: only the files istiod names `file-cert:`/`file-root:` (DestinationRule caCertificates, clientCertificate, privateKey) and the CA bundles of BackendTLSPolicy ConfigMaps over ADS (`configmap://`), not credentialName",
             s.name
         ),
     )
 }
 
+/// The roots and SANs to verify the server with, and the ADS secret the roots come from.
+type Validation = (TlsRoots, Vec<String>, Option<String>);
+
 /// The roots and SANs to verify the server with.
-fn validation(c: &CommonTlsContext) -> Result<(TlsRoots, Vec<String>), Bad> {
+fn validation(c: &CommonTlsContext) -> Result<Validation, Bad> {
     let at = "common_tls_context";
     match &c.validation_context_type {
-        None => Ok((TlsRoots::Insecure, Vec::new())),
+        None => Ok((TlsRoots::Insecure, Vec::new(), None)),
         Some(ValidationContextType::ValidationContext(v)) => {
             let sans = check_validation(v, &format!("{at}.validation_context"))?;
             let roots = match &v.trusted_ca {
                 None => TlsRoots::Insecure,
                 Some(d) => data_roots(d, &format!("{at}.validation_context.trusted_ca"))?,
             };
-            Ok((roots, sans))
+            Ok((roots, sans, None))
         }
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => Ok((
-            file_root(s, &format!("{at}.validation_context_sds_secret_config"))?,
-            Vec::new(),
-        )),
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+            let (roots, secret) =
+                secret_root(s, &format!("{at}.validation_context_sds_secret_config"))?;
+            Ok((roots, Vec::new(), secret))
+        }
         Some(ValidationContextType::CombinedValidationContext(cv)) => {
             let base = format!("{at}.combined_validation_context");
             let default = cv.default_validation_context.clone().unwrap_or_default();
             let sans = check_validation(&default, &format!("{base}.default_validation_context"))?;
-            let roots = match (
+            let (roots, secret) = match (
                 &cv.validation_context_sds_secret_config,
                 &default.trusted_ca,
             ) {
                 (Some(s), None) => {
-                    file_root(s, &format!("{base}.validation_context_sds_secret_config"))?
+                    secret_root(s, &format!("{base}.validation_context_sds_secret_config"))?
                 }
-                (None, Some(d)) => {
-                    data_roots(d, &format!("{base}.default_validation_context.trusted_ca"))?
-                }
-                (None, None) => TlsRoots::Insecure,
+                (None, Some(d)) => (
+                    data_roots(d, &format!("{base}.default_validation_context.trusted_ca"))?,
+                    None,
+                ),
+                (None, None) => (TlsRoots::Insecure, None),
                 (Some(_), Some(_)) => {
                     return Err((base, "both an SDS root secret and trusted_ca".into()))
                 }
             };
-            Ok((roots, sans))
+            Ok((roots, sans, secret))
         }
         Some(other) => Err((
             format!("{at}.validation_context_type"),
             format!("{other:?} is not supported"),
         )),
     }
+}
+
+/// The roots an SDS secret names: a file pilot-agent would serve (`file-root:`), or a
+/// ConfigMap's CA bundle istiod serves over ADS (roots that verify nothing until it
+/// arrives), or istiod's `invalid://` (never).
+fn secret_root(s: &SdsSecretConfig, at: &str) -> Result<(TlsRoots, Option<String>), Bad> {
+    let over_ads = matches!(
+        s.sds_config
+            .as_ref()
+            .and_then(|c| c.config_source_specifier.as_ref()),
+        Some(ConfigSourceSpecifier::Ads(_))
+    );
+    if over_ads && s.name.starts_with(CONFIG_MAP_SECRET) {
+        return Ok((TlsRoots::Pem(String::new()), Some(s.name.clone())));
+    }
+    if over_ads && s.name.starts_with(INVALID_SECRET) {
+        return Ok((TlsRoots::Pem(String::new()), None));
+    }
+    Ok((file_root(s, at)?, None))
 }
 
 fn file_root(s: &SdsSecretConfig, at: &str) -> Result<TlsRoots, Bad> {
