@@ -286,6 +286,7 @@ pub fn build(
             .unwrap_or_else(|| "cluster.local".into()),
         metric_overrides: metric_overrides(metrics_spec)?,
         service_metric_overrides: Vec::new(),
+        listener_logs: Default::default(),
     })
 }
 
