@@ -44,6 +44,9 @@ pub struct MeshConfig {
     /// A custom Envoy format string; empty means Istio's default.
     #[serde(default)]
     pub access_log_format: Option<String>,
+    /// No listener access log (`main_internal`'s `NR` log), as istiod then writes none.
+    #[serde(default)]
+    pub disable_envoy_listener_log: bool,
     /// Whether tracing is on when no Telemetry resource configures it.
     #[serde(default)]
     pub enable_tracing: Option<bool>,

@@ -107,6 +107,14 @@ impl HboneConnection {
         Ok(H2Stream::new(stream, resp.into_body()))
     }
 
+    /// Sends `req` (any method and authority) on the connection and returns the status it
+    /// got: a malformed or refused tunnel request, as a misbehaving client sends one.
+    pub async fn status_of(&self, req: Request<()>) -> Result<StatusCode, ClientError> {
+        let mut send = self.send.clone().ready().await?;
+        let (resp, _stream) = send.send_request(req, true)?;
+        Ok(resp.await?.status())
+    }
+
     /// Opens `CONNECT authority` with the headers a source ztunnel sends for `source`.
     pub async fn tunnel_from(
         &self,

@@ -166,7 +166,7 @@ impl Proxy {
         options: ProxyOptions,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
-            upstream: Upstream::new(certs.clone()),
+            upstream: Upstream::new(certs.clone(), me.clone()),
             config,
             certs,
             stats: Stats::default(),

@@ -574,3 +574,64 @@ async fn local_telemetry_adds_dimensions_and_filters_a_file_log() {
         "only 5xx lines:\n{log}"
     );
 }
+
+/// From local configuration, MeshConfig `accessLogFile` also gives the built-in listeners
+/// their logs, as istiod does (accesslog.go): a request the HBONE listener refuses (status
+/// >= 400) and a CONNECT to an address no chain serves (`NR`) each write one line.
+#[tokio::test]
+async fn refused_requests_and_unserved_addresses_are_logged_once() {
+    let h = Harness::start(Spec {
+        extra_yaml: vec![mesh_config(
+            "accessLogFile: /dev/stdout\naccessLogFormat: \"LINE %REQ(:METHOD)% %RESPONSE_CODE% %RESPONSE_FLAGS% %DOWNSTREAM_LOCAL_ADDRESS%\\n\"\n",
+        )],
+        capture_stdout: true,
+        ..Spec::default()
+    })
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let resp = http.send_request(get("/ok")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body_bytes(resp).await;
+    let refused = conn.tunnel(authority(9999), &[]).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let status = conn
+        .status_of(
+            http::Request::get(format!("https://{}/", authority(80)))
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 405);
+    let hbone = h.wp.hbone;
+    // The request's own line (its connection manager's log) may be written after the
+    // others: compared in any order.
+    let mut want = vec![
+        format!("LINE GET 200 - {}", authority(80)),
+        format!("LINE - 0 NR {}", authority(9999)),
+        format!("LINE GET 405 - {hbone}"),
+    ];
+    want.sort();
+    let mut log = wait_for(|| {
+        let log: Vec<String> = h
+            .stdout()
+            .lines()
+            .filter(|l| l.starts_with("LINE "))
+            .map(str::to_string)
+            .collect();
+        (log.len() >= want.len()).then_some(log)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    log.extend(
+        h.stdout()
+            .lines()
+            .filter(|l| l.starts_with("LINE "))
+            .skip(log.len())
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+    );
+    log.sort();
+    assert_eq!(log, want);
+}

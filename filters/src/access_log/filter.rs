@@ -68,6 +68,7 @@ mod tests {
             downstream_local_address: String::new(),
             downstream_remote_address: String::new(),
             route_name: None,
+            upstream_failure: None,
         }
     }
 

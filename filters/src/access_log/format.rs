@@ -74,6 +74,7 @@ enum Op {
     DownstreamLocal,
     DownstreamRemote,
     RouteName,
+    UpstreamFailure,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -178,10 +179,10 @@ fn parse_op(op: &str) -> Result<Op, InvalidFormat> {
         "RESPONSE_CODE" => Op::ResponseCode,
         "RESPONSE_FLAGS" => Op::ResponseFlags,
         "RESPONSE_CODE_DETAILS" => Op::ResponseCodeDetails,
-        "CONNECTION_TERMINATION_DETAILS"
-        | "UPSTREAM_TRANSPORT_FAILURE_REASON"
-        | "UPSTREAM_LOCAL_ADDRESS"
-        | "REQUESTED_SERVER_NAME" => Op::Empty,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamFailure,
+        "CONNECTION_TERMINATION_DETAILS" | "UPSTREAM_LOCAL_ADDRESS" | "REQUESTED_SERVER_NAME" => {
+            Op::Empty
+        }
         "BYTES_RECEIVED" => Op::BytesReceived,
         "BYTES_SENT" => Op::BytesSent,
         "DURATION" => Op::Duration,
@@ -251,6 +252,7 @@ fn value(op: &Op, r: &HttpRecord) -> Option<String> {
         Op::DownstreamLocal => Some(r.downstream_local_address.clone()),
         Op::DownstreamRemote => Some(r.downstream_remote_address.clone()),
         Op::RouteName => r.route_name.clone(),
+        Op::UpstreamFailure => r.upstream_failure.clone(),
     }
 }
 
@@ -285,6 +287,7 @@ mod tests {
             downstream_local_address: "10.96.0.10:80".into(),
             downstream_remote_address: "10.0.0.7:0".into(),
             route_name: None,
+            upstream_failure: None,
         }
     }
 

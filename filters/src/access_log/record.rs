@@ -49,4 +49,7 @@ pub struct HttpRecord {
     pub downstream_remote_address: String,
     /// `namespace/name` of the matched route.
     pub route_name: Option<String>,
+    /// Why the connection to the upstream failed, when it did (Envoy's
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    pub upstream_failure: Option<String>,
 }

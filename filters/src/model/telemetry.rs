@@ -26,6 +26,22 @@ pub struct TelemetryConfig {
     /// Service ports whose chain's `istio.stats` overrides differ from `metric_overrides`
     /// (a Telemetry targeting the Service), sorted by namespace, name and port.
     pub service_metric_overrides: Vec<ServiceMetricOverrides>,
+    /// The access logs istiod puts on the waypoint's built-in listeners.
+    pub listener_logs: ListenerLogs,
+}
+
+/// The access logs of istiod's built-in waypoint listeners (`accesslog.go`), which record
+/// connection-level events rather than requests. Each keeps what its own filter lets
+/// through (istiod's are status >= 400, `UF` and `NR`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ListenerLogs {
+    /// `connect_terminate`'s connection manager: CONNECT requests the HBONE listener
+    /// refuses.
+    pub connect_terminate: Vec<AccessLog>,
+    /// `connect_originate`'s TCP proxy: HBONE tunnels towards pods that cannot be opened.
+    pub connect_originate: Vec<AccessLog>,
+    /// `main_internal`'s listener: tunnels to an address no filter chain serves.
+    pub no_chain: Vec<AccessLog>,
 }
 
 /// The access logs of one Service port's chain.

@@ -7,10 +7,39 @@
 
 use filters::cel::Expression;
 use filters::model::telemetry::{
-    AccessLog, AccessLogConfig, AccessLogSink, LogFilter, OtelLogConfig, STDOUT,
+    AccessLog, AccessLogConfig, AccessLogSink, Comparison, ListenerLogs, LogFilter, OtelLogConfig,
+    STDOUT,
 };
 
 use super::*;
+
+/// The built-in listeners' logs as istiod derives them from the same logs
+/// (`accesslog.go`): `connect_terminate` keeps status >= 400, `connect_originate` `UF`,
+/// `main_internal`'s listener log `NR` (none with MeshConfig `disableEnvoyListenerLog`),
+/// each and-ed with the log's own filter.
+pub(super) fn listener_logs(logs: &[AccessLog], mesh: &MeshConfig) -> ListenerLogs {
+    let with = |filter: LogFilter| -> Vec<AccessLog> {
+        logs.iter()
+            .map(|l| AccessLog {
+                sink: l.sink.clone(),
+                filter: Some(match &l.filter {
+                    None => filter.clone(),
+                    Some(own) => LogFilter::And(vec![filter.clone(), own.clone()]),
+                }),
+            })
+            .collect()
+    };
+    let flag = |f: &str| LogFilter::ResponseFlags(vec![f.to_string()]);
+    ListenerLogs {
+        connect_terminate: with(LogFilter::Status(Comparison::Ge, 400)),
+        connect_originate: with(flag("UF")),
+        no_chain: if mesh.disable_envoy_listener_log {
+            Vec::new()
+        } else {
+            with(flag("NR"))
+        },
+    }
+}
 
 /// istiod's default OpenTelemetry log name.
 const OTEL_LOG_NAME: &str = "otel_envoy_accesslog";

@@ -273,6 +273,7 @@ pub fn build(
         .find_map(|(_, label, s)| s.metrics.as_ref().map(|m| (*label, m)));
     // istiod gives TCP chains the same logs as HTTP ones (accesslog.go `setTCPAccessLog`).
     let logs = access_logs(logging_spec, mesh)?;
+    let listener_logs = access_log::listener_logs(&logs, mesh);
     Ok(TelemetryConfig {
         tracing: tracing(tracing_spec, mesh)?,
         access_logs: logs.clone(),
@@ -286,6 +287,7 @@ pub fn build(
             .unwrap_or_else(|| "cluster.local".into()),
         metric_overrides: metric_overrides(metrics_spec)?,
         service_metric_overrides: Vec::new(),
+        listener_logs,
     })
 }
 
@@ -648,6 +650,49 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("logname"), "{e}");
+    }
+
+    #[test]
+    fn built_in_listeners_get_the_logs_behind_istiods_filters() {
+        use filters::model::telemetry::Comparison;
+        // MeshConfig accessLogFile: every built-in listener gets it behind its filter.
+        let c = build(
+            &[],
+            &mesh("accessLogFile: /dev/stdout\n"),
+            &gw(),
+            "istio-system",
+        )
+        .unwrap();
+        let l = &c.listener_logs;
+        assert_eq!(
+            l.connect_terminate[0].filter,
+            Some(LogFilter::Status(Comparison::Ge, 400))
+        );
+        assert_eq!(
+            l.connect_originate[0].filter,
+            Some(LogFilter::ResponseFlags(vec!["UF".into()]))
+        );
+        assert_eq!(
+            l.no_chain[0].filter,
+            Some(LogFilter::ResponseFlags(vec!["NR".into()]))
+        );
+        assert_eq!(l.no_chain[0].sink, c.access_logs[0].sink);
+        // A Telemetry filter is and-ed with them; disableEnvoyListenerLog drops the NR log.
+        let m = mesh("accessLogFile: /dev/stdout\ndisableEnvoyListenerLog: true\n");
+        let ts = vec![telemetry(
+            "apps",
+            "logs",
+            "  accessLogging:\n  - providers: [{name: envoy}]\n    filter: {expression: 'response.code >= 500'}\n",
+        )];
+        let c = build(&ts, &m, &gw(), "istio-system").unwrap();
+        let l = &c.listener_logs;
+        assert!(l.no_chain.is_empty());
+        assert!(matches!(&l.connect_originate[0].filter,
+            Some(LogFilter::And(fs)) if fs[0] == LogFilter::ResponseFlags(vec!["UF".into()])
+                && matches!(&fs[1], LogFilter::Cel(e) if e.source() == "response.code >= 500")));
+        // No access logging: no listener logs.
+        let c = build(&[], &mesh(""), &gw(), "istio-system").unwrap();
+        assert_eq!(c.listener_logs, Default::default());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::proxy;
 use crate::state::{Gauge, Proxy};
+use crate::telemetry::listener_log;
 use filters::connect::forwarded_for;
 use hbone::tls::SpiffeClientVerifier;
 use hbone::{settings, H2Stream};
@@ -75,9 +76,11 @@ impl ServerApp for HboneInbound {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let peer_addr = stream
-            .get_socket_digest()
+        let digest = stream.get_socket_digest();
+        let peer_addr = digest
+            .as_ref()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let local_addr = digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
         self.admission.established(stream.id(), peer_addr);
         let peer = match peer_of(&stream, &self.verifier) {
             Ok(p) => p,
@@ -87,7 +90,7 @@ impl ServerApp for HboneInbound {
             }
         };
         let span = tracing::info_span!("hbone", peer = %peer, peer_addr = ?peer_addr);
-        self.serve(stream, peer, peer_addr, shutdown.clone())
+        self.serve(stream, peer, (peer_addr, local_addr), shutdown.clone())
             .instrument(span)
             .await;
         None
@@ -99,7 +102,7 @@ impl HboneInbound {
         self: &Arc<Self>,
         stream: Stream,
         peer: Identity,
-        peer_addr: Option<SocketAddr>,
+        addrs: (Option<SocketAddr>, Option<SocketAddr>),
         mut shutdown: ShutdownWatch,
     ) {
         let _conn = Gauge::inc(&self.proxy.stats.hbone_connections);
@@ -153,7 +156,7 @@ impl HboneInbound {
                         let shutdown = shutdown.clone();
                         let open = OnConnection::open(&registered.tunnels);
                         tokio::spawn(async move {
-                            this.tunnel(req, respond, peer, peer_addr, shutdown).await;
+                            this.tunnel(req, respond, peer, addrs, shutdown).await;
                             drop(open);
                         }.in_current_span());
                     }
@@ -211,30 +214,44 @@ impl HboneInbound {
         req: Request<h2::RecvStream>,
         mut respond: SendResponse<Bytes>,
         peer: Identity,
-        peer_addr: Option<SocketAddr>,
+        (peer_addr, local_addr): (Option<SocketAddr>, Option<SocketAddr>),
         shutdown: ShutdownWatch,
     ) {
+        let (start, started) = (std::time::SystemTime::now(), std::time::Instant::now());
         let authority = req.uri().authority().map(|a| a.as_str().to_string());
-        let refuse = |respond: &mut SendResponse<Bytes>, status: StatusCode, why: &str| {
-            tracing::warn!(authority = ?authority, status = status.as_u16(), reason = why, "CONNECT refused");
+        // Answers a refused request and logs it to connect_terminate's access logs.
+        let refuse = |respond: &mut SendResponse<Bytes>, status: StatusCode, details: &str| {
+            tracing::warn!(authority = ?authority, status = status.as_u16(), reason = details, "CONNECT refused");
             let resp = Response::builder()
                 .status(status)
                 .body(())
                 .expect("valid response");
             let _ = respond.send_response(resp, true);
+            listener_log::connect_refused(
+                &self.proxy,
+                listener_log::Refused {
+                    request: &req,
+                    status,
+                    details,
+                    peer: peer_addr,
+                    local: local_addr,
+                    start,
+                    duration: started.elapsed(),
+                },
+            );
         };
         if req.method() != Method::CONNECT {
             return refuse(
                 &mut respond,
                 StatusCode::METHOD_NOT_ALLOWED,
-                "only CONNECT is accepted",
+                "only_connect_accepted",
             );
         }
         if req.extensions().get::<h2::ext::Protocol>().is_some() {
             return refuse(
                 &mut respond,
                 StatusCode::BAD_REQUEST,
-                "extended CONNECT is not accepted",
+                "extended_connect_refused",
             );
         }
         let Some(addr) = authority
@@ -244,15 +261,7 @@ impl HboneInbound {
             return refuse(
                 &mut respond,
                 StatusCode::BAD_REQUEST,
-                "authority is not ip:port",
-            );
-        };
-        let snapshot = self.proxy.config.current();
-        let Some(target) = snapshot.resolve(addr) else {
-            return refuse(
-                &mut respond,
-                StatusCode::NOT_FOUND,
-                "no Service VIP or served workload at this address",
+                "authority_not_ip_port",
             );
         };
         let header = |name: &str| {
@@ -266,6 +275,19 @@ impl HboneInbound {
         {
             Some((ip, port)) => (Some(ip), port),
             None => (peer_addr.map(|a| a.ip()), peer_addr.map(|a| a.port())),
+        };
+        let snapshot = self.proxy.config.current();
+        let Some(target) = snapshot.resolve(addr) else {
+            tracing::warn!(authority = %addr, status = 404, reason = "no Service VIP or served workload at this address", "CONNECT refused");
+            let resp = Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(())
+                .expect("valid response");
+            let _ = respond.send_response(resp, true);
+            // Envoy's main_internal finds no filter chain for it: its listener log (NR).
+            let source = source_ip.map(|ip| SocketAddr::new(ip, source_port.unwrap_or(0)));
+            listener_log::no_chain(&self.proxy, addr, source);
+            return;
         };
         let info = Arc::new(TunnelInfo {
             peer,

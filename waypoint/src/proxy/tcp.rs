@@ -148,6 +148,7 @@ fn tcp_record(
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into()),
         route_name: None,
+        upstream_failure: None,
     }
 }
 

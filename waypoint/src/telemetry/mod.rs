@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod attributes;
 pub mod batch;
 pub mod labels;
+pub mod listener_log;
 pub mod metrics;
 pub mod request;
 pub mod trace;

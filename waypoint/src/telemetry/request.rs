@@ -206,6 +206,7 @@ impl RequestTelemetry {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "-".into()),
             route_name: route.clone(),
+            upstream_failure: None,
         });
         // Looked up only when something reads it (access logs, dimensions).
         let source_pod = record

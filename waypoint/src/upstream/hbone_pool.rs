@@ -78,6 +78,11 @@ impl HbonePool {
         }
     }
 
+    /// The port of the destination ztunnels' HBONE listener.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// TLS handshakes performed since start.
     pub fn handshakes(&self) -> u64 {
         self.handshakes.load(Ordering::Relaxed)

@@ -40,15 +40,18 @@ pub struct Upstream {
     pub http: pool::HttpPool,
     /// Client configurations for TLS originated inside tunnels.
     tls: tls::TlsConfigs,
+    /// The proxy, whose `connect_originate` access logs record failed HBONE tunnels.
+    proxy: std::sync::Weak<crate::state::Proxy>,
 }
 
 impl Upstream {
-    /// Empty pools presenting the certificates in `certs`.
-    pub fn new(certs: Arc<CertStore>) -> Self {
+    /// Empty pools presenting the certificates in `certs`, for `proxy`.
+    pub fn new(certs: Arc<CertStore>, proxy: std::sync::Weak<crate::state::Proxy>) -> Self {
         Self {
             hbone: hbone_pool::HbonePool::new(certs),
             http: pool::HttpPool::default(),
             tls: tls::TlsConfigs::default(),
+            proxy,
         }
     }
 
@@ -83,11 +86,33 @@ impl Upstream {
     /// Opens a byte stream to `picked`: an HBONE tunnel if the pod is in the mesh, else TCP.
     async fn connect_raw(&self, picked: &Picked) -> Result<UpstreamIo, ProxyError> {
         if picked.workload.hbone {
-            let stream = self
+            let start = (std::time::SystemTime::now(), std::time::Instant::now());
+            match self
                 .hbone
                 .connect(picked.address, &picked.workload.identity)
-                .await?;
-            Ok(UpstreamIo::Hbone(stream))
+                .await
+            {
+                Ok(stream) => Ok(UpstreamIo::Hbone(stream)),
+                Err(e) => {
+                    // Envoy's connect_originate could not open the tunnel: `UF`.
+                    if let Some(proxy) = self.proxy.upgrade() {
+                        let reason = match &e {
+                            ProxyError::UpstreamConnect { reason, .. } => reason.as_str(),
+                            _ => "",
+                        };
+                        let hbone =
+                            std::net::SocketAddr::new(picked.address.ip(), self.hbone.port());
+                        crate::telemetry::listener_log::originate_failed(
+                            &proxy,
+                            picked.address,
+                            hbone,
+                            reason,
+                            start,
+                        );
+                    }
+                    Err(e)
+                }
+            }
         } else {
             let tcp = tokio::net::TcpStream::connect(picked.address)
                 .await

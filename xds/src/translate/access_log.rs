@@ -49,11 +49,13 @@ const ENVOY_DEFAULT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGIN
 /// The log name when the logger sets none (istiod's default, `otel_envoy_accesslog`).
 const OTEL_LOG_NAME: &str = "otel_envoy_accesslog";
 
-/// The access logs of a connection manager (`at` is its place), in order.
+/// The access logs of a connection manager, TCP proxy or listener (`at` is its place,
+/// empty for the listener itself), in order.
 pub fn convert(logs: &[AccessLog], at: &str) -> Result<Vec<Log>, Bad> {
+    let dot = if at.is_empty() { "" } else { "." };
     logs.iter()
         .enumerate()
-        .map(|(i, l)| one(l, &format!("{at}.access_log[{i}]")))
+        .map(|(i, l)| one(l, &format!("{at}{dot}access_log[{i}]")))
         .collect()
 }
 

@@ -48,7 +48,7 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
         if t.seconds != 0 || t.nanos != 0 {
             return Err(bad(
                 "stream_idle_timeout",
-                "a stream idle timeout is not supported (istiod sets 0)".into(),
+                "a stream idle timeout (ProxyConfig connectionSettings.httpStreamIdleTimeout) is not supported; istiod sets 0 without one".into(),
             ));
         }
     }

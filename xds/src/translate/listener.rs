@@ -101,6 +101,11 @@ pub struct ListenerInfo {
     pub matches: Vec<ChainMatch>,
     /// Chains by name.
     pub chains: Vec<(String, Chain)>,
+    /// The listener's own `access_log` (istiod: connections no filter chain matched, `NR`).
+    pub access_logs: Vec<filters::model::telemetry::AccessLog>,
+    /// For the built-in `connect_terminate` and `connect_originate`, the `access_log` of
+    /// their connection manager or TCP proxy.
+    pub connection_logs: Vec<filters::model::telemetry::AccessLog>,
 }
 
 /// Network filters that carry no behaviour the waypoint lacks (it sets the same state
@@ -123,11 +128,15 @@ const NEUTRAL_HTTP_FILTERS: &[&str] = &[
 pub fn convert(l: &Listener) -> Result<ListenerInfo, InvalidResource> {
     let bad =
         |field: String, reason: String| InvalidResource::new("listener", &l.name, field, reason);
+    let access_logs = super::access_log::convert(&l.access_log, "").map_err(|(f, r)| bad(f, r))?;
     match l.name.as_str() {
-        // Implemented natively: the HBONE listener and the HBONE originator.
+        // Implemented natively: the HBONE listener and the HBONE originator; their access
+        // logs are written for the events they stand for.
         "connect_terminate" | "connect_originate" => {
             return Ok(ListenerInfo {
                 name: l.name.clone(),
+                access_logs,
+                connection_logs: builtin_logs(l).map_err(|(f, r)| bad(f, r))?,
                 ..Default::default()
             })
         }
@@ -136,6 +145,7 @@ pub fn convert(l: &Listener) -> Result<ListenerInfo, InvalidResource> {
     }
     let mut info = ListenerInfo {
         name: l.name.clone(),
+        access_logs,
         ..Default::default()
     };
     let Some(matcher) = &l.filter_chain_matcher else {
@@ -169,6 +179,39 @@ pub fn convert(l: &Listener) -> Result<ListenerInfo, InvalidResource> {
 }
 
 use super::Bad;
+
+/// The access logs of a built-in listener's connection manager (`connect_terminate`) or
+/// TCP proxy (`connect_originate`); the rest of these listeners is the waypoint's own.
+fn builtin_logs(l: &Listener) -> Result<Vec<filters::model::telemetry::AccessLog>, Bad> {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as NetConfig;
+    let mut logs = Vec::new();
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        for (j, f) in fc.filters.iter().enumerate() {
+            let fat = format!("filter_chains[{i}].filters[{j}]");
+            let any = match &f.config_type {
+                Some(NetConfig::TypedConfig(a)) => Some(a),
+                _ => None,
+            };
+            let found = match f.name.as_str() {
+                "envoy.filters.network.http_connection_manager" => {
+                    let hcm: HttpConnectionManager = typed(any, "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", &fat)?;
+                    hcm.access_log
+                }
+                "envoy.filters.network.tcp_proxy" => {
+                    let tcp: TcpProxy = typed(
+                        any,
+                        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        &fat,
+                    )?;
+                    tcp.access_log
+                }
+                _ => continue,
+            };
+            logs.extend(super::access_log::convert(&found, &fat)?);
+        }
+    }
+    Ok(logs)
+}
 
 fn input_name(tree_input: Option<&envoy_types::pb::xds::core::v3::TypedExtensionConfig>) -> String {
     tree_input

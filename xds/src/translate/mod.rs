@@ -139,6 +139,7 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
     };
     let chains = main.map(|l| port_chains(l, &backends)).unwrap_or_default();
     let mut telemetry = telemetry(main, &opts.waypoint);
+    telemetry.listener_logs = listener_logs(res);
     if let Some(l) = main {
         telemetry.service_access_logs = service_access_logs(l, &backends.by_host, &telemetry);
         telemetry.service_metric_overrides =
@@ -549,6 +550,30 @@ fn service_metric_overrides(
     out
 }
 
+/// The access logs of the built-in listeners: `connect_terminate`'s connection manager,
+/// `connect_originate`'s TCP proxy and `main_internal`'s listener log. The listener logs of
+/// `connect_terminate` and `connect_originate` (istiod's `NR` filter) are accepted and
+/// never written: each has one filter chain that every connection matches.
+fn listener_logs(res: &Resources) -> filters::model::telemetry::ListenerLogs {
+    let logs = |name: &str, listener: bool| {
+        res.listeners
+            .get(name)
+            .map(|l| {
+                if listener {
+                    l.access_logs.clone()
+                } else {
+                    l.connection_logs.clone()
+                }
+            })
+            .unwrap_or_default()
+    };
+    filters::model::telemetry::ListenerLogs {
+        connect_terminate: logs("connect_terminate", false),
+        connect_originate: logs("connect_originate", false),
+        no_chain: logs("main_internal", true),
+    }
+}
+
 /// The tracing settings (one per waypoint: istiod gives every chain the same) and the
 /// mesh id.
 fn telemetry(
@@ -613,6 +638,7 @@ fn telemetry(
         mesh_id,
         metric_overrides,
         service_metric_overrides: Vec::new(),
+        listener_logs: Default::default(),
     }
 }
 

@@ -654,3 +654,26 @@ fn http_protocol_options_choose_the_upstream_version_or_are_refused_by_field() {
         e.field
     );
 }
+
+#[test]
+fn a_stream_idle_timeout_is_refused_and_istiods_zero_accepted() {
+    // listener_builder.go sets `stream_idle_timeout: 0s` on main_internal's connection
+    // managers; ProxyConfig `connectionSettings.httpStreamIdleTimeout` replaces it
+    // (connection_settings.go `applyConnectionSettingsToHCM`).
+    let with = |timeout: &str| {
+        let mut listener = httpbin_main_internal();
+        for chain in listener["filter_chains"].as_array_mut().unwrap() {
+            let hcm =
+                &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()["typed_config"];
+            if hcm.get("http_filters").is_some() {
+                hcm["stream_idle_timeout"] = timeout.into();
+            }
+        }
+        let l: Listener = from_json("envoy.config.listener.v3.Listener", &listener).unwrap();
+        listener::convert(&l)
+    };
+    assert!(with("0s").is_ok());
+    let e = with("300s").unwrap_err();
+    assert!(e.field.ends_with("stream_idle_timeout"), "{e:?}");
+    assert!(e.reason.contains("httpStreamIdleTimeout"), "{e:?}");
+}

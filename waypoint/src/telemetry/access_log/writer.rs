@@ -55,7 +55,9 @@ impl LineWriter {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || match path {
-                None => run(rx, &counts, std::io::stdout().lock()),
+                // Locked per line, not for the thread's life: the process's own logs go
+                // to stdout too, and would wait forever for the lock.
+                None => run(rx, &counts, std::io::stdout()),
                 Some(p) => run(rx, &counts, Reopening::new(p)),
             })
             .expect("spawn access log thread");
@@ -194,6 +196,21 @@ impl Write for Reopening {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdout_stays_usable_by_others_while_the_writer_runs() {
+        let w = LineWriter::stdout();
+        w.write("line\n".into());
+        wait(w.stats(), 1);
+        // Another writer of stdout (the process's own logs) gets the lock.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let locked = std::io::stdout().lock();
+            drop(locked);
+            let _ = tx.send(());
+        });
+        assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
+    }
 
     fn wait(stats: &LineStats, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(5);
