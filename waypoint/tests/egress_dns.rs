@@ -50,26 +50,7 @@ async fn start(dns: &DnsServer, resolution: &str) -> Harness {
 
 /// The status and, on 200, the answering server of `GET /` at the ServiceEntry VIP.
 async fn send(h: &Harness) -> (u16, Option<String>) {
-    let conn = h.client().connect().await.unwrap();
-    let mut http = conn
-        .http1(format!("{SE_VIP}:80").parse().unwrap())
-        .await
-        .unwrap();
-    let req = http::Request::get("/")
-        .header("host", HOST)
-        .body(filters::body::empty())
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), http.send_request(req))
-        .await
-        .expect("answered in time")
-        .unwrap();
-    let status = resp.status().as_u16();
-    let pod = if status == 200 {
-        Some(json(resp).await["pod"].as_str().unwrap().to_string())
-    } else {
-        None
-    };
-    (status, pod)
+    answer_of(h, format!("{SE_VIP}:80").parse().unwrap(), HOST).await
 }
 
 /// Sends until `want` answers, within `limit`.

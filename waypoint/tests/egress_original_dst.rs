@@ -20,23 +20,7 @@ fn service_entry(address: std::net::IpAddr) -> String {
 
 /// The status and, on 200, the answering server of `GET /` through a tunnel to `to`.
 async fn send(h: &Harness, to: SocketAddr) -> (u16, Option<String>) {
-    let conn = h.client().connect().await.unwrap();
-    let mut http = conn.http1(to).await.unwrap();
-    let req = http::Request::get("/")
-        .header("host", "passthrough.example.test")
-        .body(filters::body::empty())
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), http.send_request(req))
-        .await
-        .expect("answered in time")
-        .unwrap();
-    let status = resp.status().as_u16();
-    let pod = if status == 200 {
-        Some(json(resp).await["pod"].as_str().unwrap().to_string())
-    } else {
-        None
-    };
-    (status, pod)
+    answer_of(h, to, "passthrough.example.test").await
 }
 
 #[tokio::test]

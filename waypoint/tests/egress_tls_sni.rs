@@ -51,26 +51,7 @@ async fn tls_server(dir: &std::path::Path) -> TlsEcho {
 }
 
 async fn get(h: &Harness, port: u16, host: &str) -> (u16, Option<String>) {
-    let conn = h.client().connect().await.unwrap();
-    let mut http = conn
-        .http1(format!("{SE_VIP}:{port}").parse().unwrap())
-        .await
-        .unwrap();
-    let req = http::Request::get("/")
-        .header("host", host)
-        .body(filters::body::empty())
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), http.send_request(req))
-        .await
-        .expect("answered in time")
-        .unwrap();
-    let status = resp.status().as_u16();
-    let pod = if status == 200 {
-        Some(json(resp).await["pod"].as_str().unwrap().to_string())
-    } else {
-        None
-    };
-    (status, pod)
+    answer_of(h, format!("{SE_VIP}:{port}").parse().unwrap(), host).await
 }
 
 #[tokio::test]

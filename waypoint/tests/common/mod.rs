@@ -330,3 +330,25 @@ pub async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `GET /` with `Host: host` through a tunnel to `to`: the status and, on 200, the server
+/// that answered (the echo app's `pod`), within 10 s.
+pub async fn answer_of(h: &Harness, to: SocketAddr, host: &str) -> (u16, Option<String>) {
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(to).await.unwrap();
+    let req = Request::get("/")
+        .header("host", host)
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), http.send_request(req))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let pod = if status == 200 {
+        Some(json(resp).await["pod"].as_str().unwrap().to_string())
+    } else {
+        None
+    };
+    (status, pod)
+}
