@@ -241,3 +241,25 @@ async fn connections_past_their_maximum_age_get_goaway_and_tunnels_in_flight_fin
         "{stats}"
     );
 }
+
+#[tokio::test]
+async fn connections_closed_before_their_handshake_do_not_hold_handshake_slots() {
+    // With 5 handshake slots and a 10 s handshake timeout, 40 connections that close at
+    // once (no ClientHello) must not keep the slots: a real client connects right after.
+    let h = Harness::start(Spec {
+        extra_args: vec!["--max-handshakes", "5", "--tls-handshake-timeout", "10s"],
+        ..Spec::default()
+    })
+    .await;
+    for _ in 0..40 {
+        drop(TcpStream::connect(h.wp.hbone).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let conn = tokio::time::timeout(Duration::from_secs(3), h.client().connect())
+        .await
+        .expect("connected in time")
+        .expect("admitted: the closed connections left their slots");
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    get_ok(&h, &mut http).await;
+}

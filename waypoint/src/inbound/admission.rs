@@ -81,6 +81,9 @@ impl Admission {
     }
 }
 
+/// How often a handshaking connection's socket is checked for having gone away.
+const GONE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs `f` on the socket behind descriptor `fd`, borrowed for that call only.
 fn with_socket<R>(fd: RawFd, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> R {
     use std::os::fd::BorrowedFd;
@@ -129,9 +132,26 @@ impl PreTlsProcess for Admission {
         let (handshaking, pending) = (self.handshaking.clone(), self.pending.clone());
         let timeout = self.limits.handshake_timeout;
         tokio::spawn(async move {
-            let timed_out = tokio::time::timeout(timeout, finished).await.is_err();
+            // Done when the handshake completes, when the socket is gone (the client closed
+            // it before or during the handshake, which then failed: it must not hold a slot
+            // until the timeout, or connecting and closing at once would fill the cap), or
+            // at the timeout.
+            let gone = async {
+                loop {
+                    tokio::time::sleep(GONE_POLL).await;
+                    if peer_of(fd) != Some(peer) {
+                        return;
+                    }
+                }
+            };
+            let timed_out = tokio::select! {
+                _ = finished => false,
+                () = gone => false,
+                () = tokio::time::sleep(timeout) => true,
+            };
             handshaking.fetch_sub(1, Ordering::Relaxed);
             if !timed_out {
+                pending.lock().expect("admission lock").remove(&(fd, peer));
                 return;
             }
             let stale = pending.lock().expect("admission lock").remove(&(fd, peer));
