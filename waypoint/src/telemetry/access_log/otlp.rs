@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::mpsc;
 
 use crate::state::Proxy;
-use crate::telemetry::trace::export::ExportError;
+use crate::telemetry::trace::export::{self, ExportError};
 use crate::upstream::dial::{self, Destination};
 use crate::upstream::grpc::PoolChannel;
 
@@ -150,21 +150,7 @@ impl Exporter {
             endpoint.authority = self.config.authority.clone();
         }
         let mut client = LogsServiceClient::new(PoolChannel::new(proxy, endpoint));
-        let mut req = tonic::Request::new(request);
-        for (k, v) in &self.config.metadata {
-            let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
-                .map_err(|e| ExportError::Request(e.to_string()))?;
-            let value = v
-                .parse()
-                .map_err(|_| ExportError::Request(format!("metadata {k}")))?;
-            req.metadata_mut().insert(key, value);
-        }
-        match client.export(req).await {
-            Ok(_) => Ok(()),
-            Err(status) => Err(ExportError::Grpc {
-                code: status.code(),
-                message: status.message().to_string(),
-            }),
-        }
+        let req = export::grpc_request(request, &self.config.metadata)?;
+        export::grpc_outcome(client.export(req).await)
     }
 }

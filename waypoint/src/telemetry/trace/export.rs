@@ -187,22 +187,8 @@ impl Exporter {
         match &self.config.protocol {
             OtlpProtocol::Grpc { metadata } => {
                 let mut client = TraceServiceClient::new(PoolChannel::new(proxy, endpoint));
-                let mut req = tonic::Request::new(request);
-                for (k, v) in metadata {
-                    let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
-                        .map_err(|e| ExportError::Request(e.to_string()))?;
-                    let value = v
-                        .parse()
-                        .map_err(|_| ExportError::Request(format!("metadata {k}")))?;
-                    req.metadata_mut().insert(key, value);
-                }
-                match client.export(req).await {
-                    Ok(_) => Ok(()),
-                    Err(status) => Err(ExportError::Grpc {
-                        code: status.code(),
-                        message: status.message().to_string(),
-                    }),
-                }
+                let req = grpc_request(request, metadata)?;
+                grpc_outcome(client.export(req).await)
             }
             OtlpProtocol::Http { path, headers } => {
                 let bad = |e: String| ExportError::Request(e);
@@ -241,4 +227,29 @@ impl Exporter {
             }
         }
     }
+}
+
+/// An OTLP gRPC export request carrying the provider's `metadata` (configured headers).
+pub(crate) fn grpc_request<T>(
+    message: T,
+    metadata: &[(String, String)],
+) -> Result<tonic::Request<T>, ExportError> {
+    let mut req = tonic::Request::new(message);
+    for (k, v) in metadata {
+        let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
+            .map_err(|e| ExportError::Request(e.to_string()))?;
+        let value = v
+            .parse()
+            .map_err(|_| ExportError::Request(format!("metadata {k}")))?;
+        req.metadata_mut().insert(key, value);
+    }
+    Ok(req)
+}
+
+/// An OTLP gRPC export's answer as the exporters report it.
+pub(crate) fn grpc_outcome<T>(answer: Result<T, tonic::Status>) -> Result<(), ExportError> {
+    answer.map(|_| ()).map_err(|status| ExportError::Grpc {
+        code: status.code(),
+        message: status.message().to_string(),
+    })
 }
