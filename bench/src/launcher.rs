@@ -26,7 +26,12 @@ pub fn this_executable(dir: &Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let this = std::env::current_exe()?;
     let script = dir.join("waypoint.sh");
-    let body = format!("#!/bin/sh\nexec '{}' {SELF_EXEC} \"$@\"\n", this.display());
+    // WAYPOINT_WRAP runs the proxy under another command (valgrind, perf, strace).
+    let wrap = std::env::var("WAYPOINT_WRAP").unwrap_or_default();
+    let body = format!(
+        "#!/bin/sh\nexec {wrap} '{}' {SELF_EXEC} \"$@\"\n",
+        this.display()
+    );
     std::fs::write(&script, body)?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
     Ok(script)

@@ -19,8 +19,15 @@ use waypoint::alloc::Counting;
 /// mimalloc, as the shipped binary, with a count of allocations: the demo reports them
 /// per request. Benchmarks measure the `waypoint` binary beside this one, which does not
 /// count (see [`launcher`]).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting(waypoint::alloc::ALLOCATOR);
+
+/// With `--features system-allocator`: the same count over the system allocator, so that
+/// valgrind's dhat sees every allocation and where it comes from (README, Performance).
+#[cfg(feature = "system-allocator")]
+#[global_allocator]
+static GLOBAL: Counting<std::alloc::System> = Counting(std::alloc::System);
 
 /// Development tools for the waypoint: demo, request, load, bench.
 #[derive(Debug, Parser)]

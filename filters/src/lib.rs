@@ -25,6 +25,7 @@ pub mod duration;
 pub mod error;
 pub mod explain;
 pub mod forward_proxy;
+pub mod future;
 pub mod model;
 pub mod rbac;
 pub mod route;

@@ -24,6 +24,9 @@ static NEXT_ID: AtomicI32 = AtomicI32::new(1);
 
 /// Largest chunk handed to h2 in one write; h2 splits it into frames.
 const MAX_WRITE: usize = 1 << 20;
+/// Writes up to this size are gathered in the stream's own buffer, kept between writes;
+/// larger ones get a buffer of their own that is not kept.
+const KEPT_WRITE_BUFFER: usize = 16 << 10;
 
 /// A bidirectional byte stream over one HTTP/2 stream.
 pub struct H2Stream {
@@ -32,6 +35,9 @@ pub struct H2Stream {
     recv: Option<RecvStream>,
     /// Received but not yet read (also holds bytes peeked for protocol detection).
     buf: BytesMut,
+    /// Where writes are gathered into a DATA frame. Once h2 has sent a frame and dropped
+    /// it, the next write reuses the same memory (no allocation per write).
+    wbuf: BytesMut,
     eof: bool,
     shut: bool,
     id: UniqueIDType,
@@ -55,6 +61,7 @@ impl H2Stream {
             send,
             recv: Some(recv),
             buf: BytesMut::new(),
+            wbuf: BytesMut::new(),
             eof: false,
             shut: false,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -219,7 +226,15 @@ impl AsyncWrite for H2Stream {
             }
         }
         let n = this.send.capacity().min(want);
-        let mut frame = BytesMut::with_capacity(n);
+        let mut own;
+        let frame = if n <= KEPT_WRITE_BUFFER {
+            // Reclaims the memory of earlier frames once h2 has let go of them.
+            this.wbuf.reserve(n);
+            &mut this.wbuf
+        } else {
+            own = BytesMut::with_capacity(n);
+            &mut own
+        };
         for b in bufs {
             let take = (n - frame.len()).min(b.len());
             frame.extend_from_slice(&b[..take]);
@@ -227,9 +242,8 @@ impl AsyncWrite for H2Stream {
                 break;
             }
         }
-        this.send
-            .send_data(frame.freeze(), false)
-            .map_err(h2_to_io)?;
+        let frame = frame.split().freeze();
+        this.send.send_data(frame, false).map_err(h2_to_io)?;
         Poll::Ready(Ok(n))
     }
 

@@ -24,11 +24,13 @@ pub fn tune() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
-/// The allocator with a count of allocations (`alloc`, `alloc_zeroed` and `realloc` calls),
-/// for the tools that measure allocations per request (`waypoint-bench`, which runs this
-/// proxy in its own process); the shipped binary does not use it. The count shows on
-/// `/stats/prometheus` as `waypoint_allocations_total` once [`Counting::enable`] ran.
-pub struct Counting;
+/// An allocator (`A`, mimalloc by default) with a count of allocations (`alloc`,
+/// `alloc_zeroed` and `realloc` calls), for the tools that measure allocations per request
+/// (`waypoint-bench`, which runs this proxy in its own process); the shipped binary does
+/// not use it. The count shows on `/stats/prometheus` as `waypoint_allocations_total` once
+/// [`Counting::enable`] ran. Over the system allocator, tools that see only `malloc`
+/// (valgrind's dhat) can say where the allocations come from.
+pub struct Counting<A = Allocator>(pub A);
 
 static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -49,27 +51,27 @@ pub fn allocations() -> Option<u64> {
 }
 
 // SAFETY: every call is passed to mimalloc unchanged; the count is a relaxed atomic.
-unsafe impl std::alloc::GlobalAlloc for Counting {
+unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for Counting<A> {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on.
-        unsafe { ALLOCATOR.alloc(layout) }
+        unsafe { self.0.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on.
-        unsafe { ALLOCATOR.alloc_zeroed(layout) }
+        unsafe { self.0.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on.
-        unsafe { ALLOCATOR.realloc(ptr, layout, new_size) }
+        unsafe { self.0.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: the caller's contract is passed on.
-        unsafe { ALLOCATOR.dealloc(ptr, layout) }
+        unsafe { self.0.dealloc(ptr, layout) }
     }
 }

@@ -1,5 +1,3 @@
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -8,6 +6,7 @@ use tower::{Layer, Service};
 use super::authenticate_traced;
 use crate::body::Body;
 use crate::explain::Trace;
+use crate::future::LayerFuture;
 use crate::model::RequestContext;
 use crate::ProxyError;
 
@@ -29,16 +28,13 @@ pub struct AuthnService<S> {
     inner: S,
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
 impl<S> Service<Request<Body>> for AuthnService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture;
+    type Future = LayerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -46,9 +42,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let Some(ctx) = req.extensions().get::<RequestContext>().cloned() else {
-            return Box::pin(std::future::ready(Err(ProxyError::Internal(
-                "request without context".into(),
-            ))));
+            return LayerFuture::ready(Err(ProxyError::Internal("request without context".into())));
         };
         let rules = ctx
             .snapshot
@@ -65,11 +59,9 @@ where
                 if sink.is_none() {
                     tracing::info!(error = %e, peer = %ctx.tunnel.peer, "JWT rejected");
                 }
-                return Box::pin(std::future::ready(Err(ProxyError::Unauthenticated(
-                    e.to_string(),
-                ))));
+                return LayerFuture::ready(Err(ProxyError::Unauthenticated(e.to_string())));
             }
         }
-        Box::pin(self.inner.call(req))
+        LayerFuture::inner(self.inner.call(req))
     }
 }

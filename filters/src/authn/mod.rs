@@ -206,36 +206,37 @@ pub fn authenticate_traced<B>(
     req: &mut Request<B>,
     trace: Trace<'_>,
 ) -> Result<Option<JwtAuth>, JwtError> {
-    let step = |outcome: &str, detail: String| {
-        trace.step(|| Step::new(Stage::Authentication, "JWT", outcome).detail(detail))
+    // The detail is built only when the trace records it.
+    let step = |outcome: &str, detail: &dyn Fn() -> String| {
+        trace.step(|| Step::new(Stage::Authentication, "JWT", outcome).detail(detail()))
     };
     if rules.is_empty() {
-        step(
-            "skipped",
-            "no RequestAuthentication applies to the waypoint or this Service".into(),
-        );
+        step("skipped", &|| {
+            "no RequestAuthentication applies to the waypoint or this Service".into()
+        });
         return Ok(None);
     }
     let result = authenticate_with(rules, req);
     match &result {
-        Ok(None) => step(
-            "no token",
+        Ok(None) => step("no token", &|| {
             format!(
                 "no token in the locations of {} jwtRules (issuers {:?}): the request goes on unauthenticated",
                 rules.len(),
                 rules.iter().map(|r| r.issuer.as_str()).collect::<Vec<_>>()
-            ),
-        ),
-        Ok(Some(auth)) => step(
-            "verified",
+            )
+        }),
+        Ok(Some(auth)) => step("verified", &|| {
             format!(
                 "jwtRule issuer {:?}; requestPrincipal {:?}; claims {}",
-                auth.claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default(),
+                auth.claims
+                    .get("iss")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default(),
                 auth.principal,
                 auth.claims
-            ),
-        ),
-        Err(e) => step("rejected", format!("{e}: 401")),
+            )
+        }),
+        Err(e) => step("rejected", &|| format!("{e}: 401")),
     }
     result
 }

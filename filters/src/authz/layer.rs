@@ -1,8 +1,7 @@
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::FutureExt;
 use http::{Request, Response, StatusCode, Uri};
 use tower::{Layer, Service};
 
@@ -12,6 +11,8 @@ use super::ext::outcome::{apply_headers, apply_to_request, denied_response, erro
 use super::ext::{self, CheckError, CheckOutcome, CheckRequest, ExtAuthzClient, HeaderOp};
 use super::path::{is_normal, normalize};
 use crate::body::{self as fbody, Body};
+use crate::explain::Trace;
+use crate::future::LayerFuture;
 use crate::model::RequestContext;
 use crate::ProxyError;
 
@@ -65,8 +66,6 @@ impl<S: std::fmt::Debug> std::fmt::Debug for AuthzService<S> {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
 impl<S> Service<Request<Body>> for AuthzService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
@@ -77,46 +76,40 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture;
+    type Future = LayerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // The clone takes the place of the service that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(ctx) = req.extensions().get::<RequestContext>().cloned() else {
+            return LayerFuture::ready(Err(ProxyError::Internal("request without context".into())));
+        };
+        let sink = crate::explain::sink_of(&req);
+        if let Err(e) = normalize_path(&ctx, &mut req, Trace::new(sink.as_ref())) {
+            return LayerFuture::ready(Err(e));
+        }
+        if !ctx.snapshot.authz().may_ask_provider(&ctx.tunnel.target) {
+            // No provider to ask: the decision is made without waiting, and the inner
+            // service's future is returned as it is.
+            let decided = authorize(&ctx, None, req, Trace::new(sink.as_ref())).now_or_never();
+            return match decided {
+                Some(Ok((req, _))) => LayerFuture::inner(inner.call(req)),
+                Some(Err(reply)) => LayerFuture::ready(reply),
+                None => LayerFuture::ready(Err(ProxyError::Internal(
+                    "authorization without an ext_authz provider waited".into(),
+                ))),
+            };
+        }
         let ext = self.ext.clone();
-        Box::pin(async move {
-            let mut req = req;
-            let ctx = req
-                .extensions()
-                .get::<RequestContext>()
-                .cloned()
-                .ok_or_else(|| ProxyError::Internal("request without context".into()))?;
-            let sink = crate::explain::sink_of(&req);
-            let trace = crate::explain::Trace::new(sink.as_ref());
-            let before = trace.on().then(|| req.uri().path().to_string());
-            let path = normalize_path(&ctx, &mut req)?;
-            if before.as_deref().is_some_and(|b| b != path) {
-                trace.step(|| {
-                    crate::explain::Step::new(
-                        crate::explain::Stage::Authorization,
-                        "path",
-                        "normalized",
-                    )
-                    .detail(format!(
-                        "{:?} is matched and sent as {path:?}",
-                        before.unwrap_or_default()
-                    ))
-                });
-            }
-            let response_headers = match authorize(&ctx, ext.as_deref(), &path, req, trace).await {
-                Ok((r, headers)) => {
-                    req = r;
-                    headers
-                }
+        LayerFuture::boxed(async move {
+            let trace = Trace::new(sink.as_ref());
+            let (req, response_headers) = match authorize(&ctx, ext.as_deref(), req, trace).await {
+                Ok(r) => r,
                 Err(reply) => return reply,
             };
             let mut resp = inner.call(req).await?;
@@ -126,21 +119,34 @@ where
     }
 }
 
-/// Normalizes the path in place; returns it (without the query).
-fn normalize_path(ctx: &RequestContext, req: &mut Request<Body>) -> Result<String, ProxyError> {
-    if is_normal(req.uri().path(), ctx.snapshot.authz().normalization) {
-        return Ok(req.uri().path().to_string());
+/// Normalizes the request path in place (the policies and the upstream both see the
+/// normalized path), recording a change into `trace`.
+fn normalize_path(
+    ctx: &RequestContext,
+    req: &mut Request<Body>,
+    trace: Trace<'_>,
+) -> Result<(), ProxyError> {
+    let normalization = ctx.snapshot.authz().normalization;
+    if is_normal(req.uri().path(), normalization) {
+        return Ok(());
     }
-    let path = normalize(req.uri().path(), ctx.snapshot.authz().normalization)
+    let path = normalize(req.uri().path(), normalization)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     if path != req.uri().path() {
+        trace.step(|| {
+            crate::explain::Step::new(crate::explain::Stage::Authorization, "path", "normalized")
+                .detail(format!(
+                    "{:?} is matched and sent as {path:?}",
+                    req.uri().path()
+                ))
+        });
         let pq = match req.uri().query() {
             Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
+            None => path,
         };
         *req.uri_mut() = Uri::try_from(pq).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     }
-    Ok(path)
+    Ok(())
 }
 
 fn host_of(req: &Request<Body>) -> &str {
@@ -150,16 +156,12 @@ fn host_of(req: &Request<Body>) -> &str {
         .unwrap_or_default()
 }
 
-fn attributes<'a>(
-    ctx: &'a RequestContext,
-    req: &'a Request<Body>,
-    path: &'a str,
-) -> Attributes<'a> {
+fn attributes<'a>(ctx: &'a RequestContext, req: &'a Request<Body>) -> Attributes<'a> {
     let mut attrs = Attributes::of_tunnel(&ctx.tunnel);
     attrs.http = Some(HttpAttributes {
         method: req.method().as_str(),
         host: host_of(req),
-        path,
+        path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
         auth: req.extensions().get::<JwtAuth>(),
@@ -204,7 +206,6 @@ fn local_reply(grpc: bool, resp: Response<Body>) -> Response<Body> {
 struct HttpSubject<'a> {
     ctx: &'a RequestContext,
     client: Option<&'a dyn ExtAuthzClient>,
-    path: &'a str,
     grpc: bool,
     req: Request<Body>,
     /// Headers an allowing ext_authz answer adds to the response.
@@ -216,7 +217,7 @@ impl Subject for HttpSubject<'_> {
     type Reply = Result<Response<Body>, ProxyError>;
 
     fn attributes(&self) -> Attributes<'_> {
-        attributes(self.ctx, &self.req, self.path)
+        attributes(self.ctx, &self.req)
     }
 
     async fn check_custom(
@@ -302,14 +303,12 @@ impl Subject for HttpSubject<'_> {
 async fn authorize(
     ctx: &RequestContext,
     client: Option<&dyn ExtAuthzClient>,
-    path: &str,
     req: Request<Body>,
     trace: crate::explain::Trace<'_>,
 ) -> Result<(Request<Body>, Vec<HeaderOp>), Result<Response<Body>, ProxyError>> {
     let mut subject = HttpSubject {
         ctx,
         client,
-        path,
         grpc: crate::error::is_grpc(req.headers()),
         req,
         response_headers: Vec::new(),
@@ -325,7 +324,7 @@ async fn authorize(
         Ok(()) => Ok((subject.req, subject.response_headers)),
         Err(Denied::Policy(policy)) => {
             if !trace.on() {
-                tracing::info!(%policy, peer = %ctx.tunnel.peer, path, "authorization denied");
+                tracing::info!(%policy, peer = %ctx.tunnel.peer, path = subject.req.uri().path(), "authorization denied");
             }
             Err(Err(ProxyError::Denied(policy)))
         }

@@ -86,6 +86,29 @@ impl Default for Engine {
     }
 }
 
+impl PolicySet {
+    /// Whether authorizing a request to `target` may ask an ext_authz provider (a CUSTOM
+    /// policy or an ext_authz filter applies to it). When not, the decision never waits.
+    pub fn may_ask_provider(&self, target: &crate::model::Target) -> bool {
+        match &self.engine {
+            Engine::Rbac(chains) => chains
+                .for_target(target)
+                .is_some_and(|c| c.iter().any(|f| matches!(f, AuthzFilter::ExtAuthz(_)))),
+            Engine::Policies(p) => {
+                let custom = |l: &[Arc<Policy>]| {
+                    l.iter()
+                        .any(|p| matches!(p.action, model::Action::Custom(_)))
+                };
+                let service = crate::model::with_service_key(target.service_name(), |key| {
+                    key.and_then(|k| p.services.get(k))
+                        .is_some_and(|l| custom(l))
+                });
+                custom(&p.gateway) || service
+            }
+        }
+    }
+}
+
 /// Istio AuthorizationPolicies bound to this waypoint.
 #[derive(Debug, Default, Serialize)]
 pub struct Policies {

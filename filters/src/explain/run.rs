@@ -323,8 +323,8 @@ async fn run(snapshot: &Arc<Snapshot>, input: Input, sink: &Sink) -> Answer {
     req.extensions_mut().insert(RequestContext {
         snapshot: snapshot.clone(),
         tunnel,
+        log: Some(log.clone()),
     });
-    req.extensions_mut().insert(log.clone());
     req.extensions_mut().insert(sink.clone());
     let provider = Arc::new(ProviderDecides::default());
     let upstream = RecordingUpstream(sink.clone());

@@ -1,11 +1,11 @@
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
 use super::apply::{location_header, modify_headers, redirect_location, rewrite};
+use super::future::RouteFuture;
 use super::model::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, Filter, HeaderModifier, Mirror,
 };
@@ -36,8 +36,6 @@ pub struct RouteService<S> {
     inner: S,
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
 impl<S> Service<Request<Body>> for RouteService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
@@ -48,7 +46,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture;
+    type Future = RouteFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -57,35 +55,87 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         // The inner service was polled ready; keep that one and leave a fresh clone behind.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(route(inner, req))
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let routed = route(req);
+        match routed.wait {
+            None => match routed.outcome {
+                Outcome::Answer(answer) => RouteFuture::ready(answer),
+                Outcome::Send { req, post, mirrors } => {
+                    for m in &mirrors {
+                        mirror(&inner, &req, m);
+                    }
+                    RouteFuture::inner(inner.call(req), post)
+                }
+            },
+            // An injected delay: the only wait of this layer's own.
+            Some(delay) => RouteFuture::boxed(async move {
+                tokio::time::sleep(delay).await;
+                match routed.outcome {
+                    Outcome::Answer(answer) => answer,
+                    Outcome::Send { req, post, mirrors } => {
+                        for m in &mirrors {
+                            mirror(&inner, &req, m);
+                        }
+                        let resp = inner.ready().await?.call(req).await?;
+                        Ok(post.apply(resp))
+                    }
+                }
+            }),
+        }
     }
 }
 
-async fn route<S>(mut inner: S, mut req: Request<Body>) -> Result<Response<Body>, ProxyError>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let ctx = req
-        .extensions()
-        .get::<RequestContext>()
-        .cloned()
-        .ok_or_else(|| ProxyError::Internal("request without context".into()))?;
+/// What routing made of a request: what to do with it, and how long an injected fault
+/// delays that.
+struct Routed {
+    wait: Option<Duration>,
+    outcome: Outcome,
+}
+
+/// The answer routing gives itself, or the request to send on.
+// Lives on the stack for one call (or in the future of a delayed request); boxing the
+// larger variant would cost the allocation this layer avoids.
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    Answer(Result<Response<Body>, ProxyError>),
+    Send {
+        req: Request<Body>,
+        post: Post,
+        mirrors: Vec<std::sync::Arc<Mirror>>,
+    },
+}
+
+impl Routed {
+    fn answer(wait: Option<Duration>, answer: Result<Response<Body>, ProxyError>) -> Self {
+        Routed {
+            wait,
+            outcome: Outcome::Answer(answer),
+        }
+    }
+}
+
+/// Routes the request and applies the matched rule's filters, without waiting: a fault's
+/// delay is drawn here and waited by the caller.
+fn route(mut req: Request<Body>) -> Routed {
+    let Some(ctx) = req.extensions().get::<RequestContext>().cloned() else {
+        let e = ProxyError::Internal("request without context".into());
+        return Routed::answer(None, Err(e));
+    };
     let sink = crate::explain::sink_of(&req);
     let trace = Trace::new(sink.as_ref());
-    let selection = decide_traced(&ctx, &req, trace)?;
+    let selection = match decide_traced(&ctx, &req, trace) {
+        Ok(s) => s,
+        Err(e) => return Routed::answer(None, Err(e)),
+    };
     let mut response_mods: Vec<HeaderModifier> = Vec::new();
     let mut cors: Option<Cors> = None;
     let mut mirrors = Vec::new();
     let mut direct = None;
     let mut delayed = false;
+    let mut wait = None;
     if let Some(sel) = &selection.rule {
         tracing::debug!(route = %sel.route.name, rule = sel.rule_index, "matched");
-        if let Some(log) = req.extensions().get::<crate::model::RequestLog>() {
+        if let Some(log) = &ctx.log {
             log.set_route(&sel.route);
         }
         for f in sel.filters() {
@@ -99,7 +149,7 @@ where
                     trace.step(|| {
                         describe::filter(f, Some(format!("{} Location: {location}", r.status)))
                     });
-                    return Ok(redirect(r.status, &location));
+                    return Routed::answer(wait, Ok(redirect(r.status, &location)));
                 }
                 Filter::RequestHeaders(m) => modify_headers(req.headers_mut(), m),
                 Filter::ResponseHeaders(m) => response_mods.push(m.clone()),
@@ -118,10 +168,16 @@ where
                 Filter::Cors(c) => cors = Some(c.clone()),
                 Filter::DirectResponse(d) => direct = Some(d),
                 Filter::Fault(f) => {
-                    match inject(f, crate::error::is_grpc(req.headers()), trace).await {
-                        Injected::Abort(resp) => return Ok(resp),
-                        Injected::Delayed => delayed = true,
-                        Injected::Nothing => {}
+                    let injected = inject(f, crate::error::is_grpc(req.headers()), trace);
+                    if let Some(d) = injected.delay {
+                        delayed = true;
+                        // An explained request is not delayed: the draw is recorded.
+                        if !trace.on() {
+                            wait = Some(wait.unwrap_or_default() + d);
+                        }
+                    }
+                    if let Some(resp) = injected.abort {
+                        return Routed::answer(wait, Ok(resp));
                     }
                 }
             }
@@ -134,23 +190,26 @@ where
     };
     if let (Some(c), Some(o)) = (&changes.cors, &changes.origin) {
         if answers_preflight(c, o, &req) {
-            return Ok(preflight(c, o, req.headers()));
+            return Routed::answer(wait, Ok(preflight(c, o, req.headers())));
         }
     }
     if let Some(d) = direct {
         let mut resp = direct_response(d);
         changes.apply(&mut resp);
-        return Ok(resp);
+        return Routed::answer(wait, Ok(resp));
     }
-    let backend = selection.backend.map_err(ProxyError::InvalidBackend)?;
+    let backend = match selection.backend {
+        Ok(b) => b,
+        Err(e) => return Routed::answer(wait, Err(ProxyError::InvalidBackend(e))),
+    };
     let (timeouts, retry) = selection
         .rule
         .as_ref()
         .map(|s| (s.rule().timeouts, s.rule().retry.clone()))
         .unwrap_or_default();
     // An explained request is not mirrored (its Mirror filter step says where copies go).
-    for m in mirrors.iter().filter(|_| !trace.on()) {
-        mirror(&inner, &req, m);
+    if trace.on() {
+        mirrors.clear();
     }
     let policies = hash_inputs(selection.rule.as_ref(), &backend);
     let (hash, set_cookie) = super::request_hash(policies, &req, ctx.tunnel.source_ip);
@@ -161,20 +220,42 @@ where
         timeouts,
         retry,
     });
-    let mut resp = inner.ready().await?.call(req).await?;
-    if let Some(c) = set_cookie {
-        resp.headers_mut().append(http::header::SET_COOKIE, c);
+    let post = Post {
+        set_cookie,
+        delayed,
+        changes,
+    };
+    Routed {
+        wait,
+        outcome: Outcome::Send { req, post, mirrors },
     }
-    if delayed && resp.extensions().get::<ResponseFlag>().is_none() {
-        resp.extensions_mut().insert(ResponseFlag("DI"));
+}
+
+/// What routing does to the upstream's response: a generated hash cookie, the delay
+/// flag, the rule's response header changes and CORS headers.
+pub(super) struct Post {
+    set_cookie: Option<HeaderValue>,
+    delayed: bool,
+    changes: ResponseChanges,
+}
+
+impl Post {
+    /// Applies the changes to `resp`.
+    pub(super) fn apply(self, mut resp: Response<Body>) -> Response<Body> {
+        if let Some(c) = self.set_cookie {
+            resp.headers_mut().append(http::header::SET_COOKIE, c);
+        }
+        if self.delayed && resp.extensions().get::<ResponseFlag>().is_none() {
+            resp.extensions_mut().insert(ResponseFlag("DI"));
+        }
+        self.changes.apply(&mut resp);
+        resp
     }
-    changes.apply(&mut resp);
-    Ok(resp)
 }
 
 /// What the matched rule does to the response, whoever answers: header modifiers, and CORS
 /// headers for an allowed origin.
-struct ResponseChanges {
+pub(super) struct ResponseChanges {
     mods: Vec<HeaderModifier>,
     cors: Option<Cors>,
     origin: Option<HeaderValue>,
@@ -244,7 +325,10 @@ where
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     if let Some(ctx) = req.extensions().get::<RequestContext>() {
-        copy.extensions_mut().insert(ctx.clone());
+        // The copy's outcome is not the request's: it records nothing.
+        let mut ctx = ctx.clone();
+        ctx.log = None;
+        copy.extensions_mut().insert(ctx);
     }
     copy.extensions_mut().insert(RouteDecision {
         hash: None,
@@ -261,41 +345,33 @@ where
     });
 }
 
-/// What a fault filter did to a request.
-enum Injected {
-    /// Nothing (neither drawn).
-    Nothing,
-    /// It waited.
-    Delayed,
-    /// It answers instead of the upstream.
-    Abort(Response<Body>),
+/// What a fault filter drew for a request.
+struct Injected {
+    /// The delay drawn.
+    delay: Option<Duration>,
+    /// The answer given instead of the upstream's (after the delay).
+    abort: Option<Response<Body>>,
 }
 
-/// Applies a route's fault: the delay, then the abort, each drawn on its share of
-/// requests, as Envoy's fault filter does.
-/// An explained request (`trace` on) is not delayed: the delay drawn is recorded instead.
-async fn inject(f: &Fault, grpc: bool, trace: Trace<'_>) -> Injected {
+/// Draws a route's fault: the delay, then the abort, each on its share of requests, as
+/// Envoy's fault filter does. The caller waits the delay.
+fn inject(f: &Fault, grpc: bool, trace: Trace<'_>) -> Injected {
     let drawn = |fraction: f64| fraction >= 1.0 || rand::random::<f64>() < fraction;
-    let mut out = Injected::Nothing;
-    if let Some(d) = f.delay.as_ref().filter(|d| drawn(d.fraction)) {
-        if trace.on() {
-            trace.step(|| {
-                crate::explain::Step::new(crate::explain::Stage::Filter, "fault delay", "drawn")
-                    .detail(format!("the request waits {:?} first", d.duration))
-            });
-        } else {
-            tokio::time::sleep(d.duration).await;
-        }
-        out = Injected::Delayed;
-    }
-    if let Some(a) = f.abort.as_ref().filter(|a| drawn(a.fraction)) {
+    let delay = f.delay.as_ref().filter(|d| drawn(d.fraction)).map(|d| {
+        trace.step(|| {
+            crate::explain::Step::new(crate::explain::Stage::Filter, "fault delay", "drawn")
+                .detail(format!("the request waits {:?} first", d.duration))
+        });
+        d.duration
+    });
+    let abort = f.abort.as_ref().filter(|a| drawn(a.fraction)).map(|a| {
         trace.step(|| {
             crate::explain::Step::new(crate::explain::Stage::Filter, "fault abort", "drawn")
                 .detail(format!("{:?}", a.status))
         });
-        return Injected::Abort(fault_abort(a, grpc));
-    }
-    out
+        fault_abort(a, grpc)
+    });
+    Injected { delay, abort }
 }
 
 /// A fault abort's answer: the HTTP status with its body, or a trailers-only gRPC answer
@@ -439,6 +515,7 @@ mod tests {
         parts.workloads = vec![wl.clone()];
         let snapshot = Arc::new(Snapshot::new(parts).unwrap());
         RequestContext {
+            log: None,
             snapshot,
             tunnel: Arc::new(TunnelInfo {
                 peer: Identity::new("cluster.local", "default", "sleep"),

@@ -7,11 +7,13 @@
 //! - [`RouteLayer`]: the tower layer that applies a [`decide`] outcome.
 
 pub mod apply;
+mod future;
 mod layer;
 pub mod model;
 pub mod select;
 pub mod table;
 
+pub use future::RouteFuture;
 pub use layer::{RouteLayer, RouteService};
 pub use table::{PortRoutes, RouteTable};
 

@@ -304,6 +304,7 @@ impl TunnelApp {
         req.extensions_mut().insert(RequestContext {
             snapshot,
             tunnel: self.info.clone(),
+            log: None,
         });
         Ok((req, received))
     }

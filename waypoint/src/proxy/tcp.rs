@@ -315,6 +315,7 @@ async fn authorize(proxy: &Arc<Proxy>, info: &Arc<TunnelInfo>) -> Result<(), Str
         ctx: RequestContext {
             snapshot: snapshot.clone(),
             tunnel: info.clone(),
+            log: None,
         },
         client: crate::ext_authz::Client::new(proxy.clone()),
     };

@@ -108,7 +108,12 @@ impl RequestTelemetry {
             || server_attributes(req, &tunnel, &snapshot, path),
         );
         let log = RequestLog::default();
-        req.extensions_mut().insert(log.clone());
+        if let Some(ctx) = req
+            .extensions_mut()
+            .get_mut::<filters::model::RequestContext>()
+        {
+            ctx.log = Some(log.clone());
+        }
         if let Some(s) = &span {
             req.extensions_mut().insert(s.trace.clone());
         }

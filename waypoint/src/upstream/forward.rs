@@ -13,7 +13,7 @@ use http::{header, Request, Response, Uri, Version};
 
 use crate::state::Proxy;
 use crate::telemetry::trace::RequestTrace;
-use filters::model::{RequestContext, RequestLog, Unlisted};
+use filters::model::{RequestContext, Unlisted};
 use opentelemetry::KeyValue;
 
 /// Forwards routed requests upstream.
@@ -72,7 +72,10 @@ async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>
         }
         _ => balance::pick(&decision.backend, decision.hash)?,
     };
-    let log = req.extensions_mut().remove::<RequestLog>();
+    let log = req
+        .extensions()
+        .get::<RequestContext>()
+        .and_then(|c| c.log.clone());
     let trace = req.extensions_mut().remove::<RequestTrace>();
     if let Some(log) = &log {
         let service = match &decision.backend {
