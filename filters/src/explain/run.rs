@@ -324,6 +324,7 @@ async fn run(snapshot: &Arc<Snapshot>, input: Input, sink: &Sink) -> Answer {
         snapshot: snapshot.clone(),
         tunnel,
         log: Some(log.clone()),
+        decision: None,
     });
     req.extensions_mut().insert(sink.clone());
     let provider = Arc::new(ProviderDecides::default());
@@ -396,7 +397,7 @@ impl tower::Service<Request<Body>> for RecordingUpstream {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some(d) = req.extensions().get::<RouteDecision>() else {
+        let Some(d) = RouteDecision::of(&req) else {
             return std::future::ready(Err(ProxyError::Internal(
                 "routed request without a decision".into(),
             )));

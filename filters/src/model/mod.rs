@@ -81,6 +81,9 @@ pub struct RequestContext {
     /// copies and outside the HTTP handler). Carried here rather than as an extension of
     /// its own: one allocation less per request.
     pub log: Option<RequestLog>,
+    /// What routing decided, for the inner services ([`crate::route::RouteDecision::of`]);
+    /// `None` before the routing layer.
+    pub decision: Option<crate::route::RouteDecision>,
 }
 
 /// Request contexts for unit tests: a Service `default/echo` at `127.96.0.10:80` with one
@@ -135,6 +138,7 @@ pub(crate) mod test_support {
         let target = snapshot.resolve(authority).expect("served VIP");
         RequestContext {
             log: None,
+            decision: None,
             snapshot: Arc::new(snapshot),
             tunnel: Arc::new(TunnelInfo {
                 peer: Identity::new("cluster.local", "default", "sleep"),

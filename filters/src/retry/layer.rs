@@ -49,9 +49,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let (timeouts, retry) = req
-            .extensions()
-            .get::<RouteDecision>()
+        let (timeouts, retry) = RouteDecision::of(&req)
             .map(|d| (d.timeouts, d.retry.clone()))
             .unwrap_or_default();
         let retry = retry.filter(|p| p.attempts > 0);
@@ -60,10 +58,7 @@ where
             return Either::Left(self.inner.call(req));
         }
         let inner = self.inner.clone();
-        let backend = req
-            .extensions()
-            .get::<RouteDecision>()
-            .map(|d| d.backend.clone());
+        let backend = RouteDecision::of(&req).map(|d| d.backend.clone());
         Either::Right(Box::pin(async move {
             let attempts = async move {
                 let Some(policy) = retry else {
@@ -168,7 +163,8 @@ mod tests {
     use super::*;
     use crate::route::model::{RetryPolicy, Timeouts};
 
-    fn decision(retry: Option<RetryPolicy>, timeouts: Timeouts) -> RouteDecision {
+    /// The test context carrying a decision with `retry` and `timeouts`.
+    fn decision(retry: Option<RetryPolicy>, timeouts: Timeouts) -> crate::model::RequestContext {
         let svc = Arc::new(crate::model::Service {
             name: crate::model::NamespacedName::new("ns", "svc"),
             hostname: "svc".into(),
@@ -176,7 +172,8 @@ mod tests {
             ports: vec![],
             served: true,
         });
-        RouteDecision {
+        let mut ctx = crate::model::test_support::context();
+        ctx.decision = Some(RouteDecision {
             hash: None,
             backend: crate::route::Backend::Service {
                 service: svc,
@@ -185,7 +182,8 @@ mod tests {
             rule: None,
             timeouts,
             retry,
-        }
+        });
+        ctx
     }
 
     fn status(code: u16) -> Response<Body> {

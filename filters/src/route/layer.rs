@@ -19,7 +19,7 @@ use crate::ProxyError;
 /// Routes every request ([`super::decide`]) and applies the matched rule's filters:
 /// redirects and CORS preflights are answered here; header modifiers, rewrites and mirrors
 /// change or copy the request; response header modifiers and CORS headers change the
-/// response. The [`RouteDecision`] goes to the inner services as a request extension.
+/// response. The [`RouteDecision`] goes to the inner services in the request's context.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteLayer;
 
@@ -213,13 +213,16 @@ fn route(mut req: Request<Body>) -> Routed {
     }
     let policies = hash_inputs(selection.rule.as_ref(), &backend);
     let (hash, set_cookie) = super::request_hash(policies, &req, ctx.tunnel.source_ip);
-    req.extensions_mut().insert(RouteDecision {
+    let decision = RouteDecision {
         hash,
         backend,
         rule: selection.rule,
         timeouts,
         retry,
-    });
+    };
+    if let Some(c) = req.extensions_mut().get_mut::<RequestContext>() {
+        c.decision = Some(decision);
+    }
     let post = Post {
         set_cookie,
         delayed,
@@ -328,15 +331,15 @@ where
         // The copy's outcome is not the request's: it records nothing.
         let mut ctx = ctx.clone();
         ctx.log = None;
+        ctx.decision = Some(RouteDecision {
+            hash: None,
+            backend: m.backend.clone(),
+            rule: None,
+            timeouts: Default::default(),
+            retry: None,
+        });
         copy.extensions_mut().insert(ctx);
     }
-    copy.extensions_mut().insert(RouteDecision {
-        hash: None,
-        backend: m.backend.clone(),
-        rule: None,
-        timeouts: Default::default(),
-        retry: None,
-    });
     let inner = inner.clone();
     tokio::spawn(async move {
         if let Err(e) = inner.oneshot(copy).await {
@@ -516,6 +519,7 @@ mod tests {
         let snapshot = Arc::new(Snapshot::new(parts).unwrap());
         RequestContext {
             log: None,
+            decision: None,
             snapshot,
             tunnel: Arc::new(TunnelInfo {
                 peer: Identity::new("cluster.local", "default", "sleep"),
@@ -537,7 +541,7 @@ mod tests {
     #[tokio::test]
     async fn attaches_decision_for_inner_service() {
         let inner = service_fn(|req: Request<Body>| async move {
-            let d = req.extensions().get::<RouteDecision>().expect("decision");
+            let d = RouteDecision::of(&req).expect("decision");
             let Backend::Workload { port, .. } = &d.backend else {
                 panic!("expected workload backend")
             };

@@ -119,6 +119,25 @@ pub struct RouteDecision {
     pub hash: Option<u64>,
 }
 
+impl RouteDecision {
+    /// The decision attached to `req` (it rides in the request's [`RequestContext`]: one
+    /// extension, one allocation, for both).
+    pub fn of<B>(req: &http::Request<B>) -> Option<&RouteDecision> {
+        req.extensions()
+            .get::<crate::model::RequestContext>()?
+            .decision
+            .as_ref()
+    }
+
+    /// Takes the decision out of `req`.
+    pub fn take<B>(req: &mut http::Request<B>) -> Option<RouteDecision> {
+        req.extensions_mut()
+            .get_mut::<crate::model::RequestContext>()?
+            .decision
+            .take()
+    }
+}
+
 /// What routing decided before any filter runs.
 #[derive(Debug, Clone)]
 pub struct Selection {

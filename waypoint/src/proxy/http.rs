@@ -305,6 +305,7 @@ impl TunnelApp {
             snapshot,
             tunnel: self.info.clone(),
             log: None,
+            decision: None,
         });
         Ok((req, received))
     }

@@ -316,6 +316,7 @@ async fn authorize(proxy: &Arc<Proxy>, info: &Arc<TunnelInfo>) -> Result<(), Str
             snapshot: snapshot.clone(),
             tunnel: info.clone(),
             log: None,
+            decision: None,
         },
         client: crate::ext_authz::Client::new(proxy.clone()),
     };

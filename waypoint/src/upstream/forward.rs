@@ -45,9 +45,7 @@ impl tower::Service<Request<Body>> for Forward {
 }
 
 async fn forward(proxy: &Proxy, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-    let decision = req
-        .extensions_mut()
-        .remove::<RouteDecision>()
+    let decision = RouteDecision::take(&mut req)
         .ok_or_else(|| ProxyError::Internal("request reached upstream without a route".into()))?;
     // The Service port, looked up once for the forward proxy and the upstream protocol.
     let port = match &decision.backend {
