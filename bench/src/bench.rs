@@ -17,6 +17,7 @@
 //! one core; this process (load generator, fake destination, echo apps) runs on one thread
 //! pinned to another.
 
+pub mod allocations;
 mod istiod;
 mod nginx;
 mod proxies;
@@ -187,6 +188,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         duration,
     )
     .await?;
+    let allocations = count_allocations(&a, &fx, &proxies, dir.path()).await;
     stop_proxies(&mut proxies).await;
 
     let md = render(
@@ -197,12 +199,45 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         rss_before_idle,
         rss_idle,
         &hs,
+        &allocations,
         duration,
         &peer_note,
     );
     write_report(&a.out, &md, &rounds.rows)?;
     println!("{md}");
     Ok(())
+}
+
+/// Allocations per request in the waypoint (local configuration) and, when that scenario
+/// runs, the istiod-configured one: `(scenario, per request or why not)`.
+async fn count_allocations(
+    a: &BenchArgs,
+    fx: &Fixture,
+    proxies: &Proxies,
+    dir: &Path,
+) -> Vec<(&'static str, Result<f64, String>)> {
+    let mut out = Vec::new();
+    for scenario in ["waypoint", "istiod"] {
+        let source = match scenario {
+            "waypoint" => vec!["--config".to_string(), fx.config.display().to_string()],
+            _ => match &proxies._istiod_xds {
+                Some(x) => x.source_args(),
+                None => continue,
+            },
+        };
+        if !a.scenarios.iter().any(|s| s == scenario) {
+            continue;
+        }
+        let load = load_config(a, fx, scenario, 1024, true, Duration::ZERO);
+        let target = allocations::Target {
+            authority: load.authority,
+            host: load.host,
+            path: load.path,
+        };
+        let counted = allocations::per_request(fx, dir, &source, &target).await;
+        out.push((scenario, counted.map_err(|e| format!("{e:#}"))));
+    }
+    out
 }
 
 /// The dev CA, the identities, the fake destination pod and the mesh configuration file.

@@ -104,21 +104,6 @@ async fn start_waypoint(dir: &Path, mesh: &MeshYaml) -> anyhow::Result<WaypointP
     Ok(wp)
 }
 
-/// The waypoint's allocations so far (`waypoint_allocations_total`: this executable runs
-/// it, with the counting allocator).
-async fn allocations(wp: &WaypointProcess) -> anyhow::Result<u64> {
-    let path = "/stats/prometheus?filter=^waypoint_allocations_total$";
-    let (_, page) = testkit::process::http_get(wp.metrics, path).await?;
-    page.lines()
-        .find_map(|l| {
-            l.strip_prefix("waypoint_allocations_total ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .context("no waypoint_allocations_total in the metrics")
-}
-
 /// Prints how many TLS handshakes and CONNECTs the destination pods saw in total.
 fn print_destination_counts(pods: &[FakeZtunnel], requests: usize) {
     let handshakes: usize = pods
@@ -173,8 +158,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         if i == 1 {
             // After the first request (connections open, caches warm): the count, and the
             // allocations one reading of it costs, to subtract.
-            let a = allocations(&wp).await?;
-            let b = allocations(&wp).await?;
+            let a = crate::bench::allocations::allocations(&wp).await?;
+            let b = crate::bench::allocations::allocations(&wp).await?;
             counted = Some((b, b.saturating_sub(a)));
         }
         let req = Request::get(format!("/hello?n={i}"))
@@ -192,7 +177,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     if let Some((before, reading)) = counted {
-        let after = allocations(&wp).await?;
+        let after = crate::bench::allocations::allocations(&wp).await?;
         let measured = args.requests - 1;
         let per_request = after.saturating_sub(before + reading) as f64 / measured as f64;
         println!(

@@ -168,20 +168,34 @@ fn push_handshakes(md: &mut String, hs: &Handshakes, duration: Duration) {
 fn push_relay_floor(md: &mut String, rows: &[Row]) {
     for size in [1024usize, 16384] {
         for mode in ["fixed", "saturation"] {
-            let w = median_cpu(rows, "waypoint", size, mode);
             let r = median_cpu(rows, "relay", size, mode);
             if r.is_finite() {
-                let above = if w.is_finite() {
-                    format!("; the waypoint {:.1} µs above it", w - r)
-                } else {
-                    String::new()
-                };
+                let mut above = String::new();
+                for scenario in ["waypoint", "istiod"] {
+                    let w = median_cpu(rows, scenario, size, mode);
+                    if w.is_finite() {
+                        above.push_str(&format!("; {scenario} {:.1} µs above it", w - r));
+                    }
+                }
                 md.push_str(&format!(
                     "| floor: a byte relay on the proxy core (no TLS, no HTTP), {} KiB, {mode} | {r:.1} µs per request{above} |\n",
                     size / 1024,
                 ));
             }
         }
+    }
+}
+
+/// Allocations per request, counted ([`super::allocations`]).
+fn push_allocations(md: &mut String, counted: &[(&str, Result<f64, String>)]) {
+    for (scenario, n) in counted {
+        let value = match n {
+            Ok(n) => format!("{n:.1}"),
+            Err(why) => format!("not measured: {why}"),
+        };
+        md.push_str(&format!(
+            "| allocations per request, {scenario} (counted: sequential HTTP/1.1 requests on one tunnel, 1 KiB) | {value} |\n"
+        ));
     }
 }
 
@@ -219,6 +233,7 @@ pub fn render(
     rss_before_idle: u64,
     rss_idle: u64,
     hs: &Handshakes,
+    allocations: &[(&str, Result<f64, String>)],
     duration: Duration,
     peer_note: &str,
 ) -> String {
@@ -238,6 +253,7 @@ pub fn render(
         push_handshakes(&mut md, hs, duration);
     }
     push_relay_floor(&mut md, rows);
+    push_allocations(&mut md, allocations);
     push_cpu_ratios(&mut md, rows);
     md.push_str(&format!("\n{peer_note}\n"));
     md
