@@ -61,7 +61,7 @@ impl ClientTls {
         )?;
         let client_certificate = match (mutual, &self.client_certificate, &self.private_key) {
             (false, _, _) => None,
-            (true, Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => Some(ClientCertificate {
+            (true, Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => Some(ClientCertificate::Files {
                 certificate: c.into(),
                 private_key: k.into(),
             }),
