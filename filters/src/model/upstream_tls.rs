@@ -141,7 +141,10 @@ mod tests {
             key: PrivateKeyPem::new("-----BEGIN PRIVATE KEY-----\nSECRET"),
         };
         let json = serde_json::to_string(&c).unwrap();
-        assert!(json.contains("CHAIN") && json.contains("[redacted]"), "{json}");
+        assert!(
+            json.contains("CHAIN") && json.contains("[redacted]"),
+            "{json}"
+        );
         assert!(!json.contains("SECRET"), "{json}");
         assert!(!format!("{c:?}").contains("SECRET"));
         // A rotated key is a different setting.

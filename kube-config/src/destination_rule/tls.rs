@@ -61,10 +61,12 @@ impl ClientTls {
         )?;
         let client_certificate = match (mutual, &self.client_certificate, &self.private_key) {
             (false, _, _) => None,
-            (true, Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => Some(ClientCertificate::Files {
-                certificate: c.into(),
-                private_key: k.into(),
-            }),
+            (true, Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => {
+                Some(ClientCertificate::Files {
+                    certificate: c.into(),
+                    private_key: k.into(),
+                })
+            }
             (true, _, _) => {
                 return Err(invalid(
                     label,

@@ -346,12 +346,18 @@ fn cluster_tls(c: &ClusterInfo, res: &Resources) -> Option<filters::model::Upstr
     use secret::AdsSecret;
     let mut tls = c.tls.clone()?;
     let missing = |name: &str, role: &str, got: Option<&AdsSecret>| match got {
-        None => ::tracing::warn!(cluster = %c.name, secret = %name, role, "the secret has not arrived; TLS handshakes fail until it does"),
-        Some(other) => ::tracing::warn!(cluster = %c.name, secret = %name, role, got = other.kind(), "the secret is not what the cluster needs; TLS handshakes fail"),
+        None => {
+            ::tracing::warn!(cluster = %c.name, secret = %name, role, "the secret has not arrived; TLS handshakes fail until it does")
+        }
+        Some(other) => {
+            ::tracing::warn!(cluster = %c.name, secret = %name, role, got = other.kind(), "the secret is not what the cluster needs; TLS handshakes fail")
+        }
     };
     if let Some(name) = &c.tls_secrets.roots {
         match res.secrets.get(name) {
-            Some(AdsSecret::CaBundle(pem)) => tls.roots = filters::model::TlsRoots::Pem(pem.clone()),
+            Some(AdsSecret::CaBundle(pem)) => {
+                tls.roots = filters::model::TlsRoots::Pem(pem.clone())
+            }
             other => missing(name, "CA bundle", other),
         }
     }

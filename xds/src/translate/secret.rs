@@ -127,7 +127,12 @@ fn certificate(t: &TlsCertificate, name: &str) -> Result<AdsSecret, InvalidResou
     };
     let mut found = 0;
     for cert in rustls_pemfile::certs(&mut chain.as_bytes()) {
-        cert.map_err(|e| bad("tls_certificate.certificate_chain", &format!("not PEM: {e}")))?;
+        cert.map_err(|e| {
+            bad(
+                "tls_certificate.certificate_chain",
+                &format!("not PEM: {e}"),
+            )
+        })?;
         found += 1;
     }
     if found == 0 {

@@ -776,7 +776,8 @@ fn a_credential_name_is_two_kubernetes_secrets_over_ads() {
             "resource_api_version": "V3"}}));
     let e = convert(&json).unwrap_err();
     assert!(
-        e.field.ends_with("tls_certificate_sds_secret_configs[0].name"),
+        e.field
+            .ends_with("tls_certificate_sds_secret_configs[0].name"),
         "{}",
         e.field
     );

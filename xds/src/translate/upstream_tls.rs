@@ -159,7 +159,9 @@ fn check_params(p: &TlsParameters) -> Result<(), Bad> {
 
 /// The client certificate: inline file names, istiod's `file-cert:<cert>~<key>` secret, or
 /// a `kubernetes://` secret over ADS (with its name; empty until it arrives).
-fn client_certificate(c: &CommonTlsContext) -> Result<(Option<ClientCertificate>, Option<String>), Bad> {
+fn client_certificate(
+    c: &CommonTlsContext,
+) -> Result<(Option<ClientCertificate>, Option<String>), Bad> {
     let at = "common_tls_context";
     match (
         &c.tls_certificates[..],
