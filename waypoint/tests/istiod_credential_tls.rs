@@ -287,6 +287,32 @@ async fn mutual_presents_the_secrets_certificate_and_a_rotated_one_on_new_connec
         "the server saw the Secret's certificate"
     );
     assert!(w.server.replies().iter().all(|r| r.error.is_none()));
+    // `/config_dump` lists the secrets as Envoy does: the chain, the key redacted.
+    let (code, dump) = testkit::process::http_get(w._wp.admin, "/config_dump")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let secrets = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.SecretsConfigDump")
+        .unwrap()["dynamic_active_secrets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let listed = |name: &str| secrets.iter().find(|s| s["name"] == name).cloned();
+    let cert = listed(CERT_SECRET).expect("the certificate secret is dumped");
+    assert!(listed(CA_SECRET).is_some(), "the CA secret is dumped");
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let tls = &cert["secret"]["tls_certificate"];
+    assert_eq!(
+        tls["certificate_chain"]["inline_bytes"],
+        b64(&first.chain_pem)
+    );
+    assert_eq!(tls["private_key"]["inline_bytes"], b64("[redacted]"));
     // Rotation: istiod pushes the Secret with a new certificate; the next connections
     // present it.
     let second = client_cert(&ca, "client-2");
