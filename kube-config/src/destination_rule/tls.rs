@@ -75,7 +75,7 @@ impl ClientTls {
         let insecure = self.insecure_skip_verify == Some(true);
         if let Some(name) = self.credential_name.as_deref().filter(|n| !n.is_empty()) {
             return self
-                .from_credential(name, mutual, insecure, label, at, credentials)
+                .credential_tls(name, mutual, insecure, label, at, credentials)
                 .map(|(roots, client_certificate)| {
                     Some(self.build(h2, roots, client_certificate))
                 });
@@ -131,7 +131,7 @@ impl ClientTls {
     /// secrets.go), none with `insecureSkipVerify`. Istio's validation refuses the file
     /// fields and (SIMPLE) `insecureSkipVerify` next to it (`ValidateTLS`,
     /// pkg/config/validation/agent/validation.go).
-    fn from_credential(
+    fn credential_tls(
         &self,
         credential: &str,
         mutual: bool,
