@@ -2,8 +2,9 @@
 //! CA bundle the waypoint originates TLS with, read from the keys istiod reads
 //! (`ExtractCertInfo`, `ExtractRoot`, pilot/pkg/credentials/kube/secrets.go): `cert` and
 //! `key`, else `tls.crt` and `tls.key`; `cacert`, else `ca.crt`. `data` is base64;
-//! `stringData` (plain text) wins over it, as the API server merges them. A CRL or an OCSP
-//! staple, which istiod would pass on, is refused by key.
+//! `stringData` (plain text) wins over it, as the API server merges them. A CRL (with the
+//! CA bundle) or an OCSP staple (with `tls.crt`), which istiod would pass on, is refused by
+//! key.
 
 use std::collections::BTreeMap;
 
@@ -136,8 +137,12 @@ impl Secret {
                 ),
             ));
         };
-        self.refuse(&["crl", "ca.crl", "tls.ocsp-staple"])?;
+        // istiod passes an OCSP staple on with `tls.crt` (`toEnvoyTLSSecret`); a CRL only
+        // with the CA bundle.
         let chain_key = if key_name == "key" { "cert" } else { "tls.crt" };
+        if chain_key == "tls.crt" {
+            self.refuse(&["tls.ocsp-staple"])?;
+        }
         check_certs(&chain, chain_key)?;
         match rustls_pemfile::private_key(&mut key.as_bytes()) {
             Ok(Some(_)) => {}

@@ -180,7 +180,10 @@ fn a_missing_or_unusable_secret_refuses_the_configuration_naming_it() {
         "{MESH}{}{simple}",
         tls_secret("creds", "egress", &p, false)
     ));
-    assert!(e.contains("has no CA bundle"), "{e}");
+    assert!(
+        e.contains("Secret egress/creds (and no Secret egress/creds-cacert): no CA bundle"),
+        "{e}"
+    );
     // MUTUAL without a certificate in it.
     let cacert_only = format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: creds, namespace: egress}}\ndata:\n  ca.crt: {}\n",

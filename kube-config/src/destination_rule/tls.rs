@@ -231,7 +231,8 @@ impl ClientTls {
                     label,
                     format!("{at}.credentialName"),
                     format!(
-                        "Secret {ns}/{name} has no CA bundle (ca.crt or cacert) and there is no Secret {ns}/{ca_name}; set insecureSkipVerify to skip verifying the server"
+                        "{}: no CA bundle (ca.crt or cacert); put it there or in Secret {ns}/{ca_name}, or set insecureSkipVerify (MUTUAL) to skip verifying the server",
+                        if ca_secret.metadata.name == ca_name { format!("Secret {ns}/{ca_name}") } else { format!("Secret {ns}/{name} (and no Secret {ns}/{ca_name})") }
                     ),
                 )
             })?;
