@@ -407,3 +407,78 @@ async fn secrets_no_cluster_names_are_unsubscribed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The rule's TLS towards a mesh pod, inside the HBONE tunnel: the `internal_upstream`
+/// socket of the EDS cluster wrapping the same `UpstreamTlsContext` (MUTUAL,
+/// `credentialName: api-creds`, `subjectAltNames` the pod's SPIFFE identity, `sni` the
+/// Service host).
+fn pod_socket(san: &str) -> serde_json::Value {
+    let ads = json!({"ads": {}, "resource_api_version": "V3"});
+    json!({
+        "name": "internal_upstream",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+            "passthrough_metadata": [{"kind": {"host": {}}, "name": "envoy.filters.listener.original_dst"}],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "common_tls_context": {
+                        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
+                        "tls_certificate_sds_secret_configs": [{"name": CERT_SECRET, "sds_config": ads}],
+                        "combined_validation_context": {
+                            "default_validation_context": {"match_subject_alt_names": [{"exact": san}]},
+                            "validation_context_sds_secret_config": {"name": CA_SECRET, "sds_config": ads},
+                        },
+                    },
+                    "sni": HOST,
+                },
+            },
+        },
+    })
+}
+
+#[tokio::test]
+async fn mutual_to_a_pod_inside_the_tunnel_uses_the_secrets() {
+    // A pod whose app speaks only mutual TLS, with a certificate for its SPIFFE identity.
+    let ca = DevCa::new("app-ca").unwrap();
+    let app_cert = ca
+        .issue(&filters::model::Identity::new(
+            "cluster.local",
+            "default",
+            "httpbin",
+        ))
+        .unwrap();
+    let app = TlsEcho::start(
+        &app_cert.certs().unwrap(),
+        testkit::echo::EchoIdentity {
+            pod: "httpbin-tls".into(),
+            namespace: "default".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let socket = pod_socket("spiffe://cluster.local/ns/default/sa/httpbin");
+    let w = start_with_pod(Some(App::Forward(app.addr)), |_, cs, es, extra| {
+        set_only_endpoint(es, CLUSTER_8100, extra.unwrap());
+        edit_cluster(cs, CLUSTER_8100, |c| c["transport_socket"] = socket);
+    })
+    .await;
+    assert_eq!(get(&w, 8100, "/get").await.status, 503, "no secrets yet");
+    let client = client_cert(&ca, "waypoint-client");
+    w.server.set(
+        SECRET,
+        vec![ca_secret(&ca.root_pem()), cert_secret(&client)],
+    );
+    let answer = until_status(&w, 200).await;
+    assert_eq!(answer.echo()["pod"], "httpbin-tls");
+    assert_eq!(
+        app.client_certificates().last().cloned().flatten(),
+        Some(leaf_der(&client)),
+        "the pod saw the Secret's certificate"
+    );
+    assert_eq!(
+        app.server_names().last().cloned().flatten().as_deref(),
+        Some(HOST)
+    );
+}
