@@ -1,7 +1,7 @@
 //! DestinationRule `trafficPolicy.tls.credentialName` over xDS, in istiod's shapes, served
 //! over Delta ADS to a real waypoint process that originates TLS to an external HTTPS
 //! server (a ServiceEntry with `resolution: DNS`, an IP endpoint: istiod's STRICT_DNS
-//! cluster).
+//! cluster), and to a mesh pod inside the HBONE tunnel.
 //!
 //! The cluster's `internal_upstream` socket wraps an `UpstreamTlsContext`
 //! (`buildWaypointTLSContext`, pilot/pkg/networking/core/cluster_waypoint.go, and
