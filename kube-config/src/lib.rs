@@ -15,6 +15,7 @@ pub mod mesh;
 mod objects;
 mod parse;
 pub mod routes;
+mod secret;
 pub mod service_entry;
 pub mod telemetry;
 mod translate;

@@ -19,6 +19,7 @@ pub struct Objects {
     pub(crate) policies: Vec<(String, super::authz::AuthorizationPolicy)>,
     pub(crate) authentications: Vec<(String, super::authn::RequestAuthentication)>,
     pub(crate) config_maps: Vec<(String, super::mesh::ConfigMap)>,
+    pub(crate) secrets: Vec<(String, super::secret::Secret)>,
     pub(crate) telemetries: Vec<(String, super::telemetry::Telemetry)>,
     pub(crate) destination_rules: Vec<(String, super::destination_rule::DestinationRule)>,
     pub(crate) service_entries: Vec<(String, super::service_entry::ServiceEntry)>,
@@ -138,6 +139,7 @@ impl Objects {
             ("", "Service") => self.services.push(typed(value, &label)?),
             ("", "Pod") => self.pods.push(typed(value, &label)?),
             ("", "ConfigMap") => self.config_maps.push(typed(value, &label)?),
+            ("", "Secret") => self.secrets.push(typed(value, &label)?),
             ("gateway.networking.k8s.io", "Gateway") => self.gateways.push(typed(value, &label)?),
             ("gateway.networking.k8s.io", "HTTPRoute") => {
                 self.http_routes.push(typed(value, &label)?)

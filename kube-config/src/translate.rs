@@ -135,6 +135,7 @@ pub fn translate_with_status(
             &mut built,
             &objects.destination_rules,
             &backend_tls,
+            &objects.secrets,
             options,
         )?;
         services.push(Arc::new(built));
@@ -148,6 +149,7 @@ pub fn translate_with_status(
                 &mut built,
                 &objects.destination_rules,
                 &backend_tls,
+                &objects.secrets,
                 options,
             )?;
             services.push(Arc::new(built));
@@ -371,6 +373,7 @@ fn apply_destination_rule(
     svc: &mut Service,
     rules: &[(String, super::destination_rule::DestinationRule)],
     backend_tls: &super::backend_tls::BackendTls,
+    secrets: &[(String, super::secret::Secret)],
     options: &SourceOptions,
 ) -> Result<(), LocalConfigError> {
     let matching = |own_ns: bool| {
@@ -396,7 +399,7 @@ fn apply_destination_rule(
             });
             continue;
         };
-        let policy = rule.port_policy(p.port, h2, label)?;
+        let policy = rule.port_policy(p.port, h2, label, secrets)?;
         if p.unlisted().is_some() && (policy.outlier.is_some() || !policy.hash.is_empty()) {
             // The addresses are not a list of endpoints to eject from or hash over.
             return Err(invalid(

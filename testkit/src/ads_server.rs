@@ -39,6 +39,19 @@ struct Shared {
     nodes: Mutex<Vec<Node>>,
     /// Per stream: the `authorization` header, when present.
     authorizations: Mutex<Vec<Option<String>>>,
+    /// Every (un)subscription: type URL, names subscribed, names unsubscribed.
+    subscriptions: Mutex<Vec<Subscription>>,
+}
+
+/// One request's change of subscriptions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    /// The type URL.
+    pub type_url: String,
+    /// `resource_names_subscribe`.
+    pub subscribe: Vec<String>,
+    /// `resource_names_unsubscribe`.
+    pub unsubscribe: Vec<String>,
 }
 
 /// The server; cloning shares its state.
@@ -83,6 +96,11 @@ impl AdsServer {
     /// Every ACK and NACK received so far.
     pub fn replies(&self) -> Vec<Reply> {
         self.shared.replies.lock().unwrap().clone()
+    }
+
+    /// Every change of subscriptions received so far, in order.
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        self.shared.subscriptions.lock().unwrap().clone()
     }
 
     /// Node ids of the clients that connected.
@@ -204,6 +222,13 @@ impl AggregatedDiscoveryService for AdsServer {
 fn record_request(shared: &Shared, req: &DeltaDiscoveryRequest) -> bool {
     if let Some(node) = &req.node {
         shared.nodes.lock().unwrap().push(node.clone());
+    }
+    if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+        shared.subscriptions.lock().unwrap().push(Subscription {
+            type_url: req.type_url.clone(),
+            subscribe: req.resource_names_subscribe.clone(),
+            unsubscribe: req.resource_names_unsubscribe.clone(),
+        });
     }
     if !req.response_nonce.is_empty() {
         shared.replies.lock().unwrap().push(Reply {

@@ -22,6 +22,7 @@ pub struct TlsEcho {
     /// Where it listens.
     pub addr: SocketAddr,
     server_names: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    client_certificates: Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>>,
     task: JoinHandle<()>,
 }
 
@@ -35,6 +36,16 @@ impl TlsEcho {
     /// Binds `127.0.0.1:0` and serves the echo app with `certs` until dropped; clients
     /// must present a certificate signed by `certs`' roots.
     pub async fn start(certs: &Certs, who: EchoIdentity) -> std::io::Result<Self> {
+        Self::start_mutual(SocketAddr::from(([127, 0, 0, 1], 0)), certs, who).await
+    }
+
+    /// As [`Self::start`] at `addr` (a server that requires a client certificate signed by
+    /// `certs`' roots, for DestinationRule `tls` mode MUTUAL).
+    pub async fn start_mutual(
+        addr: SocketAddr,
+        certs: &Certs,
+        who: EchoIdentity,
+    ) -> std::io::Result<Self> {
         let verifier = WebPkiClientVerifier::builder_with_provider(certs.roots.clone(), provider())
             .build()
             .map_err(std::io::Error::other)?;
@@ -43,7 +54,7 @@ impl TlsEcho {
             .map_err(std::io::Error::other)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(super::ztunnel::FixedCert(certs.key.clone())));
-        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0)), config, who).await
+        Self::serve(addr, config, who).await
     }
 
     /// As [`Self::start`] at `addr`, without asking clients for a certificate (a server
@@ -67,6 +78,12 @@ impl TlsEcho {
         self.server_names.lock().unwrap().clone()
     }
 
+    /// The leaf certificate (DER) each completed handshake's client presented (`None`:
+    /// none), in order.
+    pub fn client_certificates(&self) -> Vec<Option<Vec<u8>>> {
+        self.client_certificates.lock().unwrap().clone()
+    }
+
     async fn serve(
         addr: SocketAddr,
         mut config: ServerConfig,
@@ -79,13 +96,16 @@ impl TlsEcho {
         let who = Arc::new(who);
         let server_names: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
         let names = server_names.clone();
+        let client_certificates: Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();
+        let clients = client_certificates.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let (config, who, names) = (config.clone(), who.clone(), names.clone());
+                let (config, who, names, clients) =
+                    (config.clone(), who.clone(), names.clone(), clients.clone());
                 tokio::spawn(async move {
                     // The SNI is recorded from the ClientHello, before the handshake can
                     // fail (a client refusing the certificate still shows what it sent).
@@ -98,6 +118,13 @@ impl TlsEcho {
                     let Ok(tls) = start.into_stream(config).await else {
                         return;
                     };
+                    let leaf = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.as_ref().to_vec());
+                    clients.lock().unwrap().push(leaf);
                     let svc = service_fn(move |req| echo::handle(who.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
@@ -108,6 +135,7 @@ impl TlsEcho {
         Ok(Self {
             addr,
             server_names,
+            client_certificates,
             task,
         })
     }

@@ -26,7 +26,7 @@ pub use snapshot::{
     OriginalDst, Service, ServicePort, Snapshot, SnapshotParts, Target, TargetPort, Unlisted,
     Waypoint, Workload,
 };
-pub use upstream_tls::{ClientCertificate, TlsRoots, UpstreamTls};
+pub use upstream_tls::{ClientCertificate, PrivateKeyPem, TlsRoots, UpstreamTls};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -20,13 +20,56 @@ pub enum TlsRoots {
     Pem(String),
 }
 
-/// A client certificate and its key, as PEM files (`MUTUAL`).
+/// A client certificate and its key (`MUTUAL`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct ClientCertificate {
-    /// The certificate chain.
-    pub certificate: PathBuf,
-    /// The private key.
-    pub private_key: PathBuf,
+pub enum ClientCertificate {
+    /// PEM files on disk (`clientCertificate`, `privateKey`), read when a connection
+    /// needs them.
+    Files {
+        /// The certificate chain.
+        certificate: PathBuf,
+        /// The private key.
+        private_key: PathBuf,
+    },
+    /// PEM given inline: a Secret named by `credentialName` (from istiod over ADS, or a
+    /// local Secret object). Empty while the secret has not arrived, which no handshake
+    /// can use.
+    Pem {
+        /// The certificate chain, leaf first.
+        chain: String,
+        /// The private key.
+        key: PrivateKeyPem,
+    },
+}
+
+/// A private key in PEM. `Debug` and serialization (`/config_dump`, the history) show
+/// `[redacted]`, never the key; equality and hashing use it, so a rotated key is a new
+/// setting.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct PrivateKeyPem(String);
+
+impl PrivateKeyPem {
+    /// Wraps a PEM private key.
+    pub fn new(pem: impl Into<String>) -> Self {
+        Self(pem.into())
+    }
+
+    /// The PEM text, for building a TLS configuration.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PrivateKeyPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKeyPem([redacted])")
+    }
+}
+
+impl Serialize for PrivateKeyPem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
 }
 
 /// How the waypoint speaks TLS to a Service's endpoints.
@@ -89,5 +132,26 @@ mod tests {
         assert_eq!(t.sni_for(Some("a.b")), None);
         t.sni = Some("x.y".into());
         assert_eq!(t.sni_for(Some("a.b")).as_deref(), Some("x.y"));
+    }
+
+    #[test]
+    fn an_inline_private_key_is_never_shown() {
+        let c = ClientCertificate::Pem {
+            chain: "CHAIN".into(),
+            key: PrivateKeyPem::new("-----BEGIN PRIVATE KEY-----\nSECRET"),
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.contains("CHAIN") && json.contains("[redacted]"),
+            "{json}"
+        );
+        assert!(!json.contains("SECRET"), "{json}");
+        assert!(!format!("{c:?}").contains("SECRET"));
+        // A rotated key is a different setting.
+        let rotated = ClientCertificate::Pem {
+            chain: "CHAIN".into(),
+            key: PrivateKeyPem::new("OTHER"),
+        };
+        assert_ne!(c, rotated);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use filters::model::{TlsRoots, UpstreamTls};
+use filters::model::{ClientCertificate, TlsRoots, UpstreamTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
@@ -35,26 +35,54 @@ pub fn origination_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsErr
     let mut config = match &tls.client_certificate {
         None => builder.with_no_client_auth(),
         Some(c) => {
-            let what = c.certificate.display().to_string();
-            let chain: Vec<CertificateDer<'static>> =
-                rustls_pemfile::certs(&mut &read(&c.certificate)?[..])
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| invalid(&what, e.to_string()))?;
-            if chain.is_empty() {
-                return Err(invalid(&what, "no CERTIFICATE block".into()));
-            }
-            let key_path = c.private_key.display().to_string();
-            let key: PrivateKeyDer<'static> =
-                rustls_pemfile::private_key(&mut &read(&c.private_key)?[..])
-                    .map_err(|e| invalid(&key_path, e.to_string()))?
-                    .ok_or_else(|| invalid(&key_path, "no PRIVATE KEY block".into()))?;
+            let (chain, key) = client_pair(c)?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| invalid(&key_path, e.to_string()))?
+                .map_err(|e| invalid(&key_label(c), e.to_string()))?
         }
     };
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// Where a client certificate's key comes from, for errors.
+fn key_label(c: &ClientCertificate) -> String {
+    match c {
+        ClientCertificate::Files { private_key, .. } => private_key.display().to_string(),
+        ClientCertificate::Pem { .. } => "<inline private key>".into(),
+    }
+}
+
+/// The certificate chain and key of `c`, from its files or inline PEM.
+fn client_pair(
+    c: &ClientCertificate,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let (chain_pem, chain_label, key_pem) = match c {
+        ClientCertificate::Files {
+            certificate,
+            private_key,
+        } => (
+            read(certificate)?,
+            certificate.display().to_string(),
+            read(private_key)?,
+        ),
+        ClientCertificate::Pem { chain, key } => (
+            chain.as_bytes().to_vec(),
+            "<inline certificate chain>".to_string(),
+            key.expose().as_bytes().to_vec(),
+        ),
+    };
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &chain_pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(&chain_label, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(invalid(&chain_label, "no CERTIFICATE block".into()));
+    }
+    let what = key_label(c);
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| invalid(&what, e.to_string()))?
+        .ok_or_else(|| invalid(&what, "no PRIVATE KEY block".into()))?;
+    Ok((chain, key))
 }
 
 fn invalid(path: &str, reason: String) -> TlsError {

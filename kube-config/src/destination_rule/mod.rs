@@ -5,8 +5,9 @@
 //! `outlierDetection` ejects failing endpoints, `tls` originates TLS inside the tunnel, and
 //! `proxyProtocol` sends a PROXY protocol header first on each upstream connection.
 //! Subsets are accepted: only a route that names a subset uses one, and HTTPRoute cannot.
-//! Every other traffic-policy field the waypoint does not implement yet (`tunnel`,
-//! locality settings, the pool's timeouts, `credentialName`) is an error naming it, never
+//! `tls.credentialName` names a Secret of the configuration in the rule's namespace
+//! ([`crate::secret`]). Every other traffic-policy field the waypoint does not implement
+//! yet (`tunnel`, locality settings, the pool's timeouts) is an error naming it, never
 //! silently ignored.
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ mod tls;
 use outlier::OutlierDetection;
 use pool::ConnectionPool;
 use tls::ClientTls;
+pub(crate) use tls::Credentials;
 
 use super::objects::ObjectMeta;
 use super::LocalConfigError;
@@ -271,12 +273,13 @@ impl DestinationRule {
 
     /// The policy for Service port `port` (HTTP/2 when `h2`): the port-level load balancer
     /// and connection pool when set for it, else the rule's. `label` names the object in
-    /// errors.
-    pub fn port_policy(
+    /// errors; `tls.credentialName` is looked up among `secrets`.
+    pub(crate) fn port_policy(
         &self,
         port: u16,
         h2: bool,
         label: &str,
+        secrets: &[(String, crate::secret::Secret)],
     ) -> Result<PortPolicy, LocalConfigError> {
         if self.spec.workload_selector.is_some() {
             return Err(invalid(
@@ -345,7 +348,11 @@ impl DestinationRule {
             policy.outlier = Some(o.policy(label, &at)?);
         }
         if let Some((t, at)) = setting(tp, port, "tls", |p| p.tls.as_ref(), |t| t.tls.as_ref()) {
-            policy.tls = t.settings(h2, label, &at)?;
+            let credentials = Credentials {
+                namespace: self.metadata.namespace.as_deref().unwrap_or("default"),
+                secrets,
+            };
+            policy.tls = t.settings(h2, label, &at, credentials)?;
         }
         if let Some(p) = &tp.proxy_protocol {
             policy.proxy_protocol = Some(p.version(label)?);
@@ -558,3 +565,6 @@ fn consistent_hash(
         slow_start: None,
     })
 }
+
+#[cfg(test)]
+mod credential_tests;

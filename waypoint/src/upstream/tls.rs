@@ -1,6 +1,7 @@
 //! TLS originated to an endpoint inside its tunnel (DestinationRule `tls`): client
 //! configurations built from the port's settings (their files re-read at most once a
-//! minute, so rotated certificates are picked up), and the handshake.
+//! minute, so rotated certificates are picked up; inline secrets rotate with the settings
+//! themselves), and the handshake.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ impl TlsConfigs {
             }
         }
         let config = hbone::tls::origination_config(settings).map_err(|e| e.to_string())?;
+        // Settings replaced by newer ones (a rotated secret, a changed rule) go once stale.
+        built.retain(|_, (_, at)| at.elapsed() < RELOAD_AFTER);
         built.insert(settings.clone(), (config.clone(), Instant::now()));
         Ok(config)
     }

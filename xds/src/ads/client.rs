@@ -382,7 +382,13 @@ impl AdsClient {
         let now = std::time::SystemTime::now();
         for (name, version, any) in accepted {
             versions.insert(name.to_string(), version.to_string());
-            dump.insert(name.to_string(), (version.to_string(), any.clone(), now));
+            // A secret's private key is not kept for the dump.
+            let kept = if type_url == SECRET {
+                super::dump::redacted_secret(any)
+            } else {
+                any.clone()
+            };
+            dump.insert(name.to_string(), (version.to_string(), kept, now));
         }
         for name in removed {
             versions.remove(name);

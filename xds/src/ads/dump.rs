@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::client::AdsStats;
-use super::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use super::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 
 fn timestamp(t: std::time::SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
@@ -18,8 +18,9 @@ fn message_type(type_url: &str) -> &str {
 }
 
 /// Listeners, clusters and endpoints as Envoy's admin API dumps them; `secrets` is the
-/// already-redacted secrets section.
-pub fn config_dump(stats: &AdsStats, secrets: Value) -> Value {
+/// already-redacted secrets section, to which the secrets received over ADS (stored
+/// redacted, [`redacted_secret`]) are added.
+pub fn config_dump(stats: &AdsStats, mut secrets: Value) -> Value {
     let accepted = stats.accepted.lock().unwrap_or_else(|e| e.into_inner());
     let each = |type_url: &str| -> Vec<(String, String, Value, String)> {
         accepted
@@ -52,6 +53,14 @@ pub fn config_dump(stats: &AdsStats, secrets: Value) -> Value {
         .into_iter()
         .map(|(_, version, r, at)| json!({"version_info": version, "route_config": r, "last_updated": at}))
         .collect();
+    if let Some(active) = secrets
+        .get_mut("dynamic_active_secrets")
+        .and_then(Value::as_array_mut)
+    {
+        active.extend(each(SECRET).into_iter().map(|(name, version, s, at)| {
+            json!({"name": name, "version_info": version, "last_updated": at, "secret": s})
+        }));
+    }
     json!({"configs": [
         {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": listeners},
         {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": clusters},
@@ -75,6 +84,31 @@ pub fn secrets_dump(chain_pem: &str, roots_pem: &str) -> Value {
               "validation_context": {"trusted_ca": {"inline_bytes": b64(roots_pem)}}}}
         ]
     })
+}
+
+/// A secret from ADS as it is kept for the dump: a client certificate's private key
+/// replaced by `[redacted]`, as Envoy prints it; anything else unchanged.
+pub fn redacted_secret(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> envoy_types::pb::google::protobuf::Any {
+    use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+    use prost::Message;
+    let Ok(mut s) = Secret::decode(any.value.as_slice()) else {
+        return any.clone();
+    };
+    if let Some(secret::Type::TlsCertificate(t)) = &mut s.r#type {
+        if t.private_key.is_some() {
+            t.private_key = Some(DataSource {
+                specifier: Some(Specifier::InlineBytes(b"[redacted]".to_vec())),
+                ..Default::default()
+            });
+        }
+    }
+    envoy_types::pb::google::protobuf::Any {
+        type_url: any.type_url.clone(),
+        value: s.encode_to_vec(),
+    }
 }
 
 #[cfg(test)]

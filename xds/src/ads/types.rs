@@ -4,7 +4,7 @@
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
@@ -91,8 +91,10 @@ pub fn accept(
         }
         SECRET => {
             let secret: Secret = decode(any, kind, name)?;
-            into.secrets
-                .insert(name.to_string(), ca_bundle(&secret, name)?);
+            into.secrets.insert(
+                name.to_string(),
+                crate::translate::secret::convert(&secret, name)?,
+            );
         }
         other => {
             return Err(InvalidResource::new(
@@ -127,47 +129,4 @@ pub fn remove(type_url: &str, name: &str, from: &mut Resources) {
         }
         _ => {}
     }
-}
-
-/// The CA bundle of a secret istiod serves for a ConfigMap (`toEnvoyCaSecret`,
-/// pilot/pkg/xds/sds.go: a validation context with inline `trusted_ca`); anything else in
-/// it is refused by field.
-fn ca_bundle(s: &Secret, name: &str) -> Result<String, InvalidResource> {
-    let bad = |field: &str, reason: &str| InvalidResource::new("secret", name, field, reason);
-    let Some(secret::Type::ValidationContext(v)) = &s.r#type else {
-        return Err(bad(
-            "type",
-            "only a validation context (a CA bundle) is supported",
-        ));
-    };
-    let rest = envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CertificateValidationContext {
-        trusted_ca: None,
-        ..v.clone()
-    };
-    if rest != Default::default() {
-        return Err(bad(
-            "validation_context",
-            "only trusted_ca is supported (no CRL, SAN matchers or other checks in a CA secret)",
-        ));
-    }
-    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
-    let pem = match v.trusted_ca.as_ref().and_then(|d| d.specifier.as_ref()) {
-        Some(Specifier::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(Specifier::InlineString(t)) => t.clone(),
-        _ => {
-            return Err(bad(
-                "validation_context.trusted_ca",
-                "an inline PEM bundle is required",
-            ))
-        }
-    };
-    let mut found = 0;
-    for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-        cert.map_err(|e| bad("validation_context.trusted_ca", &format!("not PEM: {e}")))?;
-        found += 1;
-    }
-    if found == 0 {
-        return Err(bad("validation_context.trusted_ca", "no CERTIFICATE block"));
-    }
-    Ok(pem)
 }

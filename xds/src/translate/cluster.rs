@@ -47,10 +47,10 @@ pub struct ClusterInfo {
     pub locality_weighted: bool,
     /// TLS originated to the endpoints inside the tunnel (DestinationRule `tls`).
     pub tls: Option<filters::model::UpstreamTls>,
-    /// The secret istiod serves over ADS whose CA bundle `tls` verifies the server with
-    /// (`configmap://<ns>/<name>-cacert`, a BackendTLSPolicy's `caCertificateRefs`); its
-    /// roots are filled in when the snapshot is built ([`super::Resources::secrets`]).
-    pub tls_root_secret: Option<String>,
+    /// The secrets istiod serves over ADS that `tls` verifies the server with and presents
+    /// (DestinationRule `credentialName`, a BackendTLSPolicy's `caCertificateRefs`); they
+    /// are filled in when the snapshot is built ([`super::Resources::secrets`]).
+    pub tls_secrets: super::upstream_tls::TlsSecrets,
     /// The PROXY protocol header sent first on each connection (DestinationRule
     /// `proxyProtocol`).
     pub proxy_protocol: Option<filters::model::ProxyProtocolVersion>,
@@ -146,7 +146,7 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         slow_start: None,
         locality_weighted: false,
         tls: None,
-        tls_root_secret: None,
+        tls_secrets: Default::default(),
         proxy_protocol: None,
         upstream_protocol: filters::model::UpstreamProtocol::for_port(protocol),
         connection_limits: Default::default(),
@@ -214,9 +214,9 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
     let options = super::protocol_options::convert(c)
         .map_err(|(field, reason)| invalid(c, &field, reason))?;
     let (tls, proxy_protocol) = check_transport_socket(c, options.auto)?;
-    let (tls, tls_root_secret) = match tls {
-        Some((tls, secret)) => (Some(tls), secret),
-        None => (None, None),
+    let (tls, tls_secrets) = match tls {
+        Some((tls, secrets)) => (Some(tls), secrets),
+        None => (None, Default::default()),
     };
     let eds_name = c
         .eds_cluster_config
@@ -260,7 +260,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
             .unwrap_or(filters::model::UpstreamProtocol::for_port(protocol)),
         connection_limits: options.limits,
         tls,
-        tls_root_secret,
+        tls_secrets,
         proxy_protocol,
         inline_endpoints,
         dns,
@@ -514,7 +514,7 @@ fn balancing(c: &Cluster) -> filters::balance::Policy {
 /// What a cluster's transport socket asks for inside the tunnel: TLS (with the ADS secret
 /// its roots come from, if any), PROXY protocol.
 type InsideTunnel = (
-    Option<(filters::model::UpstreamTls, Option<String>)>,
+    Option<(filters::model::UpstreamTls, super::upstream_tls::TlsSecrets)>,
     Option<filters::model::ProxyProtocolVersion>,
 );
 

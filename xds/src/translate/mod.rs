@@ -24,11 +24,12 @@ mod protocol_options;
 mod proxy_protocol;
 pub mod rbac;
 pub mod route;
+pub mod secret;
 mod slow_start;
 mod stats;
 mod telemetry;
 pub mod tracing;
-mod upstream_tls;
+pub mod upstream_tls;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -61,8 +62,9 @@ pub struct Resources {
     pub endpoints: BTreeMap<String, Vec<EndpointInfo>>,
     /// Route configurations from RDS, by name.
     pub routes: BTreeMap<String, Vec<route::RouteSpec>>,
-    /// CA bundles (PEM) istiod serves over ADS, by secret name (`configmap://…-cacert`).
-    pub secrets: BTreeMap<String, String>,
+    /// The secrets istiod serves over ADS, by name: CA bundles (`configmap://…-cacert`,
+    /// `kubernetes://…-cacert`) and client certificates (`kubernetes://…`).
+    pub secrets: BTreeMap<String, secret::AdsSecret>,
 }
 
 impl Resources {
@@ -78,11 +80,12 @@ impl Resources {
             .collect()
     }
 
-    /// The ADS secrets the clusters' TLS verifies with.
+    /// The ADS secrets the clusters' TLS verifies with or presents.
     pub fn secret_names(&self) -> std::collections::BTreeSet<String> {
         self.clusters
             .values()
-            .filter_map(|c| c.tls_root_secret.clone())
+            .flat_map(|c| [&c.tls_secrets.roots, &c.tls_secrets.certificate])
+            .filter_map(|n| n.clone())
             .collect()
     }
 }
@@ -336,17 +339,37 @@ fn service_port(
         .with_connection_limits(Some(c.connection_limits))
 }
 
-/// The cluster's TLS, with the CA bundle of its ADS secret when it has one (roots that
-/// verify nothing while the secret has not arrived: the handshake fails, as Envoy's does
-/// while the secret is missing).
+/// The cluster's TLS, with the CA bundle and the client certificate of its ADS secrets
+/// when it names them. Until a secret has arrived its part stays empty, so every handshake
+/// fails, as Envoy's does while a secret is missing.
 fn cluster_tls(c: &ClusterInfo, res: &Resources) -> Option<filters::model::UpstreamTls> {
+    use secret::AdsSecret;
     let mut tls = c.tls.clone()?;
-    if let Some(name) = &c.tls_root_secret {
+    let missing = |name: &str, role: &str, got: Option<&AdsSecret>| match got {
+        None => {
+            ::tracing::warn!(cluster = %c.name, secret = %name, role, "the secret has not arrived; TLS handshakes fail until it does")
+        }
+        Some(other) => {
+            ::tracing::warn!(cluster = %c.name, secret = %name, role, got = other.kind(), "the secret is not what the cluster needs; TLS handshakes fail")
+        }
+    };
+    if let Some(name) = &c.tls_secrets.roots {
         match res.secrets.get(name) {
-            Some(pem) => tls.roots = filters::model::TlsRoots::Pem(pem.clone()),
-            None => {
-                ::tracing::warn!(cluster = %c.name, secret = %name, "the CA secret has not arrived; TLS handshakes fail until it does")
+            Some(AdsSecret::CaBundle(pem)) => {
+                tls.roots = filters::model::TlsRoots::Pem(pem.clone())
             }
+            other => missing(name, "CA bundle", other),
+        }
+    }
+    if let Some(name) = &c.tls_secrets.certificate {
+        match res.secrets.get(name) {
+            Some(AdsSecret::Certificate { chain, key }) => {
+                tls.client_certificate = Some(filters::model::ClientCertificate::Pem {
+                    chain: chain.clone(),
+                    key: key.clone(),
+                })
+            }
+            other => missing(name, "client certificate", other),
         }
     }
     Some(tls)

@@ -435,7 +435,7 @@ fn istiods_tls_params_are_accepted_and_a_configmap_ca_is_an_ads_secret() {
     json["transport_socket"] = socket("TLSv1_2", "configmap://default/ca-cacert");
     let info = convert(&json).unwrap();
     assert_eq!(
-        info.tls_root_secret.as_deref(),
+        info.tls_secrets.roots.as_deref(),
         Some("configmap://default/ca-cacert")
     );
     // Until the secret arrives the roots verify nothing.
@@ -446,7 +446,7 @@ fn istiods_tls_params_are_accepted_and_a_configmap_ca_is_an_ads_secret() {
     // istiod's reference it could not resolve: never verified, never subscribed.
     json["transport_socket"] = socket("TLSv1_2", "invalid://");
     let info = convert(&json).unwrap();
-    assert!(info.tls_root_secret.is_none());
+    assert!(info.tls_secrets.roots.is_none());
     assert_eq!(
         info.tls.unwrap().roots,
         filters::model::TlsRoots::Pem(String::new())
@@ -676,4 +676,110 @@ fn a_stream_idle_timeout_is_refused_and_istiods_zero_accepted() {
     let e = with("300s").unwrap_err();
     assert!(e.field.ends_with("stream_idle_timeout"), "{e:?}");
     assert!(e.reason.contains("httpStreamIdleTimeout"), "{e:?}");
+}
+
+#[test]
+fn a_credential_name_is_two_kubernetes_secrets_over_ads() {
+    // DestinationRule tls {mode: MUTUAL, credentialName: client-creds}: constructUpstreamTLS
+    // (cluster_tls.go) hands it to ApplyCustomSDSToClientCommonTLSContext
+    // (pilot/pkg/security/model/authentication.go): the client certificate is the ADS
+    // secret kubernetes://client-creds, the roots kubernetes://client-creds-cacert
+    // (ToResourceName, pilot/pkg/model/credentials/resource.go).
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let mut json = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
+    let convert = |json: &serde_json::Value| {
+        let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            from_json("envoy.config.cluster.v3.Cluster", json).unwrap();
+        cluster::convert(&c)
+    };
+    let ads = serde_json::json!({"ads": {}, "resource_api_version": "V3"});
+    let socket = |cert: serde_json::Value| {
+        serde_json::json!({
+            "name": "internal_upstream",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+                "transport_socket": {"name": "tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "common_tls_context": {
+                        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
+                        "tls_certificate_sds_secret_configs": [cert],
+                        "combined_validation_context": {
+                            "default_validation_context": {"match_subject_alt_names": [{"exact": "api.example.org"}]},
+                            "validation_context_sds_secret_config": {"name": "kubernetes://client-creds-cacert",
+                                "sds_config": {"ads": {}, "resource_api_version": "V3"}}}}}}
+            }
+        })
+    };
+    json["transport_socket"] =
+        socket(serde_json::json!({"name": "kubernetes://client-creds", "sds_config": ads}));
+    let info = convert(&json).unwrap();
+    assert_eq!(
+        info.tls_secrets.roots.as_deref(),
+        Some("kubernetes://client-creds-cacert")
+    );
+    assert_eq!(
+        info.tls_secrets.certificate.as_deref(),
+        Some("kubernetes://client-creds")
+    );
+    let tls = info.tls.clone().unwrap();
+    assert_eq!(tls.subject_alt_names, vec!["api.example.org".to_string()]);
+    // Until the secrets arrive neither the roots nor the certificate can be used.
+    assert_eq!(tls.roots, filters::model::TlsRoots::Pem(String::new()));
+    assert!(matches!(
+        tls.client_certificate,
+        Some(filters::model::ClientCertificate::Pem { ref chain, .. }) if chain.is_empty()
+    ));
+    let mut res = Resources::default();
+    res.clusters.insert(info.name.clone(), info.clone());
+    assert_eq!(
+        res.secret_names().into_iter().collect::<Vec<_>>(),
+        vec![
+            "kubernetes://client-creds".to_string(),
+            "kubernetes://client-creds-cacert".to_string()
+        ]
+    );
+    // Arrived: the snapshot's TLS has them.
+    res.secrets.insert(
+        "kubernetes://client-creds".into(),
+        secret::AdsSecret::Certificate {
+            chain: "CHAIN".into(),
+            key: filters::model::PrivateKeyPem::new("KEY"),
+        },
+    );
+    res.secrets.insert(
+        "kubernetes://client-creds-cacert".into(),
+        secret::AdsSecret::CaBundle("ROOTS".into()),
+    );
+    let tls = cluster_tls(&info, &res).unwrap();
+    assert_eq!(tls.roots, filters::model::TlsRoots::Pem("ROOTS".into()));
+    assert_eq!(
+        tls.client_certificate,
+        Some(filters::model::ClientCertificate::Pem {
+            chain: "CHAIN".into(),
+            key: filters::model::PrivateKeyPem::new("KEY")
+        })
+    );
+    // A CA bundle where the certificate belongs is not used.
+    res.secrets.insert(
+        "kubernetes://client-creds".into(),
+        secret::AdsSecret::CaBundle("ROOTS".into()),
+    );
+    assert!(matches!(
+        cluster_tls(&info, &res).unwrap().client_certificate,
+        Some(filters::model::ClientCertificate::Pem { ref chain, .. }) if chain.is_empty()
+    ));
+    // A secret from another SDS server (an `sds://` credential with a credential socket)
+    // is refused by field.
+    json["transport_socket"] = socket(serde_json::json!({"name": "sds://vault-creds",
+        "sds_config": {"api_config_source": {"api_type": "GRPC", "grpc_services": [
+            {"envoy_grpc": {"cluster_name": "sds-external"}}], "transport_api_version": "V3"},
+            "resource_api_version": "V3"}}));
+    let e = convert(&json).unwrap_err();
+    assert!(
+        e.field
+            .ends_with("tls_certificate_sds_secret_configs[0].name"),
+        "{}",
+        e.field
+    );
+    assert!(e.reason.contains("sds://vault-creds"), "{}", e.reason);
 }

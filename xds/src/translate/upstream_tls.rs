@@ -12,10 +12,15 @@
 //! pilot/pkg/config/kube/gateway/backend_policies.go), and its validation context the
 //! secret `configmap://<ns>/<name>-cacert` fetched over ADS
 //! (`ApplyCustomSDSToClientCommonTLSContext`, pilot/pkg/security/model/authentication.go).
-//! The waypoint subscribes to those secrets on its ADS stream and verifies with the CA
-//! bundle istiod sends (`toEnvoyCaSecret`, pilot/pkg/xds/sds.go); until it arrives, and
-//! for istiod's `invalid://` (an unresolvable reference), every handshake fails. Other
-//! secrets by `credentialName`, CRLs, pinning and TLS parameters are refused by field.
+//! A DestinationRule `credentialName` names a Kubernetes Secret: istiod writes
+//! `kubernetes://<name>` as the client certificate's secret (MUTUAL) and
+//! `kubernetes://<name>-cacert` as the roots' (unless `insecureSkipVerify`), both over ADS
+//! (`ConstructSdsSecretConfigForCredential` and `ToResourceName`,
+//! pilot/pkg/model/credentials/resource.go). The waypoint subscribes to those secrets on
+//! its ADS stream and uses what istiod sends ([`super::secret`]); until a secret arrives,
+//! and for istiod's `invalid://` (an unresolvable reference), every handshake fails.
+//! Secrets from another SDS server (`sds://` with a credential socket), CRLs, pinning and
+//! TLS parameters are refused by field.
 
 use std::path::PathBuf;
 
@@ -41,15 +46,27 @@ pub struct AutoSettings {
 
 /// istiod's prefix for a CA bundle from a ConfigMap, served over ADS.
 pub const CONFIG_MAP_SECRET: &str = "configmap://";
+/// istiod's prefix for a Secret in the waypoint's namespace, served over ADS.
+pub const KUBERNETES_SECRET: &str = "kubernetes://";
+
+/// The ADS secrets a TLS context names; their material is filled in when the snapshot is
+/// built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSecrets {
+    /// The secret whose CA bundle verifies the server.
+    pub roots: Option<String>,
+    /// The secret whose certificate and key the waypoint presents.
+    pub certificate: Option<String>,
+}
 /// istiod's name for a reference it could not resolve (traffic must fail).
 const INVALID_SECRET: &str = "invalid://";
 
-/// Converts an `UpstreamTlsContext`; with it, the name of the ADS secret whose CA bundle
-/// replaces the (empty, never verifying) roots once it arrives.
+/// Converts an `UpstreamTlsContext`; with it, the ADS secrets whose CA bundle and client
+/// certificate replace the (empty, never usable) roots and certificate once they arrive.
 pub fn convert(
     ctx: &UpstreamTlsContext,
     auto: AutoSettings,
-) -> Result<(UpstreamTls, Option<String>), Bad> {
+) -> Result<(UpstreamTls, TlsSecrets), Bad> {
     let bad = |field: &str, reason: &str| (field.to_string(), reason.to_string());
     if ctx.allow_renegotiation {
         return Err(bad(
@@ -59,7 +76,7 @@ pub fn convert(
     }
     let common = ctx.common_tls_context.clone().unwrap_or_default();
     check_common(&common)?;
-    let client_certificate = client_certificate(&common)?;
+    let (client_certificate, certificate_secret) = client_certificate(&common)?;
     let (roots, subject_alt_names, root_secret) = validation(&common)?;
     let tls = UpstreamTls {
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.clone()),
@@ -71,7 +88,13 @@ pub fn convert(
         client_certificate,
         alpn: common.alpn_protocols.clone(),
     };
-    Ok((tls, root_secret))
+    Ok((
+        tls,
+        TlsSecrets {
+            roots: root_secret,
+            certificate: certificate_secret,
+        },
+    ))
 }
 
 fn check_common(c: &CommonTlsContext) -> Result<(), Bad> {
@@ -134,14 +157,17 @@ fn check_params(p: &TlsParameters) -> Result<(), Bad> {
     Ok(())
 }
 
-/// The client certificate: inline file names, or istiod's `file-cert:<cert>~<key>` secret.
-fn client_certificate(c: &CommonTlsContext) -> Result<Option<ClientCertificate>, Bad> {
+/// The client certificate: inline file names, istiod's `file-cert:<cert>~<key>` secret, or
+/// a `kubernetes://` secret over ADS (with its name; empty until it arrives).
+fn client_certificate(
+    c: &CommonTlsContext,
+) -> Result<(Option<ClientCertificate>, Option<String>), Bad> {
     let at = "common_tls_context";
     match (
         &c.tls_certificates[..],
         &c.tls_certificate_sds_secret_configs[..],
     ) {
-        ([], []) => Ok(None),
+        ([], []) => Ok((None, None)),
         ([one], []) => {
             let file = |d: &Option<DataSource>, field: &str| match d
                 .as_ref()
@@ -153,12 +179,24 @@ fn client_certificate(c: &CommonTlsContext) -> Result<Option<ClientCertificate>,
                     "only a filename is supported".to_string(),
                 )),
             };
-            Ok(Some(ClientCertificate {
-                certificate: file(&one.certificate_chain, "certificate_chain")?,
-                private_key: file(&one.private_key, "private_key")?,
-            }))
+            Ok((
+                Some(ClientCertificate::Files {
+                    certificate: file(&one.certificate_chain, "certificate_chain")?,
+                    private_key: file(&one.private_key, "private_key")?,
+                }),
+                None,
+            ))
         }
         ([], [one]) => {
+            if over_ads(one) && is_kubernetes_secret(&one.name) {
+                return Ok((
+                    Some(ClientCertificate::Pem {
+                        chain: String::new(),
+                        key: Default::default(),
+                    }),
+                    Some(one.name.clone()),
+                ));
+            }
             let Some((cert, key)) = one
                 .name
                 .strip_prefix("file-cert:")
@@ -169,10 +207,13 @@ fn client_certificate(c: &CommonTlsContext) -> Result<Option<ClientCertificate>,
                     &format!("{at}.tls_certificate_sds_secret_configs[0]"),
                 ));
             };
-            Ok(Some(ClientCertificate {
-                certificate: cert.into(),
-                private_key: key.into(),
-            }))
+            Ok((
+                Some(ClientCertificate::Files {
+                    certificate: cert.into(),
+                    private_key: key.into(),
+                }),
+                None,
+            ))
         }
         _ => Err((
             at.to_string(),
@@ -181,11 +222,28 @@ fn client_certificate(c: &CommonTlsContext) -> Result<Option<ClientCertificate>,
     }
 }
 
+/// Whether the secret comes over the ADS stream.
+fn over_ads(s: &SdsSecretConfig) -> bool {
+    matches!(
+        s.sds_config
+            .as_ref()
+            .and_then(|c| c.config_source_specifier.as_ref()),
+        Some(ConfigSourceSpecifier::Ads(_))
+    )
+}
+
+/// `kubernetes://<name>` or `kubernetes://<namespace>/<name>` (istiod's
+/// `ParseResourceName`).
+fn is_kubernetes_secret(name: &str) -> bool {
+    name.strip_prefix(KUBERNETES_SECRET)
+        .is_some_and(|rest| !rest.is_empty() && rest.split('/').all(|p| !p.is_empty()))
+}
+
 fn secret_error(s: &SdsSecretConfig, at: &str) -> Bad {
     (
         format!("{at}.name"),
         format!(
-            "SDS secret {:?} is not supported: only the files istiod names `file-cert:`/`file-root:` (DestinationRule caCertificates, clientCertificate, privateKey) and the CA bundles of BackendTLSPolicy ConfigMaps over ADS (`configmap://`), not credentialName",
+            "SDS secret {:?} is not supported: only the files istiod names `file-cert:`/`file-root:` (DestinationRule caCertificates, clientCertificate, privateKey), and over ADS Kubernetes Secrets (`kubernetes://`, DestinationRule credentialName) and ConfigMap CA bundles (`configmap://`, BackendTLSPolicy)",
             s.name
         ),
     )
@@ -242,16 +300,11 @@ fn validation(c: &CommonTlsContext) -> Result<Validation, Bad> {
 }
 
 /// The roots an SDS secret names: a file pilot-agent would serve (`file-root:`), or a
-/// ConfigMap's CA bundle istiod serves over ADS (roots that verify nothing until it
-/// arrives), or istiod's `invalid://` (never).
+/// ConfigMap's or Secret's CA bundle istiod serves over ADS (roots that verify nothing
+/// until it arrives), or istiod's `invalid://` (never).
 fn secret_root(s: &SdsSecretConfig, at: &str) -> Result<(TlsRoots, Option<String>), Bad> {
-    let over_ads = matches!(
-        s.sds_config
-            .as_ref()
-            .and_then(|c| c.config_source_specifier.as_ref()),
-        Some(ConfigSourceSpecifier::Ads(_))
-    );
-    if over_ads && s.name.starts_with(CONFIG_MAP_SECRET) {
+    let over_ads = over_ads(s);
+    if over_ads && (s.name.starts_with(CONFIG_MAP_SECRET) || is_kubernetes_secret(&s.name)) {
         return Ok((TlsRoots::Pem(String::new()), Some(s.name.clone())));
     }
     if over_ads && s.name.starts_with(INVALID_SECRET) {
