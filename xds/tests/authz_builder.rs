@@ -74,6 +74,7 @@ fn decide(
 ) -> bool {
     let (mut attrs, headers) = http_request(principal, path);
     attrs.http = Some(HttpAttributes {
+        path_and_query: None,
         method: "GET",
         host: "httpbin.foo",
         path,

@@ -87,6 +87,7 @@ fn decide(policies: &str, r: &Req) -> Option<bool> {
     }
     let ip = |s: &str| s.parse::<IpAddr>().ok();
     let attrs = Attributes {
+        principal_uri: None,
         principal: r.principal.map(Into::into),
         namespace: Some(r.ns.into()),
         service_account: Some(r.sa.into()),
@@ -96,6 +97,7 @@ fn decide(policies: &str, r: &Req) -> Option<bool> {
         destination_port: Some(r.port),
         sni: None,
         http: (!r.tcp).then(|| HttpAttributes {
+            path_and_query: None,
             method: r.method,
             host: r.host,
             path: &path,

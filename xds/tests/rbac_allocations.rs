@@ -47,6 +47,7 @@ fn config(action: &str, name: &str, permissions: &str, principals: &str) -> Rbac
 /// A GET from `foo/sleep` to `/API/items` with `headers` and a validated JWT.
 fn request<'a>(headers: &'a HeaderMap, jwt: &'a JwtAuth) -> Attributes<'a> {
     Attributes {
+        principal_uri: None,
         principal: Some("cluster.local/ns/foo/sa/sleep".into()),
         namespace: Some("foo".into()),
         service_account: Some("sleep".into()),
@@ -56,6 +57,7 @@ fn request<'a>(headers: &'a HeaderMap, jwt: &'a JwtAuth) -> Attributes<'a> {
         destination_port: Some(8080),
         sni: None,
         http: Some(HttpAttributes {
+            path_and_query: None,
             method: "GET",
             host: "echo.foo:80",
             path: "/API/items",

@@ -15,6 +15,7 @@ fn http_attrs<'a>(
     auth: Option<&'a JwtAuth>,
 ) -> Attributes<'a> {
     Attributes {
+        principal_uri: None,
         principal: Some("cluster.local/ns/foo/sa/sleep".into()),
         namespace: Some("foo".into()),
         service_account: Some("sleep".into()),
@@ -24,6 +25,7 @@ fn http_attrs<'a>(
         destination_port: Some(8080),
         sni: None,
         http: Some(HttpAttributes {
+            path_and_query: None,
             method: "GET",
             host: "httpbin.foo:8000",
             path,

@@ -247,12 +247,14 @@ fn authenticate_with<B>(
 ) -> Result<Option<JwtAuth>, JwtError> {
     let mut found = None;
     for rule in rules {
+        // Istio's defaults (built once) when the rule names no locations.
+        static DEFAULT: std::sync::OnceLock<Vec<Location>> = std::sync::OnceLock::new();
         let locations = if rule.locations.is_empty() {
-            JwtRule::default_locations()
+            DEFAULT.get_or_init(JwtRule::default_locations)
         } else {
-            rule.locations.clone()
+            &rule.locations
         };
-        if let Some(t) = find_token(req, &locations) {
+        if let Some(t) = find_token(req, locations) {
             found = Some(t);
             break;
         }

@@ -30,6 +30,9 @@ pub struct HttpAttributes<'a> {
     /// The query string (after `?`), if the request had one; Envoy RBAC's `:path` header
     /// is `path?query`.
     pub query: Option<&'a str>,
+    /// The path and query as one string (`path?query`), when it is at hand ready-made (the
+    /// request's URI, once normalized); RBAC builds it otherwise.
+    pub path_and_query: Option<&'a str>,
     /// Request headers.
     pub headers: &'a HeaderMap,
     /// The validated JWT, if any.
@@ -41,6 +44,9 @@ pub struct HttpAttributes<'a> {
 pub struct Attributes<'a> {
     /// Peer principal without `spiffe://`.
     pub principal: Option<Cow<'a, str>>,
+    /// The same principal as a URI (`spiffe://...`), when it is at hand ready-made (a
+    /// tunnel keeps it); RBAC, which matches the URI, builds it otherwise.
+    pub principal_uri: Option<Cow<'a, str>>,
     /// Peer namespace.
     pub namespace: Option<Cow<'a, str>>,
     /// Peer service account.
@@ -64,6 +70,7 @@ impl<'a> Attributes<'a> {
     pub fn of_tunnel(t: &'a crate::model::TunnelInfo) -> Attributes<'a> {
         Attributes {
             principal: Some(Cow::Borrowed(t.principal())),
+            principal_uri: Some(Cow::Borrowed(t.principal_uri())),
             namespace: Some(Cow::Borrowed(&t.peer.namespace)),
             service_account: Some(Cow::Borrowed(&t.peer.service_account)),
             source_ip: t.source_ip,

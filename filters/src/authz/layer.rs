@@ -163,6 +163,7 @@ fn attributes<'a>(ctx: &'a RequestContext, req: &'a Request<Body>) -> Attributes
         host: host_of(req),
         path: req.uri().path(),
         query: req.uri().query(),
+        path_and_query: req.uri().path_and_query().map(|pq| pq.as_str()),
         headers: req.headers(),
         auth: req.extensions().get::<JwtAuth>(),
     });

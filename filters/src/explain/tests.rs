@@ -102,6 +102,7 @@ fn attrs<'a>(method: &'a str, path: &'a str, headers: &'a http::HeaderMap) -> At
         namespace: Some("default".into()),
         service_account: Some("sleep".into()),
         http: Some(HttpAttributes {
+            path_and_query: None,
             method,
             host: "echo",
             path,

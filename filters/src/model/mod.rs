@@ -51,15 +51,22 @@ pub struct TunnelInfo {
     pub baggage: Option<String>,
     /// The CONNECT request's `traceparent` header, kept for tracing.
     pub traceparent: Option<String>,
-    /// `peer`'s principal, formatted on first use (policies ask on every request); start
-    /// it empty (`Default::default()`) and read it with [`TunnelInfo::principal`].
+    /// `peer`'s principal as a URI (`spiffe://...`), formatted on first use (policies ask
+    /// on every request); start it empty (`Default::default()`) and read it with
+    /// [`TunnelInfo::principal`] or [`TunnelInfo::principal_uri`].
     pub principal_cache: std::sync::OnceLock<String>,
 }
 
 impl TunnelInfo {
     /// The peer's principal without `spiffe://` (`<trust-domain>/ns/<ns>/sa/<sa>`).
     pub fn principal(&self) -> &str {
-        self.principal_cache.get_or_init(|| self.peer.principal())
+        &self.principal_uri()["spiffe://".len()..]
+    }
+
+    /// The peer's principal as a URI (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`).
+    pub fn principal_uri(&self) -> &str {
+        self.principal_cache
+            .get_or_init(|| format!("spiffe://{}", self.peer.principal()))
     }
 
     /// The original source address (Envoy's downstream remote address); port 0 when the

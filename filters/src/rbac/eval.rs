@@ -43,7 +43,7 @@ pub const ISTIO_AUTHN_FILTER: &str = "istio_authn";
 #[derive(Debug)]
 pub struct RbacInput<'a> {
     attrs: &'a Attributes<'a>,
-    spiffe: Option<String>,
+    spiffe: Option<Cow<'a, str>>,
     path_with_query: Option<Cow<'a, str>>,
 }
 
@@ -51,16 +51,24 @@ impl<'a> RbacInput<'a> {
     /// Wraps `attrs` (computing the derived inputs once).
     pub fn new(attrs: &'a Attributes<'a>) -> Self {
         Self {
-            spiffe: attrs.principal.as_ref().map(|p| {
-                let mut id = String::with_capacity("spiffe://".len() + p.len());
-                id.push_str("spiffe://");
-                id.push_str(p);
-                id
-            }),
-            path_with_query: attrs.http.as_ref().map(|h| match h.query {
-                Some(q) => Cow::Owned(format!("{}?{q}", h.path)),
-                None => Cow::Borrowed(h.path),
-            }),
+            spiffe: match (&attrs.principal_uri, &attrs.principal) {
+                (Some(uri), _) => Some(Cow::Borrowed(uri.as_ref())),
+                (None, Some(p)) => {
+                    let mut id = String::with_capacity("spiffe://".len() + p.len());
+                    id.push_str("spiffe://");
+                    id.push_str(p);
+                    Some(Cow::Owned(id))
+                }
+                (None, None) => None,
+            },
+            path_with_query: attrs
+                .http
+                .as_ref()
+                .map(|h| match (h.path_and_query, h.query) {
+                    (Some(pq), _) => Cow::Borrowed(pq),
+                    (None, Some(q)) => Cow::Owned(format!("{}?{q}", h.path)),
+                    (None, None) => Cow::Borrowed(h.path),
+                }),
             attrs,
         }
     }

@@ -133,6 +133,7 @@ impl Req {
                 (None, None)
             };
         let attrs = Attributes {
+            principal_uri: None,
             principal: self.principal.as_deref().map(Into::into),
             namespace,
             service_account,
@@ -142,6 +143,7 @@ impl Req {
             destination_port: Some(self.port),
             sni: self.sni.as_deref().map(Into::into),
             http: (!self.tcp).then(|| HttpAttributes {
+                path_and_query: None,
                 method: &self.method,
                 host: &self.host,
                 path: &self.path,

@@ -48,6 +48,7 @@ impl Subject for Mock {
     fn attributes(&self) -> Attributes<'_> {
         Attributes {
             http: Some(HttpAttributes {
+                path_and_query: None,
                 method: "GET",
                 host: "echo",
                 path: self.path,

@@ -157,6 +157,7 @@ mod tests {
     fn http_attrs<'a>(path: &'a str, headers: &'a http::HeaderMap) -> Attributes<'a> {
         Attributes {
             http: Some(HttpAttributes {
+                path_and_query: None,
                 method: "GET",
                 host: "echo",
                 path,

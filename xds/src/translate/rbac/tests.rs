@@ -360,6 +360,7 @@ fn protos_evaluate_like_the_same_yaml() {
             destination_ip: Some(c.dst.parse().unwrap()),
             destination_port: Some(8000),
             http: Some(HttpAttributes {
+                path_and_query: None,
                 method: c.method,
                 host: "httpbin.foo",
                 path: c.path,
