@@ -123,6 +123,7 @@ fn check_formats(sink: &AccessLogSink) -> Result<(), LocalConfigError> {
                 filters::access_log::Format::parse(f).map_err(bad)?;
             }
         }
+        AccessLogSink::Grpc(_) => {}
     }
     Ok(())
 }
