@@ -122,7 +122,7 @@ async fn run(streamer: Arc<Streamer>, rx: mpsc::Receiver<Entry>) {
         }
     })
     .await;
-    // The last stream's unsent entries.
+    // Every logger handle is gone: the last stream's body ends, which closes the call.
     if let Some(open) = streamer.open.lock().await.take() {
         drop(open.tx);
     }

@@ -125,7 +125,6 @@ fn common(config: &GrpcLogConfig, record: &HttpRecord, facts: &dyn Activation) -
     AccessLogCommon {
         sample_rate: 1.0,
         downstream_remote_address: address(&record.downstream_remote_address),
-        downstream_direct_remote_address: address(&record.downstream_remote_address),
         downstream_local_address: address(&record.downstream_local_address),
         start_time: Some(timestamp(record.start)),
         duration: Some(duration(record.duration)),
