@@ -278,3 +278,38 @@ async fn tcp_entries_stream_to_the_access_log_service() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn entries_for_an_unreachable_service_are_dropped_and_counted() {
+    // The service's only endpoint refuses connections: requests are served as usual and
+    // the entries are counted dropped (each batch tries a new stream).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let w = start(|ls, cs, es| {
+        with_als_cluster(cs, es, None, addr);
+        with_access_logs(ls, json!([http_grpc_log()]));
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(get(&w, 8100, "/lost").await.status, 200);
+        let metrics = testkit::process::http_get(w._wp.metrics, "/stats/prometheus")
+            .await
+            .unwrap()
+            .1;
+        let dropped = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("waypoint_access_log_dropped_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if dropped > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing counted dropped:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
