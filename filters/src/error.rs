@@ -55,6 +55,11 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("upstream request timeout")]
     UpstreamTimeout,
+    /// Nothing happened on the stream (no headers, no body data either way) for the
+    /// connection manager's `stream_idle_timeout` before the response started (Envoy's
+    /// `SI`, 408).
+    #[error("stream idle timeout")]
+    StreamIdleTimeout,
     /// The matched rule has no usable backend (none, weight 0, or an invalid backendRef).
     #[error("no usable backend: {0}")]
     InvalidBackend(String),
@@ -78,6 +83,7 @@ impl ProxyError {
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::StreamIdleTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::InvalidBackend(_) | ProxyError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -98,6 +104,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::UpstreamTimeout => "UT",
+            ProxyError::StreamIdleTimeout => "SI",
             ProxyError::InvalidBackend(_) => "NC",
             ProxyError::Internal(_) => "DPE",
         }
@@ -123,6 +130,7 @@ impl ProxyError {
                 "upstream_reset_before_response_started{connection_termination}".into()
             }
             ProxyError::UpstreamTimeout => "response_timeout".into(),
+            ProxyError::StreamIdleTimeout => "stream_idle_timeout".into(),
             ProxyError::InvalidBackend(_) => "cluster_not_found".into(),
             ProxyError::Internal(_) => "internal_error".into(),
         }
@@ -159,6 +167,7 @@ impl ProxyError {
                 format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
             }
             ProxyError::UpstreamTimeout => "upstream request timeout".to_string(),
+            ProxyError::StreamIdleTimeout => "stream timeout".to_string(),
             ProxyError::InvalidBackend(_) => "no usable backend".to_string(),
             ProxyError::Internal(_) => "internal error".to_string(),
         };

@@ -103,6 +103,12 @@ pub struct ExtensionProvider {
     /// Envoy OpenTelemetry access log (OTLP logs over gRPC).
     #[serde(default)]
     pub envoy_otel_als: Option<serde_yaml::Value>,
+    /// Envoy HTTP access log service logger (`envoy.service.accesslog.v3`).
+    #[serde(default)]
+    pub envoy_http_als: Option<serde_yaml::Value>,
+    /// Envoy TCP access log service logger.
+    #[serde(default)]
+    pub envoy_tcp_als: Option<serde_yaml::Value>,
     /// Any other provider kind (zipkin, skywalking, prometheus, ...), kept so that a
     /// reference to it can be reported as unsupported rather than unknown.
     #[serde(flatten)]
@@ -122,6 +128,10 @@ impl ExtensionProvider {
             "envoyFileAccessLog"
         } else if self.envoy_otel_als.is_some() {
             "envoyOtelAls"
+        } else if self.envoy_http_als.is_some() {
+            "envoyHttpAls"
+        } else if self.envoy_tcp_als.is_some() {
+            "envoyTcpAls"
         } else {
             self.other
                 .keys()

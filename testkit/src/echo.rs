@@ -5,6 +5,7 @@
 //!   `?delay=500ms` waits first; `X-Echo-Set-Header: Name:value,...` adds response headers;
 //! - `/retry/...?uuid=U&succeedAfter=N&responseCode=C`: answers C to the first N calls for U;
 //! - `/echo-body`: streams the request body back; `/bytes?n=N`: streams N bytes;
+//!   `/drip?n=N&gap=300ms`: streams N chunks of `x`, the first at once, then one per gap;
 //! - `/status/C`: answers status C (with `?pod=P`, only pod P does; the others answer 200);
 //! - `/ws` with `Upgrade`: switches protocols and echoes bytes;
 //! - `content-type: application/grpc`: echoes the gRPC message with `grpc-status: 0` trailers.
@@ -84,6 +85,13 @@ pub async fn handle(
         grpc_echo(&who, req).await
     } else if path == "/echo-body" {
         Response::new(Body::new(req.into_body()))
+    } else if path == "/drip" {
+        let n: usize = q.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
+        let gap = q
+            .get("gap")
+            .and_then(|d| filters::duration::parse(d).ok())
+            .unwrap_or_default();
+        Response::new(drip_body(n, gap))
     } else if path == "/bytes" {
         let n: usize = q.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
         Response::new(bytes_body(n, q.contains_key("chunked")))
@@ -190,6 +198,23 @@ fn canonical(name: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("-")
+}
+
+/// `n` one-byte chunks, the first at once, then one every `gap`.
+fn drip_body(n: usize, gap: std::time::Duration) -> Body {
+    let stream = futures::stream::unfold(0, move |sent| async move {
+        if sent == n {
+            return None;
+        }
+        if sent > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        Some((
+            Ok::<_, fbody::BoxError>(Frame::data(Bytes::from_static(b"x"))),
+            sent + 1,
+        ))
+    });
+    Body::new(StreamBody::new(stream))
 }
 
 /// `n` bytes of `x`, streamed in 64 KiB chunks: with a `Content-Length` (as fortio and

@@ -20,6 +20,7 @@
 //! - [`loadgen`]: the HBONE load generator (open and closed loop, latency histograms).
 
 pub mod ads_server;
+pub mod als;
 pub mod ca_server;
 pub mod client;
 pub mod dns_server;

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-/// The connection manager's request-header settings.
+/// The connection manager's request-header and per-stream settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RequestHeaders {
     /// Add an `x-request-id` (a random UUID) when the request has none (Envoy's
@@ -14,6 +14,11 @@ pub struct RequestHeaders {
     /// (`FORWARD_ONLY`, `ALWAYS_FORWARD_ONLY`, and `APPEND_FORWARD` with nothing to append
     /// on the internal listener).
     pub sanitize_client_cert: bool,
+    /// Envoy's `stream_idle_timeout` (ProxyConfig `connectionSettings.httpStreamIdleTimeout`):
+    /// a request with no activity (headers or body data either way) for this long is
+    /// answered 408 (`SI`, `stream_idle_timeout`) before its response starts, reset after.
+    /// `None` (istiod's `0s`) is no timeout.
+    pub stream_idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for RequestHeaders {
@@ -21,6 +26,7 @@ impl Default for RequestHeaders {
         Self {
             generate_request_id: true,
             sanitize_client_cert: true,
+            stream_idle_timeout: None,
         }
     }
 }
@@ -105,6 +111,7 @@ mod tests {
         RequestHeaders {
             generate_request_id: false,
             sanitize_client_cert: false,
+            stream_idle_timeout: None,
         }
         .apply(&mut h);
         assert!(!h.contains_key("x-request-id"));

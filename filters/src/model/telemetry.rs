@@ -233,6 +233,55 @@ pub enum AccessLogSink {
     },
     /// OTLP log records exported over gRPC (Envoy's `envoy.access_loggers.open_telemetry`).
     OpenTelemetry(OtelLogConfig),
+    /// Entries streamed to an access log service (Envoy's `envoy.access_loggers.http_grpc`
+    /// and `envoy.access_loggers.tcp_grpc`: `envoy.service.accesslog.v3.AccessLogService`).
+    Grpc(GrpcLogConfig),
+}
+
+/// Which entries a gRPC access log streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum GrpcLogKind {
+    /// `HTTPAccessLogEntry`s (`envoy.access_loggers.http_grpc`).
+    Http,
+    /// `TCPAccessLogEntry`s (`envoy.access_loggers.tcp_grpc`).
+    Tcp,
+}
+
+/// An access log service logger: one stream to the service, opened with an identifier
+/// (the node and `log_name`), then batches of entries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GrpcLogConfig {
+    /// HTTP or TCP entries.
+    pub kind: GrpcLogKind,
+    /// The log name sent in the stream's identifier.
+    pub log_name: String,
+    /// The service's hostname (optionally `ns/hostname`), or IP literal.
+    pub service: String,
+    /// The service's port.
+    pub port: u16,
+    /// Over xDS, the `outbound|<port>||<host>` cluster istiod named for the service.
+    pub cluster: Option<String>,
+    /// The `:authority` of the stream; the service host when empty.
+    pub authority: String,
+    /// Request headers logged in `request_headers` (lower case).
+    pub request_headers: Vec<String>,
+    /// Response headers logged in `response_headers` (lower case).
+    pub response_headers: Vec<String>,
+    /// Filter state objects logged when the request has them (`downstream_peer` and
+    /// `upstream_peer`, the peers' workload metadata, are the ones a waypoint has).
+    pub filter_state_objects: Vec<String>,
+    /// gRPC metadata sent when the stream opens.
+    pub metadata: Vec<(String, String)>,
+    /// Longest life of one stream (the gRPC service's `timeout`): a stream is closed then
+    /// and the next entries open a new one. `None` keeps it open.
+    pub stream_timeout: Option<std::time::Duration>,
+}
+
+impl GrpcLogConfig {
+    /// The service as `host:port`, for logs.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.service, self.port)
+    }
 }
 
 /// An OpenTelemetry access log: each request becomes an OTLP `LogRecord`.

@@ -3,12 +3,13 @@
 //! `pilot/pkg/model/telemetry.go`, `mergeLogs`; `pilot/pkg/networking/core/accesslog.go`,
 //! `buildAccessLogFilterFromTelemetry`): one log per provider (the built-in `envoy`
 //! provider with MeshConfig's format, `envoyFileAccessLog` to its path, `envoyOtelAls` as
-//! OTLP logs), each behind the entry's CEL `filter`.
+//! OTLP logs, `envoyHttpAls` / `envoyTcpAls` streamed to an access log service), each
+//! behind the entry's CEL `filter`.
 
 use filters::cel::Expression;
 use filters::model::telemetry::{
-    AccessLog, AccessLogConfig, AccessLogSink, Comparison, ListenerLogs, LogFilter, OtelLogConfig,
-    STDOUT,
+    AccessLog, AccessLogConfig, AccessLogSink, Comparison, GrpcLogConfig, GrpcLogKind,
+    ListenerLogs, LogFilter, OtelLogConfig, STDOUT,
 };
 
 use super::*;
@@ -123,6 +124,7 @@ fn check_formats(sink: &AccessLogSink) -> Result<(), LocalConfigError> {
                 filters::access_log::Format::parse(f).map_err(bad)?;
             }
         }
+        AccessLogSink::Grpc(_) => {}
     }
     Ok(())
 }
@@ -217,14 +219,106 @@ fn provider_sink(
             timeout: DEFAULT_TIMEOUT,
         }));
     }
+    let als = [
+        (&p.envoy_http_als, GrpcLogKind::Http),
+        (&p.envoy_tcp_als, GrpcLogKind::Tcp),
+    ];
+    if let Some((v, kind)) = als
+        .into_iter()
+        .find_map(|(v, k)| v.as_ref().map(|v| (v, k)))
+    {
+        return grpc_als(p, index, v, kind);
+    }
     Err(invalid(
         label,
         field,
         format!(
-            "provider {name:?} is {}; envoyFileAccessLog and envoyOtelAls are supported",
+            "provider {name:?} is {}; envoyFileAccessLog, envoyOtelAls, envoyHttpAls and envoyTcpAls are supported",
             p.kind()
         ),
     ))
+}
+
+/// An `envoyHttpAls` / `envoyTcpAls` provider as istiod writes its logger
+/// (`httpGrpcAccessLogFromTelemetry`, `tcpGrpcAccessLogFromTelemetry`): its log name
+/// (`http_envoy_accesslog` / `tcp_envoy_accesslog` by default), the filter state objects
+/// (`upstream_peer`, `downstream_peer` by default) and, for HTTP, the extra headers.
+fn grpc_als(
+    p: &crate::mesh::ExtensionProvider,
+    index: usize,
+    v: &serde_yaml::Value,
+    kind: GrpcLogKind,
+) -> Result<AccessLogSink, LocalConfigError> {
+    let a: GrpcAls = provider_settings(p, index, v)?;
+    let object = format!("MeshConfig extensionProviders[{index}] ({})", p.name);
+    let (kind_field, default_name) = match kind {
+        GrpcLogKind::Http => ("envoyHttpAls", "http_envoy_accesslog"),
+        GrpcLogKind::Tcp => ("envoyTcpAls", "tcp_envoy_accesslog"),
+    };
+    let headers_set = !a.additional_request_headers_to_log.is_empty()
+        || !a.additional_response_headers_to_log.is_empty()
+        || !a.additional_response_trailers_to_log.is_empty();
+    if kind == GrpcLogKind::Tcp && headers_set {
+        return Err(invalid(
+            &object,
+            format!("{kind_field}.additionalRequestHeadersToLog"),
+            "a TCP logger logs no headers",
+        ));
+    }
+    if !a.additional_response_trailers_to_log.is_empty() {
+        return Err(invalid(
+            &object,
+            format!("{kind_field}.additionalResponseTrailersToLog"),
+            "response trailers are not logged",
+        ));
+    }
+    let names = |list: Vec<String>, field: &str| -> Result<Vec<String>, LocalConfigError> {
+        list.into_iter()
+            .map(|n| {
+                let lower = n.to_ascii_lowercase();
+                match http::HeaderName::from_bytes(lower.as_bytes()) {
+                    Ok(_) => Ok(lower),
+                    Err(_) => Err(invalid(
+                        &object,
+                        format!("{kind_field}.{field}"),
+                        format!("{n:?} is not a header name"),
+                    )),
+                }
+            })
+            .collect()
+    };
+    let host = a
+        .service
+        .split_once('/')
+        .map(|(_, h)| h)
+        .unwrap_or(&a.service)
+        .to_string();
+    Ok(AccessLogSink::Grpc(GrpcLogConfig {
+        kind,
+        log_name: a
+            .log_name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| default_name.into()),
+        authority: host,
+        service: a.service,
+        port: a.port,
+        cluster: None,
+        request_headers: names(
+            a.additional_request_headers_to_log,
+            "additionalRequestHeadersToLog",
+        )?,
+        response_headers: names(
+            a.additional_response_headers_to_log,
+            "additionalResponseHeadersToLog",
+        )?,
+        filter_state_objects: if a.filter_state_objects_to_log.is_empty() {
+            vec!["upstream_peer".into(), "downstream_peer".into()]
+        } else {
+            a.filter_state_objects_to_log
+        },
+        metadata: Vec::new(),
+        stream_timeout: None,
+    }))
 }
 
 /// MeshConfig's `accessLogEncoding` and `accessLogFormat`.

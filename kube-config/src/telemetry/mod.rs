@@ -126,6 +126,24 @@ struct LogSelector {
     mode: Option<String>,
 }
 
+/// `envoyHttpAls` and `envoyTcpAls` provider settings (the TCP one has no headers).
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GrpcAls {
+    service: String,
+    port: u16,
+    #[serde(default)]
+    log_name: Option<String>,
+    #[serde(default)]
+    filter_state_objects_to_log: Vec<String>,
+    #[serde(default)]
+    additional_request_headers_to_log: Vec<String>,
+    #[serde(default)]
+    additional_response_headers_to_log: Vec<String>,
+    #[serde(default)]
+    additional_response_trailers_to_log: Vec<String>,
+}
+
 /// `envoyOtelAls` provider settings.
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

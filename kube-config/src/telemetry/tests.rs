@@ -273,3 +273,42 @@ fn unsupported_providers_and_bad_values_are_named() {
     .to_string();
     assert!(e.contains("unsupported operator %NOPE%"), "{e}");
 }
+
+#[test]
+fn access_log_service_providers_become_grpc_loggers() {
+    use filters::model::telemetry::GrpcLogKind;
+    // telemetry_logging.go `httpGrpcAccessLogFromTelemetry` / `tcpGrpcAccessLogFromTelemetry`:
+    // default log names and filter state objects, headers as given.
+    let m = mesh("extensionProviders:\n- name: als\n  envoyHttpAls: {service: obs/als.obs.svc.cluster.local, port: 9001, additionalRequestHeadersToLog: [X-Tenant]}\n- name: tcp-als\n  envoyTcpAls: {service: als.obs.svc.cluster.local, port: 9001, logName: mine}\n- name: bad\n  envoyTcpAls: {service: a, port: 1, additionalRequestHeadersToLog: [x]}\n- name: trailers\n  envoyHttpAls: {service: a, port: 1, additionalResponseTrailersToLog: [x]}\n");
+    let ts = vec![telemetry(
+        "apps",
+        "logs",
+        "  accessLogging:\n  - providers: [{name: als}, {name: tcp-als}]\n",
+    )];
+    let c = build(&ts, &m, &gw(), "istio-system").unwrap();
+    let AccessLogSink::Grpc(h) = &c.access_logs[0].sink else {
+        panic!("{:?}", c.access_logs[0]);
+    };
+    assert_eq!(h.kind, GrpcLogKind::Http);
+    assert_eq!(h.log_name, "http_envoy_accesslog");
+    assert_eq!(h.endpoint(), "obs/als.obs.svc.cluster.local:9001");
+    assert_eq!(h.authority, "als.obs.svc.cluster.local");
+    assert_eq!(h.request_headers, ["x-tenant"]);
+    assert_eq!(h.filter_state_objects, ["upstream_peer", "downstream_peer"]);
+    let AccessLogSink::Grpc(t) = &c.access_logs[1].sink else {
+        panic!("{:?}", c.access_logs[1]);
+    };
+    assert_eq!((t.kind, t.log_name.as_str()), (GrpcLogKind::Tcp, "mine"));
+    // TCP chains get the same loggers, as istiod gives them.
+    assert_eq!(c.tcp_access_logs, c.access_logs);
+    for (name, field) in [
+        ("bad", "envoyTcpAls.additionalRequestHeadersToLog"),
+        ("trailers", "envoyHttpAls.additionalResponseTrailersToLog"),
+    ] {
+        let spec = format!("  accessLogging:\n  - providers: [{{name: {name}}}]\n");
+        let e = build(&[telemetry("apps", "t", &spec)], &m, &gw(), "istio-system")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{e}");
+    }
+}

@@ -33,6 +33,7 @@ use tower::{Layer, ServiceExt};
 
 use super::headers::strip_hop_by_hop;
 use super::idle::Activity;
+use super::stream_idle::StreamIdle;
 use super::tracked::{InFlight, Pending, Received, TrackedBody};
 use crate::state::Proxy;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
@@ -174,7 +175,7 @@ impl TunnelApp {
                 return TrackedBody::untracked(local(StatusCode::FORBIDDEN, ""));
             }
         };
-        let (mut req, received) = match self.request(req, upgrade_req) {
+        let (mut req, received, idle) = match self.request(req, upgrade_req) {
             Ok(r) => r,
             Err((status, why)) => return TrackedBody::untracked(local(status, why)),
         };
@@ -207,7 +208,20 @@ impl TunnelApp {
         let downstream_upgrade = upgrade_req.then(|| hyper::upgrade::on(&mut req));
         let uri = req.uri().clone();
         let path = uri.path();
-        let (mut resp, flags, details) = match self.chain.clone().oneshot(req).await {
+        let chain = self.chain.clone().oneshot(req);
+        let answer = match &idle {
+            None => chain.await,
+            // Before the response starts, an idle stream is answered 408 (the chain, and
+            // the upstream call in it, is dropped).
+            Some(idle) => tokio::select! {
+                r = chain => r,
+                () = idle.expired() => Err(filters::ProxyError::StreamIdleTimeout),
+            },
+        };
+        if let Some(idle) = &idle {
+            idle.touch();
+        }
+        let (mut resp, flags, details) = match answer {
             Ok(resp) => {
                 // Answers the filters gave themselves carry their flag and details.
                 let flag = resp.extensions().get::<ResponseFlag>().map_or("-", |f| f.0);
@@ -248,16 +262,14 @@ impl TunnelApp {
                 .then(|| resp.headers().clone()),
             ..Default::default()
         };
-        pending.respond(resp, outcome)
+        // An upgraded connection is spliced, not streamed through the body.
+        let watch = idle.filter(|_| !switching).map(|i| i.watch());
+        pending.respond(resp, outcome, watch)
     }
 
     /// Converts hyper's request into the chain's form: origin-form URI plus a Host header,
     /// hop-by-hop headers removed, the body counted, the tunnel's context attached.
-    fn request(
-        &self,
-        req: Request<Incoming>,
-        upgrade: bool,
-    ) -> Result<(Request<Body>, Option<Received>), Refused> {
+    fn request(&self, req: Request<Incoming>, upgrade: bool) -> Result<Accepted, Refused> {
         let (mut parts, incoming) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         // RFC 9112 3.2: several Host headers are a bad request (authorization would read one,
@@ -292,13 +304,17 @@ impl TunnelApp {
                 .parse()
                 .map_err(|_| (StatusCode::BAD_REQUEST, "bad path"))?;
         }
+        let snapshot = self.proxy.config.current();
+        let idle = snapshot
+            .request_headers()
+            .stream_idle_timeout
+            .map(StreamIdle::start);
         let (body, received) = if http_body::Body::is_end_stream(&incoming) && !upgrade {
             (fbody::empty(), None)
         } else {
-            let (body, received) = super::tracked::count_request(incoming);
+            let (body, received) = super::tracked::count_request(incoming, idle.clone());
             (body, Some(received))
         };
-        let snapshot = self.proxy.config.current();
         snapshot.request_headers().apply(&mut parts.headers);
         let mut req = Request::from_parts(parts, body);
         req.extensions_mut().insert(RequestContext {
@@ -307,9 +323,13 @@ impl TunnelApp {
             log: None,
             decision: None,
         });
-        Ok((req, received))
+        Ok((req, received, idle))
     }
 }
+
+/// A request ready for the chain: its body's byte count (when it has one) and its idle
+/// clock (when the connection manager has a stream idle timeout).
+type Accepted = (Request<Body>, Option<Received>, Option<Arc<StreamIdle>>);
 
 /// A request refused before the chain: the status and the reason sent back.
 type Refused = (StatusCode, &'static str);

@@ -8,6 +8,7 @@ mod headers;
 pub mod http;
 mod idle;
 mod sni;
+mod stream_idle;
 pub mod tcp;
 mod tracked;
 

@@ -14,6 +14,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::idle::{Activity, Busy};
+use super::stream_idle::{IdleWatch, StreamIdle};
 use crate::state::Proxy;
 use crate::telemetry::labels::SourceLabels;
 use crate::telemetry::request::{grpc_status, Outcome, RequestTelemetry};
@@ -29,12 +30,14 @@ impl Received {
     }
 }
 
-/// The client's request body as the chain's [`Body`], counting what it yields.
-pub fn count_request(incoming: Incoming) -> (Body, Received) {
+/// The client's request body as the chain's [`Body`], counting what it yields (and, with
+/// a stream idle timeout, recording each frame as activity).
+pub fn count_request(incoming: Incoming, idle: Option<Arc<StreamIdle>>) -> (Body, Received) {
     let received = Received(Arc::new(AtomicU64::new(0)));
     let body = Counting {
         inner: incoming,
         count: received.clone(),
+        idle,
     };
     (Body::new(body), received)
 }
@@ -42,6 +45,7 @@ pub fn count_request(incoming: Incoming) -> (Body, Received) {
 struct Counting {
     inner: Incoming,
     count: Received,
+    idle: Option<Arc<StreamIdle>>,
 }
 
 impl http_body::Body for Counting {
@@ -55,6 +59,9 @@ impl http_body::Body for Counting {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
             self.count.0.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(idle) = &self.idle {
+            idle.touch();
         }
         Poll::Ready(frame)
     }
@@ -125,17 +132,22 @@ impl Pending {
     }
 
     /// `resp`, whose end (or drop) finishes the telemetry with `outcome` and counts the
-    /// request done.
+    /// request done; with `idle`, the body is reset when the stream goes idle.
     pub(super) fn respond(
         mut self,
         resp: Response<Body>,
         outcome: Outcome,
+        idle: Option<IdleWatch>,
     ) -> Response<TrackedBody> {
         let mut finish = self.0.take();
         if let Some(f) = finish.as_mut() {
             f.outcome = outcome;
         }
-        resp.map(|inner| TrackedBody { inner, finish })
+        resp.map(|inner| TrackedBody {
+            inner,
+            finish,
+            idle,
+        })
     }
 }
 
@@ -158,6 +170,8 @@ impl Drop for Pending {
 pub struct TrackedBody {
     inner: Body,
     finish: Option<Finish>,
+    /// The stream idle timer, when the connection manager sets one.
+    idle: Option<IdleWatch>,
 }
 
 /// What is recorded when the request ends.
@@ -185,6 +199,7 @@ impl TrackedBody {
         resp.map(|inner| TrackedBody {
             inner,
             finish: None,
+            idle: None,
         })
     }
 
@@ -201,6 +216,27 @@ impl Drop for TrackedBody {
     }
 }
 
+impl TrackedBody {
+    /// While the upstream sends nothing: once the stream has been idle for the timeout,
+    /// the request is recorded with `SI` and the stream reset (an error frame: RST_STREAM
+    /// on HTTP/2, the connection closed on HTTP/1.1), as Envoy does after the response
+    /// started.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(w) = self.idle.as_mut() else {
+            return Poll::Pending;
+        };
+        ready!(w.poll_expired(cx));
+        self.idle = None;
+        if let Some(out) = self.finish.as_mut().map(|f| &mut f.outcome) {
+            out.flags = "SI";
+            out.details = "stream_idle_timeout".into();
+        }
+        tracing::debug!("stream idle timeout after the response started; resetting");
+        self.finish();
+        Poll::Ready(Some(Err("stream idle timeout".into())))
+    }
+}
+
 impl http_body::Body for TrackedBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -210,7 +246,13 @@ impl http_body::Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => return this.poll_idle(cx),
+        };
+        if let Some(w) = &this.idle {
+            w.touch();
+        }
         match &frame {
             Some(Ok(f)) => {
                 if let Some(out) = this.finish.as_mut().map(|f| &mut f.outcome) {

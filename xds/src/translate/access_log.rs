@@ -4,7 +4,8 @@
 //! OpenTelemetry loggers (`envoyOtelAls` providers) exporting OTLP logs over gRPC to the
 //! provider's cluster, and the filters istiod puts on them (Telemetry
 //! `accessLogging.filter.expression` as a CEL extension filter; status-code and
-//! response-flag filters, under `and`). Other sinks, filters and formatter extensions are
+//! response-flag filters, under `and`), access log service loggers (`envoyHttpAls`,
+//! `envoyTcpAls` providers, [`super::grpc_access_log`]). Other sinks, filters and formatter extensions are
 //! errors naming the field.
 
 // The file logger's `format`/`json_format`, the text `text_format` and the OpenTelemetry
@@ -109,11 +110,17 @@ fn one(log: &AccessLog, at: &str) -> Result<Log, Bad> {
             let c = OpenTelemetryAccessLogConfig::decode(any.value.as_slice()).map_err(decode_err)?;
             AccessLogSink::OpenTelemetry(otel(c, &at)?)
         }
+        super::grpc_access_log::HTTP_GRPC => {
+            AccessLogSink::Grpc(super::grpc_access_log::http(&any.value, &at)?)
+        }
+        super::grpc_access_log::TCP_GRPC => {
+            AccessLogSink::Grpc(super::grpc_access_log::tcp(&any.value, &at)?)
+        }
         other => {
             return Err((
                 at,
                 format!(
-                    "access logger {other} is not supported (file, stdout and OpenTelemetry loggers are)"
+                    "access logger {other} is not supported (file, stdout, OpenTelemetry and access log service loggers are)"
                 ),
             ))
         }
@@ -128,6 +135,7 @@ fn one(log: &AccessLog, at: &str) -> Result<Log, Bad> {
                 filters::access_log::Format::parse(f).map_err(|e| (at.clone(), e.to_string()))?;
             }
         }
+        AccessLogSink::Grpc(_) => {}
     }
     Ok(Log { sink, filter })
 }

@@ -2,7 +2,9 @@
 //! requests and connections, as istiod writes them (`buildWaypointInboundHTTPFilters` in
 //! `listener_waypoint.go`, `buildHTTPConnectionManager` in `listener_builder.go`):
 //! request-id generation, client certificate forwarding, `use_remote_address: false`,
-//! WebSocket as the one upgrade, no stream idle timeout. What takes effect goes into
+//! WebSocket as the one upgrade, the stream idle timeout (`0s`, none, unless ProxyConfig
+//! `connectionSettings.httpStreamIdleTimeout` sets one: `applyConnectionSettingsToHCM` in
+//! `connection_settings.go`). What takes effect goes into
 //! [`RequestHeaders`]; values the waypoint does not implement are refused by field.
 //!
 //! Accepted without effect: `server_name`/`server_header_transformation` (the waypoint
@@ -44,14 +46,6 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
             ));
         }
     }
-    if let Some(t) = &hcm.stream_idle_timeout {
-        if t.seconds != 0 || t.nanos != 0 {
-            return Err(bad(
-                "stream_idle_timeout",
-                "a stream idle timeout (ProxyConfig connectionSettings.httpStreamIdleTimeout) is not supported; istiod sets 0 without one".into(),
-            ));
-        }
-    }
     for (i, u) in hcm.upgrade_configs.iter().enumerate() {
         let kind = u.upgrade_type.to_ascii_lowercase();
         if kind != "websocket" && kind != "connect" {
@@ -87,5 +81,7 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
     Ok(RequestHeaders {
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|v| v.value),
         sanitize_client_cert: sanitize,
+        // `0s` (istiod's default, listener_builder.go / listener_waypoint.go) is none.
+        stream_idle_timeout: super::duration(hcm.stream_idle_timeout.as_ref()),
     })
 }

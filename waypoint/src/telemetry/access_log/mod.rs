@@ -1,9 +1,12 @@
 //! Access logs: off by default; on when MeshConfig `accessLogFile` or a `Telemetry`
 //! resource (or the connection manager's `access_log` over xDS) turns them on. Each
 //! configured log keeps the requests its filter lets through and writes them as lines to
-//! stdout or a file ([`writer`], non-blocking), or exports them as OTLP log records
-//! ([`otlp`]). Formats and filters are compiled once per configuration snapshot.
+//! stdout or a file ([`writer`], non-blocking), exports them as OTLP log records
+//! ([`otlp`]), or streams them to an access log service ([`als`], entries from
+//! [`als_entry`]). Formats and filters are compiled once per configuration snapshot.
 
+mod als;
+mod als_entry;
 mod otlp;
 mod writer;
 
@@ -11,10 +14,13 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
+use als::AlsLogger;
+pub use als::AlsStats;
 use filters::access_log::{keeps, Compiled, Format, HttpRecord};
 use filters::cel::Activation;
 use filters::model::telemetry::{
-    AccessLog as LogConfig, AccessLogSink, LogFilter, OtelLogConfig, STDOUT,
+    AccessLog as LogConfig, AccessLogSink, GrpcLogConfig, GrpcLogKind, LogFilter, OtelLogConfig,
+    STDOUT,
 };
 use filters::Snapshot;
 use otlp::OtlpLogger;
@@ -34,6 +40,11 @@ enum Sink {
         attributes: Vec<(String, Format)>,
         logger: Arc<OtlpLogger>,
     },
+    Als {
+        filter: Option<LogFilter>,
+        config: GrpcLogConfig,
+        logger: Arc<AlsLogger>,
+    },
 }
 
 /// The compiled sinks of one snapshot version, by the address of the configured list.
@@ -51,8 +62,12 @@ pub struct AccessLog {
     // OpenTelemetry loggers in use, by settings (and service cluster): reused while a sink
     // holds them, so a configuration push does not restart an unchanged exporter.
     loggers: Mutex<Vec<(OtelLogConfig, String, Weak<OtlpLogger>)>>,
+    // Access log service loggers in use, the same way.
+    als_loggers: Mutex<Vec<(GrpcLogConfig, String, Weak<AlsLogger>)>>,
     /// OpenTelemetry export counters.
     pub otlp: Arc<OtlpStats>,
+    /// Access log service counters.
+    pub als: Arc<AlsStats>,
 }
 
 impl AccessLog {
@@ -65,7 +80,9 @@ impl AccessLog {
             writers: Mutex::default(),
             active: Mutex::default(),
             loggers: Mutex::default(),
+            als_loggers: Mutex::default(),
             otlp: Arc::default(),
+            als: Arc::default(),
         }
     }
 
@@ -108,6 +125,22 @@ impl AccessLog {
                         logger.send(otlp::record(record.start, body, attrs));
                     }
                 }
+                Sink::Als {
+                    filter,
+                    config,
+                    logger,
+                } => {
+                    if filter.as_ref().is_none_or(|f| keeps(f, record, facts)) {
+                        logger.send(match config.kind {
+                            GrpcLogKind::Http => {
+                                als::Entry::Http(Box::new(als_entry::http(config, record, facts)))
+                            }
+                            GrpcLogKind::Tcp => {
+                                als::Entry::Tcp(Box::new(als_entry::tcp(config, record, facts)))
+                            }
+                        });
+                    }
+                }
             }
         }
     }
@@ -144,6 +177,10 @@ impl AccessLog {
         drop(stale);
         // Loggers no longer configured end when their last sink goes.
         loggers.retain(|(_, _, l)| l.strong_count() > 0);
+        self.als_loggers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, _, l)| l.strong_count() > 0);
         sinks
     }
 
@@ -210,6 +247,33 @@ impl AccessLog {
                     logger,
                 })
             }
+            AccessLogSink::Grpc(c) => {
+                let mut loggers = self.als_loggers.lock().unwrap_or_else(|e| e.into_inner());
+                let existing = loggers
+                    .iter()
+                    .filter(|(cfg, sc, _)| cfg == c && sc == service_cluster)
+                    .find_map(|(_, _, l)| l.upgrade());
+                let logger = match existing {
+                    Some(l) => l,
+                    None => {
+                        let node = envoy_types::pb::envoy::config::core::v3::Node {
+                            id: self.node_id.clone(),
+                            cluster: service_cluster.to_string(),
+                            ..Default::default()
+                        };
+                        let l = AlsLogger::start(c, node, self.proxy.clone(), self.als.clone())?;
+                        tracing::info!(log = %c.log_name, service = %c.endpoint(), "access log service logger configured");
+                        let l = Arc::new(l);
+                        loggers.push((c.clone(), service_cluster.to_string(), Arc::downgrade(&l)));
+                        l
+                    }
+                };
+                Ok(Sink::Als {
+                    filter,
+                    config: c.clone(),
+                    logger,
+                })
+            }
         }
     }
 
@@ -234,12 +298,12 @@ impl AccessLog {
         attrs.into_iter().map(|(k, v)| otlp::kv(&k, v)).collect()
     }
 
-    /// `(written, dropped)` counts: lines and exported records.
+    /// `(written, dropped)` counts: lines, exported records and streamed entries.
     pub fn counts(&self) -> (u64, u64) {
         let writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         let (mut written, mut dropped) = (
-            self.otlp.exported.load(Ordering::Relaxed),
-            self.otlp.dropped.load(Ordering::Relaxed),
+            self.otlp.exported.load(Ordering::Relaxed) + self.als.sent.load(Ordering::Relaxed),
+            self.otlp.dropped.load(Ordering::Relaxed) + self.als.dropped.load(Ordering::Relaxed),
         );
         for w in writers.values() {
             written += w.stats().written.load(Ordering::Relaxed);
