@@ -8,6 +8,7 @@
 //! - [`ztunnel`]: a fake destination ztunnel: an HBONE server on a pod IP that checks the
 //!   caller's identity and the CONNECT authority, then serves an app;
 //! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
+//! - [`h2_app`]: an h2c app counting connections and streams, holding and freezing them;
 //! - [`ext_authz`]: gRPC and HTTP external authorization servers;
 //! - [`istio_dump`]: istiod's resources for an httpbin waypoint, served over xDS;
 //! - [`jwt`]: a JWT issuer (keys, JWKS, tokens);
@@ -25,6 +26,7 @@ pub mod client;
 pub mod dns_server;
 pub mod echo;
 pub mod ext_authz;
+pub mod h2_app;
 pub mod istio_dump;
 pub mod istiod;
 pub mod jwt;

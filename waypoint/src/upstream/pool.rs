@@ -2,13 +2,18 @@
 //!
 //! HTTP/1.1 connections are checked out for one request at a time and listed again when
 //! their response arrives, to be picked once its body has been read (without a task per
-//! request to wait for that); an HTTP/2 connection is shared by every request
-//! to the endpoint. Both run over [`super::UpstreamIo`] (an HBONE tunnel or TCP).
+//! request to wait for that). HTTP/2 connections are shared: each request takes a stream
+//! on the first connection to the endpoint with a stream free (DestinationRule
+//! `maxConcurrentStreams`; without it, one connection carries every request), and when
+//! every connection is at its limit another is opened. Requests that find no free stream
+//! while one is being opened wait for it rather than each opening their own. Both run over
+//! [`super::UpstreamIo`] (an HBONE tunnel or TCP).
 //!
 //! A port's [`ConnectionLimits`] (DestinationRule `connectionPool`) bound each connection:
 //! idle time (checked when a connection is taken), requests served (the last one's
-//! connection is not pooled again; with 1, keep-alive is off) and age (no new requests
-//! after it).
+//! connection is not pooled again; with 1, keep-alive is off), age (no new requests
+//! after it), and for HTTP/2 the streams at once and the PING keepalive (a connection
+//! whose PING goes unanswered is closed, and leaves the pool).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +28,7 @@ use filters::ProxyError;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::Upstream;
 
@@ -74,12 +79,40 @@ struct H1 {
     served: u32,
 }
 
-/// The shared HTTP/2 connection to an endpoint.
+/// A stream taken on an HTTP/2 connection: the connection counts one stream in flight
+/// for as long as a clone lives.
+type StreamSlot = std::sync::Arc<()>;
+
+/// A response body from an endpoint; over HTTP/2 it holds its stream's slot until it ends
+/// or is dropped.
+pub type UpstreamBody = filters::body::Guarded<Incoming, Option<StreamSlot>>;
+
+/// A shared HTTP/2 connection to an endpoint.
 struct H2 {
     sender: http2::SendRequest<Body>,
     opened: Instant,
     last_used: Instant,
     served: u32,
+    /// One clone per stream in flight.
+    streams: StreamSlot,
+}
+
+impl H2 {
+    fn in_flight(&self) -> usize {
+        std::sync::Arc::strong_count(&self.streams) - 1
+    }
+}
+
+/// Why the last connection attempt to a key failed, and when.
+type LastFailure = Option<(Instant, String)>;
+
+/// The HTTP/2 connections to one key.
+#[derive(Default)]
+struct H2Set {
+    conns: Vec<H2>,
+    /// Held while a connection is being opened: requests that find no free stream wait
+    /// for it, and those that waited fail with it when it fails.
+    opening: std::sync::Arc<tokio::sync::Mutex<LastFailure>>,
 }
 
 type IdleMap = HashMap<Key, Vec<H1>>;
@@ -88,7 +121,7 @@ type IdleMap = HashMap<Key, Vec<H1>>;
 #[derive(Default)]
 pub struct HttpPool {
     idle: Mutex<IdleMap>,
-    h2: Mutex<HashMap<Key, H2>>,
+    h2: Mutex<HashMap<Key, H2Set>>,
     connects: AtomicU64,
 }
 
@@ -105,7 +138,7 @@ impl HttpPool {
         picked: &Picked,
         h2: bool,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let tls = picked.tls.as_ref().map(|t| {
             let host = req
                 .headers()
@@ -128,14 +161,16 @@ impl HttpPool {
             reason: e.to_string(),
         };
         if h2 {
-            let mut sender = match self.h2_pooled(&key) {
-                Some(s) => s,
+            let (mut sender, slot) = match self.h2_pooled(&key) {
+                Ok(taken) => taken,
                 // Connecting is rare and its future large: boxed, it is not part of every
                 // request's future (which is moved and allocated per request).
-                None => Box::pin(self.h2_connect(upstream, picked, &key)).await?,
+                Err(opening) => Box::pin(self.h2_open(upstream, picked, &key, opening)).await?,
             };
-            return sender.send_request(req).await.map_err(reset);
+            let resp = sender.send_request(req).await.map_err(reset)?;
+            return Ok(resp.map(|b| UpstreamBody::new(b, Some(slot))));
         }
+        let no_slot = |resp: Response<Incoming>| resp.map(|b| UpstreamBody::new(b, None));
         let mut req = req;
         // A pooled connection the server closed meanwhile hands the request back unsent;
         // then it goes on a fresh connection.
@@ -144,7 +179,7 @@ impl HttpPool {
                 Ok(resp) => {
                     conn.served += 1;
                     self.checkin(key, conn);
-                    return Ok(resp);
+                    return Ok(no_slot(resp));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
@@ -162,7 +197,7 @@ impl HttpPool {
         };
         let resp = conn.sender.send_request(req).await.map_err(reset)?;
         self.checkin(key, conn);
-        Ok(resp)
+        Ok(no_slot(resp))
     }
 
     /// An idle connection that can take a request now. Connections still reading their
@@ -206,22 +241,92 @@ impl HttpPool {
         }
     }
 
-    /// The open HTTP/2 connection to `key`, if there is one that may take a request (a
-    /// used-up, expired or idle-timed-out one is dropped from the pool: its streams finish,
-    /// then it closes).
-    fn h2_pooled(&self, key: &Key) -> Option<http2::SendRequest<Body>> {
+    /// A stream on an open HTTP/2 connection to `key` with one free (used-up, expired,
+    /// idle-timed-out and closed connections are dropped from the pool: their streams
+    /// finish, then they close); else the lock to hold while opening another.
+    fn h2_pooled(
+        &self,
+        key: &Key,
+    ) -> Result<(http2::SendRequest<Body>, StreamSlot), std::sync::Arc<tokio::sync::Mutex<LastFailure>>>
+    {
+        let idle_timeout = key.idle_timeout();
+        let max_streams = key
+            .limits
+            .and_then(|l| l.max_concurrent_streams)
+            .map_or(usize::MAX, |n| n as usize);
         let mut pool = self.h2.lock().expect("pool lock");
-        let c = pool.get_mut(key)?;
-        let fresh = !c.sender.is_closed()
-            && c.last_used.elapsed() < key.idle_timeout()
-            && key.usable(c.opened, c.served);
-        if !fresh {
-            pool.remove(key);
-            return None;
+        let set = pool.entry(key.clone()).or_default();
+        set.conns.retain(|c| {
+            !c.sender.is_closed()
+                && (c.last_used.elapsed() < idle_timeout || c.in_flight() > 0)
+                && key.usable(c.opened, c.served)
+        });
+        match set.conns.iter_mut().find(|c| c.in_flight() < max_streams) {
+            Some(c) => {
+                c.served += 1;
+                c.last_used = Instant::now();
+                Ok((c.sender.clone(), c.streams.clone()))
+            }
+            None => Err(set.opening.clone()),
         }
-        c.served += 1;
-        c.last_used = Instant::now();
-        Some(c.sender.clone())
+    }
+
+    /// Opens an HTTP/2 connection to `key` and takes a stream on it, holding `opening` so
+    /// that one connection is opened at a time per key: a request that waited for it
+    /// takes a stream on what was opened meanwhile, or fails with the attempt it waited
+    /// for.
+    async fn h2_open(
+        &self,
+        upstream: &Upstream,
+        picked: &Picked,
+        key: &Key,
+        opening: std::sync::Arc<tokio::sync::Mutex<LastFailure>>,
+    ) -> Result<(http2::SendRequest<Body>, StreamSlot), ProxyError> {
+        let asked = Instant::now();
+        let mut last_failure = opening.lock().await;
+        if let Some((at, reason)) = last_failure.as_ref().filter(|(at, _)| *at >= asked) {
+            tracing::debug!(endpoint = %picked.address, failed_ago = ?at.elapsed(), "the HTTP/2 connection waited for failed");
+            return Err(ProxyError::UpstreamConnect {
+                endpoint: picked.address.to_string(),
+                reason: reason.clone(),
+            });
+        }
+        if let Ok(taken) = self.h2_pooled(key) {
+            return Ok(taken);
+        }
+        match self.h2_connect(upstream, picked, key).await {
+            Ok(sender) => {
+                let now = Instant::now();
+                let conn = H2 {
+                    sender: sender.clone(),
+                    opened: now,
+                    last_used: now,
+                    served: 1,
+                    streams: StreamSlot::default(),
+                };
+                let slot = conn.streams.clone();
+                let mut pool = self.h2.lock().expect("pool lock");
+                pool.entry(key.clone()).or_default().conns.push(conn);
+                Ok((sender, slot))
+            }
+            Err(e) => {
+                let reason = match &e {
+                    ProxyError::UpstreamConnect { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                *last_failure = Some((Instant::now(), reason));
+                drop(last_failure);
+                drop(opening);
+                // Forget a key nothing is connected or connecting to.
+                let mut pool = self.h2.lock().expect("pool lock");
+                if pool.get(key).is_some_and(|s| {
+                    s.conns.is_empty() && std::sync::Arc::strong_count(&s.opening) == 1
+                }) {
+                    pool.remove(key);
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn h2_connect(
@@ -233,15 +338,24 @@ impl HttpPool {
         let io = upstream
             .connect(picked, key.sni(), key.proxy.as_ref())
             .await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .initial_stream_window_size(hbone::settings::STREAM_WINDOW)
-            .initial_connection_window_size(hbone::settings::CONNECTION_WINDOW)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| ProxyError::UpstreamConnect {
+            .initial_connection_window_size(hbone::settings::CONNECTION_WINDOW);
+        if let Some(k) = key.limits.and_then(|l| l.h2_keepalive) {
+            // Envoy PINGs at the interval whether or not streams are open.
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, conn) = builder.handshake(TokioIo::new(io)).await.map_err(|e| {
+            ProxyError::UpstreamConnect {
                 endpoint: picked.address.to_string(),
                 reason: format!("HTTP/2 handshake: {e}"),
-            })?;
+            }
+        })?;
         self.connects.fetch_add(1, Ordering::Relaxed);
         let addr = picked.address;
         tokio::spawn(async move {
@@ -249,16 +363,6 @@ impl HttpPool {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        let now = Instant::now();
-        self.h2.lock().expect("pool lock").insert(
-            key.clone(),
-            H2 {
-                sender: sender.clone(),
-                opened: now,
-                last_used: now,
-                served: 1,
-            },
-        );
         Ok(sender)
     }
 

@@ -29,6 +29,7 @@ mod stats;
 mod telemetry;
 pub mod tracing;
 mod upstream_tls;
+mod upstream_connection;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
