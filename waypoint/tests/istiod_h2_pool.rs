@@ -129,8 +129,7 @@ async fn a_keepalive_without_a_timeout_is_nacked_by_field() {
     let w = world(&app, json!({"connection_keepalive": {"interval": "1s"}})).await;
     let e = nack(&w).await;
     assert!(
-        e.contains(GRPC_8100)
-            && e.contains("http2_protocol_options.connection_keepalive.timeout"),
+        e.contains(GRPC_8100) && e.contains("http2_protocol_options.connection_keepalive.timeout"),
         "{e}"
     );
 }

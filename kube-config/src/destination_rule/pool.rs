@@ -107,11 +107,14 @@ impl ConnectionPool {
             None => duration(tcp.and_then(|t| t.idle_timeout.as_ref()), "tcp.idleTimeout")?,
         };
         let mut h2_keepalive = None;
-        if let Some(k) = http.and_then(|h| h.http2_keep_alive.as_ref()).filter(|_| h2) {
+        if let Some(k) = http
+            .and_then(|h| h.http2_keep_alive.as_ref())
+            .filter(|_| h2)
+        {
             let interval = duration(k.interval.as_ref(), "http.http2KeepAlive.interval")?;
             // Envoy refuses a keepalive without a timeout.
-            let timeout = duration(k.timeout.as_ref(), "http.http2KeepAlive.timeout")?
-                .ok_or_else(|| {
+            let timeout =
+                duration(k.timeout.as_ref(), "http.http2KeepAlive.timeout")?.ok_or_else(|| {
                     invalid(
                         label,
                         format!("{at}.http.http2KeepAlive.timeout"),
@@ -126,8 +129,7 @@ impl ConnectionPool {
             Some(k) => {
                 // istiod writes whole seconds.
                 let secs = |v: Option<&String>, field: &str| {
-                    duration(v, field)
-                        .map(|d| d.map(|d| Duration::from_secs(d.as_secs().max(1))))
+                    duration(v, field).map(|d| d.map(|d| Duration::from_secs(d.as_secs().max(1))))
                 };
                 Some(filters::model::TcpKeepalive {
                     time: secs(k.time.as_ref(), "tcp.tcpKeepalive.time")?,
@@ -174,12 +176,10 @@ impl ConnectionPool {
         unsupported(
             label,
             &format!("{at}.tcp"),
-            &[
-                (
-                    "connectTimeout",
-                    tcp.is_some_and(|t| t.connect_timeout.is_some()),
-                ),
-            ],
+            &[(
+                "connectTimeout",
+                tcp.is_some_and(|t| t.connect_timeout.is_some()),
+            )],
         )?;
         unsupported(
             label,

@@ -247,8 +247,10 @@ impl HttpPool {
     fn h2_pooled(
         &self,
         key: &Key,
-    ) -> Result<(http2::SendRequest<Body>, StreamSlot), std::sync::Arc<tokio::sync::Mutex<LastFailure>>>
-    {
+    ) -> Result<
+        (http2::SendRequest<Body>, StreamSlot),
+        std::sync::Arc<tokio::sync::Mutex<LastFailure>>,
+    > {
         let idle_timeout = key.idle_timeout();
         let max_streams = key
             .limits
@@ -350,12 +352,14 @@ impl HttpPool {
                 .keep_alive_timeout(k.timeout)
                 .keep_alive_while_idle(true);
         }
-        let (sender, conn) = builder.handshake(TokioIo::new(io)).await.map_err(|e| {
-            ProxyError::UpstreamConnect {
-                endpoint: picked.address.to_string(),
-                reason: format!("HTTP/2 handshake: {e}"),
-            }
-        })?;
+        let (sender, conn) =
+            builder
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| ProxyError::UpstreamConnect {
+                    endpoint: picked.address.to_string(),
+                    reason: format!("HTTP/2 handshake: {e}"),
+                })?;
         self.connects.fetch_add(1, Ordering::Relaxed);
         let addr = picked.address;
         tokio::spawn(async move {

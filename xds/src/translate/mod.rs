@@ -28,8 +28,8 @@ mod slow_start;
 mod stats;
 mod telemetry;
 pub mod tracing;
-mod upstream_tls;
 mod upstream_connection;
+mod upstream_tls;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -196,12 +196,7 @@ fn h2_settings(
 ) -> Result<(Option<u32>, Option<filters::model::H2Keepalive>), Bad> {
     let streams = match h2.max_concurrent_streams.as_ref().map(|v| v.value) {
         None => None,
-        Some(0) => {
-            return Err((
-                "max_concurrent_streams".into(),
-                "must be at least 1".into(),
-            ))
-        }
+        Some(0) => return Err(("max_concurrent_streams".into(), "must be at least 1".into())),
         Some(n) if n >= STREAMS_UNLIMITED => None,
         Some(n) => Some(n),
     };

@@ -644,9 +644,11 @@ fn http_protocol_options_choose_the_upstream_version_or_are_refused_by_field() {
     );
     // maxConcurrentStreams and http2KeepAlive (applyConnectionPool, on HTTP/2 clusters)
     // take effect; other HTTP/2 settings and keepalive options are refused by field.
-    let h2 = with(serde_json::json!({"explicit_http_config": {"http2_protocol_options": {
+    let h2 = with(
+        serde_json::json!({"explicit_http_config": {"http2_protocol_options": {
         "max_concurrent_streams": 10,
-        "connection_keepalive": {"interval": "10s", "timeout": "3s"}}}}))
+        "connection_keepalive": {"interval": "10s", "timeout": "3s"}}}}),
+    )
     .unwrap()
     .connection_limits;
     assert_eq!(h2.max_concurrent_streams, Some(10));

@@ -40,6 +40,10 @@ pub fn tcp_keepalive(c: &Cluster) -> Result<Option<TcpKeepalive>, InvalidResourc
     Ok(Some(TcpKeepalive {
         time: secs(&k.keepalive_time),
         interval: secs(&k.keepalive_interval),
-        probes: k.keepalive_probes.as_ref().map(|v| v.value).filter(|p| *p > 0),
+        probes: k
+            .keepalive_probes
+            .as_ref()
+            .map(|v| v.value)
+            .filter(|p| *p > 0),
     }))
 }
