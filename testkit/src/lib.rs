@@ -9,6 +9,7 @@
 //!   caller's identity and the CONNECT authority, then serves an app;
 //! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
 //! - [`h2_app`]: an h2c app counting connections and streams, holding and freezing them;
+//! - [`tcp_timers`]: the kernel's timers on TCP connections (keepalive set by another process);
 //! - [`ext_authz`]: gRPC and HTTP external authorization servers;
 //! - [`istio_dump`]: istiod's resources for an httpbin waypoint, served over xDS;
 //! - [`jwt`]: a JWT issuer (keys, JWKS, tokens);
@@ -37,6 +38,7 @@ pub mod process;
 pub mod proxy_front;
 pub mod sds_server;
 pub mod source;
+pub mod tcp_timers;
 pub mod tls_echo;
 pub mod ztunnel;
 

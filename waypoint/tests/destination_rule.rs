@@ -555,37 +555,6 @@ async fn an_http2_keepalive_without_a_timeout_is_refused() {
     );
 }
 
-/// The keepalive timer of the established TCP connections to `to` on this machine, from
-/// `/proc/net/tcp`: for each, the timer kind (`2`: keepalive) and when it fires, in clock
-/// ticks (`USER_HZ`).
-fn tcp_timers_to(to: std::net::SocketAddr) -> Vec<(u8, u64)> {
-    let std::net::SocketAddr::V4(to) = to else {
-        panic!("IPv4 only")
-    };
-    let hex = format!(
-        "{:08X}:{:04X}",
-        u32::from_le_bytes(to.ip().octets()),
-        to.port()
-    );
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when ...
-            if f[2] != hex || f[3] != "01" {
-                return None;
-            }
-            let (tr, when) = f[5].split_once(':')?;
-            Some((
-                u8::from_str_radix(tr, 16).ok()?,
-                u64::from_str_radix(when, 16).ok()?,
-            ))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn tcp_keepalive_is_set_on_connections_to_pods_outside_the_mesh() {
     // connectionPool.tcp.tcpKeepalive: istiod's setKeepAliveSettings writes
@@ -626,11 +595,15 @@ async fn tcp_keepalive_is_set_on_connections_to_pods_outside_the_mesh() {
         assert_eq!(resp.status(), 200);
         assert_eq!(json(resp).await["pod"], "plain-0");
         // The waypoint's pooled connection to the app, idle now.
-        let timers = tcp_timers_to(app);
+        let timers = testkit::tcp_timers::timers_to(app);
         assert_eq!(timers.len(), 1, "{timers:?}");
         let (kind, when) = timers[0];
         if keepalive {
-            assert_eq!(kind, 2, "a keepalive timer runs: {timers:?}");
+            assert_eq!(
+                kind,
+                testkit::tcp_timers::KEEPALIVE,
+                "a keepalive timer runs: {timers:?}"
+            );
             // USER_HZ is 100 on Linux: the first probe within 7 s.
             assert!(when <= 700, "{timers:?}");
         } else {
@@ -640,7 +613,7 @@ async fn tcp_keepalive_is_set_on_connections_to_pods_outside_the_mesh() {
         drop(h);
         // The previous waypoint's connection is gone before the next one starts.
         let since = std::time::Instant::now();
-        while !tcp_timers_to(app).is_empty() {
+        while !testkit::tcp_timers::timers_to(app).is_empty() {
             assert!(since.elapsed() < std::time::Duration::from_secs(10));
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
