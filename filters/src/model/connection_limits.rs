@@ -24,6 +24,10 @@ pub struct ConnectionLimits {
     pub h2_keepalive: Option<H2Keepalive>,
     /// TCP keepalive on the waypoint's own sockets to the endpoints.
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// HTTP/1.1: header names are written in the case the client used (ProxyConfig
+    /// `proxyHeaders.preserveHttp1HeaderCase`; the cluster's `preserve_case` formatter),
+    /// and the endpoint's response header case is kept.
+    pub preserve_header_case: bool,
 }
 
 impl ConnectionLimits {

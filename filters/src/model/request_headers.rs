@@ -14,6 +14,11 @@ pub struct RequestHeaders {
     /// (`FORWARD_ONLY`, `ALWAYS_FORWARD_ONLY`, and `APPEND_FORWARD` with nothing to append
     /// on the internal listener).
     pub sanitize_client_cert: bool,
+    /// HTTP/1.1 header names keep the case the client wrote them in (ProxyConfig
+    /// `proxyHeaders.preserveHttp1HeaderCase`; the connection manager's `preserve_case`
+    /// header formatter): recorded as requests arrive, for upstream connections that
+    /// write them so, and responses written back in the case the endpoint used.
+    pub preserve_header_case: bool,
 }
 
 impl Default for RequestHeaders {
@@ -21,6 +26,7 @@ impl Default for RequestHeaders {
         Self {
             generate_request_id: true,
             sanitize_client_cert: true,
+            preserve_header_case: false,
         }
     }
 }

@@ -158,6 +158,7 @@ impl ConnectionPool {
             max_concurrent_streams: max_concurrent_streams.filter(|n| h2 && *n > 0),
             h2_keepalive,
             tcp_keepalive,
+            preserve_header_case: false,
         })
     }
 

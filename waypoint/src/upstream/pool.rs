@@ -380,6 +380,7 @@ impl HttpPool {
             .connect(picked, key.sni(), key.proxy.as_ref())
             .await?;
         let (sender, conn) = http1::Builder::new()
+            .preserve_header_case(key.limits.is_some_and(|l| l.preserve_header_case))
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ProxyError::UpstreamConnect {

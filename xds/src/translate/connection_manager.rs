@@ -2,12 +2,13 @@
 //! requests and connections, as istiod writes them (`buildWaypointInboundHTTPFilters` in
 //! `listener_waypoint.go`, `buildHTTPConnectionManager` in `listener_builder.go`):
 //! request-id generation, client certificate forwarding, `use_remote_address: false`,
-//! WebSocket as the one upgrade, no stream idle timeout. What takes effect goes into
+//! WebSocket as the one upgrade, no stream idle timeout, HTTP/1.1 header names in their
+//! original case (`http_protocol_options.header_key_format`). What takes effect goes into
 //! [`RequestHeaders`]; values the waypoint does not implement are refused by field.
 //!
 //! Accepted without effect: `server_name`/`server_header_transformation` (the waypoint
 //! does not write a `server` response header), `stat_prefix`, `http2_protocol_options`
-//! and `http_protocol_options` with istiod's values.
+//! and the rest of `http_protocol_options` with istiod's values.
 
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::ForwardClientCertDetails, HttpConnectionManager,
@@ -84,8 +85,13 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
             ))
         }
     };
+    let preserve_header_case = match &hcm.http_protocol_options {
+        Some(h1) => super::header_case::preserve_case(h1, &format!("{at}.http_protocol_options"))?,
+        None => false,
+    };
     Ok(RequestHeaders {
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|v| v.value),
         sanitize_client_cert: sanitize,
+        preserve_header_case,
     })
 }

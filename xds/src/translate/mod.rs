@@ -13,6 +13,7 @@ pub mod endpoint;
 mod error;
 pub mod ext_authz;
 pub mod forward_proxy;
+mod header_case;
 pub mod inline_cluster;
 pub mod jwt;
 pub mod listener;

@@ -6,8 +6,8 @@
 //! requests and lifetime per connection), and for explicit HTTP/2 the stream limit per
 //! connection and the PING keepalive (`max_concurrent_streams`, `connection_keepalive`:
 //! DestinationRule `maxConcurrentStreams`, `http2KeepAlive`). Settings the waypoint does not
-//! implement (other HTTP/2 settings, header case preservation, header limits, upstream
-//! filters) are refused by field.
+//! implement (other HTTP/2 settings, HTTP/1.1 settings other than istiod's `preserve_case`
+//! header formatter, header limits, upstream filters) are refused by field.
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
@@ -116,7 +116,7 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
         if set {
             Err(bad(
                 field,
-                "only default settings are supported (besides HTTP/2 max_concurrent_streams and connection_keepalive; header case preservation is not)",
+                "only default settings are supported (besides HTTP/2 max_concurrent_streams and connection_keepalive)",
             ))
         } else {
             Ok(())
@@ -129,10 +129,8 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
         })) => match protocol_config {
             None => Some(UpstreamProtocol::Http1),
             Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
-                defaults(
-                    *h1 != Default::default(),
-                    "explicit_http_config.http_protocol_options",
-                )?;
+                let field = "explicit_http_config.http_protocol_options";
+                limits.preserve_header_case = h1_options(h1, &at, field)?;
                 Some(UpstreamProtocol::Http1)
             }
             Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
@@ -159,14 +157,18 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
         Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => {
             let field = "use_downstream_protocol_config";
             defaults(
-                d.http_protocol_options
+                d.http2_protocol_options
                     .as_ref()
-                    .is_some_and(|h| *h != Default::default())
-                    || d.http2_protocol_options
-                        .as_ref()
-                        .is_some_and(|h| *h != Default::default()),
+                    .is_some_and(|h| *h != Default::default()),
                 field,
             )?;
+            if let Some(h1) = &d.http_protocol_options {
+                limits.preserve_header_case = h1_options(
+                    h1,
+                    &at,
+                    "use_downstream_protocol_config.http_protocol_options",
+                )?;
+            }
             if d.http3_protocol_options.is_some() {
                 return Err(bad(field, "HTTP/3 upstream is not supported"));
             }
@@ -219,4 +221,25 @@ fn h2_settings(
         .filter(|i| !i.is_zero())
         .map(|interval| filters::model::H2Keepalive { interval, timeout });
     Ok((streams, keepalive))
+}
+
+/// HTTP/1.1 options: whether header case is preserved (istiod's `preserve_case`
+/// formatter); every other setting must be Envoy's default.
+fn h1_options(
+    h1: &envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions,
+    at: &str,
+    field: &str,
+) -> Result<bool, Bad> {
+    let rest = envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions {
+        header_key_format: None,
+        ..h1.clone()
+    };
+    if rest != Default::default() {
+        return Err((
+            format!("{at}.{field}"),
+            "only default settings are supported (besides the preserve_case header formatter)"
+                .into(),
+        ));
+    }
+    super::header_case::preserve_case(h1, &format!("{at}.{field}"))
 }
