@@ -12,46 +12,12 @@ use std::time::Duration;
 
 use istiod::*;
 use serde_json::json;
+use testkit::raw_http::RawHttpApp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn preserve_case_format() -> serde_json::Value {
     json!({"stateful_formatter": {"name": "preserve_case", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig"}}})
-}
-
-/// A pod app that keeps the head of each request it receives, byte for byte, and answers
-/// 200 with an `X-Reply-Header` header.
-async fn raw_app() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = s.read(&mut chunk).await {
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head: Vec<u8> = buf.drain(..end + 4).collect();
-                        seen.lock()
-                            .unwrap()
-                            .push(String::from_utf8_lossy(&head).into_owned());
-                        let reply = b"HTTP/1.1 200 OK\r\nX-Reply-Header: yes\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, heads)
 }
 
 /// Sends a request with `X-Custom-Header` through a tunnel to the VIP's port 8100, as raw
@@ -74,9 +40,9 @@ async fn raw_request(w: &World) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-async fn world(preserve: bool) -> (World, Arc<std::sync::Mutex<Vec<String>>>) {
-    let (app, heads) = raw_app().await;
-    let w = start_with_pod(Some(App::Forward(app)), |ls, cs, es, extra| {
+async fn world(preserve: bool) -> (World, RawHttpApp) {
+    let app = RawHttpApp::start().await.unwrap();
+    let w = start_with_pod(Some(App::Forward(app.addr)), |ls, cs, es, extra| {
         set_only_endpoint(es, CLUSTER_8100, extra.unwrap());
         if !preserve {
             return;
@@ -100,19 +66,19 @@ async fn world(preserve: bool) -> (World, Arc<std::sync::Mutex<Vec<String>>>) {
         });
     })
     .await;
-    (w, heads)
+    (w, app)
 }
 
 #[tokio::test]
 async fn header_case_is_preserved_both_ways_when_configured() {
-    let (w, heads) = world(true).await;
+    let (w, app) = world(true).await;
     let response = raw_request(&w).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(
         response.contains("\r\nX-Reply-Header: yes\r\n"),
         "{response}"
     );
-    let heads = heads.lock().unwrap().clone();
+    let heads = app.heads();
     assert_eq!(heads.len(), 1, "{heads:?}");
     assert!(
         heads[0].contains("\r\nX-Custom-Header: v\r\n"),
@@ -123,14 +89,14 @@ async fn header_case_is_preserved_both_ways_when_configured() {
 
 #[tokio::test]
 async fn header_names_are_lower_case_by_default() {
-    let (w, heads) = world(false).await;
+    let (w, app) = world(false).await;
     let response = raw_request(&w).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(
         response.contains("\r\nx-reply-header: yes\r\n"),
         "{response}"
     );
-    let heads = heads.lock().unwrap().clone();
+    let heads = app.heads();
     assert_eq!(heads.len(), 1, "{heads:?}");
     assert!(
         heads[0].contains("\r\nx-custom-header: v\r\n"),
