@@ -111,6 +111,7 @@ mod tests {
         RequestHeaders {
             generate_request_id: false,
             sanitize_client_cert: false,
+            preserve_header_case: false,
         }
         .apply(&mut h);
         assert!(!h.contains_key("x-request-id"));

@@ -691,6 +691,52 @@ fn http_protocol_options_choose_the_upstream_version_or_are_refused_by_field() {
 }
 
 #[test]
+fn istiods_preserve_case_formatter_is_read_and_other_http1_settings_refused() {
+    // cluster_builder.go preserveCaseFormatterConfig, for ProxyConfig
+    // proxyHeaders.preserveHttp1HeaderCase.
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let base = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
+    let with = |h1: serde_json::Value| {
+        let mut json = base.clone();
+        json["typed_extension_protocol_options"] = serde_json::json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": h1}}});
+        let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+        cluster::convert(&c)
+    };
+    let preserve = serde_json::json!({"header_key_format": {"stateful_formatter": {
+        "name": "preserve_case", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig"}}}});
+    assert!(
+        with(preserve)
+            .unwrap()
+            .connection_limits
+            .preserve_header_case
+    );
+    assert!(
+        !with(serde_json::json!({}))
+            .unwrap()
+            .connection_limits
+            .preserve_header_case
+    );
+    let e = with(serde_json::json!({"header_key_format": {"proper_case_words": {}}})).unwrap_err();
+    assert!(
+        e.field.ends_with("http_protocol_options.header_key_format"),
+        "{}",
+        e.field
+    );
+    let e = with(serde_json::json!({"allow_absolute_url": true})).unwrap_err();
+    assert!(
+        e.field
+            .ends_with("explicit_http_config.http_protocol_options"),
+        "{}",
+        e.field
+    );
+}
+
+#[test]
 fn tcp_keepalive_is_read_and_other_connection_options_refused() {
     // DestinationRule connectionPool.tcp.tcpKeepalive {probes: 3, time: 10s, interval: 5s}
     // (cluster.go applyTCPKeepalive / setKeepAliveSettings: whole seconds).
