@@ -5,8 +5,10 @@
 //! request to wait for that). HTTP/2 connections are shared: each request takes a stream
 //! on the first connection to the endpoint with a stream free (DestinationRule
 //! `maxConcurrentStreams`; without it, one connection carries every request), and when
-//! every connection is at its limit another is opened. Requests that find no free stream
-//! while one is being opened wait for it rather than each opening their own. Both run over
+//! every connection is at its limit another is opened. A connection being opened promises
+//! its streams to the requests that find no free one, which wait for it (and fail with
+//! it) rather than each opening their own; past its streams, another is opened beside
+//! it. Both run over
 //! [`super::UpstreamIo`] (an HBONE tunnel or TCP).
 //!
 //! A port's [`ConnectionLimits`] (DestinationRule `connectionPool`) bound each connection:
@@ -18,7 +20,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use filters::balance::Picked;
@@ -29,6 +31,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
 
 use super::Upstream;
 
@@ -61,6 +64,15 @@ impl Key {
             .unwrap_or(IDLE_TIMEOUT)
     }
 
+    /// Most streams a new HTTP/2 connection can be promised: its stream limit, or its
+    /// request limit when lower.
+    fn streams_per_connection(&self) -> usize {
+        let limit = |v: Option<u32>| v.map_or(usize::MAX, |n| n as usize);
+        self.limits.map_or(usize::MAX, |l| {
+            limit(l.max_concurrent_streams).min(limit(l.max_requests))
+        })
+    }
+
     /// Whether a connection opened at `opened` that has served `served` requests may take
     /// another.
     fn usable(&self, opened: Instant, served: u32) -> bool {
@@ -81,7 +93,7 @@ struct H1 {
 
 /// A stream taken on an HTTP/2 connection: the connection counts one stream in flight
 /// for as long as a clone lives.
-type StreamSlot = std::sync::Arc<()>;
+type StreamSlot = Arc<()>;
 
 /// A response body from an endpoint; over HTTP/2 it holds its stream's slot until it ends
 /// or is dropped.
@@ -99,20 +111,37 @@ struct H2 {
 
 impl H2 {
     fn in_flight(&self) -> usize {
-        std::sync::Arc::strong_count(&self.streams) - 1
+        Arc::strong_count(&self.streams) - 1
     }
 }
 
-/// Why the last connection attempt to a key failed, and when.
-type LastFailure = Option<(Instant, String)>;
+/// What an HTTP/2 connection attempt gives the requests that wait for it: the connection
+/// and one stream slot for each of them, or why it failed.
+type Opened = Result<(http2::SendRequest<Body>, Arc<Mutex<Vec<StreamSlot>>>), String>;
 
-/// The HTTP/2 connections to one key.
+/// An HTTP/2 connection being opened.
+struct Opening {
+    id: u64,
+    /// Its streams not yet promised to a waiting request.
+    spare: usize,
+    done: watch::Receiver<Option<Opened>>,
+}
+
+/// The HTTP/2 connections to one key, and those being opened.
 #[derive(Default)]
 struct H2Set {
     conns: Vec<H2>,
-    /// Held while a connection is being opened: requests that find no free stream wait
-    /// for it, and those that waited fail with it when it fails.
-    opening: std::sync::Arc<tokio::sync::Mutex<LastFailure>>,
+    opening: Vec<Opening>,
+}
+
+/// How a request gets an HTTP/2 stream.
+enum Take {
+    /// On an open connection.
+    Ready(http2::SendRequest<Body>, StreamSlot),
+    /// On a connection being opened, once it is.
+    Wait(watch::Receiver<Option<Opened>>),
+    /// On a connection it opens (`id`), telling those who wait through the sender.
+    Open(u64, watch::Sender<Option<Opened>>),
 }
 
 type IdleMap = HashMap<Key, Vec<H1>>;
@@ -123,6 +152,8 @@ pub struct HttpPool {
     idle: Mutex<IdleMap>,
     h2: Mutex<HashMap<Key, H2Set>>,
     connects: AtomicU64,
+    /// Numbers HTTP/2 connection attempts.
+    attempts: AtomicU64,
 }
 
 impl HttpPool {
@@ -161,11 +192,11 @@ impl HttpPool {
             reason: e.to_string(),
         };
         if h2 {
-            let (mut sender, slot) = match self.h2_pooled(&key) {
-                Ok(taken) => taken,
+            let (mut sender, slot) = match self.h2_take(&key) {
+                Take::Ready(sender, slot) => (sender, slot),
                 // Connecting is rare and its future large: boxed, it is not part of every
                 // request's future (which is moved and allocated per request).
-                Err(opening) => Box::pin(self.h2_open(upstream, picked, &key, opening)).await?,
+                other => Box::pin(self.h2_wait_or_open(upstream, picked, &key, other)).await?,
             };
             let resp = sender.send_request(req).await.map_err(reset)?;
             return Ok(resp.map(|b| UpstreamBody::new(b, Some(slot))));
@@ -241,74 +272,109 @@ impl HttpPool {
         }
     }
 
-    /// A stream on an open HTTP/2 connection to `key` with one free (used-up, expired,
-    /// idle-timed-out and closed connections are dropped from the pool: their streams
-    /// finish, then they close); else the lock to hold while opening another.
-    fn h2_pooled(
-        &self,
-        key: &Key,
-    ) -> Result<
-        (http2::SendRequest<Body>, StreamSlot),
-        std::sync::Arc<tokio::sync::Mutex<LastFailure>>,
-    > {
+    /// A stream for a request to `key`: on the first open connection with one free
+    /// (used-up, expired, idle-timed-out and closed connections are dropped from the pool:
+    /// their streams finish, then they close), else promised by a connection being opened,
+    /// else on a connection the caller is to open.
+    fn h2_take(&self, key: &Key) -> Take {
         let idle_timeout = key.idle_timeout();
         let max_streams = key
             .limits
             .and_then(|l| l.max_concurrent_streams)
             .map_or(usize::MAX, |n| n as usize);
         let mut pool = self.h2.lock().expect("pool lock");
-        let set = pool.entry(key.clone()).or_default();
-        set.conns.retain(|c| {
-            !c.sender.is_closed()
-                && (c.last_used.elapsed() < idle_timeout || c.in_flight() > 0)
-                && key.usable(c.opened, c.served)
-        });
-        match set.conns.iter_mut().find(|c| c.in_flight() < max_streams) {
-            Some(c) => {
+        let take = |set: &mut H2Set| {
+            set.conns.retain(|c| {
+                !c.sender.is_closed()
+                    && (c.last_used.elapsed() < idle_timeout || c.in_flight() > 0)
+                    && key.usable(c.opened, c.served)
+            });
+            if let Some(c) = set.conns.iter_mut().find(|c| c.in_flight() < max_streams) {
                 c.served += 1;
                 c.last_used = Instant::now();
-                Ok((c.sender.clone(), c.streams.clone()))
+                return Take::Ready(c.sender.clone(), c.streams.clone());
             }
-            None => Err(set.opening.clone()),
+            if let Some(o) = set.opening.iter_mut().find(|o| o.spare > 0) {
+                o.spare -= 1;
+                return Take::Wait(o.done.clone());
+            }
+            let id = self.attempts.fetch_add(1, Ordering::Relaxed);
+            let (tx, done) = watch::channel(None);
+            set.opening.push(Opening {
+                id,
+                spare: key.streams_per_connection() - 1,
+                done,
+            });
+            Take::Open(id, tx)
+        };
+        // The key is cloned only the first time it is seen.
+        if let Some(set) = pool.get_mut(key) {
+            return take(set);
         }
+        take(pool.entry(key.clone()).or_default())
     }
 
-    /// Opens an HTTP/2 connection to `key` and takes a stream on it, holding `opening` so
-    /// that one connection is opened at a time per key: a request that waited for it
-    /// takes a stream on what was opened meanwhile, or fails with the attempt it waited
-    /// for.
-    async fn h2_open(
+    /// Waits for the connection being opened that promised a stream, or opens one: its
+    /// other streams go to the requests that wait for it, and if it fails, they fail.
+    async fn h2_wait_or_open(
         &self,
         upstream: &Upstream,
         picked: &Picked,
         key: &Key,
-        opening: std::sync::Arc<tokio::sync::Mutex<LastFailure>>,
+        take: Take,
     ) -> Result<(http2::SendRequest<Body>, StreamSlot), ProxyError> {
-        let asked = Instant::now();
-        let mut last_failure = opening.lock().await;
-        if let Some((at, reason)) = last_failure.as_ref().filter(|(at, _)| *at >= asked) {
-            tracing::debug!(endpoint = %picked.address, failed_ago = ?at.elapsed(), "the HTTP/2 connection waited for failed");
-            return Err(ProxyError::UpstreamConnect {
-                endpoint: picked.address.to_string(),
-                reason: reason.clone(),
-            });
-        }
-        if let Ok(taken) = self.h2_pooled(key) {
-            return Ok(taken);
-        }
-        match self.h2_connect(upstream, picked, key).await {
+        let failed = |reason: String| ProxyError::UpstreamConnect {
+            endpoint: picked.address.to_string(),
+            reason,
+        };
+        let (id, tx) = match take {
+            Take::Ready(sender, slot) => return Ok((sender, slot)),
+            Take::Open(id, tx) => (id, tx),
+            Take::Wait(mut done) => {
+                let opened = match done.wait_for(Option::is_some).await {
+                    Ok(v) => v.clone(),
+                    // The request opening it went away before it was open.
+                    Err(_) => None,
+                };
+                return match opened {
+                    Some(Ok((sender, slots))) => {
+                        let slot = slots.lock().expect("slots lock").pop();
+                        Ok((sender, slot.expect("a slot per promise")))
+                    }
+                    Some(Err(reason)) => Err(failed(reason)),
+                    None => Err(failed("the connection attempt was abandoned".into())),
+                };
+            }
+        };
+        // Until the attempt ends (or if this request goes away first), it is listed as
+        // being opened; then it is taken off.
+        let attempt = Attempt {
+            pool: self,
+            key,
+            id,
+        };
+        let result = self.h2_connect(upstream, picked, key).await;
+        let promised = attempt.finish();
+        match result {
             Ok(sender) => {
                 let now = Instant::now();
                 let conn = H2 {
                     sender: sender.clone(),
                     opened: now,
                     last_used: now,
-                    served: 1,
+                    served: 1 + promised as u32,
                     streams: StreamSlot::default(),
                 };
                 let slot = conn.streams.clone();
-                let mut pool = self.h2.lock().expect("pool lock");
-                pool.entry(key.clone()).or_default().conns.push(conn);
+                let slots: Vec<StreamSlot> = (0..promised).map(|_| conn.streams.clone()).collect();
+                self.h2
+                    .lock()
+                    .expect("pool lock")
+                    .entry(key.clone())
+                    .or_default()
+                    .conns
+                    .push(conn);
+                let _ = tx.send(Some(Ok((sender.clone(), Arc::new(Mutex::new(slots))))));
                 Ok((sender, slot))
             }
             Err(e) => {
@@ -316,16 +382,7 @@ impl HttpPool {
                     ProxyError::UpstreamConnect { reason, .. } => reason.clone(),
                     other => other.to_string(),
                 };
-                *last_failure = Some((Instant::now(), reason));
-                drop(last_failure);
-                drop(opening);
-                // Forget a key nothing is connected or connecting to.
-                let mut pool = self.h2.lock().expect("pool lock");
-                if pool.get(key).is_some_and(|s| {
-                    s.conns.is_empty() && std::sync::Arc::strong_count(&s.opening) == 1
-                }) {
-                    pool.remove(key);
-                }
+                let _ = tx.send(Some(Err(reason)));
                 Err(e)
             }
         }
@@ -395,6 +452,45 @@ impl HttpPool {
             }
         });
         Ok(sender)
+    }
+}
+
+/// An HTTP/2 connection attempt listed in its key's [`H2Set::opening`]; taken off when it
+/// ends or is abandoned (a key left with nothing is forgotten).
+struct Attempt<'a> {
+    pool: &'a HttpPool,
+    key: &'a Key,
+    id: u64,
+}
+
+impl Attempt<'_> {
+    /// Takes the attempt off the list: how many streams it promised to waiting requests.
+    fn finish(self) -> usize {
+        let promised = self.remove();
+        std::mem::forget(self);
+        promised
+    }
+
+    fn remove(&self) -> usize {
+        let mut pool = self.pool.h2.lock().expect("pool lock");
+        let Some(set) = pool.get_mut(self.key) else {
+            return 0;
+        };
+        let mut promised = 0;
+        if let Some(i) = set.opening.iter().position(|o| o.id == self.id) {
+            let o = set.opening.swap_remove(i);
+            promised = self.key.streams_per_connection() - 1 - o.spare;
+        }
+        if set.conns.is_empty() && set.opening.is_empty() {
+            pool.remove(self.key);
+        }
+        promised
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
