@@ -44,6 +44,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/access_loggers/filters/cel/v3/cel.proto",
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/request_id/uuid/v3/uuid.proto",
+    "envoy/extensions/http/header_formatters/preserve_case/v3/preserve_case.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/load_balancing_policies/round_robin/v3/round_robin.proto",
     "envoy/extensions/load_balancing_policies/least_request/v3/least_request.proto",

@@ -65,6 +65,29 @@ pub struct ProxyConfig {
     /// `ISTIO_META_MESH_ID` and friends arrive as proxy metadata.
     #[serde(default)]
     pub mesh_id: Option<String>,
+    /// `proxyHeaders`: only `preserveHttp1HeaderCase` is read.
+    #[serde(default)]
+    pub proxy_headers: Option<ProxyHeaders>,
+}
+
+impl MeshConfig {
+    /// ProxyConfig `proxyHeaders.preserveHttp1HeaderCase` of `defaultConfig`.
+    pub fn preserve_http1_header_case(&self) -> bool {
+        self.default_config
+            .as_ref()
+            .and_then(|c| c.proxy_headers.as_ref())
+            .and_then(|h| h.preserve_http1_header_case)
+            .unwrap_or(false)
+    }
+}
+
+/// ProxyConfig `proxyHeaders`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyHeaders {
+    /// HTTP/1.1 header names keep their case through the waypoint.
+    #[serde(default)]
+    pub preserve_http1_header_case: Option<bool>,
 }
 
 /// `defaultProviders`.

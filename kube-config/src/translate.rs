@@ -125,6 +125,8 @@ pub fn translate_with_status(
             domain_suffix: &options.domain_suffix,
         },
     )?;
+    let mesh = super::mesh::mesh_config(&objects.config_maps, &options.root_namespace)?;
+    let preserve_case = mesh.preserve_http1_header_case();
     let mut services = Vec::new();
     for (label, svc) in &objects.services {
         let ns = namespace_of(&svc.metadata);
@@ -138,6 +140,7 @@ pub fn translate_with_status(
             &objects.secrets,
             options,
         )?;
+        preserve_header_case(&mut built, preserve_case);
         services.push(Arc::new(built));
     }
     for (label, entry) in &objects.service_entries {
@@ -152,6 +155,7 @@ pub fn translate_with_status(
                 &objects.secrets,
                 options,
             )?;
+            preserve_header_case(&mut built, preserve_case);
             services.push(Arc::new(built));
         }
     }
@@ -166,7 +170,6 @@ pub fn translate_with_status(
         grants: &objects.grants,
     };
     let (routes, statuses) = super::routes::attach(&inputs, &by_name, &gw_name);
-    let mesh = super::mesh::mesh_config(&objects.config_maps, &options.root_namespace)?;
     let telemetry = super::telemetry::build(
         &objects.telemetries,
         &mesh,
@@ -199,8 +202,12 @@ pub fn translate_with_status(
         authz: filters::authz::PolicySet::policies(policies, options.normalization),
         authn,
         telemetry,
-        // Envoy's defaults, as istiod configures the waypoint without ProxyConfig headers.
-        request_headers: Default::default(),
+        // Envoy's defaults, as istiod configures the waypoint without ProxyConfig headers,
+        // but for header case (ProxyConfig `proxyHeaders.preserveHttp1HeaderCase`).
+        request_headers: filters::model::RequestHeaders {
+            preserve_header_case: preserve_case,
+            ..Default::default()
+        },
     })?;
     Ok((snapshot, statuses))
 }
@@ -428,6 +435,22 @@ fn apply_destination_rule(
         );
     }
     Ok(())
+}
+
+/// With ProxyConfig `proxyHeaders.preserveHttp1HeaderCase`, the Service's HTTP and
+/// unknown-protocol ports write HTTP/1.1 header names upstream in their original case, as
+/// istiod's `setUpstreamProtocol` gives those ports' clusters the `preserve_case` formatter.
+fn preserve_header_case(svc: &mut Service, on: bool) {
+    if !on {
+        return;
+    }
+    for p in &mut svc.ports {
+        if matches!(p.protocol, Protocol::Http | Protocol::Unknown) {
+            p.connection_limits
+                .get_or_insert_with(Default::default)
+                .preserve_header_case = true;
+        }
+    }
 }
 
 /// The Service's cluster IPs (`spec.clusterIP` and `spec.clusterIPs`, once each; headless

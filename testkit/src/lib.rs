@@ -8,6 +8,9 @@
 //! - [`ztunnel`]: a fake destination ztunnel: an HBONE server on a pod IP that checks the
 //!   caller's identity and the CONNECT authority, then serves an app;
 //! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
+//! - [`h2_app`]: an h2c app counting connections and streams, holding and freezing them;
+//! - [`tcp_timers`]: the kernel's timers on TCP connections (keepalive set by another process);
+//! - [`raw_http`]: an HTTP/1.1 pod app keeping request heads byte for byte (header case);
 //! - [`ext_authz`]: gRPC and HTTP external authorization servers;
 //! - [`istio_dump`]: istiod's resources for an httpbin waypoint, served over xDS;
 //! - [`jwt`]: a JWT issuer (keys, JWKS, tokens);
@@ -26,6 +29,7 @@ pub mod client;
 pub mod dns_server;
 pub mod echo;
 pub mod ext_authz;
+pub mod h2_app;
 pub mod istio_dump;
 pub mod istiod;
 pub mod jwt;
@@ -34,8 +38,10 @@ pub mod mesh;
 pub mod otlp;
 pub mod process;
 pub mod proxy_front;
+pub mod raw_http;
 pub mod sds_server;
 pub mod source;
+pub mod tcp_timers;
 pub mod tls_echo;
 pub mod ztunnel;
 

@@ -507,3 +507,27 @@ async fn an_sni_port_value_other_than_the_clusters_is_nacked() {
     let e = nack(&w).await;
     assert!(e.contains("port_value") && e.contains(TLS_CLUSTER), "{e}");
 }
+
+#[tokio::test]
+async fn tcp_keepalive_is_set_on_connections_to_external_addresses() {
+    // DestinationRule connectionPool.tcp.tcpKeepalive {time: 7s, interval: 3s, probes: 2}
+    // on the ServiceEntry's host: cluster.go applyTCPKeepalive / setKeepAliveSettings
+    // writes `upstream_connection_options.tcp_keepalive` in whole seconds.
+    let (a, _sa) = external("a").await;
+    let addrs = [a.to_string()];
+    let w = start(|_, cs, _| {
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            dns_cluster(c, "STRICT_DNS", &addrs);
+            c["upstream_connection_options"] = json!({"tcp_keepalive": {
+                "keepalive_probes": 2, "keepalive_time": 7, "keepalive_interval": 3}});
+        })
+    })
+    .await;
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+    // The waypoint's pooled connection to the address, idle now, runs a keepalive timer
+    // that fires within 7 s (USER_HZ ticks).
+    let timers = testkit::tcp_timers::timers_to(SocketAddr::new(a, 8080));
+    assert_eq!(timers.len(), 1, "{timers:?}");
+    assert_eq!(timers[0].0, testkit::tcp_timers::KEEPALIVE, "{timers:?}");
+    assert!(timers[0].1 <= 700, "{timers:?}");
+}

@@ -19,6 +19,11 @@ pub struct RequestHeaders {
     /// answered 408 (`SI`, `stream_idle_timeout`) before its response starts, reset after.
     /// `None` (istiod's `0s`) is no timeout.
     pub stream_idle_timeout: Option<std::time::Duration>,
+    /// HTTP/1.1 header names keep the case the client wrote them in (ProxyConfig
+    /// `proxyHeaders.preserveHttp1HeaderCase`; the connection manager's `preserve_case`
+    /// header formatter): recorded as requests arrive, for upstream connections that
+    /// write them so, and responses written back in the case the endpoint used.
+    pub preserve_header_case: bool,
 }
 
 impl Default for RequestHeaders {
@@ -27,6 +32,7 @@ impl Default for RequestHeaders {
             generate_request_id: true,
             sanitize_client_cert: true,
             stream_idle_timeout: None,
+            preserve_header_case: false,
         }
     }
 }
@@ -112,6 +118,7 @@ mod tests {
             generate_request_id: false,
             sanitize_client_cert: false,
             stream_idle_timeout: None,
+            preserve_header_case: false,
         }
         .apply(&mut h);
         assert!(!h.contains_key("x-request-id"));

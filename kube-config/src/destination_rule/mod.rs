@@ -322,7 +322,7 @@ impl DestinationRule {
                 .filter(|n| *n > 0)
                 .map(|n| RetryLimit::Max(n as usize));
             policy.max_requests = pool.max_requests(h2, label, &at)?;
-            policy.connection_limits = Some(pool.connection_limits(label, &at)?);
+            policy.connection_limits = Some(pool.connection_limits(h2, label, &at)?);
         }
         if let Some(b) = &tp.retry_budget {
             if b.budget_interval.is_some() {

@@ -27,7 +27,7 @@ pub(super) struct TcpPool {
     #[serde(default)]
     pub(super) connect_timeout: Option<serde_yaml::Value>,
     #[serde(default)]
-    pub(super) tcp_keepalive: Option<serde_yaml::Value>,
+    pub(super) tcp_keepalive: Option<TcpKeepalive>,
     #[serde(default)]
     pub(super) max_connection_duration: Option<String>,
     #[serde(default)]
@@ -52,14 +52,42 @@ pub(super) struct HttpPool {
     #[serde(default)]
     pub(super) use_client_protocol: Option<serde_yaml::Value>,
     #[serde(default)]
-    pub(super) max_concurrent_streams: Option<serde_yaml::Value>,
+    pub(super) max_concurrent_streams: Option<u32>,
+    #[serde(default)]
+    pub(super) http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+/// `http.http2KeepAlive`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Http2KeepAlive {
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// `tcp.tcpKeepalive`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TcpKeepalive {
+    #[serde(default)]
+    probes: Option<u32>,
+    #[serde(default)]
+    time: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
 }
 
 impl ConnectionPool {
-    /// Idle timeout (`http.idleTimeout`, else `tcp.idleTimeout`), requests per connection
-    /// and connection lifetime, as istiod's `applyConnectionPool` writes them.
+    /// Idle timeout (`http.idleTimeout`, else `tcp.idleTimeout`), requests per connection,
+    /// connection lifetime and TCP keepalive, and for an HTTP/2 port (`h2`) the streams per
+    /// connection and the PING keepalive, as istiod's `applyConnectionPool` writes them
+    /// (it writes the HTTP/2 settings only into a cluster that is HTTP/2 by then: for other
+    /// ports they have no effect, here as there).
     pub(super) fn connection_limits(
         &self,
+        h2: bool,
         label: &str,
         at: &str,
     ) -> Result<ConnectionLimits, LocalConfigError> {
@@ -78,6 +106,46 @@ impl ConnectionPool {
             Some(t) => duration(Some(t), "http.idleTimeout")?,
             None => duration(tcp.and_then(|t| t.idle_timeout.as_ref()), "tcp.idleTimeout")?,
         };
+        let mut h2_keepalive = None;
+        if let Some(k) = http
+            .and_then(|h| h.http2_keep_alive.as_ref())
+            .filter(|_| h2)
+        {
+            let interval = duration(k.interval.as_ref(), "http.http2KeepAlive.interval")?;
+            // Envoy refuses a keepalive without a timeout.
+            let timeout =
+                duration(k.timeout.as_ref(), "http.http2KeepAlive.timeout")?.ok_or_else(|| {
+                    invalid(
+                        label,
+                        format!("{at}.http.http2KeepAlive.timeout"),
+                        "required (Envoy refuses a keepalive without it)",
+                    )
+                })?;
+            h2_keepalive =
+                interval.map(|interval| filters::model::H2Keepalive { interval, timeout });
+        }
+        let tcp_keepalive = match tcp.and_then(|t| t.tcp_keepalive.as_ref()) {
+            None => None,
+            Some(k) => {
+                // istiod writes whole seconds.
+                let secs = |v: Option<&String>, field: &str| {
+                    duration(v, field).map(|d| d.map(|d| Duration::from_secs(d.as_secs().max(1))))
+                };
+                Some(filters::model::TcpKeepalive {
+                    time: secs(k.time.as_ref(), "tcp.tcpKeepalive.time")?,
+                    interval: secs(k.interval.as_ref(), "tcp.tcpKeepalive.interval")?,
+                    probes: k.probes.filter(|p| *p > 0),
+                })
+            }
+        };
+        let max_concurrent_streams = http.and_then(|h| h.max_concurrent_streams);
+        if max_concurrent_streams.is_some_and(|n| n > i32::MAX as u32) {
+            return Err(invalid(
+                label,
+                format!("{at}.http.maxConcurrentStreams"),
+                "must fit in an int32",
+            ));
+        }
         Ok(ConnectionLimits {
             idle_timeout: idle,
             max_requests: http
@@ -87,6 +155,10 @@ impl ConnectionPool {
                 tcp.and_then(|t| t.max_connection_duration.as_ref()),
                 "tcp.maxConnectionDuration",
             )?,
+            max_concurrent_streams: max_concurrent_streams.filter(|n| h2 && *n > 0),
+            h2_keepalive,
+            tcp_keepalive,
+            preserve_header_case: false,
         })
     }
 
@@ -105,16 +177,10 @@ impl ConnectionPool {
         unsupported(
             label,
             &format!("{at}.tcp"),
-            &[
-                (
-                    "connectTimeout",
-                    tcp.is_some_and(|t| t.connect_timeout.is_some()),
-                ),
-                (
-                    "tcpKeepalive",
-                    tcp.is_some_and(|t| t.tcp_keepalive.is_some()),
-                ),
-            ],
+            &[(
+                "connectTimeout",
+                tcp.is_some_and(|t| t.connect_timeout.is_some()),
+            )],
         )?;
         unsupported(
             label,
@@ -127,10 +193,6 @@ impl ConnectionPool {
                 (
                     "useClientProtocol",
                     http.is_some_and(|h| h.use_client_protocol.is_some()),
-                ),
-                (
-                    "maxConcurrentStreams",
-                    http.is_some_and(|h| h.max_concurrent_streams.is_some()),
                 ),
             ],
         )?;

@@ -77,6 +77,11 @@ pub async fn serve(
     shutdown: ShutdownWatch,
 ) {
     let header_timeout = proxy.options.header_timeout;
+    let preserve_case = proxy
+        .config
+        .current()
+        .request_headers()
+        .preserve_header_case;
     let drain = proxy.drain.subscribe();
     let activity = h2c.then(Activity::new);
     let app = Arc::new(TunnelApp {
@@ -112,9 +117,13 @@ pub async fn serve(
         )
     } else {
         // A client that sends its headers too slowly is cut off (slowloris).
+        // Header case is recorded as requests arrive, for upstream connections that write
+        // it back (ProxyConfig `preserveHttp1HeaderCase`), and responses keep the case
+        // their endpoint used.
         let conn = http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout)
+            .preserve_header_case(preserve_case)
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);

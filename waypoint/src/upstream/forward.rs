@@ -191,7 +191,7 @@ fn authority_of(req: &Request<Body>) -> &str {
 /// the endpoint are not its fault and are not reported.
 fn report_outcome(
     picked: &balance::Picked,
-    result: &Result<Response<hyper::body::Incoming>, ProxyError>,
+    result: &Result<Response<super::pool::UpstreamBody>, ProxyError>,
 ) {
     use balance::outlier::Outcome;
     let outcome = match result {

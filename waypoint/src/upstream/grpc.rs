@@ -28,7 +28,7 @@ impl PoolChannel {
 }
 
 impl tower::Service<http::Request<tonic::body::Body>> for PoolChannel {
-    type Response = http::Response<hyper::body::Incoming>;
+    type Response = http::Response<super::pool::UpstreamBody>;
     type Error = ProxyError;
     type Future =
         Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send + 'static>>;

@@ -121,7 +121,28 @@ impl Upstream {
                     reason: e.to_string(),
                 })?;
             let _ = tcp.set_nodelay(true);
+            if let Some(k) = picked.connection_limits.and_then(|l| l.tcp_keepalive) {
+                set_tcp_keepalive(&tcp, &k);
+            }
             Ok(UpstreamIo::Plain(tcp))
         }
+    }
+}
+
+/// Turns TCP keepalive on for `tcp` (DestinationRule `tcp.tcpKeepalive`), with the settings
+/// `k` gives and the system's for the rest.
+fn set_tcp_keepalive(tcp: &tokio::net::TcpStream, k: &filters::model::TcpKeepalive) {
+    let mut params = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        params = params.with_time(t);
+    }
+    if let Some(i) = k.interval {
+        params = params.with_interval(i);
+    }
+    if let Some(p) = k.probes {
+        params = params.with_retries(p);
+    }
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&params) {
+        tracing::warn!(error = %e, "could not set TCP keepalive on an upstream connection");
     }
 }

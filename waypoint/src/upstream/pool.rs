@@ -2,18 +2,25 @@
 //!
 //! HTTP/1.1 connections are checked out for one request at a time and listed again when
 //! their response arrives, to be picked once its body has been read (without a task per
-//! request to wait for that); an HTTP/2 connection is shared by every request
-//! to the endpoint. Both run over [`super::UpstreamIo`] (an HBONE tunnel or TCP).
+//! request to wait for that). HTTP/2 connections are shared: each request takes a stream
+//! on the first connection to the endpoint with a stream free (DestinationRule
+//! `maxConcurrentStreams`; without it, one connection carries every request), and when
+//! every connection is at its limit another is opened. A connection being opened promises
+//! its streams to the requests that find no free one, which wait for it (and fail with
+//! it) rather than each opening their own; past its streams, another is opened beside
+//! it. Both run over
+//! [`super::UpstreamIo`] (an HBONE tunnel or TCP).
 //!
 //! A port's [`ConnectionLimits`] (DestinationRule `connectionPool`) bound each connection:
 //! idle time (checked when a connection is taken), requests served (the last one's
-//! connection is not pooled again; with 1, keep-alive is off) and age (no new requests
-//! after it).
+//! connection is not pooled again; with 1, keep-alive is off), age (no new requests
+//! after it), and for HTTP/2 the streams at once and the PING keepalive (a connection
+//! whose PING goes unanswered is closed, and leaves the pool).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use filters::balance::Picked;
@@ -23,7 +30,8 @@ use filters::ProxyError;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
 
 use super::Upstream;
 
@@ -56,6 +64,15 @@ impl Key {
             .unwrap_or(IDLE_TIMEOUT)
     }
 
+    /// Most streams a new HTTP/2 connection can be promised: its stream limit, or its
+    /// request limit when lower.
+    fn streams_per_connection(&self) -> usize {
+        let limit = |v: Option<u32>| v.map_or(usize::MAX, |n| n as usize);
+        self.limits.map_or(usize::MAX, |l| {
+            limit(l.max_concurrent_streams).min(limit(l.max_requests))
+        })
+    }
+
     /// Whether a connection opened at `opened` that has served `served` requests may take
     /// another.
     fn usable(&self, opened: Instant, served: u32) -> bool {
@@ -74,12 +91,57 @@ struct H1 {
     served: u32,
 }
 
-/// The shared HTTP/2 connection to an endpoint.
+/// A stream taken on an HTTP/2 connection: the connection counts one stream in flight
+/// for as long as a clone lives.
+type StreamSlot = Arc<()>;
+
+/// A response body from an endpoint; over HTTP/2 it holds its stream's slot until it ends
+/// or is dropped.
+pub type UpstreamBody = filters::body::Guarded<Incoming, Option<StreamSlot>>;
+
+/// A shared HTTP/2 connection to an endpoint.
 struct H2 {
     sender: http2::SendRequest<Body>,
     opened: Instant,
     last_used: Instant,
     served: u32,
+    /// One clone per stream in flight.
+    streams: StreamSlot,
+}
+
+impl H2 {
+    fn in_flight(&self) -> usize {
+        Arc::strong_count(&self.streams) - 1
+    }
+}
+
+/// What an HTTP/2 connection attempt gives the requests that wait for it: the connection
+/// and one stream slot for each of them, or why it failed.
+type Opened = Result<(http2::SendRequest<Body>, Arc<Mutex<Vec<StreamSlot>>>), String>;
+
+/// An HTTP/2 connection being opened.
+struct Opening {
+    id: u64,
+    /// Its streams not yet promised to a waiting request.
+    spare: usize,
+    done: watch::Receiver<Option<Opened>>,
+}
+
+/// The HTTP/2 connections to one key, and those being opened.
+#[derive(Default)]
+struct H2Set {
+    conns: Vec<H2>,
+    opening: Vec<Opening>,
+}
+
+/// How a request gets an HTTP/2 stream.
+enum Take {
+    /// On an open connection.
+    Ready(http2::SendRequest<Body>, StreamSlot),
+    /// On a connection being opened, once it is.
+    Wait(watch::Receiver<Option<Opened>>),
+    /// On a connection it opens (`id`), telling those who wait through the sender.
+    Open(u64, watch::Sender<Option<Opened>>),
 }
 
 type IdleMap = HashMap<Key, Vec<H1>>;
@@ -88,8 +150,10 @@ type IdleMap = HashMap<Key, Vec<H1>>;
 #[derive(Default)]
 pub struct HttpPool {
     idle: Mutex<IdleMap>,
-    h2: Mutex<HashMap<Key, H2>>,
+    h2: Mutex<HashMap<Key, H2Set>>,
     connects: AtomicU64,
+    /// Numbers HTTP/2 connection attempts.
+    attempts: AtomicU64,
 }
 
 impl HttpPool {
@@ -105,7 +169,7 @@ impl HttpPool {
         picked: &Picked,
         h2: bool,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let tls = picked.tls.as_ref().map(|t| {
             let host = req
                 .headers()
@@ -128,14 +192,16 @@ impl HttpPool {
             reason: e.to_string(),
         };
         if h2 {
-            let mut sender = match self.h2_pooled(&key) {
-                Some(s) => s,
+            let (mut sender, slot) = match self.h2_take(&key) {
+                Take::Ready(sender, slot) => (sender, slot),
                 // Connecting is rare and its future large: boxed, it is not part of every
                 // request's future (which is moved and allocated per request).
-                None => Box::pin(self.h2_connect(upstream, picked, &key)).await?,
+                other => Box::pin(self.h2_wait_or_open(upstream, picked, &key, other)).await?,
             };
-            return sender.send_request(req).await.map_err(reset);
+            let resp = sender.send_request(req).await.map_err(reset)?;
+            return Ok(resp.map(|b| UpstreamBody::new(b, Some(slot))));
         }
+        let no_slot = |resp: Response<Incoming>| resp.map(|b| UpstreamBody::new(b, None));
         let mut req = req;
         // A pooled connection the server closed meanwhile hands the request back unsent;
         // then it goes on a fresh connection.
@@ -144,7 +210,7 @@ impl HttpPool {
                 Ok(resp) => {
                     conn.served += 1;
                     self.checkin(key, conn);
-                    return Ok(resp);
+                    return Ok(no_slot(resp));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
@@ -162,7 +228,7 @@ impl HttpPool {
         };
         let resp = conn.sender.send_request(req).await.map_err(reset)?;
         self.checkin(key, conn);
-        Ok(resp)
+        Ok(no_slot(resp))
     }
 
     /// An idle connection that can take a request now. Connections still reading their
@@ -206,22 +272,120 @@ impl HttpPool {
         }
     }
 
-    /// The open HTTP/2 connection to `key`, if there is one that may take a request (a
-    /// used-up, expired or idle-timed-out one is dropped from the pool: its streams finish,
-    /// then it closes).
-    fn h2_pooled(&self, key: &Key) -> Option<http2::SendRequest<Body>> {
+    /// A stream for a request to `key`: on the first open connection with one free
+    /// (used-up, expired, idle-timed-out and closed connections are dropped from the pool:
+    /// their streams finish, then they close), else promised by a connection being opened,
+    /// else on a connection the caller is to open.
+    fn h2_take(&self, key: &Key) -> Take {
+        let idle_timeout = key.idle_timeout();
+        let max_streams = key
+            .limits
+            .and_then(|l| l.max_concurrent_streams)
+            .map_or(usize::MAX, |n| n as usize);
         let mut pool = self.h2.lock().expect("pool lock");
-        let c = pool.get_mut(key)?;
-        let fresh = !c.sender.is_closed()
-            && c.last_used.elapsed() < key.idle_timeout()
-            && key.usable(c.opened, c.served);
-        if !fresh {
-            pool.remove(key);
-            return None;
+        let take = |set: &mut H2Set| {
+            set.conns.retain(|c| {
+                !c.sender.is_closed()
+                    && (c.last_used.elapsed() < idle_timeout || c.in_flight() > 0)
+                    && key.usable(c.opened, c.served)
+            });
+            if let Some(c) = set.conns.iter_mut().find(|c| c.in_flight() < max_streams) {
+                c.served += 1;
+                c.last_used = Instant::now();
+                return Take::Ready(c.sender.clone(), c.streams.clone());
+            }
+            if let Some(o) = set.opening.iter_mut().find(|o| o.spare > 0) {
+                o.spare -= 1;
+                return Take::Wait(o.done.clone());
+            }
+            let id = self.attempts.fetch_add(1, Ordering::Relaxed);
+            let (tx, done) = watch::channel(None);
+            set.opening.push(Opening {
+                id,
+                spare: key.streams_per_connection() - 1,
+                done,
+            });
+            Take::Open(id, tx)
+        };
+        // The key is cloned only the first time it is seen.
+        if let Some(set) = pool.get_mut(key) {
+            return take(set);
         }
-        c.served += 1;
-        c.last_used = Instant::now();
-        Some(c.sender.clone())
+        take(pool.entry(key.clone()).or_default())
+    }
+
+    /// Waits for the connection being opened that promised a stream, or opens one: its
+    /// other streams go to the requests that wait for it, and if it fails, they fail.
+    async fn h2_wait_or_open(
+        &self,
+        upstream: &Upstream,
+        picked: &Picked,
+        key: &Key,
+        take: Take,
+    ) -> Result<(http2::SendRequest<Body>, StreamSlot), ProxyError> {
+        let failed = |reason: String| ProxyError::UpstreamConnect {
+            endpoint: picked.address.to_string(),
+            reason,
+        };
+        let (id, tx) = match take {
+            Take::Ready(sender, slot) => return Ok((sender, slot)),
+            Take::Open(id, tx) => (id, tx),
+            Take::Wait(mut done) => {
+                let opened = match done.wait_for(Option::is_some).await {
+                    Ok(v) => v.clone(),
+                    // The request opening it went away before it was open.
+                    Err(_) => None,
+                };
+                return match opened {
+                    Some(Ok((sender, slots))) => {
+                        let slot = slots.lock().expect("slots lock").pop();
+                        Ok((sender, slot.expect("a slot per promise")))
+                    }
+                    Some(Err(reason)) => Err(failed(reason)),
+                    None => Err(failed("the connection attempt was abandoned".into())),
+                };
+            }
+        };
+        // Until the attempt ends (or if this request goes away first), it is listed as
+        // being opened; then it is taken off.
+        let attempt = Attempt {
+            pool: self,
+            key,
+            id,
+        };
+        let result = self.h2_connect(upstream, picked, key).await;
+        let promised = attempt.finish();
+        match result {
+            Ok(sender) => {
+                let now = Instant::now();
+                let conn = H2 {
+                    sender: sender.clone(),
+                    opened: now,
+                    last_used: now,
+                    served: 1 + promised as u32,
+                    streams: StreamSlot::default(),
+                };
+                let slot = conn.streams.clone();
+                let slots: Vec<StreamSlot> = (0..promised).map(|_| conn.streams.clone()).collect();
+                self.h2
+                    .lock()
+                    .expect("pool lock")
+                    .entry(key.clone())
+                    .or_default()
+                    .conns
+                    .push(conn);
+                let _ = tx.send(Some(Ok((sender.clone(), Arc::new(Mutex::new(slots))))));
+                Ok((sender, slot))
+            }
+            Err(e) => {
+                let reason = match &e {
+                    ProxyError::UpstreamConnect { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                let _ = tx.send(Some(Err(reason)));
+                Err(e)
+            }
+        }
     }
 
     async fn h2_connect(
@@ -233,15 +397,26 @@ impl HttpPool {
         let io = upstream
             .connect(picked, key.sni(), key.proxy.as_ref())
             .await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .initial_stream_window_size(hbone::settings::STREAM_WINDOW)
-            .initial_connection_window_size(hbone::settings::CONNECTION_WINDOW)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| ProxyError::UpstreamConnect {
-                endpoint: picked.address.to_string(),
-                reason: format!("HTTP/2 handshake: {e}"),
-            })?;
+            .initial_connection_window_size(hbone::settings::CONNECTION_WINDOW);
+        if let Some(k) = key.limits.and_then(|l| l.h2_keepalive) {
+            // Envoy PINGs at the interval whether or not streams are open.
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, conn) =
+            builder
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| ProxyError::UpstreamConnect {
+                    endpoint: picked.address.to_string(),
+                    reason: format!("HTTP/2 handshake: {e}"),
+                })?;
         self.connects.fetch_add(1, Ordering::Relaxed);
         let addr = picked.address;
         tokio::spawn(async move {
@@ -249,16 +424,6 @@ impl HttpPool {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        let now = Instant::now();
-        self.h2.lock().expect("pool lock").insert(
-            key.clone(),
-            H2 {
-                sender: sender.clone(),
-                opened: now,
-                last_used: now,
-                served: 1,
-            },
-        );
         Ok(sender)
     }
 
@@ -272,6 +437,7 @@ impl HttpPool {
             .connect(picked, key.sni(), key.proxy.as_ref())
             .await?;
         let (sender, conn) = http1::Builder::new()
+            .preserve_header_case(key.limits.is_some_and(|l| l.preserve_header_case))
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ProxyError::UpstreamConnect {
@@ -286,6 +452,45 @@ impl HttpPool {
             }
         });
         Ok(sender)
+    }
+}
+
+/// An HTTP/2 connection attempt listed in its key's [`H2Set::opening`]; taken off when it
+/// ends or is abandoned (a key left with nothing is forgotten).
+struct Attempt<'a> {
+    pool: &'a HttpPool,
+    key: &'a Key,
+    id: u64,
+}
+
+impl Attempt<'_> {
+    /// Takes the attempt off the list: how many streams it promised to waiting requests.
+    fn finish(self) -> usize {
+        let promised = self.remove();
+        std::mem::forget(self);
+        promised
+    }
+
+    fn remove(&self) -> usize {
+        let mut pool = self.pool.h2.lock().expect("pool lock");
+        let Some(set) = pool.get_mut(self.key) else {
+            return 0;
+        };
+        let mut promised = 0;
+        if let Some(i) = set.opening.iter().position(|o| o.id == self.id) {
+            let o = set.opening.swap_remove(i);
+            promised = self.key.streams_per_connection() - 1 - o.spare;
+        }
+        if set.conns.is_empty() && set.opening.is_empty() {
+            pool.remove(self.key);
+        }
+        promised
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 

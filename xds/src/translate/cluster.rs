@@ -211,8 +211,9 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         check_load_balancing(c)?;
     }
     check_resilience(c)?;
-    let options = super::protocol_options::convert(c)
+    let mut options = super::protocol_options::convert(c)
         .map_err(|(field, reason)| invalid(c, &field, reason))?;
+    options.limits.tcp_keepalive = super::upstream_connection::tcp_keepalive(c)?;
     let (tls, proxy_protocol) = check_transport_socket(c, options.auto)?;
     let (tls, tls_secrets) = match tls {
         Some((tls, secrets)) => (Some(tls), secrets),

@@ -4,12 +4,13 @@
 //! request-id generation, client certificate forwarding, `use_remote_address: false`,
 //! WebSocket as the one upgrade, the stream idle timeout (`0s`, none, unless ProxyConfig
 //! `connectionSettings.httpStreamIdleTimeout` sets one: `applyConnectionSettingsToHCM` in
-//! `connection_settings.go`). What takes effect goes into
+//! `connection_settings.go`), HTTP/1.1 header names in their original case
+//! (`http_protocol_options.header_key_format`). What takes effect goes into
 //! [`RequestHeaders`]; values the waypoint does not implement are refused by field.
 //!
 //! Accepted without effect: `server_name`/`server_header_transformation` (the waypoint
 //! does not write a `server` response header), `stat_prefix`, `http2_protocol_options`
-//! and `http_protocol_options` with istiod's values.
+//! and the rest of `http_protocol_options` with istiod's values.
 
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::ForwardClientCertDetails, HttpConnectionManager,
@@ -78,10 +79,15 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
             ))
         }
     };
+    let preserve_header_case = match &hcm.http_protocol_options {
+        Some(h1) => super::header_case::preserve_case(h1, &format!("{at}.http_protocol_options"))?,
+        None => false,
+    };
     Ok(RequestHeaders {
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|v| v.value),
         sanitize_client_cert: sanitize,
         // `0s` (istiod's default, listener_builder.go / listener_waypoint.go) is none.
         stream_idle_timeout: super::duration(hcm.stream_idle_timeout.as_ref()),
+        preserve_header_case,
     })
 }

@@ -14,6 +14,7 @@ mod error;
 pub mod ext_authz;
 pub mod forward_proxy;
 mod grpc_access_log;
+mod header_case;
 pub mod inline_cluster;
 pub mod jwt;
 pub mod listener;
@@ -30,6 +31,7 @@ mod slow_start;
 mod stats;
 mod telemetry;
 pub mod tracing;
+mod upstream_connection;
 pub mod upstream_tls;
 
 use std::collections::BTreeMap;

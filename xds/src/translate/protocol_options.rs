@@ -3,9 +3,11 @@
 //! and `applyConnectionPool` in `cluster_builder.go` / `cluster_traffic_policy.go`): the
 //! HTTP version towards the endpoints (explicit HTTP/1.1, explicit HTTP/2, or the client's),
 //! the SNI/SAN settings of TLS origination, and the connection-pool limits (idle timeout,
-//! requests and lifetime per connection). Settings the waypoint does not implement (HTTP/2
-//! stream limits and keepalive, header case preservation, header limits, upstream filters)
-//! are refused by field.
+//! requests and lifetime per connection), and for explicit HTTP/2 the stream limit per
+//! connection and the PING keepalive (`max_concurrent_streams`, `connection_keepalive`:
+//! DestinationRule `maxConcurrentStreams`, `http2KeepAlive`). Settings the waypoint does not
+//! implement (other HTTP/2 settings, HTTP/1.1 settings other than istiod's `preserve_case`
+//! header formatter, header limits, upstream filters) are refused by field.
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
@@ -79,6 +81,7 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
                 .map(|v| v.value)
                 .filter(|v| *v > 0),
             max_duration: duration(&common.max_connection_duration),
+            ..Default::default()
         };
     }
     let unsupported = [
@@ -113,7 +116,7 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
         if set {
             Err(bad(
                 field,
-                "only default settings are supported (header case preservation, HTTP/2 stream limits and keepalive are not)",
+                "only default settings are supported (besides HTTP/2 max_concurrent_streams and connection_keepalive)",
             ))
         } else {
             Ok(())
@@ -126,17 +129,22 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
         })) => match protocol_config {
             None => Some(UpstreamProtocol::Http1),
             Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
-                defaults(
-                    *h1 != Default::default(),
-                    "explicit_http_config.http_protocol_options",
-                )?;
+                let field = "explicit_http_config.http_protocol_options";
+                limits.preserve_header_case = h1_options(h1, &at, field)?;
                 Some(UpstreamProtocol::Http1)
             }
             Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
-                defaults(
-                    *h2 != Default::default(),
-                    "explicit_http_config.http2_protocol_options",
-                )?;
+                let field = "explicit_http_config.http2_protocol_options";
+                let rest = envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions {
+                    max_concurrent_streams: None,
+                    connection_keepalive: None,
+                    ..h2.clone()
+                };
+                defaults(rest != Default::default(), field)?;
+                let (streams, keepalive) =
+                    h2_settings(h2).map_err(|(f, reason)| bad(&format!("{field}.{f}"), &reason))?;
+                limits.max_concurrent_streams = streams;
+                limits.h2_keepalive = keepalive;
                 Some(UpstreamProtocol::Http2)
             }
             Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
@@ -149,14 +157,18 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
         Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => {
             let field = "use_downstream_protocol_config";
             defaults(
-                d.http_protocol_options
+                d.http2_protocol_options
                     .as_ref()
-                    .is_some_and(|h| *h != Default::default())
-                    || d.http2_protocol_options
-                        .as_ref()
-                        .is_some_and(|h| *h != Default::default()),
+                    .is_some_and(|h| *h != Default::default()),
                 field,
             )?;
+            if let Some(h1) = &d.http_protocol_options {
+                limits.preserve_header_case = h1_options(
+                    h1,
+                    &at,
+                    "use_downstream_protocol_config.http_protocol_options",
+                )?;
+            }
             if d.http3_protocol_options.is_some() {
                 return Err(bad(field, "HTTP/3 upstream is not supported"));
             }
@@ -174,4 +186,60 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
         auto,
         limits,
     })
+}
+
+/// Envoy's default and largest `max_concurrent_streams`: no limit of its own.
+const STREAMS_UNLIMITED: u32 = 2_147_483_647;
+
+/// The stream limit per connection and the PING keepalive of explicit HTTP/2 options; the
+/// error names the field under `http2_protocol_options`.
+fn h2_settings(
+    h2: &envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions,
+) -> Result<(Option<u32>, Option<filters::model::H2Keepalive>), Bad> {
+    let streams = match h2.max_concurrent_streams.as_ref().map(|v| v.value) {
+        None => None,
+        Some(0) => return Err(("max_concurrent_streams".into(), "must be at least 1".into())),
+        Some(n) if n >= STREAMS_UNLIMITED => None,
+        Some(n) => Some(n),
+    };
+    let Some(k) = &h2.connection_keepalive else {
+        return Ok((streams, None));
+    };
+    let field = |f: &str| format!("connection_keepalive.{f}");
+    if k.interval_jitter.is_some() {
+        // Envoy jitters by 15% unless told otherwise; istiod never sets it.
+        return Err((field("interval_jitter"), "not supported".into()));
+    }
+    if k.connection_idle_interval.is_some() {
+        return Err((field("connection_idle_interval"), "not supported".into()));
+    }
+    // Envoy requires a timeout of at least 1 ms, and sends no PINGs without an interval.
+    let timeout = super::duration(k.timeout.as_ref())
+        .filter(|t| *t >= std::time::Duration::from_millis(1))
+        .ok_or_else(|| (field("timeout"), "required, at least 1ms".to_string()))?;
+    let keepalive = super::duration(k.interval.as_ref())
+        .filter(|i| !i.is_zero())
+        .map(|interval| filters::model::H2Keepalive { interval, timeout });
+    Ok((streams, keepalive))
+}
+
+/// HTTP/1.1 options: whether header case is preserved (istiod's `preserve_case`
+/// formatter); every other setting must be Envoy's default.
+fn h1_options(
+    h1: &envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions,
+    at: &str,
+    field: &str,
+) -> Result<bool, Bad> {
+    let rest = envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions {
+        header_key_format: None,
+        ..h1.clone()
+    };
+    if rest != Default::default() {
+        return Err((
+            format!("{at}.{field}"),
+            "only default settings are supported (besides the preserve_case header formatter)"
+                .into(),
+        ));
+    }
+    super::header_case::preserve_case(h1, &format!("{at}.{field}"))
 }

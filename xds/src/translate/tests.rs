@@ -642,17 +642,140 @@ fn http_protocol_options_choose_the_upstream_version_or_are_refused_by_field() {
         "{}",
         e.field
     );
-    let e = with(
+    // maxConcurrentStreams and http2KeepAlive (applyConnectionPool, on HTTP/2 clusters)
+    // take effect; other HTTP/2 settings and keepalive options are refused by field.
+    let h2 = with(
         serde_json::json!({"explicit_http_config": {"http2_protocol_options": {
-        "max_concurrent_streams": 10}}}),
+        "max_concurrent_streams": 10,
+        "connection_keepalive": {"interval": "10s", "timeout": "3s"}}}}),
     )
-    .unwrap_err();
+    .unwrap()
+    .connection_limits;
+    assert_eq!(h2.max_concurrent_streams, Some(10));
+    assert_eq!(
+        h2.h2_keepalive,
+        Some(filters::model::H2Keepalive {
+            interval: std::time::Duration::from_secs(10),
+            timeout: std::time::Duration::from_secs(3),
+        })
+    );
+    for (options, field) in [
+        (
+            serde_json::json!({"hpack_table_size": 0}),
+            "explicit_http_config.http2_protocol_options",
+        ),
+        (
+            serde_json::json!({"max_concurrent_streams": 0}),
+            "explicit_http_config.http2_protocol_options.max_concurrent_streams",
+        ),
+        (
+            serde_json::json!({"connection_keepalive": {"interval": "1s", "timeout": "1s",
+                "interval_jitter": {"value": 10}}}),
+            "explicit_http_config.http2_protocol_options.connection_keepalive.interval_jitter",
+        ),
+        (
+            serde_json::json!({"connection_keepalive": {"interval": "1s", "timeout": "1s",
+                "connection_idle_interval": "5s"}}),
+            "explicit_http_config.http2_protocol_options.connection_keepalive.connection_idle_interval",
+        ),
+        (
+            serde_json::json!({"connection_keepalive": {"interval": "1s"}}),
+            "explicit_http_config.http2_protocol_options.connection_keepalive.timeout",
+        ),
+    ] {
+        let e = with(serde_json::json!({"explicit_http_config": {
+            "http2_protocol_options": options}}))
+        .unwrap_err();
+        assert!(e.field.ends_with(field), "{} for {field}", e.field);
+    }
+}
+
+#[test]
+fn istiods_preserve_case_formatter_is_read_and_other_http1_settings_refused() {
+    // cluster_builder.go preserveCaseFormatterConfig, for ProxyConfig
+    // proxyHeaders.preserveHttp1HeaderCase.
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let base = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
+    let with = |h1: serde_json::Value| {
+        let mut json = base.clone();
+        json["typed_extension_protocol_options"] = serde_json::json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": h1}}});
+        let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+        cluster::convert(&c)
+    };
+    let preserve = serde_json::json!({"header_key_format": {"stateful_formatter": {
+        "name": "preserve_case", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig"}}}});
     assert!(
-        e.field
-            .ends_with("explicit_http_config.http2_protocol_options"),
+        with(preserve)
+            .unwrap()
+            .connection_limits
+            .preserve_header_case
+    );
+    assert!(
+        !with(serde_json::json!({}))
+            .unwrap()
+            .connection_limits
+            .preserve_header_case
+    );
+    let e = with(serde_json::json!({"header_key_format": {"proper_case_words": {}}})).unwrap_err();
+    assert!(
+        e.field.ends_with("http_protocol_options.header_key_format"),
         "{}",
         e.field
     );
+    let e = with(serde_json::json!({"allow_absolute_url": true})).unwrap_err();
+    assert!(
+        e.field
+            .ends_with("explicit_http_config.http_protocol_options"),
+        "{}",
+        e.field
+    );
+}
+
+#[test]
+fn tcp_keepalive_is_read_and_other_connection_options_refused() {
+    // DestinationRule connectionPool.tcp.tcpKeepalive {probes: 3, time: 10s, interval: 5s}
+    // (cluster.go applyTCPKeepalive / setKeepAliveSettings: whole seconds).
+    let base = serde_json::json!({
+        "name": "inbound-vip|8000|http|httpbin.default.svc.cluster.local",
+        "type": "EDS",
+        "eds_cluster_config": {"service_name": "inbound-vip|8000|http|httpbin.default.svc.cluster.local",
+            "eds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}},
+        "metadata": {"filter_metadata": {"istio": {"services": [
+            {"host": "httpbin.default.svc.cluster.local", "name": "httpbin", "namespace": "default"}]}}},
+    });
+    let with = |options: serde_json::Value| {
+        let mut c = base.clone();
+        c["upstream_connection_options"] = options;
+        let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            from_json("envoy.config.cluster.v3.Cluster", &c).unwrap();
+        cluster::convert(&c)
+    };
+    let k = with(serde_json::json!({"tcp_keepalive": {
+        "keepalive_probes": 3, "keepalive_time": 10, "keepalive_interval": 5}}))
+    .unwrap()
+    .connection_limits
+    .tcp_keepalive;
+    assert_eq!(
+        k,
+        Some(filters::model::TcpKeepalive {
+            time: Some(std::time::Duration::from_secs(10)),
+            interval: Some(std::time::Duration::from_secs(5)),
+            probes: Some(3),
+        })
+    );
+    // MeshConfig tcpKeepalive with nothing set: SO_KEEPALIVE with the system's settings.
+    let k = with(serde_json::json!({"tcp_keepalive": {}}))
+        .unwrap()
+        .connection_limits
+        .tcp_keepalive;
+    assert_eq!(k, Some(filters::model::TcpKeepalive::default()));
+    let e = with(serde_json::json!({"happy_eyeballs_config": {}})).unwrap_err();
+    assert_eq!(e.field, "upstream_connection_options.happy_eyeballs_config");
 }
 
 #[test]
