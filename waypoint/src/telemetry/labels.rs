@@ -264,7 +264,9 @@ fn workload_name(w: &Workload) -> String {
 /// snapshot objects so that steady traffic does not rebuild label strings.
 #[derive(Default)]
 pub struct DestinationCache {
-    map: std::sync::Mutex<std::collections::HashMap<(usize, usize), CachedDestination>>,
+    map: std::sync::Mutex<
+        std::collections::HashMap<(usize, usize), CachedDestination, foldhash::fast::RandomState>,
+    >,
 }
 
 struct CachedDestination {

@@ -58,8 +58,8 @@ impl Drop for StreamGuard {
 /// The HBONE connection pool.
 pub struct HbonePool {
     certs: Arc<CertStore>,
-    conns: Mutex<HashMap<Key, Vec<Conn>>>,
-    connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    conns: Mutex<HashMap<Key, Vec<Conn>, foldhash::fast::RandomState>>,
+    connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>, foldhash::fast::RandomState>>,
     epoch: Instant,
     port: u16,
     handshakes: AtomicU64,
@@ -70,8 +70,8 @@ impl HbonePool {
     pub fn new(certs: Arc<CertStore>) -> Self {
         Self {
             certs,
-            conns: Mutex::new(HashMap::new()),
-            connecting: Mutex::new(HashMap::new()),
+            conns: Mutex::default(),
+            connecting: Mutex::default(),
             epoch: Instant::now(),
             port: HBONE_PORT,
             handshakes: AtomicU64::new(0),

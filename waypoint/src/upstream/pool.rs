@@ -144,13 +144,16 @@ enum Take {
     Open(u64, watch::Sender<Option<Opened>>),
 }
 
-type IdleMap = HashMap<Key, Vec<H1>>;
+/// Pool maps are looked up on every request: hashed with foldhash (randomly seeded; the
+/// keys come from configuration, not from clients), not SipHash.
+type Map<V> = HashMap<Key, V, foldhash::fast::RandomState>;
+type IdleMap = Map<Vec<H1>>;
 
 /// The HTTP connection pool.
 #[derive(Default)]
 pub struct HttpPool {
     idle: Mutex<IdleMap>,
-    h2: Mutex<HashMap<Key, H2Set>>,
+    h2: Mutex<Map<H2Set>>,
     connects: AtomicU64,
     /// Numbers HTTP/2 connection attempts.
     attempts: AtomicU64,

@@ -21,7 +21,7 @@ const RELOAD_AFTER: Duration = Duration::from_secs(60);
 /// Client configurations by settings.
 #[derive(Default)]
 pub struct TlsConfigs {
-    built: Mutex<HashMap<UpstreamTls, (Arc<ClientConfig>, Instant)>>,
+    built: Mutex<HashMap<UpstreamTls, (Arc<ClientConfig>, Instant), foldhash::fast::RandomState>>,
 }
 
 impl TlsConfigs {
