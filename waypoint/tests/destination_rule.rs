@@ -69,6 +69,25 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_pod() {
 }
 
 #[tokio::test]
+async fn maglev_with_a_table_size_that_is_not_prime_is_refused() {
+    // Envoy refuses such a table; istiod would pass it on (ApplyRingHashLoadBalancer).
+    let (code, stdout) = check_with(&destination_rule(
+        "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n        maglev:\n          tableSize: 1000\n",
+    ))
+    .await;
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(
+        stdout.contains("consistentHash.maglev.tableSize") && stdout.contains("prime"),
+        "{stdout}"
+    );
+    let (code, stdout) = check_with(&destination_rule(
+        "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n        maglev:\n          tableSize: 251\n",
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{stdout}");
+}
+
+#[tokio::test]
 async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
     let (code, stdout) =
         check_with(&destination_rule(
