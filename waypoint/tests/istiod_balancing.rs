@@ -298,3 +298,38 @@ async fn maglev_gives_each_pod_keys_in_proportion_to_its_weight() {
         "the weight-3 pod took {heavy} of 200 keys"
     );
 }
+
+#[tokio::test]
+async fn a_generated_hash_cookie_carries_the_destination_rules_attributes() {
+    // DestinationRule consistentHash.httpCookie {name, path, ttl, attributes}:
+    // ConsistentHashToHashPolicy (route/route.go) copies each attribute's name and value
+    // into the route's `hash_policy.cookie.attributes`.
+    let w = start_with_pod(Some(App::Echo), |ls, cs, es, extra| {
+        add_endpoint(es, CLUSTER_8100, extra.unwrap());
+        edit_cluster(cs, CLUSTER_8100, |c| c["lb_policy"] = json!("RING_HASH"));
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[json!({"name": "dr.cookie", "match": {"prefix": "/cookie"}, "route": {"cluster": CLUSTER_8100,
+                     "hash_policy": [{"cookie": {"name": "sticky", "ttl": "90s", "path": "/cookie",
+                                                 "attributes": [{"name": "SameSite", "value": "Strict"},
+                                                                {"name": "Secure"}]}}]}})],
+        );
+    })
+    .await;
+    let first = get(&w, 8100, "/cookie").await;
+    assert_eq!(first.status, 200);
+    let set = first.header("set-cookie").expect("a generated cookie");
+    let (cookie, rest) = set.split_once(';').unwrap();
+    assert!(cookie.starts_with("sticky=\""), "{set}");
+    assert_eq!(
+        rest,
+        " Max-Age=90; Path=/cookie; SameSite=Strict; Secure; HttpOnly"
+    );
+    let pod = first.echo()["pod"].as_str().unwrap().to_string();
+    for _ in 0..4 {
+        let a = send(&w, 8100, "GET", "/cookie", &[("cookie", cookie)]).await;
+        assert_eq!(a.echo()["pod"], pod.as_str());
+        assert_eq!(a.header("set-cookie"), None);
+    }
+}

@@ -194,6 +194,18 @@ struct HttpCookie {
     path: Option<String>,
     #[serde(default)]
     ttl: Option<String>,
+    #[serde(default)]
+    attributes: Vec<CookieAttribute>,
+}
+
+/// `httpCookie.attributes[]`: an attribute of a generated cookie.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CookieAttribute {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    value: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -516,6 +528,30 @@ fn warmup(lb: &LoadBalancer, label: &str, at: &str) -> Result<Option<SlowStart>,
     }))
 }
 
+/// A cookie's attributes, refused as istiod's validation refuses them (a missing or
+/// repeated name) and where they cannot be written in a `Set-Cookie` header.
+fn cookie_attributes(
+    c: &HttpCookie,
+    label: &str,
+    at: &str,
+) -> Result<Vec<(String, String)>, LocalConfigError> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(c.attributes.len());
+    for (i, a) in c.attributes.iter().enumerate() {
+        let field = format!("{at}.httpCookie.attributes[{i}]");
+        filters::route::model::check_cookie_attribute(&a.name, &a.value)
+            .map_err(|reason| invalid(label, field.clone(), reason))?;
+        if out.iter().any(|(n, _)| *n == a.name) {
+            return Err(invalid(
+                label,
+                format!("{field}.name"),
+                format!("duplicate attribute {:?}", a.name),
+            ));
+        }
+        out.push((a.name.clone(), a.value.clone()));
+    }
+    Ok(out)
+}
+
 fn consistent_hash(
     ch: &ConsistentHash,
     label: &str,
@@ -534,6 +570,7 @@ fn consistent_hash(
                 })?)
             }
             (None, Some(c), None, None) => HashSource::Cookie {
+                attributes: cookie_attributes(c, label, at)?,
                 name: c.name.clone(),
                 ttl: match &c.ttl {
                     None => None,
@@ -542,7 +579,7 @@ fn consistent_hash(
                     })?)
                     .filter(|d: &Duration| !d.is_zero()),
                 },
-                path: c.path.clone(),
+                path: c.path.clone().filter(|p| !p.is_empty()),
             },
             (None, None, Some(true), None) => HashSource::SourceIp,
             (None, None, None, Some(q)) => HashSource::QueryParameter(q.clone()),

@@ -33,13 +33,21 @@ pub(super) fn hash_policy(
                 )?)
             }
             Some(PolicySpecifier::Cookie(c)) => {
-                if !c.attributes.is_empty() {
-                    return Err((format!("{pat}.cookie.attributes"), "not supported".into()));
+                let mut attributes = Vec::with_capacity(c.attributes.len());
+                for (j, a) in c.attributes.iter().enumerate() {
+                    let at = format!("{pat}.cookie.attributes[{j}]");
+                    if let Err(reason) =
+                        filters::route::model::check_cookie_attribute(&a.name, &a.value)
+                    {
+                        return Err((at, reason.into()));
+                    }
+                    attributes.push((a.name.clone(), a.value.clone()));
                 }
                 HashSource::Cookie {
                     name: c.name.clone(),
                     ttl: crate::translate::duration(c.ttl.as_ref()),
                     path: (!c.path.is_empty()).then(|| c.path.clone()),
+                    attributes,
                 }
             }
             Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashSource::SourceIp,
