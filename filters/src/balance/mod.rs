@@ -259,6 +259,7 @@ mod tests {
             name: NamespacedName::new("default", "svc"),
             hostname: "svc.default.svc.cluster.local".into(),
             vips: vec![],
+            ranges: Vec::new(),
             ports: vec![port],
             served: true,
         })
@@ -330,6 +331,7 @@ mod tests {
                 name: NamespacedName::new("default", "headless"),
                 hostname: "headless.default.svc.cluster.local".into(),
                 vips: vec![],
+                ranges: Vec::new(),
                 ports: vec![port],
                 served: true,
             }),
