@@ -656,4 +656,45 @@ mod tests {
         assert_eq!(err.address, "127.96.0.1:80");
         assert_eq!(err.second, "Service default/b");
     }
+
+    #[test]
+    fn ranges_serve_every_address_inside_after_vips_and_pods_longest_first() {
+        let ranged = |name: &str, net: &str, port: u16| Service {
+            vips: Vec::new(),
+            ranges: vec![net.parse().unwrap()],
+            ..service(name, "127.96.0.1", port)
+        };
+        let name = |t: Option<Target>| match t {
+            Some(Target::Service { service, port }) => format!("{}:{port}", service.name.name),
+            Some(Target::Workload { workload, port }) => {
+                format!("pod {}:{port}", workload.name.name)
+            }
+            None => "none".into(),
+        };
+        let snap = snapshot(
+            vec![
+                ranged("wide", "127.97.0.0/16", 80),
+                ranged("narrow", "127.97.1.0/24", 80),
+                service("exact", "127.97.1.10", 80),
+            ],
+            vec![workload("default", "pod", "127.97.1.20", true)],
+        )
+        .unwrap();
+        let at = |a: &str| name(snap.resolve(a.parse().unwrap()));
+        assert_eq!(at("127.97.1.10:80"), "exact:80");
+        assert_eq!(at("127.97.1.20:80"), "pod pod:80");
+        assert_eq!(at("127.97.1.99:80"), "narrow:80");
+        assert_eq!(at("127.97.200.1:80"), "wide:80");
+        assert_eq!(at("127.98.0.1:80"), "none");
+        assert_eq!(at("127.97.1.99:81"), "none");
+        let err = snapshot(
+            vec![
+                ranged("a", "127.97.0.0/24", 80),
+                ranged("b", "127.97.0.0/24", 80),
+            ],
+            vec![],
+        )
+        .unwrap_err();
+        assert_eq!(err.address, "127.97.0.0/24");
+    }
 }
