@@ -235,12 +235,12 @@ pub(super) mod tests {
             (4_000..=6_000).contains(&to_new),
             "{to_new} of 10000 to the new one"
         );
-        // As in Envoy, the ring is divided anew: the others give up half their points,
-        // and the keys of those points go to the next point, of any endpoint (about a
-        // quarter of all keys between the old ones; the rest stay where they were).
+        // As in Envoy, the ring is divided anew: the others give up half their points, and
+        // the keys of those points go to the next point, mostly the new endpoint's; a few
+        // (770 of 10,000 here) move between the old ones; the rest stay where they were.
         let between = moved - to_new;
         assert!(
-            between <= 3_200,
+            between <= 1_200,
             "{between} of 10000 moved between the old ones"
         );
     }

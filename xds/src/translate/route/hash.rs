@@ -100,8 +100,8 @@ mod tests {
 
     #[test]
     fn cookie_attributes_are_kept_or_refused_by_field() {
-        let got = super::hash_policy(&cookie(&[("SameSite", "Strict"), ("Secure", "")]), "hp")
-            .unwrap();
+        let got =
+            super::hash_policy(&cookie(&[("SameSite", "Strict"), ("Secure", "")]), "hp").unwrap();
         match &got[0].source {
             HashSource::Cookie {
                 attributes, path, ..
