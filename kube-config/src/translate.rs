@@ -336,6 +336,7 @@ fn service(
         name: NamespacedName::new(ns, &svc.metadata.name),
         hostname: format!("{}.{ns}.svc.{}", svc.metadata.name, options.domain_suffix),
         vips: cluster_ips(label, svc)?,
+        ranges: Vec::new(),
         ports,
         served,
     })

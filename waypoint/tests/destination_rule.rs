@@ -69,6 +69,92 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_pod() {
 }
 
 #[tokio::test]
+async fn maglev_with_a_table_size_that_is_not_prime_is_refused() {
+    // Envoy refuses such a table; istiod would pass it on (ApplyRingHashLoadBalancer).
+    let (code, stdout) = check_with(&destination_rule(
+        "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n        maglev:\n          tableSize: 1000\n",
+    ))
+    .await;
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(
+        stdout.contains("consistentHash.maglev.tableSize") && stdout.contains("prime"),
+        "{stdout}"
+    );
+    let (code, stdout) = check_with(&destination_rule(
+        "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n        maglev:\n          tableSize: 251\n",
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_generated_hash_cookie_carries_its_path_and_attributes() {
+    let h = Harness::start(Spec {
+        pods: 2,
+        extra_yaml: vec![destination_rule(
+            "    loadBalancer:\n      consistentHash:\n        httpCookie:\n          name: sticky\n          path: /get\n          ttl: 30s\n          attributes:\n          - name: SameSite\n            value: Lax\n          - name: Secure\n",
+        )],
+        ..Spec::default()
+    })
+    .await;
+    let send = |cookie: Option<String>| {
+        let client = h.client();
+        async move {
+            let conn = client.connect().await.unwrap();
+            let mut http = conn.http1(authority(80)).await.unwrap();
+            let mut req = Request::get("/get").header("host", "echo.default.svc.cluster.local");
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            let resp = http
+                .send_request(req.body(filters::body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let set = resp
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_string());
+            (set, json(resp).await["pod"].as_str().unwrap().to_string())
+        }
+    };
+    let (set, pod) = send(None).await;
+    let set = set.expect("a generated cookie");
+    let (cookie, rest) = set.split_once(';').unwrap();
+    assert!(cookie.starts_with("sticky=\""), "{set}");
+    assert_eq!(
+        rest,
+        " Max-Age=30; Path=/get; SameSite=Lax; Secure; HttpOnly"
+    );
+    for _ in 0..4 {
+        let (again, p) = send(Some(cookie.to_string())).await;
+        assert_eq!((again, p), (None, pod.clone()));
+    }
+}
+
+#[tokio::test]
+async fn a_hash_cookie_attribute_repeated_or_unnamed_is_refused() {
+    for (attributes, field) in [
+        (
+            "          - name: Secure\n          - name: Secure\n",
+            "httpCookie.attributes[1].name",
+        ),
+        ("          - value: Strict\n", "httpCookie.attributes[0]"),
+        (
+            "          - name: Secure\n            sameSite: x\n",
+            "sameSite",
+        ),
+    ] {
+        let (code, stdout) = check_with(&destination_rule(&format!(
+            "    loadBalancer:\n      consistentHash:\n        httpCookie:\n          name: sticky\n          ttl: 30s\n          attributes:\n{attributes}"
+        )))
+        .await;
+        assert_eq!(code, Some(2), "{stdout}");
+        assert!(stdout.contains(field), "{field}: {stdout}");
+    }
+}
+
+#[tokio::test]
 async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
     let (code, stdout) =
         check_with(&destination_rule(

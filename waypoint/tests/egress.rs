@@ -134,8 +134,9 @@ async fn a_service_entry_with_an_unimplemented_field_is_refused_by_name() {
     let h = Harness::start(Spec::default()).await;
     let config = std::fs::read_to_string(&h.config).unwrap();
     let path = h.dir().join("with-entry.yaml");
-    // CIDR addresses are not implemented yet.
-    let bad = service_entry("STATIC", &["127.0.0.1".parse().unwrap()])
+    // A CIDR address with DNS resolution (istiod's validation allows them only for NONE
+    // and STATIC).
+    let bad = service_entry("DNS", &["127.0.0.1".parse().unwrap()])
         .replace(&format!("[{SE_VIP}]"), "[127.97.0.0/24]");
     std::fs::write(&path, format!("{config}\n---\n{bad}")).unwrap();
     let out = std::process::Command::new(bin())

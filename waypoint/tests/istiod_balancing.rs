@@ -222,3 +222,114 @@ async fn endpoint_weights_split_traffic_between_pods() {
         "the weight-3 pod took {heavy} of 100"
     );
 }
+
+/// Sends `keys` distinct `x-user` hashes through a consistent-hash cluster whose pods weigh
+/// 1 (httpbin-1) and 3 (httpbin-extra), each key twice; the number of keys on the heavy pod.
+async fn heavy_share_under(policy: &'static str, lb_config: Option<serde_json::Value>) -> usize {
+    // The cluster: ApplyRingHashLoadBalancer (cluster_traffic_policy.go) writes RING_HASH
+    // (with `minimum_ring_size` when the DestinationRule sets one) or MAGLEV (with
+    // `table_size`); the route: ConsistentHashToHashPolicy (route/route.go), a header.
+    // Weights: EDS `load_balancing_weight` from istiod's endpoint builder (a WorkloadEntry's
+    // `weight`, a ServiceEntry endpoint's `weight`; pilot/pkg/xds/endpoints).
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    let w = start_with_pod(Some(App::Echo), |ls, cs, es, extra| {
+        add_endpoint(es, CLUSTER_8100, extra.unwrap());
+        let (_, e) = es.iter_mut().find(|(n, _)| n == CLUSTER_8100).unwrap();
+        let mut cla =
+            <ClusterLoadAssignment as prost::Message>::decode(e.value.as_slice()).unwrap();
+        let lbs = &mut cla.endpoints[0].lb_endpoints;
+        lbs[0].load_balancing_weight = Some(UInt32Value { value: 1 });
+        lbs[1].load_balancing_weight = Some(UInt32Value { value: 3 });
+        *e = fixture::any(ENDPOINT, &cla);
+        edit_cluster(cs, CLUSTER_8100, |c| {
+            c["lb_policy"] = json!(policy);
+            if let Some((k, v)) = lb_config.as_ref().and_then(|v| v.as_object()?.iter().next()) {
+                c[k.as_str()] = v.clone();
+            }
+        });
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[json!({"name": "dr.header", "match": {"prefix": "/user"}, "route": {"cluster": CLUSTER_8100,
+                     "hash_policy": [{"header": {"header_name": "x-user"}}]}})],
+        );
+    })
+    .await;
+    let mut heavy = 0;
+    for u in 0..200 {
+        let user = format!("user-{u}");
+        let mut pods = std::collections::HashSet::new();
+        for _ in 0..2 {
+            let a = send(&w, 8100, "GET", "/user", &[("x-user", &user)]).await;
+            assert_eq!(a.status, 200);
+            pods.insert(a.echo()["pod"].as_str().unwrap().to_string());
+        }
+        assert_eq!(pods.len(), 1, "{user} went to {pods:?}");
+        heavy += usize::from(pods.contains("httpbin-extra"));
+    }
+    eprintln!("{policy}: the weight-3 pod took {heavy} of 200 keys");
+    heavy
+}
+
+#[tokio::test]
+async fn ring_hash_gives_each_pod_keys_in_proportion_to_its_weight() {
+    let heavy = heavy_share_under(
+        "RING_HASH",
+        Some(json!({"ring_hash_lb_config": {"minimum_ring_size": "2048"}})),
+    )
+    .await;
+    // 150 expected; weights ignored would give about 100.
+    assert!(
+        (125..=175).contains(&heavy),
+        "the weight-3 pod took {heavy} of 200 keys"
+    );
+}
+
+#[tokio::test]
+async fn maglev_gives_each_pod_keys_in_proportion_to_its_weight() {
+    let heavy = heavy_share_under(
+        "MAGLEV",
+        Some(json!({"maglev_lb_config": {"table_size": "65537"}})),
+    )
+    .await;
+    assert!(
+        (125..=175).contains(&heavy),
+        "the weight-3 pod took {heavy} of 200 keys"
+    );
+}
+
+#[tokio::test]
+async fn a_generated_hash_cookie_carries_the_destination_rules_attributes() {
+    // DestinationRule consistentHash.httpCookie {name, path, ttl, attributes}:
+    // ConsistentHashToHashPolicy (route/route.go) copies each attribute's name and value
+    // into the route's `hash_policy.cookie.attributes`.
+    let w = start_with_pod(Some(App::Echo), |ls, cs, es, extra| {
+        add_endpoint(es, CLUSTER_8100, extra.unwrap());
+        edit_cluster(cs, CLUSTER_8100, |c| c["lb_policy"] = json!("RING_HASH"));
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[json!({"name": "dr.cookie", "match": {"prefix": "/cookie"}, "route": {"cluster": CLUSTER_8100,
+                     "hash_policy": [{"cookie": {"name": "sticky", "ttl": "90s", "path": "/cookie",
+                                                 "attributes": [{"name": "SameSite", "value": "Strict"},
+                                                                {"name": "Secure"}]}}]}})],
+        );
+    })
+    .await;
+    let first = get(&w, 8100, "/cookie").await;
+    assert_eq!(first.status, 200);
+    let set = first.header("set-cookie").expect("a generated cookie");
+    let (cookie, rest) = set.split_once(';').unwrap();
+    assert!(cookie.starts_with("sticky=\""), "{set}");
+    assert_eq!(
+        rest,
+        " Max-Age=90; Path=/cookie; SameSite=Strict; Secure; HttpOnly"
+    );
+    let pod = first.echo()["pod"].as_str().unwrap().to_string();
+    for _ in 0..4 {
+        let a = send(&w, 8100, "GET", "/cookie", &[("cookie", cookie)]).await;
+        assert_eq!(a.echo()["pod"], pod.as_str());
+        assert_eq!(a.header("set-cookie"), None);
+    }
+}

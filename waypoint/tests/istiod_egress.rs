@@ -531,3 +531,92 @@ async fn tcp_keepalive_is_set_on_connections_to_external_addresses() {
     assert_eq!(timers[0].0, testkit::tcp_timers::KEEPALIVE, "{timers:?}");
     assert!(timers[0].1 <= 700, "{timers:?}");
 }
+
+/// A ServiceEntry with a CIDR address (`addresses: [<range>]`, `resolution: NONE`) bound
+/// to the waypoint. istiod writes the range into `main_internal`'s IP matcher as it is
+/// (`buildWaypointInternal`, listener_waypoint.go: each of `GetAllAddressesForProxy`
+/// through `ConvertAddressToCidr`, so `prefix_len` 24), in front of the same port map as a
+/// VIP; ztunnel sends traffic for any address inside it with that address as the CONNECT
+/// authority (the Service's address carries the prefix length,
+/// `toNetworkAddressFromCidr`, pilot/pkg/serviceregistry/ambient/helpers.go). Here the
+/// httpbin VIP's range becomes a /24 holding two external servers; port 8100 is the
+/// ORIGINAL_DST cluster of `resolution: NONE`, port 8000 keeps its EDS cluster.
+#[tokio::test]
+async fn a_cidr_range_serves_every_address_inside_it() {
+    use std::net::Ipv4Addr;
+    let first = testkit::free_loopback_ip(8080);
+    let IpAddr::V4(v4) = first else {
+        unreachable!("loopback v4")
+    };
+    let [a, b, c, d] = v4.octets();
+    let second = (1..=254u8)
+        .filter(|h| *h != d)
+        .map(|h| IpAddr::V4(Ipv4Addr::new(a, b, c, h)))
+        .find(|ip| std::net::TcpListener::bind(SocketAddr::new(*ip, 8080)).is_ok())
+        .expect("a free address in the /24");
+    let mut servers = Vec::new();
+    for (ip, name) in [(first, "first"), (second, "second")] {
+        servers.push(
+            testkit::echo::serve_plain(
+                SocketAddr::new(ip, 8080),
+                testkit::echo::EchoIdentity {
+                    pod: name.into(),
+                    namespace: "internet".into(),
+                },
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let network = format!("{a}.{b}.{c}.0");
+    let w = start(|ls, cs, _| {
+        edit_cluster(cs, CLUSTER_8100, |c| original_dst_cluster(c, json!({})));
+        fixture::edit_listener(ls, |l| {
+            let ranges = l["filter_chain_matcher"]["matcher_tree"]["custom_match"]["typed_config"]
+                ["range_matchers"]
+                .as_array_mut()
+                .unwrap();
+            let httpbin = ranges
+                .iter_mut()
+                .find(|r| r["ranges"][0]["address_prefix"] == VIP)
+                .expect("the httpbin VIP's range");
+            httpbin["ranges"] = json!([{"address_prefix": network, "prefix_len": 24}]);
+        });
+    })
+    .await;
+    let through = |to: SocketAddr| {
+        let client = w.client.clone();
+        async move {
+            let conn = client.connect().await.unwrap();
+            let Ok(mut http) = conn.http1(to).await else {
+                return None;
+            };
+            let req = http::Request::get("/get")
+                .header("host", HOST)
+                .body(filters::body::empty())
+                .unwrap();
+            let resp = http.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let echo: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            Some((status, echo["pod"].as_str().unwrap_or_default().to_string()))
+        }
+    };
+    for (ip, name) in [(first, "first"), (second, "second")] {
+        assert_eq!(
+            through(SocketAddr::new(ip, 8100)).await,
+            Some((200, name.to_string())),
+            "{ip}"
+        );
+    }
+    // Port 8000 of any address in the range is httpbin's port 8000: its EDS pod.
+    let any = IpAddr::V4(Ipv4Addr::new(a, b, c, d ^ 0x40));
+    assert_eq!(
+        through(SocketAddr::new(any, 8000)).await,
+        Some((200, "httpbin-1".to_string()))
+    );
+    // Outside the range (and the VIP itself, no longer listed): not served.
+    let outside = IpAddr::V4(Ipv4Addr::new(a, b, c ^ 1, d));
+    assert_eq!(through(SocketAddr::new(outside, 8100)).await, None);
+    assert_eq!(through(format!("{VIP}:8100").parse().unwrap()).await, None);
+}

@@ -1,9 +1,10 @@
 //! Endpoint selection for a chosen backend, as the cluster's load-balancing policy says:
 //! round robin, random, least request (the less loaded of two random endpoints, Envoy's
-//! default choice count; Istio's default policy), or consistent hashing ([`ring`]) for
-//! requests that have a hash.
+//! default choice count; Istio's default policy), or consistent hashing ([`ring`],
+//! [`maglev`]) for requests that have a hash.
 
 pub mod locality;
+pub mod maglev;
 pub mod outlier;
 pub mod ring;
 pub mod slow_start;
@@ -24,8 +25,10 @@ pub enum Policy {
     Random,
     /// The endpoint with fewer requests in flight, of two drawn at random.
     LeastRequest,
-    /// Consistent hashing over a ring of about this many points.
-    Hash(usize),
+    /// Consistent hashing over a ring of points (`RING_HASH`), sized within these bounds.
+    RingHash(ring::RingSize),
+    /// Consistent hashing over a Maglev table of this many slots (`MAGLEV`; a prime).
+    Maglev(u64),
 }
 
 /// A port's balancing state, built with its endpoints.
@@ -39,17 +42,42 @@ pub enum Balancing {
     /// The less loaded of two random endpoints.
     LeastRequest,
     /// Consistent hashing; requests without a hash go round-robin.
-    Hash(ring::Ring),
+    Hash(HashTable),
+}
+
+/// The table a request's hash is looked up in.
+#[derive(Debug)]
+pub enum HashTable {
+    /// Envoy's ring hash.
+    Ring(ring::Ring),
+    /// Envoy's Maglev.
+    Maglev(maglev::Maglev),
+}
+
+impl HashTable {
+    /// The endpoint for `hash` among those `ok` accepts.
+    pub fn get_where(&self, hash: u64, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        match self {
+            HashTable::Ring(r) => r.get_where(hash, ok),
+            HashTable::Maglev(m) => m.get_where(hash, ok),
+        }
+    }
 }
 
 impl Balancing {
-    /// The state for `policy` over `endpoints`.
-    pub fn new(policy: Policy, endpoints: &[Endpoint]) -> Self {
+    /// The state for `policy` over `endpoints`, weighted by `weights` (in endpoint order)
+    /// where the policy builds a table.
+    pub fn new(policy: Policy, endpoints: &[Endpoint], weights: Option<&[u32]>) -> Self {
         match policy {
             Policy::RoundRobin => Balancing::RoundRobin,
             Policy::Random => Balancing::Random,
             Policy::LeastRequest => Balancing::LeastRequest,
-            Policy::Hash(size) => Balancing::Hash(ring::Ring::new(endpoints, size)),
+            Policy::RingHash(size) => {
+                Balancing::Hash(HashTable::Ring(ring::Ring::new(endpoints, weights, size)))
+            }
+            Policy::Maglev(size) => Balancing::Hash(HashTable::Maglev(maglev::Maglev::new(
+                endpoints, weights, size,
+            ))),
         }
     }
 }
@@ -231,6 +259,7 @@ mod tests {
             name: NamespacedName::new("default", "svc"),
             hostname: "svc.default.svc.cluster.local".into(),
             vips: vec![],
+            ranges: Vec::new(),
             ports: vec![port],
             served: true,
         })
@@ -275,7 +304,7 @@ mod tests {
         }
         assert_eq!(seen.len(), 2);
         let hashed = crate::route::Backend::Service {
-            service: service(Policy::Hash(64)),
+            service: service(Policy::RingHash(ring::RingSize { min: 64, max: 64 })),
             port: 80,
         };
         let first = pick(&hashed, Some(42)).unwrap().workload.name.name.clone();
@@ -302,6 +331,7 @@ mod tests {
                 name: NamespacedName::new("default", "headless"),
                 hostname: "headless.default.svc.cluster.local".into(),
                 vips: vec![],
+                ranges: Vec::new(),
                 ports: vec![port],
                 served: true,
             }),

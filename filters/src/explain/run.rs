@@ -150,7 +150,13 @@ fn service_vip(snapshot: &Snapshot, host: &str, client_ns: &str) -> Option<IpAdd
                     && s.name.namespace == ns
                     && rest.is_none_or(|r| r == "svc" || s.hostname.ends_with(r)))
         })
-        .and_then(|s| s.vips.first().copied())
+        .and_then(|s| {
+            // A Service with only address ranges: the first address of its first range.
+            s.vips
+                .first()
+                .copied()
+                .or_else(|| s.ranges.first().map(|n| n.network()))
+        })
 }
 
 /// What the request comes to.

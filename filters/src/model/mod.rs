@@ -117,6 +117,7 @@ pub(crate) mod test_support {
             name: NamespacedName::new("default", "echo"),
             hostname: "echo.default.svc.cluster.local".into(),
             vips: vec!["127.96.0.10".parse().unwrap()],
+            ranges: Vec::new(),
             ports: vec![ServicePort::new(
                 Some("http".into()),
                 80,

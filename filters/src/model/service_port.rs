@@ -363,9 +363,15 @@ impl ServicePort {
         }
     }
 
-    /// This port balanced by `policy` (round robin unless configured).
+    /// This port balanced by `policy` (round robin unless configured); a consistent-hash
+    /// table weighs the endpoints as [`Self::with_endpoint_weights`] set them, so that is
+    /// set first.
     pub fn with_balancing(mut self, policy: crate::balance::Policy) -> Self {
-        self.balancing = crate::balance::Balancing::new(policy, &self.endpoints);
+        self.balancing = crate::balance::Balancing::new(
+            policy,
+            &self.endpoints,
+            self.endpoint_weights.as_deref(),
+        );
         self
     }
 

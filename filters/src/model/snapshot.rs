@@ -122,6 +122,10 @@ pub struct Service {
     pub hostname: String,
     /// Cluster IPs.
     pub vips: Vec<IpAddr>,
+    /// Address ranges (a ServiceEntry's CIDR `addresses`): every address inside serves as
+    /// a VIP of this Service, the exact VIPs of any Service first, then the longest range.
+    #[serde(serialize_with = "ser_nets")]
+    pub ranges: Vec<ipnet::IpNet>,
     /// Ports, in declaration order.
     pub ports: Vec<ServicePort>,
     /// Whether this waypoint serves the Service's VIPs (it uses this waypoint). Services
@@ -289,6 +293,13 @@ pub struct Snapshot {
     request_headers: super::RequestHeaders,
     #[serde(skip)]
     vips: HashMap<SocketAddr, (Arc<Service>, u16)>,
+    /// The served Services' address ranges, longest prefix first.
+    #[serde(skip)]
+    ranges: Vec<(ipnet::IpNet, Arc<Service>)>,
+}
+
+fn ser_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(nets.iter().map(ToString::to_string))
 }
 
 /// Everything a snapshot holds, as a configuration source assembles it: both sources
@@ -364,6 +375,7 @@ impl Snapshot {
             }
         }
         let mut vips = HashMap::new();
+        let mut ranges: Vec<(ipnet::IpNet, Arc<Service>)> = Vec::new();
         let mut by_name = BTreeMap::new();
         for svc in services {
             let served_vips = if svc.served { &svc.vips[..] } else { &[] };
@@ -379,8 +391,26 @@ impl Snapshot {
                     }
                 }
             }
+            if svc.served {
+                for net in &svc.ranges {
+                    let same = ranges
+                        .iter()
+                        .find(|(n, other): &&(ipnet::IpNet, Arc<Service>)| {
+                            n == net && other.ports.iter().any(|p| svc.port(p.port).is_some())
+                        });
+                    if let Some((_, prev)) = same {
+                        return Err(ConflictingAddress {
+                            address: net.to_string(),
+                            first: format!("Service {}", prev.name),
+                            second: format!("Service {}", svc.name),
+                        });
+                    }
+                    ranges.push((*net, svc.clone()));
+                }
+            }
             by_name.insert(svc.name.to_string(), svc);
         }
+        ranges.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
         Ok(Self {
             version,
             source,
@@ -393,6 +423,7 @@ impl Snapshot {
             telemetry,
             request_headers,
             vips,
+            ranges,
         })
     }
 
@@ -472,7 +503,9 @@ impl Snapshot {
             .expect("an empty snapshot has no conflicts")
     }
 
-    /// Resolves a CONNECT authority: a Service `VIP:port` we serve, or a served pod's `IP:port`.
+    /// Resolves a CONNECT authority: a Service `VIP:port` we serve, a served pod's
+    /// `IP:port`, or an address inside a served Service's range (a ServiceEntry's CIDR
+    /// `addresses`; the longest range with the port wins, as istiod's IP matcher picks).
     pub fn resolve(&self, authority: SocketAddr) -> Option<Target> {
         if let Some((service, port)) = self.vips.get(&authority) {
             return Some(Target::Service {
@@ -480,11 +513,24 @@ impl Snapshot {
                 port: *port,
             });
         }
-        let workload = self.workloads.get(&authority.ip())?;
-        workload.served.then(|| Target::Workload {
-            workload: workload.clone(),
-            port: authority.port(),
-        })
+        if let Some(w) = self.workloads.get(&authority.ip()).filter(|w| w.served) {
+            return Some(Target::Workload {
+                workload: w.clone(),
+                port: authority.port(),
+            });
+        }
+        if self.ranges.is_empty() {
+            return None;
+        }
+        self.ranges
+            .iter()
+            .find(|(net, svc)| {
+                net.contains(&authority.ip()) && svc.port(authority.port()).is_some()
+            })
+            .map(|(_, service)| Target::Service {
+                service: service.clone(),
+                port: authority.port(),
+            })
     }
 
     /// The routes attached to port `port` of `service`, if any.
@@ -546,6 +592,7 @@ mod tests {
             name: NamespacedName::new("default", name),
             hostname: format!("{name}.default.svc.cluster.local"),
             vips: vec![vip.parse().unwrap()],
+            ranges: Vec::new(),
             ports: vec![ServicePort::new(
                 Some("http".into()),
                 port,
@@ -608,5 +655,46 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.address, "127.96.0.1:80");
         assert_eq!(err.second, "Service default/b");
+    }
+
+    #[test]
+    fn ranges_serve_every_address_inside_after_vips_and_pods_longest_first() {
+        let ranged = |name: &str, net: &str, port: u16| Service {
+            vips: Vec::new(),
+            ranges: vec![net.parse().unwrap()],
+            ..service(name, "127.96.0.1", port)
+        };
+        let name = |t: Option<Target>| match t {
+            Some(Target::Service { service, port }) => format!("{}:{port}", service.name.name),
+            Some(Target::Workload { workload, port }) => {
+                format!("pod {}:{port}", workload.name.name)
+            }
+            None => "none".into(),
+        };
+        let snap = snapshot(
+            vec![
+                ranged("wide", "127.97.0.0/16", 80),
+                ranged("narrow", "127.97.1.0/24", 80),
+                service("exact", "127.97.1.10", 80),
+            ],
+            vec![workload("default", "pod", "127.97.1.20", true)],
+        )
+        .unwrap();
+        let at = |a: &str| name(snap.resolve(a.parse().unwrap()));
+        assert_eq!(at("127.97.1.10:80"), "exact:80");
+        assert_eq!(at("127.97.1.20:80"), "pod pod:80");
+        assert_eq!(at("127.97.1.99:80"), "narrow:80");
+        assert_eq!(at("127.97.200.1:80"), "wide:80");
+        assert_eq!(at("127.98.0.1:80"), "none");
+        assert_eq!(at("127.97.1.99:81"), "none");
+        let err = snapshot(
+            vec![
+                ranged("a", "127.97.0.0/24", 80),
+                ranged("b", "127.97.0.0/24", 80),
+            ],
+            vec![],
+        )
+        .unwrap_err();
+        assert_eq!(err.address, "127.97.0.0/24");
     }
 }

@@ -169,6 +169,7 @@ mod tests {
             name: crate::model::NamespacedName::new("ns", "svc"),
             hostname: "svc".into(),
             vips: vec![],
+            ranges: Vec::new(),
             ports: vec![],
             served: true,
         });

@@ -277,14 +277,27 @@ pub fn request_hash<B>(
     for p in policies {
         let value = match &p.source {
             HashSource::Header(name) => req.headers().get(name).map(|v| hash_of(v.as_bytes())),
-            HashSource::Cookie { name, ttl, path } => match cookie(req.headers(), name) {
+            HashSource::Cookie {
+                name,
+                ttl,
+                path,
+                attributes,
+            } => match cookie(req.headers(), name) {
                 Some(v) => Some(hash_of(v)),
                 None => match (ttl, source_ip) {
                     (Some(ttl), Some(ip)) => {
+                        use std::fmt::Write;
                         let value = format!("{:016x}", hash_of(ip.to_string()));
                         let mut c = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs());
                         if let Some(path) = path {
-                            c.push_str(&format!("; Path={path}"));
+                            let _ = write!(c, "; Path={path}");
+                        }
+                        // Envoy's order: the attributes after the path, before HttpOnly.
+                        for (n, v) in attributes {
+                            let _ = match v.is_empty() {
+                                true => write!(c, "; {n}"),
+                                false => write!(c, "; {n}={v}"),
+                            };
                         }
                         c.push_str("; HttpOnly");
                         set_cookie = http::HeaderValue::from_str(&c).ok();
@@ -321,4 +334,55 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use std::time::Duration;
+
+    use super::model::{HashPolicy, HashSource};
+    use super::request_hash;
+
+    fn cookie_policy(attributes: &[(&str, &str)]) -> Vec<HashPolicy> {
+        vec![HashPolicy {
+            source: HashSource::Cookie {
+                name: "sticky".into(),
+                ttl: Some(Duration::from_secs(60)),
+                path: Some("/api".into()),
+                attributes: attributes
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            },
+            terminal: false,
+        }]
+    }
+
+    #[test]
+    fn a_generated_cookie_carries_its_path_and_attributes() {
+        let ip = Some("127.0.1.9".parse().unwrap());
+        let req = http::Request::get("/").body(()).unwrap();
+        let policy = cookie_policy(&[("SameSite", "Strict"), ("Secure", "")]);
+        let (hash, set) = request_hash(&policy, &req, ip);
+        let set = set.unwrap();
+        let set = set.to_str().unwrap();
+        let value = set.split(';').next().unwrap();
+        assert!(value.starts_with("sticky=\""), "{set}");
+        assert_eq!(
+            &set[value.len()..],
+            "; Max-Age=60; Path=/api; SameSite=Strict; Secure; HttpOnly"
+        );
+        // The cookie sent back hashes the same, and nothing more is set.
+        let again = http::Request::get("/")
+            .header("cookie", value)
+            .body(())
+            .unwrap();
+        assert_eq!(request_hash(&policy, &again, ip), (hash, None));
+        let (_, plain) = request_hash(&cookie_policy(&[]), &req, ip);
+        assert!(plain
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .ends_with("; Max-Age=60; Path=/api; HttpOnly"));
+    }
 }

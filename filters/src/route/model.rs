@@ -75,11 +75,27 @@ pub enum HashSource {
         ttl: Option<Duration>,
         /// Path of a generated cookie.
         path: Option<String>,
+        /// More attributes of a generated cookie (`SameSite=Strict`, `Secure`), written
+        /// `name=value`, or `name` alone when the value is empty.
+        attributes: Vec<(String, String)>,
     },
     /// The client's IP address.
     SourceIp,
     /// A query parameter's value.
     QueryParameter(String),
+}
+
+/// Checks a generated cookie's attribute as Envoy does: a name, and a name and value that
+/// can be written in a `Set-Cookie` header (no control characters).
+pub fn check_cookie_attribute(name: &str, value: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("an attribute needs a name");
+    }
+    let text = |s: &str| s.bytes().all(|b| b == b'\t' || (b' '..0x7f).contains(&b));
+    if !text(name) || !text(value) {
+        return Err("control characters cannot be written in a Set-Cookie header");
+    }
+    Ok(())
 }
 
 /// `timeouts` of a rule.

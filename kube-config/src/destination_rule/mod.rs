@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use filters::balance::outlier::OutlierPolicy;
 use filters::balance::slow_start::SlowStart;
-use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
+use filters::balance::{
+    ring::{RingSize, DEFAULT_RING_SIZE, MAX_RING_SIZE},
+    Policy,
+};
 use filters::model::{ConnectionLimits, ProxyProtocolVersion, UpstreamTls};
 use filters::retry::limit::RetryLimit;
 use filters::route::model::{HashPolicy, HashSource};
@@ -177,10 +180,8 @@ struct ConsistentHash {
     http_query_parameter_name: Option<String>,
     #[serde(default)]
     ring_hash: Option<RingHash>,
-    /// Maglev is served by the same consistent-hash ring (`filters::balance::ring`).
     #[serde(default)]
-    #[allow(dead_code)]
-    maglev: Option<serde_yaml::Value>,
+    maglev: Option<Maglev>,
     #[serde(default)]
     minimum_ring_size: Option<u64>,
 }
@@ -193,6 +194,18 @@ struct HttpCookie {
     path: Option<String>,
     #[serde(default)]
     ttl: Option<String>,
+    #[serde(default)]
+    attributes: Vec<CookieAttribute>,
+}
+
+/// `httpCookie.attributes[]`: an attribute of a generated cookie.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CookieAttribute {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    value: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -200,6 +213,13 @@ struct HttpCookie {
 struct RingHash {
     #[serde(default)]
     minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Maglev {
+    #[serde(default)]
+    table_size: Option<u64>,
 }
 
 /// How a Service port's endpoints are chosen under a DestinationRule.
@@ -508,6 +528,30 @@ fn warmup(lb: &LoadBalancer, label: &str, at: &str) -> Result<Option<SlowStart>,
     }))
 }
 
+/// A cookie's attributes, refused as istiod's validation refuses them (a missing or
+/// repeated name) and where they cannot be written in a `Set-Cookie` header.
+fn cookie_attributes(
+    c: &HttpCookie,
+    label: &str,
+    at: &str,
+) -> Result<Vec<(String, String)>, LocalConfigError> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(c.attributes.len());
+    for (i, a) in c.attributes.iter().enumerate() {
+        let field = format!("{at}.httpCookie.attributes[{i}]");
+        filters::route::model::check_cookie_attribute(&a.name, &a.value)
+            .map_err(|reason| invalid(label, field.clone(), reason))?;
+        if out.iter().any(|(n, _)| *n == a.name) {
+            return Err(invalid(
+                label,
+                format!("{field}.name"),
+                format!("duplicate attribute {:?}", a.name),
+            ));
+        }
+        out.push((a.name.clone(), a.value.clone()));
+    }
+    Ok(out)
+}
+
 fn consistent_hash(
     ch: &ConsistentHash,
     label: &str,
@@ -526,6 +570,7 @@ fn consistent_hash(
                 })?)
             }
             (None, Some(c), None, None) => HashSource::Cookie {
+                attributes: cookie_attributes(c, label, at)?,
                 name: c.name.clone(),
                 ttl: match &c.ttl {
                     None => None,
@@ -534,7 +579,7 @@ fn consistent_hash(
                     })?)
                     .filter(|d: &Duration| !d.is_zero()),
                 },
-                path: c.path.clone(),
+                path: c.path.clone().filter(|p| !p.is_empty()),
             },
             (None, None, Some(true), None) => HashSource::SourceIp,
             (None, None, None, Some(q)) => HashSource::QueryParameter(q.clone()),
@@ -544,14 +589,53 @@ fn consistent_hash(
                 "exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
             )),
         };
-    let size = ch
-        .ring_hash
-        .as_ref()
-        .and_then(|r| r.minimum_ring_size)
-        .or(ch.minimum_ring_size)
-        .map_or(DEFAULT_RING_SIZE, |n| n as usize);
+    let balancing = match (&ch.ring_hash, &ch.maglev) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(label, at, "at most one of ringHash and maglev"));
+        }
+        (None, Some(m)) => {
+            use filters::balance::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE};
+            let size = m
+                .table_size
+                .filter(|n| *n != 0)
+                .unwrap_or(DEFAULT_TABLE_SIZE);
+            if size > MAX_TABLE_SIZE || !is_prime(size) {
+                return Err(invalid(
+                    label,
+                    format!("{at}.maglev.tableSize"),
+                    format!("{size} is not a prime number up to {MAX_TABLE_SIZE}"),
+                ));
+            }
+            Policy::Maglev(size)
+        }
+        (ring, None) => {
+            // istiod: `ringHash.minimumRingSize`, else the deprecated `minimumRingSize`
+            // (0 is unset), else Envoy's 1024.
+            let min = ring
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(ch.minimum_ring_size)
+                .filter(|n| *n != 0)
+                .map_or(DEFAULT_RING_SIZE, |n| n as usize);
+            if min > MAX_RING_SIZE {
+                let field = match ring {
+                    Some(_) => "ringHash.minimumRingSize",
+                    None => "minimumRingSize",
+                };
+                return Err(invalid(
+                    label,
+                    format!("{at}.{field}"),
+                    format!("must be at most {MAX_RING_SIZE}"),
+                ));
+            }
+            Policy::RingHash(RingSize {
+                min,
+                max: MAX_RING_SIZE,
+            })
+        }
+    };
     Ok(PortPolicy {
-        balancing: Policy::Hash(size),
+        balancing,
         hash: vec![HashPolicy {
             source,
             terminal: false,

@@ -51,7 +51,7 @@ impl ServiceEntry {
                 "MESH_INTERNAL with DYNAMIC_DNS is not supported through a waypoint",
             ));
         }
-        let vips = self.vips(label, host)?;
+        let (vips, ranges) = self.addresses(label, host)?;
         let workload = Arc::new(self.workload(host, Vec::new(), BTreeMap::new(), trust_domain));
         let mut ports: Vec<ServicePort> = Vec::new();
         for (i, p) in spec.ports.iter().enumerate() {
@@ -99,6 +99,7 @@ impl ServiceEntry {
             name: NamespacedName::new(self.namespace(), host),
             hostname: host.to_string(),
             vips,
+            ranges,
             ports,
             served,
         })

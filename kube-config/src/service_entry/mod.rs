@@ -15,7 +15,8 @@
 //! port forwards to the host each request names ([`filters::forward_proxy`]); NONE: every
 //! port sends to the tunnel's original destination ([`filters::model::OriginalDst`]).
 //! Refused by field, never ignored: a host name among several endpoints, DYNAMIC_DNS ports
-//! other than HTTP and TLS, `spec.addresses` shared by several hosts, CIDR addresses,
+//! other than HTTP and TLS, `spec.addresses` shared by several hosts, CIDR addresses with
+//! resolutions other than NONE and STATIC,
 //! `subjectAltNames`, and the endpoint fields `network`, `locality`, `weight` and
 //! `serviceAccount`.
 
@@ -300,15 +301,51 @@ impl ServiceEntry {
     }
 
     /// The addresses of `host`: `spec.addresses`, and those istiod allocated to it
-    /// (`status.addresses` naming it, or naming no host).
-    fn vips(&self, label: &str, host: &str) -> Result<Vec<IpAddr>, LocalConfigError> {
+    /// (`status.addresses` naming it, or naming no host); CIDR ranges among
+    /// `spec.addresses` apart (masked to their network, as istiod does), refused unless
+    /// the resolution is NONE or STATIC, as istiod's validation refuses them.
+    fn addresses(
+        &self,
+        label: &str,
+        host: &str,
+    ) -> Result<(Vec<IpAddr>, Vec<ipnet::IpNet>), LocalConfigError> {
         let mut vips = Vec::new();
+        let mut ranges: Vec<ipnet::IpNet> = Vec::new();
+        let resolution = self.spec.resolution.unwrap_or(Resolution::None);
         for (i, raw) in self.spec.addresses.iter().enumerate() {
+            let field = || format!("spec.addresses[{i}]");
+            if raw.contains('/') {
+                let net: ipnet::IpNet = raw.parse().map_err(|_| {
+                    invalid(
+                        label,
+                        field(),
+                        format!("{raw:?} is not an IP address or CIDR"),
+                    )
+                })?;
+                if !matches!(resolution, Resolution::None | Resolution::Static) {
+                    return Err(invalid(
+                        label,
+                        field(),
+                        "CIDR addresses are allowed only for NONE/STATIC resolution types",
+                    ));
+                }
+                if net.prefix_len() < net.max_prefix_len() {
+                    let net = net.trunc();
+                    if !ranges.contains(&net) {
+                        ranges.push(net);
+                    }
+                    continue;
+                }
+                if !vips.contains(&net.addr()) {
+                    vips.push(net.addr());
+                }
+                continue;
+            }
             let ip: IpAddr = raw.parse().map_err(|_| {
                 invalid(
                     label,
-                    format!("spec.addresses[{i}]"),
-                    format!("{raw:?}: only IP addresses are implemented (no CIDR ranges)"),
+                    field(),
+                    format!("{raw:?} is not an IP address or CIDR"),
                 )
             })?;
             if !vips.contains(&ip) {
@@ -331,7 +368,7 @@ impl ServiceEntry {
                 vips.push(ip);
             }
         }
-        Ok(vips)
+        Ok((vips, ranges))
     }
 
     /// The Service for host `index` of the entry, `host`; `workloads` are the Pods a
@@ -377,7 +414,7 @@ impl ServiceEntry {
             ));
         }
         let dns_name = self.dns_name(label, resolution, host)?;
-        let vips = self.vips(label, host)?;
+        let (vips, ranges) = self.addresses(label, host)?;
         let workloads = match dns_name {
             Some(_) => Vec::new(),
             None => self.endpoint_workloads(label, resolution, trust_domain)?,
@@ -442,6 +479,7 @@ impl ServiceEntry {
             name: NamespacedName::new(ns, host),
             hostname: host.to_string(),
             vips,
+            ranges,
             ports,
             served,
         })

@@ -37,7 +37,7 @@ impl ServiceEntry {
                 "must be empty with resolution NONE (the destination is the address connected to)",
             ));
         }
-        let vips = self.vips(label, host)?;
+        let (vips, ranges) = self.addresses(label, host)?;
         let workload = Arc::new(self.workload(host, Vec::new(), BTreeMap::new(), trust_domain));
         let mut ports: Vec<ServicePort> = Vec::new();
         for (i, p) in spec.ports.iter().enumerate() {
@@ -66,6 +66,7 @@ impl ServiceEntry {
             name: NamespacedName::new(self.namespace(), host),
             hostname: host.to_string(),
             vips,
+            ranges,
             ports,
             served,
         })

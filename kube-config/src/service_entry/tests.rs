@@ -121,7 +121,8 @@ fn fields_not_implemented_or_invalid_are_refused_by_name() {
         ("[api.example.test]", "['*.example.test']", "spec.hosts[0]"),
         ("[api.example.test]", "[a.test, b.test]", "spec.addresses"),
         ("[api.example.test]", "[a.test, a.test]", "spec.hosts[1]"),
-        ("[240.0.0.1]", "[240.0.0.0/24]", "spec.addresses[0]"),
+        ("[240.0.0.1]", "[240.0.0.0/33]", "spec.addresses[0]"),
+        ("[240.0.0.1]", "[240.0.0.1, a.test]", "spec.addresses[1]"),
         ("number: 9000", "number: 70000", "spec.ports[1].number"),
         (
             "targetPort: 8080",
@@ -308,4 +309,50 @@ fn a_destination_rule_for_the_host_applies() {
     let s = snap(&text).unwrap();
     let port = s.services()["egress/api.example.test"].port(80).unwrap();
     assert_eq!(port.max_requests(), Some(7));
+}
+
+#[test]
+fn a_cidr_address_serves_every_address_inside_it() {
+    let cidr = STATIC.replace("[240.0.0.1]", "[240.0.0.9/24, 240.0.1.1]");
+    let s = snap(&entry(&cidr)).unwrap();
+    let svc = &s.services()["egress/api.example.test"];
+    assert_eq!(svc.ranges, vec!["240.0.0.0/24".parse().unwrap()], "masked");
+    assert_eq!(
+        svc.vips,
+        vec!["240.0.1.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    for inside in [
+        "240.0.0.0:80",
+        "240.0.0.77:80",
+        "240.0.0.255:9000",
+        "240.0.1.1:80",
+    ] {
+        match s.resolve(inside.parse().unwrap()) {
+            Some(filters::model::Target::Service { service, port }) => {
+                assert_eq!(service.hostname, "api.example.test");
+                assert_eq!(
+                    port,
+                    inside.rsplit(':').next().unwrap().parse::<u16>().unwrap()
+                );
+            }
+            other => panic!("{inside}: {other:?}"),
+        }
+    }
+    for outside in ["240.0.1.2:80", "240.0.0.77:81"] {
+        assert!(s.resolve(outside.parse().unwrap()).is_none(), "{outside}");
+    }
+    // NONE keeps the range too; DNS refuses it, as istiod's validation does.
+    let none = cidr
+        .replace("resolution: STATIC", "resolution: NONE")
+        .split("  endpoints:")
+        .next()
+        .unwrap()
+        .to_string();
+    let s = snap(&entry(&none)).unwrap();
+    assert!(s.resolve("240.0.0.3:80".parse().unwrap()).is_some());
+    let err = refused(&cidr.replace("resolution: STATIC", "resolution: DNS"));
+    assert!(
+        err.contains("spec.addresses[0]") && err.contains("NONE/STATIC"),
+        "{err}"
+    );
 }

@@ -127,6 +127,12 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, Invalid
                 .as_ref()
                 .map(|w| w.value)
                 .unwrap_or(1);
+            if weight == 0 {
+                return Err(bad(
+                    "load_balancing_weight",
+                    "must be at least 1, as Envoy requires".into(),
+                ));
+            }
             out.push(EndpointInfo {
                 address,
                 hbone,

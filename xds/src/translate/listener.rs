@@ -46,7 +46,8 @@ struct IpRangeMatcher {
 /// One way into a chain: destination IPs, and a port unless any port matches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainMatch {
-    /// Destination ranges (/32 and /128 for VIPs and pod IPs).
+    /// Destination ranges (/32 and /128 for VIPs and pod IPs; shorter for a
+    /// ServiceEntry's CIDR addresses).
     pub ips: Vec<IpNet>,
     /// Destination port.
     pub port: Option<u16>,

@@ -167,11 +167,13 @@ pub fn build(res: &Resources, opts: &BuildOptions) -> Result<Snapshot, Conflicti
     })
 }
 
-/// The addresses `main_internal`'s chain matcher serves: Service VIPs by host, and the pod
-/// IPs addressed directly (`direct-http` / `direct-tcp` chains).
-fn served_addresses(main: Option<&ListenerInfo>) -> (BTreeMap<&str, Vec<IpAddr>>, Vec<IpAddr>) {
+/// The addresses `main_internal`'s chain matcher serves, by host: Service VIPs (single
+/// addresses) and ranges (a ServiceEntry's CIDR `addresses`, which istiod writes into the
+/// IP matcher as they are, `ConvertAddressToCidr`); and the pod IPs addressed directly
+/// (`direct-http` / `direct-tcp` chains).
+fn served_addresses(main: Option<&ListenerInfo>) -> (BTreeMap<&str, Served>, Vec<IpAddr>) {
     let mut served_pods: Vec<IpAddr> = Vec::new();
-    let mut vips: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
+    let mut vips: BTreeMap<&str, Served> = BTreeMap::new();
     if let Some(l) = main {
         for m in &l.matches {
             for net in &m.ips {
@@ -179,8 +181,13 @@ fn served_addresses(main: Option<&ListenerInfo>) -> (BTreeMap<&str, Vec<IpAddr>>
                 match vip_chain(&m.chain) {
                     Some((_, host)) => {
                         let v = vips.entry(host).or_default();
-                        if !v.contains(&ip) {
-                            v.push(ip);
+                        if net.prefix_len() < net.max_prefix_len() {
+                            let net = net.trunc();
+                            if !v.ranges.contains(&net) {
+                                v.ranges.push(net);
+                            }
+                        } else if !v.vips.contains(&ip) {
+                            v.vips.push(ip);
                         }
                     }
                     None if m.chain.starts_with("direct-") => served_pods.push(ip),
@@ -190,6 +197,13 @@ fn served_addresses(main: Option<&ListenerInfo>) -> (BTreeMap<&str, Vec<IpAddr>>
         }
     }
     (vips, served_pods)
+}
+
+/// What `main_internal` serves of one host.
+#[derive(Debug, Default, Clone)]
+struct Served {
+    vips: Vec<IpAddr>,
+    ranges: Vec<ipnet::IpNet>,
 }
 
 /// Workloads, one per pod IP of the endpoints.
@@ -218,7 +232,7 @@ fn workloads(
 /// by host; served when `main_internal` serves a VIP.
 fn services(
     res: &Resources,
-    vips: &BTreeMap<&str, Vec<IpAddr>>,
+    vips: &BTreeMap<&str, Served>,
     workloads: &BTreeMap<IpAddr, Arc<Workload>>,
     trust_domain: &str,
 ) -> Vec<Arc<Service>> {
@@ -245,8 +259,9 @@ fn services(
         services.push(Arc::new(Service {
             name: NamespacedName::new(&first.namespace, &first.service),
             hostname: host.to_string(),
-            served: !v.is_empty(),
-            vips: v,
+            served: !v.vips.is_empty() || !v.ranges.is_empty(),
+            vips: v.vips,
+            ranges: v.ranges,
             ports,
         }));
     }
@@ -410,6 +425,7 @@ fn subset_backends(
             hostname: parent.hostname.clone(),
             served: false,
             vips: Vec::new(),
+            ranges: Vec::new(),
             ports: vec![service_port(c, res, workloads, trust_domain)],
         };
         let backend = Backend::Service {

@@ -284,6 +284,86 @@ fn cluster_features_the_waypoint_lacks_are_rejected_not_ignored() {
 }
 
 #[test]
+fn consistent_hash_settings_apply_or_are_refused_as_envoy_refuses_them() {
+    // istiod's ApplyRingHashLoadBalancer (cluster_traffic_policy.go) writes RING_HASH with
+    // `minimum_ring_size`, or MAGLEV with `table_size` when the DestinationRule sets one.
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        LbConfig, MaglevLbConfig, RingHashLbConfig,
+    };
+    use envoy_types::pb::google::protobuf::UInt64Value;
+    use filters::balance::{ring::RingSize, Policy};
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let ring = |min: Option<u64>, max: Option<u64>, function: i32| {
+        let mut c = cs[0].clone();
+        c.lb_policy = 2;
+        c.lb_config = Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+            minimum_ring_size: min.map(|value| UInt64Value { value }),
+            maximum_ring_size: max.map(|value| UInt64Value { value }),
+            hash_function: function,
+        }));
+        cluster::convert(&c)
+    };
+    assert_eq!(
+        ring(Some(10), None, 0).unwrap().balancing,
+        Policy::RingHash(RingSize {
+            min: 10,
+            max: 8 * 1024 * 1024
+        })
+    );
+    assert_eq!(
+        ring(None, Some(4096), 0).unwrap().balancing,
+        Policy::RingHash(RingSize {
+            min: 1024,
+            max: 4096
+        })
+    );
+    let field = |r: Result<cluster::ClusterInfo, InvalidResource>| r.unwrap_err().field;
+    assert_eq!(
+        field(ring(None, None, 1)),
+        "ring_hash_lb_config.hash_function"
+    );
+    assert_eq!(
+        field(ring(Some(2048), Some(1024), 0)),
+        "ring_hash_lb_config.minimum_ring_size"
+    );
+    assert_eq!(
+        field(ring(None, Some(1 << 24), 0)),
+        "ring_hash_lb_config.maximum_ring_size"
+    );
+    let maglev = |size: Option<u64>| {
+        let mut c = cs[0].clone();
+        c.lb_policy = 5;
+        c.lb_config = size.map(|value| {
+            LbConfig::MaglevLbConfig(MaglevLbConfig {
+                table_size: Some(UInt64Value { value }),
+            })
+        });
+        cluster::convert(&c)
+    };
+    assert_eq!(maglev(None).unwrap().balancing, Policy::Maglev(65537));
+    assert_eq!(maglev(Some(251)).unwrap().balancing, Policy::Maglev(251));
+    assert_eq!(field(maglev(Some(1000))), "maglev_lb_config.table_size");
+
+    // Endpoint weights are what the tables weigh; Envoy requires them to be at least 1.
+    let (_, _, es) = dump_resources("waypoint-httpbin-1.21.json");
+    let mut cla = es
+        .into_iter()
+        .find(|e| e.endpoints.iter().any(|l| !l.lb_endpoints.is_empty()))
+        .unwrap();
+    let weight = |cla: &mut ClusterLoadAssignment, value: u32| {
+        cla.endpoints[0].lb_endpoints[0].load_balancing_weight =
+            Some(envoy_types::pb::google::protobuf::UInt32Value { value });
+    };
+    weight(&mut cla, 3);
+    assert_eq!(endpoint::convert(&cla).unwrap()[0].weight, 3);
+    weight(&mut cla, 0);
+    assert!(endpoint::convert(&cla)
+        .unwrap_err()
+        .field
+        .ends_with("load_balancing_weight"));
+}
+
+#[test]
 fn what_travels_inside_the_tunnel_is_tls_plaintext_or_refused() {
     // DestinationRule `tls: SIMPLE` on a waypoint-served host: istiod wraps an
     // UpstreamTlsContext in the internal_upstream transport socket (buildWaypointTLSContext).

@@ -33,13 +33,21 @@ pub(super) fn hash_policy(
                 )?)
             }
             Some(PolicySpecifier::Cookie(c)) => {
-                if !c.attributes.is_empty() {
-                    return Err((format!("{pat}.cookie.attributes"), "not supported".into()));
+                let mut attributes = Vec::with_capacity(c.attributes.len());
+                for (j, a) in c.attributes.iter().enumerate() {
+                    let at = format!("{pat}.cookie.attributes[{j}]");
+                    if let Err(reason) =
+                        filters::route::model::check_cookie_attribute(&a.name, &a.value)
+                    {
+                        return Err((at, reason.into()));
+                    }
+                    attributes.push((a.name.clone(), a.value.clone()));
                 }
                 HashSource::Cookie {
                     name: c.name.clone(),
                     ttl: crate::translate::duration(c.ttl.as_ref()),
                     path: (!c.path.is_empty()).then(|| c.path.clone()),
+                    attributes,
                 }
             }
             Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashSource::SourceIp,
@@ -58,4 +66,61 @@ pub(super) fn hash_policy(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+        Cookie, CookieAttribute, PolicySpecifier,
+    };
+    use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
+    use filters::route::model::HashSource;
+
+    fn cookie(attributes: &[(&str, &str)]) -> Vec<HashPolicy> {
+        // ConsistentHashToHashPolicy (route/route.go): name, ttl, path, attributes.
+        vec![HashPolicy {
+            policy_specifier: Some(PolicySpecifier::Cookie(Cookie {
+                name: "sticky".into(),
+                ttl: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                path: String::new(),
+                attributes: attributes
+                    .iter()
+                    .map(|(n, v)| CookieAttribute {
+                        name: n.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+            })),
+            terminal: false,
+        }]
+    }
+
+    #[test]
+    fn cookie_attributes_are_kept_or_refused_by_field() {
+        let got =
+            super::hash_policy(&cookie(&[("SameSite", "Strict"), ("Secure", "")]), "hp").unwrap();
+        match &got[0].source {
+            HashSource::Cookie {
+                attributes, path, ..
+            } => {
+                assert_eq!(
+                    attributes,
+                    &[
+                        ("SameSite".to_string(), "Strict".to_string()),
+                        ("Secure".to_string(), String::new())
+                    ]
+                );
+                assert_eq!(path, &None, "an empty path is none");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (field, _) = super::hash_policy(&cookie(&[("", "x")]), "hp").unwrap_err();
+        assert_eq!(field, "hp[0].cookie.attributes[0]");
+        let (field, _) =
+            super::hash_policy(&cookie(&[("Secure", ""), ("a", "b\r\nc")]), "hp").unwrap_err();
+        assert_eq!(field, "hp[0].cookie.attributes[1]");
+    }
 }
