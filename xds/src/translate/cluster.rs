@@ -214,6 +214,8 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
     let mut options = super::protocol_options::convert(c)
         .map_err(|(field, reason)| invalid(c, &field, reason))?;
     options.limits.tcp_keepalive = super::upstream_connection::tcp_keepalive(c)?;
+    options.limits.connect_timeout = Some(super::cluster_fields::connect_timeout(c)?);
+    super::cluster_fields::check_unread(c)?;
     let (tls, proxy_protocol) = check_transport_socket(c, options.auto)?;
     let (tls, tls_secrets) = match tls {
         Some((tls, secrets)) => (Some(tls), secrets),
@@ -494,7 +496,8 @@ fn retry_limit(c: &Cluster) -> Option<filters::retry::limit::RetryLimit> {
         .map(|v| RetryLimit::Max(v as usize))
 }
 
-/// The cluster's load-balancing policy (`RING_HASH` with its `minimum_ring_size`).
+/// The cluster's load-balancing policy (`RING_HASH` with its `minimum_ring_size`, `MAGLEV`
+/// with its `table_size`).
 fn balancing(c: &Cluster) -> filters::balance::Policy {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
     use filters::balance::{ring::DEFAULT_RING_SIZE, Policy};
@@ -507,7 +510,13 @@ fn balancing(c: &Cluster) -> filters::balance::Policy {
             _ => DEFAULT_RING_SIZE,
         }),
         3 => Policy::Random,
-        5 => Policy::Hash(DEFAULT_RING_SIZE),
+        // MAGLEV's lookup table is the ring (DestinationRule `maglev.tableSize`).
+        5 => Policy::Hash(match &c.lb_config {
+            Some(LbConfig::MaglevLbConfig(m)) => {
+                m.table_size.map_or(DEFAULT_RING_SIZE, |v| v.value as usize)
+            }
+            _ => DEFAULT_RING_SIZE,
+        }),
         _ => Policy::RoundRobin,
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod cluster;
+mod cluster_fields;
 mod connection_manager;
 pub mod endpoint;
 mod error;
