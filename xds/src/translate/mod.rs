@@ -620,6 +620,7 @@ fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>
         name: NamespacedName::new(&service.name.namespace, &name),
         kind: RouteKind::Http,
         created: None,
+        operation: spec.operation.clone(),
         rules: vec![Rule {
             name: None,
             matches: vec![spec.matched.clone()],

@@ -19,6 +19,7 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 mod direct;
+mod fields;
 mod hash;
 
 use direct::{direct_response, DIRECT_RESPONSE_BODY_LIMIT};
@@ -50,6 +51,8 @@ pub struct RouteSpec {
     pub extra: Vec<Extra>,
     /// Inputs of the request's hash for consistent-hash balancing.
     pub hash_policy: Vec<filters::route::model::HashPolicy>,
+    /// The SERVER span's name (`decorator.operation`; istiod's `GetRouteOperation`).
+    pub operation: Option<String>,
 }
 
 /// Route behaviour beyond forwarding.
@@ -77,9 +80,11 @@ pub fn convert(rc: &RouteConfiguration, at: &str) -> Result<Vec<RouteSpec>, Bad>
     let body_limit = rc
         .max_direct_response_body_size_bytes
         .map_or(DIRECT_RESPONSE_BODY_LIMIT, |v| v.value as usize);
+    fields::route_configuration(rc, at)?;
     let mut out = Vec::new();
     for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
         let vat = format!("{at}.virtual_hosts[{vi}]");
+        fields::virtual_host(vh, &vat)?;
         let host = domains(vh, &vat)?;
         for (ri, r) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{ri}]");
@@ -218,6 +223,7 @@ fn modifier(add: &[HeaderValueOption], remove: &[String], at: &str) -> Result<He
 }
 
 fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
+    fields::route(r, at)?;
     let matched = route_match(r, at)?;
     let per_filter = super::per_filter::convert(
         &r.typed_per_filter_config,
@@ -263,6 +269,11 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
         response_headers,
         extra,
         hash_policy,
+        operation: r
+            .decorator
+            .as_ref()
+            .map(|d| d.operation.clone())
+            .filter(|o| !o.is_empty()),
     })
 }
 
@@ -565,6 +576,38 @@ fn regex_rewrite(
         .map_err(|e| (format!("{at}.pattern.regex"), e.to_string()))
 }
 
+/// Whether and up to what a gRPC request's `grpc-timeout` header sets its timeout: the
+/// action's `max_stream_duration.grpc_timeout_header_max` (istiod before 1.22), else its
+/// `max_grpc_timeout` (istiod's `setTimeout`: the route's timeout, `0s` for none); a zero
+/// duration means no cap. A `max_stream_duration` of its own is refused.
+fn grpc_timeout_max(a: &RouteAction, at: &str) -> Result<Option<Duration>, Bad> {
+    #[allow(deprecated)] // istiod writes the deprecated field
+    let legacy = a.max_grpc_timeout.as_ref();
+    let exact = |d: &envoy_types::pb::google::protobuf::Duration| {
+        super::duration(Some(d)).unwrap_or_default()
+    };
+    let Some(m) = &a.max_stream_duration else {
+        return Ok(legacy.map(exact));
+    };
+    let at = format!("{at}.max_stream_duration");
+    if super::duration(m.max_stream_duration.as_ref()).is_some() {
+        return Err((
+            format!("{at}.max_stream_duration"),
+            "a limit on the stream's duration is not supported".into(),
+        ));
+    }
+    if m.grpc_timeout_header_offset.is_some() {
+        return Err((
+            format!("{at}.grpc_timeout_header_offset"),
+            "not supported".into(),
+        ));
+    }
+    Ok(m.grpc_timeout_header_max
+        .as_ref()
+        .map(exact)
+        .or(legacy.map(exact)))
+}
+
 fn action_kind(a: &Option<Action>) -> &'static str {
     match a {
         Some(Action::Redirect(_)) => "redirect",
@@ -577,6 +620,7 @@ fn action_kind(a: &Option<Action>) -> &'static str {
 }
 
 fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
+    fields::route_action(a, at)?;
     let clusters = match &a.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
         Some(ClusterSpecifier::WeightedClusters(w)) => w
@@ -598,7 +642,12 @@ fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
     };
     let timeouts = Timeouts {
         request: super::duration(a.timeout.as_ref()),
-        backend_request: None,
+        // istiod's `retries.perTryTimeout` (an HTTPRoute's `timeouts.backendRequest`).
+        backend_request: a
+            .retry_policy
+            .as_ref()
+            .and_then(|p| super::duration(p.per_try_timeout.as_ref())),
+        grpc_timeout_max: grpc_timeout_max(a, at)?,
     };
     let retry = match &a.retry_policy {
         None => None,
