@@ -148,6 +148,7 @@ pub fn convert(l: &Listener) -> Result<ListenerInfo, InvalidResource> {
         access_logs,
         ..Default::default()
     };
+    check_unread(l).map_err(|(f, r)| bad(f, r))?;
     let Some(matcher) = &l.filter_chain_matcher else {
         return Err(bad("filter_chain_matcher".into(), "required".into()));
     };
@@ -179,6 +180,63 @@ pub fn convert(l: &Listener) -> Result<ListenerInfo, InvalidResource> {
 }
 
 use super::Bad;
+
+/// The listener filters istiod puts on `main_internal` (`buildWaypointInternal` in
+/// `listener_waypoint.go`), whose work the waypoint does itself: the original
+/// destination is the tunnel's target, the protocol and SNI are detected on the stream.
+const NATIVE_LISTENER_FILTERS: &[&str] = &[
+    "envoy.filters.listener.original_dst",
+    "envoy.filters.listener.http_inspector",
+    "envoy.filters.listener.tls_inspector",
+];
+
+/// Refuses, by name, what `main_internal` sets beyond what istiod writes (name, internal
+/// listener, listener filters, traffic direction, filter chains, matcher, access log),
+/// and on each filter chain beyond its name and filters (`filter_chain_match`, which
+/// Envoy ignores under a `filter_chain_matcher`, and `metadata`, istiod's telemetry
+/// hints that the waypoint derives itself, are accepted).
+fn check_unread(l: &Listener) -> Result<(), Bad> {
+    use envoy_types::pb::envoy::config::listener::v3::listener::ListenerSpecifier;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        if !NATIVE_LISTENER_FILTERS.contains(&f.name.as_str()) {
+            return Err((
+                format!("listener_filters[{i}]"),
+                format!("listener filter {:?} is not supported", f.name),
+            ));
+        }
+    }
+    let mut rest = Listener {
+        name: String::new(),
+        access_log: Vec::new(),
+        filter_chain_matcher: None,
+        filter_chains: Vec::new(),
+        listener_filters: Vec::new(),
+        traffic_direction: 0,
+        ..l.clone()
+    };
+    if matches!(&rest.listener_specifier, Some(ListenerSpecifier::InternalListener(c)) if *c == Default::default())
+    {
+        rest.listener_specifier = None;
+    }
+    super::residual::refuse(
+        "",
+        super::residual::first_set("envoy.config.listener.v3.Listener", &rest),
+    )?;
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        let rest = envoy_types::pb::envoy::config::listener::v3::FilterChain {
+            name: String::new(),
+            filters: Vec::new(),
+            filter_chain_match: None,
+            metadata: None,
+            ..fc.clone()
+        };
+        super::residual::refuse(
+            &format!("filter_chains[{i}]"),
+            super::residual::first_set("envoy.config.listener.v3.FilterChain", &rest),
+        )?;
+    }
+    Ok(())
+}
 
 /// The access logs of a built-in listener's connection manager (`connect_terminate`) or
 /// TCP proxy (`connect_originate`); the rest of these listeners is the waypoint's own.

@@ -26,6 +26,7 @@ pub mod per_filter;
 mod protocol_options;
 mod proxy_protocol;
 pub mod rbac;
+mod residual;
 pub mod route;
 pub mod secret;
 mod slow_start;

@@ -13,32 +13,13 @@
 //! `host_selection_retry_max_attempts` (with `previous_hosts`, the waypoint's balancer
 //! already moves to the next endpoint on every attempt).
 
+use super::Bad;
 use envoy_types::pb::envoy::config::route::v3::{
     route_action::ClusterSpecifier, RetryPolicy, Route, RouteAction, RouteConfiguration,
     VirtualHost,
 };
-use prost::Message;
 
-use super::Bad;
-
-/// The proto name of the first field set in `residual`, if any.
-fn first_set<M: Message>(type_name: &str, residual: &M) -> Option<String> {
-    if residual.encoded_len() == 0 {
-        return None;
-    }
-    match crate::envoy::to_json(type_name, residual) {
-        Ok(serde_json::Value::Object(map)) => map.keys().next().cloned(),
-        // Set, but not expressible: still refused.
-        _ => Some("(unknown field)".into()),
-    }
-}
-
-fn refuse(at: &str, field: Option<String>) -> Result<(), Bad> {
-    match field {
-        None => Ok(()),
-        Some(f) => Err((format!("{at}.{f}"), "not supported".into())),
-    }
-}
+use crate::translate::residual::{first_set, refuse};
 
 /// The route configuration's own fields.
 pub(super) fn route_configuration(rc: &RouteConfiguration, at: &str) -> Result<(), Bad> {
