@@ -571,13 +571,13 @@ fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>
     let backends = spec
         .clusters
         .iter()
-        .map(|(cluster, weight)| WeightedBackend {
-            target: match resolve.cluster(cluster) {
+        .map(|c| WeightedBackend {
+            target: match resolve.cluster(&c.name) {
                 Ok(b) => BackendTarget::Backend(b),
                 Err(why) => BackendTarget::Invalid(why),
             },
-            weight: *weight,
-            filters: Vec::new(),
+            weight: c.weight,
+            filters: c.filters.clone(),
         })
         .collect();
     let mut filters = Vec::new();

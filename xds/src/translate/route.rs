@@ -27,8 +27,21 @@ use hash::hash_policy;
 
 pub use super::Bad;
 
-/// A route action's backends (`(cluster, weight)`), timeouts and retries.
-type Forwarding = (Vec<(String, u32)>, Timeouts, Option<RetryPolicy>);
+/// A route action's backends, timeouts and retries.
+type Forwarding = (Vec<ClusterRef>, Timeouts, Option<RetryPolicy>);
+
+/// One backend of a route: a cluster, its weight, and the header changes and host rewrite
+/// of its `weighted_clusters` entry (VirtualService destination `headers`, istiod's
+/// `processWeightedDestination` in route.go), applied after the route's own.
+#[derive(Debug, Clone)]
+pub struct ClusterRef {
+    /// The cluster name.
+    pub name: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Header modifiers and host rewrite for requests sent to this backend.
+    pub filters: Vec<filters::route::model::Filter>,
+}
 
 /// One Envoy route, interpreted; backends are still cluster names.
 #[derive(Debug, Clone)]
@@ -37,8 +50,8 @@ pub struct RouteSpec {
     pub name: String,
     /// The request condition.
     pub matched: RouteMatch,
-    /// `(cluster, weight)` backends.
-    pub clusters: Vec<(String, u32)>,
+    /// Weighted backends.
+    pub clusters: Vec<ClusterRef>,
     /// Request timeout (0 and unset mean none).
     pub timeouts: Timeouts,
     /// Retries.
@@ -576,6 +589,43 @@ fn regex_rewrite(
         .map_err(|e| (format!("{at}.pattern.regex"), e.to_string()))
 }
 
+/// One `weighted_clusters` entry: its name, weight, header changes and host rewrite.
+fn cluster_weight(
+    c: &envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight,
+    at: &str,
+) -> Result<ClusterRef, Bad> {
+    use envoy_types::pb::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier;
+    use filters::route::model::Filter;
+    let mut filters = Vec::new();
+    let request = modifier(
+        &c.request_headers_to_add,
+        &c.request_headers_to_remove,
+        &format!("{at}.request_headers_to_add"),
+    )?;
+    if !(request.set.is_empty() && request.add.is_empty() && request.remove.is_empty()) {
+        filters.push(Filter::RequestHeaders(request));
+    }
+    let response = modifier(
+        &c.response_headers_to_add,
+        &c.response_headers_to_remove,
+        &format!("{at}.response_headers_to_add"),
+    )?;
+    if !(response.set.is_empty() && response.add.is_empty() && response.remove.is_empty()) {
+        filters.push(Filter::ResponseHeaders(response));
+    }
+    if let Some(HostRewriteSpecifier::HostRewriteLiteral(h)) = &c.host_rewrite_specifier {
+        filters.push(Filter::Rewrite(Rewrite {
+            hostname: Some(h.clone()),
+            path: None,
+        }));
+    }
+    Ok(ClusterRef {
+        name: c.name.clone(),
+        weight: c.weight.as_ref().map(|w| w.value).unwrap_or(0),
+        filters,
+    })
+}
+
 /// Whether and up to what a gRPC request's `grpc-timeout` header sets its timeout: the
 /// action's `max_stream_duration.grpc_timeout_header_max` (istiod before 1.22), else its
 /// `max_grpc_timeout` (istiod's `setTimeout`: the route's timeout, `0s` for none); a zero
@@ -622,17 +672,17 @@ fn action_kind(a: &Option<Action>) -> &'static str {
 fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
     fields::route_action(a, at)?;
     let clusters = match &a.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+        Some(ClusterSpecifier::Cluster(c)) => vec![ClusterRef {
+            name: c.clone(),
+            weight: 1,
+            filters: Vec::new(),
+        }],
         Some(ClusterSpecifier::WeightedClusters(w)) => w
             .clusters
             .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    c.weight.as_ref().map(|w| w.value).unwrap_or(0),
-                )
-            })
-            .collect(),
+            .enumerate()
+            .map(|(i, c)| cluster_weight(c, &format!("{at}.weighted_clusters.clusters[{i}]")))
+            .collect::<Result<_, _>>()?,
         other => {
             return Err((
                 format!("{at}.cluster_specifier"),

@@ -98,16 +98,29 @@ pub(super) fn route_action(a: &RouteAction, at: &str) -> Result<(), Bad> {
     if let Some(ClusterSpecifier::WeightedClusters(w)) = &a.cluster_specifier {
         let wat = format!("{at}.weighted_clusters");
         for (i, c) in w.clusters.iter().enumerate() {
-            let rest = envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight {
-                name: String::new(),
-                weight: None,
-                ..c.clone()
-            };
+            use envoy_types::pb::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier;
+            let mut rest =
+                envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight {
+                    name: String::new(),
+                    weight: None,
+                    request_headers_to_add: Vec::new(),
+                    request_headers_to_remove: Vec::new(),
+                    response_headers_to_add: Vec::new(),
+                    response_headers_to_remove: Vec::new(),
+                    ..c.clone()
+                };
+            if matches!(
+                rest.host_rewrite_specifier,
+                Some(HostRewriteSpecifier::HostRewriteLiteral(_))
+            ) {
+                rest.host_rewrite_specifier = None;
+            }
             if let Some(f) = first_set("envoy.config.route.v3.WeightedCluster.ClusterWeight", &rest)
             {
                 return Err((
                     format!("{wat}.clusters[{i}].{f}"),
-                    "per-backend settings are not supported (only name and weight)".into(),
+                    "not supported (only name, weight, header changes and host_rewrite_literal)"
+                        .into(),
                 ));
             }
         }

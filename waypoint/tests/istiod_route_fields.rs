@@ -1,10 +1,12 @@
-//! Route timeouts istiod writes besides `timeout`, served over Delta ADS to a real
-//! waypoint process: every route's `max_grpc_timeout` (the route's timeout, `0s` for
+//! Route fields istiod writes besides matches, clusters and `timeout`, served over Delta
+//! ADS to a real waypoint process, and route fields no translator reads (NACKed by name):
+//! every route's `max_grpc_timeout` (the route's timeout, `0s` for
 //! none: `setTimeout` in pilot/pkg/networking/core/route/route.go; the 1.21 dump's
 //! routes carry the older `max_stream_duration.grpc_timeout_header_max: 0s`), under which
 //! a gRPC request's `grpc-timeout` header sets its timeout, and the retry policy's
 //! `per_try_timeout` (VirtualService `retries.perTryTimeout`, an HTTPRoute's
-//! `timeouts.backendRequest`: route/retry/retry.go ConvertPolicy).
+//! `timeouts.backendRequest`: route/retry/retry.go ConvertPolicy), and a weighted
+//! cluster's header changes and host rewrite (VirtualService destination `headers`).
 
 mod istiod;
 
@@ -90,22 +92,48 @@ async fn a_route_field_no_translator_reads_is_nacked_by_name() {
 }
 
 #[tokio::test]
-async fn per_backend_headers_are_nacked_by_name() {
-    // VirtualService destination `headers` (route.go processWeightedDestination) are not
-    // implemented: refused rather than dropped.
+async fn per_backend_headers_and_host_rewrite_apply() {
+    // VirtualService destination `headers` (route.go processWeightedDestination: the
+    // `weighted_clusters` entry's header changes and `host_rewrite_literal`).
     let w = start(|ls, _, _| {
         fixture::prepend_routes(
             ls,
             8100,
             &[json!({"name": "default.0", "match": {"prefix": "/"},
                      "route": {"weighted_clusters": {"clusters": [{"name": CLUSTER_8100, "weight": 100,
-                         "request_headers_to_add": [{"header": {"key": "x-b", "value": "1"}}]}]}}})],
+                         "request_headers_to_add": [{"header": {"key": "x-backend", "value": "v1"},
+                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+                         "request_headers_to_remove": ["x-drop"],
+                         "response_headers_to_add": [{"header": {"key": "x-served-by", "value": "v1"},
+                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+                         "host_rewrite_literal": "rewritten.example"}]}}})],
+        );
+    })
+    .await;
+    let a = send(&w, 8100, "GET", "/get", &[("x-drop", "1")]).await;
+    assert_eq!(a.status, 200);
+    let echo = a.echo();
+    assert_eq!(echo["headers"]["X-Backend"], json!(["v1"]), "{echo}");
+    assert!(echo["headers"].get("X-Drop").is_none(), "{echo}");
+    assert_eq!(echo["host"], "rewritten.example", "{echo}");
+    assert_eq!(a.header("x-served-by"), Some("v1"));
+}
+
+#[tokio::test]
+async fn other_per_backend_settings_are_nacked_by_name() {
+    let w = start(|ls, _, _| {
+        fixture::prepend_routes(
+            ls,
+            8100,
+            &[json!({"name": "default.0", "match": {"prefix": "/"},
+                     "route": {"weighted_clusters": {"clusters": [{"name": CLUSTER_8100, "weight": 100,
+                         "metadata_match": {"filter_metadata": {"envoy.lb": {"v": "1"}}}}]}}})],
         );
     })
     .await;
     let e = nack(&w).await;
     assert!(
-        e.contains("weighted_clusters.clusters[0].request_headers_to_add"),
+        e.contains("weighted_clusters.clusters[0].metadata_match"),
         "{e}"
     );
 }
