@@ -464,6 +464,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                     &fat,
                 )?;
+                tcp_proxy_unread(&tcp, &fat)?;
                 let cluster = match tcp.cluster_specifier {
                     Some(ClusterSpecifier::Cluster(c)) => c,
                     _ => return Err((fat, "only a single cluster is supported".into())),
@@ -488,6 +489,29 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
             "no http_connection_manager or tcp_proxy".to_string(),
         )
     })
+}
+
+/// Refuses, by name, the TCP proxy's fields other than its cluster, statistics prefix and
+/// access logs. istiod writes some for a waypoint's TCP ports that the waypoint does not
+/// implement yet (`buildWaypointNetworkFilters` in listener_waypoint.go: `idle_timeout`
+/// from DestinationRule `connectionPool.tcp.idleTimeout` or the proxy's `IDLE_TIMEOUT`,
+/// `max_downstream_connection_duration` from `tcp.maxConnectionDuration`, a source-IP
+/// `hash_policy` from `consistentHash.useSourceIp`, `tunneling_config` from `tunnel`,
+/// weighted clusters from VirtualService TCP routes): refused rather than ignored.
+fn tcp_proxy_unread(tcp: &TcpProxy, at: &str) -> Result<(), Bad> {
+    let rest = TcpProxy {
+        stat_prefix: String::new(),
+        cluster_specifier: None,
+        access_log: Vec::new(),
+        ..tcp.clone()
+    };
+    super::residual::refuse(
+        &format!("{at}.typed_config"),
+        super::residual::first_set(
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            &rest,
+        ),
+    )
 }
 
 /// The path normalization the connection manager asks for, as istiod writes MeshConfig

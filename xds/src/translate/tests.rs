@@ -954,3 +954,23 @@ fn listener_and_connection_manager_fields_no_translator_reads_are_refused_by_nam
         "{field}"
     );
 }
+
+#[test]
+fn tcp_proxy_settings_not_implemented_are_refused_by_name() {
+    // listener_waypoint.go buildWaypointNetworkFilters: DestinationRule
+    // connectionPool.tcp.idleTimeout becomes the TCP proxy's idle_timeout.
+    let mut listener = httpbin_main_internal();
+    listener["filter_chains"][0]["filters"] = serde_json::json!([{
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "inbound-vip|9000|tcp|t.default.svc.cluster.local",
+            "cluster": "inbound-vip|9000|tcp|t.default.svc.cluster.local",
+            "idle_timeout": "30s"}}]);
+    let l: Listener = from_json("envoy.config.listener.v3.Listener", &listener).unwrap();
+    let e = listener::convert(&l).unwrap_err();
+    assert_eq!(
+        e.field,
+        "filter_chains[0].filters[0].typed_config.idle_timeout"
+    );
+}
