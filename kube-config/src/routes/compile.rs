@@ -569,7 +569,11 @@ pub(crate) fn grpc_rule(
             matches,
             filters,
             backends,
-            timeouts: Timeouts::default(),
+            // istiod's routes for a GRPCRoute honour `grpc-timeout` (`max_grpc_timeout: 0s`).
+            timeouts: Timeouts {
+                grpc_timeout_max: Some(std::time::Duration::ZERO),
+                ..Timeouts::default()
+            },
             retry: None,
             hash_policy: Vec::new(),
         },
