@@ -44,6 +44,15 @@ pub enum ProxyError {
         /// What went wrong.
         reason: String,
     },
+    /// Connecting to the endpoint took longer than the port's connect timeout (the
+    /// cluster's `connect_timeout`, DestinationRule `connectionPool.tcp.connectTimeout`).
+    #[error("upstream connect to {endpoint} timed out after {after:?}")]
+    UpstreamConnectTimeout {
+        /// The endpoint address.
+        endpoint: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// The upstream connection failed or was reset after the request was sent.
     #[error("upstream {endpoint} reset: {reason}")]
     UpstreamReset {
@@ -81,6 +90,7 @@ impl ProxyError {
             | ProxyError::DnsCacheOverflow(_)
             | ProxyError::Overflow(_)
             | ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamConnectTimeout { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::StreamIdleTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -101,7 +111,7 @@ impl ProxyError {
             // Envoy's forward proxy answers without setting a flag.
             ProxyError::DnsCacheOverflow(_) => "-",
             ProxyError::DnsResolutionFailed(_) => "DF",
-            ProxyError::UpstreamConnect { .. } => "UF",
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamConnectTimeout { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::UpstreamTimeout => "UT",
             ProxyError::StreamIdleTimeout => "SI",
@@ -126,6 +136,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => {
                 "upstream_reset_before_response_started{connection_failure}".into()
             }
+            ProxyError::UpstreamConnectTimeout { .. } => {
+                "upstream_reset_before_response_started{connection_timeout}".into()
+            }
             ProxyError::UpstreamReset { .. } => {
                 "upstream_reset_before_response_started{connection_termination}".into()
             }
@@ -139,7 +152,16 @@ impl ProxyError {
     /// Whether the request can safely be retried on another connection: true only when
     /// the upstream never saw it.
     pub fn is_retry_safe(&self) -> bool {
-        matches!(self, ProxyError::UpstreamConnect { .. })
+        self.is_connect_failure()
+    }
+
+    /// Whether connecting to the endpoint failed or timed out (retry policy
+    /// `connect-failure`; a local-origin failure for outlier detection).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamConnectTimeout { .. }
+        )
     }
 
     /// The response sent downstream. The body is Envoy's short text for the condition.
@@ -162,6 +184,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamConnect { reason, .. } => {
                 format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}")
+            }
+            ProxyError::UpstreamConnectTimeout { .. } => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection timeout".to_string()
             }
             ProxyError::UpstreamReset { reason, .. } => {
                 format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")

@@ -40,6 +40,7 @@ pub mod process;
 pub mod proxy_front;
 pub mod raw_http;
 pub mod sds_server;
+pub mod silent;
 pub mod source;
 pub mod tcp_timers;
 pub mod tls_echo;

@@ -248,3 +248,36 @@ async fn check_reports_route_conditions() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn a_grpc_timeout_header_ends_a_grpc_request_on_time() {
+    // As istiod's `max_grpc_timeout` on every route (route.go setTimeout): a gRPC
+    // request's `grpc-timeout` sets its timeout (here the route has none to cap it).
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let req = Request::get("/get?delay=3s")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "300m")
+        .body(filters::body::empty())
+        .unwrap();
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), http.send_request(req))
+        .await
+        .expect("answered")
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        resp.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("14"),
+        "{:?}",
+        resp.headers()
+    );
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+}

@@ -198,6 +198,7 @@ fn deciding_without_explaining_allocates_nothing() {
             name: NamespacedName::new("default", name),
             kind: RouteKind::Http,
             created: None,
+            operation: None,
             rules: vec![RouteRule {
                 name: None,
                 matches: vec![RouteMatch {

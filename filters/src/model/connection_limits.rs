@@ -7,10 +7,14 @@ use serde::Serialize;
 /// How long and how much an upstream HTTP connection to a port's endpoints is used
 /// (DestinationRule `connectionPool`: `http.idleTimeout`, `http.maxRequestsPerConnection`,
 /// `tcp.maxConnectionDuration`, `http.maxConcurrentStreams`, `http.http2KeepAlive`,
-/// `tcp.tcpKeepalive`; the cluster's `common_http_protocol_options`, its
-/// `http2_protocol_options` and `upstream_connection_options`).
+/// `tcp.tcpKeepalive`, `tcp.connectTimeout`; the cluster's `common_http_protocol_options`,
+/// its `http2_protocol_options`, `upstream_connection_options` and `connect_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
 pub struct ConnectionLimits {
+    /// How long opening a connection to an endpoint may take (TCP, and for a mesh pod
+    /// the HBONE tunnel, then TLS originated inside it) before it fails as `UF`; `None`
+    /// for [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Option<Duration>,
     /// Closed after this long without a request (instead of the pool's 60 s).
     pub idle_timeout: Option<Duration>,
     /// Closed after this many requests (1 turns keep-alive off).
@@ -30,10 +34,21 @@ pub struct ConnectionLimits {
     pub preserve_header_case: bool,
 }
 
+/// Istio's default connect timeout (MeshConfig `connectTimeout`), used when a port sets
+/// none.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl ConnectionLimits {
     /// Whether any limit is set.
     pub fn is_set(&self) -> bool {
         *self != Self::default()
+    }
+
+    /// The connect timeout of a port with these limits (or none).
+    pub fn connect_timeout_of(limits: Option<&Self>) -> Duration {
+        limits
+            .and_then(|l| l.connect_timeout)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 }
 

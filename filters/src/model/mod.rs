@@ -15,7 +15,7 @@ mod snapshot;
 pub mod telemetry;
 mod upstream_tls;
 
-pub use connection_limits::{ConnectionLimits, H2Keepalive, TcpKeepalive};
+pub use connection_limits::{ConnectionLimits, H2Keepalive, TcpKeepalive, DEFAULT_CONNECT_TIMEOUT};
 pub use identity::{Identity, InvalidIdentity};
 pub use protocol::{Protocol, UpstreamProtocol};
 pub use proxy_protocol::{ProxyHeader, ProxyProtocolVersion};

@@ -53,7 +53,8 @@ where
             .map(|d| (d.timeouts, d.retry.clone()))
             .unwrap_or_default();
         let retry = retry.filter(|p| p.attempts > 0);
-        if retry.is_none() && timeouts.request.is_none() && timeouts.backend_request.is_none() {
+        let request_timeout = timeouts.request_timeout(req.headers());
+        if retry.is_none() && request_timeout.is_none() && timeouts.backend_request.is_none() {
             // Nothing to apply: the inner future as it is, neither wrapped nor boxed again.
             return Either::Left(self.inner.call(req));
         }
@@ -112,7 +113,7 @@ where
                     retrying = guard;
                 }
             };
-            match timeouts.request {
+            match request_timeout {
                 Some(t) => tokio::time::timeout(t, attempts)
                     .await
                     .unwrap_or(Err(ProxyError::UpstreamTimeout)),
@@ -225,7 +226,7 @@ mod tests {
             None,
             Timeouts {
                 request: Some(Duration::from_millis(500)),
-                backend_request: None,
+                ..Default::default()
             },
         ));
         let err = RetryLayer.layer(inner).oneshot(req).await.unwrap_err();

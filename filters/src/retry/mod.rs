@@ -22,10 +22,7 @@ use crate::ProxyError;
 pub fn should_retry(policy: &RetryPolicy, outcome: &Result<u16, &ProxyError>) -> bool {
     match outcome {
         Ok(status) => policy.codes.contains(status),
-        Err(e) => matches!(
-            e,
-            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamReset { .. }
-        ),
+        Err(e) => e.is_connect_failure() || matches!(e, ProxyError::UpstreamReset { .. }),
     }
 }
 
@@ -64,6 +61,11 @@ mod tests {
             reason: "refused".into(),
         };
         assert!(should_retry(&p, &Err(&connect)));
+        let timeout = ProxyError::UpstreamConnectTimeout {
+            endpoint: "a".into(),
+            after: Duration::from_millis(300),
+        };
+        assert!(should_retry(&p, &Err(&timeout)));
         assert!(!should_retry(&p, &Err(&ProxyError::UpstreamTimeout)));
     }
 

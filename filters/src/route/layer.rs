@@ -202,11 +202,19 @@ fn route(mut req: Request<Body>) -> Routed {
         Ok(b) => b,
         Err(e) => return Routed::answer(wait, Err(ProxyError::InvalidBackend(e))),
     };
+    // Without a rule (a Service with no routes), as istiod's default route: no timeout,
+    // and a gRPC request's `grpc-timeout` header sets one (`max_grpc_timeout: 0s`).
     let (timeouts, retry) = selection
         .rule
         .as_ref()
         .map(|s| (s.rule().timeouts, s.rule().retry.clone()))
-        .unwrap_or_default();
+        .unwrap_or((
+            super::model::Timeouts {
+                grpc_timeout_max: Some(std::time::Duration::ZERO),
+                ..Default::default()
+            },
+            None,
+        ));
     // An explained request is not mirrored (its Mirror filter step says where copies go).
     if trace.on() {
         mirrors.clear();

@@ -30,6 +30,10 @@ pub struct Route {
     pub created: Option<String>,
     /// Rules in declaration order.
     pub rules: Vec<Rule>,
+    /// The name of the SERVER span of a request it routes (an xDS route's
+    /// `decorator.operation`); `None` keeps the waypoint's `host:port/*`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 /// One rule of a route.
@@ -105,6 +109,109 @@ pub struct Timeouts {
     pub request: Option<Duration>,
     /// Each attempt to a backend (`timeouts.backendRequest`).
     pub backend_request: Option<Duration>,
+    /// Whether a gRPC request's `grpc-timeout` header sets its timeout (Envoy's route
+    /// `max_grpc_timeout` / `max_stream_duration.grpc_timeout_header_max`, which istiod
+    /// always writes as the route's timeout): `None` ignores the header; `Some(max)`
+    /// makes the header's value the request timeout of a gRPC request (none without the
+    /// header), capped at `max` unless `max` is zero.
+    pub grpc_timeout_max: Option<Duration>,
+}
+
+impl Timeouts {
+    /// The whole-request timeout of a request with `headers`.
+    pub fn request_timeout(&self, headers: &http::HeaderMap) -> Option<Duration> {
+        let Some(max) = self.grpc_timeout_max else {
+            return self.request;
+        };
+        if !crate::error::is_grpc(headers) {
+            return self.request;
+        }
+        let header = headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .filter(|d| !d.is_zero());
+        match header {
+            Some(h) if max.is_zero() => Some(h),
+            Some(h) => Some(h.min(max)),
+            None => (!max.is_zero()).then_some(max),
+        }
+    }
+}
+
+/// A `grpc-timeout` header value: up to eight digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod grpc_timeout_tests {
+    use std::time::Duration;
+
+    fn grpc(timeout: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-type", "application/grpc".parse().unwrap());
+        if let Some(t) = timeout {
+            h.insert("grpc-timeout", t.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_grpc_timeout_header_sets_the_timeout_capped_by_the_route() {
+        assert_eq!(
+            super::parse_grpc_timeout("250m"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            super::parse_grpc_timeout("2S"),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(super::parse_grpc_timeout("123456789S"), None);
+        assert_eq!(super::parse_grpc_timeout("1x"), None);
+        let uncapped = super::Timeouts {
+            grpc_timeout_max: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        assert_eq!(
+            uncapped.request_timeout(&grpc(Some("250m"))),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(uncapped.request_timeout(&grpc(None)), None);
+        let capped = super::Timeouts {
+            request: Some(Duration::from_secs(1)),
+            grpc_timeout_max: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert_eq!(
+            capped.request_timeout(&grpc(Some("5S"))),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            capped.request_timeout(&grpc(None)),
+            Some(Duration::from_secs(1))
+        );
+        // Not gRPC: the route's timeout.
+        let mut plain = grpc(Some("250m"));
+        plain.remove("content-type");
+        assert_eq!(capped.request_timeout(&plain), Some(Duration::from_secs(1)));
+        let ignored = super::Timeouts::default();
+        assert_eq!(ignored.request_timeout(&grpc(Some("250m"))), None);
+    }
 }
 
 /// `retry` of a rule.

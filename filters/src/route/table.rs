@@ -317,6 +317,7 @@ mod tests {
             name: crate::model::NamespacedName::new("ns", name),
             kind: RouteKind::Http,
             created: created.map(str::to_string),
+            operation: None,
             rules: rules
                 .into_iter()
                 .map(|matches| Rule {

@@ -25,7 +25,7 @@ pub(super) struct TcpPool {
     #[serde(default)]
     pub(super) max_connections: Option<u32>,
     #[serde(default)]
-    pub(super) connect_timeout: Option<serde_yaml::Value>,
+    pub(super) connect_timeout: Option<String>,
     #[serde(default)]
     pub(super) tcp_keepalive: Option<TcpKeepalive>,
     #[serde(default)]
@@ -80,7 +80,8 @@ pub(super) struct TcpKeepalive {
 }
 
 impl ConnectionPool {
-    /// Idle timeout (`http.idleTimeout`, else `tcp.idleTimeout`), requests per connection,
+    /// Connect timeout (`tcp.connectTimeout`), idle timeout (`http.idleTimeout`, else
+    /// `tcp.idleTimeout`), requests per connection,
     /// connection lifetime and TCP keepalive, and for an HTTP/2 port (`h2`) the streams per
     /// connection and the PING keepalive, as istiod's `applyConnectionPool` writes them
     /// (it writes the HTTP/2 settings only into a cluster that is HTTP/2 by then: for other
@@ -146,7 +147,20 @@ impl ConnectionPool {
                 "must fit in an int32",
             ));
         }
+        // istiod's `applyConnectionPool` writes it as the cluster's `connect_timeout`;
+        // Envoy refuses zero.
+        let connect_timeout = match tcp.and_then(|t| t.connect_timeout.as_ref()) {
+            None => None,
+            Some(t) => Some(duration(Some(t), "tcp.connectTimeout")?.ok_or_else(|| {
+                invalid(
+                    label,
+                    format!("{at}.tcp.connectTimeout"),
+                    "must be greater than zero",
+                )
+            })?),
+        };
         Ok(ConnectionLimits {
+            connect_timeout,
             idle_timeout: idle,
             max_requests: http
                 .and_then(|h| h.max_requests_per_connection)
@@ -174,14 +188,6 @@ impl ConnectionPool {
     ) -> Result<Option<usize>, LocalConfigError> {
         let tcp = self.tcp.as_ref();
         let http = self.http.as_ref();
-        unsupported(
-            label,
-            &format!("{at}.tcp"),
-            &[(
-                "connectTimeout",
-                tcp.is_some_and(|t| t.connect_timeout.is_some()),
-            )],
-        )?;
         unsupported(
             label,
             &format!("{at}.http"),

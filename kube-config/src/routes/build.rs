@@ -219,6 +219,7 @@ fn attach_route(
                 kind,
                 created: meta.creation_timestamp.clone(),
                 rules,
+                operation: None,
             });
             (Ok(route), refs)
         }

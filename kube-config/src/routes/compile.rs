@@ -497,11 +497,13 @@ pub(crate) fn http_rule(
             let t = Timeouts {
                 request: dur(&t.request, "timeouts.request")?,
                 backend_request: dur(&t.backend_request, "timeouts.backendRequest")?,
+                grpc_timeout_max: None,
             };
             // A zero duration disables the timeout.
             let t = Timeouts {
                 request: t.request.filter(|d| !d.is_zero()),
                 backend_request: t.backend_request.filter(|d| !d.is_zero()),
+                grpc_timeout_max: None,
             };
             if let (Some(req), Some(be)) = (t.request, t.backend_request) {
                 if be > req {
@@ -512,6 +514,13 @@ pub(crate) fn http_rule(
             }
             t
         }
+    };
+    // As istiod writes every route's `max_grpc_timeout` (the route's timeout, `0s` for
+    // none; `setTimeout` in pilot/pkg/networking/core/route/route.go): a gRPC request's
+    // `grpc-timeout` header sets its timeout, capped at the route's.
+    let timeouts = Timeouts {
+        grpc_timeout_max: Some(timeouts.request.unwrap_or_default()),
+        ..timeouts
     };
     let retry = r
         .retry
@@ -560,7 +569,11 @@ pub(crate) fn grpc_rule(
             matches,
             filters,
             backends,
-            timeouts: Timeouts::default(),
+            // istiod's routes for a GRPCRoute honour `grpc-timeout` (`max_grpc_timeout: 0s`).
+            timeouts: Timeouts {
+                grpc_timeout_max: Some(std::time::Duration::ZERO),
+                ..Timeouts::default()
+            },
             retry: None,
             hash_policy: Vec::new(),
         },

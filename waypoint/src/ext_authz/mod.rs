@@ -60,12 +60,12 @@ impl ExtAuthzClient for Client {
 /// Maps a pool error to a check error.
 pub(crate) fn pool_error(provider: &Provider, e: ProxyError) -> CheckError {
     match e {
-        ProxyError::UpstreamConnect { .. } | ProxyError::NoHealthyUpstream(_) => {
-            CheckError::Unreachable {
-                provider: provider.name.clone(),
-                reason: e.to_string(),
-            }
-        }
+        ProxyError::UpstreamConnect { .. }
+        | ProxyError::UpstreamConnectTimeout { .. }
+        | ProxyError::NoHealthyUpstream(_) => CheckError::Unreachable {
+            provider: provider.name.clone(),
+            reason: e.to_string(),
+        },
         other => CheckError::Failed {
             provider: provider.name.clone(),
             reason: other.to_string(),

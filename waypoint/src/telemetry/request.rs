@@ -250,7 +250,11 @@ impl RequestTelemetry {
                 response_bytes,
             },
         );
-        if let Some(span) = self.span {
+        if let Some(mut span) = self.span {
+            // Envoy names the span after the matched route's decorator.
+            if let Some(op) = upstream.route.as_ref().and_then(|r| r.operation.clone()) {
+                span.rename(op);
+            }
             let (svc, dst) = &*destination;
             let mut attrs = vec![
                 KeyValue::new("istio.destination_workload", dst.workload.clone()),

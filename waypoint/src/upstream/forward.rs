@@ -198,6 +198,7 @@ fn report_outcome(
         Ok(r) => Outcome::Status(r.status().as_u16()),
         Err(
             ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamConnectTimeout { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamTimeout,
         ) => Outcome::LocalFailure,

@@ -64,10 +64,5 @@ impl tower::Service<http::Request<tonic::body::Body>> for PoolChannel {
 pub fn unreachable(status: &tonic::Status) -> bool {
     std::error::Error::source(status)
         .and_then(|s| s.downcast_ref::<ProxyError>())
-        .is_some_and(|e| {
-            matches!(
-                e,
-                ProxyError::UpstreamConnect { .. } | ProxyError::NoHealthyUpstream(_)
-            )
-        })
+        .is_some_and(|e| e.is_connect_failure() || matches!(e, ProxyError::NoHealthyUpstream(_)))
 }

@@ -58,8 +58,31 @@ impl Upstream {
     /// Opens a byte stream to `picked` ([`Self::connect_raw`]), sends `proxy` (the PROXY
     /// protocol header, DestinationRule `proxyProtocol`) first, then runs TLS inside it
     /// when the port originates TLS (DestinationRule `tls`), sending `sni`: the header
-    /// precedes the handshake, as istiod nests the sockets.
+    /// precedes the handshake, as istiod nests the sockets. All of it must be done within
+    /// the port's connect timeout (the cluster's `connect_timeout`), else the attempt
+    /// fails with [`ProxyError::UpstreamConnectTimeout`] (`UF`, `connection_timeout`).
     pub async fn connect(
+        &self,
+        picked: &Picked,
+        sni: Option<&str>,
+        proxy: Option<&ProxyHeader>,
+    ) -> Result<UpstreamIo, ProxyError> {
+        let after =
+            filters::model::ConnectionLimits::connect_timeout_of(picked.connection_limits.as_ref());
+        match tokio::time::timeout(after, self.connect_within(picked, sni, proxy)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::debug!(endpoint = %picked.address, ?after, "upstream connect timed out");
+                Err(ProxyError::UpstreamConnectTimeout {
+                    endpoint: picked.address.to_string(),
+                    after,
+                })
+            }
+        }
+    }
+
+    /// [`Self::connect`] without its timeout.
+    async fn connect_within(
         &self,
         picked: &Picked,
         sni: Option<&str>,

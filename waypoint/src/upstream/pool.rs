@@ -117,7 +117,16 @@ impl H2 {
 
 /// What an HTTP/2 connection attempt gives the requests that wait for it: the connection
 /// and one stream slot for each of them, or why it failed.
-type Opened = Result<(http2::SendRequest<Body>, Arc<Mutex<Vec<StreamSlot>>>), String>;
+type Opened = Result<(http2::SendRequest<Body>, Arc<Mutex<Vec<StreamSlot>>>), OpenFailed>;
+
+/// Why a connection that requests were waiting for did not open: they fail the same way.
+#[derive(Debug, Clone)]
+enum OpenFailed {
+    /// The connect timeout passed.
+    TimedOut(std::time::Duration),
+    /// Anything else.
+    Failed(String),
+}
 
 /// An HTTP/2 connection being opened.
 struct Opening {
@@ -344,7 +353,13 @@ impl HttpPool {
                         let slot = slots.lock().expect("slots lock").pop();
                         Ok((sender, slot.expect("a slot per promise")))
                     }
-                    Some(Err(reason)) => Err(failed(reason)),
+                    Some(Err(OpenFailed::Failed(reason))) => Err(failed(reason)),
+                    Some(Err(OpenFailed::TimedOut(after))) => {
+                        Err(ProxyError::UpstreamConnectTimeout {
+                            endpoint: picked.address.to_string(),
+                            after,
+                        })
+                    }
                     None => Err(failed("the connection attempt was abandoned".into())),
                 };
             }
@@ -381,11 +396,16 @@ impl HttpPool {
                 Ok((sender, slot))
             }
             Err(e) => {
-                let reason = match &e {
-                    ProxyError::UpstreamConnect { reason, .. } => reason.clone(),
-                    other => other.to_string(),
+                let failed = match &e {
+                    ProxyError::UpstreamConnect { reason, .. } => {
+                        OpenFailed::Failed(reason.clone())
+                    }
+                    ProxyError::UpstreamConnectTimeout { after, .. } => {
+                        OpenFailed::TimedOut(*after)
+                    }
+                    other => OpenFailed::Failed(other.to_string()),
                 };
-                let _ = tx.send(Some(Err(reason)));
+                let _ = tx.send(Some(Err(failed)));
                 Err(e)
             }
         }

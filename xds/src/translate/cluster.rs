@@ -214,6 +214,8 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
     let mut options = super::protocol_options::convert(c)
         .map_err(|(field, reason)| invalid(c, &field, reason))?;
     options.limits.tcp_keepalive = super::upstream_connection::tcp_keepalive(c)?;
+    options.limits.connect_timeout = Some(super::cluster_fields::connect_timeout(c)?);
+    super::cluster_fields::check_unread(c)?;
     let (tls, proxy_protocol) = check_transport_socket(c, options.auto)?;
     let (tls, tls_secrets) = match tls {
         Some((tls, secrets)) => (Some(tls), secrets),

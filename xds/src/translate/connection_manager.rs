@@ -9,8 +9,10 @@
 //! [`RequestHeaders`]; values the waypoint does not implement are refused by field.
 //!
 //! Accepted without effect: `server_name`/`server_header_transformation` (the waypoint
-//! does not write a `server` response header), `stat_prefix`, `http2_protocol_options`
-//! and the rest of `http_protocol_options` with istiod's values.
+//! does not write a `server` response header), `stat_prefix`,
+//! `set_current_client_cert_details`, and istiod's defaults: `codec_type: AUTO`, an empty
+//! `http2_protocol_options`, `append_x_forwarded_port: false`. Every other field is
+//! refused by name ([`check_unread`]).
 
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::ForwardClientCertDetails, HttpConnectionManager,
@@ -19,9 +21,57 @@ use filters::model::RequestHeaders;
 
 use super::Bad;
 
+/// Refuses, by name, the connection manager's fields that neither this module nor the
+/// listener translator reads (route configuration, filters, tracing, access logs, path
+/// normalization) and that are not accepted without effect.
+pub fn check_unread(hcm: &HttpConnectionManager, at: &str) -> Result<(), Bad> {
+    let mut rest = HttpConnectionManager {
+        route_specifier: None,
+        http_filters: Vec::new(),
+        tracing: None,
+        access_log: Vec::new(),
+        normalize_path: None,
+        merge_slashes: false,
+        path_with_escaped_slashes_action: 0,
+        use_remote_address: None,
+        xff_num_trusted_hops: 0,
+        skip_xff_append: false,
+        request_id_extension: None,
+        upgrade_configs: Vec::new(),
+        forward_client_cert_details: 0,
+        set_current_client_cert_details: None,
+        generate_request_id: None,
+        stream_idle_timeout: None,
+        server_name: String::new(),
+        server_header_transformation: 0,
+        stat_prefix: String::new(),
+        ..hcm.clone()
+    };
+    // AUTO: the waypoint serves HTTP/1.1 and HTTP/2 alike.
+    rest.codec_type = 0;
+    if rest.http2_protocol_options == Some(Default::default()) {
+        rest.http2_protocol_options = None;
+    }
+    if let Some(h1) = &mut rest.http_protocol_options {
+        // Read by `request_headers` (the preserve_case formatter).
+        h1.header_key_format = None;
+        if *h1 == Default::default() {
+            rest.http_protocol_options = None;
+        }
+    }
+    super::residual::refuse(
+        at,
+        super::residual::first_set(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            &rest,
+        ),
+    )
+}
+
 /// The request-header settings, after refusing the settings not implemented.
 pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestHeaders, Bad> {
     let bad = |field: &str, reason: String| (format!("{at}.{field}"), reason);
+    check_unread(hcm, at)?;
     if hcm.use_remote_address.as_ref().is_some_and(|v| v.value) {
         return Err(bad(
             "use_remote_address",

@@ -53,6 +53,7 @@ pub struct WorkloadMeta {
 /// Validates one assignment; unhealthy and draining endpoints are left out.
 pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, InvalidResource> {
     let name = &cla.cluster_name;
+    check_unread(cla)?;
     let mut out = Vec::new();
     for (li, locality) in cla.endpoints.iter().enumerate() {
         for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
@@ -150,6 +151,76 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, Invalid
     Ok(out)
 }
 
+/// Refuses, by field, what istiod never writes into an assignment (its endpoint builder,
+/// `pilot/pkg/xds/endpoints/endpoint_builder.go`, writes localities with their priority
+/// and weight, and endpoints with an address, health status, metadata and weight) and
+/// the waypoint does not implement: named endpoints, the assignment's `policy`
+/// (overload drops, overprovisioning, staleness), locality metadata, proximity and LEDS,
+/// and per-endpoint health checks, host names, observability names and the additional
+/// addresses of dual-stack endpoints (`ISTIO_DUAL_STACK`; happy eyeballs across them is
+/// not implemented). A locality's name is accepted: istiod turns it into priorities,
+/// which take effect. Envoy's defaults, as its config dumps show them (an empty
+/// `health_check_config`, `overprovisioning_factor` 140), are accepted.
+/// Envoy's default `overprovisioning_factor` (140%).
+const DEFAULT_OVERPROVISIONING: u32 = 140;
+
+fn check_unread(cla: &ClusterLoadAssignment) -> Result<(), InvalidResource> {
+    let bad = |field: String| {
+        InvalidResource::new("endpoints", &cla.cluster_name, field, "not supported")
+    };
+    if !cla.named_endpoints.is_empty() {
+        return Err(bad("named_endpoints".into()));
+    }
+    if let Some(p) = &cla.policy {
+        let unsupported = [
+            ("drop_overloads", !p.drop_overloads.is_empty()),
+            // Envoy's default, which its config dumps show.
+            (
+                "overprovisioning_factor",
+                p.overprovisioning_factor
+                    .is_some_and(|f| f.value != DEFAULT_OVERPROVISIONING),
+            ),
+            ("endpoint_stale_after", p.endpoint_stale_after.is_some()),
+            ("weighted_priority_health", p.weighted_priority_health),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, on)| *on) {
+            return Err(bad(format!("policy.{field}")));
+        }
+    }
+    for (li, l) in cla.endpoints.iter().enumerate() {
+        let unsupported = [
+            ("metadata", l.metadata.is_some()),
+            ("proximity", l.proximity.is_some()),
+            ("leds_cluster_locality_config", l.lb_config.is_some()),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, on)| *on) {
+            return Err(bad(format!("endpoints[{li}].{field}")));
+        }
+        for (ei, lb) in l.lb_endpoints.iter().enumerate() {
+            let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                continue;
+            };
+            let unsupported = [
+                (
+                    "health_check_config",
+                    ep.health_check_config
+                        .as_ref()
+                        .is_some_and(|h| *h != Default::default()),
+                ),
+                ("hostname", !ep.hostname.is_empty()),
+                ("additional_addresses", !ep.additional_addresses.is_empty()),
+                ("observability_name", !ep.observability_name.is_empty()),
+            ];
+            if let Some((field, _)) = unsupported.iter().find(|(_, on)| *on) {
+                return Err(bad(format!(
+                    "endpoints[{li}].lb_endpoints[{ei}].endpoint.{field}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses `name;namespace;canonical service;revision;cluster`.
 pub fn parse_workload(s: &str) -> Option<WorkloadMeta> {
     let parts: Vec<&str> = s.split(';').collect();
@@ -164,4 +235,49 @@ pub fn parse_workload(s: &str) -> Option<WorkloadMeta> {
         canonical_revision: get(3),
         cluster: get(4),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    fn assignment(json: serde_json::Value) -> super::ClusterLoadAssignment {
+        crate::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &json).unwrap()
+    }
+
+    #[test]
+    fn fields_istiod_never_writes_are_refused_by_name() {
+        let ep = |extra: serde_json::Value| {
+            let mut e = serde_json::json!({"address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}}});
+            e.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            e
+        };
+        for (json, field) in [
+            (
+                serde_json::json!({"cluster_name": "c", "policy": {"overprovisioning_factor": 100}}),
+                "policy.overprovisioning_factor",
+            ),
+            (
+                serde_json::json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"endpoint": ep(serde_json::json!({
+                    "additional_addresses": [{"address": {"socket_address": {"address": "fd00::1", "port_value": 80}}}]}))}]}]}),
+                "endpoints[0].lb_endpoints[0].endpoint.additional_addresses",
+            ),
+            (
+                serde_json::json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"endpoint": ep(serde_json::json!({"hostname": "a.example"}))}]}]}),
+                "endpoints[0].lb_endpoints[0].endpoint.hostname",
+            ),
+            (
+                serde_json::json!({"cluster_name": "c", "endpoints": [{"proximity": 1, "lb_endpoints": []}]}),
+                "endpoints[0].proximity",
+            ),
+        ] {
+            let e = super::convert(&assignment(json.clone())).expect_err(&json.to_string());
+            assert_eq!(e.field, field, "{json}");
+        }
+        // Localities with names, priorities and weights are what istiod writes.
+        let ok = assignment(serde_json::json!({"cluster_name": "c", "endpoints": [{
+            "locality": {"region": "r", "zone": "z"}, "priority": 1, "load_balancing_weight": 2,
+            "lb_endpoints": [{"endpoint": ep(serde_json::json!({})), "health_status": "HEALTHY", "load_balancing_weight": 3}]}]}));
+        assert_eq!(super::convert(&ok).unwrap().len(), 1);
+    }
 }

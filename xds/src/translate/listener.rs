@@ -149,6 +149,7 @@ pub fn convert(l: &Listener) -> Result<ListenerInfo, InvalidResource> {
         access_logs,
         ..Default::default()
     };
+    check_unread(l).map_err(|(f, r)| bad(f, r))?;
     let Some(matcher) = &l.filter_chain_matcher else {
         return Err(bad("filter_chain_matcher".into(), "required".into()));
     };
@@ -180,6 +181,63 @@ pub fn convert(l: &Listener) -> Result<ListenerInfo, InvalidResource> {
 }
 
 use super::Bad;
+
+/// The listener filters istiod puts on `main_internal` (`buildWaypointInternal` in
+/// `listener_waypoint.go`), whose work the waypoint does itself: the original
+/// destination is the tunnel's target, the protocol and SNI are detected on the stream.
+const NATIVE_LISTENER_FILTERS: &[&str] = &[
+    "envoy.filters.listener.original_dst",
+    "envoy.filters.listener.http_inspector",
+    "envoy.filters.listener.tls_inspector",
+];
+
+/// Refuses, by name, what `main_internal` sets beyond what istiod writes (name, internal
+/// listener, listener filters, traffic direction, filter chains, matcher, access log),
+/// and on each filter chain beyond its name and filters (`filter_chain_match`, which
+/// Envoy ignores under a `filter_chain_matcher`, and `metadata`, istiod's telemetry
+/// hints that the waypoint derives itself, are accepted).
+fn check_unread(l: &Listener) -> Result<(), Bad> {
+    use envoy_types::pb::envoy::config::listener::v3::listener::ListenerSpecifier;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        if !NATIVE_LISTENER_FILTERS.contains(&f.name.as_str()) {
+            return Err((
+                format!("listener_filters[{i}]"),
+                format!("listener filter {:?} is not supported", f.name),
+            ));
+        }
+    }
+    let mut rest = Listener {
+        name: String::new(),
+        access_log: Vec::new(),
+        filter_chain_matcher: None,
+        filter_chains: Vec::new(),
+        listener_filters: Vec::new(),
+        traffic_direction: 0,
+        ..l.clone()
+    };
+    if matches!(&rest.listener_specifier, Some(ListenerSpecifier::InternalListener(c)) if *c == Default::default())
+    {
+        rest.listener_specifier = None;
+    }
+    super::residual::refuse(
+        "",
+        super::residual::first_set("envoy.config.listener.v3.Listener", &rest),
+    )?;
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        let rest = envoy_types::pb::envoy::config::listener::v3::FilterChain {
+            name: String::new(),
+            filters: Vec::new(),
+            filter_chain_match: None,
+            metadata: None,
+            ..fc.clone()
+        };
+        super::residual::refuse(
+            &format!("filter_chains[{i}]"),
+            super::residual::first_set("envoy.config.listener.v3.FilterChain", &rest),
+        )?;
+    }
+    Ok(())
+}
 
 /// The access logs of a built-in listener's connection manager (`connect_terminate`) or
 /// TCP proxy (`connect_originate`); the rest of these listeners is the waypoint's own.
@@ -407,6 +465,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                     &fat,
                 )?;
+                tcp_proxy_unread(&tcp, &fat)?;
                 let cluster = match tcp.cluster_specifier {
                     Some(ClusterSpecifier::Cluster(c)) => c,
                     _ => return Err((fat, "only a single cluster is supported".into())),
@@ -431,6 +490,29 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
             "no http_connection_manager or tcp_proxy".to_string(),
         )
     })
+}
+
+/// Refuses, by name, the TCP proxy's fields other than its cluster, statistics prefix and
+/// access logs. istiod writes some for a waypoint's TCP ports that the waypoint does not
+/// implement yet (`buildWaypointNetworkFilters` in listener_waypoint.go: `idle_timeout`
+/// from DestinationRule `connectionPool.tcp.idleTimeout` or the proxy's `IDLE_TIMEOUT`,
+/// `max_downstream_connection_duration` from `tcp.maxConnectionDuration`, a source-IP
+/// `hash_policy` from `consistentHash.useSourceIp`, `tunneling_config` from `tunnel`,
+/// weighted clusters from VirtualService TCP routes): refused rather than ignored.
+fn tcp_proxy_unread(tcp: &TcpProxy, at: &str) -> Result<(), Bad> {
+    let rest = TcpProxy {
+        stat_prefix: String::new(),
+        cluster_specifier: None,
+        access_log: Vec::new(),
+        ..tcp.clone()
+    };
+    super::residual::refuse(
+        &format!("{at}.typed_config"),
+        super::residual::first_set(
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            &rest,
+        ),
+    )
 }
 
 /// The path normalization the connection manager asks for, as istiod writes MeshConfig

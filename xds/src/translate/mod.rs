@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod cluster;
+mod cluster_fields;
 mod connection_manager;
 pub mod endpoint;
 mod error;
@@ -25,6 +26,7 @@ pub mod per_filter;
 mod protocol_options;
 mod proxy_protocol;
 pub mod rbac;
+mod residual;
 pub mod route;
 pub mod secret;
 mod slow_start;
@@ -585,13 +587,13 @@ fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>
     let backends = spec
         .clusters
         .iter()
-        .map(|(cluster, weight)| WeightedBackend {
-            target: match resolve.cluster(cluster) {
+        .map(|c| WeightedBackend {
+            target: match resolve.cluster(&c.name) {
                 Ok(b) => BackendTarget::Backend(b),
                 Err(why) => BackendTarget::Invalid(why),
             },
-            weight: *weight,
-            filters: Vec::new(),
+            weight: c.weight,
+            filters: c.filters.clone(),
         })
         .collect();
     let mut filters = Vec::new();
@@ -635,6 +637,7 @@ fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>
         name: NamespacedName::new(&service.name.namespace, &name),
         kind: RouteKind::Http,
         created: None,
+        operation: spec.operation.clone(),
         rules: vec![Rule {
             name: None,
             matches: vec![spec.matched.clone()],

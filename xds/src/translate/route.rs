@@ -19,6 +19,7 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 mod direct;
+mod fields;
 mod hash;
 
 use direct::{direct_response, DIRECT_RESPONSE_BODY_LIMIT};
@@ -26,8 +27,21 @@ use hash::hash_policy;
 
 pub use super::Bad;
 
-/// A route action's backends (`(cluster, weight)`), timeouts and retries.
-type Forwarding = (Vec<(String, u32)>, Timeouts, Option<RetryPolicy>);
+/// A route action's backends, timeouts and retries.
+type Forwarding = (Vec<ClusterRef>, Timeouts, Option<RetryPolicy>);
+
+/// One backend of a route: a cluster, its weight, and the header changes and host rewrite
+/// of its `weighted_clusters` entry (VirtualService destination `headers`, istiod's
+/// `processWeightedDestination` in route.go), applied after the route's own.
+#[derive(Debug, Clone)]
+pub struct ClusterRef {
+    /// The cluster name.
+    pub name: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Header modifiers and host rewrite for requests sent to this backend.
+    pub filters: Vec<filters::route::model::Filter>,
+}
 
 /// One Envoy route, interpreted; backends are still cluster names.
 #[derive(Debug, Clone)]
@@ -36,8 +50,8 @@ pub struct RouteSpec {
     pub name: String,
     /// The request condition.
     pub matched: RouteMatch,
-    /// `(cluster, weight)` backends.
-    pub clusters: Vec<(String, u32)>,
+    /// Weighted backends.
+    pub clusters: Vec<ClusterRef>,
     /// Request timeout (0 and unset mean none).
     pub timeouts: Timeouts,
     /// Retries.
@@ -50,6 +64,8 @@ pub struct RouteSpec {
     pub extra: Vec<Extra>,
     /// Inputs of the request's hash for consistent-hash balancing.
     pub hash_policy: Vec<filters::route::model::HashPolicy>,
+    /// The SERVER span's name (`decorator.operation`; istiod's `GetRouteOperation`).
+    pub operation: Option<String>,
 }
 
 /// Route behaviour beyond forwarding.
@@ -77,9 +93,11 @@ pub fn convert(rc: &RouteConfiguration, at: &str) -> Result<Vec<RouteSpec>, Bad>
     let body_limit = rc
         .max_direct_response_body_size_bytes
         .map_or(DIRECT_RESPONSE_BODY_LIMIT, |v| v.value as usize);
+    fields::route_configuration(rc, at)?;
     let mut out = Vec::new();
     for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
         let vat = format!("{at}.virtual_hosts[{vi}]");
+        fields::virtual_host(vh, &vat)?;
         let host = domains(vh, &vat)?;
         for (ri, r) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{ri}]");
@@ -218,6 +236,7 @@ fn modifier(add: &[HeaderValueOption], remove: &[String], at: &str) -> Result<He
 }
 
 fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
+    fields::route(r, at)?;
     let matched = route_match(r, at)?;
     let per_filter = super::per_filter::convert(
         &r.typed_per_filter_config,
@@ -263,6 +282,11 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
         response_headers,
         extra,
         hash_policy,
+        operation: r
+            .decorator
+            .as_ref()
+            .map(|d| d.operation.clone())
+            .filter(|o| !o.is_empty()),
     })
 }
 
@@ -565,6 +589,75 @@ fn regex_rewrite(
         .map_err(|e| (format!("{at}.pattern.regex"), e.to_string()))
 }
 
+/// One `weighted_clusters` entry: its name, weight, header changes and host rewrite.
+fn cluster_weight(
+    c: &envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight,
+    at: &str,
+) -> Result<ClusterRef, Bad> {
+    use envoy_types::pb::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier;
+    use filters::route::model::Filter;
+    let mut filters = Vec::new();
+    let request = modifier(
+        &c.request_headers_to_add,
+        &c.request_headers_to_remove,
+        &format!("{at}.request_headers_to_add"),
+    )?;
+    if !(request.set.is_empty() && request.add.is_empty() && request.remove.is_empty()) {
+        filters.push(Filter::RequestHeaders(request));
+    }
+    let response = modifier(
+        &c.response_headers_to_add,
+        &c.response_headers_to_remove,
+        &format!("{at}.response_headers_to_add"),
+    )?;
+    if !(response.set.is_empty() && response.add.is_empty() && response.remove.is_empty()) {
+        filters.push(Filter::ResponseHeaders(response));
+    }
+    if let Some(HostRewriteSpecifier::HostRewriteLiteral(h)) = &c.host_rewrite_specifier {
+        filters.push(Filter::Rewrite(Rewrite {
+            hostname: Some(h.clone()),
+            path: None,
+        }));
+    }
+    Ok(ClusterRef {
+        name: c.name.clone(),
+        weight: c.weight.as_ref().map(|w| w.value).unwrap_or(0),
+        filters,
+    })
+}
+
+/// Whether and up to what a gRPC request's `grpc-timeout` header sets its timeout: the
+/// action's `max_stream_duration.grpc_timeout_header_max` (istiod before 1.22), else its
+/// `max_grpc_timeout` (istiod's `setTimeout`: the route's timeout, `0s` for none); a zero
+/// duration means no cap. A `max_stream_duration` of its own is refused.
+fn grpc_timeout_max(a: &RouteAction, at: &str) -> Result<Option<Duration>, Bad> {
+    #[allow(deprecated)] // istiod writes the deprecated field
+    let legacy = a.max_grpc_timeout.as_ref();
+    let exact = |d: &envoy_types::pb::google::protobuf::Duration| {
+        super::duration(Some(d)).unwrap_or_default()
+    };
+    let Some(m) = &a.max_stream_duration else {
+        return Ok(legacy.map(exact));
+    };
+    let at = format!("{at}.max_stream_duration");
+    if super::duration(m.max_stream_duration.as_ref()).is_some() {
+        return Err((
+            format!("{at}.max_stream_duration"),
+            "a limit on the stream's duration is not supported".into(),
+        ));
+    }
+    if m.grpc_timeout_header_offset.is_some() {
+        return Err((
+            format!("{at}.grpc_timeout_header_offset"),
+            "not supported".into(),
+        ));
+    }
+    Ok(m.grpc_timeout_header_max
+        .as_ref()
+        .map(exact)
+        .or(legacy.map(exact)))
+}
+
 fn action_kind(a: &Option<Action>) -> &'static str {
     match a {
         Some(Action::Redirect(_)) => "redirect",
@@ -577,18 +670,19 @@ fn action_kind(a: &Option<Action>) -> &'static str {
 }
 
 fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
+    fields::route_action(a, at)?;
     let clusters = match &a.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+        Some(ClusterSpecifier::Cluster(c)) => vec![ClusterRef {
+            name: c.clone(),
+            weight: 1,
+            filters: Vec::new(),
+        }],
         Some(ClusterSpecifier::WeightedClusters(w)) => w
             .clusters
             .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    c.weight.as_ref().map(|w| w.value).unwrap_or(0),
-                )
-            })
-            .collect(),
+            .enumerate()
+            .map(|(i, c)| cluster_weight(c, &format!("{at}.weighted_clusters.clusters[{i}]")))
+            .collect::<Result<_, _>>()?,
         other => {
             return Err((
                 format!("{at}.cluster_specifier"),
@@ -598,7 +692,12 @@ fn route_action(a: &RouteAction, at: &str) -> Result<Forwarding, Bad> {
     };
     let timeouts = Timeouts {
         request: super::duration(a.timeout.as_ref()),
-        backend_request: None,
+        // istiod's `retries.perTryTimeout` (an HTTPRoute's `timeouts.backendRequest`).
+        backend_request: a
+            .retry_policy
+            .as_ref()
+            .and_then(|p| super::duration(p.per_try_timeout.as_ref())),
+        grpc_timeout_max: grpc_timeout_max(a, at)?,
     };
     let retry = match &a.retry_policy {
         None => None,

@@ -990,3 +990,67 @@ fn a_credential_name_is_two_kubernetes_secrets_over_ads() {
     );
     assert!(e.reason.contains("sds://vault-creds"), "{}", e.reason);
 }
+
+#[test]
+fn listener_and_connection_manager_fields_no_translator_reads_are_refused_by_name() {
+    let refused = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut listener = httpbin_main_internal();
+        edit(&mut listener);
+        let l: Listener = from_json("envoy.config.listener.v3.Listener", &listener).unwrap();
+        listener::convert(&l).unwrap_err().field
+    };
+    assert_eq!(
+        refused(&|l| l["per_connection_buffer_limit_bytes"] = 1024.into()),
+        "per_connection_buffer_limit_bytes"
+    );
+    assert_eq!(
+        refused(
+            &|l| l["listener_filters"][0]["name"] = "envoy.filters.listener.proxy_protocol".into()
+        ),
+        "listener_filters[0]"
+    );
+    assert_eq!(
+        refused(
+            &|l| l["filter_chains"][0]["transport_socket"] = serde_json::json!({"name": "raw", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}})
+        ),
+        "filter_chains[0].transport_socket"
+    );
+    // ProxyConfig IDLE_TIMEOUT (listener_builder.go) is not implemented.
+    let field = refused(&|l| {
+        l["filter_chains"][0]["filters"][0]["typed_config"]["common_http_protocol_options"] =
+            serde_json::json!({"idle_timeout": "60s"})
+    });
+    assert!(
+        field.ends_with("filters[0].common_http_protocol_options"),
+        "{field}"
+    );
+    // HTTP/1.0 (istiod's HTTP10 feature) is not implemented.
+    let field = refused(&|l| {
+        l["filter_chains"][0]["filters"][0]["typed_config"]["http_protocol_options"] =
+            serde_json::json!({"accept_http_10": true})
+    });
+    assert!(
+        field.ends_with("filters[0].http_protocol_options"),
+        "{field}"
+    );
+}
+
+#[test]
+fn tcp_proxy_settings_not_implemented_are_refused_by_name() {
+    // listener_waypoint.go buildWaypointNetworkFilters: DestinationRule
+    // connectionPool.tcp.idleTimeout becomes the TCP proxy's idle_timeout.
+    let mut listener = httpbin_main_internal();
+    listener["filter_chains"][0]["filters"] = serde_json::json!([{
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "inbound-vip|9000|tcp|t.default.svc.cluster.local",
+            "cluster": "inbound-vip|9000|tcp|t.default.svc.cluster.local",
+            "idle_timeout": "30s"}}]);
+    let l: Listener = from_json("envoy.config.listener.v3.Listener", &listener).unwrap();
+    let e = listener::convert(&l).unwrap_err();
+    assert_eq!(
+        e.field,
+        "filter_chains[0].filters[0].typed_config.idle_timeout"
+    );
+}

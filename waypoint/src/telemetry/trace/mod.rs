@@ -163,6 +163,12 @@ impl Tracing {
 }
 
 impl ServerSpan {
+    /// Renames the span (to the matched route's `decorator.operation`).
+    pub fn rename(&mut self, name: String) {
+        use opentelemetry::trace::Span as _;
+        self.span.update_name(name);
+    }
+
     /// Ends the span with its final attributes; 5xx marks it as an error.
     pub fn end(mut self, status: u16, attributes: Vec<KeyValue>) {
         for kv in attributes {
