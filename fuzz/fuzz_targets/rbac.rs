@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
             host: "echo.default.svc.cluster.local",
             path,
             query,
+            path_and_query: None,
             headers: &headers,
             auth: None,
         }),
