@@ -116,6 +116,20 @@ pub fn service<'a>(snapshot: &'a Snapshot, host: &str) -> Option<&'a Arc<Service
     })
 }
 
+/// [`resolve`], with the `:authority` a provider names instead of the destination's own
+/// (none when `authority` is empty): the gRPC log services' endpoints.
+pub async fn resolve_as(
+    snapshot: &Snapshot,
+    to: Destination<'_>,
+    authority: &str,
+) -> Result<Endpoint, DialError> {
+    let mut endpoint = resolve(snapshot, to).await?;
+    if !authority.is_empty() {
+        endpoint.authority = authority.to_string();
+    }
+    Ok(endpoint)
+}
+
 /// Resolves `to` against `snapshot`.
 pub async fn resolve(snapshot: &Snapshot, to: Destination<'_>) -> Result<Endpoint, DialError> {
     let host = host_of(to.host);

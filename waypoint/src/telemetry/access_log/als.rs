@@ -210,10 +210,7 @@ impl Streamer {
             port: self.config.port,
             cluster: self.config.cluster.as_deref(),
         };
-        let mut endpoint = dial::resolve(&snapshot, to).await?;
-        if !self.config.authority.is_empty() {
-            endpoint.authority = self.config.authority.clone();
-        }
+        let endpoint = dial::resolve_as(&snapshot, to, &self.config.authority).await?;
         let mut client = AccessLogServiceClient::new(PoolChannel::new(proxy, endpoint));
         let (tx, rx) = mpsc::channel::<(StreamAccessLogsMessage, u64)>(STREAM_QUEUE);
         let taken = Arc::new(AtomicU64::new(0));

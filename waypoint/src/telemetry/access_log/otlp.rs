@@ -145,10 +145,7 @@ impl Exporter {
             port: self.config.port,
             cluster: self.config.cluster.as_deref(),
         };
-        let mut endpoint = dial::resolve(&snapshot, to).await?;
-        if !self.config.authority.is_empty() {
-            endpoint.authority = self.config.authority.clone();
-        }
+        let endpoint = dial::resolve_as(&snapshot, to, &self.config.authority).await?;
         let mut client = LogsServiceClient::new(PoolChannel::new(proxy, endpoint));
         let req = export::grpc_request(request, &self.config.metadata)?;
         export::grpc_outcome(client.export(req).await)
