@@ -705,3 +705,63 @@ async fn tcp_keepalive_is_set_on_connections_to_pods_outside_the_mesh() {
         }
     }
 }
+
+#[tokio::test]
+async fn tcp_idle_timeout_and_max_connection_duration_close_tcp_tunnels() {
+    // connectionPool.tcp.idleTimeout and maxConnectionDuration on a TCP port, as istiod
+    // writes them into its tcp_proxy (buildWaypointNetworkFilters, listener_waypoint.go).
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Spec {
+        ports: vec![testkit::mesh::Port {
+            name: "tcp-echo",
+            port: 9000,
+            target: 9000,
+        }],
+        apps: [(9000, App::TcpEcho)].into(),
+        extra_yaml: vec![destination_rule(
+            "    connectionPool:\n      tcp:\n        idleTimeout: 1s\n        maxConnectionDuration: 3s\n",
+        )],
+        ..Spec::default()
+    })
+    .await;
+    async fn ping(t: &mut hbone::H2Stream) -> bool {
+        let mut buf = [0u8; 4];
+        t.write_all(b"ping").await.is_ok()
+            && matches!(
+                tokio::time::timeout(Duration::from_secs(2), t.read_exact(&mut buf)).await,
+                Ok(Ok(_)) if &buf == b"ping"
+            )
+    }
+    // Idle: open while there is traffic (every 400 ms for 2 s), closed a second after it
+    // stops.
+    let conn = h.client().connect().await.unwrap();
+    let mut t = conn.tunnel(authority(9000), &[]).await.unwrap();
+    for i in 0..5 {
+        assert!(ping(&mut t).await, "round trip {i}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(ping(&mut t).await);
+    let quiet = Instant::now();
+    let mut buf = [0u8; 8];
+    let end = tokio::time::timeout(Duration::from_secs(5), t.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0) | Err(_))), "{end:?}");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        quiet.elapsed()
+    );
+    // Duration: a busy tunnel (every 300 ms, bounded) is closed about 3 s after it opened.
+    let opened = Instant::now();
+    let mut t = conn.tunnel(authority(9000), &[]).await.unwrap();
+    let mut rounds = 0;
+    while rounds < 40 && ping(&mut t).await {
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let lasted = opened.elapsed();
+    assert!(
+        rounds < 40 && lasted >= Duration::from_millis(2800) && lasted < Duration::from_secs(7),
+        "{rounds} round trips, {lasted:?}"
+    );
+}
