@@ -765,3 +765,57 @@ async fn tcp_idle_timeout_and_max_connection_duration_close_tcp_tunnels() {
         "{rounds} round trips, {lasted:?}"
     );
 }
+
+#[tokio::test]
+async fn consistent_hash_on_the_source_ip_keeps_each_tcp_client_on_one_pod() {
+    // consistentHash.useSourceIp on a TCP port: istiod's tcp_proxy `hash_policy`
+    // (maybeSetHashPolicy, networkfilter.go) hashes the client's IP on the port's ring.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Spec {
+        ports: vec![testkit::mesh::Port {
+            name: "tcp-web",
+            port: 9000,
+            target: 8080,
+        }],
+        pods: 2,
+        extra_yaml: vec![destination_rule(
+            "    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n",
+        )],
+        ..Spec::default()
+    })
+    .await;
+    // An HTTP request carried as TCP bytes: the echo app names its pod.
+    let pod_for = |source: String| {
+        let client = h.client();
+        async move {
+            let conn = client.connect().await.unwrap();
+            let forwarded = format!("for={source}");
+            let mut t = conn
+                .tunnel(authority(9000), &[("forwarded", &forwarded)])
+                .await
+                .unwrap();
+            t.write_all(b"GET /who HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(5), t.read_to_end(&mut got))
+                .await
+                .expect("the app answered and closed")
+                .unwrap();
+            let text = String::from_utf8_lossy(&got).to_string();
+            let body: serde_json::Value =
+                serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            body["pod"].as_str().unwrap().to_string()
+        }
+    };
+    let mut pods = HashSet::new();
+    for c in 1..=12 {
+        let source = format!("10.9.0.{c}");
+        let first = pod_for(source.clone()).await;
+        for _ in 0..3 {
+            assert_eq!(pod_for(source.clone()).await, first, "{source} moved");
+        }
+        pods.insert(first);
+    }
+    assert_eq!(pods.len(), 2, "clients spread over both pods: {pods:?}");
+}
