@@ -705,3 +705,117 @@ async fn tcp_keepalive_is_set_on_connections_to_pods_outside_the_mesh() {
         }
     }
 }
+
+#[tokio::test]
+async fn tcp_idle_timeout_and_max_connection_duration_close_tcp_tunnels() {
+    // connectionPool.tcp.idleTimeout and maxConnectionDuration on a TCP port, as istiod
+    // writes them into its tcp_proxy (buildWaypointNetworkFilters, listener_waypoint.go).
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Spec {
+        ports: vec![testkit::mesh::Port {
+            name: "tcp-echo",
+            port: 9000,
+            target: 9000,
+        }],
+        apps: [(9000, App::TcpEcho)].into(),
+        extra_yaml: vec![destination_rule(
+            "    connectionPool:\n      tcp:\n        idleTimeout: 1s\n        maxConnectionDuration: 3s\n",
+        )],
+        ..Spec::default()
+    })
+    .await;
+    async fn ping(t: &mut hbone::H2Stream) -> bool {
+        let mut buf = [0u8; 4];
+        t.write_all(b"ping").await.is_ok()
+            && matches!(
+                tokio::time::timeout(Duration::from_secs(2), t.read_exact(&mut buf)).await,
+                Ok(Ok(_)) if &buf == b"ping"
+            )
+    }
+    // Idle: open while there is traffic (every 400 ms for 2 s), closed a second after it
+    // stops.
+    let conn = h.client().connect().await.unwrap();
+    let mut t = conn.tunnel(authority(9000), &[]).await.unwrap();
+    for i in 0..5 {
+        assert!(ping(&mut t).await, "round trip {i}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(ping(&mut t).await);
+    let quiet = Instant::now();
+    let mut buf = [0u8; 8];
+    let end = tokio::time::timeout(Duration::from_secs(5), t.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0) | Err(_))), "{end:?}");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        quiet.elapsed()
+    );
+    // Duration: a busy tunnel (every 300 ms, bounded) is closed about 3 s after it opened.
+    let opened = Instant::now();
+    let mut t = conn.tunnel(authority(9000), &[]).await.unwrap();
+    let mut rounds = 0;
+    while rounds < 40 && ping(&mut t).await {
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let lasted = opened.elapsed();
+    assert!(
+        rounds < 40 && lasted >= Duration::from_millis(2800) && lasted < Duration::from_secs(7),
+        "{rounds} round trips, {lasted:?}"
+    );
+}
+
+#[tokio::test]
+async fn consistent_hash_on_the_source_ip_keeps_each_tcp_client_on_one_pod() {
+    // consistentHash.useSourceIp on a TCP port: istiod's tcp_proxy `hash_policy`
+    // (maybeSetHashPolicy, networkfilter.go) hashes the client's IP on the port's ring.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Spec {
+        ports: vec![testkit::mesh::Port {
+            name: "tcp-web",
+            port: 9000,
+            target: 8080,
+        }],
+        pods: 2,
+        extra_yaml: vec![destination_rule(
+            "    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n",
+        )],
+        ..Spec::default()
+    })
+    .await;
+    // An HTTP request carried as TCP bytes: the echo app names its pod.
+    let pod_for = |source: String| {
+        let client = h.client();
+        async move {
+            let conn = client.connect().await.unwrap();
+            let forwarded = format!("for={source}");
+            let mut t = conn
+                .tunnel(authority(9000), &[("forwarded", &forwarded)])
+                .await
+                .unwrap();
+            t.write_all(b"GET /who HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(5), t.read_to_end(&mut got))
+                .await
+                .expect("the app answered and closed")
+                .unwrap();
+            let text = String::from_utf8_lossy(&got).to_string();
+            let body: serde_json::Value =
+                serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            body["pod"].as_str().unwrap().to_string()
+        }
+    };
+    let mut pods = HashSet::new();
+    for c in 1..=12 {
+        let source = format!("10.9.0.{c}");
+        let first = pod_for(source.clone()).await;
+        for _ in 0..3 {
+            assert_eq!(pod_for(source.clone()).await, first, "{source} moved");
+        }
+        pods.insert(first);
+    }
+    assert_eq!(pods.len(), 2, "clients spread over both pods: {pods:?}");
+}

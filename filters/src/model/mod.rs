@@ -12,6 +12,7 @@ mod request_headers;
 mod request_log;
 mod service_port;
 mod snapshot;
+mod tcp_limits;
 pub mod telemetry;
 mod upstream_tls;
 
@@ -26,6 +27,7 @@ pub use snapshot::{
     OriginalDst, Service, ServicePort, Snapshot, SnapshotParts, Target, TargetPort, Unlisted,
     Waypoint, Workload,
 };
+pub use tcp_limits::TcpLimits;
 pub use upstream_tls::{ClientCertificate, PrivateKeyPem, TlsRoots, UpstreamTls};
 
 use std::net::{IpAddr, SocketAddr};

@@ -78,6 +78,10 @@ pub struct ServicePort {
     /// (DestinationRule `proxyProtocol`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<super::ProxyProtocolVersion>,
+    /// Time limits on TCP tunnels to this port (DestinationRule `connectionPool.tcp`
+    /// `idleTimeout` and `maxConnectionDuration`).
+    #[serde(skip_serializing_if = "super::TcpLimits::is_unset")]
+    pub tcp_limits: super::TcpLimits,
     #[serde(skip)]
     next: AtomicUsize,
     /// The upstream when it is not a list of endpoints (a host name resolved outside the
@@ -143,6 +147,7 @@ impl ServicePort {
             tls: None,
             connection_limits: None,
             proxy_protocol: None,
+            tcp_limits: super::TcpLimits::default(),
             retry_limit: None,
             retries: AtomicUsize::new(0),
             priorities: None,
@@ -290,6 +295,12 @@ impl ServicePort {
     /// This port sending a PROXY protocol header first on each upstream connection.
     pub fn with_proxy_protocol(mut self, version: Option<super::ProxyProtocolVersion>) -> Self {
         self.proxy_protocol = version;
+        self
+    }
+
+    /// This port with time limits on its TCP tunnels.
+    pub fn with_tcp_limits(mut self, limits: super::TcpLimits) -> Self {
+        self.tcp_limits = limits;
         self
     }
 

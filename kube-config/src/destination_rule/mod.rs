@@ -241,6 +241,8 @@ pub struct PortPolicy {
     pub connection_limits: Option<ConnectionLimits>,
     /// The PROXY protocol header sent first on each upstream connection.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// Idle timeout and longest duration of the port's TCP tunnels.
+    pub tcp_limits: filters::model::TcpLimits,
     /// Slow start of new endpoints (`warmup`, `warmupDurationSecs`).
     pub slow_start: Option<SlowStart>,
 }
@@ -343,6 +345,7 @@ impl DestinationRule {
                 .map(|n| RetryLimit::Max(n as usize));
             policy.max_requests = pool.max_requests(h2, label, &at)?;
             policy.connection_limits = Some(pool.connection_limits(h2, label, &at)?);
+            policy.tcp_limits = pool.tcp_limits(label, &at)?;
         }
         if let Some(b) = &tp.retry_budget {
             if b.budget_interval.is_some() {
@@ -472,6 +475,7 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
         retry_limit: None,
         connection_limits: None,
         proxy_protocol: None,
+        tcp_limits: Default::default(),
         slow_start,
     })
 }
@@ -646,6 +650,7 @@ fn consistent_hash(
         retry_limit: None,
         connection_limits: None,
         proxy_protocol: None,
+        tcp_limits: Default::default(),
         slow_start: None,
     })
 }

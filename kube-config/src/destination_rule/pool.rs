@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use filters::model::ConnectionLimits;
+use filters::model::{ConnectionLimits, TcpLimits};
 use serde::Deserialize;
 
 use super::{invalid, unsupported};
@@ -173,6 +173,30 @@ impl ConnectionPool {
             h2_keepalive,
             tcp_keepalive,
             preserve_header_case: false,
+        })
+    }
+
+    /// The time limits of the port's TCP tunnels, as istiod writes `tcp.idleTimeout` and
+    /// `tcp.maxConnectionDuration` into a TCP port's `tcp_proxy` (`idle_timeout`,
+    /// `max_downstream_connection_duration`; `buildWaypointNetworkFilters` in
+    /// listener_waypoint.go). Zero is no limit.
+    pub(super) fn tcp_limits(&self, label: &str, at: &str) -> Result<TcpLimits, LocalConfigError> {
+        let tcp = self.tcp.as_ref();
+        let duration =
+            |v: Option<&String>, field: &str| -> Result<Option<Duration>, LocalConfigError> {
+                v.map(|t| {
+                    filters::duration::parse(t)
+                        .map_err(|e| invalid(label, format!("{at}.tcp.{field}"), e.to_string()))
+                })
+                .transpose()
+                .map(|d| d.filter(|d| !d.is_zero()))
+            };
+        Ok(TcpLimits {
+            idle_timeout: duration(tcp.and_then(|t| t.idle_timeout.as_ref()), "idleTimeout")?,
+            max_duration: duration(
+                tcp.and_then(|t| t.max_connection_duration.as_ref()),
+                "maxConnectionDuration",
+            )?,
         })
     }
 

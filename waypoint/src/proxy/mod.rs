@@ -10,6 +10,7 @@ mod idle;
 mod sni;
 mod stream_idle;
 pub mod tcp;
+mod tcp_limits;
 mod tracked;
 
 use std::sync::Arc;

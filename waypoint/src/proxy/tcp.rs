@@ -10,6 +10,7 @@ use filters::balance;
 use filters::model::{ProxyHeader, RequestContext, Target, TunnelInfo, Unlisted, Workload};
 use filters::route::Backend;
 
+use super::tcp_limits::Outcome;
 use crate::state::Proxy;
 use crate::telemetry::attributes::Facts;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
@@ -60,7 +61,8 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
     let was_opened = std::sync::atomic::AtomicBool::new(false);
     let start = std::time::SystemTime::now();
     let started = std::time::Instant::now();
-    let ended = copy(&proxy, &info, stream, |w| {
+    let accepted = tokio::time::Instant::now();
+    let ended = copy(&proxy, &info, stream, accepted, |w| {
         metrics.tcp_opened(&key(w, "-"));
         was_opened.store(true, std::sync::atomic::Ordering::Relaxed);
     })
@@ -157,6 +159,7 @@ async fn copy(
     proxy: &Arc<Proxy>,
     info: &Arc<TunnelInfo>,
     mut stream: H2Stream,
+    accepted: tokio::time::Instant,
     opened: impl FnOnce(Option<&Arc<Workload>>),
 ) -> Ended {
     let ended = |flags, picked: Option<&balance::Picked>, sent, received| Ended {
@@ -194,7 +197,7 @@ async fn copy(
                 Err(e) => Err(e),
             }
         }
-        _ => balance::pick(&backend, None),
+        _ => balance::pick(&backend, source_hash(port, info)),
     };
     let picked = match picked {
         Ok(p) => p,
@@ -226,17 +229,41 @@ async fn copy(
             return ended("-", Some(&picked), 0, 0);
         }
     }
-    match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
-        Ok((received, sent)) => {
-            let received = received + first.len() as u64;
+    let limits = port.map(|p| p.tcp_limits).unwrap_or_default();
+    let first_len = first.len() as u64;
+    match super::tcp_limits::run(stream, upstream, limits, accepted).await {
+        Outcome::Finished(Ok((received, sent))) => {
+            let received = received + first_len;
             tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel finished");
             ended("-", Some(&picked), sent, received)
         }
-        Err(e) => {
+        Outcome::Finished(Err(e)) => {
             tracing::debug!(endpoint = %picked.address, error = %e, "TCP tunnel failed");
             ended("-", Some(&picked), 0, 0)
         }
+        Outcome::Idle { received, sent } => {
+            tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel closed: idle timeout");
+            ended("-", Some(&picked), sent, received + first_len)
+        }
+        Outcome::Duration { received, sent } => {
+            tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel closed: longest duration reached");
+            // Envoy's response flag for max_downstream_connection_duration.
+            ended("DT", Some(&picked), sent, received + first_len)
+        }
     }
+}
+
+/// The hash of the tunnel's client IP when the port hashes on it (a source-IP
+/// `hash_policy` on its TCP proxy, DestinationRule `consistentHash.useSourceIp`): with
+/// ring-hash or Maglev balancing one client then always reaches the same endpoint.
+fn source_hash(port: Option<&filters::model::ServicePort>, info: &TunnelInfo) -> Option<u64> {
+    use filters::route::model::HashSource;
+    let hashes_source = port?
+        .hash_policy()
+        .iter()
+        .any(|p| matches!(p.source, HashSource::SourceIp));
+    let ip = info.source_ip.filter(|_| hashes_source)?;
+    Some(filters::balance::ring::hash_of(ip.to_string()))
 }
 
 /// TLS passthrough through the dynamic forward proxy (istiod's `sni_dynamic_forward_proxy`

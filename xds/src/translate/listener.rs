@@ -90,6 +90,8 @@ pub enum Chain {
         metrics: Vec<filters::model::telemetry::MetricOverride>,
         /// The TCP proxy's access logs.
         access_logs: Vec<filters::model::telemetry::AccessLog>,
+        /// The TCP proxy's time limits and hash policy.
+        settings: super::tcp_proxy::TcpSettings,
     },
 }
 
@@ -466,6 +468,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                     &fat,
                 )?;
                 tcp_proxy_unread(&tcp, &fat)?;
+                let settings = super::tcp_proxy::settings(&tcp, &fat)?;
                 let cluster = match tcp.cluster_specifier {
                     Some(ClusterSpecifier::Cluster(c)) => c,
                     _ => return Err((fat, "only a single cluster is supported".into())),
@@ -479,6 +482,7 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                     authz: std::mem::take(&mut authz),
                     metrics: std::mem::take(&mut tcp_metrics),
                     access_logs,
+                    settings,
                 });
             }
             other => return Err((fat, format!("unsupported network filter {other}"))),
@@ -492,18 +496,20 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
     })
 }
 
-/// Refuses, by name, the TCP proxy's fields other than its cluster, statistics prefix and
-/// access logs. istiod writes some for a waypoint's TCP ports that the waypoint does not
-/// implement yet (`buildWaypointNetworkFilters` in listener_waypoint.go: `idle_timeout`
-/// from DestinationRule `connectionPool.tcp.idleTimeout` or the proxy's `IDLE_TIMEOUT`,
-/// `max_downstream_connection_duration` from `tcp.maxConnectionDuration`, a source-IP
-/// `hash_policy` from `consistentHash.useSourceIp`, `tunneling_config` from `tunnel`,
-/// weighted clusters from VirtualService TCP routes): refused rather than ignored.
+/// Refuses, by name, the TCP proxy's fields other than its cluster, statistics prefix,
+/// access logs and the settings [`super::tcp_proxy::settings`] reads. istiod writes more
+/// for a waypoint's TCP ports that the waypoint does not implement yet
+/// (`buildWaypointNetworkFilters` in listener_waypoint.go: `tunneling_config` from a
+/// DestinationRule's `trafficPolicy.tunnel`, weighted clusters from VirtualService TCP
+/// routes): refused rather than ignored.
 fn tcp_proxy_unread(tcp: &TcpProxy, at: &str) -> Result<(), Bad> {
     let rest = TcpProxy {
         stat_prefix: String::new(),
         cluster_specifier: None,
         access_log: Vec::new(),
+        idle_timeout: None,
+        max_downstream_connection_duration: None,
+        hash_policy: Vec::new(),
         ..tcp.clone()
     };
     super::residual::refuse(

@@ -31,6 +31,7 @@ pub mod route;
 pub mod secret;
 mod slow_start;
 mod stats;
+mod tcp_proxy;
 mod telemetry;
 pub mod tracing;
 mod upstream_connection;
@@ -250,12 +251,21 @@ fn services(
             ports.push(c);
         }
     }
+    let tcp = tcp_settings(res);
     let mut services = Vec::new();
     for (host, clusters) in &by_host {
         let first = clusters[0];
         let ports = clusters
             .iter()
-            .map(|c| service_port(c, res, workloads, trust_domain))
+            .map(|c| {
+                let port = service_port(c, res, workloads, trust_domain);
+                match tcp.get(&(*host, c.port)) {
+                    Some(t) => port
+                        .with_tcp_limits(t.limits)
+                        .with_hash_policy(t.hash_policy.clone()),
+                    None => port,
+                }
+            })
             .collect();
         let v = vips.get(host).cloned().unwrap_or_default();
         services.push(Arc::new(Service {
@@ -268,6 +278,23 @@ fn services(
         }));
     }
     services
+}
+
+/// The TCP proxy settings of each Service port `main_internal` serves over TCP, by host
+/// and port.
+fn tcp_settings(res: &Resources) -> BTreeMap<(&str, u16), &tcp_proxy::TcpSettings> {
+    let Some(main) = res.listeners.get("main_internal") else {
+        return BTreeMap::new();
+    };
+    main.chains
+        .iter()
+        .filter_map(|(name, chain)| match chain {
+            Chain::Tcp { settings, .. } => {
+                vip_chain(name).map(|(port, host)| ((host, port), settings))
+            }
+            Chain::Http { .. } => None,
+        })
+        .collect()
 }
 
 /// The Service port a cluster stands for, with the endpoints EDS sent for it.

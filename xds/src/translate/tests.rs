@@ -1035,22 +1035,73 @@ fn listener_and_connection_manager_fields_no_translator_reads_are_refused_by_nam
     );
 }
 
+fn tcp_chain(extra: serde_json::Value) -> Listener {
+    let mut listener = httpbin_main_internal();
+    let mut tcp = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "inbound-vip|9000|tcp|t.default.svc.cluster.local",
+        "cluster": "inbound-vip|9000|tcp|t.default.svc.cluster.local"});
+    for (k, v) in extra.as_object().unwrap() {
+        tcp[k] = v.clone();
+    }
+    listener["filter_chains"][0]["filters"] =
+        serde_json::json!([{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}]);
+    from_json("envoy.config.listener.v3.Listener", &listener).unwrap()
+}
+
+#[test]
+fn tcp_proxy_time_limits_and_source_ip_hash_are_read() {
+    // listener_waypoint.go buildWaypointNetworkFilters: DestinationRule
+    // connectionPool.tcp.idleTimeout and maxConnectionDuration become the TCP proxy's
+    // idle_timeout and max_downstream_connection_duration; networkfilter.go
+    // maybeSetHashPolicy writes one source_ip hash policy for consistentHash.useSourceIp.
+    let l = tcp_chain(serde_json::json!({"idle_timeout": "30s",
+        "max_downstream_connection_duration": "1.5s", "hash_policy": [{"source_ip": {}}]}));
+    let info = listener::convert(&l).unwrap();
+    let listener::Chain::Tcp { settings, .. } = &info.chains[0].1 else {
+        panic!("not a TCP chain");
+    };
+    assert_eq!(settings.limits.idle_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(
+        settings.limits.max_duration,
+        Some(Duration::from_millis(1500))
+    );
+    assert!(matches!(
+        settings.hash_policy[..],
+        [filters::route::model::HashPolicy {
+            source: filters::route::model::HashSource::SourceIp,
+            ..
+        }]
+    ));
+    // `0s` turns the idle timeout off, as in Envoy.
+    let l = tcp_chain(serde_json::json!({"idle_timeout": "0s"}));
+    let info = listener::convert(&l).unwrap();
+    let listener::Chain::Tcp { settings, .. } = &info.chains[0].1 else {
+        panic!("not a TCP chain");
+    };
+    assert_eq!(settings.limits, filters::model::TcpLimits::default());
+}
+
 #[test]
 fn tcp_proxy_settings_not_implemented_are_refused_by_name() {
-    // listener_waypoint.go buildWaypointNetworkFilters: DestinationRule
-    // connectionPool.tcp.idleTimeout becomes the TCP proxy's idle_timeout.
-    let mut listener = httpbin_main_internal();
-    listener["filter_chains"][0]["filters"] = serde_json::json!([{
-        "name": "envoy.filters.network.tcp_proxy",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-            "stat_prefix": "inbound-vip|9000|tcp|t.default.svc.cluster.local",
-            "cluster": "inbound-vip|9000|tcp|t.default.svc.cluster.local",
-            "idle_timeout": "30s"}}]);
-    let l: Listener = from_json("envoy.config.listener.v3.Listener", &listener).unwrap();
+    // tunnelingconfig.Apply (from buildWaypointNetworkFilters) writes tunneling_config for a
+    // DestinationRule trafficPolicy.tunnel; the waypoint does not tunnel to endpoints.
+    let l = tcp_chain(serde_json::json!({"tunneling_config": {"hostname": "10.0.0.1:443"}}));
     let e = listener::convert(&l).unwrap_err();
     assert_eq!(
         e.field,
-        "filter_chains[0].filters[0].typed_config.idle_timeout"
+        "filter_chains[0].filters[0].typed_config.tunneling_config"
+    );
+    let l = tcp_chain(serde_json::json!({"hash_policy": [{"filter_state": {"key": "k"}}]}));
+    let e = listener::convert(&l).unwrap_err();
+    assert_eq!(
+        e.field,
+        "filter_chains[0].filters[0].typed_config.hash_policy[0]"
+    );
+    let l = tcp_chain(serde_json::json!({"max_downstream_connection_duration": "0s"}));
+    let e = listener::convert(&l).unwrap_err();
+    assert_eq!(
+        e.field,
+        "filter_chains[0].filters[0].typed_config.max_downstream_connection_duration"
     );
 }
