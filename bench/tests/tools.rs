@@ -89,12 +89,13 @@ fn demo_runs_a_waypoint_and_round_robins_across_two_pods() {
     }
     assert!(stdout.contains("waypoint exited with Some(0)"), "{stdout}");
     // The allocations per request are measured (issue 22 wants at most 15); the bound here
-    // only catches a regression.
+    // catches a regression: 26.5 with these 40 requests since the filter layers stopped
+    // boxing their futures (35.5 before).
     let per_request: f64 = stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("allocations in the waypoint: "))
         .and_then(|r| r.split(' ').next()?.parse().ok())
         .expect("allocations per request printed");
     eprintln!("allocations per request: {per_request}");
-    assert!((1.0..80.0).contains(&per_request), "{stdout}");
+    assert!((1.0..32.0).contains(&per_request), "{stdout}");
 }
