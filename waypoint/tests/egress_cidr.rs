@@ -13,19 +13,10 @@ use common::*;
 use testkit::echo::EchoIdentity;
 
 /// Two fresh loopback addresses in one /24 (each with a plain echo server on 8080, named
-/// `first` / `second`), and that /24.
+/// `first` / `second`), and that /24. Each address is taken by binding its server, not by
+/// checking first: tests running at the same time may look at the same /24.
 async fn two_servers_in_one_range() -> ([IpAddr; 2], String, [tokio::task::JoinHandle<()>; 2]) {
-    let first = testkit::free_loopback_ip(8080);
-    let IpAddr::V4(v4) = first else {
-        unreachable!("loopback v4")
-    };
-    let [a, b, c, d] = v4.octets();
-    let second = (1..=254u8)
-        .filter(|h| *h != d)
-        .map(|h| IpAddr::V4(Ipv4Addr::new(a, b, c, h)))
-        .find(|ip| std::net::TcpListener::bind(SocketAddr::new(*ip, 8080)).is_ok())
-        .expect("a free address in the /24");
-    let serve = |ip: IpAddr, name: &str| {
+    let serve = |ip: IpAddr, name: &'static str| {
         testkit::echo::serve_plain(
             SocketAddr::new(ip, 8080),
             EchoIdentity {
@@ -34,8 +25,28 @@ async fn two_servers_in_one_range() -> ([IpAddr; 2], String, [tokio::task::JoinH
             },
         )
     };
-    let s1 = serve(first, "first").await.unwrap();
-    let s2 = serve(second, "second").await.unwrap();
+    let mut first = None;
+    for _ in 0..50 {
+        let ip = testkit::free_loopback_ip(8080);
+        if let Ok(server) = serve(ip, "first").await {
+            first = Some((ip, server));
+            break;
+        }
+    }
+    let (first, s1) = first.expect("a free loopback address");
+    let IpAddr::V4(v4) = first else {
+        unreachable!("loopback v4")
+    };
+    let [a, b, c, d] = v4.octets();
+    let mut second = None;
+    for h in (1..=254u8).filter(|h| *h != d) {
+        let ip = IpAddr::V4(Ipv4Addr::new(a, b, c, h));
+        if let Ok(server) = serve(ip, "second").await {
+            second = Some((ip, server));
+            break;
+        }
+    }
+    let (second, s2) = second.expect("a free address in the /24");
     ([first, second], format!("{a}.{b}.{c}.0/24"), [s1, s2])
 }
 
