@@ -352,3 +352,27 @@ pub async fn answer_of(h: &Harness, to: SocketAddr, host: &str) -> (u16, Option<
     };
     (status, pod)
 }
+
+/// A DestinationRule `echo` in the test namespace with this `trafficPolicy` (indented).
+pub fn destination_rule(traffic_policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: echo\n  namespace: {NS}\nspec:\n  host: echo\n  trafficPolicy:\n{traffic_policy}"
+    )
+}
+
+/// `waypoint check` on the harness's configuration plus `extra`: its exit code and stdout.
+pub async fn check_with(extra: &str) -> (Option<i32>, String) {
+    let h = Harness::start(Spec::default()).await;
+    let config = std::fs::read_to_string(&h.config).unwrap();
+    let path = h.dir().join("with-extra.yaml");
+    std::fs::write(&path, format!("{config}\n---\n{extra}")).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
