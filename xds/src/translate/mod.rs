@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod cluster;
 mod cluster_fields;
+mod cluster_hash;
 mod connection_manager;
 pub mod endpoint;
 mod error;
