@@ -61,8 +61,8 @@ struct TunnelApp {
     chain: Chain,
     /// The source end's metric labels, computed on the tunnel's first request.
     source: OnceLock<SourceLabels>,
-    /// Requests in flight on an HTTP/2 connection, for its idle bound.
-    activity: Option<Arc<Activity>>,
+    /// Requests in flight on the connection, for its idle bound.
+    activity: Arc<Activity>,
 }
 
 /// Serves HTTP/1.1 (`h2c == false`) or HTTP/2 prior knowledge on one tunnel until the
@@ -83,7 +83,10 @@ pub async fn serve(
         .request_headers()
         .preserve_header_case;
     let drain = proxy.drain.subscribe();
-    let activity = h2c.then(Activity::new);
+    // Both servers bound the time without a request in flight (see `idle.rs`): one atomic
+    // count per request rather than hyper's HTTP/1.1 header timer, which allocates and
+    // registers a timer for every request.
+    let activity = Activity::new();
     let app = Arc::new(TunnelApp {
         chain: chain(&proxy),
         proxy,
@@ -107,28 +110,32 @@ pub async fn serve(
         // hyper's HTTP/2 server has no header timeout: a connection with no request in
         // flight for as long is shut down (GOAWAY), which also ends a HEADERS block sent too
         // slowly.
-        let idle = activity.expect("set for h2c");
         until_shutdown!(
             conn,
             shutdown,
             drain,
-            idle.idle_for(header_timeout),
+            activity.idle_for(header_timeout),
             header_timeout
         )
     } else {
-        // A client that sends its headers too slowly is cut off (slowloris).
-        // Header case is recorded as requests arrive, for upstream connections that write
+        // A client that sends its headers too slowly is cut off (slowloris): no request is
+        // in flight until its headers are read, so the connection is idle, and after the
+        // timeout it is closed, as hyper's header timer would (which also starts at the end
+        // of the previous response). Header case is recorded as requests arrive, for upstream connections that write
         // it back (ProxyConfig `preserveHttp1HeaderCase`), and responses keep the case
         // their endpoint used.
         let conn = http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(header_timeout)
             .preserve_header_case(preserve_case)
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
-        let idle = std::future::pending::<()>();
-        until_shutdown!(conn, shutdown, drain, idle, header_timeout)
+        until_shutdown!(
+            conn,
+            shutdown,
+            drain,
+            activity.idle_for(header_timeout),
+            header_timeout
+        )
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection in tunnel ended with an error");
@@ -160,7 +167,7 @@ macro_rules! until_shutdown {
                 $conn.await
             }
             () = $idle => {
-                tracing::debug!(timeout = ?$bound, "HTTP/2 connection in tunnel idle or too slow to send a request; closing");
+                tracing::debug!(timeout = ?$bound, "HTTP connection in tunnel idle or too slow to send a request; closing");
                 $conn.as_mut().graceful_shutdown();
                 tokio::time::timeout($bound, $conn).await.unwrap_or(Ok(()))
             }
@@ -188,7 +195,7 @@ impl TunnelApp {
             Ok(r) => r,
             Err((status, why)) => return TrackedBody::untracked(local(status, why)),
         };
-        let in_flight = InFlight::start(&self.proxy, self.activity.as_ref());
+        let in_flight = InFlight::start(&self.proxy, Some(&self.activity));
         let snapshot = req
             .extensions()
             .get::<RequestContext>()

@@ -1,9 +1,10 @@
-//! How long an HTTP/2 connection inside a tunnel has gone without a request.
+//! How long an HTTP connection inside a tunnel has gone without a request.
 //!
-//! hyper's HTTP/1.1 server bounds the time to read each request's headers, idle keep-alive
-//! included (`--request-header-timeout`); its HTTP/2 server has no such bound, so a client
-//! could hold a tunnel open by never finishing a HEADERS block (CONTINUATION sent a byte at a
-//! time) or by sending nothing at all. [`Activity`] counts the requests of one connection in
+//! `--request-header-timeout` bounds the time to read a request's headers, idle keep-alive
+//! included: otherwise a client could hold a tunnel open by sending its headers a byte at a
+//! time (or, on HTTP/2, never finishing a HEADERS block) or by sending nothing at all.
+//! hyper's HTTP/2 server has no such bound, and its HTTP/1.1 one allocates and registers a
+//! timer for every request; both servers use this one instead. [`Activity`] counts the requests of one connection in
 //! flight and [`Activity::idle_for`] resolves once none has been in flight, and none has
 //! started, for the timeout; the connection is then shut down gracefully. A request in flight,
 //! however long, keeps the connection open, and GOAWAY lets streams already started finish.
