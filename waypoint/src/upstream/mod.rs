@@ -17,6 +17,7 @@ pub mod dns;
 pub mod forward;
 pub mod forward_proxy;
 pub mod grpc;
+pub mod h1;
 pub mod hbone_pool;
 pub mod pool;
 mod tls;
