@@ -263,7 +263,8 @@ fn services(
                 match tcp.get(&(*host, c.port)) {
                     Some(t) => port
                         .with_tcp_limits(t.limits)
-                        .with_hash_policy(t.hash_policy.clone()),
+                        .with_hash_policy(t.hash_policy.clone())
+                        .with_tcp_tunnel(t.tunnel.clone()),
                     None => port,
                 }
             })
