@@ -12,6 +12,7 @@ use filters::route::Backend;
 
 use super::tcp_limits::Outcome;
 use crate::state::Proxy;
+use crate::upstream::http_tunnel::TunnelIo;
 use crate::telemetry::attributes::Facts;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::metrics::{dimensions, OwnOverrides, TcpKey};
@@ -214,7 +215,11 @@ async fn copy(
     let connect = proxy
         .upstream
         .connect(&picked, sni.as_deref(), header.as_ref());
-    let mut upstream = match connect.await {
+    let connected = match connect.await {
+        Ok(u) => through_proxy(u, port, &picked).await,
+        Err(e) => Err(e),
+    };
+    let mut upstream = match connected {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: connect failed");
@@ -250,6 +255,32 @@ async fn copy(
             // Envoy's response flag for max_downstream_connection_duration.
             ended("DT", Some(&picked), sent, received + first_len)
         }
+    }
+}
+
+/// The connection to the endpoint, or, when the port carries its TCP tunnels through an
+/// HTTP proxy at the endpoint (DestinationRule `trafficPolicy.tunnel`), the tunnel the
+/// proxy opened on it: in HTTP/2 when the port's cluster sends HTTP/2 upstream, else
+/// HTTP/1.1. The proxy must answer within the port's connect timeout.
+async fn through_proxy(
+    io: crate::upstream::UpstreamIo,
+    port: Option<&filters::model::ServicePort>,
+    picked: &balance::Picked,
+) -> Result<TunnelIo, filters::ProxyError> {
+    use filters::model::UpstreamProtocol;
+    let Some((tunnel, port)) = port.and_then(|p| Some((p.tcp_tunnel.as_ref()?, p))) else {
+        return Ok(TunnelIo::Direct(io));
+    };
+    let h2 = port.upstream_protocol == UpstreamProtocol::Http2;
+    let after =
+        filters::model::ConnectionLimits::connect_timeout_of(picked.connection_limits.as_ref());
+    let open = crate::upstream::http_tunnel::open(io, tunnel, h2, picked.tls.is_some(), picked.address);
+    match tokio::time::timeout(after, open).await {
+        Ok(opened) => opened,
+        Err(_) => Err(filters::ProxyError::UpstreamConnectTimeout {
+            endpoint: picked.address.to_string(),
+            after,
+        }),
     }
 }
 
