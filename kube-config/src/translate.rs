@@ -433,7 +433,8 @@ fn apply_destination_rule(
                 .with_proxy_protocol(policy.proxy_protocol)
                 .with_retry_limit(policy.retry_limit)
                 .with_connection_limits(policy.connection_limits)
-                .with_tcp_limits(policy.tcp_limits),
+                .with_tcp_limits(policy.tcp_limits)
+                .with_tcp_tunnel(policy.tcp_tunnel),
         );
     }
     Ok(())
