@@ -33,8 +33,8 @@ mod tunnel;
 use outlier::OutlierDetection;
 use pool::ConnectionPool;
 use tls::ClientTls;
-use tunnel::Tunnel;
 pub(crate) use tls::Credentials;
+use tunnel::Tunnel;
 
 use super::objects::ObjectMeta;
 use super::LocalConfigError;

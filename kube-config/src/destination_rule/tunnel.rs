@@ -70,7 +70,9 @@ fn is_fqdn(host: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -80,7 +82,8 @@ mod tests {
 
     fn tunnel(yaml: &str) -> Result<TcpTunnel, String> {
         let t: Tunnel = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
-        t.settings("DestinationRule default/db").map_err(|e| e.to_string())
+        t.settings("DestinationRule default/db")
+            .map_err(|e| e.to_string())
     }
 
     #[test]

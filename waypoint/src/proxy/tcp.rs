@@ -12,10 +12,10 @@ use filters::route::Backend;
 
 use super::tcp_limits::Outcome;
 use crate::state::Proxy;
-use crate::upstream::http_tunnel::TunnelIo;
 use crate::telemetry::attributes::Facts;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::metrics::{dimensions, OwnOverrides, TcpKey};
+use crate::upstream::http_tunnel::TunnelIo;
 use hbone::H2Stream;
 
 /// Copies the tunnel to an endpoint of its target until both directions end.
@@ -274,7 +274,8 @@ async fn through_proxy(
     let h2 = port.upstream_protocol == UpstreamProtocol::Http2;
     let after =
         filters::model::ConnectionLimits::connect_timeout_of(picked.connection_limits.as_ref());
-    let open = crate::upstream::http_tunnel::open(io, tunnel, h2, picked.tls.is_some(), picked.address);
+    let open =
+        crate::upstream::http_tunnel::open(io, tunnel, h2, picked.tls.is_some(), picked.address);
     match tokio::time::timeout(after, open).await {
         Ok(opened) => opened,
         Err(_) => Err(filters::ProxyError::UpstreamConnectTimeout {

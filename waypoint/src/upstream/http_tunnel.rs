@@ -105,7 +105,10 @@ fn http1_head(tunnel: &TcpTunnel) -> String {
         TunnelMethod::Connect => "CONNECT",
         TunnelMethod::Post { .. } => "POST",
     };
-    format!("{method} {target} HTTP/1.1\r\nhost: {}\r\n\r\n", tunnel.hostname)
+    format!(
+        "{method} {target} HTTP/1.1\r\nhost: {}\r\n\r\n",
+        tunnel.hostname
+    )
 }
 
 async fn open_http1(mut io: UpstreamIo, tunnel: &TcpTunnel) -> Result<Prefixed, Refused> {

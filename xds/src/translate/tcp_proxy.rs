@@ -104,7 +104,10 @@ fn tunnel(t: &TunnelingConfig, at: &str) -> Result<TcpTunnel, Bad> {
         return bad("hostname", "not a valid host:port authority");
     }
     if !t.headers_to_add.is_empty() {
-        return bad("headers_to_add", "extra tunnel request headers are not supported");
+        return bad(
+            "headers_to_add",
+            "extra tunnel request headers are not supported",
+        );
     }
     if t.propagate_response_headers {
         return bad(
