@@ -343,7 +343,7 @@ async fn an_invalid_tunnel_is_refused_by_field() {
         ),
     ] {
         let (code, stdout) = check_with(&destination_rule(policy)).await;
-        assert_ne!(code, Some(0), "{policy}: {stdout}");
+        assert_eq!(code, Some(2), "{policy}: {stdout}");
         assert!(stdout.contains(field), "{policy}: {stdout}");
     }
 }
