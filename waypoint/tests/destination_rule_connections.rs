@@ -281,16 +281,25 @@ async fn a_tunnel_carries_a_tcp_port_through_an_http_proxy_at_the_endpoint() {
     // delivers to a tunneling proxy that greets after its response head, then echoes.
     use testkit::tunnel_proxy::{TunnelProxy, TunnelRequest};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for (protocol, method, target) in [
-        ("CONNECT", "CONNECT", "db.example.com:5432"),
-        ("POST", "POST", "/"),
+    // A TCP port's cluster has no HTTP options (HTTP/1.1); an unknown-protocol port's has
+    // the client's protocol with HTTP/2 options (`setUseDownstreamProtocol`): HTTP/2.
+    for (name, protocol, version, method, target) in [
+        (
+            "tcp-db",
+            "CONNECT",
+            "HTTP/1.1",
+            "CONNECT",
+            "db.example.com:5432",
+        ),
+        ("tcp-db", "POST", "HTTP/1.1", "POST", "/"),
+        ("db", "CONNECT", "HTTP/2", "CONNECT", "db.example.com:5432"),
     ] {
         let proxy = TunnelProxy::start("127.0.0.1", 200, b"welcome;")
             .await
             .unwrap();
         let h = Harness::start(Spec {
             ports: vec![testkit::mesh::Port {
-                name: "tcp-db",
+                name,
                 port: 9000,
                 target: 9000,
             }],
@@ -314,7 +323,7 @@ async fn a_tunnel_carries_a_tcp_port_through_an_http_proxy_at_the_endpoint() {
         assert_eq!(
             proxy.requests(),
             [TunnelRequest {
-                version: "HTTP/1.1",
+                version,
                 method: method.into(),
                 target: target.into(),
                 host: "db.example.com:5432".into(),

@@ -16,23 +16,24 @@ use serde_json::{json, Value};
 use testkit::tunnel_proxy::{TunnelProxy, TunnelRequest};
 
 /// httpbin's TCP port 9000, on the extra pod delivering to `proxy`, with `tunnel` as its
-/// tcp_proxy's `tunneling_config` and, when `h2`, an explicit HTTP/2 cluster (setH2Options
-/// in cluster_builder.go, which `applyH2Upgrade` calls for a DestinationRule
-/// `h2UpgradePolicy: UPGRADE` whatever the port's protocol, `shouldH2Upgrade`); else no
-/// HTTP protocol options, as istiod writes a TCP port's cluster. `log` is the TCP proxy's
-/// access log file.
-async fn world(proxy: &TunnelProxy, tunnel: Value, h2: bool, log: &str) -> World {
+/// tcp_proxy's `tunneling_config` and `protocol` as its cluster's HttpProtocolOptions
+/// `upstream_protocol_options` (none, as istiod writes a TCP port's cluster, when `None`).
+/// `log` is the TCP proxy's access log file.
+async fn world(proxy: &TunnelProxy, tunnel: Value, protocol: Option<Value>, log: &str) -> World {
     let log = log.to_string();
     start_with_pod(Some(App::Forward(proxy.addr)), |ls, cs, es, extra| {
         tcp_port(ls, cs, es, extra.unwrap(), vec![]);
         edit_cluster(cs, TCP_CLUSTER, |c| {
             let c = c.as_object_mut().unwrap();
             c.remove("typed_extension_protocol_options");
-            if h2 {
+            if let Some(Value::Object(protocol)) = &protocol {
+                let mut options = json!({
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"});
+                for (k, v) in protocol {
+                    options[k] = v.clone();
+                }
                 c.insert("typed_extension_protocol_options".into(), json!({
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}}}}));
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}));
             }
         });
         fixture::edit_listener(ls, |json| {
@@ -88,7 +89,7 @@ async fn a_tunnel_setting_sends_the_tcp_port_through_an_http1_connect() {
     let w = world(
         &proxy,
         json!({"hostname": "db.example.com:5432"}),
-        false,
+        None,
         log.to_str().unwrap(),
     )
     .await;
@@ -129,7 +130,7 @@ async fn a_post_tunnel_sends_post_with_the_hostname_as_host() {
     let w = world(
         &proxy,
         json!({"hostname": "[fd00::7]:8443", "use_post": true}),
-        false,
+        None,
         log.to_str().unwrap(),
     )
     .await;
@@ -142,22 +143,39 @@ async fn a_post_tunnel_sends_post_with_the_hostname_as_host() {
 
 #[tokio::test]
 async fn an_http2_cluster_tunnels_in_an_http2_connect_or_post() {
-    for (tunnel, want) in [
+    // A cluster with HTTP/2 options tunnels in HTTP/2, as Envoy picks the tunnel's codec:
+    // explicit HTTP/2 (setH2Options in cluster_builder.go, which `applyH2Upgrade` calls
+    // for a DestinationRule `h2UpgradePolicy: UPGRADE` whatever the port's protocol,
+    // `shouldH2Upgrade`), or the client's protocol with HTTP/2 options
+    // (`setUseDownstreamProtocol`, an unknown-protocol port's clusters).
+    let explicit = json!({"explicit_http_config": {"http2_protocol_options": {}}});
+    let downstream = json!({"use_downstream_protocol_config": {
+        "http_protocol_options": {}, "http2_protocol_options": {}}});
+    let connect = request(
+        "HTTP/2",
+        "CONNECT",
+        "db.example.com:5432",
+        "db.example.com:5432",
+    );
+    let post = TunnelRequest {
+        scheme: Some("http".into()),
+        ..request("HTTP/2", "POST", "/", "db.example.com:5432")
+    };
+    for (protocol, tunnel, want) in [
         (
+            explicit.clone(),
             json!({"hostname": "db.example.com:5432"}),
-            request(
-                "HTTP/2",
-                "CONNECT",
-                "db.example.com:5432",
-                "db.example.com:5432",
-            ),
+            connect.clone(),
         ),
         (
+            explicit,
             json!({"hostname": "db.example.com:5432", "use_post": true}),
-            TunnelRequest {
-                scheme: Some("http".into()),
-                ..request("HTTP/2", "POST", "/", "db.example.com:5432")
-            },
+            post,
+        ),
+        (
+            downstream,
+            json!({"hostname": "db.example.com:5432"}),
+            connect,
         ),
     ] {
         let proxy = TunnelProxy::start("127.0.0.1", 200, b"welcome;")
@@ -165,7 +183,7 @@ async fn an_http2_cluster_tunnels_in_an_http2_connect_or_post() {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("tcp.log");
-        let w = world(&proxy, tunnel, true, log.to_str().unwrap()).await;
+        let w = world(&proxy, tunnel, Some(protocol), log.to_str().unwrap()).await;
         assert_eq!(answer(&w, b"welcome;hello").await, b"welcome;hello");
         assert_eq!(proxy.requests().last(), Some(&want));
     }
@@ -181,7 +199,7 @@ async fn a_proxy_refusing_the_tunnel_closes_it_logged_as_upstream_failure() {
     let w = world(
         &proxy,
         json!({"hostname": "db.example.com:5432"}),
-        false,
+        None,
         log.to_str().unwrap(),
     )
     .await;

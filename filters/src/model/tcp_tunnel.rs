@@ -13,6 +13,9 @@ pub struct TcpTunnel {
     pub hostname: String,
     /// The request method.
     pub method: TunnelMethod,
+    /// Sent in HTTP/2 (the port's cluster has HTTP/2 protocol options, explicit or for the
+    /// client's protocol), else HTTP/1.1.
+    pub http2: bool,
 }
 
 /// The method of the tunneling request.
@@ -38,7 +41,17 @@ impl TcpTunnel {
         } else {
             format!("{host}:{port}")
         };
-        Self { hostname, method }
+        Self {
+            hostname,
+            method,
+            http2: false,
+        }
+    }
+
+    /// This tunnel, in HTTP/2 when `http2`.
+    pub fn over_http2(mut self, http2: bool) -> Self {
+        self.http2 = http2;
+        self
     }
 }
 

@@ -92,14 +92,16 @@ mod tests {
             tunnel("{targetHost: db.example.com, targetPort: 5432}").unwrap(),
             TcpTunnel {
                 hostname: "db.example.com:5432".into(),
-                method: TunnelMethod::Connect
+                method: TunnelMethod::Connect,
+                http2: false,
             }
         );
         assert_eq!(
             tunnel("{protocol: POST, targetHost: 'fd00::1', targetPort: 443}").unwrap(),
             TcpTunnel {
                 hostname: "[fd00::1]:443".into(),
-                method: TunnelMethod::Post { path: "/".into() }
+                method: TunnelMethod::Post { path: "/".into() },
+                http2: false,
             }
         );
     }

@@ -260,22 +260,18 @@ async fn copy(
 
 /// The connection to the endpoint, or, when the port carries its TCP tunnels through an
 /// HTTP proxy at the endpoint (DestinationRule `trafficPolicy.tunnel`), the tunnel the
-/// proxy opened on it: in HTTP/2 when the port's cluster sends HTTP/2 upstream, else
-/// HTTP/1.1. The proxy must answer within the port's connect timeout.
+/// proxy opened on it. The proxy must answer within the port's connect timeout.
 async fn through_proxy(
     io: crate::upstream::UpstreamIo,
     port: Option<&filters::model::ServicePort>,
     picked: &balance::Picked,
 ) -> Result<TunnelIo, filters::ProxyError> {
-    use filters::model::UpstreamProtocol;
-    let Some((tunnel, port)) = port.and_then(|p| Some((p.tcp_tunnel.as_ref()?, p))) else {
+    let Some(tunnel) = port.and_then(|p| p.tcp_tunnel.as_ref()) else {
         return Ok(TunnelIo::Direct(io));
     };
-    let h2 = port.upstream_protocol == UpstreamProtocol::Http2;
     let after =
         filters::model::ConnectionLimits::connect_timeout_of(picked.connection_limits.as_ref());
-    let open =
-        crate::upstream::http_tunnel::open(io, tunnel, h2, picked.tls.is_some(), picked.address);
+    let open = crate::upstream::http_tunnel::open(io, tunnel, picked.tls.is_some(), picked.address);
     match tokio::time::timeout(after, open).await {
         Ok(opened) => opened,
         Err(_) => Err(filters::ProxyError::UpstreamConnectTimeout {

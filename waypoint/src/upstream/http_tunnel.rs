@@ -52,13 +52,12 @@ pub struct Prefixed {
     io: UpstreamIo,
 }
 
-/// Asks the proxy on `io` (at `endpoint`) to open `tunnel`, in HTTP/2 when `h2` (the
-/// port's cluster speaks HTTP/2 upstream) else HTTP/1.1; `tls` says whether `io` carries
-/// TLS the waypoint originated (the POST's `:scheme`).
+/// Asks the proxy on `io` (at `endpoint`) to open `tunnel`, in HTTP/2 when the tunnel
+/// says so (the port's cluster has HTTP/2 options) else HTTP/1.1; `tls` says whether `io`
+/// carries TLS the waypoint originated (the POST's `:scheme`).
 pub async fn open(
     io: UpstreamIo,
     tunnel: &TcpTunnel,
-    h2: bool,
     tls: bool,
     endpoint: SocketAddr,
 ) -> Result<TunnelIo, ProxyError> {
@@ -66,7 +65,7 @@ pub async fn open(
         endpoint: endpoint.to_string(),
         reason,
     };
-    if h2 {
+    if tunnel.http2 {
         open_h2(io, tunnel, tls).await.map(TunnelIo::Http2)
     } else {
         open_http1(io, tunnel).await.map(TunnelIo::Http1)

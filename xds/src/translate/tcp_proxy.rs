@@ -150,8 +150,10 @@ fn tunnel(t: &TunnelingConfig, at: &str) -> Result<TcpTunnel, Bad> {
         }
         TunnelMethod::Connect
     };
+    // The HTTP version is the cluster's, set when the snapshot is built.
     Ok(TcpTunnel {
         hostname: t.hostname.clone(),
         method,
+        http2: false,
     })
 }

@@ -625,14 +625,16 @@ fn tcp_proxy_tunneling_config_is_read() {
         tunnel_of(serde_json::json!({"hostname": "10.0.0.1:443"})),
         Some(TcpTunnel {
             hostname: "10.0.0.1:443".into(),
-            method: TunnelMethod::Connect
+            method: TunnelMethod::Connect,
+            http2: false,
         })
     );
     assert_eq!(
         tunnel_of(serde_json::json!({"hostname": "[fd00::1]:443", "use_post": true})),
         Some(TcpTunnel {
             hostname: "[fd00::1]:443".into(),
-            method: TunnelMethod::Post { path: "/".into() }
+            method: TunnelMethod::Post { path: "/".into() },
+            http2: false,
         })
     );
     assert_eq!(
@@ -643,7 +645,8 @@ fn tcp_proxy_tunneling_config_is_read() {
             hostname: "db.example:5432".into(),
             method: TunnelMethod::Post {
                 path: "/tcp".into()
-            }
+            },
+            http2: false,
         })
     );
     let at = "filter_chains[0].filters[0].typed_config.tunneling_config";
