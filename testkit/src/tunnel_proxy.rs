@@ -35,7 +35,8 @@ pub struct TunnelProxy {
 
 impl TunnelProxy {
     /// Listens on `ip` (port chosen by the system); answers each tunnel request with
-    /// `status`, then, on a 2xx, writes `greeting` and relays to an echo.
+    /// `status`, then, on a 2xx, writes `greeting` and relays to an echo. Status 0 never
+    /// answers: the request is recorded and the connection held open (up to a minute).
     pub async fn start(ip: &str, status: u16, greeting: &'static [u8]) -> std::io::Result<Self> {
         let echo = TcpListener::bind((ip, 0)).await?;
         let echo_addr = echo.local_addr()?;
@@ -122,6 +123,10 @@ async fn serve_http1(
         host,
         scheme: None,
     });
+    if status == 0 {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        return Ok(());
+    }
     if !(200..300).contains(&status) {
         s.write_all(format!("HTTP/1.1 {status} Refused\r\ncontent-length: 0\r\n\r\n").as_bytes())
             .await?;

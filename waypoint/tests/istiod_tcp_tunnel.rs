@@ -16,24 +16,19 @@ use serde_json::{json, Value};
 use testkit::tunnel_proxy::{TunnelProxy, TunnelRequest};
 
 /// httpbin's TCP port 9000, on the extra pod delivering to `proxy`, with `tunnel` as its
-/// tcp_proxy's `tunneling_config` and `protocol` as its cluster's HttpProtocolOptions
-/// `upstream_protocol_options` (none, as istiod writes a TCP port's cluster, when `None`).
-/// `log` is the TCP proxy's access log file.
-async fn world(proxy: &TunnelProxy, tunnel: Value, protocol: Option<Value>, log: &str) -> World {
+/// tcp_proxy's `tunneling_config`; its cluster has no HTTP protocol options (as istiod
+/// writes a TCP port's) unless `cluster` (fields set on the cluster) gives some. `log` is
+/// the TCP proxy's access log file.
+async fn world(proxy: &TunnelProxy, tunnel: Value, cluster: Value, log: &str) -> World {
     let log = log.to_string();
     start_with_pod(Some(App::Forward(proxy.addr)), |ls, cs, es, extra| {
         tcp_port(ls, cs, es, extra.unwrap(), vec![]);
         edit_cluster(cs, TCP_CLUSTER, |c| {
-            let c = c.as_object_mut().unwrap();
-            c.remove("typed_extension_protocol_options");
-            if let Some(Value::Object(protocol)) = &protocol {
-                let mut options = json!({
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"});
-                for (k, v) in protocol {
-                    options[k] = v.clone();
-                }
-                c.insert("typed_extension_protocol_options".into(), json!({
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}));
+            c.as_object_mut()
+                .unwrap()
+                .remove("typed_extension_protocol_options");
+            for (k, v) in cluster.as_object().unwrap() {
+                c[k] = v.clone();
             }
         });
         fixture::edit_listener(ls, |json| {
@@ -67,6 +62,17 @@ async fn answer(w: &World, want: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Cluster fields: `protocol` as the HttpProtocolOptions' upstream protocol options.
+fn http_options(protocol: Value) -> Value {
+    let mut options = json!({
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"});
+    for (k, v) in protocol.as_object().unwrap() {
+        options[k] = v.clone();
+    }
+    json!({"typed_extension_protocol_options": {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}})
+}
+
 fn request(version: &'static str, method: &str, target: &str, host: &str) -> TunnelRequest {
     TunnelRequest {
         version,
@@ -89,7 +95,7 @@ async fn a_tunnel_setting_sends_the_tcp_port_through_an_http1_connect() {
     let w = world(
         &proxy,
         json!({"hostname": "db.example.com:5432"}),
-        None,
+        json!({}),
         log.to_str().unwrap(),
     )
     .await;
@@ -130,7 +136,7 @@ async fn a_post_tunnel_sends_post_with_the_hostname_as_host() {
     let w = world(
         &proxy,
         json!({"hostname": "[fd00::7]:8443", "use_post": true}),
-        None,
+        json!({}),
         log.to_str().unwrap(),
     )
     .await;
@@ -183,7 +189,13 @@ async fn an_http2_cluster_tunnels_in_an_http2_connect_or_post() {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("tcp.log");
-        let w = world(&proxy, tunnel, Some(protocol), log.to_str().unwrap()).await;
+        let w = world(
+            &proxy,
+            tunnel,
+            http_options(protocol),
+            log.to_str().unwrap(),
+        )
+        .await;
         assert_eq!(answer(&w, b"welcome;hello").await, b"welcome;hello");
         assert_eq!(proxy.requests().last(), Some(&want));
     }
@@ -199,7 +211,7 @@ async fn a_proxy_refusing_the_tunnel_closes_it_logged_as_upstream_failure() {
     let w = world(
         &proxy,
         json!({"hostname": "db.example.com:5432"}),
-        None,
+        json!({}),
         log.to_str().unwrap(),
     )
     .await;
@@ -218,4 +230,39 @@ async fn a_proxy_refusing_the_tunnel_closes_it_logged_as_upstream_failure() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(proxy.requests().iter().any(|r| r.method == "CONNECT"));
+}
+
+#[tokio::test]
+async fn a_proxy_that_never_answers_fails_the_tunnel_at_the_connect_timeout() {
+    // The proxy reads the CONNECT and stays silent: the attempt fails once the cluster's
+    // connect_timeout (DestinationRule connectionPool.tcp.connectTimeout, here 1s) has
+    // passed, logged `UF` (the waypoint bounds the wait for the proxy's answer by it).
+    let proxy = TunnelProxy::start("127.0.0.1", 0, b"").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("tcp.log");
+    let w = world(
+        &proxy,
+        json!({"hostname": "db.example.com:5432"}),
+        json!({"connect_timeout": "1s"}),
+        log.to_str().unwrap(),
+    )
+    .await;
+    let want = format!("TCP UF 0 0 {TCP_CLUSTER}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let started = Instant::now();
+        let back = tcp_round_trip(&w).await;
+        assert!(back.is_empty(), "relayed {back:?}");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().any(|l| l == want) {
+            let took = started.elapsed();
+            assert!(
+                took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+                "ended after {took:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {want:?} in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,6 +1,7 @@
-//! TCP inside a tunnel: the bytes are copied to the chosen endpoint unchanged, each
-//! direction closed separately (half-close respected). Istio's TCP metrics are recorded
-//! when the tunnel ends.
+//! TCP inside a tunnel: the bytes are copied to the chosen endpoint unchanged (inside an
+//! HTTP `CONNECT`/`POST` to a proxy there when the port's DestinationRule sets `tunnel`),
+//! each direction closed separately (half-close respected). Istio's TCP metrics are
+//! recorded when the tunnel ends.
 
 use std::sync::Arc;
 
