@@ -423,6 +423,10 @@ fn apply_destination_rule(
             Some(b) => b.choose(p.port, h2, rule.tls_level(p.port), policy.tls),
             None => policy.tls,
         };
+        // istiod gives an unknown-protocol port's TCP cluster the client's protocol with
+        // HTTP/2 options (`setUseDownstreamProtocol`), a TCP port's none: Envoy tunnels in
+        // HTTP/2, resp. HTTP/1.1.
+        let tunnel_h2 = p.protocol == Protocol::Unknown;
         svc.ports.push(
             p.with_balancing(policy.balancing)
                 .with_slow_start(policy.slow_start)
@@ -433,7 +437,8 @@ fn apply_destination_rule(
                 .with_proxy_protocol(policy.proxy_protocol)
                 .with_retry_limit(policy.retry_limit)
                 .with_connection_limits(policy.connection_limits)
-                .with_tcp_limits(policy.tcp_limits),
+                .with_tcp_limits(policy.tcp_limits)
+                .with_tcp_tunnel(policy.tcp_tunnel.map(|t| t.over_http2(tunnel_h2))),
         );
     }
     Ok(())

@@ -10,6 +10,8 @@
 //! - [`echo`]: the echo app, compatible with the Gateway API conformance echo server;
 //! - [`h2_app`]: an h2c app counting connections and streams, holding and freezing them;
 //! - [`tcp_timers`]: the kernel's timers on TCP connections (keepalive set by another process);
+//! - [`tunnel_proxy`]: an HTTP CONNECT/POST tunneling proxy (HTTP/1.1 and h2c) in front of
+//!   a TCP echo, recording the tunnel requests it sees;
 //! - [`raw_http`]: an HTTP/1.1 pod app keeping request heads byte for byte (header case);
 //! - [`ext_authz`]: gRPC and HTTP external authorization servers;
 //! - [`istio_dump`]: istiod's resources for an httpbin waypoint, served over xDS;
@@ -44,6 +46,7 @@ pub mod silent;
 pub mod source;
 pub mod tcp_timers;
 pub mod tls_echo;
+pub mod tunnel_proxy;
 pub mod ztunnel;
 
 pub use ads_server::{AdsServer, Reply};

@@ -133,15 +133,14 @@ async fn a_hash_cookie_attribute_repeated_or_unnamed_is_refused() {
 
 #[tokio::test]
 async fn traffic_policy_fields_not_implemented_are_refused_by_name() {
-    let (code, stdout) =
-        check_with(&destination_rule(
-        "    tunnel:\n      protocol: CONNECT\n      targetHost: proxy.example\n      targetPort: 8080\n",
+    let (code, stdout) = check_with(&destination_rule(
+        "    loadBalancer:\n      localityLbSetting:\n        enabled: true\n",
     ))
     .await;
     assert_eq!(code, Some(2), "{stdout}");
     assert!(
         stdout.contains("DestinationRule default/echo")
-            && stdout.contains("spec.trafficPolicy.tunnel"),
+            && stdout.contains("spec.trafficPolicy.loadBalancer.localityLbSetting"),
         "{stdout}"
     );
 }

@@ -273,3 +273,86 @@ async fn consistent_hash_on_the_source_ip_keeps_each_tcp_client_on_one_pod() {
     }
     assert_eq!(pods.len(), 2, "clients spread over both pods: {pods:?}");
 }
+
+#[tokio::test]
+async fn a_tunnel_carries_a_tcp_port_through_an_http_proxy_at_the_endpoint() {
+    // trafficPolicy.tunnel on a TCP port, as istiod writes it into the port's tcp_proxy
+    // `tunneling_config` (tunnelingconfig.Apply from buildWaypointNetworkFilters): the pod
+    // delivers to a tunneling proxy that greets after its response head, then echoes.
+    use testkit::tunnel_proxy::{TunnelProxy, TunnelRequest};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A TCP port's cluster has no HTTP options (HTTP/1.1); an unknown-protocol port's has
+    // the client's protocol with HTTP/2 options (`setUseDownstreamProtocol`): HTTP/2.
+    for (name, protocol, version, method, target) in [
+        (
+            "tcp-db",
+            "CONNECT",
+            "HTTP/1.1",
+            "CONNECT",
+            "db.example.com:5432",
+        ),
+        ("tcp-db", "POST", "HTTP/1.1", "POST", "/"),
+        ("db", "CONNECT", "HTTP/2", "CONNECT", "db.example.com:5432"),
+    ] {
+        let proxy = TunnelProxy::start("127.0.0.1", 200, b"welcome;")
+            .await
+            .unwrap();
+        let h = Harness::start(Spec {
+            ports: vec![testkit::mesh::Port {
+                name,
+                port: 9000,
+                target: 9000,
+            }],
+            apps: [(9000, App::Forward(proxy.addr))].into(),
+            extra_yaml: vec![destination_rule(&format!(
+                "    tunnel:\n      protocol: {protocol}\n      targetHost: db.example.com\n      targetPort: 5432\n"
+            ))],
+            ..Spec::default()
+        })
+        .await;
+        let conn = h.client().connect().await.unwrap();
+        let mut t = conn.tunnel(authority(9000), &[]).await.unwrap();
+        t.write_all(b"hello").await.unwrap();
+        t.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), t.read_to_end(&mut back))
+            .await
+            .expect("the tunnel ended in time")
+            .unwrap();
+        assert_eq!(back, b"welcome;hello", "{protocol}");
+        assert_eq!(
+            proxy.requests(),
+            [TunnelRequest {
+                version,
+                method: method.into(),
+                target: target.into(),
+                host: "db.example.com:5432".into(),
+                scheme: None,
+            }]
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_tunnel_is_refused_by_field() {
+    // istiod's validateTunnelSettings: protocol CONNECT or POST, a valid target; and not
+    // together with proxyProtocol (validateTrafficPolicy).
+    for (policy, field) in [
+        (
+            "    tunnel:\n      protocol: GET\n      targetHost: db\n      targetPort: 1\n",
+            "spec.trafficPolicy.tunnel.protocol",
+        ),
+        (
+            "    tunnel:\n      targetHost: db\n      targetPort: 0\n",
+            "spec.trafficPolicy.tunnel.targetPort",
+        ),
+        (
+            "    tunnel:\n      targetHost: db\n      targetPort: 1\n    proxyProtocol: {}\n",
+            "spec.trafficPolicy.tunnel",
+        ),
+    ] {
+        let (code, stdout) = check_with(&destination_rule(policy)).await;
+        assert_eq!(code, Some(2), "{policy}: {stdout}");
+        assert!(stdout.contains(field), "{policy}: {stdout}");
+    }
+}

@@ -13,6 +13,7 @@ mod request_log;
 mod service_port;
 mod snapshot;
 mod tcp_limits;
+mod tcp_tunnel;
 pub mod telemetry;
 mod upstream_tls;
 
@@ -28,6 +29,7 @@ pub use snapshot::{
     Waypoint, Workload,
 };
 pub use tcp_limits::TcpLimits;
+pub use tcp_tunnel::{TcpTunnel, TunnelMethod};
 pub use upstream_tls::{ClientCertificate, PrivateKeyPem, TlsRoots, UpstreamTls};
 
 use std::net::{IpAddr, SocketAddr};

@@ -82,6 +82,10 @@ pub struct ServicePort {
     /// `idleTimeout` and `maxConnectionDuration`).
     #[serde(skip_serializing_if = "super::TcpLimits::is_unset")]
     pub tcp_limits: super::TcpLimits,
+    /// An HTTP proxy at the endpoint the port's TCP tunnels are carried through
+    /// (DestinationRule `trafficPolicy.tunnel`, the TCP proxy's `tunneling_config`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_tunnel: Option<Arc<super::TcpTunnel>>,
     #[serde(skip)]
     next: AtomicUsize,
     /// The upstream when it is not a list of endpoints (a host name resolved outside the
@@ -148,6 +152,7 @@ impl ServicePort {
             connection_limits: None,
             proxy_protocol: None,
             tcp_limits: super::TcpLimits::default(),
+            tcp_tunnel: None,
             retry_limit: None,
             retries: AtomicUsize::new(0),
             priorities: None,
@@ -301,6 +306,12 @@ impl ServicePort {
     /// This port with time limits on its TCP tunnels.
     pub fn with_tcp_limits(mut self, limits: super::TcpLimits) -> Self {
         self.tcp_limits = limits;
+        self
+    }
+
+    /// This port carrying its TCP tunnels through an HTTP proxy at the endpoint.
+    pub fn with_tcp_tunnel(mut self, tunnel: Option<super::TcpTunnel>) -> Self {
+        self.tcp_tunnel = tunnel.map(Arc::new);
         self
     }
 

@@ -3,11 +3,12 @@
 //! load balancer (`simple`, `consistentHash`), at the rule level and per port, is applied.
 //! The connection pool's request limits become the port's circuit breaker, and
 //! `outlierDetection` ejects failing endpoints, `tls` originates TLS inside the tunnel, and
-//! `proxyProtocol` sends a PROXY protocol header first on each upstream connection.
+//! `proxyProtocol` sends a PROXY protocol header first on each upstream connection, and
+//! `tunnel` carries the Service's TCP ports through an HTTP proxy at the endpoint.
 //! Subsets are accepted: only a route that names a subset uses one, and HTTPRoute cannot.
 //! `tls.credentialName` names a Secret of the configuration in the rule's namespace
 //! ([`crate::secret`]). Every other traffic-policy field the waypoint does not implement
-//! yet (`tunnel`, locality settings, the pool's timeouts) is an error naming it, never
+//! yet (locality settings, the pool's timeouts) is an error naming it, never
 //! silently ignored.
 
 use std::time::Duration;
@@ -27,11 +28,13 @@ use serde::Deserialize;
 mod outlier;
 mod pool;
 mod tls;
+mod tunnel;
 
 use outlier::OutlierDetection;
 use pool::ConnectionPool;
 use tls::ClientTls;
 pub(crate) use tls::Credentials;
+use tunnel::Tunnel;
 
 use super::objects::ObjectMeta;
 use super::LocalConfigError;
@@ -79,7 +82,7 @@ struct TrafficPolicy {
     #[serde(default)]
     proxy_protocol: Option<ProxyProtocol>,
     #[serde(default)]
-    tunnel: Option<serde_yaml::Value>,
+    tunnel: Option<Tunnel>,
     #[serde(default)]
     retry_budget: Option<RetryBudget>,
 }
@@ -243,6 +246,8 @@ pub struct PortPolicy {
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// Idle timeout and longest duration of the port's TCP tunnels.
     pub tcp_limits: filters::model::TcpLimits,
+    /// The HTTP proxy at the endpoint the port's TCP tunnels are carried through.
+    pub tcp_tunnel: Option<filters::model::TcpTunnel>,
     /// Slow start of new endpoints (`warmup`, `warmupDurationSecs`).
     pub slow_start: Option<SlowStart>,
 }
@@ -313,11 +318,6 @@ impl DestinationRule {
         let Some(tp) = &self.spec.traffic_policy else {
             return Ok(PortPolicy::default());
         };
-        unsupported(
-            label,
-            "spec.trafficPolicy",
-            &[("tunnel", tp.tunnel.is_some())],
-        )?;
         let chosen = setting(
             tp,
             port,
@@ -379,6 +379,17 @@ impl DestinationRule {
         }
         if let Some(p) = &tp.proxy_protocol {
             policy.proxy_protocol = Some(p.version(label)?);
+        }
+        if let Some(t) = &tp.tunnel {
+            if tp.proxy_protocol.is_some() {
+                return Err(invalid(
+                    label,
+                    "spec.trafficPolicy.tunnel",
+                    "tunnel and proxyProtocol must not be set together",
+                ));
+            }
+            // Only the port's TCP tunnels use it, as istiod writes it on TCP chains only.
+            policy.tcp_tunnel = Some(t.settings(label)?);
         }
         Ok(policy)
     }
@@ -476,6 +487,7 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
         connection_limits: None,
         proxy_protocol: None,
         tcp_limits: Default::default(),
+        tcp_tunnel: None,
         slow_start,
     })
 }
@@ -651,6 +663,7 @@ fn consistent_hash(
         connection_limits: None,
         proxy_protocol: None,
         tcp_limits: Default::default(),
+        tcp_tunnel: None,
         slow_start: None,
     })
 }

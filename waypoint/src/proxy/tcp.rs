@@ -1,6 +1,7 @@
-//! TCP inside a tunnel: the bytes are copied to the chosen endpoint unchanged, each
-//! direction closed separately (half-close respected). Istio's TCP metrics are recorded
-//! when the tunnel ends.
+//! TCP inside a tunnel: the bytes are copied to the chosen endpoint unchanged (inside an
+//! HTTP `CONNECT`/`POST` to a proxy there when the port's DestinationRule sets `tunnel`),
+//! each direction closed separately (half-close respected). Istio's TCP metrics are
+//! recorded when the tunnel ends.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::state::Proxy;
 use crate::telemetry::attributes::Facts;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
 use crate::telemetry::metrics::{dimensions, OwnOverrides, TcpKey};
+use crate::upstream::http_tunnel::TunnelIo;
 use hbone::H2Stream;
 
 /// Copies the tunnel to an endpoint of its target until both directions end.
@@ -214,7 +216,11 @@ async fn copy(
     let connect = proxy
         .upstream
         .connect(&picked, sni.as_deref(), header.as_ref());
-    let mut upstream = match connect.await {
+    let connected = match connect.await {
+        Ok(u) => through_proxy(u, port, &picked).await,
+        Err(e) => Err(e),
+    };
+    let mut upstream = match connected {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: connect failed");
@@ -250,6 +256,29 @@ async fn copy(
             // Envoy's response flag for max_downstream_connection_duration.
             ended("DT", Some(&picked), sent, received + first_len)
         }
+    }
+}
+
+/// The connection to the endpoint, or, when the port carries its TCP tunnels through an
+/// HTTP proxy at the endpoint (DestinationRule `trafficPolicy.tunnel`), the tunnel the
+/// proxy opened on it. The proxy must answer within the port's connect timeout.
+async fn through_proxy(
+    io: crate::upstream::UpstreamIo,
+    port: Option<&filters::model::ServicePort>,
+    picked: &balance::Picked,
+) -> Result<TunnelIo, filters::ProxyError> {
+    let Some(tunnel) = port.and_then(|p| p.tcp_tunnel.as_ref()) else {
+        return Ok(TunnelIo::Direct(io));
+    };
+    let after =
+        filters::model::ConnectionLimits::connect_timeout_of(picked.connection_limits.as_ref());
+    let open = crate::upstream::http_tunnel::open(io, tunnel, picked.tls.is_some(), picked.address);
+    match tokio::time::timeout(after, open).await {
+        Ok(opened) => opened,
+        Err(_) => Err(filters::ProxyError::UpstreamConnectTimeout {
+            endpoint: picked.address.to_string(),
+            after,
+        }),
     }
 }
 

@@ -4,6 +4,8 @@
 //!   upstream tunnel, many tunnels per connection.
 //! - [`pool`]: HTTP client connections (hyper) over those tunnels, reused across requests.
 //! - [`forward`]: the innermost tower service of the filter chain.
+//! - [`http_tunnel`]: a TCP tunnel carried in an HTTP `CONNECT`/`POST` request to a proxy at
+//!   the endpoint (DestinationRule `trafficPolicy.tunnel`).
 //! - [`dns`]: the resolver keeping the addresses of DNS upstreams (ServiceEntries) fresh.
 //! - [`dial`]: a Service reached by `host:port` through the snapshot (the waypoint's own
 //!   clients: ext_authz, span export), and [`grpc`], a tonic channel over the pools.
@@ -19,6 +21,7 @@ pub mod forward_proxy;
 pub mod grpc;
 pub mod h1;
 pub mod hbone_pool;
+pub mod http_tunnel;
 pub mod pool;
 mod tls;
 

@@ -35,6 +35,9 @@ pub struct ClusterInfo {
     pub max_requests: Option<usize>,
     /// The HTTP version requests go upstream in.
     pub upstream_protocol: filters::model::UpstreamProtocol,
+    /// The cluster has HTTP/2 protocol options (explicit, or for the client's protocol):
+    /// TCP tunneled through a proxy at the endpoint goes in HTTP/2.
+    pub http2_options: bool,
     /// Idle timeout, requests and lifetime per upstream connection.
     pub connection_limits: filters::model::ConnectionLimits,
     /// The limit on retries in flight (`max_retries` or `retry_budget`), if any.
@@ -150,6 +153,7 @@ pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
         tls_secrets: Default::default(),
         proxy_protocol: None,
         upstream_protocol: filters::model::UpstreamProtocol::for_port(protocol),
+        http2_options: false,
         connection_limits: Default::default(),
         subset: None,
         inline_endpoints: None,
@@ -262,6 +266,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         upstream_protocol: options
             .upstream
             .unwrap_or(filters::model::UpstreamProtocol::for_port(protocol)),
+        http2_options: options.http2,
         connection_limits: options.limits,
         tls,
         tls_secrets,

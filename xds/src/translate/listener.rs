@@ -499,9 +499,8 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
 /// Refuses, by name, the TCP proxy's fields other than its cluster, statistics prefix,
 /// access logs and the settings [`super::tcp_proxy::settings`] reads. istiod writes more
 /// for a waypoint's TCP ports that the waypoint does not implement yet
-/// (`buildWaypointNetworkFilters` in listener_waypoint.go: `tunneling_config` from a
-/// DestinationRule's `trafficPolicy.tunnel`, weighted clusters from VirtualService TCP
-/// routes): refused rather than ignored.
+/// (`buildWaypointNetworkFilters` in listener_waypoint.go: weighted clusters from
+/// VirtualService TCP routes): refused rather than ignored.
 fn tcp_proxy_unread(tcp: &TcpProxy, at: &str) -> Result<(), Bad> {
     let rest = TcpProxy {
         stat_prefix: String::new(),
@@ -510,6 +509,7 @@ fn tcp_proxy_unread(tcp: &TcpProxy, at: &str) -> Result<(), Bad> {
         idle_timeout: None,
         max_downstream_connection_duration: None,
         hash_policy: Vec::new(),
+        tunneling_config: None,
         ..tcp.clone()
     };
     super::residual::refuse(

@@ -261,9 +261,14 @@ fn services(
             .map(|c| {
                 let port = service_port(c, res, workloads, trust_domain);
                 match tcp.get(&(*host, c.port)) {
-                    Some(t) => port
-                        .with_tcp_limits(t.limits)
-                        .with_hash_policy(t.hash_policy.clone()),
+                    Some((t, cluster)) => {
+                        // The chain's cluster decides the tunnel's HTTP version, as in
+                        // Envoy: HTTP/2 when it has HTTP/2 options.
+                        let http2 = res.clusters.get(*cluster).is_some_and(|c| c.http2_options);
+                        port.with_tcp_limits(t.limits)
+                            .with_hash_policy(t.hash_policy.clone())
+                            .with_tcp_tunnel(t.tunnel.clone().map(|t| t.over_http2(http2)))
+                    }
                     None => port,
                 }
             })
@@ -281,18 +286,18 @@ fn services(
     services
 }
 
-/// The TCP proxy settings of each Service port `main_internal` serves over TCP, by host
-/// and port.
-fn tcp_settings(res: &Resources) -> BTreeMap<(&str, u16), &tcp_proxy::TcpSettings> {
+/// The TCP proxy settings of each Service port `main_internal` serves over TCP, with the
+/// chain's cluster, by host and port.
+fn tcp_settings(res: &Resources) -> BTreeMap<(&str, u16), (&tcp_proxy::TcpSettings, &str)> {
     let Some(main) = res.listeners.get("main_internal") else {
         return BTreeMap::new();
     };
     main.chains
         .iter()
         .filter_map(|(name, chain)| match chain {
-            Chain::Tcp { settings, .. } => {
-                vip_chain(name).map(|(port, host)| ((host, port), settings))
-            }
+            Chain::Tcp {
+                settings, cluster, ..
+            } => vip_chain(name).map(|(port, host)| ((host, port), (settings, cluster.as_str()))),
             Chain::Http { .. } => None,
         })
         .collect()

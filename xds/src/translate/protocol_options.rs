@@ -30,6 +30,9 @@ pub const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 pub struct ProtocolOptions {
     /// The HTTP version upstream; `None` when the cluster does not say.
     pub upstream: Option<UpstreamProtocol>,
+    /// The cluster has HTTP/2 options, explicit or for the client's protocol (Envoy's
+    /// HTTP/2 cluster feature): a TCP proxy's `tunneling_config` then tunnels in HTTP/2.
+    pub http2: bool,
     /// SNI and SAN settings for TLS origination.
     pub auto: AutoSettings,
     /// Idle timeout, requests and lifetime per upstream connection.
@@ -181,8 +184,18 @@ pub fn convert(c: &Cluster) -> Result<ProtocolOptions, Bad> {
             ))
         }
     };
+    let http2 = match &o.upstream_protocol_options {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(_)),
+        })) => true,
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => {
+            d.http2_protocol_options.is_some()
+        }
+        _ => false,
+    };
     Ok(ProtocolOptions {
         upstream,
+        http2,
         auto,
         limits,
     })

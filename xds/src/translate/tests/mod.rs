@@ -602,16 +602,92 @@ fn tcp_proxy_time_limits_and_source_ip_hash_are_read() {
     assert_eq!(settings.limits, filters::model::TcpLimits::default());
 }
 
+fn tunnel_of(config: serde_json::Value) -> Option<filters::model::TcpTunnel> {
+    let l = tcp_chain(serde_json::json!({ "tunneling_config": config }));
+    let info = listener::convert(&l).unwrap();
+    let listener::Chain::Tcp { settings, .. } = &info.chains[0].1 else {
+        panic!("not a TCP chain");
+    };
+    settings.tunnel.clone()
+}
+
+fn tunnel_refused(config: serde_json::Value) -> String {
+    let l = tcp_chain(serde_json::json!({ "tunneling_config": config }));
+    listener::convert(&l).unwrap_err().field
+}
+
+#[test]
+fn tcp_proxy_tunneling_config_is_read() {
+    use filters::model::{TcpTunnel, TunnelMethod};
+    // tunnelingconfig.Apply (from buildWaypointNetworkFilters) writes a DestinationRule
+    // trafficPolicy.tunnel as hostname targetHost:targetPort and use_post for POST.
+    assert_eq!(
+        tunnel_of(serde_json::json!({"hostname": "10.0.0.1:443"})),
+        Some(TcpTunnel {
+            hostname: "10.0.0.1:443".into(),
+            method: TunnelMethod::Connect,
+            http2: false,
+        })
+    );
+    assert_eq!(
+        tunnel_of(serde_json::json!({"hostname": "[fd00::1]:443", "use_post": true})),
+        Some(TcpTunnel {
+            hostname: "[fd00::1]:443".into(),
+            method: TunnelMethod::Post { path: "/".into() },
+            http2: false,
+        })
+    );
+    assert_eq!(
+        tunnel_of(
+            serde_json::json!({"hostname": "db.example:5432", "use_post": true, "post_path": "/tcp"})
+        ),
+        Some(TcpTunnel {
+            hostname: "db.example:5432".into(),
+            method: TunnelMethod::Post {
+                path: "/tcp".into()
+            },
+            http2: false,
+        })
+    );
+    let at = "filter_chains[0].filters[0].typed_config.tunneling_config";
+    for (config, field) in [
+        (
+            serde_json::json!({"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"}),
+            "hostname",
+        ),
+        (serde_json::json!({"hostname": ""}), "hostname"),
+        (serde_json::json!({"hostname": "a b:1"}), "hostname"),
+        (
+            serde_json::json!({"hostname": "h:1", "post_path": "/p"}),
+            "post_path",
+        ),
+        (
+            serde_json::json!({"hostname": "h:1", "use_post": true, "post_path": "p"}),
+            "post_path",
+        ),
+        (
+            serde_json::json!({"hostname": "h:1", "headers_to_add": [{"header": {"key": "a", "value": "b"}}]}),
+            "headers_to_add",
+        ),
+        (
+            serde_json::json!({"hostname": "h:1", "propagate_response_headers": true}),
+            "propagate_response_headers",
+        ),
+        (
+            serde_json::json!({"hostname": "h:1", "propagate_response_trailers": true}),
+            "propagate_response_trailers",
+        ),
+        (
+            serde_json::json!({"hostname": "h:1", "request_id_header": "x-id"}),
+            "request_id_header",
+        ),
+    ] {
+        assert_eq!(tunnel_refused(config), format!("{at}.{field}"));
+    }
+}
+
 #[test]
 fn tcp_proxy_settings_not_implemented_are_refused_by_name() {
-    // tunnelingconfig.Apply (from buildWaypointNetworkFilters) writes tunneling_config for a
-    // DestinationRule trafficPolicy.tunnel; the waypoint does not tunnel to endpoints.
-    let l = tcp_chain(serde_json::json!({"tunneling_config": {"hostname": "10.0.0.1:443"}}));
-    let e = listener::convert(&l).unwrap_err();
-    assert_eq!(
-        e.field,
-        "filter_chains[0].filters[0].typed_config.tunneling_config"
-    );
     let l = tcp_chain(serde_json::json!({"hash_policy": [{"filter_state": {"key": "k"}}]}));
     let e = listener::convert(&l).unwrap_err();
     assert_eq!(
