@@ -25,6 +25,7 @@ mod metadata;
 mod outlier;
 pub mod per_filter;
 mod protocol_options;
+pub mod provider_cluster;
 mod proxy_protocol;
 pub mod rbac;
 mod residual;
@@ -315,6 +316,13 @@ fn service_port(
     let (eps, priorities): (Vec<Endpoint>, Vec<u32>) = assigned
         .into_iter()
         .flatten()
+        .filter(|e| {
+            let left_out = c.leaves_out_sidecar_mtls && e.sidecar_mtls && !e.hbone;
+            if left_out {
+                ::tracing::warn!(cluster = %c.name, endpoint = %e.address, "a sidecar endpoint needs Istio mTLS, which the waypoint does not originate to an extension provider; left out");
+            }
+            !left_out
+        })
         .filter_map(|e| {
             workloads.get(&e.address.ip()).map(|w| {
                 let ep = Endpoint {
