@@ -186,3 +186,69 @@ fn fields_that_would_not_take_effect_are_nacked_by_name() {
         assert!(e.field.starts_with(field), "{field}: {e}");
     }
 }
+
+/// EDS endpoints for the provider: a mesh pod (internal address, `tunnel: http`), a
+/// sidecar pod (`tlsMode: istio`) and a pod outside the mesh, as istiod's endpoint builder
+/// writes them (`AppendLbEndpointMetadata`, pilot/pkg/networking/util/util.go).
+fn provider_endpoints() -> Vec<crate::translate::EndpointInfo> {
+    let workload = "ext-authz;foo;ext-authz;v1;Kubernetes";
+    let cla = json!({"cluster_name": NAME, "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"envoy_internal_address": {
+            "server_listener_name": "connect_originate", "endpoint_id": "127.0.20.1:9000"}}},
+         "metadata": {"filter_metadata": {
+            "envoy.transport_socket_match": {"tunnel": "http", "tlsMode": "istio"},
+            "envoy.filters.listener.original_dst": {"local": "127.0.20.1:9000"},
+            "istio": {"workload": workload}}}},
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.20.2", "port_value": 9000}}},
+         "metadata": {"filter_metadata": {
+            "envoy.transport_socket_match": {"tlsMode": "istio"},
+            "istio": {"workload": workload}}}},
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.20.3", "port_value": 9000}}},
+         "metadata": {"filter_metadata": {"istio": {"workload": workload}}}}]}]});
+    let cla =
+        crate::envoy::from_json("envoy.config.endpoint.v3.ClusterLoadAssignment", &cla).unwrap();
+    crate::translate::endpoint::convert(&cla).unwrap()
+}
+
+#[test]
+fn sidecar_endpoints_are_left_out_when_the_cluster_would_originate_istio_mtls_to_them() {
+    let addresses = |c: super::Cluster| {
+        let mut r = crate::translate::Resources::default();
+        r.outbound
+            .insert(NAME.into(), super::outbound(&c).unwrap().unwrap());
+        r.endpoints.insert(NAME.into(), provider_endpoints());
+        let opts = crate::translate::BuildOptions {
+            version: 1,
+            source: "xds:test".into(),
+            waypoint: filters::model::Waypoint {
+                gateway: filters::model::NamespacedName::new("default", "waypoint"),
+                trust_domain: "cluster.local".into(),
+            },
+        };
+        let snap = crate::translate::build(&r, &opts).unwrap();
+        let port = snap.services()["foo/ext-authz"].port(9000).unwrap();
+        let mut got: Vec<String> = port
+            .endpoints
+            .iter()
+            .map(|e| e.address().unwrap().to_string())
+            .collect();
+        got.sort();
+        got
+    };
+    // The HBONE pod and the pod outside the mesh; the sidecar pod would need mTLS.
+    assert_eq!(
+        addresses(istiod(|_| {})),
+        ["127.0.20.1:9000", "127.0.20.3:9000"]
+    );
+    // Without the `tlsMode-istio` match, Envoy sends the sidecar pod plaintext too.
+    let plain = istiod(|c| {
+        c["transport_socket_matches"]
+            .as_array_mut()
+            .unwrap()
+            .remove(1);
+    });
+    assert_eq!(
+        addresses(plain),
+        ["127.0.20.1:9000", "127.0.20.2:9000", "127.0.20.3:9000"]
+    );
+}
