@@ -652,18 +652,20 @@ fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>
             },
         }
     }
-    if !spec.request_headers.set.is_empty()
-        || !spec.request_headers.add.is_empty()
-        || !spec.request_headers.remove.is_empty()
-    {
-        filters.push(Filter::RequestHeaders(spec.request_headers.clone()));
-    }
-    if !spec.response_headers.set.is_empty()
-        || !spec.response_headers.add.is_empty()
-        || !spec.response_headers.remove.is_empty()
-    {
-        filters.push(Filter::ResponseHeaders(spec.response_headers.clone()));
-    }
+    // Each level on its own, in Envoy's order (route, then virtual host): a level's
+    // removals do not undo an outer level's `set`.
+    filters.extend(
+        spec.request_headers
+            .iter()
+            .cloned()
+            .map(Filter::RequestHeaders),
+    );
+    filters.extend(
+        spec.response_headers
+            .iter()
+            .cloned()
+            .map(Filter::ResponseHeaders),
+    );
     let name = if spec.name.is_empty() {
         "default".to_string()
     } else {
