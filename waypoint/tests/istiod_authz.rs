@@ -133,19 +133,49 @@ fn prepend_http_filters(ls: &mut Named, port: u16, filters: Vec<Value>) {
 
 /// The provider's outbound EDS cluster (`http2` for a gRPC server) and its endpoint, a pod
 /// outside the mesh at `addr` (a plain socket address, as EDS sends one without HBONE).
+/// The cluster is what `buildOutboundClusters` (cluster.go) writes for a waypoint with no
+/// DestinationRule: `buildCluster`, `applyMetadataExchange` (the `istio.metadata_exchange`
+/// filter) and `setH2Options` in cluster_builder.go, `applyConnectionPool` and
+/// `applyLoadBalancer` in cluster_traffic_policy.go, and for an auto-detected
+/// ISTIO_MUTUAL the `hbone`, `tlsMode-istio` and `tlsMode-disabled` transport socket
+/// matches of `applyHBONETransportSocketMatches` (cluster_tls.go).
 fn provider_cluster(cs: &mut Named, es: &mut Named, port: u16, addr: Option<SocketAddr>, h2: bool) {
     let name = outbound(port);
+    let raw = json!({"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}});
     let mut cluster = json!({
         "name": name, "type": "EDS",
         "eds_cluster_config": {"eds_config": {"ads": {}, "initial_fetch_timeout": "0s",
                                               "resource_api_version": "V3"},
                                "service_name": name},
+        "alt_stat_name": format!("{name};"), "common_lb_config": {},
         "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
         "circuit_breakers": {"thresholds": [{"max_connections": 4294967295u32,
             "max_pending_requests": 4294967295u32, "max_requests": 4294967295u32,
             "max_retries": 4294967295u32, "track_remaining": true}]},
         "metadata": {"filter_metadata": {"istio": {"services": [
-            {"host": AUTHZ_HOST, "name": "ext-authz", "namespace": "authz-system"}]}}}
+            {"host": AUTHZ_HOST, "name": "ext-authz", "namespace": "authz-system"}]}}},
+        "filters": [{"name": "istio.metadata_exchange", "typed_config": {
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+            "value": {"protocol": "istio-peer-exchange", "enable_discovery": true}}}],
+        "transport_socket_matches": [
+            {"name": "hbone", "match": {"tunnel": "http"}, "transport_socket": {
+                "name": "envoy.transport_sockets.internal_upstream", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+                "passthrough_metadata": [
+                    {"kind": {"host": {}}, "name": "envoy.filters.listener.original_dst"},
+                    {"kind": {"cluster": {}}, "name": "istio"},
+                    {"kind": {"host": {}}, "name": "istio"}],
+                "transport_socket": raw.clone()}}},
+            {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": {
+                "name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": {"ads": {}}}],
+                    "alpn_protocols": ["istio-peer-exchange", "istio"]},
+                "sni": format!("outbound_.{port}_._.{AUTHZ_HOST}")}}},
+            {"name": "tlsMode-disabled", "match": {}, "transport_socket": raw}]
     });
     if h2 {
         cluster["typed_extension_protocol_options"] = json!({
@@ -474,4 +504,68 @@ async fn network_ext_authz_deny_closes_the_tunnel() {
     let calls = authz.calls();
     assert_eq!(tcp_round_trip(&w).await, b"hello");
     assert_eq!(authz.calls(), calls);
+}
+
+#[tokio::test]
+async fn a_provider_cluster_field_that_would_not_take_effect_is_nacked_by_name() {
+    // istiod never writes per_connection_buffer_limit_bytes; it used to be ignored on a
+    // provider's cluster (none of its fields were read but the name and the protocol).
+    let w = start(|_, cs, es| {
+        provider_cluster(cs, es, 9000, None, true);
+        edit_cluster(cs, &outbound(9000), |c| {
+            c["per_connection_buffer_limit_bytes"] = json!(32768)
+        });
+    })
+    .await;
+    let e = nack(&w).await;
+    assert!(
+        e.contains(&outbound(9000)) && e.contains("per_connection_buffer_limit_bytes"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_provider_that_never_opens_the_tunnel_fails_after_its_clusters_connect_timeout() {
+    // The provider is a mesh pod whose HBONE port accepts TCP and never answers the TLS
+    // handshake; its cluster's connect_timeout (DestinationRule
+    // `connectionPool.tcp.connectTimeout`, cluster_traffic_policy.go applyConnectionPool)
+    // is 300 ms, the gRPC call's timeout 5 s.
+    let ip = free_loopback_ip(15008);
+    let silent = testkit::silent::SilentListener::bind(SocketAddr::new(ip, 15008))
+        .await
+        .unwrap();
+    let w = start(|ls, cs, es| {
+        prepend_http_filters(
+            ls,
+            8000,
+            vec![
+                custom_rbac("grpc", false),
+                grpc_ext_authz("grpc", 9000, json!({"failure_mode_allow": false})),
+            ],
+        );
+        provider_cluster(cs, es, 9000, None, true);
+        edit_cluster(cs, &outbound(9000), |c| {
+            c["connect_timeout"] = json!("0.300s")
+        });
+        let e = mesh_endpoints(es, &outbound(9000), ip);
+        es.push((outbound(9000), e));
+    })
+    .await;
+    // Once the filters are in place, a checked request fails closed (403).
+    let first = until(&w, 8000, "/secure/x", &[("x-ext-authz", "allow")], 403).await;
+    assert_eq!(first.status, 403);
+    let started = std::time::Instant::now();
+    let a = tokio::time::timeout(
+        Duration::from_secs(8),
+        send(&w, 8000, "GET", "/secure/x", &[("x-ext-authz", "allow")]),
+    )
+    .await
+    .expect("answered within the gRPC timeout");
+    let took = started.elapsed();
+    assert_eq!(a.status, 403, "Envoy's default status_on_error");
+    assert!(silent.accepted() >= 2, "the pod's HBONE port was reached");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+        "failed after {took:?}, not after the 300 ms connect timeout"
+    );
 }

@@ -264,3 +264,46 @@ async fn a_bad_built_in_listener_log_is_nacked_by_field() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_tunnel_cut_by_the_connect_timeout_is_logged_by_connect_originate() {
+    // Port 8000's only pod accepts TCP on its HBONE port and never answers the TLS
+    // handshake; its cluster's connect_timeout (DestinationRule
+    // `connectionPool.tcp.connectTimeout`, cluster_traffic_policy.go applyConnectionPool)
+    // is 300 ms. The tunnel is given up at the timeout, and connect_originate's `UF` log
+    // (accesslog.go `setHboneOriginationAccessLog`) records it as any other failed open.
+    let ip = testkit::free_loopback_ip(15008);
+    let silent = testkit::silent::SilentListener::bind(SocketAddr::new(ip, 15008))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let p = path.to_str().unwrap().to_string();
+    let originate = connect_originate(file_log(&p, uf()), file_log(&p, nr()));
+    let w = start(move |ls, cs, es| {
+        ls.push(listener(&originate));
+        set_only_endpoint(es, CLUSTER_8000, ip);
+        edit_cluster(cs, CLUSTER_8000, |c| c["connect_timeout"] = json!("0.300s"));
+    })
+    .await;
+    let started = Instant::now();
+    let a = tokio::time::timeout(Duration::from_secs(8), get(&w, 8000, "/get"))
+        .await
+        .expect("answered long before the default");
+    let took = started.elapsed();
+    assert_eq!(a.status, 503);
+    assert!(
+        String::from_utf8_lossy(&a.body).contains("reset reason: connection timeout"),
+        "{:?}",
+        a.body
+    );
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    assert!(silent.accepted() >= 1, "the pod's HBONE port was reached");
+    let got = lines(&path, 1).await;
+    assert_eq!(
+        got,
+        vec![format!(
+            "- - - 0 UF - \"connection timeout\" {ip}:15008 connect_originate {ip}:8080"
+        )]
+    );
+}

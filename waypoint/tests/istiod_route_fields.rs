@@ -120,6 +120,55 @@ async fn per_backend_headers_and_host_rewrite_apply() {
 }
 
 #[tokio::test]
+async fn on_a_conflicting_set_the_outer_level_wins_as_in_envoy() {
+    // Envoy applies a `weighted_clusters` entry's header changes first, then the route's,
+    // then the virtual host's (`most_specific_header_mutations_wins` unset), so the outer
+    // level's `set` is what the pod and the client see. The backend's changes are a
+    // VirtualService destination's `headers` (route.go processWeightedDestination), the
+    // route's the rule's `headers` (route.go translateRoute).
+    let set = |key: &str, value: &str| {
+        json!({"header": {"key": key, "value": value},
+               "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})
+    };
+    let backend = json!({"name": CLUSTER_8100, "weight": 100,
+        "request_headers_to_add": [set("x-level", "backend"), set("x-backend-only", "backend")],
+        "response_headers_to_add": [set("x-level", "backend")]});
+    let route = json!({"name": "default.0", "match": {"prefix": "/"},
+        "request_headers_to_add": [set("x-level", "route"), set("x-vh", "route")],
+        "response_headers_to_add": [set("x-level", "route"), set("x-vh", "route")],
+        "route": {"weighted_clusters": {"clusters": [backend]}}});
+    let w = start(move |ls, _, _| {
+        fixture::prepend_routes(ls, 8100, std::slice::from_ref(&route));
+        fixture::edit_listener(ls, |json| {
+            for chain in json["filter_chains"].as_array_mut().unwrap() {
+                if chain["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("inbound-vip|8100|"))
+                {
+                    let vh = &mut chain["filters"][0]["typed_config"]["route_config"]
+                        ["virtual_hosts"][0];
+                    vh["request_headers_to_add"] = json!([set("x-vh", "virtual-host")]);
+                    vh["response_headers_to_add"] = json!([set("x-vh", "virtual-host")]);
+                }
+            }
+        });
+    })
+    .await;
+    let a = send(&w, 8100, "GET", "/get", &[("x-level", "client")]).await;
+    assert_eq!(a.status, 200);
+    let echo = a.echo();
+    assert_eq!(echo["headers"]["X-Level"], json!(["route"]), "{echo}");
+    assert_eq!(echo["headers"]["X-Vh"], json!(["virtual-host"]), "{echo}");
+    assert_eq!(
+        echo["headers"]["X-Backend-Only"],
+        json!(["backend"]),
+        "{echo}"
+    );
+    assert_eq!(a.header("x-level"), Some("route"), "{:?}", a.headers);
+    assert_eq!(a.header("x-vh"), Some("virtual-host"), "{:?}", a.headers);
+}
+
+#[tokio::test]
 async fn other_per_backend_settings_are_nacked_by_name() {
     let w = start(|ls, _, _| {
         fixture::prepend_routes(

@@ -93,14 +93,24 @@ impl SelectedRule {
             .map_or(&*table::DEFAULT_PATH, |i| &self.rule().matches[i].path)
     }
 
-    /// Rule-level filters, then the drawn backend's filters.
+    /// The filters to apply, in order: the drawn backend's header changes, the rule's
+    /// filters, then the backend's other filters (its host rewrite). Header changes go as
+    /// Envoy applies a weighted cluster's before its route's (istiod puts a backend's
+    /// `headers` on its `weighted_clusters` entry), so on a conflicting `set` the rule's
+    /// wins.
     pub fn filters(&self) -> impl Iterator<Item = &Filter> {
         let rule = self.rule();
         let backend = self
             .backend_index
             .map(|i| &rule.backends[i].filters[..])
             .unwrap_or(&[]);
-        rule.filters.iter().chain(backend.iter())
+        let headers =
+            |f: &&Filter| matches!(f, Filter::RequestHeaders(_) | Filter::ResponseHeaders(_));
+        backend
+            .iter()
+            .filter(headers)
+            .chain(rule.filters.iter())
+            .chain(backend.iter().filter(move |f| !headers(f)))
     }
 }
 

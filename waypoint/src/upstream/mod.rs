@@ -73,26 +73,22 @@ impl Upstream {
     ) -> Result<UpstreamIo, ProxyError> {
         let after =
             filters::model::ConnectionLimits::connect_timeout_of(picked.connection_limits.as_ref());
-        match tokio::time::timeout(after, self.connect_within(picked, sni, proxy)).await {
+        let deadline = tokio::time::Instant::now() + after;
+        let io = self.connect_raw(picked, deadline, after).await?;
+        match tokio::time::timeout_at(deadline, self.inside(io, picked, sni, proxy)).await {
             Ok(result) => result,
-            Err(_) => {
-                tracing::debug!(endpoint = %picked.address, ?after, "upstream connect timed out");
-                Err(ProxyError::UpstreamConnectTimeout {
-                    endpoint: picked.address.to_string(),
-                    after,
-                })
-            }
+            Err(_) => Err(timed_out(picked, after)),
         }
     }
 
-    /// [`Self::connect`] without its timeout.
-    async fn connect_within(
+    /// What goes first on an open stream: the PROXY protocol header, then TLS.
+    async fn inside(
         &self,
+        mut io: UpstreamIo,
         picked: &Picked,
         sni: Option<&str>,
         proxy: Option<&ProxyHeader>,
     ) -> Result<UpstreamIo, ProxyError> {
-        let mut io = self.connect_raw(picked).await?;
         if let Some(header) = proxy {
             use tokio::io::AsyncWriteExt;
             let sent = match io.write_all(&header.encode()).await {
@@ -110,49 +106,72 @@ impl Upstream {
         }
     }
 
-    /// Opens a byte stream to `picked`: an HBONE tunnel if the pod is in the mesh, else TCP.
-    async fn connect_raw(&self, picked: &Picked) -> Result<UpstreamIo, ProxyError> {
+    /// Opens a byte stream to `picked` by `deadline` (`after` from now): an HBONE tunnel if
+    /// the pod is in the mesh, else TCP. A tunnel that cannot be opened, for any reason
+    /// including the deadline, is logged as Envoy's `connect_originate` logs it (`UF`).
+    async fn connect_raw(
+        &self,
+        picked: &Picked,
+        deadline: tokio::time::Instant,
+        after: std::time::Duration,
+    ) -> Result<UpstreamIo, ProxyError> {
         if picked.workload.hbone {
             let start = (std::time::SystemTime::now(), std::time::Instant::now());
-            match self
+            let tunnel = self
                 .hbone
-                .connect(picked.address, &picked.workload.identity)
-                .await
-            {
-                Ok(stream) => Ok(UpstreamIo::Hbone(stream)),
-                Err(e) => {
-                    // Envoy's connect_originate could not open the tunnel: `UF`.
-                    if let Some(proxy) = self.proxy.upgrade() {
-                        let reason = match &e {
-                            ProxyError::UpstreamConnect { reason, .. } => reason.as_str(),
-                            _ => "",
-                        };
-                        let hbone =
-                            std::net::SocketAddr::new(picked.address.ip(), self.hbone.port());
-                        crate::telemetry::listener_log::originate_failed(
-                            &proxy,
-                            picked.address,
-                            hbone,
-                            reason,
-                            start,
-                        );
-                    }
-                    Err(e)
+                .connect(picked.address, &picked.workload.identity);
+            let (e, reason) = match tokio::time::timeout_at(deadline, tunnel).await {
+                Ok(Ok(stream)) => return Ok(UpstreamIo::Hbone(stream)),
+                Ok(Err(e)) => {
+                    let reason = match &e {
+                        ProxyError::UpstreamConnect { reason, .. } => reason.clone(),
+                        _ => String::new(),
+                    };
+                    (e, reason)
                 }
+                // Envoy's text for a connection its pool gave up on at the connect timeout.
+                Err(_) => (timed_out(picked, after), "connection timeout".to_string()),
+            };
+            // Envoy's connect_originate could not open the tunnel: `UF`.
+            if let Some(proxy) = self.proxy.upgrade() {
+                let hbone = std::net::SocketAddr::new(picked.address.ip(), self.hbone.port());
+                crate::telemetry::listener_log::originate_failed(
+                    &proxy,
+                    picked.address,
+                    hbone,
+                    &reason,
+                    start,
+                );
             }
+            Err(e)
         } else {
-            let tcp = tokio::net::TcpStream::connect(picked.address)
-                .await
-                .map_err(|e| ProxyError::UpstreamConnect {
+            let tcp = match tokio::time::timeout_at(
+                deadline,
+                tokio::net::TcpStream::connect(picked.address),
+            )
+            .await
+            {
+                Ok(tcp) => tcp.map_err(|e| ProxyError::UpstreamConnect {
                     endpoint: picked.address.to_string(),
                     reason: e.to_string(),
-                })?;
+                })?,
+                Err(_) => return Err(timed_out(picked, after)),
+            };
             let _ = tcp.set_nodelay(true);
             if let Some(k) = picked.connection_limits.and_then(|l| l.tcp_keepalive) {
                 set_tcp_keepalive(&tcp, &k);
             }
             Ok(UpstreamIo::Plain(tcp))
         }
+    }
+}
+
+/// The error for a connection to `picked` not open within `after`.
+fn timed_out(picked: &Picked, after: std::time::Duration) -> ProxyError {
+    tracing::debug!(endpoint = %picked.address, ?after, "upstream connect timed out");
+    ProxyError::UpstreamConnectTimeout {
+        endpoint: picked.address.to_string(),
+        after,
     }
 }
 

@@ -68,8 +68,9 @@ pub fn accept(
             let c: Cluster = decode(any, kind, name)?;
             if cluster::is_auxiliary(&c.name) {
                 tracing::debug!(cluster = %c.name, "cluster handled natively");
+                let provider = crate::translate::provider_cluster::outbound(&c)?;
                 into.outbound.remove(name);
-                if let Some(info) = cluster::outbound(&c) {
+                if let Some(info) = provider {
                     into.outbound.insert(name.to_string(), info);
                 }
                 return Ok(());

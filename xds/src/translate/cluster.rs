@@ -70,6 +70,11 @@ pub struct ClusterInfo {
     pub forward_proxy: Option<super::forward_proxy::DnsCache>,
     /// An ORIGINAL_DST cluster: the tunnel's original destination, with this port override.
     pub original_dst: Option<Option<u16>>,
+    /// An extension provider's cluster whose `tlsMode-istio` transport socket match would
+    /// originate Istio mTLS to sidecar endpoints, which the waypoint does not: those
+    /// endpoints (EDS metadata `tlsMode: istio`, not HBONE) are left out
+    /// ([`super::provider_cluster`]).
+    pub leaves_out_sidecar_mtls: bool,
 }
 
 /// Parses `inbound-vip|8000|http|httpbin.default.svc.cluster.local`.
@@ -97,70 +102,14 @@ const NATIVE: &[&str] = &[
     "PassthroughCluster",
 ];
 
-/// Whether `name` is a cluster the waypoint accepts without turning it into a Service port:
-/// the [`NATIVE`] ones, and `outbound|...` clusters (extension providers such as a tracing
-/// collector or an ext_authz server, which the waypoint reaches through its own clients).
+/// Whether `name` is a cluster the waypoint accepts without turning it into a routable
+/// Service port: the [`NATIVE`] ones, and `outbound|...` clusters (extension providers such
+/// as a tracing collector or an ext_authz server, which the waypoint reaches through its own
+/// clients: [`super::provider_cluster`]).
 pub fn is_auxiliary(name: &str) -> bool {
     NATIVE.contains(&name)
         || name.starts_with("outbound|")
         || name.starts_with("InboundPassthroughCluster")
-}
-
-/// An `outbound|<port>||<host>` EDS cluster (an extension provider's server, such as an
-/// ext_authz server) as the Service port it stands for, so that its endpoints arrive over
-/// EDS and the waypoint's own clients reach them; `None` for other outbound clusters
-/// (subsets, non-EDS), which stay unused. Its other fields are not read: nothing is routed
-/// to it (extension clients choose the endpoint and the protocol themselves); HTTP/2 comes
-/// from its `HttpProtocolOptions`.
-pub fn outbound(c: &Cluster) -> Option<ClusterInfo> {
-    let mut parts = c.name.split('|');
-    let (kind, port, subset, host) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if kind != "outbound" || !subset.is_empty() || host.is_empty() || parts.next().is_some() {
-        return None;
-    }
-    let port: u16 = port.parse().ok()?;
-    check_discovery_type(c).ok()?;
-    let (service, namespace) = service_of(c, host).ok()?;
-    let upstream = super::protocol_options::convert(c)
-        .ok()
-        .and_then(|o| o.upstream);
-    let h2 = upstream == Some(filters::model::UpstreamProtocol::Http2);
-    let protocol = if h2 {
-        Protocol::Http2
-    } else {
-        Protocol::Unknown
-    };
-    Some(ClusterInfo {
-        name: c.name.clone(),
-        host: host.to_string(),
-        port,
-        namespace,
-        service,
-        protocol,
-        eds_name: c
-            .eds_cluster_config
-            .as_ref()
-            .map(|e| e.service_name.clone())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| c.name.clone()),
-        balancing: balancing(c),
-        max_requests: None,
-        retry_limit: None,
-        outlier: None,
-        slow_start: None,
-        locality_weighted: false,
-        tls: None,
-        tls_secrets: Default::default(),
-        proxy_protocol: None,
-        upstream_protocol: filters::model::UpstreamProtocol::for_port(protocol),
-        http2_options: false,
-        connection_limits: Default::default(),
-        subset: None,
-        inline_endpoints: None,
-        dns: None,
-        forward_proxy: None,
-        original_dst: None,
-    })
 }
 
 /// Validates and interprets one cluster.
@@ -275,6 +224,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         dns,
         forward_proxy,
         original_dst,
+        leaves_out_sidecar_mtls: false,
     })
 }
 
@@ -285,7 +235,7 @@ pub(super) fn invalid(c: &Cluster, field: &str, reason: String) -> InvalidResour
 
 /// Rejects clusters whose endpoints do not come over EDS (for the outbound clusters of
 /// extension providers).
-fn check_discovery_type(c: &Cluster) -> Result<(), InvalidResource> {
+pub(super) fn check_discovery_type(c: &Cluster) -> Result<(), InvalidResource> {
     match &c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Eds as i32 => Ok(()),
         other => Err(invalid(
@@ -297,7 +247,7 @@ fn check_discovery_type(c: &Cluster) -> Result<(), InvalidResource> {
 }
 
 /// Rejects load-balancing policies other than round robin and least request.
-fn check_load_balancing(c: &Cluster) -> Result<(), InvalidResource> {
+pub(super) fn check_load_balancing(c: &Cluster) -> Result<(), InvalidResource> {
     // Round robin is what the waypoint balances with; LEAST_REQUEST (Istio's default) is
     // approximated by it. Other policies and features are rejected, never ignored.
     match c.lb_policy {
@@ -338,7 +288,7 @@ fn check_load_balancing(c: &Cluster) -> Result<(), InvalidResource> {
 }
 
 /// Rejects active health checks and the circuit-breaker limits not implemented.
-fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
+pub(super) fn check_resilience(c: &Cluster) -> Result<(), InvalidResource> {
     if !c.health_checks.is_empty() {
         return Err(invalid(
             c,
@@ -440,7 +390,7 @@ fn check_lb_configs(c: &Cluster) -> Result<(), InvalidResource> {
 }
 
 /// Whether localities are balanced by their weights.
-fn locality_weighted(c: &Cluster) -> bool {
+pub(super) fn locality_weighted(c: &Cluster) -> bool {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
     matches!(
         c.common_lb_config
@@ -456,7 +406,7 @@ const UNLIMITED: u32 = 1 << 31;
 /// The circuit breaker's limit on requests in flight (default priority): `max_requests`,
 /// and for HTTP/1.1 (one request per connection) also `max_connections` plus
 /// `max_pending_requests`, as Envoy's HTTP/1.1 pool queues what it cannot send.
-fn max_requests(c: &Cluster, protocol: Protocol) -> Option<usize> {
+pub(super) fn max_requests(c: &Cluster, protocol: Protocol) -> Option<usize> {
     let t = c
         .circuit_breakers
         .as_ref()?
@@ -482,7 +432,7 @@ fn max_requests(c: &Cluster, protocol: Protocol) -> Option<usize> {
 
 /// The limit on retries in flight (default priority): the retry budget when set (Envoy
 /// then ignores `max_retries`), else `max_retries` below Istio's "unlimited".
-fn retry_limit(c: &Cluster) -> Option<filters::retry::limit::RetryLimit> {
+pub(super) fn retry_limit(c: &Cluster) -> Option<filters::retry::limit::RetryLimit> {
     use filters::retry::limit::RetryLimit;
     let t = c
         .circuit_breakers
@@ -513,7 +463,7 @@ type InsideTunnel = (
 /// The transport socket: internal upstream (HBONE, native) or raw buffer, with plaintext
 /// or TLS inside the tunnel ([`super::upstream_tls`]), optionally under a PROXY protocol
 /// socket ([`super::proxy_protocol`]: the header goes first, then TLS).
-fn check_transport_socket(
+pub(super) fn check_transport_socket(
     c: &Cluster,
     auto: super::upstream_tls::AutoSettings,
 ) -> Result<InsideTunnel, InvalidResource> {
@@ -592,7 +542,7 @@ fn check_transport_socket(
 }
 
 /// The Service's name and namespace: cluster metadata istio.services[0], else the host.
-fn service_of(c: &Cluster, host: &str) -> Result<(String, String), InvalidResource> {
+pub(super) fn service_of(c: &Cluster, host: &str) -> Result<(String, String), InvalidResource> {
     let svc = c
         .metadata
         .as_ref()
@@ -631,47 +581,5 @@ mod tests {
         );
         assert_eq!(super::parse_name("outbound|80||x"), None);
         assert_eq!(super::parse_name("inbound-vip|x|http|h"), None);
-    }
-
-    fn cluster(json: serde_json::Value) -> super::Cluster {
-        crate::envoy::from_json("envoy.config.cluster.v3.Cluster", &json).unwrap()
-    }
-
-    #[test]
-    fn outbound_eds_clusters_stand_for_their_service_port() {
-        let name = "outbound|9000||ext-authz.foo.svc.cluster.local";
-        let c = cluster(serde_json::json!({
-            "name": name, "type": "EDS",
-            "eds_cluster_config": {"eds_config": {"ads": {}}, "service_name": name},
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}}}
-        }));
-        let info = super::outbound(&c).unwrap();
-        assert_eq!(
-            (info.host.as_str(), info.port),
-            ("ext-authz.foo.svc.cluster.local", 9000)
-        );
-        assert_eq!(
-            (info.namespace.as_str(), info.service.as_str()),
-            ("foo", "ext-authz")
-        );
-        assert_eq!(info.protocol, super::Protocol::Http2);
-        assert_eq!(info.eds_name, name);
-        let subset =
-            cluster(serde_json::json!({"name": "outbound|9000|v1|x.foo.svc", "type": "EDS"}));
-        assert!(
-            super::outbound(&subset).is_none(),
-            "subsets are not providers"
-        );
-        let dns =
-            cluster(serde_json::json!({"name": "outbound|443||example.com", "type": "STRICT_DNS"}));
-        assert!(super::outbound(&dns).is_none(), "only EDS");
-        let plain = cluster(serde_json::json!({"name": "outbound|80||h.foo.svc", "type": "EDS"}));
-        assert_eq!(
-            super::outbound(&plain).unwrap().protocol,
-            super::Protocol::Unknown
-        );
     }
 }

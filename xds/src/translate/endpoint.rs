@@ -21,6 +21,10 @@ pub struct EndpointInfo {
     pub address: SocketAddr,
     /// Reached over HBONE (internal address to `connect_originate`), else plain TCP.
     pub hbone: bool,
+    /// A sidecar pod: its metadata selects a cluster's `tlsMode-istio` transport socket
+    /// (`envoy.transport_socket_match` `tlsMode: istio`, `AppendLbEndpointMetadata` in
+    /// istiod's `pilot/pkg/networking/util/util.go`).
+    pub sidecar_mtls: bool,
     /// From `istio.workload`: `name;namespace;canonical service;revision;cluster`.
     pub workload: Option<WorkloadMeta>,
     /// Relative weight.
@@ -134,9 +138,18 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, Invalid
                     "must be at least 1, as Envoy requires".into(),
                 ));
             }
+            let sidecar_mtls = lb.metadata.as_ref().is_some_and(|m| {
+                metadata::string(metadata::path(
+                    m,
+                    "envoy.transport_socket_match",
+                    &["tlsMode"],
+                ))
+                .is_some_and(|mode| mode == "istio")
+            });
             out.push(EndpointInfo {
                 address,
                 hbone,
+                sidecar_mtls,
                 workload,
                 weight,
                 priority: locality.priority,

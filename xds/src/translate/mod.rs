@@ -25,6 +25,7 @@ mod metadata;
 mod outlier;
 pub mod per_filter;
 mod protocol_options;
+pub mod provider_cluster;
 mod proxy_protocol;
 pub mod rbac;
 mod residual;
@@ -320,6 +321,13 @@ fn service_port(
     let (eps, priorities): (Vec<Endpoint>, Vec<u32>) = assigned
         .into_iter()
         .flatten()
+        .filter(|e| {
+            let left_out = c.leaves_out_sidecar_mtls && e.sidecar_mtls && !e.hbone;
+            if left_out {
+                ::tracing::warn!(cluster = %c.name, endpoint = %e.address, "a sidecar endpoint needs Istio mTLS, which the waypoint does not originate to an extension provider; left out");
+            }
+            !left_out
+        })
         .filter_map(|e| {
             workloads.get(&e.address.ip()).map(|w| {
                 let ep = Endpoint {
@@ -649,18 +657,20 @@ fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>
             },
         }
     }
-    if !spec.request_headers.set.is_empty()
-        || !spec.request_headers.add.is_empty()
-        || !spec.request_headers.remove.is_empty()
-    {
-        filters.push(Filter::RequestHeaders(spec.request_headers.clone()));
-    }
-    if !spec.response_headers.set.is_empty()
-        || !spec.response_headers.add.is_empty()
-        || !spec.response_headers.remove.is_empty()
-    {
-        filters.push(Filter::ResponseHeaders(spec.response_headers.clone()));
-    }
+    // Each level on its own, in Envoy's order (route, then virtual host): a level's
+    // removals do not undo an outer level's `set`.
+    filters.extend(
+        spec.request_headers
+            .iter()
+            .cloned()
+            .map(Filter::RequestHeaders),
+    );
+    filters.extend(
+        spec.response_headers
+            .iter()
+            .cloned()
+            .map(Filter::ResponseHeaders),
+    );
     let name = if spec.name.is_empty() {
         "default".to_string()
     } else {

@@ -58,10 +58,13 @@ pub struct RouteSpec {
     pub timeouts: Timeouts,
     /// Retries.
     pub retry: Option<RetryPolicy>,
-    /// Request header changes (virtual host's, then the route's).
-    pub request_headers: HeaderModifier,
-    /// Response header changes.
-    pub response_headers: HeaderModifier,
+    /// Request header changes by level, in Envoy's order: the route's, then the virtual
+    /// host's (a backend's own come before both), so the outer level wins a conflicting
+    /// `set`, as with Envoy's default `most_specific_header_mutations_wins: false`. Levels
+    /// without changes are left out.
+    pub request_headers: Vec<HeaderModifier>,
+    /// Response header changes by level, in the same order.
+    pub response_headers: Vec<HeaderModifier>,
     /// Redirect, rewrite and mirror filters (mirror backends still cluster names).
     pub extra: Vec<Extra>,
     /// Inputs of the request's hash for consistent-hash balancing.
@@ -191,30 +194,30 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
         &r.typed_per_filter_config,
         &format!("{at}.typed_per_filter_config"),
     )?;
-    let request_headers = merged(
-        modifier(
-            &vh.request_headers_to_add,
-            &vh.request_headers_to_remove,
-            &format!("{at}.virtual_host.request_headers_to_add"),
-        )?,
+    let request_headers = levels([
         modifier(
             &r.request_headers_to_add,
             &r.request_headers_to_remove,
             &format!("{at}.request_headers_to_add"),
         )?,
-    );
-    let response_headers = merged(
         modifier(
-            &vh.response_headers_to_add,
-            &vh.response_headers_to_remove,
-            &format!("{at}.virtual_host.response_headers_to_add"),
+            &vh.request_headers_to_add,
+            &vh.request_headers_to_remove,
+            &format!("{at}.virtual_host.request_headers_to_add"),
         )?,
+    ]);
+    let response_headers = levels([
         modifier(
             &r.response_headers_to_add,
             &r.response_headers_to_remove,
             &format!("{at}.response_headers_to_add"),
         )?,
-    );
+        modifier(
+            &vh.response_headers_to_add,
+            &vh.response_headers_to_remove,
+            &format!("{at}.virtual_host.response_headers_to_add"),
+        )?,
+    ]);
     let ((clusters, timeouts, retry), mut extra) = action(r, &matched.path, at)?;
     let hash_policy = match &r.action {
         Some(Action::Route(a)) => hash_policy(&a.hash_policy, &format!("{at}.route.hash_policy"))?,
@@ -239,12 +242,11 @@ fn route(r: &Route, vh: &VirtualHost, at: &str) -> Result<RouteSpec, Bad> {
     })
 }
 
-/// The virtual host's header changes followed by the route's.
-fn merged(mut vh: HeaderModifier, route: HeaderModifier) -> HeaderModifier {
-    vh.set.extend(route.set);
-    vh.add.extend(route.add);
-    vh.remove.extend(route.remove);
-    vh
+/// The levels that change something, in the given order.
+fn levels(all: [HeaderModifier; 2]) -> Vec<HeaderModifier> {
+    all.into_iter()
+        .filter(|m| !(m.set.is_empty() && m.add.is_empty() && m.remove.is_empty()))
+        .collect()
 }
 
 /// The route's forwarding and extras from its action (route or redirect).
