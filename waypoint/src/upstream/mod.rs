@@ -4,6 +4,7 @@
 //!   upstream tunnel, many tunnels per connection.
 //! - [`pool`]: HTTP client connections (hyper) over those tunnels, reused across requests.
 //! - [`forward`]: the innermost tower service of the filter chain.
+//! - [`happy_eyeballs`]: connecting to an endpoint with several addresses (dual stack).
 //! - [`dns`]: the resolver keeping the addresses of DNS upstreams (ServiceEntries) fresh.
 //! - [`dial`]: a Service reached by `host:port` through the snapshot (the waypoint's own
 //!   clients: ext_authz, span export), and [`grpc`], a tonic channel over the pools.
@@ -17,6 +18,7 @@ pub mod dns;
 pub mod forward;
 pub mod forward_proxy;
 pub mod grpc;
+pub mod happy_eyeballs;
 pub mod hbone_pool;
 pub mod pool;
 mod tls;
@@ -107,14 +109,20 @@ impl Upstream {
     }
 
     /// Opens a byte stream to `picked`: an HBONE tunnel if the pod is in the mesh, else TCP.
+    /// A pod with more than one IP (a dual-stack endpoint's `additional_addresses`) is
+    /// tried at each in turn ([`happy_eyeballs`]); the pools keep the connection under the
+    /// endpoint's address.
     async fn connect_raw(&self, picked: &Picked) -> Result<UpstreamIo, ProxyError> {
+        let addresses = happy_eyeballs::order(picked.address, &picked.workload.ips);
+        let (first, rest) = (addresses[0], &addresses[1..]);
+        let delay = happy_eyeballs::ATTEMPT_DELAY;
         if picked.workload.hbone {
             let start = (std::time::SystemTime::now(), std::time::Instant::now());
-            match self
-                .hbone
-                .connect(picked.address, &picked.workload.identity)
-                .await
-            {
+            let identity = &picked.workload.identity;
+            let tunnel = happy_eyeballs::connect(first, rest, delay, |address| {
+                self.hbone.connect(address, identity)
+            });
+            match tunnel.await {
                 Ok(stream) => Ok(UpstreamIo::Hbone(stream)),
                 Err(e) => {
                     // Envoy's connect_originate could not open the tunnel: `UF`.
@@ -137,12 +145,15 @@ impl Upstream {
                 }
             }
         } else {
-            let tcp = tokio::net::TcpStream::connect(picked.address)
-                .await
-                .map_err(|e| ProxyError::UpstreamConnect {
-                    endpoint: picked.address.to_string(),
-                    reason: e.to_string(),
-                })?;
+            let tcp = happy_eyeballs::connect(first, rest, delay, |address| async move {
+                tokio::net::TcpStream::connect(address).await.map_err(|e| {
+                    ProxyError::UpstreamConnect {
+                        endpoint: address.to_string(),
+                        reason: e.to_string(),
+                    }
+                })
+            })
+            .await?;
             let _ = tcp.set_nodelay(true);
             if let Some(k) = picked.connection_limits.and_then(|l| l.tcp_keepalive) {
                 set_tcp_keepalive(&tcp, &k);

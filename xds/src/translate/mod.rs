@@ -210,7 +210,8 @@ struct Served {
     ranges: Vec<ipnet::IpNet>,
 }
 
-/// Workloads, one per pod IP of the endpoints.
+/// Workloads, one per pod (keyed by the endpoint address), with the further IPs of
+/// dual-stack endpoints.
 fn workloads(
     res: &Resources,
     trust_domain: &str,
@@ -224,9 +225,18 @@ fn workloads(
     for eps in res.endpoints.values().chain(inline) {
         for e in eps {
             let ip = e.address.ip();
-            workloads
+            let w = workloads
                 .entry(ip)
                 .or_insert_with(|| Arc::new(workload(e, trust_domain, served_pods.contains(&ip))));
+            // A pod's further IPs (dual stack), from whichever endpoint of it carries them.
+            if e.additional.iter().any(|a| !w.ips.contains(a)) {
+                let w = Arc::make_mut(w);
+                for a in &e.additional {
+                    if !w.ips.contains(a) {
+                        w.ips.push(*a);
+                    }
+                }
+            }
         }
     }
     workloads
@@ -572,7 +582,10 @@ fn workload(e: &EndpointInfo, trust_domain: &str, served: bool) -> Workload {
     };
     Workload {
         name: NamespacedName::new(&ns, &name),
-        ips: vec![ip],
+        // The endpoint's address first: it is the one connections try first.
+        ips: std::iter::once(ip)
+            .chain(e.additional.iter().copied())
+            .collect(),
         // EDS does not carry the service account: the destination must present an
         // identity of the trust domain (as Istio's connect_originate cluster checks).
         identity: Identity::new(trust_domain, &ns, ""),
