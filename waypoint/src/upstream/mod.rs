@@ -13,6 +13,7 @@
 //! (which cannot reuse virtual streams such as HBONE tunnels).
 
 mod conn;
+mod connection_cap;
 pub mod dial;
 pub mod dns;
 pub mod forward;

@@ -389,6 +389,7 @@ fn service_port(
         .with_balancing(c.balancing)
         .with_slow_start(c.slow_start)
         .with_max_requests(c.max_requests)
+        .with_connection_cap(c.connection_cap.clone())
         .with_outlier(c.outlier.clone())
         .with_tls(cluster_tls(c, res))
         .with_proxy_protocol(c.proxy_protocol)
