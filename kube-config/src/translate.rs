@@ -423,11 +423,20 @@ fn apply_destination_rule(
             Some(b) => b.choose(p.port, h2, rule.tls_level(p.port), policy.tls),
             None => policy.tls,
         };
+        // Counted per Service port, as istiod's cluster for it would be.
+        let cap = policy
+            .connection_cap
+            .map(|(max, pending)| filters::model::ConnectionCap {
+                cluster: format!("{}:{}", svc.hostname, p.port),
+                max_connections: max,
+                max_pending: pending,
+            });
         svc.ports.push(
             p.with_balancing(policy.balancing)
                 .with_slow_start(policy.slow_start)
                 .with_hash_policy(policy.hash)
                 .with_max_requests(policy.max_requests)
+                .with_connection_cap(cap)
                 .with_outlier(policy.outlier)
                 .with_tls(tls)
                 .with_proxy_protocol(policy.proxy_protocol)
