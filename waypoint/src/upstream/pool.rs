@@ -11,6 +11,12 @@
 //! it. Both run over
 //! [`super::UpstreamIo`] (an HBONE tunnel or TCP).
 //!
+//! A cluster's [`filters::model::ConnectionCap`] (circuit breaker `max_connections`) caps
+//! its HTTP/2 connections across endpoints: at the cap, a request that finds no free
+//! stream waits until a stream ends or a connection closes, counted among the cluster's
+//! pending requests (`max_pending_requests`; past them, 503 `UO`). An endpoint without a
+//! connection always gets one, as in Envoy.
+//!
 //! A port's [`ConnectionLimits`] (DestinationRule `connectionPool`) bound each connection:
 //! idle time (checked when a connection is taken), requests served (the last one's
 //! connection is not pooled again; with 1, keep-alive is off), age (no new requests
