@@ -18,7 +18,11 @@ use istiod::*;
 use serde_json::json;
 
 /// httpbin's port 8100 served by one pod outside the mesh whose address is `primary` and
-/// whose additional address is `additional`, both on 8080, in istiod's shape.
+/// whose additional address is `additional`, both on 8080, in istiod's shape: no tunnel
+/// (the pod does not support HBONE), `Addresses[0]` as the address and `Addresses[1:]` as
+/// `additional_addresses` (buildEnvoyLbEndpoint), the `istio.workload` metadata and no
+/// `envoy.transport_socket_match` for a pod without Istio mTLS (AppendLbEndpointMetadata,
+/// pilot/pkg/networking/util/util.go).
 fn dual_stack_endpoint(es: &mut Named, primary: IpAddr, additional: IpAddr) {
     let cla = json!({"cluster_name": CLUSTER_8100, "endpoints": [{
         "locality": {},
