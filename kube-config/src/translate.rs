@@ -427,11 +427,20 @@ fn apply_destination_rule(
         // HTTP/2 options (`setUseDownstreamProtocol`), a TCP port's none: Envoy tunnels in
         // HTTP/2, resp. HTTP/1.1.
         let tunnel_h2 = p.protocol == Protocol::Unknown;
+        // Counted per Service port, as istiod's cluster for it would be.
+        let cap = policy
+            .connection_cap
+            .map(|(max, pending)| filters::model::ConnectionCap {
+                cluster: format!("{}:{}", svc.hostname, p.port),
+                max_connections: max,
+                max_pending: pending,
+            });
         svc.ports.push(
             p.with_balancing(policy.balancing)
                 .with_slow_start(policy.slow_start)
                 .with_hash_policy(policy.hash)
                 .with_max_requests(policy.max_requests)
+                .with_connection_cap(cap)
                 .with_outlier(policy.outlier)
                 .with_tls(tls)
                 .with_proxy_protocol(policy.proxy_protocol)

@@ -4,7 +4,8 @@
 //! stopped answering, PINGs included) while noticing when the client closes it.
 //!
 //! Requests to `/hold` are answered once `hold` requests are in flight at the app (at most
-//! 5 s later); any other path at once. Every answer is 200 with the index of the
+//! 5 s later); to `/gate`, once the test opens the gate (at most 5 s later); any other path
+//! at once. Every answer is 200 with the index of the
 //! connection it came on.
 
 use std::convert::Infallible;
@@ -35,6 +36,8 @@ struct State {
     conns: Mutex<Vec<Arc<Conn>>>,
     hold: usize,
     holding: AtomicUsize,
+    gate: AtomicBool,
+    requests: AtomicUsize,
 }
 
 /// The running app.
@@ -53,6 +56,8 @@ impl H2App {
             conns: Mutex::new(Vec::new()),
             hold,
             holding: AtomicUsize::new(0),
+            gate: AtomicBool::new(false),
+            requests: AtomicUsize::new(0),
         });
         let shared = state.clone();
         tokio::spawn(async move {
@@ -77,6 +82,16 @@ impl H2App {
     /// For each connection, the most streams it carried at once.
     pub fn peaks(&self) -> Vec<usize> {
         self.conn_states(|c| c.peak.load(Ordering::SeqCst))
+    }
+
+    /// Requests received so far, on every connection.
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Lets the `/gate` requests (those waiting and those to come) be answered.
+    pub fn open_gate(&self) {
+        self.state.gate.store(true, Ordering::SeqCst);
     }
 
     /// Connection `i` stops answering: what arrives on it is dropped from now on.
@@ -113,8 +128,15 @@ async fn serve(tcp: tokio::net::TcpStream, conn: Arc<Conn>, index: usize, state:
         let conn = handler.clone();
         let state = state.clone();
         async move {
+            state.requests.fetch_add(1, Ordering::SeqCst);
             let now = conn.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             conn.peak.fetch_max(now, Ordering::SeqCst);
+            if req.uri().path() == "/gate" {
+                let since = Instant::now();
+                while !state.gate.load(Ordering::SeqCst) && since.elapsed() < HOLD_AT_MOST {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
             if req.uri().path() == "/hold" {
                 state.holding.fetch_add(1, Ordering::SeqCst);
                 let since = Instant::now();

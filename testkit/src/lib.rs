@@ -31,6 +31,7 @@ pub mod client;
 pub mod dns_server;
 pub mod echo;
 pub mod ext_authz;
+pub mod full_backlog;
 pub mod h2_app;
 pub mod istio_dump;
 pub mod istiod;

@@ -1,6 +1,6 @@
 //! A listener that accepts TCP connections and never sends a byte: a stand-in for an
 //! endpoint whose handshake (TLS, HBONE, PROXY-then-TLS) never completes, for connect
-//! timeouts. (A SYN that is never answered cannot be had on loopback.)
+//! timeouts. (For a TCP connect that never completes, see [`crate::full_backlog`].)
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,5 +1,5 @@
 //! DestinationRule from the local configuration, connection settings: HTTP/2 streams
-//! per connection and keepalive, TCP keepalive, and the limits and hashing of TCP tunnels,
+//! per connection, the cap on HTTP/2 connections and keepalive, TCP keepalive, and the limits and hashing of TCP tunnels,
 //! as istiod gives them over xDS, over real sockets.
 
 mod common;
@@ -54,6 +54,57 @@ async fn max_concurrent_streams_spreads_streams_over_connections() {
     assert_eq!(app.connections(), 3, "5 streams, at most 2 per connection");
     let peaks = app.peaks();
     assert!(peaks.iter().all(|p| *p <= 2), "{peaks:?}");
+}
+
+#[tokio::test]
+async fn max_connections_caps_http2_connections_and_queues_streams_up_to_pending() {
+    let app = testkit::h2_app::H2App::start(1).await.unwrap();
+    let h = grpc_harness(
+        &app,
+        "      tcp: {maxConnections: 1}\n      http: {maxConcurrentStreams: 1, http1MaxPendingRequests: 1, http2MaxRequests: 10}\n",
+    )
+    .await;
+    let first = tokio::spawn(fetch(h.client(), "/gate"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while app.requests() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request reaches the pod"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // One of the next two waits for the stream; the other overflows while the first is
+    // held.
+    let mut others = vec![
+        tokio::spawn(fetch(h.client(), "/gate")),
+        tokio::spawn(fetch(h.client(), "/gate")),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let i = loop {
+        if let Some(i) = others.iter().position(|h| h.is_finished()) {
+            break i;
+        }
+        assert!(std::time::Instant::now() < deadline, "one overflows");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let (status, body) = others.swap_remove(i).await.unwrap();
+    assert_eq!(status, 503);
+    assert!(body.ends_with(b"reset reason: overflow"), "{body:?}");
+    assert_eq!(
+        app.requests(),
+        1,
+        "the waiting request is still at the waypoint"
+    );
+    app.open_gate();
+    assert_eq!(first.await.unwrap().0, 200);
+    let (status, body) = others.pop().unwrap().await.unwrap();
+    assert_eq!(
+        (status, &body[..]),
+        (200, &b"0"[..]),
+        "served on the first connection"
+    );
+    assert_eq!(app.connections(), 1);
+    assert_eq!(app.peaks(), [1]);
 }
 
 #[tokio::test]

@@ -133,3 +133,109 @@ async fn a_keepalive_without_a_timeout_is_nacked_by_field() {
         "{e}"
     );
 }
+
+/// Port 8100 as a `grpc` port whose DestinationRule has `connectionPool.tcp.maxConnections:
+/// 1`, `http.http2MaxRequests: 10`, `http.http1MaxPendingRequests: 1` and
+/// `http.maxConcurrentStreams: 1`: applyConnectionPool (cluster_traffic_policy.go) writes
+/// the first three into the cluster's one `circuit_breakers` threshold (the others at
+/// getDefaultCircuitBreakerThresholds's MaxUint32) and the last into
+/// `http2_protocol_options.max_concurrent_streams`.
+async fn capped_world(app: &H2App) -> World {
+    start_with_pod(Some(App::Forward(app.addr)), |ls, cs, es, extra| {
+        grpc_port(
+            ls,
+            cs,
+            es,
+            extra.unwrap(),
+            json!({"max_concurrent_streams": 1}),
+        );
+        edit_cluster(cs, GRPC_8100, |c| {
+            c["circuit_breakers"] = json!({"thresholds": [{
+                "max_connections": 1, "max_pending_requests": 1, "max_requests": 10,
+                "max_retries": 4294967295u32, "track_remaining": true}]});
+        });
+    })
+    .await
+}
+
+/// Sends `path` to port 8100 in the background; resolves to the status and the body.
+fn request(w: &World, path: &'static str) -> tokio::task::JoinHandle<(u16, String)> {
+    let client = w.client.clone();
+    tokio::spawn(async move {
+        let conn = client.connect().await.unwrap();
+        let mut http = conn
+            .http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+            .await
+            .unwrap();
+        let req = http::Request::get(path)
+            .header("host", HOST)
+            .body(filters::body::empty())
+            .unwrap();
+        let resp = http.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+/// Waits (bounded) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn max_connections_caps_http2_connections_and_queues_streams_up_to_pending() {
+    let app = H2App::start(1).await.unwrap();
+    let w = capped_world(&app).await;
+    // The first request takes the only stream of the only connection and is held there.
+    let first = request(&w, "/gate");
+    until("the first request reaches the pod", || app.requests() == 1).await;
+    // Two more: the cap allows no second connection, so one waits for the stream (the one
+    // pending request allowed) and the other overflows at once: 503 UO.
+    let (a, b) = (request(&w, "/gate"), request(&w, "/gate"));
+    let mut others = vec![a, b];
+    let overflowed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(i) = others.iter().position(|h| h.is_finished()) {
+                return others.swap_remove(i).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("one of the two overflows while the first is held");
+    assert_eq!(overflowed.0, 503, "{}", overflowed.1);
+    assert!(
+        overflowed.1.ends_with("reset reason: overflow"),
+        "{}",
+        overflowed.1
+    );
+    // The waiting one has not reached the pod: it waits at the waypoint, not on a second
+    // connection.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.requests(), 1);
+    assert_eq!(app.connections(), 1);
+    app.open_gate();
+    let first = tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.0, 200);
+    let waited = tokio::time::timeout(Duration::from_secs(5), others.pop().unwrap())
+        .await
+        .expect("the waiting request is served once the stream is free")
+        .unwrap();
+    assert_eq!(waited.0, 200, "{}", waited.1);
+    assert_eq!(waited.1, "0", "on the first connection");
+    assert_eq!(app.requests(), 2);
+    assert_eq!(
+        app.connections(),
+        1,
+        "one connection carried both, one after the other"
+    );
+    assert_eq!(app.peaks(), [1]);
+}

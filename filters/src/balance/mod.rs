@@ -384,6 +384,8 @@ pub struct Picked {
     pub tls: Option<Arc<crate::model::UpstreamTls>>,
     /// Limits on the upstream HTTP connections to the endpoint.
     pub connection_limits: Option<crate::model::ConnectionLimits>,
+    /// The cap on the cluster's HTTP/2 connections, if the port has one.
+    pub connection_cap: Option<Arc<crate::model::ConnectionCap>>,
     /// The PROXY protocol header to send first on each connection, if the port has one.
     pub proxy_protocol: Option<crate::model::ProxyProtocolVersion>,
 }
@@ -530,6 +532,7 @@ pub fn pick_address(
         outlier: None,
         tls: sp.tls.clone(),
         connection_limits: sp.connection_limits,
+        connection_cap: sp.connection_cap.clone(),
         proxy_protocol: sp.proxy_protocol,
     })
 }
@@ -651,6 +654,7 @@ pub fn pick(
                 }),
                 tls: sp.tls.clone(),
                 connection_limits: sp.connection_limits,
+                connection_cap: sp.connection_cap.clone(),
                 proxy_protocol: sp.proxy_protocol,
             })
         }
@@ -665,6 +669,7 @@ pub fn pick(
                 outlier: None,
                 tls: None,
                 connection_limits: None,
+                connection_cap: None,
                 proxy_protocol: None,
             })
         }

@@ -4,6 +4,7 @@
 //! `Snapshot` outside of any lock and publish it in one atomic swap. A request reads the
 //! snapshot once when it starts and finishes on it, whatever changes meanwhile.
 
+mod connection_cap;
 mod connection_limits;
 mod identity;
 mod protocol;
@@ -17,6 +18,7 @@ mod tcp_tunnel;
 pub mod telemetry;
 mod upstream_tls;
 
+pub use connection_cap::ConnectionCap;
 pub use connection_limits::{ConnectionLimits, H2Keepalive, TcpKeepalive, DEFAULT_CONNECT_TIMEOUT};
 pub use identity::{Identity, InvalidIdentity};
 pub use protocol::{Protocol, UpstreamProtocol};

@@ -74,6 +74,10 @@ pub struct ServicePort {
     /// Limits on upstream HTTP connections (DestinationRule `connectionPool`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_limits: Option<super::ConnectionLimits>,
+    /// The cap on the cluster's HTTP/2 connections and the requests waiting past it
+    /// (circuit breaker `max_connections`, `max_pending_requests`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_cap: Option<Arc<super::ConnectionCap>>,
     /// The PROXY protocol header sent first on each upstream connection
     /// (DestinationRule `proxyProtocol`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,6 +154,7 @@ impl ServicePort {
             endpoint_weights: None,
             tls: None,
             connection_limits: None,
+            connection_cap: None,
             proxy_protocol: None,
             tcp_limits: super::TcpLimits::default(),
             tcp_tunnel: None,
@@ -294,6 +299,12 @@ impl ServicePort {
     /// This port with limits on its upstream HTTP connections.
     pub fn with_connection_limits(mut self, limits: Option<super::ConnectionLimits>) -> Self {
         self.connection_limits = limits.filter(super::ConnectionLimits::is_set);
+        self
+    }
+
+    /// This port with a cap on its upstream HTTP/2 connections.
+    pub fn with_connection_cap(mut self, cap: Option<super::ConnectionCap>) -> Self {
+        self.connection_cap = cap.map(Arc::new);
         self
     }
 

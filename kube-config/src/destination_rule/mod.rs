@@ -234,6 +234,10 @@ pub struct PortPolicy {
     pub hash: Vec<HashPolicy>,
     /// Most requests in flight (the connection pool's limits).
     pub max_requests: Option<usize>,
+    /// Most HTTP/2 connections (`tcp.maxConnections`) and requests waiting for a stream
+    /// past them (`http.http1MaxPendingRequests`), as istiod writes them into the
+    /// cluster's circuit breaker.
+    pub connection_cap: Option<(usize, Option<usize>)>,
     /// Outlier detection.
     pub outlier: Option<OutlierPolicy>,
     /// TLS originated to the endpoints.
@@ -344,6 +348,7 @@ impl DestinationRule {
                 .filter(|n| *n > 0)
                 .map(|n| RetryLimit::Max(n as usize));
             policy.max_requests = pool.max_requests(h2, label, &at)?;
+            policy.connection_cap = pool.connection_cap();
             policy.connection_limits = Some(pool.connection_limits(h2, label, &at)?);
             policy.tcp_limits = pool.tcp_limits(label, &at)?;
         }
@@ -481,6 +486,7 @@ fn load_balancer(lb: &LoadBalancer, label: &str, at: &str) -> Result<PortPolicy,
         balancing,
         hash: Vec::new(),
         max_requests: None,
+        connection_cap: None,
         outlier: None,
         tls: None,
         retry_limit: None,
@@ -657,6 +663,7 @@ fn consistent_hash(
             terminal: false,
         }],
         max_requests: None,
+        connection_cap: None,
         outlier: None,
         tls: None,
         retry_limit: None,

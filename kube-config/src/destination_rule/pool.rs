@@ -200,6 +200,17 @@ impl ConnectionPool {
         })
     }
 
+    /// The cap on HTTP/2 connections (`tcp.maxConnections`) and on the requests waiting
+    /// past it (`http.http1MaxPendingRequests`), when the rule sets `maxConnections`.
+    pub(super) fn connection_cap(&self) -> Option<(usize, Option<usize>)> {
+        let max = self.tcp.as_ref().and_then(|t| t.max_connections)?;
+        let pending = self
+            .http
+            .as_ref()
+            .and_then(|h| h.http1_max_pending_requests);
+        Some((max as usize, pending.map(|p| p as usize)))
+    }
+
     /// The limit on requests in flight, as istiod writes these fields into the cluster's
     /// circuit breaker and the waypoint reads it back (`http2MaxRequests`; for HTTP/1.1
     /// also `maxConnections` + `http1MaxPendingRequests`). Fields with no such effect here

@@ -100,6 +100,7 @@ fn direct(address: SocketAddr, host: &str) -> Picked {
         outlier: None,
         tls: None,
         connection_limits: None,
+        connection_cap: None,
         proxy_protocol: None,
     }
 }

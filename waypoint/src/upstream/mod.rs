@@ -6,6 +6,7 @@
 //! - [`forward`]: the innermost tower service of the filter chain.
 //! - [`http_tunnel`]: a TCP tunnel carried in an HTTP `CONNECT`/`POST` request to a proxy at
 //!   the endpoint (DestinationRule `trafficPolicy.tunnel`).
+//! - [`happy_eyeballs`]: connecting to an endpoint with several addresses (dual stack).
 //! - [`dns`]: the resolver keeping the addresses of DNS upstreams (ServiceEntries) fresh.
 //! - [`dial`]: a Service reached by `host:port` through the snapshot (the waypoint's own
 //!   clients: ext_authz, span export), and [`grpc`], a tonic channel over the pools.
@@ -14,12 +15,14 @@
 //! (which cannot reuse virtual streams such as HBONE tunnels).
 
 mod conn;
+mod connection_cap;
 pub mod dial;
 pub mod dns;
 pub mod forward;
 pub mod forward_proxy;
 pub mod grpc;
 pub mod h1;
+pub mod happy_eyeballs;
 pub mod hbone_pool;
 pub mod http_tunnel;
 pub mod pool;
@@ -107,19 +110,26 @@ impl Upstream {
     }
 
     /// Opens a byte stream to `picked` by `deadline` (`after` from now): an HBONE tunnel if
-    /// the pod is in the mesh, else TCP. A tunnel that cannot be opened, for any reason
-    /// including the deadline, is logged as Envoy's `connect_originate` logs it (`UF`).
+    /// the pod is in the mesh, else TCP. A pod with more than one IP (a dual-stack
+    /// endpoint's `additional_addresses`) is tried at each in turn ([`happy_eyeballs`]);
+    /// the pools keep the connection under the endpoint's address. A tunnel that cannot be
+    /// opened, for any reason including the deadline, is logged as Envoy's
+    /// `connect_originate` logs it (`UF`).
     async fn connect_raw(
         &self,
         picked: &Picked,
         deadline: tokio::time::Instant,
         after: std::time::Duration,
     ) -> Result<UpstreamIo, ProxyError> {
+        let addresses = happy_eyeballs::order(picked.address, &picked.workload.ips);
+        let (first, rest) = (addresses[0], &addresses[1..]);
+        let delay = happy_eyeballs::ATTEMPT_DELAY;
         if picked.workload.hbone {
             let start = (std::time::SystemTime::now(), std::time::Instant::now());
-            let tunnel = self
-                .hbone
-                .connect(picked.address, &picked.workload.identity);
+            let identity = &picked.workload.identity;
+            let tunnel = happy_eyeballs::connect(first, rest, delay, |address| {
+                self.hbone.connect(address, identity)
+            });
             let (e, reason) = match tokio::time::timeout_at(deadline, tunnel).await {
                 Ok(Ok(stream)) => return Ok(UpstreamIo::Hbone(stream)),
                 Ok(Err(e)) => {
@@ -145,16 +155,16 @@ impl Upstream {
             }
             Err(e)
         } else {
-            let tcp = match tokio::time::timeout_at(
-                deadline,
-                tokio::net::TcpStream::connect(picked.address),
-            )
-            .await
-            {
-                Ok(tcp) => tcp.map_err(|e| ProxyError::UpstreamConnect {
-                    endpoint: picked.address.to_string(),
-                    reason: e.to_string(),
-                })?,
+            let tcp = happy_eyeballs::connect(first, rest, delay, |address| async move {
+                tokio::net::TcpStream::connect(address).await.map_err(|e| {
+                    ProxyError::UpstreamConnect {
+                        endpoint: address.to_string(),
+                        reason: e.to_string(),
+                    }
+                })
+            });
+            let tcp = match tokio::time::timeout_at(deadline, tcp).await {
+                Ok(tcp) => tcp?,
                 Err(_) => return Err(timed_out(picked, after)),
             };
             let _ = tcp.set_nodelay(true);

@@ -13,6 +13,12 @@
 //! it. Both run over
 //! [`super::UpstreamIo`] (an HBONE tunnel or TCP).
 //!
+//! A cluster's [`filters::model::ConnectionCap`] (circuit breaker `max_connections`) caps
+//! its HTTP/2 connections across endpoints: at the cap, a request that finds no free
+//! stream waits until a stream ends or a connection closes, counted among the cluster's
+//! pending requests (`max_pending_requests`; past them, 503 `UO`). An endpoint without a
+//! connection always gets one, as in Envoy.
+//!
 //! A port's [`ConnectionLimits`] (DestinationRule `connectionPool`) bound each connection:
 //! idle time (checked when a connection is taken), requests served (the last one's
 //! connection is not pooled again; with 1, keep-alive is off), age (no new requests
@@ -35,6 +41,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
+use super::connection_cap::{Caps, ClusterCount, OpenSlot};
 use super::{h1, Upstream};
 
 /// How long an idle HTTP/1.1 connection stays in the pool.
@@ -118,8 +125,32 @@ impl h1::Home for Return {
 }
 
 /// A stream taken on an HTTP/2 connection: the connection counts one stream in flight
-/// for as long as a clone lives.
-type StreamSlot = Arc<()>;
+/// for as long as it lives; when it ends, the requests waiting on the cluster's
+/// connection cap are woken.
+pub struct StreamSlot {
+    /// A clone of the connection's [`H2::streams`].
+    count: Option<Arc<()>>,
+    cap: Option<Arc<ClusterCount>>,
+}
+
+impl StreamSlot {
+    fn new(streams: &Arc<()>, cap: Option<&Arc<ClusterCount>>) -> Self {
+        Self {
+            count: Some(streams.clone()),
+            cap: cap.cloned(),
+        }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        // The stream is free before anyone looks.
+        self.count.take();
+        if let Some(cap) = &self.cap {
+            cap.wake();
+        }
+    }
+}
 
 pin_project_lite::pin_project! {
     /// A response body from an endpoint: read by hyper (over HTTP/2 holding its stream's
@@ -176,8 +207,8 @@ struct H2 {
     opened: Instant,
     last_used: Instant,
     served: u32,
-    /// One clone per stream in flight.
-    streams: StreamSlot,
+    /// One clone per stream in flight (held by its [`StreamSlot`]).
+    streams: Arc<()>,
 }
 
 impl H2 {
@@ -220,9 +251,15 @@ enum Take {
     Ready(http2::SendRequest<Body>, StreamSlot),
     /// On a connection being opened, once it is.
     Wait(watch::Receiver<Option<Opened>>),
-    /// On a connection it opens (`id`), telling those who wait through the sender.
-    Open(u64, watch::Sender<Option<Opened>>),
+    /// On a connection it opens (`id`), telling those who wait through the sender; the
+    /// connection counted against the cluster's cap, if it has one.
+    Open(u64, watch::Sender<Option<Opened>>, Option<OpenSlot>),
+    /// Not yet: every connection is busy and the cluster's cap allows no other.
+    Full,
 }
+
+/// A request's cluster cap on HTTP/2 connections, and its counts.
+type Cap<'a> = Option<(&'a filters::model::ConnectionCap, &'a Arc<ClusterCount>)>;
 
 /// Pool maps are looked up on every request: hashed with foldhash (randomly seeded; the
 /// keys come from configuration, not from clients), not SipHash.
@@ -238,6 +275,8 @@ pub struct HttpPool {
     connects: AtomicU64,
     /// Numbers HTTP/2 connection attempts.
     attempts: AtomicU64,
+    /// The HTTP/2 connections of each capped cluster, and the requests waiting past it.
+    caps: Caps,
 }
 
 impl HttpPool {
@@ -276,11 +315,16 @@ impl HttpPool {
             reason: e.to_string(),
         };
         if h2 {
-            let (mut sender, slot) = match self.h2_take(&key) {
+            let counts = picked
+                .connection_cap
+                .as_deref()
+                .map(|c| (c, self.caps.get(&c.cluster)));
+            let cap = counts.as_ref().map(|(c, n)| (*c, n));
+            let (mut sender, slot) = match self.h2_take(&key, cap) {
                 Take::Ready(sender, slot) => (sender, slot),
                 // Connecting is rare and its future large: boxed, it is not part of every
                 // request's future (which is moved and allocated per request).
-                other => Box::pin(self.h2_wait_or_open(upstream, picked, &key, other)).await?,
+                other => Box::pin(self.h2_wait_or_open(upstream, picked, &key, other, cap)).await?,
             };
             let resp = sender.send_request(req).await.map_err(reset)?;
             return Ok(resp.map(|b| UpstreamBody::hyper(b, Some(slot))));
@@ -422,8 +466,9 @@ impl HttpPool {
     /// A stream for a request to `key`: on the first open connection with one free
     /// (used-up, expired, idle-timed-out and closed connections are dropped from the pool:
     /// their streams finish, then they close), else promised by a connection being opened,
-    /// else on a connection the caller is to open.
-    fn h2_take(&self, key: &Key) -> Take {
+    /// else on a connection the caller is to open, if the cluster's cap leaves room for it
+    /// (an endpoint with no connection always gets one, as in Envoy), else nothing yet.
+    fn h2_take(&self, key: &Key, cap: Cap<'_>) -> Take {
         let idle_timeout = key.idle_timeout();
         let max_streams = key
             .limits
@@ -439,12 +484,23 @@ impl HttpPool {
             if let Some(c) = set.conns.iter_mut().find(|c| c.in_flight() < max_streams) {
                 c.served += 1;
                 c.last_used = Instant::now();
-                return Take::Ready(c.sender.clone(), c.streams.clone());
+                let slot = StreamSlot::new(&c.streams, cap.map(|(_, n)| n));
+                return Take::Ready(c.sender.clone(), slot);
             }
             if let Some(o) = set.opening.iter_mut().find(|o| o.spare > 0) {
                 o.spare -= 1;
                 return Take::Wait(o.done.clone());
             }
+            let counted = match cap {
+                None => None,
+                Some((cap, counts)) => {
+                    let none = set.conns.is_empty() && set.opening.is_empty();
+                    match counts.open(cap.max_connections, none) {
+                        Some(slot) => Some(slot),
+                        None => return Take::Full,
+                    }
+                }
+            };
             let id = self.attempts.fetch_add(1, Ordering::Relaxed);
             let (tx, done) = watch::channel(None);
             set.opening.push(Opening {
@@ -452,7 +508,7 @@ impl HttpPool {
                 spare: key.streams_per_connection() - 1,
                 done,
             });
-            Take::Open(id, tx)
+            Take::Open(id, tx, counted)
         };
         // The key is cloned only the first time it is seen.
         if let Some(set) = pool.get_mut(key) {
@@ -462,21 +518,48 @@ impl HttpPool {
     }
 
     /// Waits for the connection being opened that promised a stream, or opens one: its
-    /// other streams go to the requests that wait for it, and if it fails, they fail.
+    /// other streams go to the requests that wait for it, and if it fails, they fail. At
+    /// the cluster's cap (`Full`), waits (counted among the cluster's pending requests,
+    /// refused with 503 `UO` past their limit) until a stream ends or a connection closes,
+    /// and looks again.
     async fn h2_wait_or_open(
         &self,
         upstream: &Upstream,
         picked: &Picked,
         key: &Key,
-        take: Take,
+        mut take: Take,
+        cap: Cap<'_>,
     ) -> Result<(http2::SendRequest<Body>, StreamSlot), ProxyError> {
+        let mut pending = None;
+        while let (Take::Full, Some((limits, counts))) = (&take, cap) {
+            let freed = counts.freed().notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            take = self.h2_take(key, cap);
+            if !matches!(take, Take::Full) {
+                break;
+            }
+            if pending.is_none() {
+                pending = Some(counts.wait(limits.max_pending).ok_or_else(|| {
+                    tracing::debug!(cluster = %limits.cluster, "HTTP/2 connections at their cap and pending requests at theirs");
+                    ProxyError::Overflow(limits.cluster.clone())
+                })?);
+            }
+            freed.await;
+        }
+        drop(pending);
         let failed = |reason: String| ProxyError::UpstreamConnect {
             endpoint: picked.address.to_string(),
             reason,
         };
-        let (id, tx) = match take {
+        let (id, tx, counted) = match take {
             Take::Ready(sender, slot) => return Ok((sender, slot)),
-            Take::Open(id, tx) => (id, tx),
+            Take::Full => {
+                return Err(ProxyError::Internal(
+                    "an uncapped cluster has no connection limit to wait for".into(),
+                ))
+            }
+            Take::Open(id, tx, counted) => (id, tx, counted),
             Take::Wait(mut done) => {
                 let opened = match done.wait_for(Option::is_some).await {
                     Ok(v) => v.clone(),
@@ -506,7 +589,7 @@ impl HttpPool {
             key,
             id,
         };
-        let result = self.h2_connect(upstream, picked, key).await;
+        let result = self.h2_connect(upstream, picked, key, counted).await;
         let promised = attempt.finish();
         match result {
             Ok(sender) => {
@@ -516,10 +599,13 @@ impl HttpPool {
                     opened: now,
                     last_used: now,
                     served: 1 + promised as u32,
-                    streams: StreamSlot::default(),
+                    streams: Arc::default(),
                 };
-                let slot = conn.streams.clone();
-                let slots: Vec<StreamSlot> = (0..promised).map(|_| conn.streams.clone()).collect();
+                let counts = cap.map(|(_, n)| n);
+                let slot = StreamSlot::new(&conn.streams, counts);
+                let slots: Vec<StreamSlot> = (0..promised)
+                    .map(|_| StreamSlot::new(&conn.streams, counts))
+                    .collect();
                 self.h2
                     .lock()
                     .expect("pool lock")
@@ -546,11 +632,14 @@ impl HttpPool {
         }
     }
 
+    /// Opens an HTTP/2 connection; `counted` (its place under the cluster's cap) lives as
+    /// long as the connection.
     async fn h2_connect(
         &self,
         upstream: &Upstream,
         picked: &Picked,
         key: &Key,
+        counted: Option<OpenSlot>,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let io = upstream
             .connect(picked, key.sni(), key.proxy.as_ref())
@@ -581,6 +670,7 @@ impl HttpPool {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
+            drop(counted);
         });
         Ok(sender)
     }

@@ -33,6 +33,10 @@ pub struct ClusterInfo {
     /// Most requests in flight (the circuit breaker's `max_requests`, and for HTTP/1.1
     /// also `max_connections` + `max_pending_requests`); `None` for unlimited.
     pub max_requests: Option<usize>,
+    /// The cap on HTTP/2 connections and the requests waiting past it (the circuit
+    /// breaker's `max_connections` and `max_pending_requests`), if `max_connections` is
+    /// below Istio's "unlimited".
+    pub connection_cap: Option<filters::model::ConnectionCap>,
     /// The HTTP version requests go upstream in.
     pub upstream_protocol: filters::model::UpstreamProtocol,
     /// The cluster has HTTP/2 protocol options (explicit, or for the client's protocol):
@@ -206,6 +210,7 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         subset,
         balancing: balancing(c),
         max_requests: max_requests(c, protocol),
+        connection_cap: connection_cap(c),
         retry_limit: retry_limit(c),
         outlier: super::outlier::convert(c)?,
         slow_start: super::slow_start::convert(c)?,
@@ -428,6 +433,26 @@ pub(super) fn max_requests(c: &Cluster, protocol: Protocol) -> Option<usize> {
         (r, h) => r.or(h),
     };
     limit.map(|l| l as usize)
+}
+
+/// The cap on the cluster's HTTP/2 connections (default priority): `max_connections`, with
+/// `max_pending_requests` bounding the requests that wait for a stream past it. (Over
+/// HTTP/1.1 both are already part of [`max_requests`].)
+fn connection_cap(c: &Cluster) -> Option<filters::model::ConnectionCap> {
+    let t = c
+        .circuit_breakers
+        .as_ref()?
+        .thresholds
+        .iter()
+        .find(|t| t.priority == 0)?;
+    let value = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>| {
+        v.as_ref().map(|v| v.value).filter(|v| *v < UNLIMITED)
+    };
+    Some(filters::model::ConnectionCap {
+        cluster: c.name.clone(),
+        max_connections: value(&t.max_connections)? as usize,
+        max_pending: value(&t.max_pending_requests).map(|p| p as usize),
+    })
 }
 
 /// The limit on retries in flight (default priority): the retry budget when set (Envoy

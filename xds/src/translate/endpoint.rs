@@ -19,6 +19,10 @@ use super::metadata;
 pub struct EndpointInfo {
     /// `podIP:targetPort`.
     pub address: SocketAddr,
+    /// The pod's other IPs (`additional_addresses`, which istiod writes for dual-stack
+    /// endpoints under `ISTIO_DUAL_STACK`), on the same port: tried when connecting to
+    /// `address` fails or is slow (Happy Eyeballs).
+    pub additional: Vec<std::net::IpAddr>,
     /// Reached over HBONE (internal address to `connect_originate`), else plain TCP.
     pub hbone: bool,
     /// A sidecar pod: its metadata selects a cluster's `tlsMode-istio` transport socket
@@ -122,6 +126,8 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, Invalid
                     ))
                 }
             };
+            let additional = additional_ips(ep, address, hbone)
+                .map_err(|(field, reason)| bad(&format!("endpoint.{field}"), reason))?;
             let workload = lb
                 .metadata
                 .as_ref()
@@ -148,6 +154,7 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, Invalid
             });
             out.push(EndpointInfo {
                 address,
+                additional,
                 hbone,
                 sidecar_mtls,
                 workload,
@@ -164,14 +171,68 @@ pub fn convert(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointInfo>, Invalid
     Ok(out)
 }
 
+/// The IPs of an endpoint's `additional_addresses`. istiod's endpoint builder
+/// (`pilot/pkg/xds/endpoints/endpoint_builder.go`, `buildEnvoyLbEndpoint`) writes them only
+/// on a socket-address endpoint (a pod reached without a tunnel), one per further pod IP,
+/// each a socket address on the endpoint's own port; a tunnel endpoint carries the first
+/// IP only. Anything else is refused, naming the field.
+fn additional_ips(
+    ep: &envoy_types::pb::envoy::config::endpoint::v3::Endpoint,
+    primary: SocketAddr,
+    hbone: bool,
+) -> Result<Vec<std::net::IpAddr>, (String, String)> {
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    if ep.additional_addresses.is_empty() {
+        return Ok(Vec::new());
+    }
+    if hbone {
+        return Err((
+            "additional_addresses".into(),
+            "additional addresses of an endpoint reached through an internal address \
+             (HBONE) are not supported: istiod writes them only on socket addresses"
+                .into(),
+        ));
+    }
+    let mut ips = Vec::new();
+    for (i, extra) in ep.additional_addresses.iter().enumerate() {
+        let at = format!("additional_addresses[{i}].address");
+        let Some(AddressKind::SocketAddress(sa)) =
+            extra.address.as_ref().and_then(|a| a.address.as_ref())
+        else {
+            return Err((at, "a socket address is required".into()));
+        };
+        let ip: std::net::IpAddr = sa.address.parse().map_err(|_| {
+            (
+                format!("{at}.socket_address.address"),
+                format!("{:?} is not an IP", sa.address),
+            )
+        })?;
+        match sa.port_specifier {
+            Some(PortSpecifier::PortValue(p)) if p == u32::from(primary.port()) => {}
+            _ => {
+                return Err((
+                    format!("{at}.socket_address.port_value"),
+                    format!(
+                        "must be the endpoint's port {} (istiod writes the same port on every \
+                         address)",
+                        primary.port()
+                    ),
+                ))
+            }
+        }
+        if ip != primary.ip() && !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(ips)
+}
+
 /// Refuses, by field, what istiod never writes into an assignment (its endpoint builder,
 /// `pilot/pkg/xds/endpoints/endpoint_builder.go`, writes localities with their priority
 /// and weight, and endpoints with an address, health status, metadata and weight) and
 /// the waypoint does not implement: named endpoints, the assignment's `policy`
 /// (overload drops, overprovisioning, staleness), locality metadata, proximity and LEDS,
-/// and per-endpoint health checks, host names, observability names and the additional
-/// addresses of dual-stack endpoints (`ISTIO_DUAL_STACK`; happy eyeballs across them is
-/// not implemented). A locality's name is accepted: istiod turns it into priorities,
+/// and per-endpoint health checks, host names and observability names. A locality's name is accepted: istiod turns it into priorities,
 /// which take effect. Envoy's defaults, as its config dumps show them (an empty
 /// `health_check_config`, `overprovisioning_factor` 140), are accepted.
 /// Envoy's default `overprovisioning_factor` (140%).
@@ -221,7 +282,6 @@ fn check_unread(cla: &ClusterLoadAssignment) -> Result<(), InvalidResource> {
                         .is_some_and(|h| *h != Default::default()),
                 ),
                 ("hostname", !ep.hostname.is_empty()),
-                ("additional_addresses", !ep.additional_addresses.is_empty()),
                 ("observability_name", !ep.observability_name.is_empty()),
             ];
             if let Some((field, _)) = unsupported.iter().find(|(_, on)| *on) {
@@ -272,7 +332,13 @@ mod tests {
             ),
             (
                 serde_json::json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"endpoint": ep(serde_json::json!({
-                    "additional_addresses": [{"address": {"socket_address": {"address": "fd00::1", "port_value": 80}}}]}))}]}]}),
+                    "additional_addresses": [{"address": {"socket_address": {"address": "fd00::1", "port_value": 81}}}]}))}]}]}),
+                "endpoints[0].lb_endpoints[0].endpoint.additional_addresses[0].address.socket_address.port_value",
+            ),
+            (
+                serde_json::json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                    "address": {"envoy_internal_address": {"server_listener_name": "connect_originate", "endpoint_id": "10.0.0.1:80"}},
+                    "additional_addresses": [{"address": {"socket_address": {"address": "fd00::1", "port_value": 80}}}]}}]}]}),
                 "endpoints[0].lb_endpoints[0].endpoint.additional_addresses",
             ),
             (
@@ -292,5 +358,25 @@ mod tests {
             "locality": {"region": "r", "zone": "z"}, "priority": 1, "load_balancing_weight": 2,
             "lb_endpoints": [{"endpoint": ep(serde_json::json!({})), "health_status": "HEALTHY", "load_balancing_weight": 3}]}]}));
         assert_eq!(super::convert(&ok).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_keeps_its_additional_ips() {
+        // istiod's shape (endpoint_builder.go, buildEnvoyLbEndpoint, ISTIO_DUAL_STACK on):
+        // the first pod IP as the address, the others as additional socket addresses on
+        // the same port.
+        let cla = assignment(
+            serde_json::json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}},
+                         "additional_addresses": [{"address": {"socket_address": {"address": "fd00::1", "port_value": 80}}}]},
+            "health_status": "HEALTHY", "load_balancing_weight": 1}]}]}),
+        );
+        let eps = super::convert(&cla).unwrap();
+        assert_eq!(eps[0].address, "10.0.0.1:80".parse().unwrap());
+        assert_eq!(
+            eps[0].additional,
+            ["fd00::1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(!eps[0].hbone);
     }
 }

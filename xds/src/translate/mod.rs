@@ -211,7 +211,8 @@ struct Served {
     ranges: Vec<ipnet::IpNet>,
 }
 
-/// Workloads, one per pod IP of the endpoints.
+/// Workloads, one per pod (keyed by the endpoint address), with the further IPs of
+/// dual-stack endpoints.
 fn workloads(
     res: &Resources,
     trust_domain: &str,
@@ -225,9 +226,18 @@ fn workloads(
     for eps in res.endpoints.values().chain(inline) {
         for e in eps {
             let ip = e.address.ip();
-            workloads
+            let w = workloads
                 .entry(ip)
                 .or_insert_with(|| Arc::new(workload(e, trust_domain, served_pods.contains(&ip))));
+            // A pod's further IPs (dual stack), from whichever endpoint of it carries them.
+            if e.additional.iter().any(|a| !w.ips.contains(a)) {
+                let w = Arc::make_mut(w);
+                for a in &e.additional {
+                    if !w.ips.contains(a) {
+                        w.ips.push(*a);
+                    }
+                }
+            }
         }
     }
     workloads
@@ -392,6 +402,7 @@ fn service_port(
         .with_balancing(c.balancing)
         .with_slow_start(c.slow_start)
         .with_max_requests(c.max_requests)
+        .with_connection_cap(c.connection_cap.clone())
         .with_outlier(c.outlier.clone())
         .with_tls(cluster_tls(c, res))
         .with_proxy_protocol(c.proxy_protocol)
@@ -585,7 +596,10 @@ fn workload(e: &EndpointInfo, trust_domain: &str, served: bool) -> Workload {
     };
     Workload {
         name: NamespacedName::new(&ns, &name),
-        ips: vec![ip],
+        // The endpoint's address first: it is the one connections try first.
+        ips: std::iter::once(ip)
+            .chain(e.additional.iter().copied())
+            .collect(),
         // EDS does not carry the service account: the destination must present an
         // identity of the trust domain (as Istio's connect_originate cluster checks).
         identity: Identity::new(trust_domain, &ns, ""),

@@ -95,6 +95,7 @@ pub fn outbound(c: &Cluster) -> Result<Option<ClusterInfo>, InvalidResource> {
             .unwrap_or_else(|| c.name.clone()),
         balancing: balancing(c),
         max_requests: None,
+        connection_cap: None,
         retry_limit: None,
         outlier: None,
         slow_start: super::slow_start::convert(c)?,

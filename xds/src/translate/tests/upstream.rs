@@ -482,3 +482,30 @@ fn a_credential_name_is_two_kubernetes_secrets_over_ads() {
     );
     assert!(e.reason.contains("sds://vault-creds"), "{}", e.reason);
 }
+
+#[test]
+fn max_connections_becomes_the_http2_connection_cap_with_pending_requests() {
+    // applyConnectionPool (cluster_traffic_policy.go): `tcp.maxConnections` and
+    // `http.http1MaxPendingRequests` into the one threshold; the others MaxUint32, which is
+    // no limit.
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let mut json = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
+    let cap = |json: &serde_json::Value| {
+        let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+            from_json("envoy.config.cluster.v3.Cluster", json).unwrap();
+        cluster::convert(&c).unwrap().connection_cap
+    };
+    let max = 4294967295u32;
+    json["circuit_breakers"] = serde_json::json!({"thresholds": [{"max_connections": 2,
+        "max_pending_requests": 5, "max_requests": max, "max_retries": max}]});
+    let name = json["name"].as_str().unwrap().to_string();
+    let got = cap(&json).unwrap();
+    assert_eq!(
+        (got.cluster.as_str(), got.max_connections, got.max_pending),
+        (name.as_str(), 2, Some(5))
+    );
+    json["circuit_breakers"]["thresholds"][0]["max_pending_requests"] = serde_json::json!(max);
+    assert_eq!(cap(&json).unwrap().max_pending, None);
+    json["circuit_breakers"]["thresholds"][0]["max_connections"] = serde_json::json!(max);
+    assert_eq!(cap(&json), None, "Istio's default is no cap");
+}
