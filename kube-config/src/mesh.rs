@@ -6,6 +6,7 @@
 //! and ignored (MeshConfig has hundreds, most of them for other components).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -56,6 +57,25 @@ pub struct MeshConfig {
     /// Trust domain (informational; the command line decides).
     #[serde(default)]
     pub trust_domain: Option<String>,
+    /// What `defaultConfig` gives the connection manager, checked by [`mesh_config`].
+    #[serde(skip)]
+    pub connection_manager: ConnectionManager,
+}
+
+/// The connection manager settings `defaultConfig` gives the waypoint, as istiod derives
+/// them for the `main_internal` connection managers (`buildHTTPConnectionManager`,
+/// listener_builder.go; `buildWaypointInboundHTTPFilters`, listener_waypoint.go;
+/// `applyConnectionSettingsToHCM`, connection_settings.go).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionManager {
+    /// `proxyMetadata.ISTIO_META_HTTP10: "1"` (the `HTTP10` node metadata): HTTP/1.0
+    /// requests are served (`accept_http_10`).
+    pub accept_http_10: bool,
+    /// `connectionSettings.httpIdleTimeout`, else `proxyMetadata.ISTIO_META_IDLE_TIMEOUT`
+    /// (the `IDLE_TIMEOUT` node metadata); zero is none.
+    pub idle_timeout: Option<Duration>,
+    /// `connectionSettings.httpStreamIdleTimeout` (istiod's default `0s`: none).
+    pub stream_idle_timeout: Option<Duration>,
 }
 
 /// The part of `defaultConfig` (ProxyConfig) the waypoint reads.
@@ -68,6 +88,65 @@ pub struct ProxyConfig {
     /// `proxyHeaders`: only `preserveHttp1HeaderCase` is read.
     #[serde(default)]
     pub proxy_headers: Option<ProxyHeaders>,
+    /// Environment of the proxy; `ISTIO_META_*` entries become its node metadata, of
+    /// which `ISTIO_META_HTTP10` and `ISTIO_META_IDLE_TIMEOUT` are read.
+    #[serde(default)]
+    pub proxy_metadata: BTreeMap<String, String>,
+    /// `connectionSettings`: the timeouts the waypoint implements; any other setting is
+    /// refused by name.
+    #[serde(default)]
+    pub connection_settings: Option<ConnectionSettings>,
+}
+
+/// ProxyConfig `connectionSettings`, the fields the waypoint implements (strict: the
+/// others, such as `httpMaxConnectionDuration`, are refused, as the connection manager
+/// fields istiod writes for them are over xDS).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// The connection manager's `common_http_protocol_options.idle_timeout`.
+    #[serde(default)]
+    pub http_idle_timeout: Option<String>,
+    /// The connection manager's `stream_idle_timeout`.
+    #[serde(default)]
+    pub http_stream_idle_timeout: Option<String>,
+}
+
+/// The `ISTIO_META_*` node metadata keys istiod reads for the connection manager.
+const META_HTTP10: &str = "ISTIO_META_HTTP10";
+const META_IDLE_TIMEOUT: &str = "ISTIO_META_IDLE_TIMEOUT";
+
+impl ProxyConfig {
+    /// The connection manager settings, or the field (under `defaultConfig`) and why it is
+    /// invalid.
+    fn connection_manager(&self) -> Result<ConnectionManager, (String, String)> {
+        let parse = |v: &str, field: &str| {
+            filters::duration::parse(v)
+                .map(|d| (!d.is_zero()).then_some(d))
+                .map_err(|e| (field.to_string(), e.to_string()))
+        };
+        // istiod reads `IDLE_TIMEOUT` with Go's time.ParseDuration (`parseDuration`,
+        // listener_builder.go) and drops a value it cannot parse; here it is refused.
+        let mut idle_timeout = match self.proxy_metadata.get(META_IDLE_TIMEOUT) {
+            Some(v) => parse(v, &format!("proxyMetadata.{META_IDLE_TIMEOUT}"))?,
+            None => None,
+        };
+        let mut stream_idle_timeout = None;
+        if let Some(cs) = &self.connection_settings {
+            if let Some(v) = &cs.http_idle_timeout {
+                idle_timeout = parse(v, "connectionSettings.httpIdleTimeout")?;
+            }
+            if let Some(v) = &cs.http_stream_idle_timeout {
+                stream_idle_timeout = parse(v, "connectionSettings.httpStreamIdleTimeout")?;
+            }
+        }
+        Ok(ConnectionManager {
+            // `enableHTTP10` (listener.go): exactly "1".
+            accept_http_10: self.proxy_metadata.get(META_HTTP10).map(String::as_str) == Some("1"),
+            idle_timeout,
+            stream_idle_timeout,
+        })
+    }
 }
 
 impl MeshConfig {
@@ -202,11 +281,22 @@ pub fn mesh_config(
     if value.is_null() {
         return Ok(MeshConfig::default());
     }
-    serde_path_to_error::deserialize(value).map_err(|e| LocalConfigError::Invalid {
-        object: label.clone(),
-        field: format!("data.mesh.{}", e.path()),
-        message: e.into_inner().to_string(),
-    })
+    let mut mesh: MeshConfig =
+        serde_path_to_error::deserialize(value).map_err(|e| LocalConfigError::Invalid {
+            object: label.clone(),
+            field: format!("data.mesh.{}", e.path()),
+            message: e.into_inner().to_string(),
+        })?;
+    if let Some(pc) = &mesh.default_config {
+        mesh.connection_manager =
+            pc.connection_manager()
+                .map_err(|(field, message)| LocalConfigError::Invalid {
+                    object: label.clone(),
+                    field: format!("data.mesh.defaultConfig.{field}"),
+                    message,
+                })?;
+    }
+    Ok(mesh)
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! What the waypoint does to request headers before routing, as Envoy's connection
 //! manager does with istiod's settings for the waypoint's `main_internal` listener
-//! (`generate_request_id`, `forward_client_cert_details`, `use_remote_address: false`).
+//! (`generate_request_id`, `forward_client_cert_details`, `use_remote_address: false`),
+//! and the connection-level settings of the same connection manager (HTTP/1.0,
+//! `common_http_protocol_options.idle_timeout`).
 
 use serde::Serialize;
 
-/// The connection manager's request-header and per-stream settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The connection manager's request-header, per-stream and per-connection settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RequestHeaders {
     /// Add an `x-request-id` (a random UUID) when the request has none (Envoy's
     /// `generate_request_id`, on by default; an existing one is kept).
@@ -24,6 +26,20 @@ pub struct RequestHeaders {
     /// header formatter): recorded as requests arrive, for upstream connections that
     /// write them so, and responses written back in the case the endpoint used.
     pub preserve_header_case: bool,
+    /// HTTP/1.0 requests are served (Envoy's `http_protocol_options.accept_http_10`,
+    /// istiod's `HTTP10` proxy metadata); without it they are answered `426 Upgrade
+    /// Required` (details `low_version`), as Envoy answers them.
+    pub accept_http_10: bool,
+    /// The `Host` given to an HTTP/1.0 request that has none (Envoy's
+    /// `default_host_for_http_10`; only with [`Self::accept_http_10`]). A valid header
+    /// value: the translators check it.
+    pub default_host_for_http_10: Option<String>,
+    /// Envoy's `common_http_protocol_options.idle_timeout` of the connection manager
+    /// (istiod: the `IDLE_TIMEOUT` proxy metadata, ProxyConfig
+    /// `connectionSettings.httpIdleTimeout`): the HTTP connection inside a tunnel that has
+    /// had no request in flight for this long is closed (HTTP/2: GOAWAY first). `None`
+    /// (unset or `0s`) sets no bound of its own.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for RequestHeaders {
@@ -33,6 +49,9 @@ impl Default for RequestHeaders {
             sanitize_client_cert: true,
             stream_idle_timeout: None,
             preserve_header_case: false,
+            accept_http_10: false,
+            default_host_for_http_10: None,
+            idle_timeout: None,
         }
     }
 }
@@ -117,8 +136,7 @@ mod tests {
         RequestHeaders {
             generate_request_id: false,
             sanitize_client_cert: false,
-            stream_idle_timeout: None,
-            preserve_header_case: false,
+            ..Default::default()
         }
         .apply(&mut h);
         assert!(!h.contains_key("x-request-id"));

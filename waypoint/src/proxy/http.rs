@@ -77,13 +77,15 @@ pub async fn serve(
     shutdown: ShutdownWatch,
 ) {
     let header_timeout = proxy.options.header_timeout;
-    let preserve_case = proxy
-        .config
-        .current()
-        .request_headers()
-        .preserve_header_case;
+    let (preserve_case, idle_timeout) = {
+        let snapshot = proxy.config.current();
+        let settings = snapshot.request_headers();
+        (settings.preserve_header_case, settings.idle_timeout)
+    };
     let drain = proxy.drain.subscribe();
-    let activity = h2c.then(Activity::new);
+    // Requests in flight are counted for the connection manager's idle timeout, and on
+    // HTTP/2 always (the header timeout's stand-in).
+    let activity = (h2c || idle_timeout.is_some()).then(Activity::new);
     let app = Arc::new(TunnelApp {
         chain: chain(&proxy),
         proxy,
@@ -106,15 +108,11 @@ pub async fn serve(
         tokio::pin!(conn);
         // hyper's HTTP/2 server has no header timeout: a connection with no request in
         // flight for as long is shut down (GOAWAY), which also ends a HEADERS block sent too
-        // slowly.
+        // slowly. The connection manager's idle timeout, when shorter, does the same sooner
+        // (Envoy's drain sequence: GOAWAY, then the close).
         let idle = activity.expect("set for h2c");
-        until_shutdown!(
-            conn,
-            shutdown,
-            drain,
-            idle.idle_for(header_timeout),
-            header_timeout
-        )
+        let after = idle_timeout.map_or(header_timeout, |t| t.min(header_timeout));
+        until_shutdown!(conn, shutdown, drain, idle.idle_for(after), header_timeout)
     } else {
         // A client that sends its headers too slowly is cut off (slowloris).
         // Header case is recorded as requests arrive, for upstream connections that write
@@ -127,7 +125,16 @@ pub async fn serve(
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
-        let idle = std::future::pending::<()>();
+        // The connection manager's idle timeout closes a connection with no request in
+        // flight (between requests: hyper closes an idle HTTP/1.1 connection at once on a
+        // graceful shutdown). hyper's header timeout above bounds the wait for the next
+        // request as well, so a longer idle timeout has its effect.
+        let idle = async move {
+            match (&activity, idle_timeout) {
+                (Some(a), Some(t)) => a.idle_for(t).await,
+                _ => std::future::pending::<()>().await,
+            }
+        };
         until_shutdown!(conn, shutdown, drain, idle, header_timeout)
     };
     if let Err(e) = result {
@@ -160,7 +167,7 @@ macro_rules! until_shutdown {
                 $conn.await
             }
             () = $idle => {
-                tracing::debug!(timeout = ?$bound, "HTTP/2 connection in tunnel idle or too slow to send a request; closing");
+                tracing::debug!(timeout = ?$bound, "HTTP connection in tunnel idle or too slow to send a request; closing");
                 $conn.as_mut().graceful_shutdown();
                 tokio::time::timeout($bound, $conn).await.unwrap_or(Ok(()))
             }
@@ -172,9 +179,26 @@ use until_shutdown;
 impl TunnelApp {
     /// Runs one request through the filter chain; the response's body reports to
     /// telemetry when it ends.
-    async fn exchange(&self, req: Request<Incoming>) -> Response<TrackedBody> {
+    async fn exchange(&self, mut req: Request<Incoming>) -> Response<TrackedBody> {
         let h2 = req.version() == Version::HTTP_2;
-        let upgrade_req = match (h2, upgrade_of(req.headers())) {
+        // HTTP/1.0 is answered 426 unless the connection manager accepts it (Envoy's
+        // `accept_http_10`), before anything else is looked at; accepted, a request without
+        // a Host gets `default_host_for_http_10` when there is one.
+        let low_version = req.version() == Version::HTTP_10 && {
+            let snapshot = self.proxy.config.current();
+            let settings = snapshot.request_headers();
+            if settings.accept_http_10 {
+                if let Some(host) = &settings.default_host_for_http_10 {
+                    if !req.headers().contains_key(header::HOST) {
+                        if let Ok(v) = HeaderValue::from_str(host) {
+                            req.headers_mut().insert(header::HOST, v);
+                        }
+                    }
+                }
+            }
+            !settings.accept_http_10
+        };
+        let upgrade_req = match (h2 || low_version, upgrade_of(req.headers())) {
             (true, _) | (false, Upgrade::None) => false,
             (false, Upgrade::WebSocket) => true,
             // Forwarded as a plain request: the hop-by-hop Upgrade header is dropped.
@@ -186,6 +210,9 @@ impl TunnelApp {
         };
         let (mut req, received, idle) = match self.request(req, upgrade_req) {
             Ok(r) => r,
+            // Not a request the chain could see (no Host, say): still 426, unrecorded as
+            // the other refusals here.
+            Err(_) if low_version => return TrackedBody::untracked(upgrade_required()),
             Err((status, why)) => return TrackedBody::untracked(local(status, why)),
         };
         let in_flight = InFlight::start(&self.proxy, self.activity.as_ref());
@@ -217,13 +244,17 @@ impl TunnelApp {
         let downstream_upgrade = upgrade_req.then(|| hyper::upgrade::on(&mut req));
         let uri = req.uri().clone();
         let path = uri.path();
-        let chain = self.chain.clone().oneshot(req);
         let answer = match &idle {
-            None => chain.await,
+            // Recorded (metrics, access logs) as Envoy's local reply is.
+            _ if low_version => {
+                drop(req);
+                Ok(upgrade_required())
+            }
+            None => self.chain.clone().oneshot(req).await,
             // Before the response starts, an idle stream is answered 408 (the chain, and
             // the upstream call in it, is dropped).
             Some(idle) => tokio::select! {
-                r = chain => r,
+                r = self.chain.clone().oneshot(req) => r,
                 () = idle.expired() => Err(filters::ProxyError::StreamIdleTimeout),
             },
         };
@@ -416,6 +447,15 @@ fn splice(downstream: Option<OnUpgrade>, upstream: Option<OnUpgrade>) {
             Err(e) => tracing::info!(error = %e, "upgrade failed"),
         }
     });
+}
+
+/// Envoy's answer to an HTTP/1.0 request when the connection manager does not accept
+/// HTTP/1.0: `426 Upgrade Required`, no body, details `low_version`. (Envoy writes its
+/// status line as `HTTP/1.1`; hyper answers an HTTP/1.0 client in HTTP/1.0.)
+fn upgrade_required() -> Response<Body> {
+    let mut r = local(StatusCode::UPGRADE_REQUIRED, "");
+    r.extensions_mut().insert(ResponseDetails("low_version"));
+    r
 }
 
 fn local(status: StatusCode, text: &'static str) -> Response<Body> {

@@ -5,8 +5,16 @@
 //! WebSocket as the one upgrade, the stream idle timeout (`0s`, none, unless ProxyConfig
 //! `connectionSettings.httpStreamIdleTimeout` sets one: `applyConnectionSettingsToHCM` in
 //! `connection_settings.go`), HTTP/1.1 header names in their original case
-//! (`http_protocol_options.header_key_format`). What takes effect goes into
-//! [`RequestHeaders`]; values the waypoint does not implement are refused by field.
+//! (`http_protocol_options.header_key_format`), HTTP/1.0 (`http_protocol_options`
+//! `accept_http_10`, from the proxy's `HTTP10` metadata or istiod's `PILOT_HTTP10`:
+//! `buildWaypointInboundHTTPFilters`; `default_host_for_http_10`, which istiod never
+//! writes), and the connection idle timeout (`common_http_protocol_options.idle_timeout`,
+//! from the proxy's `IDLE_TIMEOUT` metadata in `buildHTTPConnectionManager`, replaced by
+//! ProxyConfig `connectionSettings.httpIdleTimeout` in `applyConnectionSettingsToHCM`).
+//! What takes effect goes into [`RequestHeaders`]; values the waypoint does not implement
+//! are refused by field (the other common options istiod can write from
+//! `connectionSettings`: `max_connection_duration`, `max_stream_duration`,
+//! `headers_with_underscores_action`).
 //!
 //! Accepted without effect: `server_name`/`server_header_transformation` (the waypoint
 //! does not write a `server` response header), `stat_prefix`,
@@ -14,6 +22,9 @@
 //! `http2_protocol_options`, `append_x_forwarded_port: false`. Every other field is
 //! refused by name ([`check_unread`]).
 
+use envoy_types::pb::envoy::config::core::v3::{
+    Http1ProtocolOptions, HttpProtocolOptions as CommonHttpProtocolOptions,
+};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::ForwardClientCertDetails, HttpConnectionManager,
 };
@@ -49,12 +60,16 @@ pub fn check_unread(hcm: &HttpConnectionManager, at: &str) -> Result<(), Bad> {
     };
     // AUTO: the waypoint serves HTTP/1.1 and HTTP/2 alike.
     rest.codec_type = 0;
+    // Read by `request_headers` (`common_options`), which refuses what it does not read.
+    rest.common_http_protocol_options = None;
     if rest.http2_protocol_options == Some(Default::default()) {
         rest.http2_protocol_options = None;
     }
     if let Some(h1) = &mut rest.http_protocol_options {
-        // Read by `request_headers` (the preserve_case formatter).
+        // Read by `request_headers` (the preserve_case formatter, HTTP/1.0).
         h1.header_key_format = None;
+        h1.accept_http_10 = false;
+        h1.default_host_for_http_10 = String::new();
         if *h1 == Default::default() {
             rest.http_protocol_options = None;
         }
@@ -133,11 +148,89 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
         Some(h1) => super::header_case::preserve_case(h1, &format!("{at}.http_protocol_options"))?,
         None => false,
     };
+    let (accept_http_10, default_host_for_http_10) = match &hcm.http_protocol_options {
+        Some(h1) => http_10(h1, &format!("{at}.http_protocol_options"))?,
+        None => (false, None),
+    };
+    let idle_timeout = match &hcm.common_http_protocol_options {
+        Some(common) => common_options(common, &format!("{at}.common_http_protocol_options"))?,
+        None => None,
+    };
     Ok(RequestHeaders {
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|v| v.value),
         sanitize_client_cert: sanitize,
         // `0s` (istiod's default, listener_builder.go / listener_waypoint.go) is none.
         stream_idle_timeout: super::duration(hcm.stream_idle_timeout.as_ref()),
         preserve_header_case,
+        accept_http_10,
+        default_host_for_http_10,
+        idle_timeout,
     })
+}
+
+/// `accept_http_10` and, with it, `default_host_for_http_10` (which Envoy ignores
+/// without it); `at` names the `http_protocol_options`.
+fn http_10(h1: &Http1ProtocolOptions, at: &str) -> Result<(bool, Option<String>), Bad> {
+    let host = &h1.default_host_for_http_10;
+    if !host.is_empty() && http::HeaderValue::from_str(host).is_err() {
+        return Err((
+            format!("{at}.default_host_for_http_10"),
+            format!("{host:?} is not a valid Host header value"),
+        ));
+    }
+    let default_host = (h1.accept_http_10 && !host.is_empty()).then(|| host.clone());
+    Ok((h1.accept_http_10, default_host))
+}
+
+/// The connection manager's `common_http_protocol_options`: `idle_timeout` takes effect
+/// (`0s` is none, as in Envoy), `headers_with_underscores_action: ALLOW` is Envoy's
+/// default; every other field is refused by name.
+fn common_options(
+    common: &CommonHttpProtocolOptions,
+    at: &str,
+) -> Result<Option<std::time::Duration>, Bad> {
+    let refused = [
+        (
+            "max_connection_duration",
+            common.max_connection_duration.is_some(),
+            "a downstream connection's maximum duration (ProxyConfig connectionSettings.httpMaxConnectionDuration) is not implemented",
+        ),
+        (
+            "max_stream_duration",
+            common.max_stream_duration.is_some(),
+            "a downstream stream's maximum duration (ProxyConfig connectionSettings.httpMaxStreamDuration) is not implemented",
+        ),
+        (
+            "headers_with_underscores_action",
+            common.headers_with_underscores_action != 0,
+            "only ALLOW is supported (ProxyConfig connectionSettings.httpHeadersWithUnderscoresAction)",
+        ),
+        (
+            "max_headers_count",
+            common.max_headers_count.is_some(),
+            "not supported",
+        ),
+        (
+            "max_response_headers_kb",
+            common.max_response_headers_kb.is_some(),
+            "not supported",
+        ),
+        (
+            "max_requests_per_connection",
+            common.max_requests_per_connection.is_some(),
+            "not supported on the connection manager",
+        ),
+    ];
+    if let Some((field, _, why)) = refused.iter().find(|(_, set, _)| *set) {
+        return Err((format!("{at}.{field}"), (*why).into()));
+    }
+    let rest = CommonHttpProtocolOptions {
+        idle_timeout: None,
+        ..*common
+    };
+    super::residual::refuse(
+        at,
+        super::residual::first_set("envoy.config.core.v3.HttpProtocolOptions", &rest),
+    )?;
+    Ok(super::duration(common.idle_timeout.as_ref()))
 }
