@@ -70,9 +70,11 @@ pub fn check_unread(hcm: &HttpConnectionManager, at: &str) -> Result<(), Bad> {
         h1.header_key_format = None;
         h1.accept_http_10 = false;
         h1.default_host_for_http_10 = String::new();
-        if *h1 == Default::default() {
-            rest.http_protocol_options = None;
-        }
+        super::residual::refuse(
+            &format!("{at}.http_protocol_options"),
+            super::residual::first_set("envoy.config.core.v3.Http1ProtocolOptions", &*h1),
+        )?;
+        rest.http_protocol_options = None;
     }
     super::residual::refuse(
         at,

@@ -1,0 +1,249 @@
+//! The `main_internal` connection manager's HTTP/1.0 and connection idle settings as istiod
+//! writes them, served over Delta ADS to a real waypoint process:
+//!
+//! - `http_protocol_options {accept_http_10: true}` for the proxy's `HTTP10` metadata
+//!   (pilot/pkg/networking/core/listener_waypoint.go, `buildWaypointInboundHTTPFilters`);
+//!   without it Envoy answers HTTP/1.0 requests 426 (details `low_version`);
+//! - `common_http_protocol_options {idle_timeout}` for the proxy's `IDLE_TIMEOUT` metadata
+//!   (listener_builder.go, `buildHTTPConnectionManager`; ProxyConfig
+//!   `connectionSettings.httpIdleTimeout` writes the same, connection_settings.go
+//!   `applyConnectionSettingsToHCM`): the HTTP connection inside a tunnel is closed once it
+//!   has had no request in flight for that long.
+
+mod istiod;
+
+use std::time::{Duration, Instant};
+
+use istiod::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every HTTP chain's connection manager gets `edit` and a stdout access log.
+async fn waypoint(edit: impl Fn(&mut serde_json::Value)) -> World {
+    start(|ls, _, _| {
+        fixture::edit_listener(ls, |json| {
+            for chain in json["filter_chains"].as_array_mut().unwrap() {
+                let hcm = &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()
+                    ["typed_config"];
+                if hcm.get("http_filters").is_some() {
+                    edit(hcm);
+                    hcm["access_log"] = json!([{"name": "envoy.access_loggers.file", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": "/dev/stdout",
+                        "log_format": {"text_format_source": {"inline_string":
+                            "HCM %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"}}}}]);
+                }
+            }
+        });
+    })
+    .await
+}
+
+async fn logged(w: &World, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&w.stdout).unwrap_or_default();
+        if log.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no line {line:?}:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes `request` as raw bytes into a tunnel to the VIP's port 8100 and reads until the
+/// waypoint closes it.
+async fn raw(w: &World, request: &str) -> String {
+    let conn = w.client.connect().await.unwrap();
+    let mut tunnel = conn
+        .tunnel(SocketAddr::new(VIP.parse().unwrap(), 8100), &[])
+        .await
+        .unwrap();
+    tunnel.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut buf))
+        .await
+        .expect("answered and closed in time")
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn http_10_is_answered_426_without_accept_http_10() {
+    // istiod's connection manager without the HTTP10 metadata: no http_protocol_options.
+    let w = waypoint(|_| {}).await;
+    let response = raw(&w, &format!("GET /get HTTP/1.0\r\nHost: {HOST}\r\n\r\n")).await;
+    assert!(
+        response.starts_with("HTTP/1.0 426 Upgrade Required\r\n"),
+        "{response}"
+    );
+    assert!(response.ends_with("\r\n\r\n"), "no body: {response}");
+    logged(&w, "HCM /get HTTP/1.0 426 - low_version").await;
+    // Without a Host as well (Envoy checks the version first).
+    let response = raw(&w, "GET /get HTTP/1.0\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.0 426"), "{response}");
+    // HTTP/1.1 is served as before.
+    assert_eq!(get(&w, 8100, "/get").await.status, 200);
+}
+
+#[tokio::test]
+async fn http_10_is_served_with_accept_http_10() {
+    let w = waypoint(|hcm| hcm["http_protocol_options"] = json!({"accept_http_10": true})).await;
+    let response = raw(&w, &format!("GET /get HTTP/1.0\r\nHost: {HOST}\r\n\r\n")).await;
+    assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "{response}");
+    assert!(response.contains("\"pod\":\"httpbin-"), "{response}");
+    logged(&w, "HCM /get HTTP/1.0 200 - via_upstream").await;
+    // No Host and no default host: refused, as before.
+    let response = raw(&w, "GET /get HTTP/1.0\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.0 400"), "{response}");
+}
+
+#[tokio::test]
+async fn default_host_for_http_10_fills_a_missing_host() {
+    let w = waypoint(|hcm| {
+        hcm["http_protocol_options"] =
+            json!({"accept_http_10": true, "default_host_for_http_10": HOST})
+    })
+    .await;
+    let response = raw(&w, "GET /get HTTP/1.0\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "{response}");
+    assert!(
+        response.contains(&format!("\"host\":\"{HOST}\"")),
+        "{response}"
+    );
+}
+
+const IDLE: Duration = Duration::from_millis(600);
+
+fn idle_timeout(hcm: &mut serde_json::Value) {
+    hcm["common_http_protocol_options"] = json!({"idle_timeout": "0.600s"});
+}
+
+/// How long after `since` the connection `closed` reports closed, polled for at most
+/// `max`; `None` when it stayed open.
+async fn closed_after(
+    since: Instant,
+    max: Duration,
+    closed: impl Fn() -> bool,
+) -> Option<Duration> {
+    while since.elapsed() < max {
+        if closed() {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    closed().then(|| since.elapsed())
+}
+
+fn request(path: &str) -> http::Request<filters::body::Body> {
+    http::Request::get(path)
+        .header("host", HOST)
+        .body(filters::body::empty())
+        .unwrap()
+}
+
+async fn http1(w: &World) -> hyper::client::conn::http1::SendRequest<filters::body::Body> {
+    let conn = w.client.connect().await.unwrap();
+    conn.http1(SocketAddr::new(VIP.parse().unwrap(), 8100))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_http11_connection_is_closed_after_the_idle_timeout() {
+    let w = waypoint(idle_timeout).await;
+    let mut http = http1(&w).await;
+    let resp = http.send_request(request("/get")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let idle = Instant::now();
+    let took = closed_after(idle, Duration::from_secs(5), || http.is_closed())
+        .await
+        .expect("closed within 5 s");
+    assert!(
+        took >= IDLE - Duration::from_millis(100) && took < Duration::from_secs(3),
+        "closed {took:?} after its last response"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_http11_connection_is_kept_past_the_idle_timeout() {
+    let w = waypoint(idle_timeout).await;
+    let mut http = http1(&w).await;
+    // Six chunks 300 ms apart: 1.5 s with a request in flight, past the idle timeout.
+    let t = Instant::now();
+    let resp = http
+        .send_request(request("/drip?n=6&gap=300ms"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"xxxxxx");
+    assert!(t.elapsed() > IDLE * 2);
+    // The same connection serves the next request.
+    assert!(!http.is_closed());
+    let resp = http.send_request(request("/get")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let took = closed_after(Instant::now(), Duration::from_secs(5), || http.is_closed()).await;
+    assert!(took.is_some(), "idle afterwards, then closed");
+}
+
+#[tokio::test]
+async fn without_an_idle_timeout_the_connection_stays_open() {
+    let w = waypoint(|_| {}).await;
+    let mut http = http1(&w).await;
+    let resp = http.send_request(request("/get")).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    let took = closed_after(Instant::now(), IDLE * 3, || http.is_closed()).await;
+    assert_eq!(took, None, "closed without an idle timeout");
+    let resp = http.send_request(request("/get")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
+    let w = waypoint(idle_timeout).await;
+    let conn = w.client.connect().await.unwrap();
+    let mut h2 = conn
+        .h2c(SocketAddr::new(VIP.parse().unwrap(), 8100))
+        .await
+        .unwrap();
+    // Busy for 1.5 s: not closed.
+    let resp = h2
+        .send_request(request("/drip?n=6&gap=300ms"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"xxxxxx");
+    assert!(!h2.is_closed());
+    let resp = h2.send_request(request("/get")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    // Idle: GOAWAY, then the connection ends.
+    let idle = Instant::now();
+    let took = closed_after(idle, Duration::from_secs(5), || h2.is_closed())
+        .await
+        .expect("closed within 5 s");
+    assert!(
+        took >= IDLE - Duration::from_millis(100) && took < Duration::from_secs(3),
+        "closed {took:?} after its last response"
+    );
+}
+
+#[tokio::test]
+async fn other_common_options_are_nacked_by_field() {
+    // ProxyConfig connectionSettings.httpMaxConnectionDuration (applyConnectionSettingsToHCM).
+    let w = waypoint(|hcm| {
+        hcm["common_http_protocol_options"] =
+            json!({"idle_timeout": "60s", "max_connection_duration": "60s"})
+    })
+    .await;
+    let e = nack(&w).await;
+    assert!(
+        e.contains("main_internal")
+            && e.contains("common_http_protocol_options.max_connection_duration"),
+        "{e}"
+    );
+}
