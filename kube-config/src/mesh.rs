@@ -76,6 +76,8 @@ pub struct ConnectionManager {
     pub idle_timeout: Option<Duration>,
     /// `connectionSettings.httpStreamIdleTimeout` (istiod's default `0s`: none).
     pub stream_idle_timeout: Option<Duration>,
+    /// `connectionSettings.httpMaxConnectionDuration`; zero is none.
+    pub max_connection_duration: Option<Duration>,
 }
 
 /// The part of `defaultConfig` (ProxyConfig) the waypoint reads.
@@ -110,6 +112,9 @@ pub struct ConnectionSettings {
     /// The connection manager's `stream_idle_timeout`.
     #[serde(default)]
     pub http_stream_idle_timeout: Option<String>,
+    /// The connection manager's `common_http_protocol_options.max_connection_duration`.
+    #[serde(default)]
+    pub http_max_connection_duration: Option<String>,
 }
 
 /// The `ISTIO_META_*` node metadata keys istiod reads for the connection manager.
@@ -132,7 +137,11 @@ impl ProxyConfig {
             None => None,
         };
         let mut stream_idle_timeout = None;
+        let mut max_connection_duration = None;
         if let Some(cs) = &self.connection_settings {
+            if let Some(v) = &cs.http_max_connection_duration {
+                max_connection_duration = parse(v, "connectionSettings.httpMaxConnectionDuration")?;
+            }
             if let Some(v) = &cs.http_idle_timeout {
                 idle_timeout = parse(v, "connectionSettings.httpIdleTimeout")?;
             }
@@ -145,6 +154,7 @@ impl ProxyConfig {
             accept_http_10: self.proxy_metadata.get(META_HTTP10).map(String::as_str) == Some("1"),
             idle_timeout,
             stream_idle_timeout,
+            max_connection_duration,
         })
     }
 }

@@ -210,6 +210,7 @@ pub fn translate_with_status(
             accept_http_10: mesh.connection_manager.accept_http_10,
             idle_timeout: mesh.connection_manager.idle_timeout,
             stream_idle_timeout: mesh.connection_manager.stream_idle_timeout,
+            max_connection_duration: mesh.connection_manager.max_connection_duration,
             ..Default::default()
         },
     })?;

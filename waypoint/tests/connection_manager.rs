@@ -1,8 +1,8 @@
 //! HTTP/1.0 and the connection idle timeout from the local configuration: MeshConfig
 //! `defaultConfig` (ProxyConfig) `proxyMetadata` `ISTIO_META_HTTP10` / `ISTIO_META_IDLE_TIMEOUT`
 //! (node metadata istiod turns into `accept_http_10` and `common_http_protocol_options
-//! .idle_timeout`) and `connectionSettings.httpIdleTimeout` / `httpStreamIdleTimeout`, as
-//! istiod applies them (`istiod_connection_manager.rs` serves their xDS form).
+//! .idle_timeout`) and `connectionSettings.httpIdleTimeout` / `httpStreamIdleTimeout` /
+//! `httpMaxConnectionDuration`, as istiod applies them (`istiod_connection_manager.rs` serves their xDS form).
 
 mod common;
 
@@ -112,6 +112,39 @@ async fn connection_settings_set_the_idle_and_stream_idle_timeouts() {
 }
 
 #[tokio::test]
+async fn connection_settings_max_connection_duration_closes_busy_connections() {
+    let h = harness("defaultConfig:\n  connectionSettings:\n    httpMaxConnectionDuration: 0.8s\n")
+        .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let began = Instant::now();
+    // Requests 100 ms apart: never idle, closed between two of them at 0.8 s.
+    let mut served = 0;
+    while began.elapsed() < Duration::from_secs(5) && http.ready().await.is_ok() {
+        match http.send_request(get("/get")).await {
+            Ok(resp) => {
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+                served += 1;
+            }
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !http.is_closed() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = began.elapsed();
+    assert!(http.is_closed());
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    assert!(served >= 3, "served {served}");
+}
+
+#[tokio::test]
 async fn without_them_connections_stay_open() {
     let h = harness("").await;
     assert_eq!(open_for(&h, "/get", Duration::from_secs(2)).await, None);
@@ -120,12 +153,12 @@ async fn without_them_connections_stay_open() {
 #[tokio::test]
 async fn connection_settings_not_implemented_are_refused_by_name() {
     let (code, out) = check_with(&mesh_config(
-        "defaultConfig:\n  connectionSettings:\n    httpMaxConnectionDuration: 60s\n",
+        "defaultConfig:\n  connectionSettings:\n    httpMaxStreamDuration: 60s\n",
     ))
     .await;
     assert_eq!(code, Some(2), "{out}");
     assert!(
-        out.contains("data.mesh.defaultConfig.connectionSettings.httpMaxConnectionDuration"),
+        out.contains("data.mesh.defaultConfig.connectionSettings.httpMaxStreamDuration"),
         "{out}"
     );
     let (code, out) = check_with(&mesh_config(

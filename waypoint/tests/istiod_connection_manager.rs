@@ -8,7 +8,10 @@
 //!   (listener_builder.go, `buildHTTPConnectionManager`; ProxyConfig
 //!   `connectionSettings.httpIdleTimeout` writes the same, connection_settings.go
 //!   `applyConnectionSettingsToHCM`): the HTTP connection inside a tunnel is closed once it
-//!   has had no request in flight for that long.
+//!   has had no request in flight for that long;
+//! - `common_http_protocol_options {max_connection_duration}` for ProxyConfig
+//!   `connectionSettings.httpMaxConnectionDuration` (`applyConnectionSettingsToHCM`): the
+//!   connection is drained that long after it began, requests in flight finishing.
 
 mod istiod;
 
@@ -37,6 +40,16 @@ async fn waypoint(edit: impl Fn(&mut serde_json::Value)) -> World {
         });
     })
     .await
+}
+
+/// Waits (at most ten seconds) until the pod's endpoints are in: the waypoint is ready once
+/// listeners and clusters are, and EDS may come a moment later.
+async fn served(w: &World) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(w, 8100, "/get").await.status != 200 {
+        assert!(Instant::now() < deadline, "never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn logged(w: &World, line: &str) {
@@ -72,6 +85,7 @@ async fn raw(w: &World, request: &str) -> String {
 async fn http_10_is_answered_426_without_accept_http_10() {
     // istiod's connection manager without the HTTP10 metadata: no http_protocol_options.
     let w = waypoint(|_| {}).await;
+    served(&w).await;
     let response = raw(&w, &format!("GET /get HTTP/1.0\r\nHost: {HOST}\r\n\r\n")).await;
     assert!(
         response.starts_with("HTTP/1.0 426 Upgrade Required\r\n"),
@@ -89,6 +103,7 @@ async fn http_10_is_answered_426_without_accept_http_10() {
 #[tokio::test]
 async fn http_10_is_served_with_accept_http_10() {
     let w = waypoint(|hcm| hcm["http_protocol_options"] = json!({"accept_http_10": true})).await;
+    served(&w).await;
     let response = raw(&w, &format!("GET /get HTTP/1.0\r\nHost: {HOST}\r\n\r\n")).await;
     assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "{response}");
     assert!(response.contains("\"pod\":\"httpbin-"), "{response}");
@@ -105,6 +120,7 @@ async fn default_host_for_http_10_fills_a_missing_host() {
             json!({"accept_http_10": true, "default_host_for_http_10": HOST})
     })
     .await;
+    served(&w).await;
     let response = raw(&w, "GET /get HTTP/1.0\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "{response}");
     assert!(
@@ -152,6 +168,7 @@ async fn http1(w: &World) -> hyper::client::conn::http1::SendRequest<filters::bo
 #[tokio::test]
 async fn an_idle_http11_connection_is_closed_after_the_idle_timeout() {
     let w = waypoint(idle_timeout).await;
+    served(&w).await;
     let mut http = http1(&w).await;
     let resp = http.send_request(request("/get")).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -169,6 +186,7 @@ async fn an_idle_http11_connection_is_closed_after_the_idle_timeout() {
 #[tokio::test]
 async fn a_busy_http11_connection_is_kept_past_the_idle_timeout() {
     let w = waypoint(idle_timeout).await;
+    served(&w).await;
     let mut http = http1(&w).await;
     // Six chunks 300 ms apart: 1.5 s with a request in flight, past the idle timeout.
     let t = Instant::now();
@@ -192,6 +210,7 @@ async fn a_busy_http11_connection_is_kept_past_the_idle_timeout() {
 #[tokio::test]
 async fn without_an_idle_timeout_the_connection_stays_open() {
     let w = waypoint(|_| {}).await;
+    served(&w).await;
     let mut http = http1(&w).await;
     let resp = http.send_request(request("/get")).await.unwrap();
     resp.into_body().collect().await.unwrap();
@@ -204,6 +223,7 @@ async fn without_an_idle_timeout_the_connection_stays_open() {
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
     let w = waypoint(idle_timeout).await;
+    served(&w).await;
     let conn = w.client.connect().await.unwrap();
     let mut h2 = conn
         .h2c(SocketAddr::new(VIP.parse().unwrap(), 8100))
@@ -234,16 +254,92 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_and_a_busy_on
 
 #[tokio::test]
 async fn other_common_options_are_nacked_by_field() {
-    // ProxyConfig connectionSettings.httpMaxConnectionDuration (applyConnectionSettingsToHCM).
+    // ProxyConfig connectionSettings.httpMaxStreamDuration (applyConnectionSettingsToHCM).
     let w = waypoint(|hcm| {
         hcm["common_http_protocol_options"] =
-            json!({"idle_timeout": "60s", "max_connection_duration": "60s"})
+            json!({"idle_timeout": "60s", "max_stream_duration": "60s"})
     })
     .await;
     let e = nack(&w).await;
     assert!(
         e.contains("main_internal")
-            && e.contains("common_http_protocol_options.max_connection_duration"),
+            && e.contains("common_http_protocol_options.max_stream_duration"),
         "{e}"
     );
+}
+
+const MAX_DURATION: Duration = Duration::from_millis(800);
+
+fn max_duration(hcm: &mut serde_json::Value) {
+    hcm["common_http_protocol_options"] = json!({"max_connection_duration": "0.800s"});
+}
+
+#[tokio::test]
+async fn an_http11_connection_is_closed_at_its_maximum_duration_between_requests() {
+    let w = waypoint(max_duration).await;
+    served(&w).await;
+    let mut http = http1(&w).await;
+    let began = Instant::now();
+    // Requests 100 ms apart keep it busy: it is closed between two of them anyway.
+    let mut served = 0;
+    while began.elapsed() < Duration::from_secs(5) && !http.is_closed() {
+        if http.ready().await.is_err() {
+            break;
+        }
+        match http.send_request(request("/get")).await {
+            Ok(resp) => {
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+                served += 1;
+            }
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = closed_after(began, Duration::from_secs(5), || http.is_closed())
+        .await
+        .expect("closed");
+    assert!(
+        took >= MAX_DURATION && took < MAX_DURATION + Duration::from_secs(2),
+        "closed after {took:?}"
+    );
+    assert!(served >= 3, "served {served}");
+}
+
+#[tokio::test]
+async fn a_request_in_flight_at_the_maximum_duration_finishes_then_the_connection_closes() {
+    let w = waypoint(max_duration).await;
+    served(&w).await;
+    let mut http = http1(&w).await;
+    let began = Instant::now();
+    // 1.5 s of response: past the maximum duration, well within Envoy's 5 s drain period.
+    let resp = http
+        .send_request(request("/drip?n=6&gap=300ms"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"xxxxxx");
+    assert!(began.elapsed() > MAX_DURATION);
+    let took = closed_after(Instant::now(), Duration::from_secs(2), || http.is_closed()).await;
+    assert!(took.is_some(), "closed after the response");
+
+    // HTTP/2: GOAWAY at the maximum duration; the stream in flight completes.
+    let conn = w.client.connect().await.unwrap();
+    let mut h2 = conn
+        .h2c(SocketAddr::new(VIP.parse().unwrap(), 8100))
+        .await
+        .unwrap();
+    let began = Instant::now();
+    let resp = h2
+        .send_request(request("/drip?n=6&gap=300ms"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"xxxxxx");
+    let took = closed_after(began, Duration::from_secs(5), || h2.is_closed())
+        .await
+        .expect("closed");
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
 }

@@ -40,6 +40,13 @@ pub struct RequestHeaders {
     /// had no request in flight for this long is closed (HTTP/2: GOAWAY first). `None`
     /// (unset or `0s`) sets no bound of its own.
     pub idle_timeout: Option<std::time::Duration>,
+    /// Envoy's `common_http_protocol_options.max_connection_duration` of the connection
+    /// manager (ProxyConfig `connectionSettings.httpMaxConnectionDuration`): the HTTP
+    /// connection inside a tunnel is drained this long after it began (HTTP/1.1: closed
+    /// when idle, else after the response in flight, sent with `connection: close`;
+    /// HTTP/2: GOAWAY), and closed at the end of Envoy's drain period (5 s) whatever is
+    /// left. `None` is no limit.
+    pub max_connection_duration: Option<std::time::Duration>,
 }
 
 impl Default for RequestHeaders {
@@ -52,6 +59,7 @@ impl Default for RequestHeaders {
             accept_http_10: false,
             default_host_for_http_10: None,
             idle_timeout: None,
+            max_connection_duration: None,
         }
     }
 }

@@ -16,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use filters::authn::{AuthnLayer, AuthnService};
 use filters::authz::{AuthzLayer, AuthzService};
@@ -77,10 +78,14 @@ pub async fn serve(
     shutdown: ShutdownWatch,
 ) {
     let header_timeout = proxy.options.header_timeout;
-    let (preserve_case, idle_timeout) = {
+    let (preserve_case, idle_timeout, max_duration) = {
         let snapshot = proxy.config.current();
         let settings = snapshot.request_headers();
-        (settings.preserve_header_case, settings.idle_timeout)
+        (
+            settings.preserve_header_case,
+            settings.idle_timeout,
+            settings.max_connection_duration,
+        )
     };
     let drain = proxy.drain.subscribe();
     // Requests in flight are counted for the connection manager's idle timeout, and on
@@ -110,9 +115,9 @@ pub async fn serve(
         // flight for as long is shut down (GOAWAY), which also ends a HEADERS block sent too
         // slowly. The connection manager's idle timeout, when shorter, does the same sooner
         // (Envoy's drain sequence: GOAWAY, then the close).
-        let idle = activity.expect("set for h2c");
-        let after = idle_timeout.map_or(header_timeout, |t| t.min(header_timeout));
-        until_shutdown!(conn, shutdown, drain, idle.idle_for(after), header_timeout)
+        let idle_after = idle_timeout.map_or(header_timeout, |t| t.min(header_timeout));
+        let ended = ended(activity, Some(idle_after), header_timeout, max_duration);
+        until_shutdown!(conn, shutdown, drain, ended)
     } else {
         // A client that sends its headers too slowly is cut off (slowloris).
         // Header case is recorded as requests arrive, for upstream connections that write
@@ -127,26 +132,56 @@ pub async fn serve(
         tokio::pin!(conn);
         // The connection manager's idle timeout closes a connection with no request in
         // flight (between requests: hyper closes an idle HTTP/1.1 connection at once on a
-        // graceful shutdown). hyper's header timeout above bounds the wait for the next
-        // request as well, so a longer idle timeout has its effect.
-        let idle = async move {
-            match (&activity, idle_timeout) {
-                (Some(a), Some(t)) => a.idle_for(t).await,
-                _ => std::future::pending::<()>().await,
-            }
-        };
-        until_shutdown!(conn, shutdown, drain, idle, header_timeout)
+        // graceful shutdown). hyper's header timeout above also bounds the wait for the
+        // next request, so an idle timeout longer than it acts as the header timeout.
+        let ended = ended(activity, idle_timeout, header_timeout, max_duration);
+        until_shutdown!(conn, shutdown, drain, ended)
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection in tunnel ended with an error");
     }
 }
 
+/// Envoy's default `drain_timeout`: how long a connection whose maximum duration is up gets
+/// to finish its requests (HTTP/1.1: the response in flight goes out with
+/// `connection: close`; HTTP/2: after GOAWAY) before it is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves when the connection manager ends a connection on its own: no request in
+/// flight on `activity` for `idle_after` (when both are given), or `max_duration` after the
+/// connection began (Envoy's `common_http_protocol_options.max_connection_duration`).
+/// Gives the reason and how long the connection then has to close: `idle_bound` for the
+/// client to answer GOAWAY's ping when idle, Envoy's drain period when the duration is up.
+async fn ended(
+    activity: Option<Arc<Activity>>,
+    idle_after: Option<Duration>,
+    idle_bound: Duration,
+    max_duration: Option<Duration>,
+) -> (&'static str, Duration) {
+    let idle = async {
+        match (&activity, idle_after) {
+            (Some(a), Some(t)) => a.idle_for(t).await,
+            _ => std::future::pending().await,
+        }
+    };
+    let aged = async {
+        match max_duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = idle => ("idle or too slow to send a request", idle_bound),
+        () = aged => ("at its maximum duration", DRAIN_TIMEOUT),
+    }
+}
+
 /// Drives a pinned hyper server connection; shutdown or a listener drain makes it graceful,
-/// and so does `$idle` resolving, after which the connection gets `$bound` to close (the
-/// client may never answer GOAWAY's ping).
+/// and so does `$ended` resolving (see [`ended`]), after which the connection gets the
+/// bound it gives to close (the client may never answer GOAWAY's ping, or may keep a
+/// request going).
 macro_rules! until_shutdown {
-    ($conn:ident, $shutdown:ident, $drain:ident, $idle:expr, $bound:expr) => {{
+    ($conn:ident, $shutdown:ident, $drain:ident, $ended:expr) => {{
         // `wait_for` is ready at once when shutdown or the drain has already started.
         let mut shutdown = $shutdown;
         let mut drain = $drain;
@@ -166,10 +201,10 @@ macro_rules! until_shutdown {
                 $conn.as_mut().graceful_shutdown();
                 $conn.await
             }
-            () = $idle => {
-                tracing::debug!(timeout = ?$bound, "HTTP connection in tunnel idle or too slow to send a request; closing");
+            (why, bound) = $ended => {
+                tracing::debug!(why, bound = ?bound, "HTTP connection in tunnel ends");
                 $conn.as_mut().graceful_shutdown();
-                tokio::time::timeout($bound, $conn).await.unwrap_or(Ok(()))
+                tokio::time::timeout(bound, $conn).await.unwrap_or(Ok(()))
             }
         }
     }};

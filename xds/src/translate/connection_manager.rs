@@ -12,9 +12,10 @@
 //! from the proxy's `IDLE_TIMEOUT` metadata in `buildHTTPConnectionManager`, replaced by
 //! ProxyConfig `connectionSettings.httpIdleTimeout` in `applyConnectionSettingsToHCM`).
 //! What takes effect goes into [`RequestHeaders`]; values the waypoint does not implement
-//! are refused by field (the other common options istiod can write from
-//! `connectionSettings`: `max_connection_duration`, `max_stream_duration`,
-//! `headers_with_underscores_action`).
+//! are refused by field; of the other common options istiod can write from
+//! `connectionSettings`, `max_connection_duration` (`httpMaxConnectionDuration`) takes
+//! effect, `max_stream_duration` and `headers_with_underscores_action` other than `ALLOW`
+//! are refused.
 //!
 //! Accepted without effect: `server_name`/`server_header_transformation` (the waypoint
 //! does not write a `server` response header), `stat_prefix`,
@@ -154,9 +155,9 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
         Some(h1) => http_10(h1, &format!("{at}.http_protocol_options"))?,
         None => (false, None),
     };
-    let idle_timeout = match &hcm.common_http_protocol_options {
+    let (idle_timeout, max_connection_duration) = match &hcm.common_http_protocol_options {
         Some(common) => common_options(common, &format!("{at}.common_http_protocol_options"))?,
-        None => None,
+        None => (None, None),
     };
     Ok(RequestHeaders {
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|v| v.value),
@@ -167,6 +168,7 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
         accept_http_10,
         default_host_for_http_10,
         idle_timeout,
+        max_connection_duration,
     })
 }
 
@@ -184,19 +186,12 @@ fn http_10(h1: &Http1ProtocolOptions, at: &str) -> Result<(bool, Option<String>)
     Ok((h1.accept_http_10, default_host))
 }
 
-/// The connection manager's `common_http_protocol_options`: `idle_timeout` takes effect
-/// (`0s` is none, as in Envoy), `headers_with_underscores_action: ALLOW` is Envoy's
-/// default; every other field is refused by name.
-fn common_options(
-    common: &CommonHttpProtocolOptions,
-    at: &str,
-) -> Result<Option<std::time::Duration>, Bad> {
+/// The connection manager's `common_http_protocol_options`: `idle_timeout` and
+/// `max_connection_duration` take effect (`0s` is none, as in Envoy),
+/// `headers_with_underscores_action: ALLOW` is Envoy's default; every other field is
+/// refused by name. Gives the idle timeout and the maximum duration.
+fn common_options(common: &CommonHttpProtocolOptions, at: &str) -> Result<ConnectionTimes, Bad> {
     let refused = [
-        (
-            "max_connection_duration",
-            common.max_connection_duration.is_some(),
-            "a downstream connection's maximum duration (ProxyConfig connectionSettings.httpMaxConnectionDuration) is not implemented",
-        ),
         (
             "max_stream_duration",
             common.max_stream_duration.is_some(),
@@ -228,11 +223,18 @@ fn common_options(
     }
     let rest = CommonHttpProtocolOptions {
         idle_timeout: None,
+        max_connection_duration: None,
         ..*common
     };
     super::residual::refuse(
         at,
         super::residual::first_set("envoy.config.core.v3.HttpProtocolOptions", &rest),
     )?;
-    Ok(super::duration(common.idle_timeout.as_ref()))
+    Ok((
+        super::duration(common.idle_timeout.as_ref()),
+        super::duration(common.max_connection_duration.as_ref()),
+    ))
 }
+
+/// A connection's idle timeout and maximum duration.
+type ConnectionTimes = (Option<std::time::Duration>, Option<std::time::Duration>);
