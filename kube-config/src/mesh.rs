@@ -349,6 +349,49 @@ mod tests {
     }
 
     #[test]
+    fn proxy_metadata_and_connection_settings_set_the_connection_manager() {
+        let read = |yaml: &str| {
+            mesh_config(&[cm("istio-system", yaml)], "istio-system").map(|m| m.connection_manager)
+        };
+        assert_eq!(read("{}\n").unwrap(), ConnectionManager::default());
+        let m = read(
+            "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_HTTP10: \"1\"\n    ISTIO_META_IDLE_TIMEOUT: 1m30s\n",
+        )
+        .unwrap();
+        assert!(m.accept_http_10);
+        assert_eq!(m.idle_timeout, Some(Duration::from_secs(90)));
+        // Only "1" turns HTTP/1.0 on (enableHTTP10, listener.go); connectionSettings wins
+        // over IDLE_TIMEOUT (applyConnectionSettingsToHCM runs last); zero is none.
+        let m = read(
+            "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_HTTP10: \"true\"\n    ISTIO_META_IDLE_TIMEOUT: 10s\n  connectionSettings:\n    httpIdleTimeout: 0s\n    httpStreamIdleTimeout: 5s\n    httpMaxConnectionDuration: 1h\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            ConnectionManager {
+                accept_http_10: false,
+                idle_timeout: None,
+                stream_idle_timeout: Some(Duration::from_secs(5)),
+                max_connection_duration: Some(Duration::from_secs(3600)),
+            }
+        );
+        let err = read("defaultConfig:\n  connectionSettings:\n    httpRequestTimeout: 5s\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data.mesh.defaultConfig.connectionSettings.httpRequestTimeout"),
+            "{err}"
+        );
+        let err = read("defaultConfig:\n  connectionSettings:\n    httpIdleTimeout: soon\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data.mesh.defaultConfig.connectionSettings.httpIdleTimeout"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn names_the_bad_field() {
         let maps = vec![cm("istio-system", "extensionProviders: {name: x}\n")];
         let err = mesh_config(&maps, "istio-system").unwrap_err().to_string();
