@@ -78,6 +78,8 @@ pub struct ConnectionManager {
     pub stream_idle_timeout: Option<Duration>,
     /// `connectionSettings.httpMaxConnectionDuration`; zero is none.
     pub max_connection_duration: Option<Duration>,
+    /// `connectionSettings.httpMaxStreamDuration`; zero is none.
+    pub max_stream_duration: Option<Duration>,
 }
 
 /// The part of `defaultConfig` (ProxyConfig) the waypoint reads.
@@ -115,6 +117,9 @@ pub struct ConnectionSettings {
     /// The connection manager's `common_http_protocol_options.max_connection_duration`.
     #[serde(default)]
     pub http_max_connection_duration: Option<String>,
+    /// The connection manager's `common_http_protocol_options.max_stream_duration`.
+    #[serde(default)]
+    pub http_max_stream_duration: Option<String>,
 }
 
 /// The `ISTIO_META_*` node metadata keys istiod reads for the connection manager.
@@ -138,7 +143,11 @@ impl ProxyConfig {
         };
         let mut stream_idle_timeout = None;
         let mut max_connection_duration = None;
+        let mut max_stream_duration = None;
         if let Some(cs) = &self.connection_settings {
+            if let Some(v) = &cs.http_max_stream_duration {
+                max_stream_duration = parse(v, "connectionSettings.httpMaxStreamDuration")?;
+            }
             if let Some(v) = &cs.http_max_connection_duration {
                 max_connection_duration = parse(v, "connectionSettings.httpMaxConnectionDuration")?;
             }
@@ -155,6 +164,7 @@ impl ProxyConfig {
             idle_timeout,
             stream_idle_timeout,
             max_connection_duration,
+            max_stream_duration,
         })
     }
 }
@@ -373,6 +383,7 @@ mod tests {
                 idle_timeout: None,
                 stream_idle_timeout: Some(Duration::from_secs(5)),
                 max_connection_duration: Some(Duration::from_secs(3600)),
+                max_stream_duration: None,
             }
         );
         let err = read("defaultConfig:\n  connectionSettings:\n    httpRequestTimeout: 5s\n")

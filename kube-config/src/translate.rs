@@ -211,6 +211,7 @@ pub fn translate_with_status(
             idle_timeout: mesh.connection_manager.idle_timeout,
             stream_idle_timeout: mesh.connection_manager.stream_idle_timeout,
             max_connection_duration: mesh.connection_manager.max_connection_duration,
+            max_stream_duration: mesh.connection_manager.max_stream_duration,
             ..Default::default()
         },
     })?;

@@ -2,7 +2,7 @@
 //! `defaultConfig` (ProxyConfig) `proxyMetadata` `ISTIO_META_HTTP10` / `ISTIO_META_IDLE_TIMEOUT`
 //! (node metadata istiod turns into `accept_http_10` and `common_http_protocol_options
 //! .idle_timeout`) and `connectionSettings.httpIdleTimeout` / `httpStreamIdleTimeout` /
-//! `httpMaxConnectionDuration`, as istiod applies them (`istiod_connection_manager.rs` serves their xDS form).
+//! `httpMaxConnectionDuration` / `httpMaxStreamDuration`, as istiod applies them (`istiod_connection_manager.rs` serves their xDS form).
 
 mod common;
 
@@ -108,7 +108,25 @@ async fn connection_settings_set_the_idle_and_stream_idle_timeouts() {
     let t = Instant::now();
     let resp = http.send_request(get("/get?delay=5s")).await.unwrap();
     assert_eq!(resp.status(), 408);
+    assert_eq!(&body_bytes(resp).await[..], b"stream timeout");
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn connection_settings_max_stream_duration_ends_long_requests() {
+    let h =
+        harness("defaultConfig:\n  connectionSettings:\n    httpMaxStreamDuration: 0.8s\n").await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let t = Instant::now();
+    let resp = http.send_request(get("/get?delay=5s")).await.unwrap();
+    assert_eq!(resp.status(), 408);
+    assert_eq!(&body_bytes(resp).await[..], b"downstream duration timeout");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
@@ -153,12 +171,12 @@ async fn without_them_connections_stay_open() {
 #[tokio::test]
 async fn connection_settings_not_implemented_are_refused_by_name() {
     let (code, out) = check_with(&mesh_config(
-        "defaultConfig:\n  connectionSettings:\n    httpMaxStreamDuration: 60s\n",
+        "defaultConfig:\n  connectionSettings:\n    httpRequestTimeout: 60s\n",
     ))
     .await;
     assert_eq!(code, Some(2), "{out}");
     assert!(
-        out.contains("data.mesh.defaultConfig.connectionSettings.httpMaxStreamDuration"),
+        out.contains("data.mesh.defaultConfig.connectionSettings.httpRequestTimeout"),
         "{out}"
     );
     let (code, out) = check_with(&mesh_config(

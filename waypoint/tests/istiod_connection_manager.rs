@@ -11,7 +11,11 @@
 //!   has had no request in flight for that long;
 //! - `common_http_protocol_options {max_connection_duration}` for ProxyConfig
 //!   `connectionSettings.httpMaxConnectionDuration` (`applyConnectionSettingsToHCM`): the
-//!   connection is drained that long after it began, requests in flight finishing.
+//!   connection is drained that long after it began, requests in flight finishing;
+//! - `common_http_protocol_options {max_stream_duration}` for ProxyConfig
+//!   `connectionSettings.httpMaxStreamDuration` (`applyConnectionSettingsToHCM`): a request
+//!   still going that long after its headers is answered 408 before its response starts,
+//!   reset after.
 
 mod istiod;
 
@@ -254,16 +258,17 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_and_a_busy_on
 
 #[tokio::test]
 async fn other_common_options_are_nacked_by_field() {
-    // ProxyConfig connectionSettings.httpMaxStreamDuration (applyConnectionSettingsToHCM).
+    // ProxyConfig connectionSettings.httpHeadersWithUnderscoresAction
+    // (applyConnectionSettingsToHCM).
     let w = waypoint(|hcm| {
         hcm["common_http_protocol_options"] =
-            json!({"idle_timeout": "60s", "max_stream_duration": "60s"})
+            json!({"idle_timeout": "60s", "headers_with_underscores_action": "REJECT_REQUEST"})
     })
     .await;
     let e = nack(&w).await;
     assert!(
         e.contains("main_internal")
-            && e.contains("common_http_protocol_options.max_stream_duration"),
+            && e.contains("common_http_protocol_options.headers_with_underscores_action"),
         "{e}"
     );
 }
@@ -342,4 +347,59 @@ async fn a_request_in_flight_at_the_maximum_duration_finishes_then_the_connectio
         .await
         .expect("closed");
     assert!(took < Duration::from_secs(4), "closed after {took:?}");
+}
+
+fn max_stream_duration(hcm: &mut serde_json::Value) {
+    hcm["common_http_protocol_options"] = json!({"max_stream_duration": "0.800s"});
+}
+
+#[tokio::test]
+async fn a_request_over_its_maximum_duration_gets_408_before_its_response() {
+    let w = waypoint(max_stream_duration).await;
+    served(&w).await;
+    let t = Instant::now();
+    // The pod answers after 10 s; the route has no timeout (istiod's 0s).
+    let a = get(&w, 8100, "/hang?delay=10s").await;
+    let took = t.elapsed();
+    assert_eq!(a.status, 408);
+    assert_eq!(&a.body[..], b"downstream duration timeout");
+    assert!(
+        took >= MAX_DURATION && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    logged(
+        &w,
+        "HCM /hang?delay=10s HTTP/1.1 408 - max_duration_timeout",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_response_still_streaming_at_the_maximum_duration_is_reset() {
+    let w = waypoint(max_stream_duration).await;
+    served(&w).await;
+    let mut http = http1(&w).await;
+    // Chunks 300 ms apart: never idle, but 1.5 s long.
+    let resp = http
+        .send_request(request("/drip?n=6&gap=300ms"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let t = Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the stream ended");
+    assert!(body.is_err(), "the stream was reset, not completed");
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    logged(
+        &w,
+        "HCM /drip?n=6&gap=300ms HTTP/1.1 200 - max_duration_timeout",
+    )
+    .await;
+    // A request within the duration completes.
+    assert_eq!(get(&w, 8100, "/drip?n=2&gap=100ms").await.status, 200);
 }

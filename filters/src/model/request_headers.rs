@@ -47,6 +47,12 @@ pub struct RequestHeaders {
     /// HTTP/2: GOAWAY), and closed at the end of Envoy's drain period (5 s) whatever is
     /// left. `None` is no limit.
     pub max_connection_duration: Option<std::time::Duration>,
+    /// Envoy's `common_http_protocol_options.max_stream_duration` of the connection
+    /// manager (ProxyConfig `connectionSettings.httpMaxStreamDuration`): a request still
+    /// going this long after its headers arrived is answered 408 `downstream duration
+    /// timeout` (details `max_duration_timeout`) before its response starts, reset after.
+    /// `None` is no limit.
+    pub max_stream_duration: Option<std::time::Duration>,
 }
 
 impl Default for RequestHeaders {
@@ -60,6 +66,7 @@ impl Default for RequestHeaders {
             default_host_for_http_10: None,
             idle_timeout: None,
             max_connection_duration: None,
+            max_stream_duration: None,
         }
     }
 }

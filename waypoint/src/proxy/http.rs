@@ -34,7 +34,7 @@ use tower::{Layer, ServiceExt};
 
 use super::headers::strip_hop_by_hop;
 use super::idle::Activity;
-use super::stream_idle::StreamIdle;
+use super::stream_idle::{Expiry, StreamIdle};
 use super::tracked::{InFlight, Pending, Received, TrackedBody};
 use crate::state::Proxy;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
@@ -290,7 +290,10 @@ impl TunnelApp {
             // the upstream call in it, is dropped).
             Some(idle) => tokio::select! {
                 r = self.chain.clone().oneshot(req) => r,
-                () = idle.expired() => Err(filters::ProxyError::StreamIdleTimeout),
+                which = idle.expired() => Err(match which {
+                    Expiry::Idle => filters::ProxyError::StreamIdleTimeout,
+                    Expiry::MaxDuration => filters::ProxyError::StreamMaxDuration,
+                }),
             },
         };
         if let Some(idle) = &idle {
@@ -380,10 +383,8 @@ impl TunnelApp {
                 .map_err(|_| (StatusCode::BAD_REQUEST, "bad path"))?;
         }
         let snapshot = self.proxy.config.current();
-        let idle = snapshot
-            .request_headers()
-            .stream_idle_timeout
-            .map(StreamIdle::start);
+        let settings = snapshot.request_headers();
+        let idle = StreamIdle::start(settings.stream_idle_timeout, settings.max_stream_duration);
         let (body, received) = if http_body::Body::is_end_stream(&incoming) && !upgrade {
             (fbody::empty(), None)
         } else {
@@ -402,8 +403,8 @@ impl TunnelApp {
     }
 }
 
-/// A request ready for the chain: its body's byte count (when it has one) and its idle
-/// clock (when the connection manager has a stream idle timeout).
+/// A request ready for the chain: its body's byte count (when it has one) and its timers
+/// (when the connection manager has a stream idle timeout or a maximum stream duration).
 type Accepted = (Request<Body>, Option<Received>, Option<Arc<StreamIdle>>);
 
 /// A request refused before the chain: the status and the reason sent back.

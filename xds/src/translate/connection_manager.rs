@@ -13,9 +13,9 @@
 //! ProxyConfig `connectionSettings.httpIdleTimeout` in `applyConnectionSettingsToHCM`).
 //! What takes effect goes into [`RequestHeaders`]; values the waypoint does not implement
 //! are refused by field; of the other common options istiod can write from
-//! `connectionSettings`, `max_connection_duration` (`httpMaxConnectionDuration`) takes
-//! effect, `max_stream_duration` and `headers_with_underscores_action` other than `ALLOW`
-//! are refused.
+//! `connectionSettings`, `max_connection_duration` (`httpMaxConnectionDuration`) and
+//! `max_stream_duration` (`httpMaxStreamDuration`) take effect,
+//! `headers_with_underscores_action` other than `ALLOW` is refused.
 //!
 //! Accepted without effect: `server_name`/`server_header_transformation` (the waypoint
 //! does not write a `server` response header), `stat_prefix`,
@@ -155,9 +155,9 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
         Some(h1) => http_10(h1, &format!("{at}.http_protocol_options"))?,
         None => (false, None),
     };
-    let (idle_timeout, max_connection_duration) = match &hcm.common_http_protocol_options {
+    let times = match &hcm.common_http_protocol_options {
         Some(common) => common_options(common, &format!("{at}.common_http_protocol_options"))?,
-        None => (None, None),
+        None => ConnectionTimes::default(),
     };
     Ok(RequestHeaders {
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|v| v.value),
@@ -167,8 +167,9 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
         preserve_header_case,
         accept_http_10,
         default_host_for_http_10,
-        idle_timeout,
-        max_connection_duration,
+        idle_timeout: times.idle_timeout,
+        max_connection_duration: times.max_connection_duration,
+        max_stream_duration: times.max_stream_duration,
     })
 }
 
@@ -186,17 +187,13 @@ fn http_10(h1: &Http1ProtocolOptions, at: &str) -> Result<(bool, Option<String>)
     Ok((h1.accept_http_10, default_host))
 }
 
-/// The connection manager's `common_http_protocol_options`: `idle_timeout` and
-/// `max_connection_duration` take effect (`0s` is none, as in Envoy),
+/// The connection manager's `common_http_protocol_options`: `idle_timeout`,
+/// `max_connection_duration` and `max_stream_duration` take effect (`0s` is none, as in
+/// Envoy),
 /// `headers_with_underscores_action: ALLOW` is Envoy's default; every other field is
-/// refused by name. Gives the idle timeout and the maximum duration.
+/// refused by name.
 fn common_options(common: &CommonHttpProtocolOptions, at: &str) -> Result<ConnectionTimes, Bad> {
     let refused = [
-        (
-            "max_stream_duration",
-            common.max_stream_duration.is_some(),
-            "a downstream stream's maximum duration (ProxyConfig connectionSettings.httpMaxStreamDuration) is not implemented",
-        ),
         (
             "headers_with_underscores_action",
             common.headers_with_underscores_action != 0,
@@ -224,17 +221,24 @@ fn common_options(common: &CommonHttpProtocolOptions, at: &str) -> Result<Connec
     let rest = CommonHttpProtocolOptions {
         idle_timeout: None,
         max_connection_duration: None,
+        max_stream_duration: None,
         ..*common
     };
     super::residual::refuse(
         at,
         super::residual::first_set("envoy.config.core.v3.HttpProtocolOptions", &rest),
     )?;
-    Ok((
-        super::duration(common.idle_timeout.as_ref()),
-        super::duration(common.max_connection_duration.as_ref()),
-    ))
+    Ok(ConnectionTimes {
+        idle_timeout: super::duration(common.idle_timeout.as_ref()),
+        max_connection_duration: super::duration(common.max_connection_duration.as_ref()),
+        max_stream_duration: super::duration(common.max_stream_duration.as_ref()),
+    })
 }
 
-/// A connection's idle timeout and maximum duration.
-type ConnectionTimes = (Option<std::time::Duration>, Option<std::time::Duration>);
+/// The time limits of `common_http_protocol_options` (`None`: unset or `0s`, no limit).
+#[derive(Default)]
+struct ConnectionTimes {
+    idle_timeout: Option<std::time::Duration>,
+    max_connection_duration: Option<std::time::Duration>,
+    max_stream_duration: Option<std::time::Duration>,
+}

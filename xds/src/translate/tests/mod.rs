@@ -539,7 +539,6 @@ fn listener_and_connection_manager_fields_no_translator_reads_are_refused_by_nam
     // `httpIdleTimeout` (applyConnectionSettingsToHCM, connection_settings.go) are refused
     // by name.
     for (field, value) in [
-        ("max_stream_duration", serde_json::json!("60s")),
         (
             "headers_with_underscores_action",
             serde_json::json!("REJECT_REQUEST"),
@@ -601,15 +600,19 @@ fn http_10_and_the_idle_timeout_come_from_the_connection_manager() {
     assert!(!none.accept_http_10);
     assert_eq!(none.idle_timeout, None);
     assert_eq!(none.max_connection_duration, None);
+    assert_eq!(none.max_stream_duration, None);
     let set = with(
         serde_json::json!({"accept_http_10": true}),
-        serde_json::json!({"idle_timeout": "1.5s", "max_connection_duration": "60s"}),
+        serde_json::json!({"idle_timeout": "1.5s", "max_connection_duration": "60s",
+            "max_stream_duration": "2s"}),
     );
     assert!(set.accept_http_10);
     assert_eq!(set.default_host_for_http_10, None);
     assert_eq!(set.idle_timeout, Some(Duration::from_millis(1500)));
     // ProxyConfig connectionSettings.httpMaxConnectionDuration (applyConnectionSettingsToHCM).
     assert_eq!(set.max_connection_duration, Some(Duration::from_secs(60)));
+    // connectionSettings.httpMaxStreamDuration.
+    assert_eq!(set.max_stream_duration, Some(Duration::from_secs(2)));
     // `0s` turns Envoy's idle timeout off; ALLOW is Envoy's default underscore action.
     let off = with(
         serde_json::json!({"accept_http_10": true, "default_host_for_http_10": "h.example"}),
