@@ -80,6 +80,8 @@ pub struct ConnectionManager {
     pub max_connection_duration: Option<Duration>,
     /// `connectionSettings.httpMaxStreamDuration`; zero is none.
     pub max_stream_duration: Option<Duration>,
+    /// `connectionSettings.httpHeadersWithUnderscoresAction`.
+    pub underscore_headers: filters::model::UnderscoreHeaders,
 }
 
 /// The part of `defaultConfig` (ProxyConfig) the waypoint reads.
@@ -120,6 +122,11 @@ pub struct ConnectionSettings {
     /// The connection manager's `common_http_protocol_options.max_stream_duration`.
     #[serde(default)]
     pub http_max_stream_duration: Option<String>,
+    /// The connection manager's `common_http_protocol_options
+    /// .headers_with_underscores_action`: `HEADERS_WITH_UNDERSCORES_ALLOW`,
+    /// `_REJECT_REQUEST`, `_DROP_HEADER` (`_UNSPECIFIED`: unset).
+    #[serde(default)]
+    pub http_headers_with_underscores_action: Option<String>,
 }
 
 /// The `ISTIO_META_*` node metadata keys istiod reads for the connection manager.
@@ -144,7 +151,25 @@ impl ProxyConfig {
         let mut stream_idle_timeout = None;
         let mut max_connection_duration = None;
         let mut max_stream_duration = None;
+        let mut underscore_headers = filters::model::UnderscoreHeaders::Allow;
         if let Some(cs) = &self.connection_settings {
+            if let Some(v) = &cs.http_headers_with_underscores_action {
+                use filters::model::UnderscoreHeaders as U;
+                // toEnvoyHeadersWithUnderscoresAction (connection_settings.go).
+                underscore_headers = match v.as_str() {
+                    "HEADERS_WITH_UNDERSCORES_UNSPECIFIED" | "HEADERS_WITH_UNDERSCORES_ALLOW" => {
+                        U::Allow
+                    }
+                    "HEADERS_WITH_UNDERSCORES_REJECT_REQUEST" => U::RejectRequest,
+                    "HEADERS_WITH_UNDERSCORES_DROP_HEADER" => U::DropHeader,
+                    other => {
+                        return Err((
+                            "connectionSettings.httpHeadersWithUnderscoresAction".into(),
+                            format!("unknown value {other:?}"),
+                        ))
+                    }
+                };
+            }
             if let Some(v) = &cs.http_max_stream_duration {
                 max_stream_duration = parse(v, "connectionSettings.httpMaxStreamDuration")?;
             }
@@ -165,6 +190,7 @@ impl ProxyConfig {
             stream_idle_timeout,
             max_connection_duration,
             max_stream_duration,
+            underscore_headers,
         })
     }
 }
@@ -384,7 +410,16 @@ mod tests {
                 stream_idle_timeout: Some(Duration::from_secs(5)),
                 max_connection_duration: Some(Duration::from_secs(3600)),
                 max_stream_duration: None,
+                underscore_headers: filters::model::UnderscoreHeaders::Allow,
             }
+        );
+        let m = read(
+            "defaultConfig:\n  connectionSettings:\n    httpHeadersWithUnderscoresAction: HEADERS_WITH_UNDERSCORES_DROP_HEADER\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.underscore_headers,
+            filters::model::UnderscoreHeaders::DropHeader
         );
         let err = read("defaultConfig:\n  connectionSettings:\n    httpRequestTimeout: 5s\n")
             .unwrap_err()

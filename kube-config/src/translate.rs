@@ -212,6 +212,7 @@ pub fn translate_with_status(
             stream_idle_timeout: mesh.connection_manager.stream_idle_timeout,
             max_connection_duration: mesh.connection_manager.max_connection_duration,
             max_stream_duration: mesh.connection_manager.max_stream_duration,
+            underscore_headers: mesh.connection_manager.underscore_headers,
             ..Default::default()
         },
     })?;

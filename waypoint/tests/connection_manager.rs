@@ -2,7 +2,8 @@
 //! `defaultConfig` (ProxyConfig) `proxyMetadata` `ISTIO_META_HTTP10` / `ISTIO_META_IDLE_TIMEOUT`
 //! (node metadata istiod turns into `accept_http_10` and `common_http_protocol_options
 //! .idle_timeout`) and `connectionSettings.httpIdleTimeout` / `httpStreamIdleTimeout` /
-//! `httpMaxConnectionDuration` / `httpMaxStreamDuration`, as istiod applies them (`istiod_connection_manager.rs` serves their xDS form).
+//! `httpMaxConnectionDuration` / `httpMaxStreamDuration` / `httpHeadersWithUnderscoresAction`,
+//! as istiod applies them (`istiod_connection_manager.rs` serves their xDS form).
 
 mod common;
 
@@ -160,6 +161,44 @@ async fn connection_settings_max_connection_duration_closes_busy_connections() {
         "closed after {took:?}"
     );
     assert!(served >= 3, "served {served}");
+}
+
+#[tokio::test]
+async fn connection_settings_headers_with_underscores_action_refuses_or_drops() {
+    let h = harness(
+        "defaultConfig:\n  connectionSettings:\n    httpHeadersWithUnderscoresAction: HEADERS_WITH_UNDERSCORES_REJECT_REQUEST\n",
+    )
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let req = http::Request::get("/get")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("x_under", "1")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let h = harness(
+        "defaultConfig:\n  connectionSettings:\n    httpHeadersWithUnderscoresAction: HEADERS_WITH_UNDERSCORES_DROP_HEADER\n",
+    )
+    .await;
+    let conn = h.client().connect().await.unwrap();
+    let mut http = conn.http1(authority(80)).await.unwrap();
+    let req = http::Request::get("/get")
+        .header("host", "echo.default.svc.cluster.local")
+        .header("x_under", "1")
+        .body(filters::body::empty())
+        .unwrap();
+    let resp = http.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo = json(resp).await;
+    let names: Vec<String> = echo["headers"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.to_ascii_lowercase())
+        .collect();
+    assert!(!names.contains(&"x_under".to_string()), "{echo}");
 }
 
 #[tokio::test]

@@ -15,7 +15,11 @@
 //! - `common_http_protocol_options {max_stream_duration}` for ProxyConfig
 //!   `connectionSettings.httpMaxStreamDuration` (`applyConnectionSettingsToHCM`): a request
 //!   still going that long after its headers is answered 408 before its response starts,
-//!   reset after.
+//!   reset after;
+//! - `common_http_protocol_options {headers_with_underscores_action}` for ProxyConfig
+//!   `connectionSettings.httpHeadersWithUnderscoresAction` (`applyConnectionSettingsToHCM`,
+//!   `toEnvoyHeadersWithUnderscoresAction`): such request headers dropped, or the request
+//!   refused (HTTP/1.1 400, HTTP/2 stream reset).
 
 mod istiod;
 
@@ -258,17 +262,15 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_and_a_busy_on
 
 #[tokio::test]
 async fn other_common_options_are_nacked_by_field() {
-    // ProxyConfig connectionSettings.httpHeadersWithUnderscoresAction
-    // (applyConnectionSettingsToHCM).
+    // None that istiod writes for a waypoint: `max_headers_count`.
     let w = waypoint(|hcm| {
         hcm["common_http_protocol_options"] =
-            json!({"idle_timeout": "60s", "headers_with_underscores_action": "REJECT_REQUEST"})
+            json!({"idle_timeout": "60s", "max_headers_count": 50})
     })
     .await;
     let e = nack(&w).await;
     assert!(
-        e.contains("main_internal")
-            && e.contains("common_http_protocol_options.headers_with_underscores_action"),
+        e.contains("main_internal") && e.contains("common_http_protocol_options.max_headers_count"),
         "{e}"
     );
 }
@@ -402,4 +404,82 @@ async fn a_response_still_streaming_at_the_maximum_duration_is_reset() {
     .await;
     // A request within the duration completes.
     assert_eq!(get(&w, 8100, "/drip?n=2&gap=100ms").await.status, 200);
+}
+
+fn underscores(action: &'static str) -> impl Fn(&mut serde_json::Value) {
+    move |hcm| {
+        hcm["common_http_protocol_options"] = json!({"headers_with_underscores_action": action})
+    }
+}
+
+#[tokio::test]
+async fn header_names_with_underscores_are_dropped_with_drop_header() {
+    let w = waypoint(underscores("DROP_HEADER")).await;
+    served(&w).await;
+    let a = send(
+        &w,
+        8100,
+        "GET",
+        "/get",
+        &[("x_under", "1"), ("x-dash", "2")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let headers = a.echo()["headers"].clone();
+    let names: Vec<String> = headers
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.to_ascii_lowercase())
+        .collect();
+    assert!(!names.contains(&"x_under".to_string()), "{headers}");
+    assert!(names.contains(&"x-dash".to_string()), "{headers}");
+}
+
+#[tokio::test]
+async fn header_names_with_underscores_refuse_the_request_with_reject_request() {
+    let w = waypoint(underscores("REJECT_REQUEST")).await;
+    served(&w).await;
+    // HTTP/1.1: 400, then the connection closes.
+    let response = raw(
+        &w,
+        &format!("GET /get HTTP/1.1\r\nHost: {HOST}\r\nx_under: 1\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{response}"
+    );
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
+    logged(&w, "HCM /get HTTP/1.1 400 DPE http1.unexpected_underscore").await;
+    // HTTP/2: the stream is reset; the connection serves the next one.
+    let conn = w.client.connect().await.unwrap();
+    let mut h2 = conn
+        .h2c(SocketAddr::new(VIP.parse().unwrap(), 8100))
+        .await
+        .unwrap();
+    let req = http::Request::get("/get")
+        .header("host", HOST)
+        .header("x_under", "1")
+        .body(filters::body::empty())
+        .unwrap();
+    let e = h2.send_request(req).await.expect_err("reset");
+    let reason = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason);
+    assert_eq!(reason, Some(h2::Reason::PROTOCOL_ERROR), "{e:?}");
+    let resp = h2.send_request(request("/get")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Without underscores: served.
+    assert_eq!(
+        send(&w, 8100, "GET", "/get", &[("x-dash", "2")])
+            .await
+            .status,
+        200
+    );
 }

@@ -53,6 +53,43 @@ pub struct RequestHeaders {
     /// timeout` (details `max_duration_timeout`) before its response starts, reset after.
     /// `None` is no limit.
     pub max_stream_duration: Option<std::time::Duration>,
+    /// What becomes of request headers whose names contain `_` (Envoy's
+    /// `common_http_protocol_options.headers_with_underscores_action`, ProxyConfig
+    /// `connectionSettings.httpHeadersWithUnderscoresAction`).
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// Envoy's `headers_with_underscores_action` for request headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum UnderscoreHeaders {
+    /// Kept (Envoy's default).
+    #[default]
+    Allow,
+    /// The request is refused: HTTP/1.1 with 400 and the connection closed, HTTP/2 with
+    /// its stream reset.
+    RejectRequest,
+    /// Such headers are removed before anything reads the request.
+    DropHeader,
+}
+
+impl UnderscoreHeaders {
+    /// Whether `headers` has a name with `_` in it.
+    pub fn any_in(headers: &http::HeaderMap) -> bool {
+        headers.keys().any(|k| k.as_str().contains('_'))
+    }
+
+    /// Removes the headers whose names contain `_`; how many names went.
+    pub fn drop_from(headers: &mut http::HeaderMap) -> usize {
+        let names: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for n in &names {
+            headers.remove(n);
+        }
+        names.len()
+    }
 }
 
 impl Default for RequestHeaders {
@@ -67,6 +104,7 @@ impl Default for RequestHeaders {
             idle_timeout: None,
             max_connection_duration: None,
             max_stream_duration: None,
+            underscore_headers: UnderscoreHeaders::Allow,
         }
     }
 }
@@ -156,5 +194,19 @@ mod tests {
         .apply(&mut h);
         assert!(!h.contains_key("x-request-id"));
         assert!(h.contains_key("x-forwarded-client-cert"));
+    }
+
+    #[test]
+    fn finds_and_drops_names_with_underscores() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-ok", "1".parse().unwrap());
+        assert!(!UnderscoreHeaders::any_in(&h));
+        h.append("x_bad", "1".parse().unwrap());
+        h.append("x_bad", "2".parse().unwrap());
+        h.insert("other_one", "3".parse().unwrap());
+        assert!(UnderscoreHeaders::any_in(&h));
+        assert_eq!(UnderscoreHeaders::drop_from(&mut h), 2);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-ok"], "1");
     }
 }

@@ -14,14 +14,13 @@
 //! implementation on the hot path, not two), and it hands requests and responses over as
 //! `http` types, with no conversion.
 
-use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use filters::authn::{AuthnLayer, AuthnService};
 use filters::authz::{AuthzLayer, AuthzService};
 use filters::body::{self as fbody, Body};
-use filters::model::{RequestContext, TunnelInfo};
+use filters::model::{RequestContext, TunnelInfo, UnderscoreHeaders};
 use filters::retry::{RetryLayer, RetryService};
 use filters::route::{RouteLayer, RouteService};
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
@@ -100,7 +99,7 @@ pub async fn serve(
     });
     let service = hyper::service::service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.exchange(req).await) }
+        async move { app.serve_request(req).await }
     });
     let io = TokioIo::new(stream);
     let result = if h2c {
@@ -212,15 +211,50 @@ macro_rules! until_shutdown {
 use until_shutdown;
 
 impl TunnelApp {
-    /// Runs one request through the filter chain; the response's body reports to
-    /// telemetry when it ends.
-    async fn exchange(&self, mut req: Request<Incoming>) -> Response<TrackedBody> {
+    /// Serves one request: header names with `_` first, as Envoy's codec reads them
+    /// (`headers_with_underscores_action`: dropped, or the request refused; on HTTP/2 by
+    /// resetting its stream, the error hyper turns into RST_STREAM `PROTOCOL_ERROR`), then
+    /// [`Self::exchange`].
+    async fn serve_request(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<TrackedBody>, h2::Error> {
+        let snapshot = self.proxy.config.current();
+        let mut refuse_underscore = false;
+        match snapshot.request_headers().underscore_headers {
+            UnderscoreHeaders::Allow => {}
+            UnderscoreHeaders::DropHeader => {
+                let dropped = UnderscoreHeaders::drop_from(req.headers_mut());
+                if dropped > 0 {
+                    tracing::debug!(dropped, "request header names with underscores dropped");
+                }
+            }
+            UnderscoreHeaders::RejectRequest if UnderscoreHeaders::any_in(req.headers()) => {
+                tracing::debug!("request refused: a header name has an underscore");
+                if req.version() == Version::HTTP_2 {
+                    return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
+                }
+                refuse_underscore = true;
+            }
+            UnderscoreHeaders::RejectRequest => {}
+        }
+        Ok(self.exchange(req, snapshot, refuse_underscore).await)
+    }
+
+    /// Runs one request through the filter chain, under `snapshot`; the response's body
+    /// reports to telemetry when it ends. With `refuse_underscore` (an HTTP/1 request with
+    /// a header name Envoy's codec refuses) it is answered 400 and the connection closed.
+    async fn exchange(
+        &self,
+        mut req: Request<Incoming>,
+        snapshot: Arc<filters::model::Snapshot>,
+        refuse_underscore: bool,
+    ) -> Response<TrackedBody> {
         let h2 = req.version() == Version::HTTP_2;
         // HTTP/1.0 is answered 426 unless the connection manager accepts it (Envoy's
         // `accept_http_10`), before anything else is looked at; accepted, a request without
         // a Host gets `default_host_for_http_10` when there is one.
         let low_version = req.version() == Version::HTTP_10 && {
-            let snapshot = self.proxy.config.current();
             let settings = snapshot.request_headers();
             if settings.accept_http_10 {
                 if let Some(host) = &settings.default_host_for_http_10 {
@@ -233,7 +267,16 @@ impl TunnelApp {
             }
             !settings.accept_http_10
         };
-        let upgrade_req = match (h2 || low_version, upgrade_of(req.headers())) {
+        // Envoy's codec refuses the header names before the connection manager sees the
+        // version.
+        let local_reply: Option<fn() -> Response<Body>> = if refuse_underscore {
+            Some(underscore_refused)
+        } else if low_version {
+            Some(upgrade_required)
+        } else {
+            None
+        };
+        let upgrade_req = match (h2 || local_reply.is_some(), upgrade_of(req.headers())) {
             (true, _) | (false, Upgrade::None) => false,
             (false, Upgrade::WebSocket) => true,
             // Forwarded as a plain request: the hop-by-hop Upgrade header is dropped.
@@ -243,12 +286,16 @@ impl TunnelApp {
                 return TrackedBody::untracked(local(StatusCode::FORBIDDEN, ""));
             }
         };
-        let (mut req, received, idle) = match self.request(req, upgrade_req) {
+        let (mut req, received, idle) = match self.request(req, upgrade_req, snapshot) {
             Ok(r) => r,
-            // Not a request the chain could see (no Host, say): still 426, unrecorded as
-            // the other refusals here.
-            Err(_) if low_version => return TrackedBody::untracked(upgrade_required()),
-            Err((status, why)) => return TrackedBody::untracked(local(status, why)),
+            // Not a request the chain could see (no Host, say): still 400 or 426,
+            // unrecorded as the other refusals here.
+            Err((status, why)) => {
+                return TrackedBody::untracked(match local_reply {
+                    Some(reply) => reply(),
+                    None => local(status, why),
+                })
+            }
         };
         let in_flight = InFlight::start(&self.proxy, self.activity.as_ref());
         let snapshot = req
@@ -279,16 +326,16 @@ impl TunnelApp {
         let downstream_upgrade = upgrade_req.then(|| hyper::upgrade::on(&mut req));
         let uri = req.uri().clone();
         let path = uri.path();
-        let answer = match &idle {
+        let answer = match (local_reply, &idle) {
             // Recorded (metrics, access logs) as Envoy's local reply is.
-            _ if low_version => {
+            (Some(reply), _) => {
                 drop(req);
-                Ok(upgrade_required())
+                Ok(reply())
             }
-            None => self.chain.clone().oneshot(req).await,
+            (None, None) => self.chain.clone().oneshot(req).await,
             // Before the response starts, an idle stream is answered 408 (the chain, and
             // the upstream call in it, is dropped).
-            Some(idle) => tokio::select! {
+            (None, Some(idle)) => tokio::select! {
                 r = self.chain.clone().oneshot(req) => r,
                 which = idle.expired() => Err(match which {
                     Expiry::Idle => filters::ProxyError::StreamIdleTimeout,
@@ -328,6 +375,11 @@ impl TunnelApp {
             );
         }
         strip_hop_by_hop(resp.headers_mut(), switching);
+        if refuse_underscore {
+            // Envoy closes the connection after a codec error.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let outcome = Outcome {
             code: resp.status().as_u16(),
             flags,
@@ -347,7 +399,12 @@ impl TunnelApp {
 
     /// Converts hyper's request into the chain's form: origin-form URI plus a Host header,
     /// hop-by-hop headers removed, the body counted, the tunnel's context attached.
-    fn request(&self, req: Request<Incoming>, upgrade: bool) -> Result<Accepted, Refused> {
+    fn request(
+        &self,
+        req: Request<Incoming>,
+        upgrade: bool,
+        snapshot: Arc<filters::model::Snapshot>,
+    ) -> Result<Accepted, Refused> {
         let (mut parts, incoming) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         // RFC 9112 3.2: several Host headers are a bad request (authorization would read one,
@@ -382,7 +439,6 @@ impl TunnelApp {
                 .parse()
                 .map_err(|_| (StatusCode::BAD_REQUEST, "bad path"))?;
         }
-        let snapshot = self.proxy.config.current();
         let settings = snapshot.request_headers();
         let idle = StreamIdle::start(settings.stream_idle_timeout, settings.max_stream_duration);
         let (body, received) = if http_body::Body::is_end_stream(&incoming) && !upgrade {
@@ -483,6 +539,17 @@ fn splice(downstream: Option<OnUpgrade>, upstream: Option<OnUpgrade>) {
             Err(e) => tracing::info!(error = %e, "upgrade failed"),
         }
     });
+}
+
+/// Envoy's answer to an HTTP/1 request with a header name containing `_` under
+/// `headers_with_underscores_action: REJECT_REQUEST`: 400 `Bad Request` (flag `DPE`,
+/// details `http1.unexpected_underscore`), the connection closed after it.
+fn underscore_refused() -> Response<Body> {
+    let mut r = local(StatusCode::BAD_REQUEST, "Bad Request");
+    r.extensions_mut().insert(ResponseFlag("DPE"));
+    r.extensions_mut()
+        .insert(ResponseDetails("http1.unexpected_underscore"));
+    r
 }
 
 /// Envoy's answer to an HTTP/1.0 request when the connection manager does not accept

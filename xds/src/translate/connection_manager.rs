@@ -12,10 +12,10 @@
 //! from the proxy's `IDLE_TIMEOUT` metadata in `buildHTTPConnectionManager`, replaced by
 //! ProxyConfig `connectionSettings.httpIdleTimeout` in `applyConnectionSettingsToHCM`).
 //! What takes effect goes into [`RequestHeaders`]; values the waypoint does not implement
-//! are refused by field; of the other common options istiod can write from
-//! `connectionSettings`, `max_connection_duration` (`httpMaxConnectionDuration`) and
-//! `max_stream_duration` (`httpMaxStreamDuration`) take effect,
-//! `headers_with_underscores_action` other than `ALLOW` is refused.
+//! are refused by field; the other common options istiod can write from
+//! `connectionSettings` take effect: `max_connection_duration`
+//! (`httpMaxConnectionDuration`), `max_stream_duration` (`httpMaxStreamDuration`),
+//! `headers_with_underscores_action` (`httpHeadersWithUnderscoresAction`).
 //!
 //! Accepted without effect: `server_name`/`server_header_transformation` (the waypoint
 //! does not write a `server` response header), `stat_prefix`,
@@ -24,12 +24,13 @@
 //! refused by name ([`check_unread`]).
 
 use envoy_types::pb::envoy::config::core::v3::{
-    Http1ProtocolOptions, HttpProtocolOptions as CommonHttpProtocolOptions,
+    http_protocol_options::HeadersWithUnderscoresAction, Http1ProtocolOptions,
+    HttpProtocolOptions as CommonHttpProtocolOptions,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::ForwardClientCertDetails, HttpConnectionManager,
 };
-use filters::model::RequestHeaders;
+use filters::model::{RequestHeaders, UnderscoreHeaders};
 
 use super::Bad;
 
@@ -170,6 +171,7 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
         idle_timeout: times.idle_timeout,
         max_connection_duration: times.max_connection_duration,
         max_stream_duration: times.max_stream_duration,
+        underscore_headers: times.underscore_headers,
     })
 }
 
@@ -188,17 +190,10 @@ fn http_10(h1: &Http1ProtocolOptions, at: &str) -> Result<(bool, Option<String>)
 }
 
 /// The connection manager's `common_http_protocol_options`: `idle_timeout`,
-/// `max_connection_duration` and `max_stream_duration` take effect (`0s` is none, as in
-/// Envoy),
-/// `headers_with_underscores_action: ALLOW` is Envoy's default; every other field is
-/// refused by name.
+/// `max_connection_duration`, `max_stream_duration` (`0s` is none, as in Envoy) and
+/// `headers_with_underscores_action` take effect; every other field is refused by name.
 fn common_options(common: &CommonHttpProtocolOptions, at: &str) -> Result<ConnectionTimes, Bad> {
     let refused = [
-        (
-            "headers_with_underscores_action",
-            common.headers_with_underscores_action != 0,
-            "only ALLOW is supported (ProxyConfig connectionSettings.httpHeadersWithUnderscoresAction)",
-        ),
         (
             "max_headers_count",
             common.max_headers_count.is_some(),
@@ -222,22 +217,38 @@ fn common_options(common: &CommonHttpProtocolOptions, at: &str) -> Result<Connec
         idle_timeout: None,
         max_connection_duration: None,
         max_stream_duration: None,
+        headers_with_underscores_action: 0,
         ..*common
     };
     super::residual::refuse(
         at,
         super::residual::first_set("envoy.config.core.v3.HttpProtocolOptions", &rest),
     )?;
+    let underscore_headers =
+        match HeadersWithUnderscoresAction::try_from(common.headers_with_underscores_action) {
+            Ok(HeadersWithUnderscoresAction::Allow) => UnderscoreHeaders::Allow,
+            Ok(HeadersWithUnderscoresAction::RejectRequest) => UnderscoreHeaders::RejectRequest,
+            Ok(HeadersWithUnderscoresAction::DropHeader) => UnderscoreHeaders::DropHeader,
+            Err(_) => {
+                return Err((
+                    format!("{at}.headers_with_underscores_action"),
+                    format!("unknown value {}", common.headers_with_underscores_action),
+                ))
+            }
+        };
     Ok(ConnectionTimes {
+        underscore_headers,
         idle_timeout: super::duration(common.idle_timeout.as_ref()),
         max_connection_duration: super::duration(common.max_connection_duration.as_ref()),
         max_stream_duration: super::duration(common.max_stream_duration.as_ref()),
     })
 }
 
-/// The time limits of `common_http_protocol_options` (`None`: unset or `0s`, no limit).
+/// The settings of `common_http_protocol_options` (time limits `None`: unset or `0s`, no
+/// limit).
 #[derive(Default)]
 struct ConnectionTimes {
+    underscore_headers: UnderscoreHeaders,
     idle_timeout: Option<std::time::Duration>,
     max_connection_duration: Option<std::time::Duration>,
     max_stream_duration: Option<std::time::Duration>,

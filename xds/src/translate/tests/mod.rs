@@ -539,10 +539,6 @@ fn listener_and_connection_manager_fields_no_translator_reads_are_refused_by_nam
     // `httpIdleTimeout` (applyConnectionSettingsToHCM, connection_settings.go) are refused
     // by name.
     for (field, value) in [
-        (
-            "headers_with_underscores_action",
-            serde_json::json!("REJECT_REQUEST"),
-        ),
         ("max_headers_count", serde_json::json!(10)),
         ("max_requests_per_connection", serde_json::json!(10)),
     ] {
@@ -613,12 +609,21 @@ fn http_10_and_the_idle_timeout_come_from_the_connection_manager() {
     assert_eq!(set.max_connection_duration, Some(Duration::from_secs(60)));
     // connectionSettings.httpMaxStreamDuration.
     assert_eq!(set.max_stream_duration, Some(Duration::from_secs(2)));
-    // `0s` turns Envoy's idle timeout off; ALLOW is Envoy's default underscore action.
+    assert_eq!(
+        set.underscore_headers,
+        filters::model::UnderscoreHeaders::Allow
+    );
+    // `0s` turns Envoy's idle timeout off; connectionSettings
+    // httpHeadersWithUnderscoresAction (toEnvoyHeadersWithUnderscoresAction).
     let off = with(
         serde_json::json!({"accept_http_10": true, "default_host_for_http_10": "h.example"}),
-        serde_json::json!({"idle_timeout": "0s", "headers_with_underscores_action": "ALLOW"}),
+        serde_json::json!({"idle_timeout": "0s", "headers_with_underscores_action": "DROP_HEADER"}),
     );
     assert_eq!(off.idle_timeout, None);
+    assert_eq!(
+        off.underscore_headers,
+        filters::model::UnderscoreHeaders::DropHeader
+    );
     assert_eq!(off.default_host_for_http_10.as_deref(), Some("h.example"));
     // Without accept_http_10 the default host is unused, as in Envoy.
     let unused = with(
