@@ -61,7 +61,8 @@ struct TunnelApp {
     chain: Chain,
     /// The source end's metric labels, computed on the tunnel's first request.
     source: OnceLock<SourceLabels>,
-    /// Requests in flight on an HTTP/2 connection, for its idle bound.
+    /// Requests in flight on the connection, for its idle bounds (HTTP/2 always; HTTP/1.1
+    /// with the connection manager's idle timeout).
     activity: Option<Arc<Activity>>,
 }
 
