@@ -292,10 +292,14 @@ impl TunnelApp {
             // Not a request the chain could see (no Host, say): still 400 or 426,
             // unrecorded as the other refusals here.
             Err((status, why)) => {
-                return TrackedBody::untracked(match local_reply {
+                let mut resp = match local_reply {
                     Some(reply) => reply(),
                     None => local(status, why),
-                })
+                };
+                if refuse_underscore {
+                    close_after(&mut resp);
+                }
+                return TrackedBody::untracked(resp);
             }
         };
         let in_flight = InFlight::start(&self.proxy, self.activity.as_ref());
@@ -334,8 +338,8 @@ impl TunnelApp {
                 Ok(reply())
             }
             (None, None) => self.chain.clone().oneshot(req).await,
-            // Before the response starts, an idle stream is answered 408 (the chain, and
-            // the upstream call in it, is dropped).
+            // Before the response starts, a stream idle or over its maximum duration is
+            // answered 408 (the chain, and the upstream call in it, is dropped).
             (None, Some(idle)) => tokio::select! {
                 r = self.chain.clone().oneshot(req) => r,
                 which = idle.expired() => Err(match which {
@@ -377,9 +381,7 @@ impl TunnelApp {
         }
         strip_hop_by_hop(resp.headers_mut(), switching);
         if refuse_underscore {
-            // Envoy closes the connection after a codec error.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            close_after(&mut resp);
         }
         let outcome = Outcome {
             code: resp.status().as_u16(),
@@ -551,6 +553,13 @@ fn underscore_refused() -> Response<Body> {
     r.extensions_mut()
         .insert(ResponseDetails("http1.unexpected_underscore"));
     r
+}
+
+/// Makes hyper close the HTTP/1.1 connection after `resp`, as Envoy closes it after a codec
+/// error.
+fn close_after<B>(resp: &mut Response<B>) {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// Envoy's answer to an HTTP/1.0 request when the connection manager does not accept

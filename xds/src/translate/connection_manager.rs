@@ -1,21 +1,22 @@
 //! The connection manager settings of a waypoint's `main_internal` HTTP chains that shape
 //! requests and connections, as istiod writes them (`buildWaypointInboundHTTPFilters` in
-//! `listener_waypoint.go`, `buildHTTPConnectionManager` in `listener_builder.go`):
-//! request-id generation, client certificate forwarding, `use_remote_address: false`,
-//! WebSocket as the one upgrade, the stream idle timeout (`0s`, none, unless ProxyConfig
-//! `connectionSettings.httpStreamIdleTimeout` sets one: `applyConnectionSettingsToHCM` in
-//! `connection_settings.go`), HTTP/1.1 header names in their original case
-//! (`http_protocol_options.header_key_format`), HTTP/1.0 (`http_protocol_options`
-//! `accept_http_10`, from the proxy's `HTTP10` metadata or istiod's `PILOT_HTTP10`:
-//! `buildWaypointInboundHTTPFilters`; `default_host_for_http_10`, which istiod never
-//! writes), and the connection idle timeout (`common_http_protocol_options.idle_timeout`,
-//! from the proxy's `IDLE_TIMEOUT` metadata in `buildHTTPConnectionManager`, replaced by
-//! ProxyConfig `connectionSettings.httpIdleTimeout` in `applyConnectionSettingsToHCM`).
+//! `listener_waypoint.go`, `buildHTTPConnectionManager` in `listener_builder.go`,
+//! `applyConnectionSettingsToHCM` in `connection_settings.go`):
+//!
+//! - request-id generation, client certificate forwarding, `use_remote_address: false`,
+//!   WebSocket as the one upgrade;
+//! - the stream idle timeout (`0s`, none, unless ProxyConfig
+//!   `connectionSettings.httpStreamIdleTimeout` sets one);
+//! - HTTP/1.1 header names in their original case (`http_protocol_options.header_key_format`);
+//! - HTTP/1.0 (`http_protocol_options.accept_http_10`, from the proxy's `HTTP10` metadata or
+//!   istiod's `PILOT_HTTP10`; `default_host_for_http_10`, which istiod never writes);
+//! - `common_http_protocol_options`: `idle_timeout` (the proxy's `IDLE_TIMEOUT` metadata,
+//!   replaced by `connectionSettings.httpIdleTimeout`), `max_connection_duration`
+//!   (`httpMaxConnectionDuration`), `max_stream_duration` (`httpMaxStreamDuration`),
+//!   `headers_with_underscores_action` (`httpHeadersWithUnderscoresAction`).
+//!
 //! What takes effect goes into [`RequestHeaders`]; values the waypoint does not implement
-//! are refused by field; the other common options istiod can write from
-//! `connectionSettings` take effect: `max_connection_duration`
-//! (`httpMaxConnectionDuration`), `max_stream_duration` (`httpMaxStreamDuration`),
-//! `headers_with_underscores_action` (`httpHeadersWithUnderscoresAction`).
+//! are refused by field.
 //!
 //! Accepted without effect: `server_name`/`server_header_transformation` (the waypoint
 //! does not write a `server` response header), `stat_prefix`,
@@ -158,7 +159,7 @@ pub fn request_headers(hcm: &HttpConnectionManager, at: &str) -> Result<RequestH
     };
     let times = match &hcm.common_http_protocol_options {
         Some(common) => common_options(common, &format!("{at}.common_http_protocol_options"))?,
-        None => ConnectionTimes::default(),
+        None => CommonOptions::default(),
     };
     Ok(RequestHeaders {
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|v| v.value),
@@ -192,7 +193,7 @@ fn http_10(h1: &Http1ProtocolOptions, at: &str) -> Result<(bool, Option<String>)
 /// The connection manager's `common_http_protocol_options`: `idle_timeout`,
 /// `max_connection_duration`, `max_stream_duration` (`0s` is none, as in Envoy) and
 /// `headers_with_underscores_action` take effect; every other field is refused by name.
-fn common_options(common: &CommonHttpProtocolOptions, at: &str) -> Result<ConnectionTimes, Bad> {
+fn common_options(common: &CommonHttpProtocolOptions, at: &str) -> Result<CommonOptions, Bad> {
     let refused = [
         (
             "max_headers_count",
@@ -236,7 +237,7 @@ fn common_options(common: &CommonHttpProtocolOptions, at: &str) -> Result<Connec
                 ))
             }
         };
-    Ok(ConnectionTimes {
+    Ok(CommonOptions {
         underscore_headers,
         idle_timeout: super::duration(common.idle_timeout.as_ref()),
         max_connection_duration: super::duration(common.max_connection_duration.as_ref()),
@@ -247,7 +248,7 @@ fn common_options(common: &CommonHttpProtocolOptions, at: &str) -> Result<Connec
 /// The settings of `common_http_protocol_options` (time limits `None`: unset or `0s`, no
 /// limit).
 #[derive(Default)]
-struct ConnectionTimes {
+struct CommonOptions {
     underscore_headers: UnderscoreHeaders,
     idle_timeout: Option<std::time::Duration>,
     max_connection_duration: Option<std::time::Duration>,
