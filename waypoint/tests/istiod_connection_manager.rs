@@ -123,6 +123,7 @@ async fn http_10_is_served_with_accept_http_10() {
 
 #[tokio::test]
 async fn default_host_for_http_10_fills_a_missing_host() {
+    // Envoy's field, which istiod never writes: accepted and applied as Envoy applies it.
     let w = waypoint(|hcm| {
         hcm["http_protocol_options"] =
             json!({"accept_http_10": true, "default_host_for_http_10": HOST})
