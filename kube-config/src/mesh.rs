@@ -104,9 +104,11 @@ pub struct ProxyConfig {
     pub connection_settings: Option<ConnectionSettings>,
 }
 
-/// ProxyConfig `connectionSettings`, the fields the waypoint implements (strict: the
-/// others, such as `httpMaxConnectionDuration`, are refused, as the connection manager
-/// fields istiod writes for them are over xDS).
+/// ProxyConfig `connectionSettings`: the fields the waypoint implements, and those istiod
+/// writes nowhere into a waypoint's configuration (accepted without effect). Strict: the
+/// others (`httpRequestTimeout`, `httpDrainTimeout`, HTTP/2 window sizes, ...) are refused,
+/// as the connection manager fields istiod writes for them are over xDS;
+/// `globalDownstreamConnectionLimit` (a bootstrap setting) too.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionSettings {
@@ -127,6 +129,19 @@ pub struct ConnectionSettings {
     /// `_REJECT_REQUEST`, `_DROP_HEADER` (`_UNSPECIFIED`: unset).
     #[serde(default)]
     pub http_headers_with_underscores_action: Option<String>,
+    /// Accepted without effect: the `EDGE` profile's defaults apply to gateways only
+    /// (`applyEdgeProfileDefaults`, connection_settings.go).
+    #[serde(default)]
+    pub profile: Option<serde_yaml::Value>,
+    /// Accepted without effect: istiod applies it to gateway listeners only (gateway.go).
+    #[serde(default)]
+    pub listener_per_connection_buffer_limit_bytes: Option<serde_yaml::Value>,
+    /// Accepted without effect: istiod validates it and writes it nowhere.
+    #[serde(default)]
+    pub cluster_per_connection_buffer_limit_bytes: Option<serde_yaml::Value>,
+    /// Accepted without effect: istiod validates it and writes it nowhere.
+    #[serde(default)]
+    pub listener_connection_limit: Option<serde_yaml::Value>,
 }
 
 /// The `ISTIO_META_*` node metadata keys istiod reads for the connection manager.
@@ -420,6 +435,12 @@ mod tests {
         assert_eq!(
             m.underscore_headers,
             filters::model::UnderscoreHeaders::DropHeader
+        );
+        // What istiod applies only to gateways is accepted.
+        assert_eq!(
+            read("defaultConfig:\n  connectionSettings:\n    profile: EDGE\n    listenerPerConnectionBufferLimitBytes: 1024\n")
+                .unwrap(),
+            ConnectionManager::default()
         );
         let err = read("defaultConfig:\n  connectionSettings:\n    httpRequestTimeout: 5s\n")
             .unwrap_err()
