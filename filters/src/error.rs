@@ -69,6 +69,12 @@ pub enum ProxyError {
     /// `SI`, 408).
     #[error("stream idle timeout")]
     StreamIdleTimeout,
+    /// The stream's maximum duration (the connection manager's
+    /// `common_http_protocol_options.max_stream_duration`) ran out before the response
+    /// started (Envoy: 408, details `max_duration_timeout`, no flag; gRPC
+    /// `DEADLINE_EXCEEDED`).
+    #[error("downstream duration timeout")]
+    StreamMaxDuration,
     /// The matched rule has no usable backend (none, weight 0, or an invalid backendRef).
     #[error("no usable backend: {0}")]
     InvalidBackend(String),
@@ -93,7 +99,9 @@ impl ProxyError {
             | ProxyError::UpstreamConnectTimeout { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::StreamIdleTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::StreamIdleTimeout | ProxyError::StreamMaxDuration => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             ProxyError::InvalidBackend(_) | ProxyError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -115,6 +123,7 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::UpstreamTimeout => "UT",
             ProxyError::StreamIdleTimeout => "SI",
+            ProxyError::StreamMaxDuration => "-",
             ProxyError::InvalidBackend(_) => "NC",
             ProxyError::Internal(_) => "DPE",
         }
@@ -144,6 +153,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout => "response_timeout".into(),
             ProxyError::StreamIdleTimeout => "stream_idle_timeout".into(),
+            ProxyError::StreamMaxDuration => "max_duration_timeout".into(),
             ProxyError::InvalidBackend(_) => "cluster_not_found".into(),
             ProxyError::Internal(_) => "internal_error".into(),
         }
@@ -193,6 +203,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout => "upstream request timeout".to_string(),
             ProxyError::StreamIdleTimeout => "stream timeout".to_string(),
+            ProxyError::StreamMaxDuration => "downstream duration timeout".to_string(),
             ProxyError::InvalidBackend(_) => "no usable backend".to_string(),
             ProxyError::Internal(_) => "internal error".to_string(),
         };
@@ -227,7 +238,12 @@ impl ProxyError {
     pub fn to_grpc_response(&self) -> Response<Body> {
         let mut resp = Response::new(body::empty());
         let message = self.to_string().replace(['\r', '\n'], " ");
-        set_grpc_status(resp.headers_mut(), grpc_status_for(self.status()), &message);
+        let code = match self {
+            // Envoy names the status for this one.
+            ProxyError::StreamMaxDuration => 4, // DEADLINE_EXCEEDED
+            _ => grpc_status_for(self.status()),
+        };
+        set_grpc_status(resp.headers_mut(), code, &message);
         resp.extensions_mut()
             .insert(ResponseFlag(self.response_flag()));
         resp
@@ -289,5 +305,16 @@ mod tests {
         }
         .is_retry_safe());
         assert!(!ProxyError::UpstreamTimeout.is_retry_safe());
+    }
+
+    #[test]
+    fn a_stream_over_its_maximum_duration_is_408_and_deadline_exceeded_for_grpc() {
+        let e = ProxyError::StreamMaxDuration;
+        assert_eq!(e.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(e.response_flag(), "-");
+        assert_eq!(e.details(), "max_duration_timeout");
+        let g = e.to_grpc_response();
+        assert_eq!(g.headers()["grpc-status"], "4");
+        assert_eq!(g.headers()["grpc-message"], "downstream duration timeout");
     }
 }

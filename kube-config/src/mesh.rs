@@ -6,6 +6,7 @@
 //! and ignored (MeshConfig has hundreds, most of them for other components).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -56,6 +57,31 @@ pub struct MeshConfig {
     /// Trust domain (informational; the command line decides).
     #[serde(default)]
     pub trust_domain: Option<String>,
+    /// What `defaultConfig` gives the connection manager, checked by [`mesh_config`].
+    #[serde(skip)]
+    pub connection_manager: ConnectionManager,
+}
+
+/// The connection manager settings `defaultConfig` gives the waypoint, as istiod derives
+/// them for the `main_internal` connection managers (`buildHTTPConnectionManager`,
+/// listener_builder.go; `buildWaypointInboundHTTPFilters`, listener_waypoint.go;
+/// `applyConnectionSettingsToHCM`, connection_settings.go).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionManager {
+    /// `proxyMetadata.ISTIO_META_HTTP10: "1"` (the `HTTP10` node metadata): HTTP/1.0
+    /// requests are served (`accept_http_10`).
+    pub accept_http_10: bool,
+    /// `connectionSettings.httpIdleTimeout`, else `proxyMetadata.ISTIO_META_IDLE_TIMEOUT`
+    /// (the `IDLE_TIMEOUT` node metadata); zero is none.
+    pub idle_timeout: Option<Duration>,
+    /// `connectionSettings.httpStreamIdleTimeout` (istiod's default `0s`: none).
+    pub stream_idle_timeout: Option<Duration>,
+    /// `connectionSettings.httpMaxConnectionDuration`; zero is none.
+    pub max_connection_duration: Option<Duration>,
+    /// `connectionSettings.httpMaxStreamDuration`; zero is none.
+    pub max_stream_duration: Option<Duration>,
+    /// `connectionSettings.httpHeadersWithUnderscoresAction`.
+    pub underscore_headers: filters::model::UnderscoreHeaders,
 }
 
 /// The part of `defaultConfig` (ProxyConfig) the waypoint reads.
@@ -68,6 +94,120 @@ pub struct ProxyConfig {
     /// `proxyHeaders`: only `preserveHttp1HeaderCase` is read.
     #[serde(default)]
     pub proxy_headers: Option<ProxyHeaders>,
+    /// Environment of the proxy; `ISTIO_META_*` entries become its node metadata, of
+    /// which `ISTIO_META_HTTP10` and `ISTIO_META_IDLE_TIMEOUT` are read.
+    #[serde(default)]
+    pub proxy_metadata: BTreeMap<String, String>,
+    /// `connectionSettings`: the timeouts the waypoint implements; any other setting is
+    /// refused by name.
+    #[serde(default)]
+    pub connection_settings: Option<ConnectionSettings>,
+}
+
+/// ProxyConfig `connectionSettings`: the fields the waypoint implements, and those istiod
+/// writes nowhere into a waypoint's configuration (accepted without effect). Strict: the
+/// others (`httpRequestTimeout`, `httpDrainTimeout`, HTTP/2 window sizes, ...) are refused,
+/// as the connection manager fields istiod writes for them are over xDS;
+/// `globalDownstreamConnectionLimit` (a bootstrap setting) too.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// The connection manager's `common_http_protocol_options.idle_timeout`.
+    #[serde(default)]
+    pub http_idle_timeout: Option<String>,
+    /// The connection manager's `stream_idle_timeout`.
+    #[serde(default)]
+    pub http_stream_idle_timeout: Option<String>,
+    /// The connection manager's `common_http_protocol_options.max_connection_duration`.
+    #[serde(default)]
+    pub http_max_connection_duration: Option<String>,
+    /// The connection manager's `common_http_protocol_options.max_stream_duration`.
+    #[serde(default)]
+    pub http_max_stream_duration: Option<String>,
+    /// The connection manager's `common_http_protocol_options
+    /// .headers_with_underscores_action`: `HEADERS_WITH_UNDERSCORES_ALLOW`,
+    /// `_REJECT_REQUEST`, `_DROP_HEADER` (`_UNSPECIFIED`: unset).
+    #[serde(default)]
+    pub http_headers_with_underscores_action: Option<String>,
+    /// Accepted without effect: the `EDGE` profile's defaults apply to gateways only
+    /// (`applyEdgeProfileDefaults`, connection_settings.go).
+    #[serde(default)]
+    pub profile: Option<serde_yaml::Value>,
+    /// Accepted without effect: istiod applies it to gateway listeners only (gateway.go).
+    #[serde(default)]
+    pub listener_per_connection_buffer_limit_bytes: Option<serde_yaml::Value>,
+    /// Accepted without effect: istiod validates it and writes it nowhere.
+    #[serde(default)]
+    pub cluster_per_connection_buffer_limit_bytes: Option<serde_yaml::Value>,
+    /// Accepted without effect: istiod validates it and writes it nowhere.
+    #[serde(default)]
+    pub listener_connection_limit: Option<serde_yaml::Value>,
+}
+
+/// The `ISTIO_META_*` node metadata keys istiod reads for the connection manager.
+const META_HTTP10: &str = "ISTIO_META_HTTP10";
+const META_IDLE_TIMEOUT: &str = "ISTIO_META_IDLE_TIMEOUT";
+
+impl ProxyConfig {
+    /// The connection manager settings, or the field (under `defaultConfig`) and why it is
+    /// invalid.
+    fn connection_manager(&self) -> Result<ConnectionManager, (String, String)> {
+        let parse = |v: &str, field: &str| {
+            filters::duration::parse(v)
+                .map(|d| (!d.is_zero()).then_some(d))
+                .map_err(|e| (field.to_string(), e.to_string()))
+        };
+        // istiod reads `IDLE_TIMEOUT` with Go's time.ParseDuration (`parseDuration`,
+        // listener_builder.go) and drops a value it cannot parse; here it is refused.
+        let mut idle_timeout = match self.proxy_metadata.get(META_IDLE_TIMEOUT) {
+            Some(v) => parse(v, &format!("proxyMetadata.{META_IDLE_TIMEOUT}"))?,
+            None => None,
+        };
+        let mut stream_idle_timeout = None;
+        let mut max_connection_duration = None;
+        let mut max_stream_duration = None;
+        let mut underscore_headers = filters::model::UnderscoreHeaders::Allow;
+        if let Some(cs) = &self.connection_settings {
+            if let Some(v) = &cs.http_headers_with_underscores_action {
+                use filters::model::UnderscoreHeaders as U;
+                // toEnvoyHeadersWithUnderscoresAction (connection_settings.go).
+                underscore_headers = match v.as_str() {
+                    "HEADERS_WITH_UNDERSCORES_UNSPECIFIED" | "HEADERS_WITH_UNDERSCORES_ALLOW" => {
+                        U::Allow
+                    }
+                    "HEADERS_WITH_UNDERSCORES_REJECT_REQUEST" => U::RejectRequest,
+                    "HEADERS_WITH_UNDERSCORES_DROP_HEADER" => U::DropHeader,
+                    other => {
+                        return Err((
+                            "connectionSettings.httpHeadersWithUnderscoresAction".into(),
+                            format!("unknown value {other:?}"),
+                        ))
+                    }
+                };
+            }
+            if let Some(v) = &cs.http_max_stream_duration {
+                max_stream_duration = parse(v, "connectionSettings.httpMaxStreamDuration")?;
+            }
+            if let Some(v) = &cs.http_max_connection_duration {
+                max_connection_duration = parse(v, "connectionSettings.httpMaxConnectionDuration")?;
+            }
+            if let Some(v) = &cs.http_idle_timeout {
+                idle_timeout = parse(v, "connectionSettings.httpIdleTimeout")?;
+            }
+            if let Some(v) = &cs.http_stream_idle_timeout {
+                stream_idle_timeout = parse(v, "connectionSettings.httpStreamIdleTimeout")?;
+            }
+        }
+        Ok(ConnectionManager {
+            // `enableHTTP10` (listener.go): exactly "1".
+            accept_http_10: self.proxy_metadata.get(META_HTTP10).map(String::as_str) == Some("1"),
+            idle_timeout,
+            stream_idle_timeout,
+            max_connection_duration,
+            max_stream_duration,
+            underscore_headers,
+        })
+    }
 }
 
 impl MeshConfig {
@@ -202,11 +342,22 @@ pub fn mesh_config(
     if value.is_null() {
         return Ok(MeshConfig::default());
     }
-    serde_path_to_error::deserialize(value).map_err(|e| LocalConfigError::Invalid {
-        object: label.clone(),
-        field: format!("data.mesh.{}", e.path()),
-        message: e.into_inner().to_string(),
-    })
+    let mut mesh: MeshConfig =
+        serde_path_to_error::deserialize(value).map_err(|e| LocalConfigError::Invalid {
+            object: label.clone(),
+            field: format!("data.mesh.{}", e.path()),
+            message: e.into_inner().to_string(),
+        })?;
+    if let Some(pc) = &mesh.default_config {
+        mesh.connection_manager =
+            pc.connection_manager()
+                .map_err(|(field, message)| LocalConfigError::Invalid {
+                    object: label.clone(),
+                    field: format!("data.mesh.defaultConfig.{field}"),
+                    message,
+                })?;
+    }
+    Ok(mesh)
 }
 
 #[cfg(test)]
@@ -246,6 +397,65 @@ mod tests {
             .unwrap()
             .access_log_file
             .is_none());
+    }
+
+    #[test]
+    fn proxy_metadata_and_connection_settings_set_the_connection_manager() {
+        let read = |yaml: &str| {
+            mesh_config(&[cm("istio-system", yaml)], "istio-system").map(|m| m.connection_manager)
+        };
+        assert_eq!(read("{}\n").unwrap(), ConnectionManager::default());
+        let m = read(
+            "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_HTTP10: \"1\"\n    ISTIO_META_IDLE_TIMEOUT: 1m30s\n",
+        )
+        .unwrap();
+        assert!(m.accept_http_10);
+        assert_eq!(m.idle_timeout, Some(Duration::from_secs(90)));
+        // Only "1" turns HTTP/1.0 on (enableHTTP10, listener.go); connectionSettings wins
+        // over IDLE_TIMEOUT (applyConnectionSettingsToHCM runs last); zero is none.
+        let m = read(
+            "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_HTTP10: \"true\"\n    ISTIO_META_IDLE_TIMEOUT: 10s\n  connectionSettings:\n    httpIdleTimeout: 0s\n    httpStreamIdleTimeout: 5s\n    httpMaxConnectionDuration: 1h\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            ConnectionManager {
+                accept_http_10: false,
+                idle_timeout: None,
+                stream_idle_timeout: Some(Duration::from_secs(5)),
+                max_connection_duration: Some(Duration::from_secs(3600)),
+                max_stream_duration: None,
+                underscore_headers: filters::model::UnderscoreHeaders::Allow,
+            }
+        );
+        let m = read(
+            "defaultConfig:\n  connectionSettings:\n    httpHeadersWithUnderscoresAction: HEADERS_WITH_UNDERSCORES_DROP_HEADER\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.underscore_headers,
+            filters::model::UnderscoreHeaders::DropHeader
+        );
+        // What istiod applies only to gateways is accepted.
+        assert_eq!(
+            read("defaultConfig:\n  connectionSettings:\n    profile: EDGE\n    listenerPerConnectionBufferLimitBytes: 1024\n")
+                .unwrap(),
+            ConnectionManager::default()
+        );
+        let err = read("defaultConfig:\n  connectionSettings:\n    httpRequestTimeout: 5s\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data.mesh.defaultConfig.connectionSettings.httpRequestTimeout"),
+            "{err}"
+        );
+        let err = read("defaultConfig:\n  connectionSettings:\n    httpIdleTimeout: soon\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data.mesh.defaultConfig.connectionSettings.httpIdleTimeout"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -203,9 +203,16 @@ pub fn translate_with_status(
         authn,
         telemetry,
         // Envoy's defaults, as istiod configures the waypoint without ProxyConfig headers,
-        // but for header case (ProxyConfig `proxyHeaders.preserveHttp1HeaderCase`).
+        // but for header case (ProxyConfig `proxyHeaders.preserveHttp1HeaderCase`), HTTP/1.0
+        // and the timeouts (`proxyMetadata`, `connectionSettings`).
         request_headers: filters::model::RequestHeaders {
             preserve_header_case: preserve_case,
+            accept_http_10: mesh.connection_manager.accept_http_10,
+            idle_timeout: mesh.connection_manager.idle_timeout,
+            stream_idle_timeout: mesh.connection_manager.stream_idle_timeout,
+            max_connection_duration: mesh.connection_manager.max_connection_duration,
+            max_stream_duration: mesh.connection_manager.max_stream_duration,
+            underscore_headers: mesh.connection_manager.underscore_headers,
             ..Default::default()
         },
     })?;

@@ -23,7 +23,7 @@ pub use connection_limits::{ConnectionLimits, H2Keepalive, TcpKeepalive, DEFAULT
 pub use identity::{Identity, InvalidIdentity};
 pub use protocol::{Protocol, UpstreamProtocol};
 pub use proxy_protocol::{ProxyHeader, ProxyProtocolVersion};
-pub use request_headers::{request_id, RequestHeaders};
+pub use request_headers::{request_id, RequestHeaders, UnderscoreHeaders};
 pub use request_log::{RequestLog, Upstream};
 pub use snapshot::{
     bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,

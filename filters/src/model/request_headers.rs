@@ -1,11 +1,13 @@
 //! What the waypoint does to request headers before routing, as Envoy's connection
 //! manager does with istiod's settings for the waypoint's `main_internal` listener
-//! (`generate_request_id`, `forward_client_cert_details`, `use_remote_address: false`).
+//! (`generate_request_id`, `forward_client_cert_details`, `use_remote_address: false`),
+//! and the connection-level settings of the same connection manager (HTTP/1.0,
+//! `common_http_protocol_options.idle_timeout`).
 
 use serde::Serialize;
 
-/// The connection manager's request-header and per-stream settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The connection manager's request-header, per-stream and per-connection settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RequestHeaders {
     /// Add an `x-request-id` (a random UUID) when the request has none (Envoy's
     /// `generate_request_id`, on by default; an existing one is kept).
@@ -24,6 +26,70 @@ pub struct RequestHeaders {
     /// header formatter): recorded as requests arrive, for upstream connections that
     /// write them so, and responses written back in the case the endpoint used.
     pub preserve_header_case: bool,
+    /// HTTP/1.0 requests are served (Envoy's `http_protocol_options.accept_http_10`,
+    /// istiod's `HTTP10` proxy metadata); without it they are answered `426 Upgrade
+    /// Required` (details `low_version`), as Envoy answers them.
+    pub accept_http_10: bool,
+    /// The `Host` given to an HTTP/1.0 request that has none (Envoy's
+    /// `default_host_for_http_10`; only with [`Self::accept_http_10`]). A valid header
+    /// value: the translators check it.
+    pub default_host_for_http_10: Option<String>,
+    /// Envoy's `common_http_protocol_options.idle_timeout` of the connection manager
+    /// (istiod: the `IDLE_TIMEOUT` proxy metadata, ProxyConfig
+    /// `connectionSettings.httpIdleTimeout`): the HTTP connection inside a tunnel that has
+    /// had no request in flight for this long is closed (HTTP/2: GOAWAY first). `None`
+    /// (unset or `0s`) sets no bound of its own.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Envoy's `common_http_protocol_options.max_connection_duration` of the connection
+    /// manager (ProxyConfig `connectionSettings.httpMaxConnectionDuration`): the HTTP
+    /// connection inside a tunnel is drained this long after it began (HTTP/1.1: closed
+    /// when idle, else after the response in flight, sent with `connection: close`;
+    /// HTTP/2: GOAWAY), and closed at the end of Envoy's drain period (5 s) whatever is
+    /// left. `None` is no limit.
+    pub max_connection_duration: Option<std::time::Duration>,
+    /// Envoy's `common_http_protocol_options.max_stream_duration` of the connection
+    /// manager (ProxyConfig `connectionSettings.httpMaxStreamDuration`): a request still
+    /// going this long after its headers arrived is answered 408 `downstream duration
+    /// timeout` (details `max_duration_timeout`) before its response starts, reset after.
+    /// `None` is no limit.
+    pub max_stream_duration: Option<std::time::Duration>,
+    /// What becomes of request headers whose names contain `_` (Envoy's
+    /// `common_http_protocol_options.headers_with_underscores_action`, ProxyConfig
+    /// `connectionSettings.httpHeadersWithUnderscoresAction`).
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// Envoy's `headers_with_underscores_action` for request headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum UnderscoreHeaders {
+    /// Kept (Envoy's default).
+    #[default]
+    Allow,
+    /// The request is refused: HTTP/1.1 with 400 and the connection closed, HTTP/2 with
+    /// its stream reset.
+    RejectRequest,
+    /// Such headers are removed before anything reads the request.
+    DropHeader,
+}
+
+impl UnderscoreHeaders {
+    /// Whether `headers` has a name with `_` in it.
+    pub fn any_in(headers: &http::HeaderMap) -> bool {
+        headers.keys().any(|k| k.as_str().contains('_'))
+    }
+
+    /// Removes the headers whose names contain `_`; how many names went.
+    pub fn drop_from(headers: &mut http::HeaderMap) -> usize {
+        let names: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for n in &names {
+            headers.remove(n);
+        }
+        names.len()
+    }
 }
 
 impl Default for RequestHeaders {
@@ -33,6 +99,12 @@ impl Default for RequestHeaders {
             sanitize_client_cert: true,
             stream_idle_timeout: None,
             preserve_header_case: false,
+            accept_http_10: false,
+            default_host_for_http_10: None,
+            idle_timeout: None,
+            max_connection_duration: None,
+            max_stream_duration: None,
+            underscore_headers: UnderscoreHeaders::Allow,
         }
     }
 }
@@ -149,11 +221,24 @@ mod tests {
         RequestHeaders {
             generate_request_id: false,
             sanitize_client_cert: false,
-            stream_idle_timeout: None,
-            preserve_header_case: false,
+            ..Default::default()
         }
         .apply(&mut h);
         assert!(!h.contains_key("x-request-id"));
         assert!(h.contains_key("x-forwarded-client-cert"));
+    }
+
+    #[test]
+    fn finds_and_drops_names_with_underscores() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-ok", "1".parse().unwrap());
+        assert!(!UnderscoreHeaders::any_in(&h));
+        h.append("x_bad", "1".parse().unwrap());
+        h.append("x_bad", "2".parse().unwrap());
+        h.insert("other_one", "3".parse().unwrap());
+        assert!(UnderscoreHeaders::any_in(&h));
+        assert_eq!(UnderscoreHeaders::drop_from(&mut h), 2);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-ok"], "1");
     }
 }

@@ -492,9 +492,10 @@ impl Snapshot {
         &self.telemetry
     }
 
-    /// What happens to request headers before routing.
-    pub fn request_headers(&self) -> super::RequestHeaders {
-        self.request_headers
+    /// What happens to request headers before routing, and the connection manager's
+    /// connection settings.
+    pub fn request_headers(&self) -> &super::RequestHeaders {
+        &self.request_headers
     }
 
     /// An empty snapshot (nothing served yet).

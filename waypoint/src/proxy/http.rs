@@ -14,13 +14,13 @@
 //! implementation on the hot path, not two), and it hands requests and responses over as
 //! `http` types, with no conversion.
 
-use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use filters::authn::{AuthnLayer, AuthnService};
 use filters::authz::{AuthzLayer, AuthzService};
 use filters::body::{self as fbody, Body};
-use filters::model::{RequestContext, TunnelInfo};
+use filters::model::{RequestContext, TunnelInfo, UnderscoreHeaders};
 use filters::retry::{RetryLayer, RetryService};
 use filters::route::{RouteLayer, RouteService};
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
@@ -33,7 +33,7 @@ use tower::{Layer, ServiceExt};
 
 use super::headers::strip_hop_by_hop;
 use super::idle::Activity;
-use super::stream_idle::StreamIdle;
+use super::stream_idle::{Expiry, StreamIdle};
 use super::tracked::{InFlight, Pending, Received, TrackedBody};
 use crate::state::Proxy;
 use crate::telemetry::labels::{PeerLabels, SourceLabels};
@@ -61,8 +61,9 @@ struct TunnelApp {
     chain: Chain,
     /// The source end's metric labels, computed on the tunnel's first request.
     source: OnceLock<SourceLabels>,
-    /// Requests in flight on the connection, for its idle bound.
-    activity: Arc<Activity>,
+    /// Requests in flight on the connection, for its idle bounds (the header timeout and
+    /// the connection manager's idle timeout).
+    activity: Option<Arc<Activity>>,
 }
 
 /// Serves HTTP/1.1 (`h2c == false`) or HTTP/2 prior knowledge on one tunnel until the
@@ -77,16 +78,22 @@ pub async fn serve(
     shutdown: ShutdownWatch,
 ) {
     let header_timeout = proxy.options.header_timeout;
-    let preserve_case = proxy
-        .config
-        .current()
-        .request_headers()
-        .preserve_header_case;
+    let (preserve_case, idle_timeout, max_duration) = {
+        let snapshot = proxy.config.current();
+        let settings = snapshot.request_headers();
+        (
+            settings.preserve_header_case,
+            settings.idle_timeout,
+            settings.max_connection_duration,
+        )
+    };
     let drain = proxy.drain.subscribe();
-    // Both servers bound the time without a request in flight (see `idle.rs`): one atomic
-    // count per request rather than hyper's HTTP/1.1 header timer, which allocates and
-    // registers a timer for every request.
-    let activity = Activity::new();
+    // Both servers bound the time without a request in flight (see `idle.rs`): the header
+    // timeout, or the connection manager's idle timeout when shorter. One atomic count per
+    // request, rather than hyper's HTTP/1.1 header timer, which allocates and registers a
+    // timer for every request.
+    let activity = Some(Activity::new());
+    let idle_after = idle_timeout.map_or(header_timeout, |t| t.min(header_timeout));
     let app = Arc::new(TunnelApp {
         chain: chain(&proxy),
         proxy,
@@ -96,7 +103,7 @@ pub async fn serve(
     });
     let service = hyper::service::service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.exchange(req).await) }
+        async move { app.serve_request(req).await }
     });
     let io = TokioIo::new(stream);
     let result = if h2c {
@@ -109,19 +116,17 @@ pub async fn serve(
         tokio::pin!(conn);
         // hyper's HTTP/2 server has no header timeout: a connection with no request in
         // flight for as long is shut down (GOAWAY), which also ends a HEADERS block sent too
-        // slowly.
-        until_shutdown!(
-            conn,
-            shutdown,
-            drain,
-            activity.idle_for(header_timeout),
-            header_timeout
-        )
+        // slowly. The connection manager's idle timeout, when shorter, does the same sooner
+        // (Envoy's drain sequence: GOAWAY, then the close).
+        let ended = ended(activity, Some(idle_after), header_timeout, max_duration);
+        until_shutdown!(conn, shutdown, drain, ended)
     } else {
         // A client that sends its headers too slowly is cut off (slowloris): no request is
         // in flight until its headers are read, so the connection is idle, and after the
-        // timeout it is closed, as hyper's header timer would (which also starts at the end
-        // of the previous response). Header case is recorded as requests arrive, for upstream connections that write
+        // header timeout (or the connection manager's idle timeout, when shorter) it is
+        // closed, as hyper's header timer would (which also starts at the end of the
+        // previous response); between requests hyper closes an idle HTTP/1.1 connection at
+        // once on a graceful shutdown. Header case is recorded as requests arrive, for upstream connections that write
         // it back (ProxyConfig `preserveHttp1HeaderCase`), and responses keep the case
         // their endpoint used.
         let conn = http1::Builder::new()
@@ -129,24 +134,54 @@ pub async fn serve(
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
-        until_shutdown!(
-            conn,
-            shutdown,
-            drain,
-            activity.idle_for(header_timeout),
-            header_timeout
-        )
+        let ended = ended(activity, Some(idle_after), header_timeout, max_duration);
+        until_shutdown!(conn, shutdown, drain, ended)
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection in tunnel ended with an error");
     }
 }
 
+/// Envoy's default `drain_timeout`: how long a connection whose maximum duration is up gets
+/// to finish its requests (HTTP/1.1: the response in flight goes out with
+/// `connection: close`; HTTP/2: after GOAWAY) before it is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves when the connection manager ends a connection on its own: no request in
+/// flight on `activity` for `idle_after` (when both are given), or `max_duration` after the
+/// connection began (Envoy's `common_http_protocol_options.max_connection_duration`).
+/// Gives the reason and how long the connection then has to close: `idle_bound` for the
+/// client to answer GOAWAY's ping when idle, Envoy's drain period when the duration is up.
+async fn ended(
+    activity: Option<Arc<Activity>>,
+    idle_after: Option<Duration>,
+    idle_bound: Duration,
+    max_duration: Option<Duration>,
+) -> (&'static str, Duration) {
+    let idle = async {
+        match (&activity, idle_after) {
+            (Some(a), Some(t)) => a.idle_for(t).await,
+            _ => std::future::pending().await,
+        }
+    };
+    let aged = async {
+        match max_duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = idle => ("idle or too slow to send a request", idle_bound),
+        () = aged => ("at its maximum duration", DRAIN_TIMEOUT),
+    }
+}
+
 /// Drives a pinned hyper server connection; shutdown or a listener drain makes it graceful,
-/// and so does `$idle` resolving, after which the connection gets `$bound` to close (the
-/// client may never answer GOAWAY's ping).
+/// and so does `$ended` resolving (see [`ended`]), after which the connection gets the
+/// bound it gives to close (the client may never answer GOAWAY's ping, or may keep a
+/// request going).
 macro_rules! until_shutdown {
-    ($conn:ident, $shutdown:ident, $drain:ident, $idle:expr, $bound:expr) => {{
+    ($conn:ident, $shutdown:ident, $drain:ident, $ended:expr) => {{
         // `wait_for` is ready at once when shutdown or the drain has already started.
         let mut shutdown = $shutdown;
         let mut drain = $drain;
@@ -166,10 +201,10 @@ macro_rules! until_shutdown {
                 $conn.as_mut().graceful_shutdown();
                 $conn.await
             }
-            () = $idle => {
-                tracing::debug!(timeout = ?$bound, "HTTP connection in tunnel idle or too slow to send a request; closing");
+            (why, bound) = $ended => {
+                tracing::debug!(why, bound = ?bound, "HTTP connection in tunnel ends");
                 $conn.as_mut().graceful_shutdown();
-                tokio::time::timeout($bound, $conn).await.unwrap_or(Ok(()))
+                tokio::time::timeout(bound, $conn).await.unwrap_or(Ok(()))
             }
         }
     }};
@@ -177,11 +212,72 @@ macro_rules! until_shutdown {
 use until_shutdown;
 
 impl TunnelApp {
-    /// Runs one request through the filter chain; the response's body reports to
-    /// telemetry when it ends.
-    async fn exchange(&self, req: Request<Incoming>) -> Response<TrackedBody> {
+    /// Serves one request: header names with `_` first, as Envoy's codec reads them
+    /// (`headers_with_underscores_action`: dropped, or the request refused; on HTTP/2 by
+    /// resetting its stream, the error hyper turns into RST_STREAM `PROTOCOL_ERROR`), then
+    /// [`Self::exchange`].
+    async fn serve_request(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<TrackedBody>, h2::Error> {
+        let snapshot = self.proxy.config.current();
+        let mut refuse_underscore = false;
+        match snapshot.request_headers().underscore_headers {
+            UnderscoreHeaders::Allow => {}
+            UnderscoreHeaders::DropHeader => {
+                let dropped = UnderscoreHeaders::drop_from(req.headers_mut());
+                if dropped > 0 {
+                    tracing::debug!(dropped, "request header names with underscores dropped");
+                }
+            }
+            UnderscoreHeaders::RejectRequest if UnderscoreHeaders::any_in(req.headers()) => {
+                tracing::debug!("request refused: a header name has an underscore");
+                if req.version() == Version::HTTP_2 {
+                    return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
+                }
+                refuse_underscore = true;
+            }
+            UnderscoreHeaders::RejectRequest => {}
+        }
+        Ok(self.exchange(req, snapshot, refuse_underscore).await)
+    }
+
+    /// Runs one request through the filter chain, under `snapshot`; the response's body
+    /// reports to telemetry when it ends. With `refuse_underscore` (an HTTP/1 request with
+    /// a header name Envoy's codec refuses) it is answered 400 and the connection closed.
+    async fn exchange(
+        &self,
+        mut req: Request<Incoming>,
+        snapshot: Arc<filters::model::Snapshot>,
+        refuse_underscore: bool,
+    ) -> Response<TrackedBody> {
         let h2 = req.version() == Version::HTTP_2;
-        let upgrade_req = match (h2, upgrade_of(req.headers())) {
+        // HTTP/1.0 is answered 426 unless the connection manager accepts it (Envoy's
+        // `accept_http_10`), before anything else is looked at; accepted, a request without
+        // a Host gets `default_host_for_http_10` when there is one.
+        let low_version = req.version() == Version::HTTP_10 && {
+            let settings = snapshot.request_headers();
+            if settings.accept_http_10 {
+                if let Some(host) = &settings.default_host_for_http_10 {
+                    if !req.headers().contains_key(header::HOST) {
+                        if let Ok(v) = HeaderValue::from_str(host) {
+                            req.headers_mut().insert(header::HOST, v);
+                        }
+                    }
+                }
+            }
+            !settings.accept_http_10
+        };
+        // Envoy's codec refuses the header names before the connection manager sees the
+        // version.
+        let local_reply: Option<fn() -> Response<Body>> = if refuse_underscore {
+            Some(underscore_refused)
+        } else if low_version {
+            Some(upgrade_required)
+        } else {
+            None
+        };
+        let upgrade_req = match (h2 || local_reply.is_some(), upgrade_of(req.headers())) {
             (true, _) | (false, Upgrade::None) => false,
             (false, Upgrade::WebSocket) => true,
             // Forwarded as a plain request: the hop-by-hop Upgrade header is dropped.
@@ -191,11 +287,22 @@ impl TunnelApp {
                 return TrackedBody::untracked(local(StatusCode::FORBIDDEN, ""));
             }
         };
-        let (mut req, received, idle) = match self.request(req, upgrade_req) {
+        let (mut req, received, idle) = match self.request(req, upgrade_req, snapshot) {
             Ok(r) => r,
-            Err((status, why)) => return TrackedBody::untracked(local(status, why)),
+            // Not a request the chain could see (no Host, say): still 400 or 426,
+            // unrecorded as the other refusals here.
+            Err((status, why)) => {
+                let mut resp = match local_reply {
+                    Some(reply) => reply(),
+                    None => local(status, why),
+                };
+                if refuse_underscore {
+                    close_after(&mut resp);
+                }
+                return TrackedBody::untracked(resp);
+            }
         };
-        let in_flight = InFlight::start(&self.proxy, Some(&self.activity));
+        let in_flight = InFlight::start(&self.proxy, self.activity.as_ref());
         let snapshot = req
             .extensions()
             .get::<RequestContext>()
@@ -224,14 +331,21 @@ impl TunnelApp {
         let downstream_upgrade = upgrade_req.then(|| hyper::upgrade::on(&mut req));
         let uri = req.uri().clone();
         let path = uri.path();
-        let chain = self.chain.clone().oneshot(req);
-        let answer = match &idle {
-            None => chain.await,
-            // Before the response starts, an idle stream is answered 408 (the chain, and
-            // the upstream call in it, is dropped).
-            Some(idle) => tokio::select! {
-                r = chain => r,
-                () = idle.expired() => Err(filters::ProxyError::StreamIdleTimeout),
+        let answer = match (local_reply, &idle) {
+            // Recorded (metrics, access logs) as Envoy's local reply is.
+            (Some(reply), _) => {
+                drop(req);
+                Ok(reply())
+            }
+            (None, None) => self.chain.clone().oneshot(req).await,
+            // Before the response starts, a stream idle or over its maximum duration is
+            // answered 408 (the chain, and the upstream call in it, is dropped).
+            (None, Some(idle)) => tokio::select! {
+                r = self.chain.clone().oneshot(req) => r,
+                which = idle.expired() => Err(match which {
+                    Expiry::Idle => filters::ProxyError::StreamIdleTimeout,
+                    Expiry::MaxDuration => filters::ProxyError::StreamMaxDuration,
+                }),
             },
         };
         if let Some(idle) = &idle {
@@ -266,6 +380,9 @@ impl TunnelApp {
             );
         }
         strip_hop_by_hop(resp.headers_mut(), switching);
+        if refuse_underscore {
+            close_after(&mut resp);
+        }
         let outcome = Outcome {
             code: resp.status().as_u16(),
             flags,
@@ -285,7 +402,12 @@ impl TunnelApp {
 
     /// Converts hyper's request into the chain's form: origin-form URI plus a Host header,
     /// hop-by-hop headers removed, the body counted, the tunnel's context attached.
-    fn request(&self, req: Request<Incoming>, upgrade: bool) -> Result<Accepted, Refused> {
+    fn request(
+        &self,
+        req: Request<Incoming>,
+        upgrade: bool,
+        snapshot: Arc<filters::model::Snapshot>,
+    ) -> Result<Accepted, Refused> {
         let (mut parts, incoming) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         // RFC 9112 3.2: several Host headers are a bad request (authorization would read one,
@@ -320,11 +442,8 @@ impl TunnelApp {
                 .parse()
                 .map_err(|_| (StatusCode::BAD_REQUEST, "bad path"))?;
         }
-        let snapshot = self.proxy.config.current();
-        let idle = snapshot
-            .request_headers()
-            .stream_idle_timeout
-            .map(StreamIdle::start);
+        let settings = snapshot.request_headers();
+        let idle = StreamIdle::start(settings.stream_idle_timeout, settings.max_stream_duration);
         let (body, received) = if http_body::Body::is_end_stream(&incoming) && !upgrade {
             (fbody::empty(), None)
         } else {
@@ -343,8 +462,8 @@ impl TunnelApp {
     }
 }
 
-/// A request ready for the chain: its body's byte count (when it has one) and its idle
-/// clock (when the connection manager has a stream idle timeout).
+/// A request ready for the chain: its body's byte count (when it has one) and its timers
+/// (when the connection manager has a stream idle timeout or a maximum stream duration).
 type Accepted = (Request<Body>, Option<Received>, Option<Arc<StreamIdle>>);
 
 /// A request refused before the chain: the status and the reason sent back.
@@ -423,6 +542,33 @@ fn splice(downstream: Option<OnUpgrade>, upstream: Option<OnUpgrade>) {
             Err(e) => tracing::info!(error = %e, "upgrade failed"),
         }
     });
+}
+
+/// Envoy's answer to an HTTP/1 request with a header name containing `_` under
+/// `headers_with_underscores_action: REJECT_REQUEST`: 400 `Bad Request` (flag `DPE`,
+/// details `http1.unexpected_underscore`), the connection closed after it.
+fn underscore_refused() -> Response<Body> {
+    let mut r = local(StatusCode::BAD_REQUEST, "Bad Request");
+    r.extensions_mut().insert(ResponseFlag("DPE"));
+    r.extensions_mut()
+        .insert(ResponseDetails("http1.unexpected_underscore"));
+    r
+}
+
+/// Makes hyper close the HTTP/1.1 connection after `resp`, as Envoy closes it after a codec
+/// error.
+fn close_after<B>(resp: &mut Response<B>) {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// Envoy's answer to an HTTP/1.0 request when the connection manager does not accept
+/// HTTP/1.0: `426 Upgrade Required`, no body, details `low_version`. (Envoy writes its
+/// status line as `HTTP/1.1`; hyper answers an HTTP/1.0 client in HTTP/1.0.)
+fn upgrade_required() -> Response<Body> {
+    let mut r = local(StatusCode::UPGRADE_REQUIRED, "");
+    r.extensions_mut().insert(ResponseDetails("low_version"));
+    r
 }
 
 fn local(status: StatusCode, text: &'static str) -> Response<Body> {

@@ -8,6 +8,8 @@
 //! flight and [`Activity::idle_for`] resolves once none has been in flight, and none has
 //! started, for the timeout; the connection is then shut down gracefully. A request in flight,
 //! however long, keeps the connection open, and GOAWAY lets streams already started finish.
+//! The connection manager's `common_http_protocol_options.idle_timeout` uses the same count
+//! on HTTP/1.1 and HTTP/2 connections alike (Envoy's: no request in flight for that long).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;

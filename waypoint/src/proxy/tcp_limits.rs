@@ -33,13 +33,15 @@ where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let idle = limits.idle_timeout.map(StreamIdle::start);
+    let idle = StreamIdle::start(limits.idle_timeout, None);
     let mut down = Watched::new(down, idle.clone());
     let mut up = Watched::new(up, idle.clone());
     let (received, sent) = (down.read.clone(), up.read.clone());
     let idle_expired = async {
         match &idle {
-            Some(i) => i.expired().await,
+            Some(i) => {
+                i.expired().await;
+            }
             None => std::future::pending().await,
         }
     };

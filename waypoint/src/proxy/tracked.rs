@@ -14,7 +14,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::idle::{Activity, Busy};
-use super::stream_idle::{IdleWatch, StreamIdle};
+use super::stream_idle::{Expiry, IdleWatch, StreamIdle};
 use crate::state::Proxy;
 use crate::telemetry::labels::SourceLabels;
 use crate::telemetry::request::{grpc_status, Outcome, RequestTelemetry};
@@ -220,20 +220,27 @@ impl TrackedBody {
     /// While the upstream sends nothing: once the stream has been idle for the timeout,
     /// the request is recorded with `SI` and the stream reset (an error frame: RST_STREAM
     /// on HTTP/2, the connection closed on HTTP/1.1), as Envoy does after the response
-    /// started.
+    /// started; the same, details `max_duration_timeout`, when its maximum duration is up.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(w) = self.idle.as_mut() else {
             return Poll::Pending;
         };
-        ready!(w.poll_expired(cx));
+        let which = ready!(w.poll_expired(cx));
         self.idle = None;
+        let (flags, details, why) = match which {
+            Expiry::Idle => ("SI", "stream_idle_timeout", "stream idle timeout"),
+            Expiry::MaxDuration => ("-", "max_duration_timeout", "stream max duration"),
+        };
         if let Some(out) = self.finish.as_mut().map(|f| &mut f.outcome) {
-            out.flags = "SI";
-            out.details = "stream_idle_timeout".into();
+            out.flags = flags;
+            out.details = details.into();
         }
-        tracing::debug!("stream idle timeout after the response started; resetting");
+        tracing::debug!(
+            why,
+            "stream timer ran out after the response started; resetting"
+        );
         self.finish();
-        Poll::Ready(Some(Err("stream idle timeout".into())))
+        Poll::Ready(Some(Err(why.into())))
     }
 }
 

@@ -85,10 +85,11 @@ impl RequestTelemetry {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let protocol = if req.version() == http::Version::HTTP_2 {
-            "HTTP/2"
-        } else {
-            "HTTP/1.1"
+        let protocol = match req.version() {
+            http::Version::HTTP_2 => "HTTP/2",
+            // Served with the connection manager's `accept_http_10`, or answered 426.
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
         };
         let grpc = filters::error::is_grpc(req.headers());
         let request_header_bytes =
@@ -320,10 +321,10 @@ fn server_attributes<B>(
         KeyValue::new("url.scheme", "http"),
         KeyValue::new(
             "network.protocol.version",
-            if req.version() == http::Version::HTTP_2 {
-                "2"
-            } else {
-                "1.1"
+            match req.version() {
+                http::Version::HTTP_2 => "2",
+                http::Version::HTTP_10 => "1.0",
+                _ => "1.1",
             },
         ),
         KeyValue::new("server.port", tunnel.authority.port() as i64),

@@ -510,7 +510,7 @@ fn request_headers(main: Option<&ListenerInfo>) -> filters::model::RequestHeader
         l.chains.iter().find_map(|(_, c)| match c {
             Chain::Http {
                 request_headers, ..
-            } => Some(*request_headers),
+            } => Some(request_headers.clone()),
             Chain::Tcp { .. } => None,
         })
     })

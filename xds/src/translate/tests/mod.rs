@@ -535,24 +535,103 @@ fn listener_and_connection_manager_fields_no_translator_reads_are_refused_by_nam
         ),
         "filter_chains[0].transport_socket"
     );
-    // ProxyConfig IDLE_TIMEOUT (listener_builder.go) is not implemented.
-    let field = refused(&|l| {
-        l["filter_chains"][0]["filters"][0]["typed_config"]["common_http_protocol_options"] =
-            serde_json::json!({"idle_timeout": "60s"})
-    });
-    assert!(
-        field.ends_with("filters[0].common_http_protocol_options"),
-        "{field}"
-    );
-    // HTTP/1.0 (istiod's HTTP10 feature) is not implemented.
+    // The common options istiod writes from ProxyConfig connectionSettings besides
+    // `httpIdleTimeout` (applyConnectionSettingsToHCM, connection_settings.go) are refused
+    // by name.
+    for (field, value) in [
+        ("max_headers_count", serde_json::json!(10)),
+        ("max_requests_per_connection", serde_json::json!(10)),
+    ] {
+        let got = refused(&|l| {
+            l["filter_chains"][0]["filters"][0]["typed_config"]["common_http_protocol_options"] =
+                serde_json::json!({"idle_timeout": "60s", field: value.clone()})
+        });
+        assert!(
+            got.ends_with(&format!("filters[0].common_http_protocol_options.{field}")),
+            "{got}"
+        );
+    }
+    // HTTP/1.1 settings other than HTTP/1.0 and the header-case formatter.
     let field = refused(&|l| {
         l["filter_chains"][0]["filters"][0]["typed_config"]["http_protocol_options"] =
-            serde_json::json!({"accept_http_10": true})
+            serde_json::json!({"accept_http_10": true, "allow_chunked_length": true})
     });
     assert!(
-        field.ends_with("filters[0].http_protocol_options"),
+        field.ends_with("filters[0].http_protocol_options.allow_chunked_length"),
         "{field}"
     );
+    let field = refused(&|l| {
+        l["filter_chains"][0]["filters"][0]["typed_config"]["http_protocol_options"] =
+            serde_json::json!({"accept_http_10": true, "default_host_for_http_10": "a\nb"})
+    });
+    assert!(
+        field.ends_with("filters[0].http_protocol_options.default_host_for_http_10"),
+        "{field}"
+    );
+}
+
+#[test]
+fn http_10_and_the_idle_timeout_come_from_the_connection_manager() {
+    // buildWaypointInboundHTTPFilters (listener_waypoint.go) writes
+    // `http_protocol_options {accept_http_10: true}` for the proxy's HTTP10 metadata;
+    // buildHTTPConnectionManager (listener_builder.go) writes
+    // `common_http_protocol_options {idle_timeout}` for its IDLE_TIMEOUT metadata.
+    let (mut r, _) = resources("waypoint-httpbin-1.21.json");
+    let mut with = |h1: serde_json::Value, common: serde_json::Value| {
+        let mut listener = httpbin_main_internal();
+        for chain in listener["filter_chains"].as_array_mut().unwrap() {
+            let hcm =
+                &mut chain["filters"].as_array_mut().unwrap().last_mut().unwrap()["typed_config"];
+            if hcm.get("http_filters").is_some() {
+                hcm["http_protocol_options"] = h1.clone();
+                hcm["common_http_protocol_options"] = common.clone();
+            }
+        }
+        let l: Listener = from_json("envoy.config.listener.v3.Listener", &listener).unwrap();
+        r.listeners
+            .insert("main_internal".into(), listener::convert(&l).unwrap());
+        build(&r, &options()).unwrap().request_headers().clone()
+    };
+    let none = with(serde_json::json!({}), serde_json::json!({}));
+    assert!(!none.accept_http_10);
+    assert_eq!(none.idle_timeout, None);
+    assert_eq!(none.max_connection_duration, None);
+    assert_eq!(none.max_stream_duration, None);
+    let set = with(
+        serde_json::json!({"accept_http_10": true}),
+        serde_json::json!({"idle_timeout": "1.5s", "max_connection_duration": "60s",
+            "max_stream_duration": "2s"}),
+    );
+    assert!(set.accept_http_10);
+    assert_eq!(set.default_host_for_http_10, None);
+    assert_eq!(set.idle_timeout, Some(Duration::from_millis(1500)));
+    // ProxyConfig connectionSettings.httpMaxConnectionDuration (applyConnectionSettingsToHCM).
+    assert_eq!(set.max_connection_duration, Some(Duration::from_secs(60)));
+    // connectionSettings.httpMaxStreamDuration.
+    assert_eq!(set.max_stream_duration, Some(Duration::from_secs(2)));
+    assert_eq!(
+        set.underscore_headers,
+        filters::model::UnderscoreHeaders::Allow
+    );
+    // `0s` turns Envoy's idle timeout off; connectionSettings
+    // httpHeadersWithUnderscoresAction (toEnvoyHeadersWithUnderscoresAction).
+    let off = with(
+        serde_json::json!({"accept_http_10": true, "default_host_for_http_10": "h.example"}),
+        serde_json::json!({"idle_timeout": "0s", "headers_with_underscores_action": "DROP_HEADER"}),
+    );
+    assert_eq!(off.idle_timeout, None);
+    assert_eq!(
+        off.underscore_headers,
+        filters::model::UnderscoreHeaders::DropHeader
+    );
+    assert_eq!(off.default_host_for_http_10.as_deref(), Some("h.example"));
+    // Without accept_http_10 the default host is unused, as in Envoy.
+    let unused = with(
+        serde_json::json!({"default_host_for_http_10": "h.example"}),
+        serde_json::json!({}),
+    );
+    assert!(!unused.accept_http_10);
+    assert_eq!(unused.default_host_for_http_10, None);
 }
 
 fn tcp_chain(extra: serde_json::Value) -> Listener {
