@@ -71,7 +71,7 @@ async fn request_sends_one_request_through_an_hbone_server() {
 #[test]
 fn demo_runs_a_waypoint_and_round_robins_across_two_pods() {
     let out = std::process::Command::new(TOOL)
-        .args(["--log-level", "warn", "demo", "--requests", "40"])
+        .args(["--log-level", "warn", "demo", "--requests", "200"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -88,14 +88,16 @@ fn demo_runs_a_waypoint_and_round_robins_across_two_pods() {
         );
     }
     assert!(stdout.contains("waypoint exited with Some(0)"), "{stdout}");
-    // The allocations per request are measured (issue 22 wants at most 15); the bound here
-    // catches a regression: 26.5 with these 40 requests since the filter layers stopped
-    // boxing their futures (35.5 before).
+    // The allocations per request are counted (deterministic: the same count run after
+    // run) and held to issue 22's target of at most 15: 14.6 with these 200 requests since
+    // plain upstream HTTP/1.1 stopped going through hyper's client task, the header timer
+    // went and request ids came from a shared block (20.2 before; 29.2 before the filter
+    // layers stopped boxing their futures).
     let per_request: f64 = stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("allocations in the waypoint: "))
         .and_then(|r| r.split(' ').next()?.parse().ok())
         .expect("allocations per request printed");
     eprintln!("allocations per request: {per_request}");
-    assert!((1.0..32.0).contains(&per_request), "{stdout}");
+    assert!((1.0..=15.0).contains(&per_request), "{stdout}");
 }
