@@ -167,6 +167,7 @@ pub fn translate_with_status(
     let inputs = super::routes::RouteInputs {
         http: &objects.http_routes,
         grpc: &objects.grpc_routes,
+        tcp: &objects.tcp_routes,
         grants: &objects.grants,
     };
     let (routes, statuses) = super::routes::attach(&inputs, &by_name, &gw_name);
