@@ -161,10 +161,16 @@ async fn tally(w: &World, n: usize) -> BTreeMap<String, usize> {
 async fn weighted_clusters_shift_tunnels_by_weight() {
     // Two TCP routes with weights 1 and 3 (a third with weight 0, which istiod leaves out
     // of weighted_clusters): buildWaypointNetworkFilters, listener_waypoint.go.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("tcp.log");
     let w = start_with_apps(apps(), &[], |ls, cs, es, pod| {
         let specifier = json!({"weighted_clusters": {"clusters": [
             {"name": cluster_of("tcp-a"), "weight": 1},
-            {"name": cluster_of("tcp-b"), "weight": 3}]}});
+            {"name": cluster_of("tcp-b"), "weight": 3}]},
+            "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": log,
+                "log_format": {"text_format_source": {"inline_string": "TCP %UPSTREAM_CLUSTER%\n"}}}}]});
         set_up(ls, cs, es, pod.unwrap(), specifier);
     })
     .await;
@@ -196,6 +202,21 @@ async fn weighted_clusters_shift_tunnels_by_weight() {
     assert!(opened("tcp-a") >= a as f64, "tcp-a metrics:\n{text}");
     assert!(opened("tcp-b") >= b as f64, "tcp-b metrics:\n{text}");
     assert_eq!(opened("tcp-c"), 0.0);
+    // The access log names the cluster each tunnel went to (`%UPSTREAM_CLUSTER%`).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = |text: &str, svc: &str| {
+        let line = format!("TCP {}", cluster_of(svc));
+        text.lines().filter(|l| *l == line).count()
+    };
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if lines(&text, "tcp-a") >= a && lines(&text, "tcp-b") >= b {
+            assert_eq!(lines(&text, "tcp-c"), 0, "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "access log:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
