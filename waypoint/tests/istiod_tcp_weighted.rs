@@ -22,12 +22,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The app ports of the third pod: the Services tcp-a, tcp-b and tcp-c each reach it on
 /// their own, where a server-first app names the Service; httpbin's own port 9000 reaches
 /// it on 8080, which names httpbin.
-const APPS: [(u16, &str); 4] = [
+const APPS: [(u16, &str); 5] = [
     (8080, "httpbin|"),
     (8081, "tcp-a|"),
     (8082, "tcp-b|"),
     (8083, "tcp-c|"),
+    (8084, "httpbin-v1|"),
 ];
+
+/// httpbin's DestinationRule subset `v1` on port 9000 (cluster_waypoint.go names it
+/// `inbound-vip|<port>|tcp/<subset>|<host>`, `portToSubset` in listener_waypoint.go).
+const SUBSET_CLUSTER: &str = "inbound-vip|9000|tcp/v1|httpbin.default.svc.cluster.local";
 
 fn apps() -> Vec<(u16, App)> {
     APPS.iter()
@@ -45,7 +50,19 @@ fn cluster_of(name: &str) -> String {
 /// pod `pod` on `app_port`. Not served by a `main_internal` chain of its own: only routes
 /// name it.
 fn tcp_service(cs: &mut Named, es: &mut Named, name: &str, pod: IpAddr, app_port: u16) {
-    let cluster = cluster_of(name);
+    tcp_cluster(cs, es, &cluster_of(name), name, pod, app_port);
+}
+
+/// The cluster `cluster` of the Service `name`'s port 9000, as [`tcp_service`] describes.
+fn tcp_cluster(
+    cs: &mut Named,
+    es: &mut Named,
+    cluster: &str,
+    name: &str,
+    pod: IpAddr,
+    app_port: u16,
+) {
+    let cluster = cluster.to_string();
     let (_, c) = cs.iter().find(|(n, _)| n == CLUSTER_8100).unwrap();
     let c = Cluster::decode(c.value.as_slice()).unwrap();
     let text = xds::envoy::to_json("envoy.config.cluster.v3.Cluster", &c)
@@ -78,9 +95,11 @@ fn tcp_service(cs: &mut Named, es: &mut Named, name: &str, pod: IpAddr, app_port
 /// tcp-b, tcp-c; then the port's tcp_proxy gets `specifier` instead of its own cluster.
 fn set_up(ls: &mut Named, cs: &mut Named, es: &mut Named, pod: IpAddr, specifier: Value) {
     tcp_port(ls, cs, es, pod, vec![]);
-    for (port, banner) in &APPS[1..] {
+    for (port, banner) in &APPS[1..4] {
         tcp_service(cs, es, banner.trim_end_matches('|'), pod, *port);
     }
+    // The subset's endpoints: EDS gives only the pods of the subset (here the app on 8084).
+    tcp_cluster(cs, es, SUBSET_CLUSTER, "httpbin", pod, 8084);
     fixture::edit_listener(ls, |json| {
         for chain in json["filter_chains"].as_array_mut().unwrap() {
             if chain["name"] == TCP_CHAIN {
@@ -235,6 +254,19 @@ async fn a_single_cluster_of_another_service_takes_every_tunnel() {
     until_answered_by(&w, "tcp-c").await;
     let counts = tally(&w, 24).await;
     assert_eq!(counts, BTreeMap::from([("tcp-c".to_string(), 24)]));
+}
+
+#[tokio::test]
+async fn a_single_subset_cluster_takes_every_tunnel() {
+    // One TCP route to a subset of the Service itself: the subset's cluster
+    // (getWaypointDestinationCluster with portToSubset).
+    let w = start_with_apps(apps(), &[], |ls, cs, es, pod| {
+        set_up(ls, cs, es, pod.unwrap(), json!({"cluster": SUBSET_CLUSTER}));
+    })
+    .await;
+    until_answered_by(&w, "httpbin-v1").await;
+    let counts = tally(&w, 24).await;
+    assert_eq!(counts, BTreeMap::from([("httpbin-v1".to_string(), 24)]));
 }
 
 #[tokio::test]
