@@ -332,6 +332,10 @@ fn tables(
         by_port.entry(&a.key).or_default().push(a);
     }
     let mut tables = BTreeMap::new();
+    // A parent is `Conflicted` only when its route lost on every port it attaches to there
+    // (a parentRef without a port covers HTTP and TCP ports alike).
+    let mut lost: BTreeMap<(usize, usize), String> = BTreeMap::new();
+    let mut used: std::collections::BTreeSet<(usize, usize)> = Default::default();
     for (key, list) in by_port {
         let direct: Vec<&Attachment> = list.iter().copied().filter(|a| !a.via_gateway).collect();
         let pool = if direct.is_empty() { list } else { direct };
@@ -340,17 +344,16 @@ fn tables(
         let mut consumers: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
         for a in &pool {
             if a.kind != kind {
-                let (si, pi) = a.status_index;
-                let p = &mut statuses[si].parents[pi];
-                p.accepted = false;
-                p.accepted_reason = "Conflicted".into();
-                p.message = format!(
-                    "a {} on {key} takes precedence over {}s",
-                    kind_name(kind),
-                    kind_name(a.kind)
-                );
+                lost.entry(a.status_index).or_insert_with(|| {
+                    format!(
+                        "a {} on {key} takes precedence over {}s",
+                        kind_name(kind),
+                        kind_name(a.kind)
+                    )
+                });
                 continue;
             }
+            used.insert(a.status_index);
             match &a.consumer {
                 None => producer.push(a.route.clone()),
                 Some(ns) => consumers
@@ -370,6 +373,15 @@ fn tables(
                 kind: Some(kind),
             },
         );
+    }
+    for ((si, pi), message) in lost {
+        if used.contains(&(si, pi)) {
+            continue;
+        }
+        let p = &mut statuses[si].parents[pi];
+        p.accepted = false;
+        p.accepted_reason = "Conflicted".into();
+        p.message = message;
     }
     tables
 }
