@@ -74,7 +74,7 @@ pub fn translate(
     Ok(snapshot)
 }
 
-/// Builds the snapshot and the status of every HTTPRoute and GRPCRoute.
+/// Builds the snapshot and the status of every HTTPRoute, GRPCRoute and TCPRoute.
 pub fn translate_with_status(
     objects: &Objects,
     options: &SourceOptions,

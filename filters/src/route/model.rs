@@ -27,7 +27,7 @@ pub enum RouteKind {
 pub struct Route {
     /// `namespace/name`.
     pub name: NamespacedName,
-    /// HTTPRoute or GRPCRoute.
+    /// HTTPRoute, GRPCRoute or TCPRoute.
     pub kind: RouteKind,
     /// `metadata.creationTimestamp` (RFC 3339), for precedence between routes.
     pub created: Option<String>,

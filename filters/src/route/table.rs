@@ -192,7 +192,7 @@ pub struct PortRoutes {
     /// Routes in other namespaces: only clients from that namespace, instead of the
     /// producer routes.
     pub consumers: BTreeMap<String, RouteTable>,
-    /// Whether these are GRPCRoutes.
+    /// The kind of the routes (GRPCRoutes, HTTPRoutes or a TCP route).
     pub kind: Option<RouteKind>,
 }
 

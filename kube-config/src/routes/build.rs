@@ -321,8 +321,8 @@ fn table_kind(pool: &[&Attachment]) -> RouteKind {
 
 /// One route table per Service port. Routes attached to the Service win over routes
 /// attached to the waypoint Gateway; on a port declared TCP TCPRoutes win, elsewhere
-/// GRPCRoutes win over HTTPRoutes, which win over TCPRoutes (the losers' statuses say
-/// `Conflicted`).
+/// GRPCRoutes win over HTTPRoutes, which win over TCPRoutes (a route's parent says
+/// `Conflicted` when the route lost on every port it attaches to).
 fn tables(
     attachments: &[Attachment],
     statuses: &mut [RouteStatus],
