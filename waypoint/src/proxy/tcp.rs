@@ -216,17 +216,25 @@ async fn copy(
         Target::Service { service, port } => service.port(*port),
         Target::Workload { .. } => None,
     };
+    // The port the endpoint is picked on: the routed backend's (its own endpoints, original
+    // destination or forward proxy); the chain's settings (limits, hash policy, tunnel) stay
+    // the addressed port's, as istiod writes one tcp_proxy per port.
+    let picked_port = match (&routed, &backend) {
+        (Some(_), Backend::Service { service, port }) => service.port(*port),
+        _ => port,
+    };
     // Bytes read from the client before connecting (a TLS ClientHello), sent on first.
     let mut first = Vec::new();
-    let picked = match port.and_then(|p| p.unlisted()) {
+    let picked = match picked_port.and_then(|p| p.unlisted()) {
         Some(Unlisted::OriginalDst(o)) => {
             balance::pick_original(&backend, o, info.authority, &snapshot)
         }
         Some(Unlisted::ForwardProxy(fp)) => {
-            let upstream_port = port.map_or(info.authority.port(), |p| match p.target_port {
-                filters::model::TargetPort::Number(n) => n,
-                filters::model::TargetPort::Named(_) => p.port,
-            });
+            let upstream_port =
+                picked_port.map_or(info.authority.port(), |p| match p.target_port {
+                    filters::model::TargetPort::Number(n) => n,
+                    filters::model::TargetPort::Named(_) => p.port,
+                });
             match by_sni(&backend, fp, upstream_port, &mut stream).await {
                 Ok((bytes, picked)) => {
                     first = bytes;
