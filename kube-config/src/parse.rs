@@ -3,7 +3,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::objects::{Gateway, Namespace, Pod, Service};
-use super::routes::objects::{GrpcRoute, HttpRoute, ReferenceGrant};
+use super::routes::objects::{GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute};
 use super::LocalConfigError;
 
 /// The objects of one configuration file, each with the label used in error messages.
@@ -15,6 +15,7 @@ pub struct Objects {
     pub(crate) gateways: Vec<(String, Gateway)>,
     pub(crate) http_routes: Vec<(String, HttpRoute)>,
     pub(crate) grpc_routes: Vec<(String, GrpcRoute)>,
+    pub(crate) tcp_routes: Vec<(String, TcpRoute)>,
     pub(crate) grants: Vec<(String, ReferenceGrant)>,
     pub(crate) policies: Vec<(String, super::authz::AuthorizationPolicy)>,
     pub(crate) authentications: Vec<(String, super::authn::RequestAuthentication)>,
@@ -146,6 +147,9 @@ impl Objects {
             }
             ("gateway.networking.k8s.io", "GRPCRoute") => {
                 self.grpc_routes.push(typed(value, &label)?)
+            }
+            ("gateway.networking.k8s.io", "TCPRoute") => {
+                self.tcp_routes.push(typed(value, &label)?)
             }
             ("security.istio.io", "RequestAuthentication") => {
                 self.authentications.push(typed(value, &label)?)

@@ -74,7 +74,7 @@ pub fn translate(
     Ok(snapshot)
 }
 
-/// Builds the snapshot and the status of every HTTPRoute and GRPCRoute.
+/// Builds the snapshot and the status of every HTTPRoute, GRPCRoute and TCPRoute.
 pub fn translate_with_status(
     objects: &Objects,
     options: &SourceOptions,
@@ -167,6 +167,7 @@ pub fn translate_with_status(
     let inputs = super::routes::RouteInputs {
         http: &objects.http_routes,
         grpc: &objects.grpc_routes,
+        tcp: &objects.tcp_routes,
         grants: &objects.grants,
     };
     let (routes, statuses) = super::routes::attach(&inputs, &by_name, &gw_name);
@@ -629,6 +630,71 @@ status: {podIP: 127.128.0.2}
 
     fn snap(text: &str) -> Result<Snapshot, LocalConfigError> {
         translate(&parse(text)?, &SourceOptions::default(), 1, "test".into())
+    }
+
+    #[test]
+    fn tcp_routes_win_on_tcp_ports_and_http_routes_elsewhere() {
+        use filters::route::model::RouteKind;
+        let routes = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: h, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules: [{backendRefs: [{name: echo, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: t, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules: [{backendRefs: [{name: echo, port: 9000, weight: 2}]}]
+"#;
+        let text = format!("{MESH}{routes}");
+        let (s, statuses) = translate_with_status(
+            &parse(&text).unwrap(),
+            &SourceOptions::default(),
+            1,
+            "test".into(),
+        )
+        .unwrap();
+        let echo = NamespacedName::new("default", "echo");
+        assert_eq!(s.routes(&echo, 80).unwrap().kind, Some(RouteKind::Http));
+        assert_eq!(s.routes(&echo, 9000).unwrap().kind, Some(RouteKind::Tcp));
+        let conflicted = |route: &str| -> Vec<String> {
+            statuses
+                .iter()
+                .filter(|st| st.route == route)
+                .flat_map(|st| st.parents.iter())
+                .filter(|p| p.accepted_reason == "Conflicted")
+                .map(|p| p.message.clone())
+                .collect()
+        };
+        // Each is in use on one of the Service's ports: neither is Conflicted.
+        assert!(conflicted("TCPRoute default/t").is_empty());
+        assert!(conflicted("HTTPRoute default/h").is_empty());
+        // A TCPRoute on the HTTP port alone loses there.
+        let text = text.replace(
+            "rules: [{backendRefs: [{name: echo, port: 9000, weight: 2}]}]",
+            "rules: [{backendRefs: [{name: echo, port: 9000, weight: 2}]}]\n---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: t80, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules: [{backendRefs: [{name: echo, port: 9000}]}]",
+        );
+        let (_, statuses) = translate_with_status(
+            &parse(&text).unwrap(),
+            &SourceOptions::default(),
+            1,
+            "test".into(),
+        )
+        .unwrap();
+        let st = statuses
+            .iter()
+            .find(|st| st.route == "TCPRoute default/t80")
+            .unwrap();
+        assert_eq!(st.parents[0].accepted_reason, "Conflicted");
+        assert_eq!(
+            st.parents[0].message,
+            "a HTTPRoute on default/echo:80 takes precedence over TCPRoutes"
+        );
     }
 
     #[test]

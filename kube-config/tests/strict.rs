@@ -42,3 +42,18 @@ fn misspelled_request_authentication_and_telemetry_fields_are_refused_by_name() 
     let e = load_with(tel).unwrap_err();
     assert!(e.contains("randomSamplingPercentge"), "{e}");
 }
+
+#[test]
+fn tcp_route_fields_are_strict() {
+    let route = "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: t, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - backendRefs: [{name: echo, port: 80, weight: 1}]\n";
+    load_with(route).unwrap();
+    // TCPRoute backendRefs have no filters (unlike HTTPRoute's).
+    let e = load_with(&route.replace("weight: 1", "filters: []")).unwrap_err();
+    assert!(
+        e.contains("spec.rules[0].backendRefs[0]") && e.contains("filters"),
+        "{e}"
+    );
+    let e = load_with(&route.replace("  - backendRefs", "  - matches: []\n    backendRefs"))
+        .unwrap_err();
+    assert!(e.contains("spec.rules[0]") && e.contains("matches"), "{e}");
+}

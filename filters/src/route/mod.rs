@@ -4,6 +4,7 @@
 //! - [`table`]: precedence and matching ([`RouteTable::find`]), pure;
 //! - [`select`]: weighted backend choice, pure but for the random draw;
 //! - [`apply`]: the filters' request/response transformations, pure;
+//! - [`tcp`]: the backend a TCP tunnel draws from a TCP route;
 //! - [`RouteLayer`]: the tower layer that applies a [`decide`] outcome.
 
 pub mod apply;
@@ -12,6 +13,7 @@ mod layer;
 pub mod model;
 pub mod select;
 pub mod table;
+pub mod tcp;
 
 pub use future::RouteFuture;
 pub use layer::{RouteLayer, RouteService};
@@ -194,6 +196,9 @@ pub fn decide_traced<B>(
     let Some(routes) = ctx.snapshot.routes(&service.name, *port) else {
         return Ok(default("no route is attached to this Service port"));
     };
+    if routes.kind == Some(model::RouteKind::Tcp) {
+        return Ok(default("only a TCP route is attached to this Service port"));
+    }
     let Some(table) = routes.for_client(&ctx.tunnel.peer.namespace) else {
         return Ok(default("no route applies to a client in this namespace"));
     };

@@ -17,6 +17,9 @@ pub enum RouteKind {
     Http,
     /// `GRPCRoute`.
     Grpc,
+    /// `TCPRoute` (or istiod's TCP proxy with one or more clusters): one rule without
+    /// matches whose backends each new TCP tunnel draws from; HTTP requests ignore it.
+    Tcp,
 }
 
 /// One route, attached to one or more parents.
@@ -24,7 +27,7 @@ pub enum RouteKind {
 pub struct Route {
     /// `namespace/name`.
     pub name: NamespacedName,
-    /// HTTPRoute or GRPCRoute.
+    /// HTTPRoute, GRPCRoute or TCPRoute.
     pub kind: RouteKind,
     /// `metadata.creationTimestamp` (RFC 3339), for precedence between routes.
     pub created: Option<String>,

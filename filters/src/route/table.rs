@@ -131,6 +131,14 @@ impl RouteTable {
         self.entries.is_empty()
     }
 
+    /// The first rule in the table's order (a TCP tunnel has nothing to match: the oldest
+    /// route's first rule applies), with its route.
+    pub fn first_rule(&self) -> Option<(&Arc<Route>, &Rule)> {
+        self.entries
+            .first()
+            .map(|e| (&e.route, &e.route.rules[e.rule]))
+    }
+
     /// The highest-precedence rule matching `req`.
     pub fn find<B>(&self, req: &Request<B>) -> Option<Matched<'_>> {
         self.find_traced(req, Trace::OFF)
@@ -184,7 +192,7 @@ pub struct PortRoutes {
     /// Routes in other namespaces: only clients from that namespace, instead of the
     /// producer routes.
     pub consumers: BTreeMap<String, RouteTable>,
-    /// Whether these are GRPCRoutes.
+    /// The kind of the routes (GRPCRoutes, HTTPRoutes or a TCP route).
     pub kind: Option<RouteKind>,
 }
 

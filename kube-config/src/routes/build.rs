@@ -5,7 +5,7 @@ use filters::model::{route_key, NamespacedName, Service};
 use filters::route::model::{Route, RouteKind, Rule};
 use filters::route::{PortRoutes, RouteTable};
 
-use super::compile::{grpc_rule, http_rule, Ctx, RefProblem, Unsupported, GATEWAY_GROUP};
+use super::compile::{grpc_rule, http_rule, tcp_rule, Ctx, RefProblem, Unsupported, GATEWAY_GROUP};
 use super::objects::{self as o, ParentRef, ReferenceGrant};
 use super::status::{ParentStatus, RouteStatus};
 
@@ -15,6 +15,8 @@ pub struct RouteInputs<'a> {
     pub http: &'a [(String, o::HttpRoute)],
     /// GRPCRoutes.
     pub grpc: &'a [(String, o::GrpcRoute)],
+    /// TCPRoutes.
+    pub tcp: &'a [(String, o::TcpRoute)],
     /// ReferenceGrants.
     pub grants: &'a [(String, ReferenceGrant)],
 }
@@ -28,6 +30,8 @@ struct Attachment {
     consumer: Option<String>,
     /// Attached through the waypoint Gateway rather than the Service.
     via_gateway: bool,
+    /// The Service port is declared TCP (its tunnels are never HTTP).
+    tcp_port: bool,
     status_index: (usize, usize),
 }
 
@@ -70,7 +74,7 @@ pub fn attach(
     (tables, statuses)
 }
 
-/// Compiles every HTTPRoute and GRPCRoute (a route that cannot be accepted keeps why).
+/// Compiles every HTTPRoute, GRPCRoute and TCPRoute (a route that cannot be accepted keeps why).
 fn compile_all(
     inputs: &RouteInputs<'_>,
     services: &HashMap<NamespacedName, Arc<Service>>,
@@ -112,6 +116,24 @@ fn compile_all(
             .map(split_refs);
         compiled.push(Compiled {
             kind: RouteKind::Grpc,
+            meta: r.metadata.clone(),
+            parents: r.spec.parent_refs.clone(),
+            rules,
+        });
+    }
+    for (_, r) in inputs.tcp {
+        let ns = ns_of(&r.metadata);
+        ctx.parents = service_parents(&r.spec.parent_refs, &ns);
+        let rules = r
+            .spec
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| tcp_rule(&ctx, &ns, i, rule))
+            .collect::<Result<Vec<_>, _>>()
+            .map(split_refs);
+        compiled.push(Compiled {
+            kind: RouteKind::Tcp,
             meta: r.metadata.clone(),
             parents: r.spec.parent_refs.clone(),
             rules,
@@ -203,11 +225,7 @@ fn attach_route(
         rules,
     } = compiled;
     let ns = ns_of(&meta);
-    let kind_name = if kind == RouteKind::Http {
-        "HTTPRoute"
-    } else {
-        "GRPCRoute"
-    };
+    let kind_name = kind_name(kind);
     let mut status = RouteStatus {
         route: format!("{kind_name} {ns}/{}", meta.name),
         parents: Vec::new(),
@@ -260,12 +278,16 @@ fn attach_route(
             // in that namespace only; routes on the Gateway apply to everyone.
             let consumer = (!parent.via_gateway && svc.name.namespace != ns).then(|| ns.clone());
             for port in ports {
+                let tcp_port = svc
+                    .port(port)
+                    .is_some_and(|p| p.protocol == filters::model::Protocol::Tcp);
                 attachments.push(Attachment {
                     route: route.clone(),
                     kind,
                     key: route_key(&svc.name, port),
                     consumer: consumer.clone(),
                     via_gateway: parent.via_gateway,
+                    tcp_port,
                     status_index: (index, pi),
                 });
             }
@@ -274,9 +296,33 @@ fn attach_route(
     status
 }
 
+/// The route's kind as Gateway API names it.
+fn kind_name(kind: RouteKind) -> &'static str {
+    match kind {
+        RouteKind::Http => "HTTPRoute",
+        RouteKind::Grpc => "GRPCRoute",
+        RouteKind::Tcp => "TCPRoute",
+    }
+}
+
+/// The kind of routes a Service port's table holds: TCPRoutes on a port declared TCP (or
+/// when only TCPRoutes are attached), else GRPCRoutes over HTTPRoutes.
+fn table_kind(pool: &[&Attachment]) -> RouteKind {
+    let has = |k| pool.iter().any(|a| a.kind == k);
+    let tcp_port = pool.iter().any(|a| a.tcp_port);
+    if has(RouteKind::Tcp) && (tcp_port || !(has(RouteKind::Http) || has(RouteKind::Grpc))) {
+        RouteKind::Tcp
+    } else if has(RouteKind::Grpc) {
+        RouteKind::Grpc
+    } else {
+        RouteKind::Http
+    }
+}
+
 /// One route table per Service port. Routes attached to the Service win over routes
-/// attached to the waypoint Gateway; GRPCRoutes win over HTTPRoutes (the losers' statuses
-/// say `Conflicted`).
+/// attached to the waypoint Gateway; on a port declared TCP TCPRoutes win, elsewhere
+/// GRPCRoutes win over HTTPRoutes, which win over TCPRoutes (a route's parent says
+/// `Conflicted` when the route lost on every port it attaches to).
 fn tables(
     attachments: &[Attachment],
     statuses: &mut [RouteStatus],
@@ -286,25 +332,28 @@ fn tables(
         by_port.entry(&a.key).or_default().push(a);
     }
     let mut tables = BTreeMap::new();
+    // A parent is `Conflicted` only when its route lost on every port it attaches to there
+    // (a parentRef without a port covers HTTP and TCP ports alike).
+    let mut lost: BTreeMap<(usize, usize), String> = BTreeMap::new();
+    let mut used: std::collections::BTreeSet<(usize, usize)> = Default::default();
     for (key, list) in by_port {
         let direct: Vec<&Attachment> = list.iter().copied().filter(|a| !a.via_gateway).collect();
         let pool = if direct.is_empty() { list } else { direct };
-        let kind = if pool.iter().any(|a| a.kind == RouteKind::Grpc) {
-            RouteKind::Grpc
-        } else {
-            RouteKind::Http
-        };
+        let kind = table_kind(&pool);
         let mut producer = Vec::new();
         let mut consumers: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
         for a in &pool {
             if a.kind != kind {
-                let (si, pi) = a.status_index;
-                let p = &mut statuses[si].parents[pi];
-                p.accepted = false;
-                p.accepted_reason = "Conflicted".into();
-                p.message = format!("a GRPCRoute on {key} takes precedence over HTTPRoutes");
+                lost.entry(a.status_index).or_insert_with(|| {
+                    format!(
+                        "a {} on {key} takes precedence over {}s",
+                        kind_name(kind),
+                        kind_name(a.kind)
+                    )
+                });
                 continue;
             }
+            used.insert(a.status_index);
             match &a.consumer {
                 None => producer.push(a.route.clone()),
                 Some(ns) => consumers
@@ -324,6 +373,15 @@ fn tables(
                 kind: Some(kind),
             },
         );
+    }
+    for ((si, pi), message) in lost {
+        if used.contains(&(si, pi)) {
+            continue;
+        }
+        let p = &mut statuses[si].parents[pi];
+        p.accepted = false;
+        p.accepted_reason = "Conflicted".into();
+        p.message = message;
     }
     tables
 }

@@ -580,3 +580,28 @@ pub(crate) fn grpc_rule(
         problems,
     ))
 }
+
+/// A TCPRoute rule: no matches or filters; each new tunnel draws one of its backendRefs by
+/// weight.
+pub(crate) fn tcp_rule(
+    ctx: &Ctx<'_>,
+    ns: &str,
+    i: usize,
+    r: &o::TcpRule,
+) -> Result<RuleOut, Unsupported> {
+    let field = format!("spec.rules[{i}]");
+    let refs: Vec<BackendRef> = r.backend_refs.iter().map(BackendRef::from).collect();
+    let (backends, problems) = backends(ctx, ns, "TCPRoute", &refs, &field, false)?;
+    Ok((
+        Rule {
+            name: r.name.clone(),
+            matches: Vec::new(),
+            filters: Vec::new(),
+            backends,
+            timeouts: Timeouts::default(),
+            retry: None,
+            hash_policy: Vec::new(),
+        },
+        problems,
+    ))
+}

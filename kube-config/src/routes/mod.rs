@@ -1,4 +1,4 @@
-//! HTTPRoute and GRPCRoute: validation, attachment to Service ports, and the statuses
+//! HTTPRoute, GRPCRoute and TCPRoute: validation, attachment to Service ports, and the statuses
 //! `waypoint check` prints (the Gateway API's `Accepted` and `ResolvedRefs` conditions).
 
 mod build;

@@ -1,4 +1,5 @@
-//! Gateway API `HTTPRoute`, `GRPCRoute` and `ReferenceGrant` (v1), as serde types.
+//! Gateway API `HTTPRoute`, `GRPCRoute` and `ReferenceGrant` (v1) and `TCPRoute`
+//! (v1alpha2), as serde types.
 
 use serde::Deserialize;
 
@@ -51,6 +52,61 @@ pub struct GrpcRouteSpec {
     pub hostnames: Vec<String>,
     #[serde(default)]
     pub rules: Vec<GrpcRule>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TcpRoute {
+    pub metadata: RouteMeta,
+    pub spec: TcpRouteSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub rules: Vec<TcpRule>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub backend_refs: Vec<TcpBackendRef>,
+}
+
+/// A TCPRoute backendRef: a [`BackendRef`] without filters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpBackendRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+impl From<&TcpBackendRef> for BackendRef {
+    fn from(r: &TcpBackendRef) -> Self {
+        BackendRef {
+            group: r.group.clone(),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+            port: r.port,
+            weight: r.weight,
+            filters: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,7 +20,7 @@ pub struct ParentStatus {
 /// The status of one HTTPRoute or GRPCRoute.
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteStatus {
-    /// `HTTPRoute ns/name` or `GRPCRoute ns/name`.
+    /// `HTTPRoute ns/name`, `GRPCRoute ns/name` or `TCPRoute ns/name`.
     pub route: String,
     /// One entry per parentRef that concerns this waypoint.
     pub parents: Vec<ParentStatus>,

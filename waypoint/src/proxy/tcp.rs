@@ -8,7 +8,9 @@ use std::sync::Arc;
 use filters::authz::ext::{self, CheckError, CheckOutcome, CheckRequest, Provider};
 use filters::authz::{self, Attributes, CustomOutcome, Denied, Subject};
 use filters::balance;
-use filters::model::{ProxyHeader, RequestContext, Target, TunnelInfo, Unlisted, Workload};
+use filters::model::{
+    ProxyHeader, RequestContext, Service, Target, TunnelInfo, Unlisted, Workload,
+};
 use filters::route::Backend;
 
 use super::tcp_limits::Outcome;
@@ -24,15 +26,18 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
     let snapshot = proxy.config.current();
     let metrics = &proxy.telemetry.metrics;
     let source = SourceLabels::new(PeerLabels::source(&info, &snapshot, &metrics.cluster));
-    let service = match &info.target {
+    let addressed = match &info.target {
         Target::Service { service, .. } => Some(service.clone()),
         Target::Workload { .. } => None,
     };
     let (overrides, own) = snapshot.telemetry().metric_overrides_for(&info.target);
-    let key = |workload: Option<&Arc<Workload>>, flags| {
+    // The destination Service is the one the tunnel was routed to (a TCP route's backend),
+    // else the addressed one, as the HTTP path reports the routed backend's.
+    let key = |routed: Option<&Arc<Service>>, workload: Option<&Arc<Workload>>, flags| {
+        let service = routed.or(addressed.as_ref());
         let destination = metrics
             .destinations
-            .get(service.as_ref(), workload, &metrics.cluster);
+            .get(service, workload, &metrics.cluster);
         // Dimensions read the connection (a TCP tunnel has no request attributes).
         let dimensions = if snapshot.telemetry().has_dimensions() {
             let facts = Facts {
@@ -64,16 +69,17 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
     let start = std::time::SystemTime::now();
     let started = std::time::Instant::now();
     let accepted = tokio::time::Instant::now();
-    let ended = copy(&proxy, &info, stream, accepted, |w| {
-        metrics.tcp_opened(&key(w, "-"));
+    let ended = copy(&proxy, &info, stream, accepted, |s, w| {
+        metrics.tcp_opened(&key(s, w, "-"));
         was_opened.store(true, std::sync::atomic::Ordering::Relaxed);
     })
     .await;
     let (flags, workload) = (ended.flags, ended.workload.as_ref());
+    let routed = ended.routed.as_ref().map(|(s, _)| s);
     if !was_opened.load(std::sync::atomic::Ordering::Relaxed) {
-        metrics.tcp_opened(&key(workload, flags));
+        metrics.tcp_opened(&key(routed, workload, flags));
     }
-    let closed = key(workload, flags);
+    let closed = key(routed, workload, flags);
     metrics.tcp_closed(&closed, ended.sent, ended.received);
     let logs = snapshot.telemetry().access_logs_for(&info.target, true);
     if !logs.is_empty() {
@@ -101,6 +107,8 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<TunnelInfo>, stream: H2Stream) {
 struct Ended {
     /// Envoy response flags (`-` when none).
     flags: &'static str,
+    /// The Service port a TCP route sent the tunnel to, when it is not the addressed one.
+    routed: Option<(Arc<Service>, u16)>,
     /// The endpoint's workload, once one was picked.
     workload: Option<Arc<Workload>>,
     /// The endpoint's address.
@@ -119,11 +127,12 @@ fn tcp_record(
     start: std::time::SystemTime,
     duration: std::time::Duration,
 ) -> filters::access_log::HttpRecord {
-    let cluster = match &info.target {
-        Target::Service { service, port } => {
+    let cluster = match (&ended.routed, &info.target) {
+        // The cluster the tunnel went to: the routed backend's Service port.
+        (Some((service, port)), _) | (None, Target::Service { service, port }) => {
             Some(format!("inbound-vip|{port}|tcp|{}", service.hostname))
         }
-        Target::Workload { workload, port } => workload
+        (None, Target::Workload { workload, port }) => workload
             .primary_ip()
             .map(|ip| format!("inbound-pod|{port}||{ip}")),
     };
@@ -162,10 +171,16 @@ async fn copy(
     info: &Arc<TunnelInfo>,
     mut stream: H2Stream,
     accepted: tokio::time::Instant,
-    opened: impl FnOnce(Option<&Arc<Workload>>),
+    opened: impl FnOnce(Option<&Arc<Service>>, Option<&Arc<Workload>>),
 ) -> Ended {
-    let ended = |flags, picked: Option<&balance::Picked>, sent, received| Ended {
+    let mut routed: Option<(Arc<Service>, u16)> = None;
+    let ended = |routed: &Option<(Arc<Service>, u16)>,
+                 flags,
+                 picked: Option<&balance::Picked>,
+                 sent,
+                 received| Ended {
         flags,
+        routed: routed.clone(),
         workload: picked.map(|p| p.workload.clone()),
         address: picked.map(|p| p.address),
         sent,
@@ -173,24 +188,53 @@ async fn copy(
     };
     if let Err(policy) = authorize(proxy, info).await {
         tracing::info!(%policy, peer = %info.peer, "TCP tunnel denied by authorization");
-        return ended("-", None, 0, 0);
+        return ended(&routed, "-", None, 0, 0);
     }
-    let backend = Backend::of_target(&info.target);
+    // A TCP route on the port draws the backend once per tunnel.
+    let snapshot = proxy.config.current();
+    let backend = match filters::route::tcp::backend(&snapshot, &info.target, &info.peer.namespace)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: no usable backend");
+            return ended(&routed, e.response_flag(), None, 0, 0);
+        }
+    };
+    if let (
+        Backend::Service { service, port },
+        Target::Service {
+            service: own,
+            port: own_port,
+        },
+    ) = (&backend, &info.target)
+    {
+        if !Arc::ptr_eq(service, own) || port != own_port {
+            routed = Some((service.clone(), *port));
+        }
+    }
     let port = match &info.target {
         Target::Service { service, port } => service.port(*port),
         Target::Workload { .. } => None,
     };
+    // The port the endpoint is picked on: the routed backend's (its own endpoints, original
+    // destination or forward proxy); the chain's settings (limits, hash policy, tunnel) stay
+    // the addressed port's, as istiod writes one tcp_proxy per port.
+    let picked_port = match (&routed, &backend) {
+        (Some(_), Backend::Service { service, port }) => service.port(*port),
+        _ => port,
+    };
     // Bytes read from the client before connecting (a TLS ClientHello), sent on first.
     let mut first = Vec::new();
-    let picked = match port.and_then(|p| p.unlisted()) {
+    let picked = match picked_port.and_then(|p| p.unlisted()) {
         Some(Unlisted::OriginalDst(o)) => {
-            balance::pick_original(&backend, o, info.authority, &proxy.config.current())
+            balance::pick_original(&backend, o, info.authority, &snapshot)
         }
         Some(Unlisted::ForwardProxy(fp)) => {
-            let upstream_port = port.map_or(info.authority.port(), |p| match p.target_port {
-                filters::model::TargetPort::Number(n) => n,
-                filters::model::TargetPort::Named(_) => p.port,
-            });
+            let upstream_port =
+                picked_port.map_or(info.authority.port(), |p| match p.target_port {
+                    filters::model::TargetPort::Number(n) => n,
+                    filters::model::TargetPort::Named(_) => p.port,
+                });
             match by_sni(&backend, fp, upstream_port, &mut stream).await {
                 Ok((bytes, picked)) => {
                     first = bytes;
@@ -205,7 +249,7 @@ async fn copy(
         Ok(p) => p,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: no endpoint");
-            return ended(e.response_flag(), None, 0, 0);
+            return ended(&routed, e.response_flag(), None, 0, 0);
         }
     };
     // TCP has no Host: only an explicit SNI is sent.
@@ -224,15 +268,15 @@ async fn copy(
         Ok(u) => u,
         Err(e) => {
             tracing::info!(error = %e, flag = e.response_flag(), "TCP tunnel closed: connect failed");
-            return ended(e.response_flag(), Some(&picked), 0, 0);
+            return ended(&routed, e.response_flag(), Some(&picked), 0, 0);
         }
     };
-    opened(Some(&picked.workload));
+    opened(routed.as_ref().map(|(s, _)| s), Some(&picked.workload));
     if !first.is_empty() {
         use tokio::io::AsyncWriteExt;
         if let Err(e) = upstream.write_all(&first).await {
             tracing::debug!(endpoint = %picked.address, error = %e, "TCP tunnel failed");
-            return ended("-", Some(&picked), 0, 0);
+            return ended(&routed, "-", Some(&picked), 0, 0);
         }
     }
     let limits = port.map(|p| p.tcp_limits).unwrap_or_default();
@@ -241,20 +285,20 @@ async fn copy(
         Outcome::Finished(Ok((received, sent))) => {
             let received = received + first_len;
             tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel finished");
-            ended("-", Some(&picked), sent, received)
+            ended(&routed, "-", Some(&picked), sent, received)
         }
         Outcome::Finished(Err(e)) => {
             tracing::debug!(endpoint = %picked.address, error = %e, "TCP tunnel failed");
-            ended("-", Some(&picked), 0, 0)
+            ended(&routed, "-", Some(&picked), 0, 0)
         }
         Outcome::Idle { received, sent } => {
             tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel closed: idle timeout");
-            ended("-", Some(&picked), sent, received + first_len)
+            ended(&routed, "-", Some(&picked), sent, received + first_len)
         }
         Outcome::Duration { received, sent } => {
             tracing::debug!(endpoint = %picked.address, sent, received, "TCP tunnel closed: longest duration reached");
             // Envoy's response flag for max_downstream_connection_duration.
-            ended("DT", Some(&picked), sent, received + first_len)
+            ended(&routed, "DT", Some(&picked), sent, received + first_len)
         }
     }
 }

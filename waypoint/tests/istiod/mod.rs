@@ -55,15 +55,26 @@ pub async fn start_with_args(
     args: &[&str],
     edit: impl FnOnce(&mut Named, &mut Named, &mut Named, Option<IpAddr>),
 ) -> World {
+    let apps = app.map(|a| vec![(8080, a)]).unwrap_or_default();
+    start_with_apps(apps, args, edit).await
+}
+
+/// As [`start_with_args`], the third pod serving each of `apps` on its port (no third pod
+/// when `apps` is empty).
+pub async fn start_with_apps(
+    apps: Vec<(u16, App)>,
+    args: &[&str],
+    edit: impl FnOnce(&mut Named, &mut Named, &mut Named, Option<IpAddr>),
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let ca = DevCa::new("test").unwrap();
     let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
     ca.issue(&waypoint_id).unwrap().write(dir.path()).unwrap();
     let pod = fake_pod(&ca, &waypoint_id, "httpbin-1").await;
     let canary = fake_pod(&ca, &waypoint_id, "httpbin-v2-1").await;
-    let extra = match app {
-        None => None,
-        Some(app) => {
+    let extra = match apps.is_empty() {
+        true => None,
+        false => {
             let certs = ca
                 .issue(&Identity::new("cluster.local", "default", "httpbin"))
                 .unwrap();
@@ -76,7 +87,7 @@ pub async fn start_with_args(
                         pod: "httpbin-extra".into(),
                         namespace: "default".into(),
                     },
-                    apps: [(8080, app.clone())].into(),
+                    apps: apps.iter().cloned().collect(),
                 })
                 .await
                 .unwrap(),

@@ -11,9 +11,7 @@ use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter::ConfigType, HttpConnectionManager,
 };
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    tcp_proxy::ClusterSpecifier, TcpProxy,
-};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::xds::r#type::matcher::v3::matcher::{
     matcher_tree::TreeType, on_match, MatcherType, OnMatch,
@@ -79,10 +77,11 @@ pub enum Chain {
         /// The access logs of the connection manager.
         access_logs: Vec<filters::model::telemetry::AccessLog>,
     },
-    /// TCP: the cluster bytes go to.
+    /// TCP: the cluster(s) bytes go to.
     Tcp {
-        /// The cluster.
-        cluster: String,
+        /// The cluster (one, weight 1), or the weighted clusters each new tunnel draws
+        /// from.
+        clusters: Vec<super::tcp_route::TcpCluster>,
         /// Network authorization filters (RBAC, and ext_authz for CUSTOM policies), in
         /// order.
         authz: Vec<filters::authz::AuthzFilter>,
@@ -469,16 +468,15 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
                 )?;
                 tcp_proxy_unread(&tcp, &fat)?;
                 let settings = super::tcp_proxy::settings(&tcp, &fat)?;
-                let cluster = match tcp.cluster_specifier {
-                    Some(ClusterSpecifier::Cluster(c)) => c,
-                    _ => return Err((fat, "only a single cluster is supported".into())),
-                };
+                let clusters = super::tcp_route::clusters(&tcp, &fat)?;
                 if let Some((port, sni_at)) = sni_port.take() {
-                    super::forward_proxy::check_sni_port(port, &cluster, &sni_at)?;
+                    for c in &clusters {
+                        super::forward_proxy::check_sni_port(port, &c.name, &sni_at)?;
+                    }
                 }
                 let access_logs = super::access_log::convert(&tcp.access_log, &fat)?;
                 result = Some(Chain::Tcp {
-                    cluster,
+                    clusters,
                     authz: std::mem::take(&mut authz),
                     metrics: std::mem::take(&mut tcp_metrics),
                     access_logs,
@@ -496,11 +494,9 @@ fn chain(filters: &[Filter], at: &str) -> Result<Chain, Bad> {
     })
 }
 
-/// Refuses, by name, the TCP proxy's fields other than its cluster, statistics prefix,
-/// access logs and the settings [`super::tcp_proxy::settings`] reads. istiod writes more
-/// for a waypoint's TCP ports that the waypoint does not implement yet
-/// (`buildWaypointNetworkFilters` in listener_waypoint.go: weighted clusters from
-/// VirtualService TCP routes): refused rather than ignored.
+/// Refuses, by name, the TCP proxy's fields other than its cluster or weighted clusters
+/// ([`super::tcp_route::clusters`]), statistics prefix, access logs and the settings
+/// [`super::tcp_proxy::settings`] reads.
 fn tcp_proxy_unread(tcp: &TcpProxy, at: &str) -> Result<(), Bad> {
     let rest = TcpProxy {
         stat_prefix: String::new(),

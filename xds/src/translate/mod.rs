@@ -34,6 +34,7 @@ pub mod secret;
 mod slow_start;
 mod stats;
 mod tcp_proxy;
+pub mod tcp_route;
 mod telemetry;
 pub mod tracing;
 mod upstream_connection;
@@ -306,9 +307,14 @@ fn tcp_settings(res: &Resources) -> BTreeMap<(&str, u16), (&tcp_proxy::TcpSettin
     main.chains
         .iter()
         .filter_map(|(name, chain)| match chain {
+            // Several clusters: the first one's (istiod takes the settings from the first
+            // route's destination too).
             Chain::Tcp {
-                settings, cluster, ..
-            } => vip_chain(name).map(|(port, host)| ((host, port), (settings, cluster.as_str()))),
+                settings, clusters, ..
+            } => vip_chain(name).and_then(|(port, host)| {
+                let first = clusters.first()?;
+                Some(((host, port), (settings, first.name.as_str())))
+            }),
             Chain::Http { .. } => None,
         })
         .collect()
@@ -552,8 +558,14 @@ fn port_chains(l: &ListenerInfo, backends: &Backends<'_>) -> PortChains {
                 .0
                 .insert(route_key(&service.name, port), Arc::new(authz.clone()));
         }
-        let Chain::Http { routes, rds, .. } = chain else {
-            continue;
+        let (routes, rds) = match chain {
+            Chain::Http { routes, rds, .. } => (routes, rds),
+            Chain::Tcp { clusters, .. } => {
+                if let Some(table) = tcp_routes(name, clusters, service, port, backends) {
+                    out.routes.insert(route_key(&service.name, port), table);
+                }
+                continue;
+            }
         };
         // Routes from RDS that have not arrived yet leave the port without routes (the
         // Service is used as is) until they do.
@@ -705,6 +717,57 @@ fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>
             hash_policy: spec.hash_policy.clone(),
         }],
     }
+}
+
+/// The route of a TCP chain whose tunnels go elsewhere than the port's own
+/// `inbound-vip|<port>|tcp|<host>` cluster: one rule without matches over the chain's
+/// clusters (another Service's, a subset's, or weighted clusters), each new tunnel drawing
+/// one by weight. A cluster CDS does not know stays in the draw as an invalid backend: the
+/// tunnels drawing it are closed (`NC`), as Envoy's are.
+fn tcp_routes(
+    chain: &str,
+    clusters: &[tcp_route::TcpCluster],
+    service: &Arc<Service>,
+    port: u16,
+    resolve: &Backends<'_>,
+) -> Option<PortRoutes> {
+    let own = format!("inbound-vip|{port}|tcp|{}", service.hostname);
+    if let [only] = clusters {
+        if only.name == own {
+            return None;
+        }
+    }
+    let backends = clusters
+        .iter()
+        .map(|c| WeightedBackend {
+            target: match resolve.cluster(&c.name) {
+                Ok(b) => BackendTarget::Backend(b),
+                Err(why) => BackendTarget::Invalid(why),
+            },
+            weight: c.weight,
+            filters: Vec::new(),
+        })
+        .collect();
+    let route = Arc::new(Route {
+        name: NamespacedName::new(&service.name.namespace, chain),
+        kind: RouteKind::Tcp,
+        created: None,
+        operation: None,
+        rules: vec![Rule {
+            name: None,
+            matches: Vec::new(),
+            filters: Vec::new(),
+            backends,
+            timeouts: Default::default(),
+            retry: None,
+            hash_policy: Vec::new(),
+        }],
+    });
+    Some(PortRoutes {
+        producer: RouteTable::ordered(&[route]),
+        consumers: BTreeMap::new(),
+        kind: Some(RouteKind::Tcp),
+    })
 }
 
 #[cfg(test)]

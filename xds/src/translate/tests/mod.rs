@@ -782,3 +782,75 @@ fn tcp_proxy_settings_not_implemented_are_refused_by_name() {
 }
 
 mod upstream;
+
+fn weighted_tcp_chain(clusters: serde_json::Value) -> Listener {
+    let mut listener = httpbin_main_internal();
+    let tcp = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "inbound-vip|9000|tcp|t.default.svc.cluster.local",
+        "weighted_clusters": {"clusters": clusters}});
+    listener["filter_chains"][0]["filters"] =
+        serde_json::json!([{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}]);
+    from_json("envoy.config.listener.v3.Listener", &listener).unwrap()
+}
+
+#[test]
+fn tcp_proxy_weighted_clusters_are_read_and_their_unread_fields_refused() {
+    use super::tcp_route::TcpCluster;
+    // listener_waypoint.go buildWaypointNetworkFilters: several VirtualService TCP/TLS
+    // routes become weighted_clusters {clusters: [{name, weight}]} (zero weights left out).
+    let a = "inbound-vip|9000|tcp|a.default.svc.cluster.local";
+    let b = "inbound-vip|9000|tcp|b.default.svc.cluster.local";
+    let l = weighted_tcp_chain(serde_json::json!([
+        {"name": a, "weight": 25}, {"name": b, "weight": 75}]));
+    let info = listener::convert(&l).unwrap();
+    let listener::Chain::Tcp { clusters, .. } = &info.chains[0].1 else {
+        panic!("not a TCP chain");
+    };
+    assert_eq!(
+        clusters,
+        &vec![
+            TcpCluster {
+                name: a.into(),
+                weight: 25
+            },
+            TcpCluster {
+                name: b.into(),
+                weight: 75
+            }
+        ]
+    );
+    let refused = |clusters| listener::convert(&weighted_tcp_chain(clusters)).unwrap_err();
+    let e = refused(serde_json::json!([{"name": a, "weight": 1,
+        "metadata_match": {"filter_metadata": {"envoy.lb": {"version": "v1"}}}}]));
+    assert!(
+        e.field
+            .ends_with("typed_config.weighted_clusters.clusters[0].metadata_match"),
+        "{}",
+        e.field
+    );
+    let e = refused(serde_json::json!([{"name": a, "weight": 1}, {"name": b}]));
+    assert!(
+        e.field.ends_with("weighted_clusters.clusters[1].weight"),
+        "{}",
+        e.field
+    );
+    let e = refused(serde_json::json!([]));
+    assert!(
+        e.field.ends_with("weighted_clusters.clusters"),
+        "{}",
+        e.field
+    );
+    // A single cluster is one entry of weight 1.
+    let info = listener::convert(&tcp_chain(serde_json::json!({}))).unwrap();
+    let listener::Chain::Tcp { clusters, .. } = &info.chains[0].1 else {
+        panic!("not a TCP chain");
+    };
+    assert_eq!(
+        clusters,
+        &vec![TcpCluster {
+            name: "inbound-vip|9000|tcp|t.default.svc.cluster.local".into(),
+            weight: 1
+        }]
+    );
+}
