@@ -102,16 +102,27 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
+/// Where one header's name and value sit in a head: byte ranges.
+pub type Spot = (usize, usize, usize, usize);
+
 /// Parses one response head from the front of `buf`, taking its bytes off: `None` while
 /// the head is incomplete. Header values share the head's bytes (no copy); names are
-/// copied only when they are not standard ones. `headers` is reused for the result.
+/// copied only when they are not standard ones. `headers` is reused for the result, and
+/// `spots` (kept by the connection) records where the headers sit, so nothing the size of
+/// the header limit is zeroed per response.
 pub fn parse_response(
     buf: &mut BytesMut,
     mut headers: HeaderMap,
+    spots: &mut Vec<Spot>,
 ) -> Result<Option<ResponseHead>, H1Error> {
-    let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut parsed);
-    let len = match res.parse(buf) {
+    let mut parsed =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut parsed,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err(H1Error::Response("the response head is too large".into()))
@@ -128,17 +139,16 @@ pub fn parse_response(
     // Where each header sits in the head, so the values can be cut from it once it is
     // taken off the buffer.
     let base = buf.as_ptr() as usize;
-    let mut spots = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = res.headers.len();
-    for (spot, h) in spots.iter_mut().zip(res.headers.iter()) {
+    spots.clear();
+    spots.extend(res.headers.iter().map(|h| {
         let name = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
-        *spot = (name, name + h.name.len(), value, value + h.value.len());
-    }
+        (name, name + h.name.len(), value, value + h.value.len())
+    }));
     let head: Bytes = buf.split_to(len).freeze();
     headers.clear();
-    headers.reserve(count);
-    for &(ns, ne, vs, ve) in &spots[..count] {
+    headers.reserve(spots.len());
+    for &(ns, ne, vs, ve) in spots.iter() {
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| H1Error::Response("invalid header name".into()))?;
         // Checked, not copied: a `Bytes` is kept as it is.
@@ -284,11 +294,13 @@ mod tests {
     #[test]
     fn a_head_is_parsed_in_pieces_and_values_share_its_bytes() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: b"[..]);
-        assert!(parse_response(&mut buf, HeaderMap::new())
+        assert!(parse_response(&mut buf, HeaderMap::new(), &mut Vec::new())
             .unwrap()
             .is_none());
         buf.extend_from_slice(b"\r\n\r\nabc");
-        let head = parse_response(&mut buf, HeaderMap::new()).unwrap().unwrap();
+        let head = parse_response(&mut buf, HeaderMap::new(), &mut Vec::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(head.status, 200);
         assert_eq!(head.headers["x-a"], "b");
         assert_eq!(&buf[..], b"abc");
@@ -305,11 +317,13 @@ mod tests {
     #[test]
     fn bad_heads_are_refused_by_what_is_wrong() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 2000 OK\r\n\r\n"[..]);
-        assert!(parse_response(&mut buf, HeaderMap::new()).is_err());
+        assert!(parse_response(&mut buf, HeaderMap::new(), &mut Vec::new()).is_err());
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
         );
-        let head = parse_response(&mut buf, HeaderMap::new()).unwrap().unwrap();
+        let head = parse_response(&mut buf, HeaderMap::new(), &mut Vec::new())
+            .unwrap()
+            .unwrap();
         let e = response_length(&Method::GET, &head).unwrap_err();
         assert!(e.to_string().contains("conflicting"), "{e}");
     }

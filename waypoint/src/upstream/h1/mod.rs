@@ -70,6 +70,8 @@ pub struct Connection {
     write: Vec<u8>,
     /// The last request's header map, cleared and reused for the next response head.
     spare_headers: Option<HeaderMap>,
+    /// Where the last response head's headers sat, reused for the next.
+    spots: Vec<head::Spot>,
     /// When it was opened.
     pub opened: Instant,
     /// When it was last listed idle.
@@ -96,6 +98,7 @@ impl Connection {
             read: BytesMut::new(),
             write: Vec::new(),
             spare_headers: None,
+            spots: Vec::new(),
             opened: now,
             since: now,
             served: 0,
@@ -210,7 +213,7 @@ fn response_head(
 fn parse(conn: &mut Connection) -> Result<Option<head::ResponseHead>, H1Error> {
     loop {
         let spare = conn.spare_headers.take().unwrap_or_default();
-        let Some(head) = head::parse_response(&mut conn.read, spare)? else {
+        let Some(head) = head::parse_response(&mut conn.read, spare, &mut conn.spots)? else {
             return Ok(None);
         };
         if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
