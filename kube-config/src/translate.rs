@@ -416,13 +416,15 @@ fn apply_destination_rule(
             continue;
         };
         let policy = rule.port_policy(p.port, h2, label, secrets)?;
-        if p.unlisted().is_some() && (policy.outlier.is_some() || !policy.hash.is_empty()) {
-            // The addresses are not a list of endpoints to eject from or hash over.
+        let per_request = p.unlisted().is_some() && p.dns().is_none();
+        if per_request && (policy.outlier.is_some() || !policy.hash.is_empty()) {
+            // The addresses are not a list of endpoints to eject from or hash over (a DNS
+            // name's resolved addresses are: [`filters::dns`]).
             return Err(invalid(
                 label,
                 "spec.trafficPolicy",
                 format!(
-                    "outlierDetection and consistentHash are not implemented for {} (its upstream is resolved per request or per name, not a list of endpoints)",
+                    "outlierDetection and consistentHash are not implemented for {} (its upstream is named per request, not a list of endpoints)",
                     svc.hostname
                 ),
             ));

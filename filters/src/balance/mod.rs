@@ -406,12 +406,17 @@ pub struct OutlierReport {
     port: u16,
     endpoint: usize,
     address: std::net::SocketAddr,
+    /// The state of a resolved address ([`crate::dns`]); `None`: the port's.
+    tracker: Option<Arc<outlier::Tracker>>,
 }
 
 impl OutlierReport {
     /// Records `outcome` for the endpoint.
     pub fn report(&self, outcome: outlier::Outcome) {
-        let tracker = self.service.port(self.port).and_then(|p| p.outlier());
+        let tracker = match &self.tracker {
+            Some(t) => Some(&**t),
+            None => self.service.port(self.port).and_then(|p| p.outlier()),
+        };
         if let Some(t) = tracker {
             if t.record(self.endpoint, outcome, outlier::now_ms()) {
                 tracing::warn!(
@@ -475,23 +480,35 @@ impl Drop for InFlight {
 }
 
 /// The endpoint of a port whose upstream is a host name: an address it resolved to
-/// ([`crate::dns`]), or 503 `UH` while it has none. Balancing policies, least request and
-/// outlier detection do not apply to it; the port's circuit breaker does.
+/// ([`crate::dns`]), or 503 `UH` while it has none (or all are ejected). The port's
+/// consistent hashing and outlier detection apply over the resolved addresses, as does its
+/// circuit breaker; other policies take the addresses in turn.
 fn pick_resolved(
     backend: &crate::route::Backend,
     service: &Arc<crate::model::Service>,
+    sp: &ServicePort,
     dns: &crate::dns::DnsTarget,
+    hash: Option<u64>,
 ) -> Result<Picked, crate::ProxyError> {
-    let Some(address) = dns.pick() else {
+    let outlier = sp.outlier().map(|t| t.policy());
+    let Some(p) = dns.pick_with(sp.policy(), outlier, hash) else {
         tracing::warn!(
             host = %dns.hostname,
             service = %service.name,
-            "no healthy upstream: {} has no resolved address",
+            "no healthy upstream: {} has no resolved address to take the request",
             dns.hostname
         );
         return Err(crate::ProxyError::NoHealthyUpstream(backend.describe()));
     };
-    pick_address(backend, address, dns.workload.clone())
+    let mut picked = pick_address(backend, p.address, p.workload)?;
+    picked.outlier = p.outlier.map(|(tracker, endpoint)| OutlierReport {
+        service: service.clone(),
+        port: sp.port,
+        endpoint,
+        address: p.address,
+        tracker: Some(tracker),
+    });
+    Ok(picked)
 }
 
 /// The pick of a port whose upstream is not a list of endpoints, once its address is
@@ -571,7 +588,9 @@ pub fn pick(
             })?;
             if let Some(unlisted) = sp.unlisted() {
                 return match unlisted {
-                    crate::model::Unlisted::Dns(dns) => pick_resolved(backend, service, dns),
+                    crate::model::Unlisted::Dns(dns) => {
+                        pick_resolved(backend, service, sp, dns, hash)
+                    }
                     // Needs the request's host: the binary resolves it ([`pick_address`]).
                     crate::model::Unlisted::ForwardProxy(_) => {
                         Err(ProxyError::NoHealthyUpstream(format!(
@@ -651,6 +670,7 @@ pub fn pick(
                     port: *port,
                     endpoint: i,
                     address: ep.address().expect("balancers return addressed endpoints"),
+                    tracker: None,
                 }),
                 tls: sp.tls.clone(),
                 connection_limits: sp.connection_limits,

@@ -27,6 +27,10 @@ pub struct ServicePort {
     /// How an endpoint is chosen.
     #[serde(skip)]
     balancing: crate::balance::Balancing,
+    /// The policy `balancing` was built for (a host-name upstream builds its table over
+    /// the resolved addresses with it).
+    #[serde(skip)]
+    policy: crate::balance::Policy,
     /// The request's hash inputs for consistent hashing when no route gives them (a
     /// DestinationRule `consistentHash` from the local configuration).
     #[serde(skip)]
@@ -145,6 +149,7 @@ impl ServicePort {
             active: (0..endpoints.len()).map(|_| AtomicUsize::new(0)).collect(),
             endpoints,
             balancing: crate::balance::Balancing::RoundRobin,
+            policy: crate::balance::Policy::RoundRobin,
             hash_policy: Vec::new(),
             max_requests: None,
             requests: AtomicUsize::new(0),
@@ -353,6 +358,9 @@ impl ServicePort {
                 previous.endpoints.iter().map(Endpoint::address).collect();
             now.inherit(&addresses, before, &before_addresses);
         }
+        if let (Some(now), Some(before)) = (self.dns(), previous.dns()) {
+            now.inherit(before);
+        }
     }
 
     /// This port with slow start for endpoints that join it (`None`: off).
@@ -400,6 +408,7 @@ impl ServicePort {
     /// table weighs the endpoints as [`Self::with_endpoint_weights`] set them, so that is
     /// set first.
     pub fn with_balancing(mut self, policy: crate::balance::Policy) -> Self {
+        self.policy = policy;
         self.balancing = crate::balance::Balancing::new(
             policy,
             &self.endpoints,
@@ -438,6 +447,11 @@ impl ServicePort {
     /// How an endpoint of this port is chosen.
     pub fn balancing(&self) -> &crate::balance::Balancing {
         &self.balancing
+    }
+
+    /// The configured load-balancing policy.
+    pub fn policy(&self) -> crate::balance::Policy {
+        self.policy
     }
 
     /// Requests in flight to endpoint `i` (counted by least-request balancing).

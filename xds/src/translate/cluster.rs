@@ -145,17 +145,13 @@ pub fn convert(c: &Cluster) -> Result<ClusterInfo, InvalidResource> {
         }
     }
     let unlisted = forward_proxy.is_some() || original_dst.is_some();
-    if (unlisted || dns.is_some()) && c.outlier_detection.is_some() {
+    // A host name's resolved addresses are its endpoints: outlier detection and consistent
+    // hashing apply over them ([`filters::dns`]). A forward proxy's or original
+    // destination's hosts are not endpoints of the cluster.
+    if unlisted && c.outlier_detection.is_some() {
         return Err(bad(
             "outlier_detection",
             "ejecting addresses that are not listed endpoints is not implemented".into(),
-        ));
-    }
-    if dns.is_some() && matches!(c.lb_policy, 2 | 5) {
-        return Err(bad(
-            "lb_policy",
-            "consistent hashing over the addresses a host name resolves to is not implemented"
-                .into(),
         ));
     }
     if unlisted {
