@@ -21,7 +21,10 @@ fn service_entry(resolution: &str, endpoints: &[Ipv4Addr]) -> String {
     let endpoints: String = match endpoints {
         [] => String::new(),
         eps => {
-            let list: String = eps.iter().map(|ip| format!("  - address: {ip}\n")).collect();
+            let list: String = eps
+                .iter()
+                .map(|ip| format!("  - address: {ip}\n"))
+                .collect();
             format!("  endpoints:\n{list}")
         }
     };
@@ -134,7 +137,10 @@ async fn send(h: &Harness, user: Option<&str>) -> (u16, Option<String>) {
 async fn until_answered(h: &Harness) {
     let started = Instant::now();
     while send(h, None).await.0 != 200 {
-        assert!(started.elapsed() < Duration::from_secs(10), "never answered");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never answered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

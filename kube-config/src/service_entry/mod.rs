@@ -11,7 +11,8 @@
 //! Resolutions: STATIC; DNS / DNS_ROUND_ROBIN (Envoy's STRICT_DNS / LOGICAL_DNS: every
 //! address, or the first one) with IP endpoints, one host-name endpoint, or none (the host
 //! itself), a name becoming the port's [`DnsTarget`] resolved at run time outside the
-//! snapshot ([`filters::dns`]); DYNAMIC_DNS with a wildcard host (`*.example.com`): every
+//! snapshot ([`filters::dns`]; a DestinationRule's outlier detection and consistent
+//! hashing apply over its resolved addresses); DYNAMIC_DNS with a wildcard host (`*.example.com`): every
 //! port forwards to the host each request names ([`filters::forward_proxy`]); NONE: every
 //! port sends to the tunnel's original destination ([`filters::model::OriginalDst`]).
 //! Refused by field, never ignored: a host name among several endpoints, DYNAMIC_DNS ports

@@ -9,7 +9,9 @@
 //! LOGICAL_DNS the first one. A STRICT_DNS / LOGICAL_DNS cluster whose one endpoint is a
 //! host name (istiod's shape for a ServiceEntry resolving its host) is resolved at run
 //! time by the waypoint's resolver (`--dns-server` or `/etc/resolv.conf`; TTLs honoured,
-//! [`filters::dns`]); host names among several endpoints are refused by field. The
+//! [`filters::dns`]); host names among several endpoints are refused by field. A
+//! DestinationRule's outlier detection and consistent hashing apply over the IP endpoints
+//! and over a host name's resolved addresses alike ([`filters::dns`]). The
 //! resolver settings istiod writes (`dns_lookup_family`, `dns_refresh_rate`,
 //! `respect_dns_ttl`, `dns_jitter`, the c-ares `typed_dns_resolver_config`) are accepted
 //! and not read: the waypoint always honours TTLs (at least 1 s apart) and asks for A
