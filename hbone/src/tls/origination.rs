@@ -3,10 +3,16 @@
 //! says: the chain against the configured roots (or not at all), then the SANs against the
 //! listed ones, or against the SNI (`auto_san_validation`). Envoy does not check the SNI
 //! against the certificate otherwise, and neither does this.
+//!
+//! With revocation lists (`crl`), as Envoy (BoringSSL with `X509_V_FLAG_CRL_CHECK_ALL`)
+//! does by default: every certificate of the chain below the trust anchor must be covered
+//! by a CRL of its issuer (a certificate whose status is unknown fails, revoked or not),
+//! must not be listed in it, and an expired CRL (past its `nextUpdate`) fails. With
+//! `only_verify_leaf_cert_crl` only the server's own certificate is checked.
 
 use std::sync::Arc;
 
-use filters::model::{ClientCertificate, TlsRoots, UpstreamTls};
+use filters::model::{ClientCertificate, Crl, TlsRoots, UpstreamTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
@@ -22,8 +28,19 @@ pub fn origination_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsErr
         TlsRoots::File(path) => Some(roots_from(&read(path)?, &path.display().to_string())?),
         TlsRoots::Pem(pem) => Some(roots_from(pem.as_bytes(), "<inline>")?),
     };
+    let crls = match &tls.crl {
+        None => Vec::new(),
+        Some(Crl::File(path)) => revocation_lists(&read(path)?, &path.display().to_string())?,
+        Some(Crl::Pem(pem)) => revocation_lists(pem.as_bytes(), "<inline CRL>")?,
+    };
     let verifier = Arc::new(AppServerVerifier {
         roots,
+        crls,
+        crl_depth: if tls.crl_leaf_only {
+            webpki::RevocationCheckDepth::EndEntity
+        } else {
+            webpki::RevocationCheckDepth::Chain
+        },
         subject_alt_names: tls.subject_alt_names.clone(),
         auto_san: tls.auto_san_validation,
     });
@@ -111,6 +128,29 @@ fn roots_from(pem: &[u8], what: &str) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(store))
 }
 
+/// The certificate revocation lists of a PEM text (every `X509 CRL` block). Empty text is
+/// no list, as Envoy reads an empty `crl`; text without a CRL block, or a CRL webpki cannot
+/// use (a v1 CRL without extensions, a delta CRL), is an error.
+pub fn revocation_lists(
+    pem: &[u8],
+    what: &str,
+) -> Result<Vec<webpki::CertRevocationList<'static>>, TlsError> {
+    if pem.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let mut crls = Vec::new();
+    for der in rustls_pemfile::crls(&mut &pem[..]) {
+        let der = der.map_err(|e| invalid(what, e.to_string()))?;
+        let crl = webpki::OwnedCertRevocationList::from_der(der.as_ref())
+            .map_err(|e| invalid(what, format!("unusable CRL: {e}")))?;
+        crls.push(webpki::CertRevocationList::Owned(crl));
+    }
+    if crls.is_empty() {
+        return Err(invalid(what, "no X509 CRL block".into()));
+    }
+    Ok(crls)
+}
+
 /// The operating system's roots, loaded once.
 fn system_roots() -> Arc<RootCertStore> {
     static ROOTS: std::sync::OnceLock<Arc<RootCertStore>> = std::sync::OnceLock::new();
@@ -170,6 +210,10 @@ fn dns_matches(san: &str, name: &str) -> bool {
 #[derive(Debug)]
 struct AppServerVerifier {
     roots: Option<Arc<RootCertStore>>,
+    /// Revocation lists to check the chain against (none: no revocation check).
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    /// How much of the chain the lists must cover.
+    crl_depth: webpki::RevocationCheckDepth,
     subject_alt_names: Vec<String>,
     auto_san: bool,
 }
@@ -186,7 +230,14 @@ impl ServerCertVerifier for AppServerVerifier {
         let Some(roots) = &self.roots else {
             return Ok(ServerCertVerified::assertion());
         };
-        super::verify_server_chain(end_entity, intermediates, roots, now)?;
+        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = webpki::RevocationOptionsBuilder::new(&crls).ok().map(|b| {
+            b.with_depth(self.crl_depth)
+                .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+                .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
+                .build()
+        });
+        super::verify_server_chain(end_entity, intermediates, roots, now, revocation)?;
         let sans = subject_alt_names(end_entity).map_err(|e| Error::General(e.to_string()))?;
         if !self.subject_alt_names.is_empty() {
             if sans.iter().any(|s| self.subject_alt_names.contains(s)) {

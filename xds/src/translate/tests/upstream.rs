@@ -447,7 +447,10 @@ fn a_credential_name_is_two_kubernetes_secrets_over_ads() {
     );
     res.secrets.insert(
         "kubernetes://client-creds-cacert".into(),
-        secret::AdsSecret::CaBundle("ROOTS".into()),
+        secret::AdsSecret::CaBundle {
+            roots: "ROOTS".into(),
+            crl: None,
+        },
     );
     let tls = cluster_tls(&info, &res).unwrap();
     assert_eq!(tls.roots, filters::model::TlsRoots::Pem("ROOTS".into()));
@@ -461,7 +464,10 @@ fn a_credential_name_is_two_kubernetes_secrets_over_ads() {
     // A CA bundle where the certificate belongs is not used.
     res.secrets.insert(
         "kubernetes://client-creds".into(),
-        secret::AdsSecret::CaBundle("ROOTS".into()),
+        secret::AdsSecret::CaBundle {
+            roots: "ROOTS".into(),
+            crl: None,
+        },
     );
     assert!(matches!(
         cluster_tls(&info, &res).unwrap().client_certificate,
