@@ -170,7 +170,11 @@ async fn the_rules_ca_crl_file_is_checked_with_the_chain() {
         "unrelated.crl",
         &ca.revocation_list(&[&other]).unwrap(),
     );
-    let tls = |crl: &str| rule(&format!("      caCertificates: {root}\n      caCrl: {crl}\n"));
+    let tls = |crl: &str| {
+        rule(&format!(
+            "      caCertificates: {root}\n      caCrl: {crl}\n"
+        ))
+    };
     let h = start(&dns, vec![entry(server.addr.port()), tls(&revoking)]).await;
     assert_eq!(send(&h).await, (503, None));
     until_uf_counted(&h, 1.0).await;

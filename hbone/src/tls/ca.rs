@@ -163,11 +163,7 @@ impl DevCa {
         self.crl(revoked, 2021)
     }
 
-    fn crl(
-        &self,
-        revoked: &[&IssuedCert],
-        next_update_year: i32,
-    ) -> Result<String, TlsError> {
+    fn crl(&self, revoked: &[&IssuedCert], next_update_year: i32) -> Result<String, TlsError> {
         let mut revoked_certs = Vec::new();
         for issued in revoked {
             let der = rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())

@@ -83,7 +83,10 @@ fn ca_bundle(v: &CertificateValidationContext, name: &str) -> Result<AdsSecret, 
         None => None,
         Some(d) => {
             let Some(pem) = inline(Some(d)) else {
-                return Err(bad("validation_context.crl", "an inline PEM CRL is required"));
+                return Err(bad(
+                    "validation_context.crl",
+                    "an inline PEM CRL is required",
+                ));
             };
             super::upstream_tls::check_crls(&pem)
                 .map_err(|e| bad("validation_context.crl", &e))?

@@ -483,7 +483,9 @@ fn crl_source(d: &DataSource, at: &str) -> Result<Option<Crl>, Bad> {
             ))
         }
     };
-    Ok(check_crls(&pem).map_err(|e| (at.to_string(), e))?.then_some(Crl::Pem(pem)))
+    Ok(check_crls(&pem)
+        .map_err(|e| (at.to_string(), e))?
+        .then_some(Crl::Pem(pem)))
 }
 
 /// Whether PEM text holds revocation lists (false: empty text), each one usable for

@@ -577,7 +577,10 @@ fn a_crl_is_the_rules_file_or_the_secrets_inline_lists() {
     let e = convert(serde_json::json!({"validation_context": {
         "trusted_ca": {"filename": "/etc/certs/ca.pem"}, "max_verify_depth": 2}}))
     .unwrap_err();
-    assert_eq!(e.0, "common_tls_context.validation_context.max_verify_depth");
+    assert_eq!(
+        e.0,
+        "common_tls_context.validation_context.max_verify_depth"
+    );
     // A `-cacert` secret's CRL (toEnvoyCaSecret, pilot/pkg/xds/sds.go) replaces the
     // default context's, as Envoy merges the secret into it.
     let ads = serde_json::json!({"ads": {}, "resource_api_version": "V3"});
@@ -585,8 +588,7 @@ fn a_crl_is_the_rules_file_or_the_secrets_inline_lists() {
         "default_validation_context": {"only_verify_leaf_cert_crl": true},
         "validation_context_sds_secret_config": {"name": "kubernetes://creds-cacert", "sds_config": ads}}}));
     ctx.sni = "api.example.org".into();
-    let (tls, secrets) =
-        crate::translate::upstream_tls::convert(&ctx, Default::default()).unwrap();
+    let (tls, secrets) = crate::translate::upstream_tls::convert(&ctx, Default::default()).unwrap();
     assert_eq!(tls.crl, None);
     let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
     let json = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
