@@ -1,10 +1,10 @@
 //! Secret (`v1`), for DestinationRule `tls.credentialName`: the client certificate and the
 //! CA bundle the waypoint originates TLS with, read from the keys istiod reads
 //! (`ExtractCertInfo`, `ExtractRoot`, pilot/pkg/credentials/kube/secrets.go): `cert` and
-//! `key`, else `tls.crt` and `tls.key`; `cacert`, else `ca.crt`. `data` is base64;
-//! `stringData` (plain text) wins over it, as the API server merges them. A CRL (with the
-//! CA bundle) or an OCSP staple (with `tls.crt`), which istiod would pass on, is refused by
-//! key.
+//! `key`, else `tls.crt` and `tls.key`; `cacert` with its CRL `crl`, else `ca.crt` with
+//! `ca.crl`. `data` is base64; `stringData` (plain text) wins over it, as the API server
+//! merges them. An OCSP staple (with `tls.crt`), which istiod would pass on, is refused by
+//! key, and so is a CRL under the other bundle's key (istiod would ignore it).
 
 use std::collections::BTreeMap;
 
@@ -59,6 +59,15 @@ pub struct CertPair {
     pub key: String,
 }
 
+/// A CA bundle and its revocation lists, PEM.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CaBundle {
+    /// The CA certificates.
+    pub roots: String,
+    /// The CRLs, if the Secret has any (empty text is none).
+    pub crl: Option<String>,
+}
+
 /// Why a Secret cannot be used: the key (field path) and the reason.
 pub type SecretError = (String, String);
 
@@ -107,7 +116,7 @@ impl Secret {
             if self.value(key)?.is_some() {
                 return Err((
                     format!("data.{key}"),
-                    "not supported by the waypoint (no revocation lists or OCSP stapling for TLS origination)".into(),
+                    "not supported by the waypoint (no OCSP stapling for TLS origination)".into(),
                 ));
             }
         }
@@ -152,18 +161,50 @@ impl Secret {
         Ok(CertPair { chain, key })
     }
 
-    /// The CA bundle, if the Secret has one: `cacert`, else `ca.crt`.
-    pub fn ca_bundle(&self) -> Result<Option<String>, SecretError> {
+    /// The CA bundle, if the Secret has one: `cacert` with the CRLs of `crl`, else `ca.crt`
+    /// with those of `ca.crl` (`ExtractRoot`).
+    pub fn ca_bundle(&self) -> Result<Option<CaBundle>, SecretError> {
         self.check_type()?;
-        let (pem, key) = match (self.non_empty("cacert")?, self.non_empty("ca.crt")?) {
-            (Some(p), _) => (p, "cacert"),
-            (None, Some(p)) => (p, "ca.crt"),
-            (None, None) => return Ok(None),
-        };
-        self.refuse(&["crl", "ca.crl"])?;
+        let (pem, key, crl_key, other_crl) =
+            match (self.non_empty("cacert")?, self.non_empty("ca.crt")?) {
+                (Some(p), _) => (p, "cacert", "crl", "ca.crl"),
+                (None, Some(p)) => (p, "ca.crt", "ca.crl", "crl"),
+                (None, None) => return Ok(None),
+            };
+        if self.non_empty(other_crl)?.is_some() {
+            return Err((
+                format!("data.{other_crl}"),
+                format!("istiod reads the CRL of {key} from {crl_key}, and would ignore this one"),
+            ));
+        }
         check_certs(&pem, key)?;
-        Ok(Some(pem))
+        let crl = match self.value(crl_key)? {
+            None => None,
+            Some(text) => check_crls(&text)
+                .map_err(|reason| (format!("data.{crl_key}"), reason))?
+                .then_some(text),
+        };
+        Ok(Some(CaBundle { roots: pem, crl }))
     }
+}
+
+/// Whether PEM text holds revocation lists (false: empty text), each an `X509 CRL` block
+/// the waypoint can check with (v2, not a delta CRL).
+pub(crate) fn check_crls(pem: &str) -> Result<bool, String> {
+    if pem.trim().is_empty() {
+        return Ok(false);
+    }
+    let mut found = 0;
+    for der in rustls_pemfile::crls(&mut pem.as_bytes()) {
+        let der = der.map_err(|e| format!("not PEM: {e}"))?;
+        webpki::OwnedCertRevocationList::from_der(der.as_ref())
+            .map_err(|e| format!("unusable CRL: {e}"))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err("no X509 CRL block".into());
+    }
+    Ok(true)
 }
 
 fn check_certs(pem: &str, key: &str) -> Result<(), SecretError> {

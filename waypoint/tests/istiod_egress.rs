@@ -429,6 +429,8 @@ async fn tls_through(w: &World, name: &str) -> std::io::Result<String> {
         subject_alt_names: vec![],
         auto_san_validation: false,
         roots: filters::model::TlsRoots::Insecure,
+        crl: None,
+        crl_leaf_only: false,
         client_certificate: None,
         alpn: vec!["http/1.1".into()],
     })

@@ -32,7 +32,7 @@ pub use snapshot::{
 };
 pub use tcp_limits::TcpLimits;
 pub use tcp_tunnel::{TcpTunnel, TunnelMethod};
-pub use upstream_tls::{ClientCertificate, PrivateKeyPem, TlsRoots, UpstreamTls};
+pub use upstream_tls::{ClientCertificate, Crl, PrivateKeyPem, TlsRoots, UpstreamTls};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -20,6 +20,17 @@ pub enum TlsRoots {
     Pem(String),
 }
 
+/// Certificate revocation lists (PEM, one or more CRLs) the server's chain is checked
+/// against (Envoy's `CertificateValidationContext.crl`: a DestinationRule's `caCrl` file,
+/// or a Secret's `ca.crl` served inline).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub enum Crl {
+    /// A PEM file on disk, read when a connection needs it.
+    File(PathBuf),
+    /// PEM given inline.
+    Pem(String),
+}
+
 /// A client certificate and its key (`MUTUAL`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub enum ClientCertificate {
@@ -85,6 +96,13 @@ pub struct UpstreamTls {
     pub auto_san_validation: bool,
     /// Who the server chain must be signed by.
     pub roots: TlsRoots,
+    /// Revocation lists the chain is checked against: every certificate of the chain below
+    /// the trust anchor must have a CRL from its issuer and not be listed in it, as Envoy
+    /// checks a `crl` by default.
+    pub crl: Option<Crl>,
+    /// With a CRL, only the server's own certificate is checked (Envoy's
+    /// `only_verify_leaf_cert_crl`).
+    pub crl_leaf_only: bool,
     /// The certificate the waypoint presents (`MUTUAL`).
     pub client_certificate: Option<ClientCertificate>,
     /// ALPN protocols offered (`h2` for HTTP/2 ports, as istiod sets).
@@ -122,6 +140,8 @@ mod tests {
             subject_alt_names: vec![],
             auto_san_validation: true,
             roots: TlsRoots::System,
+            crl: None,
+            crl_leaf_only: false,
             client_certificate: None,
             alpn: vec![],
         };

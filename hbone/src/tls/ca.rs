@@ -152,6 +152,43 @@ impl DevCa {
         })
     }
 
+    /// A certificate revocation list (PEM) signed by this CA listing the leaves of
+    /// `revoked` (certificates it issued), valid until 2099.
+    pub fn revocation_list(&self, revoked: &[&IssuedCert]) -> Result<String, TlsError> {
+        self.crl(revoked, 2099)
+    }
+
+    /// Like [`DevCa::revocation_list`], but expired (its `nextUpdate` is in 2021).
+    pub fn expired_revocation_list(&self, revoked: &[&IssuedCert]) -> Result<String, TlsError> {
+        self.crl(revoked, 2021)
+    }
+
+    fn crl(&self, revoked: &[&IssuedCert], next_update_year: i32) -> Result<String, TlsError> {
+        let mut revoked_certs = Vec::new();
+        for issued in revoked {
+            let der = rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
+                .next()
+                .ok_or_else(|| TlsError::BadCertificate("empty chain".into()))?
+                .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+            let serial = super::parse(&der)?.raw_serial().to_vec();
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&serial),
+                revocation_time: rcgen::date_time_ymd(2020, 6, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(next_update_year, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
+    }
+
     fn issue_sans(&self, sans: Vec<SanType>) -> Result<IssuedCert, TlsError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();

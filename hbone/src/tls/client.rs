@@ -58,7 +58,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        super::verify_server_chain(end_entity, intermediates, &self.roots, now)?;
+        super::verify_server_chain(end_entity, intermediates, &self.roots, now, None)?;
         let id = identity_of(end_entity).map_err(|e| Error::General(e.to_string()))?;
         // An expected identity without a service account (endpoints from xDS, which do not
         // carry it) accepts any identity of the trust domain, as Istio's connect_originate

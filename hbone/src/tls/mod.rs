@@ -10,7 +10,7 @@ mod verified;
 
 pub use ca::{DevCa, IssuedCert, SignedCsr};
 pub use client::client_config;
-pub use origination::{origination_config, subject_alt_names};
+pub use origination::{origination_config, revocation_lists, subject_alt_names};
 pub use server::{server_resolver, SpiffeClientVerifier};
 pub use store::{CertPaths, CertStore, Certs};
 
@@ -101,6 +101,7 @@ fn verify_server_chain(
     intermediates: &[CertificateDer<'_>],
     roots: &rustls::RootCertStore,
     now: rustls::pki_types::UnixTime,
+    revocation: Option<webpki::RevocationOptions<'_>>,
 ) -> Result<(), rustls::Error> {
     let cert = webpki::EndEntityCert::try_from(end_entity)
         .map_err(|e| rustls::Error::General(format!("bad server certificate: {e}")))?;
@@ -110,7 +111,7 @@ fn verify_server_chain(
         intermediates,
         now,
         webpki::KeyUsage::server_auth(),
-        None,
+        revocation,
         None,
     )
     .map(|_| ())

@@ -116,6 +116,9 @@ impl PolicyTls {
             subject_alt_names: self.subject_alt_names.clone(),
             auto_san_validation: self.subject_alt_names.is_empty(),
             roots: self.roots.clone(),
+            // A ConfigMap CA bundle carries no revocation list.
+            crl: None,
+            crl_leaf_only: false,
             client_certificate: None,
             alpn: if h2 { vec!["h2".into()] } else { Vec::new() },
         }

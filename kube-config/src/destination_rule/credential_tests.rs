@@ -35,6 +35,8 @@ spec:
 
 struct Pems {
     ca: String,
+    /// An empty revocation list signed by the CA.
+    crl: String,
     chain: String,
     key: String,
 }
@@ -49,7 +51,20 @@ fn pems() -> Pems {
         .unwrap()
         .signed_by(&key, &ca, &ca_key)
         .unwrap();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca, &ca_key)
+    .unwrap()
+    .pem()
+    .unwrap();
     Pems {
+        crl,
         ca: ca.pem(),
         chain: leaf.pem(),
         key: key.serialize_pem(),
@@ -201,14 +216,26 @@ fn a_missing_or_unusable_secret_refuses_the_configuration_naming_it() {
     let broken = tls_secret("creds", "egress", &p, true).replace("ca.crt: ", "ca.crt: x*");
     let e = refusal(&format!("{MESH}{broken}{simple}"));
     assert!(e.contains("data.ca.crt") && e.contains("not base64"), "{e}");
-    // A CRL, which the waypoint does not check.
+    // A `ca.crl` that holds no CRL.
     let crl = format!(
         "{}  ca.crl: {}\n",
         tls_secret("creds", "egress", &p, true),
         b64("crl")
     );
     let e = refusal(&format!("{MESH}{crl}{simple}"));
-    assert!(e.contains("data.ca.crl"), "{e}");
+    assert!(
+        e.contains("data.ca.crl") && e.contains("no X509 CRL block"),
+        "{e}"
+    );
+    // A CRL under the key istiod reads with the other bundle key (`crl` goes with
+    // `cacert`), which istiod would ignore.
+    let crl = format!(
+        "{}  crl: {}\n",
+        tls_secret("creds", "egress", &p, true),
+        b64(&p.crl)
+    );
+    let e = refusal(&format!("{MESH}{crl}{simple}"));
+    assert!(e.contains("data.crl") && e.contains("ignore"), "{e}");
     // Another namespace by name.
     let e = refusal(&format!(
         "{MESH}{}{}",
@@ -250,4 +277,57 @@ fn fields_beside_credential_name_and_unknown_secret_fields_are_refused() {
         rule("      mode: SIMPLE\n      credentialName: configmap://egress/ca\n")
     ));
     assert!(e.contains("credentialName"), "{e}");
+}
+
+#[test]
+fn the_secrets_crl_and_the_rules_ca_crl_file_are_checked() {
+    use filters::model::Crl;
+    let p = pems();
+    let simple = rule("      mode: SIMPLE\n      credentialName: creds\n");
+    // `ca.crl` with `ca.crt` (`ExtractRoot`, pilot/pkg/credentials/kube/secrets.go).
+    let secret = format!(
+        "{}  ca.crl: {}\n",
+        tls_secret("creds", "egress", &p, true),
+        b64(&p.crl)
+    );
+    let t = tls(&format!("{MESH}{secret}{simple}"));
+    assert_eq!(t.roots, TlsRoots::Pem(p.ca.clone()));
+    assert_eq!(t.crl, Some(Crl::Pem(p.crl.clone())));
+    // `crl` with `cacert`, in `stringData`; an empty one is no list.
+    let generic = |crl: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: creds, namespace: egress}}\nstringData:\n  cacert: |\n{}  crl: \"{}\"\n",
+            p.ca.lines().map(|l| format!("    {l}\n")).collect::<String>(),
+            crl.replace('\n', "\\n")
+        )
+    };
+    let t = tls(&format!("{MESH}{}{simple}", generic(&p.crl)));
+    assert_eq!(t.crl, Some(Crl::Pem(p.crl.clone())));
+    assert_eq!(tls(&format!("{MESH}{}{simple}", generic(""))).crl, None);
+    // Without credentialName: `caCrl` is a file in the pod, next to the roots (the
+    // system's without `caCertificates`), as istiod's `constructUpstreamTLS` writes it.
+    let t = tls(&format!(
+        "{MESH}{}",
+        rule("      mode: SIMPLE\n      caCertificates: /etc/ca.pem\n      caCrl: /etc/ca.crl\n")
+    ));
+    assert_eq!(t.roots, TlsRoots::File("/etc/ca.pem".into()));
+    assert_eq!(t.crl, Some(Crl::File("/etc/ca.crl".into())));
+    let t = tls(&format!(
+        "{MESH}{}",
+        rule("      mode: SIMPLE\n      caCrl: /etc/ca.crl\n")
+    ));
+    assert_eq!(t.roots, TlsRoots::System);
+    assert_eq!(t.crl, Some(Crl::File("/etc/ca.crl".into())));
+    // `insecureSkipVerify` verifies nothing: istiod drops the CRL with the roots.
+    let t = tls(&format!(
+        "{MESH}{}",
+        rule("      mode: SIMPLE\n      caCrl: /etc/ca.crl\n      insecureSkipVerify: true\n")
+    ));
+    assert_eq!((t.roots, t.crl), (TlsRoots::Insecure, None));
+    // `caCrl` beside credentialName is refused, as Istio's validation does.
+    let e = refusal(&format!(
+        "{MESH}{secret}{}",
+        rule("      mode: SIMPLE\n      credentialName: creds\n      caCrl: /etc/ca.crl\n")
+    ));
+    assert!(e.contains("spec.trafficPolicy.tls.caCrl"), "{e}");
 }

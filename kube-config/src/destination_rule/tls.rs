@@ -1,9 +1,9 @@
 //! DestinationRule `tls`: TLS originated to the Service's endpoints inside the tunnel.
 
-use filters::model::{ClientCertificate, PrivateKeyPem, TlsRoots, UpstreamTls};
+use filters::model::{ClientCertificate, Crl, PrivateKeyPem, TlsRoots, UpstreamTls};
 use serde::Deserialize;
 
-use super::{invalid, unsupported};
+use super::invalid;
 use crate::secret::Secret;
 use crate::LocalConfigError;
 
@@ -76,11 +76,10 @@ impl ClientTls {
         if let Some(name) = self.credential_name.as_deref().filter(|n| !n.is_empty()) {
             return self
                 .credential_tls(name, mutual, insecure, label, at, credentials)
-                .map(|(roots, client_certificate)| {
-                    Some(self.build(h2, roots, client_certificate))
+                .map(|(roots, crl, client_certificate)| {
+                    Some(self.build(h2, roots, crl, client_certificate))
                 });
         }
-        unsupported(label, at, &[("caCrl", self.ca_crl.is_some())])?;
         let client_certificate = match (mutual, &self.client_certificate, &self.private_key) {
             (false, _, _) => None,
             (true, Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => {
@@ -102,13 +101,22 @@ impl ClientTls {
             (Some(ca), false) if !ca.is_empty() => TlsRoots::File(ca.into()),
             _ => TlsRoots::System,
         };
-        Ok(Some(self.build(h2, roots, client_certificate)))
+        // istiod puts `caCrl` (a file in the pod) in the validation context next to the
+        // roots (`constructUpstreamTLS`, cluster_tls.go), the system roots too; with
+        // `insecureSkipVerify` nothing is verified and the CRL is dropped, as there.
+        let crl = match (&self.ca_crl, &roots) {
+            (_, TlsRoots::Insecure) => None,
+            (Some(path), _) if !path.is_empty() => Some(Crl::File(path.into())),
+            _ => None,
+        };
+        Ok(Some(self.build(h2, roots, crl, client_certificate)))
     }
 
     fn build(
         &self,
         h2: bool,
         roots: TlsRoots,
+        crl: Option<Crl>,
         client_certificate: Option<ClientCertificate>,
     ) -> UpstreamTls {
         let sni = self.sni.clone().filter(|s| !s.is_empty());
@@ -120,6 +128,8 @@ impl ClientTls {
             sni,
             subject_alt_names: self.subject_alt_names.clone(),
             roots,
+            crl,
+            crl_leaf_only: false,
             client_certificate,
             alpn: if h2 { vec!["h2".into()] } else { Vec::new() },
         }
@@ -139,7 +149,7 @@ impl ClientTls {
         label: &str,
         at: &str,
         credentials: Credentials<'_>,
-    ) -> Result<(TlsRoots, Option<ClientCertificate>), LocalConfigError> {
+    ) -> Result<(TlsRoots, Option<Crl>, Option<ClientCertificate>), LocalConfigError> {
         let field = format!("{at}.credentialName");
         let beside = [
             ("clientCertificate", self.client_certificate.is_some()),
@@ -216,7 +226,7 @@ impl ClientTls {
             }
         };
         if insecure {
-            return Ok((TlsRoots::Insecure, client_certificate));
+            return Ok((TlsRoots::Insecure, None, client_certificate));
         }
         let ca_name = format!("{name}-cacert");
         let (ca_label, ca_secret) = credentials
@@ -236,6 +246,10 @@ impl ClientTls {
                     ),
                 )
             })?;
-        Ok((TlsRoots::Pem(roots), client_certificate))
+        Ok((
+            TlsRoots::Pem(roots.roots),
+            roots.crl.map(Crl::Pem),
+            client_certificate,
+        ))
     }
 }

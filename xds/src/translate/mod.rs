@@ -433,8 +433,13 @@ fn cluster_tls(c: &ClusterInfo, res: &Resources) -> Option<filters::model::Upstr
     };
     if let Some(name) = &c.tls_secrets.roots {
         match res.secrets.get(name) {
-            Some(AdsSecret::CaBundle(pem)) => {
-                tls.roots = filters::model::TlsRoots::Pem(pem.clone())
+            Some(AdsSecret::CaBundle { roots, crl }) => {
+                tls.roots = filters::model::TlsRoots::Pem(roots.clone());
+                // The secret's CRL replaces the cluster's own, as Envoy merges the secret
+                // into the default validation context.
+                if let Some(crl) = crl {
+                    tls.crl = Some(filters::model::Crl::Pem(crl.clone()));
+                }
             }
             other => missing(name, "CA bundle", other),
         }

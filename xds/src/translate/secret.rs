@@ -1,9 +1,10 @@
 //! The secrets istiod serves a waypoint over its ADS stream for the names its clusters'
 //! TLS contexts give (`SecretGen`, pilot/pkg/xds/sds.go): a CA bundle as a validation
-//! context with inline `trusted_ca` (`toEnvoyCaSecret`: `configmap://<ns>/<name>-cacert`
-//! and `kubernetes://<name>-cacert`), or a client certificate as a `tls_certificate` with
-//! the chain and the key inline (`toEnvoyTLSSecret`: `kubernetes://<name>`). Anything else
-//! in a secret (a CRL, an OCSP staple, a private-key provider, ...) is refused by field.
+//! context with inline `trusted_ca` and, when the Secret has one (`ca.crl`, or `crl` next
+//! to `cacert`), an inline `crl` (`toEnvoyCaSecret`: `configmap://<ns>/<name>-cacert` and
+//! `kubernetes://<name>-cacert`), or a client certificate as a `tls_certificate` with the
+//! chain and the key inline (`toEnvoyTLSSecret`: `kubernetes://<name>`). Anything else in
+//! a secret (an OCSP staple, a private-key provider, ...) is refused by field.
 
 use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -16,8 +17,14 @@ use super::InvalidResource;
 /// A secret from ADS, as the clusters' TLS uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdsSecret {
-    /// Trusted roots (PEM), for verifying the server.
-    CaBundle(String),
+    /// Trusted roots (PEM), for verifying the server, and the revocation lists (PEM) the
+    /// server's chain is checked against.
+    CaBundle {
+        /// The CA certificates.
+        roots: String,
+        /// The CRLs, if the secret has any.
+        crl: Option<String>,
+    },
     /// The certificate the waypoint presents (`MUTUAL`).
     Certificate {
         /// Certificate chain (PEM), leaf first.
@@ -31,7 +38,7 @@ impl AdsSecret {
     /// Which kind of secret this is, for messages.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::CaBundle(_) => "a CA bundle",
+            Self::CaBundle { .. } => "a CA bundle",
             Self::Certificate { .. } => "a certificate and key",
         }
     }
@@ -41,7 +48,7 @@ impl AdsSecret {
 pub fn convert(s: &Secret, name: &str) -> Result<AdsSecret, InvalidResource> {
     let bad = |field: &str, reason: &str| InvalidResource::new("secret", name, field, reason);
     match &s.r#type {
-        Some(secret::Type::ValidationContext(v)) => ca_bundle(v, name).map(AdsSecret::CaBundle),
+        Some(secret::Type::ValidationContext(v)) => ca_bundle(v, name),
         Some(secret::Type::TlsCertificate(t)) => certificate(t, name),
         _ => Err(bad(
             "type",
@@ -59,24 +66,33 @@ fn inline(d: Option<&DataSource>) -> Option<String> {
     }
 }
 
-fn ca_bundle(v: &CertificateValidationContext, name: &str) -> Result<String, InvalidResource> {
+fn ca_bundle(v: &CertificateValidationContext, name: &str) -> Result<AdsSecret, InvalidResource> {
     let bad = |field: &str, reason: &str| InvalidResource::new("secret", name, field, reason);
     let rest = CertificateValidationContext {
         trusted_ca: None,
+        crl: None,
         ..v.clone()
     };
-    if rest.crl.is_some() {
-        return Err(bad(
-            "validation_context.crl",
-            "certificate revocation lists are not supported (a Secret's ca.crl)",
-        ));
-    }
     if rest != Default::default() {
         return Err(bad(
             "validation_context",
-            "only trusted_ca is supported (no CRL, SAN matchers or other checks in a CA secret)",
+            "only trusted_ca and crl are supported (no SAN matchers or other checks in a CA secret)",
         ));
     }
+    let crl = match &v.crl {
+        None => None,
+        Some(d) => {
+            let Some(pem) = inline(Some(d)) else {
+                return Err(bad(
+                    "validation_context.crl",
+                    "an inline PEM CRL is required",
+                ));
+            };
+            super::upstream_tls::check_crls(&pem)
+                .map_err(|e| bad("validation_context.crl", &e))?
+                .then_some(pem)
+        }
+    };
     let Some(pem) = inline(v.trusted_ca.as_ref()) else {
         return Err(bad(
             "validation_context.trusted_ca",
@@ -91,7 +107,7 @@ fn ca_bundle(v: &CertificateValidationContext, name: &str) -> Result<String, Inv
     if found == 0 {
         return Err(bad("validation_context.trusted_ca", "no CERTIFICATE block"));
     }
-    Ok(pem)
+    Ok(AdsSecret::CaBundle { roots: pem, crl })
 }
 
 fn certificate(t: &TlsCertificate, name: &str) -> Result<AdsSecret, InvalidResource> {
@@ -210,9 +226,12 @@ mod tests {
         assert!(e.to_string().contains("kubernetes://creds"), "{e}");
     }
 
+    /// istiod's `toEnvoyCaSecret` (pilot/pkg/xds/sds.go): `ca.crt` as inline `trusted_ca`
+    /// and, when the Secret has `ca.crl`, that as inline `crl`.
     #[test]
-    fn a_ca_secret_with_a_crl_is_refused_by_field() {
-        let (chain, _) = pem_pair();
+    fn a_ca_secret_carries_its_crl_checked_now() {
+        let ca = ca_and_crl();
+        let chain = ca.0.clone();
         let mut v = CertificateValidationContext {
             trusted_ca: data(&chain),
             ..Default::default()
@@ -221,12 +240,63 @@ mod tests {
             name: "kubernetes://creds-cacert".into(),
             r#type: Some(secret::Type::ValidationContext(v.clone())),
         };
+        let name = "kubernetes://creds-cacert";
         assert_eq!(
-            convert(&s(&v), "kubernetes://creds-cacert").unwrap(),
-            AdsSecret::CaBundle(chain.clone())
+            convert(&s(&v), name).unwrap(),
+            AdsSecret::CaBundle {
+                roots: chain.clone(),
+                crl: None
+            }
         );
+        v.crl = data(&ca.1);
+        assert_eq!(
+            convert(&s(&v), name).unwrap(),
+            AdsSecret::CaBundle {
+                roots: chain.clone(),
+                crl: Some(ca.1.clone())
+            }
+        );
+        // An empty `ca.crl` is no list, as Envoy reads it.
+        v.crl = data("");
+        assert_eq!(
+            convert(&s(&v), name).unwrap(),
+            AdsSecret::CaBundle {
+                roots: chain.clone(),
+                crl: None
+            }
+        );
+        // Text that is no CRL is refused by field, naming the secret.
         v.crl = data("crl");
-        let e = convert(&s(&v), "kubernetes://creds-cacert").unwrap_err();
+        let e = convert(&s(&v), name).unwrap_err();
         assert_eq!(e.field, "validation_context.crl");
+        assert!(e.to_string().contains("no X509 CRL block"), "{e}");
+        // Other checks in a CA secret are not implemented.
+        v.crl = None;
+        v.only_verify_leaf_cert_crl = true;
+        let e = convert(&s(&v), name).unwrap_err();
+        assert_eq!(e.field, "validation_context");
+    }
+
+    /// A self-signed CA (PEM) and an empty CRL it signed (PEM).
+    fn ca_and_crl() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = params.self_signed(&key).unwrap();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca, &key)
+        .unwrap();
+        (ca.pem(), crl.pem().unwrap())
     }
 }

@@ -19,8 +19,12 @@
 //! pilot/pkg/model/credentials/resource.go). The waypoint subscribes to those secrets on
 //! its ADS stream and uses what istiod sends ([`super::secret`]); until a secret arrives,
 //! and for istiod's `invalid://` (an unresolvable reference), every handshake fails.
-//! Secrets from another SDS server (`sds://` with a credential socket), CRLs, pinning and
-//! TLS parameters are refused by field.
+//! A validation context's `crl` (istiod: the rule's `caCrl` as a file name in the default
+//! validation context next to `file-root:<ca>`, `constructUpstreamTLS`; or a Secret's
+//! `ca.crl` inline in the `-cacert` secret, `toEnvoyCaSecret`) is checked with the chain;
+//! a secret's CRL replaces the default context's, as Envoy merges the two.
+//! Secrets from another SDS server (`sds://` with a credential socket), pinning and TLS
+//! parameters are refused by field.
 
 use std::path::PathBuf;
 
@@ -31,7 +35,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext,
     SdsSecretConfig, TlsParameters, UpstreamTlsContext,
 };
-use filters::model::{ClientCertificate, TlsRoots, UpstreamTls};
+use filters::model::{ClientCertificate, Crl, TlsRoots, UpstreamTls};
 
 use super::Bad;
 
@@ -77,7 +81,13 @@ pub fn convert(
     let common = ctx.common_tls_context.clone().unwrap_or_default();
     check_common(&common)?;
     let (client_certificate, certificate_secret) = client_certificate(&common)?;
-    let (roots, subject_alt_names, root_secret) = validation(&common)?;
+    let Validation {
+        roots,
+        sans: subject_alt_names,
+        secret: root_secret,
+        crl,
+        crl_leaf_only,
+    } = validation(&common)?;
     let tls = UpstreamTls {
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.clone()),
         auto_sni: auto.auto_sni || ctx.auto_host_sni,
@@ -85,6 +95,8 @@ pub fn convert(
             && (auto.auto_san_validation || ctx.auto_sni_san_validation),
         subject_alt_names,
         roots,
+        crl,
+        crl_leaf_only,
         client_certificate,
         alpn: common.alpn_protocols.clone(),
     };
@@ -249,31 +261,61 @@ fn secret_error(s: &SdsSecretConfig, at: &str) -> Bad {
     )
 }
 
-/// The roots and SANs to verify the server with, and the ADS secret the roots come from.
-type Validation = (TlsRoots, Vec<String>, Option<String>);
+/// How the server is verified: the roots, the SANs, the ADS secret the roots come from,
+/// and the revocation lists.
+struct Validation {
+    roots: TlsRoots,
+    sans: Vec<String>,
+    secret: Option<String>,
+    crl: Option<Crl>,
+    crl_leaf_only: bool,
+}
 
-/// The roots and SANs to verify the server with.
+/// The checks a validation context asks for besides its roots.
+struct Checks {
+    sans: Vec<String>,
+    crl: Option<Crl>,
+    crl_leaf_only: bool,
+}
+
+/// The roots, SANs and revocation lists to verify the server with.
 fn validation(c: &CommonTlsContext) -> Result<Validation, Bad> {
     let at = "common_tls_context";
-    match &c.validation_context_type {
-        None => Ok((TlsRoots::Insecure, Vec::new(), None)),
+    let (roots, checks, secret, crl_at) = match &c.validation_context_type {
+        None => (
+            TlsRoots::Insecure,
+            Checks {
+                sans: Vec::new(),
+                crl: None,
+                crl_leaf_only: false,
+            },
+            None,
+            String::new(),
+        ),
         Some(ValidationContextType::ValidationContext(v)) => {
-            let sans = check_validation(v, &format!("{at}.validation_context"))?;
+            let base = format!("{at}.validation_context");
+            let checks = check_validation(v, &base)?;
             let roots = match &v.trusted_ca {
                 None => TlsRoots::Insecure,
-                Some(d) => data_roots(d, &format!("{at}.validation_context.trusted_ca"))?,
+                Some(d) => data_roots(d, &format!("{base}.trusted_ca"))?,
             };
-            Ok((roots, sans, None))
+            (roots, checks, None, base)
         }
         Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
             let (roots, secret) =
                 secret_root(s, &format!("{at}.validation_context_sds_secret_config"))?;
-            Ok((roots, Vec::new(), secret))
+            let checks = Checks {
+                sans: Vec::new(),
+                crl: None,
+                crl_leaf_only: false,
+            };
+            (roots, checks, secret, String::new())
         }
         Some(ValidationContextType::CombinedValidationContext(cv)) => {
             let base = format!("{at}.combined_validation_context");
             let default = cv.default_validation_context.clone().unwrap_or_default();
-            let sans = check_validation(&default, &format!("{base}.default_validation_context"))?;
+            let default_at = format!("{base}.default_validation_context");
+            let checks = check_validation(&default, &default_at)?;
             let (roots, secret) = match (
                 &cv.validation_context_sds_secret_config,
                 &default.trusted_ca,
@@ -281,22 +323,35 @@ fn validation(c: &CommonTlsContext) -> Result<Validation, Bad> {
                 (Some(s), None) => {
                     secret_root(s, &format!("{base}.validation_context_sds_secret_config"))?
                 }
-                (None, Some(d)) => (
-                    data_roots(d, &format!("{base}.default_validation_context.trusted_ca"))?,
-                    None,
-                ),
+                (None, Some(d)) => (data_roots(d, &format!("{default_at}.trusted_ca"))?, None),
                 (None, None) => (TlsRoots::Insecure, None),
                 (Some(_), Some(_)) => {
                     return Err((base, "both an SDS root secret and trusted_ca".into()))
                 }
             };
-            Ok((roots, sans, secret))
+            (roots, checks, secret, default_at)
         }
-        Some(other) => Err((
-            format!("{at}.validation_context_type"),
-            format!("{other:?} is not supported"),
-        )),
+        Some(other) => {
+            return Err((
+                format!("{at}.validation_context_type"),
+                format!("{other:?} is not supported"),
+            ))
+        }
+    };
+    if checks.crl.is_some() && roots == TlsRoots::Insecure {
+        // Envoy refuses a CRL it has no trusted CA to check it with.
+        return Err((
+            format!("{crl_at}.crl"),
+            "a CRL without trusted CA certificates".into(),
+        ));
     }
+    Ok(Validation {
+        roots,
+        sans: checks.sans,
+        secret,
+        crl: checks.crl,
+        crl_leaf_only: checks.crl_leaf_only,
+    })
 }
 
 /// The roots an SDS secret names: a file pilot-agent would serve (`file-root:`), or a
@@ -336,9 +391,10 @@ fn data_roots(d: &DataSource, at: &str) -> Result<TlsRoots, Bad> {
 }
 
 /// The exact SANs to require (istiod writes the deprecated untyped list; the typed one is
-/// read too, any SAN type); every other verification option is refused.
+/// read too, any SAN type) and the revocation lists; every other verification option is
+/// refused.
 #[allow(deprecated)]
-fn check_validation(v: &CertificateValidationContext, at: &str) -> Result<Vec<String>, Bad> {
+fn check_validation(v: &CertificateValidationContext, at: &str) -> Result<Checks, Bad> {
     let unsupported = [
         (
             "verify_certificate_spki",
@@ -348,8 +404,12 @@ fn check_validation(v: &CertificateValidationContext, at: &str) -> Result<Vec<St
             "verify_certificate_hash",
             !v.verify_certificate_hash.is_empty(),
         ),
-        ("crl", v.crl.is_some()),
         ("allow_expired_certificate", v.allow_expired_certificate),
+        ("max_verify_depth", v.max_verify_depth.is_some()),
+        (
+            "require_signed_certificate_timestamp",
+            v.require_signed_certificate_timestamp.is_some(),
+        ),
         ("trust_chain_verification", v.trust_chain_verification != 0),
         (
             "custom_validator_config",
@@ -396,5 +456,53 @@ fn check_validation(v: &CertificateValidationContext, at: &str) -> Result<Vec<St
                 format!("{at}.match_typed_subject_alt_names[{i}].matcher"),
             )
         });
-    untyped.chain(typed).collect()
+    let sans = untyped.chain(typed).collect::<Result<_, _>>()?;
+    let crl = match &v.crl {
+        None => None,
+        Some(d) => crl_source(d, &format!("{at}.crl"))?,
+    };
+    Ok(Checks {
+        sans,
+        // Also for a CRL a secret brings (Envoy merges the secret into this context).
+        crl_leaf_only: v.only_verify_leaf_cert_crl,
+        crl,
+    })
+}
+
+/// A `crl` data source: a file the waypoint reads (istiod's `caCrl`, a path in the pod), or
+/// inline PEM, checked now. Empty inline text is no list, as Envoy reads it.
+fn crl_source(d: &DataSource, at: &str) -> Result<Option<Crl>, Bad> {
+    let pem = match &d.specifier {
+        Some(Specifier::Filename(f)) if !f.is_empty() => return Ok(Some(Crl::File(f.into()))),
+        Some(Specifier::InlineString(s)) => s.clone(),
+        Some(Specifier::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
+        _ => {
+            return Err((
+                at.to_string(),
+                "only a filename or inline PEM is supported".into(),
+            ))
+        }
+    };
+    Ok(check_crls(&pem)
+        .map_err(|e| (at.to_string(), e))?
+        .then_some(Crl::Pem(pem)))
+}
+
+/// Whether PEM text holds revocation lists (false: empty text), each one usable for
+/// checking: an `X509 CRL` block webpki parses (v2, not a delta CRL).
+pub(crate) fn check_crls(pem: &str) -> Result<bool, String> {
+    if pem.trim().is_empty() {
+        return Ok(false);
+    }
+    let mut found = 0;
+    for der in rustls_pemfile::crls(&mut pem.as_bytes()) {
+        let der = der.map_err(|e| format!("not PEM: {e}"))?;
+        webpki::OwnedCertRevocationList::from_der(der.as_ref())
+            .map_err(|e| format!("unusable CRL: {e}"))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err("no X509 CRL block".into());
+    }
+    Ok(true)
 }

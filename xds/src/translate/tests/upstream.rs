@@ -447,7 +447,10 @@ fn a_credential_name_is_two_kubernetes_secrets_over_ads() {
     );
     res.secrets.insert(
         "kubernetes://client-creds-cacert".into(),
-        secret::AdsSecret::CaBundle("ROOTS".into()),
+        secret::AdsSecret::CaBundle {
+            roots: "ROOTS".into(),
+            crl: None,
+        },
     );
     let tls = cluster_tls(&info, &res).unwrap();
     assert_eq!(tls.roots, filters::model::TlsRoots::Pem("ROOTS".into()));
@@ -461,7 +464,10 @@ fn a_credential_name_is_two_kubernetes_secrets_over_ads() {
     // A CA bundle where the certificate belongs is not used.
     res.secrets.insert(
         "kubernetes://client-creds".into(),
-        secret::AdsSecret::CaBundle("ROOTS".into()),
+        secret::AdsSecret::CaBundle {
+            roots: "ROOTS".into(),
+            crl: None,
+        },
     );
     assert!(matches!(
         cluster_tls(&info, &res).unwrap().client_certificate,
@@ -508,4 +514,98 @@ fn max_connections_becomes_the_http2_connection_cap_with_pending_requests() {
     assert_eq!(cap(&json).unwrap().max_pending, None);
     json["circuit_breakers"]["thresholds"][0]["max_connections"] = serde_json::json!(max);
     assert_eq!(cap(&json), None, "Istio's default is no cap");
+}
+
+#[test]
+fn a_crl_is_the_rules_file_or_the_secrets_inline_lists() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    use filters::model::{Crl, TlsRoots};
+    let context = |json: serde_json::Value| -> UpstreamTlsContext {
+        from_json(
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            &serde_json::json!({"common_tls_context": json}),
+        )
+        .unwrap()
+    };
+    let convert = |json: serde_json::Value| {
+        crate::translate::upstream_tls::convert(&context(json), Default::default())
+    };
+    // DestinationRule tls {SIMPLE, caCertificates, caCrl}: constructUpstreamTLS
+    // (pilot/pkg/networking/core/cluster_tls.go) puts the CRL file in the default context
+    // next to pilot-agent's `file-root:` secret.
+    let sds = serde_json::json!({"api_config_source": {"api_type": "GRPC", "grpc_services": [
+        {"envoy_grpc": {"cluster_name": "sds-grpc"}}], "transport_api_version": "V3"},
+        "resource_api_version": "V3"});
+    let file = |root: &str, extra: serde_json::Value| {
+        let mut default = serde_json::json!({"crl": {"filename": "/etc/certs/ca.crl"}});
+        default
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::json!({"combined_validation_context": {
+            "default_validation_context": default,
+            "validation_context_sds_secret_config": {"name": root, "sds_config": sds}}})
+    };
+    let (tls, _) = convert(file("file-root:/etc/certs/ca.pem", serde_json::json!({}))).unwrap();
+    assert_eq!(tls.roots, TlsRoots::File("/etc/certs/ca.pem".into()));
+    assert_eq!(tls.crl, Some(Crl::File("/etc/certs/ca.crl".into())));
+    assert!(!tls.crl_leaf_only);
+    // Without caCertificates istiod names the system roots; the CRL still applies.
+    let (tls, _) = convert(file(
+        "file-root:system",
+        serde_json::json!({"only_verify_leaf_cert_crl": true}),
+    ))
+    .unwrap();
+    assert_eq!(tls.roots, TlsRoots::System);
+    assert!(tls.crl_leaf_only, "only_verify_leaf_cert_crl takes effect");
+    // A CRL with no trusted CA to check it with is refused, as Envoy refuses it.
+    let e = convert(serde_json::json!({"validation_context": {
+        "crl": {"filename": "/etc/certs/ca.crl"}}}))
+    .unwrap_err();
+    assert_eq!(e.0, "common_tls_context.validation_context.crl");
+    // Inline text is checked now: no CRL block is refused by field; empty text is none.
+    let inline = |text: &str| {
+        serde_json::json!({"validation_context": {
+            "trusted_ca": {"filename": "/etc/certs/ca.pem"},
+            "crl": {"inline_string": text}}})
+    };
+    let e = convert(inline("not a CRL")).unwrap_err();
+    assert_eq!(e.0, "common_tls_context.validation_context.crl");
+    assert!(e.1.contains("no X509 CRL block"), "{}", e.1);
+    assert_eq!(convert(inline("")).unwrap().0.crl, None);
+    // Verification options that are not implemented are still refused by field.
+    let e = convert(serde_json::json!({"validation_context": {
+        "trusted_ca": {"filename": "/etc/certs/ca.pem"}, "max_verify_depth": 2}}))
+    .unwrap_err();
+    assert_eq!(
+        e.0,
+        "common_tls_context.validation_context.max_verify_depth"
+    );
+    // A `-cacert` secret's CRL (toEnvoyCaSecret, pilot/pkg/xds/sds.go) replaces the
+    // default context's, as Envoy merges the secret into it.
+    let ads = serde_json::json!({"ads": {}, "resource_api_version": "V3"});
+    let mut ctx = context(serde_json::json!({"combined_validation_context": {
+        "default_validation_context": {"only_verify_leaf_cert_crl": true},
+        "validation_context_sds_secret_config": {"name": "kubernetes://creds-cacert", "sds_config": ads}}}));
+    ctx.sni = "api.example.org".into();
+    let (tls, secrets) = crate::translate::upstream_tls::convert(&ctx, Default::default()).unwrap();
+    assert_eq!(tls.crl, None);
+    let (_, cs, _) = dump_resources("waypoint-httpbin-1.21.json");
+    let json = crate::envoy::to_json("envoy.config.cluster.v3.Cluster", &cs[0]).unwrap();
+    let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+        from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+    let mut info = cluster::convert(&c).unwrap();
+    info.tls = Some(tls);
+    info.tls_secrets = secrets;
+    let mut res = Resources::default();
+    res.secrets.insert(
+        "kubernetes://creds-cacert".into(),
+        secret::AdsSecret::CaBundle {
+            roots: "ROOTS".into(),
+            crl: Some("CRL".into()),
+        },
+    );
+    let tls = cluster_tls(&info, &res).unwrap();
+    assert_eq!(tls.crl, Some(Crl::Pem("CRL".into())));
+    assert!(tls.crl_leaf_only);
 }
