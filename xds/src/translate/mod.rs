@@ -30,6 +30,7 @@ mod proxy_protocol;
 pub mod rbac;
 mod residual;
 pub mod route;
+mod routes;
 pub mod secret;
 mod slow_start;
 mod stats;
@@ -49,13 +50,14 @@ use filters::model::{
     route_key, ConflictingAddress, Endpoint, Identity, NamespacedName, Service, ServicePort,
     Snapshot, SnapshotParts, TargetPort, Waypoint, Workload,
 };
-use filters::route::model::{BackendTarget, Filter, Route, RouteKind, Rule, WeightedBackend};
-use filters::route::{Backend, PortRoutes, RouteTable};
+use filters::route::model::Route;
+use filters::route::{PortRoutes, RouteTable};
 
 pub use cluster::ClusterInfo;
 pub use endpoint::EndpointInfo;
 pub use error::InvalidResource;
 pub use listener::{Chain, ListenerInfo};
+use routes::{route, subset_backends, tcp_routes, Backends};
 
 /// The accepted resources of every type, by name.
 #[derive(Debug, Clone, Default)]
@@ -471,37 +473,6 @@ fn outside(c: &ClusterInfo, trust_domain: &str) -> Arc<Workload> {
     })
 }
 
-/// Backends for DestinationRule subset clusters, by cluster name: the Service restricted to
-/// the subset's endpoints (as EDS sends them, already filtered by the subset's labels). Not
-/// addressable by VIP; routes name them.
-fn subset_backends(
-    res: &Resources,
-    by_host: &BTreeMap<String, Arc<Service>>,
-    workloads: &BTreeMap<IpAddr, Arc<Workload>>,
-    trust_domain: &str,
-) -> BTreeMap<String, Backend> {
-    let mut out = BTreeMap::new();
-    for c in res.clusters.values().filter(|c| c.subset.is_some()) {
-        let Some(parent) = by_host.get(&c.host) else {
-            continue;
-        };
-        let subset = Service {
-            name: parent.name.clone(),
-            hostname: parent.hostname.clone(),
-            served: false,
-            vips: Vec::new(),
-            ranges: Vec::new(),
-            ports: vec![service_port(c, res, workloads, trust_domain)],
-        };
-        let backend = Backend::Service {
-            service: Arc::new(subset),
-            port: c.port,
-        };
-        out.insert(c.name.clone(), backend);
-    }
-    out
-}
-
 /// The path normalization of the HTTP chains (istiod gives every chain the same, from
 /// MeshConfig `pathNormalization`); Istio's default (BASE) without one.
 fn normalization(main: Option<&ListenerInfo>) -> filters::authz::path::Normalization {
@@ -625,154 +596,6 @@ fn workload(e: &EndpointInfo, trust_domain: &str, served: bool) -> Workload {
         served,
         named_ports: BTreeMap::new(),
     }
-}
-
-/// What route clusters resolve to: a Service port, or a DestinationRule subset of one.
-struct Backends<'a> {
-    res: &'a Resources,
-    by_host: BTreeMap<String, Arc<Service>>,
-    subsets: BTreeMap<String, Backend>,
-}
-
-impl Backends<'_> {
-    /// The backend `cluster` stands for, or why there is none.
-    fn cluster(&self, cluster: &str) -> Result<Backend, String> {
-        if let Some(b) = self.subsets.get(cluster) {
-            return Ok(b.clone());
-        }
-        let c = self
-            .res
-            .clusters
-            .get(cluster)
-            .ok_or_else(|| format!("cluster {cluster} not found"))?;
-        match self.by_host.get(&c.host) {
-            Some(s) => Ok(Backend::Service {
-                service: s.clone(),
-                port: c.port,
-            }),
-            None => Err(format!("cluster {cluster}: no Service {}", c.host)),
-        }
-    }
-}
-
-fn route(spec: &route::RouteSpec, service: &Arc<Service>, resolve: &Backends<'_>) -> Route {
-    let backends = spec
-        .clusters
-        .iter()
-        .map(|c| WeightedBackend {
-            target: match resolve.cluster(&c.name) {
-                Ok(b) => BackendTarget::Backend(b),
-                Err(why) => BackendTarget::Invalid(why),
-            },
-            weight: c.weight,
-            filters: c.filters.clone(),
-        })
-        .collect();
-    let mut filters = Vec::new();
-    for e in &spec.extra {
-        match e {
-            route::Extra::Redirect(r) => filters.push(Filter::Redirect(r.clone())),
-            route::Extra::Rewrite(r) => filters.push(Filter::Rewrite(r.clone())),
-            route::Extra::DirectResponse(d) => filters.push(Filter::DirectResponse(d.clone())),
-            route::Extra::Filter(f) => filters.push(f.clone()),
-            route::Extra::Mirror { cluster, fraction } => match resolve.cluster(cluster).ok() {
-                Some(backend) => {
-                    filters.push(Filter::Mirror(Arc::new(filters::route::model::Mirror {
-                        backend,
-                        fraction: *fraction,
-                    })))
-                }
-                None => {
-                    ::tracing::warn!(%cluster, route = %spec.name, "mirror cluster unknown; not mirroring")
-                }
-            },
-        }
-    }
-    // Each level on its own, in Envoy's order (route, then virtual host): a level's
-    // removals do not undo an outer level's `set`.
-    filters.extend(
-        spec.request_headers
-            .iter()
-            .cloned()
-            .map(Filter::RequestHeaders),
-    );
-    filters.extend(
-        spec.response_headers
-            .iter()
-            .cloned()
-            .map(Filter::ResponseHeaders),
-    );
-    let name = if spec.name.is_empty() {
-        "default".to_string()
-    } else {
-        spec.name.clone()
-    };
-    Route {
-        name: NamespacedName::new(&service.name.namespace, &name),
-        kind: RouteKind::Http,
-        created: None,
-        operation: spec.operation.clone(),
-        rules: vec![Rule {
-            name: None,
-            matches: vec![spec.matched.clone()],
-            filters,
-            backends,
-            timeouts: spec.timeouts,
-            retry: spec.retry.clone(),
-            hash_policy: spec.hash_policy.clone(),
-        }],
-    }
-}
-
-/// The route of a TCP chain whose tunnels go elsewhere than the port's own
-/// `inbound-vip|<port>|tcp|<host>` cluster: one rule without matches over the chain's
-/// clusters (another Service's, a subset's, or weighted clusters), each new tunnel drawing
-/// one by weight. A cluster CDS does not know stays in the draw as an invalid backend: the
-/// tunnels drawing it are closed (`NC`), as Envoy's are.
-fn tcp_routes(
-    chain: &str,
-    clusters: &[tcp_route::TcpCluster],
-    service: &Arc<Service>,
-    port: u16,
-    resolve: &Backends<'_>,
-) -> Option<PortRoutes> {
-    let own = format!("inbound-vip|{port}|tcp|{}", service.hostname);
-    if let [only] = clusters {
-        if only.name == own {
-            return None;
-        }
-    }
-    let backends = clusters
-        .iter()
-        .map(|c| WeightedBackend {
-            target: match resolve.cluster(&c.name) {
-                Ok(b) => BackendTarget::Backend(b),
-                Err(why) => BackendTarget::Invalid(why),
-            },
-            weight: c.weight,
-            filters: Vec::new(),
-        })
-        .collect();
-    let route = Arc::new(Route {
-        name: NamespacedName::new(&service.name.namespace, chain),
-        kind: RouteKind::Tcp,
-        created: None,
-        operation: None,
-        rules: vec![Rule {
-            name: None,
-            matches: Vec::new(),
-            filters: Vec::new(),
-            backends,
-            timeouts: Default::default(),
-            retry: None,
-            hash_policy: Vec::new(),
-        }],
-    });
-    Some(PortRoutes {
-        producer: RouteTable::ordered(&[route]),
-        consumers: BTreeMap::new(),
-        kind: Some(RouteKind::Tcp),
-    })
 }
 
 #[cfg(test)]

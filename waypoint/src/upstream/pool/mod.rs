@@ -41,6 +41,13 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
+mod body;
+mod direct;
+
+pub use body::UpstreamBody;
+use direct::DirectIdle;
+pub use direct::Return;
+
 use super::connection_cap::{Caps, ClusterCount, OpenSlot};
 use super::{h1, Upstream};
 
@@ -100,30 +107,6 @@ struct H1 {
     served: u32,
 }
 
-/// Idle HTTP/1.1 connections of the request-driven kind, shared with the response bodies
-/// that bring them back.
-type DirectIdle = Arc<Mutex<Map<Vec<Box<h1::Connection>>>>>;
-
-/// Where a request-driven HTTP/1.1 connection goes back when its response has ended.
-pub struct Return {
-    idle: DirectIdle,
-    key: Key,
-}
-
-impl h1::Home for Return {
-    fn checkin(self, mut conn: Box<h1::Connection>) {
-        if !self.key.usable(conn.opened, conn.served) {
-            return;
-        }
-        conn.since = Instant::now();
-        let mut idle = self.idle.lock().expect("pool lock");
-        let list = idle.entry(self.key).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(conn);
-        }
-    }
-}
-
 /// A stream taken on an HTTP/2 connection: the connection counts one stream in flight
 /// for as long as it lives; when it ends, the requests waiting on the cluster's
 /// connection cap are woken.
@@ -148,55 +131,6 @@ impl Drop for StreamSlot {
         self.count.take();
         if let Some(cap) = &self.cap {
             cap.wake();
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body from an endpoint: read by hyper (over HTTP/2 holding its stream's
-    /// slot until it ends or is dropped) or straight from an HTTP/1.1 connection.
-    #[project = UpstreamBodyProj]
-    pub enum UpstreamBody {
-        /// Read by hyper's client connection.
-        Hyper { #[pin] body: filters::body::Guarded<Incoming, Option<StreamSlot>> },
-        /// Read from a request-driven HTTP/1.1 connection.
-        Direct { #[pin] body: h1::ResponseBody<Return> },
-    }
-}
-
-impl UpstreamBody {
-    fn hyper(body: Incoming, slot: Option<StreamSlot>) -> Self {
-        Self::Hyper {
-            body: filters::body::Guarded::new(body, slot),
-        }
-    }
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = bytes::Bytes;
-    type Error = filters::body::BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        match self.project() {
-            UpstreamBodyProj::Hyper { body } => body.poll_frame(cx).map_err(Into::into),
-            UpstreamBodyProj::Direct { body } => body.poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Hyper { body } => body.is_end_stream(),
-            Self::Direct { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            Self::Hyper { body } => body.size_hint(),
-            Self::Direct { body } => body.size_hint(),
         }
     }
 }
@@ -363,63 +297,6 @@ impl HttpPool {
         let resp = conn.sender.send_request(req).await.map_err(reset)?;
         self.checkin(key, conn);
         Ok(no_slot(resp))
-    }
-
-    /// Sends a plain HTTP/1.1 request on a request-driven connection: an idle one (one the
-    /// endpoint closed meanwhile hands the request back, and it goes on the next), else a
-    /// new one.
-    async fn send_direct(
-        &self,
-        upstream: &Upstream,
-        picked: &Picked,
-        key: Key,
-        mut req: Request<Body>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let failed = |e: h1::H1Error| ProxyError::UpstreamReset {
-            endpoint: picked.address.to_string(),
-            reason: e.to_string(),
-        };
-        let direct = |resp: Response<h1::ResponseBody<Return>>| {
-            resp.map(|body| UpstreamBody::Direct { body })
-        };
-        while let Some(conn) = self.checkout_direct(&key) {
-            let home = Return {
-                idle: self.direct.clone(),
-                key: key.clone(),
-            };
-            match h1::send(conn, req, home).await {
-                Ok(resp) => return Ok(direct(resp)),
-                Err(h1::SendError::Unsent(back, e)) => {
-                    tracing::debug!(endpoint = %picked.address, error = %e, "pooled HTTP/1.1 connection closed; the request goes on another");
-                    req = *back;
-                }
-                Err(h1::SendError::Failed(e)) => return Err(failed(e)),
-            }
-        }
-        let io = Box::pin(upstream.connect(picked, key.sni(), key.proxy.as_ref())).await?;
-        self.connects.fetch_add(1, Ordering::Relaxed);
-        let home = Return {
-            idle: self.direct.clone(),
-            key,
-        };
-        match h1::send(h1::Connection::new(io), req, home).await {
-            Ok(resp) => Ok(direct(resp)),
-            Err(h1::SendError::Unsent(_, e) | h1::SendError::Failed(e)) => Err(failed(e)),
-        }
-    }
-
-    /// An idle request-driven connection that can take a request now; closed, expired and
-    /// used-up ones are dropped.
-    fn checkout_direct(&self, key: &Key) -> Option<Box<h1::Connection>> {
-        let idle_timeout = key.idle_timeout();
-        let mut idle = self.direct.lock().expect("pool lock");
-        let list = idle.get_mut(key)?;
-        while let Some(mut c) = list.pop() {
-            if c.since.elapsed() < idle_timeout && key.usable(c.opened, c.served) && c.is_open() {
-                return Some(c);
-            }
-        }
-        None
     }
 
     /// An idle connection that can take a request now. Connections still reading their
