@@ -63,7 +63,7 @@ struct TunnelApp {
     source: OnceLock<SourceLabels>,
     /// Requests in flight on the connection, for its idle bounds (the header timeout and
     /// the connection manager's idle timeout).
-    activity: Option<Arc<Activity>>,
+    activity: Arc<Activity>,
 }
 
 /// Serves HTTP/1.1 (`h2c == false`) or HTTP/2 prior knowledge on one tunnel until the
@@ -92,7 +92,7 @@ pub async fn serve(
     // timeout, or the connection manager's idle timeout when shorter. One atomic count per
     // request, rather than hyper's HTTP/1.1 header timer, which allocates and registers a
     // timer for every request.
-    let activity = Some(Activity::new());
+    let activity = Activity::new();
     let idle_after = idle_timeout.map_or(header_timeout, |t| t.min(header_timeout));
     let app = Arc::new(TunnelApp {
         chain: chain(&proxy),
@@ -118,7 +118,7 @@ pub async fn serve(
         // flight for as long is shut down (GOAWAY), which also ends a HEADERS block sent too
         // slowly. The connection manager's idle timeout, when shorter, does the same sooner
         // (Envoy's drain sequence: GOAWAY, then the close).
-        let ended = ended(activity, Some(idle_after), header_timeout, max_duration);
+        let ended = ended(activity, idle_after, header_timeout, max_duration);
         until_shutdown!(conn, shutdown, drain, ended)
     } else {
         // A client that sends its headers too slowly is cut off (slowloris): no request is
@@ -134,7 +134,7 @@ pub async fn serve(
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
-        let ended = ended(activity, Some(idle_after), header_timeout, max_duration);
+        let ended = ended(activity, idle_after, header_timeout, max_duration);
         until_shutdown!(conn, shutdown, drain, ended)
     };
     if let Err(e) = result {
@@ -148,22 +148,17 @@ pub async fn serve(
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resolves when the connection manager ends a connection on its own: no request in
-/// flight on `activity` for `idle_after` (when both are given), or `max_duration` after the
+/// flight on `activity` for `idle_after`, or `max_duration` after the
 /// connection began (Envoy's `common_http_protocol_options.max_connection_duration`).
 /// Gives the reason and how long the connection then has to close: `idle_bound` for the
 /// client to answer GOAWAY's ping when idle, Envoy's drain period when the duration is up.
 async fn ended(
-    activity: Option<Arc<Activity>>,
-    idle_after: Option<Duration>,
+    activity: Arc<Activity>,
+    idle_after: Duration,
     idle_bound: Duration,
     max_duration: Option<Duration>,
 ) -> (&'static str, Duration) {
-    let idle = async {
-        match (&activity, idle_after) {
-            (Some(a), Some(t)) => a.idle_for(t).await,
-            _ => std::future::pending().await,
-        }
-    };
+    let idle = activity.idle_for(idle_after);
     let aged = async {
         match max_duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -302,7 +297,7 @@ impl TunnelApp {
                 return TrackedBody::untracked(resp);
             }
         };
-        let in_flight = InFlight::start(&self.proxy, self.activity.as_ref());
+        let in_flight = InFlight::start(&self.proxy, &self.activity);
         let snapshot = req
             .extensions()
             .get::<RequestContext>()

@@ -78,16 +78,16 @@ impl http_body::Body for Counting {
 /// A request counted in flight from the moment it enters the chain until this is dropped,
 /// then counted done. Dropped with the response body, or with the request when the client
 /// goes away before a response exists (hyper then drops the exchange).
-pub struct InFlight(Arc<Proxy>, #[allow(dead_code)] Option<Busy>);
+pub struct InFlight(Arc<Proxy>, #[allow(dead_code)] Busy);
 
 impl InFlight {
-    /// Counts a request in flight, also on its connection's `activity` when it has one.
-    pub fn start(proxy: &Arc<Proxy>, activity: Option<&Arc<Activity>>) -> Self {
+    /// Counts a request in flight, also on its connection's `activity`.
+    pub fn start(proxy: &Arc<Proxy>, activity: &Arc<Activity>) -> Self {
         proxy
             .stats
             .requests_in_flight
             .fetch_add(1, Ordering::Relaxed);
-        Self(proxy.clone(), activity.map(Activity::begin))
+        Self(proxy.clone(), activity.begin())
     }
 }
 

@@ -52,7 +52,7 @@ pub fn framing(
         headers.remove(header::CONTENT_LENGTH);
         return Ok(Framing::Chunked);
     }
-    if let Some(len) = content_length(headers)? {
+    if let Some(len) = content_length(headers).map_err(H1Error::Request)? {
         return Ok(Framing::Length(len));
     }
     match exact {
@@ -190,7 +190,7 @@ pub fn response_length(method: &Method, head: &ResponseHead) -> Result<BodyLengt
         }
         return Ok(BodyLength::UntilClose);
     }
-    match content_length(&head.headers).map_err(|e| H1Error::Response(e.to_string()))? {
+    match content_length(&head.headers).map_err(H1Error::Response)? {
         Some(0) => Ok(BodyLength::Empty),
         Some(len) => Ok(BodyLength::Length(len)),
         None => Ok(BodyLength::UntilClose),
@@ -221,17 +221,18 @@ fn is_chunked(te: &HeaderValue) -> bool {
         .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
 
-/// The `Content-Length`, when present; several must agree.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
+/// The `Content-Length`, when present; several must agree. The error says what is wrong;
+/// the caller says whose message it was.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
     let mut found = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.to_str().unwrap_or("x").split(',') {
             let n: u64 = part
                 .trim()
                 .parse()
-                .map_err(|_| H1Error::Request(format!("invalid content-length {v:?}")))?;
+                .map_err(|_| format!("invalid content-length {v:?}"))?;
             if found.is_some_and(|f| f != n) {
-                return Err(H1Error::Request("conflicting content-length values".into()));
+                return Err("conflicting content-length values".into());
             }
             found = Some(n);
         }
