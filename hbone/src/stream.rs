@@ -89,6 +89,65 @@ impl H2Stream {
         &self.buf
     }
 
+    /// The next received bytes without a copy: what is buffered first, then each DATA
+    /// frame's payload as h2 hands it over (empty frames skipped); `None` at the end of the
+    /// stream.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.buf.is_empty() {
+            return Poll::Ready(Ok(Some(self.buf.split().freeze())));
+        }
+        while !self.eof {
+            match ready!(self.poll_data(cx))? {
+                Some(data) if data.is_empty() => continue,
+                Some(data) => return Poll::Ready(Ok(Some(data))),
+                None => break,
+            }
+        }
+        Poll::Ready(Ok(None))
+    }
+
+    /// Puts bytes taken with [`Self::poll_recv`] back in front of what is read next.
+    pub fn unread(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut buf = BytesMut::with_capacity(data.len() + self.buf.len());
+        buf.extend_from_slice(data);
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
+    }
+
+    /// Sends all of `data` as DATA frames without copying it (each frame a slice of it),
+    /// as flow control allows; what is sent is taken off the front of `data`.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        while !data.is_empty() {
+            let n = ready!(self.poll_capacity(cx, data.len()))?;
+            self.send
+                .send_data(data.split_to(n), false)
+                .map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Waits until h2 grants capacity to send at least one byte of `want`; returns how many.
+    fn poll_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let want = want.min(MAX_WRITE);
+        self.send.reserve_capacity(want);
+        while self.send.capacity() == 0 {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "HBONE stream closed",
+                    )))
+                }
+            }
+        }
+        Poll::Ready(Ok(self.send.capacity().min(want)))
+    }
+
     /// Receives one more DATA frame into the buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(data) = ready!(self.poll_data(cx))? {
@@ -211,21 +270,7 @@ impl AsyncWrite for H2Stream {
         if total == 0 {
             return Poll::Ready(Ok(0));
         }
-        let want = total.min(MAX_WRITE);
-        this.send.reserve_capacity(want);
-        while this.send.capacity() == 0 {
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "HBONE stream closed",
-                    )))
-                }
-            }
-        }
-        let n = this.send.capacity().min(want);
+        let n = ready!(this.poll_capacity(cx, total))?;
         let mut own;
         let frame = if n <= KEPT_WRITE_BUFFER {
             // Reclaims the memory of earlier frames once h2 has let go of them.

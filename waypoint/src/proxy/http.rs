@@ -24,7 +24,6 @@ use filters::model::{RequestContext, TunnelInfo, UnderscoreHeaders};
 use filters::retry::{RetryLayer, RetryService};
 use filters::route::{RouteLayer, RouteService};
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -54,7 +53,7 @@ fn chain(proxy: &Arc<Proxy>) -> Chain {
 }
 
 /// One tunnel's HTTP state, shared by its requests.
-struct TunnelApp {
+pub(super) struct TunnelApp {
     proxy: Arc<Proxy>,
     info: Arc<TunnelInfo>,
     /// Built once per tunnel; each request runs on a clone.
@@ -87,13 +86,13 @@ pub async fn serve(
             settings.max_connection_duration,
         )
     };
-    let drain = proxy.drain.subscribe();
     // Both servers bound the time without a request in flight (see `idle.rs`): the header
     // timeout, or the connection manager's idle timeout when shorter. One atomic count per
     // request, rather than hyper's HTTP/1.1 header timer, which allocates and registers a
     // timer for every request.
     let activity = Activity::new();
     let idle_after = idle_timeout.map_or(header_timeout, |t| t.min(header_timeout));
+    let max_until = max_duration.map(|d| tokio::time::Instant::now() + d);
     let app = Arc::new(TunnelApp {
         chain: chain(&proxy),
         proxy,
@@ -101,6 +100,20 @@ pub async fn serve(
         source: OnceLock::new(),
         activity: activity.clone(),
     });
+    // Plain HTTP/1.1 requests are served by the tunnel's own server (`h1`); the first
+    // other one hands the connection to hyper's, as does header-case preservation (which
+    // hyper records as requests are read).
+    let stream = if h2c || preserve_case {
+        stream
+    } else {
+        let ended = ended(activity.clone(), idle_after, header_timeout, max_until);
+        let stop = stop(shutdown.clone(), app.proxy.drain.subscribe(), ended);
+        match super::h1::serve(&app, stream, stop).await {
+            super::h1::Served::Closed => return,
+            super::h1::Served::Handoff(stream) => stream,
+        }
+    };
+    let drain = app.proxy.drain.subscribe();
     let service = hyper::service::service_fn(move |req| {
         let app = app.clone();
         async move { app.serve_request(req).await }
@@ -118,7 +131,7 @@ pub async fn serve(
         // flight for as long is shut down (GOAWAY), which also ends a HEADERS block sent too
         // slowly. The connection manager's idle timeout, when shorter, does the same sooner
         // (Envoy's drain sequence: GOAWAY, then the close).
-        let ended = ended(activity, idle_after, header_timeout, max_duration);
+        let ended = ended(activity, idle_after, header_timeout, max_until);
         until_shutdown!(conn, shutdown, drain, ended)
     } else {
         // A client that sends its headers too slowly is cut off (slowloris): no request is
@@ -134,7 +147,7 @@ pub async fn serve(
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
-        let ended = ended(activity, idle_after, header_timeout, max_duration);
+        let ended = ended(activity, idle_after, header_timeout, max_until);
         until_shutdown!(conn, shutdown, drain, ended)
     };
     if let Err(e) = result {
@@ -148,26 +161,52 @@ pub async fn serve(
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resolves when the connection manager ends a connection on its own: no request in
-/// flight on `activity` for `idle_after`, or `max_duration` after the
-/// connection began (Envoy's `common_http_protocol_options.max_connection_duration`).
+/// flight on `activity` for `idle_after`, or at `max_until`, the connection's start plus
+/// Envoy's `common_http_protocol_options.max_connection_duration`.
 /// Gives the reason and how long the connection then has to close: `idle_bound` for the
 /// client to answer GOAWAY's ping when idle, Envoy's drain period when the duration is up.
 async fn ended(
     activity: Arc<Activity>,
     idle_after: Duration,
     idle_bound: Duration,
-    max_duration: Option<Duration>,
+    max_until: Option<tokio::time::Instant>,
 ) -> (&'static str, Duration) {
     let idle = activity.idle_for(idle_after);
     let aged = async {
-        match max_duration {
-            Some(d) => tokio::time::sleep(d).await,
+        match max_until {
+            Some(t) => tokio::time::sleep_until(t).await,
             None => std::future::pending().await,
         }
     };
     tokio::select! {
         () = idle => ("idle or too slow to send a request", idle_bound),
         () = aged => ("at its maximum duration", DRAIN_TIMEOUT),
+    }
+}
+
+/// For the tunnel's own server: resolves when shutdown starts or the listeners are drained
+/// (`None`: requests in flight finish), or when [`ended`] resolves (`Some`: they get its
+/// bound), as [`until_shutdown`] does for hyper's.
+async fn stop(
+    mut shutdown: ShutdownWatch,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    ended: impl std::future::Future<Output = (&'static str, Duration)>,
+) -> Option<Duration> {
+    let drained = async move {
+        if drain.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = shutdown.wait_for(|s| *s) => {
+            drop(r);
+            None
+        }
+        () = drained => None,
+        (why, bound) = ended => {
+            tracing::debug!(why, bound = ?bound, "HTTP connection in tunnel ends");
+            Some(bound)
+        }
     }
 }
 
@@ -211,10 +250,14 @@ impl TunnelApp {
     /// (`headers_with_underscores_action`: dropped, or the request refused; on HTTP/2 by
     /// resetting its stream, the error hyper turns into RST_STREAM `PROTOCOL_ERROR`), then
     /// [`Self::exchange`].
-    async fn serve_request(
+    pub(super) async fn serve_request<B>(
         &self,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<TrackedBody>, h2::Error> {
+        mut req: Request<B>,
+    ) -> Result<Response<TrackedBody>, h2::Error>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<filters::body::BoxError>,
+    {
         let snapshot = self.proxy.config.current();
         let mut refuse_underscore = false;
         match snapshot.request_headers().underscore_headers {
@@ -240,12 +283,16 @@ impl TunnelApp {
     /// Runs one request through the filter chain, under `snapshot`; the response's body
     /// reports to telemetry when it ends. With `refuse_underscore` (an HTTP/1 request with
     /// a header name Envoy's codec refuses) it is answered 400 and the connection closed.
-    async fn exchange(
+    async fn exchange<B>(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         snapshot: Arc<filters::model::Snapshot>,
         refuse_underscore: bool,
-    ) -> Response<TrackedBody> {
+    ) -> Response<TrackedBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<filters::body::BoxError>,
+    {
         let h2 = req.version() == Version::HTTP_2;
         // HTTP/1.0 is answered 426 unless the connection manager accepts it (Envoy's
         // `accept_http_10`), before anything else is looked at; accepted, a request without
@@ -397,12 +444,16 @@ impl TunnelApp {
 
     /// Converts hyper's request into the chain's form: origin-form URI plus a Host header,
     /// hop-by-hop headers removed, the body counted, the tunnel's context attached.
-    fn request(
+    fn request<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         upgrade: bool,
         snapshot: Arc<filters::model::Snapshot>,
-    ) -> Result<Accepted, Refused> {
+    ) -> Result<Accepted, Refused>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<filters::body::BoxError>,
+    {
         let (mut parts, incoming) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         // RFC 9112 3.2: several Host headers are a bad request (authorization would read one,

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use filters::body::{Body, BoxError};
 use http::Response;
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::idle::{Activity, Busy};
 use super::stream_idle::{Expiry, IdleWatch, StreamIdle};
@@ -32,7 +31,11 @@ impl Received {
 
 /// The client's request body as the chain's [`Body`], counting what it yields (and, with
 /// a stream idle timeout, recording each frame as activity).
-pub fn count_request(incoming: Incoming, idle: Option<Arc<StreamIdle>>) -> (Body, Received) {
+pub fn count_request<B>(incoming: B, idle: Option<Arc<StreamIdle>>) -> (Body, Received)
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let received = Received(Arc::new(AtomicU64::new(0)));
     let body = Counting {
         inner: incoming,
@@ -42,20 +45,20 @@ pub fn count_request(incoming: Incoming, idle: Option<Arc<StreamIdle>>) -> (Body
     (Body::new(body), received)
 }
 
-struct Counting {
-    inner: Incoming,
+struct Counting<B> {
+    inner: B,
     count: Received,
     idle: Option<Arc<StreamIdle>>,
 }
 
-impl http_body::Body for Counting {
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Counting<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
             self.count.0.fetch_add(data.len() as u64, Ordering::Relaxed);
