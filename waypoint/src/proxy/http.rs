@@ -1,18 +1,18 @@
-//! HTTP inside a tunnel: hyper's server reads HTTP/1.1 (keep-alive) or h2c prior knowledge
-//! off the tunnel; each request runs through the tower filter chain, and the response
-//! streams back as the upstream sends it.
+//! HTTP inside a tunnel: plain HTTP/1.1 requests are read by the tunnel's own server
+//! ([`super::h1`]); the first other one (chunked, `Expect`, upgrades, HTTP/1.0, malformed
+//! input) hands the connection to hyper's HTTP/1.1 server, and h2c prior knowledge is
+//! hyper's from the start. Either way each request runs through the tower filter chain
+//! ([`TunnelApp::serve_request`]), and the response streams back as the upstream sends it.
 //!
 //! ```text
-//!  H2Stream ──hyper server──► http::Request<Incoming> ──► filter chain ──► upstream
-//!     ▲                                                        │
-//!     └── hyper streams the http::Response<Body> ◄─────────────┘
+//!  H2Stream ──h1 or hyper──► http::Request<_> ──► filter chain ──► upstream
+//!     ▲                                                   │
+//!     └── the http::Response<Body> streams back ◄─────────┘
 //!         (wrapped in TrackedBody: bytes, grpc-status, telemetry at the end)
 //! ```
 //!
 //! The request body goes upstream as it arrives, and a response may start before it ends
-//! (full duplex). hyper's server is the same code as the upstream client (one HTTP/1.1
-//! implementation on the hot path, not two), and it hands requests and responses over as
-//! `http` types, with no conversion.
+//! (full duplex). Both servers hand requests and responses over as `http` types.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -116,6 +116,23 @@ impl Connection {
         matches!(self.poll_fill(&mut cx), Poll::Pending)
     }
 
+    /// With nothing buffered on an HBONE connection: the next received bytes as h2 handed
+    /// them over (`None` inside: the stream ended). `None` for other connections, or with
+    /// bytes buffered.
+    fn poll_recv_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<io::Result<Option<bytes::Bytes>>>> {
+        match &mut self.io {
+            UpstreamIo::Hbone(s) if self.read.is_empty() => Some(s.poll_recv(cx)),
+            _ => None,
+        }
+    }
+
+    fn is_hbone(&self) -> bool {
+        matches!(self.io, UpstreamIo::Hbone(_))
+    }
+
     /// Reads more bytes into the read buffer: how many (0 at end of stream).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {

@@ -225,3 +225,64 @@ async fn a_request_on_a_connection_that_cannot_be_written_comes_back_unsent() {
         Ok(_) => panic!("answered"),
     }
 }
+
+/// An HBONE stream over memory as the connection's I/O, and the endpoint's end of it:
+/// what the endpoint sends on it arrives as DATA frames of exactly those bytes.
+async fn hbone_connection() -> (h2::SendStream<bytes::Bytes>, Box<Connection>) {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let ours = tokio::spawn(async move {
+        let mut conn = h2::server::handshake(b).await.unwrap();
+        let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+        let send = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        hbone::H2Stream::new(send, req.into_body())
+    });
+    let (client, conn) = h2::client::handshake(a).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("127.0.0.1:80")
+        .body(())
+        .unwrap();
+    let (resp, peer) = client.send_request(req, false).unwrap();
+    // What the waypoint writes (the request) is read and dropped.
+    tokio::spawn(async move {
+        let mut body = resp.await.unwrap().into_body();
+        while let Some(Ok(d)) = body.data().await {
+            let _ = body.flow_control().release_capacity(d.len());
+        }
+    });
+    let stream = ours.await.unwrap();
+    (peer, Connection::new(UpstreamIo::Hbone(stream)))
+}
+
+#[tokio::test]
+async fn body_frames_of_an_hbone_stream_are_taken_as_received() {
+    let (mut peer, conn) = hbone_connection().await;
+    let data = |s: &'static str| bytes::Bytes::from_static(s.as_bytes());
+    peer.send_data(
+        data("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\nhel"),
+        false,
+    )
+    .unwrap();
+    let shelf = Shelf::default();
+    let resp = send(conn, get("/"), shelf.clone()).await.ok().unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"hel");
+    // A frame of body alone comes through as it is, the very bytes h2 received.
+    let middle = data("lo wor");
+    peer.send_data(middle.clone(), false).unwrap();
+    let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(got, middle);
+    // The last frame carries the body's end and bytes past it: the body stops at its
+    // length, and the connection, with unasked bytes, is not reused.
+    peer.send_data(data("ld!HTTP/1.1"), false).unwrap();
+    let last = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&last[..], b"ld!");
+    assert!(body.frame().await.is_none());
+    assert!(shelf.take().is_none(), "bytes past the body: not reused");
+}
