@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::proxy;
 use crate::state::{Gauge, Proxy};
 use crate::telemetry::listener_log;
+use crate::woken::OnWake;
 use filters::connect::forwarded_for;
 use hbone::tls::SpiffeClientVerifier;
 use hbone::{settings, H2Stream};
@@ -103,7 +104,7 @@ impl HboneInbound {
         stream: Stream,
         peer: Identity,
         addrs: (Option<SocketAddr>, Option<SocketAddr>),
-        mut shutdown: ShutdownWatch,
+        shutdown: ShutdownWatch,
     ) {
         let _conn = Gauge::inc(&self.proxy.stats.hbone_connections);
         let registered = self.proxy.connections.register();
@@ -121,32 +122,29 @@ impl HboneInbound {
                 return;
             }
         };
+        // The signals beside the connection's I/O are polled only when they fire
+        // (`OnWake`), not on every wake of the connection's task.
         let keepalive = conn.ping_pong().map(settings::keepalive);
-        let keepalive = async move {
+        let keepalive = OnWake::new(async move {
             match keepalive {
                 Some(k) => k.await,
                 None => std::future::pending().await,
             }
-        };
+        });
         tokio::pin!(keepalive);
-        // The connection's maximum age, with up to 10% jitter so that connections opened
-        // together do not all leave together.
-        let max_age = self.proxy.options.max_connection_age;
-        let aged = async move {
-            match max_age {
-                Some(age) => {
-                    let jitter = age.mul_f64(rand::random::<f64>() * 0.1);
-                    tokio::time::sleep(age + jitter).await
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(aged);
         let mut drain = self.proxy.drain.subscribe();
         let mut draining = *shutdown.borrow() || *drain.borrow_and_update();
         if draining {
             conn.graceful_shutdown();
         }
+        let max_age = self.proxy.options.max_connection_age;
+        let leave = OnWake::new(why_leave(
+            shutdown.clone(),
+            drain,
+            max_age,
+            &registered.leave,
+        ));
+        tokio::pin!(leave);
         loop {
             tokio::select! {
                 accepted = conn.accept() => match accepted {
@@ -173,32 +171,20 @@ impl HboneInbound {
                         break;
                     }
                 },
-                changed = shutdown.changed(), if !draining => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        draining = true;
-                        tracing::debug!("draining: GOAWAY sent");
-                        conn.graceful_shutdown();
-                    }
-                }
-                changed = drain.changed(), if !draining => {
-                    if changed.is_ok() && *drain.borrow() {
-                        draining = true;
-                        tracing::debug!("listeners drained: GOAWAY sent");
-                        conn.graceful_shutdown();
-                    }
-                }
-                () = &mut aged, if !draining => {
+                why = &mut leave, if !draining => {
                     draining = true;
-                    self.proxy
-                        .stats
-                        .connections_aged_out
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(max_age = ?max_age, "HBONE connection reached its maximum age: GOAWAY sent");
-                    conn.graceful_shutdown();
-                }
-                () = registered.leave.notified(), if !draining => {
-                    draining = true;
-                    tracing::info!("HBONE connection asked to leave to rebalance load: GOAWAY sent");
+                    match why {
+                        Leave::Shutdown => tracing::debug!("draining: GOAWAY sent"),
+                        Leave::Drained => tracing::debug!("listeners drained: GOAWAY sent"),
+                        Leave::Aged => {
+                            self.proxy
+                                .stats
+                                .connections_aged_out
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!(max_age = ?max_age, "HBONE connection reached its maximum age: GOAWAY sent");
+                        }
+                        Leave::Rebalance => tracing::info!("HBONE connection asked to leave to rebalance load: GOAWAY sent"),
+                    }
                     conn.graceful_shutdown();
                 }
                 why = &mut keepalive => {
@@ -330,5 +316,60 @@ impl OnConnection {
 impl Drop for OnConnection {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Why an HBONE connection stops taking tunnels (GOAWAY).
+enum Leave {
+    /// The process is shutting down.
+    Shutdown,
+    /// The listeners were drained (`/drain_listeners`).
+    Drained,
+    /// It reached its maximum age.
+    Aged,
+    /// The rebalancer asked it to leave.
+    Rebalance,
+}
+
+/// Resolves with the first reason for the connection to leave: shutdown, a listener drain,
+/// its maximum age (with up to 10% jitter, so that connections opened together do not all
+/// leave together), or the rebalancer's request.
+async fn why_leave(
+    mut shutdown: ShutdownWatch,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    max_age: Option<std::time::Duration>,
+    rebalance: &tokio::sync::Notify,
+) -> Leave {
+    let shut = async {
+        loop {
+            if shutdown.changed().await.is_err() || *shutdown.borrow() {
+                return;
+            }
+        }
+    };
+    let drained = async {
+        loop {
+            if drain.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if *drain.borrow() {
+                return;
+            }
+        }
+    };
+    let aged = async move {
+        match max_age {
+            Some(age) => {
+                let jitter = age.mul_f64(rand::random::<f64>() * 0.1);
+                tokio::time::sleep(age + jitter).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shut => Leave::Shutdown,
+        () = drained => Leave::Drained,
+        () = aged => Leave::Aged,
+        () = rebalance.notified() => Leave::Rebalance,
     }
 }

@@ -107,7 +107,9 @@ pub async fn serve(
         stream
     } else {
         let ended = ended(activity.clone(), idle_after, header_timeout, max_until);
-        let stop = stop(shutdown.clone(), app.proxy.drain.subscribe(), ended);
+        // Polled when one of its signals fires, not on every wake of the tunnel's task.
+        let stop =
+            crate::woken::OnWake::new(stop(shutdown.clone(), app.proxy.drain.subscribe(), ended));
         match super::h1::serve(&app, stream, stop).await {
             super::h1::Served::Closed => return,
             super::h1::Served::Handoff(stream) => stream,

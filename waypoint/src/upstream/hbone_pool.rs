@@ -214,13 +214,14 @@ impl HbonePool {
         let driver_shared = shared.clone();
         let epoch = self.epoch;
         tokio::spawn(async move {
-            let keepalive = async move {
+            // Polled when they fire, not on every wake of the connection's task.
+            let keepalive = crate::woken::OnWake::new(async move {
                 match keepalive {
                     Some(k) => k.await,
                     None => std::future::pending().await,
                 }
-            };
-            let idle = async {
+            });
+            let idle = crate::woken::OnWake::new(async {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
@@ -232,7 +233,7 @@ impl HbonePool {
                         return;
                     }
                 }
-            };
+            });
             tokio::select! {
                 r = &mut conn => if let Err(e) = r { tracing::debug!(%addr, error = %e, "HBONE upstream connection ended") },
                 why = keepalive => tracing::info!(%addr, reason = why, "closing HBONE upstream connection"),
