@@ -312,6 +312,7 @@ async fn run(snapshot: &Arc<Snapshot>, input: Input, sink: &Sink) -> Answer {
         baggage: None,
         traceparent: None,
         principal_cache: Default::default(),
+        log_slot: Default::default(),
     });
     let mut req = Request::new(body::empty());
     *req.method_mut() = input.method;

@@ -24,7 +24,7 @@ pub use identity::{Identity, InvalidIdentity};
 pub use protocol::{Protocol, UpstreamProtocol};
 pub use proxy_protocol::{ProxyHeader, ProxyProtocolVersion};
 pub use request_headers::{request_id, RequestHeaders, UnderscoreHeaders};
-pub use request_log::{RequestLog, Upstream};
+pub use request_log::{LogSlot, RequestLog, Upstream};
 pub use snapshot::{
     bound, route_key, with_key, with_service_key, ConflictingAddress, Endpoint, NamespacedName,
     OriginalDst, Service, ServicePort, Snapshot, SnapshotParts, Target, TargetPort, Unlisted,
@@ -61,6 +61,8 @@ pub struct TunnelInfo {
     /// on every request); start it empty (`Default::default()`) and read it with
     /// [`TunnelInfo::principal`] or [`TunnelInfo::principal_uri`].
     pub principal_cache: std::sync::OnceLock<String>,
+    /// The request log the tunnel's next request reuses (start it `Default::default()`).
+    pub log_slot: LogSlot,
 }
 
 impl TunnelInfo {
@@ -164,6 +166,7 @@ pub(crate) mod test_support {
                 baggage: None,
                 traceparent: None,
                 principal_cache: Default::default(),
+                log_slot: Default::default(),
             }),
         }
     }

@@ -542,6 +542,7 @@ mod tests {
                 baggage: None,
                 traceparent: None,
                 principal_cache: Default::default(),
+                log_slot: Default::default(),
             }),
         }
     }

@@ -285,6 +285,7 @@ impl HboneInbound {
             baggage: header("baggage"),
             traceparent: header("traceparent"),
             principal_cache: Default::default(),
+            log_slot: Default::default(),
         });
         let send = match respond.send_response(Response::new(()), false) {
             Ok(s) => s,

@@ -108,7 +108,8 @@ impl RequestTelemetry {
             start,
             || server_attributes(req, &tunnel, &snapshot, path),
         );
-        let log = RequestLog::default();
+        // The log of the tunnel's previous request when it is done with it (HTTP/1.1).
+        let log = tunnel.log_slot.take();
         if let Some(ctx) = req
             .extensions_mut()
             .get_mut::<filters::model::RequestContext>()
@@ -287,6 +288,8 @@ impl RequestTelemetry {
                 .access_log
                 .log(&self.snapshot, logs, record, &facts);
         }
+        // Everything above read its copy: the log goes back for the tunnel's next request.
+        self.tunnel.log_slot.put(self.log);
     }
 }
 
