@@ -21,6 +21,7 @@ pub mod allocations;
 mod istiod;
 mod nginx;
 mod proxies;
+mod record_crypto;
 mod relay;
 mod report;
 mod tls_floor;
@@ -38,7 +39,7 @@ use clap::Args;
 use filters::model::Identity;
 use hbone::tls::{client_config, CertStore, DevCa};
 use proxies::{start_proxies, stop_proxies, Proxies};
-use report::{render, Handshakes, Row};
+use report::{render, Handshakes, RecordFloor, Row};
 use testkit::client::HboneClient;
 use testkit::echo::EchoIdentity;
 use testkit::loadgen::{self, LoadConfig, LoadReport};
@@ -190,6 +191,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     .await?;
     let allocations = count_allocations(&a, &fx, &proxies, dir.path()).await;
     stop_proxies(&mut proxies).await;
+    let record_floor = measure_record_floor(&a, &fx, &clients.certs);
 
     let md = render(
         &a,
@@ -200,6 +202,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
         rss_idle,
         &hs,
         &allocations,
+        &record_floor,
         duration,
         &peer_note,
     );
@@ -238,6 +241,61 @@ async fn count_allocations(
         out.push((scenario, counted.map_err(|e| format!("{e:#}"))));
     }
     out
+}
+
+/// The record-crypto floor per response size and the cost of a 16 KiB copy
+/// ([`record_crypto`]), timed on a thread pinned to the proxy core once the proxies are
+/// stopped, with the AEAD of the suite the HBONE handshake negotiates.
+fn measure_record_floor(a: &BenchArgs, fx: &Fixture, client_certs: &Arc<CertStore>) -> RecordFloor {
+    let suite = fx
+        .ca
+        .issue(&fx.waypoint_id)
+        .and_then(|c| c.certs())
+        .map_err(anyhow::Error::from)
+        .and_then(|certs| {
+            tls_floor::negotiated_suite(
+                Arc::new(CertStore::fixed(certs)),
+                client_certs.clone(),
+                &fx.waypoint_id,
+            )
+        });
+    let suite = match suite {
+        Ok(s) => s.suite(),
+        Err(e) => return RecordFloor::unmeasured(format!("no handshake: {e:#}")),
+    };
+    let Some(alg) = record_crypto::aead_of(suite) else {
+        return RecordFloor::unmeasured(format!("no ring AEAD known for {suite:?}"));
+    };
+    // Bounded by a count and by wall time per measure (a quick run stays quick).
+    let (rounds, copies, cap) = if a.quick {
+        (200, 2_000, Duration::from_millis(100))
+    } else {
+        (5_000, 100_000, Duration::from_secs(1))
+    };
+    let sizes = a.sizes.clone();
+    let core = a.proxy_core;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pin_self(core);
+                let per_size = sizes
+                    .iter()
+                    .map(|&size| {
+                        let m = record_crypto::per_request(alg, size, rounds, cap);
+                        (size, m.map_err(|e| format!("{e:#}")))
+                    })
+                    .collect();
+                let copy =
+                    record_crypto::copy(16 * 1024, copies, cap).map_err(|e| format!("{e:#}"));
+                RecordFloor {
+                    suite: format!("{suite:?}"),
+                    per_size,
+                    copy,
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| RecordFloor::unmeasured("the measuring thread panicked".into()))
+    })
 }
 
 /// The dev CA, the identities, the fake destination pod and the mesh configuration file.

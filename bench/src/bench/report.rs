@@ -43,6 +43,37 @@ pub struct Handshakes {
     pub floor: Option<Duration>,
 }
 
+/// The record-crypto floor ([`super::record_crypto`]): per response size, and one 16 KiB
+/// plaintext copy.
+pub struct RecordFloor {
+    /// The cipher suite the HBONE handshake negotiated (its AEAD is the one timed).
+    pub suite: String,
+    /// Per response size: seal + open of the response and of a request head, or why not.
+    pub per_size: Vec<(usize, Result<super::record_crypto::Measured, String>)>,
+    /// One 16 KiB `memcpy`, or why not.
+    pub copy: Result<super::record_crypto::Measured, String>,
+}
+
+impl RecordFloor {
+    /// Nothing measured, for `why`.
+    pub fn unmeasured(why: String) -> Self {
+        Self {
+            suite: "-".into(),
+            per_size: Vec::new(),
+            copy: Err(why),
+        }
+    }
+
+    /// Record crypto per request at `size`, µs (NaN when unmeasured).
+    fn crypto_us(&self, size: usize) -> f64 {
+        self.per_size
+            .iter()
+            .find(|(s, _)| *s == size)
+            .and_then(|(_, m)| m.as_ref().ok())
+            .map_or(f64::NAN, |m| m.per_round.as_secs_f64() * 1e6)
+    }
+}
+
 /// The rows of one scenario, response size and load mode, one per round.
 fn pick<'a>(rows: &'a [Row], scenario: &str, size: usize, mode: &str) -> Vec<&'a Row> {
     rows.iter()
@@ -164,17 +195,23 @@ fn push_handshakes(md: &mut String, hs: &Handshakes, duration: Duration) {
 }
 
 /// The relay floor: what is left for TLS, HTTP/2 and HTTP once the kernel and the
-/// runtime have taken their share of each request.
-fn push_relay_floor(md: &mut String, rows: &[Row]) {
+/// runtime have taken their share of each request; of that, at least the record crypto.
+fn push_relay_floor(md: &mut String, rows: &[Row], crypto: &RecordFloor) {
     for size in [1024usize, 16384] {
         for mode in ["fixed", "saturation"] {
             let r = median_cpu(rows, "relay", size, mode);
             if r.is_finite() {
+                let c = crypto.crypto_us(size);
                 let mut above = String::new();
                 for scenario in ["waypoint", "istiod"] {
                     let w = median_cpu(rows, scenario, size, mode);
                     if w.is_finite() {
                         above.push_str(&format!("; {scenario} {:.1} µs above it", w - r));
+                        if c.is_finite() {
+                            above.push_str(&format!(
+                                ", of which at least {c:.1} µs is record crypto"
+                            ));
+                        }
                     }
                 }
                 md.push_str(&format!(
@@ -184,6 +221,37 @@ fn push_relay_floor(md: &mut String, rows: &[Row]) {
             }
         }
     }
+}
+
+/// The record-crypto floor per response size and the 16 KiB copy.
+fn push_record_floor(md: &mut String, f: &RecordFloor) {
+    for (size, m) in &f.per_size {
+        let value = match m {
+            Ok(m) => format!(
+                "{:.2} µs per request ({} rounds)",
+                m.per_round.as_secs_f64() * 1e6,
+                m.rounds
+            ),
+            Err(why) => format!("not measured: {why}"),
+        };
+        md.push_str(&format!(
+            "| floor: TLS record crypto of a proxy terminating TLS on both sides, {} KiB (seal + open of the response and of a {}-byte request head; {}, ring, on the proxy core) | {value} |\n",
+            size / 1024,
+            super::record_crypto::REQUEST_HEAD,
+            f.suite,
+        ));
+    }
+    let value = match &f.copy {
+        Ok(m) => format!(
+            "{:.2} µs ({} rounds)",
+            m.per_round.as_secs_f64() * 1e6,
+            m.rounds
+        ),
+        Err(why) => format!("not measured: {why}"),
+    };
+    md.push_str(&format!(
+        "| one plaintext copy of 16 KiB (memcpy between two buffers hot in cache, on the proxy core; each copy of a body counts against the 16 KiB target) | {value} |\n"
+    ));
 }
 
 /// Allocations per request, counted ([`super::allocations`]).
@@ -234,6 +302,7 @@ pub fn render(
     rss_idle: u64,
     hs: &Handshakes,
     allocations: &[(&str, Result<f64, String>)],
+    record_floor: &RecordFloor,
     duration: Duration,
     peer_note: &str,
 ) -> String {
@@ -252,7 +321,8 @@ pub fn render(
     if !a.no_handshakes {
         push_handshakes(&mut md, hs, duration);
     }
-    push_relay_floor(&mut md, rows);
+    push_relay_floor(&mut md, rows, record_floor);
+    push_record_floor(&mut md, record_floor);
     push_allocations(&mut md, allocations);
     push_cpu_ratios(&mut md, rows);
     md.push_str(&format!("\n{peer_note}\n"));
