@@ -11,7 +11,7 @@ mod layer;
 pub mod limit;
 pub mod replay;
 
-pub use layer::{RetryLayer, RetryService};
+pub use layer::{RetryFuture, RetryLayer, RetryService};
 
 use std::time::Duration;
 
