@@ -496,6 +496,11 @@ async fn access_log_names_the_matched_route_and_the_denying_policy() {
         )),
         "{denied}"
     );
+    // The second request on the tunnel reuses the first one's request log, emptied: the
+    // denied request never went upstream, so it names no upstream host.
+    let pod = format!("{}:8080", h.pods[0].ip);
+    assert!(!denied.contains(&pod), "{denied}");
+    assert!(routed.contains(&pod), "{routed}");
 }
 
 #[tokio::test]
