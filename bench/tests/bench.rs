@@ -59,4 +59,34 @@ fn the_relay_floor_and_the_istiod_scenario_carry_traffic_and_report_cpu() {
         md.contains("| CPU per request istiod/waypoint, 1 KiB, fixed |"),
         "{md}"
     );
+    // The record-crypto floor, with the suite the HBONE handshake negotiated (rustls with
+    // ring's default suites: AES-256-GCM first), and its share of the distance to the relay.
+    let crypto = md
+        .lines()
+        .find(|l| l.starts_with("| floor: TLS record crypto") && l.contains(", 1 KiB ("))
+        .unwrap_or_else(|| panic!("no record-crypto row: {md}"));
+    assert!(crypto.contains("TLS13_AES_256_GCM_SHA384"), "{crypto}");
+    let us = |line: &str| -> f64 {
+        let value = line
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .unwrap()
+            .trim();
+        value.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(us(crypto) > 0.0, "{crypto}");
+    let relay = md
+        .lines()
+        .find(|l| l.starts_with("| floor: a byte relay") && l.contains("1 KiB, fixed"))
+        .unwrap();
+    assert!(
+        relay.contains("waypoint") && relay.contains("µs is record crypto"),
+        "{relay}"
+    );
+    let copy = md
+        .lines()
+        .find(|l| l.starts_with("| one plaintext copy of 16 KiB"))
+        .unwrap_or_else(|| panic!("no copy row: {md}"));
+    assert!(us(copy) > 0.0, "{copy}");
 }
