@@ -102,7 +102,7 @@ impl Nginx {
         }
     }
 
-    /// utime + stime of the master and the worker, seconds.
+    /// CPU time of the master and the worker, seconds.
     pub fn cpu_seconds(&self) -> f64 {
         super::cpu_seconds(self.child.id()) + super::cpu_seconds(self.worker)
     }

@@ -82,7 +82,7 @@ impl Relay {
         }
     }
 
-    /// utime + stime, seconds.
+    /// CPU time, seconds.
     pub fn cpu_seconds(&self) -> f64 {
         super::cpu_seconds(self.child.id())
     }
