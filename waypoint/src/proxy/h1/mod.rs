@@ -62,6 +62,7 @@ impl Shared {
     }
 }
 
+/// The tunnel and what has been received on it but not yet served.
 pub(super) struct Conn {
     stream: H2Stream,
     /// Received and not yet taken: the rest of a body, or the next request.
@@ -102,8 +103,7 @@ pub(super) async fn serve(
             Next::Broken => return Served::Closed,
             Next::Other => return handoff(shared),
         };
-        let work = pin!(exchange(app, &shared, plain, &closing, &mut out));
-        let mut work = work;
+        let mut work = pin!(exchange(app, &shared, plain, &closing, &mut out));
         let step = tokio::select! {
             step = work.as_mut() => step,
             bound = &mut stop => {
