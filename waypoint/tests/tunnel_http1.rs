@@ -226,42 +226,39 @@ async fn responses_are_framed_alike_whichever_server_wrote_them() {
     assert_eq!(answers[0][3].body, b"xxx");
 }
 
-#[tokio::test]
-async fn connection_close_ends_the_tunnel_after_the_response() {
-    let h = Harness::start(Spec::default()).await;
+/// Sends `request` on a new tunnel and reads until the waypoint ends the tunnel: the one
+/// answer, which must be all that came.
+async fn only_answer_before_the_end(h: &Harness, request: &[u8]) -> Answer {
     let conn = h.client().connect().await.unwrap();
     let mut tunnel = conn.tunnel(authority(80), &[]).await.unwrap();
-    tunnel
-        .write_all(b"GET /bye HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    tunnel.write_all(request).await.unwrap();
     let mut all = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut all))
         .await
         .expect("the tunnel ends")
         .unwrap();
     let (answer, used) = parse_answer(&all, false).expect("a whole response");
-    assert_eq!((answer.status, used), (200, all.len()));
+    assert_eq!(used, all.len(), "nothing after the answer");
+    answer
+}
+
+#[tokio::test]
+async fn connection_close_ends_the_tunnel_after_the_response() {
+    let h = Harness::start(Spec::default()).await;
+    let request = b"GET /bye HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n";
+    let answer = only_answer_before_the_end(&h, request).await;
+    assert_eq!(answer.status, 200);
     assert_eq!(answer.header("connection"), Some("close"));
 }
 
 #[tokio::test]
 async fn a_request_body_left_unread_closes_the_tunnel_after_the_answer() {
     let h = Harness::start(Spec::default()).await;
-    let conn = h.client().connect().await.unwrap();
-    let mut tunnel = conn.tunnel(authority(80), &[]).await.unwrap();
     // Two Host headers: refused (400) before anything reads the 100-byte body, of which
     // only 10 bytes have come.
-    tunnel
-        .write_all(b"POST / HTTP/1.1\r\nHost: echo\r\nHost: other\r\nContent-Length: 100\r\n\r\n0123456789")
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut all))
-        .await
-        .expect("the tunnel ends")
-        .unwrap();
-    let (answer, used) = parse_answer(&all, false).expect("a whole response");
-    assert_eq!((answer.status, used), (400, all.len()));
+    let request =
+        b"POST / HTTP/1.1\r\nHost: echo\r\nHost: other\r\nContent-Length: 100\r\n\r\n0123456789";
+    let answer = only_answer_before_the_end(&h, request).await;
+    assert_eq!(answer.status, 400);
     assert_eq!(h.connects(), 0, "nothing reached a pod");
 }

@@ -214,7 +214,12 @@ mod tests {
                 match rng.gen_range(0..5) {
                     0 => raw[at] = rng.gen(),
                     1 => raw.truncate(at.max(1)),
-                    2 => raw.insert(at, *[b'\r', b'\n', b':', b' ', b','].get(rng.gen_range(0..5)).unwrap()),
+                    2 => raw.insert(
+                        at,
+                        *[b'\r', b'\n', b':', b' ', b',']
+                            .get(rng.gen_range(0..5))
+                            .unwrap(),
+                    ),
                     3 => {
                         let piece = raw[at..].iter().take(12).copied().collect::<Vec<_>>();
                         raw.splice(at..at, piece);
@@ -238,7 +243,10 @@ mod tests {
                         .map(|h| h.value)
                         .collect();
                     assert!(lengths.len() <= 1, "{buf:?}");
-                    assert_eq!(p.body_len, lengths.first().map_or(0, |v| digits(v).unwrap()));
+                    assert_eq!(
+                        p.body_len,
+                        lengths.first().map_or(0, |v| digits(v).unwrap())
+                    );
                     for h in req.headers.iter() {
                         for name in ["transfer-encoding", "expect", "upgrade", "te"] {
                             assert!(!h.name.eq_ignore_ascii_case(name), "{buf:?}");
@@ -251,7 +259,10 @@ mod tests {
             }
         }
         // Both outcomes are exercised.
-        assert!(plain > 1_000 && other > 1_000, "plain {plain}, other {other}");
+        assert!(
+            plain > 1_000 && other > 1_000,
+            "plain {plain}, other {other}"
+        );
     }
 
     #[test]
