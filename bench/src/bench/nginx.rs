@@ -104,7 +104,7 @@ impl Nginx {
 
     /// CPU time of the master and the worker, seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        super::cpu_seconds(self.child.id()) + super::cpu_seconds(self.worker)
+        super::cpu::cpu_seconds(self.child.id()) + super::cpu::cpu_seconds(self.worker)
     }
 
     /// Peak resident memory (`VmHWM`) of the master plus the worker, KiB.

@@ -84,7 +84,7 @@ impl Relay {
 
     /// CPU time, seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        super::cpu_seconds(self.child.id())
+        super::cpu::cpu_seconds(self.child.id())
     }
 }
 
