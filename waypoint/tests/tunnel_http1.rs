@@ -182,6 +182,28 @@ async fn a_body_split_across_frames_is_forwarded_and_the_request_after_it_served
 }
 
 #[tokio::test]
+async fn a_head_sent_a_byte_per_frame_is_served_and_so_is_the_next() {
+    let h = Harness::start(Spec::default()).await;
+    let conn = h.client().connect().await.unwrap();
+    let mut tunnel = conn.tunnel(authority(80), &[]).await.unwrap();
+    let long = "v".repeat(1500);
+    let head = format!("GET /bytewise HTTP/1.1\r\nHost: echo\r\nX-Long: {long}\r\n\r\n");
+    // Each write is one DATA frame of one byte.
+    for b in head.as_bytes() {
+        tunnel.write_all(&[*b]).await.unwrap();
+    }
+    let answer = read_answers(&mut tunnel, 1, &[]).await;
+    assert_eq!(answer[0].json()["path"], "/bytewise");
+    assert_eq!(answer[0].json()["headers"]["X-Long"][0], long.as_str());
+    tunnel
+        .write_all(b"GET /after HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let after = read_answers(&mut tunnel, 1, &[]).await;
+    assert_eq!(after[0].json()["path"], "/after");
+}
+
+#[tokio::test]
 async fn responses_are_framed_alike_whichever_server_wrote_them() {
     let h = Harness::start(Spec::default()).await;
     let conn = h.client().connect().await.unwrap();

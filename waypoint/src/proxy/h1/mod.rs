@@ -67,6 +67,9 @@ pub(super) struct Conn {
     stream: H2Stream,
     /// Received and not yet taken: the rest of a body, or the next request.
     leftover: Bytes,
+    /// A request head arriving in pieces, gathered (empty otherwise; while it is not,
+    /// `leftover` holds a copy of it as of its last complete line).
+    partial: BytesMut,
     /// Body bytes of the current request still to be read from the tunnel.
     body_left: u64,
 }
@@ -85,6 +88,7 @@ pub(super) async fn serve(
     let shared = Arc::new(Shared(Mutex::new(Conn {
         stream,
         leftover: Bytes::new(),
+        partial: BytesMut::new(),
         body_left: 0,
     })));
     let mut out = BytesMut::new();
@@ -145,34 +149,54 @@ enum Next {
     Other,
 }
 
-/// Waits for the next request head.
+/// Waits for the next request head. A head that arrives whole in one frame is parsed where
+/// it lies; one that arrives in pieces is gathered in `partial` (amortized growth, not a new
+/// copy per piece) and parsed again only when a piece ends a line, so a head sent a byte per
+/// frame costs a parse per line rather than per byte.
 async fn read_head(shared: &Shared, headers: HeaderMap) -> Next {
     let mut headers = Some(headers);
     poll_fn(|cx| {
         let mut conn = shared.lock();
+        let conn = &mut *conn;
         loop {
-            if !conn.leftover.is_empty() {
+            if !conn.leftover.is_empty() && conn.partial.is_empty() {
                 match parse::parse(&conn.leftover, headers.take().unwrap_or_default()) {
                     Parsed::Plain(p) => {
                         let _ = conn.leftover.split_to(p.head_len);
                         return Poll::Ready(Next::Plain(p));
                     }
                     Parsed::Other => return Poll::Ready(Next::Other),
-                    Parsed::Partial => {}
+                    Parsed::Partial => conn.partial.extend_from_slice(&conn.leftover),
                 }
             }
             match conn.stream.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(Some(data))) if conn.leftover.is_empty() => conn.leftover = data,
+                Poll::Ready(Ok(Some(data))) if conn.partial.is_empty() => conn.leftover = data,
                 Poll::Ready(Ok(Some(data))) => {
-                    let mut joined = BytesMut::with_capacity(conn.leftover.len() + data.len());
-                    joined.put_slice(&conn.leftover);
-                    joined.put_slice(&data);
-                    conn.leftover = joined.freeze();
+                    conn.partial.extend_from_slice(&data);
+                    if !data.contains(&b'\n') && conn.partial.len() <= parse::MAX_PLAIN_HEAD {
+                        continue;
+                    }
+                    conn.leftover = Bytes::copy_from_slice(&conn.partial);
+                    match parse::parse(&conn.leftover, headers.take().unwrap_or_default()) {
+                        Parsed::Plain(p) => {
+                            conn.partial.clear();
+                            let _ = conn.leftover.split_to(p.head_len);
+                            return Poll::Ready(Next::Plain(p));
+                        }
+                        Parsed::Other => {
+                            conn.partial.clear();
+                            return Poll::Ready(Next::Other);
+                        }
+                        Parsed::Partial => {}
+                    }
                 }
+                Poll::Ready(Ok(None)) if conn.partial.is_empty() => return Poll::Ready(Next::Eof),
                 // A partial head at the end is hyper's to answer.
-                Poll::Ready(Ok(None)) if conn.leftover.is_empty() => return Poll::Ready(Next::Eof),
-                Poll::Ready(Ok(None)) => return Poll::Ready(Next::Other),
+                Poll::Ready(Ok(None)) => {
+                    conn.leftover = conn.partial.split().freeze();
+                    return Poll::Ready(Next::Other);
+                }
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(error = %e, "tunnel failed between requests");
                     return Poll::Ready(Next::Broken);
