@@ -129,6 +129,15 @@ impl H2Stream {
         Poll::Ready(Ok(()))
     }
 
+    /// Ends our side of the stream (END_STREAM), once; the peer's side stays readable.
+    pub fn end_stream(&mut self) {
+        if !self.shut {
+            self.shut = true;
+            // The peer may already have reset the stream; the half-close is best effort.
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
+    }
+
     /// Waits until h2 grants capacity to send at least one byte of `want`; returns how many.
     fn poll_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         let want = want.min(MAX_WRITE);
@@ -301,12 +310,7 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.shut {
-            this.shut = true;
-            // The peer may already have reset the stream; the half-close is best effort.
-            let _ = this.send.send_data(Bytes::new(), true);
-        }
+        self.get_mut().end_stream();
         Poll::Ready(Ok(()))
     }
 }

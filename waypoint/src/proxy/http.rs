@@ -134,7 +134,7 @@ pub async fn serve(
         // slowly. The connection manager's idle timeout, when shorter, does the same sooner
         // (Envoy's drain sequence: GOAWAY, then the close).
         let ended = ended(activity, idle_after, header_timeout, max_until);
-        until_shutdown!(conn, shutdown, drain, ended)
+        until_stopped!(conn, stop(shutdown, drain, ended))
     } else {
         // A client that sends its headers too slowly is cut off (slowloris): no request is
         // in flight until its headers are read, so the connection is idle, and after the
@@ -150,7 +150,7 @@ pub async fn serve(
             .with_upgrades();
         tokio::pin!(conn);
         let ended = ended(activity, idle_after, header_timeout, max_until);
-        until_shutdown!(conn, shutdown, drain, ended)
+        until_stopped!(conn, stop(shutdown, drain, ended))
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection in tunnel ended with an error");
@@ -186,9 +186,10 @@ async fn ended(
     }
 }
 
-/// For the tunnel's own server: resolves when shutdown starts or the listeners are drained
-/// (`None`: requests in flight finish), or when [`ended`] resolves (`Some`: they get its
-/// bound), as [`until_shutdown`] does for hyper's.
+/// When a tunnel's HTTP connection is to end: when shutdown starts or the listeners are
+/// drained (`None`: requests in flight finish; `wait_for` is ready at once when either has
+/// already started), or when [`ended`] resolves (`Some`: they get its bound). Both servers
+/// use it (hyper's through [`until_stopped`]).
 async fn stop(
     mut shutdown: ShutdownWatch,
     mut drain: tokio::sync::watch::Receiver<bool>,
@@ -212,40 +213,25 @@ async fn stop(
     }
 }
 
-/// Drives a pinned hyper server connection; shutdown or a listener drain makes it graceful,
-/// and so does `$ended` resolving (see [`ended`]), after which the connection gets the
-/// bound it gives to close (the client may never answer GOAWAY's ping, or may keep a
+/// Drives a pinned hyper server connection until `$stop` (see [`stop`]) fires, then shuts
+/// it down gracefully: without a bound on shutdown or a listener drain, within the bound
+/// [`ended`] gives otherwise (the client may never answer GOAWAY's ping, or may keep a
 /// request going).
-macro_rules! until_shutdown {
-    ($conn:ident, $shutdown:ident, $drain:ident, $ended:expr) => {{
-        // `wait_for` is ready at once when shutdown or the drain has already started.
-        let mut shutdown = $shutdown;
-        let mut drain = $drain;
-        let drained = async move {
-            if drain.wait_for(|d| *d).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
+macro_rules! until_stopped {
+    ($conn:ident, $stop:expr) => {{
         tokio::select! {
             r = &mut $conn => r,
-            () = async {
-                tokio::select! {
-                    r = shutdown.wait_for(|s| *s) => drop(r),
-                    () = drained => {}
+            bound = $stop => {
+                $conn.as_mut().graceful_shutdown();
+                match bound {
+                    None => $conn.await,
+                    Some(bound) => tokio::time::timeout(bound, $conn).await.unwrap_or(Ok(())),
                 }
-            } => {
-                $conn.as_mut().graceful_shutdown();
-                $conn.await
-            }
-            (why, bound) = $ended => {
-                tracing::debug!(why, bound = ?bound, "HTTP connection in tunnel ends");
-                $conn.as_mut().graceful_shutdown();
-                tokio::time::timeout(bound, $conn).await.unwrap_or(Ok(()))
             }
         }
     }};
 }
-use until_shutdown;
+use until_stopped;
 
 impl TunnelApp {
     /// Serves one request: header names with `_` first, as Envoy's codec reads them

@@ -106,7 +106,10 @@ pub(super) fn head(
                     BodySize::Empty => {}
                     BodySize::Known(n) => framing = Some(Framing::Length(n)),
                     BodySize::Unknown => {
-                        let mut lens = headers.get_all(name).iter().map(parse_len);
+                        let mut lens = headers
+                            .get_all(name)
+                            .iter()
+                            .map(|v| super::parse::digits(v.as_bytes()));
                         let first = lens.next().flatten().ok_or(Unwritable("content-length"))?;
                         if lens.any(|l| l != Some(first)) {
                             return Err(Unwritable("several content-length values"));
@@ -217,10 +220,6 @@ pub(super) fn head(
     }
     dst.extend_from_slice(b"\r\n");
     Ok(Head { framing, last })
-}
-
-fn parse_len(v: &http::HeaderValue) -> Option<u64> {
-    v.to_str().ok()?.trim().parse().ok()
 }
 
 /// Whether a `Connection` value lists `close`.

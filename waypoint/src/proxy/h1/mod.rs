@@ -36,7 +36,6 @@ use futures::FutureExt;
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWrite;
 
 use super::http::TunnelApp;
 use super::tracked::TrackedBody;
@@ -434,9 +433,7 @@ fn peer_gone(shared: &Shared, cx: &mut Context<'_>) -> Poll<()> {
 
 /// Ends our side of the tunnel cleanly (END_STREAM).
 fn close(shared: &Shared) -> Served {
-    let mut conn = shared.lock();
-    let waker = futures::task::noop_waker();
-    let _ = std::pin::Pin::new(&mut conn.stream).poll_shutdown(&mut Context::from_waker(&waker));
+    shared.lock().stream.end_stream();
     Served::Closed
 }
 

@@ -116,8 +116,8 @@ pub(super) fn parse(buf: &Bytes, mut headers: HeaderMap) -> Parsed {
 }
 
 /// A `Content-Length` value of digits only (anything else, a list included, is hyper's to
-/// judge).
-fn digits(value: &[u8]) -> Option<u64> {
+/// judge; a response's value that is not is not written).
+pub(super) fn digits(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
