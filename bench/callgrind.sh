@@ -17,6 +17,12 @@ long=${3:-30}
 scenario=${4:-waypoint}
 size=${5:-1024}
 out=$(mktemp -d)
+# The process counted: the istiod scenario's, else the local-file waypoint (which also
+# serves the tcp scenario).
+case "$scenario" in
+  istiod) process=istiod ;;
+  *) process=waypoint ;;
+esac
 # WAYPOINT_BIN counts a given build (for example a baseline) instead of building this one.
 bin=${WAYPOINT_BIN:-}
 cargo build --release -q -p waypoint-bench
@@ -32,7 +38,7 @@ case "\$*" in
   *--xds-address*) this=istiod ;;
   *) this=waypoint ;;
 esac
-if [ "\$this" = "$scenario" ]; then
+if [ "\$this" = "$process" ]; then
   exec valgrind --tool=callgrind --callgrind-out-file=$out/cg.\$CG_TAG.out $bin "\$@"
 fi
 exec $bin "\$@"

@@ -4,6 +4,9 @@
 //! - direct: the client talks HBONE straight to the destination (the latency floor);
 //! - relay: as direct, through a byte relay on the proxy's core ([`relay`]): the CPU floor
 //!   of any proxy in the path, before TLS and HTTP;
+//! - tcp: the waypoint relaying the same requests as bytes, through a Service port declared
+//!   TCP: HBONE in and out (TLS and HTTP/2 on both legs) without HTTP, the floor of the
+//!   waypoint's transport;
 //! - waypoint: HBONE in, an HTTPRoute and an AuthorizationPolicy, HBONE out;
 //! - istiod: the same proxy configured over xDS with istiod's resources ([`istiod`]);
 //! - nginx (when installed): the peer, an mTLS-terminating reverse proxy with an mTLS
@@ -88,7 +91,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,relay,waypoint,istiod,nginx"
+        default_value = "direct,relay,tcp,waypoint,istiod,nginx"
     )]
     scenarios: Vec<String>,
     /// Istio's httpbin waypoint config dump, served over xDS in the `istiod` scenario
@@ -298,6 +301,8 @@ struct Fixture {
     pod: FakeZtunnel,
     /// The echo Service's VIP.
     vip: IpAddr,
+    /// The VIP of `echo-tcp`, the same pod behind a port declared TCP (scenario `tcp`).
+    tcp_vip: IpAddr,
     /// The local configuration file: the Service, the pod, an HTTPRoute and a policy.
     config: PathBuf,
 }
@@ -322,8 +327,10 @@ async fn set_up_mesh(dir: &Path) -> anyhow::Result<Fixture> {
     })
     .await?;
     let vip = "127.96.0.10".parse()?;
+    let tcp_vip = "127.96.0.11".parse()?;
     let mesh = MeshYaml::new("default", "waypoint")
         .service("default", "echo", vip, "echo", &[Port { name: "http", port: 80, target: 8080 }])
+        .service("default", "echo-tcp", tcp_vip, "echo", &[Port { name: "tcp", port: 80, target: 8080 }])
         .pod("default", "echo-0", pod.ip, "echo", "echo", true)
         .raw("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: echo, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /}}]\n    backendRefs: [{name: echo, port: 80}]\n")
         .raw("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-default, namespace: default}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - from: [{source: {namespaces: [default]}}]\n    to: [{operation: {methods: [GET]}}]\n");
@@ -336,6 +343,7 @@ async fn set_up_mesh(dir: &Path) -> anyhow::Result<Fixture> {
         pod_id,
         pod,
         vip,
+        tcp_vip,
         config,
     })
 }
@@ -532,6 +540,7 @@ fn load_config(
         authority: match scenario {
             "direct" | "relay" => SocketAddr::new(fx.pod.ip, 8080),
             "istiod" => istiod::Istiod::authority(),
+            "tcp" => SocketAddr::new(fx.tcp_vip, 80),
             _ => SocketAddr::new(fx.vip, 80),
         },
         host: if scenario == "istiod" {
@@ -557,7 +566,7 @@ fn proxy_cpu(
     clients: &Clients,
 ) -> Option<f64> {
     match (scenario, nginx) {
-        ("waypoint", _) => Some(cpu_seconds(wp_pid(&proxies.wp))),
+        ("waypoint" | "tcp", _) => Some(cpu_seconds(wp_pid(&proxies.wp))),
         ("baseline", _) => proxies.baseline.as_ref().map(|b| cpu_seconds(b.pid())),
         ("relay", _) => clients.relay.as_ref().map(|(r, _)| r.cpu_seconds()),
         ("istiod", _) => proxies.istiod.as_ref().map(|p| cpu_seconds(p.pid())),
@@ -677,7 +686,9 @@ fn write_report(out: &Path, md: &str, rows: &[Row]) -> anyhow::Result<()> {
 }
 
 /// Scenarios in the order each round runs them.
-const SCENARIOS: [&str; 6] = ["direct", "relay", "waypoint", "istiod", "baseline", "nginx"];
+const SCENARIOS: [&str; 7] = [
+    "direct", "relay", "tcp", "waypoint", "istiod", "baseline", "nginx",
+];
 
 fn wp_pid(wp: &WaypointProcess) -> u32 {
     // Under the taskset wrapper `exec` keeps the pid.

@@ -12,6 +12,8 @@
 
 pub mod settings;
 pub mod stream;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 
 pub use stream::H2Stream;

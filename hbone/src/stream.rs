@@ -366,26 +366,8 @@ mod tests {
     /// A client stream to an h2 server over memory: what the client sends, the server's
     /// [`H2Stream`] reads.
     async fn pair() -> (SendStream<Bytes>, H2Stream) {
-        let (a, b) = tokio::io::duplex(1 << 16);
-        let server = tokio::spawn(async move {
-            let mut conn = h2::server::handshake(b).await.unwrap();
-            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
-            let send = respond
-                .send_response(http::Response::new(()), false)
-                .unwrap();
-            tokio::spawn(async move { while conn.accept().await.is_some() {} });
-            H2Stream::new(send, req.into_body())
-        });
-        let (client, conn) = h2::client::handshake(a).await.unwrap();
-        tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        let req = http::Request::builder()
-            .method("CONNECT")
-            .uri("127.0.0.1:80")
-            .body(())
-            .unwrap();
-        let (_resp, send) = client.send_request(req, false).unwrap();
-        (send, server.await.unwrap())
+        let (stream, send, _recv) = crate::testing::stream_pair().await;
+        (send, stream)
     }
 
     #[tokio::test]

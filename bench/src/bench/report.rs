@@ -12,7 +12,7 @@ use super::{BenchArgs, SCENARIOS};
 /// One measured phase: a scenario, response size and load mode in one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// `direct`, `relay`, `waypoint`, `istiod`, `baseline` or `nginx`.
+    /// `direct`, `relay`, `tcp`, `waypoint`, `istiod`, `baseline` or `nginx`.
     pub scenario: String,
     /// Response size, bytes.
     pub size: usize,
@@ -203,7 +203,7 @@ fn push_relay_floor(md: &mut String, rows: &[Row], crypto: &RecordFloor) {
             if r.is_finite() {
                 let c = crypto.crypto_us(size);
                 let mut above = String::new();
-                for scenario in ["waypoint", "istiod"] {
+                for scenario in ["tcp", "waypoint", "istiod"] {
                     let w = median_cpu(rows, scenario, size, mode);
                     if w.is_finite() {
                         above.push_str(&format!("; {scenario} {:.1} µs above it", w - r));
@@ -219,6 +219,30 @@ fn push_relay_floor(md: &mut String, rows: &[Row], crypto: &RecordFloor) {
                     size / 1024,
                 ));
             }
+        }
+    }
+}
+
+/// The HBONE transport floor: the waypoint relaying the requests as TCP (both legs' TLS
+/// and HTTP/2, no HTTP), and how much the HTTP path adds to it.
+fn push_transport_floor(md: &mut String, rows: &[Row]) {
+    for size in [1024usize, 16384] {
+        for mode in ["fixed", "saturation"] {
+            let t = median_cpu(rows, "tcp", size, mode);
+            if !t.is_finite() {
+                continue;
+            }
+            let mut above = String::new();
+            for scenario in ["waypoint", "istiod"] {
+                let w = median_cpu(rows, scenario, size, mode);
+                if w.is_finite() {
+                    above.push_str(&format!("; {scenario} {:.1} µs above it", w - t));
+                }
+            }
+            md.push_str(&format!(
+                "| floor: the waypoint's HBONE transport (scenario tcp: the same requests relayed as bytes through a port declared TCP, TLS and HTTP/2 on both legs, no HTTP), {} KiB, {mode} | {t:.1} µs per request{above} |\n",
+                size / 1024,
+            ));
         }
     }
 }
@@ -271,6 +295,7 @@ fn push_allocations(md: &mut String, counted: &[(&str, Result<f64, String>)]) {
 fn push_cpu_ratios(md: &mut String, rows: &[Row]) {
     for (one, other) in [
         ("waypoint", "nginx"),
+        ("tcp", "nginx"),
         ("istiod", "nginx"),
         ("istiod", "waypoint"),
         ("waypoint", "baseline"),
@@ -322,6 +347,7 @@ pub fn render(
         push_handshakes(&mut md, hs, duration);
     }
     push_relay_floor(&mut md, rows, record_floor);
+    push_transport_floor(&mut md, rows);
     push_record_floor(&mut md, record_floor);
     push_allocations(&mut md, allocations);
     push_cpu_ratios(&mut md, rows);

@@ -4,6 +4,7 @@
 //! ([`detect`]).
 
 pub mod detect;
+mod frame_relay;
 mod h1;
 mod headers;
 pub mod http;

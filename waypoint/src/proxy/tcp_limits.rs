@@ -13,6 +13,7 @@ use filters::model::TcpLimits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::frame_relay::{relay, Origin, Side};
 use super::stream_idle::StreamIdle;
 
 /// How a copy under limits ended.
@@ -28,11 +29,12 @@ pub enum Outcome {
 /// Copies `down` (the client) and `up` (the endpoint) both ways until they end or a limit
 /// of `limits` closes the tunnel; `accepted` is when the tunnel was accepted. Dropping
 /// both sides on a limit closes them.
-pub async fn run<D, U>(down: D, up: U, limits: TcpLimits, accepted: Instant) -> Outcome
-where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn run<D: Side, U: Side>(
+    down: D,
+    up: U,
+    limits: TcpLimits,
+    accepted: Instant,
+) -> Outcome {
     let idle = StreamIdle::start(limits.idle_timeout, None);
     let mut down = Watched::new(down, idle.clone());
     let mut up = Watched::new(up, idle.clone());
@@ -57,8 +59,29 @@ where
             sent.load(Ordering::Relaxed),
         )
     };
+    // Two HTTP/2 streams relay their frames as received; other pairs are copied as bytes.
+    let copy = async {
+        match (down.inner.frames(), up.inner.frames()) {
+            (Some(d), Some(u)) => {
+                let (from_down, from_up, idle) = (&down.read, &up.read, &down.idle);
+                relay(d, u, |from, n| {
+                    let counter = if from == Origin::Down {
+                        from_down
+                    } else {
+                        from_up
+                    };
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    if let Some(idle) = idle {
+                        idle.touch();
+                    }
+                })
+                .await
+            }
+            _ => tokio::io::copy_bidirectional(&mut down, &mut up).await,
+        }
+    };
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut down, &mut up) => Outcome::Finished(r),
+        r = copy => Outcome::Finished(r),
         () = idle_expired => {
             let (received, sent) = counted();
             Outcome::Idle { received, sent }

@@ -229,33 +229,13 @@ async fn a_request_on_a_connection_that_cannot_be_written_comes_back_unsent() {
 /// An HBONE stream over memory as the connection's I/O, and the endpoint's end of it:
 /// what the endpoint sends on it arrives as DATA frames of exactly those bytes.
 async fn hbone_connection() -> (h2::SendStream<bytes::Bytes>, Box<Connection>) {
-    let (a, b) = tokio::io::duplex(1 << 16);
-    let ours = tokio::spawn(async move {
-        let mut conn = h2::server::handshake(b).await.unwrap();
-        let (req, mut respond) = conn.accept().await.unwrap().unwrap();
-        let send = respond
-            .send_response(http::Response::new(()), false)
-            .unwrap();
-        tokio::spawn(async move { while conn.accept().await.is_some() {} });
-        hbone::H2Stream::new(send, req.into_body())
-    });
-    let (client, conn) = h2::client::handshake(a).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
-    let req = http::Request::builder()
-        .method("CONNECT")
-        .uri("127.0.0.1:80")
-        .body(())
-        .unwrap();
-    let (resp, peer) = client.send_request(req, false).unwrap();
+    let (stream, peer, mut body) = hbone::testing::stream_pair().await;
     // What the waypoint writes (the request) is read and dropped.
     tokio::spawn(async move {
-        let mut body = resp.await.unwrap().into_body();
         while let Some(Ok(d)) = body.data().await {
             let _ = body.flow_control().release_capacity(d.len());
         }
     });
-    let stream = ours.await.unwrap();
     (peer, Connection::new(UpstreamIo::Hbone(stream)))
 }
 
