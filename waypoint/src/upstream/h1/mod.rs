@@ -78,6 +78,9 @@ pub struct Connection {
     pub since: Instant,
     /// Requests it has carried.
     pub served: u32,
+    /// Response heads parsed (tests: how often a head arriving in pieces is parsed).
+    #[cfg(test)]
+    parses: usize,
 }
 
 /// Why a request was not answered.
@@ -102,6 +105,8 @@ impl Connection {
             opened: now,
             since: now,
             served: 0,
+            #[cfg(test)]
+            parses: 0,
         })
     }
 
@@ -172,7 +177,10 @@ pub async fn send<H: Home>(
         head_left: conn.write.len(),
         flush: false,
     };
-    let head = match poll_fn(|cx| response_head(&mut conn, &mut upload, cx)).await {
+    // Bytes of the read buffer known not to end a head: a head arriving in pieces is parsed
+    // again only when a piece brings a line end (not once per piece).
+    let mut checked = 0;
+    let head = match poll_fn(|cx| response_head(&mut conn, &mut upload, &mut checked, cx)).await {
         Ok(head) => head,
         Err(e) if upload.unsent() => {
             let body = upload.body.take().unwrap_or_default();
@@ -196,19 +204,28 @@ pub async fn send<H: Home>(
     Ok(resp)
 }
 
-/// Writes the request while waiting for the response head.
+/// Writes the request while waiting for the response head. `checked` bytes of the read
+/// buffer are known not to complete a head: it is parsed again only once a line end
+/// arrives after them (a head can only end with one) or it outgrows the head limit.
 fn response_head(
     conn: &mut Connection,
     upload: &mut Upload,
+    checked: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<Result<head::ResponseHead, H1Error>> {
     loop {
         let mut progressed = upload.poll_progress(conn, cx)?;
-        if !conn.read.is_empty() {
+        let fresh = conn.read.get(*checked..).unwrap_or_default();
+        if fresh.contains(&b'\n') || conn.read.len() > head::MAX_HEAD_BYTES {
+            #[cfg(test)]
+            {
+                conn.parses += 1;
+            }
             if let Some(head) = parse(conn)? {
                 return Poll::Ready(Ok(head));
             }
         }
+        *checked = conn.read.len();
         match conn.poll_fill(cx) {
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(Err(H1Error::Io(io::Error::new(

@@ -266,3 +266,27 @@ async fn body_frames_of_an_hbone_stream_are_taken_as_received() {
     assert!(body.frame().await.is_none());
     assert!(shelf.take().is_none(), "bytes past the body: not reused");
 }
+
+#[tokio::test]
+async fn a_head_sent_a_byte_per_frame_is_parsed_once_per_line_end() {
+    let (mut peer, conn) = hbone_connection().await;
+    let head: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\nhi";
+    for b in head {
+        peer.send_data(bytes::Bytes::copy_from_slice(&[*b]), false)
+            .unwrap();
+    }
+    let shelf = Shelf::default();
+    let resp = send(conn, get("/"), shelf.clone()).await.ok().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-pad"].len(), 40);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hi");
+    let conn = shelf.take().expect("reusable");
+    // Parsed when a piece brought a line end, not for each of the 100-odd pieces.
+    let line_ends = head.iter().filter(|&&b| b == b'\n').count();
+    assert!(
+        conn.parses <= line_ends,
+        "{} parses for {line_ends} line ends",
+        conn.parses
+    );
+}
