@@ -422,7 +422,7 @@ impl TunnelApp {
             response_headers: pending
                 .telemetry()
                 .wants_response_headers()
-                .then(|| resp.headers().clone()),
+                .then(|| Box::new(resp.headers().clone())),
             ..Default::default()
         };
         // An upgraded connection is spliced, not streamed through the body.

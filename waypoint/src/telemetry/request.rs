@@ -25,8 +25,9 @@ pub struct Outcome {
     pub flags: &'static str,
     /// `%RESPONSE_CODE_DETAILS%`.
     pub details: std::borrow::Cow<'static, str>,
-    /// The response headers as sent (kept only when access logging is on).
-    pub response_headers: Option<HeaderMap>,
+    /// The response headers as sent (kept only when access logging is on; boxed, as the
+    /// outcome travels with the response body).
+    pub response_headers: Option<Box<HeaderMap>>,
     /// Size of the response headers.
     pub response_header_bytes: u64,
     /// Request body bytes received.
@@ -37,18 +38,26 @@ pub struct Outcome {
     pub grpc_status: Option<u16>,
 }
 
+/// What access logs and metric dimensions read of a request.
+struct Logged {
+    headers: HeaderMap,
+    method: String,
+    path: String,
+}
+
 /// Telemetry state of one in-flight request.
 pub struct RequestTelemetry {
     start: SystemTime,
     started: Instant,
-    method: String,
-    path: String,
     protocol: &'static str,
     grpc: bool,
     request_header_bytes: u64,
-    request_headers: Option<HeaderMap>,
+    /// The request as access logs and metric dimensions read it, when either is on.
+    /// Boxed, as is the span: this state travels with the response body, moved at each
+    /// step, and most requests have neither.
+    logged: Option<Box<Logged>>,
     log: RequestLog,
-    span: Option<ServerSpan>,
+    span: Option<Box<ServerSpan>>,
     snapshot: Arc<Snapshot>,
     tunnel: Arc<TunnelInfo>,
 }
@@ -98,16 +107,25 @@ impl RequestTelemetry {
         let config = snapshot.telemetry();
         let logged = (!config.access_logs_for(&tunnel.target, false).is_empty()
             || config.has_dimensions())
-        .then(|| (req.headers().clone(), method.to_string(), path.to_string()));
-        let span = telemetry.tracing.start_server(
-            &snapshot,
-            req.headers(),
-            tunnel.traceparent.as_deref(),
-            // Built only when a span is started: most requests are not traced.
-            || span_name(&tunnel),
-            start,
-            || server_attributes(req, &tunnel, &snapshot, path),
-        );
+        .then(|| {
+            Box::new(Logged {
+                headers: req.headers().clone(),
+                method: method.to_string(),
+                path: path.to_string(),
+            })
+        });
+        let span = telemetry
+            .tracing
+            .start_server(
+                &snapshot,
+                req.headers(),
+                tunnel.traceparent.as_deref(),
+                // Built only when a span is started: most requests are not traced.
+                || span_name(&tunnel),
+                start,
+                || server_attributes(req, &tunnel, &snapshot, path),
+            )
+            .map(Box::new);
         // The log of the tunnel's previous request when it is done with it (HTTP/1.1).
         let log = tunnel.log_slot.take();
         if let Some(ctx) = req
@@ -119,19 +137,13 @@ impl RequestTelemetry {
         if let Some(s) = &span {
             req.extensions_mut().insert(s.trace.clone());
         }
-        let (request_headers, method, path) = match logged {
-            Some((h, m, p)) => (Some(h), m, p),
-            None => (None, String::new(), String::new()),
-        };
         Self {
             start,
             started: Instant::now(),
-            method,
-            path,
             protocol,
             grpc,
             request_header_bytes,
-            request_headers,
+            logged,
             log,
             span,
             snapshot,
@@ -146,7 +158,7 @@ impl RequestTelemetry {
 
     /// Whether access logging (or a metric dimension) wants the response headers kept.
     pub fn wants_response_headers(&self) -> bool {
-        self.request_headers.is_some()
+        self.logged.is_some()
     }
 
     /// Records the metric sample, the access log entries and ends the SERVER span.
@@ -167,7 +179,7 @@ impl RequestTelemetry {
         let request_bytes = self.request_header_bytes + outcome.body_received;
         let response_bytes = outcome.response_header_bytes + outcome.body_sent;
         let grpc_status = if self.grpc { outcome.grpc_status } else { None };
-        let wanted = self.span.is_some() || self.request_headers.is_some();
+        let wanted = self.span.is_some() || self.logged.is_some();
         let cluster = wanted
             .then(|| {
                 service
@@ -187,13 +199,13 @@ impl RequestTelemetry {
             .filter(|_| wanted)
             .map(|r| r.name.to_string());
         // The record access logs and metric dimensions read (kept only when they are on).
-        let record = self.request_headers.map(|request_headers| HttpRecord {
+        let record = self.logged.map(|logged| HttpRecord {
             start: self.start,
-            method: self.method,
-            path: self.path,
+            method: logged.method,
+            path: logged.path,
             protocol: self.protocol,
-            request_headers,
-            response_headers: outcome.response_headers.unwrap_or_default(),
+            request_headers: logged.headers,
+            response_headers: outcome.response_headers.map(|h| *h).unwrap_or_default(),
             code: outcome.code,
             flags: outcome.flags,
             details: outcome.details.into_owned(),

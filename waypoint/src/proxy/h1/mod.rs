@@ -222,13 +222,17 @@ async fn exchange(
     } = plain;
     let method = request.method().clone();
     let req: Request<RequestBody> = request.map(|()| RequestBody::new(shared, body_len));
-    let mut answer = pin!(app.serve_request(req));
-    // While the chain works, a client that ends the tunnel drops the exchange.
-    let resp = poll_fn(|cx| match answer.as_mut().poll(cx) {
-        Poll::Ready(r) => Poll::Ready(r.ok()),
-        Poll::Pending => peer_gone(shared, cx).map(|()| None),
-    })
-    .await;
+    // While the chain works, a client that ends the tunnel drops the exchange. (The chain's
+    // future lives in this block only, so the exchange's future can hold it and the
+    // response writer's in the same bytes.)
+    let resp = {
+        let mut answer = pin!(app.serve_request(req));
+        poll_fn(|cx| match answer.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r.ok()),
+            Poll::Pending => peer_gone(shared, cx).map(|()| None),
+        })
+        .await
+    };
     let Some(resp) = resp else {
         tracing::debug!("client ended the tunnel before the response");
         return Step::Abort;
