@@ -44,7 +44,7 @@ use cpu::cpu_seconds;
 use filters::model::Identity;
 use hbone::tls::{client_config, CertStore, DevCa};
 use proxies::{start_proxies, stop_proxies, Proxies};
-use report::{render, Handshakes, RecordFloor, Row};
+use report::{render, Handshakes, Memory, RecordFloor, Row};
 use testkit::client::HboneClient;
 use testkit::echo::EchoIdentity;
 use testkit::loadgen::{self, LoadConfig, LoadReport};
@@ -170,9 +170,14 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     drop(clients.peer);
     drop(clients.relay);
     let wp = &proxies.wp;
-    let peak_all_kib = wp.peak_rss_kib().unwrap_or(0);
-    let rss_before_idle = wp.rss_kib().unwrap_or(0);
-    let rss_idle = idle_rss(&a, wp, &clients.via_waypoint, fx.vip).await?;
+    let mut memory = Memory {
+        peak_fixed_kib: rounds.peak_fixed_kib,
+        rss_fixed_kib: rounds.rss_fixed_kib,
+        peak_all_kib: wp.peak_rss_kib().unwrap_or(0),
+        rss_before_idle: wp.rss_kib().unwrap_or(0),
+        rss_idle: 0,
+    };
+    memory.rss_idle = idle_rss(&a, wp, &clients.via_waypoint, fx.vip).await?;
     let hs = measure_handshakes(
         &a,
         &fx,
@@ -189,10 +194,7 @@ async fn bench(mut a: BenchArgs) -> anyhow::Result<()> {
     let md = render(
         &a,
         &rounds.rows,
-        rounds.peak_fixed_kib,
-        peak_all_kib,
-        rss_before_idle,
-        rss_idle,
+        &memory,
         &hs,
         &allocations,
         &record_floor,
@@ -463,6 +465,8 @@ struct Rounds {
     rows: Vec<Row>,
     /// The waypoint's peak RSS after its fixed-rate phases.
     peak_fixed_kib: u64,
+    /// The most the waypoint had resident at the end of one of its fixed-rate phases.
+    rss_fixed_kib: u64,
     /// nginx's peak RSS after its fixed-rate phases.
     nginx_peak_kib: u64,
 }
@@ -508,6 +512,8 @@ async fn measure_rounds(
                         out.peak_fixed_kib = out
                             .peak_fixed_kib
                             .max(proxies.wp.peak_rss_kib().unwrap_or(0));
+                        out.rss_fixed_kib =
+                            out.rss_fixed_kib.max(proxies.wp.rss_kib().unwrap_or(0));
                     }
                     if let (true, Some(n)) = (fixed, nginx) {
                         out.nginx_peak_kib = out.nginx_peak_kib.max(n.peak_rss_kib());

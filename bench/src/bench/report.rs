@@ -153,27 +153,37 @@ fn push_added_latency(md: &mut String, a: &BenchArgs, rows: &[Row]) {
 }
 
 /// The memory measures: peak RSS, and RSS with idle tunnels unless skipped.
-fn push_memory(
-    md: &mut String,
-    a: &BenchArgs,
-    peak_fixed_kib: u64,
-    peak_all_kib: u64,
-    rss_before_idle: u64,
-    rss_idle: u64,
-) {
+fn push_memory(md: &mut String, a: &BenchArgs, m: &Memory) {
+    let mb = |kib: u64| kib as f64 / 1024.0;
     md.push_str(&format!(
-        "| waypoint peak RSS during fixed-rate phases | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n",
-        peak_fixed_kib as f64 / 1024.0,
-        peak_all_kib as f64 / 1024.0,
+        "| waypoint RSS at {:.0} req/s (VmRSS at the end of each fixed-rate phase, the most over rounds) | {:.1} MB |\n| waypoint peak RSS up to its last fixed-rate phase (VmHWM: the most resident at any moment until then, the saturation phases of earlier rounds included) | {:.1} MB |\n| waypoint peak RSS over the whole run | {:.1} MB |\n",
+        a.rate,
+        mb(m.rss_fixed_kib),
+        mb(m.peak_fixed_kib),
+        mb(m.peak_all_kib),
     ));
     if !a.no_idle {
         md.push_str(&format!(
             "| waypoint RSS with {} idle tunnels (before: {:.1} MB) | {:.1} MB |\n",
             a.idle_tunnels,
-            rss_before_idle as f64 / 1024.0,
-            rss_idle as f64 / 1024.0
+            mb(m.rss_before_idle),
+            mb(m.rss_idle)
         ));
     }
+}
+
+/// The waypoint's memory over the run, KiB.
+pub struct Memory {
+    /// Its high-water mark (VmHWM) after its last fixed-rate phase.
+    pub peak_fixed_kib: u64,
+    /// The most it had resident (VmRSS) at the end of one of its fixed-rate phases.
+    pub rss_fixed_kib: u64,
+    /// Its high-water mark after all rounds.
+    pub peak_all_kib: u64,
+    /// Resident before the idle tunnels were opened.
+    pub rss_before_idle: u64,
+    /// Resident with the idle tunnels open.
+    pub rss_idle: u64,
 }
 
 /// The handshake measures: rate, proxy CPU per handshake and the in-memory floor.
@@ -321,10 +331,7 @@ fn push_cpu_ratios(md: &mut String, rows: &[Row]) {
 pub fn render(
     a: &BenchArgs,
     rows: &[Row],
-    peak_fixed_kib: u64,
-    peak_all_kib: u64,
-    rss_before_idle: u64,
-    rss_idle: u64,
+    memory: &Memory,
     hs: &Handshakes,
     allocations: &[(&str, Result<f64, String>)],
     record_floor: &RecordFloor,
@@ -335,14 +342,7 @@ pub fn render(
     push_intro(&mut md, a, duration);
     push_latency_table(&mut md, rows);
     push_added_latency(&mut md, a, rows);
-    push_memory(
-        &mut md,
-        a,
-        peak_fixed_kib,
-        peak_all_kib,
-        rss_before_idle,
-        rss_idle,
-    );
+    push_memory(&mut md, a, memory);
     if !a.no_handshakes {
         push_handshakes(&mut md, hs, duration);
     }
