@@ -22,6 +22,7 @@
 
 pub mod allocations;
 mod cpu;
+mod fixture;
 mod istiod;
 mod nginx;
 mod proxies;
@@ -32,7 +33,6 @@ mod tls_floor;
 
 pub use relay::{serve as serve_relay, RelayArgs};
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,17 +41,15 @@ use std::time::Duration;
 
 use clap::Args;
 use cpu::cpu_seconds;
-use filters::model::Identity;
-use hbone::tls::{client_config, CertStore, DevCa};
+use fixture::{set_up_mesh, Fixture};
+use hbone::tls::{client_config, CertStore};
 use proxies::{start_proxies, stop_proxies, Proxies};
 use report::{render, Handshakes, Memory, RecordFloor, Row};
 use testkit::client::HboneClient;
 use testkit::echo::EchoIdentity;
 use testkit::loadgen::{self, LoadConfig, LoadReport};
-use testkit::mesh::{MeshYaml, Port};
 use testkit::process::{CertFiles, WaypointProcess};
 use testkit::tls_echo::TlsEcho;
-use testkit::ztunnel::{FakeZtunnel, ZtunnelOptions};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -290,63 +288,6 @@ fn measure_record_floor(a: &BenchArgs, fx: &Fixture, client_certs: &Arc<CertStor
             })
             .join()
             .unwrap_or_else(|_| RecordFloor::unmeasured("the measuring thread panicked".into()))
-    })
-}
-
-/// The dev CA, the identities, the fake destination pod and the mesh configuration file.
-struct Fixture {
-    ca: DevCa,
-    waypoint_id: Identity,
-    client_id: Identity,
-    pod_id: Identity,
-    /// The destination pod behind its fake ztunnel (HBONE on 15008, the echo app on 8080).
-    pod: FakeZtunnel,
-    /// The echo Service's VIP.
-    vip: IpAddr,
-    /// The VIP of `echo-tcp`, the same pod behind a port declared TCP (scenario `tcp`).
-    tcp_vip: IpAddr,
-    /// The local configuration file: the Service, the pod, an HTTPRoute and a policy.
-    config: PathBuf,
-}
-
-/// Issues the certificates, starts the fake destination pod and writes the mesh config.
-async fn set_up_mesh(dir: &Path) -> anyhow::Result<Fixture> {
-    let ca = DevCa::new("bench")?;
-    let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
-    let client_id = Identity::new("cluster.local", "default", "sleep");
-    let pod_id = Identity::new("cluster.local", "default", "echo");
-    ca.issue(&waypoint_id)?.write(dir)?;
-    let pod_certs = ca.issue(&pod_id)?;
-    let pod = FakeZtunnel::start_fresh(|ip| ZtunnelOptions {
-        ip,
-        certs: pod_certs.certs().expect("pod certs"),
-        allowed_caller: None,
-        who: EchoIdentity {
-            pod: "echo-0".into(),
-            namespace: "default".into(),
-        },
-        apps: HashMap::new(),
-    })
-    .await?;
-    let vip = "127.96.0.10".parse()?;
-    let tcp_vip = "127.96.0.11".parse()?;
-    let mesh = MeshYaml::new("default", "waypoint")
-        .service("default", "echo", vip, "echo", &[Port { name: "http", port: 80, target: 8080 }])
-        .service("default", "echo-tcp", tcp_vip, "echo", &[Port { name: "tcp", port: 80, target: 8080 }])
-        .pod("default", "echo-0", pod.ip, "echo", "echo", true)
-        .raw("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: echo, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /}}]\n    backendRefs: [{name: echo, port: 80}]\n")
-        .raw("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-default, namespace: default}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - from: [{source: {namespaces: [default]}}]\n    to: [{operation: {methods: [GET]}}]\n");
-    let config = dir.join("mesh.yaml");
-    std::fs::write(&config, mesh.render())?;
-    Ok(Fixture {
-        ca,
-        waypoint_id,
-        client_id,
-        pod_id,
-        pod,
-        vip,
-        tcp_vip,
-        config,
     })
 }
 
