@@ -67,3 +67,30 @@ async fn server_first_protocol_on_undeclared_port() {
     tunnel.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"QUIT\r\n");
 }
+
+/// More than twice the HBONE stream window (4 MiB) each way at once: the relay between the
+/// two HTTP/2 streams waits for flow-control capacity on both legs without losing or
+/// reordering a byte.
+#[tokio::test]
+async fn a_transfer_larger_than_the_stream_windows_crosses_both_ways() {
+    let h = Harness::start(spec()).await;
+    let conn = h.client().connect().await.unwrap();
+    let tunnel = conn.tunnel(authority(9000), &[]).await.unwrap();
+    let (mut rx, mut tx) = tokio::io::split(tunnel);
+    let payload: Vec<u8> = (0..9 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(64 * 1024) {
+            tx.write_all(chunk).await.unwrap();
+        }
+        tx.shutdown().await.unwrap();
+    });
+    let mut got = Vec::with_capacity(payload.len());
+    tokio::time::timeout(Duration::from_secs(60), rx.read_to_end(&mut got))
+        .await
+        .expect("the echo ends within the bound")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(got.len(), payload.len());
+    assert!(got == payload, "bytes lost or reordered");
+}
