@@ -9,7 +9,8 @@ use tower::{Layer, Service, ServiceExt};
 use super::replay::{self, Replayable};
 use super::{backoff, limit, should_retry};
 use crate::body::{self, Body};
-use crate::route::RouteDecision;
+use crate::route::model::RetryPolicy;
+use crate::route::{Backend, RouteDecision};
 use crate::ProxyError;
 
 /// Applies the [`RouteDecision`]'s timeouts and retry policy to the inner service.
@@ -84,7 +85,8 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let (timeouts, retry) = RouteDecision::of(&req)
+        let decision = RouteDecision::of(&req);
+        let (timeouts, retry) = decision
             .map(|d| (d.timeouts, d.retry.clone()))
             .unwrap_or_default();
         let retry = retry.filter(|p| p.attempts > 0);
@@ -106,58 +108,10 @@ where
             };
         };
         let inner = self.inner.clone();
-        let backend = RouteDecision::of(&req).map(|d| d.backend.clone());
+        let backend = decision.map(|d| d.backend.clone());
         RetryFuture::Retrying {
             future: Box::pin(async move {
-                let attempts = async move {
-                    // A body streams through a source that remembers it for the next attempt.
-                    let (req, body) = {
-                        let (parts, body) = req.into_parts();
-                        let body = (!body.is_end_stream())
-                            .then(|| Replayable::new(body, replay::DEFAULT_LIMIT));
-                        (Request::from_parts(parts, body::empty()), body)
-                    };
-                    let mut n = 0;
-                    // Counts the retry in flight (until the next attempt ends).
-                    let mut retrying = None;
-                    loop {
-                        let mut copy = replay(&req);
-                        if let Some(b) = &body {
-                            *copy.body_mut() = b.attempt();
-                        }
-                        let result = attempt(inner.clone(), copy, timeouts.backend_request).await;
-                        drop(retrying.take());
-                        let outcome = result.as_ref().map(|r| r.status().as_u16());
-                        if n >= policy.attempts || !should_retry(&policy, &outcome) {
-                            if let Some(b) = &body {
-                                b.finish();
-                            }
-                            return result;
-                        }
-                        if body.as_ref().is_some_and(|b| !b.replayable()) {
-                            tracing::debug!(
-                                limit = replay::DEFAULT_LIMIT,
-                                "not retrying: the request body is larger than the buffer limit"
-                            );
-                            return result;
-                        }
-                        // The port's retry limit (circuit breaker): past it, the answer stands.
-                        let guard = match backend.as_ref().map(limit::start) {
-                            None | Some(Ok(None)) => None,
-                            Some(Ok(guard)) => guard,
-                            Some(Err(())) => {
-                                tracing::debug!(
-                                "not retrying: the port's retry limit is reached (retry overflow)"
-                            );
-                                return result;
-                            }
-                        };
-                        n += 1;
-                        tracing::debug!(attempt = n + 1, outcome = ?outcome.as_ref().map_err(|e| e.to_string()), "retrying");
-                        tokio::time::sleep(backoff(&policy, n)).await;
-                        retrying = guard;
-                    }
-                };
+                let attempts = attempts(inner, req, policy, timeouts.backend_request, backend);
                 match request_timeout {
                     Some(t) => tokio::time::timeout(t, attempts)
                         .await
@@ -166,6 +120,66 @@ where
                 }
             }),
         }
+    }
+}
+
+/// The attempts of one request under a retry `policy`, each against the `per_try` deadline,
+/// with backoff between them, until one gives an answer the policy does not retry, the
+/// attempts run out, the body outgrew its replay buffer, or `backend`'s retry limit is
+/// reached.
+async fn attempts<S>(
+    inner: S,
+    req: Request<Body>,
+    policy: RetryPolicy,
+    per_try: Option<std::time::Duration>,
+    backend: Option<Backend>,
+) -> Result<Response<Body>, ProxyError>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone,
+{
+    // A body streams through a source that remembers it for the next attempt.
+    let (req, body) = {
+        let (parts, body) = req.into_parts();
+        let body = (!body.is_end_stream()).then(|| Replayable::new(body, replay::DEFAULT_LIMIT));
+        (Request::from_parts(parts, body::empty()), body)
+    };
+    let mut n = 0;
+    // Counts the retry in flight (until the next attempt ends).
+    let mut retrying = None;
+    loop {
+        let mut copy = replay(&req);
+        if let Some(b) = &body {
+            *copy.body_mut() = b.attempt();
+        }
+        let result = attempt(inner.clone(), copy, per_try).await;
+        drop(retrying.take());
+        let outcome = result.as_ref().map(|r| r.status().as_u16());
+        if n >= policy.attempts || !should_retry(&policy, &outcome) {
+            if let Some(b) = &body {
+                b.finish();
+            }
+            return result;
+        }
+        if body.as_ref().is_some_and(|b| !b.replayable()) {
+            tracing::debug!(
+                limit = replay::DEFAULT_LIMIT,
+                "not retrying: the request body is larger than the buffer limit"
+            );
+            return result;
+        }
+        // The port's retry limit (circuit breaker): past it, the answer stands.
+        let guard = match backend.as_ref().map(limit::start) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(guard)) => guard,
+            Some(Err(())) => {
+                tracing::debug!("not retrying: the port's retry limit is reached (retry overflow)");
+                return result;
+            }
+        };
+        n += 1;
+        tracing::debug!(attempt = n + 1, outcome = ?outcome.as_ref().map_err(|e| e.to_string()), "retrying");
+        tokio::time::sleep(backoff(&policy, n)).await;
+        retrying = guard;
     }
 }
 

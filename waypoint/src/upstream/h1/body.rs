@@ -202,26 +202,26 @@ impl<H: Home> http_body::Body for ResponseBody<H> {
             // More bytes are needed. Body bytes of an HBONE stream come as h2 received them
             // (no copy into the read buffer); what lies past the body is buffered.
             let direct = matches!(this.decoder, Decoder::Length(_) | Decoder::UntilClose);
-            if let Some(polled) = direct.then(|| conn.poll_recv_direct(cx)).flatten() {
-                if let Some(mut data) = ready!(polled)? {
-                    if let Decoder::Length(rest) = this.decoder {
-                        if data.len() as u64 > rest {
-                            conn.read.extend_from_slice(&data[rest as usize..]);
-                            data.truncate(rest as usize);
+            let read = match direct.then(|| conn.poll_recv_direct(cx)).flatten() {
+                Some(polled) => match ready!(polled)? {
+                    Some(mut data) => {
+                        if let Decoder::Length(rest) = this.decoder {
+                            if data.len() as u64 > rest {
+                                conn.read.extend_from_slice(&data[rest as usize..]);
+                                data.truncate(rest as usize);
+                            }
+                            let rest = rest - data.len() as u64;
+                            this.decoder = Decoder::Length(rest);
+                            if rest == 0 {
+                                this.finish();
+                            }
                         }
-                        let rest = rest - data.len() as u64;
-                        this.decoder = Decoder::Length(rest);
-                        if rest == 0 {
-                            this.finish();
-                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-            }
-            let read = if direct && conn.read.is_empty() && conn.is_hbone() {
-                0
-            } else {
-                ready!(conn.poll_fill(cx))?
+                    // The stream ended.
+                    None => 0,
+                },
+                None => ready!(conn.poll_fill(cx))?,
             };
             if read == 0 {
                 if this.decoder == Decoder::UntilClose {

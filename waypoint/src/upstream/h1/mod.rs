@@ -134,10 +134,6 @@ impl Connection {
         }
     }
 
-    fn is_hbone(&self) -> bool {
-        matches!(self.io, UpstreamIo::Hbone(_))
-    }
-
     /// Reads more bytes into the read buffer: how many (0 at end of stream).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
